@@ -1,0 +1,334 @@
+"""The actuator contract: one controllable parameter, validated, applied, verified."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ActuatorApplyError, ActuatorError
+
+Env = Mapping[str, Any]
+ApplyFn = Callable[[Any, Env], None]
+ReadFn = Callable[[Env], Any]
+
+
+class ActuatorType(str, enum.Enum):
+    BOOL = "bool"
+    FLOAT = "float"
+    INT = "int"
+    CHOICE = "choice"
+    LOG_FLOAT = "log_float"
+    TUPLE = "tuple"
+
+
+class ActuatorState(str, enum.Enum):
+    """INIT → UNTOUCHED (initial value read) → UNVERIFIED (applied) → VERIFIED (read back
+    equal) → DISABLED (after ``max_failures`` failed applies)."""
+
+    INIT = "init"
+    UNTOUCHED = "untouched"
+    UNVERIFIED = "unverified"
+    VERIFIED = "verified"
+    DISABLED = "disabled"
+
+
+_NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT)
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else repr(x)
+
+
+@dataclass(eq=False)
+class HotcbActuator:
+    """A parameter that commands can change while training runs.
+
+    ``apply_fn(value, env)`` makes the change; ``read_fn(env)`` (optional) reads the live value,
+    used for the initial value and to verify a change. ``group`` is the command module that
+    reaches it: ``opt``, ``loss`` or ``custom``.
+    """
+
+    param_key: str
+    type: ActuatorType
+    apply_fn: ApplyFn
+    read_fn: ReadFn | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple[Any, ...] | None = None
+    length: int | None = None
+    group: str = "custom"
+    label: str | None = None
+    description: str = ""
+    max_failures: int = 3
+    state: ActuatorState = ActuatorState.INIT
+    current_value: Any = None
+    initial_value: Any = None
+    failures: int = 0
+    last_error: str | None = None
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def __post_init__(self) -> None:
+        self.type = ActuatorType(self.type)
+        if self.type is ActuatorType.LOG_FLOAT and (self.min_value is None or self.min_value <= 0):
+            raise ValueError(f"LOG_FLOAT actuator {self.param_key!r} needs min_value > 0")
+        if self.type is ActuatorType.CHOICE and not self.choices:
+            raise ValueError(f"CHOICE actuator {self.param_key!r} needs choices")
+        if self.choices is not None:
+            self.choices = tuple(self.choices)
+
+    # -- validation -------------------------------------------------------------------------
+    def _bounds(self, v: float, what: str) -> None:
+        key = self.param_key
+        if self.min_value is not None and v < self.min_value:
+            raise ActuatorError(
+                f"{what}={_fmt(v)} is below the minimum {_fmt(self.min_value)} for actuator {key!r}"
+            )
+        if self.max_value is not None and v > self.max_value:
+            raise ActuatorError(
+                f"{what}={_fmt(v)} is above the maximum {_fmt(self.max_value)} for actuator {key!r}"
+            )
+
+    def _number(self, value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ActuatorError(
+                f"{what} must be a number for actuator {self.param_key!r} "
+                f"({self.type.value}), got {type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value):
+            raise ActuatorError(f"{what}={value!r} is not finite; actuator {self.param_key!r}")
+        return float(value)
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` coerced to this actuator's type, or raise :class:`ActuatorError`."""
+        t, key = self.type, self.param_key
+        if t is ActuatorType.BOOL:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ActuatorError(f"{key} must be true or false, got {value!r}")
+        if t is ActuatorType.CHOICE:
+            assert self.choices is not None
+            if value not in self.choices:
+                raise ActuatorError(
+                    f"{key}={value!r} is not one of {', '.join(map(repr, self.choices))}"
+                )
+            return value
+        if t is ActuatorType.TUPLE:
+            if not isinstance(value, (list, tuple)):
+                raise ActuatorError(f"{key} must be a list of numbers, got {value!r}")
+            if self.length is not None and len(value) != self.length:
+                raise ActuatorError(f"{key} needs {self.length} values, got {len(value)}")
+            out = []
+            for i, v in enumerate(value):
+                f = self._number(v, f"{key}[{i}]")
+                self._bounds(f, f"{key}[{i}]")
+                out.append(f)
+            return tuple(out)
+        f = self._number(value, key)
+        if t is ActuatorType.INT:
+            if not f.is_integer():
+                raise ActuatorError(f"{key} must be an integer, got {value!r}")
+            self._bounds(f, key)
+            return int(f)
+        self._bounds(f, key)
+        return f
+
+    # -- live value -------------------------------------------------------------------------
+    def read(self, env: Env) -> Any:
+        if self.read_fn is None:
+            return self.current_value
+        value = self.read_fn(env)
+        if isinstance(value, list):
+            value = tuple(value)
+        return value
+
+    def matches(self, a: Any, b: Any) -> bool:
+        if self.type in _NUMERIC and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+        if self.type is ActuatorType.TUPLE and a is not None and b is not None:
+            return len(a) == len(b) and all(
+                math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)
+            )
+        return bool(a == b)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "param_key": self.param_key,
+            "type": self.type.value,
+            "group": self.group,
+            "label": self.label or self.param_key,
+            "description": self.description,
+            "min": self.min_value,
+            "max": self.max_value,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "length": self.length,
+            "current": self.current_value,
+            "initial": self.initial_value,
+            "state": self.state.value,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+class MutableState:
+    """The set of actuators a run exposes, keyed by ``param_key``."""
+
+    def __init__(self, actuators: Iterable[HotcbActuator] = (), *, auto_disable: bool = True):
+        self._acts: dict[str, HotcbActuator] = {}
+        self.auto_disable = auto_disable
+        self.version = 0  # bumped when the set of actuators or a value changes
+        for act in actuators:
+            self.register(act)
+
+    def register(self, act: HotcbActuator, *, replace: bool = False) -> None:
+        if act.param_key in self._acts and not replace:
+            raise ValueError(f"actuator {act.param_key!r} is already registered")
+        self._acts[act.param_key] = act
+        self.version += 1
+
+    def unregister(self, key: str) -> None:
+        if self._acts.pop(key, None) is not None:
+            self.version += 1
+
+    def get(self, key: str) -> HotcbActuator | None:
+        return self._acts.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._acts
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._acts.values())
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def keys(self, group: str | None = None) -> list[str]:
+        return [k for k, a in self._acts.items() if group is None or a.group == group]
+
+    def initialize(self, env: Env) -> None:
+        """Read the initial value of every actuator still in INIT."""
+        for act in self._acts.values():
+            if act.state is ActuatorState.INIT:
+                try:
+                    value = act.read(env)
+                except Exception as exc:  # a read that fails leaves the value unknown
+                    act.last_error = f"initial read failed: {exc!r}"
+                    value = None
+                act.current_value = act.initial_value = value
+                act.state = ActuatorState.UNTOUCHED
+                self.version += 1
+
+    def lookup(self, key: str, group: str | None = None) -> HotcbActuator:
+        act = self._acts.get(key)
+        if act is None or (group is not None and act.group != group):
+            known = ", ".join(self.keys(group)) or "none registered"
+            where = f" in group {group!r}" if group else ""
+            raise ActuatorError(f"unknown actuator {key!r}{where}; known: {known}")
+        if act.state is ActuatorState.DISABLED:
+            raise ActuatorError(
+                f"actuator {key!r} is disabled after {act.failures} failed applies "
+                f"(last error: {act.last_error})"
+            )
+        return act
+
+    def apply(self, key: str, value: Any, env: Env, *, group: str | None = None) -> tuple[Any, Any]:
+        """Validate, apply, read back. Returns ``(old, new)``.
+
+        Raises :class:`ActuatorError` for a refused value (nothing changed) and
+        :class:`ActuatorApplyError` when ``apply_fn`` raised or the read-back differs (the old
+        value restored; after ``max_failures`` such failures the actuator is DISABLED).
+        """
+        act = self.lookup(key, group)
+        new = act.validate(value)
+        if act.state is ActuatorState.INIT:
+            self.initialize(env)
+        old = act.read(env)
+        try:
+            act.apply_fn(new, env)
+            live = act.read(env) if act.read_fn is not None else new
+            if not act.matches(live, new):
+                raise ActuatorApplyError(f"read back {live!r} after setting {new!r}")
+        except Exception as exc:
+            self._rollback(act, old, env)
+            act.failures += 1
+            act.last_error = f"{type(exc).__name__}: {exc}"
+            if self.auto_disable and act.failures >= act.max_failures:
+                act.state = ActuatorState.DISABLED
+            self.version += 1
+            raise ActuatorApplyError(
+                f"applying {key}={new!r} failed ({act.last_error}); value rolled back to {old!r}"
+            ) from exc
+        act.current_value = new
+        act.state = ActuatorState.VERIFIED if act.read_fn is not None else ActuatorState.UNVERIFIED
+        self.version += 1
+        return old, new
+
+    def set_silently(self, key: str, value: Any, env: Env) -> None:
+        """Apply an already validated value without bookkeeping (one step of a ramp)."""
+        act = self._acts[key]
+        act.apply_fn(value, env)
+        act.current_value = value
+        act.state = ActuatorState.UNVERIFIED
+
+    @staticmethod
+    def _rollback(act: HotcbActuator, old: Any, env: Env) -> None:
+        if old is None:
+            return
+        try:
+            act.apply_fn(old, env)
+        except Exception as exc:  # the rollback itself failed: say so, keep going
+            act.last_error = f"rollback failed: {exc!r}"
+
+    def verify(self, env: Env) -> dict[str, bool]:
+        """Read every applied actuator back; UNVERIFIED becomes VERIFIED when it matches."""
+        out: dict[str, bool] = {}
+        for key, act in self._acts.items():
+            if act.state not in (ActuatorState.UNVERIFIED, ActuatorState.VERIFIED):
+                continue
+            if act.read_fn is None:
+                continue
+            try:
+                ok = act.matches(act.read(env), act.current_value)
+            except Exception:
+                ok = False
+            out[key] = ok
+            act.state = ActuatorState.VERIFIED if ok else ActuatorState.UNVERIFIED
+        return out
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [a.describe() for a in self._acts.values()]
+
+    def values(self) -> dict[str, Any]:
+        return {k: a.current_value for k, a in self._acts.items()}
+
+
+def mutable_state(actuators: Iterable[HotcbActuator]) -> MutableState:
+    """Wrap a list of actuators (e.g. your own custom knobs) into a :class:`MutableState`."""
+    return MutableState(actuators)
+
+
+def attr_actuator(
+    obj: Any,
+    attr: str,
+    type: ActuatorType = ActuatorType.FLOAT,
+    *,
+    key: str | None = None,
+    group: str = "custom",
+    **kwargs: Any,
+) -> HotcbActuator:
+    """An actuator over ``obj.attr`` (e.g. a model's dropout rate or a flag)."""
+
+    def apply_fn(value: Any, env: Env) -> None:
+        setattr(obj, attr, value)
+
+    def read_fn(env: Env) -> Any:
+        return getattr(obj, attr)
+
+    return HotcbActuator(
+        param_key=key or attr, type=type, apply_fn=apply_fn, read_fn=read_fn, group=group, **kwargs
+    )

@@ -1,0 +1,65 @@
+"""The ``hotcb`` command: steer and inspect a run directory from a terminal.
+
+Each command group lives in its own file with a ``register(subparsers)`` function; this file
+only assembles them. Errors print one line on stderr and exit with code 2 (``--debug`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import HotcbError
+
+_GROUPS = ("_core", "_cb", "_recipe", "_serve")
+
+
+class CliError(HotcbError):
+    """A user error on the command line: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hotcb",
+        description="Steer a running PyTorch training run: change optimizer params, loss weights, "
+        "callbacks and knobs live; pause, checkpoint, stop; read the ledger of what happened.",
+    )
+    parser.add_argument(
+        "--dir",
+        "-d",
+        default=os.environ.get("HOTCB_DIR", "."),
+        help="run directory (default: $HOTCB_DIR or the current directory)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"hotcb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _GROUPS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (HotcbError, OSError, ValueError, TimeoutError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"hotcb: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Helpers shared by the command groups: ``k=v`` parsing, output formatting, waiting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..client import HotClient
+from ..errors import HotcbError
+
+
+class UsageError(HotcbError):
+    pass
+
+
+def parse_value(text: str) -> Any:
+    """JSON where it parses (``1e-4``, ``false``, ``[0.9,0.99]``, ``"x"``), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def parse_kv(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected key=value, got {item!r} (e.g. lr=1e-4)")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def client(args: argparse.Namespace) -> HotClient:
+    return HotClient(args.dir, source="cli")
+
+
+def add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the run has handled the command and print the ledger entry",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (with --wait)")
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def fmt_changes(changes: Mapping[str, Any] | None) -> str:
+    if not changes:
+        return ""
+    parts = []
+    for k, ch in changes.items():
+        if isinstance(ch, Mapping) and "new" in ch:
+            parts.append(f"{k}: {fmt_value(ch.get('old'))} -> {fmt_value(ch.get('new'))}")
+        else:
+            parts.append(f"{k}: {fmt_value(ch)}")
+    return "; ".join(parts)
+
+
+def fmt_entry(e: Mapping[str, Any]) -> str:
+    what = " ".join(str(x) for x in (e.get("module"), e.get("op")) if x)
+    if e.get("id"):
+        what += f" {e['id']}"
+    line = f"#{e.get('seq')} step {e.get('step')} [{e.get('source') or '?'}] {what or '?'}"
+    line += f" -> {e.get('decision')}"
+    changes = fmt_changes(e.get("changes"))
+    if changes:
+        line += f" ({changes})"
+    elif e.get("params") and e.get("decision") != "applied":
+        line += f" params={json.dumps(e.get('params'))}"
+    if e.get("at_step") is not None and e.get("decision") == "scheduled":
+        line += f" at step {e['at_step']}"
+    if e.get("error"):
+        line += f": {e['error']}"
+    return line
+
+
+def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
+    """Print the command ids, or with ``--wait`` the ledger entries; exit 1 if any failed."""
+    if not getattr(args, "wait", False):
+        for cid in cmd_ids:
+            print(cid)
+        return 0
+    c = client(args)
+    code = 0
+    deadline = time.monotonic() + args.timeout
+    for cid in cmd_ids:
+        entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()))
+        print(fmt_entry(entry))
+        if entry.get("decision") in ("rejected", "failed", "ignored_freeze"):
+            code = 1
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,230 @@
+"""Core commands: init, status, log, set, opt/loss/custom set_params, control."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from .. import jsonl
+from ..freeze import FreezeState
+from ..ledger import pending_scheduled
+from ..runfiles import RunPaths
+from ._common import add_wait, client, finish, fmt_entry, fmt_value, parse_kv
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("init", help="create a run directory (commands file, run metadata)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("status", help="freeze mode, actuators and their values, recent ledger")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-n", type=int, default=8, help="ledger entries to show (default 8)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("log", help="print the ledger (what happened to each command)")
+    p.add_argument("-n", type=int, default=20, help="last N entries (0: all; default 20)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    p.add_argument("--json", action="store_true", help="raw JSON lines")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser(
+        "set",
+        help="set parameters, routed to opt/loss/custom by the run's actuators (lr=1e-4 aux=0.5)",
+    )
+    _actuator_args(p)
+    p.set_defaults(func=cmd_set)
+
+    for module in ("opt", "loss", "custom"):
+        mp = sub.add_parser(module, help=f"{module} commands (set_params k=v ...)")
+        msub = mp.add_subparsers(dest="op", metavar="OP")
+        msub.required = True
+        sp = msub.add_parser("set_params", help=f"set {module} parameters: k=v ...")
+        _actuator_args(sp)
+        sp.set_defaults(func=cmd_set_params, module=module)
+
+    for name, text in (
+        ("pause", "pause training at the next safe point (it keeps reading commands)"),
+        ("resume", "resume a paused run"),
+        ("stop", "ask the run to stop at the next safe point"),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_wait(p)
+        p.set_defaults(func=cmd_control, op=name)
+
+    p = sub.add_parser("checkpoint", help="ask the run to save a checkpoint")
+    p.add_argument("--path", help="where to save (when the run's save_checkpoint takes a path)")
+    add_wait(p)
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("undo", help="revert the last applied change (or --cmd-id ID)")
+    p.add_argument("--cmd-id", help="the command to revert")
+    add_wait(p)
+    p.set_defaults(func=cmd_undo)
+
+    p = sub.add_parser("cancel", help="cancel a scheduled command (sent with --at-step)")
+    p.add_argument("cmd_id")
+    add_wait(p)
+    p.set_defaults(func=cmd_cancel)
+
+
+def _actuator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", nargs="+", metavar="KEY=VALUE", help="values parse as JSON")
+    p.add_argument("--at-step", type=int, help="apply at the first safe point with step >= N")
+    p.add_argument("--ramp", type=int, metavar="STEPS", help="ramp to the value over STEPS steps")
+    p.add_argument("--shape", choices=("linear", "cosine"), default="linear", help="ramp shape")
+    add_wait(p)
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if args.at_step is not None:
+        fields["at_step"] = args.at_step
+    if args.ramp:
+        fields["transition"] = {"steps": args.ramp, "shape": args.shape}
+    return fields
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.dir)
+    os.makedirs(paths.root, exist_ok=True)
+    open(paths.commands, "ab").close()
+    print(paths.root)
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    ids = client(args).set(parse_kv(args.params), **_fields(args))
+    return finish(args, ids)
+
+
+def cmd_set_params(args: argparse.Namespace) -> int:
+    cid = client(args).set_params(args.module, parse_kv(args.params), **_fields(args))
+    return finish(args, [cid])
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).send("control", args.op)])
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).checkpoint(args.path)])
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).undo(args.cmd_id)])
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).cancel(args.cmd_id)])
+
+
+def _status(paths: RunPaths, n: int) -> dict[str, Any]:
+    meta = jsonl.read_json(paths.run_meta, {}) or {}
+    acts = jsonl.read_json(paths.actuators, {}) or {}
+    last_metrics = jsonl.read_last(paths.metrics, 1)
+    try:
+        pending_cmds = os.path.getsize(paths.commands)
+    except OSError:
+        pending_cmds = 0
+    ledger_tail = jsonl.read_last(paths.ledger, n)
+    cursor = ledger_tail[-1].get("cursor", 0) if ledger_tail else 0
+    status: dict[str, Any] = {
+        "run_dir": paths.root,
+        "exists": os.path.isdir(paths.root),
+        "run": meta,
+        "freeze": FreezeState.load(paths.freeze).to_dict(),
+        "actuators": acts.get("actuators") or [],
+        "actuators_step": acts.get("step"),
+        "last_metrics": last_metrics[0] if last_metrics else None,
+        "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
+        "pending": pending_scheduled(paths.ledger),
+        "ledger": ledger_tail,
+    }
+    hook = _recipe_status_hook()
+    if hook is not None:
+        status.update(hook(paths))
+    return status
+
+
+def _recipe_status_hook():  # type: ignore[no-untyped-def]
+    try:
+        from ._recipe import status_extra
+    except ImportError:
+        return None
+    return status_extra
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.dir)
+    if not os.path.isdir(paths.root):
+        print(f"hotcb: error: no run directory at {paths.root}", file=sys.stderr)
+        return 2
+    st = _status(paths, args.n)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    run = st["run"]
+    print(f"run      {st['run_dir']}")
+    if run:
+        print(f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}")
+    fr = st["freeze"]
+    extra = f" recipe={fr['recipe_path']}" if fr.get("recipe_path") else ""
+    print(f"freeze   {fr['mode']}{extra}")
+    for line in st.get("replay_next", []):
+        print(f"         next: {line}")
+    lm = st["last_metrics"]
+    if lm:
+        shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in list(lm["metrics"].items())[:6])
+        age = time.time() - float(lm.get("wall_time") or 0)
+        print(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
+    if st["unread_command_bytes"]:
+        print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
+    print("actuators" if st["actuators"] else "actuators (none yet: the run has not started)")
+    for a in st["actuators"]:
+        bounds = ""
+        if a.get("min") is not None or a.get("max") is not None:
+            bounds = f" [{fmt_value(a.get('min'))}, {fmt_value(a.get('max'))}]"
+        print(
+            f"  {a['param_key']:<22} {fmt_value(a.get('current')):<14} "
+            f"{a.get('group', ''):<7} {a.get('state', '')}{bounds}"
+        )
+    if st["pending"]:
+        print("scheduled")
+        for e in st["pending"]:
+            print(f"  at step {e.get('at_step')}: {e.get('module')} {e.get('op')} "
+                  f"{json.dumps(e.get('params'))} ({e.get('cmd_id')})")
+    print("ledger" if st["ledger"] else "ledger   (empty)")
+    for e in st["ledger"]:
+        print("  " + fmt_entry(e))
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.dir)
+    entries = (
+        list(jsonl.iter_records(paths.ledger)) if args.n == 0 else jsonl.read_last(paths.ledger, args.n)
+    )
+
+    def show(e: dict[str, Any]) -> None:
+        print(json.dumps(e) if args.json else fmt_entry(e), flush=True)
+
+    for e in entries:
+        show(e)
+    if not args.follow:
+        return 0
+    try:
+        size = os.path.getsize(paths.ledger)
+    except OSError:
+        size = 0
+    tail = jsonl.JsonlTail(paths.ledger, offset=size)
+    try:
+        while True:
+            for e in tail.read_records():
+                show(e)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .. import jsonl
+from ..runfiles import METRICS
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (non-finite, or not a number)."""
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, (int, float)):
+        item = getattr(value, "item", None)
+        if not callable(item):
+            return None
+        try:
+            value = item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        if not isinstance(value, (int, float)):
+            return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class MetricsCollector:
+    """Appends ``{"step", "epoch"?, "wall_time", "metrics": {name: number|null}}`` records.
+
+    Non-finite values (NaN, inf) are written as ``null`` so readers never choke; tensors and
+    numpy scalars are converted. One writer per file (the training process, rank 0), so the file
+    stays open and each record is one ``os.write``.
+    """
+
+    def __init__(self, run_dir: str, *, every_n_steps: int = 1, filename: str = METRICS) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, filename)
+        self.every_n_steps = max(1, int(every_n_steps))
+        self._fd: int | None = None
+        self.last: dict[str, float | None] = {}
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._fd
+
+    def log(self, step: int, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
+        if step % self.every_n_steps:
+            return
+        clean = {str(k): _number(v) for k, v in metrics.items()}
+        if not clean:
+            return
+        record: dict[str, Any] = {"step": int(step)}
+        if epoch is not None:
+            record["epoch"] = int(epoch)
+        record["wall_time"] = time.time()
+        record["metrics"] = clean
+        self.last.update(clean)
+        os.write(self._open(), (jsonl.dumps(record) + "\n").encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> MetricsCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,30 @@
+"""Kernel modules: the ``cb`` callback module, the ``tune`` module, and the plug-in registry."""
+
+import os
+
+from ._base import (
+    HotModule,
+    ModuleSpec,
+    OpResult,
+    create_module,
+    module_ops,
+    module_specs,
+    register_module,
+)
+
+register_module(
+    "cb",
+    "hotcb.modules.cb:CallbackModule",
+    ("load", "unload", "enable", "disable", "set_params"),
+    start_when=lambda paths: os.path.exists(paths.config_yaml),
+)
+
+__all__ = [
+    "HotModule",
+    "ModuleSpec",
+    "OpResult",
+    "create_module",
+    "module_ops",
+    "module_specs",
+    "register_module",
+]

@@ -1,0 +1,309 @@
+"""Commands and ops: the record a writer appends, and its validated, typed form ``HotOp``.
+
+``command_to_hotop(record)`` is the single validation point: the client calls it before
+appending (so the CLI fails fast) and the kernel calls it on every line it reads (so a record
+written by hand is held to the same rules). Errors say what was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CommandError
+
+__all__ = [
+    "CallbackTarget",
+    "Transition",
+    "HotOp",
+    "MODULE_OPS",
+    "FREEZE_MODES",
+    "command_to_hotop",
+    "make_command",
+    "new_cmd_id",
+]
+
+#: Ops each module accepts. Modules plugged in through the registry may add to this table.
+MODULE_OPS: dict[str, frozenset[str]] = {
+    "cb": frozenset({"load", "unload", "enable", "disable", "set_params"}),
+    "opt": frozenset({"set_params"}),
+    "loss": frozenset({"set_params"}),
+    "custom": frozenset({"set_params"}),
+    "control": frozenset({"pause", "resume", "stop", "checkpoint", "undo", "cancel"}),
+    "freeze": frozenset({"set"}),
+    "tune": frozenset({"enable", "disable", "set_params", "status"}),
+}
+
+#: Modules whose ``set_params`` go to the actuators (the default stream).
+ACTUATOR_MODULES = frozenset({"opt", "loss", "custom"})
+
+FREEZE_MODES = ("off", "prod", "replay", "replay_adjusted")
+TARGET_KINDS = ("python_path", "python_file")
+TRANSITION_SHAPES = ("linear", "cosine")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_cmd_id() -> str:
+    """A sortable unique id: 48 bits of milliseconds then 80 random bits, Crockford base32."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackTarget:
+    """Where a callback's code lives: an importable module or a file."""
+
+    kind: str  # "python_path" | "python_file"
+    path: str
+    symbol: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": self.path, "symbol": self.symbol}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Ramp a numeric actuator to its new value over ``steps`` steps instead of jumping."""
+
+    steps: int
+    shape: str = "linear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "shape": self.shape}
+
+
+@dataclass(slots=True)
+class HotOp:
+    """One validated command, ready to route."""
+
+    module: str
+    op: str
+    cmd_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = "unknown"
+    ts: float | None = None
+    id: str | None = None
+    target: CallbackTarget | None = None
+    init: dict[str, Any] | None = None
+    enabled: bool | None = None
+    at_step: int | None = None
+    transition: Transition | None = None
+    #: Fields kept for upstream compatibility and for modules (mode, recipe_path, …).
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Byte offset in the commands file just after this command (0 when not read from it).
+    cursor: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "cmd_id": self.cmd_id,
+            "ts": self.ts,
+            "source": self.source,
+            "module": self.module,
+            "op": self.op,
+            "params": self.params,
+            "id": self.id,
+            "target": self.target.to_dict() if self.target else None,
+            "init": self.init,
+            "enabled": self.enabled,
+            "at_step": self.at_step,
+            "transition": self.transition.to_dict() if self.transition else None,
+        }
+        rec.update(self.extra)
+        return rec
+
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "cmd_id",
+        "ts",
+        "source",
+        "module",
+        "op",
+        "params",
+        "id",
+        "target",
+        "init",
+        "enabled",
+        "at_step",
+        "transition",
+        "v",
+    }
+)
+
+
+def _check_finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CommandError(f"{where} is {value!r}; send a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def _opt_dict(record: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(f"'{key}' must be an object, got {type(value).__name__} {value!r}")
+    _check_finite(value, key)
+    return value
+
+
+def _target(value: Any) -> CallbackTarget | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(f"'target' must be an object {{kind, path, symbol}}, got {value!r}")
+    kind, path, symbol = value.get("kind"), value.get("path"), value.get("symbol")
+    if kind not in TARGET_KINDS:
+        raise CommandError(f"target.kind must be one of {', '.join(TARGET_KINDS)}, got {kind!r}")
+    if not isinstance(path, str) or not path:
+        raise CommandError(f"target.path must be a non-empty string, got {path!r}")
+    if not isinstance(symbol, str) or not symbol:
+        raise CommandError(f"target.symbol must be a non-empty string, got {symbol!r}")
+    return CallbackTarget(kind, path, symbol)
+
+
+def _transition(value: Any) -> Transition | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(f"'transition' must be an object {{steps, shape}}, got {value!r}")
+    steps = value.get("steps")
+    shape = value.get("shape", "linear")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CommandError(f"transition.steps must be an integer >= 1, got {steps!r}")
+    if shape not in TRANSITION_SHAPES:
+        raise CommandError(
+            f"transition.shape must be one of {', '.join(TRANSITION_SHAPES)}, got {shape!r}"
+        )
+    return Transition(steps, shape)
+
+
+def _validate_module_op(module: str, op: str, extra_ops: dict[str, frozenset[str]] | None) -> None:
+    table = MODULE_OPS if not extra_ops else {**MODULE_OPS, **extra_ops}
+    if module not in table:
+        raise CommandError(f"unknown module {module!r}; expected one of {', '.join(sorted(table))}")
+    if op not in table[module]:
+        raise CommandError(
+            f"unknown op {op!r} for module {module!r}; expected one of "
+            f"{', '.join(sorted(table[module]))}"
+        )
+
+
+def _validate_semantics(op: HotOp) -> None:
+    m, o = op.module, op.op
+    if m in ACTUATOR_MODULES and not op.params:
+        raise CommandError(f"{m} set_params needs at least one parameter, e.g. params={{'lr': 1e-4}}")
+    if m == "cb":
+        if not op.id:
+            raise CommandError(f"cb {o} needs 'id', the callback's name")
+        if o == "load" and op.target is None:
+            raise CommandError("cb load needs 'target': {kind, path, symbol}")
+    if m == "freeze":
+        mode = op.extra.get("mode", op.params.get("mode"))
+        if mode not in FREEZE_MODES:
+            raise CommandError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}, got {mode!r}")
+    if m == "control" and o in ("undo", "cancel"):
+        target = op.params.get("cmd_id")
+        if o == "cancel" and not isinstance(target, str):
+            raise CommandError("control cancel needs params.cmd_id, the scheduled command to cancel")
+        if target is not None and not isinstance(target, str):
+            raise CommandError(f"params.cmd_id must be a string, got {target!r}")
+    if op.transition is not None and m not in ACTUATOR_MODULES:
+        raise CommandError(f"'transition' applies to opt/loss/custom set_params, not {m} {o}")
+
+
+def command_to_hotop(
+    record: Any,
+    *,
+    cursor: int = 0,
+    fallback_id: str | None = None,
+    extra_ops: dict[str, frozenset[str]] | None = None,
+) -> HotOp:
+    """Validate a command record and return its ``HotOp``; raise :class:`CommandError` saying
+    what is wrong and how to fix it."""
+    if not isinstance(record, dict):
+        raise CommandError(f"a command must be a JSON object, got {type(record).__name__}")
+    module, op_name = record.get("module"), record.get("op")
+    if not isinstance(module, str):
+        raise CommandError(f"'module' must be a string, got {module!r}")
+    if not isinstance(op_name, str):
+        raise CommandError(f"'op' must be a string, got {op_name!r}")
+    _validate_module_op(module, op_name, extra_ops)
+
+    cmd_id = record.get("cmd_id")
+    if cmd_id is None:
+        cmd_id = fallback_id
+    if not isinstance(cmd_id, str) or not cmd_id:
+        raise CommandError(f"'cmd_id' must be a non-empty string, got {cmd_id!r}")
+    params = _opt_dict(record, "params") or {}
+    init = _opt_dict(record, "init")
+    ident = record.get("id")
+    if ident is not None and not isinstance(ident, str):
+        raise CommandError(f"'id' must be a string, got {ident!r}")
+    enabled = record.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise CommandError(f"'enabled' must be true or false, got {enabled!r}")
+    at_step = record.get("at_step")
+    if at_step is not None and (isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 0):
+        raise CommandError(f"'at_step' must be an integer >= 0, got {at_step!r}")
+    ts = record.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+        raise CommandError(f"'ts' must be a number, got {ts!r}")
+    source = record.get("source") or "unknown"
+    if not isinstance(source, str):
+        raise CommandError(f"'source' must be a string, got {source!r}")
+    extra = {k: v for k, v in record.items() if k not in _KNOWN_FIELDS}
+    _check_finite(extra, "command")
+
+    hot = HotOp(
+        module=module,
+        op=op_name,
+        cmd_id=cmd_id,
+        params=params,
+        source=source,
+        ts=float(ts) if ts is not None else None,
+        id=ident,
+        target=_target(record.get("target")),
+        init=init,
+        enabled=enabled,
+        at_step=at_step,
+        transition=_transition(record.get("transition")),
+        extra=extra,
+        cursor=cursor,
+    )
+    _validate_semantics(hot)
+    return hot
+
+
+def make_command(module: str, op: str, *, source: str = "python", **fields: Any) -> dict[str, Any]:
+    """A complete, validated command record with a fresh ``cmd_id`` and timestamp."""
+    record: dict[str, Any] = {
+        "cmd_id": fields.pop("cmd_id", None) or new_cmd_id(),
+        "ts": time.time(),
+        "source": source,
+        "module": module,
+        "op": op,
+        "params": fields.pop("params", None) or {},
+        "id": fields.pop("id", None),
+        "target": fields.pop("target", None),
+        "init": fields.pop("init", None),
+        "enabled": fields.pop("enabled", None),
+        "at_step": fields.pop("at_step", None),
+        "transition": fields.pop("transition", None),
+    }
+    record.update({k: v for k, v in fields.items() if v is not None})
+    command_to_hotop(record)  # raises CommandError with the reason
+    return record
