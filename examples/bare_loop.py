@@ -25,12 +25,16 @@ from hotcb import HotKernel, loss_actuators, mutable_state
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run-dir", default="runs/digits")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step (demo pacing)")
+    ap.add_argument(
+        "--step-delay", type=float, default=0.0, help="seconds to sleep per step (demo pacing)"
+    )
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -64,16 +68,22 @@ def main() -> None:
                 "model": model,
                 "optimizer": optimizer,
                 "scheduler": scheduler,
-                "metrics": {"loss": loss.item(), "ce": ce.item(), "acc": acc.item(),
-                            "lr": optimizer.param_groups[0]["lr"]},
+                "metrics": {
+                    "loss": loss.item(),
+                    "ce": ce.item(),
+                    "acc": acc.item(),
+                    "lr": optimizer.param_groups[0]["lr"],
+                },
             }
         )
         if kernel.stop_requested:
             print(f"stop requested at step {step}", flush=True)
             break
         if kernel.checkpoint_requested:
-            torch.save({"model": model.state_dict(), "hotcb": kernel.state_dict()},
-                       f"{args.run_dir}/checkpoint_{step}.pt")
+            torch.save(
+                {"model": model.state_dict(), "hotcb": kernel.state_dict()},
+                f"{args.run_dir}/checkpoint_{step}.pt",
+            )
             kernel.checkpoint_requested = False
         if args.step_delay:
             time.sleep(args.step_delay)

@@ -82,6 +82,6 @@ class Ramp:
         if self.shape == "cosine":
             t = (1.0 - math.cos(math.pi * t)) / 2.0
         if isinstance(self.target, tuple):
-            return tuple(a + (b - a) * t for a, b in zip(self.start, self.target))
+            return tuple(a + (b - a) * t for a, b in zip(self.start, self.target, strict=False))
         value = self.start + (self.target - self.start) * t
         return round(value) if self.is_int else value

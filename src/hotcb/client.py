@@ -143,15 +143,15 @@ class HotClient:
         enabled: bool = True,
     ) -> str:
         if (file is None) == (path is None):
-            raise CommandError("cb load needs exactly one of file= (a .py file) or path= (a module)")
+            raise CommandError(
+                "cb load needs exactly one of file= (a .py file) or path= (a module)"
+            )
         target = (
             {"kind": "python_file", "path": os.path.abspath(file), "symbol": symbol}
             if file is not None
             else {"kind": "python_path", "path": path, "symbol": symbol}
         )
-        return self.send(
-            "cb", "load", id=id, target=target, init=dict(init or {}), enabled=enabled
-        )
+        return self.send("cb", "load", id=id, target=target, init=dict(init or {}), enabled=enabled)
 
     def cb(self, op: str, id: str, **params: Any) -> str:
         return self.send("cb", op, id=id, params=params)
@@ -178,5 +178,7 @@ class HotClient:
                     continue
                 return entry
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?")
+                raise TimeoutError(
+                    f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?"
+                )
             time.sleep(interval)

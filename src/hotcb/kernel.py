@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import distributed as _dist
@@ -236,7 +236,13 @@ class HotKernel:
     def pending(self) -> list[dict[str, Any]]:
         """Scheduled ops still waiting, as ``{"at_step", "cmd_id", "module", "op", "params"}``."""
         return [
-            {"at_step": s, "cmd_id": op.cmd_id, "module": op.module, "op": op.op, "params": op.params}
+            {
+                "at_step": s,
+                "cmd_id": op.cmd_id,
+                "module": op.module,
+                "op": op.op,
+                "params": op.params,
+            }
             for s, op in self._schedule.ops()
         ]
 
@@ -515,7 +521,11 @@ class HotKernel:
             )
             return
         self._remember(op.cmd_id)
-        if op.module != "freeze" and not self.freeze.accepts_live and op.source not in INTERNAL_SOURCES:
+        if (
+            op.module != "freeze"
+            and not self.freeze.accepts_live
+            and op.source not in INTERNAL_SOURCES
+        ):
             self._emit_op(
                 op,
                 step,
@@ -572,9 +582,16 @@ class HotKernel:
         self._event = events[0] if events else "train_step_end"
         for source in list(self._sources):
             for op in source.pop_due(step, events):
-                if op.module != "freeze" and not self.freeze.accepts_live and op.source not in INTERNAL_SOURCES:
+                if (
+                    op.module != "freeze"
+                    and not self.freeze.accepts_live
+                    and op.source not in INTERNAL_SOURCES
+                ):
                     self._emit_op(
-                        op, step, Decision.IGNORED_FREEZE, error=f"freeze mode is {self.freeze.mode.value}"
+                        op,
+                        step,
+                        Decision.IGNORED_FREEZE,
+                        error=f"freeze mode is {self.freeze.mode.value}",
                     )
                     continue
                 self._execute(op, env, step)
@@ -591,7 +608,9 @@ class HotKernel:
                 self.mutable_state.set_silently(key, ramp.value_at(step), env)
             except Exception as exc:
                 del self._ramps[key]
-                self._emit_op(ramp.op, step, Decision.FAILED, error=f"ramp of {key} failed: {exc!r}")
+                self._emit_op(
+                    ramp.op, step, Decision.FAILED, error=f"ramp of {key} failed: {exc!r}"
+                )
                 continue
             if step >= ramp.end_step:
                 del self._ramps[key]
@@ -687,13 +706,17 @@ class HotKernel:
                 self._emit_op(op, step, Decision.NOOP, error="already paused")
                 return
             self.paused = True
-            self._emit_op(op, step, Decision.APPLIED, changes={"paused": {"old": False, "new": True}})
+            self._emit_op(
+                op, step, Decision.APPLIED, changes={"paused": {"old": False, "new": True}}
+            )
         elif name == "resume":
             if not self.paused:
                 self._emit_op(op, step, Decision.NOOP, error="not paused")
                 return
             self.paused = False
-            self._emit_op(op, step, Decision.APPLIED, changes={"paused": {"old": True, "new": False}})
+            self._emit_op(
+                op, step, Decision.APPLIED, changes={"paused": {"old": True, "new": False}}
+            )
         elif name == "stop":
             self.stop_requested = True
             request = env.get("request_stop")
@@ -706,7 +729,10 @@ class HotKernel:
                 path = op.params.get("path")
                 result = save(path) if path is not None else save()
                 self._emit_op(
-                    op, step, Decision.APPLIED, extra={"checkpoint": os.fspath(result) if result else None}
+                    op,
+                    step,
+                    Decision.APPLIED,
+                    extra={"checkpoint": os.fspath(result) if result else None},
                 )
             else:
                 self.checkpoint_requested = True
@@ -717,7 +743,9 @@ class HotKernel:
             target = op.params["cmd_id"]
             cancelled = self._schedule.cancel(target)
             if cancelled is None:
-                self._emit_op(op, step, Decision.REJECTED, error=f"no scheduled command {target!r} is pending")
+                self._emit_op(
+                    op, step, Decision.REJECTED, error=f"no scheduled command {target!r} is pending"
+                )
                 return
             self._emit_op(cancelled, step, Decision.NOOP, error=f"cancelled by {op.cmd_id}")
             self._emit_op(op, step, Decision.APPLIED)
@@ -739,14 +767,21 @@ class HotKernel:
             target = find_entry(self.paths.ledger, target_id)
         if target is None or not target.get("changes"):
             what = f"command {target_id!r}" if target_id else "change"
-            self._emit_op(op, step, Decision.REJECTED, error=f"no applied {what} with changes to undo")
+            self._emit_op(
+                op, step, Decision.REJECTED, error=f"no applied {what} with changes to undo"
+            )
             return
         module = target.get("module")
         if module not in ACTUATOR_MODULES:
             mod = self._modules.get(module or "")
             undo = getattr(mod, "undo", None)
             if not callable(undo):
-                self._emit_op(op, step, Decision.REJECTED, error=f"{module} {target.get('op')} cannot be undone")
+                self._emit_op(
+                    op,
+                    step,
+                    Decision.REJECTED,
+                    error=f"{module} {target.get('op')} cannot be undone",
+                )
                 return
             result = undo(target, env)
             self._emit_result(op, step, result, extra={"undo_of": target["cmd_id"]})
@@ -787,24 +822,35 @@ class HotKernel:
         self.freeze = new
         if self.is_leader:
             new.save(self.paths.freeze)
-        self._emit_op(op, step, Decision.APPLIED, changes={"mode": {"old": old, "new": new.mode.value}})
+        self._emit_op(
+            op, step, Decision.APPLIED, changes={"mode": {"old": old, "new": new.mode.value}}
+        )
 
     def _apply_module(self, op: HotOp, env: Env, step: int) -> None:
         try:
             mod = self.module(op.module)
         except (ImportError, KeyError) as exc:
-            self._emit_op(op, step, Decision.REJECTED, error=f"module {op.module!r} is not available: {exc}")
+            self._emit_op(
+                op, step, Decision.REJECTED, error=f"module {op.module!r} is not available: {exc}"
+            )
             return
         result = mod.apply(op, env)
         self._emit_result(op, step, result)
         self._refresh_event_modules()
 
-    def _emit_result(self, op: HotOp, step: int, result: OpResult, extra: dict[str, Any] | None = None) -> None:
+    def _emit_result(
+        self, op: HotOp, step: int, result: OpResult, extra: dict[str, Any] | None = None
+    ) -> None:
         merged = dict(result.extra or {})
         if extra:
             merged.update(extra)
         entry = self._emit_op(
-            op, step, Decision(result.decision), changes=result.changes, error=result.error, extra=merged
+            op,
+            step,
+            Decision(result.decision),
+            changes=result.changes,
+            error=result.error,
+            extra=merged,
         )
         if result.decision == Decision.APPLIED.value and result.changes:
             self._history.append(entry)
@@ -817,7 +863,9 @@ class HotKernel:
                 self._emit_error(None, f"dispatch failed: {exc!r}", env)
 
     def _refresh_event_modules(self) -> None:
-        self._event_modules = [m for m in self._modules.values() if getattr(m, "wants_events", False)]
+        self._event_modules = [
+            m for m in self._modules.values() if getattr(m, "wants_events", False)
+        ]
 
     def _refresh_values(self, env: Env) -> None:
         """Pick up values that moved on their own (an LR scheduler) for the actuators file."""
@@ -978,5 +1026,15 @@ class HotKernel:
         return queued
 
 
-_RESUME_FIELDS = ("cmd_id", "module", "op", "params", "id", "target", "init", "enabled", "transition")
+_RESUME_FIELDS = (
+    "cmd_id",
+    "module",
+    "op",
+    "params",
+    "id",
+    "target",
+    "init",
+    "enabled",
+    "transition",
+)
 _RESUME_EXTRA = ("mode", "recipe_path", "adjust_path", "step_offset", "source_capture")

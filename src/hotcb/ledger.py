@@ -15,7 +15,14 @@ from typing import Any
 from . import jsonl
 from .runfiles import FORMAT_VERSION
 
-__all__ = ["Decision", "LedgerWriter", "tail_state", "iter_entries", "find_entry", "pending_scheduled"]
+__all__ = [
+    "Decision",
+    "LedgerWriter",
+    "tail_state",
+    "iter_entries",
+    "find_entry",
+    "pending_scheduled",
+]
 
 
 class Decision(str, enum.Enum):

@@ -205,7 +205,9 @@ def _validate_module_op(module: str, op: str, extra_ops: dict[str, frozenset[str
 def _validate_semantics(op: HotOp) -> None:
     m, o = op.module, op.op
     if m in ACTUATOR_MODULES and not op.params:
-        raise CommandError(f"{m} set_params needs at least one parameter, e.g. params={{'lr': 1e-4}}")
+        raise CommandError(
+            f"{m} set_params needs at least one parameter, e.g. params={{'lr': 1e-4}}"
+        )
     if m == "cb":
         if not op.id:
             raise CommandError(f"cb {o} needs 'id', the callback's name")
@@ -214,11 +216,15 @@ def _validate_semantics(op: HotOp) -> None:
     if m == "freeze":
         mode = op.extra.get("mode", op.params.get("mode"))
         if mode not in FREEZE_MODES:
-            raise CommandError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}, got {mode!r}")
+            raise CommandError(
+                f"freeze mode must be one of {', '.join(FREEZE_MODES)}, got {mode!r}"
+            )
     if m == "control" and o in ("undo", "cancel"):
         target = op.params.get("cmd_id")
         if o == "cancel" and not isinstance(target, str):
-            raise CommandError("control cancel needs params.cmd_id, the scheduled command to cancel")
+            raise CommandError(
+                "control cancel needs params.cmd_id, the scheduled command to cancel"
+            )
         if target is not None and not isinstance(target, str):
             raise CommandError(f"params.cmd_id must be a string, got {target!r}")
     if op.transition is not None and m not in ACTUATOR_MODULES:
@@ -257,7 +263,9 @@ def command_to_hotop(
     if enabled is not None and not isinstance(enabled, bool):
         raise CommandError(f"'enabled' must be true or false, got {enabled!r}")
     at_step = record.get("at_step")
-    if at_step is not None and (isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 0):
+    if at_step is not None and (
+        isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 0
+    ):
         raise CommandError(f"'at_step' must be an integer >= 0, got {at_step!r}")
     ts = record.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):

@@ -152,7 +152,8 @@ class HotcbActuator:
             return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
         if self.type is ActuatorType.TUPLE and a is not None and b is not None:
             return len(a) == len(b) and all(
-                math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)
+                math.isclose(float(x), float(y), rel_tol=1e-6, abs_tol=1e-12)
+                for x, y in zip(a, b, strict=False)
             )
         return bool(a == b)
 

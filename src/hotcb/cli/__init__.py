@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import HotcbError
 
-_GROUPS = ("_core", "_cb", "_recipe", "_serve")
+_GROUPS = ("_core", "_cb", "_recipe", "_serve", "_demo")
 
 
 class CliError(HotcbError):

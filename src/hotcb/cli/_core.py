@@ -170,7 +170,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     run = st["run"]
     print(f"run      {st['run_dir']}")
     if run:
-        print(f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}")
+        print(
+            f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
+        )
     fr = st["freeze"]
     extra = f" recipe={fr['recipe_path']}" if fr.get("recipe_path") else ""
     print(f"freeze   {fr['mode']}{extra}")
@@ -195,8 +197,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st["pending"]:
         print("scheduled")
         for e in st["pending"]:
-            print(f"  at step {e.get('at_step')}: {e.get('module')} {e.get('op')} "
-                  f"{json.dumps(e.get('params'))} ({e.get('cmd_id')})")
+            print(
+                f"  at step {e.get('at_step')}: {e.get('module')} {e.get('op')} "
+                f"{json.dumps(e.get('params'))} ({e.get('cmd_id')})"
+            )
     print("ledger" if st["ledger"] else "ledger   (empty)")
     for e in st["ledger"]:
         print("  " + fmt_entry(e))
@@ -206,7 +210,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
     entries = (
-        list(jsonl.iter_records(paths.ledger)) if args.n == 0 else jsonl.read_last(paths.ledger, args.n)
+        list(jsonl.iter_records(paths.ledger))
+        if args.n == 0
+        else jsonl.read_last(paths.ledger, args.n)
     )
 
     def show(e: dict[str, Any]) -> None:

@@ -1,0 +1,167 @@
+"""A real, deterministic training process for tests, demos and benchmarks.
+
+    python -m hotcb.testing.trainer --run-dir RUN --steps 500 --step-delay 0.01
+
+Trains TinyMLP on digits with AdamW (or SGD), optional LR scheduler, loss weights
+``{"ce": 1.0, "l2": 0.0}`` exposed as loss actuators, and calls ``kernel.apply`` after every
+optimizer step. Per-step values go to ``--trace`` (JSON lines: step, lr, weights, loss) so a
+test can check exactly when a change took effect. Checkpoints hold model, optimizer,
+scheduler, RNG and kernel state, so ``--resume`` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m hotcb.testing.trainer")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    ap.add_argument("--sched", choices=("none", "step", "cosine", "lambda"), default="none")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (seconds)")
+    ap.add_argument("--poll-interval", type=float, default=0.0, help="kernel poll_interval_sec")
+    ap.add_argument("--trace", help="write per-step JSON lines (step, lr, weights, loss) here")
+    ap.add_argument("--save-weights", help="torch.save the final model state_dict here")
+    ap.add_argument(
+        "--checkpoint-at",
+        type=int,
+        action="append",
+        default=[],
+        help="save a checkpoint after this step (repeatable)",
+    )
+    ap.add_argument("--checkpoint-dir", help="where checkpoints go (default: the run dir)")
+    ap.add_argument("--resume", help="checkpoint file to resume from")
+    ap.add_argument("--ready-file", help="touch this file after the first step")
+    ap.add_argument("--no-code-load", action="store_true", help="HotKernel(allow_code_load=False)")
+    ap.add_argument("--metrics-every", type=int, default=1)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    from torch import nn
+
+    from hotcb import HotKernel, loss_actuators, mutable_state
+    from hotcb.testing import TinyMLP, digits
+
+    torch.manual_seed(args.seed)
+    x, y = digits()
+    model = TinyMLP(seed=args.seed)
+    if args.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = None
+    if args.sched == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+    elif args.sched == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.steps))
+    elif args.sched == "lambda":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.01 * s))
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(
+        args.run_dir,
+        poll_interval_sec=args.poll_interval,
+        mutable_state=mutable_state(loss_actuators(weights)),
+        allow_code_load=not args.no_code_load,
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    start = 0
+    if args.resume:
+        ck = torch.load(args.resume, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        weights.update(ck["weights"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        kernel.load_state_dict(ck["hotcb"])
+        start = ck["step"] + 1
+    trace = open(args.trace, "a") if args.trace else None  # noqa: SIM115
+    ck_dir = args.checkpoint_dir or args.run_dir
+
+    def save_checkpoint(path: str | None = None, step: int = 0) -> str:
+        path = path or os.path.join(ck_dir, f"ckpt_{step}.pt")
+        torch.save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "weights": dict(weights),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "hotcb": kernel.state_dict(),
+            },
+            path,
+        )
+        return path
+
+    step = start - 1
+    for step in range(start, args.steps):
+        idx = torch.randint(0, len(x), (args.batch,), generator=gen)
+        logits = model(x[idx])
+        ce = nn.functional.cross_entropy(logits, y[idx])
+        l2 = sum(p.pow(2).sum() for p in model.parameters())
+        loss = weights["ce"] * ce + weights["l2"] * l2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        env = {
+            "framework": "torch",
+            "step": step,
+            "model": model,
+            "optimizer": opt,
+            "scheduler": sched,
+            "loss": loss,
+            "save_checkpoint": lambda path=None, _s=step: save_checkpoint(path, _s),
+        }
+        if step % args.metrics_every == 0:
+            env["metrics"] = {"loss": loss.item(), "ce": ce.item(), "lr": opt.param_groups[0]["lr"]}
+        kernel.apply(env)
+        if trace is not None:
+            trace.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "lr": opt.param_groups[0]["lr"],
+                        "weights": dict(weights),
+                        "loss": loss.item(),
+                    }
+                )
+                + "\n"
+            )
+            trace.flush()
+        if step in args.checkpoint_at:
+            save_checkpoint(None, step)
+        if args.ready_file and step == start:
+            open(args.ready_file, "w").close()
+        if kernel.stop_requested:
+            print(f"stopped at step {step}", flush=True)
+            break
+        if args.step_delay:
+            time.sleep(args.step_delay)
+    kernel.close()
+    if trace is not None:
+        trace.close()
+    if args.save_weights:
+        torch.save(model.state_dict(), args.save_weights)
+    print(f"done at step {step}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
