@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CommandError
+from .runfiles import FORMAT_VERSION
 
 __all__ = [
     "CallbackTarget",
@@ -299,6 +300,7 @@ def command_to_hotop(
 def make_command(module: str, op: str, *, source: str = "python", **fields: Any) -> dict[str, Any]:
     """A complete, validated command record with a fresh ``cmd_id`` and timestamp."""
     record: dict[str, Any] = {
+        "v": FORMAT_VERSION,  # so a reader can tell the record format apart from later ones
         "cmd_id": fields.pop("cmd_id", None) or new_cmd_id(),
         "ts": time.time(),
         "source": source,

@@ -1,0 +1,174 @@
+"""hotcb.jsonl: the one append/tail implementation (complete lines only, once, in order)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hotcb import jsonl
+
+
+def test_append_writes_one_compact_line_per_record(tmp_path: Any) -> None:
+    path = tmp_path / "a.jsonl"
+    jsonl.append(path, {"a": 1, "b": [1, 2]})
+    jsonl.append_many(path, [{"c": "x"}, {"d": None}])
+    assert path.read_bytes() == b'{"a":1,"b":[1,2]}\n{"c":"x"}\n{"d":null}\n'
+
+
+def test_non_finite_floats_are_written_as_strings_not_invalid_json(tmp_path: Any) -> None:
+    path = tmp_path / "a.jsonl"
+    jsonl.append(path, {"x": float("nan"), "y": [float("inf")], "z": 1.5})
+    line = path.read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line) == {"x": "nan", "y": ["inf"], "z": 1.5}
+
+
+def test_tail_leaves_a_line_without_newline_for_later_and_yields_it_once(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    tail = jsonl.JsonlTail(path)
+    assert tail.read_lines() == []  # missing file: nothing, no error
+    with open(path, "ab") as f:
+        f.write(b'{"n":1}\n{"n":2')
+    assert [json.loads(raw) for _, raw in tail.read_lines()] == [{"n": 1}]
+    assert tail.offset == 8
+    assert tail.read_lines() == []  # the torn line is still incomplete
+    with open(path, "ab") as f:
+        f.write(b"}\n")
+    got = tail.read_lines()
+    assert [(end, json.loads(raw)) for end, raw in got] == [(os.path.getsize(path), {"n": 2})]
+    assert tail.read_lines() == []
+
+
+def test_tail_restarts_from_zero_when_the_file_shrinks(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    jsonl.append_many(path, [{"n": i} for i in range(5)])
+    tail = jsonl.JsonlTail(path)
+    assert len(tail.read_records()) == 5
+    path.write_bytes(b'{"n":"new"}\n')
+    assert tail.read_records() == [{"n": "new"}]
+    assert tail.reset
+
+
+def test_tail_reads_a_line_longer_than_max_bytes(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    big = {"blob": "x" * 5000}
+    jsonl.append_many(path, [big, {"n": 1}])
+    tail = jsonl.JsonlTail(path, max_bytes=1024)
+    got = []
+    for _ in range(10):
+        got += tail.read_records()
+    assert got == [big, {"n": 1}]
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_records = st.lists(st.dictionaries(st.text(max_size=6), _json_values, max_size=4), max_size=12)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=_records, cuts=st.lists(st.integers(min_value=0), max_size=20))
+def test_any_chunking_of_appended_bytes_yields_exactly_the_complete_lines_once_in_order(
+    tmp_path: Any, records: list[dict[str, Any]], cuts: list[int]
+) -> None:
+    data = b"".join((jsonl.dumps(r) + "\n").encode() for r in records)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+    path = tmp_path / f"p{os.getpid()}_{abs(hash((data, tuple(points))))}.jsonl"
+    path.write_bytes(b"")
+    tail = jsonl.JsonlTail(path)
+    got: list[dict[str, Any]] = []
+    ends: list[int] = []
+    written = 0
+    for point in points:
+        with open(path, "ab") as f:
+            f.write(data[written:point])
+        written = point
+        for end, raw in tail.read_lines():
+            ends.append(end)
+            got.append(json.loads(raw))
+        # never past the last newline written so far: a torn line is never consumed
+        assert tail.offset == data.rfind(b"\n", 0, written) + 1
+    assert got == records
+    assert ends == [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    path.unlink()
+
+
+def test_read_last_returns_the_last_records_oldest_first(tmp_path: Any) -> None:
+    path = tmp_path / "l.jsonl"
+    assert jsonl.read_last(path) == []
+    jsonl.append_many(path, [{"n": i} for i in range(100)])
+    with open(path, "ab") as f:
+        f.write(b'{"n": "partial')  # a write in progress is not a record yet
+    assert jsonl.read_last(path) == [{"n": 99}]
+    assert jsonl.read_last(path, 3) == [{"n": 97}, {"n": 98}, {"n": 99}]
+    assert jsonl.read_last(path, 1000) == [{"n": i} for i in range(100)]
+
+
+def test_read_last_on_a_big_file_reads_only_its_tail(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "big.jsonl"
+    row = {"seq": 0, "payload": "y" * 200}
+    with open(path, "wb") as f:
+        for i in range(40_000):  # ~9 MB
+            row["seq"] = i
+            f.write((jsonl.dumps(row) + "\n").encode())
+    size = os.path.getsize(path)
+    read_bytes = 0
+    real_open = open
+
+    class Counting:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def seek(self, *a: Any) -> int:
+            return self.f.seek(*a)
+
+        def read(self, n: int = -1) -> bytes:
+            nonlocal read_bytes
+            data = self.f.read(n)
+            read_bytes += len(data)
+            return data
+
+    monkeypatch.setattr(
+        jsonl, "open", lambda p, mode="r": Counting(real_open(p, mode)), raising=False
+    )
+    last = jsonl.read_last(path, 2)
+    assert [r["seq"] for r in last] == [39_998, 39_999]
+    assert read_bytes <= 128 * 1024 < size // 50
+
+
+def test_iter_records_skips_garbage_and_the_unfinished_last_line(tmp_path: Any) -> None:
+    path = tmp_path / "i.jsonl"
+    path.write_bytes(b'{"a":1}\nnot json\n[1,2]\n\n{"b":2}\n{"c":')
+    assert list(jsonl.iter_records(path)) == [{"a": 1}, {"b": 2}]
+    assert list(jsonl.iter_records(tmp_path / "missing.jsonl")) == []
+
+
+def test_write_json_atomic_and_read_json(tmp_path: Any) -> None:
+    path = tmp_path / "doc.json"
+    assert jsonl.read_json(path, {"default": True}) == {"default": True}
+    jsonl.write_json_atomic(path, {"v": 1, "x": math.inf})
+    assert jsonl.read_json(path) == {"v": 1, "x": "inf"}
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]  # no temp file left behind
+    path.write_text("{half")
+    assert jsonl.read_json(path, "fallback") == "fallback"
