@@ -647,7 +647,9 @@ class HotKernel:
 
     def _apply_actuators(self, op: HotOp, env: Env, step: int) -> None:
         ms = self.mutable_state
-        if not self._opt_registered:
+        # only when an optimizer is there to find: _discover rewrites the actuators file, and
+        # doing that per command made a burst cost one file replace per command
+        if not self._opt_registered and (env.get("optimizer") is not None or env.get("optimizers")):
             self._discover(env)
         try:
             plan = [(k, ms.lookup(k, op.module), v) for k, v in op.params.items()]
