@@ -1,0 +1,560 @@
+"""CallbackModule: the ``cb`` module. Loads, replaces, toggles, reconfigures and isolates callbacks.
+
+Ops: ``load`` (by import path or from a file, with source capture), ``unload``, ``enable``,
+``disable``, ``set_params``. Dispatch runs each enabled callback's ``handle(event, env)`` for
+each event, in load order, each call in its own try/except.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...errors import CodeLoadError
+from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command
+from .._base import OpResult
+from ._loader import Resolved, check_allowed, resolve
+from ._protocol import CallbackContext
+
+if TYPE_CHECKING:
+    from ...kernel import HotKernel
+
+__all__ = ["CallbackModule"]
+
+log = logging.getLogger("hotcb.cb")
+
+Env = Mapping[str, Any]
+_MISSING = object()
+_TB_LIMIT = 8000  # characters of traceback kept in a ledger entry
+
+
+class _Slot:
+    """One loaded callback and its bookkeeping. ``handle`` is the bound method, looked up once."""
+
+    __slots__ = (
+        "id",
+        "cb",
+        "handle",
+        "target",
+        "init",
+        "enabled",
+        "params",
+        "capture",
+        "errors",
+        "suppressed",
+        "last_report",
+        "last_error",
+    )
+
+    def __init__(
+        self,
+        ident: str,
+        cb: Any,
+        target: CallbackTarget,
+        init: dict[str, Any],
+        enabled: bool,
+        capture: dict[str, str] | None,
+    ) -> None:
+        self.id = ident
+        self.cb = cb
+        self.handle = cb.handle
+        self.target = target
+        self.init = init
+        self.enabled = enabled
+        self.params: dict[str, Any] = {}
+        self.capture = capture
+        self.errors = 0
+        self.suppressed = 0
+        self.last_report = float("-inf")
+        self.last_error: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.capture["sha256"] if self.capture else None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` when it is JSON-friendly (recordable as old/new), else None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float, str)) for v in value
+    ):
+        return list(value)
+    return None
+
+
+def _fmt_exc(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _tb() -> str:
+    text = traceback.format_exc()
+    return text if len(text) <= _TB_LIMIT else "…" + text[-_TB_LIMIT:]
+
+
+class CallbackModule:
+    """The ``cb`` module (created by the kernel on the first ``cb`` command, or at start when
+    the run directory has a ``hotcb.yaml``).
+
+    Attributes:
+        error_interval_sec: a callback that keeps raising (auto-disable off) gets at most one
+            ``callback_error`` ledger entry per this many seconds; the entry counts the
+            errors suppressed since the previous one.
+    """
+
+    error_interval_sec = 30.0
+
+    def __init__(self, kernel: HotKernel) -> None:
+        self.kernel = kernel
+        self._slots: dict[str, _Slot] = {}  # insertion order is load order
+        self._active: tuple[_Slot, ...] = ()
+        self._leader = bool(kernel.is_leader)
+        self.wants_events = False
+
+    # ------------------------------------------------------------------ dispatch (hot path)
+    def on_events(self, events: Sequence[str], env: Env) -> None:
+        """Give each event to each enabled callback, in load order; an exception is recorded
+        and (with ``auto_disable_on_error``) disables that callback. Never raises."""
+        if self._leader is not self.kernel.is_leader:
+            self._rebuild()
+        for event in events:
+            for slot in self._active:
+                try:
+                    slot.handle(event, env)
+                except Exception as exc:
+                    self._on_error(slot, event, env, exc)
+
+    def _rebuild(self) -> None:
+        self._leader = leader = bool(self.kernel.is_leader)
+        self._active = tuple(
+            s
+            for s in self._slots.values()
+            if s.enabled and (leader or not getattr(s.cb, "rank_zero_only", False))
+        )
+        self.wants_events = bool(self._active)
+
+    def _on_error(self, slot: _Slot, event: str, env: Env, exc: Exception) -> None:
+        try:
+            slot.errors += 1
+            msg = _fmt_exc(exc)
+            slot.last_error = msg
+            disable = bool(self.kernel.auto_disable_on_error)
+            if disable:
+                slot.enabled = False
+                self._rebuild()
+            now = time.monotonic()
+            if not disable and now - slot.last_report < self.error_interval_sec:
+                slot.suppressed += 1
+                return
+            slot.last_report = now
+            fields: dict[str, Any] = {
+                "module": "cb",
+                "op": "callback_error",
+                "id": slot.id,
+                "event": event,
+                "decision": "failed",
+                "error": msg,
+                "traceback": _tb(),
+                "errors": slot.errors,
+                "suppressed": slot.suppressed,
+            }
+            step = env.get("step")
+            if isinstance(step, int):
+                fields["step"] = step
+            if disable:
+                fields["auto_disabled"] = True
+                fields["changes"] = {"enabled": {"old": True, "new": False}}
+            slot.suppressed = 0
+            log.warning(
+                "hotcb: callback %r raised in %s: %s%s",
+                slot.id,
+                event,
+                msg,
+                " (disabled)" if disable else "",
+            )
+            self.kernel.record(fields)
+        except Exception:  # recording must never be what breaks training
+            log.exception("hotcb: could not record the error of callback %r", slot.id)
+
+    # ------------------------------------------------------------------ ops
+    def apply(self, op: HotOp, env: Env) -> OpResult:
+        """Route a ``cb`` op; an unexpected exception becomes a ``failed`` result."""
+        handler = getattr(self, f"_op_{op.op}", None)
+        if handler is None:
+            return OpResult("rejected", error=f"cb has no op {op.op!r}")
+        try:
+            result: OpResult = handler(op, env)
+        except Exception as exc:
+            result = OpResult("failed", error=_fmt_exc(exc), extra={"traceback": _tb()})
+        self._rebuild()
+        return result
+
+    def _missing(self, ident: str | None) -> OpResult:
+        loaded = ", ".join(self._slots) or "none"
+        return OpResult(
+            "rejected", error=f"no callback {ident!r} is loaded (loaded: {loaded}); load it first"
+        )
+
+    def _ctx_env(self, env: Env, ident: str) -> dict[str, Any]:
+        out = dict(env)
+        out["kernel"] = self.kernel
+        out["hotcb"] = CallbackContext(self.kernel, ident)
+        return out
+
+    def _build(
+        self, op_id: str, target: CallbackTarget, init: dict[str, Any], capture: Any
+    ) -> tuple[Any, Resolved]:
+        resolved = resolve(self.kernel, target, capture if target.kind == "python_file" else None)
+        cb = resolved.factory(**init)
+        if not callable(getattr(cb, "handle", None)):
+            raise TypeError(
+                f"{target.symbol} built an object of type {type(cb).__name__} without a "
+                f"handle(event, env) method; a hot callback needs one"
+            )
+        return cb, resolved
+
+    def _op_load(self, op: HotOp, env: Env) -> OpResult:
+        assert op.id is not None and op.target is not None  # validated by command_to_hotop
+        target = op.target
+        try:
+            check_allowed(self.kernel, target)
+        except CodeLoadError as exc:
+            return OpResult("rejected", error=str(exc))
+        init = dict(op.init or {})
+        try:
+            cb, resolved = self._build(op.id, target, init, op.extra.get("source_capture"))
+        except FileNotFoundError as exc:
+            return OpResult("rejected", error=str(exc))
+        except Exception as exc:
+            return OpResult(
+                "failed",
+                error=f"could not load {target.symbol} from {target.path}: {_fmt_exc(exc)}",
+                extra={"traceback": _tb()},
+            )
+        enabled = True if op.enabled is None else op.enabled
+        slot = _Slot(op.id, cb, target, init, enabled, resolved.source_capture)
+        extra: dict[str, Any] = {}
+        if slot.capture:
+            extra["source_capture"] = dict(slot.capture)
+        old = self._slots.get(op.id)
+        if old is not None:
+            err = self._hook(old, "on_unload", env)
+            if err:
+                extra["on_unload_error"] = err[0]
+        err = self._hook(slot, "on_load", env)
+        if err:
+            if old is not None:
+                self._hook(old, "on_load", env)  # put the previous version back
+            return OpResult(
+                "failed",
+                error=f"{op.id}: on_load raised {err[0]}"
+                + ("; the previous version stays loaded" if old else ""),
+                extra={"traceback": err[1]},
+            )
+        self._slots[op.id] = slot  # a replacement keeps its place in the load order
+        if old is None:
+            changes: dict[str, Any] = {"loaded": {"old": False, "new": True}}
+        else:
+            extra["replaced"] = True
+            changes = {}
+            if old.capture or slot.capture:
+                changes["sha256"] = {"old": old.sha256, "new": slot.sha256}
+            if old.target != target:
+                changes["target"] = {"old": old.target.to_dict(), "new": target.to_dict()}
+            if old.init != init:
+                changes["init"] = {"old": old.init, "new": init}
+            if old.enabled != enabled:
+                changes["enabled"] = {"old": old.enabled, "new": enabled}
+            if not changes:
+                changes["sha256"] = {"old": old.sha256, "new": slot.sha256}
+        return OpResult("applied", changes=changes, extra=extra)
+
+    def _hook(self, slot: _Slot, name: str, env: Env) -> tuple[str, str] | None:
+        """Call ``on_load``/``on_unload`` if the callback has it; (error, traceback) if it
+        raised."""
+        fn = getattr(slot.cb, name, None)
+        if not callable(fn):
+            return None
+        try:
+            fn(self._ctx_env(env, slot.id))
+        except Exception as exc:
+            slot.last_error = _fmt_exc(exc)
+            log.warning("hotcb: callback %r %s raised: %s", slot.id, name, slot.last_error)
+            return slot.last_error, _tb()
+        return None
+
+    def _op_unload(self, op: HotOp, env: Env) -> OpResult:
+        slot = self._slots.get(op.id or "")
+        if slot is None:
+            return self._missing(op.id)
+        del self._slots[slot.id]
+        extra: dict[str, Any] = {}
+        err = self._hook(slot, "on_unload", env)
+        if err:
+            extra["on_unload_error"] = err[0]
+        if slot.capture:
+            extra["source_capture"] = dict(slot.capture)
+        return OpResult("applied", changes={"loaded": {"old": True, "new": False}}, extra=extra)
+
+    def _toggle(self, op: HotOp, value: bool) -> OpResult:
+        slot = self._slots.get(op.id or "")
+        if slot is None:
+            return self._missing(op.id)
+        if slot.enabled == value:
+            return OpResult("noop", error=f"{slot.id} is already {'en' if value else 'dis'}abled")
+        slot.enabled = value
+        if value:
+            slot.suppressed = 0
+            slot.last_report = float("-inf")
+        return OpResult("applied", changes={"enabled": {"old": not value, "new": value}})
+
+    def _op_enable(self, op: HotOp, env: Env) -> OpResult:
+        return self._toggle(op, True)
+
+    def _op_disable(self, op: HotOp, env: Env) -> OpResult:
+        return self._toggle(op, False)
+
+    def _op_set_params(self, op: HotOp, env: Env) -> OpResult:
+        slot = self._slots.get(op.id or "")
+        if slot is None:
+            return self._missing(op.id)
+        if not op.params:
+            return OpResult("rejected", error="cb set_params needs at least one key=value")
+        return self._set_params(slot, op.params)
+
+    def _set_params(self, slot: _Slot, params: Mapping[str, Any]) -> OpResult:
+        cb = slot.cb
+        old = {k: _plain(getattr(cb, k, None)) for k in params}
+        setter = getattr(cb, "set_params", None)
+        if callable(setter):
+            try:
+                setter(**params)
+            except (TypeError, ValueError, AttributeError) as exc:
+                return OpResult("rejected", error=f"{slot.id}.set_params: {_fmt_exc(exc)}")
+        else:
+            # no set_params(): set attributes the instance already has, nothing new
+            unknown = [k for k in params if k.startswith("_") or not hasattr(cb, k)]
+            if unknown:
+                known = sorted(k for k in vars(cb) if not k.startswith("_"))
+                return OpResult(
+                    "rejected",
+                    error=f"{slot.id} has no attribute {', '.join(map(repr, unknown))} and no "
+                    f"set_params(); settable: {', '.join(known) or 'none'}",
+                )
+            for k, v in params.items():
+                setattr(cb, k, v)
+        slot.params.update(params)
+        changes = {
+            k: {"old": old[k], "new": _plain(getattr(cb, k, v)) if hasattr(cb, k) else v}
+            for k, v in params.items()
+        }
+        return OpResult("applied", changes=changes)
+
+    # ------------------------------------------------------------------ undo
+    def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        """Revert an applied ``enable``/``disable``/``set_params`` or a first ``load``."""
+        op, ident, changes = entry.get("op"), entry.get("id"), entry.get("changes") or {}
+        slot = self._slots.get(ident or "")
+        if slot is None:
+            return self._missing(ident)
+        try:
+            if op in ("enable", "disable"):
+                res = self._toggle(_fake(ident), op == "disable")
+            elif op == "set_params":
+                params = {k: v["old"] for k, v in changes.items() if v.get("old") is not None}
+                if not params:
+                    return OpResult(
+                        "rejected", error="the old values were not recorded; nothing to restore"
+                    )
+                res = self._set_params(slot, params)
+            elif op == "load" and "loaded" in changes:
+                res = self._op_unload(_fake(ident), env)
+            else:
+                return OpResult(
+                    "rejected",
+                    error=f"cb {op} cannot be undone; send the opposite command "
+                    f"(e.g. cb load with the previous file)",
+                )
+        finally:
+            self._rebuild()
+        return res
+
+    # ------------------------------------------------------------------ start / state
+    def on_start(self, env: Env) -> None:
+        """Load the callbacks that ``hotcb.yaml`` in the run directory declares."""
+        path = self.kernel.paths.config_yaml
+        if not os.path.exists(path):
+            return
+        for record in read_config(path):
+            self._apply_internal(record, env, source="config")
+
+    def _apply_internal(self, record: dict[str, Any], env: Env, *, source: str) -> None:
+        from ...ops import new_cmd_id
+
+        record.setdefault("cmd_id", new_cmd_id())
+        record["source"] = source
+        op = command_to_hotop(record)
+        result = self.apply(op, env)
+        fields = {
+            "cmd_id": op.cmd_id,
+            "source": source,
+            "module": "cb",
+            "op": op.op,
+            "id": op.id,
+            "params": op.params,
+            "target": op.target.to_dict() if op.target else None,
+            "init": op.init,
+            "enabled": op.enabled,
+            "decision": result.decision,
+            "changes": result.changes,
+            "error": result.error,
+        }
+        fields.update(result.extra or {})
+        self.kernel.record(fields)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Loaded callbacks in load order: target, init, enabled, params set, source capture,
+        and the callback's own ``state_dict()`` when it has one."""
+        out = []
+        for s in self._slots.values():
+            item: dict[str, Any] = {
+                "id": s.id,
+                "target": s.target.to_dict(),
+                "init": s.init,
+                "enabled": s.enabled,
+                "params": dict(s.params),
+                "source_capture": dict(s.capture) if s.capture else None,
+            }
+            fn = getattr(s.cb, "state_dict", None)
+            if callable(fn):
+                try:
+                    item["state"] = fn()
+                except Exception as exc:
+                    log.warning("hotcb: state_dict of callback %r raised: %r", s.id, exc)
+            out.append(item)
+        return {"callbacks": out}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Re-create the callbacks of a checkpoint (file loads from their captured source)."""
+        for item in state.get("callbacks") or ():
+            ident = item.get("id")
+            try:
+                target = CallbackTarget(**item["target"])
+                check_allowed(self.kernel, target)
+                cb, resolved = self._build(
+                    ident, target, dict(item.get("init") or {}), item.get("source_capture")
+                )
+            except Exception as exc:
+                self.kernel.record(
+                    {
+                        "module": "cb",
+                        "op": "restore",
+                        "id": ident,
+                        "decision": "failed",
+                        "error": f"could not restore callback {ident!r}: {_fmt_exc(exc)}",
+                    }
+                )
+                continue
+            old = self._slots.pop(ident, None)
+            if old is not None:
+                self._hook(old, "on_unload", {})
+            slot = _Slot(
+                ident,
+                cb,
+                target,
+                dict(item.get("init") or {}),
+                bool(item.get("enabled", True)),
+                resolved.source_capture,
+            )
+            self._hook(slot, "on_load", {})
+            if item.get("params"):
+                self._set_params(slot, item["params"])
+            fn = getattr(cb, "load_state_dict", None)
+            if callable(fn) and item.get("state") is not None:
+                try:
+                    fn(item["state"])
+                except Exception as exc:
+                    log.warning("hotcb: load_state_dict of callback %r raised: %r", ident, exc)
+            self._slots[ident] = slot
+        self._rebuild()
+
+    # ------------------------------------------------------------------ inspection
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``cb list`` shows, for in-process callers."""
+        return [
+            {
+                "id": s.id,
+                "target": s.target.to_dict(),
+                "enabled": s.enabled,
+                "params": dict(s.params),
+                "sha256": s.sha256,
+                "errors": s.errors,
+                "last_error": s.last_error,
+            }
+            for s in self._slots.values()
+        ]
+
+    def get(self, ident: str) -> Any:
+        """The callback instance loaded as ``ident`` (None when not loaded)."""
+        slot = self._slots.get(ident)
+        return slot.cb if slot is not None else None
+
+
+def _fake(ident: Any) -> HotOp:
+    return HotOp(module="cb", op="undo", cmd_id="undo", id=ident)
+
+
+def read_config(path: str) -> list[dict[str, Any]]:
+    """The ``cb load`` commands declared by a ``hotcb.yaml``::
+
+    callbacks:
+      - id: heartbeat
+        path: hotcb.modules.cb.callbacks    # an import path, or
+        # file: callbacks/my_cb.py           # a file (relative to the run directory)
+        symbol: HeartbeatCallback
+        init: {every_steps: 100}
+        enabled: true
+    """
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f'{path} declares callbacks, reading it needs PyYAML: pip install "hotcb[yaml]"'
+        ) from exc
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping with a 'callbacks' list")
+    out = []
+    root = os.path.dirname(os.path.abspath(path))
+    for i, item in enumerate(doc.get("callbacks") or ()):
+        if not isinstance(item, dict) or not item.get("id"):
+            raise ValueError(f"{path}: callbacks[{i}] needs at least 'id' and a target")
+        target = item.get("target")
+        if target is None:
+            if item.get("file"):
+                file = item["file"]
+                file = file if os.path.isabs(file) else os.path.join(root, file)
+                target = {"kind": "python_file", "path": file, "symbol": item.get("symbol")}
+            else:
+                target = {
+                    "kind": "python_path",
+                    "path": item.get("path"),
+                    "symbol": item.get("symbol"),
+                }
+        rec = make_command(
+            "cb",
+            "load",
+            source="config",
+            id=str(item["id"]),
+            target=target,
+            init=item.get("init") or {},
+            enabled=bool(item.get("enabled", True)),
+        )
+        out.append(rec)
+    return out

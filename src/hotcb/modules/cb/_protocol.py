@@ -1,0 +1,168 @@
+"""What a hot callback is: a Protocol (the contract), an optional base class and a lambda helper.
+
+A hot callback needs only ``handle(event, env)``. Everything else is optional and looked up with
+``getattr`` when the module needs it, so a plain class with one method is a valid callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ...kernel import HotKernel
+
+__all__ = ["HotCallback", "CallbackBase", "CallbackContext", "LambdaCallback"]
+
+Env = Mapping[str, Any]
+
+
+@runtime_checkable
+class HotCallback(Protocol):
+    """The contract between the ``cb`` module and a callback.
+
+    Required: ``handle(event, env)``, called for each event of ``kernel.apply(env, events)``
+    while the callback is enabled (``event`` is e.g. ``"train_step_end"``; ``env`` is the dict the
+    training loop passed, see DESIGN §4).
+
+    Optional (found by name when present):
+
+    - ``on_load(env)``: after construction. ``env`` is a copy of the current env with two more
+      keys: ``env["kernel"]`` (the :class:`~hotcb.HotKernel`) and ``env["hotcb"]`` (a
+      :class:`CallbackContext` with the callback's id, the run directory and ``log_metrics``).
+    - ``on_unload(env)``: before it is removed or replaced by a reload.
+    - ``set_params(**params)``: for ``cb set_params``. Without it, ``set_params`` sets existing
+      attributes of the instance (an unknown name is rejected).
+    - ``state_dict()`` / ``load_state_dict(state)``: saved in ``kernel.state_dict()``.
+    - ``rank_zero_only = True``: under torch.distributed, run only on rank 0.
+    """
+
+    def handle(self, event: str, env: Env) -> None: ...
+
+
+@dataclass
+class CallbackContext:
+    """What a callback gets from hotcb at ``on_load`` (as ``env["hotcb"]``).
+
+    Diagnostics write their figures with :meth:`log_metrics`, which goes to the run's metrics
+    stream (``hotcb.metrics.jsonl``) so the dashboard charts them. On ranks other than 0 there
+    is no metrics stream and the call does nothing.
+    """
+
+    kernel: HotKernel
+    id: str
+
+    @property
+    def run_dir(self) -> str:
+        return self.kernel.run_dir
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.kernel.is_leader)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any], epoch: int | None = None) -> None:
+        """Append figures (name → number) to the metrics stream at ``step``."""
+        collector = self.kernel.metrics
+        if collector is not None and metrics:
+            collector.log(step, metrics, epoch=epoch)
+
+    def log(self, message: str, env: Env | None = None) -> None:
+        """A line for the user: through ``env["log"]`` when the loop gave one, else logging."""
+        fn = env.get("log") if env is not None else None
+        if callable(fn):
+            fn(message)
+        else:
+            logging.getLogger(f"hotcb.cb.{self.id}").info(message)
+
+
+class CallbackBase:
+    """Optional convenience base: no-op hooks, ``set_params`` that sets known attributes,
+    and a stored :class:`CallbackContext` (``self.ctx``) after ``on_load``.
+
+    Subclasses override :meth:`handle` (and any hook they need). ``every_steps`` helpers keep
+    diagnostics cheap on fast loops.
+    """
+
+    #: Set True to run only on rank 0 under torch.distributed.
+    rank_zero_only: bool = False
+    ctx: CallbackContext | None = None
+
+    def on_load(self, env: Env) -> None:
+        ctx = env.get("hotcb")
+        if isinstance(ctx, CallbackContext):
+            self.ctx = ctx
+
+    def on_unload(self, env: Env) -> None:
+        return None
+
+    def handle(self, event: str, env: Env) -> None:
+        return None
+
+    def set_params(self, **params: Any) -> None:
+        for key, value in params.items():
+            if key.startswith("_") or not hasattr(self, key):
+                raise AttributeError(
+                    f"{type(self).__name__} has no parameter {key!r}; "
+                    f"known: {', '.join(sorted(self.params()))}"
+                )
+            setattr(self, key, value)
+
+    def params(self) -> dict[str, Any]:
+        """Public, plain-valued attributes: what ``set_params`` can change."""
+        return {
+            k: v
+            for k, v in vars(self).items()
+            if not k.startswith("_") and k != "ctx" and isinstance(v, (int, float, str, bool))
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    # helpers for subclasses -----------------------------------------------------------------
+    def log_metrics(self, step: int, metrics: Mapping[str, Any], epoch: Any = None) -> None:
+        if self.ctx is not None:
+            self.ctx.log_metrics(step, metrics, epoch if isinstance(epoch, int) else None)
+
+    def log(self, message: str, env: Env | None = None) -> None:
+        if self.ctx is not None:
+            self.ctx.log(message, env)
+            return
+        fn = env.get("log") if env is not None else None
+        if callable(fn):
+            fn(message)
+        else:
+            logging.getLogger("hotcb.cb").info(message)
+
+
+class LambdaCallback(CallbackBase):
+    """A callback from functions: ``LambdaCallback(train_step_end=lambda env: ...)``.
+
+    Each keyword names an event; its function gets ``env``. ``any=fn`` gets ``(event, env)`` for
+    every event. Handy in notebooks and for ``python_path`` loads of small helpers.
+    """
+
+    def __init__(self, any: Callable[[str, Env], Any] | None = None, **on: Callable[[Env], Any]):  # noqa: A002
+        self._any = any
+        self._on = dict(on)
+
+    def handle(self, event: str, env: Env) -> None:
+        fn = self._on.get(event)
+        if fn is not None:
+            fn(env)
+        if self._any is not None:
+            self._any(event, env)
+
+
+def every(step: Any, n: int) -> bool:
+    """True when ``step`` is an int multiple of ``n`` (n <= 1: always)."""
+    return n <= 1 or (isinstance(step, int) and step % n == 0)
+
+
+def now() -> float:
+    return time.perf_counter()
