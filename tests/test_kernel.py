@@ -1,0 +1,436 @@
+"""HotKernel in-process, driving a real torch training loop (TinyMLP on digits).
+
+Commands are written the way every writer writes them (HotClient / raw appends to the commands
+file); what happened is read back from the ledger and the actuators file, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hotcb import HotcbActuator, HotClient, HotKernel, jsonl, loss_actuators, mutable_state
+from hotcb.actuators import ActuatorType
+from hotcb.runfiles import RunPaths
+from hotcb.testing import TinyMLP, digits, read_ledger
+
+DATA: tuple[Any, Any] | None = None
+
+
+def data() -> tuple[Any, Any]:
+    global DATA
+    if DATA is None:
+        DATA = digits()
+    return DATA
+
+
+def make_scheduler(kind: str | None, opt: Any) -> Any:
+    sched = torch.optim.lr_scheduler
+    if kind == "step":
+        return sched.StepLR(opt, step_size=5, gamma=0.5)
+    if kind == "cosine":
+        return sched.CosineAnnealingLR(opt, T_max=30)
+    if kind == "lambda":
+        return sched.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.1 * s))
+    return None
+
+
+class Loop:
+    """A real training loop: forward, backward, optimizer (and scheduler) step, kernel.apply."""
+
+    def __init__(self, run_dir: str, sched: str | None = None, **kernel_kw: Any) -> None:
+        torch.manual_seed(0)
+        self.model = TinyMLP(seed=0)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.01, weight_decay=0.0)
+        self.sched = make_scheduler(sched, self.opt)
+        self.weights: dict[str, Any] = {"ce": 1.0, "aux": 0.0}
+        kernel_kw.setdefault("poll_interval_sec", 0)
+        kernel_kw.setdefault("mutable_state", mutable_state(loss_actuators(self.weights)))
+        self.kernel = HotKernel(run_dir, **kernel_kw)
+        self.client = HotClient(run_dir, source="test")
+        self.paths = RunPaths(run_dir)
+        self.step = -1
+        self.lr: dict[int, float] = {}
+        self.env_extra: dict[str, Any] = {}
+
+    def run(self, n: int) -> None:
+        x, y = data()
+        for _ in range(n):
+            self.step += 1
+            i = (self.step * 32) % (len(x) - 32)
+            logits = self.model(x[i : i + 32])
+            ce = nn.functional.cross_entropy(logits, y[i : i + 32])
+            loss = self.weights["ce"] * ce + self.weights["aux"] * logits.pow(2).mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            if self.sched is not None:
+                self.sched.step()
+            env = {
+                "framework": "torch",
+                "step": self.step,
+                "model": self.model,
+                "optimizer": self.opt,
+                "scheduler": self.sched,
+                "metrics": {"loss": loss.item()},
+                **self.env_extra,
+            }
+            self.kernel.apply(env)
+            self.lr[self.step] = self.opt.param_groups[0]["lr"]
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return read_ledger(self.paths.root)
+
+    def entries(self, cmd_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.ledger() if e["cmd_id"] == cmd_id]
+
+    def only(self, cmd_id: str) -> dict[str, Any]:
+        (entry,) = self.entries(cmd_id)
+        return entry
+
+    def actuators(self) -> dict[str, dict[str, Any]]:
+        doc = jsonl.read_json(self.paths.actuators)
+        return {a["param_key"]: a for a in doc["actuators"]}
+
+    def raw(self, text: str) -> None:
+        with open(self.paths.commands, "ab") as f:
+            f.write(text.encode())
+
+
+@pytest.fixture
+def loop(run_dir: str) -> Any:
+    lp = Loop(run_dir)
+    yield lp
+    lp.kernel.close()
+
+
+def test_optimizer_actuators_are_registered_from_env_and_published(loop: Loop) -> None:
+    loop.run(1)
+    acts = loop.actuators()
+    assert set(acts) == {"ce", "aux", "lr", "weight_decay", "betas"}
+    assert acts["lr"]["current"] == 0.01 and acts["lr"]["group"] == "opt"
+    assert acts["aux"]["state"] == "untouched"
+    assert jsonl.read_json(loop.paths.actuators)["v"] == 1
+
+
+def test_lr_change_lands_at_the_step_it_is_read_and_is_ledgered_with_old_and_new(
+    loop: Loop,
+) -> None:
+    loop.run(3)
+    cid = loop.client.opt(lr=0.002)
+    loop.run(3)
+    e = loop.only(cid)
+    assert e["decision"] == "applied" and e["step"] == 3 and e["error"] is None
+    assert e["changes"] == {"lr": {"old": 0.01, "new": 0.002}}
+    assert e["cursor"] == os.path.getsize(loop.paths.commands)
+    assert e["source"] == "test" and e["seq"] == 1 and e["v"] == 1
+    assert [loop.lr[s] for s in range(6)] == [0.01] * 3 + [0.002] * 3
+    assert loop.actuators()["lr"]["current"] == 0.002
+    assert loop.actuators()["lr"]["state"] == "verified"
+
+
+def test_loss_weight_change_reaches_the_users_dict(loop: Loop) -> None:
+    loop.run(1)
+    cid = loop.client.loss(aux=0.25)
+    loop.run(1)
+    assert loop.only(cid)["changes"] == {"aux": {"old": 0.0, "new": 0.25}}
+    assert loop.weights["aux"] == 0.25
+
+
+def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(loop: Loop) -> None:
+    loop.run(1)
+    loop.raw("this is not json\n")
+    loop.raw('{"cmd_id":"m","module":"warp","op":"set_params","params":{"x":1}}\n')
+    loop.raw('{"cmd_id":"o","module":"opt","op":"explode","params":{"lr":1}}\n')
+    loop.raw('{"cmd_id":"n","module":"opt","op":"set_params","params":{"lr":NaN}}\n')
+    loop.raw('{"cmd_id":"b","module":"opt","op":"set_params","params":{"lr":50}}\n')
+    loop.raw('{"cmd_id":"u","module":"loss","op":"set_params","params":{"nope":1}}\n')
+    loop.raw('{"cmd_id":"t","module":"opt","op":"set_params","params":{"lr":"fast"}}\n')
+    loop.raw('{"module":"loss","op":"set_params","params":{"aux":0.5}}\n')  # hand-written, no id
+    loop.run(2)
+    by_id = {e["cmd_id"]: e for e in loop.ledger()}
+    assert by_id["@0"]["decision"] == "rejected"
+    assert by_id["@0"]["error"].startswith("line is not valid JSON")
+    reasons = {
+        "m": "unknown module 'warp'",
+        "o": "unknown op 'explode' for module 'opt'",
+        "n": "params.lr is nan; send a finite number",
+        "b": "lr=50 is above the maximum 10",
+        "u": "unknown actuator 'nope' in group 'loss'; known: ce, aux",
+        "t": "lr must be a number",
+    }
+    for cid, reason in reasons.items():
+        assert by_id[cid]["decision"] == "rejected", by_id[cid]
+        assert reason in by_id[cid]["error"]
+    hand = [e for e in loop.ledger() if e["cmd_id"].startswith("@") and e["cmd_id"] != "@0"]
+    assert [(e["decision"], e["changes"]) for e in hand] == [
+        ("applied", {"aux": {"old": 0.0, "new": 0.5}})
+    ]
+    assert loop.lr[2] == 0.01 and loop.step == 2
+
+
+def test_torn_line_is_applied_once_when_completed(loop: Loop) -> None:
+    loop.run(1)
+    line = '{"cmd_id":"torn","module":"opt","op":"set_params","params":{"lr":0.005}}\n'
+    loop.raw(line[:30])
+    loop.run(3)
+    assert loop.entries("torn") == [] and loop.lr[3] == 0.01
+    loop.raw(line[30:])
+    loop.run(3)
+    assert loop.only("torn")["step"] == 4
+    assert loop.lr[4] == 0.005
+
+
+def test_duplicate_cmd_id_is_a_noop(loop: Loop) -> None:
+    loop.run(1)
+    rec = {"cmd_id": "dup", "module": "loss", "op": "set_params", "params": {"aux": 0.5}}
+    jsonl.append(loop.paths.commands, rec)
+    loop.run(1)
+    jsonl.append(loop.paths.commands, {**rec, "params": {"aux": 0.9}})
+    loop.run(1)
+    assert [e["decision"] for e in loop.entries("dup")] == ["applied", "noop"]
+    assert "duplicate cmd_id 'dup'" in loop.entries("dup")[1]["error"]
+    assert loop.weights["aux"] == 0.5
+
+
+def test_a_fresh_kernel_on_the_run_directory_applies_nothing_twice(run_dir: str) -> None:
+    first = Loop(run_dir)
+    first.run(2)
+    ids = [first.client.loss(aux=0.1 * (i + 1)) for i in range(3)]
+    first.run(2)
+    first.kernel.close()
+    n_entries = len(first.ledger())
+    second = Loop(run_dir)  # a restart without a checkpoint
+    late = second.client.loss(ce=2.0)
+    second.run(3)
+    second.kernel.close()
+    entries = second.ledger()
+    assert [e["cmd_id"] for e in entries] == [*ids, late]
+    assert len(entries) == n_entries + 1
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4]
+    assert second.weights == {"ce": 2.0, "aux": 0.0}  # the old aux commands were not re-applied
+
+
+def test_state_dict_restores_actuator_values_and_cursor_in_a_fresh_kernel(
+    run_dir: str, tmp_path: Any
+) -> None:
+    first = Loop(run_dir)
+    first.run(2)
+    a = first.client.opt(lr=0.003)
+    b = first.client.loss(aux=0.4)
+    first.run(2)
+    state = json.loads(json.dumps(first.kernel.state_dict()))  # it must survive serialisation
+    first.kernel.close()
+    assert state["actuators"]["lr"] == 0.003 and state["actuators"]["aux"] == 0.4
+    assert state["cursor"] == os.path.getsize(first.paths.commands)
+
+    fresh = Loop(run_dir)  # new model, optimizer and weights dict at their defaults
+    assert fresh.opt.param_groups[0]["lr"] == 0.01 and fresh.weights["aux"] == 0.0
+    fresh.step = 3
+    fresh.kernel.load_state_dict(state)
+    fresh.run(3)
+    assert fresh.opt.param_groups[0]["lr"] == 0.003 and fresh.weights["aux"] == 0.4
+    assert [e["cmd_id"] for e in fresh.ledger()] == [a, b]  # nothing re-applied
+    fresh.kernel.close()
+
+    # the cursor alone (no ledger to read it from) also keeps old commands from re-applying
+    other = os.fspath(tmp_path / "copy")
+    os.makedirs(other)
+    shutil.copy(first.paths.commands, other)
+    copy = Loop(other)
+    copy.kernel.load_state_dict(state)
+    copy.run(2)
+    assert copy.ledger() == []
+    assert copy.weights["aux"] == 0.4
+    copy.kernel.close()
+
+
+def test_failing_apply_fn_is_a_failed_entry_rolled_back_and_then_disabled(run_dir: str) -> None:
+    box = {"gain": 1.0}
+
+    def apply_gain(value: float, env: Any) -> None:
+        box["gain"] = value
+        if value > 2:
+            raise RuntimeError("gain too hot for this hardware")
+
+    act = HotcbActuator(
+        "gain", ActuatorType.FLOAT, apply_gain, lambda env: box["gain"], max_failures=3
+    )
+    loop = Loop(run_dir, mutable_state=[act])
+    loop.run(1)
+    bad = [loop.client.custom(gain=3.0 + i) for i in range(3)]
+    loop.run(1)
+    for cid in bad:
+        e = loop.only(cid)
+        assert e["decision"] == "failed"
+        assert "RuntimeError: gain too hot for this hardware" in e["error"]
+        assert "rolled back to 1.0" in e["error"]
+    assert box["gain"] == 1.0
+    gain = loop.actuators()["gain"]
+    assert gain["state"] == "disabled" and gain["failures"] == 3
+    later = loop.client.custom(gain=1.5)
+    loop.run(1)
+    e = loop.only(later)
+    assert e["decision"] == "rejected" and "'gain' is disabled after 3 failed applies" in e["error"]
+    assert box["gain"] == 1.0 and loop.step == 2
+    loop.kernel.close()
+
+
+@pytest.mark.parametrize("kind", ["step", "cosine", "lambda"])
+def test_lr_change_survives_the_scheduler(run_dir: str, tmp_path: Any, kind: str) -> None:
+    ref = Loop(os.fspath(tmp_path / "ref"), sched=kind)
+    ref.run(25)
+    steered = Loop(run_dir, sched=kind)
+    steered.run(7)
+    steered.client.opt(lr=0.004)
+    steered.run(18)
+    ratio = 0.004 / ref.lr[7]
+    assert steered.lr[7] == 0.004
+    for s in range(7):
+        assert steered.lr[s] == ref.lr[s]
+    for s in range(7, 25):  # the schedule continues from the new value, scaled, never snaps back
+        assert steered.lr[s] == pytest.approx(ratio * ref.lr[s], rel=1e-9), s
+    assert steered.lr[24] != pytest.approx(ref.lr[24])
+    ref.kernel.close()
+    steered.kernel.close()
+
+
+def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop) -> None:
+    loop.run(2)
+    keep = loop.client.send("opt", "set_params", params={"lr": 0.002}, at_step=6)
+    drop = loop.client.send("loss", "set_params", params={"aux": 0.3}, at_step=8)
+    late = loop.client.send("loss", "set_params", params={"aux": 0.1}, at_step=1)  # past: now
+    loop.run(2)
+    assert [e["decision"] for e in loop.entries(keep)] == ["scheduled"]
+    assert loop.only(late)["step"] == 2 and loop.only(late)["decision"] == "applied"
+    cancel = loop.client.cancel(drop)
+    missing = loop.client.cancel("no-such-id")
+    loop.run(6)
+    assert [(e["decision"], e["step"]) for e in loop.entries(keep)] == [
+        ("scheduled", 2),
+        ("applied", 6),
+    ]
+    assert loop.lr[5] == 0.01 and loop.lr[6] == 0.002
+    assert [e["decision"] for e in loop.entries(drop)] == ["scheduled", "noop"]
+    assert f"cancelled by {cancel}" in loop.entries(drop)[1]["error"]
+    assert loop.only(cancel)["decision"] == "applied"
+    assert "no scheduled command 'no-such-id'" in loop.only(missing)["error"]
+    assert loop.weights["aux"] == 0.1  # the cancelled 0.3 never landed
+
+
+def test_at_step_with_a_bad_value_is_rejected_when_sent_not_when_due(loop: Loop) -> None:
+    loop.run(1)
+    cid = loop.client.send("opt", "set_params", params={"lr": 99.0}, at_step=50)
+    loop.run(1)
+    e = loop.only(cid)
+    assert e["decision"] == "rejected" and "above the maximum" in e["error"]
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_transition_ramps_land_exactly_on_target_after_n_steps(loop: Loop, shape: str) -> None:
+    loop.run(2)
+    cid = loop.client.send(
+        "loss", "set_params", params={"aux": 0.7}, transition={"steps": 4, "shape": shape}
+    )
+    seen = {}
+    for _ in range(7):
+        loop.run(1)
+        seen[loop.step] = loop.weights["aux"]
+    start = loop.entries(cid)[0]["step"]
+    assert start == 2
+    assert seen[start] == 0.0
+    expected = {
+        "linear": [0.175, 0.35, 0.525],
+        "cosine": [0.7 * (1 - math.cos(math.pi * k / 4)) / 2 for k in (1, 2, 3)],
+    }[shape]
+    assert [seen[start + k] for k in (1, 2, 3)] == pytest.approx(expected)
+    assert seen[start + 4] == 0.7 and seen[start + 6] == 0.7  # exactly, and it stays
+    decisions = [(e["decision"], e["step"], e["source"]) for e in loop.entries(cid)]
+    assert decisions == [("applied", start, "test"), ("applied", start + 4, "ramp")]
+
+
+def test_control_stop_and_checkpoint_call_the_env_callables(loop: Loop) -> None:
+    saved: list[Any] = []
+    stopped: list[bool] = []
+    loop.env_extra = {
+        "save_checkpoint": lambda path=None: saved.append(path) or (path or "/tmp/auto.pt"),
+        "request_stop": lambda: stopped.append(True),
+    }
+    loop.run(1)
+    ck = loop.client.checkpoint("/tmp/wanted.pt")
+    loop.run(1)
+    assert saved == ["/tmp/wanted.pt"]
+    assert loop.only(ck)["checkpoint"] == "/tmp/wanted.pt"
+    stop = loop.client.stop()
+    loop.run(1)
+    assert loop.kernel.stop_requested and stopped == [True]
+    assert loop.only(stop)["decision"] == "applied"
+
+
+def test_checkpoint_without_a_callable_sets_the_flag(loop: Loop) -> None:
+    loop.run(1)
+    assert not loop.kernel.checkpoint_requested
+    ck = loop.client.checkpoint()
+    loop.run(1)
+    assert loop.kernel.checkpoint_requested
+    assert loop.only(ck)["checkpoint"] == "requested"
+
+
+def test_undo_last_and_by_cmd_id(loop: Loop) -> None:
+    loop.run(1)
+    a = loop.client.opt(lr=0.005)
+    loop.run(1)
+    b = loop.client.loss(aux=0.5)
+    loop.run(1)
+    u1 = loop.client.undo()  # the last change: aux
+    loop.run(1)
+    assert loop.weights["aux"] == 0.0 and loop.lr[3] == 0.005
+    e = loop.only(u1)
+    assert e["undo_of"] == b and e["changes"] == {"aux": {"old": 0.5, "new": 0.0}}
+    u2 = loop.client.undo(a)
+    loop.run(1)
+    assert loop.lr[4] == 0.01
+    assert loop.only(u2)["undo_of"] == a
+    u3 = loop.client.undo("never-sent")
+    loop.run(1)
+    assert loop.only(u3)["decision"] == "rejected"
+    assert "no applied command 'never-sent'" in loop.only(u3)["error"]
+
+
+def test_non_finite_metrics_are_recorded_as_null(run_dir: str) -> None:
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, "metrics": {"loss": float("nan"), "acc": torch.tensor(0.5)}})
+    kernel.apply({"step": 1, "metrics": {"loss": float("inf"), "acc": 1}, "epoch": 0})
+    kernel.close()
+    rows = list(jsonl.iter_records(RunPaths(run_dir).metrics))
+    assert [r["metrics"] for r in rows] == [
+        {"loss": None, "acc": 0.5},
+        {"loss": None, "acc": 1.0},
+    ]
+    assert rows[1]["epoch"] == 0 and rows[0]["step"] == 0
+
+
+def test_idle_apply_makes_no_system_call(run_dir: str, monkeypatch: Any) -> None:
+    kernel = HotKernel(run_dir, poll_interval_sec=3600)
+    kernel.apply({"step": 0})
+    calls: list[str] = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append("stat") or real_stat(*a, **k))
+    for s in range(1, 1000):
+        kernel.apply({"step": s})
+    assert calls == []
+    kernel.close()
+
+
+def test_apply_without_step_is_ignored_not_raised(run_dir: str) -> None:
+    kernel = HotKernel(run_dir)
+    kernel.apply({"no_step": 1})
+    kernel.apply(None)  # type: ignore[arg-type]
+    kernel.close()
