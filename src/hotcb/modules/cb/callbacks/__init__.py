@@ -1,0 +1,20 @@
+"""Bundled callbacks: load them into a running job with
+``hotcb cb load ID --path hotcb.modules.cb.callbacks --symbol NAME [--init k=v ...]``.
+
+They stay loadable when the run forbids code loading (they ship with hotcb). Diagnostics write
+their figures to the run's metrics stream (``hotcb.metrics.jsonl``) so the dashboard charts them.
+"""
+
+from ._anomaly import AnomalyGuardCallback
+from ._basic import HeartbeatCallback, JSONLLoggerCallback, TimingCallback
+from ._stats import GradStatsCallback, SystemStatsCallback, TensorStatsCallback
+
+__all__ = [
+    "HeartbeatCallback",
+    "TimingCallback",
+    "SystemStatsCallback",
+    "TensorStatsCallback",
+    "GradStatsCallback",
+    "AnomalyGuardCallback",
+    "JSONLLoggerCallback",
+]

@@ -1,0 +1,148 @@
+"""AnomalyGuardCallback: catch NaN/Inf in the loss or the gradients and react."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._protocol import CallbackBase
+
+Env = Mapping[str, Any]
+
+ACTIONS = ("record", "pause", "lr_cut")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    detach = getattr(value, "detach", None)
+    if not callable(detach):
+        return True
+    import torch
+
+    with torch.no_grad():
+        return bool(torch.isfinite(detach()).all().item())
+
+
+class AnomalyGuardCallback(CallbackBase):
+    """Checks ``keys`` of env (default ``loss``; ``env["metrics"]`` values too) and, with
+    ``check_grads``, the gradients of ``env["model"]`` for NaN/Inf at each step.
+
+    On an anomaly it adds a ledger entry (``op: "anomaly"``, decision ``noop``, what was
+    non-finite in ``error``), increments the metric ``anomaly/count``, and applies ``action``:
+
+    - ``"record"`` (default): nothing more;
+    - ``"pause"``: sends ``pause`` through ``HotClient(run_dir, source="anomaly_guard")``;
+    - ``"lr_cut"``: sends ``opt set_params lr=<current lr × lr_factor>``.
+
+    Commands are sent at most once per ``cooldown_steps`` steps and land at the next poll, in
+    the ledger like any other command.
+    """
+
+    rank_zero_only = True  # one guard writes the commands; every rank applies them
+
+    def __init__(
+        self,
+        action: str = "record",
+        keys: Sequence[str] | str = ("loss",),
+        check_grads: bool = True,
+        lr_factor: float = 0.5,
+        cooldown_steps: int = 100,
+    ) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        self.action = action
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.check_grads = bool(check_grads)
+        self.lr_factor = float(lr_factor)
+        self.cooldown_steps = int(cooldown_steps)
+        self.count = 0
+        self.anomalies: list[dict[str, Any]] = []
+        self.sent: list[str] = []
+        self._last_action_step: int | None = None
+
+    def set_params(self, **params: Any) -> None:
+        if "action" in params and params["action"] not in ACTIONS:
+            raise ValueError(
+                f"action must be one of {', '.join(ACTIONS)}, got {params['action']!r}"
+            )
+        super().set_params(**params)
+
+    def find(self, env: Env) -> list[str]:
+        """Names of the non-finite things in env (empty: all fine)."""
+        bad = [k for k in self.keys if k in env and not _finite(env[k])]
+        metrics = env.get("metrics")
+        if isinstance(metrics, Mapping):
+            bad += [f"metrics.{k}" for k, v in metrics.items() if not _finite(v)]
+        model = env.get("model")
+        if self.check_grads and model is not None and hasattr(model, "named_parameters"):
+            bad += [
+                f"grad.{name}"
+                for name, p in model.named_parameters()
+                if p.grad is not None and not _finite(p.grad)
+            ]
+        return bad
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != "train_step_end":
+            return
+        bad = self.find(env)
+        if not bad:
+            return
+        step = env.get("step", 0)
+        self.count += 1
+        what = ", ".join(bad[:8]) + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+        info: dict[str, Any] = {"step": step, "what": bad}
+        self.anomalies.append(info)
+        del self.anomalies[:-100]
+        sent = self._act(step, env)
+        if self.ctx is not None:
+            self.ctx.kernel.record(
+                {
+                    "step": step if isinstance(step, int) else None,
+                    "event": event,
+                    "module": "cb",
+                    "op": "anomaly",
+                    "id": self.ctx.id,
+                    "decision": "noop",
+                    "error": f"non-finite values at step {step}: {what}",
+                    "anomaly": {"what": bad[:50], "action": self.action, "sent": sent},
+                }
+            )
+        self.log_metrics(step, {"anomaly/count": self.count}, env.get("epoch"))
+        self.log(f"hotcb anomaly guard: non-finite {what} at step {step}", env)
+
+    def _act(self, step: Any, env: Env) -> str | None:
+        if self.action == "record" or self.ctx is None:
+            return None
+        if (
+            self._last_action_step is not None
+            and isinstance(step, int)
+            and step - self._last_action_step < self.cooldown_steps
+        ):
+            return None
+        from ....client import HotClient
+
+        client = HotClient(self.ctx.run_dir, source="anomaly_guard")
+        if self.action == "pause":
+            cmd = client.pause()
+        else:
+            opt = env.get("optimizer") or (env.get("optimizers") or [None])[0]
+            groups = getattr(opt, "param_groups", None)
+            if not groups:
+                return None
+            lr = float(groups[0]["lr"]) * self.lr_factor
+            cmd = client.opt(lr=lr)
+        self._last_action_step = step if isinstance(step, int) else None
+        self.sent.append(cmd)
+        return cmd
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "last_action_step": self._last_action_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.count = int(state.get("count") or 0)
+        self._last_action_step = state.get("last_action_step")

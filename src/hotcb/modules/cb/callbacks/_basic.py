@@ -1,0 +1,152 @@
+"""Heartbeat, timing and a JSON-lines logger: light callbacks with no torch dependency."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .... import jsonl
+from .._protocol import CallbackBase
+
+Env = Mapping[str, Any]
+
+
+class HeartbeatCallback(CallbackBase):
+    """A periodic "alive" line: every ``every_steps`` steps and/or every ``every_sec`` seconds.
+
+    The line goes to ``env["log"]`` when the loop provides it, else to the ``hotcb.cb.<id>``
+    logger. It says the step, the wall time since load and the recent step rate, so a glance at
+    a log tells whether a long run is alive and how fast it goes.
+    """
+
+    def __init__(
+        self, every_steps: int = 100, every_sec: float = 0.0, event: str = "train_step_end"
+    ) -> None:
+        self.every_steps = int(every_steps)
+        self.every_sec = float(every_sec)
+        self.event = event
+        self.beats = 0
+        self.last_line = ""
+        self._t0 = time.monotonic()
+        self._last_t = self._t0
+        self._last_step: int | None = None
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != self.event:
+            return
+        step = env.get("step", 0)
+        now = time.monotonic()
+        due_steps = self.every_steps > 0 and isinstance(step, int) and step % self.every_steps == 0
+        due_time = self.every_sec > 0 and now - self._last_t >= self.every_sec
+        if not (due_steps or due_time):
+            return
+        rate = ""
+        if self._last_step is not None and now > self._last_t:
+            rate = f", {(step - self._last_step) / (now - self._last_t):.1f} steps/s"
+        self.beats += 1
+        self.last_line = f"hotcb heartbeat: step {step}, {now - self._t0:.1f}s since load{rate}"
+        self.log(self.last_line, env)
+        self._last_t, self._last_step = now, step
+
+
+class TimingCallback(CallbackBase):
+    """Step time and throughput → metrics ``time/step_sec``, ``time/steps_per_sec`` and, when
+    the batch size is known (``batch_size`` init or ``env["batch_size"]``),
+    ``time/samples_per_sec``. Averaged over the steps since the last report (``every_steps``)."""
+
+    def __init__(
+        self, every_steps: int = 10, batch_size: int = 0, event: str = "train_step_end"
+    ) -> None:
+        self.every_steps = int(every_steps)
+        self.batch_size = int(batch_size)
+        self.event = event
+        self.last: dict[str, float] = {}
+        self._t: float | None = None
+        self._n = 0
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != self.event:
+            return
+        now = time.perf_counter()
+        if self._t is None:
+            self._t = now
+            return
+        self._n += 1
+        step = env.get("step", 0)
+        if self._n < max(1, self.every_steps):
+            return
+        dt = (now - self._t) / self._n
+        self._t, self._n = now, 0
+        figures = {"time/step_sec": dt, "time/steps_per_sec": 1.0 / dt if dt > 0 else 0.0}
+        batch = env.get("batch_size") or self.batch_size
+        if batch and dt > 0:
+            figures["time/samples_per_sec"] = float(batch) / dt
+        self.last = figures
+        self.log_metrics(step, figures, env.get("epoch"))
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float, str)):
+        return value
+    numel = getattr(value, "numel", None)
+    if callable(numel):
+        try:
+            if numel() == 1:
+                return value.detach().item()
+        except Exception:
+            return None
+    return None
+
+
+class JSONLLoggerCallback(CallbackBase):
+    """Writes one JSON line per event (``step``, ``event``, ``wall_time`` and the scalars of
+    env: numbers, strings, one-element tensors, and ``env["metrics"]``) to ``path`` (relative to
+    the run directory; default ``hotcb.cb_log.jsonl``), through :mod:`hotcb.jsonl`.
+
+    ``events`` limits which events are logged (default: all); ``keys`` limits which env keys
+    (default: every scalar); ``every_steps`` thins it out.
+    """
+
+    rank_zero_only = True
+
+    def __init__(
+        self,
+        path: str = "hotcb.cb_log.jsonl",
+        every_steps: int = 1,
+        events: Sequence[str] | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> None:
+        self.path = path
+        self.every_steps = int(every_steps)
+        self.events = list(events) if events else None
+        self.keys = list(keys) if keys else None
+        self.written = 0
+
+    def _abs(self) -> str:
+        if os.path.isabs(self.path) or self.ctx is None:
+            return self.path
+        return os.path.join(self.ctx.run_dir, self.path)
+
+    def handle(self, event: str, env: Env) -> None:
+        if self.events is not None and event not in self.events:
+            return
+        step = env.get("step", 0)
+        if self.every_steps > 1 and isinstance(step, int) and step % self.every_steps:
+            return
+        record: dict[str, Any] = {"step": step, "event": event, "wall_time": time.time()}
+        keys = self.keys if self.keys is not None else list(env)
+        for key in keys:
+            if key in ("step", "metrics") or key not in env:
+                continue
+            value = _scalar(env[key])
+            if value is not None:
+                record[key] = value
+        metrics = env.get("metrics")
+        if isinstance(metrics, Mapping) and (self.keys is None or "metrics" in self.keys):
+            record["metrics"] = {k: _scalar(v) for k, v in metrics.items()}
+        jsonl.append(self._abs(), record)
+        self.written += 1

@@ -1,0 +1,198 @@
+"""Diagnostics that read tensors and the machine: system, tensor and gradient statistics."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._protocol import CallbackBase
+
+Env = Mapping[str, Any]
+
+
+def _due(step: Any, every: int) -> bool:
+    return every <= 1 or (isinstance(step, int) and step % every == 0)
+
+
+class SystemStatsCallback(CallbackBase):
+    """CPU, memory and GPU memory → metrics ``sys/*`` every ``every_steps`` steps.
+
+    With psutil (``pip install "hotcb[stats]"``): ``sys/cpu_percent`` (this process, can exceed
+    100 on several cores), ``sys/rss_mb``, ``sys/ram_percent`` (the machine). Without it: RSS from
+    ``/proc`` or ``resource`` and the load average. GPU: ``sys/gpu{i}_mem_alloc_mb`` and
+    ``sys/gpu{i}_mem_reserved_mb`` when the training process uses torch with CUDA.
+    """
+
+    rank_zero_only = False
+
+    def __init__(self, every_steps: int = 50, gpu: bool = True) -> None:
+        self.every_steps = int(every_steps)
+        self.gpu = bool(gpu)
+        self.last: dict[str, float] = {}
+        self._proc: Any = None
+        try:
+            import psutil
+
+            self._proc = psutil.Process(os.getpid())
+            self._proc.cpu_percent(None)  # first call primes the counter
+        except ImportError:
+            self._proc = None
+
+    def sample(self) -> dict[str, float]:
+        """The current figures (also usable outside a run)."""
+        out: dict[str, float] = {}
+        if self._proc is not None:
+            import psutil
+
+            out["sys/cpu_percent"] = float(self._proc.cpu_percent(None))
+            out["sys/rss_mb"] = self._proc.memory_info().rss / 2**20
+            out["sys/ram_percent"] = float(psutil.virtual_memory().percent)
+        else:
+            rss = _rss_bytes()
+            if rss is not None:
+                out["sys/rss_mb"] = rss / 2**20
+            if hasattr(os, "getloadavg"):
+                out["sys/load1"] = os.getloadavg()[0]
+        torch = sys.modules.get("torch")  # never import torch for this
+        if self.gpu and torch is not None:
+            try:
+                if torch.cuda.is_available():
+                    for i in range(torch.cuda.device_count()):
+                        out[f"sys/gpu{i}_mem_alloc_mb"] = torch.cuda.memory_allocated(i) / 2**20
+                        out[f"sys/gpu{i}_mem_reserved_mb"] = torch.cuda.memory_reserved(i) / 2**20
+            except Exception:  # a broken CUDA setup must not stop the CPU figures
+                pass
+        return out
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != "train_step_end":
+            return
+        step = env.get("step", 0)
+        if not _due(step, self.every_steps):
+            return
+        self.last = self.sample()
+        self.log_metrics(step, self.last, env.get("epoch"))
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak * (1 if sys.platform == "darwin" else 1024))
+    except (ImportError, OSError):
+        return None
+
+
+class TensorStatsCallback(CallbackBase):
+    """mean / std / min / max of named tensors in env (default ``loss``) → metrics
+    ``<name>/mean`` … every ``every_steps`` steps. Numbers are accepted too; a missing key is
+    skipped. ``std`` is the population std (0 for one element, never NaN)."""
+
+    def __init__(self, keys: Sequence[str] | str = ("loss",), every_steps: int = 1) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.every_steps = int(every_steps)
+        self.last: dict[str, float] = {}
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != "train_step_end":
+            return
+        step = env.get("step", 0)
+        if not _due(step, self.every_steps):
+            return
+        out: dict[str, float] = {}
+        for key in self.keys:
+            value = env.get(key)
+            if value is None:
+                continue
+            stats = tensor_stats(value)
+            if stats is not None:
+                for name, v in stats.items():
+                    out[f"{key}/{name}"] = v
+        self.last = out
+        self.log_metrics(step, out, env.get("epoch"))
+
+
+def tensor_stats(value: Any) -> dict[str, float] | None:
+    """mean/std/min/max of a tensor or number (None for anything else)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+        return {"mean": v, "std": 0.0, "min": v, "max": v}
+    detach = getattr(value, "detach", None)
+    if not callable(detach):
+        return None
+    import torch
+
+    t = detach().float()
+    if t.numel() == 0:
+        return None
+    with torch.no_grad():
+        return {
+            "mean": t.mean().item(),
+            "std": t.std(unbiased=False).item(),
+            "min": t.min().item(),
+            "max": t.max().item(),
+        }
+
+
+class GradStatsCallback(CallbackBase):
+    """Gradient norms of ``env["model"]`` → metrics ``grad/global_norm`` and, with
+    ``per_layer``, ``grad/norm/<layer>`` (a layer is the module that owns the parameters, e.g.
+    ``0`` for ``0.weight`` and ``0.bias``). Call it where gradients exist: after
+    ``backward()`` (the usual ``kernel.apply`` after ``optimizer.step()`` qualifies as long as
+    ``zero_grad`` runs at the start of the next step)."""
+
+    def __init__(self, every_steps: int = 1, per_layer: bool = True, norm_type: float = 2.0):
+        self.every_steps = int(every_steps)
+        self.per_layer = bool(per_layer)
+        self.norm_type = float(norm_type)
+        self.last: dict[str, float] = {}
+
+    def handle(self, event: str, env: Env) -> None:
+        if event != "train_step_end":
+            return
+        step = env.get("step", 0)
+        if not _due(step, self.every_steps):
+            return
+        model = env.get("model")
+        if model is None or not hasattr(model, "named_parameters"):
+            return
+        self.last = grad_norms(model, self.norm_type, self.per_layer)
+        if self.last:
+            self.log_metrics(step, self.last, env.get("epoch"))
+
+
+def grad_norms(model: Any, norm_type: float = 2.0, per_layer: bool = True) -> dict[str, float]:
+    """``{"grad/global_norm": …, "grad/norm/<layer>": …}`` over parameters that have a grad."""
+    import torch
+
+    layers: dict[str, list[Any]] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.grad is None:
+                continue
+            layer = name.rpartition(".")[0] or name
+            layers.setdefault(layer, []).append(
+                torch.linalg.vector_norm(p.grad.detach().float(), norm_type)
+            )
+        if not layers:
+            return {}
+        out: dict[str, float] = {}
+        total = 0.0
+        for layer, norms in layers.items():
+            n = torch.linalg.vector_norm(torch.stack(norms), norm_type).item()
+            total += n**norm_type if math.isfinite(n) else math.inf
+            if per_layer:
+                out[f"grad/norm/{layer}"] = n
+        out["grad/global_norm"] = total ** (1.0 / norm_type) if math.isfinite(total) else total
+    return out
