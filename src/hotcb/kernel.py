@@ -150,6 +150,7 @@ class HotKernel:
         self._batch_start = -1
         self._next_refresh = 0.0
         self._closed = False
+        self._player: Any = None  # the RecipePlayer of a replay freeze mode (recipe.py)
 
     # ------------------------------------------------------------------ public API
     def apply(self, env: Env, events: Sequence[str] = _TRAIN_STEP_END) -> None:
@@ -284,6 +285,7 @@ class HotKernel:
                 for s, op in self._schedule.ops()
             ],
             "paused": self.paused,
+            "recipe": self._player.state_dict() if self._player is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -299,6 +301,9 @@ class HotKernel:
         self._restore = dict(state.get("actuators") or {})
         self._restore_actuators({})
         self.freeze = FreezeState.from_dict(state.get("freeze"))
+        self._set_player(None)
+        if self.freeze.replaying:
+            self._start_replay(state.get("recipe"))
         for name, mstate in (state.get("modules") or {}).items():
             try:
                 self.module(name).load_state_dict(mstate)
@@ -352,6 +357,8 @@ class HotKernel:
                         on_start(env)
                 except Exception as exc:
                     self._emit_error(None, f"module {name!r} failed to start: {exc!r}", env)
+        if self.freeze.replaying and self._player is None:
+            self._start_replay(None)  # replay set in hotcb.freeze.json or HotKernel(freeze=)
         self._refresh_event_modules()
         self._refresh_due()
 
@@ -995,6 +1002,35 @@ class HotKernel:
             self._warned.add(key)
             log.warning("hotcb: %s", message)
 
+    # ------------------------------------------------------------------ replay
+    def _on_freeze_change(self, new: FreezeState, env: Env, step: int) -> None:
+        """Swap in the recipe player ``new`` calls for; raise (RecipeError) to reject the
+        freeze command, e.g. when its recipe is missing or invalid."""
+        from .recipe import player_for
+
+        self._set_player(player_for(new, self.run_dir))
+
+    def _start_replay(self, player_state: Mapping[str, Any] | None) -> None:
+        from .recipe import player_for
+
+        try:
+            player = player_for(self.freeze, self.run_dir)
+            if player is not None and player_state:
+                player.load_state_dict(player_state)
+        except Exception as exc:
+            self._emit_error(
+                None, f"freeze mode {self.freeze.mode.value}: cannot start the recipe: {exc}", {}
+            )
+            return
+        self._set_player(player)
+
+    def _set_player(self, player: Any) -> None:
+        if self._player is not None:
+            self.remove_step_source(self._player)
+        self._player = player
+        if player is not None:
+            self.add_step_source(player)
+
     # ------------------------------------------------------------------ resume
     def _queue_resume(self, after_seq: int) -> set[str]:
         """Queue the ledger's applied entries written after the checkpoint (``seq`` greater than
@@ -1005,8 +1041,10 @@ class HotKernel:
         for entry in iter_entries(self.paths.ledger):
             if int(entry.get("seq") or 0) <= after_seq:
                 continue
-            if entry.get("decision") != Decision.APPLIED.value or entry.get("source") == "ramp":
+            if entry.get("decision") != Decision.APPLIED.value:
                 continue
+            if entry.get("source") in ("ramp", "recipe"):
+                continue  # a ramp's op restarts it; the restored recipe player re-fires its ops
             module, name, cid = entry.get("module"), entry.get("op"), entry.get("cmd_id")
             if module in (None, "kernel") or cid in queued:
                 continue

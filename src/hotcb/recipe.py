@@ -1,0 +1,746 @@
+"""Recipes: a run's applied changes as a portable plan that another run follows exactly.
+
+``export_recipe(run_dir)`` turns the ledger's ``applied`` entries into ``hotcb.recipe.jsonl``
+(shared/DESIGN.md §6): a header line with the run's metadata, then one entry a line::
+
+    {"v": 1, "kind": "hotcb.recipe", "run": {...hotcb.run.json...}, "exported_at": 1764374400.0}
+    {"v": 1, "at": {"step": 40, "event": "train_step_end"}, "module": "opt", "op": "set_params",
+     "id": null, "params": {"lr": 0.005}, "target": null, "init": null, "enabled": null,
+     "cmd_id": "01J..."}
+
+A run started with ``freeze --mode replay --recipe R`` ignores external commands and applies
+each entry at the first safe point whose step is the entry's step (plus ``step_offset``) and
+whose event matches; if that event never comes at that step the entry fires at the next safe
+point after it, never later than that. Replayed ops are ledgered with ``source: "recipe"``.
+
+``replay_adjusted`` first applies an overlay (``hotcb.adjust.yaml``) that drops, changes,
+shifts or inserts entries; ``patch_template(recipe)`` writes a commented starting point.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import jsonl
+from .errors import CommandError, RecipeError
+from .freeze import FreezeState
+from .ops import MODULE_OPS, HotOp, command_to_hotop
+from .runfiles import FORMAT_VERSION, RunPaths
+
+__all__ = [
+    "RECIPE_KIND",
+    "RecipeEntry",
+    "RecipeProblem",
+    "Recipe",
+    "RecipePlayer",
+    "ledger_to_entries",
+    "export_recipe",
+    "read_recipe",
+    "check_recipe",
+    "validate_recipe",
+    "load_overlay",
+    "apply_overlay",
+    "patch_template",
+    "player_for",
+]
+
+RECIPE_KIND = "hotcb.recipe"
+DEFAULT_EVENT = "train_step_end"
+
+#: Control ops that steer the process rather than the training trajectory: not replayed.
+_UNREPLAYABLE_CONTROL = frozenset({"pause", "resume", "stop", "checkpoint", "cancel"})
+#: Modules never exported: a freeze change inside a replay would end it, and tune commands start
+#: a tuner whose own mutations are already ledgered as their own entries.
+_UNREPLAYABLE_MODULES = frozenset({"freeze", "kernel", "tune"})
+
+
+def _replayable(module: Any, op: Any) -> str | None:
+    """Why ``module op`` cannot be in a recipe, or None when it can."""
+    if module in _UNREPLAYABLE_MODULES:
+        return f"{module} {op} is not replayable (freeze, tune and kernel entries are not)"
+    if module == "control" and op in _UNREPLAYABLE_CONTROL:
+        return f"control {op} is not replayable (pause/resume/stop/checkpoint/cancel are not)"
+    return None
+
+
+@dataclass
+class RecipeEntry:
+    """One change of the plan: apply ``module op`` at ``step`` (and ``event``)."""
+
+    step: int
+    module: str
+    op: str
+    event: str = DEFAULT_EVENT
+    params: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    target: dict[str, Any] | None = None
+    init: dict[str, Any] | None = None
+    enabled: bool | None = None
+    transition: dict[str, Any] | None = None
+    source_capture: dict[str, Any] | None = None
+    cmd_id: str | None = None
+    #: Line of the recipe file it came from (None: inserted by an overlay).
+    line: int | None = None
+    #: True once an overlay patch changed it (or inserted it).
+    adjusted: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "v": FORMAT_VERSION,
+            "at": {"step": self.step, "event": self.event},
+            "module": self.module,
+            "op": self.op,
+            "id": self.id,
+            "params": self.params,
+            "target": self.target,
+            "init": self.init,
+            "enabled": self.enabled,
+        }
+        if self.transition is not None:
+            rec["transition"] = self.transition
+        if self.source_capture is not None:
+            rec["source_capture"] = self.source_capture
+        rec["cmd_id"] = self.cmd_id
+        return rec
+
+    def command_record(self) -> dict[str, Any]:
+        """The command this entry replays (validated with the same rules as a live one)."""
+        return {
+            "cmd_id": self.cmd_id or f"recipe@{self.line}",
+            "source": "recipe",
+            "module": self.module,
+            "op": self.op,
+            "params": self.params,
+            "id": self.id,
+            "target": self.target,
+            "init": self.init,
+            "enabled": self.enabled,
+            "transition": self.transition,
+        }
+
+    def describe(self) -> str:
+        what = f"{self.module} {self.op}" + (f" {self.id}" if self.id else "")
+        params = f" {json.dumps(self.params, sort_keys=True)}" if self.params else ""
+        return f"step {self.step} ({self.event}): {what}{params}"
+
+    @classmethod
+    def from_record(cls, rec: Any, line: int | None = None) -> RecipeEntry:
+        """Parse one recipe line; raise :class:`RecipeError` saying what is wrong."""
+        if not isinstance(rec, dict):
+            raise RecipeError(f"an entry must be a JSON object, got {type(rec).__name__}")
+        v = rec.get("v", FORMAT_VERSION)
+        if v != FORMAT_VERSION:
+            raise RecipeError(f"unsupported recipe format v={v!r}; this hotcb reads v=1")
+        at = rec.get("at")
+        if at is None and "at_step" in rec:
+            at = {"step": rec["at_step"]}
+        if not isinstance(at, dict):
+            raise RecipeError(f"'at' must be an object {{step, event}}, got {at!r}")
+        step, event = at.get("step"), at.get("event") or DEFAULT_EVENT
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise RecipeError(f"at.step must be an integer, got {step!r}")
+        if not isinstance(event, str):
+            raise RecipeError(f"at.event must be a string, got {event!r}")
+        module, op = rec.get("module"), rec.get("op")
+        why = _replayable(module, op)
+        if why:
+            raise RecipeError(why)
+        capture = rec.get("source_capture")
+        if capture is not None and (
+            not isinstance(capture, dict) or not isinstance(capture.get("path"), str)
+        ):
+            raise RecipeError(f"source_capture must be {{sha256, path}}, got {capture!r}")
+        cmd_id = rec.get("cmd_id")
+        entry = cls(
+            step=step,
+            module=module,  # type: ignore[arg-type]  # checked by command_to_hotop below
+            op=op,  # type: ignore[arg-type]
+            event=event,
+            params=rec.get("params") or {},
+            id=rec.get("id"),
+            target=rec.get("target"),
+            init=rec.get("init"),
+            enabled=rec.get("enabled"),
+            transition=rec.get("transition"),
+            source_capture=capture,
+            cmd_id=cmd_id if isinstance(cmd_id, str) and cmd_id else _line_id(line),
+            line=line,
+        )
+        try:
+            command_to_hotop(entry.command_record(), extra_ops=_known_ops())
+        except CommandError as exc:
+            raise RecipeError(str(exc)) from None
+        return entry
+
+
+@dataclass(frozen=True)
+class RecipeProblem:
+    """Something wrong with a recipe, at a line of its file (0: the file as a whole)."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe file: its header (run metadata) and its entries in file order."""
+
+    path: str
+    header: dict[str, Any]
+    entries: list[RecipeEntry]
+
+    @property
+    def run_dir(self) -> str | None:
+        run = self.header.get("run") or {}
+        return run.get("run_dir") if isinstance(run, dict) else None
+
+
+def _line_id(line: int | None) -> str | None:
+    return f"recipe@{line}" if line is not None else None
+
+
+def _known_ops() -> dict[str, frozenset[str]]:
+    from .modules import module_ops
+
+    return {**MODULE_OPS, **module_ops()}
+
+
+# --------------------------------------------------------------------------------- export
+def ledger_to_entries(
+    ledger: Iterable[Mapping[str, Any]], run_dir: str | None = None
+) -> list[RecipeEntry]:
+    """The ledger's applied changes as recipe entries, in ledger order.
+
+    Skipped: ramp completions (the op that started the ramp replays it), pause/resume/stop/
+    checkpoint/cancel, freeze/tune/kernel entries, and the second entry of a ``cmd_id``.
+    Entries that were themselves replayed (``source: "recipe"`` or ``"resume"``) are kept as
+    plain entries. Captured callback sources are referenced relative to ``run_dir``.
+    """
+    out: list[RecipeEntry] = []
+    seen: set[str] = set()
+    for e in ledger:
+        if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
+            continue
+        module, op = e.get("module"), e.get("op")
+        if not isinstance(module, str) or not isinstance(op, str) or _replayable(module, op):
+            continue
+        cid = e.get("cmd_id")
+        if isinstance(cid, str):
+            if cid in seen:
+                continue
+            seen.add(cid)
+        params = dict(e.get("params") or {})
+        if e.get("undo_of"):
+            params = {"cmd_id": e["undo_of"]}  # "undo the last change" made explicit
+        capture = e.get("source_capture")
+        if isinstance(capture, dict) and isinstance(capture.get("path"), str):
+            capture = dict(capture)
+            path = capture["path"]
+            if run_dir and os.path.isabs(path):
+                rel = os.path.relpath(path, run_dir)
+                if not rel.startswith(os.pardir):
+                    capture["path"] = rel
+        else:
+            capture = None
+        out.append(
+            RecipeEntry(
+                step=int(e.get("step") or 0),
+                event=e.get("event") or DEFAULT_EVENT,
+                module=module,
+                op=op,
+                params=params,
+                id=e.get("id"),
+                target=e.get("target"),
+                init=e.get("init"),
+                enabled=e.get("enabled"),
+                transition=e.get("transition"),
+                source_capture=capture,
+                cmd_id=cid if isinstance(cid, str) else None,
+            )
+        )
+    return out
+
+
+def export_recipe(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+) -> tuple[str, list[RecipeEntry]]:
+    """Write the run's recipe (default ``RUN/hotcb.recipe.jsonl``); return its path and entries.
+
+    The file is replaced atomically, so a replay that reads it never sees half of it.
+    """
+    paths = RunPaths(os.fspath(run_dir))
+    if not os.path.exists(paths.ledger):
+        raise RecipeError(f"no ledger at {paths.ledger}: has this run started?")
+    entries = ledger_to_entries(jsonl.iter_records(paths.ledger), paths.root)
+    header = {
+        "v": FORMAT_VERSION,
+        "kind": RECIPE_KIND,
+        "run": jsonl.read_json(paths.run_meta, {}) or {},
+        "exported_at": time.time(),
+    }
+    target = os.path.abspath(os.fspath(out)) if out is not None else paths.recipe
+    tmp = f"{target}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(jsonl.dumps(header) + "\n")
+        for entry in entries:
+            f.write(jsonl.dumps(entry.to_record()) + "\n")
+    os.replace(tmp, target)
+    return target, entries
+
+
+# --------------------------------------------------------------------------------- read/check
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_capture(path: str, bases: Sequence[str | None]) -> str | None:
+    """The existing file a captured-source path names: absolute as is, else relative to the
+    first of ``bases`` (the recipe's folder, the recorded run directory) where it exists."""
+    if os.path.isabs(path):
+        return path if os.path.exists(path) else None
+    for base in bases:
+        if base:
+            cand = os.path.join(base, path)
+            if os.path.exists(cand):
+                return os.path.abspath(cand)
+    return None
+
+
+def _raw_step(rec: Any) -> int | None:
+    at = rec.get("at") if isinstance(rec, dict) else None
+    step = at.get("step") if isinstance(at, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProblem]]:
+    """Parse a recipe and collect every problem (with its line) instead of stopping at the first:
+    unreadable lines, unknown modules/ops, invalid entries, steps going backwards, captured
+    sources that are missing or changed."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    header: dict[str, Any] = {}
+    entries: list[RecipeEntry] = []
+    problems: list[RecipeProblem] = []
+    last_step: tuple[int, int] | None = None
+    for no, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError as exc:
+            problems.append(RecipeProblem(no, f"not valid JSON ({exc})"))
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == RECIPE_KIND:
+            if entries or header:
+                problems.append(RecipeProblem(no, "a recipe header may only be the first line"))
+            header = rec
+            continue
+        step = _raw_step(rec)
+        if step is not None:
+            if last_step is not None and step < last_step[0]:
+                problems.append(
+                    RecipeProblem(
+                        no,
+                        f"step {step} comes after step {last_step[0]} (line {last_step[1]}): "
+                        "entries must be in step order",
+                    )
+                )
+            last_step = (step, no)
+        try:
+            entries.append(RecipeEntry.from_record(rec, no))
+        except RecipeError as exc:
+            problems.append(RecipeProblem(no, str(exc)))
+    recipe = Recipe(path, header, entries)
+    bases = [os.path.dirname(path), recipe.run_dir]
+    for entry in entries:
+        problems.extend(_check_sources(entry, bases))
+    problems.sort(key=lambda p: p.line)
+    return recipe, problems
+
+
+def _check_sources(entry: RecipeEntry, bases: Sequence[str | None]) -> list[RecipeProblem]:
+    no = entry.line or 0
+    cap = entry.source_capture
+    if cap is not None:
+        found = resolve_capture(cap["path"], bases)
+        if found is None:
+            return [RecipeProblem(no, f"captured callback source {cap['path']!r} not found")]
+        want = cap.get("sha256")
+        if want and _sha256(found) != want:
+            return [
+                RecipeProblem(
+                    no, f"captured source {found} has changed (sha256 differs from the recipe)"
+                )
+            ]
+        return []
+    target = entry.target or {}
+    if entry.module == "cb" and entry.op == "load" and target.get("kind") == "python_file":
+        if not os.path.exists(str(target.get("path"))):
+            return [
+                RecipeProblem(
+                    no,
+                    f"callback file {target.get('path')!r} not found and no captured source",
+                )
+            ]
+    return []
+
+
+def validate_recipe(path: str | os.PathLike[str]) -> list[RecipeProblem]:
+    """Every problem of the recipe at ``path`` (empty: the recipe can be replayed)."""
+    try:
+        return check_recipe(path)[1]
+    except RecipeError as exc:
+        return [RecipeProblem(0, str(exc))]
+
+
+def read_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Parse a recipe; raise :class:`RecipeError` listing its problems if it has any."""
+    recipe, problems = check_recipe(path)
+    if problems:
+        shown = "; ".join(str(p) for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise RecipeError(
+            f"recipe {recipe.path} has {len(problems)} problem(s): {shown}{more}; "
+            f"run 'hotcb recipe validate --recipe {recipe.path}' for the list"
+        )
+    return recipe
+
+
+# --------------------------------------------------------------------------------- overlay
+_MATCH_KEYS = frozenset(
+    {"module", "op", "id", "at_step", "step_min", "step_max", "has_param", "nth"}
+)
+_ACTIONS = frozenset({"replace_params", "transform_params", "shift_step", "drop"})
+
+
+def load_overlay(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an overlay (YAML, or JSON for a ``.json`` file) and check its shape."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise RecipeError(f"cannot read overlay {path}: {exc.strerror or exc}") from None
+    if path.endswith(".json"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise RecipeError(f"overlay {path} is not valid JSON: {exc}") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ImportError(
+                'replay_adjusted reads a YAML overlay: pip install "hotcb[yaml]"'
+            ) from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"overlay {path} is not valid YAML: {exc}") from None
+    _check_overlay(doc, path)
+    return doc  # type: ignore[no-any-return]
+
+
+def _check_overlay(doc: Any, where: str) -> None:
+    if not isinstance(doc, dict):
+        raise RecipeError(f"overlay {where} must be a mapping {{version: 1, patches: [...]}}")
+    if doc.get("version", 1) != 1:
+        raise RecipeError(f"overlay {where}: unsupported version {doc.get('version')!r}")
+    patches = doc.get("patches")
+    if patches is None:
+        doc["patches"] = []
+        return
+    if not isinstance(patches, list):
+        raise RecipeError(f"overlay {where}: 'patches' must be a list, got {patches!r}")
+    for i, patch in enumerate(patches, start=1):
+        _check_patch(patch, f"overlay {where} patch {i}")
+
+
+def _check_patch(patch: Any, where: str) -> None:
+    if not isinstance(patch, dict):
+        raise RecipeError(f"{where} must be a mapping, got {patch!r}")
+    if "insert" in patch:
+        if set(patch) != {"insert"}:
+            raise RecipeError(f"{where}: 'insert' stands alone, got keys {sorted(patch)}")
+        try:
+            RecipeEntry.from_record(patch["insert"])
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: invalid insert: {exc}") from None
+        return
+    match = patch.get("match")
+    if not isinstance(match, dict):
+        raise RecipeError(f"{where} needs 'match: {{module, op, ...}}' or 'insert: {{entry}}'")
+    unknown = set(match) - _MATCH_KEYS
+    if unknown:
+        raise RecipeError(
+            f"{where}: unknown match key(s) {sorted(unknown)}; expected {sorted(_MATCH_KEYS)}"
+        )
+    for key in ("at_step", "step_min", "step_max", "nth"):
+        v = match.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise RecipeError(f"{where}: match.{key} must be an integer, got {v!r}")
+    actions = set(patch) - {"match"}
+    unknown = actions - _ACTIONS
+    if unknown or not actions:
+        raise RecipeError(
+            f"{where}: expected one or more of {sorted(_ACTIONS)}, got {sorted(actions)}"
+        )
+    if "replace_params" in patch and not isinstance(patch["replace_params"], dict):
+        raise RecipeError(f"{where}: replace_params must be a mapping of param: value")
+    tp = patch.get("transform_params")
+    if tp is not None:
+        if not isinstance(tp, dict) or not set(tp) <= {"scale", "add", "keys"}:
+            raise RecipeError(
+                f"{where}: transform_params must be {{scale, add, keys?}}, got {tp!r}"
+            )
+        for k in ("scale", "add"):
+            if k in tp and (isinstance(tp[k], bool) or not isinstance(tp[k], (int, float))):
+                raise RecipeError(f"{where}: transform_params.{k} must be a number")
+    shift = patch.get("shift_step")
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)):
+        raise RecipeError(f"{where}: shift_step must be an integer, got {shift!r}")
+    if "drop" in patch and patch["drop"] is not True:
+        raise RecipeError(f"{where}: drop must be true")
+
+
+def _matches(entry: RecipeEntry, match: Mapping[str, Any]) -> bool:
+    for key in ("module", "op", "id"):
+        if key in match and getattr(entry, key) != match[key]:
+            return False
+    if "at_step" in match and entry.step != match["at_step"]:
+        return False
+    if "step_min" in match and entry.step < match["step_min"]:
+        return False
+    if "step_max" in match and entry.step > match["step_max"]:
+        return False
+    wanted = match.get("has_param")
+    if wanted is not None:
+        keys = [wanted] if isinstance(wanted, str) else list(wanted)
+        if not all(k in entry.params for k in keys):
+            return False
+    return True
+
+
+def _transform(value: Any, scale: float, add: float) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        out = value * scale + add
+        return int(out) if isinstance(value, int) and float(out).is_integer() else out
+    if isinstance(value, list):
+        return [_transform(v, scale, add) for v in value]
+    return value
+
+
+def _patch_entry(entry: RecipeEntry, patch: Mapping[str, Any]) -> None:
+    if "replace_params" in patch:
+        entry.params = {**entry.params, **copy.deepcopy(patch["replace_params"])}
+    tp = patch.get("transform_params")
+    if tp is not None:
+        scale, add = tp.get("scale", 1), tp.get("add", 0)
+        keys = tp.get("keys") or patch["match"].get("has_param") or list(entry.params)
+        keys = [keys] if isinstance(keys, str) else keys
+        entry.params = {
+            k: _transform(v, scale, add) if k in keys else v for k, v in entry.params.items()
+        }
+    if patch.get("shift_step"):
+        entry.step += int(patch["shift_step"])
+    entry.adjusted = True
+
+
+def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) -> list[RecipeEntry]:
+    """Apply the overlay's patches in order, then sort by step (stable: ties keep their order).
+
+    ``match`` selects entries by module/op/id, exact step (``at_step``), a step range and the
+    params they set; ``nth`` (0-based) keeps only that one of the matches. A patch that matches
+    nothing is an error: a plan that silently differs from what was written is worse than none.
+    """
+    out = [copy.deepcopy(e) for e in entries]
+    for i, patch in enumerate(overlay.get("patches") or (), start=1):
+        if "insert" in patch:
+            entry = RecipeEntry.from_record(copy.deepcopy(patch["insert"]))
+            entry.cmd_id = entry.cmd_id or f"insert-{i}"
+            entry.adjusted = True
+            out.append(entry)
+            continue
+        match = patch["match"]
+        hits = [e for e in out if _matches(e, match)]
+        if "nth" in match:
+            n = match["nth"]
+            hits = hits[n : n + 1] if 0 <= n < len(hits) else []
+        if not hits:
+            raise RecipeError(f"overlay patch {i} matches no recipe entry: {dict(match)}")
+        if patch.get("drop"):
+            drop = {id(e) for e in hits}
+            out = [e for e in out if id(e) not in drop]
+            continue
+        for entry in hits:
+            _patch_entry(entry, patch)
+    out.sort(key=lambda e: e.step)
+    for e in out:  # the patched plan must still be something a live command could do
+        try:
+            command_to_hotop(e.command_record(), extra_ops=_known_ops())
+        except CommandError as exc:
+            raise RecipeError(f"overlay made an invalid entry ({e.describe()}): {exc}") from None
+    return out
+
+
+def patch_template(recipe: Recipe) -> str:
+    """A commented ``hotcb.adjust.yaml`` for ``recipe``: every entry with example patches to
+    uncomment. As written it changes nothing."""
+    lines = [
+        "# hotcb.adjust.yaml: changes to a recipe, for",
+        f"#   hotcb --dir RUN freeze --mode replay_adjusted --recipe {recipe.path} \\",
+        "#         --adjust hotcb.adjust.yaml",
+        "# Patches apply in order; entries are then sorted by step. Steps are the recipe's",
+        "# (before --step-offset). A patch that matches nothing is an error.",
+        "#   match: {module, op, id, at_step, step_min, step_max, has_param, nth (0-based)}",
+        "#   then one or more of: replace_params: {k: v} | transform_params: {scale, add, keys}",
+        "#                        shift_step: N | drop: true",
+        "#   or a new entry: insert: {at: {step, event}, module, op, params, ...}",
+        "version: 1",
+        "patches:",
+    ]
+    for e in recipe.entries:
+        lines.append(f"# line {e.line}: {e.describe()}")
+        match = f"{{module: {e.module}, op: {e.op}, at_step: {e.step}"
+        if e.id:
+            match += f", id: {json.dumps(e.id)}"
+        match += "}"
+        lines.append(f"# - match: {match}")
+        if e.params and e.module in ("opt", "loss", "custom"):
+            lines.append(f"#   replace_params: {json.dumps(e.params)}")
+        lines.append("#   shift_step: 0")
+        lines.append("# - match: " + match)
+        lines.append("#   drop: true")
+    lines.append("# - insert: {at: {step: 0, event: train_step_end}, module: opt,")
+    lines.append("#            op: set_params, params: {lr: 0.001}}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------- player
+class RecipePlayer:
+    """A step source (``kernel.add_step_source``) that yields a recipe's ops when they fall due.
+
+    An entry for step S and event E fires at the first safe point with step S whose events
+    include E, or at the first safe point with a step after S if E never came at S.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[RecipeEntry],
+        *,
+        step_offset: int = 0,
+        capture_bases: Sequence[str | None] = (),
+    ) -> None:
+        order = sorted(range(len(entries)), key=lambda i: entries[i].step)
+        self.entries = [entries[i] for i in order]
+        self.step_offset = int(step_offset)
+        self._bases = list(capture_bases)
+        # indices into self.entries not yet fired, in step order
+        self._waiting: list[int] = list(range(len(self.entries)))
+
+    @classmethod
+    def from_freeze(cls, state: FreezeState, base_dir: str | None = None) -> RecipePlayer:
+        """The player for a replay freeze state: its recipe, its overlay in ``replay_adjusted``,
+        its step offset. Raises :class:`RecipeError` (or ImportError without PyYAML)."""
+        if not state.recipe_path:
+            raise RecipeError(
+                f"freeze mode {state.mode.value} needs a recipe: --recipe hotcb.recipe.jsonl"
+            )
+        recipe = read_recipe(_resolve(state.recipe_path, base_dir))
+        entries: list[RecipeEntry] = recipe.entries
+        if state.mode.value == "replay_adjusted":
+            if not state.adjust_path:
+                raise RecipeError("freeze mode replay_adjusted needs --adjust hotcb.adjust.yaml")
+            entries = apply_overlay(entries, load_overlay(_resolve(state.adjust_path, base_dir)))
+        bases = [os.path.dirname(recipe.path), recipe.run_dir]
+        return cls(entries, step_offset=state.step_offset, capture_bases=bases)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def next_step(self) -> int:
+        from ._schedule import NEVER
+
+        if not self._waiting:
+            return NEVER
+        return self.entries[self._waiting[0]].step + self.step_offset
+
+    def pop_due(self, step: int, events: Sequence[str]) -> list[HotOp]:
+        out: list[HotOp] = []
+        keep: list[int] = []
+        waiting = self._waiting
+        i = 0
+        while i < len(waiting):
+            entry = self.entries[waiting[i]]
+            due = entry.step + self.step_offset
+            if due > step:
+                break
+            if due < step or entry.event in events:
+                out.append(self._to_op(entry))
+            else:
+                keep.append(waiting[i])  # its event may still come at this step
+            i += 1
+        if out:
+            self._waiting = keep + waiting[i:]
+        return out
+
+    def upcoming(self, n: int = 5) -> list[RecipeEntry]:
+        """The next ``n`` entries still to fire (steps as in the recipe, before the offset)."""
+        return [self.entries[i] for i in self._waiting[:n]]
+
+    def _to_op(self, entry: RecipeEntry) -> HotOp:
+        rec = entry.command_record()
+        rec["params"] = copy.deepcopy(entry.params)
+        if entry.line is not None:
+            rec["recipe_line"] = entry.line
+        if entry.adjusted:
+            rec["adjusted"] = True
+        if entry.source_capture is not None:
+            cap = dict(entry.source_capture)
+            cap["path"] = resolve_capture(cap["path"], self._bases) or cap["path"]
+            rec["source_capture"] = cap
+        return command_to_hotop(rec, extra_ops=_known_ops())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": len(self.entries), "waiting": list(self._waiting)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue where a checkpointed player was (same recipe and overlay)."""
+        if int(state.get("count", -1)) != len(self.entries):
+            raise RecipeError(
+                f"the checkpoint's recipe had {state.get('count')} entries, this one "
+                f"{len(self.entries)}: resume with the recipe the run was started with"
+            )
+        waiting = [int(i) for i in state.get("waiting") or () if 0 <= int(i) < len(self.entries)]
+        self._waiting = sorted(waiting, key=lambda i: (self.entries[i].step, i))
+
+
+def _resolve(path: str, base_dir: str | None) -> str:
+    if os.path.isabs(path) or os.path.exists(path) or not base_dir:
+        return os.path.abspath(path)
+    return os.path.join(base_dir, path)
+
+
+def player_for(state: FreezeState, base_dir: str | None = None) -> RecipePlayer | None:
+    """The recipe player ``state`` calls for, or None outside the replay modes."""
+    return RecipePlayer.from_freeze(state, base_dir) if state.replaying else None
