@@ -1,9 +1,194 @@
-"""Command group placeholder: filled in by its feature."""
+"""Callback commands: ``cb load|unload|enable|disable|set_params|list`` and the sugar
+``hotcb enable ID`` / ``hotcb disable ID``.
+
+``cb list`` runs in another process than the training, so it rebuilds the callbacks' state from
+the ledger (the authoritative record of what the run did), not from the run's memory.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .. import jsonl
+from ..runfiles import RunPaths
+from ._common import UsageError, add_wait, client, finish, parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    cb = sub.add_parser("cb", help="callbacks: load, unload, enable, disable, set_params, list")
+    csub = cb.add_subparsers(dest="op", metavar="OP")
+    csub.required = True
+
+    p = csub.add_parser("load", help="load (or reload) a callback from a file or a module")
+    p.add_argument("id", help="the callback's name in this run")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="a .py file (its source is captured in hotcb.sources/)")
+    src.add_argument("--path", help="an importable module, e.g. hotcb.modules.cb.callbacks")
+    p.add_argument("--symbol", required=True, help="the class or factory in it")
+    onoff = p.add_mutually_exclusive_group()
+    onoff.add_argument("--enabled", dest="enabled", action="store_true", default=True)
+    onoff.add_argument(
+        "--disabled", dest="enabled", action="store_false", help="load it switched off"
+    )
+    p.add_argument(
+        "--init", nargs="+", default=[], metavar="KEY=VALUE", help="constructor arguments"
+    )
+    add_wait(p)
+    p.set_defaults(func=cmd_load)
+
+    for name, text in (
+        ("unload", "remove a callback (its on_unload runs)"),
+        ("enable", "switch a loaded callback on"),
+        ("disable", "switch a loaded callback off (it stays loaded)"),
+    ):
+        p = csub.add_parser(name, help=text)
+        p.add_argument("id")
+        add_wait(p)
+        p.set_defaults(func=cmd_op, cb_op=name)
+
+    p = csub.add_parser("set_params", help="change a callback's parameters: ID k=v ...")
+    p.add_argument("id")
+    p.add_argument("params", nargs="+", metavar="KEY=VALUE", help="values parse as JSON")
+    add_wait(p)
+    p.set_defaults(func=cmd_set_params)
+
+    p = csub.add_parser("list", help="loaded callbacks: state, source sha256, last error")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    for name in ("enable", "disable"):
+        p = sub.add_parser(name, help=f"{name} a loaded callback (same as 'cb {name} ID')")
+        p.add_argument("id")
+        add_wait(p)
+        p.set_defaults(func=cmd_op, cb_op=name)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    if args.file is not None and not os.path.isfile(args.file):
+        raise UsageError(f"no such file: {args.file}")
+    cid = client(args).cb_load(
+        args.id,
+        symbol=args.symbol,
+        file=args.file,
+        path=args.path,
+        init=parse_kv(args.init),
+        enabled=args.enabled,
+    )
+    return finish(args, [cid])
+
+
+def cmd_op(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).send("cb", args.cb_op, id=args.id)])
+
+
+def cmd_set_params(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).cb("set_params", args.id, **parse_kv(args.params))])
+
+
+def callbacks_from_ledger(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The callbacks a run has, replayed from its ledger entries, in load order.
+
+    Each item: ``id``, ``state`` (``enabled`` | ``disabled`` | ``load failed``), ``target``,
+    ``sha256``, ``params`` (set so far), ``errors`` (callback errors seen), ``last_error``,
+    ``step`` (of the last change).
+    """
+    cbs: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e.get("module") != "cb" or not e.get("id"):
+            continue
+        ident, op, decision = e["id"], e.get("op"), e.get("decision")
+        cur = cbs.get(ident)
+        if op == "load":
+            if decision == "applied":
+                capture = e.get("source_capture") or {}
+                enabled = e.get("enabled")
+                cbs.pop(ident, None)  # a reload keeps no stale fields
+                cbs[ident] = {
+                    "id": ident,
+                    "state": "disabled" if enabled is False else "enabled",
+                    "target": e.get("target"),
+                    "sha256": capture.get("sha256"),
+                    "params": {},
+                    "errors": 0,
+                    "last_error": None,
+                    "step": e.get("step"),
+                }
+            elif decision in ("failed", "rejected"):
+                if cur is None:
+                    cbs[ident] = cur = {
+                        "id": ident,
+                        "state": "load failed",
+                        "target": e.get("target"),
+                        "sha256": None,
+                        "params": {},
+                        "errors": 0,
+                        "step": e.get("step"),
+                    }
+                cur["last_error"] = e.get("error")
+            continue
+        if cur is None:
+            continue
+        if op == "callback_error":
+            cur["errors"] += 1 + int(e.get("suppressed") or 0)
+            cur["last_error"] = e.get("error")
+            if e.get("auto_disabled"):
+                cur["state"] = "disabled"
+        elif decision in ("failed", "rejected"):
+            cur["last_error"] = e.get("error")
+        elif decision != "applied":
+            continue
+        elif op == "unload":
+            del cbs[ident]
+            continue
+        elif op in ("enable", "disable"):
+            cur["state"] = op + "d"
+        elif op == "set_params":
+            cur["params"].update(e.get("params") or {})
+        cur["step"] = e.get("step")
+    return list(cbs.values())
+
+
+def _undo_fixups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An ``undo`` of a cb command is ledgered as ``control undo`` with ``undo_of``: rewrite it
+    as the cb op it amounts to, so the replay above needs no special case."""
+    by_id = {e.get("cmd_id"): e for e in entries if e.get("module") == "cb"}
+    out = []
+    for e in entries:
+        target = by_id.get(e.get("undo_of")) if e.get("undo_of") else None
+        if target is not None and e.get("decision") == "applied":
+            inverse = {"enable": "disable", "disable": "enable", "load": "unload"}
+            changes = e.get("changes") or {}
+            op = inverse.get(target.get("op") or "", target.get("op"))
+            params = {k: v.get("new") for k, v in changes.items() if isinstance(v, dict)}
+            e = {**e, "module": "cb", "op": op, "id": target.get("id"), "params": params}
+        out.append(e)
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.dir)
+    if not os.path.isdir(paths.root):
+        raise UsageError(f"no run directory at {paths.root}")
+    cbs = callbacks_from_ledger(_undo_fixups(list(jsonl.iter_records(paths.ledger))))
+    if args.json:
+        print(json.dumps(cbs, indent=2))
+        return 0
+    if not cbs:
+        print("no callbacks loaded")
+        return 0
+    for c in cbs:
+        target = c.get("target") or {}
+        where = f"{target.get('path')}:{target.get('symbol')}"
+        sha = (c.get("sha256") or "")[:12] or "-"
+        print(f"{c['id']:<16} {c['state']:<11} {sha:<12} {where}")
+        if c.get("params"):
+            print(f"  params: {json.dumps(c['params'])}")
+        if c.get("last_error"):
+            print(f"  last error ({c.get('errors', 0)} errors): {c['last_error']}")
+    sys.stdout.flush()
+    return 0
