@@ -1,0 +1,135 @@
+"""``create_app(config)``: the dashboard's FastAPI application.
+
+The server is one more client of the run directory, like the CLI: it reads the files the kernel
+writes and appends commands through :class:`hotcb.client.HotClient`. A background task polls the
+files of every run that a page is subscribed to, every ``tail_interval_sec``, and pushes what is
+new in one batched message per file and run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from .auth import TokenAuthMiddleware
+from .config import DashboardConfig
+from .deps import Deps
+from .hub import Hub
+from .routers import (
+    create_commands_router,
+    create_meta_router,
+    create_runs_router,
+    create_static_router,
+    create_ws_router,
+)
+from .runs import RunNotFound, RunRegistry
+
+__all__ = ["create_app", "Tailer"]
+
+log = logging.getLogger("hotcb.server")
+
+
+class Tailer:
+    """Polls the watched runs' files and publishes deltas; a periodic status per run."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="hotcb-tailer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        cfg = self.deps.config
+        hub, registry = self.deps.hub, self.deps.registry
+        next_status = 0.0
+        while True:
+            t0 = time.monotonic()
+            send_status = t0 >= next_status
+            if send_status:
+                next_status = t0 + cfg.status_interval_sec
+            for rid in hub.watched():
+                try:
+                    run = registry.get(rid)
+                    await run.refresh()
+                    if send_status:
+                        hub.publish(rid, run.status_message())
+                except RunNotFound:
+                    continue
+                except Exception:  # one bad file never stops the others
+                    log.exception("hotcb dashboard: tailing run %s failed", rid)
+            await asyncio.sleep(max(0.0, cfg.tail_interval_sec - (time.monotonic() - t0)))
+
+
+def _reason(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(config: DashboardConfig | None = None) -> FastAPI:
+    """Build the dashboard app for ``config.dir`` (a run or a folder of runs).
+
+    When the bind address is not loopback and no token is set, one is generated
+    (``config.token``); the caller prints it.
+    """
+    config = config or DashboardConfig.load()
+    config.ensure_token()
+    hub = Hub(config.ws_queue_max)
+    deps = Deps(config=config, registry=RunRegistry(config, hub), hub=hub)
+    tailer = Tailer(deps)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tailer.start()
+        try:
+            yield
+        finally:
+            await tailer.stop()
+
+    app = FastAPI(
+        title="hotcb dashboard",
+        version=__version__,
+        description="Watch and steer hotcb training runs: metrics, ledger, actuators, commands.",
+        lifespan=lifespan,
+    )
+    app.state.deps = deps
+    app.state.config = config
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One readable reason, like the command validator's, instead of pydantic's list.
+        return JSONResponse({"detail": _reason(exc)}, status_code=422)
+
+    for factory in (
+        create_meta_router,
+        create_runs_router,
+        create_commands_router,
+        create_ws_router,
+        create_static_router,
+    ):
+        app.include_router(factory(deps))
+    app.add_middleware(TokenAuthMiddleware, token=config.token)
+    return app
+
+
+def app_factory() -> Any:
+    """For ``uvicorn --factory hotcb.server.app:app_factory`` (config from env/YAML)."""
+    return create_app()

@@ -1,0 +1,132 @@
+"""Token check for every REST call and WebSocket connect (when a token is in force).
+
+The token travels as ``Authorization: Bearer T``, as ``?token=T``, or as the ``hotcb_token``
+cookie that the server sets (HttpOnly, SameSite=Strict) when a request carries a valid
+``?token=`` — so ``/docs`` works in a browser after opening the page's URL. The page itself
+(``GET /``, ``/static/*``) and ``/api/health`` are public: they hold no data and no secret.
+A refused WebSocket gets an HTTP 401 handshake answer where the server supports it, else a close
+with code 4401 before it is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["TokenAuthMiddleware", "COOKIE_NAME", "PUBLIC_PATHS"]
+
+COOKIE_NAME = "hotcb_token"
+PUBLIC_PATHS = frozenset({"/", "/index.html", "/api/health", "/favicon.ico"})
+WS_CLOSE_UNAUTHORIZED = 4401
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
+class TokenAuthMiddleware:
+    """Pure ASGI middleware, so it guards HTTP and WebSocket alike."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    def _presented(self, scope: Scope) -> tuple[str | None, bool]:
+        """The token the request carries, and whether it came in the query string."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if query.get("token"):
+            return query["token"][-1], True
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, cred = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and cred:
+                    return cred.strip(), False
+            elif name == b"cookie":
+                cookie: SimpleCookie = SimpleCookie()
+                try:
+                    cookie.load(value.decode("latin-1"))
+                except Exception:
+                    continue
+                if COOKIE_NAME in cookie:
+                    return cookie[COOKIE_NAME].value, False
+        return None, False
+
+    def _ok(self, presented: str | None) -> bool:
+        assert self.token is not None
+        return presented is not None and secrets.compare_digest(
+            presented.encode(), self.token.encode()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        presented, in_query = self._presented(scope)
+        ok = self._ok(presented)
+        if scope["type"] == "websocket":
+            if ok:
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse_ws(scope, receive, send)
+            return
+        if not ok and not _public(scope["path"]):
+            await self._refuse_http(send)
+            return
+        if ok and in_query:
+            send = self._with_cookie(send)
+        await self.app(scope, receive, send)
+
+    def _with_cookie(self, send: Send) -> Send:
+        assert self.token is not None
+        cookie = f"{COOKIE_NAME}={self.token}; HttpOnly; SameSite=Strict; Path=/".encode()
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
+            await send(message)
+
+        return wrapped
+
+    @staticmethod
+    async def _refuse_http(send: Send) -> None:
+        body = json.dumps(
+            {"detail": "missing or wrong token: send 'Authorization: Bearer <token>' or ?token="}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _refuse_ws(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = b'{"detail":"missing or wrong token"}'
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": WS_CLOSE_UNAUTHORIZED})

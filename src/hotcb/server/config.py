@@ -1,0 +1,167 @@
+"""``DashboardConfig``: every tunable of the dashboard server and page, in one place.
+
+Sources, lowest to highest precedence (the order of :meth:`DashboardConfig.settings_customise_sources`):
+
+1. the defaults below,
+2. a YAML file (``hotcb serve --config FILE`` or ``HOTCB_CONFIG=FILE``),
+3. environment variables ``HOTCB_<FIELD>`` (nested: ``HOTCB_UI__STALE_AFTER_SEC=10``),
+4. CLI flags (passed as keyword arguments).
+
+``GET /api/config`` serves the whole config except the token.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import os
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["DashboardConfig", "ChartSettings", "UISettings", "is_loopback"]
+
+#: The YAML file of the config being built (set by :meth:`DashboardConfig.load`): a context
+#: variable so that the path can vary per call while precedence stays in one class method.
+_yaml_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hotcb_dashboard_yaml", default=None
+)
+
+#: Hard cap on points per series in a history response, whatever the config says.
+MAX_POINTS_CAP = 2000
+
+
+class ChartSettings(BaseModel):
+    """How the page draws charts (the server only serves these)."""
+
+    live_max_points: int = Field(5000, ge=100, description="points kept per series in the page")
+    log_scale: bool = Field(False, description="start charts with a log y axis")
+    smoothing: float = Field(0.0, ge=0.0, le=0.999, description="EMA smoothing of drawn curves")
+    key_metric: str = Field("loss", description="metric used for the ledger's impact column")
+    impact_window: int = Field(50, ge=1, description="steps before/after a change for impact")
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="chart groups: title -> metric names or fnmatch patterns (empty: by prefix)",
+    )
+
+
+class UISettings(BaseModel):
+    """Timers of the page; sent in the WebSocket ``hello`` message."""
+
+    stale_after_sec: float = Field(
+        30.0, gt=0, description="a run that wrote nothing for this long is shown as stale"
+    )
+    reconnect_delay_sec: float = Field(1.0, gt=0, description="first WebSocket reconnect delay")
+    reconnect_max_delay_sec: float = Field(10.0, gt=0, description="reconnect back-off cap")
+    status_refresh_sec: float = Field(2.0, gt=0, description="REST status refresh in the page")
+    chart_refresh_ms: int = Field(250, ge=16, description="how often the page redraws charts")
+
+
+class DashboardConfig(BaseSettings):
+    """Settings of ``hotcb serve``: defaults → YAML → ``HOTCB_*`` env → CLI flags."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOTCB_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    dir: str = Field(".", description="a run directory or a folder of runs")
+    host: str = Field("127.0.0.1", description="bind address (non-loopback needs a token)")
+    port: int = Field(8421, ge=0, le=65535)
+    token: str | None = Field(
+        None, exclude=True, repr=False, description="access token; never served"
+    )
+    allow_code_load: bool = Field(
+        False, description="let the dashboard send `cb load` (code loading) commands"
+    )
+    tail_interval_sec: float = Field(0.05, gt=0, description="how often watched files are polled")
+    status_interval_sec: float = Field(1.0, gt=0, description="period of WS status messages")
+    scan_depth: int = Field(2, ge=0, le=5, description="how deep to look for run directories")
+    history_max_points: int = Field(
+        MAX_POINTS_CAP,
+        ge=10,
+        le=MAX_POINTS_CAP,
+        description="default and cap of points per series in a history response",
+    )
+    ledger_limit: int = Field(200, ge=1, description="default number of ledger entries returned")
+    ledger_max_entries: int = Field(
+        50_000, ge=100, description="ledger entries kept in memory per run"
+    )
+    push_max_records: int = Field(
+        5000, ge=1, description="most records in one WS message (older ones are dropped)"
+    )
+    ws_queue_max: int = Field(
+        1000, ge=1, description="messages queued per client before it is disconnected as slow"
+    )
+    chart: ChartSettings = Field(default_factory=ChartSettings)
+    ui: UISettings = Field(default_factory=UISettings)
+
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init kwargs) > HOTCB_* env > YAML file > field defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = _yaml_file.get() or os.environ.get("HOTCB_CONFIG")
+        if yaml_path:
+            if not os.path.isfile(yaml_path):
+                raise FileNotFoundError(f"dashboard config file not found: {yaml_path}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, yaml_file: str | None = None, **cli: Any) -> DashboardConfig:
+        """Build the config from every source; ``cli`` holds only the flags the user gave
+        (``None`` values are dropped so they do not hide env or YAML values)."""
+        flags = {k: v for k, v in cli.items() if v is not None}
+        reset = _yaml_file.set(yaml_file)
+        try:
+            return cls(**flags)
+        finally:
+            _yaml_file.reset(reset)
+
+    # -- security --------------------------------------------------------------------------
+    @property
+    def needs_token(self) -> bool:
+        """Binding a non-loopback address requires a token."""
+        return not is_loopback(self.host)
+
+    def ensure_token(self) -> bool:
+        """Generate a token when the bind address needs one and none was given.
+        Returns True when a token was generated (so the caller prints it)."""
+        if self.token or not self.needs_token:
+            return False
+        self.token = secrets.token_urlsafe(24)
+        return True
+
+    def public(self) -> dict[str, Any]:
+        """The config as JSON, without the token."""
+        return self.model_dump(mode="json", exclude={"token"})
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

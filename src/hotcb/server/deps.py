@@ -1,0 +1,27 @@
+"""What the routers share: built once by :func:`hotcb.server.app.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import HTTPException
+
+from .config import DashboardConfig
+from .hub import Hub
+from .runs import RunNotFound, RunRegistry, RunState
+
+__all__ = ["Deps"]
+
+
+@dataclass
+class Deps:
+    config: DashboardConfig
+    registry: RunRegistry
+    hub: Hub
+
+    def run(self, run_id: str) -> RunState:
+        """The run's state, or a 404 that says what was looked for."""
+        try:
+            return self.registry.get(run_id)
+        except RunNotFound as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None

@@ -1,0 +1,270 @@
+"""Read side of a run: list, status, metrics history, ledger, actuators, impact, recipe.
+
+Run ids may contain ``/`` (runs nested in folders), so routes take ``{run_id:path}``. Browsers
+drop a ``.`` path segment, so every route also answers without the run id segment
+(``/api/runs/status``) for the run at the root, ``"."``.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
+
+from ... import jsonl
+from ...errors import HotcbError
+from ..deps import Deps
+from ..downsample import minmax_downsample
+from ..tailer import MetricsIndex, Series
+
+
+def _both(router: APIRouter, suffix: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Register a GET handler at ``/runs/{run_id}/<suffix>`` and ``/runs/<suffix>`` (run ".")."""
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        router.get(f"/runs/{{run_id:path}}/{suffix}", **kw)(fn)
+        router.get(f"/runs/{suffix}", include_in_schema=False, **kw)(fn)
+        return fn
+
+    return deco
+
+
+def _opt_number(text: str | None, what: str) -> float | None:
+    """Query values such as ``step_min=`` may be empty: that means 'no bound'."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise HTTPException(422, detail=f"{what} must be a number, got {text!r}") from None
+
+
+def _clean(values: list[float]) -> list[float | None]:
+    return [None if v != v or v in (math.inf, -math.inf) else v for v in values]
+
+
+def _sorted_view(s: Series) -> tuple[array, array]:
+    if s.sorted:
+        return s.steps, s.values
+    order = sorted(range(len(s.steps)), key=s.steps.__getitem__)
+    return array("q", (s.steps[i] for i in order)), array("d", (s.values[i] for i in order))
+
+
+def history(
+    index: MetricsIndex,
+    names: list[str],
+    max_points: int,
+    step_min: float | None,
+    step_max: float | None,
+) -> dict[str, Any]:
+    """Downsampled series for ``names`` (runs in a worker thread under the run's lock)."""
+    out: dict[str, Any] = {}
+    total = 0
+    downsampled = False
+    for name in names:
+        s = index.series.get(name)
+        if s is None:
+            out[name] = {"step": [], "value": []}
+            continue
+        steps, values = _sorted_view(s)
+        lo = 0 if step_min is None else bisect_left(steps, math.ceil(step_min))
+        hi = len(steps) if step_max is None else bisect_right(steps, math.floor(step_max))
+        hi = max(lo, hi)
+        total += hi - lo
+        downsampled |= hi - lo > max_points
+        xs, ys = minmax_downsample(steps, values, max_points, lo, hi)
+        out[name] = {"step": xs, "value": _clean(ys)}
+    return {"series": out, "total_points": total, "downsampled": downsampled}
+
+
+def _window_stats(steps: array, values: array, lo: int, hi: int) -> dict[str, Any]:
+    pts = [(steps[i], values[i]) for i in range(lo, hi) if math.isfinite(values[i])]
+    n = len(pts)
+    if n == 0:
+        return {"mean": None, "slope": None, "n": 0}
+    mx = sum(p[0] for p in pts) / n
+    my = sum(p[1] for p in pts) / n
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
+    return {"mean": my, "slope": slope, "n": n}
+
+
+def impacts(
+    index: MetricsIndex, entries: list[dict[str, Any]], metric: str, window: int
+) -> list[dict[str, Any]]:
+    """Mean and least-squares slope of ``metric`` over ``window`` steps before each applied
+    change (steps ``S-window+1..S``, the change lands at the end of step S) and after it
+    (``S+1..S+window``)."""
+    s = index.series.get(metric)
+    steps, values = _sorted_view(s) if s is not None else (array("q"), array("d"))
+    out = []
+    for e in entries:
+        step = e.get("step")
+        if e.get("decision") != "applied" or not e.get("changes") or not isinstance(step, int):
+            continue
+        b_lo, mid = bisect_right(steps, step - window), bisect_right(steps, step)
+        a_hi = bisect_right(steps, step + window)
+        out.append(
+            {
+                "seq": e.get("seq"),
+                "cmd_id": e.get("cmd_id"),
+                "step": step,
+                "module": e.get("module"),
+                "op": e.get("op"),
+                "source": e.get("source"),
+                "changes": e.get("changes"),
+                "before": _window_stats(steps, values, b_lo, mid),
+                "after": _window_stats(steps, values, mid, a_hi),
+            }
+        )
+    return out
+
+
+def _csv(text: str | None) -> set[str] | None:
+    if not text:
+        return None
+    return {t.strip() for t in text.split(",") if t.strip()} or None
+
+
+def create_runs_router(deps: Deps) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["runs"])
+    cfg = deps.config
+
+    @router.get("/runs")
+    def runs() -> dict[str, Any]:
+        """Runs under the served folder (re-scanned on every call)."""
+        out = []
+        for rid in deps.registry.discover():
+            try:
+                out.append(deps.registry.summary(rid))
+            except LookupError:  # vanished between the scan and the read
+                continue
+        return {"runs": out}
+
+    @_both(router, "status")
+    async def status(run_id: str = ".") -> dict[str, Any]:
+        """run.json, freeze state, actuators, pending schedules, last metrics, stale, paused."""
+        run = deps.run(run_id)
+        await run.refresh()
+        return run.status()
+
+    @_both(router, "metrics/names")
+    async def metric_names(run_id: str = ".") -> dict[str, Any]:
+        run = deps.run(run_id)
+        await run.refresh()
+        return {"names": run.metrics.names()}
+
+    @_both(router, "metrics")
+    async def metrics(
+        run_id: str = ".",
+        names: str | None = Query(None, description="comma-separated; empty: every metric"),
+        max_points: int | None = Query(None, ge=4, description="per series; capped by config"),
+        step_min: str | None = None,
+        step_max: str | None = None,
+    ) -> dict[str, Any]:
+        """History, downsampled server-side (min/max per bucket keeps spikes)."""
+        run = deps.run(run_id)
+        await run.refresh()
+        cap = cfg.history_max_points
+        mp = min(max_points or cap, cap)
+        wanted = [n for n in (names or "").split(",") if n] or run.metrics.names()
+        smin, smax = _opt_number(step_min, "step_min"), _opt_number(step_max, "step_max")
+        return await run.run_locked(history, run.metrics, wanted, mp, smin, smax)
+
+    @_both(router, "ledger")
+    async def ledger(
+        run_id: str = ".",
+        limit: int | None = Query(None, ge=1),
+        decision: str | None = Query(None, description="comma-separated decisions"),
+        module: str | None = None,
+        source: str | None = None,
+        since_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """Ledger entries, newest last, filtered; at most ``limit`` (the newest ones)."""
+        run = deps.run(run_id)
+        await run.refresh()
+        dec, mod, src = _csv(decision), _csv(module), _csv(source)
+        picked = [
+            e
+            for e in run.ledger.entries
+            if (dec is None or e.get("decision") in dec)
+            and (mod is None or e.get("module") in mod)
+            and (src is None or e.get("source") in src)
+            and (since_seq is None or (e.get("seq") or 0) > since_seq)
+        ]
+        n = min(limit or cfg.ledger_limit, cfg.ledger_max_entries)
+        return {"entries": picked[-n:]}
+
+    @_both(router, "actuators")
+    async def actuators(run_id: str = ".") -> dict[str, Any]:
+        """The run's ``hotcb.actuators.json`` (what the page can control)."""
+        run = deps.run(run_id)
+        await run.refresh()
+        return run.actuators.doc
+
+    @_both(router, "impact")
+    async def impact(
+        run_id: str = ".",
+        metric: str | None = None,
+        window: int | None = Query(None, ge=1, le=100_000),
+    ) -> dict[str, Any]:
+        """Before/after mean and slope of a metric around each applied change."""
+        run = deps.run(run_id)
+        await run.refresh()
+        entries = list(run.ledger.entries)
+        result = await run.run_locked(
+            impacts,
+            run.metrics,
+            entries,
+            metric or cfg.chart.key_metric,
+            window or cfg.chart.impact_window,
+        )
+        return {"impacts": result}
+
+    @_both(router, "recipe")
+    async def recipe(run_id: str = ".") -> Response:
+        """The run's applied changes as a portable recipe (JSON lines download)."""
+        run = deps.run(run_id)
+        try:
+            from ... import recipe as recipe_mod  # written by the recipe feature
+
+            export = recipe_mod.export_recipe
+        except (ImportError, AttributeError) as exc:
+            raise HTTPException(501, detail=f"recipe export is not available: {exc}") from None
+        try:
+            entries = _export(export, run.path)
+        except HotcbError as exc:  # e.g. no ledger yet: the reason says what to do
+            raise HTTPException(409, detail=str(exc)) from None
+        except Exception as exc:
+            raise HTTPException(500, detail=f"recipe export failed: {exc}") from None
+        body = "".join(jsonl.dumps(e) + "\n" for e in entries)
+        name = run.run_id.replace("/", "_") if run.run_id != "." else "run"
+        return Response(
+            body,
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{name}.recipe.jsonl"'},
+        )
+
+    return router
+
+
+def _export(export: Callable[..., Any], run_dir: str) -> list[dict[str, Any]]:
+    """Call ``hotcb.recipe.export_recipe`` without writing into the run directory."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "recipe.jsonl")
+        result = export(run_dir, out_path)
+        if isinstance(result, list):
+            return result
+        if os.path.exists(out_path):
+            return list(jsonl.iter_records(out_path))
+        if isinstance(result, str) and os.path.exists(result):
+            return list(jsonl.iter_records(result))
+    raise RuntimeError("export_recipe returned nothing usable")

@@ -1,0 +1,234 @@
+"""Runs under the served root: discovery, ids, and the live state of each watched run.
+
+A run id is the run directory's path relative to the served root (``"."`` when the root is
+itself a run). A directory is a run when it holds any ``hotcb.*`` file; discovery looks up to
+``scan_depth`` levels down and is repeated on every ``/api/runs`` call, so new runs appear
+without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from .. import jsonl
+from ..freeze import FreezeState
+from ..runfiles import RunPaths
+from .config import DashboardConfig
+from .hub import Hub
+from .tailer import ActuatorsWatch, CommandsTail, LedgerState, MetricsIndex
+
+__all__ = ["RunRegistry", "RunState", "RunNotFound"]
+
+#: Catching up more than this many bytes happens in a worker thread, not on the event loop.
+_INLINE_BYTES = 256 * 1024
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def _has_hotcb_file(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(e.name.startswith("hotcb.") and e.name != "hotcb.sources" for e in it)
+    except OSError:
+        return False
+
+
+def _last_wall_time(rec: dict[str, Any] | None) -> float | None:
+    wt = (rec or {}).get("wall_time")
+    return float(wt) if isinstance(wt, (int, float)) and not isinstance(wt, bool) else None
+
+
+class RunState:
+    """The tailers of one run, behind one lock. Every refresh publishes what it read, so a
+    record consumed by a REST request still reaches WebSocket subscribers."""
+
+    def __init__(self, run_id: str, path: str, config: DashboardConfig, hub: Hub) -> None:
+        self.run_id = run_id
+        self.paths = RunPaths(path)
+        self.config = config
+        self.hub = hub
+        self.metrics = MetricsIndex(self.paths.metrics)
+        self.ledger = LedgerState(self.paths.ledger, config.ledger_max_entries)
+        self.commands = CommandsTail(self.paths.commands)
+        self.actuators = ActuatorsWatch(self.paths.actuators)
+        self.lock = asyncio.Lock()
+
+    @property
+    def path(self) -> str:
+        return self.paths.root
+
+    async def refresh(self) -> None:
+        """Read what is new in every watched file and push it to subscribers."""
+        async with self.lock:
+            big = (
+                self.metrics.pending_bytes() > _INLINE_BYTES
+                or self.ledger.tail.size() - self.ledger.tail.offset > _INLINE_BYTES
+            )
+            if big:
+                msgs = await asyncio.to_thread(self._poll)
+            else:
+                msgs = self._poll()
+        for msg in msgs:
+            self.hub.publish(self.run_id, msg)
+
+    def _poll(self) -> list[dict[str, Any]]:
+        cap = self.config.push_max_records
+        rid = self.run_id
+        msgs: list[dict[str, Any]] = []
+        # The first load of a file is history (served over REST), not news to push.
+        records = self.metrics.update(cap if self.metrics.loaded else 0)
+        if records:
+            msgs.append({"type": "metrics", "run": rid, "records": records})
+        entries = self.ledger.update(cap if self.ledger.loaded else 0)
+        if entries:
+            msgs.append({"type": "ledger", "run": rid, "entries": entries})
+        commands = self.commands.update(cap)
+        if commands:
+            msgs.append({"type": "commands", "run": rid, "records": commands})
+        if self.actuators.update():
+            msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
+        return msgs
+
+    async def run_locked(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` in a worker thread while no tailer touches this run's index."""
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    # -- derived views ---------------------------------------------------------------------
+    @property
+    def last_wall_time(self) -> float | None:
+        times = [t for t in (self.metrics.last_wall_time, self.ledger.last_wall_time) if t]
+        return max(times) if times else None
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [s for s in (self.metrics.last_step, self.ledger.last_step) if s is not None]
+        return max(steps) if steps else None
+
+    def stale(self, now: float | None = None) -> bool:
+        t = self.last_wall_time
+        if t is None:
+            return True
+        return (now or time.time()) - t > self.config.ui.stale_after_sec
+
+    def status_message(self) -> dict[str, Any]:
+        return {
+            "type": "status",
+            "run": self.run_id,
+            "stale": self.stale(),
+            "last_wall_time": self.last_wall_time,
+            "last_step": self.last_step,
+            "paused": self.ledger.paused,
+        }
+
+    def freeze(self) -> dict[str, Any]:
+        return FreezeState.load(self.paths.freeze).to_dict()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "run": jsonl.read_json(self.paths.run_meta, {}) or {},
+            "freeze": self.freeze(),
+            "actuators": list(self.actuators.doc.get("actuators") or []),
+            "pending": list(self.ledger.pending.values()),
+            "last_metrics": self.metrics.last_record,
+            "stale": self.stale(),
+            "paused": self.ledger.paused,
+            "last_step": self.last_step,
+            "last_wall_time": self.last_wall_time,
+        }
+
+
+class RunRegistry:
+    """Finds runs under the root and keeps one :class:`RunState` per run asked about."""
+
+    def __init__(self, config: DashboardConfig, hub: Hub) -> None:
+        self.config = config
+        self.hub = hub
+        self.root = os.path.realpath(config.dir)
+        self._states: dict[str, RunState] = {}
+
+    def discover(self) -> list[str]:
+        """Run ids under the root, sorted, up to ``scan_depth`` levels deep."""
+        found: list[str] = []
+
+        def walk(path: str, depth: int) -> None:
+            if _has_hotcb_file(path):
+                rel = os.path.relpath(path, self.root)
+                found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
+            if depth >= self.config.scan_depth:
+                return
+            try:
+                with os.scandir(path) as it:
+                    subdirs = sorted(
+                        e.path
+                        for e in it
+                        if e.is_dir(follow_symlinks=False)
+                        and not e.name.startswith((".", "hotcb.", "__"))
+                    )
+            except OSError:
+                return
+            for sub in subdirs:
+                walk(sub, depth + 1)
+
+        walk(self.root, 0)
+        return found
+
+    def resolve(self, run_id: str) -> str:
+        """The run directory of ``run_id``; :class:`RunNotFound` when it is outside the root
+        or is not a run."""
+        rel = run_id.strip("/") or "."
+        path = os.path.realpath(os.path.join(self.root, rel))
+        if path != self.root and not path.startswith(self.root + os.sep):
+            raise RunNotFound(f"run {run_id!r} is outside the served folder")
+        if not os.path.isdir(path) or not _has_hotcb_file(path):
+            raise RunNotFound(f"no run {run_id!r} under {self.root}")
+        return path
+
+    @staticmethod
+    def normalise(run_id: str) -> str:
+        rel = os.path.normpath(run_id.strip("/") or ".").replace(os.sep, "/")
+        return "." if rel in ("", os.curdir) else rel
+
+    def get(self, run_id: str) -> RunState:
+        rid = self.normalise(run_id)
+        state = self._states.get(rid)
+        if state is None:
+            path = self.resolve(rid)
+            state = self._states[rid] = RunState(rid, path, self.config, self.hub)
+        return state
+
+    def cached(self, run_id: str) -> RunState | None:
+        return self._states.get(self.normalise(run_id))
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """One line of the runs list; cheap (reads the tails of files, not whole files)."""
+        path = self.resolve(run_id)
+        paths = RunPaths(path)
+        state = self._states.get(run_id)
+        if state is not None and state.metrics.loaded:
+            last_step, last_wall = state.last_step, state.last_wall_time
+        else:
+            last_m = jsonl.read_last(paths.metrics, 1)
+            last_l = jsonl.read_last(paths.ledger, 1)
+            recs = [r[0] for r in (last_m, last_l) if r]
+            walls = [t for t in (_last_wall_time(r) for r in recs) if t is not None]
+            steps = [r["step"] for r in recs if isinstance(r.get("step"), int)]
+            last_step = max(steps) if steps else None
+            last_wall = max(walls) if walls else None
+        meta = jsonl.read_json(paths.run_meta, {}) or {}
+        name = meta.get("name") if isinstance(meta, dict) else None
+        stale = last_wall is None or time.time() - last_wall > self.config.ui.stale_after_sec
+        return {
+            "run_id": run_id,
+            "name": name or os.path.basename(path),
+            "path": path,
+            "last_step": last_step,
+            "last_wall_time": last_wall,
+            "stale": stale,
+            "freeze_mode": FreezeState.load(paths.freeze).mode.value,
+        }

@@ -1,0 +1,254 @@
+"""Tailers: one per watched file of a run, each with its own byte cursor and bounded memory.
+
+- :class:`MetricsIndex` tails ``hotcb.metrics.jsonl`` into a columnar index, one
+  ``array('q')`` of steps and one ``array('d')`` of values per metric (16 bytes a point, not a
+  dict a record), so a history request over a million lines is a slice and a downsample.
+- :class:`LedgerState` tails ``hotcb.applied.jsonl``: the last ``max_entries`` entries, what is
+  still scheduled, and whether the run is paused.
+- :class:`CommandsTail` tails ``hotcb.commands.jsonl`` from the moment the server watches the run.
+- :class:`ActuatorsWatch` re-reads ``hotcb.actuators.json`` when its size or mtime changes.
+
+All of them read through :class:`hotcb.jsonl.JsonlTail`, so a half-written last line is left
+for the next poll. None of them is thread-safe on its own: :class:`hotcb.server.runs.RunState`
+serialises them under one lock per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from array import array
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from .. import jsonl
+
+__all__ = ["MetricsIndex", "LedgerState", "CommandsTail", "ActuatorsWatch"]
+
+_RESERVED = frozenset({"step", "epoch", "wall_time", "metrics", "v", "rank"})
+
+
+def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
+    """Every new complete line, in chunks of at most ``tail.max_bytes`` bytes (a caught-up
+    tail costs one ``stat``). After each chunk ``tail.reset`` tells whether the file was
+    truncated or replaced (the chunk then starts from its beginning)."""
+    while True:
+        size = tail.size()
+        before = tail.offset
+        lines = tail.read_lines(size)
+        if not lines and not tail.reset:
+            return
+        yield lines
+        if size - before <= tail.max_bytes and not tail.reset:
+            return
+        tail.reset = False
+
+
+def _number(v: Any) -> float | None:
+    """A metric value as float: numbers, ``null``/``"nan"`` (NaN); anything else is skipped."""
+    if isinstance(v, float):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+class Series:
+    """One metric: parallel step and value columns."""
+
+    __slots__ = ("steps", "values", "sorted")
+
+    def __init__(self) -> None:
+        self.steps = array("q")
+        self.values = array("d")
+        self.sorted = True
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class MetricsIndex:
+    """Columnar in-memory index of a run's metrics file, appended by each :meth:`update`."""
+
+    def __init__(self, path: str) -> None:
+        self.tail = jsonl.JsonlTail(path)
+        self.series: dict[str, Series] = {}
+        self.loaded = False
+        self.lines = 0
+        self.last_step: int | None = None
+        self.last_wall_time: float | None = None
+        self.last_record: dict[str, Any] | None = None
+
+    def pending_bytes(self) -> int:
+        return max(0, self.tail.size() - self.tail.offset)
+
+    def clear(self) -> None:
+        self.series.clear()
+        self.lines = 0
+        self.last_step = self.last_wall_time = self.last_record = None
+
+    def update(self, collect: int = 0) -> list[dict[str, Any]]:
+        """Read every new complete line into the index; return the last ``collect`` new
+        records (for pushing to subscribers). Reads in chunks until caught up."""
+        out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
+        for lines in _chunks(self.tail):
+            if self.tail.reset:  # truncated or replaced: start over
+                self.tail.reset = False
+                self.clear()
+                out.clear()
+            add = self._add
+            for _, raw in lines:
+                rec = add(raw)
+                if rec is not None and collect:
+                    out.append(rec)
+        self.loaded = True
+        return list(out)
+
+    def _add(self, raw: bytes) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(rec, dict):
+            return None
+        step = rec.get("step")
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            return None
+        step = int(step)
+        metrics = rec.get("metrics")
+        if not isinstance(metrics, dict):  # flat records: every other numeric key is a metric
+            metrics = {k: v for k, v in rec.items() if k not in _RESERVED}
+        series = self.series
+        for name, raw_value in metrics.items():
+            value = _number(raw_value)
+            if value is None:
+                continue
+            s = series.get(name)
+            if s is None:
+                s = series[name] = Series()
+            elif s.sorted and s.steps and step < s.steps[-1]:
+                s.sorted = False
+            s.steps.append(step)
+            s.values.append(value)
+        self.lines += 1
+        self.last_step = step
+        wt = rec.get("wall_time")
+        if isinstance(wt, (int, float)) and not isinstance(wt, bool):
+            self.last_wall_time = float(wt)
+        self.last_record = rec
+        return rec
+
+    def names(self) -> list[str]:
+        return sorted(self.series)
+
+
+class LedgerState:
+    """The ledger as the dashboard needs it: recent entries, pending schedules, pause state."""
+
+    def __init__(self, path: str, max_entries: int) -> None:
+        self.tail = jsonl.JsonlTail(path)
+        self.entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.paused = False
+        self.loaded = False
+        self.last_step: int | None = None
+        self.last_wall_time: float | None = None
+
+    def update(self, collect: int = 0) -> list[dict[str, Any]]:
+        out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
+        for lines in _chunks(self.tail):
+            if self.tail.reset:
+                self.tail.reset = False
+                self.entries.clear()
+                self.pending.clear()
+                self.paused = False
+                out.clear()
+            for _, raw in lines:
+                entry = jsonl._parse(raw)
+                if entry is None:
+                    continue
+                self._add(entry)
+                if collect:
+                    out.append(entry)
+        self.loaded = True
+        return list(out)
+
+    def _add(self, e: dict[str, Any]) -> None:
+        self.entries.append(e)
+        cid = e.get("cmd_id")
+        decision = e.get("decision")
+        if decision == "scheduled" and isinstance(cid, str):
+            self.pending[cid] = e
+        elif cid in self.pending:
+            del self.pending[cid]
+        if (
+            e.get("module") == "control"
+            and decision == "applied"
+            and e.get("op") in ("pause", "resume")
+        ):
+            self.paused = e.get("op") == "pause"
+        step = e.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            self.last_step = step
+        wt = e.get("wall_time")
+        if isinstance(wt, (int, float)) and not isinstance(wt, bool):
+            self.last_wall_time = float(wt)
+
+
+class CommandsTail:
+    """New command records, from the end of the file at the time the run is first watched."""
+
+    def __init__(self, path: str) -> None:
+        self.tail = jsonl.JsonlTail(path)
+        self.tail.offset = self.tail.size()
+
+    def update(self, collect: int) -> list[dict[str, Any]]:
+        out: deque[dict[str, Any]] = deque(maxlen=max(1, collect))
+        for lines in _chunks(self.tail):
+            if self.tail.reset:
+                self.tail.reset = False
+                out.clear()
+            for _, raw in lines:
+                rec = jsonl._parse(raw)
+                if rec is not None:
+                    out.append(rec)
+        return list(out)
+
+
+class ActuatorsWatch:
+    """The actuators document, re-read only when the file changed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sig: tuple[int, int] | None = None
+        self.doc: dict[str, Any] = {"actuators": []}
+
+    def update(self) -> bool:
+        """True when the document changed since the last call."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._sig is None:
+                return False
+            self._sig = None
+            self.doc = {"actuators": []}
+            return True
+        sig = (st.st_mtime_ns, st.st_size)
+        if sig == self._sig:
+            return False
+        doc = jsonl.read_json(self.path)
+        if not isinstance(doc, dict):  # mid-replace or corrupt: try again next poll
+            return False
+        self._sig = sig
+        doc.setdefault("actuators", [])
+        self.doc = doc
+        return True
