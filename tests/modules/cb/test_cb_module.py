@@ -1,0 +1,365 @@
+"""The cb module inside a real kernel: loading, capture, reload, replay, policy, isolation,
+params, undo, state and hotcb.yaml. Commands go through the commands file like a user's."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient
+from hotcb.testing import read_ledger
+
+RECORDER = """
+class Recorder:
+    def __init__(self, tag="v1"):
+        self.tag = tag
+        self.seen = []
+        self.unloaded = False
+
+    def on_load(self, env):
+        self.kernel = env["kernel"]
+        self.ctx = env["hotcb"]
+
+    def on_unload(self, env):
+        self.unloaded = True
+
+    def handle(self, event, env):
+        self.seen.append((self.tag, event, env["step"]))
+"""
+
+
+def _do(kernel: Any, client: HotClient, cid: str, step: int) -> dict[str, Any]:
+    """Run one safe point and return the ledger entry of ``cid``."""
+    kernel.apply({"step": step})
+    return client.wait(cid, timeout=5)
+
+
+def test_load_from_file_captures_source_and_dispatches(kernel_factory, write_cb):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    cid = client.cb_load("rec", file=path, symbol="Recorder", init={"tag": "a"})
+    entry = _do(kernel, client, cid, 0)
+    assert entry["decision"] == "applied", entry
+    cap = entry["source_capture"]
+    assert cap["path"] == f"hotcb.sources/{cap['sha256']}.py"
+    with open(os.path.join(kernel.run_dir, cap["path"])) as f, open(path) as g:
+        assert f.read() == g.read()
+    cb = kernel.module("cb").get("rec")
+    assert cb.kernel is kernel and cb.ctx.id == "rec"
+    kernel.apply({"step": 1}, events=("train_step_end", "val_epoch_end"))
+    assert cb.seen == [
+        ("a", "train_step_end", 0),
+        ("a", "train_step_end", 1),
+        ("a", "val_epoch_end", 1),
+    ]
+
+
+def test_callbacks_run_in_load_order(kernel_factory):
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    order: list[str] = []
+    import hotcb.modules.cb as cbmod
+
+    # LambdaCallback loaded by import path; each one appends its name
+    for name in ("first", "second", "third"):
+        client.cb_load(name, path="hotcb.modules.cb", symbol="LambdaCallback")
+    kernel.apply({"step": 0})
+    mod = kernel.module("cb")
+    for name in ("first", "second", "third"):
+        lam = mod.get(name)
+        assert isinstance(lam, cbmod.LambdaCallback)
+        lam._any = lambda event, env, n=name: order.append(n)
+    kernel.apply({"step": 1})
+    assert order == ["first", "second", "third"]
+
+
+def test_reload_changed_file_replaces_instance(kernel_factory, write_cb):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    first = _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    old = kernel.module("cb").get("rec")
+    write_cb(RECORDER.replace('tag="v1"', 'tag="v2"'))
+    second = _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 1)
+    assert second["decision"] == "applied" and second["replaced"] is True
+    old_sha, new_sha = first["source_capture"]["sha256"], second["source_capture"]["sha256"]
+    assert old_sha != new_sha
+    assert second["changes"]["sha256"] == {"old": old_sha, "new": new_sha}
+    assert sorted(os.listdir(kernel.paths.sources)) == sorted([f"{old_sha}.py", f"{new_sha}.py"])
+    new = kernel.module("cb").get("rec")
+    assert old.unloaded and new is not old
+    kernel.apply({"step": 2})
+    assert new.seen[-1] == ("v2", "train_step_end", 2)
+    assert old.seen[-1][2] == 0  # the old instance stopped before the reload's step
+
+
+def test_load_with_source_capture_uses_the_captured_version(kernel_factory, write_cb, tmp_path):
+    """Replay/resume: a load op carrying source_capture runs the captured code even though
+    the file changed since."""
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    entry = _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    capture = entry["source_capture"]
+    write_cb(RECORDER.replace('tag="v1"', 'tag="edited"'))
+    cid = client.send(
+        "cb",
+        "load",
+        id="replayed",
+        target={"kind": "python_file", "path": path, "symbol": "Recorder"},
+        source_capture=capture,
+    )
+    replay = _do(kernel, client, cid, 1)
+    assert replay["decision"] == "applied", replay
+    assert replay["source_capture"]["sha256"] == capture["sha256"]
+    kernel.apply({"step": 2})
+    assert kernel.module("cb").get("replayed").seen[-1][0] == "v1"
+
+    # a capture that exists nowhere, with the file changed: a clear rejection
+    bogus = {"sha256": "0" * 64, "path": "hotcb.sources/" + "0" * 64 + ".py"}
+    cid = client.send(
+        "cb",
+        "load",
+        id="lost",
+        target={"kind": "python_file", "path": path, "symbol": "Recorder"},
+        source_capture=bogus,
+    )
+    lost = _do(kernel, client, cid, 3)
+    assert lost["decision"] == "rejected" and "not found" in lost["error"]
+
+
+def test_code_load_disabled_rejects_and_imports_nothing(kernel_factory, write_cb, tmp_path):
+    marker = tmp_path / "imported.marker"
+    path = write_cb(
+        f"open({os.fspath(marker)!r}, 'w').close()\n"
+        "class Evil:\n    def handle(self, event, env):\n        pass\n"
+    )
+    kernel = kernel_factory(allow_code_load=False)
+    client = HotClient(kernel.run_dir)
+    entry = _do(kernel, client, client.cb_load("evil", file=path, symbol="Evil"), 0)
+    assert entry["decision"] == "rejected"
+    assert "allow_code_load" in entry["error"]
+    assert not marker.exists()
+    # a module path is code too: refused, except hotcb's own bundled callbacks
+    other = _do(kernel, client, client.cb_load("x", path="json", symbol="JSONDecoder"), 1)
+    assert other["decision"] == "rejected"
+    ok = _do(
+        kernel,
+        client,
+        client.cb_load("hb", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback"),
+        2,
+    )
+    assert ok["decision"] == "applied", ok
+
+
+def test_allowed_code_dirs(kernel_factory, write_cb, tmp_path):
+    marker = tmp_path / "imported.marker"
+    path = write_cb(
+        f"open({os.fspath(marker)!r}, 'w').close()\nclass C:\n    def handle(self, e, env): pass\n"
+    )
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    kernel = kernel_factory(allowed_code_dirs=[allowed])
+    client = HotClient(kernel.run_dir)
+    entry = _do(kernel, client, client.cb_load("c", file=path, symbol="C"), 0)
+    assert entry["decision"] == "rejected" and "allowed code directories" in entry["error"]
+    assert not marker.exists()
+    inside = allowed / "c.py"
+    inside.write_text("class C:\n    def handle(self, e, env): pass\n")
+    entry = _do(kernel, client, client.cb_load("c", file=os.fspath(inside), symbol="C"), 1)
+    assert entry["decision"] == "applied", entry
+
+
+def test_failed_loads_are_ledgered_with_reason(kernel_factory, write_cb):
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    broken = write_cb("class C:\n    def handle(self, e, env)\n", name="broken.py")
+    e1 = _do(kernel, client, client.cb_load("a", file=broken, symbol="C"), 0)
+    assert e1["decision"] == "failed" and "SyntaxError" in e1["error"] and e1["traceback"]
+    e2 = _do(kernel, client, client.cb_load("b", path="hotcb.modules.cb", symbol="Nope"), 1)
+    assert e2["decision"] == "failed" and "Nope" in e2["error"]
+    nohandle = write_cb("class C:\n    pass\n", name="nohandle.py")
+    e3 = _do(kernel, client, client.cb_load("c", file=nohandle, symbol="C"), 2)
+    assert e3["decision"] == "failed" and "handle(event, env)" in e3["error"]
+    e4 = _do(kernel, client, client.cb("enable", "ghost"), 3)
+    assert e4["decision"] == "rejected" and "no callback 'ghost'" in e4["error"]
+    assert kernel.module("cb").describe() == []
+
+
+RAISER = """
+class Raiser:
+    def __init__(self, fail_at=2):
+        self.fail_at = fail_at
+        self.calls = 0
+    def handle(self, event, env):
+        self.calls += 1
+        if env["step"] >= self.fail_at:
+            raise RuntimeError(f"boom at {env['step']}")
+"""
+
+
+def test_raising_callback_is_isolated_and_auto_disabled(kernel_factory, write_cb, loop):
+    path = write_cb(RAISER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("bad", file=path, symbol="Raiser", init={"fail_at": 2})
+    client.cb_load("good", path="hotcb.modules.cb.callbacks", symbol="TensorStatsCallback")
+    loop.run(kernel, 6)  # the loop must not see the exception
+    kernel.flush()
+    errs = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
+    assert len(errs) == 1
+    err = errs[0]
+    assert err["id"] == "bad" and err["decision"] == "failed" and err["step"] == 2
+    assert "RuntimeError: boom at 2" in err["error"]
+    assert "Traceback" in err["traceback"] and "boom" in err["traceback"]
+    assert err["auto_disabled"] is True
+    bad = kernel.module("cb").get("bad")
+    assert bad.calls == 3  # steps 0, 1, 2, then disabled
+    good = kernel.module("cb").get("good")
+    assert good.last["loss/mean"] > 0  # the other callback kept running
+    state = {c["id"]: c for c in kernel.module("cb").describe()}
+    assert state["bad"]["enabled"] is False and state["good"]["enabled"] is True
+
+
+def test_errors_rate_limited_without_auto_disable(kernel_factory, write_cb):
+    path = write_cb(RAISER)
+    kernel = kernel_factory(auto_disable_on_error=False)
+    client = HotClient(kernel.run_dir)
+    client.cb_load("bad", file=path, symbol="Raiser", init={"fail_at": 0})
+    kernel.apply({"step": 0})
+    mod = kernel.module("cb")
+    mod.error_interval_sec = 3600.0
+    for step in range(1, 10):
+        kernel.apply({"step": step})
+    mod.error_interval_sec = 0.0
+    kernel.apply({"step": 10})
+    kernel.flush()
+    errs = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
+    assert [e["step"] for e in errs] == [0, 10]
+    assert errs[1]["suppressed"] == 9 and errs[1]["errors"] == 11
+    assert mod.get("bad").calls == 11  # still enabled
+
+
+def test_set_params_with_and_without_setter_and_undo(kernel_factory, write_cb):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("rec", file=path, symbol="Recorder")
+    client.cb_load("hb", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback")
+    kernel.apply({"step": 0})
+    e = _do(kernel, client, client.cb("set_params", "rec", tag="v9"), 1)
+    assert e["decision"] == "applied" and e["changes"] == {"tag": {"old": "v1", "new": "v9"}}
+    kernel.apply({"step": 2})
+    assert kernel.module("cb").get("rec").seen[-1] == ("v9", "train_step_end", 2)
+    bad = _do(kernel, client, client.cb("set_params", "rec", nope=1), 3)
+    assert bad["decision"] == "rejected" and "'nope'" in bad["error"]
+    e = _do(kernel, client, client.cb("set_params", "hb", every_steps=7), 4)
+    assert e["changes"] == {"every_steps": {"old": 100, "new": 7}}
+    bad = _do(kernel, client, client.cb("set_params", "hb", bogus=7), 5)
+    assert bad["decision"] == "rejected" and "bogus" in bad["error"]
+    # undo the set_params, then a disable
+    u = _do(kernel, client, client.undo(e["cmd_id"]), 6)
+    assert u["decision"] == "applied" and u["changes"] == {"every_steps": {"old": 7, "new": 100}}
+    d = _do(kernel, client, client.cb("disable", "rec"), 7)
+    assert d["changes"] == {"enabled": {"old": True, "new": False}}
+    noop = _do(kernel, client, client.cb("disable", "rec"), 8)
+    assert noop["decision"] == "noop"
+    u = _do(kernel, client, client.undo(d["cmd_id"]), 9)
+    assert u["decision"] == "applied" and kernel.module("cb").describe()[0]["enabled"] is True
+
+
+def test_unload_calls_on_unload_and_stops_events(kernel_factory, write_cb):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    cb = kernel.module("cb").get("rec")
+    e = _do(kernel, client, client.cb("unload", "rec"), 1)
+    assert e["decision"] == "applied" and cb.unloaded
+    kernel.apply({"step": 2})
+    assert [s for _, _, s in cb.seen] == [0]
+    assert kernel.module("cb").wants_events is False
+
+
+def test_state_dict_recreates_callbacks_from_captured_source(kernel_factory, write_cb, tmp_path):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("rec", file=path, symbol="Recorder", init={"tag": "x"})
+    client.cb_load(
+        "guard", path="hotcb.modules.cb.callbacks", symbol="AnomalyGuardCallback", enabled=False
+    )
+    kernel.apply({"step": 0})
+    client.cb("set_params", "rec", tag="y")
+    kernel.apply({"step": 1})
+    kernel.module("cb").get("guard").count = 3
+    state = kernel.state_dict()
+    os.remove(path)  # the resumed run must not need the original file
+
+    other = kernel_factory(os.fspath(tmp_path / "run"))
+    other.load_state_dict(state)
+    mod = other.module("cb")
+    rows = {r["id"]: r for r in mod.describe()}
+    assert list(rows) == ["rec", "guard"]
+    assert rows["rec"]["enabled"] is True and rows["guard"]["enabled"] is False
+    assert rows["rec"]["params"] == {"tag": "y"}
+    assert mod.get("rec").tag == "y"
+    assert mod.get("guard").count == 3
+    other.apply({"step": 2})
+    assert mod.get("rec").seen == [("y", "train_step_end", 2)]
+
+
+def test_rank_zero_only_callbacks_skip_other_ranks(kernel_factory):
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("log", path="hotcb.modules.cb.callbacks", symbol="JSONLLoggerCallback")
+    client.cb_load("stats", path="hotcb.modules.cb.callbacks", symbol="TensorStatsCallback")
+    kernel.apply({"step": 0, "loss": 1.0})
+    mod = kernel.module("cb")
+    assert mod.get("log").written == 1
+    kernel.is_leader = False  # what the kernel sets on rank 1 under torch.distributed
+    kernel.apply({"step": 1, "loss": 2.0})
+    assert mod.get("log").written == 1  # rank_zero_only
+    assert mod.get("stats").last["loss/mean"] == 2.0  # runs on every rank
+    kernel.is_leader = True
+
+
+def test_hotcb_yaml_loads_callbacks_at_start(kernel_factory, write_cb, tmp_path):
+    path = write_cb(RECORDER)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hotcb.yaml").write_text(
+        "callbacks:\n"
+        "  - id: hb\n"
+        "    path: hotcb.modules.cb.callbacks\n"
+        "    symbol: HeartbeatCallback\n"
+        "    init: {every_steps: 1}\n"
+        f"  - id: rec\n    file: {path}\n    symbol: Recorder\n    enabled: false\n"
+    )
+    kernel = kernel_factory(os.fspath(run))
+    lines: list[str] = []
+    kernel.apply({"step": 0, "log": lines.append})
+    kernel.flush()
+    loads = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "load"]
+    assert [(e["id"], e["decision"], e["source"]) for e in loads] == [
+        ("hb", "applied", "config"),
+        ("rec", "applied", "config"),
+    ]
+    assert loads[1]["source_capture"]["sha256"]
+    assert lines and "step 0" in lines[0]
+    assert kernel.module("cb").get("rec").seen == []  # declared disabled
+
+
+@pytest.mark.parametrize("bad", ["- just a list\n", "callbacks:\n  - path: x\n"])
+def test_bad_hotcb_yaml_is_a_ledger_error_not_a_crash(kernel_factory, tmp_path, bad):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hotcb.yaml").write_text(bad)
+    kernel = kernel_factory(os.fspath(run))
+    kernel.apply({"step": 0})
+    kernel.flush()
+    errors = [e for e in read_ledger(kernel.run_dir) if e.get("decision") == "failed"]
+    assert errors and "hotcb.yaml" in errors[0]["error"]
