@@ -1,0 +1,275 @@
+"""HotClient and the real ``hotcb`` command (subprocesses) against a run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from hotcb import HotClient, HotKernel, jsonl, loss_actuators, mutable_state
+from hotcb.client import route_keys
+from hotcb.runfiles import RunPaths
+from hotcb.testing import TinyMLP, read_ledger
+
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+
+
+def commands(run_dir: str) -> list[dict[str, Any]]:
+    return list(jsonl.iter_records(RunPaths(run_dir).commands))
+
+
+class Run:
+    """An in-process kernel over a real optimizer and loss weights (the CLI is the other side)."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.model = TinyMLP()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.weights = {"ce": 1.0, "smooth": 0.1}
+        self.kernel = HotKernel(
+            run_dir, poll_interval_sec=0, mutable_state=mutable_state(loss_actuators(self.weights))
+        )
+        self.step = -1
+        self.tick()
+
+    def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.step += 1
+            self.kernel.apply(
+                {"step": self.step, "optimizer": self.opt, "metrics": {"loss": 2.5 - self.step}}
+            )
+
+
+@pytest.fixture
+def run(run_dir: str) -> Any:
+    r = Run(run_dir)
+    yield r
+    r.kernel.close()
+
+
+def test_import_hotcb_imports_no_heavy_dependency() -> None:
+    code = (
+        "import sys, hotcb, hotcb.cli, hotcb.client, hotcb.kernel\n"
+        "heavy = ('torch', 'fastapi', 'optuna', 'lightning', 'transformers', 'numpy', 'yaml')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=SUBPROCESS_ENV
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_route_keys_by_actuators_first_then_name_patterns() -> None:
+    acts = [{"param_key": "smooth", "group": "loss"}, {"param_key": "lr", "group": "opt"}]
+    keys = ["lr", "smooth", "betas", "aux_weight", "terms.kd", "lr@head", "temperature"]
+    assert route_keys(keys, acts) == {
+        "opt": ["lr", "betas", "lr@head"],
+        "loss": ["smooth", "aux_weight", "terms.kd"],
+        "custom": ["temperature"],
+    }
+
+
+def test_set_routes_by_the_runs_actuators_file(run: Run, run_dir: str, cli: Any) -> None:
+    res = cli(run_dir, "set", "lr=1e-3", "smooth=0.2", "temperature=2")
+    assert res.returncode == 0, res.stderr
+    recs = commands(run_dir)
+    assert [(r["module"], r["params"]) for r in recs] == [
+        ("opt", {"lr": 0.001}),
+        ("loss", {"smooth": 0.2}),  # the name alone would have said custom
+        ("custom", {"temperature": 2}),
+    ]
+    assert res.stdout.split() == [r["cmd_id"] for r in recs]
+    assert {r["source"] for r in recs} == {"cli"} and {r["v"] for r in recs} == {1}
+    run.tick()
+    decisions = {e["module"]: e["decision"] for e in read_ledger(run_dir)}
+    assert decisions == {"opt": "applied", "loss": "applied", "custom": "rejected"}
+    assert run.opt.param_groups[0]["lr"] == 0.001 and run.weights["smooth"] == 0.2
+
+
+def test_set_falls_back_to_name_patterns_and_parses_values_as_json(run_dir: str, cli: Any) -> None:
+    res = cli(
+        run_dir, "set", "lr=1e-4", "aux_weight=0.5", "terms.aux=false", "betas=[0.9,0.99]", "t=x"
+    )
+    assert res.returncode == 0, res.stderr
+    assert [(r["module"], r["params"]) for r in commands(run_dir)] == [
+        ("opt", {"lr": 0.0001, "betas": [0.9, 0.99]}),
+        ("loss", {"aux_weight": 0.5, "terms.aux": False}),
+        ("custom", {"t": "x"}),
+    ]
+
+
+def test_module_commands_and_their_options_write_the_right_records(run_dir: str, cli: Any) -> None:
+    assert cli(run_dir, "init").returncode == 0
+    assert os.path.exists(RunPaths(run_dir).commands)
+    calls = [
+        ("opt", "set_params", "lr=0.01", "--at-step", "100"),
+        ("loss", "set_params", "aux=0.5", "--ramp", "20", "--shape", "cosine"),
+        ("custom", "set_params", "temp=2"),
+        ("pause",),
+        ("resume",),
+        ("stop",),
+        ("checkpoint", "--path", "/tmp/x.pt"),
+        ("undo",),
+        ("undo", "--cmd-id", "ABC"),
+        ("cancel", "ABC"),
+    ]
+    for argv in calls:
+        res = cli(run_dir, *argv)
+        assert res.returncode == 0, (argv, res.stderr)
+    got = [
+        (r["module"], r["op"], r["params"], r["at_step"], r["transition"])
+        for r in commands(run_dir)
+    ]
+    assert got == [
+        ("opt", "set_params", {"lr": 0.01}, 100, None),
+        ("loss", "set_params", {"aux": 0.5}, None, {"steps": 20, "shape": "cosine"}),
+        ("custom", "set_params", {"temp": 2}, None, None),
+        ("control", "pause", {}, None, None),
+        ("control", "resume", {}, None, None),
+        ("control", "stop", {}, None, None),
+        ("control", "checkpoint", {"path": "/tmp/x.pt"}, None, None),
+        ("control", "undo", {}, None, None),
+        ("control", "undo", {"cmd_id": "ABC"}, None, None),
+        ("control", "cancel", {"cmd_id": "ABC"}, None, None),
+    ]
+
+
+def test_undo_from_the_cli_reverts_last_and_named_changes(run: Run, run_dir: str, cli: Any) -> None:
+    first = cli(run_dir, "opt", "set_params", "lr=0.05").stdout.strip()
+    run.tick()
+    cli(run_dir, "loss", "set_params", "smooth=0.3")
+    run.tick()
+    assert cli(run_dir, "undo").returncode == 0
+    run.tick()
+    assert run.weights["smooth"] == 0.1 and run.opt.param_groups[0]["lr"] == 0.05
+    assert cli(run_dir, "undo", "--cmd-id", first).returncode == 0
+    run.tick()
+    assert run.opt.param_groups[0]["lr"] == 0.1
+    assert [e.get("undo_of") for e in read_ledger(run_dir)][2:] == [
+        read_ledger(run_dir)[1]["cmd_id"],
+        first,
+    ]
+
+
+def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_dir: str) -> None:
+    def cli_while_training(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, *args]
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV
+        )
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            run.tick()
+            time.sleep(0.01)  # the loop's own pace; the wait is on the process above
+        out, err = proc.communicate(timeout=30)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    ok = cli_while_training("set", "smooth=0.25", "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert "[cli] loss set_params -> applied (smooth: 0.1 -> 0.25)" in ok.stdout
+    bad = cli_while_training("opt", "set_params", "lr=50", "--wait")
+    assert bad.returncode == 1
+    assert "-> rejected" in bad.stdout and "lr=50 is above the maximum 10" in bad.stdout
+
+
+def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
+    cli(run_dir, "set", "lr=0.02")
+    cli(run_dir, "opt", "set_params", "lr=0.5", "--at-step", "50")
+    run.tick(2)
+    res = cli(run_dir, "status")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    assert "freeze   off" in text
+    assert "metrics  step 2" in text and "loss=0.5" in text
+    lines = {ln.split()[0]: ln.split() for ln in text.splitlines() if ln.startswith("  ")}
+    assert lines["lr"][1:4] == ["0.02", "opt", "verified"]
+    assert lines["momentum"][1:4] == ["0.9", "opt", "untouched"]
+    assert lines["smooth"][1:4] == ["0.1", "loss", "untouched"]
+    assert "scheduled" in text and "at step 50: opt set_params" in text
+    assert "opt set_params -> applied (lr: 0.1 -> 0.02)" in text
+
+    st = json.loads(cli(run_dir, "status", "--json").stdout)
+    assert st["freeze"]["mode"] == "off"
+    acts = {a["param_key"]: a for a in st["actuators"]}
+    assert acts["lr"]["current"] == 0.02 and acts["lr"]["state"] == "verified"
+    assert [e["decision"] for e in st["ledger"]] == ["applied", "scheduled"]
+    assert [e["at_step"] for e in st["pending"]] == [50]
+    assert st["last_metrics"]["step"] == 2
+    assert st["unread_command_bytes"] == 0
+
+
+def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:
+    for v in (0.2, 0.3, 0.4):
+        cli(run_dir, "loss", "set_params", f"smooth={v}")
+        run.tick()
+    res = cli(run_dir, "log", "-n", "2")
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("#2 step 2 [cli] loss set_params -> applied (smooth: 0.2 -> 0.3)")
+    assert lines[1].startswith("#3 step 3 [cli] loss set_params -> applied (smooth: 0.3 -> 0.4)")
+    raw = cli(run_dir, "log", "-n", "0", "--json").stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in raw] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("set", "lr"), "hotcb: error: expected key=value, got 'lr' (e.g. lr=1e-4)"),
+        (("set", "=3"), "hotcb: error: expected key=value, got '=3'"),
+        (("set", "lr=NaN"), "hotcb: error: params.lr is nan; send a finite number"),
+        (("opt", "set_params", "lr=Infinity"), "hotcb: error: params.lr is inf"),
+        (("undo", "--cmd-id", ""), None),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    run_dir: str, cli: Any, argv: tuple[str, ...], message: str | None
+) -> None:
+    res = cli(run_dir, *argv)
+    if message is None:  # an empty --cmd-id means "the last change": allowed
+        assert res.returncode == 0
+        return
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [message] or res.stderr.startswith(message)
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr
+    assert not os.path.exists(RunPaths(run_dir).commands)  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("bogus",), ("opt",), ("opt", "set_params"), ("log", "-n", "many"), ("set", "--at-step")],
+)
+def test_bad_syntax_exits_2_without_a_traceback(run_dir: str, cli: Any, argv: tuple) -> None:
+    res = cli(run_dir, *argv)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("hotcb")
+    assert "error:" in res.stderr.strip().splitlines()[-1]
+
+
+def test_status_of_a_missing_run_directory_is_an_error(tmp_path: Any, cli: Any) -> None:
+    res = cli(os.fspath(tmp_path / "nowhere"), "status")
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"hotcb: error: no run directory at {tmp_path / 'nowhere'}"
+
+
+def test_client_wait_times_out_with_a_useful_message(run_dir: str) -> None:
+    client = HotClient(run_dir)
+    cid = client.custom(x=1)
+    with pytest.raises(TimeoutError, match=f"no ledger entry for {cid} after 0.1s"):
+        client.wait(cid, timeout=0.1)
+
+
+def test_client_wait_returns_the_final_entry_not_the_scheduled_one(run: Run, run_dir: str) -> None:
+    client = HotClient(run_dir)
+    cid = client.send("loss", "set_params", params={"smooth": 0.5}, at_step=3)
+    run.tick(4)
+    entry = client.wait(cid, timeout=5)
+    assert entry["decision"] == "applied" and entry["step"] == 3
+    assert [e["decision"] for e in client.entries(cid)] == ["scheduled", "applied"]
