@@ -38,8 +38,8 @@ class AnomalyGuardCallback(CallbackBase):
     - ``"pause"``: sends ``pause`` through ``HotClient(run_dir, source="anomaly_guard")``;
     - ``"lr_cut"``: sends ``opt set_params lr=<current lr × lr_factor>``.
 
-    Commands are sent at most once per ``cooldown_steps`` steps and land at the next poll, in
-    the ledger like any other command.
+    Commands are sent, and anomalies ledgered, at most once per ``cooldown_steps`` steps (the
+    metric counts every one); commands land at the next poll, in the ledger like any other.
     """
 
     rank_zero_only = True  # one guard writes the commands; every rank applies them
@@ -63,6 +63,7 @@ class AnomalyGuardCallback(CallbackBase):
         self.anomalies: list[dict[str, Any]] = []
         self.sent: list[str] = []
         self._last_action_step: int | None = None
+        self._last_record_step: int | None = None
 
     def set_params(self, **params: Any) -> None:
         if "action" in params and params["action"] not in ACTIONS:
@@ -99,7 +100,17 @@ class AnomalyGuardCallback(CallbackBase):
         self.anomalies.append(info)
         del self.anomalies[:-100]
         sent = self._act(step, env)
-        if self.ctx is not None:
+        # one ledger entry per cooldown window: a diverged run is non-finite at every step
+        quiet = (
+            self._last_record_step is not None
+            and isinstance(step, int)
+            and step - self._last_record_step < self.cooldown_steps
+        )
+        report = bool(sent) or not quiet
+        if report:
+            self._last_record_step = step if isinstance(step, int) else None
+            self.log(f"hotcb anomaly guard: non-finite {what} at step {step}", env)
+        if report and self.ctx is not None:
             self.ctx.kernel.record(
                 {
                     "step": step if isinstance(step, int) else None,
@@ -113,7 +124,6 @@ class AnomalyGuardCallback(CallbackBase):
                 }
             )
         self.log_metrics(step, {"anomaly/count": self.count}, env.get("epoch"))
-        self.log(f"hotcb anomaly guard: non-finite {what} at step {step}", env)
 
     def _act(self, step: Any, env: Env) -> str | None:
         if self.action == "record" or self.ctx is None:

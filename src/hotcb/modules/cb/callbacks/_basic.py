@@ -54,7 +54,8 @@ class HeartbeatCallback(CallbackBase):
 class TimingCallback(CallbackBase):
     """Step time and throughput → metrics ``time/step_sec``, ``time/steps_per_sec`` and, when
     the batch size is known (``batch_size`` init or ``env["batch_size"]``),
-    ``time/samples_per_sec``. Averaged over the steps since the last report (``every_steps``)."""
+    ``time/samples_per_sec``. Reported at steps that are multiples of ``every_steps``,
+    averaged over the steps since the previous report (the first event only starts the clock)."""
 
     def __init__(
         self, every_steps: int = 10, batch_size: int = 0, event: str = "train_step_end"
@@ -75,7 +76,7 @@ class TimingCallback(CallbackBase):
             return
         self._n += 1
         step = env.get("step", 0)
-        if self._n < max(1, self.every_steps):
+        if self.every_steps > 1 and not (isinstance(step, int) and step % self.every_steps == 0):
             return
         dt = (now - self._t) / self._n
         self._t, self._n = now, 0
