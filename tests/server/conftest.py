@@ -1,0 +1,81 @@
+"""A real uvicorn server on 127.0.0.1 (random free port) in a thread, per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+import uvicorn  # noqa: E402
+
+from hotcb.server.app import create_app  # noqa: E402
+from hotcb.server.config import DashboardConfig  # noqa: E402
+from hotcb.testing import wait_for  # noqa: E402
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ws_url: str
+    config: DashboardConfig
+    root: str
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+def _serve(config: DashboardConfig) -> tuple[uvicorn.Server, threading.Thread, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config), log_level="warning", ws="websockets-sansio", lifespan="on"
+        )
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/api/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=20, what="the dashboard server to answer")
+    return server, thread, port
+
+
+@pytest.fixture
+def live_server(tmp_path: Any) -> Iterator[Callable[..., LiveServer]]:
+    """``live_server(root=None, **config)`` starts a server over ``root`` (default: tmp_path)."""
+    started: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(root: str | None = None, **overrides: Any) -> LiveServer:
+        root = os.fspath(root or tmp_path)
+        overrides.setdefault("tail_interval_sec", 0.02)
+        config = DashboardConfig.load(None, dir=root, **overrides)
+        server, thread, port = _serve(config)
+        started.append((server, thread))
+        return LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", config, root)
+
+    yield start
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def ws_collect(messages: list[dict[str, Any]], raw: str | bytes) -> None:
+    messages.append(json.loads(raw))

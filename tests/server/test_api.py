@@ -1,0 +1,296 @@
+"""REST API against a real uvicorn server on 127.0.0.1 (random port)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hotcb import HotKernel, jsonl, loss_actuators, mutable_state
+from hotcb.metrics import MetricsCollector
+from hotcb.runfiles import RunPaths
+from hotcb.testing import read_ledger, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def make_run(path: Any, steps: int = 50, **extra: float) -> str:
+    run = os.fspath(path)
+    with MetricsCollector(run) as m:
+        for s in range(steps):
+            m.log(s, {"loss": 1.0 / (s + 1), **extra})
+    return run
+
+
+def drive_until(kernel: HotKernel, weights: dict[str, float], cond: Any, start: int = 0) -> int:
+    """Call ``kernel.apply`` step after step until ``cond()`` holds; return the last step."""
+    step = [start]
+
+    def tick() -> Any:
+        kernel.apply({"step": step[0], "metrics": {"loss": weights["ce"]}})
+        step[0] += 1
+        return cond()
+
+    wait_for(tick, timeout=20, what="the kernel to apply the command")
+    return step[0] - 1
+
+
+def test_health_config_and_runs_discovery(tmp_path, live_server):
+    make_run(tmp_path / "a")
+    make_run(tmp_path / "group" / "b")
+    make_run(tmp_path / "x" / "y" / "too_deep")
+    srv = live_server(scan_depth=2)
+    with srv.client() as c:
+        assert c.get("/api/health").json()["ok"] is True
+        cfg = c.get("/api/config").json()
+        assert cfg["history_max_points"] == 2000 and "token" not in cfg
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert set(runs) == {"a", "group/b"}
+        assert runs["a"]["last_step"] == 49 and runs["a"]["stale"] is False
+        assert runs["a"]["freeze_mode"] == "off"
+        # a run appearing later shows up on the next call (re-scan)
+        make_run(tmp_path / "c", steps=3)
+        assert "c" in {r["run_id"] for r in c.get("/api/runs").json()["runs"]}
+        # nested ids, URL-encoded
+        assert c.get("/api/runs/group%2Fb/metrics/names").json() == {"names": ["loss"]}
+        assert c.get("/api/runs/nope/status").status_code == 404
+        assert c.get("/api/runs/..%2F..%2Fetc/status").status_code == 404
+        assert c.get("/openapi.json").json()["info"]["title"] == "hotcb dashboard"
+
+
+def test_root_run_is_dot(tmp_path, live_server):
+    make_run(tmp_path, steps=5)
+    srv = live_server()
+    with srv.client() as c:
+        assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["."]
+        # browsers drop "/./" from URLs: the route without the id segment is the root run
+        assert c.get("/api/runs/metrics/names").json() == {"names": ["loss"]}
+        assert c.get("/api/runs/status").json()["last_metrics"]["step"] == 4
+
+
+def test_posted_command_lands_once_and_kernel_applies_it_as_dashboard(tmp_path, live_server):
+    run = make_run(tmp_path / "r")
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
+    kernel.apply({"step": 0})  # writes the actuators file
+    srv = live_server()
+    with srv.client() as c:
+        acts = c.get("/api/runs/r/actuators").json()["actuators"]
+        assert {a["param_key"] for a in acts} >= {"ce", "l2"}
+        # the client may claim any source: the server records "dashboard"
+        body = {"module": "loss", "op": "set_params", "params": {"ce": 0.5}, "source": "cli"}
+        r = c.post("/api/runs/r/commands", json=body)
+        assert r.status_code == 200, r.text
+        cmd_id = r.json()["cmd_id"]
+        lines = list(jsonl.iter_records(RunPaths(run).commands))
+        assert [rec["cmd_id"] for rec in lines] == [cmd_id]
+        assert lines[0]["source"] == "dashboard" and lines[0]["params"] == {"ce": 0.5}
+
+        drive_until(kernel, weights, lambda: weights["ce"] == 0.5, start=1)
+        (entry,) = [e for e in read_ledger(run) if e["cmd_id"] == cmd_id]
+        assert entry["decision"] == "applied" and entry["source"] == "dashboard"
+        assert entry["changes"]["ce"] == {"old": 1.0, "new": 0.5}
+
+        led = c.get("/api/runs/r/ledger", params={"source": "dashboard"}).json()["entries"]
+        assert [e["cmd_id"] for e in led] == [cmd_id]
+        assert c.get("/api/runs/r/ledger", params={"decision": "rejected"}).json() == {
+            "entries": []
+        }
+    kernel.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"module": "opt", "op": "set_params", "params": {}}, "needs at least one parameter"),
+        ({"module": "nope", "op": "x"}, "unknown module 'nope'"),
+        ({"module": "opt", "op": "explode"}, "unknown op 'explode'"),
+        ({"module": "opt", "op": "set_params", "params": {"lr": 1}, "at_step": -3}, "at_step"),
+        ({"op": "set_params"}, "'module' and 'op'"),
+        ([1, 2], "JSON object"),
+        ({"module": "control", "op": "cancel"}, "params.cmd_id"),
+    ],
+)
+def test_malformed_command_is_422_with_reason(tmp_path, live_server, body, reason):
+    run = make_run(tmp_path / "r", steps=2)
+    srv = live_server()
+    with srv.client() as c:
+        r = c.post("/api/runs/r/commands", json=body)
+    assert r.status_code == 422
+    assert reason in r.json()["detail"]
+    assert not os.path.exists(RunPaths(run).commands)
+
+
+def test_non_finite_and_non_json_bodies_are_422(tmp_path, live_server):
+    make_run(tmp_path / "r", steps=2)
+    srv = live_server()
+    with srv.client() as c:
+        r = c.post(
+            "/api/runs/r/commands",
+            content=b'{"module":"opt","op":"set_params","params":{"lr":1e400}}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and "finite" in r.json()["detail"]
+        r = c.post("/api/runs/r/commands", content=b"lr=1", headers={"content-type": "text/plain"})
+        assert r.status_code == 422 and "JSON" in r.json()["detail"]
+        r = c.get("/api/runs/r/metrics", params={"step_min": "abc"})
+        assert r.status_code == 422 and "step_min" in r.json()["detail"]
+
+
+def test_code_load_refused_unless_allowed(tmp_path, live_server):
+    make_run(tmp_path / "r", steps=2)
+    body = {
+        "module": "cb",
+        "op": "load",
+        "id": "x",
+        "target": {"kind": "python_path", "path": "json", "symbol": "dumps"},
+    }
+    with live_server().client() as c:
+        r = c.post("/api/runs/r/commands", json=body)
+        assert r.status_code == 403 and "allow_code_load" in r.json()["detail"]
+    with live_server(allow_code_load=True).client() as c:
+        assert c.post("/api/runs/r/commands", json=body).status_code == 200
+
+
+def test_freeze_endpoint(tmp_path, live_server):
+    run = make_run(tmp_path / "r", steps=2)
+    with live_server().client() as c:
+        r = c.post("/api/runs/r/freeze", json={"mode": "prod"})
+        assert r.status_code == 200
+        (rec,) = jsonl.iter_records(RunPaths(run).commands)
+        assert rec["module"] == "freeze" and rec["mode"] == "prod" and rec["source"] == "dashboard"
+        r = c.post("/api/runs/r/freeze", json={"mode": "sideways"})
+        assert r.status_code == 422 and "freeze mode must be one of" in r.json()["detail"]
+
+
+def test_token_required_for_rest_when_set(tmp_path, live_server):
+    make_run(tmp_path / "r", steps=2)
+    srv = live_server(token="s3cret")
+    with srv.client() as c:
+        assert c.get("/api/health").status_code == 200  # public
+        assert c.get("/").status_code == 200  # the page itself holds no data
+        for path in ("/api/runs", "/api/config", "/api/runs/r/status", "/openapi.json"):
+            assert c.get(path).status_code == 401, path
+        r = c.post("/api/runs/r/commands", json={"module": "control", "op": "pause"})
+        assert r.status_code == 401
+        assert c.get("/api/runs", params={"token": "wrong"}).status_code == 401
+        ok = c.get("/api/runs", params={"token": "s3cret"})
+        assert ok.status_code == 200 and "hotcb_token" in ok.headers.get("set-cookie", "")
+    with srv.client(token="s3cret") as c:
+        assert c.get("/api/runs").status_code == 200
+        cfg = c.get("/api/config")
+        assert cfg.status_code == 200 and "s3cret" not in cfg.text
+
+
+def test_history_downsampling_keeps_spike(tmp_path, live_server):
+    run = os.fspath(tmp_path / "r")
+    os.makedirs(run)
+    n, spike_at = 50_000, 31_337
+    lines = []
+    for s in range(n):
+        loss = 1.0 + 0.001 * (s % 7)
+        if s == spike_at:
+            loss = 99.0
+        lines.append({"step": s, "wall_time": 1.0, "metrics": {"loss": loss, "acc": s / n}})
+    jsonl.append_many(RunPaths(run).metrics, lines)
+    with live_server().client() as c:
+        r = c.get("/api/runs/r/metrics", params={"names": "loss", "max_points": 300}).json()
+        assert r["total_points"] == n and r["downsampled"] is True
+        series = r["series"]["loss"]
+        assert len(series["step"]) <= 300 and len(series["step"]) == len(series["value"])
+        assert max(series["value"]) == 99.0
+        assert series["step"][series["value"].index(99.0)] == spike_at
+        assert series["step"][0] == 0 and series["step"][-1] == n - 1
+        assert series["step"] == sorted(series["step"])
+        # the cap: no more than the configured maximum whatever is asked
+        r = c.get("/api/runs/r/metrics", params={"names": "acc", "max_points": 10**6}).json()
+        assert len(r["series"]["acc"]["step"]) <= 2000
+        # a step window, with empty bounds meaning "no bound"
+        r = c.get(
+            "/api/runs/r/metrics",
+            params={"names": "loss", "step_min": 100, "step_max": 199, "max_points": 500},
+        ).json()
+        assert r["series"]["loss"]["step"] == list(range(100, 200))
+        assert r["downsampled"] is False
+        r = c.get("/api/runs/r/metrics", params={"step_min": "", "step_max": ""}).json()
+        assert set(r["series"]) == {"acc", "loss"}
+
+
+def test_status_pending_paused_and_impact(tmp_path, live_server):
+    run = os.fspath(tmp_path / "r")
+    os.makedirs(run)
+    open(RunPaths(run).commands, "w").close()
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
+    srv = live_server()
+    with srv.client() as c:
+        sched = c.post(
+            "/api/runs/r/commands",
+            json={"module": "loss", "op": "set_params", "params": {"l2": 0.1}, "at_step": 10**6},
+        ).json()["cmd_id"]
+        change = c.post(
+            "/api/runs/r/commands",
+            json={"module": "loss", "op": "set_params", "params": {"ce": 3.0}, "at_step": 20},
+        ).json()["cmd_id"]
+        # the metric "loss" is the ce weight: 1.0 up to step 20 (applied at its end), 3.0 after
+        last = drive_until(kernel, weights, lambda: kernel.step >= 40)
+        st = c.get("/api/runs/r/status").json()
+        assert [p["cmd_id"] for p in st["pending"]] == [sched]
+        assert st["paused"] is False and st["last_metrics"]["step"] == last
+        assert {a["param_key"] for a in st["actuators"]} >= {"ce", "l2"}
+        imp = c.get("/api/runs/r/impact", params={"metric": "loss", "window": 10}).json()
+        (row,) = [i for i in imp["impacts"] if i["cmd_id"] == change]
+        assert row["step"] == 20
+        assert row["before"] == {"mean": 1.0, "slope": 0.0, "n": 10}
+        assert row["after"] == {"mean": 3.0, "slope": 0.0, "n": 10}
+
+        # pause / resume through the API while a training thread runs the kernel
+        stop = threading.Event()
+
+        def train() -> None:
+            step = last + 1
+            while not stop.is_set() and not kernel.stop_requested:
+                kernel.apply({"step": step, "metrics": {"loss": weights["ce"]}})
+                step += 1
+                time.sleep(0.001)
+
+        t = threading.Thread(target=train, daemon=True)
+        t.start()
+        try:
+            c.post("/api/runs/r/commands", json={"module": "control", "op": "pause"})
+            wait_for(lambda: c.get("/api/runs/r/status").json()["paused"], 10, what="paused")
+            c.post("/api/runs/r/commands", json={"module": "control", "op": "resume"})
+            wait_for(lambda: not c.get("/api/runs/r/status").json()["paused"], 10, what="resumed")
+        finally:
+            stop.set()
+            t.join(timeout=10)
+    kernel.close()
+
+
+def test_recipe_download(tmp_path, live_server):
+    pytest.importorskip("hotcb.recipe")
+    run = os.fspath(tmp_path / "r")
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
+    with live_server(root=tmp_path).client() as c:
+        make_run(run, steps=1)
+        r = c.get("/api/runs/r/recipe")
+        assert r.status_code == 409 and "ledger" in r.json()["detail"]  # nothing applied yet
+        kernel.apply({"step": 0})
+        c.post(
+            "/api/runs/r/commands",
+            json={"module": "loss", "op": "set_params", "params": {"ce": 2.0}},
+        )
+        drive_until(kernel, weights, lambda: weights["ce"] == 2.0, start=1)
+        kernel.flush()
+        r = c.get("/api/runs/r/recipe")
+        assert r.status_code == 200, r.text
+        assert "attachment" in r.headers["content-disposition"]
+        records = [json.loads(line) for line in r.text.splitlines()]
+        assert any(rec.get("params") == {"ce": 2.0} for rec in records)
+        assert not os.path.exists(RunPaths(run).recipe)  # the download writes nothing there
+    kernel.close()

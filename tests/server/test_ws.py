@@ -1,0 +1,151 @@
+"""WebSocket pushes against a real uvicorn server with a real ``websockets`` client."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from hotcb import HotKernel, loss_actuators, mutable_state
+from hotcb.metrics import MetricsCollector
+
+pytestmark = pytest.mark.slow
+
+
+class Inbox:
+    """Messages from one connection, read until a condition holds (with a deadline)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+
+    def until(self, pred: Any, timeout: float = 10.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = pred(self.messages)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                types = [m.get("type") for m in self.messages]
+                raise TimeoutError(f"no {what or pred} after {timeout:g}s; got {types}")
+            try:
+                self.messages.append(json.loads(self.ws.recv(timeout=left)))
+            except TimeoutError:
+                continue
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+
+def test_appended_metrics_reach_the_client(tmp_path, live_server):
+    run = os.fspath(tmp_path / "r")
+    collector = MetricsCollector(run)
+    collector.log(0, {"loss": 2.0})
+    srv = live_server()
+    with connect(srv.ws_url) as ws:
+        inbox = Inbox(ws)
+        hello = inbox.until(lambda ms: [m for m in ms if m["type"] == "hello"], what="hello")[0]
+        assert hello["version"] and hello["config"]["stale_after_sec"] == 30.0
+        ws.send(json.dumps({"subscribe": ["r"]}))
+        inbox.until(lambda ms: [m for m in ms if m["type"] == "status"], what="status snapshot")
+        # history (step 0) is served over REST; only new records are pushed
+        for s in range(1, 31):
+            collector.log(s, {"loss": 2.0 / (s + 1), "acc": s / 30})
+        collector.close()
+
+        def steps(ms: list[dict[str, Any]]) -> list[int]:
+            return [r["step"] for m in ms if m["type"] == "metrics" for r in m["records"]]
+
+        inbox.until(lambda ms: steps(ms)[-1:] == [30], what="step 30")
+        assert steps(inbox.messages) == list(range(1, 31))  # each once, in order
+        assert all(m["run"] == "r" for m in inbox.of("metrics"))
+        last = inbox.of("metrics")[-1]["records"][-1]
+        assert last["metrics"] == {"loss": 2.0 / 31, "acc": 1.0}
+
+
+def test_ledger_actuators_and_commands_are_pushed(tmp_path, live_server):
+    run = os.fspath(tmp_path / "r")
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    srv = live_server()
+    with connect(srv.ws_url) as ws, srv.client() as c:
+        inbox = Inbox(ws)
+        ws.send(json.dumps({"subscribe": ["r"]}))
+        snap = inbox.until(lambda ms: [m for m in ms if m["type"] == "actuators"], what="doc")
+        assert {a["param_key"] for a in snap[0]["doc"]["actuators"]} >= {"ce", "l2"}
+        body = {"module": "loss", "op": "set_params", "params": {"ce": 0.25}}
+        cmd_id = c.post("/api/runs/r/commands", json=body).json()["cmd_id"]
+        cmds = inbox.until(
+            lambda ms: [r for m in ms if m["type"] == "commands" for r in m["records"]],
+            what="commands message",
+        )
+        assert [r["cmd_id"] for r in cmds] == [cmd_id] and cmds[0]["source"] == "dashboard"
+        step = 1
+        deadline = time.monotonic() + 10
+        while weights["ce"] != 0.25 and time.monotonic() < deadline:
+            kernel.apply({"step": step, "metrics": {"loss": weights["ce"]}})
+            step += 1
+        kernel.flush()
+        entries = inbox.until(
+            lambda ms: [
+                e
+                for m in ms
+                if m["type"] == "ledger"
+                for e in m["entries"]
+                if e["cmd_id"] == cmd_id
+            ],
+            what="ledger entry",
+        )
+        assert entries[0]["decision"] == "applied" and entries[0]["source"] == "dashboard"
+        # the actuators file is rewritten with the new value and pushed again
+        inbox.until(
+            lambda ms: [
+                a
+                for m in ms
+                if m["type"] == "actuators"
+                for a in m["doc"]["actuators"]
+                if a["param_key"] == "ce" and a["current"] == 0.25
+            ],
+            what="actuators doc with ce=0.25",
+        )
+    kernel.close()
+
+
+def test_periodic_status_and_unknown_run(tmp_path, live_server):
+    with MetricsCollector(os.fspath(tmp_path)) as m:
+        m.log(7, {"loss": 1.0})
+    srv = live_server(status_interval_sec=0.1)
+    with connect(srv.ws_url) as ws:
+        inbox = Inbox(ws)
+        ws.send(json.dumps({"subscribe": [".", "missing"]}))
+        err = inbox.until(lambda ms: [m for m in ms if m["type"] == "error"], what="error")
+        assert err[0]["run"] == "missing"
+        inbox.until(lambda ms: len([m for m in ms if m["type"] == "status"]) >= 3, what="3 status")
+        st = inbox.of("status")[-1]
+        assert st["run"] == "." and st["stale"] is False and st["last_step"] == 7
+        ws.send(json.dumps({"type": "ping"}))
+        inbox.until(lambda ms: [m for m in ms if m["type"] == "pong"], what="pong")
+
+
+def test_ws_needs_token_when_set(tmp_path, live_server):
+    with MetricsCollector(os.fspath(tmp_path / "r")) as m:
+        m.log(0, {"loss": 1.0})
+    srv = live_server(token="tok")
+    with pytest.raises(InvalidStatus) as info:
+        with connect(srv.ws_url):
+            pass
+    assert info.value.response.status_code == 401
+    with pytest.raises(InvalidStatus):
+        with connect(srv.ws_url + "?token=nope"):
+            pass
+    with connect(srv.ws_url + "?token=tok") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    with connect(srv.ws_url, additional_headers={"Authorization": "Bearer tok"}) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
