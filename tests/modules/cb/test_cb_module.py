@@ -363,3 +363,30 @@ def test_bad_hotcb_yaml_is_a_ledger_error_not_a_crash(kernel_factory, tmp_path, 
     kernel.flush()
     errors = [e for e in read_ledger(kernel.run_dir) if e.get("decision") == "failed"]
     assert errors and "hotcb.yaml" in errors[0]["error"]
+
+
+def test_cb_list_rebuilds_state_from_the_ledger(kernel_factory, write_cb, capsys):
+    from hotcb.cli import main
+
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    hb = _do(
+        kernel,
+        client,
+        client.cb_load("hb", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback"),
+        1,
+    )
+    _do(kernel, client, client.cb_load("bad", path="no_such_module_x", symbol="C"), 2)
+    _do(kernel, client, client.cb("set_params", "rec", tag="z"), 3)
+    _do(kernel, client, client.undo(hb["cmd_id"]), 4)  # undoing a first load unloads it
+    assert main(["--dir", kernel.run_dir, "cb", "list", "--json"]) == 0
+    import json
+
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"rec", "bad"}
+    assert rows["rec"]["state"] == "enabled" and rows["rec"]["params"] == {"tag": "z"}
+    assert rows["rec"]["sha256"] == kernel.module("cb").describe()[0]["sha256"]
+    assert rows["bad"]["state"] == "load failed" and "no_such_module_x" in rows["bad"]["last_error"]
+    assert [c["id"] for c in kernel.module("cb").describe()] == ["rec"]
