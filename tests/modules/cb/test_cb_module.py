@@ -390,3 +390,31 @@ def test_cb_list_rebuilds_state_from_the_ledger(kernel_factory, write_cb, capsys
     assert rows["rec"]["sha256"] == kernel.module("cb").describe()[0]["sha256"]
     assert rows["bad"]["state"] == "load failed" and "no_such_module_x" in rows["bad"]["last_error"]
     assert [c["id"] for c in kernel.module("cb").describe()] == ["rec"]
+
+
+def test_resume_reapplies_later_loads_from_their_captured_source(kernel_factory, write_cb):
+    """A run resumed from a checkpoint gets the callbacks of the checkpoint from its state and
+    those loaded after it from the ledger, each in the version that ran then."""
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("early", file=path, symbol="Recorder"), 0)
+    kernel.apply({"step": 1})
+    state = kernel.state_dict()  # checkpoint after step 1
+    late = _do(kernel, client, client.cb_load("late", file=path, symbol="Recorder"), 2)
+    kernel.apply({"step": 3})
+    kernel.close()
+    write_cb(RECORDER.replace('tag="v1"', 'tag="edited"'))  # the file moved on since
+
+    resumed = kernel_factory(kernel.run_dir)
+    resumed.load_state_dict(state)
+    mod = resumed.module("cb")
+    assert [c["id"] for c in mod.describe()] == ["early"]
+    resumed.apply({"step": 2})
+    resumed.apply({"step": 3})
+    resumed.flush()
+    assert [c["id"] for c in mod.describe()] == ["early", "late"]
+    assert mod.get("late").seen == [("v1", "train_step_end", 2), ("v1", "train_step_end", 3)]
+    replays = [e for e in read_ledger(kernel.run_dir) if e.get("source") == "resume"]
+    assert [(e["op"], e["id"], e["step"]) for e in replays] == [("load", "late", 2)]
+    assert replays[0]["source_capture"] == late["source_capture"]
