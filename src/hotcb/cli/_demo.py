@@ -1,4 +1,4 @@
-"""Command group placeholder: filled in by its feature."""
+"""``hotcb demo``: a real training run and the dashboard, started together."""
 
 from __future__ import annotations
 
@@ -6,4 +6,21 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    from ..demo import add_arguments
+
+    p = sub.add_parser(
+        "demo",
+        help="start a demo training run and the dashboard (Ctrl-C stops both)",
+        description="Train a small model on scikit-learn's digits (a pure-Python loop without "
+        "torch) and serve the dashboard for it. Prints the URL; Ctrl-C stops the trainer and "
+        "the server. Default run directory: a fresh ./runs/demo-<time> (./runs is served, so "
+        "earlier demo runs can be compared).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(args)

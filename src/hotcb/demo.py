@@ -1,0 +1,578 @@
+"""``hotcb demo``: a real training run plus the dashboard, in one command.
+
+    hotcb demo              # a small MLP on scikit-learn's digits, steerable live
+    hotcb demo --golden     # a multi-task model: three loss terms, rich metrics, every control type
+
+Two child processes: the trainer (``python -m hotcb.demo train ...``) and the dashboard server
+(``python -m hotcb serve ...``). They meet only in the run directory, exactly like a user's own
+run and ``hotcb serve``; the demo adds no side channel. Ctrl-C (SIGINT) or SIGTERM stops both
+children (the trainer first, so its ledger is flushed) and waits for them: no orphans.
+
+The trainer uses torch when it is installed (a real model on the digits bundled with
+scikit-learn, nothing downloaded) and otherwise a pure-Python loop that descends a noisy
+quadratic, so ``hotcb demo`` shows the dashboard even without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["run_demo", "train", "trainer_argv", "server_argv", "main"]
+
+DEFAULT_PORT = 8421
+DEFAULT_MAX_STEPS = 50_000
+DEFAULT_STEP_DELAY = 0.03  # ~30 steps/s: fast enough to look alive, slow enough to watch
+
+
+# ---------------------------------------------------------------------------------- training
+def _has_torch() -> bool:
+    try:
+        import sklearn  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def train(
+    run_dir: str,
+    *,
+    golden: bool = False,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    step_delay: float = DEFAULT_STEP_DELAY,
+    seed: int = 0,
+    synthetic: bool | None = None,
+) -> int:
+    """Train until ``max_steps`` or a ``stop`` command; returns the last step.
+
+    ``synthetic=None`` picks torch when it is installed, the pure-Python loop otherwise.
+    """
+    if synthetic is None:
+        synthetic = not _has_torch()
+    if synthetic:
+        return _train_synthetic(run_dir, max_steps=max_steps, step_delay=step_delay, seed=seed)
+    return _train_torch(
+        run_dir, golden=golden, max_steps=max_steps, step_delay=step_delay, seed=seed
+    )
+
+
+def _train_torch(
+    run_dir: str, *, golden: bool, max_steps: int, step_delay: float, seed: int
+) -> int:
+    """A real model on digits. ``golden``: a shared encoder with three heads (class, input
+    reconstruction, parity of the digit), three weighted loss terms, and custom knobs of
+    every actuator type (bool, float, int, choice, log_float; AdamW's betas are a tuple)."""
+    import torch
+    from torch import nn
+
+    from . import ActuatorType, HotcbActuator, HotKernel, loss_actuators
+    from .testing import digits
+
+    torch.manual_seed(seed)
+    x, y = digits()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = len(x) // 6
+    x_val, y_val = x[perm[:n_val]], y[perm[:n_val]]
+    x_tr, y_tr = x[perm[n_val:]], y[perm[n_val:]]
+
+    class DemoNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Sequential(
+                nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 32), nn.ReLU()
+            )
+            self.dropout = self.encoder[2]
+            self.cls_head = nn.Linear(32, 10)
+            self.decoder = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 64))
+            self.parity_head = nn.Linear(32, 1)
+
+        def forward(self, inp: Any) -> tuple[Any, Any, Any]:
+            z = self.encoder(inp)
+            return self.cls_head(z), torch.sigmoid(self.decoder(z)), self.parity_head(z)[:, 0]
+
+    model = DemoNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    warmup = 200
+
+    def lr_lambda(s: int) -> float:
+        # warm up, then a slow cosine to 10% over the run: the lr chart has a shape to steer
+        if s < warmup:
+            return (s + 1) / warmup
+        frac = min(1.0, (s - warmup) / max(1, max_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    weights: dict[str, float] = (
+        {"cls": 1.0, "recon": 0.5, "parity": 0.3} if golden else {"cls": 1.0, "l2": 0.0}
+    )
+    knobs: dict[str, Any] = {
+        "input_noise": 0.0,
+        "batch_size": 32,
+        "clip_grad": False,
+        "max_grad_norm": 1.0,
+        "val_every": 25,
+    }
+
+    def knob(key: str, typ: ActuatorType, description: str, **kw: Any) -> HotcbActuator:
+        return HotcbActuator(
+            param_key=key,
+            type=typ,
+            apply_fn=lambda v, env: knobs.__setitem__(key, v),
+            read_fn=lambda env: knobs[key],
+            group="custom",
+            description=description,
+            **kw,
+        )
+
+    acts = loss_actuators(weights, max_value=10.0)
+    acts.append(
+        knob(
+            "input_noise",
+            ActuatorType.FLOAT,
+            "std of Gaussian noise on inputs",
+            min_value=0.0,
+            max_value=1.0,
+        )  # fmt: skip
+    )
+    acts.append(
+        HotcbActuator(
+            param_key="dropout",
+            type=ActuatorType.FLOAT,
+            apply_fn=lambda v, env: setattr(model.dropout, "p", v),
+            read_fn=lambda env: model.dropout.p,
+            min_value=0.0,
+            max_value=0.9,
+            group="custom",
+            description="dropout rate of the encoder",
+        )
+    )
+    if golden:
+        acts += [
+            knob("batch_size", ActuatorType.CHOICE, "samples per step", choices=(16, 32, 64, 128)),
+            knob("clip_grad", ActuatorType.BOOL, "clip the gradient norm"),
+            knob(
+                "max_grad_norm",
+                ActuatorType.LOG_FLOAT,
+                "gradient norm limit when clip_grad is on",
+                min_value=0.01,
+                max_value=100.0,
+            ),
+            knob(
+                "val_every",
+                ActuatorType.INT,
+                "steps between validations",
+                min_value=5,
+                max_value=500,
+            ),  # fmt: skip
+        ]
+    kernel = HotKernel(
+        run_dir,
+        mutable_state=acts,
+        run_meta={
+            "name": "hotcb demo (golden)" if golden else "hotcb demo",
+            "config": {"model": "multitask MLP" if golden else "MLP", "data": "digits"},
+            "seed": seed,
+        },
+    )
+    gen = torch.Generator().manual_seed(seed)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+
+    def save_checkpoint(path: str | None = None, step: int = 0) -> str:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        path = path or os.path.join(ckpt_dir, f"step_{step}.pt")
+        torch.save(
+            {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "hotcb": kernel.state_dict()},
+            path,
+        )  # fmt: skip
+        return path
+
+    def losses(inp: Any, target: Any) -> tuple[dict[str, Any], Any, Any]:
+        logits, recon, parity = model(inp)
+        terms = {"cls": nn.functional.cross_entropy(logits, target)}
+        if golden:
+            terms["recon"] = nn.functional.mse_loss(recon, inp)
+            terms["parity"] = nn.functional.binary_cross_entropy_with_logits(
+                parity, (target % 2).float()
+            )
+        else:
+            terms["l2"] = sum(p.pow(2).sum() for p in model.parameters()) * 1e-3
+        return terms, logits, parity
+
+    def validate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            terms, logits, parity = losses(x_val, y_val)
+        model.train()
+        out = {f"val/loss_{k}": v.item() for k, v in terms.items() if k != "l2"}
+        out["val/loss"] = float(sum(weights.get(k, 0.0) * v.item() for k, v in terms.items()))
+        out["val/acc"] = float((logits.argmax(1) == y_val).float().mean())
+        if golden:
+            out["val/parity_acc"] = float(((parity > 0).long() == y_val % 2).float().mean())
+        return out
+
+    step = -1
+    try:
+        for step in range(max_steps):
+            idx = torch.randint(0, len(x_tr), (int(knobs["batch_size"]),), generator=gen)
+            inp, target = x_tr[idx], y_tr[idx]
+            if knobs["input_noise"] > 0:
+                inp = (inp + knobs["input_noise"] * torch.randn(inp.shape, generator=gen)).clamp(
+                    0, 1
+                )
+            terms, logits, _ = losses(inp, target)
+            loss = sum(weights[k] * v for k, v in terms.items())
+            opt.zero_grad()
+            loss.backward()
+            limit = float(knobs["max_grad_norm"]) if knobs["clip_grad"] else math.inf
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
+            opt.step()
+            sched.step()
+            metrics = {"train/loss": loss.item()}
+            metrics.update({f"train/loss_{k}": v.item() for k, v in terms.items()})
+            metrics["train/acc"] = float((logits.argmax(1) == target).float().mean())
+            metrics["lr"] = opt.param_groups[0]["lr"]
+            metrics["grad_norm"] = grad_norm
+            if step % int(knobs["val_every"]) == 0:
+                metrics.update(validate())
+            kernel.apply(
+                {
+                    "framework": "torch",
+                    "step": step,
+                    "epoch": step * int(knobs["batch_size"]) // len(x_tr),
+                    "model": model,
+                    "optimizer": opt,
+                    "scheduler": sched,
+                    "loss": loss,
+                    "metrics": metrics,
+                    "max_steps": max_steps,
+                    "save_checkpoint": lambda path=None, _s=step: save_checkpoint(path, _s),
+                }
+            )
+            if kernel.stop_requested:
+                break
+            if step_delay:
+                time.sleep(step_delay)
+    finally:
+        kernel.close()
+    return step
+
+
+def _train_synthetic(run_dir: str, *, max_steps: int, step_delay: float, seed: int) -> int:
+    """No torch: SGD with momentum on a noisy 8-d quadratic, in plain Python. Same files, same
+    controls (lr, momentum, a loss weight), so the dashboard behaves the same."""
+    from . import ActuatorType, HotcbActuator, HotKernel
+
+    rng = random.Random(seed)
+    dim = 8
+    curv = [0.5 + 4.5 * i / (dim - 1) for i in range(dim)]
+    target = [rng.uniform(-2, 2) for _ in range(dim)]
+    w = [0.0] * dim
+    vel = [0.0] * dim
+    hp: dict[str, Any] = {"lr": 0.02, "momentum": 0.9, "noise": 0.3, "reg": 0.0}
+
+    def act(key: str, typ: ActuatorType, group: str, lo: float, hi: float) -> HotcbActuator:
+        return HotcbActuator(
+            param_key=key,
+            type=typ,
+            apply_fn=lambda v, env: hp.__setitem__(key, v),
+            read_fn=lambda env: hp[key],
+            min_value=lo,
+            max_value=hi,
+            group=group,
+        )
+
+    kernel = HotKernel(
+        run_dir,
+        mutable_state=[
+            act("lr", ActuatorType.LOG_FLOAT, "opt", 1e-5, 1.0),
+            act("momentum", ActuatorType.FLOAT, "opt", 0.0, 0.99),
+            act("reg", ActuatorType.FLOAT, "loss", 0.0, 1.0),
+            act("noise", ActuatorType.FLOAT, "custom", 0.0, 2.0),
+        ],
+        run_meta={"name": "hotcb demo (synthetic)", "config": {"model": "quadratic"}},
+    )
+    step = -1
+    try:
+        for step in range(max_steps):
+            grads = [
+                c * (wi - t) + hp["reg"] * wi + hp["noise"] * rng.gauss(0, 1)
+                for c, wi, t in zip(curv, w, target, strict=True)
+            ]
+            for i, g in enumerate(grads):
+                vel[i] = hp["momentum"] * vel[i] - hp["lr"] * g
+                w[i] += vel[i]
+            loss = sum(0.5 * c * (wi - t) ** 2 for c, wi, t in zip(curv, w, target, strict=True))
+            metrics = {
+                "train/loss": loss + hp["noise"] * abs(rng.gauss(0, 0.05)),
+                "lr": hp["lr"],
+                "grad_norm": math.sqrt(sum(g * g for g in grads)),
+            }
+            kernel.apply({"step": step, "metrics": metrics})
+            if kernel.stop_requested:
+                break
+            if step_delay:
+                time.sleep(step_delay)
+    finally:
+        kernel.close()
+    return step
+
+
+# ---------------------------------------------------------------------------------- launcher
+def trainer_argv(
+    run_dir: str, *, golden: bool, max_steps: int, step_delay: float, synthetic: bool = False
+) -> list[str]:
+    """argv of the demo trainer process."""
+    argv = [sys.executable, "-m", "hotcb.demo", "train", "--run-dir", run_dir]
+    argv += ["--max-steps", str(max_steps), "--step-delay", str(step_delay)]
+    if golden:
+        argv.append("--golden")
+    if synthetic:
+        argv.append("--synthetic")
+    return argv
+
+
+def server_argv(serve_dir: str, port: int) -> list[str]:
+    """argv of the dashboard server process (``hotcb serve``, loopback only)."""
+    # --dir is the CLI's global option (it also selects the run for every other command)
+    return [sys.executable, "-m", "hotcb", "--dir", serve_dir, "serve", "--port", str(port)]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _default_run_dir(golden: bool) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(os.getcwd(), "runs", f"demo-{'golden-' if golden else ''}{stamp}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM if the demo dies without cleaning up (e.g. SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _spawn(argv: Sequence[str], log_path: str | None = None) -> subprocess.Popen[bytes]:
+    # own session: a terminal's Ctrl-C reaches only the demo, which stops the children in order
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_http(url: str, alive: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _can_open_browser() -> bool:
+    # without a display, webbrowser may pick a text browser that takes over the terminal
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
+    """Start trainer and server, print the URL, wait for Ctrl-C; always stop both children.
+
+    Default run directory: a fresh ``./runs/demo-<time>`` folder; the server then watches
+    ``./runs`` so earlier demo runs can be overlaid for comparison. With ``--run-dir D`` it
+    watches ``D`` only.
+    """
+    from .errors import HotcbError
+
+    golden = bool(getattr(cfg, "golden", False))
+    synthetic = bool(getattr(cfg, "synthetic", False))
+    if cfg.run_dir:
+        run_dir = os.path.abspath(cfg.run_dir)
+        serve_dir, run_id = run_dir, "."
+    else:
+        run_dir = _default_run_dir(golden)
+        serve_dir, run_id = os.path.dirname(run_dir), os.path.basename(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    port = cfg.port
+    if port is None:
+        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    elif not _port_free(port):
+        raise HotcbError(f"port {port} is in use; pick another with --port")
+
+    stop_signal = {"sig": None}
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop_signal["sig"] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        trainer = _spawn(
+            trainer_argv(
+                run_dir,
+                golden=golden,
+                max_steps=cfg.max_steps,
+                step_delay=cfg.step_delay,
+                synthetic=synthetic,
+            ),
+            os.path.join(run_dir, "demo.trainer.log"),
+        )
+        children.append(trainer)
+        server = _spawn(server_argv(serve_dir, port), os.path.join(run_dir, "demo.server.log"))
+        children.append(server)
+        base = f"http://127.0.0.1:{port}"
+        if not _wait_http(base + "/api/health", lambda: server.poll() is None, 60.0):
+            raise HotcbError(
+                f"the dashboard server did not start; see {run_dir}/demo.server.log "
+                '(is the dashboard extra installed? pip install "hotcb[dashboard]")'
+            )
+        url = base + "/" + ("" if run_id == "." else "?run=" + urllib.parse.quote(run_id))
+        kind = "golden multi-task" if golden else ("synthetic" if synthetic else "digits MLP")
+        out(f"hotcb demo ({kind}) run: {run_dir}")
+        out(f"dashboard: {url}")
+        out("press Ctrl-C to stop")
+        if not getattr(cfg, "no_browser", False) and _can_open_browser():
+            import webbrowser
+
+            webbrowser.open(url)
+        announced = False
+        while True:
+            if server.poll() is not None:
+                raise HotcbError(
+                    f"the dashboard server exited ({server.returncode}); "
+                    f"see {run_dir}/demo.server.log"
+                )
+            if trainer.poll() is not None and not announced:
+                announced = True
+                out(f"training finished (exit {trainer.returncode}); the dashboard stays up")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        out("stopping…")
+        return 0
+    finally:
+        # trainer first (SIGINT: its loop unwinds through kernel.close()), then the server
+        for proc in children:
+            _stop(proc, signal.SIGINT, 10.0)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``hotcb demo`` options (shared by the CLI and ``python -m hotcb.demo``)."""
+    p.add_argument("--golden", action="store_true", help="multi-task model with rich metrics")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="training steps")
+    p.add_argument(
+        "--port", type=int, default=None, help=f"server port (default {DEFAULT_PORT} or a free one)"
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="run directory (default: a fresh ./runs/demo-<time>; ./runs is served)",
+    )
+    p.add_argument(
+        "--step-delay",
+        type=float,
+        default=DEFAULT_STEP_DELAY,
+        help=f"seconds to sleep per step (default {DEFAULT_STEP_DELAY}: about 30 steps/s)",
+    )
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument(
+        "--synthetic", action="store_true", help="pure-Python loop even when torch is installed"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hotcb.demo [train] ...``: ``train`` runs only the trainer (the demo's child)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        p = argparse.ArgumentParser(prog="python -m hotcb.demo train")
+        p.add_argument("--run-dir", required=True)
+        p.add_argument("--golden", action="store_true")
+        p.add_argument("--synthetic", action="store_true")
+        p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
+        p.add_argument("--step-delay", type=float, default=DEFAULT_STEP_DELAY)
+        p.add_argument("--seed", type=int, default=0)
+        a = p.parse_args(args[1:])
+        try:
+            last = train(
+                a.run_dir,
+                golden=a.golden,
+                max_steps=a.max_steps,
+                step_delay=a.step_delay,
+                seed=a.seed,
+                synthetic=True if a.synthetic else None,
+            )
+        except KeyboardInterrupt:
+            print("trainer interrupted", flush=True)
+            return 0
+        print(f"done at step {last}", flush=True)
+        return 0
+    p = argparse.ArgumentParser(prog="python -m hotcb.demo")
+    add_arguments(p)
+    return run_demo(p.parse_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+// REST and WebSocket access to the hotcb server. The only module that knows URLs and the token.
+
+const params = new URLSearchParams(location.search);
+/** Access token from the page URL (`?token=T`), sent as a Bearer header and on the WS URL. */
+export const token = params.get("token") || null;
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail || `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function detailText(detail) {
+  if (detail == null) return null;
+  if (typeof detail === "string") return detail;
+  // FastAPI validation errors: [{loc, msg, ...}]
+  if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+  return JSON.stringify(detail);
+}
+
+/** fetch() with the token; JSON in and out; non-2xx raises ApiError with the server's reason. */
+export async function api(path, { method = "GET", body, raw = false } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+  });
+  if (!res.ok) {
+    let detail = null;
+    try {
+      detail = detailText((await res.json()).detail);
+    } catch {
+      /* not JSON */
+    }
+    throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
+  }
+  return raw ? res : res.json();
+}
+
+/** URL path of a run: `/api/runs/<run_id>/<suffix>`. The run at the served root has the id
+ * "."; browsers drop "." (and "%2E") path segments, so the server answers that run at
+ * `/api/runs/<suffix>` and the segment is left out. */
+export const runUrl = (runId, suffix, query) => {
+  const seg = runId === "." || runId === "" || runId == null
+    ? ""
+    : `${runId.split("/").map(encodeURIComponent).join("/")}/`;
+  let url = `/api/runs/${seg}${suffix}`;
+  if (query) {
+    const q = new URLSearchParams(query).toString();
+    if (q) url += `?${q}`;
+  }
+  return url;
+};
+
+export const sendCommand = (runId, cmd) =>
+  api(runUrl(runId, "commands"), { method: "POST", body: cmd });
+
+/**
+ * One WebSocket for the page, reconnecting with exponential back-off. `onMessage(msg)` gets
+ * every JSON message; `onState(state, info)` gets "open" | "closed" | "connecting".
+ * After a reconnect the caller re-subscribes and re-fetches history (in onState("open")).
+ */
+export class LiveSocket {
+  constructor({ onMessage, onState, delayMs = 1000, maxDelayMs = 10000 }) {
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.delayMs = delayMs;
+    this.maxDelayMs = maxDelayMs;
+    this.attempt = 0;
+    this.ws = null;
+    this.subscribed = [];
+    this.timer = null;
+    this.opens = 0;
+  }
+
+  url() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const q = token ? `?token=${encodeURIComponent(token)}` : "";
+    return `${proto}//${location.host}/ws${q}`;
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.onState("connecting", { attempt: this.attempt });
+    let ws;
+    try {
+      ws = new WebSocket(this.url());
+    } catch {
+      this.retry();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.opens += 1;
+      if (this.subscribed.length) this.send({ subscribe: this.subscribed });
+      this.onState("open", { reconnect: this.opens > 1 });
+    };
+    ws.onmessage = (ev) => {
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      this.onMessage(msg);
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.retry();
+    };
+    ws.onerror = () => ws.close();
+  }
+
+  retry() {
+    const delay = Math.min(this.maxDelayMs, this.delayMs * 2 ** this.attempt);
+    this.attempt += 1;
+    this.onState("closed", { delay });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  subscribe(runIds) {
+    this.subscribed = [...runIds];
+    this.send({ subscribe: this.subscribed });
+  }
+
+  send(obj) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(obj));
+  }
+
+  get connected() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+}

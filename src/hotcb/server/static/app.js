@@ -1,0 +1,775 @@
+// hotcb dashboard: state, data loading, live updates and wiring. No framework, no build step.
+import { api, ApiError, LiveSocket, runUrl, sendCommand } from "./api.js";
+import { Charts, fmtNum, sourceColor } from "./charts.js";
+import { Controls, LedgerTable, describeEntry, fmtValue, parseFor, renderPending } from "./panels.js";
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+
+// Defaults when /api/config is unreachable or older; the server's config wins.
+const DEFAULT_CFG = {
+  history_max_points: 2000,
+  ledger_limit: 200,
+  chart: { live_max_points: 5000, log_scale: false, smoothing: 0, key_metric: "loss", impact_window: 50, groups: {} },
+  ui: { stale_after_sec: 30, reconnect_delay_sec: 1, reconnect_max_delay_sec: 10, status_refresh_sec: 2, chart_refresh_ms: 250 },
+};
+
+const app = {
+  cfg: DEFAULT_CFG,
+  runs: [],
+  runId: null,
+  compare: new Set(),
+  data: new Map(), // runId → {runId, label, series: Map name → {step, value}, lastStep, lastRecv, loading, buffer}
+  ledger: [],
+  seqs: new Set(),
+  undone: new Set(),
+  actuators: [],
+  status: null,
+  serverStale: false,
+  impacts: new Map(),
+  impactMetric: null,
+  highlightSeq: null,
+  dirty: { charts: true, ledger: true },
+  generation: 0, // bumped on run switch / reconnect: late responses of an old load are dropped
+};
+
+// ----------------------------------------------------------------------------- utilities
+function toast(text, kind = "info", ms = 5000) {
+  const t = document.createElement("div");
+  t.className = `toast ${kind}`;
+  t.textContent = text;
+  $("toasts").append(t);
+  setTimeout(() => t.remove(), ms);
+}
+
+function runLabel(runId) {
+  const r = app.runs.find((x) => x.run_id === runId);
+  if (r && r.name) return r.name;
+  return runId === "." ? "this run" : runId;
+}
+
+function ago(sec) {
+  if (sec < 90) return `${Math.round(sec)} s`;
+  if (sec < 5400) return `${Math.round(sec / 60)} min`;
+  return `${(sec / 3600).toFixed(1)} h`;
+}
+
+function setUrl() {
+  const q = new URLSearchParams(location.search);
+  if (app.runId != null) q.set("run", app.runId);
+  if (app.compare.size) q.set("compare", [...app.compare].join(","));
+  else q.delete("compare");
+  history.replaceState(null, "", `${location.pathname}?${q}`);
+}
+
+// ----------------------------------------------------------------------------- metrics data
+function newRunData(runId) {
+  return { runId, label: runLabel(runId), series: new Map(), lastStep: null, lastRecv: null, loading: true, buffer: [] };
+}
+
+/** Keep a series bounded: past the limit, halve its oldest half into min/max pairs so spikes
+ * survive (the server downsamples history the same way). */
+function compact(s, limit) {
+  if (s.step.length <= limit) return;
+  const half = Math.floor(s.step.length / 2);
+  const steps = [];
+  const vals = [];
+  for (let i = 0; i + 3 < half; i += 4) {
+    let lo = i;
+    let hi = i;
+    for (let j = i; j < i + 4; j++) {
+      if (s.value[j] == null) continue;
+      if (s.value[lo] == null || s.value[j] < s.value[lo]) lo = j;
+      if (s.value[hi] == null || s.value[j] > s.value[hi]) hi = j;
+    }
+    for (const j of lo <= hi ? [lo, hi] : [hi, lo]) {
+      if (steps.length && steps[steps.length - 1] === s.step[j]) continue;
+      steps.push(s.step[j]);
+      vals.push(s.value[j]);
+    }
+  }
+  const cut = half - (half % 4);
+  s.step = steps.concat(s.step.slice(cut));
+  s.value = vals.concat(s.value.slice(cut));
+}
+
+function appendRecords(rd, records) {
+  const limit = app.cfg.chart.live_max_points || 5000;
+  for (const rec of records) {
+    const step = rec.step;
+    if (typeof step !== "number") continue;
+    for (const [name, value] of Object.entries(rec.metrics || {})) {
+      let s = rd.series.get(name);
+      if (!s) {
+        s = { step: [], value: [] };
+        rd.series.set(name, s);
+      }
+      const n = s.step.length;
+      if (n && step <= s.step[n - 1]) {
+        if (step === s.step[n - 1]) {
+          s.value[n - 1] = value;
+          continue;
+        }
+        // the run went back (resumed from a checkpoint): drop the steps it will redo
+        let k = n;
+        while (k && s.step[k - 1] >= step) k--;
+        s.step.length = k;
+        s.value.length = k;
+      }
+      s.step.push(step);
+      s.value.push(value);
+      if (s.step.length > limit * 1.5) compact(s, limit);
+    }
+    if (rd.lastStep == null || step > rd.lastStep) rd.lastStep = step;
+  }
+}
+
+async function loadMetrics(runId, gen) {
+  const rd = newRunData(runId);
+  app.data.set(runId, rd);
+  try {
+    const { names } = await api(runUrl(runId, "metrics/names"));
+    if (gen !== app.generation) return;
+    if (names && names.length) {
+      const res = await api(runUrl(runId, "metrics", { names: names.join(","), max_points: app.cfg.history_max_points }));
+      if (gen !== app.generation) return;
+      for (const [name, s] of Object.entries(res.series || {})) {
+        rd.series.set(name, { step: [...s.step], value: [...s.value] });
+        const last = s.step[s.step.length - 1];
+        if (last != null && (rd.lastStep == null || last > rd.lastStep)) rd.lastStep = last;
+      }
+    }
+  } catch (err) {
+    if (gen === app.generation) toast(`metrics of ${runLabel(runId)}: ${err.message}`, "bad");
+  } finally {
+    if (gen === app.generation) {
+      rd.loading = false;
+      appendRecords(rd, rd.buffer); // live records that arrived while history loaded
+      rd.buffer = [];
+      app.dirty.charts = true;
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------- ledger
+function addEntries(entries) {
+  let added = false;
+  for (const e of entries) {
+    if (e.seq != null) {
+      if (app.seqs.has(e.seq)) continue;
+      app.seqs.add(e.seq);
+    }
+    app.ledger.push(e);
+    if (e.undo_of && e.decision === "applied") app.undone.add(e.undo_of);
+    controls.onEntry(e);
+    if (e.module === "freeze" && e.decision === "applied" && e.changes?.mode) setFreeze(e.changes.mode.new);
+    if (e.module === "control" && e.decision === "applied" && e.changes?.paused) {
+      if (app.status) app.status.paused = e.changes.paused.new;
+    }
+    added = true;
+  }
+  if (!added) return;
+  if (app.ledger.length > 1 && app.ledger[app.ledger.length - 1].seq < app.ledger[app.ledger.length - 2].seq) {
+    app.ledger.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+  }
+  const max = 5000;
+  if (app.ledger.length > max) app.ledger.splice(0, app.ledger.length - max);
+  app.dirty.ledger = true;
+  app.dirty.charts = true; // markers
+  scheduleStatusRefresh();
+  scheduleImpactRefresh();
+}
+
+function markers() {
+  const out = [];
+  for (const e of app.ledger) {
+    if (e.decision !== "applied" || !e.changes || !Object.keys(e.changes).length || e.step == null) continue;
+    out.push({ seq: e.seq, step: e.step, color: sourceColor(e.source), undo: !!e.undo_of, entry: e });
+  }
+  return out;
+}
+
+function pendingIds() {
+  return new Set((app.status?.pending || []).map((p) => p.cmd_id));
+}
+
+// ----------------------------------------------------------------------------- loading
+async function loadPrimary(runId, gen) {
+  app.ledger = [];
+  app.seqs = new Set();
+  app.undone = new Set();
+  app.impacts = new Map();
+  app.dirty.ledger = true;
+  const jobs = [
+    api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
+    api(runUrl(runId, "actuators")).then((res) => {
+      if (gen !== app.generation) return;
+      app.actuators = res.actuators || [];
+      controls.setActuators(app.actuators);
+      fillSchedulerKeys();
+    }),
+    api(runUrl(runId, "ledger", { limit: app.cfg.ledger_limit || 200 })).then((res) => {
+      if (gen === app.generation) addEntries(res.entries || []);
+    }),
+    loadMetrics(runId, gen),
+  ];
+  const results = await Promise.allSettled(jobs);
+  for (const r of results) if (r.status === "rejected") toast(`loading ${runLabel(runId)}: ${r.reason.message}`, "bad");
+  if (gen !== app.generation) return;
+  fillImpactMetrics();
+  refreshImpacts();
+}
+
+async function loadAll() {
+  const gen = ++app.generation;
+  app.data = new Map();
+  const runIds = [app.runId, ...[...app.compare].filter((r) => r !== app.runId)];
+  sock.subscribe(runIds);
+  await Promise.all([loadPrimary(app.runId, gen), ...runIds.slice(1).map((r) => loadMetrics(r, gen))]);
+}
+
+function applyStatus(st) {
+  app.status = st;
+  app.serverStale = !!st.stale;
+  if (st.freeze) setFreeze(st.freeze.mode ?? st.freeze);
+  if (st.actuators && Array.isArray(st.actuators) && !app.actuators.length) {
+    app.actuators = st.actuators;
+    controls.setActuators(app.actuators);
+    fillSchedulerKeys();
+  }
+  renderPending($("pending"), st.pending || [], cancelScheduled);
+  app.dirty.ledger = true;
+  renderFacts();
+}
+
+let statusTimer = null;
+function scheduleStatusRefresh(delay = 150) {
+  clearTimeout(statusTimer);
+  statusTimer = setTimeout(refreshStatus, delay);
+}
+
+async function refreshStatus() {
+  clearTimeout(statusTimer);
+  const gen = app.generation;
+  try {
+    const st = await api(runUrl(app.runId, "status"));
+    if (gen === app.generation) applyStatus(st);
+  } catch {
+    /* the connection pill says what is wrong */
+  }
+  statusTimer = setTimeout(refreshStatus, (app.cfg.ui.status_refresh_sec || 2) * 1000);
+}
+
+// ----------------------------------------------------------------------------- impact
+let impactTimer = null;
+function scheduleImpactRefresh(delay = 1000) {
+  if (impactTimer) return;
+  impactTimer = setTimeout(() => {
+    impactTimer = null;
+    refreshImpacts();
+  }, delay);
+}
+
+async function refreshImpacts() {
+  const metric = app.impactMetric;
+  if (!metric || !markers().length) return;
+  const gen = app.generation;
+  try {
+    const res = await api(runUrl(app.runId, "impact", { metric, window: $("impact-window").value || app.cfg.chart.impact_window }));
+    if (gen !== app.generation || metric !== app.impactMetric) return;
+    app.impacts = new Map((res.impacts || []).map((i) => [i.seq, i]));
+    app.dirty.ledger = true;
+  } catch {
+    /* shown as "–" */
+  }
+}
+
+function fillImpactMetrics() {
+  const sel = $("impact-metric");
+  const names = [...(app.data.get(app.runId)?.series.keys() || [])];
+  const key = app.cfg.chart.key_metric;
+  const preferred = [key, `train/${key}`, `val/${key}`, "train/loss", "loss", "val/loss"].find((n) => names.includes(n));
+  const pick = app.impactMetric && names.includes(app.impactMetric) ? app.impactMetric : preferred || names[0] || null;
+  const have = [...sel.options].map((o) => o.value).join("|");
+  if (have !== names.join("|")) {
+    sel.textContent = "";
+    for (const n of names) sel.append(new Option(n, n));
+  }
+  if (pick) sel.value = pick;
+  if (pick !== app.impactMetric) {
+    app.impactMetric = pick;
+    refreshImpacts();
+  }
+}
+
+// ----------------------------------------------------------------------------- commands
+async function send(cmd, what) {
+  try {
+    const res = await sendCommand(app.runId, cmd);
+    return res.cmd_id;
+  } catch (err) {
+    const msg = err instanceof ApiError ? err.message : `server unreachable (${err.message})`;
+    toast(`${what}: ${msg}`, "bad", 8000);
+    throw new Error(msg);
+  }
+}
+
+const sendActuator = (act, value) =>
+  send({ module: act.group, op: "set_params", params: { [act.param_key]: value } }, `set ${act.param_key}`);
+
+async function control(op, params) {
+  const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
+  if (id) toast(`${op} sent`, "info", 2500);
+  return id;
+}
+
+function undoEntry(entry, btn) {
+  btn.disabled = true;
+  btn.textContent = "sent…";
+  control("undo", { cmd_id: entry.cmd_id });
+}
+
+function cancelScheduled(p, btn) {
+  btn.disabled = true;
+  btn.textContent = "sent…";
+  control("cancel", { cmd_id: p.cmd_id });
+}
+
+function setFreeze(mode) {
+  if (typeof mode === "string") $("freeze-select").value = mode;
+  app.freezeMode = mode;
+  renderFacts();
+}
+
+// ----------------------------------------------------------------------------- scheduler
+function fillSchedulerKeys() {
+  const sel = $("sched-key");
+  const keep = sel.value;
+  sel.textContent = "";
+  for (const a of app.actuators) sel.append(new Option(`${a.param_key} (${a.group})`, a.param_key));
+  if (keep) sel.value = keep;
+  updateSchedPlaceholder();
+}
+
+/** Default "at step" for the scheduler: a round step a little ahead of the run. */
+function suggestedStep() {
+  const step = app.data.get(app.runId)?.lastStep ?? 0;
+  return Math.ceil((step + 200) / 100) * 100;
+}
+
+function updateSchedPlaceholder() {
+  const a = app.actuators.find((x) => x.param_key === $("sched-key").value);
+  $("sched-value").placeholder = a ? `now ${fmtValue(a.current)}` : "value";
+}
+
+async function submitSchedule(ev) {
+  ev.preventDefault();
+  const a = app.actuators.find((x) => x.param_key === $("sched-key").value);
+  if (!a) return;
+  let value;
+  try {
+    value = parseFor(a, $("sched-value").value);
+  } catch (err) {
+    toast(err.message, "bad");
+    return;
+  }
+  const typed = $("sched-step").value.trim();
+  const atStep = typed === "" ? suggestedStep() : Number(typed);
+  if (!Number.isInteger(atStep) || atStep < 0) {
+    toast("at step must be a whole number", "bad");
+    return;
+  }
+  const id = await send(
+    { module: a.group, op: "set_params", params: { [a.param_key]: value }, at_step: atStep },
+    "schedule",
+  ).catch(() => null);
+  if (id) {
+    toast(`${a.param_key} = ${fmtValue(value)} queued for step ${atStep}`, "info", 3000);
+    $("sched-value").value = "";
+  }
+}
+
+// ----------------------------------------------------------------------------- header facts
+function isPaused() {
+  return !!app.status?.paused;
+}
+
+function renderFacts() {
+  const rd = app.data.get(app.runId);
+  const step = rd?.lastStep ?? app.status?.last_metrics?.step ?? app.status?.run?.last_step;
+  $("step").textContent = step == null ? "–" : step;
+  const chip = $("state-chip");
+  const stale = isStale();
+  const paused = isPaused();
+  const freeze = app.freezeMode && app.freezeMode !== "off" ? ` · freeze ${app.freezeMode}` : "";
+  chip.textContent = (paused ? "paused" : stale ? "stale" : "running") + freeze;
+  chip.className = `chip ${paused ? "paused" : stale ? "stale" : "live"}`;
+  $("btn-pause").textContent = paused ? "Resume" : "Pause";
+  $("btn-pause").classList.toggle("primary", paused);
+  const pb = $("paused-banner");
+  pb.hidden = !paused;
+  if (paused) pb.textContent = `Paused at step ${step ?? "?"}: training waits at its next safe point until you press Resume.`;
+  const sb = $("stale-banner");
+  sb.hidden = !stale || paused;
+  if (stale && !paused) {
+    const last = rd?.lastRecv ? (Date.now() - rd.lastRecv) / 1000 : null;
+    const when = last != null ? ` for ${ago(last)}` : "";
+    sb.textContent = `No new metrics from ${runLabel(app.runId)}${when} (last step ${step ?? "–"}). The run may have finished, crashed or stopped logging; the page updates again as soon as it writes.`;
+  }
+}
+
+function isStale() {
+  const rd = app.data.get(app.runId);
+  const limit = (app.cfg.ui.stale_after_sec || 30) * 1000;
+  if (rd && rd.lastRecv) return Date.now() - rd.lastRecv > limit;
+  return app.serverStale;
+}
+
+// ----------------------------------------------------------------------------- runs
+async function refreshRuns() {
+  try {
+    const { runs } = await api("/api/runs");
+    app.runs = runs || [];
+  } catch {
+    return;
+  }
+  const sel = $("run-select");
+  const ids = app.runs.map((r) => r.run_id);
+  if ([...sel.options].map((o) => o.value).join("|") !== ids.join("|")) {
+    sel.textContent = "";
+    for (const r of app.runs) sel.append(new Option(r.name && r.name !== r.run_id ? `${r.run_id} — ${r.name}` : r.run_id, r.run_id));
+  }
+  if (app.runId != null) sel.value = app.runId;
+  renderCompareList();
+}
+
+function renderCompareList() {
+  const box = $("compare-list");
+  box.textContent = "";
+  const others = app.runs.filter((r) => r.run_id !== app.runId);
+  if (!others.length) {
+    box.innerHTML = '<p class="muted">no other runs under the served folder</p>';
+  }
+  for (const r of others) {
+    const lab = document.createElement("label");
+    lab.className = "compare-item";
+    const cb = document.createElement("input");
+    cb.type = "checkbox";
+    cb.value = r.run_id;
+    cb.checked = app.compare.has(r.run_id);
+    cb.addEventListener("change", () => {
+      if (cb.checked) app.compare.add(r.run_id);
+      else app.compare.delete(r.run_id);
+      setUrl();
+      onCompareChange(r.run_id, cb.checked);
+    });
+    lab.append(cb, document.createTextNode(` ${r.run_id}`));
+    if (r.last_step != null) {
+      const s = document.createElement("span");
+      s.className = "muted small";
+      s.textContent = ` step ${r.last_step}`;
+      lab.append(s);
+    }
+    box.append(lab);
+  }
+  $("compare-count").textContent = app.compare.size ? `(${app.compare.size})` : "";
+}
+
+function onCompareChange(runId, on) {
+  sock.subscribe([app.runId, ...app.compare]);
+  $("compare-count").textContent = app.compare.size ? `(${app.compare.size})` : "";
+  if (on) loadMetrics(runId, app.generation);
+  else app.data.delete(runId);
+  app.dirty.charts = true;
+}
+
+function pickInitialRun() {
+  const wanted = query.get("run");
+  if (wanted != null && app.runs.some((r) => r.run_id === wanted)) return wanted;
+  if (wanted != null && !app.runs.length) return wanted;
+  const sorted = [...app.runs].sort((a, b) => (b.last_wall_time || 0) - (a.last_wall_time || 0));
+  return sorted[0]?.run_id ?? null;
+}
+
+// ----------------------------------------------------------------------------- live socket
+function onMessage(msg) {
+  switch (msg.type) {
+    case "metrics": {
+      const rd = app.data.get(msg.run);
+      if (!rd) return;
+      rd.lastRecv = Date.now();
+      if (rd.loading) rd.buffer.push(...(msg.records || []));
+      else appendRecords(rd, msg.records || []);
+      app.dirty.charts = true;
+      break;
+    }
+    case "ledger":
+      if (msg.run === app.runId) addEntries(msg.entries || []);
+      break;
+    case "actuators":
+      if (msg.run === app.runId && msg.doc) {
+        app.actuators = msg.doc.actuators || [];
+        controls.setActuators(app.actuators);
+        fillSchedulerKeys();
+      }
+      break;
+    case "status":
+      if (msg.run === app.runId) app.serverStale = !!msg.stale;
+      break;
+    default:
+      break;
+  }
+}
+
+function onSocketState(state, info) {
+  const pill = $("conn");
+  pill.className = `conn ${state}`;
+  const label = pill.querySelector("span");
+  if (state === "open") {
+    label.textContent = "live";
+    if (info.reconnect) {
+      // the server restarted (or the network blinked): history may have moved on; reload it
+      toast("reconnected: reloading history", "info", 2500);
+      refreshRuns().then(() => app.runId != null && loadAll());
+    }
+  } else if (state === "closed") {
+    label.textContent = `offline · retry in ${Math.round(info.delay / 100) / 10}s`;
+  } else {
+    label.textContent = "connecting…";
+  }
+}
+
+// ----------------------------------------------------------------------------- tooltips
+function showTip(m, ev) {
+  const tip = $("tip");
+  if (!m) {
+    tip.hidden = true;
+    return;
+  }
+  const e = m.entry;
+  const { what, lines } = describeEntry(e);
+  tip.innerHTML = "";
+  const head = document.createElement("div");
+  head.className = "tip-head";
+  head.textContent = `step ${e.step} · ${e.source || "?"} · ${what}`;
+  tip.append(head);
+  for (const l of lines) {
+    const d = document.createElement("div");
+    d.className = "tip-line";
+    d.textContent = l;
+    tip.append(d);
+  }
+  const imp = app.impacts.get(e.seq);
+  if (imp && imp.before?.mean != null && imp.after?.mean != null) {
+    const d = document.createElement("div");
+    d.className = "tip-line muted";
+    d.textContent = `${app.impactMetric}: ${fmtNum(imp.before.mean)} → ${fmtNum(imp.after.mean)}`;
+    tip.append(d);
+  }
+  tip.hidden = false;
+  const x = Math.min(window.innerWidth - tip.offsetWidth - 8, ev.clientX + 12);
+  const y = Math.min(window.innerHeight - tip.offsetHeight - 8, ev.clientY + 12);
+  tip.style.left = `${x}px`;
+  tip.style.top = `${y}px`;
+}
+
+function focusEntry(m) {
+  app.highlightSeq = m.seq;
+  app.dirty.ledger = true;
+  renderLedger();
+  const row = document.querySelector(`#ledger-body tr[data-seq="${m.seq}"]`);
+  if (row) row.scrollIntoView({ behavior: "smooth", block: "center" });
+}
+
+// ----------------------------------------------------------------------------- render loop
+const charts = new Charts($("charts"), $("charts-empty"), {
+  primary: () => app.runId,
+  onMarkerHover: showTip,
+  onMarkerClick: focusEntry,
+});
+const controls = new Controls($("controls"), $("controls-note"), sendActuator);
+const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
+
+function renderCharts() {
+  const runs = [app.runId, ...app.compare]
+    .filter((r) => app.data.has(r))
+    .map((r) => {
+      const rd = app.data.get(r);
+      rd.label = runLabel(r);
+      return rd;
+    });
+  charts.render(runs, markers());
+  const names = app.data.get(app.runId)?.series.size || 0;
+  if (names !== $("impact-metric").options.length) fillImpactMetrics();
+}
+
+function renderLedger() {
+  ledgerTable.render(app.ledger, {
+    impacts: app.impacts,
+    metric: app.impactMetric,
+    undone: app.undone,
+    pendingIds: pendingIds(),
+    highlightSeq: app.highlightSeq,
+  });
+}
+
+function tick() {
+  $("sched-step").placeholder = String(suggestedStep());
+  if (app.dirty.charts) {
+    app.dirty.charts = false;
+    renderCharts();
+  }
+  if (app.dirty.ledger) {
+    app.dirty.ledger = false;
+    renderLedger();
+  }
+  renderFacts();
+}
+
+// ----------------------------------------------------------------------------- wiring
+let sock;
+
+function wire() {
+  $("run-select").addEventListener("change", (ev) => {
+    app.runId = ev.target.value;
+    app.compare.delete(app.runId);
+    app.actuators = [];
+    app.status = null;
+    controls.setActuators([]);
+    setUrl();
+    renderCompareList();
+    loadAll();
+  });
+  $("btn-pause").addEventListener("click", () => control(isPaused() ? "resume" : "pause"));
+  $("btn-checkpoint").addEventListener("click", () => control("checkpoint"));
+  $("btn-stop").addEventListener("click", () => {
+    if (window.confirm(`Stop ${runLabel(app.runId)} at its next safe point?`)) control("stop");
+  });
+  $("freeze-select").addEventListener("change", async (ev) => {
+    const mode = ev.target.value;
+    try {
+      await api(runUrl(app.runId, "freeze"), { method: "POST", body: { mode } });
+      toast(`freeze ${mode} sent`, "info", 2500);
+    } catch (err) {
+      toast(`freeze: ${err.message}`, "bad", 8000);
+    }
+    if (app.freezeMode) ev.target.value = app.freezeMode; // shows the applied mode until the ledger confirms
+  });
+  $("recipe-link").addEventListener("click", async (ev) => {
+    ev.preventDefault();
+    try {
+      const res = await api(runUrl(app.runId, "recipe"), { raw: true });
+      const blob = await res.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "hotcb.recipe.jsonl";
+      document.body.append(a);
+      a.click();
+      setTimeout(() => {
+        URL.revokeObjectURL(a.href);
+        a.remove();
+      }, 1000);
+    } catch (err) {
+      toast(`recipe: ${err.message}`, "bad");
+    }
+  });
+  $("sched-form").addEventListener("submit", submitSchedule);
+  $("sched-key").addEventListener("change", updateSchedPlaceholder);
+  $("impact-metric").addEventListener("change", (ev) => {
+    app.impactMetric = ev.target.value;
+    app.impacts = new Map();
+    app.dirty.ledger = true;
+    refreshImpacts();
+  });
+  $("impact-window").addEventListener("change", () => refreshImpacts());
+  $("smoothing").addEventListener("change", (ev) => {
+    charts.opts.smoothing = Number(ev.target.value);
+    app.dirty.charts = true;
+  });
+  document.addEventListener("scroll", () => showTip(null), { passive: true });
+}
+
+async function main() {
+  try {
+    const cfg = await api("/api/config");
+    app.cfg = {
+      ...DEFAULT_CFG,
+      ...cfg,
+      chart: { ...DEFAULT_CFG.chart, ...(cfg.chart || {}) },
+      ui: { ...DEFAULT_CFG.ui, ...(cfg.ui || {}) },
+    };
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      toast("401: this server needs a token: open the URL it printed (…/?token=…)", "bad", 60000);
+    }
+  }
+  charts.opts.logDefault = app.cfg.chart.log_scale;
+  charts.opts.smoothing = app.cfg.chart.smoothing;
+  const smooth = $("smoothing");
+  if (app.cfg.chart.smoothing && ![...smooth.options].some((o) => Number(o.value) === app.cfg.chart.smoothing)) {
+    smooth.append(new Option(String(app.cfg.chart.smoothing), String(app.cfg.chart.smoothing)));
+  }
+  smooth.value = String(app.cfg.chart.smoothing || 0);
+  charts.opts.groups = app.cfg.chart.groups;
+  $("impact-window").value = app.cfg.chart.impact_window;
+  for (const c of (query.get("compare") || "").split(",").filter(Boolean)) app.compare.add(c);
+  sock = new LiveSocket({
+    onMessage,
+    onState: onSocketState,
+    delayMs: app.cfg.ui.reconnect_delay_sec * 1000,
+    maxDelayMs: app.cfg.ui.reconnect_max_delay_sec * 1000,
+  });
+  wire();
+  await refreshRuns();
+  app.runId = pickInitialRun();
+  if (app.runId == null) {
+    $("charts-empty").textContent = "No runs under the served folder yet. Start training with a HotKernel and they appear here.";
+  } else {
+    app.compare.delete(app.runId);
+    $("run-select").value = app.runId;
+    setUrl();
+    renderCompareList();
+    sock.subscribe([app.runId, ...app.compare]);
+    loadAll();
+    scheduleStatusRefresh(2000);
+  }
+  sock.connect();
+  setInterval(tick, app.cfg.ui.chart_refresh_ms || 250);
+  setInterval(async () => {
+    const had = app.runId;
+    await refreshRuns();
+    if (had == null && app.runs.length) {
+      app.runId = pickInitialRun();
+      setUrl();
+      loadAll();
+      scheduleStatusRefresh();
+    }
+  }, 10000);
+  setInterval(() => {
+    if (!isStale()) scheduleImpactRefresh(0);
+  }, 5000);
+}
+
+// A hook for tests and curious users: what the page currently shows.
+window.hotcb = {
+  app,
+  debug() {
+    return {
+      run: app.runId,
+      compare: [...app.compare],
+      connected: !!sock?.connected,
+      step: app.data.get(app.runId)?.lastStep ?? null,
+      stale: isStale(),
+      paused: isPaused(),
+      charts: charts.debug(),
+      markers: markers().map((m) => ({ seq: m.seq, step: m.step, source: m.entry.source, changes: m.entry.changes })),
+      ledger: app.ledger.length,
+      controls: controls.debug(),
+      pending: app.status?.pending || [],
+      impactMetric: app.impactMetric,
+      impacts: app.impacts.size,
+    };
+  },
+};
+
+main();

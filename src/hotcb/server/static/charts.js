@@ -1,0 +1,335 @@
+// Metric charts: one uPlot chart per metric group, markers for applied changes.
+/* global uPlot */
+
+const PALETTE = [
+  "#2563eb", "#e8590c", "#059669", "#9333ea", "#dc2626",
+  "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
+];
+const DASHES = [null, [6, 4], [2, 3], [10, 3, 2, 3]];
+export const SOURCE_COLORS = {
+  dashboard: "#2563eb",
+  cli: "#e8590c",
+  python: "#059669",
+  autopilot: "#9333ea",
+  ai: "#db2777",
+  recipe: "#0891b2",
+  tune: "#ca8a04",
+};
+export const sourceColor = (src) => SOURCE_COLORS[src] || "#6b7280";
+
+// ----------------------------------------------------------------------------- grouping
+const RE_LR = /(^|[/_.@-])(lr|learning_rate)($|[/_.@-])/i;
+const RE_ACC = /(acc|accuracy|f1|precision|recall|auc|top\d)/i;
+const RE_GRAD = /grad/i;
+const RE_LOSS = /(loss|(^|[/_.])(ce|mse|mae|nll|kl|l1|l2|bce|ppl|perplexity)($|[/_.]))/i;
+
+function globMatch(pattern, name) {
+  const re = new RegExp(
+    "^" + pattern.replace(/[.+^${}()|\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$",
+  );
+  return re.test(name);
+}
+
+/** The loss term of a loss metric: "train/loss_recon" → "recon", "val/loss" → "total". */
+function lossTerm(name) {
+  const base = name.split("/").pop();
+  const m = base.match(/^loss[_.-](.+)$/i) || base.match(/^(.+)[_.-]loss$/i);
+  if (m) return m[1];
+  return /^loss$/i.test(base) ? "total" : base;
+}
+
+/**
+ * Which chart a metric goes on. Configured groups (`chart.groups`: title → names or glob
+ * patterns) win; otherwise: learning rate, accuracy-like, gradient, loss-like, then the
+ * name's prefix before "/" (or "other"). With more than four loss metrics, losses split into
+ * one chart per term (train and val of the same term together).
+ */
+export function groupMetrics(names, configured = {}) {
+  const groups = new Map();
+  const add = (key, title, order, name) => {
+    if (!groups.has(key)) groups.set(key, { key, title, order, names: [] });
+    groups.get(key).names.push(name);
+  };
+  const losses = names.filter((n) => RE_LOSS.test(n) && !RE_ACC.test(n) && !RE_LR.test(n));
+  const splitLoss = losses.length > 4;
+  for (const name of names) {
+    const conf = Object.entries(configured).find(([, pats]) =>
+      (pats || []).some((p) => globMatch(p, name)),
+    );
+    if (conf) add(`cfg:${conf[0]}`, conf[0], 0, name);
+    else if (RE_LR.test(name)) add("lr", "Learning rate", 5, name);
+    else if (RE_ACC.test(name)) add("acc", "Accuracy", 4, name);
+    else if (RE_GRAD.test(name)) add("grad", "Gradients", 6, name);
+    else if (RE_LOSS.test(name)) {
+      if (splitLoss) {
+        const term = lossTerm(name);
+        add(`loss:${term}`, term === "total" ? "Loss" : `Loss · ${term}`, term === "total" ? 1 : 2, name);
+      } else add("loss", "Loss", 1, name);
+    } else {
+      const prefix = name.includes("/") ? name.split("/")[0] : "other";
+      add(`p:${prefix}`, prefix === "other" ? "Other" : prefix, 8, name);
+    }
+  }
+  return [...groups.values()].sort((a, b) => a.order - b.order || a.title.localeCompare(b.title));
+}
+
+export const isHigherBetter = (name) => RE_ACC.test(name);
+
+// ----------------------------------------------------------------------------- formatting
+export function fmtNum(v) {
+  if (v == null || Number.isNaN(v)) return "–";
+  if (typeof v !== "number") return String(v);
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1e5 || a < 1e-3) {
+    return v.toExponential(2).replace(/\.?0+e/, "e").replace("e+", "e");
+  }
+  if (Number.isInteger(v)) return String(v);
+  return String(Number(v.toPrecision(4)));
+}
+
+function ema(values, alpha) {
+  if (!alpha) return values;
+  const out = new Array(values.length);
+  let acc = null;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v == null) {
+      out[i] = null;
+      continue;
+    }
+    acc = acc == null ? v : alpha * acc + (1 - alpha) * v;
+    out[i] = acc;
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------- one chart
+class ChartCard {
+  constructor(parent, group, opts) {
+    this.group = group;
+    this.opts = opts;
+    this.log = !!opts.logDefault || group.key === "lr";
+    this.zoomed = false;
+    this.series = []; // [{label, color, dash, runId, name}]
+    this.data = null;
+    this.markers = [];
+    this.plot = null;
+
+    this.el = document.createElement("div");
+    this.el.className = "chart-card";
+    this.el.dataset.group = group.key;
+    this.el.innerHTML = `
+      <div class="chart-head">
+        <h3></h3>
+        <div class="chart-tools">
+          <label class="toggle small" title="logarithmic y axis"><input type="checkbox" class="log-toggle"> log</label>
+          <button class="icon-btn reset-zoom" title="reset zoom" disabled>⟲</button>
+        </div>
+      </div>
+      <div class="chart-body"></div>`;
+    this.el.querySelector("h3").textContent = group.title;
+    this.body = this.el.querySelector(".chart-body");
+    const logBox = this.el.querySelector(".log-toggle");
+    logBox.checked = this.log;
+    logBox.addEventListener("change", () => {
+      this.log = logBox.checked;
+      this.rebuild();
+    });
+    this.resetBtn = this.el.querySelector(".reset-zoom");
+    this.resetBtn.addEventListener("click", () => this.resetZoom());
+    parent.appendChild(this.el);
+  }
+
+  resetZoom() {
+    this.zoomed = false;
+    this.resetBtn.disabled = true;
+    if (this.plot && this.data) this.plot.setData(this.data, true);
+  }
+
+  width() {
+    return Math.max(240, Math.floor(this.body.clientWidth || this.el.clientWidth - 24 || 480));
+  }
+
+  rebuild() {
+    if (this.plot) this.plot.destroy();
+    this.plot = null;
+    if (!this.series.length) return;
+    const card = this;
+    const opts = {
+      width: this.width(),
+      height: 210,
+      scales: { x: { time: false }, y: this.log ? { distr: 3 } : { auto: true } },
+      series: [
+        { label: "step", value: (u, v) => (v == null ? "–" : v) },
+        ...this.series.map((s) => ({
+          label: s.label,
+          stroke: s.color,
+          width: s.runId === this.opts.primary() ? 1.6 : 1.2,
+          dash: s.dash || undefined,
+          spanGaps: true,
+          points: { show: false },
+          value: (u, v) => fmtNum(v),
+        })),
+      ],
+      axes: [
+        { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } },
+        {
+          stroke: "#6b7280",
+          size: 56,
+          grid: { stroke: "#eef0f3" },
+          ticks: { stroke: "#e5e7eb" },
+          values: (u, vals) => vals.map(fmtNum),
+        },
+      ],
+      cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
+      legend: { live: true },
+      hooks: {
+        setSelect: [
+          (u) => {
+            if (u.select.width > 2) {
+              card.zoomed = true;
+              card.resetBtn.disabled = false;
+            }
+          },
+        ],
+        draw: [(u) => card.drawMarkers(u)],
+      },
+    };
+    this.plot = new uPlot(opts, this.data || [[]], this.body);
+    this.plot.over.addEventListener("dblclick", () => this.resetZoom());
+  }
+
+  /** Replace the series list (rebuilds the chart when labels changed) and the data. */
+  update(series, data, markers) {
+    const sig = series.map((s) => s.label + s.color + (s.dash || "")).join("|");
+    const prevSig = this.series.map((s) => s.label + s.color + (s.dash || "")).join("|");
+    this.series = series;
+    this.markers = markers;
+    this.data = this.log ? data.map((col, i) => (i === 0 ? col : col.map((v) => (v != null && v > 0 ? v : null)))) : data;
+    if (!this.plot || sig !== prevSig) this.rebuild();
+    else this.plot.setData(this.data, !this.zoomed);
+  }
+
+  resize() {
+    if (this.plot) this.plot.setSize({ width: this.width(), height: 210 });
+  }
+
+  drawMarkers(u) {
+    let layer = u.over.querySelector(".markers");
+    if (!layer) {
+      layer = document.createElement("div");
+      layer.className = "markers";
+      u.over.appendChild(layer);
+    }
+    layer.textContent = "";
+    const { min, max } = u.scales.x;
+    if (min == null || max == null) return;
+    for (const m of this.markers) {
+      if (m.step < min || m.step > max) continue;
+      const x = u.valToPos(m.step, "x");
+      const el = document.createElement("div");
+      el.className = "marker" + (m.undo ? " undo" : "");
+      el.style.left = `${x}px`;
+      el.style.setProperty("--mc", m.color);
+      el.dataset.seq = m.seq;
+      el.addEventListener("mouseenter", (ev) => this.opts.onMarkerHover(m, ev));
+      el.addEventListener("mousemove", (ev) => this.opts.onMarkerHover(m, ev));
+      el.addEventListener("mouseleave", () => this.opts.onMarkerHover(null));
+      el.addEventListener("click", () => this.opts.onMarkerClick(m));
+      layer.appendChild(el);
+    }
+  }
+
+  destroy() {
+    if (this.plot) this.plot.destroy();
+    this.el.remove();
+  }
+
+  debug() {
+    const d = this.data || [[]];
+    return {
+      key: this.group.key,
+      title: this.group.title,
+      log: this.log,
+      zoomed: this.zoomed,
+      canvas: !!this.el.querySelector("canvas"),
+      series: this.series.map((s, i) => ({
+        label: s.label,
+        run: s.runId,
+        metric: s.name,
+        points: (d[i + 1] || []).filter((v) => v != null).length,
+      })),
+      markers: this.markers.length,
+      markersDrawn: this.el.querySelectorAll(".marker").length,
+    };
+  }
+}
+
+// ----------------------------------------------------------------------------- all charts
+export class Charts {
+  /**
+   * opts: primary() → primary run id; onMarkerHover(marker|null, event); onMarkerClick(marker);
+   * logDefault; smoothing (EMA factor); groups (configured groups).
+   */
+  constructor(root, emptyEl, opts) {
+    this.root = root;
+    this.emptyEl = emptyEl;
+    this.opts = opts;
+    this.cards = new Map();
+    this.resizeObs = new ResizeObserver(() => {
+      for (const c of this.cards.values()) c.resize();
+    });
+    this.resizeObs.observe(root);
+  }
+
+  /**
+   * runs: [{runId, label, series: Map name → {step, value}}], primary first.
+   * markers: [{seq, step, color, undo, entry}] for the primary run.
+   */
+  render(runs, markers) {
+    const primary = runs[0];
+    const names = primary ? [...primary.series.keys()] : [];
+    for (const r of runs.slice(1)) for (const n of r.series.keys()) if (!names.includes(n)) names.push(n);
+    const groups = groupMetrics(names, this.opts.groups || {});
+    this.emptyEl.hidden = groups.length > 0;
+    const keep = new Set(groups.map((g) => g.key));
+    for (const [k, c] of this.cards) {
+      if (!keep.has(k)) {
+        c.destroy();
+        this.cards.delete(k);
+      }
+    }
+    groups.forEach((g, gi) => {
+      let card = this.cards.get(g.key);
+      if (!card) {
+        card = new ChartCard(this.root, g, this.opts);
+        this.cards.set(g.key, card);
+      }
+      // keep DOM order = group order
+      if (this.root.children[gi + 1] !== card.el) this.root.insertBefore(card.el, this.root.children[gi + 1] || null);
+      const series = [];
+      const tables = [];
+      runs.forEach((run, ri) => {
+        g.names.forEach((name, ni) => {
+          const s = run.series.get(name);
+          if (!s || !s.step.length) return;
+          series.push({
+            label: ri === 0 ? name : `${run.label} · ${name}`,
+            color: PALETTE[ni % PALETTE.length],
+            dash: DASHES[ri % DASHES.length],
+            runId: run.runId,
+            name,
+          });
+          tables.push([s.step, ema(s.value, this.opts.smoothing || 0)]);
+        });
+      });
+      const data = tables.length ? uPlot.join(tables) : [[]];
+      card.update(series, data, markers);
+    });
+  }
+
+  debug() {
+    return [...this.cards.values()].map((c) => c.debug());
+  }
+}
