@@ -1,0 +1,169 @@
+"""DistributedDataParallel on CPU (gloo) in a bare loop, steered live from another terminal.
+
+Under torchrun (one process per rank)::
+
+    torchrun --nproc-per-node 2 examples/ddp_bare.py --run-dir runs/ddp --steps 5000
+
+or without torchrun (the script spawns its own ranks)::
+
+    python examples/ddp_bare.py --run-dir runs/ddp --nproc 2 --steps 5000
+
+In another terminal, while it trains:
+
+    hotcb --dir runs/ddp set lr=3e-3 --wait     # every rank applies it at the same step
+    hotcb --dir runs/ddp set l2=1e-4
+    hotcb --dir runs/ddp set lr=1e-4 --ramp 100
+    hotcb --dir runs/ddp pause                  # all ranks wait; then: hotcb --dir runs/ddp resume
+    hotcb --dir runs/ddp stop                   # all ranks leave the loop at the same step
+
+Only rank 0 reads the commands file and writes the ledger; the batch of commands it read is
+broadcast at each poll step (a step multiple of ``--debounce``), so every rank applies the same
+change at the same step and the replicas never diverge. ``--trace-dir`` writes one JSON line per
+step and rank (lr, loss weights, callbacks) so that can be checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hotcb import HotKernel, loss_actuators, mutable_state
+from hotcb.testing import TinyMLP, digits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run-dir", default="runs/ddp")
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--batch", type=int, default=32, help="per rank")
+    ap.add_argument("--debounce", type=int, default=1, help="HotKernel debounce_steps")
+    ap.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (seconds)")
+    ap.add_argument("--nproc", type=int, default=2, help="ranks to spawn when not under torchrun")
+    ap.add_argument("--trace-dir", help="write trace_rank{R}.jsonl (one line per step) here")
+    ap.add_argument("--weights-dir", help="save weights_rank{R}.pt here at the end")
+    ap.add_argument("--sched", action="store_true", help="add a LambdaLR scheduler")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _trace_row(step: int, opt: Any, weights: dict[str, float], kernel: HotKernel) -> str:
+    """What every rank must agree on after this step: live optimizer values, loss weights,
+    loaded callbacks (module state), scheduled ops, control flags."""
+    state = kernel.state_dict()
+    row = {
+        "step": step,
+        "lr": opt.param_groups[0]["lr"],
+        "weight_decay": opt.param_groups[0]["weight_decay"],
+        "weights": dict(weights),
+        "modules": state["modules"],
+        "pending": [p["record"]["cmd_id"] for p in state["pending"]],
+        "freeze": state["freeze"],
+        "stop": kernel.stop_requested,
+    }
+    return json.dumps(row, sort_keys=True, default=str) + "\n"
+
+
+def train(args: argparse.Namespace) -> None:
+    """One rank's loop (the process group is already initialised)."""
+    rank = dist.get_rank()
+    x, y = digits()
+    model = DistributedDataParallel(TinyMLP(seed=args.seed))  # same init on every rank
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = None
+    if args.sched:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.001 * s))
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(
+        args.run_dir,
+        debounce_steps=args.debounce,
+        mutable_state=mutable_state(loss_actuators(weights)),
+    )
+    gen = torch.Generator().manual_seed(args.seed + rank)  # each rank its own batches
+    trace = None
+    if args.trace_dir:
+        os.makedirs(args.trace_dir, exist_ok=True)
+        trace = open(os.path.join(args.trace_dir, f"trace_rank{rank}.jsonl"), "w")  # noqa: SIM115
+    step = 0
+    for step in range(args.steps):
+        idx = torch.randint(0, len(x), (args.batch,), generator=gen)
+        ce = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        l2 = sum(p.pow(2).sum() for p in model.parameters())
+        loss = weights["ce"] * ce + weights["l2"] * l2
+        opt.zero_grad()
+        loss.backward()  # DDP all-reduces the gradients here
+        opt.step()
+        if sched is not None:
+            sched.step()
+        kernel.apply(
+            {
+                "framework": "torch",
+                "step": step,
+                "model": model.module,
+                "optimizer": opt,
+                "scheduler": sched,
+                "metrics": {"loss": loss.item(), "ce": ce.item()},
+            }
+        )
+        if trace is not None:
+            trace.write(_trace_row(step, opt, weights, kernel))
+            trace.flush()
+        if kernel.stop_requested:  # every rank sees it at the same step
+            break
+        if args.step_delay:
+            time.sleep(args.step_delay)
+    kernel.close()
+    if trace is not None:
+        trace.close()
+    if args.weights_dir:
+        os.makedirs(args.weights_dir, exist_ok=True)
+        torch.save(
+            model.module.state_dict(), os.path.join(args.weights_dir, f"weights_rank{rank}.pt")
+        )
+    if rank == 0:
+        print(f"done at step {step}", flush=True)
+
+
+def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+        dist.init_process_group("gloo")
+        try:
+            train(args)
+        finally:
+            dist.destroy_process_group()
+        return
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawned, args=(args.nproc, _free_port(), args), nprocs=args.nproc, join=True)
+
+
+if __name__ == "__main__":
+    main()

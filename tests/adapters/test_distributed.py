@@ -1,0 +1,140 @@
+"""torch.distributed: 2 ranks on CPU (gloo), every rank applies the same change at the same step.
+
+The trainer is ``examples/ddp_bare.py`` (DDP over TinyMLP on digits) in a real subprocess that
+spawns two ranks; this test is the controller in another process, sending commands while the
+ranks train. Each rank traces its live lr, loss weights, module state and schedule per step.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import ENV, EXAMPLES, read_jsonl
+
+from hotcb import HotClient
+from hotcb.testing import read_ledger, wait_for
+
+torch = pytest.importorskip("torch")
+
+FINAL = ("applied", "rejected", "failed", "noop", "ignored_freeze")
+
+
+def _commands(client: HotClient, step: int, i: int) -> list[str]:
+    """A batch of five varied commands (the i-th batch, the ranks at ``step``)."""
+    ids = [
+        client.opt(lr=10 ** -(2 + (i % 3))),
+        client.loss(l2=round(1e-4 * (i + 1), 6)),
+        client.set_params("opt", {"weight_decay": 0.01 * (i % 4)}, at_step=step + 8),
+    ]
+    kind = i % 5
+    if kind == 0:
+        ids.append(client.set_params("opt", {"lr": 5e-3}, transition={"steps": 4}))
+    elif kind == 1:
+        ids.append(client.opt(lr=-1.0))  # rejected, on rank 0's ledger only, once
+    elif kind == 2:
+        sched = client.set_params("loss", {"ce": 0.5}, at_step=step + 10_000)
+        ids += [sched]
+        ids.append(client.cancel(sched))
+        return ids
+    elif kind == 3:
+        ids.append(client.undo())
+    else:
+        ids.append(client.loss(nope=1.0))  # unknown actuator: rejected
+    ids.append(client.loss(ce=1.0 - 0.05 * i))
+    return ids
+
+
+@pytest.mark.slow
+def test_ddp_ranks_apply_the_same_ops_at_the_same_steps(tmp_path: Path) -> None:
+    run_dir, traces, weights = tmp_path / "run", tmp_path / "traces", tmp_path / "weights"
+    argv = [sys.executable, os.fspath(EXAMPLES / "ddp_bare.py"), "--nproc", "2"]
+    argv += [
+        "--run-dir",
+        os.fspath(run_dir),
+        "--steps",
+        "5000",
+        "--step-delay",
+        "0.002",
+        "--debounce",
+        "3",
+    ]
+    argv += ["--trace-dir", os.fspath(traces), "--weights-dir", os.fspath(weights), "--sched"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        trace0 = traces / "trace_rank0.jsonl"
+
+        def last_step() -> int:
+            if proc.poll() is not None:
+                raise AssertionError(f"ddp trainer exited:\n{proc.communicate()[1][-3000:]}")
+            rows = read_jsonl(trace0)
+            return rows[-1]["step"] if rows else -1
+
+        wait_for(lambda: last_step() >= 0, 120, what="first DDP step")
+        client = HotClient(run_dir, source="test")
+        sent: list[str] = []
+        i = 0
+        while len(sent) < 50:
+            step = last_step()
+            sent += _commands(client, step, i)
+            i += 1
+            wait_for(lambda s=step: last_step() >= s + 2, 60, what="DDP progress")
+        # a pause holds both ranks in the pause loop (broadcast each turn) until resume
+        pause = client.pause()
+        assert client.wait(pause, 60)["decision"] == "applied"
+        paused_at = last_step()
+        resume = client.resume()
+        assert client.wait(resume, 60)["decision"] == "applied"
+        wait_for(lambda: last_step() > paused_at + 2, 60, what="steps after resume")
+        sent += [pause, resume]
+        for cid in sent:
+            client.wait(cid, 60)
+        stop = client.stop()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    rows0 = read_jsonl(traces / "trace_rank0.jsonl")
+    rows1 = read_jsonl(traces / "trace_rank1.jsonl")
+    assert len(rows0) == len(rows1) and rows0[-1]["stop"]
+    for a, b in zip(rows0, rows1, strict=True):
+        assert a == b, f"ranks diverged at step {a['step']}"
+
+    ledger = read_ledger(run_dir)
+    assert {e["rank"] for e in ledger} == {0}
+    for cid in [*sent, stop]:
+        final = [e for e in ledger if e.get("cmd_id") == cid and e["decision"] in FINAL]
+        final = [e for e in final if e.get("source") != "ramp"]
+        assert len(final) == 1, (cid, final)
+    # every change took effect at its ledgered step (the last change of a key in that step wins;
+    # a ramp's start changes nothing yet, its completion entry lands the target)
+    by_step = {r["step"]: r for r in rows0}
+    landed: dict[tuple[int, str], Any] = {}
+    for e in ledger:
+        actuators = e["module"] in ("opt", "loss") or e.get("undo_of")
+        if e["decision"] != "applied" or not actuators or "transition" in e:
+            continue
+        for key, change in (e["changes"] or {}).items():
+            landed[(e["step"], key)] = change["new"]
+    assert sum(1 for _, key in landed if key == "lr") >= 5
+    assert sum(1 for _, key in landed if key in ("l2", "ce")) >= 5
+    for (step, key), value in landed.items():
+        row = by_step[step]
+        live = row["weights"][key] if key in row["weights"] else row[key]
+        assert live == pytest.approx(value), (step, key)
+    scheduled = [e for e in ledger if e["decision"] == "applied" and e.get("at_step") is not None]
+    assert scheduled and all(e["step"] == e["at_step"] for e in scheduled)
+    w0 = torch.load(weights / "weights_rank0.pt")
+    w1 = torch.load(weights / "weights_rank1.pt")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
