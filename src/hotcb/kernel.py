@@ -795,6 +795,7 @@ class HotKernel:
             result = undo(target, env)
             self._emit_result(op, step, result, extra={"undo_of": target["cmd_id"]})
             self._undone.add(target["cmd_id"])
+            self._refresh_event_modules()  # e.g. undoing a cb disable turns dispatch back on
             return
         reverse = {k: v["old"] for k, v in target["changes"].items() if v.get("old") is not None}
         changes: dict[str, Any] = {}

@@ -418,3 +418,15 @@ def test_resume_reapplies_later_loads_from_their_captured_source(kernel_factory,
     replays = [e for e in read_ledger(kernel.run_dir) if e.get("source") == "resume"]
     assert [(e["op"], e["id"], e["step"]) for e in replays] == [("load", "late", 2)]
     assert replays[0]["source_capture"] == late["source_capture"]
+
+
+def test_undo_of_disabling_the_only_callback_resumes_dispatch(kernel_factory, write_cb):
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    off = _do(kernel, client, client.cb("disable", "rec"), 1)
+    assert kernel.module("cb").wants_events is False
+    _do(kernel, client, client.undo(off["cmd_id"]), 2)
+    kernel.apply({"step": 3})
+    assert [s for _, _, s in kernel.module("cb").get("rec").seen] == [0, 2, 3]
