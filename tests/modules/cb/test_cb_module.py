@@ -57,23 +57,25 @@ def test_load_from_file_captures_source_and_dispatches(kernel_factory, write_cb)
     ]
 
 
-def test_callbacks_run_in_load_order(kernel_factory):
+def test_callbacks_run_in_load_order(kernel_factory, write_cb, tmp_path):
+    out = tmp_path / "order.txt"
+    path = write_cb(
+        "class Named:\n"
+        "    def __init__(self, name, out):\n"
+        "        self.name, self.out = name, out\n"
+        "    def handle(self, event, env):\n"
+        "        with open(self.out, 'a') as f:\n"
+        "            f.write(f\"{env['step']}:{self.name} \")\n"
+    )
     kernel = kernel_factory()
     client = HotClient(kernel.run_dir)
-    order: list[str] = []
-    import hotcb.modules.cb as cbmod
-
-    # LambdaCallback loaded by import path; each one appends its name
-    for name in ("first", "second", "third"):
-        client.cb_load(name, path="hotcb.modules.cb", symbol="LambdaCallback")
+    for name in ("b_first", "a_second", "c_third"):
+        client.cb_load(name, file=path, symbol="Named", init={"name": name, "out": str(out)})
     kernel.apply({"step": 0})
-    mod = kernel.module("cb")
-    for name in ("first", "second", "third"):
-        lam = mod.get(name)
-        assert isinstance(lam, cbmod.LambdaCallback)
-        lam._any = lambda event, env, n=name: order.append(n)
     kernel.apply({"step": 1})
-    assert order == ["first", "second", "third"]
+    assert out.read_text().split() == [
+        f"{s}:{n}" for s in (0, 1) for n in ("b_first", "a_second", "c_third")
+    ]
 
 
 def test_reload_changed_file_replaces_instance(kernel_factory, write_cb):
@@ -430,3 +432,35 @@ def test_undo_of_disabling_the_only_callback_resumes_dispatch(kernel_factory, wr
     _do(kernel, client, client.undo(off["cmd_id"]), 2)
     kernel.apply({"step": 3})
     assert [s for _, _, s in kernel.module("cb").get("rec").seen] == [0, 2, 3]
+
+
+def test_lambda_callback_routes_events():
+    from hotcb.modules.cb import LambdaCallback
+
+    got: list[Any] = []
+    cb = LambdaCallback(
+        train_step_end=lambda env: got.append(env["step"]),
+        on_any_event=lambda event, env: got.append(event),
+    )
+    cb.handle("train_step_end", {"step": 4})
+    cb.handle("val_epoch_end", {"step": 4})
+    assert got == [4, "train_step_end", "val_epoch_end"]
+
+
+def test_hotcb_yaml_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    from hotcb.modules.cb import read_config
+
+    path = tmp_path / "hotcb.yaml"
+    path.write_text("callbacks: []\n")
+    real_import = builtins.__import__
+
+    def no_yaml(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "yaml":
+            raise ImportError("No module named 'yaml'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_yaml)
+    with pytest.raises(ImportError, match=r'pip install "hotcb\[yaml\]"'):
+        read_config(str(path))

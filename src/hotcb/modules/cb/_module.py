@@ -522,7 +522,7 @@ def read_config(path: str) -> list[dict[str, Any]]:
     """
     try:
         import yaml
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ImportError as exc:
         raise ImportError(
             f'{path} declares callbacks, reading it needs PyYAML: pip install "hotcb[yaml]"'
         ) from exc

@@ -143,12 +143,16 @@ class CallbackBase:
 class LambdaCallback(CallbackBase):
     """A callback from functions: ``LambdaCallback(train_step_end=lambda env: ...)``.
 
-    Each keyword names an event; its function gets ``env``. ``any=fn`` gets ``(event, env)`` for
-    every event. Handy in notebooks and for ``python_path`` loads of small helpers.
+    Each keyword names an event; its function gets ``env``. ``on_any_event=fn`` gets
+    ``(event, env)`` for every event. Handy in notebooks and scripts.
     """
 
-    def __init__(self, any: Callable[[str, Env], Any] | None = None, **on: Callable[[Env], Any]):  # noqa: A002
-        self._any = any
+    def __init__(
+        self,
+        on_any_event: Callable[[str, Env], Any] | None = None,
+        **on: Callable[[Env], Any],
+    ) -> None:
+        self._any = on_any_event
         self._on = dict(on)
 
     def handle(self, event: str, env: Env) -> None:
