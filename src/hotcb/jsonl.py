@@ -8,7 +8,7 @@ Readers keep a byte cursor (:class:`JsonlTail`) and consume only complete lines:
 without its ``\\n`` is a write still in progress and is left for the next read.
 
 ``flock`` does not protect appends from several *hosts* on NFS: writers on another machine should
-go through the dashboard server on the trainer's host (see docs/run-directory.md).
+go through the dashboard server on the trainer's host (see docs/core.md).
 """
 
 from __future__ import annotations
