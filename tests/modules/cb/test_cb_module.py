@@ -258,6 +258,10 @@ def test_set_params_with_and_without_setter_and_undo(kernel_factory, write_cb):
     assert kernel.module("cb").get("rec").seen[-1] == ("v9", "train_step_end", 2)
     bad = _do(kernel, client, client.cb("set_params", "rec", nope=1), 3)
     assert bad["decision"] == "rejected" and "'nope'" in bad["error"]
+    bad = _do(kernel, client, client.cb("set_params", "rec", handle=1), 3)  # never a method
+    assert bad["decision"] == "rejected" and "'handle'" in bad["error"]
+    bad = _do(kernel, client, client.cb("set_params", "hb", handle=1), 3)
+    assert bad["decision"] == "rejected"
     e = _do(kernel, client, client.cb("set_params", "hb", every_steps=7), 4)
     assert e["changes"] == {"every_steps": {"old": 100, "new": 7}}
     bad = _do(kernel, client, client.cb("set_params", "hb", bogus=7), 5)

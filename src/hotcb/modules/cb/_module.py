@@ -338,13 +338,18 @@ class CallbackModule:
                 return OpResult("rejected", error=f"{slot.id}.set_params: {_fmt_exc(exc)}")
         else:
             # no set_params(): set attributes the instance already has, nothing new
-            unknown = [k for k in params if k.startswith("_") or not hasattr(cb, k)]
+            unknown = [
+                k
+                for k in params
+                if k.startswith("_") or not hasattr(cb, k) or callable(getattr(cb, k))
+            ]
             if unknown:
                 known = sorted(k for k in vars(cb) if not k.startswith("_"))
                 return OpResult(
                     "rejected",
-                    error=f"{slot.id} has no attribute {', '.join(map(repr, unknown))} and no "
-                    f"set_params(); settable: {', '.join(known) or 'none'}",
+                    error=f"{slot.id} has no settable attribute "
+                    f"{', '.join(map(repr, unknown))} and no set_params(); "
+                    f"settable: {', '.join(known) or 'none'}",
                 )
             for k, v in params.items():
                 setattr(cb, k, v)

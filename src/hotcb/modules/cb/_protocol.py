@@ -103,7 +103,7 @@ class CallbackBase:
 
     def set_params(self, **params: Any) -> None:
         for key, value in params.items():
-            if key.startswith("_") or not hasattr(self, key):
+            if key.startswith("_") or callable(getattr(self, key, None)) or not hasattr(self, key):
                 raise AttributeError(
                     f"{type(self).__name__} has no parameter {key!r}; "
                     f"known: {', '.join(sorted(self.params()))}"
