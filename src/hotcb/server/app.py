@@ -66,6 +66,8 @@ class Tailer:
             for rid in hub.watched():
                 try:
                     run = registry.get(rid)
+                    if run.lock.locked():  # a first load or a history request: next round
+                        continue
                     await run.refresh()
                     if send_status:
                         hub.publish(rid, run.status_message())

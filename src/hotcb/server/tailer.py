@@ -19,6 +19,7 @@ import json
 import math
 import os
 from array import array
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -63,14 +64,13 @@ def _number(v: Any) -> float | None:
 
 
 class Series:
-    """One metric: parallel step and value columns."""
+    """One metric: parallel step and value columns, sorted by step."""
 
-    __slots__ = ("steps", "values", "sorted")
+    __slots__ = ("steps", "values")
 
     def __init__(self) -> None:
         self.steps = array("q")
         self.values = array("d")
-        self.sorted = True
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -135,8 +135,13 @@ class MetricsIndex:
             s = series.get(name)
             if s is None:
                 s = series[name] = Series()
-            elif s.sorted and s.steps and step < s.steps[-1]:
-                s.sorted = False
+            elif s.steps and step < s.steps[-1]:
+                # A run resumed from an earlier checkpoint logs those steps again: the new
+                # branch replaces the abandoned one (as TensorBoard purges orphaned data),
+                # which also keeps every series sorted by step for bisecting.
+                cut = bisect_left(s.steps, step)
+                del s.steps[cut:]
+                del s.values[cut:]
             s.steps.append(step)
             s.values.append(value)
         self.lines += 1

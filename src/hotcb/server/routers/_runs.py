@@ -20,7 +20,7 @@ from ... import jsonl
 from ...errors import HotcbError
 from ..deps import Deps
 from ..downsample import minmax_downsample
-from ..tailer import MetricsIndex, Series
+from ..tailer import MetricsIndex
 
 
 def _both(router: APIRouter, suffix: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -48,13 +48,6 @@ def _clean(values: list[float]) -> list[float | None]:
     return [None if v != v or v in (math.inf, -math.inf) else v for v in values]
 
 
-def _sorted_view(s: Series) -> tuple[array, array]:
-    if s.sorted:
-        return s.steps, s.values
-    order = sorted(range(len(s.steps)), key=s.steps.__getitem__)
-    return array("q", (s.steps[i] for i in order)), array("d", (s.values[i] for i in order))
-
-
 def history(
     index: MetricsIndex,
     names: list[str],
@@ -71,7 +64,7 @@ def history(
         if s is None:
             out[name] = {"step": [], "value": []}
             continue
-        steps, values = _sorted_view(s)
+        steps, values = s.steps, s.values
         lo = 0 if step_min is None else bisect_left(steps, math.ceil(step_min))
         hi = len(steps) if step_max is None else bisect_right(steps, math.floor(step_max))
         hi = max(lo, hi)
@@ -101,7 +94,7 @@ def impacts(
     change (steps ``S-window+1..S``, the change lands at the end of step S) and after it
     (``S+1..S+window``)."""
     s = index.series.get(metric)
-    steps, values = _sorted_view(s) if s is not None else (array("q"), array("d"))
+    steps, values = (s.steps, s.values) if s is not None else (array("q"), array("d"))
     out = []
     for e in entries:
         step = e.get("step")

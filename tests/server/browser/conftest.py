@@ -1,0 +1,197 @@
+"""Fixtures for the page tests: Debian's headless Chromium driven by Playwright, a real demo
+trainer process, and a real ``hotcb serve`` process (restartable on the same port).
+
+Chromium is ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get); a downloaded browser
+is never used. The tests skip with a reason when Playwright or Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hotcb.testing import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "browser-test-token"
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ------------------------------------------------------------------------------ browser
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page; console errors and uncaught exceptions of the page fail the test."""
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1000})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    pg.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console: {msg.text}")
+            # a refused fetch while the server is down (restart test) is expected noise
+            if msg.type == "error"
+            and "ERR_CONNECTION_REFUSED" not in msg.text
+            and "WebSocket connection" not in msg.text
+            else None
+        ),
+    )
+    pg.errors = errors
+    yield pg
+    ctx.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+# ------------------------------------------------------------------------------ runs
+class Run:
+    """A demo trainer process (``python -m hotcb.demo train``) writing into ``path``."""
+
+    def __init__(self, path: str, *args: str) -> None:
+        self.path = path
+        argv = [sys.executable, "-m", "hotcb.demo", "train", "--run-dir", path, *args]
+        self.log = open(path + ".log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file("hotcb.applied.jsonl"))
+
+    def commands(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file("hotcb.commands.jsonl"))
+
+    def last_step(self) -> int:
+        recs = read_jsonl(self.file("hotcb.metrics.jsonl"))
+        return recs[-1]["step"] if recs else -1
+
+    def entry(self, cmd_id: str, decision: str | None = None) -> dict[str, Any] | None:
+        for e in self.ledger():
+            if e.get("cmd_id") == cmd_id and (decision is None or e["decision"] == decision):
+                return e
+        return None
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: Any) -> Iterator[dict[str, Run]]:
+    """``live``: the golden demo trainer, steps every ~20 ms, for the whole module;
+    ``baseline``: a short finished run beside it (for overlay and the stale banner)."""
+    root = os.fspath(tmp_path_factory.mktemp("runs"))
+    live = Run(os.path.join(root, "live"), "--golden", "--max-steps", "1000000",
+               "--step-delay", "0.02")  # fmt: skip
+    baseline = Run(os.path.join(root, "baseline"), "--max-steps", "120", "--step-delay", "0")
+    try:
+        wait_for(lambda: live.last_step() >= 30, timeout=60, what="the live trainer's metrics")
+        wait_for(lambda: os.path.exists(live.file("hotcb.actuators.json")), timeout=10)
+        assert baseline.proc.wait(60) == 0
+        yield {"root": root, "live": live, "baseline": baseline}  # type: ignore[dict-item]
+    finally:
+        live.close()
+        baseline.close()
+
+
+class Server:
+    """``hotcb --dir ROOT serve --port P --token T`` as a real process (restartable)."""
+
+    def __init__(self, root: str, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "hotcb", "--dir", self.root, "serve",
+                "--port", str(self.port), "--token", TOKEN]  # fmt: skip
+        env = dict(ENV, HOTCB_UI__STALE_AFTER_SEC="3", HOTCB_UI__RECONNECT_MAX_DELAY_SEC="1")
+        self.log = open(os.path.join(self.root, f"serve-{self.port}.log"), "ab")  # noqa: SIM115
+        start = self.log.tell()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, what="hotcb serve to answer")
+        with open(self.log.name, "rb") as f:
+            f.seek(start)
+            printed = f.read().decode()
+        # the URL it prints carries the token, so a person can click it
+        assert re.search(rf"127\.0\.0\.1:{self.port}/\?token={TOKEN}", printed), printed
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.log.close()
+            self.proc = None
+
+    def page_url(self, run: str | None = None) -> str:
+        q = f"?token={TOKEN}" + (f"&run={run}" if run else "")
+        return f"{self.url}/{q}"
+
+
+@pytest.fixture(scope="module")
+def server(runs: dict[str, Any]) -> Iterator[Server]:
+    srv = Server(runs["root"], free_port())
+    srv.start()
+    yield srv
+    srv.stop()

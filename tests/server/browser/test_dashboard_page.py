@@ -1,0 +1,198 @@
+"""The dashboard page in headless Chromium against a real trainer and a real ``hotcb serve``.
+
+What a person does: open the page, see the curves, move the lr slider, see the change land in
+the run (ledger, ``source: "dashboard"``) and on the charts; undo it; schedule and cancel a
+change; pause and resume; overlay another run; survive a server restart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from hotcb.testing import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+SCREENSHOT = os.path.join(
+    os.path.dirname(__file__), "..", "..", "..", "docs", "img", "dashboard.png"
+)
+
+
+def debug(page: Any) -> dict[str, Any]:
+    """What the page shows, from its ``window.hotcb.debug()`` hook."""
+    return page.evaluate("window.hotcb.debug()")
+
+
+def wait_page(page: Any, expr: str, timeout: float = 20) -> Any:
+    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
+    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
+    page.wait_for_function(fn, timeout=timeout * 1000)
+    return debug(page)
+
+
+def chart(d: dict[str, Any], title: str) -> dict[str, Any]:
+    return next(c for c in d["charts"] if c["title"] == title)
+
+
+def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, runs: Any) -> None:
+    live = runs["live"]
+    page.goto(server.page_url("live"))
+
+    # charts per metric group, drawn with data, growing live
+    d = wait_page(page, "d.connected && d.charts.length >= 6 && d.charts.every(c => c.canvas)")
+    titles = [c["title"] for c in d["charts"]]
+    for t in ("Loss", "Loss · cls", "Loss · recon", "Loss · parity", "Accuracy", "Learning rate"):
+        assert t in titles
+    loss = chart(d, "Loss")
+    assert {s["metric"] for s in loss["series"]} == {"train/loss", "val/loss"}
+    train_points = loss["series"][0]["points"]
+    assert train_points >= 30
+    assert chart(d, "Learning rate")["log"] is True  # lr starts on a log axis
+    wait_page(page, f"d.charts[0].series[0].points > {train_points + 10}")
+
+    # controls come from the run's actuators file, one widget per type
+    keys = {c["key"]: c for c in debug(page)["controls"]}
+    assert {"lr", "weight_decay", "betas", "cls", "recon", "parity", "batch_size"} <= set(keys)
+    assert page.locator('.ctl[data-key="lr"] input[type=range]').count() == 1
+    assert page.locator('.ctl[data-key="clip_grad"] input[type=checkbox]').count() == 1
+    assert page.locator('.ctl[data-key="batch_size"] select').count() == 1
+    assert page.locator('.ctl[data-key="betas"] input.num').count() == 1
+    lr_before = keys["lr"]["applied"]
+
+    # move the lr slider (keyboard: one PageDown is one change event)
+    page.focus('.ctl[data-key="lr"] input[type=range]')
+    page.keyboard.press("PageDown")
+    d = wait_page(page, "d.controls.find(c => c.key === 'lr').sending")
+    cmd_id = next(c for c in d["controls"] if c["key"] == "lr")["sending"]["cmd_id"]
+
+    # the kernel applied it, and the ledger says the dashboard asked
+    entry = wait_for(lambda: live.entry(cmd_id), timeout=15, what="the lr command's ledger entry")
+    assert entry["decision"] == "applied", entry
+    assert entry["source"] == "dashboard"
+    assert entry["module"] == "opt" and entry["op"] == "set_params"
+    new_lr = entry["changes"]["lr"]["new"]
+    assert new_lr < lr_before
+    assert [c["cmd_id"] for c in live.commands()].count(cmd_id) == 1
+
+    # the page shows the applied value (from the ledger) and a marker on every chart
+    d = wait_page(
+        page,
+        f"d.controls.find(c => c.key === 'lr').sending === null && "
+        f"d.markers.some(m => m.seq === {entry['seq']}) && "
+        f"d.charts.every(c => c.markersDrawn >= 1)",
+    )
+    lr_ctl = next(c for c in d["controls"] if c["key"] == "lr")
+    assert lr_ctl["applied"] == pytest.approx(new_lr, rel=1e-6)
+    assert lr_ctl["status"] == f"applied at step {entry['step']}"
+    marker = next(m for m in d["markers"] if m["seq"] == entry["seq"])
+    assert marker["step"] == entry["step"] and marker["source"] == "dashboard"
+
+    # hovering the marker says who changed what, old → new
+    page.locator('.chart-card[data-group="lr"] .marker').last.hover()
+    tip = page.locator("#tip")
+    tip.wait_for(state="visible")
+    assert "dashboard" in tip.inner_text() and "lr:" in tip.inner_text()
+    assert "→" in tip.inner_text()
+
+    # the ledger row: decision, then (once enough steps passed) the impact column
+    row = page.locator(f'#ledger-body tr[data-cmd="{cmd_id}"]')
+    assert "applied" in row.locator(".decision").inner_text()
+    wait_page(page, "d.impacts >= 1")
+    row.locator(".imp-mean").wait_for(timeout=15000)
+    assert "→" in row.locator(".impact").inner_text()
+
+    # the README screenshot: a live run with a change on its curves
+    page.mouse.move(5, 5)
+    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+    page.screenshot(path=SCREENSHOT, full_page=True)
+
+    # undo restores the old value, through the ledger
+    row.locator(".undo-btn").click()
+    undo = wait_for(
+        lambda: next((e for e in live.ledger() if e.get("undo_of") == cmd_id), None),
+        timeout=15,
+        what="the undo entry",
+    )
+    assert undo["decision"] == "applied" and undo["source"] == "dashboard"
+    assert undo["changes"]["lr"]["new"] == pytest.approx(entry["changes"]["lr"]["old"])
+    old = entry["changes"]["lr"]["old"]
+    wait_page(
+        page, f"Math.abs(d.controls.find(c => c.key === 'lr').applied - {old}) < 1e-9 * {old}"
+    )
+    row.locator("text=undone").wait_for()
+
+
+def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None:
+    live = runs["live"]
+    page.goto(server.page_url("live"))
+    wait_page(page, "d.connected && d.controls.length > 0 && d.step !== null")
+
+    # queue a change far ahead, see it pending, cancel it
+    at = live.last_step() + 100_000
+    page.select_option("#sched-key", "dropout")
+    page.fill("#sched-value", "0.25")
+    page.fill("#sched-step", str(at))
+    page.click("#sched-form button[type=submit]")
+    item = page.locator("#pending li.pending-item")
+    item.wait_for()
+    assert f"step {at}" in item.inner_text() and "dropout = 0.25" in item.inner_text()
+    sched = next(e for e in live.ledger() if e["decision"] == "scheduled")
+    assert sched["at_step"] == at and sched["source"] == "dashboard"
+    item.locator("button").click()
+    wait_for(
+        lambda: any(
+            e.get("cmd_id") == sched["cmd_id"] and e["decision"] == "noop" for e in live.ledger()
+        ),
+        timeout=15,
+        what="the scheduled command to be cancelled",
+    )
+    page.locator("#pending li.muted").wait_for()
+
+    # pause: the run stops stepping and the page says so; resume: it steps again
+    page.click("#btn-pause")
+    wait_page(page, "d.paused")
+    assert page.locator("#paused-banner").is_visible()
+    assert page.locator("#btn-pause").inner_text() == "Resume"
+    paused_at = live.last_step()
+    page.click("#btn-pause")
+    wait_page(page, "!d.paused")
+    wait_for(lambda: live.last_step() > paused_at + 5, timeout=15, what="training to resume")
+    decisions = [(e["op"], e["decision"]) for e in live.ledger() if e["module"] == "control"]
+    assert ("pause", "applied") in decisions and ("resume", "applied") in decisions
+
+
+def test_overlay_and_stale_banner(page: Any, server: Any, runs: Any) -> None:
+    page.goto(server.page_url("live"))
+    wait_page(page, "d.connected && d.charts.length > 0")
+    assert not page.locator("#stale-banner").is_visible()
+
+    # overlay the finished baseline run on the live run's charts
+    page.click("#compare summary")
+    page.check('#compare-list input[value="baseline"]')
+    d = wait_page(
+        page, "d.charts.some(c => c.series.some(s => s.run === 'baseline' && s.points > 50))"
+    )
+    loss = chart(d, "Loss")
+    assert {s["run"] for s in loss["series"]} == {"live", "baseline"}
+    assert "compare=baseline" in page.url
+
+    # the finished run alone: no new metrics for longer than stale_after_sec (3 s here)
+    page.select_option("#run-select", "baseline")
+    page.locator("#stale-banner").wait_for(state="visible", timeout=10000)
+    assert "No new metrics" in page.locator("#stale-banner").inner_text()
+
+
+def test_reconnects_after_server_restart(page: Any, server: Any, runs: Any) -> None:
+    page.goto(server.page_url("live"))
+    d = wait_page(page, "d.connected && d.step !== null")
+    server.stop()
+    wait_page(page, "!d.connected")
+    assert "offline" in page.locator("#conn").inner_text()
+    server.start()
+    # back without a reload: connected again, history re-fetched, live points flowing
+    d = wait_page(page, "d.connected", timeout=30)
+    step = d["step"]
+    wait_page(page, f"d.step > {step + 10}")
