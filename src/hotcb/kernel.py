@@ -449,6 +449,7 @@ class HotKernel:
     def _poll(self, env: Env, step: int, events: Sequence[str]) -> None:
         if env.get("is_accumulation_step"):
             self._countdown = 0  # try again at the next safe point
+            self._next_poll_time = 0.0  # (the clock gate too: this poll did not happen)
             self._next_poll_step = step
             return
         self._step, self._env = step, env

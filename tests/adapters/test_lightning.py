@@ -1,0 +1,169 @@
+"""HotCBLightning with a real ``lightning.pytorch.Trainer`` on digits (CPU, a few steps).
+
+The LightningModule is the one of ``examples/lightning_digits.py``. Commands come from a
+controller in another process (``adapter_helpers.CONTROLLER``) while ``Trainer.fit`` runs here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import EXAMPLES, read_jsonl
+
+from hotcb import HotClient, HotKernel
+from hotcb.testing import read_ledger
+
+pl = pytest.importorskip("lightning.pytorch")
+torch = pytest.importorskip("torch")
+
+from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
+
+
+def _example() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "lightning_digits", EXAMPLES / "lightning_digits.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+EX = _example()
+
+
+def _lam(epoch: int) -> float:
+    return 1.0 / (1.0 + 0.01 * epoch)  # the example's LambdaLR
+
+
+class Recorder(pl.Callback):
+    """After HotCBLightning in the callback list: what the trainer really uses, per batch."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        opt = trainer.optimizers[0]
+        sched = trainer.lr_scheduler_configs[0].scheduler
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "lr": opt.param_groups[0]["lr"],
+                "sched_epoch": sched.last_epoch,
+                "weights": dict(pl_module.loss_weights),
+            }
+        )
+
+
+def _trainer(kernel: HotKernel, recorder: Recorder, **kw: Any) -> Any:
+    opts: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    opts.update(kw)
+    return pl.Trainer(callbacks=[HotCBLightning(kernel), recorder], **opts)
+
+
+@pytest.mark.slow
+def test_fit_is_steered_from_another_process_checkpointed_stopped_and_resumed(
+    tmp_path: Path, controller: Any
+) -> None:
+    run_dir = os.fspath(tmp_path / "run")
+    plan = [
+        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 0.003}}, "after_step": 2},
+        {"module": "loss", "op": "set_params", "fields": {"params": {"l2": 0.001}}},
+        {"module": "control", "op": "checkpoint"},
+        {"module": "loss", "op": "set_params", "fields": {"params": {"ce": 0.5}}},
+        {"module": "control", "op": "stop"},
+    ]
+    ctl = controller(run_dir, plan)
+    kernel = HotKernel(run_dir)
+    rec = Recorder()
+    module = EX.DigitsModule(step_delay=0.02)
+    trainer = _trainer(kernel, rec, max_steps=600)
+    train, _ = EX.loaders()
+    trainer.fit(module, train)
+    kernel.close()
+    lr_e, l2_e, ck_e, ce_e, stop_e = (r["entry"] for r in ctl.results())
+    assert all(e["decision"] == "applied" for e in (lr_e, l2_e, ck_e, ce_e, stop_e))
+
+    # stop ended fit early, at the step it was applied
+    assert trainer.global_step == stop_e["step"] < 600
+    by_step = {r["step"]: r for r in rec.rows}
+    # the lr change is in the optimizer at its step and survives the LambdaLR afterwards
+    s = lr_e["step"]
+    assert by_step[s]["lr"] == pytest.approx(0.003)
+    base = 0.003 / _lam(by_step[s]["sched_epoch"])
+    later = [r for r in rec.rows if r["step"] > s]
+    assert len(later) >= 3
+    for r in later:
+        assert r["lr"] == pytest.approx(base * _lam(r["sched_epoch"]))
+    # the loss weights changed in the LightningModule, at their steps
+    assert by_step[l2_e["step"] - 1]["weights"]["l2"] == 0.0
+    assert by_step[l2_e["step"]]["weights"]["l2"] == 0.001
+    assert by_step[ce_e["step"]]["weights"]["ce"] == 0.5
+    assert module.loss_weights == {"ce": 0.5, "l2": 0.001}
+
+    # checkpoint wrote a Lightning checkpoint that carries hotcb's state
+    path = ck_e["checkpoint"]
+    assert path.endswith(f"hotcb-step{ck_e['step']}.ckpt") and os.path.isfile(path)
+    assert path.startswith(run_dir)
+    saved = torch.load(path, weights_only=False)
+    assert saved["global_step"] == ck_e["step"]
+    assert saved["hotcb"]["actuators"]["l2"] == 0.001
+
+    # resume: a fresh module (l2=0.0) gets hotcb's l2 back; the later ce change is re-applied
+    # at its original step; nothing is applied twice
+    kernel2 = HotKernel(run_dir)
+    rec2 = Recorder()
+    module2 = EX.DigitsModule()
+    trainer2 = _trainer(kernel2, rec2, max_steps=stop_e["step"] + 2)
+    trainer2.fit(module2, EX.loaders()[0], ckpt_path=path)
+    kernel2.close()
+    assert rec2.rows[0]["step"] == ck_e["step"] + 1
+    assert rec2.rows[0]["weights"]["l2"] == 0.001
+    ledger = read_ledger(run_dir)
+    replayed = [e for e in ledger if e.get("source") == "resume"]
+    assert [(e["cmd_id"], e["step"]) for e in replayed] == [(ce_e["cmd_id"], ce_e["step"])]
+    assert {r["step"]: r for r in rec2.rows}[ce_e["step"]]["weights"]["ce"] == 0.5
+    assert trainer2.global_step == stop_e["step"] + 2  # the old stop is not applied again
+
+
+def test_accumulation_validation_and_metrics(tmp_path: Path) -> None:
+    """Fast: a command waiting before fit lands on the first optimizer step, not on the
+    micro-batch before it; train and val metrics reach hotcb.metrics.jsonl."""
+    run_dir = os.fspath(tmp_path / "run")
+    cid = HotClient(run_dir).opt(lr=0.004)
+    kernel = HotKernel(run_dir)
+    rec = Recorder()
+    trainer = _trainer(
+        kernel,
+        rec,
+        max_steps=3,
+        accumulate_grad_batches=2,
+        limit_val_batches=1,
+        val_check_interval=4,
+        check_val_every_n_epoch=None,
+    )
+    train, val = EX.loaders()
+    trainer.fit(EX.DigitsModule(), train, val)
+    kernel.close()
+    (entry,) = [e for e in read_ledger(run_dir) if e["cmd_id"] == cid]
+    assert entry["decision"] == "applied" and entry["step"] == 1
+    assert [r["step"] for r in rec.rows] == [0, 1, 1, 2, 2, 3]
+    assert rec.rows[0]["lr"] == pytest.approx(0.01)  # micro-batch: untouched
+    assert rec.rows[1]["lr"] == pytest.approx(0.004)
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    assert {m["step"] for m in metrics} == {1, 2, 3}  # once per optimizer step, none at 0
+    assert "train_loss" in metrics[0]["metrics"] and "lr" in metrics[0]["metrics"]
+    assert any("val_loss" in m["metrics"] and m["step"] == 2 for m in metrics)
