@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import threading
@@ -34,14 +33,19 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
-def _serve(config: DashboardConfig) -> tuple[uvicorn.Server, threading.Thread, int]:
+def _serve(
+    config: DashboardConfig, static_dir: str | None = None
+) -> tuple[uvicorn.Server, threading.Thread, int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config), log_level="warning", ws="websockets-sansio", lifespan="on"
+            create_app(config, static_dir=static_dir),
+            log_level="warning",
+            ws="websockets-sansio",
+            lifespan="on",
         )
     )
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
@@ -60,14 +64,17 @@ def _serve(config: DashboardConfig) -> tuple[uvicorn.Server, threading.Thread, i
 
 @pytest.fixture
 def live_server(tmp_path: Any) -> Iterator[Callable[..., LiveServer]]:
-    """``live_server(root=None, **config)`` starts a server over ``root`` (default: tmp_path)."""
+    """``live_server(root=None, static_dir=None, **config)`` starts a server over ``root``
+    (default: tmp_path); ``static_dir`` replaces the page's folder."""
     started: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(root: str | None = None, **overrides: Any) -> LiveServer:
+    def start(
+        root: str | None = None, static_dir: str | None = None, **overrides: Any
+    ) -> LiveServer:
         root = os.fspath(root or tmp_path)
         overrides.setdefault("tail_interval_sec", 0.02)
         config = DashboardConfig.load(None, dir=root, **overrides)
-        server, thread, port = _serve(config)
+        server, thread, port = _serve(config, static_dir)
         started.append((server, thread))
         return LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", config, root)
 
@@ -75,7 +82,3 @@ def live_server(tmp_path: Any) -> Iterator[Callable[..., LiveServer]]:
     for server, thread in started:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def ws_collect(messages: list[dict[str, Any]], raw: str | bytes) -> None:
-    messages.append(json.loads(raw))

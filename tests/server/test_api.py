@@ -294,3 +294,21 @@ def test_recipe_download(tmp_path, live_server):
         assert any(rec.get("params") == {"ce": 2.0} for rec in records)
         assert not os.path.exists(RunPaths(run).recipe)  # the download writes nothing there
     kernel.close()
+
+
+def test_page_and_static_files(tmp_path, live_server):
+    static = tmp_path / "static"
+    (static / "vendor").mkdir(parents=True)
+    (static / "index.html").write_text("<!doctype html><title>hotcb</title>")
+    (static / "vendor" / "lib.js").write_text("export const x = 1;")
+    (tmp_path / "secret.txt").write_text("no")
+    with live_server(root=tmp_path / "runs", static_dir=str(static), token="t").client() as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "<title>hotcb</title>" in page.text
+        js = c.get("/static/vendor/lib.js")
+        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+        assert c.get("/static/..%2Fsecret.txt").status_code == 404
+        assert c.get("/static/missing.js").status_code == 404
+    with live_server(root=tmp_path / "runs", static_dir=str(tmp_path / "none")).client() as c:
+        r = c.get("/")
+        assert r.status_code == 200 and "page is not installed" in r.text

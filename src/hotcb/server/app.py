@@ -86,8 +86,9 @@ def _reason(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(config: DashboardConfig | None = None) -> FastAPI:
-    """Build the dashboard app for ``config.dir`` (a run or a folder of runs).
+def create_app(config: DashboardConfig | None = None, *, static_dir: str | None = None) -> FastAPI:
+    """Build the dashboard app for ``config.dir`` (a run or a folder of runs); the page comes
+    from ``static_dir`` (default: the package's ``static/`` folder).
 
     When the bind address is not loopback and no token is set, one is generated
     (``config.token``); the caller prints it.
@@ -125,9 +126,11 @@ def create_app(config: DashboardConfig | None = None) -> FastAPI:
         create_runs_router,
         create_commands_router,
         create_ws_router,
-        create_static_router,
     ):
         app.include_router(factory(deps))
+    app.include_router(
+        create_static_router(deps, static_dir) if static_dir else create_static_router(deps)
+    )
     app.add_middleware(TokenAuthMiddleware, token=config.token)
     return app
 

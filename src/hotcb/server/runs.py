@@ -81,9 +81,14 @@ class RunState:
         rid = self.run_id
         msgs: list[dict[str, Any]] = []
         # The first load of a file is history (served over REST), not news to push.
+        before = self.metrics.lines
         records = self.metrics.update(cap if self.metrics.loaded else 0)
         if records:
-            msgs.append({"type": "metrics", "run": rid, "records": records})
+            msg: dict[str, Any] = {"type": "metrics", "run": rid, "records": records}
+            dropped = self.metrics.lines - before - len(records)
+            if dropped > 0:  # a burst larger than push_max_records: the page should refetch
+                msg["dropped"] = dropped
+            msgs.append(msg)
         entries = self.ledger.update(cap if self.ledger.loaded else 0)
         if entries:
             msgs.append({"type": "ledger", "run": rid, "entries": entries})
