@@ -434,3 +434,15 @@ def test_apply_without_step_is_ignored_not_raised(run_dir: str) -> None:
     kernel.apply({"no_step": 1})
     kernel.apply(None)  # type: ignore[arg-type]
     kernel.close()
+
+
+def test_undo_during_a_ramp_stops_the_ramp(loop: Loop) -> None:
+    loop.run(1)
+    cid = loop.client.send("loss", "set_params", params={"aux": 1.0}, transition={"steps": 10})
+    loop.run(3)
+    assert 0.0 < loop.weights["aux"] < 1.0
+    undo = loop.client.undo()
+    loop.run(12)
+    assert loop.weights["aux"] == 0.0
+    assert loop.only(undo)["undo_of"] == cid
+    assert [e["source"] for e in loop.entries(cid)] == ["test"]  # no "ramp complete" entry

@@ -802,6 +802,7 @@ class HotKernel:
         changes: dict[str, Any] = {}
         try:
             for key, value in reverse.items():
+                self._ramps.pop(key, None)  # undoing a ramp stops it, else it lands anyway
                 old, new = self.mutable_state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
         except (ActuatorError, ActuatorApplyError) as exc:
