@@ -446,3 +446,16 @@ def test_undo_during_a_ramp_stops_the_ramp(loop: Loop) -> None:
     assert loop.weights["aux"] == 0.0
     assert loop.only(undo)["undo_of"] == cid
     assert [e["source"] for e in loop.entries(cid)] == ["test"]  # no "ramp complete" entry
+
+
+def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loop) -> None:
+    loop.run(1)
+    with open(loop.paths.commands, "ab") as f:
+        f.write(b'{"cmd_id":"x","module":"opt","op":"set_params","params":{"lr":"\xff"}}\n')
+        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    cid = loop.client.loss(aux=0.5)  # after the bad lines: still applied
+    loop.run(2)
+    bad = [e for e in loop.ledger() if e["cmd_id"].startswith("@")]
+    assert [e["decision"] for e in bad] == ["rejected", "rejected"]
+    assert "UnicodeDecodeError" in bad[0]["error"] and "RecursionError" in bad[1]["error"]
+    assert loop.only(cid)["decision"] == "applied" and loop.weights["aux"] == 0.5

@@ -476,7 +476,18 @@ class HotKernel:
         try:
             for end, raw in lines:
                 if raw.strip():
-                    self._handle_line(raw, end, end - len(raw) - 1, env, step, extra_ops)
+                    try:
+                        self._handle_line(raw, end, end - len(raw) - 1, env, step, extra_ops)
+                    except Exception as exc:  # the cursor is past this batch: ledger, go on
+                        self._emit(
+                            step=step,
+                            event=self._event,
+                            cmd_id=f"@{end - len(raw) - 1}",
+                            source="kernel",
+                            decision=Decision.FAILED.value,
+                            error=f"could not handle the line: {type(exc).__name__}: {exc}",
+                            cursor=end,
+                        )
         finally:
             self._batch_start = -1
         self._after_changes()
@@ -493,15 +504,20 @@ class HotKernel:
         fallback = f"@{begin}"
         try:
             record = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting
             text = raw[:200].decode("utf-8", "replace")
+            why = (
+                f"{exc.msg} at column {exc.colno}"
+                if isinstance(exc, json.JSONDecodeError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             self._emit(
                 step=step,
                 event=self._event,
                 cmd_id=fallback,
                 source="unknown",
                 decision=Decision.REJECTED.value,
-                error=f"line is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}",
+                error=f"line is not valid JSON ({why}): {text!r}",
                 cursor=end,
             )
             return
