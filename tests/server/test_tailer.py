@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from array import array
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hotcb import jsonl
-from hotcb.server.downsample import minmax_downsample
+from hotcb.server.downsample import _picked_numpy, _picked_python, minmax_downsample
 from hotcb.server.tailer import LedgerState, MetricsIndex
 
 
@@ -125,3 +126,18 @@ def test_downsample_skips_nan_in_a_bucket():
     vals = array("d", [nan] * 50 + [5.0] + [nan] * 49 + [1.0] * 100)
     xs, ys = minmax_downsample(array("q", range(200)), vals, 10)
     assert len(xs) <= 10 and 5.0 in ys
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.one_of(finite, st.just(float("nan"))), min_size=5, max_size=2000),
+    max_points=st.integers(4, 200),
+)
+def test_numpy_and_python_downsamplers_pick_the_same_points(values, max_points):
+    np = pytest.importorskip("numpy")
+    if len(values) <= max_points:
+        return
+    vals = array("d", values)
+    buckets = (max_points - 2) // 2
+    picked = _picked_python(vals, 0, len(values), buckets)
+    assert _picked_numpy(np, vals, 0, len(values), buckets) == picked
