@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
 
-__all__ = ["HotCBLightning", "HotCBPytorchLightning"]
+__all__ = ["HotCBLightning"]  # and HotCBPytorchLightning, built on first access
 
 _TRAIN = ("train_step_end",)
 _MICRO = ("train_batch_end",)

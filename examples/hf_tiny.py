@@ -1,0 +1,153 @@
+"""A tiny BERT (built from a config, nothing downloaded) trained by the HF Trainer on synthetic
+tokens, steered live with HotCBHFCallback.
+
+    python examples/hf_tiny.py --run-dir runs/hf --steps 2000
+
+In another terminal, while it trains:
+
+    hotcb --dir runs/hf status
+    hotcb --dir runs/hf set lr=1e-3 --wait         # survives the Trainer's linear schedule
+    hotcb --dir runs/hf set max_grad_norm=0.5      # a custom knob: TrainingArguments.max_grad_norm
+    hotcb --dir runs/hf checkpoint                 # the Trainer saves output/checkpoint-<step>
+    hotcb --dir runs/hf pause                      # ... then: hotcb --dir runs/hf resume
+    hotcb --dir runs/hf stop                       # control.should_training_stop
+
+Resume (hotcb's state is in each checkpoint folder as hotcb_state.json):
+
+    python examples/hf_tiny.py --run-dir runs/hf --resume runs/hf/output/checkpoint-300
+
+Under torchrun (CPU, gloo; every rank applies each command at the same step):
+
+    torchrun --nproc-per-node 2 examples/hf_tiny.py --run-dir runs/hf-ddp --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hotcb import ActuatorType, HotKernel, attr_actuator, mutable_state
+from hotcb.adapters.hf import HotCBHFCallback
+
+VOCAB, SEQ = 64, 12
+
+
+class SyntheticTokens(torch.utils.data.Dataset):
+    """Random token sequences; the label says whether token 7 occurs (learnable, no download)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, VOCAB, (n, SEQ), generator=g)
+        self.labels = (self.ids == 7).any(dim=1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=SEQ,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+class StepDelay(TrainerCallback):
+    """Slow training down enough to steer it by hand."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.seconds:
+            time.sleep(self.seconds)
+
+
+def build(
+    run_dir: str,
+    steps: int,
+    *,
+    step_delay: float = 0.0,
+    lr: float = 5e-3,
+    save_steps: int = 0,
+    eval_steps: int = 0,
+    extra_callbacks: list[Any] | None = None,
+) -> tuple[Trainer, HotKernel]:
+    """The Trainer and its kernel (tests build theirs here too)."""
+    args = TrainingArguments(
+        output_dir=os.path.join(run_dir, "output"),
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=64,
+        learning_rate=lr,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    # the Trainer reads args.max_grad_norm at every step, so it is a live knob
+    knobs = [attr_actuator(args, "max_grad_norm", ActuatorType.FLOAT, min_value=0.0, max_value=1e3)]
+    kernel = HotKernel(run_dir, mutable_state=mutable_state(knobs))
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=SyntheticTokens(512),
+        eval_dataset=SyntheticTokens(128, seed=1),
+        callbacks=[HotCBHFCallback(kernel), StepDelay(step_delay), *(extra_callbacks or [])],
+    )
+    return trainer, kernel
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--run-dir", default="runs/hf")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--step-delay", type=float, default=0.01)
+    ap.add_argument("--save-steps", type=int, default=0)
+    ap.add_argument("--eval-steps", type=int, default=100)
+    ap.add_argument("--resume", help="a checkpoint folder to resume from")
+    args = ap.parse_args(argv)
+    trainer, kernel = build(
+        args.run_dir,
+        args.steps,
+        step_delay=args.step_delay,
+        save_steps=args.save_steps,
+        eval_steps=args.eval_steps,
+    )
+    trainer.train(resume_from_checkpoint=args.resume)
+    kernel.close()
+    if trainer.is_world_process_zero():
+        print(f"done at step {trainer.state.global_step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""HotCBHFCallback with a real ``transformers.Trainer`` on a tiny BERT made from a config.
+
+The model, data and Trainer come from ``examples/hf_tiny.py`` (random weights, synthetic tokens,
+``use_cpu=True``, ``report_to=[]``; nothing is downloaded). The Trainer's own linear LR schedule
+runs throughout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import EXAMPLES, read_jsonl
+
+from hotcb import HotClient
+from hotcb.testing import read_ledger
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+
+def _example() -> Any:
+    spec = importlib.util.spec_from_file_location("hf_tiny", EXAMPLES / "hf_tiny.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+EX = _example()
+
+
+class Recorder(transformers.TrainerCallback):
+    """After HotCBHFCallback: what the Trainer really uses at each optimizer step."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        sched = kwargs["lr_scheduler"]
+        self.rows.append(
+            {
+                "step": state.global_step,
+                "lr": kwargs["optimizer"].param_groups[0]["lr"],
+                "factor": sched.lr_lambdas[0](sched.last_epoch),
+                "max_grad_norm": args.max_grad_norm,
+            }
+        )
+
+
+def _check_lr_survives_scheduler(rows: list[dict[str, Any]], step: int, lr: float) -> None:
+    by_step = {r["step"]: r for r in rows}
+    assert by_step[step]["lr"] == pytest.approx(lr)
+    base = lr / by_step[step]["factor"]
+    later = [r for r in rows if r["step"] > step]
+    assert len(later) >= 2
+    for r in later:
+        # the next scheduler steps continue from the new lr instead of snapping back
+        assert r["lr"] == pytest.approx(base * r["factor"])
+        assert r["factor"] < by_step[step]["factor"]
+
+
+@pytest.mark.slow
+def test_train_is_steered_from_another_process_checkpointed_stopped_and_resumed(
+    tmp_path: Path, controller: Any
+) -> None:
+    run_dir = os.fspath(tmp_path / "run")
+    plan = [
+        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 1e-3}}, "after_step": 2},
+        {"module": "control", "op": "checkpoint"},
+        {"module": "custom", "op": "set_params", "fields": {"params": {"max_grad_norm": 0.5}}},
+        {"module": "control", "op": "stop"},
+    ]
+    ctl = controller(run_dir, plan)
+    rec = Recorder()
+    trainer, kernel = EX.build(run_dir, 400, step_delay=0.02, extra_callbacks=[rec])
+    trainer.train()
+    kernel.close()
+    lr_e, ck_e, mgn_e, stop_e = (r["entry"] for r in ctl.results())
+    assert all(e["decision"] == "applied" for e in (lr_e, ck_e, mgn_e, stop_e))
+
+    assert trainer.state.global_step == stop_e["step"] < 400
+    _check_lr_survives_scheduler(rec.rows, lr_e["step"], 1e-3)
+    by_step = {r["step"]: r for r in rec.rows}
+    assert by_step[mgn_e["step"] - 1]["max_grad_norm"] == 1.0
+    assert by_step[mgn_e["step"]]["max_grad_norm"] == 0.5
+
+    # checkpoint: the Trainer saved that step's folder, with hotcb's state in it
+    folder = os.path.join(run_dir, "output", f"checkpoint-{ck_e['step']}")
+    assert ck_e["checkpoint"] == folder
+    assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+    state = read_jsonl_doc(os.path.join(folder, "hotcb_state.json"))
+    assert state["step"] == ck_e["step"] and state["actuators"]["max_grad_norm"] == 1.0
+
+    # resume from it: the later max_grad_norm change is re-applied at its original step
+    rec2 = Recorder()
+    trainer2, kernel2 = EX.build(run_dir, stop_e["step"] + 2, extra_callbacks=[rec2])
+    trainer2.train(resume_from_checkpoint=folder)
+    kernel2.close()
+    by_step2 = {r["step"]: r for r in rec2.rows}
+    assert rec2.rows[0]["step"] == ck_e["step"] + 1
+    assert by_step2[mgn_e["step"]]["max_grad_norm"] == 0.5
+    if mgn_e["step"] > ck_e["step"] + 1:
+        assert by_step2[mgn_e["step"] - 1]["max_grad_norm"] == 1.0
+    replayed = [e for e in read_ledger(run_dir) if e.get("source") == "resume"]
+    assert [(e["cmd_id"], e["step"]) for e in replayed] == [(mgn_e["cmd_id"], mgn_e["step"])]
+    assert trainer2.state.global_step == stop_e["step"] + 2  # the old stop is not applied again
+
+
+def read_jsonl_doc(path: str) -> dict[str, Any]:
+    import json
+
+    with open(path) as f:
+        return dict(json.load(f))
+
+
+def test_lr_change_survives_the_trainers_scheduler_and_stop_at_step(tmp_path: Path) -> None:
+    """Fast: commands written before train() land at the first step; a scheduled stop ends
+    training at its step; train and eval metrics reach hotcb.metrics.jsonl once each."""
+    run_dir = os.fspath(tmp_path / "run")
+    client = HotClient(run_dir)
+    lr_id = client.opt(lr=2e-3)
+    stop_id = client.send("control", "stop", at_step=4)
+    rec = Recorder()
+    trainer, kernel = EX.build(run_dir, 50, eval_steps=2, extra_callbacks=[rec])
+    trainer.train()
+    kernel.close()
+    ledger = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["decision"] != "scheduled"}
+    assert ledger[lr_id]["step"] == 1 and ledger[stop_id]["step"] == 4
+    assert trainer.state.global_step == 4
+    _check_lr_survives_scheduler(rec.rows, 1, 2e-3)
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    train = [m for m in metrics if "loss" in m["metrics"]]
+    evals = [m for m in metrics if "eval_loss" in m["metrics"]]
+    assert [m["step"] for m in train] == [1, 2, 3, 4]
+    assert [m["step"] for m in evals] == [2, 4]
