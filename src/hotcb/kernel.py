@@ -151,6 +151,7 @@ class HotKernel:
         self._next_refresh = 0.0
         self._closed = False
         self._player: Any = None  # the RecipePlayer of a replay freeze mode (recipe.py)
+        self._ckpt_due: list[HotOp] = []  # checkpoint commands, saved after the step's changes
 
     # ------------------------------------------------------------------ public API
     def apply(self, env: Env, events: Sequence[str] = _TRAIN_STEP_END) -> None:
@@ -285,6 +286,20 @@ class HotKernel:
                 for s, op in self._schedule.ops()
             ],
             "paused": self.paused,
+            # ramps in progress: their op is before the checkpoint, so no resume re-queues it
+            "ramps": [
+                {
+                    "key": r.key,
+                    "start": r.start,
+                    "target": r.target,
+                    "start_step": r.start_step,
+                    "steps": r.steps,
+                    "shape": r.shape,
+                    "is_int": r.is_int,
+                    "record": r.op.to_record(),
+                }
+                for r in self._ramps.values()
+            ],
             "recipe": self._player.state_dict() if self._player is not None else None,
         }
 
@@ -312,6 +327,25 @@ class HotKernel:
         self._schedule = Schedule()
         self._sources = [self._schedule, *self._sources[1:]]
         resumed = self._queue_resume(int(state.get("seq") or 0))
+        self._ramps = {}
+        for item in state.get("ramps") or ():
+            try:
+                op = command_to_hotop(item["record"], extra_ops=module_ops())
+                start, target = item["start"], item["target"]
+                if isinstance(target, list):  # betas, if the state went through JSON
+                    start, target = tuple(start), tuple(target)
+                self._ramps[item["key"]] = Ramp(
+                    item["key"],
+                    start,
+                    target,
+                    int(item["start_step"]),
+                    int(item["steps"]),
+                    item["shape"],
+                    op,
+                    is_int=bool(item.get("is_int")),
+                )
+            except (CommandError, KeyError, TypeError, ValueError) as exc:
+                self._warn("restore_ramp", f"could not restore a ramp: {exc!r}")
         for item in state.get("pending") or ():
             try:
                 op = command_to_hotop(item["record"], extra_ops=module_ops())
@@ -581,6 +615,8 @@ class HotKernel:
             self._seen.discard(self._seen_order.popleft())
 
     def _pause_loop(self, env: Env, step: int) -> None:
+        if self._ckpt_due:
+            self._save_checkpoints(env, step)
         self._flush()
         while self.paused and not self.stop_requested and not self._closed:
             time.sleep(self.pause_poll_sec)
@@ -589,12 +625,16 @@ class HotKernel:
                 lines = self._sync.broadcast(lines)
             if lines:
                 self._handle_lines(lines, env, step)
+                if self._ckpt_due:  # a checkpoint asked for while paused is saved right away
+                    self._save_checkpoints(env, step)
                 self._flush()
         self.paused = False if self.stop_requested else self.paused
 
     # ------------------------------------------------------------------ internals: due ops
     def _refresh_due(self) -> None:
         nxt = min((s.next_step() for s in self._sources), default=NEVER)
+        if self._ckpt_due:
+            nxt = min(nxt, self._step)
         if self._ramps:
             nxt = min(nxt, self._step + 1, min(r.start_step + 1 for r in self._ramps.values()))
         self._next_due = nxt
@@ -621,8 +661,31 @@ class HotKernel:
                 self._execute(op, env, step)
         if self._ramps:
             self._advance_ramps(env, step)
+        if self._ckpt_due:
+            self._save_checkpoints(env, step)
         self._after_changes()
         self._refresh_due()
+
+    def _save_checkpoints(self, env: Env, step: int) -> None:
+        ops, self._ckpt_due = self._ckpt_due, []
+        save = env.get("save_checkpoint")
+        for op in ops:
+            if not callable(save):
+                self.checkpoint_requested = True
+                self._emit_op(op, step, Decision.APPLIED, extra={"checkpoint": "requested"})
+                continue
+            try:
+                path = op.params.get("path")
+                result = save(path) if path is not None else save()
+            except Exception as exc:
+                self._emit_op(op, step, Decision.FAILED, error=f"{type(exc).__name__}: {exc}")
+                continue
+            self._emit_op(
+                op,
+                step,
+                Decision.APPLIED,
+                extra={"checkpoint": os.fspath(result) if result else None},
+            )
 
     def _advance_ramps(self, env: Env, step: int) -> None:
         for key, ramp in list(self._ramps.items()):
@@ -750,16 +813,11 @@ class HotKernel:
                 request()
             self._emit_op(op, step, Decision.APPLIED)
         elif name == "checkpoint":
-            save = env.get("save_checkpoint")
-            if callable(save):
-                path = op.params.get("path")
-                result = save(path) if path is not None else save()
-                self._emit_op(
-                    op,
-                    step,
-                    Decision.APPLIED,
-                    extra={"checkpoint": os.fspath(result) if result else None},
-                )
+            if callable(env.get("save_checkpoint")):
+                # saved once every change of this safe point is applied (end of _run_due), so
+                # the checkpoint holds them and a resume does not re-apply them a step late
+                self._ckpt_due.append(op)
+                self._next_due = min(self._next_due, step)
             else:
                 self.checkpoint_requested = True
                 self._emit_op(op, step, Decision.APPLIED, extra={"checkpoint": "requested"})
