@@ -24,6 +24,7 @@ Under torchrun (CPU, gloo; every rank applies each command at the same step):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from typing import Any
@@ -83,6 +84,33 @@ class StepDelay(TrainerCallback):
             time.sleep(self.seconds)
 
 
+class Trace(TrainerCallback):
+    """``--trace-dir``: per rank, one JSON line per step (lr, max_grad_norm) and final weights,
+    to check that every rank applied each command at the same step."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+
+    def _path(self, state: Any, name: str) -> str:
+        rank = int(os.environ.get("RANK", "0"))
+        return os.path.join(self.folder, f"{name}_rank{rank}")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        row = {
+            "step": state.global_step,
+            "lr": kwargs["optimizer"].param_groups[0]["lr"],
+            "max_grad_norm": args.max_grad_norm,
+            "stop": control.should_training_stop,
+        }
+        with open(self._path(state, "trace") + ".jsonl", "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        torch.save(model.state_dict(), self._path(state, "weights") + ".pt")
+
+
 def build(
     run_dir: str,
     steps: int,
@@ -135,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-steps", type=int, default=0)
     ap.add_argument("--eval-steps", type=int, default=100)
     ap.add_argument("--resume", help="a checkpoint folder to resume from")
+    ap.add_argument("--trace-dir", help="per-rank trace of lr and max_grad_norm (for tests)")
     args = ap.parse_args(argv)
     trainer, kernel = build(
         args.run_dir,
@@ -142,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         step_delay=args.step_delay,
         save_steps=args.save_steps,
         eval_steps=args.eval_steps,
+        extra_callbacks=[Trace(args.trace_dir)] if args.trace_dir else None,
     )
     trainer.train(resume_from_checkpoint=args.resume)
     kernel.close()

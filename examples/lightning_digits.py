@@ -23,6 +23,8 @@ Multi-process DDP on CPU (every rank applies each command at the same step):
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from typing import Any
 
@@ -70,6 +72,31 @@ class DigitsModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class Trace(pl.Callback):
+    """``--trace-dir``: per rank, one JSON line per step (lr, loss weights) and final weights,
+    to check that every rank applied each command at the same step."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+
+    def _path(self, trainer: pl.Trainer, name: str) -> str:
+        return os.path.join(self.folder, f"{name}_rank{trainer.global_rank}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        row = {
+            "step": trainer.global_step,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "weights": pl_module.loss_weights,
+            "stop": trainer.should_stop,
+        }
+        with open(self._path(trainer, "trace") + ".jsonl", "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        torch.save(pl_module.state_dict(), self._path(trainer, "weights") + ".pt")
+
+
 def loaders(batch: int = 32) -> tuple[DataLoader, DataLoader]:
     x, y = digits()
     train = TensorDataset(x[:1500], y[:1500])
@@ -91,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--resume", help="a Lightning checkpoint to resume from")
+    ap.add_argument("--trace-dir", help="per-rank trace of lr and loss weights (for tests)")
     args = ap.parse_args(argv)
 
     pl.seed_everything(0, verbose=False)
@@ -103,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         accumulate_grad_batches=args.accumulate,
         val_check_interval=100,
         check_val_every_n_epoch=None,
-        callbacks=[HotCBLightning(kernel)],
+        callbacks=[HotCBLightning(kernel), *([Trace(args.trace_dir)] if args.trace_dir else [])],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,

@@ -138,3 +138,102 @@ def test_ddp_ranks_apply_the_same_ops_at_the_same_steps(tmp_path: Path) -> None:
     assert w0.keys() == w1.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
+
+
+def _same_traces(folder: Path) -> list[dict[str, Any]]:
+    rows0 = read_jsonl(folder / "trace_rank0.jsonl")
+    rows1 = read_jsonl(folder / "trace_rank1.jsonl")
+    assert rows0 and len(rows0) == len(rows1)
+    for a, b in zip(rows0, rows1, strict=True):
+        assert a == b, f"ranks diverged at step {a['step']}"
+    return rows0
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    w0, w1 = torch.load(a), torch.load(b)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+
+
+@pytest.mark.slow
+def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
+    tmp_path: Path, controller: Any
+) -> None:
+    """Lightning ``strategy="ddp"`` with 2 CPU processes (gloo): commands from another process
+    land on both ranks at the same step; checkpoint and stop work under DDP."""
+    run_dir, traces = tmp_path / "run", tmp_path / "traces"
+    argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--devices", "2"]
+    argv += ["--strategy", "ddp", "--run-dir", os.fspath(run_dir), "--steps", "400"]
+    argv += ["--step-delay", "0.02", "--trace-dir", os.fspath(traces)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    plan = [
+        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 0.003}}, "after_step": 2},
+        {"module": "loss", "op": "set_params", "fields": {"params": {"l2": 0.001}}},
+        {"module": "control", "op": "checkpoint"},
+        {"module": "control", "op": "stop"},
+    ]
+    try:
+        ctl = controller(os.fspath(run_dir), plan)
+        lr_e, l2_e, ck_e, stop_e = (r["entry"] for r in ctl.results(timeout=240))
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert all(e["decision"] == "applied" for e in (lr_e, l2_e, ck_e, stop_e))
+    rows = _same_traces(traces)
+    by_step = {r["step"]: r for r in rows}
+    assert by_step[lr_e["step"]]["lr"] == pytest.approx(0.003)
+    assert by_step[l2_e["step"]]["weights"]["l2"] == 0.001
+    assert rows[-1]["step"] == stop_e["step"] < 400 and rows[-1]["stop"]
+    assert os.path.isfile(ck_e["checkpoint"])
+    ledger = read_ledger(run_dir)
+    assert {e["rank"] for e in ledger} == {0}
+    assert sorted(e["cmd_id"] for e in ledger) == sorted(
+        e["cmd_id"] for e in (lr_e, l2_e, ck_e, stop_e)
+    )
+    _same_weights(traces / "weights_rank0.pt", traces / "weights_rank1.pt")
+
+
+@pytest.mark.slow
+def test_hf_trainer_under_torchrun_two_ranks_apply_commands_in_lockstep(
+    tmp_path: Path, controller: Any
+) -> None:
+    """The HF Trainer under torchrun (2 CPU processes, gloo), with evaluation every 3 steps
+    (on_evaluate is a safe point on every rank too)."""
+    run_dir, traces = tmp_path / "run", tmp_path / "traces"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    argv += [os.fspath(EXAMPLES / "hf_tiny.py"), "--run-dir", os.fspath(run_dir)]
+    argv += ["--steps", "400", "--step-delay", "0.02", "--eval-steps", "3"]
+    argv += ["--trace-dir", os.fspath(traces)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    plan = [
+        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 1e-3}}, "after_step": 2},
+        {"module": "custom", "op": "set_params", "fields": {"params": {"max_grad_norm": 0.5}}},
+        {"module": "control", "op": "stop"},
+    ]
+    try:
+        ctl = controller(os.fspath(run_dir), plan)
+        lr_e, mgn_e, stop_e = (r["entry"] for r in ctl.results(timeout=240))
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert all(e["decision"] == "applied" for e in (lr_e, mgn_e, stop_e))
+    rows = _same_traces(traces)
+    by_step = {r["step"]: r for r in rows}
+    assert by_step[lr_e["step"]]["lr"] == pytest.approx(1e-3)
+    assert by_step[mgn_e["step"]]["max_grad_norm"] == 0.5
+    assert rows[-1]["step"] == stop_e["step"] < 400 and rows[-1]["stop"]
+    ledger = read_ledger(run_dir)
+    assert {e["rank"] for e in ledger} == {0}
+    assert sorted(e["cmd_id"] for e in ledger) == sorted(e["cmd_id"] for e in (lr_e, mgn_e, stop_e))
+    _same_weights(traces / "weights_rank0.pt", traces / "weights_rank1.pt")
