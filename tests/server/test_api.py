@@ -18,6 +18,9 @@ from hotcb.testing import read_ledger, wait_for
 pytestmark = pytest.mark.slow
 
 
+JSON = {"content-type": "application/json"}
+
+
 def make_run(path: Any, steps: int = 50, **extra: float) -> str:
     run = os.fspath(path)
     with MetricsCollector(run) as m:
@@ -135,8 +138,13 @@ def test_non_finite_and_non_json_bodies_are_422(tmp_path, live_server):
             headers={"content-type": "application/json"},
         )
         assert r.status_code == 422 and "finite" in r.json()["detail"]
-        r = c.post("/api/runs/r/commands", content=b"lr=1", headers={"content-type": "text/plain"})
-        assert r.status_code == 422 and "JSON" in r.json()["detail"]
+        r = c.post("/api/runs/r/commands", content=b"not json", headers=JSON)
+        assert r.status_code == 422
+        # a non-JSON content type is what a cross-site form/fetch can send without preflight
+        for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+            body = b'{"module":"control","op":"stop"}'
+            r = c.post("/api/runs/r/commands", content=body, headers={"content-type": ctype})
+            assert r.status_code == 415 and "application/json" in r.json()["detail"]
         r = c.get("/api/runs/r/metrics", params={"step_min": "abc"})
         assert r.status_code == 422 and "step_min" in r.json()["detail"]
 
@@ -312,3 +320,27 @@ def test_page_and_static_files(tmp_path, live_server):
     with live_server(root=tmp_path / "runs", static_dir=str(tmp_path / "none")).client() as c:
         r = c.get("/")
         assert r.status_code == 200 and "page is not installed" in r.text
+
+
+def test_cross_site_requests_and_foreign_hosts_are_refused(tmp_path, live_server):
+    run = make_run(tmp_path / "r", steps=2)
+    srv = live_server()
+    port = srv.url.rsplit(":", 1)[1]
+    body = {"module": "control", "op": "stop"}
+    with srv.client() as c:
+        r = c.post("/api/runs/r/commands", json=body, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403 and "cross-origin" in r.json()["detail"]
+        # DNS rebinding: evil.example resolving to 127.0.0.1 still sends its own Host
+        r = c.get("/api/runs", headers={"Host": f"evil.example:{port}"})
+        assert r.status_code == 403 and "not allowed" in r.json()["detail"]
+        assert not os.path.exists(RunPaths(run).commands)
+        # the page's own origin (and clients that send no Origin) pass
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            r = c.post(
+                "/api/runs/r/commands",
+                json=body,
+                headers={"Origin": f"http://{host}", "Host": host},
+            )
+            assert r.status_code == 200, r.text
+    with live_server(allowed_hosts=["dash.internal"]).client() as c:
+        assert c.get("/api/runs", headers={"Host": "dash.internal"}).status_code == 200

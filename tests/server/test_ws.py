@@ -149,3 +149,15 @@ def test_ws_needs_token_when_set(tmp_path, live_server):
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
     with connect(srv.ws_url, additional_headers={"Authorization": "Bearer tok"}) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+
+
+def test_ws_from_another_site_is_refused(tmp_path, live_server):
+    with MetricsCollector(os.fspath(tmp_path / "r")) as m:
+        m.log(0, {"loss": 1.0})
+    srv = live_server()
+    with pytest.raises(InvalidStatus) as info:
+        with connect(srv.ws_url, origin="https://evil.example"):
+            pass
+    assert info.value.response.status_code == 403
+    with connect(srv.ws_url, origin=srv.url) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"

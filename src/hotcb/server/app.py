@@ -20,8 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from .. import __version__
-from .auth import TokenAuthMiddleware
-from .config import DashboardConfig
+from .auth import SameOriginMiddleware, TokenAuthMiddleware
+from .config import DashboardConfig, is_loopback
 from .deps import Deps
 from .hub import Hub
 from .routers import (
@@ -131,7 +131,13 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     app.include_router(
         create_static_router(deps, static_dir) if static_dir else create_static_router(deps)
     )
+    # Added last = outermost: the same-origin guard runs first, then the token check.
     app.add_middleware(TokenAuthMiddleware, token=config.token)
+    app.add_middleware(
+        SameOriginMiddleware,
+        loopback=is_loopback(config.host),
+        allowed_hosts=frozenset(config.allowed_hosts),
+    )
     return app
 
 

@@ -80,6 +80,10 @@ class DashboardConfig(BaseSettings):
     token: str | None = Field(
         None, exclude=True, repr=False, description="access token; never served"
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="extra Host names accepted when bound to loopback (e.g. behind a proxy)",
+    )
     allow_code_load: bool = Field(
         False, description="let the dashboard send `cb load` (code loading) commands"
     )

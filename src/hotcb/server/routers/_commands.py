@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException
@@ -17,12 +16,13 @@ _FREEZE_EXAMPLE = {"mode": "prod"}
 
 
 def _json(body: Any) -> Any:
-    """A body sent without a JSON content type arrives as bytes: parse it anyway."""
+    """Only ``Content-Type: application/json`` bodies are commands. A body of another type
+    arrives as bytes and is refused: a cross-site page can send a plain-text POST without a
+    CORS preflight, so accepting it would let any website steer a local run."""
     if isinstance(body, (bytes, str)):
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise HTTPException(422, detail="the body must be a JSON object") from None
+        raise HTTPException(
+            415, detail="send the command as JSON with 'Content-Type: application/json'"
+        )
     return body
 
 
