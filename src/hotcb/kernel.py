@@ -466,7 +466,12 @@ class HotKernel:
             return []
         if size == tail.offset:
             return []
-        lines = tail.read_lines(size)
+        try:
+            lines = tail.read_lines(size)
+        except OSError as exc:
+            # never raise here: under torch.distributed the other ranks wait for this batch
+            self._warn("commands_read", f"could not read {tail.path}: {exc}")
+            return []
         if tail.reset:
             tail.reset = False
             self._emit(
