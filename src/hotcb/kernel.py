@@ -150,6 +150,7 @@ class HotKernel:
         self._batch_start = -1
         self._next_refresh = 0.0
         self._closed = False
+        self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
         self._player: Any = None  # the RecipePlayer of a replay freeze mode (recipe.py)
         self._ckpt_due: list[HotOp] = []  # checkpoint commands, saved after the step's changes
 
@@ -355,6 +356,8 @@ class HotKernel:
                 continue  # it fell due after the checkpoint: the resume queue has it
             op.cursor = int(item.get("cursor") or 0)
             self._schedule.push(int(item["at_step"]), op)
+        self._state_loaded = True
+        self._requeue_scheduled(int(state.get("seq") or 0))
         seq, ledger_cursor = tail_state(self.paths.ledger)
         self._seq = max(self._seq, seq)
         self._tail.offset = max(int(state.get("cursor") or 0), ledger_cursor)
@@ -382,6 +385,8 @@ class HotKernel:
         if self._metrics_arg is False:
             self.metrics = None
         self._discover(env)
+        if not self._state_loaded:
+            self._requeue_scheduled(0)  # a restart without a checkpoint: nothing is lost
         for name, spec in module_specs().items():
             if name not in self._modules and spec.start_when and spec.start_when(self.paths):
                 try:
@@ -610,8 +615,34 @@ class HotKernel:
                 self._emit_op(op, step, Decision.REJECTED, error=str(exc))
                 return
         self._schedule.push(op.at_step or 0, op)
-        self._emit_op(op, step, Decision.SCHEDULED, extra={"at_step": op.at_step})
+        extra: dict[str, Any] = {"at_step": op.at_step}
+        if op.transition is not None:  # so a restarted kernel can re-queue it whole
+            extra["transition"] = op.transition.to_dict()
+        self._emit_op(op, step, Decision.SCHEDULED, extra=extra)
         self._refresh_due()
+
+    def _requeue_scheduled(self, after_seq: int) -> None:
+        """Put back on the schedule the commands the ledger shows as still waiting (a
+        ``scheduled`` entry with ``seq > after_seq`` and nothing after it): the cursor is past
+        their lines, so after a restart nothing else would ever apply them."""
+        from .ledger import pending_scheduled
+
+        queued = {op.cmd_id for _, op in self._schedule.ops()}
+        for entry in pending_scheduled(self.paths.ledger):
+            cid = entry.get("cmd_id")
+            if int(entry.get("seq") or 0) <= after_seq or cid in queued:
+                continue
+            record = {k: entry.get(k) for k in _RESUME_FIELDS}
+            for k in (*_RESUME_EXTRA, "at_step", "source"):
+                if k in entry:
+                    record[k] = entry[k]
+            try:
+                op = command_to_hotop(record, extra_ops=module_ops())
+            except CommandError:
+                continue
+            op.cursor = int(entry.get("cursor") or 0)
+            self._remember(op.cmd_id)
+            self._schedule.push(int(entry.get("at_step") or 0), op)
 
     def _remember(self, cmd_id: str) -> None:
         self._seen.add(cmd_id)

@@ -65,7 +65,16 @@ def _serve(args: argparse.Namespace) -> int:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))  # bind first so --port 0 can print the real port
+    try:
+        sock.bind((config.host, config.port))  # bind first so --port 0 can print the real port
+    except OSError as exc:
+        sock.close()
+        from . import CliError
+
+        raise CliError(
+            f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
+            "is another server running there? pick another --port (0: any free port)"
+        ) from None
     port = sock.getsockname()[1]
     shown = f"[{config.host}]" if family == socket.AF_INET6 else config.host
     url = f"http://{shown}:{port}/"
