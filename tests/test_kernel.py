@@ -459,3 +459,36 @@ def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loo
     assert [e["decision"] for e in bad] == ["rejected", "rejected"]
     assert "UnicodeDecodeError" in bad[0]["error"] and "RecursionError" in bad[1]["error"]
     assert loop.only(cid)["decision"] == "applied" and loop.weights["aux"] == 0.5
+
+
+def test_a_scheduled_command_survives_a_restart_without_checkpoint(run_dir: str) -> None:
+    first = Loop(run_dir)
+    first.run(2)
+    cid = first.client.send("loss", "set_params", params={"aux": 0.3}, at_step=8)
+    first.run(2)
+    first.kernel.close()  # (or kill -9): the cursor is already past the command's line
+    second = Loop(run_dir)
+    second.step = 3
+    second.run(7)
+    assert [(e["decision"], e["step"]) for e in second.entries(cid)] == [
+        ("scheduled", 2),
+        ("applied", 8),
+    ]
+    assert second.weights["aux"] == 0.3
+    second.kernel.close()
+
+
+def test_a_command_scheduled_after_the_checkpoint_survives_the_resume(run_dir: str) -> None:
+    first = Loop(run_dir)
+    first.run(3)
+    state = first.kernel.state_dict()  # the checkpoint: nothing scheduled yet
+    before = first.client.send("loss", "set_params", params={"aux": 0.2}, at_step=20)
+    first.run(1)
+    first.kernel.close()
+    resumed = Loop(run_dir)
+    resumed.kernel.load_state_dict(state)
+    resumed.step = 2
+    resumed.run(20)
+    assert [e["decision"] for e in resumed.entries(before)] == ["scheduled", "applied"]
+    assert resumed.weights["aux"] == 0.2
+    resumed.kernel.close()
