@@ -1,0 +1,271 @@
+"""Freeze modes: prod ignores every external command but ``freeze``; the replay modes let only
+the recipe steer; the mode survives in hotcb.freeze.json and in checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+from hotcb.freeze import FreezeMode, FreezeState
+from hotcb.recipe import RecipeEntry
+from hotcb.testing import read_ledger, wait_for
+
+
+class Run:
+    """An in-process kernel with two loss-weight actuators, stepped by hand."""
+
+    def __init__(self, run_dir: str, freeze: FreezeState | None = None) -> None:
+        self.run_dir = run_dir
+        self.weights = {"a": 1.0, "b": 0.0}
+        self.kernel = HotKernel(
+            run_dir,
+            poll_interval_sec=0,
+            metrics_collector=False,
+            fsync_ledger=False,
+            mutable_state=mutable_state(loss_actuators(self.weights)),
+            freeze=freeze,
+        )
+        self.client = HotClient(run_dir, source="test")
+        self.step = -1
+
+    def steps(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.step += 1
+            self.kernel.apply({"step": self.step})
+
+    def entry(self, cmd_id: str) -> dict[str, Any]:
+        found = [e for e in read_ledger(self.run_dir) if e["cmd_id"] == cmd_id]
+        assert found, f"no ledger entry for {cmd_id}"
+        return found[-1]
+
+
+def _recipe(path: Any, *entries: RecipeEntry) -> str:
+    with open(path, "w") as f:
+        f.write(json.dumps({"v": 1, "kind": "hotcb.recipe", "run": {}}) + "\n")
+        for e in entries:
+            f.write(json.dumps(e.to_record()) + "\n")
+    return os.fspath(path)
+
+
+def _set_b(step: int, value: float, cmd_id: str) -> RecipeEntry:
+    return RecipeEntry(step, "loss", "set_params", params={"b": value}, cmd_id=cmd_id)
+
+
+def test_freeze_state_round_trips(tmp_path: Any) -> None:
+    state = FreezeState(FreezeMode.REPLAY_ADJUSTED, "/r.jsonl", "/a.yaml", 50)
+    state.save(os.fspath(tmp_path / "f.json"))
+    assert FreezeState.load(os.fspath(tmp_path / "f.json")) == state
+    assert FreezeState.load(os.fspath(tmp_path / "missing.json")) == FreezeState()
+    assert state.replaying and not state.accepts_live
+    assert FreezeState("prod").mode is FreezeMode.PROD
+
+
+def test_prod_ignores_every_external_command_but_freeze(tmp_path: Any) -> None:
+    run = Run(os.fspath(tmp_path / "run"))
+    c = run.client
+    scheduled = c.send("loss", "set_params", params={"b": 9.0}, at_step=5)
+    run.steps()
+    assert run.entry(scheduled)["decision"] == "scheduled"
+    prod = c.freeze("prod")
+    run.steps()
+    assert run.entry(prod)["decision"] == "applied"
+    assert FreezeState.load(run.kernel.paths.freeze).mode is FreezeMode.PROD
+    ids = [
+        c.loss(a=0.5),
+        c.send("loss", "set_params", params={"b": 1.0}, at_step=3),
+        c.cb_load("x", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback"),
+        c.pause(),
+        c.stop(),
+        c.undo(),
+    ]
+    run.steps(5)
+    for cid in [*ids, scheduled]:  # the one scheduled before prod falls due in prod: ignored
+        e = run.entry(cid)
+        assert e["decision"] == "ignored_freeze", e
+        assert "freeze --mode off" in e["error"] or "freeze mode is prod" in e["error"]
+    assert run.weights == {"a": 1.0, "b": 0.0}
+    assert not run.kernel.paused and not run.kernel.stop_requested
+
+    off = c.freeze("off")
+    change = c.loss(a=0.25)
+    run.steps()
+    assert run.entry(off)["decision"] == "applied"
+    assert run.entry(off)["changes"] == {"mode": {"old": "prod", "new": "off"}}
+    assert run.entry(change)["decision"] == "applied"
+    assert run.weights["a"] == 0.25
+
+
+def test_a_kernel_started_in_replay_plays_the_recipe_from_the_first_apply(tmp_path: Any) -> None:
+    recipe = _recipe(tmp_path / "r.jsonl", _set_b(0, 0.5, "r0"), _set_b(3, 0.75, "r3"))
+    run = Run(os.fspath(tmp_path / "run"), FreezeState(FreezeMode.REPLAY, recipe))
+    live = run.client.loss(b=9.0)
+    run.steps()
+    assert run.weights["b"] == 0.5
+    assert run.entry("r0")["step"] == 0 and run.entry("r0")["source"] == "recipe"
+    assert run.entry(live)["decision"] == "ignored_freeze"
+    run.steps(3)
+    assert run.weights["b"] == 0.75 and run.entry("r3")["step"] == 3
+
+
+def test_replay_mode_read_from_the_freeze_file(tmp_path: Any) -> None:
+    recipe = _recipe(tmp_path / "r.jsonl", _set_b(2, 0.5, "r2"))
+    run_dir = os.fspath(tmp_path / "run")
+    os.makedirs(run_dir)
+    FreezeState(FreezeMode.REPLAY, recipe, step_offset=10).save(
+        os.path.join(run_dir, "hotcb.freeze.json")
+    )
+    run = Run(run_dir)
+    run.steps(12)
+    assert run.weights["b"] == 0.0
+    run.steps()
+    assert run.entry("r2")["step"] == 12 and run.weights["b"] == 0.5
+
+
+def test_freeze_commands_switch_replay_on_and_off(tmp_path: Any) -> None:
+    recipe = _recipe(
+        tmp_path / "r.jsonl", _set_b(2, 0.5, "r2"), _set_b(6, 0.75, "r6"), _set_b(9, 0.9, "r9")
+    )
+    run = Run(os.fspath(tmp_path / "run"))
+    run.client.freeze("replay", recipe_path=recipe, step_offset=2)
+    run.steps(5)
+    assert run.entry("r2")["step"] == 4
+    off = run.client.freeze("off")
+    run.steps(10)  # the rest of the recipe no longer fires
+    assert run.entry(off)["decision"] == "applied"
+    assert [e["cmd_id"] for e in read_ledger(run.run_dir) if e["source"] == "recipe"] == ["r2"]
+    assert run.kernel.freeze.mode is FreezeMode.OFF
+
+
+def test_a_broken_recipe_rejects_the_freeze_command(tmp_path: Any, cli: Any) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"v":1,"at":{"step":1},"module":"opt","op":"jump"}\n')
+    run = Run(os.fspath(tmp_path / "run"))
+    missing = run.client.freeze("replay", recipe_path=os.fspath(tmp_path / "none.jsonl"))
+    broken = run.client.freeze("replay", recipe_path=os.fspath(bad))
+    run.steps()
+    assert run.entry(missing)["decision"] == "rejected"
+    assert "cannot read recipe" in run.entry(missing)["error"]
+    assert run.entry(broken)["decision"] == "rejected"
+    assert "line 1: unknown op 'jump'" in run.entry(broken)["error"]
+    assert run.kernel.freeze.mode is FreezeMode.OFF  # a rejected freeze changes nothing
+    live = run.client.loss(b=0.5)
+    run.steps()
+    assert run.entry(live)["decision"] == "applied"
+
+    # the CLI refuses before anything reaches the run
+    done = cli(run.run_dir, "freeze", "--mode", "replay", "--recipe", os.fspath(bad))
+    assert done.returncode == 2 and "unknown op 'jump'" in done.stderr
+    done = cli(run.run_dir, "freeze", "--mode", "replay")
+    assert done.returncode == 2 and "needs --recipe" in done.stderr
+    done = cli(run.run_dir, "freeze", "--mode", "prod", "--recipe", os.fspath(bad))
+    assert done.returncode == 2 and "only apply to the replay modes" in done.stderr
+
+
+def test_a_run_whose_freeze_file_names_a_broken_recipe_keeps_training(tmp_path: Any) -> None:
+    run_dir = os.fspath(tmp_path / "run")
+    os.makedirs(run_dir)
+    FreezeState(FreezeMode.REPLAY, os.fspath(tmp_path / "gone.jsonl")).save(
+        os.path.join(run_dir, "hotcb.freeze.json")
+    )
+    run = Run(run_dir)
+    run.steps(3)
+    errors = [e for e in read_ledger(run_dir) if e["decision"] == "failed"]
+    assert len(errors) == 1 and "cannot start the recipe" in errors[0]["error"]
+    off = run.client.freeze("off")  # the way out
+    run.steps()
+    assert run.entry(off)["decision"] == "applied"
+    assert run.kernel.freeze.mode is FreezeMode.OFF
+
+
+def test_status_shows_the_mode_and_the_next_recipe_entries(tmp_path: Any, cli: Any) -> None:
+    recipe = _recipe(
+        tmp_path / "r.jsonl", _set_b(1, 0.5, "r1"), _set_b(4, 0.75, "r4"), _set_b(8, 0.9, "r8")
+    )
+    run = Run(os.fspath(tmp_path / "run"))
+    run.client.freeze("replay", recipe_path=recipe)
+    run.steps(3)
+    run.kernel.flush()
+    done = cli(run.run_dir, "status")
+    assert done.returncode == 0, done.stderr
+    assert f"freeze   replay recipe={recipe}" in done.stdout
+    nexts = [line.strip() for line in done.stdout.splitlines() if "next:" in line]
+    assert nexts == [
+        'next: step 4 (train_step_end): loss set_params {"b": 0.75}',
+        'next: step 8 (train_step_end): loss set_params {"b": 0.9}',
+    ]
+    st = json.loads(cli(run.run_dir, "status", "--json").stdout)
+    assert st["freeze"]["mode"] == "replay" and len(st["replay_next"]) == 2
+
+
+@pytest.mark.slow
+def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
+    tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    torch = pytest.importorskip("torch")
+    opts = {"steps": 150, "step_delay": 0.005}
+    prod_dir, free_dir = os.fspath(tmp_path / "prod"), os.fspath(tmp_path / "free")
+    done = cli(prod_dir, "freeze", "--mode", "prod")
+    assert done.returncode == 0, done.stderr
+    prod = start_trainer(
+        prod_dir,
+        os.fspath(tmp_path / "p.jsonl"),
+        save_weights=os.fspath(tmp_path / "wP.pt"),
+        checkpoint_at=149,
+        ready_file=os.fspath(tmp_path / "ready"),
+        **opts,
+    )
+    free = start_trainer(
+        free_dir,
+        os.fspath(tmp_path / "f.jsonl"),
+        save_weights=os.fspath(tmp_path / "wF.pt"),
+        **opts,
+    )
+    wait_for(lambda: os.path.exists(tmp_path / "ready"), 60, what="the prod run")
+    c = HotClient(prod_dir, source="test")
+    sent = []
+    for i in range(100):
+        kind = i % 5
+        if kind == 0:
+            sent.append(c.opt(lr=0.001 * (i + 1)))
+        elif kind == 1:
+            sent.append(c.loss(l2=0.01))
+        elif kind == 2:
+            sent.append(c.send("opt", "set_params", params={"lr": 0.5}, at_step=140))
+        elif kind == 3:
+            sent.append(c.pause())
+        else:
+            sent.append(c.stop())
+    wait_for(
+        lambda: len([e for e in read_ledger(prod_dir) if e["cmd_id"] in set(sent)]) == 100,
+        60,
+        what="100 ledger entries",
+    )
+    decisions = {e["decision"] for e in read_ledger(prod_dir) if e["cmd_id"] in set(sent)}
+    assert decisions == {"ignored_freeze"}
+    for t in (prod, free):
+        rc, _, err = t.finish()
+        assert rc == 0, err
+    wp, wf = torch.load(tmp_path / "wP.pt"), torch.load(tmp_path / "wF.pt")
+    assert all(torch.equal(wp[k], wf[k]) for k in wp)
+
+    # unfreeze while the run is down, steer, and resume: both commands are applied
+    off = cli(prod_dir, "freeze", "--mode", "off")
+    change = cli(prod_dir, "set", "lr=0.0005")
+    assert off.returncode == 0 and change.returncode == 0
+    resumed = start_trainer(
+        prod_dir,
+        os.fspath(tmp_path / "p2.jsonl"),
+        resume=os.path.join(prod_dir, "ckpt_149.pt"),
+        steps=155,
+    )
+    rc, _, err = resumed.finish()
+    assert rc == 0, err
+    by_id = {e["cmd_id"]: e for e in read_ledger(prod_dir)}
+    assert by_id[off.stdout.strip()]["decision"] == "applied"
+    assert by_id[change.stdout.strip()]["decision"] == "applied"
+    trace = [json.loads(line) for line in open(tmp_path / "p2.jsonl")]
+    assert trace[-1]["lr"] == 0.0005
