@@ -172,3 +172,16 @@ def test_write_json_atomic_and_read_json(tmp_path: Any) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]  # no temp file left behind
     path.write_text("{half")
     assert jsonl.read_json(path, "fallback") == "fallback"
+
+
+def test_iter_records_keep_skips_lines_before_parsing(tmp_path: Any) -> None:
+    path = tmp_path / "k.jsonl"
+    jsonl.append_many(path, [{"d": "applied"}, {"d": "scheduled"}, {"d": "noop"}])
+    seen: list[bytes] = []
+
+    def keep(line: bytes) -> bool:
+        seen.append(line)
+        return b"scheduled" in line
+
+    assert list(jsonl.iter_records(path, keep=keep)) == [{"d": "scheduled"}]
+    assert len(seen) == 3

@@ -18,6 +18,7 @@ from torch import nn
 
 from hotcb import HotcbActuator, HotClient, HotKernel, jsonl, loss_actuators, mutable_state
 from hotcb.actuators import ActuatorType
+from hotcb.ledger import pending_scheduled
 from hotcb.runfiles import RunPaths
 from hotcb.testing import TinyMLP, digits, read_ledger
 
@@ -310,9 +311,11 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
     loop.run(2)
     assert [e["decision"] for e in loop.entries(keep)] == ["scheduled"]
     assert loop.only(late)["step"] == 2 and loop.only(late)["decision"] == "applied"
+    assert [e["cmd_id"] for e in pending_scheduled(loop.paths.ledger)] == [keep, drop]
     cancel = loop.client.cancel(drop)
     missing = loop.client.cancel("no-such-id")
     loop.run(6)
+    assert pending_scheduled(loop.paths.ledger) == []
     assert [(e["decision"], e["step"]) for e in loop.entries(keep)] == [
         ("scheduled", 2),
         ("applied", 6),

@@ -17,7 +17,7 @@ import fcntl
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = [
@@ -183,8 +183,16 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def iter_records(path: str | os.PathLike[str], start: int = 0) -> Iterator[dict[str, Any]]:
-    """Every complete JSON-object line of a file, from byte ``start``; missing file: nothing."""
+def iter_records(
+    path: str | os.PathLike[str],
+    start: int = 0,
+    *,
+    keep: Callable[[bytes], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every complete JSON-object line of a file, from byte ``start``; missing file: nothing.
+
+    ``keep(raw_line)``, when given, is asked before a line is parsed: a cheap byte test that
+    skips most of a large file (parsing is what costs)."""
     try:
         f = open(os.fspath(path), "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -203,6 +211,8 @@ def iter_records(path: str | os.PathLike[str], start: int = 0) -> Iterator[dict[
                 continue
             pending = chunk[end + 1 :]
             for line in chunk[:end].split(b"\n"):
+                if keep is not None and not keep(line):
+                    continue
                 rec = _parse(line)
                 if rec is not None:
                     yield rec

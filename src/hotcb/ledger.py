@@ -90,14 +90,25 @@ def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict
 
 
 def pending_scheduled(path: str) -> list[dict[str, Any]]:
-    """Scheduled entries with no later entry for the same command: what is still waiting."""
+    """Scheduled entries with no later entry for the same command: what is still waiting.
+
+    Reads the whole ledger, but parses only lines that can matter (a ``scheduled`` decision,
+    or naming a command still waiting): a kernel does this at start, on ledgers of any size."""
     waiting: dict[str, dict[str, Any]] = {}
-    for e in iter_entries(path):
+    ids: dict[str, bytes] = {}
+    marker = b'"scheduled"'
+
+    def keep(line: bytes) -> bool:
+        return marker in line or any(b in line for b in ids.values())
+
+    for e in jsonl.iter_records(path, keep=keep):
         cid = e.get("cmd_id")
         if e.get("decision") == Decision.SCHEDULED.value:
             waiting[cid] = e
+            ids[cid] = jsonl.dumps(cid).encode()
         elif cid in waiting:
             del waiting[cid]
+            del ids[cid]
     return list(waiting.values())
 
 
