@@ -27,6 +27,7 @@ class LiveServer:
     ws_url: str
     config: DashboardConfig
     root: str
+    deps: Any  # the app's hotcb.server.deps.Deps (registry, hub), for white-box checks
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -35,14 +36,15 @@ class LiveServer:
 
 def _serve(
     config: DashboardConfig, static_dir: str | None = None
-) -> tuple[uvicorn.Server, threading.Thread, int]:
+) -> tuple[uvicorn.Server, threading.Thread, int, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    app = create_app(config, static_dir=static_dir)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, static_dir=static_dir),
+            app,
             log_level="warning",
             ws="websockets-sansio",
             lifespan="on",
@@ -59,7 +61,7 @@ def _serve(
             return False
 
     wait_for(up, timeout=20, what="the dashboard server to answer")
-    return server, thread, port
+    return server, thread, port, app.state.deps
 
 
 @pytest.fixture
@@ -74,9 +76,10 @@ def live_server(tmp_path: Any) -> Iterator[Callable[..., LiveServer]]:
         root = os.fspath(root or tmp_path)
         overrides.setdefault("tail_interval_sec", 0.02)
         config = DashboardConfig.load(None, dir=root, **overrides)
-        server, thread, port = _serve(config, static_dir)
+        server, thread, port, deps = _serve(config, static_dir)
         started.append((server, thread))
-        return LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws", config, root)
+        url = f"http://127.0.0.1:{port}"
+        return LiveServer(url, f"ws://127.0.0.1:{port}/ws", config, root, deps)
 
     yield start
     for server, thread in started:

@@ -344,3 +344,17 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(tmp_path, live_server
             assert r.status_code == 200, r.text
     with live_server(allowed_hosts=["dash.internal"]).client() as c:
         assert c.get("/api/runs", headers={"Host": "dash.internal"}).status_code == 200
+
+
+def test_unwatched_run_indexes_are_evicted_lru(tmp_path, live_server):
+    for i in range(4):
+        make_run(tmp_path / f"r{i}", steps=3)
+    srv = live_server(max_loaded_runs=2)
+    with srv.client() as c:
+        for i in range(4):
+            assert c.get(f"/api/runs/r{i}/metrics/names").json() == {"names": ["loss"]}
+        # only the two most recently used runs keep their in-memory state
+        registry = srv.deps.registry
+        assert [rid for rid in ("r0", "r1", "r2", "r3") if registry.cached(rid)] == ["r2", "r3"]
+        # an evicted run is simply loaded again
+        assert c.get("/api/runs/r0/status").json()["last_metrics"]["step"] == 2

@@ -90,6 +90,9 @@ class DashboardConfig(BaseSettings):
     tail_interval_sec: float = Field(0.05, gt=0, description="how often watched files are polled")
     status_interval_sec: float = Field(1.0, gt=0, description="period of WS status messages")
     scan_depth: int = Field(2, ge=0, le=5, description="how deep to look for run directories")
+    max_loaded_runs: int = Field(
+        20, ge=1, description="runs whose index stays in memory when no page watches them"
+    )
     history_max_points: int = Field(
         MAX_POINTS_CAP,
         ge=10,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 from .. import jsonl
@@ -155,7 +156,9 @@ class RunRegistry:
         self.config = config
         self.hub = hub
         self.root = os.path.realpath(config.dir)
-        self._states: dict[str, RunState] = {}
+        # Least recently used first; runs nobody watches are dropped beyond max_loaded_runs so
+        # a folder of hundreds of runs cannot hold every run's index at once.
+        self._states: OrderedDict[str, RunState] = OrderedDict()
 
     def discover(self) -> list[str]:
         """Run ids under the root, sorted, up to ``scan_depth`` levels deep."""
@@ -202,10 +205,27 @@ class RunRegistry:
     def get(self, run_id: str) -> RunState:
         rid = self.normalise(run_id)
         state = self._states.get(rid)
+        if state is not None and not os.path.isdir(state.path):  # the run was deleted
+            del self._states[rid]
+            state = None
         if state is None:
             path = self.resolve(rid)
             state = self._states[rid] = RunState(rid, path, self.config, self.hub)
+            self._evict()
+        else:
+            self._states.move_to_end(rid)
         return state
+
+    def _evict(self) -> None:
+        excess = len(self._states) - self.config.max_loaded_runs
+        for rid in list(self._states):
+            if excess <= 0:
+                break
+            state = self._states[rid]
+            if self.hub.has_subscribers(rid) or state.lock.locked():
+                continue
+            del self._states[rid]
+            excess -= 1
 
     def cached(self, run_id: str) -> RunState | None:
         return self._states.get(self.normalise(run_id))
