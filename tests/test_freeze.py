@@ -133,6 +133,9 @@ def test_freeze_commands_switch_replay_on_and_off(tmp_path: Any) -> None:
     run.client.freeze("replay", recipe_path=recipe, step_offset=2)
     run.steps(5)
     assert run.entry("r2")["step"] == 4
+    again = run.client.freeze("replay", recipe_path=recipe, step_offset=2)
+    run.steps()  # the same replay sent again keeps its place: r2 does not fire twice
+    assert run.entry(again)["decision"] == "applied"
     off = run.client.freeze("off")
     run.steps(10)  # the rest of the recipe no longer fires
     assert run.entry(off)["decision"] == "applied"

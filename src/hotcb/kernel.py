@@ -41,6 +41,8 @@ _TRAIN_STEP_END = ("train_step_end",)
 #: Sources the kernel generates itself; freeze does not gate them.
 INTERNAL_SOURCES = frozenset({"recipe", "resume", "kernel", "ramp"})
 _NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT, ActuatorType.TUPLE)
+#: Ledger entries whose cmd_id a starting kernel remembers for de-duplication.
+_SEEN_AT_START = 2000
 
 
 def _version() -> str:
@@ -126,6 +128,12 @@ class HotKernel:
 
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
+        # a writer that re-sends a command (a retry) right after a restart is still a noop:
+        # remember the ids of the ledger's recent entries (its tail only, so start stays cheap)
+        for entry in jsonl.read_last(self.paths.ledger, _SEEN_AT_START):
+            cid = entry.get("cmd_id")
+            if isinstance(cid, str) and not cid.startswith("@"):
+                self._remember(cid)
         self._out: list[dict[str, Any]] = []
         self._modules: dict[str, HotModule] = {}
         self._event_modules: list[HotModule] = []
@@ -1121,6 +1129,8 @@ class HotKernel:
         freeze command, e.g. when its recipe is missing or invalid."""
         from .recipe import player_for
 
+        if new == self.freeze and self._player is not None:
+            return  # the same replay sent again: keep its position, fire nothing twice
         self._set_player(player_for(new, self.run_dir))
 
     def _start_replay(self, player_state: Mapping[str, Any] | None) -> None:
