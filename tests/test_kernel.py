@@ -495,3 +495,18 @@ def test_a_command_scheduled_after_the_checkpoint_survives_the_resume(run_dir: s
     assert [e["decision"] for e in resumed.entries(before)] == ["scheduled", "applied"]
     assert resumed.weights["aux"] == 0.2
     resumed.kernel.close()
+
+
+def test_a_command_resent_after_a_restart_is_still_a_noop(run_dir: str) -> None:
+    first = Loop(run_dir)
+    first.run(1)
+    record = {"cmd_id": "retry-1", "module": "loss", "op": "set_params", "params": {"aux": 0.5}}
+    jsonl.append(first.paths.commands, record)
+    first.run(1)
+    first.kernel.close()
+    second = Loop(run_dir)
+    jsonl.append(second.paths.commands, record)  # e.g. a client retrying after a timeout
+    second.run(2)
+    assert [e["decision"] for e in second.entries("retry-1")] == ["applied", "noop"]
+    assert second.weights["aux"] == 0.0
+    second.kernel.close()
