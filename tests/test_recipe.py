@@ -428,3 +428,18 @@ def test_patch_template_changes_nothing_until_a_patch_is_uncommented(
     assert done.returncode == 0 and done.stdout == text
     done = cli(None, "recipe", "patch-template", "--recipe", GOLDEN, "--out", tmp_path / "t.yaml")
     assert done.returncode == 0 and (tmp_path / "t.yaml").read_text() == text
+
+
+def test_export_of_a_resumed_run_is_in_step_order() -> None:
+    """After a resume from step 150, the new life's changes (at 180) follow in the ledger those
+    the first life made later (200, re-applied by the resume): the recipe sorts them."""
+    ledger = [
+        {"seq": 1, "step": 100, "source": "cli", "cmd_id": "a", "params": {"lr": 0.1}},
+        {"seq": 2, "step": 200, "source": "cli", "cmd_id": "b", "params": {"lr": 0.2}},
+        {"seq": 3, "step": 200, "source": "resume", "cmd_id": "b", "params": {"lr": 0.2}},
+        {"seq": 4, "step": 180, "source": "cli", "cmd_id": "c", "params": {"lr": 0.3}},
+        {"seq": 5, "step": 180, "source": "cli", "cmd_id": "d", "params": {"lr": 0.4}},
+    ]
+    base = {"module": "opt", "op": "set_params", "decision": "applied"}
+    entries = ledger_to_entries([{**base, **e} for e in ledger])
+    assert [(e.step, e.cmd_id) for e in entries] == [(100, "a"), (180, "c"), (180, "d"), (200, "b")]

@@ -224,7 +224,8 @@ def ledger_to_entries(
     Skipped: ramp completions (the op that started the ramp replays it), pause/resume/stop/
     checkpoint/cancel, freeze/tune/kernel entries, and the second entry of a ``cmd_id``.
     Entries that were themselves replayed (``source: "recipe"`` or ``"resume"``) are kept as
-    plain entries. Captured callback sources are referenced relative to ``run_dir``.
+    plain entries. Captured callback sources are referenced relative to ``run_dir``. The result
+    is sorted by step.
     """
     out: list[RecipeEntry] = []
     seen: set[str] = set()
@@ -268,6 +269,9 @@ def ledger_to_entries(
                 cmd_id=cid if isinstance(cid, str) else None,
             )
         )
+    # a resumed run appends its new changes after those of the life it replaced: sort by step
+    # (stable, so changes of one step keep their order)
+    out.sort(key=lambda entry: entry.step)
     return out
 
 
