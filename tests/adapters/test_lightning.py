@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,51 @@ def test_accumulation_validation_and_metrics(tmp_path: Path) -> None:
     assert {m["step"] for m in metrics} == {1, 2, 3}  # once per optimizer step, none at 0
     assert "train_loss" in metrics[0]["metrics"] and "lr" in metrics[0]["metrics"]
     assert any("val_loss" in m["metrics"] and m["step"] == 2 for m in metrics)
+
+
+def test_pytorch_lightning_package_gets_its_own_callback_class(tmp_path: Path) -> None:
+    """Code that imports ``pytorch_lightning`` (not ``lightning``) uses HotCBPytorchLightning."""
+    ptl = pytest.importorskip("pytorch_lightning")
+    from hotcb.adapters.lightning import HotCBPytorchLightning
+
+    assert issubclass(HotCBPytorchLightning, ptl.Callback)
+
+    class Tiny(ptl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(64, 10)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    run_dir = os.fspath(tmp_path / "run")
+    cid = HotClient(run_dir).opt(momentum=0.5)
+    kernel = HotKernel(run_dir)
+    trainer = ptl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        callbacks=[HotCBPytorchLightning(kernel)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+    )
+    trainer.fit(Tiny(), EX.loaders()[0])
+    kernel.close()
+    (entry,) = [e for e in read_ledger(run_dir) if e["cmd_id"] == cid]
+    assert entry["decision"] == "applied" and entry["step"] == 1
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5
+
+
+def test_importing_the_adapters_package_imports_no_framework() -> None:
+    code = (
+        "import sys, hotcb, hotcb.adapters; "
+        "heavy = {'torch', 'lightning', 'pytorch_lightning', 'transformers'} & set(sys.modules); "
+        "assert not heavy, heavy; "
+        "assert 'HotCBLightning' in dir(hotcb.adapters)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
