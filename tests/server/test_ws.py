@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from websockets.sync.client import connect
 
 from hotcb import HotKernel, loss_actuators, mutable_state
 from hotcb.metrics import MetricsCollector
+from hotcb.testing import trainer_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +163,65 @@ def test_ws_from_another_site_is_refused(tmp_path, live_server):
     assert info.value.response.status_code == 403
     with connect(srv.ws_url, origin=srv.url) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+
+
+def test_real_trainer_steered_from_the_dashboard(tmp_path, live_server):
+    """A real training process (torch, digits) watched over the WebSocket and steered by POSTs:
+    the lr change is applied with source "dashboard" and shows up in the pushed metrics, and a
+    stop command ends the process."""
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hotcb.commands.jsonl").touch()  # the run exists for the server before training
+    proc = subprocess.Popen(
+        trainer_command(run, steps=100_000, step_delay=0.005, no_code_load=True),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        srv = live_server()
+        with connect(srv.ws_url) as ws, srv.client() as c:
+            inbox = Inbox(ws)
+            ws.send(json.dumps({"subscribe": ["run"]}))
+            inbox.until(lambda ms: [m for m in ms if m["type"] == "metrics"], 60, "metrics")
+            wait_for(
+                lambda: any(
+                    a["param_key"] == "lr"
+                    for a in c.get("/api/runs/run/actuators").json()["actuators"]
+                ),
+                30,
+                what="the lr actuator",
+            )
+            body = {"module": "opt", "op": "set_params", "params": {"lr": 0.00123}}
+            cmd_id = c.post("/api/runs/run/commands", json=body).json()["cmd_id"]
+            (entry,) = inbox.until(
+                lambda ms: [
+                    e
+                    for m in ms
+                    if m["type"] == "ledger"
+                    for e in m["entries"]
+                    if e["cmd_id"] == cmd_id
+                ],
+                30,
+                "the lr ledger entry",
+            )
+            assert entry["decision"] == "applied" and entry["source"] == "dashboard"
+            assert entry["changes"]["lr"]["new"] == 0.00123
+            inbox.until(
+                lambda ms: [
+                    r
+                    for m in ms
+                    if m["type"] == "metrics"
+                    for r in m["records"]
+                    if r["step"] > entry["step"] and r["metrics"]["lr"] == 0.00123
+                ],
+                30,
+                "metrics with the new lr",
+            )
+            c.post("/api/runs/run/commands", json={"module": "control", "op": "stop"})
+            assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
