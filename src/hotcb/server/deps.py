@@ -19,8 +19,16 @@ class Deps:
     registry: RunRegistry
     hub: Hub
 
+    def path(self, run_id: str) -> str:
+        """The run's directory, or a 404; touches no shared state (safe in worker threads)."""
+        try:
+            return self.registry.resolve(self.registry.normalise(run_id))
+        except RunNotFound as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+
     def run(self, run_id: str) -> RunState:
-        """The run's state, or a 404 that says what was looked for."""
+        """The run's state, or a 404 that says what was looked for (event loop only: the
+        registry is not locked)."""
         try:
             return self.registry.get(run_id)
         except RunNotFound as exc:

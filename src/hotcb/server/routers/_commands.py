@@ -30,7 +30,7 @@ def create_commands_router(deps: Deps) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["commands"])
 
     def send(run_id: str, body: Any) -> dict[str, str]:
-        run = deps.run(run_id)
+        run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
         body = _json(body)
         if not isinstance(body, dict):
             raise HTTPException(422, detail=f"a command must be a JSON object, got {body!r}")
@@ -45,7 +45,7 @@ def create_commands_router(deps: Deps) -> APIRouter:
         record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
         record.pop("ts", None)
         try:
-            cmd_id = HotClient(run.path, source="dashboard").send_record(record)
+            cmd_id = HotClient(run_dir, source="dashboard").send_record(record)
         except CommandError as exc:
             raise HTTPException(422, detail=str(exc)) from None
         return {"cmd_id": cmd_id}

@@ -7,6 +7,7 @@ drop a ``.`` path segment, so every route also answers without the run id segmen
 
 from __future__ import annotations
 
+import asyncio
 import math
 from array import array
 from bisect import bisect_left, bisect_right
@@ -230,7 +231,7 @@ def create_runs_router(deps: Deps) -> APIRouter:
         except (ImportError, AttributeError) as exc:
             raise HTTPException(501, detail=f"recipe export is not available: {exc}") from None
         try:
-            entries = _export(export, run.path)
+            entries = await asyncio.to_thread(_export, export, run.path)
         except HotcbError as exc:  # e.g. no ledger yet: the reason says what to do
             raise HTTPException(409, detail=str(exc)) from None
         except Exception as exc:

@@ -125,14 +125,22 @@ function appendRecords(rd, records) {
 }
 
 async function loadMetrics(runId, gen) {
-  const rd = newRunData(runId);
-  app.data.set(runId, rd);
+  // a reload (after a reconnect) keeps drawing the old series until the new history is in
+  let rd = app.data.get(runId);
+  if (!rd) {
+    rd = newRunData(runId);
+    app.data.set(runId, rd);
+  }
+  rd.loading = true;
+  rd.buffer = [];
   try {
     const { names } = await api(runUrl(runId, "metrics/names"));
     if (gen !== app.generation) return;
     if (names && names.length) {
       const res = await api(runUrl(runId, "metrics", { names: names.join(","), max_points: app.cfg.history_max_points }));
       if (gen !== app.generation) return;
+      rd.series = new Map();
+      rd.lastStep = null;
       for (const [name, s] of Object.entries(res.series || {})) {
         rd.series.set(name, { step: [...s.step], value: [...s.value] });
         const last = s.step[s.step.length - 1];
@@ -194,12 +202,14 @@ function pendingIds() {
 }
 
 // ----------------------------------------------------------------------------- loading
-async function loadPrimary(runId, gen) {
-  app.ledger = [];
-  app.seqs = new Set();
-  app.undone = new Set();
-  app.impacts = new Map();
-  app.dirty.ledger = true;
+async function loadPrimary(runId, gen, reset) {
+  if (reset) {
+    app.ledger = [];
+    app.seqs = new Set();
+    app.undone = new Set();
+    app.impacts = new Map();
+    app.dirty.ledger = true;
+  }
   const jobs = [
     api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
     api(runUrl(runId, "actuators")).then((res) => {
@@ -220,12 +230,12 @@ async function loadPrimary(runId, gen) {
   refreshImpacts();
 }
 
-async function loadAll() {
+async function loadAll({ reset = true } = {}) {
   const gen = ++app.generation;
-  app.data = new Map();
+  if (reset) app.data = new Map();
   const runIds = [app.runId, ...[...app.compare].filter((r) => r !== app.runId)];
   sock.subscribe(runIds);
-  await Promise.all([loadPrimary(app.runId, gen), ...runIds.slice(1).map((r) => loadMetrics(r, gen))]);
+  await Promise.all([loadPrimary(app.runId, gen, reset), ...runIds.slice(1).map((r) => loadMetrics(r, gen))]);
 }
 
 function applyStatus(st) {
@@ -530,7 +540,7 @@ function onSocketState(state, info) {
     if (info.reconnect) {
       // the server restarted (or the network blinked): history may have moved on; reload it
       toast("reconnected: reloading history", "info", 2500);
-      refreshRuns().then(() => app.runId != null && loadAll());
+      refreshRuns().then(() => app.runId != null && loadAll({ reset: false }));
     }
   } else if (state === "closed") {
     label.textContent = `offline · retry in ${Math.round(info.delay / 100) / 10}s`;

@@ -180,6 +180,10 @@ class ChartCard {
           grid: { stroke: "#eef0f3" },
           ticks: { stroke: "#e5e7eb" },
           values: (u, vals) => vals.map(fmtNum),
+          // on a log axis, label and grid only the decades (1e-4, 1e-3, …)
+          filter: this.log
+            ? (u, splits) => splits.map((v) => (Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9 ? v : null))
+            : undefined,
         },
       ],
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
@@ -216,28 +220,41 @@ class ChartCard {
   }
 
   drawMarkers(u) {
+    // marker elements are kept across redraws (4 per second while live), so a hovered marker
+    // stays the same element and its tooltip behaves
     let layer = u.over.querySelector(".markers");
     if (!layer) {
       layer = document.createElement("div");
       layer.className = "markers";
       u.over.appendChild(layer);
+      this.markerEls = new Map();
     }
-    layer.textContent = "";
     const { min, max } = u.scales.x;
-    if (min == null || max == null) return;
+    const seen = new Set();
     for (const m of this.markers) {
-      if (m.step < min || m.step > max) continue;
-      const x = u.valToPos(m.step, "x");
-      const el = document.createElement("div");
-      el.className = "marker" + (m.undo ? " undo" : "");
-      el.style.left = `${x}px`;
-      el.style.setProperty("--mc", m.color);
-      el.dataset.seq = m.seq;
-      el.addEventListener("mouseenter", (ev) => this.opts.onMarkerHover(m, ev));
-      el.addEventListener("mousemove", (ev) => this.opts.onMarkerHover(m, ev));
-      el.addEventListener("mouseleave", () => this.opts.onMarkerHover(null));
-      el.addEventListener("click", () => this.opts.onMarkerClick(m));
-      layer.appendChild(el);
+      if (min == null || max == null || m.step < min || m.step > max) continue;
+      seen.add(m.seq);
+      let el = this.markerEls.get(m.seq);
+      if (!el) {
+        el = document.createElement("div");
+        el.className = "marker" + (m.undo ? " undo" : "");
+        el.style.setProperty("--mc", m.color);
+        el.dataset.seq = m.seq;
+        el.addEventListener("mouseenter", (ev) => this.opts.onMarkerHover(el.marker, ev));
+        el.addEventListener("mousemove", (ev) => this.opts.onMarkerHover(el.marker, ev));
+        el.addEventListener("mouseleave", () => this.opts.onMarkerHover(null));
+        el.addEventListener("click", () => this.opts.onMarkerClick(el.marker));
+        layer.appendChild(el);
+        this.markerEls.set(m.seq, el);
+      }
+      el.marker = m;
+      el.style.left = `${u.valToPos(m.step, "x")}px`;
+    }
+    for (const [seq, el] of this.markerEls) {
+      if (!seen.has(seq)) {
+        el.remove();
+        this.markerEls.delete(seq);
+      }
     }
   }
 
