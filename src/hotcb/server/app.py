@@ -8,10 +8,7 @@ new in one batched message per file and run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,51 +28,10 @@ from .routers import (
     create_static_router,
     create_ws_router,
 )
-from .runs import RunNotFound, RunRegistry
+from .runs import RunRegistry
+from .tailer import Tailer
 
-__all__ = ["create_app", "Tailer"]
-
-log = logging.getLogger("hotcb.server")
-
-
-class Tailer:
-    """Polls the watched runs' files and publishes deltas; a periodic status per run."""
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="hotcb-tailer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        cfg = self.deps.config
-        hub, registry = self.deps.hub, self.deps.registry
-        next_status = 0.0
-        while True:
-            t0 = time.monotonic()
-            send_status = t0 >= next_status
-            if send_status:
-                next_status = t0 + cfg.status_interval_sec
-            for rid in hub.watched():
-                try:
-                    run = registry.get(rid)
-                    if run.lock.locked():  # a first load or a history request: next round
-                        continue
-                    await run.refresh()
-                    if send_status:
-                        hub.publish(rid, run.status_message())
-                except RunNotFound:
-                    continue
-                except Exception:  # one bad file never stops the others
-                    log.exception("hotcb dashboard: tailing run %s failed", rid)
-            await asyncio.sleep(max(0.0, cfg.tail_interval_sec - (time.monotonic() - t0)))
+__all__ = ["create_app"]
 
 
 def _reason(exc: RequestValidationError) -> str:
@@ -97,7 +53,7 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     config.ensure_token()
     hub = Hub(config.ws_queue_max)
     deps = Deps(config=config, registry=RunRegistry(config, hub), hub=hub)
-    tailer = Tailer(deps)
+    tailer = Tailer(deps.registry, deps.hub, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

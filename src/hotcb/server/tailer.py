@@ -7,6 +7,8 @@
   still scheduled, and whether the run is paused.
 - :class:`CommandsTail` tails ``hotcb.commands.jsonl`` from the moment the server watches the run.
 - :class:`ActuatorsWatch` re-reads ``hotcb.actuators.json`` when its size or mtime changes.
+- :class:`Tailer` is the server's background task: every ``tail_interval_sec`` it refreshes the
+  runs that a page subscribes to (each refresh pushes one batched message per file that grew).
 
 All of them read through :class:`hotcb.jsonl.JsonlTail`, so a half-written last line is left
 for the next poll. None of them is thread-safe on its own: :class:`hotcb.server.runs.RunState`
@@ -15,18 +17,29 @@ serialises them under one lock per run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import os
+import time
 from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 
-__all__ = ["MetricsIndex", "LedgerState", "CommandsTail", "ActuatorsWatch"]
+if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs the names
+    from .config import DashboardConfig
+    from .hub import Hub
+    from .runs import RunRegistry
+
+__all__ = ["MetricsIndex", "LedgerState", "CommandsTail", "ActuatorsWatch", "Tailer"]
+
+log = logging.getLogger("hotcb.server")
 
 _RESERVED = frozenset({"step", "epoch", "wall_time", "metrics", "v", "rank"})
 
@@ -257,3 +270,44 @@ class ActuatorsWatch:
         doc.setdefault("actuators", [])
         self.doc = doc
         return True
+
+
+class Tailer:
+    """Polls the watched runs' files and publishes deltas; a periodic status per run."""
+
+    def __init__(self, registry: RunRegistry, hub: Hub, config: DashboardConfig) -> None:
+        self.registry = registry
+        self.hub = hub
+        self.config = config
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="hotcb-tailer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        cfg, hub, registry = self.config, self.hub, self.registry
+        next_status = 0.0
+        while True:
+            t0 = time.monotonic()
+            send_status = t0 >= next_status
+            if send_status:
+                next_status = t0 + cfg.status_interval_sec
+            for rid in hub.watched():
+                try:
+                    run = registry.get(rid)
+                    if run.lock.locked():  # a first load or a history request: next round
+                        continue
+                    await run.refresh()
+                    if send_status:
+                        hub.publish(rid, run.status_message())
+                except LookupError:  # RunNotFound: the run folder went away
+                    continue
+                except Exception:  # one bad file never stops the others
+                    log.exception("hotcb dashboard: tailing run %s failed", rid)
+            await asyncio.sleep(max(0.0, cfg.tail_interval_sec - (time.monotonic() - t0)))
