@@ -31,6 +31,15 @@ def _commands(client: HotClient, step: int, i: int) -> list[str]:
         client.loss(l2=round(1e-4 * (i + 1), 6)),
         client.set_params("opt", {"weight_decay": 0.01 * (i % 4)}, at_step=step + 8),
     ]
+    if i == 0:  # a bundled callback, loaded on every rank
+        ids.append(
+            client.cb_load(
+                "hb",
+                path="hotcb.modules.cb.callbacks",
+                symbol="HeartbeatCallback",
+                init={"every_steps": 5},
+            )
+        )
     kind = i % 5
     if kind == 0:
         ids.append(client.set_params("opt", {"lr": 5e-3}, transition={"steps": 4}))
@@ -45,6 +54,8 @@ def _commands(client: HotClient, step: int, i: int) -> list[str]:
         ids.append(client.undo())
     else:
         ids.append(client.loss(nope=1.0))  # unknown actuator: rejected
+        ids.append(client.cb("set_params", "hb", every_steps=3 + i))
+        ids.append(client.cb("disable" if i % 2 else "enable", "hb"))
     ids.append(client.loss(ce=1.0 - 0.05 * i))
     return ids
 
@@ -106,6 +117,8 @@ def test_ddp_ranks_apply_the_same_ops_at_the_same_steps(tmp_path: Path) -> None:
     rows0 = read_jsonl(traces / "trace_rank0.jsonl")
     rows1 = read_jsonl(traces / "trace_rank1.jsonl")
     assert len(rows0) == len(rows1) and rows0[-1]["stop"]
+    (hb,) = rows0[-1]["modules"]["cb"]["callbacks"]  # module state: the same on both ranks
+    assert hb["id"] == "hb" and hb["params"]["every_steps"] > 5
     for a, b in zip(rows0, rows1, strict=True):
         assert a == b, f"ranks diverged at step {a['step']}"
 
