@@ -130,14 +130,14 @@ class Run:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: Any) -> Iterator[dict[str, Run]]:
-    """``live``: the golden demo trainer, steps every ~20 ms, for the whole module;
+    """``live``: the golden demo trainer, a step every ~10 ms, for the whole module;
     ``baseline``: a short finished run beside it (for overlay and the stale banner)."""
     root = os.fspath(tmp_path_factory.mktemp("runs"))
     live = Run(os.path.join(root, "live"), "--golden", "--max-steps", "1000000",
-               "--step-delay", "0.02")  # fmt: skip
+               "--step-delay", "0.01")  # fmt: skip
     baseline = Run(os.path.join(root, "baseline"), "--max-steps", "120", "--step-delay", "0")
     try:
-        wait_for(lambda: live.last_step() >= 30, timeout=60, what="the live trainer's metrics")
+        wait_for(lambda: live.last_step() >= 30, timeout=120, what="the live trainer's metrics")
         wait_for(lambda: os.path.exists(live.file("hotcb.actuators.json")), timeout=10)
         assert baseline.proc.wait(60) == 0
         yield {"root": root, "live": live, "baseline": baseline}  # type: ignore[dict-item]

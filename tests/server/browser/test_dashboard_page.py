@@ -104,10 +104,24 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     row.locator(".imp-mean").wait_for(timeout=15000)
     assert "→" in row.locator(".impact").inner_text()
 
-    # the README screenshot: a live run with a change on its curves
-    page.mouse.move(5, 5)
+    # a typed value works the same way (number box + Enter), on a loss weight; a little later,
+    # so that the two markers stand apart
+    wait_for(lambda: live.last_step() > entry["step"] + 150, timeout=20, what="more steps")
+    page.fill('.ctl[data-key="recon"] input.num', "1.5")
+    page.keyboard.press("Enter")
+    d = wait_page(page, "d.controls.find(c => c.key === 'recon').applied === 1.5")
+    recon = [e for e in live.ledger() if e.get("changes", {}) and "recon" in e["changes"]]
+    assert recon[-1]["decision"] == "applied" and recon[-1]["source"] == "dashboard"
+    assert recon[-1]["module"] == "loss" and recon[-1]["changes"]["recon"]["new"] == 1.5
+
+    # the README screenshot: a live run, two changes on its curves, one explained
+    wait_page(page, "d.impacts >= 2")
+    page.locator(f'.chart-card[data-group="loss:total"] .marker[data-seq="{entry["seq"]}"]').hover()
+    tip.wait_for(state="visible")
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     page.screenshot(path=SCREENSHOT, full_page=True)
+    page.mouse.move(5, 5)
+    tip.wait_for(state="hidden")
 
     # undo restores the old value, through the ledger
     row.locator(".undo-btn").click()
@@ -154,8 +168,8 @@ def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None
     # pause: the run stops stepping and the page says so; resume: it steps again
     page.click("#btn-pause")
     wait_page(page, "d.paused")
-    assert page.locator("#paused-banner").is_visible()
-    assert page.locator("#btn-pause").inner_text() == "Resume"
+    page.locator("#paused-banner").wait_for(state="visible")
+    page.locator("#btn-pause", has_text="Resume").wait_for()
     paused_at = live.last_step()
     page.click("#btn-pause")
     wait_page(page, "!d.paused")
@@ -193,6 +207,6 @@ def test_reconnects_after_server_restart(page: Any, server: Any, runs: Any) -> N
     assert "offline" in page.locator("#conn").inner_text()
     server.start()
     # back without a reload: connected again, history re-fetched, live points flowing
-    d = wait_page(page, "d.connected", timeout=30)
+    d = wait_page(page, "d.connected && d.step !== null", timeout=30)
     step = d["step"]
     wait_page(page, f"d.step > {step + 10}")
