@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--step-delay", type=float, default=0.01)
     ap.add_argument("--accumulate", type=int, default=1)
+    ap.add_argument("--val-every", type=int, default=100, help="validate every N batches")
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--resume", help="a Lightning checkpoint to resume from")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         devices=args.devices,
         strategy=args.strategy,
         accumulate_grad_batches=args.accumulate,
-        val_check_interval=100,
+        val_check_interval=args.val_every,
         check_val_every_n_epoch=None,
         callbacks=[HotCBLightning(kernel), *([Trace(args.trace_dir)] if args.trace_dir else [])],
         enable_progress_bar=False,

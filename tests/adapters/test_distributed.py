@@ -178,12 +178,12 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     run_dir, traces = tmp_path / "run", tmp_path / "traces"
     argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--devices", "2"]
     argv += ["--strategy", "ddp", "--run-dir", os.fspath(run_dir), "--steps", "400"]
-    argv += ["--step-delay", "0.02", "--trace-dir", os.fspath(traces)]
+    argv += ["--step-delay", "0.02", "--trace-dir", os.fspath(traces), "--val-every", "3"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     )
     plan = [
-        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 0.003}}, "after_step": 2},
+        {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 0.003}}, "after_step": 4},
         {"module": "loss", "op": "set_params", "fields": {"params": {"l2": 0.001}}},
         {"module": "control", "op": "checkpoint"},
         {"module": "control", "op": "stop"},
@@ -204,6 +204,9 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     assert by_step[l2_e["step"]]["weights"]["l2"] == 0.001
     assert rows[-1]["step"] == stop_e["step"] < 400 and rows[-1]["stop"]
     assert os.path.isfile(ck_e["checkpoint"])
+    # validation (a safe point on every rank too) ran, and rank 0 recorded its metrics
+    metrics = read_jsonl(run_dir / "hotcb.metrics.jsonl")
+    assert any("val_loss" in m["metrics"] for m in metrics)
     ledger = read_ledger(run_dir)
     assert {e["rank"] for e in ledger} == {0}
     assert sorted(e["cmd_id"] for e in ledger) == sorted(
