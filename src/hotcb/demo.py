@@ -489,6 +489,17 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
                 f"the dashboard server did not start; see {run_dir}/demo.server.log "
                 '(is the dashboard extra installed? pip install "hotcb[dashboard]")'
             )
+        # the URL is printed once the run exists (the trainer's first step), so the page opens
+        # on live curves rather than on an empty folder
+        deadline = time.monotonic() + 120.0
+        meta = os.path.join(run_dir, "hotcb.run.json")
+        while not os.path.exists(meta) and time.monotonic() < deadline:
+            if trainer.poll() is not None:
+                raise HotcbError(
+                    f"the demo trainer exited ({trainer.returncode}); "
+                    f"see {run_dir}/demo.trainer.log"
+                )
+            time.sleep(0.1)
         url = base + "/" + ("" if run_id == "." else "?run=" + urllib.parse.quote(run_id))
         kind = "golden multi-task" if golden else ("synthetic" if synthetic else "digits MLP")
         out(f"hotcb demo ({kind}) run: {run_dir}")

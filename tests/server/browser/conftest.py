@@ -195,3 +195,19 @@ def server(runs: dict[str, Any]) -> Iterator[Server]:
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def serve_dir() -> Iterator[Any]:
+    """``serve_dir(path)`` starts another ``hotcb serve`` over ``path``; stopped after the test."""
+    started: list[Server] = []
+
+    def start(path: str) -> Server:
+        srv = Server(path, free_port())
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()

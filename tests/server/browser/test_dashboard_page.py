@@ -210,3 +210,14 @@ def test_reconnects_after_server_restart(page: Any, server: Any, runs: Any) -> N
     d = wait_page(page, "d.connected && d.step !== null", timeout=30)
     step = d["step"]
     wait_page(page, f"d.step > {step + 10}")
+
+
+def test_served_folder_is_the_run_itself(page: Any, runs: Any, serve_dir: Any) -> None:
+    """``hotcb serve --dir RUN``: the run's id is "." and the page needs no ``?run=``."""
+    srv = serve_dir(runs["baseline"].path)
+    page.goto(srv.page_url())
+    d = wait_page(page, "d.charts.length > 0 && d.controls.length > 0 && d.step !== null")
+    assert d["run"] == "."
+    assert d["step"] == 119
+    assert {c["key"] for c in d["controls"]} >= {"lr", "cls", "l2"}
+    assert chart(d, "Loss")["series"][0]["points"] == 120

@@ -496,7 +496,7 @@ function onCompareChange(runId, on) {
 function pickInitialRun() {
   const wanted = query.get("run");
   if (wanted != null && app.runs.some((r) => r.run_id === wanted)) return wanted;
-  if (wanted != null && !app.runs.length) return wanted;
+  if (wanted != null) return wanted; // may not be listed yet (a run that is just starting)
   const sorted = [...app.runs].sort((a, b) => (b.last_wall_time || 0) - (a.last_wall_time || 0));
   return sorted[0]?.run_id ?? null;
 }

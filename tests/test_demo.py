@@ -1,0 +1,111 @@
+"""``hotcb demo``: starts a real trainer and a real server, serves the page, and leaves no
+process behind on Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+import pytest
+
+from hotcb.testing import wait_for
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_synthetic_trainer_writes_a_steerable_run(tmp_path: Any) -> None:
+    """Without torch the demo still trains (pure Python) and exposes controls."""
+    from hotcb import HotClient
+    from hotcb.demo import train
+
+    run = os.fspath(tmp_path / "run")
+    HotClient(run, source="test").opt(lr=0.005)  # waiting before the run starts
+    last = train(run, max_steps=40, step_delay=0, synthetic=True)
+    assert last == 39
+    with open(os.path.join(run, "hotcb.metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    assert [r["step"] for r in recs] == list(range(40))
+    assert {"train/loss", "lr", "grad_norm"} <= set(recs[-1]["metrics"])
+    assert recs[-1]["metrics"]["lr"] == 0.005
+    with open(os.path.join(run, "hotcb.actuators.json")) as f:
+        acts = {a["param_key"]: a for a in json.load(f)["actuators"]}
+    assert acts["lr"]["type"] == "log_float" and acts["lr"]["group"] == "opt"
+    assert {"momentum", "reg", "noise"} <= set(acts)
+
+
+@pytest.mark.slow
+def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("fastapi")
+    port = _free_port()
+    argv = [sys.executable, "-m", "hotcb", "demo", "--max-steps", "100000", "--port", str(port),
+            "--step-delay", "0.02", "--no-browser"]  # fmt: skip
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        demo = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def url() -> str | None:
+            m = re.search(r"dashboard: (http://\S+)", out_path.read_text())
+            return m.group(1) if m else None
+
+        page_url = wait_for(url, timeout=90, what="hotcb demo to print the dashboard URL")
+        # default run dir: a fresh ./runs/demo-<time>, served with the other runs under ./runs
+        (run_name,) = os.listdir(tmp_path / "runs")
+        assert run_name.startswith("demo-")
+        assert page_url == f"http://127.0.0.1:{port}/?run={run_name}"
+
+        children = psutil.Process(demo.pid).children(recursive=True)
+        cmdlines = [" ".join(c.cmdline()) for c in children]
+        assert len(children) == 2, cmdlines
+        assert any("hotcb.demo train" in c for c in cmdlines)
+        assert any(" serve " in c for c in cmdlines)
+
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(base + "/", timeout=5) as resp:
+            assert b"hotcb dashboard" in resp.read()
+        runs = _get(base + "/api/runs")["runs"]
+        assert [r["run_id"] for r in runs] == [run_name]
+        wait_for(
+            lambda: (
+                (_get(f"{base}/api/runs/{run_name}/status").get("last_metrics") or {}).get(
+                    "step", -1
+                )
+                >= 5
+            ),
+            timeout=60,
+            what="the demo's metrics to reach the server",
+        )
+        acts = _get(f"{base}/api/runs/{run_name}/actuators")["actuators"]
+        assert "lr" in {a["param_key"] for a in acts}
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+        for child in children:
+            wait_for(lambda c=child: not c.is_running(), timeout=10, what=f"{child.pid} to exit")
+        text = out_path.read_text()
+        assert "stopping" in text
+        with open(tmp_path / "runs" / run_name / "demo.trainer.log") as f:
+            assert "trainer interrupted" in f.read()  # it unwound through kernel.close()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
