@@ -174,7 +174,8 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     tmp_path: Path, controller: Any
 ) -> None:
     """Lightning ``strategy="ddp"`` with 2 CPU processes (gloo): commands from another process
-    land on both ranks at the same step; checkpoint and stop work under DDP."""
+    land on both ranks at the same step; checkpoint and stop work under DDP; resuming from the
+    checkpoint under DDP restores hotcb's state and re-applies later commands on both ranks."""
     run_dir, traces = tmp_path / "run", tmp_path / "traces"
     argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--devices", "2"]
     argv += ["--strategy", "ddp", "--run-dir", os.fspath(run_dir), "--steps", "400"]
@@ -186,18 +187,20 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
         {"module": "opt", "op": "set_params", "fields": {"params": {"lr": 0.003}}, "after_step": 4},
         {"module": "loss", "op": "set_params", "fields": {"params": {"l2": 0.001}}},
         {"module": "control", "op": "checkpoint"},
+        {"module": "loss", "op": "set_params", "fields": {"params": {"ce": 0.5}}},
         {"module": "control", "op": "stop"},
     ]
     try:
         ctl = controller(os.fspath(run_dir), plan)
-        lr_e, l2_e, ck_e, stop_e = (r["entry"] for r in ctl.results(timeout=240))
+        lr_e, l2_e, ck_e, ce_e, stop_e = (r["entry"] for r in ctl.results(timeout=240))
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert all(e["decision"] == "applied" for e in (lr_e, l2_e, ck_e, stop_e))
+    sent = (lr_e, l2_e, ck_e, ce_e, stop_e)
+    assert all(e["decision"] == "applied" for e in sent)
     rows = _same_traces(traces)
     by_step = {r["step"]: r for r in rows}
     assert by_step[lr_e["step"]]["lr"] == pytest.approx(0.003)
@@ -209,10 +212,26 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     assert any("val_loss" in m["metrics"] for m in metrics)
     ledger = read_ledger(run_dir)
     assert {e["rank"] for e in ledger} == {0}
-    assert sorted(e["cmd_id"] for e in ledger) == sorted(
-        e["cmd_id"] for e in (lr_e, l2_e, ck_e, stop_e)
-    )
+    assert sorted(e["cmd_id"] for e in ledger) == sorted(e["cmd_id"] for e in sent)
     _same_weights(traces / "weights_rank0.pt", traces / "weights_rank1.pt")
+
+    # resume under DDP: fresh modules (l2=0, ce=1) on both ranks get hotcb's l2 back, and ce is
+    # re-applied at its original step on both
+    traces2 = tmp_path / "traces2"
+    argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--devices", "2"]
+    argv += ["--strategy", "ddp", "--run-dir", os.fspath(run_dir), "--step-delay", "0"]
+    argv += ["--steps", str(stop_e["step"] + 2), "--resume", ck_e["checkpoint"]]
+    argv += ["--trace-dir", os.fspath(traces2), "--val-every", "3"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows2 = _same_traces(traces2)
+    assert rows2[0]["step"] == ck_e["step"] + 1 and rows2[0]["weights"]["l2"] == 0.001
+    assert {r["step"]: r for r in rows2}[ce_e["step"]]["weights"]["ce"] == 0.5
+    assert rows2[-1]["step"] == stop_e["step"] + 2  # the old stop is not applied again
+    replayed = [e for e in read_ledger(run_dir) if e.get("source") == "resume"]
+    assert [(e["cmd_id"], e["step"], e["rank"]) for e in replayed] == [
+        (ce_e["cmd_id"], ce_e["step"], 0)
+    ]
 
 
 @pytest.mark.slow
