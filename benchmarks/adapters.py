@@ -59,10 +59,19 @@ class _Clock:
         return wrapper
 
 
-def _report(name: str, plain: _Clock, hot: _Clock) -> None:
-    p, h = plain.step_median(), hot.step_median()
-    hook = statistics.median(hot.hook) if hot.hook else float("nan")
-    mean = statistics.fmean(hot.hook) if hot.hook else float("nan")
+def _report(name: str, run: Any, repeats: int) -> None:
+    """Run without and with hotcb ``repeats`` times, alternating (a busy machine's drift hits
+    both alike); the best median step time of each, the hook's median over all runs."""
+    run(True)  # warm up (imports, first-call costs)
+    plain, hot = [], []
+    for _ in range(repeats):
+        plain.append(run(False))
+        hot.append(run(True))
+    p = min(c.step_median() for c in plain)
+    h = min(c.step_median() for c in hot)
+    hooks = [t for c in hot for t in c.hook[1:]]  # the first call starts the kernel
+    hook = statistics.median(hooks) if hooks else float("nan")
+    mean = statistics.fmean(hooks) if hooks else float("nan")
     print(
         f"{name:10s} hook {_us(hook):8.1f} µs/step (mean {_us(mean):7.1f})   "
         f"step {_us(p):9.1f} → {_us(h):9.1f} µs  (diff {_us(h - p):+8.1f} µs, "
@@ -72,7 +81,7 @@ def _report(name: str, plain: _Clock, hot: _Clock) -> None:
 
 
 # ---------------------------------------------------------------------------- bare loop
-def bench_bare(steps: int) -> None:
+def bench_bare(steps: int, repeats: int) -> None:
     from torch import nn
 
     from hotcb.testing import TinyMLP, digits
@@ -99,12 +108,11 @@ def bench_bare(steps: int) -> None:
             kernel.close()
         return clock
 
-    run(True)  # warm up
-    _report("bare", run(False), run(True))
+    _report("bare", run, repeats)
 
 
 # ---------------------------------------------------------------------------- Lightning
-def bench_lightning(steps: int) -> None:
+def bench_lightning(steps: int, repeats: int) -> None:
     import importlib.util
 
     import lightning.pytorch as pl
@@ -149,12 +157,11 @@ def bench_lightning(steps: int) -> None:
             kernel.close()
         return clock
 
-    run(True)
-    _report("lightning", run(False), run(True))
+    _report("lightning", run, repeats)
 
 
 # ---------------------------------------------------------------------------- HF Trainer
-def bench_hf(steps: int) -> None:
+def bench_hf(steps: int, repeats: int) -> None:
     import importlib.util
 
     from transformers import TrainerCallback
@@ -192,8 +199,7 @@ def bench_hf(steps: int) -> None:
             kernel.close()
         return clock
 
-    run(True)
-    _report("hf", run(False), run(True))
+    _report("hf", run, repeats)
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -254,6 +260,7 @@ def bench_dist(steps: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="training steps per run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
     ap.add_argument("--dist-steps", type=int, default=5000, help="apply() calls per rank")
     ap.add_argument(
         "--only",
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == "dist":
             bench_dist(args.dist_steps)
         else:
-            globals()[f"bench_{name}"](args.steps)
+            globals()[f"bench_{name}"](args.steps, args.repeats)
 
 
 if __name__ == "__main__":
