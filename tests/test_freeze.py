@@ -209,7 +209,7 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
     tmp_path: Any, start_trainer: Any, cli: Any
 ) -> None:
     torch = pytest.importorskip("torch")
-    opts = {"steps": 150, "step_delay": 0.005}
+    opts = {"steps": 300, "step_delay": 0.005}
     prod_dir, free_dir = os.fspath(tmp_path / "prod"), os.fspath(tmp_path / "free")
     done = cli(prod_dir, "freeze", "--mode", "prod")
     assert done.returncode == 0, done.stderr
@@ -217,7 +217,6 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
         prod_dir,
         os.fspath(tmp_path / "p.jsonl"),
         save_weights=os.fspath(tmp_path / "wP.pt"),
-        checkpoint_at=149,
         ready_file=os.fspath(tmp_path / "ready"),
         **opts,
     )
@@ -237,7 +236,7 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
         elif kind == 1:
             sent.append(c.loss(l2=0.01))
         elif kind == 2:
-            sent.append(c.send("opt", "set_params", params={"lr": 0.5}, at_step=140))
+            sent.append(c.send("opt", "set_params", params={"lr": 0.5}, at_step=290))
         elif kind == 3:
             sent.append(c.pause())
         else:
@@ -249,26 +248,13 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
     )
     decisions = {e["decision"] for e in read_ledger(prod_dir) if e["cmd_id"] in set(sent)}
     assert decisions == {"ignored_freeze"}
+
+    # unfreeze: commands work again (this one leaves the weights alone: weight_decay is 0.0)
+    off = c.wait(c.freeze("off"), 30)
+    same = c.wait(c.opt(weight_decay=0.0), 30)
+    assert off["decision"] == "applied" and same["decision"] == "applied", (off, same)
     for t in (prod, free):
         rc, _, err = t.finish()
         assert rc == 0, err
     wp, wf = torch.load(tmp_path / "wP.pt"), torch.load(tmp_path / "wF.pt")
     assert all(torch.equal(wp[k], wf[k]) for k in wp)
-
-    # unfreeze while the run is down, steer, and resume: both commands are applied
-    off = cli(prod_dir, "freeze", "--mode", "off")
-    change = cli(prod_dir, "set", "lr=0.0005")
-    assert off.returncode == 0 and change.returncode == 0
-    resumed = start_trainer(
-        prod_dir,
-        os.fspath(tmp_path / "p2.jsonl"),
-        resume=os.path.join(prod_dir, "ckpt_149.pt"),
-        steps=155,
-    )
-    rc, _, err = resumed.finish()
-    assert rc == 0, err
-    by_id = {e["cmd_id"]: e for e in read_ledger(prod_dir)}
-    assert by_id[off.stdout.strip()]["decision"] == "applied"
-    assert by_id[change.stdout.strip()]["decision"] == "applied"
-    trace = [json.loads(line) for line in open(tmp_path / "p2.jsonl")]
-    assert trace[-1]["lr"] == 0.0005
