@@ -61,7 +61,7 @@ class Recorder(pl.Callback):
         )
 
 
-def _trainer(kernel: HotKernel, recorder: Recorder, **kw: Any) -> Any:
+def _trainer(kernel: HotKernel, recorder: Recorder, metrics_every: int = 1, **kw: Any) -> Any:
     opts: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -73,7 +73,8 @@ def _trainer(kernel: HotKernel, recorder: Recorder, **kw: Any) -> Any:
         "limit_val_batches": 0,
     }
     opts.update(kw)
-    return pl.Trainer(callbacks=[HotCBLightning(kernel), recorder], **opts)
+    hot = HotCBLightning(kernel, metrics_every=metrics_every)
+    return pl.Trainer(callbacks=[hot, recorder], **opts)
 
 
 @pytest.mark.slow
@@ -169,6 +170,16 @@ def test_accumulation_validation_and_metrics(tmp_path: Path) -> None:
     assert {m["step"] for m in metrics} == {1, 2, 3}  # once per optimizer step, none at 0
     assert "train_loss" in metrics[0]["metrics"] and "lr" in metrics[0]["metrics"]
     assert any("val_loss" in m["metrics"] and m["step"] == 2 for m in metrics)
+
+
+def test_metrics_every_n_steps(tmp_path: Path) -> None:
+    run_dir = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run_dir)
+    trainer = _trainer(kernel, Recorder(), metrics_every=2, max_steps=5)
+    trainer.fit(EX.DigitsModule(), EX.loaders()[0])
+    kernel.close()
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [2, 4]
 
 
 def test_pytorch_lightning_package_gets_its_own_callback_class(tmp_path: Path) -> None:

@@ -48,10 +48,17 @@ _VAL = ("val_epoch_end",)
 class _Hooks:
     """The hooks, shared by the ``lightning`` and ``pytorch_lightning`` callback classes."""
 
-    def __init__(self, kernel: HotKernel, *, checkpoint_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        kernel: HotKernel,
+        *,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        metrics_every: int = 1,
+    ) -> None:
         super().__init__()
         self.kernel = kernel
         self.checkpoint_dir = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
+        self.metrics_every = max(1, int(metrics_every))
         self._last_step: int | None = None
         self._trainer: Any = None
 
@@ -74,7 +81,8 @@ class _Hooks:
         }
         if opts:
             env["optimizer"] = opts[0]
-        if not accumulating:
+        # callback_metrics is most of this hook's cost (Lightning assembles it on each access)
+        if not accumulating and (phase == "val" or env["step"] % self.metrics_every == 0):
             metrics = dict(trainer.callback_metrics)
             if opts and "lr" not in metrics:
                 metrics["lr"] = opts[0].param_groups[0]["lr"]
@@ -142,6 +150,8 @@ class HotCBLightning(_Hooks, _pl.Callback):
             own, on the same run directory).
         checkpoint_dir: where a ``checkpoint`` command without a path saves
             (default ``<run dir>/checkpoints``).
+        metrics_every: forward ``trainer.callback_metrics`` every this many optimizer steps
+            (validation metrics always).
     """
 
 
