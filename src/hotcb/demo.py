@@ -376,14 +376,18 @@ def _default_run_dir(golden: bool) -> str:
     return path
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if the demo dies without cleaning up (e.g. SIGKILL)."""
-    try:
-        import ctypes
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Make the child stoppable however the demo was started: SIGINT back to its default (a
+    shell's ``cmd &`` starts programs with SIGINT ignored, and children inherit that), and on
+    Linux a SIGTERM when the demo dies without cleaning up (e.g. SIGKILL)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
 
 
 def _spawn(argv: Sequence[str], log_path: str | None = None) -> subprocess.Popen[bytes]:
@@ -395,7 +399,7 @@ def _spawn(argv: Sequence[str], log_path: str | None = None) -> subprocess.Popen
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_child_setup if os.name == "posix" else None,
         )
     finally:
         if out is not None:
@@ -566,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--step-delay", type=float, default=DEFAULT_STEP_DELAY)
         p.add_argument("--seed", type=int, default=0)
         a = p.parse_args(args[1:])
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        # SIGINT and SIGTERM both unwind the loop through kernel.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, interrupt)
         try:
             last = train(
                 a.run_dir,
