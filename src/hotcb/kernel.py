@@ -171,27 +171,30 @@ class HotKernel:
         except (KeyError, TypeError):
             self._warn("no_step", "HotKernel.apply(env) needs env['step']; call ignored")
             return
-        if not self._started:
-            self._start(env)
-        if "metrics" in env and self.metrics is not None:
-            self._log_metrics(env, step)
-        if self._sync is None:
-            self._countdown -= 1
-            if self._countdown <= 0:
-                self._countdown = self.debounce_steps
-                now = time.monotonic()
-                if now >= self._next_poll_time:
-                    self._next_poll_time = now + self.poll_interval_sec
-                    self._poll(env, step, events)
-        elif step >= self._next_poll_step:
-            self._next_poll_step = step - step % self.debounce_steps + self.debounce_steps
-            self._poll(env, step, events)
-        if step >= self._next_due:
-            self._run_due(env, step, events)
-        if self._event_modules:
-            self._dispatch(env, events)
-        if self._out:
-            self._flush()
+        try:
+            if not self._started:
+                self._start(env)
+            if "metrics" in env and self.metrics is not None:
+                self._log_metrics(env, step)
+            if self._sync is None:
+                self._countdown -= 1
+                if self._countdown <= 0:
+                    self._countdown = self.debounce_steps
+                    now = time.monotonic()
+                    if now >= self._next_poll_time:
+                        self._next_poll_time = now + self.poll_interval_sec
+                        self._poll(env, step, events)
+            elif step >= self._next_poll_step:
+                self._next_poll_step = step - step % self.debounce_steps + self.debounce_steps
+                self._poll(env, step, events)
+            if step >= self._next_due:
+                self._run_due(env, step, events)
+            if self._event_modules:
+                self._dispatch(env, events)
+            if self._out:
+                self._flush()
+        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
+            self._internal_error(exc)
 
     def register_actuator(self, actuator: HotcbActuator, *, replace: bool = False) -> None:
         """Expose one more parameter to commands (also possible while training runs)."""
@@ -1117,6 +1120,26 @@ class HotKernel:
             self.metrics.log(step, metrics, epoch=env.get("epoch"))
         except Exception as exc:
             self._warn("metrics", f"could not record metrics: {exc!r}")
+
+    def _internal_error(self, exc: Exception) -> None:
+        key = f"internal_{type(exc).__name__}"
+        if key not in self._warned:
+            log.error("hotcb: internal error in apply(); training continues", exc_info=exc)
+        self._warned.add(key)
+        try:
+            self._emit(
+                step=self._step,
+                event=self._event,
+                source="kernel",
+                module="kernel",
+                op="internal_error",
+                decision=Decision.FAILED.value,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(limit=8),
+            )
+            self._flush()
+        except Exception:
+            pass
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
