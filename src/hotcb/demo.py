@@ -472,6 +472,8 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (``hotcb demo &``)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     children: list[subprocess.Popen[bytes]] = []
     try:
         trainer = _spawn(
@@ -532,6 +534,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
         for proc in children:
             _stop(proc, signal.SIGINT, 10.0)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -135,7 +135,9 @@ def runs(tmp_path_factory: Any) -> Iterator[dict[str, Run]]:
     root = os.fspath(tmp_path_factory.mktemp("runs"))
     live = Run(os.path.join(root, "live"), "--golden", "--max-steps", "1000000",
                "--step-delay", "0.01")  # fmt: skip
-    baseline = Run(os.path.join(root, "baseline"), "--max-steps", "120", "--step-delay", "0")
+    # the pure-Python loop: no second torch start-up competing for the CPU
+    baseline = Run(os.path.join(root, "baseline"), "--synthetic", "--max-steps", "120",
+                   "--step-delay", "0")  # fmt: skip
     try:
         wait_for(lambda: live.last_step() >= 30, timeout=120, what="the live trainer's metrics")
         wait_for(lambda: os.path.exists(live.file("hotcb.actuators.json")), timeout=10)

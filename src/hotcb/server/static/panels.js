@@ -181,7 +181,7 @@ class Control {
       v = parseFor(this.act, text);
     } catch (err) {
       this.showStatus(err.message, "bad");
-      this.sync();
+      this.sync(true);
       return;
     }
     this.commit(v);
@@ -196,7 +196,7 @@ class Control {
     } catch (err) {
       this.root.classList.remove("is-sending");
       this.showStatus(err.message, "bad");
-      this.sync();
+      this.sync(true);
     }
   }
 
@@ -208,7 +208,7 @@ class Control {
     if (entry.decision === "applied") this.showStatus(`applied at step ${entry.step}`, "ok", 4000);
     else if (entry.decision === "scheduled") this.showStatus(`scheduled for step ${entry.at_step}`, "ok", 4000);
     else this.showStatus(`${entry.decision}: ${entry.error || "no reason given"}`, "bad", 10000);
-    this.sync();
+    this.sync(true);
     return true;
   }
 
@@ -239,10 +239,11 @@ class Control {
     if (!this.sending) this.setApplied(act.current);
   }
 
-  /** Show the applied value in the inputs (unless the user is typing in them). */
-  sync() {
+  /** Show the applied value in the inputs (unless the user is typing in them; `force` after
+   * the run answered a send, so a refused value never stays on screen). */
+  sync(force = false) {
     const v = this.value;
-    const focused = document.activeElement;
+    const focused = force ? null : document.activeElement;
     if (this.box) this.box.checked = !!v;
     if (this.select && focused !== this.select) this.select.value = String(v);
     if (this.num && focused !== this.num) this.num.value = v == null ? "" : fmtValue(v);
@@ -342,6 +343,7 @@ function impactCell(imp, metric) {
 export function describeEntry(e) {
   const what = [e.module, e.op].filter(Boolean).join(" ") + (e.id ? ` ${e.id}` : "");
   const lines = fmtChanges(e.changes);
+  if (e.checkpoint) lines.push(`saved ${e.checkpoint}`);
   if (!lines.length && e.params && Object.keys(e.params).length) {
     lines.push(
       Object.entries(e.params)
