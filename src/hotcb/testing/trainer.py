@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ready-file", help="touch this file after the first step")
     ap.add_argument("--no-code-load", action="store_true", help="HotKernel(allow_code_load=False)")
     ap.add_argument("--metrics-every", type=int, default=1)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: a tiny model gains nothing more)"
+    )
     return ap
 
 
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from hotcb import HotKernel, loss_actuators, mutable_state
     from hotcb.testing import TinyMLP, digits
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x, y = digits()
     model = TinyMLP(seed=args.seed)
