@@ -87,6 +87,8 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     lr_ctl = next(c for c in d["controls"] if c["key"] == "lr")
     assert lr_ctl["applied"] == pytest.approx(new_lr, rel=1e-6)
     assert lr_ctl["status"] == f"applied at step {entry['step']}"
+    shown = float(page.input_value('.ctl[data-key="lr"] input.num'))
+    assert shown == pytest.approx(new_lr, rel=1e-3)  # the box shows the applied value too
     marker = next(m for m in d["markers"] if m["seq"] == entry["seq"])
     assert marker["step"] == entry["step"] and marker["source"] == "dashboard"
 
@@ -113,13 +115,26 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     recon = [e for e in live.ledger() if e.get("changes", {}) and "recon" in e["changes"]]
     assert recon[-1]["decision"] == "applied" and recon[-1]["source"] == "dashboard"
     assert recon[-1]["module"] == "loss" and recon[-1]["changes"]["recon"]["new"] == 1.5
+    assert page.input_value('.ctl[data-key="recon"] input.num') == "1.5"
+
+    # a refused value is answered with the reason, and the box goes back to the applied one
+    page.fill('.ctl[data-key="parity"] input.num', "-1")
+    page.keyboard.press("Enter")
+    status = page.locator('.ctl[data-key="parity"] .ctl-status')
+    status.filter(has_text="rejected").wait_for()
+    assert "below the minimum" in status.inner_text()
+    assert page.input_value('.ctl[data-key="parity"] input.num') == "0.3"
+    assert next(c for c in debug(page)["controls"] if c["key"] == "parity")["applied"] == 0.3
 
     # the README screenshot: a live run, two changes on its curves, one explained
     wait_page(page, "d.impacts >= 2")
+    page.locator(f'#ledger-body tr[data-cmd="{recon[-1]["cmd_id"]}"] .imp-mean').wait_for()
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": 1440, "height": height})  # whole page, tooltip kept
     page.locator(f'.chart-card[data-group="loss:total"] .marker[data-seq="{entry["seq"]}"]').hover()
     tip.wait_for(state="visible")
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-    page.screenshot(path=SCREENSHOT, full_page=True)
+    page.screenshot(path=SCREENSHOT)
     page.mouse.move(5, 5)
     tip.wait_for(state="hidden")
 

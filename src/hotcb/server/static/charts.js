@@ -156,6 +156,10 @@ class ChartCard {
     this.plot = null;
     if (!this.series.length) return;
     const card = this;
+    // on a log axis, label and grid only the decades (1e-4, 1e-3, …)
+    const decades = this.log
+      ? { filter: (u, splits) => splits.map((v) => (Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9 ? v : null)) }
+      : {};
     const opts = {
       width: this.width(),
       height: 210,
@@ -177,13 +181,10 @@ class ChartCard {
         {
           stroke: "#6b7280",
           size: 56,
-          grid: { stroke: "#eef0f3" },
-          ticks: { stroke: "#e5e7eb" },
+          grid: { stroke: "#eef0f3", ...decades },
+          ticks: { stroke: "#e5e7eb", ...decades },
           values: (u, vals) => vals.map(fmtNum),
-          // on a log axis, label and grid only the decades (1e-4, 1e-3, …)
-          filter: this.log
-            ? (u, splits) => splits.map((v) => (Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9 ? v : null))
-            : undefined,
+          ...decades,
         },
       ],
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },

@@ -299,12 +299,15 @@ export class Controls {
 
   /** A ledger entry: confirm our sends; take applied values from its changes. */
   onEntry(entry) {
-    for (const c of this.controls.values()) c.resolve(entry);
-    if (entry.decision !== "applied" || !entry.changes) return;
-    for (const [k, ch] of Object.entries(entry.changes)) {
-      const c = this.controls.get(k);
-      if (c && ch && typeof ch === "object" && "new" in ch && !c.sending) c.setApplied(ch.new);
+    // values first, then the answer to our send: the box then shows the applied value
+    if (entry.decision === "applied" && entry.changes) {
+      for (const [k, ch] of Object.entries(entry.changes)) {
+        const c = this.controls.get(k);
+        const ours = c && (!c.sending || c.sending.cmd_id === entry.cmd_id);
+        if (ours && ch && typeof ch === "object" && "new" in ch) c.setApplied(ch.new);
+      }
     }
+    for (const c of this.controls.values()) c.resolve(entry);
   }
 
   debug() {
