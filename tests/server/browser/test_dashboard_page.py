@@ -236,3 +236,38 @@ def test_served_folder_is_the_run_itself(page: Any, runs: Any, serve_dir: Any) -
     assert d["step"] == 119
     assert {c["key"] for c in d["controls"]} == {"lr", "momentum", "reg", "noise"}
     assert chart(d, "Loss")["series"][0]["points"] == 120
+
+
+def test_metric_grouping_rule(page: Any, server: Any) -> None:
+    """The documented rule that puts metrics on charts (docs/demo.md)."""
+    page.goto(server.page_url("live"))
+    groups = page.evaluate(
+        """async (names) => {
+            const { groupMetrics } = await import('/static/charts.js');
+            const few = groupMetrics(names.slice(0, 8));
+            const many = groupMetrics(names);
+            const conf = groupMetrics(names.slice(0, 8), { "Throughput": ["throughput*"] });
+            const show = (gs) => Object.fromEntries(gs.map(g => [g.title, g.names]));
+            return { few: show(few), many: show(many), conf: show(conf) };
+        }""",
+        [
+            "train/loss", "val/loss", "lr", "lr@head", "train/acc", "grad_norm",
+            "throughput", "sys/mem_gb",
+            "train/loss_recon", "val/loss_recon", "train/kl",
+        ],
+    )  # fmt: skip
+    assert groups["few"] == {
+        "Loss": ["train/loss", "val/loss"],
+        "Accuracy": ["train/acc"],
+        "Learning rate": ["lr", "lr@head"],
+        "Gradients": ["grad_norm"],
+        "Other": ["throughput"],
+        "sys": ["sys/mem_gb"],
+    }
+    # more than four loss metrics: one chart per loss term, train and val together
+    assert groups["many"]["Loss"] == ["train/loss", "val/loss"]
+    assert groups["many"]["Loss · recon"] == ["train/loss_recon", "val/loss_recon"]
+    assert groups["many"]["Loss · kl"] == ["train/kl"]
+    # configured groups (chart.groups: title -> names or patterns) win
+    assert groups["conf"]["Throughput"] == ["throughput"]
+    assert "Other" not in groups["conf"]
