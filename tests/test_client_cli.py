@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -273,3 +274,27 @@ def test_client_wait_returns_the_final_entry_not_the_scheduled_one(run: Run, run
     entry = client.wait(cid, timeout=5)
     assert entry["decision"] == "applied" and entry["step"] == 3
     assert [e["decision"] for e in client.entries(cid)] == ["scheduled", "applied"]
+
+
+def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> None:
+    run.kernel.flush()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "--dir", run_dir, "log", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=SUBPROCESS_ENV,
+    )
+    try:
+        client = HotClient(run_dir, source="cli")
+        for v in (0.2, 0.3):
+            client.loss(smooth=v)
+            run.tick()
+        line1 = proc.stdout.readline()  # blocks until --follow prints: the wait is on output
+        line2 = proc.stdout.readline()
+        assert "loss set_params -> applied (smooth: 0.1 -> 0.2)" in line1
+        assert "loss set_params -> applied (smooth: 0.2 -> 0.3)" in line2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

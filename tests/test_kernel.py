@@ -510,3 +510,26 @@ def test_a_command_resent_after_a_restart_is_still_a_noop(run_dir: str) -> None:
     assert [e["decision"] for e in second.entries("retry-1")] == ["applied", "noop"]
     assert second.weights["aux"] == 0.0
     second.kernel.close()
+
+
+def test_no_change_lands_between_micro_batches(run_dir: str) -> None:
+    weights = {"aux": 0.0}
+    kernel = HotKernel(
+        run_dir, poll_interval_sec=0, mutable_state=mutable_state(loss_actuators(weights))
+    )
+    client = HotClient(run_dir)
+    kernel.apply({"step": 0})
+    now = client.loss(aux=0.5)
+    later = client.send("loss", "set_params", params={"aux": 0.7}, at_step=2)
+    for micro in range(4):  # step 1's micro-batches: nothing may change there
+        kernel.apply({"step": 1, "is_accumulation_step": micro < 3})
+        if micro < 3:
+            assert weights["aux"] == 0.0
+    for micro in range(4):
+        kernel.apply({"step": 2, "is_accumulation_step": micro < 3})
+        if micro < 3:
+            assert weights["aux"] == 0.5
+    kernel.close()
+    by_id = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["decision"] == "applied"}
+    assert by_id[now]["step"] == 1 and by_id[later]["step"] == 2
+    assert weights["aux"] == 0.7

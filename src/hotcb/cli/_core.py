@@ -209,28 +209,34 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
+    try:  # the size first: an entry written while the last N are read is then not missed
+        size = os.path.getsize(paths.ledger)
+    except OSError:
+        size = 0
     entries = (
         list(jsonl.iter_records(paths.ledger))
         if args.n == 0
         else jsonl.read_last(paths.ledger, args.n)
     )
+    shown = 0  # the highest seq printed, so nothing is printed twice either
 
     def show(e: dict[str, Any]) -> None:
+        nonlocal shown
         print(json.dumps(e) if args.json else fmt_entry(e), flush=True)
+        shown = max(shown, int(e.get("seq") or 0))
 
-    for e in entries:
-        show(e)
-    if not args.follow:
-        return 0
-    try:
-        size = os.path.getsize(paths.ledger)
-    except OSError:
-        size = 0
-    tail = jsonl.JsonlTail(paths.ledger, offset=size)
-    try:
+    try:  # Ctrl-C is how --follow ends, whenever it comes
+        for e in entries:
+            show(e)
+        if not args.follow:
+            return 0
+        tail = jsonl.JsonlTail(paths.ledger, offset=size)
         while True:
             for e in tail.read_records():
-                show(e)
+                if tail.reset:
+                    tail.reset, shown = False, 0
+                if int(e.get("seq") or 0) > shown or not e.get("seq"):
+                    show(e)
             time.sleep(0.2)
     except KeyboardInterrupt:
-        return 0
+        return 0 if args.follow else 130
