@@ -246,8 +246,9 @@ def test_bad_syntax_exits_2_without_a_traceback(run_dir: str, cli: Any, argv: tu
     res = cli(run_dir, *argv)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("hotcb")
-    assert "error:" in res.stderr.strip().splitlines()[-1]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr  # one line, no usage dump
+    assert lines[0].startswith("hotcb") and "error:" in lines[0] and "--help" in lines[0]
 
 
 def test_status_of_a_missing_run_directory_is_an_error(tmp_path: Any, cli: Any) -> None:
