@@ -160,7 +160,13 @@ class Server:
     def start(self) -> None:
         argv = [sys.executable, "-m", "hotcb", "--dir", self.root, "serve",
                 "--port", str(self.port), "--token", TOKEN]  # fmt: skip
-        env = dict(ENV, HOTCB_UI__STALE_AFTER_SEC="3", HOTCB_UI__RECONNECT_MAX_DELAY_SEC="1")
+        # small timers and a small first ledger page, so that the tests see them act
+        env = dict(
+            ENV,
+            HOTCB_UI__STALE_AFTER_SEC="3",
+            HOTCB_UI__RECONNECT_MAX_DELAY_SEC="1",
+            HOTCB_LEDGER_LIMIT="3",
+        )
         self.log = open(os.path.join(self.root, f"serve-{self.port}.log"), "ab")  # noqa: SIM115
         start = self.log.tell()
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -62,7 +62,9 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     assert page.locator('.ctl[data-key="betas"] input.num').count() == 1
     lr_before = keys["lr"]["applied"]
 
-    # move the lr slider (keyboard: one PageDown is one change event)
+    # move the lr slider (keyboard: one PageDown is one change event), after the demo's lr
+    # warm-up (200 steps), so the scheduler does not move lr on from the value that was set
+    wait_for(lambda: live.last_step() > 205, timeout=30, what="the end of the lr warm-up")
     page.focus('.ctl[data-key="lr"] input[type=range]')
     page.keyboard.press("PageDown")
     d = wait_page(page, "d.controls.find(c => c.key === 'lr').sending")
@@ -191,6 +193,17 @@ def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None
     wait_for(lambda: live.last_step() > paused_at + 5, timeout=15, what="training to resume")
     decisions = [(e["op"], e["decision"]) for e in live.ledger() if e["module"] == "control"]
     assert ("pause", "applied") in decisions and ("resume", "applied") in decisions
+
+    # a fresh page shows the newest entries first (ledger_limit is 3 here); "older…" the rest
+    page.reload()
+    wait_page(page, "d.ledger === 3")
+    page.click("#ledger-older")
+    n = len(live.ledger())
+    wait_page(
+        page, f"d.ledger >= {n} && document.querySelectorAll('#ledger-body tr').length >= {n}"
+    )
+    rows = page.locator("#ledger-body tr").evaluate_all("rs => rs.map(r => +r.dataset.seq)")
+    assert rows == sorted(rows, reverse=True) and len(rows) == debug(page)["ledger"]
 
 
 def test_overlay_and_stale_banner(page: Any, server: Any, runs: Any) -> None:

@@ -21,6 +21,7 @@ const app = {
   compare: new Set(),
   data: new Map(), // runId → {runId, label, series: Map name → {step, value}, lastStep, lastRecv, loading, buffer}
   ledger: [],
+  ledgerLimit: 200,
   seqs: new Set(),
   undone: new Set(),
   actuators: [],
@@ -55,6 +56,7 @@ function ago(sec) {
 }
 
 function setUrl() {
+  if (app.runId != null) document.title = `${runLabel(app.runId)} · hotcb`;
   const q = new URLSearchParams(location.search);
   if (app.runId != null) q.set("run", app.runId);
   if (app.compare.size) q.set("compare", [...app.compare].join(","));
@@ -162,10 +164,14 @@ async function loadMetrics(runId, gen) {
 // ----------------------------------------------------------------------------- ledger
 function addEntries(entries) {
   let added = false;
+  let outOfOrder = false;
+  let maxSeq = app.ledger.length ? app.ledger[app.ledger.length - 1].seq ?? 0 : -Infinity;
   for (const e of entries) {
     if (e.seq != null) {
       if (app.seqs.has(e.seq)) continue;
       app.seqs.add(e.seq);
+      if (e.seq < maxSeq) outOfOrder = true;
+      maxSeq = Math.max(maxSeq, e.seq);
     }
     app.ledger.push(e);
     if (e.undo_of && e.decision === "applied") app.undone.add(e.undo_of);
@@ -177,10 +183,8 @@ function addEntries(entries) {
     added = true;
   }
   if (!added) return;
-  if (app.ledger.length > 1 && app.ledger[app.ledger.length - 1].seq < app.ledger[app.ledger.length - 2].seq) {
-    app.ledger.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
-  }
-  const max = 5000;
+  if (outOfOrder) app.ledger.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+  const max = Math.max(5000, app.ledgerLimit);
   if (app.ledger.length > max) app.ledger.splice(0, app.ledger.length - max);
   app.dirty.ledger = true;
   app.dirty.charts = true; // markers
@@ -218,8 +222,11 @@ async function loadPrimary(runId, gen, reset) {
       controls.setActuators(app.actuators);
       fillSchedulerKeys();
     }),
-    api(runUrl(runId, "ledger", { limit: app.cfg.ledger_limit || 200 })).then((res) => {
-      if (gen === app.generation) addEntries(res.entries || []);
+    api(runUrl(runId, "ledger", { limit: app.ledgerLimit })).then((res) => {
+      if (gen !== app.generation) return;
+      addEntries(res.entries || []);
+      // the newest `limit` entries came back: there may be older ones
+      $("ledger-older").hidden = (res.entries || []).length < app.ledgerLimit;
     }),
     loadMetrics(runId, gen),
   ];
@@ -232,7 +239,10 @@ async function loadPrimary(runId, gen, reset) {
 
 async function loadAll({ reset = true } = {}) {
   const gen = ++app.generation;
-  if (reset) app.data = new Map();
+  if (reset) {
+    app.data = new Map();
+    app.ledgerLimit = app.cfg.ledger_limit || 200;
+  }
   const runIds = [app.runId, ...[...app.compare].filter((r) => r !== app.runId)];
   sock.subscribe(runIds);
   await Promise.all([loadPrimary(app.runId, gen, reset), ...runIds.slice(1).map((r) => loadMetrics(r, gen))]);
@@ -355,6 +365,11 @@ function setFreeze(mode) {
 function fillSchedulerKeys() {
   const sel = $("sched-key");
   const keep = sel.value;
+  const keys = app.actuators.map((a) => a.param_key).join("|");
+  if ([...sel.options].map((o) => o.value).join("|") === keys) {
+    updateSchedPlaceholder(); // same parameters: leave the select alone (it may be open)
+    return;
+  }
   sel.textContent = "";
   for (const a of app.actuators) sel.append(new Option(`${a.param_key} (${a.group})`, a.param_key));
   if (keep) sel.value = keep;
@@ -613,8 +628,22 @@ function renderCharts() {
   if (names !== $("impact-metric").options.length) fillImpactMetrics();
 }
 
+async function loadOlderEntries() {
+  app.ledgerLimit = Math.min(app.ledgerLimit * 4, app.cfg.ledger_max_entries || 50000);
+  const gen = app.generation;
+  try {
+    const res = await api(runUrl(app.runId, "ledger", { limit: app.ledgerLimit }));
+    if (gen !== app.generation) return;
+    addEntries(res.entries || []);
+    $("ledger-older").hidden = (res.entries || []).length < app.ledgerLimit;
+  } catch (err) {
+    toast(`ledger: ${err.message}`, "bad");
+  }
+}
+
 function renderLedger() {
   ledgerTable.render(app.ledger, {
+    maxRows: Math.max(300, app.ledgerLimit || 0),
     impacts: app.impacts,
     metric: app.impactMetric,
     undone: app.undone,
@@ -692,6 +721,7 @@ function wire() {
     refreshImpacts();
   });
   $("impact-window").addEventListener("change", () => refreshImpacts());
+  $("ledger-older").addEventListener("click", loadOlderEntries);
   $("smoothing").addEventListener("change", (ev) => {
     charts.opts.smoothing = Number(ev.target.value);
     app.dirty.charts = true;
