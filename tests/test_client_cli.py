@@ -295,3 +295,13 @@ def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> N
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_dir_is_accepted_after_the_command_too(run_dir: str, cli: Any) -> None:
+    res = cli(None, "opt", "set_params", "lr=1e-3", "--dir", run_dir)
+    assert res.returncode == 0, res.stderr
+    record = list(jsonl.iter_records(RunPaths(run_dir).commands))[-1]
+    assert record["params"] == {"lr": 1e-3}
+    before = cli(run_dir, "status", "--json").stdout
+    after = cli(None, "status", "--json", "--dir", run_dir).stdout
+    assert json.loads(before)["run_dir"] == json.loads(after)["run_dir"] == os.path.abspath(run_dir)

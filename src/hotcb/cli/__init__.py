@@ -50,7 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in _GROUPS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
+    _accept_dir_anywhere(parser)
     return parser
+
+
+def _accept_dir_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``hotcb serve --dir D`` works as well as ``hotcb --dir D serve``."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if not any("--dir" in a.option_strings for a in child._actions):
+                child.add_argument(
+                    "--dir",
+                    "-d",
+                    default=argparse.SUPPRESS,
+                    help="run directory (same as hotcb --dir)",
+                )
+            _accept_dir_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
