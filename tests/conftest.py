@@ -114,7 +114,13 @@ def start_trainer() -> Iterator[Any]:
         t.kill()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def trainer_class() -> type[Trainer]:
+    """The :class:`Trainer` process wrapper, for module-scoped fixtures that start their own."""
+    return Trainer
+
+
+@pytest.fixture(scope="session")
 def cli() -> Any:
     """The :func:`hotcb_cli` runner, as a fixture (test folders need not import conftest)."""
     return hotcb_cli

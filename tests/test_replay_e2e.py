@@ -62,9 +62,9 @@ def _cb_trace(run_dir: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def steered(tmp_path_factory: Any) -> dict[str, Any]:
+def steered(tmp_path_factory: Any, trainer_class: Any, cli: Any) -> dict[str, Any]:
     """Run A, steered live, and its exported recipe (shared by the replay tests)."""
-    from conftest import Trainer, hotcb_cli
+    Trainer, hotcb_cli = trainer_class, cli  # noqa: N806
 
     root = tmp_path_factory.mktemp("replay")
     a_dir = os.fspath(root / "A")
@@ -118,9 +118,9 @@ patches:
 
 
 @pytest.fixture(scope="module")
-def replays(steered: dict[str, Any]) -> dict[str, Any]:
+def replays(steered: dict[str, Any], trainer_class: Any, cli: Any) -> dict[str, Any]:
     """Runs B (replay) and C (replay_adjusted) of A's recipe, started together, unsteered."""
-    from conftest import Trainer, hotcb_cli
+    Trainer, hotcb_cli = trainer_class, cli  # noqa: N806
 
     root = steered["root"]
     recipe = [json.loads(line) for line in open(steered["recipe"])][1:]

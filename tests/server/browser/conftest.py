@@ -59,7 +59,7 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float =
 
 
 # ------------------------------------------------------------------------------ browser
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: its event loop would outlive the module
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):

@@ -219,7 +219,7 @@ async function loadPrimary(runId, gen, reset) {
     api(runUrl(runId, "actuators")).then((res) => {
       if (gen !== app.generation) return;
       app.actuators = res.actuators || [];
-      controls.setActuators(app.actuators);
+      controls.setActuators(app.actuators, res.step);
       fillSchedulerKeys();
     }),
     api(runUrl(runId, "ledger", { limit: app.ledgerLimit })).then((res) => {
@@ -534,7 +534,7 @@ function onMessage(msg) {
     case "actuators":
       if (msg.run === app.runId && msg.doc) {
         app.actuators = msg.doc.actuators || [];
-        controls.setActuators(app.actuators);
+        controls.setActuators(app.actuators, msg.doc.step);
         fillSchedulerKeys();
       }
       break;

@@ -224,19 +224,23 @@ class Control {
     }
   }
 
-  setApplied(value) {
+  setApplied(value, step) {
+    if (step != null) this.appliedStep = step;
     this.value = value;
     this.applied.textContent = fmtValue(value);
     this.sync();
   }
 
-  update(act) {
+  /** `docStep`: the step the actuators file was written at. A file older than the ledger entry
+   *  that last set this value (the two arrive on separate channels) must not undo it. */
+  update(act, docStep) {
     const disabled = act.state === "disabled";
     this.act = { ...this.act, ...act };
     this.root.classList.toggle("disabled", disabled);
     for (const inp of this.root.querySelectorAll("input, select")) inp.disabled = disabled;
     if (disabled) this.showStatus(`disabled: ${act.last_error || "too many failures"}`, "bad");
-    if (!this.sending) this.setApplied(act.current);
+    const stale = docStep != null && this.appliedStep != null && docStep < this.appliedStep;
+    if (!this.sending && !stale) this.setApplied(act.current);
   }
 
   /** Show the applied value in the inputs (unless the user is typing in them; `force` after
@@ -266,7 +270,7 @@ export class Controls {
     this.signature = "";
   }
 
-  setActuators(list) {
+  setActuators(list, docStep) {
     const sig = list.map((a) => `${a.group}:${a.param_key}:${a.type}`).join("|");
     if (sig !== this.signature) {
       this.signature = sig;
@@ -293,7 +297,7 @@ export class Controls {
         this.root.append(box);
       }
     }
-    for (const a of list) this.controls.get(a.param_key)?.update(a);
+    for (const a of list) this.controls.get(a.param_key)?.update(a, docStep);
     this.note.textContent = list.length ? `${list.length} from the run` : "";
   }
 
@@ -304,7 +308,7 @@ export class Controls {
       for (const [k, ch] of Object.entries(entry.changes)) {
         const c = this.controls.get(k);
         const ours = c && (!c.sending || c.sending.cmd_id === entry.cmd_id);
-        if (ours && ch && typeof ch === "object" && "new" in ch) c.setApplied(ch.new);
+        if (ours && ch && typeof ch === "object" && "new" in ch) c.setApplied(ch.new, entry.step);
       }
     }
     for (const c of this.controls.values()) c.resolve(entry);
