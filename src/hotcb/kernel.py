@@ -600,17 +600,7 @@ class HotKernel:
             )
             return
         self._remember(op.cmd_id)
-        if (
-            op.module != "freeze"
-            and not self.freeze.accepts_live
-            and op.source not in INTERNAL_SOURCES
-        ):
-            self._emit_op(
-                op,
-                step,
-                Decision.IGNORED_FREEZE,
-                error=f"freeze mode is {self.freeze.mode.value}; send 'freeze --mode off' to steer",
-            )
+        if self._frozen_out(op, step):
             return
         if op.at_step is not None and op.at_step > step:
             self._check_schedulable(op, step)
@@ -655,6 +645,19 @@ class HotKernel:
             self._remember(op.cmd_id)
             self._schedule.push(int(entry.get("at_step") or 0), op)
 
+    def _frozen_out(self, op: HotOp, step: int) -> bool:
+        """Ledger ``op`` as ``ignored_freeze`` when the freeze mode refuses it."""
+        if op.module == "freeze" or self.freeze.accepts_live or op.source in INTERNAL_SOURCES:
+            return False
+        mode = self.freeze.mode.value
+        self._emit_op(
+            op,
+            step,
+            Decision.IGNORED_FREEZE,
+            error=f"freeze mode is {mode}; send 'hotcb freeze --mode off' to steer",
+        )
+        return True
+
     def _remember(self, cmd_id: str) -> None:
         self._seen.add(cmd_id)
         self._seen_order.append(cmd_id)
@@ -693,19 +696,8 @@ class HotKernel:
         self._event = events[0] if events else "train_step_end"
         for source in list(self._sources):
             for op in source.pop_due(step, events):
-                if (
-                    op.module != "freeze"
-                    and not self.freeze.accepts_live
-                    and op.source not in INTERNAL_SOURCES
-                ):
-                    self._emit_op(
-                        op,
-                        step,
-                        Decision.IGNORED_FREEZE,
-                        error=f"freeze mode is {self.freeze.mode.value}",
-                    )
-                    continue
-                self._execute(op, env, step)
+                if not self._frozen_out(op, step):
+                    self._execute(op, env, step)
         if self._ramps:
             self._advance_ramps(env, step)
         if self._ckpt_due:

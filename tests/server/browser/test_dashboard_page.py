@@ -70,10 +70,9 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     # move the lr slider (keyboard: one PageDown is one change event), after the demo's lr
     # warm-up (200 steps), so the scheduler does not move lr on from the value that was set
     wait_for(lambda: live.last_step() > 205, timeout=30, what="the end of the lr warm-up")
-    page.focus('.ctl[data-key="lr"] input[type=range]')
-    page.keyboard.press("PageDown")
-    d = wait_page(page, "d.controls.find(c => c.key === 'lr').sending")
-    cmd_id = next(c for c in d["controls"] if c["key"] == "lr")["sending"]["cmd_id"]
+    page.locator('.ctl[data-key="lr"] input[type=range]').press("PageDown")
+    d = wait_page(page, "d.controls.find(c => c.key === 'lr').lastSent")
+    cmd_id = next(c for c in d["controls"] if c["key"] == "lr")["lastSent"]["cmd_id"]
 
     # the kernel applied it, and the ledger says the dashboard asked
     entry = wait_for(lambda: live.entry(cmd_id), timeout=15, what="the lr command's ledger entry")

@@ -79,9 +79,10 @@ function softRange(act, value) {
 }
 
 class Control {
-  constructor(act, send) {
+  constructor(act, send, answered = () => undefined) {
     this.act = act;
     this.send = send;
+    this.answered = answered; // cmd_id → ledger entry already seen (it can beat the POST reply)
     this.sending = null; // {cmd_id, value}
     this.root = el("div", "ctl");
     this.root.dataset.key = act.param_key;
@@ -193,6 +194,9 @@ class Control {
     try {
       const cmdId = await this.send(this.act, value);
       this.sending = { cmd_id: cmdId, value };
+      this.lastSent = this.sending;
+      const early = this.answered(cmdId);
+      if (early) this.resolve(early);
     } catch (err) {
       this.root.classList.remove("is-sending");
       this.showStatus(err.message, "bad");
@@ -268,6 +272,7 @@ export class Controls {
     this.send = send;
     this.controls = new Map();
     this.signature = "";
+    this.answered = new Map(); // recent ledger entries by cmd_id (bounded)
   }
 
   setActuators(list, docStep) {
@@ -290,7 +295,7 @@ export class Controls {
         box.dataset.group = g;
         box.append(el("h4", null, titles[g] || g));
         for (const a of acts) {
-          const c = new Control(a, this.send);
+          const c = new Control(a, this.send, (id) => this.answered.get(id));
           this.controls.set(a.param_key, c);
           box.append(c.root);
         }
@@ -303,6 +308,8 @@ export class Controls {
 
   /** A ledger entry: confirm our sends; take applied values from its changes. */
   onEntry(entry) {
+    this.answered.set(entry.cmd_id, entry);
+    if (this.answered.size > 500) this.answered.delete(this.answered.keys().next().value);
     // values first, then the answer to our send: the box then shows the applied value
     if (entry.decision === "applied" && entry.changes) {
       for (const [k, ch] of Object.entries(entry.changes)) {
@@ -321,6 +328,7 @@ export class Controls {
       group: c.act.group,
       applied: c.value,
       sending: c.sending,
+      lastSent: c.lastSent || null,
       status: c.status.textContent,
     }));
   }
