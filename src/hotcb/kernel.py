@@ -633,13 +633,8 @@ class HotKernel:
             cid = entry.get("cmd_id")
             if int(entry.get("seq") or 0) <= after_seq or cid in queued:
                 continue
-            record = {k: entry.get(k) for k in _RESUME_FIELDS}
-            for k in (*_RESUME_EXTRA, "at_step", "source"):
-                if k in entry:
-                    record[k] = entry[k]
-            try:
-                op = command_to_hotop(record, extra_ops=module_ops())
-            except CommandError:
+            op = _op_from_entry(entry, ("at_step", "source"))
+            if op is None:
                 continue
             op.cursor = int(entry.get("cursor") or 0)
             self._remember(op.cmd_id)
@@ -1188,16 +1183,9 @@ class HotKernel:
                 continue
             if module == "control" and name in ("pause", "resume", "checkpoint", "stop"):
                 continue
-            record = {k: entry.get(k) for k in _RESUME_FIELDS}
-            for k in _RESUME_EXTRA:
-                if k in entry:
-                    record[k] = entry[k]
-            if entry.get("undo_of"):
-                record["params"] = {"cmd_id": entry["undo_of"]}
-            record["source"] = "resume"
-            try:
-                op = command_to_hotop(record, extra_ops=module_ops())
-            except CommandError:
+            params = {"cmd_id": entry["undo_of"]} if entry.get("undo_of") else entry.get("params")
+            op = _op_from_entry(entry, source="resume", params=params)
+            if op is None:
                 continue
             queued.add(op.cmd_id)
             self._schedule.push(int(entry.get("step") or 0), op)
@@ -1216,3 +1204,19 @@ _RESUME_FIELDS = (
     "transition",
 )
 _RESUME_EXTRA = ("mode", "recipe_path", "adjust_path", "step_offset", "source_capture")
+
+
+def _op_from_entry(
+    entry: Mapping[str, Any], keep: Sequence[str] = (), **override: Any
+) -> HotOp | None:
+    """The op a ledger entry recorded, to apply it again (resume, a restarted schedule);
+    None when the entry no longer validates."""
+    record = {k: entry.get(k) for k in _RESUME_FIELDS}
+    for k in (*_RESUME_EXTRA, *keep):
+        if k in entry:
+            record[k] = entry[k]
+    record.update(override)
+    try:
+        return command_to_hotop(record, extra_ops=module_ops())
+    except CommandError:
+        return None
