@@ -305,3 +305,16 @@ def test_dir_is_accepted_after_the_command_too(run_dir: str, cli: Any) -> None:
     before = cli(run_dir, "status", "--json").stdout
     after = cli(None, "status", "--json", "--dir", run_dir).stdout
     assert json.loads(before)["run_dir"] == json.loads(after)["run_dir"] == os.path.abspath(run_dir)
+
+
+def test_status_says_whether_the_run_is_running_or_stopped(run_dir: str, cli: Any) -> None:
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    kernel.flush()
+    assert json.loads(cli(run_dir, "status", "--json").stdout)["state"] == "running"
+    HotClient(run_dir).stop()
+    kernel.apply({"step": 1, "metrics": {"loss": 0.9}})
+    kernel.close()
+    assert kernel.stop_requested
+    res = cli(run_dir, "status")
+    assert res.stdout.splitlines()[0].endswith("[stopped]")

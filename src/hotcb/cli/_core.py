@@ -144,10 +144,27 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "pending": pending_scheduled(paths.ledger),
         "ledger": ledger_tail,
     }
+    status["state"] = _run_state(paths, status["last_metrics"])
     hook = _recipe_status_hook()
     if hook is not None:
         status.update(hook(paths))
     return status
+
+
+def _run_state(paths: RunPaths, last_metrics: dict[str, Any] | None) -> str:
+    """paused / stopped / running / idle, from the ledger's last control entry and how fresh
+    the metrics are (the CLI runs in another process: the files are all it has)."""
+    state = "running"
+    for e in jsonl.read_last(paths.ledger, 500):
+        if e.get("module") == "control" and e.get("decision") == "applied":
+            state = {"pause": "paused", "resume": "running", "stop": "stopped"}.get(
+                e.get("op"), state
+            )
+    if state == "running":
+        age = time.time() - float((last_metrics or {}).get("wall_time") or 0)
+        if age > 30:
+            state = "idle (no metrics for 30 s)" if last_metrics else "not started"
+    return state
 
 
 def _recipe_status_hook():  # type: ignore[no-untyped-def]
@@ -168,7 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, default=str))
         return 0
     run = st["run"]
-    print(f"run      {st['run_dir']}")
+    print(f"run      {st['run_dir']}  [{st['state']}]")
     if run:
         print(
             f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
