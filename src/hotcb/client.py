@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from . import jsonl
 from .errors import CommandError
 from .ops import make_command
-from .runfiles import RunPaths
+from .runfiles import RunPaths, is_network_fs
 
 __all__ = ["HotClient", "route_keys"]
 
@@ -51,6 +53,7 @@ class HotClient:
         self.paths = RunPaths(os.fspath(run_dir))
         self.run_dir = self.paths.root
         self.source = source
+        self._checked_host = False
 
     # -- raw -------------------------------------------------------------------------------
     def send(self, module: str, op: str, **fields: Any) -> str:
@@ -58,8 +61,25 @@ class HotClient:
         fields.setdefault("source", self.source)
         record = make_command(module, op, **fields)
         os.makedirs(self.run_dir, exist_ok=True)
+        if not self._checked_host:
+            self._checked_host = True
+            self._warn_if_remote_writer()
         jsonl.append(self.paths.commands, record)
         return str(record["cmd_id"])
+
+    def _warn_if_remote_writer(self) -> None:
+        """Appending from another host to a run on a network filesystem can tear lines:
+        say so once (the trainer's host is in ``hotcb.run.json``)."""
+        meta = jsonl.read_json(self.paths.run_meta, {}) or {}
+        host, fstype = meta.get("host"), meta.get("filesystem")
+        if host and host != socket.gethostname() and is_network_fs(fstype):
+            warnings.warn(
+                f"this run trains on {host} and its directory is on {fstype}: appends from "
+                f"{socket.gethostname()} are not serialised with the trainer's host. Send "
+                f"commands through 'hotcb serve' on {host} instead (docs/core.md).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def send_record(self, record: Mapping[str, Any]) -> str:
         """Append a prepared record (missing cmd_id/ts/source are filled in)."""

@@ -30,7 +30,7 @@ from .metrics import MetricsCollector
 from .modules import create_module, module_ops, module_specs
 from .modules._base import HotModule, OpResult
 from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths
+from .runfiles import FORMAT_VERSION, RunPaths, filesystem_type, is_network_fs
 
 __all__ = ["HotKernel"]
 
@@ -451,6 +451,14 @@ class HotKernel:
                 self._warn(f"restore_{key}", f"could not restore actuator {key!r}: {exc!r}")
 
     def _write_run_meta(self) -> None:
+        fstype = filesystem_type(self.run_dir)
+        if is_network_fs(fstype):
+            self._warn(
+                "network_fs",
+                f"run directory {self.run_dir} is on {fstype}: flock does not serialise appends "
+                "from several hosts. Send commands from this host, or from elsewhere through "
+                "'hotcb serve' running here (see docs/core.md, Shared filesystems).",
+            )
         meta = jsonl.read_json(self.paths.run_meta, {}) or {}
         now = time.time()
         meta.setdefault("created", now)
@@ -463,6 +471,7 @@ class HotKernel:
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
                 "run_dir": self.run_dir,
+                "filesystem": fstype,
             }
         )
         meta.update(self._run_meta)

@@ -78,6 +78,36 @@ class RunPaths:
         return self._p(CONFIG_YAML)
 
 
+#: Filesystems on which flock does not serialise appends from several hosts.
+NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs", "ceph"}
+)
+
+
+def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``…), or None when it cannot
+    be told cheaply (not Linux)."""
+    try:
+        with open(mounts) as f:
+            table = [line.split() for line in f]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, fstype = "", None
+    for fields in table:
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[2]
+    return fstype
+
+
+def is_network_fs(fstype: str | None) -> bool:
+    return fstype is not None and (fstype in NETWORK_FS or fstype.startswith("nfs"))
+
+
 def is_run_dir(path: str) -> bool:
     """True when ``path`` holds any hotcb file (commands, ledger, metrics or run metadata)."""
     return any(

@@ -12,7 +12,7 @@ from typing import Any
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import pending_scheduled
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, is_network_fs
 from ._common import add_wait, client, finish, fmt_entry, fmt_value, parse_kv
 
 
@@ -190,6 +190,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
         )
+        if is_network_fs(run.get("filesystem")):
+            print(
+                f"         on {run['filesystem']}: send commands from {run.get('host')} "
+                "or through 'hotcb serve' there"
+            )
     fr = st["freeze"]
     extra = f" recipe={fr['recipe_path']}" if fr.get("recipe_path") else ""
     print(f"freeze   {fr['mode']}{extra}")
