@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,7 +124,7 @@ def replays(steered: dict[str, Any], trainer_class: Any, cli: Any) -> dict[str, 
     Trainer, hotcb_cli = trainer_class, cli  # noqa: N806
 
     root = steered["root"]
-    recipe = [json.loads(line) for line in open(steered["recipe"])][1:]
+    recipe = [json.loads(line) for line in Path(steered["recipe"]).read_text().splitlines()][1:]
     lr_first = next(e for e in recipe if e["module"] == "opt")
     overlay = os.fspath(root / "hotcb.adjust.yaml")
     with open(overlay, "w") as f:
@@ -199,7 +200,7 @@ def test_adjusted_replay_follows_the_overlay(
     ]
     assert got == expected
     assert all(e["decision"] == "applied" for e in c_ledger if e["source"] == "recipe")
-    trace = [json.loads(line) for line in open(replays["c_trace"])]
+    trace = [json.loads(line) for line in Path(replays["c_trace"]).read_text().splitlines()]
     assert all(row["weights"]["l2"] == 0.0 for row in trace)  # the dropped change never happened
     shifted = lr_first["at"]["step"] + 15
     assert trace[shifted - 1]["lr"] != lr_first["params"]["lr"]

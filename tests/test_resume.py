@@ -315,7 +315,7 @@ def test_resume_of_a_killed_trainer_matches_an_uninterrupted_run(
         (live["step"], "opt", "set_params"),
         (250, "loss", "set_params"),
     ]
-    resumed_trace = [json.loads(line) for line in open(tmp_path / "t2.jsonl")]
+    resumed_trace = [json.loads(line) for line in (tmp_path / "t2.jsonl").read_text().splitlines()]
     assert resumed_trace[0]["step"] == 151 and resumed_trace[-1]["step"] == 299
     a, b = torch.load(resumed_w), torch.load(whole_w)
     assert all(torch.equal(a[k], b[k]) for k in a)
