@@ -54,3 +54,34 @@ def test_readme_quickstart_trains_and_is_steerable(tmp_path: Path) -> None:
     assert applied[0]["changes"]["lr"]["new"] == 5e-4
     metrics = (run_dir / "hotcb.metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 60
+
+
+@pytest.mark.slow
+def test_bare_loop_example_trains_and_obeys_the_cli(tmp_path: Path) -> None:
+    """README set-up: `python examples/bare_loop.py` steered by `hotcb set` from outside."""
+    run_dir = tmp_path / "digits"
+    example = README.parent / "examples" / "bare_loop.py"
+    hotcb = [sys.executable, "-m", "hotcb", "--dir", str(run_dir)]
+    sent = subprocess.run(
+        [*hotcb, "set", "aux_weight=0.0", "lr=2e-3", "--at-step", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    result = subprocess.run(
+        [sys.executable, str(example), "--run-dir", str(run_dir), "--steps", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "done: loss" in result.stdout
+    log = subprocess.run([*hotcb, "log", "-n", "0"], capture_output=True, text=True, timeout=60)
+    applied = [line for line in log.stdout.splitlines() if "-> applied" in line]
+    assert any("aux_weight: 0.0001 -> 0" in line and "step 20" in line for line in applied), (
+        log.stdout
+    )
+    assert any("lr:" in line and "-> 0.002" in line and "step 20" in line for line in applied), (
+        log.stdout
+    )
