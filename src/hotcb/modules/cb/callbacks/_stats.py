@@ -13,8 +13,14 @@ from .._protocol import CallbackBase
 Env = Mapping[str, Any]
 
 
-def _due(step: Any, every: int) -> bool:
-    return every <= 1 or (isinstance(step, int) and step % every == 0)
+def _due_step(event: str, env: Env, every: int) -> Any:
+    """The step when this is a ``train_step_end`` on a multiple of ``every``, else None."""
+    if event != "train_step_end":
+        return None
+    step = env.get("step", 0)
+    if every <= 1 or (isinstance(step, int) and step % every == 0):
+        return step
+    return None
 
 
 class SystemStatsCallback(CallbackBase):
@@ -68,10 +74,8 @@ class SystemStatsCallback(CallbackBase):
         return out
 
     def handle(self, event: str, env: Env) -> None:
-        if event != "train_step_end":
-            return
-        step = env.get("step", 0)
-        if not _due(step, self.every_steps):
+        step = _due_step(event, env, self.every_steps)
+        if step is None:
             return
         self.last = self.sample()
         self.log_metrics(step, self.last, env.get("epoch"))
@@ -103,10 +107,8 @@ class TensorStatsCallback(CallbackBase):
         self.last: dict[str, float] = {}
 
     def handle(self, event: str, env: Env) -> None:
-        if event != "train_step_end":
-            return
-        step = env.get("step", 0)
-        if not _due(step, self.every_steps):
+        step = _due_step(event, env, self.every_steps)
+        if step is None:
             return
         out: dict[str, float] = {}
         for key in self.keys:
@@ -159,10 +161,8 @@ class GradStatsCallback(CallbackBase):
         self.last: dict[str, float] = {}
 
     def handle(self, event: str, env: Env) -> None:
-        if event != "train_step_end":
-            return
-        step = env.get("step", 0)
-        if not _due(step, self.every_steps):
+        step = _due_step(event, env, self.every_steps)
+        if step is None:
             return
         model = env.get("model")
         if model is None or not hasattr(model, "named_parameters"):
