@@ -367,10 +367,11 @@ def test_control_stop_and_checkpoint_call_the_env_callables(loop: Loop) -> None:
         "request_stop": lambda: stopped.append(True),
     }
     loop.run(1)
-    ck = loop.client.checkpoint("/tmp/wanted.pt")
+    wanted = os.path.join(os.path.realpath(loop.paths.root), "ckpt", "wanted.pt")
+    ck = loop.client.checkpoint("ckpt/wanted.pt")  # relative to the run directory
     loop.run(1)
-    assert saved == ["/tmp/wanted.pt"]
-    assert loop.only(ck)["checkpoint"] == "/tmp/wanted.pt"
+    assert saved == [wanted]
+    assert loop.only(ck)["checkpoint"] == wanted
     stop = loop.client.stop()
     loop.run(1)
     assert loop.kernel.stop_requested and stopped == [True]
@@ -455,7 +456,7 @@ def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loo
     loop.run(1)
     with open(loop.paths.commands, "ab") as f:
         f.write(b'{"cmd_id":"x","module":"opt","op":"set_params","params":{"lr":"\xff"}}\n')
-        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        f.write(b"[" * 30_000 + b"]" * 30_000 + b"\n")
     cid = loop.client.loss(aux=0.5)  # after the bad lines: still applied
     loop.run(2)
     bad = [e for e in loop.ledger() if e["cmd_id"].startswith("@")]

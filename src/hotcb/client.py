@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import jsonl
-from .errors import CommandError
+from .errors import CommandError, JournalWriteError
 from .ops import make_command
 from .runfiles import RunPaths, is_network_fs
 
@@ -57,14 +57,24 @@ class HotClient:
 
     # -- raw -------------------------------------------------------------------------------
     def send(self, module: str, op: str, **fields: Any) -> str:
-        """Validate and append one command; return its ``cmd_id``."""
+        """Validate and append one command; return its ``cmd_id``.
+
+        Raises :class:`~hotcb.errors.JournalWriteError` (an ``OSError``) when the command could
+        not be written (disk full): nothing of it is in the file, and no ``cmd_id`` exists."""
         fields.setdefault("source", self.source)
         record = make_command(module, op, **fields)
         os.makedirs(self.run_dir, exist_ok=True)
         if not self._checked_host:
             self._checked_host = True
             self._warn_if_remote_writer()
-        jsonl.append(self.paths.commands, record)
+        try:
+            jsonl.append(self.paths.commands, record)
+        except JournalWriteError as exc:  # nothing was written: no cmd_id to wait on
+            raise JournalWriteError(
+                f"the command ({module} {op}) was not written: {exc}",
+                errno=exc.errno,
+                path=exc.path,
+            ) from exc
         return str(record["cmd_id"])
 
     def _warn_if_remote_writer(self) -> None:
@@ -142,6 +152,13 @@ class HotClient:
         adjust_path: str | None = None,
         step_offset: int | None = None,
     ) -> str:
+        """Set the freeze mode. A recipe or overlay outside the run directory is copied into
+        it first (``hotcb.replay/``), with the callback sources it captured: the trainer reads
+        only inside its run directory and allowed roots."""
+        if recipe_path is not None:
+            from .recipe import import_for_replay
+
+            recipe_path, adjust_path = import_for_replay(self.run_dir, recipe_path, adjust_path)
         return self.send(
             "freeze",
             "set",

@@ -1,7 +1,9 @@
 """Freeze modes: whether live commands are accepted, and whether a recipe drives the run.
 
 - ``off``: live commands accepted.
-- ``prod``: every external command is ``ignored_freeze`` except ``freeze`` itself.
+- ``prod``: every external command that would change the trajectory is ``ignored_freeze``;
+  ``freeze`` itself and run control (:data:`RUN_CONTROL_OPS`) always pass: freeze blocks
+  changes, never the operator's hand on the run.
 - ``replay``: external commands ignored; the recipe's ops are applied at their recorded steps.
 - ``replay_adjusted``: the same, with a YAML overlay that patches the recipe first.
 """
@@ -13,6 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jsonl
+
+#: ``control`` ops that no freeze mode blocks: they steer the run, not its trajectory.
+RUN_CONTROL_OPS = frozenset({"pause", "resume", "stop", "checkpoint", "evaluate"})
+
+
+def passes_freeze(module: str, op: str) -> bool:
+    """Whether a command goes through in every freeze mode (``freeze`` and run control)."""
+    return module == "freeze" or (module == "control" and op in RUN_CONTROL_OPS)
 
 
 class FreezeMode(str, enum.Enum):

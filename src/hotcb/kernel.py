@@ -23,14 +23,14 @@ from . import distributed as _dist
 from . import jsonl
 from ._schedule import NEVER, Ramp, Schedule, StepSource
 from .actuators import ActuatorType, HotcbActuator, MutableState, optimizer_actuators
-from .errors import ActuatorApplyError, ActuatorError, CommandError
-from .freeze import FreezeMode, FreezeState
+from .errors import ActuatorApplyError, ActuatorError, CommandError, HotcbError
+from .freeze import FreezeMode, FreezeState, passes_freeze
 from .ledger import Decision, LedgerWriter, new_entry, tail_state
 from .metrics import MetricsCollector
 from .modules import create_module, module_ops, module_specs
 from .modules._base import HotModule, OpResult
-from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths, filesystem_type, is_network_fs
+from .ops import ACTUATOR_MODULES, MAX_COMMAND_BYTES, HotOp, command_to_hotop
+from .runfiles import FORMAT_VERSION, RunPaths, confine_path, filesystem_type, is_network_fs
 
 __all__ = ["HotKernel"]
 
@@ -64,8 +64,15 @@ class HotKernel:
             the run directory; ``False`` to not record metrics.
         auto_disable_on_error: disable an actuator after repeated failures, a callback after it
             raises.
-        allow_code_load: allow ``cb load`` (imports user code). ``allowed_code_dirs`` limits
-            ``python_file`` loads to those directories.
+        allow_code_load: allow ``cb load`` of user code. Off: no import and no file execution
+            from any path (commands, recipes, replay, ``hotcb.yaml``, resume); only hotcb's
+            bundled callbacks load. ``allowed_code_dirs`` limits files and modules to those
+            directories.
+        allowed_roots: folders besides the run directory that paths in commands and recipes
+            (recipe, overlay, checkpoint) may point into; any other path is rejected.
+        replay_commands: start on a run directory whose commands file has content but whose
+            ledger is gone, and apply its commands again (default: refuse, since they were
+            applied once already). Also ``HOTCB_REPLAY_COMMANDS=1``.
         pause_poll_sec: how often a paused run re-reads commands.
         fsync_ledger: fsync the ledger after each batch of entries.
         run_meta: extra fields for ``hotcb.run.json`` (config, seed, …).
@@ -82,6 +89,8 @@ class HotKernel:
         *,
         allow_code_load: bool = True,
         allowed_code_dirs: Sequence[str | os.PathLike[str]] | None = None,
+        allowed_roots: Sequence[str | os.PathLike[str]] = (),
+        replay_commands: bool | None = None,
         pause_poll_sec: float = 0.05,
         fsync_ledger: bool = True,
         run_meta: Mapping[str, Any] | None = None,
@@ -100,6 +109,7 @@ class HotKernel:
         self.auto_disable_on_error = auto_disable_on_error
         self.allow_code_load = allow_code_load
         self.allowed_code_dirs = [os.path.abspath(os.fspath(d)) for d in allowed_code_dirs or ()]
+        self.allowed_roots = [os.path.abspath(os.fspath(d)) for d in allowed_roots]
         if isinstance(mutable_state, MutableState):
             self.mutable_state = mutable_state
         else:
@@ -120,6 +130,10 @@ class HotKernel:
         self.checkpoint_requested = False
 
         os.makedirs(self.run_dir, exist_ok=True)
+        if replay_commands is None:
+            replay_commands = os.environ.get("HOTCB_REPLAY_COMMANDS", "") not in ("", "0")
+        if not replay_commands:
+            _refuse_lost_ledger(self.paths)
         self._ledger = LedgerWriter(self.paths.ledger, fsync=fsync_ledger)
         self._seq, cursor = tail_state(self.paths.ledger)
         self._tail = jsonl.JsonlTail(self.paths.commands, offset=cursor)
@@ -566,6 +580,18 @@ class HotKernel:
         extra_ops: dict[str, frozenset[str]],
     ) -> None:
         fallback = f"@{begin}"
+        if len(raw) > MAX_COMMAND_BYTES:
+            self._emit(
+                step=step,
+                event=self._event,
+                cmd_id=fallback,
+                source="unknown",
+                decision=Decision.REJECTED.value,
+                error=f"line is {len(raw)} bytes, more than the {MAX_COMMAND_BYTES} a command "
+                "may have; it was not read",
+                cursor=end,
+            )
+            return
         try:
             record = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting
@@ -651,7 +677,11 @@ class HotKernel:
 
     def _frozen_out(self, op: HotOp, step: int) -> bool:
         """Ledger ``op`` as ``ignored_freeze`` when the freeze mode refuses it."""
-        if op.module == "freeze" or self.freeze.accepts_live or op.source in INTERNAL_SOURCES:
+        if (
+            self.freeze.accepts_live
+            or op.source in INTERNAL_SOURCES
+            or passes_freeze(op.module, op.op)
+        ):
             return False
         mode = self.freeze.mode.value
         self._emit_op(
@@ -718,7 +748,11 @@ class HotKernel:
                 self._emit_op(op, step, Decision.APPLIED, extra={"checkpoint": "requested"})
                 continue
             try:
-                path = op.params.get("path")
+                path = self._confine(op, "path")
+            except (HotcbError, ValueError) as exc:
+                self._emit_op(op, step, Decision.REJECTED, error=str(exc))
+                continue
+            try:
                 result = save(path) if path is not None else save()
             except Exception as exc:
                 self._emit_op(op, step, Decision.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -935,25 +969,33 @@ class HotKernel:
     def _apply_freeze(self, op: HotOp, env: Env, step: int) -> None:
         mode = op.extra.get("mode", op.params.get("mode"))
         old = self.freeze.mode.value
-        new = FreezeState(
-            mode=FreezeMode(mode),
-            recipe_path=op.extra.get("recipe_path", op.params.get("recipe_path")),
-            adjust_path=op.extra.get("adjust_path", op.params.get("adjust_path")),
-            step_offset=int(op.extra.get("step_offset", op.params.get("step_offset")) or 0),
-        )
-        hook = getattr(self, "_on_freeze_change", None)
-        if callable(hook):
-            try:
-                hook(new, env, step)
-            except Exception as exc:
-                self._emit_op(op, step, Decision.REJECTED, error=str(exc))
-                return
+        try:
+            new = FreezeState(
+                mode=FreezeMode(mode),
+                recipe_path=self._confine(op, "recipe_path"),
+                adjust_path=self._confine(op, "adjust_path"),
+                step_offset=int(op.extra.get("step_offset", op.params.get("step_offset")) or 0),
+            )
+            self._on_freeze_change(new, env, step)
+        except Exception as exc:
+            self._emit_op(op, step, Decision.REJECTED, error=str(exc))
+            return
         self.freeze = new
         if self.is_leader:
             new.save(self.paths.freeze)
         self._emit_op(
             op, step, Decision.APPLIED, changes={"mode": {"old": old, "new": new.mode.value}}
         )
+
+    def _confine(self, op: HotOp, key: str) -> str | None:
+        """The op's path ``key`` resolved inside the run directory or an allowed root (None
+        when absent); raises :class:`PathNotAllowedError` otherwise, before anything is read."""
+        value = op.extra.get(key, op.params.get(key))
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise CommandError(f"{key} must be a path string, got {type(value).__name__}")
+        return confine_path(value, self.run_dir, self.allowed_roots, what=key)
 
     def _apply_module(self, op: HotOp, env: Env, step: int) -> None:
         try:
@@ -1199,6 +1241,27 @@ class HotKernel:
             queued.add(op.cmd_id)
             self._schedule.push(int(entry.get("step") or 0), op)
         return queued
+
+
+def _refuse_lost_ledger(paths: RunPaths) -> None:
+    """Raise when a kernel ran here before (``hotcb.run.json``), its commands file has content
+    and its ledger is gone: starting would apply every old command again, ``stop`` included."""
+    try:
+        commands = os.stat(paths.commands).st_size
+    except FileNotFoundError:
+        return
+    try:
+        ledger = os.stat(paths.ledger).st_size
+    except FileNotFoundError:
+        ledger = 0
+    if commands == 0 or ledger > 0 or not os.path.exists(paths.run_meta):
+        return
+    raise HotcbError(
+        f"{paths.ledger} is missing but {paths.commands} holds {commands} bytes of commands "
+        "that a previous run of this directory already applied; hotcb will not apply them a "
+        "second time. Restore the ledger, start in a fresh run directory, or apply them again "
+        "on purpose with HotKernel(replay_commands=True) / HOTCB_REPLAY_COMMANDS=1"
+    )
 
 
 _RESUME_FIELDS = (

@@ -21,6 +21,8 @@ __all__ = [
     "Transition",
     "HotOp",
     "MODULE_OPS",
+    "MAX_COMMAND_BYTES",
+    "check_size",
     "FREEZE_MODES",
     "command_to_hotop",
     "make_command",
@@ -138,6 +140,22 @@ _KNOWN_FIELDS = frozenset(
         "v",
     }
 )
+#: Fields kept for upstream compatibility (freeze requests, captured callback sources) and the
+#: markers the kernel and the recipe player add to the ops they generate themselves.
+COMPAT_FIELDS = frozenset(
+    {
+        "mode",
+        "recipe_path",
+        "adjust_path",
+        "step_offset",
+        "source_capture",
+        "recipe_line",
+        "adjusted",
+    }
+)
+#: The longest command line accepted (bytes of JSON). A command is a few hundred bytes; the cap
+#: keeps a runaway or hostile writer from copying megabytes into the ledger.
+MAX_COMMAND_BYTES = 64 * 1024
 
 
 def _check_finite(value: Any, where: str) -> None:
@@ -171,8 +189,11 @@ def _target(value: Any) -> CallbackTarget | None:
         raise CommandError(f"target.kind must be one of {', '.join(TARGET_KINDS)}, got {kind!r}")
     if not isinstance(path, str) or not path:
         raise CommandError(f"target.path must be a non-empty string, got {path!r}")
-    if not isinstance(symbol, str) or not symbol:
-        raise CommandError(f"target.symbol must be a non-empty string, got {symbol!r}")
+    if not isinstance(symbol, str) or not symbol.isidentifier() or symbol.startswith("__"):
+        raise CommandError(
+            f"target.symbol must be one attribute name of the module or file (a class or a "
+            f"factory, e.g. 'MyCallback'), got {symbol!r}; dotted paths are not followed"
+        )
     return CallbackTarget(kind, path, symbol)
 
 
@@ -275,6 +296,13 @@ def command_to_hotop(
     if not isinstance(source, str):
         raise CommandError(f"'source' must be a string, got {source!r}")
     extra = {k: v for k, v in record.items() if k not in _KNOWN_FIELDS}
+    unknown = sorted(k for k in extra if k not in COMPAT_FIELDS)
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise CommandError(
+            f"unknown command field(s) {shown}; a command has "
+            f"{', '.join(sorted(_KNOWN_FIELDS | COMPAT_FIELDS))}"
+        )
     _check_finite(extra, "command")
 
     hot = HotOp(
@@ -316,4 +344,18 @@ def make_command(module: str, op: str, *, source: str = "python", **fields: Any)
     }
     record.update({k: v for k, v in fields.items() if v is not None})
     command_to_hotop(record)  # raises CommandError with the reason
+    check_size(record)
     return record
+
+
+def check_size(record: dict[str, Any]) -> None:
+    """Raise :class:`CommandError` when ``record`` is longer than :data:`MAX_COMMAND_BYTES`
+    as one JSON line (the kernel refuses longer lines unread)."""
+    from .jsonl import dumps
+
+    size = len(dumps(record).encode())
+    if size > MAX_COMMAND_BYTES:
+        raise CommandError(
+            f"the command is {size} bytes as JSON, more than the {MAX_COMMAND_BYTES} accepted; "
+            "send large data as a file inside the run directory and name its path"
+        )

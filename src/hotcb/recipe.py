@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jsonl
-from .errors import CommandError, RecipeError
+from .errors import CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
 from .ops import MODULE_OPS, HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths
+from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
 __all__ = [
     "RECIPE_KIND",
@@ -665,7 +665,10 @@ class RecipePlayer:
     @classmethod
     def from_freeze(cls, state: FreezeState, base_dir: str | None = None) -> RecipePlayer:
         """The player for a replay freeze state: its recipe, its overlay in ``replay_adjusted``,
-        its step offset. Raises :class:`RecipeError` (or ImportError without PyYAML)."""
+        its step offset. Raises :class:`RecipeError` (or ImportError without PyYAML).
+
+        A freeze command's paths are confined to the run directory by the kernel before they
+        get here (``HotKernel._confine``)."""
         if not state.recipe_path:
             raise RecipeError(
                 f"freeze mode {state.mode.value} needs a recipe: --recipe hotcb.recipe.jsonl"
@@ -743,6 +746,65 @@ def _resolve(path: str, base_dir: str | None) -> str:
     if os.path.isabs(path) or os.path.exists(path) or not base_dir:
         return os.path.abspath(path)
     return os.path.join(base_dir, path)
+
+
+#: Folder of a run directory where recipes and overlays from elsewhere are copied for replay.
+REPLAY_DIR = "hotcb.replay"
+
+
+def import_for_replay(
+    run_dir: str, recipe_path: str, adjust_path: str | None = None
+) -> tuple[str, str | None]:
+    """Copy a recipe (and its overlay, and the callback sources it captured) into ``run_dir``
+    and return their paths relative to it, for a freeze command.
+
+    The trainer reads recipe, overlay and captured sources only inside its run directory or its
+    allowed roots (DESIGN.md §10), so the CLI and :class:`HotClient`, which act with the user's
+    own rights, bring the files the user named into the run: ``hotcb.replay/<sha>.recipe.jsonl``,
+    ``hotcb.replay/<sha>.adjust.yaml`` and ``hotcb.sources/<sha256>.py``. A file already inside
+    the run directory is used where it is."""
+    paths = RunPaths(run_dir)
+    recipe, problems = check_recipe(recipe_path)
+    if problems:
+        raise RecipeError(
+            f"{recipe_path}: {len(problems)} problem(s):\n"
+            + "\n".join(f"  line {p.line}: {p.message}" for p in problems)
+        )
+    bases = [os.path.dirname(recipe.path), recipe.run_dir]
+    for entry in recipe.entries:
+        cap = entry.source_capture
+        found = resolve_capture(cap["path"], bases) if cap else None
+        if cap and found and cap.get("sha256"):
+            dest = os.path.join(paths.sources, f"{cap['sha256']}.py")
+            if not os.path.exists(dest):
+                os.makedirs(paths.sources, exist_ok=True)
+                _copy(found, dest)
+    return _bring(paths.root, recipe_path, "recipe.jsonl"), (
+        _bring(paths.root, adjust_path, "adjust.yaml") if adjust_path else None
+    )
+
+
+def _bring(run_dir: str, path: str, suffix: str) -> str:
+    try:
+        return os.path.relpath(confine_path(path, run_dir), os.path.realpath(run_dir))
+    except PathNotAllowedError:
+        pass
+    with open(path, "rb") as f:
+        data = f.read()
+    rel = os.path.join(REPLAY_DIR, f"{hashlib.sha256(data).hexdigest()[:16]}.{suffix}")
+    dest = os.path.join(run_dir, rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    _copy(path, dest)
+    return rel
+
+
+def _copy(src: str, dest: str) -> None:
+    with open(src, "rb") as f:
+        data = f.read()
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
 
 
 def player_for(state: FreezeState, base_dir: str | None = None) -> RecipePlayer | None:

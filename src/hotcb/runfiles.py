@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .errors import PathNotAllowedError
 
 COMMANDS = "hotcb.commands.jsonl"
 LEDGER = "hotcb.applied.jsonl"
@@ -112,4 +115,38 @@ def is_run_dir(path: str) -> bool:
     """True when ``path`` holds any hotcb file (commands, ledger, metrics or run metadata)."""
     return any(
         os.path.exists(os.path.join(path, name)) for name in (COMMANDS, LEDGER, METRICS, RUN_META)
+    )
+
+
+def _within(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def confine_path(
+    path: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    roots: Iterable[str | os.PathLike[str]] = (),
+    *,
+    what: str = "path",
+) -> str:
+    """The absolute, symlink-resolved form of ``path`` (relative paths are taken from
+    ``run_dir``) when it lies inside ``run_dir`` or one of ``roots``; else raise
+    :class:`PathNotAllowedError`.
+
+    Every path that arrives in a command, a recipe or a request goes through here before it
+    is opened or written (DESIGN.md §10). The error names the path as given and the allowed
+    places, never whether the file exists or anything it holds.
+    """
+    raw = os.fspath(path)
+    if not raw or "\x00" in raw:
+        raise PathNotAllowedError(f"{what} must be a non-empty path, got {raw!r}")
+    base = os.path.realpath(os.fspath(run_dir))
+    real = os.path.realpath(os.path.join(base, os.path.expanduser(raw)))
+    allowed = [base, *(os.path.realpath(os.fspath(r)) for r in roots)]
+    if any(_within(real, root) for root in allowed):
+        return real
+    raise PathNotAllowedError(
+        f"{what} {raw!r} is outside the run directory and the allowed roots "
+        f"({', '.join(allowed)}); put the file inside the run directory or start the trainer "
+        "(HotKernel(allowed_roots=[...])) or the server (--allowed-root) with its folder allowed"
     )

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", help="checkpoint file to resume from")
     ap.add_argument("--ready-file", help="touch this file after the first step")
     ap.add_argument("--no-code-load", action="store_true", help="HotKernel(allow_code_load=False)")
+    ap.add_argument(
+        "--replay-commands",
+        action="store_true",
+        help="apply the commands file again although the ledger is gone (HotKernel(replay_commands))",
+    )
     ap.add_argument("--metrics-every", type=int, default=1)
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: a tiny model gains nothing more)"
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_sec=args.poll_interval,
         mutable_state=mutable_state(loss_actuators(weights)),
         allow_code_load=not args.no_code_load,
+        replay_commands=args.replay_commands,
     )
     gen = torch.Generator().manual_seed(args.seed)
     start = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -24,9 +25,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Resolved", "check_allowed", "resolve", "capture_source"]
 
-#: Import paths that stay loadable when ``allow_code_load=False``: hotcb's own bundled
-#: callbacks are installed code that ships with the package, not user code.
-_TRUSTED_PREFIX = "hotcb."
+#: The one import path that stays loadable when ``allow_code_load=False``: hotcb's bundled
+#: callbacks, by the names the package exports. Nothing else under ``hotcb.`` is a callback.
+BUNDLED_PATH = "hotcb.modules.cb.callbacks"
+
+
+def _bundled_names() -> frozenset[str]:
+    from . import callbacks
+
+    return frozenset(callbacks.__all__)
 
 
 @dataclass(frozen=True)
@@ -53,26 +60,54 @@ def _inside(path: str, dirs: list[str]) -> bool:
     return False
 
 
+def _module_location(path: str) -> str | None:
+    """Where the top-level package of import path ``path`` lives, found without importing
+    anything (``find_spec`` of a dotted name would import its parents)."""
+    top = path.split(".", 1)[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return next(iter(spec.submodule_search_locations), None)
+    return spec.origin
+
+
 def check_allowed(kernel: HotKernel, target: CallbackTarget) -> None:
     """Raise :class:`CodeLoadError` saying why and how to allow it, before anything is imported.
 
-    ``allow_code_load=False`` refuses every file and every import path except hotcb's own
-    (``hotcb.modules.cb.callbacks``); ``allowed_code_dirs`` limits file loads to those folders.
+    The allow-list, in order:
+
+    - hotcb's bundled callbacks, by name (``--path hotcb.modules.cb.callbacks --symbol
+      HeartbeatCallback``): always, also with ``allow_code_load=False``;
+    - with ``allow_code_load=False``, nothing else: no import, no file;
+    - with code loading on and ``allowed_code_dirs`` given, files and modules whose code lies
+      inside those folders; with no ``allowed_code_dirs``, any file or module the command names.
     """
-    if not kernel.allow_code_load:
-        if target.kind == "python_path" and (target.path + ".").startswith(_TRUSTED_PREFIX):
+    if target.kind == "python_path" and target.path == BUNDLED_PATH:
+        if target.symbol in _bundled_names():
             return
+        raise CodeLoadError(
+            f"{BUNDLED_PATH} has no bundled callback {target.symbol!r}; bundled: "
+            f"{', '.join(sorted(_bundled_names()))}"
+        )
+    if not kernel.allow_code_load:
         raise CodeLoadError(
             f"code loading is disabled in this run (HotKernel(allow_code_load=False)); "
             f"refused to load {target.kind} {target.path!r}. Start the run with "
             f"allow_code_load=True to load callbacks, or use hotcb's bundled callbacks "
-            f"(--path hotcb.modules.cb.callbacks)"
+            f"(--path {BUNDLED_PATH})"
         )
     dirs = list(kernel.allowed_code_dirs or ())
-    if target.kind == "python_file" and dirs and not _inside(target.path, dirs):
+    if not dirs:
+        return
+    where = target.path if target.kind == "python_file" else _module_location(target.path)
+    if where is None or not _inside(where, dirs):
         raise CodeLoadError(
-            f"{target.path!r} is outside the allowed code directories "
-            f"({', '.join(dirs)}); move the file there or add its folder to "
+            f"{target.kind} {target.path!r} is outside the allowed code directories "
+            f"({', '.join(dirs)}); move the code there or add its folder to "
             f"HotKernel(allowed_code_dirs=[...])"
         )
 
@@ -107,6 +142,10 @@ def _read_captured(kernel: HotKernel, capture: Any, target: CallbackTarget) -> b
         candidates.append(path if os.path.isabs(path) else os.path.join(kernel.run_dir, path))
     candidates.append(os.path.join(kernel.paths.sources, f"{sha}.py"))
     candidates.append(target.path)
+    # a capture path comes from a ledger, a recipe or a checkpoint: read it only where code may
+    # come from (the run directory, its allowed roots, the allowed code directories)
+    roots = [kernel.run_dir, *kernel.allowed_roots, *kernel.allowed_code_dirs]
+    candidates = [c for c in candidates if c == target.path or _inside(c, roots)]
     for cand in candidates:
         try:
             with open(cand, "rb") as f:
@@ -123,12 +162,13 @@ def _read_captured(kernel: HotKernel, capture: Any, target: CallbackTarget) -> b
 
 
 def _symbol(obj: Any, symbol: str, where: str) -> Any:
-    for part in symbol.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AttributeError(f"{where} has no attribute {symbol!r}") from None
-    return obj
+    """One attribute of the module, never a dotted walk (``os.system`` is not a callback)."""
+    if not symbol.isidentifier():
+        raise AttributeError(f"symbol must be one attribute name, got {symbol!r}")
+    try:
+        return getattr(obj, symbol)
+    except AttributeError:
+        raise AttributeError(f"{where} has no attribute {symbol!r}") from None
 
 
 def _exec_file(data: bytes, capture_abs: str, original: str, sha: str) -> types.ModuleType:
