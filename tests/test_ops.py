@@ -106,3 +106,22 @@ def test_cmd_ids_are_unique_and_sort_by_time() -> None:
     assert all(len(i) == 26 for i in ids)
     first, later = ids[0], new_cmd_id()
     assert first[:10] <= later[:10]  # the leading 10 chars are the millisecond clock
+
+
+def test_unknown_fields_are_rejected_with_the_known_ones() -> None:
+    with pytest.raises(CommandError, match=r"unknown command field\(s\) 'payload'.*params"):
+        command_to_hotop(rec(payload="x" * 1000))
+
+
+def test_a_callback_symbol_is_one_attribute_name() -> None:
+    target = {"kind": "python_path", "path": "hotcb.kernel", "symbol": "os.system"}
+    with pytest.raises(CommandError, match="one attribute name"):
+        command_to_hotop(rec(module="cb", op="load", id="x", params={}, target=target))
+    target["symbol"] = "__class__"
+    with pytest.raises(CommandError, match="one attribute name"):
+        command_to_hotop(rec(module="cb", op="load", id="x", params={}, target=target))
+
+
+def test_a_command_over_the_size_cap_is_refused_before_it_is_written() -> None:
+    with pytest.raises(CommandError, match="more than the 65536 accepted"):
+        make_command("cb", "set_params", id="x", params={"blob": "x" * 70_000})
