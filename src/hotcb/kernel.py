@@ -27,7 +27,7 @@ from .errors import ActuatorApplyError, ActuatorError, CommandError, HotcbError
 from .freeze import FreezeMode, FreezeState, passes_freeze
 from .ledger import Decision, LedgerWriter, new_entry, tail_state
 from .metrics import MetricsCollector
-from .modules import create_module, module_ops, module_specs
+from .modules import create_module, module_specs
 from .modules._base import HotModule, OpResult
 from .ops import ACTUATOR_MODULES, MAX_COMMAND_BYTES, HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, confine_path, filesystem_type, is_network_fs
@@ -356,7 +356,7 @@ class HotKernel:
         self._ramps = {}
         for item in state.get("ramps") or ():
             try:
-                op = command_to_hotop(item["record"], extra_ops=module_ops())
+                op = command_to_hotop(item["record"])
                 start, target = item["start"], item["target"]
                 if isinstance(target, list):  # betas, if the state went through JSON
                     start, target = tuple(start), tuple(target)
@@ -374,7 +374,7 @@ class HotKernel:
                 self._warn("restore_ramp", f"could not restore a ramp: {exc!r}")
         for item in state.get("pending") or ():
             try:
-                op = command_to_hotop(item["record"], extra_ops=module_ops())
+                op = command_to_hotop(item["record"])
             except (CommandError, KeyError):
                 continue
             if op.cmd_id in resumed:
@@ -415,10 +415,7 @@ class HotKernel:
         for name, spec in module_specs().items():
             if name not in self._modules and spec.start_when and spec.start_when(self.paths):
                 try:
-                    mod = self.module(name)
-                    on_start = getattr(mod, "on_start", None)
-                    if callable(on_start):
-                        on_start(env)
+                    self.module(name).on_start(env)
                 except Exception as exc:
                     self._emit_error(None, f"module {name!r} failed to start: {exc!r}", env)
         if self.freeze.replaying and self._player is None:
@@ -500,13 +497,13 @@ class HotKernel:
             return []
         tail = self._tail
         try:
-            size = os.stat(tail.path).st_size
+            st = os.stat(tail.path)
         except OSError:
             return []
-        if size == tail.offset:
+        if tail.caught_up(st):
             return []
         try:
-            lines = tail.read_lines(size)
+            lines = tail.read_lines(st.st_size)
         except OSError as exc:
             # never raise here: under torch.distributed the other ranks wait for this batch
             self._warn("commands_read", f"could not read {tail.path}: {exc}")
@@ -520,7 +517,7 @@ class HotKernel:
                 source="kernel",
                 module="kernel",
                 op="cursor_reset",
-                error="the commands file shrank (truncated or replaced); reading it from the start",
+                error="the commands file was truncated or replaced; reading it from the start",
             )
         return lines
 
@@ -548,14 +545,13 @@ class HotKernel:
                 self._refresh_values(env)
 
     def _handle_lines(self, lines: list[tuple[int, bytes]], env: Env, step: int) -> None:
-        extra_ops = module_ops()
         first, _ = lines[0]
         self._batch_start = first - len(lines[0][1]) - 1
         try:
             for end, raw in lines:
                 if raw.strip():
                     try:
-                        self._handle_line(raw, end, end - len(raw) - 1, env, step, extra_ops)
+                        self._handle_line(raw, end, end - len(raw) - 1, env, step)
                     except Exception as exc:  # the cursor is past this batch: ledger, go on
                         self._emit(
                             step=step,
@@ -577,7 +573,6 @@ class HotKernel:
         begin: int,
         env: Env,
         step: int,
-        extra_ops: dict[str, frozenset[str]],
     ) -> None:
         fallback = f"@{begin}"
         if len(raw) > MAX_COMMAND_BYTES:
@@ -612,7 +607,7 @@ class HotKernel:
             )
             return
         try:
-            op = command_to_hotop(record, cursor=end, fallback_id=fallback, extra_ops=extra_ops)
+            op = command_to_hotop(record, cursor=end, fallback_id=fallback)
         except CommandError as exc:
             rec = record if isinstance(record, dict) else {}
             cid = rec.get("cmd_id")
@@ -935,8 +930,7 @@ class HotKernel:
         module = target.get("module")
         if module not in ACTUATOR_MODULES:
             mod = self._modules.get(module or "")
-            undo = getattr(mod, "undo", None)
-            if not callable(undo):
+            if mod is None:
                 self._emit_op(
                     op,
                     step,
@@ -944,7 +938,7 @@ class HotKernel:
                     error=f"{module} {target.get('op')} cannot be undone",
                 )
                 return
-            result = undo(target, env)
+            result = mod.undo(target, env)
             self._emit_result(op, step, result, extra={"undo_of": target["cmd_id"]})
             self._undone.add(target["cmd_id"])
             self._refresh_event_modules()  # e.g. undoing a cb disable turns dispatch back on
@@ -1034,9 +1028,7 @@ class HotKernel:
                 self._emit_error(None, f"dispatch failed: {exc!r}", env)
 
     def _refresh_event_modules(self) -> None:
-        self._event_modules = [
-            m for m in self._modules.values() if getattr(m, "wants_events", False)
-        ]
+        self._event_modules = [m for m in self._modules.values() if m.wants_events]
 
     def _refresh_values(self, env: Env) -> None:
         """Pick up values that moved on their own (an LR scheduler) for the actuators file."""
@@ -1289,6 +1281,6 @@ def _op_from_entry(
             record[k] = entry[k]
     record.update(override)
     try:
-        return command_to_hotop(record, extra_ops=module_ops())
+        return command_to_hotop(record)
     except CommandError:
         return None

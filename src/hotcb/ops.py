@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CommandError
+from .modules import module_ops
 from .runfiles import FORMAT_VERSION
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Transition",
     "HotOp",
     "MODULE_OPS",
+    "known_ops",
     "MAX_COMMAND_BYTES",
     "check_size",
     "FREEZE_MODES",
@@ -29,16 +31,21 @@ __all__ = [
     "new_cmd_id",
 ]
 
-#: Ops each module accepts. Modules plugged in through the registry may add to this table.
+#: Ops of the kernel's built-in handlers. Modules (``cb``, ``tune``, …) add theirs through
+#: the registry (:func:`hotcb.modules.register_module`), the one list of module op names.
 MODULE_OPS: dict[str, frozenset[str]] = {
-    "cb": frozenset({"load", "unload", "enable", "disable", "set_params"}),
     "opt": frozenset({"set_params"}),
     "loss": frozenset({"set_params"}),
     "custom": frozenset({"set_params"}),
     "control": frozenset({"pause", "resume", "stop", "checkpoint", "undo", "cancel"}),
     "freeze": frozenset({"set"}),
-    "tune": frozenset({"enable", "disable", "set_params", "status"}),
 }
+
+
+def known_ops() -> dict[str, frozenset[str]]:
+    """Every valid ``{module: ops}``: the built-in ones and the registered modules'."""
+    return {**MODULE_OPS, **module_ops()}
+
 
 #: Modules whose ``set_params`` go to the actuators (the default stream).
 ACTUATOR_MODULES = frozenset({"opt", "loss", "custom"})
@@ -213,8 +220,11 @@ def _transition(value: Any) -> Transition | None:
     return Transition(steps, shape)
 
 
-def _validate_module_op(module: str, op: str, extra_ops: dict[str, frozenset[str]] | None) -> None:
-    table = MODULE_OPS if not extra_ops else {**MODULE_OPS, **extra_ops}
+def _validate_module_op(module: str, op: str) -> None:
+    ops = MODULE_OPS.get(module) or module_ops().get(module)
+    if ops is not None and op in ops:
+        return
+    table = known_ops()
     if module not in table:
         raise CommandError(f"unknown module {module!r}; expected one of {', '.join(sorted(table))}")
     if op not in table[module]:
@@ -258,7 +268,6 @@ def command_to_hotop(
     *,
     cursor: int = 0,
     fallback_id: str | None = None,
-    extra_ops: dict[str, frozenset[str]] | None = None,
 ) -> HotOp:
     """Validate a command record and return its ``HotOp``; raise :class:`CommandError` saying
     what is wrong and how to fix it."""
@@ -269,7 +278,7 @@ def command_to_hotop(
         raise CommandError(f"'module' must be a string, got {module!r}")
     if not isinstance(op_name, str):
         raise CommandError(f"'op' must be a string, got {op_name!r}")
-    _validate_module_op(module, op_name, extra_ops)
+    _validate_module_op(module, op_name)
 
     cmd_id = record.get("cmd_id")
     if cmd_id is None:

@@ -31,7 +31,7 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
-from .ops import MODULE_OPS, HotOp, command_to_hotop
+from .ops import HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
 __all__ = [
@@ -174,7 +174,7 @@ class RecipeEntry:
             line=line,
         )
         try:
-            command_to_hotop(entry.command_record(), extra_ops=_known_ops())
+            command_to_hotop(entry.command_record())
         except CommandError as exc:
             raise RecipeError(str(exc)) from None
         return entry
@@ -207,12 +207,6 @@ class Recipe:
 
 def _line_id(line: int | None) -> str | None:
     return f"recipe@{line}" if line is not None else None
-
-
-def _known_ops() -> dict[str, frozenset[str]]:
-    from .modules import module_ops
-
-    return {**MODULE_OPS, **module_ops()}
 
 
 # --------------------------------------------------------------------------------- export
@@ -601,7 +595,7 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
     out.sort(key=lambda e: e.step)
     for e in out:  # the patched plan must still be something a live command could do
         try:
-            command_to_hotop(e.command_record(), extra_ops=_known_ops())
+            command_to_hotop(e.command_record())
         except CommandError as exc:
             raise RecipeError(f"overlay made an invalid entry ({e.describe()}): {exc}") from None
     return out
@@ -726,7 +720,7 @@ class RecipePlayer:
             cap = dict(entry.source_capture)
             cap["path"] = resolve_capture(cap["path"], self._bases) or cap["path"]
             rec["source_capture"] = cap
-        return command_to_hotop(rec, extra_ops=_known_ops())
+        return command_to_hotop(rec)
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": len(self.entries), "waiting": list(self._waiting)}

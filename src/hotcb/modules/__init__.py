@@ -4,6 +4,7 @@ import os
 
 from ._base import (
     HotModule,
+    ModuleHost,
     ModuleSpec,
     OpResult,
     create_module,
@@ -21,6 +22,7 @@ register_module(
 
 __all__ = [
     "HotModule",
+    "ModuleHost",
     "ModuleSpec",
     "OpResult",
     "create_module",

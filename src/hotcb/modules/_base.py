@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..kernel import HotKernel
+    from ..metrics import MetricsCollector
     from ..ops import HotOp
     from ..runfiles import RunPaths
 
@@ -33,16 +33,55 @@ class OpResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class ModuleHost(Protocol):
+    """What a module sees of the kernel: the run, its policy, and one way to write the ledger.
+
+    A module never gets the kernel itself, so what it may touch is declared here."""
+
+    @property
+    def run_dir(self) -> str: ...
+
+    @property
+    def paths(self) -> RunPaths: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def allow_code_load(self) -> bool: ...
+
+    @property
+    def allowed_code_dirs(self) -> Sequence[str]: ...
+
+    @property
+    def allowed_roots(self) -> Sequence[str]: ...
+
+    @property
+    def auto_disable_on_error(self) -> bool: ...
+
+    @property
+    def metrics(self) -> MetricsCollector | None: ...
+
+    def record(self, entry_fields: Mapping[str, Any]) -> None:
+        """Append a ledger entry (step and event default to the current safe point's)."""
+
+
 @runtime_checkable
 class HotModule(Protocol):
-    """What the kernel needs from a module."""
+    """What the kernel needs from a module: every hook it calls is declared here."""
 
     #: True while the module wants ``on_events`` calls (e.g. at least one enabled callback).
     wants_events: bool
 
     def apply(self, op: HotOp, env: Env) -> OpResult: ...
 
+    def on_start(self, env: Env) -> None:
+        """Called once at the first safe point when the registry's ``start_when`` holds."""
+
     def on_events(self, events: Sequence[str], env: Env) -> None: ...
+
+    def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        """Revert the applied ledger ``entry`` of one of this module's ops (or reject)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -60,6 +99,7 @@ class ModuleSpec:
 
 
 _REGISTRY: dict[str, ModuleSpec] = {}
+_OPS: dict[str, frozenset[str]] = {}
 
 
 def register_module(
@@ -68,22 +108,26 @@ def register_module(
     ops: Sequence[str],
     start_when: Callable[[RunPaths], bool] | None = None,
 ) -> None:
-    """Plug a module in: commands with ``module == name`` are routed to it."""
+    """Plug a module in: commands with ``module == name`` are routed to it, and its ``ops``
+    become valid command ops everywhere (client, kernel, recipes): the registry is the one
+    list of module op names."""
     _REGISTRY[name] = ModuleSpec(path, frozenset(ops), start_when)
+    _OPS[name] = frozenset(ops)
 
 
 def module_specs() -> Mapping[str, ModuleSpec]:
     return _REGISTRY
 
 
-def module_ops() -> dict[str, frozenset[str]]:
-    return {name: spec.ops for name, spec in _REGISTRY.items()}
+def module_ops() -> Mapping[str, frozenset[str]]:
+    """``{module: ops}`` of the registered modules (a live view; do not mutate)."""
+    return _OPS
 
 
-def create_module(name: str, kernel: HotKernel) -> HotModule:
+def create_module(name: str, host: ModuleHost) -> HotModule:
     spec = _REGISTRY.get(name)
     if spec is None:
         raise KeyError(f"no module registered for {name!r}")
     mod_path, _, attr = spec.path.partition(":")
     factory = getattr(importlib.import_module(mod_path), attr)
-    return factory(kernel)  # type: ignore[no-any-return]
+    return factory(host)  # type: ignore[no-any-return]

@@ -20,8 +20,8 @@ from ...errors import CodeLoadError
 from ...runfiles import SOURCES
 
 if TYPE_CHECKING:
-    from ...kernel import HotKernel
     from ...ops import CallbackTarget
+    from .._base import ModuleHost
 
 __all__ = ["Resolved", "check_allowed", "resolve", "capture_source"]
 
@@ -75,7 +75,7 @@ def _module_location(path: str) -> str | None:
     return spec.origin
 
 
-def check_allowed(kernel: HotKernel, target: CallbackTarget) -> None:
+def check_allowed(host: ModuleHost, target: CallbackTarget) -> None:
     """Raise :class:`CodeLoadError` saying why and how to allow it, before anything is imported.
 
     The allow-list, in order:
@@ -93,14 +93,14 @@ def check_allowed(kernel: HotKernel, target: CallbackTarget) -> None:
             f"{BUNDLED_PATH} has no bundled callback {target.symbol!r}; bundled: "
             f"{', '.join(sorted(_bundled_names()))}"
         )
-    if not kernel.allow_code_load:
+    if not host.allow_code_load:
         raise CodeLoadError(
             f"code loading is disabled in this run (HotKernel(allow_code_load=False)); "
             f"refused to load {target.kind} {target.path!r}. Start the run with "
             f"allow_code_load=True to load callbacks, or use hotcb's bundled callbacks "
             f"(--path {BUNDLED_PATH})"
         )
-    dirs = list(kernel.allowed_code_dirs or ())
+    dirs = list(host.allowed_code_dirs or ())
     if not dirs:
         return
     where = target.path if target.kind == "python_file" else _module_location(target.path)
@@ -116,13 +116,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def capture_source(kernel: HotKernel, data: bytes) -> tuple[str, str]:
+def capture_source(host: ModuleHost, data: bytes) -> tuple[str, str]:
     """Store ``data`` as ``hotcb.sources/<sha256>.py`` (once); return (sha256, relative path)."""
     sha = _sha256(data)
     rel = f"{SOURCES}/{sha}.py"
-    dest = os.path.join(kernel.paths.sources, f"{sha}.py")
-    if kernel.is_leader and not os.path.exists(dest):
-        os.makedirs(kernel.paths.sources, exist_ok=True)
+    dest = os.path.join(host.paths.sources, f"{sha}.py")
+    if host.is_leader and not os.path.exists(dest):
+        os.makedirs(host.paths.sources, exist_ok=True)
         tmp = f"{dest}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -130,7 +130,7 @@ def capture_source(kernel: HotKernel, data: bytes) -> tuple[str, str]:
     return sha, rel
 
 
-def _read_captured(kernel: HotKernel, capture: Any, target: CallbackTarget) -> bytes:
+def _read_captured(host: ModuleHost, capture: Any, target: CallbackTarget) -> bytes:
     """The bytes of a recorded capture (replay/resume): from its path, this run's sources, or
     the original file if it still has the recorded sha256."""
     if not isinstance(capture, dict) or not isinstance(capture.get("sha256"), str):
@@ -139,12 +139,12 @@ def _read_captured(kernel: HotKernel, capture: Any, target: CallbackTarget) -> b
     candidates = []
     path = capture.get("path")
     if isinstance(path, str) and path:
-        candidates.append(path if os.path.isabs(path) else os.path.join(kernel.run_dir, path))
-    candidates.append(os.path.join(kernel.paths.sources, f"{sha}.py"))
+        candidates.append(path if os.path.isabs(path) else os.path.join(host.run_dir, path))
+    candidates.append(os.path.join(host.paths.sources, f"{sha}.py"))
     candidates.append(target.path)
     # a capture path comes from a ledger, a recipe or a checkpoint: read it only where code may
     # come from (the run directory, its allowed roots, the allowed code directories)
-    roots = [kernel.run_dir, *kernel.allowed_roots, *kernel.allowed_code_dirs]
+    roots = [host.run_dir, *host.allowed_roots, *host.allowed_code_dirs]
     candidates = [c for c in candidates if c == target.path or _inside(c, roots)]
     for cand in candidates:
         try:
@@ -197,18 +197,18 @@ def _exec_file(data: bytes, capture_abs: str, original: str, sha: str) -> types.
     return mod
 
 
-def resolve(kernel: HotKernel, target: CallbackTarget, source_capture: Any = None) -> Resolved:
+def resolve(host: ModuleHost, target: CallbackTarget, source_capture: Any = None) -> Resolved:
     """Import the target and return its symbol. Call :func:`check_allowed` first."""
     if target.kind == "python_path":
         module = importlib.import_module(target.path)
         return Resolved(_symbol(module, target.symbol, f"module {target.path!r}"))
     if source_capture is not None:
-        data = _read_captured(kernel, source_capture, target)
+        data = _read_captured(host, source_capture, target)
     else:
         with open(target.path, "rb") as f:
             data = f.read()
-    sha, rel = capture_source(kernel, data)
-    capture_abs = os.path.join(kernel.run_dir, rel)
+    sha, rel = capture_source(host, data)
+    capture_abs = os.path.join(host.run_dir, rel)
     if not os.path.exists(capture_abs):  # non-leader ranks do not write: fall back
         capture_abs = target.path
     mod = _exec_file(data, capture_abs, target.path, sha)

@@ -21,7 +21,7 @@ from ._loader import Resolved, check_allowed, resolve
 from ._protocol import CallbackContext
 
 if TYPE_CHECKING:
-    from ...kernel import HotKernel
+    from .._base import ModuleHost
 
 __all__ = ["CallbackModule"]
 
@@ -109,18 +109,18 @@ class CallbackModule:
 
     error_interval_sec = 30.0
 
-    def __init__(self, kernel: HotKernel) -> None:
-        self.kernel = kernel
+    def __init__(self, host: ModuleHost) -> None:
+        self.host = host
         self._slots: dict[str, _Slot] = {}  # insertion order is load order
         self._active: tuple[_Slot, ...] = ()
-        self._leader = bool(kernel.is_leader)
+        self._leader = bool(host.is_leader)
         self.wants_events = False
 
     # ------------------------------------------------------------------ dispatch (hot path)
     def on_events(self, events: Sequence[str], env: Env) -> None:
         """Give each event to each enabled callback, in load order; an exception is recorded
         and (with ``auto_disable_on_error``) disables that callback. Never raises."""
-        if self._leader is not self.kernel.is_leader:
+        if self._leader is not self.host.is_leader:
             self._rebuild()
         for event in events:
             for slot in self._active:
@@ -130,7 +130,7 @@ class CallbackModule:
                     self._on_error(slot, event, env, exc)
 
     def _rebuild(self) -> None:
-        self._leader = leader = bool(self.kernel.is_leader)
+        self._leader = leader = bool(self.host.is_leader)
         self._active = tuple(
             s
             for s in self._slots.values()
@@ -143,7 +143,7 @@ class CallbackModule:
             slot.errors += 1
             msg = _fmt_exc(exc)
             slot.last_error = msg
-            disable = bool(self.kernel.auto_disable_on_error)
+            disable = bool(self.host.auto_disable_on_error)
             if disable:
                 slot.enabled = False
                 self._rebuild()
@@ -177,7 +177,7 @@ class CallbackModule:
                 msg,
                 " (disabled)" if disable else "",
             )
-            self.kernel.record(fields)
+            self.host.record(fields)
         except Exception:  # recording must never be what breaks training
             log.exception("hotcb: could not record the error of callback %r", slot.id)
 
@@ -202,14 +202,13 @@ class CallbackModule:
 
     def _ctx_env(self, env: Env, ident: str) -> dict[str, Any]:
         out = dict(env)
-        out["kernel"] = self.kernel
-        out["hotcb"] = CallbackContext(self.kernel, ident)
+        out["hotcb"] = CallbackContext(self.host, ident)
         return out
 
     def _build(
         self, op_id: str, target: CallbackTarget, init: dict[str, Any], capture: Any
     ) -> tuple[Any, Resolved]:
-        resolved = resolve(self.kernel, target, capture if target.kind == "python_file" else None)
+        resolved = resolve(self.host, target, capture if target.kind == "python_file" else None)
         cb = resolved.factory(**init)
         if not callable(getattr(cb, "handle", None)):
             raise TypeError(
@@ -222,7 +221,7 @@ class CallbackModule:
         assert op.id is not None and op.target is not None  # validated by command_to_hotop
         target = op.target
         try:
-            check_allowed(self.kernel, target)
+            check_allowed(self.host, target)
         except CodeLoadError as exc:
             return OpResult("rejected", error=str(exc))
         init = dict(op.init or {})
@@ -392,7 +391,7 @@ class CallbackModule:
     # ------------------------------------------------------------------ start / state
     def on_start(self, env: Env) -> None:
         """Load the callbacks that ``hotcb.yaml`` in the run directory declares."""
-        path = self.kernel.paths.config_yaml
+        path = self.host.paths.config_yaml
         if not os.path.exists(path):
             return
         for record in read_config(path):
@@ -420,7 +419,7 @@ class CallbackModule:
             "error": result.error,
         }
         fields.update(result.extra or {})
-        self.kernel.record(fields)
+        self.host.record(fields)
 
     def state_dict(self) -> dict[str, Any]:
         """Loaded callbacks in load order: target, init, enabled, params set, source capture,
@@ -450,12 +449,12 @@ class CallbackModule:
             ident = item.get("id")
             try:
                 target = CallbackTarget(**item["target"])
-                check_allowed(self.kernel, target)
+                check_allowed(self.host, target)
                 cb, resolved = self._build(
                     ident, target, dict(item.get("init") or {}), item.get("source_capture")
                 )
             except Exception as exc:
-                self.kernel.record(
+                self.host.record(
                     {
                         "module": "cb",
                         "op": "restore",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ...kernel import HotKernel
+    from .._base import ModuleHost
 
 __all__ = ["HotCallback", "CallbackBase", "CallbackContext", "LambdaCallback"]
 
@@ -30,9 +30,9 @@ class HotCallback(Protocol):
 
     Optional (found by name when present):
 
-    - ``on_load(env)``: after construction. ``env`` is a copy of the current env with two more
-      keys: ``env["kernel"]`` (the :class:`~hotcb.HotKernel`) and ``env["hotcb"]`` (a
-      :class:`CallbackContext` with the callback's id, the run directory and ``log_metrics``).
+    - ``on_load(env)``: after construction. ``env`` is a copy of the current env with one more
+      key, ``env["hotcb"]``: a :class:`CallbackContext` with the callback's id, the run
+      directory, ``log_metrics`` and ``log`` (the only handle on hotcb a callback gets).
     - ``on_unload(env)``: before it is removed or replaced by a reload.
     - ``set_params(**params)``: for ``cb set_params``. Without it, ``set_params`` sets existing
       attributes of the instance (an unknown name is rejected).
@@ -52,22 +52,29 @@ class CallbackContext:
     is no metrics stream and the call does nothing.
     """
 
-    kernel: HotKernel
+    host: ModuleHost
     id: str
 
     @property
     def run_dir(self) -> str:
-        return self.kernel.run_dir
+        return self.host.run_dir
 
     @property
     def is_leader(self) -> bool:
-        return bool(self.kernel.is_leader)
+        return bool(self.host.is_leader)
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any], epoch: int | None = None) -> None:
         """Append figures (name → number) to the metrics stream at ``step``."""
-        collector = self.kernel.metrics
+        collector = self.host.metrics
         if collector is not None and metrics:
             collector.log(step, metrics, epoch=epoch)
+
+    def record(self, op: str, error: str, **fields: Any) -> None:
+        """Add a ``noop`` ledger entry about this callback (``module: cb``, ``id``, ``op``),
+        e.g. an anomaly it saw; ``fields`` (``step``, ``event``, …) are merged in."""
+        self.host.record(
+            {"module": "cb", "op": op, "id": self.id, "decision": "noop", "error": error, **fields}
+        )
 
     def log(self, message: str, env: Env | None = None) -> None:
         """A line for the user: through ``env["log"]`` when the loop gave one, else logging."""

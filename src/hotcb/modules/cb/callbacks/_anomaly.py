@@ -111,17 +111,12 @@ class AnomalyGuardCallback(CallbackBase):
             self._last_record_step = step if isinstance(step, int) else None
             self.log(f"hotcb anomaly guard: non-finite {what} at step {step}", env)
         if report and self.ctx is not None:
-            self.ctx.kernel.record(
-                {
-                    "step": step if isinstance(step, int) else None,
-                    "event": event,
-                    "module": "cb",
-                    "op": "anomaly",
-                    "id": self.ctx.id,
-                    "decision": "noop",
-                    "error": f"non-finite values at step {step}: {what}",
-                    "anomaly": {"what": bad[:50], "action": self.action, "sent": sent},
-                }
+            self.ctx.record(
+                "anomaly",
+                f"non-finite values at step {step}: {what}",
+                step=step if isinstance(step, int) else None,
+                event=event,
+                anomaly={"what": bad[:50], "action": self.action, "sent": sent},
             )
         self.log_metrics(step, {"anomaly/count": self.count}, env.get("epoch"))
 
