@@ -8,8 +8,11 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -26,8 +29,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get(url: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -71,22 +75,35 @@ def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
         # default run dir: a fresh ./runs/demo-<time>, served with the other runs under ./runs
         (run_name,) = os.listdir(tmp_path / "runs")
         assert run_name.startswith("demo-")
-        assert page_url == f"http://127.0.0.1:{port}/?run={run_name}"
+        # the URL carries the server's token (a token is on by default, loopback included)
+        parts = urllib.parse.urlsplit(page_url)
+        query = urllib.parse.parse_qs(parts.query)
+        token = query["token"][0]
+        assert len(token) >= 20
+        assert page_url == f"http://127.0.0.1:{port}/?token={token}&run={run_name}"
+        assert set(query) == {"token", "run"}
 
         children = psutil.Process(demo.pid).children(recursive=True)
         cmdlines = [" ".join(c.cmdline()) for c in children]
         assert len(children) == 2, cmdlines
         assert any("hotcb.demo train" in c for c in cmdlines)
         assert any(" serve " in c for c in cmdlines)
+        assert not any(token in c for c in cmdlines)  # handed over in the environment, not argv
+        server_log = tmp_path / "runs" / run_name / "demo.server.log"
+        assert stat.S_IMODE(server_log.stat().st_mode) == 0o600  # it holds the printed URL
 
         base = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(base + "/", timeout=5) as resp:
             assert b"hotcb dashboard" in resp.read()
-        runs = _get(base + "/api/runs")["runs"]
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _get(base + "/api/runs")
+        assert info.value.code == 401
+        info.value.close()
+        runs = _get(base + "/api/runs", token)["runs"]
         assert [r["run_id"] for r in runs] == [run_name]
         wait_for(
             lambda: (
-                (_get(f"{base}/api/runs/{run_name}/status").get("last_metrics") or {}).get(
+                (_get(f"{base}/api/runs/{run_name}/status", token).get("last_metrics") or {}).get(
                     "step", -1
                 )
                 >= 5
@@ -94,7 +111,7 @@ def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
             timeout=60,
             what="the demo's metrics to reach the server",
         )
-        acts = _get(f"{base}/api/runs/{run_name}/actuators")["actuators"]
+        acts = _get(f"{base}/api/runs/{run_name}/actuators", token)["actuators"]
         assert "lr" in {a["param_key"] for a in acts}
 
         demo.send_signal(signal.SIGINT)

@@ -5,7 +5,9 @@
 
 Two child processes: the trainer (``python -m hotcb.demo train ...``) and the dashboard server
 (``python -m hotcb serve ...``). They meet only in the run directory, exactly like a user's own
-run and ``hotcb serve``; the demo adds no side channel. Ctrl-C (SIGINT) or SIGTERM stops both
+run and ``hotcb serve``; the demo adds no side channel. The demo makes the server's access token
+and hands it over in the environment (``HOTCB_TOKEN``, never on a command line, which ``ps``
+shows); the URL it prints carries it once. Ctrl-C (SIGINT) or SIGTERM stops both
 children (the trainer first, so its ledger is flushed) and waits for them: no orphans.
 
 The trainer uses torch when it is installed (a real model on the digits bundled with
@@ -19,6 +21,7 @@ import argparse
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -390,14 +393,28 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
             pass
 
 
-def _spawn(argv: Sequence[str], log_path: str | None = None) -> subprocess.Popen[bytes]:
+def _open_log(path: str) -> Any:
+    """The child's log, readable by its owner only (the server's holds the tokenised URL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def _env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def _spawn(
+    argv: Sequence[str], log_path: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     # own session: a terminal's Ctrl-C reaches only the demo, which stops the children in order
-    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
+    out = _open_log(log_path) if log_path else None
     try:
         return subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
+            env=env,
             start_new_session=True,
             preexec_fn=_child_setup if os.name == "posix" else None,
         )
@@ -487,7 +504,12 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
             os.path.join(run_dir, "demo.trainer.log"),
         )
         children.append(trainer)
-        server = _spawn(server_argv(serve_dir, port), os.path.join(run_dir, "demo.server.log"))
+        token = secrets.token_urlsafe(24)
+        server = _spawn(
+            server_argv(serve_dir, port),
+            os.path.join(run_dir, "demo.server.log"),
+            env={**_env_without("HOTCB_NO_TOKEN"), "HOTCB_TOKEN": token},
+        )
         children.append(server)
         base = f"http://127.0.0.1:{port}"
         if not _wait_http(base + "/api/health", lambda: server.poll() is None, 60.0):
@@ -506,7 +528,8 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
                     f"see {run_dir}/demo.trainer.log"
                 )
             time.sleep(0.1)
-        url = base + "/" + ("" if run_id == "." else "?run=" + urllib.parse.quote(run_id))
+        query = {"token": token} if run_id == "." else {"token": token, "run": run_id}
+        url = f"{base}/?{urllib.parse.urlencode(query, safe='/', quote_via=urllib.parse.quote)}"
         kind = "golden multi-task" if golden else ("synthetic" if synthetic else "digits MLP")
         out(f"hotcb demo ({kind}) run: {run_dir}")
         out(f"dashboard: {url}")

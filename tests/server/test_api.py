@@ -178,7 +178,7 @@ def test_freeze_endpoint(tmp_path, live_server):
 def test_token_required_for_rest_when_set(tmp_path, live_server):
     make_run(tmp_path / "r", steps=2)
     srv = live_server(token="s3cret")
-    with srv.client() as c:
+    with srv.client(auth=False) as c:
         assert c.get("/api/health").status_code == 200  # public
         assert c.get("/").status_code == 200  # the page itself holds no data
         for path in ("/api/runs", "/api/config", "/api/runs/r/status", "/openapi.json"):
@@ -310,7 +310,8 @@ def test_page_and_static_files(tmp_path, live_server):
     (static / "index.html").write_text("<!doctype html><title>hotcb</title>")
     (static / "vendor" / "lib.js").write_text("export const x = 1;")
     (tmp_path / "secret.txt").write_text("no")
-    with live_server(root=tmp_path / "runs", static_dir=str(static), token="t").client() as c:
+    srv = live_server(root=tmp_path / "runs", static_dir=str(static), token="t")
+    with srv.client(auth=False) as c:  # the page and its files are public
         page = c.get("/")
         assert page.status_code == 200 and "<title>hotcb</title>" in page.text
         js = c.get("/static/vendor/lib.js")

@@ -13,7 +13,7 @@ import pytest
 from hotcb.cli import build_parser
 from hotcb.cli._serve import build_config
 from hotcb.metrics import MetricsCollector
-from hotcb.server.config import DashboardConfig, is_loopback
+from hotcb.server.config import DashboardConfig, is_loopback, read_token_file
 from hotcb.testing import wait_for
 
 
@@ -35,11 +35,19 @@ def cli(*argv: str) -> DashboardConfig:
     return build_config(build_parser().parse_args(["serve", *argv]))
 
 
+def token_file(tmp_path, token: str, mode: int = 0o600, name: str = "token") -> str:
+    path = tmp_path / name
+    path.write_text(token + "\n")
+    path.chmod(mode)
+    return str(path)
+
+
 def test_defaults():
     c = DashboardConfig.load()
     assert (c.host, c.port, c.token, c.allow_code_load) == ("127.0.0.1", 8421, None, False)
     assert c.tail_interval_sec == 0.05 and c.history_max_points == 2000
     assert c.ui.stale_after_sec == 30.0
+    assert c.no_token is False and c.allowed_roots == [] and c.max_body_bytes == 1_048_576
 
 
 def test_yaml_over_defaults(yaml_file):
@@ -56,9 +64,12 @@ def test_env_over_defaults(monkeypatch):
     assert c.port == 9100 and c.ui.stale_after_sec == 7
 
 
-def test_cli_over_defaults():
-    c = cli("--port", "9200", "--token", "t")
+def test_cli_over_defaults(tmp_path):
+    c = cli("--port", "9200", "--token-file", token_file(tmp_path, "t"))
     assert c.port == 9200 and c.token == "t" and c.host == "127.0.0.1"
+    c = cli("--allowed-root", "a", "--allowed-root", "/b", "--max-body-bytes", "4096")
+    assert c.allowed_roots == [os.path.abspath("a"), "/b"] and c.max_body_bytes == 4096
+    assert cli("--no-token").no_token is True
 
 
 def test_env_over_yaml(monkeypatch, yaml_file):
@@ -78,9 +89,49 @@ def test_cli_over_yaml(yaml_file):
 def test_cli_over_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HOTCB_PORT", "9100")
     monkeypatch.setenv("HOTCB_TOKEN", "from-env")
+    monkeypatch.setenv("HOTCB_MAX_BODY_BYTES", "2048")
     c = cli("--port", "9400")
     assert c.port == 9400 and c.token == "from-env"  # flag wins, env fills the rest
-    assert cli("--token", "from-flag").token == "from-flag"
+    assert c.max_body_bytes == 2048
+    assert cli("--token-file", token_file(tmp_path, "from-flag")).token == "from-flag"
+    assert cli("--max-body-bytes", "8192").max_body_bytes == 8192
+
+
+def test_yaml_env_and_flag_for_security_fields(monkeypatch, tmp_path):
+    path = tmp_path / "sec.yaml"
+    path.write_text("max_body_bytes: 5000\nallowed_roots: [/data/recipes]\n")
+    c = DashboardConfig.load(str(path))
+    assert c.max_body_bytes == 5000 and c.allowed_roots == ["/data/recipes"]
+    monkeypatch.setenv("HOTCB_ALLOWED_ROOTS", '["/from/env"]')
+    assert DashboardConfig.load(str(path)).allowed_roots == ["/from/env"]
+    assert cli("--config", str(path), "--allowed-root", "/flag").allowed_roots == ["/flag"]
+    monkeypatch.setenv("HOTCB_NO_TOKEN", "1")
+    assert DashboardConfig.load().no_token is True
+
+
+def test_token_file_rules(tmp_path):
+    assert read_token_file(token_file(tmp_path, "ok")) == "ok"  # surrounding blanks dropped
+    for mode in (0o640, 0o604, 0o644, 0o660):
+        with pytest.raises(ValueError, match="chmod 600") as info:
+            read_token_file(token_file(tmp_path, "s3cret-value", mode, name=f"t{mode:o}"))
+        assert "s3cret-value" not in str(info.value)  # the refusal does not echo the token
+    with pytest.raises(ValueError, match="empty"):
+        read_token_file(token_file(tmp_path, ""))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_token_file(str(tmp_path / "missing"))
+
+
+def test_token_flag_is_gone(capsys):
+    """A token on the command line shows in ``ps``: the flag does not exist."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", "--token", "s3cret-zz"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "HOTCB_TOKEN" in err and "s3cret-zz" not in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    assert "HOTCB_TOKEN" in help_text and "--token-file" in help_text
 
 
 def test_yaml_path_from_env_and_missing_file(monkeypatch, yaml_file, tmp_path):
@@ -99,14 +150,21 @@ def test_invalid_values_are_refused(monkeypatch):
 def test_token_rules():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
-    local = DashboardConfig.load()
-    assert local.ensure_token() is False and local.token is None
-    public = DashboardConfig.load(host="0.0.0.0")
-    assert public.ensure_token() is True and len(public.token) >= 20
-    assert "token" not in public.public() and public.token not in str(public.public())
-    assert public.token not in repr(public)
+    # a token on every address by default, loopback included (Jupyter's model)
+    for host in ("127.0.0.1", "0.0.0.0"):
+        c = DashboardConfig.load(host=host)
+        assert c.ensure_token() is True and len(c.token) >= 20
+        assert "token" not in c.public() and c.token not in str(c.public())
+        assert c.token not in repr(c)
     given = DashboardConfig.load(host="0.0.0.0", token="mine")
     assert given.ensure_token() is False and given.token == "mine"
+    # the opt-out: loopback only, and not together with a token
+    off = DashboardConfig.load(no_token=True)
+    assert off.ensure_token() is False and off.token is None
+    with pytest.raises(ValueError, match="refused when binding 0.0.0.0"):
+        DashboardConfig.load(host="0.0.0.0", no_token=True).ensure_token()
+    with pytest.raises(ValueError, match="pick one"):
+        DashboardConfig.load(no_token=True, token="t").ensure_token()
 
 
 @pytest.mark.slow
@@ -114,12 +172,14 @@ def test_hotcb_serve_prints_url_with_token(tmp_path):
     with MetricsCollector(str(tmp_path / "r")) as m:
         m.log(0, {"loss": 1.0})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hotcb", "--dir", str(tmp_path), "serve", "--port", "0"]
-        + ["--token", "abc"],
+        [sys.executable, "-m", "hotcb", "--dir", str(tmp_path), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")},
+            "HOTCB_TOKEN": "abc",
+        },
     )
     try:
         line = proc.stdout.readline()

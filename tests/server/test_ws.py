@@ -50,7 +50,7 @@ def test_appended_metrics_reach_the_client(tmp_path, live_server):
     collector = MetricsCollector(run)
     collector.log(0, {"loss": 2.0})
     srv = live_server()
-    with connect(srv.ws_url) as ws:
+    with srv.ws() as ws:
         inbox = Inbox(ws)
         hello = inbox.until(lambda ms: [m for m in ms if m["type"] == "hello"], what="hello")[0]
         assert hello["version"] and hello["config"]["stale_after_sec"] == 30.0
@@ -77,7 +77,7 @@ def test_ledger_actuators_and_commands_are_pushed(tmp_path, live_server):
     kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
     kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
     srv = live_server()
-    with connect(srv.ws_url) as ws, srv.client() as c:
+    with srv.ws() as ws, srv.client() as c:
         inbox = Inbox(ws)
         ws.send(json.dumps({"subscribe": ["r"]}))
         snap = inbox.until(lambda ms: [m for m in ms if m["type"] == "actuators"], what="doc")
@@ -124,7 +124,7 @@ def test_periodic_status_and_unknown_run(tmp_path, live_server):
     with MetricsCollector(os.fspath(tmp_path)) as m:
         m.log(7, {"loss": 1.0})
     srv = live_server(status_interval_sec=0.1)
-    with connect(srv.ws_url) as ws:
+    with srv.ws() as ws:
         inbox = Inbox(ws)
         ws.send(json.dumps({"subscribe": [".", "missing"]}))
         err = inbox.until(lambda ms: [m for m in ms if m["type"] == "error"], what="error")
@@ -141,7 +141,7 @@ def test_ws_needs_token_when_set(tmp_path, live_server):
         m.log(0, {"loss": 1.0})
     srv = live_server(token="tok")
     with pytest.raises(InvalidStatus) as info:
-        with connect(srv.ws_url):
+        with connect(srv.ws_url):  # no token at all
             pass
     assert info.value.response.status_code == 401
     with pytest.raises(InvalidStatus):
@@ -158,10 +158,10 @@ def test_ws_from_another_site_is_refused(tmp_path, live_server):
         m.log(0, {"loss": 1.0})
     srv = live_server()
     with pytest.raises(InvalidStatus) as info:
-        with connect(srv.ws_url, origin="https://evil.example"):
+        with srv.ws(origin="https://evil.example"):
             pass
     assert info.value.response.status_code == 403
-    with connect(srv.ws_url, origin=srv.url) as ws:
+    with srv.ws(origin=srv.url) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
 
 
@@ -180,7 +180,7 @@ def test_real_trainer_steered_from_the_dashboard(tmp_path, live_server):
     )
     try:
         srv = live_server()
-        with connect(srv.ws_url) as ws, srv.client() as c:
+        with srv.ws() as ws, srv.client() as c:
             inbox = Inbox(ws)
             ws.send(json.dumps({"subscribe": ["run"]}))
             inbox.until(lambda ms: [m for m in ms if m["type"] == "metrics"], 60, "metrics")

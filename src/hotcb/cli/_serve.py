@@ -8,17 +8,58 @@ import sys
 from typing import Any
 
 
+class _TokenFlagGone(argparse.Action):
+    """``--token T`` is refused, without echoing T: a command line is visible in ``ps``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error(
+            "--token is not accepted (other users can read a command line with 'ps'); "
+            "put the token in $HOTCB_TOKEN or in a file for --token-file (chmod 600)"
+        )
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "serve",
+        allow_abbrev=False,  # "--token" must not pass for "--token-file"
         help="start the live dashboard (http://127.0.0.1:8421)",
         description="Serve the dashboard for --dir (a run directory or a folder of runs). "
-        "Settings: defaults < --config YAML < HOTCB_* env < these flags. Binding an address "
-        "other than loopback requires a token (generated and printed when not given).",
+        "Settings: defaults < --config YAML < HOTCB_* env < these flags. A token is required "
+        "on every address (Jupyter's model): give it in $HOTCB_TOKEN or --token-file, or let "
+        "the server generate one; the URL printed at start carries it once, then the browser "
+        "keeps it in a cookie. Scripts send 'Authorization: Bearer <token>'.",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8421; 0: any free)")
-    p.add_argument("--token", default=None, help="access token (default: $HOTCB_TOKEN)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="read the access token from FILE (mode 600; default: $HOTCB_TOKEN, else a token "
+        "is generated). There is no --token flag: a command line shows in 'ps'",
+    )
+    p.add_argument("--token", nargs="?", action=_TokenFlagGone, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        default=None,
+        help="serve without a token (loopback only): any local user can then drive the runs",
+    )
+    p.add_argument(
+        "--allowed-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a folder that paths in requests (recipes, checkpoints) may point into, besides "
+        "the run's own directory (repeatable)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest request body accepted (default 1048576)",
+    )
     p.add_argument("--config", default=None, help="YAML file with DashboardConfig fields")
     p.add_argument(
         "--allow-code-load",
@@ -36,30 +77,49 @@ def build_config(args: argparse.Namespace) -> Any:
     from ..server import require_dashboard
 
     require_dashboard()
-    from ..server.config import DashboardConfig
+    from ..server.config import DashboardConfig, read_token_file
 
+    token = read_token_file(args.token_file) if args.token_file else None
+    roots = [os.path.abspath(r) for r in args.allowed_root] if args.allowed_root else None
     return DashboardConfig.load(
         args.config,
         dir=os.path.abspath(args.dir),
         host=args.host,
         port=args.port,
-        token=args.token,
+        token=token,
+        no_token=args.no_token,
+        allowed_roots=roots,
+        max_body_bytes=args.max_body_bytes,
         allow_code_load=args.allow_code_load,
     )
 
 
+def _warnings(config: Any) -> list[str]:
+    out = []
+    if config.no_token:
+        out.append(
+            f"hotcb: warning: --no-token: any local user can pause, change or stop the runs "
+            f"under {config.dir}"
+        )
+    if config.allow_code_load:
+        who = "any local user" if config.no_token else "anyone holding the token"
+        out.append(f"hotcb: warning: code loading is ON: {who} can run code in the trainer")
+    return out
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from . import CliError
+
     config = build_config(args)
     if not os.path.isdir(config.dir):
-        from . import CliError
-
         raise CliError(f"--dir {config.dir} is not a directory")
-    generated = config.ensure_token()
+    config.ensure_token()  # ValueError (one line, exit 2) for --no-token off loopback
     import socket
 
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.logs import install_log_filters
 
     app = create_app(config)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
@@ -69,8 +129,6 @@ def _serve(args: argparse.Namespace) -> int:
         sock.bind((config.host, config.port))  # bind first so --port 0 can print the real port
     except OSError as exc:
         sock.close()
-        from . import CliError
-
         raise CliError(
             f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
             "is another server running there? pick another --port (0: any free port)"
@@ -79,13 +137,20 @@ def _serve(args: argparse.Namespace) -> int:
     shown = f"[{config.host}]" if family == socket.AF_INET6 else config.host
     url = f"http://{shown}:{port}/"
     if config.token:
-        url += f"?token={config.token}"
-    if generated:
-        print(f"hotcb: binding {config.host} needs a token; generated one: {config.token}")
+        url += f"?token={config.token}"  # the one place the token is ever printed
+    for line in _warnings(config):
+        print(line, file=sys.stderr)
     print(f"hotcb dashboard for {config.dir}: {url}", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level=args.log_level, ws="websockets-sansio", lifespan="on")
+        uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            ws="websockets-sansio",
+            ws_max_size=config.max_body_bytes,
+            lifespan="on",
+        )
     )
+    install_log_filters()  # again after uvicorn's logging set-up (it keeps filters; be sure)
     try:
         server.run(sockets=[sock])
     finally:

@@ -20,7 +20,9 @@ from .. import __version__
 from .auth import SameOriginMiddleware, TokenAuthMiddleware
 from .config import DashboardConfig, is_loopback
 from .deps import Deps
+from .guards import BodyLimitMiddleware, JSONOnlyMiddleware, SecurityHeadersMiddleware
 from .hub import Hub
+from .logs import install_log_filters
 from .routers import (
     create_commands_router,
     create_meta_router,
@@ -46,11 +48,12 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     """Build the dashboard app for ``config.dir`` (a run or a folder of runs); the page comes
     from ``static_dir`` (default: the package's ``static/`` folder).
 
-    When the bind address is not loopback and no token is set, one is generated
-    (``config.token``); the caller prints it.
+    When no token is set and ``config.no_token`` is off, one is generated (``config.token``);
+    the caller prints it. uvicorn's loggers get the token-redacting filter.
     """
     config = config or DashboardConfig.load()
     config.ensure_token()
+    install_log_filters()
     hub = Hub(config.ws_queue_max)
     deps = Deps(config=config, registry=RunRegistry(config, hub), hub=hub)
     tailer = Tailer(deps.registry, deps.hub, config)
@@ -68,6 +71,8 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
         version=__version__,
         description="Watch and steer hotcb training runs: metrics, ledger, actuators, commands.",
         lifespan=lifespan,
+        docs_url=None,  # served by the static router, under its own CSP
+        redoc_url=None,
     )
     app.state.deps = deps
     app.state.config = config
@@ -87,13 +92,17 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     app.include_router(
         create_static_router(deps, static_dir) if static_dir else create_static_router(deps)
     )
-    # Added last = outermost: the same-origin guard runs first, then the token check.
+    # Added last = outermost. A request meets: the response headers, the same-origin guard,
+    # the token check, the JSON-only rule for writes, the body cap; nothing is read before.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(JSONOnlyMiddleware)
     app.add_middleware(TokenAuthMiddleware, token=config.token)
     app.add_middleware(
         SameOriginMiddleware,
         loopback=is_loopback(config.host),
         allowed_hosts=frozenset(config.allowed_hosts),
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

@@ -1,36 +1,77 @@
-"""Token check for every REST call and WebSocket connect (when a token is in force).
+"""Who may talk to the server: the token check and the same-origin guard.
 
-The token travels as ``Authorization: Bearer T``, as ``?token=T``, or as the ``hotcb_token``
-cookie that the server sets (HttpOnly, SameSite=Strict) when a request carries a valid
-``?token=`` — so ``/docs`` works in a browser after opening the page's URL. The page itself
-(``GET /``, ``/static/*``) and ``/api/health`` are public: they hold no data and no secret.
-A refused WebSocket gets an HTTP 401 handshake answer where the server supports it, else a close
-with code 4401 before it is accepted.
+The token travels as ``Authorization: Bearer T`` (API clients), or as the ``hotcb_token_<port>``
+cookie (HttpOnly, SameSite=Strict) that the server sets when a browser opens the printed URL
+``/?token=T``: that request is answered with a redirect to the same address without the token,
+so the token leaves the address bar, the history and the ``Referer`` at once. ``?token=T`` on an
+API call or on ``/ws`` is still accepted for scripts (and redacted from the logs, see
+:mod:`hotcb.server.logs`). The page itself (``GET /``, ``/static/*``) and ``/api/health`` are
+public: they hold no data and no secret. A refused WebSocket gets an HTTP 401 handshake answer.
+
+The cookie's name carries the server's port: browsers send a host's cookies to every port of
+that host, so two dashboards on one machine would otherwise overwrite each other's token.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["TokenAuthMiddleware", "SameOriginMiddleware", "COOKIE_NAME", "PUBLIC_PATHS"]
+from .logs import mark_ws_refused
+
+__all__ = [
+    "TokenAuthMiddleware",
+    "SameOriginMiddleware",
+    "COOKIE_NAME",
+    "PUBLIC_PATHS",
+    "cookie_name",
+    "refuse_http",
+]
 
 COOKIE_NAME = "hotcb_token"
 PUBLIC_PATHS = frozenset({"/", "/index.html", "/api/health", "/favicon.ico"})
+PAGE_PATHS = frozenset({"/", "/index.html"})
 WS_CLOSE_UNAUTHORIZED = 4401
-_TOKEN_HELP = "missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token>"
+_TOKEN_HELP = (
+    "missing or wrong token: open the URL that 'hotcb serve' printed (…/?token=…), or send "
+    "'Authorization: Bearer <token>'"
+)
 
 
 def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith("/static/")
 
 
+def cookie_name(scope: Scope) -> str:
+    """``hotcb_token_<port>`` for the server that answers ``scope``."""
+    server = scope.get("server")
+    return f"{COOKIE_NAME}_{server[1]}" if server and server[1] else COOKIE_NAME
+
+
+def _cookies(header: str) -> dict[str, str]:
+    """A ``Cookie`` header as a dict; tolerant of other sites' odd cookies on the same host
+    (``http.cookies.SimpleCookie`` gives up on the whole header at the first one)."""
+    out: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            out.setdefault(name, value.strip().strip('"'))
+    return out
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 class TokenAuthMiddleware:
-    """Pure ASGI middleware, so it guards HTTP and WebSocket alike."""
+    """Pure ASGI middleware, so it guards HTTP and WebSocket alike. ``token=None`` (the
+    ``no_token`` opt-out) lets everything through."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -38,22 +79,19 @@ class TokenAuthMiddleware:
 
     def _presented(self, scope: Scope) -> tuple[str | None, bool]:
         """The token the request carries, and whether it came in the query string."""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if query.get("token"):
-            return query["token"][-1], True
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, cred = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and cred:
-                    return cred.strip(), False
-            elif name == b"cookie":
-                cookie: SimpleCookie = SimpleCookie()
-                try:
-                    cookie.load(value.decode("latin-1"))
-                except Exception:
-                    continue
-                if COOKIE_NAME in cookie:
-                    return cookie[COOKIE_NAME].value, False
+            return query["token"], True
+        auth = _header(scope, b"authorization")
+        if auth:
+            scheme, _, cred = auth.partition(" ")
+            if scheme.lower() == "bearer" and cred.strip():
+                return cred.strip(), False
+        cookie = _header(scope, b"cookie")
+        if cookie:
+            value = _cookies(cookie).get(cookie_name(scope))
+            if value:
+                return value, False
         return None, False
 
     def _ok(self, presented: str | None) -> bool:
@@ -74,16 +112,43 @@ class TokenAuthMiddleware:
             else:
                 await _refuse_ws(scope, receive, send, 401, "missing or wrong token")
             return
+        if in_query and scope["method"] in ("GET", "HEAD") and _navigation(scope):
+            await self._redirect(scope, send, set_cookie=ok)
+            return
         if not ok and not _public(scope["path"]):
-            await _refuse_http(send, 401, _TOKEN_HELP, [(b"www-authenticate", b"Bearer")])
+            await refuse_http(send, 401, _TOKEN_HELP, [(b"www-authenticate", b"Bearer")])
             return
         if ok and in_query:
-            send = self._with_cookie(send)
+            send = self._with_cookie(scope, send)
         await self.app(scope, receive, send)
 
-    def _with_cookie(self, send: Send) -> Send:
+    def _cookie(self, scope: Scope) -> bytes:
         assert self.token is not None
-        cookie = f"{COOKIE_NAME}={self.token}; HttpOnly; SameSite=Strict; Path=/".encode()
+        name = cookie_name(scope)
+        return f"{name}={self.token}; HttpOnly; SameSite=Strict; Path=/".encode()
+
+    async def _redirect(self, scope: Scope, send: Send, *, set_cookie: bool) -> None:
+        """303 to the same address without ``token`` (other query parameters kept)."""
+        query = [
+            (k, v)
+            for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
+            if k != "token"
+        ]
+        # one leading slash: "//evil.example/?token=…" must not become a redirect off-site
+        path = "/" + scope["path"].lstrip("/")
+        location = quote(path) + (f"?{urlencode(query)}" if query else "")
+        headers = [
+            (b"location", location.encode("latin-1")),
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"0"),
+        ]
+        if set_cookie:
+            headers.append((b"set-cookie", self._cookie(scope)))
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _with_cookie(self, scope: Scope, send: Send) -> Send:
+        cookie = self._cookie(scope)
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -92,6 +157,11 @@ class TokenAuthMiddleware:
             await send(message)
 
         return wrapped
+
+
+def _navigation(scope: Scope) -> bool:
+    """A browser opening an address (the page, or e.g. ``/docs``), as opposed to a script."""
+    return scope["path"] in PAGE_PATHS or _header(scope, b"sec-fetch-mode") == "navigate"
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -125,17 +195,12 @@ class SameOriginMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {
-            k.decode(): v.decode("latin-1")
-            for k, v in scope.get("headers", ())
-            if k in (b"host", b"origin")
-        }
-        host = headers.get("host", "")
+        host = _header(scope, b"host") or ""
+        origin = _header(scope, b"origin")
         reason = None
         if self.loopback and host and _hostname(host) not in self.allowed:
             reason = f"host {host!r} is not allowed (add it to allowed_hosts)"
         elif scope["type"] == "websocket" or scope.get("method") in _UNSAFE:
-            origin = headers.get("origin")
             if origin is not None and (
                 origin == "null" or origin.split("://", 1)[-1].lower() != host.lower()
             ):
@@ -145,12 +210,13 @@ class SameOriginMiddleware:
         elif scope["type"] == "websocket":
             await _refuse_ws(scope, receive, send, 403, reason)
         else:
-            await _refuse_http(send, 403, reason)
+            await refuse_http(send, 403, reason)
 
 
-async def _refuse_http(
+async def refuse_http(
     send: Send, status: int, reason: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    """Answer with ``{"detail": reason}`` and ``status``, without reading the request."""
     body = json.dumps({"detail": reason}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
@@ -176,6 +242,7 @@ async def _refuse_ws(scope: Scope, receive: Receive, send: Send, status: int, re
             }
         )
         await send({"type": "websocket.http.response.body", "body": body})
+        mark_ws_refused()
     else:
         code = WS_CLOSE_UNAUTHORIZED if status == 401 else 4403
         await send({"type": "websocket.close", "code": code})

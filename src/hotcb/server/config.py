@@ -8,6 +8,10 @@ Sources, lowest to highest precedence (the order of :meth:`DashboardConfig.setti
 4. CLI flags (passed as keyword arguments).
 
 ``GET /api/config`` serves the whole config except the token.
+
+A token is required on every address unless ``no_token`` is set (Jupyter's model): when none is
+given, :meth:`DashboardConfig.ensure_token` generates one. ``no_token`` is refused on an address
+other than loopback.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextvars
 import ipaddress
 import os
 import secrets
+import stat
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -26,7 +31,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["DashboardConfig", "ChartSettings", "UISettings", "is_loopback"]
+__all__ = ["DashboardConfig", "ChartSettings", "UISettings", "is_loopback", "read_token_file"]
 
 #: The YAML file of the config being built (set by :meth:`DashboardConfig.load`): a context
 #: variable so that the path can vary per call while precedence stays in one class method.
@@ -75,10 +80,24 @@ class DashboardConfig(BaseSettings):
     )
 
     dir: str = Field(".", description="a run directory or a folder of runs")
-    host: str = Field("127.0.0.1", description="bind address (non-loopback needs a token)")
+    host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8421, ge=0, le=65535)
     token: str | None = Field(
-        None, exclude=True, repr=False, description="access token; never served"
+        None,
+        exclude=True,
+        repr=False,
+        description="access token (default: generated at start); never served",
+    )
+    no_token: bool = Field(
+        False,
+        description="serve without a token (loopback only): any local user can then drive the runs",
+    )
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="folders besides each run's directory that paths in requests may point into",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body accepted (413 above it)"
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -149,13 +168,26 @@ class DashboardConfig(BaseSettings):
     # -- security --------------------------------------------------------------------------
     @property
     def needs_token(self) -> bool:
-        """Binding a non-loopback address requires a token."""
-        return not is_loopback(self.host)
+        """A token is required unless ``no_token`` was asked for (on loopback only)."""
+        return not self.no_token
 
     def ensure_token(self) -> bool:
-        """Generate a token when the bind address needs one and none was given.
-        Returns True when a token was generated (so the caller prints it)."""
-        if self.token or not self.needs_token:
+        """Generate a token when none was given and ``no_token`` is off; return True when one
+        was generated. Raise ``ValueError`` for ``no_token`` on an address other than
+        loopback, or together with a token."""
+        if self.no_token:
+            if not is_loopback(self.host):
+                raise ValueError(
+                    f"--no-token (no_token) is refused when binding {self.host}: anyone who can "
+                    "reach that address could drive the runs; keep the token (or bind 127.0.0.1)"
+                )
+            if self.token:
+                raise ValueError(
+                    "--no-token (no_token) was given together with a token (HOTCB_TOKEN or "
+                    "--token-file); pick one"
+                )
+            return False
+        if self.token:
             return False
         self.token = secrets.token_urlsafe(24)
         return True
@@ -163,6 +195,26 @@ class DashboardConfig(BaseSettings):
     def public(self) -> dict[str, Any]:
         """The config as JSON, without the token."""
         return self.model_dump(mode="json", exclude={"token"})
+
+
+def read_token_file(path: str) -> str:
+    """The token kept in ``path`` (surrounding whitespace stripped). The file must be readable
+    by its owner only (``chmod 600``): a token that other users can read protects nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "r", encoding="utf-8") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(
+                f"the token file {path} is open to group/others (mode "
+                f"{stat.S_IMODE(mode):04o}); run 'chmod 600 {path}' and start again"
+            )
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
 
 
 def is_loopback(host: str) -> bool:

@@ -1,6 +1,10 @@
 """Fixtures for the page tests: Debian's headless Chromium driven by Playwright, a real demo
 trainer process, and a real ``hotcb serve`` process (restartable on the same port).
 
+The server is :class:`hotcb.server.testing.ServeProcess` with the token in ``HOTCB_TOKEN``; a
+page opens the printed URL (``/?token=…``), which the server answers with a cookie and a
+redirect to the same address without the token.
+
 Chromium is ``/usr/bin/chromium`` (``.ci/run`` installs it with apt-get); a downloaded browser
 is never used. The tests skip with a reason when Playwright or Chromium is missing.
 """
@@ -11,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,17 +22,9 @@ from typing import Any
 
 import pytest
 
+from hotcb.server.testing import CHROMIUM, ServeProcess, chromium, free_port
 from hotcb.testing import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "browser-test-token"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
 
@@ -40,12 +35,6 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
         data = f.read()
     return [json.loads(line) for line in data.split(b"\n")[:-1] if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 10) -> None:
@@ -61,13 +50,11 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float =
 # ------------------------------------------------------------------------------ browser
 @pytest.fixture(scope="module")  # not session: its event loop would outlive the module
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
@@ -148,51 +135,28 @@ def runs(tmp_path_factory: Any) -> Iterator[dict[str, Run]]:
         baseline.close()
 
 
-class Server:
-    """``hotcb --dir ROOT serve --port P --token T`` as a real process (restartable)."""
+class Server(ServeProcess):
+    """``hotcb --dir ROOT serve --port P`` as a real process (restartable), with the token in
+    ``HOTCB_TOKEN`` (never on the command line)."""
 
     def __init__(self, root: str, port: int) -> None:
-        self.root = root
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "hotcb", "--dir", self.root, "serve",
-                "--port", str(self.port), "--token", TOKEN]  # fmt: skip
         # small timers and a small first ledger page, so that the tests see them act
-        env = dict(
-            ENV,
-            HOTCB_UI__STALE_AFTER_SEC="3",
-            HOTCB_UI__RECONNECT_MAX_DELAY_SEC="1",
-            HOTCB_LEDGER_LIMIT="3",
-        )
-        self.log = open(os.path.join(self.root, f"serve-{self.port}.log"), "ab")  # noqa: SIM115
-        start = self.log.tell()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        import urllib.request
+        env = {
+            "HOTCB_TOKEN": TOKEN,
+            "HOTCB_UI__STALE_AFTER_SEC": "3",
+            "HOTCB_UI__RECONNECT_MAX_DELAY_SEC": "1",
+            "HOTCB_LEDGER_LIMIT": "3",
+        }
+        super().__init__(root, port, env=env)
 
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(self.url + "/api/health", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, what="hotcb serve to answer")
-        with open(self.log.name, "rb") as f:
-            f.seek(start)
-            printed = f.read().decode()
+    def start(self, timeout: float = 30) -> str:
+        printed = super().start(timeout)
         # the URL it prints carries the token, so a person can click it
-        assert re.search(rf"127\.0\.0\.1:{self.port}/\?token={TOKEN}", printed), printed
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.log.close()
-            self.proc = None
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{self.port}/\?token={TOKEN}", printed), printed
+        return printed
 
     def page_url(self, run: str | None = None) -> str:
+        """The printed URL (with the token; the server trades it for a cookie)."""
         q = f"?token={TOKEN}" + (f"&run={run}" if run else "")
         return f"{self.url}/{q}"
 

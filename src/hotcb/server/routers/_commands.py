@@ -1,37 +1,61 @@
 """Write side of a run: commands and freeze, validated here and appended with
-``source: "dashboard"`` through :class:`hotcb.client.HotClient` (the one local writer)."""
+``source: "dashboard"`` through :class:`hotcb.client.HotClient` (the one local writer).
+
+Bodies are JSON (``JSONOnlyMiddleware`` refuses other types before this runs). A path in a
+request (a freeze recipe or overlay, a checkpoint's ``params.path``, a callback file) must
+resolve inside the run directory or one of ``allowed_roots`` (403 otherwise); the refusal
+never says whether the file exists.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException
 
 from ...client import HotClient
-from ...errors import CommandError
+from ...errors import CommandError, JournalWriteError, PathNotAllowedError
+from ...runfiles import confine_path
 from ..deps import Deps
 
 _COMMAND_EXAMPLE = {"module": "opt", "op": "set_params", "params": {"lr": 0.0003}}
 _FREEZE_EXAMPLE = {"mode": "prod"}
+_FREEZE_FIELDS = frozenset({"mode", "recipe_path", "adjust_path", "step_offset"})
 
 
-def _json(body: Any) -> Any:
-    """Only ``Content-Type: application/json`` bodies are commands. A body of another type
-    arrives as bytes and is refused: a cross-site page can send a plain-text POST without a
-    CORS preflight, so accepting it would let any website steer a local run."""
-    if isinstance(body, (bytes, str)):
-        raise HTTPException(
-            415, detail="send the command as JSON with 'Content-Type: application/json'"
-        )
-    return body
+def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` of every field of ``record`` that names a file the trainer would
+    open or write."""
+    params = record.get("params") if isinstance(record.get("params"), dict) else {}
+    module, op = record.get("module"), record.get("op")
+    for key in ("recipe_path", "adjust_path"):
+        if record.get(key) is not None:
+            yield key, record[key]
+        if module == "freeze" and params.get(key) is not None:
+            yield f"params.{key}", params[key]
+    if module == "control" and op == "checkpoint" and params.get("path") is not None:
+        yield "params.path", params["path"]
+    target = record.get("target")
+    if module == "cb" and isinstance(target, dict) and target.get("kind") == "python_file":
+        yield "target.path", target.get("path")
 
 
 def create_commands_router(deps: Deps) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["commands"])
+    roots = tuple(deps.config.allowed_roots)
+
+    def confine(run_dir: str, record: dict[str, Any]) -> None:
+        for what, value in _paths(record):
+            if not isinstance(value, str):
+                raise HTTPException(422, detail=f"{what} must be a string path, got {value!r}")
+            try:
+                confine_path(value, run_dir, roots, what=what)
+            except PathNotAllowedError as exc:
+                raise HTTPException(403, detail=str(exc)) from None
 
     def send(run_id: str, body: Any) -> dict[str, str]:
         run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
-        body = _json(body)
         if not isinstance(body, dict):
             raise HTTPException(422, detail=f"a command must be a JSON object, got {body!r}")
         record = dict(body)
@@ -42,25 +66,29 @@ def create_commands_router(deps: Deps) -> APIRouter:
                     detail="loading code from the dashboard is off: start the server with "
                     "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
                 )
+        confine(run_dir, record)
         record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
         record.pop("ts", None)
         try:
             cmd_id = HotClient(run_dir, source="dashboard").send_record(record)
         except CommandError as exc:
             raise HTTPException(422, detail=str(exc)) from None
+        except JournalWriteError as exc:
+            raise HTTPException(507, detail=str(exc)) from None
         return {"cmd_id": cmd_id}
 
     def post_command(run_id: str = ".", body: Any = Body(..., examples=[_COMMAND_EXAMPLE])):  # noqa: B008
         """Append one command (``module``, ``op``, ``params``, ``id``, ``at_step``,
-        ``transition``, …); 422 with the reason when it is invalid."""
+        ``transition``, …); 422 with the reason when it is invalid, 403 for a path outside
+        the run directory and the allowed roots."""
         return send(run_id, body)
 
     def post_freeze(run_id: str = ".", body: Any = Body(..., examples=[_FREEZE_EXAMPLE])):  # noqa: B008
-        """Set the freeze mode: ``{"mode", "recipe_path"?, "adjust_path"?, "step_offset"?}``."""
-        body = _json(body)
+        """Set the freeze mode: ``{"mode", "recipe_path"?, "adjust_path"?, "step_offset"?}``;
+        the paths must lie inside the run directory or an allowed root."""
         if not isinstance(body, dict):
             raise HTTPException(422, detail=f"freeze needs a JSON object, got {body!r}")
-        unknown = set(body) - {"mode", "recipe_path", "adjust_path", "step_offset"}
+        unknown = set(body) - _FREEZE_FIELDS
         if unknown:
             raise HTTPException(
                 422, detail=f"unknown freeze field(s): {', '.join(sorted(unknown))}"

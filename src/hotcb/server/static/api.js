@@ -1,8 +1,8 @@
-// REST and WebSocket access to the hotcb server. The only module that knows URLs and the token.
-
-const params = new URLSearchParams(location.search);
-/** Access token from the page URL (`?token=T`), sent as a Bearer header and on the WS URL. */
-export const token = params.get("token") || null;
+// REST and WebSocket access to the hotcb server. The only module that knows URLs.
+//
+// The page never sees the access token: opening the printed URL (`/?token=T`) makes the server
+// set an HttpOnly cookie and redirect to the same address without the token. fetch() and the
+// WebSocket send that cookie by themselves (same origin), so no URL here carries a token.
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -20,16 +20,17 @@ function detailText(detail) {
   return JSON.stringify(detail);
 }
 
-/** fetch() with the token; JSON in and out; non-2xx raises ApiError with the server's reason. */
+/** fetch() on the page's origin; JSON in and out; non-2xx raises ApiError with the server's
+ * reason. */
 export async function api(path, { method = "GET", body, raw = false } = {}) {
   const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     cache: "no-store",
+    credentials: "same-origin",
   });
   if (!res.ok) {
     let detail = null;
@@ -81,8 +82,7 @@ export class LiveSocket {
 
   url() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const q = token ? `?token=${encodeURIComponent(token)}` : "";
-    return `${proto}//${location.host}/ws${q}`;
+    return `${proto}//${location.host}/ws`;
   }
 
   connect() {

@@ -58,6 +58,7 @@ function ago(sec) {
 function setUrl() {
   if (app.runId != null) document.title = `${runLabel(app.runId)} · hotcb`;
   const q = new URLSearchParams(location.search);
+  q.delete("token"); // the server keeps it in a cookie; never leave it in the address bar
   if (app.runId != null) q.set("run", app.runId);
   if (app.compare.size) q.set("compare", [...app.compare].join(","));
   else q.delete("compare");

@@ -1,0 +1,164 @@
+"""HTTP guards that do not depend on who is asking: response headers, JSON-only writes and
+the request size cap. Pure ASGI middlewares, so they act before FastAPI reads a body.
+
+- :class:`SecurityHeadersMiddleware`: every HTTP response says where it may be framed and what
+  the page may load (``Content-Security-Policy`` with ``frame-ancestors 'self'``,
+  ``X-Frame-Options``, ``nosniff``): another site cannot put the dashboard in a frame and trick
+  a click on *Stop*.
+- :class:`JSONOnlyMiddleware`: a write to ``/api/*`` must be ``Content-Type: application/json``
+  (415 otherwise). A cross-site page can POST ``text/plain``, a form or ``multipart`` without
+  asking the browser's permission (no CORS preflight); JSON it cannot.
+- :class:`BodyLimitMiddleware`: a body over ``max_body_bytes`` gets 413, before it is read when
+  ``Content-Length`` says so, as soon as the count passes the cap when it is streamed.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import refuse_http
+
+__all__ = [
+    "CSP",
+    "SecurityHeadersMiddleware",
+    "JSONOnlyMiddleware",
+    "BodyLimitMiddleware",
+]
+
+#: The page loads its own scripts, styles and data only; nothing inline, no frames but its own.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'; "
+    "object-src 'none'"
+)
+
+_HEADERS = (
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"x-content-type-options", b"nosniff"),
+    # not "no-referrer": with it, some browsers send "Origin: null" on the page's own POSTs,
+    # which the same-origin guard refuses
+    (b"referrer-policy", b"same-origin"),
+)
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`CSP` (unless the response set its own, as ``/docs`` does), and
+    ``X-Frame-Options``, ``X-Content-Type-Options`` and ``Referrer-Policy`` to every HTTP
+    response."""
+
+    def __init__(self, app: ASGIApp, csp: str = CSP) -> None:
+        self.app = app
+        self.csp = csp.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                if b"content-security-policy" not in present:
+                    headers.append((b"content-security-policy", self.csp))
+                headers += [(k, v) for k, v in _HEADERS if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _media_types(scope: Scope) -> list[str]:
+    return [
+        v.decode("latin-1").split(";", 1)[0].strip().lower()
+        for k, v in scope.get("headers", ())
+        if k == b"content-type"
+    ]
+
+
+class JSONOnlyMiddleware:
+    """415 for a POST/PUT/PATCH/DELETE to ``/api/*`` whose ``Content-Type`` is not
+    ``application/json`` (parameters such as ``; charset=utf-8`` are fine)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] in _WRITES
+            and scope["path"].startswith("/api/")
+            and _media_types(scope) != ["application/json"]
+        ):
+            got = ", ".join(_media_types(scope)) or "no Content-Type"
+            await refuse_http(
+                send,
+                415,
+                f"send the request as JSON with 'Content-Type: application/json' (got {got}); "
+                "other types are refused because any website can send them to this server",
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``: from ``Content-Length`` before reading, or
+    by counting a chunked body as it arrives (the rest is never buffered). The answer closes
+    the connection, so the client stops sending."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _reason(self) -> str:
+        return (
+            f"request body is larger than {self.max_bytes} bytes (max_body_bytes); "
+            "commands are small JSON objects"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        close = [(b"connection", b"close")]
+        for k, v in scope.get("headers", ()):
+            if k != b"content-length":
+                continue
+            try:
+                declared = int(v)
+            except ValueError:
+                await refuse_http(send, 400, f"bad Content-Length {v.decode('latin-1')!r}", close)
+                return
+            if declared > self.max_bytes:
+                await refuse_http(send, 413, self._reason(), close)
+                return
+
+        received = 0
+        refused = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await refuse_http(send, 413, self._reason(), close)
+                    # the app sees the client go away and gives up on the body
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:  # the 413 is the answer; drop the app's reply to the cut body
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)

@@ -1,0 +1,71 @@
+"""Keep the token out of the server's log lines.
+
+uvicorn writes the path with its query string in the access log (``uvicorn.access``) and in
+its WebSocket lines (``uvicorn.error``); a script calling ``/api/runs?token=T`` would leave the
+token in every log file. :func:`install_log_filters` puts a :class:`RedactTokens` filter on
+both loggers (``hotcb serve`` and :func:`hotcb.server.app.create_app` call it; it is idempotent).
+
+The same filter drops one bogus line: uvicorn's ``websockets-sansio`` protocol logs
+``ERROR: ASGI callable returned without completing handshake.`` after a WebSocket refused with
+an HTTP answer (the ASGI denial-response extension), though the refusal went out complete
+(uvicorn PR #3138). The refusal marks its connection's context with :func:`mark_ws_refused`;
+only a record logged in that context is dropped, so a real incomplete handshake still shows.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+from typing import Any
+
+__all__ = ["RedactTokens", "install_log_filters", "mark_ws_refused", "redact"]
+
+LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&;\s/])token=)[^&\s\"']*")
+_INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+#: Set in the task of a WebSocket connection that was refused with an HTTP answer.
+_ws_refused: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "hotcb_ws_refused", default=False
+)
+
+
+def mark_ws_refused() -> None:
+    """Called by the middleware that refused a WebSocket with an HTTP answer."""
+    _ws_refused.set(True)
+
+
+def redact(text: str) -> str:
+    """``…?token=SECRET&run=a`` → ``…?token=[redacted]&run=a``."""
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+def _clean(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites ``token=…`` in a record's message and arguments; drops uvicorn's spurious
+    incomplete-handshake error for a WebSocket that hotcb refused."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _INCOMPLETE_HANDSHAKE and _ws_refused.get():
+            return False
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _clean(v) for k, v in record.args.items()}
+        return True
+
+
+def install_log_filters() -> None:
+    """Put one :class:`RedactTokens` on each of uvicorn's loggers (again: no effect).
+    ``logging.config.dictConfig`` (which uvicorn runs) keeps a logger's filters."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

@@ -1,0 +1,181 @@
+"""Attacks from another website, in a real browser (headless Chromium): the victim has opened
+the dashboard (so the browser holds its cookie), then visits the attacker's page, served from
+another origin (another port of 127.0.0.1: same site, so even a SameSite=Strict cookie goes
+along). Plus the page itself: it works under its CSP, with no token in any URL it uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+
+from hotcb import HotKernel, loss_actuators, mutable_state
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def _steerable_run(path: Any) -> str:
+    """A run with metrics and actuators (so the page shows charts and controls)."""
+    from hotcb.metrics import MetricsCollector
+
+    run = os.fspath(path)
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators({"ce": 1.0, "l2": 0.0})))
+    kernel.apply({"step": 0})
+    kernel.close()
+    with MetricsCollector(run) as m:
+        for s in range(40):
+            m.log(s, {"loss": 1.0 / (s + 1), "lr": 0.01})
+    return run
+
+
+def _open_dashboard(page: Any, srv: Any) -> None:
+    """What the victim did earlier: open the printed URL (the browser now holds the cookie)."""
+    page.goto(f"{srv.url}/?token={srv.token}&run=r")
+    page.wait_for_function(
+        "() => window.hotcb && window.hotcb.debug().connected && window.hotcb.debug().run === 'r'"
+    )
+
+
+def test_dashboard_cannot_be_framed_by_another_site(
+    tmp_path: Any, live_server: Any, read_commands: Any, other_origin: Any, page: Any
+) -> None:
+    """Clickjacking: the attacker's page lays the dashboard in a full-size iframe under a bait
+    button placed where *Pause* is, and the victim clicks it. The frame is refused
+    (``frame-ancestors 'self'``), so the click reaches nothing and the run gets no command."""
+    run = _steerable_run(tmp_path / "r")
+    srv = live_server()
+    _open_dashboard(page, srv)
+    box = page.locator("#btn-pause").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    evil = other_origin(
+        {
+            "/": f"""<!doctype html><html><body style="margin:0">
+            <button style="position:absolute;left:{x - 40}px;top:{y - 15}px;width:80px;
+              height:30px">Win!</button>
+            <iframe id="f" src="{srv.url}/?run=r" onload="this.dataset.loaded = '1'"
+              style="position:absolute;left:0;top:0;width:1440px;height:1000px;border:0;
+              opacity:0.01;z-index:2"></iframe>
+            </body></html>"""
+        }
+    )
+    page.goto(evil + "/")
+    page.wait_for_function("() => document.getElementById('f').dataset.loaded === '1'")
+    (frame,) = [f for f in page.frames if f is not page.main_frame]
+    # give a dashboard that did load every chance to come up before the click
+    deadline = time.monotonic() + 5
+    loaded = False
+    while time.monotonic() < deadline and not loaded:
+        try:
+            loaded = frame.evaluate("() => !!(window.hotcb && window.hotcb.debug().connected)")
+        except Exception:  # the error page of a refused frame may not be scriptable
+            loaded = False
+        time.sleep(0.2)
+    page.mouse.click(x, y)
+    time.sleep(1.5)  # a command, had one been sent, is appended within milliseconds
+    assert read_commands(run) == []  # the click reached no dashboard
+    assert not loaded, "the dashboard loaded inside another site's frame"
+    assert not frame.url.startswith(srv.url) or frame.evaluate("() => !window.hotcb")
+    refusals = [m for m in page.console if "frame-ancestors" in m]
+    assert refusals, page.console  # Chromium says why it refused the frame
+
+
+def test_page_works_under_its_csp_with_the_token_only_in_a_cookie(
+    tmp_path: Any, live_server: Any, read_commands: Any, page: Any
+) -> None:
+    """The real page under the strict CSP: charts, controls and the WebSocket work, the
+    browser reports no CSP violation, and after the first address no URL carries the token
+    (the address bar, every fetch, the WebSocket). The token is in an HttpOnly cookie that
+    the page's scripts cannot read."""
+    run = _steerable_run(tmp_path / "r")
+    srv = live_server()
+    requests: list[str] = []
+    sockets: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    _open_dashboard(page, srv)
+    page.wait_for_function(
+        "() => { const d = window.hotcb.debug();"
+        " return d.charts.length > 0 && d.charts.every(c => c.canvas) && d.controls.length > 0; }"
+    )
+    assert "token" not in page.url and page.url == f"{srv.url}/?run=r"
+    assert requests[0] == f"{srv.url}/?token={srv.token}&run=r"  # what the victim opened
+    later = requests[1:]
+    assert later and not [u for u in later if srv.token in u or "token=" in u]
+    assert sockets and not [u for u in sockets if "token" in u]
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: out of the scripts' reach
+    (cookie,) = [c for c in page.context.cookies() if c["name"].startswith("hotcb_token")]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+
+    # steer with the cookie alone: Pause reaches the run; the tooltip and charts redraw
+    page.click("#btn-pause")
+    deadline = time.monotonic() + 10
+    while not read_commands(run) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [c["op"] for c in read_commands(run)] == ["pause"]
+    page.locator(".chart-card").first.hover()
+    page.set_viewport_size({"width": 900, "height": 800})
+    page.wait_for_timeout(500)
+
+    violations = page.evaluate("window.__violations")
+    assert violations == [], violations
+    csp_messages = [m for m in page.console if "Content Security Policy" in m]
+    errors = [m for m in page.console if m.startswith(("error", "pageerror"))]
+    assert csp_messages == [] and errors == [], page.console
+
+
+def test_other_site_cannot_post_commands(
+    tmp_path: Any,
+    live_server: Any,
+    make_run: Any,
+    read_commands: Any,
+    other_origin: Any,
+    page: Any,
+) -> None:
+    """CSRF: every way a page on another origin can POST without the server's consent
+    (``no-cors`` fetch as text/plain, as a form type, as a typeless Blob, ``sendBeacon``, a
+    ``text/plain`` form shaped as JSON, a JSON fetch that needs a preflight), with the
+    victim's cookie in the browser. Nothing reaches the commands file."""
+    run = make_run(tmp_path / "r")
+    srv = live_server()
+    page.goto(f"{srv.url}/?token={srv.token}&run=r")  # the victim's browser holds the cookie
+    target = f"{srv.url}/api/runs/r/commands"
+    body = json.dumps({"module": "control", "op": "pause"})
+    script = f"""
+    const target = {json.dumps(target)}, body = {json.dumps(body)};
+    const tries = [
+      fetch(target, {{method: "POST", mode: "no-cors", credentials: "include",
+                      headers: {{"Content-Type": "text/plain"}}, body}}),
+      fetch(target, {{method: "POST", mode: "no-cors", credentials: "include",
+                      headers: {{"Content-Type": "application/x-www-form-urlencoded"}}, body}}),
+      fetch(target, {{method: "POST", mode: "no-cors", credentials: "include",
+                      body: new Blob([body])}}),
+      fetch(target, {{method: "POST", mode: "cors", credentials: "include",
+                      headers: {{"Content-Type": "application/json"}}, body}}),
+    ].map(p => p.then(r => "answered", e => "blocked"));
+    navigator.sendBeacon(target, new Blob([body], {{type: "text/plain"}}));
+    const sink = document.getElementById("sink");
+    const formDone = new Promise(ok => sink.addEventListener("load", ok, {{once: true}}));
+    document.getElementById("form").submit();
+    Promise.all([...tries, formDone]).then(r => {{ window.__done = r; }});
+    """
+    evil = other_origin(
+        {
+            "/": f"""<!doctype html><html><body>
+            <iframe name="sink" id="sink"></iframe>
+            <form id="form" method="POST" enctype="text/plain" action="{target}" target="sink">
+              <input type="hidden" name='{{"module":"control","op":"pause","x":"' value='"}}'>
+            </form>
+            <script>{script}</script>
+            </body></html>"""
+        }
+    )
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.method) if r.url == target else None)
+    page.goto(evil + "/")
+    page.wait_for_function("() => window.__done !== undefined", timeout=15000)
+    time.sleep(1.0)  # sendBeacon is fire-and-forget
+    assert posts.count("POST") >= 4  # the attempts did leave the browser
+    assert read_commands(run) == []
