@@ -5,6 +5,8 @@
 - ``start_trainer(run_dir, trace, **options)``: start the real trainer process
   (``python -m hotcb.testing.trainer``) as a :class:`Trainer` (trace reading, waiting on a
   step); it is killed at the end of the test if still running.
+- In CI (``CI`` set), a skip fails the session unless ``ALLOWED_SKIPS`` or an
+  ``@pytest.mark.allow_skip(reason=...)`` marker allows it (``_skip_guard.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,38 @@ from typing import Any
 
 import pytest
 
+from _skip_guard import install as install_skip_guard
 from hotcb.testing import trainer_command, wait_for
+
+#: Skips that may pass in CI, as ``(pattern of the skip reason, why it is fine)``; every other
+#: skip fails a CI session (``_skip_guard.py``): what a test needs must be installed there.
+ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
+    (
+        r"^needs root to run the attacker as the OS user 'nobody'",
+        "the attacker must be another OS user, and only root can switch to one; CI runners "
+        "are usually not root (tests/security/test_dashboard_token.py)",
+    ),
+    (
+        r"^mounting a tmpfs needs root on Linux",
+        "a full disk is simulated with a tiny tmpfs, which only root on Linux can mount; the "
+        "RLIMIT_FSIZE tests cover the same paths everywhere (tests/security/test_journal.py)",
+    ),
+    (
+        r"^cannot mount a tmpfs here",
+        "root in a container without CAP_SYS_ADMIN cannot mount either (same tests)",
+    ),
+    (
+        r"^CIFAR-10 not present locally",
+        "for a future test on CIFAR-10: the data set is never downloaded by the tests",
+    ),
+)
 
 #: Environment for subprocesses: never inherit a run directory from the developer's shell.
 SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install_skip_guard(config, ALLOWED_SKIPS)
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from hotcb import HotClient, HotKernel, jsonl, loss_actuators, mutable_state
+from hotcb import HotClient, HotKernel, jsonl
 from hotcb.client import route_keys
 from hotcb.runfiles import RunPaths
-from hotcb.testing import TinyMLP, read_ledger
+from hotcb.testing import StepDriver, TinyMLP, read_ledger
 
 SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 
@@ -25,25 +25,18 @@ def commands(run_dir: str) -> list[dict[str, Any]]:
     return list(jsonl.iter_records(RunPaths(run_dir).commands))
 
 
-class Run:
-    """An in-process kernel over a real optimizer and loss weights (the CLI is the other side)."""
+class Run(StepDriver):
+    """An in-process kernel over a real optimizer and loss weights (the CLI is the other side);
+    its first step is applied at once, so the actuators file exists."""
 
     def __init__(self, run_dir: str) -> None:
         self.model = TinyMLP()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
-        self.weights = {"ce": 1.0, "smooth": 0.1}
-        self.kernel = HotKernel(
-            run_dir, poll_interval_sec=0, mutable_state=mutable_state(loss_actuators(self.weights))
-        )
-        self.step = -1
-        self.tick()
+        super().__init__(run_dir, weights={"ce": 1.0, "smooth": 0.1})
+        self.steps()
 
-    def tick(self, n: int = 1) -> None:
-        for _ in range(n):
-            self.step += 1
-            self.kernel.apply(
-                {"step": self.step, "optimizer": self.opt, "metrics": {"loss": 2.5 - self.step}}
-            )
+    def train_step(self, step: int) -> dict[str, Any]:
+        return {"optimizer": self.opt, "metrics": {"loss": 2.5 - step}}
 
 
 @pytest.fixture
@@ -62,6 +55,27 @@ def test_import_hotcb_imports_no_heavy_dependency() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=SUBPROCESS_ENV
     )
+    assert out.stdout.strip() == "[]"
+
+
+def test_hotcb_testing_and_its_step_driver_need_no_heavy_dependency(tmp_path: Any) -> None:
+    code = (
+        "import sys\n"
+        "from hotcb.testing import StepDriver\n"
+        "with StepDriver(sys.argv[1], weights={'aux': 0.0}) as drv:\n"
+        "    cid = drv.client.loss(aux=0.5)\n"
+        "    drv.steps()\n"
+        "    assert drv.only(cid)['decision'] == 'applied' and drv.weights['aux'] == 0.5\n"
+        "heavy = ('torch', 'sklearn', 'numpy', 'fastapi', 'yaml', 'pytest')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+    )
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
@@ -86,7 +100,7 @@ def test_set_routes_by_the_runs_actuators_file(run: Run, run_dir: str, cli: Any)
     ]
     assert res.stdout.split() == [r["cmd_id"] for r in recs]
     assert {r["source"] for r in recs} == {"cli"} and {r["v"] for r in recs} == {1}
-    run.tick()
+    run.steps()
     decisions = {e["module"]: e["decision"] for e in read_ledger(run_dir)}
     assert decisions == {"opt": "applied", "loss": "applied", "custom": "rejected"}
     assert run.opt.param_groups[0]["lr"] == 0.001 and run.weights["smooth"] == 0.2
@@ -142,14 +156,14 @@ def test_module_commands_and_their_options_write_the_right_records(run_dir: str,
 
 def test_undo_from_the_cli_reverts_last_and_named_changes(run: Run, run_dir: str, cli: Any) -> None:
     first = cli(run_dir, "opt", "set_params", "lr=0.05").stdout.strip()
-    run.tick()
+    run.steps()
     cli(run_dir, "loss", "set_params", "smooth=0.3")
-    run.tick()
+    run.steps()
     assert cli(run_dir, "undo").returncode == 0
-    run.tick()
+    run.steps()
     assert run.weights["smooth"] == 0.1 and run.opt.param_groups[0]["lr"] == 0.05
     assert cli(run_dir, "undo", "--cmd-id", first).returncode == 0
-    run.tick()
+    run.steps()
     assert run.opt.param_groups[0]["lr"] == 0.1
     assert [e.get("undo_of") for e in read_ledger(run_dir)][2:] == [
         read_ledger(run_dir)[1]["cmd_id"],
@@ -165,7 +179,7 @@ def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_di
         )
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
-            run.tick()
+            run.steps()
             time.sleep(0.01)  # the loop's own pace; the wait is on the process above
         out, err = proc.communicate(timeout=30)
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -181,7 +195,7 @@ def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_di
 def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
     cli(run_dir, "set", "lr=0.02")
     cli(run_dir, "opt", "set_params", "lr=0.5", "--at-step", "50")
-    run.tick(2)
+    run.steps(2)
     res = cli(run_dir, "status")
     assert res.returncode == 0, res.stderr
     text = res.stdout
@@ -207,7 +221,7 @@ def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
 def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:
     for v in (0.2, 0.3, 0.4):
         cli(run_dir, "loss", "set_params", f"smooth={v}")
-        run.tick()
+        run.steps()
     res = cli(run_dir, "log", "-n", "2")
     assert res.returncode == 0
     lines = res.stdout.splitlines()
@@ -267,7 +281,7 @@ def test_client_wait_times_out_with_a_useful_message(run_dir: str) -> None:
 def test_client_wait_returns_the_final_entry_not_the_scheduled_one(run: Run, run_dir: str) -> None:
     client = HotClient(run_dir)
     cid = client.send("loss", "set_params", params={"smooth": 0.5}, at_step=3)
-    run.tick(4)
+    run.steps(4)
     entry = client.wait(cid, timeout=5)
     assert entry["decision"] == "applied" and entry["step"] == 3
     assert [e["decision"] for e in client.entries(cid)] == ["scheduled", "applied"]
@@ -286,7 +300,7 @@ def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> N
         client = HotClient(run_dir, source="cli")
         for v in (0.2, 0.3):
             client.loss(smooth=v)
-            run.tick()
+            run.steps()
         line1 = proc.stdout.readline()  # blocks until --follow prints: the wait is on output
         line2 = proc.stdout.readline()
         assert "loss set_params -> applied (smooth: 0.1 -> 0.2)" in line1

@@ -9,39 +9,24 @@ from typing import Any
 
 import pytest
 
-from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+from hotcb import HotClient
 from hotcb.errors import RecipeError
 from hotcb.freeze import FreezeMode, FreezeState
 from hotcb.recipe import RecipeEntry
-from hotcb.testing import read_ledger, wait_for
+from hotcb.testing import StepDriver, read_ledger, wait_for
 
 
-class Run:
-    """An in-process kernel with two loss-weight actuators, stepped by hand."""
+class Run(StepDriver):
+    """An in-process kernel with two loss-weight actuators (``a``, ``b``), stepped by hand."""
 
     def __init__(self, run_dir: str, freeze: FreezeState | None = None) -> None:
-        self.run_dir = run_dir
-        self.weights = {"a": 1.0, "b": 0.0}
-        self.kernel = HotKernel(
+        super().__init__(
             run_dir,
-            poll_interval_sec=0,
+            weights={"a": 1.0, "b": 0.0},
+            freeze=freeze,
             metrics_collector=False,
             fsync_ledger=False,
-            mutable_state=mutable_state(loss_actuators(self.weights)),
-            freeze=freeze,
         )
-        self.client = HotClient(run_dir, source="test")
-        self.step = -1
-
-    def steps(self, n: int = 1) -> None:
-        for _ in range(n):
-            self.step += 1
-            self.kernel.apply({"step": self.step})
-
-    def entry(self, cmd_id: str) -> dict[str, Any]:
-        found = [e for e in read_ledger(self.run_dir) if e["cmd_id"] == cmd_id]
-        assert found, f"no ledger entry for {cmd_id}"
-        return found[-1]
 
 
 def _recipe(path: Any, *entries: RecipeEntry) -> str:

@@ -20,7 +20,7 @@ from hotcb import HotcbActuator, HotClient, HotKernel, jsonl, loss_actuators, mu
 from hotcb.actuators import ActuatorType
 from hotcb.ledger import pending_scheduled
 from hotcb.runfiles import RunPaths
-from hotcb.testing import TinyMLP, digits, read_ledger
+from hotcb.testing import TorchStepDriver, digits, read_ledger
 
 DATA: tuple[Any, Any] | None = None
 
@@ -43,66 +43,28 @@ def make_scheduler(kind: str | None, opt: Any) -> Any:
     return None
 
 
-class Loop:
-    """A real training loop: forward, backward, optimizer (and scheduler) step, kernel.apply."""
+class Loop(TorchStepDriver):
+    """A real training loop (TinyMLP on digits, AdamW, an optional scheduler): forward on a
+    fixed slice per step, loss ``ce * CE + aux * mean(logits**2)``, backward, step,
+    ``kernel.apply``; ``lr[step]`` is the lr each step ended at."""
 
     def __init__(self, run_dir: str, sched: str | None = None, **kernel_kw: Any) -> None:
-        torch.manual_seed(0)
-        self.model = TinyMLP(seed=0)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=0.01, weight_decay=0.0)
-        self.sched = make_scheduler(sched, self.opt)
-        self.weights: dict[str, Any] = {"ce": 1.0, "aux": 0.0}
-        kernel_kw.setdefault("poll_interval_sec", 0)
-        kernel_kw.setdefault("mutable_state", mutable_state(loss_actuators(self.weights)))
-        self.kernel = HotKernel(run_dir, **kernel_kw)
-        self.client = HotClient(run_dir, source="test")
-        self.paths = RunPaths(run_dir)
-        self.step = -1
-        self.lr: dict[int, float] = {}
-        self.env_extra: dict[str, Any] = {}
+        super().__init__(
+            run_dir,
+            optimizer=lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.0),
+            scheduler=lambda opt: make_scheduler(sched, opt),
+            data=data(),
+            weights={"ce": 1.0, "aux": 0.0},
+            **kernel_kw,
+        )
 
-    def run(self, n: int) -> None:
-        x, y = data()
-        for _ in range(n):
-            self.step += 1
-            i = (self.step * 32) % (len(x) - 32)
-            logits = self.model(x[i : i + 32])
-            ce = nn.functional.cross_entropy(logits, y[i : i + 32])
-            loss = self.weights["ce"] * ce + self.weights["aux"] * logits.pow(2).mean()
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            if self.sched is not None:
-                self.sched.step()
-            env = {
-                "framework": "torch",
-                "step": self.step,
-                "model": self.model,
-                "optimizer": self.opt,
-                "scheduler": self.sched,
-                "metrics": {"loss": loss.item()},
-                **self.env_extra,
-            }
-            self.kernel.apply(env)
-            self.lr[self.step] = self.opt.param_groups[0]["lr"]
+    def batch(self, step: int) -> tuple[Any, Any]:
+        x, y = self.data
+        i = (step * 32) % (len(x) - 32)
+        return x[i : i + 32], y[i : i + 32]
 
-    def ledger(self) -> list[dict[str, Any]]:
-        return read_ledger(self.paths.root)
-
-    def entries(self, cmd_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.ledger() if e["cmd_id"] == cmd_id]
-
-    def only(self, cmd_id: str) -> dict[str, Any]:
-        (entry,) = self.entries(cmd_id)
-        return entry
-
-    def actuators(self) -> dict[str, dict[str, Any]]:
-        doc = jsonl.read_json(self.paths.actuators)
-        return {a["param_key"]: a for a in doc["actuators"]}
-
-    def raw(self, text: str) -> None:
-        with open(self.paths.commands, "ab") as f:
-            f.write(text.encode())
+    def loss_terms(self, logits: Any, y: Any) -> dict[str, Any]:
+        return {"ce": nn.functional.cross_entropy(logits, y), "aux": logits.pow(2).mean()}
 
 
 @pytest.fixture
@@ -113,7 +75,7 @@ def loop(run_dir: str) -> Any:
 
 
 def test_optimizer_actuators_are_registered_from_env_and_published(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     acts = loop.actuators()
     assert set(acts) == {"ce", "aux", "lr", "weight_decay", "betas"}
     assert acts["lr"]["current"] == 0.01 and acts["lr"]["group"] == "opt"
@@ -124,9 +86,9 @@ def test_optimizer_actuators_are_registered_from_env_and_published(loop: Loop) -
 def test_lr_change_lands_at_the_step_it_is_read_and_is_ledgered_with_old_and_new(
     loop: Loop,
 ) -> None:
-    loop.run(3)
+    loop.steps(3)
     cid = loop.client.opt(lr=0.002)
-    loop.run(3)
+    loop.steps(3)
     e = loop.only(cid)
     assert e["decision"] == "applied" and e["step"] == 3 and e["error"] is None
     assert e["changes"] == {"lr": {"old": 0.01, "new": 0.002}}
@@ -138,15 +100,15 @@ def test_lr_change_lands_at_the_step_it_is_read_and_is_ledgered_with_old_and_new
 
 
 def test_loss_weight_change_reaches_the_users_dict(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     cid = loop.client.loss(aux=0.25)
-    loop.run(1)
+    loop.steps(1)
     assert loop.only(cid)["changes"] == {"aux": {"old": 0.0, "new": 0.25}}
     assert loop.weights["aux"] == 0.25
 
 
 def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     loop.raw("this is not json\n")
     loop.raw('{"cmd_id":"m","module":"warp","op":"set_params","params":{"x":1}}\n')
     loop.raw('{"cmd_id":"o","module":"opt","op":"explode","params":{"lr":1}}\n')
@@ -155,7 +117,7 @@ def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(lo
     loop.raw('{"cmd_id":"u","module":"loss","op":"set_params","params":{"nope":1}}\n')
     loop.raw('{"cmd_id":"t","module":"opt","op":"set_params","params":{"lr":"fast"}}\n')
     loop.raw('{"module":"loss","op":"set_params","params":{"aux":0.5}}\n')  # hand-written, no id
-    loop.run(2)
+    loop.steps(2)
     by_id = {e["cmd_id"]: e for e in loop.ledger()}
     assert by_id["@0"]["decision"] == "rejected"
     assert by_id["@0"]["error"].startswith("line is not valid JSON")
@@ -178,24 +140,24 @@ def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(lo
 
 
 def test_torn_line_is_applied_once_when_completed(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     line = '{"cmd_id":"torn","module":"opt","op":"set_params","params":{"lr":0.005}}\n'
     loop.raw(line[:30])
-    loop.run(3)
+    loop.steps(3)
     assert loop.entries("torn") == [] and loop.lr[3] == 0.01
     loop.raw(line[30:])
-    loop.run(3)
+    loop.steps(3)
     assert loop.only("torn")["step"] == 4
     assert loop.lr[4] == 0.005
 
 
 def test_duplicate_cmd_id_is_a_noop(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     rec = {"cmd_id": "dup", "module": "loss", "op": "set_params", "params": {"aux": 0.5}}
     jsonl.append(loop.paths.commands, rec)
-    loop.run(1)
+    loop.steps(1)
     jsonl.append(loop.paths.commands, {**rec, "params": {"aux": 0.9}})
-    loop.run(1)
+    loop.steps(1)
     assert [e["decision"] for e in loop.entries("dup")] == ["applied", "noop"]
     assert "duplicate cmd_id 'dup'" in loop.entries("dup")[1]["error"]
     assert loop.weights["aux"] == 0.5
@@ -203,14 +165,14 @@ def test_duplicate_cmd_id_is_a_noop(loop: Loop) -> None:
 
 def test_a_fresh_kernel_on_the_run_directory_applies_nothing_twice(run_dir: str) -> None:
     first = Loop(run_dir)
-    first.run(2)
+    first.steps(2)
     ids = [first.client.loss(aux=0.1 * (i + 1)) for i in range(3)]
-    first.run(2)
+    first.steps(2)
     first.kernel.close()
     n_entries = len(first.ledger())
     second = Loop(run_dir)  # a restart without a checkpoint
     late = second.client.loss(ce=2.0)
-    second.run(3)
+    second.steps(3)
     second.kernel.close()
     entries = second.ledger()
     assert [e["cmd_id"] for e in entries] == [*ids, late]
@@ -223,10 +185,10 @@ def test_state_dict_restores_actuator_values_and_cursor_in_a_fresh_kernel(
     run_dir: str, tmp_path: Any
 ) -> None:
     first = Loop(run_dir)
-    first.run(2)
+    first.steps(2)
     a = first.client.opt(lr=0.003)
     b = first.client.loss(aux=0.4)
-    first.run(2)
+    first.steps(2)
     state = json.loads(json.dumps(first.kernel.state_dict()))  # it must survive serialisation
     first.kernel.close()
     assert state["actuators"]["lr"] == 0.003 and state["actuators"]["aux"] == 0.4
@@ -236,7 +198,7 @@ def test_state_dict_restores_actuator_values_and_cursor_in_a_fresh_kernel(
     assert fresh.opt.param_groups[0]["lr"] == 0.01 and fresh.weights["aux"] == 0.0
     fresh.step = 3
     fresh.kernel.load_state_dict(state)
-    fresh.run(3)
+    fresh.steps(3)
     assert fresh.opt.param_groups[0]["lr"] == 0.003 and fresh.weights["aux"] == 0.4
     assert [e["cmd_id"] for e in fresh.ledger()] == [a, b]  # nothing re-applied
     fresh.kernel.close()
@@ -247,7 +209,7 @@ def test_state_dict_restores_actuator_values_and_cursor_in_a_fresh_kernel(
     shutil.copy(first.paths.commands, other)
     copy = Loop(other)
     copy.kernel.load_state_dict(state)
-    copy.run(2)
+    copy.steps(2)
     assert copy.ledger() == []
     assert copy.weights["aux"] == 0.4
     copy.kernel.close()
@@ -265,9 +227,9 @@ def test_failing_apply_fn_is_a_failed_entry_rolled_back_and_then_disabled(run_di
         "gain", ActuatorType.FLOAT, apply_gain, lambda env: box["gain"], max_failures=3
     )
     loop = Loop(run_dir, mutable_state=[act])
-    loop.run(1)
+    loop.steps(1)
     bad = [loop.client.custom(gain=3.0 + i) for i in range(3)]
-    loop.run(1)
+    loop.steps(1)
     for cid in bad:
         e = loop.only(cid)
         assert e["decision"] == "failed"
@@ -277,7 +239,7 @@ def test_failing_apply_fn_is_a_failed_entry_rolled_back_and_then_disabled(run_di
     gain = loop.actuators()["gain"]
     assert gain["state"] == "disabled" and gain["failures"] == 3
     later = loop.client.custom(gain=1.5)
-    loop.run(1)
+    loop.steps(1)
     e = loop.only(later)
     assert e["decision"] == "rejected" and "'gain' is disabled after 3 failed applies" in e["error"]
     assert box["gain"] == 1.0 and loop.step == 2
@@ -287,11 +249,11 @@ def test_failing_apply_fn_is_a_failed_entry_rolled_back_and_then_disabled(run_di
 @pytest.mark.parametrize("kind", ["step", "cosine", "lambda"])
 def test_lr_change_survives_the_scheduler(run_dir: str, tmp_path: Any, kind: str) -> None:
     ref = Loop(os.fspath(tmp_path / "ref"), sched=kind)
-    ref.run(25)
+    ref.steps(25)
     steered = Loop(run_dir, sched=kind)
-    steered.run(7)
+    steered.steps(7)
     steered.client.opt(lr=0.004)
-    steered.run(18)
+    steered.steps(18)
     ratio = 0.004 / ref.lr[7]
     assert steered.lr[7] == 0.004
     for s in range(7):
@@ -304,17 +266,17 @@ def test_lr_change_survives_the_scheduler(run_dir: str, tmp_path: Any, kind: str
 
 
 def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop) -> None:
-    loop.run(2)
+    loop.steps(2)
     keep = loop.client.send("opt", "set_params", params={"lr": 0.002}, at_step=6)
     drop = loop.client.send("loss", "set_params", params={"aux": 0.3}, at_step=8)
     late = loop.client.send("loss", "set_params", params={"aux": 0.1}, at_step=1)  # past: now
-    loop.run(2)
+    loop.steps(2)
     assert [e["decision"] for e in loop.entries(keep)] == ["scheduled"]
     assert loop.only(late)["step"] == 2 and loop.only(late)["decision"] == "applied"
     assert [e["cmd_id"] for e in pending_scheduled(loop.paths.ledger)] == [keep, drop]
     cancel = loop.client.cancel(drop)
     missing = loop.client.cancel("no-such-id")
-    loop.run(6)
+    loop.steps(6)
     assert pending_scheduled(loop.paths.ledger) == []
     assert [(e["decision"], e["step"]) for e in loop.entries(keep)] == [
         ("scheduled", 2),
@@ -329,22 +291,22 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
 
 
 def test_at_step_with_a_bad_value_is_rejected_when_sent_not_when_due(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     cid = loop.client.send("opt", "set_params", params={"lr": 99.0}, at_step=50)
-    loop.run(1)
+    loop.steps(1)
     e = loop.only(cid)
     assert e["decision"] == "rejected" and "above the maximum" in e["error"]
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
 def test_transition_ramps_land_exactly_on_target_after_n_steps(loop: Loop, shape: str) -> None:
-    loop.run(2)
+    loop.steps(2)
     cid = loop.client.send(
         "loss", "set_params", params={"aux": 0.7}, transition={"steps": 4, "shape": shape}
     )
     seen = {}
     for _ in range(7):
-        loop.run(1)
+        loop.steps(1)
         seen[loop.step] = loop.weights["aux"]
     start = loop.entries(cid)[0]["step"]
     assert start == 2
@@ -366,44 +328,44 @@ def test_control_stop_and_checkpoint_call_the_env_callables(loop: Loop) -> None:
         "save_checkpoint": lambda path=None: saved.append(path) or (path or "/tmp/auto.pt"),
         "request_stop": lambda: stopped.append(True),
     }
-    loop.run(1)
+    loop.steps(1)
     wanted = os.path.join(os.path.realpath(loop.paths.root), "ckpt", "wanted.pt")
     ck = loop.client.checkpoint("ckpt/wanted.pt")  # relative to the run directory
-    loop.run(1)
+    loop.steps(1)
     assert saved == [wanted]
     assert loop.only(ck)["checkpoint"] == wanted
     stop = loop.client.stop()
-    loop.run(1)
+    loop.steps(1)
     assert loop.kernel.stop_requested and stopped == [True]
     assert loop.only(stop)["decision"] == "applied"
 
 
 def test_checkpoint_without_a_callable_sets_the_flag(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     assert not loop.kernel.checkpoint_requested
     ck = loop.client.checkpoint()
-    loop.run(1)
+    loop.steps(1)
     assert loop.kernel.checkpoint_requested
     assert loop.only(ck)["checkpoint"] == "requested"
 
 
 def test_undo_last_and_by_cmd_id(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     a = loop.client.opt(lr=0.005)
-    loop.run(1)
+    loop.steps(1)
     b = loop.client.loss(aux=0.5)
-    loop.run(1)
+    loop.steps(1)
     u1 = loop.client.undo()  # the last change: aux
-    loop.run(1)
+    loop.steps(1)
     assert loop.weights["aux"] == 0.0 and loop.lr[3] == 0.005
     e = loop.only(u1)
     assert e["undo_of"] == b and e["changes"] == {"aux": {"old": 0.5, "new": 0.0}}
     u2 = loop.client.undo(a)
-    loop.run(1)
+    loop.steps(1)
     assert loop.lr[4] == 0.01
     assert loop.only(u2)["undo_of"] == a
     u3 = loop.client.undo("never-sent")
-    loop.run(1)
+    loop.steps(1)
     assert loop.only(u3)["decision"] == "rejected"
     assert "no applied command 'never-sent'" in loop.only(u3)["error"]
 
@@ -433,32 +395,39 @@ def test_idle_apply_makes_no_system_call(run_dir: str, monkeypatch: Any) -> None
     kernel.close()
 
 
-def test_apply_without_step_is_ignored_not_raised(run_dir: str) -> None:
-    kernel = HotKernel(run_dir)
-    kernel.apply({"no_step": 1})
-    kernel.apply(None)  # type: ignore[arg-type]
-    kernel.close()
+def test_apply_without_step_is_ignored_not_raised(loop: Loop) -> None:
+    cid = loop.client.loss(aux=0.5)  # waiting in the commands file
+    loop.kernel.apply({"no_step": 1, "metrics": {"loss": 1.0}})
+    loop.kernel.apply(None)  # type: ignore[arg-type]
+    # ignored: nothing read or applied, no metrics recorded, no actuators published
+    assert loop.ledger() == [] and loop.weights["aux"] == 0.0
+    assert not os.path.exists(loop.paths.metrics)
+    assert not os.path.exists(loop.paths.actuators)
+    loop.steps(1)  # the next call with a step works as if nothing had happened
+    assert loop.only(cid)["decision"] == "applied" and loop.only(cid)["step"] == 0
+    assert loop.weights["aux"] == 0.5
+    assert [r["step"] for r in jsonl.iter_records(loop.paths.metrics)] == [0]
 
 
 def test_undo_during_a_ramp_stops_the_ramp(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     cid = loop.client.send("loss", "set_params", params={"aux": 1.0}, transition={"steps": 10})
-    loop.run(3)
+    loop.steps(3)
     assert 0.0 < loop.weights["aux"] < 1.0
     undo = loop.client.undo()
-    loop.run(12)
+    loop.steps(12)
     assert loop.weights["aux"] == 0.0
     assert loop.only(undo)["undo_of"] == cid
     assert [e["source"] for e in loop.entries(cid)] == ["test"]  # no "ramp complete" entry
 
 
 def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loop) -> None:
-    loop.run(1)
+    loop.steps(1)
     with open(loop.paths.commands, "ab") as f:
         f.write(b'{"cmd_id":"x","module":"opt","op":"set_params","params":{"lr":"\xff"}}\n')
         f.write(b"[" * 30_000 + b"]" * 30_000 + b"\n")
     cid = loop.client.loss(aux=0.5)  # after the bad lines: still applied
-    loop.run(2)
+    loop.steps(2)
     bad = [e for e in loop.ledger() if e["cmd_id"].startswith("@")]
     assert [e["decision"] for e in bad] == ["rejected", "rejected"]
     assert "UnicodeDecodeError" in bad[0]["error"] and "RecursionError" in bad[1]["error"]
@@ -467,13 +436,13 @@ def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loo
 
 def test_a_scheduled_command_survives_a_restart_without_checkpoint(run_dir: str) -> None:
     first = Loop(run_dir)
-    first.run(2)
+    first.steps(2)
     cid = first.client.send("loss", "set_params", params={"aux": 0.3}, at_step=8)
-    first.run(2)
+    first.steps(2)
     first.kernel.close()  # (or kill -9): the cursor is already past the command's line
     second = Loop(run_dir)
     second.step = 3
-    second.run(7)
+    second.steps(7)
     assert [(e["decision"], e["step"]) for e in second.entries(cid)] == [
         ("scheduled", 2),
         ("applied", 8),
@@ -484,15 +453,15 @@ def test_a_scheduled_command_survives_a_restart_without_checkpoint(run_dir: str)
 
 def test_a_command_scheduled_after_the_checkpoint_survives_the_resume(run_dir: str) -> None:
     first = Loop(run_dir)
-    first.run(3)
+    first.steps(3)
     state = first.kernel.state_dict()  # the checkpoint: nothing scheduled yet
     before = first.client.send("loss", "set_params", params={"aux": 0.2}, at_step=20)
-    first.run(1)
+    first.steps(1)
     first.kernel.close()
     resumed = Loop(run_dir)
     resumed.kernel.load_state_dict(state)
     resumed.step = 2
-    resumed.run(20)
+    resumed.steps(20)
     assert [e["decision"] for e in resumed.entries(before)] == ["scheduled", "applied"]
     assert resumed.weights["aux"] == 0.2
     resumed.kernel.close()
@@ -500,14 +469,14 @@ def test_a_command_scheduled_after_the_checkpoint_survives_the_resume(run_dir: s
 
 def test_a_command_resent_after_a_restart_is_still_a_noop(run_dir: str) -> None:
     first = Loop(run_dir)
-    first.run(1)
+    first.steps(1)
     record = {"cmd_id": "retry-1", "module": "loss", "op": "set_params", "params": {"aux": 0.5}}
     jsonl.append(first.paths.commands, record)
-    first.run(1)
+    first.steps(1)
     first.kernel.close()
     second = Loop(run_dir)
     jsonl.append(second.paths.commands, record)  # e.g. a client retrying after a timeout
-    second.run(2)
+    second.steps(2)
     assert [e["decision"] for e in second.entries("retry-1")] == ["applied", "noop"]
     assert second.weights["aux"] == 0.0
     second.kernel.close()

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+from hotcb import HotClient
 from hotcb.freeze import FreezeMode, FreezeState
 from hotcb.recipe import export_recipe
-from hotcb.testing import TinyMLP, read_ledger, wait_for
+from hotcb.testing import TinyMLP, TorchStepDriver, read_ledger, wait_for
 
 torch = pytest.importorskip("torch")
 
@@ -35,27 +35,31 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-class Loop:
-    """A deterministic training loop with a kernel; ``checkpoints[step]`` holds what a training
-    checkpoint would (model, optimizer, loss weights, RNG, ``kernel.state_dict()``)."""
+class Loop(TorchStepDriver):
+    """A deterministic training loop with a kernel (TinyMLP, SGD, random data, loss
+    ``ce * CE + l2 * sum(p**2)``); ``checkpoints[step]`` holds what a training checkpoint would
+    (model, optimizer, loss weights, RNG, ``kernel.state_dict()``)."""
 
     def __init__(self, run_dir: str, freeze: FreezeState | None = None) -> None:
-        self.run_dir = run_dir
-        self.model = TinyMLP(hidden=16, seed=0)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
-        self.weights = {"ce": 1.0, "l2": 0.0}
-        self.gen = torch.Generator().manual_seed(0)
-        self.kernel = HotKernel(
+        x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
+        y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(2))
+        super().__init__(
             run_dir,
-            poll_interval_sec=0,
+            model=TinyMLP(hidden=16, seed=0),
+            optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+            data=(x, y),
+            batch_size=16,
+            weights={"ce": 1.0, "l2": 0.0},
+            env_extra={"save_checkpoint": lambda path=None: self.save(self.step)},
             metrics_collector=False,
             fsync_ledger=False,
-            mutable_state=mutable_state(loss_actuators(self.weights)),
             freeze=freeze,
         )
-        self.client = HotClient(run_dir, source="test")
         self.checkpoints: dict[int, dict[str, Any]] = {}
-        self.start = 0
+
+    def loss_terms(self, logits: Any, y: Any) -> dict[str, Any]:
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        return {"ce": ce, "l2": sum(p.pow(2).sum() for p in self.model.parameters())}
 
     def resume(self, ck: dict[str, Any]) -> None:
         ck = copy.deepcopy(ck)
@@ -64,7 +68,7 @@ class Loop:
         self.weights.update(ck["weights"])
         self.gen.set_state(ck["generator"])
         self.kernel.load_state_dict(ck["hotcb"])
-        self.start = ck["step"] + 1
+        self.step = ck["step"]
 
     def run(
         self,
@@ -73,29 +77,12 @@ class Loop:
         checkpoint_at: tuple[int, ...] = (),
         kill_after: int | None = None,
     ) -> dict[str, Any]:
-        actions = actions or {}
-        x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
-        y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(2))
-        for step in range(self.start, end):
-            idx = torch.randint(0, 256, (16,), generator=self.gen)
-            ce = torch.nn.functional.cross_entropy(self.model(x[idx]), y[idx])
-            l2 = sum(p.pow(2).sum() for p in self.model.parameters())
-            loss = self.weights["ce"] * ce + self.weights["l2"] * l2
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            if step in actions:
-                actions[step](self.client)  # written now, picked up by this step's apply()
-            env = {
-                "step": step,
-                "model": self.model,
-                "optimizer": self.opt,
-                "save_checkpoint": lambda path=None, _s=step: self.save(_s),
-            }
-            self.kernel.apply(env)
-            if step in checkpoint_at:
-                self.save(step)
-            if step == kill_after:
+        """Train up to step ``end - 1``; ``actions[step](client)`` is sent during ``step``."""
+        while self.step + 1 < end:
+            self.steps(actions=actions)
+            if self.step in checkpoint_at:
+                self.save(self.step)
+            if self.step == kill_after:
                 return self.state()  # no close(): the process dies here
         self.kernel.close()
         return self.state()

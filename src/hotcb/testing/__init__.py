@@ -1,11 +1,18 @@
-"""Test helpers that ship with hotcb: a tiny model on real data and a real trainer process.
+"""Test helpers that ship with hotcb: a tiny model on real data, a step driver and a real
+trainer process.
 
 Adapters, modules and users' own tests reuse them (like Lightning's ``BoringModel``)::
 
-    from hotcb.testing import digits, TinyMLP, trainer_command
+    from hotcb.testing import StepDriver, TorchStepDriver, digits, TinyMLP, trainer_command
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:  # a kernel stepped by hand
+        cid = drv.client.loss(aux=0.5)
+        drv.steps()
+        assert drv.only(cid)["decision"] == "applied" and drv.weights["aux"] == 0.5
     proc = subprocess.Popen(trainer_command(run_dir, steps=500, step_delay=0.01))
 
-Needs torch and scikit-learn (the digits data ships inside scikit-learn; nothing is downloaded).
+``import hotcb.testing`` and :class:`StepDriver` need no third-party package; the model, the
+data and :class:`TorchStepDriver` need torch and scikit-learn (the digits data ships inside
+scikit-learn; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -16,7 +23,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["digits", "TinyMLP", "trainer_command", "wait_for", "read_ledger"]
+from .driver import StepDriver, TorchStepDriver
+
+__all__ = [
+    "StepDriver",
+    "TorchStepDriver",
+    "digits",
+    "TinyMLP",
+    "trainer_command",
+    "wait_for",
+    "read_ledger",
+]
 
 
 def digits() -> tuple[Any, Any]:

@@ -1,4 +1,5 @@
-"""Fixtures for the cb module's tests: callback files on disk and a real in-process torch loop."""
+"""Fixtures for the cb module's tests: callback files on disk, kernels and a real in-process
+torch loop driving them."""
 
 from __future__ import annotations
 
@@ -24,52 +25,18 @@ def write_cb(tmp_path: Any) -> Callable[..., str]:
     return write
 
 
-class Loop:
-    """TinyMLP on digits with AdamW; ``run(kernel, steps)`` calls ``kernel.apply`` after each
-    optimizer step with the env a real loop passes (model, optimizer, loss, metrics)."""
-
-    def __init__(self, seed: int = 0, lr: float = 1e-2) -> None:
-        import torch
-
-        from hotcb.testing import TinyMLP, digits
-
-        torch.manual_seed(seed)
-        self.x, self.y = digits()
-        self.model = TinyMLP(seed=seed)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.step = 0
-        self.poison_at: int | None = None  # make the loss NaN at this step
-
-    def run(self, kernel: Any, steps: int, **env_extra: Any) -> None:
-        import torch
-        from torch import nn
-
-        for _ in range(steps):
-            idx = torch.randint(0, len(self.x), (32,), generator=self.gen)
-            loss = nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx])
-            if self.poison_at == self.step:
-                loss = loss * float("nan")
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            env = {
-                "framework": "torch",
-                "step": self.step,
-                "model": self.model,
-                "optimizer": self.opt,
-                "loss": loss.detach(),
-                "metrics": {"loss": loss.item()},
-                "batch_size": 32,
-                **env_extra,
-            }
-            kernel.apply(env)
-            self.step += 1
-
-
 @pytest.fixture
-def loop() -> Loop:
-    return Loop()
+def driver_for() -> Callable[[Any], Any]:
+    """``driver_for(kernel) -> TorchStepDriver`` (:mod:`hotcb.testing`) driving ``kernel``:
+    TinyMLP on digits with AdamW, 32 random samples a step, steps counted from 0;
+    ``steps(n, **env)`` passes the env a real loop passes (model, optimizer, loss, metrics,
+    batch_size) and ``poison_at`` makes one step's loss NaN."""
+    from hotcb.testing import TorchStepDriver
+
+    def make(kernel: Any) -> TorchStepDriver:
+        return TorchStepDriver(kernel.run_dir, kernel=kernel)
+
+    return make
 
 
 @pytest.fixture

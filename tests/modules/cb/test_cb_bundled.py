@@ -36,11 +36,12 @@ def _series(kernel: Any, name: str) -> dict[int, float]:
     return {r["step"]: r["metrics"][name] for r in _metrics(kernel) if name in r["metrics"]}
 
 
-def test_heartbeat(kernel_factory, loop):
+def test_heartbeat(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "hb", "HeartbeatCallback", every_steps=5)
     lines: list[str] = []
-    loop.run(kernel, 12, log=lines.append)
+    loop.steps(12, log=lines.append)
     assert len(lines) == 3  # steps 0, 5, 10
     assert lines[0].startswith("hotcb heartbeat: step 0")
     assert "step 10" in lines[2]
@@ -48,10 +49,11 @@ def test_heartbeat(kernel_factory, loop):
     assert rate > 0
 
 
-def test_timing(kernel_factory, loop):
+def test_timing(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "timing", "TimingCallback", every_steps=3)
-    loop.run(kernel, 10)
+    loop.steps(10)
     step_sec = _series(kernel, "time/step_sec")
     sps = _series(kernel, "time/samples_per_sec")
     assert sorted(step_sec) == [0, 3, 6, 9]
@@ -60,10 +62,11 @@ def test_timing(kernel_factory, loop):
         assert sps[s] == pytest.approx(32 / dt)
 
 
-def test_system_stats(kernel_factory, loop):
+def test_system_stats(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "sys", "SystemStatsCallback", every_steps=2)
-    loop.run(kernel, 5)
+    loop.steps(5)
     rss = _series(kernel, "sys/rss_mb")
     assert sorted(rss) == [0, 2, 4]
     assert all(10 < v < 1e6 for v in rss.values())  # torch alone takes more than 10 MB
@@ -91,11 +94,12 @@ def test_system_stats_without_psutil(monkeypatch):
     assert "sys/cpu_percent" not in figures
 
 
-def test_tensor_stats(kernel_factory, loop):
+def test_tensor_stats(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "ts", "TensorStatsCallback", keys=["loss", "w", "missing"])
     w = loop.model[0].weight
-    loop.run(kernel, 4, w=w)
+    loop.steps(4, w=w)
     recs = [r for r in _metrics(kernel) if "loss/mean" in r["metrics"]]
     losses = {r["step"]: r["metrics"]["loss"] for r in _metrics(kernel) if "loss" in r["metrics"]}
     assert [r["step"] for r in recs] == [0, 1, 2, 3]
@@ -111,10 +115,11 @@ def test_tensor_stats(kernel_factory, loop):
     assert last["w/min"] < last["w/mean"] < last["w/max"]
 
 
-def test_grad_stats(kernel_factory, loop):
+def test_grad_stats(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "grads", "GradStatsCallback")
-    loop.run(kernel, 3)
+    loop.steps(3)
     recs = [r["metrics"] for r in _metrics(kernel) if "grad/global_norm" in r["metrics"]]
     assert len(recs) == 3
     for m in recs:
@@ -126,11 +131,12 @@ def test_grad_stats(kernel_factory, loop):
     assert recs[-1]["grad/global_norm"] == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_anomaly_guard_cuts_lr(kernel_factory, loop):
+def test_anomaly_guard_cuts_lr(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "guard", "AnomalyGuardCallback", action="lr_cut", lr_factor=0.1)
     loop.poison_at = 5
-    loop.run(kernel, 10)
+    loop.steps(10)
     kernel.flush()
     ledger = read_ledger(kernel.run_dir)
     anomalies = [e for e in ledger if e.get("op") == "anomaly"]
@@ -146,8 +152,9 @@ def test_anomaly_guard_cuts_lr(kernel_factory, loop):
     assert counts[5] == 1 and counts[9] == 5
 
 
-def test_anomaly_guard_pauses(kernel_factory, loop):
+def test_anomaly_guard_pauses(kernel_factory, driver_for):
     kernel = kernel_factory(pause_poll_sec=0.01)
+    loop = driver_for(kernel)
     _load(kernel, "guard", "AnomalyGuardCallback", action="pause")
     loop.poison_at = 2
     client = HotClient(kernel.run_dir)
@@ -165,7 +172,7 @@ def test_anomaly_guard_pauses(kernel_factory, loop):
 
     t = threading.Thread(target=resume_when_paused)
     t.start()
-    loop.run(kernel, 5)
+    loop.steps(5)
     t.join(10)
     kernel.flush()
     ops = [(e["op"], e["step"], e["source"]) for e in read_ledger(kernel.run_dir)]
@@ -173,10 +180,11 @@ def test_anomaly_guard_pauses(kernel_factory, loop):
     assert ("resume", 3, "python") in ops
 
 
-def test_jsonl_logger(kernel_factory, loop):
+def test_jsonl_logger(kernel_factory, driver_for):
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     _load(kernel, "jl", "JSONLLoggerCallback", every_steps=2, events=["train_step_end"])
-    loop.run(kernel, 5)
+    loop.steps(5)
     kernel.apply({"step": 5}, events=("val_epoch_end",))  # filtered out
     from hotcb import jsonl
 

@@ -204,13 +204,14 @@ class Raiser:
 """
 
 
-def test_raising_callback_is_isolated_and_auto_disabled(kernel_factory, write_cb, loop):
+def test_raising_callback_is_isolated_and_auto_disabled(kernel_factory, write_cb, driver_for):
     path = write_cb(RAISER)
     kernel = kernel_factory()
+    loop = driver_for(kernel)
     client = HotClient(kernel.run_dir)
     client.cb_load("bad", file=path, symbol="Raiser", init={"fail_at": 2})
     client.cb_load("good", path="hotcb.modules.cb.callbacks", symbol="TensorStatsCallback")
-    loop.run(kernel, 6)  # the loop must not see the exception
+    loop.steps(6)  # the loop must not see the exception
     kernel.flush()
     errs = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
     assert len(errs) == 1
