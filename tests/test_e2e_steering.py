@@ -203,7 +203,7 @@ def test_pause_blocks_the_loop_but_commands_still_get_through(
     paused_at = [e for e in read_ledger(run_dir) if e["op"] == "pause"][0]["step"]
     # while paused: a change and a checkpoint are read and handled at the same safe point ...
     change = cli(run_dir, "set", "l2=0.002", "--wait")
-    ckpt = os.fspath(tmp_path / "paused.pt")
+    ckpt = os.path.join(run_dir, "paused.pt")  # paths stay inside the run (docs/security.md)
     saved = cli(run_dir, "checkpoint", "--path", ckpt, "--wait")
     assert change.returncode == 0 and saved.returncode == 0, change.stderr + saved.stderr
     ledger = read_ledger(run_dir)

@@ -54,6 +54,62 @@ def test_tail_restarts_from_zero_when_the_file_shrinks(tmp_path: Any) -> None:
     assert tail.reset
 
 
+def test_tail_restarts_when_the_file_is_replaced_by_a_bigger_one(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    jsonl.append_many(path, [{"n": 1}, {"n": 2}])
+    tail = jsonl.JsonlTail(path)
+    assert len(tail.read_records()) == 2
+    tmp = tmp_path / "c.jsonl.new"
+    jsonl.append_many(tmp, [{"n": "a" * 20}, {"n": "b"}])
+    os.replace(tmp, path)
+    assert not tail.caught_up(os.stat(path))
+    assert tail.read_records() == [{"n": "a" * 20}, {"n": "b"}]
+    assert tail.reset
+
+
+def test_tail_restarts_when_replaced_by_a_file_of_the_same_size(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    jsonl.append(path, {"n": 1})
+    tail = jsonl.JsonlTail(path)
+    assert tail.read_records() == [{"n": 1}]
+    assert tail.caught_up(os.stat(path))
+    tmp = tmp_path / "c.jsonl.new"
+    jsonl.append(tmp, {"n": 2})
+    os.replace(tmp, path)
+    assert os.path.getsize(path) == tail.offset
+    assert not tail.caught_up(os.stat(path))  # same size, another file
+    assert tail.read_records() == [{"n": 2}]
+    assert tail.reset
+
+
+def test_tail_restarts_when_rewritten_in_place_past_the_cursor(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    jsonl.append(path, {"n": 1})
+    tail = jsonl.JsonlTail(path)
+    assert tail.read_records() == [{"n": 1}]
+    inode = os.stat(path).st_ino
+    with open(path, "r+b") as f:  # truncated and rewritten before the next read
+        f.truncate(0)
+        f.write(b'{"n":"longer"}\n{"n":3}\n')
+    assert os.stat(path).st_ino == inode
+    assert tail.read_records() == [{"n": "longer"}, {"n": 3}]
+    assert tail.reset
+
+
+def test_tail_resumed_at_a_cursor_checks_the_byte_before_it(tmp_path: Any) -> None:
+    path = tmp_path / "c.jsonl"
+    jsonl.append_many(path, [{"n": 1}, {"n": 2}])
+    cursor = len(b'{"n":1}\n')
+    tail = jsonl.JsonlTail(path, offset=cursor)  # a kernel resuming from its ledger
+    assert not tail.caught_up(os.stat(path))  # nothing read yet: its identity is unknown
+    assert tail.read_records() == [{"n": 2}]
+    assert not tail.reset
+    assert tail.caught_up(os.stat(path))
+    wrong = jsonl.JsonlTail(path, offset=cursor + 2)  # not at a line start: a rewritten file
+    assert wrong.read_records() == [{"n": 1}, {"n": 2}]
+    assert wrong.reset
+
+
 def test_tail_reads_a_line_longer_than_max_bytes(tmp_path: Any) -> None:
     path = tmp_path / "c.jsonl"
     big = {"blob": "x" * 5000}
@@ -79,12 +135,24 @@ _json_values = st.recursive(
 _records = st.lists(st.dictionaries(st.text(max_size=6), _json_values, max_size=4), max_size=12)
 
 
+def poll(tail: jsonl.JsonlTail, kernel_style: bool) -> list[tuple[int, bytes]]:
+    """One read, plainly or the way the kernel polls (one stat, read only when not caught up)."""
+    if not kernel_style:
+        return tail.read_lines()
+    st = os.stat(tail.path)
+    return [] if tail.caught_up(st) else tail.read_lines(st.st_size)
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(records=_records, cuts=st.lists(st.integers(min_value=0), max_size=20))
+@given(
+    records=_records,
+    cuts=st.lists(st.integers(min_value=0), max_size=20),
+    kernel_style=st.booleans(),
+)
 def test_any_chunking_of_appended_bytes_yields_exactly_the_complete_lines_once_in_order(
-    tmp_path: Any, records: list[dict[str, Any]], cuts: list[int]
+    tmp_path: Any, records: list[dict[str, Any]], cuts: list[int], kernel_style: bool
 ) -> None:
     data = b"".join((jsonl.dumps(r) + "\n").encode() for r in records)
     points = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
@@ -98,13 +166,92 @@ def test_any_chunking_of_appended_bytes_yields_exactly_the_complete_lines_once_i
         with open(path, "ab") as f:
             f.write(data[written:point])
         written = point
-        for end, raw in tail.read_lines():
+        for end, raw in poll(tail, kernel_style):
             ends.append(end)
             got.append(json.loads(raw))
         # never past the last newline written so far: a torn line is never consumed
         assert tail.offset == data.rfind(b"\n", 0, written) + 1
+        assert not tail.reset
     assert got == records
     assert ends == [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    path.unlink()
+
+
+def _chunks(data: bytes, cuts: list[int]) -> list[int]:
+    return sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    old=_records,
+    new=_records,
+    old_cuts=st.lists(st.integers(min_value=0), max_size=8),
+    new_cuts=st.lists(st.integers(min_value=0), max_size=8),
+    how=st.sampled_from(["replace", "rewrite"]),
+    kernel_style=st.booleans(),
+)
+def test_a_replacement_mid_stream_yields_the_new_file_whole_and_once(
+    tmp_path: Any,
+    old: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    old_cuts: list[int],
+    new_cuts: list[int],
+    how: str,
+    kernel_style: bool,
+) -> None:
+    """Chunks of one file, then the file replaced (``os.replace``) or truncated and rewritten
+    in place, in chunks: the reader yields the old file's complete lines, then the new file's
+    lines from its start, each once. The one case no reader can see (rewritten in place, never
+    seen shorter than the cursor, a ``\\n`` at the byte before the cursor) yields the new file
+    from the cursor on, as ``tail -F`` would."""
+    a = b"".join((jsonl.dumps(r) + "\n").encode() for r in old)
+    b = b"".join((jsonl.dumps(r) + "\n").encode() for r in new)
+    path = tmp_path / f"r{os.getpid()}_{abs(hash((a, b, how, tuple(old_cuts))))}.jsonl"
+    path.write_bytes(b"")
+    tail = jsonl.JsonlTail(path)
+    got_old: list[dict[str, Any]] = []
+    written = 0
+    for point in _chunks(a, old_cuts):
+        with open(path, "ab") as f:
+            f.write(a[written:point])
+        written = point
+        got_old += [json.loads(raw) for _, raw in poll(tail, kernel_style)]
+    assert got_old == old
+    cursor = tail.offset
+    assert cursor == len(a)
+    points = _chunks(b, new_cuts)
+    if how == "replace":
+        tmp = tmp_path / (path.name + ".tmp")
+        tmp.write_bytes(b[: points[0]])
+        os.replace(tmp, path)
+        written = points[0]
+    else:
+        os.truncate(path, 0)
+        written = 0
+    got: list[dict[str, Any]] = []
+    resets = 0
+    for point in points:
+        with open(path, "ab") as f:
+            f.write(b[written:point])
+        written = point
+        got += [json.loads(raw) for _, raw in poll(tail, kernel_style)]
+        resets += tail.reset
+        tail.reset = False
+    seen = (
+        cursor == 0
+        or how == "replace"
+        or any(p < cursor for p in points)  # polled while shorter: a shrink
+        or b[cursor - 1 : cursor] != b"\n"  # the byte before the cursor isn't a line end
+    )
+    if seen:
+        assert got == new
+        assert resets == (cursor > 0)
+    else:
+        assert got == new[b[:cursor].count(b"\n") :]
+        assert resets == 0
+    assert tail.offset == len(b)
     path.unlink()
 
 

@@ -17,7 +17,7 @@ def test_internal_error_is_ledgered_and_training_continues(tmp_path, monkeypatch
         calls["n"] += 1
         raise RuntimeError("simulated bug while reading commands")
 
-    monkeypatch.setattr(kernel, "_read_lines", broken_read)
+    monkeypatch.setattr(kernel._intake, "read", broken_read)
     for step in range(5):
         kernel.apply({"step": step})  # must not raise
     kernel.close()

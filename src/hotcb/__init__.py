@@ -7,8 +7,7 @@ recorded in a step-indexed ledger. ``import hotcb`` needs no third-party package
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .actuators import (
     ActuatorState,
     ActuatorType,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .ops import HotOp
+from .ops import HotOp, command_to_hotop
 
 NEVER = 1 << 62
 
@@ -85,3 +85,34 @@ class Ramp:
             return tuple(a + (b - a) * t for a, b in zip(self.start, self.target, strict=False))
         value = self.start + (self.target - self.start) * t
         return round(value) if self.is_int else value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ramp as JSON-friendly data for a checkpoint (its op as a command record)."""
+        return {
+            "key": self.key,
+            "start": self.start,
+            "target": self.target,
+            "start_step": self.start_step,
+            "steps": self.steps,
+            "shape": self.shape,
+            "is_int": self.is_int,
+            "record": self.op.to_record(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ramp:
+        """Inverse of :meth:`to_dict`; raises ``CommandError``/``KeyError``/``TypeError``/
+        ``ValueError`` for a damaged entry."""
+        start, target = d["start"], d["target"]
+        if isinstance(target, list):  # betas, after a trip through JSON
+            start, target = tuple(start), tuple(target)
+        return cls(
+            d["key"],
+            start,
+            target,
+            int(d["start_step"]),
+            int(d["steps"]),
+            d["shape"],
+            command_to_hotop(d["record"]),
+            is_int=bool(d.get("is_int")),
+        )

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import jsonl
 from .errors import CommandError, JournalWriteError
+from .ledger import iter_entries
 from .ops import make_command
 from .runfiles import RunPaths, is_network_fs
 
@@ -195,7 +196,7 @@ class HotClient:
 
     # -- reading back ----------------------------------------------------------------------
     def entries(self, cmd_id: str) -> list[dict[str, Any]]:
-        return [e for e in jsonl.iter_records(self.paths.ledger) if e.get("cmd_id") == cmd_id]
+        return [e for e in iter_entries(self.paths.ledger) if e.get("cmd_id") == cmd_id]
 
     def wait(
         self, cmd_id: str, timeout: float = 30.0, *, final: bool = True, interval: float = 0.02

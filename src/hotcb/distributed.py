@@ -11,12 +11,13 @@ from typing import Any
 
 
 class DistSync:
-    """Broadcast of command batches from rank 0.
+    """Broadcast of command batches from rank 0, with the step of the next poll.
 
-    Most polls find nothing new, so a poll first broadcasts one int (how many bytes of new
-    commands rank 0 read: one small collective) and only a non-empty batch goes through
+    Each poll broadcasts two ints from rank 0 (whether it read new commands, and the step of
+    the next poll it chose: one small collective) and only a non-empty batch goes through
     ``broadcast_object_list`` (pickle, size, payload). Every rank makes the same calls in the
-    same order, so none waits in a collective the others skip.
+    same order at the same steps, so none waits in a collective the others skip, and between
+    two polls no collective runs at all.
     """
 
     def __init__(self, dist: Any, group: Any = None) -> None:
@@ -25,29 +26,32 @@ class DistSync:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.is_leader = self.rank == 0
-        self._flag: Any = None  # a 1-element int64 tensor on the backend's device, reused
+        self._head: Any = None  # a 2-element int64 tensor on the backend's device, reused
 
-    def _flag_tensor(self) -> Any:
-        if self._flag is None:
+    def _head_tensor(self) -> Any:
+        if self._head is None:
             import torch
 
             device = torch.device("cpu")
             if str(self._dist.get_backend(self.group)) == "nccl":  # NCCL has no CPU tensors
                 device = torch.device("cuda", torch.cuda.current_device())
-            self._flag = torch.zeros(1, dtype=torch.int64, device=device)
-        return self._flag
+            self._head = torch.zeros(2, dtype=torch.int64, device=device)
+        return self._head
 
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (falsy ``obj``: a falsy value, via one int)."""
-        flag = self._flag_tensor()
+    def broadcast(self, obj: Any, next_step: int = 0) -> tuple[Any, int]:
+        """Rank 0's ``(obj, next_step)`` on every rank (a falsy ``obj`` costs one small
+        collective; other ranks then get ``None``)."""
+        head = self._head_tensor()
         if self.is_leader:
-            flag.fill_(1 if obj else 0)
-        self._dist.broadcast(flag, src=0, group=self.group)
-        if not int(flag.item()):
-            return obj if self.is_leader else None
+            head[0] = 1 if obj else 0
+            head[1] = int(next_step)
+        self._dist.broadcast(head, src=0, group=self.group)
+        flag, nxt = (int(v) for v in head.tolist())
+        if not flag:
+            return (obj if self.is_leader else None), nxt
         box = [obj if self.is_leader else None]
         self._dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
+        return box[0], nxt
 
 
 def detect() -> DistSync | None:

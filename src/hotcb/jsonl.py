@@ -2,10 +2,14 @@
 
 Writers (CLI, dashboard, autopilot, the kernel) call :func:`append`: the file is opened with
 ``O_APPEND``, an exclusive ``flock`` is held, and the whole line goes out in one ``os.write``, so
-lines from concurrent processes are never torn or interleaved on a local filesystem.
+lines from concurrent processes are never torn or interleaved on a local filesystem. An append
+is all or nothing: when the disk fills part way through, the file is cut back and
+:class:`~hotcb.errors.JournalWriteError` raised, so no partial line is left for the next append
+to be glued onto.
 
 Readers keep a byte cursor (:class:`JsonlTail`) and consume only complete lines: a last line
-without its ``\\n`` is a write still in progress and is left for the next read.
+without its ``\\n`` is a write still in progress and is left for the next read. A file that was
+replaced, truncated or rewritten under the reader is read again from its start.
 
 ``flock`` does not protect appends from several *hosts* on NFS: writers on another machine should
 go through the dashboard server on the trainer's host (see docs/core.md).
@@ -19,6 +23,8 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from .errors import JournalWriteError
 
 __all__ = [
     "append",
@@ -78,20 +84,63 @@ def dumps(record: Any) -> str:
 
 
 def _write_locked(path: str, data: bytes, fsync: bool = False) -> None:
+    """Append ``data`` under the lock: all of it, or nothing.
+
+    A write that fails part way (disk full, file size limit, I/O error) would leave a partial
+    line that the next append gets glued onto; the file is cut back to its size before the
+    write, so the caller may retry the whole record. ``fsync`` failing after a complete write
+    raises with ``written=True``: the record is in the file, do not write it again."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            start = os.fstat(fd).st_size  # under the lock: no other writer moves the end now
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                raise _cut_back(fd, path, start, len(data), exc) from exc
             if fsync:
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise JournalWriteError(
+                        f"wrote {len(data)} bytes to {path} but fsync failed "
+                        f"({_reason(exc)}): the data is in the file but may not survive a "
+                        "crash; check the disk",
+                        errno=exc.errno,
+                        path=path,
+                        written=True,
+                    ) from exc
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc}, errno {exc.errno}" if exc.errno else str(exc)
+
+
+def _cut_back(fd: int, path: str, size: int, nbytes: int, exc: OSError) -> JournalWriteError:
+    """Truncate the file back to ``size`` after a failed write; the error to raise."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as cut:
+        return JournalWriteError(
+            f"could not append {nbytes} bytes to {path} ({_reason(exc)}), nor cut off the "
+            f"partial line it left ({_reason(cut)}): free disk space, then check the file's "
+            "last line; the record was not written",
+            errno=exc.errno,
+            path=path,
+        )
+    return JournalWriteError(
+        f"could not append {nbytes} bytes to {path} ({_reason(exc)}): free disk space and try "
+        "again; nothing was written",
+        errno=exc.errno,
+        path=path,
+    )
 
 
 def append(path: str | os.PathLike[str], record: dict[str, Any], *, fsync: bool = False) -> None:
@@ -112,11 +161,22 @@ class JsonlTail:
     """Byte-cursor reader of a JSON-lines file that only ever yields complete lines, once.
 
     ``read_lines()`` returns ``(end_offset, raw_line)`` pairs, where ``end_offset`` is the cursor
-    just after that line's ``\\n``. A file that shrinks (truncated or replaced) restarts from 0
-    and sets :attr:`reset` so the caller can tell.
+    just after that line's ``\\n``. The cursor must sit at a line start (0, or just after a
+    ``\\n``).
+
+    A file that was replaced or rewritten is read again from 0, and :attr:`reset` is set so the
+    caller can tell. Like ``tail -F``, the tail remembers the identity ``(st_dev, st_ino)`` of
+    the file it read and restarts when the path shows another file (``os.replace``, delete and
+    re-create) or a file smaller than the cursor (truncated). A file truncated and rewritten in
+    place past the cursor keeps its identity and size can't tell; every read that has new bytes
+    therefore starts one byte early, at the ``\\n`` that ended the last consumed line, and
+    restarts when that byte is anything else. (A rewrite that happens to put a ``\\n`` at that
+    very byte goes unseen: no reader without the old contents can tell.)
+
+    The kernel's poll does one ``os.stat`` and asks :meth:`caught_up` before reading.
     """
 
-    __slots__ = ("path", "offset", "max_bytes", "reset")
+    __slots__ = ("path", "offset", "max_bytes", "reset", "_dev", "_ino")
 
     def __init__(
         self, path: str | os.PathLike[str], offset: int = 0, max_bytes: int = _DEFAULT_MAX_BYTES
@@ -125,6 +185,7 @@ class JsonlTail:
         self.offset = offset
         self.max_bytes = max_bytes
         self.reset = False
+        self._dev = self._ino = -1  # not read yet: no ``caught_up`` before the first read
 
     def size(self) -> int:
         try:
@@ -132,31 +193,61 @@ class JsonlTail:
         except FileNotFoundError:
             return 0
 
-    def has_new(self) -> bool:
-        return self.size() != self.offset
+    def caught_up(self, st: os.stat_result) -> bool:
+        """True when ``st`` (an ``os.stat`` of :attr:`path`) shows the file this tail read,
+        with nothing after the cursor: there is nothing to read. No system call."""
+        return st.st_size == self.offset and st.st_ino == self._ino and st.st_dev == self._dev
 
-    def read_lines(self, size: int | None = None) -> list[tuple[int, bytes]]:
-        if size is None:
-            size = self.size()
-        if size < self.offset:
+    def has_new(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self.offset != 0
+        return not self.caught_up(st)
+
+    def _restart(self) -> None:
+        if self.offset:  # a cursor at 0 has consumed nothing: there is nothing to redo
             self.offset = 0
             self.reset = True
-        if size <= self.offset:
-            return []
+
+    def read_lines(self, size: int | None = None) -> list[tuple[int, bytes]]:
+        """The new complete lines, reading no further than byte ``size`` when given."""
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(min(size - self.offset, self.max_bytes))
-                if data.rfind(b"\n") < 0 and len(data) == self.max_bytes:
-                    data += f.read(size - self.offset - len(data))  # one very long line
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return []
-        end = data.rfind(b"\n")
-        if end < 0:
+        try:
+            # the identity and size of the file actually opened, not of what ``path`` named a
+            # moment ago: a replacement between the caller's stat and this open is then seen
+            st = os.fstat(fd)
+            if (st.st_ino != self._ino or st.st_dev != self._dev) and self._ino != -1:
+                self._restart()  # another file now: replaced, or deleted and created again
+            elif st.st_size < self.offset:
+                self._restart()  # truncated
+            self._dev, self._ino = st.st_dev, st.st_ino
+            end = st.st_size if size is None else min(size, st.st_size)
+            return self._read(fd, end)
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, end: int) -> list[tuple[int, bytes]]:
+        start = self.offset
+        if end <= start:
+            return []
+        back = 1 if start > 0 else 0  # the byte before the cursor: the newline we consumed
+        data = os.pread(fd, min(end - start, self.max_bytes) + back, start - back)
+        if back and data[:1] != b"\n":
+            self._restart()  # rewritten in place (truncated, then written past the cursor)
+            return self._read(fd, end)
+        last = data.rfind(b"\n", back)
+        if last < 0 and len(data) - back == self.max_bytes:  # one very long line
+            data += os.pread(fd, end - start - self.max_bytes, start + self.max_bytes)
+            last = data.rfind(b"\n", back)
+        if last < 0:
             return []
         out: list[tuple[int, bytes]] = []
-        pos = self.offset
-        for line in data[:end].split(b"\n"):
+        pos = start
+        for line in data[back:last].split(b"\n"):
             pos += len(line) + 1
             out.append((pos, line))
         self.offset = pos

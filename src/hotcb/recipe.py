@@ -31,6 +31,7 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
+from .ledger import iter_entries
 from .ops import HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
@@ -279,7 +280,7 @@ def export_recipe(
     paths = RunPaths(os.fspath(run_dir))
     if not os.path.exists(paths.ledger):
         raise RecipeError(f"no ledger at {paths.ledger}: has this run started?")
-    entries = ledger_to_entries(jsonl.iter_records(paths.ledger), paths.root)
+    entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,
         "kind": RECIPE_KIND,

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from . import jsonl
+from ._version import __version__
 from .errors import PathNotAllowedError
 
 COMMANDS = "hotcb.commands.jsonl"
@@ -150,3 +156,39 @@ def confine_path(
         f"({', '.join(allowed)}); put the file inside the run directory or start the trainer "
         "(HotKernel(allowed_roots=[...])) or the server (--allowed-root) with its folder allowed"
     )
+
+
+def write_run_meta(
+    paths: RunPaths, extra: Mapping[str, Any], warn: Callable[[str, str], None]
+) -> None:
+    """Update ``hotcb.run.json`` for a (re)started kernel: versions, host, pid, filesystem and
+    the caller's ``extra`` (config, seed, …); ``warn(key, message)`` about a network
+    filesystem or a file that cannot be written."""
+    fstype = filesystem_type(paths.root)
+    if is_network_fs(fstype):
+        warn(
+            "network_fs",
+            f"run directory {paths.root} is on {fstype}: flock does not serialise appends "
+            "from several hosts. Send commands from this host, or from elsewhere through "
+            "'hotcb serve' running here (see docs/core.md, Shared filesystems).",
+        )
+    meta = jsonl.read_json(paths.run_meta, {}) or {}
+    now = time.time()
+    meta.setdefault("created", now)
+    meta.update(
+        {
+            "format_version": FORMAT_VERSION,
+            "hotcb_version": __version__,
+            "started": now,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "run_dir": paths.root,
+            "filesystem": fstype,
+        }
+    )
+    meta.update(extra)
+    try:
+        jsonl.write_json_atomic(paths.run_meta, meta)
+    except OSError as exc:
+        warn("run_meta", f"could not write {paths.run_meta}: {exc}")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import jsonl
+from ..ledger import iter_entries
 from ..runfiles import RunPaths
 from ._common import UsageError, add_wait, client, finish, parse_kv
 
@@ -174,7 +174,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
     if not os.path.isdir(paths.root):
         raise UsageError(f"no run directory at {paths.root}")
-    cbs = callbacks_from_ledger(_undo_fixups(list(jsonl.iter_records(paths.ledger))))
+    cbs = callbacks_from_ledger(_undo_fixups(list(iter_entries(paths.ledger))))
     if args.json:
         print(json.dumps(cbs, indent=2))
         return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import pending_scheduled
+from ..ledger import iter_entries, pending_scheduled
 from ..runfiles import RunPaths, is_network_fs
 from ._common import add_wait, client, finish, fmt_entry, fmt_value, parse_kv
 
@@ -56,7 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=cmd_control, op=name)
 
     p = sub.add_parser("checkpoint", help="ask the run to save a checkpoint")
-    p.add_argument("--path", help="where to save (when the run's save_checkpoint takes a path)")
+    p.add_argument(
+        "--path",
+        help="where to save (when the run's save_checkpoint takes a path); must lie inside "
+        "the run directory or a root the trainer allows",
+    )
     add_wait(p)
     p.set_defaults(func=cmd_checkpoint)
 
@@ -236,9 +240,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     except OSError:
         size = 0
     entries = (
-        list(jsonl.iter_records(paths.ledger))
-        if args.n == 0
-        else jsonl.read_last(paths.ledger, args.n)
+        list(iter_entries(paths.ledger)) if args.n == 0 else jsonl.read_last(paths.ledger, args.n)
     )
     shown = 0  # the highest seq printed, so nothing is printed twice either
 

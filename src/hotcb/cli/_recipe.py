@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-from .. import jsonl
 from ..freeze import FreezeMode, FreezeState
+from ..ledger import iter_entries
 from ..ops import FREEZE_MODES
 from ..recipe import (
     RecipePlayer,
@@ -130,7 +130,7 @@ def status_extra(paths: RunPaths, n: int = 5) -> dict[str, Any]:
     assert player is not None
     fired = {
         (e.get("cmd_id"), e.get("recipe_line"))
-        for e in jsonl.iter_records(paths.ledger)
+        for e in iter_entries(paths.ledger)
         if e.get("source") == "recipe"
     }
     left = [e for e in player.entries if (e.cmd_id, e.line) not in fired]

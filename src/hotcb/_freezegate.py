@@ -1,0 +1,145 @@
+"""The freeze gate: which commands a freeze mode lets through, and the recipe a replay plays.
+
+``freeze set`` changes the mode; its recipe and overlay paths must lie inside the run directory
+or an allowed root (checked before anything is read). In a replay mode the recipe's player is a
+step source of the kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._recorder import LedgerRecorder
+from ._schedule import StepSource
+from .errors import CommandError
+from .freeze import FreezeMode, FreezeState, passes_freeze
+from .ledger import Decision
+from .modules import OpResult
+from .ops import HotOp
+from .runfiles import confine_path
+
+if TYPE_CHECKING:
+    from .recipe import RecipePlayer
+
+__all__ = ["FreezeGate", "INTERNAL_SOURCES"]
+
+Env = Mapping[str, Any]
+#: Sources the kernel generates itself; freeze does not gate them.
+INTERNAL_SOURCES = frozenset({"recipe", "resume", "kernel", "ramp"})
+
+
+class FreezeGate:
+    """Handler of the ``freeze`` module; shares the module protocol (``apply``/``undo``)."""
+
+    wants_events = False
+
+    def __init__(
+        self,
+        state: FreezeState,
+        recorder: LedgerRecorder,
+        *,
+        run_dir: str,
+        allowed_roots: Sequence[str],
+        state_path: str,
+        plug: Callable[[StepSource | None, StepSource | None], None],
+    ) -> None:
+        self.state = state
+        self.player: RecipePlayer | None = None
+        self.leader = True
+        self._recorder = recorder
+        self._run_dir = run_dir
+        self._roots = allowed_roots
+        self._path = state_path
+        self._plug = plug  # (old source, new source): swap the player among the step sources
+
+    def blocks(self, op: HotOp) -> str | None:
+        """The reason when the freeze mode refuses ``op``; None when it passes."""
+        if self.state.accepts_live or op.source in INTERNAL_SOURCES:
+            return None
+        if passes_freeze(op.module, op.op):
+            return None
+        return f"freeze mode is {self.state.mode.value}; send 'hotcb freeze --mode off' to steer"
+
+    # ------------------------------------------------------------------ the module protocol
+    def apply(self, op: HotOp, env: Env) -> OpResult:
+        old = self.state.mode.value
+        try:
+            new = FreezeState(
+                mode=FreezeMode(op.extra.get("mode", op.params.get("mode"))),
+                recipe_path=self._confine(op, "recipe_path"),
+                adjust_path=self._confine(op, "adjust_path"),
+                step_offset=int(op.extra.get("step_offset", op.params.get("step_offset")) or 0),
+            )
+            if new != self.state or self.player is None:  # the same replay again keeps its place
+                self._set_player(_player_for(new, self._run_dir))
+        except Exception as exc:  # a missing or broken recipe, a path outside: reject
+            return OpResult("rejected", error=str(exc))
+        self.state = new
+        if self.leader:
+            new.save(self._path)
+        return OpResult("applied", changes={"mode": {"old": old, "new": new.mode.value}})
+
+    def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        return OpResult("rejected", error="freeze cannot be undone; send the mode you want")
+
+    def on_start(self, env: Env) -> None:
+        """Start the replay that ``hotcb.freeze.json`` or ``HotKernel(freeze=)`` asks for."""
+        if self.state.replaying and self.player is None:
+            self.start_replay(None)
+
+    def on_events(self, events: Sequence[str], env: Env) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "freeze": self.state.to_dict(),
+            "recipe": self.player.state_dict() if self.player is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state = FreezeState.from_dict(state.get("freeze"))
+        self._set_player(None)
+        if self.state.replaying:
+            self.start_replay(state.get("recipe"))
+
+    # ------------------------------------------------------------------ replay
+    def start_replay(self, player_state: Mapping[str, Any] | None) -> None:
+        """Start this state's recipe (at ``player_state``'s position), or ledger why not."""
+        try:
+            player = _player_for(self.state, self._run_dir)
+            if player is not None and player_state:
+                player.load_state_dict(player_state)
+        except Exception as exc:  # a recipe gone or changed: the run goes on, the ledger says so
+            self._recorder.emit(
+                self._recorder.point,
+                source="kernel",
+                module="kernel",
+                op="error",
+                decision=Decision.FAILED.value,
+                error=f"freeze mode {self.state.mode.value}: cannot start the recipe: {exc}",
+            )
+            return
+        self._set_player(player)
+
+    def _set_player(self, player: RecipePlayer | None) -> None:
+        old, self.player = self.player, player
+        self._plug(old, player)
+
+    def _confine(self, op: HotOp, key: str) -> str | None:
+        value = op.extra.get(key, op.params.get(key))
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise CommandError(f"{key} must be a path string, got {type(value).__name__}")
+        return confine_path(value, self._run_dir, self._roots, what=key)
+
+
+def _player_for(state: FreezeState, run_dir: str) -> RecipePlayer | None:
+    """The recipe player of ``state``; hotcb.recipe is imported only when a run replays, so
+    ``import hotcb`` stays within its budget."""
+    if not state.replaying:
+        return None
+    from .recipe import player_for
+
+    return player_for(state, run_dir)

@@ -1,0 +1,84 @@
+"""When the kernel looks at the commands file: the poll gate.
+
+Alone, a poll is due every ``debounce_steps`` safe points and not more often than
+``poll_interval_sec``. Under torch.distributed the clock cannot decide (the ranks must agree), so
+polls fall on steps that rank 0 chooses and broadcasts with each batch (:meth:`PollGate.plan`):
+close while commands flow, about a poll interval's worth of steps (from the measured step time)
+while the commands file is idle. Between two such steps no collective runs.
+
+The kernel reads this object's fields inline on its idle path (a counter, a clock compare, an
+int compare); everything else here runs only when a poll is due.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PollGate"]
+
+#: While commands flow, the next distributed poll is this many debounce periods away.
+_BUSY_POLLS = 1
+#: Weight of the newest step time in the running mean (rank 0, distributed only).
+_EMA = 0.2
+
+
+class PollGate:
+    """Countdown, clock and distributed next-step gating of polls. Pure: time is passed in."""
+
+    __slots__ = (
+        "debounce_steps",
+        "interval",
+        "countdown",
+        "next_time",
+        "next_step",
+        "step_time",
+        "_last_step",
+        "_last_time",
+    )
+
+    def __init__(self, debounce_steps: int, interval: float) -> None:
+        if debounce_steps < 1:
+            raise ValueError(f"debounce_steps must be >= 1, got {debounce_steps}")
+        if interval < 0:
+            raise ValueError(f"poll_interval_sec must be >= 0, got {interval}")
+        self.debounce_steps = int(debounce_steps)
+        self.interval = float(interval)
+        self.countdown = 0
+        self.next_time = 0.0
+        self.next_step = 0  # distributed: the step of the next poll, agreed by every rank
+        self.step_time = 0.0  # distributed, rank 0: running mean of seconds per step
+        self._last_step = -1
+        self._last_time = 0.0
+
+    def local_due(self, now: float) -> bool:
+        """Alone: the countdown has run out; is the clock due too? (Arms the next poll.)"""
+        self.countdown = self.debounce_steps
+        if now < self.next_time:
+            return False
+        self.next_time = now + self.interval
+        return True
+
+    def defer(self, step: int) -> None:
+        """The poll could not happen here (between micro-batches): try at the next safe point."""
+        self.countdown = 0
+        self.next_time = 0.0
+        self.next_step = step
+
+    def plan(self, step: int, now: float, busy: bool) -> int:
+        """Rank 0 at a distributed poll: the step of the next one, for every rank.
+
+        ``busy`` (commands arrived in this poll): the next debounce period. Idle: as many steps
+        as fit in the poll interval at the measured step time, so a command still lands within
+        about one poll interval while an idle run pays one collective per interval."""
+        if self._last_step >= 0 and step > self._last_step:
+            per_step = (now - self._last_time) / (step - self._last_step)
+            self.step_time = (
+                per_step
+                if self.step_time == 0.0
+                else ((1 - _EMA) * self.step_time + _EMA * per_step)
+            )
+        self._last_step, self._last_time = step, now
+        period = self.debounce_steps
+        if not busy and self.step_time > 0.0 and self.interval > 0.0:
+            period = max(period, int(self.interval / self.step_time))
+        elif busy:
+            period *= _BUSY_POLLS
+        return step + period

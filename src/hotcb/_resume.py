@@ -1,0 +1,76 @@
+"""Resume planning, as pure functions over ledger entries.
+
+A run resumed from a checkpoint at step S re-applies the ledger's changes made after S at their
+original steps (``source: "resume"``), and puts back on the schedule the ``at_step`` commands
+that were still waiting, so it follows the same trajectory and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import HotcbError
+from .ledger import LedgerEntry
+from .ops import HotOp
+from .runfiles import RunPaths
+
+__all__ = ["refuse_lost_ledger", "resume_plan", "waiting_plan"]
+
+
+def refuse_lost_ledger(paths: RunPaths) -> None:
+    """Raise when a kernel ran here before (``hotcb.run.json``), its commands file has content
+    and its ledger is gone: starting would apply every old command again, ``stop`` included."""
+    try:
+        commands = os.stat(paths.commands).st_size
+    except FileNotFoundError:
+        return
+    try:
+        ledger = os.stat(paths.ledger).st_size
+    except FileNotFoundError:
+        ledger = 0
+    if commands == 0 or ledger > 0 or not os.path.exists(paths.run_meta):
+        return
+    raise HotcbError(
+        f"{paths.ledger} is missing but {paths.commands} holds {commands} bytes of commands "
+        "that a previous run of this directory already applied; hotcb will not apply them a "
+        "second time. Restore the ledger, start in a fresh run directory, or apply them again "
+        "on purpose with HotKernel(replay_commands=True) / HOTCB_REPLAY_COMMANDS=1"
+    )
+
+
+def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tuple[int, HotOp]]:
+    """``(step, op)`` for every change the ledger applied after ``seq == after_seq`` (the
+    checkpoint's), to re-apply at its original step; each command once."""
+    plan: list[tuple[int, HotOp]] = []
+    queued: set[str] = set()
+    for raw in entries:
+        entry = LedgerEntry.from_dict(raw)
+        if entry.seq <= after_seq or not entry.reapplied_on_resume():
+            continue
+        op = entry.to_op(source="resume")
+        if op is None or op.cmd_id in queued:
+            continue
+        queued.add(op.cmd_id)
+        plan.append((entry.step or 0, op))
+    return plan
+
+
+def waiting_plan(
+    scheduled: Iterable[Mapping[str, Any]], after_seq: int, queued: set[str]
+) -> list[tuple[int, HotOp]]:
+    """``(at_step, op)`` for each ``scheduled`` entry after ``after_seq`` whose command is still
+    waiting (nothing later in the ledger) and not in ``queued``: the commands file's cursor is
+    past their lines, so after a restart nothing else would ever apply them."""
+    plan: list[tuple[int, HotOp]] = []
+    for raw in scheduled:
+        entry = LedgerEntry.from_dict(raw)
+        if entry.seq <= after_seq or entry.cmd_id in queued:
+            continue
+        op = entry.to_op(keep=("at_step", "source"))
+        if op is None:
+            continue
+        op.cursor = entry.cursor
+        plan.append((int(entry.extra.get("at_step") or 0), op))
+    return plan

@@ -1,0 +1,275 @@
+"""The default stream: ``opt``, ``loss`` and ``custom`` ``set_params`` on the actuators.
+
+Validation of every key before anything changes, ramps (``transition``) that move a value over
+N steps, roll-back of the keys already applied when one fails, undo of an applied change, and
+``hotcb.actuators.json``, the file that tells the dashboard what it can control.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import jsonl
+from ._recorder import LedgerRecorder, SafePoint
+from ._schedule import NEVER, Ramp
+from .actuators import ActuatorType, MutableState, optimizer_actuators
+from .errors import ActuatorApplyError, ActuatorError
+from .ledger import Decision
+from .modules import OpResult
+from .ops import HotOp
+from .runfiles import FORMAT_VERSION
+
+__all__ = ["ActuatorStream"]
+
+Env = Mapping[str, Any]
+_NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT, ActuatorType.TUPLE)
+
+
+class ActuatorStream:
+    """Handler of the actuator modules; shares the module protocol (``apply``/``undo``)."""
+
+    wants_events = False
+
+    def __init__(
+        self,
+        state: MutableState,
+        recorder: LedgerRecorder,
+        actuators_path: str,
+        *,
+        warn: Callable[[str, str], None],
+    ) -> None:
+        self.state = state
+        self.recorder = recorder
+        self.path = actuators_path
+        self.leader = True
+        self.ramps: dict[str, Ramp] = {}
+        self.opt_registered = any(a.group == "opt" for a in state)
+        self.needs_init = False  # an actuator was registered after the start
+        self._model_seen = False
+        self._written = -1
+        self._restore: dict[str, Any] = {}
+        self._warn = warn  # (key, message): a log line once per kind
+
+    # ------------------------------------------------------------------ discovery
+    def discover(self, env: Env) -> None:
+        """Register the optimizer's actuators and a model's ``mutable_state`` when first seen,
+        read initial values, restore checkpointed ones, write the actuators file."""
+        if not self.opt_registered:
+            opts = env.get("optimizers") or ([env["optimizer"]] if env.get("optimizer") else [])
+            for i, opt in enumerate(opts):
+                if not hasattr(opt, "param_groups"):
+                    continue
+                for act in optimizer_actuators(opt, prefix="" if i == 0 else f"opt{i}."):
+                    if act.param_key not in self.state:
+                        self.state.register(act)
+                self.opt_registered = True
+        model = env.get("model")
+        extra = getattr(model, "mutable_state", None) if model is not None else None
+        if extra is not None and not self._model_seen:
+            self._model_seen = True
+            for act in list(extra):
+                if act.param_key not in self.state:
+                    self.state.register(act)
+        self.state.initialize(env)
+        self._restore_values(env)
+        self.write_if_changed(env.get("step"))
+
+    def catch_up(self, env: Env) -> None:
+        """Discover an optimizer that appeared, or initialise actuators registered since; only
+        then: discovery rewrites the actuators file, and doing that per command made a burst
+        cost one file replace per command."""
+        if self.needs_init or (
+            not self.opt_registered and (env.get("optimizer") is not None or env.get("optimizers"))
+        ):
+            self.needs_init = False
+            self.discover(env)
+
+    def check(self, op: HotOp) -> str | None:
+        """Why ``op``'s values would be refused (for a command scheduled for later), or None."""
+        try:
+            for key, value in op.params.items():
+                self.state.lookup(key, op.module).validate(value)
+        except ActuatorError as exc:
+            return str(exc)
+        return None
+
+    # ------------------------------------------------------------------ the module protocol
+    def apply(self, op: HotOp, env: Env) -> OpResult:
+        self.catch_up(env)
+        step = int(env["step"])
+        try:
+            plan = [(k, self.state.lookup(k, op.module), v) for k, v in op.params.items()]
+            plan = [(k, act, act.validate(v)) for k, act, v in plan]
+            if op.transition is not None:
+                for k, act, _ in plan:
+                    if act.type not in _NUMERIC:
+                        raise ActuatorError(
+                            f"transition needs a numeric actuator; {k!r} is {act.type.value}"
+                        )
+        except ActuatorError as exc:
+            return OpResult("rejected", error=str(exc))
+        changes: dict[str, dict[str, Any]] = {}
+        done: list[tuple[str, Any]] = []
+        try:
+            for key, act, value in plan:
+                self.ramps.pop(key, None)  # a new command on a key ends its ramp
+                if op.transition is not None:
+                    old = act.read(env)
+                    self.ramps[key] = Ramp(
+                        key,
+                        old,
+                        value,
+                        step,
+                        op.transition.steps,
+                        op.transition.shape,
+                        op,
+                        is_int=act.type is ActuatorType.INT,
+                    )
+                    changes[key] = {"old": old, "new": value}
+                    continue
+                old, new = self.state.apply(key, value, env)
+                done.append((key, old))
+                changes[key] = {"old": old, "new": new}
+        except (ActuatorApplyError, ActuatorError) as exc:
+            error = str(exc)
+            for key, old in reversed(done):
+                try:
+                    self.state.apply(key, old, env)
+                except (ActuatorApplyError, ActuatorError) as again:
+                    error += f"; rolling {key} back to {old!r} failed too: {again}"
+            for key in changes:
+                self.ramps.pop(key, None)
+            return OpResult("failed", error=error)
+        extra = {"transition": op.transition.to_dict()} if op.transition else {}
+        return OpResult("applied", changes=changes, extra=extra)
+
+    def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        """Put back the old values an applied entry recorded (and stop its ramps)."""
+        reverse = {k: v["old"] for k, v in entry["changes"].items() if v.get("old") is not None}
+        changes: dict[str, Any] = {}
+        try:
+            for key, value in reverse.items():
+                self.ramps.pop(key, None)  # undoing a ramp stops it, else it lands anyway
+                old, new = self.state.apply(key, value, env)
+                changes[key] = {"old": old, "new": new}
+        except (ActuatorError, ActuatorApplyError) as exc:
+            return OpResult("failed", error=str(exc))
+        return OpResult("applied", changes=changes)
+
+    def on_start(self, env: Env) -> None:
+        self.discover(env)
+
+    def on_events(self, events: Sequence[str], env: Env) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actuators": {
+                a.param_key: a.current_value for a in self.state if a.current_value is not None
+            },
+            # ramps in progress: their op is before the checkpoint, so no resume re-queues it
+            "ramps": [r.to_dict() for r in self.ramps.values()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._restore = dict(state.get("actuators") or {})
+        self._restore_values({})
+        self.ramps = {}
+        for item in state.get("ramps") or ():
+            try:
+                ramp = Ramp.from_dict(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._warn("restore_ramp", f"could not restore a ramp: {exc!r}")
+                continue
+            self.ramps[ramp.key] = ramp
+
+    # ------------------------------------------------------------------ ramps
+    def next_step(self, step: int) -> int:
+        """The next step a ramp moves at (``NEVER`` without ramps)."""
+        if not self.ramps:
+            return NEVER
+        return min(step + 1, min(r.start_step + 1 for r in self.ramps.values()))
+
+    def advance(self, env: Env, point: SafePoint) -> None:
+        """Move every ramp to its value at this step; ledger the ones that arrive."""
+        step = point.step
+        for key, ramp in list(self.ramps.items()):
+            if step <= ramp.start_step:
+                continue
+            try:
+                self.state.set_silently(key, ramp.value_at(step), env)
+            except Exception as exc:  # the user's apply_fn: record, never raise
+                del self.ramps[key]
+                self.recorder.emit_op(
+                    ramp.op, point, Decision.FAILED, error=f"ramp of {key} failed: {exc!r}"
+                )
+                continue
+            if step >= ramp.end_step:
+                del self.ramps[key]
+                self.state.verify(env)
+                self.state.version += 1
+                self.recorder.emit_op(
+                    ramp.op,
+                    point,
+                    Decision.APPLIED,
+                    changes={key: {"old": ramp.start, "new": ramp.target}},
+                    source="ramp",
+                    extra={"ramp": "complete"},
+                )
+
+    # ------------------------------------------------------------------ values and the file
+    def _restore_values(self, env: Env) -> None:
+        for key in list(self._restore):
+            act = self.state.get(key)
+            if act is None:
+                continue
+            value = self._restore.pop(key)
+            try:
+                if act.state.value == "init":
+                    self.state.initialize(env)
+                if not act.matches(act.read(env), value):
+                    act.apply_fn(act.validate(value), env)
+                act.current_value = value if not isinstance(value, list) else tuple(value)
+            except Exception as exc:  # the user's read/apply: warn, keep training
+                self._warn(f"restore_{key}", f"could not restore actuator {key!r}: {exc!r}")
+
+    def refresh(self, env: Env) -> None:
+        """Pick up values that moved on their own (an LR scheduler) for the actuators file."""
+        if not self.leader:
+            return
+        changed = False
+        for act in self.state:
+            if act.read_fn is None or act.state.value in ("init", "disabled"):
+                continue
+            try:
+                live = act.read(env)
+            except Exception:  # a value that cannot be read now is simply not refreshed
+                continue
+            if not act.matches(live, act.current_value):
+                act.current_value = live
+                changed = True
+        if changed:
+            self.state.version += 1
+            self.write(env.get("step"))
+
+    def write_if_changed(self, step: Any) -> None:
+        if self.state.version != self._written:
+            self.write(step)
+
+    def write(self, step: Any) -> None:
+        """Write ``hotcb.actuators.json`` (rank 0): what the dashboard can control."""
+        self._written = self.state.version
+        if not self.leader:
+            return
+        doc = {
+            "v": FORMAT_VERSION,
+            "step": step,
+            "wall_time": time.time(),
+            "actuators": self.state.describe_all(),
+        }
+        try:
+            jsonl.write_json_atomic(self.path, doc)
+        except OSError as exc:
+            self._warn("actuators_write", f"could not write {self.path}: {exc}")
