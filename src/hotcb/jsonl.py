@@ -27,6 +27,7 @@ from typing import Any
 from .errors import JournalWriteError
 
 __all__ = [
+    "parse_line",
     "append",
     "append_many",
     "dumps",
@@ -257,13 +258,14 @@ class JsonlTail:
         """Complete new lines parsed as JSON objects; lines that are not objects are skipped."""
         out = []
         for _, line in self.read_lines():
-            rec = _parse(line)
+            rec = parse_line(line)
             if rec is not None:
                 out.append(rec)
         return out
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def parse_line(line: bytes) -> dict[str, Any] | None:
+    """One raw line as a JSON object; None for a blank line, bad JSON or a non-object."""
     line = line.strip()
     if not line:
         return None
@@ -304,7 +306,7 @@ def iter_records(
             for line in chunk[:end].split(b"\n"):
                 if keep is not None and not keep(line):
                     continue
-                rec = _parse(line)
+                rec = parse_line(line)
                 if rec is not None:
                     yield rec
 
@@ -336,7 +338,7 @@ def read_last(path: str | os.PathLike[str], n: int = 1, block: int = 65536) -> l
         lines = lines[1:]  # the first piece may be the middle of a line
     out: list[dict[str, Any]] = []
     for line in reversed(lines):
-        rec = _parse(line)
+        rec = parse_line(line)
         if rec is not None:
             out.append(rec)
             if len(out) == n:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from .runfiles import FORMAT_VERSION
 __all__ = [
     "Decision",
     "LedgerEntry",
+    "LedgerView",
+    "STALE_AFTER_SEC",
     "LedgerWriter",
     "tail_state",
     "iter_entries",
@@ -133,24 +136,173 @@ def pending_scheduled(path: str) -> list[dict[str, Any]]:
 
     Reads the whole ledger, but parses only lines that can matter (a ``scheduled`` decision,
     or naming a command still waiting): a kernel does this at start, on ledgers of any size."""
-    waiting: dict[str, dict[str, Any]] = {}
-    ids: dict[str, bytes] = {}
+    view = LedgerView(max_entries=0)
     marker = b'"scheduled"'
 
     def keep(line: bytes) -> bool:
-        return marker in line or any(b in line for b in ids.values())
+        return marker in line or any(b in line for b in view.pending_ids.values())
 
     # only kept lines' seqs are compared, which is enough: the ``scheduled`` lines of a batch
     # written twice were kept the first time, so their seqs were seen
-    for e in _in_seq_order(jsonl.iter_records(path, keep=keep)):
-        cid = e.get("cmd_id")
-        if e.get("decision") == Decision.SCHEDULED.value:
-            waiting[cid] = e
-            ids[cid] = jsonl.dumps(cid).encode()
-        elif cid in waiting:
-            del waiting[cid]
-            del ids[cid]
-    return list(waiting.values())
+    for e in jsonl.iter_records(path, keep=keep):
+        view.add(e)
+    return list(view.pending.values())
+
+
+#: Seconds without a new metric or ledger entry after which a running run counts as idle
+#: (``hotcb status``; the dashboard's ``ui.stale_after_sec`` defaults to the same).
+STALE_AFTER_SEC = 30.0
+_INVERSE = {"enable": "disable", "disable": "enable", "load": "unload"}
+
+
+class LedgerView:
+    """The one reducer of a ledger into state; the kernel, the CLI, the server and the
+    autopilot all ask it instead of interpreting entries themselves.
+
+    Feed it entries in file order with :meth:`add` (or build it with :meth:`read`). It keeps
+    the last ``max_entries`` entries (all when None), skips an entry whose ``seq`` is not above
+    the last one (a batch written twice), and maintains:
+
+    - ``pending``: scheduled commands still waiting, by cmd_id;
+    - ``control``: the last applied run control (``pause``, ``resume`` or ``stop``), whence
+      :attr:`paused`, :attr:`stopped` and :meth:`run_state`;
+    - ``last_step``, ``last_wall_time``: of the newest entry;
+    - ``callbacks``: each callback's state, in load order (see :meth:`callback_list`).
+    """
+
+    def __init__(self, max_entries: int | None = None) -> None:
+        self.entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending_ids: dict[str, bytes] = {}  # cmd_id -> its JSON, for byte filters
+        self.control: str | None = None
+        self.last_seq: int | None = None
+        self.last_step: int | None = None
+        self.last_wall_time: float | None = None
+        self.callbacks: dict[str, dict[str, Any]] = {}
+        self._cb_ops: dict[str, dict[str, Any]] = {}  # cmd_id -> applied cb entry (for undo)
+
+    @classmethod
+    def read(cls, path: str, max_entries: int | None = None) -> LedgerView:
+        view = cls(max_entries)
+        for e in jsonl.iter_records(path):
+            view.add(e)
+        return view
+
+    @property
+    def paused(self) -> bool:
+        return self.control == "pause"
+
+    @property
+    def stopped(self) -> bool:
+        return self.control == "stop"
+
+    def add(self, e: dict[str, Any]) -> bool:
+        """Reduce one entry; False when it was skipped as a duplicate."""
+        seq = e.get("seq")
+        if type(seq) is int:
+            if self.last_seq is not None and seq <= self.last_seq:
+                return False
+            self.last_seq = seq
+        self.entries.append(e)
+        cid, decision = e.get("cmd_id"), e.get("decision")
+        if decision == Decision.SCHEDULED.value and isinstance(cid, str):
+            self.pending[cid] = e
+            self.pending_ids[cid] = jsonl.dumps(cid).encode()
+        elif cid in self.pending:
+            del self.pending[cid]
+            del self.pending_ids[cid]
+        if decision == Decision.APPLIED.value and e.get("module") == "control":
+            if e.get("op") in ("pause", "resume", "stop"):
+                self.control = e["op"]
+        step, wall = e.get("step"), e.get("wall_time")
+        if type(step) is int:
+            self.last_step = step
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+            self.last_wall_time = float(wall)
+        self._add_callback(self._as_cb(e))
+        return True
+
+    def run_state(
+        self, last_activity: float | None, now: float, stale_after: float = STALE_AFTER_SEC
+    ) -> str:
+        """``stopped``, ``paused``, ``running``, ``idle`` (nothing new for ``stale_after``
+        seconds) or ``not started`` (no activity at all); ``last_activity`` is the newest
+        wall time of the run's metrics or ledger."""
+        if self.stopped:
+            return "stopped"
+        if self.paused:
+            return "paused"
+        if last_activity is None:
+            return "not started"
+        return "idle" if now - last_activity > stale_after else "running"
+
+    def callback_list(self) -> list[dict[str, Any]]:
+        """The callbacks in load order: ``id``, ``state`` (``enabled`` | ``disabled`` |
+        ``load failed``), ``target``, ``sha256``, ``params`` (set so far), ``errors``,
+        ``last_error``, ``step`` (of the last change)."""
+        return list(self.callbacks.values())
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _as_cb(self, e: dict[str, Any]) -> dict[str, Any]:
+        """An applied ``control undo`` of a cb command, rewritten as the cb op it amounts to."""
+        target = self._cb_ops.get(e.get("undo_of") or "")
+        if target is None or e.get("decision") != Decision.APPLIED.value:
+            return e
+        changes = e.get("changes") or {}
+        params = {k: v.get("new") for k, v in changes.items() if isinstance(v, dict)}
+        op = _INVERSE.get(target.get("op") or "", target.get("op"))
+        return {**e, "module": "cb", "op": op, "id": target.get("id"), "params": params}
+
+    def _add_callback(self, e: dict[str, Any]) -> None:
+        ident = e.get("id")
+        if e.get("module") != "cb" or not ident:
+            return
+        op, decision, cbs = e.get("op"), e.get("decision"), self.callbacks
+        if decision == Decision.APPLIED.value and isinstance(e.get("cmd_id"), str):
+            self._cb_ops[e["cmd_id"]] = e
+        cur = cbs.get(ident)
+        if op == "load":
+            if decision == Decision.APPLIED.value:
+                cbs.pop(ident, None)  # a reload keeps no stale fields
+                cbs[ident] = _callback(e, "disabled" if e.get("enabled") is False else "enabled")
+                cbs[ident]["sha256"] = (e.get("source_capture") or {}).get("sha256")
+            elif decision in ("failed", "rejected"):
+                if cur is None:
+                    cbs[ident] = cur = _callback(e, "load failed")
+                cur["last_error"] = e.get("error")
+            return
+        if cur is None:
+            return
+        if op == "callback_error":
+            cur["errors"] += 1 + int(e.get("suppressed") or 0)
+            cur["last_error"] = e.get("error")
+            if e.get("auto_disabled"):
+                cur["state"] = "disabled"
+        elif decision in ("failed", "rejected"):
+            cur["last_error"] = e.get("error")
+        elif decision != Decision.APPLIED.value:
+            return
+        elif op == "unload":
+            del cbs[ident]
+            return
+        elif op in ("enable", "disable"):
+            cur["state"] = op + "d"
+        elif op == "set_params":
+            cur["params"].update(e.get("params") or {})
+        cur["step"] = e.get("step")
+
+
+def _callback(e: Mapping[str, Any], state: str) -> dict[str, Any]:
+    return {
+        "id": e["id"],
+        "state": state,
+        "target": e.get("target"),
+        "sha256": None,
+        "params": {},
+        "errors": 0,
+        "last_error": None,
+        "step": e.get("step"),
+    }
 
 
 #: The fields of a ledger entry that make up the command it recorded.

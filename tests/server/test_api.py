@@ -280,7 +280,6 @@ def test_status_pending_paused_and_impact(tmp_path, live_server):
 
 
 def test_recipe_download(tmp_path, live_server):
-    pytest.importorskip("hotcb.recipe")
     run = os.fspath(tmp_path / "r")
     weights = {"ce": 1.0, "l2": 0.0}
     kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))

@@ -11,10 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any
 
-from ..ledger import iter_entries
+from ..ledger import LedgerView
 from ..runfiles import RunPaths
 from ._common import UsageError, add_wait, client, finish, parse_kv
 
@@ -90,91 +88,11 @@ def cmd_set_params(args: argparse.Namespace) -> int:
     return finish(args, [client(args).cb("set_params", args.id, **parse_kv(args.params))])
 
 
-def callbacks_from_ledger(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The callbacks a run has, replayed from its ledger entries, in load order.
-
-    Each item: ``id``, ``state`` (``enabled`` | ``disabled`` | ``load failed``), ``target``,
-    ``sha256``, ``params`` (set so far), ``errors`` (callback errors seen), ``last_error``,
-    ``step`` (of the last change).
-    """
-    cbs: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        if e.get("module") != "cb" or not e.get("id"):
-            continue
-        ident, op, decision = e["id"], e.get("op"), e.get("decision")
-        cur = cbs.get(ident)
-        if op == "load":
-            if decision == "applied":
-                capture = e.get("source_capture") or {}
-                enabled = e.get("enabled")
-                cbs.pop(ident, None)  # a reload keeps no stale fields
-                cbs[ident] = {
-                    "id": ident,
-                    "state": "disabled" if enabled is False else "enabled",
-                    "target": e.get("target"),
-                    "sha256": capture.get("sha256"),
-                    "params": {},
-                    "errors": 0,
-                    "last_error": None,
-                    "step": e.get("step"),
-                }
-            elif decision in ("failed", "rejected"):
-                if cur is None:
-                    cbs[ident] = cur = {
-                        "id": ident,
-                        "state": "load failed",
-                        "target": e.get("target"),
-                        "sha256": None,
-                        "params": {},
-                        "errors": 0,
-                        "step": e.get("step"),
-                    }
-                cur["last_error"] = e.get("error")
-            continue
-        if cur is None:
-            continue
-        if op == "callback_error":
-            cur["errors"] += 1 + int(e.get("suppressed") or 0)
-            cur["last_error"] = e.get("error")
-            if e.get("auto_disabled"):
-                cur["state"] = "disabled"
-        elif decision in ("failed", "rejected"):
-            cur["last_error"] = e.get("error")
-        elif decision != "applied":
-            continue
-        elif op == "unload":
-            del cbs[ident]
-            continue
-        elif op in ("enable", "disable"):
-            cur["state"] = op + "d"
-        elif op == "set_params":
-            cur["params"].update(e.get("params") or {})
-        cur["step"] = e.get("step")
-    return list(cbs.values())
-
-
-def _undo_fixups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """An ``undo`` of a cb command is ledgered as ``control undo`` with ``undo_of``: rewrite it
-    as the cb op it amounts to, so the replay above needs no special case."""
-    by_id = {e.get("cmd_id"): e for e in entries if e.get("module") == "cb"}
-    out = []
-    for e in entries:
-        target = by_id.get(e.get("undo_of")) if e.get("undo_of") else None
-        if target is not None and e.get("decision") == "applied":
-            inverse = {"enable": "disable", "disable": "enable", "load": "unload"}
-            changes = e.get("changes") or {}
-            op = inverse.get(target.get("op") or "", target.get("op"))
-            params = {k: v.get("new") for k, v in changes.items() if isinstance(v, dict)}
-            e = {**e, "module": "cb", "op": op, "id": target.get("id"), "params": params}
-        out.append(e)
-    return out
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
     if not os.path.isdir(paths.root):
         raise UsageError(f"no run directory at {paths.root}")
-    cbs = callbacks_from_ledger(_undo_fixups(list(iter_entries(paths.ledger))))
+    cbs = LedgerView.read(paths.ledger).callback_list()
     if args.json:
         print(json.dumps(cbs, indent=2))
         return 0

@@ -11,9 +11,10 @@ from typing import Any
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import iter_entries, pending_scheduled
+from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries
 from ..runfiles import RunPaths, is_network_fs
 from ._common import add_wait, client, finish, fmt_entry, fmt_value, parse_kv
+from ._recipe import status_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -134,8 +135,11 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         pending_cmds = os.path.getsize(paths.commands)
     except OSError:
         pending_cmds = 0
-    ledger_tail = jsonl.read_last(paths.ledger, n)
+    view = LedgerView.read(paths.ledger, max_entries=n)
+    ledger_tail = list(view.entries)
     cursor = ledger_tail[-1].get("cursor", 0) if ledger_tail else 0
+    metrics_time = last_metrics[0].get("wall_time") if last_metrics else None
+    times = [t for t in (metrics_time, view.last_wall_time) if isinstance(t, (int, float))]
     status: dict[str, Any] = {
         "run_dir": paths.root,
         "exists": os.path.isdir(paths.root),
@@ -145,38 +149,20 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "actuators_step": acts.get("step"),
         "last_metrics": last_metrics[0] if last_metrics else None,
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
-        "pending": pending_scheduled(paths.ledger),
+        "pending": list(view.pending.values()),
         "ledger": ledger_tail,
+        "state": view.run_state(max(times) if times else None, time.time(), _stale_after()),
     }
-    status["state"] = _run_state(paths, status["last_metrics"])
-    hook = _recipe_status_hook()
-    if hook is not None:
-        status.update(hook(paths))
+    status.update(status_extra(paths))
     return status
 
 
-def _run_state(paths: RunPaths, last_metrics: dict[str, Any] | None) -> str:
-    """paused / stopped / running / idle, from the ledger's last control entry and how fresh
-    the metrics are (the CLI runs in another process: the files are all it has)."""
-    state = "running"
-    for e in jsonl.read_last(paths.ledger, 500):
-        if e.get("module") == "control" and e.get("decision") == "applied":
-            state = {"pause": "paused", "resume": "running", "stop": "stopped"}.get(
-                e.get("op"), state
-            )
-    if state == "running":
-        age = time.time() - float((last_metrics or {}).get("wall_time") or 0)
-        if age > 30:
-            state = "idle (no metrics for 30 s)" if last_metrics else "not started"
-    return state
-
-
-def _recipe_status_hook():  # type: ignore[no-untyped-def]
+def _stale_after() -> float:
+    """The dashboard's ``ui.stale_after_sec`` setting, when its env variable is set."""
     try:
-        from ._recipe import status_extra
-    except ImportError:
-        return None
-    return status_extra
+        return float(os.environ.get("HOTCB_UI__STALE_AFTER_SEC") or STALE_AFTER_SEC)
+    except ValueError:
+        return STALE_AFTER_SEC
 
 
 def cmd_status(args: argparse.Namespace) -> int:

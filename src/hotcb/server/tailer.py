@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
+from ..ledger import LedgerView
 
 if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs the names
     from .config import DashboardConfig
@@ -170,56 +171,48 @@ class MetricsIndex:
 
 
 class LedgerState:
-    """The ledger as the dashboard needs it: recent entries, pending schedules, pause state."""
+    """The ledger as the dashboard needs it: a :class:`~hotcb.ledger.LedgerView` (the one
+    reducer: recent entries, pending schedules, run control) fed by a tail of the file."""
 
     def __init__(self, path: str, max_entries: int) -> None:
         self.tail = jsonl.JsonlTail(path)
-        self.entries: deque[dict[str, Any]] = deque(maxlen=max_entries)
-        self.pending: dict[str, dict[str, Any]] = {}
-        self.paused = False
+        self.max_entries = max_entries
+        self.view = LedgerView(max_entries)
         self.loaded = False
-        self.last_step: int | None = None
-        self.last_wall_time: float | None = None
+
+    @property
+    def entries(self) -> deque[dict[str, Any]]:
+        return self.view.entries
+
+    @property
+    def pending(self) -> dict[str, dict[str, Any]]:
+        return self.view.pending
+
+    @property
+    def paused(self) -> bool:
+        return self.view.paused
+
+    @property
+    def last_step(self) -> int | None:
+        return self.view.last_step
+
+    @property
+    def last_wall_time(self) -> float | None:
+        return self.view.last_wall_time
 
     def update(self, collect: int = 0) -> list[dict[str, Any]]:
         out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
         for lines in _chunks(self.tail):
             if self.tail.reset:
                 self.tail.reset = False
-                self.entries.clear()
-                self.pending.clear()
-                self.paused = False
+                self.view = LedgerView(self.max_entries)
                 out.clear()
             for _, raw in lines:
-                entry = jsonl._parse(raw)
-                if entry is None:
-                    continue
-                self._add(entry)
-                if collect:
+                entry = jsonl.parse_line(raw)
+                if entry is not None and self.view.add(entry) and collect:
                     out.append(entry)
         self.loaded = True
         return list(out)
-
-    def _add(self, e: dict[str, Any]) -> None:
-        self.entries.append(e)
-        cid = e.get("cmd_id")
-        decision = e.get("decision")
-        if decision == "scheduled" and isinstance(cid, str):
-            self.pending[cid] = e
-        elif cid in self.pending:
-            del self.pending[cid]
-        if (
-            e.get("module") == "control"
-            and decision == "applied"
-            and e.get("op") in ("pause", "resume")
-        ):
-            self.paused = e.get("op") == "pause"
-        step = e.get("step")
-        if isinstance(step, int) and not isinstance(step, bool):
-            self.last_step = step
-        wt = e.get("wall_time")
-        if isinstance(wt, (int, float)) and not isinstance(wt, bool):
-            self.last_wall_time = float(wt)
 
 
 class CommandsTail:
@@ -236,7 +229,7 @@ class CommandsTail:
                 self.tail.reset = False
                 out.clear()
             for _, raw in lines:
-                rec = jsonl._parse(raw)
+                rec = jsonl.parse_line(raw)
                 if rec is not None:
                     out.append(rec)
         return list(out)

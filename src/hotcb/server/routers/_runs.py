@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from fastapi.responses import Response
 
 from ... import jsonl
 from ...errors import HotcbError
+from ...recipe import export_recipe
 from ..deps import Deps
 from ..downsample import minmax_downsample
 from ..tailer import MetricsIndex
@@ -225,17 +228,9 @@ def create_runs_router(deps: Deps) -> APIRouter:
         """The run's applied changes as a portable recipe (JSON lines download)."""
         run = deps.run(run_id)
         try:
-            from ... import recipe as recipe_mod  # written by the recipe feature
-
-            export = recipe_mod.export_recipe
-        except (ImportError, AttributeError) as exc:
-            raise HTTPException(501, detail=f"recipe export is not available: {exc}") from None
-        try:
-            entries = await asyncio.to_thread(_export, export, run.path)
+            entries = await asyncio.to_thread(_export, run.path)
         except HotcbError as exc:  # e.g. no ledger yet: the reason says what to do
             raise HTTPException(409, detail=str(exc)) from None
-        except Exception as exc:
-            raise HTTPException(500, detail=f"recipe export failed: {exc}") from None
         body = "".join(jsonl.dumps(e) + "\n" for e in entries)
         name = run.run_id.replace("/", "_") if run.run_id != "." else "run"
         return Response(
@@ -247,18 +242,8 @@ def create_runs_router(deps: Deps) -> APIRouter:
     return router
 
 
-def _export(export: Callable[..., Any], run_dir: str) -> list[dict[str, Any]]:
-    """Call ``hotcb.recipe.export_recipe`` without writing into the run directory."""
-    import os
-    import tempfile
-
+def _export(run_dir: str) -> list[dict[str, Any]]:
+    """The run's recipe records, without writing into the run directory."""
     with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "recipe.jsonl")
-        result = export(run_dir, out_path)
-        if isinstance(result, list):
-            return result
-        if os.path.exists(out_path):
-            return list(jsonl.iter_records(out_path))
-        if isinstance(result, str) and os.path.exists(result):
-            return list(jsonl.iter_records(result))
-    raise RuntimeError("export_recipe returned nothing usable")
+        path, _ = export_recipe(run_dir, os.path.join(tmp, "recipe.jsonl"))
+        return list(jsonl.iter_records(path))  # the header line, then the entries
