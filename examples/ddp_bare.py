@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=32, help="per rank")
     ap.add_argument("--debounce", type=int, default=1, help="HotKernel debounce_steps")
     ap.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (seconds)")
+    ap.add_argument(
+        "--slow-after",
+        type=int,
+        default=-1,
+        help="from this step on, sleep --slow-delay per step instead (the step time changes)",
+    )
+    ap.add_argument("--slow-delay", type=float, default=0.0)
     ap.add_argument("--nproc", type=int, default=2, help="ranks to spawn when not under torchrun")
     ap.add_argument("--trace-dir", help="write trace_rank{R}.jsonl (one line per step) here")
     ap.add_argument("--weights-dir", help="save weights_rank{R}.pt here at the end")
@@ -121,8 +128,9 @@ def train(args: argparse.Namespace) -> None:
             trace.flush()
         if kernel.stop_requested:  # every rank sees it at the same step
             break
-        if args.step_delay:
-            time.sleep(args.step_delay)
+        delay = args.slow_delay if 0 <= args.slow_after <= step else args.step_delay
+        if delay:
+            time.sleep(delay)
     kernel.close()
     if trace is not None:
         trace.close()

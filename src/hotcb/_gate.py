@@ -14,8 +14,8 @@ from __future__ import annotations
 
 __all__ = ["PollGate"]
 
-#: While commands flow, the next distributed poll is this many debounce periods away.
-_BUSY_POLLS = 1
+#: The most steps between two distributed polls, however fast the steps are.
+_MAX_PERIOD = 10_000
 #: Weight of the newest step time in the running mean (rank 0, distributed only).
 _EMA = 0.2
 
@@ -67,18 +67,18 @@ class PollGate:
 
         ``busy`` (commands arrived in this poll): the next debounce period. Idle: as many steps
         as fit in the poll interval at the measured step time, so a command still lands within
-        about one poll interval while an idle run pays one collective per interval."""
+        about one poll interval while an idle run pays one collective per interval. A step time
+        that grows is taken at once, one that shrinks through a running mean."""
         if self._last_step >= 0 and step > self._last_step:
             per_step = (now - self._last_time) / (step - self._last_step)
-            self.step_time = (
-                per_step
-                if self.step_time == 0.0
-                else ((1 - _EMA) * self.step_time + _EMA * per_step)
-            )
+            # slower steps count at once (a command must not wait for many of them), faster
+            # ones through a running mean (one quick burst must not make polls sparse)
+            if per_step >= self.step_time:
+                self.step_time = per_step
+            else:
+                self.step_time = (1 - _EMA) * self.step_time + _EMA * per_step
         self._last_step, self._last_time = step, now
         period = self.debounce_steps
         if not busy and self.step_time > 0.0 and self.interval > 0.0:
-            period = max(period, int(self.interval / self.step_time))
-        elif busy:
-            period *= _BUSY_POLLS
+            period = max(period, min(_MAX_PERIOD, int(self.interval / self.step_time)))
         return step + period

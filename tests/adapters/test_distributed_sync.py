@@ -1,0 +1,75 @@
+"""torch.distributed polls on steps rank 0 chooses: sparse while idle, and still every rank at the
+same step when the step time changes mid-run (issue #10, item 6).
+
+The trainer is ``examples/ddp_bare.py`` with two gloo ranks in a real subprocess: 2 ms steps
+first, then 40 ms steps. This test is the controller in another process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from adapter_helpers import ENV, EXAMPLES, read_jsonl
+
+from hotcb import HotClient
+from hotcb.testing import wait_for
+
+torch = pytest.importorskip("torch")
+
+SLOW_AFTER = 200
+
+
+@pytest.mark.slow
+def test_a_command_lands_on_every_rank_at_one_step_when_the_step_time_changes(
+    tmp_path: Path,
+) -> None:
+    run_dir, traces = tmp_path / "run", tmp_path / "traces"
+    argv = [sys.executable, os.fspath(EXAMPLES / "ddp_bare.py"), "--nproc", "2"]
+    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--trace-dir", os.fspath(traces)]
+    argv += ["--step-delay", "0.002", "--slow-after", str(SLOW_AFTER), "--slow-delay", "0.04"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    trace0 = traces / "trace_rank0.jsonl"
+
+    def last_step() -> int:
+        if proc.poll() is not None:
+            raise AssertionError(f"ddp trainer exited:\n{proc.communicate()[1][-3000:]}")
+        rows = read_jsonl(trace0)
+        return rows[-1]["step"] if rows else -1
+
+    client = HotClient(run_dir, source="test")
+    landed: dict[str, tuple[int, int]] = {}  # cmd_id -> (step when sent, step applied)
+    try:
+        wait_for(lambda: last_step() >= 50, 120, what="the fast phase")
+        for lr, after in ((3e-3, 60), (2e-3, SLOW_AFTER + 20)):
+            wait_for(lambda a=after: last_step() >= a, 120, what=f"step {after}")
+            sent_at = last_step()
+            cid = client.opt(lr=lr)
+            entry = client.wait(cid, 60)
+            assert entry["decision"] == "applied"
+            landed[cid] = (sent_at, entry["step"])
+        client.stop()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    rows0 = read_jsonl(traces / "trace_rank0.jsonl")
+    rows1 = read_jsonl(traces / "trace_rank1.jsonl")
+    assert rows0 == rows1  # every rank saw every change at the same step
+    lr_at = {r["step"]: r["lr"] for r in rows0}
+    (fast_sent, fast_step), (slow_sent, slow_step) = landed.values()
+    assert lr_at[fast_step] == 3e-3 and lr_at[fast_step - 1] != 3e-3
+    assert lr_at[slow_step] == 2e-3 and lr_at[slow_step - 1] != 2e-3
+    # within about a poll interval: 50 ms is 25 fast steps but ~1 slow step. The bounds leave
+    # room for a loaded machine (the trace lags the ranks), not for a poll planned at 2 ms steps
+    # still in force at 40 ms steps (that would be ~25 slow steps, a whole second)
+    assert fast_step - fast_sent <= 200
+    assert slow_step - slow_sent <= 12
