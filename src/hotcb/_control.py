@@ -138,6 +138,7 @@ class RunControl:
     def _undo_target(self, cmd_id: str | None) -> Mapping[str, Any] | None:
         """The newest applied change not undone yet (or the one of ``cmd_id``)."""
         rec = self.recorder
+        entry: Mapping[str, Any]  # mypy: reversed() over dicts holding Any matches two overloads
         for entry in reversed(rec.history):
             if entry["cmd_id"] in rec.undone or entry.get("undo_of"):
                 continue

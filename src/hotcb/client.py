@@ -12,7 +12,7 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import jsonl
@@ -29,7 +29,7 @@ _OPT_PATTERN = re.compile(
 _LOSS_PATTERN = re.compile(r"^(loss|weight|w|lambda|terms?)[._]|(_weight|_loss|_w)$")
 
 
-def route_keys(keys: list[str], actuators: list[Mapping[str, Any]]) -> dict[str, list[str]]:
+def route_keys(keys: Sequence[str], actuators: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     """Which module (opt / loss / custom) each key belongs to: by the run's registered
     actuators first, then by name patterns (``lr`` → opt, ``*_weight`` → loss, else custom)."""
     groups = {a["param_key"]: a.get("group", "custom") for a in actuators}

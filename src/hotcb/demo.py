@@ -205,7 +205,7 @@ def _train_torch(
 
     def losses(inp: Any, target: Any) -> tuple[dict[str, Any], Any, Any]:
         logits, recon, parity = model(inp)
-        terms = {"cls": nn.functional.cross_entropy(logits, target)}
+        terms: dict[str, Any] = {"cls": nn.functional.cross_entropy(logits, target)}
         if golden:
             terms["recon"] = nn.functional.mse_loss(recon, inp)
             terms["parity"] = nn.functional.binary_cross_entropy_with_logits(
@@ -482,7 +482,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
     elif not _port_free(port):
         raise HotcbError(f"port {port} is in use; pick another with --port")
 
-    stop_signal = {"sig": None}
+    stop_signal: dict[str, int | None] = {"sig": None}
 
     def on_term(signum: int, frame: Any) -> None:
         stop_signal["sig"] = signum

@@ -23,8 +23,8 @@ class DistSync:
     def __init__(self, dist: Any, group: Any = None) -> None:
         self._dist = dist
         self.group = group
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
+        self.rank: int = dist.get_rank()
+        self.world_size: int = dist.get_world_size()
         self.is_leader = self.rank == 0
         self._head: Any = None  # a 2-element int64 tensor on the backend's device, reused
 

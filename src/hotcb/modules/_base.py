@@ -73,7 +73,9 @@ class HotModule(Protocol):
     #: True while the module wants ``on_events`` calls (e.g. at least one enabled callback).
     wants_events: bool
 
-    def apply(self, op: HotOp, env: Env) -> OpResult: ...
+    def apply(self, op: HotOp, env: Env) -> OpResult | None:
+        """The op's result for the ledger. None: the handler ledgers it later (the kernel's
+        ``control`` handler does, for a checkpoint it takes at the next safe point)."""
 
     def on_start(self, env: Env) -> None:
         """Called once at the first safe point when the registry's ``start_when`` holds."""
@@ -129,5 +131,5 @@ def create_module(name: str, host: ModuleHost) -> HotModule:
     if spec is None:
         raise KeyError(f"no module registered for {name!r}")
     mod_path, _, attr = spec.path.partition(":")
-    factory = getattr(importlib.import_module(mod_path), attr)
-    return factory(host)  # type: ignore[no-any-return]
+    factory: Callable[[ModuleHost], HotModule] = getattr(importlib.import_module(mod_path), attr)
+    return factory(host)

@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     x, y = digits()
     model = TinyMLP(seed=args.seed)
+    opt: torch.optim.Optimizer
     if args.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = None
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
     if args.sched == "step":
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
     elif args.sched == "cosine":
