@@ -27,7 +27,8 @@ _FREEZE_FIELDS = frozenset({"mode", "recipe_path", "adjust_path", "step_offset"}
 def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """``(name, value)`` of every field of ``record`` that names a file the trainer would
     open or write."""
-    params = record.get("params") if isinstance(record.get("params"), dict) else {}
+    raw = record.get("params")
+    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
     module, op = record.get("module"), record.get("op")
     for key in ("recipe_path", "adjust_path"):
         if record.get(key) is not None:
@@ -77,13 +78,19 @@ def create_commands_router(deps: Deps) -> APIRouter:
             raise HTTPException(507, detail=str(exc)) from None
         return {"cmd_id": cmd_id}
 
-    def post_command(run_id: str = ".", body: Any = Body(..., examples=[_COMMAND_EXAMPLE])):  # noqa: B008
+    def post_command(
+        run_id: str = ".",
+        body: Any = Body(..., examples=[_COMMAND_EXAMPLE]),  # noqa: B008
+    ) -> dict[str, str]:
         """Append one command (``module``, ``op``, ``params``, ``id``, ``at_step``,
         ``transition``, …); 422 with the reason when it is invalid, 403 for a path outside
         the run directory and the allowed roots."""
         return send(run_id, body)
 
-    def post_freeze(run_id: str = ".", body: Any = Body(..., examples=[_FREEZE_EXAMPLE])):  # noqa: B008
+    def post_freeze(
+        run_id: str = ".",
+        body: Any = Body(..., examples=[_FREEZE_EXAMPLE]),  # noqa: B008
+    ) -> dict[str, str]:
         """Set the freeze mode: ``{"mode", "recipe_path"?, "adjust_path"?, "step_offset"?}``;
         the paths must lie inside the run directory or an allowed root."""
         if not isinstance(body, dict):
