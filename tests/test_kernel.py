@@ -418,7 +418,11 @@ def test_undo_during_a_ramp_stops_the_ramp(loop: Loop) -> None:
     loop.steps(12)
     assert loop.weights["aux"] == 0.0
     assert loop.only(undo)["undo_of"] == cid
-    assert [e["source"] for e in loop.entries(cid)] == ["test"]  # no "ramp complete" entry
+    # the ramp's end is recorded as superseded (by the undo), never as complete
+    assert [(e["source"], e.get("ramp")) for e in loop.entries(cid)] == [
+        ("test", None),
+        ("ramp", "superseded"),
+    ]
 
 
 def test_undecodable_and_absurdly_nested_lines_are_rejected_not_raised(loop: Loop) -> None:

@@ -112,9 +112,10 @@ class ActuatorStream:
             return OpResult("rejected", error=str(exc))
         changes: dict[str, dict[str, Any]] = {}
         done: list[tuple[str, Any]] = []
+        for key, _, _ in plan:
+            self.end_ramp(key, op, env)  # a new command on a key ends its ramp
         try:
             for key, act, value in plan:
-                self.ramps.pop(key, None)  # a new command on a key ends its ramp
                 if op.transition is not None:
                     old = act.read(env)
                     self.ramps[key] = Ramp(
@@ -151,7 +152,7 @@ class ActuatorStream:
         changes: dict[str, Any] = {}
         try:
             for key, value in reverse.items():
-                self.ramps.pop(key, None)  # undoing a ramp stops it, else it lands anyway
+                self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
         except (ActuatorError, ActuatorApplyError) as exc:
@@ -186,6 +187,27 @@ class ActuatorStream:
             self.ramps[ramp.key] = ramp
 
     # ------------------------------------------------------------------ ramps
+    def end_ramp(self, key: str, by: HotOp | None, env: Env) -> None:
+        """Stop ``key``'s ramp where it is, and ledger that it was superseded (by ``by``, or
+        by an undo), at which value: the ramp's op will never reach its target."""
+        ramp = self.ramps.pop(key, None)
+        if ramp is None:
+            return
+        try:
+            now = self.state.lookup(key).read(env)
+        except Exception:  # the user's read_fn: the value reached is then unknown
+            now = None
+        who = f"by {by.cmd_id} ({by.module} {by.op})" if by is not None else "by an undo"
+        self.recorder.emit_op(
+            ramp.op,
+            self.recorder.point,
+            Decision.APPLIED,
+            changes={key: {"old": ramp.start, "new": now}},
+            error=f"ramp of {key} to {ramp.target!r} superseded at {now!r} {who}",
+            source="ramp",
+            extra={"ramp": "superseded", "superseded_by": by.cmd_id if by else None},
+        )
+
     def next_step(self, step: int) -> int:
         """The next step a ramp moves at (``NEVER`` without ramps)."""
         if not self.ramps:

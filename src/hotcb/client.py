@@ -220,3 +220,21 @@ class HotClient:
                     f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?"
                 )
             time.sleep(interval)
+
+    def wait_ramp(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The entry that ends the ramp ``cmd_id`` started: ``ramp: complete`` (the target is
+        reached), ``superseded`` (another command took over) or a ``failed`` one."""
+        deadline = time.monotonic() + timeout
+        tail = jsonl.JsonlTail(self.paths.ledger)
+        while True:
+            for entry in tail.read_records():
+                if entry.get("cmd_id") == cmd_id and (
+                    entry.get("ramp") or entry.get("decision") == "failed"
+                ):
+                    return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the "
+                    "run (see 'hotcb log')"
+                )
+            time.sleep(0.02)

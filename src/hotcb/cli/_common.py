@@ -71,6 +71,27 @@ def fmt_changes(changes: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def _fmt_ramp(e: Mapping[str, Any]) -> str:
+    """What a ramp entry means: started (the value has not moved yet), complete, superseded."""
+    steps = int((e.get("transition") or {}).get("steps") or 0)
+    start = int(e.get("step") or 0)
+    parts = []
+    for k, ch in (e.get("changes") or {}).items():
+        old, new = fmt_value(ch.get("old")), fmt_value(ch.get("new"))
+        if e.get("ramp") == "complete":
+            parts.append(f"{k}: ramped {old} → {new}")
+        elif e.get("ramp") == "superseded":
+            parts.append(f"{k}: ramp from {old} stopped at {new}")
+        else:
+            parts.append(f"{k}: ramping {old} → {new} over steps {start}..{start + steps}")
+    return "; ".join(parts)
+
+
+def is_ramp_start(e: Mapping[str, Any]) -> bool:
+    """An applied command that started a ramp (its target is reached ``steps`` later)."""
+    return bool(e.get("transition")) and e.get("decision") == "applied" and not e.get("ramp")
+
+
 def fmt_entry(e: Mapping[str, Any]) -> str:
     what = " ".join(str(x) for x in (e.get("module"), e.get("op")) if x)
     if e.get("id"):
@@ -78,6 +99,8 @@ def fmt_entry(e: Mapping[str, Any]) -> str:
     line = f"#{e.get('seq')} step {e.get('step')} [{e.get('source') or '?'}] {what or '?'}"
     line += f" -> {e.get('decision')}"
     changes = fmt_changes(e.get("changes"))
+    if e.get("decision") == "applied" and (e.get("ramp") or e.get("transition")):
+        changes = _fmt_ramp(e)
     if changes:
         line += f" ({changes})"
     elif e.get("params") and e.get("decision") != "applied":
@@ -101,6 +124,9 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
     for cid in cmd_ids:
         entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()))
         print(fmt_entry(entry))
+        if is_ramp_start(entry):  # --wait on a ramp waits for its end
+            entry = c.wait_ramp(cid, timeout=max(0.1, deadline - time.monotonic()))
+            print(fmt_entry(entry))
         if entry.get("decision") in ("rejected", "failed", "ignored_freeze"):
             code = 1
     sys.stdout.flush()
