@@ -6,6 +6,9 @@
    1M-line run (target p99 ≤ 150 ms).
 3. Server RSS (psutil) with the 1M lines indexed and while tailing (target ≤ 300 MB).
 
+The server gets a fresh token in ``HOTCB_TOKEN`` (it wants one on every address); the HTTP
+client and the WebSocket send it as ``Authorization: Bearer``.
+
     python benchmarks/dashboard.py [--lines 1000000] [--rate 1000] [--seconds 5]
 
 ``run()`` returns the figures.
@@ -16,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +29,8 @@ from typing import Any
 import httpx
 import psutil
 from websockets.sync.client import connect
+
+from hotcb.server.testing import ServeProcess
 
 
 def write_metrics(path: str, lines: int, spike_at: int) -> None:
@@ -49,42 +52,25 @@ def write_metrics(path: str, lines: int, spike_at: int) -> None:
         f.write("".join(chunk))
 
 
-def start_server(root: str) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hotcb", "--dir", root, "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    url = match.group(1)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/api/health").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not answer")
-        time.sleep(0.05)
+def start_server(root: str, token: str) -> ServeProcess:
+    """``hotcb serve`` over ``root`` as a real process, with ``token`` in ``HOTCB_TOKEN`` (the
+    server wants a token on every address); every request below sends it as a Bearer header."""
+    srv = ServeProcess(root, env={"HOTCB_TOKEN": token})
+    srv.start()
+    return srv
 
 
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def history_figures(url: str, lines: int, spike_at: int) -> dict[str, Any]:
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def history_figures(url: str, token: str, lines: int, spike_at: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with httpx.Client(base_url=url, timeout=300) as c:
+    with httpx.Client(base_url=url, headers=bearer(token), timeout=300) as c:
         q = {"names": "loss", "max_points": 2000}
         t0 = time.perf_counter()
         r = c.get("/api/runs/big/metrics", params=q).json()
@@ -112,7 +98,9 @@ def history_figures(url: str, lines: int, spike_at: int) -> dict[str, Any]:
     return out
 
 
-def latency_figures(url: str, path: str, start_step: int, rate: int, seconds: float) -> dict:
+def latency_figures(
+    url: str, token: str, path: str, start_step: int, rate: int, seconds: float
+) -> dict[str, Any]:
     """Append ``rate`` lines/s to the 1M-line run; measure append → client delivery."""
     ws_url = url.replace("http://", "ws://") + "/ws"
     latencies: list[float] = []
@@ -131,7 +119,7 @@ def latency_figures(url: str, path: str, start_step: int, rate: int, seconds: fl
             latencies.extend(now - rec["sent"] for rec in msg["records"] if "sent" in rec)
         received.set()
 
-    with connect(ws_url, max_size=None) as ws:
+    with connect(ws_url, max_size=None, additional_headers=bearer(token)) as ws:
         ws.recv(timeout=10)  # hello
         ws.send(json.dumps({"subscribe": ["big"]}))
         reader = threading.Thread(target=client, args=(ws,), daemon=True)
@@ -174,10 +162,13 @@ def run(lines: int = 1_000_000, rate: int = 1000, seconds: float = 5.0) -> dict[
             "file_mb": os.path.getsize(path) / 2**20,
             "write_file_s": time.perf_counter() - t0,
         }
-        proc, url = start_server(root)
+        token = secrets.token_urlsafe(24)
+        srv = start_server(root, token)
+        assert srv.proc is not None
+        proc, url = srv.proc, srv.url
         try:
             figures["rss_idle_mb"] = rss_mb(proc.pid)
-            figures.update(history_figures(url, lines, spike_at))
+            figures.update(history_figures(url, token, lines, spike_at))
             figures["rss_indexed_mb"] = rss_mb(proc.pid)
             peak = [0.0]
             stop = threading.Event()
@@ -188,13 +179,12 @@ def run(lines: int = 1_000_000, rate: int = 1000, seconds: float = 5.0) -> dict[
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            figures.update(latency_figures(url, path, lines, rate, seconds))
+            figures.update(latency_figures(url, token, path, lines, rate, seconds))
             stop.set()
             sampler.join()
             figures["rss_tailing_peak_mb"] = peak[0]
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            srv.stop()
     return figures
 
 

@@ -160,8 +160,20 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     row.locator("text=undone").wait_for()
 
 
+def last_seq(run: Any) -> int:
+    """The newest ledger seq of ``run`` so far (0 when empty): entries after it are new."""
+    return max((int(e.get("seq") or 0) for e in run.ledger()), default=0)
+
+
 def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None:
+    # the live run (and its ledger) is shared by the module's tests: this one looks only at
+    # the entries written after it started (seq > before) and at its own cmd_ids
     live = runs["live"]
+    before = last_seq(live)
+
+    def mine() -> list[dict[str, Any]]:
+        return [e for e in live.ledger() if int(e.get("seq") or 0) > before]
+
     page.goto(server.page_url("live"))
     wait_page(page, "d.connected && d.controls.length > 0 && d.step !== null")
 
@@ -171,20 +183,23 @@ def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None
     page.fill("#sched-value", "0.25")
     page.fill("#sched-step", str(at))
     page.click("#sched-form button[type=submit]")
-    item = page.locator("#pending li.pending-item")
+    item = page.locator(f"#pending li.pending-item:has-text('step {at}')")
     item.wait_for()
-    assert f"step {at}" in item.inner_text() and "dropout = 0.25" in item.inner_text()
-    sched = next(e for e in live.ledger() if e["decision"] == "scheduled")
+    assert "dropout = 0.25" in item.inner_text()
+    sched_id = item.get_attribute("data-cmd")
+    assert sched_id
+    sched = wait_for(
+        lambda: live.entry(sched_id, "scheduled"), timeout=15, what="the scheduled entry"
+    )
     assert sched["at_step"] == at and sched["source"] == "dashboard"
+    assert sched["seq"] > before
     item.locator("button").click()
     wait_for(
-        lambda: any(
-            e.get("cmd_id") == sched["cmd_id"] and e["decision"] == "noop" for e in live.ledger()
-        ),
+        lambda: live.entry(sched_id, "noop"),
         timeout=15,
         what="the scheduled command to be cancelled",
     )
-    page.locator("#pending li.muted").wait_for()
+    item.wait_for(state="detached")
 
     # pause: the run stops stepping and the page says so; resume: it steps again
     page.click("#btn-pause")
@@ -195,19 +210,29 @@ def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None
     page.click("#btn-pause")
     wait_page(page, "!d.paused")
     wait_for(lambda: live.last_step() > paused_at + 5, timeout=15, what="training to resume")
-    decisions = [(e["op"], e["decision"]) for e in live.ledger() if e["module"] == "control"]
-    assert ("pause", "applied") in decisions and ("resume", "applied") in decisions
+    control = [(e["op"], e["decision"], e["source"]) for e in mine() if e["module"] == "control"]
+    pause = control.index(("pause", "applied", "dashboard"))
+    assert ("resume", "applied", "dashboard") in control[pause + 1 :], control
 
     # a fresh page shows the newest entries first (ledger_limit is 3 here); "older…" the rest
+    ours = [e["seq"] for e in mine()]
+    assert len(ours) >= 4, ours  # scheduled, its cancel, pause, resume
+    newest = sorted((e["seq"] for e in live.ledger()), reverse=True)[:3]
+    assert set(newest) <= set(ours)  # the first page holds only this test's entries
     page.reload()
-    wait_page(page, "d.ledger === 3")
-    page.click("#ledger-older")
-    n = len(live.ledger())
     wait_page(
-        page, f"d.ledger >= {n} && document.querySelectorAll('#ledger-body tr').length >= {n}"
+        page,
+        "d.ledger === 3 && document.querySelectorAll('#ledger-body tr[data-seq]').length === 3",
     )
-    rows = page.locator("#ledger-body tr").evaluate_all("rs => rs.map(r => +r.dataset.seq)")
-    assert rows == sorted(rows, reverse=True) and len(rows) == debug(page)["ledger"]
+    seqs = "rs => rs.map(r => +r.dataset.seq)"
+    assert page.locator("#ledger-body tr").evaluate_all(seqs) == newest
+    page.click("#ledger-older")
+    wait_page(
+        page,
+        f"{ours}.every(s => document.querySelector(`#ledger-body tr[data-seq='${{s}}']`))",
+    )
+    rows = page.locator("#ledger-body tr").evaluate_all(seqs)
+    assert rows == sorted(rows, reverse=True) and len(rows) == debug(page)["ledger"] > 3
 
 
 def test_overlay_and_stale_banner(page: Any, server: Any, runs: Any) -> None:

@@ -1,6 +1,7 @@
 // hotcb dashboard: state, data loading, live updates and wiring. No framework, no build step.
 import { api, ApiError, LiveSocket, runUrl, sendCommand } from "./api.js";
 import { Charts, fmtNum, sourceColor } from "./charts.js";
+import { ago, appendRecords as appendSeries, stepAhead } from "./lib.js";
 import { Controls, LedgerTable, describeEntry, fmtValue, parseFor, renderPending } from "./panels.js";
 
 const $ = (id) => document.getElementById(id);
@@ -49,12 +50,6 @@ function runLabel(runId) {
   return runId === "." ? "this run" : runId;
 }
 
-function ago(sec) {
-  if (sec < 90) return `${Math.round(sec)} s`;
-  if (sec < 5400) return `${Math.round(sec / 60)} min`;
-  return `${(sec / 3600).toFixed(1)} h`;
-}
-
 function setUrl() {
   if (app.runId != null) document.title = `${runLabel(app.runId)} · hotcb`;
   const q = new URLSearchParams(location.search);
@@ -70,61 +65,8 @@ function newRunData(runId) {
   return { runId, label: runLabel(runId), series: new Map(), lastStep: null, lastRecv: null, loading: true, buffer: [] };
 }
 
-/** Keep a series bounded: past the limit, halve its oldest half into min/max pairs so spikes
- * survive (the server downsamples history the same way). */
-function compact(s, limit) {
-  if (s.step.length <= limit) return;
-  const half = Math.floor(s.step.length / 2);
-  const steps = [];
-  const vals = [];
-  for (let i = 0; i + 3 < half; i += 4) {
-    let lo = i;
-    let hi = i;
-    for (let j = i; j < i + 4; j++) {
-      if (s.value[j] == null) continue;
-      if (s.value[lo] == null || s.value[j] < s.value[lo]) lo = j;
-      if (s.value[hi] == null || s.value[j] > s.value[hi]) hi = j;
-    }
-    for (const j of lo <= hi ? [lo, hi] : [hi, lo]) {
-      if (steps.length && steps[steps.length - 1] === s.step[j]) continue;
-      steps.push(s.step[j]);
-      vals.push(s.value[j]);
-    }
-  }
-  const cut = half - (half % 4);
-  s.step = steps.concat(s.step.slice(cut));
-  s.value = vals.concat(s.value.slice(cut));
-}
-
 function appendRecords(rd, records) {
-  const limit = app.cfg.chart.live_max_points || 5000;
-  for (const rec of records) {
-    const step = rec.step;
-    if (typeof step !== "number") continue;
-    for (const [name, value] of Object.entries(rec.metrics || {})) {
-      let s = rd.series.get(name);
-      if (!s) {
-        s = { step: [], value: [] };
-        rd.series.set(name, s);
-      }
-      const n = s.step.length;
-      if (n && step <= s.step[n - 1]) {
-        if (step === s.step[n - 1]) {
-          s.value[n - 1] = value;
-          continue;
-        }
-        // the run went back (resumed from a checkpoint): drop the steps it will redo
-        let k = n;
-        while (k && s.step[k - 1] >= step) k--;
-        s.step.length = k;
-        s.value.length = k;
-      }
-      s.step.push(step);
-      s.value.push(value);
-      if (s.step.length > limit * 1.5) compact(s, limit);
-    }
-    if (rd.lastStep == null || step > rd.lastStep) rd.lastStep = step;
-  }
+  appendSeries(rd, records, app.cfg.chart.live_max_points || 5000);
 }
 
 async function loadMetrics(runId, gen) {
@@ -379,8 +321,7 @@ function fillSchedulerKeys() {
 
 /** Default "at step" for the scheduler: a round step a little ahead of the run. */
 function suggestedStep() {
-  const step = app.data.get(app.runId)?.lastStep ?? 0;
-  return Math.ceil((step + 200) / 100) * 100;
+  return stepAhead(app.data.get(app.runId)?.lastStep ?? 0);
 }
 
 function updateSchedPlaceholder() {

@@ -23,7 +23,7 @@ const RE_ACC = /(acc|accuracy|f1|precision|recall|auc|top\d)/i;
 const RE_GRAD = /grad/i;
 const RE_LOSS = /(loss|(^|[/_.])(ce|mse|mae|nll|kl|l1|l2|bce|ppl|perplexity)($|[/_.]))/i;
 
-function globMatch(pattern, name) {
+export function globMatch(pattern, name) {
   const re = new RegExp(
     "^" + pattern.replace(/[.+^${}()|\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") + "$",
   );
@@ -31,7 +31,7 @@ function globMatch(pattern, name) {
 }
 
 /** The loss term of a loss metric: "train/loss_recon" → "recon", "val/loss" → "total". */
-function lossTerm(name) {
+export function lossTerm(name) {
   const base = name.split("/").pop();
   const m = base.match(/^loss[_.-](.+)$/i) || base.match(/^(.+)[_.-]loss$/i);
   if (m) return m[1];
@@ -88,7 +88,7 @@ export function fmtNum(v) {
   return String(Number(v.toPrecision(4)));
 }
 
-function ema(values, alpha) {
+export function ema(values, alpha) {
   if (!alpha) return values;
   const out = new Array(values.length);
   let acc = null;

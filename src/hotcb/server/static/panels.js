@@ -61,7 +61,7 @@ const SLIDER_TICKS = 1000;
 /** The slider's range: the hard bounds, narrowed to a usable window around the value when they
  * span far more (lr bounds are 1e-10..10; a slider over 11 decades is useless). Typing in the
  * number box still reaches every value within the hard bounds. */
-function softRange(act, value) {
+export function softRange(act, value) {
   const ref = Math.abs(Number(value ?? act.initial ?? act.current ?? 1)) || 1;
   if (act.type === "log_float") {
     const lo0 = act.min > 0 ? act.min : ref / 1e6;

@@ -1,0 +1,72 @@
+// Pure helpers of the page (no DOM, no page state): metric series and small formatting.
+// app.js imports them; tests/js imports them under node (`node --test tests/js/`).
+
+/** Keep a series bounded: past the limit, halve its oldest half into min/max pairs so spikes
+ * survive (the server downsamples history the same way). Changes `s` ({step, value}) in place. */
+export function compact(s, limit) {
+  if (s.step.length <= limit) return;
+  const half = Math.floor(s.step.length / 2);
+  const steps = [];
+  const vals = [];
+  for (let i = 0; i + 3 < half; i += 4) {
+    let lo = i;
+    let hi = i;
+    for (let j = i; j < i + 4; j++) {
+      if (s.value[j] == null) continue;
+      if (s.value[lo] == null || s.value[j] < s.value[lo]) lo = j;
+      if (s.value[hi] == null || s.value[j] > s.value[hi]) hi = j;
+    }
+    for (const j of lo <= hi ? [lo, hi] : [hi, lo]) {
+      if (steps.length && steps[steps.length - 1] === s.step[j]) continue;
+      steps.push(s.step[j]);
+      vals.push(s.value[j]);
+    }
+  }
+  const cut = half - (half % 4);
+  s.step = steps.concat(s.step.slice(cut));
+  s.value = vals.concat(s.value.slice(cut));
+}
+
+/** Append live metric records ({step, metrics: {name: value}}) to a run's series
+ * (`rd.series`: Map name → {step, value}); a series longer than 1.5 × `limit` is compacted. */
+export function appendRecords(rd, records, limit) {
+  for (const rec of records) {
+    const step = rec.step;
+    if (typeof step !== "number") continue;
+    for (const [name, value] of Object.entries(rec.metrics || {})) {
+      let s = rd.series.get(name);
+      if (!s) {
+        s = { step: [], value: [] };
+        rd.series.set(name, s);
+      }
+      const n = s.step.length;
+      if (n && step <= s.step[n - 1]) {
+        if (step === s.step[n - 1]) {
+          s.value[n - 1] = value;
+          continue;
+        }
+        // the run went back (resumed from a checkpoint): drop the steps it will redo
+        let k = n;
+        while (k && s.step[k - 1] >= step) k--;
+        s.step.length = k;
+        s.value.length = k;
+      }
+      s.step.push(step);
+      s.value.push(value);
+      if (s.step.length > limit * 1.5) compact(s, limit);
+    }
+    if (rd.lastStep == null || step > rd.lastStep) rd.lastStep = step;
+  }
+}
+
+/** A duration in words: "45 s", "3 min", "2.5 h". */
+export function ago(sec) {
+  if (sec < 90) return `${Math.round(sec)} s`;
+  if (sec < 5400) return `${Math.round(sec / 60)} min`;
+  return `${(sec / 3600).toFixed(1)} h`;
+}
+
+/** Default "at step" for the scheduler: a round step a little ahead of `step`. */
+export function stepAhead(step) {
+  return Math.ceil((step + 200) / 100) * 100;
+}

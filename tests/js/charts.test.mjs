@@ -1,0 +1,204 @@
+// node --test tests/js/ — the pure functions of src/hotcb/server/static/charts.js.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { charts } from "./static.mjs";
+
+const { ema, fmtNum, globMatch, groupMetrics, isHigherBetter, lossTerm, sourceColor, SOURCE_COLORS } = charts;
+
+/** title → names, as a person reads the charts. */
+const shown = (groups) => Object.fromEntries(groups.map((g) => [g.title, g.names]));
+
+describe("fmtNum: numbers on axes, legends and tooltips", () => {
+  test("small learning rates in short exponent form", () => {
+    assert.equal(fmtNum(0.000123), "1.23e-4");
+    assert.equal(fmtNum(1e-4), "1e-4"); // no trailing ".00"
+    assert.equal(fmtNum(2.5e-5), "2.5e-5"); // no trailing "0"
+    assert.equal(fmtNum(0.00099), "9.9e-4");
+    assert.equal(fmtNum(-0.000123), "-1.23e-4");
+  });
+
+  test("large numbers in exponent form without '+'", () => {
+    assert.equal(fmtNum(100000), "1e5");
+    assert.equal(fmtNum(123456), "1.23e5");
+    assert.equal(fmtNum(1e21), "1e21");
+  });
+
+  test("ordinary numbers: integers as they are, fractions to 4 significant digits", () => {
+    assert.equal(fmtNum(0), "0");
+    assert.equal(fmtNum(-3), "-3");
+    assert.equal(fmtNum(99999), "99999");
+    assert.equal(fmtNum(0.001), "0.001");
+    assert.equal(fmtNum(0.5), "0.5");
+    assert.equal(fmtNum(0.1 + 0.2), "0.3");
+    assert.equal(fmtNum(3.14159), "3.142");
+    assert.equal(fmtNum(1234.5678), "1235");
+    assert.equal(fmtNum(12345.678), "12350");
+  });
+
+  test("missing values show a dash; non-numbers as text", () => {
+    assert.equal(fmtNum(null), "–");
+    assert.equal(fmtNum(undefined), "–");
+    assert.equal(fmtNum(NaN), "–");
+    assert.equal(fmtNum("warmup"), "warmup");
+  });
+});
+
+describe("globMatch: fnmatch-like chart.groups patterns", () => {
+  test("* matches any run of characters, ? one character", () => {
+    assert.ok(globMatch("throughput*", "throughput"));
+    assert.ok(globMatch("throughput*", "throughput/samples_per_s"));
+    assert.ok(globMatch("*/loss", "train/loss"));
+    assert.ok(globMatch("val/acc?", "val/acc5"));
+    assert.ok(!globMatch("val/acc?", "val/acc"));
+    assert.ok(!globMatch("val/acc?", "val/acc10"));
+  });
+
+  test("the whole name must match (anchored)", () => {
+    assert.ok(globMatch("loss", "loss"));
+    assert.ok(!globMatch("loss", "train/loss"));
+    assert.ok(!globMatch("train", "train/loss"));
+  });
+
+  test("regex characters in names are literal", () => {
+    assert.ok(globMatch("sys.mem", "sys.mem"));
+    assert.ok(!globMatch("sys.mem", "sysXmem"));
+    assert.ok(globMatch("loss(total)+", "loss(total)+"));
+    assert.ok(globMatch("a|b", "a|b"));
+    assert.ok(!globMatch("a|b", "a"));
+    assert.ok(globMatch("cost$^", "cost$^"));
+  });
+});
+
+describe("groupMetrics: which chart a metric goes on", () => {
+  test("the documented rule (docs/demo.md)", () => {
+    const names = ["train/loss", "val/loss", "lr", "lr@head", "train/acc", "grad_norm", "throughput", "sys/mem_gb"];
+    assert.deepEqual(shown(groupMetrics(names)), {
+      Loss: ["train/loss", "val/loss"],
+      Accuracy: ["train/acc"],
+      "Learning rate": ["lr", "lr@head"],
+      Gradients: ["grad_norm"],
+      Other: ["throughput"],
+      sys: ["sys/mem_gb"],
+    });
+  });
+
+  test("charts come in a fixed order: loss, accuracy, lr, gradients, then prefixes by name", () => {
+    const groups = groupMetrics(["zeta/x", "grad_norm", "alpha/y", "lr", "val/acc", "train/loss", "misc"]);
+    assert.deepEqual(
+      groups.map((g) => g.title),
+      ["Loss", "Accuracy", "Learning rate", "Gradients", "alpha", "Other", "zeta"],
+    );
+    assert.deepEqual(
+      groups.map((g) => g.key),
+      ["loss", "acc", "lr", "grad", "p:alpha", "p:other", "p:zeta"],
+    );
+  });
+
+  test("metrics of no known kind group under their prefix before '/'", () => {
+    assert.deepEqual(shown(groupMetrics(["sys/mem_gb", "sys/gpu_util", "data/queue", "epoch"])), {
+      data: ["data/queue"],
+      sys: ["sys/mem_gb", "sys/gpu_util"],
+      Other: ["epoch"],
+    });
+  });
+
+  test("learning rates by name part, not by substring", () => {
+    const g = shown(groupMetrics(["lr", "opt/lr", "learning_rate", "lr-pg1", "head.lr", "clr_count"]));
+    assert.deepEqual(g["Learning rate"], ["lr", "opt/lr", "learning_rate", "lr-pg1", "head.lr"]);
+    assert.deepEqual(g.Other, ["clr_count"]);
+  });
+
+  test("accuracy-like metrics: acc, f1, precision, recall, auc, top-k", () => {
+    const names = ["train/acc", "val/accuracy", "val/f1", "val/precision", "val/recall", "val/auc", "val/top5"];
+    assert.deepEqual(shown(groupMetrics(names)), { Accuracy: names });
+  });
+
+  test("loss-like metrics: 'loss' anywhere, or a known loss name as a name part", () => {
+    const names = ["train/loss", "val/nll", "kl", "recon.mse"];
+    assert.deepEqual(shown(groupMetrics(names)), { Loss: names });
+    // "kl" inside a word is not a loss
+    assert.deepEqual(shown(groupMetrics(["sys/klass"])), { sys: ["sys/klass"] });
+  });
+
+  test("more than four losses: one chart per loss term, train and val together", () => {
+    const names = ["train/loss", "val/loss", "train/loss_recon", "val/loss_recon", "train/kl", "lr"];
+    const groups = groupMetrics(names);
+    assert.deepEqual(shown(groups), {
+      Loss: ["train/loss", "val/loss"],
+      "Loss · kl": ["train/kl"],
+      "Loss · recon": ["train/loss_recon", "val/loss_recon"],
+      "Learning rate": ["lr"],
+    });
+    assert.deepEqual(
+      groups.map((g) => g.key),
+      ["loss:total", "loss:kl", "loss:recon", "lr"],
+    );
+  });
+
+  test("four losses or fewer stay on one chart", () => {
+    const names = ["train/loss", "val/loss", "train/loss_recon", "val/loss_recon"];
+    assert.deepEqual(shown(groupMetrics(names)), { Loss: names });
+  });
+
+  test("configured groups (title → names or patterns) win over the rule, and come first", () => {
+    const names = ["train/loss", "lr", "throughput", "throughput/gpu", "sys/mem_gb"];
+    const groups = groupMetrics(names, { Speed: ["throughput*"], Memory: ["sys/mem_gb"], Rates: ["lr"] });
+    assert.deepEqual(shown(groups), {
+      Memory: ["sys/mem_gb"],
+      Rates: ["lr"],
+      Speed: ["throughput", "throughput/gpu"],
+      Loss: ["train/loss"],
+    });
+    assert.equal(groups[0].key, "cfg:Memory");
+    // an empty or missing pattern list matches nothing
+    assert.deepEqual(shown(groupMetrics(["lr"], { Empty: [], Missing: null })), { "Learning rate": ["lr"] });
+  });
+
+  test("no metrics: no charts", () => {
+    assert.deepEqual(groupMetrics([]), []);
+  });
+});
+
+describe("lossTerm: the loss term a split loss chart is named after", () => {
+  test("prefix and suffix forms; plain 'loss' is the total", () => {
+    assert.equal(lossTerm("train/loss_recon"), "recon");
+    assert.equal(lossTerm("val/loss-recon"), "recon");
+    assert.equal(lossTerm("train/cls_loss"), "cls");
+    assert.equal(lossTerm("val/loss"), "total");
+    assert.equal(lossTerm("LOSS"), "total");
+    assert.equal(lossTerm("train/kl"), "kl");
+  });
+});
+
+describe("isHigherBetter: which way an impact counts as better", () => {
+  test("accuracy-like up, everything else down", () => {
+    assert.equal(isHigherBetter("val/acc"), true);
+    assert.equal(isHigherBetter("val/top1"), true);
+    assert.equal(isHigherBetter("val/loss"), false);
+    assert.equal(isHigherBetter("lr"), false);
+  });
+});
+
+describe("ema: the smoothing menu", () => {
+  test("exponential moving average; factor 0 leaves the values alone", () => {
+    assert.deepEqual(ema([1, 3, 5], 0.5), [1, 2, 3.5]);
+    const raw = [1, 2, 3];
+    assert.equal(ema(raw, 0), raw);
+  });
+
+  test("gaps stay gaps and do not reset the average", () => {
+    assert.deepEqual(ema([1, null, 3, 5], 0.5), [1, null, 2, 3.5]);
+    assert.deepEqual(ema([null, 4, 8], 0.5), [null, 4, 6]);
+  });
+});
+
+describe("sourceColor: marker and badge colour by who made the change", () => {
+  test("each known source has its own colour; unknown ones are grey", () => {
+    const colours = Object.keys(SOURCE_COLORS).map(sourceColor);
+    assert.equal(new Set(colours).size, colours.length);
+    assert.equal(sourceColor("dashboard"), SOURCE_COLORS.dashboard);
+    assert.equal(sourceColor("someone-else"), "#6b7280");
+    assert.equal(sourceColor(undefined), "#6b7280");
+  });
+});

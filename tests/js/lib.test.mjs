@@ -1,0 +1,164 @@
+// node --test tests/js/ — the pure functions of src/hotcb/server/static/lib.js: the bounded
+// live series (downsampling), appending live records, small formatting.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { lib } from "./static.mjs";
+
+const { ago, appendRecords, compact, stepAhead } = lib;
+
+const series = (values, first = 0) => ({ step: values.map((_, i) => first + i), value: [...values] });
+const runData = () => ({ series: new Map(), lastStep: null });
+const increasing = (xs) => xs.every((x, i) => i === 0 || x > xs[i - 1]);
+
+describe("compact: a live series past its limit", () => {
+  test("under the limit nothing changes", () => {
+    const s = series([3, 1, 2]);
+    compact(s, 3);
+    assert.deepEqual(s, series([3, 1, 2]));
+  });
+
+  test("the newest half is kept point for point; the oldest half becomes min/max pairs", () => {
+    const values = Array.from({ length: 20 }, (_, i) => i);
+    values[5] = 100; // a spike
+    values[6] = -100; // and a dip, in the same block of four
+    const s = series(values);
+    compact(s, 10);
+    assert.deepEqual(s.step, [0, 3, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    assert.deepEqual(s.value, [0, 3, 100, -100, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+  });
+
+  test("a min and max at the same step are kept once", () => {
+    const s = series([5, 5, 5, 5, 1, 2, 3, 4, 9, 9]);
+    compact(s, 8);
+    // block [5,5,5,5]: min and max are both its first point
+    assert.deepEqual(s.step, [0, 4, 5, 6, 7, 8, 9]);
+  });
+
+  test("gaps (null) are never picked as a block's min or max", () => {
+    const s = series([null, 5, 1, 3, null, null, null, null, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    compact(s, 10);
+    assert.deepEqual(s.step.slice(0, 3), [1, 2, 4]);
+    assert.deepEqual(s.value.slice(0, 3), [5, 1, null]); // a block of gaps stays one gap
+  });
+
+  test("min/max pairs come out in step order", () => {
+    const s = series([9, 1, 5, 5, /* */ 1, 9, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0]);
+    compact(s, 10);
+    assert.deepEqual(s.step.slice(0, 4), [0, 1, 4, 5]);
+    assert.deepEqual(s.value.slice(0, 4), [9, 1, 1, 9]);
+  });
+});
+
+describe("appendRecords: live metric records into a run's series", () => {
+  test("one series per metric name, in step order; lastStep follows the run", () => {
+    const rd = runData();
+    appendRecords(rd, [
+      { step: 0, metrics: { "train/loss": 2.0, lr: 1e-3 } },
+      { step: 1, metrics: { "train/loss": 1.8 } },
+      { step: 2, metrics: { "train/loss": 1.7, "val/loss": 1.9 } },
+    ], 100);
+    assert.deepEqual([...rd.series.keys()], ["train/loss", "lr", "val/loss"]);
+    assert.deepEqual(rd.series.get("train/loss"), { step: [0, 1, 2], value: [2.0, 1.8, 1.7] });
+    assert.deepEqual(rd.series.get("val/loss"), { step: [2], value: [1.9] });
+    assert.equal(rd.lastStep, 2);
+  });
+
+  test("a repeated step replaces its value", () => {
+    const rd = runData();
+    appendRecords(rd, [{ step: 5, metrics: { loss: 1 } }, { step: 5, metrics: { loss: 0.5 } }], 100);
+    assert.deepEqual(rd.series.get("loss"), { step: [5], value: [0.5] });
+  });
+
+  test("a run resumed from a checkpoint drops the steps it redoes", () => {
+    const rd = runData();
+    appendRecords(rd, Array.from({ length: 10 }, (_, i) => ({ step: i, metrics: { loss: 10 - i } })), 100);
+    appendRecords(rd, [{ step: 6, metrics: { loss: 0.25 } }, { step: 7, metrics: { loss: 0.2 } }], 100);
+    assert.deepEqual(rd.series.get("loss").step, [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual(rd.series.get("loss").value.slice(-3), [5, 0.25, 0.2]);
+  });
+
+  test("records without a numeric step or metrics are skipped", () => {
+    const rd = runData();
+    appendRecords(rd, [{ metrics: { loss: 1 } }, { step: "3", metrics: { loss: 1 } }, { step: 4 }], 100);
+    assert.equal(rd.series.size, 0);
+    assert.equal(rd.lastStep, 4);
+  });
+
+  /** `n` steps of a falling loss, appended 250 at a time as the socket delivers them; `at`:
+   * step → value overrides. Returns the series and the longest it ever was. */
+  function longRun(n, limit, at = {}) {
+    const rd = runData();
+    let longest = 0;
+    for (let start = 0; start < n; start += 250) {
+      const recs = [];
+      for (let step = start; step < Math.min(n, start + 250); step++) {
+        recs.push({ step, metrics: { loss: step in at ? at[step] : 2 / (1 + step * 1e-3) } });
+      }
+      appendRecords(rd, recs, limit);
+      longest = Math.max(longest, rd.series.get("loss").step.length);
+    }
+    return { rd, s: rd.series.get("loss"), longest };
+  }
+
+  test("a long run stays bounded; the newest points stay; its spike and dip survive", () => {
+    const limit = 1000;
+    const n = 100_000;
+    const { rd, s, longest } = longRun(n, limit, { 31_337: 1e3, 77_777: -5 });
+    assert.ok(longest <= limit * 1.5, `grew to ${longest} points`);
+    assert.ok(s.step.length >= limit / 2, `${s.step.length} points`);
+    assert.equal(s.step.length, s.value.length);
+    assert.ok(increasing(s.step), "steps stay in order, each once");
+    assert.equal(s.step.at(-1), n - 1);
+    assert.equal(rd.lastStep, n - 1);
+    assert.deepEqual(s.step.slice(-limit / 2), Array.from({ length: limit / 2 }, (_, i) => n - limit / 2 + i));
+    assert.equal(s.value[s.step.indexOf(31_337)], 1e3);
+    assert.equal(Math.max(...s.value), 1e3);
+    assert.equal(s.value[s.step.indexOf(77_777)], -5);
+    assert.equal(Math.min(...s.value), -5);
+  });
+
+  test("a falling loss keeps its first point (the curve starts where the run did)", () => {
+    const { s } = longRun(100_000, 1000);
+    assert.equal(s.step[0], 0);
+    assert.equal(s.value[0], 2);
+  });
+
+  // Each compaction halves the oldest half again, so the resolution of old data decays
+  // geometrically: after 100,000 steps at limit 1,000, steps 0..96,254 are 2 points (the
+  // first, or the spike, and the newest min), and the chart of a page left open shows the
+  // start of the run as one straight line.
+  test("older history keeps a share of the points (not only the newest few thousand steps)", {
+    todo: "compact() re-halves already compacted points; see the comment above",
+  }, () => {
+    const { s } = longRun(100_000, 1000);
+    const firstHalf = s.step.filter((step) => step < 50_000).length;
+    assert.ok(firstHalf >= 100, `the first 50,000 steps kept ${firstHalf} points`);
+  });
+});
+
+describe("ago: how long since the last metric (stale banner)", () => {
+  test("seconds, then minutes, then hours", () => {
+    assert.equal(ago(0), "0 s");
+    assert.equal(ago(42.4), "42 s");
+    assert.equal(ago(89), "89 s");
+    assert.equal(ago(90), "2 min");
+    assert.equal(ago(600), "10 min");
+    assert.equal(ago(5399), "90 min");
+    assert.equal(ago(5400), "1.5 h");
+    assert.equal(ago(36_000), "10.0 h");
+  });
+});
+
+describe("stepAhead: the scheduler's default 'at step'", () => {
+  test("a round hundred at least 200 steps ahead", () => {
+    assert.equal(stepAhead(0), 200);
+    assert.equal(stepAhead(1234), 1500);
+    assert.equal(stepAhead(1300), 1500);
+    assert.equal(stepAhead(1301), 1600);
+    for (const step of [0, 17, 999, 123_456]) {
+      const at = stepAhead(step);
+      assert.ok(at >= step + 200 && at % 100 === 0, `${step} → ${at}`);
+    }
+  });
+});

@@ -1,0 +1,126 @@
+// node --test tests/js/ — the pure functions of src/hotcb/server/static/panels.js.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { panels } from "./static.mjs";
+
+const { describeEntry, fmtChanges, fmtValue, parseFor, softRange } = panels;
+
+describe("fmtValue: actuator values as the panels show them", () => {
+  test("numbers like fmtNum, tuples in brackets, missing as a dash", () => {
+    assert.equal(fmtValue(0.000123), "1.23e-4");
+    assert.equal(fmtValue(32), "32");
+    assert.equal(fmtValue([0.9, 0.999]), "[0.9, 0.999]");
+    assert.equal(fmtValue([]), "[]");
+    assert.equal(fmtValue(true), "true");
+    assert.equal(fmtValue("adamw"), "adamw");
+    assert.equal(fmtValue(null), "–");
+    assert.equal(fmtValue(undefined), "–");
+  });
+});
+
+describe("fmtChanges: a ledger entry's changes, one line each", () => {
+  test("old → new, or the bare value", () => {
+    assert.deepEqual(fmtChanges({ lr: { old: 0.001, new: 0.0001 }, betas: { old: [0.9, 0.99], new: [0.9, 0.999] } }), [
+      "lr: 0.001 → 1e-4",
+      "betas: [0.9, 0.99] → [0.9, 0.999]",
+    ]);
+    assert.deepEqual(fmtChanges({ paused: { old: false, new: true }, steps: 3 }), ["paused: false → true", "steps: 3"]);
+  });
+
+  test("no changes: no lines", () => {
+    assert.deepEqual(fmtChanges(null), []);
+    assert.deepEqual(fmtChanges(undefined), []);
+    assert.deepEqual(fmtChanges("changed"), []);
+    assert.deepEqual(fmtChanges({}), []);
+  });
+});
+
+describe("describeEntry: the tooltip and ledger text of an entry", () => {
+  test("module, op and id; then the changes", () => {
+    const e = { module: "opt", op: "set_params", changes: { lr: { old: 1e-3, new: 5e-4 } } };
+    assert.deepEqual(describeEntry(e), { what: "opt set_params", lines: ["lr: 0.001 → 5e-4"] });
+  });
+
+  test("a checkpoint names the file it saved", () => {
+    assert.deepEqual(describeEntry({ module: "control", op: "checkpoint", checkpoint: "ckpt/step_100.pt" }), {
+      what: "control checkpoint",
+      lines: ["saved ckpt/step_100.pt"],
+    });
+  });
+
+  test("without changes (scheduled, rejected) the requested params are shown", () => {
+    const e = { module: "loss", op: "set_params", id: "weights", params: { recon: 1.5, betas: [1, 2] } };
+    assert.deepEqual(describeEntry(e), { what: "loss set_params weights", lines: ["recon=1.5, betas=[1,2]"] });
+    assert.deepEqual(describeEntry({ module: "control", op: "pause", params: {} }), { what: "control pause", lines: [] });
+  });
+});
+
+describe("parseFor: typed text → the value an actuator's type expects", () => {
+  test("numbers (float, log_float) accept exponent form; blank or junk throw", () => {
+    assert.equal(parseFor({ type: "log_float", param_key: "lr" }, " 1e-4 "), 1e-4);
+    assert.equal(parseFor({ type: "float", param_key: "wd" }, "0.05"), 0.05);
+    assert.throws(() => parseFor({ type: "float", param_key: "wd" }, ""), /wd needs a number/);
+    assert.throws(() => parseFor({ type: "float", param_key: "wd" }, "abc"), /wd needs a number/);
+    assert.throws(() => parseFor({ type: "float", param_key: "wd" }, "Infinity"), /needs a number/);
+  });
+
+  test("int refuses fractions", () => {
+    assert.equal(parseFor({ type: "int", param_key: "accum" }, "4"), 4);
+    assert.throws(() => parseFor({ type: "int", param_key: "accum" }, "3.5"), /accum needs an integer/);
+  });
+
+  test("bool accepts true/false words in any case", () => {
+    const act = { type: "bool", param_key: "clip_grad" };
+    for (const t of ["true", "1", "ON", "yes"]) assert.equal(parseFor(act, t), true, t);
+    for (const t of ["false", "0", "off", "No"]) assert.equal(parseFor(act, t), false, t);
+    assert.throws(() => parseFor(act, "maybe"), /clip_grad needs true or false/);
+  });
+
+  test("choice returns the listed value itself (a number stays a number)", () => {
+    const act = { type: "choice", param_key: "batch_size", choices: [16, 32, 64] };
+    assert.equal(parseFor(act, "32"), 32);
+    assert.throws(() => parseFor(act, "48"), /batch_size must be one of 16, 32, 64/);
+  });
+
+  test("tuple takes commas or spaces, with or without brackets", () => {
+    const act = { type: "tuple", param_key: "betas" };
+    assert.deepEqual(parseFor(act, "0.9, 0.999"), [0.9, 0.999]);
+    assert.deepEqual(parseFor(act, "(0.9 0.999)"), [0.9, 0.999]);
+    assert.deepEqual(parseFor(act, "[0.9,0.999]"), [0.9, 0.999]);
+    assert.throws(() => parseFor(act, "0.9, x"), /betas needs numbers/);
+    assert.throws(() => parseFor(act, "()"), /betas needs numbers/);
+  });
+});
+
+describe("softRange: the slider's window", () => {
+  test("log slider: three decades either side of the value, within the hard bounds", () => {
+    const [lo, hi] = softRange({ type: "log_float", min: 1e-10, max: 10, initial: 1e-3 }, 1e-3);
+    assert.ok(Math.abs(lo - 1e-6) < 1e-18, String(lo));
+    assert.equal(hi, 1);
+    // near a hard bound the window stops there
+    const [lo2, hi2] = softRange({ type: "log_float", min: 1e-5, max: 0.1, initial: 1e-3 }, 1e-3);
+    assert.deepEqual([lo2, hi2], [1e-5, 0.1]);
+  });
+
+  test("linear slider: the hard bounds when they are usable", () => {
+    assert.deepEqual(softRange({ type: "float", min: 0, max: 1, initial: 0.1 }, 0.1), [0, 1]);
+  });
+
+  test("linear slider: bounds far wider than the value narrow to a few times it", () => {
+    assert.deepEqual(softRange({ type: "float", min: 0, max: 1e6, initial: 0.5 }, 0.5), [0, 2]);
+    assert.deepEqual(softRange({ type: "int", initial: 32 }, 32), [0, 128]);
+  });
+
+  test("the window always contains the value", () => {
+    for (const [act, v] of [
+      [{ type: "log_float", min: 1e-10, max: 10, initial: 1e-3 }, 0.5],
+      [{ type: "log_float", min: 1e-10, max: 10, initial: 1e-3 }, 1e-8],
+      [{ type: "float", min: 0, max: 1e6, initial: 0.5 }, 7],
+      [{ type: "int", initial: 32 }, 500],
+    ]) {
+      const [lo, hi] = softRange(act, v);
+      assert.ok(lo <= v && v <= hi, `${JSON.stringify(act)} ${v}: [${lo}, ${hi}]`);
+    }
+  });
+});

@@ -1,0 +1,10 @@
+// The page's modules, for node tests: `import { charts, panels, lib } from "./static.mjs"`.
+// Only modules without DOM work at import time load here (app.js and api.js touch the page).
+import { register } from "node:module";
+
+register("./static-esm-hooks.mjs", import.meta.url);
+
+const dir = new URL("../../src/hotcb/server/static/", import.meta.url);
+export const charts = await import(new URL("charts.js", dir).href);
+export const panels = await import(new URL("panels.js", dir).href);
+export const lib = await import(new URL("lib.js", dir).href);
