@@ -165,7 +165,7 @@ def test_read_back_mismatch_counts_as_a_failure() -> None:
     )
     ms = MutableState([act])
     ms.initialize({})
-    with pytest.raises(ActuatorApplyError, match="read back 2 after setting 2.4"):
+    with pytest.raises(ActuatorApplyError, match=r"read back 2 after setting 2\.4"):
         ms.apply("x", 2.4, {})
     assert box["x"] == 1.0
 

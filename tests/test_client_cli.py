@@ -90,23 +90,26 @@ def test_route_keys_by_actuators_first_then_name_patterns() -> None:
 
 
 def test_set_routes_by_the_runs_actuators_file(run: Run, run_dir: str, cli: Any) -> None:
+    # a name the run did not publish fails at once, before anything is written
     res = cli(run_dir, "set", "lr=1e-3", "smooth=0.2", "temperature=2")
+    assert res.returncode == 2 and "unknown actuator 'temperature' in custom" in res.stderr
+    res = cli(run_dir, "set", "lr=1e-3", "smooth=0.2")
     assert res.returncode == 0, res.stderr
     recs = commands(run_dir)
     assert [(r["module"], r["params"]) for r in recs] == [
         ("opt", {"lr": 0.001}),
         ("loss", {"smooth": 0.2}),  # the name alone would have said custom
-        ("custom", {"temperature": 2}),
     ]
     assert res.stdout.split() == [r["cmd_id"] for r in recs]
     assert {r["source"] for r in recs} == {"cli"} and {r["v"] for r in recs} == {1}
     run.steps()
     decisions = {e["module"]: e["decision"] for e in read_ledger(run_dir)}
-    assert decisions == {"opt": "applied", "loss": "applied", "custom": "rejected"}
+    assert decisions == {"opt": "applied", "loss": "applied"}
     assert run.opt.param_groups[0]["lr"] == 0.001 and run.weights["smooth"] == 0.2
 
 
 def test_set_falls_back_to_name_patterns_and_parses_values_as_json(run_dir: str, cli: Any) -> None:
+    assert cli(run_dir, "init").returncode == 0  # a run not started yet: nothing published
     res = cli(
         run_dir, "set", "lr=1e-4", "aux_weight=0.5", "terms.aux=false", "betas=[0.9,0.99]", "t=x"
     )
@@ -187,9 +190,13 @@ def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_di
     ok = cli_while_training("set", "smooth=0.25", "--wait")
     assert ok.returncode == 0, ok.stderr
     assert "[cli] loss set_params -> applied (smooth: 0.1 -> 0.25)" in ok.stdout
+    # refused by the run's published bounds before it is written: exit 2, nothing to wait for
     bad = cli_while_training("opt", "set_params", "lr=50", "--wait")
+    assert bad.returncode == 2 and "lr=50 is above the maximum 10" in bad.stderr
+    # rejected by the run itself (no such callback): --wait prints the entry and exits 1
+    bad = cli_while_training("cb", "set_params", "nope", "k=1", "--wait")
     assert bad.returncode == 1
-    assert "-> rejected" in bad.stdout and "lr=50 is above the maximum 10" in bad.stdout
+    assert "-> rejected" in bad.stdout and "no callback 'nope' is loaded" in bad.stdout
 
 
 def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
@@ -312,6 +319,7 @@ def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> N
 
 
 def test_dir_is_accepted_after_the_command_too(run_dir: str, cli: Any) -> None:
+    assert cli(None, "init", "--dir", run_dir).returncode == 0
     res = cli(None, "opt", "set_params", "lr=1e-3", "--dir", run_dir)
     assert res.returncode == 0, res.stderr
     record = list(jsonl.iter_records(RunPaths(run_dir).commands))[-1]
@@ -331,4 +339,4 @@ def test_status_says_whether_the_run_is_running_or_stopped(run_dir: str, cli: An
     kernel.close()
     assert kernel.stop_requested
     res = cli(run_dir, "status")
-    assert res.stdout.splitlines()[0].endswith("[stopped]")
+    assert res.stdout.splitlines()[0].endswith("[stopped at step 1]")  # stopped, then closed

@@ -62,6 +62,8 @@ def test_bare_loop_example_trains_and_obeys_the_cli(tmp_path: Path) -> None:
     run_dir = tmp_path / "digits"
     example = README.parent / "examples" / "bare_loop.py"
     hotcb = [sys.executable, "-m", "hotcb", "--dir", str(run_dir)]
+    made = subprocess.run([*hotcb, "init"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr  # a command can wait for a run not started yet
     sent = subprocess.run(
         [*hotcb, "set", "aux_weight=0.0", "lr=2e-3", "--at-step", "20"],
         capture_output=True,

@@ -52,7 +52,7 @@ def test_cli_lr_change_lands_at_the_ledger_step_and_stays_then_stop_ends_the_run
     assert stop.returncode == 0, stop.stderr
     code, out, err = tr.finish()
     assert code == 0, err
-    stop_step = [e for e in read_ledger(run_dir) if e["op"] == "stop"][0]["step"]
+    stop_step = next(e for e in read_ledger(run_dir) if e["op"] == "stop")["step"]
     assert f"stopped at step {stop_step}" in out
     rows = tr.steps()
     assert rows[-1]["step"] == stop_step  # stop ends the run at that safe point
@@ -202,12 +202,13 @@ def test_pause_blocks_the_loop_but_commands_still_get_through(
     tr.wait_step(3)
     res = cli(run_dir, "pause", "--wait")
     assert res.returncode == 0 and "control pause -> applied" in res.stdout, res.stderr
-    paused_at = [e for e in read_ledger(run_dir) if e["op"] == "pause"][0]["step"]
+    paused_at = next(e for e in read_ledger(run_dir) if e["op"] == "pause")["step"]
     # while paused: a change and a checkpoint are read and handled at the same safe point ...
     change = cli(run_dir, "set", "l2=0.002", "--wait")
     ckpt = os.path.join(run_dir, "paused.pt")  # paths stay inside the run (docs/security.md)
     saved = cli(run_dir, "checkpoint", "--path", ckpt, "--wait")
     assert change.returncode == 0 and saved.returncode == 0, change.stderr + saved.stderr
+    assert f"control checkpoint -> applied: {ckpt}" in saved.stdout  # where it went
     ledger = read_ledger(run_dir)
     assert {e["step"] for e in ledger} == {paused_at}
     assert os.path.exists(ckpt)

@@ -212,6 +212,7 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
     torch = pytest.importorskip("torch")
     opts = {"steps": 300, "step_delay": 0.005}
     prod_dir, free_dir = os.fspath(tmp_path / "prod"), os.fspath(tmp_path / "free")
+    assert cli(prod_dir, "init").returncode == 0
     done = cli(prod_dir, "freeze", "--mode", "prod")
     assert done.returncode == 0, done.stderr
     prod = start_trainer(

@@ -360,7 +360,7 @@ patches:
         (42, "opt", "set_params", {"lr": 0.004}, True),
     ]
     assert out[1].cmd_id == "insert-5" and out[1].line is None
-    assert [e.params for e in entries if e.module == "opt"][0] == {"lr": 0.005}  # untouched
+    assert next(e.params for e in entries if e.module == "opt") == {"lr": 0.005}  # untouched
 
 
 def test_overlay_errors_are_clear(tmp_path: Any) -> None:

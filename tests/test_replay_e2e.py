@@ -65,7 +65,7 @@ def _cb_trace(run_dir: str) -> list[str]:
 @pytest.fixture(scope="module")
 def steered(tmp_path_factory: Any, trainer_class: Any, cli: Any) -> dict[str, Any]:
     """Run A, steered live, and its exported recipe (shared by the replay tests)."""
-    Trainer, hotcb_cli = trainer_class, cli  # noqa: N806
+    Trainer, hotcb_cli = trainer_class, cli
 
     root = tmp_path_factory.mktemp("replay")
     a_dir = os.fspath(root / "A")
@@ -121,7 +121,7 @@ patches:
 @pytest.fixture(scope="module")
 def replays(steered: dict[str, Any], trainer_class: Any, cli: Any) -> dict[str, Any]:
     """Runs B (replay) and C (replay_adjusted) of A's recipe, started together, unsteered."""
-    Trainer, hotcb_cli = trainer_class, cli  # noqa: N806
+    Trainer, hotcb_cli = trainer_class, cli
 
     root = steered["root"]
     recipe = [json.loads(line) for line in Path(steered["recipe"]).read_text().splitlines()][1:]

@@ -25,7 +25,6 @@ from .metrics import MetricsCollector
 from .ops import CallbackTarget, HotOp, command_to_hotop
 
 __all__ = [
-    "__version__",
     "ActuatorError",
     "ActuatorState",
     "ActuatorType",
@@ -39,6 +38,7 @@ __all__ = [
     "MetricsCollector",
     "MutableState",
     "RecipeError",
+    "__version__",
     "attr_actuator",
     "command_to_hotop",
     "loss_actuators",

@@ -22,7 +22,7 @@ from .runfiles import confine_path
 if TYPE_CHECKING:
     from .recipe import RecipePlayer
 
-__all__ = ["FreezeGate", "INTERNAL_SOURCES"]
+__all__ = ["INTERNAL_SOURCES", "FreezeGate"]
 
 Env = Mapping[str, Any]
 #: Sources the kernel generates itself; freeze does not gate them.

@@ -24,14 +24,14 @@ class PollGate:
     """Countdown, clock and distributed next-step gating of polls. Pure: time is passed in."""
 
     __slots__ = (
-        "debounce_steps",
-        "interval",
-        "countdown",
-        "next_time",
-        "next_step",
-        "step_time",
         "_last_step",
         "_last_time",
+        "countdown",
+        "debounce_steps",
+        "interval",
+        "next_step",
+        "next_time",
+        "step_time",
     )
 
     def __init__(self, debounce_steps: int, interval: float) -> None:

@@ -20,21 +20,18 @@ __all__ = ["refuse_lost_ledger", "resume_plan", "waiting_plan"]
 
 
 def refuse_lost_ledger(paths: RunPaths) -> None:
-    """Raise when a kernel ran here before (``hotcb.run.json``), its commands file has content
-    and its ledger is gone: starting would apply every old command again, ``stop`` included."""
+    """Raise when a kernel ran here before (``hotcb.run.json``; it creates the ledger file at
+    once), its commands file has content and its ledger file is gone: starting would apply
+    every old command again, ``stop`` included."""
     try:
         commands = os.stat(paths.commands).st_size
     except FileNotFoundError:
         return
-    try:
-        ledger = os.stat(paths.ledger).st_size
-    except FileNotFoundError:
-        ledger = 0
-    if commands == 0 or ledger > 0 or not os.path.exists(paths.run_meta):
+    if commands == 0 or os.path.exists(paths.ledger) or not os.path.exists(paths.run_meta):
         return
     raise HotcbError(
         f"{paths.ledger} is missing but {paths.commands} holds {commands} bytes of commands "
-        "that a previous run of this directory already applied; hotcb will not apply them a "
+        "that a previous run of this directory may have applied; hotcb will not apply them a "
         "second time. Restore the ledger, start in a fresh run directory, or apply them again "
         "on purpose with HotKernel(replay_commands=True) / HOTCB_REPLAY_COMMANDS=1"
     )

@@ -7,6 +7,7 @@ entry once the training process has handled it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -16,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import jsonl
-from .errors import CommandError, JournalWriteError
+from .actuators import ActuatorType, HotcbActuator
+from .errors import ActuatorError, CommandError, JournalWriteError
 from .ledger import iter_entries
 from .ops import make_command
 from .runfiles import RunPaths, is_network_fs
@@ -47,23 +49,104 @@ def route_keys(keys: Sequence[str], actuators: Sequence[Mapping[str, Any]]) -> d
     return out
 
 
-class HotClient:
-    """Send commands to a run directory."""
+_ACTUATOR_MODULES = ("opt", "loss", "custom")
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, source: str = "python") -> None:
+
+def _validator(d: Mapping[str, Any]) -> HotcbActuator:
+    """An actuator that validates like the published one ``d`` (it applies nothing)."""
+    return HotcbActuator(
+        param_key=d["param_key"],
+        type=ActuatorType(d["type"]),
+        apply_fn=lambda value, env: None,
+        min_value=d.get("min"),
+        max_value=d.get("max"),
+        choices=tuple(d["choices"]) if d.get("choices") else None,
+        length=d.get("length"),
+        group=d.get("group") or "custom",
+    )
+
+
+def check_actuator_params(
+    module: str, params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse what the run's published actuators (``hotcb.actuators.json``) would refuse:
+    unknown names (with the closest known one), wrong types, values out of bounds."""
+    by_key = {a["param_key"]: a for a in published}
+    for key, value in params.items():
+        d = by_key.get(key)
+        if d is None or (d.get("group") or "custom") != module:
+            mine = sorted(k for k, a in by_key.items() if (a.get("group") or "custom") == module)
+            close = difflib.get_close_matches(key, mine or list(by_key), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ActuatorError(
+                f"unknown actuator {key!r} in {module}{hint} "
+                f"(known in {module}: {', '.join(mine) or 'none'})"
+            )
+        _validator(d).validate(value)
+
+
+class HotClient:
+    """Send commands to a run directory.
+
+    Args:
+        run_dir: the run directory.
+        source: who sends (recorded in the ledger).
+        validate: check ``opt``/``loss``/``custom`` parameters against the actuators the run
+            published (``hotcb.actuators.json``) before appending, so a typo fails at once.
+            Before the run has published them, commands are appended unchecked (the kernel
+            checks them when it applies them; :attr:`last_unchecked` says so).
+        create: create the run directory when it does not exist (commands wait there for a
+            run to start). ``False`` refuses a directory that does not exist: a typo (the CLI).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        source: str = "python",
+        validate: bool = True,
+        create: bool = True,
+    ) -> None:
         self.paths = RunPaths(os.fspath(run_dir))
         self.run_dir = self.paths.root
         self.source = source
+        self.validate = validate
+        self.create = create
+        #: the last command was appended without checking its parameters (nothing published)
+        self.last_unchecked = False
         self._checked_host = False
+        self._published_sig: tuple[int, int, int] | None = None
+        self._published_acts: list[dict[str, Any]] = []
 
     # -- raw -------------------------------------------------------------------------------
     def send(self, module: str, op: str, **fields: Any) -> str:
         """Validate and append one command; return its ``cmd_id``.
 
-        Raises :class:`~hotcb.errors.JournalWriteError` (an ``OSError``) when the command could
-        not be written (disk full): nothing of it is in the file, and no ``cmd_id`` exists."""
+        Raises :class:`~hotcb.errors.CommandError` or :class:`~hotcb.errors.ActuatorError`
+        for an invalid command (nothing written), and
+        :class:`~hotcb.errors.JournalWriteError` (an ``OSError``) when it could not be written
+        (disk full): nothing of it is in the file, and no ``cmd_id`` exists."""
+        return self._append(self._record(module, op, **fields))
+
+    def _record(self, module: str, op: str, **fields: Any) -> dict[str, Any]:
+        """The validated record of a command, checked against the published actuators."""
         fields.setdefault("source", self.source)
         record = make_command(module, op, **fields)
+        self.last_unchecked = False
+        if self.validate and module in _ACTUATOR_MODULES and op == "set_params":
+            published = self._published()
+            if published:
+                check_actuator_params(module, record["params"], published)
+            else:
+                self.last_unchecked = True
+        if not self.create and not os.path.isdir(self.run_dir):
+            raise CommandError(
+                f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' "
+                "creates one (a run started with HotKernel(run_dir=...) creates its own)"
+            )
+        return record
+
+    def _append(self, record: dict[str, Any]) -> str:
         os.makedirs(self.run_dir, exist_ok=True)
         if not self._checked_host:
             self._checked_host = True
@@ -72,7 +155,7 @@ class HotClient:
             jsonl.append(self.paths.commands, record)
         except JournalWriteError as exc:  # nothing was written: no cmd_id to wait on
             raise JournalWriteError(
-                f"the command ({module} {op}) was not written: {exc}",
+                f"the command ({record['module']} {record['op']}) was not written: {exc}",
                 errno=exc.errno,
                 path=exc.path,
             ) from exc
@@ -114,6 +197,17 @@ class HotClient:
     def custom(self, **params: Any) -> str:
         return self.set_params("custom", params)
 
+    def _published(self) -> list[dict[str, Any]]:
+        """The run's published actuators, re-read only when the file changed."""
+        try:
+            st = os.stat(self.paths.actuators)
+        except FileNotFoundError:
+            return []
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig != self._published_sig:
+            self._published_sig, self._published_acts = sig, self.actuators()
+        return self._published_acts
+
     def actuators(self) -> list[dict[str, Any]]:
         doc = jsonl.read_json(self.paths.actuators, {}) or {}
         return list(doc.get("actuators") or [])
@@ -121,10 +215,15 @@ class HotClient:
     def set(self, params: Mapping[str, Any], **fields: Any) -> list[str]:
         """Route each key to opt / loss / custom by the run's actuators; one command per module."""
         routed = route_keys(list(params), self.actuators())
-        return [
-            self.set_params(module, {k: params[k] for k in keys}, **fields)
+        # every module's command is checked before any is written: all or nothing
+        records = [
+            self._record(module, "set_params", params={k: params[k] for k in keys}, **fields)
             for module, keys in routed.items()
         ]
+        unchecked = self.last_unchecked
+        ids = [self._append(r) for r in records]
+        self.last_unchecked = unchecked
+        return ids
 
     # -- control ---------------------------------------------------------------------------
     def pause(self) -> str:

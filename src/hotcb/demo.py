@@ -31,9 +31,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-__all__ = ["run_demo", "train", "trainer_argv", "server_argv", "main"]
+if TYPE_CHECKING:
+    from .actuators import HotcbActuator
+
+__all__ = ["main", "run_demo", "server_argv", "train", "trainer_argv"]
 
 DEFAULT_PORT = 8421
 DEFAULT_MAX_STEPS = 50_000
@@ -81,7 +84,7 @@ def _train_torch(
     import torch
     from torch import nn
 
-    from . import ActuatorType, HotcbActuator, HotKernel, loss_actuators
+    from . import HotKernel
     from .testing import digits
 
     torch.manual_seed(seed)
@@ -90,6 +93,90 @@ def _train_torch(
     n_val = len(x) // 6
     x_val, y_val = x[perm[:n_val]], y[perm[:n_val]]
     x_tr, y_tr = x[perm[n_val:]], y[perm[n_val:]]
+
+    model = _demo_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(200, max_steps))
+    weights: dict[str, float] = (
+        {"cls": 1.0, "recon": 0.5, "parity": 0.3} if golden else {"cls": 1.0, "l2": 0.0}
+    )
+    knobs: dict[str, Any] = {
+        "input_noise": 0.0,
+        "batch_size": 32,
+        "clip_grad": False,
+        "max_grad_norm": 1.0,
+        "val_every": 25,
+    }
+    kernel = HotKernel(
+        run_dir,
+        mutable_state=_demo_actuators(model, weights, knobs, golden),
+        run_meta={
+            "name": "hotcb demo (golden)" if golden else "hotcb demo",
+            "config": {"model": "multitask MLP" if golden else "MLP", "data": "digits"},
+            "seed": seed,
+        },
+    )
+    gen = torch.Generator().manual_seed(seed)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+
+    def save_checkpoint(path: str | None = None, step: int = 0) -> str:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        path = path or os.path.join(ckpt_dir, f"step_{step}.pt")
+        torch.save(
+            {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "hotcb": kernel.state_dict()},
+            path,
+        )  # fmt: skip
+        return path
+
+    step = -1
+    try:
+        for step in range(max_steps):
+            idx = torch.randint(0, len(x_tr), (int(knobs["batch_size"]),), generator=gen)
+            inp, target = _add_noise(x_tr[idx], knobs["input_noise"], gen), y_tr[idx]
+            terms, logits, _ = _demo_losses(model, golden, inp, target)
+            loss = sum(weights[k] * v for k, v in terms.items())
+            opt.zero_grad()
+            loss.backward()
+            limit = float(knobs["max_grad_norm"]) if knobs["clip_grad"] else math.inf
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
+            opt.step()
+            sched.step()
+            metrics = {"train/loss": loss.item()}
+            metrics.update({f"train/loss_{k}": v.item() for k, v in terms.items()})
+            metrics["train/acc"] = float((logits.argmax(1) == target).float().mean())
+            metrics["lr"] = opt.param_groups[0]["lr"]
+            metrics["grad_norm"] = grad_norm
+            if step % int(knobs["val_every"]) == 0:
+                metrics.update(_demo_validate(model, golden, weights, x_val, y_val))
+            kernel.apply(
+                {
+                    "framework": "torch",
+                    "step": step,
+                    "epoch": step * int(knobs["batch_size"]) // len(x_tr),
+                    "model": model,
+                    "optimizer": opt,
+                    "scheduler": sched,
+                    "loss": loss,
+                    "metrics": metrics,
+                    "max_steps": max_steps,
+                    "save_checkpoint": lambda path=None, _s=step: save_checkpoint(path, _s),
+                }
+            )
+            if kernel.stop_requested:
+                break
+            if step_delay:
+                time.sleep(step_delay)
+    finally:
+        kernel.close()
+    return step
+
+
+def _demo_net() -> Any:
+    """The demo's network: a shared encoder with a class head, an input decoder and a parity
+    head (the plain demo uses only the class head)."""
+    import torch
+    from torch import nn
 
     class DemoNet(nn.Module):
         def __init__(self) -> None:
@@ -106,28 +193,27 @@ def _train_torch(
             z = self.encoder(inp)
             return self.cls_head(z), torch.sigmoid(self.decoder(z)), self.parity_head(z)[:, 0]
 
-    model = DemoNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    warmup = 200
+    return DemoNet()
+
+
+def _warmup_cosine(warmup: int, max_steps: int) -> Callable[[int], float]:
+    """LR factor: warm up, then a slow cosine to 10% over the run (the lr chart has a shape
+    to steer)."""
 
     def lr_lambda(s: int) -> float:
-        # warm up, then a slow cosine to 10% over the run: the lr chart has a shape to steer
         if s < warmup:
             return (s + 1) / warmup
         frac = min(1.0, (s - warmup) / max(1, max_steps - warmup))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    weights: dict[str, float] = (
-        {"cls": 1.0, "recon": 0.5, "parity": 0.3} if golden else {"cls": 1.0, "l2": 0.0}
-    )
-    knobs: dict[str, Any] = {
-        "input_noise": 0.0,
-        "batch_size": 32,
-        "clip_grad": False,
-        "max_grad_norm": 1.0,
-        "val_every": 25,
-    }
+    return lr_lambda
+
+
+def _demo_actuators(
+    model: Any, weights: dict[str, float], knobs: dict[str, Any], golden: bool
+) -> list[HotcbActuator]:
+    """Loss weights, input noise and dropout; with ``golden`` a knob of every other type."""
+    from . import ActuatorType, HotcbActuator, loss_actuators
 
     def knob(key: str, typ: ActuatorType, description: str, **kw: Any) -> HotcbActuator:
         return HotcbActuator(
@@ -148,7 +234,7 @@ def _train_torch(
             "std of Gaussian noise on inputs",
             min_value=0.0,
             max_value=1.0,
-        )  # fmt: skip
+        ),
     )
     acts.append(
         HotcbActuator(
@@ -179,99 +265,54 @@ def _train_torch(
                 "steps between validations",
                 min_value=5,
                 max_value=500,
-            ),  # fmt: skip
+            ),
         ]
-    kernel = HotKernel(
-        run_dir,
-        mutable_state=acts,
-        run_meta={
-            "name": "hotcb demo (golden)" if golden else "hotcb demo",
-            "config": {"model": "multitask MLP" if golden else "MLP", "data": "digits"},
-            "seed": seed,
-        },
-    )
-    gen = torch.Generator().manual_seed(seed)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    return acts
 
-    def save_checkpoint(path: str | None = None, step: int = 0) -> str:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        path = path or os.path.join(ckpt_dir, f"step_{step}.pt")
-        torch.save(
-            {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "hotcb": kernel.state_dict()},
-            path,
-        )  # fmt: skip
-        return path
 
-    def losses(inp: Any, target: Any) -> tuple[dict[str, Any], Any, Any]:
-        logits, recon, parity = model(inp)
-        terms: dict[str, Any] = {"cls": nn.functional.cross_entropy(logits, target)}
-        if golden:
-            terms["recon"] = nn.functional.mse_loss(recon, inp)
-            terms["parity"] = nn.functional.binary_cross_entropy_with_logits(
-                parity, (target % 2).float()
-            )
-        else:
-            terms["l2"] = sum(p.pow(2).sum() for p in model.parameters()) * 1e-3
-        return terms, logits, parity
+def _add_noise(inp: Any, std: float, gen: Any) -> Any:
+    """``inp`` plus Gaussian noise of ``std``, kept in [0, 1] (``inp`` itself when 0)."""
+    import torch
 
-    def validate() -> dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            terms, logits, parity = losses(x_val, y_val)
-        model.train()
-        out = {f"val/loss_{k}": v.item() for k, v in terms.items() if k != "l2"}
-        out["val/loss"] = float(sum(weights.get(k, 0.0) * v.item() for k, v in terms.items()))
-        out["val/acc"] = float((logits.argmax(1) == y_val).float().mean())
-        if golden:
-            out["val/parity_acc"] = float(((parity > 0).long() == y_val % 2).float().mean())
-        return out
+    if std > 0:
+        return (inp + std * torch.randn(inp.shape, generator=gen)).clamp(0, 1)
+    return inp
 
-    step = -1
-    try:
-        for step in range(max_steps):
-            idx = torch.randint(0, len(x_tr), (int(knobs["batch_size"]),), generator=gen)
-            inp, target = x_tr[idx], y_tr[idx]
-            if knobs["input_noise"] > 0:
-                inp = (inp + knobs["input_noise"] * torch.randn(inp.shape, generator=gen)).clamp(
-                    0, 1
-                )
-            terms, logits, _ = losses(inp, target)
-            loss = sum(weights[k] * v for k, v in terms.items())
-            opt.zero_grad()
-            loss.backward()
-            limit = float(knobs["max_grad_norm"]) if knobs["clip_grad"] else math.inf
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
-            opt.step()
-            sched.step()
-            metrics = {"train/loss": loss.item()}
-            metrics.update({f"train/loss_{k}": v.item() for k, v in terms.items()})
-            metrics["train/acc"] = float((logits.argmax(1) == target).float().mean())
-            metrics["lr"] = opt.param_groups[0]["lr"]
-            metrics["grad_norm"] = grad_norm
-            if step % int(knobs["val_every"]) == 0:
-                metrics.update(validate())
-            kernel.apply(
-                {
-                    "framework": "torch",
-                    "step": step,
-                    "epoch": step * int(knobs["batch_size"]) // len(x_tr),
-                    "model": model,
-                    "optimizer": opt,
-                    "scheduler": sched,
-                    "loss": loss,
-                    "metrics": metrics,
-                    "max_steps": max_steps,
-                    "save_checkpoint": lambda path=None, _s=step: save_checkpoint(path, _s),
-                }
-            )
-            if kernel.stop_requested:
-                break
-            if step_delay:
-                time.sleep(step_delay)
-    finally:
-        kernel.close()
-    return step
+
+def _demo_losses(
+    model: Any, golden: bool, inp: Any, target: Any
+) -> tuple[dict[str, Any], Any, Any]:
+    """The loss terms (``cls`` and ``recon``/``parity`` or ``l2``), the logits and parity."""
+    from torch import nn
+
+    logits, recon, parity = model(inp)
+    terms: dict[str, Any] = {"cls": nn.functional.cross_entropy(logits, target)}
+    if golden:
+        terms["recon"] = nn.functional.mse_loss(recon, inp)
+        terms["parity"] = nn.functional.binary_cross_entropy_with_logits(
+            parity, (target % 2).float()
+        )
+    else:
+        terms["l2"] = sum(p.pow(2).sum() for p in model.parameters()) * 1e-3
+    return terms, logits, parity
+
+
+def _demo_validate(
+    model: Any, golden: bool, weights: dict[str, float], x_val: Any, y_val: Any
+) -> dict[str, float]:
+    """Validation metrics: each loss term, the weighted loss, accuracy (and parity's)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        terms, logits, parity = _demo_losses(model, golden, x_val, y_val)
+    model.train()
+    out = {f"val/loss_{k}": v.item() for k, v in terms.items() if k != "l2"}
+    out["val/loss"] = float(sum(weights.get(k, 0.0) * v.item() for k, v in terms.items()))
+    out["val/acc"] = float((logits.argmax(1) == y_val).float().mean())
+    if golden:
+        out["val/parity_acc"] = float(((parity > 0).long() == y_val % 2).float().mean())
+    return out
 
 
 def _train_synthetic(run_dir: str, *, max_steps: int, step_delay: float, seed: int) -> int:
@@ -458,6 +499,63 @@ def _can_open_browser() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def _demo_dirs(given: str | None, golden: bool) -> tuple[str, str, str]:
+    """``(run_dir, serve_dir, run_id)``: ``given`` is served alone (run "."); by default a
+    fresh ``./runs/demo-<time>`` served from ``./runs`` with the earlier demo runs."""
+    if given:
+        run_dir = os.path.abspath(given)
+        return run_dir, run_dir, "."
+    run_dir = _default_run_dir(golden)
+    return run_dir, os.path.dirname(run_dir), os.path.basename(run_dir)
+
+
+def _demo_port(given: int | None) -> int:
+    """``given`` if it is free (HotcbError if not); by default 8421, or any free port."""
+    from .errors import HotcbError
+
+    if given is None:
+        return DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    if not _port_free(given):
+        raise HotcbError(f"port {given} is in use; pick another with --port")
+    return given
+
+
+def _wait_for_run(trainer: subprocess.Popen[bytes], run_dir: str, timeout: float) -> None:
+    """Wait until the trainer has written the run's metadata (its first step), at most
+    ``timeout`` seconds; HotcbError if the trainer exits first."""
+    from .errors import HotcbError
+
+    deadline = time.monotonic() + timeout
+    meta = os.path.join(run_dir, "hotcb.run.json")
+    while not os.path.exists(meta) and time.monotonic() < deadline:
+        if trainer.poll() is not None:
+            raise HotcbError(
+                f"the demo trainer exited ({trainer.returncode}); see {run_dir}/demo.trainer.log"
+            )
+        time.sleep(0.1)
+
+
+def _watch(
+    trainer: subprocess.Popen[bytes],
+    server: subprocess.Popen[bytes],
+    run_dir: str,
+    out: Callable[[str], None],
+) -> NoReturn:
+    """Until interrupted: say once when training ends; HotcbError if the server exits."""
+    from .errors import HotcbError
+
+    announced = False
+    while True:
+        if server.poll() is not None:
+            raise HotcbError(
+                f"the dashboard server exited ({server.returncode}); see {run_dir}/demo.server.log"
+            )
+        if trainer.poll() is not None and not announced:
+            announced = True
+            out(f"training finished (exit {trainer.returncode}); the dashboard stays up")
+        time.sleep(0.2)
+
+
 def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
     """Start trainer and server, print the URL, wait for Ctrl-C; always stop both children.
 
@@ -469,18 +567,9 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
 
     golden = bool(getattr(cfg, "golden", False))
     synthetic = bool(getattr(cfg, "synthetic", False))
-    if cfg.run_dir:
-        run_dir = os.path.abspath(cfg.run_dir)
-        serve_dir, run_id = run_dir, "."
-    else:
-        run_dir = _default_run_dir(golden)
-        serve_dir, run_id = os.path.dirname(run_dir), os.path.basename(run_dir)
+    run_dir, serve_dir, run_id = _demo_dirs(cfg.run_dir, golden)
     os.makedirs(run_dir, exist_ok=True)
-    port = cfg.port
-    if port is None:
-        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
-    elif not _port_free(port):
-        raise HotcbError(f"port {port} is in use; pick another with --port")
+    port = _demo_port(cfg.port)
 
     stop_signal: dict[str, int | None] = {"sig": None}
 
@@ -519,15 +608,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
             )
         # the URL is printed once the run exists (the trainer's first step), so the page opens
         # on live curves rather than on an empty folder
-        deadline = time.monotonic() + 120.0
-        meta = os.path.join(run_dir, "hotcb.run.json")
-        while not os.path.exists(meta) and time.monotonic() < deadline:
-            if trainer.poll() is not None:
-                raise HotcbError(
-                    f"the demo trainer exited ({trainer.returncode}); "
-                    f"see {run_dir}/demo.trainer.log"
-                )
-            time.sleep(0.1)
+        _wait_for_run(trainer, run_dir, 120.0)
         query = {"token": token} if run_id == "." else {"token": token, "run": run_id}
         url = f"{base}/?{urllib.parse.urlencode(query, safe='/', quote_via=urllib.parse.quote)}"
         kind = "golden multi-task" if golden else ("synthetic" if synthetic else "digits MLP")
@@ -538,17 +619,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
             import webbrowser
 
             webbrowser.open(url)
-        announced = False
-        while True:
-            if server.poll() is not None:
-                raise HotcbError(
-                    f"the dashboard server exited ({server.returncode}); "
-                    f"see {run_dir}/demo.server.log"
-                )
-            if trainer.poll() is not None and not announced:
-                announced = True
-                out(f"training finished (exit {trainer.returncode}); the dashboard stays up")
-            time.sleep(0.2)
+        _watch(trainer, server, run_dir, out)
     except KeyboardInterrupt:
         out("stopping…")
         return 0

@@ -27,15 +27,15 @@ from typing import Any
 from .errors import JournalWriteError
 
 __all__ = [
-    "parse_line",
+    "JsonlTail",
     "append",
     "append_many",
     "dumps",
-    "JsonlTail",
-    "read_last",
     "iter_records",
-    "write_json_atomic",
+    "parse_line",
     "read_json",
+    "read_last",
+    "write_json_atomic",
 ]
 
 _DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -177,7 +177,7 @@ class JsonlTail:
     The kernel's poll does one ``os.stat`` and asks :meth:`caught_up` before reading.
     """
 
-    __slots__ = ("path", "offset", "max_bytes", "reset", "_dev", "_ino")
+    __slots__ = ("_dev", "_ino", "max_bytes", "offset", "path", "reset")
 
     def __init__(
         self, path: str | os.PathLike[str], offset: int = 0, max_bytes: int = _DEFAULT_MAX_BYTES

@@ -42,7 +42,7 @@ from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tai
 from .metrics import MetricsCollector
 from .modules import HotModule, create_module, module_specs
 from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths, write_run_meta
+from .runfiles import FORMAT_VERSION, RunPaths, update_run_meta, write_run_meta
 
 __all__ = ["HotKernel"]
 
@@ -103,6 +103,7 @@ class HotKernel:
         freeze: FreezeState | None = None,
     ) -> None:
         self._gate = PollGate(debounce_steps, poll_interval_sec)
+        self._warned: set[str] = set()  # kinds of warning already logged (once each)
         self.paths = RunPaths(os.fspath(run_dir))
         self.run_dir = self.paths.root
         self.pause_poll_sec = float(pause_poll_sec)
@@ -130,6 +131,11 @@ class HotKernel:
             replay_commands = os.environ.get("HOTCB_REPLAY_COMMANDS", "") not in ("", "0")
         if not replay_commands:
             refuse_lost_ledger(self.paths)
+        if _dist.rank() == 0:  # the run's files exist from here on: `hotcb status` sees it
+            for path in (self.paths.commands, self.paths.ledger):
+                if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
+                    open(path, "ab").close()  # ledger that goes missing later is noticed
+            write_run_meta(self.paths, self._run_meta, self._warn)
         seq, cursor = tail_state(self.paths.ledger)
         # a writer that re-sends a command (a retry) right after a restart is still a noop:
         # remember the ids of the ledger's recent entries (its tail only, so start stays cheap)
@@ -169,7 +175,6 @@ class HotKernel:
         self._event_modules: list[HotModule] = []
         self._next_due = NEVER
         self._next_refresh = 0.0
-        self._warned: set[str] = set()
         self._started = False
         self._closed = False
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
@@ -478,9 +483,6 @@ class HotKernel:
                 self._stream.leader = self.is_leader
                 self._freeze.leader = self.is_leader
         if self.is_leader:
-            if not os.path.exists(self.paths.commands):
-                open(self.paths.commands, "ab").close()  # so an idle poll is one stat, no raise
-            write_run_meta(self.paths, self._run_meta, self._warn)
             if self._metrics_arg is None:
                 self.metrics = MetricsCollector(self.run_dir)
         elif not isinstance(self._metrics_arg, MetricsCollector):
@@ -579,6 +581,13 @@ class HotKernel:
         self._closed = True
         try:
             self.flush()
+            if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
+                ended = {
+                    "step": self.step,
+                    "wall_time": time.time(),
+                    "stopped": self.stop_requested,
+                }
+                update_run_meta(self.paths, {"ended": ended}, self._warn)
             self._stream.write(self.step)
         finally:
             if self.metrics is not None:

@@ -17,18 +17,18 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, JournalWriteError
 from .ops import HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION
+from .runfiles import FORMAT_VERSION, process_alive
 
 __all__ = [
+    "STALE_AFTER_SEC",
     "Decision",
     "LedgerEntry",
     "LedgerView",
-    "STALE_AFTER_SEC",
     "LedgerWriter",
-    "tail_state",
-    "iter_entries",
     "find_entry",
+    "iter_entries",
     "pending_scheduled",
+    "tail_state",
 ]
 
 log = logging.getLogger("hotcb")
@@ -211,9 +211,7 @@ class LedgerView:
         elif cid in self.pending:
             del self.pending[cid]
             del self.pending_ids[cid]
-        if decision == Decision.APPLIED.value and e.get("module") == "control":
-            if e.get("op") in ("pause", "resume", "stop"):
-                self.control = e["op"]
+        self._add_run_control(e)
         step, wall = e.get("step"), e.get("wall_time")
         if type(step) is int:
             self.last_step = step
@@ -222,12 +220,35 @@ class LedgerView:
         self._add_callback(self._as_cb(e))
         return True
 
+    def _add_run_control(self, e: dict[str, Any]) -> None:
+        op = e.get("op")
+        if (
+            e.get("module") == "control"
+            and op in ("pause", "resume", "stop")
+            and e.get("decision") == Decision.APPLIED.value
+        ):
+            self.control = op
+
     def run_state(
-        self, last_activity: float | None, now: float, stale_after: float = STALE_AFTER_SEC
+        self,
+        last_activity: float | None,
+        now: float,
+        stale_after: float = STALE_AFTER_SEC,
+        *,
+        meta: Mapping[str, Any] | None = None,
     ) -> str:
-        """``stopped``, ``paused``, ``running``, ``idle`` (nothing new for ``stale_after``
-        seconds) or ``not started`` (no activity at all); ``last_activity`` is the newest
-        wall time of the run's metrics or ledger."""
+        """What the run is doing, for a person: ``finished at step N`` / ``stopped at step N``
+        (its loop closed the kernel: ``ended`` in ``hotcb.run.json``, ``meta``), ``crashed``
+        (its process is gone without closing), ``stopped``, ``paused``, ``running``, ``idle``
+        (nothing new for ``stale_after`` seconds) or ``not started``. ``last_activity``: the
+        newest wall time of its metrics or ledger."""
+        meta = meta or {}
+        ended = meta.get("ended")
+        if isinstance(ended, Mapping):
+            how = "stopped" if ended.get("stopped") else "finished"
+            return f"{how} at step {ended.get('step')}"
+        if meta.get("started") is not None and process_alive(meta) is False:
+            return "crashed (its process is gone and did not close the run)"
         if self.stopped:
             return "stopped"
         if self.paused:
@@ -257,22 +278,17 @@ class LedgerView:
         ident = e.get("id")
         if e.get("module") != "cb" or not ident:
             return
-        op, decision, cbs = e.get("op"), e.get("decision"), self.callbacks
-        if decision == Decision.APPLIED.value and isinstance(e.get("cmd_id"), str):
+        if e.get("decision") == Decision.APPLIED.value and isinstance(e.get("cmd_id"), str):
             self._cb_ops[e["cmd_id"]] = e
-        cur = cbs.get(ident)
-        if op == "load":
-            if decision == Decision.APPLIED.value:
-                cbs.pop(ident, None)  # a reload keeps no stale fields
-                cbs[ident] = _callback(e, "disabled" if e.get("enabled") is False else "enabled")
-                cbs[ident]["sha256"] = (e.get("source_capture") or {}).get("sha256")
-            elif decision in ("failed", "rejected"):
-                if cur is None:
-                    cbs[ident] = cur = _callback(e, "load failed")
-                cur["last_error"] = e.get("error")
-            return
-        if cur is None:
-            return
+        if e.get("op") == "load":
+            self._load_callback(ident, e)
+        elif ident in self.callbacks:
+            self._change_callback(ident, e)
+
+    def _change_callback(self, ident: str, e: dict[str, Any]) -> None:
+        """Any other cb entry about a known callback: errors, unload, enable/disable, params."""
+        op, decision, cbs = e.get("op"), e.get("decision"), self.callbacks
+        cur = cbs[ident]
         if op == "callback_error":
             cur["errors"] += 1 + int(e.get("suppressed") or 0)
             cur["last_error"] = e.get("error")
@@ -290,6 +306,20 @@ class LedgerView:
         elif op == "set_params":
             cur["params"].update(e.get("params") or {})
         cur["step"] = e.get("step")
+
+    def _load_callback(self, ident: str, e: dict[str, Any]) -> None:
+        """A ``cb load`` entry: applied replaces the callback; failed or rejected records the
+        error (on a placeholder in ``load failed`` state when nothing was loaded before)."""
+        decision, cbs = e.get("decision"), self.callbacks
+        if decision == Decision.APPLIED.value:
+            cbs.pop(ident, None)  # a reload keeps no stale fields
+            cbs[ident] = _callback(e, "disabled" if e.get("enabled") is False else "enabled")
+            cbs[ident]["sha256"] = (e.get("source_capture") or {}).get("sha256")
+        elif decision in ("failed", "rejected"):
+            cur = cbs.get(ident)
+            if cur is None:
+                cbs[ident] = cur = _callback(e, "load failed")
+            cur["last_error"] = e.get("error")
 
 
 def _callback(e: Mapping[str, Any], state: str) -> dict[str, Any]:

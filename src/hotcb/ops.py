@@ -18,15 +18,15 @@ from .modules import module_ops
 from .runfiles import FORMAT_VERSION
 
 __all__ = [
-    "CallbackTarget",
-    "Transition",
-    "HotOp",
-    "MODULE_OPS",
-    "known_ops",
-    "MAX_COMMAND_BYTES",
-    "check_size",
     "FREEZE_MODES",
+    "MAX_COMMAND_BYTES",
+    "MODULE_OPS",
+    "CallbackTarget",
+    "HotOp",
+    "Transition",
+    "check_size",
     "command_to_hotop",
+    "known_ops",
     "make_command",
     "new_cmd_id",
 ]

@@ -37,19 +37,19 @@ from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
 __all__ = [
     "RECIPE_KIND",
-    "RecipeEntry",
-    "RecipeProblem",
     "Recipe",
+    "RecipeEntry",
     "RecipePlayer",
-    "ledger_to_entries",
-    "export_recipe",
-    "read_recipe",
-    "check_recipe",
-    "validate_recipe",
-    "load_overlay",
+    "RecipeProblem",
     "apply_overlay",
+    "check_recipe",
+    "export_recipe",
+    "ledger_to_entries",
+    "load_overlay",
     "patch_template",
     "player_for",
+    "read_recipe",
+    "validate_recipe",
 ]
 
 RECIPE_KIND = "hotcb.recipe"
@@ -391,14 +391,18 @@ def _check_sources(entry: RecipeEntry, bases: Sequence[str | None]) -> list[Reci
             ]
         return []
     target = entry.target or {}
-    if entry.module == "cb" and entry.op == "load" and target.get("kind") == "python_file":
-        if not os.path.exists(str(target.get("path"))):
-            return [
-                RecipeProblem(
-                    no,
-                    f"callback file {target.get('path')!r} not found and no captured source",
-                )
-            ]
+    if (
+        entry.module == "cb"
+        and entry.op == "load"
+        and target.get("kind") == "python_file"
+        and not os.path.exists(str(target.get("path")))
+    ):
+        return [
+            RecipeProblem(
+                no,
+                f"callback file {target.get('path')!r} not found and no captured source",
+            )
+        ]
     return []
 
 
@@ -477,16 +481,29 @@ def _check_patch(patch: Any, where: str) -> None:
     if not isinstance(patch, dict):
         raise RecipeError(f"{where} must be a mapping, got {patch!r}")
     if "insert" in patch:
-        if set(patch) != {"insert"}:
-            raise RecipeError(f"{where}: 'insert' stands alone, got keys {sorted(patch)}")
-        try:
-            RecipeEntry.from_record(patch["insert"])
-        except RecipeError as exc:
-            raise RecipeError(f"{where}: invalid insert: {exc}") from None
+        _check_insert(patch, where)
         return
     match = patch.get("match")
     if not isinstance(match, dict):
         raise RecipeError(f"{where} needs 'match: {{module, op, ...}}' or 'insert: {{entry}}'")
+    _check_match(match, where)
+    _check_actions(patch, where)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_insert(patch: dict[str, Any], where: str) -> None:
+    if set(patch) != {"insert"}:
+        raise RecipeError(f"{where}: 'insert' stands alone, got keys {sorted(patch)}")
+    try:
+        RecipeEntry.from_record(patch["insert"])
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: invalid insert: {exc}") from None
+
+
+def _check_match(match: dict[str, Any], where: str) -> None:
     unknown = set(match) - _MATCH_KEYS
     if unknown:
         raise RecipeError(
@@ -494,8 +511,11 @@ def _check_patch(patch: Any, where: str) -> None:
         )
     for key in ("at_step", "step_min", "step_max", "nth"):
         v = match.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        if v is not None and not _is_int(v):
             raise RecipeError(f"{where}: match.{key} must be an integer, got {v!r}")
+
+
+def _check_actions(patch: dict[str, Any], where: str) -> None:
     actions = set(patch) - {"match"}
     unknown = actions - _ACTIONS
     if unknown or not actions:
@@ -506,18 +526,20 @@ def _check_patch(patch: Any, where: str) -> None:
         raise RecipeError(f"{where}: replace_params must be a mapping of param: value")
     tp = patch.get("transform_params")
     if tp is not None:
-        if not isinstance(tp, dict) or not set(tp) <= {"scale", "add", "keys"}:
-            raise RecipeError(
-                f"{where}: transform_params must be {{scale, add, keys?}}, got {tp!r}"
-            )
-        for k in ("scale", "add"):
-            if k in tp and (isinstance(tp[k], bool) or not isinstance(tp[k], (int, float))):
-                raise RecipeError(f"{where}: transform_params.{k} must be a number")
+        _check_transform(tp, where)
     shift = patch.get("shift_step")
-    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)):
+    if shift is not None and not _is_int(shift):
         raise RecipeError(f"{where}: shift_step must be an integer, got {shift!r}")
     if "drop" in patch and patch["drop"] is not True:
         raise RecipeError(f"{where}: drop must be true")
+
+
+def _check_transform(tp: Any, where: str) -> None:
+    if not isinstance(tp, dict) or not set(tp) <= {"scale", "add", "keys"}:
+        raise RecipeError(f"{where}: transform_params must be {{scale, add, keys?}}, got {tp!r}")
+    for k in ("scale", "add"):
+        if k in tp and (isinstance(tp[k], bool) or not isinstance(tp[k], (int, float))):
+            raise RecipeError(f"{where}: transform_params.{k} must be a number")
 
 
 def _matches(entry: RecipeEntry, match: Mapping[str, Any]) -> bool:

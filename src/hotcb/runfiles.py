@@ -175,6 +175,7 @@ def write_run_meta(
     meta = jsonl.read_json(paths.run_meta, {}) or {}
     now = time.time()
     meta.setdefault("created", now)
+    meta.pop("ended", None)  # a run starts (again) in this directory
     meta.update(
         {
             "format_version": FORMAT_VERSION,
@@ -192,3 +193,30 @@ def write_run_meta(
         jsonl.write_json_atomic(paths.run_meta, meta)
     except OSError as exc:
         warn("run_meta", f"could not write {paths.run_meta}: {exc}")
+
+
+def update_run_meta(
+    paths: RunPaths, fields: Mapping[str, Any], warn: Callable[[str, str], None]
+) -> None:
+    """Merge ``fields`` into ``hotcb.run.json`` (atomically; a failure is a warning)."""
+    meta = jsonl.read_json(paths.run_meta, {}) or {}
+    meta.update(fields)
+    try:
+        jsonl.write_json_atomic(paths.run_meta, meta)
+    except OSError as exc:
+        warn("run_meta", f"could not write {paths.run_meta}: {exc}")
+
+
+def process_alive(meta: Mapping[str, Any]) -> bool | None:
+    """Whether the process ``hotcb.run.json`` names still runs: None when it ran on another
+    host (or the file says nothing), since only this host can tell."""
+    pid, host = meta.get("pid"), meta.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True

@@ -88,7 +88,7 @@ def test_ddp_ranks_apply_the_same_ops_at_the_same_steps(tmp_path: Path) -> None:
             return rows[-1]["step"] if rows else -1
 
         wait_for(lambda: last_step() >= 0, 120, what="first DDP step")
-        client = HotClient(run_dir, source="test")
+        client = HotClient(run_dir, source="test", validate=False)  # the kernel rejects on DDP
         sent: list[str] = []
         i = 0
         while len(sent) < 50:
@@ -212,7 +212,8 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     assert any("val_loss" in m["metrics"] for m in metrics)
     ledger = read_ledger(run_dir)
     assert {e["rank"] for e in ledger} == {0}
-    assert sorted(e["cmd_id"] for e in ledger) == sorted(e["cmd_id"] for e in sent)
+    commands = [e for e in ledger if e["module"] != "kernel"]  # run_end: the run closed
+    assert sorted(e["cmd_id"] for e in commands) == sorted(e["cmd_id"] for e in sent)
     _same_weights(traces / "weights_rank0.pt", traces / "weights_rank1.pt")
 
     # resume under DDP: fresh modules (l2=0, ce=1) on both ranks get hotcb's l2 back, and ce is
@@ -270,5 +271,8 @@ def test_hf_trainer_under_torchrun_two_ranks_apply_commands_in_lockstep(
     assert rows[-1]["step"] == stop_e["step"] < 400 and rows[-1]["stop"]
     ledger = read_ledger(run_dir)
     assert {e["rank"] for e in ledger} == {0}
-    assert sorted(e["cmd_id"] for e in ledger) == sorted(e["cmd_id"] for e in (lr_e, mgn_e, stop_e))
+    commands = [e for e in ledger if e["module"] != "kernel"]  # run_end: the run closed
+    assert sorted(e["cmd_id"] for e in commands) == sorted(
+        e["cmd_id"] for e in (lr_e, mgn_e, stop_e)
+    )
     _same_weights(traces / "weights_rank0.pt", traces / "weights_rank1.pt")

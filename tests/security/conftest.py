@@ -111,7 +111,7 @@ def other_origin() -> Iterator[Callable[[dict[str, str]], str]]:
 
     def start(pages: dict[str, str]) -> str:
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 body = pages.get(self.path.split("?", 1)[0])
                 if body is None:
                     self.send_error(404)

@@ -75,9 +75,8 @@ def test_serve_logs_show_the_token_once_and_no_error(
         assert c.get("/api/runs", params={"token": "typo-of-the-token"}).status_code == 401
         assert c.get("/api/runs", params={"run": "x", "token": token}).status_code == 200
     for url in (ws, ws + "?token=wr0ng-ws-token"):
-        with pytest.raises(InvalidStatus) as info:
-            with connect(url):
-                pass
+        with pytest.raises(InvalidStatus) as info, connect(url):
+            pass
         assert info.value.response.status_code == 401
     with connect(ws + f"?token={token}") as sock:
         assert '"hello"' in sock.recv(timeout=10)

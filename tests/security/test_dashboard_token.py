@@ -38,9 +38,8 @@ def test_loopback_server_wants_a_token_by_default(
         for wrong in ("Bearer nope", "Basic " + srv.token, "Bearer"):
             r = anon.post("/api/runs/r/commands", json=PAUSE, headers={"Authorization": wrong})
             assert r.status_code == 401, wrong
-    with pytest.raises(InvalidStatus) as info:
-        with srv.ws(auth=False):
-            pass
+    with pytest.raises(InvalidStatus) as info, srv.ws(auth=False):
+        pass
     assert info.value.response.status_code == 401
     assert read_commands(run) == []
     with srv.client() as c:  # the token holder is served

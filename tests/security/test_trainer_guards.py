@@ -100,7 +100,7 @@ def _recipe(path: Any, target: dict[str, str], init: dict[str, Any]) -> str:
                 "target": target,
                 "init": init,
             }
-        )  # fmt: skip
+        )
         + "\n"
     )
     return os.fspath(path)

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from hotcb.server.config import DashboardConfig  # noqa: E402
-from hotcb.server.testing import LiveServer, serve_in_thread  # noqa: E402
+from hotcb.server.config import DashboardConfig
+from hotcb.server.testing import LiveServer, serve_in_thread
 
 __all__ = ["LiveServer"]
 

@@ -137,7 +137,7 @@ def test_token_flag_is_gone(capsys):
 def test_yaml_path_from_env_and_missing_file(monkeypatch, yaml_file, tmp_path):
     monkeypatch.setenv("HOTCB_CONFIG", yaml_file)
     assert DashboardConfig.load().port == 9001
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         DashboardConfig.load(str(tmp_path / "nope.yaml"))
 
 
@@ -161,7 +161,7 @@ def test_token_rules():
     # the opt-out: loopback only, and not together with a token
     off = DashboardConfig.load(no_token=True)
     assert off.ensure_token() is False and off.token is None
-    with pytest.raises(ValueError, match="refused when binding 0.0.0.0"):
+    with pytest.raises(ValueError, match=r"refused when binding 0\.0\.0\.0"):
         DashboardConfig.load(host="0.0.0.0", no_token=True).ensure_token()
     with pytest.raises(ValueError, match="pick one"):
         DashboardConfig.load(no_token=True, token="t").ensure_token()

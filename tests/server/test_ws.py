@@ -140,13 +140,11 @@ def test_ws_needs_token_when_set(tmp_path, live_server):
     with MetricsCollector(os.fspath(tmp_path / "r")) as m:
         m.log(0, {"loss": 1.0})
     srv = live_server(token="tok")
-    with pytest.raises(InvalidStatus) as info:
-        with connect(srv.ws_url):  # no token at all
-            pass
+    with pytest.raises(InvalidStatus) as info, connect(srv.ws_url):  # no token at all
+        pass
     assert info.value.response.status_code == 401
-    with pytest.raises(InvalidStatus):
-        with connect(srv.ws_url + "?token=nope"):
-            pass
+    with pytest.raises(InvalidStatus), connect(srv.ws_url + "?token=nope"):
+        pass
     with connect(srv.ws_url + "?token=tok") as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
     with connect(srv.ws_url, additional_headers={"Authorization": "Bearer tok"}) as ws:
@@ -157,9 +155,8 @@ def test_ws_from_another_site_is_refused(tmp_path, live_server):
     with MetricsCollector(os.fspath(tmp_path / "r")) as m:
         m.log(0, {"loss": 1.0})
     srv = live_server()
-    with pytest.raises(InvalidStatus) as info:
-        with srv.ws(origin="https://evil.example"):
-            pass
+    with pytest.raises(InvalidStatus) as info, srv.ws(origin="https://evil.example"):
+        pass
     assert info.value.response.status_code == 403
     with srv.ws(origin=srv.url) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"

@@ -91,21 +91,36 @@ def optimizer_actuators(
     ``env["schedulers"]`` at apply time, are kept in step with the change.
     """
     groups = optimizer.param_groups
-    first = groups[0]
-    acts: list[HotcbActuator] = []
     lo, hi = lr_bounds
+    acts = [
+        _opt_actuator(
+            prefix + "lr",
+            ActuatorType.LOG_FLOAT,
+            _lr_setter(optimizer, schedulers),
+            lambda env: _get(groups[0], "lr"),
+            min_value=lo,
+            max_value=hi,
+            description="learning rate (all groups, ratios kept)",
+        ),
+        *_all_groups_actuators(groups, prefix),
+    ]
+    if per_group or (per_group is None and len(groups) > 1):
+        for i, g in enumerate(groups):
+            acts.extend(_group_actuators(optimizer, i, g, schedulers, lo, hi, prefix))
+    return acts
 
-    def add(key: str, typ: ActuatorType, apply_fn: Any, read_fn: Any, **kw: Any) -> None:
-        acts.append(
-            HotcbActuator(
-                param_key=prefix + key,
-                type=typ,
-                apply_fn=apply_fn,
-                read_fn=read_fn,
-                group="opt",
-                **kw,
-            )
-        )
+
+def _opt_actuator(
+    key: str, typ: ActuatorType, apply_fn: Any, read_fn: Any, **kw: Any
+) -> HotcbActuator:
+    return HotcbActuator(
+        param_key=key, type=typ, apply_fn=apply_fn, read_fn=read_fn, group="opt", **kw
+    )
+
+
+def _lr_setter(optimizer: Any, schedulers: Sequence[Any]) -> Any:
+    """Apply function of ``lr``: every group scaled by value / (group 0's lr)."""
+    groups = optimizer.param_groups
 
     def set_lr_all(value: float, env: Env) -> None:
         lr0 = _get(groups[0], "lr")
@@ -113,59 +128,66 @@ def optimizer_actuators(
             target = value * (_get(g, "lr") / lr0) if lr0 else value
             _set_group_lr(optimizer, i, target, env, schedulers)
 
-    add(
-        "lr",
-        ActuatorType.LOG_FLOAT,
-        set_lr_all,
-        lambda env: _get(groups[0], "lr"),
-        min_value=lo,
-        max_value=hi,
-        description="learning rate (all groups, ratios kept)",
-    )
+    return set_lr_all
 
-    def set_all(key: str):  # type: ignore[no-untyped-def]
-        def apply_fn(value: Any, env: Env) -> None:
-            for g in groups:
-                if key in g:
-                    _put(g, key, value)
 
-        return apply_fn
+def _setter_of_all(groups: list[dict[str, Any]], key: str) -> Any:
+    """Apply function that sets ``key`` in every group that has it."""
+
+    def apply_fn(value: Any, env: Env) -> None:
+        for g in groups:
+            if key in g:
+                _put(g, key, value)
+
+    return apply_fn
+
+
+def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[HotcbActuator]:
+    """``weight_decay``, ``momentum`` and ``betas`` over all groups, those group 0 has."""
+    first = groups[0]
+    acts: list[HotcbActuator] = []
+
+    def set_betas(value: Any, env: Env) -> None:
+        for g in groups:
+            g["betas"] = tuple(value)
 
     if "weight_decay" in first:
-        add(
-            "weight_decay",
-            ActuatorType.FLOAT,
-            set_all("weight_decay"),
-            lambda env: _get(groups[0], "weight_decay"),
-            min_value=0.0,
-            max_value=10.0,
-            description="weight decay (all groups)",
+        acts.append(
+            _opt_actuator(
+                prefix + "weight_decay",
+                ActuatorType.FLOAT,
+                _setter_of_all(groups, "weight_decay"),
+                lambda env: _get(groups[0], "weight_decay"),
+                min_value=0.0,
+                max_value=10.0,
+                description="weight decay (all groups)",
+            )
         )
     if "momentum" in first:
-        add(
-            "momentum",
-            ActuatorType.FLOAT,
-            set_all("momentum"),
-            lambda env: _get(groups[0], "momentum"),
-            min_value=0.0,
-            max_value=1.0,
-            description="momentum (all groups)",
+        acts.append(
+            _opt_actuator(
+                prefix + "momentum",
+                ActuatorType.FLOAT,
+                _setter_of_all(groups, "momentum"),
+                lambda env: _get(groups[0], "momentum"),
+                min_value=0.0,
+                max_value=1.0,
+                description="momentum (all groups)",
+            )
         )
     if "betas" in first:
-        add(
-            "betas",
-            ActuatorType.TUPLE,
-            lambda value, env: [g.__setitem__("betas", tuple(value)) for g in groups],
-            lambda env: tuple(groups[0]["betas"]),
-            min_value=0.0,
-            max_value=0.999999,
-            length=len(first["betas"]),
-            description="Adam betas (all groups)",
+        acts.append(
+            _opt_actuator(
+                prefix + "betas",
+                ActuatorType.TUPLE,
+                set_betas,
+                lambda env: tuple(groups[0]["betas"]),
+                min_value=0.0,
+                max_value=0.999999,
+                length=len(first["betas"]),
+                description="Adam betas (all groups)",
+            )
         )
-
-    if per_group or (per_group is None and len(groups) > 1):
-        for i, g in enumerate(groups):
-            acts.extend(_group_actuators(optimizer, i, g, schedulers, lo, hi, prefix))
     return acts
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
+from ..ledger import LedgerView
+from ..runfiles import RunPaths
 
 
 class UsageError(HotcbError):
@@ -39,7 +43,30 @@ def parse_kv(items: Sequence[str]) -> dict[str, Any]:
 
 
 def client(args: argparse.Namespace) -> HotClient:
-    return HotClient(args.dir, source="cli")
+    """The writer for ``--dir`` (one per invocation). It refuses a directory that does not
+    exist: a typo, until ``hotcb init`` or a starting run creates it."""
+    c: HotClient | None = getattr(args, "_client", None)
+    if c is None:
+        c = args._client = HotClient(args.dir, source="cli", create=False)
+    return c
+
+
+def ended(path: str) -> str | None:
+    """``finished at step N`` (or ``stopped at …``) when the run's training process closed
+    it and no run started there since (``hotcb.run.json``); else None."""
+    meta = jsonl.read_json(RunPaths(path).run_meta, {}) or {}
+    if not isinstance(meta.get("ended"), dict):
+        return None
+    return LedgerView().run_state(None, 0.0, meta=meta)
+
+
+def require_run_dir(path: str) -> None:
+    """Refuse a run directory that does not exist (for the commands that only read)."""
+    if not os.path.isdir(path):
+        raise UsageError(
+            f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {path} init' creates "
+            "one (a run started with HotKernel(run_dir=...) creates its own)"
+        )
 
 
 def add_wait(p: argparse.ArgumentParser) -> None:
@@ -107,6 +134,11 @@ def fmt_entry(e: Mapping[str, Any]) -> str:
         line += f" params={json.dumps(e.get('params'))}"
     if e.get("at_step") is not None and e.get("decision") == "scheduled":
         line += f" at step {e['at_step']}"
+    if e.get("op") == "checkpoint" and e.get("decision") == "applied":
+        where = e.get("checkpoint")
+        line += (
+            " (the loop was asked to save one)" if where in (None, "requested") else f": {where}"
+        )
     if e.get("error"):
         line += f": {e['error']}"
     return line
@@ -114,9 +146,25 @@ def fmt_entry(e: Mapping[str, Any]) -> str:
 
 def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
     """Print the command ids, or with ``--wait`` the ledger entries; exit 1 if any failed."""
+    if getattr(args, "_client", None) is not None and args._client.last_unchecked:
+        print(
+            "hotcb: queued; the run has not published its actuators yet "
+            "(hotcb.actuators.json), so it checks names and bounds when it applies the command",
+            file=sys.stderr,
+        )
     if not getattr(args, "wait", False):
         for cid in cmd_ids:
             print(cid)
+        return 0
+    over = ended(args.dir)
+    if over is not None:  # nothing would answer: say so instead of timing out
+        for cid in cmd_ids:
+            print(cid)
+        print(
+            f"hotcb: the run {over}; the command waits in the commands file for the next run "
+            "started in this directory",
+            file=sys.stderr,
+        )
         return 0
     c = client(args)
     code = 0

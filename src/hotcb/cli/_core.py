@@ -13,7 +13,16 @@ from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries
 from ..runfiles import RunPaths, is_network_fs
-from ._common import add_wait, client, finish, fmt_entry, fmt_value, parse_kv
+from ._common import (
+    add_wait,
+    client,
+    ended,
+    finish,
+    fmt_entry,
+    fmt_value,
+    parse_kv,
+    require_run_dir,
+)
 from ._recipe import status_extra
 
 
@@ -112,6 +121,10 @@ def cmd_set_params(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    over = ended(args.dir) if args.op == "stop" else None
+    if over is not None:  # a queued stop would stop the next run at its first step
+        print(f"the run {over}: nothing to stop")
+        return 0
     return finish(args, [client(args).send("control", args.op)])
 
 
@@ -151,7 +164,9 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
         "pending": list(view.pending.values()),
         "ledger": ledger_tail,
-        "state": view.run_state(max(times) if times else None, time.time(), _stale_after()),
+        "state": view.run_state(
+            max(times) if times else None, time.time(), _stale_after(), meta=meta
+        ),
     }
     status.update(status_extra(paths))
     return status
@@ -220,6 +235,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
     paths = RunPaths(args.dir)
     try:  # the size first: an entry written while the last N are read is then not missed
         size = os.path.getsize(paths.ledger)

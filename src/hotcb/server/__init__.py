@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_app", "DashboardConfig", "require_dashboard"]
+__all__ = ["DashboardConfig", "create_app", "require_dashboard"]
 
 
 def require_dashboard() -> None:

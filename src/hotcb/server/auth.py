@@ -23,10 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .logs import mark_ws_refused
 
 __all__ = [
-    "TokenAuthMiddleware",
-    "SameOriginMiddleware",
     "COOKIE_NAME",
     "PUBLIC_PATHS",
+    "SameOriginMiddleware",
+    "TokenAuthMiddleware",
     "cookie_name",
     "refuse_http",
 ]
@@ -200,11 +200,12 @@ class SameOriginMiddleware:
         reason = None
         if self.loopback and host and _hostname(host) not in self.allowed:
             reason = f"host {host!r} is not allowed (add it to allowed_hosts)"
-        elif scope["type"] == "websocket" or scope.get("method") in _UNSAFE:
-            if origin is not None and (
-                origin == "null" or origin.split("://", 1)[-1].lower() != host.lower()
-            ):
-                reason = f"cross-origin request from {origin} refused"
+        elif (
+            (scope["type"] == "websocket" or scope.get("method") in _UNSAFE)
+            and origin is not None
+            and (origin == "null" or origin.split("://", 1)[-1].lower() != host.lower())
+        ):
+            reason = f"cross-origin request from {origin} refused"
         if reason is None:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":

@@ -31,7 +31,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["DashboardConfig", "ChartSettings", "UISettings", "is_loopback", "read_token_file"]
+__all__ = ["ChartSettings", "DashboardConfig", "UISettings", "is_loopback", "read_token_file"]
 
 #: The YAML file of the config being built (set by :meth:`DashboardConfig.load`): a context
 #: variable so that the path can vary per call while precedence stays in one class method.

@@ -20,9 +20,9 @@ from .auth import refuse_http
 
 __all__ = [
     "CSP",
-    "SecurityHeadersMiddleware",
-    "JSONOnlyMiddleware",
     "BodyLimitMiddleware",
+    "JSONOnlyMiddleware",
+    "SecurityHeadersMiddleware",
 ]
 
 #: The page loads its own scripts, styles and data only; nothing inline, no frames but its own.
@@ -102,6 +102,16 @@ class JSONOnlyMiddleware:
         await self.app(scope, receive, send)
 
 
+_CLOSE = [(b"connection", b"close")]
+
+
+def _too_large(max_bytes: int) -> str:
+    return (
+        f"request body is larger than {max_bytes} bytes (max_body_bytes); "
+        "commands are small JSON objects"
+    )
+
+
 class BodyLimitMiddleware:
     """413 for a request body over ``max_bytes``: from ``Content-Length`` before reading, or
     by counting a chunked body as it arrives (the rest is never buffered). The answer closes
@@ -111,54 +121,61 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _reason(self) -> str:
-        return (
-            f"request body is larger than {self.max_bytes} bytes (max_body_bytes); "
-            "commands are small JSON objects"
-        )
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        close = [(b"connection", b"close")]
+        if await self._refused_by_length(scope, send):
+            return
+        body = _CountedBody(self.max_bytes, receive, send)
+        await self.app(scope, body.receive, body.send)
+
+    async def _refused_by_length(self, scope: Scope, send: Send) -> bool:
+        """Answer 400 for a bad ``Content-Length`` and 413 for one over the cap; True if so."""
         for k, v in scope.get("headers", ()):
             if k != b"content-length":
                 continue
             try:
                 declared = int(v)
             except ValueError:
-                await refuse_http(send, 400, f"bad Content-Length {v.decode('latin-1')!r}", close)
-                return
+                await refuse_http(send, 400, f"bad Content-Length {v.decode('latin-1')!r}", _CLOSE)
+                return True
             if declared > self.max_bytes:
-                await refuse_http(send, 413, self._reason(), close)
-                return
+                await refuse_http(send, 413, _too_large(self.max_bytes), _CLOSE)
+                return True
+        return False
 
-        received = 0
-        refused = False
-        started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received, refused
-            if refused:
+class _CountedBody:
+    """One request's ``receive``/``send`` pair that counts the body as it arrives. Past the
+    cap the client gets 413 (unless the app already started its reply), the app sees the
+    client go away, and whatever the app answers after that is dropped."""
+
+    def __init__(self, max_bytes: int, receive: Receive, send: Send) -> None:
+        self.max_bytes = max_bytes
+        self._receive = receive
+        self._send = send
+        self.received = 0
+        self.refused = False
+        self.started = False
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.max_bytes:
+                self.refused = True
+                if not self.started:
+                    await refuse_http(self._send, 413, _too_large(self.max_bytes), _CLOSE)
+                # the app sees the client go away and gives up on the body
                 return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    refused = True
-                    if not started:
-                        await refuse_http(send, 413, self._reason(), close)
-                    # the app sees the client go away and gives up on the body
-                    return {"type": "http.disconnect"}
-            return message
+        return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused:  # the 413 is the answer; drop the app's reply to the cut body
-                return
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        await self.app(scope, counting_receive, guarded_send)
+    async def send(self, message: Message) -> None:
+        if self.refused:  # the 413 is the answer; drop the app's reply to the cut body
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

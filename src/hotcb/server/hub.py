@@ -8,6 +8,7 @@ refetches history over REST.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -38,10 +39,8 @@ class Subscriber:
         except asyncio.QueueFull:
             self.slow = True
             # Make room for the end-of-stream marker so the sender loop stops and closes.
-            try:
+            with contextlib.suppress(asyncio.QueueEmpty):  # a full queue is never empty
                 self.queue.get_nowait()
-            except asyncio.QueueEmpty:  # pragma: no cover - full queue is never empty
-                pass
             self.queue.put_nowait(None)
             return False
 

@@ -21,7 +21,7 @@ from .config import DashboardConfig
 from .hub import Hub
 from .tailer import ActuatorsWatch, CommandsTail, LedgerState, MetricsIndex
 
-__all__ = ["RunRegistry", "RunState", "RunNotFound"]
+__all__ = ["RunNotFound", "RunRegistry", "RunState"]
 
 #: Catching up more than this many bytes happens in a worker thread, not on the event loop.
 _INLINE_BYTES = 256 * 1024

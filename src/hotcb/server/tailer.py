@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs th
     from .hub import Hub
     from .runs import RunRegistry
 
-__all__ = ["MetricsIndex", "LedgerState", "CommandsTail", "ActuatorsWatch", "Tailer"]
+__all__ = ["ActuatorsWatch", "CommandsTail", "LedgerState", "MetricsIndex", "Tailer"]
 
 log = logging.getLogger("hotcb.server")
 

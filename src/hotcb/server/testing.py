@@ -41,13 +41,13 @@ from .app import create_app
 from .config import DashboardConfig
 
 __all__ = [
+    "CHROMIUM",
     "LiveServer",
     "ServeProcess",
-    "serve_in_thread",
+    "chromium",
     "free_port",
     "http_up",
-    "chromium",
-    "CHROMIUM",
+    "serve_in_thread",
 ]
 
 CHROMIUM = "/usr/bin/chromium"

@@ -27,12 +27,12 @@ from .driver import StepDriver, TorchStepDriver
 
 __all__ = [
     "StepDriver",
+    "TinyMLP",
     "TorchStepDriver",
     "digits",
-    "TinyMLP",
+    "read_ledger",
     "trainer_command",
     "wait_for",
-    "read_ledger",
 ]
 
 
@@ -45,7 +45,7 @@ def digits() -> tuple[Any, Any]:
     return torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
 
 
-def TinyMLP(hidden: int = 32, seed: int | None = 0) -> Any:  # noqa: N802 - reads as a class
+def TinyMLP(hidden: int = 32, seed: int | None = 0) -> Any:
     """A 64 → hidden → 10 MLP (deterministic init when ``seed`` is given)."""
     import torch
     from torch import nn

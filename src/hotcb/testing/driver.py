@@ -48,6 +48,9 @@ class StepDriver:
         env_extra: entries added to every step's env (``save_checkpoint``, ``request_stop``,
             ...); ``drv.env_extra`` may be replaced between steps.
         source: the ``source`` of the client's commands (in the ledger).
+        validate: whether the client checks parameters against the published actuators
+            before appending (:class:`~hotcb.HotClient`'s ``validate``). Off by default: the
+            kernel is what a driver tests, so bad values reach it and its checks are exercised.
         kernel: drive this kernel instead of making one (e.g. one made with options of your
             own); then ``mutable_state``, ``freeze`` and kernel options are not accepted.
         **kernel_kwargs: passed to :class:`~hotcb.HotKernel` (``poll_interval_sec`` defaults to
@@ -71,6 +74,7 @@ class StepDriver:
         freeze: FreezeState | None = None,
         env_extra: Mapping[str, Any] | None = None,
         source: str = "test",
+        validate: bool = False,
         kernel: HotKernel | None = None,
         **kernel_kwargs: Any,
     ) -> None:
@@ -90,7 +94,7 @@ class StepDriver:
             self.kernel = HotKernel(
                 self.run_dir, mutable_state=mutable_state, freeze=freeze, **kernel_kwargs
             )
-        self.client = HotClient(self.run_dir, source=source)
+        self.client = HotClient(self.run_dir, source=source, validate=validate)
 
     # -- stepping ------------------------------------------------------------------------------
     def steps(

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, TextIO
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +55,78 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _optimizer(args: argparse.Namespace, model: Any) -> Any:
+    import torch
+
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+
+
+def _scheduler(args: argparse.Namespace, opt: Any) -> Any:
+    """The ``--sched`` LR scheduler of ``opt``, or None."""
+    import torch
+
+    if args.sched == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+    if args.sched == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.steps))
+    if args.sched == "lambda":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.01 * s))
+    return None
+
+
+def _resume(
+    path: str,
+    model: Any,
+    opt: Any,
+    sched: Any,
+    weights: dict[str, float],
+    gen: Any,
+    kernel: Any,
+) -> int:
+    """Restore everything a checkpoint holds; return the step to continue from."""
+    import torch
+
+    ck = torch.load(path, weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    if sched is not None and ck.get("scheduler"):
+        sched.load_state_dict(ck["scheduler"])
+    weights.update(ck["weights"])
+    gen.set_state(ck["generator"])
+    torch.set_rng_state(ck["torch_rng"])
+    kernel.load_state_dict(ck["hotcb"])
+    return int(ck["step"]) + 1
+
+
+def _trace(trace: TextIO, step: int, lr: float, weights: dict[str, float], loss: float) -> None:
+    """One line of the per-step trace, flushed so a test sees it at once."""
+    trace.write(json.dumps({"step": step, "lr": lr, "weights": dict(weights), "loss": loss}) + "\n")
+    trace.flush()
+
+
+def _optimize(
+    model: Any, opt: Any, sched: Any, weights: dict[str, float], inp: Any, target: Any
+) -> tuple[Any, Any]:
+    """One optimizer (and scheduler) step on a batch; the weighted loss and its ``ce`` term."""
+    from torch import nn
+
+    logits = model(inp)
+    ce = nn.functional.cross_entropy(logits, target)
+    l2 = sum(p.pow(2).sum() for p in model.parameters())
+    loss = weights["ce"] * ce + weights["l2"] * l2
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return loss, ce
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
-    from torch import nn
 
     from hotcb import HotKernel, loss_actuators, mutable_state
     from hotcb.testing import TinyMLP, digits
@@ -66,18 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     x, y = digits()
     model = TinyMLP(seed=args.seed)
-    opt: torch.optim.Optimizer
-    if args.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    sched: torch.optim.lr_scheduler.LRScheduler | None = None
-    if args.sched == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
-    elif args.sched == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.steps))
-    elif args.sched == "lambda":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1.0 + 0.01 * s))
+    opt = _optimizer(args, model)
+    sched = _scheduler(args, opt)
     weights = {"ce": 1.0, "l2": 0.0}
     kernel = HotKernel(
         args.run_dir,
@@ -89,16 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        ck = torch.load(args.resume, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None and ck.get("scheduler"):
-            sched.load_state_dict(ck["scheduler"])
-        weights.update(ck["weights"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        kernel.load_state_dict(ck["hotcb"])
-        start = ck["step"] + 1
+        start = _resume(args.resume, model, opt, sched, weights, gen, kernel)
     trace = open(args.trace, "a") if args.trace else None  # noqa: SIM115
     ck_dir = args.checkpoint_dir or args.run_dir
 
@@ -122,15 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     step = start - 1
     for step in range(start, args.steps):
         idx = torch.randint(0, len(x), (args.batch,), generator=gen)
-        logits = model(x[idx])
-        ce = nn.functional.cross_entropy(logits, y[idx])
-        l2 = sum(p.pow(2).sum() for p in model.parameters())
-        loss = weights["ce"] * ce + weights["l2"] * l2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+        loss, ce = _optimize(model, opt, sched, weights, x[idx], y[idx])
         env = {
             "framework": "torch",
             "step": step,
@@ -144,18 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             env["metrics"] = {"loss": loss.item(), "ce": ce.item(), "lr": opt.param_groups[0]["lr"]}
         kernel.apply(env)
         if trace is not None:
-            trace.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "lr": opt.param_groups[0]["lr"],
-                        "weights": dict(weights),
-                        "loss": loss.item(),
-                    }
-                )
-                + "\n"
-            )
-            trace.flush()
+            _trace(trace, step, opt.param_groups[0]["lr"], weights, loss.item())
         if step in args.checkpoint_at:
             save_checkpoint(None, step)
         if args.ready_file and step == start:

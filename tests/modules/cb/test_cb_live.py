@@ -92,7 +92,7 @@ def test_live_load_set_params_reload_unload(start_trainer, run_dir, tmp_path, wr
 
     stop = client.wait(client.stop())
     assert stop["decision"] == "applied"
-    rc, stdout, stderr = trainer.finish()
+    rc, _stdout, stderr = trainer.finish()
     assert rc == 0, stderr[-2000:]
 
 

@@ -9,9 +9,9 @@ from ._module import CallbackModule, read_config
 from ._protocol import CallbackBase, CallbackContext, HotCallback, LambdaCallback
 
 __all__ = [
-    "CallbackModule",
     "CallbackBase",
     "CallbackContext",
+    "CallbackModule",
     "HotCallback",
     "LambdaCallback",
     "read_config",

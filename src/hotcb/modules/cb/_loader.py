@@ -7,6 +7,7 @@ or a resume loads the version that ran, even after the original file was edited.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ...ops import CallbackTarget
     from .._base import ModuleHost
 
-__all__ = ["Resolved", "check_allowed", "resolve", "capture_source"]
+__all__ = ["Resolved", "capture_source", "check_allowed", "resolve"]
 
 #: The one import path that stays loadable when ``allow_code_load=False``: hotcb's bundled
 #: callbacks, by the names the package exports. Nothing else under ``hotcb.`` is a callback.
@@ -190,10 +191,8 @@ def _exec_file(data: bytes, capture_abs: str, original: str, sha: str) -> types.
         raise
     finally:
         if added:
-            try:
+            with contextlib.suppress(ValueError):
                 sys.path.remove(folder)
-            except ValueError:
-                pass
     return mod
 
 

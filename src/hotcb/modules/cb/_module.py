@@ -36,18 +36,18 @@ class _Slot:
     """One loaded callback and its bookkeeping. ``handle`` is the bound method, looked up once."""
 
     __slots__ = (
-        "id",
-        "cb",
-        "handle",
-        "target",
-        "init",
-        "enabled",
-        "params",
         "capture",
+        "cb",
+        "enabled",
         "errors",
-        "suppressed",
-        "last_report",
+        "handle",
+        "id",
+        "init",
         "last_error",
+        "last_report",
+        "params",
+        "suppressed",
+        "target",
     )
 
     def __init__(
@@ -75,6 +75,22 @@ class _Slot:
     @property
     def sha256(self) -> str | None:
         return self.capture["sha256"] if self.capture else None
+
+
+def _reload_changes(old: _Slot, new: _Slot) -> dict[str, Any]:
+    """What a reload changed, as old/new pairs; the hashes when nothing else did."""
+    changes: dict[str, Any] = {}
+    if old.capture or new.capture:
+        changes["sha256"] = {"old": old.sha256, "new": new.sha256}
+    if old.target != new.target:
+        changes["target"] = {"old": old.target.to_dict(), "new": new.target.to_dict()}
+    if old.init != new.init:
+        changes["init"] = {"old": old.init, "new": new.init}
+    if old.enabled != new.enabled:
+        changes["enabled"] = {"old": old.enabled, "new": new.enabled}
+    if not changes:
+        changes["sha256"] = {"old": old.sha256, "new": new.sha256}
+    return changes
 
 
 def _plain(value: Any) -> Any:
@@ -260,17 +276,7 @@ class CallbackModule:
             changes: dict[str, Any] = {"loaded": {"old": False, "new": True}}
         else:
             extra["replaced"] = True
-            changes = {}
-            if old.capture or slot.capture:
-                changes["sha256"] = {"old": old.sha256, "new": slot.sha256}
-            if old.target != target:
-                changes["target"] = {"old": old.target.to_dict(), "new": target.to_dict()}
-            if old.init != init:
-                changes["init"] = {"old": old.init, "new": init}
-            if old.enabled != enabled:
-                changes["enabled"] = {"old": old.enabled, "new": enabled}
-            if not changes:
-                changes["sha256"] = {"old": old.sha256, "new": slot.sha256}
+            changes = _reload_changes(old, slot)
         return OpResult("applied", changes=changes, extra=extra)
 
     def _hook(self, slot: _Slot, name: str, env: Env) -> tuple[str, str] | None:

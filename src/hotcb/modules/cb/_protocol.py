@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .._base import ModuleHost
 
-__all__ = ["HotCallback", "CallbackBase", "CallbackContext", "LambdaCallback"]
+__all__ = ["CallbackBase", "CallbackContext", "HotCallback", "LambdaCallback"]
 
 Env = Mapping[str, Any]
 

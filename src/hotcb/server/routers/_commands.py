@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException
 
 from ...client import HotClient
-from ...errors import CommandError, JournalWriteError, PathNotAllowedError
+from ...errors import ActuatorError, CommandError, JournalWriteError, PathNotAllowedError
 from ...runfiles import confine_path
 from ..deps import Deps
 
@@ -42,73 +42,78 @@ def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         yield "target.path", target.get("path")
 
 
+def _confine(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> None:
+    """422 for a path field that is not a string, 403 for one outside the run and ``roots``."""
+    for what, value in _paths(record):
+        if not isinstance(value, str):
+            raise HTTPException(422, detail=f"{what} must be a string path, got {value!r}")
+        try:
+            confine_path(value, run_dir, roots, what=what)
+        except PathNotAllowedError as exc:
+            raise HTTPException(403, detail=str(exc)) from None
+
+
+def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[str, str]:
+    """Check ``body`` and append it to the run's commands as ``source: "dashboard"``."""
+    run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
+    if not isinstance(body, dict):
+        raise HTTPException(422, detail=f"a command must be a JSON object, got {body!r}")
+    record = dict(body)
+    if (
+        record.get("module") == "cb"
+        and record.get("op") == "load"
+        and not deps.config.allow_code_load
+    ):
+        raise HTTPException(
+            403,
+            detail="loading code from the dashboard is off: start the server with "
+            "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
+        )
+    _confine(run_dir, roots, record)
+    record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
+    record.pop("ts", None)
+    try:
+        cmd_id = HotClient(run_dir, source="dashboard").send_record(record)
+    except (CommandError, ActuatorError) as exc:  # invalid, or refused by a published actuator
+        raise HTTPException(422, detail=str(exc)) from None
+    except JournalWriteError as exc:
+        raise HTTPException(507, detail=str(exc)) from None
+    return {"cmd_id": cmd_id}
+
+
+def _freeze_record(body: Any) -> dict[str, Any]:
+    """The ``freeze set`` command of a freeze request body (422 when the body is wrong)."""
+    if not isinstance(body, dict):
+        raise HTTPException(422, detail=f"freeze needs a JSON object, got {body!r}")
+    unknown = set(body) - _FREEZE_FIELDS
+    if unknown:
+        raise HTTPException(422, detail=f"unknown freeze field(s): {', '.join(sorted(unknown))}")
+    offset = body.get("step_offset")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+        raise HTTPException(422, detail=f"step_offset must be an integer, got {offset!r}")
+    return {"module": "freeze", "op": "set", **{k: v for k, v in body.items() if v is not None}}
+
+
 def create_commands_router(deps: Deps) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["commands"])
     roots = tuple(deps.config.allowed_roots)
 
-    def confine(run_dir: str, record: dict[str, Any]) -> None:
-        for what, value in _paths(record):
-            if not isinstance(value, str):
-                raise HTTPException(422, detail=f"{what} must be a string path, got {value!r}")
-            try:
-                confine_path(value, run_dir, roots, what=what)
-            except PathNotAllowedError as exc:
-                raise HTTPException(403, detail=str(exc)) from None
-
-    def send(run_id: str, body: Any) -> dict[str, str]:
-        run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
-        if not isinstance(body, dict):
-            raise HTTPException(422, detail=f"a command must be a JSON object, got {body!r}")
-        record = dict(body)
-        if record.get("module") == "cb" and record.get("op") == "load":
-            if not deps.config.allow_code_load:
-                raise HTTPException(
-                    403,
-                    detail="loading code from the dashboard is off: start the server with "
-                    "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
-                )
-        confine(run_dir, record)
-        record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
-        record.pop("ts", None)
-        try:
-            cmd_id = HotClient(run_dir, source="dashboard").send_record(record)
-        except CommandError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
-        except JournalWriteError as exc:
-            raise HTTPException(507, detail=str(exc)) from None
-        return {"cmd_id": cmd_id}
-
     def post_command(
         run_id: str = ".",
-        body: Any = Body(..., examples=[_COMMAND_EXAMPLE]),  # noqa: B008
+        body: Any = Body(..., examples=[_COMMAND_EXAMPLE]),
     ) -> dict[str, str]:
         """Append one command (``module``, ``op``, ``params``, ``id``, ``at_step``,
         ``transition``, …); 422 with the reason when it is invalid, 403 for a path outside
         the run directory and the allowed roots."""
-        return send(run_id, body)
+        return _send(deps, roots, run_id, body)
 
     def post_freeze(
         run_id: str = ".",
-        body: Any = Body(..., examples=[_FREEZE_EXAMPLE]),  # noqa: B008
+        body: Any = Body(..., examples=[_FREEZE_EXAMPLE]),
     ) -> dict[str, str]:
         """Set the freeze mode: ``{"mode", "recipe_path"?, "adjust_path"?, "step_offset"?}``;
         the paths must lie inside the run directory or an allowed root."""
-        if not isinstance(body, dict):
-            raise HTTPException(422, detail=f"freeze needs a JSON object, got {body!r}")
-        unknown = set(body) - _FREEZE_FIELDS
-        if unknown:
-            raise HTTPException(
-                422, detail=f"unknown freeze field(s): {', '.join(sorted(unknown))}"
-            )
-        offset = body.get("step_offset")
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
-            raise HTTPException(422, detail=f"step_offset must be an integer, got {offset!r}")
-        record = {
-            "module": "freeze",
-            "op": "set",
-            **{k: v for k, v in body.items() if v is not None},
-        }
-        return send(run_id, record)
+        return _send(deps, roots, run_id, _freeze_record(body))
 
     for path, fn in (("commands", post_command), ("freeze", post_freeze)):
         router.post(f"/runs/{{run_id:path}}/{path}")(fn)

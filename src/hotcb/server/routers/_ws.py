@@ -30,26 +30,58 @@ async def _sender(ws: WebSocket, sub: Subscriber) -> None:
         await ws.send_text(text)
 
 
+async def _subscribe(deps: Deps, sub: Subscriber, ids: Any) -> None:
+    """Subscribe ``sub`` to the runs ``ids``; a snapshot for each newly added run, an error
+    for each unknown one."""
+    hub = deps.hub
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        hub.send(sub, {"type": "error", "detail": "subscribe needs a list of run ids"})
+        return
+    runs = []
+    for rid in ids:
+        try:
+            runs.append(deps.registry.get(rid))
+        except RunNotFound as exc:
+            hub.send(sub, {"type": "error", "detail": str(exc), "run": rid})
+    added = hub.subscribe(sub, [r.run_id for r in runs])
+    for run in runs:
+        if run.run_id in added:
+            await run.refresh()
+            hub.send(sub, {"type": "actuators", "run": run.run_id, "doc": run.actuators.doc})
+            hub.send(sub, run.status_message())
+
+
+async def _handle(deps: Deps, sub: Subscriber, text: str) -> None:
+    """One message from the page: ``subscribe`` or ``ping``; other objects are ignored."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        deps.hub.send(sub, {"type": "error", "detail": "messages must be JSON"})
+        return
+    if not isinstance(msg, dict):
+        return
+    if "subscribe" in msg:
+        await _subscribe(deps, sub, msg["subscribe"])
+    elif msg.get("type") == "ping":
+        deps.hub.send(sub, {"type": "pong"})
+
+
+async def _receive(
+    websocket: WebSocket, deps: Deps, sub: Subscriber, sender: asyncio.Task[None]
+) -> None:
+    """Handle the page's messages until the sender ends (the page was too slow)."""
+    while True:
+        receive = asyncio.create_task(websocket.receive_text())
+        done, _ = await asyncio.wait({receive, sender}, return_when="FIRST_COMPLETED")
+        if sender in done:
+            receive.cancel()
+            return
+        await _handle(deps, sub, receive.result())
+
+
 def create_ws_router(deps: Deps) -> APIRouter:
     router = APIRouter()
     hub = deps.hub
-
-    async def subscribe(sub: Subscriber, ids: Any) -> None:
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            hub.send(sub, {"type": "error", "detail": "subscribe needs a list of run ids"})
-            return
-        runs = []
-        for rid in ids:
-            try:
-                runs.append(deps.registry.get(rid))
-            except RunNotFound as exc:
-                hub.send(sub, {"type": "error", "detail": str(exc), "run": rid})
-        added = hub.subscribe(sub, [r.run_id for r in runs])
-        for run in runs:
-            if run.run_id in added:
-                await run.refresh()
-                hub.send(sub, {"type": "actuators", "run": run.run_id, "doc": run.actuators.doc})
-                hub.send(sub, run.status_message())
 
     @router.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
@@ -59,24 +91,7 @@ def create_ws_router(deps: Deps) -> APIRouter:
         hub.send(sub, {"type": "hello", "version": __version__, "config": ui})
         sender = asyncio.create_task(_sender(websocket, sub))
         try:
-            while True:
-                receive = asyncio.create_task(websocket.receive_text())
-                done, _ = await asyncio.wait({receive, sender}, return_when="FIRST_COMPLETED")
-                if sender in done:
-                    receive.cancel()
-                    break
-                text = receive.result()
-                try:
-                    msg = json.loads(text)
-                except ValueError:
-                    hub.send(sub, {"type": "error", "detail": "messages must be JSON"})
-                    continue
-                if not isinstance(msg, dict):
-                    continue
-                if "subscribe" in msg:
-                    await subscribe(sub, msg["subscribe"])
-                elif msg.get("type") == "ping":
-                    hub.send(sub, {"type": "pong"})
+            await _receive(websocket, deps, sub, sender)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

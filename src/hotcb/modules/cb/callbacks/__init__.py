@@ -10,11 +10,11 @@ from ._basic import HeartbeatCallback, JSONLLoggerCallback, TimingCallback
 from ._stats import GradStatsCallback, SystemStatsCallback, TensorStatsCallback
 
 __all__ = [
+    "AnomalyGuardCallback",
+    "GradStatsCallback",
     "HeartbeatCallback",
-    "TimingCallback",
+    "JSONLLoggerCallback",
     "SystemStatsCallback",
     "TensorStatsCallback",
-    "GradStatsCallback",
-    "AnomalyGuardCallback",
-    "JSONLLoggerCallback",
+    "TimingCallback",
 ]

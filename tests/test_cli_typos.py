@@ -1,0 +1,68 @@
+"""Typos fail at once, not after --wait (issue #11, items 4 and 5)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient, HotKernel
+from hotcb.errors import ActuatorError
+from hotcb.testing import StepDriver
+
+
+@pytest.fixture
+def published(tmp_path: Any) -> str:
+    """A run that has published its actuators (loss weights ce, aux)."""
+    run_dir = os.fspath(tmp_path / "run")
+    with StepDriver(run_dir, weights={"ce": 1.0, "aux": 0.0}) as drv:
+        drv.steps(1)
+    return run_dir
+
+
+def test_unknown_names_and_bad_values_fail_before_anything_is_written(
+    published: str, cli: Any
+) -> None:
+    commands = os.path.join(published, "hotcb.commands.jsonl")
+    before = os.path.getsize(commands)
+    done = cli(published, "set", "auxx=0.5")
+    assert done.returncode == 2
+    assert "unknown actuator 'auxx'" in done.stderr and "did you mean 'aux'?" in done.stderr
+    done = cli(published, "loss", "set_params", "aux=-1")
+    assert done.returncode == 2 and "below the minimum" in done.stderr
+    done = cli(published, "set", "aux=oops")
+    assert done.returncode == 2 and "must be a number" in done.stderr
+    assert os.path.getsize(commands) == before  # nothing was queued
+    with pytest.raises(ActuatorError, match="did you mean 'aux'"):
+        HotClient(published).set({"auxx": 0.5})
+    assert cli(published, "set", "aux=0.5").returncode == 0  # a good one still goes through
+
+
+def test_before_the_run_publishes_a_command_is_queued_and_the_cli_says_so(
+    run_dir: str, cli: Any
+) -> None:
+    assert cli(run_dir, "init").returncode == 0
+    done = cli(run_dir, "set", "aux=0.5")
+    assert done.returncode == 0 and len(done.stdout.split()) == 1  # the cmd_id
+    assert "queued; the run has not published its actuators yet" in done.stderr
+
+
+def test_a_misspelt_run_directory_is_refused_not_created(tmp_path: Any, cli: Any) -> None:
+    missing = os.fspath(tmp_path / "misspelt")
+    for argv in (["set", "lr=1e-3"], ["log"], ["pause"], ["cb", "list"]):
+        done = cli(missing, *argv)
+        assert done.returncode == 2, argv
+        assert f"no run directory at {missing}" in done.stderr, argv
+    assert not os.path.exists(missing)
+
+
+def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) -> None:
+    kernel = HotKernel(run_dir)  # no apply() yet
+    try:
+        done = cli(run_dir, "status")
+        assert done.returncode == 0, done.stderr
+        assert "not started" in done.stdout.splitlines()[0]
+        assert "no run directory" not in done.stdout + done.stderr
+    finally:
+        kernel.close()
