@@ -180,15 +180,8 @@ def _stale_after() -> float:
         return STALE_AFTER_SEC
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    paths = RunPaths(args.dir)
-    if not os.path.isdir(paths.root):
-        print(f"hotcb: error: no run directory at {paths.root}", file=sys.stderr)
-        return 2
-    st = _status(paths, args.n)
-    if args.json:
-        print(json.dumps(st, indent=2, default=str))
-        return 0
+def _print_run(st: dict[str, Any]) -> None:
+    """The run, its freeze mode, its last metrics (the top of ``hotcb status``)."""
     run = st["run"]
     print(f"run      {st['run_dir']}  [{st['state']}]")
     if run:
@@ -212,8 +205,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
     if st["unread_command_bytes"]:
         print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
-    print("actuators" if st["actuators"] else "actuators (none yet: the run has not started)")
-    for a in st["actuators"]:
+
+
+def _print_actuators(actuators: list[dict[str, Any]]) -> None:
+    print("actuators" if actuators else "actuators (none yet: the run has not started)")
+    for a in actuators:
         bounds = ""
         if a.get("min") is not None or a.get("max") is not None:
             bounds = f" [{fmt_value(a.get('min'))}, {fmt_value(a.get('max'))}]"
@@ -221,6 +217,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {a['param_key']:<22} {fmt_value(a.get('current')):<14} "
             f"{a.get('group', ''):<7} {a.get('state', '')}{bounds}"
         )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.dir)
+    if not os.path.isdir(paths.root):
+        print(f"hotcb: error: no run directory at {paths.root}", file=sys.stderr)
+        return 2
+    st = _status(paths, args.n)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    _print_run(st)
+    _print_actuators(st["actuators"])
     if st["pending"]:
         print("scheduled")
         for e in st["pending"]:
