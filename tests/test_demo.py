@@ -126,3 +126,21 @@ def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
         if demo.poll() is None:
             demo.kill()
             demo.wait(10)
+
+
+def test_demo_says_when_8421_is_taken(capsys: Any) -> None:
+    """The README says 8421: when another server holds it, the demo says where it went."""
+    from hotcb.demo import DEFAULT_PORT, _demo_port
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", DEFAULT_PORT))
+            holder.listen()
+        except OSError:
+            pass  # something else holds it already: the same situation
+        port = _demo_port(None)
+    finally:
+        holder.close()
+    assert port != DEFAULT_PORT
+    assert f"{DEFAULT_PORT} is in use; serving on {port}" in capsys.readouterr().err

@@ -514,7 +514,12 @@ def _demo_port(given: int | None) -> int:
     from .errors import HotcbError
 
     if given is None:
-        return DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+        if _port_free(DEFAULT_PORT):
+            return DEFAULT_PORT
+        port = _free_port()
+        # say so: another server may answer on 8421, and the README says 8421
+        print(f"hotcb demo: {DEFAULT_PORT} is in use; serving on {port}", file=sys.stderr)
+        return port
     if not _port_free(given):
         raise HotcbError(f"port {given} is in use; pick another with --port")
     return given
