@@ -144,3 +144,21 @@ def test_demo_says_when_8421_is_taken(capsys: Any) -> None:
         holder.close()
     assert port != DEFAULT_PORT
     assert f"{DEFAULT_PORT} is in use; serving on {port}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demo_task_is_not_solved_in_a_few_hundred_steps(tmp_path: Any) -> None:
+    """The demo must keep learning for minutes so a change visibly lands on its curves: with
+    noisy training labels the training loss stays well above zero while the (clean)
+    validation loss keeps falling."""
+    pytest.importorskip("torch")
+    from hotcb.demo import train
+
+    run = os.fspath(tmp_path / "run")
+    train(run, max_steps=900, step_delay=0)
+    with open(os.path.join(run, "hotcb.metrics.jsonl")) as f:
+        recs = [json.loads(line)["metrics"] | {"step": json.loads(line)["step"]} for line in f]
+    val = {r["step"]: r["val/loss"] for r in recs if "val/loss" in r}
+    late_train = [r["train/loss"] for r in recs if r["step"] >= 800]
+    assert sum(late_train) / len(late_train) > 0.6  # not memorised yet
+    assert val[850] < val[400] < val[100]  # still generalising better
