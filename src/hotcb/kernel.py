@@ -209,6 +209,22 @@ class HotKernel:
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
 
+    def nothing_due(self, step: int) -> bool:
+        """Would ``apply(env)`` at ``step`` do nothing and change nothing? Then a framework hook
+        may skip the call and the building of its env (metrics to record at this step are the
+        hook's to know: it calls ``apply`` for them anyway).
+
+        True when the kernel has started, no poll is due (alone: ``debounce_steps=1`` and the
+        clock not due; under torch.distributed: before the agreed poll step), no op is due, no
+        callback wants events and no ledger entry waits. With ``debounce_steps > 1`` (alone)
+        every safe point counts towards the next poll, so ``apply`` is not skipped then."""
+        if not self._started or self._ledger.out or self._event_modules or step >= self._next_due:
+            return False
+        gate = self._gate
+        if self._sync is not None:
+            return step < gate.next_step
+        return gate.debounce_steps == 1 and time.monotonic() < gate.next_time
+
     def _poll(self, env: Env, step: int, events: Sequence[str]) -> None:
         if env.get("is_accumulation_step"):
             self._gate.defer(step)  # a change lands on an optimizer-step boundary only

@@ -7,6 +7,7 @@ runs throughout.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from adapter_helpers import EXAMPLES, read_jsonl
 
-from hotcb import HotClient
+from hotcb import HotClient, HotKernel
 from hotcb.testing import read_ledger
 
 transformers = pytest.importorskip("transformers")
@@ -137,3 +138,52 @@ def test_lr_change_survives_the_trainers_scheduler_and_stop_at_step(tmp_path: Pa
     evals = [m for m in metrics if "eval_loss" in m["metrics"]]
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert [m["step"] for m in evals] == [2, 4]
+
+
+@pytest.mark.parametrize("poll_sec", [0.0, 3600.0], ids=["poll-every-step", "no-poll-due"])
+def test_nothing_is_built_at_steps_without_work_and_commands_land_on_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poll_sec: float
+) -> None:
+    """Steps with nothing due cost no env: with a poll at every step (that finds nothing) the
+    env is not built there; with no poll due, ``apply`` is not even called there. Either way
+    commands land at their steps and the Trainer's logs reach the metrics file at every step
+    (logging_steps=1)."""
+    from hotcb.adapters import hf
+
+    run_dir = os.fspath(tmp_path / "run")
+    client = HotClient(run_dir)
+    lr_id = client.opt(lr=2e-3)
+    mgn_id = client.set_params("custom", {"max_grad_norm": 0.5}, at_step=3)
+    stop_id = client.send("control", "stop", at_step=5)
+    rec = Recorder()
+    monkeypatch.setattr(EX, "HotKernel", functools.partial(HotKernel, poll_interval_sec=poll_sec))
+    trainer, kernel = EX.build(run_dir, 50, extra_callbacks=[rec])
+    built: list[int] = []
+    applied: list[int] = []
+    fill, apply = hf._fill, kernel.apply
+
+    def spy_fill(*args: Any) -> None:
+        built.append(args[-1]["step"])
+        fill(*args)
+
+    def spy_apply(env: Any, events: Any) -> None:
+        applied.append(env["step"])
+        apply(env, events)
+
+    monkeypatch.setattr(hf, "_fill", spy_fill)
+    monkeypatch.setattr(kernel, "apply", spy_apply)
+    trainer.train()
+    kernel.close()
+
+    ledger = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["decision"] == "applied"}
+    assert [ledger[c]["step"] for c in (lr_id, mgn_id, stop_id)] == [1, 3, 5]
+    assert trainer.state.global_step == 5
+    by_step = {r["step"]: r for r in rec.rows}
+    assert by_step[1]["lr"] == pytest.approx(2e-3)
+    assert by_step[2]["max_grad_norm"] == 1.0 and by_step[3]["max_grad_norm"] == 0.5
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    assert [m["step"] for m in metrics if "loss" in m["metrics"]] == [1, 2, 3, 4, 5]
+    # nothing is due at steps 2 and 4: nothing is built there (step 1: the kernel starts;
+    # step 5: stop needs the Trainer's control)
+    assert set(built).isdisjoint({2, 4}) and {1, 5} <= set(built)
+    assert applied == ([1, 3, 5] if poll_sec else [1, 2, 3, 4, 5])

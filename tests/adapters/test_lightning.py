@@ -182,6 +182,59 @@ def test_metrics_every_n_steps(tmp_path: Path) -> None:
     assert [m["step"] for m in metrics] == [2, 4]
 
 
+@pytest.mark.parametrize("poll_sec", [0.0, 3600.0], ids=["poll-every-step", "no-poll-due"])
+def test_nothing_is_built_at_steps_without_work_and_commands_land_on_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poll_sec: float
+) -> None:
+    """Steps with nothing due cost no env: with a poll at every step (that finds nothing) the
+    env is not built there; with no poll due, ``apply`` is not even called there. Either way
+    metrics come every 3rd step, and a command waiting before fit and one scheduled at step 5
+    land at steps 1 and 5."""
+    run_dir = os.fspath(tmp_path / "run")
+    client = HotClient(run_dir)
+    lr_id = client.opt(lr=0.004)
+    l2_id = client.set_params("loss", {"l2": 0.001}, at_step=5)
+    kernel = HotKernel(run_dir, poll_interval_sec=poll_sec)
+    rec = Recorder()
+    trainer = _trainer(kernel, rec, metrics_every=3, max_steps=8)
+    (hot,) = [cb for cb in trainer.callbacks if isinstance(cb, HotCBLightning)]
+    built: list[tuple[int, str]] = []
+    applied: list[int] = []
+    fill, apply = hot._fill, kernel.apply
+
+    def spy_fill(key: str, values: dict[str, Any]) -> None:
+        built.append((values["step"], key))
+        fill(key, values)
+
+    def spy_apply(env: Any, events: Any) -> None:
+        applied.append(env["step"])
+        apply(env, events)
+
+    monkeypatch.setattr(hot, "_fill", spy_fill)
+    monkeypatch.setattr(kernel, "apply", spy_apply)
+    trainer.fit(EX.DigitsModule(), EX.loaders()[0])
+    kernel.close()
+
+    ledger = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["decision"] == "applied"}
+    assert ledger[lr_id]["step"] == 1 and ledger[l2_id]["step"] == 5
+    by_step = {r["step"]: r for r in rec.rows}
+    assert by_step[1]["lr"] == pytest.approx(0.004)
+    assert by_step[4]["weights"]["l2"] == 0.0 and by_step[5]["weights"]["l2"] == 0.001
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [3, 6]
+    assert "train_loss" in metrics[0]["metrics"] and "lr" in metrics[0]["metrics"]
+    # nothing is due at steps 2, 4, 7 and 8: nothing is built there. Step 1: the kernel starts;
+    # the ops at steps 1 and 5 read what they need; steps 3 and 6: the metrics (and the epoch
+    # recorded with them) only
+    steps = {step for step, _ in built}
+    assert steps.isdisjoint({2, 4, 7, 8}) and {1, 3, 6} <= steps
+    assert {key for step, key in built if step in (3, 6)} == {"metrics", "epoch"}
+    if poll_sec:
+        assert applied == [1, 3, 5, 6]
+    else:
+        assert applied == list(range(1, 9))
+
+
 def test_pytorch_lightning_package_gets_its_own_callback_class(tmp_path: Path) -> None:
     """Code that imports ``pytorch_lightning`` (not ``lightning``) uses HotCBPytorchLightning."""
     ptl = pytest.importorskip("pytorch_lightning")

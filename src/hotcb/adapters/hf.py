@@ -20,19 +20,21 @@ and broadcasts them, and every rank applies them at the same step (``hotcb.distr
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
 
 from .. import jsonl
 from ..kernel import HotKernel
+from . import LazyEnv
 
 try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError('hotcb.adapters.hf needs transformers: pip install "hotcb[hf]"') from exc
 
-__all__ = ["HotCBHFCallback", "STATE_FILE"]
+__all__ = ["STATE_FILE", "HotCBHFCallback"]
 
 log = logging.getLogger("hotcb")
 
@@ -40,6 +42,57 @@ log = logging.getLogger("hotcb")
 STATE_FILE = "hotcb_state.json"
 _TRAIN = ("train_step_end",)
 _VAL = ("val_epoch_end",)
+#: Every key of the env this callback hands over; those after ``step`` are built only when the
+#: kernel reads one (see :class:`hotcb.adapters.LazyEnv`).
+_KEYS = frozenset(
+    {
+        "framework",
+        "phase",
+        "step",
+        "epoch",
+        "model",
+        "optimizer",
+        "scheduler",
+        "max_steps",
+        "request_stop",
+        "save_checkpoint",
+    }
+)
+_KEYS_METRICS = _KEYS | {"metrics"}
+
+
+def _fill(
+    args: Any, state: Any, control: Any, kwargs: dict[str, Any], key: str, values: dict[str, Any]
+) -> None:
+    """The rest of the env (all of it at once: it is cheap once anything is needed)."""
+    optimizer = kwargs.get("optimizer")
+    scheduler = kwargs.get("lr_scheduler")
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+    # the optimizer actuators keep a scheduler in step only when it holds the very same
+    # optimizer object: hand over the one the scheduler was built on
+    owner = getattr(inner, "optimizer", None)
+    if owner is not None and hasattr(owner, "param_groups"):
+        optimizer = owner
+    folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+
+    def request_stop() -> None:
+        control.should_training_stop = True
+
+    def save_checkpoint(path: str | None = None) -> str:
+        if path is not None:
+            log.warning(
+                "hotcb: the HF Trainer saves to <output_dir>/checkpoint-<step>; %r ignored", path
+            )
+        control.should_save = True
+        return folder
+
+    values["epoch"] = int(state.epoch or 0)
+    values["model"] = kwargs.get("model")
+    values["optimizer"] = optimizer
+    values["scheduler"] = inner
+    values["max_steps"] = state.max_steps
+    values["request_stop"] = request_stop
+    values["save_checkpoint"] = save_checkpoint
 
 
 class HotCBHFCallback(TrainerCallback):
@@ -55,44 +108,24 @@ class HotCBHFCallback(TrainerCallback):
         self.kernel = kernel
         self.resume_from = os.fspath(resume_from) if resume_from is not None else None
         self._restored = False
-        self._control: Any = None
-        self._checkpoint_dir: str | None = None
 
     # -- env --------------------------------------------------------------------------------
-    def _env(self, args: Any, state: Any, control: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self._control = control
-        self._checkpoint_dir = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        optimizer = kwargs.get("optimizer")
-        scheduler = kwargs.get("lr_scheduler")
-        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-        # the optimizer actuators keep a scheduler in step only when it holds the very same
-        # optimizer object: hand over the one the scheduler was built on
-        owner = getattr(inner, "optimizer", None)
-        if owner is not None and hasattr(owner, "param_groups"):
-            optimizer = owner
-        return {
-            "framework": "hf",
-            "phase": "train",
-            "step": int(state.global_step),
-            "epoch": int(state.epoch or 0),
-            "model": kwargs.get("model"),
-            "optimizer": optimizer,
-            "scheduler": inner,
-            "max_steps": state.max_steps,
-            "request_stop": self._request_stop,
-            "save_checkpoint": self._save_checkpoint,
-        }
-
-    def _request_stop(self) -> None:
-        self._control.should_training_stop = True
-
-    def _save_checkpoint(self, path: str | None = None) -> str | None:
-        if path is not None:
-            log.warning(
-                "hotcb: the HF Trainer saves to <output_dir>/checkpoint-<step>; %r ignored", path
-            )
-        self._control.should_save = True
-        return self._checkpoint_dir
+    def _env(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        kwargs: dict[str, Any],
+        phase: str = "train",
+        metrics: dict[str, Any] | None = None,
+    ) -> LazyEnv:
+        """The env of this safe point: what is at hand now, the rest when the kernel reads it."""
+        known: dict[str, Any] = {"framework": "hf", "phase": phase, "step": int(state.global_step)}
+        keys = _KEYS
+        if metrics:
+            known["metrics"] = metrics
+            keys = _KEYS_METRICS
+        return LazyEnv(known, keys, functools.partial(_fill, args, state, control, kwargs))
 
     # -- hooks ------------------------------------------------------------------------------
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -112,7 +145,10 @@ class HotCBHFCallback(TrainerCallback):
             log.warning("hotcb: no %s in %s; hotcb's state starts fresh", STATE_FILE, folder)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.kernel.apply(self._env(args, state, control, kwargs), _TRAIN)
+        # most steps: nothing due -> no env, no apply() (the Trainer's logs reach the metrics
+        # stream through on_log)
+        if not self.kernel.nothing_due(state.global_step):
+            self.kernel.apply(self._env(args, state, control, kwargs), _TRAIN)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -136,11 +172,7 @@ class HotCBHFCallback(TrainerCallback):
         metrics: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        env = self._env(args, state, control, kwargs)
-        env["phase"] = "val"
-        if metrics:
-            env["metrics"] = metrics
-        self.kernel.apply(env, _VAL)
+        self.kernel.apply(self._env(args, state, control, kwargs, "val", metrics), _VAL)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

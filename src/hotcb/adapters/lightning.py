@@ -23,10 +23,12 @@ code that imports the old package while both are installed.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 from ..kernel import HotKernel
+from . import LazyEnv
 
 _MISSING = 'hotcb.adapters.lightning needs Lightning: pip install "hotcb[lightning]"'
 
@@ -43,6 +45,26 @@ __all__ = ["HotCBLightning"]  # and HotCBPytorchLightning, built on first access
 _TRAIN = ("train_step_end",)
 _MICRO = ("train_batch_end",)
 _VAL = ("val_epoch_end",)
+#: Every key of the env this callback hands over; those after ``trainer`` are built only when the
+#: kernel reads one (see :class:`hotcb.adapters.LazyEnv`).
+_KEYS = frozenset(
+    {
+        "framework",
+        "phase",
+        "step",
+        "is_accumulation_step",
+        "model",
+        "trainer",
+        "epoch",
+        "optimizers",
+        "optimizer",
+        "schedulers",
+        "max_steps",
+        "request_stop",
+        "save_checkpoint",
+    }
+)
+_KEYS_METRICS = _KEYS | {"metrics"}
 
 
 class _Hooks:
@@ -60,41 +82,47 @@ class _Hooks:
         self.checkpoint_dir = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
         self.metrics_every = max(1, int(metrics_every))
         self._last_step: int | None = None
-        self._trainer: Any = None
 
     # -- env --------------------------------------------------------------------------------
-    def _env(self, trainer: Any, pl_module: Any, phase: str, accumulating: bool) -> dict[str, Any]:
-        opts = list(trainer.optimizers)
-        env: dict[str, Any] = {
+    def _env(
+        self, trainer: Any, pl_module: Any, step: int, phase: str, accumulating: bool
+    ) -> LazyEnv:
+        """The env of this safe point: what is at hand now, the rest when the kernel reads it.
+        ``metrics`` is a key on the steps that record metrics (validation: always)."""
+        known = {
             "framework": "lightning",
             "phase": phase,
-            "step": int(trainer.global_step),
-            "epoch": int(trainer.current_epoch),
+            "step": step,
+            "is_accumulation_step": accumulating,
             "model": pl_module,
             "trainer": trainer,
-            "optimizers": opts,
-            "schedulers": [cfg.scheduler for cfg in trainer.lr_scheduler_configs],
-            "max_steps": trainer.max_steps,
-            "is_accumulation_step": accumulating,
-            "request_stop": self._request_stop,
-            "save_checkpoint": self._save_checkpoint,
         }
-        if opts:
-            env["optimizer"] = opts[0]
-        # callback_metrics is most of this hook's cost (Lightning assembles it on each access)
-        if not accumulating and (phase == "val" or env["step"] % self.metrics_every == 0):
+        metrics = not accumulating and (phase == "val" or step % self.metrics_every == 0)
+        return LazyEnv(known, _KEYS_METRICS if metrics else _KEYS, self._fill)
+
+    def _fill(self, key: str, values: dict[str, Any]) -> None:
+        trainer = values["trainer"]
+        if key == "metrics":
+            # most of what this callback costs when it is read: Lightning assembles
+            # callback_metrics on each access
             metrics = dict(trainer.callback_metrics)
+            opts = trainer.optimizers
             if opts and "lr" not in metrics:
                 metrics["lr"] = opts[0].param_groups[0]["lr"]
-            if metrics:
-                env["metrics"] = metrics
-        return env
+            values["metrics"] = metrics
+            return
+        values["epoch"] = int(trainer.current_epoch)  # recorded with the metrics
+        if key == "epoch":
+            return
+        opts = list(trainer.optimizers)
+        values["optimizers"] = opts
+        values["optimizer"] = opts[0] if opts else None
+        values["schedulers"] = [cfg.scheduler for cfg in trainer.lr_scheduler_configs]
+        values["max_steps"] = trainer.max_steps
+        values["request_stop"] = functools.partial(_request_stop, trainer)
+        values["save_checkpoint"] = functools.partial(self._save_checkpoint, trainer)
 
-    def _request_stop(self) -> None:
-        self._trainer.should_stop = True
-
-    def _save_checkpoint(self, path: str | None = None) -> str:
-        trainer = self._trainer
+    def _save_checkpoint(self, trainer: Any, path: str | None = None) -> str:
         if path is None:
             folder = self.checkpoint_dir or os.path.join(self.kernel.run_dir, "checkpoints")
             path = os.path.join(folder, f"hotcb-step{trainer.global_step}.ckpt")
@@ -104,28 +132,31 @@ class _Hooks:
 
     # -- hooks ------------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._trainer = trainer
         self._last_step = int(trainer.global_step)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._trainer = trainer
         step = int(trainer.global_step)
         # global_step moves when an optimizer stepped in this batch; a batch that did not move it
         # is a micro-batch of gradient accumulation
         accumulating = step == self._last_step
         self._last_step = step
-        env = self._env(trainer, pl_module, "train", accumulating)
-        self.kernel.apply(env, _MICRO if accumulating else _TRAIN)
+        kernel = self.kernel
+        records = not accumulating and step % self.metrics_every == 0 and kernel.metrics is not None
+        # most steps: no metrics to record, nothing due -> no env, no apply()
+        if not records and kernel.nothing_due(step):
+            return
+        env = self._env(trainer, pl_module, step, "train", accumulating)
+        kernel.apply(env, _MICRO if accumulating else _TRAIN)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         # after the epoch-level val metrics are in callback_metrics (on_validation_epoch_end
         # comes before they are computed); not during the sanity check, nor in trainer.validate
         if trainer.sanity_checking or getattr(trainer.state.fn, "value", trainer.state.fn) != "fit":
             return
-        self._trainer = trainer
-        self.kernel.apply(self._env(trainer, pl_module, "val", False), _VAL)
+        env = self._env(trainer, pl_module, int(trainer.global_step), "val", False)
+        self.kernel.apply(env, _VAL)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.kernel.flush()
@@ -151,8 +182,14 @@ class HotCBLightning(_Hooks, _pl.Callback):
         checkpoint_dir: where a ``checkpoint`` command without a path saves
             (default ``<run dir>/checkpoints``).
         metrics_every: forward ``trainer.callback_metrics`` every this many optimizer steps
-            (validation metrics always).
+            (validation metrics always). Reading them is most of what the callback costs at a
+            step that records them; the other steps cost about as much as a bare
+            ``kernel.apply`` (the env is built only when the kernel has work for it).
     """
+
+
+def _request_stop(trainer: Any) -> None:
+    trainer.should_stop = True
 
 
 def __getattr__(name: str) -> Any:
