@@ -138,6 +138,8 @@ def test_lr_change_survives_the_trainers_scheduler_and_stop_at_step(tmp_path: Pa
     evals = [m for m in metrics if "eval_loss" in m["metrics"]]
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert [m["step"] for m in evals] == [2, 4]
+    # the Trainer's `learning_rate` is hotcb's `lr`, as in the bare loop and Lightning
+    assert all("lr" in m["metrics"] and "learning_rate" not in m["metrics"] for m in train)
 
 
 @pytest.mark.parametrize("poll_sec", [0.0, 3600.0], ids=["poll-every-step", "no-poll-due"])

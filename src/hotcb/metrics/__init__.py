@@ -1,5 +1,5 @@
 """Metrics stream: ``hotcb.metrics.jsonl``, one record per logged step."""
 
-from ._collector import MetricsCollector
+from ._collector import METRIC_ALIASES, MetricsCollector
 
-__all__ = ["MetricsCollector"]
+__all__ = ["METRIC_ALIASES", "MetricsCollector"]

@@ -28,6 +28,11 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: Framework names of one quantity, written under hotcb's name so that charts, overlays and
+#: the autopilot see one metric (the HF Trainer logs the learning rate as ``learning_rate``).
+METRIC_ALIASES = {"learning_rate": "lr"}
+
+
 class MetricsCollector:
     """Appends ``{"step", "epoch"?, "wall_time", "metrics": {name: number|null}}`` records.
 
@@ -51,7 +56,7 @@ class MetricsCollector:
     def log(self, step: int, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
         if step % self.every_n_steps:
             return
-        clean = {str(k): _number(v) for k, v in metrics.items()}
+        clean = {METRIC_ALIASES.get(str(k), str(k)): _number(v) for k, v in metrics.items()}
         if not clean:
             return
         record: dict[str, Any] = {"step": int(step)}
