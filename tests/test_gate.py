@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from hotcb import HotClient, HotKernel
 from hotcb._gate import PollGate
 
 
-def test_local_polls_wait_for_the_countdown_and_the_clock() -> None:
-    gate = PollGate(debounce_steps=2, interval=0.05)
-    assert gate.local_due(now=10.0)  # first call: due, next one not before 10.05
-    assert gate.countdown == 2
-    assert not gate.local_due(now=10.01)
-    assert gate.local_due(now=10.06)
-    gate.defer(step=7)  # between micro-batches: retry at the next safe point
-    assert gate.countdown == 0 and gate.local_due(now=10.061) and gate.next_step == 7
+def test_a_deferred_poll_is_retried_at_the_next_safe_point() -> None:
+    gate = PollGate(debounce_steps=3, interval=0.05)
+    gate.countdown, gate.next_time = 2, 99.0
+    gate.defer(step=7)  # between micro-batches: no poll happened
+    assert gate.countdown == 0 and gate.next_time == 0.0 and gate.next_step == 7
+
+
+def test_local_polls_follow_the_countdown_and_the_clock(tmp_path: Any) -> None:
+    kernel = HotKernel(tmp_path, debounce_steps=1, poll_interval_sec=3600, metrics_collector=False)
+    kernel.apply({"step": 0})  # the first safe point polls, the next is an hour away
+    cid = HotClient(tmp_path, validate=False).checkpoint()
+    for step in range(1, 50):
+        kernel.apply({"step": step})
+    assert not kernel.checkpoint_requested and kernel.nothing_due(50)  # not read yet
+    kernel._gate.next_time = 0.0  # the hour has passed
+    assert not kernel.nothing_due(50)
+    kernel.apply({"step": 50})
+    kernel.close()
+    assert kernel.checkpoint_requested
+    assert HotClient(tmp_path).wait(cid, 5)["step"] == 50
 
 
 def test_distributed_polls_are_sparse_when_idle_and_close_when_busy() -> None:

@@ -6,8 +6,10 @@ polls fall on steps that rank 0 chooses and broadcasts with each batch (:meth:`P
 close while commands flow, about a poll interval's worth of steps (from the measured step time)
 while the commands file is idle. Between two such steps no collective runs.
 
-The kernel reads this object's fields inline on its idle path (a counter, a clock compare, an
-int compare); everything else here runs only when a poll is due.
+The kernel checks this object's fields inline on its idle path (alone: count down
+``countdown``, then compare the clock with ``next_time`` and arm ``next_time = now +
+interval``; distributed: compare the step with ``next_step``); everything else here runs only
+when a poll is due.
 """
 
 from __future__ import annotations
@@ -47,14 +49,6 @@ class PollGate:
         self.step_time = 0.0  # distributed, rank 0: running mean of seconds per step
         self._last_step = -1
         self._last_time = 0.0
-
-    def local_due(self, now: float) -> bool:
-        """Alone: the countdown has run out; is the clock due too? (Arms the next poll.)"""
-        self.countdown = self.debounce_steps
-        if now < self.next_time:
-            return False
-        self.next_time = now + self.interval
-        return True
 
     def defer(self, step: int) -> None:
         """The poll could not happen here (between micro-batches): try at the next safe point."""

@@ -193,11 +193,15 @@ class HotKernel:
                 self._start(env)
             if "metrics" in env and self.metrics is not None:
                 self._log_metrics(env, step)
-            gate = self._gate
+            gate = self._gate  # the gate's idle check, inline: this is the hot path
             if self._sync is None:
                 gate.countdown -= 1
-                if gate.countdown <= 0 and gate.local_due(time.monotonic()):
-                    self._poll(env, step, events)
+                if gate.countdown <= 0:
+                    gate.countdown = gate.debounce_steps
+                    now = time.monotonic()
+                    if now >= gate.next_time:
+                        gate.next_time = now + gate.interval
+                        self._poll(env, step, events)
             elif step >= gate.next_step:
                 self._poll(env, step, events)
             if step >= self._next_due:
