@@ -278,8 +278,8 @@ def export_recipe(
     The file is replaced atomically, so a replay that reads it never sees half of it.
     """
     paths = RunPaths(os.fspath(run_dir))
-    if not os.path.exists(paths.ledger):
-        raise RecipeError(f"no ledger at {paths.ledger}: has this run started?")
+    if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
+        raise RecipeError(f"the ledger at {paths.ledger} is empty: has this run applied anything?")
     entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,
