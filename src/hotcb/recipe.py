@@ -279,7 +279,7 @@ def export_recipe(
     """
     paths = RunPaths(os.fspath(run_dir))
     if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
-        raise RecipeError(f"the ledger at {paths.ledger} is empty: has this run applied anything?")
+        raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
     entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,
