@@ -178,6 +178,7 @@ class HotKernel:
         self._started = False
         self._closed = False
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
+        self._last_step: Any = None  # the step of the last apply()
 
     # ------------------------------------------------------------------ the safe point
     def apply(self, env: Env, events: Sequence[str] = _TRAIN_STEP_END) -> None:
@@ -188,6 +189,7 @@ class HotKernel:
         except (KeyError, TypeError):
             self._warn("no_step", "HotKernel.apply(env) needs env['step']; call ignored")
             return
+        self._last_step = step  # what close() records as the run's last step
         try:
             if not self._started:
                 self._start(env)
@@ -603,7 +605,7 @@ class HotKernel:
             self.flush()
             if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
                 ended = {
-                    "step": self.step,
+                    "step": self._last_step,
                     "wall_time": time.time(),
                     "stopped": self.stop_requested,
                 }

@@ -4,7 +4,8 @@ import { describe, test } from "node:test";
 
 import { panels } from "./static.mjs";
 
-const { describeEntry, fmtChanges, fmtValue, parseFor, softRange } = panels;
+const { bigChange, describeEntry, fmtChanges, fmtValue, impactRows, isValueChange, parseFor, softRange, windowAtBounds } =
+  panels;
 
 describe("fmtValue: actuator values as the panels show them", () => {
   test("numbers like fmtNum, tuples in brackets, missing as a dash", () => {
@@ -94,13 +95,34 @@ describe("parseFor: typed text → the value an actuator's type expects", () => 
 });
 
 describe("softRange: the slider's window", () => {
-  test("log slider: three decades either side of the value, within the hard bounds", () => {
-    const [lo, hi] = softRange({ type: "log_float", min: 1e-10, max: 10, initial: 1e-3 }, 1e-3);
-    assert.ok(Math.abs(lo - 1e-6) < 1e-18, String(lo));
-    assert.equal(hi, 1);
+  const close = (a, b) => Math.abs(a - b) <= 1e-12 * Math.abs(b);
+
+  test("log slider: ÷100 … ×100 around the value, within the hard bounds", () => {
+    const lr = { type: "log_float", min: 1e-10, max: 10, initial: 1e-3 };
+    const [lo, hi] = softRange(lr, 1.09e-3);
+    assert.ok(close(lo, 1.09e-5) && close(hi, 0.109), `[${lo}, ${hi}]`);
+    // the window follows the value, not the initial one
+    const [lo1, hi1] = softRange(lr, 1e-6);
+    assert.ok(close(lo1, 1e-8) && close(hi1, 1e-4), `[${lo1}, ${hi1}]`);
     // near a hard bound the window stops there
-    const [lo2, hi2] = softRange({ type: "log_float", min: 1e-5, max: 0.1, initial: 1e-3 }, 1e-3);
-    assert.deepEqual([lo2, hi2], [1e-5, 0.1]);
+    assert.deepEqual(softRange({ type: "log_float", min: 1e-5, max: 0.1, initial: 1e-3 }, 1e-3), [1e-5, 0.1]);
+    assert.deepEqual(softRange(lr, 10), [0.1, 10]);
+  });
+
+  test("log slider: wider windows add a decade each way, up to the hard bounds", () => {
+    const lr = { type: "log_float", min: 1e-10, max: 10, initial: 1e-3 };
+    const [lo, hi] = softRange(lr, 1e-3, 3);
+    assert.ok(close(lo, 1e-6) && close(hi, 1), `[${lo}, ${hi}]`);
+    assert.equal(windowAtBounds(lr, [lo, hi]), false);
+    const all = softRange(lr, 1e-3, 9);
+    assert.deepEqual(all, [1e-10, 10]);
+    assert.equal(windowAtBounds(lr, all), true);
+  });
+
+  test("log slider without bounds: the window alone", () => {
+    const [lo, hi] = softRange({ type: "log_float" }, 0.5);
+    assert.ok(close(lo, 0.005) && close(hi, 50), `[${lo}, ${hi}]`);
+    assert.equal(windowAtBounds({ type: "log_float" }, [lo, hi]), false);
   });
 
   test("linear slider: the hard bounds when they are usable", () => {
@@ -122,5 +144,93 @@ describe("softRange: the slider's window", () => {
       const [lo, hi] = softRange(act, v);
       assert.ok(lo <= v && v <= hi, `${JSON.stringify(act)} ${v}: [${lo}, ${hi}]`);
     }
+  });
+});
+
+describe("bigChange: a change to ask about first", () => {
+  test("more than ×10 or less than ÷10 of the applied value", () => {
+    assert.equal(bigChange(1e-3, 0.1), "×100");
+    assert.equal(bigChange(1e-3, 1e-5), "÷100");
+    assert.equal(bigChange(1e-3, 1.5e-2), "×15");
+    assert.equal(bigChange(0.3, 0), "to 0");
+  });
+
+  test("within ×10 either way: no question", () => {
+    assert.equal(bigChange(1e-3, 1e-2), null);
+    assert.equal(bigChange(1e-3, 1e-4), null);
+    assert.equal(bigChange(1e-3, 5.61e-4), null);
+    assert.equal(bigChange(0.3, -1), null); // a sign change of the same size
+  });
+
+  test("nothing to judge against: no question", () => {
+    assert.equal(bigChange(0, 5), null);
+    assert.equal(bigChange(undefined, 5), null);
+    assert.equal(bigChange(true, false), null);
+    assert.equal(bigChange([0.9, 0.99], [0.5, 0.9]), null);
+  });
+});
+
+describe("impactRows: which ledger rows show an impact", () => {
+  const e = (seq, step, module, op, extra = {}) => ({
+    seq,
+    step,
+    module,
+    op,
+    cmd_id: `c${seq}`,
+    decision: "applied",
+    changes: { x: { old: 1, new: 2 } },
+    ...extra,
+  });
+
+  test("value changes only: not pause, resume, freeze or callbacks", () => {
+    const entries = [
+      e(1, 10, "control", "pause", { changes: { paused: { old: false, new: true } } }),
+      e(2, 10, "control", "resume", { changes: { paused: { old: true, new: false } } }),
+      e(3, 20, "freeze", "set", { changes: { mode: { old: "off", new: "prod" } } }),
+      e(4, 30, "cb", "set_params", { id: "ema" }),
+      e(5, 40, "opt", "set_params"),
+      e(6, 50, "loss", "set_params"),
+      e(7, 60, "custom", "set_params"),
+      e(8, 70, "opt", "set_params", { decision: "rejected", changes: undefined }),
+      e(9, 80, "opt", "set_params", { decision: "scheduled", changes: undefined }),
+    ];
+    assert.deepEqual([...impactRows(entries)], [
+      [5, 5],
+      [6, 6],
+      [7, 7],
+    ]);
+  });
+
+  test("once per step: on the last value change of that step", () => {
+    const entries = [
+      e(1, 100, "opt", "set_params"),
+      e(2, 100, "control", "pause", { changes: { paused: { old: false, new: true } } }),
+      e(3, 100, "opt", "set_params"),
+      e(4, 100, "loss", "set_params"),
+      e(5, 101, "opt", "set_params"),
+    ];
+    assert.deepEqual([...impactRows(entries)], [
+      [1, 4],
+      [3, 4],
+      [4, 4],
+      [5, 5],
+    ]);
+  });
+
+  test("an undo of a value change is one; an undo of anything else is not", () => {
+    const entries = [
+      e(1, 10, "opt", "set_params"),
+      e(2, 20, "cb", "set_params"),
+      e(3, 30, "control", "undo", { undo_of: "c1" }),
+      e(4, 40, "control", "undo", { undo_of: "c2" }),
+    ];
+    assert.deepEqual([...impactRows(entries).keys()], [1, 3]);
+  });
+
+  test("an undo whose target is not loaded counts when it changed only actuator keys", () => {
+    const undo = e(9, 90, "control", "undo", { undo_of: "gone", changes: { lr: { old: 1, new: 2 } } });
+    assert.equal(isValueChange(undo, new Map(), new Set(["lr"])), true);
+    assert.equal(isValueChange(undo, new Map(), new Set(["momentum"])), false);
+    assert.equal(isValueChange(undo, new Map(), null), false);
   });
 });

@@ -24,7 +24,7 @@ def _steerable_run(path: Any) -> str:
     run = os.fspath(path)
     kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators({"ce": 1.0, "l2": 0.0})))
     kernel.apply({"step": 0})
-    kernel.close()
+    kernel.flush()  # not close(): the run stays live, so the page lets you steer it
     with MetricsCollector(run) as m:
         for s in range(40):
             m.log(s, {"loss": 1.0 / (s + 1), "lr": 0.01})

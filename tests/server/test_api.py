@@ -279,6 +279,30 @@ def test_status_pending_paused_and_impact(tmp_path, live_server):
     kernel.close()
 
 
+def test_status_state_says_a_closed_run_finished(tmp_path, live_server):
+    """``state`` in a run's status: ``running`` while its kernel is open, ``finished at step
+    N`` once the loop closed it (``ended`` in ``hotcb.run.json``), whatever the metrics say."""
+    run = os.fspath(tmp_path / "r")
+    weights = {"ce": 1.0, "l2": 0.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)))
+    for step in range(6):
+        kernel.apply({"step": step, "metrics": {"loss": weights["ce"]}})
+    srv = live_server()
+    with srv.client() as c:
+        st = c.get("/api/runs/r/status").json()
+        assert st["state"] == "running", st["state"]
+        kernel.close()
+        ended = jsonl.read_json(RunPaths(run).run_meta, {})["ended"]
+        assert isinstance(ended["step"], int) and ended["stopped"] is False
+        finished = f"finished at step {ended['step']}"
+        wait_for(
+            lambda: c.get("/api/runs/r/status").json()["state"] == finished,
+            timeout=10,
+            what="the status to say the run finished",
+        )
+        assert c.get("/api/runs/r/status").json()["run"]["ended"] == ended
+
+
 def test_recipe_download(tmp_path, live_server):
     run = os.fspath(tmp_path / "r")
     weights = {"ce": 1.0, "l2": 0.0}

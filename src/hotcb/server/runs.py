@@ -58,6 +58,8 @@ class RunState:
         self.commands = CommandsTail(self.paths.commands)
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.lock = asyncio.Lock()
+        self._meta: dict[str, Any] = {}
+        self._meta_sig: tuple[int, int, int] | None = None
 
     @property
     def path(self) -> str:
@@ -122,6 +124,27 @@ class RunState:
             return True
         return (now or time.time()) - t > self.config.ui.stale_after_sec
 
+    def meta(self) -> dict[str, Any]:
+        """``hotcb.run.json``, read again only when the file changed (it is replaced
+        atomically: a new inode, mtime or size)."""
+        try:
+            st = os.stat(self.paths.run_meta)
+            sig: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            sig = None
+        if sig != self._meta_sig:
+            meta = jsonl.read_json(self.paths.run_meta, {}) if sig is not None else {}
+            self._meta = meta if isinstance(meta, dict) else {}
+            self._meta_sig = sig
+        return self._meta
+
+    def state(self) -> str:
+        """What the run is doing, in words (:meth:`hotcb.ledger.LedgerView.run_state`):
+        ``finished at step N``, ``stopped at step N``, ``crashed …``, ``paused``, ``running``…"""
+        return self.ledger.view.run_state(
+            self.last_wall_time, time.time(), self.config.ui.stale_after_sec, meta=self.meta()
+        )
+
     def status_message(self) -> dict[str, Any]:
         return {
             "type": "status",
@@ -130,6 +153,7 @@ class RunState:
             "last_wall_time": self.last_wall_time,
             "last_step": self.last_step,
             "paused": self.ledger.paused,
+            "state": self.state(),
         }
 
     def freeze(self) -> dict[str, Any]:
@@ -137,7 +161,7 @@ class RunState:
 
     def status(self) -> dict[str, Any]:
         return {
-            "run": jsonl.read_json(self.paths.run_meta, {}) or {},
+            "run": dict(self.meta()),
             "freeze": self.freeze(),
             "actuators": list(self.actuators.doc.get("actuators") or []),
             "pending": list(self.ledger.pending.values()),
@@ -146,6 +170,7 @@ class RunState:
             "paused": self.ledger.paused,
             "last_step": self.last_step,
             "last_wall_time": self.last_wall_time,
+            "state": self.state(),
         }
 
 

@@ -2,7 +2,16 @@
 import { api, ApiError, LiveSocket, runUrl, sendCommand } from "./api.js";
 import { Charts, fmtNum, sourceColor } from "./charts.js";
 import { ago, appendRecords as appendSeries, stepAhead } from "./lib.js";
-import { Controls, LedgerTable, describeEntry, fmtValue, parseFor, renderPending } from "./panels.js";
+import {
+  Controls,
+  LedgerTable,
+  bigChange,
+  describeEntry,
+  fmtValue,
+  impactRows,
+  parseFor,
+  renderPending,
+} from "./panels.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -27,6 +36,7 @@ const app = {
   undone: new Set(),
   actuators: [],
   status: null,
+  runState: null, // the server's words for the run: "running", "finished at step N", "crashed …"
   serverStale: false,
   impacts: new Map(),
   impactMetric: null,
@@ -194,6 +204,7 @@ async function loadAll({ reset = true } = {}) {
 function applyStatus(st) {
   app.status = st;
   app.serverStale = !!st.stale;
+  if (st.state !== undefined) app.runState = st.state;
   if (st.freeze) setFreeze(st.freeze.mode ?? st.freeze);
   if (st.actuators && Array.isArray(st.actuators) && !app.actuators.length) {
     app.actuators = st.actuators;
@@ -281,6 +292,7 @@ const sendActuator = (act, value) =>
   send({ module: act.group, op: "set_params", params: { [act.param_key]: value } }, `set ${act.param_key}`);
 
 async function control(op, params) {
+  if (app.runId == null) return null;
   const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
   if (id) toast(`${op} sent`, "info", 2500);
   return id;
@@ -340,6 +352,8 @@ async function submitSchedule(ev) {
     toast(err.message, "bad");
     return;
   }
+  const big = bigChange(a.current, value);
+  if (big && !window.confirm(`Schedule ${a.param_key} = ${fmtValue(value)} (now ${fmtValue(a.current)}, ${big})?`)) return;
   const typed = $("sched-step").value.trim();
   const atStep = typed === "" ? suggestedStep() : Number(typed);
   if (!Number.isInteger(atStep) || atStep < 0) {
@@ -361,18 +375,42 @@ function isPaused() {
   return !!app.status?.paused;
 }
 
+/** The run's script closed it (or its process died): nothing will act on commands any more. */
+const OVER = /^(finished at step|stopped at step|crashed)/;
+function isOver() {
+  return typeof app.runState === "string" && OVER.test(app.runState);
+}
+
+function noRunsText() {
+  const dir = app.cfg.dir || "the served folder";
+  return `no runs yet under ${dir}: start a script with HotKernel(run_dir=…) inside it`;
+}
+
 function renderFacts() {
+  const noRun = app.runId == null;
   const rd = app.data.get(app.runId);
   const step = rd?.lastStep ?? app.status?.last_metrics?.step ?? app.status?.run?.last_step;
   $("step").textContent = step == null ? "–" : step;
   const chip = $("state-chip");
-  const stale = isStale();
-  const paused = isPaused();
+  const stale = !noRun && isStale();
+  const over = !noRun && isOver();
+  const paused = !noRun && !over && isPaused();
   const freeze = app.freezeMode && app.freezeMode !== "off" ? ` · freeze ${app.freezeMode}` : "";
-  chip.textContent = (paused ? "paused" : stale ? "stale" : "running") + freeze;
-  chip.className = `chip ${paused ? "paused" : stale ? "stale" : "live"}`;
+  let state = paused ? "paused" : stale ? "stale" : "running";
+  let cls = paused ? "paused" : stale ? "stale" : "live";
+  if (noRun) [state, cls] = ["no runs", "none"];
+  else if (over) [state, cls] = [app.runState, app.runState.startsWith("crashed") ? "crashed" : "ended"];
+  chip.textContent = state + freeze;
+  chip.title = noRun ? noRunsText() : state + freeze;
+  chip.className = `chip ${cls}`;
+  // nothing to steer: no run at all, or one that is over
+  for (const id of ["btn-pause", "btn-checkpoint", "btn-stop"]) $(id).disabled = noRun || over;
+  for (const id of ["recipe-link", "freeze-select", "sched-submit"]) $(id).disabled = noRun;
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);
+  const nb = $("norun-banner");
+  nb.hidden = !noRun;
+  if (noRun) nb.textContent = noRunsText();
   const pb = $("paused-banner");
   pb.hidden = !paused;
   if (paused) pb.textContent = `Paused at step ${step ?? "?"}: training waits at its next safe point until you press Resume.`;
@@ -381,7 +419,10 @@ function renderFacts() {
   if (stale && !paused) {
     const last = rd?.lastRecv ? (Date.now() - rd.lastRecv) / 1000 : null;
     const when = last != null ? ` for ${ago(last)}` : "";
-    sb.textContent = `No new metrics from ${runLabel(app.runId)}${when} (last step ${step ?? "–"}). The run may have finished, crashed or stopped logging; the page updates again as soon as it writes.`;
+    const why = over
+      ? `the run is over (${app.runState}).`
+      : "the run may have finished, crashed or stopped logging; the page updates again as soon as it writes.";
+    sb.textContent = `No new metrics from ${runLabel(app.runId)}${when} (last step ${step ?? "–"}): ${why}`;
   }
 }
 
@@ -481,7 +522,10 @@ function onMessage(msg) {
       }
       break;
     case "status":
-      if (msg.run === app.runId) app.serverStale = !!msg.stale;
+      if (msg.run === app.runId) {
+        app.serverStale = !!msg.stale;
+        if (msg.state !== undefined) app.runState = msg.state;
+      }
       break;
     default:
       break;
@@ -526,7 +570,8 @@ function showTip(m, ev) {
     d.textContent = l;
     tip.append(d);
   }
-  const imp = app.impacts.get(e.seq);
+  const own = impactRows(app.ledger, actuatorKeys()).get(e.seq) === e.seq;
+  const imp = own ? app.impacts.get(e.seq) : null;
   if (imp && imp.before?.mean != null && imp.after?.mean != null) {
     const d = document.createElement("div");
     d.className = "tip-line muted";
@@ -583,6 +628,10 @@ async function loadOlderEntries() {
   }
 }
 
+function actuatorKeys() {
+  return new Set(app.actuators.map((a) => a.param_key));
+}
+
 function renderLedger() {
   ledgerTable.render(app.ledger, {
     maxRows: Math.max(300, app.ledgerLimit || 0),
@@ -591,6 +640,7 @@ function renderLedger() {
     undone: app.undone,
     pendingIds: pendingIds(),
     highlightSeq: app.highlightSeq,
+    actuatorKeys: actuatorKeys(),
   });
 }
 
@@ -616,6 +666,7 @@ function wire() {
     app.compare.delete(app.runId);
     app.actuators = [];
     app.status = null;
+    app.runState = null;
     controls.setActuators([]);
     setUrl();
     renderCompareList();
@@ -705,7 +756,8 @@ async function main() {
   await refreshRuns();
   app.runId = pickInitialRun();
   if (app.runId == null) {
-    $("charts-empty").textContent = "No runs under the served folder yet. Start training with a HotKernel and they appear here.";
+    $("charts-empty").textContent = "No runs yet: the first run started under the served folder appears here by itself.";
+    renderFacts();
   } else {
     app.compare.delete(app.runId);
     $("run-select").value = app.runId;
@@ -722,6 +774,9 @@ async function main() {
     await refreshRuns();
     if (had == null && app.runs.length) {
       app.runId = pickInitialRun();
+      $("charts-empty").textContent = "Waiting for metrics…";
+      $("run-select").value = app.runId;
+      renderCompareList();
       setUrl();
       loadAll();
       scheduleStatusRefresh();
@@ -743,6 +798,8 @@ window.hotcb = {
       step: app.data.get(app.runId)?.lastStep ?? null,
       stale: isStale(),
       paused: isPaused(),
+      state: app.runState,
+      over: isOver(),
       charts: charts.debug(),
       markers: markers().map((m) => ({ seq: m.seq, step: m.step, source: m.entry.source, changes: m.entry.changes })),
       ledger: app.ledger.length,

@@ -57,18 +57,29 @@ export function parseFor(act, text) {
 
 // ----------------------------------------------------------------------------- controls
 const SLIDER_TICKS = 1000;
+/** A log slider spans this many decades either side of the applied value (÷100 … ×100). */
+export const LOG_WINDOW_DECADES = 2;
+/** Keyboard steps on a slider are sent once no further key came for this long (or on blur). */
+export const KEY_SETTLE_MS = 500;
+/** A change to more than this many times the applied value (or less than 1/this) asks first. */
+export const CONFIRM_FACTOR = 10;
 
-/** The slider's range: the hard bounds, narrowed to a usable window around the value when they
- * span far more (lr bounds are 1e-10..10; a slider over 11 decades is useless). Typing in the
- * number box still reaches every value within the hard bounds. */
-export function softRange(act, value) {
-  const ref = Math.abs(Number(value ?? act.initial ?? act.current ?? 1)) || 1;
+/** The slider's range. A log slider (lr: hard bounds 1e-10..10, eleven decades) spans a window
+ * of ÷10^decades … ×10^decades around the applied value, clamped to the hard bounds, so a drag
+ * is a controlled change; the "wider" button adds a decade each way, and the window follows the
+ * value after each change. A linear slider keeps its hard bounds, narrowed to a few times the
+ * value when they span far more. Typing in the number box still reaches every value within the
+ * hard bounds. */
+export function softRange(act, value, decades = LOG_WINDOW_DECADES) {
+  const ref = Math.abs(Number(value ?? act.current ?? act.initial ?? 1)) || 1;
   if (act.type === "log_float") {
-    const lo0 = act.min > 0 ? act.min : ref / 1e6;
-    const hi0 = act.max ?? ref * 1e6;
-    const lo = Math.max(lo0, Math.min(ref, Number(act.initial) || ref) / 1e3);
-    const hi = Math.min(hi0, Math.max(ref, Number(act.initial) || ref) * 1e3);
-    return lo < hi ? [lo, hi] : [lo0, hi0];
+    const lo0 = act.min > 0 ? act.min : 0;
+    const hi0 = act.max > 0 ? act.max : Infinity;
+    const f = 10 ** decades;
+    const lo = Math.max(lo0, ref / f);
+    const hi = Math.min(hi0, ref * f);
+    if (lo < hi) return [lo, hi];
+    return [lo0 || ref / f, Number.isFinite(hi0) ? hi0 : ref * f];
   }
   const lo = act.min ?? Math.min(0, ref);
   let hi = act.max;
@@ -78,12 +89,36 @@ export function softRange(act, value) {
   return [lo, hi];
 }
 
+/** Whether the log window `[lo, hi]` already reaches both hard bounds (nothing left to widen). */
+export function windowAtBounds(act, [lo, hi]) {
+  const lo0 = act.min > 0 ? act.min : 0;
+  const hi0 = act.max > 0 ? act.max : Infinity;
+  return lo <= lo0 && hi >= hi0;
+}
+
+/** A change from `old` to `next` big enough to ask about first: "×100", "÷50", "to 0"; null
+ * for a smaller one, or when either is not a number or the old value is 0 (no scale to judge). */
+export function bigChange(old, next, factor = CONFIRM_FACTOR) {
+  if (typeof old !== "number" || typeof next !== "number") return null;
+  if (!Number.isFinite(old) || !Number.isFinite(next) || old === 0) return null;
+  if (next === 0) return "to 0";
+  const r = Math.abs(next / old);
+  const fmt = (x) => String(Number(x.toPrecision(2)));
+  if (r > factor) return `×${fmt(r)}`;
+  if (r < 1 / factor) return `÷${fmt(1 / r)}`;
+  return null;
+}
+
 class Control {
   constructor(act, send, answered = () => undefined) {
     this.act = act;
     this.send = send;
     this.answered = answered; // cmd_id → ledger entry already seen (it can beat the POST reply)
     this.sending = null; // {cmd_id, value}
+    this.decades = LOG_WINDOW_DECADES;
+    this.dragging = false; // a pointer holds the slider
+    this.keyed = false; // the slider's next change event comes from a key
+    this.keyTimer = null; // keyboard steps waiting to be sent as one command
     this.root = el("div", "ctl");
     this.root.dataset.key = act.param_key;
     this.root.dataset.type = act.type;
@@ -96,9 +131,11 @@ class Control {
     head.append(label, this.applied);
     this.root.append(head);
     this.inputs = el("div", "ctl-inputs");
-    this.root.append(this.inputs, this.status);
+    this.root.append(this.inputs);
     if (act.description) this.root.title = act.description;
     this.build();
+    if (this.windowRow) this.root.append(this.windowRow);
+    this.root.append(this.status);
     this.setApplied(act.current);
   }
 
@@ -132,19 +169,7 @@ class Control {
       return;
     }
     const numeric = ["float", "int", "log_float"].includes(a.type);
-    if (numeric && (a.type === "log_float" || a.min != null || a.max != null)) {
-      this.range = el("input", "range");
-      this.range.type = "range";
-      this.range.min = 0;
-      this.range.max = SLIDER_TICKS;
-      this.range.step = 1;
-      this.range.setAttribute("aria-label", a.param_key);
-      this.range.addEventListener("input", () => {
-        this.num.value = fmtValue(this.fromSlider(Number(this.range.value)));
-      });
-      this.range.addEventListener("change", () => commit(this.fromSlider(Number(this.range.value))));
-      this.inputs.append(this.range);
-    }
+    if (numeric && (a.type === "log_float" || a.min != null || a.max != null)) this.buildSlider();
     this.num = el("input", "num");
     this.num.setAttribute("inputmode", "decimal");
     this.num.setAttribute("aria-label", `${a.param_key} value`);
@@ -156,6 +181,99 @@ class Control {
       }
     });
     this.inputs.append(this.num);
+  }
+
+  /** The slider sends one command per gesture: a drag on release (`change`, not `input`),
+   * keyboard steps once no key came for KEY_SETTLE_MS (or when it loses focus). */
+  buildSlider() {
+    const a = this.act;
+    this.range = el("input", "range");
+    this.range.type = "range";
+    this.range.min = 0;
+    this.range.max = SLIDER_TICKS;
+    this.range.step = 1;
+    this.range.setAttribute("aria-label", a.param_key);
+    this.range.addEventListener("input", () => {
+      this.num.value = fmtValue(this.fromSlider(Number(this.range.value)));
+    });
+    this.range.addEventListener("pointerdown", () => {
+      this.dragging = true;
+      this.keyed = false;
+      clearTimeout(this.keyTimer);
+      this.keyTimer = null;
+      const up = () => {
+        window.removeEventListener("pointerup", up);
+        window.removeEventListener("pointercancel", up);
+        this.dragging = false;
+      };
+      window.addEventListener("pointerup", up);
+      window.addEventListener("pointercancel", up);
+    });
+    this.range.addEventListener("keydown", (ev) => {
+      if (!ev.altKey && !ev.ctrlKey && !ev.metaKey && ev.key !== "Tab") this.keyed = true;
+    });
+    this.range.addEventListener("change", () => {
+      if (this.keyed) {
+        this.keyed = false;
+        clearTimeout(this.keyTimer);
+        this.keyTimer = setTimeout(() => this.flushKeys(), KEY_SETTLE_MS);
+      } else {
+        this.commitSlider();
+      }
+    });
+    this.range.addEventListener("blur", () => {
+      if (this.keyTimer) this.flushKeys();
+    });
+    this.inputs.append(this.range);
+    // the window's ends, and (log sliders) a button that widens it
+    this.windowRow = el("div", "ctl-window");
+    this.loLabel = el("span", "win-lo");
+    this.hiLabel = el("span", "win-hi");
+    this.windowRow.append(this.loLabel);
+    if (a.type === "log_float") {
+      this.wider = el("button", "btn tiny ghost wider-btn", "wider");
+      this.wider.type = "button";
+      this.wider.title = "widen the slider's range ten times each way";
+      this.wider.addEventListener("click", () => this.widen());
+      this.windowRow.append(this.wider);
+    }
+    this.windowRow.append(this.hiLabel);
+  }
+
+  /** Nobody is moving the slider and no keyboard steps wait to be sent. */
+  idle() {
+    return !this.dragging && !this.keyTimer;
+  }
+
+  flushKeys() {
+    clearTimeout(this.keyTimer);
+    this.keyTimer = null;
+    this.commitSlider();
+  }
+
+  commitSlider() {
+    this.dragging = false; // a change ends the gesture, whichever event comes first
+    const v = this.fromSlider(Number(this.range.value));
+    if (v === this.value) {
+      this.sync(true);
+      return;
+    }
+    this.commit(v);
+  }
+
+  widen() {
+    if (!this.rangeBounds || windowAtBounds(this.act, this.rangeBounds)) return;
+    this.decades += 1;
+    this.setWindow(softRange(this.act, this.value, this.decades));
+    if (typeof this.value === "number") this.range.value = this.toSlider(this.value);
+  }
+
+  setWindow(bounds) {
+    this.rangeBounds = bounds;
+    this.loLabel.textContent = fmtValue(bounds[0]);
+    this.hiLabel.textContent = fmtValue(bounds[1]);
+    this.windowRow.title = `the slider spans ${fmtValue(bounds[0])} … ${fmtValue(bounds[1])}; type a value for anything else`;
+    if (this.wider) this.wider.disabled = windowAtBounds(this.act, bounds) || this.act.state === "disabled";
   }
 
   fromSlider(tick) {
@@ -189,12 +307,20 @@ class Control {
   }
 
   async commit(value) {
+    const big = bigChange(this.value, value);
+    const key = this.act.param_key;
+    if (big && !window.confirm(`Change ${key} from ${fmtValue(this.value)} to ${fmtValue(value)} (${big})?`)) {
+      this.showStatus(`not sent: ${key} stays ${fmtValue(this.value)}`, "", 4000);
+      this.sync(true);
+      return;
+    }
     this.showStatus(`${fmtValue(value)} sent…`, "sending");
     this.root.classList.add("is-sending");
     try {
       const cmdId = await this.send(this.act, value);
       this.sending = { cmd_id: cmdId, value };
       this.lastSent = this.sending;
+      this.sent = (this.sent || 0) + 1;
       const early = this.answered(cmdId);
       if (early) this.resolve(early);
     } catch (err) {
@@ -241,25 +367,30 @@ class Control {
     const disabled = act.state === "disabled";
     this.act = { ...this.act, ...act };
     this.root.classList.toggle("disabled", disabled);
-    for (const inp of this.root.querySelectorAll("input, select")) inp.disabled = disabled;
+    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled;
     if (disabled) this.showStatus(`disabled: ${act.last_error || "too many failures"}`, "bad");
     const stale = docStep != null && this.appliedStep != null && docStep < this.appliedStep;
     if (!this.sending && !stale) this.setApplied(act.current);
+    else if (this.wider && !disabled && this.rangeBounds) this.wider.disabled = windowAtBounds(this.act, this.rangeBounds);
   }
 
-  /** Show the applied value in the inputs (unless the user is typing in them; `force` after
-   * the run answered a send, so a refused value never stays on screen). */
+  /** Show the applied value in the inputs (unless the user is typing in them, or moving the
+   * slider; `force` after the run answered a send, so a refused value never stays on screen).
+   * A log slider's window is centred on the applied value again. */
   sync(force = false) {
     const v = this.value;
     const focused = force ? null : document.activeElement;
     if (this.box) this.box.checked = !!v;
     if (this.select && focused !== this.select) this.select.value = String(v);
-    if (this.num && focused !== this.num) this.num.value = v == null ? "" : fmtValue(v);
-    if (this.range && typeof v === "number") {
-      if (!this.rangeBounds || v < this.rangeBounds[0] || v > this.rangeBounds[1]) this.rangeBounds = softRange(this.act, v);
-      if (focused !== this.range || !this.sending) this.range.value = this.toSlider(v);
-    } else if (this.range && !this.rangeBounds) {
-      this.rangeBounds = softRange(this.act, this.act.initial);
+    if (this.num && focused !== this.num && this.idle()) this.num.value = v == null ? "" : fmtValue(v);
+    if (!this.range || !this.idle()) return;
+    if (typeof v === "number") {
+      const log = this.act.type === "log_float";
+      const outside = !this.rangeBounds || v < this.rangeBounds[0] || v > this.rangeBounds[1];
+      if (outside || (log && !this.sending)) this.setWindow(softRange(this.act, v, this.decades));
+      if (!this.sending) this.range.value = this.toSlider(v);
+    } else if (!this.rangeBounds) {
+      this.setWindow(softRange(this.act, this.act.initial, this.decades));
     }
   }
 }
@@ -330,6 +461,11 @@ export class Controls {
       sending: c.sending,
       lastSent: c.lastSent || null,
       status: c.status.textContent,
+      window: c.rangeBounds || null,
+      decades: c.range ? c.decades : null,
+      slider: c.range ? Number(c.range.value) : null,
+      idle: c.idle(),
+      sent: c.sent || 0,
     }));
   }
 }
@@ -355,6 +491,39 @@ function impactCell(imp, metric) {
   return td;
 }
 
+const VALUE_MODULES = new Set(["opt", "loss", "custom"]);
+
+/** Whether a ledger entry changed values a trajectory depends on: applied, with `changes`, of
+ * module opt, loss or custom, or an undo of such an entry (`byCmd`: cmd_id → entry; an undo
+ * whose target is not loaded counts when it changed only actuator keys). Pause, resume,
+ * freeze, checkpoints and callbacks change no value. */
+export function isValueChange(e, byCmd = new Map(), actuatorKeys = null) {
+  if (e.decision !== "applied" || e.step == null) return false;
+  if (!e.changes || typeof e.changes !== "object" || !Object.keys(e.changes).length) return false;
+  if (e.undo_of) {
+    const target = byCmd.get(e.undo_of);
+    if (target) return VALUE_MODULES.has(target.module);
+    return !!actuatorKeys && Object.keys(e.changes).every((k) => actuatorKeys.has(k));
+  }
+  return VALUE_MODULES.has(e.module);
+}
+
+/** The impact column's rule: Map seq → the seq whose impact the row shows. Only value changes
+ * (isValueChange) are in it, and one per step: every value change of a step points to the last
+ * one of that step (highest seq), which alone shows the measured impact. */
+export function impactRows(entries, actuatorKeys = null) {
+  const byCmd = new Map();
+  for (const e of entries) if (e.cmd_id && !e.undo_of && !byCmd.has(e.cmd_id)) byCmd.set(e.cmd_id, e);
+  const last = new Map(); // step → seq
+  const changes = [];
+  for (const e of entries) {
+    if (e.seq == null || !isValueChange(e, byCmd, actuatorKeys)) continue;
+    changes.push(e);
+    if (!last.has(e.step) || e.seq > last.get(e.step)) last.set(e.step, e.seq);
+  }
+  return new Map(changes.map((e) => [e.seq, last.get(e.step)]));
+}
+
 export function describeEntry(e) {
   const what = [e.module, e.op].filter(Boolean).join(" ") + (e.id ? ` ${e.id}` : "");
   const lines = fmtChanges(e.changes);
@@ -377,8 +546,9 @@ export class LedgerTable {
     this.actions = actions;
   }
 
-  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq }) {
+  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null }) {
     this.body.textContent = "";
+    const shown = impactRows(entries, actuatorKeys);
     const rows = entries.slice(-maxRows).reverse();
     this.count.textContent = entries.length ? `${entries.length} entries` : "";
     if (!rows.length) {
@@ -412,7 +582,14 @@ export class LedgerTable {
       if (e.error) dec.append(el("div", "reason", e.error));
       tr.append(dec);
       const hasChanges = e.changes && Object.keys(e.changes).length;
-      tr.append(hasChanges && e.decision === "applied" ? impactCell(impacts.get(e.seq), metric) : el("td"));
+      const impactOf = shown.get(e.seq);
+      if (impactOf === e.seq) tr.append(impactCell(impacts.get(e.seq), metric));
+      else if (impactOf != null) {
+        const td = el("td", "impact");
+        td.append(el("span", "muted small same-step", `see #${impactOf}`));
+        td.title = `one impact per step: the changes of step ${e.step} are measured together, on #${impactOf}`;
+        tr.append(td);
+      } else tr.append(el("td", "impact"));
       const act = el("td", "row-actions");
       const undoable =
         e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze"].includes(e.module);
