@@ -68,7 +68,7 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
 
     # move the lr slider (keyboard: one PageDown is one change event), after the demo's lr
     # warm-up (200 steps), so the scheduler does not move lr on from the value that was set
-    wait_for(lambda: live.last_step() > 205, timeout=30, what="the end of the lr warm-up")
+    wait_for(lambda: live.last_step() > 205, timeout=180, what="the end of the lr warm-up")
     page.locator('.ctl[data-key="lr"] input[type=range]').press("PageDown")
     d = wait_page(page, "d.controls.find(c => c.key === 'lr').lastSent")
     cmd_id = next(c for c in d["controls"] if c["key"] == "lr")["lastSent"]["cmd_id"]
@@ -115,7 +115,7 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
 
     # a typed value works the same way (number box + Enter), on a loss weight; a little later,
     # so that the two markers stand apart
-    wait_for(lambda: live.last_step() > entry["step"] + 150, timeout=20, what="more steps")
+    wait_for(lambda: live.last_step() > entry["step"] + 150, timeout=180, what="more steps")
     page.fill('.ctl[data-key="recon"] input.num', "1.5")
     page.keyboard.press("Enter")
     d = wait_page(page, "d.controls.find(c => c.key === 'recon').applied === 1.5")
@@ -218,7 +218,7 @@ def test_schedule_cancel_pause_resume(page: Any, server: Any, runs: Any) -> None
     paused_at = live.last_step()
     page.click("#btn-pause")
     wait_page(page, "!d.paused")
-    wait_for(lambda: live.last_step() > paused_at + 5, timeout=15, what="training to resume")
+    wait_for(lambda: live.last_step() > paused_at + 5, timeout=120, what="training to resume")
     control = [(e["op"], e["decision"], e["source"]) for e in mine() if e["module"] == "control"]
     pause = control.index(("pause", "applied", "dashboard"))
     assert ("resume", "applied", "dashboard") in control[pause + 1 :], control

@@ -64,7 +64,7 @@ def open_live(page: Any, server: Any, live: Any) -> dict[str, Any]:
     page.goto(server.page_url("live"))
     wait_page(page, "d.connected && d.controls.some(c => c.key === 'lr' && c.window)")
     # past the demo's lr warm-up (200 steps): the scheduler then leaves a set lr alone
-    wait_for(lambda: live.last_step() > 205, timeout=90, what="the end of the lr warm-up")
+    wait_for(lambda: live.last_step() > 205, timeout=180, what="the end of the lr warm-up")
     return wait_page(page, "d.controls.find(c => c.key === 'lr').idle")
 
 
