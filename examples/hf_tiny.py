@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     kernel.close()
     if trainer.is_world_process_zero():
         print(f"done at step {trainer.state.global_step}", flush=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # under torchrun the Trainer opened a gloo group; leaving it to interpreter exit
+        # can abort a rank ("terminate called without an active exception")
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
