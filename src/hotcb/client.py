@@ -293,6 +293,41 @@ class HotClient:
     def cb(self, op: str, id: str, **params: Any) -> str:
         return self.send("cb", op, id=id, params=params)
 
+    # -- the tuner (docs/tune.md) ----------------------------------------------------------
+    def tune_enable(self, mode: str = "active", **settings: Any) -> str:
+        """Turn the online tuner on (``mode``: active, suggest or observe). ``settings``:
+        objective, direction, segment_steps, segment_evals, recipe, storage, study, seed, risk,
+        threshold, startup_trials. Bad settings raise :class:`~hotcb.modules.tune.RecipeError`
+        listing every problem; the run itself refuses it when optuna is missing there."""
+        from .modules.tune import parse_settings
+
+        params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}
+        parse_settings({k: v for k, v in params.items() if k != "recipe"})
+        return self.send("tune", "enable", params=params)
+
+    def tune_disable(self) -> str:
+        """Turn the tuner off (values stay where they are; an open trial is told FAIL)."""
+        return self.send("tune", "disable")
+
+    def tune_accept(self, proposal: str) -> str:
+        """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``)."""
+        return self.send("tune", "accept", params={"id": proposal})
+
+    def tune_reject(self, proposal: str) -> str:
+        """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
+        return self.send("tune", "reject", params={"id": proposal})
+
+    def tune_status(self) -> dict[str, Any]:
+        """The tuner's state (``hotcb.tune.json``): mode, phase, trials, proposals, counts."""
+        state = jsonl.read_json(os.path.join(self.run_dir, "hotcb.tune.json"), None)
+        return state if isinstance(state, dict) else {"mode": "off"}
+
+    def tune_export(self, out: str | os.PathLike[str] | None = None) -> str:
+        """Write the kept changes as a recipe for ``freeze(mode="replay")``; its path."""
+        from .modules.tune._export import export_kept
+
+        return export_kept(self.run_dir, out)[0]
+
     # -- reading back ----------------------------------------------------------------------
     def entries(self, cmd_id: str) -> list[dict[str, Any]]:
         return [e for e in iter_entries(self.paths.ledger) if e.get("cmd_id") == cmd_id]

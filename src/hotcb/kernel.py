@@ -40,7 +40,7 @@ from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .freeze import FreezeState
 from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
 from .metrics import MetricsCollector
-from .modules import HotModule, create_module, module_specs
+from .modules import HotModule, OpResult, create_module, module_specs
 from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, update_run_meta, write_run_meta
 
@@ -403,7 +403,34 @@ class HotKernel:
         fields.setdefault("source", "kernel")
         self._ledger.emit(self._ledger.point, **fields)
 
+    def submit(self, record: Mapping[str, Any]) -> None:
+        """Append a command a module decided on (the tuner's mutations) to the commands file,
+        so it takes the path of every command: each rank applies it at the same step, the
+        ledger records it. Alone, the next safe point polls for it; under torch.distributed
+        it lands at the next agreed poll step. Leader only."""
+        if not self.is_leader:
+            return
+        jsonl.append(self.paths.commands, dict(record))
+        if self._sync is None:
+            self._gate.countdown, self._gate.next_time = 1, 0.0
+
+    def actuate(self, module: str, params: Mapping[str, Any], env: Env) -> OpResult:
+        """Set actuator values now, through the actuator stream (validation, ramps ended,
+        roll-back of a partial change); the result holds the ``changes``."""
+        op = HotOp(module=module, op="set_params", cmd_id="", params=dict(params))
+        return self._stream.apply(op, env)
+
+    def read_actuator(self, module: str, key: str) -> Any:
+        """An actuator's current value (None when there is no such actuator)."""
+        act = self.mutable_state.get(key)
+        if act is None or act.group != module:
+            return None
+        return act.current_value
+
     def _dispatch(self, env: Env, events: Sequence[str]) -> None:
+        step = env["step"]
+        if self._ledger.point.step != step:  # what a module records lands at this step
+            self._enter(step, events)
         for mod in self._event_modules:
             try:
                 mod.on_events(events, env)

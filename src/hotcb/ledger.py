@@ -410,7 +410,8 @@ class LedgerEntry:
 
         Not: anything not applied, kernel entries, ramp completions (the op that started the
         ramp restarts it), recipe entries (the restored recipe player fires them again) and run
-        control (:data:`_NOT_RESUMED`). A recipe export (``recipe.ledger_to_entries``) keeps
+        control (:data:`_NOT_RESUMED`), and the tuner's own ops (a resumed tuner decides again
+        from its checkpointed state; ``tune enable``/``disable`` do come back). A recipe export (``recipe.ledger_to_entries``) keeps
         recipe entries (they are part of the trajectory to reproduce elsewhere) and drops
         ``freeze`` (a replay sets its own mode); a resume keeps ``freeze`` (the same run goes
         on in the mode it had)."""
@@ -418,6 +419,8 @@ class LedgerEntry:
             return False
         if self.module in (None, "kernel"):
             return False
+        if self.module == "tune" and self.op not in ("enable", "disable"):
+            return False  # the tuner decides again from its checkpointed state
         return not (self.module == "control" and self.op in _NOT_RESUMED)
 
 

@@ -58,8 +58,10 @@ DEFAULT_EVENT = "train_step_end"
 #: Control ops that steer the process rather than the training trajectory: not replayed.
 _UNREPLAYABLE_CONTROL = frozenset({"pause", "resume", "stop", "checkpoint", "cancel"})
 #: Modules never exported: a freeze change inside a replay would end it, and tune commands start
-#: a tuner whose own mutations are already ledgered as their own entries.
+#: a tuner (its mutations and roll-backs are exported as the set_params they made).
 _UNREPLAYABLE_MODULES = frozenset({"freeze", "kernel", "tune"})
+#: The tuner's ops that changed values: exported as ``set_params`` per module.
+TUNE_VALUE_OPS = frozenset({"mutate", "rollback"})
 
 
 def _replayable(module: Any, op: Any) -> str | None:
@@ -228,6 +230,9 @@ def ledger_to_entries(
         if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
             continue
         module, op = e.get("module"), e.get("op")
+        if module == "tune" and op in TUNE_VALUE_OPS:
+            out.extend(tune_entries(e))
+            continue
         if not isinstance(module, str) or not isinstance(op, str) or _replayable(module, op):
             continue
         cid = e.get("cmd_id")
@@ -270,17 +275,42 @@ def ledger_to_entries(
     return out
 
 
+def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
+    """A tuner's ``mutate``/``rollback`` ledger entry as the ``set_params`` it made, one per
+    module (``params.values`` is ``{module: {key: value}}``)."""
+    values = (e.get("params") or {}).get("values")
+    if not isinstance(values, Mapping):
+        return []
+    cid = e.get("cmd_id")
+    return [
+        RecipeEntry(
+            step=int(e.get("step") or 0),
+            event=e.get("event") or DEFAULT_EVENT,
+            module=module,
+            op="set_params",
+            params=dict(kv),
+            cmd_id=f"{cid}.{module}" if isinstance(cid, str) else None,
+        )
+        for module, kv in values.items()
+        if module in ("opt", "loss", "custom") and isinstance(kv, Mapping) and kv
+    ]
+
+
 def export_recipe(
-    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    entries: list[RecipeEntry] | None = None,
 ) -> tuple[str, list[RecipeEntry]]:
     """Write the run's recipe (default ``RUN/hotcb.recipe.jsonl``); return its path and entries.
 
+    ``entries``: write these instead of every change of the ledger (``hotcb tune export``).
     The file is replaced atomically, so a replay that reads it never sees half of it.
     """
     paths = RunPaths(os.fspath(run_dir))
     if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
         raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
-    entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
+    if entries is None:
+        entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,
         "kind": RECIPE_KIND,

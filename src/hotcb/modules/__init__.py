@@ -20,6 +20,13 @@ register_module(
     start_when=lambda paths: os.path.exists(paths.config_yaml),
 )
 
+register_module(
+    "tune",
+    "hotcb.modules.tune:TuneModule",
+    ("enable", "disable", "accept", "reject", "mutate", "rollback"),
+    start_when=lambda paths: os.path.exists(os.path.join(paths.root, "hotcb.tune.json")),
+)
+
 __all__ = [
     "HotModule",
     "ModuleHost",

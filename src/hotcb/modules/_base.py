@@ -65,6 +65,16 @@ class ModuleHost(Protocol):
     def record(self, entry_fields: Mapping[str, Any]) -> None:
         """Append a ledger entry (step and event default to the current safe point's)."""
 
+    def submit(self, record: Mapping[str, Any]) -> None:
+        """Append a command the module decided on (leader only); every rank applies it at the
+        same step, like a command a person sent."""
+
+    def actuate(self, module: str, params: Mapping[str, Any], env: Env) -> OpResult:
+        """Set ``opt``/``loss``/``custom`` actuator values now; the result has the changes."""
+
+    def read_actuator(self, module: str, key: str) -> Any:
+        """An actuator's current value, or None."""
+
 
 @runtime_checkable
 class HotModule(Protocol):

@@ -1,0 +1,169 @@
+"""The online tuner: ``tune enable|disable|status|proposals|accept|reject|export``.
+
+The tuner runs inside the training process (docs/tune.md); these commands send it commands and
+read the state it publishes in ``hotcb.tune.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from ._common import add_wait, client, finish, fmt_value, require_run_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tune = sub.add_parser(
+        "tune",
+        help="the online tuner (Optuna): enable, disable, status, proposals, accept, reject, "
+        "export",
+        description="Let the run tune its own lr, weight decay or loss weights while it trains: "
+        "segment by segment, a mutation is kept when the objective beats its trend and rolled "
+        "back otherwise. Needs optuna in the training environment (pip install 'hotcb[tune]').",
+    )
+    tsub = tune.add_subparsers(dest="op", metavar="OP")
+    tsub.required = True
+
+    p = tsub.add_parser("enable", help="turn the tuner on (or change its settings)")
+    p.add_argument("--mode", choices=("active", "suggest", "observe"), default="active",
+                   help="active: apply mutations; suggest: propose, a person accepts; "
+                   "observe: score segments only (default: active)")  # fmt: skip
+    p.add_argument("--objective", help="the metric to score (default val_loss, else loss)")
+    p.add_argument("--direction", choices=("minimize", "maximize"))
+    seg = p.add_mutually_exclusive_group()
+    seg.add_argument("--segment-steps", type=int, help="steps per segment (default 200)")
+    seg.add_argument("--segment-evals", type=int,
+                     help="values of the objective per segment (an objective logged only at "
+                     "validation)")  # fmt: skip
+    p.add_argument("--recipe", help="search space and settings (default RUN/hotcb.tune.yaml)")
+    p.add_argument("--storage", help="an Optuna storage URL (sqlite:///…, postgresql://…, "
+                   "journal:PATH; default sqlite in the run directory)")  # fmt: skip
+    p.add_argument("--study", help="the study's name: runs that name the same study share it")
+    p.add_argument("--seed", type=int, help="the sampler's seed")
+    p.add_argument("--risk", choices=("low", "medium", "high"),
+                   help="low halves each range; high drops cooldowns (default medium)")  # fmt: skip
+    p.add_argument("--threshold", type=float, help="keep a mutation whose score beats this (0)")
+    p.add_argument("--startup-trials", type=int, help="random trials before TPE (default 5)")
+    add_wait(p)
+    p.set_defaults(func=cmd_enable)
+
+    p = tsub.add_parser("disable", help="turn the tuner off (values stay where they are)")
+    add_wait(p)
+    p.set_defaults(func=cmd_disable)
+
+    p = tsub.add_parser("status", help="mode, objective, phase, trials by decision, best so far")
+    p.add_argument("--json", action="store_true", help="the whole state as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = tsub.add_parser("proposals", help="proposals of a tuner in suggest mode")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="also the accepted/rejected ones")
+    p.set_defaults(func=cmd_proposals)
+
+    for name, text in (("accept", "apply a proposal"), ("reject", "turn a proposal down")):
+        p = tsub.add_parser(name, help=text)
+        p.add_argument("id", help="the proposal's id, e.g. P3 ('hotcb tune proposals')")
+        add_wait(p)
+        p.set_defaults(func=cmd_decide, decision=name)
+
+    p = tsub.add_parser("export", help="the kept changes as a recipe for 'freeze --mode replay'")
+    p.add_argument("--out", help="where (default RUN/hotcb.tune.recipe.jsonl)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    settings = {
+        "objective": args.objective, "direction": args.direction,
+        "segment_steps": args.segment_steps, "segment_evals": args.segment_evals,
+        "recipe": args.recipe, "storage": args.storage, "study": args.study, "seed": args.seed,
+        "risk": args.risk, "threshold": args.threshold, "startup_trials": args.startup_trials,
+    }  # fmt: skip
+    return finish(args, [client(args).tune_enable(args.mode, **settings)])
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).tune_disable()])
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    c = client(args)
+    cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
+    return finish(args, [cid])
+
+
+def _state(args: argparse.Namespace) -> dict[str, Any]:
+    require_run_dir(args.dir)
+    return client(args).tune_status()
+
+
+def _changes(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {fmt_value(a)} -> {fmt_value(b)}" for k, (a, b) in changes.items())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _state(args)
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+        return 0
+    if st.get("mode", "off") == "off":
+        print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode suggest)")
+        return 0
+    objective = st.get("objective")
+    used = st.get("objective_used")
+    shown = objective if used in (None, objective) else f"{used} (asked: {objective})"
+    print(f"tuner: {st['mode']}   objective: {shown} ({st.get('direction')})")
+    segment = (f"{st['segment_evals']} evaluations" if st.get("segment_evals")
+               else f"{st.get('segment_steps')} steps")  # fmt: skip
+    trial = f"   trial {st['trial']}" if st.get("trial") is not None else ""
+    nxt = st.get("next_boundary")
+    print(f"phase: {st.get('phase')}{trial}   segment: {segment}"
+          + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
+    counts = st.get("counts") or {}
+    rate = st.get("accept_rate")
+    print("segments: {segments}   kept: {kept}   rolled back: {rolled_back}   proposed: "
+          "{proposed}   failed: {failed}".format(**{k: counts.get(k, 0) for k in (
+              "segments", "kept", "rolled_back", "proposed", "failed")})
+          + (f"   accept rate: {rate:.0%}" if rate is not None else ""))  # fmt: skip
+    best = st.get("best")
+    if best:
+        flat = {f"{m}.{k}": v for m, kv in best["values"].items() for k, v in kv.items()}
+        values = ", ".join(f"{k}={fmt_value(v)}" for k, v in flat.items())
+        print(f"best: trial {best['trial']} score {best['score']:+.3f}   {values}")
+    print(f"study: {st.get('study')}   storage: {st.get('storage')}")
+    for w in st.get("warnings") or ():
+        print(f"warning: {w}")
+    age = time.time() - float(st.get("updated") or 0)
+    if age > 120:
+        print(f"(state written {age:.0f} s ago)")
+    return 0
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    st = _state(args)
+    rows = [p for p in st.get("proposals") or () if args.all or p.get("state") == "pending"]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print(
+            "no pending proposals"
+            + (
+                ""
+                if st.get("mode") == "suggest"
+                else f" (the tuner is {st.get('mode', 'off')}, not suggest)"
+            )
+        )
+        return 0
+    for p in rows:
+        print(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  "
+              f"{_changes(p.get('changes') or {})}")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
+    path = client(args).tune_export(args.out)
+    print(path)
+    return 0

@@ -1,0 +1,42 @@
+"""``hotcb tune export``: the tuner's kept changes as a recipe that ``freeze --mode replay``
+plays (the mutations it rolled back are left out)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ...ledger import iter_entries
+from ...recipe import RecipeEntry, export_recipe, tune_entries
+from ...runfiles import RunPaths
+
+__all__ = ["export_kept", "kept_entries"]
+
+
+def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
+    """The ``set_params`` of every mutation the tuner kept, at the steps it made them."""
+    entries = list(ledger)
+    kept = {
+        (e.get("tune") or {}).get("trial")
+        for e in entries
+        if e.get("module") == "tune" and e.get("op") == "keep"
+    }
+    out: list[RecipeEntry] = []
+    for e in entries:
+        trial = (e.get("tune") or {}).get("trial")
+        if (e.get("module"), e.get("op"), e.get("decision")) != ("tune", "mutate", "applied"):
+            continue
+        if trial in kept:
+            out.extend(tune_entries(e))
+    out.sort(key=lambda entry: entry.step)
+    return out
+
+
+def export_kept(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
+) -> tuple[str, list[RecipeEntry]]:
+    """Write the kept changes (default ``RUN/hotcb.tune.recipe.jsonl``)."""
+    paths = RunPaths(os.fspath(run_dir))
+    target = out if out is not None else os.path.join(paths.root, "hotcb.tune.recipe.jsonl")
+    return export_recipe(run_dir, target, kept_entries(iter_entries(paths.ledger)))

@@ -1,0 +1,659 @@
+"""TuneModule: the online tuner, a kernel module (command module ``tune``).
+
+The run is cut into segments (N steps, or K observations of the objective). At each boundary,
+on the leader rank only, the tuner scores the segment that closes, tells Optuna that score,
+keeps the mutation or rolls the actuators back to their exact previous values, and asks for the
+next mutation. Its mutations and roll-backs are ordinary commands (``tune mutate`` /
+``tune rollback``, ``source: "tune"``) appended to the commands file, so they reach every rank
+at the same step, land in the ledger with the trial and the score, and can be undone.
+
+``hotcb.tune.json`` (written by the leader after every change of state) is what ``hotcb tune
+status`` and the dashboard read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ... import jsonl
+from ...errors import HotcbError
+from ...ops import HotOp, make_command
+from ...runfiles import confine_path
+from .._base import OpResult
+from ._score import Segment, score_segment
+from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
+
+if TYPE_CHECKING:
+    from .._base import ModuleHost
+    from ._study import Study
+
+__all__ = ["STATE_FILE", "TuneModule"]
+
+log = logging.getLogger("hotcb.tune")
+
+Env = Mapping[str, Any]
+STATE_FILE = "hotcb.tune.json"
+RECIPE_FILE = "hotcb.tune.yaml"
+_KEEP_ROWS = 50  # trials and proposals kept in the state file
+_HISTORY = 4  # segment levels kept for the trend
+_FALLBACK = "loss"
+
+
+def _flat(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    return {f"{m}.{k}": v for m, kv in values.items() for k, v in kv.items()}
+
+
+class TuneModule:
+    """The ``tune`` module (see the module docstring)."""
+
+    def __init__(self, host: ModuleHost) -> None:
+        self.host = host
+        self.settings = Settings(mode="active")
+        self.mode = "off"
+        self.study: Study | None = None
+        self.objective_used = self.settings.objective
+        self.phase = "off"
+        self.segment = Segment(0, [], [])
+        self.enabled_at = 0
+        self.history: list[tuple[float, float]] = []
+        self.trial: dict[str, Any] | None = None  # the open trial
+        self.waiting: dict[str, Any] | None = None  # a submitted mutate/rollback not yet applied
+        self.proposals: list[dict[str, Any]] = []
+        self.trials: list[dict[str, Any]] = []
+        self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "failed": 0}
+        self.cooldowns: dict[str, int] = {}
+        self.streak = 0
+        self.backoff = 0
+        self.best: dict[str, Any] | None = None
+        self.warnings: list[str] = []
+        self.next_proposal = 1
+        self.asked = 0
+
+    @property
+    def wants_events(self) -> bool:
+        return self.mode != "off" and self.host.is_leader
+
+    # ------------------------------------------------------------------ the module protocol
+    def apply(self, op: HotOp, env: Env) -> OpResult:
+        handler = getattr(self, f"_op_{op.op}", None)
+        if handler is None:
+            return OpResult("rejected", error=f"tune has no op {op.op!r}")
+        result: OpResult = handler(op, env)
+        if self.host.is_leader:
+            self._save()
+        return result
+
+    def on_start(self, env: Env) -> None:
+        """A restarted run (no checkpoint) whose tuner was on: turn it on again with the same
+        settings; the study continues and this run's trials left open are told FAIL."""
+        state = jsonl.read_json(self._path, None)
+        if not isinstance(state, dict) or state.get("mode") in (None, "off"):
+            return
+        saved = state.get("settings") or {}
+        try:
+            settings = parse_settings({**saved, "mode": state["mode"], "space": saved.get("space")})
+            self._enable(settings, int(env["step"]))
+        except Exception as exc:
+            self.host.record({"module": "tune", "op": "enable", "decision": "failed",
+                              "error": f"could not turn the tuner on again: {exc}"})  # fmt: skip
+            return
+        self.host.record({"module": "tune", "op": "enable", "source": "resume",
+                          "decision": "applied", "changes": {"mode": {"old": "off",
+                          "new": self.mode}}})  # fmt: skip
+        if self.host.is_leader:
+            self._save()
+
+    def on_events(self, events: Sequence[str], env: Env) -> None:
+        step = int(env["step"])
+        metrics = env.get("metrics")
+        if metrics:
+            self._observe(step, metrics)
+        if self.waiting is not None:
+            if step - self.waiting["since"] > self._patience:
+                self._give_up(step)
+            return
+        if self.phase in ("baseline", "trial", "backoff") and self._at_boundary(step):
+            self._boundary(step)
+            self._save()
+
+    def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        changes = entry.get("changes") or {}
+        modules = (entry.get("tune") or {}).get("modules") or {}
+        values: dict[str, dict[str, Any]] = {}
+        for key, change in changes.items():
+            if isinstance(change, Mapping) and change.get("old") is not None:
+                values.setdefault(modules.get(key, "opt"), {})[key] = change["old"]
+        if not values:
+            return OpResult("rejected", error="this tune entry changed no value to undo")
+        trial = (entry.get("tune") or {}).get("trial")
+        if self.trial is not None and self.trial["number"] == trial:
+            self._close_trial(None, "failed", reason="undone by a person")
+            self._start_segment(int(env["step"]), "baseline")
+        result = self._actuate(values, env)
+        if self.host.is_leader:
+            self._save()
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "mode": self.mode,
+            "objective_used": self.objective_used,
+            "phase": self.phase,
+            "segment": {
+                "start": self.segment.start,
+                "steps": self.segment.steps,
+                "values": self.segment.values,
+            },
+            "enabled_at": self.enabled_at,
+            "history": self.history,
+            "trial": self.trial,
+            "waiting": self.waiting,
+            "proposals": self.proposals,
+            "trials": self.trials,
+            "counts": self.counts,
+            "cooldowns": self.cooldowns,
+            "streak": self.streak,
+            "backoff": self.backoff,
+            "best": self.best,
+            "warnings": self.warnings,
+            "next_proposal": self.next_proposal,
+            "asked": self.asked,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Come back from a checkpoint: the open trial goes on (its segment is re-observed from
+        the checkpoint's step), trials this run opened after the checkpoint are told FAIL."""
+        mode = state.get("mode", "off")
+        if mode == "off":
+            self.mode, self.phase = "off", "off"
+            return
+        saved = dict(state.get("settings") or {})
+        settings = parse_settings({**saved, "mode": mode, "space": saved.get("space")})
+        self.settings, self.mode = settings, mode
+        self.objective_used = state.get("objective_used") or settings.objective
+        self.phase = state.get("phase", "baseline")
+        seg = state.get("segment") or {}
+        self.segment = Segment(int(seg.get("start", 0)), list(seg.get("steps") or []),
+                               list(seg.get("values") or []))  # fmt: skip
+        self.enabled_at = int(state.get("enabled_at") or 0)
+        self.history = [(float(h[0]), float(h[1])) for h in state.get("history") or []]
+        self.trial = state.get("trial")
+        self.proposals = [dict(p) for p in state.get("proposals") or []]
+        self.trials = [dict(r) for r in state.get("trials") or []]
+        self.counts.update(state.get("counts") or {})
+        self.cooldowns = dict(state.get("cooldowns") or {})
+        self.streak, self.backoff = int(state.get("streak", 0)), int(state.get("backoff", 0))
+        self.best, self.warnings = state.get("best"), list(state.get("warnings") or [])
+        self.next_proposal = int(state.get("next_proposal", 1))
+        self.asked = int(state.get("asked", 0))
+        waiting = state.get("waiting")
+        if self.host.is_leader:
+            self.study = self._open_study(settings)
+            keep = self.trial["number"] if self.trial else None
+            if waiting and waiting.get("kind") == "rollback":
+                keep = None
+            failed = self.study.fail_open(keep=keep)
+            for number in failed:
+                self._row(number)["decision"] = "failed"
+            self.counts["failed"] += len(failed)
+            if waiting and waiting.get("kind") == "rollback":
+                # the checkpoint holds the mutated values: roll them back again
+                self._submit("rollback", {"trial": waiting["trial"], "values": waiting["values"],
+                                          "score": waiting.get("score")}, self.segment.start)  # fmt: skip
+            elif waiting:  # a mutation decided but not applied by the checkpoint: start over
+                self.phase = "baseline"
+                self.waiting = None
+        else:
+            self.waiting = None
+
+    # ------------------------------------------------------------------ ops
+    def _op_enable(self, op: HotOp, env: Env) -> OpResult:
+        try:
+            settings = self._settings(op.params)
+        except (RecipeError, HotcbError, OSError) as exc:
+            return OpResult("rejected", error=str(exc))
+        old = self.mode
+        try:
+            self._enable(settings, int(env["step"]))
+        except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
+            return OpResult("rejected", error=str(exc))
+        changes = {"mode": {"old": old, "new": self.mode}}
+        return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
+
+    def _op_disable(self, op: HotOp, env: Env) -> OpResult:
+        old = self.mode
+        if self.trial is not None:
+            self._close_trial(None, "failed", reason="tuner disabled")
+        for p in self.proposals:
+            if p["state"] == "pending":
+                self._fail(p["trial"], "tuner disabled")
+                p["state"] = "expired"
+        self.mode, self.phase, self.waiting = "off", "off", None
+        return OpResult("applied", changes={"mode": {"old": old, "new": "off"}})
+
+    def _op_accept(self, op: HotOp, env: Env) -> OpResult:
+        if not self.host.is_leader:
+            return OpResult("applied")
+        found = self._pending(op.params.get("id"))
+        if isinstance(found, str):
+            return OpResult("rejected", error=found)
+        found["state"] = "accepted"
+        self._submit("mutate", {"trial": found["trial"], "values": found["values"]},
+                     int(env["step"]))  # fmt: skip
+        return OpResult("applied", extra={"tune": {"proposal": found["id"],
+                                                    "trial": found["trial"]}})  # fmt: skip
+
+    def _op_reject(self, op: HotOp, env: Env) -> OpResult:
+        if not self.host.is_leader:
+            return OpResult("applied")
+        found = self._pending(op.params.get("id"))
+        if isinstance(found, str):
+            return OpResult("rejected", error=found)
+        found["state"] = "rejected"
+        self._fail(found["trial"], "rejected by a person")
+        self._row(found["trial"])["decision"] = "rejected"
+        return OpResult("applied", extra={"tune": {"proposal": found["id"],
+                                                    "trial": found["trial"]}})  # fmt: skip
+
+    def _op_mutate(self, op: HotOp, env: Env) -> OpResult:
+        values = self._values(op.params.get("values"))
+        if isinstance(values, str):
+            return OpResult("rejected", error=values)
+        result = self._actuate(values, env)
+        trial = op.params.get("trial")
+        result.extra["tune"] = {"trial": trial, "modules": self._modules(values)}
+        mine = self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id
+        if mine and self.waiting is not None:
+            self.waiting = None
+            if result.decision != "applied":
+                self._fail(trial, f"the mutation was not applied: {result.error}")
+                self._row(trial)["decision"] = "failed"
+                self._start_segment(int(env["step"]), "baseline")
+                return result
+            before = {m: {k: (result.changes or {}).get(k, {}).get("old") for k in kv}
+                      for m, kv in values.items()}  # fmt: skip
+            self.trial = {"number": trial, "step": int(env["step"]), "before": before,
+                          "after": values, "cmd_id": op.cmd_id}  # fmt: skip
+            row = self._row(trial)
+            row.update(
+                step=int(env["step"]),
+                decision="open",
+                changes={k: [_flat(before).get(k), v] for k, v in _flat(values).items()},
+            )
+            self._start_segment(int(env["step"]), "trial")
+        return result
+
+    def _op_rollback(self, op: HotOp, env: Env) -> OpResult:
+        values = self._values(op.params.get("values"))
+        if isinstance(values, str):
+            return OpResult("rejected", error=values)
+        result = self._actuate(values, env)
+        result.extra["tune"] = {"trial": op.params.get("trial"), "score": op.params.get("score"),
+                                "modules": self._modules(values)}  # fmt: skip
+        if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
+            self.waiting = None
+            self._start_segment(int(env["step"]), "backoff" if self.backoff else "baseline")
+        return result
+
+    # ------------------------------------------------------------------ enabling
+    @property
+    def _path(self) -> str:
+        return os.path.join(self.host.run_dir, STATE_FILE)
+
+    def _settings(self, params: Mapping[str, Any]) -> Settings:
+        recipe: dict[str, Any] = {}
+        path = params.get("recipe")
+        if path is not None:
+            if not isinstance(path, str):
+                raise RecipeError("tune enable", [f"recipe: expected a path, got {path!r}"])
+            recipe = load_recipe(confine_path(path, self.host.run_dir, self.host.allowed_roots,
+                                              what="recipe"))  # fmt: skip
+        elif os.path.exists(os.path.join(self.host.run_dir, RECIPE_FILE)):
+            recipe = load_recipe(os.path.join(self.host.run_dir, RECIPE_FILE))
+        return parse_settings(params, recipe)
+
+    def _enable(self, settings: Settings, step: int) -> None:
+        if settings.mode not in MODES:
+            raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
+        study = self._open_study(settings) if self.host.is_leader else None
+        if self.trial is not None:
+            self._close_trial(None, "failed", reason="tuner enabled again")
+        self.settings, self.study, self.mode = settings, study, settings.mode
+        self.objective_used = settings.objective
+        self.enabled_at = step
+        self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
+        self.warnings = []
+        if study is not None:
+            failed = study.fail_open()
+            self.counts["failed"] += len(failed)
+        self._start_segment(step, "baseline")
+
+    def _open_study(self, settings: Settings) -> Study:
+        from ._study import Study
+
+        url = settings.storage or f"sqlite:///{os.path.join(self.host.run_dir, 'hotcb.tune.db')}"
+        name = settings.study or f"hotcb-{os.path.basename(self.host.run_dir)}"
+        try:
+            return Study(url, name, self.host.run_dir, seed=settings.seed,
+                         startup_trials=settings.startup_trials)  # fmt: skip
+        except RuntimeError:
+            raise
+        except Exception as exc:  # a storage that cannot be opened
+            from ._study import redact
+
+            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {exc}") from exc
+
+    # ------------------------------------------------------------------ segments
+    @property
+    def _patience(self) -> int:
+        return 4 * max(self.settings.segment_steps, 50)
+
+    def _start_segment(self, step: int, phase: str) -> None:
+        # the step that applied a change already ran with the old values: observe from the next
+        self.segment = Segment(step + 1, [], [])
+        self.phase = phase
+
+    def _observe(self, step: int, metrics: Mapping[str, Any]) -> None:
+        value = metrics.get(self.objective_used)
+        if value is None and self.objective_used != _FALLBACK and _FALLBACK in metrics:
+            s = self.settings
+            if step - self.enabled_at >= s.segment_steps:
+                self.objective_used = _FALLBACK
+                self.warnings.append(
+                    f"objective {s.objective!r} was not logged in {s.segment_steps} steps; "
+                    f"scoring {_FALLBACK!r} instead (--objective picks another)"
+                )
+                log.warning("hotcb tune: %s", self.warnings[-1])
+                self.segment = Segment(self.segment.start, [], [])
+                self.history = []
+                value = metrics.get(_FALLBACK)
+        if value is None or step < self.segment.start:
+            return
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return
+        self.segment.steps.append(step)
+        self.segment.values.append(number)
+
+    def _at_boundary(self, step: int) -> bool:
+        s = self.settings
+        if s.segment_evals is not None:
+            return len(self.segment.values) >= s.segment_evals
+        return step >= self.segment.start + s.segment_steps - 1
+
+    def _boundary(self, step: int) -> None:
+        seg = self.segment
+        self.counts["segments"] += 1
+        for name in list(self.cooldowns):
+            self.cooldowns[name] -= 1
+            if self.cooldowns[name] <= 0:
+                del self.cooldowns[name]
+        if self.phase == "trial" and self.trial is not None:
+            self._judge(seg, step)
+            return
+        level = seg.level()
+        if math.isfinite(level) and seg.values:
+            self.history = [*self.history, (seg.mid, level)][-_HISTORY:]
+        if self.phase == "backoff":
+            self.backoff = max(0, self.backoff - 1)
+        self._next(step)
+
+    def _judge(self, seg: Segment, step: int) -> None:
+        trial = self.trial
+        assert trial is not None
+        score, detail = score_segment(seg, self.history, self.objective_used_direction)
+        keep = math.isfinite(score) and score > self.settings.threshold
+        attrs = {
+            "score_detail": detail,
+            "step": trial["step"],
+            "end_step": step,
+            "values": _flat(trial["after"]),
+            "decision": "kept" if keep else "rolled_back",
+        }
+        self._tell(trial["number"], score, attrs)
+        row = self._row(trial["number"])
+        row.update(end_step=step, score=score, detail=detail)
+        self.trial = None
+        if keep:
+            row["decision"] = "kept"
+            self.counts["kept"] += 1
+            self.streak = 0
+            level = seg.level()
+            self.history = [*self.history, (seg.mid, level)][-_HISTORY:]
+            for name in _flat(trial["after"]):
+                knob = self._knob(name)
+                if knob is not None and knob.cooldown:
+                    self.cooldowns[name] = knob.cooldown + 1
+            if self.best is None or score > self.best["score"]:
+                self.best = {"trial": trial["number"], "score": score, "values": trial["after"]}
+            self.host.record({"module": "tune", "op": "keep", "source": "tune",
+                              "decision": "applied", "tune": {"trial": trial["number"],
+                              "score": score, **detail}})  # fmt: skip
+            self._next(step)
+            return
+        row["decision"] = "rolled_back"
+        self.counts["rolled_back"] += 1
+        self.streak += 1
+        if self.streak >= self.settings.reject_streak:
+            self.streak, self.backoff = 0, self.settings.backoff_segments
+        self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
+                                  "score": score}, step)  # fmt: skip
+
+    @property
+    def objective_used_direction(self) -> str:
+        return self.settings.direction
+
+    def _next(self, step: int) -> None:
+        """After a boundary: a baseline segment, a proposal, or a mutation."""
+        s = self.settings
+        pending = any(p["state"] == "pending" for p in self.proposals)
+        if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending:
+            self._start_segment(step, "backoff" if self.backoff else "baseline")
+            return
+        proposal = self._propose()
+        if proposal is None:
+            self._start_segment(step, "baseline")
+            return
+        number, values = proposal
+        if s.mode == "active":
+            self._submit("mutate", {"trial": number, "values": values}, step)
+            return
+        before = {m: {k: self.host.read_actuator(m, k) for k in kv} for m, kv in values.items()}
+        self.proposals.append({
+            "id": f"P{self.next_proposal}", "trial": number, "step": step, "values": values,
+            "changes": {k: [_flat(before).get(k), v] for k, v in _flat(values).items()},
+            "state": "pending",
+        })  # fmt: skip
+        self.proposals = self.proposals[-_KEEP_ROWS:]
+        self.next_proposal += 1
+        self.counts["proposed"] += 1
+        self.host.record({"module": "tune", "op": "propose", "source": "tune",
+                          "decision": "applied", "tune": {"proposal": self.proposals[-1]["id"],
+                          "trial": number, "values": values}})  # fmt: skip
+        self._start_segment(step, "baseline")
+
+    def _propose(self) -> tuple[int, dict[str, dict[str, float]]] | None:
+        assert self.study is not None
+        knobs: list[Knob] = []
+        current: dict[str, float] = {}
+        for knob in self.settings.space:
+            if knob.name in self.cooldowns:
+                continue
+            value = self.host.read_actuator(knob.module, knob.key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                note = f"{knob.name} is not a numeric actuator of this run; not tuned"
+                if note not in self.warnings:
+                    self.warnings.append(note)
+                continue
+            if knob.mode == "mult" and value == 0:
+                note = f"{knob.name} is 0: a multiplier cannot move it; not tuned"
+                if note not in self.warnings:
+                    self.warnings.append(note)
+                continue
+            knobs.append(knob.scaled(self.settings.risk))
+            current[knob.name] = float(value)
+        if not knobs:
+            return None
+        number, sampled = self.study.ask(knobs, prior_first=self.asked == 0)
+        self.asked += 1
+        values: dict[str, dict[str, float]] = {}
+        for knob in knobs:
+            values.setdefault(knob.module, {})[knob.key] = knob.target(
+                current[knob.name], sampled[knob.name]
+            )
+        self.trials.append({"trial": number, "step": None, "changes": {}, "score": None,
+                            "decision": "proposed", "sampled": sampled})  # fmt: skip
+        self.trials = self.trials[-_KEEP_ROWS:]
+        return number, values
+
+    # ------------------------------------------------------------------ helpers
+    def _submit(self, op: str, params: dict[str, Any], step: int) -> None:
+        """Append a ``tune`` command (the leader only) and wait for it to come back."""
+        record = make_command("tune", op, source="tune", params=params)
+        self.waiting = {"cmd_id": record["cmd_id"], "kind": op, "since": step,
+                        "trial": params.get("trial"), "values": params.get("values"),
+                        "score": params.get("score")}  # fmt: skip
+        self.phase = "waiting"
+        try:
+            self.host.submit(record)
+        except OSError as exc:  # disk full: the trial cannot go on
+            self.waiting = None
+            self._fail(params.get("trial"), f"could not write the {op} command: {exc}")
+            self._start_segment(step, "baseline")
+
+    def _give_up(self, step: int) -> None:
+        waiting = self.waiting
+        assert waiting is not None
+        self.waiting = None
+        reason = f"the {waiting['kind']} command was not applied within {self._patience} steps"
+        self.warnings.append(reason)
+        if waiting["kind"] == "mutate":
+            self._fail(waiting["trial"], reason)
+            self._row(waiting["trial"])["decision"] = "failed"
+        self._start_segment(step, "baseline")
+
+    def _close_trial(self, score: float | None, decision: str, *, reason: str) -> None:
+        trial = self.trial
+        if trial is None:
+            return
+        self.trial = None
+        self._fail(trial["number"], reason)
+        self._row(trial["number"])["decision"] = decision
+
+    def _tell(self, number: Any, score: float | None, attrs: Mapping[str, Any]) -> None:
+        if self.study is None or not isinstance(number, int):
+            return
+        try:
+            self.study.tell(number, score, attrs)
+        except Exception as exc:  # a storage hiccup must not stop training
+            self.warnings.append(f"could not record trial {number}: {exc}")
+
+    def _fail(self, number: Any, reason: str) -> None:
+        self.counts["failed"] += 1
+        self._tell(number, None, {"reason": reason})
+
+    def _row(self, number: Any) -> dict[str, Any]:
+        for old in reversed(self.trials):
+            if old["trial"] == number:
+                found: dict[str, Any] = old
+                return found
+        row: dict[str, Any] = {
+            "trial": number,
+            "step": None,
+            "changes": {},
+            "score": None,
+            "decision": None,
+        }
+        self.trials = [*self.trials, row][-_KEEP_ROWS:]
+        return row
+
+    def _knob(self, name: str) -> Knob | None:
+        return next((k for k in self.settings.space if k.name == name), None)
+
+    def _pending(self, ident: Any) -> dict[str, Any] | str:
+        for p in self.proposals:
+            if p["id"] == ident:
+                if p["state"] != "pending":
+                    return f"proposal {ident} is {p['state']}, not pending"
+                return p
+        waiting = [p["id"] for p in self.proposals if p["state"] == "pending"]
+        return f"no proposal {ident!r}; pending: {', '.join(waiting) or 'none'}"
+
+    def _values(self, raw: Any) -> dict[str, dict[str, Any]] | str:
+        if not isinstance(raw, Mapping) or not raw:
+            return "params.values must be {module: {key: value}}, e.g. {'opt': {'lr': 0.001}}"
+        for module, kv in raw.items():
+            if module not in ("opt", "loss", "custom") or not isinstance(kv, Mapping) or not kv:
+                return f"params.values: {module!r} must be opt, loss or custom with {{key: value}}"
+        return {m: dict(kv) for m, kv in raw.items()}
+
+    @staticmethod
+    def _modules(values: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        return {k: m for m, kv in values.items() for k in kv}
+
+    def _actuate(self, values: Mapping[str, Mapping[str, Any]], env: Env) -> OpResult:
+        """Set ``values`` through the actuator stream; all or nothing across modules."""
+        changes: dict[str, Any] = {}
+        done: list[tuple[str, dict[str, Any]]] = []
+        for module, kv in values.items():
+            result = self.host.actuate(module, kv, env)
+            if result.decision != "applied":
+                for back_module, back in reversed(done):
+                    self.host.actuate(back_module, back, env)
+                return OpResult(result.decision, error=result.error)
+            got = result.changes or {}
+            changes.update(got)
+            done.append((module, {k: c["old"] for k, c in got.items() if "old" in c}))
+        return OpResult("applied", changes=changes)
+
+    def _public_settings(self) -> dict[str, Any]:
+        from ._study import redact
+
+        out = self.settings.to_dict()
+        out["storage"] = redact(out.get("storage"))
+        return out
+
+    def _save(self) -> None:
+        from ._study import redact
+
+        s = self.settings
+        kept, judged = self.counts["kept"], self.counts["kept"] + self.counts["rolled_back"]
+        state = {
+            "version": 1,
+            "mode": self.mode,
+            "objective": s.objective,
+            "objective_used": self.objective_used,
+            "direction": s.direction,
+            "segment_steps": s.segment_steps,
+            "segment_evals": s.segment_evals,
+            "study": self.study.name if self.study else s.study,
+            "storage": redact(self.study.url) if self.study else redact(s.storage),
+            "phase": self.phase,
+            "trial": self.trial["number"] if self.trial else None,
+            "segment_start": self.segment.start,
+            "next_boundary": (
+                self.segment.start + s.segment_steps - 1
+                if s.segment_evals is None and self.phase != "waiting" and self.mode != "off"
+                else None
+            ),
+            "counts": self.counts,
+            "accept_rate": kept / judged if judged else None,
+            "best": self.best,
+            "space": [k.to_dict() for k in s.space],
+            "warnings": self.warnings,
+            "trials": self.trials,
+            "proposals": self.proposals,
+            "settings": self._public_settings(),
+            "updated": time.time(),
+        }
+        try:
+            jsonl.write_json_atomic(self._path, state)
+        except OSError as exc:
+            log.warning("hotcb tune: could not write %s: %s", self._path, exc)

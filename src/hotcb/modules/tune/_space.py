@@ -1,0 +1,340 @@
+"""The tuner's search space and settings: defaults, the recipe file, and their validation.
+
+A recipe (``hotcb.tune.yaml`` in the run directory, or ``--recipe FILE``) overrides the
+default space and settings. A broken file is refused with every problem and its line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ...errors import RecipeError as _RecipeError
+
+__all__ = [
+    "DEFAULT_SPACE",
+    "MODES",
+    "Knob",
+    "RecipeError",
+    "Settings",
+    "load_recipe",
+    "parse_settings",
+]
+
+MODES = ("observe", "suggest", "active")
+DIRECTIONS = ("minimize", "maximize")
+RISKS = ("low", "medium", "high")
+KNOB_MODES = ("mult", "set", "delta")
+KNOB_MODULES = ("opt", "loss", "custom")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One actuator the tuner may change, and how.
+
+    ``mode``: ``mult`` multiplies the current value by a sampled factor in [low, high];
+    ``set`` sets a sampled value in [low, high]; ``delta`` adds one. ``min``/``max`` bound the
+    resulting value; ``prior`` is tried first; ``cooldown`` is the number of segments to leave
+    the knob alone after a kept change of it.
+    """
+
+    key: str
+    module: str = "opt"
+    mode: str = "mult"
+    low: float = 0.5
+    high: float = 2.0
+    log: bool = True
+    prior: float | None = None
+    min: float | None = None
+    max: float | None = None
+    cooldown: int = 0
+
+    @property
+    def name(self) -> str:
+        """The Optuna parameter name (``opt.lr``)."""
+        return f"{self.module}.{self.key}"
+
+    def scaled(self, risk: str) -> Knob:
+        """The knob's range for a risk level: ``low`` halves it (in log space for a log knob),
+        ``high`` lifts the cooldown."""
+        if risk == "high":
+            return replace(self, cooldown=0)
+        if risk != "low":
+            return self
+        if self.mode == "mult" or (self.log and self.low > 0):
+            centre = 1.0 if self.mode == "mult" else math.sqrt(self.low * self.high)
+            lo = centre * (self.low / centre) ** 0.5
+            hi = centre * (self.high / centre) ** 0.5
+            return replace(self, low=lo, high=hi)
+        mid = 0.0 if self.mode == "delta" else (self.low + self.high) / 2
+        return replace(self, low=mid + (self.low - mid) / 2, high=mid + (self.high - mid) / 2)
+
+    def target(self, current: float, sampled: float) -> float:
+        """The new value for a sampled number, clamped to ``min``/``max``."""
+        if self.mode == "mult":
+            value = current * sampled
+        elif self.mode == "delta":
+            value = current + sampled
+        else:
+            value = sampled
+        if self.min is not None:
+            value = max(value, self.min)
+        if self.max is not None:
+            value = min(value, self.max)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+#: With no recipe: lr as a log-uniform multiplier in [0.25, 4], weight decay in [0.5, 2].
+DEFAULT_SPACE = (
+    Knob("lr", "opt", "mult", 0.25, 4.0, True, min=1e-8, max=10.0),
+    Knob("weight_decay", "opt", "mult", 0.5, 2.0, True, min=0.0, max=1.0),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``tune enable`` asked for, merged over the recipe and the defaults."""
+
+    mode: str = "active"
+    objective: str = "val_loss"
+    direction: str = "minimize"
+    segment_steps: int = 200
+    segment_evals: int | None = None
+    storage: str | None = None
+    study: str | None = None
+    seed: int | None = None
+    risk: str = "medium"
+    threshold: float = 0.0
+    startup_trials: int = 5
+    reject_streak: int = 3
+    backoff_segments: int = 2
+    recipe: str | None = None
+    space: tuple[Knob, ...] = field(default=DEFAULT_SPACE)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["space"] = [k.to_dict() for k in self.space]
+        return out
+
+
+class RecipeError(_RecipeError):
+    """A settings dict or tuner recipe with problems; ``problems`` lists every one."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "\n  ".join(problems)
+        super().__init__(f"{where} has {len(problems)} problem(s):\n  {listed}")
+
+
+# ---------------------------------------------------------------------------------- checking
+_Number = (int, float)
+
+
+class _Checker:
+    """Collects problems, each with the line it was found on (when the source has lines)."""
+
+    def __init__(self, lines: Mapping[str, int] | None = None) -> None:
+        self.problems: list[str] = []
+        self.lines = lines or {}
+
+    def add(self, where: str, message: str) -> None:
+        line = self.lines.get(where)
+        prefix = f"line {line}: " if line is not None else ""
+        self.problems.append(f"{prefix}{where}: {message}")
+
+    def choice(self, doc: Mapping[str, Any], key: str, where: str, options: tuple[str, ...]) -> Any:
+        value = doc.get(key)
+        if value is not None and value not in options:
+            self.add(where, f"{value!r} is not one of {', '.join(options)}")
+            return None
+        return value
+
+    def number(
+        self, doc: Mapping[str, Any], key: str, where: str, *, integer: bool = False,
+        minimum: float | None = None,
+    ) -> Any:  # fmt: skip
+        value = doc.get(key)
+        if value is None:
+            return None
+        kinds = (int,) if integer else _Number
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            self.add(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return None
+        if not math.isfinite(value):
+            self.add(where, f"expected a finite number, got {value!r}")
+            return None
+        if minimum is not None and value < minimum:
+            self.add(where, f"must be >= {minimum:g}, got {value!r}")
+            return None
+        return value
+
+    def string(self, doc: Mapping[str, Any], key: str, where: str) -> Any:
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            self.add(where, f"expected a non-empty string, got {value!r}")
+            return None
+        return value
+
+
+_SETTING_KEYS = {
+    "mode", "objective", "direction", "segment_steps", "segment_evals", "storage", "study",
+    "seed", "risk", "threshold", "startup_trials", "reject_streak", "backoff_segments",
+    "recipe", "space",
+}  # fmt: skip
+_KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
+
+
+def _check_settings(doc: Mapping[str, Any], ck: _Checker, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(set(doc) - _SETTING_KEYS):
+        ck.add(
+            f"{prefix}{key}", f"unknown setting; expected one of {', '.join(sorted(_SETTING_KEYS))}"
+        )
+    out["mode"] = ck.choice(doc, "mode", f"{prefix}mode", MODES)
+    out["direction"] = ck.choice(doc, "direction", f"{prefix}direction", DIRECTIONS)
+    out["risk"] = ck.choice(doc, "risk", f"{prefix}risk", RISKS)
+    for key in ("objective", "storage", "study", "recipe"):
+        out[key] = ck.string(doc, key, f"{prefix}{key}")
+    for key, lo in (("segment_steps", 1), ("segment_evals", 1), ("startup_trials", 0),
+                    ("reject_streak", 1), ("backoff_segments", 0)):  # fmt: skip
+        out[key] = ck.number(doc, key, f"{prefix}{key}", integer=True, minimum=lo)
+    out["seed"] = ck.number(doc, "seed", f"{prefix}seed", integer=True)
+    out["threshold"] = ck.number(doc, "threshold", f"{prefix}threshold")
+    if "space" in doc:
+        out["space"] = _check_space(doc["space"], ck, f"{prefix}space")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _check_space(space: Any, ck: _Checker, where: str) -> tuple[Knob, ...] | None:
+    if not isinstance(space, list) or not space:
+        ck.add(where, "expected a non-empty list of knobs ({key, module, mode, low, high, ...})")
+        return None
+    knobs: list[Knob] = []
+    seen: set[str] = set()
+    for i, item in enumerate(space):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            ck.add(at, f"expected a mapping with at least 'key', got {item!r}")
+            continue
+        knob = _check_knob(item, ck, at)
+        if knob is None:
+            continue
+        if knob.name in seen:
+            ck.add(at, f"{knob.name} appears twice")
+            continue
+        seen.add(knob.name)
+        knobs.append(knob)
+    return tuple(knobs) if len(knobs) == len(space) else None
+
+
+def _check_knob(item: Mapping[str, Any], ck: _Checker, at: str) -> Knob | None:
+    before = len(ck.problems)
+    for key in sorted(set(item) - _KNOB_KEYS):
+        ck.add(f"{at}.{key}", f"unknown field; a knob has {', '.join(sorted(_KNOB_KEYS))}")
+    key = ck.string(item, "key", f"{at}.key")
+    if key is None and "key" not in item:
+        ck.add(f"{at}.key", "missing: the actuator's name, e.g. lr")
+    module = ck.choice(item, "module", f"{at}.module", KNOB_MODULES) or "opt"
+    mode = ck.choice(item, "mode", f"{at}.mode", KNOB_MODES) or "mult"
+    nums = {k: ck.number(item, k, f"{at}.{k}") for k in ("low", "high", "prior", "min", "max")}
+    cooldown = ck.number(item, "cooldown", f"{at}.cooldown", integer=True, minimum=0) or 0
+    log = item.get("log", mode == "mult")
+    if not isinstance(log, bool):
+        ck.add(f"{at}.log", f"expected true or false, got {log!r}")
+        log = False
+    low, high = nums["low"], nums["high"]
+    for k, v in (("low", low), ("high", high)):
+        if v is None and k not in item:
+            ck.add(f"{at}.{k}", "missing: the range to sample from")
+    if low is not None and high is not None:
+        if low >= high:
+            ck.add(f"{at}.high", f"must be greater than low ({low!r}), got {high!r}")
+        elif log and low <= 0:
+            ck.add(f"{at}.low", f"a log-scale range must be positive, got {low!r}")
+    if len(ck.problems) > before or key is None or low is None or high is None:
+        return None
+    return Knob(key, module, mode, float(low), float(high), log, nums["prior"], nums["min"],
+                nums["max"], int(cooldown))  # fmt: skip
+
+
+def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> Settings:
+    """The settings for an ``enable`` command's params over a recipe's (both checked)."""
+    merged: dict[str, Any] = {}
+    if recipe:
+        merged.update(recipe)
+    ck = _Checker()
+    given = {k: v for k, v in params.items() if v is not None}
+    merged.update(_check_settings(given, ck))
+    if ck.problems:
+        raise RecipeError("tune enable", ck.problems)
+    return Settings(**merged)
+
+
+# ---------------------------------------------------------------------------------- the file
+def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked settings of a recipe file (YAML or JSON); :class:`RecipeError` lists every
+    problem with its line."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    doc, lines = _parse(text, path)
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise RecipeError(path, [f"expected a mapping of settings, got {type(doc).__name__}"])
+    ck = _Checker(lines)
+    settings = _check_settings(doc, ck)
+    if "mode" in settings:
+        ck.add("mode", "the mode is chosen by 'tune enable --mode', not the recipe")
+    if ck.problems:
+        raise RecipeError(path, ck.problems)
+    return settings
+
+
+def _parse(text: str, path: str) -> tuple[Any, dict[str, int]]:
+    if path.endswith(".json"):
+        import json
+
+        try:
+            return json.loads(text), {}
+        except ValueError as exc:
+            raise RecipeError(path, [f"not valid JSON: {exc}"]) from None
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - yaml ships with the tune extra
+        raise RecipeError(path, ['reading YAML needs pyyaml: pip install "hotcb[tune]"']) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise RecipeError(
+            path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]
+        ) from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines)
+    return doc, lines
+
+
+def _collect_lines(node: Any, where: str, lines: dict[str, int]) -> None:
+    """``{"space[0].mode": 7, …}``: the line of every key and item (1-based)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            at = f"{where}.{key_node.value}" if where else str(key_node.value)
+            lines[at] = key_node.start_mark.line + 1
+            _collect_lines(value_node, at, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            at = f"{where}[{i}]"
+            lines[at] = item.start_mark.line + 1
+            _collect_lines(item, at, lines)

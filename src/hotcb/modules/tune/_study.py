@@ -1,0 +1,130 @@
+"""The Optuna side of the tuner: open (or share) a study, ask for a mutation, tell its score.
+
+Imported only when a tuner is enabled on the leader rank: ``import hotcb`` and a run that never
+tunes never import optuna.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._space import Knob
+
+__all__ = ["MISSING_OPTUNA", "Study", "redact"]
+
+MISSING_OPTUNA = 'the tuner needs optuna: pip install "hotcb[tune]"'
+_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*(@)")
+
+
+def redact(url: str | None) -> str | None:
+    """A storage URL without its password (``postgresql://u:***@host/db``)."""
+    return _PASSWORD.sub(r"\1***\2", url) if url else url
+
+
+def _storage(url: str) -> Any:
+    import optuna
+
+    if url.startswith("journal:"):  # journal:PATH, a file many processes append to
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}
+                                      if url.startswith("sqlite") else {})  # fmt: skip
+
+
+class Study:
+    """One Optuna study seen by one run: trials it opened carry the run's name, so a restart
+    can tell which of its own trials were left open."""
+
+    def __init__(
+        self, url: str, name: str, run: str, *, seed: int | None, startup_trials: int
+    ) -> None:
+        try:
+            import optuna
+        except ImportError as exc:
+            raise RuntimeError(MISSING_OPTUNA) from exc
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.url, self.name, self.run = url, name, run
+        with warnings.catch_warnings():  # multivariate TPE is "experimental" in some releases
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                n_startup_trials=startup_trials, seed=seed, multivariate=True
+            )
+        self.storage = _storage(url)
+        self.study = optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            sampler=sampler,
+            direction="maximize",  # the score: relative improvement over the trend
+            load_if_exists=True,
+        )
+
+    def ask(self, knobs: Sequence[Knob], prior_first: bool) -> tuple[int, dict[str, float]]:
+        """A new trial's number and its sampled number per knob."""
+        if prior_first:
+            prior = {k.name: k.prior for k in knobs if k.prior is not None}
+            if prior:
+                self.study.enqueue_trial(prior, skip_if_exists=True)
+        trial = self.study.ask()
+        sampled = {}
+        for k in knobs:
+            if k.log:
+                sampled[k.name] = trial.suggest_float(k.name, k.low, k.high, log=True)
+            else:
+                sampled[k.name] = trial.suggest_float(k.name, k.low, k.high)
+        trial.set_user_attr("run", self.run)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        return trial.number, sampled
+
+    def tell(
+        self, number: int, score: float | None, attrs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Finish trial ``number``: COMPLETE with ``score``, or FAIL when ``score`` is None."""
+        trial_id = self._trial_id(number)
+        for key, value in (attrs or {}).items():
+            self.storage.set_trial_user_attr(trial_id, key, value)
+        state = self._optuna.trial.TrialState
+        if score is None:
+            self.study.tell(number, state=state.FAIL)
+        else:
+            self.study.tell(number, score)
+
+    def state_of(self, number: int) -> str | None:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == number:
+                return str(t.state.name)
+        return None
+
+    def fail_open(self, keep: int | None = None) -> list[int]:
+        """Tell FAIL to this run's trials still RUNNING (a crash left them open), except
+        ``keep``; the numbers it failed."""
+        running = self._optuna.trial.TrialState.RUNNING
+        failed = []
+        for t in self.study.get_trials(deepcopy=False, states=(running,)):
+            if t.user_attrs.get("run") == self.run and t.number != keep:
+                self.study.tell(t.number, state=self._optuna.trial.TrialState.FAIL)
+                failed.append(t.number)
+        return failed
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+        return out
+
+    def _trial_id(self, number: int) -> int:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == number:
+                return int(t._trial_id)
+        raise KeyError(f"trial {number} is not in study {self.name!r}")

@@ -1,0 +1,130 @@
+"""The tuner inside a real kernel and optimizer: Optuna learns, roll-backs are exact, a person
+accepts or rejects proposals, runs share a study."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+import pytest
+from tune_helpers import Toy, log_level
+
+from hotcb import HotClient
+
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+
+
+def _study(run_dir: str, name: str | None = None, storage: str | None = None) -> optuna.Study:
+    storage = storage or f"sqlite:///{run_dir}/hotcb.tune.db"
+    return optuna.load_study(study_name=name or "hotcb-run", storage=storage)
+
+
+def test_the_sampler_learns_which_direction_helps(toy: Any) -> None:
+    """Only a higher lr helps: after the start-up (random) trials, TPE proposes increases
+    more often, and every judged trial is COMPLETE with its real score."""
+    t: Toy = toy(log_level, lr=1e-6)
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=10, seed=3, startup_trials=6, space=LR_ONLY
+    )
+    t.run(2000, until=lambda: t.kernel.module("tune").counts["kept"]
+          + t.kernel.module("tune").counts["rolled_back"] >= 30)  # fmt: skip
+    trials = _study(t.kernel.run_dir).get_trials(deepcopy=False)
+    done = [tr for tr in trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 30
+    assert all(math.isfinite(tr.value) and tr.value != 0 for tr in done)  # real scores
+    ups = [tr.params["opt.lr"] > 1 for tr in sorted(done, key=lambda tr: tr.number)]
+    startup, learned = ups[:6], ups[6:]
+    assert sum(learned) / len(learned) >= 0.75, ups
+    assert sum(learned) / len(learned) > sum(startup) / len(startup), ups
+    # increases were kept, decreases rolled back: lr ends far above where it started
+    assert t.lr > 1e-4
+    kept = {e["tune"]["trial"] for e in t.ledger("keep")}
+    for tr in done:
+        assert (tr.number in kept) == (tr.value > 0), tr.number
+
+
+def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:
+    """Any change from the start hurts: every mutation is rolled back to the exact floats."""
+    lr0, wd0 = 0.0012345678901234567, 0.0123456789
+    t: Toy = toy(lambda lr, _s: 1.0 + abs(math.log(lr / lr0)), lr=lr0, weight_decay=wd0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0)
+    t.run(1000, until=lambda: len(t.ledger("rollback")) >= 3 and t.kernel.module("tune").phase
+          not in ("trial", "waiting"))  # fmt: skip
+    rollbacks = t.ledger("rollback")
+    assert len(rollbacks) >= 3
+    for e in rollbacks:
+        assert e["decision"] == "applied" and e["source"] == "tune"
+        assert e["tune"]["score"] < 0
+        assert {k: c["new"] for k, c in e["changes"].items()} == {"lr": lr0, "weight_decay": wd0}
+    group = t.opt.param_groups[0]
+    assert group["lr"] == lr0 and group["weight_decay"] == wd0  # bit for bit
+    assert not t.ledger("keep")
+
+
+def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY)
+
+    def pending() -> list[dict[str, Any]]:
+        return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
+
+    t.run(500, until=lambda: bool(pending()))
+    (first,) = pending()
+    t.run(50)  # a proposal waits: nothing changes meanwhile
+    assert t.lr == 1e-4 and not t.ledger("mutate")
+
+    client.tune_reject(first["id"])
+    t.run(100_000, until=lambda: bool(pending()) and pending()[0]["id"] != first["id"])
+    assert t.lr == 1e-4 and not t.ledger("mutate")  # rejecting left the run untouched
+    rejected = _study(t.kernel.run_dir).get_trials(deepcopy=False)[first["trial"]]
+    assert rejected.state == optuna.trial.TrialState.FAIL
+
+    (second,) = pending()
+    client.tune_accept(second["id"])
+    t.run(100_000, until=lambda: bool(t.ledger("mutate")))
+    (mutate,) = t.ledger("mutate")
+    assert mutate["decision"] == "applied" and mutate["tune"]["trial"] == second["trial"]
+    assert t.lr == pytest.approx(second["changes"]["opt.lr"][1], rel=1e-12)
+    assert [p["state"] for p in client.tune_status()["proposals"][:2]] == ["rejected", "accepted"]
+    # a proposal cannot be accepted twice
+    again = client.tune_accept(second["id"])
+    t.run(100_000, until=lambda: any(e["cmd_id"] == again for e in t.ledger("accept")))
+    (entry,) = [e for e in t.ledger("accept") if e["cmd_id"] == again]
+    assert entry["decision"] == "rejected" and "accepted, not pending" in entry["error"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_runs_share_one_study(toy: Any, tmp_path: Any, kind: str) -> None:
+    """Two runs (they could be on two machines) name one study in one storage: the second
+    warm-starts from the first's trials and numbers its own after them."""
+    storage = (f"sqlite:///{tmp_path}/shared.db" if kind == "sqlite"
+               else f"journal:{tmp_path}/shared.journal")  # fmt: skip
+    runs = [toy(log_level, name=f"run{i}", lr=1e-5) for i in range(2)]
+    for i, t in enumerate(runs):
+        HotClient(t.kernel.run_dir).tune_enable(
+            "active", objective="loss", segment_steps=10, seed=i, storage=storage,
+            study="shared", space=LR_ONLY,
+        )  # fmt: skip
+    for _ in range(30):  # the two runs interleave, as two trainers would
+        for t in runs:
+            t.run(10)
+    study = optuna.load_study(study_name="shared", storage=_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    by_run = {t.kernel.run_dir: [tr.number for tr in trials if tr.user_attrs.get("run")
+                                 == t.kernel.run_dir] for t in runs}  # fmt: skip
+    assert all(len(numbers) >= 5 for numbers in by_run.values()), by_run
+    assert len({tr.number for tr in trials}) == len(trials)  # one numbering
+    for t in runs:
+        mine = {e["tune"]["trial"] for e in t.ledger("mutate")}
+        assert mine == set(by_run[t.kernel.run_dir]) or mine <= set(by_run[t.kernel.run_dir])
+        assert HotClient(t.kernel.run_dir).tune_status()["study"] == "shared"
+
+
+def _storage(url: str) -> Any:
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    return url

@@ -1,0 +1,55 @@
+"""A toy training loop around a real HotKernel and a real torch optimizer (the tuner's tests)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class Toy:
+    """A real kernel and a real torch optimizer; the objective is ``f(lr, step)`` plus noise,
+    so a test decides which change helps."""
+
+    def __init__(
+        self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
+        weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0,
+    ) -> None:  # fmt: skip
+        from hotcb import HotKernel
+
+        self.kernel = HotKernel(run_dir)
+        self.param = torch.nn.Parameter(torch.zeros(1))
+        self.opt = torch.optim.AdamW([self.param], lr=lr, weight_decay=weight_decay)
+        self.f = f
+        self.noise = noise
+        self.rng = random.Random(seed)
+        self.step = 0
+        self.lrs: list[float] = []
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def run(self, steps: int, until: Callable[[], bool] | None = None) -> None:
+        for _ in range(steps):
+            self.step += 1
+            value = self.f(self.lr, self.step) * (1 + self.noise * self.rng.gauss(0, 1))
+            self.lrs.append(self.lr)
+            self.kernel.apply({"step": self.step, "optimizer": self.opt,
+                               "metrics": {"loss": value}})  # fmt: skip
+            if until is not None and until():
+                return
+
+    def ledger(self, op: str | None = None) -> list[dict[str, Any]]:
+        from hotcb.testing import read_ledger
+
+        entries = [e for e in read_ledger(self.kernel.run_dir) if e.get("module") == "tune"]
+        return [e for e in entries if op is None or e["op"] == op]
+
+
+def log_level(lr: float, _step: int) -> float:
+    """Higher lr is better everywhere in the range the tests reach."""
+    return 10.0 - math.log10(lr)
