@@ -25,5 +25,3 @@ def toy(tmp_path: Any) -> Any:
     yield make
     for t in made:
         t.kernel.close()
-
-

@@ -144,7 +144,10 @@ class _Checker:
         self.lines = lines or {}
 
     def add(self, where: str, message: str) -> None:
-        line = self.lines.get(where)
+        line, at = self.lines.get(where), where
+        while line is None and at:  # a missing key: the line of what should hold it
+            at = at[: max(at.rfind("."), at.rfind("["), 0)]
+            line = self.lines.get(at)
         prefix = f"line {line}: " if line is not None else ""
         self.problems.append(f"{prefix}{where}: {message}")
 

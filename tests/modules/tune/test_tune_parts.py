@@ -1,0 +1,118 @@
+"""The tuner's pure parts: recipe checking (every problem, with its line) and segment scores."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from hotcb.modules.tune import DEFAULT_SPACE, RecipeError, load_recipe, parse_settings
+from hotcb.modules.tune._score import Segment, expected_level, level, score_segment
+
+BROKEN = """\
+objective: val_loss
+direction: sideways
+segment_steps: 0
+space:
+  - key: lr
+    mode: mul
+    low: 0.25
+    high: 4
+  - key: l2
+    module: loss
+    low: 2
+    high: 1
+  - module: opt
+    low: -1
+    high: 1
+    log: true
+colour: blue
+"""
+
+
+def test_a_broken_recipe_lists_every_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "hotcb.tune.yaml"
+    path.write_text(BROKEN)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    problems = info.value.problems
+    expected = [
+        "line 2: direction: 'sideways' is not one of minimize, maximize",
+        "line 3: segment_steps: must be >= 1, got 0",
+        "line 6: space[0].mode: 'mul' is not one of mult, set, delta",
+        "line 12: space[1].high: must be greater than low (2), got 1",
+        "line 13: space[2].key: missing: the actuator's name, e.g. lr",
+        "line 14: space[2].low: a log-scale range must be positive, got -1",
+        "line 17: colour: unknown setting",
+    ]
+    for want in expected:
+        assert any(p.startswith(want) for p in problems), (want, problems)
+    assert len(problems) == len(expected)
+    assert str(path) in str(info.value)
+
+
+def test_a_recipe_that_does_not_parse_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "hotcb.tune.yaml"
+    path.write_text("space:\n  - key: lr\n   low: [1\n")
+    with pytest.raises(RecipeError, match=r"line \d+: not valid YAML"):
+        load_recipe(path)
+
+
+def test_a_good_recipe_overrides_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "hotcb.tune.yaml"
+    path.write_text(
+        "objective: val_acc\ndirection: maximize\nsegment_evals: 2\n"
+        "space:\n  - {key: ce, module: loss, mode: set, low: 0.5, high: 2, log: false}\n"
+    )
+    settings = parse_settings({"mode": "suggest"}, load_recipe(path))
+    assert (settings.mode, settings.objective, settings.direction) == (
+        "suggest",
+        "val_acc",
+        "maximize",
+    )
+    assert settings.segment_evals == 2
+    (knob,) = settings.space
+    assert (knob.name, knob.mode, knob.log) == ("loss.ce", "set", False)
+    assert parse_settings({}).space == DEFAULT_SPACE  # lr x[0.25, 4], weight decay x[0.5, 2]
+    assert [k.name for k in DEFAULT_SPACE] == ["opt.lr", "opt.weight_decay"]
+
+
+def test_risk_narrows_or_frees_a_knob() -> None:
+    lr = DEFAULT_SPACE[0]
+    low = lr.scaled("low")
+    assert low.low == pytest.approx(0.5) and low.high == pytest.approx(2.0)
+    assert lr.scaled("medium") == lr
+    assert lr.target(1e-3, 4.0) == pytest.approx(4e-3)
+    assert lr.target(5.0, 4.0) == 10.0  # clamped to the knob's max
+
+
+def test_level_is_robust_and_nan_aware() -> None:
+    assert level([10, 9, 1, 2, 3]) == 2  # the median of the last half
+    assert math.isnan(level([1.0, math.nan]))
+    assert math.isnan(level([]))
+
+
+def test_the_expectation_follows_the_power_law_trend() -> None:
+    history = [(100.0, 1.0), (200.0, 0.8)]
+    # a power law through both points, extrapolated to step 300
+    want = 0.8 * (300 / 200) ** (math.log(0.8) / math.log(2))
+    assert expected_level(history, 300.0, 1.0) == pytest.approx(want)
+    assert expected_level(history[:1], 300.0, 1.0) == 1.0
+    # bounded: a steep fall is not extrapolated beyond half the last level
+    assert expected_level([(1.0, 100.0), (2.0, 1.0)], 1000.0, 1.0) == 0.5
+
+
+def test_a_segment_is_scored_against_the_trend() -> None:
+    history = [(100.0, 1.0), (200.0, 0.8)]
+    expected = expected_level(history, 300.0, 1.0)
+    better = Segment(291, list(range(291, 310)), [expected * 0.9] * 19)
+    score, detail = score_segment(better, history, "minimize")
+    assert score == pytest.approx(0.1) and detail["expected"] == pytest.approx(expected)
+    worse = Segment(291, list(range(291, 310)), [expected * 1.2] * 19)
+    assert score_segment(worse, history, "minimize")[0] == pytest.approx(-0.2)
+    assert score_segment(better, history, "maximize")[0] < 0  # the same values, other way
+    nan = Segment(291, [291, 292], [0.5, math.nan])
+    assert score_segment(nan, history, "minimize")[0] == -1.0
+    spiky = Segment(291, list(range(291, 299)), [expected * 0.9] * 7 + [expected * 10])
+    assert "spike" in score_segment(spiky, history, "minimize")[1]

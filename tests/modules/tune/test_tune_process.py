@@ -1,0 +1,152 @@
+"""The tuner in a real trainer process, steered by the real CLI: kill -9 and resume keep the
+study's numbering; a trainer without optuna refuses ``tune enable`` with the install line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hotcb import HotClient
+from hotcb.testing import read_ledger, trainer_command, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f.read().split("\n")[:-1] if line.strip()]
+
+
+def _trials(run_dir: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="hotcb-run", storage=f"sqlite:///{run_dir}/hotcb.tune.db")
+    return study.get_trials(deepcopy=False)
+
+
+def _judged(run_dir: str) -> int:
+    st = HotClient(run_dir).tune_status()
+    counts = st.get("counts") or {}
+    return int(counts.get("kept", 0)) + int(counts.get("rolled_back", 0))
+
+
+def test_kill_9_and_resume_keep_the_trial_numbering(
+    run_dir: str, cli: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    trace = os.fspath(tmp_path / "trace.jsonl")
+    os.makedirs(run_dir)
+    done = cli(run_dir, "tune", "enable", "--mode", "active", "--objective", "loss",
+                "--segment-steps", "10", "--seed", "0")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    t = start_trainer(run_dir, trace, steps=100_000, step_delay=0.002, checkpoint_at=120)
+    ckpt = os.path.join(run_dir, "ckpt_120.pt")
+    wait_for(
+        lambda: os.path.exists(ckpt) and _judged(run_dir) >= 8,
+        240,
+        what="trials after the checkpoint",
+    )
+    t.proc.kill()  # kill -9: no close(), trials left open
+    t.communicate()
+    before = _trials(run_dir)
+    assert any(tr.state == optuna.trial.TrialState.RUNNING for tr in before)
+    last_before = max(tr.number for tr in before)
+
+    t2 = start_trainer(run_dir, trace + ".2", steps=100_000, step_delay=0.002, resume=ckpt)
+    wait_for(lambda: max(tr.number for tr in _trials(run_dir)) >= last_before + 3, 240,
+             what="new trials after the resume")  # fmt: skip
+    t2.proc.kill()
+    t2.communicate()
+    after = _trials(run_dir)
+    numbers = [tr.number for tr in after]
+    assert numbers == list(range(len(after)))  # one numbering, nothing lost or doubled
+    old = {tr.number: tr for tr in after if tr.number <= last_before}
+    for tr in before:  # what was finished before the crash stays as it was
+        if tr.state != optuna.trial.TrialState.RUNNING:
+            assert old[tr.number].state == tr.state and old[tr.number].value == tr.value
+    was_open = [tr.number for tr in before if tr.state == optuna.trial.TrialState.RUNNING]
+    for number in was_open:  # re-evaluated (the checkpoint's open trial) or told FAIL
+        assert old[number].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    # the resumed tuner did not replay the crashed life's tune ops: new trials have new numbers
+    mutates = [
+        e for e in read_ledger(run_dir) if e.get("op") == "mutate" and e.get("module") == "tune"
+    ]
+    trial_ids = [e["tune"]["trial"] for e in mutates]
+    assert len(trial_ids) == len(set(trial_ids))
+
+
+def test_a_trainer_without_optuna_refuses_tune_enable(
+    run_dir: str, cli: Any, tmp_path: Any, request: Any
+) -> None:
+    """optuna is an extra: without it the trainer ledgers the refusal with the install line,
+    and ``tune enable --wait`` exits non-zero and prints it."""
+    shadow = tmp_path / "no_optuna"
+    (shadow / "optuna").mkdir(parents=True)
+    (shadow / "optuna" / "__init__.py").write_text('raise ImportError("No module named optuna")\n')
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), str(ROOT / "src")])
+    trace = os.fspath(tmp_path / "trace.jsonl")
+    argv = trainer_command(run_dir, trace=trace, steps=100_000, step_delay=0.005)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    request.addfinalizer(lambda: (proc.kill(), proc.communicate()))
+    wait_for(lambda: len(read_jsonl(trace)) >= 3, 120, what="the trainer's first steps")
+    done = cli(run_dir, "tune", "enable", "--objective", "loss", "--wait", "--timeout", "120")
+    assert done.returncode != 0
+    assert 'pip install "hotcb[tune]"' in done.stdout + done.stderr
+    (entry,) = [e for e in read_ledger(run_dir) if e.get("module") == "tune"]
+    assert entry["decision"] == "rejected" and 'pip install "hotcb[tune]"' in entry["error"]
+    steps = len(read_jsonl(trace))
+    wait_for(lambda: len(read_jsonl(trace)) >= steps + 5, 60, what="training going on")
+    assert proc.poll() is None
+    assert not os.path.exists(os.path.join(run_dir, "hotcb.tune.db"))
+
+
+def test_cli_status_proposals_accept_and_export(
+    run_dir: str, cli: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    os.makedirs(run_dir)
+    assert cli(run_dir, "tune", "status").stdout.startswith("tuner: off")
+    done = cli(run_dir, "tune", "enable", "--mode", "suggest", "--objective", "loss",
+                "--segment-steps", "10", "--seed", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    t = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000, step_delay=0.002)
+
+    def pending() -> list[dict[str, Any]]:
+        out = cli(run_dir, "tune", "proposals", "--json")
+        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+
+    (proposal,) = wait_for(pending, 240, what="a proposal")
+    listed = cli(run_dir, "tune", "proposals").stdout
+    assert proposal["id"] in listed and "opt.lr" in listed
+    status = cli(run_dir, "tune", "status")
+    assert "tuner: suggest" in status.stdout and "objective: loss" in status.stdout
+    done = cli(run_dir, "tune", "accept", proposal["id"], "--wait", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+
+    def judged() -> bool:
+        st = HotClient(run_dir).tune_status()
+        return any(r["trial"] == proposal["trial"] and r["decision"] in ("kept", "rolled_back")
+                   for r in st["trials"])  # fmt: skip
+
+    wait_for(judged, 240, what="the accepted trial judged")
+    bad = cli(run_dir, "tune", "accept", "P999", "--wait", "--timeout", "120")
+    assert bad.returncode != 0 and "no proposal 'P999'" in bad.stdout + bad.stderr
+    assert cli(run_dir, "tune", "disable", "--wait", "--timeout", "120").returncode == 0
+    t.proc.kill()
+    t.communicate()
+    out = cli(run_dir, "tune", "export", "--out", os.fspath(tmp_path / "kept.jsonl"))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    kept = [r for r in HotClient(run_dir).tune_status()["trials"] if r["decision"] == "kept"]
+    assert len(lines) - 1 == len(kept)  # a header, then one set_params per kept trial
+    for rec in lines[1:]:
+        assert rec["module"] == "opt" and rec["op"] == "set_params"
