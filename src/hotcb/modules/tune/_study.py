@@ -55,6 +55,7 @@ class Study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._optuna = optuna
         self.url, self.name, self.run = url, name, run
+        self._ids: dict[int, int] = {}  # trial number -> storage id, for the trials asked here
         with warnings.catch_warnings():  # multivariate TPE is "experimental" in some releases
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
@@ -82,6 +83,7 @@ class Study:
                 sampled[k.name] = trial.suggest_float(k.name, k.low, k.high, log=True)
             else:
                 sampled[k.name] = trial.suggest_float(k.name, k.low, k.high)
+        self._ids[trial.number] = trial._trial_id
         trial.set_user_attr("run", self.run)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -124,6 +126,8 @@ class Study:
         return out
 
     def _trial_id(self, number: int) -> int:
+        if number in self._ids:
+            return self._ids[number]
         for t in self.study.get_trials(deepcopy=False):
             if t.number == number:
                 return int(t._trial_id)
