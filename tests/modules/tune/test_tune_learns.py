@@ -128,3 +128,21 @@ def _storage(url: str) -> Any:
 
         return JournalStorage(JournalFileBackend(url[len("journal:") :]))
     return url
+
+
+def test_an_objective_logged_now_and_then_is_the_one_scored(toy: Any) -> None:
+    """val_loss every 10 steps is scored (not replaced by loss between two evaluations); an
+    objective never logged falls back to loss after two segments, with a warning."""
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("observe", segment_steps=20, seed=0)  # val_loss
+    t.run(200, val_every=10)
+    st = HotClient(t.kernel.run_dir).tune_status()
+    assert st["objective_used"] == "val_loss" and not st["warnings"]
+    assert st["counts"]["segments"] >= 8
+
+    other: Toy = toy(log_level, name="other", lr=1e-4)
+    HotClient(other.kernel.run_dir).tune_enable("observe", objective="val_acc", segment_steps=20)
+    other.run(200, val_every=10)
+    st = HotClient(other.kernel.run_dir).tune_status()
+    assert st["objective_used"] == "loss" and st["objective"] == "val_acc"
+    assert "'val_acc' was not logged in 40 steps; scoring 'loss'" in st["warnings"][0]

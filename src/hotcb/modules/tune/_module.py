@@ -57,6 +57,7 @@ class TuneModule:
         self.mode = "off"
         self.study: Study | None = None
         self.objective_used = self.settings.objective
+        self.seen = False
         self.phase = "off"
         self.segment = Segment(0, [], [])
         self.enabled_at = 0
@@ -144,6 +145,7 @@ class TuneModule:
             "settings": self.settings.to_dict(),
             "mode": self.mode,
             "objective_used": self.objective_used,
+            "seen": self.seen,
             "phase": self.phase,
             "segment": {
                 "start": self.segment.start,
@@ -177,6 +179,7 @@ class TuneModule:
         settings = parse_settings({**saved, "mode": mode, "space": saved.get("space")})
         self.settings, self.mode = settings, mode
         self.objective_used = state.get("objective_used") or settings.objective
+        self.seen = bool(state.get("seen", True))
         self.phase = state.get("phase", "baseline")
         seg = state.get("segment") or {}
         self.segment = Segment(int(seg.get("start", 0)), list(seg.get("steps") or []),
@@ -326,6 +329,7 @@ class TuneModule:
             self._close_trial(None, "failed", reason="tuner enabled again")
         self.settings, self.study, self.mode = settings, study, settings.mode
         self.objective_used = settings.objective
+        self.seen = False  # the objective has been logged since the tuner was enabled
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
         self.warnings = []
@@ -361,12 +365,15 @@ class TuneModule:
 
     def _observe(self, step: int, metrics: Mapping[str, Any]) -> None:
         value = metrics.get(self.objective_used)
-        if value is None and self.objective_used != _FALLBACK and _FALLBACK in metrics:
+        if value is not None:
+            self.seen = True
+        elif not self.seen and self.objective_used != _FALLBACK and _FALLBACK in metrics:
             s = self.settings
-            if step - self.enabled_at >= s.segment_steps:
+            wait = 2 * s.segment_steps
+            if s.segment_evals is None and step - self.enabled_at >= wait:
                 self.objective_used = _FALLBACK
                 self.warnings.append(
-                    f"objective {s.objective!r} was not logged in {s.segment_steps} steps; "
+                    f"objective {s.objective!r} was not logged in {wait} steps; "
                     f"scoring {_FALLBACK!r} instead (--objective picks another)"
                 )
                 log.warning("hotcb tune: %s", self.warnings[-1])
