@@ -60,13 +60,16 @@ def run_dir(tmp_path: Any) -> str:
     return os.fspath(tmp_path / "run")
 
 
-def hotcb_cli(run_dir: str | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``hotcb --dir RUN ARGS...`` as a real subprocess; returns the completed process."""
+def hotcb_cli(
+    run_dir: str | None, *args: str, timeout: float = 60, cwd: str | None = None
+) -> subprocess.CompletedProcess:
+    """``hotcb --dir RUN ARGS...`` as a real subprocess (in ``cwd``: a relative ``RUN`` is
+    taken from there); returns the completed process."""
     argv = [sys.executable, "-m", "hotcb"]
     if run_dir is not None:
         argv += ["--dir", run_dir]
     return subprocess.run(
-        [*argv, *args], capture_output=True, text=True, timeout=timeout, env=SUBPROCESS_ENV
+        [*argv, *args], capture_output=True, text=True, timeout=timeout, env=SUBPROCESS_ENV, cwd=cwd
     )
 
 

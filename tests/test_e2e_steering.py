@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hotcb import HotClient, jsonl
+from hotcb.ledger import checkpoint_path
 from hotcb.runfiles import RunPaths
 from hotcb.testing import read_ledger, wait_for
 
@@ -209,10 +210,18 @@ def test_pause_blocks_the_loop_but_commands_still_get_through(
     saved = cli(run_dir, "checkpoint", "--path", ckpt, "--wait")
     assert change.returncode == 0 and saved.returncode == 0, change.stderr + saved.stderr
     assert f"control checkpoint -> applied: {ckpt}" in saved.stdout  # where it went
+    # the trainer's own file name; --wait prints where it is from the shell's directory
+    home = os.path.dirname(run_dir)
+    default = cli(os.path.basename(run_dir), "checkpoint", "--wait", cwd=home)
+    assert default.returncode == 0 and "control checkpoint -> applied: " in default.stdout
+    printed = default.stdout.split("applied: ", 1)[1].strip()
+    assert os.path.isfile(os.path.join(home, printed)), default.stdout
     ledger = read_ledger(run_dir)
     assert {e["step"] for e in ledger} == {paused_at}
     assert os.path.exists(ckpt)
-    assert [e["checkpoint"] for e in ledger if e["op"] == "checkpoint"] == [ckpt]
+    saves = [e for e in ledger if e["op"] == "checkpoint"]  # ledgered relative to the run
+    assert [e["checkpoint"] for e in saves] == ["paused.pt", f"ckpt_{paused_at}.pt"]
+    assert [checkpoint_path(e, run_dir) for e in saves] == [ckpt, printed]
     # ... and the loop did not move: its trace line for the paused step is not written yet
     assert tr.last_step() == paused_at - 1
     assert tr.proc.poll() is None

@@ -18,9 +18,9 @@ from torch import nn
 
 from hotcb import HotcbActuator, HotClient, HotKernel, jsonl, loss_actuators, mutable_state
 from hotcb.actuators import ActuatorType
-from hotcb.ledger import pending_scheduled
+from hotcb.ledger import checkpoint_path, pending_scheduled
 from hotcb.runfiles import RunPaths
-from hotcb.testing import TorchStepDriver, digits, read_ledger
+from hotcb.testing import StepDriver, TorchStepDriver, digits, read_ledger
 
 DATA: tuple[Any, Any] | None = None
 
@@ -333,7 +333,8 @@ def test_control_stop_and_checkpoint_call_the_env_callables(loop: Loop) -> None:
     ck = loop.client.checkpoint("ckpt/wanted.pt")  # relative to the run directory
     loop.steps(1)
     assert saved == [wanted]
-    assert loop.only(ck)["checkpoint"] == wanted
+    assert loop.only(ck)["checkpoint"] == os.path.join("ckpt", "wanted.pt")
+    assert checkpoint_path(loop.only(ck), os.path.realpath(loop.paths.root)) == wanted
     stop = loop.client.stop()
     loop.steps(1)
     assert loop.kernel.stop_requested and stopped == [True]
@@ -347,6 +348,43 @@ def test_checkpoint_without_a_callable_sets_the_flag(loop: Loop) -> None:
     loop.steps(1)
     assert loop.kernel.checkpoint_requested
     assert loop.only(ck)["checkpoint"] == "requested"
+    assert checkpoint_path(loop.only(ck), loop.run_dir) is None
+
+
+def test_a_checkpoint_is_ledgered_relative_to_the_run_dir_and_absolute_outside_it(
+    tmp_path: Any,
+) -> None:
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def save(path: str | None = None) -> str:
+        path = path or os.path.join(run_dir, "out", f"ckpt_{drv.step}.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("weights")
+        return path
+
+    drv = StepDriver(run_dir, allowed_roots=[elsewhere], env_extra={"save_checkpoint": save})
+    drv.steps(1)
+    sent = [
+        drv.client.checkpoint(),  # the loop's own name
+        drv.client.checkpoint("ckpt/wanted.pt"),
+        drv.client.checkpoint("requested"),  # a file so named is not "no file"
+        drv.client.checkpoint(os.fspath(elsewhere / "b.pt")),  # an allowed root elsewhere
+    ]
+    drv.steps(1)
+    drv.close()
+    entries = [drv.only(cid) for cid in sent]
+    assert [e["checkpoint"] for e in entries] == [
+        os.path.join("out", "ckpt_1.pt"),
+        os.path.join("ckpt", "wanted.pt"),
+        os.path.join(os.curdir, "requested"),
+        os.path.realpath(elsewhere / "b.pt"),
+    ]
+    moved = os.fspath(tmp_path / "moved")  # the run directory moves: its files still resolve
+    shutil.move(run_dir, moved)
+    for e in entries:
+        assert os.path.isfile(checkpoint_path(e, moved) or ""), e["checkpoint"]
 
 
 def test_undo_last_and_by_cmd_id(loop: Loop) -> None:

@@ -8,14 +8,13 @@ checkpoint holds them and a resume does not re-apply them a step late.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._recorder import LedgerRecorder, SafePoint
 from ._schedule import NEVER, Schedule
 from .errors import HotcbError
-from .ledger import Decision, find_entry
+from .ledger import Decision, checkpoint_field, find_entry
 from .modules import HotModule, OpResult
 from .ops import HotOp
 from .runfiles import confine_path
@@ -174,5 +173,5 @@ class RunControl:
                 error = f"{type(exc).__name__}: {exc}"
                 self.recorder.emit_op(op, point, Decision.FAILED, error=error)
                 continue
-            saved = os.fspath(result) if result else None
+            saved = checkpoint_field(result, self._run_dir) if result else None
             self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, JournalWriteError
 from .ops import HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, process_alive
+from .runfiles import FORMAT_VERSION, process_alive, run_relative
 
 __all__ = [
     "STALE_AFTER_SEC",
@@ -25,6 +26,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerView",
     "LedgerWriter",
+    "checkpoint_path",
     "find_entry",
     "iter_entries",
     "pending_scheduled",
@@ -129,6 +131,32 @@ def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict
         if e.get("cmd_id") == cmd_id and (decision is None or e.get("decision") == decision):
             found = e
     return found
+
+
+#: A ``checkpoint`` field that names no file: the loop was only asked to save (no
+#: ``save_checkpoint`` callable in its env).
+_REQUESTED = "requested"
+
+
+def checkpoint_field(saved: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> str:
+    """What a checkpoint entry records for the file ``saved`` (the save function's answer):
+    its path relative to the run directory when it lies inside, else its absolute path (an
+    allowed root elsewhere). :func:`checkpoint_path` reads it back."""
+    where = run_relative(saved, run_dir)
+    return os.path.join(os.curdir, where) if where == _REQUESTED else where
+
+
+def checkpoint_path(entry: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> str | None:
+    """The absolute path of the file a ``checkpoint`` entry saved, to open or resume from;
+    None when it names none (``"requested"``: the loop was asked to save, or no path came back).
+
+    The entry's ``checkpoint`` field is relative to the run directory when the file lies
+    inside it, so give the run directory as it is reached from here; an absolute one (an
+    allowed root elsewhere) is kept."""
+    where = entry.get("checkpoint")
+    if not isinstance(where, str) or where in ("", _REQUESTED):
+        return None
+    return os.path.abspath(os.path.join(os.fspath(run_dir), where))
 
 
 def pending_scheduled(path: str) -> list[dict[str, Any]]:

@@ -128,6 +128,24 @@ def _within(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def run_relative(path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> str:
+    """``path`` relative to ``run_dir`` when it lies inside it, else absolute.
+
+    A relative ``path`` is taken from the current directory (it came from this process). It
+    counts as inside when it is, as written or once symlinks are resolved on both sides, so a
+    run directory reached through a link still gets relative names. The ledger names files
+    this way so that a run directory moved or copied elsewhere still finds them.
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    for p, base in (
+        (absolute, os.path.abspath(os.fspath(run_dir))),
+        (os.path.realpath(absolute), os.path.realpath(os.fspath(run_dir))),
+    ):
+        if _within(p, base):
+            return os.path.relpath(p, base)
+    return absolute
+
+
 def confine_path(
     path: str | os.PathLike[str],
     run_dir: str | os.PathLike[str],

@@ -17,6 +17,7 @@ import pytest
 from adapter_helpers import ENV, EXAMPLES, read_jsonl
 
 from hotcb import HotClient
+from hotcb.ledger import checkpoint_path
 from hotcb.testing import read_ledger, wait_for
 
 torch = pytest.importorskip("torch")
@@ -208,7 +209,8 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     assert by_step[lr_e["step"]]["lr"] == pytest.approx(0.003)
     assert by_step[l2_e["step"]]["weights"]["l2"] == 0.001
     assert rows[-1]["step"] == stop_e["step"] < 400 and rows[-1]["stop"]
-    assert os.path.isfile(ck_e["checkpoint"])
+    ckpt = checkpoint_path(ck_e, run_dir)
+    assert ckpt is not None and os.path.isfile(ckpt)
     # validation (a safe point on every rank too) ran, and rank 0 recorded its metrics
     metrics = read_jsonl(run_dir / "hotcb.metrics.jsonl")
     assert any("val_loss" in m["metrics"] for m in metrics)
@@ -223,7 +225,7 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
     traces2 = tmp_path / "traces2"
     argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--devices", "2"]
     argv += ["--strategy", "ddp", "--run-dir", os.fspath(run_dir), "--step-delay", "0"]
-    argv += ["--steps", str(stop_e["step"] + 2), "--resume", ck_e["checkpoint"]]
+    argv += ["--steps", str(stop_e["step"] + 2), "--resume", ckpt]
     argv += ["--trace-dir", os.fspath(traces2), "--val-every", "3"]
     done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

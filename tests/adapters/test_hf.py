@@ -17,6 +17,7 @@ import pytest
 from adapter_helpers import EXAMPLES, read_jsonl
 
 from hotcb import HotClient, HotKernel
+from hotcb.ledger import checkpoint_path
 from hotcb.testing import read_ledger
 
 transformers = pytest.importorskip("transformers")
@@ -91,7 +92,8 @@ def test_train_is_steered_from_another_process_checkpointed_stopped_and_resumed(
 
     # checkpoint: the Trainer saved that step's folder, with hotcb's state in it
     folder = os.path.join(run_dir, "output", f"checkpoint-{ck_e['step']}")
-    assert ck_e["checkpoint"] == folder
+    assert ck_e["checkpoint"] == os.path.join("output", f"checkpoint-{ck_e['step']}")
+    assert checkpoint_path(ck_e, run_dir) == folder
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))
     state = read_jsonl_doc(os.path.join(folder, "hotcb_state.json"))
     assert state["step"] == ck_e["step"] and state["actuators"]["max_grad_norm"] == 1.0

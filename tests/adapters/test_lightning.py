@@ -17,6 +17,7 @@ import pytest
 from adapter_helpers import EXAMPLES, read_jsonl
 
 from hotcb import HotClient, HotKernel
+from hotcb.ledger import checkpoint_path
 from hotcb.testing import read_ledger
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -118,9 +119,9 @@ def test_fit_is_steered_from_another_process_checkpointed_stopped_and_resumed(
     assert module.loss_weights == {"ce": 0.5, "l2": 0.001}
 
     # checkpoint wrote a Lightning checkpoint that carries hotcb's state
-    path = ck_e["checkpoint"]
-    assert path.endswith(f"hotcb-step{ck_e['step']}.ckpt") and os.path.isfile(path)
-    assert path.startswith(run_dir)
+    assert ck_e["checkpoint"] == os.path.join("checkpoints", f"hotcb-step{ck_e['step']}.ckpt")
+    path = checkpoint_path(ck_e, run_dir)
+    assert path is not None and os.path.isfile(path)
     saved = torch.load(path, weights_only=False)
     assert saved["global_step"] == ck_e["step"]
     assert saved["hotcb"]["actuators"]["l2"] == 0.001

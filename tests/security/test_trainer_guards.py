@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hotcb import jsonl
+from hotcb.ledger import checkpoint_path
 from hotcb.testing import read_ledger, wait_for
 
 pytestmark = pytest.mark.slow
@@ -208,7 +209,7 @@ def test_a_frozen_run_can_still_be_paused_checkpointed_and_stopped(
     for cid, op in (("pause", "pause"), ("ckpt", "checkpoint"), ("resume", "resume")):
         _append(run_dir, {"cmd_id": cid, "module": "control", "op": op})
         assert _entry(run_dir, cid)["decision"] == "applied", cid
-    assert os.path.exists(_entry(run_dir, "ckpt")["checkpoint"])
+    assert os.path.exists(checkpoint_path(_entry(run_dir, "ckpt"), run_dir) or "")
     _append(run_dir, {"cmd_id": "stop", "module": "control", "op": "stop"})
     assert _entry(run_dir, "stop")["decision"] == "applied"
     code, out, err = trainer.finish()

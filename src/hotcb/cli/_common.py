@@ -13,7 +13,7 @@ from typing import Any
 from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
-from ..ledger import LedgerView
+from ..ledger import LedgerView, checkpoint_path
 from ..runfiles import RunPaths
 
 
@@ -119,7 +119,9 @@ def is_ramp_start(e: Mapping[str, Any]) -> bool:
     return bool(e.get("transition")) and e.get("decision") == "applied" and not e.get("ramp")
 
 
-def fmt_entry(e: Mapping[str, Any]) -> str:
+def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
+    """One ledger entry as a line; a checkpoint's file as a path usable from here (``run_dir``
+    as given to ``--dir``)."""
     what = " ".join(str(x) for x in (e.get("module"), e.get("op")) if x)
     if e.get("id"):
         what += f" {e['id']}"
@@ -135,10 +137,8 @@ def fmt_entry(e: Mapping[str, Any]) -> str:
     if e.get("at_step") is not None and e.get("decision") == "scheduled":
         line += f" at step {e['at_step']}"
     if e.get("op") == "checkpoint" and e.get("decision") == "applied":
-        where = e.get("checkpoint")
-        line += (
-            " (the loop was asked to save one)" if where in (None, "requested") else f": {where}"
-        )
+        where = checkpoint_path(e, run_dir)
+        line += " (the loop was asked to save one)" if where is None else f": {where}"
     if e.get("error"):
         line += f": {e['error']}"
     return line
@@ -171,10 +171,10 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
     deadline = time.monotonic() + args.timeout
     for cid in cmd_ids:
         entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()))
-        print(fmt_entry(entry))
+        print(fmt_entry(entry, args.dir))
         if is_ramp_start(entry):  # --wait on a ramp waits for its end
             entry = c.wait_ramp(cid, timeout=max(0.1, deadline - time.monotonic()))
-            print(fmt_entry(entry))
+            print(fmt_entry(entry, args.dir))
         if entry.get("decision") in ("rejected", "failed", "ignored_freeze"):
             code = 1
     sys.stdout.flush()

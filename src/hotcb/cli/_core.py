@@ -239,7 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     print("ledger" if st["ledger"] else "ledger   (empty)")
     for e in st["ledger"]:
-        print("  " + fmt_entry(e))
+        print("  " + fmt_entry(e, args.dir))
     return 0
 
 
@@ -257,7 +257,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     def show(e: dict[str, Any]) -> None:
         nonlocal shown
-        print(json.dumps(e) if args.json else fmt_entry(e), flush=True)
+        print(json.dumps(e) if args.json else fmt_entry(e, args.dir), flush=True)
         shown = max(shown, int(e.get("seq") or 0))
 
     try:  # Ctrl-C is how --follow ends, whenever it comes
