@@ -116,3 +116,12 @@ def test_a_segment_is_scored_against_the_trend() -> None:
     assert score_segment(nan, history, "minimize")[0] == -1.0
     spiky = Segment(291, list(range(291, 299)), [expected * 0.9] * 7 + [expected * 10])
     assert "spike" in score_segment(spiky, history, "minimize")[1]
+
+
+def test_noise_is_the_standard_error_of_the_level() -> None:
+    from hotcb.modules.tune._score import noise
+
+    assert noise([1.0] * 10, 1.0) == 0.0
+    wobbly = [1.0, 1.2, 0.8, 1.2, 0.8, 1.2, 0.8, 1.2]
+    assert noise(wobbly, 1.0) == pytest.approx(0.2 * 1.4826 / 2)
+    assert noise([5.0], 5.0) == 0.0

@@ -416,7 +416,9 @@ class TuneModule:
         trial = self.trial
         assert trial is not None
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        keep = math.isfinite(score) and score > self.settings.threshold
+        # keep what beats the threshold by more than the segment's own noise
+        margin = float(detail.get("noise", 0.0))
+        keep = math.isfinite(score) and score > self.settings.threshold + margin
         attrs = {
             "score_detail": detail,
             "step": trial["step"],

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Segment", "expected_level", "level", "score_segment"]
+__all__ = ["Segment", "expected_level", "level", "noise", "score_segment"]
 
 #: Score of a segment with NaN/inf in its objective: the worst the tuner reports.
 NONFINITE_SCORE = -1.0
@@ -108,4 +108,17 @@ def score_segment(
             score -= DIVERGE_PENALTY
             detail["diverging"] = ratio
     detail["score"] = score
+    detail["noise"] = noise(values, actual)
     return score, detail
+
+
+def noise(values: Sequence[float], at: float) -> float:
+    """The relative standard error of a segment's level: the spread of its last half (a
+    median absolute deviation, scaled to a standard deviation) over the level and the square
+    root of the count. A score inside it is indistinguishable from no change."""
+    half = values[len(values) // 2 :]
+    if len(half) < 2 or at == 0:
+        return 0.0
+    centre = _median(half)
+    mad = _median([abs(v - centre) for v in half]) * 1.4826
+    return mad / abs(at) / math.sqrt(len(half))
