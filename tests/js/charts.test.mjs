@@ -4,7 +4,18 @@ import { describe, test } from "node:test";
 
 import { charts } from "./static.mjs";
 
-const { ema, fmtNum, globMatch, groupMetrics, isHigherBetter, lossTerm, sourceColor, SOURCE_COLORS } = charts;
+const {
+  ema,
+  fmtNum,
+  globMatch,
+  groupMetrics,
+  isHigherBetter,
+  lossTerm,
+  repeatedSeries,
+  sameValues,
+  sourceColor,
+  SOURCE_COLORS,
+} = charts;
 
 /** title → names, as a person reads the charts. */
 const shown = (groups) => Object.fromEntries(groups.map((g) => [g.title, g.names]));
@@ -194,11 +205,114 @@ describe("ema: the smoothing menu", () => {
 });
 
 describe("sourceColor: marker and badge colour by who made the change", () => {
+  test("the automatic controllers have their own colours", () => {
+    for (const src of ["tune", "autopilot", "ai"]) {
+      assert.ok(SOURCE_COLORS[src], src);
+      assert.equal(sourceColor(src), SOURCE_COLORS[src]);
+      assert.notEqual(sourceColor(src), sourceColor("dashboard"));
+    }
+  });
+
   test("each known source has its own colour; unknown ones are grey", () => {
     const colours = Object.keys(SOURCE_COLORS).map(sourceColor);
     assert.equal(new Set(colours).size, colours.length);
     assert.equal(sourceColor("dashboard"), SOURCE_COLORS.dashboard);
     assert.equal(sourceColor("someone-else"), "#6b7280");
     assert.equal(sourceColor(undefined), "#6b7280");
+  });
+});
+
+const series = (steps, values) => ({ step: steps, value: values });
+const runOf = (obj) => new Map(Object.entries(obj));
+
+describe("sameValues: two series that hold the same values", () => {
+  test("equal at every common step, within 1e-12 relative", () => {
+    const a = series([0, 1, 2, 3], [1, 0.5, 0.25, 0.125]);
+    assert.ok(sameValues(a, series([0, 1, 2, 3], [1, 0.5, 0.25, 0.125])));
+    assert.ok(sameValues(a, series([0, 1, 2, 3], [1, 0.5 * (1 + 5e-13), 0.25, 0.125])));
+    assert.ok(!sameValues(a, series([0, 1, 2, 3], [1, 0.5 * (1 + 1e-9), 0.25, 0.125])));
+    assert.ok(!sameValues(a, series([0, 1, 2, 3], [1, 0.5, 0.25, 0.126])));
+  });
+
+  test("only the steps both have count; none in common is not the same", () => {
+    const train = series([0, 1, 2, 3, 4], [5, 4, 3, 2, 1]);
+    assert.ok(sameValues(train, series([2, 4, 6], [3, 1, 99])));
+    assert.ok(!sameValues(train, series([10, 11], [5, 4])));
+    assert.ok(!sameValues(train, series([], [])));
+  });
+
+  test("gaps (null) match only gaps; zeros match zeros", () => {
+    assert.ok(sameValues(series([0, 1], [null, 0]), series([0, 1], [null, 0])));
+    assert.ok(!sameValues(series([0, 1], [null, 0]), series([0, 1], [0, 0])));
+    assert.ok(!sameValues(series([0], [0]), series([0], [1e-300])));
+  });
+});
+
+describe("repeatedSeries: a series equal to another is not drawn twice (issue #11)", () => {
+  // the demo without --golden while the l2 weight is 0: the loss is the cls term
+  const demo = () =>
+    runOf({
+      "train/loss": series([0, 1, 2], [2.3, 2.1, 1.9]),
+      "train/loss_cls": series([0, 1, 2], [2.3, 2.1, 1.9]),
+      "train/loss_l2": series([0, 1, 2], [0.04, 0.041, 0.042]),
+      "val/loss": series([2], [2.0]),
+      "val/loss_cls": series([2], [2.0]),
+    });
+  const order = ["train/loss", "val/loss", "train/loss_cls", "val/loss_cls", "train/loss_l2"];
+
+  test("the later of two equal series repeats the earlier one, in drawing order", () => {
+    assert.deepEqual(
+      [...repeatedSeries(order, [demo()])],
+      [
+        ["train/loss_cls", "train/loss"],
+        ["val/loss_cls", "val/loss"],
+      ],
+    );
+    // the drawing order decides which one is drawn
+    const flipped = ["train/loss_cls", "train/loss", "val/loss", "val/loss_cls", "train/loss_l2"];
+    assert.deepEqual(Object.fromEntries(repeatedSeries(flipped, [demo()])), {
+      "train/loss": "train/loss_cls",
+      "val/loss_cls": "val/loss",
+    });
+  });
+
+  test("the whole 'Loss · cls' chart goes: every series of its group repeats another", () => {
+    const groups = groupMetrics(order);
+    assert.deepEqual(
+      groups.map((g) => g.title),
+      ["Loss", "Loss · cls", "Loss · l2"],
+    );
+    const repeats = repeatedSeries(groups.flatMap((g) => g.names), [demo()]);
+    const drawn = groups.filter((g) => g.names.some((n) => !repeats.has(n))).map((g) => g.title);
+    assert.deepEqual(drawn, ["Loss", "Loss · l2"]);
+  });
+
+  test("a series that starts to differ is drawn again", () => {
+    const run = demo();
+    run.get("train/loss").step.push(3);
+    run.get("train/loss").value.push(1.95); // l2 weighs 0.1 from step 3
+    run.get("train/loss_cls").step.push(3);
+    run.get("train/loss_cls").value.push(1.8);
+    assert.deepEqual(Object.fromEntries(repeatedSeries(order, [run])), { "val/loss_cls": "val/loss" });
+  });
+
+  test("equal series chain to the first one drawn", () => {
+    const run = runOf({ a: series([0], [1]), b: series([0], [1]), c: series([0], [1]) });
+    assert.deepEqual(Object.fromEntries(repeatedSeries(["a", "b", "c"], [run])), { b: "a", c: "a" });
+  });
+
+  test("with runs compared, a repeat must repeat in every run that has it", () => {
+    const other = runOf({
+      "train/loss": series([0, 1], [3, 2]),
+      "train/loss_cls": series([0, 1], [2.5, 1.5]),
+    });
+    const repeats = repeatedSeries(order, [demo(), other]);
+    assert.equal(repeats.has("train/loss_cls"), false);
+    assert.equal(repeats.get("val/loss_cls"), "val/loss"); // the other run has no val metrics
+  });
+
+  test("series without data repeat nothing and hide nothing", () => {
+    const run = runOf({ a: series([], []), b: series([], []), c: series([0], [1]) });
+    assert.deepEqual([...repeatedSeries(["a", "b", "c"], [run])], []);
   });
 });

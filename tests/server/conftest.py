@@ -1,9 +1,13 @@
 """A real uvicorn server on 127.0.0.1 (random free port) in a thread, per test
 (:func:`hotcb.server.testing.serve_in_thread`). Its clients carry the server's token
-(generated: a token is on by default); ``client(auth=False)`` / ``ws(auth=False)`` do not."""
+(generated: a token is on by default); ``client(auth=False)`` / ``ws(auth=False)`` do not.
+
+``tune_state(run_dir, **fields)`` writes the online tuner's state file as the tuner does."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +19,65 @@ pytest.importorskip("fastapi")
 from hotcb.server.config import DashboardConfig
 from hotcb.server.testing import LiveServer, serve_in_thread
 
-__all__ = ["LiveServer"]
+__all__ = ["TUNE_DOC", "LiveServer"]
+
+#: A state document of the online tuner, shaped as its contract says (RUN/hotcb.tune.json):
+#: suggest mode, an objective that fell back, three trials, one proposal answered, one pending.
+TUNE_DOC: dict[str, Any] = {
+    "version": 1,
+    "mode": "suggest",
+    "objective": "val_loss",
+    "objective_used": "loss",
+    "direction": "minimize",
+    "segment_steps": 200,
+    "segment_evals": None,
+    "study": "hotcb-demo",
+    "storage": "sqlite:////runs/demo/hotcb.tune.db",
+    "phase": "trial",
+    "trial": 7,
+    "segment_start": 1400,
+    "next_boundary": 1600,
+    "counts": {"segments": 9, "kept": 2, "rolled_back": 3, "proposed": 1, "failed": 0},
+    "accept_rate": 0.4,
+    "best": {"trial": 5, "score": 0.12, "values": {"opt": {"lr": 0.003}}},
+    "space": [{"module": "opt", "key": "lr", "mode": "mult", "low": 0.25, "high": 4.0,
+               "log": True}],
+    "warnings": ["objective 'val_loss' not logged; scoring 'loss'"],
+    "trials": [
+        {"trial": 5, "step": 1000, "end_step": 1200, "changes": {"opt.lr": [0.001, 0.003]},
+         "score": 0.12, "decision": "kept"},
+        {"trial": 6, "step": 1200, "end_step": 1400, "changes": {"opt.lr": [0.003, 0.009]},
+         "score": -0.03, "decision": "rolled_back"},
+        {"trial": 7, "step": 1400, "end_step": None, "changes": {"opt.lr": [0.003, 0.0045]},
+         "score": None, "decision": "open"},
+    ],
+    "proposals": [
+        {"id": "P2", "trial": 6, "step": 1200, "changes": {"opt.lr": [0.003, 0.009]},
+         "state": "rejected"},
+        {"id": "P3", "trial": 8, "step": 1600, "changes": {"opt.lr": [0.003, 0.0045]},
+         "state": "pending"},
+    ],
+    "updated": 1764633600.0,
+}  # fmt: skip
+
+
+def write_tune_state(run_dir: str, **fields: Any) -> dict[str, Any]:
+    """Write ``RUN/hotcb.tune.json`` as the tuner does (whole, atomically): :data:`TUNE_DOC`
+    with ``fields`` replaced. Returns the document written."""
+    doc = copy.deepcopy(TUNE_DOC)
+    doc.update(fields)
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "hotcb.tune.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".tmp", path)
+    return doc
+
+
+@pytest.fixture
+def tune_state() -> Callable[..., dict[str, Any]]:
+    """``tune_state(run_dir, **fields)``: :func:`write_tune_state`."""
+    return write_tune_state
 
 
 @pytest.fixture

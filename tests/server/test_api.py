@@ -382,3 +382,113 @@ def test_unwatched_run_indexes_are_evicted_lru(tmp_path, live_server):
         assert [rid for rid in ("r0", "r1", "r2", "r3") if registry.cached(rid)] == ["r2", "r3"]
         # an evicted run is simply loaded again
         assert c.get("/api/runs/r0/status").json()["last_metrics"]["step"] == 2
+
+
+# ------------------------------------------------------------------------------ online tuner
+def test_tune_state_off_then_the_file_redacted(tmp_path, live_server, tune_state):
+    """``GET …/tune``: ``{"mode": "off"}`` until the tuner writes its state file, then that
+    file, with every URL's password replaced by ``***`` (the server's own guard); the run at
+    the served root answers at ``/api/runs/tune``."""
+    make_run(tmp_path / "r", steps=2)
+    make_run(tmp_path / "r" / "nested", steps=2)
+    srv = live_server()
+    with srv.client() as c:
+        assert c.get("/api/runs/r/tune").json() == {"mode": "off"}
+        url = "postgresql+psycopg2://bob:s3cr3t@db.internal:5432/optuna"
+        doc = tune_state(
+            os.fspath(tmp_path / "r"),
+            storage=url,
+            warnings=[f"storage '{url}' is slow", "plain warning"],
+        )
+        r = c.get("/api/runs/r/tune")
+        assert r.status_code == 200
+        assert "s3cr3t" not in r.text
+        got = r.json()
+        assert got["storage"] == "postgresql+psycopg2://bob:***@db.internal:5432/optuna"
+        assert got["warnings"] == [
+            "storage 'postgresql+psycopg2://bob:***@db.internal:5432/optuna' is slow",
+            "plain warning",
+        ]
+        assert {k: v for k, v in got.items() if k not in ("storage", "warnings")} == {
+            k: v for k, v in doc.items() if k not in ("storage", "warnings")
+        }
+        # a password with "@" or "/" in it does not leak its tail; a password-less URL stays
+        tune_state(os.fspath(tmp_path / "r"), storage="mysql://u:p@ss/w@rd@h/db")
+        assert c.get("/api/runs/r/tune").json()["storage"] == "mysql://u:***@h/db"
+        plain = "sqlite:////data/x@y/hotcb.tune.db"
+        tune_state(os.fspath(tmp_path / "r"), storage=plain)
+        assert c.get("/api/runs/r/tune").json()["storage"] == plain
+        # a nested run has its own (none)
+        assert c.get("/api/runs/r%2Fnested/tune").json() == {"mode": "off"}
+        assert c.get("/api/runs/nope/tune").status_code == 404
+
+    make_run(tmp_path / "root", steps=2)
+    tune_state(os.fspath(tmp_path / "root"), mode="active")
+    with live_server(root=tmp_path / "root").client() as c:
+        assert c.get("/api/runs/tune").json()["mode"] == "active"
+
+
+def test_tune_state_corrupt_file_answers_last_good_or_an_error(tmp_path, live_server, tune_state):
+    run = make_run(tmp_path / "r", steps=2)
+    path = os.path.join(run, "hotcb.tune.json")
+    good = tune_state(run, storage="redis://:pw0rd@cache:6379/0")
+    srv = live_server()
+    with srv.client() as c:
+        first = c.get("/api/runs/r/tune").json()
+        assert first["trials"] == good["trials"] and first["storage"] == "redis://:***@cache:6379/0"
+        # a writer that is not atomic, caught half-way: the last good document
+        text = json.dumps({**good, "phase": "backoff"})
+        with open(path, "w") as f:
+            f.write(text[: len(text) // 2])
+        assert c.get("/api/runs/r/tune").json() == first
+        with open(path, "w") as f:
+            f.write("[1, 2]")  # JSON, but not a state document
+        assert c.get("/api/runs/r/tune").json() == first
+        # the write completes: the new document
+        with open(path, "w") as f:
+            f.write(text)
+        assert c.get("/api/runs/r/tune").json()["phase"] == "backoff"
+        # the file goes away: off again
+        os.remove(path)
+        assert c.get("/api/runs/r/tune").json() == {"mode": "off"}
+
+    # a server that never saw a good document says the tuner is off, and why
+    with open(path, "w") as f:
+        f.write('{"mode": "sugg')
+    with live_server().client() as c:
+        got = c.get("/api/runs/r/tune").json()
+        assert got["mode"] == "off" and "hotcb.tune.json is unreadable" in got["error"]
+        assert set(got) == {"mode", "error"}
+        tune_state(run, mode="observe")
+        assert c.get("/api/runs/r/tune").json()["mode"] == "observe"
+
+
+def test_tune_commands_from_the_dashboard(tmp_path, live_server):
+    """Accept and reject go through the commands endpoint like any other command; a tuner
+    recipe must lie inside the run (or an allowed root), and a study storage URL (which may name
+    any file or database) is never taken from a request."""
+    run = make_run(tmp_path / "r", steps=2)
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("mode: active\n")
+    with live_server().client() as c:
+        for op in ("accept", "reject"):
+            r = c.post(
+                "/api/runs/r/commands", json={"module": "tune", "op": op, "params": {"id": "P3"}}
+            )
+            assert r.status_code == 200, r.text
+        r = c.post(
+            "/api/runs/r/commands",
+            json={"module": "tune", "op": "enable", "params": {"recipe": os.fspath(outside)}},
+        )
+        assert r.status_code == 403 and "params.recipe" in r.json()["detail"]
+        r = c.post(
+            "/api/runs/r/commands",
+            json={"module": "tune", "op": "enable",
+                  "params": {"mode": "suggest", "storage": "sqlite:////tmp/x.db"}},
+        )  # fmt: skip
+        assert r.status_code == 403 and "hotcb tune enable --storage" in r.json()["detail"]
+    recs = list(jsonl.iter_records(RunPaths(run).commands))
+    assert [(rec["module"], rec["op"], rec["params"], rec["source"]) for rec in recs] == [
+        ("tune", "accept", {"id": "P3"}, "dashboard"),
+        ("tune", "reject", {"id": "P3"}, "dashboard"),
+    ]

@@ -222,3 +222,24 @@ def test_real_trainer_steered_from_the_dashboard(tmp_path, live_server):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_tune_state_is_pushed_redacted(tmp_path, live_server, tune_state):
+    """A ``tune`` snapshot on subscribe, then the tuner's state document each time it changes."""
+    run = os.fspath(tmp_path / "r")
+    with MetricsCollector(run) as m:
+        m.log(0, {"loss": 1.0})
+    srv = live_server()
+    with srv.ws() as ws:
+        inbox = Inbox(ws)
+        ws.send(json.dumps({"subscribe": ["r"]}))
+        snap = inbox.until(lambda ms: [m for m in ms if m["type"] == "tune"], what="tune snapshot")
+        assert snap[0] == {"type": "tune", "run": "r", "doc": {"mode": "off"}}
+        tune_state(run, storage="postgresql://bob:s3cr3t@db/optuna", trial=8)
+        pushed = inbox.until(
+            lambda ms: [m for m in ms if m["type"] == "tune" and m["doc"]["mode"] == "suggest"],
+            what="the tuner's state",
+        )
+        assert pushed[0]["run"] == "r" and pushed[0]["doc"]["trial"] == 8
+        assert pushed[0]["doc"]["storage"] == "postgresql://bob:***@db/optuna"
+        assert "s3cr3t" not in json.dumps(inbox.messages)

@@ -28,6 +28,7 @@ from .routers import (
     create_meta_router,
     create_runs_router,
     create_static_router,
+    create_tune_router,
     create_ws_router,
 )
 from .runs import RunRegistry
@@ -85,6 +86,7 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     for factory in (
         create_meta_router,
         create_runs_router,
+        create_tune_router,
         create_commands_router,
         create_ws_router,
     ):

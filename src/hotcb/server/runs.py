@@ -19,7 +19,14 @@ from ..freeze import FreezeState
 from ..runfiles import RunPaths
 from .config import DashboardConfig
 from .hub import Hub
-from .tailer import ActuatorsWatch, CommandsTail, LedgerState, MetricsIndex
+from .tailer import (
+    TUNE_STATE,
+    ActuatorsWatch,
+    CommandsTail,
+    LedgerState,
+    MetricsIndex,
+    TuneWatch,
+)
 
 __all__ = ["RunNotFound", "RunRegistry", "RunState"]
 
@@ -57,6 +64,7 @@ class RunState:
         self.ledger = LedgerState(self.paths.ledger, config.ledger_max_entries)
         self.commands = CommandsTail(self.paths.commands)
         self.actuators = ActuatorsWatch(self.paths.actuators)
+        self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
         self.lock = asyncio.Lock()
         self._meta: dict[str, Any] = {}
         self._meta_sig: tuple[int, int, int] | None = None
@@ -100,6 +108,8 @@ class RunState:
             msgs.append({"type": "commands", "run": rid, "records": commands})
         if self.actuators.update():
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
+        if self.tune.update():
+            msgs.append(self.tune_message())
         return msgs
 
     async def run_locked(self, fn: Any, *args: Any) -> Any:
@@ -144,6 +154,9 @@ class RunState:
         return self.ledger.view.run_state(
             self.last_wall_time, time.time(), self.config.ui.stale_after_sec, meta=self.meta()
         )
+
+    def tune_message(self) -> dict[str, Any]:
+        return {"type": "tune", "run": self.run_id, "doc": self.tune.doc}
 
     def status_message(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,8 @@
   still scheduled, and whether the run is paused.
 - :class:`CommandsTail` tails ``hotcb.commands.jsonl`` from the moment the server watches the run.
 - :class:`ActuatorsWatch` re-reads ``hotcb.actuators.json`` when its size or mtime changes.
+- :class:`TuneWatch` re-reads the online tuner's ``hotcb.tune.json`` the same way, keeps the last
+  good document when the file does not parse, and never lets a URL's password out.
 - :class:`Tailer` is the server's background task: every ``tail_interval_sec`` it refreshes the
   runs that a page subscribes to (each refresh pushes one batched message per file that grew).
 
@@ -23,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from array import array
 from bisect import bisect_left
@@ -38,7 +41,16 @@ if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs th
     from .hub import Hub
     from .runs import RunRegistry
 
-__all__ = ["ActuatorsWatch", "CommandsTail", "LedgerState", "MetricsIndex", "Tailer"]
+__all__ = [
+    "TUNE_STATE",
+    "ActuatorsWatch",
+    "CommandsTail",
+    "LedgerState",
+    "MetricsIndex",
+    "Tailer",
+    "TuneWatch",
+    "redact_urls",
+]
 
 log = logging.getLogger("hotcb.server")
 
@@ -262,6 +274,73 @@ class ActuatorsWatch:
         self._sig = sig
         doc.setdefault("actuators", [])
         self.doc = doc
+        return True
+
+
+#: The online tuner's state file in a run directory (``hotcb.modules.tune`` writes it, atomically,
+#: on rank 0 after every change of its state).
+TUNE_STATE = "hotcb.tune.json"
+
+# ``scheme://user:password@host``: everything from the first ":" after the user name to the last
+# "@" of the URL is the password (an unescaped "@" or "/" in it must not leak its tail).
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*):[^\s'\"]*@")
+
+
+def redact_urls(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, strings) with the password of every
+    ``scheme://user:password@host`` URL in its strings replaced by ``***``."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    if isinstance(value, dict):
+        return {k: redact_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_urls(v) for v in value]
+    return value
+
+
+class TuneWatch:
+    """The tuner's state document (:data:`TUNE_STATE`), re-read only when the file changed.
+
+    No file: ``{"mode": "off"}`` (the tuner was never enabled here). A file that does not parse
+    (a writer that is not atomic, a damaged disk) leaves the last good document in place; with
+    none yet, the document is ``{"mode": "off", "error": reason}``. The tuner redacts its
+    storage URL itself; :func:`redact_urls` is the server's own guard, on every string."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sig: tuple[int, int, int] | None = None  # of the file last read, good or not
+        self._good = False
+        self.doc: dict[str, Any] = {"mode": "off"}
+
+    def update(self) -> bool:
+        """True when the document changed since the last call."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._sig is None and not self._good:
+                return False
+            self._sig, self._good = None, False
+            self.doc = {"mode": "off"}
+            return True
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if sig == self._sig:
+            return False
+        self._sig = sig
+        try:
+            with open(self.path, "rb") as f:
+                doc = json.loads(f.read())
+            if not isinstance(doc, dict):
+                raise ValueError(f"a JSON object was expected, got {type(doc).__name__}")
+        except FileNotFoundError:  # replaced between the stat and the open: next poll
+            self._sig = None
+            return False
+        except (OSError, ValueError) as exc:
+            if self._good:
+                return False
+            self.doc = {"mode": "off", "error": f"{TUNE_STATE} is unreadable: {exc}"}
+            return True
+        self._good = True
+        self.doc = redact_urls(doc)
         return True
 
 

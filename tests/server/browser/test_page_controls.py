@@ -252,7 +252,8 @@ def test_impact_only_on_value_changes_once_per_step(page: Any, server: Any, runs
         [at, [{"recon": round(recon * 1.1, 4)}, {"cls": round(cls * 1.1, 4)}]],
     )
     first, second = (
-        wait_for(lambda i=i: live.entry(i, "applied"), timeout=60, what="a scheduled change")
+        # 600 steps: 6 s at full speed, minutes on a loaded machine (5 steps/s or less)
+        wait_for(lambda i=i: live.entry(i, "applied"), timeout=300, what="a scheduled change")
         for i in ids
     )
     assert first["step"] == second["step"] == at and first["seq"] < second["seq"]

@@ -4,6 +4,7 @@ from ._commands import create_commands_router
 from ._meta import create_meta_router
 from ._runs import create_runs_router
 from ._static import create_static_router
+from ._tune import create_tune_router
 from ._ws import create_ws_router
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "create_meta_router",
     "create_runs_router",
     "create_static_router",
+    "create_tune_router",
     "create_ws_router",
 ]

@@ -2,9 +2,10 @@
 ``source: "dashboard"`` through :class:`hotcb.client.HotClient` (the one local writer).
 
 Bodies are JSON (``JSONOnlyMiddleware`` refuses other types before this runs). A path in a
-request (a freeze recipe or overlay, a checkpoint's ``params.path``, a callback file) must
-resolve inside the run directory or one of ``allowed_roots`` (403 otherwise); the refusal
-never says whether the file exists.
+request (a freeze recipe or overlay, a checkpoint's ``params.path``, a callback file, a tuner
+recipe) must resolve inside the run directory or one of ``allowed_roots`` (403 otherwise); the
+refusal never says whether the file exists. A tuner's study storage is a URL that may name any
+file or database, so it is never taken from a request (the CLI and Python set it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     target = record.get("target")
     if module == "cb" and isinstance(target, dict) and target.get("kind") == "python_file":
         yield "target.path", target.get("path")
+    if module == "tune" and op == "enable" and params.get("recipe") is not None:
+        yield "params.recipe", params["recipe"]
 
 
 def _confine(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> None:
@@ -70,6 +73,13 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
             "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
         )
     _confine(run_dir, roots, record)
+    params = record.get("params")
+    if record.get("module") == "tune" and isinstance(params, dict) and params.get("storage"):
+        raise HTTPException(
+            403,
+            detail="the tuner's study storage is not set from the dashboard (a URL can name any "
+            "file or database): use `hotcb tune enable --storage URL` or HotClient.tune_enable",
+        )
     record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
     record.pop("ts", None)
     try:

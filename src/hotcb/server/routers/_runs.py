@@ -27,7 +27,7 @@ from ..downsample import minmax_downsample
 from ..tailer import MetricsIndex
 
 
-def _both(router: APIRouter, suffix: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
+def both(router: APIRouter, suffix: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
     """Register a GET handler at ``/runs/{run_id}/<suffix>`` and ``/runs/<suffix>`` (run ".")."""
 
     def deco(fn: Callable[..., Any]) -> Any:
@@ -143,20 +143,20 @@ def create_runs_router(deps: Deps) -> APIRouter:
                 continue
         return {"runs": out}
 
-    @_both(router, "status")
+    @both(router, "status")
     async def status(run_id: str = ".") -> dict[str, Any]:
         """run.json, freeze state, actuators, pending schedules, last metrics, stale, paused."""
         run = deps.run(run_id)
         await run.refresh()
         return run.status()
 
-    @_both(router, "metrics/names")
+    @both(router, "metrics/names")
     async def metric_names(run_id: str = ".") -> dict[str, Any]:
         run = deps.run(run_id)
         await run.refresh()
         return {"names": run.metrics.names()}
 
-    @_both(router, "metrics")
+    @both(router, "metrics")
     async def metrics(
         run_id: str = ".",
         names: str | None = Query(None, description="comma-separated; empty: every metric"),
@@ -173,7 +173,7 @@ def create_runs_router(deps: Deps) -> APIRouter:
         smin, smax = _opt_number(step_min, "step_min"), _opt_number(step_max, "step_max")
         return await run.run_locked(history, run.metrics, wanted, mp, smin, smax)
 
-    @_both(router, "ledger")
+    @both(router, "ledger")
     async def ledger(
         run_id: str = ".",
         limit: int | None = Query(None, ge=1),
@@ -197,14 +197,14 @@ def create_runs_router(deps: Deps) -> APIRouter:
         n = min(limit or cfg.ledger_limit, cfg.ledger_max_entries)
         return {"entries": picked[-n:]}
 
-    @_both(router, "actuators")
+    @both(router, "actuators")
     async def actuators(run_id: str = ".") -> dict[str, Any]:
         """The run's ``hotcb.actuators.json`` (what the page can control)."""
         run = deps.run(run_id)
         await run.refresh()
         return run.actuators.doc
 
-    @_both(router, "impact")
+    @both(router, "impact")
     async def impact(
         run_id: str = ".",
         metric: str | None = None,
@@ -223,7 +223,7 @@ def create_runs_router(deps: Deps) -> APIRouter:
         )
         return {"impacts": result}
 
-    @_both(router, "recipe")
+    @both(router, "recipe")
     async def recipe(run_id: str = ".") -> Response:
         """The run's applied changes as a portable recipe (JSON lines download)."""
         run = deps.run(run_id)

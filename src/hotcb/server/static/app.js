@@ -12,6 +12,7 @@ import {
   parseFor,
   renderPending,
 } from "./panels.js";
+import { TunePanel } from "./tune.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -129,6 +130,7 @@ function addEntries(entries) {
     app.ledger.push(e);
     if (e.undo_of && e.decision === "applied") app.undone.add(e.undo_of);
     controls.onEntry(e);
+    tunePanel.onEntry(e);
     if (e.module === "freeze" && e.decision === "applied" && e.changes?.mode) setFreeze(e.changes.mode.new);
     if (e.module === "control" && e.decision === "applied" && e.changes?.paused) {
       if (app.status) app.status.paused = e.changes.paused.new;
@@ -149,7 +151,8 @@ function markers() {
   const out = [];
   for (const e of app.ledger) {
     if (e.decision !== "applied" || !e.changes || !Object.keys(e.changes).length || e.step == null) continue;
-    out.push({ seq: e.seq, step: e.step, color: sourceColor(e.source), undo: !!e.undo_of, entry: e });
+    const undo = !!e.undo_of || (e.module === "tune" && e.op === "rollback"); // drawn dashed
+    out.push({ seq: e.seq, step: e.step, color: sourceColor(e.source), undo, entry: e });
   }
   return out;
 }
@@ -166,6 +169,7 @@ async function loadPrimary(runId, gen, reset) {
     app.undone = new Set();
     app.impacts = new Map();
     app.dirty.ledger = true;
+    tunePanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
   }
   const jobs = [
     api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
@@ -181,6 +185,7 @@ async function loadPrimary(runId, gen, reset) {
       // the newest `limit` entries came back: there may be older ones
       $("ledger-older").hidden = (res.entries || []).length < app.ledgerLimit;
     }),
+    api(runUrl(runId, "tune")).then((doc) => gen === app.generation && tunePanel.update(doc)),
     loadMetrics(runId, gen),
   ];
   const results = await Promise.allSettled(jobs);
@@ -303,6 +308,9 @@ function undoEntry(entry, btn) {
   btn.textContent = "sent…";
   control("undo", { cmd_id: entry.cmd_id });
 }
+
+/** Accept or reject a tuner proposal: the command `hotcb tune accept|reject ID` writes. */
+const decideProposal = (op, p) => send({ module: "tune", op, params: { id: p.id } }, `tune ${op} ${p.id}`);
 
 function cancelScheduled(p, btn) {
   btn.disabled = true;
@@ -521,6 +529,9 @@ function onMessage(msg) {
         fillSchedulerKeys();
       }
       break;
+    case "tune":
+      if (msg.run === app.runId) tunePanel.update(msg.doc);
+      break;
     case "status":
       if (msg.run === app.runId) {
         app.serverStale = !!msg.stale;
@@ -600,6 +611,7 @@ const charts = new Charts($("charts"), $("charts-empty"), {
   onMarkerClick: focusEntry,
 });
 const controls = new Controls($("controls"), $("controls-note"), sendActuator);
+const tunePanel = new TunePanel($("tune-card"), { decide: decideProposal });
 const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
 
 function renderCharts() {
@@ -804,6 +816,7 @@ window.hotcb = {
       markers: markers().map((m) => ({ seq: m.seq, step: m.step, source: m.entry.source, changes: m.entry.changes })),
       ledger: app.ledger.length,
       controls: controls.debug(),
+      tune: tunePanel.debug(),
       pending: app.status?.pending || [],
       impactMetric: app.impactMetric,
       impacts: app.impacts.size,

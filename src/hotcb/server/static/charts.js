@@ -75,6 +75,59 @@ export function groupMetrics(names, configured = {}) {
 
 export const isHigherBetter = (name) => RE_ACC.test(name);
 
+// ----------------------------------------------------------------------------- repeats
+/** Relative tolerance under which two values are the same value. */
+export const SAME_REL = 1e-12;
+
+const sameValue = (x, y, rel) =>
+  x === y || (x != null && y != null && Math.abs(x - y) <= rel * Math.max(Math.abs(x), Math.abs(y)));
+
+/**
+ * Whether two series ({step, value}, steps ascending) hold the same values at every step they
+ * share (at least one; gaps count only against a value). Walks from the newest step back, so
+ * two different series part at once.
+ */
+export function sameValues(a, b, rel = SAME_REL) {
+  let i = a.step.length - 1;
+  let j = b.step.length - 1;
+  let common = 0;
+  while (i >= 0 && j >= 0) {
+    const sa = a.step[i];
+    const sb = b.step[j];
+    if (sa > sb) i--;
+    else if (sb > sa) j--;
+    else {
+      if (!sameValue(a.value[i], b.value[j], rel)) return false;
+      common++;
+      i--;
+      j--;
+    }
+  }
+  return common > 0;
+}
+
+/**
+ * Series that repeat another one (issue #11: "loss" and "loss_cls" while the other loss terms
+ * weigh 0): Map name → the name it repeats. `order` is the drawing order, in which the first
+ * of equal series is the one drawn; `runs` are the drawn runs' series (Map name → {step,
+ * value}). A name repeats an earlier one when every run that has data for it has the same
+ * values for both (sameValues). Called again on new data: a series that starts to differ is
+ * no longer a repeat.
+ */
+export function repeatedSeries(order, runs, rel = SAME_REL) {
+  const repeats = new Map();
+  const kept = [];
+  for (const name of order) {
+    const withData = runs.filter((r) => r.get(name)?.step.length);
+    const twin = withData.length
+      ? kept.find((k) => withData.every((r) => r.get(k) && sameValues(r.get(name), r.get(k), rel)))
+      : undefined;
+    if (twin === undefined) kept.push(name);
+    else repeats.set(name, twin);
+  }
+  return repeats;
+}
+
 // ----------------------------------------------------------------------------- formatting
 export function fmtNum(v) {
   if (v == null || Number.isNaN(v)) return "–";
@@ -276,6 +329,7 @@ class ChartCard {
         label: s.label,
         run: s.runId,
         metric: s.name,
+        same: s.same || [],
         points: (d[i + 1] || []).filter((v) => v != null).length,
       })),
       markers: this.markers.length,
@@ -309,7 +363,12 @@ export class Charts {
     const primary = runs[0];
     const names = primary ? [...primary.series.keys()] : [];
     for (const r of runs.slice(1)) for (const n of r.series.keys()) if (!names.includes(n)) names.push(n);
-    const groups = groupMetrics(names, this.opts.groups || {});
+    const grouped = groupMetrics(names, this.opts.groups || {});
+    // a series equal to one drawn before it is not drawn again: the drawn one's legend says so
+    const repeats = repeatedSeries(grouped.flatMap((g) => g.names), runs.map((r) => r.series));
+    const same = new Map(); // drawn name → the names it stands for
+    for (const [name, twin] of repeats) same.set(twin, [...(same.get(twin) || []), name]);
+    const groups = grouped.filter((g) => g.names.some((n) => !repeats.has(n)));
     this.emptyEl.hidden = groups.length > 0;
     const keep = new Set(groups.map((g) => g.key));
     for (const [k, c] of this.cards) {
@@ -331,13 +390,16 @@ export class Charts {
       runs.forEach((run, ri) => {
         g.names.forEach((name, ni) => {
           const s = run.series.get(name);
-          if (!s || !s.step.length) return;
+          if (!s || !s.step.length || repeats.has(name)) return;
+          const twins = (same.get(name) || []).filter((t) => run.series.get(t)?.step.length);
+          const label = ri === 0 ? name : `${run.label} · ${name}`;
           series.push({
-            label: ri === 0 ? name : `${run.label} · ${name}`,
+            label: twins.length ? `${label} (= ${twins.join(", ")})` : label,
             color: PALETTE[ni % PALETTE.length],
             dash: DASHES[ri % DASHES.length],
             runId: run.runId,
             name,
+            same: twins,
           });
           tables.push([s.step, ema(s.value, this.opts.smoothing || 0)]);
         });

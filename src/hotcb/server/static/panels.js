@@ -1,7 +1,8 @@
 // Side panels: actuator controls, the scheduler, the ledger table.
 import { fmtNum, isHigherBetter, sourceColor } from "./charts.js";
 
-const el = (tag, cls, text) => {
+/** A new element with a class and text (text only: data never goes through innerHTML). */
+export const el = (tag, cls, text) => {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text != null) e.textContent = text;
@@ -492,20 +493,25 @@ function impactCell(imp, metric) {
 }
 
 const VALUE_MODULES = new Set(["opt", "loss", "custom"]);
+const TUNER_VALUE_OPS = new Set(["mutate", "rollback"]);
+
+/** Whether an entry's module and op set actuator values: opt, loss, custom, and the tuner's
+ * mutations and rollbacks. */
+const setsValues = (e) => VALUE_MODULES.has(e.module) || (e.module === "tune" && TUNER_VALUE_OPS.has(e.op));
 
 /** Whether a ledger entry changed values a trajectory depends on: applied, with `changes`, of
- * module opt, loss or custom, or an undo of such an entry (`byCmd`: cmd_id → entry; an undo
- * whose target is not loaded counts when it changed only actuator keys). Pause, resume,
- * freeze, checkpoints and callbacks change no value. */
+ * module opt, loss or custom or a tuner mutation or rollback, or an undo of such an entry
+ * (`byCmd`: cmd_id → entry; an undo whose target is not loaded counts when it changed only
+ * actuator keys). Pause, resume, freeze, checkpoints and callbacks change no value. */
 export function isValueChange(e, byCmd = new Map(), actuatorKeys = null) {
   if (e.decision !== "applied" || e.step == null) return false;
   if (!e.changes || typeof e.changes !== "object" || !Object.keys(e.changes).length) return false;
   if (e.undo_of) {
     const target = byCmd.get(e.undo_of);
-    if (target) return VALUE_MODULES.has(target.module);
+    if (target) return setsValues(target);
     return !!actuatorKeys && Object.keys(e.changes).every((k) => actuatorKeys.has(k));
   }
-  return VALUE_MODULES.has(e.module);
+  return setsValues(e);
 }
 
 /** The impact column's rule: Map seq → the seq whose impact the row shows. Only value changes
@@ -527,6 +533,11 @@ export function impactRows(entries, actuatorKeys = null) {
 export function describeEntry(e) {
   const what = [e.module, e.op].filter(Boolean).join(" ") + (e.id ? ` ${e.id}` : "");
   const lines = fmtChanges(e.changes);
+  if (e.tune && typeof e.tune === "object") {
+    const t = e.tune;
+    const parts = [t.trial != null && `trial ${t.trial}`, t.score != null && `score ${fmtNum(t.score)}`, t.decision];
+    if (parts.some(Boolean)) lines.push(parts.filter(Boolean).join(" · "));
+  }
   if (e.checkpoint) lines.push(`saved ${e.checkpoint}`);
   if (!lines.length && e.params && Object.keys(e.params).length) {
     lines.push(
@@ -591,8 +602,9 @@ export class LedgerTable {
         tr.append(td);
       } else tr.append(el("td", "impact"));
       const act = el("td", "row-actions");
+      // the tuner keeps or rolls back its own changes (accept / reject, or disable it)
       const undoable =
-        e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze"].includes(e.module);
+        e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze", "tune"].includes(e.module);
       if (undoable && undone.has(e.cmd_id)) act.append(el("span", "muted small", "undone"));
       else if (undoable) {
         const b = el("button", "btn tiny undo-btn", "Undo");

@@ -1,0 +1,305 @@
+// The Tune panel: what the online tuner (hotcb.modules.tune) is doing, read from its state
+// file (GET …/tune when a run loads, then "tune" messages over the WebSocket whenever the file
+// changes), and its pending proposals, accepted or rejected with the same commands as
+// `hotcb tune accept|reject ID`. Pure helpers first (tests/js runs them under node).
+import { fmtNum } from "./charts.js";
+import { el, fmtValue } from "./panels.js";
+
+/** The command that switches the tuner on, as the off line shows it. */
+export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
+
+const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", open: "open" };
+
+/** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
+export function fmtTuneChanges(changes) {
+  if (!changes || typeof changes !== "object") return "";
+  return Object.entries(changes)
+    .map(([k, v]) => (Array.isArray(v) && v.length === 2 ? `${k} ${fmtValue(v[0])} → ${fmtValue(v[1])}` : `${k} ${fmtValue(v)}`))
+    .join(", ");
+}
+
+/** "opt.lr = 0.003" from `{"opt": {"lr": 0.003}}` (the values of the best trial). */
+export function fmtTuneValues(values) {
+  if (!values || typeof values !== "object") return "";
+  return Object.entries(values)
+    .flatMap(([m, kv]) =>
+      kv && typeof kv === "object" && !Array.isArray(kv)
+        ? Object.entries(kv).map(([k, v]) => `${m}.${k} = ${fmtValue(v)}`)
+        : [`${m} = ${fmtValue(kv)}`],
+    )
+    .join(", ");
+}
+
+/** What the panel says about a state document, as text. */
+export function tuneFacts(doc) {
+  const c = doc.counts || {};
+  const best = doc.best;
+  const used = doc.objective_used ?? doc.objective;
+  return {
+    mode: doc.mode || "off",
+    objective: doc.objective ?? used ?? "–",
+    objectiveUsed: used ?? "–",
+    fallback: doc.objective != null && used != null && used !== doc.objective,
+    direction: doc.direction === "maximize" ? "↑ maximize" : doc.direction === "minimize" ? "↓ minimize" : "",
+    phase: doc.phase || "–",
+    trial: doc.trial == null ? "–" : String(doc.trial),
+    next: doc.next_boundary == null ? "–" : `step ${doc.next_boundary}`,
+    counts: [
+      `${c.segments ?? 0} segments`,
+      `${c.kept ?? 0} kept`,
+      `${c.rolled_back ?? 0} rolled back`,
+      `${c.proposed ?? 0} proposed`,
+      `${c.failed ?? 0} failed`,
+    ].join(" · "),
+    acceptRate: typeof doc.accept_rate === "number" ? `${Math.round(doc.accept_rate * 100)}%` : "–",
+    best: best
+      ? [`trial ${best.trial ?? "?"}`, `score ${fmtNum(best.score)}`, fmtTuneValues(best.values)].filter(Boolean).join(" · ")
+      : "none yet",
+  };
+}
+
+/** Proposals still waiting for a person, newest first. */
+export function pendingProposals(doc) {
+  return (doc.proposals || []).filter((p) => p && p.state === "pending" && p.id != null).reverse();
+}
+
+/** The trials table's rows, newest first. */
+export function trialRows(doc) {
+  return (doc.trials || []).filter((t) => t && typeof t === "object").reverse();
+}
+
+export const decisionLabel = (d) => DECISIONS[d] || String(d ?? "–");
+
+/** A POSIX shell word for `path` (quoted when it needs to be). */
+function shellWord(path) {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${String(path).replace(/'/g, `'\\''`)}'`;
+}
+
+export class TunePanel {
+  /** decide(op, proposal) → Promise<cmd_id>, rejecting with the reason (`op`: accept|reject). */
+  constructor(card, { decide }) {
+    this.card = card;
+    this.decide = decide;
+    this.doc = { mode: "off" };
+    this.runPath = null;
+    this.sig = null;
+    this.sent = new Map(); // proposal id → {op, cmdId, error}
+  }
+
+  /** A new run was picked: forget what was shown and sent. */
+  reset(runPath) {
+    this.runPath = runPath || null;
+    this.sent.clear();
+    this.sig = null;
+    this.update({ mode: "off" });
+  }
+
+  /** A state document from the server; the panel is rebuilt only when it changed. */
+  update(doc) {
+    this.doc = doc && typeof doc === "object" ? doc : { mode: "off" };
+    const sig = JSON.stringify(this.doc);
+    if (sig === this.sig) return;
+    this.sig = sig;
+    // a proposal that is no longer pending has been answered: its buttons go with it
+    const pending = new Set(pendingProposals(this.doc).map((p) => String(p.id)));
+    for (const id of [...this.sent.keys()]) if (!pending.has(id)) this.sent.delete(id);
+    this.render();
+  }
+
+  /** A ledger entry: the answer to an accept or reject sent from here. */
+  onEntry(e) {
+    if (e.module !== "tune" || !["accept", "reject"].includes(e.op)) return;
+    for (const s of this.sent.values()) {
+      if (s.cmdId !== e.cmd_id || e.decision === "applied") continue;
+      s.error = `${e.op} ${e.decision}: ${e.error || "no reason given"}`;
+      this.render();
+    }
+  }
+
+  async send(op, p) {
+    const id = String(p.id);
+    this.sent.set(id, { op, cmdId: null, error: null });
+    this.render();
+    try {
+      const cmdId = await this.decide(op, p);
+      const s = this.sent.get(id);
+      if (s) s.cmdId = cmdId;
+    } catch (err) {
+      const s = this.sent.get(id);
+      if (s) s.error = err.message;
+      this.render();
+    }
+  }
+
+  /** Each part of the panel is rebuilt only when what it shows changed: a tuner that rewrites
+   * its state every few steps (a new boundary) leaves the proposals' buttons alone. */
+  render() {
+    const doc = this.doc;
+    const off = (doc.mode || "off") === "off";
+    const f = tuneFacts(doc);
+    if (!this.parts) this.build();
+    this.card.classList.toggle("off", off);
+    this.parts.body.hidden = off;
+    const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath];
+    this.fill("head", headKey, () => this.head(doc, f, off));
+    if (off) return;
+    this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
+    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent]], () => [this.proposals(doc)]);
+    this.fill("trials", [doc.trials], () => [this.trials(doc)]);
+  }
+
+  build() {
+    this.card.textContent = "";
+    const parts = {
+      head: el("div", "card-head"),
+      body: el("div", "tune-body"),
+      facts: el("div", "tune-facts-box"),
+      proposals: el("div", "tune-proposals-box"),
+      trials: el("div", "tune-trials-box"),
+    };
+    const side = el("div", "tune-side");
+    side.append(parts.facts, parts.proposals);
+    parts.body.append(side, parts.trials);
+    this.card.append(parts.head, parts.body);
+    this.parts = parts;
+    this.keys = {};
+  }
+
+  fill(name, key, make) {
+    const sig = JSON.stringify(key);
+    if (this.keys[name] === sig) return;
+    this.keys[name] = sig;
+    const box = this.parts[name];
+    box.textContent = "";
+    box.append(...make());
+  }
+
+  head(doc, f, off) {
+    const out = [el("h2", null, "Tune")];
+    if (off) return [...out, this.offLine(doc)];
+    const mode = el("span", `chip tune-mode mode-${f.mode}`, f.mode);
+    mode.title = "tuner mode: observe scores only, suggest proposes, active applies";
+    out.push(mode, el("span", "muted small tune-phase", `phase ${f.phase} · trial ${f.trial} · next boundary ${f.next}`));
+    if (doc.study) {
+      const study = el("span", "muted small tune-study", doc.study);
+      study.title = doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`;
+      out.push(el("div", "spacer"), study);
+    }
+    return out;
+  }
+
+  offLine(doc) {
+    if (doc.error) return el("span", "tune-off tune-error small", doc.error);
+    const line = el("span", "tune-off muted small", "tuner off — enable with ");
+    line.append(el("code", null, ENABLE_COMMAND));
+    if (this.runPath) line.title = ENABLE_COMMAND.replace("RUN", shellWord(this.runPath));
+    return line;
+  }
+
+  facts(f) {
+    const dl = el("dl", "tune-facts");
+    const row = (name, ...content) => {
+      const dd = el("dd");
+      dd.append(...content);
+      dl.append(el("dt", null, name), dd);
+      return dd;
+    };
+    const obj = row("objective", el("code", "tune-objective", f.objective));
+    if (f.fallback) {
+      const badge = el("span", "badge warn tune-fallback", `scoring ${f.objectiveUsed}`);
+      badge.title = `'${f.objective}' was asked for; the tuner scores '${f.objectiveUsed}'`;
+      obj.append(" ", badge);
+    }
+    if (f.direction) obj.append(" ", el("span", "muted small", f.direction));
+    row("counts", f.counts).classList.add("tune-counts");
+    row("accept rate", f.acceptRate).classList.add("tune-rate");
+    row("best", f.best).classList.add("tune-best");
+    return dl;
+  }
+
+  warnings(doc) {
+    const list = (doc.warnings || []).filter((w) => typeof w === "string" && w);
+    if (!list.length) return [];
+    const ul = el("ul", "tune-warnings");
+    for (const w of list) ul.append(el("li", null, w));
+    return [ul];
+  }
+
+  proposals(doc) {
+    const box = el("div", "tune-proposals");
+    const pending = pendingProposals(doc);
+    box.append(el("h4", null, pending.length ? `pending proposals (${pending.length})` : "pending proposals"));
+    const ul = el("ul", "pending");
+    if (!pending.length) ul.append(el("li", "muted", doc.mode === "suggest" ? "none yet" : "none (proposals come in suggest mode)"));
+    for (const p of pending) {
+      const id = String(p.id);
+      const li = el("li", "tune-proposal");
+      li.dataset.id = id;
+      const change = fmtTuneChanges(p.changes);
+      li.append(el("span", "at", id), el("span", "what", change || "–"));
+      li.title = `${id}: trial ${p.trial ?? "?"}, proposed at step ${p.step ?? "?"}`;
+      const sent = this.sent.get(id);
+      const buttons = [
+        ["accept", "Accept", "btn tiny primary tune-accept", `apply ${change} at the run's next boundary`],
+        ["reject", "Reject", "btn tiny tune-reject", "drop this proposal"],
+      ];
+      for (const [op, label, cls, title] of buttons) {
+        const b = el("button", cls, sent && !sent.error && sent.op === op ? "sent…" : label);
+        b.type = "button";
+        b.title = title;
+        b.disabled = !!sent && !sent.error;
+        b.addEventListener("click", () => this.send(op, p));
+        li.append(b);
+      }
+      ul.append(li);
+      if (sent?.error) ul.append(el("li", "tune-error small", `${id}: ${sent.error}`));
+    }
+    box.append(ul);
+    return box;
+  }
+
+  trials(doc) {
+    const wrap = el("div", "table-wrap tune-trials-wrap");
+    const table = el("table", "ledger tune-trials");
+    const head = el("tr");
+    for (const h of ["trial", "step", "change", "score", "decision"]) head.append(el("th", null, h));
+    const thead = el("thead");
+    thead.append(head);
+    const body = el("tbody");
+    body.id = "tune-trials";
+    const rows = trialRows(doc);
+    if (!rows.length) {
+      const td = el("td", "muted", "no trials yet");
+      td.colSpan = 5;
+      const tr = el("tr");
+      tr.append(td);
+      body.append(tr);
+    }
+    for (const t of rows) {
+      const tr = el("tr");
+      tr.dataset.trial = t.trial ?? "";
+      const steps = t.step == null ? "" : t.end_step == null ? `${t.step}…` : `${t.step}–${t.end_step}`;
+      tr.append(el("td", "num-col", t.trial ?? ""), el("td", "num-col", steps));
+      tr.append(el("td", "delta", fmtTuneChanges(t.changes) || "–"));
+      tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
+      const dec = el("td");
+      dec.append(el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision)));
+      tr.append(dec);
+      body.append(tr);
+    }
+    table.append(thead, body);
+    wrap.append(table);
+    return wrap;
+  }
+
+  debug() {
+    const doc = this.doc;
+    return {
+      mode: doc.mode || "off",
+      error: doc.error || null,
+      pending: pendingProposals(doc).map((p) => String(p.id)),
+      trials: trialRows(doc).map((t) => t.trial),
+      sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),
+    };
+  }
+}

@@ -1,0 +1,149 @@
+// node --test tests/js/ — the pure helpers of the Tune panel (src/hotcb/server/static/tune.js),
+// on state documents shaped as the tuner's contract says (RUN/hotcb.tune.json).
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { panels, tune } from "./static.mjs";
+
+const { decisionLabel, ENABLE_COMMAND, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+
+const STATE = {
+  version: 1,
+  mode: "suggest",
+  objective: "val_loss",
+  objective_used: "loss",
+  direction: "minimize",
+  segment_steps: 200,
+  segment_evals: null,
+  study: "hotcb-demo",
+  storage: "postgresql://bob:***@db/optuna",
+  phase: "trial",
+  trial: 7,
+  segment_start: 1400,
+  next_boundary: 1600,
+  counts: { segments: 9, kept: 2, rolled_back: 3, proposed: 1, failed: 0 },
+  accept_rate: 0.4,
+  best: { trial: 5, score: 0.12, values: { opt: { lr: 0.003 } } },
+  space: [{ module: "opt", key: "lr", mode: "mult", low: 0.25, high: 4.0, log: true }],
+  warnings: ["objective 'val_loss' not logged; scoring 'loss'"],
+  trials: [
+    { trial: 5, step: 1000, end_step: 1200, changes: { "opt.lr": [0.001, 0.003] }, score: 0.12, decision: "kept" },
+    { trial: 6, step: 1200, end_step: 1400, changes: { "opt.lr": [0.003, 0.009] }, score: -0.03, decision: "rolled_back" },
+    { trial: 7, step: 1400, end_step: null, changes: { "opt.lr": [0.003, 0.0045] }, score: null, decision: "open" },
+  ],
+  proposals: [
+    { id: "P2", trial: 6, step: 1200, changes: { "opt.lr": [0.003, 0.009] }, state: "rejected" },
+    { id: "P3", trial: 8, step: 1600, changes: { "opt.lr": [0.003, 0.0045] }, state: "pending" },
+    { id: "P4", trial: 9, step: 1600, changes: { "loss.l2": [0, 0.1] }, state: "pending" },
+  ],
+  updated: 1764633600.0,
+};
+
+describe("tuneFacts: the panel's facts, as text", () => {
+  test("a suggest-mode tuner that fell back to another objective", () => {
+    assert.deepEqual(tuneFacts(STATE), {
+      mode: "suggest",
+      objective: "val_loss",
+      objectiveUsed: "loss",
+      fallback: true,
+      direction: "↓ minimize",
+      phase: "trial",
+      trial: "7",
+      next: "step 1600",
+      counts: "9 segments · 2 kept · 3 rolled back · 1 proposed · 0 failed",
+      acceptRate: "40%",
+      best: "trial 5 · score 0.12 · opt.lr = 0.003",
+    });
+  });
+
+  test("no fallback badge when the objective is the one scored", () => {
+    const f = tuneFacts({ ...STATE, objective: "loss", objective_used: "loss", direction: "maximize" });
+    assert.equal(f.fallback, false);
+    assert.equal(f.direction, "↑ maximize");
+    assert.equal(tuneFacts({ ...STATE, objective_used: undefined }).fallback, false);
+  });
+
+  test("a fresh tuner: nothing counted, no trial, no best, no boundary", () => {
+    const f = tuneFacts({ mode: "observe", phase: "baseline", trial: null, next_boundary: null, best: null });
+    assert.equal(f.trial, "–");
+    assert.equal(f.next, "–");
+    assert.equal(f.best, "none yet");
+    assert.equal(f.acceptRate, "–");
+    assert.equal(f.counts, "0 segments · 0 kept · 0 rolled back · 0 proposed · 0 failed");
+  });
+});
+
+describe("changes and values", () => {
+  test("old → new per key, as the tuner writes them", () => {
+    assert.equal(fmtTuneChanges({ "opt.lr": [0.001, 0.003] }), "opt.lr 0.001 → 0.003");
+    assert.equal(fmtTuneChanges({ "opt.lr": [1e-4, 2e-4], "loss.l2": [0, 0.1] }), "opt.lr 1e-4 → 2e-4, loss.l2 0 → 0.1");
+    assert.equal(fmtTuneChanges(null), "");
+  });
+
+  test("a trial's values, module by module", () => {
+    assert.equal(fmtTuneValues({ opt: { lr: 0.003, weight_decay: 0.01 } }), "opt.lr = 0.003, opt.weight_decay = 0.01");
+    assert.equal(fmtTuneValues({ opt: { lr: 0.003 }, loss: { l2: 0.1 } }), "opt.lr = 0.003, loss.l2 = 0.1");
+    assert.equal(fmtTuneValues(undefined), "");
+  });
+});
+
+describe("proposals and trials, newest first", () => {
+  test("only pending proposals wait for a person", () => {
+    assert.deepEqual(
+      pendingProposals(STATE).map((p) => p.id),
+      ["P4", "P3"],
+    );
+    assert.deepEqual(pendingProposals({ mode: "suggest" }), []);
+  });
+
+  test("the trials table starts with the open trial", () => {
+    assert.deepEqual(
+      trialRows(STATE).map((t) => t.trial),
+      [7, 6, 5],
+    );
+    assert.deepEqual(
+      trialRows(STATE).map((t) => decisionLabel(t.decision)),
+      ["open", "rolled back", "kept"],
+    );
+  });
+
+  test("the documents are not changed", () => {
+    const before = JSON.stringify(STATE);
+    pendingProposals(STATE);
+    trialRows(STATE);
+    tuneFacts(STATE);
+    assert.equal(JSON.stringify(STATE), before);
+  });
+});
+
+describe("the off line", () => {
+  test("says how to switch the tuner on", () => {
+    assert.equal(ENABLE_COMMAND, "hotcb --dir RUN tune enable --mode suggest");
+  });
+});
+
+describe("the ledger's view of the tuner's entries", () => {
+  const mutate = {
+    seq: 12,
+    step: 1400,
+    module: "tune",
+    op: "mutate",
+    source: "tune",
+    decision: "applied",
+    changes: { lr: { old: 0.003, new: 0.0045 } },
+    tune: { trial: 7, score: null, decision: "open" },
+  };
+
+  test("a mutation or rollback is a value change (its impact is measured)", () => {
+    assert.equal(panels.isValueChange(mutate), true);
+    assert.equal(panels.isValueChange({ ...mutate, op: "rollback" }), true);
+    assert.equal(panels.isValueChange({ ...mutate, op: "accept", changes: {} }), false);
+    assert.equal(panels.isValueChange({ ...mutate, op: "enable" }), false);
+  });
+
+  test("its description says the trial and the decision", () => {
+    const { what, lines } = panels.describeEntry({ ...mutate, tune: { trial: 7, score: -0.03, decision: "rolled_back" } });
+    assert.equal(what, "tune mutate");
+    assert.deepEqual(lines, ["lr: 0.003 → 0.0045", "trial 7 · score -0.03 · rolled_back"]);
+  });
+});
