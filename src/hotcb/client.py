@@ -319,7 +319,7 @@ class HotClient:
 
     def tune_status(self) -> dict[str, Any]:
         """The tuner's state (``hotcb.tune.json``): mode, phase, trials, proposals, counts."""
-        state = jsonl.read_json(os.path.join(self.run_dir, "hotcb.tune.json"), None)
+        state = jsonl.read_json(self.paths.tune, None)
         return state if isinstance(state, dict) else {"mode": "off"}
 
     def tune_export(self, out: str | os.PathLike[str] | None = None) -> str:

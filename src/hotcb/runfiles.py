@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -25,6 +26,8 @@ ADJUST = "hotcb.adjust.yaml"
 SOURCES = "hotcb.sources"
 RUN_META = "hotcb.run.json"
 CONFIG_YAML = "hotcb.yaml"
+TUNE = "hotcb.tune.json"
+TUNE_DB = "hotcb.tune.db"
 
 #: Version of the record formats written to the run directory.
 FORMAT_VERSION = 1
@@ -79,6 +82,16 @@ class RunPaths:
         return self._p(SOURCES)
 
     @property
+    def tune(self) -> str:
+        """The tuner's state (``hotcb tune status`` and the dashboard read it)."""
+        return self._p(TUNE)
+
+    @property
+    def tune_db(self) -> str:
+        """The tuner's default Optuna study (SQLite)."""
+        return self._p(TUNE_DB)
+
+    @property
     def run_meta(self) -> str:
         return self._p(RUN_META)
 
@@ -126,6 +139,17 @@ def is_run_dir(path: str) -> bool:
 
 def _within(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+# ``scheme://user:password@host``: everything from the first ":" after the user name to the last
+# "@" of the URL is the password (an unescaped "@" or "/" in it must not leak its tail).
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*):[^\s'\"]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it replaced
+    by ``***`` (storage URLs are shown in status output, state files and the dashboard)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def run_relative(path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> str:

@@ -24,7 +24,7 @@ register_module(
     "tune",
     "hotcb.modules.tune:TuneModule",
     ("enable", "disable", "accept", "reject", "mutate", "rollback"),
-    start_when=lambda paths: os.path.exists(os.path.join(paths.root, "hotcb.tune.json")),
+    start_when=lambda paths: os.path.exists(paths.tune),
 )
 
 __all__ = [

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from array import array
 from bisect import bisect_left
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..ledger import LedgerView
+from ..runfiles import TUNE, redact_url
 
 if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs the names
     from .config import DashboardConfig
@@ -279,18 +279,14 @@ class ActuatorsWatch:
 
 #: The online tuner's state file in a run directory (``hotcb.modules.tune`` writes it, atomically,
 #: on rank 0 after every change of its state).
-TUNE_STATE = "hotcb.tune.json"
-
-# ``scheme://user:password@host``: everything from the first ":" after the user name to the last
-# "@" of the URL is the password (an unescaped "@" or "/" in it must not leak its tail).
-_URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*):[^\s'\"]*@")
+TUNE_STATE = TUNE
 
 
 def redact_urls(value: Any) -> Any:
     """``value`` (JSON: dicts, lists, strings) with the password of every
     ``scheme://user:password@host`` URL in its strings replaced by ``***``."""
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return redact_url(value)
     if isinstance(value, dict):
         return {k: redact_urls(v) for k, v in value.items()}
     if isinstance(value, list):

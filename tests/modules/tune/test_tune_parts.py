@@ -125,3 +125,12 @@ def test_noise_is_the_standard_error_of_the_level() -> None:
     wobbly = [1.0, 1.2, 0.8, 1.2, 0.8, 1.2, 0.8, 1.2]
     assert noise(wobbly, 1.0) == pytest.approx(0.2 * 1.4826 / 2)
     assert noise([5.0], 5.0) == 0.0
+
+
+def test_storage_passwords_are_redacted() -> None:
+    from hotcb.modules.tune._study import redact
+
+    assert redact("postgresql://hotcb:s3cret@db:5432/hpo") == "postgresql://hotcb:***@db:5432/hpo"
+    assert redact("mysql://u:p@ss/w@rd@host/db") == "mysql://u:***@host/db"  # '@' and '/' in it
+    assert redact("sqlite:////runs/a/hotcb.tune.db") == "sqlite:////runs/a/hotcb.tune.db"
+    assert redact(None) is None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ... import jsonl
 from ...errors import HotcbError
 from ...ops import HotOp, make_command
-from ...runfiles import confine_path
+from ...runfiles import TUNE, confine_path
 from .._base import OpResult
 from ._score import Segment, score_segment
 from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
@@ -37,7 +37,7 @@ __all__ = ["STATE_FILE", "TuneModule"]
 log = logging.getLogger("hotcb.tune")
 
 Env = Mapping[str, Any]
-STATE_FILE = "hotcb.tune.json"
+STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
@@ -307,7 +307,7 @@ class TuneModule:
     # ------------------------------------------------------------------ enabling
     @property
     def _path(self) -> str:
-        return os.path.join(self.host.run_dir, STATE_FILE)
+        return self.host.paths.tune
 
     def _settings(self, params: Mapping[str, Any]) -> Settings:
         recipe: dict[str, Any] = {}
@@ -341,7 +341,7 @@ class TuneModule:
     def _open_study(self, settings: Settings) -> Study:
         from ._study import Study
 
-        url = settings.storage or f"sqlite:///{os.path.join(self.host.run_dir, 'hotcb.tune.db')}"
+        url = settings.storage or f"sqlite:///{self.host.paths.tune_db}"
         name = settings.study or f"hotcb-{os.path.basename(self.host.run_dir)}"
         try:
             return Study(url, name, self.host.run_dir, seed=settings.seed,

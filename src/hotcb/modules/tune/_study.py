@@ -7,23 +7,22 @@ tunes never import optuna.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...runfiles import redact_url
 from ._space import Knob
 
 __all__ = ["MISSING_OPTUNA", "Study", "redact"]
 
 MISSING_OPTUNA = 'the tuner needs optuna: pip install "hotcb[tune]"'
-_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*(@)")
 
 
 def redact(url: str | None) -> str | None:
     """A storage URL without its password (``postgresql://u:***@host/db``)."""
-    return _PASSWORD.sub(r"\1***\2", url) if url else url
+    return redact_url(url) if url else url
 
 
 def _storage(url: str) -> Any:
