@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="low halves each range; high drops cooldowns (default medium)")  # fmt: skip
     p.add_argument("--threshold", type=float, help="keep a mutation whose score beats this (0)")
     p.add_argument("--startup-trials", type=int, help="random trials before TPE (default 5)")
+    p.add_argument("--total-steps", type=int,
+                   help="the run's length: no new trial in its last two segments (the Lightning "
+                   "and HF adapters tell the tuner themselves)")  # fmt: skip
+    p.add_argument("--abort", type=float,
+                   help="end a trial early when the objective is this much worse than its "
+                   "trend (relative; default 1.0, i.e. twice the expected loss)")  # fmt: skip
     add_wait(p)
     p.set_defaults(func=cmd_enable)
 
@@ -79,6 +85,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         "segment_steps": args.segment_steps, "segment_evals": args.segment_evals,
         "recipe": args.recipe, "storage": args.storage, "study": args.study, "seed": args.seed,
         "risk": args.risk, "threshold": args.threshold, "startup_trials": args.startup_trials,
+        "total_steps": args.total_steps, "abort": args.abort,
     }  # fmt: skip
     return finish(args, [client(args).tune_enable(args.mode, **settings)])
 

@@ -40,11 +40,9 @@ def test_the_sampler_learns_which_direction_helps(toy: Any) -> None:
     # increases were kept, decreases rolled back: lr ends far above where it started
     assert t.lr > 1e-4
     kept = {e["tune"]["trial"] for e in t.ledger("keep")}
-    for tr in done:  # kept: better than the trend by more than the segment's noise
-        if tr.number in kept:
-            assert tr.value > tr.user_attrs["score_detail"]["noise"] >= 0, tr.number
-        else:
-            assert tr.value <= tr.user_attrs["score_detail"].get("noise", 0.0), tr.number
+    for tr in done:  # kept: better than the trend by more than the noise
+        detail = tr.user_attrs["hotcb"]["score_detail"]
+        assert (tr.number in kept) == (tr.value > detail["margin"]), tr.number
 
 
 def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:
@@ -149,3 +147,21 @@ def test_an_objective_logged_now_and_then_is_the_one_scored(toy: Any) -> None:
     st = HotClient(other.kernel.run_dir).tune_status()
     assert st["objective_used"] == "loss" and st["objective"] == "val_acc"
     assert "'val_acc' was not logged in 40 steps; scoring 'loss'" in st["warnings"][0]
+
+
+def test_a_harmful_trial_ends_early_and_no_trial_starts_near_the_end(toy: Any) -> None:
+    """A mutation that doubles the loss is rolled back after three values, not a whole
+    segment; with the run's length known, the last two segments try nothing."""
+    lr0 = 1e-3
+    t: Toy = toy(lambda lr, _s: 1.0 if lr == lr0 else 3.0, lr=lr0)
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=50, seed=0, total_steps=600, space=LR_ONLY
+    )
+    t.run(600)
+    mutates, rollbacks = t.ledger("mutate"), t.ledger("rollback")
+    assert len(mutates) >= 3 and len(rollbacks) == len(mutates)
+    for m, r in zip(mutates, rollbacks, strict=True):
+        assert r["tune"]["trial"] == m["tune"]["trial"]
+        assert r["step"] - m["step"] <= 6  # 3 values observed, then the roll-back lands
+    assert max(m["step"] for m in mutates) <= 600 - 2 * 50 + 1  # decided by step 500
+    assert t.lr == lr0

@@ -25,7 +25,7 @@ from ...errors import HotcbError
 from ...ops import HotOp, make_command
 from ...runfiles import TUNE, confine_path
 from .._base import OpResult
-from ._score import Segment, score_segment
+from ._score import Segment, expected_level, score_segment
 from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class TuneModule:
         self.warnings: list[str] = []
         self.next_proposal = 1
         self.asked = 0
+        self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
+        self.total_steps: int | None = None  # the run's length, when known: no trial at its end
 
     @property
     def wants_events(self) -> bool:
@@ -118,7 +120,12 @@ class TuneModule:
             if step - self.waiting["since"] > self._patience:
                 self._give_up(step)
             return
-        if self.phase in ("baseline", "trial", "backoff") and self._at_boundary(step):
+        if self.phase in ("baseline", "trial", "backoff") and (
+            self._at_boundary(step) or self._harmful()
+        ):
+            total = env.get("max_steps") or env.get("total_steps")
+            if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+                self.total_steps = total
             self._boundary(step)
             self._save()
 
@@ -166,6 +173,8 @@ class TuneModule:
             "warnings": self.warnings,
             "next_proposal": self.next_proposal,
             "asked": self.asked,
+            "trend_noise": self.trend_noise,
+            "total_steps": self.total_steps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -195,6 +204,8 @@ class TuneModule:
         self.best, self.warnings = state.get("best"), list(state.get("warnings") or [])
         self.next_proposal = int(state.get("next_proposal", 1))
         self.asked = int(state.get("asked", 0))
+        self.trend_noise = state.get("trend_noise")
+        self.total_steps = state.get("total_steps") or self.settings.total_steps
         waiting = state.get("waiting")
         if self.host.is_leader:
             self.study = self._open_study(settings)
@@ -332,6 +343,7 @@ class TuneModule:
         self.seen = False  # the objective has been logged since the tuner was enabled
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
+        self.trend_noise, self.total_steps = None, settings.total_steps
         self.warnings = []
         if study is not None:
             failed = study.fail_open()
@@ -389,6 +401,24 @@ class TuneModule:
         self.segment.steps.append(step)
         self.segment.values.append(number)
 
+    def _harmful(self) -> bool:
+        """A trial whose objective is already clearly worse than expected ends early (and is
+        rolled back): the median of its last three values is ``abort`` (relative) worse than
+        the trend, or one is NaN/inf."""
+        if self.phase != "trial" or self.trial is None:
+            return False
+        values = self.segment.values
+        if values and not math.isfinite(values[-1]):
+            return True
+        if len(values) < 3 or len(self.history) < 1:
+            return False
+        sign = 1.0 if self.settings.direction == "minimize" else -1.0
+        expected = expected_level(self.history, self.segment.mid, sign)
+        if not math.isfinite(expected) or expected == 0:
+            return False
+        recent = sorted(values[-3:])[1]
+        return sign * (recent - expected) / abs(expected) > self.settings.abort
+
     def _at_boundary(self, step: int) -> bool:
         s = self.settings
         if s.segment_evals is not None:
@@ -407,6 +437,13 @@ class TuneModule:
             return
         level = seg.level()
         if math.isfinite(level) and seg.values:
+            if len(self.history) >= 2:  # how well the trend predicted a segment left alone
+                sign = 1.0 if self.settings.direction == "minimize" else -1.0
+                guess = expected_level(self.history, seg.mid, sign)
+                if math.isfinite(guess) and guess != 0:
+                    miss = abs(level - guess) / abs(guess)
+                    self.trend_noise = miss if self.trend_noise is None else (
+                        0.5 * self.trend_noise + 0.5 * miss)  # fmt: skip
             self.history = [*self.history, (seg.mid, level)][-_HISTORY:]
         if self.phase == "backoff":
             self.backoff = max(0, self.backoff - 1)
@@ -416,8 +453,10 @@ class TuneModule:
         trial = self.trial
         assert trial is not None
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        # keep what beats the threshold by more than the segment's own noise
-        margin = float(detail.get("noise", 0.0))
+        # keep what beats the threshold by more than the noise: the segment's own, or how far
+        # the trend missed segments that were left alone
+        margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
+        detail["margin"] = margin
         keep = math.isfinite(score) and score > self.settings.threshold + margin
         attrs = {
             "score_detail": detail,
@@ -463,7 +502,8 @@ class TuneModule:
         """After a boundary: a baseline segment, a proposal, or a mutation."""
         s = self.settings
         pending = any(p["state"] == "pending" for p in self.proposals)
-        if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending:
+        ending = self.total_steps is not None and step + 2 * s.segment_steps > self.total_steps
+        if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
             self._start_segment(step, "backoff" if self.backoff else "baseline")
             return
         proposal = self._propose()

@@ -114,6 +114,8 @@ class Settings:
     startup_trials: int = 5
     reject_streak: int = 3
     backoff_segments: int = 2
+    abort: float = 1.0
+    total_steps: int | None = None
     recipe: str | None = None
     space: tuple[Knob, ...] = field(default=DEFAULT_SPACE)
 
@@ -188,7 +190,7 @@ class _Checker:
 _SETTING_KEYS = {
     "mode", "objective", "direction", "segment_steps", "segment_evals", "storage", "study",
     "seed", "risk", "threshold", "startup_trials", "reject_streak", "backoff_segments",
-    "recipe", "space",
+    "recipe", "space", "abort", "total_steps",
 }  # fmt: skip
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
 
@@ -208,6 +210,9 @@ def _check_settings(doc: Mapping[str, Any], ck: _Checker, prefix: str = "") -> d
                     ("reject_streak", 1), ("backoff_segments", 0)):  # fmt: skip
         out[key] = ck.number(doc, key, f"{prefix}{key}", integer=True, minimum=lo)
     out["seed"] = ck.number(doc, "seed", f"{prefix}seed", integer=True)
+    out["total_steps"] = ck.number(doc, "total_steps", f"{prefix}total_steps", integer=True,
+                                   minimum=1)  # fmt: skip
+    out["abort"] = ck.number(doc, "abort", f"{prefix}abort", minimum=0)
     out["threshold"] = ck.number(doc, "threshold", f"{prefix}threshold")
     if "space" in doc:
         out["space"] = _check_space(doc["space"], ck, f"{prefix}space")

@@ -92,9 +92,8 @@ class Study:
         self, number: int, score: float | None, attrs: Mapping[str, Any] | None = None
     ) -> None:
         """Finish trial ``number``: COMPLETE with ``score``, or FAIL when ``score`` is None."""
-        trial_id = self._trial_id(number)
-        for key, value in (attrs or {}).items():
-            self.storage.set_trial_user_attr(trial_id, key, value)
+        if attrs:  # one write (each attribute is a transaction of its own)
+            self.storage.set_trial_user_attr(self._trial_id(number), "hotcb", dict(attrs))
         state = self._optuna.trial.TrialState
         if score is None:
             self.study.tell(number, state=state.FAIL)
