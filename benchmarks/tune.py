@@ -21,7 +21,7 @@ Conditions, each with the task's total steps (``T``) in all:
   ``kernel.apply({"step", "optimizer", "model", "metrics"})`` after every optimizer step, the
   training loss every step and ``val_loss`` every 10 steps; enabled before the loop with
   ``HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps=50,
-  seed=seed)``, everything else at the tuner's defaults. The kernel polls every step
+  seed=seed, total_steps=T)``, everything else at the tuner's defaults. The kernel polls every step
   (``poll_interval_sec=0``) so that a run does not depend on the machine's speed;
 - ``optuna``: classic HPO, 8 separate runs of ``T/8`` steps, lr log-uniform over the task's
   range, TPE (4 random startup trials, seeded); the best run's final val loss;
@@ -159,13 +159,24 @@ def run_fixed(task: Task, start: str, lr: float, seed: int) -> Result:
     return finish("fixed", start, seed, tr, t0)
 
 
+#: What the tuner's roll-back restores (``--tune-restore``).
+TUNE_RESTORE = "values"
+
+
 def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Result:
     t0 = time.perf_counter()
     run_dir = os.path.join(runs_dir, f"{task.key}-{start.replace(' ', '')}-s{seed}")
     run = task.make(seed)
     opt = adamw_or_sgd(task, run, lr)
     client = HotClient(run_dir)
-    client.tune_enable(mode="active", objective="val_loss", segment_steps=SEGMENT_STEPS, seed=seed)
+    client.tune_enable(
+        mode="active",
+        objective="val_loss",
+        segment_steps=SEGMENT_STEPS,
+        seed=seed,
+        total_steps=task.total_steps,  # a bare loop knows its length; the adapters pass it
+        restore=TUNE_RESTORE,
+    )
     kernel = HotKernel(run_dir, poll_interval_sec=0.0)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -498,7 +509,7 @@ Every condition gets the task's total training steps (T) in all, and validation 
 | condition | what it is |
 |---|---|
 | fixed lr | the start lr throughout; on the toy also a sweep of 21 fixed lrs, 1e-4 … 10^-1.5 (8 per decade), and the best of them |
-| hotcb tune | one run; a real `HotKernel` in a bare loop, `kernel.apply({{step, optimizer, model, metrics}})` after each step with `loss` every step and `val_loss` on the steps that evaluate; `HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps={SEGMENT_STEPS}, seed=seed)` before the loop, every other setting at its default (here: lr × [0.25, 4] and weight decay × [0.5, 2] per trial, risk medium); the kernel polls every step (`poll_interval_sec=0`) so a run does not depend on the machine's speed |
+| hotcb tune | one run; a real `HotKernel` in a bare loop, `kernel.apply({{step, optimizer, model, metrics}})` after each step with `loss` every step and `val_loss` on the steps that evaluate; `HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps={SEGMENT_STEPS}, seed=seed, total_steps=T)` before the loop, every other setting at its default (here: lr × [0.25, 4] and weight decay × [0.5, 2] per trial, risk medium); the kernel polls every step (`poll_interval_sec=0`) so a run does not depend on the machine's speed |
 | Optuna HPO | classic HPO: {OPTUNA_TRIALS} separate runs of T/{OPTUNA_TRIALS} steps, lr log-uniform over the task's range, TPE (4 random startup trials); the best run's final val loss (picked on that same val loss, so optimistic) |
 | PBT | 4 members of T/4 steps, all from the start lr; every {PBT_INTERVAL} member steps the worst copies the best's weights, optimizer state and lr, then lr × 0.8 or × 1.2, or (p = 0.25) a fresh log-uniform draw (Ray Tune's defaults); the best member's final val loss |
 | Schedule-Free AdamW | `schedulefree.AdamWScheduleFree` at its defaults (lr 0.0025, no warm-up), `eval()` around each evaluation |
@@ -666,7 +677,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(CONDITIONS), help="conditions, comma-separated")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--keep-runs", help="keep the tuner's run directories here")
+    ap.add_argument(
+        "--tune-restore",
+        choices=("values", "state"),
+        default="values",
+        help="the tuner's roll-back: knob values (its default) or also the model's state",
+    )
     args = ap.parse_args(argv)
+    global TUNE_RESTORE
+    TUNE_RESTORE = args.tune_restore
     only = set(args.only.split(","))
     if only - set(CONDITIONS):
         ap.error(f"--only: expected some of {','.join(CONDITIONS)}, got {args.only}")

@@ -49,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--total-steps", type=int,
                    help="the run's length: no new trial in its last two segments (the Lightning "
                    "and HF adapters tell the tuner themselves)")  # fmt: skip
+    p.add_argument("--restore", choices=("values", "state"),
+                   help="what a roll-back puts back: the knobs' values (default), or also the "
+                   "model's weights and the optimizer's state from the trial's start (one copy "
+                   "in memory)")  # fmt: skip
     p.add_argument("--abort", type=float,
                    help="end a trial early when the objective is this much worse than its "
                    "trend (relative; default 1.0, i.e. twice the expected loss)")  # fmt: skip
@@ -85,7 +89,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         "segment_steps": args.segment_steps, "segment_evals": args.segment_evals,
         "recipe": args.recipe, "storage": args.storage, "study": args.study, "seed": args.seed,
         "risk": args.risk, "threshold": args.threshold, "startup_trials": args.startup_trials,
-        "total_steps": args.total_steps, "abort": args.abort,
+        "total_steps": args.total_steps, "abort": args.abort, "restore": args.restore,
     }  # fmt: skip
     return finish(args, [client(args).tune_enable(args.mode, **settings)])
 

@@ -165,3 +165,51 @@ def test_a_harmful_trial_ends_early_and_no_trial_starts_near_the_end(toy: Any) -
         assert r["step"] - m["step"] <= 6  # 3 values observed, then the roll-back lands
     assert max(m["step"] for m in mutates) <= 600 - 2 * 50 + 1  # decided by step 500
     assert t.lr == lr0
+
+
+def test_restore_state_puts_the_weights_back_and_the_knobs_keep_working(tmp_path: Any) -> None:
+    """``restore: state``: a rolled-back trial puts back the model's weights and the optimizer's
+    state from the trial's start, bit for bit, and the lr actuator still obeys afterwards."""
+    import torch
+
+    from hotcb import HotKernel
+    from hotcb.testing import read_ledger
+
+    run_dir = str(tmp_path / "run")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    kernel = HotKernel(run_dir)
+    HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0,
+                                   restore="state", space=LR_ONLY)  # fmt: skip
+    before: dict[int, list[torch.Tensor]] = {}
+    after: dict[int, list[torch.Tensor]] = {}
+    lrs: dict[int, float] = {}
+    for step in range(1, 400):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before[step] = [p.detach().clone() for p in model.parameters()]
+        lr = opt.param_groups[0]["lr"]
+        kernel.apply({"step": step, "model": model, "optimizer": opt,
+                      "metrics": {"loss": 1.0 + abs(math.log(lr / 1e-3))}})  # fmt: skip
+        after[step] = [p.detach().clone() for p in model.parameters()]
+        lrs[step] = opt.param_groups[0]["lr"]
+    kernel.close()
+    tune = [e for e in read_ledger(run_dir) if e.get("module") == "tune"]
+    mutates = {e["tune"]["trial"]: e for e in tune if e["op"] == "mutate"}
+    rollbacks = [e for e in tune if e["op"] == "rollback"]
+    assert len(rollbacks) >= 3 and all(
+        e["decision"] == "applied" for e in tune if e["op"] in ("mutate", "rollback")
+    )
+    for r in rollbacks:
+        assert r["tune"]["restored"] == ["model", "optimizer"]
+        m = mutates[r["tune"]["trial"]]
+        for got, want in zip(after[r["step"]], before[m["step"]], strict=True):
+            assert torch.equal(got, want)  # the weights of the trial's start
+    assert opt.param_groups[0]["lr"] == 1e-3
+    # the actuator was not cut off from the optimizer: every mutation moved the real lr
+    for m in mutates.values():
+        assert lrs[m["step"]] == m["changes"]["lr"]["new"] != 1e-3

@@ -25,6 +25,7 @@ from ...errors import HotcbError
 from ...ops import HotOp, make_command
 from ...runfiles import TUNE, confine_path
 from .._base import OpResult
+from . import _snapshot
 from ._score import Segment, expected_level, score_segment
 from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
 
@@ -74,6 +75,7 @@ class TuneModule:
         self.warnings: list[str] = []
         self.next_proposal = 1
         self.asked = 0
+        self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
 
@@ -279,8 +281,10 @@ class TuneModule:
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
-        result = self._actuate(values, env)
         trial = op.params.get("trial")
+        if self.settings.restore == "state" and op.source == "tune" and self.mode != "off":
+            self._snapshot = (trial, _snapshot.take(env))  # on every rank, before the change
+        result = self._actuate(values, env)
         result.extra["tune"] = {"trial": trial, "modules": self._modules(values)}
         mine = self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id
         if mine and self.waiting is not None:
@@ -308,8 +312,15 @@ class TuneModule:
         if isinstance(values, str):
             return OpResult("rejected", error=values)
         result = self._actuate(values, env)
+        restored: list[str] = []
+        snap, self._snapshot = self._snapshot, None
+        if snap is not None and snap[0] == op.params.get("trial") and snap[1] is not None:
+            try:  # after the values: the ledger's changes show the mutated -> previous values
+                restored = _snapshot.restore(snap[1], env)
+            except Exception as exc:  # a state that no longer fits: values only, and say so
+                self.warnings.append(f"could not restore the model's state: {exc!r}")
         result.extra["tune"] = {"trial": op.params.get("trial"), "score": op.params.get("score"),
-                                "modules": self._modules(values)}  # fmt: skip
+                                "modules": self._modules(values), "restored": restored}  # fmt: skip
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
             self._start_segment(int(env["step"]), "backoff" if self.backoff else "baseline")
@@ -470,6 +481,7 @@ class TuneModule:
         row.update(end_step=step, score=score, detail=detail)
         self.trial = None
         if keep:
+            self._snapshot = None
             row["decision"] = "kept"
             self.counts["kept"] += 1
             self.streak = 0

@@ -116,6 +116,7 @@ class Settings:
     backoff_segments: int = 2
     abort: float = 1.0
     total_steps: int | None = None
+    restore: str = "values"
     recipe: str | None = None
     space: tuple[Knob, ...] = field(default=DEFAULT_SPACE)
 
@@ -190,7 +191,7 @@ class _Checker:
 _SETTING_KEYS = {
     "mode", "objective", "direction", "segment_steps", "segment_evals", "storage", "study",
     "seed", "risk", "threshold", "startup_trials", "reject_streak", "backoff_segments",
-    "recipe", "space", "abort", "total_steps",
+    "recipe", "space", "abort", "total_steps", "restore",
 }  # fmt: skip
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
 
@@ -204,6 +205,7 @@ def _check_settings(doc: Mapping[str, Any], ck: _Checker, prefix: str = "") -> d
     out["mode"] = ck.choice(doc, "mode", f"{prefix}mode", MODES)
     out["direction"] = ck.choice(doc, "direction", f"{prefix}direction", DIRECTIONS)
     out["risk"] = ck.choice(doc, "risk", f"{prefix}risk", RISKS)
+    out["restore"] = ck.choice(doc, "restore", f"{prefix}restore", ("values", "state"))
     for key in ("objective", "storage", "study", "recipe"):
         out[key] = ck.string(doc, key, f"{prefix}{key}")
     for key, lo in (("segment_steps", 1), ("segment_evals", 1), ("startup_trials", 0),

@@ -60,7 +60,9 @@ class Study:
             sampler = optuna.samplers.TPESampler(
                 n_startup_trials=startup_trials, seed=seed, multivariate=True
             )
-        self.storage = _storage(url)
+        # the study's own storage object (optuna caches an RDB one): trials created here go
+        # through the same cache the study reads
+        self.storage = optuna.storages.get_storage(_storage(url))
         self.study = optuna.create_study(
             study_name=name,
             storage=self.storage,
@@ -68,24 +70,27 @@ class Study:
             direction="maximize",  # the score: relative improvement over the trend
             load_if_exists=True,
         )
+        self._study_id = self.storage.get_study_id_from_name(name)
 
     def ask(self, knobs: Sequence[Knob], prior_first: bool) -> tuple[int, dict[str, float]]:
-        """A new trial's number and its sampled number per knob."""
-        if prior_first:
-            prior = {k.name: k.prior for k in knobs if k.prior is not None}
-            if prior:
-                self.study.enqueue_trial(prior, skip_if_exists=True)
-        trial = self.study.ask()
+        """A new trial's number and its sampled number per knob.
+
+        The trial is created with this run's name on it in one write, so a crash can never
+        leave an open trial that a restart would not recognise as its own."""
+        optuna = self._optuna
+        fixed = {k.name: k.prior for k in knobs if k.prior is not None} if prior_first else {}
+        template = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            user_attrs={"run": self.run, "host": socket.gethostname(), "pid": os.getpid()},
+            system_attrs={"fixed_params": fixed} if fixed else None,
+        )
+        trial_id = self.storage.create_new_trial(self._study_id, template_trial=template)
+        self.study.sampler.before_trial(self.study, self.storage.get_trial(trial_id))
+        trial = optuna.trial.Trial(self.study, trial_id)
         sampled = {}
         for k in knobs:
-            if k.log:
-                sampled[k.name] = trial.suggest_float(k.name, k.low, k.high, log=True)
-            else:
-                sampled[k.name] = trial.suggest_float(k.name, k.low, k.high)
-        self._ids[trial.number] = trial._trial_id
-        trial.set_user_attr("run", self.run)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
+            sampled[k.name] = trial.suggest_float(k.name, k.low, k.high, log=k.log)
+        self._ids[trial.number] = trial_id
         return trial.number, sampled
 
     def tell(
