@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..._checks import Checker, CheckError, parse_document
 from ...errors import RecipeError as _RecipeError
 
 __all__ = [
@@ -126,66 +127,8 @@ class Settings:
         return out
 
 
-class RecipeError(_RecipeError):
+class RecipeError(CheckError, _RecipeError):
     """A settings dict or tuner recipe with problems; ``problems`` lists every one."""
-
-    def __init__(self, where: str, problems: list[str]) -> None:
-        self.problems = problems
-        listed = "\n  ".join(problems)
-        super().__init__(f"{where} has {len(problems)} problem(s):\n  {listed}")
-
-
-# ---------------------------------------------------------------------------------- checking
-_Number = (int, float)
-
-
-class _Checker:
-    """Collects problems, each with the line it was found on (when the source has lines)."""
-
-    def __init__(self, lines: Mapping[str, int] | None = None) -> None:
-        self.problems: list[str] = []
-        self.lines = lines or {}
-
-    def add(self, where: str, message: str) -> None:
-        line, at = self.lines.get(where), where
-        while line is None and at:  # a missing key: the line of what should hold it
-            at = at[: max(at.rfind("."), at.rfind("["), 0)]
-            line = self.lines.get(at)
-        prefix = f"line {line}: " if line is not None else ""
-        self.problems.append(f"{prefix}{where}: {message}")
-
-    def choice(self, doc: Mapping[str, Any], key: str, where: str, options: tuple[str, ...]) -> Any:
-        value = doc.get(key)
-        if value is not None and value not in options:
-            self.add(where, f"{value!r} is not one of {', '.join(options)}")
-            return None
-        return value
-
-    def number(
-        self, doc: Mapping[str, Any], key: str, where: str, *, integer: bool = False,
-        minimum: float | None = None,
-    ) -> Any:  # fmt: skip
-        value = doc.get(key)
-        if value is None:
-            return None
-        kinds = (int,) if integer else _Number
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            self.add(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-            return None
-        if not math.isfinite(value):
-            self.add(where, f"expected a finite number, got {value!r}")
-            return None
-        if minimum is not None and value < minimum:
-            self.add(where, f"must be >= {minimum:g}, got {value!r}")
-            return None
-        return value
-
-    def string(self, doc: Mapping[str, Any], key: str, where: str) -> Any:
-        value = doc.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            self.add(where, f"expected a non-empty string, got {value!r}")
-            return None
-        return value
 
 
 _SETTING_KEYS = {
@@ -196,7 +139,7 @@ _SETTING_KEYS = {
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
 
 
-def _check_settings(doc: Mapping[str, Any], ck: _Checker, prefix: str = "") -> dict[str, Any]:
+def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(doc) - _SETTING_KEYS):
         ck.add(
@@ -221,7 +164,7 @@ def _check_settings(doc: Mapping[str, Any], ck: _Checker, prefix: str = "") -> d
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _check_space(space: Any, ck: _Checker, where: str) -> tuple[Knob, ...] | None:
+def _check_space(space: Any, ck: Checker, where: str) -> tuple[Knob, ...] | None:
     if not isinstance(space, list) or not space:
         ck.add(where, "expected a non-empty list of knobs ({key, module, mode, low, high, ...})")
         return None
@@ -243,7 +186,7 @@ def _check_space(space: Any, ck: _Checker, where: str) -> tuple[Knob, ...] | Non
     return tuple(knobs) if len(knobs) == len(space) else None
 
 
-def _check_knob(item: Mapping[str, Any], ck: _Checker, at: str) -> Knob | None:
+def _check_knob(item: Mapping[str, Any], ck: Checker, at: str) -> Knob | None:
     before = len(ck.problems)
     for key in sorted(set(item) - _KNOB_KEYS):
         ck.add(f"{at}.{key}", f"unknown field; a knob has {', '.join(sorted(_KNOB_KEYS))}")
@@ -278,7 +221,7 @@ def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None =
     merged: dict[str, Any] = {}
     if recipe:
         merged.update(recipe)
-    ck = _Checker()
+    ck = Checker()
     given = {k: v for k, v in params.items() if v is not None}
     merged.update(_check_settings(given, ck))
     if ck.problems:
@@ -293,58 +236,15 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    doc, lines = _parse(text, path)
+    doc, lines = parse_document(text, path, RecipeError)
     if doc is None:
         return {}
     if not isinstance(doc, Mapping):
         raise RecipeError(path, [f"expected a mapping of settings, got {type(doc).__name__}"])
-    ck = _Checker(lines)
+    ck = Checker(lines)
     settings = _check_settings(doc, ck)
     if "mode" in settings:
         ck.add("mode", "the mode is chosen by 'tune enable --mode', not the recipe")
     if ck.problems:
         raise RecipeError(path, ck.problems)
     return settings
-
-
-def _parse(text: str, path: str) -> tuple[Any, dict[str, int]]:
-    if path.endswith(".json"):
-        import json
-
-        try:
-            return json.loads(text), {}
-        except ValueError as exc:
-            raise RecipeError(path, [f"not valid JSON: {exc}"]) from None
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - yaml ships with the tune extra
-        raise RecipeError(path, ['reading YAML needs pyyaml: pip install "hotcb[tune]"']) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise RecipeError(
-            path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]
-        ) from None
-    lines: dict[str, int] = {}
-    if node is not None:
-        _collect_lines(node, "", lines)
-    return doc, lines
-
-
-def _collect_lines(node: Any, where: str, lines: dict[str, int]) -> None:
-    """``{"space[0].mode": 7, …}``: the line of every key and item (1-based)."""
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            at = f"{where}.{key_node.value}" if where else str(key_node.value)
-            lines[at] = key_node.start_mark.line + 1
-            _collect_lines(value_node, at, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            at = f"{where}[{i}]"
-            lines[at] = item.start_mark.line + 1
-            _collect_lines(item, at, lines)

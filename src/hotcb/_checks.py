@@ -1,0 +1,120 @@
+"""Checking a user's settings file (a tuner recipe, autopilot rules): every problem at once,
+each with its line, instead of the first one alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import HotcbError
+
+__all__ = ["CheckError", "Checker", "collect_lines", "parse_document"]
+
+
+class CheckError(HotcbError, ValueError):
+    """A document with problems; ``problems`` lists every one."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "\n  ".join(problems)
+        super().__init__(f"{where} has {len(problems)} problem(s):\n  {listed}")
+
+
+_Number = (int, float)
+
+
+class Checker:
+    """Collects problems, each with the line it was found on (when the source has lines)."""
+
+    def __init__(self, lines: Mapping[str, int] | None = None) -> None:
+        self.problems: list[str] = []
+        self.lines = lines or {}
+
+    def add(self, where: str, message: str) -> None:
+        line, at = self.lines.get(where), where
+        while line is None and at:  # a missing key: the line of what should hold it
+            at = at[: max(at.rfind("."), at.rfind("["), 0)]
+            line = self.lines.get(at)
+        prefix = f"line {line}: " if line is not None else ""
+        self.problems.append(f"{prefix}{where}: {message}")
+
+    def choice(self, doc: Mapping[str, Any], key: str, where: str, options: tuple[str, ...]) -> Any:
+        value = doc.get(key)
+        if value is not None and value not in options:
+            self.add(where, f"{value!r} is not one of {', '.join(options)}")
+            return None
+        return value
+
+    def number(
+        self, doc: Mapping[str, Any], key: str, where: str, *, integer: bool = False,
+        minimum: float | None = None,
+    ) -> Any:  # fmt: skip
+        value = doc.get(key)
+        if value is None:
+            return None
+        kinds = (int,) if integer else _Number
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            self.add(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            return None
+        if not math.isfinite(value):
+            self.add(where, f"expected a finite number, got {value!r}")
+            return None
+        if minimum is not None and value < minimum:
+            self.add(where, f"must be >= {minimum:g}, got {value!r}")
+            return None
+        return value
+
+    def string(self, doc: Mapping[str, Any], key: str, where: str) -> Any:
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            self.add(where, f"expected a non-empty string, got {value!r}")
+            return None
+        return value
+
+
+def parse_document(
+    text: str, path: str, error: type[CheckError] = CheckError
+) -> tuple[Any, dict[str, int]]:
+    """The document in ``text`` (JSON for a ``.json`` path, else YAML) and the line of every
+    key and item (``{"space[0].mode": 7}``); ``error`` lists what does not parse, with its line."""
+    if path.endswith(".json"):
+        import json
+
+        try:
+            return json.loads(text), {}
+        except ValueError as exc:
+            raise error(path, [f"not valid JSON: {exc}"]) from None
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - yaml ships with the tune extra
+        raise error(path, ['reading YAML needs pyyaml: pip install "hotcb[tune]"']) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise error(
+            path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]
+        ) from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        collect_lines(node, "", lines)
+    return doc, lines
+
+
+def collect_lines(node: Any, where: str, lines: dict[str, int]) -> None:
+    """``{"space[0].mode": 7, …}``: the line of every key and item (1-based)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            at = f"{where}.{key_node.value}" if where else str(key_node.value)
+            lines[at] = key_node.start_mark.line + 1
+            collect_lines(value_node, at, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            at = f"{where}[{i}]"
+            lines[at] = item.start_mark.line + 1
+            collect_lines(item, at, lines)
