@@ -125,3 +125,22 @@ def test_a_callback_symbol_is_one_attribute_name() -> None:
 def test_a_command_over_the_size_cap_is_refused_before_it_is_written() -> None:
     with pytest.raises(CommandError, match="more than the 65536 accepted"):
         make_command("cb", "set_params", id="x", params={"blob": "x" * 70_000})
+
+
+def test_a_reason_travels_with_the_command_into_the_ledger(tmp_path: Any) -> None:
+    """A controller says why (the autopilot's rule and evidence); the ledger keeps it."""
+    from hotcb import HotClient, HotKernel
+    from hotcb.testing import read_ledger
+
+    op = command_to_hotop(make_command("control", "pause", reason="autopilot rule x: plateau"))
+    assert op.extra["reason"] == "autopilot rule x: plateau"
+    with pytest.raises(CommandError, match="'reason' must be a string of at most 2000"):
+        command_to_hotop(make_command("control", "pause", reason="x" * 2001))
+    with pytest.raises(CommandError, match="'reason' must be a string"):
+        command_to_hotop(make_command("control", "pause", reason=3))
+    kernel = HotKernel(tmp_path / "run")
+    HotClient(tmp_path / "run").send("control", "checkpoint", reason="because")
+    kernel.apply({"step": 1})
+    kernel.close()
+    (entry,) = read_ledger(tmp_path / "run")
+    assert entry["reason"] == "because"

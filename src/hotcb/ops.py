@@ -158,6 +158,7 @@ COMPAT_FIELDS = frozenset(
         "source_capture",
         "recipe_line",
         "adjusted",
+        "reason",  # why a controller sent it (the autopilot's rule and evidence), ledgered as is
     }
 )
 #: The longest command line accepted (bytes of JSON). A command is a few hundred bytes; the cap
@@ -263,6 +264,11 @@ def _validate_semantics(op: HotOp) -> None:
         raise CommandError(f"'transition' applies to opt/loss/custom set_params, not {m} {o}")
 
 
+def _check_reason(reason: Any) -> None:
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 2000):
+        raise CommandError("'reason' must be a string of at most 2000 characters")
+
+
 def command_to_hotop(
     record: Any,
     *,
@@ -313,6 +319,7 @@ def command_to_hotop(
             f"{', '.join(sorted(_KNOWN_FIELDS | COMPAT_FIELDS))}"
         )
     _check_finite(extra, "command")
+    _check_reason(extra.get("reason"))
 
     hot = HotOp(
         module=module,

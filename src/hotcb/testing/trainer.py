@@ -19,6 +19,20 @@ import time
 from typing import Any, TextIO
 
 
+def _lr_jump(text: str | None) -> tuple[int, float]:
+    """``--lr-jump STEP:FACTOR`` as ``(step, factor)``; ``(-1, 1.0)`` without one."""
+    if not text:
+        return -1, 1.0
+    at, _, factor = text.partition(":")
+    return int(at), float(factor)
+
+
+def _jump_lr(opt: Any, step: int, jump: tuple[int, float]) -> None:
+    if step == jump[0]:
+        for group in opt.param_groups:
+            group["lr"] *= jump[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hotcb.testing.trainer")
     ap.add_argument("--run-dir", required=True)
@@ -49,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the commands file again although the ledger is gone (HotKernel(replay_commands))",
     )
     ap.add_argument("--metrics-every", type=int, default=1)
+    ap.add_argument(
+        "--lr-jump",
+        metavar="STEP:FACTOR",
+        help="multiply the lr by FACTOR at STEP, outside hotcb (a schedule gone wrong: the run "
+        "starts to diverge)",
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: a tiny model gains nothing more)"
     )
@@ -169,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return path
 
+    jump = _lr_jump(args.lr_jump)
     step = start - 1
     for step in range(start, args.steps):
+        _jump_lr(opt, step, jump)
         idx = torch.randint(0, len(x), (args.batch,), generator=gen)
         loss, ce = _optimize(model, opt, sched, weights, x[idx], y[idx])
         env = {

@@ -1,0 +1,1 @@
+"""Rule autopilot: detectors over metric windows, declarative rules, bounded actions (DESIGN §9)."""

@@ -1,0 +1,398 @@
+"""The rule autopilot: reads a run's metrics and ledger from outside the training process,
+runs the rules' detectors, and applies or proposes their bounded actions.
+
+Everything it does is recorded in ``hotcb.autopilot.jsonl`` (detections with their evidence,
+proposals, decisions, guard checks). Commands go through the normal path with
+``source: "autopilot"`` and a ``reason`` naming the rule, so the ledger, undo and replay treat
+them like a person's. Its cursors, cooldowns and metric windows persist in
+``hotcb.autopilot.state.json`` (replaced atomically), so a restarted autopilot continues where
+it stopped and never fires again on data it has already seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .. import jsonl
+from ..client import HotClient
+from ..runview import RunView
+from .detectors import DETECTORS, Detection
+from .rules import Action, Rule, Ruleset, load_rules
+
+__all__ = ["MODES", "RECORDS", "STATE", "Autopilot", "decide", "proposals"]
+
+log = logging.getLogger("hotcb.autopilot")
+
+MODES = ("off", "suggest", "auto")
+RECORDS = "hotcb.autopilot.jsonl"
+STATE = "hotcb.autopilot.state.json"
+_WINDOW = 512  # points kept per metric
+_TRAIN_NAMES = ("loss", "train/loss", "train_loss")
+#: Ledger sources that are not a person: their changes do not hold a knob.
+_NOT_A_PERSON = frozenset({"autopilot", "tune", "ramp", "resume", "recipe", "kernel", "ai"})
+
+
+def _append(run_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    record.setdefault("wall_time", time.time())
+    jsonl.append(os.path.join(run_dir, RECORDS), record)
+    return record
+
+
+class Autopilot:
+    """One run's autopilot. ``step()`` does one round; ``run()`` loops until the run ends."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        mode: str = "suggest",
+        rules: Ruleset | str | os.PathLike[str] | None = None,
+        key_metric: str = "val_loss",
+        direction: str = "minimize",
+        person_hold_steps: int = 300,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if direction not in ("minimize", "maximize"):
+            raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.ruleset = rules if isinstance(rules, Ruleset) else load_rules(rules)
+        self.mode, self.key, self.direction = mode, key_metric, direction
+        self.person_hold_steps = person_hold_steps
+        self.client = HotClient(self.run_dir, source="autopilot", create=False)
+        self._state_path = os.path.join(self.run_dir, STATE)
+        st = jsonl.read_json(self._state_path, {}) or {}
+        cursors = st.get("cursors") or {}
+        self.view = RunView(self.run_dir, metrics_at=int(cursors.get("metrics", 0)),
+                            ledger_at=int(cursors.get("ledger", 0)))  # fmt: skip
+        self.series: dict[str, deque[tuple[int, float]]] = {
+            name: deque(((int(s), float(v)) for s, v in points), maxlen=_WINDOW)
+            for name, points in (st.get("series") or {}).items()
+        }
+        self.step_now = int(st.get("step", -1))
+        self.fired: dict[str, int] = dict(st.get("fired") or {})  # rule -> step it acted at
+        self.seen: dict[str, int] = dict(st.get("seen") or {})  # rule -> last detection step
+        self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
+        self.disabled: set[str] = set(st.get("disabled") or ())
+        self.guard: dict[str, Any] | None = st.get("guard")
+        self.next_id = int(st.get("next_id", 1))
+        self._watched = self._metric_names()
+
+    # ------------------------------------------------------------------ one round
+    def step(self) -> list[dict[str, Any]]:
+        """Read what is new, check the guard, run the rules; the records written."""
+        out: list[dict[str, Any]] = []
+        self._read_metrics()
+        self._read_ledger(out)
+        if self.guard is not None:
+            self._check_guard(out)
+        if self.mode != "off":
+            for rule in self.ruleset.rules:
+                if rule.enabled and rule.id not in self.disabled:
+                    self._evaluate(rule, out)
+        self._save()
+        return out
+
+    def run(
+        self, interval: float = 1.0, *, until: Callable[[], bool] | None = None
+    ) -> None:  # pragma: no cover - the CLI's loop; step() is what the tests drive
+        while until is None or not until():
+            self.step()
+            if self._ended():
+                self.step()
+                return
+            time.sleep(interval)
+
+    # ------------------------------------------------------------------ reading
+    def _metric_names(self) -> set[str]:
+        names = {self.key, "lr", *_TRAIN_NAMES}
+        for rule in self.ruleset.rules:
+            names.add(rule.metric)
+            names.add(rule.train_metric)
+        return names
+
+    def _read_metrics(self) -> None:
+        for rec in self.view.new_metrics():
+            step = rec.get("step")
+            if not isinstance(step, int):
+                continue
+            self.step_now = max(self.step_now, step)
+            for name, value in rec["metrics"].items():
+                if name not in self._watched:
+                    continue
+                number = float(value) if isinstance(value, (int, float)) else math.nan
+                self.series.setdefault(name, deque(maxlen=_WINDOW)).append((step, number))
+
+    def _read_ledger(self, out: list[dict[str, Any]]) -> None:
+        for e in self.view.new_entries():
+            if e.get("decision") != "applied" or e.get("source") in _NOT_A_PERSON:
+                continue
+            if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
+                continue
+            step = int(e.get("step") or 0)
+            for key in e["changes"]:
+                knob = f"{e['module']}.{key}"
+                self.holds[knob] = step + self.person_hold_steps
+                out.append(self._record({
+                    "kind": "hold", "knob": knob, "step": step, "until": self.holds[knob],
+                    "reason": f"{e.get('source')} changed {knob} at step {step}; the autopilot "
+                              f"leaves it alone until step {self.holds[knob]}",
+                }))  # fmt: skip
+
+    def _resolve(self, name: str) -> str | None:
+        if name == "key":
+            return self.key if self.key in self.series else None
+        if name == "train":
+            return next((n for n in _TRAIN_NAMES if n in self.series), None)
+        return name if name in self.series else None
+
+    # ------------------------------------------------------------------ rules
+    def _evaluate(self, rule: Rule, out: list[dict[str, Any]]) -> None:
+        if self.fired.get(rule.id, -(10**12)) + rule.cooldown_steps > self.step_now:
+            return
+        found = self._detect(rule)
+        if found is None or found.step <= self.seen.get(rule.id, -1):
+            return
+        self.seen[rule.id] = found.step
+        detection = self._record({
+            "kind": "detection", "rule": rule.id, "detector": found.detector,
+            "metric": found.metric, "step": found.step, "severity": found.severity,
+            "evidence": found.evidence, "describe": found.describe(),
+        })  # fmt: skip
+        out.append(detection)
+        knob = rule.action.knob
+        if knob is not None and self.holds.get(knob, -1) > self.step_now:
+            out.append(self._record({
+                "kind": "skipped", "rule": rule.id, "step": self.step_now,
+                "reason": f"a person changed {knob}; held until step {self.holds[knob]}",
+            }))  # fmt: skip
+            return
+        if any(p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"):
+            return  # one proposal per rule waits at a time
+        self.fired[rule.id] = self.step_now
+        if self.mode == "auto" and rule.confidence in ("high", "medium"):
+            out.extend(self._apply(rule, found))
+        else:
+            out.append(self._record({
+                "kind": "proposal", "id": self._new_id(), "rule": rule.id, "step": self.step_now,
+                "action": {"name": rule.action.name, "params": rule.action.params},
+                "describe": f"{rule.action.describe()} because {found.describe()}",
+                "evidence": found.evidence, "state": "pending",
+            }))  # fmt: skip
+
+    def _detect(self, rule: Rule) -> Detection | None:
+        metric = self._resolve(rule.metric)
+        if metric is None:
+            return None
+        steps, values = _columns(self.series[metric])
+        fn = DETECTORS[rule.detector]
+        kwargs: dict[str, Any] = {"metric": metric, **rule.params}
+        if rule.detector in ("plateau", "divergence") and "direction" not in kwargs:
+            kwargs["direction"] = self.direction if rule.metric == "key" else "minimize"
+        if rule.detector == "nonfinite":  # any bad point since the last round, not just the last
+            seen = self.seen.get(rule.id, -1)
+            for i in range(len(steps) - 1, -1, -1):
+                if steps[i] <= seen:
+                    break
+                if not math.isfinite(values[i]):
+                    return fn(steps[: i + 1], values[: i + 1], metric=metric)
+            return None
+        try:
+            if rule.detector == "overfitting":
+                train = self._resolve(rule.train_metric)
+                if train is None:
+                    return None
+                tsteps, tvalues = _columns(self.series[train])
+                return fn(tsteps, tvalues, steps, values, **kwargs)
+            return fn(steps, values, **kwargs)
+        except Exception as exc:  # a detector's bug must not stop the autopilot
+            log.warning("hotcb autopilot: detector %s failed: %r", rule.detector, exc)
+            return None
+
+    def _apply(self, rule: Rule, found: Detection) -> list[dict[str, Any]]:
+        reason = f"autopilot rule {rule.id}: {found.describe()}"
+        try:
+            cmd_ids = send_action(self.client, rule.action, reason, live=self._live())
+        except Exception as exc:  # out of bounds, no such actuator: record, go on
+            return [self._record({"kind": "action", "rule": rule.id, "step": self.step_now,
+                                  "state": "refused", "reason": str(exc)})]  # fmt: skip
+        record = self._record({
+            "kind": "action", "rule": rule.id, "step": self.step_now, "state": "applied",
+            "action": {"name": rule.action.name, "params": rule.action.params},
+            "cmd_ids": cmd_ids, "reason": reason,
+        })  # fmt: skip
+        if rule.action.knob is not None and cmd_ids:
+            before = self._key_values(after=None)[-self.ruleset.guard_window :]
+            if before:
+                self.guard = {"rule": rule.id, "cmd_id": cmd_ids[0], "step": self.step_now,
+                              "before": statistics.median(before)}  # fmt: skip
+        return [record]
+
+    def _live(self) -> dict[str, float]:
+        points = self.series.get("lr")
+        return _live(self.run_dir, points[-1] if points else None)
+
+    # ------------------------------------------------------------------ the guard
+    def _key_values(self, after: int | None) -> list[float]:
+        points = self.series.get(self.key) or ()
+        return [v for s, v in points if (after is None or s > after) and math.isfinite(v)]
+
+    def _check_guard(self, out: list[dict[str, Any]]) -> None:
+        guard = self.guard
+        assert guard is not None
+        after = self._key_values(after=int(guard["step"]))
+        if len(after) < self.ruleset.guard_window:
+            return
+        self.guard = None
+        level = statistics.median(after[: self.ruleset.guard_window])
+        before = float(guard["before"])
+        sign = 1.0 if self.direction == "minimize" else -1.0
+        worse = sign * (level - before) / max(abs(before), 1e-12)
+        record: dict[str, Any] = {
+            "kind": "guard", "rule": guard["rule"], "step": self.step_now, "cmd_id": guard["cmd_id"],
+            "before": before, "after": level, "worse_by": worse,
+        }  # fmt: skip
+        if worse > self.ruleset.guard_tolerance:
+            reason = (f"autopilot guard: {self.key} {before:.4g} -> {level:.4g} after rule "
+                      f"{guard['rule']} ({worse:+.0%}); undoing it")  # fmt: skip
+            record["undo_cmd_id"] = self.client.send(
+                "control", "undo", params={"cmd_id": guard["cmd_id"]}, reason=reason
+            )
+            record["reason"] = reason
+            rule = next((r for r in self.ruleset.rules if r.id == guard["rule"]), None)
+            if rule is not None:  # and leave that rule alone for a while
+                self.fired[rule.id] = self.step_now + rule.cooldown_steps
+        out.append(self._record(record))
+
+    # ------------------------------------------------------------------ records, state
+    def _new_id(self) -> str:
+        ident = f"A{self.next_id}"
+        self.next_id += 1
+        return ident
+
+    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
+        record.setdefault("mode", self.mode)
+        return _append(self.run_dir, record)
+
+    def set_rule(self, rule_id: str, enabled: bool) -> None:
+        """Switch a rule on or off (kept across restarts)."""
+        if rule_id not in {r.id for r in self.ruleset.rules}:
+            raise KeyError(f"no rule {rule_id!r}")
+        (self.disabled.discard if enabled else self.disabled.add)(rule_id)
+        self._save()
+
+    def _save(self) -> None:
+        state = {
+            "v": 1, "mode": self.mode, "key_metric": self.key, "direction": self.direction,
+            "rules": [r.to_dict() for r in self.ruleset.rules], "rules_path": self.ruleset.path,
+            "cursors": self.view.cursors, "step": self.step_now,
+            "series": {k: list(v) for k, v in self.series.items()},
+            "fired": self.fired, "seen": self.seen, "holds": self.holds,
+            "disabled": sorted(self.disabled), "guard": self.guard, "next_id": self.next_id,
+            "updated": time.time(),
+        }  # fmt: skip
+        jsonl.write_json_atomic(self._state_path, state)
+
+    def _ended(self) -> bool:
+        return isinstance(self.view.meta().get("ended"), dict)
+
+
+def _live(run_dir: str, last_lr: tuple[int, float] | None) -> dict[str, float]:
+    """Values the run logged more recently than it published its actuators: an lr that a
+    schedule (or the loop itself) moved shows in the ``lr`` metric at once. ``last_lr``: the
+    last ``(step, lr)`` logged, read from the metrics file when not given."""
+    if last_lr is None:
+        for rec in reversed(jsonl.read_last(os.path.join(run_dir, "hotcb.metrics.jsonl"), 50)):
+            value = (rec.get("metrics") or {}).get("lr")
+            if isinstance(value, (int, float)) and isinstance(rec.get("step"), int):
+                last_lr = (rec["step"], float(value))
+                break
+    if last_lr is None or not math.isfinite(last_lr[1]):
+        return {}
+    published = jsonl.read_json(os.path.join(run_dir, "hotcb.actuators.json"), {}) or {}
+    step = published.get("step")
+    if isinstance(step, int) and step > last_lr[0]:
+        return {}
+    return {"opt.lr": last_lr[1]}
+
+
+def _columns(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    steps: list[int] = []
+    values: list[float] = []
+    for s, v in points:
+        steps.append(s)
+        values.append(v)
+    return steps, values
+
+
+# ---------------------------------------------------------------------------------- actions
+def send_action(
+    client: HotClient, action: Action, reason: str, live: Mapping[str, float] | None = None
+) -> list[str]:
+    """Send ``action`` as commands (bounds checked again here); their ids. A multiplier
+    applies to ``live[knob]`` when given (the value the run last logged), else to the value
+    the run last published in ``hotcb.actuators.json``."""
+    from .rules import check_action
+
+    problems = check_action(action.name, action.params)
+    if problems:
+        raise ValueError("; ".join(problems))
+    p = action.params
+    if action.name in ("pause", "checkpoint", "stop", "undo"):
+        return [client.send("control", action.name, reason=reason)]
+    if action.name == "loss_weight_set":
+        return [client.set_params("loss", {p["key"]: p["value"]}, reason=reason)]
+    module, key = {"lr_mult": ("opt", "lr"), "wd_mult": ("opt", "weight_decay"),
+                   "loss_weight_mult": ("loss", str(p.get("key")))}[action.name]  # fmt: skip
+    current = (live or {}).get(f"{module}.{key}")
+    if current is None:
+        current = RunView(client.run_dir).actuators().get(f"{module}.{key}", {}).get("current")
+    if not isinstance(current, (int, float)) or isinstance(current, bool):
+        raise ValueError(f"the run publishes no numeric {module}.{key} to change")
+    if current == 0:
+        raise ValueError(f"{module}.{key} is 0: multiplying it changes nothing")
+    return [client.set_params(module, {key: current * float(p["factor"])}, reason=reason)]
+
+
+# ---------------------------------------------------------------------------------- proposals
+def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every proposal of the run with its current state (pending, accepted, rejected)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in jsonl.iter_records(os.path.join(os.fspath(run_dir), RECORDS)):
+        if rec.get("kind") == "proposal" and isinstance(rec.get("id"), str):
+            out[rec["id"]] = dict(rec)
+        elif rec.get("kind") == "decision" and rec.get("id") in out:
+            out[rec["id"]].update(state=rec.get("state"), cmd_ids=rec.get("cmd_ids"))
+    return list(out.values())
+
+
+def decide(
+    run_dir: str | os.PathLike[str], proposal_id: str, accept: bool, *, by: str = "cli"
+) -> dict[str, Any]:
+    """Accept (send its action now) or reject a pending proposal; the decision record."""
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    found: Mapping[str, Any] | None = next(
+        (p for p in proposals(run_dir) if p["id"] == proposal_id), None
+    )
+    if found is None:
+        pending = [p["id"] for p in proposals(run_dir) if p["state"] == "pending"]
+        raise KeyError(f"no proposal {proposal_id!r}; pending: {', '.join(pending) or 'none'}")
+    if found["state"] != "pending":
+        raise ValueError(f"proposal {proposal_id} is {found['state']}, not pending")
+    record: dict[str, Any] = {"kind": "decision", "id": proposal_id, "rule": found["rule"],
+                              "by": by, "state": "accepted" if accept else "rejected"}  # fmt: skip
+    if accept:
+        action = Action(found["action"]["name"], dict(found["action"].get("params") or {}))
+        reason = f"autopilot rule {found['rule']} ({proposal_id}, accepted by {by}): " + str(
+            found.get("describe", "")
+        )
+        client = HotClient(run_dir, source="autopilot", create=False)
+        record["cmd_ids"] = send_action(client, action, reason[:2000], live=_live(run_dir, None))
+    return _append(run_dir, record)

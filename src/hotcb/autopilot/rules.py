@@ -1,0 +1,237 @@
+"""Autopilot rules: ``when`` a detector fires on a metric, ``then`` one bounded action.
+
+A rules file (YAML or JSON) is declarative: nothing in it is evaluated as code. A broken file
+is refused with every problem and its line. The default rules ship with hotcb
+(``default_rules.yaml`` beside this file; docs/autopilot.md explains each one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._checks import Checker, CheckError, parse_document
+
+__all__ = [
+    "ACTIONS",
+    "CONFIDENCES",
+    "DEFAULT_RULES",
+    "Action",
+    "Rule",
+    "RulesError",
+    "Ruleset",
+    "check_action",
+    "load_rules",
+]
+
+DEFAULT_RULES = os.path.join(os.path.dirname(__file__), "default_rules.yaml")
+CONFIDENCES = ("high", "medium", "low")
+
+#: The bounded action set: name -> {param: (kind, min, max)}. ``knob`` is what the action
+#: changes (a person's change of it puts the autopilot on a cooldown for it).
+ACTIONS: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
+    "lr_mult": {"factor": ("number", 0.1, 2.0)},
+    "wd_mult": {"factor": ("number", 0.1, 10.0)},
+    "loss_weight_set": {"key": ("string", None, None), "value": ("number", 0.0, 1e3)},
+    "loss_weight_mult": {"key": ("string", None, None), "factor": ("number", 0.1, 10.0)},
+    "pause": {},
+    "checkpoint": {},
+    "undo": {},
+    "stop": {},
+}
+
+
+class RulesError(CheckError):
+    """A rules file with problems; ``problems`` lists every one, with its line."""
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def knob(self) -> str | None:
+        """The actuator it changes (``opt.lr``), or None for run control."""
+        if self.name == "lr_mult":
+            return "opt.lr"
+        if self.name == "wd_mult":
+            return "opt.weight_decay"
+        if self.name.startswith("loss_weight"):
+            return f"loss.{self.params.get('key')}"
+        return None
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``when`` detector ``detector`` fires on ``metric`` (with ``params``), ``then`` ``action``;
+    not again for ``cooldown_steps`` steps. ``metric`` may be ``key`` (the key metric) or
+    ``train`` (the training loss, whatever its name in this run)."""
+
+    id: str
+    detector: str
+    action: Action
+    metric: str = "key"
+    params: dict[str, Any] = field(default_factory=dict)
+    train_metric: str = "train"
+    cooldown_steps: int = 200
+    confidence: str = "medium"
+    enabled: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "when": {"detector": self.detector, "metric": self.metric, "params": self.params},
+            "then": {"action": self.action.name, "params": self.action.params},
+            "cooldown_steps": self.cooldown_steps,
+            "confidence": self.confidence,
+            "enabled": self.enabled,
+        }
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    rules: tuple[Rule, ...]
+    path: str | None = None
+    guard_window: int = 5  # key-metric values watched after an automatic change
+    guard_tolerance: float = 0.1  # "clearly worse": this much (relative) above the level before
+
+
+def check_action(name: str, params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an action and its params (empty: fine), bounds included."""
+    spec = ACTIONS.get(name)
+    if spec is None:
+        return [f"unknown action {name!r}; expected one of {', '.join(ACTIONS)}"]
+    problems = [f"unknown param {k!r} for {name}" for k in params if k not in spec]
+    for key, (kind, lo, hi) in spec.items():
+        value = params.get(key)
+        if value is None:
+            problems.append(f"{name} needs {key}")
+        elif kind == "string":
+            if not isinstance(value, str) or not value:
+                problems.append(f"{key} must be a non-empty string, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key} must be a number, got {value!r}")
+        elif (lo is not None and value < lo) or (hi is not None and value > hi):
+            problems.append(f"{name} {key}={value!r} is outside its bounds [{lo:g}, {hi:g}]")
+    return problems
+
+
+_RULE_KEYS = {"id", "when", "then", "cooldown_steps", "confidence", "enabled"}
+_TOP_KEYS = {"rules", "guard"}
+
+
+def load_rules(path: str | os.PathLike[str] | None = None) -> Ruleset:
+    """The rules of ``path`` (default: the shipped rules), checked; :class:`RulesError` lists
+    every problem with its line."""
+    path = os.fspath(path) if path is not None else DEFAULT_RULES
+    with open(path, encoding="utf-8") as f:
+        doc, lines = parse_document(f.read(), path, RulesError)
+    ck = Checker(lines)
+    if not isinstance(doc, Mapping):
+        raise RulesError(path, ["expected a mapping with 'rules: [...]'"])
+    for key in sorted(set(doc) - _TOP_KEYS):
+        ck.add(str(key), f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}")
+    guard = doc.get("guard") or {}
+    window = ck.number(guard, "window", "guard.window", integer=True, minimum=1) or 5
+    tolerance = ck.number(guard, "tolerance", "guard.tolerance", minimum=0) or 0.1
+    rules: list[Rule] = []
+    raw = doc.get("rules")
+    if not isinstance(raw, list) or not raw:
+        ck.add("rules", "expected a non-empty list of rules")
+        raw = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        rule = _check_rule(item, ck, f"rules[{i}]")
+        if rule is None:
+            continue
+        if rule.id in seen:
+            ck.add(f"rules[{i}].id", f"{rule.id!r} is used twice")
+        seen.add(rule.id)
+        rules.append(rule)
+    if ck.problems:
+        raise RulesError(path, ck.problems)
+    return Ruleset(tuple(rules), path, int(window), float(tolerance))
+
+
+def _check_rule(item: Any, ck: Checker, at: str) -> Rule | None:
+    if not isinstance(item, Mapping):
+        ck.add(at, "expected a mapping {id, when, then, cooldown_steps, confidence, enabled}")
+        return None
+    before = len(ck.problems)
+    for key in sorted(set(item) - _RULE_KEYS):
+        ck.add(f"{at}.{key}", f"unknown key; a rule has {', '.join(sorted(_RULE_KEYS))}")
+    ident = ck.string(item, "id", f"{at}.id")
+    if "id" not in item:
+        ck.add(f"{at}.id", "missing: a name for the rule")
+    detector, params = _check_when(item.get("when"), ck, f"{at}.when")
+    action = _check_then(item.get("then"), ck, f"{at}.then")
+    cooldown = ck.number(item, "cooldown_steps", f"{at}.cooldown_steps", integer=True, minimum=0)
+    confidence = ck.choice(item, "confidence", f"{at}.confidence", CONFIDENCES) or "medium"
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        ck.add(f"{at}.enabled", f"expected true or false, got {enabled!r}")
+    if len(ck.problems) > before or ident is None or detector is None or action is None:
+        return None
+    return Rule(
+        id=ident, detector=detector, action=action, metric=str(item["when"].get("metric") or "key"),
+        params={k: v for k, v in params.items() if k != "train_metric"},
+        train_metric=str(params.get("train_metric") or "train"),
+        cooldown_steps=int(cooldown if cooldown is not None else 200),
+        confidence=confidence, enabled=bool(enabled),
+    )  # fmt: skip
+
+
+def _check_when(when: Any, ck: Checker, at: str) -> tuple[str | None, dict[str, Any]]:
+    from .detectors import DETECTORS, PARAMS
+
+    if not isinstance(when, Mapping):
+        ck.add(at, "expected {detector, metric, params}")
+        return None, {}
+    detector = ck.choice(when, "detector", f"{at}.detector", tuple(DETECTORS))
+    if "detector" not in when:
+        ck.add(f"{at}.detector", f"missing; one of {', '.join(DETECTORS)}")
+    params = dict(when.get("params") or {})
+    for key, value in params.items():
+        if key == "train_metric" and detector == "overfitting":
+            if not isinstance(value, str) or not value:
+                ck.add(f"{at}.params.{key}", f"expected a metric name, got {value!r}")
+            continue
+        spec = PARAMS.get(detector or "", {}).get(key)
+        if detector and spec is None:
+            known = ", ".join(PARAMS.get(detector, {})) or "none"
+            ck.add(f"{at}.params.{key}", f"{detector} has no param {key!r} ({known})")
+        elif spec is not None and not _fits(value, spec):
+            kind, lo, hi = spec
+            ck.add(f"{at}.params.{key}",
+                   f"must be {getattr(kind, '__name__', kind)} in [{lo}, {hi}], got {value!r}")  # fmt: skip
+    return detector, params
+
+
+def _check_then(then: Any, ck: Checker, at: str) -> Action | None:
+    if not isinstance(then, Mapping):
+        ck.add(at, "expected {action, params}")
+        return None
+    name = then.get("action")
+    params = dict(then.get("params") or {})
+    problems = check_action(str(name), params) if name else ["missing: action"]
+    for problem in problems:
+        ck.add(at, problem)
+    return None if problems else Action(str(name), params)
+
+
+def _fits(value: Any, spec: tuple[Any, Any, Any]) -> bool:
+    kind, lo, hi = spec
+    if kind is str:
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int and not isinstance(value, int):
+        return False
+    return (lo is None or value >= lo) and (hi is None or value <= hi)

@@ -1,0 +1,177 @@
+"""The rule autopilot: ``hotcb autopilot`` (run it) and ``autopilot status|proposals|accept|
+reject|rules``. It runs outside the training process, as a client of the run directory
+(docs/autopilot.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ._common import UsageError, require_run_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ap = sub.add_parser(
+        "autopilot",
+        help="the rule autopilot: watch a run (or a folder of runs) and act on plateaus, "
+        "divergence, spikes, NaN, overfitting",
+        description="Without a sub-command: run the autopilot until the run ends (Ctrl-C "
+        "stops it). In suggest mode its proposals wait for 'hotcb autopilot accept ID'.",
+    )
+    ap.add_argument("--mode", choices=("suggest", "auto", "off"), default="suggest",
+                    help="suggest (default): propose; auto: apply high- and medium-confidence "
+                    "actions, propose the rest")  # fmt: skip
+    ap.add_argument("--rules", help="a rules file (default: the rules hotcb ships)")
+    ap.add_argument("--key-metric", default="val_loss", help="the metric to improve")
+    ap.add_argument("--direction", choices=("minimize", "maximize"), default="minimize")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
+    ap.add_argument("--once", action="store_true", help="one round, then exit")
+    ap.set_defaults(func=cmd_run)
+    asub = ap.add_subparsers(dest="ap_op", metavar="OP")
+    p = asub.add_parser("status", help="mode, rules, recent detections, pending proposals")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = asub.add_parser("proposals", help="proposals waiting for a decision")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also the decided ones")
+    p.set_defaults(func=cmd_proposals)
+    for name in ("accept", "reject"):
+        p = asub.add_parser(name, help=f"{name} a proposal")
+        p.add_argument("id", help="the proposal's id, e.g. A3")
+        p.set_defaults(func=cmd_decide, accept=name == "accept")
+    p = asub.add_parser("rules", help="the rules in force, or check a rules file")
+    p.add_argument("--check", metavar="FILE", help="check FILE: every problem with its line")
+    p.set_defaults(func=cmd_rules)
+
+
+def _runs(root: str) -> list[str]:
+    """``root`` itself when it is a run, else the runs directly inside it."""
+    if os.path.exists(os.path.join(root, "hotcb.run.json")):
+        return [root]
+    return sorted(
+        os.path.join(root, d) for d in os.listdir(root)
+        if os.path.exists(os.path.join(root, d, "hotcb.run.json"))
+    )  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..autopilot.engine import Autopilot
+
+    require_run_dir(args.dir)
+    pilots: dict[str, Any] = {}
+
+    def refresh() -> None:
+        for run in _runs(args.dir):
+            if run not in pilots:
+                pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
+                                        key_metric=args.key_metric, direction=args.direction)  # fmt: skip
+                print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
+
+    refresh()
+    if not pilots:
+        print(f"hotcb autopilot: no run under {args.dir} yet; waiting for one", flush=True)
+    try:
+        while True:
+            for pilot in list(pilots.values()):
+                for rec in pilot.step():
+                    print(_line(rec), flush=True)
+            if args.once or (pilots and all(p._ended() for p in pilots.values())):
+                return 0
+            time.sleep(args.interval)
+            refresh()
+    except KeyboardInterrupt:
+        return 0
+
+
+def _line(rec: dict[str, Any]) -> str:
+    kind = rec.get("kind")
+    head = f"[step {rec.get('step')}] {kind}"
+    if kind == "detection":
+        return f"{head} {rec['rule']}: {rec.get('describe')}"
+    if kind == "proposal":
+        return f"{head} {rec['id']} ({rec['rule']}): {rec.get('describe')}"
+    if kind == "action":
+        return f"{head} {rec['rule']} {rec.get('state')}: {rec.get('action') or rec.get('reason')}"
+    return f"{head} {rec.get('reason') or ''}".rstrip()
+
+
+def _state(args: argparse.Namespace) -> dict[str, Any]:
+    from .. import jsonl
+    from ..autopilot.engine import STATE
+
+    require_run_dir(args.dir)
+    st = jsonl.read_json(os.path.join(args.dir, STATE), {}) or {}
+    return st if isinstance(st, dict) else {}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .. import jsonl
+    from ..autopilot.engine import RECORDS, proposals
+
+    st = _state(args)
+    pending = [p for p in proposals(args.dir) if p["state"] == "pending"]
+    recent = [r for r in jsonl.read_last(os.path.join(args.dir, RECORDS), 200)
+              if r.get("kind") in ("detection", "action", "guard", "skipped")][-10:]  # fmt: skip
+    if args.json:
+        print(json.dumps({"state": st, "pending": pending, "recent": recent}, indent=2))
+        return 0
+    if not st:
+        print(f"autopilot: never ran here   (hotcb --dir {args.dir} autopilot --mode suggest)")
+        return 0
+    print(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
+          f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip
+    off = set(st.get("disabled") or ())
+    for r in st.get("rules") or ():
+        mark = "off" if r["id"] in off or not r.get("enabled", True) else "on "
+        print(f"  [{mark}] {r['id']}: {r['when']['detector']} on {r['when']['metric']} -> "
+              f"{r['then']['action']} {r['then']['params'] or ''} ({r['confidence']})")  # fmt: skip
+    for rec in recent:
+        print(_line(rec))
+    for p in pending:
+        print(f"pending {p['id']}: {p.get('describe')}")
+    return 0
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from ..autopilot.engine import proposals
+
+    require_run_dir(args.dir)
+    rows = [p for p in proposals(args.dir) if args.all or p["state"] == "pending"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no pending proposals")
+    for p in rows if not args.json else ():
+        print(f"{p['id']}  step {p['step']}  {p['state']}  {p.get('describe')}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from ..autopilot.engine import decide
+
+    require_run_dir(args.dir)
+    try:
+        rec = decide(args.dir, args.id, args.accept, by="cli")
+    except (KeyError, ValueError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    print(
+        f"{rec['id']} {rec['state']}"
+        + (f": {' '.join(rec['cmd_ids'])}" if rec.get("cmd_ids") else "")
+    )
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from ..autopilot.rules import load_rules
+
+    rules = load_rules(args.check)
+    for r in rules.rules:
+        print(f"{r.id}: when {r.detector} on {r.metric} {r.params or ''} -> "
+              f"{r.action.describe()}, cooldown {r.cooldown_steps} steps, {r.confidence}")  # fmt: skip
+    if args.check:
+        print(f"{args.check}: {len(rules.rules)} rules, no problems", file=sys.stderr)
+    return 0

@@ -1,0 +1,78 @@
+"""The autopilot as a user runs it: ``hotcb autopilot --mode auto`` in its own process, next to
+a real trainer process whose loss starts to diverge (its lr jumps 15x at step 300, outside
+hotcb). The autopilot cuts lr, and the loss comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient
+from hotcb.testing import read_ledger, wait_for
+
+pytestmark = pytest.mark.slow
+
+RULES = """\
+rules:
+  - id: divergence_cut_lr
+    when: {detector: divergence, metric: train}
+    then: {action: lr_mult, params: {factor: 0.1}}
+    cooldown_steps: 60
+    confidence: high
+"""
+
+
+def test_auto_mode_rescues_a_diverging_run(
+    run_dir: str, tmp_path: Path, start_trainer: Any, cli: Any
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    trace = os.fspath(tmp_path / "trace.jsonl")
+    trainer = start_trainer(run_dir, trace, steps=900, lr=0.01, lr_jump="300:15", step_delay=0.01)
+    trainer.wait_step(1, 120)
+    client = HotClient(run_dir, source="test")
+    client.wait(client.pause(), 120)  # hold the run until the autopilot is up
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
+            "--rules", os.fspath(rules), "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)  # fmt: skip
+    try:
+        first = pilot.stdout.readline() if pilot.stdout else ""
+        assert "hotcb autopilot (auto) on" in first, first
+        client.resume()
+
+        def cut() -> dict[str, Any] | None:
+            return next((e for e in read_ledger(run_dir) if e.get("source") == "autopilot"
+                         and e.get("op") == "set_params"), None)  # fmt: skip
+
+        entry = wait_for(cut, 300, what="the autopilot's lr cut")
+        code, _out, err = trainer.finish(300)
+        assert code == 0, err[-2000:]
+    finally:
+        pilot.kill()
+        pilot.communicate()
+    assert entry["decision"] == "applied" and entry["step"] > 300
+    assert entry["reason"].startswith("autopilot rule divergence_cut_lr: divergence on loss")
+    assert entry["changes"]["lr"]["new"] == pytest.approx(entry["changes"]["lr"]["old"] * 0.1)
+    rows = [json.loads(x) for x in Path(trace).read_text().splitlines()]
+    loss = {r["step"]: r["loss"] for r in rows}
+
+    def mean(a: int, b: int) -> float:
+        return sum(loss[s] for s in range(a, b)) / (b - a)
+
+    assert mean(301, entry["step"] + 1) > 2 * mean(250, 300), (
+        entry["step"],
+        [loss[s] for s in range(295, entry["step"] + 1)],
+    )  # it was diverging
+    assert mean(entry["step"] + 100, entry["step"] + 150) < 0.35  # and came back
+    records = [
+        json.loads(x) for x in (Path(run_dir) / "hotcb.autopilot.jsonl").read_text().splitlines()
+    ]
+    assert any(r["kind"] == "detection" and r["detector"] == "divergence" for r in records)

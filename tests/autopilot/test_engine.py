@@ -1,0 +1,217 @@
+"""The rule autopilot against a real kernel and optimizer in this process: rules files,
+suggest/accept, cooldowns, the guard, restarts, and a person on the same knob.
+
+The loop logs ``loss`` every step and ``val_loss`` every 10 steps through the kernel's metrics
+stream (``hotcb.metrics.jsonl``), exactly what the autopilot reads from outside a real run; the
+autopilot's round runs every 10 steps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient, HotKernel
+from hotcb.autopilot.engine import RECORDS, Autopilot, decide, proposals
+from hotcb.autopilot.rules import RulesError, load_rules
+from hotcb.testing import read_ledger
+
+torch = pytest.importorskip("torch")
+
+
+class Loop:
+    """A real kernel and optimizer; the loss is ``f(lr, step)`` plus a little noise."""
+
+    def __init__(self, run_dir: Path, f: Callable[[float, int], float], lr: float = 1e-2) -> None:
+        self.run_dir = str(run_dir)
+        self.kernel = HotKernel(self.run_dir, poll_interval_sec=0.0)
+        self.opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        self.f, self.step, self.rng = f, 0, random.Random(0)
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def run(self, steps: int, pilot: Autopilot | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _ in range(steps):
+            self.step += 1
+            loss = self.f(self.lr, self.step) * (1 + 0.001 * self.rng.gauss(0, 1))
+            metrics = {"loss": loss}
+            if self.step % 10 == 0:
+                metrics["val_loss"] = loss * 1.05
+            self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
+            if pilot is not None and self.step % 10 == 0:
+                out += pilot.step()
+        return out
+
+    def autopilot_entries(self) -> list[dict[str, Any]]:
+        return [e for e in read_ledger(self.run_dir) if e.get("source") == "autopilot"]
+
+
+def flat(_lr: float, _step: int) -> float:
+    return 1.0  # a plateau from the start
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Any:
+    made: list[Loop] = []
+
+    def make(f: Callable[[float, int], float] = flat, lr: float = 1e-2) -> Loop:
+        lp = Loop(tmp_path / "run", f, lr)
+        made.append(lp)
+        return lp
+
+    yield make
+    for lp in made:
+        lp.kernel.close()
+
+
+def _rules(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+PLATEAU_ONLY = """\
+rules:
+  - id: plateau_cut_lr
+    when: {detector: plateau, metric: key}
+    then: {action: lr_mult, params: {factor: 0.5}}
+    cooldown_steps: 150
+    confidence: medium
+"""
+
+
+def test_a_rules_file_with_errors_lists_every_one_with_its_line(tmp_path: Path) -> None:
+    path = _rules(tmp_path, """\
+rules:
+  - id: a
+    when: {detector: plato, metric: key}
+    then: {action: lr_mult, params: {factor: 5}}
+    confidence: sure
+  - when:
+      detector: plateau
+      params: {window: 1, colour: red}
+    then: {action: explode}
+surprise: 1
+""")  # fmt: skip
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    problems = info.value.problems
+    want = [
+        "line 3: rules[0].when.detector: 'plato' is not one of",
+        "line 4: rules[0].then: lr_mult factor=5 is outside its bounds [0.1, 2]",
+        "line 5: rules[0].confidence: 'sure' is not one of high, medium, low",
+        "line 6: rules[1].id: missing",
+        "line 8: rules[1].when.params.window: must be int in [3, 1000], got 1",
+        "line 8: rules[1].when.params.colour: plateau has no param 'colour'",
+        "line 9: rules[1].then: unknown action 'explode'",
+        "line 10: surprise: unknown key",
+    ]
+    for w in want:
+        assert any(p.startswith(w) for p in problems), (w, problems)
+    assert len(problems) == len(want), problems
+    assert len(load_rules().rules) >= 6  # the shipped rules load
+
+
+def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    assert proposal["rule"] == "plateau_cut_lr" and "plateau on val_loss" in proposal["describe"]
+    assert lp.lr == 1e-2 and not lp.autopilot_entries()  # a proposal changes nothing
+    decision = decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    lp.run(5, pilot)
+    (entry,) = lp.autopilot_entries()
+    assert entry["cmd_id"] == decision["cmd_ids"][0] and entry["decision"] == "applied"
+    assert entry["reason"].startswith("autopilot rule plateau_cut_lr")
+    assert lp.lr == pytest.approx(5e-3)
+    with pytest.raises(ValueError, match="accepted, not pending"):
+        decide(lp.run_dir, proposal["id"], accept=True)
+
+
+def test_reject_leaves_the_run_alone(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    decide(lp.run_dir, proposal["id"], accept=False)
+    lp.run(20, pilot)
+    assert lp.lr == 1e-2 and not lp.autopilot_entries()
+    assert next(p["state"] for p in proposals(lp.run_dir)) == "rejected"
+
+
+def test_auto_mode_respects_the_cooldown(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records = lp.run(600, pilot)
+    actions = [r for r in records if r["kind"] == "action"]
+    assert len(actions) >= 2
+    gaps = [b["step"] - a["step"] for a, b in itertools.pairwise(actions)]
+    assert all(g >= 150 for g in gaps), gaps  # the plateau never ended; the cooldown held it
+    assert len(lp.autopilot_entries()) == len(actions)
+    assert lp.lr == pytest.approx(1e-2 * 0.5 ** len(actions))
+
+
+def test_the_guard_undoes_a_change_that_made_things_worse(loop: Any, tmp_path: Path) -> None:
+    lr0 = 1e-2
+    lp: Loop = loop(lambda lr, _s: 1.0 if lr >= lr0 else 1.5, lr=lr0)  # a smaller lr hurts
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records = lp.run(300, pilot)
+    (guard,) = [r for r in records if r["kind"] == "guard"]
+    assert guard["worse_by"] > 0.4 and "undoing" in guard["reason"]
+    undo = next(e for e in lp.autopilot_entries() if e["op"] == "undo")
+    assert undo["decision"] == "applied" and undo["reason"].startswith("autopilot guard")
+    assert lp.lr == lr0
+    # and the rule that made the change waits longer before it acts again
+    assert sum(r["kind"] == "action" for r in records) == 1
+
+
+def test_a_restarted_autopilot_does_not_fire_again_on_what_it_saw(
+    loop: Any, tmp_path: Path
+) -> None:
+    lp: Loop = loop()
+    rules = _rules(tmp_path, PLATEAU_ONLY.replace("150", "10000"))
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=rules)
+    lp.run(200, pilot)
+    assert len(proposals(lp.run_dir)) == 1
+    again = Autopilot(lp.run_dir, mode="suggest", rules=rules)  # a new process, same run
+    assert again.step() == []
+    decide(lp.run_dir, proposals(lp.run_dir)[0]["id"], accept=False)
+    lp.run(100, again)  # the cooldown and the last detection came back from the state file
+    assert len(proposals(lp.run_dir)) == 1
+    state = json.loads((tmp_path / "run" / "hotcb.autopilot.state.json").read_text())
+    assert state["cursors"]["metrics"] > 0 and "plateau_cut_lr" in state["seen"]
+
+
+def test_a_person_on_the_same_knob_wins(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (first,) = lp.autopilot_entries()  # the autopilot cut lr on the plateau
+    HotClient(lp.run_dir, source="cli").opt(lr=0.02)  # then a person set it
+    records = lp.run(300, pilot)
+    assert lp.lr == 0.02  # the person's value stands
+    assert any(r["kind"] == "hold" and r["knob"] == "opt.lr" for r in records)
+    skipped = [r for r in records if r["kind"] == "skipped"]
+    assert skipped and "a person changed opt.lr" in skipped[0]["reason"]
+    ledger = [e for e in read_ledger(lp.run_dir) if e.get("op") == "set_params"]
+    assert [e["source"] for e in ledger] == ["autopilot", "cli"]  # both in the ledger
+    assert first["changes"]["lr"]["new"] == pytest.approx(5e-3)
+
+
+def test_records_carry_the_evidence(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    recs = [json.loads(x) for x in (tmp_path / "run" / RECORDS).read_text().splitlines()]
+    detection = next(r for r in recs if r["kind"] == "detection")
+    assert detection["metric"] == "val_loss" and detection["evidence"]["n"] >= 8
+    assert {"detection", "proposal"} <= {r["kind"] for r in recs}
