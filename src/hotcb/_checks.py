@@ -95,9 +95,7 @@ def parse_document(
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise error(
-            path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]
-        ) from None
+        raise error(path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     lines: dict[str, int] = {}
     if node is not None:
         collect_lines(node, "", lines)
