@@ -213,3 +213,23 @@ def test_restore_state_puts_the_weights_back_and_the_knobs_keep_working(tmp_path
     # the actuator was not cut off from the optimizer: every mutation moved the real lr
     for m in mutates.values():
         assert lrs[m["step"]] == m["changes"]["lr"]["new"] != 1e-3
+
+
+def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
+    toy: Any,
+) -> None:
+    """The objective is val_loss, logged every 50 steps; the training loss, logged every step,
+    shows a harmful mutation within five steps, and the trial is rolled back then."""
+    lr0 = 1e-3
+    t: Toy = toy(lambda lr, _s: 1.0 if lr <= lr0 else 3.0, lr=lr0)
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="val_loss", segment_steps=100, seed=0, space=LR_ONLY
+    )
+    t.run(1200, val_every=50)
+    ups = {e["tune"]["trial"]: e for e in t.ledger("mutate") if e["changes"]["lr"]["new"] > lr0}
+    assert ups, "no trial raised the lr"
+    for r in t.ledger("rollback"):
+        if r["tune"]["trial"] in ups:
+            assert r["step"] - ups[r["tune"]["trial"]]["step"] <= 8  # not 50 steps later
+            assert r["tune"]["score"] == -1.0  # no evaluation yet: the worst score
+    assert t.lr <= lr0

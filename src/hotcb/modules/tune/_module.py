@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
 _FALLBACK = "loss"
+_TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
 
 
 def _flat(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class TuneModule:
         self.next_proposal = 1
         self.asked = 0
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
+        self.train_recent: list[float] = []  # the last training losses (objective != loss)
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
 
@@ -123,7 +126,7 @@ class TuneModule:
                 self._give_up(step)
             return
         if self.phase in ("baseline", "trial", "backoff") and (
-            self._at_boundary(step) or self._harmful()
+            self._at_boundary(step) or self._harmful() or self._train_blew_up()
         ):
             total = env.get("max_steps") or env.get("total_steps")
             if isinstance(total, int) and not isinstance(total, bool) and total > 0:
@@ -297,7 +300,9 @@ class TuneModule:
             before = {m: {k: (result.changes or {}).get(k, {}).get("old") for k in kv}
                       for m, kv in values.items()}  # fmt: skip
             self.trial = {"number": trial, "step": int(env["step"]), "before": before,
-                          "after": values, "cmd_id": op.cmd_id}  # fmt: skip
+                          "after": values, "cmd_id": op.cmd_id,
+                          "train_before": statistics.median(self.train_recent)
+                          if len(self.train_recent) >= 5 else None}  # fmt: skip
             row = self._row(trial)
             row.update(
                 step=int(env["step"]),
@@ -387,6 +392,12 @@ class TuneModule:
         self.phase = phase
 
     def _observe(self, step: int, metrics: Mapping[str, Any]) -> None:
+        train = metrics.get(_FALLBACK)
+        if isinstance(train, (int, float)) and self.objective_used != _FALLBACK:
+            self.train_recent.append(float(train))  # the early-abort watch, every step
+            self.train_recent = self.train_recent[-_TRAIN_WATCH:]
+            if self.trial is not None and step >= self.segment.start:
+                self.trial.setdefault("train", []).append(float(train))
         value = metrics.get(self.objective_used)
         if value is not None:
             self.seen = True
@@ -429,6 +440,18 @@ class TuneModule:
             return False
         recent = sorted(values[-3:])[1]
         return sign * (recent - expected) / abs(expected) > self.settings.abort
+
+    def _train_blew_up(self) -> bool:
+        """The training loss (logged every step) of a trial is ``abort`` worse than before the
+        mutation: caught in a few steps, long before the next evaluation."""
+        trial = self.trial
+        if trial is None or not trial.get("train_before"):
+            return False
+        got = trial.get("train") or []
+        if len(got) < 5:
+            return False
+        now = statistics.median(got[-5:])
+        return not math.isfinite(now) or now > (1 + self.settings.abort) * trial["train_before"]
 
     def _at_boundary(self, step: int) -> bool:
         s = self.settings
