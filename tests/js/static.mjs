@@ -1,4 +1,4 @@
-// The page's modules, for node tests: `import { charts, panels, lib, tune } from "./static.mjs"`.
+// The page's modules, for node tests: `import { charts, panels, lib, tune, autopilot } from "./static.mjs"`.
 // Only modules without DOM work at import time load here (app.js and api.js touch the page).
 import { register } from "node:module";
 
@@ -9,3 +9,4 @@ export const charts = await import(new URL("charts.js", dir).href);
 export const panels = await import(new URL("panels.js", dir).href);
 export const lib = await import(new URL("lib.js", dir).href);
 export const tune = await import(new URL("tune.js", dir).href);
+export const autopilot = await import(new URL("autopilot.js", dir).href);

@@ -2,13 +2,15 @@
 (:func:`hotcb.server.testing.serve_in_thread`). Its clients carry the server's token
 (generated: a token is on by default); ``client(auth=False)`` / ``ws(auth=False)`` do not.
 
-``tune_state(run_dir, **fields)`` writes the online tuner's state file as the tuner does."""
+``tune_state(run_dir, **fields)`` writes the online tuner's state file as the tuner does;
+``flat_run(path)`` is a real kernel whose metrics plateau (for the autopilot)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +21,7 @@ pytest.importorskip("fastapi")
 from hotcb.server.config import DashboardConfig
 from hotcb.server.testing import LiveServer, serve_in_thread
 
-__all__ = ["TUNE_DOC", "LiveServer"]
+__all__ = ["TUNE_DOC", "FlatRun", "LiveServer"]
 
 #: A state document of the online tuner, shaped as its contract says (RUN/hotcb.tune.json):
 #: suggest mode, an objective that fell back, three trials, one proposal answered, one pending.
@@ -99,3 +101,68 @@ def live_server(tmp_path: Any) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for srv in started:
         srv.stop()
+
+
+class FlatRun:
+    """A real :class:`hotcb.HotKernel` in this process whose metrics plateau: ``loss`` and
+    ``val_loss`` stay 1.0 at every step, so the autopilot's ``plateau`` detector fires on
+    either once it has its window. Its optimizer is a plain object with ``param_groups`` (what
+    hotcb's ``opt`` actuators need; no torch), so ``opt.lr`` is published and applied.
+
+    :meth:`advance` runs steps now; :meth:`start` runs a step every ``delay`` seconds in a
+    thread (the kernel then applies commands as they come) until :meth:`close`."""
+
+    def __init__(self, path: str, lr: float = 0.01) -> None:
+        import types
+
+        from hotcb import HotKernel
+
+        self.path = path
+        self.opt = types.SimpleNamespace(param_groups=[{"lr": lr, "weight_decay": 0.01}])
+        self.kernel = HotKernel(path, poll_interval_sec=0.0)
+        self.step = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def advance(self, steps: int) -> None:
+        for _ in range(steps):
+            metrics = {"loss": 1.0, "val_loss": 1.0}
+            self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
+            self.step += 1
+
+    def start(self, delay: float = 0.02) -> FlatRun:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.advance(1)
+                self._stop.wait(delay)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.kernel.close()
+
+
+@pytest.fixture
+def flat_run() -> Iterator[Callable[..., FlatRun]]:
+    """``flat_run(path, steps=20)``: a :class:`FlatRun` that has run ``steps`` steps (closed
+    after the test)."""
+    made: list[FlatRun] = []
+
+    def make(path: Any, steps: int = 20, lr: float = 0.01) -> FlatRun:
+        run = FlatRun(os.fspath(path), lr=lr)
+        made.append(run)
+        run.advance(steps)
+        return run
+
+    yield make
+    for run in made:
+        run.close()

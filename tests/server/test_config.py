@@ -201,3 +201,32 @@ def test_hotcb_serve_prints_url_with_token(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_autopilot_settings_from_yaml_env_and_flags(monkeypatch, tmp_path):
+    """``--autopilot``, ``--autopilot-rules``, ``--key-metric``, ``--direction`` set the nested
+    ``autopilot`` settings field by field: a flag wins over the env, the env over the YAML, and
+    a field no source gives keeps its default."""
+    c = cli()
+    assert c.autopilot.model_dump() == {"mode": "off", "rules": None, "key_metric": "val_loss",
+                                        "direction": "minimize", "interval_sec": 1.0}  # fmt: skip
+    y = tmp_path / "dash.yaml"
+    y.write_text("autopilot:\n  mode: suggest\n  key_metric: acc\n  interval_sec: 0.5\n")
+    monkeypatch.setenv("HOTCB_AUTOPILOT__KEY_METRIC", "val_acc")
+    monkeypatch.setenv("HOTCB_AUTOPILOT__DIRECTION", "maximize")
+    c = cli("--config", str(y))
+    assert (c.autopilot.mode, c.autopilot.key_metric, c.autopilot.direction) == (
+        "suggest", "val_acc", "maximize",
+    )  # fmt: skip
+    assert c.autopilot.interval_sec == 0.5
+    c = cli("--config", str(y), "--autopilot", "auto", "--key-metric", "loss",
+            "--autopilot-rules", "rules.yaml")  # fmt: skip
+    assert (c.autopilot.mode, c.autopilot.key_metric, c.autopilot.direction) == (
+        "auto", "loss", "maximize",
+    )  # fmt: skip
+    assert c.autopilot.rules == os.path.abspath("rules.yaml")
+    with pytest.raises(SystemExit):
+        cli("--autopilot", "active")  # not a mode of the rule autopilot
+    monkeypatch.setenv("HOTCB_AUTOPILOT__MODE", "active")
+    with pytest.raises(ValueError, match=r"autopilot\.mode"):
+        cli()

@@ -67,6 +67,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="let the dashboard send `cb load` (code loading) commands",
     )
+    p.add_argument(
+        "--autopilot",
+        choices=("off", "suggest", "auto"),
+        default=None,
+        metavar="MODE",
+        help="run the rule autopilot on every run served: off (default), suggest (propose; "
+        "accept on the page), auto (apply high- and medium-confidence actions)",
+    )
+    p.add_argument(
+        "--autopilot-rules",
+        default=None,
+        metavar="FILE",
+        help="the autopilot's rules file (default: the rules hotcb ships)",
+    )
+    p.add_argument(
+        "--key-metric", default=None, help="the metric the autopilot improves (default val_loss)"
+    )
+    p.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        default=None,
+        help="of the key metric (default minimize)",
+    )
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=_serve)
 
@@ -80,6 +103,13 @@ def build_config(args: argparse.Namespace) -> Any:
     from ..server.config import DashboardConfig, read_token_file
 
     token = read_token_file(args.token_file) if args.token_file else None
+    rules = os.path.abspath(args.autopilot_rules) if args.autopilot_rules else None
+    autopilot = {
+        k: v
+        for k, v in (("mode", args.autopilot), ("rules", rules), ("key_metric", args.key_metric),
+                     ("direction", args.direction))
+        if v is not None
+    }  # fmt: skip
     roots = [os.path.abspath(r) for r in args.allowed_root] if args.allowed_root else None
     return DashboardConfig.load(
         args.config,
@@ -91,6 +121,7 @@ def build_config(args: argparse.Namespace) -> Any:
         allowed_roots=roots,
         max_body_bytes=args.max_body_bytes,
         allow_code_load=args.allow_code_load,
+        autopilot=autopilot or None,
     )
 
 
@@ -141,6 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
     for line in _warnings(config):
         print(line, file=sys.stderr)
     print(f"hotcb dashboard for {config.dir}: {url}", flush=True)
+    if config.autopilot.mode != "off":
+        ap = config.autopilot
+        print(f"hotcb autopilot ({ap.mode}) on every run served; key metric {ap.key_metric} "
+              f"({ap.direction}); rules: {ap.rules or 'the shipped rules'}", flush=True)  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(
             app,

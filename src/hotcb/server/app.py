@@ -9,6 +9,7 @@ new in one batched message per file and run.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,12 +19,14 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from .auth import SameOriginMiddleware, TokenAuthMiddleware
+from .autopilot import AutopilotHost
 from .config import DashboardConfig, is_loopback
 from .deps import Deps
 from .guards import BodyLimitMiddleware, JSONOnlyMiddleware, SecurityHeadersMiddleware
 from .hub import Hub
 from .logs import install_log_filters
 from .routers import (
+    create_autopilot_router,
     create_commands_router,
     create_meta_router,
     create_runs_router,
@@ -31,7 +34,7 @@ from .routers import (
     create_tune_router,
     create_ws_router,
 )
-from .runs import RunRegistry
+from .runs import RunRegistry, run_dirs
 from .tailer import Tailer
 
 __all__ = ["create_app"]
@@ -50,21 +53,32 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     from ``static_dir`` (default: the package's ``static/`` folder).
 
     When no token is set and ``config.no_token`` is off, one is generated (``config.token``);
-    the caller prints it. uvicorn's loggers get the token-redacting filter.
+    the caller prints it. uvicorn's loggers get the token-redacting filter. With
+    ``config.autopilot.mode`` other than ``off`` the app runs the rule autopilot on every run
+    it serves (its rules file is checked here: :class:`hotcb.autopilot.rules.RulesError`).
     """
     config = config or DashboardConfig.load()
     config.ensure_token()
     install_log_filters()
     hub = Hub(config.ws_queue_max)
-    deps = Deps(config=config, registry=RunRegistry(config, hub), hub=hub)
+    autopilot = None
+    if config.autopilot.mode != "off":
+        root, depth = os.path.realpath(config.dir), config.scan_depth
+        autopilot = AutopilotHost(config.autopilot, lambda: run_dirs(root, depth))
+    registry = RunRegistry(config, hub, autopilot)
+    deps = Deps(config=config, registry=registry, hub=hub, autopilot=autopilot)
     tailer = Tailer(deps.registry, deps.hub, config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tailer.start()
+        if autopilot is not None:
+            autopilot.start()
         try:
             yield
         finally:
+            if autopilot is not None:
+                await autopilot.stop()  # after the round in progress
             await tailer.stop()
 
     app = FastAPI(
@@ -87,6 +101,7 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
         create_meta_router,
         create_runs_router,
         create_tune_router,
+        create_autopilot_router,
         create_commands_router,
         create_ws_router,
     ):

@@ -21,7 +21,7 @@ import ipaddress
 import os
 import secrets
 import stat
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -31,7 +31,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["ChartSettings", "DashboardConfig", "UISettings", "is_loopback", "read_token_file"]
+__all__ = [
+    "AutopilotSettings",
+    "ChartSettings",
+    "DashboardConfig",
+    "UISettings",
+    "is_loopback",
+    "read_token_file",
+]
 
 #: The YAML file of the config being built (set by :meth:`DashboardConfig.load`): a context
 #: variable so that the path can vary per call while precedence stays in one class method.
@@ -67,6 +74,19 @@ class UISettings(BaseModel):
     reconnect_max_delay_sec: float = Field(10.0, gt=0, description="reconnect back-off cap")
     status_refresh_sec: float = Field(2.0, gt=0, description="REST status refresh in the page")
     chart_refresh_ms: int = Field(250, ge=16, description="how often the page redraws charts")
+
+
+class AutopilotSettings(BaseModel):
+    """The rule autopilot inside the server (``hotcb serve --autopilot MODE``; docs/autopilot.md).
+    ``off``: the server runs none (a headless ``hotcb autopilot`` may still run beside it)."""
+
+    mode: Literal["off", "suggest", "auto"] = Field(
+        "off", description="off: none runs here; suggest: propose; auto: apply and propose"
+    )
+    rules: str | None = Field(None, description="a rules file (default: the rules hotcb ships)")
+    key_metric: str = Field("val_loss", description="the metric the autopilot improves")
+    direction: Literal["minimize", "maximize"] = Field("minimize")
+    interval_sec: float = Field(1.0, gt=0, description="seconds between the autopilot's rounds")
 
 
 class DashboardConfig(BaseSettings):
@@ -130,6 +150,7 @@ class DashboardConfig(BaseSettings):
     )
     chart: ChartSettings = Field(default_factory=ChartSettings)
     ui: UISettings = Field(default_factory=UISettings)
+    autopilot: AutopilotSettings = Field(default_factory=AutopilotSettings)
 
     @field_validator("token")
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from .autopilot import AutopilotHost
 from .config import DashboardConfig
 from .hub import Hub
 from .runs import RunNotFound, RunRegistry, RunState
@@ -18,6 +19,7 @@ class Deps:
     config: DashboardConfig
     registry: RunRegistry
     hub: Hub
+    autopilot: AutopilotHost | None = None  # the autopilot runs in this server (--autopilot)
 
     def path(self, run_id: str) -> str:
         """The run's directory, or a 404; touches no shared state (safe in worker threads)."""

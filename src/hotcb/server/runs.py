@@ -17,6 +17,7 @@ from typing import Any
 from .. import jsonl
 from ..freeze import FreezeState
 from ..runfiles import RunPaths
+from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
 from .hub import Hub
 from .tailer import (
@@ -28,7 +29,7 @@ from .tailer import (
     TuneWatch,
 )
 
-__all__ = ["RunNotFound", "RunRegistry", "RunState"]
+__all__ = ["RunNotFound", "RunRegistry", "RunState", "discover", "run_dirs"]
 
 #: Catching up more than this many bytes happens in a worker thread, not on the event loop.
 _INLINE_BYTES = 256 * 1024
@@ -51,11 +52,50 @@ def _last_wall_time(rec: dict[str, Any] | None) -> float | None:
     return float(wt) if isinstance(wt, (int, float)) and not isinstance(wt, bool) else None
 
 
+def discover(root: str, depth: int) -> list[str]:
+    """Run ids under ``root`` (``"."`` for the root itself), sorted, up to ``depth`` levels."""
+    found: list[str] = []
+
+    def walk(path: str, level: int) -> None:
+        if _has_hotcb_file(path):
+            rel = os.path.relpath(path, root)
+            found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
+        if level >= depth:
+            return
+        try:
+            with os.scandir(path) as it:
+                subdirs = sorted(
+                    e.path
+                    for e in it
+                    if e.is_dir(follow_symlinks=False)
+                    and not e.name.startswith((".", "hotcb.", "__"))
+                )
+        except OSError:
+            return
+        for sub in subdirs:
+            walk(sub, level + 1)
+
+    walk(root, 0)
+    return found
+
+
+def run_dirs(root: str, depth: int) -> list[str]:
+    """The directories of :func:`discover`'s runs."""
+    return [root if rid == "." else os.path.join(root, rid) for rid in discover(root, depth)]
+
+
 class RunState:
     """The tailers of one run, behind one lock. Every refresh publishes what it read, so a
     record consumed by a REST request still reaches WebSocket subscribers."""
 
-    def __init__(self, run_id: str, path: str, config: DashboardConfig, hub: Hub) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        path: str,
+        config: DashboardConfig,
+        hub: Hub,
+        autopilot: AutopilotHost | None = None,
+    ) -> None:
         self.run_id = run_id
         self.paths = RunPaths(path)
         self.config = config
@@ -65,6 +105,7 @@ class RunState:
         self.commands = CommandsTail(self.paths.commands)
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
+        self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
         self._meta: dict[str, Any] = {}
         self._meta_sig: tuple[int, int, int] | None = None
@@ -79,6 +120,7 @@ class RunState:
             big = (
                 self.metrics.pending_bytes() > _INLINE_BYTES
                 or self.ledger.tail.size() - self.ledger.tail.offset > _INLINE_BYTES
+                or self.autopilot.changed()  # its state file: rewritten whole every round
             )
             if big:
                 msgs = await asyncio.to_thread(self._poll)
@@ -110,6 +152,8 @@ class RunState:
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
         if self.tune.update():
             msgs.append(self.tune_message())
+        if self.autopilot.update():
+            msgs.append(self.autopilot_message())
         return msgs
 
     async def run_locked(self, fn: Any, *args: Any) -> Any:
@@ -158,6 +202,9 @@ class RunState:
     def tune_message(self) -> dict[str, Any]:
         return {"type": "tune", "run": self.run_id, "doc": self.tune.doc}
 
+    def autopilot_message(self) -> dict[str, Any]:
+        return {"type": "autopilot", "run": self.run_id, "doc": self.autopilot.doc}
+
     def status_message(self) -> dict[str, Any]:
         return {
             "type": "status",
@@ -190,9 +237,12 @@ class RunState:
 class RunRegistry:
     """Finds runs under the root and keeps one :class:`RunState` per run asked about."""
 
-    def __init__(self, config: DashboardConfig, hub: Hub) -> None:
+    def __init__(
+        self, config: DashboardConfig, hub: Hub, autopilot: AutopilotHost | None = None
+    ) -> None:
         self.config = config
         self.hub = hub
+        self.autopilot = autopilot
         self.root = os.path.realpath(config.dir)
         # Least recently used first; runs nobody watches are dropped beyond max_loaded_runs so
         # a folder of hundreds of runs cannot hold every run's index at once.
@@ -200,29 +250,7 @@ class RunRegistry:
 
     def discover(self) -> list[str]:
         """Run ids under the root, sorted, up to ``scan_depth`` levels deep."""
-        found: list[str] = []
-
-        def walk(path: str, depth: int) -> None:
-            if _has_hotcb_file(path):
-                rel = os.path.relpath(path, self.root)
-                found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
-            if depth >= self.config.scan_depth:
-                return
-            try:
-                with os.scandir(path) as it:
-                    subdirs = sorted(
-                        e.path
-                        for e in it
-                        if e.is_dir(follow_symlinks=False)
-                        and not e.name.startswith((".", "hotcb.", "__"))
-                    )
-            except OSError:
-                return
-            for sub in subdirs:
-                walk(sub, depth + 1)
-
-        walk(self.root, 0)
-        return found
+        return discover(self.root, self.config.scan_depth)
 
     def resolve(self, run_id: str) -> str:
         """The run directory of ``run_id``; :class:`RunNotFound` when it is outside the root
@@ -248,7 +276,8 @@ class RunRegistry:
             state = None
         if state is None:
             path = self.resolve(rid)
-            state = self._states[rid] = RunState(rid, path, self.config, self.hub)
+            state = RunState(rid, path, self.config, self.hub, self.autopilot)
+            self._states[rid] = state
             self._evict()
         else:
             self._states.move_to_end(rid)

@@ -1,5 +1,6 @@
 """REST and WebSocket routers, each built by a ``create_*_router(deps)`` factory."""
 
+from ._autopilot import create_autopilot_router
 from ._commands import create_commands_router
 from ._meta import create_meta_router
 from ._runs import create_runs_router
@@ -8,6 +9,7 @@ from ._tune import create_tune_router
 from ._ws import create_ws_router
 
 __all__ = [
+    "create_autopilot_router",
     "create_commands_router",
     "create_meta_router",
     "create_runs_router",

@@ -1,9 +1,9 @@
 """``/ws``: one connection per page, channels per run.
 
 The page sends ``{"subscribe": [run_id, ...]}`` (again to change); the server answers with a
-``hello`` on connect, a snapshot (``actuators``, ``tune`` and ``status``) for each newly
-subscribed run, then batched ``metrics``/``ledger``/``commands``/``actuators``/``tune`` deltas as
-the tailer reads them and a periodic ``status``. ``{"type": "ping"}`` gets ``{"type": "pong"}``.
+``hello`` on connect, a snapshot (``actuators``, ``tune``, ``autopilot`` and ``status``) for
+each newly subscribed run, then batched ``metrics``/``ledger``/``commands``/``actuators``/
+``tune``/``autopilot`` deltas as the tailer reads them and a periodic ``status``. ``{"type": "ping"}`` gets ``{"type": "pong"}``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ async def _subscribe(deps: Deps, sub: Subscriber, ids: Any) -> None:
             await run.refresh()
             hub.send(sub, {"type": "actuators", "run": run.run_id, "doc": run.actuators.doc})
             hub.send(sub, run.tune_message())
+            hub.send(sub, run.autopilot_message())
             hub.send(sub, run.status_message())
 
 

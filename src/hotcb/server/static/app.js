@@ -12,6 +12,7 @@ import {
   parseFor,
   renderPending,
 } from "./panels.js";
+import { AutopilotPanel } from "./autopilot.js";
 import { TunePanel } from "./tune.js";
 
 const $ = (id) => document.getElementById(id);
@@ -170,6 +171,7 @@ async function loadPrimary(runId, gen, reset) {
     app.impacts = new Map();
     app.dirty.ledger = true;
     tunePanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
+    autopilotPanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
   }
   const jobs = [
     api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
@@ -186,6 +188,7 @@ async function loadPrimary(runId, gen, reset) {
       $("ledger-older").hidden = (res.entries || []).length < app.ledgerLimit;
     }),
     api(runUrl(runId, "tune")).then((doc) => gen === app.generation && tunePanel.update(doc)),
+    api(runUrl(runId, "autopilot")).then((doc) => gen === app.generation && autopilotPanel.update(doc)),
     loadMetrics(runId, gen),
   ];
   const results = await Promise.allSettled(jobs);
@@ -311,6 +314,32 @@ function undoEntry(entry, btn) {
 
 /** Accept or reject a tuner proposal: the command `hotcb tune accept|reject ID` writes. */
 const decideProposal = (op, p) => send({ module: "tune", op, params: { id: p.id } }, `tune ${op} ${p.id}`);
+
+/** Accept or reject an autopilot proposal (the server runs `hotcb autopilot accept|reject`). */
+async function decideAutopilot(p, decision) {
+  const url = runUrl(app.runId, `autopilot/proposals/${encodeURIComponent(p.id)}`);
+  try {
+    const rec = await api(url, { method: "POST", body: { decision } });
+    toast(`${p.id} ${rec.state}`, "info", 2500);
+    return rec;
+  } catch (err) {
+    const msg = err instanceof ApiError ? err.message : `server unreachable (${err.message})`;
+    toast(`autopilot ${decision} ${p.id}: ${msg}`, "bad", 8000);
+    throw new Error(msg);
+  }
+}
+
+/** Switch a rule of the autopilot this server runs on or off. */
+async function setAutopilotRule(rule, enabled) {
+  const url = runUrl(app.runId, `autopilot/rules/${encodeURIComponent(rule.id)}`);
+  try {
+    return await api(url, { method: "POST", body: { enabled } });
+  } catch (err) {
+    const msg = err instanceof ApiError ? err.message : `server unreachable (${err.message})`;
+    toast(`rule ${rule.id}: ${msg}`, "bad", 8000);
+    throw new Error(msg);
+  }
+}
 
 function cancelScheduled(p, btn) {
   btn.disabled = true;
@@ -532,6 +561,9 @@ function onMessage(msg) {
     case "tune":
       if (msg.run === app.runId) tunePanel.update(msg.doc);
       break;
+    case "autopilot":
+      if (msg.run === app.runId) autopilotPanel.update(msg.doc);
+      break;
     case "status":
       if (msg.run === app.runId) {
         app.serverStale = !!msg.stale;
@@ -581,6 +613,12 @@ function showTip(m, ev) {
     d.textContent = l;
     tip.append(d);
   }
+  if (typeof e.reason === "string" && e.reason) {
+    const d = document.createElement("div");
+    d.className = "tip-reason";
+    d.textContent = e.reason;
+    tip.append(d);
+  }
   const own = impactRows(app.ledger, actuatorKeys()).get(e.seq) === e.seq;
   const imp = own ? app.impacts.get(e.seq) : null;
   if (imp && imp.before?.mean != null && imp.after?.mean != null) {
@@ -612,6 +650,7 @@ const charts = new Charts($("charts"), $("charts-empty"), {
 });
 const controls = new Controls($("controls"), $("controls-note"), sendActuator);
 const tunePanel = new TunePanel($("tune-card"), { decide: decideProposal });
+const autopilotPanel = new AutopilotPanel($("autopilot-card"), { decide: decideAutopilot, setRule: setAutopilotRule });
 const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
 
 function renderCharts() {
@@ -797,6 +836,7 @@ async function main() {
   setInterval(() => {
     if (!isStale()) scheduleImpactRefresh(0);
   }, 5000);
+  setInterval(() => autopilotPanel.tick(), 5000);
 }
 
 // A hook for tests and curious users: what the page currently shows.
@@ -813,10 +853,11 @@ window.hotcb = {
       state: app.runState,
       over: isOver(),
       charts: charts.debug(),
-      markers: markers().map((m) => ({ seq: m.seq, step: m.step, source: m.entry.source, changes: m.entry.changes })),
+      markers: markers().map((m) => ({ seq: m.seq, step: m.step, source: m.entry.source, color: m.color, changes: m.entry.changes })),
       ledger: app.ledger.length,
       controls: controls.debug(),
       tune: tunePanel.debug(),
+      autopilot: autopilotPanel.debug(),
       pending: app.status?.pending || [],
       impactMetric: app.impactMetric,
       impacts: app.impacts.size,

@@ -587,6 +587,8 @@ export class LedgerTable {
       for (const l of lines) change.append(el("div", "delta", l));
       if (e.decision === "scheduled" && e.at_step != null) change.append(el("div", "muted small", `at step ${e.at_step}`));
       if (e.undo_of) change.append(el("div", "muted small", `undo of ${String(e.undo_of).slice(0, 10)}`));
+      // why a controller (the autopilot, its guard) sent it: the rule and its evidence
+      if (typeof e.reason === "string" && e.reason) change.append(el("div", "entry-reason muted", e.reason));
       tr.append(change);
       const dec = el("td", "decision");
       dec.append(el("span", `dec dec-${e.decision}`, e.decision));

@@ -1,0 +1,382 @@
+// The Autopilot panel: the rule autopilot of the run (docs/autopilot.md), read from its files
+// by the server (GET …/autopilot when a run loads, then "autopilot" messages over the WebSocket
+// whenever they change): its mode and key metric, its rules with on/off switches, what it
+// detected and did (with the evidence), and its pending proposals with Accept and Reject.
+// Pure helpers first (tests/js runs them under node).
+import { fmtNum } from "./charts.js";
+import { ago } from "./lib.js";
+import { el, fmtValue } from "./panels.js";
+
+/** How to start an autopilot, as the off line shows it. */
+export const START_COMMAND = "hotcb --dir RUN autopilot --mode suggest";
+export const SERVE_COMMAND = "hotcb serve --autopilot suggest";
+/** The server's answer to a rule switch when the autopilot runs elsewhere (or nowhere). */
+export const NOT_HERE = "the autopilot does not run in this server; use hotcb autopilot with a rules file";
+
+/** An autopilot outside this server whose last round is older than this is shown as stopped. */
+export const STOPPED_AFTER_SEC = 30;
+
+const KINDS = { detection: "detected", action: "acted", guard: "guard", skipped: "skipped", hold: "hold" };
+
+/** Whether the panel is one line: no autopilot ever ran on the run and none runs here. */
+export const isOff = (doc) => !doc || ((doc.mode || "off") === "off" && !doc.ran && !doc.in_server);
+
+/** A rule's metric in words: `key` is the key metric, `train` the training loss. */
+export function metricName(metric, keyMetric) {
+  if (metric === "key" || metric == null) return keyMetric ? `${keyMetric} (key)` : "the key metric";
+  if (metric === "train") return "the training loss";
+  return String(metric);
+}
+
+/** "lr_mult(factor=0.5)" from `{"name": "lr_mult", "params": {"factor": 0.5}}` (a proposal's
+ * action) or `{"action": "lr_mult", "params": …}` (a rule's `then`). */
+export function fmtAction(a) {
+  if (!a || typeof a !== "object") return "–";
+  const name = a.name ?? a.action ?? "?";
+  const args = Object.entries(a.params || {})
+    .map(([k, v]) => `${k}=${fmtValue(v)}`)
+    .join(", ");
+  return `${name}(${args})`;
+}
+
+/** "plateau on val_loss (key) → lr_mult(factor=0.5)". */
+export function ruleLine(rule, keyMetric) {
+  const when = rule.when || {};
+  return `${when.detector ?? "?"} on ${metricName(when.metric, keyMetric)} → ${fmtAction(rule.then)}`;
+}
+
+/** The title of a rule's switch: what it does, or why it cannot be used here. */
+export function switchTitle(rule, doc) {
+  if (!doc.in_server) return NOT_HERE;
+  if (rule.enabled_in_file === false) return `${rule.id} is off in its rules file (enabled: false); switch it on there`;
+  return rule.enabled ? `switch ${rule.id} off` : `switch ${rule.id} on`;
+}
+
+/** What the panel's head says, as text; `now` in seconds since the epoch (an autopilot outside
+ * this server that has not written for STOPPED_AFTER_SEC is shown as stopped). */
+export function autopilotFacts(doc, now = Date.now() / 1000) {
+  const d = doc || {};
+  const dir = d.direction === "maximize" ? "↑ maximize" : d.direction === "minimize" ? "↓ minimize" : "";
+  const since = typeof d.updated === "number" ? Math.max(0, now - d.updated) : null;
+  let where;
+  if (d.in_server) where = "runs in this server";
+  else if (d.ran && since != null && since > STOPPED_AFTER_SEC) where = `stopped (last round ${ago(since)} ago)`;
+  else if (d.ran) where = "runs outside this server (hotcb autopilot)";
+  else where = "not running";
+  return {
+    mode: d.mode || "off",
+    key: d.key_metric || "–",
+    direction: dir,
+    where,
+    step: d.step == null || d.step < 0 ? "–" : String(d.step),
+    rulesOn: (d.rules || []).filter((r) => r.enabled).length,
+    rules: (d.rules || []).length,
+  };
+}
+
+/** The proposals waiting for a decision, oldest first. */
+export function pendingProposals(doc) {
+  return ((doc && doc.pending) || []).filter((p) => p && p.id != null && (p.state ?? "pending") === "pending");
+}
+
+/** The recent records, newest first. */
+export function recentRows(doc) {
+  return ((doc && doc.recent) || []).filter((r) => r && typeof r === "object").reverse();
+}
+
+/** A stable key of a record (its kind, rule, step and time), to keep its evidence open. */
+export const recordKey = (r) => [r.kind, r.rule ?? r.knob ?? "", r.step ?? "", r.wall_time ?? ""].join("|");
+
+export const kindLabel = (k) => KINDS[k] || String(k ?? "–");
+
+/** The one line of a record: a detection's description, an action, a guard check, a skip. */
+export function recordLine(r) {
+  switch (r.kind) {
+    case "detection":
+      return r.describe || `${r.detector ?? "?"} on ${r.metric ?? "?"}`;
+    case "action":
+      if (r.state === "applied") return `${fmtAction(r.action)} applied`;
+      return `${r.state ?? "?"}: ${r.reason || fmtAction(r.action)}`;
+    case "guard": {
+      if (r.reason) return r.reason;
+      const pct = typeof r.worse_by === "number" ? ` (${r.worse_by >= 0 ? "+" : "−"}${Math.abs(r.worse_by * 100).toFixed(1)}%)` : "";
+      return `kept: ${fmtNum(r.before)} → ${fmtNum(r.after)}${pct}`;
+    }
+    default:
+      return r.reason || "";
+  }
+}
+
+/** The evidence (or, without one, the record's other fields) as [name, text] rows. */
+export function evidenceRows(r) {
+  const src = r.evidence && typeof r.evidence === "object" ? r.evidence : null;
+  if (!src) return [];
+  return Object.entries(src).map(([k, v]) => [k, v !== null && typeof v === "object" && !Array.isArray(v) ? JSON.stringify(v) : fmtValue(v)]);
+}
+
+/** A POSIX shell word for `path` (quoted when it needs to be). */
+function shellWord(path) {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${String(path).replace(/'/g, `'\\''`)}'`;
+}
+
+export class AutopilotPanel {
+  /** decide(proposal, "accept"|"reject") → Promise<decision record>; setRule(rule, enabled)
+   * → Promise; both reject with the server's reason. */
+  constructor(card, { decide, setRule }) {
+    this.card = card;
+    this.decide = decide;
+    this.setRule = setRule;
+    this.doc = { mode: "off" };
+    this.runPath = null;
+    this.sig = null;
+    this.sent = new Map(); // proposal id → {decision, done, error}
+    this.switching = new Map(); // rule id → {enabled, error}
+    this.open = new Set(); // recordKey of records whose evidence is shown
+  }
+
+  /** A new run was picked: forget what was shown and sent. */
+  reset(runPath) {
+    this.runPath = runPath || null;
+    this.sent.clear();
+    this.switching.clear();
+    this.open.clear();
+    this.sig = null;
+    this.update({ mode: "off" });
+  }
+
+  /** A document from the server; the panel is rebuilt only where it changed. */
+  update(doc) {
+    this.doc = doc && typeof doc === "object" ? doc : { mode: "off" };
+    const sig = JSON.stringify(this.doc);
+    if (sig === this.sig) return;
+    this.sig = sig;
+    // a proposal no longer pending was answered: its buttons go with it
+    const pending = new Set(pendingProposals(this.doc).map((p) => String(p.id)));
+    for (const id of [...this.sent.keys()]) if (!pending.has(id)) this.sent.delete(id);
+    // a switch the autopilot now shows as asked is done
+    for (const [id, s] of [...this.switching]) {
+      const rule = (this.doc.rules || []).find((r) => r.id === id);
+      if (!s.error && rule && rule.enabled === s.enabled) this.switching.delete(id);
+    }
+    this.render();
+  }
+
+  async sendDecision(p, decision) {
+    const id = String(p.id);
+    this.sent.set(id, { decision, done: false, error: null });
+    this.render();
+    try {
+      await this.decide(p, decision);
+      const s = this.sent.get(id);
+      if (s) s.done = true;
+    } catch (err) {
+      this.sent.set(id, { decision, done: false, error: err.message });
+    }
+    this.render();
+  }
+
+  async toggle(rule, enabled) {
+    this.switching.set(rule.id, { enabled, error: null });
+    this.render();
+    try {
+      await this.setRule(rule, enabled);
+    } catch (err) {
+      this.switching.set(rule.id, { enabled, error: err.message });
+    }
+    this.render();
+  }
+
+  render() {
+    const doc = this.doc;
+    const off = isOff(doc);
+    if (!this.parts) this.build();
+    this.card.classList.toggle("off", off);
+    this.parts.body.hidden = off;
+    this.tick();
+    if (off) return;
+    this.fill("rules", [doc.rules, doc.in_server, doc.key_metric, [...this.switching]], () => [this.rules(doc)]);
+    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent]], () => [this.proposals(doc)]);
+    this.fill("recent", [doc.recent], () => [this.recent(doc)]);
+  }
+
+  /** The head again (the page calls it every few seconds: an autopilot outside this server
+   * that stopped writing is shown as stopped, although no file changed). */
+  tick() {
+    if (!this.parts) return;
+    const doc = this.doc;
+    const off = isOff(doc);
+    const f = autopilotFacts(doc);
+    this.fill("head", [off, f, doc.rules_path, this.runPath], () => this.head(doc, f, off));
+  }
+
+  build() {
+    this.card.textContent = "";
+    const parts = {
+      head: el("div", "card-head"),
+      body: el("div", "ap-body"),
+      rules: el("div", "ap-rules-box"),
+      proposals: el("div", "ap-proposals-box"),
+      recent: el("div", "ap-recent-box"),
+    };
+    const side = el("div", "ap-side");
+    side.append(parts.rules, parts.proposals);
+    parts.body.append(side, parts.recent);
+    this.card.append(parts.head, parts.body);
+    this.parts = parts;
+    this.keys = {};
+  }
+
+  fill(name, key, make) {
+    const sig = JSON.stringify(key);
+    if (this.keys[name] === sig) return;
+    this.keys[name] = sig;
+    const box = this.parts[name];
+    box.textContent = "";
+    box.append(...make());
+  }
+
+  head(doc, f, off) {
+    const out = [el("h2", null, "Autopilot")];
+    if (off) return [...out, this.offLine()];
+    const mode = el("span", `chip ap-mode mode-${f.mode}`, f.mode);
+    mode.title = "autopilot mode: suggest proposes, auto applies high- and medium-confidence actions, off only reads";
+    const key = el("span", "muted small ap-key");
+    key.append("key metric ", el("code", null, f.key), f.direction ? ` ${f.direction}` : "");
+    const where = el("span", `muted small ap-where ${doc.in_server ? "here" : "elsewhere"}`, `${f.where} · step ${f.step}`);
+    where.title = doc.in_server
+      ? "this server runs the autopilot (hotcb serve --autopilot): its rules can be switched here"
+      : NOT_HERE;
+    out.push(mode, key, where);
+    if (doc.rules_path) {
+      const rules = el("span", "muted small ap-rules-path", doc.rules_path.split("/").pop());
+      rules.title = `rules: ${doc.rules_path}`;
+      out.push(el("div", "spacer"), rules);
+    }
+    return out;
+  }
+
+  offLine() {
+    const line = el("span", "ap-off muted small", "autopilot off — start it with ");
+    line.append(el("code", null, START_COMMAND), " or ", el("code", null, SERVE_COMMAND));
+    line.title = this.runPath ? START_COMMAND.replace("RUN", shellWord(this.runPath)) : START_COMMAND;
+    return line;
+  }
+
+  rules(doc) {
+    const box = el("div", "ap-rules");
+    const list = doc.rules || [];
+    box.append(el("h4", null, `rules (${list.filter((r) => r.enabled).length} of ${list.length} on)`));
+    const ul = el("ul", "ap-rule-list");
+    for (const r of list) {
+      const li = el("li", `ap-rule${r.enabled ? "" : " is-off"}`);
+      li.dataset.rule = r.id;
+      const sw = el("label", "switch");
+      const box2 = el("input");
+      box2.type = "checkbox";
+      box2.setAttribute("aria-label", `rule ${r.id}`);
+      const s = this.switching.get(r.id);
+      box2.checked = s && !s.error ? s.enabled : !!r.enabled;
+      box2.disabled = !doc.in_server || (s && !s.error) || (r.enabled_in_file === false && !r.enabled);
+      sw.title = switchTitle(r, doc);
+      box2.addEventListener("change", () => this.toggle(r, box2.checked));
+      sw.append(box2, el("span", "slider-knob"));
+      const text = el("div", "ap-rule-text");
+      text.append(el("span", "ap-rule-id", r.id), el("span", "ap-rule-what", ruleLine(r, doc.key_metric)));
+      const meta = el("span", "muted small ap-rule-meta", `${r.confidence ?? "?"} · cooldown ${r.cooldown_steps ?? "?"}`);
+      meta.title = "confidence (auto mode applies high and medium, proposes low) and steps before it may act again";
+      li.append(sw, text, meta);
+      ul.append(li);
+      if (s?.error) ul.append(el("li", "ap-error small", `${r.id}: ${s.error}`));
+    }
+    box.append(ul);
+    return box;
+  }
+
+  proposals(doc) {
+    const box = el("div", "ap-proposals");
+    const pending = pendingProposals(doc);
+    box.append(el("h4", null, pending.length ? `pending proposals (${pending.length})` : "pending proposals"));
+    const ul = el("ul", "pending");
+    if (!pending.length) ul.append(el("li", "muted", doc.mode === "off" ? "none (the autopilot is off)" : "none"));
+    for (const p of pending) {
+      const id = String(p.id);
+      const li = el("li", "ap-proposal");
+      li.dataset.id = id;
+      const what = el("span", "what", fmtAction(p.action));
+      what.title = p.describe || "";
+      li.append(el("span", "at", id), what);
+      li.title = `${id} (${p.rule}) at step ${p.step ?? "?"}: ${p.describe || ""}`;
+      const sent = this.sent.get(id);
+      const busy = !!sent && !sent.error;
+      const buttons = [
+        ["accept", "Accept", "btn tiny primary ap-accept", `send ${fmtAction(p.action)} now (source autopilot, reason: rule ${p.rule})`],
+        ["reject", "Reject", "btn tiny ap-reject", "drop this proposal"],
+      ];
+      for (const [decision, label, cls, title] of buttons) {
+        const b = el("button", cls, busy && sent.decision === decision ? "sent…" : label);
+        b.type = "button";
+        b.title = title;
+        b.disabled = busy;
+        b.addEventListener("click", () => this.sendDecision(p, decision));
+        li.append(b);
+      }
+      ul.append(li);
+      if (p.describe) ul.append(el("li", "ap-because muted small", p.describe));
+      if (sent?.error) ul.append(el("li", "ap-error small", `${id}: ${sent.error}`));
+    }
+    box.append(ul);
+    return box;
+  }
+
+  recent(doc) {
+    const wrap = el("div", "ap-recent");
+    const rows = recentRows(doc);
+    wrap.append(el("h4", null, "recent detections and actions"));
+    const list = el("ul", "ap-recent-list");
+    list.id = "ap-recent";
+    if (!rows.length) list.append(el("li", "muted", doc.mode === "off" ? "nothing (the autopilot is off)" : "nothing detected yet"));
+    for (const r of rows) {
+      const li = el("li", `ap-rec ap-kind-${r.kind}`);
+      const key = recordKey(r);
+      li.dataset.kind = r.kind;
+      li.dataset.rule = r.rule ?? r.knob ?? "";
+      const head = el("div", "ap-rec-head");
+      head.append(
+        el("span", "num-col", r.step == null ? "" : `step ${r.step}`),
+        el("span", `dec ap-dec-${r.kind}${r.state ? ` ap-state-${r.state}` : ""}`, kindLabel(r.kind)),
+        el("span", "ap-rec-rule", r.rule ?? r.knob ?? ""),
+      );
+      const line = recordLine(r);
+      const ev = evidenceRows(r);
+      if (ev.length) {
+        const det = el("details", "ap-evidence");
+        det.open = this.open.has(key);
+        det.addEventListener("toggle", () => (det.open ? this.open.add(key) : this.open.delete(key)));
+        const sum = el("summary", "ap-describe", line);
+        const dl = el("dl", "ap-evidence-list");
+        for (const [k, v] of ev) dl.append(el("dt", null, k), el("dd", null, v));
+        det.append(sum, dl);
+        li.append(head, det);
+      } else {
+        li.append(head, el("div", "ap-describe", line));
+      }
+      list.append(li);
+    }
+    wrap.append(list);
+    return wrap;
+  }
+
+  debug() {
+    const doc = this.doc;
+    return {
+      mode: doc.mode || "off",
+      off: isOff(doc),
+      inServer: !!doc.in_server,
+      rules: Object.fromEntries((doc.rules || []).map((r) => [r.id, !!r.enabled])),
+      pending: pendingProposals(doc).map((p) => String(p.id)),
+      recent: recentRows(doc).map((r) => `${r.kind}:${r.rule ?? r.knob ?? ""}`),
+      sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),
+      switching: Object.fromEntries([...this.switching].map(([id, s]) => [id, { ...s }])),
+    };
+  }
+}
