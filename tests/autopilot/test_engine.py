@@ -215,3 +215,41 @@ def test_records_carry_the_evidence(loop: Any, tmp_path: Path) -> None:
     detection = next(r for r in recs if r["kind"] == "detection")
     assert detection["metric"] == "val_loss" and detection["evidence"]["n"] >= 8
     assert {"detection", "proposal"} <= {r["kind"] for r in recs}
+
+
+def test_two_accepts_at_once_send_the_action_once(loop: Any, tmp_path: Path) -> None:
+    """The CLI and the dashboard accept the same proposal at the same moment: one wins, the
+    other is told it is no longer pending, and one command is written."""
+    import threading
+
+    from hotcb.runfiles import RunPaths
+
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = proposals(lp.run_dir)
+    results: list[Any] = []
+    start = threading.Barrier(4)
+
+    def accept() -> None:
+        start.wait()
+        try:
+            results.append(decide(lp.run_dir, proposal["id"], accept=True, by="race"))
+        except ValueError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=accept) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert all("not pending" in str(r) for r in results if not isinstance(r, dict))
+    sent = [r for r in jsonl_records(RunPaths(lp.run_dir).commands) if r["source"] == "autopilot"]
+    assert len(sent) == 1
+
+
+def jsonl_records(path: str) -> list[dict[str, Any]]:
+    from hotcb import jsonl
+
+    return list(jsonl.iter_records(path))

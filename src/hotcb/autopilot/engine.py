@@ -11,6 +11,7 @@ it stopped and never fires again on data it has already seen.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ log = logging.getLogger("hotcb.autopilot")
 MODES = ("off", "suggest", "auto")
 RECORDS = "hotcb.autopilot.jsonl"
 STATE = "hotcb.autopilot.state.json"
+LOCK = "hotcb.autopilot.lock"
 _WINDOW = 512  # points kept per metric
 _TRAIN_NAMES = ("loss", "train/loss", "train_loss")
 #: Ledger sources that are not a person: their changes do not hold a knob.
@@ -105,7 +107,7 @@ class Autopilot:
     ) -> None:  # pragma: no cover - the CLI's loop; step() is what the tests drive
         while until is None or not until():
             self.step()
-            if self._ended():
+            if self.ended:
                 self.step()
                 return
             time.sleep(interval)
@@ -300,7 +302,9 @@ class Autopilot:
         }  # fmt: skip
         jsonl.write_json_atomic(self._state_path, state)
 
-    def _ended(self) -> bool:
+    @property
+    def ended(self) -> bool:
+        """The training process closed the run (``hotcb.run.json`` says ``ended``)."""
         return isinstance(self.view.meta().get("ended"), dict)
 
 
@@ -376,8 +380,21 @@ def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def decide(
     run_dir: str | os.PathLike[str], proposal_id: str, accept: bool, *, by: str = "cli"
 ) -> dict[str, Any]:
-    """Accept (send its action now) or reject a pending proposal; the decision record."""
+    """Accept (send its action now) or reject a pending proposal; the decision record.
+
+    One decision at a time per run, across processes (a lock file): the CLI and the dashboard
+    accepting the same proposal at once send its action once, and the second is told it is no
+    longer pending."""
     run_dir = os.path.abspath(os.fspath(run_dir))
+    fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _decide(run_dir, proposal_id, accept, by)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, Any]:
     found: Mapping[str, Any] | None = next(
         (p for p in proposals(run_dir) if p["id"] == proposal_id), None
     )

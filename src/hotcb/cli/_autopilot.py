@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for pilot in list(pilots.values()):
                 for rec in pilot.step():
                     print(_line(rec), flush=True)
-            if args.once or (pilots and all(p._ended() for p in pilots.values())):
+            if args.once or (pilots and all(p.ended for p in pilots.values())):
                 return 0
             time.sleep(args.interval)
             refresh()
