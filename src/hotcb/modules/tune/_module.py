@@ -18,6 +18,7 @@ import math
 import os
 import statistics
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,8 @@ class TuneModule:
         self.next_proposal = 1
         self.asked = 0
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
-        self.train_recent: list[float] = []  # the last training losses (objective != loss)
+        # the last training losses (objective != loss): a bounded window, no copy per step
+        self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
 
@@ -257,26 +259,26 @@ class TuneModule:
         return OpResult("applied", changes={"mode": {"old": old, "new": "off"}})
 
     def _op_accept(self, op: HotOp, env: Env) -> OpResult:
-        if not self.host.is_leader:
-            return OpResult("applied")
-        found = self._pending(op.params.get("id"))
-        if isinstance(found, str):
-            return OpResult("rejected", error=found)
-        found["state"] = "accepted"
-        self._submit("mutate", {"trial": found["trial"], "values": found["values"]},
-                     int(env["step"]))  # fmt: skip
-        return OpResult("applied", extra={"tune": {"proposal": found["id"],
-                                                    "trial": found["trial"]}})  # fmt: skip
+        return self._decide(op, env, accept=True)
 
     def _op_reject(self, op: HotOp, env: Env) -> OpResult:
+        return self._decide(op, env, accept=False)
+
+    def _decide(self, op: HotOp, env: Env, *, accept: bool) -> OpResult:
+        """A person's answer to a proposal (decided on the leader, which holds them)."""
         if not self.host.is_leader:
             return OpResult("applied")
         found = self._pending(op.params.get("id"))
         if isinstance(found, str):
             return OpResult("rejected", error=found)
-        found["state"] = "rejected"
-        self._fail(found["trial"], "rejected by a person")
-        self._row(found["trial"])["decision"] = "rejected"
+        if accept:
+            found["state"] = "accepted"
+            self._submit("mutate", {"trial": found["trial"], "values": found["values"]},
+                         int(env["step"]))  # fmt: skip
+        else:
+            found["state"] = "rejected"
+            self._fail(found["trial"], "rejected by a person")
+            self._row(found["trial"])["decision"] = "rejected"
         return OpResult("applied", extra={"tune": {"proposal": found["id"],
                                                     "trial": found["trial"]}})  # fmt: skip
 
@@ -395,7 +397,6 @@ class TuneModule:
         train = metrics.get(_FALLBACK)
         if isinstance(train, (int, float)) and self.objective_used != _FALLBACK:
             self.train_recent.append(float(train))  # the early-abort watch, every step
-            self.train_recent = self.train_recent[-_TRAIN_WATCH:]
             if self.trial is not None and step >= self.segment.start:
                 self.trial.setdefault("train", []).append(float(train))
         value = metrics.get(self.objective_used)

@@ -4,7 +4,7 @@
 // detected and did (with the evidence), and its pending proposals with Accept and Reject.
 // Pure helpers first (tests/js runs them under node).
 import { fmtNum } from "./charts.js";
-import { ago } from "./lib.js";
+import { ago, fillPart } from "./lib.js";
 import { el, fmtValue } from "./panels.js";
 
 /** How to start an autopilot, as the off line shows it. */
@@ -227,12 +227,7 @@ export class AutopilotPanel {
   }
 
   fill(name, key, make) {
-    const sig = JSON.stringify(key);
-    if (this.keys[name] === sig) return;
-    this.keys[name] = sig;
-    const box = this.parts[name];
-    box.textContent = "";
-    box.append(...make());
+    fillPart(this, name, key, make);
   }
 
   head(doc, f, off) {

@@ -70,3 +70,17 @@ export function ago(sec) {
 export function stepAhead(step) {
   return Math.ceil((step + 200) / 100) * 100;
 }
+
+/**
+ * Refill part `name` of a panel (`panel.parts[name]`, a DOM box) with `make()`, only when
+ * `key` differs from the last fill (`panel.keys`): a state file rewritten every round must not
+ * replace the buttons under the mouse.
+ */
+export function fillPart(panel, name, key, make) {
+  const sig = JSON.stringify(key);
+  if (panel.keys[name] === sig) return;
+  panel.keys[name] = sig;
+  const box = panel.parts[name];
+  box.textContent = "";
+  box.append(...make());
+}

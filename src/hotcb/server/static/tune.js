@@ -3,6 +3,7 @@
 // changes), and its pending proposals, accepted or rejected with the same commands as
 // `hotcb tune accept|reject ID`. Pure helpers first (tests/js runs them under node).
 import { fmtNum } from "./charts.js";
+import { fillPart } from "./lib.js";
 import { el, fmtValue } from "./panels.js";
 
 /** The command that switches the tuner on, as the off line shows it. */
@@ -166,12 +167,7 @@ export class TunePanel {
   }
 
   fill(name, key, make) {
-    const sig = JSON.stringify(key);
-    if (this.keys[name] === sig) return;
-    this.keys[name] = sig;
-    const box = this.parts[name];
-    box.textContent = "";
-    box.append(...make());
+    fillPart(this, name, key, make);
   }
 
   head(doc, f, off) {
