@@ -148,6 +148,7 @@ def _spawned(rank: int, world: int, port: int, args: argparse.Namespace) -> None
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         train(args)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("gloo")
         try:
             train(args)
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         return

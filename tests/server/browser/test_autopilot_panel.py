@@ -321,8 +321,11 @@ def test_off_is_one_line(page: Any, site: Site, flat_run: Any) -> None:
     )
     assert line.get_attribute("title") == f"hotcb --dir {run.path} autopilot --mode suggest"
     assert page.locator(f"{CARD} button, {CARD} input, {CARD} li").count() == 0
-    assert line.bounding_box()["height"] < 24
-    assert page.locator(CARD).bounding_box()["height"] < 50
+    # the card may be redrawn by a push between two reads: wait for a laid-out box each time
+    line_box = wait_for(line.bounding_box, 60, what="the off line laid out")
+    card_box = wait_for(page.locator(CARD).bounding_box, 60, what="the card laid out")
+    assert line_box["height"] < 24
+    assert card_box["height"] < 50
     assert not os.path.exists(os.path.join(run.path, STATE))
 
 

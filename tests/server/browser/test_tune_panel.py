@@ -245,7 +245,8 @@ def test_off_is_one_line(page: Any, site: Site) -> None:
     wait_page(page, "d.tune.error !== null")
     err = page.locator(f"{CARD} .tune-error").inner_text()
     assert err.startswith("hotcb.tune.json is unreadable"), err
-    assert page.locator(CARD).bounding_box()["height"] < 50
+    card_box = wait_for(page.locator(CARD).bounding_box, 60, what="the card laid out")
+    assert card_box["height"] < 50
 
 
 LAYOUT = """() => {
