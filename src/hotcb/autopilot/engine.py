@@ -233,7 +233,10 @@ class Autopilot:
         if rule.action.knob is not None and cmd_ids:
             before = self._key_values(after=None)[-self.ruleset.guard_window :]
             if before:
+                # judge after the change has settled (half the rule's cooldown): right after
+                # an lr cut a diverging loss still climbs for a few steps
                 self.guard = {"rule": rule.id, "cmd_id": cmd_ids[0], "step": self.step_now,
+                              "from": self.step_now + rule.cooldown_steps // 2,
                               "before": statistics.median(before)}  # fmt: skip
         return [record]
 
@@ -249,7 +252,7 @@ class Autopilot:
     def _check_guard(self, out: list[dict[str, Any]]) -> None:
         guard = self.guard
         assert guard is not None
-        after = self._key_values(after=int(guard["step"]))
+        after = self._key_values(after=int(guard.get("from", guard["step"])))
         if len(after) < self.ruleset.guard_window:
             return
         self.guard = None
