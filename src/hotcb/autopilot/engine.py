@@ -19,19 +19,27 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..client import HotClient
+from ..runfiles import TUNE
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, load_rules
+
+if TYPE_CHECKING:
+    from .ai import AIConfig, AIPolicy, Outcome
 
 __all__ = ["MODES", "RECORDS", "STATE", "Autopilot", "decide", "proposals"]
 
 log = logging.getLogger("hotcb.autopilot")
 
-MODES = ("off", "suggest", "auto")
+MODES = ("off", "suggest", "auto", "ai_suggest", "ai_auto")
+#: What the rules do in each mode: act (auto), propose (suggest), or only detect (the LLM
+#: modes, where they are the model's sensors until it falls back to them).
+_RULES_DO = {"off": "nothing", "suggest": "suggest", "auto": "auto", "ai_suggest": "sense",
+             "ai_auto": "sense"}  # fmt: skip
 RECORDS = "hotcb.autopilot.jsonl"
 STATE = "hotcb.autopilot.state.json"
 LOCK = "hotcb.autopilot.lock"
@@ -59,6 +67,8 @@ class Autopilot:
         key_metric: str = "val_loss",
         direction: str = "minimize",
         person_hold_steps: int = 300,
+        ai: AIConfig | None = None,
+        ai_key: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -85,7 +95,17 @@ class Autopilot:
         self.disabled: set[str] = set(st.get("disabled") or ())
         self.guard: dict[str, Any] | None = st.get("guard")
         self.next_id = int(st.get("next_id", 1))
+        #: Recent applied changes to opt/loss (any source), for the model's context.
+        self.changes: deque[dict[str, Any]] = deque(st.get("changes") or (), maxlen=20)
+        self.detections: deque[dict[str, Any]] = deque(st.get("detections") or (), maxlen=10)
         self._watched = self._metric_names()
+        self.ai: AIPolicy | None = None
+        if mode.startswith("ai_"):
+            from .ai import AIConfig, AIPolicy, project_memory
+
+            self.ai = AIPolicy(self.run_dir, ai or AIConfig(), key=ai_key)
+            self.ai_client = HotClient(self.run_dir, source="ai", create=False)
+            self._memory = project_memory(self.run_dir, self.ai.config.memory)
 
     # ------------------------------------------------------------------ one round
     def step(self) -> list[dict[str, Any]]:
@@ -95,12 +115,27 @@ class Autopilot:
         self._read_ledger(out)
         if self.guard is not None:
             self._check_guard(out)
-        if self.mode != "off":
+        todo = self.rules_do
+        if todo != "nothing":
+            seen = len(out)
             for rule in self.ruleset.rules:
                 if rule.enabled and rule.id not in self.disabled:
-                    self._evaluate(rule, out)
+                    self._evaluate(rule, out, todo)
+            if self.ai is not None and self.ai.fallback is None:
+                detected = any(r.get("kind") == "detection" for r in out[seen:])
+                self._ai_round(detected, out)
+        if self.ai is not None and self.ended:
+            self._ai_finish()
         self._save()
         return out
+
+    @property
+    def rules_do(self) -> str:
+        """What the rules do now: ``auto``, ``suggest``, ``sense`` (detect for the model) or
+        ``nothing``. Once the LLM policy fell back, its mode's rules act as in auto/suggest."""
+        if self.ai is not None and self.ai.fallback is not None:
+            return "auto" if self.mode == "ai_auto" else "suggest"
+        return _RULES_DO[self.mode]
 
     def run(
         self, interval: float = 1.0, *, until: Callable[[], bool] | None = None
@@ -134,9 +169,15 @@ class Autopilot:
 
     def _read_ledger(self, out: list[dict[str, Any]]) -> None:
         for e in self.view.new_entries():
-            if e.get("decision") != "applied" or e.get("source") in _NOT_A_PERSON:
+            if e.get("decision") != "applied":
                 continue
             if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
+                if e.get("module") == "control" and e.get("op") == "undo":
+                    self.changes.append(_change(e, 0))
+                continue
+            settle = self.ai.config.settle_steps if self.ai and e.get("source") == "ai" else 0
+            self.changes.append(_change(e, settle))
+            if e.get("source") in _NOT_A_PERSON:
                 continue
             step = int(e.get("step") or 0)
             for key in e["changes"]:
@@ -156,7 +197,7 @@ class Autopilot:
         return name if name in self.series else None
 
     # ------------------------------------------------------------------ rules
-    def _evaluate(self, rule: Rule, out: list[dict[str, Any]]) -> None:
+    def _evaluate(self, rule: Rule, out: list[dict[str, Any]], todo: str) -> None:
         if self.fired.get(rule.id, -(10**12)) + rule.cooldown_steps > self.step_now:
             return
         found = self._detect(rule)
@@ -169,6 +210,10 @@ class Autopilot:
             "evidence": found.evidence, "describe": found.describe(),
         })  # fmt: skip
         out.append(detection)
+        self.detections.append(detection)
+        if todo == "sense":  # the model decides; the rule's cooldown still spaces detections
+            self.fired[rule.id] = self.step_now
+            return
         knob = rule.action.knob
         if knob is not None and self.holds.get(knob, -1) > self.step_now:
             out.append(self._record({
@@ -179,7 +224,7 @@ class Autopilot:
         if any(p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"):
             return  # one proposal per rule waits at a time
         self.fired[rule.id] = self.step_now
-        if self.mode == "auto" and rule.confidence in ("high", "medium"):
+        if todo == "auto" and rule.confidence in ("high", "medium"):
             out.extend(self._apply(rule, found))
         else:
             out.append(self._record({
@@ -231,18 +276,155 @@ class Autopilot:
             "cmd_ids": cmd_ids, "reason": reason,
         })  # fmt: skip
         if rule.action.knob is not None and cmd_ids:
-            before = self._key_values(after=None)[-self.ruleset.guard_window :]
-            if before:
-                # judge after the change has settled (half the rule's cooldown): right after
-                # an lr cut a diverging loss still climbs for a few steps
-                self.guard = {"rule": rule.id, "cmd_id": cmd_ids[0], "step": self.step_now,
-                              "from": self.step_now + rule.cooldown_steps // 2,
-                              "before": statistics.median(before)}  # fmt: skip
+            # judge after the change has settled (half the rule's cooldown): right after an
+            # lr cut a diverging loss still climbs for a few steps
+            self._watch(rule.id, cmd_ids[0], rule.cooldown_steps // 2)
         return [record]
+
+    def _watch(self, rule_id: str, cmd_id: str, settle: int) -> None:
+        """Arm the guard on an automatic change: judged ``settle`` steps after it."""
+        before = self._key_values(after=None)[-self.ruleset.guard_window :]
+        if before:
+            self.guard = {"rule": rule_id, "cmd_id": cmd_id, "step": self.step_now,
+                          "from": self.step_now + settle,
+                          "before": statistics.median(before)}  # fmt: skip
 
     def _live(self) -> dict[str, float]:
         points = self.series.get("lr")
         return _live(self.run_dir, points[-1] if points else None)
+
+    # ------------------------------------------------------------------ the LLM policy
+    def _ai_round(self, detected: bool, out: list[dict[str, Any]]) -> None:
+        """Act on a reply that came back; ask again when due (the call runs in a thread)."""
+        ai = self.ai
+        assert ai is not None
+        outcome = ai.poll()
+        if outcome is not None:
+            out.extend(self._ai_outcome(outcome))
+        if ai.fallback is not None:
+            out.append(self._record({"kind": "fallback", "step": self.step_now,
+                                     "reason": f"LLM autopilot: {ai.fallback}; the rules "
+                                               "take over"}))  # fmt: skip
+            return
+        if self.ended or (self._resolve("key") is None and self._resolve("train") is None):
+            return
+        why = ai.due(self.step_now, detected)
+        if why is not None:
+            from .ai import messages
+
+            ai.start(messages(self.ai_context()), self.step_now, why)
+        elif ai.fallback is not None:  # the budget ran out just now
+            out.append(self._record({"kind": "fallback", "step": self.step_now,
+                                     "reason": f"LLM autopilot: {ai.fallback}; the rules "
+                                               "take over"}))  # fmt: skip
+
+    def ai_context(self) -> dict[str, Any]:
+        """What the model is shown now (:func:`hotcb.autopilot.ai.build_context`)."""
+        from .ai import build_context
+
+        ai = self.ai
+        assert ai is not None
+        acts = self.view.actuators()
+        live = self._live().get("opt.lr")
+        if live is not None and "opt.lr" in acts:
+            acts["opt.lr"] = {**acts["opt.lr"], "current": live}
+        tune = jsonl.read_json(os.path.join(self.run_dir, TUNE), None)
+        tune = tune if isinstance(tune, dict) and tune.get("mode", "off") != "off" else None
+        total = ai.config.total_steps or (tune or {}).get("total_steps")
+        st = ai.status()
+        budget = {k: st[k] for k in ("spent_usd", "budget_usd", "left_usd", "calls")}
+        pending = [p for p in proposals(self.run_dir)
+                   if p["state"] == "pending" and p.get("rule") == "ai"]  # fmt: skip
+        key = self._resolve("key")  # without one yet, the training loss (minimized)
+        return build_context(
+            key_metric=key or self._resolve("train") or self.key,
+            direction=self.direction if key else "minimize",
+            series={k: list(v)[-256:] for k, v in self.series.items()}, step=self.step_now,
+            total_steps=total, detections=list(self.detections), changes=list(self.changes),
+            actuators=acts, budget=budget, tune=tune, memory=self._memory, pending=pending,
+            max_tokens=ai.config.max_context_tokens,
+        )  # fmt: skip
+
+    def _ai_outcome(self, outcome: Outcome) -> list[dict[str, Any]]:
+        ai = self.ai
+        assert ai is not None
+        head = {"kind": "ai_reply", "call": outcome.call, "step": outcome.step}
+        if outcome.reply is None:
+            return [self._record({**head, "state": "failed", "error_kind": outcome.kind,
+                                  "reason": f"no action: {outcome.error}"})]  # fmt: skip
+        reply = outcome.reply
+        out = [self._record({**head, "state": "replied", "reasoning": reply.reasoning,
+                             "cost_usd": outcome.cost_usd})]  # fmt: skip
+        rejected = [{"asked": asked, "reason": why} for asked, why in reply.rejected]
+        applied: list[dict[str, Any]] = []
+        proposed: list[str] = []
+        reason = f"ai (call {outcome.call}): {reply.reasoning}"[:2000]
+        for action in reply.actions:
+            knob = action.knob
+            if knob is not None and self.holds.get(knob, -1) > self.step_now:
+                rejected.append({"asked": action.describe(), "reason":
+                                 f"a person changed {knob}; held until step {self.holds[knob]}"})  # fmt: skip
+                continue
+            params = {"name": action.name, "params": action.params}
+            if self.mode == "ai_suggest":
+                ident = self._new_id()
+                out.append(self._record({
+                    "kind": "proposal", "id": ident, "rule": "ai", "source": "ai",
+                    "step": self.step_now, "action": params, "reasoning": reply.reasoning,
+                    "describe": f"{action.describe()}: {reply.reasoning}"[:400],
+                    "state": "pending", "call": outcome.call,
+                }))  # fmt: skip
+                proposed.append(ident)
+                continue
+            try:
+                cmd_ids = send_action(self.ai_client, action, reason, live=self._live())
+            except Exception as exc:  # out of bounds, no such actuator: recorded, never raised
+                rejected.append({"asked": action.describe(), "reason": str(exc)})
+                continue
+            out.append(self._record({
+                "kind": "action", "rule": "ai", "step": self.step_now, "state": "applied",
+                "action": params, "cmd_ids": cmd_ids, "reason": reason,
+                "reasoning": reply.reasoning, "call": outcome.call,
+                "replied_at": outcome.replied_at,
+            }))  # fmt: skip
+            applied.append({**params, "cmd_ids": cmd_ids})
+            if knob is not None and cmd_ids and self.guard is None:
+                self._watch("ai", cmd_ids[0], ai.config.settle_steps)
+        for r in rejected:
+            out.append(self._record({"kind": "action", "rule": "ai", "step": self.step_now,
+                                     "state": "rejected", "call": outcome.call, **r}))  # fmt: skip
+        ai.write("decision", call=outcome.call, step=self.step_now, reasoning=reply.reasoning,
+                 applied=applied, proposed=proposed, rejected=rejected,
+                 next_check=reply.next_check)  # fmt: skip
+        return out
+
+    def _ai_finish(self) -> None:
+        """The run ended: the measured effect of its automatic changes, kept for the next
+        runs of the project (``hotcb.ai.state.json``)."""
+        from .ai import impact
+
+        ai = self.ai
+        assert ai is not None
+        if ai.summarized:
+            return
+        judged = self._resolve("key") or self._resolve("train") or self.key
+        points = list(self.series.get(judged) or ())
+        notes: list[str] = []
+        for c in self.changes:
+            if c.get("source") not in ("ai", "autopilot", "tune") or not c.get("changes"):
+                continue
+            m = impact(points, int(c["step"]), settle=int(c.get("settle") or 0),
+                       direction=self.direction)  # fmt: skip
+            if m is None:
+                continue
+            what = ", ".join(f"{c['module']}.{k}={v:.4g}" if isinstance(v, float) else
+                             f"{c['module']}.{k}={v}" for k, v in c["changes"].items())  # fmt: skip
+            notes.append(f"{what} at step {c['step']} ({c['source']}): {judged} "
+                         f"{m['before']} -> {m['after']} ({m['verdict']})")  # fmt: skip
+        finite = [v for _, v in points if math.isfinite(v)]
+        if finite:
+            notes.insert(0, f"final {judged} {finite[-1]:.4g} at step {self.step_now}")
+        ai.finish(notes[:2])
 
     # ------------------------------------------------------------------ the guard
     def _key_values(self, after: int | None) -> list[float]:
@@ -301,6 +483,8 @@ class Autopilot:
             "series": {k: list(v) for k, v in self.series.items()},
             "fired": self.fired, "seen": self.seen, "holds": self.holds,
             "disabled": sorted(self.disabled), "guard": self.guard, "next_id": self.next_id,
+            "changes": list(self.changes), "detections": list(self.detections),
+            "ai": None if self.ai is None else {k: v for k, v in self.ai.status().items()},
             "updated": time.time(),
         }  # fmt: skip
         jsonl.write_json_atomic(self._state_path, state)
@@ -309,6 +493,14 @@ class Autopilot:
     def ended(self) -> bool:
         """The training process closed the run (``hotcb.run.json`` says ``ended``)."""
         return isinstance(self.view.meta().get("ended"), dict)
+
+
+def _change(e: Mapping[str, Any], settle: int) -> dict[str, Any]:
+    """A ledger entry as the model's context lists it."""
+    out = {k: e.get(k) for k in ("step", "source", "module", "op", "changes", "cmd_id")}
+    out["reason"] = str(e.get("reason") or "")[:160]
+    out["settle"] = settle
+    return out
 
 
 def _live(run_dir: str, last_lr: tuple[int, float] | None) -> dict[str, float]:
@@ -413,6 +605,6 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
         reason = f"autopilot rule {found['rule']} ({proposal_id}, accepted by {by}): " + str(
             found.get("describe", "")
         )
-        client = HotClient(run_dir, source="autopilot", create=False)
+        client = HotClient(run_dir, source=str(found.get("source") or "autopilot"), create=False)
         record["cmd_ids"] = send_action(client, action, reason[:2000], live=_live(run_dir, None))
     return _append(run_dir, record)

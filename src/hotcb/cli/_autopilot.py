@@ -22,14 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Without a sub-command: run the autopilot until the run ends (Ctrl-C "
         "stops it). In suggest mode its proposals wait for 'hotcb autopilot accept ID'.",
     )
-    ap.add_argument("--mode", choices=("suggest", "auto", "off"), default="suggest",
+    ap.add_argument("--mode", choices=("suggest", "auto", "ai_suggest", "ai_auto", "off"),
+                    default="suggest",
                     help="suggest (default): propose; auto: apply high- and medium-confidence "
-                    "actions, propose the rest")  # fmt: skip
+                    "actions, propose the rest; ai_suggest / ai_auto: an LLM decides (proposes "
+                    "/ applies), the rules are its sensors and its fallback")  # fmt: skip
     ap.add_argument("--rules", help="a rules file (default: the rules hotcb ships)")
     ap.add_argument("--key-metric", default="val_loss", help="the metric to improve")
     ap.add_argument("--direction", choices=("minimize", "maximize"), default="minimize")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit")
+    add_ai_flags(ap)
     ap.set_defaults(func=cmd_run)
     asub = ap.add_subparsers(dest="ap_op", metavar="OP")
     p = asub.add_parser("status", help="mode, rules, recent detections, pending proposals")
@@ -48,6 +51,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_rules)
 
 
+def add_ai_flags(p: argparse.ArgumentParser) -> None:
+    """The LLM autopilot's flags (``hotcb autopilot`` and ``hotcb serve``). The key is read
+    from the environment only (HOTCB_AI_KEY), never from a flag: a flag shows in ps."""
+    g = p.add_argument_group("LLM autopilot (--mode ai_suggest|ai_auto; key: HOTCB_AI_KEY)")
+    g.add_argument("--ai-config", metavar="FILE", help="AI settings file (YAML or JSON)")
+    g.add_argument("--ai-base-url", metavar="URL",
+                   help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama); "
+                   "default https://api.openai.com/v1")  # fmt: skip
+    g.add_argument("--ai-model", metavar="NAME", help="the model (default gpt-4.1-mini)")
+    g.add_argument("--ai-budget", type=float, metavar="USD",
+                   help="spend per run before the rules take over (default 1.0)")  # fmt: skip
+
+
+def ai_config(path: str | None, base_url: str | None, model: str | None,
+              budget: float | None) -> Any:  # fmt: skip
+    """The AIConfig for these flags; a bad config file is a usage error listing its problems."""
+    from ..autopilot.ai import AIConfigError, load_ai_config
+
+    try:
+        return load_ai_config(path, base_url=base_url, model=model, budget_usd=budget)
+    except AIConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --ai-config {path}: {exc.strerror}") from None
+
+
 def _runs(root: str) -> list[str]:
     """``root`` itself when it is a run, else the runs directly inside it."""
     if os.path.exists(os.path.join(root, "hotcb.run.json")):
@@ -63,12 +92,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     require_run_dir(args.dir)
     pilots: dict[str, Any] = {}
+    ai = None
+    if args.mode.startswith("ai_"):
+        ai = ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
+        _check_ai_importable()
+        print(f"hotcb autopilot: asking {ai.model} at {ai.base_url} (budget ${ai.budget_usd:g} "
+              "per run)", flush=True)  # fmt: skip
 
     def refresh() -> None:
         for run in _runs(args.dir):
             if run not in pilots:
                 pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
-                                        key_metric=args.key_metric, direction=args.direction)  # fmt: skip
+                                        key_metric=args.key_metric, direction=args.direction,
+                                        ai=ai)  # fmt: skip
                 print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
 
     refresh()
@@ -87,6 +123,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
 
+def _check_ai_importable() -> None:
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            'the LLM autopilot needs the openai SDK: pip install "hotcb[ai]"'
+        ) from None
+
+
 def _line(rec: dict[str, Any]) -> str:
     kind = rec.get("kind")
     head = f"[step {rec.get('step')}] {kind}"
@@ -95,7 +140,11 @@ def _line(rec: dict[str, Any]) -> str:
     if kind == "proposal":
         return f"{head} {rec['id']} ({rec['rule']}): {rec.get('describe')}"
     if kind == "action":
-        return f"{head} {rec['rule']} {rec.get('state')}: {rec.get('action') or rec.get('reason')}"
+        what = rec.get("action") or rec.get("asked")
+        why = f" ({rec['reason']})" if rec.get("state") == "rejected" else ""
+        return f"{head} {rec['rule']} {rec.get('state')}: {what or rec.get('reason')}{why}"
+    if kind == "ai_reply":
+        return f"{head} call {rec.get('call')}: {rec.get('reasoning') or rec.get('reason')}"
     return f"{head} {rec.get('reason') or ''}".rstrip()
 
 
@@ -114,16 +163,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     st = _state(args)
     pending = [p for p in proposals(args.dir) if p["state"] == "pending"]
+    from ..autopilot.ai._policy import AI_STATE
+
     recent = [r for r in jsonl.read_last(os.path.join(args.dir, RECORDS), 200)
-              if r.get("kind") in ("detection", "action", "guard", "skipped")][-10:]  # fmt: skip
+              if r.get("kind") in ("detection", "action", "guard", "skipped", "ai_reply",
+                                   "fallback")][-10:]  # fmt: skip
+    ai = jsonl.read_json(os.path.join(args.dir, AI_STATE), None)
+    ai = {k: v for k, v in ai.items() if k != "settings"} if isinstance(ai, dict) else None
     if args.json:
-        print(json.dumps({"state": st, "pending": pending, "recent": recent}, indent=2))
+        print(json.dumps({"state": st, "pending": pending, "recent": recent, "ai": ai}, indent=2))
         return 0
     if not st:
         print(f"autopilot: never ran here   (hotcb --dir {args.dir} autopilot --mode suggest)")
         return 0
     print(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
           f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip
+    if ai and str(st.get("mode", "")).startswith("ai_"):
+        price = "" if ai.get("price_known", True) else " (price unknown: counted as $0)"
+        print(f"LLM: {ai.get('model')} at {ai.get('base_url')}   calls: {ai.get('calls')}   "
+              f"spent: ${ai.get('spent_usd', 0):.4f} of ${ai.get('budget_usd', 0):g}{price}")  # fmt: skip
+        if ai.get("fallback"):
+            print(f"fallen back to the rules: {ai['fallback']}")
     off = set(st.get("disabled") or ())
     for r in st.get("rules") or ():
         mark = "off" if r["id"] in off or not r.get("enabled", True) else "on "

@@ -69,11 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--autopilot",
-        choices=("off", "suggest", "auto"),
+        choices=("off", "suggest", "auto", "ai_suggest", "ai_auto"),
         default=None,
         metavar="MODE",
-        help="run the rule autopilot on every run served: off (default), suggest (propose; "
-        "accept on the page), auto (apply high- and medium-confidence actions)",
+        help="run the autopilot on every run served: off (default), suggest (propose; "
+        "accept on the page), auto (apply high- and medium-confidence actions), ai_suggest / "
+        "ai_auto (an LLM proposes / applies; see --ai-*)",
     )
     p.add_argument(
         "--autopilot-rules",
@@ -90,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="of the key metric (default minimize)",
     )
+    from ._autopilot import add_ai_flags
+
+    add_ai_flags(p)
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=_serve)
 
@@ -107,7 +111,10 @@ def build_config(args: argparse.Namespace) -> Any:
     autopilot = {
         k: v
         for k, v in (("mode", args.autopilot), ("rules", rules), ("key_metric", args.key_metric),
-                     ("direction", args.direction))
+                     ("direction", args.direction),
+                     ("ai_config", args.ai_config and os.path.abspath(args.ai_config)),
+                     ("ai_base_url", args.ai_base_url), ("ai_model", args.ai_model),
+                     ("ai_budget_usd", args.ai_budget))
         if v is not None
     }  # fmt: skip
     roots = [os.path.abspath(r) for r in args.allowed_root] if args.allowed_root else None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonl
+from ..autopilot.ai._policy import AI_STATE
 from ..autopilot.engine import RECORDS, STATE, Autopilot, proposals
 from ..autopilot.rules import Ruleset, load_rules
 from ..runfiles import RunPaths
@@ -36,7 +37,9 @@ __all__ = ["NOT_HERE", "RECENT_KINDS", "AutopilotHost", "AutopilotWatch", "RuleO
 log = logging.getLogger("hotcb.server")
 
 #: Record kinds of ``hotcb.autopilot.jsonl`` that the page lists as recent activity.
-RECENT_KINDS = frozenset({"detection", "action", "guard", "skipped", "hold"})
+RECENT_KINDS = frozenset(
+    {"detection", "action", "guard", "skipped", "hold", "ai_reply", "fallback"}
+)
 RECENT_MAX = 20
 #: How far back from the end of the records file the recent activity is looked for.
 _RECENT_SCAN = 200
@@ -69,6 +72,14 @@ class AutopilotHost:
             raise ValueError("AutopilotHost needs mode suggest or auto, got off")
         self.settings = settings
         self.ruleset: Ruleset = load_rules(settings.rules)  # RulesError now, not in a round
+        self.ai: Any = None
+        if settings.mode.startswith("ai_"):  # AIConfigError / ImportError now, not in a round
+            from ..autopilot.ai import load_ai_config
+            from ..autopilot.ai._policy import _import_openai
+
+            _import_openai()
+            self.ai = load_ai_config(settings.ai_config, base_url=settings.ai_base_url,
+                                     model=settings.ai_model, budget_usd=settings.ai_budget_usd)  # fmt: skip
         self.find_runs = find_runs
         self.busy_after = max(5.0, 3 * settings.interval_sec)
         self._hosted: dict[str, _Hosted] = {}
@@ -135,7 +146,7 @@ class AutopilotHost:
                 continue
             s = self.settings
             pilot = Autopilot(run_dir, mode=s.mode, rules=self.ruleset, key_metric=s.key_metric,
-                              direction=s.direction)  # fmt: skip
+                              direction=s.direction, ai=self.ai)  # fmt: skip
             with self._lock:
                 self._hosted[run_dir] = _Hosted(pilot)
             self._elsewhere.discard(run_dir)
@@ -184,7 +195,9 @@ class AutopilotWatch:
     """A run's autopilot as the page shows it (``GET …/autopilot``, ``autopilot`` messages):
 
     ``{"mode", "key_metric", "direction", "rules": [{id, when, then, cooldown_steps,
-    confidence, enabled}], "recent", "pending", "in_server", "ran", "step", "updated"}``.
+    confidence, enabled}], "recent", "pending", "in_server", "ran", "step", "updated", "ai"}``;
+    ``ai``: the LLM policy's model, base URL, calls, spend and budget, fallback (None when it
+    never ran on this run).
 
     Mode, rules and switched-off rules come from the state file (``hotcb.autopilot.state.json``)
     whoever wrote it; without one, mode ``off`` and the shipped rules (or, once this server's
@@ -201,13 +214,15 @@ class AutopilotWatch:
         self.host = host
         self.state_path = os.path.join(run_dir, STATE)
         self.records_path = os.path.join(run_dir, RECORDS)
+        self.ai_path = os.path.join(run_dir, AI_STATE)
         self._sigs: tuple[Any, ...] | None = None
         self._records_sig: Any = None
         self._records: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         self.doc: dict[str, Any] = {}
 
     def _signature(self) -> tuple[Any, ...]:
-        return (_sig(self.state_path), _sig(self.records_path), self._in_server())
+        return (_sig(self.state_path), _sig(self.records_path), self._in_server(),
+                _sig(self.ai_path))  # fmt: skip
 
     def _in_server(self) -> bool:
         return self.host is not None and self.host.runs_here(self.run_dir)
@@ -227,6 +242,7 @@ class AutopilotWatch:
             self._records = _recent(self.records_path), _pending(self.run_dir)
         doc = self._state(sigs[2])
         doc["recent"], doc["pending"] = self._records
+        doc["ai"] = _ai(self.ai_path) if sigs[3] is not None else None
         if doc == self.doc:
             return False
         self.doc = doc
@@ -253,6 +269,16 @@ class AutopilotWatch:
             "rules_path": ruleset.path, "in_server": in_server, "ran": False, "step": None,
             "updated": None,
         }  # fmt: skip
+
+
+#: What the page shows of the LLM policy (``hotcb.ai.state.json`` holds no key to begin with).
+_AI_SHOWN = ("base_url", "model", "calls", "spent_usd", "budget_usd", "left_usd", "price_known",
+             "failures", "fallback", "in_flight", "next_check_step")  # fmt: skip
+
+
+def _ai(path: str) -> dict[str, Any] | None:
+    st = jsonl.read_json(path, None)
+    return {k: st.get(k) for k in _AI_SHOWN} if isinstance(st, dict) else None
 
 
 def _live_run(run_dir: str) -> bool:

@@ -80,13 +80,21 @@ class AutopilotSettings(BaseModel):
     """The rule autopilot inside the server (``hotcb serve --autopilot MODE``; docs/autopilot.md).
     ``off``: the server runs none (a headless ``hotcb autopilot`` may still run beside it)."""
 
-    mode: Literal["off", "suggest", "auto"] = Field(
-        "off", description="off: none runs here; suggest: propose; auto: apply and propose"
+    mode: Literal["off", "suggest", "auto", "ai_suggest", "ai_auto"] = Field(
+        "off",
+        description="off: none runs here; suggest: propose; auto: apply and propose; "
+        "ai_suggest / ai_auto: the same with an LLM deciding (the rules as its sensors)",
     )
     rules: str | None = Field(None, description="a rules file (default: the rules hotcb ships)")
     key_metric: str = Field("val_loss", description="the metric the autopilot improves")
     direction: Literal["minimize", "maximize"] = Field("minimize")
     interval_sec: float = Field(1.0, gt=0, description="seconds between the autopilot's rounds")
+    # The LLM autopilot's endpoint: set where the server runs (flags, YAML, HOTCB_ env), never
+    # over REST. The key is not a setting: it is read from HOTCB_AI_KEY and kept in memory.
+    ai_config: str | None = Field(None, description="an AI settings file (YAML or JSON)")
+    ai_base_url: str | None = Field(None, description="OpenAI-compatible base URL")
+    ai_model: str | None = Field(None, description="the model to ask")
+    ai_budget_usd: float | None = Field(None, ge=0, description="USD per run for the model")
 
 
 class DashboardConfig(BaseSettings):

@@ -1,0 +1,99 @@
+"""Reading the model's reply: tolerant of prose and code fences around the JSON, strict about
+what it asks for (every action checked against the bounded action set)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rules import Action, check_action
+
+__all__ = ["MalformedReply", "Reply", "parse_reply"]
+
+
+class MalformedReply(ValueError):
+    """The reply holds no JSON object of the expected shape."""
+
+
+@dataclass
+class Reply:
+    reasoning: str
+    actions: list[Action] = field(default_factory=list)
+    #: ``(what was asked, why it is refused)`` for every action that fails its checks.
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+    next_check: int | None = None
+    learning: str | None = None
+
+
+def _first_object(text: str) -> Any:
+    """The first JSON object in ``text``: the whole text, else inside a code fence, else the
+    first balanced ``{...}`` that parses."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for start in (i for i, ch in enumerate(text) if ch == "{"):
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    raise MalformedReply("no JSON object in the reply")
+
+
+def parse_reply(text: str | None, *, max_actions: int = 3) -> Reply:
+    """The reply's reasoning, valid actions (at most ``max_actions``), rejected actions with
+    their reasons, and ``next_check`` (steps). :class:`MalformedReply` when it holds no JSON
+    object with a ``reasoning`` and an ``actions`` list."""
+    if not text or not text.strip():
+        raise MalformedReply("the reply is empty")
+    doc = _first_object(text)
+    if not isinstance(doc, Mapping):
+        raise MalformedReply(f"expected a JSON object, got {type(doc).__name__}")
+    reasoning = doc.get("reasoning")
+    raw_actions = doc.get("actions", [])
+    if not isinstance(reasoning, str):
+        raise MalformedReply("the reply has no 'reasoning' string")
+    if raw_actions is None:
+        raw_actions = []
+    if not isinstance(raw_actions, list):
+        raise MalformedReply("'actions' must be a list")
+    reply = Reply(reasoning=reasoning.strip())
+    for raw in raw_actions:
+        action, problem = _action(raw)
+        if problem is not None:
+            reply.rejected.append((raw, problem))
+        elif len(reply.actions) >= max_actions:
+            reply.rejected.append((raw, f"at most {max_actions} actions per reply"))
+        else:
+            assert action is not None
+            reply.actions.append(action)
+    nxt = doc.get("next_check")
+    if isinstance(nxt, (int, float)) and not isinstance(nxt, bool) and nxt == nxt and nxt > 0:
+        reply.next_check = int(min(nxt, 10**7))
+    learning = doc.get("learning")
+    if isinstance(learning, str) and learning.strip():
+        reply.learning = learning.strip()[:300]
+    return reply
+
+
+def _action(raw: Any) -> tuple[Action | None, str | None]:
+    if not isinstance(raw, Mapping):
+        return None, f"an action must be an object {{action, params}}, got {raw!r}"
+    name = raw.get("action", raw.get("name"))
+    if not isinstance(name, str):
+        return None, "an action needs a name ('action')"
+    params = raw.get("params")
+    if params is None:  # tolerate {"action": "lr_mult", "factor": 0.5}
+        params = {k: v for k, v in raw.items() if k not in ("action", "name")}
+    if not isinstance(params, Mapping):
+        return None, f"params of {name} must be an object, got {params!r}"
+    problems = check_action(name, params)
+    if problems:
+        return None, "; ".join(problems)
+    return Action(name, dict(params)), None
