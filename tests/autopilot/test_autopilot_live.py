@@ -76,3 +76,29 @@ def test_auto_mode_rescues_a_diverging_run(
         json.loads(x) for x in (Path(run_dir) / "hotcb.autopilot.jsonl").read_text().splitlines()
     ]
     assert any(r["kind"] == "detection" and r["detector"] == "divergence" for r in records)
+
+
+def test_the_autopilot_stops_when_the_trainer_is_killed(
+    run_dir: str, tmp_path: Path, start_trainer: Any
+) -> None:
+    """kill -9 leaves no ``ended`` in hotcb.run.json: the autopilot tells the process is gone
+    (same host) and exits, instead of watching a dead run forever."""
+    trainer = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
+                            step_delay=0.01)  # fmt: skip
+    trainer.wait_step(5, 120)
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
+            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)  # fmt: skip
+    try:
+        first = pilot.stdout.readline() if pilot.stdout else ""
+        assert "hotcb autopilot (auto) on" in first, first
+        assert pilot.poll() is None  # a live run: it keeps watching
+        trainer.proc.kill()
+        trainer.proc.wait(60)
+        out, _ = pilot.communicate(timeout=120)
+    finally:
+        pilot.kill()
+    assert pilot.returncode == 0
+    assert "is gone without closing the run (crashed or killed)" in out, out

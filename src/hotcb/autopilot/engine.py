@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..client import HotClient
-from ..runfiles import TUNE
+from ..runfiles import TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, load_rules
@@ -417,8 +417,7 @@ class Autopilot:
                        direction=self.direction)  # fmt: skip
             if m is None:
                 continue
-            what = ", ".join(f"{c['module']}.{k}={v:.4g}" if isinstance(v, float) else
-                             f"{c['module']}.{k}={v}" for k, v in c["changes"].items())  # fmt: skip
+            what = ", ".join(f"{c['module']}.{k} {_shown(v)}" for k, v in c["changes"].items())
             notes.append(f"{what} at step {c['step']} ({c['source']}): {judged} "
                          f"{m['before']} -> {m['after']} ({m['verdict']})")  # fmt: skip
         finite = [v for _, v in points if math.isfinite(v)]
@@ -491,8 +490,27 @@ class Autopilot:
 
     @property
     def ended(self) -> bool:
-        """The training process closed the run (``hotcb.run.json`` says ``ended``)."""
-        return isinstance(self.view.meta().get("ended"), dict)
+        """The training process closed the run (``hotcb.run.json`` says ``ended``), or it is
+        gone without closing it (a crash, kill -9; told only on the host it ran on)."""
+        meta = self.view.meta()
+        return isinstance(meta.get("ended"), dict) or process_alive(meta) is False
+
+    @property
+    def crashed(self) -> bool:
+        """The training process is gone and did not close the run."""
+        meta = self.view.meta()
+        return not isinstance(meta.get("ended"), dict) and process_alive(meta) is False
+
+
+def _shown(change: Any) -> str:
+    """A ledger change ``{"old", "new"}`` as ``0.01 -> 0.005``."""
+    if isinstance(change, Mapping) and "new" in change:
+        return f"{_num(change.get('old'))} -> {_num(change['new'])}"
+    return f"= {change}"
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def _change(e: Mapping[str, Any], settle: int) -> dict[str, Any]:

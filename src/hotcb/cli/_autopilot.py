@@ -116,11 +116,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                 for rec in pilot.step():
                     print(_line(rec), flush=True)
             if args.once or (pilots and all(p.ended for p in pilots.values())):
+                _say_crashed(pilots)
                 return 0
             time.sleep(args.interval)
             refresh()
     except KeyboardInterrupt:
         return 0
+
+
+def _say_crashed(pilots: dict[str, Any]) -> None:
+    for run, pilot in pilots.items():
+        if pilot.crashed:
+            print(f"hotcb autopilot: the training process of {run} is gone without closing "
+                  "the run (crashed or killed)", flush=True)  # fmt: skip
 
 
 def _check_ai_importable() -> None:

@@ -122,7 +122,7 @@ class AutopilotHost:
                 with self._lock:
                     self._hosted.pop(run_dir, None)
                 continue
-            ended = isinstance(h.pilot.view.meta().get("ended"), dict)
+            ended = h.pilot.ended  # closed, or its process is gone (a crash)
             if ended and h.finished:
                 continue  # nothing more will come (a resumed run clears `ended`)
             try:
