@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -172,6 +173,20 @@ def test_the_guard_undoes_a_change_that_made_things_worse(loop: Any, tmp_path: P
     assert lp.lr == lr0
     # and the rule that made the change waits longer before it acts again
     assert sum(r["kind"] == "action" for r in records) == 1
+
+
+def test_the_guard_undoes_a_change_after_which_the_key_metric_is_nan(
+    loop: Any, tmp_path: Path
+) -> None:
+    """NaN after a change is the worst outcome, not a value to skip until finite ones come."""
+    lr0 = 1e-2
+    lp: Loop = loop(lambda lr, _s: 1.0 if lr >= lr0 else math.nan, lr=lr0)
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records = lp.run(300, pilot)
+    (guard,) = [r for r in records if r["kind"] == "guard"]
+    assert guard["non_finite"] == 5 and guard["worse_by"] is None
+    assert "non-finite" in guard["reason"] and "undoing" in guard["reason"]
+    assert lp.lr == lr0
 
 
 def test_a_restarted_autopilot_does_not_fire_again_on_what_it_saw(

@@ -426,28 +426,38 @@ class Autopilot:
         ai.finish(notes[:2])
 
     # ------------------------------------------------------------------ the guard
-    def _key_values(self, after: int | None) -> list[float]:
+    def _key_values(self, after: int | None, finite: bool = True) -> list[float]:
         points = self.series.get(self.key) or ()
-        return [v for s, v in points if (after is None or s > after) and math.isfinite(v)]
+        return [v for s, v in points
+                if (after is None or s > after) and (not finite or math.isfinite(v))]  # fmt: skip
 
     def _check_guard(self, out: list[dict[str, Any]]) -> None:
         guard = self.guard
         assert guard is not None
-        after = self._key_values(after=int(guard.get("from", guard["step"])))
-        if len(after) < self.ruleset.guard_window:
+        window = self.ruleset.guard_window
+        after = self._key_values(after=int(guard.get("from", guard["step"])), finite=False)
+        if len(after) < window:
             return
         self.guard = None
-        level = statistics.median(after[: self.ruleset.guard_window])
+        after = after[:window]
         before = float(guard["before"])
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        worse = sign * (level - before) / max(abs(before), 1e-12)
         record: dict[str, Any] = {
             "kind": "guard", "rule": guard["rule"], "step": self.step_now, "cmd_id": guard["cmd_id"],
-            "before": before, "after": level, "worse_by": worse,
+            "before": before,
         }  # fmt: skip
-        if worse > self.ruleset.guard_tolerance:
-            reason = (f"autopilot guard: {self.key} {before:.4g} -> {level:.4g} after rule "
-                      f"{guard['rule']} ({worse:+.0%}); undoing it")  # fmt: skip
+        bad = sum(not math.isfinite(v) for v in after)
+        if bad:  # NaN/inf after the change: as bad as it gets
+            record.update(after=None, worse_by=None, non_finite=bad)
+            what = f"{bad} of {window} {self.key} values non-finite"
+        else:
+            level = statistics.median(after)
+            sign = 1.0 if self.direction == "minimize" else -1.0
+            worse = sign * (level - before) / max(abs(before), 1e-12)
+            record.update(after=level, worse_by=worse)
+            what = f"{before:.4g} -> {level:.4g} ({worse:+.0%})"
+        if bad or record["worse_by"] > self.ruleset.guard_tolerance:
+            reason = (f"autopilot guard: {self.key} {what} after rule {guard['rule']}; "
+                      "undoing it")  # fmt: skip
             record["undo_cmd_id"] = self.client.send(
                 "control", "undo", params={"cmd_id": guard["cmd_id"]}, reason=reason
             )

@@ -7,6 +7,7 @@ is refused with every problem and its line. The default rules ship with hotcb
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ def check_action(name: str, params: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{key} must be a non-empty string, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{key} must be a number, got {value!r}")
+        elif not math.isfinite(value):
+            problems.append(f"{key} must be a finite number, got {value!r}")
         elif (lo is not None and value < lo) or (hi is not None and value > hi):
             problems.append(f"{name} {key}={value!r} is outside its bounds [{lo:g}, {hi:g}]")
     return problems

@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             for pilot in list(pilots.values()):
                 for rec in pilot.step():
                     print(_line(rec), flush=True)
+            if args.once:
+                _finish_calls(pilots)
             if args.once or (pilots and all(p.ended for p in pilots.values())):
                 _say_crashed(pilots)
                 return 0
@@ -122,6 +124,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             refresh()
     except KeyboardInterrupt:
         return 0
+
+
+def _finish_calls(pilots: dict[str, Any]) -> None:
+    """``--once`` in an AI mode: wait for the model's answer and act on it before exiting."""
+    for pilot in pilots.values():
+        if pilot.ai is not None and pilot.ai.busy:
+            pilot.ai.wait()
+            for rec in pilot.step():
+                print(_line(rec), flush=True)
 
 
 def _say_crashed(pilots: dict[str, Any]) -> None:

@@ -28,6 +28,9 @@ __all__ = [
 
 _RECENT = 64  # points the slope and volatility are measured on
 _SHAPE = 8  # points kept to show a curve's shape
+_MOVED = 0.1  # a curve whose fitted line moves less than 10 % of its level is flat
+_HEAD, _TAIL = "Run state (JSON):\n", "\nReply with the JSON object."
+_NEAR = 4  # a spike is judged against this many neighbours on each side
 
 REPLY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -112,7 +115,10 @@ def trend(points: Sequence[tuple[int, float]], direction: str = "minimize") -> d
     slope, resid = _fit(recent)
     out["slope_per_100"] = _r(slope * 100 / scale)
     out["volatility"] = _r(resid / scale)
-    out["label"] = _label(points, finite, slope * 100 / scale, resid / scale, best, direction)
+    # the change across the fitted points, relative to their level: the same curve gets the
+    # same label whether it is logged every step or every 1000 steps
+    change = slope * (recent[-1][0] - recent[0][0]) / scale
+    out["label"] = _label(points, finite, change, resid / scale, best, direction)
     notable: list[dict[str, Any]] = [{"step": best_step, "what": "best", "value": _r(best)}]
     notable += [{"step": s, "what": "nan/inf"} for s in bad[-3:]]
     notable += _spikes(finite)
@@ -135,31 +141,43 @@ def _fit(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
 
 
 def _label(
-    points: Sequence[tuple[int, float]], finite: Sequence[tuple[int, float]], rel_slope: float,
+    points: Sequence[tuple[int, float]], finite: Sequence[tuple[int, float]], change: float,
     volatility: float, best: float, direction: str,
 ) -> str:  # fmt: skip
+    """``change``: the fitted line's change across the recent points, relative to their level.
+    Diverging: getting worse on the trend and now twice as far from 0 as the best (half of
+    it when maximizing)."""
     if not math.isfinite(points[-1][1]):
         return "non-finite"
     sign = 1.0 if direction == "minimize" else -1.0
     last = finite[-1][1]
-    if sign * rel_slope > 1.0 and sign * (last - best) > 1.0 * max(abs(best), 1e-12):
+    away = last > 2 * best if direction == "minimize" else last < best / 2
+    if sign * change > _MOVED and away and best > 0:
         return "diverging"
-    if volatility > 0.15 and abs(rel_slope) < 5 * volatility:
+    if volatility > 0.15 and abs(change) < 5 * volatility:
         return "noisy"
-    if rel_slope < -1.0:
+    if change < -_MOVED:
         return "falling"
-    if rel_slope > 1.0:
+    if change > _MOVED:
         return "rising"
     return "flat"
 
 
 def _spikes(finite: Sequence[tuple[int, float]], z: float = 6.0) -> list[dict[str, Any]]:
+    """Points far from their neighbours: a robust z-score above ``z`` against the
+    :data:`_NEAR` points on each side, and at least half the local level away (a step change
+    or the fast start of a curve is not a spike)."""
     values = [v for _, v in finite]
     if len(values) < 8:
         return []
-    med = statistics.median(values)
-    mad = statistics.median(abs(v - med) for v in values) or 1e-12
-    found = [(s, v) for s, v in finite if abs(v - med) / (1.4826 * mad) > z]
+    found = []
+    for i, (s, v) in enumerate(finite):
+        near = values[max(0, i - _NEAR) : i] + values[i + 1 : i + 1 + _NEAR]
+        med = statistics.median(near)
+        mad = statistics.median(abs(x - med) for x in near)
+        jump = abs(v - med)
+        if jump > 0.5 * abs(med) and jump > z * 1.4826 * mad:
+            found.append((s, v))
     return [{"step": s, "what": "spike", "value": _r(v)} for s, v in found[-3:]]
 
 
@@ -284,8 +302,9 @@ def estimate_tokens(obj: Any) -> int:
 
 
 def _fit_tokens(ctx: dict[str, Any], max_tokens: int) -> dict[str, Any]:
-    budget = max_tokens - estimate_tokens(SYSTEM_PROMPT)
+    budget = max_tokens - estimate_tokens(SYSTEM_PROMPT) - estimate_tokens(_HEAD + _TAIL)
     metrics: dict[str, dict[str, Any]] = ctx["metrics"]
+    ctx["truncated"] = False  # counted in the fit
     for cut in _CUTS:
         if estimate_tokens(ctx) <= budget:
             break
@@ -333,5 +352,5 @@ def messages(ctx: Mapping[str, Any]) -> list[dict[str, str]]:
     state = json.dumps(ctx, separators=(",", ":"), sort_keys=True)
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": f"Run state (JSON):\n{state}\nReply with the JSON object."},
+        {"role": "user", "content": _HEAD + state + _TAIL},
     ]

@@ -96,6 +96,13 @@ class AIPolicy:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the call in flight (at most ``timeout`` s); whether none is in flight now."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.busy
+
     def due(self, step: int, detected: bool) -> str | None:
         """Why to call the model now (a detection, the cadence, the step it asked for), or
         None. Never while a call is in flight, during a back-off, more often than the minimum

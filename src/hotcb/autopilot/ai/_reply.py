@@ -13,6 +13,9 @@ from ..rules import Action, check_action
 __all__ = ["MalformedReply", "Reply", "parse_reply"]
 
 
+_MAX_STARTS = 64  # ``{`` tried as the start of the object (prose rarely has more)
+
+
 class MalformedReply(ValueError):
     """The reply holds no JSON object of the expected shape."""
 
@@ -35,12 +38,17 @@ def _first_object(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         pass
+    except RecursionError:
+        raise MalformedReply("the reply is nested too deeply") from None
     decoder = json.JSONDecoder()
-    for start in (i for i, ch in enumerate(text) if ch == "{"):
+    starts = [i for i, ch in enumerate(text) if ch == "{"][:_MAX_STARTS]
+    for start in starts:
         try:
             obj, _ = decoder.raw_decode(text, start)
         except ValueError:
             continue
+        except RecursionError:
+            raise MalformedReply("the reply is nested too deeply") from None
         if isinstance(obj, dict):
             return obj
     raise MalformedReply("no JSON object in the reply")
@@ -74,7 +82,7 @@ def parse_reply(text: str | None, *, max_actions: int = 3) -> Reply:
             assert action is not None
             reply.actions.append(action)
     nxt = doc.get("next_check")
-    if isinstance(nxt, (int, float)) and not isinstance(nxt, bool) and nxt == nxt and nxt > 0:
+    if isinstance(nxt, (int, float)) and not isinstance(nxt, bool) and nxt == nxt and nxt >= 1:
         reply.next_check = int(min(nxt, 10**7))
     learning = doc.get("learning")
     if isinstance(learning, str) and learning.strip():
