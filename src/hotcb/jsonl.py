@@ -361,5 +361,5 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     try:
         with open(os.fspath(path)) as f:
             return json.load(f)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # missing, a directory, no permission, not JSON
         return default

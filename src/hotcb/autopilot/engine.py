@@ -353,6 +353,10 @@ class Autopilot:
             return [self._record({**head, "state": "failed", "error_kind": outcome.kind,
                                   "reason": f"no action: {outcome.error}"})]  # fmt: skip
         reply = outcome.reply
+        if self.ended:  # the run finished while the model thought: nothing is sent
+            return [self._record({**head, "state": "late", "reasoning": reply.reasoning,
+                                  "cost_usd": outcome.cost_usd,
+                                  "reason": "the run ended before the reply came"})]  # fmt: skip
         out = [self._record({**head, "state": "replied", "reasoning": reply.reasoning,
                              "cost_usd": outcome.cost_usd})]  # fmt: skip
         rejected = [{"asked": asked, "reason": why} for asked, why in reply.rejected]

@@ -233,7 +233,7 @@ class AIPolicy:
             self.failures = 0
             if outcome.reply is not None and outcome.reply.next_check is not None:
                 self.next_check_step = outcome.step + outcome.reply.next_check
-            if outcome.reply is not None and outcome.reply.learning:
+            if outcome.reply is not None and outcome.reply.learning and not self.summarized:
                 self.learnings = [*self.learnings, outcome.reply.learning][-_PER_RUN_LEARNINGS:]
         else:
             self.failures += 1
@@ -309,8 +309,8 @@ def project_memory(run_dir: str, limit: int) -> list[str]:
         return []
     for name in names:
         other = os.path.join(parent, name)
-        if other == os.path.abspath(run_dir):
-            continue
+        if other == os.path.abspath(run_dir) or not os.path.isdir(other):
+            continue  # this run, or a file beside the runs
         st = jsonl.read_json(os.path.join(other, AI_STATE), None)
         if isinstance(st, dict) and st.get("summarized") and st.get("learnings"):
             found.append((float(st.get("updated") or 0), name, [str(x) for x in st["learnings"]]))
