@@ -545,3 +545,19 @@ def test_no_change_lands_between_micro_batches(run_dir: str) -> None:
     by_id = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["decision"] == "applied"}
     assert by_id[now]["step"] == 1 and by_id[later]["step"] == 2
     assert weights["aux"] == 0.7
+
+
+def test_a_kernel_without_a_run_dir_takes_hotcb_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hotcb launch`` passes the run directory in ``HOTCB_RUN_DIR``: the script needs no flag."""
+    monkeypatch.setenv("HOTCB_RUN_DIR", str(tmp_path / "launched"))
+    kernel = HotKernel()
+    try:
+        assert kernel.run_dir == str(tmp_path / "launched")
+        assert (tmp_path / "launched" / "hotcb.run.json").exists()
+    finally:
+        kernel.close()
+    monkeypatch.delenv("HOTCB_RUN_DIR")
+    with pytest.raises(TypeError, match="HOTCB_RUN_DIR"):
+        HotKernel()

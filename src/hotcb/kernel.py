@@ -54,11 +54,29 @@ _TRAIN_STEP_END = ("train_step_end",)
 _SEEN_AT_START = 2000
 
 
+#: The run directory of ``HotKernel()`` without one (``hotcb launch`` sets it).
+RUN_DIR_ENV = "HOTCB_RUN_DIR"
+
+
+def _run_dir(given: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    if given is not None:
+        return given
+    env = os.environ.get(RUN_DIR_ENV)
+    if not env:
+        raise TypeError(
+            f"HotKernel() needs a run directory: HotKernel('runs/exp1'), or ${RUN_DIR_ENV} "
+            "set (hotcb launch sets it for the command it starts)"
+        )
+    return env
+
+
 class HotKernel:
     """The training-side half of hotcb.
 
     Args:
-        run_dir: the run directory (created if missing).
+        run_dir: the run directory (created if missing). Default: ``$HOTCB_RUN_DIR``, which
+            ``hotcb launch`` sets for the training command it starts, so a launched script
+            needs no hotcb flags.
         debounce_steps: poll at most every this many safe points.
         poll_interval_sec: and not more often than this. Under torch.distributed, rank 0 turns
             it into a number of steps from the measured step time, so every rank agrees.
@@ -85,7 +103,7 @@ class HotKernel:
 
     def __init__(
         self,
-        run_dir: str | os.PathLike[str],
+        run_dir: str | os.PathLike[str] | None = None,
         debounce_steps: int = 1,
         poll_interval_sec: float = 0.05,
         mutable_state: MutableState | Iterable[HotcbActuator] | None = None,
@@ -104,7 +122,7 @@ class HotKernel:
     ) -> None:
         self._gate = PollGate(debounce_steps, poll_interval_sec)
         self._warned: set[str] = set()  # kinds of warning already logged (once each)
-        self.paths = RunPaths(os.fspath(run_dir))
+        self.paths = RunPaths(os.fspath(_run_dir(run_dir)))
         self.run_dir = self.paths.root
         self.pause_poll_sec = float(pause_poll_sec)
         self.auto_disable_on_error = auto_disable_on_error
