@@ -6,21 +6,30 @@ import { describe, test } from "node:test";
 import { autopilot } from "./static.mjs";
 
 const {
+  acceptTitle,
+  aiCost,
+  aiFacts,
+  AutopilotPanel,
   autopilotFacts,
+  budgetUsd,
   evidenceRows,
   fmtAction,
+  isAIRecord,
   isOff,
   kindLabel,
   metricName,
   NOT_HERE,
   pendingProposals,
+  reasoningOf,
   recentRows,
   recordKey,
   recordLine,
+  recordWho,
   ruleLine,
   START_COMMAND,
   STOPPED_AFTER_SEC,
   switchTitle,
+  usd,
 } = autopilot;
 
 const PLATEAU = {
@@ -195,5 +204,247 @@ describe("records", () => {
   test("a record's key is stable across documents", () => {
     assert.equal(recordKey(DETECTION), recordKey({ ...DETECTION }));
     assert.notEqual(recordKey(DETECTION), recordKey({ ...DETECTION, wall_time: 1 }));
+  });
+});
+
+// ------------------------------------------------------------------------------ the LLM autopilot
+// Records shaped as the engine writes them (hotcb.autopilot.jsonl) and `ai` as the server reads it
+// from hotcb.ai.state.json.
+const AI = {
+  base_url: "http://127.0.0.1:8099/v1",
+  model: "scripted",
+  calls: 3,
+  spent_usd: 0.0012,
+  budget_usd: 1.0,
+  left_usd: 0.9988,
+  price_known: true,
+  failures: 0,
+  fallback: null,
+  in_flight: false,
+  next_check_step: null,
+};
+const XSS = 'loss flat; <img src=x onerror="window.pwned=1"> & "quotes"';
+const AI_REPLY = { kind: "ai_reply", call: 3, step: 410, state: "replied", reasoning: "the loss has been flat for 200 steps", cost_usd: 0.0004, mode: "ai_auto", wall_time: 1764633700.1 };
+const AI_FAILED = { kind: "ai_reply", call: 4, step: 610, state: "failed", error_kind: "timeout", reason: "no action: APITimeoutError: Request timed out.", mode: "ai_auto" };
+const AI_ACTION = {
+  kind: "action",
+  rule: "ai",
+  step: 412,
+  state: "applied",
+  action: { name: "lr_mult", params: { factor: 0.5 } },
+  cmd_ids: ["01K"],
+  reason: "ai (call 3): the loss has been flat for 200 steps",
+  reasoning: "the loss has been flat for 200 steps",
+  call: 3,
+  mode: "ai_auto",
+};
+const AI_REJECTED = { kind: "action", rule: "ai", step: 412, state: "rejected", call: 3, asked: { name: "lr_mult", params: { factor: 40 } }, reason: "factor=40 is above the maximum 10", mode: "ai_auto" };
+const FALLBACK = { kind: "fallback", step: 900, reason: "LLM autopilot: the budget of $1 is spent ($1.0003 in 9 calls); the rules take over", mode: "ai_auto" };
+const AI_PROPOSAL = {
+  kind: "proposal",
+  id: "A4",
+  rule: "ai",
+  source: "ai",
+  step: 500,
+  action: { name: "wd_mult", params: { factor: 2 } },
+  reasoning: XSS,
+  describe: `wd_mult(factor=2): ${XSS}`.slice(0, 400),
+  state: "pending",
+  call: 5,
+};
+
+describe("the LLM line", () => {
+  test("amounts: four decimals spent and left, a budget in cents", () => {
+    assert.equal(usd(0.0012), "$0.0012");
+    assert.equal(usd(0), "$0.0000");
+    assert.equal(usd(null), "$?");
+    assert.equal(budgetUsd(1), "$1.00");
+    assert.equal(budgetUsd(0.5), "$0.50");
+    assert.equal(budgetUsd(0.125), "$0.1250");
+    assert.equal(budgetUsd(undefined), "$?");
+  });
+  test("spent of the budget, and what is left", () => {
+    assert.equal(aiCost(AI), "$0.0012 spent of $1.00, $0.9988 left");
+    // without left_usd (an older state file): the budget less what was spent
+    assert.equal(aiCost({ spent_usd: 0.25, budget_usd: 2 }), "$0.2500 spent of $2.00, $1.7500 left");
+    assert.equal(aiCost({ spent_usd: 3, budget_usd: 2 }), "$3.0000 spent of $2.00, $0.0000 left");
+  });
+  test("model, endpoint, calls, cost", () => {
+    assert.deepEqual(aiFacts(AI), {
+      model: "scripted",
+      baseUrl: "http://127.0.0.1:8099/v1",
+      calls: "3 calls",
+      cost: "$0.0012 spent of $1.00, $0.9988 left",
+      priceUnknown: null,
+      busy: false,
+      failures: null,
+      next: null,
+      fallback: null,
+    });
+    assert.equal(aiFacts({ ...AI, calls: 1 }).calls, "1 call");
+    assert.equal(aiFacts({ ...AI, calls: 0 }).calls, "0 calls");
+    assert.equal(aiFacts(null), null);
+    assert.equal(aiFacts(undefined), null);
+  });
+  test("an unknown price, a call in flight, failures, the step it asked to look again", () => {
+    const f = aiFacts({ ...AI, price_known: false, spent_usd: 0, left_usd: 1, in_flight: true, failures: 2, next_check_step: 800 });
+    assert.equal(f.cost, "$0.0000 spent of $1.00, $1.0000 left");
+    assert.equal(f.priceUnknown, "price unknown: counted as $0");
+    assert.equal(f.busy, true);
+    assert.equal(f.failures, "2 failed in a row");
+    assert.equal(f.next, "next look at step 800");
+  });
+  test("fallen back to the rules: the reason, and nothing about the next call", () => {
+    const reason = "3 failed calls in a row (last: timeout: APITimeoutError: Request timed out.)";
+    const f = aiFacts({ ...AI, fallback: reason, failures: 3, in_flight: true, next_check_step: 900 });
+    assert.equal(f.fallback, `fallen back to the rules: ${reason}`);
+    assert.equal(f.busy, false);
+    assert.equal(f.failures, null);
+    assert.equal(f.next, null);
+  });
+});
+
+describe("the LLM's records and proposals", () => {
+  test("which are the LLM's", () => {
+    assert.deepEqual([AI_REPLY, AI_ACTION, AI_REJECTED, AI_PROPOSAL, FALLBACK].map(isAIRecord), [true, true, true, true, false]);
+    assert.deepEqual([DETECTION, DOC.recent[1], DOC.pending[0], null].map(isAIRecord), [false, false, false, false]);
+  });
+  test("their reasoning, as the model wrote it (text, never markup)", () => {
+    assert.equal(reasoningOf(AI_REPLY), "the loss has been flat for 200 steps");
+    assert.equal(reasoningOf(AI_ACTION), "the loss has been flat for 200 steps");
+    assert.equal(reasoningOf(AI_PROPOSAL), XSS); // unchanged: the page puts it in as text
+    assert.equal(reasoningOf(AI_REJECTED), null);
+    assert.equal(reasoningOf({ ...AI_REPLY, reasoning: "  " }), null);
+    // a rule's record never shows a reasoning, whatever fields it has
+    assert.equal(reasoningOf({ ...DOC.recent[1], reasoning: "x" }), null);
+  });
+  test("one line per record", () => {
+    assert.equal(recordLine(AI_REPLY), "call 3 replied ($0.0004)");
+    assert.equal(recordLine({ ...AI_REPLY, cost_usd: 0 }), "call 3 replied");
+    assert.equal(recordLine(AI_FAILED), "call 4 failed: no action: APITimeoutError: Request timed out.");
+    assert.equal(recordLine(AI_ACTION), "lr_mult(factor=0.5) applied");
+    assert.equal(recordLine(AI_REJECTED), "rejected: lr_mult(factor=40) — factor=40 is above the maximum 10");
+    assert.equal(recordLine({ ...AI_REJECTED, asked: "lr_mult(factor=0.5)", reason: "a person changed opt.lr; held until step 600" }),
+      "rejected: lr_mult(factor=0.5) — a person changed opt.lr; held until step 600");
+    assert.equal(recordLine({ ...AI_REJECTED, asked: { name: 7 }, reason: "no such action" }), "rejected: 7() — no such action");
+    assert.equal(recordLine({ ...AI_REJECTED, asked: [1, 2], reason: "expected an object" }), "rejected: [1,2] — expected an object");
+    assert.equal(recordLine(FALLBACK), FALLBACK.reason);
+    assert.deepEqual(["ai_reply", "fallback"].map(kindLabel), ["AI reply", "fallback"]);
+    assert.deepEqual([AI_REPLY, AI_ACTION, FALLBACK, DOC.recent[1], { kind: "hold", knob: "opt.lr" }].map(recordWho),
+      ["ai", "ai", "ai", "plateau_cut_lr", "opt.lr"]);
+  });
+  test("Accept says what it sends, as whom and why", () => {
+    assert.equal(acceptTitle(AI_PROPOSAL), "send wd_mult(factor=2) now (source ai, reason: the model's reasoning)");
+    assert.equal(acceptTitle(DOC.pending[0]), "send wd_mult(factor=2) now (source autopilot, reason: rule overfitting_more_weight_decay)");
+  });
+});
+
+// ------------------------------------------------------------------------------ rendering
+// A minimal stand-in for the page's document: enough for the panel to render, and an innerHTML
+// that throws, so the test proves the model's words go into the page as text nodes only.
+class FakeNode {
+  constructor(tag) {
+    this.tagName = tag.toUpperCase();
+    this.children = [];
+    this.dataset = {};
+    this.attributes = {};
+    this.listeners = {};
+    this.className = "";
+    this.title = "";
+    this.hidden = false;
+    const classes = new Set();
+    this.classList = {
+      toggle: (c, on) => ((on ?? !classes.has(c)) ? classes.add(c) : classes.delete(c)),
+      contains: (c) => classes.has(c),
+    };
+  }
+  set textContent(text) {
+    this.children = text === "" ? [] : [String(text)];
+  }
+  get textContent() {
+    return this.children.map((c) => (typeof c === "string" ? c : c.textContent)).join("");
+  }
+  set innerHTML(_) {
+    throw new Error("the panel must not set innerHTML");
+  }
+  append(...nodes) {
+    for (const n of nodes) this.children.push(typeof n === "string" ? n : n);
+  }
+  setAttribute(k, v) {
+    this.attributes[k] = String(v);
+  }
+  addEventListener(type, fn) {
+    (this.listeners[type] ||= []).push(fn);
+  }
+  *walk() {
+    yield this;
+    for (const c of this.children) if (typeof c !== "string") yield* c.walk();
+  }
+  find(cls) {
+    return [...this.walk()].filter((n) => ` ${n.className} `.includes(` ${cls} `));
+  }
+}
+
+function rendered(doc) {
+  const created = [];
+  globalThis.document = {
+    createElement: (tag) => {
+      const n = new FakeNode(tag);
+      created.push(n.tagName);
+      return n;
+    },
+  };
+  try {
+    const card = new FakeNode("section");
+    const panel = new AutopilotPanel(card, { decide: async () => ({}), setRule: async () => ({}) });
+    panel.update(doc);
+    return { card, created, panel };
+  } finally {
+    delete globalThis.document;
+  }
+}
+
+describe("the panel with the LLM autopilot", () => {
+  const AI_DOC = {
+    ...DOC,
+    mode: "ai_auto",
+    ai: AI,
+    recent: [AI_REPLY, { ...AI_ACTION, reasoning: XSS }, AI_REJECTED],
+    pending: [AI_PROPOSAL],
+  };
+  test("the LLM line: model, endpoint, calls, cost", () => {
+    const { card } = rendered(AI_DOC);
+    const [box] = card.find("ap-ai-box");
+    assert.equal(box.hidden, false);
+    assert.equal(card.find("ap-ai-what")[0].textContent, "LLM scripted at http://127.0.0.1:8099/v1");
+    assert.equal(card.find("ap-ai-calls")[0].textContent, "3 calls");
+    assert.equal(card.find("ap-ai-cost")[0].textContent, "$0.0012 spent of $1.00, $0.9988 left");
+    assert.deepEqual(card.find("ap-ai-price"), []);
+    assert.deepEqual(card.find("ap-ai-fallback"), []);
+  });
+  test("an unknown price and a fallback are said", () => {
+    const { card } = rendered({ ...AI_DOC, ai: { ...AI, price_known: false, fallback: "the budget of $1 is spent" } });
+    assert.equal(card.find("ap-ai-price")[0].textContent, "price unknown: counted as $0");
+    assert.equal(card.find("ap-ai-fallback")[0].textContent, "fallen back to the rules: the budget of $1 is spent");
+  });
+  test("without an LLM the line is hidden and empty", () => {
+    const { card, panel } = rendered(DOC);
+    const [box] = card.find("ap-ai-box");
+    assert.equal(box.hidden, true);
+    assert.equal(box.children.length, 0);
+    assert.equal(panel.debug().ai, null);
+    assert.deepEqual(card.find("ap-reasoning"), []);
+  });
+  test("the reasoning of each AI proposal and decision, as text: no element comes of it", () => {
+    const { card, created, panel } = rendered(AI_DOC);
+    assert.ok(!created.includes("IMG"), created.join(","));
+    const reasons = card.find("ap-reasoning").map((n) => n.textContent);
+    // the proposal's, then the recent records' (newest first: the rejected action has none)
+    assert.deepEqual(reasons, [XSS, XSS, "the loss has been flat for 200 steps"]);
+    for (const n of card.find("ap-reasoning")) assert.deepEqual(n.children, [n.textContent]);
+    const [because] = card.find("ap-because");
+    assert.equal(because.textContent, XSS);
+    assert.equal(panel.debug().ai.model, "scripted");
+    assert.deepEqual(panel.debug().recent, ["action:ai", "action:ai", "ai_reply:"]);
   });
 });

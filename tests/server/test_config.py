@@ -209,7 +209,9 @@ def test_autopilot_settings_from_yaml_env_and_flags(monkeypatch, tmp_path):
     a field no source gives keeps its default."""
     c = cli()
     assert c.autopilot.model_dump() == {"mode": "off", "rules": None, "key_metric": "val_loss",
-                                        "direction": "minimize", "interval_sec": 1.0}  # fmt: skip
+                                        "direction": "minimize", "interval_sec": 1.0,
+                                        "ai_config": None, "ai_base_url": None, "ai_model": None,
+                                        "ai_budget_usd": None}  # fmt: skip
     y = tmp_path / "dash.yaml"
     y.write_text("autopilot:\n  mode: suggest\n  key_metric: acc\n  interval_sec: 0.5\n")
     monkeypatch.setenv("HOTCB_AUTOPILOT__KEY_METRIC", "val_acc")
@@ -225,6 +227,12 @@ def test_autopilot_settings_from_yaml_env_and_flags(monkeypatch, tmp_path):
         "auto", "loss", "maximize",
     )  # fmt: skip
     assert c.autopilot.rules == os.path.abspath("rules.yaml")
+    c = cli("--autopilot", "ai_auto", "--ai-base-url", "http://127.0.0.1:9/v1", "--ai-model",
+            "m", "--ai-budget", "0.5", "--ai-config", "ai.yaml")  # fmt: skip
+    assert (c.autopilot.mode, c.autopilot.ai_base_url, c.autopilot.ai_model) == (
+        "ai_auto", "http://127.0.0.1:9/v1", "m",
+    )  # fmt: skip
+    assert (c.autopilot.ai_budget_usd, c.autopilot.ai_config) == (0.5, os.path.abspath("ai.yaml"))
     with pytest.raises(SystemExit):
         cli("--autopilot", "active")  # not a mode of the rule autopilot
     monkeypatch.setenv("HOTCB_AUTOPILOT__MODE", "active")

@@ -85,6 +85,7 @@ class AutopilotHost:
         self._hosted: dict[str, _Hosted] = {}
         self._lock = threading.Lock()  # guards _hosted (rounds run in worker threads)
         self._elsewhere: set[str] = set()  # runs another autopilot drives (logged once)
+        self._broken: set[str] = set()  # runs whose autopilot could not start (logged once)
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -145,8 +146,14 @@ class AutopilotHost:
             if not _live_run(run_dir) or self._driven_elsewhere(run_dir):
                 continue
             s = self.settings
-            pilot = Autopilot(run_dir, mode=s.mode, rules=self.ruleset, key_metric=s.key_metric,
-                              direction=s.direction, ai=self.ai)  # fmt: skip
+            try:
+                pilot = Autopilot(run_dir, mode=s.mode, rules=self.ruleset,
+                                  key_metric=s.key_metric, direction=s.direction, ai=self.ai)  # fmt: skip
+            except Exception:  # one run's trouble never keeps the others from their autopilot
+                if run_dir not in self._broken:  # logged once; tried again each round
+                    self._broken.add(run_dir)
+                    log.exception("hotcb dashboard: no autopilot for %s", run_dir)
+                continue
             with self._lock:
                 self._hosted[run_dir] = _Hosted(pilot)
             self._elsewhere.discard(run_dir)

@@ -1,7 +1,10 @@
 // The Autopilot panel: the rule autopilot of the run (docs/autopilot.md), read from its files
 // by the server (GET …/autopilot when a run loads, then "autopilot" messages over the WebSocket
 // whenever they change): its mode and key metric, its rules with on/off switches, what it
-// detected and did (with the evidence), and its pending proposals with Accept and Reject.
+// detected and did (with the evidence), and its pending proposals with Accept and Reject. With
+// the LLM autopilot (modes ai_suggest / ai_auto): the model, its calls and spend, a fallback to
+// the rules, and the model's reasoning beside each of its proposals and decisions (always as
+// text: a reply is the model's words, never markup).
 // Pure helpers first (tests/js runs them under node).
 import { fmtNum } from "./charts.js";
 import { ago, fillPart } from "./lib.js";
@@ -16,7 +19,19 @@ export const NOT_HERE = "the autopilot does not run in this server; use hotcb au
 /** An autopilot outside this server whose last round is older than this is shown as stopped. */
 export const STOPPED_AFTER_SEC = 30;
 
-const KINDS = { detection: "detected", action: "acted", guard: "guard", skipped: "skipped", hold: "hold" };
+const KINDS = {
+  detection: "detected",
+  action: "acted",
+  guard: "guard",
+  skipped: "skipped",
+  hold: "hold",
+  ai_reply: "AI reply",
+  fallback: "fallback",
+};
+
+const MODE_TITLE =
+  "autopilot mode: suggest proposes, auto applies high- and medium-confidence actions, off only reads; " +
+  "ai_suggest / ai_auto: an LLM proposes / applies, the rules its sensors";
 
 /** Whether the panel is one line: no autopilot ever ran on the run and none runs here. */
 export const isOff = (doc) => !doc || ((doc.mode || "off") === "off" && !doc.ran && !doc.in_server);
@@ -52,6 +67,64 @@ export function switchTitle(rule, doc) {
   return rule.enabled ? `switch ${rule.id} off` : `switch ${rule.id} on`;
 }
 
+/** "$0.0012": an amount spent or left (four decimals: a call costs fractions of a cent). */
+export function usd(x) {
+  return typeof x === "number" && Number.isFinite(x) ? `$${x.toFixed(4)}` : "$?";
+}
+
+/** "$1.00": a budget (two decimals, more only when it has them). */
+export function budgetUsd(x) {
+  if (typeof x !== "number" || !Number.isFinite(x)) return "$?";
+  const short = x.toFixed(2);
+  return Math.abs(Number(short) - x) < 1e-9 ? `$${short}` : `$${x.toFixed(4)}`;
+}
+
+/** "$0.0012 spent of $1.00, $0.9988 left" from the LLM policy's state (`doc.ai`). */
+export function aiCost(ai) {
+  const spent = typeof ai.spent_usd === "number" ? ai.spent_usd : 0;
+  const left = typeof ai.left_usd === "number" ? ai.left_usd
+    : typeof ai.budget_usd === "number" ? Math.max(0, ai.budget_usd - spent) : null;
+  return `${usd(spent)} spent of ${budgetUsd(ai.budget_usd)}, ${usd(left)} left`;
+}
+
+/** What the LLM line says, as text (`doc.ai`: the policy's model, base URL, calls, spend,
+ * budget, failures, fallback; null when no LLM ever ran on the run). */
+export function aiFacts(ai) {
+  if (!ai || typeof ai !== "object") return null;
+  const calls = Number(ai.calls) || 0;
+  const failures = Number(ai.failures) || 0;
+  return {
+    model: ai.model ?? "?",
+    baseUrl: ai.base_url ?? "?",
+    calls: `${calls} call${calls === 1 ? "" : "s"}`,
+    cost: aiCost(ai),
+    priceUnknown: ai.price_known === false ? "price unknown: counted as $0" : null,
+    busy: !!ai.in_flight && !ai.fallback,
+    failures: failures && !ai.fallback ? `${failures} failed in a row` : null,
+    next: ai.next_check_step != null && !ai.fallback ? `next look at step ${ai.next_check_step}` : null,
+    fallback: ai.fallback ? `fallen back to the rules: ${ai.fallback}` : null,
+  };
+}
+
+/** Whether a record or proposal is the LLM's (its replies, its actions, its proposals). */
+export const isAIRecord = (r) => !!r && (r.rule === "ai" || r.kind === "ai_reply" || r.source === "ai");
+
+/** The model's reasoning behind an AI record or proposal, as plain text (null: none). */
+export function reasoningOf(r) {
+  if (!isAIRecord(r) || typeof r.reasoning !== "string") return null;
+  return r.reasoning.trim() ? r.reasoning : null;
+}
+
+/** What the model asked for, in words (a rejected AI action's `asked`: its own words, or the
+ * raw action it sent). */
+function askedText(asked) {
+  if (typeof asked === "string") return asked;
+  if (asked && typeof asked === "object" && !Array.isArray(asked) && (asked.name != null || asked.action != null)) {
+    return fmtAction(asked);
+  }
+  return JSON.stringify(asked);
+}
+
 /** What the panel's head says, as text; `now` in seconds since the epoch (an autopilot outside
  * this server that has not written for STOPPED_AFTER_SEC is shown as stopped). */
 export function autopilotFacts(doc, now = Date.now() / 1000) {
@@ -84,6 +157,9 @@ export function recentRows(doc) {
   return ((doc && doc.recent) || []).filter((r) => r && typeof r === "object").reverse();
 }
 
+/** Who a record is of, as its row shows it: the rule, the knob held, or the LLM. */
+export const recordWho = (r) => r.rule ?? r.knob ?? (r.kind === "ai_reply" || r.kind === "fallback" ? "ai" : "");
+
 /** A stable key of a record (its kind, rule, step and time), to keep its evidence open. */
 export const recordKey = (r) => [r.kind, r.rule ?? r.knob ?? "", r.step ?? "", r.wall_time ?? ""].join("|");
 
@@ -96,7 +172,13 @@ export function recordLine(r) {
       return r.describe || `${r.detector ?? "?"} on ${r.metric ?? "?"}`;
     case "action":
       if (r.state === "applied") return `${fmtAction(r.action)} applied`;
+      if (r.asked !== undefined) return `${r.state ?? "?"}: ${askedText(r.asked)} — ${r.reason || "?"}`;
       return `${r.state ?? "?"}: ${r.reason || fmtAction(r.action)}`;
+    case "ai_reply": {
+      const call = `call ${r.call ?? "?"}`;
+      if (r.state === "replied") return typeof r.cost_usd === "number" && r.cost_usd > 0 ? `${call} replied (${usd(r.cost_usd)})` : `${call} replied`;
+      return `${call} ${r.state ?? "?"}: ${r.reason || r.error_kind || "?"}`;
+    }
     case "guard": {
       if (r.reason) return r.reason;
       const pct = typeof r.worse_by === "number" ? ` (${r.worse_by >= 0 ? "+" : "−"}${Math.abs(r.worse_by * 100).toFixed(1)}%)` : "";
@@ -112,6 +194,12 @@ export function evidenceRows(r) {
   const src = r.evidence && typeof r.evidence === "object" ? r.evidence : null;
   if (!src) return [];
   return Object.entries(src).map(([k, v]) => [k, v !== null && typeof v === "object" && !Array.isArray(v) ? JSON.stringify(v) : fmtValue(v)]);
+}
+
+/** The title of a proposal's Accept button: what it sends, as whom and why. */
+export function acceptTitle(p) {
+  const why = p.rule === "ai" ? "the model's reasoning" : `rule ${p.rule}`;
+  return `send ${fmtAction(p.action)} now (source ${p.source ?? "autopilot"}, reason: ${why})`;
 }
 
 /** A POSIX shell word for `path` (quoted when it needs to be). */
@@ -194,6 +282,8 @@ export class AutopilotPanel {
     this.parts.body.hidden = off;
     this.tick();
     if (off) return;
+    this.parts.ai.hidden = !aiFacts(doc.ai);
+    this.fill("ai", [doc.ai], () => this.aiLine(doc.ai));
     this.fill("rules", [doc.rules, doc.in_server, doc.key_metric, [...this.switching]], () => [this.rules(doc)]);
     this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent]], () => [this.proposals(doc)]);
     this.fill("recent", [doc.recent], () => [this.recent(doc)]);
@@ -214,13 +304,14 @@ export class AutopilotPanel {
     const parts = {
       head: el("div", "card-head"),
       body: el("div", "ap-body"),
+      ai: el("div", "ap-ai-box"),
       rules: el("div", "ap-rules-box"),
       proposals: el("div", "ap-proposals-box"),
       recent: el("div", "ap-recent-box"),
     };
     const side = el("div", "ap-side");
     side.append(parts.rules, parts.proposals);
-    parts.body.append(side, parts.recent);
+    parts.body.append(parts.ai, side, parts.recent);
     this.card.append(parts.head, parts.body);
     this.parts = parts;
     this.keys = {};
@@ -234,7 +325,7 @@ export class AutopilotPanel {
     const out = [el("h2", null, "Autopilot")];
     if (off) return [...out, this.offLine()];
     const mode = el("span", `chip ap-mode mode-${f.mode}`, f.mode);
-    mode.title = "autopilot mode: suggest proposes, auto applies high- and medium-confidence actions, off only reads";
+    mode.title = MODE_TITLE;
     const key = el("span", "muted small ap-key");
     key.append("key metric ", el("code", null, f.key), f.direction ? ` ${f.direction}` : "");
     const where = el("span", `muted small ap-where ${doc.in_server ? "here" : "elsewhere"}`, `${f.where} · step ${f.step}`);
@@ -247,6 +338,28 @@ export class AutopilotPanel {
       rules.title = `rules: ${doc.rules_path}`;
       out.push(el("div", "spacer"), rules);
     }
+    return out;
+  }
+
+  /** The LLM policy: model and endpoint, calls, spend and budget; its fallback to the rules. */
+  aiLine(ai) {
+    const f = aiFacts(ai);
+    if (!f) return [];
+    const line = el("div", "ap-ai small");
+    const what = el("span", "ap-ai-what");
+    what.append("LLM ", el("code", "ap-ai-model", f.model), " at ", el("code", "ap-ai-url", f.baseUrl));
+    what.title = `the model the autopilot asks, at ${f.baseUrl} (set where the autopilot runs: --ai-* flags or --ai-config)`;
+    line.append(what, el("span", "ap-ai-calls muted", f.calls), el("span", "ap-ai-cost", f.cost));
+    if (f.priceUnknown) {
+      const note = el("span", "ap-ai-price muted", f.priceUnknown);
+      note.title = `no price known for ${f.model}: add it under prices in the AI config file`;
+      line.append(note);
+    }
+    if (f.failures) line.append(el("span", "ap-ai-failures", f.failures));
+    if (f.busy) line.append(el("span", "ap-ai-busy muted", "asking the model…"));
+    if (f.next) line.append(el("span", "ap-ai-next muted", f.next));
+    const out = [line];
+    if (f.fallback) out.push(el("div", "ap-ai-fallback small", f.fallback));
     return out;
   }
 
@@ -304,7 +417,7 @@ export class AutopilotPanel {
       const sent = this.sent.get(id);
       const busy = !!sent && !sent.error;
       const buttons = [
-        ["accept", "Accept", "btn tiny primary ap-accept", `send ${fmtAction(p.action)} now (source autopilot, reason: rule ${p.rule})`],
+        ["accept", "Accept", "btn tiny primary ap-accept", acceptTitle(p)],
         ["reject", "Reject", "btn tiny ap-reject", "drop this proposal"],
       ];
       for (const [decision, label, cls, title] of buttons) {
@@ -316,7 +429,9 @@ export class AutopilotPanel {
         li.append(b);
       }
       ul.append(li);
-      if (p.describe) ul.append(el("li", "ap-because muted small", p.describe));
+      const why = reasoningOf(p);
+      if (why) ul.append(el("li", "ap-because ap-reasoning muted small", why));
+      else if (p.describe) ul.append(el("li", "ap-because muted small", p.describe));
       if (sent?.error) ul.append(el("li", "ap-error small", `${id}: ${sent.error}`));
     }
     box.append(ul);
@@ -339,7 +454,7 @@ export class AutopilotPanel {
       head.append(
         el("span", "num-col", r.step == null ? "" : `step ${r.step}`),
         el("span", `dec ap-dec-${r.kind}${r.state ? ` ap-state-${r.state}` : ""}`, kindLabel(r.kind)),
-        el("span", "ap-rec-rule", r.rule ?? r.knob ?? ""),
+        el("span", "ap-rec-rule", recordWho(r)),
       );
       const line = recordLine(r);
       const ev = evidenceRows(r);
@@ -355,6 +470,8 @@ export class AutopilotPanel {
       } else {
         li.append(head, el("div", "ap-describe", line));
       }
+      const why = reasoningOf(r);
+      if (why) li.append(el("div", "ap-reasoning", why));
       list.append(li);
     }
     wrap.append(list);
@@ -370,6 +487,7 @@ export class AutopilotPanel {
       rules: Object.fromEntries((doc.rules || []).map((r) => [r.id, !!r.enabled])),
       pending: pendingProposals(doc).map((p) => String(p.id)),
       recent: recentRows(doc).map((r) => `${r.kind}:${r.rule ?? r.knob ?? ""}`),
+      ai: aiFacts(doc.ai),
       sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),
       switching: Object.fromEntries([...this.switching].map(([id, s]) => [id, { ...s }])),
     };
