@@ -273,6 +273,31 @@ def test_timeouts_and_rate_limits_back_off_then_the_rules_take_over(
     assert not by_source(lp.run_dir, "ai")
 
 
+def test_the_model_changes_one_knob_at_a_time_and_waits_after_an_undo(loop: Any) -> None:
+    """While the guard judges the model's last change, its next knob changes are refused (each
+    change is judged on its own, so a wild policy cannot stack changes the guard never sees);
+    after the guard undid one, the model waits twice the settle time."""
+    lr0 = 1e-2
+    lp: Loop = loop(f=lambda lr, step: math.exp(-step / 100) * (1.0 if lr >= lr0 else 3.0))
+    with ScriptedChatServer([HALVE]) as srv:  # halve, every call
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv, settle_steps=30),
+                          key_metric="loss")  # fmt: skip
+        lp.run(200, pilot)
+    reasons = [r["reason"] for r in records(lp.run_dir, RECORDS, "action")
+               if r["state"] == "rejected"]  # fmt: skip
+    applied = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "applied"]
+    first = applied[0]["step"]
+    judging = f"the guard is still judging the change of step {first} (until step {first + 30}"
+    assert any(r.startswith(judging) for r in reasons), reasons
+    (guard, *_) = records(lp.run_dir, RECORDS, "guard")
+    assert guard["rule"] == "ai" and "undo_cmd_id" in guard  # halving tripled the loss
+    wait = (
+        f"the guard undid the model's last change; no knob changes until step {guard['step'] + 60}"
+    )
+    assert wait in reasons
+    assert applied[1]["step"] >= guard["step"] + 60
+
+
 def test_a_spent_budget_hands_over_to_the_rules(loop: Any) -> None:
     lp: Loop = loop()
     with ScriptedChatServer([NOTHING]) as srv:

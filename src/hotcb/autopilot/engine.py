@@ -334,7 +334,8 @@ class Autopilot:
         st = ai.status()
         budget = {k: st[k] for k in ("spent_usd", "budget_usd", "left_usd", "calls")}
         pending = [p for p in proposals(self.run_dir)
-                   if p["state"] == "pending" and p.get("rule") == "ai"]  # fmt: skip
+                   if p["state"] == "pending" and p.get("rule") == "ai"
+                   ] if self.mode == "ai_suggest" else []  # fmt: skip
         key = self._resolve("key")  # without one yet, the training loss (minimized)
         return build_context(
             key_metric=key or self._resolve("train") or self.key,
@@ -365,9 +366,9 @@ class Autopilot:
         reason = f"ai (call {outcome.call}): {reply.reasoning}"[:2000]
         for action in reply.actions:
             knob = action.knob
-            if knob is not None and self.holds.get(knob, -1) > self.step_now:
-                rejected.append({"asked": action.describe(), "reason":
-                                 f"a person changed {knob}; held until step {self.holds[knob]}"})  # fmt: skip
+            why_not = self._ai_blocked(knob) if knob is not None else None
+            if why_not is not None:
+                rejected.append({"asked": action.describe(), "reason": why_not})
                 continue
             params = {"name": action.name, "params": action.params}
             if self.mode == "ai_suggest":
@@ -401,6 +402,21 @@ class Autopilot:
                  applied=applied, proposed=proposed, rejected=rejected,
                  next_check=reply.next_check)  # fmt: skip
         return out
+
+    def _ai_blocked(self, knob: str) -> str | None:
+        """Why the model may not change ``knob`` now: a person holds it, the guard is still
+        judging an earlier automatic change (one change at a time, so each one is judged on
+        its own), or the guard undid the model's last change a short while ago."""
+        if self.holds.get(knob, -1) > self.step_now:
+            return f"a person changed {knob}; held until step {self.holds[knob]}"
+        if self.guard is not None and self.mode == "ai_auto":
+            return (f"the guard is still judging the change of step {self.guard['step']} "
+                    f"(until step {int(self.guard.get('from', self.guard['step']))} and "
+                    f"{self.ruleset.guard_window} more values of {self.key})")  # fmt: skip
+        until = self.fired.get("ai", -1)
+        if until > self.step_now:
+            return f"the guard undid the model's last change; no knob changes until step {until}"
+        return None
 
     def _ai_finish(self) -> None:
         """The run ended: the measured effect of its automatic changes, kept for the next
@@ -469,6 +485,8 @@ class Autopilot:
             rule = next((r for r in self.ruleset.rules if r.id == guard["rule"]), None)
             if rule is not None:  # and leave that rule alone for a while
                 self.fired[rule.id] = self.step_now + rule.cooldown_steps
+            elif guard["rule"] == "ai" and self.ai is not None:  # the model too
+                self.fired["ai"] = self.step_now + 2 * self.ai.config.settle_steps
         out.append(self._record(record))
 
     # ------------------------------------------------------------------ records, state

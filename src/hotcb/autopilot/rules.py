@@ -142,8 +142,10 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> Ruleset:
     for key in sorted(set(doc) - _TOP_KEYS):
         ck.add(str(key), f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}")
     guard = doc.get("guard") or {}
-    window = ck.number(guard, "window", "guard.window", integer=True, minimum=1) or 5
-    tolerance = ck.number(guard, "tolerance", "guard.tolerance", minimum=0) or 0.1
+    window = ck.number(guard, "window", "guard.window", integer=True, minimum=1)
+    tolerance = ck.number(guard, "tolerance", "guard.tolerance", minimum=0)
+    window = 5 if window is None else window
+    tolerance = 0.1 if tolerance is None else tolerance  # 0 is a choice: undo anything worse
     rules: list[Rule] = []
     raw = doc.get("rules")
     if not isinstance(raw, list) or not raw:
