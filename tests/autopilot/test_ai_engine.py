@@ -206,6 +206,23 @@ def test_a_malformed_reply_does_nothing_and_the_next_cadence_asks_again(loop: An
     assert pilot.ai is not None and pilot.ai.failures == 0  # a good reply resets the count
 
 
+def test_a_server_without_response_format_gets_plain_requests(loop: Any) -> None:
+    """llama.cpp-style servers refuse ``response_format``: the same call is sent again without
+    it, the reply is read by the tolerant parser, and later calls go plain from the start."""
+    lp: Loop = loop()
+    fenced = {"content": "Sure.\n```json\n" + json.dumps(HALVE["json"]) + "\n```"}
+    with ScriptedChatServer([{"reject_response_format": True}, fenced, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(40, pilot)
+    first, again, later = (r["body"] for r in srv.requests[:3])
+    assert "response_format" in first and "response_format" not in again
+    assert "response_format" not in later
+    (entry,) = by_source(lp.run_dir, "ai")
+    assert entry["decision"] == "applied" and HALVE_WHY in entry["reason"]
+    assert records(lp.run_dir, AI_LOG, "structured_off")
+    assert json.loads((Path(lp.run_dir) / AI_STATE).read_text())["structured"] is False
+
+
 def test_an_out_of_bounds_action_is_rejected_with_its_reason(loop: Any) -> None:
     lp: Loop = loop()
     too_big = {"action": "lr_mult", "params": {"factor": 5}}
