@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run-dir", default="runs/ddp")
+    ap.add_argument(
+        "--run-dir",
+        default=os.environ.get("HOTCB_RUN_DIR", "runs/ddp"),
+        help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/ddp)",
+    )
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--batch", type=int, default=32, help="per rank")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from ..errors import HotcbError
 
-_GROUPS = ("_core", "_cb", "_recipe", "_tune", "_autopilot", "_serve", "_demo")
+_GROUPS = ("_core", "_cb", "_recipe", "_tune", "_autopilot", "_serve", "_demo", "_launch")
 
 
 class CliError(HotcbError):

@@ -1,0 +1,883 @@
+"""Start a training command with hotcb around it: ``hotcb launch`` and :func:`launch`.
+
+    hotcb launch --serve -- python train.py --epochs 10
+    hotcb launch --serve --autopilot suggest -- torchrun --nproc-per-node 2 train.py
+
+    run = hotcb.launch("train.py", epochs=10)        # a script: kwargs become --flags
+    run = hotcb.launch("my_pkg.train:main", lr=1e-3)  # an importable function: its kwargs
+    run.set(lr=3e-4); run.metrics(); run.stop(); run.wait()
+
+The training runs as a child process in its own process group (torchrun's workers go with it)
+with ``HOTCB_RUN_DIR`` set to the run directory, so ``HotKernel()`` without arguments finds it.
+The dashboard (``hotcb serve``) and the autopilot (``hotcb autopilot``) run as child processes
+beside it, clients of the run directory like any other. SIGINT and SIGTERM sent to the launcher
+go to the training's process group (a third Ctrl-C kills it); when the training ends, the
+dashboard and the autopilot are stopped and waited for, so nothing is left running.
+See docs/launch.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import jsonl
+from .client import HotClient
+from .errors import HotcbError
+from .kernel import RUN_DIR_ENV
+from .ledger import iter_entries
+from .runfiles import RunPaths
+
+__all__ = [
+    "RESUME_ENV",
+    "Launch",
+    "LaunchError",
+    "LaunchOptions",
+    "check_program",
+    "launch",
+    "new_run_dir",
+    "training_argv",
+]
+
+#: A checkpoint for the training to resume from (``--resume-from``): the launch only passes it.
+RESUME_ENV = "HOTCB_RESUME_FROM"
+#: Where a launch from Python writes the output of its children (in the run directory).
+LOG_NAME = "hotcb.launch.log"
+#: Seconds a helper (dashboard, autopilot) or leftover process gets after a signal, before
+#: SIGKILL.
+STOP_TIMEOUT = 10.0
+#: Seconds the dashboard gets to print its URL and answer (imports are slow on a busy machine).
+SERVE_TIMEOUT = 120.0
+
+_URL_LINE = re.compile(r"^hotcb dashboard for .*: (https?://\S+)\s*$")
+_FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+# The first program of every child: SIGINT back to its default (a shell's `cmd &` starts
+# programs with it ignored, and a Python trainer would then never see KeyboardInterrupt), a
+# SIGTERM when the launcher dies without cleaning up (Linux: PR_SET_PDEATHSIG), then exec the
+# real command in the same process. A separate program, not a preexec_fn: forking a process
+# with threads (a Jupyter kernel) must not run Python code between fork and exec.
+_EXEC = """import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+if sys.argv[1] != "0":
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except Exception:
+        pass
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(143)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+# A function target's child: import module:qualname, call it with the JSON arguments.
+_CALL = """import importlib, json, sys
+spec, args, kwargs, path = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+sys.path.extend(p for p in path if p not in sys.path)
+module, _, qualname = spec.partition(":")
+fn = importlib.import_module(module)
+for part in qualname.split("."):
+    fn = getattr(fn, part)
+sys.argv = [spec]
+fn(*args, **kwargs)
+"""
+
+
+class LaunchError(HotcbError, RuntimeError):
+    """The launch could not start what it was asked to (a missing script or command, a
+    function a child process cannot import, a dashboard that did not come up)."""
+
+
+# ------------------------------------------------------------------------------ the command
+def _flags(kwargs: Mapping[str, Any]) -> list[str]:
+    """``steps=100, step_delay=0.01, fast=True, tags=[a, b]`` as ``--steps 100 --step-delay
+    0.01 --fast --tags a b`` (``False`` and ``None`` leave the flag out)."""
+    out: list[str] = []
+    for key, value in kwargs.items():
+        if value is None or value is False:
+            continue
+        out.append("--" + key.replace("_", "-"))
+        if isinstance(value, (list, tuple)):
+            out += [str(v) for v in value]
+        elif value is not True:
+            out.append(str(value))
+    return out
+
+
+def _function_spec(fn: Callable[..., Any]) -> str:
+    """``module:qualname`` of a function a child process can import; LaunchError if none."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    how = (
+        "put it in a module (my_train.py beside the notebook) and pass my_train.main or "
+        "'my_train:main', or pass a script path"
+    )
+    if not module or not qualname or "<" in qualname:
+        raise LaunchError(
+            f"{fn!r} cannot be imported by the training process (a lambda or a function "
+            f"defined inside another); {how}"
+        )
+    if module == "__main__":
+        raise LaunchError(
+            f"{qualname} is defined in __main__ (a notebook or the script that calls launch), "
+            f"which the training process cannot import; {how}"
+        )
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        raise LaunchError(f"{module}:{qualname} does not name {fn!r}; {how}")
+    return f"{module}:{qualname}"
+
+
+def _json_args(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise LaunchError(
+            f"the {what} of a function target go to another process as JSON: {exc}; pass "
+            "plain values (numbers, strings, lists, dicts) and build the rest inside the function"
+        ) from None
+
+
+def training_argv(
+    target: str | os.PathLike[str] | Sequence[str] | Callable[..., Any],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The child's argv for a launch target.
+
+    - a script path (``"train.py"``): ``python train.py ARGS --key value …``, run by this
+      interpreter;
+    - ``"module:function"`` or an importable function: a Python child that imports it and calls
+      ``function(*args, **kwargs)`` (JSON values);
+    - a list (``["torchrun", "--nproc-per-node", "2", "train.py"]``): that command, then
+      ``ARGS --key value …``.
+    """
+    kwargs = dict(kwargs or {})
+    if callable(target):
+        spec = _function_spec(target)
+    elif isinstance(target, (str, os.PathLike)):
+        path = os.fspath(target)
+        if os.path.isfile(path):
+            return [sys.executable, path, *[str(a) for a in args], *_flags(kwargs)]
+        if not _FUNCTION_SPEC.match(path):
+            raise LaunchError(
+                f"no script at {os.path.abspath(path)}; a target is a script path, "
+                "'module:function', an importable function or a command list"
+            )
+        spec = path
+        module = spec.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise LaunchError(f"cannot import {module!r} (for {spec!r}) from here")
+    else:
+        argv = [str(a) for a in target]
+        if not argv:
+            raise LaunchError("the training command is empty")
+        return [*argv, *[str(a) for a in args], *_flags(kwargs)]
+    path_json = json.dumps([p for p in sys.path if p and os.path.isdir(p)])
+    return [
+        sys.executable,
+        "-c",
+        _CALL,
+        spec,
+        _json_args(list(args), "positional arguments"),
+        _json_args(kwargs, "keyword arguments"),
+        path_json,
+    ]
+
+
+def new_run_dir(root: str | os.PathLike[str] = "runs") -> str:
+    """A fresh ``root/<YYYYmmdd-HHMMSS>`` folder (``-2``, ``-3``… within the same second),
+    created; its absolute path."""
+    base = os.path.abspath(os.path.join(os.fspath(root), time.strftime("%Y%m%d-%H%M%S")))
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    path, n = base, 1
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
+
+def free_port(port: int | None, default: int = 8421) -> int:
+    """``port`` as given; for ``None``, ``default`` when it is free on 127.0.0.1, else 0 (the
+    server picks a free one and says which)."""
+    if port is not None:
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", default))
+        except OSError:
+            return 0
+    return default
+
+
+# ------------------------------------------------------------------------------ processes
+def _spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (its own process group: a signal to the group reaches
+    whatever it starts, and a terminal's Ctrl-C reaches only the launcher, which forwards it).
+    From the main thread, the child also gets SIGTERM when this process dies (a thread's
+    children get it when the thread ends, so only the main thread asks for it)."""
+    check_program(argv, env)
+    parent = os.getpid() if threading.current_thread() is threading.main_thread() else 0
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _EXEC, str(parent), *argv],
+        env=dict(env),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+
+
+def check_program(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """LaunchError unless ``argv[0]`` names a program that can be run."""
+    path = (env if env is not None else os.environ).get("PATH")
+    if not argv or shutil.which(argv[0], path=path) is None:
+        raise LaunchError(f"cannot start {argv[0] if argv else ''!r}: no such program")
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """``sig`` to the process group ``proc`` leads (nothing if it is gone)."""
+    if proc.poll() is not None and not _group_alive(proc.pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _end(proc: subprocess.Popen[bytes], sig: int, timeout: float = STOP_TIMEOUT) -> int:
+    """Stop ``proc`` and everything left in its process group: ``sig``, then SIGKILL after
+    ``timeout`` seconds; its exit code."""
+    if proc.poll() is None:
+        _signal_group(proc, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    _end_leftovers(proc.pid, timeout)
+    return int(proc.returncode)
+
+
+def _end_leftovers(pgid: int, timeout: float) -> None:
+    """Processes still in a finished child's group (a worker it started and did not wait
+    for): SIGTERM, then SIGKILL. A zombie nobody reaps stays until its parent does."""
+    if not _group_alive(pgid):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout / 2
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _open_log(path: str) -> IO[bytes]:
+    """A log readable by its owner only, appended to."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "ab", buffering=0)
+
+
+def _answers(url: str, timeout: float, alive: Callable[[], bool]) -> bool:
+    """``url`` answers 200 within ``timeout`` seconds (no proxy: it is a local server)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with opener.open(url, timeout=2.0) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def exit_status(returncode: int) -> int:
+    """A process's exit code as a shell reports it: ``128 + N`` when signal ``N`` ended it."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+@dataclass
+class LaunchOptions:
+    """What a launch starts besides the training. ``serve_dir``/``run_id``: the folder the
+    dashboard serves and the run's id in it (``"."`` when it serves the run itself).
+    ``log_path``: where the children's output goes (``None``: this process's stdout/stderr).
+    ``out``: where the launch's own notices go."""
+
+    serve: bool = False
+    serve_dir: str | None = None
+    run_id: str = "."
+    port: int = 0
+    host: str | None = None
+    autopilot: str = "off"
+    autopilot_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    resume_from: str | None = None
+    log_path: str | None = None
+    out: Callable[[str], None] = lambda line: None
+
+
+class _Children:
+    """The launch's three processes: training, dashboard, autopilot; how each starts and stops."""
+
+    def __init__(self, run_dir: str, opts: LaunchOptions) -> None:
+        self.run_dir = run_dir
+        self.opts = opts
+        self.trainer: subprocess.Popen[bytes] | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        self.pilot: subprocess.Popen[bytes] | None = None
+        self.url: str | None = None
+        self.finishing = False  # the training ended: the helpers' exits are expected
+        self._log: IO[bytes] | None = None
+        self._url_seen = threading.Event()
+
+    def open_log(self) -> None:
+        if self.opts.log_path and self._log is None:
+            self._log = _open_log(self.opts.log_path)
+
+    # -- starting --------------------------------------------------------------------------
+    def start_server(self) -> str:
+        """Start ``hotcb serve``, relay its URL line once it answers; the URL."""
+        opts = self.opts
+        argv = [sys.executable, "-m", "hotcb", "--dir", opts.serve_dir or self.run_dir, "serve"]
+        argv += ["--port", str(opts.port)]
+        if opts.host:
+            argv += ["--host", opts.host]
+        env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+        self.server = server = _spawn(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log
+        )
+        threading.Thread(target=self._read_server, daemon=True, name="hotcb-serve-out").start()
+        self._url_seen.wait(SERVE_TIMEOUT)
+        url = self.url
+        if url is None or not _answers(
+            urllib.parse.urljoin(url, "/api/health"), SERVE_TIMEOUT, lambda: server.poll() is None
+        ):
+            code = _end(server, signal.SIGINT)
+            where = f"; its output is in {opts.log_path}" if opts.log_path else ""
+            raise LaunchError(
+                f"the dashboard did not start (exit {code}){where}; is the dashboard extra "
+                'installed (pip install "hotcb[dashboard]")? is the port free?'
+            )
+        if opts.run_id != ".":
+            url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"run": opts.run_id})
+        self.url = url
+        return url
+
+    def _read_server(self) -> None:
+        """The server's stdout: its URL line (kept, never logged: it holds the token), the rest
+        relayed; then say so if it exits while the training runs."""
+        server = self.server
+        assert server is not None and server.stdout is not None
+        for raw in server.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            m = _URL_LINE.match(line)
+            if m and self.url is None:
+                self.url = m.group(1)
+                self._url_seen.set()
+            elif self._log is not None:
+                self._log.write(raw)
+            else:
+                self.opts.out(f"dashboard: {line}")
+        server.stdout.close()
+        self._url_seen.set()
+        code = server.wait()
+        if not self.finishing and self.url is not None:
+            self.opts.out(f"the dashboard exited ({code}); the training goes on")
+
+    def start_trainer(self, argv: Sequence[str]) -> None:
+        env = {**os.environ, **self.opts.env, RUN_DIR_ENV: self.run_dir}
+        if self.opts.resume_from:
+            env[RESUME_ENV] = os.path.abspath(self.opts.resume_from)
+        if self._log is not None:
+            env.setdefault("PYTHONUNBUFFERED", "1")  # the log shows the output as it comes
+        stdin = subprocess.DEVNULL if self._log is not None else None
+        self.trainer = _spawn(argv, env=env, stdin=stdin, stdout=self._log, stderr=self._log)
+
+    def start_pilot(self) -> None:
+        argv = [sys.executable, "-m", "hotcb", "--dir", self.run_dir, "autopilot"]
+        argv += ["--mode", self.opts.autopilot, *self.opts.autopilot_args]
+        env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+        self.pilot = pilot = _spawn(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        )
+
+        def watch() -> None:
+            code = pilot.wait()  # 0: it saw the run end (the training closed it) and left
+            if code != 0 and not self.finishing:
+                self.opts.out(f"the autopilot exited ({code}); the training goes on")
+
+        threading.Thread(target=watch, daemon=True, name="hotcb-autopilot-watch").start()
+
+    # -- stopping --------------------------------------------------------------------------
+    def end_helpers(self) -> None:
+        """Stop the autopilot and the dashboard (SIGINT: both shut down cleanly), then the
+        training's leftovers; close the log."""
+        self.finishing = True
+        for proc in (self.pilot, self.server):
+            if proc is not None:
+                _end(proc, signal.SIGINT)
+        if self.trainer is not None:
+            _end_leftovers(self.trainer.pid, STOP_TIMEOUT)
+        if self._log is not None:
+            self._log.close()
+
+
+# ------------------------------------------------------------------------------ the handle
+_LIVE: set[Launch] = set()
+_ATEXIT = threading.Lock()
+_atexit_registered = False
+
+
+def _stop_live_launches() -> None:
+    """At interpreter exit, a launch still running is interrupted (its training gets SIGINT,
+    then SIGKILL), so a script or notebook that ends leaves nothing running."""
+    for run in list(_LIVE):
+        run.kill(signal.SIGINT)
+
+
+class Launch:
+    """A launched training run: steer it, read it, wait for it.
+
+    Created by :func:`launch` (or ``hotcb launch``). Commands go through :class:`HotClient`
+    (``source: "launch"``), so they are validated and ledgered like any other.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], run_dir: str | os.PathLike[str], opts: LaunchOptions
+    ) -> None:
+        self.argv = list(argv)
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.opts = opts
+        self.client = HotClient(self.run_dir, source="launch")
+        self._children = _Children(self.run_dir, opts)
+        self._done = threading.Event()
+        self._exit_code: int | None = None
+        self._interrupts = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str | None:
+        """The dashboard's address, with its access token (``None`` without a dashboard)."""
+        return self._children.url
+
+    @property
+    def log_path(self) -> str | None:
+        """Where the children's output goes (``None``: the launcher's own terminal)."""
+        return self.opts.log_path
+
+    @property
+    def pid(self) -> int | None:
+        """The training process (with torchrun: the torchrun agent)."""
+        trainer = self._children.trainer
+        return trainer.pid if trainer is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The training's exit code once it ended (negative: the signal that ended it)."""
+        return self._exit_code
+
+    @property
+    def running(self) -> bool:
+        return self._children.trainer is not None and not self._done.is_set()
+
+    def start(self) -> Launch:
+        """Start the dashboard (first: a dashboard that cannot start fails the launch before
+        any training), the training, then the autopilot."""
+        global _atexit_registered
+        os.makedirs(self.run_dir, exist_ok=True)
+        self._record_start()
+        kids = self._children
+        kids.open_log()
+        try:
+            if self.opts.serve:
+                kids.start_server()
+            kids.start_trainer(self.argv)
+            if self.opts.autopilot != "off":
+                kids.start_pilot()
+        except BaseException:
+            kids.end_helpers()
+            if kids.trainer is not None:
+                _end(kids.trainer, signal.SIGINT)
+            raise
+        with _ATEXIT:
+            if not _atexit_registered:
+                import atexit
+
+                atexit.register(_stop_live_launches)
+                _atexit_registered = True
+            _LIVE.add(self)
+        threading.Thread(target=self._watch, daemon=True, name="hotcb-launch").start()
+        return self
+
+    def _watch(self) -> None:
+        trainer = self._children.trainer
+        assert trainer is not None
+        code = trainer.wait()
+        try:
+            self._children.end_helpers()
+            self._record_end(code)
+        finally:
+            self._exit_code = code
+            _LIVE.discard(self)
+            self._done.set()
+
+    def _meta(self) -> dict[str, Any]:
+        meta = jsonl.read_json(RunPaths(self.run_dir).run_meta, {}) or {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _record_start(self) -> None:
+        """``launch`` in ``hotcb.run.json``: the command, who launched it and what it started.
+        A previous run's end and process are cleared: a run starts (again) here, and a reader
+        (the autopilot, ``hotcb status``) must not take the old end for this run's."""
+        meta = self._meta()
+        meta.pop("ended", None)
+        meta.pop("pid", None)
+        meta["launch"] = {
+            "argv": self.argv,
+            "cwd": os.getcwd(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "serve": self.opts.serve,
+            "autopilot": self.opts.autopilot,
+        }
+        jsonl.write_json_atomic(RunPaths(self.run_dir).run_meta, meta)
+
+    def _record_end(self, code: int) -> None:
+        meta = self._meta()
+        before = meta.get("launch")
+        launch_meta: dict[str, Any] = before if isinstance(before, dict) else {}
+        meta["launch"] = {**launch_meta, "exit_code": code, "ended": time.time()}
+        try:
+            jsonl.write_json_atomic(RunPaths(self.run_dir).run_meta, meta)
+        except OSError as exc:
+            self.opts.out(
+                f"could not record the exit code in {RunPaths(self.run_dir).run_meta}: {exc}"
+            )
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the training to end (the dashboard and autopilot are then stopped); its
+        exit code (negative: the signal that ended it). ``TimeoutError`` after ``timeout``."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(
+                f"the training is still running after {timeout:g}s (run.stop() asks it to stop)"
+            )
+        assert self._exit_code is not None
+        return self._exit_code
+
+    def forward(self, sig: int) -> None:
+        """A signal the launcher got, for the training's process group. The third SIGINT (or
+        SIGTERM) in a row becomes SIGKILL."""
+        trainer = self._children.trainer
+        if trainer is None or self._done.is_set():
+            return
+        self._interrupts += 1
+        if self._interrupts >= 3:
+            sig = signal.SIGKILL
+        _signal_group(trainer, sig)
+
+    def kill(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """End the training now: ``sig`` to its process group, SIGKILL if it is still there
+        after ``timeout`` seconds; then the dashboard and the autopilot stop. Its exit code.
+        (:meth:`stop` asks it to stop at its next safe point instead.)"""
+        trainer = self._children.trainer
+        if trainer is not None and not self._done.is_set():
+            _signal_group(trainer, sig)
+            if not self._done.wait(timeout):
+                _signal_group(trainer, signal.SIGKILL)
+        return self.wait()
+
+    def __enter__(self) -> Launch:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """Leaving the block waits for the training to end; leaving it by an exception
+        (Ctrl-C included) interrupts the training first."""
+        if exc_type is not None:
+            self.kill(signal.SIGINT)
+        else:
+            self.wait()
+
+    # -- steering ----------------------------------------------------------------------------
+    def set(self, **params: Any) -> list[str]:
+        """Set values by name, routed to opt / loss / custom like ``hotcb set`` (by the run's
+        published actuators, then by name: ``lr`` → opt, ``*_weight`` → loss, else custom);
+        the ``cmd_id`` of each command (:meth:`applied` waits for its ledger entry)."""
+        return self.client.set(params)
+
+    def send(
+        self, command: str | Mapping[str, Any], op: str | None = None, /, **params: Any
+    ) -> str:
+        """One command: ``send("opt", "set_params", lr=1e-4)`` (keyword arguments are its
+        params) or ``send({"module": "cb", "op": "set_params", "id": "hb", "params": {…}})``
+        (a whole record, for fields such as ``id``, ``at_step``, ``transition``)."""
+        if isinstance(command, Mapping):
+            if op is not None or params:
+                raise TypeError("send(record) takes the record alone")
+            return self.client.send_record(command)
+        if op is None:
+            raise TypeError("send(module, op, **params) needs the op")
+        return self.client.send(command, op, params=params)
+
+    def pause(self) -> str:
+        return self.client.pause()
+
+    def resume(self) -> str:
+        return self.client.resume()
+
+    def stop(self) -> str:
+        """Ask the training to stop at its next safe point (:meth:`wait` then returns its exit
+        code); :meth:`kill` ends it at once."""
+        return self.client.stop()
+
+    def applied(self, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The ledger entry of ``cmd_id`` once the run handled it (``decision``, ``step``,
+        ``changes``); ``TimeoutError`` after ``timeout`` seconds."""
+        return self.client.wait(cmd_id, timeout=timeout)
+
+    # -- reading -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """``state`` (starting, running, paused, stopping, finished, stopped, crashed, killed),
+        ``detail`` (what ``hotcb status`` says), ``step``, ``metrics`` (the last values),
+        ``actuators`` (name → value), ``exit_code``, ``url``, ``run_dir``."""
+        from .cli._core import _status
+
+        st = _status(RunPaths(self.run_dir), 5)
+        last = st.get("last_metrics") or {}
+        ledger = st.get("ledger") or []
+        step = last.get("step") if last else (ledger[-1].get("step") if ledger else None)
+        return {
+            "state": self._state(str(st["state"])),
+            "detail": st["state"],
+            "step": step,
+            "metrics": dict(last.get("metrics") or {}),
+            "actuators": {a["param_key"]: a.get("current") for a in st["actuators"]},
+            "exit_code": self._exit_code,
+            "url": self.url,
+            "run_dir": self.run_dir,
+        }
+
+    def _state(self, detail: str) -> str:
+        code = self._exit_code
+        if code is not None:
+            if code != 0:
+                return "killed" if self._interrupts or code < 0 else "crashed"
+            return "stopped" if detail.startswith("stopped") else "finished"
+        if detail == "not started":
+            return "starting"
+        if detail in ("paused", "stopped"):
+            return "paused" if detail == "paused" else "stopping"
+        return "running"
+
+    def wait_step(self, step: int, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the run has recorded metrics at ``step`` or later; its last metrics
+        record. ``LaunchError`` when the training ends first, ``TimeoutError`` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        path = RunPaths(self.run_dir).metrics
+        while True:
+            last = jsonl.read_last(path, 1)
+            if last and isinstance(last[0].get("step"), int) and last[0]["step"] >= step:
+                return last[0]
+            if self._done.is_set():
+                raise LaunchError(
+                    f"the training ended (exit {self._exit_code}) before step {step}"
+                    + (f"; its output is in {self.log_path}" if self.log_path else "")
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the run has not reached step {step} after {timeout:g}s")
+            time.sleep(0.05)
+
+    def metrics(self, *, last: int | None = None, as_frame: bool | None = None) -> Any:
+        """The metrics so far (the last ``last`` records), one row per record: ``step``,
+        ``epoch``, ``wall_time`` and one column per metric. A pandas DataFrame when pandas is
+        installed (``as_frame=False``: a list of dicts either way)."""
+        path = RunPaths(self.run_dir).metrics
+        records = jsonl.read_last(path, last) if last else list(jsonl.iter_records(path))
+        rows = []
+        for r in records:
+            row: dict[str, Any] = {k: r[k] for k in ("step", "epoch", "wall_time") if k in r}
+            row.update(r.get("metrics") or {})
+            rows.append(row)
+        return _frame(rows, as_frame)
+
+    def ledger(self, *, as_frame: bool | None = None) -> Any:
+        """The ledger: what happened to each command (``seq``, ``step``, ``source``, ``module``,
+        ``op``, ``decision``, ``changes``, ``error``…). A DataFrame when pandas is installed
+        (``as_frame=False``: the entries as dicts)."""
+        return _frame(list(iter_entries(RunPaths(self.run_dir).ledger)), as_frame)
+
+    def output(self, lines: int = 40) -> str:
+        """The last ``lines`` lines the children wrote (a launch from Python logs them to
+        ``hotcb.launch.log`` in the run directory); empty when they write to a terminal."""
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.log_path) - 64 * 1024))
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __repr__(self) -> str:
+        st = self.status()
+        return (
+            f"<hotcb.Launch {st['state']} step={st['step']} run_dir={self.run_dir!r}"
+            f" url={'yes' if self.url else 'none'}>"
+        )
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the run's state, its last metrics and a link to the dashboard."""
+        st = self.status()
+        esc = html.escape
+        shown = ", ".join(
+            f"{esc(str(k))}={v:.4g}" if isinstance(v, float) else f"{esc(str(k))}={esc(str(v))}"
+            for k, v in list(st["metrics"].items())[:6]
+        )
+        parts = [
+            f"<b>hotcb run</b> <code>{esc(self.run_dir)}</code>: <b>{esc(st['state'])}</b>",
+            f" at step {esc(str(st['step']))}" if st["step"] is not None else "",
+            f" (exit {st['exit_code']})" if st["exit_code"] is not None else "",
+        ]
+        if shown:
+            parts.append(f"<br>{shown}")
+        if self.url and self.running:
+            parts.append(f'<br><a href="{esc(self.url)}" target="_blank">open the dashboard</a>')
+        if st["state"] in ("crashed", "killed") and self.output(15):
+            parts.append(f"<pre>{esc(self.output(15))}</pre>")
+        return '<div class="hotcb-launch">' + "".join(parts) + "</div>"
+
+
+def _frame(rows: list[dict[str, Any]], as_frame: bool | None) -> Any:
+    if as_frame is False:
+        return rows
+    try:
+        import pandas
+    except ImportError:
+        if as_frame:
+            raise ImportError("as_frame=True needs pandas: pip install pandas") from None
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def _run_dirs(run_dir: str | os.PathLike[str] | None) -> tuple[str, str, str]:
+    """``(run_dir, serve_dir, run_id)``: a given run directory is served alone; a new
+    ``./runs/<time>`` is served from ``./runs``, beside the earlier runs."""
+    if run_dir is not None:
+        path = os.path.abspath(os.fspath(run_dir))
+        return path, path, "."
+    path = new_run_dir("runs")
+    return path, os.path.dirname(path), os.path.basename(path)
+
+
+def launch(
+    target: str | os.PathLike[str] | Sequence[str] | Callable[..., Any],
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    serve: bool = True,
+    autopilot: str = "off",
+    block: bool = False,
+    port: int = 0,
+    host: str | None = None,
+    args: Sequence[Any] = (),
+    env: Mapping[str, str] | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    key_metric: str | None = None,
+    **kwargs: Any,
+) -> Launch:
+    """Train ``target`` in a child process, with the dashboard and the autopilot beside it.
+
+    Args:
+        target: a script path (``"train.py"``; ``args`` and ``kwargs`` become its command line:
+            ``steps=100`` → ``--steps 100``, ``True`` → a bare flag), a ``"module:function"``
+            string or an importable function (called with ``*args, **kwargs``, JSON values), or
+            a command list (``["torchrun", "--nproc-per-node", "2", "train.py"]``). A function
+            defined in a notebook cannot be imported by another process: put it in a module.
+        run_dir: the run directory (default: a new ``./runs/<time>``). The training finds it in
+            ``$HOTCB_RUN_DIR`` (``HotKernel()`` reads it).
+        serve: start the dashboard (``hotcb serve``) on ``host:port`` (port 0: any free one).
+        autopilot: ``off``, ``suggest``, ``auto``, ``ai_suggest`` or ``ai_auto`` (``hotcb
+            autopilot``, with ``key_metric`` when given).
+        block: wait for the training to end before returning (Ctrl-C interrupts it).
+        env: extra environment for the training.
+        resume_from: a checkpoint the training may resume from (``$HOTCB_RESUME_FROM``).
+
+    Returns the :class:`Launch` handle. The training's output goes to ``hotcb.launch.log`` in
+    the run directory (:meth:`Launch.output`). The dashboard and the autopilot stop when the
+    training ends; a training still running when this interpreter exits is interrupted.
+    """
+    if serve and importlib.util.find_spec("uvicorn") is None:
+        raise ImportError(
+            'the dashboard needs the dashboard extra: pip install "hotcb[dashboard]" '
+            "(or launch(..., serve=False))"
+        )
+    argv = training_argv(target, args, kwargs)
+    check_program(argv)
+    path, serve_dir, run_id = _run_dirs(run_dir)
+    pilot_args = ["--key-metric", key_metric] if key_metric else []
+    opts = LaunchOptions(
+        serve=serve,
+        serve_dir=serve_dir,
+        run_id=run_id,
+        port=port,
+        host=host,
+        autopilot=autopilot,
+        autopilot_args=pilot_args,
+        env=dict(env or {}),
+        resume_from=os.fspath(resume_from) if resume_from is not None else None,
+        log_path=os.path.join(path, LOG_NAME),
+    )
+    run = Launch(argv, path, opts).start()
+    if block:
+        if run.url:
+            print(f"hotcb: training in {run.run_dir}; dashboard: {run.url}", flush=True)
+        try:
+            run.wait()
+        except KeyboardInterrupt:
+            run.kill(signal.SIGINT)
+            raise
+    return run

@@ -1,0 +1,146 @@
+"""``hotcb launch -- COMMAND``: run a training command with the dashboard and the autopilot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+from ._common import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "launch",
+        help="run a training command (python train.py, torchrun …) with hotcb around it: "
+        "the dashboard, the autopilot, signals forwarded, its exit code",
+        description="Run COMMAND (everything after --) as the training, with HOTCB_RUN_DIR set "
+        "to the run directory (HotKernel() with no argument reads it): --dir, else $HOTCB_DIR, "
+        "else a new ./runs/<time>. --serve starts the dashboard and prints its URL; "
+        "--autopilot MODE starts the autopilot on the run. Ctrl-C and SIGTERM go to the "
+        "training's process group (a third Ctrl-C kills it). When the training ends, the "
+        "dashboard and the autopilot are stopped and hotcb launch exits with the training's "
+        "exit code (128+N when signal N ended it). See docs/launch.md.",
+        usage="hotcb launch [--dir RUN] [--serve] [--port P] [--host H] [--autopilot MODE] "
+        "-- COMMAND [ARGS ...]",
+    )
+    p.add_argument("--serve", action="store_true", help="start the dashboard (hotcb serve)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="dashboard port (default 8421 when free, else any free port; 0: any free port)",
+    )
+    p.add_argument("--host", default=None, help="dashboard bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--autopilot",
+        choices=("off", "suggest", "auto", "ai_suggest", "ai_auto"),
+        default="off",
+        metavar="MODE",
+        help="run hotcb autopilot on the run: off (default), suggest, auto, ai_suggest, ai_auto",
+    )
+    p.add_argument("--key-metric", default=None, help="the autopilot's metric (default val_loss)")
+    p.add_argument("--direction", choices=("minimize", "maximize"), default=None)
+    p.add_argument("--rules", default=None, metavar="FILE", help="the autopilot's rules file")
+    from ._autopilot import add_ai_flags
+
+    add_ai_flags(p)
+    p.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="CKPT",
+        help="a checkpoint for the training to resume from, passed as $HOTCB_RESUME_FROM",
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_launch)
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    argv = list(args.command)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("give the training command after --, e.g. hotcb launch -- python train.py")
+    return argv
+
+
+def _autopilot_args(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag, value in (("--key-metric", args.key_metric), ("--direction", args.direction),
+                        ("--rules", args.rules and os.path.abspath(args.rules)),
+                        ("--ai-config", args.ai_config and os.path.abspath(args.ai_config)),
+                        ("--ai-base-url", args.ai_base_url), ("--ai-model", args.ai_model),
+                        ("--ai-budget", args.ai_budget)):  # fmt: skip
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str]:
+    """``(run_dir, serve_dir, run_id)``. ``--dir`` (or ``$HOTCB_DIR``) is served alone; without
+    either (the CLI's default ``.`` is not taken as a run directory) a new ``./runs/<time>``
+    is served from ``./runs``, beside the earlier runs."""
+    from .._launch import new_run_dir
+
+    if args.dir == "." and not os.environ.get("HOTCB_DIR"):
+        path = new_run_dir("runs")
+        return path, os.path.dirname(path), os.path.basename(path)
+    path = os.path.abspath(args.dir)
+    return path, path, "."
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(RuntimeError):  # a signal handler printing while the main thread does
+        print(f"hotcb launch: {line}", file=sys.stderr, flush=True)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .._launch import Launch, LaunchOptions, check_program, exit_status, free_port
+
+    argv = _command(args)
+    check_program(argv)
+    if args.serve and args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
+    run_dir, serve_dir, run_id = _run_dirs(args)
+    opts = LaunchOptions(
+        serve=args.serve,
+        serve_dir=serve_dir,
+        run_id=run_id,
+        port=free_port(args.port) if args.serve else 0,
+        host=args.host,
+        autopilot=args.autopilot,
+        autopilot_args=_autopilot_args(args),
+        resume_from=args.resume_from,
+        out=_say,
+    )
+    run = Launch(argv, run_dir, opts)
+    got: dict[str, int] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        got["sig"] = signum
+        if run.pid is None:  # still starting: stop the start (it cleans up after itself)
+            raise KeyboardInterrupt
+        run.forward(signum)
+        _say(f"{signal.Signals(signum).name} forwarded to the training (pid {run.pid})")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            run.start()
+        except KeyboardInterrupt:
+            return 128 + got.get("sig", signal.SIGINT)
+        _say(f"run directory {run.run_dir}")
+        if run.url:
+            _say(f"dashboard: {run.url}")
+        if args.autopilot != "off":
+            _say(f"autopilot ({args.autopilot}) on the run")
+        _say(f"training (pid {run.pid}): {' '.join(argv)}")
+        code = run.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    _say(f"training exited with {exit_status(code)}; dashboard and autopilot stopped")
+    return exit_status(code)

@@ -1,0 +1,402 @@
+"""``hotcb launch`` and ``hotcb.launch()``: real training processes, a real dashboard, real
+signals. Every wait is on a condition (a file, a line, a process), with generous deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hotcb
+from conftest import SUBPROCESS_ENV, hotcb_cli
+from hotcb import LaunchError, jsonl
+from hotcb._launch import exit_status
+from hotcb.testing import read_ledger, wait_for
+
+psutil = pytest.importorskip("psutil")
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE_LOOP = os.fspath(ROOT / "examples" / "bare_loop.py")
+DDP_BARE = os.fspath(ROOT / "examples" / "ddp_bare.py")
+
+
+class LaunchProcess:
+    """``hotcb launch ...`` in a subprocess, its stdout and stderr read as they come."""
+
+    def __init__(self, args: list[str], cwd: str | None = None, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hotcb", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=env or SUBPROCESS_ENV,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def said(self, prefix: str) -> str | None:
+        """The first stderr line starting with ``hotcb launch: <prefix>``, minus that."""
+        head = f"hotcb launch: {prefix}"
+        return next((line[len(head) :] for line in list(self.err) if line.startswith(head)), None)
+
+    def wait_said(self, prefix: str, timeout: float = 120) -> str:
+        def seen() -> str | None:
+            if self.proc.poll() is not None and self.said(prefix) is None:
+                raise AssertionError(f"hotcb launch exited ({self.proc.returncode}):\n{self.log()}")
+            return self.said(prefix)
+
+        return str(wait_for(seen, timeout, what=f"'hotcb launch: {prefix}'"))
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout)
+        self._close(timeout)
+        return code
+
+    def _close(self, timeout: float) -> None:
+        for t in self._readers:
+            t.join(timeout)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def log(self) -> str:
+        return "\n".join([*self.out[-40:], "--- stderr ---", *self.err[-60:]])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close(30)
+
+
+@pytest.fixture
+def launched() -> Any:
+    started: list[LaunchProcess] = []
+
+    def start(*args: str, cwd: str | None = None, env: dict[str, str] | None = None) -> Any:
+        lp = LaunchProcess(list(args), cwd=cwd, env=env)
+        started.append(lp)
+        return lp
+
+    yield start
+    for lp in started:
+        for child in _descendants(lp.proc.pid):
+            child.kill()
+        lp.kill()
+
+
+def _descendants(pid: int) -> list[Any]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _last_step(run_dir: str | os.PathLike[str]) -> int:
+    last = jsonl.read_last(os.path.join(os.fspath(run_dir), "hotcb.metrics.jsonl"), 1)
+    return int(last[0]["step"]) if last else -1
+
+
+def _get(url: str) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=30) as resp:
+        return int(resp.status)
+
+
+def _port_closed(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    with socket.socket() as s:
+        try:
+            s.connect((parts.hostname, parts.port))
+        except ConnectionRefusedError:
+            return True
+    return False
+
+
+def test_cli_launch_steered_served_and_interrupted(tmp_path: Path, launched: Any) -> None:
+    """The training runs with HOTCB_RUN_DIR set, is steered from the CLI, the printed URL
+    answers; SIGINT to hotcb launch ends the training, the dashboard and the autopilot (no
+    process, no port left) and hotcb launch exits with the training's code (130)."""
+    run = tmp_path / "run"
+    lp = launched(
+        "--dir", os.fspath(run), "launch", "--serve", "--port", "0",
+        "--autopilot", "suggest", "--key-metric", "loss",
+        "--", sys.executable, BARE_LOOP, "--steps", "1000000", "--step-delay", "0.01",
+    )  # fmt: skip
+    url = lp.wait_said("dashboard: ")
+    assert "token=" in url and lp.said("run directory ") == os.fspath(run)
+    wait_for(lambda: _last_step(run) >= 3, 120, what="the launched training's first steps")
+
+    done = hotcb_cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
+    assert done.returncode == 0, done.stderr
+    (entry,) = [e for e in read_ledger(run) if e.get("module") == "opt"]
+    assert entry["decision"] == "applied" and entry["source"] == "cli"
+    assert entry["changes"]["lr"]["new"] == pytest.approx(3e-3)
+
+    assert _get(url) == 200
+    wait_for(lambda: (run / "hotcb.autopilot.state.json").exists(), 120, what="autopilot round")
+    trainer_pid = jsonl.read_json(run / "hotcb.run.json")["pid"]
+    children = _descendants(lp.proc.pid)
+    assert trainer_pid in {c.pid for c in children} and len(children) >= 3  # + serve, autopilot
+
+    lp.proc.send_signal(signal.SIGINT)
+    code = lp.finish()
+    assert lp.said("SIGINT forwarded to the training") is not None, lp.log()
+    # the training's own answer to SIGINT (KeyboardInterrupt: 130; a kernel that checkpoints
+    # and stops on signals: 0) is hotcb launch's exit code
+    meta = jsonl.read_json(run / "hotcb.run.json")
+    assert code == exit_status(meta["launch"]["exit_code"]) and code in (0, 130), lp.log()
+    assert lp.said(f"training exited with {code}") is not None
+    assert all(_gone(c.pid) for c in children), [c for c in children if not _gone(c.pid)]
+    assert _port_closed(url)
+    assert meta["launch"]["autopilot"] == "suggest"
+
+
+def test_cli_launch_default_run_dir_and_exit_code(tmp_path: Path, launched: Any) -> None:
+    """Without --dir (and $HOTCB_DIR) the run goes to a new ./runs/<time>; with $HOTCB_DIR
+    there. The child sees the absolute run directory; its exit code is hotcb launch's."""
+    child = "import os, sys; print('RUN=' + os.environ['HOTCB_RUN_DIR']); sys.exit(3)"
+    lp = launched("launch", "--", sys.executable, "-c", child, cwd=os.fspath(tmp_path))
+    assert lp.finish() == 3, lp.log()
+    (printed,) = [line[4:] for line in lp.out if line.startswith("RUN=")]
+    assert Path(printed).parent == tmp_path / "runs" and Path(printed).is_dir()
+    assert jsonl.read_json(Path(printed) / "hotcb.run.json")["launch"]["exit_code"] == 3
+
+    env = {**SUBPROCESS_ENV, "HOTCB_DIR": os.fspath(tmp_path / "from_env")}
+    lp = launched("launch", "--", sys.executable, "-c", child, cwd=os.fspath(tmp_path), env=env)
+    assert lp.finish() == 3, lp.log()
+    assert f"RUN={tmp_path / 'from_env'}" in lp.out
+
+
+def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
+    """SIGTERM reaches the training (its handler's exit code comes back); a training that
+    ignores Ctrl-C is killed by the third one (137)."""
+    on_term = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    lp = launched("--dir", os.fspath(tmp_path / "a"), "launch", "--", sys.executable, "-c", on_term)
+    wait_for(lambda: "ready" in lp.out or lp.proc.poll() is not None, 120, what="child ready")
+    lp.proc.send_signal(signal.SIGTERM)
+    assert lp.finish() == 7, lp.log()
+
+    deaf = on_term.replace("SIGTERM, lambda *a: sys.exit(7)", "SIGINT, signal.SIG_IGN")
+    lp = launched("--dir", os.fspath(tmp_path / "b"), "launch", "--", sys.executable, "-c", deaf)
+    wait_for(lambda: "ready" in lp.out or lp.proc.poll() is not None, 120, what="child ready")
+    for n in (1, 2, 3):
+        lp.proc.send_signal(signal.SIGINT)
+        wait_for(
+            lambda n=n: sum("SIGINT forwarded" in line for line in lp.err) >= n,
+            60,
+            what=f"SIGINT {n} forwarded",
+        )
+    assert lp.finish() == 128 + signal.SIGKILL, lp.log()
+
+
+def test_cli_launch_usage_errors(tmp_path: Path) -> None:
+    done = hotcb_cli(None, "launch", cwd=os.fspath(tmp_path))
+    assert done.returncode == 2 and "after --" in done.stderr
+    done = hotcb_cli(None, "launch", "--", "no-such-program-xyz", cwd=os.fspath(tmp_path))
+    assert done.returncode == 2 and "no-such-program-xyz" in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing created for a launch that cannot start
+    help_text = hotcb_cli(None, "--help").stdout
+    assert "launch" in help_text
+
+
+def _torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    return [os.fspath(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+@pytest.mark.slow
+def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any) -> None:
+    """torchrun with 2 CPU ranks (gloo) under hotcb launch: steered and stopped from the CLI;
+    hotcb launch exits 0 and every process it started (workers included) is gone."""
+    run = tmp_path / "run"
+    lp = launched(
+        "--dir", os.fspath(run), "launch", "--",
+        *_torchrun(), "--standalone", "--nproc-per-node", "2",
+        DDP_BARE, "--steps", "1000000", "--step-delay", "0.01",
+    )  # fmt: skip
+    wait_for(lambda: _last_step(run) >= 3, 240, what="the DDP ranks' first steps")
+    children = _descendants(lp.proc.pid)
+    assert len(children) >= 3  # torchrun and its two workers
+    done = hotcb_cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
+    assert done.returncode == 0 and "applied" in done.stdout, done.stderr
+    done = hotcb_cli(os.fspath(run), "stop", "--wait", timeout=120)
+    assert done.returncode == 0 and "applied" in done.stdout, done.stderr
+    assert lp.finish(240) == 0, lp.log()
+    assert all(_gone(c.pid) for c in children)
+    ledger = read_ledger(run)
+    assert {e["rank"] for e in ledger} == {0}
+    assert [e["decision"] for e in ledger if e.get("module") in ("opt", "control")] == [
+        "applied",
+        "applied",
+    ]
+
+
+def test_python_launch_script_steered_and_stopped(tmp_path: Path) -> None:
+    """hotcb.launch("examples/bare_loop.py", ...): kwargs become its flags; set lr, read the
+    metrics, stop it; wait() gives 0 and nothing is left running."""
+    run = hotcb.launch(
+        BARE_LOOP, run_dir=tmp_path / "run", steps=1_000_000, step_delay=0.01, seed=1
+    )
+    try:
+        assert run.url is not None and _get(run.url) == 200
+        assert "--step-delay" in run.argv and run.argv[0] == sys.executable
+        run.wait_step(3, timeout=120)
+        (cid,) = run.set(lr=3e-3)
+        entry = run.applied(cid, timeout=120)
+        assert entry["decision"] == "applied" and entry["source"] == "launch"
+        run.wait_step(entry["step"] + 2, timeout=120)
+        frame = run.metrics()
+        rows = frame.to_dict("records") if hasattr(frame, "to_dict") else frame
+        assert rows[-1]["lr"] == pytest.approx(3e-3, rel=1e-3) and "loss" in rows[-1]
+        assert run.status()["state"] == "running" and run.status()["actuators"]["lr"] == 3e-3
+        html = run._repr_html_()
+        assert "running" in html and "open the dashboard" in html
+        pids = [c.pid for c in _descendants(os.getpid())]
+        assert run.pid in pids and len(pids) >= 2  # the training and the dashboard
+        run.stop()
+        assert run.wait(120) == 0
+    finally:
+        if run.running:
+            run.kill(signal.SIGKILL)
+    st = run.status()
+    assert st["state"] == "stopped" and st["exit_code"] == 0
+    assert _port_closed(run.url)
+    assert all(_gone(p) for p in pids)
+    ledger = run.ledger(as_frame=False)
+    assert [(e["module"], e["decision"]) for e in ledger if e["module"] != "kernel"] == [
+        ("opt", "applied"),
+        ("control", "applied"),
+    ]
+    assert "stop requested" in run.output()
+
+
+TRAIN_MODULE = """
+import time
+
+from hotcb import HotKernel
+
+
+def train(steps, value=1.0, fail=False, forever=False):
+    kernel = HotKernel()  # the run directory comes from $HOTCB_RUN_DIR
+    step = 0
+    while forever or step < steps:
+        kernel.apply({"step": step, "metrics": {"x": value * step}})
+        if kernel.stop_requested:
+            break
+        if forever:
+            time.sleep(0.01)
+        step += 1
+    kernel.close()
+    if fail:
+        raise RuntimeError("the training failed on purpose")
+"""
+
+
+def test_python_launch_functions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An importable function (or 'module:function') runs in a child with its JSON kwargs;
+    a failure is a crash with its output kept; kill() and leaving a with-block by an
+    exception end the training; what a child cannot import is refused up front."""
+    (tmp_path / "launch_train_mod.py").write_text(textwrap.dedent(TRAIN_MODULE))
+    monkeypatch.syspath_prepend(os.fspath(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import launch_train_mod
+
+    run = hotcb.launch(
+        launch_train_mod.train, run_dir=tmp_path / "a", serve=False, steps=30, value=2.0
+    )
+    assert run.wait(120) == 0 and run.url is None
+    rows = run.metrics(as_frame=False)
+    assert [r["x"] for r in rows] == [2.0 * s for s in range(30)]
+    assert run.status()["state"] == "finished"
+
+    run = hotcb.launch(
+        "launch_train_mod:train", run_dir=tmp_path / "b", serve=False, steps=5, fail=True
+    )
+    assert run.wait(120) == 1
+    assert run.status()["state"] == "crashed" and "failed on purpose" in run.output()
+    assert "failed on purpose" in run._repr_html_()
+
+    run = hotcb.launch(
+        launch_train_mod.train, run_dir=tmp_path / "c", serve=False, steps=0, forever=True
+    )
+    run.wait_step(2, timeout=120)
+    assert run.kill(signal.SIGKILL) == -signal.SIGKILL and run.status()["state"] == "killed"
+
+    run = hotcb.launch(
+        launch_train_mod.train, run_dir=tmp_path / "d", serve=False, steps=0, forever=True
+    )
+
+    def leave_the_block_by_an_exception() -> None:
+        with run:
+            run.wait_step(2, timeout=120)
+            raise RuntimeError("leave the block")
+
+    with pytest.raises(RuntimeError, match="leave the block"):
+        leave_the_block_by_an_exception()
+    assert run.exit_code is not None and not run.running
+
+    def local_fn() -> None:
+        pass
+
+    with pytest.raises(LaunchError, match="cannot be imported"):
+        hotcb.launch(local_fn, serve=False)
+    with pytest.raises(LaunchError, match="JSON"):
+        hotcb.launch(launch_train_mod.train, serve=False, steps=object())
+    with pytest.raises(LaunchError, match="no script"):
+        hotcb.launch(tmp_path / "missing.py", serve=False)
+    with pytest.raises(LaunchError, match="cannot import"):
+        hotcb.launch("no_such_module_xyz:main", serve=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_import_hotcb_stays_light_and_launch_is_callable() -> None:
+    code = textwrap.dedent(
+        """
+        import sys, hotcb
+        assert "hotcb._launch" not in sys.modules, "hotcb._launch is imported eagerly"
+        assert "torch" not in sys.modules and "fastapi" not in sys.modules
+        from hotcb import launch, Launch, LaunchError
+        assert callable(hotcb.launch) and launch is hotcb.launch and Launch is hotcb.Launch
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=60
+    )
+    assert done.stdout.strip() == "ok", done.stderr
