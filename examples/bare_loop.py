@@ -9,12 +9,18 @@ In another terminal, while it trains:
     hotcb --dir runs/digits set aux_weight=0.0
     hotcb --dir runs/digits set lr=1e-4 --ramp 200
     hotcb --dir runs/digits pause      # ... then: hotcb --dir runs/digits resume
+    hotcb --dir runs/digits evaluate   # held-out loss at the next step (kernel.evaluate_requested)
+    hotcb --dir runs/digits extend --steps 1000   # train longer (kernel.max_steps)
     hotcb --dir runs/digits log -f
+
+Ctrl-C (or a SIGTERM from a scheduler) saves a checkpoint and stops at the next step; press
+Ctrl-C twice to stop at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -28,7 +34,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run-dir", default="runs/digits")
+    ap.add_argument(
+        "--run-dir",
+        default=os.environ.get("HOTCB_RUN_DIR", "runs/digits"),
+        help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/digits)",
+    )
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -47,10 +57,20 @@ def main() -> None:
     # Loss weights live in a dict the loss reads every step; hotcb mutates it in place.
     weights = {"ce_weight": 1.0, "aux_weight": 1e-4}
 
-    kernel = HotKernel(args.run_dir, mutable_state=mutable_state(loss_actuators(weights)))
+    kernel = HotKernel(
+        args.run_dir,
+        mutable_state=mutable_state(loss_actuators(weights)),
+        checkpoint_on_signal=True,  # Ctrl-C / SIGTERM: checkpoint at the next step, then stop
+    )
     gen = torch.Generator().manual_seed(args.seed)
+    x_val, y_val = x[1500:], y[1500:]  # held out: `hotcb evaluate` scores them
+    x, y = x[:1500], y[:1500]
     print(f"training; steer with: hotcb --dir {args.run_dir} set lr=3e-3", flush=True)
-    for step in range(args.steps):
+    # the cosine schedule keeps its horizon (--steps) when `hotcb extend` moves kernel.max_steps
+    kernel.max_steps = args.steps
+    step = -1
+    while step + 1 < kernel.max_steps:
+        step += 1
         idx = torch.randint(0, len(x), (64,), generator=gen)
         logits = model(x[idx])
         ce = nn.functional.cross_entropy(logits, y[idx])
@@ -65,6 +85,7 @@ def main() -> None:
             {
                 "framework": "torch",
                 "step": step,
+                "max_steps": args.steps,
                 "model": model,
                 "optimizer": optimizer,
                 "scheduler": scheduler,
@@ -76,15 +97,20 @@ def main() -> None:
                 },
             }
         )
-        if kernel.stop_requested:
-            print(f"stop requested at step {step}", flush=True)
-            break
-        if kernel.checkpoint_requested:
+        if kernel.evaluate_requested:
+            kernel.evaluate_requested = False
+            with torch.no_grad():
+                val_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
+            kernel.apply({"step": step, "metrics": {"val_loss": val_loss}}, ("val_epoch_end",))
+        if kernel.checkpoint_requested:  # before acting on a stop: a signal asks for both
             torch.save(
                 {"model": model.state_dict(), "hotcb": kernel.state_dict()},
                 f"{args.run_dir}/checkpoint_{step}.pt",
             )
             kernel.checkpoint_requested = False
+        if kernel.stop_requested:
+            print(f"stop requested at step {step}", flush=True)
+            break
         if args.step_delay:
             time.sleep(args.step_delay)
     kernel.close()

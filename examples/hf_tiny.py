@@ -9,8 +9,13 @@ In another terminal, while it trains:
     hotcb --dir runs/hf set lr=1e-3 --wait         # survives the Trainer's linear schedule
     hotcb --dir runs/hf set max_grad_norm=0.5      # a custom knob: TrainingArguments.max_grad_norm
     hotcb --dir runs/hf checkpoint                 # the Trainer saves output/checkpoint-<step>
+    hotcb --dir runs/hf evaluate                   # control.should_evaluate: eval right after
+    hotcb --dir runs/hf extend --steps 500         # state.max_steps += 500 (up to the last epoch)
     hotcb --dir runs/hf pause                      # ... then: hotcb --dir runs/hf resume
     hotcb --dir runs/hf stop                       # control.should_training_stop
+
+Ctrl-C or SIGTERM: the Trainer saves output/checkpoint-<step> at the next step and train()
+returns (Ctrl-C twice stops at once).
 
 Resume (hotcb's state is in each checkpoint folder as hotcb_state.json):
 
@@ -148,7 +153,12 @@ def build(
         args=args,
         train_dataset=SyntheticTokens(512),
         eval_dataset=SyntheticTokens(128, seed=1),
-        callbacks=[HotCBHFCallback(kernel), StepDelay(step_delay), *(extra_callbacks or [])],
+        # the Trainer has an eval dataset even when eval_steps=0: `hotcb evaluate` may use it
+        callbacks=[
+            HotCBHFCallback(kernel, can_evaluate=True),
+            StepDelay(step_delay),
+            *(extra_callbacks or []),
+        ],
     )
     return trainer, kernel
 

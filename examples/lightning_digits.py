@@ -9,7 +9,11 @@ In another terminal, while it trains:
     hotcb --dir runs/lightning set l2=1e-4           # a loss weight in the LightningModule
     hotcb --dir runs/lightning checkpoint            # trainer.save_checkpoint(...)
     hotcb --dir runs/lightning pause                 # ... then: hotcb --dir runs/lightning resume
+    hotcb --dir runs/lightning extend --steps 1000   # trainer.fit_loop.epoch_loop.max_steps
     hotcb --dir runs/lightning stop                  # trainer.should_stop = True
+
+Ctrl-C or SIGTERM saves a checkpoint (checkpoints/hotcb-step<N>.ckpt) at the next step and
+stops; Lightning answers SIGTERM by raising SIGTERMException out of fit(), caught below.
 
 Resume from a checkpoint (hotcb's state comes back with it):
 
@@ -30,6 +34,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -140,7 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         default_root_dir=args.run_dir,
     )
     train, val = loaders()
-    trainer.fit(DigitsModule(step_delay=args.step_delay), train, val, ckpt_path=args.resume)
+    try:
+        trainer.fit(DigitsModule(step_delay=args.step_delay), train, val, ckpt_path=args.resume)
+    except SIGTERMException:  # hotcb saved a checkpoint at the step the signal came in
+        print(f"SIGTERM: stopped at step {trainer.global_step}", flush=True)
     kernel.close()
     if trainer.is_global_zero:
         print(f"done at step {trainer.global_step}", flush=True)

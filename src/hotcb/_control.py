@@ -1,15 +1,32 @@
-"""Run control: ``pause``, ``resume``, ``stop``, ``checkpoint``, ``undo`` and ``cancel``.
+"""Run control: ``pause``, ``resume``, ``stop``, ``checkpoint``, ``evaluate``, ``extend``,
+``undo`` and ``cancel``.
 
-The training loop reads the flags (``paused``, ``stop_requested``, ``checkpoint_requested``) or
-hands the kernel ``request_stop`` / ``save_checkpoint`` callables in ``env``. A checkpoint is
-saved at the end of the safe point, once every change of that step is applied, so the
-checkpoint holds them and a resume does not re-apply them a step late.
+The training loop reads the flags (``paused``, ``stop_requested``, ``checkpoint_requested``,
+``evaluate_requested``) and the horizon (``max_steps``, ``max_epochs``), or hands the kernel
+callables in ``env`` that act on the framework: ``request_stop``, ``save_checkpoint``,
+``request_evaluate``, ``set_max_steps``, ``set_max_epochs``. A checkpoint is saved at the end of
+the safe point, once every change of that step is applied, so the checkpoint holds them and a
+resume does not re-apply them a step late.
+
+The horizon
+-----------
+``extend`` changes how long the run trains: ``{"steps": N}`` adds N optimizer steps (negative:
+fewer), ``{"epochs": N}`` adds epochs, ``{"to_step": S}`` sets ``max_steps`` to S. With a
+``set_max_steps`` / ``set_max_epochs`` callable in ``env`` (the adapters), the framework's own
+horizon changes and ``env["max_steps"]`` / ``env["max_epochs"]`` is the value before; without
+one (a bare loop), the kernel keeps the horizon (:attr:`RunControl.max_steps`, seeded from the
+first ``env["max_steps"]``) and the loop reads it. The ledger entry holds the old and the new
+horizon, so ``undo`` puts the old one back; a checkpoint holds the horizon an ``extend`` set, so
+a resumed run trains as long as the run it continues. LR schedules are left alone: a schedule
+built for the old horizon keeps it (a linear decay stays at its end value, a cosine restarts its
+cycle); ``OneCycleLR`` raises when stepped past its ``total_steps``, so an extension past it is
+refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._recorder import LedgerRecorder, SafePoint
 from ._schedule import NEVER, Schedule
@@ -48,7 +65,15 @@ class RunControl:
         self.paused = False
         self.stop_requested = False
         self.checkpoint_requested = False
+        self.evaluate_requested = False
         self.due: list[HotOp] = []  # checkpoint commands waiting for the end of the safe point
+        #: the run's horizon as the kernel knows it (a bare loop reads these)
+        self.max_steps: int | None = None
+        self.max_epochs: int | None = None
+        #: what ``extend`` (or a restored checkpoint) set: kept in the checkpoint
+        self.extended: dict[str, int] = {}
+        #: a signal that asked for checkpoint-and-stop, not handled yet (set by the handler)
+        self.signal: int | None = None
         self._ops: dict[str, Callable[[HotOp, Env], OpResult | None]] = {
             "pause": self._op_pause,
             "resume": self._op_resume,
@@ -56,6 +81,8 @@ class RunControl:
             "checkpoint": self._op_checkpoint,
             "cancel": self._op_cancel,
             "undo": self._op_undo,
+            "evaluate": self._op_evaluate,
+            "extend": self._op_extend,
         }
 
     # ------------------------------------------------------------------ the module protocol
@@ -64,6 +91,8 @@ class RunControl:
         return self._ops[op.op](op, env)  # command_to_hotop admits only these ops
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        if entry.get("op") == "extend":
+            return self._undo_extend(entry, env)
         return OpResult("rejected", error=f"control {entry.get('op')} cannot be undone")
 
     def on_start(self, env: Env) -> None:
@@ -73,13 +102,28 @@ class RunControl:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"paused": self.paused}
+        return {"paused": self.paused, "horizon": dict(self.extended)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.paused = bool(state.get("paused"))
+        self.restore_horizon(state.get("horizon") or {})
+
+    def restore_horizon(self, horizon: Mapping[str, Any]) -> None:
+        """The horizon an ``extend`` had set when the checkpoint was saved."""
+        self.extended = {k: int(v) for k, v in horizon.items() if k in _HORIZON_KEYS and _is_int(v)}
+        for key, value in self.extended.items():
+            setattr(self, key, value)
 
     def next_step(self, step: int) -> int:
-        return step if self.due else NEVER
+        return step if self.due or self.signal is not None else NEVER
+
+    def seed_horizon(self, env: Env) -> None:
+        """The horizon a loop passes (``env["max_steps"]``, ``env["max_epochs"]``), unless one is
+        known already (set by the loop, an ``extend`` or a checkpoint)."""
+        for key in _HORIZON_KEYS:
+            value = env.get(key)
+            if getattr(self, key) is None and _is_int(value):
+                setattr(self, key, value)
 
     # ------------------------------------------------------------------ ops
     def _op_pause(self, op: HotOp, env: Env) -> OpResult:
@@ -107,6 +151,74 @@ class RunControl:
             return None
         self.checkpoint_requested = True
         return OpResult("applied", extra={"checkpoint": "requested"})
+
+    def _op_evaluate(self, op: HotOp, env: Env) -> OpResult:
+        request = env.get("request_evaluate")
+        if not callable(request):
+            self.evaluate_requested = True  # the loop evaluates and sets it back to False
+            return OpResult("applied", extra={"evaluate": "requested"})
+        try:
+            how = request()
+        except HotcbError as exc:  # the framework cannot (the reason says why)
+            return OpResult("rejected", error=str(exc), extra={"evaluate": "unsupported"})
+        return OpResult("applied", extra={"evaluate": how})
+
+    def _op_extend(self, op: HotOp, env: Env) -> OpResult:
+        params = op.params
+        key = "max_epochs" if "epochs" in params else "max_steps"
+        old = self._horizon(key, env)
+        if "to_step" in params:
+            new = int(params["to_step"])
+        else:
+            delta = int(params["epochs" if key == "max_epochs" else "steps"])
+            if old is None or old < 0:
+                return OpResult("rejected", error=_no_horizon(key, old, delta))
+            new = old + delta
+            if new < 0:
+                return OpResult("rejected", error=f"{key} {old} {delta:+d} would be {new}, below 0")
+        if key == "max_steps":
+            refused = _schedule_refuses(env, new)
+            if refused is not None:
+                return OpResult("rejected", error=refused)
+        return self._set_horizon(key, old, new, env)
+
+    def _undo_extend(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        changes = entry.get("changes") or {}
+        for key in _HORIZON_KEYS:
+            change = changes.get(key)
+            if isinstance(change, Mapping) and _is_int(change.get("old")):
+                return self._set_horizon(key, self._horizon(key, env), change["old"], env)
+        return OpResult("rejected", error="the horizon before this extend is not known")
+
+    def _horizon(self, key: str, env: Env) -> int | None:
+        """The horizon now: the framework's (``env[key]``) where it owns one, else the
+        kernel's."""
+        if callable(env.get("set_" + key)):
+            value = env.get(key)
+            return int(value) if _is_int(value) else None
+        value = getattr(self, key)
+        if value is None and _is_int(env.get(key)):
+            value = env.get(key)
+        return int(value) if value is not None else None
+
+    def _set_horizon(self, key: str, old: int | None, new: int, env: Env) -> OpResult:
+        setter = env.get("set_" + key)
+        extra: dict[str, Any] = {}
+        if callable(setter):
+            try:
+                facts = setter(new)
+            except HotcbError as exc:  # the framework cannot (the reason says why)
+                return OpResult("rejected", error=str(exc))
+            extra.update(facts or {})
+            if extra.get(key, new) != new:
+                extra["requested"] = new
+                new = int(extra[key])
+            extra.pop(key, None)
+        setattr(self, key, new)
+        self.extended[key] = new
+        if env.get("schedulers") or env.get("scheduler") is not None:
+            extra.setdefault("lr_schedule", "unchanged: it keeps the horizon it was built for")
+        return OpResult("applied", changes={key: {"old": old, "new": new}}, extra=extra)
 
     def _op_cancel(self, op: HotOp, env: Env) -> OpResult:
         target = op.params["cmd_id"]
@@ -175,3 +287,43 @@ class RunControl:
                 continue
             saved = checkpoint_field(result, self._run_dir) if result else None
             self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})
+
+
+_HORIZON_KEYS = ("max_steps", "max_epochs")
+
+
+def _no_horizon(key: str, old: int | None, delta: int) -> str:
+    """Why ``delta`` cannot be added to a horizon that is unknown (None) or off (-1)."""
+    unit = "epochs" if key == "max_epochs" else "steps"
+    if old is None:
+        return (
+            f"cannot add {delta} {unit}: the run's {key} is not known (a loop passes "
+            f"env[{key!r}] to apply(), or sets kernel.{key})"
+            + ("; or send to_step=S" if key == "max_steps" else "")
+        )
+    other = "send to_step=S or extend by epochs" if key == "max_steps" else "extend by steps"
+    return f"cannot add {delta} {unit}: the run has no {unit} limit ({key}={old}); {other}"
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _schedule_refuses(env: Env, max_steps: int) -> str | None:
+    """Why a horizon of ``max_steps`` would crash the run's LR schedule, or None.
+
+    ``torch.optim.lr_scheduler.OneCycleLR`` raises once stepped past its ``total_steps`` (a
+    step-wise schedule, stepped once per optimizer step)."""
+    found = list(env.get("schedulers") or ())
+    if env.get("scheduler") is not None:
+        found.append(env.get("scheduler"))
+    for sched in found:
+        inner = getattr(sched, "scheduler", sched)  # accelerate's AcceleratedScheduler
+        total = getattr(inner, "total_steps", None)
+        if type(inner).__name__ == "OneCycleLR" and _is_int(total) and max_steps > total:
+            return (
+                f"max_steps={max_steps} is past the OneCycleLR's total_steps={total}: it raises "
+                "when stepped further, which would end the run; extend to at most "
+                f"{total} steps, or build the schedule for the longer run"
+            )
+    return None

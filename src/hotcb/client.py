@@ -238,6 +238,28 @@ class HotClient:
     def checkpoint(self, path: str | None = None) -> str:
         return self.send("control", "checkpoint", params={"path": path} if path else {})
 
+    def evaluate(self) -> str:
+        """Ask the run to evaluate at its next safe point (the HF Trainer right after that
+        step; a bare loop sees ``kernel.evaluate_requested``; Lightning cannot, and the ledger
+        entry says why)."""
+        return self.send("control", "evaluate")
+
+    def extend(
+        self,
+        steps: int | None = None,
+        *,
+        epochs: int | None = None,
+        to_step: int | None = None,
+        at_step: int | None = None,
+    ) -> str:
+        """Change how long the run trains: add ``steps`` optimizer steps (negative: fewer),
+        add ``epochs``, or set the horizon ``to_step`` (``max_steps``); exactly one of them.
+        A horizon at or below the run's current step ends it there. The ledger entry holds
+        the old and the new horizon (``undo`` puts the old one back)."""
+        given = {"steps": steps, "epochs": epochs, "to_step": to_step}
+        params = {k: v for k, v in given.items() if v is not None}
+        return self.send("control", "extend", params=params, at_step=at_step)
+
     def undo(self, cmd_id: str | None = None) -> str:
         return self.send("control", "undo", params={"cmd_id": cmd_id} if cmd_id else {})
 

@@ -35,13 +35,14 @@ from ._intake import CommandIntake
 from ._recorder import LedgerRecorder, SafePoint
 from ._resume import refuse_lost_ledger, resume_plan, waiting_plan
 from ._schedule import NEVER, Schedule, StepSource
+from ._signals import DEFAULT_SIGNALS, SignalCatcher, signal_name
 from ._stream import ActuatorStream
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .freeze import FreezeState
 from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
 from .metrics import MetricsCollector
 from .modules import HotModule, OpResult, create_module, module_specs
-from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop
+from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop, new_cmd_id
 from .runfiles import FORMAT_VERSION, RunPaths, update_run_meta, write_run_meta
 
 __all__ = ["HotKernel"]
@@ -53,6 +54,9 @@ _TRAIN_STEP_END = ("train_step_end",)
 #: Ledger entries whose cmd_id a starting kernel remembers for de-duplication.
 _SEEN_AT_START = 2000
 
+
+#: ``_next_due`` once a signal asked for checkpoint-and-stop: every step is at or past it.
+_NOW = -1
 
 #: The run directory of ``HotKernel()`` without one (``hotcb launch`` sets it).
 RUN_DIR_ENV = "HOTCB_RUN_DIR"
@@ -99,6 +103,14 @@ class HotKernel:
         run_meta: extra fields for ``hotcb.run.json`` (config, seed, …).
         distributed: use torch.distributed when it is initialised (default) or not (False).
         freeze: start in this freeze state (default: the run directory's ``hotcb.freeze.json``).
+        checkpoint_on_signal: on SIGTERM or SIGINT (Ctrl-C), save a checkpoint at the next safe
+            point and stop (ledgered with ``source: "signal"``) instead of dying mid-step; a
+            second signal does what the first would have done without hotcb. Installed now, in
+            the main thread only, chained to any handler you installed; ``close()`` puts the
+            previous handlers back. The adapters turn it on for you (:meth:`catch_signals`).
+            The checkpoint goes through ``env["save_checkpoint"]``, else
+            ``checkpoint_requested`` is set for the loop (save before acting on
+            ``stop_requested``).
     """
 
     def __init__(
@@ -119,6 +131,7 @@ class HotKernel:
         run_meta: Mapping[str, Any] | None = None,
         distributed: bool | None = None,
         freeze: FreezeState | None = None,
+        checkpoint_on_signal: bool = False,
     ) -> None:
         self._gate = PollGate(debounce_steps, poll_interval_sec)
         self._warned: set[str] = set()  # kinds of warning already logged (once each)
@@ -197,6 +210,10 @@ class HotKernel:
         self._closed = False
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
         self._last_step: Any = None  # the step of the last apply()
+        self._signals = SignalCatcher(self._on_signal, lambda: not self._closed)
+        self._stopped_by: str | None = None  # the signal that stopped the run
+        if checkpoint_on_signal:
+            self.catch_signals()
 
     # ------------------------------------------------------------------ the safe point
     def apply(self, env: Env, events: Sequence[str] = _TRAIN_STEP_END) -> None:
@@ -277,6 +294,8 @@ class HotKernel:
                 self._route(op, env, point)
         if self._stream.ramps:
             self._stream.advance(env, point)
+        if self._control.signal is not None:
+            self._take_signal(env, point)
         if self._control.due:
             self._control.save_due(env, point)
         self._stream.write_if_changed(step)
@@ -391,6 +410,10 @@ class HotKernel:
             control.save_due(env, point)
         self.flush()
         while control.paused and not control.stop_requested and not self._closed:
+            if control.signal is not None:
+                if self._sync is None:
+                    break  # apply() goes on to the checkpoint and the stop
+                self._take_signal(env, point)  # under DDP: rank 0 sends them to every rank
             time.sleep(self.pause_poll_sec)
             lines = self._read()
             if self._sync is not None:
@@ -481,6 +504,8 @@ class HotKernel:
             self._stream.next_step(step),
             self._control.next_step(step),
         )
+        if self._control.signal is not None:  # a signal that came while this was computed
+            self._next_due = _NOW
 
     # ------------------------------------------------------------------ actuators
     def register_actuator(self, actuator: HotcbActuator, *, replace: bool = False) -> None:
@@ -521,6 +546,45 @@ class HotKernel:
         self._control.checkpoint_requested = value
 
     @property
+    def evaluate_requested(self) -> bool:
+        """An ``evaluate`` was applied and ``env`` had no ``request_evaluate``: run your
+        evaluation and set this back to False (``hotcb evaluate``, the dashboard's button)."""
+        return self._control.evaluate_requested
+
+    @evaluate_requested.setter
+    def evaluate_requested(self, value: bool) -> None:
+        self._control.evaluate_requested = value
+
+    @property
+    def max_steps(self) -> int | None:
+        """The run's horizon in optimizer steps: a bare loop trains while it has done fewer.
+
+        Seeded from the first ``env["max_steps"]`` (or set it yourself), moved by
+        ``hotcb extend`` and restored from a checkpoint; None when unknown. With an adapter the
+        framework's own horizon moves too (``trainer.fit_loop``, the HF ``state.max_steps``)."""
+        return self._control.max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int | None) -> None:
+        self._control.max_steps = value
+
+    @property
+    def max_epochs(self) -> int | None:
+        """The horizon in epochs, like :attr:`max_steps` (from ``env["max_epochs"]``)."""
+        return self._control.max_epochs
+
+    @max_epochs.setter
+    def max_epochs(self, value: int | None) -> None:
+        self._control.max_epochs = value
+
+    @property
+    def horizon(self) -> dict[str, int]:
+        """What ``extend`` set (or a checkpoint restored): ``{"max_steps": N}`` and/or
+        ``{"max_epochs": E}``; empty while the run keeps the horizon it started with. An
+        adapter applies it to the trainer after restoring a checkpoint."""
+        return dict(self._control.extended)
+
+    @property
     def freeze(self) -> FreezeState:
         return self._freeze.state
 
@@ -538,9 +602,62 @@ class HotKernel:
             for s, op in self._schedule.ops()
         ]  # fmt: skip
 
+    # ------------------------------------------------------------------ signals
+    def catch_signals(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> tuple[int, ...]:
+        """Checkpoint and stop at the next safe point on these signals (default SIGTERM and
+        SIGINT) instead of dying mid-step; see ``checkpoint_on_signal``. Returns the signals
+        caught (none outside the main thread; a signal set to ``SIG_IGN`` stays ignored).
+        Calling it again adds signals; :meth:`release_signals` or :meth:`close` undoes it."""
+        return self._signals.install(signals)
+
+    @property
+    def signals_caught(self) -> tuple[int, ...]:
+        """The signals :meth:`catch_signals` installed for (and not released yet)."""
+        return self._signals.installed
+
+    @property
+    def signal_pending(self) -> bool:
+        """A signal asked for checkpoint-and-stop and no safe point has handled it yet."""
+        return self._control.signal is not None
+
+    def release_signals(self) -> None:
+        """Put back the signal handlers :meth:`catch_signals` replaced."""
+        self._signals.restore()
+
+    def _on_signal(self, signum: int) -> None:
+        # inside the signal handler: two stores, no I/O; the next apply() does the work
+        self._control.signal = signum
+        self._next_due = _NOW
+
+    def _take_signal(self, env: Env, point: SafePoint) -> None:
+        """A checkpoint, then a stop, both ``source: "signal"``. Under torch.distributed rank 0
+        sends them as commands, so every rank saves and stops at the same step."""
+        signum, self._control.signal = self._control.signal, None
+        if signum is None:
+            return
+        name = signal_name(signum)
+        self._stopped_by = name
+        log.warning("hotcb: %s: saving a checkpoint and stopping at this safe point", name)
+        records: list[dict[str, Any]] = [
+            {"cmd_id": new_cmd_id(), "source": "signal", "module": "control", "op": op,
+             "params": {}, "reason": f"{name} received"}
+            for op in ("checkpoint", "stop")
+        ]  # fmt: skip
+        if self._sync is not None:
+            if self.is_leader:
+                for record in records:
+                    self.submit(record)
+            return
+        checkpoint, stop = (command_to_hotop(r) for r in records)
+        self._route(checkpoint, env, point)
+        if self._control.due:  # saved now, so the ledger reads: checkpoint, then stop
+            self._control.save_due(env, point)
+        self._route(stop, env, point)
+
     # ------------------------------------------------------------------ start, state, close
     def _start(self, env: Env) -> None:
         self._started = True
+        self._control.seed_horizon(env)
         self._ledger.point = SafePoint(int(env["step"]))
         if self._distributed_arg is None or self._distributed_arg:
             self._sync = _dist.detect()
@@ -585,6 +702,7 @@ class HotKernel:
                 for s, op in self._schedule.ops()
             ],
             "paused": self._control.paused,
+            "horizon": self.horizon,
             "ramps": stream["ramps"],
             "recipe": gate["recipe"],
         }
@@ -592,15 +710,17 @@ class HotKernel:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a checkpoint's kernel state.
 
-        Actuator values and loaded callbacks come back. Commands applied after the checkpoint's
-        step (they are in the ledger) are re-applied at their original steps, ledgered with
-        ``source: "resume"``, and live reading continues after the last ledgered command, so the
-        resumed run follows the same trajectory and nothing is applied twice.
+        Actuator values, loaded callbacks and a horizon set by ``extend`` (:attr:`horizon`)
+        come back. Commands applied after the checkpoint's step (they are in the ledger) are
+        re-applied at their original steps, ledgered with ``source: "resume"``, and live reading
+        continues after the last ledgered command, so the resumed run follows the same
+        trajectory and nothing is applied twice.
         """
         step, seq = int(state.get("step", 0)), int(state.get("seq") or 0)
         self._ledger.point = SafePoint(step)
         self._stream.load_state_dict(state)
         self._freeze.load_state_dict(state)
+        self._control.restore_horizon(state.get("horizon") or {})
         for name, mstate in (state.get("modules") or {}).items():
             try:
                 self.module(name).load_state_dict(mstate)
@@ -642,10 +762,12 @@ class HotKernel:
             self._warn("ledger_write", problem)
 
     def close(self) -> None:
-        """Flush the ledger, write the actuators file, close the metrics stream."""
+        """Flush the ledger, write the actuators file, close the metrics stream, put back the
+        signal handlers :meth:`catch_signals` replaced."""
         if self._closed:
             return
         self._closed = True
+        self._signals.restore()
         try:
             self.flush()
             if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
@@ -654,6 +776,8 @@ class HotKernel:
                     "wall_time": time.time(),
                     "stopped": self.stop_requested,
                 }
+                if self._stopped_by is not None:
+                    ended["signal"] = self._stopped_by
                 update_run_meta(self.paths, {"ended": ended}, self._warn)
             self._stream.write(self.step)
         finally:

@@ -368,8 +368,9 @@ _COMMAND_FIELDS = ("cmd_id", "module", "op", "params", "id", "target", "init", "
                    "transition", "mode", "recipe_path", "adjust_path", "step_offset",
                    "source_capture")  # fmt: skip
 #: Run control a resume does not re-apply: the resumed run was started on purpose, it is not
-#: paused, and its checkpoints were saved already.
-_NOT_RESUMED = frozenset({"pause", "resume", "checkpoint", "stop"})
+#: paused, its checkpoints were saved and its evaluations run already. (``extend`` is: the
+#: checkpoint holds the horizon of the extends before it, the ones after it land again.)
+_NOT_RESUMED = frozenset({"pause", "resume", "checkpoint", "stop", "evaluate"})
 
 
 @dataclass

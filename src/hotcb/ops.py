@@ -18,6 +18,7 @@ from .modules import module_ops
 from .runfiles import FORMAT_VERSION
 
 __all__ = [
+    "EXTEND_KEYS",
     "FREEZE_MODES",
     "MAX_COMMAND_BYTES",
     "MODULE_OPS",
@@ -37,7 +38,9 @@ MODULE_OPS: dict[str, frozenset[str]] = {
     "opt": frozenset({"set_params"}),
     "loss": frozenset({"set_params"}),
     "custom": frozenset({"set_params"}),
-    "control": frozenset({"pause", "resume", "stop", "checkpoint", "undo", "cancel"}),
+    "control": frozenset(
+        {"pause", "resume", "stop", "checkpoint", "undo", "cancel", "evaluate", "extend"}
+    ),
     "freeze": frozenset({"set"}),
 }
 
@@ -260,8 +263,34 @@ def _validate_semantics(op: HotOp) -> None:
             )
         if target is not None and not isinstance(target, str):
             raise CommandError(f"params.cmd_id must be a string, got {target!r}")
+    if m == "control" and o == "extend":
+        _check_extend(op.params)
     if op.transition is not None and m not in ACTUATOR_MODULES:
         raise CommandError(f"'transition' applies to opt/loss/custom set_params, not {m} {o}")
+
+
+#: ``control extend`` takes exactly one of these: add steps, add epochs, or set the last step.
+EXTEND_KEYS = ("steps", "epochs", "to_step")
+
+
+def _check_extend(params: dict[str, Any]) -> None:
+    """``control extend`` params: exactly one of ``steps`` / ``epochs`` (a non-zero integer,
+    negative shortens) or ``to_step`` (an integer >= 0: the new ``max_steps``)."""
+    given = [k for k in EXTEND_KEYS if k in params]
+    unknown = sorted(set(params) - set(EXTEND_KEYS))
+    if unknown or len(given) != 1:
+        raise CommandError(
+            "control extend needs exactly one of params.steps (add N steps), params.epochs "
+            f"(add N epochs) or params.to_step (the new max_steps), got {sorted(params)}"
+        )
+    key = given[0]
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(f"params.{key} must be an integer, got {value!r}")
+    if key == "to_step" and value < 0:
+        raise CommandError(f"params.to_step must be >= 0, got {value}")
+    if key != "to_step" and value == 0:
+        raise CommandError(f"params.{key} must not be 0 (negative shortens the run)")
 
 
 def _check_reason(reason: Any) -> None:

@@ -56,7 +56,8 @@ RECIPE_KIND = "hotcb.recipe"
 DEFAULT_EVENT = "train_step_end"
 
 #: Control ops that steer the process rather than the training trajectory: not replayed.
-_UNREPLAYABLE_CONTROL = frozenset({"pause", "resume", "stop", "checkpoint", "cancel"})
+#: (``extend`` is replayed: how long the run trains is part of its trajectory.)
+_UNREPLAYABLE_CONTROL = frozenset({"pause", "resume", "stop", "checkpoint", "cancel", "evaluate"})
 #: Modules never exported: a freeze change inside a replay would end it, and tune commands start
 #: a tuner (its mutations and roll-backs are exported as the set_params they made).
 _UNREPLAYABLE_MODULES = frozenset({"freeze", "kernel", "tune"})
@@ -69,7 +70,9 @@ def _replayable(module: Any, op: Any) -> str | None:
     if module in _UNREPLAYABLE_MODULES:
         return f"{module} {op} is not replayable (freeze, tune and kernel entries are not)"
     if module == "control" and op in _UNREPLAYABLE_CONTROL:
-        return f"control {op} is not replayable (pause/resume/stop/checkpoint/cancel are not)"
+        return (
+            f"control {op} is not replayable (pause/resume/stop/checkpoint/cancel/evaluate are not)"
+        )
     return None
 
 
@@ -219,7 +222,8 @@ def ledger_to_entries(
     """The ledger's applied changes as recipe entries, in ledger order.
 
     Skipped: ramp completions (the op that started the ramp replays it), pause/resume/stop/
-    checkpoint/cancel, freeze/tune/kernel entries, and the second entry of a ``cmd_id``.
+    checkpoint/cancel/evaluate, freeze/tune/kernel entries, and the second entry of a
+    ``cmd_id``.
     Entries that were themselves replayed (``source: "recipe"`` or ``"resume"``) are kept as
     plain entries. Captured callback sources are referenced relative to ``run_dir``. The result
     is sorted by step.

@@ -10,6 +10,18 @@
 - ``stop`` → ``control.should_training_stop``; ``checkpoint`` → ``control.should_save`` (the
   Trainer saves ``<output_dir>/checkpoint-<step>`` at that step; a ``path`` in the command is
   not supported by the Trainer and is ignored); ``pause`` blocks at the safe point.
+- ``evaluate`` → ``control.should_evaluate``: the Trainer evaluates right after this step (when
+  it has an eval dataset: ``eval_strategy`` other than ``"no"``, or ``can_evaluate=True``).
+- ``extend`` → ``state.max_steps``, the horizon the Trainer checks after every step
+  (``DefaultFlowCallback.on_step_end``: ``global_step >= state.max_steps`` ends training);
+  ``args.max_steps`` is read once, when ``train()`` starts, and is left alone. The loop over
+  epochs is fixed when ``train()`` starts too (``ceil(max_steps / steps per epoch)`` epochs), so a
+  sized dataset cannot run past the end of that last epoch: a longer horizon is cut there and
+  the ledger says so (``requested``, ``limit``). Epochs cannot be extended.
+- SIGTERM / Ctrl-C (``checkpoint_on_signal``, on by default): ``control.should_save`` and
+  ``control.should_training_stop`` at the next step end, so ``train()`` saves
+  ``checkpoint-<step>`` and returns normally. With ``enable_jit_checkpoint`` the Trainer's own
+  SIGTERM handling is left to it (Ctrl-C is still caught).
 - ``on_save`` writes the kernel's state to ``hotcb_state.json`` in the checkpoint folder; on
   ``trainer.train(resume_from_checkpoint=...)`` it is read back before the first step (from
   ``<output_dir>/checkpoint-<resumed step>``, or from ``resume_from`` when given).
@@ -23,9 +35,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 from typing import Any
 
 from .. import jsonl
+from .._signals import DEFAULT_SIGNALS
+from ..errors import HotcbError
 from ..kernel import HotKernel
 from . import LazyEnv
 
@@ -54,15 +69,25 @@ _KEYS = frozenset(
         "optimizer",
         "scheduler",
         "max_steps",
+        "max_epochs",
         "request_stop",
         "save_checkpoint",
+        "set_max_steps",
+        "set_max_epochs",
+        "request_evaluate",
     }
 )
 _KEYS_METRICS = _KEYS | {"metrics"}
 
 
 def _fill(
-    args: Any, state: Any, control: Any, kwargs: dict[str, Any], key: str, values: dict[str, Any]
+    hooks: HotCBHFCallback,
+    args: Any,
+    state: Any,
+    control: Any,
+    kwargs: dict[str, Any],
+    key: str,
+    values: dict[str, Any],
 ) -> None:
     """The rest of the env (all of it at once: it is cheap once anything is needed)."""
     optimizer = kwargs.get("optimizer")
@@ -91,8 +116,33 @@ def _fill(
     values["optimizer"] = optimizer
     values["scheduler"] = inner
     values["max_steps"] = state.max_steps
+    values["max_epochs"] = state.num_train_epochs
     values["request_stop"] = request_stop
     values["save_checkpoint"] = save_checkpoint
+    values["set_max_steps"] = functools.partial(hooks.set_max_steps, state, control)
+    values["set_max_epochs"] = _no_epochs
+    values["request_evaluate"] = functools.partial(hooks.request_evaluate, args, control)
+
+
+def _no_epochs(max_epochs: int) -> None:
+    raise HotcbError(
+        "the HF Trainer fixes its number of epochs when train() starts; extend by steps "
+        "(hotcb extend --steps N or --to-step S)"
+    )
+
+
+def _capacity(args: Any, state: Any, dataloader: Any) -> tuple[int, int] | None:
+    """``(epochs, steps per epoch)`` of the loop ``train()`` set up: the Trainer cannot step
+    past their product. None for a dataloader without a length (then it loops until
+    ``state.max_steps``)."""
+    try:
+        batches = len(dataloader)
+    except TypeError:
+        return None
+    accumulate = max(1, int(args.gradient_accumulation_steps))
+    per_epoch = max(batches // accumulate + int(batches % accumulate > 0), 1)
+    max_steps = int(state.max_steps)
+    return max_steps // per_epoch + int(max_steps % per_epoch > 0), per_epoch
 
 
 class HotCBHFCallback(TrainerCallback):
@@ -102,12 +152,30 @@ class HotCBHFCallback(TrainerCallback):
         kernel: the kernel of this run (under torchrun: one per rank, same run directory).
         resume_from: a checkpoint folder whose ``hotcb_state.json`` to restore; by default the
             one the Trainer resumes from (``<output_dir>/checkpoint-<global_step>``).
+        can_evaluate: whether ``evaluate`` may ask the Trainer to evaluate. Default: when
+            ``args.eval_strategy`` is not ``"no"`` (the Trainer then has an eval dataset; one
+            without would raise inside its loop). Pass True when you gave the Trainer an eval
+            dataset but no evaluation schedule.
+        checkpoint_on_signal: on SIGTERM / Ctrl-C, save a checkpoint at the next step end and
+            stop (see :meth:`hotcb.HotKernel.catch_signals`); installed when training begins and
+            released when it ends.
     """
 
-    def __init__(self, kernel: HotKernel, *, resume_from: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        kernel: HotKernel,
+        *,
+        resume_from: str | os.PathLike[str] | None = None,
+        can_evaluate: bool | None = None,
+        checkpoint_on_signal: bool = True,
+    ):
         self.kernel = kernel
         self.resume_from = os.fspath(resume_from) if resume_from is not None else None
+        self.can_evaluate = can_evaluate
+        self.checkpoint_on_signal = checkpoint_on_signal
         self._restored = False
+        self._caught = False  # this callback installed the signal handlers (and releases them)
+        self._capacity: tuple[int, int] | None = None
 
     # -- env --------------------------------------------------------------------------------
     def _env(
@@ -125,9 +193,53 @@ class HotCBHFCallback(TrainerCallback):
         if metrics:
             known["metrics"] = metrics
             keys = _KEYS_METRICS
-        return LazyEnv(known, keys, functools.partial(_fill, args, state, control, kwargs))
+        return LazyEnv(known, keys, functools.partial(_fill, self, args, state, control, kwargs))
+
+    # -- what the kernel's env calls ----------------------------------------------------------
+    def request_evaluate(self, args: Any, control: Any) -> str:
+        can = self.can_evaluate
+        if can is None:
+            strategy = getattr(args, "eval_strategy", "no")
+            can = getattr(strategy, "value", strategy) != "no"
+        if not can:
+            raise HotcbError(
+                "this Trainer has eval_strategy='no', so hotcb cannot tell whether it has an "
+                "eval dataset (evaluating without one raises inside the Trainer's loop); pass "
+                "HotCBHFCallback(kernel, can_evaluate=True) if it has one"
+            )
+        control.should_evaluate = True
+        return "at_step_end"
+
+    def set_max_steps(self, state: Any, control: Any, max_steps: int) -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        if self._capacity is not None and max_steps > self._capacity[0] * self._capacity[1]:
+            epochs, per_epoch = self._capacity
+            max_steps = epochs * per_epoch
+            facts = {
+                "max_steps": max_steps,
+                "limit": f"the Trainer's loop ends at step {max_steps}: train() fixed {epochs} "
+                f"epoch(s) of {per_epoch} steps when it started",
+            }
+        old, state.max_steps = state.max_steps, max_steps
+        if state.global_step >= max_steps:
+            control.should_training_stop = True
+        elif (
+            control.should_training_stop
+            and state.global_step >= old
+            and not self.kernel.stop_requested
+        ):
+            control.should_training_stop = False  # set at this step for the old horizon
+        return facts
 
     # -- hooks ------------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._capacity = _capacity(args, state, kwargs.get("train_dataloader"))
+        if self.checkpoint_on_signal and not self.kernel.signals_caught:
+            # with enable_jit_checkpoint the Trainer saves on SIGTERM itself
+            jit = getattr(args, "enable_jit_checkpoint", False)
+            signals = (signal.SIGINT,) if jit else DEFAULT_SIGNALS
+            self._caught = bool(self.kernel.catch_signals(signals))
+
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._restored:
             self._restored = True  # global_step is the resumed one only from here on
@@ -135,12 +247,15 @@ class HotCBHFCallback(TrainerCallback):
             if folder is None and state.global_step > 0:
                 folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if folder is not None:
-                self._restore(folder)
+                self._restore(folder, state, control)
 
-    def _restore(self, folder: str) -> None:
+    def _restore(self, folder: str, state: Any, control: Any) -> None:
         saved = jsonl.read_json(os.path.join(folder, STATE_FILE))
         if saved:
             self.kernel.load_state_dict(saved)
+            horizon = self.kernel.horizon.get("max_steps")
+            if horizon is not None:  # the run had been extended: go on to that horizon
+                self.set_max_steps(state, control, horizon)
         else:
             log.warning("hotcb: no %s in %s; hotcb's state starts fresh", STATE_FILE, folder)
 
@@ -184,3 +299,6 @@ class HotCBHFCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.kernel.flush()
+        if self._caught:
+            self._caught = False
+            self.kernel.release_signals()

@@ -13,6 +13,18 @@ step (``on_train_batch_end``) and after each validation run (``on_validation_end
 - ``trainer.callback_metrics`` (train and val) as ``metrics``;
 - ``stop`` → ``trainer.should_stop``; ``checkpoint`` → ``trainer.save_checkpoint(path)``
   (default ``<run dir>/checkpoints/hotcb-step<N>.ckpt``); ``pause`` blocks at the safe point.
+- ``extend`` → ``trainer.fit_loop.epoch_loop.max_steps`` / ``trainer.fit_loop.max_epochs``, the
+  attributes Lightning's own LR finder and ``StochasticWeightAveraging`` write during fit; the
+  fit loop reads them after every batch. A horizon at or below ``global_step`` ends fit after
+  this batch.
+- ``evaluate`` is refused with the reason: Lightning 2.x has no public way to start validation
+  inside ``fit()`` (``trainer.validate()`` there breaks the fit loop, and the loops that run it
+  are private classes); validation runs on the Trainer's schedule (``val_check_interval``,
+  ``check_val_every_n_epoch``).
+- SIGTERM / Ctrl-C (``checkpoint_on_signal``, on by default): a checkpoint at the next safe
+  point, then ``trainer.should_stop``. Lightning itself answers SIGTERM by raising
+  ``SIGTERMException`` out of ``fit()`` after that batch (the checkpoint is saved by then;
+  catch it if your script should exit 0); Ctrl-C ends ``fit()`` normally.
 
 The kernel's state goes into every Lightning checkpoint (``checkpoint["hotcb"]``) and comes back
 with ``trainer.fit(ckpt_path=...)``. Works with ``lightning`` and with ``pytorch_lightning``:
@@ -24,9 +36,11 @@ code that imports the old package while both are installed.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Any
 
+from ..errors import HotcbError
 from ..kernel import HotKernel
 from . import LazyEnv
 
@@ -41,6 +55,11 @@ except ImportError:  # pragma: no cover - depends on what is installed
         raise ImportError(_MISSING) from exc
 
 __all__ = ["HotCBLightning"]  # and HotCBPytorchLightning, built on first access
+
+#: What Lightning raises out of fit() after a SIGTERM (Lightning >= 2.1; None before).
+_SIGTERM_EXCEPTION: Any = getattr(
+    importlib.import_module(_pl.__name__ + ".utilities.exceptions"), "SIGTERMException", None
+)
 
 _TRAIN = ("train_step_end",)
 _MICRO = ("train_batch_end",)
@@ -60,8 +79,12 @@ _KEYS = frozenset(
         "optimizer",
         "schedulers",
         "max_steps",
+        "max_epochs",
         "request_stop",
         "save_checkpoint",
+        "set_max_steps",
+        "set_max_epochs",
+        "request_evaluate",
     }
 )
 _KEYS_METRICS = _KEYS | {"metrics"}
@@ -76,16 +99,25 @@ class _Hooks:
         *,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         metrics_every: int = 1,
+        checkpoint_on_signal: bool = True,
     ) -> None:
         super().__init__()
         self.kernel = kernel
         self.checkpoint_dir = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
         self.metrics_every = max(1, int(metrics_every))
+        self.checkpoint_on_signal = checkpoint_on_signal
         self._last_step: int | None = None
+        self._caught = False  # this callback installed the signal handlers (and releases them)
 
     # -- env --------------------------------------------------------------------------------
     def _env(
-        self, trainer: Any, pl_module: Any, step: int, phase: str, accumulating: bool
+        self,
+        trainer: Any,
+        pl_module: Any,
+        step: int,
+        phase: str,
+        accumulating: bool,
+        metrics: bool | None = None,
     ) -> LazyEnv:
         """The env of this safe point: what is at hand now, the rest when the kernel reads it.
         ``metrics`` is a key on the steps that record metrics (validation: always)."""
@@ -97,7 +129,8 @@ class _Hooks:
             "model": pl_module,
             "trainer": trainer,
         }
-        metrics = not accumulating and (phase == "val" or step % self.metrics_every == 0)
+        if metrics is None:
+            metrics = not accumulating and (phase == "val" or step % self.metrics_every == 0)
         return LazyEnv(known, _KEYS_METRICS if metrics else _KEYS, self._fill)
 
     def _fill(self, key: str, values: dict[str, Any]) -> None:
@@ -119,8 +152,12 @@ class _Hooks:
         values["optimizer"] = opts[0] if opts else None
         values["schedulers"] = [cfg.scheduler for cfg in trainer.lr_scheduler_configs]
         values["max_steps"] = trainer.max_steps
+        values["max_epochs"] = trainer.max_epochs
         values["request_stop"] = functools.partial(_request_stop, trainer)
         values["save_checkpoint"] = functools.partial(self._save_checkpoint, trainer)
+        values["set_max_steps"] = functools.partial(_set_max_steps, trainer)
+        values["set_max_epochs"] = functools.partial(_set_max_epochs, trainer)
+        values["request_evaluate"] = functools.partial(_no_evaluate, trainer)
 
     def _save_checkpoint(self, trainer: Any, path: str | None = None) -> str:
         if path is None:
@@ -131,6 +168,16 @@ class _Hooks:
         return path
 
     # -- hooks ------------------------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # before fit registers Lightning's own SIGTERM handler, which then chains this one
+        if stage == "fit" and self.checkpoint_on_signal and not self.kernel.signals_caught:
+            self._caught = bool(self.kernel.catch_signals())
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._caught:
+            self._caught = False
+            self.kernel.release_signals()
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_step = int(trainer.global_step)
 
@@ -162,7 +209,17 @@ class _Hooks:
         self.kernel.flush()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.kernel.flush()
+        kernel = self.kernel
+        if (
+            _SIGTERM_EXCEPTION is not None
+            and isinstance(exception, _SIGTERM_EXCEPTION)
+            and kernel.signal_pending
+        ):
+            # Lightning raised at a step boundary (during validation, or between micro-batches)
+            # before a safe point took the signal: save and stop here, like OnExceptionCheckpoint
+            env = self._env(trainer, pl_module, int(trainer.global_step), "train", False, False)
+            kernel.apply(env, _TRAIN)
+        kernel.flush()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         checkpoint["hotcb"] = self.kernel.state_dict()
@@ -171,6 +228,13 @@ class _Hooks:
         state = checkpoint.get("hotcb")
         if state:
             self.kernel.load_state_dict(state)
+            # before the fit loop looks at its limits: a run extended past the script's
+            # max_steps goes on to the horizon it had
+            horizon = self.kernel.horizon
+            if "max_steps" in horizon:
+                _set_max_steps(trainer, horizon["max_steps"])
+            if "max_epochs" in horizon:
+                _set_max_epochs(trainer, horizon["max_epochs"])
 
 
 class HotCBLightning(_Hooks, _pl.Callback):
@@ -185,11 +249,36 @@ class HotCBLightning(_Hooks, _pl.Callback):
             (validation metrics always). Reading them is most of what the callback costs at a
             step that records them; the other steps cost about as much as a bare
             ``kernel.apply`` (the env is built only when the kernel has work for it).
+        checkpoint_on_signal: on SIGTERM / Ctrl-C, save a checkpoint at the next safe point and
+            stop (see :meth:`hotcb.HotKernel.catch_signals`); installed for ``fit`` and released
+            when it ends.
     """
 
 
 def _request_stop(trainer: Any) -> None:
     trainer.should_stop = True
+
+
+def _set_max_steps(trainer: Any, max_steps: int) -> dict[str, Any]:
+    trainer.fit_loop.epoch_loop.max_steps = max_steps  # FitLoop.max_steps reads it
+    epochs = trainer.max_epochs
+    # both limits end fit: say so when the other one is set too
+    return {"other_limit": {"max_epochs": epochs}} if epochs not in (None, -1) else {}
+
+
+def _set_max_epochs(trainer: Any, max_epochs: int) -> dict[str, Any]:
+    trainer.fit_loop.max_epochs = max_epochs
+    steps = trainer.max_steps
+    return {"other_limit": {"max_steps": steps}} if steps not in (None, -1) else {}
+
+
+def _no_evaluate(trainer: Any) -> str:
+    raise HotcbError(
+        "Lightning 2.x has no public way to start validation inside fit() (trainer.validate() "
+        "there breaks the fit loop; the loops that run it are private); validation runs on the "
+        f"Trainer's schedule: val_check_interval={trainer.val_check_interval!r}, "
+        f"check_val_every_n_epoch={trainer.check_val_every_n_epoch!r}"
+    )
 
 
 def __getattr__(name: str) -> Any:

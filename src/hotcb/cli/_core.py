@@ -1,4 +1,5 @@
-"""Core commands: init, status, log, set, opt/loss/custom set_params, control."""
+"""Core commands: init, status, log, set, opt/loss/custom set_params, control (pause, resume,
+stop, checkpoint, evaluate, extend, undo, cancel)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_wait(p)
     p.set_defaults(func=cmd_checkpoint)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="ask the run to evaluate now (HF Trainer: right after the next step; a bare loop: "
+        "kernel.evaluate_requested; Lightning cannot, the ledger says why)",
+    )
+    add_wait(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "extend",
+        help="train longer or shorter: --steps N (add N, negative: fewer), --epochs N, or "
+        "--to-step S (max_steps=S); a horizon at or below the current step stops the run there",
+    )
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--steps", type=int, metavar="N", help="add N optimizer steps")
+    how.add_argument("--epochs", type=int, metavar="N", help="add N epochs (Lightning, bare loops)")
+    how.add_argument("--to-step", type=int, metavar="S", help="set the horizon: max_steps = S")
+    p.add_argument("--at-step", type=int, help="apply at the first safe point with step >= N")
+    add_wait(p)
+    p.set_defaults(func=cmd_extend)
+
     p = sub.add_parser("undo", help="revert the last applied change (or --cmd-id ID)")
     p.add_argument("--cmd-id", help="the command to revert")
     add_wait(p)
@@ -130,6 +152,17 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     return finish(args, [client(args).checkpoint(args.path)])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return finish(args, [client(args).evaluate()])
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    cid = client(args).extend(
+        args.steps, epochs=args.epochs, to_step=args.to_step, at_step=args.at_step
+    )
+    return finish(args, [cid])
 
 
 def cmd_undo(args: argparse.Namespace) -> int:

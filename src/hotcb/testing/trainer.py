@@ -7,6 +7,11 @@ Trains TinyMLP on digits with AdamW (or SGD), optional LR scheduler, loss weight
 optimizer step. Per-step values go to ``--trace`` (JSON lines: step, lr, weights, loss) so a
 test can check exactly when a change took effect. Checkpoints hold model, optimizer,
 scheduler, RNG and kernel state, so ``--resume`` continues bit for bit.
+
+It trains while fewer than ``kernel.max_steps`` steps are done (``--steps`` until a
+``hotcb extend`` moves it), evaluates on held-out digits when ``kernel.evaluate_requested``
+(``val_loss`` at that step, event ``val_epoch_end``), and with ``--checkpoint-on-signal`` saves
+a checkpoint and stops on SIGTERM / Ctrl-C.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: a tiny model gains nothing more)"
+    )
+    ap.add_argument(
+        "--checkpoint-on-signal",
+        action="store_true",
+        help="HotKernel(checkpoint_on_signal=True): save a checkpoint and stop on SIGTERM/SIGINT",
     )
     return ap
 
@@ -144,6 +154,20 @@ def _optimize(
     return loss, ce
 
 
+def _evaluate_if_asked(kernel: Any, step: int, model: Any, x: Any, y: Any) -> None:
+    """``hotcb evaluate``: cross-entropy on the held-out tail of the digits (the last 297) as
+    ``val_loss`` at this step, a safe point with event ``val_epoch_end``."""
+    if not kernel.evaluate_requested:
+        return
+    import torch
+    from torch import nn
+
+    kernel.evaluate_requested = False
+    with torch.no_grad():
+        val_loss = float(nn.functional.cross_entropy(model(x[1500:]), y[1500:]))
+    kernel.apply({"step": step, "metrics": {"val_loss": val_loss}}, ("val_epoch_end",))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         mutable_state=mutable_state(loss_actuators(weights)),
         allow_code_load=not args.no_code_load,
         replay_commands=args.replay_commands,
+        checkpoint_on_signal=args.checkpoint_on_signal,
     )
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
@@ -190,14 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         return path
 
     jump = _lr_jump(args.lr_jump)
+    kernel.max_steps = kernel.max_steps or args.steps  # a resumed run may have been extended
     step = start - 1
-    for step in range(start, args.steps):
+    while step + 1 < (kernel.max_steps or 0):  # moved by `hotcb extend`
+        step += 1
         _jump_lr(opt, step, jump)
         idx = torch.randint(0, len(x), (args.batch,), generator=gen)
         loss, ce = _optimize(model, opt, sched, weights, x[idx], y[idx])
         env = {
             "framework": "torch",
             "step": step,
+            "max_steps": args.steps,
             "model": model,
             "optimizer": opt,
             "scheduler": sched,
@@ -207,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.metrics_every == 0:
             env["metrics"] = {"loss": loss.item(), "ce": ce.item(), "lr": opt.param_groups[0]["lr"]}
         kernel.apply(env)
+        _evaluate_if_asked(kernel, step, model, x, y)
         if trace is not None:
             _trace(trace, step, opt.param_groups[0]["lr"], weights, loss.item())
         if step in args.checkpoint_at:

@@ -441,7 +441,7 @@ function renderFacts() {
   chip.title = noRun ? noRunsText() : state + freeze;
   chip.className = `chip ${cls}`;
   // nothing to steer: no run at all, or one that is over
-  for (const id of ["btn-pause", "btn-checkpoint", "btn-stop"]) $(id).disabled = noRun || over;
+  for (const id of ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop"]) $(id).disabled = noRun || over;
   for (const id of ["recipe-link", "freeze-select", "sched-submit"]) $(id).disabled = noRun;
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);
@@ -725,6 +725,7 @@ function wire() {
   });
   $("btn-pause").addEventListener("click", () => control(isPaused() ? "resume" : "pause"));
   $("btn-checkpoint").addEventListener("click", () => control("checkpoint"));
+  $("btn-evaluate").addEventListener("click", () => control("evaluate"));
   $("btn-stop").addEventListener("click", () => {
     if (window.confirm(`Stop ${runLabel(app.runId)} at its next safe point?`)) control("stop");
   });

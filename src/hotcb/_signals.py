@@ -1,0 +1,115 @@
+"""Checkpoint and stop on SIGTERM / SIGINT instead of dying mid-step.
+
+A preempted job gets SIGTERM and, usually, a grace period before SIGKILL; a person presses
+Ctrl-C. Either way the run should end with a checkpoint, not lose everything since the last one.
+:class:`SignalCatcher` installs a handler that does nothing but note the signal and tell the
+kernel (which then makes its next safe point due); the checkpoint and the stop happen there, at a
+step boundary, with their ledger entries (``source: "signal"``).
+
+The rules it keeps:
+
+- **Main thread only** (Python delivers signals there; ``signal.signal`` refuses other threads).
+- **A handler you installed is chained, never replaced**: on the first signal hotcb notes it and
+  then calls yours. A signal that is ignored (``SIG_IGN``: e.g. SIGINT of a background job) stays
+  ignored: hotcb does not install for it.
+- **A second signal does what the first would have done without hotcb**: Ctrl-C twice raises
+  ``KeyboardInterrupt`` at once; a second SIGTERM terminates the process (the previous handler,
+  or the default action). So does any signal once the kernel is closed.
+- **The previous handlers come back** on :meth:`restore` (``kernel.close()`` calls it), unless
+  someone replaced hotcb's handler meanwhile (then theirs is left alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+__all__ = ["DEFAULT_SIGNALS", "SignalCatcher", "signal_name"]
+
+log = logging.getLogger("hotcb")
+
+#: What ``checkpoint_on_signal`` catches: a scheduler's preemption and Ctrl-C.
+DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGTERM"`` for 15 (the number as text when the platform has no name for it)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+class SignalCatcher:
+    """Installs the handlers; ``notify(signum)`` runs inside the handler (keep it tiny: set a
+    flag, no I/O). ``live()`` says whether anyone will act on it (False once the kernel closed:
+    the signal then does what it did before hotcb)."""
+
+    def __init__(self, notify: Callable[[int], None], live: Callable[[], bool]) -> None:
+        self._notify = notify
+        self._live = live
+        self._previous: dict[int, Any] = {}  # signal -> the handler hotcb replaced
+        #: the signal that asked for checkpoint-and-stop (None: none yet)
+        self.received: int | None = None
+
+    @property
+    def installed(self) -> tuple[int, ...]:
+        return tuple(self._previous)
+
+    def install(self, signals: Iterable[int] = DEFAULT_SIGNALS) -> tuple[int, ...]:
+        """Install for each of ``signals`` that can be caught here; return those installed
+        (already installed ones count). Outside the main thread: none, and a log line."""
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "hotcb: checkpoint on signal needs the main thread (Python delivers signals "
+                "there); not installed"
+            )
+            return self.installed
+        for signum in signals:
+            if signum in self._previous:
+                continue
+            previous = signal.getsignal(signum)
+            if previous is signal.SIG_IGN or previous is None:
+                # ignored on purpose, or installed outside Python (cannot be chained or restored)
+                continue
+            signal.signal(signum, self._handle)
+            self._previous[signum] = previous
+        if self._previous:
+            self.received = None
+        return self.installed
+
+    def restore(self) -> None:
+        """Put the previous handlers back (where hotcb's is still the one installed)."""
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
+
+    # ------------------------------------------------------------------ in the handler
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if self.received is None and self._live():
+            self.received = signum
+            self._notify(signum)
+            if callable(previous) and previous is not signal.default_int_handler:
+                previous(signum, frame)  # a handler of the user's (or a framework's): chained
+            return
+        self._as_before(signum, frame, previous)
+
+    @staticmethod
+    def _as_before(signum: int, frame: FrameType | None, previous: Any) -> None:
+        """What the signal did before hotcb: the previous handler, or the default action."""
+        if callable(previous):
+            previous(signum, frame)  # Python's SIGINT handler raises KeyboardInterrupt
+            return
+        if previous is signal.SIG_IGN:
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
