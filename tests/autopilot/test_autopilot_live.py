@@ -102,3 +102,32 @@ def test_the_autopilot_stops_when_the_trainer_is_killed(
         pilot.kill()
     assert pilot.returncode == 0
     assert "is gone without closing the run (crashed or killed)" in out, out
+
+
+def test_a_second_autopilot_on_a_run_is_refused(
+    run_dir: str, tmp_path: Path, start_trainer: Any
+) -> None:
+    """Two ``hotcb autopilot`` on one run would both act on every detection: the second one
+    is refused with the first one's pid, and a stopped autopilot frees the run."""
+    import signal
+
+    trainer = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
+                            step_delay=0.01)  # fmt: skip
+    trainer.wait_step(5, 120)
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "suggest",
+            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)  # fmt: skip
+    try:
+        line = first.stdout.readline() if first.stdout else ""
+        assert "hotcb autopilot (suggest) on" in line, line
+        second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2
+        assert f"another autopilot (pid {first.pid}, mode suggest) drives" in second.stderr
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+        assert first.returncode == 0
+        assert not (Path(run_dir) / "hotcb.autopilot.owner.json").exists()
+    finally:
+        first.kill()

@@ -10,15 +10,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hotcb import HotClient, HotKernel
-from hotcb.autopilot.engine import RECORDS, Autopilot, decide, proposals
+from hotcb import HotClient, HotKernel, jsonl
+from hotcb.autopilot.engine import OWNER, RECORDS, Autopilot, AutopilotBusy, decide, proposals
 from hotcb.autopilot.rules import RulesError, load_rules
 from hotcb.testing import read_ledger
 
@@ -268,3 +272,24 @@ def jsonl_records(path: str) -> list[dict[str, Any]]:
     from hotcb import jsonl
 
     return list(jsonl.iter_records(path))
+
+
+def test_one_autopilot_per_run(loop: Any, tmp_path: Path) -> None:
+    """A run has one autopilot: a second live process is refused (both would act on every
+    detection); a dead owner's claim is taken over; this process may restart its own."""
+    lp: Loop = loop()
+    owner = tmp_path / "run" / OWNER
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        jsonl.write_json_atomic(owner, {"pid": other.pid, "host": socket.gethostname(),
+                                        "mode": "auto", "started": 0.0})  # fmt: skip
+        with pytest.raises(AutopilotBusy, match=f"another autopilot \\(pid {other.pid}, mode auto"):
+            Autopilot(lp.run_dir, mode="suggest")
+    finally:
+        other.kill()
+        other.wait()
+    pilot = Autopilot(lp.run_dir, mode="suggest")  # the owner is gone: taken over
+    assert json.loads(owner.read_text())["pid"] == os.getpid()
+    Autopilot(lp.run_dir, mode="suggest")  # a restart in this process
+    pilot.close()
+    assert not owner.exists()

@@ -11,18 +11,21 @@ it stopped and never fires again on data it has already seen.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
 import os
+import socket
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..client import HotClient
+from ..errors import HotcbError
 from ..runfiles import TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
@@ -31,7 +34,17 @@ from .rules import Action, Rule, Ruleset, load_rules
 if TYPE_CHECKING:
     from .ai import AIConfig, AIPolicy, Outcome
 
-__all__ = ["MODES", "RECORDS", "STATE", "Autopilot", "decide", "proposals"]
+__all__ = [
+    "MODES",
+    "OWNER",
+    "RECORDS",
+    "STATE",
+    "Autopilot",
+    "AutopilotBusy",
+    "decide",
+    "owner_elsewhere",
+    "proposals",
+]
 
 log = logging.getLogger("hotcb.autopilot")
 
@@ -43,10 +56,38 @@ _RULES_DO = {"off": "nothing", "suggest": "suggest", "auto": "auto", "ai_suggest
 RECORDS = "hotcb.autopilot.jsonl"
 STATE = "hotcb.autopilot.state.json"
 LOCK = "hotcb.autopilot.lock"
+#: Which process drives the run's autopilot (``pid``, ``host``, ``mode``, ``started``).
+OWNER = "hotcb.autopilot.owner.json"
 _WINDOW = 512  # points kept per metric
 _TRAIN_NAMES = ("loss", "train/loss", "train_loss")
 #: Ledger sources that are not a person: their changes do not hold a knob.
 _NOT_A_PERSON = frozenset({"autopilot", "tune", "ramp", "resume", "recipe", "kernel", "ai"})
+
+
+class AutopilotBusy(HotcbError, RuntimeError):
+    """Another live process already drives this run's autopilot."""
+
+
+def owner_elsewhere(run_dir: str) -> dict[str, Any] | None:
+    """The owner record of the run's autopilot when another live process on this host holds
+    it; None when nobody does, the owner is gone, or it is this process. (On another host
+    liveness cannot be told; callers look at how fresh the state file is.)"""
+    owner = jsonl.read_json(os.path.join(run_dir, OWNER), None)
+    if not isinstance(owner, dict) or owner.get("pid") == os.getpid():
+        return None
+    return owner if process_alive(owner) else None
+
+
+@contextlib.contextmanager
+def _locked(run_dir: str) -> Iterator[None]:
+    """Hold the run's autopilot lock file: one claim or one decision at a time, across
+    processes."""
+    fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _append(run_dir: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +120,7 @@ class Autopilot:
         self.mode, self.key, self.direction = mode, key_metric, direction
         self.person_hold_steps = person_hold_steps
         self.client = HotClient(self.run_dir, source="autopilot", create=False)
+        self._claim()
         self._state_path = os.path.join(self.run_dir, STATE)
         st = jsonl.read_json(self._state_path, {}) or {}
         cursors = st.get("cursors") or {}
@@ -106,6 +148,29 @@ class Autopilot:
             self.ai = AIPolicy(self.run_dir, ai or AIConfig(), key=ai_key)
             self.ai_client = HotClient(self.run_dir, source="ai", create=False)
             self._memory = project_memory(self.run_dir, self.ai.config.memory)
+
+    def _claim(self) -> None:
+        """Become the run's autopilot, or :class:`AutopilotBusy` when another live process
+        is (two autopilots on one run would both act on every detection)."""
+        with _locked(self.run_dir):
+            other = owner_elsewhere(self.run_dir)
+            if other is not None:
+                raise AutopilotBusy(
+                    f"another autopilot (pid {other.get('pid')}, mode {other.get('mode')}) "
+                    f"drives {self.run_dir}; stop it first"
+                )
+            jsonl.write_json_atomic(os.path.join(self.run_dir, OWNER), {
+                "pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
+                "started": time.time(),
+            })  # fmt: skip
+
+    def close(self) -> None:
+        """Stop being the run's autopilot (the next one needs not wait for this process)."""
+        with _locked(self.run_dir):
+            path = os.path.join(self.run_dir, OWNER)
+            owner = jsonl.read_json(path, None)
+            if isinstance(owner, dict) and owner.get("pid") == os.getpid():
+                os.unlink(path)
 
     # ------------------------------------------------------------------ one round
     def step(self) -> list[dict[str, Any]]:
@@ -631,12 +696,8 @@ def decide(
     accepting the same proposal at once send its action once, and the second is told it is no
     longer pending."""
     run_dir = os.path.abspath(os.fspath(run_dir))
-    fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _locked(run_dir):
         return _decide(run_dir, proposal_id, accept, by)
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, Any]:

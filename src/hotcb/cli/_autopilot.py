@@ -88,7 +88,7 @@ def _runs(root: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..autopilot.engine import Autopilot
+    from ..autopilot.engine import Autopilot, AutopilotBusy
 
     require_run_dir(args.dir)
     pilots: dict[str, Any] = {}
@@ -99,14 +99,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"hotcb autopilot: asking {ai.model} at {ai.base_url} (budget ${ai.budget_usd:g} "
               "per run)", flush=True)  # fmt: skip
 
+    busy: set[str] = set()  # runs another live autopilot drives
+
     def refresh() -> None:
         for run in _runs(args.dir):
-            if run not in pilots:
+            if run in pilots or run in busy:
+                continue
+            try:
                 pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
                                         key_metric=args.key_metric, direction=args.direction,
                                         ai=ai)  # fmt: skip
-                print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
+            except AutopilotBusy as exc:
+                if os.path.samefile(run, args.dir):  # the one run asked for
+                    raise UsageError(str(exc)) from None
+                busy.add(run)  # in a folder of runs: leave it to the other one
+                print(f"hotcb autopilot: {exc}; leaving it", flush=True)
+                continue
+            print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
 
+    try:
+        return _loop(args, pilots, refresh)
+    finally:
+        for pilot in pilots.values():
+            pilot.close()
+
+
+def _loop(args: argparse.Namespace, pilots: dict[str, Any], refresh: Any) -> int:
     refresh()
     if not pilots:
         print(f"hotcb autopilot: no run under {args.dir} yet; waiting for one", flush=True)

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from typing import Any
 
 from .. import jsonl
 from ..autopilot.ai._policy import AI_STATE
-from ..autopilot.engine import RECORDS, STATE, Autopilot, proposals
+from ..autopilot.engine import OWNER, RECORDS, STATE, Autopilot, owner_elsewhere, proposals
 from ..autopilot.rules import Ruleset, load_rules
 from ..runfiles import RunPaths
 from .config import AutopilotSettings
@@ -63,9 +64,9 @@ class AutopilotHost:
 
     ``find_runs()`` lists the run directories to watch (called once per round). A run is
     picked up once a kernel has started it (``hotcb.run.json``) and while it has not ended: a
-    finished run gets no state file and no late action on old data. A run whose autopilot state
-    file was written less than :attr:`busy_after` seconds ago by someone else (a headless
-    ``hotcb autopilot``) is left to it. Both are looked at again each round."""
+    finished run gets no state file and no late action on old data. A run whose autopilot
+    another live process drives (a headless ``hotcb autopilot``: ``hotcb.autopilot.owner.json``)
+    is left to it. Both are looked at again each round."""
 
     def __init__(self, settings: AutopilotSettings, find_runs: Callable[[], Iterable[str]]) -> None:
         if settings.mode == "off":
@@ -100,6 +101,11 @@ class AutopilotHost:
             return
         self._stop.set()
         await self._task
+        with self._lock:
+            hosted = list(self._hosted.values())
+        for h in hosted:  # the next autopilot on these runs needs not wait for this server
+            with h.lock:
+                h.pilot.close()
 
     async def _loop(self) -> None:
         assert self._stop is not None
@@ -160,16 +166,24 @@ class AutopilotHost:
             log.info("hotcb dashboard: autopilot (%s) on %s", s.mode, run_dir)
 
     def _driven_elsewhere(self, run_dir: str) -> bool:
-        state = jsonl.read_json(os.path.join(run_dir, STATE), {}) or {}
-        updated = state.get("updated") if isinstance(state, dict) else None
-        if not isinstance(updated, (int, float)) or time.time() - updated > self.busy_after:
+        """Another process drives this run's autopilot: its owner record names a live process
+        on this host, or (on another host, where liveness cannot be told) its state file was
+        written in the last :attr:`busy_after` seconds."""
+        owner = jsonl.read_json(os.path.join(run_dir, OWNER), None)
+        if owner_elsewhere(run_dir) is not None:
+            why = f"pid {owner.get('pid')} drives it" if isinstance(owner, dict) else "busy"
+        elif isinstance(owner, dict) and owner.get("host") != socket.gethostname():
+            state = jsonl.read_json(os.path.join(run_dir, STATE), {}) or {}
+            updated = state.get("updated") if isinstance(state, dict) else None
+            if not isinstance(updated, (int, float)) or time.time() - updated > self.busy_after:
+                return False
+            why = f"an autopilot on {owner.get('host')} wrote {STATE} {time.time() - updated:.1f} s ago"
+        else:
             return False
         if run_dir not in self._elsewhere:
             self._elsewhere.add(run_dir)
-            log.warning(
-                "hotcb dashboard: another autopilot wrote %s %.1f s ago; this server leaves "
-                "that run to it", STATE, time.time() - updated,
-            )  # fmt: skip
+            log.warning("hotcb dashboard: another autopilot (%s) runs on %s; this server leaves "
+                        "that run to it", why, run_dir)  # fmt: skip
         return True
 
     # -- what the routes ask ---------------------------------------------------------------
