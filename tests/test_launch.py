@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 
 import hotcb
-from conftest import SUBPROCESS_ENV, hotcb_cli
 from hotcb import LaunchError, jsonl
 from hotcb._launch import exit_status
 from hotcb.testing import read_ledger, wait_for
+
+#: This environment without HOTCB_DIR (a developer's shell may set it).
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("torch")
@@ -143,7 +145,7 @@ def _port_closed(url: str) -> bool:
     return False
 
 
-def test_cli_launch_steered_served_and_interrupted(tmp_path: Path, launched: Any) -> None:
+def test_cli_launch_steered_served_and_interrupted(tmp_path: Path, launched: Any, cli: Any) -> None:
     """The training runs with HOTCB_RUN_DIR set, is steered from the CLI, the printed URL
     answers; SIGINT to hotcb launch ends the training, the dashboard and the autopilot (no
     process, no port left) and hotcb launch exits with the training's code (130)."""
@@ -157,7 +159,7 @@ def test_cli_launch_steered_served_and_interrupted(tmp_path: Path, launched: Any
     assert "token=" in url and lp.said("run directory ") == os.fspath(run)
     wait_for(lambda: _last_step(run) >= 3, 120, what="the launched training's first steps")
 
-    done = hotcb_cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
+    done = cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
     assert done.returncode == 0, done.stderr
     (entry,) = [e for e in read_ledger(run) if e.get("module") == "opt"]
     assert entry["decision"] == "applied" and entry["source"] == "cli"
@@ -225,13 +227,13 @@ def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
     assert lp.finish() == 128 + signal.SIGKILL, lp.log()
 
 
-def test_cli_launch_usage_errors(tmp_path: Path) -> None:
-    done = hotcb_cli(None, "launch", cwd=os.fspath(tmp_path))
+def test_cli_launch_usage_errors(tmp_path: Path, cli: Any) -> None:
+    done = cli(None, "launch", cwd=os.fspath(tmp_path))
     assert done.returncode == 2 and "after --" in done.stderr
-    done = hotcb_cli(None, "launch", "--", "no-such-program-xyz", cwd=os.fspath(tmp_path))
+    done = cli(None, "launch", "--", "no-such-program-xyz", cwd=os.fspath(tmp_path))
     assert done.returncode == 2 and "no-such-program-xyz" in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing created for a launch that cannot start
-    help_text = hotcb_cli(None, "--help").stdout
+    help_text = cli(None, "--help").stdout
     assert "launch" in help_text
 
 
@@ -241,7 +243,7 @@ def _torchrun() -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any) -> None:
+def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any, cli: Any) -> None:
     """torchrun with 2 CPU ranks (gloo) under hotcb launch: steered and stopped from the CLI;
     hotcb launch exits 0 and every process it started (workers included) is gone."""
     run = tmp_path / "run"
@@ -253,9 +255,9 @@ def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any) -> None:
     wait_for(lambda: _last_step(run) >= 3, 240, what="the DDP ranks' first steps")
     children = _descendants(lp.proc.pid)
     assert len(children) >= 3  # torchrun and its two workers
-    done = hotcb_cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
+    done = cli(os.fspath(run), "set", "lr=3e-3", "--wait", timeout=120)
     assert done.returncode == 0 and "applied" in done.stdout, done.stderr
-    done = hotcb_cli(os.fspath(run), "stop", "--wait", timeout=120)
+    done = cli(os.fspath(run), "stop", "--wait", timeout=120)
     assert done.returncode == 0 and "applied" in done.stdout, done.stderr
     assert lp.finish(240) == 0, lp.log()
     assert all(_gone(c.pid) for c in children)
@@ -267,7 +269,7 @@ def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any) -> None:
     ]
 
 
-def test_python_launch_script_steered_and_stopped(tmp_path: Path) -> None:
+def test_python_launch_script_steered_and_stopped(tmp_path: Path, cli: Any) -> None:
     """hotcb.launch("examples/bare_loop.py", ...): kwargs become its flags; set lr, read the
     metrics, stop it; wait() gives 0 and nothing is left running."""
     run = hotcb.launch(

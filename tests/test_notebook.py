@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from conftest import SUBPROCESS_ENV
 from hotcb import jsonl
 from hotcb.testing import read_ledger
+
+#: This environment without HOTCB_DIR (a developer's shell may set it).
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
