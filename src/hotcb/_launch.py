@@ -19,6 +19,7 @@ See docs/launch.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import importlib
 import importlib.util
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import jsonl
+from .branch import branch as make_branch
 from .client import HotClient
 from .errors import HotcbError
 from .kernel import RUN_DIR_ENV
@@ -356,6 +358,7 @@ class LaunchOptions:
     host: str | None = None
     autopilot: str = "off"
     autopilot_args: Sequence[str] = ()
+    notify_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     resume_from: str | None = None
     log_path: str | None = None
@@ -371,6 +374,7 @@ class _Children:
         self.trainer: subprocess.Popen[bytes] | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.pilot: subprocess.Popen[bytes] | None = None
+        self.notifier: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
         self.finishing = False  # the training ended: the helpers' exits are expected
         self._log: IO[bytes] | None = None
@@ -439,6 +443,13 @@ class _Children:
         stdin = subprocess.DEVNULL if self._log is not None else None
         self.trainer = _spawn(argv, env=env, stdin=stdin, stdout=self._log, stderr=self._log)
 
+    def start_notifier(self) -> None:
+        """Start ``hotcb notify`` on the run (``--notify`` flags given)."""
+        argv = [sys.executable, "-m", "hotcb", "--dir", self.run_dir, "notify"]
+        env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+        self.notifier = _spawn([*argv, *self.opts.notify_args], env=env,
+                               stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
+
     def start_pilot(self) -> None:
         argv = [sys.executable, "-m", "hotcb", "--dir", self.run_dir, "autopilot"]
         argv += ["--mode", self.opts.autopilot, *self.opts.autopilot_args]
@@ -459,7 +470,7 @@ class _Children:
         """Stop the autopilot and the dashboard (SIGINT: both shut down cleanly), then the
         training's leftovers; close the log."""
         self.finishing = True
-        for proc in (self.pilot, self.server):
+        for proc in (self.pilot, self.notifier, self.server):
             if proc is not None:
                 _end(proc, signal.SIGINT)
         if self.trainer is not None:
@@ -540,6 +551,8 @@ class Launch:
             kids.start_trainer(self.argv)
             if self.opts.autopilot != "off":
                 kids.start_pilot()
+            if self.opts.notify_args:
+                kids.start_notifier()
         except BaseException:
             kids.end_helpers()
             if kids.trainer is not None:
@@ -790,6 +803,37 @@ class Launch:
         if st["state"] in ("crashed", "killed") and self.output(15):
             parts.append(f"<pre>{esc(self.output(15))}</pre>")
         return '<div class="hotcb-launch">' + "".join(parts) + "</div>"
+
+    def branch(
+        self,
+        to: str | os.PathLike[str],
+        *,
+        from_: int | str | os.PathLike[str],
+        set: Mapping[str, Any] | None = None,
+        start: bool = True,
+        **launch_kwargs: Any,
+    ) -> Launch:
+        """Branch this run at a checkpoint (``from_``: its step or its file) into the new run
+        directory ``to`` with the changes ``set`` (:func:`hotcb.branch.branch`), and launch the
+        same training command there, resuming from that checkpoint (``$HOTCB_RESUME_FROM``).
+        ``launch_kwargs`` change the launch's options (``serve``, ``port``, ``autopilot``,
+        ``env``, ...); ``start=False`` returns the handle unstarted."""
+        made = make_branch(self.run_dir, to, source=from_, set_params=set)
+        child: str = made["child"]
+        serve_dir, run_id = child, "."
+        root = self.opts.serve_dir
+        if root and self.opts.run_id != "." and os.path.dirname(child) == os.path.abspath(root):
+            serve_dir, run_id = root, os.path.basename(child)  # served beside its parent
+        opts = dataclasses.replace(
+            self.opts,
+            serve_dir=serve_dir,
+            run_id=run_id,
+            resume_from=made["checkpoint"],
+            log_path=os.path.join(child, LOG_NAME),
+            **launch_kwargs,
+        )
+        run = Launch(self.argv, child, opts)
+        return run.start() if start else run
 
 
 def _frame(rows: list[dict[str, Any]], as_frame: bool | None) -> Any:

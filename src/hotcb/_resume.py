@@ -3,6 +3,8 @@
 A run resumed from a checkpoint at step S re-applies the ledger's changes made after S at their
 original steps (``source: "resume"``), and puts back on the schedule the ``at_step`` commands
 that were still waiting, so it follows the same trajectory and nothing is applied twice.
+Entries a branch inherited from its parent (``"inherited": true``, :mod:`hotcb.branch`) are
+never applied again: the parent's checkpoint holds what they did.
 """
 
 from __future__ import annotations
@@ -11,12 +13,23 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import jsonl
 from .errors import HotcbError
 from .ledger import LedgerEntry
 from .ops import HotOp
 from .runfiles import RunPaths
 
-__all__ = ["refuse_lost_ledger", "resume_plan", "waiting_plan"]
+__all__ = ["branched_before", "refuse_lost_ledger", "resume_plan", "waiting_plan"]
+
+
+def branched_before(paths: RunPaths, seq: int) -> bool:
+    """Whether a checkpoint whose kernel state has ``seq`` predates this run's branch point
+    (``hotcb.run.json``'s ``branch``, :mod:`hotcb.branch`): it is the parent's checkpoint,
+    and its cursor counts bytes of the parent's commands file, not this run's."""
+    meta = jsonl.read_json(paths.run_meta, {})
+    info = meta.get("branch") if isinstance(meta, dict) else None
+    at = info.get("seq") if isinstance(info, dict) else None
+    return type(at) is int and seq <= at
 
 
 def refuse_lost_ledger(paths: RunPaths) -> None:
@@ -44,7 +57,7 @@ def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tu
     queued: set[str] = set()
     for raw in entries:
         entry = LedgerEntry.from_dict(raw)
-        if entry.seq <= after_seq or not entry.reapplied_on_resume():
+        if entry.seq <= after_seq or entry.inherited or not entry.reapplied_on_resume():
             continue
         op = entry.to_op(source="resume")
         if op is None or op.cmd_id in queued:
@@ -63,7 +76,7 @@ def waiting_plan(
     plan: list[tuple[int, HotOp]] = []
     for raw in scheduled:
         entry = LedgerEntry.from_dict(raw)
-        if entry.seq <= after_seq or entry.cmd_id in queued:
+        if entry.seq <= after_seq or entry.inherited or entry.cmd_id in queued:
             continue
         op = entry.to_op(keep=("at_step", "source"))
         if op is None:

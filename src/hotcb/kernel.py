@@ -33,7 +33,7 @@ from ._freezegate import FreezeGate
 from ._gate import PollGate
 from ._intake import CommandIntake
 from ._recorder import LedgerRecorder, SafePoint
-from ._resume import refuse_lost_ledger, resume_plan, waiting_plan
+from ._resume import branched_before, refuse_lost_ledger, resume_plan, waiting_plan
 from ._schedule import NEVER, Schedule, StepSource
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, signal_name
 from ._stream import ActuatorStream
@@ -717,6 +717,9 @@ class HotKernel:
         trajectory and nothing is applied twice.
         """
         step, seq = int(state.get("step", 0)), int(state.get("seq") or 0)
+        # the parent's checkpoint a branch starts from: its cursor counts bytes of the
+        # parent's commands file, so this run's own ledger says where to read from
+        own = not branched_before(self.paths, seq)
         self._ledger.point = SafePoint(step)
         self._stream.load_state_dict(state)
         self._freeze.load_state_dict(state)
@@ -739,13 +742,13 @@ class HotKernel:
                 continue
             if op.cmd_id in resumed:
                 continue  # it fell due after the checkpoint: the resume plan has it
-            op.cursor = int(item.get("cursor") or 0)
+            op.cursor = int(item.get("cursor") or 0) if own else 0
             self._schedule.push(int(item["at_step"]), op)
         self._state_loaded = True
         self._requeue_waiting(seq)
         last_seq, ledger_cursor = tail_state(self.paths.ledger)
         self._ledger.seq = max(self._ledger.seq, last_seq)
-        self._intake.offset = max(int(state.get("cursor") or 0), ledger_cursor)
+        self._intake.offset = max(int(state.get("cursor") or 0) if own else 0, ledger_cursor)
         self._refresh_due(step)
         self._refresh_event_modules()
 

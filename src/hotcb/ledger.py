@@ -407,6 +407,11 @@ class LedgerEntry:
         entry.cursor = entry.cursor if type(entry.cursor) is int else 0
         return entry
 
+    @property
+    def inherited(self) -> bool:
+        """Copied from a parent run by ``hotcb branch``: history, never applied again here."""
+        return self.extra.get("inherited") is True
+
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ENTRY_KEYS}
         out.update(self.extra)

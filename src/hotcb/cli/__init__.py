@@ -16,7 +16,18 @@ from typing import NoReturn
 
 from ..errors import HotcbError
 
-_GROUPS = ("_core", "_cb", "_recipe", "_tune", "_autopilot", "_serve", "_demo", "_launch")
+_GROUPS = (
+    "_core",
+    "_cb",
+    "_recipe",
+    "_tune",
+    "_autopilot",
+    "_serve",
+    "_demo",
+    "_launch",
+    "_notify",
+    "_branch",
+)
 
 
 class CliError(HotcbError):

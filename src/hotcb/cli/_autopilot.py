@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit")
     add_ai_flags(ap)
+    from ._notify import add_notify_flags
+
+    add_notify_flags(ap)
     ap.set_defaults(func=cmd_run)
     asub = ap.add_subparsers(dest="ap_op", metavar="OP")
     p = asub.add_parser("status", help="mode, rules, recent detections, pending proposals")
@@ -89,9 +92,13 @@ def _runs(root: str) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..autopilot.engine import Autopilot, AutopilotBusy
+    from ..notify import Notifier
+    from ._notify import notify_config
 
     require_run_dir(args.dir)
     pilots: dict[str, Any] = {}
+    notifiers: dict[str, Any] = {}  # run -> Notifier (--notify), stepped in the same loop
+    notify = notify_config(args)
     ai = None
     if args.mode.startswith("ai_"):
         ai = ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
@@ -116,15 +123,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"hotcb autopilot: {exc}; leaving it", flush=True)
                 continue
             print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
+            if notify is not None:
+                notifiers[run] = Notifier(run, notify)
 
     try:
-        return _loop(args, pilots, refresh)
+        return _loop(args, pilots, refresh, notifiers)
     finally:
         for pilot in pilots.values():
             pilot.close()
+        for notifier in notifiers.values():
+            notifier.close()
 
 
-def _loop(args: argparse.Namespace, pilots: dict[str, Any], refresh: Any) -> int:
+def _loop(
+    args: argparse.Namespace, pilots: dict[str, Any], refresh: Any, notifiers: dict[str, Any]
+) -> int:
     refresh()
     if not pilots:
         print(f"hotcb autopilot: no run under {args.dir} yet; waiting for one", flush=True)
@@ -135,6 +148,8 @@ def _loop(args: argparse.Namespace, pilots: dict[str, Any], refresh: Any) -> int
                     print(_line(rec), flush=True)
             if args.once:
                 _finish_calls(pilots)
+            for notifier in notifiers.values():
+                notifier.step()
             if args.once or (pilots and all(p.ended for p in pilots.values())):
                 _say_crashed(pilots)
                 return 0

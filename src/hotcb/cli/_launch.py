@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ._autopilot import add_ai_flags
 
     add_ai_flags(p)
+    from ._notify import add_notify_flags
+
+    add_notify_flags(p)  # hotcb notify runs beside the training
     p.add_argument(
         "--resume-from",
         default=None,
@@ -77,6 +80,14 @@ def _autopilot_args(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out += [flag, str(value)]
     return out
+
+
+def _notify_args(args: argparse.Namespace) -> list[str]:
+    """``hotcb notify``'s flags, checked here first: a bad --notify file stops the launch."""
+    from ._notify import notify_argv, notify_config
+
+    notify_config(args)
+    return notify_argv(args)
 
 
 def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -113,6 +124,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         host=args.host,
         autopilot=args.autopilot,
         autopilot_args=_autopilot_args(args),
+        notify_args=_notify_args(args),
         resume_from=args.resume_from,
         out=_say,
     )

@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="save a checkpoint after this step (repeatable)",
     )
     ap.add_argument("--checkpoint-dir", help="where checkpoints go (default: the run dir)")
-    ap.add_argument("--resume", help="checkpoint file to resume from")
+    ap.add_argument(
+        "--resume",
+        default=os.environ.get("HOTCB_RESUME_FROM") or None,
+        help="checkpoint file to resume from (default: $HOTCB_RESUME_FROM, which "
+        "'hotcb launch --resume-from' sets)",
+    )
     ap.add_argument("--ready-file", help="touch this file after the first step")
     ap.add_argument("--no-code-load", action="store_true", help="HotKernel(allow_code_load=False)")
     ap.add_argument(

@@ -1,0 +1,187 @@
+"""Branch a run: a new run directory that starts from one of a parent run's checkpoints.
+
+``branch(parent, child, source=STEP_OR_PATH, set_params={"lr": 1e-3})`` makes ``child`` a run
+that the parent's checkpoint at that step continues, with other settings:
+
+- ``hotcb.run.json`` names the parent (``branch``: parent, step, checkpoint, seq);
+- ``hotcb.applied.jsonl`` begins with the parent's ledger up to the checkpoint, each entry
+  marked ``"inherited": true`` with ``cursor: 0`` (those entries recorded commands of the
+  parent's commands file, not the child's). A resume never re-applies an inherited entry; the
+  checkpoint holds what they did. ``hotcb status`` and the callback list read them as the
+  run's history;
+- ``hotcb.commands.jsonl`` holds the ``set_params`` changes, due at the checkpoint's step
+  (``at_step``), so they land at the child's first safe point, exactly as the same command
+  scheduled in a run resumed from that checkpoint;
+- the parent's ``hotcb.actuators.json`` (``hotcb set`` routes keys by it) and captured callback
+  sources (``hotcb.sources/``: a resumed callback is loaded from there) are copied.
+
+Then start the child's training with ``HOTCB_RESUME_FROM`` set to the checkpoint
+(``hotcb --dir CHILD launch --resume-from CKPT -- python train.py ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import jsonl
+from .client import HotClient
+from .errors import HotcbError
+from .ledger import checkpoint_path, iter_entries
+from .runfiles import RunPaths
+
+__all__ = ["BranchError", "branch", "checkpoints", "resume_command"]
+
+#: Files of the parent copied into the child, when they exist.
+_COPIED = ("hotcb.actuators.json", "hotcb.sources")
+
+
+class BranchError(HotcbError, ValueError):
+    """The branch cannot be made: no such checkpoint, or the child is not a new run."""
+
+
+def checkpoints(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The run's saved checkpoints, in ledger order: its applied ``control checkpoint`` entries
+    that name a file (each with ``path``: the absolute path of that file)."""
+    root = os.fspath(run_dir)
+    out = []
+    for e in iter_entries(RunPaths(root).ledger):
+        if (e.get("module"), e.get("op"), e.get("decision")) != (
+            "control",
+            "checkpoint",
+            "applied",
+        ):
+            continue
+        path = checkpoint_path(e, root)
+        if path is not None:
+            out.append({**e, "path": path})
+    return out
+
+
+def _available(found: Sequence[Mapping[str, Any]], parent: str) -> str:
+    if not found:
+        return (
+            f"{parent} has no checkpoint in its ledger (save one with 'hotcb --dir {parent} "
+            "checkpoint', or schedule one with --at-step)"
+        )
+    listed = ", ".join(f"step {e['step']} ({e['path']})" for e in found)
+    return f"checkpoints of {parent}: {listed}"
+
+
+def _resolve(parent: str, source: int | str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint entry ``source`` names: a step number or a checkpoint file's path."""
+    found = checkpoints(parent)
+    if isinstance(source, int):
+        matches = [e for e in found if e.get("step") == source]
+        what = f"no checkpoint at step {source}"
+    else:
+        wanted = os.path.realpath(os.fspath(source))
+        matches = [e for e in found if os.path.realpath(e["path"]) == wanted]
+        what = f"{os.fspath(source)} is not a checkpoint in {parent}'s ledger"
+    if not matches:
+        raise BranchError(f"{what}; {_available(found, parent)}")
+    entry = matches[-1]  # saved again at the same step: the later file is the one on disk
+    if not os.path.isfile(entry["path"]):
+        raise BranchError(
+            f"the checkpoint of step {entry['step']} ({entry['path']}) is gone; "
+            f"{_available(found, parent)}"
+        )
+    return entry
+
+
+def _new_run(child: str, parent: str) -> None:
+    if os.path.realpath(child) == os.path.realpath(parent):
+        raise BranchError(f"the branch must go to a new run directory, not the parent {parent}")
+    if os.path.exists(child) and (not os.path.isdir(child) or os.listdir(child)):
+        raise BranchError(f"{child} exists and is not empty; branch into a new run directory")
+
+
+def _inherited(parent: str, last_seq: int) -> list[dict[str, Any]]:
+    """The parent's entries up to ``last_seq``, marked as inherited, cursors cleared, and a
+    checkpoint's file named by its absolute path (it lies in the parent's directory)."""
+    out = []
+    for e in iter_entries(RunPaths(parent).ledger):
+        seq = e.get("seq")
+        if type(seq) is int and seq > last_seq:
+            break
+        e = {**e, "inherited": True, "cursor": 0}
+        saved = checkpoint_path(e, parent) if e.get("module") == "control" else None
+        if saved is not None:
+            e["checkpoint"] = saved
+        out.append(e)
+    return out
+
+
+def resume_command(child: str, ckpt: str, argv: Sequence[str] | None) -> str:
+    """The command that starts the child's training from the checkpoint."""
+    train = shlex.join(argv) if argv else "python train.py ..."
+    return f"hotcb --dir {shlex.quote(child)} launch --resume-from {shlex.quote(ckpt)} -- {train}"
+
+
+def branch(
+    parent: str | os.PathLike[str],
+    child: str | os.PathLike[str],
+    *,
+    source: int | str | os.PathLike[str],
+    set_params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create ``child`` as a branch of ``parent`` at a checkpoint (``source``: its step, or its
+    file's path); ``set_params`` (``{"lr": 1e-3}``) become its commands, due at its first step.
+
+    Returns ``child``, ``parent``, ``step``, ``checkpoint`` (the file to resume from),
+    ``inherited`` (how many ledger entries), ``commands`` (the cmd_ids of the changes) and
+    ``resume`` (the ``hotcb launch`` command that starts it; with the parent's launched command
+    when ``hotcb.run.json`` has one). :class:`BranchError` when there is no such checkpoint
+    (the message lists those there are) or ``child`` is not a new, empty directory."""
+    parent_dir, child_dir = os.path.abspath(os.fspath(parent)), os.path.abspath(os.fspath(child))
+    parent_paths = RunPaths(parent_dir)
+    if not os.path.isfile(parent_paths.ledger):
+        raise BranchError(f"{parent_dir} is not a run directory (no {parent_paths.ledger})")
+    _new_run(child_dir, parent_dir)
+    entry = _resolve(parent_dir, source)
+    step, ckpt = int(entry["step"]), entry["path"]
+    info = {"parent": parent_dir, "step": step, "checkpoint": ckpt, "seq": entry["seq"]}
+    created = not os.path.exists(child_dir)
+    try:
+        ids = _populate(parent_dir, child_dir, info, set_params or {})
+    except BaseException:  # a bad --set key, a full disk: leave no half-made child behind
+        if created:
+            shutil.rmtree(child_dir, ignore_errors=True)
+        raise
+    parent_meta = jsonl.read_json(parent_paths.run_meta, {}) or {}
+    launched = parent_meta.get("launch") if isinstance(parent_meta, dict) else None
+    argv = launched.get("argv") if isinstance(launched, dict) else None
+    return {
+        "child": child_dir,
+        **info,
+        "inherited": sum(1 for _ in iter_entries(RunPaths(child_dir).ledger)),
+        "commands": ids,
+        "resume": resume_command(child_dir, ckpt, argv),
+    }
+
+
+def _populate(
+    parent: str, child: str, info: Mapping[str, Any], set_params: Mapping[str, Any]
+) -> list[str]:
+    """Write the child's files; the cmd_ids of its commands."""
+    paths = RunPaths(child)
+    os.makedirs(child, exist_ok=True)
+    for name in _COPIED:
+        src, dst = os.path.join(parent, name), os.path.join(child, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst)
+        elif os.path.isfile(src):
+            shutil.copy2(src, dst)
+    # the commands first: a key that no actuator of the parent takes fails before the rest
+    client = HotClient(child, source="branch")
+    ids = client.set(dict(set_params), at_step=info["step"]) if set_params else []
+    open(paths.commands, "ab").close()
+    jsonl.append_many(paths.ledger, _inherited(parent, int(info["seq"])), fsync=True)
+    jsonl.write_json_atomic(
+        paths.run_meta, {"created": time.time(), "run_dir": child, "branch": dict(info)}
+    )
+    return ids

@@ -1,0 +1,37 @@
+"""``hotcb branch``: a new run that continues one of this run's checkpoints, with changes."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..branch import branch
+from ._common import parse_kv
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "branch",
+        help="start a new run from one of this run's checkpoints, with changed parameters",
+        description="Create CHILD from the checkpoint of --dir RUN at --from (a step or the "
+        "checkpoint's path): it inherits RUN's ledger up to there, and --set changes land at "
+        "its first step. Prints the 'hotcb launch --resume-from' command that starts it.",
+    )
+    p.add_argument(
+        "--from", dest="source", required=True, help="checkpoint step number or checkpoint file"
+    )
+    p.add_argument("--to", dest="child", required=True, help="the new run directory")
+    p.add_argument(
+        "--set", dest="params", nargs="+", default=[], metavar="K=V", help="changes (lr=1e-4)"
+    )
+    p.set_defaults(func=cmd_branch)
+
+
+def cmd_branch(args: argparse.Namespace) -> int:
+    source: int | str = int(args.source) if args.source.isdigit() else args.source
+    made = branch(args.dir, args.child, source=source, set_params=parse_kv(args.params))
+    print(f"branched {made['child']} from {made['parent']} at step {made['step']}")
+    print(f"  checkpoint: {made['checkpoint']}")
+    print(f"  inherited ledger entries: {made['inherited']}; commands: {len(made['commands'])}")
+    print("start it with:")
+    print(f"  {made['resume']}")
+    return 0

@@ -1,0 +1,101 @@
+"""``hotcb notify``: watch a run and deliver its alerts (webhook, Slack, e-mail); and the
+``--notify`` flags that ``hotcb autopilot`` and ``hotcb launch`` share (docs/notify.md)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ._common import UsageError, require_run_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "notify",
+        help="send alerts about a run (threshold, NaN, plateau, stale, crash, autopilot "
+        "actions) to a webhook, Slack or e-mail",
+        description="Watch the run until it ends and deliver its alerts; every delivery is "
+        "recorded in hotcb.notify.jsonl. With only the quick flags the alerts are: NaN/inf, "
+        "a crash, 300 s without a metric, autopilot actions. See docs/notify.md.",
+    )
+    add_notify_flags(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
+    p.add_argument("--once", action="store_true", help="one round, deliver, then exit")
+    p.add_argument("--check", action="store_true", help="check the --notify file and exit")
+    p.set_defaults(func=cmd_notify)
+
+
+def add_notify_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("notifications (docs/notify.md)")
+    g.add_argument("--notify", metavar="FILE", help="alerts and deliveries (YAML or JSON)")
+    g.add_argument("--notify-webhook", metavar="URL", action="append", default=[],
+                   help="POST each alert as JSON to URL (repeatable)")  # fmt: skip
+    g.add_argument("--notify-slack", metavar="URL", action="append", default=[],
+                   help="post each alert to a Slack-compatible incoming webhook")  # fmt: skip
+    g.add_argument("--notify-email", metavar="ADDR", action="append", default=[],
+                   help="e-mail each alert to ADDR; the SMTP server from $HOTCB_SMTP_HOST, "
+                   "_PORT, _FROM, _USER, _STARTTLS, the password from $HOTCB_SMTP_PASSWORD")  # fmt: skip
+
+
+def notify_config(args: argparse.Namespace) -> Any:
+    """The NotifyConfig of the flags, or None; a bad file is a usage error with every
+    problem."""
+    from ..notify import NotifyConfigError, config_from_flags
+
+    try:
+        return config_from_flags(args.notify, args.notify_webhook, args.notify_slack,
+                                 args.notify_email)  # fmt: skip
+    except NotifyConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --notify {args.notify}: {exc.strerror}") from None
+
+
+def notify_argv(args: argparse.Namespace) -> list[str]:
+    """The flags again, for a helper process (``hotcb launch``); files made absolute."""
+    import os
+
+    out: list[str] = []
+    if args.notify:
+        out += ["--notify", os.path.abspath(args.notify)]
+    for flag, values in (("--notify-webhook", args.notify_webhook),
+                         ("--notify-slack", args.notify_slack),
+                         ("--notify-email", args.notify_email)):  # fmt: skip
+        for v in values:
+            out += [flag, v]
+    return out
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from ..notify import Notifier
+
+    config = notify_config(args)
+    if config is None:
+        raise UsageError("give --notify FILE or a quick flag (--notify-webhook, --notify-slack, "
+                         "--notify-email)")  # fmt: skip
+    if args.check:
+        print(f"{len(config.alerts)} alerts ({', '.join(a.id for a in config.alerts)}), "
+              f"{len(config.deliveries)} deliveries "
+              f"({', '.join(d.target for d in config.deliveries)}); no problems")  # fmt: skip
+        return 0
+    require_run_dir(args.dir)
+    notifier = Notifier(args.dir, config)
+    print(f"hotcb notify on {notifier.run_dir}: {len(config.alerts)} alerts, "
+          f"{len(config.deliveries)} deliveries", flush=True)  # fmt: skip
+    try:
+        while True:
+            for event in notifier.step():
+                print(f"[step {event['step']}] alert {event['alert']}: {event['message']}",
+                      flush=True)  # fmt: skip
+            if args.once:
+                break
+            if notifier.ended:
+                for event in notifier.step():
+                    print(f"alert {event['alert']}: {event['message']}", flush=True)
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    notifier.close()
+    return 0

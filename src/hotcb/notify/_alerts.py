@@ -1,0 +1,182 @@
+"""Alert rules as pure functions: what a round of new records says about each alert.
+
+:func:`samples` turns one round's :class:`Observation` into the alert's condition, sampled in
+order (a threshold or NaN alert samples every new point, so a NaN in the middle of a batch is not
+missed); :func:`onsets` reduces the samples to the alerts that fire: once per onset (the
+condition turning true), and not again within ``cooldown`` seconds of the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..autopilot.detectors import plateau
+
+__all__ = ["KINDS", "Alert", "Observation", "Sample", "onsets", "samples"]
+
+#: The alert kinds.
+KINDS = ("threshold", "nonfinite", "plateau", "stale", "crash", "autopilot")
+#: Autopilot record kinds an ``autopilot`` alert reports by default.
+AUTOPILOT_KINDS = ("action", "proposal", "fallback")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert rule. ``metric`` is None for "any metric" (nonfinite) or no metric (stale,
+    crash, autopilot). ``params`` holds the plateau detector's parameters."""
+
+    id: str
+    kind: str
+    metric: str | None = None
+    above: float | None = None
+    below: float | None = None
+    seconds: float = 300.0
+    cooldown: float = 300.0
+    records: tuple[str, ...] = AUTOPILOT_KINDS
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a notifier saw in one round: the new metric records and autopilot records, the
+    recent points of each metric (oldest first, for plateau), and the run's state."""
+
+    now: float
+    metrics: Sequence[Mapping[str, Any]] = ()
+    autopilot: Sequence[Mapping[str, Any]] = ()
+    series: Mapping[str, Sequence[tuple[int, float | None]]] = field(default_factory=dict)
+    last_metric_time: float | None = None
+    ended: bool = False
+    paused: bool = False
+    crashed: bool = False
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The condition at one point: ``active``, and when it is, what to say."""
+
+    active: bool
+    message: str = ""
+    step: int | None = None
+    metric: str | None = None
+    value: Any = None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _points(alert: Alert, obs: Observation) -> list[tuple[int | None, str, Any]]:
+    out: list[tuple[int | None, str, Any]] = []
+    for rec in obs.metrics:
+        step = rec.get("step") if isinstance(rec.get("step"), int) else None
+        values = rec.get("metrics") or {}
+        names = [alert.metric] if alert.metric else sorted(values)
+        out.extend((step, n, values[n]) for n in names if n in values)
+    return out
+
+
+def _threshold(alert: Alert, obs: Observation) -> list[Sample]:
+    out = []
+    for step, name, value in _points(alert, obs):
+        if not _finite(value):
+            continue  # NaN is the nonfinite alert's
+        if alert.above is not None and value > alert.above:
+            out.append(Sample(True, f"{name}={value:.6g} at step {step} is above "
+                                    f"{alert.above:g}", step, name, value))  # fmt: skip
+        elif alert.below is not None and value < alert.below:
+            out.append(Sample(True, f"{name}={value:.6g} at step {step} is below "
+                                    f"{alert.below:g}", step, name, value))  # fmt: skip
+        else:
+            out.append(Sample(False, step=step, metric=name, value=value))
+    return out
+
+
+def _nonfinite(alert: Alert, obs: Observation) -> list[Sample]:
+    out = []
+    for rec in obs.metrics:
+        step = rec.get("step") if isinstance(rec.get("step"), int) else None
+        values = rec.get("metrics") or {}
+        names = [alert.metric] if alert.metric else sorted(values)
+        bad = [n for n in names if n in values and not _finite(values[n])]
+        if bad:
+            shown = ", ".join(f"{n}={values[n]!r}" for n in bad).replace("None", "NaN/inf")
+            out.append(Sample(True, f"non-finite {shown} at step {step}", step, bad[0], None))
+        elif any(n in values for n in names):
+            out.append(Sample(False, step=step))
+    return out
+
+
+def _plateau(alert: Alert, obs: Observation) -> list[Sample]:
+    if not obs.metrics or alert.metric is None:
+        return []
+    points = obs.series.get(alert.metric) or ()
+    found = plateau([s for s, _ in points], [v for _, v in points], metric=alert.metric,
+                    **dict(alert.params))  # fmt: skip
+    if found is None:
+        return [Sample(False)]
+    return [Sample(True, found.describe(), found.step, alert.metric, found.evidence.get("last"))]
+
+
+def _stale(alert: Alert, obs: Observation) -> list[Sample]:
+    if obs.ended or obs.paused or obs.crashed or obs.last_metric_time is None:
+        return [Sample(False)]
+    quiet = obs.now - obs.last_metric_time
+    if quiet < alert.seconds:
+        return [Sample(False)]
+    return [Sample(True, f"no new metric for {quiet:.0f} s (limit {alert.seconds:g} s); the "
+                         "run is neither ended nor paused")]  # fmt: skip
+
+
+def _crash(alert: Alert, obs: Observation) -> list[Sample]:
+    if not obs.crashed:
+        return [Sample(False)]
+    return [Sample(True, "the training process is gone without closing the run "
+                         "(crashed or killed)")]  # fmt: skip
+
+
+def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:
+    out = []
+    for rec in obs.autopilot:
+        kind = rec.get("kind")
+        if kind not in alert.records:
+            continue
+        what = rec.get("describe") or rec.get("action") or rec.get("reason") or ""
+        rule = rec.get("rule") or rec.get("id") or ""
+        step = rec.get("step") if isinstance(rec.get("step"), int) else None
+        text = " ".join(p for p in ("autopilot", kind, rule) if p) + (f": {what}" if what else "")
+        out += [Sample(True, text, step), Sample(False)]  # each record is an onset of its own
+    return out
+
+
+_SAMPLERS = {
+    "threshold": _threshold,
+    "nonfinite": _nonfinite,
+    "plateau": _plateau,
+    "stale": _stale,
+    "crash": _crash,
+    "autopilot": _autopilot,
+}
+
+
+def samples(alert: Alert, obs: Observation) -> list[Sample]:
+    """The alert's condition over this round, in order (empty: nothing to say this round)."""
+    return _SAMPLERS[alert.kind](alert, obs)
+
+
+def onsets(
+    found: Sequence[Sample], active: bool, last_fired: float | None, cooldown: float, now: float
+) -> tuple[list[Sample], bool, float | None]:
+    """``(fired, active, last_fired)`` after ``found``: a sample fires when the condition
+    turns true (it was not active before) and ``cooldown`` seconds have passed since the last
+    firing. An onset inside the cooldown is dropped, not delayed."""
+    fired: list[Sample] = []
+    for s in found:
+        if s.active and not active and (last_fired is None or now - last_fired >= cooldown):
+            fired.append(s)
+            last_fired = now
+        active = s.active
+    return fired, active, last_fired

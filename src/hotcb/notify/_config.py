@@ -1,0 +1,269 @@
+"""The notify file: ``alerts: [...]`` and ``deliveries: [...]`` (YAML or JSON), checked with
+every problem and its line; and the quick flags' config (``--notify-webhook`` …)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._checks import Checker, CheckError, parse_document
+from ..autopilot.detectors import DIRECTIONS, PARAMS
+from ._alerts import AUTOPILOT_KINDS, KINDS, Alert
+from ._deliveries import Delivery, Email, Slack, Webhook
+
+__all__ = ["DEFAULT_ALERTS", "NotifyConfig", "NotifyConfigError", "config_from_flags",
+           "load_notify_config"]  # fmt: skip
+
+#: Environment variables for the SMTP server of ``--notify-email`` (and an ``email`` delivery
+#: that names no host).
+SMTP_ENV = {
+    "host": "HOTCB_SMTP_HOST",
+    "port": "HOTCB_SMTP_PORT",
+    "from": "HOTCB_SMTP_FROM",
+    "user": "HOTCB_SMTP_USER",
+    "starttls": "HOTCB_SMTP_STARTTLS",
+}
+#: Where ``--notify-email`` reads the SMTP password (only from the environment).
+SMTP_PASSWORD_ENV = "HOTCB_SMTP_PASSWORD"
+
+#: The alerts of a config given by flags alone: NaN/inf, a crash, 300 s without a metric,
+#: and the autopilot's actions, proposals and fallbacks.
+DEFAULT_ALERTS = (
+    Alert("nonfinite", "nonfinite"),
+    Alert("crash", "crash"),
+    Alert("stale", "stale", seconds=300.0),
+    Alert("autopilot", "autopilot", cooldown=0.0),
+)
+
+
+class NotifyConfigError(CheckError):
+    """A notify file with problems (each with its line)."""
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Alerts, deliveries, and how deliveries retry: up to ``retries`` more attempts after a
+    failure, waiting ``backoff`` seconds, doubled each time, at most ``max_backoff``."""
+
+    alerts: tuple[Alert, ...] = DEFAULT_ALERTS
+    deliveries: tuple[Delivery, ...] = ()
+    retries: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    path: str | None = field(default=None, compare=False)
+
+    def with_deliveries(self, extra: Sequence[Delivery]) -> NotifyConfig:
+        return NotifyConfig(self.alerts, (*self.deliveries, *extra), self.retries, self.backoff,
+                            self.max_backoff, self.path)  # fmt: skip
+
+
+def load_notify_config(path: str | os.PathLike[str]) -> NotifyConfig:
+    """Read and check a notify file; :class:`NotifyConfigError` lists every problem."""
+    path = os.fspath(path)
+    with open(path) as f:
+        text = f.read()
+    doc, lines = parse_document(text, path, NotifyConfigError)
+    return check_notify_config(doc, lines, path)
+
+
+def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> NotifyConfig:
+    c = Checker(lines)
+    if not isinstance(doc, Mapping):
+        raise NotifyConfigError(path, ["expected a mapping with alerts: and deliveries:"])
+    for key in doc:
+        if key not in ("alerts", "deliveries", "retries", "backoff", "max_backoff"):
+            c.add(str(key), "unknown key (expected alerts, deliveries, retries, backoff, "
+                            "max_backoff)")  # fmt: skip
+    alerts = _items(c, doc, "alerts", _alert)
+    deliveries = _items(c, doc, "deliveries", _delivery)
+    ids = [a.id for a in alerts]
+    for i, a in enumerate(alerts):
+        if a.id in ids[:i]:
+            c.add(f"alerts[{i}].id", f"{a.id!r} is used twice")
+    if not deliveries and "deliveries" not in doc:
+        c.add("deliveries", "missing: give at least one delivery (webhook, slack or email)")
+    retries = c.number(doc, "retries", "retries", integer=True, minimum=0)
+    backoff = c.number(doc, "backoff", "backoff", minimum=0)
+    max_backoff = c.number(doc, "max_backoff", "max_backoff", minimum=0)
+    if c.problems:
+        raise NotifyConfigError(path, c.problems)
+    return NotifyConfig(
+        tuple(alerts) if "alerts" in doc else DEFAULT_ALERTS,
+        tuple(deliveries),
+        3 if retries is None else min(int(retries), 10),
+        1.0 if backoff is None else float(backoff),
+        30.0 if max_backoff is None else float(max_backoff),
+        path,
+    )
+
+
+def _items(c: Checker, doc: Mapping[str, Any], key: str, one: Any) -> list[Any]:
+    items = doc.get(key)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        c.add(key, f"expected a list, got {type(items).__name__}")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            c.add(where, f"expected a mapping, got {item!r}")
+            continue
+        before = len(c.problems)
+        built = one(c, item, where)
+        if built is not None and len(c.problems) == before:
+            out.append(built)
+    return out
+
+
+_ALERT_KEYS = {
+    "threshold": {"metric", "above", "below"},
+    "nonfinite": {"metric"},
+    "plateau": {"metric", *PARAMS["plateau"]},
+    "stale": {"seconds"},
+    "crash": set(),
+    "autopilot": {"records"},
+}
+
+
+def _alert(c: Checker, a: Mapping[str, Any], where: str) -> Alert | None:
+    kind = c.choice(a, "kind", f"{where}.kind", KINDS)
+    if "kind" not in a:
+        c.add(f"{where}.kind", f"missing (one of {', '.join(KINDS)})")
+    aid = c.string(a, "id", f"{where}.id")
+    if kind is None:
+        return None
+    for key in a:
+        if key not in {"id", "kind", "cooldown", *_ALERT_KEYS[kind]}:
+            c.add(f"{where}.{key}", f"unknown key for a {kind} alert (expected "
+                  f"{', '.join(sorted({'id', 'cooldown', *_ALERT_KEYS[kind]}))})")  # fmt: skip
+    metric = c.string(a, "metric", f"{where}.metric")
+    if kind in ("threshold", "plateau") and "metric" not in a:
+        c.add(f"{where}.metric", f"missing: a {kind} alert watches one metric")
+    above = c.number(a, "above", f"{where}.above")
+    below = c.number(a, "below", f"{where}.below")
+    if kind == "threshold" and "above" not in a and "below" not in a:
+        c.add(f"{where}.above", "give above: or below: (or both)")
+    seconds = c.number(a, "seconds", f"{where}.seconds", minimum=1)
+    cooldown = c.number(a, "cooldown", f"{where}.cooldown", minimum=0)
+    records = a.get("records", list(AUTOPILOT_KINDS))
+    if not isinstance(records, list) or not all(isinstance(r, str) for r in records):
+        c.add(f"{where}.records", f"expected a list of record kinds, got {records!r}")
+        records = []
+    params = {k: a[k] for k in PARAMS["plateau"] if k in a} if kind == "plateau" else {}
+    for k, v in params.items():
+        typ, lo, hi = PARAMS["plateau"][k]
+        if typ is str:
+            c.choice(params, k, f"{where}.{k}", DIRECTIONS)
+        elif c.number(params, k, f"{where}.{k}", integer=typ is int) is not None and (
+            (lo is not None and v < lo) or (hi is not None and v > hi)
+        ):
+            c.add(f"{where}.{k}", f"must be in [{lo:g}, {hi:g}], got {v!r}")
+    return Alert(
+        id=aid or kind,
+        kind=kind,
+        metric=metric,
+        above=None if above is None else float(above),
+        below=None if below is None else float(below),
+        seconds=300.0 if seconds is None else float(seconds),
+        cooldown=(0.0 if kind == "autopilot" else 300.0) if cooldown is None else float(cooldown),
+        records=tuple(records),
+        params=params,
+    )
+
+
+_DELIVERY_KEYS = {
+    "webhook": {"url", "headers"},
+    "slack": {"url"},
+    "email": {"host", "port", "from", "to", "starttls", "user", "password_env", "timeout"},
+}
+
+
+def _delivery(c: Checker, d: Mapping[str, Any], where: str) -> Delivery | None:
+    kind = c.choice(d, "type", f"{where}.type", tuple(_DELIVERY_KEYS))
+    if "type" not in d:
+        c.add(f"{where}.type", "missing (webhook, slack or email)")
+    for key in d:
+        if "password" in str(key).lower() and key != "password_env":
+            c.add(f"{where}.{key}", "a password does not belong in the file: put it in an "
+                  "environment variable and name it with password_env:")  # fmt: skip
+        elif kind is not None and key not in {"type", *_DELIVERY_KEYS[kind]}:
+            c.add(f"{where}.{key}", f"unknown key for a {kind} delivery (expected "
+                  f"{', '.join(sorted(_DELIVERY_KEYS[kind]))})")  # fmt: skip
+    if kind in ("webhook", "slack"):
+        url = c.string(d, "url", f"{where}.url")
+        if url is None and "url" not in d:
+            c.add(f"{where}.url", "missing")
+        elif url is not None and not url.startswith(("http://", "https://")):
+            c.add(f"{where}.url", f"expected an http:// or https:// URL, got {url!r}")
+        headers = d.get("headers") or {}
+        if not isinstance(headers, Mapping):
+            c.add(f"{where}.headers", "expected a mapping of header names to values")
+            headers = {}
+        if url is None:
+            return None
+        return Webhook(url, dict(headers)) if kind == "webhook" else Slack(url)
+    if kind == "email":
+        return _email(c, d, where)
+    return None
+
+
+def _email(c: Checker, d: Mapping[str, Any], where: str) -> Email | None:
+    env = os.environ
+    host = c.string(d, "host", f"{where}.host") or env.get(SMTP_ENV["host"])
+    port = c.number(d, "port", f"{where}.port", integer=True, minimum=1)
+    sender = c.string(d, "from", f"{where}.from") or env.get(SMTP_ENV["from"])
+    to = d.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to or not all(isinstance(t, str) and "@" in t for t in to):
+        c.add(f"{where}.to", f"expected an address or a list of addresses, got {to!r}")
+        to = []
+    if host is None:
+        c.add(f"{where}.host", f"missing (or set ${SMTP_ENV['host']})")
+    if sender is None:
+        c.add(f"{where}.from", f"missing (or set ${SMTP_ENV['from']})")
+    starttls = d.get("starttls", False)
+    if not isinstance(starttls, bool):
+        c.add(f"{where}.starttls", f"expected true or false, got {starttls!r}")
+    user = c.string(d, "user", f"{where}.user")
+    password_env = c.string(d, "password_env", f"{where}.password_env")
+    if host is None or sender is None or not to:
+        return None
+    return Email(host, int(port or env.get(SMTP_ENV["port"]) or 25), sender, tuple(to),
+                 starttls=starttls is True, user=user, password_env=password_env)  # fmt: skip
+
+
+def config_from_flags(
+    notify: str | None,
+    webhooks: Sequence[str] = (),
+    slacks: Sequence[str] = (),
+    emails: Sequence[str] = (),
+) -> NotifyConfig | None:
+    """The config of ``--notify FILE`` plus the quick flags' deliveries; None when neither
+    is given. With flags only, the alerts are :data:`DEFAULT_ALERTS`; ``--notify-email``
+    reads its SMTP server from ``HOTCB_SMTP_HOST``, ``_PORT`` (25), ``_FROM``, ``_USER``,
+    ``_STARTTLS`` (1/true) and the password from ``HOTCB_SMTP_PASSWORD``."""
+    if notify is None and not (webhooks or slacks or emails):
+        return None
+    extra: list[Delivery] = [Webhook(u) for u in webhooks] + [Slack(u) for u in slacks]
+    if emails:
+        env = os.environ
+        host, sender = env.get(SMTP_ENV["host"]), env.get(SMTP_ENV["from"])
+        if not host or not sender:
+            raise NotifyConfigError("--notify-email", [
+                f"needs ${SMTP_ENV['host']} and ${SMTP_ENV['from']} (the SMTP server and the "
+                "sender address); or use an email delivery in a --notify file"])  # fmt: skip
+        port = env.get(SMTP_ENV["port"]) or "25"
+        if not port.isdigit():
+            raise NotifyConfigError("--notify-email", [f"${SMTP_ENV['port']}={port!r} is not "
+                                                       "a port number"])  # fmt: skip
+        tls = env.get(SMTP_ENV["starttls"], "").lower() in ("1", "true", "yes")
+        extra.append(Email(host, int(port), sender, tuple(emails), starttls=tls,
+                           user=env.get(SMTP_ENV["user"]) or None,
+                           password_env=SMTP_PASSWORD_ENV))  # fmt: skip
+    base = load_notify_config(notify) if notify is not None else NotifyConfig()
+    return base.with_deliveries(extra)

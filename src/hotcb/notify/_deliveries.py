@@ -1,0 +1,162 @@
+"""Deliveries: a JSON webhook, a Slack-compatible webhook, e-mail over SMTP; and
+:func:`deliver`, which retries with bounded exponential back-off, records every attempt and
+never raises."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+__all__ = ["Delivery", "Email", "Slack", "Webhook", "deliver", "redact_target"]
+
+_TIMEOUT = 10.0
+
+
+class DeliveryError(Exception):
+    """A delivery attempt that did not go through (a non-2xx answer, a refused login …)."""
+
+
+class Delivery(Protocol):
+    """Sends one alert event; raises on failure (:func:`deliver` catches and retries)."""
+
+    @property
+    def target(self) -> str:
+        """Where it goes, safe to record: no credentials, no query secrets."""
+        ...
+
+    def send(self, event: Mapping[str, Any]) -> None: ...
+
+
+def redact_target(url: str, *, keep_path: bool = True) -> str:
+    """``url`` without user, password, query and fragment (and without its path when
+    ``keep_path`` is false: a Slack webhook's path is its secret)."""
+    u = urllib.parse.urlsplit(url)
+    host = u.hostname or ""
+    if u.port is not None:
+        host = f"{host}:{u.port}"
+    path = u.path if keep_path else ("/…" if u.path not in ("", "/") else "")
+    return urllib.parse.urlunsplit((u.scheme, host, path, "", ""))
+
+
+def _text(event: Mapping[str, Any]) -> str:
+    run = os.path.basename(str(event.get("run") or "").rstrip("/")) or "run"
+    return f"[hotcb] {run}: {event.get('alert')}: {event.get('message')}"
+
+
+def _post(url: str, body: dict[str, Any], headers: Mapping[str, str]) -> None:
+    data = json.dumps(body, default=str).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **headers})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise DeliveryError(f"HTTP {exc.code} {exc.reason}") from None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """POST the alert event as JSON."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return redact_target(self.url)
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        _post(self.url, dict(event), self.headers)
+
+
+@dataclass(frozen=True)
+class Slack:
+    """POST ``{"text": ...}`` (Slack incoming webhooks, Mattermost, Discord's /slack)."""
+
+    url: str
+
+    @property
+    def target(self) -> str:
+        return redact_target(self.url, keep_path=False)
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        _post(self.url, {"text": _text(event)}, {})
+
+
+@dataclass(frozen=True)
+class Email:
+    """E-mail over SMTP; the password comes from the environment variable ``password_env``."""
+
+    host: str
+    port: int
+    sender: str
+    to: tuple[str, ...]
+    starttls: bool = False
+    user: str | None = None
+    password_env: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"smtp://{self.host}:{self.port} to {', '.join(self.to)}"
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        msg = EmailMessage()
+        msg["Subject"] = _text(event)
+        msg["From"] = self.sender
+        msg["To"] = ", ".join(self.to)
+        msg.set_content(
+            f"{event.get('message')}\n\n{json.dumps(dict(event), indent=2, default=str)}\n"
+        )
+        with smtplib.SMTP(self.host, self.port, timeout=_TIMEOUT) as smtp:
+            if self.starttls:
+                smtp.starttls()
+            if self.user:
+                password = os.environ.get(self.password_env or "")
+                if password is None:
+                    raise DeliveryError(f"${self.password_env} is not set (the SMTP password "
+                                        f"for {self.user})")  # fmt: skip
+                smtp.login(self.user, password)
+            smtp.send_message(msg)
+
+
+def deliver(
+    delivery: Delivery,
+    event: Mapping[str, Any],
+    record: Callable[[dict[str, Any]], None],
+    *,
+    retries: int = 3,
+    backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Send ``event`` through ``delivery``; on failure wait ``backoff`` seconds (doubling, at
+    most ``max_backoff``) and try again, ``retries`` times at most. Every attempt goes to
+    ``record`` (``status``: ``ok``, ``retry`` or ``failed``). True when it went through;
+    never raises."""
+    target = delivery.target
+    for attempt in range(1, retries + 2):
+        try:
+            delivery.send(event)
+        except Exception as exc:  # whatever a user's endpoint does is recorded
+            last = attempt > retries
+            record({"kind": "delivery", "alert": event.get("alert"), "target": target,
+                    "attempt": attempt, "status": "failed" if last else "retry",
+                    "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            if last:
+                return False
+            sleep(min(max_backoff, backoff * 2 ** (attempt - 1)))
+        else:
+            record({"kind": "delivery", "alert": event.get("alert"), "target": target,
+                    "attempt": attempt, "status": "ok", "error": None})  # fmt: skip
+            return True
+    return False  # pragma: no cover - the loop returns

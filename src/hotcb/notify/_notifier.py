@@ -1,0 +1,183 @@
+"""The notifier: one run's alerts, checked round by round (``step()``, like the autopilot)."""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from .. import jsonl
+from ..autopilot.engine import RECORDS as AUTOPILOT_RECORDS
+from ..jsonl import JsonlTail
+from ..ledger import LedgerView
+from ..runfiles import process_alive
+from ..runview import RunView
+from ._alerts import Observation, onsets, samples
+from ._config import NotifyConfig
+from ._deliveries import deliver
+
+__all__ = ["RECORDS", "STATE", "Notifier"]
+
+RECORDS = "hotcb.notify.jsonl"
+STATE = "hotcb.notify.state.json"
+_WINDOW = 512  # points kept per plateau metric
+
+
+class Notifier:
+    """Reads what is new in ``run_dir``, fires the alerts of ``config`` and delivers them in a
+    worker thread. ``step()`` does one round and returns the alert events it fired; ``close()``
+    waits (up to a deadline) for the deliveries in flight. Cursors and alert states persist in
+    ``hotcb.notify.state.json`` after every round: a restart never fires again on what it saw."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], config: NotifyConfig) -> None:
+        self.run_dir = os.path.abspath(os.fspath(run_dir))
+        self.config = config
+        self._state_path = os.path.join(self.run_dir, STATE)
+        self._records_path = os.path.join(self.run_dir, RECORDS)
+        st = jsonl.read_json(self._state_path, {}) or {}
+        cur = st.get("cursors") or {}
+        self.view = RunView(self.run_dir, metrics_at=int(cur.get("metrics", 0)),
+                            ledger_at=int(cur.get("ledger", 0)))  # fmt: skip
+        self._autopilot = JsonlTail(os.path.join(self.run_dir, AUTOPILOT_RECORDS),
+                                    offset=int(cur.get("autopilot", 0)))  # fmt: skip
+        self.ledger = LedgerView(max_entries=1)
+        self.ledger.control = st.get("control")
+        self.alert_state: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in (st.get("alerts") or {}).items()
+        }
+        self._watched = {a.metric for a in config.alerts if a.kind == "plateau" and a.metric}
+        self.series: dict[str, deque[tuple[int, float | None]]] = {
+            k: deque(((int(s), v) for s, v in pts), maxlen=_WINDOW)
+            for k, pts in (st.get("series") or {}).items() if k in self._watched
+        }  # fmt: skip
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._worker: threading.Thread | None = None
+        self._write = threading.Lock()
+
+    # ------------------------------------------------------------------ one round
+    def step(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Read what is new, check every alert, queue the deliveries of those that fired;
+        the alert events fired (also recorded in ``hotcb.notify.jsonl``)."""
+        now = time.time() if now is None else now
+        obs = self._observe(now)
+        fired: list[dict[str, Any]] = []
+        for alert in self.config.alerts:
+            st = self.alert_state.setdefault(alert.id, {"active": False, "last_fired": None})
+            hits, st["active"], st["last_fired"] = onsets(
+                samples(alert, obs), st["active"], st["last_fired"], alert.cooldown, now
+            )
+            for s in hits:
+                event = {"kind": "alert", "alert": alert.id, "type": alert.kind,
+                         "run": self.run_dir, "step": s.step, "metric": s.metric,
+                         "value": s.value, "message": s.message, "time": now}  # fmt: skip
+                fired.append(event)
+        self._save()
+        for event in fired:  # recorded and queued only once the state says they fired
+            self._record(dict(event))
+            self._enqueue(event)
+        return fired
+
+    def _observe(self, now: float) -> Observation:
+        metrics = self.view.new_metrics()
+        for rec in metrics:
+            step = rec.get("step")
+            if not isinstance(step, int):
+                continue
+            for name in self._watched & set(rec["metrics"]):
+                v = rec["metrics"][name]
+                number = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+                self.series.setdefault(name, deque(maxlen=_WINDOW)).append((step, number))
+        for e in self.view.new_entries():
+            self.ledger.add(e)
+        meta = self.view.meta()
+        ended = isinstance(meta.get("ended"), dict)
+        return Observation(
+            now=now,
+            metrics=metrics,
+            autopilot=self._autopilot.read_records(),
+            series=self.series,
+            last_metric_time=self._last_metric_time(meta),
+            ended=ended,
+            paused=self.ledger.paused,
+            crashed=not ended and process_alive(meta) is False,
+        )
+
+    def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
+        """When the training last wrote a metric (the metrics file's mtime), else when it
+        started; None before the run has started."""
+        try:
+            return os.stat(self.view.paths.metrics).st_mtime
+        except OSError:
+            started = meta.get("started")
+            return float(started) if isinstance(started, (int, float)) else None
+
+    @property
+    def ended(self) -> bool:
+        """The run was closed, or its process is gone (told only on its host)."""
+        meta = self.view.meta()
+        return isinstance(meta.get("ended"), dict) or process_alive(meta) is False
+
+    # ------------------------------------------------------------------ deliveries
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        if not self.config.deliveries:
+            return
+        with self._idle:
+            self._pending += 1
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, daemon=True,
+                                            name="hotcb-notify-deliveries")  # fmt: skip
+            self._worker.start()
+        self._queue.put(event)
+
+    def _work(self) -> None:
+        cfg = self.config
+        while (event := self._queue.get()) is not None:
+            for d in cfg.deliveries:
+                deliver(d, event, self._record, retries=cfg.retries, backoff=cfg.backoff,
+                        max_backoff=cfg.max_backoff)  # fmt: skip
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until every queued alert is delivered (or given up on); False at the
+        deadline."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Deliver what is queued (waiting up to ``timeout`` seconds) and stop the worker."""
+        done = self.flush(timeout)
+        if self._worker is not None:
+            self._queue.put(None)
+            if done:
+                self._worker.join(timeout)
+            self._worker = None
+        return done
+
+    # ------------------------------------------------------------------ files
+    def _record(self, record: dict[str, Any]) -> None:
+        record.setdefault("wall_time", time.time())
+        with self._write:
+            jsonl.append(self._records_path, record)
+
+    def _save(self) -> None:
+        cursors = {**self.view.cursors, "autopilot": self._autopilot.offset}
+        jsonl.write_json_atomic(self._state_path, {
+            "v": 1, "cursors": cursors, "control": self.ledger.control,
+            "alerts": self.alert_state, "series": {k: list(v) for k, v in self.series.items()},
+            "alert_ids": [a.id for a in self.config.alerts], "updated": time.time(),
+        })  # fmt: skip

@@ -1,0 +1,279 @@
+"""Alerts on synthetic records, deliveries to real local receivers, the config checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+import pytest
+
+from hotcb import jsonl
+from hotcb.notify import (
+    RECORDS,
+    Alert,
+    Email,
+    Notifier,
+    NotifyConfig,
+    NotifyConfigError,
+    Observation,
+    Slack,
+    Webhook,
+    deliver,
+    load_notify_config,
+    onsets,
+    redact_target,
+    samples,
+)
+
+from .conftest import wait_until
+
+
+def _rec(step: int, **metrics: Any) -> dict[str, Any]:
+    return {"step": step, "metrics": metrics}
+
+
+def _fire(alert: Alert, rounds: list[Observation]) -> list[list[str]]:
+    active, last = False, None
+    out = []
+    for obs in rounds:
+        fired, active, last = onsets(samples(alert, obs), active, last, alert.cooldown, obs.now)
+        out.append([s.message for s in fired])
+    return out
+
+
+# ----------------------------------------------------------------------------- alerts
+def test_threshold_fires_once_per_onset_and_respects_cooldown() -> None:
+    alert = Alert("hot", "threshold", metric="loss", above=2.0, cooldown=100)
+    got = _fire(alert, [
+        Observation(0, metrics=[_rec(1, loss=1.0), _rec(2, loss=3.0), _rec(3, loss=4.0)]),
+        Observation(10, metrics=[_rec(4, loss=5.0)]),  # still above: no new onset
+        Observation(20, metrics=[_rec(5, loss=1.0), _rec(6, loss=3.0)]),  # onset in cooldown
+        Observation(200, metrics=[_rec(7, loss=1.0), _rec(8, loss=2.5)]),  # onset after it
+    ])  # fmt: skip
+    assert [len(r) for r in got] == [1, 0, 0, 1]
+    assert "loss=3 at step 2 is above 2" in got[0][0]
+
+
+def test_below_threshold() -> None:
+    alert = Alert("acc", "threshold", metric="acc", below=0.5, cooldown=0)
+    assert _fire(alert, [Observation(0, metrics=[_rec(1, acc=0.9), _rec(2, acc=0.1)])]) == [
+        ["acc=0.1 at step 2 is below 0.5"]
+    ]
+
+
+def test_nonfinite_on_any_metric_sees_a_nan_inside_a_batch() -> None:
+    alert = Alert("nan", "nonfinite", cooldown=0)
+    got = _fire(alert, [
+        Observation(0, metrics=[_rec(1, loss=1.0), _rec(2, loss=None), _rec(3, loss=1.0)]),
+        Observation(1, metrics=[_rec(4, loss=float("nan"))]),
+        Observation(2, metrics=[_rec(5, loss=float("inf"))]),  # the same streak
+    ])  # fmt: skip
+    assert [len(r) for r in got] == [1, 1, 0]
+    assert "step 2" in got[0][0]
+
+
+def test_plateau_reuses_the_detector() -> None:
+    alert = Alert("flat", "plateau", metric="val_loss", cooldown=0)
+    flat = [(s, 1.0) for s in range(10)]
+    falling = [(s, 10.0 - s) for s in range(10)]
+    new = [_rec(9, val_loss=1.0)]
+    assert samples(alert, Observation(0, metrics=new, series={"val_loss": flat}))[0].active
+    assert not samples(alert, Observation(0, metrics=new, series={"val_loss": falling}))[0].active
+    assert samples(alert, Observation(0, series={"val_loss": flat})) == []  # nothing new
+
+
+def test_stale_not_when_ended_or_paused() -> None:
+    alert = Alert("stale", "stale", seconds=300, cooldown=0)
+    assert _fire(alert, [
+        Observation(100, last_metric_time=0),
+        Observation(400, last_metric_time=0),
+        Observation(500, last_metric_time=0),
+        Observation(900, last_metric_time=0, paused=True),
+        Observation(1000, last_metric_time=0, ended=True),
+    ]) == [[], ["no new metric for 400 s (limit 300 s); the run is neither ended nor paused"],
+           [], [], []]  # fmt: skip
+
+
+def test_crash_fires_once() -> None:
+    alert = Alert("crash", "crash")
+    got = _fire(alert, [Observation(0), Observation(1, crashed=True), Observation(2, crashed=True)])
+    assert [len(r) for r in got] == [0, 1, 0]
+
+
+def test_autopilot_records_each_fire() -> None:
+    alert = Alert("ap", "autopilot", cooldown=0)
+    recs = [{"kind": "detection", "rule": "r"}, {"kind": "action", "rule": "lr_drop", "step": 5,
+             "action": "opt.lr *= 0.5"}, {"kind": "proposal", "id": "A2", "rule": "x",
+             "describe": "halve lr"}, {"kind": "fallback", "reason": "budget spent"}]  # fmt: skip
+    (got,) = _fire(alert, [Observation(0, autopilot=recs)])
+    assert got == ["autopilot action lr_drop: opt.lr *= 0.5", "autopilot proposal x: halve lr",
+                   "autopilot fallback: budget spent"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- deliveries
+def _records(run: str) -> list[dict[str, Any]]:
+    return list(jsonl.iter_records(os.path.join(run, RECORDS)))
+
+
+def test_webhook_and_slack_payloads(receiver: Any) -> None:
+    got: list[dict[str, Any]] = []
+    event = {"alert": "hot", "message": "loss=3 is above 2", "run": "/x/run7", "step": 2}
+    assert deliver(Webhook(f"{receiver.url}/hook?token=s3cret"), event, got.append)
+    assert deliver(Slack(f"{receiver.url}/services/T/B/XYZ"), event, got.append)
+    assert receiver.bodies("/hook") == [event]
+    assert receiver.bodies("/services/T/B/XYZ") == [
+        {"text": "[hotcb] run7: hot: loss=3 is above 2"}
+    ]
+    assert [(r["attempt"], r["status"]) for r in got] == [(1, "ok"), (1, "ok")]
+    assert "s3cret" not in json.dumps(got) and "XYZ" not in json.dumps(got)
+
+
+def test_retries_with_backoff_then_ok(receiver: Any) -> None:
+    receiver.statuses = [500, 500]
+    got: list[dict[str, Any]] = []
+    waits: list[float] = []
+    ok = deliver(Webhook(f"{receiver.url}/hook"), {"alert": "a"}, got.append, retries=3,
+                 backoff=0.5, max_backoff=0.75, sleep=waits.append)  # fmt: skip
+    assert ok
+    assert [(r["attempt"], r["status"]) for r in got] == [(1, "retry"), (2, "retry"), (3, "ok")]
+    assert "HTTP 500" in got[0]["error"]
+    assert waits == [0.5, 0.75]  # doubled, then capped
+
+
+def test_gives_up_and_never_raises() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    got: list[dict[str, Any]] = []
+    assert not deliver(Webhook(f"http://127.0.0.1:{port}/x"), {"alert": "a"}, got.append,
+                       retries=2, sleep=lambda s: None)  # fmt: skip
+    assert [r["status"] for r in got] == ["retry", "retry", "failed"]
+
+
+def test_email_arrives(smtp_server: Any) -> None:
+    host, port, box = smtp_server
+    got: list[dict[str, Any]] = []
+    mail = Email(host, port, "hotcb@example.com", ("me@example.com",))
+    assert deliver(mail, {"alert": "nan", "message": "non-finite loss", "run": "/r/a"}, got.append)
+    wait_until(lambda: box.messages)
+    msg = box.messages[0]
+    assert msg["Subject"] == "[hotcb] a: nan: non-finite loss"
+    assert msg["To"] == "me@example.com"
+    assert "non-finite loss" in msg.get_payload()
+    assert got[0]["target"] == f"smtp://{host}:{port} to me@example.com"
+
+
+def test_redact_target() -> None:
+    assert redact_target("https://u:pw@h.io:8443/a/b?key=1#f") == "https://h.io:8443/a/b"
+    assert redact_target("https://hooks.slack.com/services/T/B/X", keep_path=False) == (
+        "https://hooks.slack.com/…"
+    )
+
+
+# ----------------------------------------------------------------------------- config
+BAD = """\
+alerts:
+  - id: hot
+    kind: threshold
+    metric: loss
+  - id: hot
+    kind: wobble
+  - kind: plateau
+    metric: val_loss
+    window: 1
+    colour: red
+deliveries:
+  - type: email
+    host: smtp.example.com
+    from: a@example.com
+    to: me@example.com
+    password: hunter2
+  - type: webhook
+    url: ftp://nope
+retries: -1
+"""
+
+
+def test_bad_config_lists_every_problem_with_its_line(tmp_path: Any) -> None:
+    path = tmp_path / "notify.yaml"
+    path.write_text(BAD)
+    with pytest.raises(NotifyConfigError) as err:
+        load_notify_config(path)
+    problems = err.value.problems
+    assert problems == [
+        "line 2: alerts[0].above: give above: or below: (or both)",
+        "line 6: alerts[1].kind: 'wobble' is not one of threshold, nonfinite, plateau, stale, "
+        "crash, autopilot",
+        "line 10: alerts[2].colour: unknown key for a plateau alert (expected cooldown, "
+        "direction, eps, id, metric, smooth, window)",
+        "line 9: alerts[2].window: must be in [3, 1000], got 1",
+        "line 16: deliveries[0].password: a password does not belong in the file: put it in an "
+        "environment variable and name it with password_env:",
+        "line 18: deliveries[1].url: expected an http:// or https:// URL, got 'ftp://nope'",
+        "line 19: retries: must be >= 0, got -1",
+    ]
+
+
+def test_good_config(tmp_path: Any) -> None:
+    path = tmp_path / "notify.json"
+    path.write_text(json.dumps({
+        "alerts": [{"id": "hot", "kind": "threshold", "metric": "loss", "above": 2}],
+        "deliveries": [{"type": "slack", "url": "https://hooks.example/s/1"},
+                       {"type": "email", "host": "h", "port": 2525, "from": "a@b.c",
+                        "to": ["x@y.z"], "starttls": True, "user": "u",
+                        "password_env": "MY_SMTP_PW"}],
+        "retries": 2, "backoff": 0.1,
+    }))  # fmt: skip
+    cfg = load_notify_config(path)
+    assert [a.id for a in cfg.alerts] == ["hot"]
+    assert cfg.deliveries[1] == Email("h", 2525, "a@b.c", ("x@y.z",), starttls=True, user="u",
+                                      password_env="MY_SMTP_PW")  # fmt: skip
+    assert (cfg.retries, cfg.backoff) == (2, 0.1)
+
+
+# ----------------------------------------------------------------------------- the notifier
+def _run(tmp_path: Any) -> str:
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    jsonl.write_json_atomic(os.path.join(run, "hotcb.run.json"), {"started": 0.0})
+    return run
+
+
+def test_notifier_delivers_records_and_never_resends_after_restart(
+    tmp_path: Any, receiver: Any
+) -> None:
+    run = _run(tmp_path)
+    metrics = os.path.join(run, "hotcb.metrics.jsonl")
+    cfg = NotifyConfig(alerts=(Alert("hot", "threshold", metric="loss", above=2.0),),
+                       deliveries=(Webhook(f"{receiver.url}/hook"),))  # fmt: skip
+    jsonl.append(metrics, _rec(1, loss=1.0))
+    jsonl.append(metrics, _rec(2, loss=3.0))
+    n = Notifier(run, cfg)
+    assert [e["alert"] for e in n.step(now=1000.0)] == ["hot"]
+    assert n.close(timeout=30)
+    assert receiver.bodies("/hook")[0]["message"] == "loss=3 at step 2 is above 2"
+    again = Notifier(run, cfg)  # a restart: the cursor and the alert state come back
+    assert again.step(now=1001.0) == []
+    jsonl.append(metrics, _rec(3, loss=1.0))
+    jsonl.append(metrics, _rec(4, loss=9.0))
+    assert again.step(now=1002.0) == []  # a new onset, inside the 300 s cooldown
+    again.close()
+    kinds = [(r["kind"], r.get("status")) for r in _records(run)]
+    assert kinds == [("alert", None), ("delivery", "ok")]
+
+
+def test_notifier_sees_pause_and_autopilot(tmp_path: Any) -> None:
+    run = _run(tmp_path)
+    jsonl.append(os.path.join(run, "hotcb.metrics.jsonl"), _rec(1, loss=1.0))
+    os.utime(os.path.join(run, "hotcb.metrics.jsonl"), (0, 0))
+    jsonl.append(os.path.join(run, "hotcb.applied.jsonl"),
+                 {"module": "control", "op": "pause", "decision": "applied", "step": 1})  # fmt: skip
+    jsonl.append(os.path.join(run, "hotcb.autopilot.jsonl"),
+                 {"kind": "action", "rule": "lr_drop", "action": "opt.lr *= 0.5"})  # fmt: skip
+    cfg = NotifyConfig(deliveries=())  # the default alerts
+    n = Notifier(run, cfg)
+    fired = n.step(now=10_000.0)
+    assert [e["alert"] for e in fired] == ["autopilot"]  # stale is quiet: the run is paused
+    n.close()

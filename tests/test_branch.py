@@ -1,0 +1,179 @@
+"""``hotcb branch``: a child run continues a parent's checkpoint with changes (issue #15).
+
+The parent (the real trainer process, CPU, fixed seed) changes lr at step 10, saves a
+checkpoint at step 30 and has a change scheduled for step 50. The child, branched at 30 with
+``--set lr=X`` and started through ``hotcb launch --resume-from``, must train exactly like the
+parent's checkpoint resumed directly in a fresh run directory with the same change scheduled at
+step 30: equal final weights bit for bit, equal per-step traces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotcb import HotClient
+from hotcb._launch import Launch, LaunchOptions
+from hotcb.branch import BranchError, branch
+from hotcb.recipe import ledger_to_entries
+from hotcb.testing import read_ledger, trainer_command
+
+torch = pytest.importorskip("torch")
+
+S, T, LR = 30, 60, 0.001
+ENV = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_RESUME_FROM")}
+
+
+def _train(run_dir: str, tmp: Path, name: str, **options: Any) -> None:
+    argv = trainer_command(
+        run_dir,
+        steps=T,
+        trace=os.fspath(tmp / f"{name}.jsonl"),
+        save_weights=os.fspath(tmp / f"{name}.pt"),
+        no_code_load=True,
+        **options,
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "hotcb", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=ENV)
+
+
+def _trace(tmp: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp / f"{name}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    tmp = tmp_path_factory.mktemp("branch")
+    run_dir = os.fspath(tmp / "parent")
+    c = HotClient(run_dir, source="test")
+    c.send("opt", "set_params", params={"lr": 0.005}, at_step=10)
+    c.send("control", "checkpoint", at_step=S)
+    c.send("opt", "set_params", params={"lr": 0.02}, at_step=50)
+    _train(run_dir, tmp, "parent")
+    assert os.path.isfile(os.path.join(run_dir, f"ckpt_{S}.pt"))
+    return run_dir, tmp
+
+
+def test_a_branch_trains_like_a_direct_resume_with_the_same_change(
+    parent: tuple[str, Path],
+) -> None:
+    parent_dir, tmp = parent
+    child = os.fspath(tmp / "child")
+    made = _cli("--dir", parent_dir, "branch", "--from", str(S), "--to", child, "--set", f"lr={LR}")
+    assert made.returncode == 0, made.stderr
+    ckpt = os.path.join(parent_dir, f"ckpt_{S}.pt")
+    assert f"--resume-from {ckpt}" in made.stdout
+
+    # the child, started the way `hotcb branch` prints (the trainer reads HOTCB_RESUME_FROM)
+    train = trainer_command(
+        child, steps=T, trace=os.fspath(tmp / "child.jsonl"),
+        save_weights=os.fspath(tmp / "child.pt"), no_code_load=True,
+    )  # fmt: skip
+    launched = _cli("--dir", child, "launch", "--resume-from", ckpt, "--", *train)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+
+    # the parent's checkpoint resumed directly elsewhere, the same change due at the same step
+    # (a run directory resumed from a checkpoint reads its commands file from the checkpoint's
+    # cursor: it starts as a copy of the parent's, then gets the change)
+    direct = os.fspath(tmp / "direct")
+    os.makedirs(direct)
+    shutil.copy(os.path.join(parent_dir, "hotcb.commands.jsonl"), direct)
+    HotClient(direct, source="test").send("opt", "set_params", params={"lr": LR}, at_step=S)
+    _train(direct, tmp, "direct", resume=ckpt)
+
+    a, b = torch.load(tmp / "child.pt"), torch.load(tmp / "direct.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    child_trace, direct_trace = _trace(tmp, "child"), _trace(tmp, "direct")
+    assert child_trace == direct_trace
+    assert child_trace[0]["step"] == S + 1 and child_trace[-1]["step"] == T - 1
+    assert child_trace[0]["lr"] == LR  # applied at the child's first safe point
+    parent_trace = {r["step"]: r for r in _trace(tmp, "parent")}
+    assert parent_trace[S + 1]["lr"] == 0.005  # the branch did change the trajectory
+    p = torch.load(tmp / "parent.pt")
+    assert not all(torch.equal(a[k], p[k]) for k in a)
+
+    # the child ledger: the parent's history up to the checkpoint, marked, applied only there
+    meta = json.loads(Path(child, "hotcb.run.json").read_text())
+    assert meta["branch"]["parent"] == parent_dir
+    assert meta["branch"]["step"] == S and meta["branch"]["checkpoint"] == ckpt
+    entries = read_ledger(child)
+    inherited = [e for e in entries if e.get("inherited")]
+    assert inherited == entries[: len(inherited)]
+    assert [e["seq"] for e in inherited] == [e["seq"] for e in read_ledger(parent_dir)][
+        : len(inherited)
+    ]
+    assert inherited[-1]["op"] == "checkpoint" and inherited[-1]["checkpoint"] == ckpt
+    own = entries[len(inherited) :]
+    applied = [(e["step"], e["source"], e["params"]) for e in own if e["decision"] == "applied"]
+    # lr 0.005 (step 10) is not applied again; the change scheduled before the checkpoint for
+    # step 50 is part of the checkpoint's schedule, so it lands in the child as in a resume
+    assert applied == [(S + 1, "branch", {"lr": LR}), (50, "test", {"lr": 0.02})]
+    assert not [e for e in own if e["decision"] in ("rejected", "failed")]
+    assert not [e for e in entries if e["module"] == "kernel" and e["op"] == "cursor_reset"]
+    direct_applied = [
+        (e["step"], e["params"]) for e in read_ledger(direct) if e["decision"] == "applied"
+    ]
+    assert direct_applied == [(S + 1, {"lr": LR}), (50, {"lr": 0.02})]
+
+    # the child's recipe is its whole trajectory from step 0: each change once
+    steps = [(e.step, e.params) for e in ledger_to_entries(entries) if e.module == "opt"]
+    assert steps == [(10, {"lr": 0.005}), (S + 1, {"lr": LR}), (50, {"lr": 0.02})]
+
+
+def test_a_checkpoint_given_by_path(parent: tuple[str, Path], tmp_path: Path) -> None:
+    parent_dir, _ = parent
+    made = branch(
+        parent_dir, tmp_path / "c", source=os.path.join(parent_dir, f"ckpt_{S}.pt")
+    )  # fmt: skip
+    assert made["step"] == S and made["commands"] == []
+    assert (tmp_path / "c" / "hotcb.actuators.json").is_file()
+
+
+def test_a_bad_from_lists_the_checkpoints(parent: tuple[str, Path], tmp_path: Path) -> None:
+    parent_dir, _ = parent
+    for bad in ("7", os.fspath(tmp_path / "nope.pt")):
+        out = _cli("--dir", parent_dir, "branch", "--from", bad, "--to", os.fspath(tmp_path / "c"))
+        assert out.returncode == 2
+        assert f"checkpoints of {parent_dir}: step {S} (" in out.stderr, out.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_existing_run_is_not_overwritten(parent: tuple[str, Path], tmp_path: Path) -> None:
+    parent_dir, _ = parent
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "hotcb.commands.jsonl").write_text("")
+    with pytest.raises(BranchError, match="not empty"):
+        branch(parent_dir, taken, source=S)
+    with pytest.raises(BranchError, match="new run directory"):
+        branch(parent_dir, parent_dir, source=S)
+    assert (taken / "hotcb.commands.jsonl").read_text() == ""
+
+
+def test_a_bad_set_key_leaves_no_child(parent: tuple[str, Path], tmp_path: Path) -> None:
+    parent_dir, _ = parent
+    with pytest.raises(ValueError, match="lr"):
+        branch(parent_dir, tmp_path / "c", source=S, set_params={"lr": -1.0})
+    assert not (tmp_path / "c").exists()
+
+
+def test_launch_branch_resumes_the_same_command(parent: tuple[str, Path], tmp_path: Path) -> None:
+    parent_dir, _ = parent
+    run = Launch(["python", "train.py"], parent_dir, LaunchOptions(serve_dir=parent_dir))
+    child = run.branch(tmp_path / "c", from_=S, set={"lr": LR}, start=False)
+    assert child.argv == run.argv and child.run_dir == os.fspath(tmp_path / "c")
+    assert child.opts.resume_from == os.path.join(parent_dir, f"ckpt_{S}.pt")
+    assert child.opts.serve_dir == child.run_dir
+    assert child.opts.log_path is not None and child.opts.log_path.startswith(child.run_dir)
