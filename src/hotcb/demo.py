@@ -33,6 +33,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ._launch import _answers
+
 if TYPE_CHECKING:
     from .actuators import HotcbActuator
 
@@ -507,21 +509,6 @@ def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
         pass
 
 
-def _wait_http(url: str, alive: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    return False
-
-
 def _can_open_browser() -> bool:
     # without a display, webbrowser may pick a text browser that takes over the terminal
     if sys.platform in ("darwin", "win32"):
@@ -636,7 +623,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
         )
         children.append(server)
         base = f"http://127.0.0.1:{port}"
-        if not _wait_http(base + "/api/health", lambda: server.poll() is None, 60.0):
+        if not _answers(base + "/api/health", 60.0, lambda: server.poll() is None):
             raise HotcbError(
                 f"the dashboard server did not start; see {run_dir}/demo.server.log "
                 '(is the dashboard extra installed? pip install "hotcb[dashboard]")'
