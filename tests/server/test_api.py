@@ -492,3 +492,21 @@ def test_tune_commands_from_the_dashboard(tmp_path, live_server):
         ("tune", "accept", {"id": "P3"}, "dashboard"),
         ("tune", "reject", {"id": "P3"}, "dashboard"),
     ]
+
+
+def test_runs_list_carries_branch_info(tmp_path, live_server):
+    """``hotcb branch``'s ``branch`` in hotcb.run.json reaches ``/api/runs``: the parent as the
+    served run id (null when it is outside the served folder) and the branch step."""
+    parent = make_run(tmp_path / "parent", steps=10)
+    child = make_run(tmp_path / "child", steps=5)
+    orphan = make_run(tmp_path / "orphan", steps=5)
+    elsewhere = os.fspath(tmp_path.parent / "not-served")
+    for run, src in ((child, parent), (orphan, elsewhere)):
+        info = {"parent": src, "step": 6, "checkpoint": "ckpt/6.pt", "seq": 3}
+        jsonl.write_json_atomic(RunPaths(run).run_meta, {"run_dir": run, "branch": info})
+    srv = live_server()
+    with srv.client() as c:
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+    assert runs["parent"]["branch"] is None
+    assert runs["child"]["branch"] == {"parent": "parent", "parent_path": parent, "step": 6}
+    assert runs["orphan"]["branch"] == {"parent": None, "parent_path": elsewhere, "step": 6}

@@ -313,7 +313,9 @@ class RunRegistry:
             last_step = max(steps) if steps else None
             last_wall = max(walls) if walls else None
         meta = jsonl.read_json(paths.run_meta, {}) or {}
-        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict):
+            meta = {}
+        name = meta.get("name")
         stale = last_wall is None or time.time() - last_wall > self.config.ui.stale_after_sec
         return {
             "run_id": run_id,
@@ -323,4 +325,25 @@ class RunRegistry:
             "last_wall_time": last_wall,
             "stale": stale,
             "freeze_mode": FreezeState.load(paths.freeze).mode.value,
+            "branch": self.branch_info(meta.get("branch")),
+        }
+
+    def branch_info(self, info: Any) -> dict[str, Any] | None:
+        """``hotcb.run.json``'s ``branch`` (written by ``hotcb branch``) for the page:
+        ``parent`` is the parent's run id when the parent is a run under the served folder,
+        else None; ``parent_path`` the path as written; ``step`` the branch point."""
+        if not isinstance(info, dict) or not isinstance(info.get("parent"), str):
+            return None
+        raw = info["parent"]
+        parent: str | None = None
+        path = os.path.realpath(os.path.join(self.root, raw))
+        inside = path == self.root or path.startswith(self.root + os.sep)
+        if inside and _has_hotcb_file(path):
+            rel = os.path.relpath(path, self.root)
+            parent = "." if rel == os.curdir else rel.replace(os.sep, "/")
+        step = info.get("step")
+        return {
+            "parent": parent,
+            "parent_path": raw,
+            "step": step if isinstance(step, int) and not isinstance(step, bool) else None,
         }

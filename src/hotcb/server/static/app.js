@@ -1,7 +1,7 @@
 // hotcb dashboard: state, data loading, live updates and wiring. No framework, no build step.
 import { api, ApiError, LiveSocket, runUrl, sendCommand } from "./api.js";
 import { Charts, fmtNum, sourceColor } from "./charts.js";
-import { ago, appendRecords as appendSeries, stepAhead } from "./lib.js";
+import { ago, appendRecords as appendSeries, runTree, seriesFrom, stepAhead } from "./lib.js";
 import {
   Controls,
   LedgerTable,
@@ -60,6 +60,18 @@ function runLabel(runId) {
   const r = app.runs.find((x) => x.run_id === runId);
   if (r && r.name) return r.name;
   return runId === "." ? "this run" : runId;
+}
+
+/** The run's branch point when it is a branch of a run served here: {parent, step}, else null. */
+function branchOf(runId) {
+  const b = app.runs.find((x) => x.run_id === runId)?.branch;
+  return b && b.parent != null ? { parent: b.parent, step: b.step } : null;
+}
+
+/** A branch is compared with its parent by default (called when a run is picked). */
+function compareWithParent() {
+  const b = branchOf(app.runId);
+  if (b && b.parent !== app.runId) app.compare.add(b.parent);
 }
 
 function setUrl() {
@@ -479,10 +491,19 @@ async function refreshRuns() {
     return;
   }
   const sel = $("run-select");
-  const ids = app.runs.map((r) => r.run_id);
-  if ([...sel.options].map((o) => o.value).join("|") !== ids.join("|")) {
+  // branches right under their parent, indented, "branch of <parent> at step S"
+  const opts = runTree(app.runs).map(({ run: r, depth, label }) => {
+    const name = r.name && r.name !== r.run_id ? `${r.run_id} — ${r.name}` : r.run_id;
+    const text = `${"\u00a0\u00a0\u00a0".repeat(depth)}${depth ? "↳ " : ""}${name}${label ? ` (${label})` : ""}`;
+    return { text, value: r.run_id, depth };
+  });
+  if ([...sel.options].map((o) => o.value + o.text).join("|") !== opts.map((o) => o.value + o.text).join("|")) {
     sel.textContent = "";
-    for (const r of app.runs) sel.append(new Option(r.name && r.name !== r.run_id ? `${r.run_id} — ${r.name}` : r.run_id, r.run_id));
+    for (const o of opts) {
+      const opt = new Option(o.text, o.value);
+      opt.dataset.depth = String(o.depth);
+      sel.append(opt);
+    }
   }
   if (app.runId != null) sel.value = app.runId;
   renderCompareList();
@@ -491,13 +512,15 @@ async function refreshRuns() {
 function renderCompareList() {
   const box = $("compare-list");
   box.textContent = "";
-  const others = app.runs.filter((r) => r.run_id !== app.runId);
+  const others = runTree(app.runs).filter((t) => t.run.run_id !== app.runId);
   if (!others.length) {
     box.innerHTML = '<p class="muted">no other runs under the served folder</p>';
   }
-  for (const r of others) {
+  for (const { run: r, depth, label } of others) {
     const lab = document.createElement("label");
     lab.className = "compare-item";
+    lab.dataset.depth = String(depth);
+    if (depth) lab.style.paddingLeft = `${depth * 1.2}em`;
     const cb = document.createElement("input");
     cb.type = "checkbox";
     cb.value = r.run_id;
@@ -513,6 +536,12 @@ function renderCompareList() {
       const s = document.createElement("span");
       s.className = "muted small";
       s.textContent = ` step ${r.last_step}`;
+      lab.append(s);
+    }
+    if (label) {
+      const s = document.createElement("span");
+      s.className = "muted small branch-label";
+      s.textContent = ` ${label}`;
       lab.append(s);
     }
     box.append(lab);
@@ -654,11 +683,16 @@ const autopilotPanel = new AutopilotPanel($("autopilot-card"), { decide: decideA
 const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
 
 function renderCharts() {
+  const branch = branchOf(app.runId);
   const runs = [app.runId, ...app.compare]
     .filter((r) => app.data.has(r))
     .map((r) => {
       const rd = app.data.get(r);
       rd.label = runLabel(r);
+      // a branch's parent is drawn from the branch point on: before it the two are one run
+      if (r !== app.runId && branch && r === branch.parent && branch.step != null) {
+        return { ...rd, label: `${rd.label} (parent)`, series: seriesFrom(rd.series, branch.step) };
+      }
       return rd;
     });
   charts.render(runs, markers());
@@ -715,6 +749,7 @@ function wire() {
   $("run-select").addEventListener("change", (ev) => {
     app.runId = ev.target.value;
     app.compare.delete(app.runId);
+    compareWithParent();
     app.actuators = [];
     app.status = null;
     app.runState = null;
@@ -812,6 +847,7 @@ async function main() {
     renderFacts();
   } else {
     app.compare.delete(app.runId);
+    if (!query.has("compare")) compareWithParent();
     $("run-select").value = app.runId;
     setUrl();
     renderCompareList();
@@ -826,6 +862,7 @@ async function main() {
     await refreshRuns();
     if (had == null && app.runs.length) {
       app.runId = pickInitialRun();
+      if (!query.has("compare")) compareWithParent();
       $("charts-empty").textContent = "Waiting for metrics…";
       $("run-select").value = app.runId;
       renderCompareList();

@@ -84,3 +84,54 @@ export function fillPart(panel, name, key, make) {
   box.textContent = "";
   box.append(...make());
 }
+
+/** "branch of <parent> at step S" for a run of /api/runs with `branch` ({parent, parent_path,
+ * step}); "" for a run that is no branch. A parent outside the served folder is named by the
+ * last part of its path. */
+export function branchLabel(run) {
+  const b = run?.branch;
+  if (!b) return "";
+  const parent = b.parent ?? (b.parent_path || "?").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+  return b.step != null ? `branch of ${parent} at step ${b.step}` : `branch of ${parent}`;
+}
+
+/**
+ * The runs of /api/runs as a tree, flattened for a list: each branch right under its parent
+ * (children in the order they came), `depth` levels in. A run whose parent is not in the list
+ * (or a loop of parents) is a root. Returns [{run, depth, label}], `label` from branchLabel.
+ */
+export function runTree(runs) {
+  const ids = new Set(runs.map((r) => r.run_id));
+  const children = new Map();
+  const roots = [];
+  for (const r of runs) {
+    const p = r.branch?.parent;
+    if (p != null && p !== r.run_id && ids.has(p)) {
+      if (!children.has(p)) children.set(p, []);
+      children.get(p).push(r);
+    } else roots.push(r);
+  }
+  const out = [];
+  const seen = new Set();
+  const visit = (r, depth) => {
+    if (seen.has(r.run_id)) return;
+    seen.add(r.run_id);
+    out.push({ run: r, depth, label: branchLabel(r) });
+    for (const c of children.get(r.run_id) || []) visit(c, depth + 1);
+  };
+  for (const r of roots) visit(r, 0);
+  for (const r of runs) visit(r, 0); // runs in a loop of parents: nobody reached them
+  return out;
+}
+
+/** A run's series (Map name → {step, value}) from step `from` on, for drawing a branch's
+ * parent only where the two can be compared. */
+export function seriesFrom(series, from) {
+  const out = new Map();
+  for (const [name, s] of series) {
+    let i = 0;
+    while (i < s.step.length && s.step[i] < from) i++;
+    out.set(name, i ? { step: s.step.slice(i), value: s.value.slice(i) } : s);
+  }
+  return out;
+}
