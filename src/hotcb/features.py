@@ -1,0 +1,466 @@
+"""Activation capture: per-layer summaries of a model's outputs in ``hotcb.features.jsonl``.
+
+:class:`FeatureCapture` puts forward hooks on the modules whose names match glob patterns (and,
+optionally, whose types match) and, every ``every`` steps, records for each of them the output's
+mean, std, max |x|, the fraction of dead units and the L2 norm. It is a hot callback: load it
+into a running job, switch it on and off, change its patterns, with the ``cb`` commands::
+
+    hotcb --dir RUN cb load feats --path hotcb.features --symbol FeatureCapture \\
+        --init 'patterns=["layers.*"]' every=50
+
+or use it from Python without a kernel (``FeatureCapture(model=..., run_dir=...)`` and
+``capture.step(step)`` in the loop). User docs: docs/features.md.
+
+Cost: nothing on the steps it does not capture. The hooks are attached at the end of the step
+before a capture step, run once (each removes itself after it fired), and the stats are torch
+reductions under ``no_grad`` on the detached output; the capture step ends with one
+``tolist()`` (one device sync) for all layers and one appended line.
+
+This module imports only the standard library at import time; torch is imported when the first
+hooks are attached.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from . import jsonl
+from .modules.cb._protocol import CallbackBase
+from .runfiles import FEATURES
+
+__all__ = ["DEFAULT_EVERY", "STATS", "FeatureCapture", "activation_stats", "read_features"]
+
+log = logging.getLogger("hotcb.features")
+
+Env = Mapping[str, Any]
+
+#: The figures recorded per layer, in this order.
+STATS = ("mean", "std", "max_abs", "dead", "norm")
+
+#: Capture every this many steps by default. Measured in benchmarks/features.py (docs/
+#: benchmarks/features.md): a capture step costs a few steps' worth on small CPU models, so
+#: one in 100 keeps the average overhead under 2% of a step.
+DEFAULT_EVERY = 100
+
+#: At most this many modules are hooked by default (a pattern that matches every module of a
+#: large model would otherwise make each capture slow); ``max_layers=0`` lifts the cap.
+DEFAULT_MAX_LAYERS = 64
+
+
+def _as_list(value: Any, what: str) -> list[str] | None:
+    """``None``, a comma-separated string or a list of strings → list (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+        return [v for v in items if v] or None
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            if isinstance(v, type):
+                out.append(v)
+            elif isinstance(v, str) and v.strip():
+                out.append(v.strip())
+            else:
+                raise TypeError(f"{what} must be strings, got {v!r}")
+        return out or None
+    raise TypeError(f"{what} must be a list of strings or a comma-separated string, got {value!r}")
+
+
+def _type_matches(module: Any, types: Sequence[Any]) -> bool:
+    """True when the module is an instance of one of ``types``: classes, or glob patterns on
+    the class name of any class in its MRO (``ReLU``, ``_ConvNd``, ``*Norm*``; a dotted name
+    such as ``torch.nn.Conv2d`` is matched by its last part)."""
+    mro = type(module).__mro__
+    for t in types:
+        if isinstance(t, type):
+            if isinstance(module, t):
+                return True
+            continue
+        name = t.rsplit(".", 1)[-1]  # "torch.nn.ReLU", "nn.ReLU" → "ReLU"
+        if any(fnmatch.fnmatchcase(cls.__name__, name) for cls in mro):
+            return True
+    return False
+
+
+def _name_matches(name: str, patterns: Sequence[str]) -> bool:
+    """Glob match on the module's name from ``named_modules()``, also under any prefix (so
+    ``layers.*`` matches ``model.layers.0`` of a Lightning module wrapping ``model``)."""
+    return any(
+        fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p) for p in patterns
+    )
+
+
+def select_modules(
+    model: Any,
+    patterns: Sequence[str] | None = None,
+    types: Sequence[Any] | None = None,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+) -> list[tuple[str, Any]]:
+    """The ``(name, module)`` pairs that :class:`FeatureCapture` hooks, in model order.
+
+    With neither ``patterns`` nor ``types``: every leaf module (no children). The model itself
+    (name ``""``) is never selected. At most ``max_layers`` (0: no limit)."""
+    out = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        if patterns:
+            if not _name_matches(name, patterns):
+                continue
+        elif not types and next(iter(mod.children()), None) is not None:
+            continue
+        if types and not _type_matches(mod, types):
+            continue
+        out.append((name, mod))
+    if max_layers and len(out) > max_layers:
+        log.warning(
+            "hotcb features: %d modules match, hooking the first %d (raise max_layers or "
+            "narrow the patterns)",
+            len(out),
+            max_layers,
+        )
+        out = out[:max_layers]
+    return out
+
+
+def _first_tensor(out: Any) -> Any:
+    """The module's output tensor: itself, or the first tensor of a tuple/list/dict output."""
+    if hasattr(out, "detach") and hasattr(out, "dim"):
+        return out
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    if isinstance(out, Mapping):
+        for item in out.values():
+            t = _first_tensor(item)
+            if t is not None:
+                return t
+    return None
+
+
+def _unit_dim(ndim: int, unit_dim: int | None) -> int:
+    """The dimension that indexes units/channels: ``unit_dim`` when given, else 1 for 4-D and
+    5-D outputs (N, C, H, W[, D]: convolutions) and the last one otherwise ((N, F) and
+    (N, T, F): linear layers, sequences)."""
+    if unit_dim is not None:
+        return unit_dim if unit_dim >= 0 else ndim + unit_dim
+    return 1 if ndim >= 4 else ndim - 1
+
+
+def activation_stats(t: Any, unit_dim: int | None = None) -> Any:
+    """The :data:`STATS` of tensor ``t`` as one float32 tensor of 5 values (on ``t``'s device;
+    no sync): mean, population std, max |x|, dead fraction, L2 norm.
+
+    ``dead`` is the fraction of units (channels for N×C×H×W, features otherwise, see
+    ``unit_dim``) that are ≤ 0 everywhere in the batch: for the output of a ReLU (or of the
+    layer feeding one) the units that no input switched on. For outputs that are not
+    ReLU-like, read it as "never positive in this batch"."""
+    import torch
+
+    with torch.no_grad():
+        x = t.detach()
+        if not x.is_floating_point():
+            x = x.float()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if x.dim() == 0:
+            x = x.reshape(1)
+        std, mean = torch.std_mean(x, correction=0)
+        lo, hi = torch.aminmax(x)
+        max_abs = torch.maximum(hi, -lo)
+        norm = torch.linalg.vector_norm(x)
+        if x.dim() == 1:
+            dead = (x <= 0).float().mean()
+        else:
+            d = _unit_dim(x.dim(), unit_dim)
+            reduce = [i for i in range(x.dim()) if i != d]
+            dead = (x.amax(dim=reduce) <= 0).float().mean()
+        return torch.stack([mean, std, max_abs, dead, norm]).float()
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _leader() -> bool:
+    from .distributed import rank
+
+    return rank() == 0
+
+
+class FeatureCapture(CallbackBase):
+    """Forward hooks on chosen modules; every ``every`` steps one record of their outputs'
+    mean, std, max |x|, dead fraction and L2 norm in ``hotcb.features.jsonl``.
+
+    Args:
+        patterns: glob patterns on the names of ``model.named_modules()`` (``"layers.*"``,
+            ``"fc?"``, ``"encoder.*.act"``); a pattern also matches under a prefix
+            (``"layers.*"`` matches ``"model.layers.0"``). A list, or a comma-separated string.
+            None: every leaf module (or every module of ``types``).
+        types: module types to keep among those: classes or glob patterns on class names
+            (``["ReLU", "GELU"]``, ``"*Conv*"``, ``"torch.nn.Linear"``); a class's bases count
+            (``_ConvNd`` matches every convolution).
+        every: capture at steps that are multiples of ``every`` (1: every step). Default
+            :data:`DEFAULT_EVERY`.
+        unit_dim: the dimension of the output that indexes units, for ``dead``; default 1 for
+            4-D/5-D outputs (conv channels) and the last dimension otherwise.
+        max_layers: hook at most this many modules (0: no limit).
+        train_only: capture only forwards in training mode (``module.training``), so that a
+            validation pass between two steps is not recorded as a training step.
+        model: the model, for use without a kernel (with the kernel it comes from
+            ``env["model"]``, which the Lightning and HF adapters fill in).
+        run_dir: where to write ``hotcb.features.jsonl`` without a kernel (with the kernel:
+            the run directory). None without a kernel: keep the last record only (``last``).
+
+    A record: ``{"step", "epoch"?, "wall_time", "id"?, "ms", "layers": {name: {"mean", "std",
+    "max_abs", "dead", "norm"}}}`` (``ms``: the capture's cost at the step's end, in
+    milliseconds; a non-finite value is written as ``null``).
+    """
+
+    rank_zero_only = True
+
+    def __init__(
+        self,
+        patterns: Sequence[str] | str | None = None,
+        types: Sequence[Any] | str | None = None,
+        every: int = DEFAULT_EVERY,
+        unit_dim: int | None = None,
+        max_layers: int = DEFAULT_MAX_LAYERS,
+        train_only: bool = True,
+        model: Any = None,
+        run_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._patterns = _as_list(patterns, "patterns")
+        self._types = _as_list(types, "types")
+        self.every = self._check_every(every)
+        self.unit_dim = None if unit_dim is None else int(unit_dim)
+        self.max_layers = int(max_layers)
+        self.train_only = bool(train_only)
+        self.model = model
+        self.run_dir = os.fspath(run_dir) if run_dir is not None else None
+        self.last: dict[str, Any] | None = None  # the last record written
+        self.captures = 0
+        self._leader = True if run_dir is None else _leader()
+        self._selected: list[tuple[str, Any]] | None = None
+        self._selected_for: Any = None  # the model _selected was made from (weakly: its id)
+        self._handles: dict[str, Any] = {}
+        self._pending: dict[str, Any] = {}
+        self._armed_step: int | None = None
+        self._warned_no_model = False
+
+    # ------------------------------------------------------------------ parameters
+    @staticmethod
+    def _check_every(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"every must be an integer >= 1, got {value!r}")
+        return value
+
+    @property
+    def patterns(self) -> list[str] | None:
+        return self._patterns
+
+    @property
+    def types(self) -> list[Any] | None:
+        return self._types
+
+    def set_params(self, **params: Any) -> None:
+        """``cb set_params``: ``patterns``, ``types``, ``every``, ``unit_dim``, ``max_layers``,
+        ``train_only``. A change of what is hooked takes effect at the next capture."""
+        known = ("patterns", "types", "every", "unit_dim", "max_layers", "train_only")
+        unknown = [k for k in params if k not in known]
+        if unknown:
+            raise AttributeError(
+                f"FeatureCapture has no parameter {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(known)}"
+            )
+        # validate everything before changing anything
+        new = dict(params)
+        if "patterns" in new:
+            new["patterns"] = _as_list(new["patterns"], "patterns")
+        if "types" in new:
+            new["types"] = _as_list(new["types"], "types")
+        if "every" in new:
+            new["every"] = self._check_every(new["every"])
+        if "unit_dim" in new and new["unit_dim"] is not None:
+            new["unit_dim"] = int(new["unit_dim"])
+        if "max_layers" in new:
+            new["max_layers"] = int(new["max_layers"])
+        if "train_only" in new:
+            new["train_only"] = bool(new["train_only"])
+        self.remove_hooks()
+        for key, value in new.items():
+            setattr(self, "_" + key if key in ("patterns", "types") else key, value)
+        self._selected = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "patterns": self._patterns,
+            "types": [t if isinstance(t, str) else t.__name__ for t in self._types or ()] or None,
+            "every": self.every,
+            "unit_dim": self.unit_dim,
+            "max_layers": self.max_layers,
+            "train_only": self.train_only,
+        }
+
+    # ------------------------------------------------------------------ callback protocol
+    def on_load(self, env: Env) -> None:
+        super().on_load(env)
+        if self.ctx is not None:
+            self._leader = self.ctx.is_leader
+
+    def on_unload(self, env: Env) -> None:
+        self.remove_hooks()
+
+    def handle(self, event: str, env: Env) -> None:
+        """At ``train_step_end``: write the capture of this step when hooks were armed for it,
+        and arm the hooks when the next step is a capture step."""
+        if event != "train_step_end":
+            return
+        step = env.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        if self._armed_step is not None:
+            self._finish(step, env)
+        if (step + 1) % self.every == 0:
+            model = env.get("model", self.model)
+            if model is None:
+                if not self._warned_no_model:
+                    self._warned_no_model = True
+                    self.log("FeatureCapture: env has no 'model'; nothing to capture", env)
+                return
+            self._arm(model, step + 1)
+
+    def step(self, step: int, model: Any = None, epoch: int | None = None) -> None:
+        """Python use without a kernel: call at the end of each training step."""
+        env: dict[str, Any] = {"step": step, "model": model if model is not None else self.model}
+        if epoch is not None:
+            env["epoch"] = epoch
+        self.handle("train_step_end", env)
+
+    def close(self) -> None:
+        """Remove the hooks (Python use); a later :meth:`step` attaches them again."""
+        self.remove_hooks()
+
+    def __enter__(self) -> FeatureCapture:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ hooks
+    def _modules(self, model: Any) -> list[tuple[str, Any]]:
+        if self._selected is None or self._selected_for is not model:
+            self._selected = select_modules(model, self._patterns, self._types, self.max_layers)
+            self._selected_for = model
+            if not self._selected:
+                self.log(
+                    f"FeatureCapture: no module of {type(model).__name__} matches "
+                    f"patterns={self._patterns} types={self.params()['types']}",
+                )
+        return self._selected
+
+    def _arm(self, model: Any, step: int) -> None:
+        self.remove_hooks()
+        self._pending = {}
+        for name, mod in self._modules(model):
+            self._handles[name] = mod.register_forward_hook(self._hook_for(name))
+        self._armed_step = step if self._handles else None
+
+    def _hook_for(self, name: str) -> Any:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if self.train_only and not module.training:
+                return  # stays armed for the training forward
+            handle = self._handles.pop(name, None)
+            if handle is not None:
+                handle.remove()  # once per capture: a second call (weight sharing) is skipped
+            t = _first_tensor(output)
+            if t is not None and t.numel() > 0:
+                self._pending[name] = activation_stats(t, self.unit_dim)
+
+        return hook
+
+    def remove_hooks(self) -> None:
+        """Detach every hook this capture attached (disarm)."""
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+        self._armed_step = None
+
+    # ------------------------------------------------------------------ records
+    def _finish(self, step: int, env: Env) -> None:
+        armed, pending = self._armed_step, self._pending
+        self.remove_hooks()
+        self._pending = {}
+        if armed != step or not pending:
+            return  # stale (the callback was off in between) or nothing ran
+        t0 = time.perf_counter()
+        import torch
+
+        names = list(pending)
+        rows = torch.stack([pending[n] for n in names]).tolist()  # the one sync
+        layers = {
+            name: {stat: _finite(v) for stat, v in zip(STATS, row, strict=True)}
+            for name, row in zip(names, rows, strict=True)
+        }
+        record: dict[str, Any] = {"step": step}
+        epoch = env.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            record["epoch"] = epoch
+        record["wall_time"] = time.time()
+        if self.ctx is not None:
+            record["id"] = self.ctx.id
+        record["layers"] = layers
+        self.captures += 1
+        self.last = record
+        path = self._path()
+        if path is not None and self._leader:
+            record["ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            try:
+                jsonl.append(path, record)
+            except OSError as exc:
+                self.log(f"FeatureCapture: could not write {path}: {exc}", env)
+
+    def _path(self) -> str | None:
+        root = self.ctx.run_dir if self.ctx is not None else self.run_dir
+        if root is None:
+            return None
+        return os.path.join(root, FEATURES)
+
+
+def read_features(
+    run_dir: str | os.PathLike[str], start: int = 0
+) -> tuple[list[dict[str, Any]], int]:
+    """The records of ``RUN/hotcb.features.jsonl`` from byte ``start`` on, and the byte offset
+    after the last complete line (for incremental reads). A missing file: ``([], 0)``."""
+    path = os.path.join(os.fspath(run_dir), FEATURES)
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    end = data.rfind(b"\n") + 1
+    out = []
+    for line in data[:end].split(b"\n"):
+        rec = jsonl.parse_line(line) if line.strip() else None
+        if rec is not None and isinstance(rec.get("layers"), dict):
+            out.append(rec)
+    return out, start + end
+
+
+def _iter_names(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Layer names in first-seen order."""
+    seen: dict[str, None] = {}
+    for rec in records:
+        for name in rec.get("layers") or ():
+            seen.setdefault(name, None)
+    return list(seen)
