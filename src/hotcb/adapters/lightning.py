@@ -17,10 +17,18 @@ step (``on_train_batch_end``) and after each validation run (``on_validation_end
   attributes Lightning's own LR finder and ``StochasticWeightAveraging`` write during fit; the
   fit loop reads them after every batch. A horizon at or below ``global_step`` ends fit after
   this batch.
-- ``evaluate`` is refused with the reason: Lightning 2.x has no public way to start validation
-  inside ``fit()`` (``trainer.validate()`` there breaks the fit loop, and the loops that run it
-  are private classes); validation runs on the Trainer's schedule (``val_check_interval``,
-  ``check_val_every_n_epoch``).
+- ``evaluate`` → validation at the next epoch boundary: Lightning 2.x has no public way to
+  start validation inside ``fit()`` at once (``trainer.validate()`` there breaks the fit loop,
+  and the loops that run it are private classes), so the callback sets
+  ``trainer.check_val_every_n_epoch`` to 1 (the attribute Lightning's own ``fast_dev_run`` sets)
+  until the validation has run, then puts it back. Validation then runs at this epoch's next
+  validation check: its end with the default ``val_check_interval=1.0``. The ledger entry says
+  so (``"evaluate": "deferred to the end of epoch N"``), and an entry with
+  ``"evaluate": "ran"`` follows when the validation has run (``"did not run"`` when fit ended
+  first). Refused with the reason when there is nothing to validate (no val dataloader, no
+  ``validation_step``, ``limit_val_batches=0``) or when validation has no epoch boundary to wait
+  for (``check_val_every_n_epoch=None``: every N batches across epochs; or a time-based
+  ``val_check_interval``).
 - SIGTERM / Ctrl-C (``checkpoint_on_signal``, on by default): a checkpoint at the next safe
   point, then ``trainer.should_stop``. Lightning itself answers SIGTERM by raising
   ``SIGTERMException`` out of ``fit()`` after that batch (the checkpoint is saved by then;
@@ -64,6 +72,7 @@ _SIGTERM_EXCEPTION: Any = getattr(
 _TRAIN = ("train_step_end",)
 _MICRO = ("train_batch_end",)
 _VAL = ("val_epoch_end",)
+_KEEP = object()  # a deferred evaluate left check_val_every_n_epoch as it was
 #: Every key of the env this callback hands over; those after ``trainer`` are built only when the
 #: kernel reads one (see :class:`hotcb.adapters.LazyEnv`).
 _KEYS = frozenset(
@@ -107,6 +116,9 @@ class _Hooks:
         self.metrics_every = max(1, int(metrics_every))
         self.checkpoint_on_signal = checkpoint_on_signal
         self._last_step: int | None = None
+        #: a deferred ``evaluate``: the step it was asked at, the epoch it runs in, and the
+        #: ``check_val_every_n_epoch`` to put back once it ran (_KEEP: it was not changed)
+        self._eval: dict[str, Any] | None = None
         self._caught = False  # this callback installed the signal handlers (and releases them)
 
     # -- env --------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ class _Hooks:
         values["save_checkpoint"] = functools.partial(self._save_checkpoint, trainer)
         values["set_max_steps"] = functools.partial(_set_max_steps, trainer)
         values["set_max_epochs"] = functools.partial(_set_max_epochs, trainer)
-        values["request_evaluate"] = functools.partial(_no_evaluate, trainer)
+        values["request_evaluate"] = functools.partial(self._request_evaluate, trainer)
 
     def _save_checkpoint(self, trainer: Any, path: str | None = None) -> str:
         if path is None:
@@ -166,6 +178,50 @@ class _Hooks:
         # every rank calls this (each applies the same op), as Lightning's strategies expect
         trainer.save_checkpoint(path)
         return path
+
+    def _request_evaluate(self, trainer: Any) -> str:
+        """``evaluate``: validation at this epoch's next validation check (see the module
+        docstring); what the ledger entry says."""
+        _check_can_evaluate(trainer)
+        epoch = int(trainer.current_epoch)
+        if trainer.validating and trainer.is_last_batch:
+            epoch += 1  # asked right after this epoch's last validation: the next epoch's
+        interval = trainer.val_check_interval
+        where = (
+            f"the end of epoch {epoch}"
+            if interval == 1.0
+            else f"epoch {epoch}'s next validation check (val_check_interval={interval!r})"
+        )
+        if self._eval is not None:
+            return f"deferred to {where} (already asked at step {self._eval['step']})"
+        every = trainer.check_val_every_n_epoch
+        scheduled = (epoch + 1) % every == 0  # this epoch validates anyway
+        self._eval = {"step": int(trainer.global_step), "epoch": epoch,
+                      "restore": _KEEP if scheduled else every}  # fmt: skip
+        if not scheduled:
+            # read by the fit loop at every batch end; put back in on_validation_end
+            trainer.check_val_every_n_epoch = 1
+        return f"deferred to {where}"
+
+    def _evaluated(self, trainer: Any, ran: bool) -> None:
+        """The deferred ``evaluate`` ran (or fit ended first): the schedule goes back, and the
+        ledger says so."""
+        ev, self._eval = self._eval, None
+        if ev is None:
+            return
+        if ev["restore"] is not _KEEP:
+            trainer.check_val_every_n_epoch = ev["restore"]
+        fields: dict[str, Any] = {
+            "source": "lightning", "module": "control", "op": "evaluate",
+            "step": int(trainer.global_step), "requested_step": ev["step"], "epoch": ev["epoch"],
+        }  # fmt: skip
+        if ran:
+            fields.update(decision="applied", event=_VAL[0], evaluate="ran")
+        else:
+            fields.update(decision="noop", evaluate="did not run",
+                          error=f"fit ended before epoch {ev['epoch']}'s validation: the "
+                          f"evaluate asked at step {ev['step']} did not run")  # fmt: skip
+        self.kernel.record(fields)
 
     # -- hooks ------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -202,10 +258,12 @@ class _Hooks:
         # comes before they are computed); not during the sanity check, nor in trainer.validate
         if trainer.sanity_checking or getattr(trainer.state.fn, "value", trainer.state.fn) != "fit":
             return
+        self._evaluated(trainer, ran=True)
         env = self._env(trainer, pl_module, int(trainer.global_step), "val", False)
         self.kernel.apply(env, _VAL)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._evaluated(trainer, ran=False)
         self.kernel.flush()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
@@ -219,6 +277,7 @@ class _Hooks:
             # before a safe point took the signal: save and stop here, like OnExceptionCheckpoint
             env = self._env(trainer, pl_module, int(trainer.global_step), "train", False, False)
             kernel.apply(env, _TRAIN)
+        self._evaluated(trainer, ran=False)
         kernel.flush()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -272,13 +331,26 @@ def _set_max_epochs(trainer: Any, max_epochs: int) -> dict[str, Any]:
     return {"other_limit": {"max_steps": steps}} if steps not in (None, -1) else {}
 
 
-def _no_evaluate(trainer: Any) -> str:
-    raise HotcbError(
-        "Lightning 2.x has no public way to start validation inside fit() (trainer.validate() "
-        "there breaks the fit loop; the loops that run it are private); validation runs on the "
-        f"Trainer's schedule: val_check_interval={trainer.val_check_interval!r}, "
-        f"check_val_every_n_epoch={trainer.check_val_every_n_epoch!r}"
-    )
+def _check_can_evaluate(trainer: Any) -> None:
+    """Raise the reason when ``evaluate`` cannot be deferred to an epoch boundary."""
+    if not getattr(trainer, "enable_validation", True):
+        raise HotcbError(
+            "nothing to evaluate: this fit has no validation (a val dataloader, a "
+            f"validation_step and limit_val_batches > 0 are needed; "
+            f"limit_val_batches={trainer.limit_val_batches!r})"
+        )
+    interval, every = trainer.val_check_interval, trainer.check_val_every_n_epoch
+    if not isinstance(interval, (int, float)):
+        raise HotcbError(
+            f"validation runs on a clock (val_check_interval={interval!r}); Lightning 2.x has "
+            "no public way to start it sooner"
+        )
+    if every is None:
+        raise HotcbError(
+            f"validation runs every {interval} training batches across epochs "
+            f"(val_check_interval={interval!r}, check_val_every_n_epoch=None): there is no epoch boundary to defer it to, and "
+            "Lightning 2.x has no public way to start validation inside fit() at once"
+        )
 
 
 def __getattr__(name: str) -> Any:

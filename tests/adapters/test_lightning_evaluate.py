@@ -1,0 +1,163 @@
+"""``control evaluate`` with a real Lightning ``Trainer`` (issue #15): validation runs at the next
+epoch boundary even when ``check_val_every_n_epoch`` would skip that epoch, the schedule comes
+back afterwards, and the ledger says when it was deferred to and that it ran.
+
+The model and data are ``examples/lightning_digits.py``'s (TinyMLP on digits, CPU). Commands are
+written before ``fit`` (the real ``hotcb evaluate`` CLI lands on the first step; HotClient with
+``at_step`` on a known one), so the steps are known; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import EXAMPLES, read_jsonl
+
+from hotcb import HotClient, HotKernel
+from hotcb.testing import read_ledger
+
+pytestmark = pytest.mark.slow
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
+
+
+def _example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+LIT = _example("lightning_digits")
+
+
+class Validations(pl.Callback):
+    """The global steps at which fit's validation ran (not the sanity check)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+def _fit(run_dir: str, *, val: bool = True, **kw: Any) -> tuple[Any, list[int]]:
+    kernel = HotKernel(run_dir)
+    seen = Validations()
+    opts: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "num_sanity_val_steps": 0,
+        "limit_train_batches": 4,
+        "limit_val_batches": 1 if val else 0,
+        "check_val_every_n_epoch": 100,  # without hotcb: no validation in these runs
+        **kw,
+    }
+    trainer = pl.Trainer(callbacks=[HotCBLightning(kernel), seen], **opts)
+    train, val_loader = LIT.loaders()
+    trainer.fit(LIT.DigitsModule(), train, val_loader if val else None)
+    kernel.close()
+    return trainer, seen.steps
+
+
+def _settled(run_dir: str) -> list[dict[str, Any]]:
+    """The control evaluate entries, without the ``scheduled`` ones."""
+    return [
+        e
+        for e in read_ledger(run_dir)
+        if e.get("op") == "evaluate" and e["decision"] != "scheduled"
+    ]
+
+
+def test_lightning_validation_does_not_run_without_evaluate(tmp_path: Path) -> None:
+    _, validated = _fit(os.fspath(tmp_path / "run"), max_epochs=3)
+    assert validated == []  # the baseline the next test changes
+
+
+def test_lightning_evaluate_runs_validation_at_the_end_of_the_epoch(
+    tmp_path: Path, cli: Any
+) -> None:
+    run = os.fspath(tmp_path / "run")
+    assert cli(run, "init").returncode == 0
+    assert cli(run, "evaluate").returncode == 0  # the real CLI: lands on the first step
+    later = HotClient(run).send("control", "evaluate", at_step=6)  # in epoch 1 (steps 5-8)
+    trainer, validated = _fit(run, max_epochs=3)
+    # epochs 0 and 1 end with a validation; epoch 2 does not: the schedule came back
+    assert validated == [4, 8]
+    assert trainer.global_step == 12 and trainer.check_val_every_n_epoch == 100
+
+    asked, ran, asked_later, ran_later = _settled(run)
+    assert asked["decision"] == "applied" and asked["source"] == "cli" and asked["step"] == 1
+    assert asked["evaluate"] == "deferred to the end of epoch 0"
+    assert ran["decision"] == "applied" and ran["evaluate"] == "ran"
+    assert (ran["step"], ran["requested_step"], ran["epoch"]) == (4, 1, 0)
+    assert ran["event"] == "val_epoch_end" and ran["source"] == "lightning"
+    assert asked_later["cmd_id"] == later and asked_later["step"] == 6
+    assert asked_later["evaluate"] == "deferred to the end of epoch 1"
+    assert (ran_later["step"], ran_later["requested_step"], ran_later["evaluate"]) == (8, 6, "ran")
+
+    # the validation's metrics reached the run's metrics stream at those steps (Lightning keeps
+    # the last val_loss in callback_metrics: a new value is a new validation)
+    firsts: dict[float, int] = {}
+    for r in read_jsonl(os.path.join(run, "hotcb.metrics.jsonl")):
+        if "val_loss" in r["metrics"]:
+            firsts.setdefault(r["metrics"]["val_loss"], r["step"])
+    assert sorted(firsts.values()) == [4, 8]
+
+
+def test_lightning_evaluate_asked_twice_in_an_epoch_validates_once(tmp_path: Path) -> None:
+    run = os.fspath(tmp_path / "run")
+    c = HotClient(run)
+    first, second = (
+        c.send("control", "evaluate", at_step=1),
+        c.send("control", "evaluate", at_step=2),
+    )
+    _, validated = _fit(run, max_epochs=2)
+    assert validated == [4]
+    entries = {e.get("cmd_id"): e for e in _settled(run)}
+    assert entries[first]["evaluate"] == "deferred to the end of epoch 0"
+    assert entries[second]["evaluate"] == (
+        "deferred to the end of epoch 0 (already asked at step 1)"
+    )
+    assert [e["evaluate"] for e in _settled(run) if e["cmd_id"] is None] == ["ran"]
+
+
+def test_lightning_evaluate_in_an_epoch_that_validates_anyway(tmp_path: Path) -> None:
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "evaluate", at_step=2)
+    trainer, validated = _fit(run, max_epochs=2, check_val_every_n_epoch=1)
+    assert validated == [4, 8] and trainer.check_val_every_n_epoch == 1
+    assert [e["evaluate"] for e in _settled(run)] == ["deferred to the end of epoch 0", "ran"]
+
+
+def test_lightning_evaluate_when_fit_ends_before_the_epoch_does(tmp_path: Path) -> None:
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "evaluate", at_step=1)
+    trainer, validated = _fit(run, max_steps=3)  # ends inside epoch 0
+    assert validated == [] and trainer.check_val_every_n_epoch == 100
+    asked, missed = _settled(run)
+    assert asked["evaluate"] == "deferred to the end of epoch 0"
+    assert missed["decision"] == "noop" and missed["evaluate"] == "did not run"
+    assert "fit ended before epoch 0's validation" in missed["error"]
+
+
+def test_lightning_evaluate_is_refused_without_validation(tmp_path: Path) -> None:
+    run = os.fspath(tmp_path / "run")
+    cid = HotClient(run).evaluate()
+    trainer, validated = _fit(run, val=False, max_steps=3)
+    (e,) = _settled(run)
+    assert e["cmd_id"] == cid and e["decision"] == "rejected" and e["evaluate"] == "unsupported"
+    assert e["error"].startswith("nothing to evaluate: this fit has no validation")
+    assert trainer.global_step == 3 and validated == []
