@@ -26,6 +26,7 @@ from .guards import BodyLimitMiddleware, JSONOnlyMiddleware, SecurityHeadersMidd
 from .hub import Hub
 from .logs import install_log_filters
 from .routers import (
+    create_analytics_router,
     create_autopilot_router,
     create_commands_router,
     create_meta_router,
@@ -104,6 +105,7 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
         create_autopilot_router,
         create_commands_router,
         create_ws_router,
+        create_analytics_router,
     ):
         app.include_router(factory(deps))
     app.include_router(

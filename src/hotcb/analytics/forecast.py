@@ -1,0 +1,463 @@
+"""The key metric's projection ``horizon`` steps ahead, with a quantile band, from its recent trend.
+
+The model (the same with or without scikit-learn):
+
+- **Space.** A metric that is positive throughout the window is modelled in log space (loss
+  curves fall multiplicatively, and the band stays positive); any other metric in its own units.
+- **Trend.** A straight line in ``log(step + 1)``, i.e. a power law ``y ≈ a·(step+1)^b`` for a
+  positive metric: the shape of most training curves, which flattens by itself instead of
+  running off like a straight line in ``step``. It is fitted on the last part of the history (the
+  *window*: the last half of the points, at least ``min_points``, at most ``max_points``) with a
+  robust (Huber) loss, so a spike or a minibatch outlier does not tilt it. With scikit-learn
+  installed the fit is :class:`sklearn.linear_model.HuberRegressor`; without it, the numpy
+  fallback does the same fit by iteratively reweighted least squares (:func:`huber_line`).
+  (statsmodels is not used: it is not a dependency of any extra.)
+- **Band.** The residuals of the fit give the spread of a single future observation: the band
+  is the forecast plus the residuals' ``q_lo`` and ``q_hi`` quantiles (10 % and 90 % by default),
+  widened by the line's own standard error at that step (which grows with the distance from the
+  window), so about 80 % of future points fall inside it while the trend holds.
+
+:func:`backtest` replays the model on the run's own past: from several origins it forecasts
+``horizon`` steps ahead and compares the mean absolute error with two baselines, the last value
+and a straight line in ``step`` fitted on the same window. A forecast is worth showing only where
+it beats both (:attr:`Backtest.better`); the dashboard shows the band only then.
+
+numpy is needed here (the ``dashboard`` extra); ``import hotcb`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "Backtest",
+    "Forecast",
+    "backtest",
+    "fit_trend",
+    "forecast",
+    "huber_line",
+    "sklearn_available",
+]
+
+Backend = Literal["auto", "sklearn", "numpy"]
+Form = Literal["power", "exp", "level"]
+
+#: The trend forms, in the order a tie is broken.
+FORMS: tuple[Form, ...] = ("power", "exp", "level")
+
+#: Fewer points than this in the window: no forecast (a line through noise is not a trend).
+MIN_POINTS = 8
+#: At most this many of the last points are fitted (older history says little about what's next).
+MAX_POINTS = 400
+#: Points in a forecast's output (the future grid is thinned to this many).
+OUT_POINTS = 60
+
+
+def sklearn_available() -> bool:
+    try:
+        import sklearn.linear_model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _clean(steps: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays of the finite points, sorted by step, one value per step (the last)."""
+    x = np.asarray(steps, dtype=float).ravel()
+    y = np.asarray(values, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"steps and values differ in length: {x.size} and {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size and np.any(np.diff(x) <= 0):
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        keep = np.append(x[1:] != x[:-1], True)  # a step logged twice: its last value
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def huber_line(x: np.ndarray, y: np.ndarray, epsilon: float = 1.35, iters: int = 30) -> np.ndarray:
+    """``(intercept, slope)`` of a straight line fitted with Huber's loss (the numpy fallback
+    for :class:`sklearn.linear_model.HuberRegressor`): iteratively reweighted least squares,
+    the scale re-estimated each round from the residuals' median absolute deviation."""
+    a = np.column_stack([np.ones_like(x), x])
+    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+    for _ in range(iters):
+        r = y - a @ coef
+        scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        if scale <= 1e-12:
+            break
+        u = np.abs(r) / (epsilon * scale)
+        w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)[0]
+        if np.allclose(new, coef, rtol=1e-9, atol=1e-12):
+            coef = new
+            break
+        coef = new
+    return np.asarray(coef, dtype=float)
+
+
+def _sklearn_line(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import HuberRegressor
+
+    # scale x to about unit range: HuberRegressor's L-BFGS converges far better on it
+    mx, sx = float(x.mean()), float(x.std()) or 1.0
+    model = HuberRegressor(alpha=0.0, epsilon=1.35, max_iter=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the last iterate is still a fit
+        model.fit(((x - mx) / sx)[:, None], y)
+    slope = float(model.coef_[0]) / sx
+    return np.array([float(model.intercept_) - slope * mx, slope])
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A fitted trend ``z = intercept + slope·u(step)``: ``z`` is ``log(y)`` (``log_space``) or
+    ``y``; ``u`` is ``log(step+1)`` (form ``power``), ``step`` (``exp``) or 0 (``level``)."""
+
+    form: Form
+    intercept: float
+    slope: float
+    log_space: bool
+    residuals: np.ndarray
+    u_mean: float
+    suu: float
+    backend: str
+    first_step: float
+    last_step: float
+
+    def u(self, steps: np.ndarray) -> np.ndarray:
+        return _u(self.form, steps)
+
+    def z(self, steps: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * self.u(steps)
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(np.exp(np.minimum(z, 700.0))) if self.log_space else z
+
+    def predict(self, steps: Any) -> np.ndarray:
+        return self.value(self.z(np.asarray(steps, dtype=float)))
+
+    def band(self, steps: np.ndarray, q_lo: float, q_hi: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)`` at ``steps`` (see the module's docstring)."""
+        z = self.z(steps)
+        r = self.residuals
+        n = r.size
+        dof = max(1, n - (1 if self.form == "level" else 2))
+        s = float(np.sqrt(np.sum(r**2) / dof))
+        lever = (self.u(steps) - self.u_mean) ** 2 / self.suu if self.suu > 0 else 0.0
+        se = s * np.sqrt(1.0 / n + lever)
+        k = _normal_quantile(q_hi)
+        lo = z + float(np.quantile(r, q_lo)) - k * se
+        hi = z + float(np.quantile(r, q_hi)) + k * se
+        return self.value(lo), self.value(hi)
+
+
+def _u(form: str, steps: np.ndarray) -> np.ndarray:
+    if form == "power":
+        return np.asarray(np.log1p(np.maximum(steps, 0.0)))
+    if form == "exp":
+        return np.asarray(steps, dtype=float)
+    return np.zeros_like(steps, dtype=float)
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal's quantile (Acklam's rational approximation; no scipy needed)."""
+    q = min(max(q, 1e-9), 1 - 1e-9)
+    a = (-39.6968302866538, 220.946098424521, -275.928510446969,
+         138.357751867269, -30.6647980661472, 2.50662827745924)  # fmt: skip
+    b = (-54.4760987982241, 161.585836858041, -155.698979859887,
+         66.8013118877197, -13.2806815528857)  # fmt: skip
+    c = (-0.00778489400243029, -0.322396458041136, -2.40075827716184,
+         -2.54973253934373, 4.37466414146497, 2.93816398269878)  # fmt: skip
+    d = (0.00778469570904146, 0.32246712907004, 2.445134137143, 3.75440866190742)
+    if q < 0.02425:
+        t = math.sqrt(-2 * math.log(q))
+        num = ((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]
+        return num / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1)
+    if q > 1 - 0.02425:
+        return -_normal_quantile(1 - q)
+    t = q - 0.5
+    r = t * t
+    num = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * t
+    return num / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+def _window(n: int, min_points: int, max_points: int) -> int:
+    return int(min(n, max(min_points, min(max_points, n // 2))))
+
+
+def fit_trend(
+    steps: Any,
+    values: Any,
+    *,
+    min_points: int = MIN_POINTS,
+    max_points: int = MAX_POINTS,
+    backend: Backend = "auto",
+) -> Trend | None:
+    """The trend of the last window of ``(steps, values)``; ``None`` with fewer than
+    ``min_points`` finite points."""
+    x, y = _clean(steps, values)
+    return _fit(x, y, min_points, max_points, backend)
+
+
+def _line(u: np.ndarray, z: np.ndarray, backend: str) -> np.ndarray:
+    if backend == "sklearn":
+        return _sklearn_line(u, z)
+    return huber_line(u, z)
+
+
+def _coef(form: Form, u: np.ndarray, z: np.ndarray, backend: str) -> np.ndarray:
+    if form == "level" or float(np.ptp(u)) == 0.0:
+        return np.array([float(np.median(z)), 0.0])
+    return _line(u, z, backend)
+
+
+def _pick_form(xs: np.ndarray, z: np.ndarray, min_points: int) -> Form:
+    """The form that best extrapolates the window's last third from its first two thirds
+    (mean absolute error in ``z``; numpy fits, a tie keeps the earlier form in :data:`FORMS`)."""
+    k = (2 * xs.size) // 3
+    if k < max(4, min_points // 2) or xs.size - k < 2:
+        return "power"
+    best: tuple[float, Form] | None = None
+    for form in FORMS:
+        u = _u(form, xs)
+        c = _coef(form, u[:k], z[:k], "numpy")
+        err = float(np.mean(np.abs(z[k:] - (c[0] + c[1] * u[k:]))))
+        if best is None or err < best[0] - 1e-12:
+            best = (err, form)
+    assert best is not None
+    return best[1]
+
+
+def _fit(
+    x: np.ndarray, y: np.ndarray, min_points: int, max_points: int, backend: Backend
+) -> Trend | None:
+    if x.size < min_points:
+        return None
+    w = _window(x.size, min_points, max_points)
+    xs, ys = x[-w:], y[-w:]
+    log_space = bool(np.all(ys > 0))
+    z = np.log(ys) if log_space else ys
+    form = _pick_form(xs, z, min_points)
+    use = (
+        "sklearn"
+        if backend == "sklearn" or (backend == "auto" and sklearn_available())
+        else "numpy"
+    )
+    u = _u(form, xs)
+    coef = _coef(form, u, z, use)
+    name = "median" if form == "level" else f"{use}-huber"
+    resid = z - (coef[0] + coef[1] * u)
+    um = float(u.mean())
+    return Trend(
+        form=form,
+        intercept=float(coef[0]),
+        slope=float(coef[1]),
+        log_space=log_space,
+        residuals=resid,
+        u_mean=um,
+        suu=float(np.sum((u - um) ** 2)),
+        backend=name,
+        first_step=float(xs[0]),
+        last_step=float(xs[-1]),
+    )
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A projection: at each future ``steps``, the ``median`` and the ``lo``/``hi`` band."""
+
+    steps: np.ndarray
+    median: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    quantiles: tuple[float, float]
+    trend: Trend
+    last_step: float
+    last_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.trend
+        return {
+            "steps": [int(s) for s in self.steps],
+            "median": _floats(self.median),
+            "lo": _floats(self.lo),
+            "hi": _floats(self.hi),
+            "quantiles": list(self.quantiles),
+            "last_step": int(self.last_step),
+            "last_value": self.last_value,
+            "model": {
+                "form": t.form,
+                "log_space": t.log_space,
+                "backend": t.backend,
+                "slope": t.slope,
+                "window": [int(t.first_step), int(t.last_step)],
+                "points": int(t.residuals.size),
+            },
+        }
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in a.tolist()]
+
+
+def _grid(last: float, step_gap: float, horizon: int, points: int) -> np.ndarray:
+    gap = max(1.0, step_gap)
+    n = max(1, int(horizon // gap))
+    grid = last + gap * np.arange(1, n + 1)
+    if grid[-1] < last + horizon:
+        grid = np.append(grid, last + horizon)
+    if grid.size > points:
+        grid = grid[np.unique(np.linspace(0, grid.size - 1, points).round().astype(int))]
+    return np.round(grid)
+
+
+def forecast(
+    steps: Any,
+    values: Any,
+    horizon: int,
+    *,
+    quantiles: tuple[float, float] = (0.1, 0.9),
+    min_points: int = MIN_POINTS,
+    max_points: int = MAX_POINTS,
+    out_points: int = OUT_POINTS,
+    backend: Backend = "auto",
+) -> Forecast | None:
+    """Project ``values`` (logged at ``steps``) ``horizon`` steps past the last one.
+
+    Returns ``None`` with fewer than ``min_points`` finite points. The future grid follows the
+    metric's own logging gap (every 10 steps for a metric logged every 10), thinned to
+    ``out_points`` points, and always ends at ``last_step + horizon``."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be at least 1 step, got {horizon}")
+    q_lo, q_hi = quantiles
+    if not 0 < q_lo < q_hi < 1:
+        raise ValueError(f"quantiles must satisfy 0 < lo < hi < 1, got {quantiles}")
+    x, y = _clean(steps, values)
+    trend = _fit(x, y, min_points, max_points, backend)
+    if trend is None:
+        return None
+    gap = float(np.median(np.diff(x[-min(x.size, 50) :])))
+    grid = _grid(float(x[-1]), gap, horizon, out_points)
+    lo, hi = trend.band(grid, q_lo, q_hi)
+    return Forecast(
+        steps=grid,
+        median=trend.predict(grid),
+        lo=lo,
+        hi=hi,
+        quantiles=(q_lo, q_hi),
+        trend=trend,
+        last_step=float(x[-1]),
+        last_value=float(y[-1]),
+    )
+
+
+# ----------------------------------------------------------------------------------- backtest
+def _linear(xs: np.ndarray, ys: np.ndarray, at: float) -> float:
+    if xs.size < 2 or float(np.ptp(xs)) == 0.0:
+        return float(ys[-1])
+    slope, icpt = np.polyfit(xs, ys, 1)
+    return float(icpt + slope * at)
+
+
+def _observed(x: np.ndarray, y: np.ndarray, at: float) -> float | None:
+    """The value at step ``at``: logged there, or interpolated between the two nearest steps."""
+    if at > x[-1] or at < x[0]:
+        return None
+    return float(np.interp(at, x, y))
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """Mean absolute errors of the model and the baselines at ``horizon`` over ``origins``."""
+
+    horizon: int
+    origins: int
+    mae_model: float | None
+    mae_last_value: float | None
+    mae_linear: float | None
+    coverage: float | None = None  # share of the targets inside the model's band
+    errors: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def better(self) -> bool:
+        """The model beats both baselines (strictly) on this history."""
+        m, b1, b2 = self.mae_model, self.mae_last_value, self.mae_linear
+        return m is not None and b1 is not None and b2 is not None and m < b1 and m < b2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "horizon": self.horizon,
+            "origins": self.origins,
+            "mae": {
+                "model": self.mae_model,
+                "last_value": self.mae_last_value,
+                "linear": self.mae_linear,
+            },
+            "coverage": self.coverage,
+            "better": self.better,
+        }
+
+
+def backtest(
+    steps: Any,
+    values: Any,
+    horizon: int,
+    *,
+    origins: int = 12,
+    quantiles: tuple[float, float] = (0.1, 0.9),
+    min_points: int = MIN_POINTS,
+    max_points: int = MAX_POINTS,
+    backend: Backend = "numpy",
+) -> Backtest:
+    """Forecast from up to ``origins`` past points, each ``horizon`` steps ahead, and score the
+    model, the last value and a straight line in ``step`` (fitted on the model's window)
+    against what was logged there. Origins are spread evenly over the history that has at
+    least ``2·min_points`` points before it and ``horizon`` steps after it."""
+    x, y = _clean(steps, values)
+    errs: dict[str, list[float]] = {"model": [], "last_value": [], "linear": []}
+    inside = 0
+    q_lo, q_hi = quantiles
+    first_ok = 2 * min_points - 1
+    cands = np.nonzero(x <= x[-1] - horizon)[0] if x.size else np.array([], dtype=int)
+    cands = cands[cands >= first_ok]
+    if cands.size:
+        picks = np.unique(np.linspace(0, cands.size - 1, min(origins, cands.size)).round())
+        for i in cands[picks.astype(int)]:
+            hx, hy = x[: i + 1], y[: i + 1]
+            trend = _fit(hx, hy, min_points, max_points, backend)
+            at = float(hx[-1]) + horizon
+            target = _observed(x, y, at)
+            if trend is None or target is None:
+                continue
+            w = _window(hx.size, min_points, max_points)
+            pred = float(trend.predict([at])[0])
+            errs["model"].append(abs(pred - target))
+            errs["last_value"].append(abs(float(hy[-1]) - target))
+            errs["linear"].append(abs(_linear(hx[-w:], hy[-w:], at) - target))
+            lo, hi = trend.band(np.array([at]), q_lo, q_hi)
+            inside += int(lo[0] <= target <= hi[0])
+    n = len(errs["model"])
+
+    def mae(k: str) -> float | None:
+        return float(np.mean(errs[k])) if n else None
+
+    return Backtest(
+        horizon=horizon,
+        origins=n,
+        mae_model=mae("model"),
+        mae_last_value=mae("last_value"),
+        mae_linear=mae("linear"),
+        coverage=inside / n if n else None,
+        errors=errs,
+    )

@@ -1,0 +1,125 @@
+"""The run's path through metric space: every logged metric at once, reduced to two dimensions.
+
+The metrics are put on one grid of steps (at most ``max_points`` steps, spread evenly over the
+run; each metric takes its last value at or before a grid step, so a metric logged every 10
+steps and one logged every step line up), each standardised (mean 0, standard deviation 1 over
+the run; a constant metric is left out), and projected on their first two principal components
+(numpy's SVD), so a run that changes course (a drop of the learning rate, divergence,
+overfitting) shows as a bend. With ``umap-learn`` installed, ``method="umap"`` (or ``"auto"``)
+uses UMAP instead, which keeps local neighbourhoods rather than global variance.
+
+Metrics logged at fewer than ``min_points`` steps, and grid steps before every metric has a
+value, are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["Trajectory", "trajectory", "umap_available"]
+
+Method = Literal["auto", "pca", "umap"]
+
+
+def umap_available() -> bool:
+    try:
+        import umap  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    steps: np.ndarray
+    points: np.ndarray  # (n, 2)
+    metrics: list[str]
+    method: str
+    explained: list[float] | None  # PCA: variance ratio of the two components
+    loadings: dict[str, list[float]] | None  # PCA: each metric's weight in the two components
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": [int(s) for s in self.steps],
+            "x": [float(v) for v in self.points[:, 0]] if self.points.size else [],
+            "y": [float(v) for v in self.points[:, 1]] if self.points.size else [],
+            "metrics": self.metrics,
+            "method": self.method,
+            "explained": self.explained,
+            "loadings": self.loadings,
+        }
+
+
+def _grid(series: Mapping[str, tuple[np.ndarray, np.ndarray]], max_points: int) -> np.ndarray:
+    steps = np.unique(np.concatenate([s for s, _ in series.values()]))
+    if steps.size > max_points:
+        steps = steps[np.unique(np.linspace(0, steps.size - 1, max_points).round().astype(int))]
+    return steps
+
+
+def _empty(names: list[str], method: str) -> Trajectory:
+    return Trajectory(np.zeros(0), np.zeros((0, 2)), names, method, None, None)
+
+
+def trajectory(
+    series: Mapping[str, tuple[Any, Any]],
+    *,
+    max_points: int = 500,
+    min_points: int = 3,
+    method: Method = "pca",
+) -> Trajectory:
+    """``series``: metric name → ``(steps, values)``. Two or more usable metrics are needed;
+    with fewer, the trajectory is empty (``metrics`` names what was usable)."""
+    if method == "umap" and not umap_available():
+        raise ImportError('method="umap" needs umap-learn: pip install umap-learn')
+    use_umap = method == "umap" or (method == "auto" and umap_available())
+    clean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, (s, v) in series.items():
+        x, y = np.asarray(s, dtype=float), np.asarray(v, dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if x.size >= min_points and float(np.ptp(y)) > 0:
+            order = np.argsort(x, kind="stable")
+            clean[name] = (x[order], y[order])
+    names = sorted(clean)
+    if len(names) < 2:
+        return _empty(names, "umap" if use_umap else "pca")
+    grid = _grid(clean, max_points)
+    cols = []
+    for name in names:
+        x, y = clean[name]
+        idx = np.searchsorted(x, grid, side="right") - 1  # last value at or before the step
+        col = np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
+        cols.append(col)
+    m = np.column_stack(cols)
+    rows = np.all(np.isfinite(m), axis=1)
+    m, grid = m[rows], grid[rows]
+    if m.shape[0] < 3:
+        return _empty(names, "umap" if use_umap else "pca")
+    sd = m.std(axis=0)
+    keep = sd > 0
+    m, names = m[:, keep], [n for n, k in zip(names, keep, strict=True) if k]
+    if len(names) < 2:
+        return _empty(names, "umap" if use_umap else "pca")
+    z = (m - m.mean(axis=0)) / m.std(axis=0)
+    if use_umap:
+        import umap  # type: ignore[import-not-found,unused-ignore]
+
+        pts = umap.UMAP(n_components=2, random_state=0).fit_transform(z)
+        return Trajectory(grid, np.asarray(pts, dtype=float), names, "umap", None, None)
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    pts = u[:, :2] * s[:2]
+    # a fixed sign per component (largest loading positive), so the picture does not flip
+    # between two requests on a growing run
+    for k in range(2):
+        if vt[k, np.argmax(np.abs(vt[k]))] < 0:
+            pts[:, k] *= -1
+            vt[k] *= -1
+    var = s**2
+    explained = [float(v) for v in (var[:2] / var.sum())]
+    loadings = {n: [float(vt[0, i]), float(vt[1, i])] for i, n in enumerate(names)}
+    return Trajectory(grid, pts, names, "pca", explained, loadings)

@@ -1,0 +1,265 @@
+"""Run analytics over REST: the key metric's forecast (with its backtest against two baselines),
+the what-if of a proposed change, and the metric-space trajectory (docs/analytics.md).
+
+- ``GET /api/runs/{run}/forecast?metric=val_loss&horizon=200``: the projection and its band,
+  and a backtest of the same model on this run's own history against the last value and a
+  linear trend; ``show`` is true only where the model beats both, else ``note`` says why.
+- ``GET /api/runs/{run}/whatif?knob=lr&factor=0.5&metric=val_loss&horizon=200``: the band the
+  similar past changes of ``knob`` imply, in this run, its parent chain and its branches.
+- ``GET /api/runs/{run}/trajectory?names=a,b&max_points=500``: the 2-D trajectory (PCA).
+
+The series come from the run's :class:`~hotcb.server.tailer.MetricsIndex` (copied under the run's
+lock, then computed in a worker thread); results are cached per run until its metrics grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query
+
+from ... import jsonl
+from ...analytics import RunHistory, backtest, forecast, join_branch, past_changes, whatif
+from ...analytics.trajectory import trajectory, umap_available
+from ...runfiles import RunPaths
+from ..deps import Deps
+from ..runs import RunState
+from ..tailer import MetricsIndex
+from ._runs import both
+
+Series = tuple[np.ndarray, np.ndarray]
+
+#: Related runs (parent chain and branches) a what-if reads at most.
+MAX_RELATED = 32
+#: Cached results kept (forecasts, what-ifs, trajectories of every run together).
+CACHE_SIZE = 128
+NOT_BETTER = "forecast not better than the last value or a linear trend here"
+
+
+def _copy(index: MetricsIndex, names: list[str]) -> dict[str, Series]:
+    """The named series as float arrays (runs under the run's lock, in a worker thread)."""
+    out = {}
+    for name in names:
+        s = index.series.get(name)
+        if s is not None and len(s):
+            out[name] = (np.array(s.steps, dtype=float), np.array(s.values, dtype=float))
+    return out
+
+
+def _empty() -> Series:
+    return np.zeros(0), np.zeros(0)
+
+
+def forecast_doc(x: np.ndarray, y: np.ndarray, horizon: int) -> dict[str, Any]:
+    """What ``/forecast`` answers for one series (also the base of a what-if)."""
+    fc = forecast(x, y, horizon)
+    bt = backtest(x, y, horizon)
+    n = int(np.isfinite(y).sum())
+    if fc is None:
+        note = f"not enough points for a forecast yet ({n} of at least 8)"
+    elif bt.origins == 0:
+        note = f"not enough history yet to test a {horizon}-step forecast against the baselines"
+    elif not bt.better:
+        note = NOT_BETTER
+    else:
+        note = None
+    return {
+        "points": n,
+        "forecast": fc.to_dict() if fc is not None else None,
+        "backtest": bt.to_dict(),
+        "show": fc is not None and bt.better,
+        "note": note,
+    }
+
+
+class _Runs:
+    """What the analytics endpoints read of runs: metric series (a branch's joined with its
+    parent's), related runs, and a small cache of results keyed by what they were made from."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+
+    def cached(self, key: tuple[Any, ...]) -> dict[str, Any] | None:
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache.move_to_end(key)
+        return hit
+
+    def remember(self, key: tuple[Any, ...], value: dict[str, Any]) -> dict[str, Any]:
+        self.cache[key] = value
+        while len(self.cache) > CACHE_SIZE:
+            self.cache.popitem(last=False)
+        return value
+
+    def pick_metric(self, run: RunState, metric: str | None) -> str:
+        """``metric``, or the autopilot's key metric, or the chart's, or the first logged."""
+        names = run.metrics.names()
+        if metric:
+            if metric not in names:
+                logged = ", ".join(names) or "nothing yet"
+                raise HTTPException(404, detail=f"run {run.run_id!r} has no metric {metric!r} (it logs: {logged})")  # fmt: skip
+            return metric
+        cfg = self.deps.config
+        for m in (cfg.autopilot.key_metric, cfg.chart.key_metric):
+            if m in names:
+                return m
+        if not names:
+            raise HTTPException(404, detail=f"run {run.run_id!r} has logged no metrics yet")
+        return names[0]
+
+    async def series(self, run: RunState, metric: str) -> Series:
+        got = await run.run_locked(_copy, run.metrics, [metric])
+        return got.get(metric) or _empty()
+
+    def parent_of(self, run: RunState) -> tuple[str | None, int | None]:
+        info = self.deps.registry.branch_info(run.meta().get("branch"))
+        if info is None:
+            return None, None
+        return info["parent"], info["step"]
+
+    async def joined(self, run: RunState, metric: str, seen: set[str] | None = None) -> Series:
+        """The run's series with its parent chain's points before each branch step."""
+        seen = seen or {run.run_id}
+        x, y = await self.series(run, metric)
+        parent, step = self.parent_of(run)
+        if parent is None or step is None or parent in seen or len(seen) >= MAX_RELATED:
+            return x, y
+        seen.add(parent)
+        try:
+            prun = self.deps.registry.get(parent)
+        except LookupError:
+            return x, y
+        await prun.refresh()
+        px, py = await self.joined(prun, metric, seen)
+        return join_branch(px, py, step, x, y)
+
+    def _children(self) -> dict[str, list[str]]:
+        """Parent run id → the ids of the runs branched from it, under the served folder."""
+        reg = self.deps.registry
+        out: dict[str, list[str]] = {}
+        for rid in reg.discover()[: MAX_RELATED * 8]:
+            try:
+                meta = jsonl.read_json(RunPaths(reg.resolve(rid)).run_meta, {})
+            except LookupError:
+                continue
+            b = reg.branch_info(meta.get("branch") if isinstance(meta, dict) else None)
+            if b is not None and b["parent"] is not None:
+                out.setdefault(b["parent"], []).append(rid)
+        return out
+
+    def related(self, run: RunState) -> list[RunState]:
+        """The run, its parent chain and the runs branched from any of them (breadth first),
+        at most :data:`MAX_RELATED`."""
+        found: dict[str, RunState] = {run.run_id: run}
+        cur: RunState | None = run
+        while cur is not None and len(found) < MAX_RELATED:
+            parent, _ = self.parent_of(cur)
+            cur = self._get(parent) if parent is not None and parent not in found else None
+            if cur is not None:
+                found[cur.run_id] = cur
+        children = self._children()
+        queue = list(found)
+        while queue:
+            for child in children.get(queue.pop(0), []):
+                state = self._get(child) if child not in found else None
+                if state is not None and len(found) < MAX_RELATED:
+                    found[child] = state
+                    queue.append(child)
+        return list(found.values())
+
+    def _get(self, run_id: str) -> RunState | None:
+        try:
+            return self.deps.registry.get(run_id)
+        except LookupError:
+            return None
+
+
+def create_analytics_router(deps: Deps) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["analytics"])
+    runs = _Runs(deps)
+
+    @both(router, "forecast")
+    async def get_forecast(
+        run_id: str = ".",
+        metric: str | None = Query(None, description="default: the autopilot's key metric"),
+        horizon: int = Query(200, ge=1, le=10_000_000, description="steps ahead"),
+    ) -> dict[str, Any]:
+        """The metric's projection ``horizon`` steps ahead with a 10-90 % band, and the same
+        model's backtest on this run's history against the last value and a linear trend."""
+        run = deps.run(run_id)
+        await run.refresh()
+        name = runs.pick_metric(run, metric)
+        key = ("forecast", run.run_id, name, horizon, run.metrics.lines, run.meta().get("branch") is not None)  # fmt: skip
+        hit = runs.cached(key)
+        if hit is not None:
+            return hit
+        x, y = await runs.joined(run, name)
+        doc = await asyncio.to_thread(forecast_doc, x, y, horizon)
+        return runs.remember(key, {"run": run.run_id, "metric": name, "horizon": horizon, **doc})
+
+    @both(router, "whatif")
+    async def get_whatif(
+        run_id: str = ".",
+        knob: str = Query(..., min_length=1, description="e.g. lr, weight_decay, opt.lr"),
+        factor: float = Query(..., gt=0, description="the proposed new/old ratio, e.g. 0.5"),
+        metric: str | None = None,
+        horizon: int = Query(200, ge=1, le=10_000_000),
+    ) -> dict[str, Any]:
+        """The band that similar past changes of ``knob`` (same direction, a log-ratio within
+        2× of ``log(factor)``) imply for this run's forecast; ``note`` when there are none."""
+        if not math.isfinite(factor) or factor == 1:
+            raise HTTPException(422, detail=f"factor must be a positive number other than 1, got {factor}")  # fmt: skip
+        run = deps.run(run_id)
+        await run.refresh()
+        name = runs.pick_metric(run, metric)
+        family = runs.related(run)
+        for r in family[1:]:
+            await r.refresh()
+        sig = tuple((r.run_id, r.metrics.lines, r.ledger.view.last_step) for r in family)
+        key = ("whatif", run.run_id, name, knob, factor, horizon, sig)
+        hit = runs.cached(key)
+        if hit is not None:
+            return hit
+        histories = []
+        for r in family:
+            x, y = await runs.joined(r, name)
+            histories.append(RunHistory(r.run_id, list(r.ledger.entries), x, y))
+        base = histories[0]
+
+        def compute() -> dict[str, Any]:
+            changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
+            fc = forecast(base.steps, base.values, horizon)
+            w = whatif(knob, factor, changes, fc)
+            return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
+
+        doc = await asyncio.to_thread(compute)
+        out = {"run": run.run_id, "metric": name, "horizon": horizon, "runs": [r.run_id for r in family], **doc}  # fmt: skip
+        return runs.remember(key, out)
+
+    @both(router, "trajectory")
+    async def get_trajectory(
+        run_id: str = ".",
+        names: str | None = Query(None, description="comma-separated; default every metric"),
+        max_points: int = Query(500, ge=10, le=5000),
+        method: str = Query("auto", pattern="^(auto|pca|umap)$"),
+    ) -> dict[str, Any]:
+        """The run's metric vector over time projected to 2-D (PCA; UMAP when installed)."""
+        if method == "umap" and not umap_available():
+            raise HTTPException(422, detail='method=umap needs umap-learn: pip install umap-learn')  # fmt: skip
+        run = deps.run(run_id)
+        await run.refresh()
+        wanted = [n for n in (names or "").split(",") if n] or run.metrics.names()
+        key = ("trajectory", run.run_id, tuple(wanted), max_points, method, run.metrics.lines)
+        hit = runs.cached(key)
+        if hit is not None:
+            return hit
+        got = await run.run_locked(_copy, run.metrics, wanted)
+        tr = await asyncio.to_thread(trajectory, got, max_points=max_points, method=method)  # type: ignore[arg-type]
+        return runs.remember(key, {"run": run.run_id, **tr.to_dict()})
+
+    return router
