@@ -21,7 +21,9 @@ Conditions, each with the task's total steps (``T``) in all:
   ``kernel.apply({"step", "optimizer", "model", "metrics"})`` after every optimizer step, the
   training loss every step and ``val_loss`` every 10 steps; enabled before the loop with
   ``HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps=50,
-  seed=seed, total_steps=T)``, everything else at the tuner's defaults. The kernel polls every step
+  seed=seed, total_steps=T, sync=True)``, everything else at the tuner's defaults (``sync``: the
+  tuner waits for Optuna at each boundary, so a trial starts on the boundary whatever the
+  machine's speed). The kernel polls every step
   (``poll_interval_sec=0``) so that a run does not depend on the machine's speed;
 - ``optuna``: classic HPO, 8 separate runs of ``T/8`` steps, lr log-uniform over the task's
   range, TPE (4 random startup trials, seeded); the best run's final val loss;
@@ -176,6 +178,7 @@ def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Re
         seed=seed,
         total_steps=task.total_steps,  # a bare loop knows its length; the adapters pass it
         restore=TUNE_RESTORE,
+        sync=True,  # trials start on the boundaries: the figures do not depend on the machine
     )
     kernel = HotKernel(run_dir, poll_interval_sec=0.0)
 
@@ -509,7 +512,7 @@ Every condition gets the task's total training steps (T) in all, and validation 
 | condition | what it is |
 |---|---|
 | fixed lr | the start lr throughout; on the toy also a sweep of 21 fixed lrs, 1e-4 … 10^-1.5 (8 per decade), and the best of them |
-| hotcb tune | one run; a real `HotKernel` in a bare loop, `kernel.apply({{step, optimizer, model, metrics}})` after each step with `loss` every step and `val_loss` on the steps that evaluate; `HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps={SEGMENT_STEPS}, seed=seed, total_steps=T)` before the loop, every other setting at its default (here: lr × [0.25, 4] and weight decay × [0.5, 2] per trial, risk medium); the kernel polls every step (`poll_interval_sec=0`) so a run does not depend on the machine's speed |
+| hotcb tune | one run; a real `HotKernel` in a bare loop, `kernel.apply({{step, optimizer, model, metrics}})` after each step with `loss` every step and `val_loss` on the steps that evaluate; `HotClient(run).tune_enable(mode="active", objective="val_loss", segment_steps={SEGMENT_STEPS}, seed=seed, total_steps=T, sync=True)` before the loop (`sync`: trials start on the boundaries whatever the machine's speed), every other setting at its default (here: lr × [0.25, 4] and weight decay × [0.5, 2] per trial, risk medium); the kernel polls every step (`poll_interval_sec=0`) so a run does not depend on the machine's speed |
 | Optuna HPO | classic HPO: {OPTUNA_TRIALS} separate runs of T/{OPTUNA_TRIALS} steps, lr log-uniform over the task's range, TPE (4 random startup trials); the best run's final val loss (picked on that same val loss, so optimistic) |
 | PBT | 4 members of T/4 steps, all from the start lr; every {PBT_INTERVAL} member steps the worst copies the best's weights, optimizer state and lr, then lr × 0.8 or × 1.2, or (p = 0.25) a fresh log-uniform draw (Ray Tune's defaults); the best member's final val loss |
 | Schedule-Free AdamW | `schedulefree.AdamWScheduleFree` at its defaults (lr 0.0025, no warm-up), `eval()` around each evaluation |

@@ -319,7 +319,7 @@ class HotClient:
     def tune_enable(self, mode: str = "active", **settings: Any) -> str:
         """Turn the online tuner on (``mode``: active, suggest or observe). ``settings``:
         objective, direction, segment_steps, segment_evals, recipe, storage, study, seed, risk,
-        threshold, startup_trials. Bad settings raise :class:`~hotcb.modules.tune.RecipeError`
+        threshold, startup_trials, total_steps, abort, restore, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError`
         listing every problem; the run itself refuses it when optuna is missing there."""
         from .modules.tune import parse_settings
 

@@ -1,5 +1,10 @@
 """The tuner inside a real kernel and optimizer: Optuna learns, roll-backs are exact, a person
-accepts or rejects proposals, runs share a study."""
+accepts or rejects proposals, runs share a study.
+
+The toy loop's steps take microseconds, far less than one Optuna call, so these tests turn on
+``sync`` (the tuner waits for Optuna at each boundary, as it would seem to in a real loop whose
+steps outlast an ask); the default, Optuna on a thread of its own, is tested in
+``test_tune_async.py``."""
 
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ def test_the_sampler_learns_which_direction_helps(toy: Any) -> None:
     more often, and every judged trial is COMPLETE with its real score."""
     t: Toy = toy(log_level, lr=1e-6)
     HotClient(t.kernel.run_dir).tune_enable(
-        "active", objective="loss", segment_steps=10, seed=3, startup_trials=6, space=LR_ONLY
-    )
+        "active", objective="loss", segment_steps=10, seed=3, startup_trials=6, space=LR_ONLY,
+        sync=True,
+    )  # fmt: skip
     t.run(2000, until=lambda: t.kernel.module("tune").counts["kept"]
           + t.kernel.module("tune").counts["rolled_back"] >= 30)  # fmt: skip
     trials = _study(t.kernel.run_dir).get_trials(deepcopy=False)
@@ -49,7 +55,8 @@ def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:
     """Any change from the start hurts: every mutation is rolled back to the exact floats."""
     lr0, wd0 = 0.0012345678901234567, 0.0123456789
     t: Toy = toy(lambda lr, _s: 1.0 + abs(math.log(lr / lr0)), lr=lr0, weight_decay=wd0)
-    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0,
+                                              sync=True)  # fmt: skip
     t.run(1000, until=lambda: len(t.ledger("rollback")) >= 3 and t.kernel.module("tune").phase
           not in ("trial", "waiting"))  # fmt: skip
     rollbacks = t.ledger("rollback")
@@ -66,7 +73,8 @@ def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:
 def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
-    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
+                       sync=True)  # fmt: skip
 
     def pending() -> list[dict[str, Any]]:
         return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
@@ -106,7 +114,7 @@ def test_two_runs_share_one_study(toy: Any, tmp_path: Any, kind: str) -> None:
     for i, t in enumerate(runs):
         HotClient(t.kernel.run_dir).tune_enable(
             "active", objective="loss", segment_steps=10, seed=i, storage=storage,
-            study="shared", space=LR_ONLY,
+            study="shared", space=LR_ONLY, sync=True,
         )  # fmt: skip
     for _ in range(30):  # the two runs interleave, as two trainers would
         for t in runs:
@@ -155,8 +163,9 @@ def test_a_harmful_trial_ends_early_and_no_trial_starts_near_the_end(toy: Any) -
     lr0 = 1e-3
     t: Toy = toy(lambda lr, _s: 1.0 if lr == lr0 else 3.0, lr=lr0)
     HotClient(t.kernel.run_dir).tune_enable(
-        "active", objective="loss", segment_steps=50, seed=0, total_steps=600, space=LR_ONLY
-    )
+        "active", objective="loss", segment_steps=50, seed=0, total_steps=600, space=LR_ONLY,
+        sync=True,
+    )  # fmt: skip
     t.run(600)
     mutates, rollbacks = t.ledger("mutate"), t.ledger("rollback")
     assert len(mutates) >= 3 and len(rollbacks) == len(mutates)
@@ -182,7 +191,7 @@ def test_restore_state_puts_the_weights_back_and_the_knobs_keep_working(tmp_path
     x, y = torch.randn(64, 4), torch.randn(64, 1)
     kernel = HotKernel(run_dir)
     HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0,
-                                   restore="state", space=LR_ONLY)  # fmt: skip
+                                   restore="state", space=LR_ONLY, sync=True)  # fmt: skip
     before: dict[int, list[torch.Tensor]] = {}
     after: dict[int, list[torch.Tensor]] = {}
     lrs: dict[int, float] = {}
@@ -223,7 +232,7 @@ def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
     lr0 = 1e-3
     t: Toy = toy(lambda lr, _s: 1.0 if lr <= lr0 else 3.0, lr=lr0)
     HotClient(t.kernel.run_dir).tune_enable(
-        "active", objective="val_loss", segment_steps=100, seed=0, space=LR_ONLY
+        "active", objective="val_loss", segment_steps=100, seed=0, space=LR_ONLY, sync=True
     )
     t.run(1200, val_every=50)
     ups = {e["tune"]["trial"]: e for e in t.ledger("mutate") if e["changes"]["lr"]["new"] > lr0}

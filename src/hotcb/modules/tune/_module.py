@@ -13,6 +13,7 @@ status`` and the dashboard read.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_setti
 
 if TYPE_CHECKING:
     from .._base import ModuleHost
-    from ._study import Study
+    from ._study import Study, Worker
 
 __all__ = ["STATE_FILE", "TuneModule"]
 
@@ -60,6 +61,8 @@ class TuneModule:
         self.settings = Settings(mode="active")
         self.mode = "off"
         self.study: Study | None = None
+        self._worker: Worker | None = None  # the thread that talks to the study
+        self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
         self.objective_used = self.settings.objective
         self.seen = False
         self.phase = "off"
@@ -123,6 +126,11 @@ class TuneModule:
         metrics = env.get("metrics")
         if metrics:
             self._observe(step, metrics)
+        if self.asking is not None:
+            if self.asking["future"].done():
+                self._asked(step)
+                self._save()
+            return
         if self.waiting is not None:
             if step - self.waiting["since"] > self._patience:
                 self._give_up(step)
@@ -160,7 +168,7 @@ class TuneModule:
             "mode": self.mode,
             "objective_used": self.objective_used,
             "seen": self.seen,
-            "phase": self.phase,
+            "phase": "baseline" if self.phase == "asking" else self.phase,
             "segment": {
                 "start": self.segment.start,
                 "steps": self.segment.steps,
@@ -215,11 +223,18 @@ class TuneModule:
         self.total_steps = state.get("total_steps") or self.settings.total_steps
         waiting = state.get("waiting")
         if self.host.is_leader:
+            self._drain()
+            self.asking = None
             self.study = self._open_study(settings)
             keep = self.trial["number"] if self.trial else None
             if waiting and waiting.get("kind") == "rollback":
                 keep = None
-            failed = self.study.fail_open(keep=keep)
+            # judged before the checkpoint, the score maybe still queued when the process died
+            judged = {r["trial"]: r["score"] for r in self.trials
+                      if r.get("decision") in ("kept", "rolled_back")
+                      and isinstance(r.get("score"), (int, float))
+                      and math.isfinite(r["score"])}  # fmt: skip
+            failed = self.study.fail_open(keep=keep, judged=judged)
             for number in failed:
                 self._row(number)["decision"] = "failed"
             self.counts["failed"] += len(failed)
@@ -249,6 +264,7 @@ class TuneModule:
 
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:
         old = self.mode
+        self._drop_asking("tuner disabled")
         if self.trial is not None:
             self._close_trial(None, "failed", reason="tuner disabled")
         for p in self.proposals:
@@ -353,6 +369,8 @@ class TuneModule:
     def _enable(self, settings: Settings, step: int) -> None:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
+        self._drop_asking("tuner enabled again")
+        self._drain()
         study = self._open_study(settings) if self.host.is_leader else None
         if self.trial is not None:
             self._close_trial(None, "failed", reason="tuner enabled again")
@@ -542,11 +560,74 @@ class TuneModule:
         if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
             self._start_segment(step, "backoff" if self.backoff else "baseline")
             return
-        proposal = self._propose()
-        if proposal is None:
+        knobs = self._knobs()
+        if not knobs or self.study is None:
             self._start_segment(step, "baseline")
             return
-        number, values = proposal
+        prior_first = self.asked == 0
+        self.asked += 1
+        if not s.sync:  # ask in the background; the trial starts at the step the answer lands
+            future = self._worker_().submit(self.study.ask, knobs, prior_first)
+            self.asking = {"future": future, "knobs": knobs, "since": step}
+            self._start_segment(step, "asking")
+            return
+        try:
+            number, sampled = self.study.ask(knobs, prior_first)
+        except Exception as exc:  # a storage hiccup must not stop training
+            self._ask_failed(exc, step)
+            return
+        self._start(number, sampled, knobs, step)
+
+    def _asked(self, step: int) -> None:
+        """The background ask has answered: start the trial now."""
+        asking, self.asking = self.asking, None
+        assert asking is not None
+        try:
+            number, sampled = asking["future"].result()
+        except Exception as exc:
+            self._ask_failed(exc, step)
+            return
+        self._start(number, sampled, asking["knobs"], step)
+
+    def _ask_failed(self, exc: BaseException, step: int) -> None:
+        self.warnings.append(f"could not ask the study for a trial: {exc}")
+        self._start_segment(step, "baseline")
+
+    def _drop_asking(self, reason: str) -> None:
+        """A trial asked for but not started: FAIL it once the ask has answered (in order,
+        on the study's thread)."""
+        asking, self.asking = self.asking, None
+        if asking is None or self.study is None:
+            return
+        future, study = asking["future"], self.study
+
+        def fail() -> None:
+            if future.exception() is None:
+                study.tell(future.result()[0], None, {"reason": reason})
+
+        self.counts["failed"] += 1
+        self._worker_().submit(fail)
+
+    def _start(
+        self, number: int, sampled: Mapping[str, float], knobs: Sequence[Knob], step: int
+    ) -> None:
+        """Turn a sampled trial into a mutation (active) or a proposal (suggest)."""
+        s = self.settings
+        values: dict[str, dict[str, float]] = {}
+        for knob in knobs:  # from the values in force now: a person may have moved them
+            current = self.host.read_actuator(knob.module, knob.key)
+            if not isinstance(current, (int, float)) or isinstance(current, bool):
+                continue
+            values.setdefault(knob.module, {})[knob.key] = knob.target(
+                float(current), sampled[knob.name]
+            )
+        self.trials.append({"trial": number, "step": None, "changes": {}, "score": None,
+                            "decision": "proposed", "sampled": dict(sampled)})  # fmt: skip
+        self.trials = self.trials[-_KEEP_ROWS:]
+        if not values:
+            self._fail(number, "its knobs are no longer numeric actuators of this run")
+            self._start_segment(step, "baseline")
+            return
         if s.mode == "active":
             self._submit("mutate", {"trial": number, "values": values}, step)
             return
@@ -564,10 +645,9 @@ class TuneModule:
                           "trial": number, "values": values}})  # fmt: skip
         self._start_segment(step, "baseline")
 
-    def _propose(self) -> tuple[int, dict[str, dict[str, float]]] | None:
-        assert self.study is not None
+    def _knobs(self) -> list[Knob]:
+        """The knobs a trial may move now: numeric, movable, not cooling down."""
         knobs: list[Knob] = []
-        current: dict[str, float] = {}
         for knob in self.settings.space:
             if knob.name in self.cooldowns:
                 continue
@@ -583,20 +663,7 @@ class TuneModule:
                     self.warnings.append(note)
                 continue
             knobs.append(knob.scaled(self.settings.risk))
-            current[knob.name] = float(value)
-        if not knobs:
-            return None
-        number, sampled = self.study.ask(knobs, prior_first=self.asked == 0)
-        self.asked += 1
-        values: dict[str, dict[str, float]] = {}
-        for knob in knobs:
-            values.setdefault(knob.module, {})[knob.key] = knob.target(
-                current[knob.name], sampled[knob.name]
-            )
-        self.trials.append({"trial": number, "step": None, "changes": {}, "score": None,
-                            "decision": "proposed", "sampled": sampled})  # fmt: skip
-        self.trials = self.trials[-_KEEP_ROWS:]
-        return number, values
+        return knobs
 
     # ------------------------------------------------------------------ helpers
     def _submit(self, op: str, params: dict[str, Any], step: int) -> None:
@@ -635,10 +702,29 @@ class TuneModule:
     def _tell(self, number: Any, score: float | None, attrs: Mapping[str, Any]) -> None:
         if self.study is None or not isinstance(number, int):
             return
-        try:
-            self.study.tell(number, score, attrs)
-        except Exception as exc:  # a storage hiccup must not stop training
-            self.warnings.append(f"could not record trial {number}: {exc}")
+        study, attrs = self.study, json.loads(json.dumps(attrs, default=str))  # a snapshot
+
+        def tell() -> None:
+            try:
+                study.tell(number, score, attrs)
+            except Exception as exc:  # a storage hiccup must not stop training
+                self.warnings.append(f"could not record trial {number}: {exc}")
+
+        if self.settings.sync:
+            tell()
+        else:
+            self._worker_().submit(tell)
+
+    def _worker_(self) -> Worker:
+        if self._worker is None:
+            from ._study import Worker
+
+            self._worker = Worker()
+        return self._worker
+
+    def _drain(self) -> None:
+        if self._worker is not None:
+            self._worker.drain()
 
     def _fail(self, number: Any, reason: str) -> None:
         self.counts["failed"] += 1
@@ -725,7 +811,8 @@ class TuneModule:
             "segment_start": self.segment.start,
             "next_boundary": (
                 self.segment.start + s.segment_steps - 1
-                if s.segment_evals is None and self.phase != "waiting" and self.mode != "off"
+                if s.segment_evals is None and self.phase not in ("waiting", "asking")
+                and self.mode != "off"
                 else None
             ),
             "counts": self.counts,

@@ -118,6 +118,7 @@ class Settings:
     abort: float = 1.0
     total_steps: int | None = None
     restore: str = "values"
+    sync: bool = False
     recipe: str | None = None
     space: tuple[Knob, ...] = field(default=DEFAULT_SPACE)
 
@@ -134,7 +135,7 @@ class RecipeError(CheckError, _RecipeError):
 _SETTING_KEYS = {
     "mode", "objective", "direction", "segment_steps", "segment_evals", "storage", "study",
     "seed", "risk", "threshold", "startup_trials", "reject_streak", "backoff_segments",
-    "recipe", "space", "abort", "total_steps", "restore",
+    "recipe", "space", "abort", "total_steps", "restore", "sync",
 }  # fmt: skip
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
 
@@ -159,6 +160,10 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
                                    minimum=1)  # fmt: skip
     out["abort"] = ck.number(doc, "abort", f"{prefix}abort", minimum=0)
     out["threshold"] = ck.number(doc, "threshold", f"{prefix}threshold")
+    if doc.get("sync") is not None and not isinstance(doc["sync"], bool):
+        ck.add(f"{prefix}sync", f"expected true or false, got {doc['sync']!r}")
+    elif doc.get("sync") is not None:
+        out["sync"] = doc["sync"]
     if "space" in doc:
         out["space"] = _check_space(doc["space"], ck, f"{prefix}space")
     return {k: v for k, v in out.items() if v is not None}

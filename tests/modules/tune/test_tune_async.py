@@ -1,0 +1,94 @@
+"""By default the tuner talks to Optuna on a thread of its own: a slow study (a remote
+database, a sampler reading thousands of trials) never holds up a training step, and a score
+still queued when the process dies is not lost."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import optuna
+from tune_helpers import Toy, log_level
+
+from hotcb import HotClient, HotKernel
+from hotcb.modules.tune._study import Study
+from hotcb.testing import wait_for
+
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+
+
+def _trials(run_dir: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="hotcb-run", storage=f"sqlite:///{run_dir}/hotcb.tune.db")
+    return study.get_trials(deepcopy=False)
+
+
+def test_training_goes_on_while_optuna_answers(toy: Any, monkeypatch: Any) -> None:
+    """An ask that does not answer leaves the loop stepping at the values in force; the trial
+    starts at the first step after the answer lands, and its score reaches the study."""
+    gate = threading.Event()
+    real_ask = Study.ask
+
+    def slow_ask(self: Study, *args: Any, **kw: Any) -> Any:
+        assert threading.current_thread() is not threading.main_thread()
+        gate.wait(120)
+        return real_ask(self, *args, **kw)
+
+    monkeypatch.setattr(Study, "ask", slow_ask)
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY
+    )
+    t.run(5000, until=lambda: tune() is not None and tune().phase == "asking")
+    asked_at = t.step
+    t.run(300)  # 300 steps while the study is silent: none waited, none changed the lr
+    assert tune().phase == "asking" and t.lr == 1e-4 and not t.ledger("mutate")
+
+    gate.set()
+    t.run(100_000, until=lambda: bool(t.ledger("mutate")))
+    (mutate,) = t.ledger("mutate")
+    assert mutate["decision"] == "applied" and mutate["step"] > asked_at + 300
+    trial = mutate["tune"]["trial"]
+    t.run(100_000, until=lambda: tune().counts["kept"] + tune().counts["rolled_back"] >= 1)
+    wait_for(lambda: _trials(t.kernel.run_dir)[trial].state.is_finished(), timeout=60,
+             what=f"trial {trial}'s score to reach the study")  # fmt: skip
+    done = _trials(t.kernel.run_dir)[trial]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.value is not None
+
+
+def test_a_score_still_queued_at_a_checkpoint_is_written_on_resume(
+    toy: Any, monkeypatch: Any
+) -> None:
+    """The process dies with a judged trial's score still in the queue: the run resumed from
+    the checkpoint writes that score (COMPLETE), it does not count the trial as failed."""
+    t: Toy = toy(lambda lr, _s: 1.0 if lr == 1e-3 else 3.0, lr=1e-3)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY
+    )
+    stuck = threading.Event()
+    real_tell = Study.tell
+
+    def lost_tell(self: Study, number: int, score: Any, attrs: Any = None) -> None:
+        if score is not None:  # the score never lands: the process "dies" first
+            stuck.set()
+            return
+        real_tell(self, number, score, attrs)
+
+    monkeypatch.setattr(Study, "tell", lost_tell)
+    t.run(100_000, until=lambda: tune() is not None and tune().counts["rolled_back"] >= 1)
+    wait_for(stuck.is_set, timeout=60, what="the score to be handed to the study's thread")
+    (row,) = [r for r in tune().trials if r["decision"] == "rolled_back"]
+    assert _trials(t.kernel.run_dir)[row["trial"]].state == optuna.trial.TrialState.RUNNING
+    checkpoint = t.kernel.state_dict()
+    monkeypatch.setattr(Study, "tell", real_tell)
+
+    resumed = HotKernel(t.kernel.run_dir)
+    try:
+        resumed.load_state_dict(checkpoint)
+        done = _trials(t.kernel.run_dir)[row["trial"]]
+        assert done.state == optuna.trial.TrialState.COMPLETE
+        assert done.value == row["score"]
+        assert resumed.module("tune").counts["failed"] == tune().counts["failed"]
+    finally:
+        resumed.close()
