@@ -35,7 +35,8 @@ def add_notify_flags(p: argparse.ArgumentParser) -> None:
                    help="post each alert to a Slack-compatible incoming webhook")  # fmt: skip
     g.add_argument("--notify-email", metavar="ADDR", action="append", default=[],
                    help="e-mail each alert to ADDR; the SMTP server from $HOTCB_SMTP_HOST, "
-                   "_PORT, _FROM, _USER, _STARTTLS, the password from $HOTCB_SMTP_PASSWORD")  # fmt: skip
+                   "_PORT, _FROM, _USER, _STARTTLS, _CAFILE, _TLS_VERIFY (0: do not verify its "
+                   "certificate), the password from $HOTCB_SMTP_PASSWORD")  # fmt: skip
 
 
 def notify_config(args: argparse.Namespace) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 from .._checks import Checker, CheckError, parse_document
 from ..autopilot.detectors import DIRECTIONS, PARAMS
 from ._alerts import AUTOPILOT_KINDS, KINDS, Alert
-from ._deliveries import Delivery, Email, Slack, Webhook
+from ._deliveries import SMTP_PASSWORD_ENV, Delivery, Email, Slack, Webhook
 
 __all__ = ["DEFAULT_ALERTS", "NotifyConfig", "NotifyConfigError", "config_from_flags",
            "load_notify_config"]  # fmt: skip
@@ -24,9 +24,9 @@ SMTP_ENV = {
     "from": "HOTCB_SMTP_FROM",
     "user": "HOTCB_SMTP_USER",
     "starttls": "HOTCB_SMTP_STARTTLS",
+    "cafile": "HOTCB_SMTP_CAFILE",
+    "tls_verify": "HOTCB_SMTP_TLS_VERIFY",
 }
-#: Where ``--notify-email`` reads the SMTP password (only from the environment).
-SMTP_PASSWORD_ENV = "HOTCB_SMTP_PASSWORD"
 
 #: The alerts of a config given by flags alone: NaN/inf, a crash, 300 s without a metric,
 #: and the autopilot's actions, proposals and fallbacks.
@@ -77,7 +77,8 @@ def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> Notify
             c.add(str(key), "unknown key (expected alerts, deliveries, retries, backoff, "
                             "max_backoff)")  # fmt: skip
     alerts = _items(c, doc, "alerts", _alert)
-    deliveries = _items(c, doc, "deliveries", _delivery)
+    base = os.path.dirname(os.path.abspath(path))  # a relative cafile: next to the file
+    deliveries = _items(c, doc, "deliveries", lambda c, d, w: _delivery(c, d, w, base))
     ids = [a.id for a in alerts]
     for i, a in enumerate(alerts):
         if a.id in ids[:i]:
@@ -178,11 +179,22 @@ def _alert(c: Checker, a: Mapping[str, Any], where: str) -> Alert | None:
 _DELIVERY_KEYS = {
     "webhook": {"url", "headers"},
     "slack": {"url"},
-    "email": {"host", "port", "from", "to", "starttls", "user", "password_env", "timeout"},
+    "email": {
+        "host",
+        "port",
+        "from",
+        "to",
+        "starttls",
+        "user",
+        "password_env",
+        "cafile",
+        "tls_verify",
+        "timeout",
+    },
 }
 
 
-def _delivery(c: Checker, d: Mapping[str, Any], where: str) -> Delivery | None:
+def _delivery(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Delivery | None:
     kind = c.choice(d, "type", f"{where}.type", tuple(_DELIVERY_KEYS))
     if "type" not in d:
         c.add(f"{where}.type", "missing (webhook, slack or email)")
@@ -207,11 +219,11 @@ def _delivery(c: Checker, d: Mapping[str, Any], where: str) -> Delivery | None:
             return None
         return Webhook(url, dict(headers)) if kind == "webhook" else Slack(url)
     if kind == "email":
-        return _email(c, d, where)
+        return _email(c, d, where, base)
     return None
 
 
-def _email(c: Checker, d: Mapping[str, Any], where: str) -> Email | None:
+def _email(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Email | None:
     env = os.environ
     host = c.string(d, "host", f"{where}.host") or env.get(SMTP_ENV["host"])
     port = c.number(d, "port", f"{where}.port", integer=True, minimum=1)
@@ -226,15 +238,44 @@ def _email(c: Checker, d: Mapping[str, Any], where: str) -> Email | None:
         c.add(f"{where}.host", f"missing (or set ${SMTP_ENV['host']})")
     if sender is None:
         c.add(f"{where}.from", f"missing (or set ${SMTP_ENV['from']})")
-    starttls = d.get("starttls", False)
-    if not isinstance(starttls, bool):
-        c.add(f"{where}.starttls", f"expected true or false, got {starttls!r}")
+    starttls = _flag(c, d, "starttls", where, False)
+    tls_verify = _flag(c, d, "tls_verify", where, True)
     user = c.string(d, "user", f"{where}.user")
     password_env = c.string(d, "password_env", f"{where}.password_env")
+    if user is not None and not starttls:
+        c.add(f"{where}.user", "a login needs starttls: true (the password never goes "
+              "unencrypted)")  # fmt: skip
+    cafile = c.string(d, "cafile", f"{where}.cafile")
+    if cafile is not None:
+        cafile = os.path.join(base, os.path.expanduser(cafile))
+        if not os.path.isfile(cafile):
+            c.add(f"{where}.cafile", f"no such file: {cafile}")
+    timeout = c.number(d, "timeout", f"{where}.timeout", minimum=1)
     if host is None or sender is None or not to:
         return None
     return Email(host, int(port or env.get(SMTP_ENV["port"]) or 25), sender, tuple(to),
-                 starttls=starttls is True, user=user, password_env=password_env)  # fmt: skip
+                 starttls=starttls, user=user, password_env=password_env, cafile=cafile,
+                 tls_verify=tls_verify,
+                 timeout=10.0 if timeout is None else float(timeout))  # fmt: skip
+
+
+def _flag(c: Checker, d: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        c.add(f"{where}.{key}", f"expected true or false, got {value!r}")
+        return default
+    return value
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise NotifyConfigError("--notify-email", [f"${name}={value!r}: expected 1/true or 0/false"])
 
 
 def config_from_flags(
@@ -246,7 +287,8 @@ def config_from_flags(
     """The config of ``--notify FILE`` plus the quick flags' deliveries; None when neither
     is given. With flags only, the alerts are :data:`DEFAULT_ALERTS`; ``--notify-email``
     reads its SMTP server from ``HOTCB_SMTP_HOST``, ``_PORT`` (25), ``_FROM``, ``_USER``,
-    ``_STARTTLS`` (1/true) and the password from ``HOTCB_SMTP_PASSWORD``."""
+    ``_STARTTLS`` (1/true), ``_CAFILE``, ``_TLS_VERIFY`` (0/false: do not verify the server's
+    certificate) and the password from ``HOTCB_SMTP_PASSWORD``."""
     if notify is None and not (webhooks or slacks or emails):
         return None
     extra: list[Delivery] = [Webhook(u) for u in webhooks] + [Slack(u) for u in slacks]
@@ -261,9 +303,19 @@ def config_from_flags(
         if not port.isdigit():
             raise NotifyConfigError("--notify-email", [f"${SMTP_ENV['port']}={port!r} is not "
                                                        "a port number"])  # fmt: skip
-        tls = env.get(SMTP_ENV["starttls"], "").lower() in ("1", "true", "yes")
-        extra.append(Email(host, int(port), sender, tuple(emails), starttls=tls,
-                           user=env.get(SMTP_ENV["user"]) or None,
-                           password_env=SMTP_PASSWORD_ENV))  # fmt: skip
+        tls = _env_flag(SMTP_ENV["starttls"], False)
+        user = env.get(SMTP_ENV["user"]) or None
+        if user and not tls:
+            raise NotifyConfigError("--notify-email", [
+                f"${SMTP_ENV['user']} is set but ${SMTP_ENV['starttls']} is not: a login needs "
+                "STARTTLS (the password never goes unencrypted)"])  # fmt: skip
+        cafile = env.get(SMTP_ENV["cafile"]) or None
+        if cafile is not None and not os.path.isfile(cafile):
+            raise NotifyConfigError("--notify-email", [f"${SMTP_ENV['cafile']}: no such file: "
+                                                       f"{cafile}"])  # fmt: skip
+        extra.append(Email(host, int(port), sender, tuple(emails), starttls=tls, user=user,
+                           password_env=SMTP_PASSWORD_ENV,
+                           cafile=cafile and os.path.abspath(cafile),
+                           tls_verify=_env_flag(SMTP_ENV["tls_verify"], True)))  # fmt: skip
     base = load_notify_config(notify) if notify is not None else NotifyConfig()
     return base.with_deliveries(extra)
