@@ -157,8 +157,8 @@ class Trend:
         lever = (self.u(steps) - self.u_mean) ** 2 / self.suu if self.suu > 0 else 0.0
         se = s * np.sqrt(1.0 / n + lever)
         k = _normal_quantile(q_hi)
-        lo = z + float(np.quantile(r, q_lo)) - k * se
-        hi = z + float(np.quantile(r, q_hi)) + k * se
+        lo = z + min(0.0, float(np.quantile(r, q_lo))) - k * se  # the band holds the median
+        hi = z + max(0.0, float(np.quantile(r, q_hi))) + k * se
         return self.value(lo), self.value(hi)
 
 
