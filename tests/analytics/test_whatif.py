@@ -58,7 +58,10 @@ def test_whatif_band_shifts_the_forecast_by_the_similar_impacts() -> None:
     assert w.impact is not None and w.impact["median"] == pytest.approx(math.log(DROP), abs=0.03)
     assert fc is not None and w.band is not None
     np.testing.assert_allclose(np.array(w.band["median"]) / fc.median, DROP, rtol=0.04)
-    assert all(lo <= m <= hi for lo, m, hi in zip(w.band["lo"], w.band["median"], w.band["hi"]))
+    assert all(
+        lo <= m <= hi
+        for lo, m, hi in zip(w.band["lo"], w.band["median"], w.band["hi"], strict=True)
+    )
     d = w.to_dict()
     assert d["similar"][0]["factor"] == pytest.approx(0.5) and d["note"] is None
 

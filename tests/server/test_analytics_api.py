@@ -67,9 +67,11 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
         assert d["show"] is True and d["note"] is None, d
         fc, bt = d["forecast"], d["backtest"]
         assert fc["steps"][-1] == 799 + 100 and fc["last_step"] == 799
-        assert all(lo <= m <= hi for lo, m, hi in zip(fc["lo"], fc["median"], fc["hi"]))
+        assert all(
+            lo <= m <= hi for lo, m, hi in zip(fc["lo"], fc["median"], fc["hi"], strict=True)
+        )
         truth = [2.2 * (s + 10.0) ** -0.5 for s in fc["steps"]]
-        assert all(abs(m - t) / t < 0.05 for m, t in zip(fc["median"], truth))
+        assert all(abs(m - t) / t < 0.05 for m, t in zip(fc["median"], truth, strict=True))
         assert bt["better"] and bt["origins"] > 0
         assert bt["mae"]["model"] < min(bt["mae"]["last_value"], bt["mae"]["linear"])
         assert fc["model"]["form"] in ("power", "exp", "level")
@@ -106,7 +108,7 @@ def test_whatif_from_the_runs_own_changes(tmp_path: Any, live_server: Any) -> No
         assert [s["step"] for s in d["similar"]] == [300, 700]
         assert d["impact"]["median"] == pytest.approx(math.log(DROP), abs=0.05)
         fc, band = d["forecast"], d["band"]
-        ratio = [b / m for b, m in zip(band["median"], fc["median"])]
+        ratio = [b / m for b, m in zip(band["median"], fc["median"], strict=True)]
         assert all(r == pytest.approx(DROP, rel=0.06) for r in ratio)
 
         up = c.get("/api/runs/r/whatif?knob=lr&factor=2").json()
