@@ -27,6 +27,7 @@ _GROUPS = (
     "_launch",
     "_notify",
     "_branch",
+    "_bench",
 )
 
 

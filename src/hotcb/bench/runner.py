@@ -1,0 +1,478 @@
+"""``hotcb bench run``: every task × seed × condition, one real training run each, with every
+run's curves saved as it finishes.
+
+The loop of every condition is the same bare loop: ``run.train_step(opt)``, an evaluation every
+``eval_every`` steps and at the last step, then the condition's hook (a scheduler step, or
+``kernel.apply`` and the autopilot). The hotcb conditions use a real :class:`~hotcb.HotKernel`
+with ``poll_interval_sec=0`` and drive the autopilot synchronously right after each
+evaluation, so a run does not depend on the machine's speed.
+
+Folder layout (``OUT``)::
+
+    bench.json                    the plan, the machine, skips, the wall time
+    summary.csv, summary.json     one row per run
+    runs/<task>/<condition>/s<seed>/curve.json, curve.csv, run/ (the hotcb run directory)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import HotClient, HotKernel, jsonl
+from .. import __version__ as hotcb_version
+from . import CONDITIONS, HOTCB_CONDITIONS, LABELS
+from .tasks import Task, TaskUnavailable, load_task
+
+Hook = Callable[[int, dict[str, float]], None]
+COLUMNS = ("step", "train_loss", "val_loss", "val_acc", "lr")
+REPLAYABLE = ("autopilot", "tune", "ai")
+
+
+class BenchError(ValueError):
+    """A bench that cannot start (a bad plan); the CLI prints it and exits with code 2."""
+
+
+@dataclass
+class Settings:
+    tasks: list[str]
+    conditions: list[str]
+    seeds: int = 1
+    steps: int | None = None  # None: each task's default
+    out: str = "bench-out"
+    data: str | None = None  # CIFAR-10
+    replay_of: str = "autopilot"
+    rules: str | None = None  # autopilot rules file (None: the shipped defaults)
+    ai_base_url: str | None = None
+    ai_model: str | None = None
+    threads: int = 1
+    progress: bool = True
+    force: bool = False
+    command: str | None = None  # as typed, for the report
+
+
+def current_lr(opt: torch.optim.Optimizer) -> float:
+    """The step size in force (Prodigy's: its estimate ``d`` times lr)."""
+    group = opt.param_groups[0]
+    return float(group["lr"]) * float(group.get("d", 1.0))
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None
+
+
+@dataclass
+class Curve:
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float | None] = field(default_factory=list)
+    val_loss: list[float | None] = field(default_factory=list)
+    val_acc: list[float | None] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+
+    def add(self, step: int, loss: float, vl: float | None, va: float | None, lr: float) -> None:
+        self.step.append(step)
+        self.train_loss.append(_num(loss))
+        self.val_loss.append(_num(vl))
+        self.val_acc.append(va)
+        self.lr.append(lr)
+
+    def columns(self) -> dict[str, list[Any]]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+    def first_difference(self, other: Curve) -> int | None:
+        """The first step where the two curves differ in any column (bit for bit), or None."""
+        for i, row in enumerate(zip(*self.columns().values(), strict=True)):
+            theirs = tuple(
+                col[i] if i < len(col) else "missing" for col in other.columns().values()
+            )
+            if row != theirs:
+                return int(row[0])
+        if len(other.step) != len(self.step):
+            return len(self.step) + 1
+        return None
+
+
+def train(run: Any, opt: torch.optim.Optimizer, steps: int, eval_every: int,
+          hook: Hook | None = None, schedule_free: bool = False) -> Curve:  # fmt: skip
+    """The one training loop of every condition. ``lr`` is the step size the step used."""
+    curve = Curve()
+    if schedule_free:
+        opt.train()  # type: ignore[attr-defined]
+    for step in range(1, steps + 1):
+        lr = current_lr(opt)
+        loss = run.train_step(opt)
+        metrics = {"loss": loss}
+        vl = va = None
+        if step % eval_every == 0 or step == steps:
+            if schedule_free:
+                opt.eval()  # type: ignore[attr-defined]
+            vl, va = run.evaluate()
+            if schedule_free:
+                opt.train()  # type: ignore[attr-defined]
+            metrics["val_loss"] = vl
+            if va is not None:
+                metrics["val_acc"] = va
+        if hook is not None:
+            hook(step, metrics)
+        curve.add(step, loss, vl, va, lr)
+    return curve
+
+
+# ------------------------------------------------------------------------------ conditions
+@dataclass
+class RunResult:
+    task: str
+    condition: str
+    seed: int
+    steps: int
+    curve: Curve
+    seconds: float
+    run_dir: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # actions, replay match, tuner …
+
+    def final(self) -> dict[str, Any]:
+        vals = [(s, v) for s, v in zip(self.curve.step, self.curve.val_loss, strict=True)
+                if v is not None]  # fmt: skip
+        accs = [a for a in self.curve.val_acc if a is not None]
+        tail = [
+            x for x in self.curve.train_loss[-max(1, len(self.curve.step) // 20) :] if x is not None
+        ]
+        return {
+            "final_val_loss": self.curve.val_loss[-1],
+            "final_val_acc": accs[-1] if accs else None,
+            "best_val_loss": min((v for _, v in vals), default=None),
+            "final_train_loss": statistics.fmean(tail) if tail else None,
+            "final_lr": self.curve.lr[-1],
+        }
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "condition": self.condition, "seed": self.seed,
+            "steps": self.steps, **self.final(), "seconds": round(self.seconds, 3),
+            "actions": self.notes.get("actions"),
+            "replay_of": self.notes.get("replay_of"),
+            "replay_matched": self.notes.get("matched"),
+            "run_dir": self.run_dir,
+        }  # fmt: skip
+
+
+class Runner:
+    """Runs one condition of one task for one seed (see the module's docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.done: dict[tuple[str, str, int], RunResult] = {}
+
+    def run(self, task: Task, condition: str, seed: int, folder: str) -> RunResult:
+        steps = self.s.steps or task.total_steps
+        t0 = time.perf_counter()
+        run = task.make(seed)
+        notes: dict[str, Any] = {}
+        run_dir = None
+        if condition in ("autopilot", "tune", "ai", "replay"):
+            run_dir = os.path.join(folder, "run")
+            curve = self._steered(task, condition, seed, run, steps, run_dir, notes)
+        elif condition == "schedulefree":
+            import schedulefree
+
+            opt = schedulefree.AdamWScheduleFree(run.model.parameters())  # published defaults
+            curve = train(run, opt, steps, task.eval_every, schedule_free=True)
+        elif condition == "prodigy":
+            import prodigyopt
+
+            opt = prodigyopt.Prodigy(run.model.parameters())  # published defaults (lr 1.0)
+            curve = train(run, opt, steps, task.eval_every)
+        else:
+            opt = task.base_optimizer(run.model.parameters())
+            curve = train(run, opt, steps, task.eval_every, _schedule(condition, opt, steps))
+        res = RunResult(task.name, condition, seed, steps, curve, time.perf_counter() - t0,
+                        run_dir, notes)  # fmt: skip
+        self.done[(task.name, condition, seed)] = res
+        return res
+
+    def _steered(self, task: Task, condition: str, seed: int, run: Any, steps: int,
+                 run_dir: str, notes: dict[str, Any]) -> Curve:  # fmt: skip
+        opt = task.base_optimizer(run.model.parameters())
+        self._prepare(task, condition, seed, steps, run_dir, notes)
+        kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+        pilot = self._pilot(condition, steps, run_dir)
+        model = run.model
+
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            kernel.apply({"step": step, "optimizer": opt, "model": model, "metrics": metrics})
+            if pilot is not None and "val_loss" in metrics:
+                pilot.step()
+
+        try:
+            curve = train(run, opt, steps, task.eval_every, on_step)
+        finally:
+            kernel.close()
+            if pilot is not None:
+                pilot.close()
+        if pilot is not None:
+            notes.update(_pilot_summary(run_dir))
+        if condition == "tune":
+            notes["tune"] = _tune_summary(run_dir)
+        if condition == "replay":
+            source = self.done[(task.name, self.s.replay_of, seed)]
+            diff = source.curve.first_difference(curve)
+            notes["matched"] = diff is None
+            notes["first_difference_step"] = diff
+            notes["replayed_entries"] = _count_recipe(notes.get("recipe"))
+        return curve
+
+    def _prepare(self, task: Task, condition: str, seed: int, steps: int, run_dir: str,
+                 notes: dict[str, Any]) -> None:  # fmt: skip
+        """Commands queued before the run starts: the tuner on, or the freeze into replay."""
+        if condition == "tune":
+            HotClient(run_dir).tune_enable(
+                mode="active", objective="val_loss", segment_steps=5 * task.eval_every,
+                seed=seed, total_steps=steps,
+            )  # fmt: skip
+        elif condition == "replay":
+            source = self.done.get((task.name, self.s.replay_of, seed))
+            if source is None or source.run_dir is None:
+                raise BenchError(f"replay: no {self.s.replay_of} run of {task.name} seed {seed}")
+            recipe = export_for_replay(source.run_dir, os.path.dirname(run_dir))
+            notes.update(replay_of=self.s.replay_of, recipe=recipe)
+            if recipe is not None:
+                HotClient(run_dir).freeze("replay", recipe_path=recipe)
+
+    def _pilot(self, condition: str, steps: int, run_dir: str) -> Any:
+        from ..autopilot.engine import Autopilot
+
+        if condition == "autopilot":
+            return Autopilot(run_dir, mode="auto", rules=self.s.rules, key_metric="val_loss")
+        if condition == "ai":
+            from ..autopilot.ai import AIConfig
+
+            cfg = AIConfig(base_url=self.s.ai_base_url or "", model=self.s.ai_model or "",
+                           total_steps=steps)  # fmt: skip
+            return Autopilot(run_dir, mode="ai_auto", rules=self.s.rules, key_metric="val_loss",
+                             ai=cfg)  # fmt: skip
+        return None
+
+
+def _pilot_summary(run_dir: str) -> dict[str, int]:
+    """Actions the autopilot applied, and how many its guard undid (hotcb.autopilot.jsonl)."""
+    from ..autopilot.engine import RECORDS
+
+    records = list(jsonl.iter_records(os.path.join(run_dir, RECORDS)))
+    return {
+        "actions": sum(
+            1 for r in records if r.get("kind") == "action" and r.get("state") == "applied"
+        ),
+        "undone": sum(1 for r in records if r.get("kind") == "guard" and r.get("undo_cmd_id")),
+    }
+
+
+def _schedule(condition: str, opt: torch.optim.Optimizer, steps: int) -> Hook | None:
+    if condition == "cosine":
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return lambda step, metrics: cosine.step()
+    if condition == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # torch's defaults
+
+        def on_eval(step: int, metrics: dict[str, float]) -> None:
+            if "val_loss" in metrics:
+                plateau.step(metrics["val_loss"])
+
+        return on_eval
+    return None  # fixed
+
+
+def export_for_replay(source_run: str, dest: str) -> str | None:
+    """The source run's recipe (``hotcb recipe export``) written to ``dest/recipe.jsonl``;
+    None when the source applied nothing (nothing to replay: the replay runs unsteered)."""
+    from ..recipe import RecipeError, export_recipe
+
+    try:
+        path, _ = export_recipe(source_run, os.path.join(dest, "recipe.jsonl"))
+    except RecipeError:
+        return None
+    return path
+
+
+def _count_recipe(path: str | None) -> int:
+    if path is None:
+        return 0
+    with open(path) as f:
+        return max(0, sum(1 for line in f if line.strip()) - 1)  # minus the header
+
+
+def _tune_summary(run_dir: str) -> dict[str, Any]:
+    try:
+        status = HotClient(run_dir, create=False).tune_status()
+    except Exception as exc:  # the summary is a note; the curve is what counts
+        return {"error": repr(exc)}
+    keep = ("mode", "trials", "best", "warnings")
+    return {k: status[k] for k in keep if k in status}
+
+
+# ------------------------------------------------------------------------------ the plan
+def check_plan(s: Settings) -> list[tuple[str, str]]:
+    """Problems that stop the bench (raised) and skips (returned: (what, why))."""
+    skips: list[tuple[str, str]] = []
+    if s.seeds < 1:
+        raise BenchError("--seeds must be at least 1")
+    if s.steps is not None and s.steps < 1:
+        raise BenchError("--steps must be at least 1")
+    if "replay" in s.conditions and s.replay_of not in s.conditions:
+        raise BenchError(
+            f"replay replays the runs of {s.replay_of}: add it to --conditions "
+            f"(or --replay-of one of {', '.join(REPLAYABLE)} that is there)"
+        )
+    if "ai" in s.conditions:
+        from ..autopilot.ai._config import KEY_ENV
+
+        missing = [name for name, v in ((KEY_ENV, os.environ.get(KEY_ENV)),
+                   ("--ai-base-url", s.ai_base_url), ("--ai-model", s.ai_model)) if not v]  # fmt: skip
+        if missing:
+            skips.append(("ai", f"not configured (missing {', '.join(missing)}); skipped"))
+    return skips
+
+
+def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the bench of ``s`` into ``s.out``; returns the contents of ``bench.json``."""
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    skipped = check_plan(s)
+    out = os.path.abspath(s.out)
+    meta_path = os.path.join(out, "bench.json")
+    if os.path.exists(meta_path):
+        if not s.force:
+            raise BenchError(f"{out} already holds a bench (bench.json); --force replaces it")
+        shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
+    torch.set_num_threads(s.threads)
+    conditions = [c for c in CONDITIONS if c in s.conditions and c not in dict(skipped)]
+    tasks: list[Task] = []
+    for name in s.tasks:
+        try:
+            tasks.append(load_task(name, s.data))
+        except TaskUnavailable as exc:
+            skipped.append((name, f"{exc}; skipped"))
+    for what, why in skipped:
+        say(f"hotcb bench: {what}: {why}")
+    meta: dict[str, Any] = {
+        "kind": "hotcb.bench", "v": 1, "started_at": time.time(),
+        "command": s.command,
+        "settings": {**vars(s), "out": out},
+        "tasks": {t.name: {"title": t.title, "about": t.about, "steps": s.steps or t.total_steps,
+                           "eval_every": t.eval_every, "lr": t.lr, **t.info} for t in tasks},
+        "conditions": conditions, "seeds": list(range(s.seeds)),
+        "skipped": [{"what": w, "why": y} for w, y in skipped],
+        "machine": {"cpus": os.cpu_count(), "threads": s.threads, "python": sys.version.split()[0],
+                    "torch": torch.__version__, "hotcb": hotcb_version,
+                    "platform": platform.platform()},
+    }  # fmt: skip
+    jsonl.write_json_atomic(meta_path, meta)
+    runner = Runner(s)
+    results: list[RunResult] = []
+    jobs = [(t, seed, c) for t in tasks for seed in range(s.seeds) for c in conditions]
+    t0 = time.perf_counter()
+    bar = _progress(len(jobs), s.progress)
+    try:
+        for task, seed, cond in jobs:
+            bar.set_description(f"{task.name} · {cond} · seed {seed}")
+            folder = os.path.join(out, "runs", task.name, cond, f"s{seed}")
+            os.makedirs(folder, exist_ok=True)
+            res = runner.run(task, cond, seed, folder)
+            save_run(folder, res)
+            results.append(res)
+            bar.update(1)
+            bar.write(_line(res), file=sys.stderr)
+    finally:
+        bar.close()
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    meta["finished_at"] = time.time()
+    jsonl.write_json_atomic(meta_path, meta)
+    save_summary(out, results)
+    return meta
+
+
+def _line(r: RunResult) -> str:
+    f = r.final()
+    acc = f"  acc {f['final_val_acc']:.3f}" if f["final_val_acc"] is not None else ""
+    vl = f["final_val_loss"]
+    extra = ""
+    if r.notes.get("actions") is not None:
+        extra += f"  actions {r.notes['actions']}"
+    if "matched" in r.notes:
+        extra += "  replay " + ("matched bit for bit" if r.notes["matched"] else
+                                f"DIFFERS from step {r.notes['first_difference_step']}")  # fmt: skip
+    vls = "nan" if vl is None else f"{vl:.4f}"
+    return (f"{r.task:<14} {LABELS[r.condition]:<24} seed {r.seed}  val loss {vls}{acc}"
+            f"{extra}  ({r.seconds:.1f} s)")  # fmt: skip
+
+
+class _NoBar:
+    def set_description(self, _: str) -> None: ...
+    def update(self, _: int) -> None: ...
+    def close(self) -> None: ...
+    def write(self, msg: str, file: Any = None) -> None:
+        print(msg, file=file or sys.stderr, flush=True)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------ files
+def save_run(folder: str, r: RunResult) -> None:
+    doc = {"task": r.task, "condition": r.condition, "seed": r.seed, "steps": r.steps,
+           "seconds": r.seconds, "run_dir": r.run_dir, "final": r.final(), "notes": r.notes,
+           "curve": r.curve.columns()}  # fmt: skip
+    jsonl.write_json_atomic(os.path.join(folder, "curve.json"), doc)
+    with open(os.path.join(folder, "curve.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for row in zip(*r.curve.columns().values(), strict=True):
+            w.writerow(["" if v is None else repr(v) for v in row])
+
+
+def save_summary(out: str, results: Sequence[RunResult]) -> None:
+    rows = [r.row() for r in results]
+    jsonl.write_json_atomic(os.path.join(out, "summary.json"), rows)
+    with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``bench.json`` and every run's ``curve.json`` (in the plan's order) of a bench folder."""
+    meta_path = os.path.join(out, "bench.json")
+    if not os.path.exists(meta_path):
+        raise BenchError(f"no bench at {os.path.abspath(out)} (bench.json is missing): "
+                         "'hotcb bench run --out DIR' makes one")  # fmt: skip
+    with open(meta_path) as f:
+        meta = json.load(f)
+    runs = []
+    for task in meta["tasks"]:
+        for seed in meta["seeds"]:
+            for cond in meta["conditions"]:
+                path = os.path.join(out, "runs", task, cond, f"s{seed}", "curve.json")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        runs.append(json.load(f))
+    return meta, runs
+
+
+__all__ = ["HOTCB_CONDITIONS", "BenchError", "Runner", "Settings", "load_bench", "run_bench"]

@@ -1,0 +1,131 @@
+"""``hotcb bench run|report``: does steering beat a schedule, on this machine? (docs/bench.md)
+
+Only the standard library is imported here: the bench itself (torch, scikit-learn, matplotlib,
+tqdm) loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from ..bench import CONDITIONS, LABELS, TASKS, parse_names
+from ._common import UsageError
+
+RUN_HELP = """\
+Train every task × condition × seed (seeds 0..N-1), save each run's curves (step, train loss,
+val loss, val acc, lr) under OUT/runs/, one row per run in OUT/summary.csv and summary.json,
+then write the report (see 'hotcb bench report').
+
+tasks: digits_mlp, digits_cnn, digits_badlr (lr 10x too high) on scikit-learn's bundled digits;
+  charlm (a character-level transformer on the Python standard library's own source files);
+  cifar10_resnet20 (needs torchvision and --data DIR holding CIFAR-10; skipped otherwise);
+  module:function for your own task (the contract: docs/bench.md).
+conditions: fixed, cosine, plateau (ReduceLROnPlateau), schedulefree (Schedule-Free AdamW),
+  prodigy, autopilot (hotcb's rule autopilot, auto mode), tune (hotcb tune, active), ai (the
+  LLM autopilot: needs HOTCB_AI_KEY, --ai-base-url and --ai-model; skipped otherwise), replay
+  (replays the recipe of --replay-of's run and checks the curve is the same bit for bit).
+
+example: hotcb bench run --task digits_mlp,digits_badlr --conditions fixed,plateau,autopilot \\
+           --seeds 2 --out bench-out && open bench-out/report.html
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bp = sub.add_parser(
+        "bench",
+        help="benchmark steering against schedules on real tasks: run, then report",
+        description="Measure whether steering (rules, the tuner, an LLM) beats fixed schedules, "
+        "on your machine, with real training runs (docs/bench.md).",
+    )
+    bsub = bp.add_subparsers(dest="bench_command", metavar="OP")
+    bsub.required = True
+    p = bsub.add_parser(
+        "run",
+        help="train tasks × conditions × seeds and save every run's curves",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", "--tasks", dest="tasks", required=True, metavar="T[,T…]",
+                   help=f"tasks, comma-separated: {', '.join(TASKS)} or module:function")  # fmt: skip
+    p.add_argument("--conditions", required=True, metavar="C[,C…]",
+                   help=f"conditions, comma-separated: {', '.join(CONDITIONS)}")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=1, help="seeds per condition (default 1)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default: the task's own)")
+    p.add_argument("--out", default="bench-out", help="output folder (default ./bench-out)")
+    p.add_argument("--force", action="store_true", help="replace a bench already in --out")
+    p.add_argument("--data", help="folder holding CIFAR-10 (for cifar10_resnet20)")
+    p.add_argument("--replay-of", default="autopilot", choices=("autopilot", "tune", "ai"),
+                   help="the condition whose runs 'replay' replays (default autopilot)")  # fmt: skip
+    p.add_argument("--rules", help="autopilot rules file (default: the shipped rules)")
+    p.add_argument("--ai-base-url", help="OpenAI-compatible endpoint for the ai condition")
+    p.add_argument("--ai-model", help="model name for the ai condition")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small models, comparable timings)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = bsub.add_parser(
+        "report",
+        help="write DIR/report.html, DIR/report.md and DIR/img/bench_<task>.png",
+        description="From a folder of 'hotcb bench run': one self-contained HTML page, a "
+        "markdown summary and a PNG per task (mean ± std over seeds), with mean ± std of the "
+        "final val loss and accuracy per condition, and plain statements where a baseline beats "
+        "a hotcb condition and whether each replay matched bit for bit.",
+    )
+    p.add_argument("folder", metavar="DIR", help="the --out folder of 'hotcb bench run'")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        tasks = parse_names(args.tasks, TASKS, "task", user_ok=True)
+        conditions = parse_names(args.conditions, CONDITIONS, "condition")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    from ..bench.runner import BenchError, Settings, run_bench
+
+    settings = Settings(
+        tasks=tasks, conditions=conditions, seeds=args.seeds, steps=args.steps, out=args.out,
+        data=args.data, replay_of=args.replay_of, rules=args.rules,
+        ai_base_url=args.ai_base_url, ai_model=args.ai_model, threads=args.threads,
+        progress=not args.no_progress, force=args.force,
+        command=shlex.join(["hotcb", *sys.argv[1:]]),
+    )  # fmt: skip
+    try:
+        meta = run_bench(settings)
+    except BenchError as exc:
+        raise UsageError(str(exc)) from None
+    out = meta["settings"]["out"]
+    print(f"bench: {len(meta['tasks'])} task(s) × {len(meta['conditions'])} condition(s) × "
+          f"{len(meta['seeds'])} seed(s) in {meta['wall_seconds']:.1f} s → {out}")  # fmt: skip
+    for s in meta["skipped"]:
+        print(f"skipped {s['what']}: {s['why']}")
+    if not args.no_report:
+        _report(out)
+    else:
+        print(f"report: hotcb bench report {shlex.quote(out)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _report(args.folder)
+    return 0
+
+
+def _report(folder: str) -> None:
+    from ..bench.report import write_report
+    from ..bench.runner import BenchError
+
+    try:
+        paths = write_report(folder)
+    except BenchError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"report: {os.path.abspath(paths['html'])}")
+    print(f"summary: {os.path.abspath(paths['md'])}")
+
+
+__all__ = ["LABELS", "register"]

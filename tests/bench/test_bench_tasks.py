@@ -1,0 +1,183 @@
+"""The tasks and conditions of ``hotcb bench``: a user task through the documented contract,
+the charlm task (tiny config), skipped tasks and conditions, and the optimizer conditions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+USER_TASK = '''
+"""A user task for hotcb bench: linear regression on a fixed random problem."""
+import torch
+from torch.nn import functional as F
+
+
+class Run:
+    def __init__(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(4, 1)
+        w = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+        self.x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+        self.y = self.x @ w.T
+        self.g = g
+
+    def train_step(self, opt):
+        idx = torch.randint(0, 192, (32,), generator=self.g)
+        loss = F.mse_loss(self.model(self.x[idx]), self.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self):
+        return float(F.mse_loss(self.model(self.x[192:]), self.y[192:])), None
+
+
+class Task:
+    title = "linear regression"
+    total_steps = 40
+    eval_every = 5
+    lr = 0.05
+
+    def make(self, seed):
+        return Run(seed)
+
+
+def make_task():
+    return Task()
+
+
+def broken():
+    return object()
+'''
+
+
+@pytest.mark.slow
+def test_user_task_follows_the_contract(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "mytask.py").write_text(USER_TASK)
+    out = tmp_path / "out"
+    done = cli(None, "bench", "run", "--task", "mytask:make_task", "--conditions",
+               "fixed,cosine", "--seeds", "2", "--out", os.fspath(out), "--no-progress",
+               cwd=os.fspath(tmp_path), timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["tasks"]["mytask:make_task"]["title"] == "linear regression"
+    assert meta["tasks"]["mytask:make_task"]["steps"] == 40  # the task's own total_steps
+    for cond in ("fixed", "cosine"):
+        for seed in (0, 1):
+            doc = json.loads((out / f"runs/mytask:make_task/{cond}/s{seed}/curve.json").read_text())
+            assert len(doc["curve"]["step"]) == 40
+            vals = [v for v in doc["curve"]["val_loss"] if v is not None]
+            assert len(vals) == 8 and vals[-1] < vals[0]  # it learns
+            assert doc["final"]["final_val_acc"] is None  # no accuracy: None, not 0
+    cos = json.loads((out / "runs/mytask:make_task/cosine/s0/curve.json").read_text())
+    assert cos["curve"]["lr"][0] == 0.05 and cos["curve"]["lr"][-1] < 0.001
+    assert (out / "img" / "bench_mytask_make_task.png").exists()
+    assert "linear regression" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_user_task_that_breaks_the_contract(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "mytask.py").write_text(USER_TASK)
+    done = cli(None, "bench", "run", "--task", "mytask:broken", "--conditions", "fixed",
+               "--out", os.fspath(tmp_path / "o"), cwd=os.fspath(tmp_path))  # fmt: skip
+    assert done.returncode == 2
+    assert "without total_steps, eval_every, lr, make" in done.stderr
+    done = cli(None, "bench", "run", "--task", "nosuchmodule:make", "--conditions", "fixed",
+               "--out", os.fspath(tmp_path / "o"), cwd=os.fspath(tmp_path))  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot load it" in done.stderr
+
+
+def test_charlm_makes_a_step_and_evaluates() -> None:
+    from hotcb.bench.tasks import CHARLM_FILES, CharLMConfig, charlm, charlm_corpus
+
+    corpus = charlm_corpus()
+    assert len(corpus.files) + len(corpus.missing) == len(CHARLM_FILES)
+    assert len(corpus.files) >= len(CHARLM_FILES) // 2
+    assert len(corpus.train) > 1_000_000  # several MB of real text
+    assert 0.05 < len(corpus.val) / (len(corpus.train) + len(corpus.val)) < 0.15
+    task = charlm(CharLMConfig(context=16, d=16, layers=1, heads=2, batch=4, val_windows=8))
+    assert task.info["corpus"]["sha256"] == corpus.sha256
+    run = task.make(0)
+    opt = task.base_optimizer(run.model.parameters())
+    before = run.evaluate()
+    loss = run.train_step(opt)
+    assert math.isfinite(loss) and loss > 3  # ~ln(256) at the start
+    val_loss, acc = run.evaluate()
+    assert math.isfinite(val_loss) and val_loss != before[0]
+    assert acc is not None and 0 <= acc <= 1
+    again = task.make(0)  # a seed makes the same run
+    assert again.train_step(task.base_optimizer(again.model.parameters())) == loss
+
+
+@pytest.mark.slow
+def test_unavailable_task_and_condition_are_skipped_with_a_message(
+    cli: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env_key = os.environ.pop("HOTCB_AI_KEY", None)
+    try:
+        done = cli(None, "bench", "run", "--task", "cifar10_resnet20,digits_mlp", "--conditions",
+                   "fixed,ai", "--steps", "20", "--out", os.fspath(out), "--no-progress",
+                   timeout=180)  # fmt: skip
+    finally:
+        if env_key is not None:
+            os.environ["HOTCB_AI_KEY"] = env_key
+    assert done.returncode == 0, done.stderr
+    assert "cifar10_resnet20:" in done.stderr and "skipped" in done.stderr
+    assert "ai: not configured (missing HOTCB_AI_KEY" in done.stderr
+    meta = json.loads((out / "bench.json").read_text())
+    assert list(meta["tasks"]) == ["digits_mlp"]
+    assert meta["conditions"] == ["fixed"]
+    assert {s["what"] for s in meta["skipped"]} == {"cifar10_resnet20", "ai"}
+    assert "Skipped" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_optimizer_and_tuner_conditions_run(tmp_path: Path) -> None:
+    """Schedule-Free, Prodigy and hotcb tune, in process (the runner's API)."""
+    pytest.importorskip("schedulefree")
+    pytest.importorskip("prodigyopt")
+    pytest.importorskip("optuna")
+    from hotcb.bench.runner import Settings, load_bench, run_bench
+
+    out = tmp_path / "out"
+    s = Settings(tasks=["digits_mlp"], conditions=["schedulefree", "prodigy", "tune"], seeds=1,
+                 steps=120, out=os.fspath(out), progress=False)  # fmt: skip
+    meta = run_bench(s, log=lambda msg: None)
+    assert meta["conditions"] == ["schedulefree", "prodigy", "tune"]
+    _, runs = load_bench(os.fspath(out))
+    by = {r["condition"]: r for r in runs}
+    assert by["schedulefree"]["curve"]["lr"][0] == 0.0025  # its published default lr
+    assert by["prodigy"]["curve"]["lr"][0] < 1e-3  # d0 · lr 1.0: Prodigy's own estimate
+    assert by["prodigy"]["curve"]["lr"][-1] > by["prodigy"]["curve"]["lr"][0]  # it grew
+    assert os.path.exists(out / "runs/digits_mlp/tune/s0/run/hotcb.applied.jsonl")
+    for r in runs:
+        assert r["final"]["final_val_acc"] > 0.5, r["condition"]
+
+
+def test_names_are_checked_without_torch() -> None:
+    import subprocess
+
+    code = textwrap.dedent("""
+        import sys
+        from hotcb.cli import build_parser
+        build_parser()
+        from hotcb.bench import parse_names, CONDITIONS
+        assert parse_names("fixed, autopilot,fixed", CONDITIONS, "condition") == ["fixed", "autopilot"]
+        assert "torch" not in sys.modules, "hotcb's CLI imported torch"
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
