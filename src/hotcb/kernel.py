@@ -206,6 +206,7 @@ class HotKernel:
         self._event_modules: list[HotModule] = []
         self._next_due = NEVER
         self._next_refresh = 0.0
+        self._next_beat = 0.0  # the next heartbeat (time.monotonic())
         self._started = False
         self._closed = False
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
@@ -279,11 +280,12 @@ class HotKernel:
             self._handle_lines(lines, env, point)
         if self._control.paused:
             self._pause_loop(env, point)
-        if self._event_modules or not lines:
-            now = time.monotonic()
-            if now >= self._next_refresh:
-                self._next_refresh = now + 1.0
-                self._stream.refresh(env)
+        now = time.monotonic()  # the poll's clock: the idle path of apply() pays nothing
+        if now >= self._next_beat:
+            self._heartbeat(step, now)
+        if (self._event_modules or not lines) and now >= self._next_refresh:
+            self._next_refresh = now + 1.0
+            self._stream.refresh(env)
 
     def _run_due(self, env: Env, step: int, events: Sequence[str]) -> None:
         if env.get("is_accumulation_step"):
@@ -305,6 +307,18 @@ class HotKernel:
         point = SafePoint(step, events[0] if events else "train_step_end")
         self._ledger.point = point
         return point
+
+    def _heartbeat(self, step: Any, now: float) -> None:
+        """Rank 0 replaces ``hotcb.heartbeat.json`` (step, wall time, pid), at most once a
+        second: the dashboard sees a live run even when it records no metrics."""
+        self._next_beat = now + 1.0
+        if not self.is_leader:
+            return
+        try:
+            beat = {"step": int(step), "wall_time": time.time(), "pid": os.getpid()}
+            jsonl.write_json_atomic(self.paths.heartbeat, beat)
+        except (OSError, TypeError, ValueError) as exc:
+            self._warn("heartbeat", f"could not write {self.paths.heartbeat}: {exc!r}")
 
     # ------------------------------------------------------------------ commands
     def _read(self) -> list[tuple[int, bytes]]:
@@ -415,6 +429,9 @@ class HotKernel:
                     break  # apply() goes on to the checkpoint and the stop
                 self._take_signal(env, point)  # under DDP: rank 0 sends them to every rank
             time.sleep(self.pause_poll_sec)
+            now = time.monotonic()
+            if now >= self._next_beat:  # paused, not gone
+                self._heartbeat(point.step, now)
             lines = self._read()
             if self._sync is not None:
                 lines = self._sync_batch(lines, point.step)

@@ -28,6 +28,12 @@ RUN_META = "hotcb.run.json"
 CONFIG_YAML = "hotcb.yaml"
 TUNE = "hotcb.tune.json"
 TUNE_DB = "hotcb.tune.db"
+#: The kernel's heartbeat: ``{"step", "wall_time", "pid"}``, replaced atomically by rank 0 at
+#: most once a second, so a run that records no metrics still shows as running.
+HEARTBEAT = "hotcb.heartbeat.json"
+#: The dashboard server's columnar cache of the metrics file (steps and values per metric up to
+#: a byte offset), so a server that starts again reads only what was appended since.
+METRICS_INDEX = "hotcb.metrics.idx"
 
 #: Version of the record formats written to the run directory.
 FORMAT_VERSION = 1
@@ -90,6 +96,14 @@ class RunPaths:
     def tune_db(self) -> str:
         """The tuner's default Optuna study (SQLite)."""
         return self._p(TUNE_DB)
+
+    @property
+    def heartbeat(self) -> str:
+        return self._p(HEARTBEAT)
+
+    @property
+    def metrics_index(self) -> str:
+        return self._p(METRICS_INDEX)
 
     @property
     def run_meta(self) -> str:

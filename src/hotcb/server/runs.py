@@ -24,6 +24,7 @@ from .tailer import (
     TUNE_STATE,
     ActuatorsWatch,
     CommandsTail,
+    HeartbeatWatch,
     LedgerState,
     MetricsIndex,
     TuneWatch,
@@ -100,11 +101,12 @@ class RunState:
         self.paths = RunPaths(path)
         self.config = config
         self.hub = hub
-        self.metrics = MetricsIndex(self.paths.metrics)
+        self.metrics = MetricsIndex(self.paths.metrics, cache=True)
         self.ledger = LedgerState(self.paths.ledger, config.ledger_max_entries)
         self.commands = CommandsTail(self.paths.commands)
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
+        self.heartbeat = HeartbeatWatch(self.paths.heartbeat)
         self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
         self._meta: dict[str, Any] = {}
@@ -152,6 +154,7 @@ class RunState:
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
         if self.tune.update():
             msgs.append(self.tune_message())
+        self.heartbeat.update()
         if self.autopilot.update():
             msgs.append(self.autopilot_message())
         return msgs
@@ -164,12 +167,25 @@ class RunState:
     # -- derived views ---------------------------------------------------------------------
     @property
     def last_wall_time(self) -> float | None:
-        times = [t for t in (self.metrics.last_wall_time, self.ledger.last_wall_time) if t]
+        """The newest wall time of the metrics, the ledger and the kernel's heartbeat."""
+        times = [
+            t
+            for t in (
+                self.metrics.last_wall_time,
+                self.ledger.last_wall_time,
+                self.heartbeat.wall_time,
+            )
+            if t
+        ]
         return max(times) if times else None
 
     @property
     def last_step(self) -> int | None:
-        steps = [s for s in (self.metrics.last_step, self.ledger.last_step) if s is not None]
+        steps = [
+            s
+            for s in (self.metrics.last_step, self.ledger.last_step, self.heartbeat.step)
+            if s is not None
+        ]
         return max(steps) if steps else None
 
     def stale(self, now: float | None = None) -> bool:
@@ -307,7 +323,10 @@ class RunRegistry:
         else:
             last_m = jsonl.read_last(paths.metrics, 1)
             last_l = jsonl.read_last(paths.ledger, 1)
+            beat = jsonl.read_json(paths.heartbeat)
             recs = [r[0] for r in (last_m, last_l) if r]
+            if isinstance(beat, dict):
+                recs.append(beat)
             walls = [t for t in (_last_wall_time(r) for r in recs) if t is not None]
             steps = [r["step"] for r in recs if isinstance(r.get("step"), int)]
             last_step = max(steps) if steps else None

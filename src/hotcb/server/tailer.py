@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
 import json
 import logging
 import math
 import os
+import sys
 import time
 from array import array
 from bisect import bisect_left
@@ -34,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..ledger import LedgerView
-from ..runfiles import TUNE, redact_url
+from ..runfiles import METRICS_INDEX, TUNE, redact_url
+
+try:  # the dashboard extra brings orjson; the standard library's json is the fallback
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson = None
 
 if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs the names
     from .config import DashboardConfig
@@ -44,7 +52,9 @@ if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs th
 __all__ = [
     "TUNE_STATE",
     "ActuatorsWatch",
+    "ColumnCache",
     "CommandsTail",
+    "HeartbeatWatch",
     "LedgerState",
     "MetricsIndex",
     "Tailer",
@@ -71,6 +81,27 @@ def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
         if size - before <= tail.max_bytes and not tail.reset:
             return
         tail.reset = False
+
+
+def _loads_json(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def _loads_orjson(raw: bytes) -> Any:
+    """orjson, and json where orjson refuses what json takes (``NaN``/``Infinity`` tokens,
+    integers past 64 bits, lone surrogates): every line parses to what ``json.loads`` gives."""
+    try:
+        return _orjson.loads(raw)  # type: ignore[union-attr]
+    except ValueError:
+        return json.loads(raw)
+
+
+#: One metrics line to Python, as :func:`json.loads` would parse it (raises ValueError).
+loads = _loads_json if _orjson is None else _loads_orjson
+
+#: A first load larger than this runs with the cyclic garbage collector paused (the records it
+#: builds are freed by reference counting; a collection pass over a growing heap is waste).
+_BULK_BYTES = 1 << 20
 
 
 def _number(v: Any) -> float | None:
@@ -103,9 +134,14 @@ class Series:
 
 
 class MetricsIndex:
-    """Columnar in-memory index of a run's metrics file, appended by each :meth:`update`."""
+    """Columnar in-memory index of a run's metrics file, appended by each :meth:`update`.
 
-    def __init__(self, path: str) -> None:
+    With ``cache=True`` the index is saved beside the metrics file (:data:`METRICS_INDEX`,
+    see :class:`ColumnCache`) after each update that read at least ``cache_min_bytes``, and a
+    new index starts from that file when it still matches the metrics file, reading only the
+    lines appended since."""
+
+    def __init__(self, path: str, *, cache: bool = False, cache_min_bytes: int = 8 << 20) -> None:
         self.tail = jsonl.JsonlTail(path)
         self.series: dict[str, Series] = {}
         self.loaded = False
@@ -113,6 +149,15 @@ class MetricsIndex:
         self.last_step: int | None = None
         self.last_wall_time: float | None = None
         self.last_record: dict[str, Any] | None = None
+        self.cache = (
+            ColumnCache(os.path.join(os.path.dirname(os.path.abspath(path)), METRICS_INDEX))
+            if cache
+            else None
+        )
+        self.cache_min_bytes = cache_min_bytes
+        self._unsaved = 0  # bytes read since the cache was last written
+        #: where the first load came from: "cache" (and how many bytes), or "parsed"
+        self.source: dict[str, Any] = {}
 
     def pending_bytes(self) -> int:
         return max(0, self.tail.size() - self.tail.offset)
@@ -125,6 +170,28 @@ class MetricsIndex:
     def update(self, collect: int = 0) -> list[dict[str, Any]]:
         """Read every new complete line into the index; return the last ``collect`` new
         records (for pushing to subscribers). Reads in chunks until caught up."""
+        if not self.loaded and self.cache is not None:
+            self.source = {"from": "cache", "bytes": self.cache.load(self)}
+            if not self.source["bytes"]:
+                self.source = {"from": "parsed"}
+        before = self.tail.offset
+        pause = self.pending_bytes() > _BULK_BYTES and gc.isenabled()
+        if pause:
+            gc.disable()
+        try:
+            records = self._read(collect)
+        finally:
+            if pause:
+                gc.enable()
+        self.loaded = True
+        if self.cache is not None:
+            self._unsaved += max(0, self.tail.offset - before)
+            if self._unsaved >= self.cache_min_bytes:
+                self._unsaved = 0
+                self.cache.save(self)
+        return records
+
+    def _read(self, collect: int) -> list[dict[str, Any]]:
         out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
         for lines in _chunks(self.tail):
             if self.tail.reset:  # truncated or replaced: start over
@@ -132,32 +199,41 @@ class MetricsIndex:
                 self.clear()
                 out.clear()
             add = self._add
-            for _, raw in lines:
-                rec = add(raw)
-                if rec is not None and collect:
-                    out.append(rec)
-        self.loaded = True
+            if collect:
+                for _, raw in lines:
+                    rec = add(raw)
+                    if rec is not None:
+                        out.append(rec)
+            else:
+                for _, raw in lines:
+                    add(raw)
         return list(out)
 
     def _add(self, raw: bytes) -> dict[str, Any] | None:
         try:
-            rec = json.loads(raw)
+            rec = loads(raw)
         except ValueError:
             return None
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             return None
         step = rec.get("step")
         if isinstance(step, bool) or not isinstance(step, (int, float)):
             return None
         step = int(step)
         metrics = rec.get("metrics")
-        if not isinstance(metrics, dict):  # flat records: every other numeric key is a metric
+        if type(metrics) is not dict:  # flat records: every other numeric key is a metric
             metrics = {k: v for k, v in rec.items() if k not in _RESERVED}
         series = self.series
         for name, raw_value in metrics.items():
-            value = _number(raw_value)
-            if value is None:
-                continue
+            tv = type(raw_value)
+            if tv is float:
+                value = raw_value
+            elif tv is int:
+                value = float(raw_value)
+            else:
+                value = _number(raw_value)
+                if value is None:
+                    continue
             s = series.get(name)
             if s is None:
                 s = series[name] = Series()
@@ -180,6 +256,100 @@ class MetricsIndex:
 
     def names(self) -> list[str]:
         return sorted(self.series)
+
+
+class ColumnCache:
+    """A :class:`MetricsIndex` on disk: a header line of JSON (format, the byte offset of the
+    metrics file it covers, hashes of the file's first and last 4 KiB before that offset, the
+    last record, the series and their lengths), then each series' steps (int64) and values
+    (float64) as raw machine arrays. Written atomically (a temporary file, then a rename); read
+    only when the metrics file still starts and, at that offset, ends with the same bytes (a
+    file replaced, truncated or rewritten is parsed again). Any problem reading or writing it
+    is ignored: the cache only ever saves time."""
+
+    MAGIC = b"HOTCBIDX1\n"
+    _PROBE = 4096
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def _fingerprint(cls, metrics_path: str, offset: int) -> list[str] | None:
+        try:
+            with open(metrics_path, "rb") as f:
+                head = f.read(min(cls._PROBE, offset))
+                f.seek(max(0, offset - cls._PROBE))
+                tail = f.read(min(cls._PROBE, offset))
+        except OSError:
+            return None
+        if len(head) != min(cls._PROBE, offset) or len(tail) != len(head):
+            return None
+        return [hashlib.blake2b(b, digest_size=16).hexdigest() for b in (head, tail)]
+
+    def save(self, index: MetricsIndex) -> bool:
+        offset = index.tail.offset
+        fp = self._fingerprint(index.tail.path, offset)
+        if fp is None or offset == 0:
+            return False
+        header = {
+            "offset": offset,
+            "fingerprint": fp,
+            "byteorder": sys.byteorder,
+            "lines": index.lines,
+            "last_step": index.last_step,
+            "last_wall_time": index.last_wall_time,
+            "last_record": index.last_record,
+            "series": [[name, len(s)] for name, s in index.series.items()],
+        }
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self.MAGIC)
+                f.write(jsonl.dumps(header).encode() + b"\n")
+                for s in index.series.values():
+                    f.write(s.steps)
+                    f.write(s.values)
+            os.replace(tmp, self.path)
+        except (OSError, ValueError, TypeError) as exc:
+            log.debug("hotcb dashboard: could not write %s: %r", self.path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+        return True
+
+    def load(self, index: MetricsIndex) -> int:
+        """Fill the (empty) ``index`` from the cache and move its cursor past what the cache
+        covers; the number of bytes of the metrics file skipped (0: nothing loaded)."""
+        try:
+            with open(self.path, "rb") as f:
+                if f.readline() != self.MAGIC:
+                    return 0
+                header = json.loads(f.readline())
+                offset = int(header["offset"])
+                if (
+                    header.get("byteorder") != sys.byteorder
+                    or index.tail.size() < offset
+                    or header.get("fingerprint") != self._fingerprint(index.tail.path, offset)
+                ):
+                    return 0
+                series: dict[str, Series] = {}
+                for name, n in header["series"]:
+                    s = Series()
+                    s.steps.frombytes(f.read(8 * n))
+                    s.values.frombytes(f.read(8 * n))
+                    if len(s.steps) != n or len(s.values) != n:
+                        return 0
+                    series[name] = s
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.debug("hotcb dashboard: ignoring %s: %r", self.path, exc)
+            return 0
+        index.series = series
+        index.lines = header.get("lines") or 0
+        index.last_step = header.get("last_step")
+        index.last_wall_time = header.get("last_wall_time")
+        index.last_record = header.get("last_record")
+        index.tail.offset = offset
+        return offset
 
 
 class LedgerState:
@@ -274,6 +444,37 @@ class ActuatorsWatch:
         self._sig = sig
         doc.setdefault("actuators", [])
         self.doc = doc
+        return True
+
+
+class HeartbeatWatch:
+    """The kernel's heartbeat (``hotcb.heartbeat.json``: step, wall time, pid), re-read only
+    when the file changed. A run that records no metrics still has a step and a last sign of
+    life from it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sig: tuple[int, int, int] | None = None
+        self.step: int | None = None
+        self.wall_time: float | None = None
+
+    def update(self) -> bool:
+        """True when the heartbeat moved since the last call."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False  # none yet (an older hotcb, or the first poll has not happened)
+        sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if sig == self._sig:
+            return False
+        doc = jsonl.read_json(self.path)
+        if not isinstance(doc, dict):  # mid-replace: next poll
+            return False
+        self._sig = sig
+        step, wall = doc.get("step"), doc.get("wall_time")
+        self.step = step if type(step) is int else self.step
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+            self.wall_time = float(wall)
         return True
 
 

@@ -40,6 +40,7 @@ const app = {
   status: null,
   runState: null, // the server's words for the run: "running", "finished at step N", "crashed …"
   serverStale: false,
+  serverStep: null, // the server's last step of the run: metrics, ledger or the kernel's heartbeat
   impacts: new Map(),
   impactMetric: null,
   highlightSeq: null,
@@ -224,6 +225,7 @@ async function loadAll({ reset = true } = {}) {
 function applyStatus(st) {
   app.status = st;
   app.serverStale = !!st.stale;
+  app.serverStep = st.last_step ?? null;
   if (st.state !== undefined) app.runState = st.state;
   if (st.freeze) setFreeze(st.freeze.mode ?? st.freeze);
   if (st.actuators && Array.isArray(st.actuators) && !app.actuators.length) {
@@ -438,7 +440,9 @@ function noRunsText() {
 function renderFacts() {
   const noRun = app.runId == null;
   const rd = app.data.get(app.runId);
-  const step = rd?.lastStep ?? app.status?.last_metrics?.step ?? app.status?.run?.last_step;
+  // the newest of the charted metrics and the server's (which counts the kernel's heartbeat)
+  const steps = [rd?.lastStep, app.serverStep, app.status?.last_metrics?.step].filter((s) => typeof s === "number");
+  const step = steps.length ? Math.max(...steps) : null;
   $("step").textContent = step == null ? "–" : step;
   const chip = $("state-chip");
   const stale = !noRun && isStale();
@@ -478,8 +482,11 @@ function renderFacts() {
 function isStale() {
   const rd = app.data.get(app.runId);
   const limit = (app.cfg.ui.stale_after_sec || 30) * 1000;
+  // alive when the server saw a sign of life (a metric, a ledger entry or the kernel's
+  // heartbeat) or this page received metrics lately: a run that logs no metrics is not stale
+  if (!app.serverStale) return false;
   if (rd && rd.lastRecv) return Date.now() - rd.lastRecv > limit;
-  return app.serverStale;
+  return true;
 }
 
 // ----------------------------------------------------------------------------- runs
@@ -596,6 +603,7 @@ function onMessage(msg) {
     case "status":
       if (msg.run === app.runId) {
         app.serverStale = !!msg.stale;
+        app.serverStep = msg.last_step ?? app.serverStep;
         if (msg.state !== undefined) app.runState = msg.state;
       }
       break;
