@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Settings: defaults < --config YAML < HOTCB_* env < these flags. A token is required "
         "on every address (Jupyter's model): give it in $HOTCB_TOKEN or --token-file, or let "
         "the server generate one; the URL printed at start carries it once, then the browser "
-        "keeps it in a cookie. Scripts send 'Authorization: Bearer <token>'.",
+        "keeps it in a cookie. Scripts send 'Authorization: Bearer <token>'. With --notify "
+        "(or a quick --notify-* flag) the server also sends each live run's alerts "
+        "(docs/notify.md).",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8421; 0: any free)")
@@ -94,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ._autopilot import add_ai_flags
 
     add_ai_flags(p)
+    from ._notify import add_notify_flags
+
+    add_notify_flags(p)  # a notifier on every run served, in the server process
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=_serve)
 
@@ -152,6 +157,9 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(config.dir):
         raise CliError(f"--dir {config.dir} is not a directory")
     config.ensure_token()  # ValueError (one line, exit 2) for --no-token off loopback
+    from ._notify import notify_config
+
+    notify = notify_config(args)  # a bad --notify file: every problem, exit 2
     import socket
 
     import uvicorn
@@ -159,7 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ..server.app import create_app
     from ..server.logs import install_log_filters
 
-    app = create_app(config)
+    app = create_app(config, notify=notify)
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,6 +191,11 @@ def _serve(args: argparse.Namespace) -> int:
         ap = config.autopilot
         print(f"hotcb autopilot ({ap.mode}) on every run served; key metric {ap.key_metric} "
               f"({ap.direction}); rules: {ap.rules or 'the shipped rules'}", flush=True)  # fmt: skip
+    if notify is not None:
+        print(f"hotcb notify on every live run served: {len(notify.alerts)} alerts "
+              f"({', '.join(a.id for a in notify.alerts)}) to "
+              f"{', '.join(d.target for d in notify.deliveries) or 'no delivery'}; "
+              "records in each run's hotcb.notify.jsonl", flush=True)  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(
             app,

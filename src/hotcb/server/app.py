@@ -8,10 +8,11 @@ new in one batched message per file and run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,9 @@ from .routers import (
 from .runs import RunRegistry, run_dirs
 from .tailer import Tailer
 
+if TYPE_CHECKING:
+    from ..notify import NotifyConfig
+
 __all__ = ["create_app"]
 
 
@@ -49,7 +53,12 @@ def _reason(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(config: DashboardConfig | None = None, *, static_dir: str | None = None) -> FastAPI:
+def create_app(
+    config: DashboardConfig | None = None,
+    *,
+    static_dir: str | None = None,
+    notify: NotifyConfig | None = None,
+) -> FastAPI:
     """Build the dashboard app for ``config.dir`` (a run or a folder of runs); the page comes
     from ``static_dir`` (default: the package's ``static/`` folder).
 
@@ -57,6 +66,8 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     the caller prints it. uvicorn's loggers get the token-redacting filter. With
     ``config.autopilot.mode`` other than ``off`` the app runs the rule autopilot on every run
     it serves (its rules file is checked here: :class:`hotcb.autopilot.rules.RulesError`).
+    With ``notify`` (``hotcb serve --notify``) it runs a notifier on every live run it serves
+    (:class:`hotcb.notify.NotifierHost`), stopped with the server.
     """
     config = config or DashboardConfig.load()
     config.ensure_token()
@@ -66,6 +77,12 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     if config.autopilot.mode != "off":
         root, depth = os.path.realpath(config.dir), config.scan_depth
         autopilot = AutopilotHost(config.autopilot, lambda: run_dirs(root, depth))
+    notifier = None
+    if notify is not None:
+        from ..notify import NotifierHost
+
+        root, depth = os.path.realpath(config.dir), config.scan_depth
+        notifier = NotifierHost(notify, lambda: run_dirs(root, depth))
     registry = RunRegistry(config, hub, autopilot)
     deps = Deps(config=config, registry=registry, hub=hub, autopilot=autopilot)
     tailer = Tailer(deps.registry, deps.hub, config)
@@ -75,11 +92,15 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
         tailer.start()
         if autopilot is not None:
             autopilot.start()
+        if notifier is not None:
+            notifier.start()
         try:
             yield
         finally:
             if autopilot is not None:
                 await autopilot.stop()  # after the round in progress
+            if notifier is not None:  # after its round; what is queued is delivered first
+                await asyncio.to_thread(notifier.stop)
             await tailer.stop()
 
     app = FastAPI(
@@ -92,6 +113,7 @@ def create_app(config: DashboardConfig | None = None, *, static_dir: str | None 
     )
     app.state.deps = deps
     app.state.config = config
+    app.state.notifier = notifier
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
