@@ -156,35 +156,55 @@ def _unit_dim(ndim: int, unit_dim: int | None) -> int:
     return 1 if ndim >= 4 else ndim - 1
 
 
-def activation_stats(t: Any, unit_dim: int | None = None) -> Any:
-    """The :data:`STATS` of tensor ``t`` as one float32 tensor of 5 values (on ``t``'s device;
-    no sync): mean, population std, max |x|, dead fraction, L2 norm.
+def _raw_stats(t: Any, unit_dim: int | None) -> tuple[Any, int, int]:
+    """What a hook computes: one tensor ``[mean, min, max, dead units, L2 norm]`` on ``t``'s
+    device (no sync: five reductions and a stack), the element count and the unit count.
+    :func:`_summarise` turns it into the :data:`STATS` after the one ``tolist()``."""
+    import torch
+
+    with torch.no_grad():
+        x = t.detach()
+        if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if x.dim() == 0:
+            x = x.reshape(1)
+        lo, hi = torch.aminmax(x)
+        if x.dim() == 1:
+            units = x.numel()
+            dead = torch.count_nonzero(x <= 0)
+        else:
+            d = _unit_dim(x.dim(), unit_dim)
+            units = x.shape[d]
+            dead = torch.count_nonzero(x.amax(dim=[i for i in range(x.dim()) if i != d]) <= 0)
+        raw = torch.stack([x.mean(), lo, hi, dead, torch.linalg.vector_norm(x)])
+        return raw, x.numel(), units
+
+
+def _summarise(row: Sequence[float], n: int, units: int) -> dict[str, float | None]:
+    """:data:`STATS` from a :func:`_raw_stats` row. The std is the population std from the
+    norm and the mean, ``sqrt(norm²/n - mean²)`` in double precision (a separate std
+    reduction costs several times the other four together on small CPU tensors)."""
+    mean, lo, hi, dead, norm = (float(v) for v in row)
+    var = norm * norm / n - mean * mean if math.isfinite(norm) and math.isfinite(mean) else math.nan
+    return {
+        "mean": _finite(mean),
+        "std": _finite(math.sqrt(max(var, 0.0))) if math.isfinite(var) else None,
+        "max_abs": _finite(max(hi, -lo)),
+        "dead": dead / units if units else None,
+        "norm": _finite(norm),
+    }
+
+
+def activation_stats(t: Any, unit_dim: int | None = None) -> dict[str, float | None]:
+    """The :data:`STATS` of tensor ``t`` (one sync): mean, population std, max |x|, dead
+    fraction, L2 norm; a non-finite figure is None.
 
     ``dead`` is the fraction of units (channels for N×C×H×W, features otherwise, see
     ``unit_dim``) that are ≤ 0 everywhere in the batch: for the output of a ReLU (or of the
     layer feeding one) the units that no input switched on. For outputs that are not
     ReLU-like, read it as "never positive in this batch"."""
-    import torch
-
-    with torch.no_grad():
-        x = t.detach()
-        if not x.is_floating_point():
-            x = x.float()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        if x.dim() == 0:
-            x = x.reshape(1)
-        std, mean = torch.std_mean(x, correction=0)
-        lo, hi = torch.aminmax(x)
-        max_abs = torch.maximum(hi, -lo)
-        norm = torch.linalg.vector_norm(x)
-        if x.dim() == 1:
-            dead = (x <= 0).float().mean()
-        else:
-            d = _unit_dim(x.dim(), unit_dim)
-            reduce = [i for i in range(x.dim()) if i != d]
-            dead = (x.amax(dim=reduce) <= 0).float().mean()
-        return torch.stack([mean, std, max_abs, dead, norm]).float()
+    raw, n, units = _raw_stats(t, unit_dim)
+    return _summarise(raw.tolist(), n, units)
 
 
 def _finite(v: float) -> float | None:
@@ -384,7 +404,7 @@ class FeatureCapture(CallbackBase):
                 handle.remove()  # once per capture: a second call (weight sharing) is skipped
             t = _first_tensor(output)
             if t is not None and t.numel() > 0:
-                self._pending[name] = activation_stats(t, self.unit_dim)
+                self._pending[name] = _raw_stats(t, self.unit_dim)
 
         return hook
 
@@ -406,9 +426,9 @@ class FeatureCapture(CallbackBase):
         import torch
 
         names = list(pending)
-        rows = torch.stack([pending[n] for n in names]).tolist()  # the one sync
+        rows = torch.stack([pending[n][0] for n in names]).tolist()  # the one sync
         layers = {
-            name: {stat: _finite(v) for stat, v in zip(STATS, row, strict=True)}
+            name: _summarise(row, pending[name][1], pending[name][2])
             for name, row in zip(names, rows, strict=True)
         }
         record: dict[str, Any] = {"step": step}

@@ -36,6 +36,7 @@ from .routers import (
     create_tune_router,
     create_ws_router,
 )
+from .routers._features import create_features_router
 from .runs import RunRegistry, run_dirs
 from .tailer import Tailer
 
@@ -124,6 +125,7 @@ def create_app(
         create_meta_router,
         create_runs_router,
         create_tune_router,
+        create_features_router,
         create_autopilot_router,
         create_commands_router,
         create_ws_router,
