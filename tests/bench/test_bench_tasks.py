@@ -181,3 +181,24 @@ def test_names_are_checked_without_torch() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_the_documented_user_task_runs(cli: Any, tmp_path: Path) -> None:
+    """docs/bench.md's example task, as written there, with fixed and the autopilot."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "bench.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "# mytask.py" in b
+    ]
+    (tmp_path / "mytask.py").write_text(block)
+    out = tmp_path / "out"
+    done = cli(None, "bench", "run", "--task", "mytask:make_task", "--conditions",
+               "fixed,autopilot,replay", "--steps", "60", "--out", os.fspath(out),
+               "--no-progress", "--no-report", cwd=os.fspath(tmp_path), timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["condition"] for r in rows] == ["fixed", "autopilot", "replay"]
+    assert rows[2]["replay_matched"] is True
+    assert rows[0]["final_val_loss"] < 1.0

@@ -105,7 +105,8 @@ class Curve:
 
 
 def train(run: Any, opt: torch.optim.Optimizer, steps: int, eval_every: int,
-          hook: Hook | None = None, schedule_free: bool = False) -> Curve:  # fmt: skip
+          hook: Hook | None = None, schedule_free: bool = False,
+          on_eval: Callable[[int, int, float], None] | None = None) -> Curve:  # fmt: skip
     """The one training loop of every condition. ``lr`` is the step size the step used."""
     curve = Curve()
     if schedule_free:
@@ -124,6 +125,8 @@ def train(run: Any, opt: torch.optim.Optimizer, steps: int, eval_every: int,
             metrics["val_loss"] = vl
             if va is not None:
                 metrics["val_acc"] = va
+            if on_eval is not None:
+                on_eval(step, steps, vl)
         if hook is not None:
             hook(step, metrics)
         curve.add(step, loss, vl, va, lr)
@@ -174,6 +177,8 @@ class Runner:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.done: dict[tuple[str, str, int], RunResult] = {}
+        #: called at each evaluation with (step, steps, val loss): the progress bar's postfix
+        self.on_eval: Callable[[int, int, float], None] | None = None
 
     def run(self, task: Task, condition: str, seed: int, folder: str) -> RunResult:
         steps = self.s.steps or task.total_steps
@@ -188,15 +193,24 @@ class Runner:
             import schedulefree
 
             opt = schedulefree.AdamWScheduleFree(run.model.parameters())  # published defaults
-            curve = train(run, opt, steps, task.eval_every, schedule_free=True)
+            curve = train(
+                run, opt, steps, task.eval_every, schedule_free=True, on_eval=self.on_eval
+            )
         elif condition == "prodigy":
             import prodigyopt
 
             opt = prodigyopt.Prodigy(run.model.parameters())  # published defaults (lr 1.0)
-            curve = train(run, opt, steps, task.eval_every)
+            curve = train(run, opt, steps, task.eval_every, on_eval=self.on_eval)
         else:
             opt = task.base_optimizer(run.model.parameters())
-            curve = train(run, opt, steps, task.eval_every, _schedule(condition, opt, steps))
+            curve = train(
+                run,
+                opt,
+                steps,
+                task.eval_every,
+                _schedule(condition, opt, steps),
+                on_eval=self.on_eval,
+            )
         res = RunResult(task.name, condition, seed, steps, curve, time.perf_counter() - t0,
                         run_dir, notes)  # fmt: skip
         self.done[(task.name, condition, seed)] = res
@@ -216,7 +230,7 @@ class Runner:
                 pilot.step()
 
         try:
-            curve = train(run, opt, steps, task.eval_every, on_step)
+            curve = train(run, opt, steps, task.eval_every, on_step, on_eval=self.on_eval)
         finally:
             kernel.close()
             if pilot is not None:
@@ -383,6 +397,9 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     jobs = [(t, seed, c) for t in tasks for seed in range(s.seeds) for c in conditions]
     t0 = time.perf_counter()
     bar = _progress(len(jobs), s.progress)
+    runner.on_eval = lambda step, steps, vl: bar.set_postfix_str(
+        f"step {step}/{steps}, val loss {vl:.4g}"
+    )
     try:
         for task, seed, cond in jobs:
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
@@ -419,6 +436,7 @@ def _line(r: RunResult) -> str:
 
 class _NoBar:
     def set_description(self, _: str) -> None: ...
+    def set_postfix_str(self, _: str) -> None: ...
     def update(self, _: int) -> None: ...
     def close(self) -> None: ...
     def write(self, msg: str, file: Any = None) -> None:
