@@ -1,8 +1,9 @@
 """The run's path through metric space: every logged metric at once, reduced to two dimensions.
 
 The metrics are put on one grid of steps (at most ``max_points`` steps, spread evenly over the
-run; each metric takes its last value at or before a grid step, so a metric logged every 10
-steps and one logged every step line up), each standardised (mean 0, standard deviation 1 over
+run; each metric takes its mean over the steps since the previous grid step, or its last value
+when it logged nothing there, so a metric logged every 10 steps and one logged every step line
+up, and minibatch noise averages out), each standardised (mean 0, standard deviation 1 over
 the run; a constant metric is left out), and projected on their first two principal components
 (numpy's SVD), so a run that changes course (a drop of the learning rate, divergence,
 overfitting) shows as a bend. With ``umap-learn`` installed, ``method="umap"`` (or ``"auto"``)
@@ -61,6 +62,20 @@ def _grid(series: Mapping[str, tuple[np.ndarray, np.ndarray]], max_points: int) 
     return steps
 
 
+def _bucket_means(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The mean of ``y`` over each grid interval ``(grid[i-1], grid[i]]`` (the first: every
+    point up to ``grid[0]``); an interval without a point carries the last value before it;
+    NaN before the metric's first point."""
+    idx = np.searchsorted(x, grid, side="right")  # points at or before each grid step
+    cs = np.concatenate([[0.0], np.cumsum(y)])
+    start = np.concatenate([[0], idx[:-1]])
+    count = idx - start
+    last = np.where(idx > 0, y[np.maximum(idx - 1, 0)], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (cs[idx] - cs[start]) / count
+    return np.where(count > 0, mean, last)
+
+
 def _empty(names: list[str], method: str) -> Trajectory:
     return Trajectory(np.zeros(0), np.zeros((0, 2)), names, method, None, None)
 
@@ -89,12 +104,7 @@ def trajectory(
     if len(names) < 2:
         return _empty(names, "umap" if use_umap else "pca")
     grid = _grid(clean, max_points)
-    cols = []
-    for name in names:
-        x, y = clean[name]
-        idx = np.searchsorted(x, grid, side="right") - 1  # last value at or before the step
-        col = np.where(idx >= 0, y[np.maximum(idx, 0)], np.nan)
-        cols.append(col)
+    cols = [_bucket_means(*clean[name], grid) for name in names]
     m = np.column_stack(cols)
     rows = np.all(np.isfinite(m), axis=1)
     m, grid = m[rows], grid[rows]

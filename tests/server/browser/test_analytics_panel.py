@@ -1,0 +1,104 @@
+"""The Analytics panel in headless Chromium against a real ``hotcb serve``: the forecast band
+where the model beats the baselines on the run's own history, the "not better" note where it
+does not, the what-if of a change typed in the panel and in the controls, the trajectory.
+
+Tests wait on conditions with generous deadlines (the machine may be loaded), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hotcb import HotKernel
+from hotcb.client import HotClient
+from hotcb.metrics import MetricsCollector
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+DROP = 0.8
+DEBUG = "() => window.hotcbAnalytics && window.hotcbAnalytics.debug()"
+
+
+class _Opt:
+    def __init__(self, lr: float) -> None:
+        self.param_groups = [{"lr": lr, "weight_decay": 0.0}]
+
+
+def steered_run(path: str, steps: int, halve_at: tuple[int, ...], lr: float = 0.1) -> str:
+    """A real kernel's run whose metrics fall 20 % below their trend at each lr halving."""
+    os.makedirs(path, exist_ok=True)
+    client = HotClient(path, source="test")
+    for i, s in enumerate(halve_at):
+        client.set_params("opt", {"lr": lr / 2 ** (i + 1)}, at_step=s)
+    opt = _Opt(lr)
+    rng = np.random.default_rng(0)
+    kernel = HotKernel(path, poll_interval_sec=0.0)
+    try:
+        for step in range(steps):
+            trend = 2.0 * (step + 10.0) ** -0.5 * DROP ** math.log2(lr / opt.param_groups[0]["lr"])
+            metrics = {"loss": trend * math.exp(rng.normal(0, 0.05))}
+            if step % 10 == 9:
+                metrics["val_loss"] = trend * 1.1
+            kernel.apply({"step": step, "optimizer": opt, "metrics": metrics})
+    finally:
+        kernel.close()
+    return path
+
+
+def wait(page: Any, expr: str) -> None:
+    page.wait_for_function(f"() => {{ const d = ({DEBUG})(); return !!(d && ({expr})); }}",
+                           timeout=60000)  # fmt: skip
+
+
+def test_forecast_band_note_whatif_and_trajectory(page: Any, serve_dir: Any, tmp_path: Any) -> None:
+    root = os.fspath(tmp_path / "runs")
+    steered_run(os.path.join(root, "decay"), 1200, halve_at=(300, 700))
+    with MetricsCollector(os.path.join(root, "linear")) as m:
+        for s in range(600):
+            m.log(s, {"acc": 0.1 + 0.001 * s, "loss": 2.0 - 0.002 * s})
+    srv = serve_dir(root)
+    page.goto(srv.page_url("decay"))
+
+    # the band: the model beat both baselines on this run's history
+    wait(
+        page, "d.run === 'decay' && d.show && d.bandPoints > 0 && d.trajectory > 0 && !d.noteShown"
+    )
+    d = page.evaluate(DEBUG)
+    assert d["metric"] == "val_loss" and d["backtest"]["better"] is True, d
+    assert not page.is_visible("#forecast-note")
+    assert "10–90 %" in page.text_content("#analytics-card .card-head")
+    assert page.is_visible("#forecast-canvas") and page.is_visible("#trajectory-canvas")
+    assert "PCA of loss, val_loss" in page.text_content("#trajectory-note")
+
+    # a what-if typed in the panel: two earlier halvings of the lr in this run
+    page.select_option("#whatif-knob", "lr")
+    page.fill("#whatif-factor", "0.5")
+    page.click("#whatif-form button[type=submit]")
+    wait(page, "d.whatif && d.whatif.band && d.whatif.similar === 2")
+    text = page.text_content("#whatif-result")
+    assert "from 2 similar changes" in text and "step 300" in text and "−20 %" in text, text
+    # the other direction: nothing similar yet
+    page.fill("#whatif-factor", "2")
+    page.click("#whatif-form button[type=submit]")
+    wait(page, "d.whatif && d.whatif.factor === 2 && d.whatif.note")
+    assert "no similar change yet" in page.text_content("#whatif-result")
+
+    # a value typed in the controls (not sent) asks the same question
+    box = page.locator('#controls .ctl[data-key="lr"] input.num')
+    box.wait_for(timeout=30000)
+    box.fill("0.0125")  # the applied lr is 0.025: ×0.5
+    wait(page, "d.whatif && d.whatif.from === 'typed in the controls' && d.whatif.band")
+    assert page.evaluate(DEBUG)["whatif"]["factor"] == pytest.approx(0.5)
+    page.screenshot(path=os.path.join(os.fspath(tmp_path), "analytics.png"), full_page=True)
+
+    # a straight line: the linear baseline is exact, so no band and the note says so
+    page.select_option("#run-select", "linear")
+    wait(page, "d.run === 'linear' && d.noteShown && !d.show")
+    assert page.is_visible("#forecast-note")
+    assert "forecast not better" in page.text_content("#forecast-note")
+    assert page.evaluate(DEBUG)["bandPoints"] == 0
