@@ -92,3 +92,21 @@ def test_a_score_still_queued_at_a_checkpoint_is_written_on_resume(
         assert resumed.module("tune").counts["failed"] == tune().counts["failed"]
     finally:
         resumed.close()
+
+
+def test_a_study_that_cannot_be_opened_turns_the_tuner_off_with_the_reason(
+    toy: Any, tmp_path: Any
+) -> None:
+    """The study opens on the tuner's thread; a storage that fails there is ledgered with the
+    reason and the tuner turns off, while training goes on."""
+    t: Toy = toy(log_level, lr=1e-4)
+    bad = f"sqlite:///{tmp_path}/no/such/dir/study.db"
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            storage=bad)  # fmt: skip
+    t.run(100_000, until=lambda: any(e["decision"] == "failed" for e in t.ledger("enable")))
+    (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
+    assert "could not open study" in failed["error"] and "no/such/dir" in failed["error"]
+    t.run(50)
+    st = HotClient(t.kernel.run_dir).tune_status()
+    assert st["mode"] == "off" and "could not open study" in st["warnings"][0]
+    assert t.lr == 1e-4

@@ -63,6 +63,7 @@ class TuneModule:
         self.study: Study | None = None
         self._worker: Worker | None = None  # the thread that talks to the study
         self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
+        self.opening: Any = None  # the study being opened in the background (a Future)
         self.objective_used = self.settings.objective
         self.seen = False
         self.phase = "off"
@@ -265,6 +266,7 @@ class TuneModule:
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:
         old = self.mode
         self._drop_asking("tuner disabled")
+        self.opening = None
         if self.trial is not None:
             self._close_trial(None, "failed", reason="tuner disabled")
         for p in self.proposals:
@@ -371,7 +373,16 @@ class TuneModule:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
         self._drop_asking("tuner enabled again")
         self._drain()
-        study = self._open_study(settings) if self.host.is_leader else None
+        self.opening, study = None, None
+        if self.host.is_leader and settings.sync:
+            study = self._open_study(settings)
+        elif self.host.is_leader:  # optuna's import here (a refusal if it is missing, ~0.5 s);
+            # creating the study (~1.5 s on SQLite) on the study's thread, while the first
+            # baseline segments are observed
+            from ._study import import_optuna
+
+            import_optuna()
+            self.opening = self._worker_().submit(self._open_and_clean, settings)
         if self.trial is not None:
             self._close_trial(None, "failed", reason="tuner enabled again")
         self.settings, self.study, self.mode = settings, study, settings.mode
@@ -386,11 +397,37 @@ class TuneModule:
             self.counts["failed"] += len(failed)
         self._start_segment(step, "baseline")
 
+    def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
+        study = self._open_study(settings)
+        return study, study.fail_open()
+
+    def _study_ready(self) -> bool:
+        """Whether the study is open (collecting the background open once it has answered)."""
+        if self.study is not None:
+            return True
+        if self.opening is None or not self.opening.done():
+            return False
+        opening, self.opening = self.opening, None
+        try:
+            self.study, failed = opening.result()
+        except Exception as exc:  # a storage that cannot be opened: the tuner turns off
+            self.warnings.append(str(exc))
+            self.host.record({"module": "tune", "op": "enable", "source": "tune",
+                              "decision": "failed", "error": str(exc)})  # fmt: skip
+            self.mode, self.phase = "off", "off"
+            return False
+        self.counts["failed"] += len(failed)
+        return True
+
+    def _where(self, settings: Settings) -> tuple[str, str]:
+        """The study's storage URL and name."""
+        url = settings.storage or f"sqlite:///{self.host.paths.tune_db}"
+        return url, settings.study or f"hotcb-{os.path.basename(self.host.run_dir)}"
+
     def _open_study(self, settings: Settings) -> Study:
         from ._study import Study
 
-        url = settings.storage or f"sqlite:///{self.host.paths.tune_db}"
-        name = settings.study or f"hotcb-{os.path.basename(self.host.run_dir)}"
+        url, name = self._where(settings)
         try:
             return Study(url, name, self.host.run_dir, seed=settings.seed,
                          startup_trials=settings.startup_trials)  # fmt: skip
@@ -559,6 +596,10 @@ class TuneModule:
         ending = self.total_steps is not None and step + 2 * s.segment_steps > self.total_steps
         if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
             self._start_segment(step, "backoff" if self.backoff else "baseline")
+            return
+        if not self._study_ready():
+            if self.mode != "off":
+                self._start_segment(step, "baseline")
             return
         knobs = self._knobs()
         if not knobs or self.study is None:
@@ -804,14 +845,15 @@ class TuneModule:
             "direction": s.direction,
             "segment_steps": s.segment_steps,
             "segment_evals": s.segment_evals,
-            "study": self.study.name if self.study else s.study,
-            "storage": redact(self.study.url) if self.study else redact(s.storage),
+            "study": self._where(s)[1],
+            "storage": redact(self._where(s)[0]),
             "phase": self.phase,
             "trial": self.trial["number"] if self.trial else None,
             "segment_start": self.segment.start,
             "next_boundary": (
                 self.segment.start + s.segment_steps - 1
-                if s.segment_evals is None and self.phase not in ("waiting", "asking")
+                if s.segment_evals is None
+                and self.phase not in ("waiting", "asking")
                 and self.mode != "off"
                 else None
             ),

@@ -41,6 +41,15 @@ def _storage(url: str) -> Any:
                                       if url.startswith("sqlite") else {})  # fmt: skip
 
 
+def import_optuna() -> Any:
+    """optuna, or a RuntimeError that says how to install it."""
+    try:
+        import optuna
+    except ImportError as exc:
+        raise RuntimeError(MISSING_OPTUNA) from exc
+    return optuna
+
+
 class Study:
     """One Optuna study seen by one run: trials it opened carry the run's name, so a restart
     can tell which of its own trials were left open."""
@@ -48,10 +57,7 @@ class Study:
     def __init__(
         self, url: str, name: str, run: str, *, seed: int | None, startup_trials: int
     ) -> None:
-        try:
-            import optuna
-        except ImportError as exc:
-            raise RuntimeError(MISSING_OPTUNA) from exc
+        optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._optuna = optuna
         self.url, self.name, self.run = url, name, run
