@@ -294,3 +294,53 @@ def test_cli_loads_and_disables_it(run_dir: str, cli: Any) -> None:
     assert [r["step"] for r in records(run_dir)] == [5, 10, 15, 20]
     assert hooks(loop.model) == 0
     loop.kernel.close()
+
+
+@pytest.mark.slow
+def test_lightning_adapter_gives_it_the_model(run_dir: str) -> None:
+    pl = pytest.importorskip("lightning.pytorch")
+    from hotcb.adapters.lightning import HotCBLightning
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp()
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            (x,) = batch
+            return self.net(x).pow(2).mean()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(20 * 8, 8)), batch_size=8
+    )
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    HotClient(run_dir).cb_load(
+        "feats",
+        path="hotcb.features",
+        symbol="FeatureCapture",
+        init={"patterns": "net.*", "every": 5},
+    )
+    module = Module()
+    trainer = pl.Trainer(
+        callbacks=[HotCBLightning(kernel)],
+        max_steps=20,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    kernel.close()
+    recs = records(run_dir)
+    # Lightning's step is global_step (1 after the first optimizer step)
+    assert [r["step"] for r in recs] == [5, 10, 15, 20]
+    # the LightningModule is env["model"]: names carry its attribute, "net.*" matches them
+    assert list(recs[0]["layers"]) == ["net.0", "net.1", "net.2"]
+    assert hooks(module) == 0
