@@ -9,6 +9,7 @@ without a restart.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import OrderedDict
@@ -34,6 +35,13 @@ __all__ = ["RunNotFound", "RunRegistry", "RunState", "discover", "run_dirs"]
 
 #: Catching up more than this many bytes happens in a worker thread, not on the event loop.
 _INLINE_BYTES = 256 * 1024
+#: Values of one knob kept from the actuators file (older ones are thinned beyond this).
+_MAX_OBSERVED = 4096
+
+
+def _plain(v: Any) -> bool:
+    """A number a chart can draw: int or float, not bool, finite."""
+    return type(v) in (int, float) and math.isfinite(v)
 
 
 class RunNotFound(LookupError):
@@ -85,6 +93,24 @@ def run_dirs(root: str, depth: int) -> list[str]:
     return [root if rid == "." else os.path.join(root, rid) for rid in discover(root, depth)]
 
 
+def _step_function(events: list[tuple[int, int, float]], end: int) -> tuple[list[int], list[float]]:
+    """Sorted ``(step, order, value)`` events as the points of a step function: one point per
+    step (the last event of a step wins), a point only where the value changes, and a last
+    point at ``end`` so the line reaches the run's last step."""
+    steps: list[int] = []
+    values: list[float] = []
+    for st, _, v in events:
+        if steps and steps[-1] == st:
+            values[-1] = v
+        elif not values or values[-1] != v:
+            steps.append(st)
+            values.append(v)
+    if steps and steps[-1] < end:
+        steps.append(end)
+        values.append(values[-1])
+    return steps, values
+
+
 class RunState:
     """The tailers of one run, behind one lock. Every refresh publishes what it read, so a
     record consumed by a REST request still reaches WebSocket subscribers."""
@@ -107,6 +133,8 @@ class RunState:
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
         self.heartbeat = HeartbeatWatch(self.paths.heartbeat)
+        #: knob values seen in the actuators file while the server watched: {key: [(step, v)]}
+        self.observed: dict[str, list[tuple[int, float]]] = {}
         self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
         self._meta: dict[str, Any] = {}
@@ -152,6 +180,7 @@ class RunState:
             msgs.append({"type": "commands", "run": rid, "records": commands})
         if self.actuators.update():
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
+            self._observe(self.actuators.doc)
         if self.tune.update():
             msgs.append(self.tune_message())
         self.heartbeat.update()
@@ -214,6 +243,73 @@ class RunState:
         return self.ledger.view.run_state(
             self.last_wall_time, time.time(), self.config.ui.stale_after_sec, meta=self.meta()
         )
+
+    def _observe(self, doc: dict[str, Any]) -> None:
+        """Keep each knob's value at the step of the actuators file, when it moved (an LR
+        scheduler moves lr on its own; the kernel rewrites the file at most once a second)."""
+        step = doc.get("step")
+        if type(step) is not int:
+            return
+        for act in doc.get("actuators") or ():
+            value = act.get("current") if isinstance(act, dict) else None
+            if type(value) not in (int, float) or not math.isfinite(value):
+                continue
+            seen = self.observed.setdefault(str(act.get("param_key")), [])
+            if seen and (seen[-1][1] == value or step < seen[-1][0]):
+                continue
+            if len(seen) >= _MAX_OBSERVED:
+                del seen[: _MAX_OBSERVED // 2 : 2]  # thin the older half
+            seen.append((step, float(value)))
+
+    def knobs(self) -> dict[str, Any]:
+        """Each knob's value over the run, from the kernel's own records: its value at the start
+        (the ledger's first ``old``, else the actuators file's ``initial``), every applied
+        change in the ledger (``changes``, with step, source and seq, for marking), the values
+        seen in the actuators file while the server watched, and its value now. ``points`` is
+        a step function: the value holds from each step until the next."""
+        acts = {
+            str(a.get("param_key")): a
+            for a in self.actuators.doc.get("actuators") or ()
+            if isinstance(a, dict)
+        }
+        changes: dict[str, list[dict[str, Any]]] = {}
+        for ch in self.ledger.knobs.changes:
+            changes.setdefault(ch["key"], []).append(ch)
+        starts = [s.steps[0] for s in self.metrics.series.values() if s.steps]
+        starts += [c[0]["step"] for c in changes.values()]
+        starts += [o[0][0] for o in self.observed.values() if o]
+        first = min(starts) if starts else 0
+        last = max(self.last_step or 0, first)
+        out = []
+        for key in [*acts, *(k for k in changes if k not in acts)]:
+            act = acts.get(key, {})
+            mine = changes.get(key, [])
+            initial = mine[0]["old"] if mine and mine[0]["old"] is not None else act.get("initial")
+            current = act.get("current")
+            events: list[tuple[int, int, float]] = []  # (step, order at that step, value)
+            if _plain(initial):
+                events.append((first, 0, float(initial)))
+            events += [(st, 1, v) for st, v in self.observed.get(key, ())]
+            events += [(c["step"], 2, float(c["new"])) for c in mine]
+            end = max([last, *(e[0] for e in events)])
+            if _plain(current):
+                events.append((end, 3, float(current)))
+            steps, values = _step_function(sorted(events, key=lambda e: (e[0], e[1])), end)
+            if not steps:
+                continue
+            out.append(
+                {
+                    "key": key,
+                    "group": act.get("group") or (mine[0]["module"] if mine else None),
+                    "label": act.get("label") or key,
+                    "type": act.get("type"),
+                    "initial": initial if _plain(initial) else None,
+                    "current": current if _plain(current) else None,
+                    "points": {"step": steps, "value": values},
+                    "changes": mine,
+                }
+            )
+        return {"first_step": first, "last_step": last, "knobs": out}
 
     def tune_message(self) -> dict[str, Any]:
         return {"type": "tune", "run": self.run_id, "doc": self.tune.doc}

@@ -55,6 +55,7 @@ __all__ = [
     "ColumnCache",
     "CommandsTail",
     "HeartbeatWatch",
+    "KnobHistory",
     "LedgerState",
     "MetricsIndex",
     "Tailer",
@@ -352,14 +353,62 @@ class ColumnCache:
         return offset
 
 
+def _plain_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+class KnobHistory:
+    """Every applied change of a knob's value in the ledger (``changes: {key: {old, new}}``),
+    the whole run's, not just the recent entries :class:`LedgerState` keeps. A change is a
+    knob's when its entry is an actuator command (``opt``, ``loss``, ``custom``) or an undo of
+    one; only numbers are kept (a knob's chart is a line). At most ``max_changes`` (the oldest
+    go first)."""
+
+    MODULES = frozenset({"opt", "loss", "custom"})
+
+    def __init__(self, max_changes: int = 100_000) -> None:
+        self.changes: deque[dict[str, Any]] = deque(maxlen=max_changes)
+        self._undoable: set[str] = set()  # cmd_ids of actuator commands (an undo's target)
+
+    def add(self, e: dict[str, Any]) -> None:
+        changes, step = e.get("changes"), e.get("step")
+        if e.get("decision") != "applied" or not isinstance(changes, dict) or type(step) is not int:
+            return
+        module = e.get("module")
+        if module in self.MODULES:
+            if isinstance(e.get("cmd_id"), str):
+                self._undoable.add(e["cmd_id"])
+        elif e.get("undo_of") not in self._undoable:
+            return
+        for key, ch in changes.items():
+            if not isinstance(ch, dict) or not _plain_number(ch.get("new")):
+                continue
+            old = ch.get("old")
+            self.changes.append(
+                {
+                    "key": key,
+                    "step": step,
+                    "old": old if _plain_number(old) else None,
+                    "new": ch["new"],
+                    "seq": e.get("seq"),
+                    "source": e.get("source"),
+                    "module": module,
+                    "op": e.get("op"),
+                    "undo": e.get("undo_of") is not None,
+                }
+            )
+
+
 class LedgerState:
     """The ledger as the dashboard needs it: a :class:`~hotcb.ledger.LedgerView` (the one
-    reducer: recent entries, pending schedules, run control) fed by a tail of the file."""
+    reducer: recent entries, pending schedules, run control) fed by a tail of the file, and
+    the :class:`KnobHistory` of the whole file."""
 
     def __init__(self, path: str, max_entries: int) -> None:
         self.tail = jsonl.JsonlTail(path)
         self.max_entries = max_entries
         self.view = LedgerView(max_entries)
+        self.knobs = KnobHistory()
         self.loaded = False
 
     @property
@@ -388,11 +437,14 @@ class LedgerState:
             if self.tail.reset:
                 self.tail.reset = False
                 self.view = LedgerView(self.max_entries)
+                self.knobs = KnobHistory()
                 out.clear()
             for _, raw in lines:
                 entry = jsonl.parse_line(raw)
-                if entry is not None and self.view.add(entry) and collect:
-                    out.append(entry)
+                if entry is not None and self.view.add(entry):
+                    self.knobs.add(entry)
+                    if collect:
+                        out.append(entry)
         self.loaded = True
         return list(out)
 

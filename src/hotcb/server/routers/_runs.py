@@ -239,7 +239,18 @@ def create_runs_router(deps: Deps) -> APIRouter:
             headers={"Content-Disposition": f'attachment; filename="{name}.recipe.jsonl"'},
         )
 
+    _knobs_route(router, deps)
     return router
+
+
+def _knobs_route(router: APIRouter, deps: Deps) -> None:
+    @both(router, "knobs")
+    async def knobs(run_id: str = ".") -> dict[str, Any]:
+        """Each knob's value over the run (a step function) and its applied changes, from the
+        ledger and the actuators file: charted even when the run logs none of them."""
+        run = deps.run(run_id)
+        await run.refresh()
+        return run.knobs()
 
 
 def _export(run_dir: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import {
 } from "./panels.js";
 import { AutopilotPanel } from "./autopilot.js";
 import { TunePanel } from "./tune.js";
+import { KnobsPanel } from "./knobs.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -185,6 +186,7 @@ async function loadPrimary(runId, gen, reset) {
     app.dirty.ledger = true;
     tunePanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
     autopilotPanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
+    knobsPanel.reset();
   }
   const jobs = [
     api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
@@ -202,6 +204,7 @@ async function loadPrimary(runId, gen, reset) {
     }),
     api(runUrl(runId, "tune")).then((doc) => gen === app.generation && tunePanel.update(doc)),
     api(runUrl(runId, "autopilot")).then((doc) => gen === app.generation && autopilotPanel.update(doc)),
+    loadKnobs(runId, gen),
     loadMetrics(runId, gen),
   ];
   const results = await Promise.allSettled(jobs);
@@ -585,13 +588,17 @@ function onMessage(msg) {
       break;
     }
     case "ledger":
-      if (msg.run === app.runId) addEntries(msg.entries || []);
+      if (msg.run === app.runId) {
+        addEntries(msg.entries || []);
+        if ((msg.entries || []).some((e) => e.changes && e.decision === "applied")) scheduleKnobs();
+      }
       break;
     case "actuators":
       if (msg.run === app.runId && msg.doc) {
         app.actuators = msg.doc.actuators || [];
         controls.setActuators(app.actuators, msg.doc.step);
         fillSchedulerKeys();
+        scheduleKnobs();
       }
       break;
     case "tune":
@@ -686,6 +693,24 @@ const charts = new Charts($("charts"), $("charts-empty"), {
   onMarkerClick: focusEntry,
 });
 const controls = new Controls($("controls"), $("controls-note"), sendActuator);
+const knobsPanel = new KnobsPanel($("knobs-card"));
+let knobsTimer = null;
+
+/** The knobs' values over the run (GET …/knobs), for the Knobs panel. */
+async function loadKnobs(runId, gen) {
+  const doc = await api(runUrl(runId, "knobs"));
+  if (gen === app.generation) knobsPanel.update(doc);
+}
+
+/** Fetch the knobs again soon (after a change or a new actuators file; coalesced). */
+function scheduleKnobs(delay = 500) {
+  if (knobsTimer != null || app.runId == null) return;
+  knobsTimer = setTimeout(() => {
+    knobsTimer = null;
+    if (app.runId != null) loadKnobs(app.runId, app.generation).catch(() => {});
+  }, delay);
+}
+
 const tunePanel = new TunePanel($("tune-card"), { decide: decideProposal });
 const autopilotPanel = new AutopilotPanel($("autopilot-card"), { decide: decideAutopilot, setRule: setAutopilotRule });
 const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
@@ -883,6 +908,9 @@ async function main() {
     if (!isStale()) scheduleImpactRefresh(0);
   }, 5000);
   setInterval(() => autopilotPanel.tick(), 5000);
+  setInterval(() => {
+    if (!isStale()) scheduleKnobs(0); // the lines reach the run's last step
+  }, 5000);
 }
 
 // A hook for tests and curious users: what the page currently shows.
@@ -904,6 +932,7 @@ window.hotcb = {
       controls: controls.debug(),
       tune: tunePanel.debug(),
       autopilot: autopilotPanel.debug(),
+      knobs: knobsPanel.debug(),
       pending: app.status?.pending || [],
       impactMetric: app.impactMetric,
       impacts: app.impacts.size,

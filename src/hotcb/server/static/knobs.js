@@ -1,0 +1,143 @@
+// The Knobs panel: each knob's value over the run (lr, weight decay, loss weights, …) from the
+// kernel's own records (GET …/knobs: the ledger's applied changes and the actuators file), so
+// it is charted even when the run logs none of them. One small stepped chart per knob; the
+// applied changes are marked with a dot in the colour of who made them, and listed under it.
+/* global uPlot */
+import { fmtNum, sourceColor } from "./charts.js";
+
+/** uPlot data of one knob: [steps, values, the value at each applied change, else null]. */
+export function knobData(knob) {
+  const steps = [...knob.points.step];
+  const values = [...knob.points.value];
+  // a change that left no point of its own (it set the value the knob had): add one to mark it
+  for (const c of knob.changes || []) {
+    if (steps.includes(c.step)) continue;
+    let i = steps.findIndex((s) => s > c.step);
+    if (i < 0) i = steps.length;
+    steps.splice(i, 0, c.step);
+    values.splice(i, 0, i ? values[i - 1] : c.new);
+  }
+  const changed = new Set((knob.changes || []).map((c) => c.step));
+  return [steps, values, steps.map((s, i) => (changed.has(s) ? values[i] : null))];
+}
+
+/** The y range of a knob's chart: uPlot's, and around the value for a knob that never moved. */
+export function flatRange(u, min, max) {
+  if (min == null || max == null) return [0, 1];
+  if (min !== max) {
+    const pad = (max - min) * 0.1;
+    return [min - pad, max + pad];
+  }
+  const pad = Math.abs(min) * 0.5 || 1;
+  return [min - pad, max + pad];
+}
+
+/** "step 10: 0.1 → 0.05 (cli)" for each change, newest first, at most `limit`. */
+export function changeLines(knob, limit = 4) {
+  return (knob.changes || [])
+    .slice(-limit)
+    .reverse()
+    .map((c) => `step ${c.step}: ${c.old == null ? "?" : fmtNum(c.old)} → ${fmtNum(c.new)} (${c.source || "?"}${c.undo ? ", undo" : ""})`);
+}
+
+export class KnobsPanel {
+  constructor(card) {
+    this.card = card;
+    this.doc = null;
+    this.plots = new Map(); // key -> {plot, el, sig}
+    card.innerHTML = `
+      <div class="card-head"><h2>Knobs</h2>
+        <span class="muted small">values from the ledger and the actuators file · ● an applied change</span></div>
+      <div class="knobs"><p class="muted">No knobs yet: they appear when the run has started.</p></div>`;
+    this.body = card.querySelector(".knobs");
+  }
+
+  reset() {
+    for (const { plot } of this.plots.values()) plot.destroy();
+    this.plots.clear();
+    this.doc = null;
+    this.body.innerHTML = '<p class="muted">No knobs yet: they appear when the run has started.</p>';
+  }
+
+  update(doc) {
+    this.doc = doc;
+    const knobs = (doc && doc.knobs) || [];
+    if (!knobs.length) return;
+    const empty = this.body.querySelector("p.muted");
+    if (empty) empty.remove();
+    const keys = new Set(knobs.map((k) => k.key));
+    for (const [key, entry] of this.plots) {
+      if (!keys.has(key)) {
+        entry.plot.destroy();
+        entry.el.remove();
+        this.plots.delete(key);
+      }
+    }
+    for (const knob of knobs) this.draw(knob);
+  }
+
+  draw(knob) {
+    const data = knobData(knob);
+    const vals = data[1].filter((v) => v != null);
+    const lo = Math.min(...vals);
+    const hi = Math.max(...vals);
+    // a log axis only where the values span decades (lr 1e-4 … 1e-1), else a plain one
+    const log = knob.type === "log_float" && lo > 0 && hi / lo >= 20;
+    const color = sourceColor(knob.changes?.length ? knob.changes[knob.changes.length - 1].source : "");
+    let entry = this.plots.get(knob.key);
+    const sig = `${log}`;
+    if (!entry || entry.sig !== sig) {
+      if (entry) {
+        entry.plot.destroy();
+        entry.el.remove();
+      }
+      const el = document.createElement("div");
+      el.className = "knob";
+      el.dataset.key = knob.key;
+      el.innerHTML = `<div class="knob-head"><b></b> <span class="muted small knob-now"></span></div><div class="knob-chart"></div><ul class="knob-changes muted small"></ul>`;
+      el.querySelector("b").textContent = knob.label || knob.key;
+      this.body.appendChild(el);
+      const chart = el.querySelector(".knob-chart");
+      const opts = {
+        width: Math.max(220, chart.clientWidth || this.body.clientWidth - 16 || 360),
+        height: 96,
+        scales: { x: { time: false }, y: log ? { distr: 3 } : { range: flatRange } },
+        legend: { show: false },
+        cursor: { points: { size: 5 } },
+        series: [
+          {},
+          { label: knob.key, stroke: "#2563eb", width: 1.5, paths: uPlot.paths.stepped({ align: 1 }), points: { show: false }, spanGaps: true },
+          { label: "change", stroke: color, fill: color, paths: () => null, points: { show: true, size: 8, fill: color, stroke: "#fff" } },
+        ],
+        axes: [
+          { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { show: false }, size: 22 },
+          { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { show: false }, size: 56, values: (u, vals) => vals.map(fmtNum) },
+        ],
+      };
+      entry = { el, sig, plot: new uPlot(opts, data, chart) };
+      this.plots.set(knob.key, entry);
+    } else {
+      entry.plot.setData(data);
+    }
+    entry.el.querySelector(".knob-now").textContent = knob.current == null ? "" : `now ${fmtNum(knob.current)}`;
+    const list = entry.el.querySelector(".knob-changes");
+    list.replaceChildren(
+      ...changeLines(knob).map((t) => {
+        const li = document.createElement("li");
+        li.textContent = t;
+        return li;
+      }),
+    );
+  }
+
+  debug() {
+    return ((this.doc && this.doc.knobs) || []).map((k) => ({
+      key: k.key,
+      steps: k.points.step,
+      values: k.points.value,
+      changes: (k.changes || []).map((c) => ({ step: c.step, old: c.old, new: c.new, source: c.source })),
+      drawn: !!this.plots.get(k.key)?.el.querySelector("canvas"),
+      marks: knobData(k)[2].filter((v) => v != null).length,
+    }));
+  }
+}

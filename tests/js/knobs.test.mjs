@@ -1,0 +1,45 @@
+// node --test tests/js/ — the pure helpers of the Knobs panel (src/hotcb/server/static/knobs.js),
+// on documents shaped as GET /api/runs/{run}/knobs answers.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+const knobs = await import(new URL("../../src/hotcb/server/static/knobs.js", import.meta.url).href);
+const { changeLines, flatRange, knobData } = knobs;
+
+const LR = {
+  key: "lr",
+  points: { step: [0, 10, 20, 29], value: [0.1, 0.05, 0.02, 0.02] },
+  changes: [
+    { step: 10, old: 0.1, new: 0.05, source: "cli", undo: false },
+    { step: 20, old: 0.05, new: 0.02, source: "dashboard", undo: false },
+  ],
+};
+
+test("knobData marks the applied changes on the step function", () => {
+  assert.deepEqual(knobData(LR), [
+    [0, 10, 20, 29],
+    [0.1, 0.05, 0.02, 0.02],
+    [null, 0.05, 0.02, null],
+  ]);
+});
+
+test("a change that set the value the knob had still gets a point and a mark", () => {
+  const k = { points: { step: [0, 9], value: [1, 1] }, changes: [{ step: 4, old: 1, new: 1, source: "cli" }] };
+  assert.deepEqual(knobData(k), [
+    [0, 4, 9],
+    [1, 1, 1],
+    [null, 1, null],
+  ]);
+});
+
+test("changeLines: newest first, with who made them", () => {
+  assert.deepEqual(changeLines(LR), ["step 20: 0.05 → 0.02 (dashboard)", "step 10: 0.1 → 0.05 (cli)"]);
+  assert.deepEqual(changeLines({ changes: [{ step: 3, old: null, new: 2, source: "cli", undo: true }] }), ["step 3: ? → 2 (cli, undo)"]);
+});
+
+test("flatRange pads a knob that never moved", () => {
+  assert.deepEqual(flatRange(null, 0, 0), [-1, 1]);
+  assert.deepEqual(flatRange(null, 2, 2), [1, 3]);
+  const [lo, hi] = flatRange(null, 1, 3);
+  assert.ok(lo < 1 && hi > 3);
+});

@@ -1,0 +1,92 @@
+"""``/api/runs/{run}/knobs``: each knob's value over the run from the kernel's own records
+(the ledger's ``changes`` and the actuators file), for a run that logs none of its knobs."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+from hotcb.server.tailer import KnobHistory
+
+
+class Quiet:
+    """A real kernel in this process: an optimizer (lr, weight_decay) and a loss weight, and
+    metrics that say nothing about either."""
+
+    def __init__(self, path: str) -> None:
+        self.opt = types.SimpleNamespace(param_groups=[{"lr": 0.1, "weight_decay": 0.01}])
+        self.weights = {"ce": 1.0}
+        self.kernel = HotKernel(
+            path, poll_interval_sec=0.0, mutable_state=mutable_state(loss_actuators(self.weights))
+        )
+        self.step = 0
+
+    def advance(self, n: int) -> None:
+        for _ in range(n):
+            env = {"step": self.step, "optimizer": self.opt, "metrics": {"loss": 1.0}}
+            self.kernel.apply(env)
+            self.step += 1
+
+
+def knob(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    (k,) = [k for k in doc["knobs"] if k["key"] == key]
+    return k
+
+
+def test_knob_values_over_time(tmp_path: Any, live_server: Any) -> None:
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(10)
+    client = HotClient(str(tmp_path / "r"), source="cli")
+    client.set({"lr": 0.05})
+    run.advance(10)  # applied at step 10
+    client.set({"ce": 2.5, "lr": 0.02})
+    run.advance(10)  # applied at step 20
+    srv = live_server()
+    with srv.client() as c:
+        doc = c.get("/api/runs/r/knobs").json()
+    assert (doc["first_step"], doc["last_step"]) == (0, 29)
+    lr = knob(doc, "lr")
+    assert lr["group"] == "opt" and lr["initial"] == 0.1 and lr["current"] == 0.02
+    assert lr["points"] == {"step": [0, 10, 20, 29], "value": [0.1, 0.05, 0.02, 0.02]}
+    assert [(c["step"], c["old"], c["new"], c["source"]) for c in lr["changes"]] == [
+        (10, 0.1, 0.05, "cli"),
+        (20, 0.05, 0.02, "cli"),
+    ]
+    ce = knob(doc, "ce")
+    assert ce["group"] == "loss" and ce["points"] == {"step": [0, 20, 29], "value": [1.0, 2.5, 2.5]}
+    wd = knob(doc, "weight_decay")  # never changed: a flat line from the start to now
+    assert wd["points"] == {"step": [0, 29], "value": [0.01, 0.01]} and wd["changes"] == []
+
+    # an undo is a change of the knob too
+    (cmd,) = client.set({"lr": 0.3})
+    run.advance(5)
+    client.undo(cmd)
+    run.advance(5)
+    with srv.client() as c:
+        lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    assert lr["points"]["value"][-3:] == [0.3, 0.02, 0.02]
+    assert lr["changes"][-1]["undo"] is True and lr["changes"][-1]["new"] == 0.02
+    run.kernel.close()
+
+
+def test_knob_history_keeps_numbers_of_actuator_changes() -> None:
+    h = KnobHistory()
+    h.add({"decision": "applied", "module": "opt", "step": 3, "cmd_id": "a", "seq": 1,
+           "changes": {"lr": {"old": 0.1, "new": 0.2}, "betas": {"old": [0.9, 0.99], "new": [0.8, 0.9]}}})  # fmt: skip
+    h.add(
+        {
+            "decision": "failed",
+            "module": "opt",
+            "step": 4,
+            "changes": {"lr": {"old": 0.2, "new": 9}},
+        }
+    )
+    h.add({"decision": "applied", "module": "control", "op": "extend", "step": 5,
+           "changes": {"max_steps": {"old": 100, "new": 200}}})  # fmt: skip
+    h.add({"decision": "applied", "module": "control", "op": "undo", "undo_of": "a", "step": 6,
+           "changes": {"lr": {"old": 0.2, "new": 0.1}}})  # fmt: skip
+    assert [(c["key"], c["step"], c["new"], c["undo"]) for c in h.changes] == [
+        ("lr", 3, 0.2, False),
+        ("lr", 6, 0.1, True),
+    ]
