@@ -344,3 +344,17 @@ def test_lightning_adapter_gives_it_the_model(run_dir: str) -> None:
     # the LightningModule is env["model"]: names carry its attribute, "net.*" matches them
     assert list(recs[0]["layers"]) == ["net.0", "net.1", "net.2"]
     assert hooks(module) == 0
+
+
+def test_the_docs_example_runs(tmp_path: Any, monkeypatch: Any) -> None:
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S) if "cap.step" in b
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, str(doc), "exec"), {})
+    recs = read_features(os.fspath(tmp_path / "runs" / "feat-demo"))[0]
+    assert [r["step"] for r in recs] == list(range(10, 100, 10))

@@ -445,9 +445,11 @@ class FeatureCapture(CallbackBase):
         if path is not None and self._leader:
             record["ms"] = round((time.perf_counter() - t0) * 1000, 3)
             try:
+                if self.ctx is None:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
                 jsonl.append(path, record)
             except OSError as exc:
-                self.log(f"FeatureCapture: could not write {path}: {exc}", env)
+                log.warning("hotcb features: could not write %s: %s", path, exc)
 
     def _path(self) -> str | None:
         root = self.ctx.run_dir if self.ctx is not None else self.run_dir
