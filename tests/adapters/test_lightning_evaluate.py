@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import EXAMPLES, read_jsonl
+from adapter_helpers import ENV, EXAMPLES, read_jsonl
 
 from hotcb import HotClient, HotKernel
-from hotcb.testing import read_ledger
+from hotcb.testing import read_ledger, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +117,67 @@ def test_lightning_evaluate_runs_validation_at_the_end_of_the_epoch(
         if "val_loss" in r["metrics"]:
             firsts.setdefault(r["metrics"]["val_loss"], r["step"])
     assert sorted(firsts.values()) == [4, 8]
+
+
+# A Lightning training process, as a user runs one: validation every 100 epochs (never, here).
+TRAIN = r"""
+import importlib.util, sys
+import lightning.pytorch as pl
+from hotcb import HotKernel
+from hotcb.adapters.lightning import HotCBLightning
+
+spec = importlib.util.spec_from_file_location("lit", sys.argv[2])
+lit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lit)
+kernel = HotKernel(sys.argv[1])
+trainer = pl.Trainer(
+    accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+    enable_checkpointing=False, logger=False, num_sanity_val_steps=0, limit_train_batches=4,
+    limit_val_batches=1, check_val_every_n_epoch=100, max_epochs=3,
+    callbacks=[HotCBLightning(kernel)],
+)
+train, val = lit.loaders()
+trainer.fit(lit.DigitsModule(), train, val)
+kernel.close()
+"""
+
+
+def test_lightning_evaluate_sent_to_a_live_training_process(tmp_path: Path, cli: Any) -> None:
+    run = os.fspath(tmp_path / "run")
+    pause = HotClient(run).pause()  # holds the run at its first step, so the steps are known
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAIN, run, os.fspath(EXAMPLES / "lightning_digits.py")],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: any(e["cmd_id"] == pause and e["decision"] == "applied"
+                        for e in read_ledger(run)),
+            120,
+            what="the run to pause",
+        )  # fmt: skip
+        done = cli(run, "evaluate")  # while it trains (held at step 1)
+        assert done.returncode == 0, done.stderr
+        entry = HotClient(run).wait(done.stdout.strip(), timeout=60)
+        assert entry["decision"] == "applied" and entry["step"] == 1
+        assert entry["evaluate"] == "deferred to the end of epoch 0"
+        assert cli(run, "resume").returncode == 0
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    (ran,) = [e for e in _settled(run) if e["cmd_id"] is None]
+    assert (ran["evaluate"], ran["step"], ran["requested_step"]) == ("ran", 4, 1)
+    firsts: dict[float, int] = {}
+    for r in read_jsonl(os.path.join(run, "hotcb.metrics.jsonl")):
+        if "val_loss" in r["metrics"]:
+            firsts.setdefault(r["metrics"]["val_loss"], r["step"])
+    assert list(firsts.values()) == [4]  # one validation, at the end of epoch 0
 
 
 def test_lightning_evaluate_asked_twice_in_an_epoch_validates_once(tmp_path: Path) -> None:
