@@ -88,6 +88,15 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
         assert short["show"] is False and "not enough history" in short["note"]
         assert c.get("/api/runs/short/forecast?horizon=5").json()["show"] in (True, False)
 
+        # a run that logged nothing yet: a note, not an error (the page asks for every run)
+        os.makedirs(tmp_path / "empty")
+        jsonl.write_json_atomic(RunPaths(os.fspath(tmp_path / "empty")).run_meta, {"name": "e"})
+        empty = c.get("/api/runs/empty/forecast").json()
+        assert empty["forecast"] is None and empty["show"] is False
+        assert "not enough points" in empty["note"]
+        assert c.get("/api/runs/empty/whatif?knob=lr&factor=0.5").json()["band"] is None
+        assert c.get("/api/runs/empty/trajectory").json()["x"] == []
+
         r = c.get("/api/runs/decay/forecast?metric=nope")
         assert r.status_code == 404 and "val_loss" in r.json()["detail"]
         assert c.get("/api/runs/decay/forecast?horizon=0").status_code == 422

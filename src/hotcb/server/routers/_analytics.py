@@ -15,7 +15,10 @@ lock, then computed in a worker thread); results are cached per run until its me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -24,6 +27,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ... import jsonl
 from ...analytics import RunHistory, backtest, forecast, join_branch, past_changes, whatif
+from ...analytics.forecast import Backend
 from ...analytics.trajectory import trajectory, umap_available
 from ...runfiles import RunPaths
 from ..deps import Deps
@@ -38,6 +42,29 @@ MAX_RELATED = 32
 #: Cached results kept (forecasts, what-ifs, trajectories of every run together).
 CACHE_SIZE = 128
 NOT_BETTER = "forecast not better than the last value or a linear trend here"
+
+
+_sklearn_loading = threading.Lock()
+_sklearn_started = False
+
+
+def _import_sklearn() -> None:
+    with contextlib.suppress(ImportError):  # not installed: the numpy fit it is
+        import sklearn.linear_model  # noqa: F401
+
+
+def fit_backend() -> Backend:
+    """scikit-learn's fit once it is imported, else the numpy fit (the same estimator). Its
+    import takes seconds (more on a loaded machine), so the first request starts it in a
+    background thread instead of waiting for it; the numpy fit answers until it is there."""
+    global _sklearn_started
+    if "sklearn.linear_model" in sys.modules:
+        return "sklearn"
+    with _sklearn_loading:
+        if not _sklearn_started:
+            _sklearn_started = True
+            threading.Thread(target=_import_sklearn, name="hotcb-sklearn-import", daemon=True).start()  # fmt: skip
+    return "numpy"
 
 
 def _copy(index: MetricsIndex, names: list[str]) -> dict[str, Series]:
@@ -56,7 +83,7 @@ def _empty() -> Series:
 
 def forecast_doc(x: np.ndarray, y: np.ndarray, horizon: int) -> dict[str, Any]:
     """What ``/forecast`` answers for one series (also the base of a what-if)."""
-    fc = forecast(x, y, horizon)
+    fc = forecast(x, y, horizon, backend=fit_backend())
     bt = backtest(x, y, horizon)
     n = int(np.isfinite(y).sum())
     if fc is None:
@@ -97,7 +124,8 @@ class _Runs:
         return value
 
     def pick_metric(self, run: RunState, metric: str | None) -> str:
-        """``metric``, or the autopilot's key metric, or the chart's, or the first logged."""
+        """``metric`` (404 when the run does not log it), or the autopilot's key metric, or the
+        chart's, or the first logged."""
         names = run.metrics.names()
         if metric:
             if metric not in names:
@@ -108,9 +136,8 @@ class _Runs:
         for m in (cfg.autopilot.key_metric, cfg.chart.key_metric):
             if m in names:
                 return m
-        if not names:
-            raise HTTPException(404, detail=f"run {run.run_id!r} has logged no metrics yet")
-        return names[0]
+        # nothing logged yet: the key metric, whose forecast then says there are no points
+        return names[0] if names else cfg.autopilot.key_metric
 
     async def series(self, run: RunState, metric: str) -> Series:
         got = await run.run_locked(_copy, run.metrics, [metric])
@@ -233,7 +260,7 @@ def create_analytics_router(deps: Deps) -> APIRouter:
 
         def compute() -> dict[str, Any]:
             changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
-            fc = forecast(base.steps, base.values, horizon)
+            fc = forecast(base.steps, base.values, horizon, backend=fit_backend())
             w = whatif(knob, factor, changes, fc)
             return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
 

@@ -242,8 +242,8 @@ export class AnalyticsPanel {
 
   /** The page's run (app.js), or null before it picked one. */
   pageRun() {
-    const d = window.hotcb && window.hotcb.debug ? window.hotcb.debug() : null;
-    return d ? d.run : null;
+    const app = window.hotcb && window.hotcb.app;
+    return app && app.runId != null ? app.runId : null;
   }
 
   start() {
