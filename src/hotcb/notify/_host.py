@@ -57,15 +57,16 @@ class NotifierHost:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the round in progress, then deliver what is queued (waiting up to
-        ``timeout`` seconds per run) and close every notifier."""
+        ``timeout`` seconds in all) and close every notifier."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        deadline = time.monotonic() + timeout
         for notifier in self._closing:
-            notifier.flush(timeout)
+            notifier.flush(max(0.0, deadline - time.monotonic()))
         for notifier in list(self.notifiers.values()):
-            notifier.close(timeout)
+            notifier.close(max(0.0, deadline - time.monotonic()))
         self.notifiers.clear()
         self._closing.clear()
 
