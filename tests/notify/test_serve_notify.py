@@ -1,8 +1,9 @@
 """``hotcb serve --notify``: the server process runs a notifier on every live run it serves.
 
-A real ``hotcb serve`` subprocess on a folder of runs, a real HTTP receiver; the runs are
-directories this test writes the way a kernel does (``hotcb.run.json`` naming this live process,
-metrics lines appended to ``hotcb.metrics.jsonl``), so the steps and values are known.
+A real ``hotcb serve`` subprocess on a folder of runs, a real HTTP receiver and a real SMTP
+server (aiosmtpd); the runs are directories this test writes the way a kernel does
+(``hotcb.run.json`` naming this live process, metrics lines appended to
+``hotcb.metrics.jsonl``), so the steps and values are known.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from hotcb import jsonl
 from hotcb.notify import RECORDS, STATE
 from hotcb.runfiles import RunPaths, write_run_meta
+from hotcb.testing import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,21 +46,26 @@ def _metric(paths: RunPaths, step: int, loss: float) -> None:
     jsonl.append(paths.metrics, {"step": step, "wall_time": time.time(), "metrics": {"loss": loss}})
 
 
-def test_hotcb_serve_notify_delivers_each_runs_alerts(tmp_path: Path, receiver: Any) -> None:
+def test_hotcb_serve_notify_delivers_each_runs_alerts(
+    tmp_path: Path, receiver: Any, smtp_server: Any
+) -> None:
+    host, port, box = smtp_server
     root = tmp_path / "runs"
     a = _start_run(root / "a")
     _metric(a, 1, 1.0)
     cfg = tmp_path / "notify.json"
     cfg.write_text(json.dumps({
         "alerts": [{"id": "loss_high", "kind": "threshold", "metric": "loss", "above": 5.0}],
-        "deliveries": [{"type": "webhook", "url": f"{receiver.url}/hook"}],
+        "deliveries": [{"type": "webhook", "url": f"{receiver.url}/hook"},
+                       {"type": "email", "host": host, "port": port, "from": "hotcb@example.com",
+                        "to": "me@example.com"}],
         "retries": 0,
     }))  # fmt: skip
     serve = ServeProcess(str(root), args=["--notify", str(cfg)])
     serve.start(timeout=60)
     try:
         assert "hotcb notify on every live run served: 1 alerts (loss_high)" in serve.stdout()
-        assert f"to {receiver.url}/hook" in serve.stdout()
+        assert f"to {receiver.url}/hook, smtp://{host}:{port} to me@example.com" in serve.stdout()
         _metric(a, 2, 2.0)
         _metric(a, 3, 9.5)  # crosses the threshold
         (hook,) = receiver.wait_for("/hook", 1, timeout=60)
@@ -70,6 +77,11 @@ def test_hotcb_serve_notify_delivers_each_runs_alerts(tmp_path: Path, receiver: 
         _metric(b, 1, 7.0)
         hooks = receiver.wait_for("/hook", 2, timeout=60)
         assert hooks[1]["run"] == b.root and hooks[1]["step"] == 1
+        mails = wait_for(lambda: len(box.messages) >= 2 and box.messages, 60, what="2 e-mails")
+        assert sorted(m["Subject"] for m in mails) == [
+            "[hotcb] a: loss_high: loss=9.5 at step 3 is above 5",
+            "[hotcb] b: loss_high: loss=7 at step 1 is above 5",
+        ]
 
     finally:
         proc = serve.proc
@@ -84,7 +96,9 @@ def test_hotcb_serve_notify_delivers_each_runs_alerts(tmp_path: Path, receiver: 
         recs = list(jsonl.iter_records(os.path.join(paths.root, RECORDS)))
         assert [r["step"] for r in recs if r["kind"] == "alert"] == steps
         ok = [r for r in recs if r["kind"] == "delivery" and r["status"] == "ok"]
-        assert [r["target"] for r in ok] == [f"{receiver.url}/hook"] * len(steps)
+        assert sorted(r["target"] for r in ok) == sorted(
+            [f"{receiver.url}/hook", f"smtp://{host}:{port} to me@example.com"] * len(steps)
+        )
         state = jsonl.read_json(os.path.join(paths.root, STATE), {})
         assert state["cursors"]["metrics"] == os.path.getsize(paths.metrics)
 
