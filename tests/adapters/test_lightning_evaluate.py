@@ -224,3 +224,19 @@ def test_lightning_evaluate_is_refused_without_validation(tmp_path: Path) -> Non
     assert e["cmd_id"] == cid and e["decision"] == "rejected" and e["evaluate"] == "unsupported"
     assert e["error"].startswith("nothing to evaluate: this fit has no validation")
     assert trainer.global_step == 3 and validated == []
+
+
+def test_lightning_evaluate_is_refused_without_an_epoch_boundary(tmp_path: Path) -> None:
+    clock = os.fspath(tmp_path / "clock")
+    HotClient(clock).evaluate()
+    _, validated = _fit(clock, max_steps=3, val_check_interval="00:01:00:00")
+    (e,) = _settled(clock)
+    assert e["decision"] == "rejected" and validated == []
+    assert e["error"].startswith("validation runs on a clock (every 3600.0 s)")
+
+    batches = os.fspath(tmp_path / "batches")
+    HotClient(batches).evaluate()
+    _fit(batches, max_steps=3, val_check_interval=100, check_val_every_n_epoch=None)
+    (e,) = _settled(batches)
+    assert e["decision"] == "rejected"
+    assert e["error"].startswith("validation runs every 100 training batches across epochs")

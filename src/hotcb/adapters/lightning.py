@@ -186,7 +186,7 @@ class _Hooks:
         epoch = int(trainer.current_epoch)
         if trainer.validating and trainer.is_last_batch:
             epoch += 1  # asked right after this epoch's last validation: the next epoch's
-        interval = trainer.val_check_interval
+        interval = trainer.val_check_interval  # a number: _check_can_evaluate saw to it
         where = (
             f"the end of epoch {epoch}"
             if interval == 1.0
@@ -339,17 +339,21 @@ def _check_can_evaluate(trainer: Any) -> None:
             f"validation_step and limit_val_batches > 0 are needed; "
             f"limit_val_batches={trainer.limit_val_batches!r})"
         )
-    interval, every = trainer.val_check_interval, trainer.check_val_every_n_epoch
-    if not isinstance(interval, (int, float)):
+    # time-based validation (val_check_interval="HH:MM:SS", a timedelta, a dict): Lightning
+    # keeps the seconds and no val_check_interval attribute
+    interval = getattr(trainer, "val_check_interval", None)
+    seconds = getattr(trainer, "_val_check_time_interval", None)
+    if seconds is not None or not isinstance(interval, (int, float)):
         raise HotcbError(
-            f"validation runs on a clock (val_check_interval={interval!r}); Lightning 2.x has "
-            "no public way to start it sooner"
+            f"validation runs on a clock (every {seconds} s): it has no epoch boundary to "
+            "defer it to, and Lightning 2.x has no public way to start it sooner"
         )
-    if every is None:
+    if trainer.check_val_every_n_epoch is None:
         raise HotcbError(
             f"validation runs every {interval} training batches across epochs "
-            f"(val_check_interval={interval!r}, check_val_every_n_epoch=None): there is no epoch boundary to defer it to, and "
-            "Lightning 2.x has no public way to start validation inside fit() at once"
+            f"(val_check_interval={interval!r}, check_val_every_n_epoch=None): it has no "
+            "epoch boundary to defer it to, and Lightning 2.x has no public way to start "
+            "validation inside fit() at once"
         )
 
 
