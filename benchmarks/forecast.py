@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -222,18 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     timing = (
         f"{len(names)} recorded runs scored in {t_all:.0f} s"
         if args.runs
-        else f"{len(names)} runs recorded and scored in {t_all:.0f} s, {t_rec:.0f} s of it training"
+        else f"{len(names)} runs recorded and scored in {t_all:.0f} s, {t_rec:.0f} s of it training,"
     )
     backend = (
         "scikit-learn's HuberRegressor once it is imported (numpy's until then)"
         if sklearn_available()
         else "the numpy fallback (scikit-learn is not installed)"
     )
-    text = f"""# Forecast error on recorded runs
-
-`python benchmarks/forecast.py`: {timing} on {platform.machine()} with {os.cpu_count()} cores,
-shared with other work, so the timings are rough (torch {torch.__version__}, numpy
-{np.__version__}).
+    intro = f"""`python benchmarks/forecast.py`: {timing} on {platform.machine()} with
+{os.cpu_count()} cores, shared with other work, so the timings are rough (torch
+{torch.__version__}, numpy {np.__version__}).
 
 The forecast of the dashboard's Forecast & what-if panel (`hotcb.analytics.forecast`,
 [docs/analytics.md](../analytics.md)) against a last-value baseline and a linear-trend baseline,
@@ -241,7 +240,11 @@ from {ORIGINS} origins per run, {" and ".join(map(str, HORIZONS))} steps ahead. 
 training on scikit-learn's digits ({STEPS} steps; an MLP at lr 1e-3, 1e-2 and 1e-1, a small CNN
 at lr 3e-3, each with seeds 0 and 1, and the MLP on 30 % noisy labels), `loss` logged every step
 and `val_loss` every {EVAL_EVERY}. The backtests fit with the numpy Huber fit; the server fits
-the forecast it shows with {backend} (the same estimator).
+the forecast it shows with {backend}: the same estimator."""
+    intro = "\n\n".join(textwrap.fill(" ".join(p.split()), 100) for p in intro.split("\n\n"))
+    text = f"""# Forecast error on recorded runs
+
+{intro}
 
 {md}
 - *MAE* pools every forecast of every run; *rel.* is the model's MAE over the baseline's per
