@@ -64,7 +64,7 @@ from hotcb import HotClient, HotKernel
 SEGMENT_STEPS = 50  # the tuner's segment: 5 validation events
 PBT_INTERVAL = 50  # member steps between PBT's exploit/explore rounds
 OPTUNA_TRIALS = 8
-CONDITIONS = ("fixed", "tune", "optuna", "pbt", "sf", "prodigy")
+CONDITIONS = ("fixed", "tune", "optuna", "pbt", "sf", "prodigy", "oracle")
 LABELS = {
     "fixed": "fixed lr",
     "best fixed": "best fixed lr",
@@ -73,6 +73,7 @@ LABELS = {
     "pbt": "PBT (4 members)",
     "sf": "Schedule-Free AdamW",
     "prodigy": "Prodigy",
+    "oracle": "hindsight oracle",
 }
 OnStep = Callable[[int, dict[str, float]], None]
 
@@ -193,6 +194,20 @@ def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Re
     return finish("tune", start, seed, tr, t0, status=client.tune_status(), run_dir=run_dir)
 
 
+def run_oracle(task: Task, start: str, lr: float, seed: int) -> Result:
+    """Not a controller: the start lr for one segment, then the good lr, known in hindsight.
+    The best any controller that needs one segment to see the start can do by lr alone."""
+    t0 = time.perf_counter()
+    run = task.make(seed)
+    opt = adamw_or_sgd(task, run, lr)
+    tr = Trainer(run, opt, task.eval_every)
+    tr.advance(SEGMENT_STEPS)
+    for group in opt.param_groups:
+        group["lr"] = task.starts()["good"]
+    tr.advance(task.total_steps - SEGMENT_STEPS)
+    return finish("oracle", start, seed, tr, t0)
+
+
 def run_optimizer(task: Task, name: str, seed: int) -> Result:
     """Schedule-Free AdamW or Prodigy at their published defaults."""
     import prodigyopt
@@ -302,6 +317,8 @@ def jobs(plan: Plan, task: Any) -> list[tuple[str, Callable[[], Result]]]:
                 out.append((f"tune from {start}", thunk))
             if "pbt" in want:
                 out.append((f"pbt from {start}", _bind(run_pbt, task, start, lr, seed)))
+            if "oracle" in want and isinstance(task, Digits) and start != "good":
+                out.append((f"oracle from {start}", _bind(run_oracle, task, start, lr, seed)))
         if "fixed" in want:
             for name, lr in fixed_lrs(task).items():
                 out.append((f"fixed {name} ({lr:.2g})", _bind(run_fixed, task, name, lr, seed)))
@@ -379,7 +396,7 @@ def rows_for(task: Any, results: list[Result]) -> tuple[list[Row], Row | None]:
         if sweep:
             ref = min(sweep, key=lambda r: r.mean)
             rows.append(Row(LABELS["best fixed"], f"{ref.results[0].final_lr:.2g}", ref.results))
-    for cond in ("fixed", "tune", "pbt"):
+    for cond in ("fixed", "tune", "pbt", "oracle"):
         if cond == "fixed" and isinstance(task, Toy):
             continue
         rows += [Row(LABELS[cond], s, g[(cond, s)]) for s in starts if (cond, s) in g]
@@ -411,6 +428,22 @@ def table(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
     return lines
 
 
+def oracle_note(rows: list[Row], ref: Row, start: str) -> list[str]:
+    """What the hindsight oracle says about a start: can changing the lr alone still reach
+    the target after one segment at the start lr?"""
+    oracle = next((r for r in rows if r.label == LABELS["oracle"] and r.start == start), None)
+    if oracle is None:
+        return []
+    ok = oracle.mean <= 1.10 * ref.mean
+    return [
+        f"  The hindsight oracle (the good lr from step {SEGMENT_STEPS + 1}) ends at "
+        f"{oracle.mean:.3f} ({oracle.mean / ref.mean:.2f}×): "
+        + ("within 10%, so the target is reachable by changing the lr alone." if ok else
+           "**not** within 10%, so the target is out of reach of any controller that changes "
+           "only the lr after seeing the start: the first segment's damage stays.")
+    ]  # fmt: skip
+
+
 def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
     """The targets, answered from the numbers; then each peer against the tuner."""
     tuned = {r.start: r for r in rows if r.label == LABELS["tune"]}
@@ -427,6 +460,7 @@ def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
                     f"lr's val loss ({ref.mean:.3f}): {ok}; tuned {tuned[start].mean:.3f} "
                     f"({ratio:.2f}×)."
                 )
+                out += oracle_note(rows, ref, start)
     elif "start" in tuned:
         t = tuned["start"]
         ok = "**met**" if t.mean < ref.mean else "**missed**"
@@ -435,7 +469,7 @@ def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
             f"({ref.start}) {ref.mean:.3f} ({t.mean / ref.mean:.2f}×)."
         )
     for row in rows:
-        if row.label in (LABELS["tune"], "fixed lr", LABELS["best fixed"]):
+        if row.label in (LABELS["tune"], "fixed lr", LABELS["best fixed"], LABELS["oracle"]):
             continue
         won, lost = [], []
         for start, t in tuned.items():
@@ -517,6 +551,7 @@ Every condition gets the task's total training steps (T) in all, and validation 
 | PBT | 4 members of T/4 steps, all from the start lr; every {PBT_INTERVAL} member steps the worst copies the best's weights, optimizer state and lr, then lr × 0.8 or × 1.2, or (p = 0.25) a fresh log-uniform draw (Ray Tune's defaults); the best member's final val loss |
 | Schedule-Free AdamW | `schedulefree.AdamWScheduleFree` at its defaults (lr 0.0025, no warm-up), `eval()` around each evaluation |
 | Prodigy | `prodigyopt.Prodigy`, lr 1.0, its defaults, no schedule; "lr at end" is its d · lr |
+| hindsight oracle | not a controller, a yardstick (digits, bad starts only): the start lr for the first {SEGMENT_STEPS} steps (one tuner segment: the least any controller needs to see the start), then the good lr, known in hindsight. It shows what changing the lr alone can still reach after the start's damage |
 
 On the toy a run's progress is capped by its steps (at most 1/2500 a step), so an Optuna run of
 T/8 steps or a PBT member of T/4 cannot get far whatever lr it finds: there those rows show what
@@ -578,7 +613,10 @@ def write_report(
 
 
 # ------------------------------------------------------------------------------ plots
-COLORS = {"fixed": "0.45", "tune": "C3", "pbt": "C0", "optuna": "C2", "sf": "C4", "prodigy": "C1"}
+COLORS = {
+    "fixed": "0.45", "tune": "C3", "pbt": "C0", "optuna": "C2", "sf": "C4", "prodigy": "C1",
+    "oracle": "C7",
+}  # fmt: skip
 
 
 def mean_curve(rs: list[Result]) -> tuple[list[int], list[float]]:
@@ -595,6 +633,9 @@ def plot_digits(
             ax_loss.plot(*mean_curve(g[(cond, start)]), color=COLORS[cond], label=LABELS[cond])
     if start != "good" and ("fixed", "good") in g:
         ax_loss.plot(*mean_curve(g[("fixed", "good")]), ":", color="k", lw=1, label="fixed good lr")
+    if ("oracle", start) in g:
+        ax_loss.plot(*mean_curve(g[("oracle", start)]), "-.", color=COLORS["oracle"], lw=1,
+                     label=LABELS["oracle"])  # fmt: skip
     for cond in ("optuna", "sf", "prodigy"):
         if (cond, "") in g:
             ax_loss.plot(
