@@ -22,6 +22,7 @@ hooks are attached.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import math
@@ -156,10 +157,11 @@ def _unit_dim(ndim: int, unit_dim: int | None) -> int:
     return 1 if ndim >= 4 else ndim - 1
 
 
-def _raw_stats(t: Any, unit_dim: int | None) -> tuple[Any, int, int]:
-    """What a hook computes: one tensor ``[mean, min, max, dead units, L2 norm]`` on ``t``'s
-    device (no sync: five reductions and a stack), the element count and the unit count.
-    :func:`_summarise` turns it into the :data:`STATS` after the one ``tolist()``."""
+def _raw_stats(t: Any, unit_dim: int | None) -> tuple[list[Any], int, int]:
+    """What a hook computes: five 0-d tensors ``[mean, min, max, dead units, L2 norm]`` on
+    ``t``'s device (no sync: five reductions), the element count and the unit count. The
+    capture stacks those of every layer at once and :func:`_summarise` turns each row into the
+    :data:`STATS` after the one ``tolist()``."""
     import torch
 
     with torch.no_grad():
@@ -171,13 +173,12 @@ def _raw_stats(t: Any, unit_dim: int | None) -> tuple[Any, int, int]:
         lo, hi = torch.aminmax(x)
         if x.dim() == 1:
             units = x.numel()
-            dead = torch.count_nonzero(x <= 0)
+            dead = (x <= 0).sum(dtype=torch.float32)
         else:
             d = _unit_dim(x.dim(), unit_dim)
             units = x.shape[d]
-            dead = torch.count_nonzero(x.amax(dim=[i for i in range(x.dim()) if i != d]) <= 0)
-        raw = torch.stack([x.mean(), lo, hi, dead, torch.linalg.vector_norm(x)])
-        return raw, x.numel(), units
+            dead = (x.amax(dim=[i for i in range(x.dim()) if i != d]) <= 0).sum(dtype=torch.float32)
+        return [x.mean(), lo, hi, dead, torch.linalg.vector_norm(x)], x.numel(), units
 
 
 def _summarise(row: Sequence[float], n: int, units: int) -> dict[str, float | None]:
@@ -203,8 +204,10 @@ def activation_stats(t: Any, unit_dim: int | None = None) -> dict[str, float | N
     ``unit_dim``) that are ≤ 0 everywhere in the batch: for the output of a ReLU (or of the
     layer feeding one) the units that no input switched on. For outputs that are not
     ReLU-like, read it as "never positive in this batch"."""
+    import torch
+
     raw, n, units = _raw_stats(t, unit_dim)
-    return _summarise(raw.tolist(), n, units)
+    return _summarise(torch.stack(raw).tolist(), n, units)
 
 
 def _finite(v: float) -> float | None:
@@ -273,6 +276,8 @@ class FeatureCapture(CallbackBase):
         self._selected: list[tuple[str, Any]] | None = None
         self._selected_for: Any = None  # the model _selected was made from (weakly: its id)
         self._handles: dict[str, Any] = {}
+        self._fd: int | None = None
+        self._fd_path: str | None = None
         self._pending: dict[str, Any] = {}
         self._armed_step: int | None = None
         self._warned_no_model = False
@@ -339,6 +344,7 @@ class FeatureCapture(CallbackBase):
 
     def on_unload(self, env: Env) -> None:
         self.remove_hooks()
+        self._close_file()
 
     def handle(self, event: str, env: Env) -> None:
         """At ``train_step_end``: write the capture of this step when hooks were armed for it,
@@ -367,8 +373,10 @@ class FeatureCapture(CallbackBase):
         self.handle("train_step_end", env)
 
     def close(self) -> None:
-        """Remove the hooks (Python use); a later :meth:`step` attaches them again."""
+        """Remove the hooks and close the file (Python use); a later :meth:`step` attaches
+        them again."""
         self.remove_hooks()
+        self._close_file()
 
     def __enter__(self) -> FeatureCapture:
         return self
@@ -426,10 +434,11 @@ class FeatureCapture(CallbackBase):
         import torch
 
         names = list(pending)
-        rows = torch.stack([pending[n][0] for n in names]).tolist()  # the one sync
+        flat = torch.stack([v for n in names for v in pending[n][0]]).tolist()  # the one sync
+        k = len(STATS)
         layers = {
-            name: _summarise(row, pending[name][1], pending[name][2])
-            for name, row in zip(names, rows, strict=True)
+            name: _summarise(flat[i * k : (i + 1) * k], pending[name][1], pending[name][2])
+            for i, name in enumerate(names)
         }
         record: dict[str, Any] = {"step": step}
         epoch = env.get("epoch")
@@ -445,11 +454,26 @@ class FeatureCapture(CallbackBase):
         if path is not None and self._leader:
             record["ms"] = round((time.perf_counter() - t0) * 1000, 3)
             try:
-                if self.ctx is None:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                jsonl.append(path, record)
+                self._write(path, record)
             except OSError as exc:
                 log.warning("hotcb features: could not write %s: %s", path, exc)
+
+    def _write(self, path: str, record: dict[str, Any]) -> None:
+        """One ``os.write`` of the line on a file kept open (``O_APPEND``), like the metrics
+        collector: opening and locking the file for every capture cost more than the rest of
+        the record."""
+        if self._fd is None or self._fd_path != path:
+            self._close_file()
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd_path = path
+        os.write(self._fd, (jsonl.dumps(record) + "\n").encode())
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def _path(self) -> str | None:
         root = self.ctx.run_dir if self.ctx is not None else self.run_dir
