@@ -20,6 +20,7 @@ from hotcb.runfiles import METRICS, METRICS_INDEX
 from hotcb.server import tailer
 from hotcb.server.routers._runs import history
 from hotcb.server.tailer import ColumnCache, MetricsIndex
+from hotcb.testing import wait_for
 
 _RESERVED = frozenset({"step", "epoch", "wall_time", "metrics", "v", "rank"})
 
@@ -157,6 +158,7 @@ def test_cache_round_trip_and_tail(tmp_path: Any) -> None:
     make_file(path)
     first = MetricsIndex(path, cache=True, cache_min_bytes=1)
     first.update()
+    assert first.cache_due and first.save_cache() and not first.cache_due
     assert os.path.exists(tmp_path / METRICS_INDEX) and first.source == {"from": "parsed"}
     # the trainer goes on: it finishes the half-written line and appends more
     more = b"}}\n" + b"\n".join(lines(400, start=2800)) + b"\n"
@@ -177,7 +179,9 @@ def test_cache_round_trip_and_tail(tmp_path: Any) -> None:
 def test_cache_of_another_file_is_not_used(tmp_path: Any) -> None:
     path = str(tmp_path / METRICS)
     make_file(path)
-    MetricsIndex(path, cache=True, cache_min_bytes=1).update()
+    old = MetricsIndex(path, cache=True, cache_min_bytes=1)
+    old.update()
+    assert old.save_cache()
     with open(path, "wb") as f:  # the run started over in this directory
         f.write(b"\n".join(lines(50, start=100)) + b"\n")
     index = MetricsIndex(path, cache=True)
@@ -204,3 +208,32 @@ def test_incremental_updates_same_as_one_load(tmp_path: Any) -> None:
             f.write(data[i : min(i + 7919, cut)])
         index.update(collect=5)
     assert state(index) == state(Reference(data))
+
+
+def test_restarted_server_answers_from_the_cache(tmp_path: Any, live_server: Any) -> None:
+    """A real server writes the cache after answering; a second server over the same folder
+    starts from it and answers exactly the same."""
+    run = tmp_path / "r"
+    run.mkdir()
+    path = run / METRICS
+    with open(path, "w") as f:  # past CACHE_MIN_BYTES, written fast (formatted, not dumps)
+        s = 0
+        while f.tell() < tailer.CACHE_MIN_BYTES + (1 << 20):
+            f.write(
+                f'{{"step":{s},"wall_time":{1.7e9 + s:.3f},'
+                f'"metrics":{{"loss":{2.0 / (1 + s):.6g},"acc":{s % 97 / 97:.6g}}}}}\n'
+            )
+            s += 1
+    q = {"max_points": 500}
+    first = live_server(str(tmp_path))
+    with first.client() as c:
+        answer = c.get("/api/runs/r/metrics", params=q).json()
+    assert answer["total_points"] == 2 * s
+    wait_for(lambda: (run / METRICS_INDEX).exists(), timeout=60, what="the cache file")
+    first.stop()
+    second = live_server(str(tmp_path))
+    with second.client() as c:
+        again = c.get("/api/runs/r/metrics", params=q).json()
+    assert again == answer
+    index = second.deps.registry.cached("r").metrics
+    assert index.source == {"from": "cache", "bytes": os.path.getsize(path)}

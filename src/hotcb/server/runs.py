@@ -137,6 +137,7 @@ class RunState:
         self.observed: dict[str, list[tuple[int, float]]] = {}
         self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
+        self._saving: asyncio.Task[None] | None = None  # the metrics cache being written
         self._meta: dict[str, Any] = {}
         self._meta_sig: tuple[int, int, int] | None = None
 
@@ -158,6 +159,19 @@ class RunState:
                 msgs = self._poll()
         for msg in msgs:
             self.hub.publish(self.run_id, msg)
+        if self.metrics.cache_due and self._saving is None:
+            # after the request that is waiting now (it takes the lock first)
+            self._saving = asyncio.get_running_loop().create_task(self._save_cache())
+
+    async def _save_cache(self) -> None:
+        """Copy the index under the lock, write the copy without it (requests go on)."""
+        try:
+            async with self.lock:
+                snap = await asyncio.to_thread(self.metrics.cache_snapshot)
+            if self.metrics.cache is not None:
+                await asyncio.to_thread(self.metrics.cache.write, snap)
+        finally:
+            self._saving = None
 
     def _poll(self) -> list[dict[str, Any]]:
         cap = self.config.push_max_records

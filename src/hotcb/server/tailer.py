@@ -103,6 +103,8 @@ loads = _loads_json if _orjson is None else _loads_orjson
 #: A first load larger than this runs with the cyclic garbage collector paused (the records it
 #: builds are freed by reference counting; a collection pass over a growing heap is waste).
 _BULK_BYTES = 1 << 20
+#: A metrics file gets a columnar cache once the server has read this much of it.
+CACHE_MIN_BYTES = 8 << 20
 
 
 def _number(v: Any) -> float | None:
@@ -137,10 +139,11 @@ class Series:
 class MetricsIndex:
     """Columnar in-memory index of a run's metrics file, appended by each :meth:`update`.
 
-    With ``cache=True`` the index is saved beside the metrics file (:data:`METRICS_INDEX`,
-    see :class:`ColumnCache`) after each update that read at least ``cache_min_bytes``, and a
-    new index starts from that file when it still matches the metrics file, reading only the
-    lines appended since."""
+    With ``cache=True`` a new index starts from the cache beside the metrics file
+    (:data:`METRICS_INDEX`, see :class:`ColumnCache`) when it still matches the metrics file,
+    reading only the lines appended since; :attr:`cache_due` says when at least
+    ``cache_min_bytes`` were read since it was written (:meth:`save_cache` writes it; the
+    server does that after answering, not while a request waits)."""
 
     def __init__(self, path: str, *, cache: bool = False, cache_min_bytes: int = 8 << 20) -> None:
         self.tail = jsonl.JsonlTail(path)
@@ -187,10 +190,23 @@ class MetricsIndex:
         self.loaded = True
         if self.cache is not None:
             self._unsaved += max(0, self.tail.offset - before)
-            if self._unsaved >= self.cache_min_bytes:
-                self._unsaved = 0
-                self.cache.save(self)
         return records
+
+    @property
+    def cache_due(self) -> bool:
+        """At least ``cache_min_bytes`` were read since the cache was last written."""
+        return self.cache is not None and self._unsaved >= self.cache_min_bytes
+
+    def save_cache(self) -> bool:
+        """Write the cache now (the caller holds the run's lock: nothing appends meanwhile)."""
+        return self.cache is not None and self.cache.write(self.cache_snapshot())
+
+    def cache_snapshot(self) -> tuple[dict[str, Any], list[bytes]] | None:
+        """A copy of the index for :meth:`ColumnCache.write` (taken under the run's lock)."""
+        if self.cache is None:
+            return None
+        self._unsaved = 0
+        return self.cache.snapshot(self)
 
     def _read(self, collect: int) -> list[dict[str, Any]]:
         out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
@@ -287,11 +303,13 @@ class ColumnCache:
             return None
         return [hashlib.blake2b(b, digest_size=16).hexdigest() for b in (head, tail)]
 
-    def save(self, index: MetricsIndex) -> bool:
+    def snapshot(self, index: MetricsIndex) -> tuple[dict[str, Any], list[bytes]] | None:
+        """What :meth:`write` writes, copied (with the run's lock held: the columns do not
+        move meanwhile; the copy can then be written while the tailer goes on)."""
         offset = index.tail.offset
         fp = self._fingerprint(index.tail.path, offset)
         if fp is None or offset == 0:
-            return False
+            return None
         header = {
             "offset": offset,
             "fingerprint": fp,
@@ -302,14 +320,20 @@ class ColumnCache:
             "last_record": index.last_record,
             "series": [[name, len(s)] for name, s in index.series.items()],
         }
+        blobs = [bytes(col) for s in index.series.values() for col in (s.steps, s.values)]
+        return header, blobs
+
+    def write(self, snap: tuple[dict[str, Any], list[bytes]] | None) -> bool:
+        if snap is None:
+            return False
+        header, blobs = snap
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "wb") as f:
                 f.write(self.MAGIC)
                 f.write(jsonl.dumps(header).encode() + b"\n")
-                for s in index.series.values():
-                    f.write(s.steps)
-                    f.write(s.values)
+                for blob in blobs:
+                    f.write(blob)
             os.replace(tmp, self.path)
         except (OSError, ValueError, TypeError) as exc:
             log.debug("hotcb dashboard: could not write %s: %r", self.path, exc)
@@ -317,6 +341,9 @@ class ColumnCache:
                 os.unlink(tmp)
             return False
         return True
+
+    def save(self, index: MetricsIndex) -> bool:
+        return self.write(self.snapshot(index))
 
     def load(self, index: MetricsIndex) -> int:
         """Fill the (empty) ``index`` from the cache and move its cursor past what the cache
