@@ -44,3 +44,11 @@ def test_umap_is_refused_clearly_when_missing() -> None:
         pytest.skip("umap-learn is installed here")
     with pytest.raises(ImportError, match="umap-learn"):
         trajectory({"a": ([1, 2, 3], [1, 2, 3])}, method="umap")
+
+
+def test_long_runs_use_an_even_grid() -> None:
+    steps = np.arange(100_000)
+    series = {"loss": (steps, 1 / (steps + 1.0)), "acc": (steps[::10], 1 - 1 / (steps[::10] + 1.0))}
+    tr = trajectory(series, max_points=50)
+    assert tr.points.shape == (len(tr.steps), 2) and 40 <= len(tr.steps) <= 50
+    assert tr.steps[-1] == 99_999 and np.all(np.diff(tr.steps) > 0)
