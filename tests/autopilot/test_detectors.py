@@ -228,6 +228,26 @@ def test_divergence_direction_maximize() -> None:
     assert divergence(steps, rising, window=8, k=2.0, direction="maximize") is None
 
 
+def test_divergence_floor_silences_a_climb_of_a_loss_near_zero() -> None:
+    """Late in a run a training loss of 0.001 that climbs to 0.003 is three times its best and
+    a significant trend, and noise: with a floor in the loss's units it is not a divergence,
+    while a real blow-up past the floor still is."""
+    steps = list(range(1, 65))
+    rng = random.Random(7)
+    tiny: list[float | None] = [0.001 * (1 + 0.03 * i) * (1 + rng.gauss(0, 0.05)) for i in steps]
+    found = check(divergence(steps, tiny), "divergence")  # no floor: it fires
+    assert found.evidence["cause"] == "trend" and found.evidence["floor"] is None
+    assert divergence(steps, tiny, floor=0.05) is None
+    blown = [*tiny[:-8], *[0.8] * 8]
+    found = check(divergence(steps, blown, floor=0.05), "divergence")
+    assert found.evidence["floor"] == 0.05
+    # maximising, the floor is a level at or above which a fall is noise (an accuracy of 0.99)
+    acc: list[float | None] = [0.999, 0.999, 0.998, 0.997, 0.995, 0.993, 0.99, 0.985]
+    kw: dict[str, Any] = {"window": 8, "k": 2.0, "min_rise": 0.005, "direction": "maximize"}
+    assert divergence(steps[:8], acc, **kw) is not None
+    assert divergence(steps[:8], acc, floor=0.98, **kw) is None
+
+
 def test_divergence_edge_cases() -> None:
     assert divergence([], []) is None
     assert divergence(list(range(63)), [1.0] * 63) is None
@@ -445,6 +465,9 @@ def test_detectors_and_params_agree_with_the_signatures() -> None:
         assert set(tunable) == set(PARAMS[name]), name
         for param, (kind, lo, hi) in PARAMS[name].items():
             default = tunable[param]
+            if default is None:  # an optional parameter, off by default
+                assert kind is float and lo is not None and hi is not None, (name, param)
+                continue
             assert isinstance(default, kind), (name, param)
             if kind is str:
                 assert default in DIRECTIONS

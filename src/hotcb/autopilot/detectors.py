@@ -285,6 +285,7 @@ def divergence(
     window: int = 64,
     k: float = 5.0,
     min_rise: float = 0.1,
+    floor: float | None = None,
     direction: str = "minimize",
 ) -> Detection | None:
     """The metric is running away: its level stands ``k`` times above its best level in the
@@ -302,6 +303,11 @@ def divergence(
     - **Rising trend** when the least-squares line of value on step rises by at least
       ``min_rise × |best|`` across the window and its slope is at least 3 standard errors
       above zero (noise in a per-step loss fits slopes of either sign; a climb stands out).
+
+    **Floor**: while *now* is at or below ``floor`` (minimising; at or above it when
+    maximising) nothing is a divergence: a training loss that climbs from 0.001 to 0.003 late
+    in a run is three times its best, and noise. ``floor`` is in the metric's own units
+    (default None: off); for a cross-entropy over C classes, a few percent of ``ln C`` fits.
 
     Severity: the larger of ``now / (k × best)`` and ``rise / (min_rise × |best|)`` among the
     conditions that hold.
@@ -326,6 +332,8 @@ def divergence(
     levels = [statistics.median(ys[i : i + b]) for i in range(n % b, n, b)]
     best = min(levels) if minimize else max(levels)
     now = statistics.median(ys[-max(3, b) :])
+    if floor is not None and (now <= floor if minimize else now >= floor):
+        return None
     ratio = 0.0
     if best > 0:
         ratio = min(_CAP, now / best if minimize else best / max(now, _TINY))
@@ -352,6 +360,7 @@ def divergence(
             "t": _round(max(-999.0, min(999.0, t))),
             "k": k,
             "min_rise": min_rise,
+            "floor": floor,
             "direction": direction,
         }
     )
@@ -652,6 +661,7 @@ PARAMS: dict[str, dict[str, tuple[type, float | None, float | None]]] = {
         "window": _WINDOW,
         "k": (float, 1.01, 1e6),
         "min_rise": (float, 1e-6, 1e6),
+        "floor": (float, -1e12, 1e12),
         "direction": (str, None, None),
     },
     "spike": {"window": (int, 4, 1000), "z": (float, 1.0, 1e6)},
