@@ -6,6 +6,7 @@
 Figures (budgets from shared/DESIGN.md §10, for a 2-core machine):
 - idle ``apply()`` (poll not due): a counter and a clock compare     budget <= 1 us
 - due poll with nothing new (``poll_interval_sec=0``): one ``stat``    budget <= 5 us
+- the heartbeat: one atomic replace of ``hotcb.heartbeat.json``, at most once a second
 - steps from append to applied (poll every step, and the 50 ms default on a 2 ms step)
 - burst: 10,000 commands appended, one ``apply()`` handles them all  budget >= 20,000 cmd/s
 - ``import hotcb`` in a fresh interpreter (best of several)          budget <= 50 ms
@@ -91,6 +92,20 @@ def bench_due_poll(root: str) -> None:
     kernel = HotKernel(os.path.join(root, "due"), poll_interval_sec=0)
     kernel.apply({"step": 0})
     report("due poll, nothing new (poll_interval_sec=0)", _per_call_us(kernel, 50_000), "us", 5.0)
+    kernel.close()
+
+
+def bench_heartbeat(root: str, n: int = 500) -> None:
+    """The heartbeat (``hotcb.heartbeat.json``, replaced at most once a second from the poll):
+    one write, and what it adds per second of training."""
+    kernel = HotKernel(os.path.join(root, "beat"), poll_interval_sec=3600)
+    kernel.apply({"step": 0})
+    t0 = time.perf_counter()
+    for step in range(n):
+        kernel._heartbeat(step, 0.0)
+    us = (time.perf_counter() - t0) / n * 1e6
+    report("heartbeat: one write (at most once a second)", us, "us")
+    report("heartbeat: share of a second of training", us / 1e6 * 100, "%")
     kernel.close()
 
 
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hotcb-bench-") as root:
         bench_idle(root)
         bench_due_poll(root)
+        bench_heartbeat(root)
         bench_latency(root)
         bench_burst(root)
         bench_import()
