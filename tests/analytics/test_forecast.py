@@ -119,3 +119,9 @@ def test_huber_fallback_resists_outliers_and_matches_sklearn() -> None:
         rng = np.random.default_rng(3)
         yn = 1.0 - 0.5 * x + rng.normal(0, 0.1, x.size)
         np.testing.assert_allclose(_sklearn_line(x, yn), huber_line(x, yn), atol=0.02)
+
+
+def test_a_long_horizon_is_thinned_not_materialised() -> None:
+    fc = forecast(np.arange(100), 1.0 / np.arange(1, 101), 10_000_000, out_points=60)
+    assert fc is not None and len(fc.steps) <= 60
+    assert fc.steps[-1] == 99 + 10_000_000 and np.all(np.diff(fc.steps) > 0)

@@ -96,3 +96,21 @@ def test_a_branch_change_is_measured_against_the_parents_trend() -> None:
     # without the parent's points the child has no trend before its change
     alone = RunHistory("child", [entry(600, 0.1, 0.05)], cx, cy)
     assert past_changes(alone, "lr")[0].impact is None
+
+
+def test_a_similar_change_without_points_around_it_is_named_not_measured() -> None:
+    x = np.arange(600, 1000, 10, dtype=float)
+    alone = RunHistory("child", [entry(600, 0.1, 0.05)], x, 1.0 / np.sqrt(x))
+    changes = past_changes(alone, "lr")
+    w = whatif("lr", 0.5, changes, forecast(alone.steps, alone.values, 100))
+    assert w.similar == [] and w.unmeasured == 1 and w.band is None
+    assert w.note == "1 similar change, not measurable yet (too few points around it)"
+
+
+def test_sparse_metrics_get_windows_wide_enough() -> None:
+    # val_loss every 100 steps: 300 steps before a change would hold 3 points, too few to fit
+    x = np.arange(0, 5000, 100, dtype=float)
+    y = 2.0 * (x + 10.0) ** -0.5
+    y[x > 2500] *= DROP
+    found = past_changes(RunHistory("r", [entry(2500, 0.1, 0.05)], x, y), "lr", horizon=200)
+    assert found[0].impact == pytest.approx(math.log(DROP), abs=0.03)

@@ -314,11 +314,10 @@ def _floats(a: np.ndarray) -> list[float | None]:
 def _grid(last: float, step_gap: float, horizon: int, points: int) -> np.ndarray:
     gap = max(1.0, step_gap)
     n = max(1, int(horizon // gap))
-    grid = last + gap * np.arange(1, n + 1)
+    k = np.arange(1, n + 1) if n <= points else np.unique(np.linspace(1, n, points).round())
+    grid = last + gap * k
     if grid[-1] < last + horizon:
-        grid = np.append(grid, last + horizon)
-    if grid.size > points:
-        grid = grid[np.unique(np.linspace(0, grid.size - 1, points).round().astype(int))]
+        grid = np.append(grid[: points - 1] if grid.size >= points else grid, last + horizon)
     return np.round(grid)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .forecast import Forecast, fit_trend
+from .forecast import MIN_POINTS, Forecast, fit_trend
 
 __all__ = [
     "SIMILAR",
@@ -134,6 +134,10 @@ def past_changes(
     y = np.asarray(history.values, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
+    # a sparse metric (val_loss every 100 steps) gets windows wide enough for its points
+    gap = float(np.median(np.diff(x))) if x.size > 1 else 1.0
+    before = max(before, int(2 * MIN_POINTS * gap))
+    horizon = max(horizon, int(min_after * gap))
     all_changes = _change_steps(entries)
     out = []
     for e in entries:
@@ -191,15 +195,18 @@ def _impact(
     return float(np.mean(gap)), n_after, log_space
 
 
-def similar(changes: Iterable[PastChange], factor: float) -> list[PastChange]:
-    """The measurable changes in the direction of ``factor`` whose log-ratio is within a
-    factor :data:`SIMILAR` of ``log(factor)``."""
+def similar(
+    changes: Iterable[PastChange], factor: float, *, measurable: bool = True
+) -> list[PastChange]:
+    """The changes in the direction of ``factor`` whose log-ratio is within a factor
+    :data:`SIMILAR` of ``log(factor)`` (only those with a measured impact, unless
+    ``measurable=False``)."""
     if factor <= 0 or factor == 1:
         raise ValueError(f"factor must be a positive number other than 1, got {factor}")
     target = math.log(factor)
     out = []
     for c in changes:
-        if c.impact is None:
+        if measurable and c.impact is None:
             continue
         r = c.log_ratio / target  # > 0: same direction
         if 1 / SIMILAR <= r <= SIMILAR:
@@ -214,11 +221,15 @@ class WhatIf:
     similar: list[PastChange]
     considered: int  # changes of the knob found (similar or not, measurable or not)
     forecast: Forecast | None
+    unmeasured: int = 0  # similar changes without enough points around them to measure
     impact: dict[str, Any] | None = None  # lo, median, hi, log_space
     band: dict[str, Any] | None = field(default=None)
 
     @property
     def note(self) -> str | None:
+        if not self.similar and self.unmeasured:
+            n = self.unmeasured
+            return f"{n} similar change{'s' if n > 1 else ''}, not measurable yet (too few points around {'them' if n > 1 else 'it'})"  # fmt: skip
         if not self.similar:
             return "no similar change yet"
         if self.forecast is None:
@@ -233,6 +244,7 @@ class WhatIf:
             "similar": [c.to_dict() for c in self.similar],
             "impact": self.impact,
             "band": self.band,
+            "unmeasured": self.unmeasured,
             "note": self.note,
         }
 
@@ -253,8 +265,9 @@ def whatif(
     are any and ``current`` (the run's forecast) exists, the band they imply."""
     changes = list(changes)
     sim = similar(changes, factor)
+    unmeasured = len(similar(changes, factor, measurable=False)) - len(sim)
     if not sim or current is None:
-        return WhatIf(knob, factor, sim, len(changes), current)
+        return WhatIf(knob, factor, sim, len(changes), current, unmeasured=unmeasured)
     imp = np.array([c.impact for c in sim], dtype=float)
     if imp.size >= 3:
         lo, med, hi = np.quantile(imp, [quantiles[0], 0.5, quantiles[1]])
@@ -268,7 +281,7 @@ def whatif(
         "hi": _shift(current.hi, float(hi), log_space),
     }
     impact = {"lo": float(lo), "median": float(med), "hi": float(hi), "log_space": log_space}
-    return WhatIf(knob, factor, sim, len(changes), current, impact, band)
+    return WhatIf(knob, factor, sim, len(changes), current, unmeasured, impact, band)
 
 
 def join_branch(
