@@ -70,6 +70,23 @@ def test_knob_values_over_time(tmp_path: Any, live_server: Any) -> None:
     run.kernel.close()
 
 
+def test_values_a_scheduler_sets_are_seen_from_the_actuators_file(
+    tmp_path: Any, live_server: Any
+) -> None:
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(5)
+    srv = live_server()
+    with srv.client() as c:
+        assert knob(c.get("/api/runs/r/knobs").json(), "lr")["points"]["value"][0] == 0.1
+        run.opt.param_groups[0]["lr"] = 0.07  # an LR scheduler, outside hotcb
+        run.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+        run.advance(5)  # the kernel rewrites the actuators file at step 5
+        lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    assert lr["points"] == {"step": [0, 5, 9], "value": [0.1, 0.07, 0.07]}
+    assert lr["changes"] == [] and lr["current"] == 0.07
+    run.kernel.close()
+
+
 def test_knob_history_keeps_numbers_of_actuator_changes() -> None:
     h = KnobHistory()
     h.add({"decision": "applied", "module": "opt", "step": 3, "cmd_id": "a", "seq": 1,

@@ -289,10 +289,11 @@ class RunState:
         changes: dict[str, list[dict[str, Any]]] = {}
         for ch in self.ledger.knobs.changes:
             changes.setdefault(ch["key"], []).append(ch)
+        # the run's first step: its first metric or change (the actuators file is seen only
+        # from when the server watched: not a start); 0 when it has neither
         starts = [s.steps[0] for s in self.metrics.series.values() if s.steps]
         starts += [c[0]["step"] for c in changes.values()]
-        starts += [o[0][0] for o in self.observed.values() if o]
-        first = min(starts) if starts else 0
+        first = min([min(starts) if starts else 0, *(o[0][0] for o in self.observed.values() if o)])
         last = max(self.last_step or 0, first)
         out = []
         for key in [*acts, *(k for k in changes if k not in acts)]:
