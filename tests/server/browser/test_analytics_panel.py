@@ -55,9 +55,13 @@ def wait(page: Any, expr: str) -> None:
                            timeout=60000)  # fmt: skip
 
 
-def test_forecast_band_note_whatif_and_trajectory(page: Any, serve_dir: Any, tmp_path: Any) -> None:
+def test_forecast_band_note_whatif_and_trajectory(
+    page: Any, serve_dir: Any, tmp_path: Any, tune_state: Any
+) -> None:
     root = os.fspath(tmp_path / "runs")
     steered_run(os.path.join(root, "decay"), 1200, halve_at=(300, 700))
+    # a pending tuner proposal: opt.lr 0.003 → 0.0045 (×1.5)
+    tune_state(os.path.join(root, "decay"))
     with MetricsCollector(os.path.join(root, "linear")) as m:
         for s in range(600):
             m.log(s, {"acc": 0.1 + 0.001 * s, "loss": 2.0 - 0.002 * s})
@@ -74,6 +78,11 @@ def test_forecast_band_note_whatif_and_trajectory(page: Any, serve_dir: Any, tmp
     assert "10–90 %" in page.text_content("#analytics-card .card-head")
     assert page.is_visible("#forecast-canvas") and page.is_visible("#trajectory-canvas")
     assert "PCA of loss, val_loss" in page.text_content("#trajectory-note")
+
+    # the pending proposal is asked about by itself: nothing similar (the lr only went down)
+    wait(page, "d.whatif && d.whatif.from === 'tuner P3' && d.whatif.note")
+    assert page.evaluate(DEBUG)["proposals"][0]["knob"] == "opt.lr"
+    assert "opt.lr ×1.5 (tuner P3): no similar change yet" in page.text_content("#whatif-result")
 
     # a what-if typed in the panel: two earlier halvings of the lr in this run
     page.select_option("#whatif-knob", "lr")
