@@ -274,7 +274,7 @@ class FeatureCapture(CallbackBase):
         self.captures = 0
         self._leader = True if run_dir is None else _leader()
         self._selected: list[tuple[str, Any]] | None = None
-        self._selected_for: Any = None  # the model _selected was made from (weakly: its id)
+        self._selected_for: Any = None  # the model _selected was made from
         self._handles: dict[str, Any] = {}
         self._fd: int | None = None
         self._fd_path: str | None = None
