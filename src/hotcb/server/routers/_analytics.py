@@ -9,7 +9,8 @@ the what-if of a proposed change, and the metric-space trajectory (docs/analytic
 - ``GET /api/runs/{run}/trajectory?names=a,b&max_points=500``: the 2-D trajectory (PCA).
 
 The series come from the run's :class:`~hotcb.server.tailer.MetricsIndex` (copied under the run's
-lock, then computed in a worker thread); results are cached per run until its metrics grow.
+lock, then computed in a worker thread); results are cached per run until its metrics grow (by
+0.5 % for the forecast and the trajectory of a long run: see :func:`coarse`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def fit_backend() -> Backend:
             _sklearn_started = True
             threading.Thread(target=_import_sklearn, name="hotcb-sklearn-import", daemon=True).start()  # fmt: skip
     return "numpy"
+
+
+def coarse(lines: int) -> int:
+    """``lines`` rounded down to a step of 0.5 % of it: a forecast or trajectory of a long live
+    run is recomputed when its history grew by that much, not on every poll of the page."""
+    step = max(1, lines // 200)
+    return lines - lines % step
 
 
 def _copy(index: MetricsIndex, names: list[str]) -> dict[str, Series]:
@@ -221,7 +229,7 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         run = deps.run(run_id)
         await run.refresh()
         name = runs.pick_metric(run, metric)
-        key = ("forecast", run.run_id, name, horizon, run.metrics.lines, run.meta().get("branch") is not None)  # fmt: skip
+        key = ("forecast", run.run_id, name, horizon, coarse(run.metrics.lines), run.meta().get("branch") is not None)  # fmt: skip
         hit = runs.cached(key)
         if hit is not None:
             return hit
@@ -281,7 +289,14 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         run = deps.run(run_id)
         await run.refresh()
         wanted = [n for n in (names or "").split(",") if n] or run.metrics.names()
-        key = ("trajectory", run.run_id, tuple(wanted), max_points, method, run.metrics.lines)
+        key = (
+            "trajectory",
+            run.run_id,
+            tuple(wanted),
+            max_points,
+            method,
+            coarse(run.metrics.lines),
+        )
         hit = runs.cached(key)
         if hit is not None:
             return hit
