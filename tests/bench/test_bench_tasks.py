@@ -202,3 +202,29 @@ def test_the_documented_user_task_runs(cli: Any, tmp_path: Path) -> None:
     assert [r["condition"] for r in rows] == ["fixed", "autopilot", "replay"]
     assert rows[2]["replay_matched"] is True
     assert rows[0]["final_val_loss"] < 1.0
+
+
+@pytest.mark.slow
+def test_ai_condition_asks_the_configured_endpoint(tmp_path: Path, monkeypatch: Any) -> None:
+    """With HOTCB_AI_KEY, --ai-base-url and --ai-model, ``ai`` runs the LLM autopilot
+    (``ai_auto``) against the endpoint: here a local scripted chat server."""
+    pytest.importorskip("openai")
+    from hotcb.bench.runner import Settings, load_bench, run_bench
+    from hotcb.testing import wait_for
+    from hotcb.testing.chat_server import NOTHING, ScriptedChatServer
+
+    monkeypatch.setenv("HOTCB_AI_KEY", "test-key")
+    out = tmp_path / "out"
+    with ScriptedChatServer([NOTHING]) as srv:
+        s = Settings(tasks=["digits_badlr"], conditions=["ai"], seeds=1, steps=400,
+                     out=os.fspath(out), progress=False, ai_base_url=srv.base_url,
+                     ai_model="scripted")  # fmt: skip
+        meta = run_bench(s, log=lambda msg: None)
+        assert meta["conditions"] == ["ai"] and not meta["skipped"]
+        # the call runs in the engine's thread: it may land after the run's last step
+        wait_for(lambda: srv.requests, 30, what="a request from the ai condition")
+        asked = list(srv.requests)
+    assert asked[0]["headers"]["authorization"] == "Bearer test-key"
+    assert asked[0]["body"]["model"] == "scripted"
+    _, runs = load_bench(os.fspath(out))
+    assert len(runs[0]["curve"]["step"]) == 400

@@ -58,12 +58,15 @@ def _mean(rs: list[dict[str, Any]]) -> float:
 # ------------------------------------------------------------------------------ content
 def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
     head = ["condition", "final val loss", "final val acc", "best val loss", "lr at end (median)",
-            "autopilot actions", "s / run"]  # fmt: skip
+            "hotcb actions (undone)", "s / run"]  # fmt: skip
     best = min(groups, key=lambda c: _mean(groups[c])) if groups else None
     rows = []
     for cond, rs in groups.items():
         acts = [r["notes"].get("actions") for r in rs]
-        act = "—" if any(a is None for a in acts) else f"{statistics.fmean(acts):.1f}"
+        act = "—"
+        if all(a is not None for a in acts):
+            undone = statistics.fmean(r["notes"].get("undone") or 0 for r in rs)
+            act = f"{statistics.fmean(acts):.1f} ({undone:.1f})"
         if cond == "replay":
             n = sum(1 for r in rs if r["notes"].get("matched"))
             act = f"replays {rs[0]['notes'].get('replay_of')}: {n}/{len(rs)} bit for bit"
@@ -83,23 +86,20 @@ def verdicts(task: str, groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     out = []
     baselines = [c for c in groups if c not in HOTCB_CONDITIONS and c != "replay"]
     for h in (c for c in HOTCB_CONDITIONS if c in groups):
-        m_h = _mean(groups[h])
-        ahead = [b for b in baselines if _mean(groups[b]) < m_h]
-        ties = [b for b in ahead if fmt(_final(groups[b])) == fmt(_final(groups[h]))]
-        for b in ties:
-            out.append(f"{LABELS[b]} and {LABELS[h]} end level on {task} (final val loss "
-                       f"{fmt(_final(groups[h]))}).")  # fmt: skip
-        ahead = [b for b in ahead if b not in ties]
+        m_h, shown_h = _mean(groups[h]), fmt(_final(groups[h]))
+        level = [b for b in baselines if fmt(_final(groups[b])) == shown_h]
+        ahead = [b for b in baselines if _mean(groups[b]) < m_h and b not in level]
+        if level:
+            names = ", ".join(LABELS[b] for b in level)
+            out.append(f"{LABELS[h]} ends level with {names} on {task} (final val loss {shown_h}).")
         for b in ahead:
-            m_b = _mean(groups[b])
             spread = max(mean_std([v for v in _final(groups[x]) if v is not None] or [0])[1]
                          for x in (b, h))  # fmt: skip
-            close = " (less than the seeds' spread)" if m_h - m_b < spread else ""
+            close = " (less than the seeds' spread)" if m_h - _mean(groups[b]) < spread else ""
             out.append(f"{LABELS[b]} beats {LABELS[h]} on {task}: final val loss "
-                       f"{fmt(_final(groups[b]))} vs {fmt(_final(groups[h]))}{close}.")  # fmt: skip
-        if baselines and not ahead and not ties:
-            out.append(f"{LABELS[h]} ends at or below every baseline on {task} "
-                       f"({fmt(_final(groups[h]))}).")  # fmt: skip
+                       f"{fmt(_final(groups[b]))} vs {shown_h}{close}.")  # fmt: skip
+        if baselines and not ahead and not level:
+            out.append(f"{LABELS[h]} ends below every baseline on {task} ({shown_h}).")
     if "replay" in groups:
         rs = groups["replay"]
         bad = [r for r in rs if not r["notes"].get("matched")]

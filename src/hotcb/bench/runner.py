@@ -239,6 +239,9 @@ class Runner:
             notes.update(_pilot_summary(run_dir))
         if condition == "tune":
             notes["tune"] = _tune_summary(run_dir)
+            counts = notes["tune"].get("counts") or {}
+            notes["undone"] = int(counts.get("rolled_back", 0))
+            notes["actions"] = int(counts.get("kept", 0)) + notes["undone"]  # trials
         if condition == "replay":
             source = self.done[(task.name, self.s.replay_of, seed)]
             diff = source.curve.first_difference(curve)
@@ -331,7 +334,7 @@ def _tune_summary(run_dir: str) -> dict[str, Any]:
         status = HotClient(run_dir, create=False).tune_status()
     except Exception as exc:  # the summary is a note; the curve is what counts
         return {"error": repr(exc)}
-    keep = ("mode", "trials", "best", "warnings")
+    keep = ("mode", "phase", "counts", "best", "warnings")
     return {k: status[k] for k in keep if k in status}
 
 

@@ -306,14 +306,15 @@ def charlm(cfg: CharLMConfig | None = None) -> Task:
     cfg = cfg or CharLMConfig()
     corpus = charlm_corpus()
     return Task(
-        "charlm", "character-level transformer on the Python stdlib's source", 2000, 50, 2e-3,
+        "charlm", "character-level transformer on the Python stdlib's source", 2000, 50, 5e-3,
         functools.partial(CharLMRun, cfg=cfg, corpus=corpus),
         about=f"A {cfg.layers}-layer, {cfg.d}-wide, {cfg.heads}-head decoder-only transformer "
         f"over bytes (context {cfg.context}, batches of {cfg.batch}) on {len(corpus.files)} "
         f"fixed files of the Python {sys.version.split()[0]} standard library "
         f"({len(corpus.train) / 1e6:.2f} MB train, {len(corpus.val) / 1e6:.2f} MB val: the "
         f"last 10 % of each file); val loss in nats per byte over {cfg.val_windows} fixed "
-        "windows; AdamW at lr 2e-3.",
+        "windows; AdamW at lr 5e-3 (the best of 2e-3 | 5e-3 | 1e-2 at 600 steps, seed 0: "
+        "val loss 2.44 | 2.34 | 2.52).",
         info={"corpus": corpus.info(), "config": vars(cfg)},
     )  # fmt: skip
 
