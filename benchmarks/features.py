@@ -286,9 +286,9 @@ def write_markdown(
         "",
         "*Overhead at every=N* = (capture step - between + arming step - between) / (N x "
         "between). The steps between captures run no hook, only the callback's modulo: their "
-        "time against the no-capture steps is within the noise "
-        + ", ".join(f"({r['task']}: {r['between_vs_off']:+.1%})" for r in results)
-        + ".",
+        "time against the no-capture steps is within the noise ("
+        + ", ".join(f"{r['task']}: {r['between_vs_off']:+.1%}" for r in results)
+        + ").",
         "",
     ]
     with open(args.markdown, "w", encoding="utf-8") as f:
