@@ -186,6 +186,23 @@ def test_non_leader_rank_writes_nothing(tmp_path: Any, monkeypatch: Any) -> None
     assert FeatureCapture.rank_zero_only  # under the kernel, other ranks never run it
 
 
+def test_non_leader_rank_under_the_kernel_captures_nothing(run_dir: str) -> None:
+    model = mlp()
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    HotClient(run_dir).cb_load(
+        "feats", path="hotcb.features", symbol="FeatureCapture", init={"every": 2}
+    )
+    kernel.apply({"step": 0, "model": model})  # loaded
+    kernel.is_leader = False  # what the kernel sets on rank 1 under torch.distributed
+    for step in range(1, 8):
+        assert hooks(model) == 0
+        model(torch.randn(2, 8))
+        kernel.apply({"step": step, "model": model})
+    assert not os.path.exists(os.path.join(run_dir, FEATURES))
+    kernel.is_leader = True
+    kernel.close()
+
+
 # ------------------------------------------------------------------------------ live, for real
 class Loop:
     """A real training loop with a real HotKernel on ``run_dir``."""

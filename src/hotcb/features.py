@@ -54,17 +54,18 @@ DEFAULT_EVERY = 100
 DEFAULT_MAX_LAYERS = 64
 
 
-def _as_list(value: Any, what: str) -> list[str] | None:
-    """``None``, a comma-separated string or a list of strings → list (or None)."""
+def _as_list(value: Any, what: str, classes: bool = False) -> list[Any] | None:
+    """``None``, a comma-separated string or a list of strings (and, with ``classes``,
+    classes) → list (or None)."""
     if value is None:
         return None
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
         return [v for v in items if v] or None
     if isinstance(value, (list, tuple)):
-        out = []
+        out: list[Any] = []
         for v in value:
-            if isinstance(v, type):
+            if classes and isinstance(v, type):
                 out.append(v)
             elif isinstance(v, str) and v.strip():
                 out.append(v.strip())
@@ -263,7 +264,7 @@ class FeatureCapture(CallbackBase):
         run_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self._patterns = _as_list(patterns, "patterns")
-        self._types = _as_list(types, "types")
+        self._types = _as_list(types, "types", classes=True)
         self.every = self._check_every(every)
         self.unit_dim = None if unit_dim is None else int(unit_dim)
         self.max_layers = int(max_layers)
@@ -312,7 +313,7 @@ class FeatureCapture(CallbackBase):
         if "patterns" in new:
             new["patterns"] = _as_list(new["patterns"], "patterns")
         if "types" in new:
-            new["types"] = _as_list(new["types"], "types")
+            new["types"] = _as_list(new["types"], "types", classes=True)
         if "every" in new:
             new["every"] = self._check_every(new["every"])
         if "unit_dim" in new and new["unit_dim"] is not None:

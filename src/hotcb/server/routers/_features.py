@@ -73,8 +73,10 @@ class FeatureColumns:
                 cols = self.layers[name] = {s: [None] * n for s in STATS}
             for s in STATS:
                 v = stats.get(s)
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-                cols[s].append(float(v) if ok else None)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    cols[s].append(float(v))
+                else:
+                    cols[s].append(None)
         for cols in self.layers.values():  # layers absent from this record
             for s in STATS:
                 if len(cols[s]) == n:
