@@ -190,14 +190,14 @@ class Runner:
             run_dir = os.path.join(folder, "run")
             curve = self._steered(task, condition, seed, run, steps, run_dir, notes)
         elif condition == "schedulefree":
-            import schedulefree
+            import schedulefree  # type: ignore[import-untyped,unused-ignore]
 
             opt = schedulefree.AdamWScheduleFree(run.model.parameters())  # published defaults
             curve = train(
                 run, opt, steps, task.eval_every, schedule_free=True, on_eval=self.on_eval
             )
         elif condition == "prodigy":
-            import prodigyopt
+            import prodigyopt  # type: ignore[import-untyped,unused-ignore]
 
             opt = prodigyopt.Prodigy(run.model.parameters())  # published defaults (lr 1.0)
             curve = train(run, opt, steps, task.eval_every, on_eval=self.on_eval)
@@ -313,7 +313,8 @@ def _schedule(condition: str, opt: torch.optim.Optimizer, steps: int) -> Hook | 
 def export_for_replay(source_run: str, dest: str) -> str | None:
     """The source run's recipe (``hotcb recipe export``) written to ``dest/recipe.jsonl``;
     None when the source applied nothing (nothing to replay: the replay runs unsteered)."""
-    from ..recipe import RecipeError, export_recipe
+    from ..errors import RecipeError
+    from ..recipe import export_recipe
 
     try:
         path, _ = export_recipe(source_run, os.path.join(dest, "recipe.jsonl"))
@@ -449,7 +450,7 @@ class _NoBar:
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
     return tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
 

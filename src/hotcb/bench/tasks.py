@@ -105,7 +105,7 @@ class DigitsRun:
         idx = torch.randint(0, len(self.x_tr), (self.batch_size,), generator=self._batches)
         loss = F.cross_entropy(self.model(self.x_tr[idx]), self.y_tr[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
         opt.step()
         return float(loss.item())
 
@@ -232,7 +232,8 @@ class _Block(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         )
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
+        out: torch.Tensor = x + self.mlp(self.ln2(x))
+        return out
 
 
 class CharTransformer(nn.Module):
@@ -248,7 +249,8 @@ class CharTransformer(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.embed(idx) + self.pos[: idx.shape[1]]
-        return self.ln(self.blocks(x)) @ self.embed.weight.T
+        logits: torch.Tensor = self.ln(self.blocks(x)) @ self.embed.weight.T
+        return logits
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ class CharLMRun:
         x, y = self._windows(self.corpus.train, starts)
         loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
         opt.step()
         return float(loss.item())
 
@@ -293,7 +295,7 @@ class CharLMRun:
     def evaluate(self) -> tuple[float, float | None]:
         self.model.eval()
         total, correct, count = 0.0, 0, 0
-        for chunk in self._val_starts.split(64):
+        for chunk in torch.split(self._val_starts, 64):
             x, y = self._windows(self.corpus.val, chunk)
             logits = self.model(x).flatten(0, 1)
             total += float(F.cross_entropy(logits, y.flatten(), reduction="sum"))
@@ -366,7 +368,7 @@ class CifarRun:
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         loss = F.cross_entropy(self.model(x), self.y_tr[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
         opt.step()
         return float(loss.item())
 
@@ -374,7 +376,7 @@ class CifarRun:
     def evaluate(self) -> tuple[float, float | None]:
         self.model.eval()
         total, correct = 0.0, 0
-        for xs, ys in zip(self.x_va.split(500), self.y_va.split(500), strict=True):
+        for xs, ys in zip(torch.split(self.x_va, 500), torch.split(self.y_va, 500), strict=True):
             out = self.model(xs)
             total += float(F.cross_entropy(out, ys, reduction="sum"))
             correct += int((out.argmax(1) == ys).sum())
@@ -387,7 +389,7 @@ def _sgd(params: Any, lr: float) -> torch.optim.Optimizer:
 
 def cifar10_resnet20(data_dir: str | None) -> Task:
     try:
-        import torchvision
+        import torchvision  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise TaskUnavailable("cifar10_resnet20: torchvision is not installed") from None
     if not data_dir:
