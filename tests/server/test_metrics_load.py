@@ -237,3 +237,32 @@ def test_restarted_server_answers_from_the_cache(tmp_path: Any, live_server: Any
     assert again == answer
     index = second.deps.registry.cached("r").metrics
     assert index.source == {"from": "cache", "bytes": os.path.getsize(path)}
+
+
+@pytest.mark.parametrize("block", [1 << 24, 4096, 100])
+def test_uniform_records_column_path_same_as_reference(tmp_path: Any, block: int) -> None:
+    """What MetricsCollector writes (the same names on every line): read column by column, in
+    blocks of any size (a line longer than a block too), with NaN as "nan", null, ints, a
+    bool, a float step, and a resumed run that logs earlier steps again in a later block."""
+    path = str(tmp_path / METRICS)
+    out = []
+    for s in [*range(0, 600), *range(400, 700)]:  # resumed from step 400
+        loss: Any = "nan" if s % 50 == 7 else (s % 5 if s % 3 == 0 else 1.0 / (s + 1))
+        acc: Any = None if s % 40 == 3 else s / 700
+        rec = {"step": s, "wall_time": 1.7e9 + s, "metrics": {"loss": loss, "acc": acc, "ok": True}}
+        out.append(json.dumps(rec, separators=(",", ":")).encode())
+    out.append(b'{"step":700.0,"wall_time":1,"metrics":{"loss":0.5,"acc":0.5,"ok":false}}')
+    out.append(b'{"step":701,"metrics":{"loss":0.25,"acc":0.75,"ok":false}}')  # no wall_time
+    data = b"\n".join(out) + b"\n" + b'{"step":702,"metrics":{"lo'  # half written
+    with open(path, "wb") as f:
+        f.write(data)
+    index = MetricsIndex(path)
+    index.tail.max_bytes = block
+    index.update()
+    assert state(index) == state(Reference(data))
+    assert index.tail.offset == data.rfind(b"\n") + 1
+    with open(path, "ab") as f:  # the line is finished; the live tail takes over
+        f.write(b'ss":0.1,"acc":0.2}}\n')
+    assert index.update(collect=5)[-1]["step"] == 702
+    with open(path, "rb") as f:
+        assert state(index) == state(Reference(f.read()))

@@ -100,6 +100,68 @@ def _loads_orjson(raw: bytes) -> Any:
 #: One metrics line to Python, as :func:`json.loads` would parse it (raises ValueError).
 loads = _loads_json if _orjson is None else _loads_orjson
 
+
+def _last_wall_time(recs: list[dict[str, Any]], before: float | None) -> float | None:
+    """The last numeric ``wall_time`` of ``recs`` (records), else ``before``."""
+    for r in reversed(recs):
+        wt = r.get("wall_time")
+        if type(wt) is float or type(wt) is int:
+            return float(wt)
+    return before
+
+
+def _step_of(rec: Any) -> int | None:
+    """A parsed line's step as :meth:`MetricsIndex._add` takes it (None: not a record)."""
+    if type(rec) is not dict:
+        return None
+    step = rec.get("step")
+    if type(step) is int:
+        return step
+    return int(step) if type(step) is float else None  # a parser gives exact types
+
+
+def _columns(
+    steps: list[int], ms: list[dict[str, Any]]
+) -> list[tuple[str, list[int], list[float]]] | None:
+    """``(name, steps, values)`` of each metric when every ``metrics`` dict has the same
+    names; None otherwise. Values as :func:`_number` takes them (points it skips are left
+    out with their steps)."""
+    names = list(ms[0])
+    if set(map(len, ms)) != {len(names)}:
+        return None
+    columns: list[tuple[str, list[int], list[float]]] = []
+    for name in names:
+        try:
+            vals = [m[name] for m in ms]
+        except KeyError:  # another set of names somewhere
+            return None
+        if set(map(type, vals)) <= {float, int}:
+            columns.append((name, steps, vals))
+            continue
+        xs = list(map(_number, vals))
+        keep = [i for i, x in enumerate(xs) if x is not None]
+        if keep:
+            columns.append((name, [steps[i] for i in keep], [xs[i] for i in keep]))  # type: ignore[misc]
+    return columns
+
+
+def _parse_all(raws: list[bytes]) -> list[Any]:
+    """Each line parsed as :data:`loads` would; a line that does not parse is left out."""
+    if loads is _loads_orjson:
+        try:  # one C loop over the chunk; a line orjson refuses: line by line below
+            return list(map(_orjson.loads, raws))  # type: ignore[union-attr]
+        except ValueError:
+            pass
+    out = []
+    parse = loads
+    for raw in raws:
+        try:
+            out.append(parse(raw))
+        except ValueError:
+            continue
+    return out
+
+
 #: A first load larger than this runs with the cyclic garbage collector paused (the records it
 #: builds are freed by reference counting; a collection pass over a growing heap is waste).
 _BULK_BYTES = 1 << 20
@@ -208,23 +270,131 @@ class MetricsIndex:
         self._unsaved = 0
         return self.cache.snapshot(self)
 
+    def _first_read(self) -> None:
+        """The first load: the file (from the cache's offset) in blocks of ``max_bytes``, each
+        cut into lines and parsed in bulk. :meth:`jsonl.JsonlTail.read_lines` pairs every line
+        with its end offset, a third of a million-line load that only the live tail needs; the
+        tail is left as ``read_lines`` would leave it (cursor after the last complete line,
+        the file's identity remembered), and a line longer than a block is left to it."""
+        tail = self.tail
+        try:
+            fd = os.open(tail.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            st = os.fstat(fd)
+            if st.st_size < tail.offset:  # shorter than the cache said: read_lines restarts
+                return
+            tail._dev, tail._ino = st.st_dev, st.st_ino  # what read_lines would remember
+            while tail.offset < st.st_size:
+                data = os.pread(fd, min(tail.max_bytes, st.st_size - tail.offset), tail.offset)
+                last = data.rfind(b"\n")
+                if last < 0:
+                    return
+                recs = _parse_all(data[:last].split(b"\n"))
+                tail.offset += last + 1
+                if not self._add_columns(recs):
+                    self._add_records(recs)
+        finally:
+            os.close(fd)
+
     def _read(self, collect: int) -> list[dict[str, Any]]:
         out: deque[dict[str, Any]] = deque(maxlen=max(0, collect))
+        if not self.loaded and not collect:
+            self._first_read()
         for lines in _chunks(self.tail):
             if self.tail.reset:  # truncated or replaced: start over
                 self.tail.reset = False
                 self.clear()
                 out.clear()
-            add = self._add
             if collect:
+                add = self._add
                 for _, raw in lines:
                     rec = add(raw)
                     if rec is not None:
                         out.append(rec)
-            else:
-                for _, raw in lines:
-                    add(raw)
+            else:  # a first load, or a burst nobody is pushed: the bulk path
+                recs = _parse_all([raw for _, raw in lines])
+                if not self._add_columns(recs):
+                    self._add_records(recs)
         return list(out)
+
+    def _add_columns(self, recs: list[Any]) -> bool:
+        """The common case column by column, in C loops: every record a dict with an int
+        ``step`` (never going back, within the chunk or from what the index holds) and a
+        ``metrics`` dict with the same names. False, having changed nothing, for anything
+        else (:meth:`_add_records` then does it record by record; the result is the same)."""
+        if not recs:
+            return True
+        try:
+            steps = [r["step"] for r in recs]
+            ms = [r["metrics"] for r in recs]
+        except (KeyError, TypeError):  # not a dict, or flat records
+            return False
+        if set(map(type, steps)) != {int} or set(map(type, ms)) != {dict}:
+            return False
+        if steps != sorted(steps):
+            return False
+        columns = _columns(steps, ms)
+        if columns is None:
+            return False
+        for name, st, _ in columns:
+            s = self.series.get(name)
+            if s is not None and s.steps and st[0] < s.steps[-1]:
+                return False  # a resumed run logging earlier steps again: the general loop
+        try:
+            all_steps = array("q", steps)  # shared by every column that has each record
+            arrays = [
+                (name, all_steps if st is steps else array("q", st), array("d", vs))
+                for name, st, vs in columns
+            ]
+        except (OverflowError, TypeError):  # an int past 64 bits, a float too large
+            return False
+        for name, st_arr, vs_arr in arrays:
+            s = self.series.get(name)
+            if s is None:
+                s = self.series[name] = Series()
+            s.steps.extend(st_arr)
+            s.values.extend(vs_arr)
+        self.lines += len(recs)
+        self.last_step = steps[-1]
+        self.last_wall_time = _last_wall_time(recs, self.last_wall_time)
+        self.last_record = recs[-1]
+        return True
+
+    def _add_records(self, recs: list[Any]) -> None:
+        """:meth:`_add` for many parsed lines, the same in every case (what
+        :meth:`_add_columns` leaves: flat records, mixed names, a resumed run, bad lines)."""
+        series = self.series
+        cols: dict[str, list[Any]] = {}  # name -> [steps, values, last step]
+        for rec in recs:
+            step = _step_of(rec)
+            if step is None:
+                continue
+            metrics = rec.get("metrics")
+            if type(metrics) is not dict:
+                metrics = {k: v for k, v in rec.items() if k not in _RESERVED}
+            for name, raw_value in metrics.items():
+                value = _number(raw_value)
+                if value is None:
+                    continue
+                c = cols.get(name)
+                if c is None:
+                    s = series.get(name) or series.setdefault(name, Series())
+                    c = cols[name] = [s.steps, s.values, s.steps[-1] if s.steps else None]
+                if c[2] is not None and step < c[2]:
+                    cut = bisect_left(c[0], step)  # a resumed run: as in _add
+                    del c[0][cut:]
+                    del c[1][cut:]
+                c[0].append(step)
+                c[1].append(value)
+                c[2] = step
+            self.lines += 1
+            self.last_step = step
+            wt = rec.get("wall_time")
+            if type(wt) is float or type(wt) is int:
+                self.last_wall_time = float(wt)
+            self.last_record = rec
 
     def _add(self, raw: bytes) -> dict[str, Any] | None:
         try:
