@@ -375,3 +375,25 @@ def test_the_docs_example_runs(tmp_path: Any, monkeypatch: Any) -> None:
     exec(compile(block, str(doc), "exec"), {})
     recs = read_features(os.fspath(tmp_path / "runs" / "feat-demo"))[0]
     assert [r["step"] for r in recs] == list(range(10, 100, 10))
+
+
+def test_a_checkpoint_brings_it_back_with_its_parameters(tmp_path: Any) -> None:
+    first = Loop(os.fspath(tmp_path / "a"))
+    client = HotClient(first.kernel.run_dir)
+    client.cb_load("feats", path="hotcb.features", symbol="FeatureCapture", init={"every": 4})
+    client.cb("set_params", "feats", every=3, patterns=["0"])
+    first.run(2)
+    state = first.kernel.state_dict()
+    first.kernel.close()
+
+    second = Loop(os.fspath(tmp_path / "b"))
+    second.kernel.load_state_dict(state)
+    second.step = 2
+    second.run(5)  # steps 2..6
+    cap = second.kernel.module("cb").get("feats")
+    assert cap.every == 3 and cap.patterns == ["0"]
+    assert [(r["step"], list(r["layers"])) for r in records(second.kernel.run_dir)] == [
+        (3, ["0"]),
+        (6, ["0"]),
+    ]
+    second.kernel.close()
