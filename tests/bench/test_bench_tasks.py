@@ -228,3 +228,57 @@ def test_ai_condition_asks_the_configured_endpoint(tmp_path: Path, monkeypatch: 
     assert asked[0]["body"]["model"] == "scripted"
     _, runs = load_bench(os.fspath(out))
     assert len(runs[0]["curve"]["step"]) == 400
+
+
+def test_resnet20_run_on_cifar_shaped_tensors() -> None:
+    """The cifar10_resnet20 task's model and run, on random CIFAR-shaped tensors (the data set
+    itself is never downloaded; with torchvision and --data the same run trains on it)."""
+    from hotcb.bench.tasks import CifarRun, _sgd, resnet20
+
+    model = resnet20()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(272_474, rel=0.01)
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g),
+            torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))  # fmt: skip
+    run = CifarRun(0, data)
+    run.batch_size = 8
+    loss = run.train_step(_sgd(run.model.parameters(), 0.1))
+    assert math.isfinite(loss)
+    val_loss, acc = run.evaluate()
+    assert math.isfinite(val_loss) and acc is not None and 0 <= acc <= 1
+
+
+def test_cifar_task_without_torchvision_or_data_says_why() -> None:
+    from hotcb.bench.tasks import TaskUnavailable, load_task
+
+    with pytest.raises(
+        TaskUnavailable, match=r"^cifar10_resnet20: (torchvision|CIFAR-10|no CIFAR)"
+    ):
+        load_task("cifar10_resnet20", data_dir=None)
+
+
+def test_an_interrupted_bench_keeps_its_finished_runs(tmp_path: Path) -> None:
+    from hotcb.bench.report import write_report
+    from hotcb.bench.runner import Runner, Settings, run_bench
+
+    calls = {"n": 0}
+    real_run = Runner.run
+
+    def run_then_interrupt(self: Any, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_run(self, *args)
+
+    out = tmp_path / "out"
+    s = Settings(tasks=["digits_mlp"], conditions=["fixed", "cosine"], steps=20,
+                 out=os.fspath(out), progress=False)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Runner, "run", run_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(s, log=lambda msg: None)
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["interrupted_after_runs"] == 1
+    assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["fixed"]
+    write_report(os.fspath(out))
+    assert "INTERRUPTED after 1 runs" in (out / "report.md").read_text()

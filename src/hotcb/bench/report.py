@@ -179,6 +179,8 @@ def _setup_lines(meta: dict[str, Any]) -> list[str]:
     m = meta["machine"]
     wall = meta.get("wall_seconds")
     took = f"; the bench took {wall:.0f} s" if wall is not None else " (not finished)"
+    if "interrupted_after_runs" in meta:
+        took += f"; INTERRUPTED after {meta['interrupted_after_runs']} runs: a partial bench"
     seeds = ", ".join(map(str, meta["seeds"]))
     return [
         f"Seeds {seeds}; {m['cpus']} CPU cores, torch {m['torch']} on {m['threads']} thread(s), "

@@ -414,12 +414,15 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
             results.append(res)
             bar.update(1)
             bar.write(_line(res), file=sys.stderr)
+    except BaseException:  # Ctrl-C or a failing run: keep what finished, say it is partial
+        meta["interrupted_after_runs"] = len(results)
+        raise
     finally:
         bar.close()
-    meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    meta["finished_at"] = time.time()
-    jsonl.write_json_atomic(meta_path, meta)
-    save_summary(out, results)
+        meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        meta["finished_at"] = time.time()
+        jsonl.write_json_atomic(meta_path, meta)
+        save_summary(out, results)
     return meta
 
 
