@@ -397,3 +397,33 @@ def test_a_checkpoint_brings_it_back_with_its_parameters(tmp_path: Any) -> None:
         (6, ["0"]),
     ]
     second.kernel.close()
+
+
+@pytest.mark.slow
+def test_hf_trainer_adapter_gives_it_the_model(run_dir: str) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_tiny.py"
+    spec = importlib.util.spec_from_file_location("hf_tiny_features", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    trainer, kernel = example.build(run_dir, 12)
+    HotClient(run_dir).cb_load(
+        "feats",
+        path="hotcb.features",
+        symbol="FeatureCapture",
+        init={"patterns": ["*.output.dense"], "types": ["Linear"], "every": 4},
+    )
+    trainer.train()
+    kernel.close()
+    recs = records(run_dir)
+    assert [r["step"] for r in recs] == [4, 8, 12]  # the Trainer's global_step
+    names = list(recs[0]["layers"])
+    assert names and all(n.startswith("bert.encoder.layer.") for n in names)
+    assert all(r["layers"][n]["norm"] > 0 for r in recs for n in names)
+    assert hooks(trainer.model) == 0
