@@ -45,8 +45,8 @@ Env = Mapping[str, Any]
 STATS = ("mean", "std", "max_abs", "dead", "norm")
 
 #: Capture every this many steps by default. Measured in benchmarks/features.py (docs/
-#: benchmarks/features.md): a capture step costs a few steps' worth on small CPU models, so
-#: one in 100 keeps the average overhead under 2% of a step.
+#: benchmarks/features.md): on small CPU models (1-2 ms steps) a capture step costs 0.5-0.9 of
+#: a step more, so one in 100 keeps the average overhead near 1% of a step (target: < 2%).
 DEFAULT_EVERY = 100
 
 #: At most this many modules are hooked by default (a pattern that matches every module of a
