@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
@@ -39,7 +39,7 @@ _INLINE_BYTES = 256 * 1024
 _MAX_OBSERVED = 4096
 
 
-def _plain(v: Any) -> bool:
+def _plain(v: Any) -> TypeGuard[float]:
     """A number a chart can draw: int or float, not bool, finite."""
     return type(v) in (int, float) and math.isfinite(v)
 
@@ -266,7 +266,7 @@ class RunState:
             return
         for act in doc.get("actuators") or ():
             value = act.get("current") if isinstance(act, dict) else None
-            if type(value) not in (int, float) or not math.isfinite(value):
+            if not _plain(value):
                 continue
             seen = self.observed.setdefault(str(act.get("param_key")), [])
             if seen and (seen[-1][1] == value or step < seen[-1][0]):

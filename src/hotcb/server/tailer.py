@@ -42,7 +42,7 @@ from ..runfiles import METRICS_INDEX, TUNE, redact_url
 try:  # the dashboard extra brings orjson; the standard library's json is the fallback
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # runs.py builds on the tailers below; the loop only needs the names
     from .config import DashboardConfig
@@ -92,7 +92,7 @@ def _loads_orjson(raw: bytes) -> Any:
     """orjson, and json where orjson refuses what json takes (``NaN``/``Infinity`` tokens,
     integers past 64 bits, lone surrogates): every line parses to what ``json.loads`` gives."""
     try:
-        return _orjson.loads(raw)  # type: ignore[union-attr]
+        return _orjson.loads(raw)
     except ValueError:
         return json.loads(raw)
 
@@ -149,7 +149,7 @@ def _parse_all(raws: list[bytes]) -> list[Any]:
     """Each line parsed as :data:`loads` would; a line that does not parse is left out."""
     if loads is _loads_orjson:
         try:  # one C loop over the chunk; a line orjson refuses: line by line below
-            return list(map(_orjson.loads, raws))  # type: ignore[union-attr]
+            return list(map(_orjson.loads, raws))
         except ValueError:
             pass
     out = []
