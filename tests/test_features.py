@@ -377,6 +377,23 @@ def test_the_docs_example_runs(tmp_path: Any, monkeypatch: Any) -> None:
     assert [r["step"] for r in recs] == list(range(10, 100, 10))
 
 
+def test_it_is_bundled_so_a_run_that_loads_no_code_still_loads_it(run_dir: str) -> None:
+    """FeatureCapture ships with hotcb: a kernel with ``allow_code_load=False`` (the dashboard's
+    default) loads it by name from the bundled callbacks, and refuses the module path."""
+    loop = Loop(run_dir)
+    loop.kernel.close()
+    loop.kernel = HotKernel(run_dir, poll_interval_sec=0.0, allow_code_load=False)
+    client = HotClient(run_dir)
+    bundled = client.cb_load("feats", path="hotcb.modules.cb.callbacks", symbol="FeatureCapture",
+                             init={"every": 2, "patterns": ["0"]})  # fmt: skip
+    direct = client.cb_load("other", path="hotcb.features", symbol="FeatureCapture")
+    loop.run(5)
+    assert loop.ledger(bundled)["decision"] == "applied"
+    assert loop.ledger(direct)["decision"] == "rejected"
+    assert [r["step"] for r in records(run_dir)] == [2, 4]
+    loop.kernel.close()
+
+
 def test_a_checkpoint_brings_it_back_with_its_parameters(tmp_path: Any) -> None:
     first = Loop(os.fspath(tmp_path / "a"))
     client = HotClient(first.kernel.run_dir)
