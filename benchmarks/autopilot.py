@@ -454,6 +454,12 @@ def summary(tasks: list[Task], results: dict[str, list[Result]]) -> list[str]:
     ]
     if losses:
         lines.append(f"ReduceLROnPlateau ends lower on: {', '.join(losses)}.")
+        lines.append(
+            "Why the default rules were not changed to win there, with the variants tried and "
+            "the hindsight oracle of `benchmarks/tune.py` (the good lr from step 51 still ends "
+            "at 3.3× the good lr's loss from lr 10× too high): "
+            '[docs/autopilot.md, "Does it work?"](../autopilot.md#does-it-work).'
+        )
     return lines
 
 
