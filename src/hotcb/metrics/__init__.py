@@ -1,5 +1,7 @@
-"""Metrics stream: ``hotcb.metrics.jsonl``, one record per logged step."""
+"""Metrics stream: ``hotcb.metrics.jsonl``, one record per logged step; activation summaries:
+``hotcb.features.jsonl`` (:class:`FeatureCapture`, defined in :mod:`hotcb.features`)."""
 
+from ..features import FeatureCapture
 from ._collector import METRIC_ALIASES, MetricsCollector
 
-__all__ = ["METRIC_ALIASES", "MetricsCollector"]
+__all__ = ["METRIC_ALIASES", "FeatureCapture", "MetricsCollector"]
