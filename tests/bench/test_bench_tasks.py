@@ -76,12 +76,12 @@ def test_user_task_follows_the_contract(cli: Any, tmp_path: Path) -> None:
     assert meta["tasks"]["mytask:make_task"]["steps"] == 40  # the task's own total_steps
     for cond in ("fixed", "cosine"):
         for seed in (0, 1):
-            doc = json.loads((out / f"runs/mytask:make_task/{cond}/s{seed}/curve.json").read_text())
+            doc = json.loads((out / f"runs/mytask_make_task/{cond}/s{seed}/curve.json").read_text())
             assert len(doc["curve"]["step"]) == 40
             vals = [v for v in doc["curve"]["val_loss"] if v is not None]
             assert len(vals) == 8 and vals[-1] < vals[0]  # it learns
             assert doc["final"]["final_val_acc"] is None  # no accuracy: None, not 0
-    cos = json.loads((out / "runs/mytask:make_task/cosine/s0/curve.json").read_text())
+    cos = json.loads((out / "runs/mytask_make_task/cosine/s0/curve.json").read_text())
     assert cos["curve"]["lr"][0] == 0.05 and cos["curve"]["lr"][-1] < 0.001
     assert (out / "img" / "bench_mytask_make_task.png").exists()
     assert "linear regression" in (out / "report.html").read_text()

@@ -8,20 +8,15 @@ from __future__ import annotations
 import base64
 import html
 import os
-import re
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from . import HOTCB_CONDITIONS, LABELS
-from .runner import load_bench
+from .runner import load_bench, slug
 
 COLORS = {"fixed": "0.45", "cosine": "C0", "plateau": "C2", "schedulefree": "C4",
           "prodigy": "C1", "autopilot": "C3", "tune": "C5", "ai": "C6", "replay": "k"}  # fmt: skip
-
-
-def slug(task: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", task)
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:

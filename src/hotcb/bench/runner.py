@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -61,6 +62,11 @@ class Settings:
     progress: bool = True
     force: bool = False
     command: str | None = None  # as typed, for the report
+
+
+def slug(task: str) -> str:
+    """A task's name as a file name (``mymodule:make_task`` → ``mymodule_make_task``)."""
+    return re.sub(r"[^A-Za-z0-9_]+", "_", task)
 
 
 def current_lr(opt: torch.optim.Optimizer) -> float:
@@ -359,6 +365,8 @@ def check_plan(s: Settings) -> list[tuple[str, str]]:
                    ("--ai-base-url", s.ai_base_url), ("--ai-model", s.ai_model)) if not v]  # fmt: skip
         if missing:
             skips.append(("ai", f"not configured (missing {', '.join(missing)}); skipped"))
+            if "replay" in s.conditions and s.replay_of == "ai":
+                skips.append(("replay", "its source, ai, is skipped; skipped"))
     return skips
 
 
@@ -407,7 +415,7 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     try:
         for task, seed, cond in jobs:
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
-            folder = os.path.join(out, "runs", task.name, cond, f"s{seed}")
+            folder = os.path.join(out, "runs", slug(task.name), cond, f"s{seed}")
             os.makedirs(folder, exist_ok=True)
             res = runner.run(task, cond, seed, folder)
             save_run(folder, res)
@@ -493,7 +501,7 @@ def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for task in meta["tasks"]:
         for seed in meta["seeds"]:
             for cond in meta["conditions"]:
-                path = os.path.join(out, "runs", task, cond, f"s{seed}", "curve.json")
+                path = os.path.join(out, "runs", slug(task), cond, f"s{seed}", "curve.json")
                 if os.path.exists(path):
                     with open(path) as f:
                         runs.append(json.load(f))
