@@ -35,6 +35,8 @@ __all__ = ["RunNotFound", "RunRegistry", "RunState", "discover", "run_dirs"]
 
 #: Catching up more than this many bytes happens in a worker thread, not on the event loop.
 _INLINE_BYTES = 256 * 1024
+#: How long after a load the metrics cache is written (the page's first requests come first).
+_CACHE_DELAY_SEC = 2.0
 #: Values of one knob kept from the actuators file (older ones are thinned beyond this).
 _MAX_OBSERVED = 4096
 
@@ -164,8 +166,10 @@ class RunState:
             self._saving = asyncio.get_running_loop().create_task(self._save_cache())
 
     async def _save_cache(self) -> None:
-        """Copy the index under the lock, write the copy without it (requests go on)."""
+        """Copy the index under the lock, write the copy without it (requests go on), a
+        little after the load: the page's first requests come first."""
         try:
+            await asyncio.sleep(_CACHE_DELAY_SEC)
             async with self.lock:
                 snap = await asyncio.to_thread(self.metrics.cache_snapshot)
             if self.metrics.cache is not None:
