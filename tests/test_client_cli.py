@@ -225,6 +225,27 @@ def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
     assert st["unread_command_bytes"] == 0
 
 
+def test_status_of_a_loop_that_logs_no_metrics_is_running(run_dir: str, cli: Any) -> None:
+    """The README's minimal loop records no metrics: the kernel's heartbeat tells
+    ``hotcb status`` it is running, at which step."""
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    try:
+        for step in range(1, 4):
+            kernel.apply({"step": step, "optimizer": opt, "model": model})
+        res = cli(run_dir, "status")
+        assert res.returncode == 0, res.stderr
+        assert f"run      {run_dir}  [running]" in res.stdout
+        alive = [ln for ln in res.stdout.splitlines() if ln.startswith("alive    step ")]
+        assert alive and f"pid {os.getpid()}" in alive[0]
+        st = json.loads(cli(run_dir, "status", "--json").stdout)
+        assert st["state"] == "running" and st["last_metrics"] is None
+        assert st["heartbeat"]["step"] in (1, 2, 3)
+    finally:
+        kernel.close()
+
+
 def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:
     for v in (0.2, 0.3, 0.4):
         cli(run_dir, "loss", "set_params", f"smooth={v}")

@@ -185,7 +185,11 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
     ledger_tail = list(view.entries)
     cursor = ledger_tail[-1].get("cursor", 0) if ledger_tail else 0
     metrics_time = last_metrics[0].get("wall_time") if last_metrics else None
-    times = [t for t in (metrics_time, view.last_wall_time) if isinstance(t, (int, float))]
+    beat = jsonl.read_json(paths.heartbeat, None)  # the kernel's, once a second
+    beat = beat if isinstance(beat, dict) else None
+    beat_time = beat.get("wall_time") if beat else None
+    times = [t for t in (metrics_time, view.last_wall_time, beat_time)
+             if isinstance(t, (int, float))]  # fmt: skip
     status: dict[str, Any] = {
         "run_dir": paths.root,
         "exists": os.path.isdir(paths.root),
@@ -194,6 +198,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "actuators": acts.get("actuators") or [],
         "actuators_step": acts.get("step"),
         "last_metrics": last_metrics[0] if last_metrics else None,
+        "heartbeat": beat,
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
         "pending": list(view.pending.values()),
         "ledger": ledger_tail,
@@ -236,6 +241,10 @@ def _print_run(st: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in list(lm["metrics"].items())[:6])
         age = time.time() - float(lm.get("wall_time") or 0)
         print(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
+    beat = st.get("heartbeat")
+    if beat and isinstance(beat.get("wall_time"), (int, float)):
+        age = time.time() - float(beat["wall_time"])
+        print(f"alive    step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
     if st["unread_command_bytes"]:
         print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
 
