@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +171,11 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
 
 
+def _md_code(text: str) -> str:
+    """Markdown's `code` spans as HTML ``<code>`` (on already escaped text)."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+
+
 def _setup_lines(meta: dict[str, Any]) -> list[str]:
     m = meta["machine"]
     wall = meta.get("wall_seconds")
@@ -189,7 +195,8 @@ def write_report(out: str) -> dict[str, str]:
     meta, runs = load_bench(out)
     os.makedirs(os.path.join(out, "img"), exist_ok=True)
     md = ["# hotcb bench", "", *_setup_lines(meta), ""]
-    body = [f"<h1>hotcb bench</h1><p>{'<br>'.join(html.escape(x) for x in _setup_lines(meta))}</p>"]
+    setup = "<br>".join(_md_code(html.escape(x)) for x in _setup_lines(meta))
+    body = [f"<h1>hotcb bench</h1><p>{setup}</p>"]
     if meta["skipped"]:
         md += ["Skipped:", "", *(f"- {s['what']}: {s['why']}" for s in meta["skipped"]), ""]
         items = "".join(f"<li>{html.escape(s['what'])}: {html.escape(s['why'])}</li>"
