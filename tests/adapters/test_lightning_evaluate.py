@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from adapter_helpers import ENV, EXAMPLES, read_jsonl
 
 from hotcb import HotClient, HotKernel
@@ -226,7 +227,7 @@ def test_lightning_evaluate_is_refused_without_validation(tmp_path: Path) -> Non
     assert trainer.global_step == 3 and validated == []
 
 
-def test_lightning_evaluate_is_refused_without_an_epoch_boundary(tmp_path: Path) -> None:
+def test_lightning_evaluate_is_refused_when_validation_runs_on_a_clock(tmp_path: Path) -> None:
     clock = os.fspath(tmp_path / "clock")
     HotClient(clock).evaluate()
     _, validated = _fit(clock, max_steps=3, val_check_interval="00:01:00:00")
@@ -234,9 +235,147 @@ def test_lightning_evaluate_is_refused_without_an_epoch_boundary(tmp_path: Path)
     assert e["decision"] == "rejected" and validated == []
     assert e["error"].startswith("validation runs on a clock (every 3600.0 s)")
 
-    batches = os.fspath(tmp_path / "batches")
-    HotClient(batches).evaluate()
-    _fit(batches, max_steps=3, val_check_interval=100, check_val_every_n_epoch=None)
-    (e,) = _settled(batches)
-    assert e["decision"] == "rejected"
-    assert e["error"].startswith("validation runs every 100 training batches across epochs")
+
+# ---------------------------------------------- step-based validation (check_val_every_n_epoch=None)
+# Every N training batches across epochs, as in examples/lightning_digits.py (47 batches an
+# epoch here): Lightning validates after a batch when (total_batch_idx + 1) % val_check_batch
+# == 0, checked after on_train_batch_end; the callback sets val_check_batch = 1 for that batch.
+BY_STEPS: dict[str, Any] = {
+    "val_check_interval": 50,
+    "check_val_every_n_epoch": None,
+    "limit_train_batches": 1.0,
+}
+
+
+def test_lightning_evaluate_with_step_based_validation_runs_after_that_batch(
+    tmp_path: Path,
+) -> None:
+    run = os.fspath(tmp_path / "run")
+    c = HotClient(run)
+    cid, again, late = (
+        c.send("control", "evaluate", at_step=7),
+        c.send("control", "evaluate", at_step=7),  # asked twice: one validation
+        c.send("control", "evaluate", at_step=61),  # in epoch 1 (steps 48-94)
+    )
+    trainer, validated = _fit(run, max_steps=100, **BY_STEPS)
+    # right after steps 7 and 61, and the regular schedule is unchanged: 50, 100
+    assert validated == [7, 50, 61, 100]
+    assert trainer.val_check_batch == 50 and trainer.check_val_every_n_epoch is None
+
+    entries = _settled(run)
+    by_id = {e["cmd_id"]: e for e in entries if e["cmd_id"] is not None}
+    assert by_id[cid]["decision"] == "applied" and by_id[cid]["step"] == 7
+    assert by_id[cid]["evaluate"] == "runs after training step 7"
+    assert by_id[again]["evaluate"] == "runs after training step 7 (already asked at step 7)"
+    assert by_id[late]["evaluate"] == "runs after training step 61"
+    ran = [e for e in entries if e["cmd_id"] is None]
+    assert [(e["evaluate"], e["step"], e["requested_step"], e["epoch"]) for e in ran] == [
+        ("ran", 7, 7, 0),
+        ("ran", 61, 61, 1),
+    ]
+    assert all(e["source"] == "lightning" and e["event"] == "val_epoch_end" for e in ran)
+
+    firsts: dict[float, int] = {}
+    for r in read_jsonl(os.path.join(run, "hotcb.metrics.jsonl")):
+        if "val_loss" in r["metrics"]:
+            firsts.setdefault(r["metrics"]["val_loss"], r["step"])
+    assert sorted(firsts.values()) == [7, 50, 61, 100]
+
+
+def test_lightning_evaluate_with_step_based_validation_on_a_scheduled_batch(
+    tmp_path: Path,
+) -> None:
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "evaluate", at_step=50)  # validates there anyway
+    trainer, validated = _fit(run, max_steps=60, **BY_STEPS)
+    assert validated == [50] and trainer.val_check_batch == 50
+    assert [e["evaluate"] for e in _settled(run)] == ["runs after training step 50", "ran"]
+
+
+def test_lightning_evaluate_with_step_based_validation_and_gradient_accumulation(
+    tmp_path: Path,
+) -> None:
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "evaluate", at_step=3)
+    # 2 batches an optimizer step, 47 batches an epoch (its last step has one): Lightning's own
+    # schedule (batches 50 and 100) is at steps 25 and 51, with the evaluate as without it
+    _, baseline = _fit(os.fspath(tmp_path / "baseline"), max_steps=51, accumulate_grad_batches=2,
+                       **BY_STEPS)  # fmt: skip
+    trainer, validated = _fit(run, max_steps=51, accumulate_grad_batches=2, **BY_STEPS)
+    assert baseline == [25, 51] and validated == [3, 25, 51] and trainer.val_check_batch == 50
+    assert [(e["evaluate"], e["step"]) for e in _settled(run)] == [
+        ("runs after training step 3", 3),
+        ("ran", 3),
+    ]
+
+
+def test_lightning_evaluate_with_step_based_validation_that_lightning_skips(
+    tmp_path: Path,
+) -> None:
+    """An empty val dataloader: Lightning skips the validation loop (no on_validation_end), so
+    the callback puts val_check_batch back at the next batch and says it did not run."""
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "evaluate", at_step=2)
+    kernel = HotKernel(run)
+    seen = Validations()
+    trainer = pl.Trainer(
+        callbacks=[HotCBLightning(kernel), seen], accelerator="cpu", devices=1,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        logger=False, num_sanity_val_steps=0, max_steps=5, **BY_STEPS,
+    )  # fmt: skip
+    train, val = LIT.loaders()
+    empty = torch.utils.data.DataLoader(torch.utils.data.Subset(val.dataset, []), batch_size=8)
+    trainer.fit(LIT.DigitsModule(), train, empty)
+    kernel.close()
+    assert seen.steps == [] and trainer.val_check_batch == 50 and trainer.global_step == 5
+    asked, missed = _settled(run)
+    assert asked["evaluate"] == "runs after training step 2"
+    assert missed["decision"] == "noop" and missed["evaluate"] == "did not run"
+    assert missed["step"] == 3 and missed["requested_step"] == 2
+    assert missed["error"].startswith("Lightning did not validate after that batch")
+
+
+def test_lightning_evaluate_with_step_based_validation_on_an_unknown_lightning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Lightning whose scheduling hotcb does not know: refused with the reason, training goes
+    on, nothing is changed."""
+    import lightning
+
+    monkeypatch.setattr(lightning, "__version__", "3.0.0")
+    run = os.fspath(tmp_path / "run")
+    cid = HotClient(run).evaluate()
+    trainer, validated = _fit(run, max_steps=4, val_check_interval=100,
+                              check_val_every_n_epoch=None)  # fmt: skip
+    (e,) = _settled(run)
+    assert e["cmd_id"] == cid and e["decision"] == "rejected" and e["evaluate"] == "unsupported"
+    assert e["error"].startswith(
+        "validation runs every 100 training batches across epochs (val_check_interval=100, "
+        "check_val_every_n_epoch=None) and hotcb knows how Lightning 2.x schedules it, not "
+        "Lightning 3.0.0"
+    )
+    assert trainer.global_step == 4 and validated == [] and trainer.val_check_batch == 100
+
+
+def test_lightning_digits_example_accepts_hotcb_evaluate(tmp_path: Path, cli: Any) -> None:
+    """The flagship example (validation every --val-every batches, check_val_every_n_epoch=None)
+    as a user runs it, with `hotcb evaluate` from the real CLI (it lands on the first step)."""
+    run = os.fspath(tmp_path / "run")
+    assert cli(run, "init").returncode == 0
+    done = cli(run, "evaluate")
+    assert done.returncode == 0, done.stderr
+    argv = [sys.executable, os.fspath(EXAMPLES / "lightning_digits.py"), "--run-dir", run,
+            "--steps", "20", "--val-every", "10", "--step-delay", "0"]  # fmt: skip
+    proc = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done at step 20" in proc.stdout
+    asked, ran = _settled(run)
+    assert asked["cmd_id"] == done.stdout.strip() and asked["source"] == "cli"
+    assert (asked["decision"], asked["step"]) == ("applied", 1)
+    assert asked["evaluate"] == "runs after training step 1"
+    assert (ran["evaluate"], ran["step"], ran["requested_step"]) == ("ran", 1, 1)
+    firsts: dict[float, int] = {}
+    for r in read_jsonl(os.path.join(run, "hotcb.metrics.jsonl")):
+        if "val_loss" in r["metrics"]:
+            firsts.setdefault(r["metrics"]["val_loss"], r["step"])
+    assert sorted(firsts.values()) == [1, 10, 20]  # then every 10 batches, as before

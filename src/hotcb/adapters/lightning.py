@@ -17,18 +17,31 @@ step (``on_train_batch_end``) and after each validation run (``on_validation_end
   attributes Lightning's own LR finder and ``StochasticWeightAveraging`` write during fit; the
   fit loop reads them after every batch. A horizon at or below ``global_step`` ends fit after
   this batch.
-- ``evaluate`` → validation at the next epoch boundary: Lightning 2.x has no public way to
-  start validation inside ``fit()`` at once (``trainer.validate()`` there breaks the fit loop,
-  and the loops that run it are private classes), so the callback sets
-  ``trainer.check_val_every_n_epoch`` to 1 (the attribute Lightning's own ``fast_dev_run`` sets)
-  until the validation has run, then puts it back. Validation then runs at this epoch's next
-  validation check: its end with the default ``val_check_interval=1.0``. The ledger entry says
-  so (``"evaluate": "deferred to the end of epoch N"``), and an entry with
-  ``"evaluate": "ran"`` follows when the validation has run (``"did not run"`` when fit ended
-  first). Refused with the reason when there is nothing to validate (no val dataloader, no
-  ``validation_step``, ``limit_val_batches=0``) or when validation has no epoch boundary to wait
-  for (``check_val_every_n_epoch=None``: every N batches across epochs; or a time-based
-  ``val_check_interval``).
+- ``evaluate`` → validation at Lightning's next validation check, brought forward: Lightning 2.x
+  has no public way to start validation inside ``fit()`` at once (``trainer.validate()`` there
+  breaks the fit loop, and the loops that run it are private classes), but after every training
+  batch the fit loop asks whether to validate, from Trainer attributes it reads each time.
+
+  - Step-based validation (``check_val_every_n_epoch=None``, ``val_check_interval=N``: every N
+    batches across epochs, as in ``examples/lightning_digits.py``): Lightning validates after
+    a batch when ``(total_batch_idx + 1) % trainer.val_check_batch == 0``. The callback sets
+    ``trainer.val_check_batch = 1`` (computed by Lightning from ``val_check_interval`` at the
+    start of fit) in ``on_train_batch_end``, which comes before that check for the same batch,
+    so validation runs right after this training batch; the callback puts the old value back
+    in ``on_validation_end``, and the regular schedule (multiples of N) is unchanged. The
+    ledger says ``"evaluate": "runs after training step S"``. Only on a Lightning 2.x whose
+    Trainer has that attribute (else refused with the reason); should validation not run
+    after that batch, the value is put back at the next batch and the ledger says
+    ``"did not run"``.
+  - Epoch-based validation: the callback sets ``trainer.check_val_every_n_epoch`` to 1 (the
+    attribute Lightning's own ``fast_dev_run`` sets) until the validation has run, then puts it
+    back. Validation then runs at this epoch's next validation check: its end with the default
+    ``val_check_interval=1.0``. The ledger says ``"evaluate": "deferred to the end of epoch N"``.
+
+  An entry with ``"evaluate": "ran"`` follows when the validation has run (``"did not run"``
+  when fit ended first). Refused with the reason when there is nothing to validate (no val
+  dataloader, no ``validation_step``, ``limit_val_batches=0``) or when validation runs on a
+  clock (a time-based ``val_check_interval``: no batch or epoch to bring it to).
 - SIGTERM / Ctrl-C (``checkpoint_on_signal``, on by default): a checkpoint at the next safe
   point, then ``trainer.should_stop``. Lightning itself answers SIGTERM by raising
   ``SIGTERMException`` out of ``fit()`` after that batch (the checkpoint is saved by then;
@@ -46,6 +59,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from typing import Any
 
 from ..errors import HotcbError
@@ -116,7 +130,9 @@ class _Hooks:
         self.metrics_every = max(1, int(metrics_every))
         self.checkpoint_on_signal = checkpoint_on_signal
         self._last_step: int | None = None
-        #: a deferred ``evaluate``: the step it was asked at, the epoch it runs in, and the
+        #: a deferred ``evaluate``: the step it was asked at, the epoch it runs in, ``batch``:
+        #: the ``total_batch_idx`` it validates after (step-based validation; None: at the
+        #: epoch's validation check), and the ``val_check_batch`` (step-based) or
         #: ``check_val_every_n_epoch`` to put back once it ran (_KEEP: it was not changed)
         self._eval: dict[str, Any] | None = None
         self._caught = False  # this callback installed the signal handlers (and releases them)
@@ -180,9 +196,11 @@ class _Hooks:
         return path
 
     def _request_evaluate(self, trainer: Any) -> str:
-        """``evaluate``: validation at this epoch's next validation check (see the module
-        docstring); what the ledger entry says."""
+        """``evaluate``: validation after this training batch (step-based validation) or at this
+        epoch's next validation check (see the module docstring); what the ledger entry says."""
         _check_can_evaluate(trainer)
+        if trainer.check_val_every_n_epoch is None:
+            return self._evaluate_after_batch(trainer)
         epoch = int(trainer.current_epoch)
         if trainer.validating and trainer.is_last_batch:
             epoch += 1  # asked right after this epoch's last validation: the next epoch's
@@ -196,20 +214,41 @@ class _Hooks:
             return f"deferred to {where} (already asked at step {self._eval['step']})"
         every = trainer.check_val_every_n_epoch
         scheduled = (epoch + 1) % every == 0  # this epoch validates anyway
-        self._eval = {"step": int(trainer.global_step), "epoch": epoch,
+        self._eval = {"step": int(trainer.global_step), "epoch": epoch, "batch": None,
                       "restore": _KEEP if scheduled else every}  # fmt: skip
         if not scheduled:
             # read by the fit loop at every batch end; put back in on_validation_end
             trainer.check_val_every_n_epoch = 1
         return f"deferred to {where}"
 
-    def _evaluated(self, trainer: Any, ran: bool) -> None:
-        """The deferred ``evaluate`` ran (or fit ended first): the schedule goes back, and the
-        ledger says so."""
+    def _evaluate_after_batch(self, trainer: Any) -> str:
+        """Step-based validation: ``val_check_batch = 1`` makes the fit loop validate after this
+        training batch (its check comes after ``on_train_batch_end``); put back in
+        ``on_validation_end``."""
+        step = int(trainer.global_step)
+        batch = int(trainer.fit_loop.epoch_loop.total_batch_idx)
+        if trainer.validating:
+            # asked in on_validation_end, after this batch's check: the next batch validates
+            batch += 1
+            where = "runs after the next training batch"
+        else:
+            where = f"runs after training step {step}"
+        if self._eval is not None:
+            return f"{where} (already asked at step {self._eval['step']})"
+        self._eval = {"step": step, "epoch": int(trainer.current_epoch), "batch": batch,
+                      "restore": trainer.val_check_batch}  # fmt: skip
+        trainer.val_check_batch = 1
+        return where
+
+    def _evaluated(self, trainer: Any, ran: bool, why: str | None = None) -> None:
+        """The deferred ``evaluate`` ran (or fit ended first, or ``why`` it did not run): the
+        schedule goes back, and the ledger says so."""
         ev, self._eval = self._eval, None
         if ev is None:
             return
-        if ev["restore"] is not _KEEP:
+        if ev["batch"] is not None:
+            trainer.val_check_batch = ev["restore"]
+        elif ev["restore"] is not _KEEP:
             trainer.check_val_every_n_epoch = ev["restore"]
         fields: dict[str, Any] = {
             "source": "lightning", "module": "control", "op": "evaluate",
@@ -218,9 +257,14 @@ class _Hooks:
         if ran:
             fields.update(decision="applied", event=_VAL[0], evaluate="ran")
         else:
+            if why is None:
+                why = "fit ended before " + (
+                    f"epoch {ev['epoch']}'s validation" if ev["batch"] is None
+                    else "the validation after the next training batch"
+                )  # fmt: skip
             fields.update(decision="noop", evaluate="did not run",
-                          error=f"fit ended before epoch {ev['epoch']}'s validation: the "
-                          f"evaluate asked at step {ev['step']} did not run")  # fmt: skip
+                          error=f"{why}: the evaluate asked at step {ev['step']} did not "
+                          "run")  # fmt: skip
         self.kernel.record(fields)
 
     # -- hooks ------------------------------------------------------------------------------
@@ -240,6 +284,15 @@ class _Hooks:
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        ev = self._eval
+        if (
+            ev is not None
+            and ev["batch"] is not None
+            and trainer.fit_loop.epoch_loop.total_batch_idx > ev["batch"]
+        ):
+            # the batch it was due after went by without a validation (Lightning skipped it):
+            # the schedule goes back
+            self._evaluated(trainer, False, "Lightning did not validate after that batch")
         step = int(trainer.global_step)
         # global_step moves when an optimizer stepped in this batch; a batch that did not move it
         # is a micro-batch of gradient accumulation
@@ -332,7 +385,7 @@ def _set_max_epochs(trainer: Any, max_epochs: int) -> dict[str, Any]:
 
 
 def _check_can_evaluate(trainer: Any) -> None:
-    """Raise the reason when ``evaluate`` cannot be deferred to an epoch boundary."""
+    """Raise the reason when ``evaluate`` cannot be brought to a validation check."""
     if not getattr(trainer, "enable_validation", True):
         raise HotcbError(
             "nothing to evaluate: this fit has no validation (a val dataloader, a "
@@ -345,16 +398,41 @@ def _check_can_evaluate(trainer: Any) -> None:
     seconds = getattr(trainer, "_val_check_time_interval", None)
     if seconds is not None or not isinstance(interval, (int, float)):
         raise HotcbError(
-            f"validation runs on a clock (every {seconds} s): it has no epoch boundary to "
-            "defer it to, and Lightning 2.x has no public way to start it sooner"
+            f"validation runs on a clock (every {seconds} s): it has no batch or epoch "
+            "boundary to bring it to, and Lightning 2.x has no public way to start it sooner"
         )
     if trainer.check_val_every_n_epoch is None:
-        raise HotcbError(
-            f"validation runs every {interval} training batches across epochs "
-            f"(val_check_interval={interval!r}, check_val_every_n_epoch=None): it has no "
-            "epoch boundary to defer it to, and Lightning 2.x has no public way to start "
-            "validation inside fit() at once"
+        why = _cannot_validate_after_batch(trainer)
+        if why is not None:
+            raise HotcbError(
+                f"validation runs every {interval} training batches across epochs "
+                f"(val_check_interval={interval!r}, check_val_every_n_epoch=None) and {why}: "
+                "it has no epoch boundary to defer it to, and Lightning has no public way to "
+                "start validation inside fit() at once"
+            )
+
+
+def _cannot_validate_after_batch(trainer: Any) -> str | None:
+    """Why ``val_check_batch = 1`` would not make this trainer validate after the current batch
+    (None: it does). Lightning 2.x validates after a batch when ``check_val_every_n_epoch`` is
+    None and ``(epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0``."""
+    package = sys.modules.get(type(trainer).__module__.partition(".")[0], _pl)
+    version = str(getattr(package, "__version__", "?"))
+    if version.partition(".")[0] != "2":
+        return f"hotcb knows how Lightning 2.x schedules it, not Lightning {version}"
+    batches = getattr(trainer, "val_check_batch", None)
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if (
+        not isinstance(batches, int)
+        or isinstance(batches, bool)
+        or not isinstance(getattr(loop, "total_batch_idx", None), int)
+        or not callable(getattr(loop, "_should_check_val_fx", None))
+    ):
+        return (
+            f"this Lightning {version} schedules it in a way hotcb does not know "
+            f"(trainer.val_check_batch={batches!r})"
         )
+    return None
 
 
 def __getattr__(name: str) -> Any:
