@@ -120,11 +120,11 @@ def test_lightning_evaluate_is_refused_with_the_reason_and_training_goes_on(
 ) -> None:
     run = os.fspath(tmp_path / "run")
     cid = HotClient(run).evaluate()
-    trainer = _fit(run, val=True, max_steps=4, val_check_interval=100, check_val_every_n_epoch=None)
+    trainer = _fit(run, val=True, max_steps=4, val_check_interval="00:01:00:00")  # on a clock
     e = _entry(run, cid)
     assert e["decision"] == "rejected" and e["evaluate"] == "unsupported" and e["step"] == 1
-    assert "no public way to start validation inside fit()" in e["error"]
-    assert "val_check_interval=100" in e["error"]
+    assert "no public way to start it sooner" in e["error"]
+    assert "validation runs on a clock (every 3600.0 s)" in e["error"]
     assert trainer.global_step == 4
 
 
