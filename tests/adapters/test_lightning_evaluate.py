@@ -1,6 +1,8 @@
 """``control evaluate`` with a real Lightning ``Trainer`` (issue #15): validation runs at the next
-epoch boundary even when ``check_val_every_n_epoch`` would skip that epoch, the schedule comes
-back afterwards, and the ledger says when it was deferred to and that it ran.
+epoch boundary even when ``check_val_every_n_epoch`` would skip that epoch, and right after the
+training batch it lands on when validation is step-based (``check_val_every_n_epoch=None``, as in
+``examples/lightning_digits.py``); the schedule comes back afterwards, and the ledger says when
+it runs and that it ran.
 
 The model and data are ``examples/lightning_digits.py``'s (TinyMLP on digits, CPU). Commands are
 written before ``fit`` (the real ``hotcb evaluate`` CLI lands on the first step; HotClient with
@@ -290,6 +292,41 @@ def test_lightning_evaluate_with_step_based_validation_on_a_scheduled_batch(
     trainer, validated = _fit(run, max_steps=60, **BY_STEPS)
     assert validated == [50] and trainer.val_check_batch == 50
     assert [e["evaluate"] for e in _settled(run)] == ["runs after training step 50", "ran"]
+
+
+class AskDuringValidation(pl.Callback):
+    """Sends ``hotcb evaluate`` from the validation at ``step``, before HotCBLightning's
+    ``on_validation_end`` (callbacks run in list order), which picks it up there."""
+
+    def __init__(self, run_dir: str, step: int) -> None:
+        self.run_dir, self.step, self.cid = run_dir, step, ""
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.global_step == self.step and not self.cid:
+            self.cid = HotClient(self.run_dir).evaluate()
+
+
+def test_lightning_evaluate_with_step_based_validation_asked_during_a_validation(
+    tmp_path: Path,
+) -> None:
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0)  # reads the command at the next safe point
+    ask, seen = AskDuringValidation(run, 50), Validations()
+    trainer = pl.Trainer(
+        callbacks=[ask, HotCBLightning(kernel), seen], accelerator="cpu", devices=1,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        logger=False, num_sanity_val_steps=0, limit_val_batches=1, max_steps=100, **BY_STEPS,
+    )  # fmt: skip
+    train, val = LIT.loaders()
+    trainer.fit(LIT.DigitsModule(), train, val)
+    kernel.close()
+    # this batch's check is past: after the next one (step 51), then the schedule as before
+    assert seen.steps == [50, 51, 100] and trainer.val_check_batch == 50
+    asked, ran = _settled(run)
+    assert asked["cmd_id"] == ask.cid and asked["step"] == 50
+    assert asked["event"] == "val_epoch_end"
+    assert asked["evaluate"] == "runs after the next training batch"
+    assert (ran["evaluate"], ran["step"], ran["requested_step"]) == ("ran", 51, 50)
 
 
 def test_lightning_evaluate_with_step_based_validation_and_gradient_accumulation(
