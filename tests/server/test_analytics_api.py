@@ -60,6 +60,10 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
     with MetricsCollector(os.fspath(tmp_path / "short")) as m:
         for s in range(20):
             m.log(s, {"loss": 1.0 / (s + 1)})
+    with MetricsCollector(os.fspath(tmp_path / "slashed")) as m:  # the demo's names
+        for s in range(100):
+            m.log(s, {"grad_norm": 1.0, "lr": 0.1, "train/loss": 2.0 / (s + 1),
+                      **({"val/loss": 2.2 / (s + 1)} if s % 10 == 9 else {})})  # fmt: skip
     srv = live_server()
     with srv.client() as c:
         d = c.get("/api/runs/decay/forecast", params={"horizon": 100}).json()
@@ -83,6 +87,11 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
         lin = c.get("/api/runs/linear/forecast?horizon=100").json()
         assert lin["metric"] == "acc" and lin["show"] is False and lin["note"] == NOT_BETTER
         assert lin["forecast"] is not None and lin["backtest"]["better"] is False
+
+        # not the configured key metric: the validation loss by its usual names, not the
+        # first name in the list (grad_norm)
+        slashed = c.get("/api/runs/slashed/forecast?horizon=50").json()
+        assert slashed["metric"] == "val/loss"
 
         short = c.get("/api/runs/short/forecast?horizon=100").json()
         assert short["show"] is False and "not enough history" in short["note"]

@@ -111,6 +111,12 @@ def forecast_doc(x: np.ndarray, y: np.ndarray, horizon: int) -> dict[str, Any]:
     }
 
 
+#: What a run most likely calls its key metric, when the configuration's is not logged: the
+#: names the Lightning, HF and bare-loop conventions use, validation first.
+_CONVENTIONAL = ("val_loss", "val/loss", "valid/loss", "eval_loss", "eval/loss", "loss",
+                 "train/loss", "train_loss")  # fmt: skip
+
+
 class _Runs:
     """What the analytics endpoints read of runs: metric series (a branch's joined with its
     parent's), related runs, and a small cache of results keyed by what they were made from."""
@@ -141,9 +147,13 @@ class _Runs:
                 raise HTTPException(404, detail=f"run {run.run_id!r} has no metric {metric!r} (it logs: {logged})")  # fmt: skip
             return metric
         cfg = self.deps.config
-        for m in (cfg.autopilot.key_metric, cfg.chart.key_metric):
+        for m in (cfg.autopilot.key_metric, cfg.chart.key_metric, *_CONVENTIONAL):
             if m in names:
                 return m
+        losses = [n for n in names if "loss" in n.lower()]  # a validation loss first
+        losses.sort(key=lambda n: not n.lower().startswith(("val", "eval")))
+        if losses:
+            return losses[0]
         # nothing logged yet: the key metric, whose forecast then says there are no points
         return names[0] if names else cfg.autopilot.key_metric
 
