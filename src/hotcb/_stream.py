@@ -39,10 +39,12 @@ class ActuatorStream:
         actuators_path: str,
         *,
         warn: Callable[[str, str], None],
+        history_path: str | None = None,
     ) -> None:
         self.state = state
         self.recorder = recorder
         self.path = actuators_path
+        self.history_path = history_path  # hotcb.knobs.jsonl: values that moved on their own
         self.leader = True
         self.ramps: dict[str, Ramp] = {}
         self.opt_registered = any(a.group == "opt" for a in state)
@@ -261,7 +263,7 @@ class ActuatorStream:
         """Pick up values that moved on their own (an LR scheduler) for the actuators file."""
         if not self.leader:
             return
-        changed = False
+        moved: dict[str, Any] = {}
         for act in self.state:
             if act.read_fn is None or act.state.value in ("init", "disabled"):
                 continue
@@ -271,10 +273,22 @@ class ActuatorStream:
                 continue
             if not act.matches(live, act.current_value):
                 act.current_value = live
-                changed = True
-        if changed:
+                moved[act.param_key] = live
+        if moved:
             self.state.version += 1
             self.write(env.get("step"))
+            self._remember(env.get("step"), moved)
+
+    def _remember(self, step: Any, moved: dict[str, Any]) -> None:
+        """Append the values that moved on their own to ``hotcb.knobs.jsonl`` (at most once a
+        second, with the refresh), so the dashboard can chart them from the start."""
+        if self.history_path is None:
+            return
+        record = {"step": step, "wall_time": time.time(), "values": moved}
+        try:
+            jsonl.append(self.history_path, record)
+        except OSError as exc:
+            self._warn("knobs_write", f"could not write {self.history_path}: {exc}")
 
     def write_if_changed(self, step: Any) -> None:
         if self.state.version != self._written:

@@ -179,8 +179,9 @@ class HotKernel:
         self._schedule = Schedule()
         self._sources: list[StepSource] = [self._schedule]
         self._stream = ActuatorStream(
-            self.mutable_state, self._ledger, self.paths.actuators, warn=self._warn
-        )
+            self.mutable_state, self._ledger, self.paths.actuators, warn=self._warn,
+            history_path=self.paths.knobs,
+        )  # fmt: skip
         self._control = RunControl(
             self._ledger,
             lambda: self._schedule,

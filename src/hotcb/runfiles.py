@@ -31,6 +31,10 @@ TUNE_DB = "hotcb.tune.db"
 #: The kernel's heartbeat: ``{"step", "wall_time", "pid"}``, replaced atomically by rank 0 at
 #: most once a second, so a run that records no metrics still shows as running.
 HEARTBEAT = "hotcb.heartbeat.json"
+#: Knob values that moved on their own (an LR scheduler): ``{"step", "wall_time", "values":
+#: {key: value}}``, appended by rank 0 when the kernel's once-a-second refresh finds a change,
+#: so the dashboard charts a knob from the start whenever it began to watch.
+KNOBS = "hotcb.knobs.jsonl"
 #: The dashboard server's columnar cache of the metrics file (steps and values per metric up to
 #: a byte offset), so a server that starts again reads only what was appended since.
 METRICS_INDEX = "hotcb.metrics.idx"
@@ -100,6 +104,10 @@ class RunPaths:
     @property
     def heartbeat(self) -> str:
         return self._p(HEARTBEAT)
+
+    @property
+    def knobs(self) -> str:
+        return self._p(KNOBS)
 
     @property
     def metrics_index(self) -> str:

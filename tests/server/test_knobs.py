@@ -87,6 +87,25 @@ def test_values_a_scheduler_sets_are_seen_from_the_actuators_file(
     run.kernel.close()
 
 
+def test_a_scheduler_before_the_server_started_is_charted_from_the_kernels_record(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """An LR scheduler moves lr three times before any server watches (the demo's warm-up):
+    the kernel's refresh appends each move to hotcb.knobs.jsonl, so a server started later
+    charts them at their steps, not as one jump at the step it first saw."""
+    run = Quiet(str(tmp_path / "r"))
+    for lr in (0.05, 0.02, 0.01):
+        run.advance(5)
+        run.opt.param_groups[0]["lr"] = lr  # an LR scheduler, outside hotcb
+        run.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+    run.advance(5)
+    srv = live_server()
+    with srv.client() as c:
+        lr_knob = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    assert lr_knob["points"] == {"step": [0, 5, 10, 15, 19], "value": [0.1, 0.05, 0.02, 0.01, 0.01]}
+    run.kernel.close()
+
+
 def test_knob_history_keeps_numbers_of_actuator_changes() -> None:
     h = KnobHistory()
     h.add({"decision": "applied", "module": "opt", "step": 3, "cmd_id": "a", "seq": 1,

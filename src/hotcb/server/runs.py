@@ -26,6 +26,7 @@ from .tailer import (
     ActuatorsWatch,
     CommandsTail,
     HeartbeatWatch,
+    KnobsTail,
     LedgerState,
     MetricsIndex,
     TuneWatch,
@@ -135,8 +136,10 @@ class RunState:
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
         self.heartbeat = HeartbeatWatch(self.paths.heartbeat)
-        #: knob values seen in the actuators file while the server watched: {key: [(step, v)]}
+        #: knob values that moved on their own, {key: [(step, v)]}: the kernel's record of them
+        #: (hotcb.knobs.jsonl, the whole run) and the actuators file while the server watched
         self.observed: dict[str, list[tuple[int, float]]] = {}
+        self.knob_log = KnobsTail(self.paths.knobs)
         self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
         self._saving: asyncio.Task[None] | None = None  # the metrics cache being written
@@ -196,6 +199,8 @@ class RunState:
         commands = self.commands.update(cap)
         if commands:
             msgs.append({"type": "commands", "run": rid, "records": commands})
+        for rec in self.knob_log.update():  # before the actuators file: it is never older
+            self._moved(rec.get("step"), rec.get("values"))
         if self.actuators.update():
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
             self._observe(self.actuators.doc)
@@ -265,14 +270,18 @@ class RunState:
     def _observe(self, doc: dict[str, Any]) -> None:
         """Keep each knob's value at the step of the actuators file, when it moved (an LR
         scheduler moves lr on its own; the kernel rewrites the file at most once a second)."""
-        step = doc.get("step")
-        if type(step) is not int:
+        acts = [a for a in doc.get("actuators") or () if isinstance(a, dict)]
+        self._moved(doc.get("step"), {str(a.get("param_key")): a.get("current") for a in acts})
+
+    def _moved(self, step: Any, values: Any) -> None:
+        """Keep ``{key: value}`` at ``step`` for each knob whose value changed since the last
+        one kept (in step order: an older record is one seen already)."""
+        if type(step) is not int or not isinstance(values, dict):
             return
-        for act in doc.get("actuators") or ():
-            value = act.get("current") if isinstance(act, dict) else None
+        for key, value in values.items():
             if not _plain(value):
                 continue
-            seen = self.observed.setdefault(str(act.get("param_key")), [])
+            seen = self.observed.setdefault(str(key), [])
             if seen and (seen[-1][1] == value or step < seen[-1][0]):
                 continue
             if len(seen) >= _MAX_OBSERVED:
@@ -283,7 +292,8 @@ class RunState:
         """Each knob's value over the run, from the kernel's own records: its value at the start
         (the ledger's first ``old``, else the actuators file's ``initial``), every applied
         change in the ledger (``changes``, with step, source and seq, for marking), the values
-        seen in the actuators file while the server watched, and its value now. ``points`` is
+        that moved on their own (the kernel's ``hotcb.knobs.jsonl``, and the actuators file
+        while the server watched), and its value now. ``points`` is
         a step function: the value holds from each step until the next."""
         acts = {
             str(a.get("param_key")): a

@@ -56,6 +56,7 @@ __all__ = [
     "CommandsTail",
     "HeartbeatWatch",
     "KnobHistory",
+    "KnobsTail",
     "LedgerState",
     "MetricsIndex",
     "Tailer",
@@ -664,6 +665,26 @@ class CommandsTail:
                 if rec is not None:
                     out.append(rec)
         return list(out)
+
+
+class KnobsTail:
+    """``hotcb.knobs.jsonl``: knob values the kernel saw move on their own, from the start of
+    the file (a run's whole history, however late the server began to watch)."""
+
+    def __init__(self, path: str) -> None:
+        self.tail = jsonl.JsonlTail(path)
+
+    def update(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for lines in _chunks(self.tail):
+            if self.tail.reset:
+                self.tail.reset = False
+                out.clear()
+            for _, raw in lines:
+                rec = jsonl.parse_line(raw)
+                if rec is not None:
+                    out.append(rec)
+        return out
 
 
 class ActuatorsWatch:
