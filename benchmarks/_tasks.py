@@ -1,5 +1,9 @@
 """The two tasks of ``benchmarks/tune.py``: an MLP on scikit-learn's digits, and a moving-optimum toy.
 
+The digits MLP is ``hotcb bench``'s ``digits_mlp`` (:mod:`hotcb.bench.tasks`: the data, split,
+model, batches and evaluation are defined there); this module adds what ``tune.py`` needs to know
+about it (its start lrs and search range). The toy is this benchmark's own.
+
 A task makes *runs*: one model with its data stream, seeded. A run does one training step with a
 given optimizer (:meth:`Run.train_step`) and measures validation loss (:meth:`Run.evaluate`).
 Everything a run's future depends on lives in ``run.model`` (weights, and the toy's progress as a
@@ -9,7 +13,7 @@ copies a run (PBT's exploit step), and so does any weight rollback an online tun
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,7 +21,11 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from hotcb.bench.tasks import DigitsRun, digits_mlp
+from hotcb.bench.tasks import Task as BenchTask
+
+__all__ = ["Digits", "DigitsRun", "Run", "Task", "Toy", "ToyRun", "toy_target"]
 
 
 class Run(Protocol):
@@ -46,57 +54,17 @@ class Task(Protocol):
 
     def make(self, seed: int) -> Run: ...
 
+    def bench_task(self, lr: float) -> BenchTask:
+        """The task for :mod:`hotcb.bench`'s runner, its optimizer at ``lr``."""
+        ...
+
     def starts(self) -> dict[str, float]:
         """The start lrs, by name (a condition that has no start lr runs once)."""
         ...
 
 
 # ------------------------------------------------------------------------------- (a) digits
-@functools.cache
-def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled 8×8 digits (1797 images), pixels scaled to [0, 1], split 80/20
-    once with a fixed seed, stratified: the same split for every run."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_va, y_tr, y_va = train_test_split(
-        x / 16.0, y, test_size=0.2, random_state=0, stratify=y
-    )
-    as_x = functools.partial(torch.tensor, dtype=torch.float32)
-    return as_x(x_tr), torch.tensor(y_tr), as_x(x_va), torch.tensor(y_va)
-
-
-class DigitsRun:
-    """A 64-128-128-10 ReLU MLP, cross-entropy, minibatches of 64 drawn with replacement."""
-
-    batch_size = 64
-
-    def __init__(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        self.model = nn.Sequential(
-            nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
-        self._batches = torch.Generator().manual_seed(seed)
-        self.x_tr, self.y_tr, self.x_va, self.y_va = _digits()
-
-    def train_step(self, opt: torch.optim.Optimizer) -> float:
-        self.model.train()
-        idx = torch.randint(0, len(self.x_tr), (self.batch_size,), generator=self._batches)
-        loss = F.cross_entropy(self.model(self.x_tr[idx]), self.y_tr[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float | None]:
-        self.model.eval()
-        out = self.model(self.x_va)
-        loss = float(F.cross_entropy(out, self.y_va))
-        if not math.isfinite(loss):
-            loss = math.log(10.0) * 10  # a diverged run: a large finite number keeps stats sane
-        return loss, float((out.argmax(1) == self.y_va).float().mean())
+_MLP = digits_mlp()  # the MLP of ``hotcb bench`` (its data, split, model, batches and lr)
 
 
 @dataclass(frozen=True)
@@ -111,14 +79,20 @@ class Digits:
 
     key: str = "digits"
     title: str = "MLP on digits (AdamW)"
-    total_steps: int = 1200
-    eval_every: int = 10
-    good_lr: float = 1e-2
+    total_steps: int = _MLP.total_steps  # 1200
+    eval_every: int = _MLP.eval_every  # 10
+    good_lr: float = _MLP.lr  # 1e-2
     lr_range: tuple[float, float] = (1e-5, 1e-1)
     has_gradients: bool = True
 
     def make(self, seed: int) -> Run:
-        return DigitsRun(seed)
+        return _MLP.make(seed)  # type: ignore[no-any-return]
+
+    def bench_task(self, lr: float) -> BenchTask:
+        return dataclasses.replace(
+            _MLP, name=self.key, title=self.title, total_steps=self.total_steps,
+            eval_every=self.eval_every, lr=lr,
+        )  # fmt: skip
 
     def starts(self) -> dict[str, float]:
         return {"good": self.good_lr, "10x high": self.good_lr * 10, "30x low": self.good_lr / 30}
@@ -212,5 +186,14 @@ class Toy:
     def make(self, seed: int) -> Run:
         return ToyRun(seed)
 
+    def bench_task(self, lr: float) -> BenchTask:
+        """Plain SGD on the toy's dummy parameter: the toy reads only its lr."""
+        return BenchTask(self.key, self.title, self.total_steps, self.eval_every, lr, ToyRun,
+                         optimizer=_sgd)  # fmt: skip
+
     def starts(self) -> dict[str, float]:
         return {"start": self.start_lr}
+
+
+def _sgd(params: object, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr)  # type: ignore[arg-type]

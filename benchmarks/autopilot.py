@@ -12,13 +12,16 @@ and ``<out>/img/autopilot_<task>.png``. ``--out`` defaults to ``docs/benchmarks`
 ``--quick`` or ``--rules`` it defaults to a temporary directory, so the committed report always
 shows full runs of the shipped default rules.
 
-Tasks (all on scikit-learn's bundled 8×8 digits, the split of ``benchmarks/_tasks.py``): (1) the
-MLP of ``_tasks.Digits`` at its good lr; (2) the same MLP with an lr 10× too high (a rescue);
-(3) a small CNN on the 8×8 images; (4) the MLP with 30 % of its training labels replaced by
-random ones, where the validation loss plateaus and then climbs.
+Tasks (all on scikit-learn's bundled 8×8 digits; the first three are ``hotcb bench``'s
+``digits_mlp``, ``digits_badlr`` and ``digits_cnn`` of :mod:`hotcb.bench.tasks`): (1) the MLP at
+its good lr; (2) the same MLP with an lr 10× too high (a rescue); (3) a small CNN on the 8×8
+images; (4) the MLP with 30 % of its training labels replaced by random ones, where the
+validation loss plateaus and then climbs (this script's own).
 
-Conditions, each with the task's optimizer steps (AdamW, torch's defaults but the lr, unless
-said otherwise) and an evaluation every 10 steps:
+Conditions (``hotcb bench``'s, run by :meth:`hotcb.bench.runner.Runner.train_run`; this script
+adds one more evaluation after the last step and writes the report), each with the task's
+optimizer steps (AdamW, torch's defaults but the lr, unless said otherwise) and an evaluation
+every 10 steps:
 
 - ``fixed``: the task's lr throughout;
 - ``cosine``: ``CosineAnnealingLR(T_max=total steps)``, stepped every step, down to 0;
@@ -56,13 +59,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from _tasks import Digits, DigitsRun, Run  # benchmarks/ is sys.path[0]
-from torch import nn
-from tune import current_lr, fmt, mean_std, revision
+from _tasks import Run  # benchmarks/ is sys.path[0]
+from tune import fmt, mean_std, revision
 
-from hotcb import HotKernel, jsonl
-from hotcb.autopilot.engine import RECORDS, Autopilot
+from hotcb import jsonl
+from hotcb.autopilot.engine import RECORDS
 from hotcb.autopilot.rules import DEFAULT_RULES
+from hotcb.bench.runner import Runner, Settings, current_lr, evaluate, train
+from hotcb.bench.tasks import DigitsRun, digits_badlr, digits_cnn, digits_mlp
+from hotcb.bench.tasks import Task as BenchTask
 
 CONDITIONS = ("fixed", "cosine", "plateau", "sf", "autopilot")
 LABELS = {
@@ -78,21 +83,6 @@ Hook = Callable[[int, dict[str, float]], None]
 
 
 # ------------------------------------------------------------------------------ the tasks
-class CNNRun(DigitsRun):
-    """A small CNN on the 8×8 images: conv 3×3 1→16, ReLU, conv 3×3 16→32, ReLU, 2×2 max-pool,
-    linear 512→10; the data, batches and loss of :class:`DigitsRun`."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        torch.manual_seed(seed)
-        self.model = nn.Sequential(
-            nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
-        )  # fmt: skip
-
-
 NOISE = 0.3  # fraction of training labels replaced by a uniform draw over the 10 classes
 
 
@@ -116,71 +106,66 @@ class NoisyDigitsRun(DigitsRun):
 
 
 @dataclass(frozen=True)
-class Task:
-    key: str  # file names: docs/benchmarks/img/autopilot_<key>.png
-    title: str
-    lr: float  # AdamW's lr for every condition but Schedule-Free
-    total_steps: int
-    make: Callable[[int], Run]
-    about: str  # for the report
+class Task(BenchTask):
+    """A task of ``hotcb bench`` (:mod:`hotcb.bench.tasks`) under this report's name."""
+
+    @property
+    def key(self) -> str:  # file names: docs/benchmarks/img/autopilot_<key>.png
+        return self.name
 
 
-GOOD_LR = Digits().good_lr  # 1e-2, from the sweep in _tasks.Digits
+def _named(base: BenchTask, key: str, title: str, about: str, **changes: Any) -> Task:
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return Task(**{**fields, "name": key, "title": title, "about": about, **changes})
+
+
+GOOD_LR = digits_mlp().lr  # 1e-2, from the sweep in _tasks.Digits
 
 TASKS = (
-    Task("digits", "1. MLP on digits, good lr", GOOD_LR, 1200, DigitsRun,
+    _named(digits_mlp(), "digits", "1. MLP on digits, good lr",
          "The 64-128-128-10 MLP of `benchmarks/_tasks.py` with AdamW at its good lr (1e-2, the "
          "best of an lr sweep at 1200 steps: val loss 0.093)."),
-    Task("digits_high", "2. MLP on digits, lr 10× too high", 10 * GOOD_LR, 1200, DigitsRun,
+    _named(digits_badlr(), "digits_high", "2. MLP on digits, lr 10× too high",
          "The same MLP at lr 1e-1, 10× its good lr: it trains, badly (fixed: val loss ~0.56). "
          "A rescue: whoever brings the lr down early wins. Schedule-Free runs at its own "
          "default lr here too, so its row repeats task 1's."),
-    Task("cnn", "3. small CNN on the 8×8 images", 2e-2, 1200, CNNRun,
+    _named(digits_cnn(), "cnn", "3. small CNN on the 8×8 images",
          "Conv 3×3 1→16, ReLU, conv 3×3 16→32, ReLU, 2×2 max-pool, linear 512→10; AdamW at "
          "2e-2, the best of a one-off sweep at this budget (seeds 0-2, mean final val loss: "
          "1e-3 0.067 | 3e-3 0.059 | 1e-2 0.048 | 2e-2 0.033 | 3e-2 0.042)."),
-    Task("noisy", "4. MLP on digits, 30 % label noise", GOOD_LR, 2000, NoisyDigitsRun,
+    _named(digits_mlp(), "noisy", "4. MLP on digits, 30 % label noise",
          "The MLP at 1e-2 on training labels of which 30 % were replaced by random classes "
          "(the same ones for every run), validated on clean labels, 2000 steps. Prone to "
          "plateaus: the validation loss stops improving after ~300 steps, then climbs as the "
          "MLP memorises the wrong labels (fixed lr sweep, mean final val loss: 3e-3 0.88 | "
-         "1e-2 1.33 | 3e-2 1.13)."),
+         "1e-2 1.33 | 3e-2 1.13).", total_steps=2000, make=NoisyDigitsRun),
 )  # fmt: skip
+assert all(t.eval_every == EVAL_EVERY for t in TASKS)
 
 
 # ------------------------------------------------------------------------------ one training run
 class Trainer:
-    """Steps one run, evaluates every ``EVAL_EVERY`` steps, and records the validation curve and
-    the lr in force after each evaluation. ``hook(step, metrics)`` runs after every step, with
-    ``val_loss`` and ``val_acc`` in ``metrics`` on evaluation steps."""
+    """Steps one run with :func:`hotcb.bench.runner.train`, an evaluation every ``EVAL_EVERY``
+    steps, and records the validation curve and the lr in force after each evaluation (after
+    the hook). ``hook(step, metrics)`` runs after every step, with ``val_loss`` and ``val_acc``
+    in ``metrics`` on evaluation steps. For scripts that drive a run themselves
+    (``benchmarks/ai_autopilot.py``); the conditions here run through ``hotcb bench``."""
 
     def __init__(self, run: Run, opt: torch.optim.Optimizer, *, schedule_free: bool = False):
         self.run, self.opt, self.schedule_free = run, opt, schedule_free
+        self.step = 0
         self.curve: list[tuple[int, float, float]] = []  # (step, val loss, val acc)
         self.lrs: list[tuple[int, float]] = [(0, current_lr(opt))]
-        if schedule_free:
-            opt.train()  # type: ignore[attr-defined]
 
     def train(self, steps: int, hook: Hook | None = None) -> None:
-        for step in range(1, steps + 1):
-            metrics = {"loss": self.run.train_step(self.opt)}
-            evaluated = step % EVAL_EVERY == 0
-            if evaluated:
-                metrics["val_loss"], metrics["val_acc"] = self.evaluate()
-                self.curve.append((step, metrics["val_loss"], metrics["val_acc"]))
-            if hook is not None:
-                hook(step, metrics)
-            if evaluated:
-                self.lrs.append((step, current_lr(self.opt)))
+        curve = train(self.run, self.opt, steps, EVAL_EVERY, hook, self.schedule_free,
+                      start=self.step, eval_last=False)  # fmt: skip
+        self.step += steps
+        self.curve += [(s, v, float(a or 0.0)) for s, v, a in curve.evals()]
+        self.lrs += curve.eval_lrs(current_lr(self.opt), after=True)[1:]
 
     def evaluate(self) -> tuple[float, float]:
-        if self.schedule_free:
-            self.opt.eval()  # type: ignore[attr-defined]
-        try:
-            loss, acc = self.run.evaluate()
-        finally:
-            if self.schedule_free:
-                self.opt.train()  # type: ignore[attr-defined]
+        loss, acc = evaluate(self.run, self.opt, self.schedule_free)
         return loss, float(acc or 0.0)
 
 
@@ -200,63 +185,30 @@ class Result:
 
 
 def adamw(run: Run, task: Task) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(run.model.parameters(), lr=task.lr)
+    return task.base_optimizer(run.model.parameters())
+
+
+#: this report's condition names → ``hotcb bench``'s
+BENCH_CONDITIONS = {"sf": "schedulefree"}
 
 
 def run_condition(task: Task, condition: str, seed: int, runs_dir: str, rules: str) -> Result:
+    """One run of ``hotcb bench``'s condition (the autopilot's run directory is
+    ``runs_dir/<task>-s<seed>``), then one more evaluation after the last step."""
     t0 = time.perf_counter()
-    run = task.make(seed)
+    run_dir = os.path.join(runs_dir, f"{task.key}-s{seed}")
+    runner = Runner(Settings([], [], rules=rules))
+    done = runner.train_run(task, BENCH_CONDITIONS.get(condition, condition), seed, runs_dir,
+                            run_dir=run_dir)  # fmt: skip
     records: list[dict[str, Any]] = []
-    if condition == "sf":
-        import schedulefree
-
-        tr = Trainer(
-            run, schedulefree.AdamWScheduleFree(run.model.parameters()), schedule_free=True
-        )
-        tr.train(task.total_steps)
-    elif condition == "autopilot":
-        tr = Trainer(run, adamw(run, task))
-        records = with_autopilot(tr, task, os.path.join(runs_dir, f"{task.key}-s{seed}"), rules)
-    else:
-        tr = Trainer(run, adamw(run, task))
-        tr.train(task.total_steps, scheduler_hook(condition, tr.opt, task.total_steps))
-    loss, acc = tr.evaluate()
-    return Result(condition, seed, loss, acc, current_lr(tr.opt), time.perf_counter() - t0,
-                  tr.curve, tr.lrs, records)  # fmt: skip
-
-
-def scheduler_hook(condition: str, opt: torch.optim.Optimizer, total: int) -> Hook | None:
-    """What steps the lr schedule of ``condition`` (None: a fixed lr)."""
-    if condition == "cosine":
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        return lambda step, metrics: cosine.step()
-    if condition == "plateau":
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)  # torch's defaults
-
-        def on_plateau(step: int, metrics: dict[str, float]) -> None:
-            if "val_loss" in metrics:
-                plateau.step(metrics["val_loss"])
-
-        return on_plateau
-    return None
-
-
-def with_autopilot(tr: Trainer, task: Task, run_dir: str, rules: str) -> list[dict[str, Any]]:
-    """Train ``tr`` under a kernel and the autopilot; the autopilot's records."""
-    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
-    pilot = Autopilot(run_dir, mode="auto", rules=rules, key_metric="val_loss")
-    opt, model = tr.opt, tr.run.model
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        kernel.apply({"step": step, "optimizer": opt, "model": model, "metrics": metrics})
-        if "val_loss" in metrics:
-            pilot.step()
-
-    try:
-        tr.train(task.total_steps, on_step)
-    finally:
-        kernel.close()
-    return list(jsonl.iter_records(os.path.join(run_dir, RECORDS)))
+    if condition == "autopilot":
+        records = list(jsonl.iter_records(os.path.join(run_dir, RECORDS)))
+    loss, acc = done.evaluate()
+    curve = done.result.curve
+    return Result(condition, seed, loss, float(acc or 0.0), done.final_lr,
+                  time.perf_counter() - t0,
+                  [(s, v, float(a or 0.0)) for s, v, a in curve.evals()],
+                  curve.eval_lrs(done.final_lr, after=True), records)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ running it all

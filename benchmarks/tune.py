@@ -13,7 +13,9 @@ Tasks (``benchmarks/_tasks.py``): (a) an MLP on scikit-learn's digits with AdamW
 from the good lr (1e-2), 10x too high and 30x too low; (b) a moving-optimum toy whose best lr
 rises then falls as the run progresses, 2000 steps, from 1e-3.
 
-Conditions, each with the task's total steps (``T``) in all:
+Conditions, each with the task's total steps (``T``) in all (``fixed``, ``tune``, ``sf`` and
+``prodigy`` are ``hotcb bench``'s, run by :meth:`hotcb.bench.runner.Runner.train_run`; Optuna's
+trials, PBT's members and the oracle train with its loop, :func:`hotcb.bench.runner.train`):
 
 - ``fixed``: the start lr throughout (on the toy also a sweep of 21 fixed lrs; the best is
   reported);
@@ -59,7 +61,8 @@ from typing import Any
 import torch
 from _tasks import Digits, Run, Task, Toy, toy_target  # benchmarks/ is sys.path[0]
 
-from hotcb import HotClient, HotKernel
+from hotcb import HotClient
+from hotcb.bench.runner import Runner, Settings, current_lr, evaluate, train
 
 SEGMENT_STEPS = 50  # the tuner's segment: 5 validation events
 PBT_INTERVAL = 50  # member steps between PBT's exploit/explore rounds
@@ -79,15 +82,10 @@ OnStep = Callable[[int, dict[str, float]], None]
 
 
 # ------------------------------------------------------------------------------ one training run
-def current_lr(opt: torch.optim.Optimizer) -> float:
-    """The step size the optimizer uses now (Prodigy's is its estimate ``d`` times lr)."""
-    group = opt.param_groups[0]
-    return float(group["lr"]) * float(group.get("d", 1.0))
-
-
 class Trainer:
-    """Steps one run, evaluates every ``eval_every`` steps and records the val-loss and lr
-    curves. ``schedule_free``: switch the optimizer to ``eval()`` for every evaluation."""
+    """A run trained in chunks (PBT, Optuna's trials, the oracle) by :func:`hotcb.bench.runner.train`,
+    an evaluation every ``eval_every`` steps, with the val-loss and lr curves: ``lrs`` holds the
+    lr each evaluated step used. ``schedule_free``: ``eval()`` around every evaluation."""
 
     def __init__(
         self, run: Run, opt: torch.optim.Optimizer, eval_every: int, *, schedule_free: bool = False
@@ -98,28 +96,18 @@ class Trainer:
         self.curve: list[tuple[int, float]] = []  # (step, val loss)
         self.lrs: list[tuple[int, float]] = [(0, current_lr(opt))]
         self.last_val = math.inf
-        if schedule_free:
-            opt.train()  # type: ignore[attr-defined]
 
     def advance(self, steps: int, on_step: OnStep | None = None) -> None:
-        for _ in range(steps):
-            metrics = {"loss": self.run.train_step(self.opt)}
-            self.step += 1
-            if self.step % self.eval_every == 0:
-                self.last_val = metrics["val_loss"] = self.evaluate()[0]
-                self.curve.append((self.step, self.last_val))
-                self.lrs.append((self.step, current_lr(self.opt)))
-            if on_step is not None:
-                on_step(self.step, metrics)
+        curve = train(self.run, self.opt, steps, self.eval_every, on_step, self.schedule_free,
+                      start=self.step, eval_last=False)  # fmt: skip
+        self.step += steps
+        self.curve += [(s, v) for s, v, _ in curve.evals()]
+        self.lrs += curve.eval_lrs(current_lr(self.opt))[1:]
+        if self.curve:
+            self.last_val = self.curve[-1][1]
 
     def evaluate(self) -> tuple[float, float | None]:
-        if not self.schedule_free:
-            return self.run.evaluate()
-        self.opt.eval()  # type: ignore[attr-defined]
-        try:
-            return self.run.evaluate()
-        finally:
-            self.opt.train()  # type: ignore[attr-defined]
+        return evaluate(self.run, self.opt, self.schedule_free)
 
 
 @dataclass
@@ -149,49 +137,44 @@ def finish(condition: str, start: str, seed: int, tr: Trainer, t0: float, **extr
 def adamw_or_sgd(task: Task, run: Run, lr: float) -> torch.optim.Optimizer:
     """The task's optimizer whose lr the tuner, Optuna and PBT set: AdamW on digits; on the toy
     plain SGD on a dummy parameter (the toy reads only its lr)."""
-    params = run.model.parameters()
-    return torch.optim.AdamW(params, lr=lr) if task.has_gradients else torch.optim.SGD(params, lr)
+    return task.bench_task(lr).base_optimizer(run.model.parameters())
 
 
 # ------------------------------------------------------------------------------ the conditions
-def run_fixed(task: Task, start: str, lr: float, seed: int) -> Result:
-    t0 = time.perf_counter()
-    run = task.make(seed)
-    tr = Trainer(run, adamw_or_sgd(task, run, lr), task.eval_every)
-    tr.advance(task.total_steps)
-    return finish("fixed", start, seed, tr, t0)
-
-
 #: What the tuner's roll-back restores (``--tune-restore``).
 TUNE_RESTORE = "values"
 
 
-def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Result:
+def bench_condition(
+    task: Task, condition: str, start: str, lr: float, seed: int, run_dir: str | None = None
+) -> Result:
+    """One condition of ``hotcb bench`` (fixed, tune, schedulefree, prodigy) from ``lr``, then
+    one more evaluation after the last step, as every condition here ends."""
     t0 = time.perf_counter()
+    settings = Settings([], [], segment_steps=SEGMENT_STEPS, tune_restore=TUNE_RESTORE,
+                        tune_sync=True)  # fmt: skip
+    done = Runner(settings).train_run(task.bench_task(lr), condition, seed, "", run_dir=run_dir)
+    extra: dict[str, Any] = {}
+    if run_dir is not None:
+        extra = {"status": HotClient(run_dir).tune_status(), "run_dir": run_dir}
+    loss, acc = done.evaluate()
+    name = {"schedulefree": "sf"}.get(condition, condition)
+    curve = done.result.curve
+    # the lr each evaluated step used; Prodigy's d changes in the step: the lr after it
+    lrs = curve.eval_lrs(done.final_lr, after=condition == "prodigy")
+    return Result(name, start, seed, loss, acc, done.final_lr, time.perf_counter() - t0,
+                  [(s, v) for s, v, _ in curve.evals()], lrs, extra)  # fmt: skip
+
+
+def run_fixed(task: Task, start: str, lr: float, seed: int) -> Result:
+    return bench_condition(task, "fixed", start, lr, seed)
+
+
+def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Result:
+    """hotcb's tuner (``hotcb bench``'s ``tune`` with ``sync=True``: trials start on the
+    boundaries, so the figures do not depend on the machine)."""
     run_dir = os.path.join(runs_dir, f"{task.key}-{start.replace(' ', '')}-s{seed}")
-    run = task.make(seed)
-    opt = adamw_or_sgd(task, run, lr)
-    client = HotClient(run_dir)
-    client.tune_enable(
-        mode="active",
-        objective="val_loss",
-        segment_steps=SEGMENT_STEPS,
-        seed=seed,
-        total_steps=task.total_steps,  # a bare loop knows its length; the adapters pass it
-        restore=TUNE_RESTORE,
-        sync=True,  # trials start on the boundaries: the figures do not depend on the machine
-    )
-    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        kernel.apply({"step": step, "optimizer": opt, "model": run.model, "metrics": metrics})
-
-    tr = Trainer(run, opt, task.eval_every)
-    try:
-        tr.advance(task.total_steps, on_step)
-    finally:
-        kernel.close()
-    return finish("tune", start, seed, tr, t0, status=client.tune_status(), run_dir=run_dir)
+    return bench_condition(task, "tune", start, lr, seed, run_dir)
 
 
 def run_oracle(task: Task, start: str, lr: float, seed: int) -> Result:
@@ -209,19 +192,9 @@ def run_oracle(task: Task, start: str, lr: float, seed: int) -> Result:
 
 
 def run_optimizer(task: Task, name: str, seed: int) -> Result:
-    """Schedule-Free AdamW or Prodigy at their published defaults."""
-    import prodigyopt
-    import schedulefree
-
-    t0 = time.perf_counter()
-    run = task.make(seed)
-    if name == "sf":
-        opt: torch.optim.Optimizer = schedulefree.AdamWScheduleFree(run.model.parameters())
-    else:
-        opt = prodigyopt.Prodigy(run.model.parameters(), lr=1.0)
-    tr = Trainer(run, opt, task.eval_every, schedule_free=name == "sf")
-    tr.advance(task.total_steps)
-    return finish(name, "", seed, tr, t0)
+    """Schedule-Free AdamW or Prodigy at their published defaults (``hotcb bench``'s)."""
+    condition = "schedulefree" if name == "sf" else name
+    return bench_condition(task, condition, "", 1.0, seed)  # both ignore the task's lr
 
 
 def run_optuna(task: Task, seed: int) -> Result:

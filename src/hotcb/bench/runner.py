@@ -56,6 +56,9 @@ class Settings:
     data: str | None = None  # CIFAR-10
     replay_of: str = "autopilot"
     rules: str | None = None  # autopilot rules file (None: the shipped defaults)
+    segment_steps: int | None = None  # the tuner's segment (None: 5 evaluations)
+    tune_restore: str | None = None  # the tuner's roll-back: values or state (None: its default)
+    tune_sync: bool = False  # the tuner waits for Optuna at each boundary (machine-independent)
     ai_base_url: str | None = None
     ai_model: str | None = None
     threads: int = 1
@@ -97,6 +100,23 @@ class Curve:
     def columns(self) -> dict[str, list[Any]]:
         return {c: getattr(self, c) for c in COLUMNS}
 
+    def evals(self) -> list[tuple[int, float, float | None]]:
+        """(step, val loss, val acc) at each evaluation with a finite val loss."""
+        return [(s, v, a) for s, v, a in zip(self.step, self.val_loss, self.val_acc, strict=True)
+                if v is not None]  # fmt: skip
+
+    def eval_lrs(self, final_lr: float, *, after: bool = False) -> list[tuple[int, float]]:
+        """``(0, start lr)``, then ``(step, lr)`` at each evaluation: the lr that step used,
+        or with ``after`` the lr in force after its hook (what the next step uses;
+        ``final_lr`` after the last step)."""
+        out = [(0, self.lr[0])] if self.lr else []
+        for i, (s, v) in enumerate(zip(self.step, self.val_loss, strict=True)):
+            if v is not None:
+                lr = self.lr[i] if not after else (
+                    self.lr[i + 1] if i + 1 < len(self.lr) else final_lr)  # fmt: skip
+                out.append((s, lr))
+        return out
+
     def first_difference(self, other: Curve) -> int | None:
         """The first step where the two curves differ in any column (bit for bit), or None."""
         for i, row in enumerate(zip(*self.columns().values(), strict=True)):
@@ -112,31 +132,48 @@ class Curve:
 
 def train(run: Any, opt: torch.optim.Optimizer, steps: int, eval_every: int,
           hook: Hook | None = None, schedule_free: bool = False,
-          on_eval: Callable[[int, int, float], None] | None = None) -> Curve:  # fmt: skip
-    """The one training loop of every condition. ``lr`` is the step size the step used."""
+          on_eval: Callable[[int, int, float], None] | None = None, *,
+          start: int = 0, eval_last: bool = True) -> Curve:  # fmt: skip
+    """The one training loop of every condition. ``lr`` is the step size the step used.
+
+    Steps ``start + 1`` … ``start + steps`` (``start``: to go on with a run trained in chunks,
+    as PBT does); an evaluation every ``eval_every`` steps and, with ``eval_last``, at the
+    last step of the call."""
     curve = Curve()
     if schedule_free:
         opt.train()  # type: ignore[attr-defined]
-    for step in range(1, steps + 1):
+    last = start + steps
+    for step in range(start + 1, last + 1):
         lr = current_lr(opt)
         loss = run.train_step(opt)
         metrics = {"loss": loss}
         vl = va = None
-        if step % eval_every == 0 or step == steps:
-            if schedule_free:
-                opt.eval()  # type: ignore[attr-defined]
-            vl, va = run.evaluate()
-            if schedule_free:
-                opt.train()  # type: ignore[attr-defined]
+        if step % eval_every == 0 or (eval_last and step == last):
+            vl, va = evaluate(run, opt, schedule_free)
             metrics["val_loss"] = vl
             if va is not None:
                 metrics["val_acc"] = va
             if on_eval is not None:
-                on_eval(step, steps, vl)
+                on_eval(step, last, vl)
         if hook is not None:
             hook(step, metrics)
         curve.add(step, loss, vl, va, lr)
     return curve
+
+
+def evaluate(
+    run: Any, opt: torch.optim.Optimizer, schedule_free: bool = False
+) -> tuple[float, float | None]:
+    """``run.evaluate()``; Schedule-Free's optimizer in ``eval()`` mode meanwhile."""
+    if not schedule_free:
+        out: tuple[float, float | None] = run.evaluate()
+        return out
+    opt.eval()  # type: ignore[attr-defined]
+    try:
+        out = run.evaluate()
+    finally:
+        opt.train()  # type: ignore[attr-defined]
+    return out
 
 
 # ------------------------------------------------------------------------------ conditions
@@ -177,6 +214,25 @@ class RunResult:
         }  # fmt: skip
 
 
+@dataclass
+class Trained:
+    """A finished run: its result, and the run and optimizer as the last step left them."""
+
+    result: RunResult
+    run: Any
+    opt: torch.optim.Optimizer
+    schedule_free: bool = False
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """One more evaluation (Schedule-Free: in ``eval()`` mode, as in the loop)."""
+        return evaluate(self.run, self.opt, self.schedule_free)
+
+    @property
+    def final_lr(self) -> float:
+        """The lr in force after the last step (and its hook)."""
+        return current_lr(self.opt)
+
+
 class Runner:
     """Runs one condition of one task for one seed (see the module's docstring)."""
 
@@ -187,15 +243,24 @@ class Runner:
         self.on_eval: Callable[[int, int, float], None] | None = None
 
     def run(self, task: Task, condition: str, seed: int, folder: str) -> RunResult:
+        return self.train_run(task, condition, seed, folder).result
+
+    def train_run(self, task: Task, condition: str, seed: int, folder: str,
+                  run_dir: str | None = None) -> Trained:  # fmt: skip
+        """:meth:`run`, with the run and its optimizer as they are after the last step (for
+        scripts that measure more than the curve: ``benchmarks/autopilot.py``, ``tune.py``).
+        ``run_dir``: the hotcb run directory of a steered condition (default ``folder/run``)."""
         steps = self.s.steps or task.total_steps
         t0 = time.perf_counter()
         run = task.make(seed)
         notes: dict[str, Any] = {}
-        run_dir = None
+        schedule_free = condition == "schedulefree"
         if condition in ("autopilot", "tune", "ai", "replay"):
-            run_dir = os.path.join(folder, "run")
-            curve = self._steered(task, condition, seed, run, steps, run_dir, notes)
-        elif condition == "schedulefree":
+            run_dir = run_dir or os.path.join(folder, "run")
+            opt = task.base_optimizer(run.model.parameters())
+            curve = self._steered(task, condition, seed, run, opt, steps, run_dir, notes)
+        elif schedule_free:
+            run_dir = None
             import schedulefree  # type: ignore[import-untyped,unused-ignore]
 
             opt = schedulefree.AdamWScheduleFree(run.model.parameters())  # published defaults
@@ -203,11 +268,13 @@ class Runner:
                 run, opt, steps, task.eval_every, schedule_free=True, on_eval=self.on_eval
             )
         elif condition == "prodigy":
+            run_dir = None
             import prodigyopt  # type: ignore[import-untyped,unused-ignore]
 
             opt = prodigyopt.Prodigy(run.model.parameters())  # published defaults (lr 1.0)
             curve = train(run, opt, steps, task.eval_every, on_eval=self.on_eval)
         else:
+            run_dir = None
             opt = task.base_optimizer(run.model.parameters())
             curve = train(
                 run,
@@ -220,11 +287,11 @@ class Runner:
         res = RunResult(task.name, condition, seed, steps, curve, time.perf_counter() - t0,
                         run_dir, notes)  # fmt: skip
         self.done[(task.name, condition, seed)] = res
-        return res
+        return Trained(res, run, opt, schedule_free)
 
-    def _steered(self, task: Task, condition: str, seed: int, run: Any, steps: int,
-                 run_dir: str, notes: dict[str, Any]) -> Curve:  # fmt: skip
-        opt = task.base_optimizer(run.model.parameters())
+    def _steered(self, task: Task, condition: str, seed: int, run: Any,
+                 opt: torch.optim.Optimizer, steps: int, run_dir: str,
+                 notes: dict[str, Any]) -> Curve:  # fmt: skip
         self._prepare(task, condition, seed, steps, run_dir, notes)
         kernel = HotKernel(run_dir, poll_interval_sec=0.0)
         pilot = self._pilot(condition, steps, run_dir)
@@ -261,8 +328,10 @@ class Runner:
         """Commands queued before the run starts: the tuner on, or the freeze into replay."""
         if condition == "tune":
             HotClient(run_dir).tune_enable(
-                mode="active", objective="val_loss", segment_steps=5 * task.eval_every,
-                seed=seed, total_steps=steps,
+                mode="active", objective="val_loss",
+                segment_steps=self.s.segment_steps or 5 * task.eval_every,
+                seed=seed, total_steps=steps, restore=self.s.tune_restore,
+                sync=self.s.tune_sync or None,
             )  # fmt: skip
         elif condition == "replay":
             source = self.done.get((task.name, self.s.replay_of, seed))
@@ -410,8 +479,8 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     t0 = time.perf_counter()
     bar = _progress(len(jobs), s.progress)
     runner.on_eval = lambda step, steps, vl: bar.set_postfix_str(
-        f"step {step}/{steps}, val loss {vl:.4g}"
-    )
+        f"step {step}/{steps}, val loss {vl:.4g}", refresh=False
+    )  # drawn at tqdm's own pace (mininterval), not at every evaluation
     try:
         for task, seed, cond in jobs:
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
@@ -451,7 +520,7 @@ def _line(r: RunResult) -> str:
 
 class _NoBar:
     def set_description(self, _: str) -> None: ...
-    def set_postfix_str(self, _: str) -> None: ...
+    def set_postfix_str(self, _: str, refresh: bool = True) -> None: ...
     def update(self, _: int) -> None: ...
     def close(self) -> None: ...
     def write(self, msg: str, file: Any = None) -> None:
@@ -508,4 +577,7 @@ def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return meta, runs
 
 
-__all__ = ["HOTCB_CONDITIONS", "BenchError", "Runner", "Settings", "load_bench", "run_bench"]
+__all__ = [
+    "HOTCB_CONDITIONS", "BenchError", "Runner", "Settings", "Trained", "current_lr", "evaluate",
+    "load_bench", "run_bench", "train",
+]  # fmt: skip
