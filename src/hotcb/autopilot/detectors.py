@@ -360,10 +360,11 @@ def divergence(
             "t": _round(max(-999.0, min(999.0, t))),
             "k": k,
             "min_rise": min_rise,
-            "floor": floor,
             "direction": direction,
         }
     )
+    if floor is not None:
+        evidence["floor"] = floor
     return Detection("divergence", metric, xs[-1], _round(severity), evidence)
 
 
