@@ -647,6 +647,21 @@ class LedgerState:
         return list(out)
 
 
+def _new_records(tail: jsonl.JsonlTail, keep: int | None = None) -> list[dict[str, Any]]:
+    """The records appended since the last call (the last ``keep`` of them); a file truncated
+    or replaced starts over."""
+    out: deque[dict[str, Any]] = deque(maxlen=keep)
+    for lines in _chunks(tail):
+        if tail.reset:
+            tail.reset = False
+            out.clear()
+        for _, raw in lines:
+            rec = jsonl.parse_line(raw)
+            if rec is not None:
+                out.append(rec)
+    return list(out)
+
+
 class CommandsTail:
     """New command records, from the end of the file at the time the run is first watched."""
 
@@ -655,16 +670,7 @@ class CommandsTail:
         self.tail.offset = self.tail.size()
 
     def update(self, collect: int) -> list[dict[str, Any]]:
-        out: deque[dict[str, Any]] = deque(maxlen=max(1, collect))
-        for lines in _chunks(self.tail):
-            if self.tail.reset:
-                self.tail.reset = False
-                out.clear()
-            for _, raw in lines:
-                rec = jsonl.parse_line(raw)
-                if rec is not None:
-                    out.append(rec)
-        return list(out)
+        return _new_records(self.tail, max(1, collect))
 
 
 class KnobsTail:
@@ -675,16 +681,7 @@ class KnobsTail:
         self.tail = jsonl.JsonlTail(path)
 
     def update(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for lines in _chunks(self.tail):
-            if self.tail.reset:
-                self.tail.reset = False
-                out.clear()
-            for _, raw in lines:
-                rec = jsonl.parse_line(raw)
-                if rec is not None:
-                    out.append(rec)
-        return out
+        return _new_records(self.tail)
 
 
 class ActuatorsWatch:
