@@ -283,8 +283,7 @@ class HotKernel:
         if self._control.paused:
             self._pause_loop(env, point)
         now = time.monotonic()  # the poll's clock: the idle path of apply() pays nothing
-        if now >= self._next_beat:
-            self._heartbeat(step, now)
+        self._heartbeat(step, now)
         if (self._event_modules or not lines) and now >= self._next_refresh:
             self._next_refresh = now + 1.0
             self._stream.refresh(env)
@@ -313,6 +312,8 @@ class HotKernel:
     def _heartbeat(self, step: Any, now: float) -> None:
         """Rank 0 replaces ``hotcb.heartbeat.json`` (step, wall time, pid), at most once a
         second: the dashboard sees a live run even when it records no metrics."""
+        if now < self._next_beat:
+            return
         self._next_beat = now + 1.0
         if not self.is_leader:
             return
@@ -444,9 +445,7 @@ class HotKernel:
                     break  # apply() goes on to the checkpoint and the stop
                 self._take_signal(env, point)  # under DDP: rank 0 sends them to every rank
             time.sleep(self.pause_poll_sec)
-            now = time.monotonic()
-            if now >= self._next_beat:  # paused, not gone
-                self._heartbeat(point.step, now)
+            self._heartbeat(point.step, time.monotonic())  # paused, not gone
             lines = self._read()
             if self._sync is not None:
                 lines = self._sync_batch(lines, point.step)

@@ -609,7 +609,7 @@ class TuneModule:
         self.asked += 1
         if not s.sync:  # ask in the background; the trial starts at the step the answer lands
             future = self._worker_().submit(self.study.ask, knobs, prior_first)
-            self.asking = {"future": future, "knobs": knobs, "since": step}
+            self.asking = {"future": future, "knobs": knobs}
             self._start_segment(step, "asking")
             return
         try:
@@ -836,6 +836,7 @@ class TuneModule:
         from ._study import redact
 
         s = self.settings
+        url, name = self._where(s)
         kept, judged = self.counts["kept"], self.counts["kept"] + self.counts["rolled_back"]
         state = {
             "version": 1,
@@ -845,8 +846,8 @@ class TuneModule:
             "direction": s.direction,
             "segment_steps": s.segment_steps,
             "segment_evals": s.segment_evals,
-            "study": self._where(s)[1],
-            "storage": redact(self._where(s)[0]),
+            "study": name,
+            "storage": redact(url),
             "phase": self.phase,
             "trial": self.trial["number"] if self.trial else None,
             "segment_start": self.segment.start,
