@@ -91,8 +91,8 @@ def _empty() -> Series:
 
 def forecast_doc(x: np.ndarray, y: np.ndarray, horizon: int) -> dict[str, Any]:
     """What ``/forecast`` answers for one series (also the base of a what-if)."""
-    fc = forecast(x, y, horizon, backend=fit_backend())
     bt = backtest(x, y, horizon)
+    fc = forecast(x, y, horizon, backend=fit_backend(), calibration=bt)  # band: bt's errors
     n = int(np.isfinite(y).sum())
     if fc is None:
         note = f"not enough points for a forecast yet ({n} of at least 8)"
