@@ -49,6 +49,62 @@ def test_band_covers_about_80_percent_of_future_noise() -> None:
     assert 0.72 <= np.mean(covered) <= 0.9, covered
 
 
+def _drifting_decay(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A power-law loss with log-normal noise (sd 0.05) and a slow random walk in log space
+    (sd 0.004 a step, so 0.057 over 200 steps): the drift that a fit's residuals do not see."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n)
+    walk = np.cumsum(rng.normal(0, 0.004, n))
+    return steps, (0.1 + 2.0 * (steps + 10.0) ** -0.5) * np.exp(walk + rng.normal(0, 0.05, n))
+
+
+def test_calibrated_band_covers_about_80_percent_where_the_fits_band_does_not() -> None:
+    h, n, seeds = 200, 1500, 40
+    inside_fit = inside_cal = 0
+    for seed in range(seeds):
+        steps, y = _drifting_decay(seed, n + h)
+        bt = backtest(steps[:n], y[:n], h)
+        fit = forecast(steps[:n], y[:n], h, backend="numpy")
+        cal = forecast(steps[:n], y[:n], h, backend="numpy", calibration=bt)
+        assert fit is not None and cal is not None
+        assert cal.calibrated == bt.origins == 12 and fit.calibrated == 0
+        np.testing.assert_allclose(cal.median, fit.median)  # the same forecast, another band
+        assert np.all(cal.lo <= cal.median) and np.all(cal.median <= cal.hi)
+        target = y[n - 1 + h]
+        inside_fit += int(fit.lo[-1] <= target <= fit.hi[-1])
+        inside_cal += int(cal.lo[-1] <= target <= cal.hi[-1])
+    # nominal 80 %; 40 seeds: a standard error of about 6 points
+    assert 0.7 <= inside_cal / seeds <= 0.92, (inside_cal, inside_fit)
+    assert inside_fit / seeds < 0.7, (inside_cal, inside_fit)  # the fit's band is too narrow
+
+
+def test_backtest_coverage_is_calibrated_on_earlier_origins_only() -> None:
+    steps, y = _drifting_decay(7, 3000)
+    bt = backtest(steps, y, 200, origins=40)
+    assert bt.origins == 40 and bt.coverage is not None and bt.coverage_fit is not None
+    assert bt.coverage > bt.coverage_fit and 0.7 <= bt.coverage <= 0.95, bt.to_dict()
+    cal = bt.calibration(log_space=True)
+    assert cal.horizon == 200 and cal.errors.size == 40
+    assert bt.calibration(log_space=False).errors.size == 0
+    assert set(bt.to_dict()) >= {"coverage", "coverage_fit"}
+
+
+def test_calibration_needs_enough_past_forecasts_and_the_same_horizon() -> None:
+    steps, y = _drifting_decay(3, 300)
+    few = backtest(steps, y, 200, origins=4)
+    assert few.origins == 4
+    fc = forecast(steps, y, 200, calibration=few)
+    assert fc is not None and fc.calibrated == 0
+    assert fc.to_dict()["band"] == "fit" and fc.to_dict()["calibrated_on"] == 0
+    plain = forecast(steps, y, 200)
+    assert plain is not None
+    np.testing.assert_allclose(fc.hi, plain.hi)
+    bt = backtest(steps, y, 50)
+    assert forecast(steps, y, 50, calibration=bt).to_dict()["band"] == "calibrated"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="50 steps ahead, not 200"):
+        forecast(steps, y, 200, calibration=bt)
+
+
 def test_noisy_decay_band_holds_the_truth_and_beats_the_baselines() -> None:
     rng = np.random.default_rng(1)
     steps = np.arange(1600)
