@@ -35,6 +35,10 @@ HEARTBEAT = "hotcb.heartbeat.json"
 #: {key: value}}``, appended by rank 0 when the kernel's once-a-second refresh finds a change,
 #: so the dashboard charts a knob from the start whenever it began to watch.
 KNOBS = "hotcb.knobs.jsonl"
+#: The trainer's column sidecar of the metrics file: the numbers ``MetricsCollector`` logs, as
+#: int64 steps and float64 values per metric, appended in blocks (``hotcb.metrics._columns``),
+#: so a dashboard opens a long run without parsing it. Derived from the metrics file; deletable.
+METRICS_COLUMNS = "hotcb.metrics.cols"
 #: The dashboard server's columnar cache of the metrics file (steps and values per metric up to
 #: a byte offset), so a server that starts again reads only what was appended since.
 METRICS_INDEX = "hotcb.metrics.idx"
@@ -108,6 +112,10 @@ class RunPaths:
     @property
     def knobs(self) -> str:
         return self._p(KNOBS)
+
+    @property
+    def metrics_columns(self) -> str:
+        return self._p(METRICS_COLUMNS)
 
     @property
     def metrics_index(self) -> str:

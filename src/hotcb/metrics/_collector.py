@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import jsonl
 from ..runfiles import METRICS
+from ._columns import ColumnWriter, sidecar_path
 
 
 def _number(value: Any) -> float | None:
@@ -39,18 +40,34 @@ class MetricsCollector:
     Non-finite values (NaN, inf) are written as ``null`` so readers never choke; tensors and
     numpy scalars are converted. One writer per file (the training process, rank 0), so the file
     stays open and each record is one ``os.write``.
+
+    With ``columns`` (the default), the same numbers also go, in blocks, to the column sidecar
+    beside the file (``hotcb.metrics.cols``, :mod:`hotcb.metrics._columns`), so that a dashboard
+    opening a long run reads columns instead of parsing every line.
     """
 
-    def __init__(self, run_dir: str, *, every_n_steps: int = 1, filename: str = METRICS) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        every_n_steps: int = 1,
+        filename: str = METRICS,
+        columns: bool = True,
+    ) -> None:
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, filename)
         self.every_n_steps = max(1, int(every_n_steps))
         self._fd: int | None = None
+        self._columns_on = columns
+        self._columns: ColumnWriter | None = None
         self.last: dict[str, float | None] = {}
 
     def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if self._columns_on:
+                offset = os.fstat(self._fd).st_size
+                self._columns = ColumnWriter(sidecar_path(self.path), offset)
         return self._fd
 
     def log(self, step: int, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
@@ -65,9 +82,24 @@ class MetricsCollector:
         record["wall_time"] = time.time()
         record["metrics"] = clean
         self.last.update(clean)
-        os.write(self._open(), (jsonl.dumps(record) + "\n").encode())
+        line = (jsonl.dumps(record) + "\n").encode()
+        written = os.write(self._open(), line)
+        columns = self._columns
+        if columns is not None:
+            if written == len(line):
+                columns.add(record["step"], clean, written, record)
+            else:  # a short write (disk full): the line is torn; no block may claim it
+                columns.skip(written)
+
+    def flush(self) -> None:
+        """Write the buffered columns now (the metrics file itself is never buffered)."""
+        if self._columns is not None:
+            self._columns.flush()
 
     def close(self) -> None:
+        if self._columns is not None:
+            self._columns.close()
+            self._columns = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

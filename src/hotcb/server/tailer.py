@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from ..ledger import LedgerView
+from ..metrics._columns import read_blocks, sidecar_path
 from ..runfiles import METRICS_INDEX, TUNE, redact_url
 
 try:  # the dashboard extra brings orjson; the standard library's json is the fallback
@@ -237,10 +238,14 @@ class MetricsIndex:
     def update(self, collect: int = 0) -> list[dict[str, Any]]:
         """Read every new complete line into the index; return the last ``collect`` new
         records (for pushing to subscribers). Reads in chunks until caught up."""
-        if not self.loaded and self.cache is not None:
-            self.source = {"from": "cache", "bytes": self.cache.load(self)}
-            if not self.source["bytes"]:
-                self.source = {"from": "parsed"}
+        if not self.loaded:
+            cached = self.cache.load(self) if self.cache is not None else 0
+            columns = self._load_columns()
+            self.source = {"from": "parsed"}
+            if cached:
+                self.source = {"from": "cache", "bytes": cached}
+            if columns:
+                self.source = {"from": "columns", "bytes": columns, "cache_bytes": cached}
         before = self.tail.offset
         pause = self.pending_bytes() > _BULK_BYTES and gc.isenabled()
         if pause:
@@ -270,6 +275,75 @@ class MetricsIndex:
             return None
         self._unsaved = 0
         return self.cache.snapshot(self)
+
+    def _load_columns(self) -> int:
+        """Take from the trainer's column sidecar (:mod:`hotcb.metrics._columns`) what it
+        says about the metrics file from the cursor on; the bytes of the file skipped.
+
+        A block is used only when it starts at the cursor, right after a newline, and the
+        file's bytes it claims hold exactly its number of lines, the last of which is the
+        record its header quotes; and when its steps, like the index's, never go back (a
+        resumed run's second branch goes through the parser, which cuts the first). The
+        first block that fails a check ends the reading: the rest is parsed."""
+        try:
+            with open(sidecar_path(self.tail.path), "rb") as f:
+                data = f.read()
+            fd = os.open(self.tail.path, os.O_RDONLY)
+        except OSError:
+            return 0
+        start = self.tail.offset
+        try:
+            size = os.fstat(fd).st_size
+            for header, cols in read_blocks(data):
+                lo, hi, last = header["start"], header["end"], header["last"]
+                if hi <= self.tail.offset:
+                    continue  # already in the index (the server's own cache)
+                if lo != self.tail.offset or hi > size or type(last) is not dict:
+                    break
+                raw = os.pread(fd, hi - lo + 1, lo - 1) if lo else os.pread(fd, hi, 0)
+                if lo and raw[:1] != b"\n":
+                    break
+                body = memoryview(raw)[1:] if lo else memoryview(raw)
+                if len(body) != hi - lo or raw.count(b"\n") != header["lines"] + (lo > 0):
+                    break
+                cut = raw.rfind(b"\n", 0, len(raw) - 1)
+                try:
+                    if loads(raw[cut + 1 : -1]) != last:
+                        break
+                except ValueError:
+                    break
+                if not self._add_column_block(cols):
+                    break
+                self.lines += header["lines"]
+                self.last_step = last.get("step")
+                wt = last.get("wall_time")
+                if type(wt) is float or type(wt) is int:
+                    self.last_wall_time = float(wt)
+                self.last_record = last
+                self.tail.offset = hi
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            log.debug("hotcb dashboard: stopped reading %s: %r", sidecar_path(self.tail.path), exc)
+        finally:
+            os.close(fd)
+        return self.tail.offset - start
+
+    def _add_column_block(self, cols: list[tuple[str, array[int], array[float]]]) -> bool:
+        """Append one sidecar block's columns; False, having changed nothing, when a step
+        goes back (within the block or from what the index holds)."""
+        for name, steps, _ in cols:
+            lst = steps.tolist()
+            if lst != sorted(lst):
+                return False
+            s = self.series.get(name)
+            if s is not None and s.steps and lst and lst[0] < s.steps[-1]:
+                return False
+        for name, steps, values in cols:
+            s = self.series.get(name)
+            if s is None:
+                s = self.series[name] = Series()
+            s.steps.extend(steps)
+            s.values.extend(values)
+        return True
 
     def _first_read(self) -> None:
         """The first load: the file (from the cache's offset) in blocks of ``max_bytes``, each
