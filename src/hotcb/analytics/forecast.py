@@ -46,6 +46,7 @@ __all__ = [
     "fit_trend",
     "forecast",
     "huber_line",
+    "origin_indices",
     "sklearn_available",
 ]
 
@@ -496,6 +497,22 @@ def _z(trend: Trend, v: float) -> float | None:
     return math.log(v) if v > 0 else None
 
 
+def origin_indices(
+    x: np.ndarray, horizon: int, origins: int, min_points: int = MIN_POINTS
+) -> np.ndarray:
+    """Indices into the sorted steps ``x`` of up to ``origins`` forecast origins, spread evenly
+    over the points with at least ``2·min_points`` points before them (counting their own) and
+    ``horizon`` steps after them."""
+    if not x.size:
+        return np.array([], dtype=int)
+    cands = np.nonzero(x <= x[-1] - horizon)[0]
+    cands = cands[cands >= 2 * min_points - 1]
+    if not cands.size:
+        return cands
+    picks = np.unique(np.linspace(0, cands.size - 1, min(origins, cands.size)).round())
+    return cands[picks.astype(int)]
+
+
 def backtest(
     steps: Any,
     values: Any,
@@ -521,34 +538,29 @@ def backtest(
     known: list[tuple[float, float, bool]] = []  # target step, signed error, log space
     inside = inside_fit = 0
     q_lo, q_hi = quantiles
-    first_ok = 2 * min_points - 1
-    cands = np.nonzero(x <= x[-1] - horizon)[0] if x.size else np.array([], dtype=int)
-    cands = cands[cands >= first_ok]
-    if cands.size:
-        picks = np.unique(np.linspace(0, cands.size - 1, min(origins, cands.size)).round())
-        for i in cands[picks.astype(int)]:
-            hx, hy = x[: i + 1], y[: i + 1]
-            trend = _fit(hx, hy, min_points, max_points, backend)
-            at = float(hx[-1]) + horizon
-            target = _observed(x, y, at)
-            if trend is None or target is None:
-                continue
-            w = _window(hx.size, min_points, max_points)
-            z_at = float(trend.z(np.array([at]))[0])
-            pred = float(trend.value(np.array([z_at]))[0])
-            errs["model"].append(abs(pred - target))
-            errs["last_value"].append(abs(float(hy[-1]) - target))
-            errs["linear"].append(abs(_linear(hx[-w:], hy[-w:], at) - target))
-            lo, hi = trend.band(np.array([at]), q_lo, q_hi)
-            inside_fit += int(lo[0] <= target <= hi[0])
-            past = [e for t, e, ls in known if t <= hx[-1] and ls == trend.log_space]
-            cal = Calibration(horizon, trend.log_space, np.array(past, dtype=float))
-            lo, hi = trend.band(np.array([at]), q_lo, q_hi, cal)
-            inside += int(lo[0] <= target <= hi[0])
-            zt = _z(trend, target)
-            if zt is not None:
-                signed.append((zt - z_at, trend.log_space))
-                known.append((at, zt - z_at, trend.log_space))
+    for i in origin_indices(x, horizon, origins, min_points):
+        hx, hy = x[: i + 1], y[: i + 1]
+        trend = _fit(hx, hy, min_points, max_points, backend)
+        at = float(hx[-1]) + horizon
+        target = _observed(x, y, at)
+        if trend is None or target is None:
+            continue
+        w = _window(hx.size, min_points, max_points)
+        z_at = float(trend.z(np.array([at]))[0])
+        pred = float(trend.value(np.array([z_at]))[0])
+        errs["model"].append(abs(pred - target))
+        errs["last_value"].append(abs(float(hy[-1]) - target))
+        errs["linear"].append(abs(_linear(hx[-w:], hy[-w:], at) - target))
+        lo, hi = trend.band(np.array([at]), q_lo, q_hi)
+        inside_fit += int(lo[0] <= target <= hi[0])
+        past = [e for t, e, ls in known if t <= hx[-1] and ls == trend.log_space]
+        cal = Calibration(horizon, trend.log_space, np.array(past, dtype=float))
+        lo, hi = trend.band(np.array([at]), q_lo, q_hi, cal)
+        inside += int(lo[0] <= target <= hi[0])
+        zt = _z(trend, target)
+        if zt is not None:
+            signed.append((zt - z_at, trend.log_space))
+            known.append((at, zt - z_at, trend.log_space))
     n = len(errs["model"])
 
     def mae(k: str) -> float | None:
