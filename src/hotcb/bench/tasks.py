@@ -14,11 +14,14 @@ A *task* makes seeded *runs*. The contract, which user tasks (``module:function`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
+import io
 import math
 import os
+import pickle
 import sys
 import sysconfig
 from collections.abc import Callable
@@ -351,7 +354,181 @@ def resnet20() -> nn.Module:
     return nn.Sequential(*layers)
 
 
+#: CIFAR-10's "python version" (the tarball unpacks to ``cifar-10-batches-py/``); the bench
+#: reads it with the standard library's pickle, numpy and torch (no torchvision) and never
+#: downloads it.
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+CIFAR_META = "batches.meta"  # label names; optional
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the usual per-channel statistics of the train set
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_CIFAR_HOWTO = (
+    f"download {CIFAR_URL}, unpack it (tar xzf cifar-10-python.tar.gz) and pass "
+    f"--data {CIFAR_FOLDER} or the folder that holds it (docs/bench.md)"
+)
+# What a CIFAR-10 batch pickle may refer to (numpy's array and dtype reconstructors, and the
+# bytes of a pickle written by Python 3): a pickle runs code, and --data may point anywhere.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}  # fmt: skip
+
+
+class CifarUnavailable(TaskUnavailable):
+    """CIFAR-10 is missing or broken under ``--data`` (the message names the file and what
+    was expected)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        canonical = module.replace("numpy._core", "numpy.core", 1)
+        if (canonical, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, unlike CIFAR-10")
+        if canonical.startswith("numpy.core."):  # numpy 2 moved numpy.core to numpy._core
+            with contextlib.suppress(ImportError, AttributeError):
+                return getattr(importlib.import_module("numpy._core" + canonical[10:]), name)
+        return super().find_class(module, name)
+
+
+def _cifar_field(doc: dict[Any, Any], key: str) -> Any:
+    """A field of a batch: keys are bytes in a pickle read with ``encoding="bytes"`` or
+    written by Python 3, str in Python 2's read with ``encoding="latin1"``."""
+    return doc[key] if key in doc else doc.get(key.encode())
+
+
+def _cifar_batch(path: str, digest: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch file: images as uint8 N×3×32×32, labels as int64, checked."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    digest.update(os.path.basename(path).encode() + b"\0" + raw)
+    try:
+        doc = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as exc:  # any unpickling failure: truncated, not a pickle, foreign class
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path} is not a CIFAR-10 batch (a pickled dict): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path} holds a {type(doc).__name__}, expected a dict with "
+            "b'data' and b'labels'"
+        )
+    data, labels = _cifar_field(doc, "data"), _cifar_field(doc, "labels")
+    if data is None or labels is None:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in doc)
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path} has keys {keys}, expected b'data' and b'labels'"
+        )
+    shape, dtype = getattr(data, "shape", None), str(getattr(data, "dtype", type(data).__name__))
+    if shape is None or len(shape) != 2 or shape[1] != 3072 or dtype != "uint8":
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path}: data is {dtype} of shape {shape}, expected uint8 "
+            "N × 3072 (N images of 3 × 32 × 32, channel-major)"
+        )
+    try:
+        y = torch.as_tensor(list(labels), dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path}: labels are not a list of integers ({exc})"
+        ) from None
+    if len(y) != shape[0]:
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path}: {len(y)} labels for {shape[0]} images, expected one each"
+        )
+    if len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9:
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {path}: labels from {int(y.min())} to {int(y.max())}, expected 0..9"
+        )
+    x = torch.from_numpy(data.copy()).view(shape[0], 3, 32, 32)  # copy: the array is read-only
+    return x, y
+
+
+def cifar10_folder(data_dir: str) -> str:
+    """The folder holding the batches: ``data_dir`` itself or its ``cifar-10-batches-py``."""
+    if not os.path.isdir(data_dir):
+        raise CifarUnavailable(
+            f"cifar10_resnet20: --data {data_dir} is not a folder; {_CIFAR_HOWTO}"
+        )
+    inner = os.path.join(data_dir, CIFAR_FOLDER)
+    if os.path.isdir(inner):
+        folder = inner
+    elif os.path.basename(os.path.normpath(data_dir)) == CIFAR_FOLDER or any(
+        os.path.exists(os.path.join(data_dir, name)) for name in (*CIFAR_TRAIN, CIFAR_TEST)
+    ):
+        folder = data_dir
+    else:
+        hints = {
+            "cifar-10-python.tar.gz": "the tarball is there but not unpacked",
+            "cifar-10-batches-bin": "that is the binary version; hotcb reads the python version",
+            "cifar-10-batches-mat": "that is the Matlab version; hotcb reads the python version",
+        }
+        found = [f" ({why})" for name, why in hints.items()
+                 if os.path.exists(os.path.join(data_dir, name))]  # fmt: skip
+        raise CifarUnavailable(
+            f"cifar10_resnet20: no CIFAR-10 under {data_dir}: expected {inner}/ or {data_dir} "
+            f"itself to hold {', '.join(CIFAR_TRAIN)} and {CIFAR_TEST}{''.join(found[:1])}; "
+            + _CIFAR_HOWTO
+        )
+    missing = [n for n in (*CIFAR_TRAIN, CIFAR_TEST)
+               if not os.path.isfile(os.path.join(folder, n))]  # fmt: skip
+    if missing:
+        raise CifarUnavailable(
+            f"cifar10_resnet20: {folder} lacks {', '.join(missing)} (CIFAR-10's python version "
+            f"has {', '.join(CIFAR_TRAIN)}, {CIFAR_TEST} and {CIFAR_META}); {_CIFAR_HOWTO}"
+        )
+    return folder
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """CIFAR-10 in memory as uint8 (150 MB for the 50k training images, not 600 MB of floats);
+    runs convert and normalise a batch at a time."""
+
+    x_train: torch.Tensor  # uint8 N×3×32×32
+    y_train: torch.Tensor  # int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    folder: str
+    sha256: str
+    label_names: tuple[str, ...]
+
+    def info(self) -> dict[str, Any]:
+        return {"folder": self.folder, "train_images": len(self.y_train),
+                "test_images": len(self.y_test), "sha256": self.sha256,
+                "label_names": list(self.label_names)}  # fmt: skip
+
+
+def load_cifar10(data_dir: str) -> CifarData:
+    """The python version of CIFAR-10 under ``data_dir`` (the ``cifar-10-batches-py`` folder
+    or its parent), checked file by file; raises :class:`CifarUnavailable` saying which file
+    is missing or wrong and what was expected."""
+    folder = cifar10_folder(data_dir)
+    digest = hashlib.sha256()
+    train = [_cifar_batch(os.path.join(folder, n), digest) for n in CIFAR_TRAIN]
+    x_te, y_te = _cifar_batch(os.path.join(folder, CIFAR_TEST), digest)
+    names: tuple[str, ...] = ()
+    meta_path = os.path.join(folder, CIFAR_META)
+    if os.path.isfile(meta_path):
+        with open(meta_path, "rb") as f, contextlib.suppress(Exception):  # names are a nicety
+            meta = _CifarUnpickler(f, encoding="latin1").load()
+            names = tuple(
+                n.decode() if isinstance(n, bytes) else str(n)
+                for n in _cifar_field(meta, "label_names") or ()
+            )
+    return CifarData(
+        torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), x_te, y_te,
+        os.path.abspath(folder), digest.hexdigest(), names,
+    )  # fmt: skip
+
+
 class CifarRun:
+    """ResNet-20, shuffled epochs (every training image once per epoch), random crops (zero
+    padding 4) and horizontal flips; order, crops and flips all come from one generator seeded
+    with the run's seed, so a run is the same bit for bit on CPU."""
+
     batch_size = 128
 
     def __init__(self, seed: int, data: tuple[torch.Tensor, ...]) -> None:
@@ -359,13 +536,44 @@ class CifarRun:
         self.model = resnet20()
         self.x_tr, self.y_tr, self.x_va, self.y_va = data
         self._batches = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.int64)
+        self._pos = 0
+        self._mean = torch.tensor(CIFAR_MEAN)[:, None, None]
+        self._std = torch.tensor(CIFAR_STD)[:, None, None]
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - self._mean) / self._std
+
+    def _next_indices(self) -> torch.Tensor:
+        parts, need = [], self.batch_size
+        while need:
+            if self._pos == len(self._order):  # a new epoch
+                self._order = torch.randperm(len(self.x_tr), generator=self._batches)
+                self._pos = 0
+            take = self._order[self._pos : self._pos + need]
+            self._pos += len(take)
+            need -= len(take)
+            parts.append(take)
+        return torch.cat(parts)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """A random 32×32 crop of each image padded by 4 (zeros: black), then a flip half the
+        time."""
+        b = len(x)
+        padded = F.pad(x, (4, 4, 4, 4))
+        dy, dx = torch.randint(0, 9, (2, b), generator=self._batches)
+        span = torch.arange(32)
+        rows = (dy[:, None] + span)[:, None, :, None]
+        cols = (dx[:, None] + span)[:, None, None, :]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None],
+                   rows, cols]  # fmt: skip
+        flip = torch.rand(b, generator=self._batches) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
 
     def train_step(self, opt: torch.optim.Optimizer) -> float:
         self.model.train()
-        idx = torch.randint(0, len(self.x_tr), (self.batch_size,), generator=self._batches)
-        x = self.x_tr[idx]
-        flip = torch.rand(len(idx), generator=self._batches) < 0.5  # random horizontal flips
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        idx = self._next_indices()
+        x = self._normalise(self._augment(self.x_tr[idx]))
         loss = F.cross_entropy(self.model(x), self.y_tr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
@@ -377,7 +585,7 @@ class CifarRun:
         self.model.eval()
         total, correct = 0.0, 0
         for xs, ys in zip(torch.split(self.x_va, 500), torch.split(self.y_va, 500), strict=True):
-            out = self.model(xs)
+            out = self.model(self._normalise(xs))
             total += float(F.cross_entropy(out, ys, reduction="sum"))
             correct += int((out.argmax(1) == ys).sum())
         return _finite(total / len(self.y_va), 10), correct / len(self.y_va)
@@ -388,33 +596,27 @@ def _sgd(params: Any, lr: float) -> torch.optim.Optimizer:
 
 
 def cifar10_resnet20(data_dir: str | None) -> Task:
-    try:
-        import torchvision  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
-        raise TaskUnavailable("cifar10_resnet20: torchvision is not installed") from None
     if not data_dir:
-        raise TaskUnavailable(
-            "cifar10_resnet20: CIFAR-10 needs --data DIR (it is never downloaded)"
+        raise CifarUnavailable(
+            "cifar10_resnet20: CIFAR-10 needs --data DIR (it is never downloaded): " + _CIFAR_HOWTO
         )
     try:
-        sets = [
-            torchvision.datasets.CIFAR10(data_dir, train=t, download=False) for t in (True, False)
-        ]
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise TaskUnavailable(f"cifar10_resnet20: no CIFAR-10 under {data_dir} ({exc})") from None
-    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None, None]
-    std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
-
-    def tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.tensor(ds.data).permute(0, 3, 1, 2).float() / 255
-        return (x - mean) / std, torch.tensor(ds.targets)
-
-    data = (*tensors(sets[0]), *tensors(sets[1]))
+        import numpy  # noqa: F401  (the batches are pickled numpy arrays)
+    except ImportError:
+        raise CifarUnavailable(
+            'cifar10_resnet20: reading CIFAR-10 needs numpy: pip install "hotcb[bench]"'
+        ) from None
+    data = load_cifar10(data_dir)
     return Task(
         "cifar10_resnet20", "ResNet-20 on CIFAR-10", 2000, 100, 0.1,
-        functools.partial(CifarRun, data=data), optimizer=_sgd,
-        about="ResNet-20 on the local CIFAR-10 (50k train, the 10k test set as validation), "
-        "batches of 128 with random flips, SGD (momentum 0.9, Nesterov, wd 5e-4) at lr 0.1.",
+        functools.partial(CifarRun, data=(data.x_train, data.y_train, data.x_test, data.y_test)),
+        optimizer=_sgd,
+        about=f"ResNet-20 (He et al., 0.27 M parameters) on the local CIFAR-10 "
+        f"({len(data.y_train)} train images, the {len(data.y_test)} test images as validation), "
+        "normalised with the usual per-channel mean and std, shuffled epochs, batches of 128 "
+        "with random crops (padding 4) and horizontal flips, SGD (momentum 0.9, Nesterov, "
+        "weight decay 5e-4) at lr 0.1.",
+        info={"data": data.info()},
     )  # fmt: skip
 
 
