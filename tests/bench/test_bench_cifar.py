@@ -9,6 +9,7 @@ Nothing is downloaded; torchvision is not used.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -169,6 +170,22 @@ def test_the_loader_reads_python2_and_python3_pickles_alike(tmp_path: Path) -> N
                        encoding="latin1")["data"]  # fmt: skip
     assert torch.equal(py2.x_train[0, 0].flatten(), torch.from_numpy(raw[0, :1024].copy()))
     assert py2.info()["train_images"] == TRAIN and len(py2.sha256) == 64
+    assert not py2.official and len(py2.differs) == 6  # not the published files
+
+
+def test_the_published_md5s_mark_a_copy_official(tmp_path: Path, monkeypatch: Any) -> None:
+    from hotcb.bench import tasks
+
+    folder = write_cifar(tmp_path)
+    md5s = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in tasks.CIFAR_MD5}
+    monkeypatch.setattr(tasks, "CIFAR_MD5", md5s)
+    assert tasks.load_cifar10(os.fspath(tmp_path)).official
+    (folder / "test_batch").write_bytes(py2_pickle({"data": np.zeros((1, 3072), np.uint8),
+                                                     "labels": [3]}))  # fmt: skip
+    data = tasks.load_cifar10(os.fspath(tmp_path))
+    assert data.differs == ("test_batch",) and len(data.y_test) == 1
+    about = tasks.cifar10_resnet20(os.fspath(tmp_path)).about
+    assert "NOT the published files: test_batch differs" in about
 
 
 def _raw(tmp_path: Path, name: str, content: bytes) -> str:
@@ -235,14 +252,15 @@ def test_a_missing_or_broken_cifar_says_what_and_where(
 def test_a_run_is_the_same_for_a_seed(tmp_path: Path) -> None:
     """Epoch order, crops and flips come from the run's seed: two runs of one seed give the
     same losses bit for bit, another seed others."""
-    from hotcb.bench.tasks import load_task
+    from hotcb.bench.tasks import CifarRun, _sgd, load_cifar10
 
-    task = load_task("cifar10_resnet20", data_dir=os.fspath(write_cifar(tmp_path)))
+    d = load_cifar10(os.fspath(write_cifar(tmp_path)))
+    data = (d.x_train[:40], d.y_train[:40], d.x_test, d.y_test)
 
     def losses(seed: int) -> list[float]:
-        run = task.make(seed)
-        run.batch_size = 100  # > 256 / 3: the third step crosses into a new epoch
-        opt = task.base_optimizer(run.model.parameters())
+        run = CifarRun(seed, data)
+        run.batch_size = 16  # 40 images: the third step crosses into a new epoch
+        opt = _sgd(run.model.parameters(), 0.1)
         return [run.train_step(opt) for _ in range(3)]
 
     first = losses(0)
@@ -271,7 +289,8 @@ def test_cifar_trains_through_the_cli_and_replays_bit_for_bit(cli: Any, tmp_path
     task = meta["tasks"]["cifar10_resnet20"]
     assert task["data"]["train_images"] == TRAIN and task["data"]["test_images"] == TEST
     assert task["data"]["folder"] == os.fspath(tmp_path / "data/cifar-10-batches-py")
-    assert "256 train images" in task["about"]
+    assert "256 train images" in task["about"] and not task["data"]["official"]
+    assert "NOT the published files: all six differ" in task["about"]
     rows = {r["condition"]: r for r in _rows(out / "summary.csv")}
     assert set(rows) == {"fixed", "autopilot", "replay"}
     for cond in ("fixed", "autopilot"):

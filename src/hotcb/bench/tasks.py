@@ -362,6 +362,16 @@ CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
 CIFAR_META = "batches.meta"  # label names; optional
+#: The md5 of each file as published (torchvision checks the same): a copy that differs still
+#: trains, but bench.json and the report say so, since its results are not comparable.
+CIFAR_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the usual per-channel statistics of the train set
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _CIFAR_HOWTO = (
@@ -399,11 +409,13 @@ def _cifar_field(doc: dict[Any, Any], key: str) -> Any:
     return doc[key] if key in doc else doc.get(key.encode())
 
 
-def _cifar_batch(path: str, digest: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar_batch(path: str, digest: Any, md5s: dict[str, str]) -> tuple[torch.Tensor, ...]:
     """One batch file: images as uint8 N×3×32×32, labels as int64, checked."""
     with open(path, "rb") as f:
         raw = f.read()
-    digest.update(os.path.basename(path).encode() + b"\0" + raw)
+    name = os.path.basename(path)
+    digest.update(name.encode() + b"\0" + raw)
+    md5s[name] = hashlib.md5(raw, usedforsecurity=False).hexdigest()
     try:
         doc = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except Exception as exc:  # any unpickling failure: truncated, not a pickle, foreign class
@@ -494,10 +506,16 @@ class CifarData:
     folder: str
     sha256: str
     label_names: tuple[str, ...]
+    differs: tuple[str, ...]  # files whose md5 is not the published one
+
+    @property
+    def official(self) -> bool:
+        return not self.differs
 
     def info(self) -> dict[str, Any]:
         return {"folder": self.folder, "train_images": len(self.y_train),
                 "test_images": len(self.y_test), "sha256": self.sha256,
+                "official": self.official, "differs_from_published": list(self.differs),
                 "label_names": list(self.label_names)}  # fmt: skip
 
 
@@ -506,9 +524,9 @@ def load_cifar10(data_dir: str) -> CifarData:
     or its parent), checked file by file; raises :class:`CifarUnavailable` saying which file
     is missing or wrong and what was expected."""
     folder = cifar10_folder(data_dir)
-    digest = hashlib.sha256()
-    train = [_cifar_batch(os.path.join(folder, n), digest) for n in CIFAR_TRAIN]
-    x_te, y_te = _cifar_batch(os.path.join(folder, CIFAR_TEST), digest)
+    digest, md5s = hashlib.sha256(), {}
+    train = [_cifar_batch(os.path.join(folder, n), digest, md5s) for n in CIFAR_TRAIN]
+    x_te, y_te = _cifar_batch(os.path.join(folder, CIFAR_TEST), digest, md5s)
     names: tuple[str, ...] = ()
     meta_path = os.path.join(folder, CIFAR_META)
     if os.path.isfile(meta_path):
@@ -521,6 +539,7 @@ def load_cifar10(data_dir: str) -> CifarData:
     return CifarData(
         torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), x_te, y_te,
         os.path.abspath(folder), digest.hexdigest(), names,
+        tuple(n for n, md5 in md5s.items() if md5 != CIFAR_MD5[n]),
     )  # fmt: skip
 
 
@@ -607,13 +626,17 @@ def cifar10_resnet20(data_dir: str | None) -> Task:
             'cifar10_resnet20: reading CIFAR-10 needs numpy: pip install "hotcb[bench]"'
         ) from None
     data = load_cifar10(data_dir)
+    differs = ", ".join(data.differs) if len(data.differs) < len(CIFAR_MD5) else "all six"
     return Task(
         "cifar10_resnet20", "ResNet-20 on CIFAR-10", 2000, 100, 0.1,
         functools.partial(CifarRun, data=(data.x_train, data.y_train, data.x_test, data.y_test)),
         optimizer=_sgd,
         about=f"ResNet-20 (He et al., 0.27 M parameters) on the local CIFAR-10 "
-        f"({len(data.y_train)} train images, the {len(data.y_test)} test images as validation), "
-        "normalised with the usual per-channel mean and std, shuffled epochs, batches of 128 "
+        f"({len(data.y_train)} train images, the {len(data.y_test)} test images as validation; "
+        + ("the published files, md5 checked), " if data.official else
+           f"NOT the published files: {differs} differ{'s' if len(data.differs) == 1 else ''}, "
+           "so results are not comparable with others'), ")
+        + "normalised with the usual per-channel mean and std, shuffled epochs, batches of 128 "
         "with random crops (padding 4) and horizontal flips, SGD (momentum 0.9, Nesterov, "
         "weight decay 5e-4) at lr 0.1.",
         info={"data": data.info()},
