@@ -232,7 +232,7 @@ def test_ai_condition_asks_the_configured_endpoint(tmp_path: Path, monkeypatch: 
 
 def test_resnet20_run_on_cifar_shaped_tensors() -> None:
     """The cifar10_resnet20 task's model and run, on random CIFAR-shaped tensors (the data set
-    itself is never downloaded; with torchvision and --data the same run trains on it)."""
+    itself is never downloaded; with --data the same run trains on it)."""
     from hotcb.bench.tasks import CifarRun, _sgd, resnet20
 
     model = resnet20()

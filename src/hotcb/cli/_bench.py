@@ -21,7 +21,7 @@ then write the report (see 'hotcb bench report').
 
 tasks: digits_mlp, digits_cnn, digits_badlr (lr 10x too high) on scikit-learn's bundled digits;
   charlm (a character-level transformer on the Python standard library's own source files);
-  cifar10_resnet20 (needs torchvision and --data DIR holding CIFAR-10; skipped otherwise);
+  cifar10_resnet20 (needs --data DIR holding CIFAR-10's python version; skipped otherwise);
   module:function for your own task (the contract: docs/bench.md).
 conditions: fixed, cosine, plateau (ReduceLROnPlateau), schedulefree (Schedule-Free AdamW),
   prodigy, autopilot (hotcb's rule autopilot, auto mode), tune (hotcb tune, active), ai (the
