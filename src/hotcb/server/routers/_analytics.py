@@ -291,9 +291,15 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         run_id: str = ".",
         names: str | None = Query(None, description="comma-separated; default every metric"),
         max_points: int = Query(500, ge=10, le=5000),
-        method: str = Query("auto", pattern="^(auto|pca|umap)$"),
+        method: str = Query(
+            "pca",
+            pattern="^(auto|pca|umap)$",
+            description="pca (fast); umap when umap-learn is installed (seconds a request, "
+            "and about 40 s the first time in a server: numba compiles it); auto: umap if "
+            "installed",
+        ),
     ) -> dict[str, Any]:
-        """The run's metric vector over time projected to 2-D (PCA; UMAP when installed)."""
+        """The run's metric vector over time projected to 2-D (PCA; UMAP on request)."""
         if method == "umap" and not umap_available():
             raise HTTPException(422, detail='method=umap needs umap-learn: pip install umap-learn')  # fmt: skip
         run = deps.run(run_id)
