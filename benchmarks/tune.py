@@ -4,6 +4,7 @@
     python benchmarks/tune.py --quick               # 1 seed, short budgets: a smoke test (<1 min)
     python benchmarks/tune.py --only fixed,tune     # some conditions only
     python benchmarks/tune.py --keep-runs /tmp/r    # keep the tuner's run directories
+    python benchmarks/tune.py --horizon             # one segment's view of an lr move (~1 min)
 
 Writes ``<out>/tune.md`` (a table per task, verdicts, the tuner's ledger counts) and
 ``<out>/img/tune_<task>.png``; ``--out`` defaults to ``docs/benchmarks`` (``--quick``: a temporary
@@ -695,6 +696,89 @@ def print_tables(tasks: list[Any], results: dict[str, list[Result]]) -> None:
             )
 
 
+# ------------------------------------------------------------------------------ --horizon
+HORIZON_AT = (100, 400, 800)  # the steps a move is tried at
+HORIZON_MULTS = (4.0, 30.0)  # x4: the range's end; x30: the good lr
+HORIZON_REPEATS = 5  # batch orders per segment, for its noise
+
+
+def _segment_level(task: Any, run: Any, opt: torch.optim.Optimizer, lr: float) -> float:
+    """One segment at ``lr``; its level as the tuner takes it (the median of the last half of
+    its evaluations)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    vals = []
+    for k in range(1, SEGMENT_STEPS + 1):
+        run.train_step(opt)
+        if k % task.eval_every == 0:
+            vals.append(run.evaluate()[0])
+    return statistics.median(vals[len(vals) // 2 :])
+
+
+def horizon(seeds: Sequence[int]) -> list[str]:
+    """What one tuner segment shows of an lr move, against what the move is worth at the end.
+
+    Digits from 30x too low: at each step of ``HORIZON_AT`` the run (trained at the start lr so
+    far) is copied, and each copy runs one segment (50 steps) at the start lr times 1, 4 or 30,
+    ``HORIZON_REPEATS`` times with fresh batch orders; its level is the tuner's (the median of the
+    last 3 of its 5 evaluations). The first repeat then trains on at that lr to the end. Returns
+    a Markdown table: the move's gain in the segment's level and in the final val loss, relative
+    to staying (positive: better), and the spread of the level over batch orders."""
+    task = Digits()
+    lr0 = task.starts()["30x low"]
+    rows: dict[tuple[int, float], list[tuple[float, float, float]]] = {}
+    for seed in seeds:
+        run = task.make(seed)
+        gen = getattr(run, "_batches", None)
+        if not isinstance(gen, torch.Generator):
+            raise SystemExit("--horizon: the digits run's batch generator is not where expected")
+        opt = adamw_or_sgd(task, run, lr0)
+        step = 0
+        for at in HORIZON_AT:
+            for _ in range(at - step):
+                run.train_step(opt)
+            step = at
+            snap = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(opt.state_dict()),
+                    gen.get_state())  # fmt: skip
+            got: dict[float, tuple[float, float, float]] = {}
+            for mult in (1.0, *HORIZON_MULTS):
+                levels, final = [], math.nan
+                for r in range(HORIZON_REPEATS):
+                    run.model.load_state_dict(snap[0])
+                    opt.load_state_dict(snap[1])
+                    gen.manual_seed(1000 * seed + 10 * at + r)
+                    levels.append(_segment_level(task, run, opt, lr0 * mult))
+                    if r == 0:
+                        for _ in range(at + SEGMENT_STEPS, task.total_steps):
+                            run.train_step(opt)
+                        final = run.evaluate()[0]
+                got[mult] = (statistics.mean(levels), statistics.stdev(levels), final)
+            stay = got[1.0]
+            for mult in HORIZON_MULTS:
+                level, _, final = got[mult]
+                rows.setdefault((at, mult), []).append(
+                    ((stay[0] - level) / stay[0], stay[1] / stay[0], (stay[2] - final) / stay[2])
+                )
+            run.model.load_state_dict(snap[0])
+            opt.load_state_dict(snap[1])
+            gen.set_state(snap[2])
+            for group in opt.param_groups:
+                group["lr"] = lr0
+    lines = [
+        f"Digits from 30x too low (lr {lr0:.2g}), seeds {', '.join(map(str, seeds))}: an lr move "
+        f"at a step, judged on one {SEGMENT_STEPS}-step segment and at the end "
+        f"(step {task.total_steps}); gains relative to staying, positive: better.",
+        "",
+        "| at step | move | gain in the segment's level | level's spread over batch orders "
+        "| gain in the final val loss |",
+        "|---|---|---|---|---|",
+    ]
+    for (at, mult), xs in rows.items():
+        gain, spread, final = (statistics.mean(x[i] for x in xs) for i in range(3))
+        lines.append(f"| {at} | lr ×{mult:g} | {gain:+.1%} | {spread:.1%} | {final:+.1%} |")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, short budgets (smoke test)")
@@ -708,7 +792,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="values",
         help="the tuner's roll-back: knob values (its default) or also the model's state",
     )
+    ap.add_argument(
+        "--horizon",
+        action="store_true",
+        help="only measure what one segment shows of an lr move from 30x too low (digits), "
+        "against its worth at the end; prints a table",
+    )
     args = ap.parse_args(argv)
+    if args.horizon:
+        torch.set_num_threads(1)
+        print("\n".join(horizon(list(range(args.seeds)))))
+        return 0
     global TUNE_RESTORE
     TUNE_RESTORE = args.tune_restore
     only = set(args.only.split(","))
