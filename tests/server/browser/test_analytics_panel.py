@@ -1,6 +1,7 @@
 """The Analytics panel in headless Chromium against a real ``hotcb serve``: the forecast band
-where the model beats the baselines on the run's own history, the "not better" note where it
-does not, the what-if of a change typed in the panel and in the controls, the trajectory.
+where the model beats the baselines on the run's own history, in the panel and over the
+metric's main chart (continuing the curve past the last step), the "not better" note where it
+does not (in the panel and in that chart's head), the what-if of a change typed in the panel and in the controls, the trajectory.
 
 Tests wait on conditions with generous deadlines (the machine may be loaded), never on sleeps.
 """
@@ -22,6 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 DROP = 0.8
 DEBUG = "() => window.hotcbAnalytics && window.hotcbAnalytics.debug()"
+#: The main chart that shows ``metric`` (app.js's charts), or null.
+CHART = """(metric) => (window.hotcb.debug().charts || []).find(
+    (c) => c.series.some((s) => s.metric === metric && !s.label.includes("forecast")))"""
 
 
 class _Opt:
@@ -55,6 +59,12 @@ def wait(page: Any, expr: str) -> None:
                            timeout=60000)  # fmt: skip
 
 
+def wait_chart(page: Any, metric: str, expr: str) -> dict[str, Any]:
+    page.wait_for_function(f"(m) => {{ const c = ({CHART})(m); return !!(c && ({expr})); }}",
+                           arg=metric, timeout=60000)  # fmt: skip
+    return page.evaluate(CHART, metric)  # type: ignore[no-any-return]
+
+
 def test_forecast_band_note_whatif_and_trajectory(
     page: Any, serve_dir: Any, tmp_path: Any, tune_state: Any
 ) -> None:
@@ -78,6 +88,19 @@ def test_forecast_band_note_whatif_and_trajectory(
     assert "10–90 %" in page.text_content("#analytics-card .card-head")
     assert page.is_visible("#forecast-canvas") and page.is_visible("#trajectory-canvas")
     assert "PCA of loss, val_loss" in page.text_content("#trajectory-note")
+    # the band is calibrated on the backtest's 12 past forecasts 200 steps ahead
+    assert d["band"] == "calibrated" and d["calibratedOn"] == 12, d
+
+    # ... and drawn over the main chart of val_loss: the curve continues to the right of the
+    # last logged step (1199) to 1199 + 200, with the band filled between 10 % and 90 %
+    card = wait_chart(page, "val_loss", "c.forecast && c.forecast.pointsAhead > 0")
+    f = card["forecast"]
+    assert f["label"] == "val_loss forecast" and f["lastLogged"] == 1199, card
+    assert f["end"] == 1399 and f["xMax"] >= 1399 and f["bands"] == 1, card
+    labels = [s["label"] for s in card["series"]]
+    assert {"forecast 10 %", "forecast 90 %"} <= set(labels) and card["note"] == "", labels
+    legend = page.locator(f'.chart-card[data-group="{card["key"]}"] .u-legend').text_content()
+    assert "val_loss forecast" in legend and "forecast 90 %" in legend, legend
 
     # the pending proposal is asked about by itself: nothing similar (the lr only went down)
     wait(page, "d.whatif && d.whatif.from === 'tuner P3' && d.whatif.note")
@@ -111,3 +134,8 @@ def test_forecast_band_note_whatif_and_trajectory(
     assert page.is_visible("#forecast-note")
     assert "forecast not better" in page.text_content("#forecast-note")
     assert page.evaluate(DEBUG)["bandPoints"] == 0
+    # the main chart of loss: no forecast drawn, the same note in its head
+    card = wait_chart(page, "loss", "c.note && !c.forecast")
+    assert "forecast not better" in card["note"], card
+    head = page.locator(f'.chart-card[data-group="{card["key"]}"] .chart-note')
+    assert head.is_visible() and "forecast not better" in head.text_content()

@@ -1,6 +1,6 @@
 // The Analytics panel under the metric charts: the key metric's forecast with its band (shown
 // only where the model beat the last value and a linear trend on this run's own history; a note
-// otherwise), the what-if band of a proposed change (typed in the controls, an autopilot or
+// otherwise), also drawn over that metric's main chart (charts.js setForecast), the what-if band of a proposed change (typed in the controls, an autopilot or
 // tuner proposal, or picked here), and the run's trajectory in metric space (PCA).
 // It reads GET …/forecast, …/whatif, …/trajectory (docs/analytics.md) and the page's current run
 // from window.hotcb (app.js). Pure helpers first (tests/js can run them under node).
@@ -253,6 +253,7 @@ export class AnalyticsPanel {
         this.run = run;
         this.metric = "";
         this.forecast = this.history = this.whatif = this.traj = null;
+        this.publish();
         this.refresh();
       }
     }, 500);
@@ -383,7 +384,27 @@ export class AnalyticsPanel {
     if (render) this.render();
   }
 
+  /** The forecast (or the note) over the metric's main chart: app.js's charts redraw it. */
+  publish() {
+    const page = window.hotcb;
+    if (!page || !page.charts || !page.app) return;
+    const fc = this.forecast;
+    const f = fc && fc.forecast;
+    let overlay = null;
+    if (fc && fc.show && f) {
+      overlay = { run: this.run, metric: fc.metric, ...f };
+    } else if (fc && fc.note) {
+      overlay = { run: this.run, metric: fc.metric, note: fc.note };
+    }
+    const sig = overlay ? `${overlay.run}|${overlay.metric}|${overlay.last_step}|${this.horizon}|${overlay.note || ""}|${(f && f.median.length) || 0}` : "";
+    if (sig === this.publishedSig) return;
+    this.publishedSig = sig;
+    page.charts.setForecast(overlay);
+    page.app.dirty.charts = true;
+  }
+
   render() {
+    this.publish();
     const fc = this.forecast;
     if (!fc) {
       this.summary.textContent = "";
@@ -496,6 +517,8 @@ export class AnalyticsPanel {
       show: !!(fc && fc.show),
       note: fc ? fc.note : null,
       noteShown: !this.note.hidden && this.note.textContent,
+      band: fc && fc.forecast ? fc.forecast.band : null,
+      calibratedOn: fc && fc.forecast ? fc.forecast.calibrated_on : 0,
       bandPoints: fc && fc.show && fc.forecast ? fc.forecast.steps.length : 0,
       backtest: fc ? fc.backtest : null,
       whatif: this.whatif ? { knob: this.whatif.knob, factor: this.whatif.factor, from: this.whatif.from, note: this.whatif.note ?? null, similar: (this.whatif.similar || []).length, band: !!this.whatif.band } : null,

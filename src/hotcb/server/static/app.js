@@ -916,6 +916,7 @@ async function main() {
 // A hook for tests and curious users: what the page currently shows.
 window.hotcb = {
   app,
+  charts, // analytics.js draws the forecast over the key metric's chart (setForecast)
   debug() {
     return {
       run: app.runId,

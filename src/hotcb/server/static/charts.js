@@ -157,6 +157,19 @@ export function ema(values, alpha) {
   return out;
 }
 
+/** "#2563eb" → "rgba(37, 99, 235, a)". */
+export function withAlpha(hex, a) {
+  const n = parseInt(String(hex).slice(1, 7), 16);
+  return Number.isNaN(n) ? hex : `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${a})`;
+}
+
+/** uPlot's band (a fill between the forecast's high and low series), when there is one. */
+function forecastBands(series) {
+  const hi = series.findIndex((s) => s.forecast === "hi");
+  const lo = series.findIndex((s) => s.forecast === "lo");
+  return hi >= 0 && lo >= 0 ? [{ series: [hi + 1, lo + 1], fill: withAlpha(series[hi].color, 0.16) }] : [];
+}
+
 // ----------------------------------------------------------------------------- one chart
 class ChartCard {
   constructor(parent, group, opts) {
@@ -175,6 +188,7 @@ class ChartCard {
     this.el.innerHTML = `
       <div class="chart-head">
         <h3></h3>
+        <span class="chart-note muted small" hidden></span>
         <div class="chart-tools">
           <label class="toggle small" title="logarithmic y axis"><input type="checkbox" class="log-toggle"> log</label>
           <button class="icon-btn reset-zoom" title="reset zoom" disabled>⟲</button>
@@ -183,6 +197,7 @@ class ChartCard {
       <div class="chart-body"></div>`;
     this.el.querySelector("h3").textContent = group.title;
     this.body = this.el.querySelector(".chart-body");
+    this.noteEl = this.el.querySelector(".chart-note");
     const logBox = this.el.querySelector(".log-toggle");
     logBox.checked = this.log;
     logBox.addEventListener("change", () => {
@@ -221,8 +236,8 @@ class ChartCard {
         { label: "step", value: (u, v) => (v == null ? "–" : v) },
         ...this.series.map((s) => ({
           label: s.label,
-          stroke: s.color,
-          width: s.runId === this.opts.primary() ? 1.6 : 1.2,
+          stroke: s.forecast === "lo" || s.forecast === "hi" ? withAlpha(s.color, 0.45) : s.color,
+          width: s.forecast ? 1.2 : s.runId === this.opts.primary() ? 1.6 : 1.2,
           dash: s.dash || undefined,
           spanGaps: true,
           points: { show: false },
@@ -240,6 +255,7 @@ class ChartCard {
           ...decades,
         },
       ],
+      bands: forecastBands(this.series),
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
       legend: { live: true },
       hooks: {
@@ -259,7 +275,9 @@ class ChartCard {
   }
 
   /** Replace the series list (rebuilds the chart when labels changed) and the data. */
-  update(series, data, markers) {
+  update(series, data, markers, note = "") {
+    this.noteEl.textContent = note;
+    this.noteEl.hidden = !note;
     const sig = series.map((s) => s.label + s.color + (s.dash || "")).join("|");
     const prevSig = this.series.map((s) => s.label + s.color + (s.dash || "")).join("|");
     this.series = series;
@@ -312,6 +330,26 @@ class ChartCard {
     }
   }
 
+  /** The forecast drawn here: points past the last logged step, the band, the x axis' end. */
+  forecastDebug(d) {
+    const i = this.series.findIndex((s) => s.forecast === "median");
+    if (i < 0) return null;
+    const logged = this.series.map((s, k) => (s.forecast ? -1 : k)).filter((k) => k >= 0);
+    let last = -Infinity;
+    d[0].forEach((x, j) => {
+      if (logged.some((k) => d[k + 1]?.[j] != null)) last = Math.max(last, x);
+    });
+    const ahead = d[0].filter((x, j) => x > last && d[i + 1]?.[j] != null);
+    return {
+      label: this.series[i].label,
+      lastLogged: last,
+      pointsAhead: ahead.length,
+      end: ahead.length ? ahead[ahead.length - 1] : null,
+      bands: this.plot ? (this.plot.bands || []).length : 0,
+      xMax: this.plot ? this.plot.scales.x.max : null,
+    };
+  }
+
   destroy() {
     if (this.plot) this.plot.destroy();
     this.el.remove();
@@ -334,6 +372,8 @@ class ChartCard {
       })),
       markers: this.markers.length,
       markersDrawn: this.el.querySelectorAll(".marker").length,
+      forecast: this.forecastDebug(d),
+      note: this.noteEl.hidden ? "" : this.noteEl.textContent,
     };
   }
 }
@@ -349,10 +389,20 @@ export class Charts {
     this.emptyEl = emptyEl;
     this.opts = opts;
     this.cards = new Map();
+    this.forecast = null;
     this.resizeObs = new ResizeObserver(() => {
       for (const c of this.cards.values()) c.resize();
     });
     this.resizeObs.observe(root);
+  }
+
+  /**
+   * The primary run's forecast drawn over its metric's chart (analytics.js): {run, metric,
+   * steps, median, lo, hi, last_step, last_value, quantiles} continues the curve to the right
+   * with its band; {run, metric, note} shows the note in that chart's head; null: nothing.
+   */
+  setForecast(fc) {
+    this.forecast = fc;
   }
 
   /**
@@ -404,8 +454,25 @@ export class Charts {
           tables.push([s.step, ema(s.value, this.opts.smoothing || 0)]);
         });
       });
+      const fc = this.forecast;
+      let note = "";
+      if (fc && primary && fc.run === primary.runId && g.names.includes(fc.metric) && !repeats.has(fc.metric)) {
+        if (fc.steps && fc.steps.length && primary.series.get(fc.metric)?.step.length) {
+          const color = PALETTE[g.names.indexOf(fc.metric) % PALETTE.length];
+          const [qlo, qhi] = (fc.quantiles || [0.1, 0.9]).map((q) => `${Math.round(q * 100)} %`);
+          const base = { color, runId: primary.runId, name: fc.metric, same: [] };
+          series.push(
+            { ...base, label: `${fc.metric} forecast`, dash: [6, 4], forecast: "median" },
+            { ...base, label: `forecast ${qlo}`, dash: null, forecast: "lo" },
+            { ...base, label: `forecast ${qhi}`, dash: null, forecast: "hi" },
+          );
+          const x = [fc.last_step, ...fc.steps];
+          const from = (col) => [fc.last_value, ...col];
+          tables.push([x, from(fc.median), from(fc.lo), from(fc.hi)]);
+        } else if (fc.note) note = fc.note;
+      }
       const data = tables.length ? uPlot.join(tables) : [[]];
-      card.update(series, data, markers);
+      card.update(series, data, markers, note);
     });
   }
 
