@@ -165,6 +165,21 @@ def test_a_rewritten_file_and_a_torn_block_are_parsed(tmp_path: Any) -> None:
     assert state(index) == state(parsed(path)) and index.lines == 20
 
 
+def test_a_step_past_int64_is_skipped_not_a_crash(tmp_path: Any) -> None:
+    """No int64 column holds it: the collector leaves it out of its blocks and every reader
+    skips it like a bad line (the server used to raise on it)."""
+    path = str(tmp_path / METRICS)
+    with MetricsCollector(str(tmp_path)) as c:
+        log_steps(c, range(0, 20))
+        c.log(1 << 64, {"loss": 0.5})
+        log_steps(c, range(20, 23))
+    with open(path, "ab") as f:
+        f.write(b'{"step":1e400,"metrics":{"loss":1}}\n{"step":NaN,"metrics":{"loss":1}}\n')
+    index = opened(path)
+    assert index.source["from"] == "columns" and index.lines == 23
+    assert state(index) == state(parsed(path)) and index.last_step == 22
+
+
 def test_metrics_are_recorded_when_the_sidecar_cannot_be_written(tmp_path: Any) -> None:
     os.mkdir(sidecar_path(str(tmp_path / METRICS)))  # a folder where the file should be
     with MetricsCollector(str(tmp_path)) as c:

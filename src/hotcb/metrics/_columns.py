@@ -82,6 +82,9 @@ class ColumnWriter:
         """One record of ``nbytes`` bytes (its line, newline included) was appended."""
         if not self.enabled:
             return
+        if not -(1 << 63) <= step < 1 << 63:  # no int64 holds it: the parser takes over
+            self.skip(nbytes)
+            return
         cols = self._cols
         for name, value in values.items():
             col = cols.get(name)

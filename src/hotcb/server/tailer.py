@@ -68,6 +68,7 @@ __all__ = [
 log = logging.getLogger("hotcb.server")
 
 _RESERVED = frozenset({"step", "epoch", "wall_time", "metrics", "v", "rank"})
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
@@ -117,9 +118,11 @@ def _step_of(rec: Any) -> int | None:
     if type(rec) is not dict:
         return None
     step = rec.get("step")
-    if type(step) is int:
-        return step
-    return int(step) if type(step) is float else None  # a parser gives exact types
+    if type(step) is float and math.isfinite(step):  # a parser gives exact types
+        step = int(step)
+    if type(step) is not int or not _INT64_MIN <= step <= _INT64_MAX:
+        return None  # no int64 column holds it: skipped like a bad line
+    return step
 
 
 def _columns(
@@ -478,10 +481,9 @@ class MetricsIndex:
             return None
         if type(rec) is not dict:
             return None
-        step = rec.get("step")
-        if isinstance(step, bool) or not isinstance(step, (int, float)):
+        step = _step_of(rec)
+        if step is None:
             return None
-        step = int(step)
         metrics = rec.get("metrics")
         if type(metrics) is not dict:  # flat records: every other numeric key is a metric
             metrics = {k: v for k, v in rec.items() if k not in _RESERVED}
