@@ -510,7 +510,7 @@ def origin_indices(
     if not cands.size:
         return cands
     picks = np.unique(np.linspace(0, cands.size - 1, min(origins, cands.size)).round())
-    return cands[picks.astype(int)]
+    return np.asarray(cands[picks.astype(int)])
 
 
 def backtest(

@@ -278,7 +278,8 @@ def create_analytics_router(deps: Deps) -> APIRouter:
 
         def compute() -> dict[str, Any]:
             changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
-            fc = forecast(base.steps, base.values, horizon, backend=fit_backend())
+            bt = backtest(base.steps, base.values, horizon)  # the band /forecast draws
+            fc = forecast(base.steps, base.values, horizon, backend=fit_backend(), calibration=bt)
             w = whatif(knob, factor, changes, fc)
             return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
 
