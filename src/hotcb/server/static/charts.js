@@ -342,6 +342,7 @@ class ChartCard {
     const ahead = d[0].filter((x, j) => x > last && d[i + 1]?.[j] != null);
     return {
       label: this.series[i].label,
+      labels: this.series.filter((s) => s.forecast).map((s) => s.label),
       lastLogged: last,
       pointsAhead: ahead.length,
       end: ahead.length ? ahead[ahead.length - 1] : null,
@@ -363,13 +364,15 @@ class ChartCard {
       log: this.log,
       zoomed: this.zoomed,
       canvas: !!this.el.querySelector("canvas"),
-      series: this.series.map((s, i) => ({
-        label: s.label,
-        run: s.runId,
-        metric: s.name,
-        same: s.same || [],
-        points: (d[i + 1] || []).filter((v) => v != null).length,
-      })),
+      series: this.series
+        .map((s, i) => ({
+          label: s.label,
+          run: s.runId,
+          metric: s.name,
+          same: s.same || [],
+          points: (d[i + 1] || []).filter((v) => v != null).length,
+        }))
+        .filter((_, i) => !this.series[i].forecast), // the forecast's are under `forecast`
       markers: this.markers.length,
       markersDrawn: this.el.querySelectorAll(".marker").length,
       forecast: this.forecastDebug(d),
