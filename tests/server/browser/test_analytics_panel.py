@@ -90,6 +90,7 @@ def test_forecast_band_note_whatif_and_trajectory(
     assert "PCA of loss, val_loss" in page.text_content("#trajectory-note")
     # the band is calibrated on the backtest's 12 past forecasts 200 steps ahead
     assert d["band"] == "calibrated" and d["calibratedOn"] == 12, d
+    assert "band calibrated on their 12 errors" in page.text_content("#forecast-backtest")
 
     # ... and drawn over the main chart of val_loss: the curve continues to the right of the
     # last logged step (1199) to 1199 + 200, with the band filled between 10 % and 90 %

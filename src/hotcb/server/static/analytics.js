@@ -420,8 +420,10 @@ export class AnalyticsPanel {
     this.note.textContent = fc.show ? "" : fc.note || "";
     this.note.hidden = !!fc.show;
     const m = fc.backtest && fc.backtest.mae;
+    const n = f ? f.calibrated_on || 0 : 0;
+    const how = !f ? "" : n ? ` · band calibrated on their ${n} errors` : " · band from the fit's residuals (too few past forecasts to calibrate)";
     this.bt.textContent = m && fc.backtest.origins
-      ? `backtest on this run (${fc.backtest.origins} forecasts, ${this.horizon} steps ahead), mean abs. error: model ${fmtNum(m.model)} · last value ${fmtNum(m.last_value)} · linear trend ${fmtNum(m.linear)}`
+      ? `backtest on this run (${fc.backtest.origins} forecasts, ${this.horizon} steps ahead), mean abs. error: model ${fmtNum(m.model)} · last value ${fmtNum(m.last_value)} · linear trend ${fmtNum(m.linear)}${how}`
       : "";
     const w = this.whatif;
     if (!w) this.wiText.textContent = "";
