@@ -454,7 +454,7 @@ def _cifar_batch(path: str, digest: Any, md5s: dict[str, str]) -> tuple[torch.Te
         raise CifarUnavailable(
             f"cifar10_resnet20: {path}: labels from {int(y.min())} to {int(y.max())}, expected 0..9"
         )
-    x = torch.from_numpy(data.copy()).view(shape[0], 3, 32, 32)  # copy: the array is read-only
+    x = torch.from_numpy(data.copy()).view(shape[0], 3, 32, 32)  # copy: contiguous, our own
     return x, y
 
 
@@ -524,7 +524,8 @@ def load_cifar10(data_dir: str) -> CifarData:
     or its parent), checked file by file; raises :class:`CifarUnavailable` saying which file
     is missing or wrong and what was expected."""
     folder = cifar10_folder(data_dir)
-    digest, md5s = hashlib.sha256(), {}
+    digest = hashlib.sha256()
+    md5s: dict[str, str] = {}
     train = [_cifar_batch(os.path.join(folder, n), digest, md5s) for n in CIFAR_TRAIN]
     x_te, y_te = _cifar_batch(os.path.join(folder, CIFAR_TEST), digest, md5s)
     names: tuple[str, ...] = ()
