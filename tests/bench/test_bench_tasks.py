@@ -137,6 +137,7 @@ def test_unavailable_task_and_condition_are_skipped_with_a_message(
             os.environ["HOTCB_AI_KEY"] = env_key
     assert done.returncode == 0, done.stderr
     assert "cifar10_resnet20:" in done.stderr and "skipped" in done.stderr
+    assert "cifar10_resnet20: cifar10_resnet20" not in done.stderr  # its name once
     assert "ai: not configured (missing HOTCB_AI_KEY" in done.stderr
     meta = json.loads((out / "bench.json").read_text())
     assert list(meta["tasks"]) == ["digits_mlp"]

@@ -457,7 +457,8 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         try:
             tasks.append(load_task(name, s.data))
         except TaskUnavailable as exc:
-            skipped.append((name, f"{exc}; skipped"))
+            why = str(exc).removeprefix(f"{name}: ")  # the task's messages start with its name
+            skipped.append((name, f"{why}; skipped"))
     for what, why in skipped:
         say(f"hotcb bench: {what}: {why}")
     meta: dict[str, Any] = {
