@@ -340,13 +340,17 @@ class MetricsIndex:
             s = self.series.get(name)
             if s is not None and s.steps and lst and lst[0] < s.steps[-1]:
                 return False
+        self._extend(cols)
+        return True
+
+    def _extend(self, cols: list[tuple[str, array[int], array[float]]]) -> None:
+        """Append ``(name, steps, values)`` columns to their series."""
         for name, steps, values in cols:
             s = self.series.get(name)
             if s is None:
                 s = self.series[name] = Series()
             s.steps.extend(steps)
             s.values.extend(values)
-        return True
 
     def _first_read(self) -> None:
         """The first load: the file (from the cache's offset) in blocks of ``max_bytes``, each
@@ -428,12 +432,7 @@ class MetricsIndex:
             ]
         except (OverflowError, TypeError):  # an int past 64 bits, a float too large
             return False
-        for name, st_arr, vs_arr in arrays:
-            s = self.series.get(name)
-            if s is None:
-                s = self.series[name] = Series()
-            s.steps.extend(st_arr)
-            s.values.extend(vs_arr)
+        self._extend(arrays)
         self.lines += len(recs)
         self.last_step = steps[-1]
         self.last_wall_time = _last_wall_time(recs, self.last_wall_time)
