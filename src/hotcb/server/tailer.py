@@ -306,8 +306,7 @@ class MetricsIndex:
                 raw = os.pread(fd, hi - lo + 1, lo - 1) if lo else os.pread(fd, hi, 0)
                 if lo and raw[:1] != b"\n":
                     break
-                body = memoryview(raw)[1:] if lo else memoryview(raw)
-                if len(body) != hi - lo or raw.count(b"\n") != header["lines"] + (lo > 0):
+                if len(raw) != hi - lo + (lo > 0) or raw.count(b"\n") != header["lines"] + (lo > 0):
                     break
                 cut = raw.rfind(b"\n", 0, len(raw) - 1)
                 try:
