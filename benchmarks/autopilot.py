@@ -559,10 +559,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", help="report folder (default docs/benchmarks; --quick/--rules: a temp dir)"
     )
     ap.add_argument("--only", default="", help="conditions and/or tasks, comma-separated")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="how many seeds: 0, 1, ... N-1 (default 3)"
+    )
     ap.add_argument("--rules", help="an autopilot rules file (default: the shipped rules)")
     ap.add_argument("--keep-runs", help="keep the autopilot's run directories here")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds: the number of seeds to run (1 or more), got {args.seeds}")
     try:
         tasks, conditions = select(args.only)
     except ValueError as exc:

@@ -784,7 +784,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, short budgets (smoke test)")
     ap.add_argument("--out", help="report folder (default docs/benchmarks; --quick: a temp dir)")
     ap.add_argument("--only", default=",".join(CONDITIONS), help="conditions, comma-separated")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="how many seeds: 0, 1, ... N-1 (default 3)"
+    )
     ap.add_argument("--keep-runs", help="keep the tuner's run directories here")
     ap.add_argument(
         "--tune-restore",
@@ -799,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "against its worth at the end; prints a table",
     )
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds: the number of seeds to run (1 or more), got {args.seeds}")
     if args.horizon:
         torch.set_num_threads(1)
         print("\n".join(horizon(list(range(args.seeds)))))

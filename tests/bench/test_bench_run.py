@@ -166,6 +166,16 @@ def test_bad_names_list_the_valid_ones(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flag", ["--seeds", "--steps", "--threads"])
+def test_counts_below_one_are_refused(cli: Any, tmp_path: Path, flag: str) -> None:
+    done = cli(None, "bench", "run", "--task", "digits_mlp", "--conditions", "fixed", flag, "0",
+               "--out", os.fspath(tmp_path / "o"))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{flag} must be at least 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_replay_without_its_source_is_refused(cli: Any, tmp_path: Path) -> None:
     done = cli(None, "bench", "run", "--task", "digits_mlp", "--conditions", "fixed,replay",
                "--out", os.fspath(tmp_path / "o"))  # fmt: skip

@@ -422,6 +422,8 @@ def check_plan(s: Settings) -> list[tuple[str, str]]:
         raise BenchError("--seeds must be at least 1")
     if s.steps is not None and s.steps < 1:
         raise BenchError("--steps must be at least 1")
+    if s.threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {s.threads}")
     if "replay" in s.conditions and s.replay_of not in s.conditions:
         raise BenchError(
             f"replay replays the runs of {s.replay_of}: add it to --conditions "
