@@ -69,6 +69,22 @@ export function trialRows(doc) {
   return (doc.trials || []).filter((t) => t && typeof t === "object").reverse();
 }
 
+/** What a trial changes: its own `changes` once applied, else (proposed, rejected, expired)
+ * those of its proposal, which the tuner keeps in `proposals`. */
+export function trialChanges(doc, t) {
+  if (t.changes && Object.keys(t.changes).length) return t.changes;
+  const p = (doc.proposals || []).find((q) => q && q.trial != null && q.trial === t.trial);
+  return p?.changes ?? null;
+}
+
+/** Ledger decisions of a `tune enable` that left the tuner as it was. */
+const REFUSED = new Set(["rejected", "failed", "ignored_freeze"]);
+
+/** How many answers refused after their proposal left the list are shown (newest kept). */
+const MAX_REFUSED = 3;
+/** How many answers sent from here wait for the run's verdict after their proposal left. */
+const MAX_AWAY = 20;
+
 export const decisionLabel = (d) => DECISIONS[d] || String(d ?? "–");
 
 /** A POSIX shell word for `path` (quoted when it needs to be). */
@@ -84,13 +100,21 @@ export class TunePanel {
     this.doc = { mode: "off" };
     this.runPath = null;
     this.sig = null;
-    this.sent = new Map(); // proposal id → {op, cmdId, error}
+    this.sent = new Map(); // proposal id → {id, op, cmdId, error, done (the run applied it)}
+    // answers sent from here whose proposal left the list before the run's verdict came
+    // (the same records; cmdId null while the POST is in flight)
+    this.away = new Set();
+    this.refused = []; // "P3: accept rejected: proposal P3 is rejected, not pending", newest last
+    this.enable = null; // the newest `tune enable`/`tune disable` ledger entry seen
   }
 
   /** A new run was picked: forget what was shown and sent. */
   reset(runPath) {
     this.runPath = runPath || null;
     this.sent.clear();
+    this.away.clear();
+    this.refused = [];
+    this.enable = null;
     this.sig = null;
     this.update({ mode: "off" });
   }
@@ -101,34 +125,63 @@ export class TunePanel {
     const sig = JSON.stringify(this.doc);
     if (sig === this.sig) return;
     this.sig = sig;
-    // a proposal that is no longer pending has been answered: its buttons go with it
+    // a proposal that is no longer pending has been answered: its buttons go with it. An
+    // answer sent from here may still be refused (someone answered first, from the CLI or
+    // another page): it waits, out of sight, for the run's verdict
     const pending = new Set(pendingProposals(this.doc).map((p) => String(p.id)));
-    for (const id of [...this.sent.keys()]) if (!pending.has(id)) this.sent.delete(id);
+    for (const [id, s] of [...this.sent]) {
+      if (pending.has(id)) continue;
+      this.sent.delete(id);
+      if (s.error) this.refuse(id, s.error);
+      else if (!s.done) this.away.add(s);
+    }
+    while (this.away.size > MAX_AWAY) this.away.delete(this.away.values().next().value);
     this.render();
   }
 
-  /** A ledger entry: the answer to an accept or reject sent from here. */
+  /** A ledger entry: the answer to an accept or reject sent from here, or the tuner switched
+   * on or off (a refused `tune enable` is what the off line then says). */
   onEntry(e) {
-    if (e.module !== "tune" || !["accept", "reject"].includes(e.op)) return;
+    if (e.module !== "tune") return;
+    if (e.op === "enable" || e.op === "disable") {
+      if (e.decision !== "applied" && !REFUSED.has(e.decision)) return; // scheduled, noop
+      if (this.enable == null || (e.seq ?? 0) >= (this.enable.seq ?? 0)) this.enable = e;
+      if ((this.doc.mode || "off") === "off") this.render(); // the off line says a refusal
+      return;
+    }
+    if (!["accept", "reject"].includes(e.op) || e.cmd_id == null) return;
+    const why = `${e.op} ${e.decision}: ${e.error || "no reason given"}`;
+    for (const s of this.away) {
+      if (s.cmdId !== e.cmd_id) continue;
+      this.away.delete(s);
+      if (e.decision !== "applied") this.refuse(s.id, why);
+    }
     for (const s of this.sent.values()) {
-      if (s.cmdId !== e.cmd_id || e.decision === "applied") continue;
-      s.error = `${e.op} ${e.decision}: ${e.error || "no reason given"}`;
+      if (s.cmdId !== e.cmd_id) continue;
+      s.done = e.decision === "applied";
+      if (s.done) continue;
+      s.error = why;
       this.render();
     }
   }
 
+  /** An answer refused after its proposal left the list: said under the proposals. */
+  refuse(id, why) {
+    this.refused = [...this.refused, `${id}: ${why}`].slice(-MAX_REFUSED);
+    this.render();
+  }
+
   async send(op, p) {
     const id = String(p.id);
-    this.sent.set(id, { op, cmdId: null, error: null });
+    const s = { id, op, cmdId: null, error: null, done: false };
+    this.sent.set(id, s);
     this.render();
     try {
-      const cmdId = await this.decide(op, p);
-      const s = this.sent.get(id);
-      if (s) s.cmdId = cmdId;
+      s.cmdId = await this.decide(op, p);
     } catch (err) {
-      const s = this.sent.get(id);
-      if (s) s.error = err.message;
-      this.render();
+      s.error = err.message;
+      if (this.away.delete(s)) this.refuse(id, err.message);
+      else this.render();
     }
   }
 
@@ -141,12 +194,13 @@ export class TunePanel {
     if (!this.parts) this.build();
     this.card.classList.toggle("off", off);
     this.parts.body.hidden = off;
-    const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath];
+    const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath,
+      off && this.refusedEnable()];
     this.fill("head", headKey, () => this.head(doc, f, off));
     if (off) return;
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
-    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent]], () => [this.proposals(doc)]);
-    this.fill("trials", [doc.trials], () => [this.trials(doc)]);
+    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused], () => [this.proposals(doc)]);
+    this.fill("trials", [doc.trials, doc.proposals], () => [this.trials(doc)]);
   }
 
   build() {
@@ -184,8 +238,24 @@ export class TunePanel {
     return out;
   }
 
+  /** The newest `tune enable` when the run refused it (optuna missing, a storage that could
+   * not be opened, a broken recipe) and nothing switched the tuner on or off since. */
+  refusedEnable() {
+    const e = this.enable;
+    if (!e || e.op !== "enable" || !REFUSED.has(e.decision)) return null;
+    return { step: e.step ?? null, decision: e.decision.replace(/_/g, " "), error: e.error || "no reason given" };
+  }
+
   offLine(doc) {
     if (doc.error) return el("span", "tune-off tune-error small", doc.error);
+    const refused = this.refusedEnable();
+    if (refused) {
+      const at = refused.step == null ? "" : ` at step ${refused.step}`;
+      const text = `tuner off — tune enable ${refused.decision}${at}: ${refused.error}`;
+      const line = el("span", "tune-off tune-error tune-refused small", text);
+      line.title = text;
+      return line;
+    }
     const line = el("span", "tune-off muted small", "tuner off — enable with ");
     line.append(el("code", null, ENABLE_COMMAND));
     if (this.runPath) line.title = ENABLE_COMMAND.replace("RUN", shellWord(this.runPath));
@@ -250,6 +320,18 @@ export class TunePanel {
       ul.append(li);
       if (sent?.error) ul.append(el("li", "tune-error small", `${id}: ${sent.error}`));
     }
+    this.refused.forEach((text, i) => {
+      const li = el("li", "tune-error tune-refused-answer small", text);
+      const close = el("button", "btn tiny tune-dismiss", "×");
+      close.type = "button";
+      close.title = "dismiss";
+      close.addEventListener("click", () => {
+        this.refused = this.refused.filter((_, j) => j !== i);
+        this.render();
+      });
+      li.append(" ", close);
+      ul.append(li);
+    });
     box.append(ul);
     return box;
   }
@@ -276,7 +358,7 @@ export class TunePanel {
       tr.dataset.trial = t.trial ?? "";
       const steps = t.step == null ? "" : t.end_step == null ? `${t.step}…` : `${t.step}–${t.end_step}`;
       tr.append(el("td", "num-col", t.trial ?? ""), el("td", "num-col", steps));
-      tr.append(el("td", "delta", fmtTuneChanges(t.changes) || "–"));
+      tr.append(el("td", "delta", fmtTuneChanges(trialChanges(doc, t)) || "–"));
       tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
       const dec = el("td");
       dec.append(el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision)));
@@ -296,6 +378,8 @@ export class TunePanel {
       pending: pendingProposals(doc).map((p) => String(p.id)),
       trials: trialRows(doc).map((t) => t.trial),
       sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),
+      refused: [...this.refused],
+      enableRefused: this.refusedEnable(),
     };
   }
 }
