@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, require_run_dir
+from ._common import UsageError, ended, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -90,12 +90,19 @@ def _runs(root: str) -> list[str]:
     )  # fmt: skip
 
 
+def require_rules_file(path: str | None, flag: str) -> None:
+    """A rules file named on the command line exists (one line, not an OSError's)."""
+    if path is not None and not os.path.isfile(path):
+        raise UsageError(f"{flag}: no rules file at {os.path.abspath(path)}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ..autopilot.engine import Autopilot, AutopilotBusy
     from ..notify import Notifier
     from ._notify import notify_config
 
     require_run_dir(args.dir)
+    require_rules_file(args.rules, "--rules")
     pilots: dict[str, Any] = {}
     notifiers: dict[str, Any] = {}  # run -> Notifier (--notify), stepped in the same loop
     notify = notify_config(args)
@@ -151,7 +158,7 @@ def _loop(
             for notifier in notifiers.values():
                 notifier.step()
             if args.once or (pilots and all(p.ended for p in pilots.values())):
-                _say_crashed(pilots)
+                _say_ended(pilots, args.once)
                 return 0
             time.sleep(args.interval)
             refresh()
@@ -168,11 +175,14 @@ def _finish_calls(pilots: dict[str, Any]) -> None:
                 print(_line(rec), flush=True)
 
 
-def _say_crashed(pilots: dict[str, Any]) -> None:
+def _say_ended(pilots: dict[str, Any], once: bool) -> None:
+    """Why the autopilot leaves: each run that ended, and how."""
     for run, pilot in pilots.items():
         if pilot.crashed:
             print(f"hotcb autopilot: the training process of {run} is gone without closing "
                   "the run (crashed or killed)", flush=True)  # fmt: skip
+        elif not once and pilot.ended:
+            print(f"hotcb autopilot: the run {run} {ended(run) or 'ended'}; done", flush=True)
 
 
 def _check_ai_importable() -> None:
@@ -280,6 +290,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from ..autopilot.rules import load_rules
 
+    require_rules_file(args.check, "--check")
     rules = load_rules(args.check)
     for r in rules.rules:
         print(f"{r.id}: when {r.detector} on {r.metric} {r.params or ''} -> "

@@ -106,7 +106,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{c['id']:<16} {c['state']:<11} {sha:<12} {where}")
         if c.get("params"):
             print(f"  params: {json.dumps(c['params'])}")
+        # last_error: its last exception, or the last command about it that was refused
+        raised = f"raised {c['errors']} time(s); " if c.get("errors") else ""
         if c.get("last_error"):
-            print(f"  last error ({c.get('errors', 0)} errors): {c['last_error']}")
+            print(f"  {raised}last problem: {c['last_error']}")
     sys.stdout.flush()
     return 0

@@ -69,6 +69,17 @@ def require_run_dir(path: str) -> None:
         )
 
 
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0 (``-n``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wait",
@@ -152,19 +163,16 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
             "(hotcb.actuators.json), so it checks names and bounds when it applies the command",
             file=sys.stderr,
         )
-    if not getattr(args, "wait", False):
-        for cid in cmd_ids:
-            print(cid)
-        return 0
     over = ended(args.dir)
-    if over is not None:  # nothing would answer: say so instead of timing out
+    if over is not None or not getattr(args, "wait", False):
         for cid in cmd_ids:
             print(cid)
-        print(
-            f"hotcb: the run {over}; the command waits in the commands file for the next run "
-            "started in this directory",
-            file=sys.stderr,
-        )
+        if over is not None:  # nothing will answer: say so (with --wait, instead of timing out)
+            print(
+                f"hotcb: the run {over}; the command waits in the commands file for the next "
+                "run started in this directory",
+                file=sys.stderr,
+            )
         return 0
     c = client(args)
     code = 0

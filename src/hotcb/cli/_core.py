@@ -12,11 +12,13 @@ from typing import Any
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries
+from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, tail_state
 from ..runfiles import RunPaths, is_network_fs
 from ._common import (
+    UsageError,
     add_wait,
     client,
+    count,
     ended,
     finish,
     fmt_entry,
@@ -33,11 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("status", help="freeze mode, actuators and their values, recent ledger")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("-n", type=int, default=8, help="ledger entries to show (default 8)")
+    p.add_argument("-n", type=count, default=8, help="ledger entries to show (default 8)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("log", help="print the ledger (what happened to each command)")
-    p.add_argument("-n", type=int, default=20, help="last N entries (0: all; default 20)")
+    p.add_argument("-n", type=count, default=20, help="last N entries (0: all; default 20)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
     p.set_defaults(func=cmd_log)
@@ -126,6 +128,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
+    if os.path.exists(paths.root) and not os.path.isdir(paths.root):
+        raise UsageError(f"{paths.root} exists and is not a directory")
     os.makedirs(paths.root, exist_ok=True)
     open(paths.commands, "ab").close()
     print(paths.root)
@@ -183,7 +187,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         pending_cmds = 0
     view = LedgerView.read(paths.ledger, max_entries=n)
     ledger_tail = list(view.entries)
-    cursor = ledger_tail[-1].get("cursor", 0) if ledger_tail else 0
+    cursor = tail_state(paths.ledger)[1]  # the newest entry's, however few are shown (-n 0)
     metrics_time = last_metrics[0].get("wall_time") if last_metrics else None
     beat = jsonl.read_json(paths.heartbeat, None)  # the kernel's, once a second
     beat = beat if isinstance(beat, dict) else None
@@ -279,7 +283,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  at step {e.get('at_step')}: {e.get('module')} {e.get('op')} "
                 f"{json.dumps(e.get('params'))} ({e.get('cmd_id')})"
             )
-    print("ledger" if st["ledger"] else "ledger   (empty)")
+    if args.n:  # -n 0: no ledger lines (not "empty")
+        print("ledger" if st["ledger"] else "ledger   (empty)")
     for e in st["ledger"]:
         print("  " + fmt_entry(e, args.dir))
     return 0

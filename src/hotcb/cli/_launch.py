@@ -71,6 +71,13 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 
 def _autopilot_args(args: argparse.Namespace) -> list[str]:
+    """``hotcb autopilot``'s flags; a bad --rules file stops the launch, as a bad --notify does."""
+    if args.autopilot != "off" and args.rules is not None:
+        from ..autopilot.rules import load_rules
+        from ._autopilot import require_rules_file
+
+        require_rules_file(args.rules, "--rules")
+        load_rules(args.rules)  # every problem, with its line
     out: list[str] = []
     for flag, value in (("--key-metric", args.key_metric), ("--direction", args.direction),
                         ("--rules", args.rules and os.path.abspath(args.rules)),
@@ -115,6 +122,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     check_program(argv)
     if args.serve and args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
+    if args.resume_from is not None and not os.path.exists(args.resume_from):
+        raise UsageError(f"--resume-from: no checkpoint at {os.path.abspath(args.resume_from)}")
     run_dir, serve_dir, run_id = _run_dirs(args)
     opts = LaunchOptions(
         serve=args.serve,
@@ -154,5 +163,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    _say(f"training exited with {exit_status(code)}; dashboard and autopilot stopped")
+    helpers = [name for name, on in (("dashboard", args.serve),
+                                     ("autopilot", args.autopilot != "off"),
+                                     ("notifications", bool(opts.notify_args))) if on]  # fmt: skip
+    stopped = f"; {' and '.join(helpers)} stopped" if helpers else ""
+    _say(f"training exited with {exit_status(code)}{stopped}")
     return exit_status(code)

@@ -1,0 +1,147 @@
+"""What a new user types at the ``hotcb`` command (real subprocesses) and what it answers:
+edge inputs, ended runs, and messages that must say what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from hotcb.testing import StepDriver
+
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+
+
+def _hotcb(*args: str, cwd: str | None = None, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "hotcb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=SUBPROCESS_ENV,
+        cwd=cwd,
+    )
+
+
+def test_status_n_0_counts_no_command_as_unread_once_the_run_read_them(
+    run_dir: str, cli: Any
+) -> None:
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:
+        drv.steps()
+        assert cli(run_dir, "set", "aux=0.5").returncode == 0
+        drv.steps()
+        assert drv.weights["aux"] == 0.5
+        st = json.loads(cli(run_dir, "status", "--json", "-n", "0").stdout)
+        assert st["unread_command_bytes"] == 0 and st["ledger"] == []
+        text = cli(run_dir, "status", "-n", "0").stdout
+        assert "not yet read" not in text and "(empty)" not in text  # the ledger is not empty
+
+
+def test_a_negative_or_non_numeric_n_is_a_one_line_error(run_dir: str, cli: Any) -> None:
+    assert cli(run_dir, "init").returncode == 0
+    for argv in (("log", "-n", "-1"), ("status", "-n", "-1"), ("status", "-n", "x")):
+        res = cli(run_dir, *argv)
+        assert res.returncode == 2, argv
+        assert res.stderr.count("\n") == 1 and "-n" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and "maxlen" not in res.stderr
+
+
+def test_a_command_to_a_finished_run_says_it_waits_for_the_next_run_without_wait(
+    run_dir: str, cli: Any
+) -> None:
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:
+        drv.steps(3)
+    res = cli(run_dir, "pause")  # no --wait: it would pause the next run at its first step
+    assert res.returncode == 0 and len(res.stdout.split()) == 1  # the command id, as before
+    assert "finished at step 2" in res.stderr and "waits in the commands file" in res.stderr
+
+
+def test_cb_list_does_not_call_a_refused_command_an_error_raised_0_times(
+    run_dir: str, cli: Any
+) -> None:
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:
+        drv.client.cb_load(
+            "hb", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback", init={}
+        )
+        drv.steps()
+        assert cli(run_dir, "cb", "set_params", "hb", "nosuch=1").returncode == 0
+        drv.steps()
+        text = cli(run_dir, "cb", "list").stdout
+        assert "hb" in text and "nosuch" in text
+        assert "0 errors" not in text and "last problem:" in text
+
+
+def test_launch_refuses_a_missing_resume_checkpoint_before_training(
+    tmp_path: Any, cli: Any
+) -> None:
+    marker = tmp_path / "trained"
+    res = cli(
+        os.fspath(tmp_path / "run"),
+        "launch",
+        "--resume-from",
+        os.fspath(tmp_path / "nope.pt"),
+        "--",
+        sys.executable,
+        "-c",
+        f"open({os.fspath(marker)!r}, 'w').close()",
+    )
+    assert res.returncode == 2 and "--resume-from: no checkpoint at" in res.stderr
+    assert res.stderr.count("\n") == 1 and not marker.exists()
+
+
+def test_launch_refuses_a_bad_rules_file_before_training(tmp_path: Any, cli: Any) -> None:
+    marker = tmp_path / "trained"
+    train = ["--", sys.executable, "-c", f"open({os.fspath(marker)!r}, 'w').close()"]
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules: []\n")
+    run = os.fspath(tmp_path / "run")
+    for rules, says in ((bad, "expected a non-empty list"), (tmp_path / "no.yaml", "no rules")):
+        res = cli(run, "launch", "--autopilot", "suggest", "--rules", os.fspath(rules), *train)
+        assert res.returncode == 2 and says in res.stderr, res.stderr
+        assert not marker.exists()
+
+
+def test_launch_names_only_the_helpers_it_started(tmp_path: Any, cli: Any) -> None:
+    res = cli(
+        os.fspath(tmp_path / "run"), "launch", "--", sys.executable, "-c", "raise SystemExit(3)"
+    )
+    assert res.returncode == 3
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == "hotcb launch: training exited with 3", last
+
+
+def test_autopilot_on_an_ended_run_says_why_it_leaves(run_dir: str, cli: Any) -> None:
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:
+        drv.steps(3)
+    res = cli(run_dir, "autopilot", "--mode", "suggest", "--interval", "0.1")
+    assert res.returncode == 0, res.stderr
+    assert "finished at step 2; done" in res.stdout
+
+
+def test_autopilot_rules_check_of_a_missing_file_is_one_line(tmp_path: Any) -> None:
+    res = _hotcb("autopilot", "rules", "--check", "nope.yaml", cwd=os.fspath(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "--check: no rules file at" in res.stderr and "Errno" not in res.stderr
+
+
+def test_init_on_a_file_and_export_to_a_missing_folder_are_one_line_errors(
+    tmp_path: Any, cli: Any
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    res = cli(os.fspath(afile), "init")
+    assert res.returncode == 2 and "exists and is not a directory" in res.stderr, res.stderr
+    run_dir = os.fspath(tmp_path / "run")
+    with StepDriver(run_dir, weights={"aux": 0.0}) as drv:
+        drv.client.loss(aux=0.5)
+        drv.steps()
+    out = os.fspath(tmp_path / "nope" / "fix.jsonl")
+    res = cli(run_dir, "recipe", "export", "--out", out)
+    assert res.returncode == 2 and "--out: no folder" in res.stderr, res.stderr
+    assert ".tmp." not in res.stderr and "Errno" not in res.stderr
+    recipe = os.fspath(tmp_path / "fix.jsonl")
+    assert cli(run_dir, "recipe", "export", "--out", recipe).returncode == 0
+    res = cli(run_dir, "recipe", "patch-template", "--recipe", recipe, "--out", out)
+    assert res.returncode == 2 and "--out: no folder" in res.stderr, res.stderr
