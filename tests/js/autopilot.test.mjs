@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
+import { FakeNode, withDocument } from "./fakedom.mjs";
 import { autopilot } from "./static.mjs";
 
 const {
@@ -340,51 +341,7 @@ describe("the LLM's records and proposals", () => {
 });
 
 // ------------------------------------------------------------------------------ rendering
-// A minimal stand-in for the page's document: enough for the panel to render, and an innerHTML
-// that throws, so the test proves the model's words go into the page as text nodes only.
-class FakeNode {
-  constructor(tag) {
-    this.tagName = tag.toUpperCase();
-    this.children = [];
-    this.dataset = {};
-    this.attributes = {};
-    this.listeners = {};
-    this.className = "";
-    this.title = "";
-    this.hidden = false;
-    const classes = new Set();
-    this.classList = {
-      toggle: (c, on) => ((on ?? !classes.has(c)) ? classes.add(c) : classes.delete(c)),
-      contains: (c) => classes.has(c),
-    };
-  }
-  set textContent(text) {
-    this.children = text === "" ? [] : [String(text)];
-  }
-  get textContent() {
-    return this.children.map((c) => (typeof c === "string" ? c : c.textContent)).join("");
-  }
-  set innerHTML(_) {
-    throw new Error("the panel must not set innerHTML");
-  }
-  append(...nodes) {
-    for (const n of nodes) this.children.push(typeof n === "string" ? n : n);
-  }
-  setAttribute(k, v) {
-    this.attributes[k] = String(v);
-  }
-  addEventListener(type, fn) {
-    (this.listeners[type] ||= []).push(fn);
-  }
-  *walk() {
-    yield this;
-    for (const c of this.children) if (typeof c !== "string") yield* c.walk();
-  }
-  find(cls) {
-    return [...this.walk()].filter((n) => ` ${n.className} `.includes(` ${cls} `));
-  }
-}
-
+// The panel in a fake document (./fakedom.mjs).
 function rendered(doc) {
   const created = [];
   globalThis.document = {
@@ -446,5 +403,23 @@ describe("the panel with the LLM autopilot", () => {
     assert.equal(because.textContent, XSS);
     assert.equal(panel.debug().ai.model, "scripted");
     assert.deepEqual(panel.debug().recent, ["action:ai", "action:ai", "ai_reply:"]);
+  });
+});
+
+describe("a run that is over", () => {
+  test("its proposals cannot be answered: Accept and Reject are disabled, and say why", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new AutopilotPanel(card, { decide: async () => ({}), setRule: async () => ({}) });
+      panel.update(DOC);
+      const buttons = () => [...card.find("ap-accept"), ...card.find("ap-reject")];
+      assert.equal(buttons().length, 2);
+      assert.ok(buttons().every((b) => !b.disabled));
+      panel.setOver(true);
+      assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
+      assert.equal(panel.debug().over, true);
+      panel.setOver(false); // a resumed run
+      assert.ok(buttons().every((b) => !b.disabled));
+    });
   });
 });

@@ -3,9 +3,10 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
+import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { decisionLabel, ENABLE_COMMAND, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+const { decisionLabel, ENABLE_COMMAND, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -145,5 +146,23 @@ describe("the ledger's view of the tuner's entries", () => {
     const { what, lines } = panels.describeEntry({ ...mutate, tune: { trial: 7, score: -0.03, decision: "rolled_back" } });
     assert.equal(what, "tune mutate");
     assert.deepEqual(lines, ["lr: 0.003 → 0.0045", "trial 7 · score -0.03 · rolled_back"]);
+  });
+});
+
+describe("a run that is over", () => {
+  test("its proposals cannot be answered: Accept and Reject are disabled, and say why", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      panel.update(STATE);
+      const buttons = () => [...card.find("tune-accept"), ...card.find("tune-reject")];
+      assert.equal(buttons().length, 4); // P3 and P4 are pending
+      assert.ok(buttons().every((b) => !b.disabled));
+      panel.setOver(true);
+      assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
+      assert.equal(panel.debug().over, true);
+      panel.setOver(false); // a resumed run
+      assert.ok(buttons().every((b) => !b.disabled));
+    });
   });
 });

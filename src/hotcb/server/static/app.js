@@ -461,6 +461,8 @@ function renderFacts() {
   chip.className = `chip ${cls}`;
   // nothing to steer: no run at all, or one that is over
   for (const id of ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop"]) $(id).disabled = noRun || over;
+  tunePanel.setOver(over);
+  autopilotPanel.setOver(over);
   for (const id of ["recipe-link", "freeze-select", "sched-submit"]) $(id).disabled = noRun;
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);

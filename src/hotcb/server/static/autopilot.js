@@ -216,10 +216,18 @@ export class AutopilotPanel {
     this.setRule = setRule;
     this.doc = { mode: "off" };
     this.runPath = null;
+    this.over = false; // the run ended: its proposals can no longer be answered
     this.sig = null;
     this.sent = new Map(); // proposal id → {decision, done, error}
     this.switching = new Map(); // rule id → {enabled, error}
     this.open = new Set(); // recordKey of records whose evidence is shown
+  }
+
+  /** Whether the run is over (finished, stopped, crashed): Accept and Reject are disabled. */
+  setOver(over) {
+    if (this.over === !!over) return;
+    this.over = !!over;
+    if (this.parts) this.render();
   }
 
   /** A new run was picked: forget what was shown and sent. */
@@ -285,7 +293,7 @@ export class AutopilotPanel {
     this.parts.ai.hidden = !aiFacts(doc.ai);
     this.fill("ai", [doc.ai], () => this.aiLine(doc.ai));
     this.fill("rules", [doc.rules, doc.in_server, doc.key_metric, [...this.switching]], () => [this.rules(doc)]);
-    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent]], () => [this.proposals(doc)]);
+    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.over], () => [this.proposals(doc)]);
     this.fill("recent", [doc.recent], () => [this.recent(doc)]);
   }
 
@@ -424,7 +432,8 @@ export class AutopilotPanel {
         const b = el("button", cls, busy && sent.decision === decision ? "sent…" : label);
         b.type = "button";
         b.title = title;
-        b.disabled = busy;
+        b.disabled = this.over || busy;
+        if (this.over) b.title = "the run is over: nothing would apply it";
         b.addEventListener("click", () => this.sendDecision(p, decision));
         li.append(b);
       }
@@ -486,6 +495,7 @@ export class AutopilotPanel {
       inServer: !!doc.in_server,
       rules: Object.fromEntries((doc.rules || []).map((r) => [r.id, !!r.enabled])),
       pending: pendingProposals(doc).map((p) => String(p.id)),
+      over: this.over,
       recent: recentRows(doc).map((r) => `${r.kind}:${r.rule ?? r.knob ?? ""}`),
       ai: aiFacts(doc.ai),
       sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),

@@ -99,6 +99,7 @@ export class TunePanel {
     this.decide = decide;
     this.doc = { mode: "off" };
     this.runPath = null;
+    this.over = false; // the run ended: its proposals can no longer be answered
     this.sig = null;
     this.sent = new Map(); // proposal id → {id, op, cmdId, error, done (the run applied it)}
     // answers sent from here whose proposal left the list before the run's verdict came
@@ -106,6 +107,13 @@ export class TunePanel {
     this.away = new Set();
     this.refused = []; // "P3: accept rejected: proposal P3 is rejected, not pending", newest last
     this.enable = null; // the newest `tune enable`/`tune disable` ledger entry seen
+  }
+
+  /** Whether the run is over (finished, stopped, crashed): Accept and Reject are disabled. */
+  setOver(over) {
+    if (this.over === !!over) return;
+    this.over = !!over;
+    if (this.parts) this.render();
   }
 
   /** A new run was picked: forget what was shown and sent. */
@@ -199,7 +207,7 @@ export class TunePanel {
     this.fill("head", headKey, () => this.head(doc, f, off));
     if (off) return;
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
-    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused], () => [this.proposals(doc)]);
+    this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused, this.over], () => [this.proposals(doc)]);
     this.fill("trials", [doc.trials, doc.proposals], () => [this.trials(doc)]);
   }
 
@@ -313,7 +321,8 @@ export class TunePanel {
         const b = el("button", cls, sent && !sent.error && sent.op === op ? "sent…" : label);
         b.type = "button";
         b.title = title;
-        b.disabled = !!sent && !sent.error;
+        b.disabled = this.over || (!!sent && !sent.error);
+        if (this.over) b.title = "the run is over: nothing would apply it";
         b.addEventListener("click", () => this.send(op, p));
         li.append(b);
       }
@@ -376,6 +385,7 @@ export class TunePanel {
       mode: doc.mode || "off",
       error: doc.error || null,
       pending: pendingProposals(doc).map((p) => String(p.id)),
+      over: this.over,
       trials: trialRows(doc).map((t) => t.trial),
       sent: Object.fromEntries([...this.sent].map(([id, s]) => [id, { ...s }])),
       refused: [...this.refused],

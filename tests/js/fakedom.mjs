@@ -1,0 +1,57 @@
+// A minimal stand-in for the page's document, for node tests of the panels: enough for a panel
+// to render, and an innerHTML that throws, so a test proves text goes into the page as text
+// nodes only. `withDocument(fn)` runs fn with it installed as globalThis.document.
+export class FakeNode {
+  constructor(tag) {
+    this.tagName = tag.toUpperCase();
+    this.children = [];
+    this.dataset = {};
+    this.attributes = {};
+    this.listeners = {};
+    this.className = "";
+    this.title = "";
+    this.hidden = false;
+    const classes = new Set();
+    this.classList = {
+      toggle: (c, on) => ((on ?? !classes.has(c)) ? classes.add(c) : classes.delete(c)),
+      contains: (c) => classes.has(c),
+      add: (...cs) => cs.forEach((c) => classes.add(c)),
+      remove: (...cs) => cs.forEach((c) => classes.delete(c)),
+    };
+  }
+  set textContent(text) {
+    this.children = text === "" ? [] : [String(text)];
+  }
+  get textContent() {
+    return this.children.map((c) => (typeof c === "string" ? c : c.textContent)).join("");
+  }
+  set innerHTML(_) {
+    throw new Error("the panel must not set innerHTML");
+  }
+  append(...nodes) {
+    for (const n of nodes) this.children.push(typeof n === "string" ? n : n);
+  }
+  setAttribute(k, v) {
+    this.attributes[k] = String(v);
+  }
+  addEventListener(type, fn) {
+    (this.listeners[type] ||= []).push(fn);
+  }
+  *walk() {
+    yield this;
+    for (const c of this.children) if (typeof c !== "string") yield* c.walk();
+  }
+  find(cls) {
+    return [...this.walk()].filter((n) => ` ${n.className} `.includes(` ${cls} `));
+  }
+}
+
+/** Run ``fn()`` with a fake ``document`` (its elements are FakeNodes); returns what fn returns. */
+export function withDocument(fn) {
+  globalThis.document = { createElement: (tag) => new FakeNode(tag) };
+  try {
+    return fn();
+  } finally {
+    delete globalThis.document;
+  }
+}
