@@ -200,6 +200,39 @@ def test_cli_launch_default_run_dir_and_exit_code(tmp_path: Path, launched: Any)
     assert f"RUN={tmp_path / 'from_env'}" in lp.out
 
 
+def test_a_command_sent_before_the_trainer_builds_its_kernel_is_applied(
+    tmp_path: Path, launched: Any, cli: Any
+) -> None:
+    """``hotcb launch`` writes hotcb.run.json before the trainer exists; a command sent in
+    between (the README's ``run = hotcb.launch(...); run.set(lr=...)``) is new, not the
+    commands of a lost ledger: the trainer applies it instead of refusing to start."""
+    run = tmp_path / "run"
+    trainer = textwrap.dedent(
+        """
+        import os, sys, time
+        from hotcb import HotKernel, loss_actuators, mutable_state
+        run = os.environ["HOTCB_RUN_DIR"]
+        commands = os.path.join(run, "hotcb.commands.jsonl")
+        deadline = time.monotonic() + 120
+        while not (os.path.exists(commands) and os.path.getsize(commands)):  # the test's set
+            if time.monotonic() > deadline:
+                sys.exit("no command came")
+            time.sleep(0.05)
+        k = HotKernel(run, mutable_state=mutable_state(loss_actuators({"aux": 1.0})))
+        for step in range(3):
+            k.apply({"step": step, "metrics": {"loss": 1.0}})
+        k.close()
+        """
+    )
+    lp = launched("launch", "--dir", os.fspath(run), "--", sys.executable, "-c", trainer)
+    wait_for(lambda: "launch" in (jsonl.read_json(run / "hotcb.run.json", None) or {}), 60,
+             what="hotcb launch's record of the run")  # fmt: skip
+    assert cli(os.fspath(run), "loss", "set_params", "aux=0.25").returncode == 0
+    assert lp.finish() == 0, lp.log()
+    applied = [e for e in read_ledger(run) if e.get("op") == "set_params"]
+    assert [(e["decision"], e["params"]) for e in applied] == [("applied", {"aux": 0.25})]
+
+
 def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
     """SIGTERM reaches the training (its handler's exit code comes back); a training that
     ignores Ctrl-C is killed by the third one (137)."""

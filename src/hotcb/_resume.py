@@ -33,14 +33,15 @@ def branched_before(paths: RunPaths, seq: int) -> bool:
 
 
 def refuse_lost_ledger(paths: RunPaths) -> None:
-    """Raise when a kernel ran here before (``hotcb.run.json``; it creates the ledger file at
-    once), its commands file has content and its ledger file is gone: starting would apply
-    every old command again, ``stop`` included."""
+    """Raise when a kernel ran here before (its fields in ``hotcb.run.json``; it creates the
+    ledger file at once), its commands file has content and its ledger file is gone: starting
+    would apply every old command again, ``stop`` included. ``hotcb launch`` writes the file
+    before the trainer's kernel exists, and commands sent in between are new, not lost."""
     try:
         commands = os.stat(paths.commands).st_size
     except FileNotFoundError:
         return
-    if commands == 0 or os.path.exists(paths.ledger) or not os.path.exists(paths.run_meta):
+    if commands == 0 or os.path.exists(paths.ledger) or not _kernel_ran(paths):
         return
     raise HotcbError(
         f"{paths.ledger} is missing but {paths.commands} holds {commands} bytes of commands "
@@ -48,6 +49,12 @@ def refuse_lost_ledger(paths: RunPaths) -> None:
         "second time. Restore the ledger, start in a fresh run directory, or apply them again "
         "on purpose with HotKernel(replay_commands=True) / HOTCB_REPLAY_COMMANDS=1"
     )
+
+
+def _kernel_ran(paths: RunPaths) -> bool:
+    """Whether ``hotcb.run.json`` holds what a kernel writes there when it starts."""
+    meta = jsonl.read_json(paths.run_meta, None)
+    return isinstance(meta, dict) and "hotcb_version" in meta
 
 
 def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tuple[int, HotOp]]:
