@@ -409,6 +409,21 @@ def test_undo_last_and_by_cmd_id(loop: Loop) -> None:
     assert "no applied command 'never-sent'" in loop.only(u3)["error"]
 
 
+def test_undo_reaches_past_a_pause_and_resume(loop: Loop) -> None:
+    """``undo`` without an id reverts the newest change that can be undone: a pause and its
+    resume (which cannot) do not stand in front of the changes made before them."""
+    loop.steps(1)
+    a = loop.client.loss(aux=0.5)
+    loop.steps(1)
+    loop.client.pause()
+    loop.client.resume()
+    loop.steps(1)
+    u = loop.client.undo()
+    loop.steps(1)
+    assert loop.only(u)["decision"] == "applied", loop.only(u)
+    assert loop.only(u)["undo_of"] == a and loop.weights["aux"] == 0.0
+
+
 def test_non_finite_metrics_are_recorded_as_null(run_dir: str) -> None:
     kernel = HotKernel(run_dir, poll_interval_sec=0)
     kernel.apply({"step": 0, "metrics": {"loss": float("nan"), "acc": torch.tensor(0.5)}})

@@ -247,12 +247,15 @@ class RunControl:
         return result
 
     def _undo_target(self, cmd_id: str | None) -> Mapping[str, Any] | None:
-        """The newest applied change not undone yet (or the one of ``cmd_id``)."""
+        """The newest applied change not undone yet that can be undone (pause and resume
+        cannot), or the one of ``cmd_id``."""
         rec = self.recorder
         entry: Mapping[str, Any]  # mypy: reversed() over dicts holding Any matches two overloads
         for entry in reversed(rec.history):
             if entry["cmd_id"] in rec.undone or entry.get("undo_of"):
                 continue
+            if cmd_id is None and _never_undone(entry):
+                continue  # a `control resume` would hide every change made before it
             if cmd_id is None or entry["cmd_id"] == cmd_id:
                 return entry
         if cmd_id is None:
@@ -287,6 +290,13 @@ class RunControl:
                 continue
             saved = checkpoint_field(result, self._run_dir) if result else None
             self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})
+
+
+def _never_undone(entry: Mapping[str, Any]) -> bool:
+    """Entries that ``undo`` refuses whatever their state: a pause, a resume, a freeze (send
+    the mode you want). Only ``extend`` of the control ops can be undone."""
+    module = entry.get("module")
+    return module == "freeze" or (module == "control" and entry.get("op") != "extend")
 
 
 _HORIZON_KEYS = ("max_steps", "max_epochs")
