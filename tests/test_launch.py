@@ -233,6 +233,17 @@ def test_a_command_sent_before_the_trainer_builds_its_kernel_is_applied(
     assert [(e["decision"], e["params"]) for e in applied] == [("applied", {"aux": 0.25})]
 
 
+def test_a_training_that_ends_at_once_leaves_no_crash_dump(tmp_path: Path, launched: Any) -> None:
+    """The autopilot and the dashboard are stopped while they may still be starting: they end
+    quietly (SIGTERM), not with Python's crash dump or a traceback on the user's terminal."""
+    lp = launched("launch", "--dir", os.fspath(tmp_path / "r"), "--serve", "--port", "0",
+                  "--autopilot", "suggest", "--", sys.executable, "-c", "pass")  # fmt: skip
+    assert lp.finish() == 0, lp.log()
+    printed = "\n".join([*lp.out, *lp.err])
+    assert "Traceback" not in printed and "Fatal Python error" not in printed, lp.log()
+    assert lp.said("training exited with 0; dashboard and autopilot stopped") is not None
+
+
 def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
     """SIGTERM reaches the training (its handler's exit code comes back); a training that
     ignores Ctrl-C is killed by the third one (137)."""

@@ -467,12 +467,13 @@ class _Children:
 
     # -- stopping --------------------------------------------------------------------------
     def end_helpers(self) -> None:
-        """Stop the autopilot and the dashboard (SIGINT: both shut down cleanly), then the
-        training's leftovers; close the log."""
+        """Stop the autopilot, the notifier and the dashboard with SIGTERM (each shuts down
+        cleanly on it; one still starting ends quietly, where SIGINT made Python print a crash
+        dump), then the training's leftovers; close the log."""
         self.finishing = True
         for proc in (self.pilot, self.notifier, self.server):
             if proc is not None:
-                _end(proc, signal.SIGINT)
+                _end(proc, signal.SIGTERM)
         if self.trainer is not None:
             _end_leftovers(self.trainer.pid, STOP_TIMEOUT)
         if self._log is not None:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, ended, require_run_dir
+from ._common import UsageError, ended, require_run_dir, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -97,6 +97,7 @@ def require_rules_file(path: str | None, flag: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop_on_sigterm()
     from ..autopilot.engine import Autopilot, AutopilotBusy
     from ..notify import Notifier
     from ._notify import notify_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,18 @@ def require_run_dir(path: str) -> None:
             f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {path} init' creates "
             "one (a run started with HotKernel(run_dir=...) creates its own)"
         )
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a long-running command the way Ctrl-C does (its ``KeyboardInterrupt``
+    path: a clean exit). ``hotcb launch`` stops its autopilot and notifier with SIGTERM: one
+    that arrives while the interpreter still starts ends it quietly (SIGINT there printed a
+    crash dump)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def count(text: str) -> int:

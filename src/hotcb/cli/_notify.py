@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from ._common import UsageError, require_run_dir
+from ._common import UsageError, require_run_dir, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,6 +69,7 @@ def notify_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_notify(args: argparse.Namespace) -> int:
+    stop_on_sigterm()
     from ..notify import Notifier
 
     config = notify_config(args)
