@@ -321,10 +321,27 @@ class HotClient:
         objective, direction, segment_steps, segment_evals, recipe, storage, study, seed, risk,
         threshold, startup_trials, total_steps, abort, restore, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError`
         listing every problem; the run itself refuses it when optuna is missing there."""
-        from .modules.tune import parse_settings
+        from .modules.tune import load_recipe, parse_settings
 
         params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}
-        parse_settings({k: v for k, v in params.items() if k != "recipe"})
+        recipe = params.get("recipe")
+        # the recipe is checked here, as the run will read it: nothing is sent for a file
+        # that is missing or broken
+        path = os.path.join(self.run_dir, "hotcb.tune.yaml")
+        if isinstance(recipe, str):
+            path = os.path.join(self.run_dir, os.path.expanduser(recipe))
+            if not os.path.isfile(path):
+                here = (
+                    f"; {recipe} here is not read: copy it into {self.run_dir}"
+                    if not os.path.isabs(recipe) and os.path.isfile(recipe)
+                    else ""
+                )
+                raise CommandError(
+                    f"no recipe file at {path} (the run reads a relative --recipe from its "
+                    f"directory){here}"
+                )
+        given = {k: v for k, v in params.items() if k != "recipe"}
+        parse_settings(given, load_recipe(path) if os.path.isfile(path) else None)
         return self.send("tune", "enable", params=params)
 
     def tune_disable(self) -> str:
@@ -332,12 +349,28 @@ class HotClient:
         return self.send("tune", "disable")
 
     def tune_accept(self, proposal: str) -> str:
-        """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``)."""
+        """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``).
+        Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed."""
+        self.tune_proposal(proposal)
         return self.send("tune", "accept", params={"id": proposal})
 
     def tune_reject(self, proposal: str) -> str:
         """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
+        self.tune_proposal(proposal)
         return self.send("tune", "reject", params={"id": proposal})
+
+    def tune_proposal(self, proposal: str) -> dict[str, Any]:
+        """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from
+        ``hotcb.tune.json``); a CommandError that lists the pending ones when there is none."""
+        rows = self.tune_status().get("proposals") or []
+        for row in rows:
+            if isinstance(row, dict) and row.get("id") == proposal:
+                return row
+        pending = [str(p.get("id")) for p in rows if p.get("state") == "pending"]
+        raise CommandError(
+            f"no proposal {proposal!r}; pending: {', '.join(pending) or 'none'} "
+            "(ids look like P3: see 'tune proposals')"
+        )
 
     def tune_status(self) -> dict[str, Any]:
         """The tuner's state (``hotcb.tune.json``): mode, phase, trials, proposals, counts."""

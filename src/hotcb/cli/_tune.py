@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
-from ._common import add_wait, client, finish, fmt_value, require_run_dir
+from .. import jsonl
+from ..ledger import LedgerView
+from ..runfiles import RunPaths
+from ._common import UsageError, add_wait, client, finish, fmt_value, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -105,6 +109,9 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     c = client(args)
+    state = c.tune_proposal(args.id).get("state")  # an unknown id: a CommandError
+    if state != "pending":
+        raise UsageError(f"proposal {args.id} is {state}, not pending (see 'tune proposals')")
     cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
     return finish(args, [cid])
 
@@ -118,30 +125,60 @@ def _changes(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k} {fmt_value(a)} -> {fmt_value(b)}" for k, (a, b) in changes.items())
 
 
+def _run_over(run_dir: str) -> str | None:
+    """``finished at step N`` / ``stopped at …`` / ``crashed (…)`` when the run's training
+    process is gone: its tuner then does nothing until the run is started again."""
+    meta = jsonl.read_json(RunPaths(run_dir).run_meta, {}) or {}
+    if not isinstance(meta, dict):
+        return None
+    state = LedgerView().run_state(None, time.time(), meta=meta)
+    return state if state.startswith(("finished", "stopped at", "crashed")) else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _state(args)
+    over = _run_over(args.dir)
     if args.json:
+        if over is not None:  # the training process is gone: no boundary is coming
+            st = {**st, "run_over": over, "next_boundary": None}
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
     if st.get("mode", "off") == "off":
-        print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode suggest)")
+        print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode active|suggest|observe)")
+        if st.get("counts"):  # it was on: what it did
+            _summary(st)
         return 0
     objective = st.get("objective")
     used = st.get("objective_used")
     shown = objective if used in (None, objective) else f"{used} (asked: {objective})"
     print(f"tuner: {st['mode']}   objective: {shown} ({st.get('direction')})")
+    if over is not None:
+        print(f"run: {over} (the tuner is idle until the run is started again)")
     segment = (f"{st['segment_evals']} evaluations" if st.get("segment_evals")
                else f"{st.get('segment_steps')} steps")  # fmt: skip
     trial = f"   trial {st['trial']}" if st.get("trial") is not None else ""
-    nxt = st.get("next_boundary")
+    for row in st.get("trials") or ():  # what the open trial changed
+        if st.get("trial") is not None and row.get("trial") == st["trial"] and row.get("changes"):
+            trial += f" ({_changes(row['changes'])})"
+    nxt = st.get("next_boundary") if over is None else None
     print(f"phase: {st.get('phase')}{trial}   segment: {segment}"
           + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
+    _summary(st)
+    return 0
+
+
+def _summary(st: dict[str, Any]) -> None:
+    """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
     rate = st.get("accept_rate")
     print("segments: {segments}   kept: {kept}   rolled back: {rolled_back}   proposed: "
           "{proposed}   failed: {failed}".format(**{k: counts.get(k, 0) for k in (
               "segments", "kept", "rolled_back", "proposed", "failed")})
           + (f"   accept rate: {rate:.0%}" if rate is not None else ""))  # fmt: skip
+    levels = st.get("levels") or []
+    if levels:  # the trend's points: each segment's level, at its middle step
+        shown = ", ".join(f"{fmt_value(p['level'])} (step {p['step']})" for p in levels)
+        print(f"levels: {shown}")
     best = st.get("best")
     if best:
         flat = {f"{m}.{k}": v for m, kv in best["values"].items() for k, v in kv.items()}
@@ -153,7 +190,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     age = time.time() - float(st.get("updated") or 0)
     if age > 120:
         print(f"(state written {age:.0f} s ago)")
-    return 0
 
 
 def cmd_proposals(args: argparse.Namespace) -> int:
@@ -179,7 +215,11 @@ def cmd_proposals(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ..modules.tune._export import export_kept
+
     require_run_dir(args.dir)
-    path = client(args).tune_export(args.out)
+    path, kept = export_kept(args.dir, args.out)
     print(path)
+    if not kept:  # a recipe that replays nothing: say so
+        print("hotcb: the tuner kept no change in this run; the recipe is empty", file=sys.stderr)
     return 0

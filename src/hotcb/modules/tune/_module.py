@@ -47,6 +47,7 @@ _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
 _FALLBACK = "loss"
 _TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
+_VAL_EVENT = "val_epoch_end"
 
 
 def _flat(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -66,6 +67,9 @@ class TuneModule:
         self.opening: Any = None  # the study being opened in the background (a Future)
         self.objective_used = self.settings.objective
         self.seen = False
+        # the objective came with a validation event: on other steps its value is a repeat
+        # (Lightning's callback_metrics keep the last val_loss), not a new observation
+        self.val_objective = False
         self.phase = "off"
         self.segment = Segment(0, [], [])
         self.enabled_at = 0
@@ -124,9 +128,18 @@ class TuneModule:
 
     def on_events(self, events: Sequence[str], env: Env) -> None:
         step = int(env["step"])
+        if self.opening is not None and self.opening.done():
+            # collected as soon as it answers: a storage that cannot be opened turns the
+            # tuner off now (ledgered), not two baseline segments later
+            self._study_ready()
+            self._save()
+            if self.mode == "off":
+                return
         metrics = env.get("metrics")
         if metrics:
-            self._observe(step, metrics)
+            self._observe(step, metrics, _VAL_EVENT in events)
+        if not self.seen:
+            self._missing(step, metrics or {}, _VAL_EVENT in events)
         if self.asking is not None:
             if self.asking["future"].done():
                 self._asked(step)
@@ -169,6 +182,7 @@ class TuneModule:
             "mode": self.mode,
             "objective_used": self.objective_used,
             "seen": self.seen,
+            "val_objective": self.val_objective,
             "phase": "baseline" if self.phase == "asking" else self.phase,
             "segment": {
                 "start": self.segment.start,
@@ -205,6 +219,7 @@ class TuneModule:
         self.settings, self.mode = settings, mode
         self.objective_used = state.get("objective_used") or settings.objective
         self.seen = bool(state.get("seen", True))
+        self.val_objective = bool(state.get("val_objective", False))
         self.phase = state.get("phase", "baseline")
         seg = state.get("segment") or {}
         self.segment = Segment(int(seg.get("start", 0)), list(seg.get("steps") or []),
@@ -269,10 +284,7 @@ class TuneModule:
         self.opening = None
         if self.trial is not None:
             self._close_trial(None, "failed", reason="tuner disabled")
-        for p in self.proposals:
-            if p["state"] == "pending":
-                self._fail(p["trial"], "tuner disabled")
-                p["state"] = "expired"
+        self._expire_proposals("tuner disabled")
         self.mode, self.phase, self.waiting = "off", "off", None
         return OpResult("applied", changes={"mode": {"old": old, "new": "off"}})
 
@@ -373,6 +385,9 @@ class TuneModule:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
         self._drop_asking("tuner enabled again")
         self._drain()
+        # proposals of the tuner as it was: answered by nobody in active or observe mode, and
+        # a pending one blocks every new trial; their trials are told FAIL in the old study
+        self._expire_proposals("tuner enabled again")
         self.opening, study = None, None
         if self.host.is_leader and settings.sync:
             study = self._open_study(settings)
@@ -388,6 +403,7 @@ class TuneModule:
         self.settings, self.study, self.mode = settings, study, settings.mode
         self.objective_used = settings.objective
         self.seen = False  # the objective has been logged since the tuner was enabled
+        self.val_objective = False
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
         self.trend_noise, self.total_steps = None, settings.total_steps
@@ -448,7 +464,7 @@ class TuneModule:
         self.segment = Segment(step + 1, [], [])
         self.phase = phase
 
-    def _observe(self, step: int, metrics: Mapping[str, Any]) -> None:
+    def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         train = metrics.get(_FALLBACK)
         if isinstance(train, (int, float)) and self.objective_used != _FALLBACK:
             self.train_recent.append(float(train))  # the early-abort watch, every step
@@ -457,16 +473,19 @@ class TuneModule:
         value = metrics.get(self.objective_used)
         if value is not None:
             self.seen = True
+            if validation:
+                self.val_objective = True
+            elif self.val_objective:  # the last validation's value, repeated on a train step
+                return
         elif not self.seen and self.objective_used != _FALLBACK and _FALLBACK in metrics:
             s = self.settings
             wait = 2 * s.segment_steps
             if s.segment_evals is None and step - self.enabled_at >= wait:
                 self.objective_used = _FALLBACK
-                self.warnings.append(
+                self._warn(
                     f"objective {s.objective!r} was not logged in {wait} steps; "
                     f"scoring {_FALLBACK!r} instead (--objective picks another)"
                 )
-                log.warning("hotcb tune: %s", self.warnings[-1])
                 self.segment = Segment(self.segment.start, [], [])
                 self.history = []
                 value = metrics.get(_FALLBACK)
@@ -478,6 +497,36 @@ class TuneModule:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
+
+    def _missing(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
+        """Say so in ``tune status`` when the objective does not reach the tuner and nothing
+        can stand in for it: after two segments' worth of steps, or at a validation without
+        it (``--segment-evals``)."""
+        s = self.settings
+        if self.mode == "off":
+            return
+        if s.segment_evals is None:
+            if step - self.enabled_at < 2 * s.segment_steps:
+                return
+            where = f"in {2 * s.segment_steps} steps"
+        elif validation:
+            where = "in a validation"
+        else:
+            return
+        said = f"objective {self.objective_used!r} was not logged"
+        if any(w.startswith(said) for w in self.warnings):
+            return
+        names = ", ".join(sorted(str(k) for k in metrics)) or "none on this step"
+        self._warn(
+            f"{said} {where} (metrics the tuner sees: {names}); nothing is scored: "
+            "--objective picks another"
+        )
+        self._save()  # for `tune status` now, not at the next boundary
+
+    def _warn(self, note: str) -> None:
+        if note not in self.warnings:
+            self.warnings.append(note)
+            log.warning("hotcb tune: %s", note)
 
     def _harmful(self) -> bool:
         """A trial whose objective is already clearly worse than expected ends early (and is
@@ -593,7 +642,9 @@ class TuneModule:
         """After a boundary: a baseline segment, a proposal, or a mutation."""
         s = self.settings
         pending = any(p["state"] == "pending" for p in self.proposals)
-        ending = self.total_steps is not None and step + 2 * s.segment_steps > self.total_steps
+        # a segment's length in steps: counted in evaluations, as long as the one that closed
+        length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
+        ending = self.total_steps is not None and step + 2 * max(1, length) > self.total_steps
         if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
             self._start_segment(step, "backoff" if self.backoff else "baseline")
             return
@@ -767,6 +818,12 @@ class TuneModule:
         if self._worker is not None:
             self._worker.drain()
 
+    def _expire_proposals(self, reason: str) -> None:
+        for p in self.proposals:
+            if p["state"] == "pending":
+                self._fail(p["trial"], reason)
+                p["state"] = "expired"
+
     def _fail(self, number: Any, reason: str) -> None:
         self.counts["failed"] += 1
         self._tell(number, None, {"reason": reason})
@@ -859,6 +916,8 @@ class TuneModule:
                 else None
             ),
             "counts": self.counts,
+            # the last segments' levels (the trend's points): what observe mode shows
+            "levels": [{"step": round(mid), "level": level} for mid, level in self.history],
             "accept_rate": kept / judged if judged else None,
             "best": self.best,
             "space": [k.to_dict() for k in s.space],

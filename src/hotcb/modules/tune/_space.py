@@ -155,7 +155,7 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
     for key, lo in (("segment_steps", 1), ("segment_evals", 1), ("startup_trials", 0),
                     ("reject_streak", 1), ("backoff_segments", 0)):  # fmt: skip
         out[key] = ck.number(doc, key, f"{prefix}{key}", integer=True, minimum=lo)
-    out["seed"] = ck.number(doc, "seed", f"{prefix}seed", integer=True)
+    out["seed"] = ck.number(doc, "seed", f"{prefix}seed", integer=True, minimum=0)
     out["total_steps"] = ck.number(doc, "total_steps", f"{prefix}total_steps", integer=True,
                                    minimum=1)  # fmt: skip
     out["abort"] = ck.number(doc, "abort", f"{prefix}abort", minimum=0)
@@ -228,7 +228,11 @@ def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None =
         merged.update(recipe)
     ck = Checker()
     given = {k: v for k, v in params.items() if v is not None}
-    merged.update(_check_settings(given, ck))
+    checked = _check_settings(given, ck)
+    # a segment given by flag wins over the file's, whichever way the file counts it
+    if "segment_steps" in checked:
+        merged.pop("segment_evals", None)
+    merged.update(checked)
     if ck.problems:
         raise RecipeError("tune enable", ck.problems)
     return Settings(**merged)
@@ -250,6 +254,13 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     settings = _check_settings(doc, ck)
     if "mode" in settings:
         ck.add("mode", "the mode is chosen by 'tune enable --mode', not the recipe")
-    if ck.problems:
-        raise RecipeError(path, ck.problems)
+    if ck.problems:  # in the file's order
+        raise RecipeError(path, sorted(ck.problems, key=_line_of))
     return settings
+
+
+def _line_of(problem: str) -> int:
+    """The line a problem names (``line 7: …``); 0 for one without a line."""
+    head, _, _ = problem.partition(":")
+    number = head[len("line ") :] if head.startswith("line ") else ""
+    return int(number) if number.isdigit() else 0

@@ -1,0 +1,246 @@
+"""The tuner as a user drives it: the real ``hotcb`` CLI in its own process against a real
+kernel (bad proposal ids, a broken recipe, ``tune status`` once the run is over), and what a
+trainer logs reaching the tuner the way Lightning and the HF Trainer log it (a validation
+metric repeated on every step, an objective that never comes, segments counted in
+evaluations near the run's end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any
+
+import pytest
+from tune_helpers import Toy, log_level
+
+from hotcb import HotClient
+from hotcb.modules.tune import parse_settings
+
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+
+BROKEN = """\
+objective: val_loss
+direction: sideways
+segment_steps: -3
+space:
+  - key: lr
+    module: opt
+    mode: mul
+    low: 4
+    high: 0.25
+colour: blue
+"""
+
+
+def _commands(run_dir: str) -> bytes:
+    path = os.path.join(run_dir, "hotcb.commands.jsonl")
+    if not os.path.exists(path):
+        return b""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _pending(client: HotClient) -> list[dict[str, Any]]:
+    return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
+
+
+def test_accept_or_reject_of_an_unknown_or_decided_proposal_is_refused_with_exit_2(
+    toy: Any, cli: Any
+) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(500, until=lambda: bool(_pending(client)))
+    (first,) = _pending(client)
+    run = t.kernel.run_dir
+    before = _commands(run)
+    for verb, ident in (("accept", "P999"), ("accept", "foo"), ("reject", "P999")):
+        out = cli(run, "tune", verb, ident)
+        assert out.returncode == 2, (verb, ident, out.stdout, out.stderr)
+        assert out.stdout == ""
+        (line,) = out.stderr.strip().splitlines()  # one line
+        assert f"no proposal {ident!r}" in line and f"pending: {first['id']}" in line
+    assert _commands(run) == before  # nothing was sent
+
+    assert cli(run, "tune", "reject", first["id"]).returncode == 0
+    t.run(100_000, until=lambda: client.tune_status()["proposals"][0]["state"] == "rejected")
+    again = cli(run, "tune", "accept", first["id"])
+    assert again.returncode == 2
+    assert f"proposal {first['id']} is rejected, not pending" in again.stderr
+    with pytest.raises(ValueError, match="no proposal 'P999'"):  # the Python client too
+        client.tune_accept("P999")
+
+
+def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: Any) -> None:
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "bad.yaml"), "w") as f:
+        f.write(BROKEN)
+    out = cli(run_dir, "tune", "enable", "--recipe", "bad.yaml")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = [x.strip() for x in out.stderr.strip().splitlines()]
+    assert "has 5 problem(s)" in lines[0]
+    problems = lines[1:]
+    assert [p.split(":")[0] for p in problems] == [
+        "line 2", "line 3", "line 7", "line 9", "line 10",
+    ]  # fmt: skip  # every problem, in the file's order
+    assert "direction: 'sideways'" in problems[0] and "colour: unknown setting" in problems[4]
+    # a file missing from the run directory (the run reads a relative path from there)
+    missing = cli(run_dir, "tune", "enable", "--recipe", "nope.yaml")
+    assert missing.returncode == 2 and "no recipe file at" in missing.stderr
+    # a negative seed would fail inside the run (Optuna's sampler): refused here
+    seed = cli(run_dir, "tune", "enable", "--seed", "-1")
+    assert seed.returncode == 2 and "seed: must be >= 0" in seed.stderr
+    assert _commands(run_dir) == b""
+
+
+def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(60)
+    assert "next boundary" in cli(t.kernel.run_dir, "tune", "status").stdout  # running
+    t.kernel.close()
+    out = cli(t.kernel.run_dir, "tune", "status")
+    assert out.returncode == 0, out.stderr
+    assert "run: finished at step 60" in out.stdout
+    assert "next boundary" not in out.stdout
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    assert st["run_over"] == "finished at step 60" and st["next_boundary"] is None
+
+
+def test_disable_keeps_the_summary_in_status(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
+    t.run(500, until=lambda: t.kernel.module("tune").phase == "trial")
+    running = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert re.search(r"phase: trial   trial \d+ \(opt\.lr [0-9.e-]+ -> [0-9.e-]+\)", running), (
+        running
+    )
+    client.tune_disable()
+    t.run(100_000, until=lambda: t.kernel.module("tune").mode == "off")
+    out = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert out.startswith("tuner: off")
+    assert "segments: " in out and "study: hotcb-run" in out  # what it did, still shown
+
+
+def _run_like_lightning(t: Toy, steps: int, val_every: int) -> None:
+    """Lightning's callback_metrics: the last val_loss rides on every training step; a fresh
+    one comes with the validation event every ``val_every`` steps."""
+    val: float | None = None
+    for _ in range(steps):
+        t.step += 1
+        loss = t.f(t.lr, t.step) * (1 + t.noise * t.rng.gauss(0, 1))
+        metrics: dict[str, float] = {"train_loss": loss}
+        if val is not None:
+            metrics["val_loss"] = val
+        t.kernel.apply({"step": t.step, "optimizer": t.opt, "metrics": metrics})
+        if t.step % val_every == 0:
+            val = loss * 1.1
+            t.kernel.apply({"step": t.step, "metrics": {**metrics, "val_loss": val}},
+                           ("val_epoch_end",))  # fmt: skip
+
+
+def test_a_validation_metric_repeated_on_train_steps_is_one_observation(toy: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("observe", objective="val_loss", segment_evals=3,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    _run_like_lightning(t, 300, val_every=10)
+    tune = t.kernel.module("tune")
+    # 30 validations, 3 to a segment: about 10 segments, not one every 3 training steps
+    assert 8 <= tune.counts["segments"] <= 10, tune.counts
+
+
+def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_los", segment_steps=10, space=LR_ONLY, sync=True)
+    _run_like_lightning(t, 40, val_every=10)  # no `loss` to fall back on
+    (warning,) = client.tune_status()["warnings"]
+    assert "objective 'val_los' was not logged in 20 steps" in warning
+    assert "train_loss" in warning and "val_loss" in warning
+    assert f"warning: {warning}" in cli(t.kernel.run_dir, "tune", "status").stdout
+    # counted in evaluations: said at the first validation without it
+    client.tune_enable("active", objective="eval_loss", segment_evals=2, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, 10, val_every=10)
+    (warning,) = client.tune_status()["warnings"]
+    assert "objective 'eval_loss' was not logged in a validation" in warning
+
+
+def test_segments_counted_in_evaluations_still_run_trials_near_the_end(toy: Any) -> None:
+    """With --segment-evals the run's end is two segments of evaluations away, not two
+    segments of the default 200 steps."""
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="val_loss", segment_evals=2,
+                                              total_steps=600, seed=0, space=LR_ONLY,
+                                              sync=True)  # fmt: skip
+    _run_like_lightning(t, 600, val_every=10)
+    steps = [e["step"] for e in t.ledger("mutate")]
+    assert steps and max(steps) > 400, steps
+    assert max(steps) <= 600 - 2 * 20 + 1, steps  # none in the last two segments
+
+
+def test_a_segment_flag_wins_over_the_recipe_s(tmp_path: Any) -> None:
+    recipe = {"segment_evals": 2, "objective": "val_loss"}
+    settings = parse_settings({"mode": "active", "segment_steps": 50}, recipe)
+    assert settings.segment_steps == 50 and settings.segment_evals is None
+    settings = parse_settings({"mode": "active"}, recipe)
+    assert settings.segment_evals == 2
+    assert json.loads(json.dumps(settings.to_dict()))["objective"] == "val_loss"
+
+
+def test_a_storage_that_cannot_be_opened_turns_the_tuner_off_at_once(toy: Any) -> None:
+    """Not two baseline segments later: ``tune status`` and the ledger say so within the
+    steps it takes the tuner's thread to try."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10_000,
+                       storage="foo://nowhere", space=LR_ONLY)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not [e for e in t.ledger("enable") if e["decision"] == "failed"]:
+        assert time.monotonic() < deadline, t.ledger()
+        t.run(1)
+        time.sleep(0.005)  # a step's pace; the tuner's thread opens the study meanwhile
+    assert t.step < 20_000
+    (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
+    assert "foo://nowhere" in failed["error"]
+    status = client.tune_status()
+    assert status["mode"] == "off" and any("foo://nowhere" in w for w in status["warnings"])
+
+
+def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("observe", objective="loss", segment_steps=10,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(100_000, until=lambda: t.kernel.module("tune").counts["segments"] >= 3)
+    out = cli(t.kernel.run_dir, "tune", "export")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("hotcb.tune.recipe.jsonl")
+    assert "kept no change" in out.stderr
+    # observe mode scores segments: their levels are in `tune status`
+    levels = HotClient(t.kernel.run_dir).tune_status()["levels"]
+    assert len(levels) >= 2 and all(p["level"] > 0 for p in levels)
+    assert re.search(
+        r"levels: [0-9.]+ \(step \d+\)", cli(t.kernel.run_dir, "tune", "status").stdout
+    )
+
+
+def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any) -> None:
+    """A proposal nobody answered must not hold the tuner in active mode: switching modes
+    expires it (its trial is told FAIL) and trials start again."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
+    t.run(500, until=lambda: bool(_pending(client)))
+    (waiting,) = _pending(client)
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
+    tune = t.kernel.module("tune")
+    t.run(500, until=lambda: tune.mode == "active" and tune.phase == "trial")
+    assert tune.phase == "trial", "no trial started after the switch to active"
+    st = client.tune_status()
+    assert [p["state"] for p in st["proposals"] if p["id"] == waiting["id"]] == ["expired"]
+    assert not _pending(client)
