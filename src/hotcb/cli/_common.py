@@ -163,6 +163,15 @@ def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
     if e.get("op") == "checkpoint" and e.get("decision") == "applied":
         where = checkpoint_path(e, run_dir)
         line += " (the loop was asked to save one)" if where is None else f": {where}"
+    tune = e.get("tune")
+    if e.get("module") == "tune" and isinstance(tune, dict):  # which proposal, trial, score
+        facts = [str(tune["proposal"])] if tune.get("proposal") else []
+        if tune.get("trial") is not None:
+            facts.append(f"trial {tune['trial']}")
+        if isinstance(tune.get("score"), (int, float)):
+            facts.append(f"score {tune['score']:+.3g}")
+        if facts:
+            line += f" [{', '.join(facts)}]"
     if e.get("error"):
         line += f": {e['error']}"
     return line

@@ -244,3 +244,21 @@ def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any
     st = client.tune_status()
     assert [p["state"] for p in st["proposals"] if p["id"] == waiting["id"]] == ["expired"]
     assert not _pending(client)
+
+
+def test_the_log_names_each_tune_entry_s_proposal_trial_and_score(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
+    t.run(500, until=lambda: bool(_pending(client)))
+    (p,) = _pending(client)
+    client.tune_accept(p["id"])
+    tune = t.kernel.module("tune")
+    t.run(500, until=lambda: tune.counts["kept"] + tune.counts["rolled_back"] >= 1)
+    out = cli(t.kernel.run_dir, "log", "-n", "0").stdout
+    trial = f"trial {p['trial']}"
+    assert f"tune propose -> applied [{p['id']}, {trial}]" in out, out
+    assert f"tune accept -> applied [{p['id']}, {trial}]" in out, out
+    assert re.search(rf"tune (keep|rollback) -> applied .*\[{trial}, score [-+][0-9.e-]+\]", out), (
+        out
+    )
