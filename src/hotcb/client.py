@@ -351,12 +351,12 @@ class HotClient:
     def tune_accept(self, proposal: str) -> str:
         """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``).
         Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed."""
-        self.tune_proposal(proposal)
+        proposal = str(self.tune_proposal(proposal)["id"])  # "p3" is P3
         return self.send("tune", "accept", params={"id": proposal})
 
     def tune_reject(self, proposal: str) -> str:
         """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
-        self.tune_proposal(proposal)
+        proposal = str(self.tune_proposal(proposal)["id"])
         return self.send("tune", "reject", params={"id": proposal})
 
     def tune_proposal(self, proposal: str) -> dict[str, Any]:
@@ -364,7 +364,7 @@ class HotClient:
         ``hotcb.tune.json``); a CommandError that lists the pending ones when there is none."""
         rows = self.tune_status().get("proposals") or []
         for row in rows:
-            if isinstance(row, dict) and row.get("id") == proposal:
+            if isinstance(row, dict) and str(row.get("id")).upper() == proposal.upper():
                 return row
         pending = [str(p.get("id")) for p in rows if p.get("state") == "pending"]
         raise CommandError(

@@ -147,7 +147,8 @@ def test_reject_leaves_the_run_alone(loop: Any, tmp_path: Path) -> None:
     pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
     lp.run(200, pilot)
     (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
-    decide(lp.run_dir, proposal["id"], accept=False)
+    decision = decide(lp.run_dir, proposal["id"].lower(), accept=False)  # a3 is A3
+    assert decision["id"] == proposal["id"]
     lp.run(20, pilot)
     assert lp.lr == 1e-2 and not lp.autopilot_entries()
     assert next(p["state"] for p in proposals(lp.run_dir)) == "rejected"

@@ -701,9 +701,11 @@ def decide(
 
 
 def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, Any]:
-    found: Mapping[str, Any] | None = next(
-        (p for p in proposals(run_dir) if p["id"] == proposal_id), None
+    found: Mapping[str, Any] | None = next(  # "a3" is A3: ids differ by their number only
+        (p for p in proposals(run_dir) if str(p["id"]).upper() == proposal_id.upper()), None
     )
+    if found is not None:
+        proposal_id = str(found["id"])
     if found is None:
         pending = [p["id"] for p in proposals(run_dir) if p["state"] == "pending"]
         raise KeyError(f"no proposal {proposal_id!r}; pending: {', '.join(pending) or 'none'}")

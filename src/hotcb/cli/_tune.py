@@ -109,9 +109,12 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     c = client(args)
-    state = c.tune_proposal(args.id).get("state")  # an unknown id: a CommandError
-    if state != "pending":
-        raise UsageError(f"proposal {args.id} is {state}, not pending (see 'tune proposals')")
+    found = c.tune_proposal(args.id)  # an unknown id: a CommandError
+    if found.get("state") != "pending":
+        raise UsageError(
+            f"proposal {found.get('id')} is {found.get('state')}, not pending "
+            "(see 'tune proposals')"
+        )
     cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
     return finish(args, [cid])
 
