@@ -12,9 +12,16 @@ In another terminal, while it trains:
     hotcb --dir runs/digits evaluate   # held-out loss at the next step (kernel.evaluate_requested)
     hotcb --dir runs/digits extend --steps 1000   # train longer (kernel.max_steps)
     hotcb --dir runs/digits log -f
+    hotcb --dir runs/digits checkpoint   # saves runs/digits/checkpoint_<step>.pt
 
 Ctrl-C (or a SIGTERM from a scheduler) saves a checkpoint and stops at the next step; press
 Ctrl-C twice to stop at once.
+
+Resume from a checkpoint (`--resume`, or `$HOTCB_RESUME_FROM`, which `hotcb launch
+--resume-from` sets), or try another setting from one in a new run:
+
+    hotcb --dir runs/digits branch --from 1200 --to runs/digits-lr --set lr=3e-4
+    # then run the command it prints: hotcb --dir runs/digits-lr launch --resume-from ... -- ...
 """
 
 from __future__ import annotations
@@ -36,12 +43,17 @@ def main() -> None:
     )
     ap.add_argument(
         "--run-dir",
-        default=os.environ.get("HOTCB_RUN_DIR", "runs/digits"),
+        default=os.environ.get("HOTCB_RUN_DIR") or "runs/digits",
         help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/digits)",
     )
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--resume",
+        default=os.environ.get("HOTCB_RESUME_FROM") or None,
+        help="a checkpoint to resume from (default: $HOTCB_RESUME_FROM)",
+    )
     ap.add_argument(
         "--step-delay", type=float, default=0.0, help="seconds to sleep per step (demo pacing)"
     )
@@ -65,10 +77,36 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     x_val, y_val = x[1500:], y[1500:]  # held out: `hotcb evaluate` scores them
     x, y = x[:1500], y[:1500]
-    print(f"training; steer with: hotcb --dir {args.run_dir} set lr=3e-3", flush=True)
     # the cosine schedule keeps its horizon (--steps) when `hotcb extend` moves kernel.max_steps
     kernel.max_steps = args.steps
     step = -1
+
+    def save_checkpoint(path: str | None = None) -> str:
+        """`hotcb checkpoint` and Ctrl-C / SIGTERM call this; the ledger records the path,
+        which `hotcb branch --from` and `--resume` use."""
+        path = path or os.path.join(args.run_dir, f"checkpoint_{step}.pt")
+        torch.save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(),  # the data order
+                "hotcb": kernel.state_dict(),  # loss weights, lr, scheduled commands, horizon
+            },
+            path,
+        )
+        return path
+
+    if args.resume:  # the same trajectory as the run that saved it
+        ckpt = torch.load(args.resume, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        gen.set_state(ckpt["generator"])
+        kernel.load_state_dict(ckpt["hotcb"])
+        step = ckpt["step"]
+    print(f"training; steer with: hotcb --dir {args.run_dir} set lr=3e-3", flush=True)
     while step + 1 < kernel.max_steps:
         step += 1
         idx = torch.randint(0, len(x), (64,), generator=gen)
@@ -89,6 +127,7 @@ def main() -> None:
                 "model": model,
                 "optimizer": optimizer,
                 "scheduler": scheduler,
+                "save_checkpoint": save_checkpoint,
                 "metrics": {
                     "loss": loss.item(),
                     "ce": ce.item(),
@@ -101,13 +140,9 @@ def main() -> None:
             kernel.evaluate_requested = False
             with torch.no_grad():
                 val_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
-            kernel.apply({"step": step, "metrics": {"val_loss": val_loss}}, ("val_epoch_end",))
-        if kernel.checkpoint_requested:  # before acting on a stop: a signal asks for both
-            torch.save(
-                {"model": model.state_dict(), "hotcb": kernel.state_dict()},
-                f"{args.run_dir}/checkpoint_{step}.pt",
-            )
-            kernel.checkpoint_requested = False
+            metrics = {"val_loss": val_loss}
+            env = {"step": step, "save_checkpoint": save_checkpoint, "metrics": metrics}
+            kernel.apply(env, ("val_epoch_end",))
         if kernel.stop_requested:
             print(f"stop requested at step {step}", flush=True)
             break

@@ -15,6 +15,10 @@ In another terminal, while it trains:
     hotcb --dir runs/ddp set lr=1e-4 --ramp 100
     hotcb --dir runs/ddp pause                  # all ranks wait; then: hotcb --dir runs/ddp resume
     hotcb --dir runs/ddp stop                   # all ranks leave the loop at the same step
+    hotcb --dir runs/ddp checkpoint             # rank 0 saves runs/ddp/checkpoint_<step>.pt
+
+`--resume CKPT` (default: `$HOTCB_RESUME_FROM`, which `hotcb launch --resume-from` and the
+command `hotcb branch` prints set) continues from such a checkpoint on every rank.
 
 Only rank 0 reads the commands file and writes the ledger; the batch of commands it read is
 broadcast at each poll step (a step multiple of ``--debounce``), so every rank applies the same
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--run-dir",
-        default=os.environ.get("HOTCB_RUN_DIR", "runs/ddp"),
+        default=os.environ.get("HOTCB_RUN_DIR") or "runs/ddp",
         help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/ddp)",
     )
     ap.add_argument("--steps", type=int, default=5000)
@@ -66,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights-dir", help="save weights_rank{R}.pt here at the end")
     ap.add_argument("--sched", action="store_true", help="add a LambdaLR scheduler")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--resume",
+        default=os.environ.get("HOTCB_RESUME_FROM") or None,
+        help="a checkpoint to resume from (default: $HOTCB_RESUME_FROM)",
+    )
     return ap
 
 
@@ -84,6 +93,38 @@ def _trace_row(step: int, opt: Any, weights: dict[str, float], kernel: HotKernel
         "stop": kernel.stop_requested,
     }
     return json.dumps(row, sort_keys=True, default=str) + "\n"
+
+
+def _save(path: str, step: int, model: Any, opt: Any, sched: Any, gen: Any, kernel: Any) -> None:
+    """A checkpoint of every rank's state (a collective: each rank calls it at the same step)."""
+    generators: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(generators, gen.get_state())  # each rank's data order
+    if dist.get_rank() == 0:
+        torch.save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "generators": generators,
+                "hotcb": kernel.state_dict(),
+            },
+            path,
+        )
+
+
+def _resume(path: str | None, model: Any, opt: Any, sched: Any, gen: Any, kernel: Any) -> int:
+    """Restore a checkpoint of :func:`_save` on this rank; the step to continue from."""
+    if not path:
+        return 0
+    ckpt = torch.load(path, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(ckpt["scheduler"])
+    gen.set_state(ckpt["generators"][dist.get_rank()])
+    kernel.load_state_dict(ckpt["hotcb"])
+    return int(ckpt["step"]) + 1
 
 
 def train(args: argparse.Namespace) -> None:
@@ -106,8 +147,15 @@ def train(args: argparse.Namespace) -> None:
     if args.trace_dir:
         os.makedirs(args.trace_dir, exist_ok=True)
         trace = open(os.path.join(args.trace_dir, f"trace_rank{rank}.jsonl"), "w")  # noqa: SIM115
-    step = 0
-    for step in range(args.steps):
+    step = start = _resume(args.resume, model.module, opt, sched, gen, kernel)
+
+    def save_checkpoint(path: str | None = None) -> str:
+        """`hotcb checkpoint`: every rank applies it at the same step; rank 0 writes the file."""
+        path = path or os.path.join(args.run_dir, f"checkpoint_{step}.pt")
+        _save(path, step, model.module, opt, sched, gen, kernel)
+        return path
+
+    for step in range(start, args.steps):
         idx = torch.randint(0, len(x), (args.batch,), generator=gen)
         ce = nn.functional.cross_entropy(model(x[idx]), y[idx])
         l2 = sum(p.pow(2).sum() for p in model.parameters())
@@ -124,6 +172,7 @@ def train(args: argparse.Namespace) -> None:
                 "model": model.module,
                 "optimizer": opt,
                 "scheduler": sched,
+                "save_checkpoint": save_checkpoint,
                 "metrics": {"loss": loss.item(), "ce": ce.item()},
             }
         )

@@ -17,9 +17,11 @@ In another terminal, while it trains:
 Ctrl-C or SIGTERM: the Trainer saves output/checkpoint-<step> at the next step and train()
 returns (Ctrl-C twice stops at once).
 
-Resume (hotcb's state is in each checkpoint folder as hotcb_state.json):
+Resume (hotcb's state is in each checkpoint folder as hotcb_state.json); `--resume` defaults to
+`$HOTCB_RESUME_FROM` and `--run-dir` to `$HOTCB_RUN_DIR`, which `hotcb launch` sets:
 
     python examples/hf_tiny.py --run-dir runs/hf --resume runs/hf/output/checkpoint-300
+    hotcb --dir runs/hf-b launch --resume-from runs/hf/output/checkpoint-300 -- python examples/hf_tiny.py
 
 Under torchrun (CPU, gloo; every rank applies each command at the same step):
 
@@ -124,9 +126,12 @@ def build(
     lr: float = 5e-3,
     save_steps: int = 0,
     eval_steps: int = 0,
+    resume_from: str | None = None,
     extra_callbacks: list[Any] | None = None,
 ) -> tuple[Trainer, HotKernel]:
-    """The Trainer and its kernel (tests build theirs here too)."""
+    """The Trainer and its kernel (tests build theirs here too); ``resume_from``: the checkpoint
+    folder ``trainer.train(resume_from_checkpoint=...)`` will get, whose hotcb state to restore
+    (without it the adapter looks in this run's own ``output/checkpoint-<step>``)."""
     args = TrainingArguments(
         output_dir=os.path.join(run_dir, "output"),
         max_steps=steps,
@@ -155,7 +160,7 @@ def build(
         eval_dataset=SyntheticTokens(128, seed=1),
         # the Trainer has an eval dataset even when eval_steps=0: `hotcb evaluate` may use it
         callbacks=[
-            HotCBHFCallback(kernel, can_evaluate=True),
+            HotCBHFCallback(kernel, can_evaluate=True, resume_from=resume_from),
             StepDelay(step_delay),
             *(extra_callbacks or []),
         ],
@@ -167,12 +172,20 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run-dir", default="runs/hf")
+    ap.add_argument(
+        "--run-dir",
+        default=os.environ.get("HOTCB_RUN_DIR") or "runs/hf",
+        help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/hf)",
+    )
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--step-delay", type=float, default=0.01)
     ap.add_argument("--save-steps", type=int, default=0)
     ap.add_argument("--eval-steps", type=int, default=100)
-    ap.add_argument("--resume", help="a checkpoint folder to resume from")
+    ap.add_argument(
+        "--resume",
+        default=os.environ.get("HOTCB_RESUME_FROM") or None,
+        help="a checkpoint folder to resume from (default: $HOTCB_RESUME_FROM)",
+    )
     ap.add_argument("--trace-dir", help="per-rank trace of lr and max_grad_norm (for tests)")
     args = ap.parse_args(argv)
     trainer, kernel = build(
@@ -181,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         step_delay=args.step_delay,
         save_steps=args.save_steps,
         eval_steps=args.eval_steps,
+        resume_from=args.resume,
         extra_callbacks=[Trace(args.trace_dir)] if args.trace_dir else None,
     )
     trainer.train(resume_from_checkpoint=args.resume)

@@ -15,9 +15,12 @@ In another terminal, while it trains:
 Ctrl-C or SIGTERM saves a checkpoint (checkpoints/hotcb-step<N>.ckpt) at the next step and
 stops; Lightning answers SIGTERM by raising SIGTERMException out of fit(), caught below.
 
-Resume from a checkpoint (hotcb's state comes back with it):
+Resume from a checkpoint (hotcb's state comes back with it); `--resume` defaults to
+`$HOTCB_RESUME_FROM`, and `--run-dir` to `$HOTCB_RUN_DIR`, which `hotcb launch` sets, so the
+command `hotcb branch` prints runs the branch in its own directory:
 
     python examples/lightning_digits.py --run-dir runs/lightning --resume runs/lightning/checkpoints/hotcb-step200.ckpt
+    hotcb --dir runs/lightning-b launch --resume-from runs/lightning/checkpoints/hotcb-step200.ckpt -- python examples/lightning_digits.py
 
 Multi-process DDP on CPU (every rank applies each command at the same step):
 
@@ -116,14 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--run-dir", default="runs/lightning")
+    ap.add_argument(
+        "--run-dir",
+        default=os.environ.get("HOTCB_RUN_DIR") or "runs/lightning",
+        help="run directory (default: $HOTCB_RUN_DIR, which hotcb launch sets, else runs/lightning)",
+    )
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--step-delay", type=float, default=0.01)
     ap.add_argument("--accumulate", type=int, default=1)
     ap.add_argument("--val-every", type=int, default=100, help="validate every N batches")
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--strategy", default="auto")
-    ap.add_argument("--resume", help="a Lightning checkpoint to resume from")
+    ap.add_argument(
+        "--resume",
+        default=os.environ.get("HOTCB_RESUME_FROM") or None,
+        help="a Lightning checkpoint to resume from (default: $HOTCB_RESUME_FROM)",
+    )
     ap.add_argument("--trace-dir", help="per-rank trace of lr and loss weights (for tests)")
     args = ap.parse_args(argv)
 
