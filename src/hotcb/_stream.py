@@ -87,6 +87,8 @@ class ActuatorStream:
         ):
             self.needs_init = False
             self.discover(env)
+        elif self._restore:  # checkpointed values loaded after discovery: with this env
+            self._restore_values(env)
 
     def check(self, op: HotOp) -> str | None:
         """Why ``op``'s values would be refused (for a command scheduled for later), or None."""
@@ -249,6 +251,14 @@ class ActuatorStream:
             act = self.state.get(key)
             if act is None:
                 continue
+            if act.scheduled is not None:  # an lr: is an LR scheduler moving it?
+                if not env:
+                    continue  # known at the next safe point, whose env holds the scheduler
+                if act.scheduled(env):
+                    # the restored scheduler holds it (a live change rescaled it) and moved it
+                    # since the checkpoint: putting the saved value back would bend the schedule
+                    del self._restore[key]
+                    continue
             value = self._restore.pop(key)
             try:
                 if act.state.value == "init":

@@ -64,6 +64,9 @@ class HotcbActuator:
     label: str | None = None
     description: str = ""
     max_failures: int = 3
+    #: ``scheduled(env)``: a schedule in ``env`` moves this value (an LR scheduler); a
+    #: checkpoint's value is then not put back on resume: the schedule's restored state holds it
+    scheduled: Callable[[Env], bool] | None = None
     state: ActuatorState = ActuatorState.INIT
     current_value: Any = None
     initial_value: Any = None

@@ -50,6 +50,11 @@ def _schedulers(env: Env, extra: Sequence[Any]) -> list[Any]:
     return out
 
 
+def _has_schedule(extra: Sequence[Any]) -> Any:
+    """``scheduled`` of an lr actuator: an LR scheduler (given here or in env) moves it."""
+    return lambda env: bool(_schedulers(env, extra))
+
+
 def _set_group_lr(
     optimizer: Any, index: int, new: float, env: Env, schedulers: Sequence[Any]
 ) -> None:
@@ -101,6 +106,7 @@ def optimizer_actuators(
             min_value=lo,
             max_value=hi,
             description="learning rate (all groups, ratios kept)",
+            scheduled=_has_schedule(schedulers),
         ),
         *_all_groups_actuators(groups, prefix),
     ]
@@ -211,6 +217,7 @@ def _group_actuators(
             max_value=hi,
             group="opt",
             description=f"learning rate of param group {name}",
+            scheduled=_has_schedule(schedulers),
         )
     ]
     if "weight_decay" in g:
