@@ -177,3 +177,26 @@ def test_launch_branch_resumes_the_same_command(parent: tuple[str, Path], tmp_pa
     assert child.opts.resume_from == os.path.join(parent_dir, f"ckpt_{S}.pt")
     assert child.opts.serve_dir == child.run_dir
     assert child.opts.log_path is not None and child.opts.log_path.startswith(child.run_dir)
+
+
+def test_a_checkpoint_saved_as_a_folder_branches(tmp_path: Path) -> None:
+    """The HF Trainer saves ``checkpoint-<step>/`` folders: a branch starts from one."""
+    from hotcb import HotKernel
+
+    run_dir = os.fspath(tmp_path / "hf")
+
+    def save() -> str:
+        folder = os.path.join(run_dir, "output", "checkpoint-3")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    HotClient(run_dir, source="test").send("control", "checkpoint", at_step=3)
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    for step in range(6):
+        kernel.apply({"step": step, "save_checkpoint": save})
+    kernel.close()
+    made = branch(run_dir, tmp_path / "child", source=3)
+    assert made["step"] == 3 and made["checkpoint"] == os.path.join(
+        run_dir, "output", "checkpoint-3"
+    )
+    assert "--resume-from " + made["checkpoint"] in made["resume"]

@@ -85,7 +85,7 @@ def _resolve(parent: str, source: int | str | os.PathLike[str]) -> dict[str, Any
     if not matches:
         raise BranchError(f"{what}; {_available(found, parent)}")
     entry = matches[-1]  # saved again at the same step: the later file is the one on disk
-    if not os.path.isfile(entry["path"]):
+    if not os.path.exists(entry["path"]):  # a file, or a folder (the HF Trainer's)
         raise BranchError(
             f"the checkpoint of step {entry['step']} ({entry['path']}) is gone; "
             f"{_available(found, parent)}"

@@ -226,23 +226,27 @@ class HotClient:
         return ids
 
     # -- control ---------------------------------------------------------------------------
-    def pause(self) -> str:
-        return self.send("control", "pause")
+    def pause(self, at_step: int | None = None) -> str:
+        """Pause at the next safe point (or the first with step >= ``at_step``)."""
+        return self.send("control", "pause", **_at(at_step))
 
     def resume(self) -> str:
         return self.send("control", "resume")
 
-    def stop(self) -> str:
-        return self.send("control", "stop")
+    def stop(self, at_step: int | None = None) -> str:
+        """Stop at the next safe point (or the first with step >= ``at_step``)."""
+        return self.send("control", "stop", **_at(at_step))
 
-    def checkpoint(self, path: str | None = None) -> str:
-        return self.send("control", "checkpoint", params={"path": path} if path else {})
+    def checkpoint(self, path: str | None = None, at_step: int | None = None) -> str:
+        """Save a checkpoint at the next safe point (or the first with step >= ``at_step``)."""
+        params = {"path": path} if path else {}
+        return self.send("control", "checkpoint", params=params, **_at(at_step))
 
-    def evaluate(self) -> str:
+    def evaluate(self, at_step: int | None = None) -> str:
         """Ask the run to evaluate at its next safe point (the HF Trainer right after that
         step; a bare loop sees ``kernel.evaluate_requested``; Lightning cannot, and the ledger
-        entry says why)."""
-        return self.send("control", "evaluate")
+        entry says why), or at the first with step >= ``at_step``."""
+        return self.send("control", "evaluate", **_at(at_step))
 
     def extend(
         self,
@@ -427,3 +431,8 @@ class HotClient:
                     "run (see 'hotcb log')"
                 )
             time.sleep(0.02)
+
+
+def _at(at_step: int | None) -> dict[str, Any]:
+    """The ``at_step`` field of a control command, when one is given."""
+    return {} if at_step is None else {"at_step": at_step}

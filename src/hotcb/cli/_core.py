@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ("stop", "ask the run to stop at the next safe point"),
     ):
         p = sub.add_parser(name, help=text)
+        if name != "resume":  # a paused run takes no step: a scheduled resume would never come
+            p.add_argument("--at-step", type=int, help="at the first safe point with step >= N")
         add_wait(p)
         p.set_defaults(func=cmd_control, op=name)
 
@@ -74,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="where to save (when the run's save_checkpoint takes a path); must lie inside "
         "the run directory or a root the trainer allows",
     )
+    p.add_argument("--at-step", type=int, help="save at the first safe point with step >= N")
     add_wait(p)
     p.set_defaults(func=cmd_checkpoint)
 
@@ -82,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="ask the run to evaluate now (HF Trainer: right after the next step; a bare loop: "
         "kernel.evaluate_requested; Lightning cannot, the ledger says why)",
     )
+    p.add_argument("--at-step", type=int, help="at the first safe point with step >= N")
     add_wait(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -151,15 +155,17 @@ def cmd_control(args: argparse.Namespace) -> int:
     if over is not None:  # a queued stop would stop the next run at its first step
         print(f"the run {over}: nothing to stop")
         return 0
-    return finish(args, [client(args).send("control", args.op)])
+    c = client(args)
+    cid = c.resume() if args.op == "resume" else getattr(c, args.op)(at_step=args.at_step)
+    return finish(args, [cid])
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).checkpoint(args.path)])
+    return finish(args, [client(args).checkpoint(args.path, at_step=args.at_step)])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).evaluate()])
+    return finish(args, [client(args).evaluate(at_step=args.at_step)])
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
