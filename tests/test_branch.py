@@ -200,3 +200,16 @@ def test_a_checkpoint_saved_as_a_folder_branches(tmp_path: Path) -> None:
         run_dir, "output", "checkpoint-3"
     )
     assert "--resume-from " + made["checkpoint"] in made["resume"]
+
+
+def test_the_printed_command_trains_into_the_child_not_the_parent(tmp_path: Path) -> None:
+    """A launched command that names its run directory (``--run-dir``) gets the child's."""
+    from hotcb.branch import resume_command
+
+    parent, child = os.fspath(tmp_path / "runs" / "a"), os.fspath(tmp_path / "runs" / "b")
+    argv = ["python", "train.py", "--run-dir", "runs/a", "--out=runs/a", "--lr", "runs/ab"]
+    got = resume_command(child, "/ck.pt", argv, parent, os.fspath(tmp_path))
+    assert got == (
+        f"hotcb --dir {child} launch --resume-from /ck.pt -- python train.py --run-dir {child} "
+        f"--out={child} --lr runs/ab"
+    )

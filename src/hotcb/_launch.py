@@ -42,6 +42,7 @@ from typing import IO, Any
 
 from . import jsonl
 from .branch import branch as make_branch
+from .branch import retarget
 from .client import HotClient
 from .errors import HotcbError
 from .kernel import RUN_DIR_ENV
@@ -833,7 +834,7 @@ class Launch:
             log_path=os.path.join(child, LOG_NAME),
             **launch_kwargs,
         )
-        run = Launch(self.argv, child, opts)
+        run = Launch(retarget(self.argv, self.run_dir, child), child, opts)
         return run.start() if start else run
 
 

@@ -34,7 +34,7 @@ from .errors import HotcbError
 from .ledger import checkpoint_path, iter_entries
 from .runfiles import RunPaths
 
-__all__ = ["BranchError", "branch", "checkpoints", "resume_command"]
+__all__ = ["BranchError", "branch", "checkpoints", "resume_command", "retarget"]
 
 #: Files of the parent copied into the child, when they exist.
 _COPIED = ("hotcb.actuators.json", "hotcb.sources")
@@ -116,10 +116,33 @@ def _inherited(parent: str, last_seq: int) -> list[dict[str, Any]]:
     return out
 
 
-def resume_command(child: str, ckpt: str, argv: Sequence[str] | None) -> str:
-    """The command that starts the child's training from the checkpoint."""
+def resume_command(
+    child: str,
+    ckpt: str,
+    argv: Sequence[str] | None,
+    parent: str | None = None,
+    cwd: str | None = None,
+) -> str:
+    """The command that starts the child's training from the checkpoint: the parent's
+    launched ``argv`` (run from ``cwd``), where an argument naming the parent's run directory
+    (``--run-dir runs/a``, ``--run-dir=runs/a``) names the child's."""
+    if argv and parent:
+        argv = retarget(argv, parent, child, cwd)
     train = shlex.join(argv) if argv else "python train.py ..."
     return f"hotcb --dir {shlex.quote(child)} launch --resume-from {shlex.quote(ckpt)} -- {train}"
+
+
+def retarget(argv: Sequence[str], parent: str, child: str, cwd: str | None = None) -> list[str]:
+    """``argv`` with each argument that names the run directory ``parent`` (a path from
+    ``cwd``, alone or as ``--flag=PATH``) naming ``child`` instead."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        if not eq:
+            flag, value = "", arg
+        where = os.path.join(cwd or os.getcwd(), os.path.expanduser(value))
+        out.append(f"{flag}{eq}{child}" if value and os.path.abspath(where) == parent else arg)
+    return out
 
 
 def branch(
@@ -155,12 +178,13 @@ def branch(
     parent_meta = jsonl.read_json(parent_paths.run_meta, {}) or {}
     launched = parent_meta.get("launch") if isinstance(parent_meta, dict) else None
     argv = launched.get("argv") if isinstance(launched, dict) else None
+    cwd = launched.get("cwd") if isinstance(launched, dict) else None
     return {
         "child": child_dir,
         **info,
         "inherited": sum(1 for _ in iter_entries(RunPaths(child_dir).ledger)),
         "commands": ids,
-        "resume": resume_command(child_dir, ckpt, argv),
+        "resume": resume_command(child_dir, ckpt, argv, parent_dir, cwd),
     }
 
 
