@@ -267,3 +267,14 @@ def test_the_log_names_each_tune_entry_s_proposal_trial_and_score(toy: Any, cli:
     assert re.search(rf"tune (keep|rollback) -> applied .*\[{trial}, score [-+][0-9.e-]+\]", out), (
         out
     )
+
+
+def test_falling_back_to_loss_is_the_only_warning(toy: Any) -> None:
+    """Scoring ``loss`` instead of a ``val_loss`` that never comes is said once; the stand-in
+    is not then reported as missing itself."""
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="val_loss", segment_steps=10,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(60)
+    (warning,) = t.kernel.module("tune").warnings
+    assert warning.startswith("objective 'val_loss' was not logged in 20 steps; scoring 'loss'")

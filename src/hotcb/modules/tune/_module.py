@@ -489,6 +489,7 @@ class TuneModule:
                 self.segment = Segment(self.segment.start, [], [])
                 self.history = []
                 value = metrics.get(_FALLBACK)
+                self.seen = value is not None  # the stand-in is the objective from here on
         if value is None or step < self.segment.start:
             return
         try:
