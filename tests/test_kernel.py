@@ -577,3 +577,24 @@ def test_a_kernel_without_a_run_dir_takes_hotcb_run_dir(
     monkeypatch.delenv("HOTCB_RUN_DIR")
     with pytest.raises(TypeError, match="HOTCB_RUN_DIR"):
         HotKernel()
+
+
+def test_observe_records_metrics_between_safe_points_and_applies_nothing(tmp_path: Path) -> None:
+    """``observe`` (the HF Trainer's logs, after its step's safe point): the metrics are
+    recorded at their step; a command waiting in the file stays for the next safe point."""
+    run = str(tmp_path / "run")
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    kernel = HotKernel(run, poll_interval_sec=0)
+    kernel.observe({"step": 0, "metrics": {"loss": 9.0}})  # before the first safe point: nothing
+    kernel.apply({"step": 1, "optimizer": opt})
+    cmd = HotClient(run).opt(lr=0.5)
+    kernel.observe({"step": 1, "epoch": 0, "metrics": {"loss": 1.5}})
+    assert opt.param_groups[0]["lr"] == 0.1
+    kernel.apply({"step": 2, "optimizer": opt})
+    kernel.close()
+    assert opt.param_groups[0]["lr"] == 0.5
+    (entry,) = [e for e in read_ledger(run) if e.get("cmd_id") == cmd]
+    assert entry["step"] == 2
+    with open(os.path.join(run, "hotcb.metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [(r["step"], r["metrics"]["loss"]) for r in rows if "loss" in r["metrics"]] == [(1, 1.5)]

@@ -253,6 +253,24 @@ class HotKernel:
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
 
+    def observe(self, env: Env) -> None:
+        """Metrics that come between safe points (the HF Trainer logs its training loss after
+        the step's ``on_step_end``): recorded like ``apply``'s, and shown to the modules that
+        watch metrics (the tuner), with no poll, no callback event and no command applied.
+        ``env`` needs ``step`` and ``metrics``. Never raises into the training loop."""
+        try:
+            step = env["step"]
+            if not self._started:  # no stream yet; the first safe point starts the kernel
+                return
+            if "metrics" in env and self.metrics is not None:
+                self._log_metrics(env, step)
+            if self._event_modules:
+                self._dispatch(env, ())
+            if self._ledger.out:
+                self.flush()
+        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
+            self._internal_error(exc)
+
     def nothing_due(self, step: int) -> bool:
         """Would ``apply(env)`` at ``step`` do nothing and change nothing? Then a framework hook
         may skip the call and the building of its env (metrics to record at this step are the

@@ -191,3 +191,27 @@ def test_nothing_is_built_at_steps_without_work_and_commands_land_on_time(
     # step 5: stop needs the Trainer's control)
     assert set(built).isdisjoint({2, 4}) and {1, 5} <= set(built)
     assert applied == ([1, 3, 5] if poll_sec else [1, 2, 3, 4, 5])
+
+
+def test_the_tuner_scores_the_trainers_training_loss(tmp_path: Path) -> None:
+    """`--objective loss` with the HF Trainer: its training logs come through on_log, after the
+    step's safe point, and still reach the tuner; it judges trials on them (before, it saw only
+    evaluations and never started one) and every one of its changes moved the Trainer's lr."""
+    pytest.importorskip("optuna")
+    run_dir = os.fspath(tmp_path / "run")
+    space = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0}]
+    HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=5, seed=0,
+                                   space=space, sync=True)  # fmt: skip
+    rec = Recorder()
+    trainer, kernel = EX.build(run_dir, 40, extra_callbacks=[rec])
+    trainer.train()
+    kernel.close()
+    status = HotClient(run_dir).tune_status()
+    assert status["objective_used"] == "loss" and not status["warnings"], status
+    judged = [r for r in status["trials"] if r["decision"] in ("kept", "rolled_back")]
+    assert judged and all(isinstance(r["score"], float) for r in judged), status["trials"]
+    by_step = {r["step"]: r for r in rec.rows}
+    mutates = [e for e in read_ledger(run_dir) if e["module"] == "tune" and e["op"] == "mutate"]
+    assert mutates
+    for m in mutates:
+        assert by_step[m["step"]]["lr"] == pytest.approx(m["changes"]["lr"]["new"])

@@ -5,8 +5,9 @@
   attribute is picked up), the optimizer and the Trainer's own LR scheduler — a live lr change
   rescales the scheduler's ``base_lrs``, so the next ``lr_scheduler.step()`` continues from it
   instead of undoing it.
-- ``on_log`` sends the Trainer's logs (loss, grad_norm, learning_rate, ...) and ``on_evaluate``
-  the eval metrics (event ``val_epoch_end``) to ``hotcb.metrics.jsonl``.
+- ``on_log`` sends the Trainer's logs (loss, grad_norm, learning_rate, ...) to
+  ``hotcb.metrics.jsonl`` and to the tuner (:meth:`hotcb.HotKernel.observe`: no safe point), and
+  ``on_evaluate`` the eval metrics (event ``val_epoch_end``) with its safe point.
 - ``stop`` → ``control.should_training_stop``; ``checkpoint`` → ``control.should_save`` (the
   Trainer saves ``<output_dir>/checkpoint-<step>`` at that step; a ``path`` in the command is
   not supported by the Trainer and is ignored); ``pause`` blocks at the safe point.
@@ -261,23 +262,21 @@ class HotCBHFCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # most steps: nothing due -> no env, no apply() (the Trainer's logs reach the metrics
-        # stream through on_log)
+        # stream and the tuner through on_log)
         if not self.kernel.nothing_due(state.global_step):
             self.kernel.apply(self._env(args, state, control, kwargs), _TRAIN)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        # straight to the metrics stream: no poll here, so no extra safe point (and, under
-        # torchrun, no collective that depends on when each rank logs)
-        metrics = self.kernel.metrics
+        # the training logs come after this step's safe point (on_step_end): recorded and shown
+        # to the tuner with no poll, so no extra safe point (and, under torchrun, no collective
+        # that depends on when each rank logs)
         if not logs or any(k.startswith("eval_") for k in logs):
             return  # eval logs: on_evaluate records them, with its safe point
-        if metrics is not None:
-            try:
-                metrics.log(int(state.global_step), logs, epoch=int(state.epoch or 0))
-            except Exception as exc:  # never into the training loop
-                log.warning("hotcb: could not record HF logs: %r", exc)
+        self.kernel.observe(
+            {"step": int(state.global_step), "epoch": int(state.epoch or 0), "metrics": logs}
+        )
 
     def on_evaluate(
         self,

@@ -128,14 +128,15 @@ def test_disable_keeps_the_summary_in_status(toy: Any, cli: Any) -> None:
     assert "segments: " in out and "study: hotcb-run" in out  # what it did, still shown
 
 
-def _run_like_lightning(t: Toy, steps: int, val_every: int) -> None:
+def _run_like_lightning(t: Toy, steps: int, val_every: int, train_key: str = "train_loss") -> None:
     """Lightning's callback_metrics: the last val_loss rides on every training step; a fresh
-    one comes with the validation event every ``val_every`` steps."""
+    one comes with the validation event every ``val_every`` steps. ``train_key``: the name the
+    LightningModule logs its training loss under (empty: it logs none)."""
     val: float | None = None
     for _ in range(steps):
         t.step += 1
         loss = t.f(t.lr, t.step) * (1 + t.noise * t.rng.gauss(0, 1))
-        metrics: dict[str, float] = {"train_loss": loss}
+        metrics: dict[str, float] = {train_key: loss} if train_key else {"acc": 1 / loss}
         if val is not None:
             metrics["val_loss"] = val
         t.kernel.apply({"step": t.step, "optimizer": t.opt, "metrics": metrics})
@@ -159,10 +160,10 @@ def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("active", objective="val_los", segment_steps=10, space=LR_ONLY, sync=True)
-    _run_like_lightning(t, 40, val_every=10)  # no `loss` to fall back on
+    _run_like_lightning(t, 40, val_every=10, train_key="")  # no training loss to fall back on
     (warning,) = client.tune_status()["warnings"]
     assert "objective 'val_los' was not logged in 20 steps" in warning
-    assert "train_loss" in warning and "val_loss" in warning
+    assert "acc" in warning and "val_loss" in warning
     assert f"warning: {warning}" in cli(t.kernel.run_dir, "tune", "status").stdout
     # counted in evaluations: said at the first validation without it
     client.tune_enable("active", objective="eval_loss", segment_evals=2, space=LR_ONLY,
@@ -170,6 +171,26 @@ def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any
     _run_like_lightning(t, 10, val_every=10)
     (warning,) = client.tune_status()["warnings"]
     assert "objective 'eval_loss' was not logged in a validation" in warning
+
+
+def test_lightnings_train_loss_stands_in_for_an_objective_that_never_comes(
+    toy: Any, cli: Any
+) -> None:
+    """A LightningModule that logs `train_loss` (not `loss`): the tuner falls back to it, says
+    so, and judges trials on it."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_los", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, 200, val_every=10)
+    status = client.tune_status()
+    (warning,) = status["warnings"]
+    assert "'val_los' was not logged in 20 steps; scoring 'train_loss' instead" in warning
+    assert status["objective_used"] == "train_loss"
+    assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
+    assert (
+        "objective: train_loss (asked: val_los)" in cli(t.kernel.run_dir, "tune", "status").stdout
+    )
 
 
 def test_segments_counted_in_evaluations_still_run_trials_near_the_end(toy: Any) -> None:

@@ -16,7 +16,7 @@ class Toy:
 
     def __init__(
         self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
-        weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0,
+        weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0, train_key: str = "loss",
     ) -> None:  # fmt: skip
         from hotcb import HotKernel
 
@@ -28,6 +28,7 @@ class Toy:
         self.rng = random.Random(seed)
         self.step = 0
         self.lrs: list[float] = []
+        self.train_key = train_key  # the training loss's name: `loss`, Lightning's `train_loss`
 
     @property
     def lr(self) -> float:
@@ -42,7 +43,7 @@ class Toy:
             self.step += 1
             value = self.f(self.lr, self.step) * (1 + self.noise * self.rng.gauss(0, 1))
             self.lrs.append(self.lr)
-            metrics = {"loss": value}
+            metrics = {self.train_key: value}
             if val_every and self.step % val_every == 0:
                 metrics["val_loss"] = value * 1.1
             self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})

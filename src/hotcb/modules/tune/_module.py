@@ -45,7 +45,9 @@ STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
-_FALLBACK = "loss"
+#: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
+#: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
+_TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
 _TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
 _VAL_EVENT = "val_epoch_end"
 
@@ -465,8 +467,9 @@ class TuneModule:
         self.phase = phase
 
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
-        train = metrics.get(_FALLBACK)
-        if isinstance(train, (int, float)) and self.objective_used != _FALLBACK:
+        name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
+        train = metrics.get(name) if name is not None else None
+        if isinstance(train, (int, float)) and self.objective_used not in _TRAIN_LOSSES:
             self.train_recent.append(float(train))  # the early-abort watch, every step
             if self.trial is not None and step >= self.segment.start:
                 self.trial.setdefault("train", []).append(float(train))
@@ -477,18 +480,18 @@ class TuneModule:
                 self.val_objective = True
             elif self.val_objective:  # the last validation's value, repeated on a train step
                 return
-        elif not self.seen and self.objective_used != _FALLBACK and _FALLBACK in metrics:
+        elif not self.seen and name is not None and self.objective_used not in _TRAIN_LOSSES:
             s = self.settings
             wait = 2 * s.segment_steps
             if s.segment_evals is None and step - self.enabled_at >= wait:
-                self.objective_used = _FALLBACK
+                self.objective_used = name
                 self._warn(
                     f"objective {s.objective!r} was not logged in {wait} steps; "
-                    f"scoring {_FALLBACK!r} instead (--objective picks another)"
+                    f"scoring {name!r} instead (--objective picks another)"
                 )
                 self.segment = Segment(self.segment.start, [], [])
                 self.history = []
-                value = metrics.get(_FALLBACK)
+                value = train
                 self.seen = value is not None  # the stand-in is the objective from here on
         if value is None or step < self.segment.start:
             return
