@@ -270,11 +270,10 @@ def plateau(
 
 def _describe_plateau(e: Evidence) -> str:
     improvement = float(e["improvement"])
-    change = f"{_pct(improvement)} better" if improvement >= 0 else f"{_pct(-improvement)} worse"
-    return (
-        f"{change} over the last {e['n']} values (steps {e['first_step']}-{e['last_step']}), "
-        f"below {_pct(e['eps'])}"
-    )
+    where = f"over the last {e['n']} values (steps {e['first_step']}-{e['last_step']})"
+    if improvement >= 0:
+        return f"{_pct(improvement)} better {where}, below {_pct(e['eps'])}"
+    return f"{_pct(-improvement)} worse {where}, not the {_pct(e['eps'])} better of a run still learning"
 
 
 def divergence(
