@@ -277,3 +277,34 @@ def test_notifier_sees_pause_and_autopilot(tmp_path: Any) -> None:
     fired = n.step(now=10_000.0)
     assert [e["alert"] for e in fired] == ["autopilot"]  # stale is quiet: the run is paused
     n.close()
+
+
+def test_started_mid_run_old_points_set_the_state_and_only_what_still_holds_fires(
+    tmp_path: Any,
+) -> None:
+    """`hotcb notify` started on a run that is going: a NaN and an autopilot action from before
+    it started are history; a loss above its threshold now fires once, for the latest point;
+    what comes after the start fires as usual."""
+    run = _run(tmp_path)
+    metrics = os.path.join(run, "hotcb.metrics.jsonl")
+    for step, loss in [(1, 1.0), (2, float("nan")), (3, 1.0), (4, 3.0), (5, 3.5)]:
+        jsonl.append(metrics, {**_rec(step, loss=loss), "wall_time": 100.0 + step})
+    jsonl.append(os.path.join(run, "hotcb.autopilot.jsonl"),
+                 {"kind": "action", "rule": "lr_drop", "wall_time": 101.0})  # fmt: skip
+    alerts = (Alert("hot", "threshold", metric="loss", above=2.0),
+              Alert("nan", "nonfinite", cooldown=0.0), Alert("ap", "autopilot"))  # fmt: skip
+    n = Notifier(run, NotifyConfig(alerts=alerts, deliveries=()), history_before=200.0)
+    fired = n.step(now=1000.0)
+    assert [(e["alert"], e["step"], e["message"]) for e in fired] == [
+        ("hot", 5, "loss=3.5 at step 5 is above 2")
+    ]
+    jsonl.append(metrics, {**_rec(6, loss=float("inf")), "wall_time": 300.0})
+    assert [(e["alert"], e["step"]) for e in n.step(now=1001.0)] == [("nan", 6)]
+    n.close()
+    # a restart is not a fresh start: nothing is history, nothing fires again
+    jsonl.append(metrics, {**_rec(7, loss=1.0), "wall_time": 50.0})
+    again = Notifier(run, NotifyConfig(alerts=alerts, deliveries=()))
+    assert again.step(now=1002.0) == []
+    jsonl.append(metrics, {**_rec(8, loss=float("nan")), "wall_time": 60.0})
+    assert [e["alert"] for e in again.step(now=1003.0)] == ["nan"]
+    again.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
@@ -17,7 +18,7 @@ from ..jsonl import JsonlTail
 from ..ledger import LedgerView
 from ..runfiles import process_alive
 from ..runview import RunView
-from ._alerts import Observation, onsets, samples
+from ._alerts import Alert, Observation, Sample, onsets, samples
 from ._config import NotifyConfig
 from ._deliveries import deliver
 
@@ -32,12 +33,28 @@ class Notifier:
     """Reads what is new in ``run_dir``, fires the alerts of ``config`` and delivers them in a
     worker thread. ``step()`` does one round and returns the alert events it fired; ``close()``
     waits (up to a deadline) for the deliveries in flight. Cursors and alert states persist in
-    ``hotcb.notify.state.json`` after every round: a restart never fires again on what it saw."""
+    ``hotcb.notify.state.json`` after every round: a restart never fires again on what it saw.
 
-    def __init__(self, run_dir: str | os.PathLike[str], config: NotifyConfig) -> None:
+    Started on a run that is already going (no state file yet), the records written before
+    ``history_before`` (default: now) are history: they set each alert's state without firing,
+    and an alert whose condition still holds at the end of them fires once, for that latest
+    point. A NaN a thousand steps ago that the run recovered from is not news; a loss that is
+    above its threshold right now is."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        config: NotifyConfig,
+        *,
+        history_before: float | None = None,
+    ) -> None:
         self.run_dir = os.path.abspath(os.fspath(run_dir))
         self.config = config
         self._state_path = os.path.join(self.run_dir, STATE)
+        fresh = not os.path.exists(self._state_path)
+        self._history_before = (
+            (time.time() if history_before is None else history_before) if fresh else None
+        )
         self._records_path = os.path.join(self.run_dir, RECORDS)
         st = jsonl.read_json(self._state_path, {}) or {}
         cur = st.get("cursors") or {}
@@ -67,13 +84,18 @@ class Notifier:
         the alert events fired (also recorded in ``hotcb.notify.jsonl``)."""
         now = time.time() if now is None else now
         obs = self._observe(now)
+        old = None
+        if self._history_before is not None:  # the first round of a fresh notifier
+            old, obs = _split(obs, self._history_before)
+            self._history_before = None
         fired: list[dict[str, Any]] = []
         for alert in self.config.alerts:
             st = self.alert_state.setdefault(alert.id, {"active": False, "last_fired": None})
-            hits, st["active"], st["last_fired"] = onsets(
+            hits = self._catch_up(alert, st, old, now) if old is not None else []
+            more, st["active"], st["last_fired"] = onsets(
                 samples(alert, obs), st["active"], st["last_fired"], alert.cooldown, now
             )
-            for s in hits:
+            for s in hits + more:
                 event = {"kind": "alert", "alert": alert.id, "type": alert.kind,
                          "run": self.run_dir, "step": s.step, "metric": s.metric,
                          "value": s.value, "message": s.message, "time": now}  # fmt: skip
@@ -83,6 +105,19 @@ class Notifier:
             self._record(dict(event))
             self._enqueue(event)
         return fired
+
+    @staticmethod
+    def _catch_up(
+        alert: Alert, st: dict[str, Any], history: Observation, now: float
+    ) -> list[Sample]:
+        """The records from before the notifier started: they set the alert's state; only a
+        condition that still holds at their end fires (once, for its latest point)."""
+        found = samples(alert, history)
+        _, st["active"], _ = onsets(found, st["active"], None, 0.0, now)
+        if not st["active"]:
+            return []
+        st["last_fired"] = now
+        return [next(s for s in reversed(found) if s.active)]
 
     def _observe(self, now: float) -> Observation:
         metrics = self.view.new_metrics()
@@ -181,3 +216,18 @@ class Notifier:
             "alerts": self.alert_state, "series": {k: list(v) for k, v in self.series.items()},
             "alert_ids": [a.id for a in self.config.alerts], "updated": time.time(),
         })  # fmt: skip
+
+
+def _split(obs: Observation, before: float) -> tuple[Observation, Observation]:
+    """``obs`` as (the records written before ``before``, the rest); a record without a
+    ``wall_time`` counts as new."""
+
+    def old(rec: Mapping[str, Any]) -> bool:
+        t = rec.get("wall_time")
+        return isinstance(t, (int, float)) and t < before
+
+    history = dataclasses.replace(obs, metrics=[r for r in obs.metrics if old(r)],
+                                  autopilot=[r for r in obs.autopilot if old(r)])  # fmt: skip
+    new = dataclasses.replace(obs, metrics=[r for r in obs.metrics if not old(r)],
+                              autopilot=[r for r in obs.autopilot if not old(r)])  # fmt: skip
+    return history, new
