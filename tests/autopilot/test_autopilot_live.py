@@ -131,3 +131,32 @@ def test_a_second_autopilot_on_a_run_is_refused(
         assert not (Path(run_dir) / "hotcb.autopilot.owner.json").exists()
     finally:
         first.kill()
+
+
+def test_an_autopilot_started_before_its_run_waits_for_it(
+    tmp_path: Path, start_trainer: Any
+) -> None:
+    """Started in another terminal before the trainer: it says it waits, then drives the run
+    once the trainer's kernel has created it (``--once`` still refuses a missing folder)."""
+    run_dir = os.fspath(tmp_path / "later")
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "suggest",
+            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    once = subprocess.run([*argv, "--once"], capture_output=True, text=True, env=env, timeout=120)
+    assert once.returncode == 2 and f"no run directory at {run_dir}" in once.stderr
+    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)  # fmt: skip
+    try:
+        first = pilot.stdout.readline() if pilot.stdout else ""
+        assert f"no run under {run_dir} yet; waiting for one" in first, first
+        assert not os.path.exists(run_dir)  # waiting creates nothing
+        trainer = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
+                                step_delay=0.01)  # fmt: skip
+        line = pilot.stdout.readline() if pilot.stdout else ""
+        assert f"hotcb autopilot (suggest) on {run_dir}" in line, line
+        trainer.proc.kill()
+        trainer.proc.wait(60)
+        out, _ = pilot.communicate(timeout=120)
+    finally:
+        pilot.kill()
+    assert pilot.returncode == 0, out

@@ -84,6 +84,8 @@ def _runs(root: str) -> list[str]:
     """``root`` itself when it is a run, else the runs directly inside it."""
     if os.path.exists(os.path.join(root, "hotcb.run.json")):
         return [root]
+    if not os.path.isdir(root):  # not there yet: the trainer creates it
+        return []
     return sorted(
         os.path.join(root, d) for d in os.listdir(root)
         if os.path.exists(os.path.join(root, d, "hotcb.run.json"))
@@ -102,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..notify import Notifier
     from ._notify import notify_config
 
-    require_run_dir(args.dir)
+    if args.once:
+        require_run_dir(args.dir)
     require_rules_file(args.rules, "--rules")
     pilots: dict[str, Any] = {}
     notifiers: dict[str, Any] = {}  # run -> Notifier (--notify), stepped in the same loop
@@ -148,7 +151,9 @@ def _loop(
 ) -> int:
     refresh()
     if not pilots:
-        print(f"hotcb autopilot: no run under {args.dir} yet; waiting for one", flush=True)
+        where = args.dir if os.path.isdir(args.dir) else os.path.abspath(args.dir)
+        print(f"hotcb autopilot: no run under {where} yet; waiting for one (Ctrl-C stops)",
+              flush=True)  # fmt: skip
     try:
         while True:
             for pilot in list(pilots.values()):
