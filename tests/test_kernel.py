@@ -350,6 +350,26 @@ def test_checkpoint_without_a_callable_sets_the_flag(loop: Loop) -> None:
     assert loop.kernel.checkpoint_requested
     assert loop.only(ck)["checkpoint"] == "requested"
     assert checkpoint_path(loop.only(ck), loop.run_dir) is None
+    assert loop.kernel.checkpoint_path_requested is None  # save where the loop always does
+
+
+def test_checkpoint_path_without_a_callable_reaches_the_loop(loop: Loop) -> None:
+    """`hotcb checkpoint --path P` on a loop that saves on the flag: the loop reads the path
+    (it used to be dropped); a path outside the run is refused as for a save function."""
+    loop.steps(1)
+    ck = loop.client.checkpoint("ckpt/wanted.pt")
+    loop.steps(1)
+    wanted = os.path.join(os.path.realpath(loop.paths.root), "ckpt", "wanted.pt")
+    assert loop.kernel.checkpoint_requested
+    assert loop.kernel.checkpoint_path_requested == wanted
+    assert loop.only(ck)["checkpoint"] == "requested"
+    assert loop.only(ck)["path"] == os.path.join("ckpt", "wanted.pt")
+    loop.kernel.checkpoint_requested = False  # saved: the loop resets the flag, and the path
+    assert loop.kernel.checkpoint_path_requested is None
+    bad = loop.client.checkpoint("/etc/elsewhere.pt")
+    loop.steps(1)
+    assert loop.only(bad)["decision"] == "rejected" and "path" in loop.only(bad)["error"]
+    assert not loop.kernel.checkpoint_requested
 
 
 def test_a_checkpoint_is_ledgered_relative_to_the_run_dir_and_absolute_outside_it(

@@ -65,6 +65,7 @@ class RunControl:
         self.paused = False
         self.stop_requested = False
         self.checkpoint_requested = False
+        self.checkpoint_path_requested: str | None = None  # the command's path, for the loop
         self.evaluate_requested = False
         self.due: list[HotOp] = []  # checkpoint commands waiting for the end of the safe point
         #: the run's horizon as the kernel knows it (a bare loop reads these)
@@ -149,8 +150,23 @@ class RunControl:
         if callable(env.get("save_checkpoint")):
             self.due.append(op)
             return None
+        return self._request_checkpoint(op)
+
+    def _request_checkpoint(self, op: HotOp) -> OpResult:
+        """No ``save_checkpoint`` in env: the loop saves on ``checkpoint_requested``, to
+        ``checkpoint_path_requested`` when the command named a path (checked like a save's)."""
+        path = op.params.get("path")
+        if path is not None:
+            try:
+                path = confine_path(path, self._run_dir, self._roots, what="path")
+            except (HotcbError, TypeError) as exc:
+                return OpResult("rejected", error=str(exc))
         self.checkpoint_requested = True
-        return OpResult("applied", extra={"checkpoint": "requested"})
+        self.checkpoint_path_requested = path
+        extra: dict[str, Any] = {"checkpoint": "requested"}
+        if path is not None:
+            extra["path"] = checkpoint_field(path, self._run_dir)
+        return OpResult("applied", extra=extra)
 
     def _op_evaluate(self, op: HotOp, env: Env) -> OpResult:
         request = env.get("request_evaluate")
@@ -270,10 +286,9 @@ class RunControl:
         save = env.get("save_checkpoint")
         for op in ops:
             if not callable(save):
-                self.checkpoint_requested = True
-                self.recorder.emit_op(
-                    op, point, Decision.APPLIED, extra={"checkpoint": "requested"}
-                )
+                asked = self._request_checkpoint(op)
+                self.recorder.emit_op(op, point, Decision(asked.decision), error=asked.error,
+                                      extra=asked.extra)  # fmt: skip
                 continue
             try:
                 path = op.params.get("path")

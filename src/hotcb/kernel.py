@@ -593,6 +593,14 @@ class HotKernel:
     @checkpoint_requested.setter
     def checkpoint_requested(self, value: bool) -> None:
         self._control.checkpoint_requested = value
+        if not value:
+            self._control.checkpoint_path_requested = None
+
+    @property
+    def checkpoint_path_requested(self) -> str | None:
+        """The absolute path the ``checkpoint`` command named (``hotcb checkpoint --path``),
+        inside the run directory or an allowed root; None: save where you always do."""
+        return self._control.checkpoint_path_requested
 
     @property
     def evaluate_requested(self) -> bool:

@@ -73,8 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("checkpoint", help="ask the run to save a checkpoint")
     p.add_argument(
         "--path",
-        help="where to save (when the run's save_checkpoint takes a path); must lie inside "
-        "the run directory or a root the trainer allows",
+        help="where to save (to the run's save_checkpoint, or kernel.checkpoint_path_requested "
+        "for a loop that saves on the flag); must lie inside the run directory or a root the "
+        "trainer allows",
     )
     p.add_argument("--at-step", type=int, help="save at the first safe point with step >= N")
     add_wait(p)
