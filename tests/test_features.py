@@ -444,3 +444,27 @@ def test_hf_trainer_adapter_gives_it_the_model(run_dir: str) -> None:
     assert names and all(n.startswith("bert.encoder.layer.") for n in names)
     assert all(r["layers"][n]["norm"] > 0 for r in recs for n in names)
     assert hooks(trainer.model) == 0
+
+
+def test_a_pattern_that_matches_nothing_is_said_in_the_ledger(run_dir: str) -> None:
+    """A typo among the patterns (or only typos) captures nothing from those layers: the
+    ledger says which pattern and shows the model's module names, instead of silence."""
+    loop = Loop(run_dir)
+    loop.run(1)
+    client = HotClient(run_dir)
+    client.cb_load("feats", path="hotcb.features", symbol="FeatureCapture",
+                   init={"patterns": ["0", "layer.*"], "every": 2})  # fmt: skip
+    client.cb_load("none", path="hotcb.features", symbol="FeatureCapture",
+                   init={"patterns": ["fc*"], "every": 2})  # fmt: skip
+    loop.run(4)
+    loop.kernel.close()
+    with open(os.path.join(run_dir, "hotcb.applied.jsonl")) as f:
+        said = {e["id"]: e["error"] for e in map(json.loads, f)
+                if e.get("module") == "cb" and e.get("op") == "capture"}  # fmt: skip
+    assert said["feats"] == (
+        "FeatureCapture: pattern(s) 'layer.*' match no module of Sequential "
+        "(its modules: 0, 1, 2)"
+    )
+    assert said["none"].startswith("FeatureCapture: no module of Sequential matches")
+    assert said["none"].endswith("(its modules: 0, 1, 2)")
+    assert {r["id"] for r in records(run_dir)} == {"feats"}  # the good pattern still captures

@@ -390,12 +390,31 @@ class FeatureCapture(CallbackBase):
         if self._selected is None or self._selected_for is not model:
             self._selected = select_modules(model, self._patterns, self._types, self.max_layers)
             self._selected_for = model
+            names = [n for n, _ in model.named_modules() if n]
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             if not self._selected:
-                self.log(
+                self._warn(
                     f"FeatureCapture: no module of {type(model).__name__} matches "
-                    f"patterns={self._patterns} types={self.params()['types']}",
+                    f"patterns={self._patterns} types={self.params()['types']} "
+                    f"(its modules: {shown or 'none'})",
                 )
+            else:  # some match: say which patterns matched nothing (a typo, a renamed layer)
+                idle = [
+                    p for p in self._patterns or () if not any(_name_matches(n, [p]) for n in names)
+                ]
+                if idle:
+                    self._warn(
+                        f"FeatureCapture: pattern(s) {', '.join(map(repr, idle))} match no "
+                        f"module of {type(model).__name__} (its modules: {shown})",
+                    )
         return self._selected
+
+    def _warn(self, message: str) -> None:
+        """Patterns that capture nothing, said where a user looks: a warning, and in a run the
+        ledger (``hotcb log``: a ``noop`` entry of this callback)."""
+        log.warning("hotcb %s", message)
+        if self.ctx is not None:
+            self.ctx.record("capture", message)
 
     def _arm(self, model: Any, step: int) -> None:
         self.remove_hooks()
