@@ -13,7 +13,9 @@ const {
   lossTerm,
   repeatedSeries,
   sameValues,
+  PALETTE,
   sourceColor,
+  sourceLetter,
   SOURCE_COLORS,
 } = charts;
 
@@ -219,6 +221,17 @@ describe("sourceColor: marker and badge colour by who made the change", () => {
     assert.equal(sourceColor("dashboard"), SOURCE_COLORS.dashboard);
     assert.equal(sourceColor("someone-else"), "#6b7280");
     assert.equal(sourceColor(undefined), "#6b7280");
+  });
+
+  test("no source is drawn in a metric series' colour, and each has its letter", () => {
+    for (const [src, colour] of Object.entries(SOURCE_COLORS)) {
+      assert.ok(!PALETTE.includes(colour), `${src} ${colour} is a series colour`);
+      assert.notEqual(sourceLetter(src), "?", src);
+    }
+    const letters = Object.keys(SOURCE_COLORS).map(sourceLetter);
+    assert.equal(new Set(letters).size, letters.length);
+    assert.equal(sourceLetter("tune"), "T");
+    assert.equal(sourceLetter("someone-else"), "?");
   });
 });
 

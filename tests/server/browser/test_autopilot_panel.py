@@ -31,7 +31,7 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
 TOKEN = "autopilot-panel-token"
 CARD = "#autopilot-card"
 NOT_HERE = "the autopilot does not run in this server; use hotcb autopilot with a rules file"
-AUTOPILOT_COLOR = "#9333ea"  # SOURCE_COLORS.autopilot in static/charts.js
+AUTOPILOT_COLOR = "#581c87"  # SOURCE_COLORS.autopilot in static/charts.js
 
 RULES = """\
 rules:
@@ -221,6 +221,7 @@ def test_accept_writes_one_command_the_ledger_shows_why_and_a_marker(
     el = page.locator(f'.marker[data-seq="{seq}"]').first
     el.wait_for(state="attached", timeout=30000)
     assert el.evaluate("e => e.style.getPropertyValue('--mc')") == AUTOPILOT_COLOR
+    assert el.get_attribute("data-src") == "A"  # the letter in its dot
     row = page.locator(f'#ledger-body tr[data-seq="{seq}"]')
     row.wait_for(timeout=30000)
     assert row.locator(".src").inner_text() == "autopilot"

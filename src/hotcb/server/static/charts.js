@@ -1,21 +1,27 @@
 // Metric charts: one uPlot chart per metric group, markers for applied changes.
 /* global uPlot */
 
-const PALETTE = [
+export const PALETTE = [
   "#2563eb", "#e8590c", "#059669", "#9333ea", "#dc2626",
   "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
 ];
 const DASHES = [null, [6, 4], [2, 3], [10, 3, 2, 3]];
+// Who made a change: markers, knob dots and ledger badges. Dark shades that no metric series
+// is drawn in (a tune marker is not the 7th series), and a letter in each marker's dot.
 export const SOURCE_COLORS = {
-  dashboard: "#2563eb",
-  cli: "#e8590c",
-  python: "#059669",
-  autopilot: "#9333ea",
-  ai: "#db2777",
-  recipe: "#0891b2",
-  tune: "#ca8a04",
+  dashboard: "#1e3a8a",
+  cli: "#7c2d12",
+  python: "#14532d",
+  autopilot: "#581c87",
+  ai: "#831843",
+  recipe: "#134e4a",
+  tune: "#a16207",
+};
+export const SOURCE_LETTERS = {
+  dashboard: "D", cli: "C", python: "P", autopilot: "A", ai: "AI", recipe: "R", tune: "T",
 };
 export const sourceColor = (src) => SOURCE_COLORS[src] || "#6b7280";
+export const sourceLetter = (src) => SOURCE_LETTERS[src] || "?";
 
 // ----------------------------------------------------------------------------- grouping
 const RE_LR = /(^|[/_.@-])(lr|learning_rate)($|[/_.@-])/i;
@@ -311,6 +317,7 @@ class ChartCard {
         el = document.createElement("div");
         el.className = "marker" + (m.undo ? " undo" : "");
         el.style.setProperty("--mc", m.color);
+        el.dataset.src = sourceLetter(m.entry?.source);
         el.dataset.seq = m.seq;
         el.addEventListener("mouseenter", (ev) => this.opts.onMarkerHover(el.marker, ev));
         el.addEventListener("mousemove", (ev) => this.opts.onMarkerHover(el.marker, ev));
