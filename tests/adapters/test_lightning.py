@@ -282,3 +282,29 @@ def test_importing_the_adapters_package_imports_no_framework() -> None:
         "assert 'HotCBLightning' in dir(hotcb.adapters)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_tuner_catches_a_blow_up_in_lightnings_train_loss(tmp_path: Path) -> None:
+    """The LightningModule logs `train_loss` every step and `val_loss` every 40: a tuner trial
+    that sets a ruinous lr is rolled back within a few steps on `train_loss`, not at the next
+    validation 40 steps later, and the run goes on with the lr it had."""
+    pytest.importorskip("optuna")
+    run_dir = os.fspath(tmp_path / "run")
+    ruin = [{"key": "lr", "module": "opt", "mode": "set", "low": 5.0, "high": 9.0}]
+    HotClient(run_dir).tune_enable("active", objective="val_loss", segment_steps=40, seed=0,
+                                   space=ruin, sync=True)  # fmt: skip
+    kernel = HotKernel(run_dir)
+    rec = Recorder()
+    trainer = _trainer(kernel, rec, max_steps=240, limit_val_batches=1, val_check_interval=40,
+                       check_val_every_n_epoch=None)  # fmt: skip
+    train, val = EX.loaders()
+    trainer.fit(EX.DigitsModule(), train, val)
+    kernel.close()
+    tune = [e for e in read_ledger(run_dir) if e["module"] == "tune"]
+    mutates = {e["tune"]["trial"]: e for e in tune if e["op"] == "mutate"}
+    rollbacks = [e for e in tune if e["op"] == "rollback"]
+    assert mutates and len(rollbacks) == len(mutates), tune
+    for r in rollbacks:
+        assert r["step"] - mutates[r["tune"]["trial"]]["step"] <= 10, (r, mutates)
+        assert r["tune"]["score"] == -1.0
+    assert rec.rows[-1]["lr"] < 0.02  # back on the schedule it had

@@ -52,6 +52,16 @@ _TRAIN_WATCH = 20  # training losses before a mutation that make its "before" le
 _VAL_EVENT = "val_epoch_end"
 
 
+def _number(value: Any) -> float | None:
+    """A metric as a float: a number or a 0-d tensor (Lightning's ``callback_metrics``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many values
+        return None
+
+
 def _flat(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {f"{m}.{k}": v for m, kv in values.items() for k, v in kv.items()}
 
@@ -468,11 +478,11 @@ class TuneModule:
 
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
-        train = metrics.get(name) if name is not None else None
-        if isinstance(train, (int, float)) and self.objective_used not in _TRAIN_LOSSES:
-            self.train_recent.append(float(train))  # the early-abort watch, every step
+        train = _number(metrics.get(name)) if name is not None else None
+        if train is not None and self.objective_used not in _TRAIN_LOSSES:
+            self.train_recent.append(train)  # the early-abort watch, every step
             if self.trial is not None and step >= self.segment.start:
-                self.trial.setdefault("train", []).append(float(train))
+                self.trial.setdefault("train", []).append(train)
         value = metrics.get(self.objective_used)
         if value is not None:
             self.seen = True
@@ -493,11 +503,8 @@ class TuneModule:
                 self.history = []
                 value = train
                 self.seen = value is not None  # the stand-in is the objective from here on
-        if value is None or step < self.segment.start:
-            return
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
+        number = _number(value)
+        if number is None or step < self.segment.start:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
