@@ -233,6 +233,39 @@ def test_a_command_sent_before_the_trainer_builds_its_kernel_is_applied(
     assert [(e["decision"], e["params"]) for e in applied] == [("applied", {"aux": 0.25})]
 
 
+def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
+    tmp_path: Path, launched: Any, cli: Any
+) -> None:
+    """``hotcb launch --tune active``: the tuner is on at the trainer's first step and judges
+    trials; a recipe named relative to where launch runs is read; a broken one stops the
+    launch before anything starts, every problem listed."""
+    pytest.importorskip("optuna")
+    (tmp_path / "space.yaml").write_text(
+        "space:\n  - {key: lr, module: opt, mode: mult, low: 0.5, high: 2.0}\n"
+    )
+    run = tmp_path / "run"
+    lp = launched("launch", "--dir", os.fspath(run), "--tune", "active", "--tune-objective",
+                  "loss", "--tune-segment-steps", "20", "--tune-recipe", "space.yaml", "--",
+                  sys.executable, BARE_LOOP, "--steps", "300", "--step-delay", "0",
+                  cwd=os.fspath(tmp_path))  # fmt: skip
+    assert lp.finish(300) == 0, lp.log()
+    assert lp.said("tuner (active) from the first step") is not None, lp.log()
+    (enable,) = [e for e in read_ledger(run) if e.get("module") == "tune" and e["op"] == "enable"]
+    assert enable["decision"] == "applied" and enable["source"] == "launch" and enable["step"] <= 1
+    status = hotcb.HotClient(run).tune_status()
+    assert status["objective_used"] == "loss"
+    assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
+    assert {n for r in status["trials"] for n in r.get("sampled", {})} == {"opt.lr"}  # the recipe
+
+    (tmp_path / "bad.yaml").write_text("direction: sideways\nspace: 3\n")
+    done = cli(None, "launch", "--dir", os.fspath(tmp_path / "r2"), "--tune", "active",
+               "--tune-recipe", "bad.yaml", "--", sys.executable, BARE_LOOP,
+               cwd=os.fspath(tmp_path))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "line 1: direction" in done.stderr and "line 2: space" in done.stderr, done.stderr
+    assert not (tmp_path / "r2").exists()  # nothing started, nothing sent
+
+
 def test_a_training_that_ends_at_once_leaves_no_crash_dump(tmp_path: Path, launched: Any) -> None:
     """The autopilot and the dashboard are stopped while they may still be starting: they end
     quietly (SIGTERM), not with Python's crash dump or a traceback on the user's terminal."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from typing import Any
@@ -51,6 +52,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ._notify import add_notify_flags
 
     add_notify_flags(p)  # hotcb notify runs beside the training
+    t = p.add_argument_group("online tuner (docs/tune.md; optuna in the training's environment)")
+    t.add_argument("--tune", choices=("off", "observe", "suggest", "active"), default="off",
+                   metavar="MODE", help="turn the tuner on from the first step: observe, "
+                   "suggest, active (as 'hotcb tune enable --mode MODE'); default off")  # fmt: skip
+    t.add_argument("--tune-objective", metavar="METRIC",
+                   help="the metric it scores (default val_loss, else loss)")  # fmt: skip
+    t.add_argument("--tune-direction", choices=("minimize", "maximize"))
+    seg = t.add_mutually_exclusive_group()
+    seg.add_argument("--tune-segment-steps", type=int, metavar="N",
+                     help="steps per segment (default 200)")  # fmt: skip
+    seg.add_argument(
+        "--tune-segment-evals",
+        type=int,
+        metavar="K",
+        help="values of the objective per segment (one logged at validation)",
+    )
+    t.add_argument("--tune-recipe", metavar="FILE", help="search space and settings")
+    t.add_argument("--tune-storage", metavar="URL", help="an Optuna storage to share")
+    t.add_argument("--tune-study", metavar="NAME", help="the study's name (runs share it)")
     p.add_argument(
         "--resume-from",
         default=None,
@@ -97,6 +117,48 @@ def _notify_args(args: argparse.Namespace) -> list[str]:
     return notify_argv(args)
 
 
+def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
+    """``--tune MODE``: the ``tune enable`` command, written before the training starts so the
+    kernel applies it at its first step; a bad recipe stops the launch (every problem listed)."""
+    if args.tune == "off":
+        return None
+    from ..client import HotClient
+
+    settings = {"objective": args.tune_objective, "direction": args.tune_direction,
+                "segment_steps": args.tune_segment_steps,
+                "segment_evals": args.tune_segment_evals,
+                "recipe": _tune_recipe(args.tune_recipe, run_dir),
+                "storage": args.tune_storage, "study": args.tune_study}  # fmt: skip
+    for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
+                    ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
+        if n is not None and n < 1:
+            raise UsageError(f"{flag} must be at least 1, got {n}")
+    return HotClient(run_dir, source="launch").tune_enable(args.tune, **settings)
+
+
+def _tune_recipe(path: str | None, run_dir: str) -> str | None:
+    """``--tune-recipe FILE`` (relative to where hotcb launch runs) copied into the run
+    directory, where the run reads recipes from (and keeps what it was tuned with); its name
+    there. A broken file is refused before anything is created."""
+    if path is None:
+        return None
+    from ..modules.tune import load_recipe
+
+    src = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(src):
+        raise UsageError(f"--tune-recipe: no file at {src}")
+    load_recipe(src)  # RecipeError: every problem with its line
+    dest = os.path.join(run_dir, os.path.basename(src))
+    if os.path.exists(dest) and not os.path.samefile(src, dest):
+        with open(src, "rb") as a, open(dest, "rb") as b:
+            if a.read() != b.read():
+                raise UsageError(f"--tune-recipe: {dest} exists and differs from {src}")
+    elif not os.path.exists(dest):
+        os.makedirs(run_dir, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return os.path.basename(src)
+
+
 def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str]:
     """``(run_dir, serve_dir, run_id)``. ``--dir`` (or ``$HOTCB_DIR``) is served alone; without
     either (the CLI's default ``.`` is not taken as a run directory) a new ``./runs/<time>``
@@ -125,6 +187,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.resume_from is not None and not os.path.exists(args.resume_from):
         raise UsageError(f"--resume-from: no checkpoint at {os.path.abspath(args.resume_from)}")
     run_dir, serve_dir, run_id = _run_dirs(args)
+    tune_id = _enable_tuner(args, run_dir)
     opts = LaunchOptions(
         serve=args.serve,
         serve_dir=serve_dir,
@@ -158,6 +221,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
             _say(f"dashboard: {run.url}")
         if args.autopilot != "off":
             _say(f"autopilot ({args.autopilot}) on the run")
+        if tune_id is not None:
+            _say(f"tuner ({args.tune}) from the first step: 'hotcb --dir {run.run_dir} tune "
+                 "status'")  # fmt: skip
         _say(f"training (pid {run.pid}): {' '.join(argv)}")
         code = run.wait()
     finally:
