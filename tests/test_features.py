@@ -462,8 +462,7 @@ def test_a_pattern_that_matches_nothing_is_said_in_the_ledger(run_dir: str) -> N
         said = {e["id"]: e["error"] for e in map(json.loads, f)
                 if e.get("module") == "cb" and e.get("op") == "capture"}  # fmt: skip
     assert said["feats"] == (
-        "FeatureCapture: pattern(s) 'layer.*' match no module of Sequential "
-        "(its modules: 0, 1, 2)"
+        "FeatureCapture: pattern(s) 'layer.*' match no module of Sequential (its modules: 0, 1, 2)"
     )
     assert said["none"].startswith("FeatureCapture: no module of Sequential matches")
     assert said["none"].endswith("(its modules: 0, 1, 2)")
