@@ -510,11 +510,18 @@ class HotKernel:
         op = HotOp(module=module, op="set_params", cmd_id="", params=dict(params))
         return self._stream.apply(op, env)
 
-    def read_actuator(self, module: str, key: str) -> Any:
-        """An actuator's current value (None when there is no such actuator)."""
+    def read_actuator(self, module: str, key: str, env: Env | None = None) -> Any:
+        """An actuator's current value (None when there is no such actuator): read live from
+        ``env`` when given (an LR scheduler moves lr between the kernel's looks), else the
+        value the kernel last saw."""
         act = self.mutable_state.get(key)
         if act is None or act.group != module:
             return None
+        if env is not None:
+            try:
+                return act.read(env)
+            except Exception:  # a reader that fails here: the last value seen
+                pass
         return act.current_value
 
     def _dispatch(self, env: Env, events: Sequence[str]) -> None:

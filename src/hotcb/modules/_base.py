@@ -72,8 +72,8 @@ class ModuleHost(Protocol):
     def actuate(self, module: str, params: Mapping[str, Any], env: Env) -> OpResult:
         """Set ``opt``/``loss``/``custom`` actuator values now; the result has the changes."""
 
-    def read_actuator(self, module: str, key: str) -> Any:
-        """An actuator's current value, or None."""
+    def read_actuator(self, module: str, key: str, env: Mapping[str, Any] | None = None) -> Any:
+        """An actuator's current value (live from ``env`` when given), or None."""
 
 
 @runtime_checkable

@@ -299,3 +299,49 @@ def test_falling_back_to_loss_is_the_only_warning(toy: Any) -> None:
     t.run(60)
     (warning,) = t.kernel.module("tune").warnings
     assert warning.startswith("objective 'val_loss' was not logged in 20 steps; scoring 'loss'")
+
+
+def test_an_accepted_proposal_multiplies_the_lr_in_force_when_it_is_accepted(toy: Any) -> None:
+    """A proposal is a move (lr × m): accepted after a person set another lr, it multiplies
+    that lr; it does not put back the value it showed when it was proposed."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(500, until=lambda: bool(_pending(client)))
+    (first,) = _pending(client)
+    move = next(r for r in client.tune_status()["trials"] if r["trial"] == first["trial"])
+    factor = move["sampled"]["opt.lr"]
+    client.opt(lr=5e-4)
+    t.run(100, until=lambda: t.lr == 5e-4)
+    client.tune_accept(first["id"])
+    t.run(100_000, until=lambda: bool(t.ledger("mutate")))
+    (mutate,) = t.ledger("mutate")
+    assert mutate["changes"]["lr"]["old"] == pytest.approx(5e-4)
+    assert mutate["changes"]["lr"]["new"] == pytest.approx(5e-4 * factor)
+
+
+def test_a_mutation_multiplies_the_lr_a_scheduler_has_in_force(toy: Any) -> None:
+    """Active mode with an LR scheduler moving lr every step: each trial multiplies the lr of
+    the step it lands on by what the sampler drew (the kernel's own view of lr is refreshed
+    only now and then)."""
+    import torch
+
+    t: Toy = toy(log_level, lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(t.opt, lambda s: 0.995**s)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    for _ in range(300):
+        t.step += 1
+        loss = t.f(t.lr, t.step) * (1 + t.noise * t.rng.gauss(0, 1))
+        t.opt.step()  # no gradients: moves nothing, keeps the scheduler's order
+        sched.step()
+        t.kernel.apply({"step": t.step, "optimizer": t.opt, "scheduler": sched,
+                        "metrics": {"loss": loss}})  # fmt: skip
+    sampled = {r["trial"]: r["sampled"]["opt.lr"] for r in client.tune_status()["trials"]}
+    mutates = t.ledger("mutate")
+    assert len(mutates) >= 3
+    for m in mutates:
+        lr = m["changes"]["lr"]
+        assert lr["new"] / lr["old"] == pytest.approx(sampled[m["tune"]["trial"]], rel=1e-6), m

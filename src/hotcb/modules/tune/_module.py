@@ -315,7 +315,8 @@ class TuneModule:
             return OpResult("rejected", error=found)
         if accept:
             found["state"] = "accepted"
-            self._submit("mutate", {"trial": found["trial"], "values": found["values"]},
+            self._submit("mutate", {"trial": found["trial"], "values": found["values"],
+                                    "moves": found.get("moves") or {}},
                          int(env["step"]))  # fmt: skip
         else:
             found["state"] = "rejected"
@@ -328,6 +329,7 @@ class TuneModule:
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
+        self._apply_moves(values, op.params.get("moves"), env)
         trial = op.params.get("trial")
         if self.settings.restore == "state" and op.source == "tune" and self.mode != "off":
             self._snapshot = (trial, _snapshot.take(env))  # on every rank, before the change
@@ -355,6 +357,19 @@ class TuneModule:
             )
             self._start_segment(int(env["step"]), "trial")
         return result
+
+    def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
+        """The targets of a trial's relative moves (``mult``/``delta``), from the values read
+        live now, in place of those computed when it was asked for."""
+        if not isinstance(moves, Mapping):
+            return
+        for name, x in moves.items():
+            knob = self._knob(str(name))
+            if knob is None or knob.mode == "set" or not isinstance(x, (int, float)):
+                continue
+            live = self.host.read_actuator(knob.module, knob.key, env)
+            if isinstance(live, (int, float)) and not isinstance(live, bool):
+                values.setdefault(knob.module, {})[knob.key] = knob.target(float(live), float(x))
 
     def _op_rollback(self, op: HotOp, env: Env) -> OpResult:
         values = self._values(op.params.get("values"))
@@ -731,12 +746,16 @@ class TuneModule:
             self._fail(number, "its knobs are no longer numeric actuators of this run")
             self._start_segment(step, "baseline")
             return
+        # relative moves are applied to the values in force when the command lands (an
+        # accepted proposal can land many steps later, after a scheduler or a person moved them)
+        moves = {k.name: sampled[k.name] for k in knobs if k.mode != "set"}
         if s.mode == "active":
-            self._submit("mutate", {"trial": number, "values": values}, step)
+            self._submit("mutate", {"trial": number, "values": values, "moves": moves}, step)
             return
         before = {m: {k: self.host.read_actuator(m, k) for k in kv} for m, kv in values.items()}
         self.proposals.append({
             "id": f"P{self.next_proposal}", "trial": number, "step": step, "values": values,
+            "moves": moves,
             "changes": {k: [_flat(before).get(k), v] for k, v in _flat(values).items()},
             "state": "pending",
         })  # fmt: skip
