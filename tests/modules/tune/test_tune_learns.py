@@ -9,6 +9,7 @@ steps outlast an ask); the default, Optuna on a thread of its own, is tested in
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import optuna
@@ -16,6 +17,7 @@ import pytest
 from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
+from hotcb.testing import read_ledger
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
 
@@ -239,8 +241,41 @@ def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
     t.run(1200, val_every=50)
     ups = {e["tune"]["trial"]: e for e in t.ledger("mutate") if e["changes"]["lr"]["new"] > lr0}
     assert ups, "no trial raised the lr"
+    rows = {r["trial"]: r for r in HotClient(t.kernel.run_dir).tune_status()["trials"]}
     for r in t.ledger("rollback"):
         if r["tune"]["trial"] in ups:
             assert r["step"] - ups[r["tune"]["trial"]]["step"] <= 8  # not 50 steps later
             assert r["tune"]["score"] == -1.0  # no evaluation yet: the worst score
+            reason = rows[r["tune"]["trial"]]["detail"]["reason"]  # said as it was
+            assert re.match(
+                r"the training loss blew up: [23]\.\d+ \(median of the last 5 steps\) "
+                r"against [01](\.\d+)? before the change$",
+                reason,
+            ), reason
     assert t.lr <= lr0
+
+
+def test_a_loss_weight_trial_is_not_taken_for_a_blow_up(tmp_path: Any) -> None:
+    """The training loss is weighted: a trial that triples a loss weight triples it, which is
+    not a blow-up. The trial runs its segment and is judged on the objective."""
+    from hotcb import HotKernel, loss_actuators
+
+    weights = {"ce": 1.0}
+    kernel = HotKernel(str(tmp_path / "run"), mutable_state=loss_actuators(weights))
+    space = [{"key": "ce", "module": "loss", "mode": "set", "low": 2.5, "high": 3.0,
+              "log": False}]  # fmt: skip
+    HotClient(kernel.run_dir).tune_enable("active", objective="val_loss", segment_steps=50,
+                                          seed=0, space=space, sync=True)  # fmt: skip
+    for step in range(1, 401):
+        metrics = {"loss": weights["ce"] * (1.0 + 0.001 * (step % 3))}
+        if step % 10 == 0:
+            metrics["val_loss"] = 1.0 - 0.0001 * step
+        kernel.apply({"step": step, "metrics": metrics})
+    kernel.close()
+    entries = [e for e in read_ledger(kernel.run_dir) if e.get("module") == "tune"]
+    mutates = {e["tune"]["trial"]: e for e in entries if e["op"] == "mutate"}
+    ends = [e for e in entries if e["op"] in ("keep", "rollback")]
+    assert mutates and ends, entries
+    for e in ends:  # judged at the segment's end, on val_loss: never cut short
+        assert e["step"] - mutates[e["tune"]["trial"]]["step"] >= 49, e
+        assert e["tune"]["score"] != -1.0, e

@@ -574,15 +574,20 @@ class TuneModule:
 
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
-        mutation: caught in a few steps, long before the next evaluation."""
+        mutation: caught in a few steps, long before the next evaluation. Not for a trial that
+        moves a loss weight: the training loss it weighs is then another quantity (ce × 2 is
+        not a blow-up)."""
         trial = self.trial
-        if trial is None or not trial.get("train_before"):
+        if trial is None or not trial.get("train_before") or "loss" in trial["after"]:
             return False
         got = trial.get("train") or []
         if len(got) < 5:
             return False
         now = statistics.median(got[-5:])
-        return not math.isfinite(now) or now > (1 + self.settings.abort) * trial["train_before"]
+        if math.isfinite(now) and now <= (1 + self.settings.abort) * trial["train_before"]:
+            return False
+        trial["blew_up"] = now
+        return True
 
     def _at_boundary(self, step: int) -> bool:
         s = self.settings
@@ -618,6 +623,10 @@ class TuneModule:
         trial = self.trial
         assert trial is not None
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
+        if "blew_up" in trial and not seg.values:  # ended early on the training loss
+            detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
+                      f"the last 5 steps) against {trial['train_before']:.4g} before the "
+                      "change", "score": score}  # fmt: skip
         # keep what beats the threshold by more than the noise: the segment's own, or how far
         # the trend missed segments that were left alone
         margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
