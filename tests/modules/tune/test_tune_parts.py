@@ -134,3 +134,21 @@ def test_storage_passwords_are_redacted() -> None:
     assert redact("mysql://u:p@ss/w@rd@host/db") == "mysql://u:***@host/db"  # '@' and '/' in it
     assert redact("sqlite:////runs/a/hotcb.tune.db") == "sqlite:////runs/a/hotcb.tune.db"
     assert redact(None) is None
+
+
+def test_a_trial_is_told_once_when_a_resumed_life_judges_it_again(tmp_path: Path) -> None:
+    """A run resumed from a checkpoint taken inside a trial its earlier life already judged
+    judges it again: the study keeps the first answer, and the second is no error."""
+    pytest.importorskip("optuna")
+    from hotcb.modules.tune._study import Study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = Study(url, "s", "runA", seed=0, startup_trials=1)
+    number, _ = first.ask(list(DEFAULT_SPACE), prior_first=False)
+    assert first.tell(number, 0.25, {"life": 1}) is True
+    again = Study(url, "s", "runA", seed=0, startup_trials=1)  # the resumed process
+    assert again.tell(number, -0.5, {"life": 2}) is False
+    assert again.tell(number, None) is False
+    (trial,) = again.study.get_trials()
+    assert (trial.state.name, trial.value, trial.user_attrs["hotcb"]) == ("COMPLETE", 0.25,
+                                                                          {"life": 1})  # fmt: skip

@@ -102,8 +102,13 @@ class Study:
 
     def tell(
         self, number: int, score: float | None, attrs: Mapping[str, Any] | None = None
-    ) -> None:
-        """Finish trial ``number``: COMPLETE with ``score``, or FAIL when ``score`` is None."""
+    ) -> bool:
+        """Finish trial ``number``: COMPLETE with ``score``, or FAIL when ``score`` is None.
+        False, and nothing written, when it is finished already: a run resumed from a
+        checkpoint taken inside a trial that the run's earlier life judged (the study keeps
+        that first answer; nothing is told twice)."""
+        if self.storage.get_trial(self._trial_id(number)).state.is_finished():
+            return False
         if attrs:  # one write (each attribute is a transaction of its own)
             self.storage.set_trial_user_attr(self._trial_id(number), "hotcb", dict(attrs))
         state = self._optuna.trial.TrialState
@@ -111,6 +116,7 @@ class Study:
             self.study.tell(number, state=state.FAIL)
         else:
             self.study.tell(number, score)
+        return True
 
     def state_of(self, number: int) -> str | None:
         for t in self.study.get_trials(deepcopy=False):
