@@ -264,6 +264,9 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     assert done.returncode == 2, done.stderr
     assert "line 1: direction" in done.stderr and "line 2: space" in done.stderr, done.stderr
     assert not (tmp_path / "r2").exists()  # nothing started, nothing sent
+    done = cli(None, "launch", "--dir", os.fspath(tmp_path / "r3"), "--tune-objective",
+               "val_acc", "--", sys.executable, BARE_LOOP, cwd=os.fspath(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and "--tune-objective without --tune MODE" in done.stderr
 
 
 def test_a_training_that_ends_at_once_leaves_no_crash_dump(tmp_path: Path, launched: Any) -> None:

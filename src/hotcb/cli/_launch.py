@@ -120,7 +120,12 @@ def _notify_args(args: argparse.Namespace) -> list[str]:
 def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
     """``--tune MODE``: the ``tune enable`` command, written before the training starts so the
     kernel applies it at its first step; a bad recipe stops the launch (every problem listed)."""
+    given = [f"--tune-{k[5:].replace('_', '-')}" for k, v in sorted(vars(args).items())
+             if k.startswith("tune_") and v is not None]  # fmt: skip
     if args.tune == "off":
+        if given:
+            raise UsageError(f"{', '.join(given)} without --tune MODE: the tuner stays off "
+                             "(add --tune active, suggest or observe)")  # fmt: skip
         return None
     from ..client import HotClient
 
