@@ -230,12 +230,31 @@ def ledger_to_entries(
     """
     out: list[RecipeEntry] = []
     seen: set[str] = set()
+    split: dict[str, list[str]] = {}  # a tuner command's id -> the ids of its set_params
     for e in ledger:
         if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
             continue
         module, op = e.get("module"), e.get("op")
         if module == "tune" and op in TUNE_VALUE_OPS:
-            out.extend(tune_entries(e))
+            made = tune_entries(e)
+            if isinstance(e.get("cmd_id"), str):
+                split[e["cmd_id"]] = [m.cmd_id for m in made if m.cmd_id]
+            out.extend(made)
+            continue
+        if e.get("undo_of") in split and isinstance(module, str) and isinstance(op, str):
+            # the undo of a tuner change: one undo per set_params it became
+            cid = e.get("cmd_id")
+            for i, target in enumerate(split[e["undo_of"]]):
+                out.append(
+                    RecipeEntry(
+                        step=int(e.get("step") or 0),
+                        event=e.get("event") or DEFAULT_EVENT,
+                        module=module,
+                        op=op,
+                        params={"cmd_id": target},
+                        cmd_id=f"{cid}.{i}" if isinstance(cid, str) else None,
+                    )
+                )
             continue
         if not isinstance(module, str) or not isinstance(op, str) or _replayable(module, op):
             continue
@@ -247,16 +266,7 @@ def ledger_to_entries(
         params = dict(e.get("params") or {})
         if e.get("undo_of"):
             params = {"cmd_id": e["undo_of"]}  # "undo the last change" made explicit
-        capture = e.get("source_capture")
-        if isinstance(capture, dict) and isinstance(capture.get("path"), str):
-            capture = dict(capture)
-            path = capture["path"]
-            if run_dir and os.path.isabs(path):
-                rel = os.path.relpath(path, run_dir)
-                if not rel.startswith(os.pardir):
-                    capture["path"] = rel
-        else:
-            capture = None
+        capture = _capture(e.get("source_capture"), run_dir)
         out.append(
             RecipeEntry(
                 step=int(e.get("step") or 0),
@@ -298,6 +308,31 @@ def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
         for module, kv in values.items()
         if module in ("opt", "loss", "custom") and isinstance(kv, Mapping) and kv
     ]
+
+
+def _capture(capture: Any, run_dir: str | None) -> dict[str, Any] | None:
+    """A captured callback source, referenced relative to ``run_dir`` when it lies inside."""
+    if not isinstance(capture, dict) or not isinstance(capture.get("path"), str):
+        return None
+    out: dict[str, Any] = dict(capture)
+    path = out["path"]
+    if run_dir and os.path.isabs(path):
+        rel = os.path.relpath(path, run_dir)
+        if not rel.startswith(os.pardir):
+            out["path"] = rel
+    return out
+
+
+def _split_undo(e: Mapping[str, Any], targets: list[str]) -> list[RecipeEntry]:
+    """The undo of a tuner change, which became one ``set_params`` per module: one undo per
+    ``set_params``."""
+    cid = e.get("cmd_id")
+    return [
+        RecipeEntry(step=int(e.get("step") or 0), event=e.get("event") or DEFAULT_EVENT,
+                    module=str(e.get("module")), op=str(e.get("op")), params={"cmd_id": target},
+                    cmd_id=f"{cid}.{i}" if isinstance(cid, str) else None)
+        for i, target in enumerate(targets)
+    ]  # fmt: skip
 
 
 def export_recipe(

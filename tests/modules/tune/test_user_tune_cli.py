@@ -345,3 +345,39 @@ def test_a_mutation_multiplies_the_lr_a_scheduler_has_in_force(toy: Any) -> None
     for m in mutates:
         lr = m["changes"]["lr"]
         assert lr["new"] / lr["old"] == pytest.approx(sampled[m["tune"]["trial"]], rel=1e-6), m
+
+
+def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> None:
+    """`undo` of a tuner mutation: the run's recipe undoes the set_params the mutation became
+    (it named the bare command id, which the replay rejected), `tune export` leaves it out, and
+    a replay ends at the lr the run ended at."""
+    from hotcb.modules.tune._export import export_kept
+    from hotcb.recipe import export_recipe
+
+    t: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=3, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(2000, until=lambda: bool(t.ledger("keep")))
+    client.tune_disable()
+    t.run(100, until=lambda: t.kernel.module("tune").mode == "off")
+    kept = t.ledger("keep")[0]["tune"]["trial"]
+    (mutate,) = [m for m in t.ledger("mutate") if m["tune"]["trial"] == kept]
+    client.undo(mutate["cmd_id"])
+    t.run(100_000, until=lambda: any(e.get("op") == "undo" for e in read_ledger(t.kernel.run_dir)))
+    t.run(5)
+    end_lr = t.lr
+    assert end_lr == pytest.approx(mutate["changes"]["lr"]["old"])
+    path, entries = export_recipe(t.kernel.run_dir)
+    undos = [e for e in entries if e.op == "undo"]
+    assert [u.params for u in undos] == [{"cmd_id": f"{mutate['cmd_id']}.opt"}]
+    assert f"{mutate['cmd_id']}.opt" in {e.cmd_id for e in entries}
+    _, only_kept = export_kept(t.kernel.run_dir, os.path.join(t.kernel.run_dir, "k.jsonl"))
+    assert mutate["cmd_id"] + ".opt" not in {e.cmd_id for e in only_kept}
+
+    replay: Toy = toy(log_level, name="replay", lr=1e-3)
+    HotClient(replay.kernel.run_dir).freeze("replay", recipe_path=path)
+    replay.run(t.step)
+    assert replay.lr == pytest.approx(end_lr)
+    undone = [e for e in read_ledger(replay.kernel.run_dir) if e.get("op") == "undo"]
+    assert [e["decision"] for e in undone] == ["applied"], undone

@@ -15,19 +15,21 @@ __all__ = ["export_kept", "kept_entries"]
 
 
 def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
-    """The ``set_params`` of every mutation the tuner kept, at the steps it made them."""
+    """The ``set_params`` of every mutation the tuner kept (and no one undid), at the steps it
+    made them."""
     entries = list(ledger)
     kept = {
         (e.get("tune") or {}).get("trial")
         for e in entries
         if e.get("module") == "tune" and e.get("op") == "keep"
     }
+    undone = {e.get("undo_of") for e in entries if e.get("decision") == "applied"}
     out: list[RecipeEntry] = []
     for e in entries:
         trial = (e.get("tune") or {}).get("trial")
         if (e.get("module"), e.get("op"), e.get("decision")) != ("tune", "mutate", "applied"):
             continue
-        if trial in kept:
+        if trial in kept and e.get("cmd_id") not in undone:  # kept, and not undone since
             out.extend(tune_entries(e))
     out.sort(key=lambda entry: entry.step)
     return out
