@@ -812,6 +812,12 @@ class HotKernel:
         self._requeue_waiting(seq)
         last_seq, ledger_cursor = tail_state(self.paths.ledger)
         self._ledger.seq = max(self._ledger.seq, last_seq)
+        if own and last_seq > seq:
+            # a new life from a checkpoint: what the ledger holds after its seq is superseded
+            # (re-applied above where it was a command; the tuner's own trials are not)
+            self._ledger.emit(self._ledger.point, source="kernel", module="kernel",
+                              op="resume", decision=Decision.NOOP.value,
+                              resumed_from={"step": step, "seq": seq})  # fmt: skip
         self._intake.offset = max(int(state.get("cursor") or 0) if own else 0, ledger_cursor)
         self._refresh_due(step)
         self._refresh_event_modules()

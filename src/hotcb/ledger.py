@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "checkpoint_path",
     "find_entry",
     "iter_entries",
+    "live_entries",
     "pending_scheduled",
     "tail_state",
 ]
@@ -461,3 +463,23 @@ class LedgerEntry:
 def new_entry(**fields: Any) -> dict[str, Any]:
     """A ledger line with every :data:`ENTRY_KEYS` key (writers fill in what they know)."""
     return LedgerEntry.from_dict(fields).to_dict()
+
+
+def live_entries(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ledger without what a resume superseded: the entries written before a ``kernel
+    resume`` entry whose ``seq`` is past the checkpoint's (``resumed_from.seq``). The commands
+    among them were applied again by the resume (their copies follow it); the tuner's own
+    trials of that life were not, and a recipe must not replay them."""
+    rows = list(entries)
+    keep: list[Mapping[str, Any]] = []
+    floor: float = math.inf  # the lowest checkpoint seq of a resume after this entry
+    for e in reversed(rows):
+        seq = e.get("seq")
+        if not (isinstance(seq, int) and seq > floor):
+            keep.append(e)
+        if e.get("module") == "kernel" and e.get("op") == "resume":
+            at = (e.get("resumed_from") or {}).get("seq")
+            if isinstance(at, int):
+                floor = min(floor, at)
+    keep.reverse()
+    return keep

@@ -31,7 +31,7 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
-from .ledger import iter_entries
+from .ledger import iter_entries, live_entries
 from .ops import HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
@@ -231,7 +231,7 @@ def ledger_to_entries(
     out: list[RecipeEntry] = []
     seen: set[str] = set()
     split: dict[str, list[str]] = {}  # a tuner command's id -> the ids of its set_params
-    for e in ledger:
+    for e in live_entries(ledger):
         if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
             continue
         module, op = e.get("module"), e.get("op")

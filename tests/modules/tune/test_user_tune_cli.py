@@ -381,3 +381,41 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
     assert replay.lr == pytest.approx(end_lr)
     undone = [e for e in read_ledger(replay.kernel.run_dir) if e.get("op") == "undo"]
     assert [e["decision"] for e in undone] == ["applied"], undone
+
+
+def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any) -> None:
+    """Resumed from a checkpoint, the run's tuner makes new trials; those the earlier life made
+    after the checkpoint are not re-applied, so `recipe export` and `tune export` leave them
+    out (a replay of both lives' trials diverged from the run)."""
+    from hotcb.modules.tune._export import kept_entries
+    from hotcb.recipe import export_recipe
+
+    first: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(first.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    first.run(60)
+    state = first.kernel.state_dict()
+    first.run(120)  # the life the resume replaces: trials after the checkpoint
+    first.kernel.close()
+    old = {e["cmd_id"] for e in read_ledger(first.kernel.run_dir)
+           if e.get("module") == "tune" and e["op"] in ("mutate", "rollback")
+           and e["seq"] > state["seq"]}  # fmt: skip
+    assert old
+
+    again: Toy = toy(log_level, lr=1e-3)  # the same run directory, a new process
+    again.kernel.load_state_dict(state)
+    again.step = first.step - 120
+    again.run(120)
+    again.kernel.close()
+    ledger = read_ledger(again.kernel.run_dir)
+    (marker,) = [e for e in ledger if e.get("op") == "resume" and e.get("module") == "kernel"]
+    assert marker["resumed_from"] == {"step": state["step"], "seq": state["seq"]}
+    new = {e["cmd_id"] for e in ledger if e.get("module") == "tune"
+           and e["op"] in ("mutate", "rollback") and e["seq"] > marker["seq"]}  # fmt: skip
+    assert new
+    _, entries = export_recipe(again.kernel.run_dir)
+    exported = {str(e.cmd_id).rsplit(".", 1)[0] for e in entries if e.cmd_id}
+    assert not exported & old and new <= exported
+    kept = {str(e.cmd_id).rsplit(".", 1)[0] for e in kept_entries(ledger) if e.cmd_id}
+    assert not kept & old

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...ledger import iter_entries
+from ...ledger import iter_entries, live_entries
 from ...recipe import RecipeEntry, export_recipe, tune_entries
 from ...runfiles import RunPaths
 
@@ -17,7 +17,7 @@ __all__ = ["export_kept", "kept_entries"]
 def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
     """The ``set_params`` of every mutation the tuner kept (and no one undid), at the steps it
     made them."""
-    entries = list(ledger)
+    entries = live_entries(ledger)  # not the trials of a life a resume replaced
     kept = {
         (e.get("tune") or {}).get("trial")
         for e in entries
