@@ -241,20 +241,8 @@ def ledger_to_entries(
                 split[e["cmd_id"]] = [m.cmd_id for m in made if m.cmd_id]
             out.extend(made)
             continue
-        if e.get("undo_of") in split and isinstance(module, str) and isinstance(op, str):
-            # the undo of a tuner change: one undo per set_params it became
-            cid = e.get("cmd_id")
-            for i, target in enumerate(split[e["undo_of"]]):
-                out.append(
-                    RecipeEntry(
-                        step=int(e.get("step") or 0),
-                        event=e.get("event") or DEFAULT_EVENT,
-                        module=module,
-                        op=op,
-                        params={"cmd_id": target},
-                        cmd_id=f"{cid}.{i}" if isinstance(cid, str) else None,
-                    )
-                )
+        if e.get("undo_of") in split:  # the undo of a tuner change
+            out.extend(_split_undo(e, split[e["undo_of"]]))
             continue
         if not isinstance(module, str) or not isinstance(op, str) or _replayable(module, op):
             continue

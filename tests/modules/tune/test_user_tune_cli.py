@@ -47,15 +47,21 @@ def _pending(client: HotClient) -> list[dict[str, Any]]:
     return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
 
 
-def test_accept_or_reject_of_an_unknown_or_decided_proposal_is_refused_with_exit_2(
-    toy: Any, cli: Any
-) -> None:
+def _first_proposal(toy: Any) -> tuple[Toy, HotClient, dict[str, Any]]:
+    """A run whose tuner (suggest mode) has made its first proposal: the run, a client, it."""
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
                        sync=True)  # fmt: skip
     t.run(500, until=lambda: bool(_pending(client)))
     (first,) = _pending(client)
+    return t, client, first
+
+
+def test_accept_or_reject_of_an_unknown_or_decided_proposal_is_refused_with_exit_2(
+    toy: Any, cli: Any
+) -> None:
+    t, client, first = _first_proposal(toy)
     run = t.kernel.run_dir
     before = _commands(run)
     for verb, ident in (("accept", "P999"), ("accept", "foo"), ("reject", "P999")):
@@ -304,12 +310,7 @@ def test_falling_back_to_loss_is_the_only_warning(toy: Any) -> None:
 def test_an_accepted_proposal_multiplies_the_lr_in_force_when_it_is_accepted(toy: Any) -> None:
     """A proposal is a move (lr × m): accepted after a person set another lr, it multiplies
     that lr; it does not put back the value it showed when it was proposed."""
-    t: Toy = toy(log_level, lr=1e-4)
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-    t.run(500, until=lambda: bool(_pending(client)))
-    (first,) = _pending(client)
+    t, client, first = _first_proposal(toy)
     move = next(r for r in client.tune_status()["trials"] if r["trial"] == first["trial"])
     factor = move["sampled"]["opt.lr"]
     client.opt(lr=5e-4)
