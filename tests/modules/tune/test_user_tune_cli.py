@@ -267,7 +267,8 @@ def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any
     (waiting,) = _pending(client)
     client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
     tune = t.kernel.module("tune")
-    t.run(500, until=lambda: tune.mode == "active" and tune.phase == "trial")
+    # the switch lands at a poll (every 50 ms): a deadline in steps, not 500 fast ones
+    t.run(100_000, until=lambda: tune.mode == "active" and tune.phase == "trial")
     assert tune.phase == "trial", "no trial started after the switch to active"
     st = client.tune_status()
     assert [p["state"] for p in st["proposals"] if p["id"] == waiting["id"]] == ["expired"]
@@ -286,7 +287,7 @@ def test_the_log_names_each_tune_entry_s_proposal_trial_and_score(toy: Any, cli:
         t.kernel.flush()
         return any(e.get("op") in ("keep", "rollback") for e in read_ledger(t.kernel.run_dir))
 
-    t.run(500, until=judged)
+    t.run(100_000, until=judged)  # the accept lands at a poll: a deadline, not 500 steps
     out = cli(t.kernel.run_dir, "log", "-n", "0").stdout
     trial = f"trial {p['trial']}"
     assert f"tune propose -> applied [{p['id']}, {trial}]" in out, out
