@@ -246,8 +246,17 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     run = tmp_path / "run"
     lp = launched("launch", "--dir", os.fspath(run), "--tune", "active", "--tune-objective",
                   "loss", "--tune-segment-steps", "20", "--tune-recipe", "space.yaml", "--",
-                  sys.executable, BARE_LOOP, "--steps", "300", "--step-delay", "0",
+                  sys.executable, BARE_LOOP, "--steps", "100000", "--step-delay", "0.002",
                   cwd=os.fspath(tmp_path))  # fmt: skip
+
+    def judged() -> bool:  # Optuna opens its study and asks on its own thread: a deadline
+        if lp.proc.poll() is not None:
+            raise AssertionError(f"the training ended first:\n{lp.log()}")
+        counts = hotcb.HotClient(run).tune_status().get("counts") or {}
+        return counts.get("kept", 0) + counts.get("rolled_back", 0) > 0
+
+    wait_for(judged, 240, what="a trial judged")
+    assert cli(os.fspath(run), "stop").returncode == 0
     assert lp.finish(300) == 0, lp.log()
     assert lp.said("tuner (active) from the first step") is not None, lp.log()
     (enable,) = [e for e in read_ledger(run) if e.get("module") == "tune" and e["op"] == "enable"]

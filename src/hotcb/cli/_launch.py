@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import filecmp
 import os
 import shutil
 import signal
@@ -154,11 +155,10 @@ def _tune_recipe(path: str | None, run_dir: str) -> str | None:
         raise UsageError(f"--tune-recipe: no file at {src}")
     load_recipe(src)  # RecipeError: every problem with its line
     dest = os.path.join(run_dir, os.path.basename(src))
-    if os.path.exists(dest) and not os.path.samefile(src, dest):
-        with open(src, "rb") as a, open(dest, "rb") as b:
-            if a.read() != b.read():
-                raise UsageError(f"--tune-recipe: {dest} exists and differs from {src}")
-    elif not os.path.exists(dest):
+    if os.path.exists(dest):
+        if not filecmp.cmp(src, dest, shallow=False):
+            raise UsageError(f"--tune-recipe: {dest} exists and differs from {src}")
+    else:
         os.makedirs(run_dir, exist_ok=True)
         shutil.copyfile(src, dest)
     return os.path.basename(src)

@@ -107,10 +107,11 @@ class Study:
         False, and nothing written, when it is finished already: a run resumed from a
         checkpoint taken inside a trial that the run's earlier life judged (the study keeps
         that first answer; nothing is told twice)."""
-        if self.storage.get_trial(self._trial_id(number)).state.is_finished():
+        trial_id = self._trial_id(number)
+        if self.storage.get_trial(trial_id).state.is_finished():
             return False
         if attrs:  # one write (each attribute is a transaction of its own)
-            self.storage.set_trial_user_attr(self._trial_id(number), "hotcb", dict(attrs))
+            self.storage.set_trial_user_attr(trial_id, "hotcb", dict(attrs))
         state = self._optuna.trial.TrialState
         if score is None:
             self.study.tell(number, state=state.FAIL)
