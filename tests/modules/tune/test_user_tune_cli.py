@@ -315,7 +315,7 @@ def test_an_accepted_proposal_multiplies_the_lr_in_force_when_it_is_accepted(toy
     move = next(r for r in client.tune_status()["trials"] if r["trial"] == first["trial"])
     factor = move["sampled"]["opt.lr"]
     client.opt(lr=5e-4)
-    t.run(100, until=lambda: t.lr == 5e-4)
+    t.run(100_000, until=lambda: t.lr == 5e-4)
     client.tune_accept(first["id"])
     t.run(100_000, until=lambda: bool(t.ledger("mutate")))
     (mutate,) = t.ledger("mutate")
@@ -362,7 +362,7 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
                        sync=True)  # fmt: skip
     t.run(2000, until=lambda: bool(t.ledger("keep")))
     client.tune_disable()
-    t.run(100, until=lambda: t.kernel.module("tune").mode == "off")
+    t.run(100_000, until=lambda: t.kernel.module("tune").mode == "off")
     kept = t.ledger("keep")[0]["tune"]["trial"]
     (mutate,) = [m for m in t.ledger("mutate") if m["tune"]["trial"] == kept]
     client.undo(mutate["cmd_id"])
