@@ -19,7 +19,7 @@ from typing import Any
 from . import jsonl
 from .actuators import ActuatorType, HotcbActuator
 from .errors import ActuatorError, CommandError, JournalWriteError
-from .ledger import iter_entries
+from .ledger import LedgerView, iter_entries
 from .ops import make_command
 from .runfiles import RunPaths, is_network_fs
 
@@ -354,14 +354,42 @@ class HotClient:
 
     def tune_accept(self, proposal: str) -> str:
         """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``).
-        Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed."""
-        proposal = str(self.tune_proposal(proposal)["id"])  # "p3" is P3
+        Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed, one
+        that is no longer pending, or when the run is over."""
+        proposal = self._pending_proposal(proposal)  # "p3" is P3
         return self.send("tune", "accept", params={"id": proposal})
 
     def tune_reject(self, proposal: str) -> str:
         """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
-        proposal = str(self.tune_proposal(proposal)["id"])
+        proposal = self._pending_proposal(proposal)
         return self.send("tune", "reject", params={"id": proposal})
+
+    def _pending_proposal(self, proposal: str) -> str:
+        """The id of a proposal that can still be decided: pending, in a run still going (a
+        queued decision would otherwise wait for a later run, whose tuner proposes afresh)."""
+        found = self.tune_proposal(proposal)
+        if found.get("state") != "pending":
+            raise CommandError(
+                f"proposal {found.get('id')} is {found.get('state')}, not pending "
+                "(see 'tune proposals')"
+            )
+        over = self.run_over()
+        if over is not None:
+            raise CommandError(
+                f"the run {over}: proposal {found.get('id')} ended with it (a run started "
+                "again in this directory proposes afresh)"
+            )
+        return str(found["id"])
+
+    def run_over(self) -> str | None:
+        """``finished at step N`` / ``stopped at step N`` / ``crashed (…)`` when the run's
+        training process is gone (``hotcb.run.json``); None while it runs or before it
+        starts."""
+        meta = jsonl.read_json(self.paths.run_meta, {}) or {}
+        if not isinstance(meta, dict):
+            return None
+        state = LedgerView().run_state(None, time.time(), meta=meta)
+        return state if state.startswith(("finished", "stopped at", "crashed")) else None
 
     def tune_proposal(self, proposal: str) -> dict[str, Any]:
         """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from

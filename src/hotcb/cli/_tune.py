@@ -12,10 +12,7 @@ import sys
 import time
 from typing import Any
 
-from .. import jsonl
-from ..ledger import LedgerView
-from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish, fmt_value, require_run_dir
+from ._common import add_wait, client, finish, fmt_value, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -108,13 +105,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    c = client(args)
-    found = c.tune_proposal(args.id)  # an unknown id: a CommandError
-    if found.get("state") != "pending":
-        raise UsageError(
-            f"proposal {found.get('id')} is {found.get('state')}, not pending "
-            "(see 'tune proposals')"
-        )
+    c = client(args)  # an unknown id, one not pending, a run that is over: a CommandError
     cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
     return finish(args, [cid])
 
@@ -128,19 +119,9 @@ def _changes(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k} {fmt_value(a)} -> {fmt_value(b)}" for k, (a, b) in changes.items())
 
 
-def _run_over(run_dir: str) -> str | None:
-    """``finished at step N`` / ``stopped at …`` / ``crashed (…)`` when the run's training
-    process is gone: its tuner then does nothing until the run is started again."""
-    meta = jsonl.read_json(RunPaths(run_dir).run_meta, {}) or {}
-    if not isinstance(meta, dict):
-        return None
-    state = LedgerView().run_state(None, time.time(), meta=meta)
-    return state if state.startswith(("finished", "stopped at", "crashed")) else None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     st = _state(args)
-    over = _run_over(args.dir)
+    over = client(args).run_over()
     if args.json:
         if over is not None:  # the training process is gone: no boundary is coming
             st = {**st, "run_over": over, "next_boundary": None}

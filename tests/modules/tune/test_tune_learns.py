@@ -17,6 +17,7 @@ import pytest
 from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
+from hotcb.errors import CommandError
 from hotcb.testing import read_ledger
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
@@ -99,8 +100,11 @@ def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
     assert mutate["decision"] == "applied" and mutate["tune"]["trial"] == second["trial"]
     assert t.lr == pytest.approx(second["changes"]["opt.lr"][1], rel=1e-12)
     assert [p["state"] for p in client.tune_status()["proposals"][:2]] == ["rejected", "accepted"]
-    # a proposal cannot be accepted twice
-    again = client.tune_accept(second["id"])
+    # a proposal cannot be accepted twice: refused at once, and by the run for a second
+    # accept queued before it handled the first
+    with pytest.raises(CommandError, match="accepted, not pending"):
+        client.tune_accept(second["id"])
+    again = client.send("tune", "accept", params={"id": second["id"]})
     t.run(100_000, until=lambda: any(e["cmd_id"] == again for e in t.ledger("accept")))
     (entry,) = [e for e in t.ledger("accept") if e["cmd_id"] == again]
     assert entry["decision"] == "rejected" and "accepted, not pending" in entry["error"]

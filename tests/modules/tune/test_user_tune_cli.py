@@ -81,6 +81,20 @@ def test_accept_or_reject_of_an_unknown_or_decided_proposal_is_refused_with_exit
         client.tune_accept("P999")
 
 
+def test_a_pending_proposal_of_a_finished_run_cannot_be_decided(toy: Any, cli: Any) -> None:
+    t, client, first = _first_proposal(toy)
+    run = t.kernel.run_dir
+    t.kernel.close()
+    before = _commands(run)
+    for verb in ("accept", "reject"):
+        out = cli(run, "tune", verb, first["id"])
+        assert out.returncode == 2, (verb, out.stdout, out.stderr)
+        assert f"the run finished at step {t.step}: proposal {first['id']} ended" in out.stderr
+    assert _commands(run) == before  # nothing queued for a later run to apply
+    with pytest.raises(ValueError, match="ended with it"):  # the Python client too
+        client.tune_accept(first["id"])
+
+
 def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: Any) -> None:
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "bad.yaml"), "w") as f:
