@@ -32,6 +32,7 @@ __all__ = [
     "iter_entries",
     "live_entries",
     "pending_scheduled",
+    "replaced_by_resume",
     "tail_state",
 ]
 
@@ -471,15 +472,22 @@ def live_entries(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]
     among them were applied again by the resume (their copies follow it); the tuner's own
     trials of that life were not, and a recipe must not replay them."""
     rows = list(entries)
-    keep: list[Mapping[str, Any]] = []
+    gone = replaced_by_resume(rows)
+    return [e for e in rows if e.get("seq") not in gone]
+
+
+def replaced_by_resume(entries: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """The ``seq`` of each entry a later resume superseded (see :func:`live_entries`), with
+    that resume's ``kernel resume`` entry."""
+    gone: dict[int, Mapping[str, Any]] = {}
     floor: float = math.inf  # the lowest checkpoint seq of a resume after this entry
-    for e in reversed(rows):
+    by: Mapping[str, Any] = {}
+    for e in reversed(entries):
         seq = e.get("seq")
-        if not (isinstance(seq, int) and seq > floor):
-            keep.append(e)
+        if isinstance(seq, int) and seq > floor:
+            gone[seq] = by
         if e.get("module") == "kernel" and e.get("op") == "resume":
             at = (e.get("resumed_from") or {}).get("seq")
-            if isinstance(at, int):
-                floor = min(floor, at)
-    keep.reverse()
-    return keep
+            if isinstance(at, int) and at < floor:
+                floor, by = at, e
+    return gone

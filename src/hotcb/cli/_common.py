@@ -163,18 +163,29 @@ def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
     if e.get("op") == "checkpoint" and e.get("decision") == "applied":
         where = checkpoint_path(e, run_dir)
         line += " (the loop was asked to save one)" if where is None else f": {where}"
+    line += _module_facts(e)
+    if e.get("error"):
+        line += f": {e['error']}"
+    return line
+
+
+def _module_facts(e: Mapping[str, Any]) -> str:
+    """A tuner entry's proposal, trial and score; where a resume came from."""
     tune = e.get("tune")
-    if e.get("module") == "tune" and isinstance(tune, dict):  # which proposal, trial, score
+    if e.get("module") == "tune" and isinstance(tune, dict):
         facts = [str(tune["proposal"])] if tune.get("proposal") else []
         if tune.get("trial") is not None:
             facts.append(f"trial {tune['trial']}")
         if isinstance(tune.get("score"), (int, float)):
             facts.append(f"score {tune['score']:+.3g}")
-        if facts:
-            line += f" [{', '.join(facts)}]"
-    if e.get("error"):
-        line += f": {e['error']}"
-    return line
+        return f" [{', '.join(facts)}]" if facts else ""
+    came = e.get("resumed_from")
+    if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
+        seq, at = e.get("seq"), came.get("seq")
+        replaced = f"; #{at + 1}..#{seq - 1} ran in the life it replaced" if (
+            isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
+        return f": from the checkpoint at step {came.get('step')}{replaced}"
+    return ""
 
 
 def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, tail_state
+from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resume, tail_state
 from ..runfiles import RunPaths, is_network_fs
 from ._common import (
     UsageError,
@@ -213,6 +213,8 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
         "pending": list(view.pending.values()),
         "ledger": ledger_tail,
+        # entries of a life that a resume from a checkpoint replaced (their steps ran again)
+        "replaced": sorted(replaced_by_resume(ledger_tail)),
         "state": view.run_state(
             max(times) if times else None, time.time(), _stale_after(), meta=meta
         ),
@@ -292,8 +294,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     if args.n:  # -n 0: no ledger lines (not "empty")
         print("ledger" if st["ledger"] else "ledger   (empty)")
+    gone = replaced_by_resume(st["ledger"])
     for e in st["ledger"]:
-        print("  " + fmt_entry(e, args.dir))
+        line = fmt_entry(e, args.dir)
+        by = gone.get(e.get("seq"))  # type: ignore[arg-type]
+        if by is not None:
+            line += f"   (replaced: the run resumed at #{by.get('seq')})"
+        print("  " + line)
     return 0
 
 

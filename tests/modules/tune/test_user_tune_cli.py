@@ -399,10 +399,11 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
     assert [e["decision"] for e in undone] == ["applied"], undone
 
 
-def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any) -> None:
+def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli: Any) -> None:
     """Resumed from a checkpoint, the run's tuner makes new trials; those the earlier life made
     after the checkpoint are not re-applied, so `recipe export` and `tune export` leave them
-    out (a replay of both lives' trials diverged from the run)."""
+    out (a replay of both lives' trials diverged from the run), and `hotcb status` marks
+    them."""
     from hotcb.modules.tune._export import kept_entries
     from hotcb.recipe import export_recipe
 
@@ -435,3 +436,15 @@ def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any) -> 
     assert not exported & old and new <= exported
     kept = {str(e.cmd_id).rsplit(".", 1)[0] for e in kept_entries(ledger) if e.cmd_id}
     assert not kept & old
+
+    out = cli(again.kernel.run_dir, "status", "-n", str(len(ledger)))
+    assert out.returncode == 0, out.stderr
+    lines = {int(m.group(1)): line for line in out.stdout.splitlines()
+             if (m := re.match(r"\s+#(\d+) ", line))}  # fmt: skip
+    replaced = {e["seq"] for e in ledger if state["seq"] < e["seq"] < marker["seq"]}
+    assert replaced and set(lines) == {e["seq"] for e in ledger}
+    for seq, line in lines.items():
+        assert line.endswith(f"(replaced: the run resumed at #{marker['seq']})") == (
+            seq in replaced), line  # fmt: skip
+    assert (f"from the checkpoint at step {state['step']}; #{state['seq'] + 1}.."
+            f"#{marker['seq'] - 1} ran in the life it replaced") in lines[marker["seq"]]
