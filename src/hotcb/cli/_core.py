@@ -297,7 +297,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     gone = replaced_by_resume(st["ledger"])
     for e in st["ledger"]:
         line = fmt_entry(e, args.dir)
-        by = gone.get(e.get("seq"))  # type: ignore[arg-type]
+        by = gone.get(e.get("seq"))
         if by is not None:
             line += f"   (replaced: the run resumed at #{by.get('seq')})"
         print("  " + line)
