@@ -27,6 +27,12 @@ space:
     low: -1
     high: 1
     log: true
+  - key: weight_decay
+    low: 0.5
+    high: 2
+    prior: 3
+    min: 0.1
+    max: 0.01
 colour: blue
 """
 
@@ -44,7 +50,9 @@ def test_a_broken_recipe_lists_every_problem_with_its_line(tmp_path: Path) -> No
         "line 12: space[1].high: must be greater than low (2), got 1",
         "line 13: space[2].key: missing: the actuator's name, e.g. lr",
         "line 14: space[2].low: a log-scale range must be positive, got -1",
-        "line 17: colour: unknown setting",
+        "line 20: space[3].prior: must lie in [low, high] = [0.5, 2], got 3",
+        "line 22: space[3].max: must be at least min (0.1), got 0.01",
+        "line 23: colour: unknown setting",
     ]
     for want in expected:
         assert any(p.startswith(want) for p in problems), (want, problems)

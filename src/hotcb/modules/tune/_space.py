@@ -215,10 +215,16 @@ def _check_knob(item: Mapping[str, Any], ck: Checker, at: str) -> Knob | None:
             ck.add(f"{at}.high", f"must be greater than low ({low!r}), got {high!r}")
         elif log and low <= 0:
             ck.add(f"{at}.low", f"a log-scale range must be positive, got {low!r}")
+    prior, lo_bound, hi_bound = nums["prior"], nums["min"], nums["max"]
+    if (prior is not None and low is not None and high is not None and low < high
+            and not low <= prior <= high):  # fmt: skip
+        ck.add(f"{at}.prior", f"must lie in [low, high] = [{low!r}, {high!r}], got {prior!r}")
+    if lo_bound is not None and hi_bound is not None and lo_bound > hi_bound:
+        ck.add(f"{at}.max", f"must be at least min ({lo_bound!r}), got {hi_bound!r}")
     if len(ck.problems) > before or key is None or low is None or high is None:
         return None
-    return Knob(key, module, mode, float(low), float(high), log, nums["prior"], nums["min"],
-                nums["max"], int(cooldown))  # fmt: skip
+    return Knob(key, module, mode, float(low), float(high), log, prior, lo_bound, hi_bound,
+                int(cooldown))  # fmt: skip
 
 
 def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> Settings:
