@@ -446,5 +446,7 @@ def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli
     for seq, line in lines.items():
         assert line.endswith(f"(replaced: the run resumed at #{marker['seq']})") == (
             seq in replaced), line  # fmt: skip
-    assert (f"from the checkpoint at step {state['step']}; #{state['seq'] + 1}.."
-            f"#{marker['seq'] - 1} ran in the life it replaced") in lines[marker["seq"]]
+    assert (
+        f"from the checkpoint at step {state['step']}; #{state['seq'] + 1}.."
+        f"#{marker['seq'] - 1} ran in the life it replaced"
+    ) in lines[marker["seq"]]
