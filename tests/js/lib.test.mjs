@@ -18,35 +18,46 @@ describe("compact: a live series past its limit", () => {
     assert.deepEqual(s, series([3, 1, 2]));
   });
 
-  test("the newest half is kept point for point; the oldest half becomes min/max pairs", () => {
+  test("the newest limit/2 points stay point for point; older ones become min/max per bucket", () => {
     const values = Array.from({ length: 20 }, (_, i) => i);
     values[5] = 100; // a spike
-    values[6] = -100; // and a dip, in the same block of four
+    values[6] = -100; // and a dip, in the same bucket
     const s = series(values);
-    compact(s, 10);
-    assert.deepEqual(s.step, [0, 3, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
-    assert.deepEqual(s.value, [0, 3, 100, -100, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+    compact(s, 10); // 15 older points: the first, then 2 buckets (steps 1-7, 8-14)
+    assert.deepEqual(s.step, [0, 5, 6, 8, 14, 15, 16, 17, 18, 19]);
+    assert.deepEqual(s.value, [0, 100, -100, 8, 14, 15, 16, 17, 18, 19]);
   });
 
-  test("a min and max at the same step are kept once", () => {
+  test("a bucket whose min and max are one point keeps it once", () => {
     const s = series([5, 5, 5, 5, 1, 2, 3, 4, 9, 9]);
-    compact(s, 8);
-    // block [5,5,5,5]: min and max are both its first point
-    assert.deepEqual(s.step, [0, 4, 5, 6, 7, 8, 9]);
+    compact(s, 8); // buckets: steps 1-2 (5, 5), steps 3-5 (5, 1, 2)
+    assert.deepEqual(s.step, [0, 1, 3, 4, 6, 7, 8, 9]);
   });
 
-  test("gaps (null) are never picked as a block's min or max", () => {
-    const s = series([null, 5, 1, 3, null, null, null, null, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
-    compact(s, 10);
-    assert.deepEqual(s.step.slice(0, 3), [1, 2, 4]);
-    assert.deepEqual(s.value.slice(0, 3), [5, 1, null]); // a block of gaps stays one gap
+  test("gaps (null) are never picked as a bucket's min or max; a bucket of gaps stays one gap", () => {
+    const s = series([2, null, null, null, null, null, null, 1, 3, null, 4, 5, 6, 7, 8, 9, 10, 11]);
+    compact(s, 10); // buckets: steps 1-6 (all gaps), steps 7-12
+    assert.deepEqual(s.step.slice(0, 4), [0, 1, 7, 12]);
+    assert.deepEqual(s.value.slice(0, 4), [2, null, 1, 6]);
   });
 
   test("min/max pairs come out in step order", () => {
-    const s = series([9, 1, 5, 5, /* */ 1, 9, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0]);
-    compact(s, 10);
-    assert.deepEqual(s.step.slice(0, 4), [0, 1, 4, 5]);
-    assert.deepEqual(s.value.slice(0, 4), [9, 1, 1, 9]);
+    const s = series([0, 9, 5, 1, 5, 1, 5, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
+    compact(s, 10); // buckets: steps 1-5 (max first), steps 6-10 (min first)
+    assert.deepEqual(s.step.slice(0, 5), [0, 1, 3, 7, 8]);
+    assert.deepEqual(s.value.slice(0, 5), [0, 9, 1, 0, 9]);
+  });
+
+  test("however often it runs, old history keeps an even share of the points", () => {
+    const s = { step: [], value: [] };
+    for (let step = 0; step < 20_000; step++) {
+      s.step.push(step);
+      s.value.push(1 / (1 + step));
+      if (s.step.length > 150) compact(s, 100);
+    }
+    const quarters = [0, 1, 2, 3].map((q) => s.step.filter((x) => x >= q * 4750 && x < (q + 1) * 4750).length);
+    assert.ok(Math.min(...quarters) >= 5, `points per quarter of the old history: ${quarters}`);
+    assert.ok(increasing(s.step));
   });
 });
 
@@ -124,13 +135,10 @@ describe("appendRecords: live metric records into a run's series", () => {
     assert.equal(s.value[0], 2);
   });
 
-  // Each compaction halves the oldest half again, so the resolution of old data decays
-  // geometrically: after 100,000 steps at limit 1,000, steps 0..96,254 are 2 points (the
-  // first, or the spike, and the newest min), and the chart of a page left open shows the
-  // start of the run as one straight line.
-  test("older history keeps a share of the points (not only the newest few thousand steps)", {
-    todo: "compact() re-halves already compacted points; see the comment above",
-  }, () => {
+  // Compaction used to halve the oldest half again each time, so the resolution of old data
+  // decayed geometrically: after 100,000 steps steps 0..96,254 were 2 points, and the chart of
+  // a page left open showed the start of the run as one straight line.
+  test("older history keeps a share of the points (not only the newest few thousand steps)", () => {
     const { s } = longRun(100_000, 1000);
     const firstHalf = s.step.filter((step) => step < 50_000).length;
     assert.ok(firstHalf >= 100, `the first 50,000 steps kept ${firstHalf} points`);

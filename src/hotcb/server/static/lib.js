@@ -1,28 +1,37 @@
 // Pure helpers of the page (no DOM, no page state): metric series and small formatting.
 // app.js imports them; tests/js imports them under node (`node --test tests/js/`).
 
-/** Keep a series bounded: past the limit, halve its oldest half into min/max pairs so spikes
- * survive (the server downsamples history the same way). Changes `s` ({step, value}) in place. */
+/** Keep a series bounded: past the limit, the points older than the newest `limit / 2` go
+ * into `limit / 4` buckets of equal step width, each kept as its min and max, so spikes survive
+ * and old history keeps an even share of the points however often this runs (the server
+ * downsamples history the same way). The first point stays. Changes `s` ({step, value}) in
+ * place. */
 export function compact(s, limit) {
   if (s.step.length <= limit) return;
-  const half = Math.floor(s.step.length / 2);
-  const steps = [];
-  const vals = [];
-  for (let i = 0; i + 3 < half; i += 4) {
-    let lo = i;
-    let hi = i;
-    for (let j = i; j < i + 4; j++) {
-      if (s.value[j] == null) continue;
-      if (s.value[lo] == null || s.value[j] < s.value[lo]) lo = j;
-      if (s.value[hi] == null || s.value[j] > s.value[hi]) hi = j;
+  const cut = s.step.length - Math.floor(limit / 2);
+  const buckets = Math.max(1, Math.floor(limit / 4));
+  const first = s.step[0];
+  const span = s.step[cut - 1] - first + 1;
+  const steps = [first];
+  const vals = [s.value[0]];
+  let i = 1;
+  while (i < cut) {
+    const b = Math.floor(((s.step[i] - first) * buckets) / span);
+    let lo = -1;
+    let hi = -1;
+    const from = i;
+    for (; i < cut && Math.floor(((s.step[i] - first) * buckets) / span) === b; i++) {
+      const v = s.value[i];
+      if (v == null) continue;
+      if (lo < 0 || v < s.value[lo]) lo = i;
+      if (hi < 0 || v > s.value[hi]) hi = i;
     }
-    for (const j of lo <= hi ? [lo, hi] : [hi, lo]) {
-      if (steps.length && steps[steps.length - 1] === s.step[j]) continue;
+    if (lo < 0) lo = hi = from; // a bucket of gaps keeps one
+    for (const j of lo === hi ? [lo] : lo < hi ? [lo, hi] : [hi, lo]) {
       steps.push(s.step[j]);
       vals.push(s.value[j]);
     }
   }
-  const cut = half - (half % 4);
   s.step = steps.concat(s.step.slice(cut));
   s.value = vals.concat(s.value.slice(cut));
 }
