@@ -67,6 +67,7 @@ from hotcb.bench.runner import Runner, Settings, current_lr, evaluate, train
 
 SEGMENT_STEPS = 50  # the tuner's segment: 5 validation events
 PBT_INTERVAL = 50  # member steps between PBT's exploit/explore rounds
+ORACLE_EARLY = 3  # the early oracle's steps at the start lr: about the fewest that show a start
 OPTUNA_TRIALS = 8
 CONDITIONS = ("fixed", "tune", "optuna", "pbt", "sf", "prodigy", "oracle")
 LABELS = {
@@ -78,6 +79,7 @@ LABELS = {
     "sf": "Schedule-Free AdamW",
     "prodigy": "Prodigy",
     "oracle": "hindsight oracle",
+    "oracle_early": f"hindsight oracle, step {ORACLE_EARLY + 1}",
 }
 OnStep = Callable[[int, dict[str, float]], None]
 
@@ -178,18 +180,19 @@ def run_tuned(task: Task, start: str, lr: float, seed: int, runs_dir: str) -> Re
     return bench_condition(task, "tune", start, lr, seed, run_dir)
 
 
-def run_oracle(task: Task, start: str, lr: float, seed: int) -> Result:
-    """Not a controller: the start lr for one segment, then the good lr, known in hindsight.
-    The best any controller that needs one segment to see the start can do by lr alone."""
+def run_oracle(task: Task, start: str, lr: float, seed: int, switch: int = SEGMENT_STEPS) -> Result:
+    """Not a controller: the start lr for one segment (or ``switch`` steps), then the good lr,
+    known in hindsight. The best any controller that needs one segment (``switch`` steps) to
+    see the start can do by lr alone."""
     t0 = time.perf_counter()
     run = task.make(seed)
     opt = adamw_or_sgd(task, run, lr)
     tr = Trainer(run, opt, task.eval_every)
-    tr.advance(SEGMENT_STEPS)
+    tr.advance(switch)
     for group in opt.param_groups:
         group["lr"] = task.starts()["good"]
-    tr.advance(task.total_steps - SEGMENT_STEPS)
-    return finish("oracle", start, seed, tr, t0)
+    tr.advance(task.total_steps - switch)
+    return finish("oracle" if switch == SEGMENT_STEPS else "oracle_early", start, seed, tr, t0)
 
 
 def run_optimizer(task: Task, name: str, seed: int) -> Result:
@@ -293,6 +296,8 @@ def jobs(plan: Plan, task: Any) -> list[tuple[str, Callable[[], Result]]]:
                 out.append((f"pbt from {start}", _bind(run_pbt, task, start, lr, seed)))
             if "oracle" in want and isinstance(task, Digits) and start != "good":
                 out.append((f"oracle from {start}", _bind(run_oracle, task, start, lr, seed)))
+                early = _bind(run_oracle, task, start, lr, seed, ORACLE_EARLY)
+                out.append((f"early oracle from {start}", early))
         if "fixed" in want:
             for name, lr in fixed_lrs(task).items():
                 out.append((f"fixed {name} ({lr:.2g})", _bind(run_fixed, task, name, lr, seed)))
@@ -370,7 +375,7 @@ def rows_for(task: Any, results: list[Result]) -> tuple[list[Row], Row | None]:
         if sweep:
             ref = min(sweep, key=lambda r: r.mean)
             rows.append(Row(LABELS["best fixed"], f"{ref.results[0].final_lr:.2g}", ref.results))
-    for cond in ("fixed", "tune", "pbt", "oracle"):
+    for cond in ("fixed", "tune", "pbt", "oracle", "oracle_early"):
         if cond == "fixed" and isinstance(task, Toy):
             continue
         rows += [Row(LABELS[cond], s, g[(cond, s)]) for s in starts if (cond, s) in g]
@@ -409,13 +414,24 @@ def oracle_note(rows: list[Row], ref: Row, start: str) -> list[str]:
     if oracle is None:
         return []
     ok = oracle.mean <= 1.10 * ref.mean
-    return [
+    out = [
         f"  The hindsight oracle (the good lr from step {SEGMENT_STEPS + 1}) ends at "
         f"{oracle.mean:.3f} ({oracle.mean / ref.mean:.2f}×): "
         + ("within 10%, so the target is reachable by changing the lr alone." if ok else
            "**not** within 10%, so the target is out of reach of any controller that changes "
            "only the lr after seeing the start: the first segment's damage stays.")
     ]  # fmt: skip
+    early = next((r for r in rows if r.label == LABELS["oracle_early"] and r.start == start), None)
+    if early is not None and not ok:
+        near = early.mean <= 1.10 * ref.mean
+        out.append(
+            f"  Even the good lr from step {ORACLE_EARLY + 1} ends at {early.mean:.3f} "
+            f"({early.mean / ref.mean:.2f}×): "
+            + ("within 10%: only a controller that acts within a few steps could meet it."
+               if near else f"**not** within 10%: {ORACLE_EARLY} steps at this lr already do "
+               "damage that no later lr repairs.")
+        )  # fmt: skip
+    return out
 
 
 def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
@@ -443,7 +459,8 @@ def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
             f"({ref.start}) {ref.mean:.3f} ({t.mean / ref.mean:.2f}×)."
         )
     for row in rows:
-        if row.label in (LABELS["tune"], "fixed lr", LABELS["best fixed"], LABELS["oracle"]):
+        if row.label in (LABELS["tune"], "fixed lr", LABELS["best fixed"], LABELS["oracle"],
+                         LABELS["oracle_early"]):  # fmt: skip
             continue
         won, lost = [], []
         for start, t in tuned.items():
@@ -526,6 +543,7 @@ Every condition gets the task's total training steps (T) in all, and validation 
 | Schedule-Free AdamW | `schedulefree.AdamWScheduleFree` at its defaults (lr 0.0025, no warm-up), `eval()` around each evaluation |
 | Prodigy | `prodigyopt.Prodigy`, lr 1.0, its defaults, no schedule; "lr at end" is its d · lr |
 | hindsight oracle | not a controller, a yardstick (digits, bad starts only): the start lr for the first {SEGMENT_STEPS} steps (one tuner segment: the least any controller needs to see the start), then the good lr, known in hindsight. It shows what changing the lr alone can still reach after the start's damage |
+| hindsight oracle, step {ORACLE_EARLY + 1} | the same, with the good lr from step {ORACLE_EARLY + 1}: what acting within a few steps could still reach |
 
 On the toy a run's progress is capped by its steps (at most 1/2500 a step), so an Optuna run of
 T/8 steps or a PBT member of T/4 cannot get far whatever lr it finds: there those rows show what
@@ -589,7 +607,7 @@ def write_report(
 # ------------------------------------------------------------------------------ plots
 COLORS = {
     "fixed": "0.45", "tune": "C3", "pbt": "C0", "optuna": "C2", "sf": "C4", "prodigy": "C1",
-    "oracle": "C7",
+    "oracle": "C7", "oracle_early": "C8",
 }  # fmt: skip
 
 
