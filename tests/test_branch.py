@@ -202,6 +202,28 @@ def test_a_checkpoint_saved_as_a_folder_branches(tmp_path: Path) -> None:
     assert "--resume-from " + made["checkpoint"] in made["resume"]
 
 
+def test_checkpoints_saved_on_the_flag_say_how_to_make_them_branchable(tmp_path: Path) -> None:
+    """A loop that saves on ``kernel.checkpoint_requested`` leaves no file in the ledger: the
+    refusal says why and what to change, not 'save one with hotcb checkpoint' (just done)."""
+    from hotcb import HotKernel
+
+    run_dir = os.fspath(tmp_path / "flag")
+    HotClient(run_dir, source="test").send("control", "checkpoint", at_step=3)
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    for step in range(6):
+        kernel.apply({"step": step})
+        if kernel.checkpoint_requested:
+            Path(run_dir, f"checkpoint_{step}.pt").write_bytes(b"state")
+            kernel.checkpoint_requested = False
+    kernel.close()
+    with pytest.raises(BranchError) as info:
+        branch(run_dir, tmp_path / "child", source=3)
+    said = str(info.value)
+    assert "saved its checkpoints on kernel.checkpoint_requested" in said
+    assert "save_checkpoint(path) callable in env" in said and "save one with" not in said
+    assert not (tmp_path / "child").exists()
+
+
 def test_the_printed_command_trains_into_the_child_not_the_parent(tmp_path: Path) -> None:
     """A launched command that names its run directory (``--run-dir``) gets the child's."""
     from hotcb.branch import resume_command

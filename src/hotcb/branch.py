@@ -63,6 +63,13 @@ def checkpoints(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _available(found: Sequence[Mapping[str, Any]], parent: str) -> str:
+    if not found and _asked_only(parent):
+        return (
+            f"{parent}'s loop saved its checkpoints on kernel.checkpoint_requested, which does "
+            "not tell the ledger their files: give kernel.apply a save_checkpoint(path) "
+            "callable in env that returns the path it wrote (docs/branch.md), or resume from "
+            "the file with 'hotcb launch --resume-from FILE'"
+        )
     if not found:
         return (
             f"{parent} has no checkpoint in its ledger (save one with 'hotcb --dir {parent} "
@@ -70,6 +77,16 @@ def _available(found: Sequence[Mapping[str, Any]], parent: str) -> str:
         )
     listed = ", ".join(f"step {e['step']} ({e['path']})" for e in found)
     return f"checkpoints of {parent}: {listed}"
+
+
+def _asked_only(parent: str) -> bool:
+    """Whether the parent applied a checkpoint command that only set
+    ``kernel.checkpoint_requested`` (no file in its ledger entry)."""
+    return any(
+        (e.get("module"), e.get("op"), e.get("decision")) == ("control", "checkpoint", "applied")
+        and checkpoint_path(e, parent) is None
+        for e in iter_entries(RunPaths(parent).ledger)
+    )
 
 
 def _resolve(parent: str, source: int | str | os.PathLike[str]) -> dict[str, Any]:
