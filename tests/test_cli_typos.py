@@ -43,9 +43,11 @@ def test_before_the_run_publishes_a_command_is_queued_and_the_cli_says_so(
     run_dir: str, cli: Any
 ) -> None:
     assert cli(run_dir, "init").returncode == 0
-    done = cli(run_dir, "set", "aux=0.5")
-    assert done.returncode == 0 and len(done.stdout.split()) == 1  # the cmd_id
+    done = cli(run_dir, "set", "aux=0.5", "lr=1e-3", "ce_weight=2")
+    assert done.returncode == 0 and len(done.stdout.split()) == 3  # a cmd_id per module
     assert "queued; the run has not published its actuators yet" in done.stderr
+    # where each key went, by its name alone: a loss weight called "aux" lands in custom
+    assert "routed by name: aux to custom, lr to opt, ce_weight to loss" in done.stderr
 
 
 def test_a_misspelt_run_directory_is_refused_not_created(tmp_path: Any, cli: Any) -> None:

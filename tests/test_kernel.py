@@ -117,6 +117,7 @@ def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(lo
     loop.raw('{"cmd_id":"b","module":"opt","op":"set_params","params":{"lr":50}}\n')
     loop.raw('{"cmd_id":"u","module":"loss","op":"set_params","params":{"nope":1}}\n')
     loop.raw('{"cmd_id":"t","module":"opt","op":"set_params","params":{"lr":"fast"}}\n')
+    loop.raw('{"cmd_id":"g","module":"custom","op":"set_params","params":{"ce":0.5}}\n')
     loop.raw('{"module":"loss","op":"set_params","params":{"aux":0.5}}\n')  # hand-written, no id
     loop.steps(2)
     by_id = {e["cmd_id"]: e for e in loop.ledger()}
@@ -129,6 +130,7 @@ def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(lo
         "b": "lr=50 is above the maximum 10",
         "u": "unknown actuator 'nope' in group 'loss'; known: ce, aux",
         "t": "lr must be a number",
+        "g": "'ce' is a loss actuator, not custom: send it as 'hotcb loss set_params ce=...'",
     }
     for cid, reason in reasons.items():
         assert by_id[cid]["decision"] == "rejected", by_id[cid]

@@ -114,6 +114,7 @@ class HotClient:
         self.create = create
         #: the last command was appended without checking its parameters (nothing published)
         self.last_unchecked = False
+        self.last_routed: dict[str, str] = {}  # set(): key -> module, when routed by name only
         self._checked_host = False
         self._published_sig: tuple[int, int, int] | None = None
         self._published_acts: list[dict[str, Any]] = []
@@ -214,7 +215,11 @@ class HotClient:
 
     def set(self, params: Mapping[str, Any], **fields: Any) -> list[str]:
         """Route each key to opt / loss / custom by the run's actuators; one command per module."""
-        routed = route_keys(list(params), self.actuators())
+        published = self.actuators()
+        routed = route_keys(list(params), published)
+        # routed by name only: say where each key went (a loss weight named like a knob lands
+        # in custom, and the run refuses it there)
+        self.last_routed = {} if published else {k: m for m, ks in routed.items() for k in ks}
         # every module's command is checked before any is written: all or nothing
         records = [
             self._record(module, "set_params", params={k: params[k] for k in keys}, **fields)

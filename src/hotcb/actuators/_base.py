@@ -229,7 +229,13 @@ class MutableState:
 
     def lookup(self, key: str, group: str | None = None) -> HotcbActuator:
         act = self._acts.get(key)
-        if act is None or (group is not None and act.group != group):
+        if act is not None and group is not None and act.group != group:
+            raise ActuatorError(
+                f"{key!r} is a {act.group} actuator, not {group}: send it as 'hotcb "
+                f"{act.group} set_params {key}=...' ('hotcb set' routes it there once the run "
+                "has published its actuators)"
+            )
+        if act is None:
             known = ", ".join(self.keys(group)) or "none registered"
             where = f" in group {group!r}" if group else ""
             raise ActuatorError(f"unknown actuator {key!r}{where}; known: {known}")

@@ -190,10 +190,18 @@ def _module_facts(e: Mapping[str, Any]) -> str:
 
 def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
     """Print the command ids, or with ``--wait`` the ledger entries; exit 1 if any failed."""
-    if getattr(args, "_client", None) is not None and args._client.last_unchecked:
+    c = getattr(args, "_client", None)
+    if c is not None and c.last_unchecked:
         print(
             "hotcb: queued; the run has not published its actuators yet "
             "(hotcb.actuators.json), so it checks names and bounds when it applies the command",
+            file=sys.stderr,
+        )
+    if c is not None and c.last_routed:
+        where = ", ".join(f"{k} to {m}" for k, m in c.last_routed.items())
+        print(
+            f"hotcb: routed by name: {where}; if one belongs elsewhere, send it with "
+            "'hotcb opt|loss|custom set_params KEY=VALUE'",
             file=sys.stderr,
         )
     over = ended(args.dir)
