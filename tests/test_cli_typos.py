@@ -59,6 +59,23 @@ def test_a_misspelt_run_directory_is_refused_not_created(tmp_path: Any, cli: Any
     assert not os.path.exists(missing)
 
 
+def test_a_folder_of_runs_is_refused_with_its_runs_named(tmp_path: Any, cli: Any) -> None:
+    """``--dir runs`` (what ``hotcb serve`` takes) for a command: it would wait in
+    runs/hotcb.commands.jsonl for a run that never starts there."""
+    runs = tmp_path / "runs"
+    for name in ("exp1", "exp2"):
+        assert cli(os.fspath(runs / name), "init").returncode == 0
+    for argv in (["set", "lr=1e-3"], ["pause"], ["status"], ["log"], ["tune", "status"]):
+        done = cli(os.fspath(runs), *argv)
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        assert f"{runs} is a folder of runs (exp1, exp2), not a run" in line, argv
+        assert f"--dir {runs / 'exp1'}" in line
+    assert sorted(os.listdir(runs)) == ["exp1", "exp2"]  # nothing written there
+    with pytest.raises(ValueError, match="is a folder of runs"):  # the Python client too
+        HotClient(runs).pause()
+
+
 def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) -> None:
     kernel = HotKernel(run_dir)  # no apply() yet
     try:

@@ -21,7 +21,7 @@ from .actuators import ActuatorType, HotcbActuator
 from .errors import ActuatorError, CommandError, JournalWriteError
 from .ledger import LedgerView, iter_entries
 from .ops import make_command
-from .runfiles import RunPaths, is_network_fs
+from .runfiles import RunPaths, folder_of_runs, is_network_fs
 
 __all__ = ["HotClient", "route_keys"]
 
@@ -145,6 +145,9 @@ class HotClient:
                 f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' "
                 "creates one (a run started with HotKernel(run_dir=...) creates its own)"
             )
+        folder = folder_of_runs(self.run_dir)
+        if folder is not None:  # a command there would wait for a run that never starts
+            raise CommandError(folder)
         return record
 
     def _append(self, record: dict[str, Any]) -> str:

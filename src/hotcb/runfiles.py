@@ -167,6 +167,24 @@ def is_run_dir(path: str) -> bool:
     )
 
 
+def folder_of_runs(path: str) -> str | None:
+    """Why ``path`` is not a run but a folder of them (``hotcb serve``'s kind), or None: it
+    holds no hotcb file of its own and some of its sub-directories are runs."""
+    if is_run_dir(path):
+        return None
+    try:
+        names = sorted(e.name for e in os.scandir(path) if e.is_dir() and is_run_dir(e.path))
+    except OSError:
+        return None
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"{path} is a folder of runs ({shown}), not a run: pick one, e.g. --dir "
+        f"{os.path.join(path, names[0])}"
+    )
+
+
 def _within(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 

@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ._notify import notify_config
 
     if args.once:
-        require_run_dir(args.dir)
+        require_run_dir(args.dir, folder_ok=True)  # a folder: one autopilot per run
     require_rules_file(args.rules, "--rules")
     pilots: dict[str, Any] = {}
     notifiers: dict[str, Any] = {}  # run -> Notifier (--notify), stepped in the same loop

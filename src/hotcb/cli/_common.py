@@ -15,7 +15,7 @@ from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
 from ..ledger import LedgerView, checkpoint_path
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, folder_of_runs
 
 
 class UsageError(HotcbError):
@@ -61,13 +61,17 @@ def ended(path: str) -> str | None:
     return LedgerView().run_state(None, 0.0, meta=meta)
 
 
-def require_run_dir(path: str) -> None:
-    """Refuse a run directory that does not exist (for the commands that only read)."""
+def require_run_dir(path: str, *, folder_ok: bool = False) -> None:
+    """Refuse a run directory that does not exist (for the commands that only read), or a
+    folder of runs where one run is meant (``folder_ok``: either will do)."""
     if not os.path.isdir(path):
         raise UsageError(
             f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {path} init' creates "
             "one (a run started with HotKernel(run_dir=...) creates its own)"
         )
+    folder = None if folder_ok else folder_of_runs(path)
+    if folder is not None:
+        raise UsageError(folder)
 
 
 def stop_on_sigterm() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -275,10 +274,8 @@ def _print_actuators(actuators: list[dict[str, Any]]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
     paths = RunPaths(args.dir)
-    if not os.path.isdir(paths.root):
-        print(f"hotcb: error: no run directory at {paths.root}", file=sys.stderr)
-        return 2
     st = _status(paths, args.n)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
