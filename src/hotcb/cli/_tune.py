@@ -111,8 +111,17 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def _state(args: argparse.Namespace) -> dict[str, Any]:
+    """The tuner's state; for a run whose training process is gone, ``run_over``, no next
+    boundary, and its pending proposals ``ended`` (nothing can apply them any more)."""
     require_run_dir(args.dir)
-    return client(args).tune_status()
+    c = client(args)
+    st = c.tune_status()
+    over = c.run_over()
+    if over is None:
+        return st
+    proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
+                 for p in st.get("proposals") or ()]  # fmt: skip
+    return {**st, "run_over": over, "next_boundary": None, "proposals": proposals}
 
 
 def _changes(changes: dict[str, Any]) -> str:
@@ -121,10 +130,8 @@ def _changes(changes: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     st = _state(args)
-    over = client(args).run_over()
+    over = st.get("run_over")
     if args.json:
-        if over is not None:  # the training process is gone: no boundary is coming
-            st = {**st, "run_over": over, "next_boundary": None}
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
     if st.get("mode", "off") == "off":
@@ -183,14 +190,10 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if not rows:
-        print(
-            "no pending proposals"
-            + (
-                ""
-                if st.get("mode") == "suggest"
-                else f" (the tuner is {st.get('mode', 'off')}, not suggest)"
-            )
-        )
+        why = (f" (the run {st['run_over']})" if st.get("run_over") else "" if
+               st.get("mode") == "suggest" else f" (the tuner is {st.get('mode', 'off')}, not "
+               "suggest)")  # fmt: skip
+        print("no pending proposals" + why)
         return 0
     for p in rows:
         print(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  "

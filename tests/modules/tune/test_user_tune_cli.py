@@ -93,6 +93,12 @@ def test_a_pending_proposal_of_a_finished_run_cannot_be_decided(toy: Any, cli: A
     assert _commands(run) == before  # nothing queued for a later run to apply
     with pytest.raises(ValueError, match="ended with it"):  # the Python client too
         client.tune_accept(first["id"])
+    # and nothing shows it as still pending
+    listed = cli(run, "tune", "proposals")
+    assert listed.stdout.strip() == f"no pending proposals (the run finished at step {t.step})"
+    assert f"{first['id']}  step {first['step']}" in cli(run, "tune", "proposals", "--all").stdout
+    st = json.loads(cli(run, "tune", "status", "--json").stdout)
+    assert [p["state"] for p in st["proposals"] if p["id"] == first["id"]] == ["ended"]
 
 
 def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: Any) -> None:
