@@ -306,3 +306,16 @@ def test_resume_of_a_killed_trainer_matches_an_uninterrupted_run(
     assert resumed_trace[0]["step"] == 151 and resumed_trace[-1]["step"] == 299
     a, b = torch.load(resumed_w), torch.load(whole_w)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_taken_at_an_idle_step_records_that_step(tmp_path: Any) -> None:
+    """The kernel's state names the step the loop saved it at, not the last step that applied
+    something: the resume's ledger entry says "from the checkpoint at step S" with it."""
+    from hotcb import HotKernel
+
+    run_dir = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run_dir, poll_interval_sec=3600)  # no poll after the first: idle steps
+    for step in range(41):
+        kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+    assert kernel.state_dict()["step"] == 40
+    kernel.close()

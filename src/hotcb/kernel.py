@@ -755,7 +755,7 @@ class HotKernel:
         stream, gate = self._stream.state_dict(), self._freeze.state_dict()
         return {
             "version": FORMAT_VERSION,
-            "step": self.step,
+            "step": self._saved_step(),
             "cursor": self._intake.offset,
             "seq": self._ledger.seq,
             "actuators": stream["actuators"],
@@ -770,6 +770,14 @@ class HotKernel:
             "ramps": stream["ramps"],
             "recipe": gate["recipe"],
         }
+
+    def _saved_step(self) -> int:
+        """The step of the last safe point, idle or not: where the loop saved the state (the
+        ledger's point moves only on a safe point that did work)."""
+        last = self._last_step
+        if isinstance(last, int) and not isinstance(last, bool):
+            return max(self.step, last)
+        return self.step
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a checkpoint's kernel state.
