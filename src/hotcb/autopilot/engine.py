@@ -234,6 +234,8 @@ class Autopilot:
 
     def _read_ledger(self, out: list[dict[str, Any]]) -> None:
         for e in self.view.new_entries():
+            if self.guard is not None and e.get("cmd_id") == self.guard.get("undo_cmd_id"):
+                self.guard = None  # the guard's undo landed (or was refused): judged and done
             if e.get("decision") != "applied":
                 continue
             if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
@@ -279,17 +281,17 @@ class Autopilot:
         if todo == "sense":  # the model decides; the rule's cooldown still spaces detections
             self.fired[rule.id] = self.step_now
             return
-        knob = rule.action.knob
-        if knob is not None and self.holds.get(knob, -1) > self.step_now:
+        acts = todo == "auto" and rule.confidence in ("high", "medium")
+        why_not = self._rule_blocked(rule.action.knob, acts)
+        if why_not is not None:
             out.append(self._record({
-                "kind": "skipped", "rule": rule.id, "step": self.step_now,
-                "reason": f"a person changed {knob}; held until step {self.holds[knob]}",
+                "kind": "skipped", "rule": rule.id, "step": self.step_now, "reason": why_not,
             }))  # fmt: skip
             return
         if any(p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"):
             return  # one proposal per rule waits at a time
         self.fired[rule.id] = self.step_now
-        if todo == "auto" and rule.confidence in ("high", "medium"):
+        if acts:
             out.extend(self._apply(rule, found))
         else:
             out.append(self._record({
@@ -298,6 +300,18 @@ class Autopilot:
                 "describe": f"{rule.action.describe()} because {found.describe()}",
                 "evidence": found.evidence, "state": "pending",
             }))  # fmt: skip
+
+    def _rule_blocked(self, knob: str | None, acts: bool) -> str | None:
+        """Why a rule may not act on ``knob`` now: a person holds it, or (for a change the rule
+        would make itself, not a proposal) the guard is still judging an earlier automatic
+        change: one change at a time, so each one is judged on its own."""
+        if knob is None:
+            return None
+        if self.holds.get(knob, -1) > self.step_now:
+            return f"a person changed {knob}; held until step {self.holds[knob]}"
+        if acts and self.guard is not None:
+            return self._judging()
+        return None
 
     def _detect(self, rule: Rule) -> Detection | None:
         metric = self._resolve(rule.metric)
@@ -475,9 +489,7 @@ class Autopilot:
         if self.holds.get(knob, -1) > self.step_now:
             return f"a person changed {knob}; held until step {self.holds[knob]}"
         if self.guard is not None and self.mode == "ai_auto":
-            return (f"the guard is still judging the change of step {self.guard['step']} "
-                    f"(until step {int(self.guard.get('from', self.guard['step']))} and "
-                    f"{self.ruleset.guard_window} more values of {self.key})")  # fmt: skip
+            return self._judging()
         until = self.fired.get("ai", -1)
         if until > self.step_now:
             return f"the guard undid the model's last change; no knob changes until step {until}"
@@ -511,14 +523,31 @@ class Autopilot:
         ai.finish(notes[:2])
 
     # ------------------------------------------------------------------ the guard
+    def _judging(self) -> str:
+        """What the guard is doing about the last automatic change (the reason a further
+        automatic knob change waits)."""
+        guard = self.guard
+        assert guard is not None
+        if guard.get("undo_cmd_id"):
+            return (f"the guard is undoing the change of step {guard['step']}; waiting for "
+                    "the undo to land")  # fmt: skip
+        return (f"the guard is still judging the change of step {guard['step']} "
+                f"(until step {int(guard.get('from', guard['step']))} and "
+                f"{self.ruleset.guard_window} more values of {self.key})")  # fmt: skip
+
     def _key_values(self, after: int | None, finite: bool = True) -> list[float]:
         points = self.series.get(self.key) or ()
         return [v for s, v in points
                 if (after is None or s > after) and (not finite or math.isfinite(v))]  # fmt: skip
 
     def _check_guard(self, out: list[dict[str, Any]]) -> None:
+        """Judge the last automatic change once its window of key-metric values is in: keep
+        it, or undo it. An undo keeps the guard armed until it is in the ledger, so the next
+        automatic change starts from the value the undo put back."""
         guard = self.guard
         assert guard is not None
+        if guard.get("undo_cmd_id"):
+            return  # judged; its undo has not landed yet
         window = self.ruleset.guard_window
         after = self._key_values(after=int(guard.get("from", guard["step"])), finite=False)
         if len(after) < window:
@@ -547,6 +576,7 @@ class Autopilot:
                 "control", "undo", params={"cmd_id": guard["cmd_id"]}, reason=reason
             )
             record["reason"] = reason
+            self.guard = {**guard, "undo_cmd_id": record["undo_cmd_id"]}
             rule = next((r for r in self.ruleset.rules if r.id == guard["rule"]), None)
             if rule is not None:  # and leave that rule alone for a while
                 self.fired[rule.id] = self.step_now + rule.cooldown_steps
