@@ -626,16 +626,16 @@ class Launch:
         assert self._exit_code is not None
         return self._exit_code
 
-    def forward(self, sig: int) -> None:
+    def forward(self, sig: int) -> signal.Signals | None:
         """A signal the launcher got, for the training's process group. The third SIGINT (or
-        SIGTERM) in a row becomes SIGKILL."""
+        SIGTERM) in a row becomes SIGKILL. The signal sent (None: no training to send it to)."""
         trainer = self._children.trainer
         if trainer is None or self._done.is_set():
-            return
+            return None
         self._interrupts += 1
-        if self._interrupts >= 3:
-            sig = signal.SIGKILL
-        _signal_group(trainer, sig)
+        sent = signal.SIGKILL if self._interrupts >= 3 else signal.Signals(sig)
+        _signal_group(trainer, sent)
+        return sent
 
     def kill(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """End the training now: ``sig`` to its process group, SIGKILL if it is still there

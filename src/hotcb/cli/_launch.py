@@ -212,8 +212,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
         got["sig"] = signum
         if run.pid is None:  # still starting: stop the start (it cleans up after itself)
             raise KeyboardInterrupt
-        run.forward(signum)
-        _say(f"{signal.Signals(signum).name} forwarded to the training (pid {run.pid})")
+        sent = run.forward(signum)
+        got_name = signal.Signals(signum).name
+        if sent is None:  # the training has ended: nothing was sent
+            return
+        if sent == signum:
+            _say(f"{got_name} forwarded to the training (pid {run.pid})")
+        else:  # the third in a row
+            _say(f"{got_name} forwarded as {sent.name} to the training (pid {run.pid}): the "
+                 f"third in a row")  # fmt: skip
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

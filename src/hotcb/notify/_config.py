@@ -4,6 +4,7 @@ every problem and its line; and the quick flags' config (``--notify-webhook`` â€
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,8 +210,8 @@ def _delivery(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Delive
         url = c.string(d, "url", f"{where}.url")
         if url is None and "url" not in d:
             c.add(f"{where}.url", "missing")
-        elif url is not None and not url.startswith(("http://", "https://")):
-            c.add(f"{where}.url", f"expected an http:// or https:// URL, got {url!r}")
+        elif url is not None and (problem := _url_problem(url)):
+            c.add(f"{where}.url", problem)
         headers = d.get("headers") or {}
         if not isinstance(headers, Mapping):
             c.add(f"{where}.headers", "expected a mapping of header names to values")
@@ -259,6 +260,18 @@ def _email(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Email | N
                  timeout=10.0 if timeout is None else float(timeout))  # fmt: skip
 
 
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a webhook's URL (not http:// or https://, no host); None when
+    nothing is. The file and the quick flags say the same."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:  # a malformed netloc ("http://[x")
+        host = None
+    if not url.startswith(("http://", "https://")) or not host:
+        return f"expected an http:// or https:// URL, got {url!r}"
+    return None
+
+
 def _flag(c: Checker, d: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     value = d.get(key, default)
     if not isinstance(value, bool):
@@ -288,9 +301,11 @@ def config_from_flags(
     is given. With flags only, the alerts are :data:`DEFAULT_ALERTS`; ``--notify-email``
     reads its SMTP server from ``HOTCB_SMTP_HOST``, ``_PORT`` (25), ``_FROM``, ``_USER``,
     ``_STARTTLS`` (1/true), ``_CAFILE``, ``_TLS_VERIFY`` (0/false: do not verify the server's
-    certificate) and the password from ``HOTCB_SMTP_PASSWORD``."""
+    certificate) and the password from ``HOTCB_SMTP_PASSWORD``. A URL or an address is
+    checked as in a file: :class:`NotifyConfigError` lists every bad one."""
     if notify is None and not (webhooks or slacks or emails):
         return None
+    _check_flags(webhooks, slacks, emails)
     extra: list[Delivery] = [Webhook(u) for u in webhooks] + [Slack(u) for u in slacks]
     if emails:
         env = os.environ
@@ -319,3 +334,17 @@ def config_from_flags(
                            tls_verify=_env_flag(SMTP_ENV["tls_verify"], True)))  # fmt: skip
     base = load_notify_config(notify) if notify is not None else NotifyConfig()
     return base.with_deliveries(extra)
+
+
+def _check_flags(webhooks: Sequence[str], slacks: Sequence[str], emails: Sequence[str]) -> None:
+    """Every bad URL or address of the quick flags, in one :class:`NotifyConfigError`."""
+    found: list[tuple[str, str]] = []
+    for flag, urls in (("--notify-webhook", webhooks), ("--notify-slack", slacks)):
+        found += [(flag, p) for p in map(_url_problem, urls) if p]
+    found += [("--notify-email", f"expected an address (name@host), got {a!r}")
+              for a in emails if "@" not in a]  # fmt: skip
+    if found:
+        flags = list(dict.fromkeys(flag for flag, _ in found))
+        several = len(flags) > 1
+        raise NotifyConfigError("/".join(flags),
+                                [f"{flag}: {p}" if several else p for flag, p in found])  # fmt: skip

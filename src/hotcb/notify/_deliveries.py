@@ -5,6 +5,7 @@ never raises."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import smtplib
 import ssl
@@ -21,6 +22,8 @@ __all__ = ["SMTP_PASSWORD_ENV", "Delivery", "Email", "Slack", "Webhook", "delive
            "redact_target"]  # fmt: skip
 
 _TIMEOUT = 10.0
+
+log = logging.getLogger("hotcb.notify")
 
 
 class DeliveryError(Exception):
@@ -172,8 +175,9 @@ def deliver(
 ) -> bool:
     """Send ``event`` through ``delivery``; on failure wait ``backoff`` seconds (doubling, at
     most ``max_backoff``) and try again, ``retries`` times at most. Every attempt goes to
-    ``record`` (``status``: ``ok``, ``retry`` or ``failed``). True when it went through;
-    never raises."""
+    ``record`` (``status``: ``ok``, ``retry`` or ``failed``). A delivery that finally failed
+    is also logged (a warning on ``hotcb.notify``: one line on stderr in the CLI), with its
+    channel and the reason. True when it went through; never raises."""
     target = delivery.target
     for attempt in range(1, retries + 2):
         try:
@@ -184,6 +188,10 @@ def deliver(
                     "attempt": attempt, "status": "failed" if last else "retry",
                     "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
             if last:
+                log.warning("hotcb notify: the %s delivery of alert %s to %s failed after %d "
+                            "attempt(s): %s: %s", type(delivery).__name__.lower(),
+                            event.get("alert"), target, attempt, type(exc).__name__,
+                            str(exc).replace("\n", " "))  # fmt: skip
                 return False
             sleep(min(max_backoff, backoff * 2 ** (attempt - 1)))
         else:
