@@ -56,3 +56,45 @@ def test_a_run_whose_process_died_says_crashed(
     tr.proc.send_signal(signal.SIGKILL)
     tr.proc.wait(timeout=30)
     assert _status(cli, run_dir)["state"].startswith("crashed")
+
+
+TRAINS_UNTIL_KILLED = """
+import itertools, sys
+from hotcb import HotKernel
+kernel = HotKernel(sys.argv[1])
+for step in itertools.count():
+    kernel.apply({"step": step, "metrics": {"loss": 1.0 / (1 + step)}})
+"""
+
+
+@pytest.mark.slow
+def test_a_launched_run_ended_by_ctrl_c_says_interrupted_not_crashed(
+    run_dir: str, tmp_path: Any, cli: Any
+) -> None:
+    """`hotcb launch` records the training's exit code: a loop that Ctrl-C ended without
+    closing its kernel (exit 130) was shown as crashed."""
+    import subprocess
+    import sys
+
+    from hotcb.testing import wait_for
+
+    script = tmp_path / "loop.py"
+    script.write_text(TRAINS_UNTIL_KILLED)
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "--dir", run_dir, "launch", "--",
+         sys.executable, os.fspath(script), run_dir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        metrics = os.path.join(run_dir, "hotcb.metrics.jsonl")
+        wait_for(lambda: os.path.exists(metrics), 120, what="the training's first metrics")
+        wait_for(lambda: _status(cli, run_dir)["state"] == "running", 120, what="the training")
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=120) == 130
+    finally:
+        launcher.kill()
+    state = _status(cli, run_dir)["state"]
+    assert state == "interrupted by SIGINT (its process is gone and did not close the run)"
+    assert cli(run_dir, "tune", "status", "--json").returncode == 0  # a run that is over
+    assert json.loads(cli(run_dir, "tune", "status", "--json").stdout)["run_over"] == state

@@ -390,14 +390,15 @@ class HotClient:
         return str(found["id"])
 
     def run_over(self) -> str | None:
-        """``finished at step N`` / ``stopped at step N`` / ``crashed (…)`` when the run's
-        training process is gone (``hotcb.run.json``); None while it runs or before it
-        starts."""
+        """``finished at step N`` / ``stopped at step N`` / ``crashed (…)`` / ``interrupted
+        by SIGINT (…)`` when the run's training process is gone (``hotcb.run.json``); None
+        while it runs or before it starts."""
         meta = jsonl.read_json(self.paths.run_meta, {}) or {}
         if not isinstance(meta, dict):
             return None
         state = LedgerView().run_state(None, time.time(), meta=meta)
-        return state if state.startswith(("finished", "stopped at", "crashed")) else None
+        over = ("finished", "stopped at", "crashed", "interrupted")
+        return state if state.startswith(over) else None
 
     def tune_proposal(self, proposal: str) -> dict[str, Any]:
         """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from

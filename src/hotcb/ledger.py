@@ -11,6 +11,7 @@ import enum
 import logging
 import math
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ class LedgerView:
     ) -> str:
         """What the run is doing, for a person: ``finished at step N`` / ``stopped at step N``
         (its loop closed the kernel: ``ended`` in ``hotcb.run.json``, ``meta``), ``crashed``
-        (its process is gone without closing), ``stopped``, ``paused``, ``running``, ``idle``
+        or ``interrupted by SIGINT`` (its process is gone without closing), ``stopped``, ``paused``, ``running``, ``idle``
         (nothing new for ``stale_after`` seconds) or ``not started``. ``last_activity``: the
         newest wall time of its metrics or ledger."""
         meta = meta or {}
@@ -279,7 +280,7 @@ class LedgerView:
             how = "stopped" if ended.get("stopped") else "finished"
             return f"{how} at step {ended.get('step')}"
         if meta.get("started") is not None and process_alive(meta) is False:
-            return "crashed (its process is gone and did not close the run)"
+            return _gone(meta)
         if self.stopped:
             return "stopped"
         if self.paused:
@@ -459,6 +460,28 @@ class LedgerEntry:
         if self.module == "tune" and self.op not in ("enable", "disable"):
             return False  # the tuner decides again from its checkpointed state
         return not (self.module == "control" and self.op in _NOT_RESUMED)
+
+
+#: Signals a person (or a scheduler) ends a training with: the run was interrupted, not crashed.
+_INTERRUPTS = {int(signal.SIGINT): "SIGINT", int(signal.SIGTERM): "SIGTERM",
+               int(signal.SIGKILL): "SIGKILL", int(signal.SIGHUP): "SIGHUP"}  # fmt: skip
+
+
+def _gone(meta: Mapping[str, Any]) -> str:
+    """The state of a run whose process is gone without closing it: ``interrupted by SIGINT``
+    when ``hotcb launch`` saw the training end on a signal (Ctrl-C), else ``crashed``."""
+    gone = "its process is gone and did not close the run"
+    launch = meta.get("launch")
+    code = launch.get("exit_code") if isinstance(launch, Mapping) else None
+    if not isinstance(code, int) or isinstance(code, bool) or not isinstance(launch, Mapping):
+        return f"crashed ({gone})"
+    ended, started = launch.get("ended"), meta.get("started")
+    if isinstance(ended, (int, float)) and isinstance(started, (int, float)) and ended < started:
+        return f"crashed ({gone})"  # that exit code is of an earlier life
+    sig = -code if code < 0 else code - 128 if code > 128 else None
+    if sig in _INTERRUPTS:
+        return f"interrupted by {_INTERRUPTS[sig]} ({gone})"
+    return f"crashed (exit code {code}; {gone})"
 
 
 def new_entry(**fields: Any) -> dict[str, Any]:

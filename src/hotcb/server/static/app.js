@@ -430,7 +430,7 @@ function isPaused() {
 }
 
 /** The run's script closed it (or its process died): nothing will act on commands any more. */
-const OVER = /^(finished at step|stopped at step|crashed)/;
+const OVER = /^(finished at step|stopped at step|crashed|interrupted)/;
 function isOver() {
   return typeof app.runState === "string" && OVER.test(app.runState);
 }
