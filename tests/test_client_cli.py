@@ -137,12 +137,25 @@ def test_module_commands_and_their_options_write_the_right_records(run_dir: str,
         ("checkpoint", "--at-step", "8"),
         ("evaluate", "--at-step", "5"),
         ("undo",),
-        ("undo", "--cmd-id", "ABC"),
-        ("cancel", "ABC"),
+        ("undo", "--cmd-id", "FIRST"),
+        ("cancel", "FIRST"),
     ]
+    first = None
     for argv in calls:
-        res = cli(run_dir, *argv)
+        res = cli(run_dir, *[first if a == "FIRST" else a for a in argv])
         assert res.returncode == 0, (argv, res.stderr)
+        first = first or res.stdout.strip()
+    # an id that names no command of the run is refused at once (the run would reject it)
+    before = len(commands(run_dir))
+    for argv in (("undo", "--cmd-id", "ABC"), ("cancel", "ABC")):
+        res = cli(run_dir, *argv)
+        assert res.returncode == 2 and "no command 'ABC' in" in res.stderr, (argv, res.stderr)
+    # a shape without a ramp, and a key given twice, are refused too
+    res = cli(run_dir, "set", "lr=1e-3", "--shape", "cosine")
+    assert res.returncode == 2 and "--shape shapes a ramp" in res.stderr
+    res = cli(run_dir, "set", "lr=1e-3", "lr=2e-3")
+    assert res.returncode == 2 and "lr is given twice" in res.stderr
+    assert len(commands(run_dir)) == before
     got = [
         (r["module"], r["op"], r["params"], r["at_step"], r["transition"])
         for r in commands(run_dir)
@@ -160,8 +173,8 @@ def test_module_commands_and_their_options_write_the_right_records(run_dir: str,
         ("control", "checkpoint", {}, 8, None),
         ("control", "evaluate", {}, 5, None),
         ("control", "undo", {}, None, None),
-        ("control", "undo", {"cmd_id": "ABC"}, None, None),
-        ("control", "cancel", {"cmd_id": "ABC"}, None, None),
+        ("control", "undo", {"cmd_id": first}, None, None),
+        ("control", "cancel", {"cmd_id": first}, None, None),
     ]
 
 

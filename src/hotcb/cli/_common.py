@@ -39,6 +39,8 @@ def parse_kv(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"expected key=value, got {item!r} (e.g. lr=1e-4)")
+        if key.strip() in out:
+            raise UsageError(f"{key.strip()} is given twice; give each key once")
         out[key.strip()] = parse_value(value)
     return out
 

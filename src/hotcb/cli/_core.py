@@ -117,7 +117,8 @@ def _actuator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("params", nargs="+", metavar="KEY=VALUE", help="values parse as JSON")
     p.add_argument("--at-step", type=int, help="apply at the first safe point with step >= N")
     p.add_argument("--ramp", type=int, metavar="STEPS", help="ramp to the value over STEPS steps")
-    p.add_argument("--shape", choices=("linear", "cosine"), default="linear", help="ramp shape")
+    p.add_argument("--shape", choices=("linear", "cosine"),
+                   help="ramp shape (with --ramp; default linear)")  # fmt: skip
     add_wait(p)
 
 
@@ -125,8 +126,10 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if args.at_step is not None:
         fields["at_step"] = args.at_step
+    if args.shape is not None and not args.ramp:
+        raise UsageError("--shape shapes a ramp: give --ramp STEPS with it")
     if args.ramp:
-        fields["transition"] = {"steps": args.ramp, "shape": args.shape}
+        fields["transition"] = {"steps": args.ramp, "shape": args.shape or "linear"}
     return fields
 
 
@@ -176,11 +179,32 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
+    if args.cmd_id:
+        _require_command(args.dir, args.cmd_id)
     return finish(args, [client(args).undo(args.cmd_id)])
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    _require_command(args.dir, args.cmd_id)
     return finish(args, [client(args).cancel(args.cmd_id)])
+
+
+def _require_command(run_dir: str, cmd_id: str) -> None:
+    """Refuse an id that names no command of this run (in its commands file or ledger): the
+    run would only reject it later, after the CLI said nothing was wrong."""
+    paths = RunPaths(run_dir)
+    needle = ('"' + cmd_id).encode()  # also X.opt, the per-module part of a tuner command
+    for path in (paths.commands, paths.ledger):
+        try:
+            with open(path, "rb") as f:
+                if any(needle in line for line in f):
+                    return
+        except OSError:
+            continue
+    raise UsageError(
+        f"no command {cmd_id!r} in {run_dir} (a command's id is what sending it printed; "
+        f"'hotcb --dir {run_dir} log' lists them)"
+    )
 
 
 def _status(paths: RunPaths, n: int) -> dict[str, Any]:
