@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,12 @@ def test_each_automatic_change_is_judged_before_the_next(loop: Any, tmp_path: Pa
         f"the guard is still judging the change of step {first} (until step {first + 75} and "
         "5 more values of val_loss)"
     ), waits[0]
+    # `hotcb autopilot status` says what each verdict was, not a bare "guard"
+    from hotcb.cli._autopilot import _line
+
+    kept = [_line(r) for r in records if r["kind"] == "guard"]
+    pattern = r"\[step \d+\] guard plateau_cut_lr: kept [\d.]+ -> [\d.]+ \([+-]\d+%\)"
+    assert kept and all(re.fullmatch(pattern, line) for line in kept), kept
 
 
 def test_a_change_after_an_undo_starts_from_the_value_the_undo_put_back(

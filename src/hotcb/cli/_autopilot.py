@@ -213,6 +213,12 @@ def _line(rec: dict[str, Any]) -> str:
         return f"{head} {rec['rule']} {rec.get('state')}: {what or rec.get('reason')}{why}"
     if kind == "ai_reply":
         return f"{head} call {rec.get('call')}: {rec.get('reasoning') or rec.get('reason')}"
+    if kind == "guard" and not rec.get("reason"):  # kept: the reason is only for an undo
+        after, worse = rec.get("after"), rec.get("worse_by")
+        moved = (f"{rec.get('before'):.4g} -> {after:.4g} ({worse:+.0%})" if isinstance(
+            after, (int, float)) and isinstance(worse, (int, float)) and isinstance(
+            rec.get("before"), (int, float)) else "")  # fmt: skip
+        return f"{head} {rec.get('rule')}: kept {moved}".rstrip()
     return f"{head} {rec.get('reason') or ''}".rstrip()
 
 
