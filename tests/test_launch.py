@@ -291,7 +291,8 @@ def test_a_training_that_ends_at_once_leaves_no_crash_dump(tmp_path: Path, launc
 
 def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
     """SIGTERM reaches the training (its handler's exit code comes back); a training that
-    ignores Ctrl-C is killed by the third one (137)."""
+    ignores Ctrl-C is killed by the third one (137), and the launcher says it sent SIGKILL;
+    SIGTERM goes as SIGTERM."""
     on_term = (
         "import signal, sys, time\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
@@ -314,6 +315,22 @@ def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
             what=f"SIGINT {n} forwarded",
         )
     assert lp.finish() == 128 + signal.SIGKILL, lp.log()
+    said = [line for line in lp.err if "forwarded" in line]  # what really went out
+    pid = str(lp.said("SIGINT forwarded to the training (pid ")).rstrip(")")
+    assert [line.split(" (pid ")[0] for line in said] == [
+        "hotcb launch: SIGINT forwarded to the training",
+        "hotcb launch: SIGINT forwarded to the training",
+        "hotcb launch: SIGINT forwarded as SIGKILL to the training",
+    ] and said[2].endswith(f"(pid {pid}): the third in a row"), lp.log()
+
+    # without a handler, SIGTERM ends a plain loop as SIGTERM does (143), not as Ctrl-C
+    plain = "import time\nprint('ready', flush=True)\ntime.sleep(600)\n"
+    lp = launched("--dir", os.fspath(tmp_path / "c"), "launch", "--", sys.executable, "-c", plain)
+    wait_for(lambda: "ready" in lp.out or lp.proc.poll() is not None, 120, what="child ready")
+    lp.proc.send_signal(signal.SIGTERM)
+    assert lp.finish() == 128 + signal.SIGTERM, lp.log()
+    assert lp.said("SIGTERM forwarded to the training") is not None
+    assert "KeyboardInterrupt" not in "\n".join(lp.err), lp.log()
 
 
 def test_cli_launch_usage_errors(tmp_path: Path, cli: Any) -> None:

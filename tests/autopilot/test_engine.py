@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -24,19 +25,23 @@ import pytest
 from hotcb import HotClient, HotKernel, jsonl
 from hotcb.autopilot.engine import OWNER, RECORDS, Autopilot, AutopilotBusy, decide, proposals
 from hotcb.autopilot.rules import RulesError, load_rules
+from hotcb.cli._autopilot import _line
 from hotcb.testing import read_ledger
 
 torch = pytest.importorskip("torch")
 
 
 class Loop:
-    """A real kernel and optimizer; the loss is ``f(lr, step)`` plus a little noise."""
+    """A real kernel and optimizer; the loss is ``f(lr, step)`` plus a little noise,
+    ``val_loss`` every ``val_every`` steps."""
 
-    def __init__(self, run_dir: Path, f: Callable[[float, int], float], lr: float = 1e-2) -> None:
+    def __init__(
+        self, run_dir: Path, f: Callable[[float, int], float], lr: float = 1e-2, val_every: int = 10
+    ) -> None:
         self.run_dir = str(run_dir)
         self.kernel = HotKernel(self.run_dir, poll_interval_sec=0.0)
         self.opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-        self.f, self.step, self.rng = f, 0, random.Random(0)
+        self.f, self.step, self.rng, self.val_every = f, 0, random.Random(0), val_every
 
     @property
     def lr(self) -> float:
@@ -48,7 +53,7 @@ class Loop:
             self.step += 1
             loss = self.f(self.lr, self.step) * (1 + 0.001 * self.rng.gauss(0, 1))
             metrics = {"loss": loss}
-            if self.step % 10 == 0:
+            if self.step % self.val_every == 0:
                 metrics["val_loss"] = loss * 1.05
             self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
             if pilot is not None and self.step % 10 == 0:
@@ -57,6 +62,14 @@ class Loop:
 
     def autopilot_entries(self) -> list[dict[str, Any]]:
         return [e for e in read_ledger(self.run_dir) if e.get("source") == "autopilot"]
+
+    def changes(self) -> list[dict[str, Any]]:
+        """The autopilot's applied knob changes, in ledger order."""
+        return [e for e in self.autopilot_entries()
+                if e.get("op") == "set_params" and e.get("decision") == "applied"]  # fmt: skip
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(jsonl.iter_records(str(Path(self.run_dir) / RECORDS)))
 
 
 def flat(_lr: float, _step: int) -> float:
@@ -67,8 +80,10 @@ def flat(_lr: float, _step: int) -> float:
 def loop(tmp_path: Path) -> Any:
     made: list[Loop] = []
 
-    def make(f: Callable[[float, int], float] = flat, lr: float = 1e-2) -> Loop:
-        lp = Loop(tmp_path / "run", f, lr)
+    def make(
+        f: Callable[[float, int], float] = flat, lr: float = 1e-2, val_every: int = 10
+    ) -> Loop:
+        lp = Loop(tmp_path / "run", f, lr, val_every)
         made.append(lp)
         return lp
 
@@ -294,3 +309,71 @@ def test_one_autopilot_per_run(loop: Any, tmp_path: Path) -> None:
     Autopilot(lp.run_dir, mode="suggest")  # a restart in this process
     pilot.close()
     assert not owner.exists()
+
+
+# -- one automatic change at a time: each is judged before the next ------------------------
+LR0 = 1e-2
+
+TRAIN_PLATEAU = """\
+  - id: train_plateau_cut_lr
+    when: {detector: plateau, metric: train}
+    then: {action: lr_mult, params: {factor: 0.5}}
+    cooldown_steps: 150
+    confidence: medium
+"""
+
+
+def test_each_automatic_change_is_judged_before_the_next(loop: Any, tmp_path: Path) -> None:
+    """A plateau that never ends: the rule fires again and again, every 150 steps at most.
+    The guard needs 75 steps to settle and 5 values of val_loss (100 steps) to judge each
+    cut; the next cut waits for the verdict, and says so."""
+    lp: Loop = loop(flat, val_every=20)
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(1000, pilot)
+    changes = lp.changes()
+    assert len(changes) >= 3, changes
+    records = lp.records()
+    where = {r["cmd_ids"][0]: i for i, r in enumerate(records)
+             if r["kind"] == "action" and r.get("state") == "applied"}  # fmt: skip
+    verdicts = {r["cmd_id"]: i for i, r in enumerate(records) if r["kind"] == "guard"}
+    for change, following in itertools.pairwise(changes):
+        assert change["cmd_id"] in verdicts, f"the change of step {change['step']} was never judged"
+        assert verdicts[change["cmd_id"]] < where[following["cmd_id"]], (change, following)
+        assert following["changes"]["lr"]["old"] == pytest.approx(change["changes"]["lr"]["new"])
+    assert lp.lr == pytest.approx(LR0 * 0.5 ** len(changes))  # every cut was kept (flat loss)
+    waits = [r for r in records if r["kind"] == "skipped" and r["rule"] == "plateau_cut_lr"]
+    assert waits, "the rule fired while the guard judged; that wait is recorded"
+    first = records[where[changes[0]["cmd_id"]]]["step"]  # the round that sent it
+    assert waits[0]["reason"].startswith(
+        f"the guard is still judging the change of step {first} (until step {first + 75} and "
+        "5 more values of val_loss)"
+    ), waits[0]
+    # `hotcb autopilot status` says what each verdict was, not a bare "guard"
+    kept = [_line(r) for r in records if r["kind"] == "guard"]
+    pattern = r"\[step \d+\] guard plateau_cut_lr: kept [\d.]+ -> [\d.]+ \([+-]\d+%\)"
+    assert kept and all(re.fullmatch(pattern, line) for line in kept), kept
+
+
+def test_a_change_after_an_undo_starts_from_the_value_the_undo_put_back(
+    loop: Any, tmp_path: Path
+) -> None:
+    """A rule on the training loss cuts lr first and makes things worse; the guard undoes it.
+    The key-metric rule, waiting meanwhile, acts only once the undo is in the ledger, so it
+    halves the lr the undo put back, not the value the undo took away."""
+    lp: Loop = loop(lambda lr, _step: 1.0 if lr >= LR0 else 1.5)  # any cut hurts
+    rules = PLATEAU_ONLY + TRAIN_PLATEAU
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, rules))
+    lp.run(400, pilot)
+    records = lp.records()
+    undone = next(r for r in records if r["kind"] == "guard" and "undo_cmd_id" in r)
+    assert undone["rule"] == "train_plateau_cut_lr" and undone["worse_by"] > 0.4
+    undo = next(e for e in read_ledger(lp.run_dir) if e["cmd_id"] == undone["undo_cmd_id"])
+    assert undo["decision"] == "applied"
+    changes = lp.changes()
+    assert len(changes) >= 2, changes
+    cut, after = changes[0], changes[1]
+    assert after["reason"].startswith("autopilot rule plateau_cut_lr:")
+    assert cut["changes"]["lr"] == {"old": LR0, "new": pytest.approx(LR0 / 2)}
+    assert after["changes"]["lr"]["old"] == pytest.approx(LR0)  # the undo put LR0 back
+    assert after["changes"]["lr"]["new"] == pytest.approx(LR0 / 2), after  # not LR0 / 4
+    assert after["step"] > undo["step"]
