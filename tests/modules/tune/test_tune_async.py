@@ -4,6 +4,7 @@ still queued when the process dies is not lost."""
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -110,3 +111,28 @@ def test_a_study_that_cannot_be_opened_turns_the_tuner_off_with_the_reason(
     st = HotClient(t.kernel.run_dir).tune_status()
     assert st["mode"] == "off" and "could not open study" in st["warnings"][0]
     assert t.lr == 1e-4
+
+
+def test_segments_that_pass_while_the_study_opens_are_said(toy: Any, monkeypatch: Any) -> None:
+    """A short run can end before Optuna is imported and its storage opened: `tune status`
+    says why no trial came instead of showing baseline after baseline."""
+    gate = threading.Event()
+    real_init = Study.__init__
+
+    def slow_open(self: Study, *args: Any, **kw: Any) -> None:
+        gate.wait(120)
+        real_init(self, *args, **kw)
+
+    monkeypatch.setattr(Study, "__init__", slow_open)
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY)
+    t.run(60)  # two baseline segments, then boundaries where a trial was due
+    gate.set()
+    (note,) = client.tune_status()["warnings"]
+    said = re.fullmatch(
+        r"no trial while the study was opening \((\d+) segment boundaries, the last at step "
+        r"(\d+)\): importing Optuna and opening its storage takes a few seconds", note
+    )  # fmt: skip
+    assert said and int(said[1]) >= 3 and 40 < int(said[2]) <= 60, note
+    t.run(100_000, until=lambda: bool(t.ledger("mutate")))  # then trials start

@@ -685,6 +685,7 @@ class TuneModule:
             return
         if not self._study_ready():
             if self.mode != "off":
+                self._opening_note(step)
                 self._start_segment(step, "baseline")
             return
         knobs = self._knobs()
@@ -704,6 +705,17 @@ class TuneModule:
             self._ask_failed(exc, step)
             return
         self._start(number, sampled, knobs, step)
+
+    def _opening_note(self, step: int) -> None:
+        """Say in ``tune status`` that a trial was due but the study was not open yet (a run
+        of a few seconds can end before Optuna is imported and its storage opened)."""
+        head = "no trial while the study was opening"
+        old = next((w for w in self.warnings if w.startswith(head)), None)
+        count = 1 + (int(old.split("(", 1)[1].split(" ", 1)[0]) if old else 0)
+        note = (f"{head} ({count} segment boundaries, the last at step {step}): importing "
+                "Optuna and opening its storage takes a few seconds")  # fmt: skip
+        self.warnings = [note if w is old else w for w in self.warnings] if old else [
+            *self.warnings, note]  # fmt: skip
 
     def _asked(self, step: int) -> None:
         """The background ask has answered: start the trial now."""
