@@ -173,6 +173,24 @@ def test_accumulation_validation_and_metrics(tmp_path: Path) -> None:
     assert any("val_loss" in m["metrics"] and m["step"] == 2 for m in metrics)
 
 
+def test_a_validation_is_recorded_once_not_on_every_train_step_after_it(tmp_path: Path) -> None:
+    """Lightning keeps the last val_loss in callback_metrics until the next validation: a
+    reader of hotcb.metrics.jsonl (the autopilot, the charts) must see one value per
+    validation, or one plateau looks like hundreds of evaluations that never improve."""
+    run_dir = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run_dir)
+    trainer = _trainer(
+        kernel, Recorder(), max_steps=12, limit_val_batches=1, val_check_interval=4,
+        check_val_every_n_epoch=None,
+    )  # fmt: skip
+    train, val = EX.loaders()
+    trainer.fit(EX.DigitsModule(), train, val)
+    kernel.close()
+    metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+    assert [m["step"] for m in metrics if "val_loss" in m["metrics"]] == [4, 8, 12]
+    assert sum("train_loss" in m["metrics"] for m in metrics) >= 12  # train steps still recorded
+
+
 def test_metrics_every_n_steps(tmp_path: Path) -> None:
     run_dir = os.fspath(tmp_path / "run")
     kernel = HotKernel(run_dir)

@@ -135,6 +135,8 @@ class _Hooks:
         #: epoch's validation check), and the ``val_check_batch`` (step-based) or
         #: ``check_val_every_n_epoch`` to put back once it ran (_KEEP: it was not changed)
         self._eval: dict[str, Any] | None = None
+        #: callback_metrics as the last validation left them (see _fill)
+        self._val_metrics: dict[str, Any] = {}
         self._caught = False  # this callback installed the signal handlers (and releases them)
 
     # -- env --------------------------------------------------------------------------------
@@ -167,6 +169,15 @@ class _Hooks:
             # most of what this callback costs when it is read: Lightning assembles
             # callback_metrics on each access
             metrics = dict(trainer.callback_metrics)
+            if values["phase"] == "val":
+                self._val_metrics = metrics.copy()
+            else:
+                # what the last validation logged stays in callback_metrics, the same objects,
+                # until the next one: recorded at the validation, not again on every train step
+                # (a reader would count one validation as hundreds)
+                for name, value in self._val_metrics.items():
+                    if metrics.get(name) is value:
+                        del metrics[name]
             opts = trainer.optimizers
             if opts and "lr" not in metrics:
                 metrics["lr"] = opts[0].param_groups[0]["lr"]
