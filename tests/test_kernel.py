@@ -268,6 +268,29 @@ def test_lr_change_survives_the_scheduler(run_dir: str, tmp_path: Any, kind: str
     steered.kernel.close()
 
 
+@pytest.mark.parametrize("kind", ["cosine", "lambda"])
+def test_undo_under_a_scheduler_puts_the_run_back_on_the_schedule(
+    run_dir: str, tmp_path: Any, kind: str
+) -> None:
+    """An lr change undone many steps later: the run goes back to the lr the schedule gives it
+    now, not to the number it had when the change was made (which the schedule left behind)."""
+    ref = Loop(os.fspath(tmp_path / "ref"), sched=kind)
+    ref.steps(25)
+    steered = Loop(run_dir, sched=kind)
+    steered.steps(3)
+    change = steered.client.opt(lr=0.002)
+    steered.steps(12)
+    undo = steered.client.undo(change)
+    steered.steps(10)
+    for s in range(15, 25):
+        assert steered.lr[s] == pytest.approx(ref.lr[s], rel=1e-9), s
+    e = steered.only(undo)
+    assert e["changes"]["lr"]["new"] == pytest.approx(ref.lr[15], rel=1e-9)
+    assert e["on_schedule"]["lr"] == pytest.approx(ref.lr[3] / 0.002)
+    ref.kernel.close()
+    steered.kernel.close()
+
+
 def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop) -> None:
     loop.steps(2)
     keep = loop.client.send("opt", "set_params", params={"lr": 0.002}, at_step=6)

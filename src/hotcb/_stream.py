@@ -151,17 +151,40 @@ class ActuatorStream:
         return OpResult("applied", changes=changes, extra=extra)
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
-        """Put back the old values an applied entry recorded (and stop its ramps)."""
-        reverse = {k: v["old"] for k, v in entry["changes"].items() if v.get("old") is not None}
+        """Put back the old values an applied entry recorded (and stop its ramps).
+
+        A value a schedule moves (lr under an LR scheduler) is not set back to the number it had
+        then: the schedule went on since. The change's ratio is taken back instead
+        (``now * old / new``), which puts the run on the schedule it would be on without it."""
+        reverse = {k: v for k, v in entry["changes"].items() if v.get("old") is not None}
         changes: dict[str, Any] = {}
+        scaled: dict[str, float] = {}  # key -> the factor that took the change back
         try:
-            for key, value in reverse.items():
+            for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
+                value = self._undone_value(key, change, env)
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
+                if value is not change["old"]:
+                    scaled[key] = change["old"] / change["new"]
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
-        return OpResult("applied", changes=changes)
+        return OpResult("applied", changes=changes, extra={"on_schedule": scaled} if scaled else {})
+
+    def _undone_value(self, key: str, change: Mapping[str, Any], env: Env) -> Any:
+        old, new = change["old"], change.get("new")
+        act = self.state.get(key)
+        if (
+            act is None
+            or act.scheduled is None
+            or not all(isinstance(v, (int, float)) and v > 0 for v in (old, new))
+            or not act.scheduled(env)
+        ):
+            return old
+        now = act.read(env)
+        if not isinstance(now, (int, float)) or act.matches(now, new):
+            return old  # nothing moved it since
+        return now * (old / new)
 
     def on_start(self, env: Env) -> None:
         self.discover(env)

@@ -185,6 +185,11 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         if isinstance(tune.get("score"), (int, float)):
             facts.append(f"score {tune['score']:+.3g}")
         return f" [{', '.join(facts)}]" if facts else ""
+    scaled = e.get("on_schedule")
+    if isinstance(scaled, dict) and scaled:  # an undo under an LR scheduler
+        return " [back on the schedule: " + ", ".join(
+            f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float))
+        ) + "]"
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
         seq, at = e.get("seq"), came.get("seq")
