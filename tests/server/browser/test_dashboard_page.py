@@ -322,3 +322,26 @@ def test_metric_grouping_rule(page: Any, server: Any) -> None:
     # configured groups (chart.groups: title -> names or patterns) win
     assert groups["conf"]["Throughput"] == ["throughput"]
     assert "Other" not in groups["conf"]
+
+
+def test_a_page_opened_before_its_run_starts_follows_it_once_it_does(
+    page: Any, serve_dir: Any, tmp_path: Any
+) -> None:
+    """A link to ``?run=NAME`` opened before the trainer has created the run (a launcher that
+    prints the URL first): the page waits for it, then shows its live curves by itself."""
+    from conftest import Run
+
+    root = os.fspath(tmp_path)
+    srv = serve_dir(root)
+    page.goto(srv.page_url("later"))
+    wait_page(page, "d.run === 'later' && d.step === null")
+    assert "Waiting for run later" in page.locator("#charts-empty").inner_text()
+    run = Run(os.path.join(root, "later"), "--synthetic", "--max-steps", "1000000",
+              "--step-delay", "0.01")  # fmt: skip
+    try:
+        d = wait_page(page, "d.step !== null && d.connected", timeout=60)
+        step = d["step"]
+        wait_page(page, f"d.step > {step + 20}", timeout=60)  # live points, over the socket
+        assert page.locator("#run-select").input_value() == "later"
+    finally:
+        run.close()

@@ -877,8 +877,15 @@ async function main() {
   wire();
   await refreshRuns();
   app.runId = pickInitialRun();
+  const listed = (id) => app.runs.some((r) => r.run_id === id);
+  // a run named in the address that does not exist yet (its trainer is starting): waited for
+  let waitingFor = app.runId != null && !listed(app.runId) ? app.runId : null;
   if (app.runId == null) {
     $("charts-empty").textContent = "No runs yet: the first run started under the served folder appears here by itself.";
+    renderFacts();
+  } else if (waitingFor != null) {
+    $("charts-empty").textContent = `Waiting for run ${waitingFor} to start: it appears here by itself.`;
+    setUrl();
     renderFacts();
   } else {
     app.compare.delete(app.runId);
@@ -895,8 +902,10 @@ async function main() {
   setInterval(async () => {
     const had = app.runId;
     await refreshRuns();
-    if (had == null && app.runs.length) {
-      app.runId = pickInitialRun();
+    if ((had == null && app.runs.length) || (waitingFor != null && listed(waitingFor))) {
+      app.runId = waitingFor ?? pickInitialRun();
+      waitingFor = null;
+      app.compare.delete(app.runId);
       if (!query.has("compare")) compareWithParent();
       $("charts-empty").textContent = "Waiting for metrics…";
       $("run-select").value = app.runId;
