@@ -36,9 +36,14 @@ class Loop:
     ``val_loss`` every ``val_every`` steps."""
 
     def __init__(
-        self, run_dir: Path, f: Callable[[float, int], float], lr: float = 1e-2, val_every: int = 10
+        self,
+        run_dir: Path,
+        f: Callable[[float, int], float],
+        lr: float = 1e-2,
+        val_every: int = 10,
+        val_name: str = "val_loss",
     ) -> None:
-        self.run_dir = str(run_dir)
+        self.run_dir, self.val_name = str(run_dir), val_name
         self.kernel = HotKernel(self.run_dir, poll_interval_sec=0.0)
         self.opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
         self.f, self.step, self.rng, self.val_every = f, 0, random.Random(0), val_every
@@ -54,7 +59,7 @@ class Loop:
             loss = self.f(self.lr, self.step) * (1 + 0.001 * self.rng.gauss(0, 1))
             metrics = {"loss": loss}
             if self.step % self.val_every == 0:
-                metrics["val_loss"] = loss * 1.05
+                metrics[self.val_name] = loss * 1.05
             self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
             if pilot is not None and self.step % 10 == 0:
                 out += pilot.step()
@@ -81,9 +86,12 @@ def loop(tmp_path: Path) -> Any:
     made: list[Loop] = []
 
     def make(
-        f: Callable[[float, int], float] = flat, lr: float = 1e-2, val_every: int = 10
+        f: Callable[[float, int], float] = flat,
+        lr: float = 1e-2,
+        val_every: int = 10,
+        val_name: str = "val_loss",
     ) -> Loop:
-        lp = Loop(tmp_path / "run", f, lr, val_every)
+        lp = Loop(tmp_path / "run", f, lr, val_every, val_name)
         made.append(lp)
         return lp
 
@@ -155,6 +163,42 @@ def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_pat
     assert lp.lr == pytest.approx(5e-3)
     with pytest.raises(ValueError, match="accepted, not pending"):
         decide(lp.run_dir, proposal["id"], accept=True)
+
+
+def _status(run_dir: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "status"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def test_the_default_key_metric_is_found_under_the_hf_trainers_name(
+    loop: Any, tmp_path: Path
+) -> None:
+    """The HF Trainer logs eval_loss, the demo val/loss: the default key metric (val_loss) is
+    read under that name, for the rules and the guard, and status says so."""
+    lr0 = 1e-2
+    lp: Loop = loop(lambda lr, _s: 1.0 if lr >= lr0 else 1.5, lr=lr0, val_name="eval_loss")
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records = lp.run(300, pilot)
+    (action,) = [r for r in records if r["kind"] == "action"]
+    assert "plateau on eval_loss" in action["reason"]
+    (guard,) = [r for r in records if r["kind"] == "guard"]  # judged on eval_loss: undone
+    assert "autopilot guard: eval_loss" in guard["reason"] and lp.lr == lr0
+    assert "the run logs val_loss as eval_loss" in _status(lp.run_dir)
+
+
+def test_status_says_when_the_key_metric_is_not_logged(loop: Any, tmp_path: Path) -> None:
+    lp: Loop = loop(val_name="accuracy")
+    pilot = Autopilot(
+        lp.run_dir, mode="suggest", key_metric="f1", rules=_rules(tmp_path, PLATEAU_ONLY)
+    )
+    lp.run(100, pilot)
+    assert not [p for p in proposals(lp.run_dir)]  # no key metric: the rule on it waits
+    out = _status(lp.run_dir)
+    assert "f1 is not among what the run has logged (accuracy" in out
+    assert "--key-metric NAME picks another" in out
 
 
 def test_reject_leaves_the_run_alone(loop: Any, tmp_path: Path) -> None:

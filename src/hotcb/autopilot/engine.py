@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
+from ..metrics import VAL_LOSS_NAMES
 from ..runfiles import TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
@@ -141,6 +142,9 @@ class Autopilot:
         self.changes: deque[dict[str, Any]] = deque(st.get("changes") or (), maxlen=20)
         self.detections: deque[dict[str, Any]] = deque(st.get("detections") or (), maxlen=10)
         self._watched = self._metric_names()
+        #: names the run logs that nothing here watches (status names them when the key
+        #: metric is not among what the run logs)
+        self.logged: set[str] = set(st.get("logged") or ())
         self.ai: AIPolicy | None = None
         if mode.startswith("ai_"):
             from .ai import AIConfig, AIPolicy, project_memory
@@ -215,6 +219,8 @@ class Autopilot:
     # ------------------------------------------------------------------ reading
     def _metric_names(self) -> set[str]:
         names = {self.key, "lr", *_TRAIN_NAMES}
+        if self.key == VAL_LOSS_NAMES[0]:  # the default: the run may call it eval_loss, ...
+            names.update(VAL_LOSS_NAMES)
         for rule in self.ruleset.rules:
             names.add(rule.metric)
             names.add(rule.train_metric)
@@ -228,6 +234,8 @@ class Autopilot:
             self.step_now = max(self.step_now, step)
             for name, value in rec["metrics"].items():
                 if name not in self._watched:
+                    if len(self.logged) < 64:
+                        self.logged.add(name)
                     continue
                 number = float(value) if isinstance(value, (int, float)) else math.nan
                 self.series.setdefault(name, deque(maxlen=_WINDOW)).append((step, number))
@@ -258,7 +266,9 @@ class Autopilot:
 
     def _resolve(self, name: str) -> str | None:
         if name == "key":
-            return self.key if self.key in self.series else None
+            if self.key in self.series or self.key != VAL_LOSS_NAMES[0]:
+                return self.key if self.key in self.series else None
+            return next((n for n in VAL_LOSS_NAMES if n in self.series), None)
         if name == "train":
             return next((n for n in _TRAIN_NAMES if n in self.series), None)
         return name if name in self.series else None
@@ -533,10 +543,15 @@ class Autopilot:
                     "the undo to land")  # fmt: skip
         return (f"the guard is still judging the change of step {guard['step']} "
                 f"(until step {int(guard.get('from', guard['step']))} and "
-                f"{self.ruleset.guard_window} more values of {self.key})")  # fmt: skip
+                f"{self.ruleset.guard_window} more values of {self._key_name})")  # fmt: skip
+
+    @property
+    def _key_name(self) -> str:
+        """The key metric under the name the run logs it (``eval_loss`` for ``val_loss``)."""
+        return self._resolve("key") or self.key
 
     def _key_values(self, after: int | None, finite: bool = True) -> list[float]:
-        points = self.series.get(self.key) or ()
+        points = self.series.get(self._key_name) or ()
         return [v for s, v in points
                 if (after is None or s > after) and (not finite or math.isfinite(v))]  # fmt: skip
 
@@ -562,7 +577,7 @@ class Autopilot:
         bad = sum(not math.isfinite(v) for v in after)
         if bad:  # NaN/inf after the change: as bad as it gets
             record.update(after=None, worse_by=None, non_finite=bad)
-            what = f"{bad} of {window} {self.key} values non-finite"
+            what = f"{bad} of {window} {self._key_name} values non-finite"
         else:
             level = statistics.median(after)
             sign = 1.0 if self.direction == "minimize" else -1.0
@@ -570,7 +585,7 @@ class Autopilot:
             record.update(after=level, worse_by=worse)
             what = f"{before:.4g} -> {level:.4g} ({worse:+.0%})"
         if bad or record["worse_by"] > self.ruleset.guard_tolerance:
-            reason = (f"autopilot guard: {self.key} {what} after rule {guard['rule']}; "
+            reason = (f"autopilot guard: {self._key_name} {what} after rule {guard['rule']}; "
                       "undoing it")  # fmt: skip
             record["undo_cmd_id"] = self.client.send(
                 "control", "undo", params={"cmd_id": guard["cmd_id"]}, reason=reason
@@ -604,6 +619,8 @@ class Autopilot:
     def _save(self) -> None:
         state = {
             "v": 1, "mode": self.mode, "key_metric": self.key, "direction": self.direction,
+            "key_logged_as": self._resolve("key"),
+            "logged": sorted(self.logged | set(self.series)),
             "rules": [r.to_dict() for r in self.ruleset.rules], "rules_path": self.ruleset.path,
             "cursors": self.view.cursors, "step": self.step_now,
             "series": {k: list(v) for k, v in self.series.items()},

@@ -252,6 +252,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
           f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip
+    key, used, logged = st.get("key_metric"), st.get("key_logged_as"), st.get("logged")
+    if used and used != key:
+        print(f"  the run logs {key} as {used}: the rules and the guard read {used}")
+    elif not used and logged:
+        print(f"  {key} is not among what the run has logged ({', '.join(logged[:12])}): the "
+              f"rules on the key metric wait for it; --key-metric NAME picks another")  # fmt: skip
     if ai and str(st.get("mode", "")).startswith("ai_"):
         price = "" if ai.get("price_known", True) else " (price unknown: counted as $0)"
         print(f"LLM: {ai.get('model')} at {ai.get('base_url')}   calls: {ai.get('calls')}   "

@@ -2,6 +2,6 @@
 ``hotcb.features.jsonl`` (:class:`FeatureCapture`, defined in :mod:`hotcb.features`)."""
 
 from ..features import FeatureCapture
-from ._collector import METRIC_ALIASES, MetricsCollector
+from ._collector import METRIC_ALIASES, VAL_LOSS_NAMES, MetricsCollector
 
-__all__ = ["METRIC_ALIASES", "FeatureCapture", "MetricsCollector"]
+__all__ = ["METRIC_ALIASES", "VAL_LOSS_NAMES", "FeatureCapture", "MetricsCollector"]

@@ -32,6 +32,10 @@ def _number(value: Any) -> float | None:
 #: Framework names of one quantity, written under hotcb's name so that charts, overlays and
 #: the autopilot see one metric (the HF Trainer logs the learning rate as ``learning_rate``).
 METRIC_ALIASES = {"learning_rate": "lr"}
+#: What runs call their validation loss (hotcb's examples, Lightning, the HF Trainer, the
+#: demo): a reader asked for the default, ``val_loss``, takes the first of these the run logs.
+VAL_LOSS_NAMES = ("val_loss", "val/loss", "valid_loss", "valid/loss", "eval_loss", "eval/loss",
+                  "validation_loss")  # fmt: skip
 
 
 class MetricsCollector:

@@ -163,6 +163,19 @@ def test_an_objective_logged_now_and_then_is_the_one_scored(toy: Any) -> None:
     assert "'val_acc' was not logged in 40 steps; scoring 'loss'" in st["warnings"][0]
 
 
+def test_the_default_objective_is_scored_under_the_hf_trainers_name(toy: Any) -> None:
+    """The HF Trainer logs eval_loss: the default objective (val_loss) is scored under that
+    name, not replaced by the training loss, and status says which name it reads."""
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("observe", segment_steps=20, seed=0)
+    t.run(200, val_every=10, val_name="eval_loss")
+    st = HotClient(t.kernel.run_dir).tune_status()
+    assert st["objective"] == "val_loss" and st["objective_used"] == "eval_loss"
+    assert st["warnings"] == ["objective 'val_loss' is logged as 'eval_loss' by this run: "
+                              "scoring 'eval_loss'"]  # fmt: skip
+    assert st["counts"]["segments"] >= 8
+
+
 def test_a_harmful_trial_ends_early_and_no_trial_starts_near_the_end(toy: Any) -> None:
     """A mutation that doubles the loss is rolled back after three values, not a whole
     segment; with the run's length known, the last two segments try nothing."""

@@ -35,17 +35,22 @@ class Toy:
         return float(self.opt.param_groups[0]["lr"])
 
     def run(
-        self, steps: int, until: Callable[[], bool] | None = None, *, val_every: int = 0
+        self,
+        steps: int,
+        until: Callable[[], bool] | None = None,
+        *,
+        val_every: int = 0,
+        val_name: str = "val_loss",
     ) -> None:
         """``steps`` steps (fewer when ``until()`` holds); ``val_every``: also log ``val_loss``
-        on every that many steps, as a run that validates now and then."""
+        (or ``val_name``) on every that many steps, as a run that validates now and then."""
         for _ in range(steps):
             self.step += 1
             value = self.f(self.lr, self.step) * (1 + self.noise * self.rng.gauss(0, 1))
             self.lrs.append(self.lr)
             metrics = {self.train_key: value}
             if val_every and self.step % val_every == 0:
-                metrics["val_loss"] = value * 1.1
+                metrics[val_name] = value * 1.1
             self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
             if until is not None and until():
                 return

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
 from ...errors import HotcbError
+from ...metrics import VAL_LOSS_NAMES
 from ...ops import HotOp, make_command
 from ...runfiles import TUNE, confine_path
 from .._base import OpResult
@@ -499,6 +500,12 @@ class TuneModule:
             if self.trial is not None and step >= self.segment.start:
                 self.trial.setdefault("train", []).append(train)
         value = metrics.get(self.objective_used)
+        if value is None and not self.seen and self.objective_used == VAL_LOSS_NAMES[0]:
+            alias = next((n for n in VAL_LOSS_NAMES if n in metrics), None)
+            if alias is not None:  # the HF Trainer's eval_loss, the demo's val/loss
+                self._warn(f"objective {self.objective_used!r} is logged as {alias!r} by this "
+                           f"run: scoring {alias!r}")  # fmt: skip
+                self.objective_used, value = alias, metrics[alias]
         if value is not None:
             self.seen = True
             if validation:
