@@ -46,6 +46,13 @@ LIT = _example("lightning_digits")
 HF = _example("hf_tiny")
 
 
+def _log(run_dir: str) -> str:
+    """``hotcb --dir RUN log``, as a person reads the ledger."""
+    done = subprocess.run([sys.executable, "-m", "hotcb", "--dir", run_dir, "log"],
+                          capture_output=True, text=True, timeout=120, env=ENV, check=True)  # fmt: skip
+    return done.stdout
+
+
 def _entry(run_dir: str, cmd_id: str) -> dict[str, Any]:
     """The entry that settled ``cmd_id`` (not its ``scheduled`` one)."""
     (entry,) = [
@@ -155,6 +162,7 @@ def test_hf_evaluate_now_runs_the_trainers_evaluation_after_that_step(tmp_path: 
     assert [_entry(run, c)["evaluate"] for c in (cid, later)] == ["at_step_end"] * 2
     metrics = read_jsonl(os.path.join(run, "hotcb.metrics.jsonl"))
     assert [m["step"] for m in metrics if "eval_loss" in m["metrics"]] == [1, 4]
+    assert "control evaluate -> applied: evaluates at the end of this step" in _log(run)
 
 
 def test_hf_evaluate_is_refused_without_a_known_eval_dataset(tmp_path: Path) -> None:
@@ -194,6 +202,9 @@ def test_hf_extend_lengthens_shortens_and_stops_at_the_end_of_the_planned_epochs
     e = _entry(run, past)
     assert e["changes"] == {"max_steps": {"old": 6, "new": 32}} and e["requested"] == 40
     assert "ends at step 32" in e["limit"] and trainer.state.global_step == 32
+    # and `hotcb log` says that it got less than it asked for, and why
+    assert ("(max_steps: 6 -> 32): asked for 40; the Trainer's loop ends at step 32: train() "
+            "fixed 1 epoch(s) of 32 steps when it started") in _log(run)  # fmt: skip
 
     run = os.fspath(tmp_path / "shorter")
     fewer = HotClient(run).extend(to_step=2, at_step=4)

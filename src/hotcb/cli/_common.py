@@ -185,11 +185,17 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         if isinstance(tune.get("score"), (int, float)):
             facts.append(f"score {tune['score']:+.3g}")
         return f" [{', '.join(facts)}]" if facts else ""
+    if e.get("module") == "control" and e.get("decision") == "applied":
+        said = _control_facts(e)
+        if said:
+            return ": " + "; ".join(said)
     scaled = e.get("on_schedule")
     if isinstance(scaled, dict) and scaled:  # an undo under an LR scheduler
-        return " [back on the schedule: " + ", ".join(
-            f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float))
-        ) + "]"
+        return (
+            " [back on the schedule: "
+            + ", ".join(f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float)))
+            + "]"
+        )
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
         seq, at = e.get("seq"), came.get("seq")
@@ -197,6 +203,32 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
         return f": from the checkpoint at step {came.get('step')}{replaced}"
     return ""
+
+
+#: What the adapters' ``evaluate`` answers mean, said plainly.
+_EVALUATE = {
+    "requested": "the loop was asked to evaluate",
+    "at_step_end": "evaluates at the end of this step",
+}
+
+
+def _control_facts(e: Mapping[str, Any]) -> list[str]:
+    """What the framework did with an ``evaluate`` or ``extend`` (where it did not do exactly
+    what was asked, above all)."""
+    said: list[str] = []
+    how = e.get("evaluate")
+    if isinstance(how, str):
+        said.append(_EVALUATE.get(how, how))
+    if e.get("requested") is not None:
+        said.append(f"asked for {e['requested']}")
+    if isinstance(e.get("limit"), str):
+        said.append(e["limit"])
+    other = e.get("other_limit")
+    if isinstance(other, dict):
+        said += [f"{k} {v} may end the run first" for k, v in other.items()]
+    if isinstance(e.get("lr_schedule"), str):
+        said.append(f"lr schedule {e['lr_schedule']}")
+    return said
 
 
 def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
