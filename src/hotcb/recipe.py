@@ -20,8 +20,10 @@ shifts or inserts entries; ``patch_template(recipe)`` writes a commented startin
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -530,8 +532,21 @@ def _check_overlay(doc: Any, where: str) -> None:
         return
     if not isinstance(patches, list):
         raise RecipeError(f"overlay {where}: 'patches' must be a list, got {patches!r}")
+    problems: list[str] = []
     for i, patch in enumerate(patches, start=1):
-        _check_patch(patch, f"overlay {where} patch {i}")
+        try:
+            _check_patch(patch, f"overlay {where} patch {i}")
+        except RecipeError as exc:
+            problems.append(str(exc))
+    _raise_all(problems, f"overlay {where}")
+
+
+def _raise_all(problems: list[str], what: str) -> None:
+    """One error that lists every problem (a person fixes them all in one go)."""
+    if len(problems) == 1:
+        raise RecipeError(problems[0])
+    if problems:
+        raise RecipeError(f"{what}: {len(problems)} problems\n" + "\n".join(problems))
 
 
 def _check_patch(patch: Any, where: str) -> None:
@@ -595,8 +610,9 @@ def _check_transform(tp: Any, where: str) -> None:
     if not isinstance(tp, dict) or not set(tp) <= {"scale", "add", "keys"}:
         raise RecipeError(f"{where}: transform_params must be {{scale, add, keys?}}, got {tp!r}")
     for k in ("scale", "add"):
-        if k in tp and (isinstance(tp[k], bool) or not isinstance(tp[k], (int, float))):
-            raise RecipeError(f"{where}: transform_params.{k} must be a number")
+        v = tp.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RecipeError(f"{where}: transform_params.{k} must be a finite number, got {v!r}")
 
 
 def _matches(entry: RecipeEntry, match: Mapping[str, Any]) -> bool:
@@ -652,6 +668,7 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
     nothing is an error: a plan that silently differs from what was written is worse than none.
     """
     out = [copy.deepcopy(e) for e in entries]
+    problems: list[str] = []
     for i, patch in enumerate(overlay.get("patches") or (), start=1):
         if "insert" in patch:
             entry = RecipeEntry.from_record(copy.deepcopy(patch["insert"]))
@@ -665,20 +682,37 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
             n = match["nth"]
             hits = hits[n : n + 1] if 0 <= n < len(hits) else []
         if not hits:
-            raise RecipeError(f"overlay patch {i} matches no recipe entry: {dict(match)}")
+            problems.append(f"overlay patch {i} matches no recipe entry: {dict(match)}")
+            continue
         if patch.get("drop"):
             drop = {id(e) for e in hits}
             out = [e for e in out if id(e) not in drop]
             continue
         for entry in hits:
+            problems += _typos(entry, patch, i)
             _patch_entry(entry, patch)
     out.sort(key=lambda e: e.step)
     for e in out:  # the patched plan must still be something a live command could do
         try:
             command_to_hotop(e.command_record())
         except CommandError as exc:
-            raise RecipeError(f"overlay made an invalid entry ({e.describe()}): {exc}") from None
+            problems.append(f"overlay made an invalid entry ({e.describe()}): {exc}")
+    _raise_all(problems, "overlay")
     return out
+
+
+def _typos(entry: RecipeEntry, patch: Mapping[str, Any], i: int) -> list[str]:
+    """``replace_params`` keys that the entry does not set but nearly does (``lrr`` for
+    ``lr``): a typo would add a knob that the replay then refuses, or set nothing."""
+    said = []
+    for key in patch.get("replace_params") or ():
+        if key in entry.params:
+            continue
+        near = difflib.get_close_matches(str(key), [str(k) for k in entry.params], n=1)
+        if near:
+            said.append(f"overlay patch {i}: replace_params {key!r} is not a param of "
+                        f"{entry.describe()}; did you mean {near[0]!r}?")  # fmt: skip
+    return said
 
 
 def patch_template(recipe: Recipe) -> str:

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from ..errors import RecipeError
 from ..freeze import FreezeMode, FreezeState
 from ..ledger import iter_entries
 from ..ops import FREEZE_MODES
@@ -106,7 +107,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.adjust:
         from ..recipe import apply_overlay
 
-        entries = apply_overlay(recipe.entries, load_overlay(args.adjust))
+        try:
+            entries = apply_overlay(recipe.entries, load_overlay(args.adjust))
+        except RecipeError as exc:  # every problem of the overlay, one a line, like a recipe's
+            lines = str(exc).splitlines()
+            said = lines[1:] if len(lines) > 1 else lines
+            for line in said:
+                print(line)
+            print(f"{len(said)} problem(s) in {args.adjust}", file=sys.stderr)
+            return 1
         print(f"ok: {len(recipe.entries)} entries, {len(entries)} after {args.adjust}")
     else:
         print(f"ok: {len(recipe.entries)} entries")
