@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -99,6 +101,22 @@ def test_other_os_user_cannot_pause_a_run(
     assert read_commands(run) == []
     assert not os.path.exists(os.path.join(run, "hotcb.commands.jsonl"))
     assert os.path.getsize(os.path.join(run, "hotcb.metrics.jsonl")) == before
+
+
+def test_serving_on_every_address_prints_urls_that_open(
+    tmp_path: Any, serve: Any, make_run: Any
+) -> None:
+    """``--host 0.0.0.0``: the URL printed for this machine is a loopback one that opens (a
+    browser cannot open ``http://0.0.0.0:P``), and the one for other machines names this host."""
+    make_run(tmp_path / "runs" / "r")
+    srv = serve(tmp_path / "runs", "--host", "0.0.0.0", env={"HOTCB_TOKEN": "t0ken-in-env"})
+    printed = srv.stdout()
+    local = re.search(r"hotcb dashboard for .*: (http://\S+)", printed)
+    assert local is not None and local.group(1).startswith("http://127.0.0.1:"), printed
+    assert "0.0.0.0" not in printed
+    assert f"from another machine, http://{socket.gethostname()}:" in printed
+    r = httpx.get(local.group(1), follow_redirects=True)
+    assert r.status_code == 200 and "hotcb" in r.text
 
 
 def test_no_token_is_an_explicit_warned_loopback_only_opt_out(

@@ -180,13 +180,16 @@ def _serve(args: argparse.Namespace) -> int:
             "is another server running there? pick another --port (0: any free port)"
         ) from None
     port = sock.getsockname()[1]
-    shown = f"[{config.host}]" if family == socket.AF_INET6 else config.host
-    url = f"http://{shown}:{port}/"
-    if config.token:
-        url += f"?token={config.token}"  # the one place the token is ever printed
+    query = f"?token={config.token}" if config.token else ""  # the one place it is printed
+    everywhere = config.host in ("0.0.0.0", "::")  # a URL with 0.0.0.0 opens nothing
+    shown = "127.0.0.1" if everywhere else config.host
+    shown = f"[{shown}]" if ":" in shown else shown
     for line in _warnings(config):
         print(line, file=sys.stderr)
-    print(f"hotcb dashboard for {config.dir}: {url}", flush=True)
+    print(f"hotcb dashboard for {config.dir}: http://{shown}:{port}/{query}", flush=True)
+    if everywhere:
+        print(f"listening on every address: from another machine, "
+              f"http://{socket.gethostname()}:{port}/{query}", flush=True)  # fmt: skip
     if config.autopilot.mode != "off":
         ap = config.autopilot
         print(f"hotcb autopilot ({ap.mode}) on every run served; key metric {ap.key_metric} "
