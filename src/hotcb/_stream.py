@@ -162,7 +162,9 @@ class ActuatorStream:
         try:
             for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
-                value = self._undone_value(key, change, env)
+                # a ramp's entry holds its target, not where it was stopped: its old value
+                ramped = entry.get("transition") is not None
+                value = change["old"] if ramped else self._undone_value(key, change, env)
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
                 if value is not change["old"]:
