@@ -135,8 +135,10 @@ class _Hooks:
         #: epoch's validation check), and the ``val_check_batch`` (step-based) or
         #: ``check_val_every_n_epoch`` to put back once it ran (_KEEP: it was not changed)
         self._eval: dict[str, Any] | None = None
-        #: callback_metrics as the last validation left them (see _fill)
+        #: callback_metrics as the last validation left them, and the last train step's
+        #: record (see _fill)
         self._val_metrics: dict[str, Any] = {}
+        self._train_metrics: dict[str, Any] = {}
         self._caught = False  # this callback installed the signal handlers (and releases them)
 
     # -- env --------------------------------------------------------------------------------
@@ -171,6 +173,10 @@ class _Hooks:
             metrics = dict(trainer.callback_metrics)
             if values["phase"] == "val":
                 self._val_metrics = metrics.copy()
+                # the training metrics of the step it follows come along, recorded already
+                for name, value in self._train_metrics.items():
+                    if name in metrics and _same(metrics[name], value):
+                        del metrics[name]
             else:
                 # what the last validation logged stays in callback_metrics, the same objects,
                 # until the next one: recorded at the validation, not again on every train step
@@ -178,6 +184,7 @@ class _Hooks:
                 for name, value in self._val_metrics.items():
                     if metrics.get(name) is value:
                         del metrics[name]
+                self._train_metrics = metrics.copy()
             opts = trainer.optimizers
             if opts and "lr" not in metrics:
                 metrics["lr"] = opts[0].param_groups[0]["lr"]
@@ -376,6 +383,16 @@ class HotCBLightning(_Hooks, _pl.Callback):
             stop (see :meth:`hotcb.HotKernel.catch_signals`); installed for ``fit`` and released
             when it ends.
     """
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same number (a tensor Lightning rebuilt from the same value, or the object)."""
+    if a is b:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError, RuntimeError):  # not one number
+        return False
 
 
 def _request_stop(trainer: Any) -> None:
