@@ -281,18 +281,26 @@ def ledger_to_entries(
 
 def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
     """A tuner's ``mutate``/``rollback`` ledger entry as the ``set_params`` it made, one per
-    module (``params.values`` is ``{module: {key: value}}``)."""
+    module (``params.values`` is ``{module: {key: value}}``), with the values it really set
+    (``changes``): a move (lr × m) lands on the lr of the step it is applied at, which a
+    scheduler may have moved since the trial was drawn."""
     values = (e.get("params") or {}).get("values")
     if not isinstance(values, Mapping):
         return []
     cid = e.get("cmd_id")
+    changes = e.get("changes") if isinstance(e.get("changes"), Mapping) else {}
+
+    def applied(key: str, value: Any) -> Any:
+        change = changes.get(key)
+        return change["new"] if isinstance(change, Mapping) and "new" in change else value
+
     return [
         RecipeEntry(
             step=int(e.get("step") or 0),
             event=e.get("event") or DEFAULT_EVENT,
             module=module,
             op="set_params",
-            params=dict(kv),
+            params={k: applied(k, v) for k, v in kv.items()},
             cmd_id=f"{cid}.{module}" if isinstance(cid, str) else None,
         )
         for module, kv in values.items()

@@ -405,6 +405,29 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
     assert [e["decision"] for e in undone] == ["applied"], undone
 
 
+def test_a_replay_of_the_exported_recipe_follows_the_tuned_run_under_a_scheduler(
+    toy: Any,
+) -> None:
+    """A trial's move (lr × m) lands on the lr of the step it is applied at, which a scheduler
+    moved since the trial was drawn: the recipe holds the lr the run really got, so a replay
+    of `recipe export` has the run's lr at every step (it was up to 5 % off)."""
+    from hotcb.recipe import export_recipe
+
+    t: Toy = toy(log_level, lr=1e-3, decay=0.995)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=1, space=LR_ONLY)  # fmt: skip
+    t.run(100_000, until=lambda: len(t.ledger("mutate")) >= 4)
+    t.run(20)
+    moved = [m for m in t.ledger("mutate")
+             if m["changes"]["lr"]["new"] != m["params"]["values"]["opt"]["lr"]]  # fmt: skip
+    assert moved, "no trial landed after the scheduler moved the lr"
+    path, _ = export_recipe(t.kernel.run_dir)
+    replay: Toy = toy(log_level, name="replay", lr=1e-3, decay=0.995)
+    HotClient(replay.kernel.run_dir).freeze("replay", recipe_path=path)
+    replay.run(t.step)
+    assert replay.lrs == pytest.approx(t.lrs, rel=1e-9)
+
+
 def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli: Any) -> None:
     """Resumed from a checkpoint, the run's tuner makes new trials; those the earlier life made
     after the checkpoint are not re-applied, so `recipe export` and `tune export` leave them

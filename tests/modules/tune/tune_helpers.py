@@ -17,6 +17,7 @@ class Toy:
     def __init__(
         self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
         weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0, train_key: str = "loss",
+        decay: float | None = None,
     ) -> None:  # fmt: skip
         from hotcb import HotKernel
 
@@ -29,6 +30,10 @@ class Toy:
         self.step = 0
         self.lrs: list[float] = []
         self.train_key = train_key  # the training loss's name: `loss`, Lightning's `train_loss`
+        #: ``decay``: an ExponentialLR scheduler (gamma = decay) stepped every step
+        self.sched = (
+            torch.optim.lr_scheduler.ExponentialLR(self.opt, decay) if decay is not None else None
+        )
 
     @property
     def lr(self) -> float:
@@ -51,7 +56,12 @@ class Toy:
             metrics = {self.train_key: value}
             if val_every and self.step % val_every == 0:
                 metrics[val_name] = value * 1.1
-            self.kernel.apply({"step": self.step, "optimizer": self.opt, "metrics": metrics})
+            env = {"step": self.step, "optimizer": self.opt, "metrics": metrics}
+            if self.sched is not None:
+                self.opt.step()  # no gradients: nothing moves, but the scheduler wants it first
+                self.sched.step()
+                env["scheduler"] = self.sched
+            self.kernel.apply(env)
             if until is not None and until():
                 return
 
