@@ -288,7 +288,8 @@ def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
     if not isinstance(values, Mapping):
         return []
     cid = e.get("cmd_id")
-    changes = e.get("changes") if isinstance(e.get("changes"), Mapping) else {}
+    made = e.get("changes")
+    changes: Mapping[str, Any] = made if isinstance(made, Mapping) else {}
 
     def applied(key: str, value: Any) -> Any:
         change = changes.get(key)
