@@ -524,6 +524,16 @@ class HotKernel:
                 pass
         return act.current_value
 
+    def actuator_scheduled(self, module: str, key: str, env: Env) -> bool:
+        """A schedule in ``env`` moves this actuator between changes (lr under a scheduler)."""
+        act = self.mutable_state.get(key)
+        if act is None or act.group != module or act.scheduled is None:
+            return False
+        try:
+            return bool(act.scheduled(env))
+        except Exception:  # a check that fails: treated as not scheduled (exact values)
+            return False
+
     def _dispatch(self, env: Env, events: Sequence[str]) -> None:
         step = env["step"]
         if self._ledger.point.step != step:  # what a module records lands at this step

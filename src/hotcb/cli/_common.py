@@ -184,18 +184,13 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             facts.append(f"trial {tune['trial']}")
         if isinstance(tune.get("score"), (int, float)):
             facts.append(f"score {tune['score']:+.3g}")
-        return f" [{', '.join(facts)}]" if facts else ""
+        return (f" [{', '.join(facts)}]" if facts else "") + _on_schedule(e)
     if e.get("module") == "control" and e.get("decision") == "applied":
         said = _control_facts(e)
         if said:
             return ": " + "; ".join(said)
-    scaled = e.get("on_schedule")
-    if isinstance(scaled, dict) and scaled:  # an undo under an LR scheduler
-        return (
-            " [back on the schedule: "
-            + ", ".join(f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float)))
-            + "]"
-        )
+    if e.get("on_schedule"):
+        return _on_schedule(e)
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
         seq, at = e.get("seq"), came.get("seq")
@@ -203,6 +198,15 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
         return f": from the checkpoint at step {came.get('step')}{replaced}"
     return ""
+
+
+def _on_schedule(e: Mapping[str, Any]) -> str:
+    """An undo or a tuner's roll-back under an LR scheduler: the ratio it took back."""
+    scaled = e.get("on_schedule")
+    if not isinstance(scaled, dict) or not scaled:
+        return ""
+    said = ", ".join(f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float)))
+    return f" [back on the schedule: {said}]"
 
 
 #: What the adapters' ``evaluate`` answers mean, said plainly.

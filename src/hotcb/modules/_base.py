@@ -75,6 +75,9 @@ class ModuleHost(Protocol):
     def read_actuator(self, module: str, key: str, env: Mapping[str, Any] | None = None) -> Any:
         """An actuator's current value (live from ``env`` when given), or None."""
 
+    def actuator_scheduled(self, module: str, key: str, env: Mapping[str, Any]) -> bool:
+        """A schedule in ``env`` moves this actuator between changes (lr under a scheduler)."""
+
 
 @runtime_checkable
 class HotModule(Protocol):

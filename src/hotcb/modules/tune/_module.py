@@ -21,7 +21,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ... import jsonl
 from ...errors import HotcbError
@@ -51,6 +51,10 @@ _HISTORY = 4  # segment levels kept for the trend
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
 _TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
 _VAL_EVENT = "val_epoch_end"
+
+
+def _positive(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _number(value: Any) -> float | None:
@@ -270,6 +274,7 @@ class TuneModule:
             if waiting and waiting.get("kind") == "rollback":
                 # the checkpoint holds the mutated values: roll them back again
                 self._submit("rollback", {"trial": waiting["trial"], "values": waiting["values"],
+                                          "applied": waiting.get("applied"),
                                           "score": waiting.get("score")}, self.segment.start)  # fmt: skip
             elif waiting:  # a mutation decided but not applied by the checkpoint: start over
                 self.phase = "baseline"
@@ -346,8 +351,11 @@ class TuneModule:
                 return result
             before = {m: {k: (result.changes or {}).get(k, {}).get("old") for k in kv}
                       for m, kv in values.items()}  # fmt: skip
+            made = result.changes or {}
+            applied = {m: {k: made.get(k, {}).get("new", v) for k, v in kv.items()}
+                       for m, kv in values.items()}  # fmt: skip
             self.trial = {"number": trial, "step": int(env["step"]), "before": before,
-                          "after": values, "cmd_id": op.cmd_id,
+                          "after": values, "applied": applied, "cmd_id": op.cmd_id,
                           "train_before": statistics.median(self.train_recent)
                           if len(self.train_recent) >= 5 else None}  # fmt: skip
             row = self._row(trial)
@@ -358,6 +366,29 @@ class TuneModule:
             )
             self._start_segment(int(env["step"]), "trial")
         return result
+
+    def _back_on_schedule(
+        self, values: dict[str, dict[str, Any]], applied: Any, env: Env
+    ) -> dict[str, float]:
+        """A knob that a schedule moved during the trial (lr under an LR scheduler) is not set
+        back to its value at the trial's start, which the schedule has left behind: the trial's
+        ratio is taken back (``now × before / applied``), which puts the run on its schedule.
+        The factors, by key; ``values`` is changed in place."""
+        scaled: dict[str, float] = {}
+        if not isinstance(applied, Mapping):
+            return scaled
+        for module, kv in values.items():
+            for key, old in kv.items():
+                new = (applied.get(module) or {}).get(key)
+                if not _positive(old) or not _positive(new):
+                    continue
+                if not self.host.actuator_scheduled(module, key, env):
+                    continue
+                now = self.host.read_actuator(module, key, env)
+                if _positive(now) and not math.isclose(now, new, rel_tol=1e-12):
+                    kv[key] = now * (old / new)
+                    scaled[key] = old / new
+        return scaled
 
     def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
         """The targets of a trial's relative moves (``mult``/``delta``), from the values read
@@ -376,7 +407,10 @@ class TuneModule:
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
+        scaled = self._back_on_schedule(values, op.params.get("applied"), env)
         result = self._actuate(values, env)
+        if scaled:
+            result.extra["on_schedule"] = scaled
         restored: list[str] = []
         snap, self._snapshot = self._snapshot, None
         if snap is not None and snap[0] == op.params.get("trial") and snap[1] is not None:
@@ -676,7 +710,7 @@ class TuneModule:
         if self.streak >= self.settings.reject_streak:
             self.streak, self.backoff = 0, self.settings.backoff_segments
         self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
-                                  "score": score}, step)  # fmt: skip
+                                  "applied": trial.get("applied"), "score": score}, step)  # fmt: skip
 
     @property
     def objective_used_direction(self) -> str:
@@ -823,7 +857,7 @@ class TuneModule:
         record = make_command("tune", op, source="tune", params=params)
         self.waiting = {"cmd_id": record["cmd_id"], "kind": op, "since": step,
                         "trial": params.get("trial"), "values": params.get("values"),
-                        "score": params.get("score")}  # fmt: skip
+                        "applied": params.get("applied"), "score": params.get("score")}  # fmt: skip
         self.phase = "waiting"
         try:
             self.host.submit(record)
