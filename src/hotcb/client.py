@@ -342,15 +342,21 @@ class HotClient:
         path = os.path.join(self.run_dir, "hotcb.tune.yaml")
         if isinstance(recipe, str):
             path = os.path.join(self.run_dir, os.path.expanduser(recipe))
-            if not os.path.isfile(path):
-                here = (
-                    f"; {recipe} here is not read: copy it into {self.run_dir}"
-                    if not os.path.isabs(recipe) and os.path.isfile(recipe)
-                    else ""
+            if not os.path.isabs(os.path.expanduser(recipe)) and os.path.isfile(path):
+                pass  # a relative recipe is the run directory's first
+            elif os.path.isfile(os.path.expanduser(recipe)):
+                # the trainer reads files inside its run directory only (DESIGN.md §10):
+                # one from elsewhere is copied in (hotcb.replay/<sha>.tune.yaml), as freeze does
+                from .recipe import bring_into_run
+
+                params["recipe"] = bring_into_run(
+                    self.run_dir, os.path.abspath(os.path.expanduser(recipe)), "tune.yaml"
                 )
+                path = os.path.join(self.run_dir, params["recipe"])
+            else:
                 raise CommandError(
-                    f"no recipe file at {path} (the run reads a relative --recipe from its "
-                    f"directory){here}"
+                    f"no recipe file at {path} (a relative --recipe is read from the run "
+                    "directory, then from here)"
                 )
         given = {k: v for k, v in params.items() if k != "recipe"}
         parse_settings(given, load_recipe(path) if os.path.isfile(path) else None)

@@ -896,12 +896,14 @@ def import_for_replay(
             if not os.path.exists(dest):
                 os.makedirs(paths.sources, exist_ok=True)
                 _copy(found, dest)
-    return _bring(paths.root, recipe_path, "recipe.jsonl"), (
-        _bring(paths.root, adjust_path, "adjust.yaml") if adjust_path else None
+    return bring_into_run(paths.root, recipe_path, "recipe.jsonl"), (
+        bring_into_run(paths.root, adjust_path, "adjust.yaml") if adjust_path else None
     )
 
 
-def _bring(run_dir: str, path: str, suffix: str) -> str:
+def bring_into_run(run_dir: str, path: str, suffix: str) -> str:
+    """``path`` relative to ``run_dir`` when it lies inside; else a copy in it
+    (``hotcb.replay/<sha>.<suffix>``), for a command that names a file the trainer reads."""
     try:
         return os.path.relpath(confine_path(path, run_dir), os.path.realpath(run_dir))
     except PathNotAllowedError:

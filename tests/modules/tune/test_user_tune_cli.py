@@ -123,6 +123,32 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
     assert _commands(run_dir) == b""
 
 
+def test_a_recipe_from_outside_the_run_is_brought_in_and_used(
+    toy: Any, cli: Any, tmp_path: Any
+) -> None:
+    """`--recipe /elsewhere/space.yaml`, or a path relative to where the command runs: the
+    trainer reads files inside its run directory only, so the CLI copies the file in (as
+    `freeze --recipe` does) and the run tunes what it says. It was sent as given, accepted with
+    exit 0, then rejected in the ledger with only `tuner: off` to show for it."""
+    t: Toy = toy(log_level, lr=1e-4)
+    (tmp_path / "space.yaml").write_text(
+        "objective: loss\nsegment_steps: 10\nspace:\n"
+        "  - {key: lr, module: opt, mode: mult, low: 0.5, high: 2.0}\n"
+    )
+    for given, cwd in ((str(tmp_path / "space.yaml"), None), ("space.yaml", str(tmp_path))):
+        done = cli(t.kernel.run_dir, "tune", "enable", "--recipe", given, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        t.run(100_000, until=lambda: t.ledger("enable")[-1]["decision"] != "scheduled"
+              if t.ledger("enable") else False)  # fmt: skip
+        t.run(1)
+        (enable,) = [e for e in t.ledger("enable") if e["cmd_id"] == done.stdout.split()[-1]]
+        assert enable["decision"] == "applied", enable
+        assert enable["params"]["recipe"].startswith("hotcb.replay/")  # the copy, in the run
+        st = HotClient(t.kernel.run_dir).tune_status()
+        assert st["mode"] == "active" and st["objective"] == "loss"
+        assert [k["key"] for k in st["settings"]["space"]] == ["lr"]
+
+
 def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
