@@ -72,6 +72,11 @@ describe("tuneFacts: the panel's facts, as text", () => {
     assert.equal(f.acceptRate, "–");
     assert.equal(f.counts, "0 segments · 0 kept · 0 rolled back · 0 proposed · 0 failed");
   });
+
+  test("proposals a person turned down are counted as rejected, not failed", () => {
+    const f = tuneFacts({ ...STATE, counts: { ...STATE.counts, proposed: 5, rejected: 3 } });
+    assert.equal(f.counts, "9 segments · 2 kept · 3 rolled back · 5 proposed · 3 rejected · 0 failed");
+  });
 });
 
 describe("changes and values", () => {

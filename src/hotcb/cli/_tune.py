@@ -162,9 +162,11 @@ def _summary(st: dict[str, Any]) -> None:
     """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
     rate = st.get("accept_rate")
+    rejected = f"rejected: {counts['rejected']}   " if counts.get("rejected") else ""
     print("segments: {segments}   kept: {kept}   rolled back: {rolled_back}   proposed: "
-          "{proposed}   failed: {failed}".format(**{k: counts.get(k, 0) for k in (
-              "segments", "kept", "rolled_back", "proposed", "failed")})
+          "{proposed}   ".format(**{k: counts.get(k, 0) for k in (
+              "segments", "kept", "rolled_back", "proposed")})
+          + f"{rejected}failed: {counts.get('failed', 0)}"
           + (f"   accept rate: {rate:.0%}" if rate is not None else ""))  # fmt: skip
     levels = st.get("levels") or []
     if levels:  # the trend's points: each segment's level, at its middle step

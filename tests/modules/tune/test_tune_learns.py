@@ -111,6 +111,8 @@ def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
     assert t.lr == 1e-4 and not t.ledger("mutate")  # rejecting left the run untouched
     rejected = _study(t.kernel.run_dir).get_trials(deepcopy=False)[first["trial"]]
     assert rejected.state == optuna.trial.TrialState.FAIL
+    counts = client.tune_status()["counts"]  # a person's no is counted as such, not a failure
+    assert counts["rejected"] == 1 and counts["failed"] == 0
 
     (second,) = pending()
     client.tune_accept(second["id"])

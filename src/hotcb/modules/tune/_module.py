@@ -95,7 +95,8 @@ class TuneModule:
         self.waiting: dict[str, Any] | None = None  # a submitted mutate/rollback not yet applied
         self.proposals: list[dict[str, Any]] = []
         self.trials: list[dict[str, Any]] = []
-        self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "failed": 0}
+        self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "rejected": 0,
+                       "failed": 0}  # fmt: skip
         self.cooldowns: dict[str, int] = {}
         self.streak = 0
         self.backoff = 0
@@ -326,7 +327,8 @@ class TuneModule:
                          int(env["step"]))  # fmt: skip
         else:
             found["state"] = "rejected"
-            self._fail(found["trial"], "rejected by a person")
+            self.counts["rejected"] += 1  # not a failure: Optuna hears FAIL all the same
+            self._tell(found["trial"], None, {"reason": "rejected by a person"})
             self._row(found["trial"])["decision"] = "rejected"
         return OpResult("applied", extra={"tune": {"proposal": found["id"],
                                                     "trial": found["trial"]}})  # fmt: skip

@@ -9,7 +9,7 @@ import { el, fmtValue } from "./panels.js";
 /** The command that switches the tuner on, as the off line shows it. */
 export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
 
-const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", open: "open" };
+const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open" };
 
 /** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
 export function fmtTuneChanges(changes) {
@@ -50,6 +50,7 @@ export function tuneFacts(doc) {
       `${c.kept ?? 0} kept`,
       `${c.rolled_back ?? 0} rolled back`,
       `${c.proposed ?? 0} proposed`,
+      ...(c.rejected ? [`${c.rejected} rejected`] : []), // proposals a person turned down
       `${c.failed ?? 0} failed`,
     ].join(" · "),
     acceptRate: typeof doc.accept_rate === "number" ? `${Math.round(doc.accept_rate * 100)}%` : "–",
