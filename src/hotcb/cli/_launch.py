@@ -22,12 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Run COMMAND (everything after --) as the training, with HOTCB_RUN_DIR set "
         "to the run directory (HotKernel() with no argument reads it): --dir, else $HOTCB_DIR, "
         "else a new ./runs/<time>. --serve starts the dashboard and prints its URL; "
-        "--autopilot MODE starts the autopilot on the run. Ctrl-C and SIGTERM go to the "
+        "--autopilot MODE starts the autopilot on the run, --tune MODE the online tuner. Ctrl-C and SIGTERM go to the "
         "training's process group (a third Ctrl-C kills it). When the training ends, the "
         "dashboard and the autopilot are stopped and hotcb launch exits with the training's "
         "exit code (128+N when signal N ended it). See docs/launch.md.",
         usage="hotcb launch [--dir RUN] [--serve] [--port P] [--host H] [--autopilot MODE] "
-        "-- COMMAND [ARGS ...]",
+        "[--tune MODE] [--tune-...] -- COMMAND [ARGS ...]",
     )
     p.add_argument("--serve", action="store_true", help="start the dashboard (hotcb serve)")
     p.add_argument(
