@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from .. import jsonl
 from ._common import add_wait, client, finish, fmt_value, require_run_dir
 
 
@@ -116,12 +117,29 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
     require_run_dir(args.dir)
     c = client(args)
     st = c.tune_status()
+    refused = _refused_enable(c.paths.ledger)
+    if refused is not None:
+        st = {**st, "enable_refused": refused}
     over = c.run_over()
     if over is None:
         return st
     proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
                  for p in st.get("proposals") or ()]  # fmt: skip
     return {**st, "run_over": over, "next_boundary": None, "proposals": proposals}
+
+
+def _refused_enable(ledger: str) -> dict[str, Any] | None:
+    """The run's last ``tune enable`` when the run refused it (optuna missing there, a recipe
+    it cannot read): status says so, not just ``tuner: off``."""
+    last = None
+    for e in jsonl.read_last(ledger, 2000):
+        if (e.get("module"), e.get("op")) == ("tune", "enable") and e.get(
+            "decision"
+        ) != "scheduled":
+            last = e
+    if last is None or last.get("decision") not in ("rejected", "failed"):
+        return None
+    return {"seq": last.get("seq"), "step": last.get("step"), "error": last.get("error")}
 
 
 def _changes(changes: dict[str, Any]) -> str:
@@ -134,6 +152,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
+    refused = st.get("enable_refused")
+    if refused:
+        kept = "the tuner is as it was" if st.get("mode", "off") != "off" else "the tuner is off"
+        print(f"the last tune enable (#{refused['seq']}, step {refused['step']}) was refused by "
+              f"the run: {refused['error']}; {kept}")  # fmt: skip
     if st.get("mode", "off") == "off":
         print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode active|suggest|observe)")
         if st.get("counts"):  # it was on: what it did

@@ -109,6 +109,10 @@ def test_a_trainer_without_optuna_refuses_tune_enable(
     wait_for(lambda: len(read_jsonl(trace)) >= steps + 5, 60, what="training going on")
     assert proc.poll() is None
     assert not os.path.exists(os.path.join(run_dir, "hotcb.tune.db"))
+    # and `tune status` later says why the tuner is off, not just that it is
+    status = cli(run_dir, "tune", "status").stdout
+    assert f"the last tune enable (#{entry['seq']}, step {entry['step']}) was refused" in status
+    assert 'pip install "hotcb[tune]"' in status and "tuner: off" in status
 
 
 def test_cli_status_proposals_accept_and_export(
