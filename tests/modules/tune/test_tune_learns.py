@@ -73,16 +73,23 @@ def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:
     assert not t.ledger("keep")
 
 
-def test_a_rollback_under_a_scheduler_puts_the_run_back_on_its_schedule(toy: Any) -> None:
+@pytest.mark.parametrize("restore", ["values", "state"])
+def test_a_rollback_under_a_scheduler_puts_the_run_back_on_its_schedule(
+    toy: Any, restore: str
+) -> None:
     """The lr decays every step: rolled back, a trial leaves the run on the lr the schedule
     gives it now, as if the trial had not been; not on the lr of the trial's start, which would
     undo the schedule's decay over the trial's steps. The weight decay, which no schedule
-    moves, goes back to its exact value."""
+    moves, goes back to its exact value. Restoring the optimizer's state (`restore: state`)
+    puts its moments back, not the trial's start lr over the roll-back's."""
     lr0, wd0, decay = 1e-3, 0.0123456789, 0.995
-    t: Toy = toy(log_level, lr=lr0, weight_decay=wd0, decay=decay)  # a move down hurts
+    t: Toy = toy(log_level, lr=lr0, weight_decay=wd0, decay=decay, model=True)  # down hurts
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=8, seed=0,
-                                              sync=True)  # fmt: skip
-    t.run(2000, until=lambda: len(t.ledger("rollback")) >= 2)
+                                              sync=True, restore=restore)  # fmt: skip
+    lr_at: dict[int, float] = {}
+    t.run(
+        2000, until=lambda: bool(lr_at.setdefault(t.step, t.lr)) and len(t.ledger("rollback")) >= 2
+    )
     mutates = {m["tune"]["trial"]: m for m in t.ledger("mutate")}
     for r in t.ledger("rollback"):
         m = mutates[r["tune"]["trial"]]
@@ -90,6 +97,8 @@ def test_a_rollback_under_a_scheduler_puts_the_run_back_on_its_schedule(toy: Any
         assert lr_back == pytest.approx(lr_then * decay ** (r["step"] - m["step"]), rel=1e-9)
         assert r["changes"]["weight_decay"]["new"] == m["changes"]["weight_decay"]["old"]
         assert r["on_schedule"]["lr"] == pytest.approx(lr_then / m["changes"]["lr"]["new"])
+        assert lr_at[r["step"]] == pytest.approx(lr_back, rel=1e-12)  # what the optimizer has
+        assert r["tune"]["restored"] == (["model", "optimizer"] if restore == "state" else [])
 
 
 def test_suggest_mode_waits_for_a_person(toy: Any) -> None:

@@ -17,7 +17,7 @@ class Toy:
     def __init__(
         self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
         weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0, train_key: str = "loss",
-        decay: float | None = None,
+        decay: float | None = None, model: bool = False,
     ) -> None:  # fmt: skip
         from hotcb import HotKernel
 
@@ -30,6 +30,8 @@ class Toy:
         self.step = 0
         self.lrs: list[float] = []
         self.train_key = train_key  # the training loss's name: `loss`, Lightning's `train_loss`
+        #: ``model``: the parameter as env's ``model`` too (what ``restore: state`` copies)
+        self.model = torch.nn.ParameterList([self.param]) if model else None
         #: ``decay``: an ExponentialLR scheduler (gamma = decay) stepped every step
         self.sched = (
             torch.optim.lr_scheduler.ExponentialLR(self.opt, decay) if decay is not None else None
@@ -57,6 +59,8 @@ class Toy:
             if val_every and self.step % val_every == 0:
                 metrics[val_name] = value * 1.1
             env = {"step": self.step, "optimizer": self.opt, "metrics": metrics}
+            if self.model is not None:
+                env["model"] = self.model
             if self.sched is not None:
                 self.opt.step()  # no gradients: nothing moves, but the scheduler wants it first
                 self.sched.step()

@@ -49,14 +49,12 @@ def restore(snap: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
 
 
 def _restore_optimizer(opt: Any, saved: Mapping[str, Any]) -> None:
-    """Put a ``state_dict()`` back *in place*: ``load_state_dict`` would replace the param
-    group dicts that the lr / weight-decay actuators hold, and their next change would go
-    nowhere."""
+    """Put a ``state_dict()``'s per-parameter state (moments, step counts) back *in place*:
+    ``load_state_dict`` would replace the param group dicts that the lr / weight-decay
+    actuators hold, and their next change would go nowhere. The groups' hyperparameters are
+    left as they are: the roll-back has just set the trial's knobs back (on an LR scheduler's
+    schedule where one moves the lr), and a change of another knob since is not the trial's."""
     params = [p for group in opt.param_groups for p in group["params"]]
     opt.state.clear()
     for index, state in saved["state"].items():
         opt.state[params[int(index)]] = state
-    for group, values in zip(opt.param_groups, saved["param_groups"], strict=True):
-        for key, value in values.items():
-            if key != "params":
-                group[key] = value
