@@ -334,12 +334,12 @@ def test_a_page_opened_before_its_run_starts_follows_it_once_it_does(
     root = os.fspath(tmp_path)
     srv = serve_dir(root)
     page.goto(srv.page_url("later"))
-    wait_page(page, "d.run === 'later' && d.step === null")
+    wait_page(page, "d.waitingFor === 'later' && d.run === null")
     assert "Waiting for run later" in page.locator("#charts-empty").inner_text()
     run = Run(os.path.join(root, "later"), "--synthetic", "--max-steps", "1000000",
               "--step-delay", "0.01")  # fmt: skip
     try:
-        d = wait_page(page, "d.step !== null && d.connected", timeout=60)
+        d = wait_page(page, "d.run === 'later' && d.step !== null && d.connected", timeout=60)
         step = d["step"]
         wait_page(page, f"d.step > {step + 20}", timeout=60)  # live points, over the socket
         assert page.locator("#run-select").input_value() == "later"

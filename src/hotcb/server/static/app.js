@@ -31,6 +31,7 @@ const app = {
   cfg: DEFAULT_CFG,
   runs: [],
   runId: null,
+  waitingFor: null, // a run named in the address that does not exist yet
   compare: new Set(),
   data: new Map(), // runId → {runId, label, series: Map name → {step, value}, lastStep, lastRecv, loading, buffer}
   ledger: [],
@@ -878,14 +879,16 @@ async function main() {
   await refreshRuns();
   app.runId = pickInitialRun();
   const listed = (id) => app.runs.some((r) => r.run_id === id);
-  // a run named in the address that does not exist yet (its trainer is starting): waited for
-  let waitingFor = app.runId != null && !listed(app.runId) ? app.runId : null;
-  if (app.runId == null) {
-    $("charts-empty").textContent = "No runs yet: the first run started under the served folder appears here by itself.";
-    renderFacts();
-  } else if (waitingFor != null) {
-    $("charts-empty").textContent = `Waiting for run ${waitingFor} to start: it appears here by itself.`;
+  // a run named in the address that does not exist yet (its trainer is starting): waited for,
+  // with no run selected meanwhile (nothing asks the server about a run it does not have)
+  app.waitingFor = app.runId != null && !listed(app.runId) ? app.runId : null;
+  if (app.waitingFor != null) app.runId = null;
+  if (app.waitingFor != null) {
+    $("charts-empty").textContent = `Waiting for run ${app.waitingFor} to start: it appears here by itself.`;
     setUrl();
+    renderFacts();
+  } else if (app.runId == null) {
+    $("charts-empty").textContent = "No runs yet: the first run started under the served folder appears here by itself.";
     renderFacts();
   } else {
     app.compare.delete(app.runId);
@@ -902,9 +905,10 @@ async function main() {
   setInterval(async () => {
     const had = app.runId;
     await refreshRuns();
-    if ((had == null && app.runs.length) || (waitingFor != null && listed(waitingFor))) {
-      app.runId = waitingFor ?? pickInitialRun();
-      waitingFor = null;
+    const wanted = app.waitingFor;
+    if (wanted != null ? listed(wanted) : had == null && app.runs.length) {
+      app.runId = wanted ?? pickInitialRun();
+      app.waitingFor = null;
       app.compare.delete(app.runId);
       if (!query.has("compare")) compareWithParent();
       $("charts-empty").textContent = "Waiting for metrics…";
@@ -931,6 +935,7 @@ window.hotcb = {
   debug() {
     return {
       run: app.runId,
+      waitingFor: app.waitingFor,
       compare: [...app.compare],
       connected: !!sock?.connected,
       step: app.data.get(app.runId)?.lastStep ?? null,
