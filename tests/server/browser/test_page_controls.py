@@ -331,8 +331,10 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
     for sel in ("#btn-pause", "#btn-checkpoint", "#btn-stop"):
         assert page.locator(sel).is_disabled(), sel
     assert page.locator("#recipe-link").is_enabled()  # the recipe of a finished run is useful
-    # nothing would act on a proposal of the tuner or the autopilot any more
+    # nothing would act on a proposal of the tuner or the autopilot any more, nor on a knob
     wait_page(page, "d.tune.over && d.autopilot.over")
+    d = wait_page(page, "d.controls.length > 0 && d.controls.every(c => c.disabled)")
+    assert page.locator("#sched-submit").is_disabled()
 
     # the live run beside it: running, steerable
     page.select_option("#run-select", "live")
@@ -340,6 +342,7 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
     page.locator("#btn-pause:not([disabled])").wait_for()
     assert page.locator("#state-chip").inner_text() in ("running", "stale", "paused")
     wait_page(page, "!d.tune.over && !d.autopilot.over")
+    wait_page(page, "d.controls.length > 0 && d.controls.every(c => !c.disabled)")
 
 
 def test_crashed_run_says_so(page: Any, serve_dir: Any, tmp_path: Any) -> None:

@@ -464,7 +464,9 @@ function renderFacts() {
   for (const id of ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop"]) $(id).disabled = noRun || over;
   tunePanel.setOver(over);
   autopilotPanel.setOver(over);
-  for (const id of ["recipe-link", "freeze-select", "sched-submit"]) $(id).disabled = noRun;
+  controls.setOver(over);
+  for (const id of ["recipe-link", "freeze-select"]) $(id).disabled = noRun;
+  $("sched-submit").disabled = noRun || over;
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);
   const nb = $("norun-banner");

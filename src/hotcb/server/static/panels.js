@@ -355,6 +355,14 @@ class Control {
     }
   }
 
+  /** The run is over: nothing would apply a change, so none can be sent. */
+  setOver(over) {
+    this.over = over;
+    const disabled = this.act.state === "disabled";
+    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled || over;
+    this.root.title = over ? "the run is over: nothing would apply a change" : "";
+  }
+
   setApplied(value, step) {
     if (step != null) this.appliedStep = step;
     this.value = value;
@@ -368,7 +376,7 @@ class Control {
     const disabled = act.state === "disabled";
     this.act = { ...this.act, ...act };
     this.root.classList.toggle("disabled", disabled);
-    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled;
+    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled || !!this.over;
     if (disabled) this.showStatus(`disabled: ${act.last_error || "too many failures"}`, "bad");
     const stale = docStep != null && this.appliedStep != null && docStep < this.appliedStep;
     if (!this.sending && !stale) this.setApplied(act.current);
@@ -435,7 +443,15 @@ export class Controls {
       }
     }
     for (const a of list) this.controls.get(a.param_key)?.update(a, docStep);
+    if (this.over) for (const c of this.controls.values()) c.setOver(true);
     this.note.textContent = list.length ? `${list.length} from the run` : "";
+  }
+
+  /** The run is over (finished, stopped, crashed): every control is disabled, saying why. */
+  setOver(over) {
+    if (over === !!this.over) return;
+    this.over = over;
+    for (const c of this.controls.values()) c.setOver(over);
   }
 
   /** A ledger entry: confirm our sends; take applied values from its changes. */
@@ -467,6 +483,7 @@ export class Controls {
       slider: c.range ? Number(c.range.value) : null,
       idle: c.idle(),
       sent: c.sent || 0,
+      disabled: !!c.root.querySelector("input")?.disabled,
     }));
   }
 }
