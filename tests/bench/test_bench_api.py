@@ -64,3 +64,25 @@ def test_tuner_settings_reach_the_tuner(tmp_path: Path) -> None:
     assert done.result.run_dir == run_dir
     saved = HotClient(run_dir).tune_status()["settings"]
     assert (saved["segment_steps"], saved["restore"], saved["sync"]) == (20, "state", True)
+
+
+def test_an_action_the_run_never_applied_is_not_counted(tmp_path: Path) -> None:
+    """The autopilot's last round can act at the run's last step: its command is written, but
+    no step is left to apply it. The bench's "hotcb actions" counts what the ledger applied."""
+    from hotcb import HotClient, HotKernel, jsonl
+    from hotcb.autopilot.engine import RECORDS
+    from hotcb.bench.runner import _pilot_summary
+
+    run_dir = os.fspath(tmp_path / "run")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    landed = HotClient(run_dir, source="autopilot").opt(lr=0.05)
+    kernel.apply({"step": 1, "optimizer": opt})
+    kernel.close()
+    late = HotClient(run_dir, source="autopilot").opt(lr=0.01)  # after the last step
+    for step, cid in ((1, landed), (2, late)):
+        jsonl.append(os.path.join(run_dir, RECORDS), {
+            "kind": "action", "rule": "plateau_cut_lr", "step": step, "state": "applied",
+            "cmd_ids": [cid],
+        })  # fmt: skip
+    assert _pilot_summary(run_dir) == {"actions": 1, "undone": 0}

@@ -83,6 +83,12 @@ def test_replay_matches_the_autopilot_bit_for_bit(bench: dict[str, Any]) -> None
     ap = json.loads((out / "runs/digits_badlr/autopilot/s0/curve.json").read_text())
     rp = json.loads((out / "runs/digits_badlr/replay/s0/curve.json").read_text())
     assert ap["notes"]["actions"] >= 1, "the autopilot did nothing: nothing was replayed"
+    # the actions counted are those the run applied (one sent at the last step never is)
+    ap_ledger = (out / "runs/digits_badlr/autopilot/s0/run/hotcb.applied.jsonl").read_text()
+    made = [e for e in map(json.loads, ap_ledger.splitlines())
+            if e.get("source") == "autopilot" and e.get("op") != "undo"
+            and e.get("decision") == "applied"]  # fmt: skip
+    assert ap["notes"]["actions"] == len(made)
     assert rp["notes"]["matched"] is True
     assert rp["notes"]["replayed_entries"] >= 1
     assert rp["curve"] == ap["curve"]  # every step, every column, exactly

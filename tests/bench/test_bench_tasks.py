@@ -98,6 +98,7 @@ def test_user_task_that_breaks_the_contract(cli: Any, tmp_path: Path) -> None:
                "--out", os.fspath(tmp_path / "o"), cwd=os.fspath(tmp_path))  # fmt: skip
     assert done.returncode == 2
     assert "cannot load it" in done.stderr
+    assert not (tmp_path / "o").exists()  # nothing half-written
 
 
 def test_charlm_makes_a_step_and_evaluates() -> None:

@@ -34,6 +34,7 @@ import torch
 
 from .. import HotClient, HotKernel, jsonl
 from .. import __version__ as hotcb_version
+from ..runfiles import RunPaths
 from . import CONDITIONS, HOTCB_CONDITIONS, LABELS
 from .tasks import Task, TaskUnavailable, load_task
 
@@ -358,15 +359,27 @@ class Runner:
 
 
 def _pilot_summary(run_dir: str) -> dict[str, int]:
-    """Actions the autopilot applied, and how many its guard undid (hotcb.autopilot.jsonl)."""
+    """Actions of the autopilot that the run applied, and how many of them its guard undid
+    (hotcb.autopilot.jsonl, checked against the ledger: an action sent at the last step is
+    never applied)."""
     from ..autopilot.engine import RECORDS
+    from ..ledger import iter_entries
 
+    applied = {
+        e.get("cmd_id")
+        for e in iter_entries(RunPaths(run_dir).ledger)
+        if e.get("decision") == "applied"
+    }
     records = list(jsonl.iter_records(os.path.join(run_dir, RECORDS)))
     return {
         "actions": sum(
-            1 for r in records if r.get("kind") == "action" and r.get("state") == "applied"
+            1
+            for r in records
+            if r.get("kind") == "action" and any(c in applied for c in r.get("cmd_ids") or ())
         ),
-        "undone": sum(1 for r in records if r.get("kind") == "guard" and r.get("undo_cmd_id")),
+        "undone": sum(
+            1 for r in records if r.get("kind") == "guard" and r.get("undo_cmd_id") in applied
+        ),
     }
 
 
@@ -451,7 +464,6 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         if not s.force:
             raise BenchError(f"{out} already holds a bench (bench.json); --force replaces it")
         shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
     torch.set_num_threads(s.threads)
     conditions = [c for c in CONDITIONS if c in s.conditions and c not in dict(skipped)]
     tasks: list[Task] = []
@@ -461,6 +473,7 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         except TaskUnavailable as exc:
             why = str(exc).removeprefix(f"{name}: ")  # the task's messages start with its name
             skipped.append((name, f"{why}; skipped"))
+    os.makedirs(out, exist_ok=True)  # after the tasks load: a task that cannot leaves nothing
     for what, why in skipped:
         say(f"hotcb bench: {what}: {why}")
     meta: dict[str, Any] = {
