@@ -150,6 +150,17 @@ describe("autopilotFacts: the head", () => {
       step: "1210",
       rulesOn: 1,
       rules: 2,
+      keyNote: null,
+    });
+  });
+
+  test("the key metric under another name, or not logged at all", () => {
+    const hf = autopilotFacts({ ...DOC, key_logged_as: "eval_loss" });
+    assert.deepEqual(hf.keyNote, { text: "logged as eval_loss", warn: false });
+    const none = autopilotFacts({ ...DOC, key_logged_as: null, logged: ["loss", "lr"] });
+    assert.deepEqual(none.keyNote, {
+      text: "not logged by this run (it logs loss, lr): the rules on it wait for it",
+      warn: true,
     });
   });
   test("headless: running, or stopped once it has not written for a while", () => {

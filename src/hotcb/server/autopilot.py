@@ -278,7 +278,8 @@ class AutopilotWatch:
                 "mode": st.get("mode", "off"), "key_metric": st.get("key_metric"),
                 "direction": st.get("direction"), "rules": rules, "rules_path": st.get("rules_path"),
                 "in_server": in_server, "ran": True, "step": st.get("step"),
-                "updated": st.get("updated"),
+                "updated": st.get("updated"), "key_logged_as": st.get("key_logged_as"),
+                "logged": list(st.get("logged") or ())[:12],
             }  # fmt: skip
         # never ran here (or not yet: this server's autopilot writes the file after a round)
         host = self.host if in_server else None

@@ -144,7 +144,21 @@ export function autopilotFacts(doc, now = Date.now() / 1000) {
     step: d.step == null || d.step < 0 ? "–" : String(d.step),
     rulesOn: (d.rules || []).filter((r) => r.enabled).length,
     rules: (d.rules || []).length,
+    keyNote: keyNote(d),
   };
+}
+
+/** Where the key metric comes from: another name the run logs it under, or nowhere yet. */
+function keyNote(d) {
+  const used = d.key_logged_as;
+  if (used && used !== d.key_metric) return { text: `logged as ${used}`, warn: false };
+  if (d.ran && !used && (d.logged || []).length) {
+    return {
+      text: `not logged by this run (it logs ${d.logged.join(", ")}): the rules on it wait for it`,
+      warn: true,
+    };
+  }
+  return null;
 }
 
 /** The proposals waiting for a decision, oldest first. */
@@ -336,6 +350,7 @@ export class AutopilotPanel {
     mode.title = MODE_TITLE;
     const key = el("span", "muted small ap-key");
     key.append("key metric ", el("code", null, f.key), f.direction ? ` ${f.direction}` : "");
+    if (f.keyNote) key.append(el("span", `ap-key-note${f.keyNote.warn ? " warn" : ""}`, ` · ${f.keyNote.text}`));
     const where = el("span", `muted small ap-where ${doc.in_server ? "here" : "elsewhere"}`, `${f.where} · step ${f.step}`);
     where.title = doc.in_server
       ? "this server runs the autopilot (hotcb serve --autopilot): its rules can be switched here"
