@@ -78,10 +78,15 @@ def check_actuator_params(
             mine = sorted(k for k, a in by_key.items() if (a.get("group") or "custom") == module)
             close = difflib.get_close_matches(key, mine or list(by_key), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ActuatorError(
-                f"unknown actuator {key!r} in {module}{hint} "
-                f"(known in {module}: {', '.join(mine) or 'none'})"
-            )
+            known = f"known in {module}: {', '.join(mine) or 'none'}"
+            if d is None and not mine and by_key:  # none there: what the run does have
+                groups: dict[str, list[str]] = {}
+                for k, a in sorted(by_key.items()):
+                    groups.setdefault(a.get("group") or "custom", []).append(k)
+                known = "the run's knobs: " + "; ".join(
+                    f"{g}: {', '.join(ks)}" for g, ks in sorted(groups.items())
+                )
+            raise ActuatorError(f"unknown actuator {key!r} in {module}{hint} ({known})")
         _validator(d).validate(value)
 
 
