@@ -273,22 +273,19 @@ def test_restore_state_puts_the_weights_back_and_the_knobs_keep_working(tmp_path
         assert lrs[m["step"]] == m["changes"]["lr"]["new"] != 1e-3
 
 
-@pytest.mark.parametrize(
-    ("train_key", "val_every"), [("loss", 50), ("train_loss", 50), ("loss", 4)]
-)
+@pytest.mark.parametrize("train_key", ["loss", "train_loss"])
 def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
-    toy: Any, train_key: str, val_every: int
+    toy: Any, train_key: str
 ) -> None:
     """The objective is val_loss, logged every 50 steps; the training loss, logged every step
     (as `loss`, or as Lightning users log it, `train_loss`), shows a harmful mutation within
-    five steps, and the trial is rolled back then. With an evaluation among those five steps
-    (every 4), the blow-up still decides: the trial is not scored on that one value."""
+    five steps, and the trial is rolled back then."""
     lr0 = 1e-3
     t: Toy = toy(lambda lr, _s: 1.0 if lr <= lr0 else 3.0, lr=lr0, train_key=train_key)
     HotClient(t.kernel.run_dir).tune_enable(
         "active", objective="val_loss", segment_steps=100, seed=0, space=LR_ONLY, sync=True
     )
-    t.run(1200, val_every=val_every)
+    t.run(1200, val_every=50)
     ups = {e["tune"]["trial"]: e for e in t.ledger("mutate") if e["changes"]["lr"]["new"] > lr0}
     assert ups, "no trial raised the lr"
     rows = {r["trial"]: r for r in HotClient(t.kernel.run_dir).tune_status()["trials"]}

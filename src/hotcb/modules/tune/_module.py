@@ -30,7 +30,7 @@ from ...ops import HotOp, make_command
 from ...runfiles import TUNE, confine_path
 from .._base import OpResult
 from . import _snapshot
-from ._score import NONFINITE_SCORE, Segment, expected_level, score_segment
+from ._score import Segment, expected_level, score_segment
 from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
 
 if TYPE_CHECKING:
@@ -666,9 +666,7 @@ class TuneModule:
         trial = self.trial
         assert trial is not None
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        if "blew_up" in trial:  # ended early on the training loss: that decides, not the
-            # one or two evaluations that may have come in since the change
-            score = NONFINITE_SCORE
+        if "blew_up" in trial and not seg.values:  # ended early on the training loss
             detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
                       f"the last 5 steps) against {trial['train_before']:.4g} before the "
                       "change", "score": score}  # fmt: skip
