@@ -333,8 +333,15 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
     assert page.locator("#recipe-link").is_enabled()  # the recipe of a finished run is useful
     # nothing would act on a proposal of the tuner or the autopilot any more, nor on a knob
     wait_page(page, "d.tune.over && d.autopilot.over")
-    d = wait_page(page, "d.controls.length > 0 && d.controls.every(c => c.disabled)")
+    wait_page(page, "d.controls.length > 0 && d.controls.every(c => !c.sendable)")
     assert page.locator("#sched-submit").is_disabled()
+    lr = page.locator('#controls .ctl[data-key="lr"]')
+    assert lr.locator("input[type=range]").is_disabled()
+    before = len(runs["baseline"].commands())
+    lr.locator("input.num").fill("0.0005")  # kept for the what-if of a value; never sent
+    lr.locator("input.num").press("Enter")
+    wait_page(page, "d.controls.some(c => c.key === 'lr' && c.status.includes('the run is over'))")
+    assert len(runs["baseline"].commands()) == before
 
     # the live run beside it: running, steerable
     page.select_option("#run-select", "live")
@@ -342,7 +349,7 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
     page.locator("#btn-pause:not([disabled])").wait_for()
     assert page.locator("#state-chip").inner_text() in ("running", "stale", "paused")
     wait_page(page, "!d.tune.over && !d.autopilot.over")
-    wait_page(page, "d.controls.length > 0 && d.controls.every(c => !c.disabled)")
+    wait_page(page, "d.controls.length > 0 && d.controls.every(c => c.sendable)")
 
 
 def test_crashed_run_says_so(page: Any, serve_dir: Any, tmp_path: Any) -> None:

@@ -308,8 +308,13 @@ class Control {
   }
 
   async commit(value) {
-    const big = bigChange(this.value, value);
     const key = this.act.param_key;
+    if (this.over) {
+      this.showStatus(`not sent: the run is over, nothing would apply it`, "", 4000);
+      this.sync(true);
+      return;
+    }
+    const big = bigChange(this.value, value);
     if (big && !window.confirm(`Change ${key} from ${fmtValue(this.value)} to ${fmtValue(value)} (${big})?`)) {
       this.showStatus(`not sent: ${key} stays ${fmtValue(this.value)}`, "", 4000);
       this.sync(true);
@@ -358,9 +363,17 @@ class Control {
   /** The run is over: nothing would apply a change, so none can be sent. */
   setOver(over) {
     this.over = over;
-    const disabled = this.act.state === "disabled";
-    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled || over;
+    this.lock();
     this.root.title = over ? "the run is over: nothing would apply a change" : "";
+  }
+
+  /** Disabled actuator: nothing works. Run over: only the number box stays, to ask the
+   *  what-if of a value (typing sends nothing; commit() refuses). */
+  lock() {
+    const disabled = this.act.state === "disabled";
+    for (const inp of this.root.querySelectorAll("input, select, button")) {
+      inp.disabled = disabled || (!!this.over && inp !== this.num);
+    }
   }
 
   setApplied(value, step) {
@@ -376,7 +389,7 @@ class Control {
     const disabled = act.state === "disabled";
     this.act = { ...this.act, ...act };
     this.root.classList.toggle("disabled", disabled);
-    for (const inp of this.root.querySelectorAll("input, select, button")) inp.disabled = disabled || !!this.over;
+    this.lock();
     if (disabled) this.showStatus(`disabled: ${act.last_error || "too many failures"}`, "bad");
     const stale = docStep != null && this.appliedStep != null && docStep < this.appliedStep;
     if (!this.sending && !stale) this.setApplied(act.current);
@@ -483,7 +496,8 @@ export class Controls {
       slider: c.range ? Number(c.range.value) : null,
       idle: c.idle(),
       sent: c.sent || 0,
-      disabled: !!c.root.querySelector("input")?.disabled,
+      disabled: !!c.over || c.act.state === "disabled",
+      sendable: !c.over && c.act.state !== "disabled",
     }));
   }
 }
