@@ -164,29 +164,37 @@ class ActuatorStream:
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
                 # a ramp's entry holds its target, not where it was stopped: its old value
                 ramped = entry.get("transition") is not None
-                value = change["old"] if ramped else self._undone_value(key, change, env)
+                value, factor = (
+                    (change["old"], None)
+                    if ramped
+                    else self.value_before(key, change["old"], change.get("new"), env)
+                )
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
-                if value is not change["old"]:
-                    scaled[key] = change["old"] / change["new"]
+                if factor is not None:
+                    scaled[key] = factor
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
         return OpResult("applied", changes=changes, extra={"on_schedule": scaled} if scaled else {})
 
-    def _undone_value(self, key: str, change: Mapping[str, Any], env: Env) -> Any:
-        old, new = change["old"], change.get("new")
+    def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
+        """What taking back a change ``old -> new`` of ``key`` sets now, and the factor when it
+        is not ``old``: a value a schedule moved since (lr under an LR scheduler) gets the
+        change's ratio taken back (``now * old / new``), which puts the run on its schedule.
+        Used by ``undo`` and by the tuner's roll-back."""
         act = self.state.get(key)
         if (
             act is None
             or act.scheduled is None
-            or not all(isinstance(v, (int, float)) and v > 0 for v in (old, new))
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                       for v in (old, new))
             or not act.scheduled(env)
-        ):
-            return old
+        ):  # fmt: skip
+            return old, None
         now = act.read(env)
         if not isinstance(now, (int, float)) or act.matches(now, new):
-            return old  # nothing moved it since
-        return now * (old / new)
+            return old, None  # nothing moved it since
+        return now * (old / new), old / new
 
     def on_start(self, env: Env) -> None:
         self.discover(env)

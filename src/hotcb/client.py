@@ -346,16 +346,17 @@ class HotClient:
         # that is missing or broken
         path = os.path.join(self.run_dir, "hotcb.tune.yaml")
         if isinstance(recipe, str):
-            path = os.path.join(self.run_dir, os.path.expanduser(recipe))
-            if not os.path.isabs(os.path.expanduser(recipe)) and os.path.isfile(path):
+            given_path = os.path.expanduser(recipe)
+            path = os.path.join(self.run_dir, given_path)
+            if not os.path.isabs(given_path) and os.path.isfile(path):
                 pass  # a relative recipe is the run directory's first
-            elif os.path.isfile(os.path.expanduser(recipe)):
+            elif os.path.isfile(given_path):
                 # the trainer reads files inside its run directory only (DESIGN.md §10):
                 # one from elsewhere is copied in (hotcb.replay/<sha>.tune.yaml), as freeze does
                 from .recipe import bring_into_run
 
                 params["recipe"] = bring_into_run(
-                    self.run_dir, os.path.abspath(os.path.expanduser(recipe)), "tune.yaml"
+                    self.run_dir, os.path.abspath(given_path), "tune.yaml"
                 )
                 path = os.path.join(self.run_dir, params["recipe"])
             else:

@@ -524,15 +524,15 @@ class HotKernel:
                 pass
         return act.current_value
 
-    def actuator_scheduled(self, module: str, key: str, env: Env) -> bool:
-        """A schedule in ``env`` moves this actuator between changes (lr under a scheduler)."""
+    def value_before(
+        self, module: str, key: str, old: Any, new: Any, env: Env
+    ) -> tuple[Any, float | None]:
+        """What taking back a change ``old -> new`` sets now (see
+        :meth:`ActuatorStream.value_before`: on an LR scheduler's schedule), and the factor."""
         act = self.mutable_state.get(key)
-        if act is None or act.group != module or act.scheduled is None:
-            return False
-        try:
-            return bool(act.scheduled(env))
-        except Exception:  # a check that fails: treated as not scheduled (exact values)
-            return False
+        if act is None or act.group != module:
+            return old, None
+        return self._stream.value_before(key, old, new, env)
 
     def _dispatch(self, env: Env, events: Sequence[str]) -> None:
         step = env["step"]

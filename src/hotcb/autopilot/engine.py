@@ -266,9 +266,11 @@ class Autopilot:
 
     def _resolve(self, name: str) -> str | None:
         if name == "key":
-            if self.key in self.series or self.key != VAL_LOSS_NAMES[0]:
-                return self.key if self.key in self.series else None
-            return next((n for n in VAL_LOSS_NAMES if n in self.series), None)
+            if self.key in self.series:
+                return self.key
+            if self.key == VAL_LOSS_NAMES[0]:  # the default, under the run's own name for it
+                return next((n for n in VAL_LOSS_NAMES if n in self.series), None)
+            return None
         if name == "train":
             return next((n for n in _TRAIN_NAMES if n in self.series), None)
         return name if name in self.series else None

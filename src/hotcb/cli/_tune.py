@@ -131,12 +131,10 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
 def _refused_enable(ledger: str) -> dict[str, Any] | None:
     """The run's last ``tune enable`` when the run refused it (optuna missing there, a recipe
     it cannot read): status says so, not just ``tuner: off``."""
-    last = None
-    for e in jsonl.read_last(ledger, 2000):
-        if (e.get("module"), e.get("op")) == ("tune", "enable") and e.get(
-            "decision"
-        ) != "scheduled":
-            last = e
+    enables = [e for e in jsonl.read_last(ledger, 2000)
+               if (e.get("module"), e.get("op")) == ("tune", "enable")
+               and e.get("decision") != "scheduled"]  # fmt: skip
+    last = enables[-1] if enables else None
     if last is None or last.get("decision") not in ("rejected", "failed"):
         return None
     return {"seq": last.get("seq"), "step": last.get("step"), "error": last.get("error")}

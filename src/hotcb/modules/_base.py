@@ -75,8 +75,11 @@ class ModuleHost(Protocol):
     def read_actuator(self, module: str, key: str, env: Mapping[str, Any] | None = None) -> Any:
         """An actuator's current value (live from ``env`` when given), or None."""
 
-    def actuator_scheduled(self, module: str, key: str, env: Mapping[str, Any]) -> bool:
-        """A schedule in ``env`` moves this actuator between changes (lr under a scheduler)."""
+    def value_before(
+        self, module: str, key: str, old: Any, new: Any, env: Mapping[str, Any]
+    ) -> tuple[Any, float | None]:
+        """What taking back a change ``old -> new`` sets now, and the factor when it is not
+        ``old`` (a value an LR scheduler moved since: the change's ratio is taken back)."""
 
 
 @runtime_checkable

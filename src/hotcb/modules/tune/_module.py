@@ -21,7 +21,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
 from ...errors import HotcbError
@@ -51,10 +51,6 @@ _HISTORY = 4  # segment levels kept for the trend
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
 _TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
 _VAL_EVENT = "val_epoch_end"
-
-
-def _positive(value: Any) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _number(value: Any) -> float | None:
@@ -382,14 +378,9 @@ class TuneModule:
         for module, kv in values.items():
             for key, old in kv.items():
                 new = (applied.get(module) or {}).get(key)
-                if not _positive(old) or not _positive(new):
-                    continue
-                if not self.host.actuator_scheduled(module, key, env):
-                    continue
-                now = self.host.read_actuator(module, key, env)
-                if _positive(now) and not math.isclose(now, new, rel_tol=1e-12):
-                    kv[key] = now * (old / new)
-                    scaled[key] = old / new
+                kv[key], factor = self.host.value_before(module, key, old, new, env)
+                if factor is not None:
+                    scaled[key] = factor
         return scaled
 
     def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
