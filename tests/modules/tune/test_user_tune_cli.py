@@ -206,6 +206,8 @@ def test_a_validation_metric_repeated_on_train_steps_is_one_observation(toy: Any
     tune = t.kernel.module("tune")
     # 30 validations, 3 to a segment: about 10 segments, not one every 3 training steps
     assert 8 <= tune.counts["segments"] <= 10, tune.counts
+    status = HotClient(t.kernel.run_dir).tune_status()  # the length in use, not a default
+    assert (status["segment_evals"], status["segment_steps"]) == (3, None)
 
 
 def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any) -> None:

@@ -986,7 +986,8 @@ class TuneModule:
             "objective": s.objective,
             "objective_used": self.objective_used,
             "direction": s.direction,
-            "segment_steps": s.segment_steps,
+            # one of the two is the segment's length; the other is None
+            "segment_steps": s.segment_steps if s.segment_evals is None else None,
             "segment_evals": s.segment_evals,
             "study": name,
             "storage": redact(url),
