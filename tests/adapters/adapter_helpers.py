@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 #: Subprocesses must not inherit a run directory from the developer's shell.
 ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+ENV["PYTHONFAULTHANDLER"] = "1"  # a trainer (a DDP rank) that aborts says where
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
