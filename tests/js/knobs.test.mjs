@@ -43,3 +43,12 @@ test("flatRange pads a knob that never moved", () => {
   const [lo, hi] = flatRange(null, 1, 3);
   assert.ok(lo < 1 && hi > 3);
 });
+
+test("flatRange keeps a change in the 7th digit a flat line, a real change across the chart", () => {
+  const [lo, hi] = flatRange(null, 1.0, 1.0000001);
+  assert.ok((1.0000001 - 1.0) / (hi - lo) < 0.01, `${lo} ${hi}`); // under 1 % of the height
+  const [lo2, hi2] = flatRange(null, 0.5, 1.0);
+  assert.ok((1.0 - 0.5) / (hi2 - lo2) > 0.8, `${lo2} ${hi2}`);
+  const [lo3, hi3] = flatRange(null, 0, 1e-4); // an l2 weight switched on: fills the chart
+  assert.ok(1e-4 / (hi3 - lo3) > 0.8 && lo3 < 0 && hi3 > 1e-4);
+});

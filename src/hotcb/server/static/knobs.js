@@ -21,11 +21,13 @@ export function knobData(knob) {
   return [steps, values, steps.map((s, i) => (changed.has(s) ? values[i] : null))];
 }
 
-/** The y range of a knob's chart: uPlot's, and around the value for a knob that never moved. */
+/** The y range of a knob's chart: the values with a margin, never narrower than 5 % of their
+ * size (a change in the 7th digit stays a flat line, not a step across the chart), and around
+ * the value for a knob that never moved. */
 export function flatRange(u, min, max) {
   if (min == null || max == null) return [0, 1];
   if (min !== max) {
-    const pad = (max - min) * 0.1;
+    const pad = Math.max((max - min) * 0.1, Math.max(Math.abs(min), Math.abs(max)) * 0.05);
     return [min - pad, max + pad];
   }
   const pad = Math.abs(min) * 0.5 || 1;
