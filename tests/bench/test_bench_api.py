@@ -86,3 +86,19 @@ def test_an_action_the_run_never_applied_is_not_counted(tmp_path: Path) -> None:
             "cmd_ids": [cid],
         })  # fmt: skip
     assert _pilot_summary(run_dir) == {"actions": 1, "undone": 0}
+
+
+def test_the_untimed_warm_up_changes_no_run(tmp_path: Path) -> None:
+    """The bench warms each task up once before its first timed run (so that run's seconds
+    are not ~10× the others'); every run seeds itself, so its curve is the same either way."""
+    from hotcb.bench.runner import Runner, Settings
+    from hotcb.bench.tasks import digits_mlp
+
+    task = dataclasses.replace(digits_mlp(), total_steps=30)
+    cold = Runner(Settings([], [])).run(task, "fixed", 1, os.fspath(tmp_path / "cold"))
+    runner = Runner(Settings([], []))
+    runner.warm(task)
+    torch.rand(7)  # the global generator moved on too
+    warm = runner.run(task, "fixed", 1, os.fspath(tmp_path / "warm"))
+    assert warm.curve.train_loss == cold.curve.train_loss  # bit for bit
+    assert warm.curve.val_loss == cold.curve.val_loss

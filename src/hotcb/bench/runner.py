@@ -242,6 +242,16 @@ class Runner:
         self.done: dict[tuple[str, str, int], RunResult] = {}
         #: called at each evaluation with (step, steps, val loss): the progress bar's postfix
         self.on_eval: Callable[[int, int, float], None] | None = None
+        self._warm: set[str] = set()
+
+    def warm(self, task: Task) -> None:
+        """Pay a task's one-off costs (its data's first load, torch's first kernels) once,
+        untimed, so that the first run's seconds compare with the others' (they were ~10×)."""
+        if task.name in self._warm:
+            return
+        self._warm.add(task.name)
+        run = task.make(0)  # every run seeds itself in make(): this changes no run's numbers
+        train(run, task.base_optimizer(run.model.parameters()), 2, task.eval_every)
 
     def run(self, task: Task, condition: str, seed: int, folder: str) -> RunResult:
         return self.train_run(task, condition, seed, folder).result
@@ -502,6 +512,7 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
             folder = os.path.join(out, "runs", slug(task.name), cond, f"s{seed}")
             os.makedirs(folder, exist_ok=True)
+            runner.warm(task)
             res = runner.run(task, cond, seed, folder)
             save_run(folder, res)
             results.append(res)
