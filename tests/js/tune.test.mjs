@@ -113,6 +113,13 @@ describe("proposals and trials, newest first", () => {
     );
   });
 
+  test("a trial of a life a resume replaced says so, and what that life decided", () => {
+    assert.equal(decisionLabel("replaced", "kept"), "replaced (was kept)");
+    assert.equal(decisionLabel("replaced", "rolled_back"), "replaced (was rolled back)");
+    assert.equal(decisionLabel("replaced"), "replaced");
+    assert.equal(decisionLabel("kept", "rolled_back"), "kept"); // `was` only for a replaced one
+  });
+
   test("the documents are not changed", () => {
     const before = JSON.stringify(STATE);
     pendingProposals(STATE);

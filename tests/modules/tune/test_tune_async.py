@@ -4,6 +4,7 @@ still queued when the process dies is not lost."""
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from typing import Any
@@ -136,3 +137,40 @@ def test_segments_that_pass_while_the_study_opens_are_said(toy: Any, monkeypatch
     )  # fmt: skip
     assert said and int(said[1]) >= 3 and 40 < int(said[2]) <= 60, note
     t.run(100_000, until=lambda: bool(t.ledger("mutate")))  # then trials start
+
+
+def test_trials_a_replaced_life_judged_after_the_checkpoint_are_listed_as_replaced(
+    toy: Any,
+) -> None:
+    """The run goes on past a checkpoint, judges more trials, then dies; resumed from that
+    checkpoint, its status lists those trials (the study holds their real scores) as replaced,
+    with what that life decided, instead of leaving a gap in the numbering."""
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    judged = lambda: tune().counts["kept"] + tune().counts["rolled_back"]  # noqa: E731
+    t.run(100_000, until=lambda: tune() is not None and judged() >= 1)
+    checkpoint = t.kernel.state_dict()
+    frozen = copy.deepcopy(checkpoint)
+    known = {r["trial"] for r in tune().trials}
+    t.run(100_000, until=lambda: judged() >= 4)  # the life a crash will replace
+    assert checkpoint == frozen  # a snapshot: what came after is not in it
+    lost = {r["trial"]: r for r in tune().trials
+            if r["trial"] not in known and r["decision"] in ("kept", "rolled_back")}  # fmt: skip
+    assert len(lost) >= 3
+
+    resumed = HotKernel(t.kernel.run_dir)
+    try:
+        resumed.load_state_dict(checkpoint)
+        rows = {r["trial"]: r for r in resumed.module("tune").trials}  # what status lists
+        for number, row in lost.items():
+            assert rows[number]["decision"] == "replaced"
+            assert rows[number]["was"] == row["decision"]
+            assert rows[number]["score"] == row["score"]
+            assert rows[number]["step"] == row["step"]
+        assert sorted(rows) == list(range(len(rows)))  # no gap in the numbering
+        counts = resumed.module("tune").counts  # the run's own: what the checkpoint holds
+        assert counts["kept"] + counts["rolled_back"] == 1
+    finally:
+        resumed.close()

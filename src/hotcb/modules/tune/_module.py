@@ -13,6 +13,7 @@ status`` and the dashboard read.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -191,7 +192,9 @@ class TuneModule:
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A snapshot (a copy: a checkpoint saved later, by an asynchronous checkpoint writer
+        say, must not pick up the segments and trials that came after it)."""
+        return copy.deepcopy({
             "settings": self.settings.to_dict(),
             "mode": self.mode,
             "objective_used": self.objective_used,
@@ -219,7 +222,7 @@ class TuneModule:
             "asked": self.asked,
             "trend_noise": self.trend_noise,
             "total_steps": self.total_steps,
-        }
+        })  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Come back from a checkpoint: the open trial goes on (its segment is re-observed from
@@ -264,7 +267,10 @@ class TuneModule:
                       if r.get("decision") in ("kept", "rolled_back")
                       and isinstance(r.get("score"), (int, float))
                       and math.isfinite(r["score"])}  # fmt: skip
+            known = [r["trial"] for r in self.trials if isinstance(r.get("trial"), int)]
+            replaced = self.study.finished_after(max(known, default=-1))
             failed = self.study.fail_open(keep=keep, judged=judged)
+            self._list_replaced(replaced)
             for number in failed:
                 self._row(number)["decision"] = "failed"
             self.counts["failed"] += len(failed)
@@ -278,6 +284,19 @@ class TuneModule:
                 self.waiting = None
         else:
             self.waiting = None
+
+    def _list_replaced(self, replaced: list[Any]) -> None:
+        """Trials that a life this resume replaced opened and finished after the checkpoint.
+        The study keeps their real scores (the sampler learned from them); their changes are
+        in no life of this run any more: ``tune status`` lists them as ``replaced``, with what
+        that life decided (``was``), so the study's numbering has no unexplained gap."""
+        for t in replaced:
+            attrs = t.user_attrs.get("hotcb") or {}
+            decided = attrs.get("decision") or ("failed" if t.value is None else "judged")
+            changes = {k: [None, v] for k, v in (attrs.get("values") or {}).items()}
+            self._row(t.number).update(step=attrs.get("step"), end_step=attrs.get("end_step"),
+                                       score=t.value, decision="replaced", was=decided,
+                                       changes=changes)  # fmt: skip
 
     # ------------------------------------------------------------------ ops
     def _op_enable(self, op: HotOp, env: Env) -> OpResult:

@@ -143,6 +143,12 @@ class Study:
             failed.append(t.number)
         return failed
 
+    def finished_after(self, number: int) -> list[Any]:
+        """This run's finished trials numbered above ``number`` (Optuna's FrozenTrials)."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.number > number and t.state.is_finished()
+                and t.user_attrs.get("run") == self.run]  # fmt: skip
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):

@@ -9,7 +9,10 @@ import { el, fmtValue } from "./panels.js";
 /** The command that switches the tuner on, as the off line shows it. */
 export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
 
-const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open" };
+const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open", replaced: "replaced" };
+
+/** Why a trial shows as replaced (its row's title). */
+const REPLACED_WHY = "judged after the checkpoint this run was resumed from, in the life the resume replaced: the study keeps its score, its change is not in this run";
 
 /** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
 export function fmtTuneChanges(changes) {
@@ -86,7 +89,11 @@ const MAX_REFUSED = 3;
 /** How many answers sent from here wait for the run's verdict after their proposal left. */
 const MAX_AWAY = 20;
 
-export const decisionLabel = (d) => DECISIONS[d] || String(d ?? "–");
+/** "rolled back"; a trial of a replaced life: "replaced (was kept)". */
+export const decisionLabel = (d, was) => {
+  const label = DECISIONS[d] || String(d ?? "–");
+  return d === "replaced" && was ? `${label} (was ${DECISIONS[was] || was})` : label;
+};
 
 /** A POSIX shell word for `path` (quoted when it needs to be). */
 function shellWord(path) {
@@ -371,7 +378,9 @@ export class TunePanel {
       tr.append(el("td", "delta", fmtTuneChanges(trialChanges(doc, t)) || "–"));
       tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
       const dec = el("td");
-      dec.append(el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision)));
+      const label = el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
+      if (t.decision === "replaced") label.title = REPLACED_WHY;
+      dec.append(label);
       tr.append(dec);
       body.append(tr);
     }
