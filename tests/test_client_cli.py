@@ -315,6 +315,19 @@ def test_bad_syntax_exits_2_without_a_traceback(run_dir: str, cli: Any, argv: tu
     assert lines[0].startswith("hotcb") and "error:" in lines[0] and "--help" in lines[0]
 
 
+def test_every_command_help_says_what_the_command_does(tmp_path: Any, cli: Any) -> None:
+    """``hotcb freeze --help`` (and every other command's) opens with what it does, not only
+    its usage line."""
+    for argv in (("freeze",), ("set",), ("pause",), ("tune", "accept"), ("cb", "list")):
+        res = cli(os.fspath(tmp_path), *argv, "--help")
+        assert res.returncode == 0, res.stderr
+        _usage, _, rest = res.stdout.partition("\n\n")
+        first = rest.split("\n\n")[0].strip()
+        assert first and not first.startswith(("positional", "options")), (argv, res.stdout)
+    res = cli(os.fspath(tmp_path), "freeze", "--help")
+    assert "prod (ignore commands)" in " ".join(res.stdout.split())
+
+
 def test_status_of_a_missing_run_directory_is_an_error(tmp_path: Any, cli: Any) -> None:
     res = cli(os.fspath(tmp_path / "nowhere"), "status")
     assert res.returncode == 2

@@ -63,7 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _GROUPS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     _accept_dir_anywhere(parser)
+    _describe_from_help(parser)
     return parser
+
+
+def _describe_from_help(parser: argparse.ArgumentParser) -> None:
+    """``hotcb freeze --help`` opens with the line ``hotcb --help`` lists for it, where the
+    command has no longer description of its own."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {a.dest: a.help for a in action._choices_actions}
+        for name, child in action.choices.items():
+            if child.description is None and summaries.get(name):
+                child.description = summaries[name]
+            _describe_from_help(child)
 
 
 def _accept_dir_anywhere(parser: argparse.ArgumentParser) -> None:
