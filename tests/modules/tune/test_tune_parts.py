@@ -160,3 +160,14 @@ def test_a_trial_is_told_once_when_a_resumed_life_judges_it_again(tmp_path: Path
     (trial,) = again.study.get_trials()
     assert (trial.state.name, trial.value, trial.user_attrs["hotcb"]) == ("COMPLETE", 0.25,
                                                                           {"life": 1})  # fmt: skip
+
+
+def test_the_blow_up_line_is_above_every_step_before_and_ignores_a_nan_step() -> None:
+    from hotcb.modules.tune._module import _blow_up_line
+
+    calm = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95]
+    assert _blow_up_line(calm, 1.0) == 2.0  # twice the median
+    spiky = [0.08, 0.09, 0.3, 0.07, 0.085, 0.08]
+    assert _blow_up_line(spiky, 1.0) == 0.3  # the highest step before: batch noise, not harm
+    assert _blow_up_line([*calm, math.nan], 1.0) == 2.0
+    assert _blow_up_line([math.nan, math.inf, 1.0, 1.0], 1.0) is None  # too little to judge

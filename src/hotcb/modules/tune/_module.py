@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
@@ -50,8 +50,20 @@ _HISTORY = 4  # segment levels kept for the trend
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
-_TRAIN_WATCH = 20  # training losses before a mutation that make its "before" level
+_TRAIN_WATCH = 50  # training losses before a mutation: the blow-up watch's "before"
 _VAL_EVENT = "val_epoch_end"
+
+
+def _blow_up_line(before: Iterable[float], abort: float) -> float | None:
+    """Where a trial's training loss (the median of 5 steps) reads as a blow-up: ``abort``
+    worse than the median of the steps before the change, and above the highest of them.
+    Per-batch losses are heavy-tailed: against the median alone, the unlucky batches of a
+    harmless trial (a Lightning run on digits: 0.198 after lr x0.92, against 0.084) read as a
+    blow-up, and the trial is told the worst score."""
+    values = [v for v in before if math.isfinite(v)]
+    if len(values) < 5:  # too little to draw a line (a NaN step is not a level)
+        return None
+    return max((1 + abort) * statistics.median(values), max(values))
 
 
 def _number(value: Any) -> float | None:
@@ -104,6 +116,7 @@ class TuneModule:
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
+        self._watch_before: list[float] = []  # train_recent when the open trial started
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
 
@@ -371,10 +384,11 @@ class TuneModule:
             made = result.changes or {}
             applied = {m: {k: made.get(k, {}).get("new", v) for k, v in kv.items()}
                        for m, kv in values.items()}  # fmt: skip
+            line = _blow_up_line(self.train_recent, self.settings.abort)
             self.trial = {"number": trial, "step": int(env["step"]), "before": before,
                           "after": values, "applied": applied, "cmd_id": op.cmd_id,
-                          "train_before": statistics.median(self.train_recent)
-                          if len(self.train_recent) >= 5 else None}  # fmt: skip
+                          "train_line": line}  # fmt: skip
+            self._watch_before = list(self.train_recent)
             row = self._row(trial)
             row.update(
                 step=int(env["step"]),
@@ -434,6 +448,10 @@ class TuneModule:
                                 "modules": self._modules(values), "restored": restored}  # fmt: skip
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
+            # the trial's training losses were made with values no longer in force: the watch
+            # goes back to what it saw before the trial (a blown-up trial's losses would raise
+            # the next trial's line and hide its blow-up)
+            self.train_recent = deque(self._watch_before, maxlen=_TRAIN_WATCH)
             self._start_segment(int(env["step"]), "backoff" if self.backoff else "baseline")
         return result
 
@@ -541,9 +559,11 @@ class TuneModule:
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
         train = _number(metrics.get(name)) if name is not None else None
-        if train is not None and self.objective_used not in _TRAIN_LOSSES:
-            self.train_recent.append(train)  # the early-abort watch, every step
-            if self.trial is not None and step >= self.segment.start:
+        # the early-abort watch, every step but the one that applied a change (old values)
+        if (train is not None and self.objective_used not in _TRAIN_LOSSES
+                and step >= self.segment.start):  # fmt: skip
+            self.train_recent.append(train)
+            if self.trial is not None:
                 self.trial.setdefault("train", []).append(train)
         value = metrics.get(self.objective_used)
         if value is None and not self.seen and self.objective_used == VAL_LOSS_NAMES[0]:
@@ -627,17 +647,17 @@ class TuneModule:
 
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
-        mutation: caught in a few steps, long before the next evaluation. Not for a trial that
-        moves a loss weight: the training loss it weighs is then another quantity (ce × 2 is
-        not a blow-up)."""
+        mutation, and worse than any step before it (:func:`_blow_up_line`): caught in a few
+        steps, long before the next evaluation. Not for a trial that moves a loss weight: the
+        training loss it weighs is then another quantity (ce × 2 is not a blow-up)."""
         trial = self.trial
-        if trial is None or not trial.get("train_before") or "loss" in trial["after"]:
+        if trial is None or not trial.get("train_line") or "loss" in trial["after"]:
             return False
         got = trial.get("train") or []
         if len(got) < 5:
             return False
         now = statistics.median(got[-5:])
-        if math.isfinite(now) and now <= (1 + self.settings.abort) * trial["train_before"]:
+        if math.isfinite(now) and now <= trial["train_line"]:
             return False
         trial["blew_up"] = now
         return True
@@ -678,8 +698,8 @@ class TuneModule:
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
         if "blew_up" in trial and not seg.values:  # ended early on the training loss
             detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
-                      f"the last 5 steps) against {trial['train_before']:.4g} before the "
-                      "change", "score": score}  # fmt: skip
+                      f"the last 5 steps), above {trial['train_line']:.4g}, the line the "
+                      "steps before the change drew", "score": score}  # fmt: skip
         # keep what beats the threshold by more than the noise: the segment's own, or how far
         # the trend missed segments that were left alone
         margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
