@@ -91,7 +91,11 @@ def debug(page: Any) -> dict[str, Any]:
 def wait_page(page: Any, expr: str, timeout: float = 60) -> dict[str, Any]:
     """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
     fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
+    try:
+        page.wait_for_function(fn, timeout=timeout * 1000)
+    except Exception as exc:  # say what the page held instead (a CI timeout once, under load)
+        held = page.evaluate("window.hotcb && window.hotcb.debug().autopilot")
+        raise AssertionError(f"{expr}: not true; autopilot: {held}; errors: {page.errors}") from exc
     return debug(page)
 
 

@@ -40,7 +40,11 @@ def debug(page: Any) -> dict[str, Any]:
 def wait_page(page: Any, expr: str, timeout: float = 30) -> dict[str, Any]:
     """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
     fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
+    try:
+        page.wait_for_function(fn, timeout=timeout * 1000)
+    except Exception as exc:  # say what the page held instead (a CI timeout once, under load)
+        held = page.evaluate("window.hotcb && window.hotcb.debug().tune")
+        raise AssertionError(f"{expr}: not true; tune: {held}; errors: {page.errors}") from exc
     return debug(page)
 
 
