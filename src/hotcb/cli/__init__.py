@@ -62,30 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in _GROUPS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
-    _accept_dir_anywhere(parser)
-    _describe_from_help(parser)
+    _finish_commands(parser)
     return parser
 
 
-def _describe_from_help(parser: argparse.ArgumentParser) -> None:
-    """``hotcb freeze --help`` opens with the line ``hotcb --help`` lists for it, where the
-    command has no longer description of its own."""
+def _finish_commands(parser: argparse.ArgumentParser) -> None:
+    """For every (sub-)command: ``hotcb serve --dir D`` works as well as ``hotcb --dir D
+    serve``, and ``hotcb freeze --help`` opens with the line ``hotcb --help`` lists for it,
+    where the command has no longer description of its own."""
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
         summaries = {a.dest: a.help for a in action._choices_actions}
         for name, child in action.choices.items():
-            if child.description is None and summaries.get(name):
-                child.description = summaries[name]
-            _describe_from_help(child)
-
-
-def _accept_dir_anywhere(parser: argparse.ArgumentParser) -> None:
-    """``hotcb serve --dir D`` works as well as ``hotcb --dir D serve``."""
-    for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        for child in action.choices.values():
             if not any("--dir" in a.option_strings for a in child._actions):
                 child.add_argument(
                     "--dir",
@@ -93,7 +82,9 @@ def _accept_dir_anywhere(parser: argparse.ArgumentParser) -> None:
                     default=argparse.SUPPRESS,
                     help="run directory (same as hotcb --dir)",
                 )
-            _accept_dir_anywhere(child)
+            if child.description is None and summaries.get(name):
+                child.description = summaries[name]
+            _finish_commands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
