@@ -1,6 +1,6 @@
 """The online tuner against fixed lrs and its peers, at equal total training steps.
 
-    python benchmarks/tune.py                       # 3 seeds, ~3-6 min on 2 cores
+    python benchmarks/tune.py                       # 8 seeds, ~3 min on 2 cores
     python benchmarks/tune.py --quick               # 1 seed, short budgets: a smoke test (<1 min)
     python benchmarks/tune.py --only fixed,tune     # some conditions only
     python benchmarks/tune.py --keep-runs /tmp/r    # keep the tuner's run directories
@@ -38,8 +38,9 @@ trials, PBT's members and the oracle train with its loop, :func:`hotcb.bench.run
   ``train()``/``eval()`` around every evaluation; ``prodigy``: ``prodigyopt.Prodigy``, lr 1.0,
   its defaults, constant lr. Neither applies to the toy (it has no gradients).
 
-Each condition runs with seeds 0, 1, 2 (model init and batch order, or the toy's noise); the
-tables show mean ± std over seeds of the final validation loss, measured after the last step.
+Each condition runs with seeds 0 … 7 (model init and batch order, or the toy's noise; a seed is
+the same for every condition); the tables show mean ± std over seeds of the final validation
+loss, measured after the last step, and the verdicts count the seeds each side won.
 """
 
 from __future__ import annotations
@@ -435,10 +436,18 @@ def oracle_note(rows: list[Row], ref: Row, start: str) -> list[str]:
 
 
 def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
-    """The targets, answered from the numbers; then each peer against the tuner."""
+    """The targets, answered from the numbers; then the tuner against its start lr left alone
+    and against each peer."""
     tuned = {r.start: r for r in rows if r.label == LABELS["tune"]}
     if ref is None or not tuned:
         return ["(not all conditions ran: no verdicts)"]
+    return [*target_verdicts(task, rows, ref, tuned), *fixed_verdicts(task, rows, tuned),
+            *peer_verdicts(rows, tuned)]  # fmt: skip
+
+
+def target_verdicts(task: Any, rows: list[Row], ref: Row, tuned: dict[str, Row]) -> list[str]:
+    """Digits: from each bad start, within 10 % of the good fixed lr; the toy: below every
+    fixed lr."""
     out = []
     if isinstance(task, Digits):
         for start in ("10x high", "30x low"):
@@ -458,6 +467,29 @@ def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
             f"- Target: beat every fixed lr: {ok}; tuned {t.mean:.3f} vs the best fixed lr "
             f"({ref.start}) {ref.mean:.3f} ({t.mean / ref.mean:.2f}×)."
         )
+    return out
+
+
+def fixed_verdicts(task: Any, rows: list[Row], tuned: dict[str, Row]) -> list[str]:
+    """Digits: the tuner against leaving the lr it started from alone."""
+    if not isinstance(task, Digits):
+        return []
+    out = []
+    for start, t in tuned.items():
+        fixed = next((r for r in rows if r.label == "fixed lr" and r.start == start), None)
+        if fixed is None:
+            continue
+        pair = f"{fixed.mean:.3f} vs tuned {t.mean:.3f}{seed_wins(t, fixed)}"
+        if fixed.mean < t.mean:
+            out.append(f"- From {start}, the fixed lr (left alone) **beats the tuner**: {pair}.")
+        else:
+            out.append(f"- From {start}, the tuner beats the fixed lr it started from: {pair}.")
+    return out
+
+
+def peer_verdicts(rows: list[Row], tuned: dict[str, Row]) -> list[str]:
+    """Each peer (PBT, Optuna HPO, Schedule-Free, Prodigy) against the tuner, start by start."""
+    out = []
     for row in rows:
         if row.label in (LABELS["tune"], "fixed lr", LABELS["best fixed"], LABELS["oracle"],
                          LABELS["oracle_early"]):  # fmt: skip
@@ -465,13 +497,24 @@ def verdicts(task: Any, rows: list[Row], ref: Row | None) -> list[str]:
         won, lost = [], []
         for start, t in tuned.items():
             if row.start in (start, "—"):
-                pair = f"from {start}: {row.mean:.3f} vs tuned {t.mean:.3f}"
+                pair = f"from {start}: {row.mean:.3f} vs tuned {t.mean:.3f}{seed_wins(t, row)}"
                 (won if row.mean < t.mean else lost).append(pair)
         if won:
             out.append(f"- {row.label} **beats the tuner** {'; '.join(won)}.")
         if lost:
             out.append(f"- The tuner beats {row.label} {'; '.join(lost)}.")
     return out
+
+
+def seed_wins(tuned: Row, other: Row) -> str:
+    """How many seeds the tuner won, compared seed by seed (each seed is one model init and
+    batch order for every condition): a mean can hide that the lead changes hands."""
+    theirs = {r.seed: r.val_loss for r in other.results}
+    paired = [(r.val_loss, theirs[r.seed]) for r in tuned.results if r.seed in theirs]
+    if len(paired) < 2:
+        return ""
+    wins = sum(a < b for a, b in paired)
+    return f" (the tuner lower in {wins} of {len(paired)} seeds)"
 
 
 def tuner_facts(results: list[Result]) -> list[str]:
@@ -803,7 +846,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="report folder (default docs/benchmarks; --quick: a temp dir)")
     ap.add_argument("--only", default=",".join(CONDITIONS), help="conditions, comma-separated")
     ap.add_argument(
-        "--seeds", type=int, default=3, help="how many seeds: 0, 1, ... N-1 (default 3)"
+        "--seeds",
+        type=int,
+        help="how many seeds: 0, 1, ... N-1 (default 8; --horizon: 3)",
     )
     ap.add_argument("--keep-runs", help="keep the tuner's run directories here")
     ap.add_argument(
@@ -819,6 +864,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "against its worth at the end; prints a table",
     )
     args = ap.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 3 if args.horizon else 8
     if args.seeds < 1:
         ap.error(f"--seeds: the number of seeds to run (1 or more), got {args.seeds}")
     if args.horizon:
