@@ -145,3 +145,6 @@ def test_init_on_a_file_and_export_to_a_missing_folder_are_one_line_errors(
     assert cli(run_dir, "recipe", "export", "--out", recipe).returncode == 0
     res = cli(run_dir, "recipe", "patch-template", "--recipe", recipe, "--out", out)
     assert res.returncode == 2 and "--out: no folder" in res.stderr, res.stderr
+    res = cli(run_dir, "tune", "export", "--out", out)
+    assert res.returncode == 2 and "--out: no folder" in res.stderr, res.stderr
+    assert ".tmp." not in res.stderr and "Errno" not in res.stderr

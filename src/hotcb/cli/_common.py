@@ -76,6 +76,13 @@ def require_run_dir(path: str, *, folder_ok: bool = False) -> None:
         raise UsageError(folder)
 
 
+def require_out_folder(out: str | None) -> None:
+    """``--out`` names a file in a folder that exists (not an OSError about a temporary file)."""
+    folder = os.path.dirname(os.path.abspath(out)) if out else None
+    if folder is not None and not os.path.isdir(folder):
+        raise UsageError(f"--out: no folder {folder} to write {os.path.basename(out or '')} in")
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM ends a long-running command the way Ctrl-C does (its ``KeyboardInterrupt``
     path: a clean exit). ``hotcb launch`` stops its autopilot and notifier with SIGTERM: one

@@ -20,7 +20,7 @@ from ..recipe import (
     validate_recipe,
 )
 from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish
+from ._common import UsageError, add_wait, client, finish, require_out_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -81,15 +81,8 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return finish(args, [cid])
 
 
-def _require_out_folder(out: str | None) -> None:
-    """``--out`` names a file in a folder that exists (not an OSError about a temporary file)."""
-    folder = os.path.dirname(os.path.abspath(out)) if out else None
-    if folder is not None and not os.path.isdir(folder):
-        raise UsageError(f"--out: no folder {folder} to write {os.path.basename(out or '')} in")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    _require_out_folder(args.out)
+    require_out_folder(args.out)
     path, entries = export_recipe(args.dir, args.out)
     print(f"wrote {len(entries)} entries to {path}")
     return 0
@@ -125,7 +118,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_patch_template(args: argparse.Namespace) -> int:
     from ..recipe import patch_template, read_recipe
 
-    _require_out_folder(args.out)
+    require_out_folder(args.out)
     text = patch_template(read_recipe(_recipe_arg(args)))
     if args.out:
         with open(args.out, "w") as f:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .. import jsonl
-from ._common import add_wait, client, finish, fmt_value, require_run_dir
+from ._common import add_wait, client, finish, fmt_value, require_out_folder, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -228,6 +228,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..modules.tune._export import export_kept
 
     require_run_dir(args.dir)
+    require_out_folder(args.out)
     path, kept = export_kept(args.dir, args.out)
     print(path)
     if not kept:  # a recipe that replays nothing: say so
