@@ -430,6 +430,27 @@ class HotClient:
         state = jsonl.read_json(self.paths.tune, None)
         return state if isinstance(state, dict) else {"mode": "off"}
 
+    def wait_tune_open(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """After the ``tune enable`` command ``cmd_id`` applied: the tuner's state once its study
+        is open (``study_open``), or the ``failed`` ledger entry that says why the run could not
+        open it (a storage URL it cannot use, a database it cannot reach). The run opens the
+        study off its training thread, in a second or two, while it trains."""
+        deadline = time.monotonic() + timeout
+        tail = jsonl.JsonlTail(self.paths.ledger)
+        while True:
+            for entry in tail.read_records():
+                if entry.get("cmd_id") == cmd_id and entry.get("decision") == "failed":
+                    return entry
+            state = self.tune_status()
+            if state.get("enable_cmd") == cmd_id and state.get("study_open"):
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the tuner's study is not open {timeout:g}s after {cmd_id} (a run that is "
+                    "paused opens it when it trains again); 'hotcb tune status' says when it is"
+                )
+            time.sleep(0.05)
+
     def tune_export(self, out: str | os.PathLike[str] | None = None) -> str:
         """Write the kept changes as a recipe for ``freeze(mode="replay")``; its path."""
         from .modules.tune._export import export_kept

@@ -106,11 +106,11 @@ def count(text: str) -> int:
     return value
 
 
-def add_wait(p: argparse.ArgumentParser) -> None:
+def add_wait(p: argparse.ArgumentParser, *, also: str = "") -> None:
     p.add_argument(
         "--wait",
         action="store_true",
-        help="wait until the run has handled the command and print the ledger entry",
+        help="wait until the run has handled the command and print the ledger entry" + also,
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (with --wait)")
 

@@ -13,7 +13,16 @@ import time
 from typing import Any
 
 from .. import jsonl
-from ._common import add_wait, client, finish, fmt_value, require_out_folder, require_run_dir
+from ._common import (
+    add_wait,
+    client,
+    ended,
+    finish,
+    fmt_entry,
+    fmt_value,
+    require_out_folder,
+    require_run_dir,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="wait for Optuna at each boundary, so trials start exactly on "
                    "boundaries (reproducible step numbers; costs the ask's time, 0.1-0.4 s on "
                    "SQLite). Default: Optuna runs on a thread of its own")  # fmt: skip
-    add_wait(p)
+    add_wait(p, also=", then until the study is open (exit 1 if the run cannot open it)")
     p.set_defaults(func=cmd_enable)
 
     p = tsub.add_parser("disable", help="turn the tuner off (values stay where they are)")
@@ -98,7 +107,17 @@ def cmd_enable(args: argparse.Namespace) -> int:
         "total_steps": args.total_steps, "abort": args.abort, "restore": args.restore,
         "sync": args.sync,
     }  # fmt: skip
-    return finish(args, [client(args).tune_enable(args.mode, **settings)])
+    cid = client(args).tune_enable(args.mode, **settings)
+    code = finish(args, [cid])
+    if code or not args.wait or ended(args.dir) is not None:
+        return code
+    # applied: the run opens the study next, off its training thread; --wait waits for that
+    got = client(args).wait_tune_open(cid, timeout=args.timeout)
+    if got.get("decision") == "failed":
+        print(fmt_entry(got, args.dir))
+        return 1
+    print(f"study {got.get('study')} open in {got.get('storage')}")
+    return 0
 
 
 def cmd_disable(args: argparse.Namespace) -> int:

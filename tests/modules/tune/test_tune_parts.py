@@ -171,3 +171,24 @@ def test_the_blow_up_line_is_above_every_step_before_and_ignores_a_nan_step() ->
     assert _blow_up_line(spiky, 1.0) == 0.3  # the highest step before: batch noise, not harm
     assert _blow_up_line([*calm, math.nan], 1.0) == 2.0
     assert _blow_up_line([math.nan, math.inf, 1.0, 1.0], 1.0) is None  # too little to judge
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///study.db", "postgresql+psycopg2://u@h/db", "journal:s.log", "runs/s.journal"]
+)
+def test_a_storage_url_of_any_kind_optuna_takes_passes_the_check(url: str) -> None:
+    assert parse_settings({"storage": url}).storage == url
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("shared.db", "write sqlite:///shared.db"),
+        ("postgres://ann:s3cret@db/tune", "write postgresql://ann:***@db/tune"),
+        ("journal:", "journal:PATH"),
+    ],
+)
+def test_a_storage_that_cannot_be_one_is_refused_with_the_fix(url: str, said: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        parse_settings({"storage": url})
+    assert said in str(info.value) and "s3cret" not in str(info.value)

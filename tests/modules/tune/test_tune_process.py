@@ -155,3 +155,32 @@ def test_cli_status_proposals_accept_and_export(
     assert len(lines) - 1 == len(kept)  # a header, then one set_params per kept trial
     for rec in lines[1:]:
         assert rec["module"] == "opt" and rec["op"] == "set_params"
+
+
+def test_enable_wait_says_whether_the_run_could_open_the_study(
+    run_dir: str, cli: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    """``tune enable --wait`` printed "applied" and exited 0 for a storage the run then failed
+    to open, a few steps later: the user learnt it only from ``tune status``. It now waits
+    for the study: the run's refusal and exit 1, or the study it opened."""
+    trace = os.fspath(tmp_path / "trace.jsonl")
+    start_trainer(run_dir, trace, steps=100_000, step_delay=0.002)
+    wait_for(lambda: len(read_jsonl(trace)) >= 3, 120, what="the trainer's first steps")
+    nowhere = f"sqlite:///{tmp_path}/no/such/dir/study.db"
+    bad = cli(run_dir, "tune", "enable", "--objective", "loss", "--storage", nowhere,
+              "--wait", "--timeout", "120")  # fmt: skip
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    applied, failed = bad.stdout.splitlines()  # one line each
+    assert "tune enable -> applied" in applied
+    assert "tune enable -> failed: could not open study" in failed and "no/such/dir" in failed
+    good = cli(run_dir, "tune", "enable", "--objective", "loss", "--wait", "--timeout", "120")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert (
+        good.stdout.splitlines()[-1] == f"study hotcb-run open in sqlite:///{run_dir}/hotcb.tune.db"
+    )
+    assert HotClient(run_dir).tune_status()["mode"] == "active"
+    # a storage that cannot be a storage is refused before anything is sent
+    sent = len(read_jsonl(os.path.join(run_dir, "hotcb.commands.jsonl")))
+    shape = cli(run_dir, "tune", "enable", "--storage", "shared.db", "--wait")
+    assert shape.returncode == 2 and "sqlite:///shared.db" in shape.stderr, shape.stderr
+    assert len(read_jsonl(os.path.join(run_dir, "hotcb.commands.jsonl"))) == sent

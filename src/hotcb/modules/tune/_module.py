@@ -47,6 +47,7 @@ STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
+_OPENING = "no trial while the study was opening"  # the head of the note tune status shows
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
@@ -91,6 +92,9 @@ class TuneModule:
         self._worker: Worker | None = None  # the thread that talks to the study
         self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
         self.opening: Any = None  # the study being opened in the background (a Future)
+        # the `tune enable` command this tuner runs under: its failure to open the study is
+        # ledgered under it, and `tune enable --wait` waits for the study on it
+        self.enable_cmd: str | None = None
         self.objective_used = self.settings.objective
         self.seen = False
         # the objective came with a validation event: on other steps its value is a repeat
@@ -322,6 +326,7 @@ class TuneModule:
             self._enable(settings, int(env["step"]))
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
             return OpResult("rejected", error=str(exc))
+        self.enable_cmd = op.cmd_id
         changes = {"mode": {"old": old, "new": self.mode}}
         return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
 
@@ -519,9 +524,12 @@ class TuneModule:
         try:
             self.study, failed = opening.result()
         except Exception as exc:  # a storage that cannot be opened: the tuner turns off
+            # the study is no longer opening: the failure replaces the note that it was
+            self.warnings = [w for w in self.warnings if not w.startswith(_OPENING)]
             self.warnings.append(str(exc))
             self.host.record({"module": "tune", "op": "enable", "source": "tune",
-                              "decision": "failed", "error": str(exc)})  # fmt: skip
+                              "cmd_id": self.enable_cmd, "decision": "failed",
+                              "error": str(exc)})  # fmt: skip
             self.mode, self.phase = "off", "off"
             return False
         self.counts["failed"] += len(failed)
@@ -544,7 +552,10 @@ class TuneModule:
         except Exception as exc:  # a storage that cannot be opened
             from ._study import redact
 
-            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {exc}") from exc
+            # SQLAlchemy ends its messages with a line that links its docs: one line is enough
+            said = " ".join(line for line in str(exc).splitlines()
+                            if not line.startswith("(Background on this error"))  # fmt: skip
+            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {said}") from exc
 
     # ------------------------------------------------------------------ segments
     @property
@@ -782,7 +793,7 @@ class TuneModule:
     def _opening_note(self, step: int) -> None:
         """Say in ``tune status`` that a trial was due but the study was not open yet (a run
         of a few seconds can end before Optuna is imported and its storage opened)."""
-        head = "no trial while the study was opening"
+        head = _OPENING
         old = next((w for w in self.warnings if w.startswith(head)), None)
         count = 1 + (int(old.split("(", 1)[1].split(" ", 1)[0]) if old else 0)
         note = (f"{head} ({count} segment boundaries, the last at step {step}): importing "
@@ -1030,6 +1041,8 @@ class TuneModule:
             "segment_evals": s.segment_evals,
             "study": name,
             "storage": redact(url),
+            "study_open": self.study is not None,
+            "enable_cmd": self.enable_cmd,
             "phase": self.phase,
             "trial": self.trial["number"] if self.trial else None,
             "segment_start": self.segment.start,

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..._checks import Checker, CheckError, parse_document
 from ...errors import RecipeError as _RecipeError
+from ...runfiles import redact_url
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -152,6 +153,8 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
     out["restore"] = ck.choice(doc, "restore", f"{prefix}restore", ("values", "state"))
     for key in ("objective", "storage", "study", "recipe"):
         out[key] = ck.string(doc, key, f"{prefix}{key}")
+    if out["storage"] is not None and (trouble := storage_trouble(out["storage"])):
+        ck.add(f"{prefix}storage", trouble)
     for key, lo in (("segment_steps", 1), ("segment_evals", 1), ("startup_trials", 0),
                     ("reject_streak", 1), ("backoff_segments", 0)):  # fmt: skip
         out[key] = ck.number(doc, key, f"{prefix}{key}", integer=True, minimum=lo)
@@ -167,6 +170,26 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
     if "space" in doc:
         out["space"] = _check_space(doc["space"], ck, f"{prefix}space")
     return {k: v for k, v in out.items() if v is not None}
+
+
+def storage_trouble(url: str) -> str | None:
+    """What is wrong with a storage URL that cannot be one, said before the run tries it: a
+    bare file name (SQLAlchemy cannot parse it), ``postgres://`` (SQLAlchemy has no such
+    dialect), an empty journal path. Whether the database answers, only the run can tell."""
+    if url.startswith("journal:"):
+        return None if url[len("journal:") :] else "journal: needs a file path, journal:PATH"
+    if "://" not in url:
+        if url.endswith((".log", ".journal")):
+            return None  # a journal file
+        return (
+            f"{url!r} is neither a database URL nor a journal file: for a SQLite file write "
+            f"sqlite:///{url} (relative to the training's working directory; sqlite:////abs/path "
+            "for an absolute one), for a journal file journal:PATH"
+        )
+    if url.split("://", 1)[0] == "postgres":  # said back without its password
+        rest = redact_url(url).split("://", 1)[1]
+        return f"SQLAlchemy has no 'postgres' dialect: write postgresql://{rest}"
+    return None
 
 
 def _check_space(space: Any, ck: Checker, where: str) -> tuple[Knob, ...] | None:
