@@ -507,3 +507,49 @@ def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli
         f"from the checkpoint at step {state['step']}; #{state['seq'] + 1}.."
         f"#{marker['seq'] - 1} ran in the life it replaced"
     ) in lines[marker["seq"]]
+
+
+def test_tuning_loss_weights_on_the_training_loss_is_warned(tmp_path: Any, cli: Any) -> None:
+    """The training loss is the sum the loss weights scale: scored on it, a lower weight always
+    wins (a tuner run this way drove a digits run's aux weight to 0.003 and rolled back every
+    raise with scores like -17). ``tune status`` says so, whether the user asked for ``loss``
+    or the tuner fell back to it."""
+    from hotcb import HotKernel, loss_actuators
+
+    weights = {"ce": 1.0, "aux": 0.5}
+    kernel = HotKernel(str(tmp_path / "run"), mutable_state=loss_actuators(weights),
+                       poll_interval_sec=0)  # fmt: skip
+    space = [{"key": "aux", "module": "loss", "mode": "set", "low": 0.0, "high": 1.0,
+              "log": False}]  # fmt: skip
+    client = HotClient(kernel.run_dir)
+    step = 0
+
+    def train(steps: int, val: bool) -> None:
+        nonlocal step
+        for _ in range(steps):
+            step += 1
+            metrics = {"loss": weights["ce"] * 0.5 + weights["aux"] * 0.2}
+            if val and step % 10 == 0:
+                metrics["val_loss"] = 0.6
+            kernel.apply({"step": step, "metrics": metrics})
+
+    try:
+        client.tune_enable("observe", objective="val_loss", segment_steps=10, space=space,
+                           sync=True)  # fmt: skip
+        train(30, val=True)
+        st = client.tune_status()
+        assert st["mode"] == "observe" and st["warnings"] == []  # val_loss: not what they scale
+        client.tune_enable("observe", objective="loss", segment_steps=10, space=space, sync=True)
+        train(5, val=True)
+        (warning,) = client.tune_status()["warnings"]
+        assert "scoring the training loss 'loss' while tuning loss weights (aux)" in warning
+        assert "--objective val_loss" in warning
+        client.tune_enable("observe", objective="val_loss", segment_steps=10, space=space,
+                           sync=True)  # fmt: skip
+        train(40, val=False)  # no val_loss comes: the tuner scores `loss` instead
+        fallback, weights_note = client.tune_status()["warnings"]
+        assert fallback.startswith("objective 'val_loss' was not logged")
+        assert "while tuning loss weights (aux)" in weights_note
+        assert "while tuning loss weights" in cli(kernel.run_dir, "tune", "status").stdout
+    finally:
+        kernel.close()

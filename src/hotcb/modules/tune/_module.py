@@ -505,6 +505,7 @@ class TuneModule:
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
         self.trend_noise, self.total_steps = None, settings.total_steps
         self.warnings = []
+        self._weights_note()
         if study is not None:
             failed = study.fail_open()
             self.counts["failed"] += len(failed)
@@ -598,6 +599,7 @@ class TuneModule:
                     f"objective {s.objective!r} was not logged in {wait} steps; "
                     f"scoring {name!r} instead (--objective picks another)"
                 )
+                self._weights_note()
                 self.segment = Segment(self.segment.start, [], [])
                 self.history = []
                 value = train
@@ -789,6 +791,19 @@ class TuneModule:
             self._ask_failed(exc, step)
             return
         self._start(number, sampled, knobs, step)
+
+    def _weights_note(self) -> None:
+        """Say in ``tune status`` when the space moves loss weights and the score is the
+        training loss: the loss those weights scale, so a lower weight scores better whatever
+        it does to the model (a trial that halves a term's weight lowers the loss by itself)."""
+        weights = [k.key for k in self.settings.space if k.module == "loss"]
+        if weights and self.objective_used in _TRAIN_LOSSES:
+            self._warn(
+                f"scoring the training loss {self.objective_used!r} while tuning loss weights "
+                f"({', '.join(weights)}): the weights scale it, so a lower weight scores better "
+                "whatever it does to the model; score a metric they do not scale (--objective "
+                "val_loss, or an unweighted term the run logs)"
+            )
 
     def _opening_note(self, step: int) -> None:
         """Say in ``tune status`` that a trial was due but the study was not open yet (a run
