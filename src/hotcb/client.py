@@ -434,15 +434,19 @@ class HotClient:
         """After the ``tune enable`` command ``cmd_id`` applied: the tuner's state once its study
         is open (``study_open``), or the ``failed`` ledger entry that says why the run could not
         open it (a storage URL it cannot use, a database it cannot reach). The run opens the
-        study off its training thread, in a second or two, while it trains."""
+        study off its training thread, in a second or two, while it trains; a paused run opens
+        it when it trains again: then the state, with ``study_open`` false, at once."""
         deadline = time.monotonic() + timeout
         tail = jsonl.JsonlTail(self.paths.ledger)
+        paused = False
         while True:
             for entry in tail.read_records():
                 if entry.get("cmd_id") == cmd_id and entry.get("decision") == "failed":
                     return entry
+                if entry.get("module") == "control" and entry.get("decision") == "applied":
+                    paused = {"pause": True, "resume": False}.get(str(entry.get("op")), paused)
             state = self.tune_status()
-            if state.get("enable_cmd") == cmd_id and state.get("study_open"):
+            if state.get("enable_cmd") == cmd_id and (state.get("study_open") or paused):
                 return state
             if time.monotonic() > deadline:
                 raise TimeoutError(

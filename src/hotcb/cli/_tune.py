@@ -116,6 +116,10 @@ def cmd_enable(args: argparse.Namespace) -> int:
     if got.get("decision") == "failed":
         print(fmt_entry(got, args.dir))
         return 1
+    if not got.get("study_open"):
+        print("hotcb: the run is paused; it opens the study when it trains again ('hotcb tune "
+              "status' says when)", file=sys.stderr)  # fmt: skip
+        return 0
     print(f"study {got.get('study')} open in {got.get('storage')}")
     return 0
 

@@ -184,3 +184,11 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
     shape = cli(run_dir, "tune", "enable", "--storage", "shared.db", "--wait")
     assert shape.returncode == 2 and "sqlite:///shared.db" in shape.stderr, shape.stderr
     assert len(read_jsonl(os.path.join(run_dir, "hotcb.commands.jsonl"))) == sent
+    # a paused run opens its study when it trains again: --wait says so instead of timing out
+    assert cli(run_dir, "pause", "--wait", "--timeout", "120").returncode == 0
+    paused = cli(run_dir, "tune", "enable", "--objective", "loss", "--study", "other", "--wait",
+                 "--timeout", "120")  # fmt: skip
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert "the run is paused; it opens the study when it trains again" in paused.stderr
+    assert cli(run_dir, "resume", "--wait", "--timeout", "120").returncode == 0
+    wait_for(lambda: HotClient(run_dir).tune_status().get("study_open"), 120, what="the study")
