@@ -11,8 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "demo",
         help="start a demo training run and the dashboard (Ctrl-C stops both)",
-        description="Train a small model on scikit-learn's digits (a pure-Python loop without "
-        "torch) and serve the dashboard for it. Prints the URL; Ctrl-C stops the trainer and "
+        description="Train a small model on scikit-learn's digits with torch (without torch: a "
+        "pure-Python loop on a noisy quadratic) and serve the dashboard for it. Prints the URL; Ctrl-C stops the trainer and "
         "the server. Default run directory: a fresh ./runs/demo-<time> (./runs is served, so "
         "earlier demo runs can be compared).",
     )
