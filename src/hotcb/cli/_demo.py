@@ -12,9 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "demo",
         help="start a demo training run and the dashboard (Ctrl-C stops both)",
         description="Train a small model on scikit-learn's digits with torch (without torch: a "
-        "pure-Python loop on a noisy quadratic) and serve the dashboard for it. Prints the URL; Ctrl-C stops the trainer and "
-        "the server. Default run directory: a fresh ./runs/demo-<time> (./runs is served, so "
-        "earlier demo runs can be compared).",
+        "pure-Python loop on a noisy quadratic) and serve the dashboard for it. Prints the URL; "
+        "Ctrl-C stops the trainer and the server. Default run directory: a fresh "
+        "./runs/demo-<time> (./runs is served, so earlier demo runs can be compared).",
     )
     add_arguments(p)
     p.set_defaults(func=_run)

@@ -808,10 +808,9 @@ class TuneModule:
     def _opening_note(self, step: int) -> None:
         """Say in ``tune status`` that a trial was due but the study was not open yet (a run
         of a few seconds can end before Optuna is imported and its storage opened)."""
-        head = _OPENING
-        old = next((w for w in self.warnings if w.startswith(head)), None)
+        old = next((w for w in self.warnings if w.startswith(_OPENING)), None)
         count = 1 + (int(old.split("(", 1)[1].split(" ", 1)[0]) if old else 0)
-        note = (f"{head} ({count} segment boundaries, the last at step {step}): importing "
+        note = (f"{_OPENING} ({count} segment boundaries, the last at step {step}): importing "
                 "Optuna and opening its storage takes a few seconds")  # fmt: skip
         self.warnings = [note if w is old else w for w in self.warnings] if old else [
             *self.warnings, note]  # fmt: skip
