@@ -182,7 +182,7 @@ class RunControl:
     def _op_extend(self, op: HotOp, env: Env) -> OpResult:
         params = op.params
         key = "max_epochs" if "epochs" in params else "max_steps"
-        old = self._horizon(key, env)
+        old = self.horizon_now(key, env)
         if "to_step" in params:
             new = int(params["to_step"])
         else:
@@ -203,10 +203,10 @@ class RunControl:
         for key in _HORIZON_KEYS:
             change = changes.get(key)
             if isinstance(change, Mapping) and _is_int(change.get("old")):
-                return self._set_horizon(key, self._horizon(key, env), change["old"], env)
+                return self._set_horizon(key, self.horizon_now(key, env), change["old"], env)
         return OpResult("rejected", error="the horizon before this extend is not known")
 
-    def _horizon(self, key: str, env: Env) -> int | None:
+    def horizon_now(self, key: str, env: Env) -> int | None:
         """The horizon now: the framework's (``env[key]``) where it owns one, else the
         kernel's."""
         if callable(env.get("set_" + key)):

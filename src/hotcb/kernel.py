@@ -524,6 +524,12 @@ class HotKernel:
                 pass
         return act.current_value
 
+    def steps_horizon(self, env: Env) -> int | None:
+        """The run's length in steps now: the framework's where it owns one (the adapters'
+        ``env["max_steps"]``), else :attr:`max_steps`, which ``hotcb extend`` moves in a bare
+        loop while the loop may keep passing the ``max_steps`` it started with."""
+        return self._control.horizon_now("max_steps", env)
+
     def value_before(
         self, module: str, key: str, old: Any, new: Any, env: Env
     ) -> tuple[Any, float | None]:

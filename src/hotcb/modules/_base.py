@@ -75,6 +75,10 @@ class ModuleHost(Protocol):
     def read_actuator(self, module: str, key: str, env: Mapping[str, Any] | None = None) -> Any:
         """An actuator's current value (live from ``env`` when given), or None."""
 
+    def steps_horizon(self, env: Env) -> int | None:
+        """The run's length in steps now (the framework's, or the kernel's after ``hotcb
+        extend`` in a bare loop); None when unknown."""
+
     def value_before(
         self, module: str, key: str, old: Any, new: Any, env: Mapping[str, Any]
     ) -> tuple[Any, float | None]:

@@ -553,3 +553,38 @@ def test_tuning_loss_weights_on_the_training_loss_is_warned(tmp_path: Any, cli: 
         assert "while tuning loss weights" in cli(kernel.run_dir, "tune", "status").stdout
     finally:
         kernel.close()
+
+
+def test_trials_go_on_when_extend_moves_a_bare_loop_s_horizon(tmp_path: Any) -> None:
+    """A bare loop passes the ``max_steps`` it started with and trains while ``kernel.max_steps``
+    says (as examples/bare_loop.py does). ``hotcb extend`` moves the kernel's horizon; the
+    tuner read the loop's and stopped starting trials two segments before the old end, for
+    the whole extension."""
+    import torch
+
+    from hotcb import HotKernel
+
+    kernel = HotKernel(str(tmp_path / "run"), poll_interval_sec=0)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1e-3)
+    client = HotClient(kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=20, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    kernel.max_steps = 400
+    step = 0
+    try:
+        while step + 1 < (kernel.max_steps or 0):
+            step += 1
+            if step == 100:
+                client.extend(steps=600)
+            lr = float(opt.param_groups[0]["lr"])
+            env = {"step": step, "optimizer": opt, "metrics": {"loss": log_level(lr, step)},
+                   "max_steps": 400}  # fmt: skip
+            kernel.apply(env)
+    finally:
+        kernel.close()
+    assert step == 999  # the loop trained to the extended horizon
+    mutates = [e["step"] for e in read_ledger(kernel.run_dir)
+               if e.get("module") == "tune" and e.get("op") == "mutate"]  # fmt: skip
+    assert mutates and max(mutates) > 600, mutates  # trials went on past the old end (400)
+    assert max(mutates) <= 1000 - 2 * 20, mutates  # and stopped two segments before the new one

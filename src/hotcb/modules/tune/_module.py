@@ -184,7 +184,9 @@ class TuneModule:
         if self.phase in ("baseline", "trial", "backoff") and (
             self._at_boundary(step) or self._harmful() or self._train_blew_up()
         ):
-            total = env.get("max_steps") or env.get("total_steps")
+            # the run's length as it is now: `hotcb extend` moves it in a bare loop that keeps
+            # passing the max_steps it started with
+            total = self.host.steps_horizon(env) or env.get("total_steps")
             if isinstance(total, int) and not isinstance(total, bool) and total > 0:
                 self.total_steps = total
             self._boundary(step)
