@@ -243,3 +243,49 @@ def test_tune_state_is_pushed_redacted(tmp_path, live_server, tune_state):
         assert pushed[0]["run"] == "r" and pushed[0]["doc"]["trial"] == 8
         assert pushed[0]["doc"]["storage"] == "postgresql://bob:***@db/optuna"
         assert "s3cr3t" not in json.dumps(inbox.messages)
+
+
+def test_a_storage_password_in_a_tune_enable_never_reaches_the_page(tmp_path, live_server):
+    """``tune enable --storage postgresql://user:password@host/db`` carries the password to the
+    run in the command's params, and the ledger entry repeats them: the dashboard served both,
+    over the WebSocket and the ledger endpoint. It now shows ``user:***@``."""
+    from hotcb import HotClient
+
+    run = os.fspath(tmp_path / "r")
+    kernel = HotKernel(run, poll_interval_sec=0)
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    url = "postgresql://ann:s3cr3t@127.0.0.1:1/optuna"
+    srv = live_server()
+    try:
+        with srv.ws() as ws, srv.client() as c:
+            inbox = Inbox(ws)
+            ws.send(json.dumps({"subscribe": ["r"]}))
+            inbox.until(lambda ms: [m for m in ms if m["type"] == "status"], what="status")
+            cmd_id = HotClient(run).tune_enable("active", objective="loss", storage=url)
+            step = 1
+
+            def answered() -> bool:  # applied, then the run fails to open the study
+                nonlocal step
+                kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+                step += 1
+                kernel.flush()
+                return HotClient(run).tune_status().get("mode") == "off" and step > 2
+
+            wait_for(answered, timeout=60, what="the run to try the storage")
+            ledger = inbox.until(
+                lambda ms: [e for m in ms if m["type"] == "ledger" for e in m["entries"]
+                            if e.get("cmd_id") == cmd_id and e["decision"] == "failed"],
+                timeout=30, what="the failed enable",
+            )  # fmt: skip
+            cmds = [r for m in inbox.of("commands") for r in m["records"]]
+            assert [r["cmd_id"] for r in cmds] == [cmd_id]
+            assert cmds[0]["params"]["storage"] == "postgresql://ann:***@127.0.0.1:1/optuna"
+            assert "ann:***@127.0.0.1" in ledger[0]["error"]
+            applied = c.get("/api/runs/r/ledger").json()
+            assert "s3cr3t" not in json.dumps(applied) and "ann:***@" in json.dumps(applied)
+            assert not [m for m in inbox.messages if "s3cr3t" in json.dumps(m)]
+    finally:
+        kernel.close()
+    # the run itself still has the URL it needs to open the study
+    with open(os.path.join(run, "hotcb.commands.jsonl")) as f:
+        assert "s3cr3t" in f.read()

@@ -712,7 +712,7 @@ class LedgerState:
                 self.knobs = KnobHistory()
                 out.clear()
             for _, raw in lines:
-                entry = jsonl.parse_line(raw)
+                entry = _scrubbed(jsonl.parse_line(raw), raw)
                 if entry is not None and self.view.add(entry):
                     self.knobs.add(entry)
                     if collect:
@@ -730,10 +730,20 @@ def _new_records(tail: jsonl.JsonlTail, keep: int | None = None) -> list[dict[st
             tail.reset = False
             out.clear()
         for _, raw in lines:
-            rec = jsonl.parse_line(raw)
+            rec = _scrubbed(jsonl.parse_line(raw), raw)
             if rec is not None:
                 out.append(rec)
     return list(out)
+
+
+def _scrubbed(rec: dict[str, Any] | None, raw: bytes) -> dict[str, Any] | None:
+    """A ledger or command record as the dashboard may show it: a storage URL's password (a
+    `tune enable --storage postgresql://user:password@host/db` carries it to the run in its
+    params) replaced by ``***``. Only a line with a URL and an ``@`` is walked."""
+    if rec is None or b"://" not in raw or b"@" not in raw:
+        return rec
+    out: dict[str, Any] = redact_urls(rec)
+    return out
 
 
 class CommandsTail:
