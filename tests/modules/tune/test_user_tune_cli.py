@@ -588,3 +588,35 @@ def test_trials_go_on_when_extend_moves_a_bare_loop_s_horizon(tmp_path: Any) -> 
                if e.get("module") == "tune" and e.get("op") == "mutate"]  # fmt: skip
     assert mutates and max(mutates) > 600, mutates  # trials went on past the old end (400)
     assert max(mutates) <= 1000 - 2 * 20, mutates  # and stopped two segments before the new one
+
+
+def test_a_restart_without_a_checkpoint_reopens_the_study_with_the_url_it_was_given(
+    tmp_path: Any,
+) -> None:
+    """A run restarted without a checkpoint turns the tuner on again from ``hotcb.tune.json``,
+    whose storage URL has its password redacted: it reopened the study as ``user:***@``. The
+    URL comes from the ``tune enable`` command the state file names."""
+    from hotcb import HotKernel, jsonl
+
+    run = os.fspath(tmp_path / "run")
+    url = "postgresql://ann:s3cr3t@127.0.0.1:1/optuna"
+    first = HotKernel(run, poll_interval_sec=0)
+    cmd_id = HotClient(run).tune_enable("observe", objective="loss", storage=url)
+    first.apply({"step": 1, "metrics": {"loss": 1.0}})
+    first.close()
+    assert next(e["cmd_id"] for e in read_ledger(run) if e.get("op") == "enable") == cmd_id
+    # the state file as a tuner whose study opened leaves it (here the driver is missing)
+    state = jsonl.read_json(os.path.join(run, "hotcb.tune.json"))
+    assert state["enable_cmd"] == cmd_id and "s3cr3t" not in json.dumps(state)
+    jsonl.write_json_atomic(os.path.join(run, "hotcb.tune.json"), {**state, "mode": "observe"})
+    second = HotKernel(run, poll_interval_sec=0)  # a new life: no checkpoint to resume from
+    try:
+        second.apply({"step": 1, "metrics": {"loss": 1.0}})
+        tuner = second.module("tune")
+        assert tuner.settings.storage == url  # type: ignore[attr-defined]
+    finally:
+        second.close()
+    resumed = [e for e in read_ledger(run) if e.get("source") == "resume"]
+    assert [e["op"] for e in resumed] == ["enable"]  # turned on again, not the command replayed
+    with open(os.path.join(run, "hotcb.tune.json")) as f:
+        assert "s3cr3t" not in f.read()

@@ -144,10 +144,14 @@ class TuneModule:
         state = jsonl.read_json(self._path, None)
         if not isinstance(state, dict) or state.get("mode") in (None, "off"):
             return
-        saved = state.get("settings") or {}
+        saved = dict(state.get("settings") or {})
+        storage = saved.get("storage")
+        if isinstance(storage, str) and ":***@" in storage:  # the state file's is redacted
+            saved["storage"] = self._storage_sent(state.get("enable_cmd")) or storage
         try:
             settings = parse_settings({**saved, "mode": state["mode"], "space": saved.get("space")})
             self._enable(settings, int(env["step"]))
+            self.enable_cmd = state.get("enable_cmd")  # the command these settings came from
         except Exception as exc:
             self.host.record({"module": "tune", "op": "enable", "decision": "failed",
                               "error": f"could not turn the tuner on again: {exc}"})  # fmt: skip
@@ -157,6 +161,18 @@ class TuneModule:
                           "new": self.mode}}})  # fmt: skip
         if self.host.is_leader:
             self._save()
+
+    def _storage_sent(self, cmd_id: Any) -> str | None:
+        """The storage URL, password and all, of the ``tune enable`` command ``cmd_id``, from
+        the commands file (the state file keeps it redacted)."""
+        if not isinstance(cmd_id, str):
+            return None
+        mark = cmd_id.encode()
+        for rec in jsonl.iter_records(self.host.paths.commands, keep=lambda raw: mark in raw):
+            if rec.get("cmd_id") == cmd_id:
+                storage = (rec.get("params") or {}).get("storage")
+                return storage if isinstance(storage, str) else None
+        return None
 
     def on_events(self, events: Sequence[str], env: Env) -> None:
         step = int(env["step"])
