@@ -620,3 +620,40 @@ def test_a_restart_without_a_checkpoint_reopens_the_study_with_the_url_it_was_gi
     assert [e["op"] for e in resumed] == ["enable"]  # turned on again, not the command replayed
     with open(os.path.join(run, "hotcb.tune.json")) as f:
         assert "s3cr3t" not in f.read()
+
+
+def test_a_branch_goes_on_in_its_parent_s_study(toy: Any) -> None:
+    """``hotcb branch`` starts a run in another directory from the parent's checkpoint. Its
+    tuner opened the study of its own directory (a new one, numbered from 0) under trials the
+    checkpoint still refers to: "could not record trial 6: trial 6 is not in study". It goes
+    on in the parent's study, its trials after the parent's, marked as its own."""
+    import optuna
+
+    parent: Toy = toy(log_level, name="parent", lr=1e-3)
+    HotClient(parent.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                                 seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    tuner: Any = parent.kernel.module("tune")
+    parent.run(500, until=lambda: parent.step > 60 and tuner.trial is not None)
+    state = parent.kernel.state_dict()  # with a trial open
+    at = parent.step
+    assert state["modules"]["tune"]["trial"] is not None
+    parent.run(120)  # the parent trains on: its own trials after the checkpoint
+    parent.kernel.close()
+
+    child: Toy = toy(log_level, name="child", lr=1e-3)
+    child.kernel.load_state_dict(state)
+    child.step = at
+    child.run(150)
+    child.kernel.close()
+    status = HotClient(child.kernel.run_dir).tune_status()
+    assert status["study"] == "hotcb-parent" and not status["warnings"], status["warnings"]
+    assert not os.path.exists(os.path.join(child.kernel.run_dir, "hotcb.tune.db"))
+    study = optuna.load_study(
+        study_name="hotcb-parent", storage=f"sqlite:///{parent.kernel.run_dir}/hotcb.tune.db"
+    )
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == list(range(len(trials)))
+    runs = [t.user_attrs.get("run") for t in trials]
+    ours = [t for t in trials if t.user_attrs.get("run") == child.kernel.run_dir]
+    assert ours and runs.index(child.kernel.run_dir) > 0  # after the parent's
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ours[:-1])

@@ -22,13 +22,14 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
 from ...errors import HotcbError
 from ...metrics import VAL_LOSS_NAMES
 from ...ops import HotOp, make_command
-from ...runfiles import TUNE, confine_path
+from ...runfiles import TUNE, RunPaths, confine_path
 from .._base import OpResult
 from . import _snapshot
 from ._score import Segment, expected_level, score_segment
@@ -229,6 +230,7 @@ class TuneModule:
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (a copy: a checkpoint saved later, by an asynchronous checkpoint writer
         say, must not pick up the segments and trials that came after it)."""
+        url, name = self._where(self.settings)
         return copy.deepcopy({
             "settings": self.settings.to_dict(),
             "mode": self.mode,
@@ -257,6 +259,8 @@ class TuneModule:
             "asked": self.asked,
             "trend_noise": self.trend_noise,
             "total_steps": self.total_steps,
+            # where the study is: a branch (another run directory) resumes in the same one
+            "study": {"url": url, "name": name, "run_dir": self.host.run_dir},
         })  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -268,6 +272,7 @@ class TuneModule:
             return
         saved = dict(state.get("settings") or {})
         settings = parse_settings({**saved, "mode": mode, "space": saved.get("space")})
+        settings = self._branch_study(settings, state.get("study"))
         self.settings, self.mode = settings, mode
         self.objective_used = state.get("objective_used") or settings.objective
         self.seen = bool(state.get("seen", True))
@@ -553,6 +558,20 @@ class TuneModule:
             return False
         self.counts["failed"] += len(failed)
         return True
+
+    def _branch_study(self, settings: Settings, where: Any) -> Settings:
+        """A checkpoint of another run directory (``hotcb branch``'s parent, or a run copied
+        elsewhere) goes on in the study it was in: its default one is the parent's SQLite file
+        and named after the parent. Opening this run's own would start the numbering again
+        under trials the checkpoint still refers to."""
+        if not isinstance(where, Mapping) or not isinstance(where.get("run_dir"), str):
+            return settings
+        if os.path.abspath(where["run_dir"]) == os.path.abspath(self.host.run_dir):
+            return settings
+        storage, study = settings.storage, settings.study or where.get("name")
+        if storage is None and os.path.exists(RunPaths(where["run_dir"]).tune_db):
+            storage = where.get("url")  # the parent's file (a moved run: its own copy)
+        return replace(settings, storage=storage, study=study)
 
     def _where(self, settings: Settings) -> tuple[str, str]:
         """The study's storage URL and name."""
