@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from ..freeze import FreezeState
     from ..metrics import MetricsCollector
     from ..ops import HotOp
     from ..runfiles import RunPaths
@@ -61,6 +62,11 @@ class ModuleHost(Protocol):
 
     @property
     def metrics(self) -> MetricsCollector | None: ...
+
+    @property
+    def freeze(self) -> FreezeState:
+        """The freeze mode: a module that changes the run by itself (the tuner) holds back
+        while it takes no live changes."""
 
     def record(self, entry_fields: Mapping[str, Any]) -> None:
         """Append a ledger entry (step and event default to the current safe point's)."""

@@ -657,3 +657,38 @@ def test_a_branch_goes_on_in_its_parent_s_study(toy: Any) -> None:
     ours = [t for t in trials if t.user_attrs.get("run") == child.kernel.run_dir]
     assert ours and runs.index(child.kernel.run_dir) > 0  # after the parent's
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ours[:-1])
+
+
+def test_a_frozen_run_gets_its_trial_taken_back_and_no_new_one(toy: Any) -> None:
+    """``freeze --mode prod`` (the run takes no changes) during a trial: the tuner's roll-back
+    was refused, which left the trial's lr in force, and every later trial was sent, refused
+    and waited out (200 steps each, "the mutate command was not applied"). The roll-back now
+    passes the freeze; no trial starts while frozen, and ``tune status`` says why."""
+    t: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tuner: Any = t.kernel.module("tune")
+
+    # a trial that lowers the lr: log_level scores it worse, so it is rolled back
+    def lowering() -> bool:
+        trial = tuner.trial
+        return trial is not None and t.lr < 0.95 * trial["before"]["opt"]["lr"]
+
+    t.run(2000, until=lowering)
+    assert lowering(), "no trial lowered the lr"
+    number, lr_before = tuner.trial["number"], tuner.trial["before"]["opt"]["lr"]
+    client.freeze("prod")
+    t.run(20_000, until=lambda: any(w.startswith("the run's freeze") for w in tuner.warnings))
+    t.run(300)  # 30 segment boundaries while frozen
+    entries = t.ledger()
+    (rollback,) = [e for e in entries if e["op"] == "rollback" and e["tune"]["trial"] == number]
+    assert rollback["decision"] == "applied" and t.lr == pytest.approx(lr_before)
+    assert not [e for e in entries if e["decision"] == "ignored_freeze"], entries
+    (note,) = client.tune_status()["warnings"]
+    assert note == "the run's freeze mode is prod: no trial until 'hotcb freeze --mode off'"
+    client.freeze("off")
+    before = len([e for e in t.ledger() if e["op"] == "mutate"])
+    t.run(20_000, until=lambda: len([e for e in t.ledger() if e["op"] == "mutate"]) > before)
+    assert len([e for e in t.ledger() if e["op"] == "mutate"]) > before  # trials again
+    assert client.tune_status()["warnings"] == []

@@ -49,6 +49,7 @@ RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
+_FROZEN = "the run's freeze mode is"  # the head of the note while the tuner holds back
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
@@ -803,6 +804,9 @@ class TuneModule:
         # a segment's length in steps: counted in evaluations, as long as the one that closed
         length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
         ending = self.total_steps is not None and step + 2 * max(1, length) > self.total_steps
+        if self._frozen():
+            self._start_segment(step, "baseline")
+            return
         if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
             self._start_segment(step, "backoff" if self.backoff else "baseline")
             return
@@ -828,6 +832,16 @@ class TuneModule:
             self._ask_failed(exc, step)
             return
         self._start(number, sampled, knobs, step)
+
+    def _frozen(self) -> bool:
+        """Whether the run's freeze mode takes no live changes: then no trial and no proposal
+        (their commands would be refused), and ``tune status`` says why, until it does."""
+        mode = self.host.freeze.mode.value
+        self.warnings = [w for w in self.warnings if not w.startswith(_FROZEN)]
+        if self.host.freeze.accepts_live:
+            return False
+        self.warnings.append(f"{_FROZEN} {mode}: no trial until 'hotcb freeze --mode off'")
+        return True
 
     def _weights_note(self) -> None:
         """Say in ``tune status`` when the space moves loss weights and the score is the
