@@ -57,7 +57,7 @@ class FreezeGate:
         """The reason when the freeze mode refuses ``op``; None when it passes."""
         if self.state.accepts_live or op.source in INTERNAL_SOURCES:
             return None
-        if passes_freeze(op.module, op.op):
+        if passes_freeze(op.module, op.op, op.source):
             return None
         return f"freeze mode is {self.state.mode.value}; send 'hotcb freeze --mode off' to steer"
 

@@ -18,18 +18,16 @@ from . import jsonl
 
 #: ``control`` ops that no freeze mode blocks: they steer the run, not its trajectory.
 RUN_CONTROL_OPS = frozenset({"pause", "resume", "stop", "checkpoint", "evaluate"})
-#: ``tune`` ops that no freeze mode blocks: the tuner taking back its own open trial (a freeze
-#: set during a trial must not leave the trial's values in force), and turning it off.
-TUNE_OPS_PAST_FREEZE = frozenset({"rollback", "disable"})
 
 
-def passes_freeze(module: str, op: str) -> bool:
-    """Whether a command goes through in every freeze mode (``freeze``, run control, the
-    tuner's roll-back and ``tune disable``)."""
+def passes_freeze(module: str, op: str, source: str | None = None) -> bool:
+    """Whether a command goes through in every freeze mode: ``freeze``, run control, ``tune
+    disable``, and the tuner's own roll-back of its open trial (a freeze set during a trial
+    must not leave the trial's values in force)."""
     return (
         module == "freeze"
         or (module == "control" and op in RUN_CONTROL_OPS)
-        or (module == "tune" and op in TUNE_OPS_PAST_FREEZE)
+        or (module == "tune" and (op == "disable" or (op == "rollback" and source == "tune")))
     )
 
 

@@ -687,6 +687,16 @@ def test_a_frozen_run_gets_its_trial_taken_back_and_no_new_one(toy: Any) -> None
     assert not [e for e in entries if e["decision"] == "ignored_freeze"], entries
     (note,) = client.tune_status()["warnings"]
     assert note == "the run's freeze mode is prod: no trial until 'hotcb freeze --mode off'"
+    # the pass is the tuner's own: a roll-back someone else writes is refused like any change
+    from hotcb import jsonl
+    from hotcb.ops import make_command
+
+    forged = make_command("tune", "rollback", source="cli",
+                          params={"trial": number, "values": {"opt": {"lr": 0.5}}})  # fmt: skip
+    jsonl.append(os.path.join(t.kernel.run_dir, "hotcb.commands.jsonl"), forged)
+    t.run(20_000, until=lambda: any(e["cmd_id"] == forged["cmd_id"] for e in t.ledger()))
+    (refused,) = [e for e in t.ledger() if e["cmd_id"] == forged["cmd_id"]]
+    assert refused["decision"] == "ignored_freeze" and t.lr == pytest.approx(lr_before)
     client.freeze("off")
     before = len([e for e in t.ledger() if e["op"] == "mutate"])
     t.run(20_000, until=lambda: len([e for e in t.ledger() if e["op"] == "mutate"]) > before)

@@ -153,7 +153,8 @@ class TuneModule:
         try:
             settings = parse_settings({**saved, "mode": state["mode"], "space": saved.get("space")})
             self._enable(settings, int(env["step"]))
-            self.enable_cmd = state.get("enable_cmd")  # the command these settings came from
+            cmd = state.get("enable_cmd")  # the command these settings came from
+            self.enable_cmd = cmd if isinstance(cmd, str) else None
         except Exception as exc:
             self.host.record({"module": "tune", "op": "enable", "decision": "failed",
                               "error": f"could not turn the tuner on again: {exc}"})  # fmt: skip
