@@ -277,7 +277,11 @@ def test_a_storage_password_in_a_tune_enable_never_reaches_the_page(tmp_path, li
                             if e.get("cmd_id") == cmd_id and e["decision"] == "failed"],
                 timeout=30, what="the failed enable",
             )  # fmt: skip
-            cmds = [r for m in inbox.of("commands") for r in m["records"]]
+            # the command's own push may come in the same batch as, after, its entries
+            cmds = inbox.until(
+                lambda ms: [r for m in ms if m["type"] == "commands" for r in m["records"]],
+                timeout=30, what="the command",
+            )  # fmt: skip
             assert [r["cmd_id"] for r in cmds] == [cmd_id]
             assert cmds[0]["params"]["storage"] == "postgresql://ann:***@127.0.0.1:1/optuna"
             assert "ann:***@127.0.0.1" in ledger[0]["error"]
