@@ -22,6 +22,10 @@ from ._notifier import Notifier
 
 __all__ = ["NotifierHost"]
 
+#: Seconds a run started again waits, at most, for its last life's queued alerts to go out
+#: (so a restart's alerts come after them).
+_LAST_LIFE_WAIT = 10.0
+
 log = logging.getLogger("hotcb.notify")
 
 
@@ -44,7 +48,8 @@ class NotifierHost:
         self._make = notifier
         self.notifiers: dict[str, Notifier] = {}  # run dir -> its notifier (live runs)
         self._done: set[str] = set()  # runs whose end this host has seen
-        self._closing: list[Notifier] = []  # of ended runs: delivering what was queued
+        # of ended runs (run dir, notifier): delivering what was queued
+        self._closing: list[tuple[str, Notifier]] = []
         self._broken: set[str] = set()  # runs whose notifier could not start (logged once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,7 +68,7 @@ class NotifierHost:
             self._thread.join()
             self._thread = None
         deadline = time.monotonic() + timeout
-        for notifier in self._closing:
+        for _, notifier in self._closing:
             notifier.flush(max(0.0, deadline - time.monotonic()))
         for notifier in list(self.notifiers.values()):
             notifier.close(max(0.0, deadline - time.monotonic()))
@@ -99,8 +104,8 @@ class NotifierHost:
                 del self.notifiers[run_dir]
                 self._done.add(run_dir)
                 notifier.close(0)  # its worker delivers what is queued, then ends
-                self._closing = [n for n in self._closing if not n.flush(0)]
-                self._closing.append(notifier)
+                self._closing = [(r, n) for r, n in self._closing if not n.flush(0)]
+                self._closing.append((run_dir, notifier))
         return fired
 
     def _pick_up(self) -> None:
@@ -111,7 +116,10 @@ class NotifierHost:
             if run_dir in self._done:
                 if not live:
                     continue
-                self._done.discard(run_dir)  # started again
+                self._done.discard(run_dir)  # started again: the last life's alerts go first
+                for ended, notifier in self._closing:
+                    if ended == run_dir:
+                        notifier.flush(_LAST_LIFE_WAIT)
             if not live:
                 continue
             try:
