@@ -13,7 +13,7 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import jsonl
@@ -436,24 +436,27 @@ class HotClient:
         open it (a storage URL it cannot use, a database it cannot reach). The run opens the
         study off its training thread, in a second or two, while it trains; a paused run opens
         it when it trains again: then the state, with ``study_open`` false, at once."""
-        deadline = time.monotonic() + timeout
-        tail = jsonl.JsonlTail(self.paths.ledger)
         paused = False
-        while True:
-            for entry in tail.read_records():
-                if entry.get("cmd_id") == cmd_id and entry.get("decision") == "failed":
-                    return entry
-                if entry.get("module") == "control" and entry.get("decision") == "applied":
-                    paused = {"pause": True, "resume": False}.get(str(entry.get("op")), paused)
+
+        def failed(entry: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal paused
+            if entry.get("cmd_id") == cmd_id and entry.get("decision") == "failed":
+                return entry
+            if entry.get("module") == "control" and entry.get("decision") == "applied":
+                paused = {"pause": True, "resume": False}.get(str(entry.get("op")), paused)
+            return None
+
+        def opened() -> dict[str, Any] | None:
             state = self.tune_status()
-            if state.get("enable_cmd") == cmd_id and (state.get("study_open") or paused):
-                return state
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the tuner's study is not open {timeout:g}s after {cmd_id} (a run that is "
-                    "paused opens it when it trains again); 'hotcb tune status' says when it is"
-                )
-            time.sleep(0.05)
+            ours = state.get("enable_cmd") == cmd_id
+            return state if ours and (state.get("study_open") or paused) else None
+
+        return self._watch_ledger(
+            failed, timeout, 0.05,
+            f"the tuner's study is not open {timeout:g}s after {cmd_id} (a run that is paused "
+            "opens it when it trains again); 'hotcb tune status' says when it is",
+            between=opened,
+        )  # fmt: skip
 
     def tune_export(self, out: str | os.PathLike[str] | None = None) -> str:
         """Write the kept changes as a recipe for ``freeze(mode="replay")``; its path."""
@@ -473,38 +476,56 @@ class HotClient:
         With ``final`` a ``scheduled`` entry is not enough: wait for the entry that applied,
         rejected or cancelled it. Raises ``TimeoutError`` after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        tail = jsonl.JsonlTail(self.paths.ledger)
-        while True:
-            for entry in tail.read_records():
-                if entry.get("cmd_id") != cmd_id:
-                    continue
-                if final and entry.get("decision") == "scheduled":
-                    continue
-                return entry
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?"
-                )
-            time.sleep(interval)
+
+        def handled(entry: dict[str, Any]) -> dict[str, Any] | None:
+            if entry.get("cmd_id") != cmd_id:
+                return None
+            return None if final and entry.get("decision") == "scheduled" else entry
+
+        return self._watch_ledger(
+            handled, timeout, interval,
+            f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?",
+        )  # fmt: skip
 
     def wait_ramp(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """The entry that ends the ramp ``cmd_id`` started: ``ramp: complete`` (the target is
         reached), ``superseded`` (another command took over) or a ``failed`` one."""
+
+        def ended(entry: dict[str, Any]) -> dict[str, Any] | None:
+            over = entry.get("ramp") or entry.get("decision") == "failed"
+            return entry if entry.get("cmd_id") == cmd_id and over else None
+
+        return self._watch_ledger(
+            ended, timeout, 0.02,
+            f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the run (see "
+            "'hotcb log')",
+        )  # fmt: skip
+
+    def _watch_ledger(
+        self,
+        pick: Callable[[dict[str, Any]], dict[str, Any] | None],
+        timeout: float,
+        interval: float,
+        error: str,
+        *,
+        between: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any]:
+        """Read the ledger's entries as they come until ``pick(entry)`` returns something, or
+        ``between()`` does (asked after each read); ``TimeoutError(error)`` after ``timeout``
+        seconds."""
         deadline = time.monotonic() + timeout
         tail = jsonl.JsonlTail(self.paths.ledger)
         while True:
             for entry in tail.read_records():
-                if entry.get("cmd_id") == cmd_id and (
-                    entry.get("ramp") or entry.get("decision") == "failed"
-                ):
-                    return entry
+                got = pick(entry)
+                if got is not None:
+                    return got
+            got = between() if between is not None else None
+            if got is not None:
+                return got
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the "
-                    "run (see 'hotcb log')"
-                )
-            time.sleep(0.02)
+                raise TimeoutError(error)
+            time.sleep(interval)
 
 
 def _at(at_step: int | None) -> dict[str, Any]:
