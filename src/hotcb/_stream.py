@@ -302,8 +302,9 @@ class ActuatorStream:
             except Exception as exc:  # the user's read/apply: warn, keep training
                 self._warn(f"restore_{key}", f"could not restore actuator {key!r}: {exc!r}")
 
-    def refresh(self, env: Env) -> None:
-        """Pick up values that moved on their own (an LR scheduler) for the actuators file."""
+    def refresh(self, env: Env, step: Any = None) -> None:
+        """Pick up values that moved on their own (an LR scheduler) for the actuators file, as
+        of ``step`` (default: ``env``'s)."""
         if not self.leader:
             return
         moved: dict[str, Any] = {}
@@ -318,9 +319,10 @@ class ActuatorStream:
                 act.current_value = live
                 moved[act.param_key] = live
         if moved:
+            step = env.get("step") if step is None else step
             self.state.version += 1
-            self.write(env.get("step"))
-            self._remember(env.get("step"), moved)
+            self.write(step)
+            self._remember(step, moved)
 
     def _remember(self, step: Any, moved: dict[str, Any]) -> None:
         """Append the values that moved on their own to ``hotcb.knobs.jsonl`` (at most once a

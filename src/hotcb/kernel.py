@@ -208,6 +208,7 @@ class HotKernel:
         self._event_modules: list[HotModule] = []
         self._next_due = NEVER
         self._next_refresh = 0.0
+        self._polled_env: Env | None = None  # the last poll's: close() reads the final values
         self._next_beat = 0.0  # the next heartbeat (time.monotonic())
         self._started = False
         self._closed = False
@@ -292,6 +293,7 @@ class HotKernel:
             self._gate.defer(step)  # a change lands on an optimizer-step boundary only
             return
         point = self._enter(step, events)
+        self._polled_env = env
         self._stream.catch_up(env)
         lines = self._read()
         if self._sync is not None:
@@ -876,6 +878,9 @@ class HotKernel:
                 if self._stopped_by is not None:
                     ended["signal"] = self._stopped_by
                 update_run_meta(self.paths, {"ended": ended}, self._warn)
+            if self._polled_env is not None:  # what a scheduler did since the last refresh
+                self._stream.refresh(self._polled_env, self.step)
+                self._polled_env = None
             self._stream.write(self.step)
         finally:
             if self.metrics is not None:

@@ -41,6 +41,11 @@ export class FakeNode {
     yield this;
     for (const c of this.children) if (typeof c !== "string") yield* c.walk();
   }
+  /** Tag names only ("input, select, button"), as the panels ask. */
+  querySelectorAll(selector) {
+    const tags = selector.split(",").map((t) => t.trim().toUpperCase());
+    return [...this.walk()].filter((n) => n !== this && tags.includes(n.tagName));
+  }
   find(cls) {
     return [...this.walk()].filter((n) => ` ${n.className} `.includes(` ${cls} `));
   }

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
+import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels } from "./static.mjs";
 
 const { bigChange, describeEntry, fmtChanges, fmtValue, impactRows, isValueChange, parseFor, softRange, windowAtBounds } =
@@ -232,5 +233,41 @@ describe("impactRows: which ledger rows show an impact", () => {
     assert.equal(isValueChange(undo, new Map(), new Set(["lr"])), true);
     assert.equal(isValueChange(undo, new Map(), new Set(["momentum"])), false);
     assert.equal(isValueChange(undo, new Map(), null), false);
+  });
+});
+
+describe("Controls: the applied value is the newest the run recorded", () => {
+  const lr = (current) => ({ param_key: "lr", type: "log_float", group: "opt", current, initial: 0.1 });
+  // `at` stands for both the step and the wall_time
+  const change = (at, value) => ({
+    cmd_id: `c${at}`,
+    decision: "applied",
+    step: at,
+    wall_time: at,
+    changes: { lr: { old: 0.1, new: value } },
+  });
+  const shown = (controls) => controls.debug()[0].applied;
+  const controls = () => new panels.Controls(new FakeNode("div"), new FakeNode("span"), async () => "id");
+
+  test("a change older than the actuators file does not replace it (a scheduler moved the lr since)", () => {
+    withDocument(() => {
+      const c = controls();
+      c.setActuators([lr(7e-4)], 200); // the page loads the file first ...
+      c.onEntry(change(100, 0.05)); // ... then the ledger
+      assert.equal(shown(c), 7e-4);
+    });
+  });
+
+  test("a change newer than the file shows, and a file older than it does not undo it", () => {
+    withDocument(() => {
+      const c = controls();
+      c.setActuators([lr(7e-4)], 200);
+      c.onEntry(change(300, 0.05));
+      assert.equal(shown(c), 0.05);
+      c.setActuators([lr(7e-4)], 250); // written before the change, arriving after it
+      assert.equal(shown(c), 0.05);
+      c.setActuators([lr(0.04)], 350);
+      assert.equal(shown(c), 0.04);
+    });
   });
 });

@@ -106,6 +106,25 @@ def test_a_scheduler_before_the_server_started_is_charted_from_the_kernels_recor
     run.kernel.close()
 
 
+def test_a_scheduler_s_last_moves_before_close_are_the_finished_run_s_values(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """The refresh runs once a second; a run that ends within that second still leaves the
+    value its scheduler set in the actuators file (the page's knob) and the knob's record."""
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(5)
+    run.opt.param_groups[0]["lr"] = 0.004  # an LR scheduler, after the last refresh
+    run.advance(3)
+    run.kernel.close()
+    srv = live_server()
+    with srv.client() as c:
+        lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
+        (act,) = [a for a in c.get("/api/runs/r/actuators").json()["actuators"]
+                  if a["param_key"] == "lr"]  # fmt: skip
+    assert act["current"] == 0.004 and lr["current"] == 0.004
+    assert lr["points"]["value"][-1] == 0.004
+
+
 def test_knob_history_keeps_numbers_of_actuator_changes() -> None:
     h = KnobHistory()
     h.add({"decision": "applied", "module": "opt", "step": 3, "cmd_id": "a", "seq": 1,

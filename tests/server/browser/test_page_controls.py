@@ -376,6 +376,45 @@ def test_crashed_run_says_so(page: Any, serve_dir: Any, tmp_path: Any) -> None:
         assert page.locator(sel).is_disabled(), sel
 
 
+def test_the_lr_shown_is_the_one_the_scheduler_left_not_the_last_change(
+    page: Any, serve_dir: Any, tmp_path: Any
+) -> None:
+    """A change, then a scheduler moving the lr for 40 steps, all within the kernel's
+    once-a-second refresh: the finished run's knob shows where the scheduler left the lr (the
+    kernel refreshes at close; the page keeps the file's newer value over the ledger's change,
+    whichever it loads first)."""
+    run = tmp_path / "runs" / "sched"
+    script = (
+        "import sys, torch\n"
+        "from hotcb import HotClient, HotKernel\n"
+        "m = torch.nn.Linear(2, 1)\n"
+        "opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        "sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)\n"
+        "k = HotKernel(sys.argv[1])\n"
+        "env = lambda s: {'step': s, 'optimizer': opt, 'scheduler': sched, 'metrics': {'loss': 1.0}}\n"
+        "k.apply(env(0))\n"
+        "HotClient(sys.argv[1]).opt(lr=0.05)\n"
+        "s = 1\n"
+        "while opt.param_groups[0]['lr'] != 0.05:\n"
+        "    k.apply(env(s)); s += 1\n"
+        "for s in range(s, s + 40):\n"
+        "    opt.step(); sched.step()\n"
+        "    k.apply(env(s))\n"
+        "k.close()\n"
+        "print(opt.param_groups[0]['lr'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, os.fspath(run)], env=ENV, check=True,
+                         timeout=120, capture_output=True, text=True)  # fmt: skip
+    final = float(out.stdout.split()[-1])
+    assert final < 0.05 * 0.9**30  # the schedule moved it well below the change
+    srv = serve_dir(os.fspath(run.parent))
+    page.goto(srv.page_url("sched"))
+    d = wait_page(page, "d.over && d.ledger > 0 && d.controls.some(c => c.key === 'lr')")
+    assert math.isclose(ctl(d, "lr")["applied"], final, rel_tol=1e-6), (ctl(d, "lr"), final)
+    page.locator(f"#controls {LR} .ctl-applied").wait_for()
+    assert page.locator(f"#controls {LR} .ctl-applied").inner_text() != "0.05"
+
+
 # ------------------------------------------------------------------------------ header layout
 HEADER = """() => {
   const box = (e) => e.getBoundingClientRect();

@@ -194,7 +194,7 @@ async function loadPrimary(runId, gen, reset) {
     api(runUrl(runId, "actuators")).then((res) => {
       if (gen !== app.generation) return;
       app.actuators = res.actuators || [];
-      controls.setActuators(app.actuators, res.step);
+      controls.setActuators(app.actuators, res.wall_time);
       fillSchedulerKeys();
     }),
     api(runUrl(runId, "ledger", { limit: app.ledgerLimit })).then((res) => {
@@ -601,7 +601,7 @@ function onMessage(msg) {
     case "actuators":
       if (msg.run === app.runId && msg.doc) {
         app.actuators = msg.doc.actuators || [];
-        controls.setActuators(app.actuators, msg.doc.step);
+        controls.setActuators(app.actuators, msg.doc.wall_time);
         fillSchedulerKeys();
         scheduleKnobs();
       }

@@ -376,23 +376,29 @@ class Control {
     }
   }
 
-  setApplied(value, step) {
-    if (step != null) this.appliedStep = step;
+  /** `at`: when the run recorded the value (a ledger entry's or the actuators file's
+   *  wall_time). The two arrive on separate channels, and a page loads the file before the
+   *  ledger: an older record never replaces a newer one (a finished run's last lr change
+   *  is older than the value its scheduler left in the file). */
+  setApplied(value, at) {
+    if (at != null) {
+      if (this.appliedAt != null && at < this.appliedAt) return;
+      this.appliedAt = at;
+    }
     this.value = value;
     this.applied.textContent = fmtValue(value);
     this.sync();
   }
 
-  /** `docStep`: the step the actuators file was written at. A file older than the ledger entry
-   *  that last set this value (the two arrive on separate channels) must not undo it. */
-  update(act, docStep) {
+  /** `docAt`: when the actuators file was written (its wall_time). */
+  update(act, docAt) {
     const disabled = act.state === "disabled";
     this.act = { ...this.act, ...act };
     this.root.classList.toggle("disabled", disabled);
     this.lock();
     if (disabled) this.showStatus(`disabled: ${act.last_error || "too many failures"}`, "bad");
-    const stale = docStep != null && this.appliedStep != null && docStep < this.appliedStep;
-    if (!this.sending && !stale) this.setApplied(act.current);
+    const stale = docAt != null && this.appliedAt != null && docAt < this.appliedAt;
+    if (!this.sending && !stale) this.setApplied(act.current, docAt);
     else if (this.wider && !disabled && this.rangeBounds) this.wider.disabled = windowAtBounds(this.act, this.rangeBounds);
   }
 
@@ -428,7 +434,7 @@ export class Controls {
     this.answered = new Map(); // recent ledger entries by cmd_id (bounded)
   }
 
-  setActuators(list, docStep) {
+  setActuators(list, docAt) {
     const sig = list.map((a) => `${a.group}:${a.param_key}:${a.type}`).join("|");
     if (sig !== this.signature) {
       this.signature = sig;
@@ -455,7 +461,7 @@ export class Controls {
         this.root.append(box);
       }
     }
-    for (const a of list) this.controls.get(a.param_key)?.update(a, docStep);
+    for (const a of list) this.controls.get(a.param_key)?.update(a, docAt);
     if (this.over) for (const c of this.controls.values()) c.setOver(true);
     this.note.textContent = list.length ? `${list.length} from the run` : "";
   }
@@ -476,7 +482,7 @@ export class Controls {
       for (const [k, ch] of Object.entries(entry.changes)) {
         const c = this.controls.get(k);
         const ours = c && (!c.sending || c.sending.cmd_id === entry.cmd_id);
-        if (ours && ch && typeof ch === "object" && "new" in ch) c.setApplied(ch.new, entry.step);
+        if (ours && ch && typeof ch === "object" && "new" in ch) c.setApplied(ch.new, entry.wall_time);
       }
     }
     for (const c of this.controls.values()) c.resolve(entry);
