@@ -333,11 +333,13 @@ class HotClient:
         return self.send("cb", op, id=id, params=params)
 
     # -- the tuner (docs/tune.md) ----------------------------------------------------------
-    def tune_enable(self, mode: str = "active", **settings: Any) -> str:
-        """Turn the online tuner on (``mode``: active, suggest or observe). ``settings``:
-        objective, direction, segment_steps, segment_evals, recipe, storage, study, seed, risk,
-        threshold, startup_trials, total_steps, abort, restore, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError`
-        listing every problem; the run itself refuses it when optuna is missing there."""
+    def tune_enable(self, mode: str | None = None, **settings: Any) -> str:
+        """Turn the online tuner on (``mode``: active, suggest or observe; default active), or
+        change the settings of one that is on: what is not named stays as it is (its mode
+        too). ``settings``: objective, direction, segment_steps, segment_evals, recipe,
+        storage, study, seed, risk, threshold, startup_trials, total_steps, abort, restore,
+        sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
+        problem; the run itself refuses it when optuna is missing there."""
         from .modules.tune import load_recipe, parse_settings
 
         params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}

@@ -37,10 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tsub = tune.add_subparsers(dest="op", metavar="OP")
     tsub.required = True
 
-    p = tsub.add_parser("enable", help="turn the tuner on (or change its settings)")
-    p.add_argument("--mode", choices=("active", "suggest", "observe"), default="active",
+    p = tsub.add_parser(
+        "enable", help="turn the tuner on (or change its settings)",
+        description="Turn the tuner on, or change the settings of one that is on: a setting "
+        "not given stays as it is (its mode, objective, segment, recipe, storage and study), "
+        "so 'tune enable --mode suggest' changes the mode only. A new --recipe brings its own "
+        "space and settings.",
+    )  # fmt: skip
+    p.add_argument("--mode", choices=("active", "suggest", "observe"),
                    help="active: apply mutations; suggest: propose, a person accepts; "
-                   "observe: score segments only (default: active)")  # fmt: skip
+                   "observe: score segments only (default: active, or the mode in force)")  # fmt: skip
     p.add_argument("--objective", help="the metric to score (default val_loss, else loss)")
     p.add_argument("--direction", choices=("minimize", "maximize"))
     seg = p.add_mutually_exclusive_group()

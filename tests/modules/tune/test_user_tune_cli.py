@@ -702,3 +702,40 @@ def test_a_frozen_run_gets_its_trial_taken_back_and_no_new_one(toy: Any) -> None
     t.run(20_000, until=lambda: len([e for e in t.ledger() if e["op"] == "mutate"]) > before)
     assert len([e for e in t.ledger() if e["op"] == "mutate"]) > before  # trials again
     assert client.tune_status()["warnings"] == []
+
+
+def test_enable_on_a_tuner_that_is_on_changes_only_what_it_names(
+    toy: Any, cli: Any, tmp_path: Any
+) -> None:
+    """`tune enable --mode suggest` on a running tuner switches the mode; the objective, its
+    direction, the segment, the space and the shared study stay (a switch went back to
+    val_loss, 200 steps and the run's own SQLite study, mixing two objectives in one)."""
+    t: Toy = toy(log_level, lr=1e-4)
+    run = t.kernel.run_dir
+    client = HotClient(run)
+    storage = f"journal:{tmp_path / 'shared.journal'}"
+    client.tune_enable("active", objective="loss", direction="minimize", segment_steps=10,
+                       space=LR_ONLY, storage=storage, study="shared", sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(100_000, until=lambda: tune.mode == "active")
+
+    assert cli(run, "tune", "enable", "--mode", "suggest").returncode == 0
+    t.run(100_000, until=lambda: tune.mode == "suggest")
+    st = client.tune_status()
+    assert (st["objective"], st["direction"], st["segment_steps"]) == ("loss", "minimize", 10)
+    assert (st["study"], st["storage"]) == ("shared", storage)
+    assert [k["key"] for k in st["space"]] == ["lr"] and st["settings"]["sync"] is True
+
+    # a flag changes its setting only; one way of counting segments replaces the other
+    assert cli(run, "tune", "enable", "--segment-evals", "2").returncode == 0
+    t.run(100_000, until=lambda: tune.settings.segment_evals == 2)
+    st = client.tune_status()
+    assert st["mode"] == "suggest" and st["objective"] == "loss" and st["study"] == "shared"
+
+    # from off, an enable starts from the defaults again
+    client.tune_disable()
+    t.run(100_000, until=lambda: tune.mode == "off")
+    client.tune_enable(objective="loss", sync=True)
+    t.run(100_000, until=lambda: tune.mode != "off")
+    st = client.tune_status()
+    assert (st["mode"], st["segment_steps"], st["study"]) == ("active", 200, "hotcb-run")

@@ -491,16 +491,34 @@ class TuneModule:
         return self.host.paths.tune
 
     def _settings(self, params: Mapping[str, Any]) -> Settings:
+        """An enable's settings: its params over its recipe (``recipe``, else the run's
+        ``hotcb.tune.yaml``) over the defaults. On a tuner that is on, what the command does not
+        name (its mode included) stays as it is: ``tune enable --mode suggest`` changes the
+        mode, not the objective, the segment or the study."""
+        given = {k: v for k, v in params.items() if v is not None}
         recipe: dict[str, Any] = {}
-        path = params.get("recipe")
+        path = given.get("recipe")
         if path is not None:
             if not isinstance(path, str):
                 raise RecipeError("tune enable", [f"recipe: expected a path, got {path!r}"])
             recipe = load_recipe(confine_path(path, self.host.run_dir, self.host.allowed_roots,
                                               what="recipe"))  # fmt: skip
-        elif os.path.exists(os.path.join(self.host.run_dir, RECIPE_FILE)):
+        elif self.mode == "off" and os.path.exists(os.path.join(self.host.run_dir, RECIPE_FILE)):
             recipe = load_recipe(os.path.join(self.host.run_dir, RECIPE_FILE))
-        return parse_settings(params, recipe)
+        if self.mode != "off":
+            given = {**self._in_force(given, recipe), **given}
+        return parse_settings(given, recipe)
+
+    def _in_force(self, given: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings in force that an enable naming ``given`` and ``recipe`` keeps: all but
+        those it names (a new recipe brings its own space), one segment setting for another."""
+        named = set(given) | set(recipe)
+        if "recipe" in given:
+            named.add("space")
+        if named & {"segment_steps", "segment_evals"}:
+            named |= {"segment_steps", "segment_evals"}
+        kept = self.settings.to_dict()
+        return {k: v for k, v in kept.items() if k not in named and v is not None}
 
     def _enable(self, settings: Settings, step: int) -> None:
         if settings.mode not in MODES:
