@@ -526,6 +526,13 @@ class HotKernel:
                 pass
         return act.current_value
 
+    def actuator_bounds(self, module: str, key: str) -> tuple[float | None, float | None]:
+        """An actuator's ``(min, max)`` (None where it has no bound, or no such actuator)."""
+        act = self.mutable_state.get(key)
+        if act is None or act.group != module:
+            return None, None
+        return act.min_value, act.max_value
+
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now: the framework's where it owns one (the adapters'
         ``env["max_steps"]``), else :attr:`max_steps`, which ``hotcb extend`` moves in a bare

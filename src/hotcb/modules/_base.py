@@ -81,6 +81,9 @@ class ModuleHost(Protocol):
     def read_actuator(self, module: str, key: str, env: Mapping[str, Any] | None = None) -> Any:
         """An actuator's current value (live from ``env`` when given), or None."""
 
+    def actuator_bounds(self, module: str, key: str) -> tuple[float | None, float | None]:
+        """An actuator's ``(min, max)``: what it refuses beyond (None where it has no bound)."""
+
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now (the framework's, or the kernel's after ``hotcb
         extend`` in a bare loop); None when unknown."""

@@ -739,3 +739,19 @@ def test_enable_on_a_tuner_that_is_on_changes_only_what_it_names(
     t.run(100_000, until=lambda: tune.mode != "off")
     st = client.tune_status()
     assert (st["mode"], st["segment_steps"], st["study"]) == ("active", 200, "hotcb-run")
+
+
+def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> None:
+    """A recipe's knob without a `max`, on an lr near the actuator's maximum (10), with a
+    sampler that only goes up: each move stops at the maximum. A move past it was refused by
+    the actuator, the trial failed, and the sampler asked for it again at every boundary."""
+    t: Toy = toy(log_level, lr=6.0)
+    client = HotClient(t.kernel.run_dir)
+    up = [{"key": "lr", "module": "opt", "mode": "mult", "low": 1.5, "high": 3.0}]
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=up, sync=True)
+    t.run(5_000, until=lambda: len(t.ledger("mutate")) >= 3)
+    mutates = t.ledger("mutate")
+    assert len(mutates) >= 3
+    assert [e["decision"] for e in mutates] == ["applied"] * len(mutates), mutates
+    assert all(e["changes"]["lr"]["new"] <= 10.0 for e in mutates if e.get("changes"))
+    assert max(t.lrs) == 10.0

@@ -457,7 +457,7 @@ class TuneModule:
                 continue
             live = self.host.read_actuator(knob.module, knob.key, env)
             if isinstance(live, (int, float)) and not isinstance(live, bool):
-                values.setdefault(knob.module, {})[knob.key] = knob.target(float(live), float(x))
+                values.setdefault(knob.module, {})[knob.key] = self._target(knob, live, x)
 
     def _op_rollback(self, op: HotOp, env: Env) -> OpResult:
         values = self._values(op.params.get("values"))
@@ -925,8 +925,8 @@ class TuneModule:
             current = self.host.read_actuator(knob.module, knob.key)
             if not isinstance(current, (int, float)) or isinstance(current, bool):
                 continue
-            values.setdefault(knob.module, {})[knob.key] = knob.target(
-                float(current), sampled[knob.name]
+            values.setdefault(knob.module, {})[knob.key] = self._target(
+                knob, current, sampled[knob.name]
             )
         self.trials.append({"trial": number, "step": None, "changes": {}, "score": None,
                             "decision": "proposed", "sampled": dict(sampled)})  # fmt: skip
@@ -955,6 +955,18 @@ class TuneModule:
                           "decision": "applied", "tune": {"proposal": self.proposals[-1]["id"],
                           "trial": number, "values": values}})  # fmt: skip
         self._start_segment(step, "baseline")
+
+    def _target(self, knob: Knob, current: float, sampled: float) -> float:
+        """The knob's new value, within the knob's bounds and the actuator's: a value the
+        actuator refuses would fail the trial, and a sampler that has learned to go that way
+        would ask for it again at every boundary (an lr at its maximum, thousands of refusals)."""
+        value = knob.target(float(current), float(sampled))
+        low, high = self.host.actuator_bounds(knob.module, knob.key)
+        if low is not None and value < low:
+            value = float(low)
+        if high is not None and value > high:
+            value = float(high)
+        return value
 
     def _knobs(self) -> list[Knob]:
         """The knobs a trial may move now: numeric, movable, not cooling down."""
