@@ -8,7 +8,7 @@ N steps, roll-back of the keys already applied when one fails, undo of an applie
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import jsonl
@@ -47,6 +47,9 @@ class ActuatorStream:
         self.history_path = history_path  # hotcb.knobs.jsonl: values that moved on their own
         self.leader = True
         self.ramps: dict[str, Ramp] = {}
+        #: key -> the step a command last changed it (a set, an undo, a ramp's move; not a
+        #: module's own actuation, which has no cmd_id): the tuner voids a trial it overlaps
+        self.commanded: dict[str, int] = {}
         self.opt_registered = any(a.group == "opt" for a in state)
         self.needs_init = False  # an actuator was registered after the start
         self._model_seen = False
@@ -147,8 +150,15 @@ class ActuatorStream:
             for key in changes:
                 self.ramps.pop(key, None)
             return OpResult("failed", error=error)
+        self._note_command(op, changes, step)
         extra = {"transition": op.transition.to_dict()} if op.transition else {}
         return OpResult("applied", changes=changes, extra=extra)
+
+    def _note_command(self, op: HotOp, keys: Iterable[str], step: int) -> None:
+        """Remember the step a command changed ``keys`` at (a module's own actuation, which
+        has no cmd_id, is not a command)."""
+        if op.cmd_id:
+            self.commanded.update(dict.fromkeys(keys, step))
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
         """Put back the old values an applied entry recorded (and stop its ramps).
@@ -175,6 +185,7 @@ class ActuatorStream:
                     scaled[key] = factor
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
+        self.commanded.update(dict.fromkeys(changes, int(env["step"])))
         return OpResult("applied", changes=changes, extra={"on_schedule": scaled} if scaled else {})
 
     def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
@@ -259,6 +270,7 @@ class ActuatorStream:
                 continue
             try:
                 self.state.set_silently(key, ramp.value_at(step), env)
+                self.commanded[key] = step
             except Exception as exc:  # the user's apply_fn: record, never raise
                 del self.ramps[key]
                 self.recorder.emit_op(

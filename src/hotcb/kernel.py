@@ -533,6 +533,14 @@ class HotKernel:
             return None, None
         return act.min_value, act.max_value
 
+    def last_commanded(self, module: str, key: str) -> int | None:
+        """The step a command (a person's, the autopilot's, a schedule's, an undo, a ramp) last
+        changed an actuator at; None if none did. A module's own :meth:`actuate` is not one."""
+        act = self.mutable_state.get(key)
+        if act is None or act.group != module:
+            return None
+        return self._stream.commanded.get(key)
+
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now: the framework's where it owns one (the adapters'
         ``env["max_steps"]``), else :attr:`max_steps`, which ``hotcb extend`` moves in a bare

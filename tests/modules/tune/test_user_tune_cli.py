@@ -755,3 +755,41 @@ def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> No
     assert [e["decision"] for e in mutates] == ["applied"] * len(mutates), mutates
     assert all(e["changes"]["lr"]["new"] <= 10.0 for e in mutates if e.get("changes"))
     assert max(t.lrs) == 10.0
+
+
+def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any) -> None:
+    """`hotcb set lr=…` in the middle of a trial that moved lr and weight decay: the trial is
+    not judged (Optuna hears FAIL, not a score the person's change earned), the person's lr
+    stays, and the trial's weight decay goes back. Before, the trial was kept or rolled back
+    on that score, and a roll-back scaled the person's lr by the trial's ratio."""
+    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    client.tune_enable("active", objective="loss", segment_steps=400, seed=0, space=space,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(100_000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 5)
+    trial = tune.trial
+    assert trial is not None
+    number, wd_before = trial["number"], trial["before"]["opt"]["weight_decay"]
+    (cmd,) = client.set({"lr": 0.05})
+    t.run(100_000, until=lambda: t.lr == 0.05)
+    assert [e["step"] for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == cmd] == [t.step]
+    assert tune.trial is not None and tune.trial["number"] == number  # landed inside the trial
+    t.run(100_000, until=lambda: tune.phase != "trial" and tune.waiting is None)
+
+    (void,) = t.ledger("void")
+    assert void["tune"]["trial"] == number and "opt.lr" in void["tune"]["reason"]
+    assert not [e for e in t.ledger("keep") if e["tune"]["trial"] == number]
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert set(back["changes"]) == {"weight_decay"}  # the trial's other knob goes back
+    assert t.opt.param_groups[0]["weight_decay"] == wd_before
+    assert t.lr == 0.05  # the person's value, untouched
+    st = client.tune_status()
+    row = next(r for r in st["trials"] if r["trial"] == number)
+    assert row["decision"] == "failed" and "set by a command" in row["detail"]["reason"]
+    import optuna
+
+    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
+    assert study.trials[number].state == optuna.trial.TrialState.FAIL

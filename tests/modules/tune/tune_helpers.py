@@ -17,11 +17,14 @@ class Toy:
     def __init__(
         self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
         weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0, train_key: str = "loss",
-        decay: float | None = None, model: bool = False,
+        decay: float | None = None, model: bool = False, poll: float | None = None,
     ) -> None:  # fmt: skip
         from hotcb import HotKernel
 
-        self.kernel = HotKernel(run_dir)
+        # ``poll``: the kernel's poll interval (0: every step, so a command lands at a known step)
+        self.kernel = (
+            HotKernel(run_dir) if poll is None else HotKernel(run_dir, poll_interval_sec=poll)
+        )
         self.param = torch.nn.Parameter(torch.zeros(1))
         self.opt = torch.optim.AdamW([self.param], lr=lr, weight_decay=weight_decay)
         self.f = f

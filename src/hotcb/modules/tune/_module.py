@@ -765,6 +765,10 @@ class TuneModule:
     def _judge(self, seg: Segment, step: int) -> None:
         trial = self.trial
         assert trial is not None
+        touched = self._commanded_since(trial)
+        if touched:
+            self._void(trial, touched, step)
+            return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
         if "blew_up" in trial and not seg.values:  # ended early on the training loss
             detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
@@ -811,6 +815,36 @@ class TuneModule:
             self.streak, self.backoff = 0, self.settings.backoff_segments
         self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
                                   "applied": trial.get("applied"), "score": score}, step)  # fmt: skip
+
+    def _commanded_since(self, trial: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The knobs of ``trial`` that a command (a person, the autopilot) changed since it
+        started: its segment measures that change too."""
+        since = int(trial["step"])
+        return [(m, k) for m, kv in trial["after"].items() for k in kv
+                if (at := self.host.last_commanded(m, k)) is not None and at >= since]  # fmt: skip
+
+    def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
+        """A trial overlapped by a command on its knobs: not judged (Optuna hears FAIL, not a
+        score that belongs to someone else's change), the command's values stay, the trial's
+        other knobs are rolled back."""
+        number = trial["number"]
+        names = ", ".join(f"{m}.{k}" for m, k in touched)
+        reason = f"{names} set by a command during the trial: not judged"
+        self._close_trial(None, "failed", reason=reason)
+        self._row(number).update(end_step=step, detail={"reason": reason})
+        self.host.record({"module": "tune", "op": "void", "source": "tune", "decision": "applied",
+                          "tune": {"trial": number, "reason": reason}})  # fmt: skip
+        self._snapshot = None  # the weights moved under the command too: nothing to restore
+        rest = {m: {k: v for k, v in kv.items() if (m, k) not in touched}
+                for m, kv in trial["before"].items()}  # fmt: skip
+        rest = {m: kv for m, kv in rest.items() if kv}
+        if not rest:
+            self._start_segment(step, "baseline")
+            return
+        applied = trial.get("applied") or {}
+        made = {m: {k: (applied.get(m) or {}).get(k) for k in kv} for m, kv in rest.items()}
+        self._submit("rollback", {"trial": number, "values": rest, "applied": made,
+                                  "score": None}, step)  # fmt: skip
 
     @property
     def objective_used_direction(self) -> str:
