@@ -191,6 +191,8 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             facts.append(f"trial {tune['trial']}")
         if isinstance(tune.get("score"), (int, float)):
             facts.append(f"score {tune['score']:+.3g}")
+        if e.get("op") == "void" and tune.get("reason"):
+            facts.append(str(tune["reason"]))
         return (f" [{', '.join(facts)}]" if facts else "") + _on_schedule(e)
     if e.get("module") == "control" and e.get("decision") == "applied":
         said = _control_facts(e)

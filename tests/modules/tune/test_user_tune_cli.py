@@ -757,7 +757,7 @@ def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> No
     assert max(t.lrs) == 10.0
 
 
-def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any) -> None:
+def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any) -> None:
     """`hotcb set lr=…` in the middle of a trial that moved lr and weight decay: the trial is
     not judged (Optuna hears FAIL, not a score the person's change earned), the person's lr
     stays, and the trial's weight decay goes back. Before, the trial was kept or rolled back
@@ -793,3 +793,5 @@ def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any) -> None:
 
     study = optuna.load_study(study_name=st["study"], storage=st["storage"])
     assert study.trials[number].state == optuna.trial.TrialState.FAIL
+    log = cli(t.kernel.run_dir, "log").stdout
+    assert f"tune void -> applied [trial {number}, opt.lr set by a command during" in log
