@@ -161,6 +161,22 @@ describe("the ledger's view of the tuner's entries", () => {
   });
 });
 
+describe("the trials table", () => {
+  test("a trial's decision says why in its tooltip (a void trial, a blow-up)", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      const reason = "opt.lr set by a command during the trial: not judged";
+      const trials = [...STATE.trials, { trial: 8, step: 1600, end_step: 1700, score: null, decision: "failed", detail: { reason } }];
+      panel.update({ ...STATE, trials });
+      const labels = card.find("tune-dec-failed");
+      assert.equal(labels.length, 1);
+      assert.equal(labels[0].title, reason);
+      assert.equal(card.find("tune-dec-kept")[0].title, "");
+    });
+  });
+});
+
 describe("a run that is over", () => {
   test("its proposals cannot be answered: Accept and Reject are disabled, and say why", () => {
     withDocument(() => {

@@ -380,6 +380,7 @@ export class TunePanel {
       const dec = el("td");
       const label = el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
       if (t.decision === "replaced") label.title = REPLACED_WHY;
+      else if (t.detail && t.detail.reason) label.title = String(t.detail.reason); // void, blown up
       dec.append(label);
       tr.append(dec);
       body.append(tr);
