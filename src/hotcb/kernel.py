@@ -533,13 +533,12 @@ class HotKernel:
             return None, None
         return act.min_value, act.max_value
 
-    def last_commanded(self, module: str, key: str) -> int | None:
-        """The step a command (a person's, the autopilot's, a schedule's, an undo, a ramp) last
-        changed an actuator at; None if none did. A module's own :meth:`actuate` is not one."""
-        act = self.mutable_state.get(key)
-        if act is None or act.group != module:
-            return None
-        return self._stream.commanded.get(key)
+    def commanded_since(self, step: int) -> list[tuple[str, str]]:
+        """``(module, key)`` of the actuators a command (a person's, the autopilot's, a
+        schedule's, an undo, a ramp) changed at ``step`` or later. A module's own
+        :meth:`actuate` is not a command."""
+        changed = [k for k, at in self._stream.commanded.items() if at >= step]
+        return [(act.group, act.param_key) for k in changed if (act := self.mutable_state.get(k))]
 
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now: the framework's where it owns one (the adapters'

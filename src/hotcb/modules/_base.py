@@ -84,8 +84,9 @@ class ModuleHost(Protocol):
     def actuator_bounds(self, module: str, key: str) -> tuple[float | None, float | None]:
         """An actuator's ``(min, max)``: what it refuses beyond (None where it has no bound)."""
 
-    def last_commanded(self, module: str, key: str) -> int | None:
-        """The step a command (not a module's own ``actuate``) last changed the actuator at."""
+    def commanded_since(self, step: int) -> list[tuple[str, str]]:
+        """``(module, key)`` of the actuators a command (not a module's own ``actuate``)
+        changed at ``step`` or later."""
 
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now (the framework's, or the kernel's after ``hotcb

@@ -795,3 +795,26 @@ def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any)
     assert study.trials[number].state == optuna.trial.TrialState.FAIL
     log = cli(t.kernel.run_dir, "log").stdout
     assert f"tune void -> applied [trial {number}, opt.lr set by a command during" in log
+
+
+def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
+    """The trial moves lr; a person sets weight decay meanwhile: the segment measures both, so
+    the trial is not judged; its lr goes back, the person's weight decay stays."""
+    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=400, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(100_000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 5)
+    trial = tune.trial
+    assert trial is not None
+    number, lr_before = trial["number"], trial["before"]["opt"]["lr"]
+    client.set({"weight_decay": 0.2})
+    t.run(100_000, until=lambda: t.opt.param_groups[0]["weight_decay"] == 0.2)
+    assert tune.trial is not None and tune.trial["number"] == number
+    t.run(100_000, until=lambda: tune.phase != "trial" and tune.waiting is None)
+    (void,) = t.ledger("void")
+    assert void["tune"]["trial"] == number and "opt.weight_decay" in void["tune"]["reason"]
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert set(back["changes"]) == {"lr"} and t.lr == lr_before
+    assert t.opt.param_groups[0]["weight_decay"] == 0.2

@@ -817,16 +817,15 @@ class TuneModule:
                                   "applied": trial.get("applied"), "score": score}, step)  # fmt: skip
 
     def _commanded_since(self, trial: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """The knobs of ``trial`` that a command (a person, the autopilot) changed since it
-        started: its segment measures that change too."""
-        since = int(trial["step"])
-        return [(m, k) for m, kv in trial["after"].items() for k in kv
-                if (at := self.host.last_commanded(m, k)) is not None and at >= since]  # fmt: skip
+        """The knobs that a command (a person, the autopilot) changed since ``trial`` started:
+        its segment measures that change too (the trial's own knobs or any other, a loss
+        weight or a custom knob)."""
+        return self.host.commanded_since(int(trial["step"]))
 
     def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
-        """A trial overlapped by a command on its knobs: not judged (Optuna hears FAIL, not a
-        score that belongs to someone else's change), the command's values stay, the trial's
-        other knobs are rolled back."""
+        """A trial overlapped by a command: not judged (Optuna hears FAIL, not a score that
+        belongs to someone else's change), the command's values stay, the trial's knobs that
+        it did not set are rolled back."""
         number = trial["number"]
         names = ", ".join(f"{m}.{k}" for m, k in touched)
         reason = f"{names} set by a command during the trial: not judged"
