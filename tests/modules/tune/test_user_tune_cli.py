@@ -757,21 +757,27 @@ def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> No
     assert max(t.lrs) == 10.0
 
 
+def _inside_a_trial(toy: Any, space: list[dict[str, Any]]) -> tuple[Toy, HotClient, Any, Any]:
+    """A run polling every step, its tuner (long segments over ``space``) 5 steps into a trial:
+    the run, a client, the tuner, the trial."""
+    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=400, seed=0, space=space,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(100_000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 5)
+    assert tune.trial is not None
+    return t, client, tune, tune.trial
+
+
 def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any) -> None:
     """`hotcb set lr=…` in the middle of a trial that moved lr and weight decay: the trial is
     not judged (Optuna hears FAIL, not a score the person's change earned), the person's lr
     stays, and the trial's weight decay goes back. Before, the trial was kept or rolled back
     on that score, and a roll-back scaled the person's lr by the trial's ratio."""
-    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
-    client = HotClient(t.kernel.run_dir)
     space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
                         "high": 2.0, "max": 1.0}]  # fmt: skip
-    client.tune_enable("active", objective="loss", segment_steps=400, seed=0, space=space,
-                       sync=True)  # fmt: skip
-    tune = t.kernel.module("tune")
-    t.run(100_000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 5)
-    trial = tune.trial
-    assert trial is not None
+    t, client, tune, trial = _inside_a_trial(toy, space)
     number, wd_before = trial["number"], trial["before"]["opt"]["weight_decay"]
     (cmd,) = client.set({"lr": 0.05})
     t.run(100_000, until=lambda: t.lr == 0.05)
@@ -800,14 +806,7 @@ def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any)
 def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     """The trial moves lr; a person sets weight decay meanwhile: the segment measures both, so
     the trial is not judged; its lr goes back, the person's weight decay stays."""
-    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("active", objective="loss", segment_steps=400, seed=0, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-    tune = t.kernel.module("tune")
-    t.run(100_000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 5)
-    trial = tune.trial
-    assert trial is not None
+    t, client, tune, trial = _inside_a_trial(toy, LR_ONLY)
     number, lr_before = trial["number"], trial["before"]["opt"]["lr"]
     client.set({"weight_decay": 0.2})
     t.run(100_000, until=lambda: t.opt.param_groups[0]["weight_decay"] == 0.2)
