@@ -765,7 +765,9 @@ class TuneModule:
     def _judge(self, seg: Segment, step: int) -> None:
         trial = self.trial
         assert trial is not None
-        touched = self._commanded_since(trial)
+        # a command (a person, the autopilot) on any knob since the trial started: its
+        # segment measures that change too
+        touched = self.host.commanded_since(int(trial["step"]))
         if touched:
             self._void(trial, touched, step)
             return
@@ -815,12 +817,6 @@ class TuneModule:
             self.streak, self.backoff = 0, self.settings.backoff_segments
         self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
                                   "applied": trial.get("applied"), "score": score}, step)  # fmt: skip
-
-    def _commanded_since(self, trial: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """The knobs that a command (a person, the autopilot) changed since ``trial`` started:
-        its segment measures that change too (the trial's own knobs or any other, a loss
-        weight or a custom knob)."""
-        return self.host.commanded_since(int(trial["step"]))
 
     def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
         """A trial overlapped by a command: not judged (Optuna hears FAIL, not a score that
@@ -993,13 +989,8 @@ class TuneModule:
         """The knob's new value, within the knob's bounds and the actuator's: a value the
         actuator refuses would fail the trial, and a sampler that has learned to go that way
         would ask for it again at every boundary (an lr at its maximum, thousands of refusals)."""
-        value = knob.target(float(current), float(sampled))
-        low, high = self.host.actuator_bounds(knob.module, knob.key)
-        if low is not None and value < low:
-            value = float(low)
-        if high is not None and value > high:
-            value = float(high)
-        return value
+        bounds = self.host.actuator_bounds(knob.module, knob.key)
+        return knob.target(float(current), float(sampled), bounds)
 
     def _knobs(self) -> list[Knob]:
         """The knobs a trial may move now: numeric, movable, not cooling down."""

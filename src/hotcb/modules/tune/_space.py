@@ -74,18 +74,26 @@ class Knob:
         mid = 0.0 if self.mode == "delta" else (self.low + self.high) / 2
         return replace(self, low=mid + (self.low - mid) / 2, high=mid + (self.high - mid) / 2)
 
-    def target(self, current: float, sampled: float) -> float:
-        """The new value for a sampled number, clamped to ``min``/``max``."""
+    def target(
+        self,
+        current: float,
+        sampled: float,
+        bounds: tuple[float | None, float | None] = (None, None),
+    ) -> float:
+        """The new value for a sampled number, clamped to ``min``/``max`` and to ``bounds``
+        (the actuator's own)."""
         if self.mode == "mult":
             value = current * sampled
         elif self.mode == "delta":
             value = current + sampled
         else:
             value = sampled
-        if self.min is not None:
-            value = max(value, self.min)
-        if self.max is not None:
-            value = min(value, self.max)
+        for low in (self.min, bounds[0]):
+            if low is not None:
+                value = max(value, low)
+        for high in (self.max, bounds[1]):
+            if high is not None:
+                value = min(value, high)
         return value
 
     def to_dict(self) -> dict[str, Any]:
