@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { decisionLabel, ENABLE_COMMAND, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+const { decisionLabel, decisionWhy, ENABLE_COMMAND, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -174,6 +174,18 @@ describe("the trials table", () => {
       assert.equal(labels[0].title, reason);
       assert.equal(card.find("tune-dec-kept")[0].title, "");
     });
+  });
+});
+
+describe("decisionWhy: a judged trial's tooltip", () => {
+  test("a positive score rolled back says the bar it missed", () => {
+    const t = { trial: 3, score: 0.103, decision: "rolled_back", detail: { margin: 0.15, needed: 0.15 } };
+    assert.equal(decisionWhy(t), "score 0.103 did not beat 0.15, the bar to keep (the threshold plus a noise margin of 0.15)");
+  });
+  test("a keep says the bar it beat; a trial without the bar says nothing", () => {
+    const t = { trial: 4, score: 0.3, decision: "kept", detail: { margin: 0.05, needed: 0.05 } };
+    assert.match(decisionWhy(t), /^score 0\.3 beat 0\.05, the bar to keep/);
+    assert.equal(decisionWhy({ trial: 5, score: 0.1, decision: "kept" }), "");
   });
 });
 

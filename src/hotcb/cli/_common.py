@@ -190,7 +190,9 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         if tune.get("trial") is not None:
             facts.append(f"trial {tune['trial']}")
         if isinstance(tune.get("score"), (int, float)):
-            facts.append(f"score {tune['score']:+.3g}")
+            needed = tune.get("needed")  # a judged trial: the bar a keep had to clear
+            bar = f", needed > {needed:+.3g}" if isinstance(needed, (int, float)) else ""
+            facts.append(f"score {tune['score']:+.3g}{bar}")
         if e.get("op") == "void" and tune.get("reason"):
             facts.append(str(tune["reason"]))
         return (f" [{', '.join(facts)}]" if facts else "") + _on_schedule(e)

@@ -17,6 +17,7 @@ import pytest
 from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
+from hotcb.cli._common import fmt_entry
 from hotcb.errors import CommandError
 from hotcb.testing import read_ledger
 
@@ -52,6 +53,16 @@ def test_the_sampler_learns_which_direction_helps(toy: Any) -> None:
     for tr in done:  # kept: better than the trend by more than the noise
         detail = tr.user_attrs["hotcb"]["score_detail"]
         assert (tr.number in kept) == (tr.value > detail["margin"]), tr.number
+    # the ledger says what bar each judged trial had to clear: `hotcb log` shows it beside the
+    # score, so a positive score rolled back does not read as a wrong decision
+    judged = t.ledger("keep") + t.ledger("rollback")
+    assert judged and all(isinstance(e["tune"]["needed"], float) for e in judged)
+    for e in t.ledger("rollback"):
+        assert e["tune"]["score"] <= e["tune"]["needed"]
+        assert f"score {e['tune']['score']:+.3g}, needed > {e['tune']['needed']:+.3g}" in fmt_entry(
+            e, t.kernel.run_dir
+        )
+    assert all(e["tune"]["score"] > e["tune"]["needed"] for e in t.ledger("keep"))
 
 
 def test_a_rollback_restores_the_exact_previous_values(toy: Any) -> None:

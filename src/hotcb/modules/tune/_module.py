@@ -320,7 +320,8 @@ class TuneModule:
                 # the checkpoint holds the mutated values: roll them back again
                 self._submit("rollback", {"trial": waiting["trial"], "values": waiting["values"],
                                           "applied": waiting.get("applied"),
-                                          "score": waiting.get("score")}, self.segment.start)  # fmt: skip
+                                          "score": waiting.get("score"),
+                                          "needed": waiting.get("needed")}, self.segment.start)  # fmt: skip
             elif waiting:  # a mutation decided but not applied by the checkpoint: start over
                 self.phase = "baseline"
                 self.waiting = None
@@ -476,6 +477,8 @@ class TuneModule:
                 self.warnings.append(f"could not restore the model's state: {exc!r}")
         result.extra["tune"] = {"trial": op.params.get("trial"), "score": op.params.get("score"),
                                 "modules": self._modules(values), "restored": restored}  # fmt: skip
+        if op.params.get("needed") is not None:
+            result.extra["tune"]["needed"] = op.params["needed"]
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
             # the trial's training losses were made with values no longer in force: the watch
@@ -780,7 +783,8 @@ class TuneModule:
         # the trend missed segments that were left alone
         margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
         detail["margin"] = margin
-        keep = math.isfinite(score) and score > self.settings.threshold + margin
+        detail["needed"] = needed = self.settings.threshold + margin  # the bar a keep clears
+        keep = math.isfinite(score) and score > needed
         attrs = {
             "score_detail": detail,
             "step": trial["step"],
@@ -816,7 +820,8 @@ class TuneModule:
         if self.streak >= self.settings.reject_streak:
             self.streak, self.backoff = 0, self.settings.backoff_segments
         self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
-                                  "applied": trial.get("applied"), "score": score}, step)  # fmt: skip
+                                  "applied": trial.get("applied"), "score": score,
+                                  "needed": needed}, step)  # fmt: skip
 
     def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
         """A trial overlapped by a command: not judged (Optuna hears FAIL, not a score that
@@ -1018,7 +1023,8 @@ class TuneModule:
         record = make_command("tune", op, source="tune", params=params)
         self.waiting = {"cmd_id": record["cmd_id"], "kind": op, "since": step,
                         "trial": params.get("trial"), "values": params.get("values"),
-                        "applied": params.get("applied"), "score": params.get("score")}  # fmt: skip
+                        "applied": params.get("applied"), "score": params.get("score"),
+                        "needed": params.get("needed")}  # fmt: skip
         self.phase = "waiting"
         try:
             self.host.submit(record)

@@ -15,6 +15,18 @@ const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", 
 const REPLACED_WHY = "judged after the checkpoint this run was resumed from, in the life the resume replaced: the study keeps its score, its change is not in this run";
 
 /** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
+/** A trial's decision, why: a void or blown-up trial's reason, else the bar a keep had to
+ * clear (the threshold plus the noise margin), so a positive score rolled back reads right. */
+export function decisionWhy(t) {
+  if (t.decision === "replaced") return REPLACED_WHY;
+  const d = t.detail || {};
+  if (d.reason) return String(d.reason);
+  if (typeof t.score !== "number" || typeof d.needed !== "number") return "";
+  const kept = t.decision === "kept";
+  const margin = typeof d.margin === "number" ? ` (the threshold plus a noise margin of ${fmtNum(d.margin)})` : "";
+  return `score ${fmtNum(t.score)} ${kept ? "beat" : "did not beat"} ${fmtNum(d.needed)}, the bar to keep${margin}`;
+}
+
 export function fmtTuneChanges(changes) {
   if (!changes || typeof changes !== "object") return "";
   return Object.entries(changes)
@@ -379,8 +391,7 @@ export class TunePanel {
       tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
       const dec = el("td");
       const label = el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
-      if (t.decision === "replaced") label.title = REPLACED_WHY;
-      else if (t.detail && t.detail.reason) label.title = String(t.detail.reason); // void, blown up
+      label.title = decisionWhy(t);
       dec.append(label);
       tr.append(dec);
       body.append(tr);
