@@ -193,6 +193,8 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             needed = tune.get("needed")  # a judged trial: the bar a keep had to clear
             bar = f", needed > {needed:+.3g}" if isinstance(needed, (int, float)) else ""
             facts.append(f"score {tune['score']:+.3g}{bar}")
+        if tune.get("restored"):  # restore: state put the trial's start back, not only knobs
+            facts.append(f"{' and '.join(map(str, tune['restored']))} state restored")
         if e.get("op") == "void" and tune.get("reason"):
             facts.append(str(tune["reason"]))
         return (f" [{', '.join(facts)}]" if facts else "") + _on_schedule(e)

@@ -275,6 +275,7 @@ def test_restore_state_puts_the_weights_back_and_the_knobs_keep_working(tmp_path
     )
     for r in rollbacks:
         assert r["tune"]["restored"] == ["model", "optimizer"]
+        assert "model and optimizer state restored" in fmt_entry(r, run_dir)  # hotcb log
         m = mutates[r["tune"]["trial"]]
         for got, want in zip(after[r["step"]], before[m["step"]], strict=True):
             assert torch.equal(got, want)  # the weights of the trial's start
