@@ -347,20 +347,14 @@ class HotClient:
         # the recipe is checked here, as the run will read it: nothing is sent for a file
         # that is missing or broken
         path = os.path.join(self.run_dir, "hotcb.tune.yaml")
+        outside = False  # a file from elsewhere, copied in once it is checked
         if isinstance(recipe, str):
             given_path = os.path.expanduser(recipe)
             path = os.path.join(self.run_dir, given_path)
             if not os.path.isabs(given_path) and os.path.isfile(path):
                 pass  # a relative recipe is the run directory's first
             elif os.path.isfile(given_path):
-                # the trainer reads files inside its run directory only (DESIGN.md §10):
-                # one from elsewhere is copied in (hotcb.replay/<sha>.tune.yaml), as freeze does
-                from .recipe import bring_into_run
-
-                params["recipe"] = bring_into_run(
-                    self.run_dir, os.path.abspath(given_path), "tune.yaml"
-                )
-                path = os.path.join(self.run_dir, params["recipe"])
+                path, outside = os.path.abspath(given_path), True  # problems name this file
             else:
                 raise CommandError(
                     f"no recipe file at {path} (a relative --recipe is read from the run "
@@ -368,6 +362,12 @@ class HotClient:
                 )
         given = {k: v for k, v in params.items() if k != "recipe"}
         parse_settings(given, load_recipe(path) if os.path.isfile(path) else None)
+        if outside:
+            # the trainer reads files inside its run directory only (DESIGN.md §10): the
+            # recipe goes in as hotcb.replay/<sha>.tune.yaml, as freeze's does
+            from .recipe import bring_into_run
+
+            params["recipe"] = bring_into_run(self.run_dir, path, "tune.yaml")
         return self.send("tune", "enable", params=params)
 
     def tune_disable(self) -> str:

@@ -114,6 +114,15 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
         "line 2", "line 3", "line 7", "line 9", "line 10",
     ]  # fmt: skip  # every problem, in the file's order
     assert "direction: 'sideways'" in problems[0] and "colour: unknown setting" in problems[4]
+    # a broken file from elsewhere: its problems name the user's file, and no copy of it
+    # is left in the run directory
+    outside = os.path.join(os.path.dirname(run_dir), "space.yaml")
+    with open(outside, "w") as f:
+        f.write(BROKEN)
+    out = cli(run_dir, "tune", "enable", "--recipe", outside)
+    assert out.returncode == 2 and out.stderr.startswith(f"hotcb: error: {outside} has 5"), (
+        out.stderr)  # fmt: skip
+    assert not os.path.exists(os.path.join(run_dir, "hotcb.replay"))
     # a file missing from the run directory (the run reads a relative path from there)
     missing = cli(run_dir, "tune", "enable", "--recipe", "nope.yaml")
     assert missing.returncode == 2 and "no recipe file at" in missing.stderr
