@@ -371,7 +371,8 @@ class HotClient:
         return self.send("tune", "enable", params=params)
 
     def tune_disable(self) -> str:
-        """Turn the tuner off (values stay where they are; an open trial is told FAIL)."""
+        """Turn the tuner off. What it kept stays; a trial still open is told FAIL and its
+        change is taken back (a knob a command set since the trial began keeps that value)."""
         return self.send("tune", "disable")
 
     def tune_accept(self, proposal: str) -> str:

@@ -349,9 +349,9 @@ def test_the_log_names_each_tune_entry_s_proposal_trial_and_score(toy: Any, cli:
     trial = f"trial {p['trial']}"
     assert f"tune propose -> applied [{p['id']}, {trial}]" in out, out
     assert f"tune accept -> applied [{p['id']}, {trial}]" in out, out
-    assert re.search(rf"tune (keep|rollback) -> applied .*\[{trial}, score [-+][0-9.e-]+\]", out), (
-        out
-    )
+    num = r"[-+][0-9.e-]+"
+    assert re.search(rf"tune (keep|rollback) -> applied .*\[{trial}, score {num}, needed > {num}\]",
+                     out), out  # fmt: skip
 
 
 def test_falling_back_to_loss_is_the_only_warning(toy: Any) -> None:
@@ -826,3 +826,61 @@ def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
     assert set(back["changes"]) == {"lr"} and t.lr == lr_before
     assert t.opt.param_groups[0]["weight_decay"] == 0.2
+
+
+def test_disable_during_a_trial_takes_its_change_back(toy: Any, cli: Any) -> None:
+    """`tune disable` in the middle of a trial: the trial is not judged (Optuna hears FAIL) and
+    its change goes back, so what the tuner leaves in force is what it kept, which `tune
+    export` replays. Before, the trial's untested lr and weight decay stayed in force with the
+    tuner off, and the export left them out."""
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    t, client, tune, trial = _inside_a_trial(toy, space)
+    number, before = trial["number"], trial["before"]["opt"]
+    assert (t.lr, t.opt.param_groups[0]["weight_decay"]) != (before["lr"], before["weight_decay"])
+    client.tune_disable()
+    t.run(100_000, until=lambda: tune.mode == "off" and tune.waiting is None)
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert back["decision"] == "applied" and "disabled during the trial" in back["tune"]["reason"]
+    assert t.lr == before["lr"] and t.opt.param_groups[0]["weight_decay"] == before["weight_decay"]
+    assert tune.phase == "off"
+    st = client.tune_status()
+    row = next(r for r in st["trials"] if r["trial"] == number)
+    assert row["decision"] == "failed" and "disabled" in row["detail"]["reason"]
+    import optuna
+
+    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
+    assert study.trials[number].state == optuna.trial.TrialState.FAIL
+    log = cli(t.kernel.run_dir, "log").stdout
+    assert f"[trial {number}, the tuner was disabled during the trial: not judged]" in log, log
+    t.run(50)  # off: nothing more from the tuner
+    assert [e["params"]["trial"] for e in t.ledger("mutate")] == [number]
+
+
+def test_disable_during_a_trial_keeps_a_person_s_value(toy: Any) -> None:
+    """A person set lr during the trial, then turned the tuner off: their lr stays."""
+    t, client, tune, trial = _inside_a_trial(toy, LR_ONLY)
+    client.set({"lr": 0.05})
+    t.run(100_000, until=lambda: t.lr == 0.05)
+    client.tune_disable()
+    t.run(100_000, until=lambda: tune.mode == "off" and tune.waiting is None)
+    assert t.lr == 0.05
+    assert not [e for e in t.ledger("rollback") if e["params"]["trial"] == trial["number"]]
+
+
+def test_a_tuner_s_mutation_that_lands_after_a_disable_is_refused(toy: Any) -> None:
+    """The tuner wrote its next mutation just as a person's disable, written earlier, was on
+    its way: the mutation comes after the disable and is refused, not applied by a tuner that
+    is off (it would stay in force, never judged)."""
+    t: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY, sync=True)
+    t.run(30)
+    client.tune_disable()
+    late = HotClient(t.kernel.run_dir, source="tune").send(
+        "tune", "mutate", params={"trial": 99, "values": {"opt": {"lr": 0.5}}}
+    )
+    t.run(100_000, until=lambda: any(e["cmd_id"] == late for e in read_ledger(t.kernel.run_dir)))
+    (e,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == late]
+    assert e["decision"] == "rejected" and "disabled before this trial began" in e["error"]
+    assert t.lr != 0.5

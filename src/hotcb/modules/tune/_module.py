@@ -318,10 +318,8 @@ class TuneModule:
             self.counts["failed"] += len(failed)
             if waiting and waiting.get("kind") == "rollback":
                 # the checkpoint holds the mutated values: roll them back again
-                self._submit("rollback", {"trial": waiting["trial"], "values": waiting["values"],
-                                          "applied": waiting.get("applied"),
-                                          "score": waiting.get("score"),
-                                          "needed": waiting.get("needed")}, self.segment.start)  # fmt: skip
+                keys = ("trial", "values", "applied", "score", "needed", "reason")
+                self._submit("rollback", {k: waiting.get(k) for k in keys}, self.segment.start)
             elif waiting:  # a mutation decided but not applied by the checkpoint: start over
                 self.phase = "baseline"
                 self.waiting = None
@@ -357,13 +355,23 @@ class TuneModule:
         return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
 
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:
-        old = self.mode
+        """Off. A trial still open is not judged (Optuna hears FAIL) and its change is taken
+        back, values only: what the tuner leaves in force is what it judged and kept, which
+        is also what ``tune export`` replays. A knob a command set since it began keeps the
+        command's value."""
+        old, trial, step = self.mode, self.trial, int(env["step"])
         self._drop_asking("tuner disabled")
         self.opening = None
-        if self.trial is not None:
-            self._close_trial(None, "failed", reason="tuner disabled")
+        self._snapshot = None  # the weights trained on: a disable throws no steps away
         self._expire_proposals("tuner disabled")
         self.mode, self.phase, self.waiting = "off", "off", None
+        if trial is not None:
+            reason = "the tuner was disabled during the trial: not judged"
+            self._close_trial(None, "failed", reason=reason)
+            self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
+            touched = self.host.commanded_since(int(trial["step"]))
+            self._take_back(trial, touched, step, reason=reason)
+            self.phase = "off"  # its roll-back is on its way; the tuner proposes nothing more
         return OpResult("applied", changes={"mode": {"old": old, "new": "off"}})
 
     def _op_accept(self, op: HotOp, env: Env) -> OpResult:
@@ -393,6 +401,8 @@ class TuneModule:
                                                     "trial": found["trial"]}})  # fmt: skip
 
     def _op_mutate(self, op: HotOp, env: Env) -> OpResult:
+        if op.source == "tune" and self.mode == "off":  # written just before a disable landed
+            return OpResult("rejected", error="the tuner was disabled before this trial began")
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
@@ -477,15 +487,17 @@ class TuneModule:
                 self.warnings.append(f"could not restore the model's state: {exc!r}")
         result.extra["tune"] = {"trial": op.params.get("trial"), "score": op.params.get("score"),
                                 "modules": self._modules(values), "restored": restored}  # fmt: skip
-        if op.params.get("needed") is not None:
-            result.extra["tune"]["needed"] = op.params["needed"]
+        for key in ("needed", "reason"):  # the bar a judged trial missed; why one was not
+            if op.params.get(key) is not None:
+                result.extra["tune"][key] = op.params[key]
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
             # the trial's training losses were made with values no longer in force: the watch
             # goes back to what it saw before the trial (a blown-up trial's losses would raise
             # the next trial's line and hide its blow-up)
             self.train_recent = deque(self._watch_before, maxlen=_TRAIN_WATCH)
-            self._start_segment(int(env["step"]), "backoff" if self.backoff else "baseline")
+            phase = "off" if self.mode == "off" else "backoff" if self.backoff else "baseline"
+            self._start_segment(int(env["step"]), phase)
         return result
 
     # ------------------------------------------------------------------ enabling
@@ -835,16 +847,25 @@ class TuneModule:
         self.host.record({"module": "tune", "op": "void", "source": "tune", "decision": "applied",
                           "tune": {"trial": number, "reason": reason}})  # fmt: skip
         self._snapshot = None  # the weights moved under the command too: nothing to restore
+        if not self._take_back(trial, touched, step):
+            self._start_segment(step, "baseline")
+
+    def _take_back(
+        self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int, *,
+        reason: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Roll back an unjudged trial's knobs that no command set since it began (those keep
+        the command's value); False when none is left to roll back."""
         rest = {m: {k: v for k, v in kv.items() if (m, k) not in touched}
                 for m, kv in trial["before"].items()}  # fmt: skip
         rest = {m: kv for m, kv in rest.items() if kv}
-        if not rest:
-            self._start_segment(step, "baseline")
-            return
+        if not rest or not self.host.is_leader:
+            return False
         applied = trial.get("applied") or {}
         made = {m: {k: (applied.get(m) or {}).get(k) for k in kv} for m, kv in rest.items()}
-        self._submit("rollback", {"trial": number, "values": rest, "applied": made,
-                                  "score": None}, step)  # fmt: skip
+        params = {"trial": trial["number"], "values": rest, "applied": made, "score": None}
+        self._submit("rollback", {**params, "reason": reason} if reason else params, step)
+        return True
 
     @property
     def objective_used_direction(self) -> str:
@@ -1024,7 +1045,7 @@ class TuneModule:
         self.waiting = {"cmd_id": record["cmd_id"], "kind": op, "since": step,
                         "trial": params.get("trial"), "values": params.get("values"),
                         "applied": params.get("applied"), "score": params.get("score"),
-                        "needed": params.get("needed")}  # fmt: skip
+                        "needed": params.get("needed"), "reason": params.get("reason")}  # fmt: skip
         self.phase = "waiting"
         try:
             self.host.submit(record)
