@@ -245,7 +245,8 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     )
     run = tmp_path / "run"
     lp = launched("launch", "--dir", os.fspath(run), "--tune", "active", "--tune-objective",
-                  "loss", "--tune-segment-steps", "20", "--tune-recipe", "space.yaml", "--",
+                  "loss", "--tune-segment-steps", "20", "--tune-recipe", "space.yaml",
+                  "--tune-restore", "state", "--",
                   sys.executable, BARE_LOOP, "--steps", "100000", "--step-delay", "0.002",
                   cwd=os.fspath(tmp_path))  # fmt: skip
 
@@ -262,7 +263,7 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     (enable,) = [e for e in read_ledger(run) if e.get("module") == "tune" and e["op"] == "enable"]
     assert enable["decision"] == "applied" and enable["source"] == "launch" and enable["step"] <= 1
     status = hotcb.HotClient(run).tune_status()
-    assert status["objective_used"] == "loss"
+    assert status["objective_used"] == "loss" and status["settings"]["restore"] == "state"
     assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
     assert {n for r in status["trials"] for n in r.get("sampled", {})} == {"opt.lr"}  # the recipe
 

@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--tune-recipe", metavar="FILE", help="search space and settings")
     t.add_argument("--tune-storage", metavar="URL", help="an Optuna storage to share")
     t.add_argument("--tune-study", metavar="NAME", help="the study's name (runs share it)")
+    t.add_argument("--tune-restore", choices=("values", "state"),
+                   help="what a roll-back puts back: the knobs (default), or also the model's "
+                   "weights and the optimizer's state from the trial's start")  # fmt: skip
     p.add_argument(
         "--resume-from",
         default=None,
@@ -134,7 +137,8 @@ def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
                 "segment_steps": args.tune_segment_steps,
                 "segment_evals": args.tune_segment_evals,
                 "recipe": _tune_recipe(args.tune_recipe, run_dir),
-                "storage": args.tune_storage, "study": args.tune_study}  # fmt: skip
+                "storage": args.tune_storage, "study": args.tune_study,
+                "restore": args.tune_restore}  # fmt: skip
     for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
                     ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
         if n is not None and n < 1:
