@@ -232,6 +232,14 @@ def test_a_harmful_trial_ends_early_and_no_trial_starts_near_the_end(toy: Any) -
     for m, r in zip(mutates, rollbacks, strict=True):
         assert r["tune"]["trial"] == m["tune"]["trial"]
         assert r["step"] - m["step"] <= 6  # 3 values observed, then the roll-back lands
+        # and the log says why it was cut short
+        why = r["tune"]["reason"]
+        got = re.match(r"ended early: loss ([0-9.]+) \(median of its last 3 values\), \d+% "
+                       r"worse than the ([0-9.]+) its trend expected$", why)  # fmt: skip
+        assert got, why
+        assert float(got[1]) == pytest.approx(3, rel=0.05), why  # the toy's loss at another lr
+        assert float(got[2]) == pytest.approx(1, rel=0.05), why  # and at lr0
+        assert why in fmt_entry(r, t.kernel.run_dir)
     assert max(m["step"] for m in mutates) <= 600 - 2 * 50 + 1  # decided by step 500
     assert t.lr == lr0
 
@@ -306,6 +314,7 @@ def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
             assert r["step"] - ups[r["tune"]["trial"]]["step"] <= 8  # not 50 steps later
             assert r["tune"]["score"] == -1.0  # no evaluation yet: the worst score
             reason = rows[r["tune"]["trial"]]["detail"]["reason"]  # said as it was
+            assert r["tune"]["reason"] == reason  # and in the ledger, which hotcb log prints
             assert re.match(
                 r"the training loss blew up: [23]\.\d+ \(median of the last 5 steps\), "
                 r"above [12](\.\d+)?, the line the steps before the change drew$",

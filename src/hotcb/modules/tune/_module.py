@@ -718,8 +718,9 @@ class TuneModule:
         the trend, or one is NaN/inf."""
         if self.phase != "trial" or self.trial is None:
             return False
-        values = self.segment.values
+        values, name = self.segment.values, self.objective_used
         if values and not math.isfinite(values[-1]):
+            self.trial["cut"] = f"{name} became {values[-1]}"
             return True
         if len(values) < 3 or len(self.history) < 1:
             return False
@@ -728,7 +729,12 @@ class TuneModule:
         if not math.isfinite(expected) or expected == 0:
             return False
         recent = sorted(values[-3:])[1]
-        return sign * (recent - expected) / abs(expected) > self.settings.abort
+        worse = sign * (recent - expected) / abs(expected)
+        if worse <= self.settings.abort:
+            return False
+        self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last 3 values), "
+                             f"{worse:.0%} worse than the {expected:.4g} its trend expected")  # fmt: skip
+        return True
 
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
@@ -791,6 +797,8 @@ class TuneModule:
             detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
                       f"the last 5 steps), above {trial['train_line']:.4g}, the line the "
                       "steps before the change drew", "score": score}  # fmt: skip
+        elif trial.get("cut"):  # ended early on the objective
+            detail["reason"] = trial["cut"]
         # keep what beats the threshold by more than the noise: the segment's own, or how far
         # the trend missed segments that were left alone
         margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
@@ -831,9 +839,16 @@ class TuneModule:
         self.streak += 1
         if self.streak >= self.settings.reject_streak:
             self.streak, self.backoff = 0, self.settings.backoff_segments
-        self._submit("rollback", {"trial": trial["number"], "values": trial["before"],
-                                  "applied": trial.get("applied"), "score": score,
-                                  "needed": needed}, step)  # fmt: skip
+        params = {
+            "trial": trial["number"],
+            "values": trial["before"],
+            "applied": trial.get("applied"),
+            "score": score,
+            "needed": needed,
+        }
+        if detail.get("reason"):  # cut short: why (a blow-up of the training loss)
+            params["reason"] = detail["reason"]
+        self._submit("rollback", params, step)
 
     def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
         """A trial overlapped by a command: not judged (Optuna hears FAIL, not a score that
