@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { decisionLabel, decisionWhy, ENABLE_COMMAND, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+const { decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -132,6 +132,29 @@ describe("proposals and trials, newest first", () => {
 describe("the off line", () => {
   test("says how to switch the tuner on", () => {
     assert.equal(ENABLE_COMMAND, "hotcb --dir RUN tune enable --mode suggest");
+  });
+
+  test("a tuner switched off after it ran keeps its counts and trials on show", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      panel.update({ ...STATE, mode: "off", phase: "off", trial: null, next_boundary: null });
+      assert.equal(tunerRan(panel.doc), true);
+      assert.equal(card.find("tune-off").length, 1); // the off line, with how to enable it again
+      assert.equal(card.find("tune-body")[0].hidden, false);
+      assert.equal(card.find("tune-dec-kept").length, 1); // its trials
+      assert.match(card.find("tune-facts")[0].textContent, /2 kept · 3 rolled back/);
+    });
+  });
+
+  test("a tuner never switched on shows the off line alone", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      panel.update({ mode: "off" });
+      assert.equal(tunerRan(panel.doc), false);
+      assert.equal(card.find("tune-body")[0].hidden, true);
+    });
   });
 });
 

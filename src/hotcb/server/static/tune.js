@@ -27,6 +27,11 @@ export function decisionWhy(t) {
   return `score ${fmtNum(t.score)} ${kept ? "beat" : "did not beat"} ${fmtNum(d.needed)}, the bar to keep${margin}`;
 }
 
+/** Whether a state document holds a tuner's work: segments scored or trials (it was on). */
+export function tunerRan(doc) {
+  return Boolean((doc.trials && doc.trials.length) || (doc.counts && doc.counts.segments));
+}
+
 export function fmtTuneChanges(changes) {
   if (!changes || typeof changes !== "object") return "";
   return Object.entries(changes)
@@ -218,14 +223,15 @@ export class TunePanel {
   render() {
     const doc = this.doc;
     const off = (doc.mode || "off") === "off";
+    const gone = off && !tunerRan(doc); // never on: the off line only
     const f = tuneFacts(doc);
     if (!this.parts) this.build();
     this.card.classList.toggle("off", off);
-    this.parts.body.hidden = off;
+    this.parts.body.hidden = gone;
     const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath,
       off && this.refusedEnable()];
     this.fill("head", headKey, () => this.head(doc, f, off));
-    if (off) return;
+    if (gone) return; // switched off after it ran: what it did stays readable
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
     this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused, this.over], () => [this.proposals(doc)]);
     this.fill("trials", [doc.trials, doc.proposals], () => [this.trials(doc)]);
