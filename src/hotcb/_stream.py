@@ -106,15 +106,9 @@ class ActuatorStream:
     def apply(self, op: HotOp, env: Env) -> OpResult:
         self.catch_up(env)
         step = int(env["step"])
+        rebased: dict[str, dict[str, Any]] = {}
         try:
-            plan = [(k, self.state.lookup(k, op.module), v) for k, v in op.params.items()]
-            plan = [(k, act, act.validate(v)) for k, act, v in plan]
-            if op.transition is not None:
-                for k, act, _ in plan:
-                    if act.type not in _NUMERIC:
-                        raise ActuatorError(
-                            f"transition needs a numeric actuator; {k!r} is {act.type.value}"
-                        )
+            plan = self._plan(op, env, rebased)
         except ActuatorError as exc:
             return OpResult("rejected", error=str(exc))
         changes: dict[str, dict[str, Any]] = {}
@@ -151,8 +145,42 @@ class ActuatorStream:
                 self.ramps.pop(key, None)
             return OpResult("failed", error=error)
         self._note_command(op, changes, step)
-        extra = {"transition": op.transition.to_dict()} if op.transition else {}
+        extra: dict[str, Any] = {"transition": op.transition.to_dict()} if op.transition else {}
+        if rebased:
+            extra["rebased"] = rebased
         return OpResult("applied", changes=changes, extra=extra)
+
+    def _plan(
+        self, op: HotOp, env: Env, rebased: dict[str, dict[str, Any]]
+    ) -> list[tuple[str, Any, Any]]:
+        """Each key's actuator and checked value; raises :class:`ActuatorError`."""
+        plan = [(k, self.state.lookup(k, op.module), v) for k, v in op.params.items()]
+        if "relative_to" in op.extra:
+            plan = [(k, act, self._rebase(k, act, v, op, env, rebased)) for k, act, v in plan]
+        plan = [(k, act, act.validate(v)) for k, act, v in plan]
+        if op.transition is not None:
+            for k, act, _ in plan:
+                if act.type not in _NUMERIC:
+                    raise ActuatorError(
+                        f"transition needs a numeric actuator; {k!r} is {act.type.value}"
+                    )
+        return plan
+
+    @staticmethod
+    def _rebase(
+        key: str, act: Any, value: Any, op: HotOp, env: Env, rebased: dict[str, dict[str, Any]]
+    ) -> Any:
+        """A multiplier sent as ``basis × factor`` (``relative_to``), applied to the value in
+        force now when that moved since the sender read it: an autopilot's ×0.3 computed from
+        a tuner trial's lr that a roll-back has since taken back stays ×0.3, not ×0.65."""
+        basis = op.extra["relative_to"].get(key)
+        now = act.read(env)
+        if basis is None or isinstance(now, bool) or not isinstance(now, (int, float)):
+            return value
+        if now == basis or act.type not in (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT):
+            return value
+        rebased[key] = {"sent": value, "basis": basis, "in_force": now}
+        return now * (value / basis)
 
     def _note_command(self, op: HotOp, keys: Iterable[str], step: int) -> None:
         """Remember the step a command changed ``keys`` at (a module's own actuation, which

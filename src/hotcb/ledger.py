@@ -28,6 +28,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerView",
     "LedgerWriter",
+    "applied_params",
     "checkpoint_path",
     "find_entry",
     "iter_entries",
@@ -377,6 +378,20 @@ _COMMAND_FIELDS = ("cmd_id", "module", "op", "params", "id", "target", "init", "
 _NOT_RESUMED = frozenset({"pause", "resume", "checkpoint", "stop", "evaluate"})
 
 
+def applied_params(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's params as it applied them: a multiplier sent ``relative_to`` a value that
+    had moved by the time it landed (``rebased``) applied to the value in force, and that is
+    the value to apply again (a resume, a replay), not the number that was sent."""
+    params = dict(entry.get("params") or {})
+    rebased, changes = entry.get("rebased"), entry.get("changes")
+    if isinstance(rebased, Mapping) and isinstance(changes, Mapping):
+        for key in rebased:
+            made = changes.get(key)
+            if key in params and isinstance(made, Mapping) and "new" in made:
+                params[key] = made["new"]
+    return params
+
+
 @dataclass
 class LedgerEntry:
     """One line of ``hotcb.applied.jsonl``: what happened to one command at one step.
@@ -427,7 +442,7 @@ class LedgerEntry:
         again rather than "the last change". ``keep``: more entry fields to carry over."""
         whole = self.to_dict()
         record = {k: whole[k] for k in _COMMAND_FIELDS if whole.get(k) is not None}
-        record.setdefault("params", {})
+        record["params"] = applied_params(whole)
         for k in keep:
             if whole.get(k) is not None:
                 record[k] = whole[k]

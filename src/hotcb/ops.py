@@ -162,6 +162,7 @@ COMPAT_FIELDS = frozenset(
         "recipe_line",
         "adjusted",
         "reason",  # why a controller sent it (the autopilot's rule and evidence), ledgered as is
+        "relative_to",  # {key: the value a multiplier was computed from}: see _check_relative
     }
 )
 #: The longest command line accepted (bytes of JSON). A command is a few hundred bytes; the cap
@@ -240,10 +241,7 @@ def _validate_module_op(module: str, op: str) -> None:
 
 def _validate_semantics(op: HotOp) -> None:
     m, o = op.module, op.op
-    if m in ACTUATOR_MODULES and not op.params:
-        raise CommandError(
-            f"{m} set_params needs at least one parameter, e.g. params={{'lr': 1e-4}}"
-        )
+    _check_actuator_fields(op)
     if m == "cb":
         if not op.id:
             raise CommandError(f"cb {o} needs 'id', the callback's name")
@@ -265,8 +263,37 @@ def _validate_semantics(op: HotOp) -> None:
             raise CommandError(f"params.cmd_id must be a string, got {target!r}")
     if m == "control" and o == "extend":
         _check_extend(op.params)
+
+
+def _check_actuator_fields(op: HotOp) -> None:
+    """An actuator command has params; ``transition`` and ``relative_to`` belong to one."""
+    m, o = op.module, op.op
+    if m in ACTUATOR_MODULES and not op.params:
+        raise CommandError(
+            f"{m} set_params needs at least one parameter, e.g. params={{'lr': 1e-4}}"
+        )
     if op.transition is not None and m not in ACTUATOR_MODULES:
         raise CommandError(f"'transition' applies to opt/loss/custom set_params, not {m} {o}")
+    if op.extra.get("relative_to") is not None:
+        _check_relative(op)
+
+
+def _check_relative(op: HotOp) -> None:
+    """``relative_to: {key: basis}`` marks a set as a multiplier the sender computed from the
+    value it last saw (``value = basis × factor``): the kernel applies the same factor to the
+    value in force when the command lands, which something else (a tuner's roll-back, a
+    person) may have changed in between."""
+    rel = op.extra["relative_to"]
+    if op.module not in ACTUATOR_MODULES:
+        raise CommandError(f"'relative_to' applies to opt/loss/custom set_params, not {op.module}")
+    if not isinstance(rel, dict) or not rel:
+        raise CommandError(f"'relative_to' must be an object {{key: value}}, got {rel!r}")
+    for key, basis in rel.items():
+        if key not in op.params:
+            raise CommandError(f"relative_to.{key}: not one of the command's params")
+        for name, v in ((f"relative_to.{key}", basis), (f"params.{key}", op.params[key])):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v == 0:
+                raise CommandError(f"{name} must be a non-zero number, got {v!r}")
 
 
 #: ``control extend`` takes exactly one of these: add steps, add epochs, or set the last step.

@@ -33,7 +33,7 @@ from typing import Any
 from . import jsonl
 from .errors import CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
-from .ledger import iter_entries, live_entries
+from .ledger import applied_params, iter_entries, live_entries
 from .ops import HotOp, command_to_hotop
 from .runfiles import FORMAT_VERSION, RunPaths, confine_path
 
@@ -253,7 +253,7 @@ def ledger_to_entries(
             if cid in seen:
                 continue
             seen.add(cid)
-        params = dict(e.get("params") or {})
+        params = applied_params(e)  # a rebased multiplier: the value it set
         if e.get("undo_of"):
             params = {"cmd_id": e["undo_of"]}  # "undo the last change" made explicit
         capture = _capture(e.get("source_capture"), run_dir)

@@ -721,7 +721,10 @@ def send_action(
         raise ValueError(f"the run publishes no numeric {module}.{key} to change")
     if current == 0:
         raise ValueError(f"{module}.{key} is 0: multiplying it changes nothing")
-    return [client.set_params(module, {key: current * float(p["factor"])}, reason=reason)]
+    # relative to what it read: if the value moved before the command lands (a tuner's
+    # roll-back, a person), the run applies the factor to the value then in force
+    target = current * float(p["factor"])
+    return [client.set_params(module, {key: target}, reason=reason, relative_to={key: current})]
 
 
 # ---------------------------------------------------------------------------------- proposals

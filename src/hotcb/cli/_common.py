@@ -204,6 +204,8 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             return ": " + "; ".join(said)
     if e.get("on_schedule"):
         return _on_schedule(e)
+    if isinstance(e.get("rebased"), dict) and e["rebased"]:
+        return _rebased(e["rebased"])
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
         seq, at = e.get("seq"), came.get("seq")
@@ -211,6 +213,17 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
         return f": from the checkpoint at step {came.get('step')}{replaced}"
     return ""
+
+
+def _rebased(rebased: Mapping[str, Any]) -> str:
+    """A multiplier sent relative to a value that moved before it landed."""
+    said = []
+    for key, r in rebased.items():
+        if isinstance(r, Mapping) and all(isinstance(r.get(k), (int, float)) for k in (
+                "sent", "basis", "in_force")):  # fmt: skip
+            said.append(f"{key} x{r['sent'] / r['basis']:.4g} of {fmt_value(r['in_force'])} "
+                        f"in force (sent for {fmt_value(r['basis'])})")  # fmt: skip
+    return f" [{'; '.join(said)}]" if said else ""
 
 
 def _on_schedule(e: Mapping[str, Any]) -> str:

@@ -80,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_wait(p, also=", then until the study is open (exit 1 if the run cannot open it)")
     p.set_defaults(func=cmd_enable)
 
-    p = tsub.add_parser("disable", help="turn the tuner off (kept changes stay; an open trial's is taken back)")
+    p = tsub.add_parser(
+        "disable", help="turn the tuner off (kept changes stay; an open trial's is taken back)"
+    )
     add_wait(p)
     p.set_defaults(func=cmd_disable)
 
