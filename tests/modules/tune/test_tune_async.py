@@ -5,6 +5,7 @@ still queued when the process dies is not lost."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import threading
 from typing import Any
@@ -174,3 +175,16 @@ def test_trials_a_replaced_life_judged_after_the_checkpoint_are_listed_as_replac
         assert counts["kept"] + counts["rolled_back"] == 1
     finally:
         resumed.close()
+
+
+def test_a_storage_whose_driver_is_missing_says_what_to_install(toy: Any) -> None:
+    """`--storage postgresql://…` in an environment without psycopg2: Optuna says only "Failed
+    to import DB access module"; the ledger and `tune status` say which package to install."""
+    assert importlib.util.find_spec("psycopg2") is None, "the test needs psycopg2 missing"
+    t: Toy = toy(log_level, lr=1e-4)
+    url = "postgresql://bob:secret@127.0.0.1:1/optuna"
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", storage=url)
+    t.run(100_000, until=lambda: any(e["decision"] == "failed" for e in t.ledger("enable")))
+    (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
+    assert "pip install psycopg2-binary" in failed["error"], failed["error"]
+    assert "secret" not in failed["error"]

@@ -57,6 +57,28 @@ _TRAIN_WATCH = 50  # training losses before a mutation: the blow-up watch's "bef
 _VAL_EVENT = "val_epoch_end"
 
 
+#: A dialect's default database driver (a URL without ``+driver``): its package, and a URL
+#: that names another.
+_DRIVERS = {"postgresql": ("psycopg2-binary", "postgresql+psycopg://…"),
+            "mysql": ("mysqlclient", "mysql+pymysql://…")}  # fmt: skip
+
+
+def _driver_hint(url: str, exc: BaseException) -> str:
+    """What to install when SQLAlchemy could not import a storage URL's database driver
+    (Optuna says only "Failed to import DB access module")."""
+    chain = (exc, exc.__cause__, exc.__context__)
+    if not any(isinstance(e, ImportError) for e in chain) and "import DB access" not in str(exc):
+        return ""
+    dialect, _, driver = url.partition("://")[0].partition("+")
+    if driver:
+        return f" (the training's environment lacks {driver}: pip install {driver})"
+    if dialect not in _DRIVERS:
+        return ""
+    package, other = _DRIVERS[dialect]
+    return (f" (the training's environment lacks the {dialect} driver: pip install {package}, "
+            f"or name another in the URL, e.g. {other})")  # fmt: skip
+
+
 def _blow_up_line(before: Iterable[float], abort: float) -> float | None:
     """Where a trial's training loss (the median of 5 steps) reads as a blow-up: ``abort``
     worse than the median of the steps before the change, and above the highest of them.
@@ -628,7 +650,8 @@ class TuneModule:
             # SQLAlchemy ends its messages with a line that links its docs: one line is enough
             said = " ".join(line for line in str(exc).splitlines()
                             if not line.startswith("(Background on this error"))  # fmt: skip
-            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {said}") from exc
+            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {said}"
+                               f"{_driver_hint(url, exc)}") from exc  # fmt: skip
 
     # ------------------------------------------------------------------ segments
     @property
