@@ -207,9 +207,9 @@ def test_autopilot_settings_from_yaml_env_and_flags(monkeypatch, tmp_path):
     """``--autopilot``, ``--autopilot-rules``, ``--key-metric``, ``--direction`` set the nested
     ``autopilot`` settings field by field: a flag wins over the env, the env over the YAML, and
     a field no source gives keeps its default."""
-    c = cli()
+    c = cli()  # direction None: from the key metric's name
     assert c.autopilot.model_dump() == {"mode": "off", "rules": None, "key_metric": "val_loss",
-                                        "direction": "minimize", "interval_sec": 1.0,
+                                        "direction": None, "interval_sec": 1.0,
                                         "ai_config": None, "ai_base_url": None, "ai_model": None,
                                         "ai_budget_usd": None}  # fmt: skip
     y = tmp_path / "dash.yaml"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
-from ..metrics import VAL_LOSS_NAMES
+from ..metrics import VAL_LOSS_NAMES, guess_direction
 from ..runfiles import TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
@@ -107,13 +107,14 @@ class Autopilot:
         mode: str = "suggest",
         rules: Ruleset | str | os.PathLike[str] | None = None,
         key_metric: str = "val_loss",
-        direction: str = "minimize",
+        direction: str | None = None,
         person_hold_steps: int = 300,
         ai: AIConfig | None = None,
         ai_key: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        direction = direction or guess_direction(key_metric)  # val_acc: maximize
         if direction not in ("minimize", "maximize"):
             raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
         self.run_dir = os.path.abspath(os.fspath(run_dir))

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--direction",
         choices=("minimize", "maximize"),
         default=None,
-        help="of the key metric (default minimize)",
+        help="of the key metric (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)",
     )
     from ._autopilot import add_ai_flags
 
@@ -164,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from ..metrics import guess_direction
     from ..server.app import create_app
     from ..server.logs import install_log_filters
 
@@ -193,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.autopilot.mode != "off":
         ap = config.autopilot
         print(f"hotcb autopilot ({ap.mode}) on every run served; key metric {ap.key_metric} "
-              f"({ap.direction}); rules: {ap.rules or 'the shipped rules'}", flush=True)  # fmt: skip
+              f"({ap.direction or guess_direction(ap.key_metric)}); rules: {ap.rules or 'the shipped rules'}", flush=True)  # fmt: skip
     if notify is not None:
         print(f"hotcb notify on every live run served: {len(notify.alerts)} alerts "
               f"({', '.join(a.id for a in notify.alerts)}) to "

@@ -2,6 +2,12 @@
 ``hotcb.features.jsonl`` (:class:`FeatureCapture`, defined in :mod:`hotcb.features`)."""
 
 from ..features import FeatureCapture
-from ._collector import METRIC_ALIASES, VAL_LOSS_NAMES, MetricsCollector
+from ._collector import METRIC_ALIASES, VAL_LOSS_NAMES, MetricsCollector, guess_direction
 
-__all__ = ["METRIC_ALIASES", "VAL_LOSS_NAMES", "FeatureCapture", "MetricsCollector"]
+__all__ = [
+    "METRIC_ALIASES",
+    "VAL_LOSS_NAMES",
+    "FeatureCapture",
+    "MetricsCollector",
+    "guess_direction",
+]

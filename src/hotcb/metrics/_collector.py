@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,22 @@ METRIC_ALIASES = {"learning_rate": "lr"}
 #: demo): a reader asked for the default, ``val_loss``, takes the first of these the run logs.
 VAL_LOSS_NAMES = ("val_loss", "val/loss", "valid_loss", "valid/loss", "eval_loss", "eval/loss",
                   "validation_loss")  # fmt: skip
+#: Words of a metric's name that say higher is better (``val_acc``, ``eval/f1``, ``auroc``),
+#: and words that say lower is better whatever else the name holds (``acc_loss``, ``top1_err``).
+_HIGHER = ("acc", "f1", "auc", "auroc", "auprc", "precision", "recall", "bleu", "rouge", "iou",
+           "miou", "dice", "map", "ndcg", "psnr", "ssim", "r2", "top1", "top5", "reward",
+           "return", "correct")  # fmt: skip
+_LOWER = ("loss", "err", "error", "perplexity", "ppl", "mse", "mae", "rmse", "wer", "cer", "nll")
+
+
+def guess_direction(metric: str) -> str:
+    """``"maximize"`` for a metric whose name says higher is better (a word of it starts with
+    acc, f1, auc, precision, recall, bleu, iou, map …, and none says loss or error), else
+    ``"minimize"``: what the tuner and the autopilot assume when no direction is given."""
+    words = [w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w]
+    if any(w.startswith(_LOWER) for w in words):
+        return "minimize"
+    return "maximize" if any(w.startswith(_HIGHER) for w in words) else "minimize"
 
 
 class MetricsCollector:

@@ -30,6 +30,7 @@ from .. import jsonl
 from ..autopilot.ai._policy import AI_STATE
 from ..autopilot.engine import OWNER, RECORDS, STATE, Autopilot, owner_elsewhere, proposals
 from ..autopilot.rules import Ruleset, load_rules
+from ..metrics import guess_direction
 from ..runfiles import RunPaths
 from .config import AutopilotSettings
 
@@ -285,9 +286,10 @@ class AutopilotWatch:
         host = self.host if in_server else None
         ruleset = host.ruleset if host is not None else _shipped_rules()
         s = host.settings if host is not None else self.settings
+        direction = s.direction or guess_direction(s.key_metric)
         return {
             "mode": s.mode if host is not None else "off", "key_metric": s.key_metric,
-            "direction": s.direction, "rules": [_rule(r.to_dict(), set()) for r in ruleset.rules],
+            "direction": direction, "rules": [_rule(r.to_dict(), set()) for r in ruleset.rules],
             "rules_path": ruleset.path, "in_server": in_server, "ran": False, "step": None,
             "updated": None,
         }  # fmt: skip

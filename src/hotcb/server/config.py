@@ -87,7 +87,11 @@ class AutopilotSettings(BaseModel):
     )
     rules: str | None = Field(None, description="a rules file (default: the rules hotcb ships)")
     key_metric: str = Field("val_loss", description="the metric the autopilot improves")
-    direction: Literal["minimize", "maximize"] = Field("minimize")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None,
+        description="of the key metric (default: from its name: maximize for accuracy, "
+        "F1, AUC, BLEU…, else minimize)",
+    )
     interval_sec: float = Field(1.0, gt=0, description="seconds between the autopilot's rounds")
     # The LLM autopilot's endpoint: set where the server runs (flags, YAML, HOTCB_ env), never
     # over REST. The key is not a setting: it is read from HOTCB_AI_KEY and kept in memory.

@@ -884,3 +884,19 @@ def test_a_tuner_s_mutation_that_lands_after_a_disable_is_refused(toy: Any) -> N
     (e,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == late]
     assert e["decision"] == "rejected" and "disabled before this trial began" in e["error"]
     assert t.lr != 0.5
+
+
+def test_a_running_tuner_given_a_new_objective_takes_its_direction(toy: Any, cli: Any) -> None:
+    """On val_loss (minimize), `tune enable --objective val_acc` also turns the direction
+    round; `--mode suggest` alone leaves it as it is."""
+    t: Toy = toy(lambda lr, _s: 1.0, lr=1e-3)
+    run = t.kernel.run_dir
+    HotClient(run).tune_enable("active", objective="loss", segment_steps=10, sync=True)
+    t.run(5)
+    assert cli(run, "tune", "enable", "--objective", "val_acc").returncode == 0
+    t.run(100_000, until=lambda: t.kernel.module("tune").settings.objective == "val_acc")
+    assert t.kernel.module("tune").settings.direction == "maximize"
+    assert cli(run, "tune", "enable", "--mode", "suggest").returncode == 0
+    t.run(100_000, until=lambda: t.kernel.module("tune").settings.mode == "suggest")
+    st = json.loads(cli(run, "tune", "status", "--json").stdout)
+    assert (st["objective"], st["direction"]) == ("val_acc", "maximize")

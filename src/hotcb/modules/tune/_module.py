@@ -554,6 +554,8 @@ class TuneModule:
             named.add("space")
         if named & {"segment_steps", "segment_evals"}:
             named |= {"segment_steps", "segment_evals"}
+        if "objective" in named:  # a new objective's direction: as given, else from its name
+            named.add("direction")
         kept = self.settings.to_dict()
         return {k: v for k, v in kept.items() if k not in named and v is not None}
 

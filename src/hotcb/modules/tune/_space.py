@@ -14,6 +14,7 @@ from typing import Any
 
 from ..._checks import Checker, CheckError, parse_document
 from ...errors import RecipeError as _RecipeError
+from ...metrics._collector import guess_direction
 from ...runfiles import redact_url
 
 __all__ = [
@@ -272,6 +273,8 @@ def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None =
     merged.update(checked)
     if ck.problems:
         raise RecipeError("tune enable", ck.problems)
+    if "direction" not in merged:  # not given: the objective's name says (val_acc: maximize)
+        merged["direction"] = guess_direction(merged.get("objective") or Settings.objective)
     return Settings(**merged)
 
 
