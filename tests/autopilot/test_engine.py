@@ -421,3 +421,38 @@ def test_a_change_after_an_undo_starts_from_the_value_the_undo_put_back(
     assert after["changes"]["lr"]["old"] == pytest.approx(LR0)  # the undo put LR0 back
     assert after["changes"]["lr"]["new"] == pytest.approx(LR0 / 2), after  # not LR0 / 4
     assert after["step"] > undo["step"]
+
+
+NAN_AND_PLATEAU = (
+    PLATEAU_ONLY
+    + """\
+  - id: nan_cut_lr
+    when: {detector: nonfinite, metric: train}
+    then: {action: lr_mult, params: {factor: 0.1}}
+    cooldown_steps: 1000
+    confidence: high
+"""
+)
+
+
+@pytest.mark.parametrize("tuner", ["active", "suggest"])
+def test_a_plateau_cut_of_a_knob_an_active_tuner_tunes_is_left_to_it(
+    loop: Any, tmp_path: Path, tuner: str
+) -> None:
+    """The tuner (active) tunes lr: the autopilot's plateau cut would void its trials and
+    be judged on their moves, so it is skipped, said why; a NaN still cuts the lr. A tuner
+    in suggest mode changes nothing itself: the autopilot acts as before."""
+    pytest.importorskip("optuna")
+    lp: Loop = loop(lambda _lr, s: float("nan") if s == 450 else 1.0)
+    HotClient(lp.run_dir).tune_enable(tuner, objective="val_loss", segment_steps=50, sync=True)
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, NAN_AND_PLATEAU))
+    records = lp.run(600, pilot)
+    acted = [r["rule"] for r in records if r["kind"] == "action"]
+    if tuner == "suggest":
+        assert "plateau_cut_lr" in acted, records
+        return
+    assert acted == ["nan_cut_lr"], records  # safety acts; the plateau is the tuner's
+    skipped = [r for r in records if r["kind"] == "skipped" and r["rule"] == "plateau_cut_lr"]
+    assert skipped, records
+    assert skipped[0]["reason"] == ("the online tuner (active) tunes opt.lr: changes for a "
+                                    "plateau or overfitting are left to it")  # fmt: skip

@@ -63,6 +63,8 @@ _WINDOW = 512  # points kept per metric
 _TRAIN_NAMES = ("loss", "train/loss", "train_loss")
 #: Ledger sources that are not a person: their changes do not hold a knob.
 _NOT_A_PERSON = frozenset({"autopilot", "tune", "ramp", "resume", "recipe", "kernel", "ai"})
+#: Detectors whose changes are tuning, not safety: left to an active tuner on the same knob.
+_TUNING_DETECTORS = frozenset({"plateau", "overfitting"})
 
 
 class AutopilotBusy(HotcbError, RuntimeError):
@@ -296,6 +298,8 @@ class Autopilot:
             return
         acts = todo == "auto" and rule.confidence in ("high", "medium")
         why_not = self._rule_blocked(rule.action.knob, acts)
+        if why_not is None and acts and rule.detector in _TUNING_DETECTORS:
+            why_not = self._tuned(rule.action.knob)
         if why_not is not None:
             out.append(self._record({
                 "kind": "skipped", "rule": rule.id, "step": self.step_now, "reason": why_not,
@@ -325,6 +329,24 @@ class Autopilot:
         if acts and self.guard is not None:
             return self._judging()
         return None
+
+    def _tuned(self, knob: str | None) -> str | None:
+        """Why a plateau or overfitting change of ``knob`` is left alone: the online tuner, in
+        active mode, tunes it. Two controllers on one knob undo each other's work (each
+        change of the autopilot voids the tuner's open trial, and the tuner's moves land in
+        the window the guard judges the autopilot's change on); the safety rules (NaN,
+        divergence, exploding gradients) still act."""
+        if knob is None:
+            return None
+        tune = jsonl.read_json(os.path.join(self.run_dir, TUNE), None)
+        if not isinstance(tune, dict) or tune.get("mode") != "active":
+            return None
+        space = (tune.get("settings") or {}).get("space") or ()
+        names = {f"{k.get('module')}.{k.get('key')}" for k in space if isinstance(k, dict)}
+        if knob not in names:
+            return None
+        return (f"the online tuner (active) tunes {knob}: changes for a plateau or overfitting "
+                "are left to it")  # fmt: skip
 
     def _detect(self, rule: Rule) -> Detection | None:
         metric = self._resolve(rule.metric)
