@@ -153,7 +153,7 @@ def test_an_autopilot_started_before_its_run_waits_for_it(
         trainer = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
                                 step_delay=0.01)  # fmt: skip
         line = pilot.stdout.readline() if pilot.stdout else ""
-        assert f"hotcb autopilot (suggest) on {run_dir}" in line, line
+        assert f"hotcb autopilot (suggest) on {run_dir}; key metric loss, minimize" in line, line
         trainer.proc.kill()
         trainer.proc.wait(60)
         out, _ = pilot.communicate(timeout=120)

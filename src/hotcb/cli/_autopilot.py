@@ -134,7 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 busy.add(run)  # in a folder of runs: leave it to the other one
                 print(f"hotcb autopilot: {exc}; leaving it", flush=True)
                 continue
-            print(f"hotcb autopilot ({args.mode}) on {run}", flush=True)
+            said = "" if args.direction else " (direction from its name; --direction sets it)"
+            print(f"hotcb autopilot ({args.mode}) on {run}; key metric {args.key_metric}, "
+                  f"{pilots[run].direction}{said}", flush=True)  # fmt: skip
             if notify is not None:
                 notifiers[run] = Notifier(run, notify)
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .. import jsonl
+from ..metrics import guess_direction
 from ._common import (
     add_wait,
     client,
@@ -116,6 +117,9 @@ def cmd_enable(args: argparse.Namespace) -> int:
         "total_steps": args.total_steps, "abort": args.abort, "restore": args.restore,
         "sync": args.sync,
     }  # fmt: skip
+    if args.objective and not args.direction and guess_direction(args.objective) == "maximize":
+        print(f"hotcb: {args.objective} is maximized (from its name; --direction minimize if "
+              "lower is better)", file=sys.stderr)  # fmt: skip
     cid = client(args).tune_enable(args.mode, **settings)
     code = finish(args, [cid])
     if code or not args.wait or ended(args.dir) is not None:

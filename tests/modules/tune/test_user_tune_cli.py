@@ -893,7 +893,8 @@ def test_a_running_tuner_given_a_new_objective_takes_its_direction(toy: Any, cli
     run = t.kernel.run_dir
     HotClient(run).tune_enable("active", objective="loss", segment_steps=10, sync=True)
     t.run(5)
-    assert cli(run, "tune", "enable", "--objective", "val_acc").returncode == 0
+    said = cli(run, "tune", "enable", "--objective", "val_acc")
+    assert said.returncode == 0 and "val_acc is maximized (from its name" in said.stderr
     t.run(100_000, until=lambda: t.kernel.module("tune").settings.objective == "val_acc")
     assert t.kernel.module("tune").settings.direction == "maximize"
     assert cli(run, "tune", "enable", "--mode", "suggest").returncode == 0
