@@ -20,6 +20,7 @@ import pytest
 import hotcb
 from hotcb import LaunchError, jsonl
 from hotcb._launch import exit_status
+from hotcb.errors import RecipeError
 from hotcb.testing import read_ledger, wait_for
 
 #: This environment without HOTCB_DIR (a developer's shell may set it).
@@ -492,6 +493,32 @@ def test_python_launch_functions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(LaunchError, match="cannot import"):
         hotcb.launch("no_such_module_xyz:main", serve=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_python_launch_turns_the_tuner_on_from_the_first_step(tmp_path: Path) -> None:
+    """``hotcb.launch(..., tune="active", tune_settings={...})``, as ``hotcb launch --tune``:
+    the tuner is on at the first step with those settings; a bad setting or mode raises
+    before anything starts."""
+    pytest.importorskip("optuna")
+    settings = {"objective": "loss", "segment_steps": 20, "restore": "state", "sync": True}
+    run = hotcb.launch(BARE_LOOP, run_dir=tmp_path / "a", serve=False, tune="active",
+                       tune_settings=settings, steps=300)  # fmt: skip
+    assert run.wait(120) == 0, run.output()
+    (enable,) = [e for e in read_ledger(run.run_dir) if (e.get("module"), e.get("op")) == (
+        "tune", "enable")]  # fmt: skip
+    assert enable["decision"] == "applied" and enable["source"] == "launch" and enable["step"] <= 1
+    st = run.client.tune_status()
+    assert (st["objective"], st["segment_steps"], st["settings"]["restore"]) == ("loss", 20,
+                                                                                "state")  # fmt: skip
+    assert st["counts"]["kept"] + st["counts"]["rolled_back"] > 0
+    with pytest.raises(ValueError, match="tune must be off, observe, suggest or active"):
+        hotcb.launch(BARE_LOOP, run_dir=tmp_path / "b", serve=False, tune="on")
+    with pytest.raises(RecipeError, match="segment_steps: must be >= 1"):
+        hotcb.launch(BARE_LOOP, run_dir=tmp_path / "b", serve=False, tune="active",
+                     tune_settings={"segment_steps": 0})  # fmt: skip
+    with pytest.raises(ValueError, match="tune_settings without tune"):
+        hotcb.launch(BARE_LOOP, run_dir=tmp_path / "b", serve=False, tune_settings=settings)
+    assert not (tmp_path / "b").exists()
 
 
 def test_import_hotcb_stays_light_and_launch_is_callable() -> None:

@@ -873,6 +873,8 @@ def launch(
     env: Mapping[str, str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     key_metric: str | None = None,
+    tune: str = "off",
+    tune_settings: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> Launch:
     """Train ``target`` in a child process, with the dashboard and the autopilot beside it.
@@ -891,6 +893,11 @@ def launch(
         block: wait for the training to end before returning (Ctrl-C interrupts it).
         env: extra environment for the training.
         resume_from: a checkpoint the training may resume from (``$HOTCB_RESUME_FROM``).
+        tune: the online tuner from the first step: ``observe``, ``suggest`` or ``active``
+            (``hotcb launch --tune``; optuna in the training's environment), with
+            ``tune_settings`` those of :meth:`HotClient.tune_enable` (``objective``,
+            ``segment_steps``, ``recipe``, ``restore`` …). A bad setting raises before
+            anything starts.
 
     Returns the :class:`Launch` handle. The training's output goes to ``hotcb.launch.log`` in
     the run directory (:meth:`Launch.output`). The dashboard and the autopilot stop when the
@@ -903,7 +910,13 @@ def launch(
         )
     argv = training_argv(target, args, kwargs)
     check_program(argv)
+    if tune != "off" and tune not in ("observe", "suggest", "active"):
+        raise ValueError(f"tune must be off, observe, suggest or active, got {tune!r}")
+    if tune == "off" and tune_settings:
+        raise ValueError("tune_settings without tune: the tuner stays off (tune='active' …)")
     path, serve_dir, run_id = _run_dirs(run_dir)
+    if tune != "off":  # written before the training starts: applied at its first step
+        HotClient(path, source="launch").tune_enable(tune, **dict(tune_settings or {}))
     pilot_args = ["--key-metric", key_metric] if key_metric else []
     opts = LaunchOptions(
         serve=serve,
