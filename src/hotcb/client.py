@@ -418,14 +418,18 @@ class HotClient:
     def tune_proposal(self, proposal: str) -> dict[str, Any]:
         """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from
         ``hotcb.tune.json``); a CommandError that lists the pending ones when there is none."""
-        rows = self.tune_status().get("proposals") or []
+        st = self.tune_status()
+        rows = st.get("proposals") or []
         for row in rows:
             if isinstance(row, dict) and str(row.get("id")).upper() == proposal.upper():
                 return row
         pending = [str(p.get("id")) for p in rows if p.get("state") == "pending"]
+        mode = st.get("mode") or "off"
+        why = ("" if pending or mode == "suggest" else f"; the tuner is {mode}: proposals come "
+               "in suggest mode ('tune enable --mode suggest')")  # fmt: skip
         raise CommandError(
             f"no proposal {proposal!r}; pending: {', '.join(pending) or 'none'} "
-            "(ids look like P3: see 'tune proposals')"
+            f"(ids look like P3: see 'tune proposals'){why}"
         )
 
     def tune_status(self) -> dict[str, Any]:

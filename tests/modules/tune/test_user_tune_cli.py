@@ -79,6 +79,12 @@ def test_accept_or_reject_of_an_unknown_or_decided_proposal_is_refused_with_exit
     assert f"proposal {first['id']} is rejected, not pending" in again.stderr
     with pytest.raises(ValueError, match="no proposal 'P999'"):  # the Python client too
         client.tune_accept("P999")
+    # a tuner that is not in suggest mode makes no proposals: the refusal says so
+    client.tune_enable("active")
+    t.run(100_000, until=lambda: client.tune_status()["mode"] == "active")
+    out = cli(run, "tune", "accept", "P999")
+    assert out.returncode == 2 and "the tuner is active: proposals come in suggest mode" in (
+        out.stderr)  # fmt: skip
 
 
 def test_a_pending_proposal_of_a_finished_run_cannot_be_decided(toy: Any, cli: Any) -> None:
