@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def test_the_tuner_maximizes_an_accuracy_it_is_given_without_a_direction() -> No
     assert parse_settings(given).direction == "minimize"  # said: as said
 
 
-def test_the_autopilot_leaves_a_rising_accuracy_alone(tmp_path: Path) -> None:
+def test_the_autopilot_leaves_a_rising_accuracy_alone(tmp_path: Path, cli: Any) -> None:
     """A run still learning: its loss falls, its val_acc rises by ~1.5 % per 8 evaluations.
     `--key-metric val_acc` without a direction: no plateau, no lr cut."""
     run = str(tmp_path / "run")
@@ -60,3 +61,5 @@ def test_the_autopilot_leaves_a_rising_accuracy_alone(tmp_path: Path) -> None:
     acted = [e for e in read_ledger(run) if e.get("source") == "autopilot"]
     assert acted == [], acted
     assert opt.param_groups[0]["lr"] == 1e-2
+    status = cli(run, "status").stdout  # hotcb status names the run's controllers
+    assert "autopilot auto on val_acc (maximize), last round at step 1000" in status, status

@@ -28,6 +28,8 @@ RUN_META = "hotcb.run.json"
 CONFIG_YAML = "hotcb.yaml"
 TUNE = "hotcb.tune.json"
 TUNE_DB = "hotcb.tune.db"
+#: The rule autopilot's state (mode, key metric, cursors, guard), written after each round.
+AUTOPILOT_STATE = "hotcb.autopilot.state.json"
 #: The kernel's heartbeat: ``{"step", "wall_time", "pid"}``, replaced atomically by rank 0 at
 #: most once a second, so a run that records no metrics still shows as running.
 HEARTBEAT = "hotcb.heartbeat.json"

@@ -27,7 +27,7 @@ from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
 from ..metrics import VAL_LOSS_NAMES, guess_direction
-from ..runfiles import TUNE, process_alive
+from ..runfiles import AUTOPILOT_STATE, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, load_rules
@@ -55,7 +55,7 @@ MODES = ("off", "suggest", "auto", "ai_suggest", "ai_auto")
 _RULES_DO = {"off": "nothing", "suggest": "suggest", "auto": "auto", "ai_suggest": "sense",
              "ai_auto": "sense"}  # fmt: skip
 RECORDS = "hotcb.autopilot.jsonl"
-STATE = "hotcb.autopilot.state.json"
+STATE = AUTOPILOT_STATE
 LOCK = "hotcb.autopilot.lock"
 #: Which process drives the run's autopilot (``pid``, ``host``, ``mode``, ``started``).
 OWNER = "hotcb.autopilot.owner.json"

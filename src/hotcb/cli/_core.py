@@ -12,7 +12,7 @@ from typing import Any
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resume, tail_state
-from ..runfiles import RunPaths, is_network_fs
+from ..runfiles import AUTOPILOT_STATE, RunPaths, is_network_fs
 from ._common import (
     UsageError,
     add_wait,
@@ -243,7 +243,27 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         ),
     }
     status.update(status_extra(paths))
+    status["controllers"] = _controllers(paths)
     return status
+
+
+def _controllers(paths: RunPaths) -> list[str]:
+    """One line each for the online tuner and the rule autopilot, when they were ever on:
+    what drives the run besides the person looking at it."""
+    lines = []
+    tune = jsonl.read_json(paths.tune, None)
+    if isinstance(tune, dict) and (tune.get("mode", "off") != "off" or tune.get("counts")):
+        c = tune.get("counts") or {}
+        mode = tune.get("mode") or "off"
+        open_ = f" (trial {tune['trial']} open)" if tune.get("trial") is not None else ""
+        lines.append(f"tuner    {mode}{open_}: {c.get('kept', 0)} kept, {c.get('rolled_back', 0)} "
+                     f"rolled back, {c.get('failed', 0)} failed ('hotcb tune status')")  # fmt: skip
+    pilot = jsonl.read_json(os.path.join(paths.root, AUTOPILOT_STATE), None)
+    if isinstance(pilot, dict) and pilot.get("mode", "off") != "off":
+        lines.append(f"autopilot {pilot['mode']} on {pilot.get('key_metric')} "
+                     f"({pilot.get('direction')}), last round at step {pilot.get('step')} "
+                     "('hotcb autopilot status')")  # fmt: skip
+    return lines
 
 
 def _stale_after() -> float:
@@ -283,6 +303,8 @@ def _print_run(st: dict[str, Any]) -> None:
         print(f"alive    step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
     if st["unread_command_bytes"]:
         print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
+    for line in st.get("controllers") or ():
+        print(line)
 
 
 def _print_actuators(actuators: list[dict[str, Any]]) -> None:

@@ -861,6 +861,9 @@ def test_disable_during_a_trial_takes_its_change_back(toy: Any, cli: Any) -> Non
     assert f"[trial {number}, the tuner was disabled during the trial: not judged]" in log, log
     t.run(50)  # off: nothing more from the tuner
     assert [e["params"]["trial"] for e in t.ledger("mutate")] == [number]
+    status = cli(t.kernel.run_dir, "status").stdout  # hotcb status names the run's tuner
+    assert re.search(r"^tuner    off: 0 kept, \d+ rolled back, 1 failed \('hotcb tune status'\)$",
+                     status, re.M), status  # fmt: skip
 
 
 def test_disable_during_a_trial_keeps_a_person_s_value(toy: Any) -> None:
