@@ -27,16 +27,22 @@ def loop(run_dir: str) -> TorchStepDriver:
     drv.close()
 
 
+def _lr_mult(loop: TorchStepDriver, factor: float, *, read: float) -> dict:
+    """The autopilot's ``lr_mult`` computed from an lr it read as ``read`` (the run's is 0.01),
+    landed at the next step: its ledger entry."""
+    loop.steps(2)
+    client = HotClient(loop.run_dir, source="autopilot")
+    action = Action("lr_mult", {"factor": factor})
+    (cid,) = send_action(client, action, "plateau", live={"opt.lr": read})
+    loop.steps(1)
+    return loop.only(cid)
+
+
 def test_a_cut_computed_from_a_stale_lr_applies_to_the_lr_in_force(loop: TorchStepDriver) -> None:
     """The autopilot read lr 0.04 (a tuner trial's ×4); the roll-back to 0.01 landed first:
     its ×0.3 makes 0.003, not 0.012, a raise from the 0.01 in force."""
-    loop.steps(2)
-    client = HotClient(loop.run_dir, source="autopilot")
-    (cid,) = send_action(
-        client, Action("lr_mult", {"factor": 0.3}), "plateau", live={"opt.lr": 0.04}
-    )
-    loop.steps(1)
-    e = loop.only(cid)
+    e = _lr_mult(loop, 0.3, read=0.04)
+    cid = e["cmd_id"]
     assert e["decision"] == "applied"
     assert e["changes"]["lr"]["old"] == 0.01
     assert e["changes"]["lr"]["new"] == pytest.approx(0.003)
@@ -50,13 +56,7 @@ def test_a_cut_computed_from_a_stale_lr_applies_to_the_lr_in_force(loop: TorchSt
 
 
 def test_a_multiplier_from_an_up_to_date_read_is_sent_as_is(loop: TorchStepDriver) -> None:
-    loop.steps(2)
-    client = HotClient(loop.run_dir, source="autopilot")
-    (cid,) = send_action(
-        client, Action("lr_mult", {"factor": 0.5}), "plateau", live={"opt.lr": 0.01}
-    )
-    loop.steps(1)
-    e = loop.only(cid)
+    e = _lr_mult(loop, 0.5, read=0.01)
     assert e["changes"]["lr"] == {"old": 0.01, "new": 0.005} and "rebased" not in e
     assert e["relative_to"] == {"lr": 0.01}  # the command says what it was relative to
 

@@ -785,6 +785,17 @@ def _inside_a_trial(toy: Any, space: list[dict[str, Any]]) -> tuple[Toy, HotClie
     return t, client, tune, tune.trial
 
 
+def _failed_with(client: HotClient, number: int, reason: str) -> None:
+    """Trial ``number`` is failed in `tune status` with ``reason``, and FAIL in the study."""
+    import optuna
+
+    st = client.tune_status()
+    row = next(r for r in st["trials"] if r["trial"] == number)
+    assert row["decision"] == "failed" and reason in row["detail"]["reason"], row
+    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
+    assert study.trials[number].state == optuna.trial.TrialState.FAIL
+
+
 def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any) -> None:
     """`hotcb set lr=…` in the middle of a trial that moved lr and weight decay: the trial is
     not judged (Optuna hears FAIL, not a score the person's change earned), the person's lr
@@ -807,13 +818,7 @@ def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any)
     assert set(back["changes"]) == {"weight_decay"}  # the trial's other knob goes back
     assert t.opt.param_groups[0]["weight_decay"] == wd_before
     assert t.lr == 0.05  # the person's value, untouched
-    st = client.tune_status()
-    row = next(r for r in st["trials"] if r["trial"] == number)
-    assert row["decision"] == "failed" and "set by a command" in row["detail"]["reason"]
-    import optuna
-
-    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
-    assert study.trials[number].state == optuna.trial.TrialState.FAIL
+    _failed_with(client, number, "set by a command")
     log = cli(t.kernel.run_dir, "log").stdout
     assert f"tune void -> applied [trial {number}, opt.lr set by a command during" in log
 
@@ -850,13 +855,7 @@ def test_disable_during_a_trial_takes_its_change_back(toy: Any, cli: Any) -> Non
     assert back["decision"] == "applied" and "disabled during the trial" in back["tune"]["reason"]
     assert t.lr == before["lr"] and t.opt.param_groups[0]["weight_decay"] == before["weight_decay"]
     assert tune.phase == "off"
-    st = client.tune_status()
-    row = next(r for r in st["trials"] if r["trial"] == number)
-    assert row["decision"] == "failed" and "disabled" in row["detail"]["reason"]
-    import optuna
-
-    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
-    assert study.trials[number].state == optuna.trial.TrialState.FAIL
+    _failed_with(client, number, "disabled during the trial")
     log = cli(t.kernel.run_dir, "log").stdout
     assert f"[trial {number}, the tuner was disabled during the trial: not judged]" in log, log
     t.run(50)  # off: nothing more from the tuner
