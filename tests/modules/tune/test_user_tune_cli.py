@@ -909,3 +909,46 @@ def test_a_running_tuner_given_a_new_objective_takes_its_direction(toy: Any, cli
     t.run(100_000, until=lambda: t.kernel.module("tune").settings.mode == "suggest")
     st = json.loads(cli(run, "tune", "status", "--json").stdout)
     assert (st["objective"], st["direction"]) == ("val_acc", "maximize")
+
+
+def test_a_trial_whose_segment_saw_no_value_is_void_not_the_worst_score(toy: Any, cli: Any) -> None:
+    """The objective comes every 70 steps, segments are 30 (the HF Trainer logs its loss every
+    500 steps by default): a trial whose segment saw no value is not judged (Optuna was told
+    -1, the worst score, for a move nothing measured), and `tune status` says why segments
+    see none and what to do."""
+    t: Toy = toy(lambda lr, _s: 1.0, lr=1e-3, train_key="acc")  # no training loss to fall back on
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_loss", segment_steps=30, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(3000, until=lambda: tune.counts["failed"] + tune.counts["rolled_back"] > 0, val_every=70)
+    (void,) = t.ledger("void")
+    number = void["tune"]["trial"]
+    assert re.fullmatch(r"no value of 'val_loss' came in the trial's \d+ steps: not judged",
+                        void["tune"]["reason"]), void  # fmt: skip
+    t.run(100_000, until=lambda: t.kernel.module("tune").waiting is None)
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert back["decision"] == "applied" and t.lr == 1e-3
+    _failed_with(client, number, "no value of 'val_loss'")
+    status = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert "'val_loss' came 70 steps after its last value, more than a segment (30 steps)" in (
+        status)  # fmt: skip
+    assert "--segment-evals 1" in status
+
+
+def test_the_nothing_is_scored_warning_goes_when_a_stand_in_comes(toy: Any) -> None:
+    """No metric for two segments (`nothing is scored`), then the training loss arrives and
+    the tuner scores it: `tune status` no longer says nothing is scored."""
+    t: Toy = toy(lambda lr, _s: 1.0, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", segment_steps=10, space=LR_ONLY, sync=True)
+    for step in range(1, 26):  # a run that logs nothing yet
+        t.kernel.apply({"step": step, "optimizer": t.opt, "metrics": {}})
+    t.step = 25
+    tune = t.kernel.module("tune")
+    assert any(w.endswith("nothing is scored: --objective picks another") for w in tune.warnings)
+    t.run(25)  # now `loss`, every step (and a boundary, where the state is written)
+    warnings = client.tune_status()["warnings"]
+    assert tune.objective_used == "loss"
+    assert not [w for w in warnings if "nothing is scored" in w], warnings
+    assert any("scoring 'loss' instead" in w for w in warnings), warnings

@@ -55,6 +55,7 @@ _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner hol
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
 _TRAIN_WATCH = 50  # training losses before a mutation: the blow-up watch's "before"
 _VAL_EVENT = "val_epoch_end"
+_NOTHING_SCORED = "nothing is scored: --objective picks another"
 
 
 #: A dialect's default database driver (a URL without ``+driver``): its package, and a URL
@@ -127,6 +128,7 @@ class TuneModule:
         self.phase = "off"
         self.segment = Segment(0, [], [])
         self.enabled_at = 0
+        self.last_value_step: int | None = None  # the objective's last value (a gap check)
         self.history: list[tuple[float, float]] = []
         self.trial: dict[str, Any] | None = None  # the open trial
         self.waiting: dict[str, Any] | None = None  # a submitted mutate/rollback not yet applied
@@ -582,6 +584,7 @@ class TuneModule:
         self.settings, self.study, self.mode = settings, study, settings.mode
         self.objective_used = settings.objective
         self.seen = False  # the objective has been logged since the tuner was enabled
+        self.last_value_step = None
         self.val_objective = False
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
@@ -692,6 +695,7 @@ class TuneModule:
             wait = 2 * s.segment_steps
             if s.segment_evals is None and step - self.enabled_at >= wait:
                 self.objective_used = name
+                self.warnings = [w for w in self.warnings if not w.endswith(_NOTHING_SCORED)]
                 self._warn(
                     f"objective {s.objective!r} was not logged in {wait} steps; "
                     f"scoring {name!r} instead (--objective picks another)"
@@ -702,10 +706,26 @@ class TuneModule:
                 value = train
                 self.seen = value is not None  # the stand-in is the objective from here on
         number = _number(value)
-        if number is None or step < self.segment.start:
+        if number is None:
+            return
+        self._sparse(step)
+        if step < self.segment.start:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
+
+    def _sparse(self, step: int) -> None:
+        """Say in ``tune status`` when the objective comes less often than once a segment of
+        steps (the HF Trainer logs its loss every 500 steps by default): most segments then
+        see none, and their trials cannot be judged."""
+        last, self.last_value_step = self.last_value_step, step
+        s = self.settings
+        if last is None or s.segment_evals is not None or step - last <= s.segment_steps:
+            return
+        self._warn(f"{self.objective_used!r} came {step - last} steps after its last value, "
+                   f"more than a segment ({s.segment_steps} steps): segments without a value "
+                   "judge no trial; --segment-evals 1 counts segments in values of it, or log "
+                   "it more often")  # fmt: skip
 
     def _missing(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         """Say so in ``tune status`` when the objective does not reach the tuner and nothing
@@ -726,10 +746,7 @@ class TuneModule:
         if any(w.startswith(said) for w in self.warnings):
             return
         names = ", ".join(sorted(str(k) for k in metrics)) or "none on this step"
-        self._warn(
-            f"{said} {where} (metrics the tuner sees: {names}); nothing is scored: "
-            "--objective picks another"
-        )
+        self._warn(f"{said} {where} (metrics the tuner sees: {names}); {_NOTHING_SCORED}")
         self._save()  # for `tune status` now, not at the next boundary
 
     def _warn(self, note: str) -> None:
@@ -815,7 +832,13 @@ class TuneModule:
         # segment measures that change too
         touched = self.host.commanded_since(int(trial["step"]))
         if touched:
-            self._void(trial, touched, step)
+            names = ", ".join(f"{m}.{k}" for m, k in touched)
+            self._void(trial, step, f"{names} set by a command during the trial", touched)
+            return
+        if not seg.values and "blew_up" not in trial:  # nothing measured: no score to tell
+            why = (f"no value of {self.objective_used!r} came in the trial's "
+                   f"{step + 1 - int(trial['step'])} steps")  # fmt: skip
+            self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
         if "blew_up" in trial and not seg.values:  # ended early on the training loss
@@ -875,18 +898,20 @@ class TuneModule:
             params["reason"] = detail["reason"]
         self._submit("rollback", params, step)
 
-    def _void(self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int) -> None:
-        """A trial overlapped by a command: not judged (Optuna hears FAIL, not a score that
-        belongs to someone else's change), the command's values stay, the trial's knobs that
-        it did not set are rolled back."""
+    def _void(
+        self, trial: Mapping[str, Any], step: int, why: str, touched: list[tuple[str, str]]
+    ) -> None:
+        """A trial that cannot be judged: overlapped by a command (``touched``: its knobs), or
+        with no value of the objective. Optuna hears FAIL, not a score that belongs to someone
+        else's change or to no measurement; a command's values stay, the trial's other knobs
+        are rolled back."""
         number = trial["number"]
-        names = ", ".join(f"{m}.{k}" for m, k in touched)
-        reason = f"{names} set by a command during the trial: not judged"
+        reason = f"{why}: not judged"
         self._close_trial(None, "failed", reason=reason)
         self._row(number).update(end_step=step, detail={"reason": reason})
         self.host.record({"module": "tune", "op": "void", "source": "tune", "decision": "applied",
                           "tune": {"trial": number, "reason": reason}})  # fmt: skip
-        self._snapshot = None  # the weights moved under the command too: nothing to restore
+        self._snapshot = None  # values only: what the trial's steps trained stays
         if not self._take_back(trial, touched, step):
             self._start_segment(step, "baseline")
 
