@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, ended, require_run_dir, stop_on_sigterm
+from ._common import DIRECTION_DEFAULT, UsageError, ended, require_run_dir, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,8 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "/ applies), the rules are its sensors and its fallback")  # fmt: skip
     ap.add_argument("--rules", help="a rules file (default: the rules hotcb ships)")
     ap.add_argument("--key-metric", default="val_loss", help="the metric to improve")
-    ap.add_argument("--direction", choices=("minimize", "maximize"), default=None,
-                    help="of the key metric (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)")  # fmt: skip
+    ap.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        default=None,
+        help=f"of the key metric ({DIRECTION_DEFAULT})",
+    )
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
     ap.add_argument("--once", action="store_true", help="one round, then exit")
     add_ai_flags(ap)

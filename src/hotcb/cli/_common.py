@@ -22,6 +22,10 @@ class UsageError(HotcbError):
     pass
 
 
+#: What ``--direction`` defaults to (``hotcb.metrics.guess_direction``), for its help.
+DIRECTION_DEFAULT = "default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize"
+
+
 def parse_value(text: str) -> Any:
     """JSON where it parses (``1e-4``, ``false``, ``[0.9,0.99]``, ``"x"``), else the string."""
     try:

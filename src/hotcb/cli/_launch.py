@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from ._common import UsageError
+from ._common import DIRECTION_DEFAULT, UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run hotcb autopilot on the run: off (default), suggest, auto, ai_suggest, ai_auto",
     )
     p.add_argument("--key-metric", default=None, help="the autopilot's metric (default val_loss)")
-    p.add_argument("--direction", choices=("minimize", "maximize"), default=None,
-                   help="of the key metric (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)")  # fmt: skip
+    p.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        default=None,
+        help=f"of the key metric ({DIRECTION_DEFAULT})",
+    )
     p.add_argument("--rules", default=None, metavar="FILE", help="the autopilot's rules file")
     from ._autopilot import add_ai_flags
 
@@ -60,8 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "suggest, active (as 'hotcb tune enable --mode MODE'); default off")  # fmt: skip
     t.add_argument("--tune-objective", metavar="METRIC",
                    help="the metric it scores (default val_loss, else loss)")  # fmt: skip
-    t.add_argument("--tune-direction", choices=("minimize", "maximize"),
-                   help="of the objective (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)")  # fmt: skip
+    t.add_argument(
+        "--tune-direction",
+        choices=("minimize", "maximize"),
+        help=f"of the objective ({DIRECTION_DEFAULT})",
+    )
     seg = t.add_mutually_exclusive_group()
     seg.add_argument("--tune-segment-steps", type=int, metavar="N",
                      help="steps per segment (default 200)")  # fmt: skip

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from ._common import DIRECTION_DEFAULT
+
 
 class _TokenFlagGone(argparse.Action):
     """``--token T`` is refused, without echoing T: a command line is visible in ``ps``."""
@@ -91,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--direction",
         choices=("minimize", "maximize"),
         default=None,
-        help="of the key metric (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)",
+        help=f"of the key metric ({DIRECTION_DEFAULT})",
     )
     from ._autopilot import add_ai_flags
 

@@ -15,6 +15,7 @@ from typing import Any
 from .. import jsonl
 from ..metrics import guess_direction
 from ._common import (
+    DIRECTION_DEFAULT,
     add_wait,
     client,
     ended,
@@ -49,8 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="active: apply mutations; suggest: propose, a person accepts; "
                    "observe: score segments only (default: active, or the mode in force)")  # fmt: skip
     p.add_argument("--objective", help="the metric to score (default val_loss, else loss)")
-    p.add_argument("--direction", choices=("minimize", "maximize"),
-                   help="of the objective (default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize)")  # fmt: skip
+    p.add_argument(
+        "--direction",
+        choices=("minimize", "maximize"),
+        help=f"of the objective ({DIRECTION_DEFAULT})",
+    )
     seg = p.add_mutually_exclusive_group()
     seg.add_argument("--segment-steps", type=int, help="steps per segment (default 200)")
     seg.add_argument("--segment-evals", type=int,

@@ -14,7 +14,6 @@ const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", 
 /** Why a trial shows as replaced (its row's title). */
 const REPLACED_WHY = "judged after the checkpoint this run was resumed from, in the life the resume replaced: the study keeps its score, its change is not in this run";
 
-/** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
 /** A trial's decision, why: a void or blown-up trial's reason, else the bar a keep had to
  * clear (the threshold plus the noise margin), so a positive score rolled back reads right. */
 export function decisionWhy(t) {
@@ -32,6 +31,7 @@ export function tunerRan(doc) {
   return Boolean((doc.trials && doc.trials.length) || (doc.counts && doc.counts.segments));
 }
 
+/** "opt.lr 0.001 → 0.003, loss.l2 0 → 0.1" from the tuner's `{"opt.lr": [old, new]}`. */
 export function fmtTuneChanges(changes) {
   if (!changes || typeof changes !== "object") return "";
   return Object.entries(changes)
@@ -223,15 +223,16 @@ export class TunePanel {
   render() {
     const doc = this.doc;
     const off = (doc.mode || "off") === "off";
-    const gone = off && !tunerRan(doc); // never on: the off line only
+    // never on: the off line alone; switched off after it ran: what it did stays on show
+    const neverOn = off && !tunerRan(doc);
     const f = tuneFacts(doc);
     if (!this.parts) this.build();
     this.card.classList.toggle("off", off);
-    this.parts.body.hidden = gone;
+    this.parts.body.hidden = neverOn;
     const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath,
       off && this.refusedEnable()];
     this.fill("head", headKey, () => this.head(doc, f, off));
-    if (gone) return; // switched off after it ran: what it did stays readable
+    if (neverOn) return;
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
     this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused, this.over], () => [this.proposals(doc)]);
     this.fill("trials", [doc.trials, doc.proposals], () => [this.trials(doc)]);
