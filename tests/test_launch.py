@@ -416,6 +416,28 @@ def test_python_launch_script_steered_and_stopped(tmp_path: Path, cli: Any) -> N
     assert "stop requested" in run.output()
 
 
+def test_a_launch_whose_script_fails_at_once_says_so(tmp_path: Path, cli: Any) -> None:
+    """A flag the script does not take (``dir=`` for ``--run-dir``): argparse exits 2 before
+    any kernel opens the run. The run said "not started" and the handle took commands that
+    nothing would apply; a stop queued then would stop the next run in the directory."""
+    run = hotcb.launch(BARE_LOOP, run_dir=tmp_path / "run", serve=False, dir="elsewhere")
+    assert run.wait(120) == 2
+    assert run.status()["state"] == "crashed"
+    assert "unrecognized arguments: --dir elsewhere" in run.output()
+    with pytest.raises(hotcb.LaunchError, match=r"ended \(exit code 2\).*hotcb.launch.log"):
+        run.set(lr=1e-3)
+    with pytest.raises(hotcb.LaunchError, match="nothing would apply"):
+        run.send("opt", "set_params", lr=1e-3)
+    assert run.stop() is None
+    commands = tmp_path / "run" / "hotcb.commands.jsonl"
+    assert not commands.exists() or not commands.read_text().strip()  # nothing queued
+    done = cli(str(tmp_path / "run"), "status")
+    assert "[ended before it started (its training exited with code 2)]" in done.stdout
+    assert "pid None" not in done.stdout
+    done = cli(str(tmp_path / "run"), "stop")
+    assert "ended before it started" in done.stdout and "nothing to stop" in done.stdout
+
+
 TRAIN_MODULE = """
 import time
 

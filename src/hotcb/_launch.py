@@ -660,10 +660,24 @@ class Launch:
             self.wait()
 
     # -- steering ----------------------------------------------------------------------------
+    def _steerable(self) -> None:
+        """A command for a training that has ended would wait unanswered in the commands file
+        (until some later run in this directory): refuse it, saying how the training ended."""
+        if not self._done.is_set():
+            return
+        raise LaunchError(
+            f"the training has ended (exit code {self._exit_code}): nothing would apply the "
+            "command"
+            + (f"; its output is in {self.log_path}" if self.log_path else "")
+            + " (run.client sends commands for a later run in this directory)"
+        )
+
     def set(self, **params: Any) -> list[str]:
         """Set values by name, routed to opt / loss / custom like ``hotcb set`` (by the run's
         published actuators, then by name: ``lr`` → opt, ``*_weight`` → loss, else custom);
-        the ``cmd_id`` of each command (:meth:`applied` waits for its ledger entry)."""
+        the ``cmd_id`` of each command (:meth:`applied` waits for its ledger entry).
+        The steering methods raise :class:`LaunchError` once the training has ended."""
+        self._steerable()
         return self.client.set(params)
 
     def send(
@@ -672,6 +686,7 @@ class Launch:
         """One command: ``send("opt", "set_params", lr=1e-4)`` (keyword arguments are its
         params) or ``send({"module": "cb", "op": "set_params", "id": "hb", "params": {…}})``
         (a whole record, for fields such as ``id``, ``at_step``, ``transition``)."""
+        self._steerable()
         if isinstance(command, Mapping):
             if op is not None or params:
                 raise TypeError("send(record) takes the record alone")
@@ -681,14 +696,19 @@ class Launch:
         return self.client.send(command, op, params=params)
 
     def pause(self) -> str:
+        self._steerable()
         return self.client.pause()
 
     def resume(self) -> str:
+        self._steerable()
         return self.client.resume()
 
-    def stop(self) -> str:
+    def stop(self) -> str | None:
         """Ask the training to stop at its next safe point (:meth:`wait` then returns its exit
-        code); :meth:`kill` ends it at once."""
+        code); :meth:`kill` ends it at once. None when it has already ended (a stop queued
+        then would stop the next run in this directory at its first step)."""
+        if self._done.is_set():
+            return None
         return self.client.stop()
 
     def applied(self, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any
 from . import jsonl
 from .actuators import ActuatorType, HotcbActuator
 from .errors import ActuatorError, CommandError, JournalWriteError
-from .ledger import LedgerView, iter_entries
+from .ledger import iter_entries
+from .ledger import run_over as _run_over
 from .ops import make_command
 from .runfiles import RunPaths, folder_of_runs, is_network_fs
 
@@ -409,11 +410,7 @@ class HotClient:
         by SIGINT (…)`` when the run's training process is gone (``hotcb.run.json``); None
         while it runs or before it starts."""
         meta = jsonl.read_json(self.paths.run_meta, {}) or {}
-        if not isinstance(meta, dict):
-            return None
-        state = LedgerView().run_state(None, time.time(), meta=meta)
-        over = ("finished", "stopped at", "crashed", "interrupted")
-        return state if state.startswith(over) else None
+        return _run_over(meta, time.time()) if isinstance(meta, dict) else None
 
     def tune_proposal(self, proposal: str) -> dict[str, Any]:
         """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from

@@ -272,9 +272,11 @@ class LedgerView:
     ) -> str:
         """What the run is doing, for a person: ``finished at step N`` / ``stopped at step N``
         (its loop closed the kernel: ``ended`` in ``hotcb.run.json``, ``meta``), ``crashed``
-        or ``interrupted by SIGINT`` (its process is gone without closing), ``stopped``, ``paused``, ``running``, ``idle``
-        (nothing new for ``stale_after`` seconds) or ``not started``. ``last_activity``: the
-        newest wall time of its metrics or ledger."""
+        or ``interrupted by SIGINT`` (its process is gone without closing), ``stopped``,
+        ``paused``, ``running``, ``idle`` (nothing new for ``stale_after`` seconds), ``ended
+        before it started`` (``hotcb launch`` saw its training exit before a kernel opened the
+        run) or ``not started``. ``last_activity``: the newest wall time of its metrics or
+        ledger."""
         meta = meta or {}
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
@@ -287,7 +289,7 @@ class LedgerView:
         if self.paused:
             return "paused"
         if last_activity is None:
-            return "not started"
+            return _never_started(meta) or "not started"
         return "idle" if now - last_activity > stale_after else "running"
 
     def callback_list(self) -> list[dict[str, Any]]:
@@ -497,6 +499,27 @@ def _gone(meta: Mapping[str, Any]) -> str:
     if sig in _INTERRUPTS:
         return f"interrupted by {_INTERRUPTS[sig]} ({gone})"
     return f"crashed (exit code {code}; {gone})"
+
+
+def _never_started(meta: Mapping[str, Any]) -> str | None:
+    """``ended before it started (…)`` when ``hotcb launch`` recorded the training's exit and
+    no kernel opened the run in that life (a script that failed on its arguments or imports)."""
+    launch = meta.get("launch")
+    code = launch.get("exit_code") if isinstance(launch, Mapping) else None
+    if meta.get("started") is not None or not isinstance(code, int) or isinstance(code, bool):
+        return None
+    return f"ended before it started (its training exited with code {code})"
+
+
+_OVER = ("finished", "stopped at", "crashed", "interrupted", "ended before")
+
+
+def run_over(meta: Mapping[str, Any], now: float) -> str | None:
+    """How the run's training ended (``finished at step N``, ``crashed (…)``, ``ended before
+    it started (…)`` …: see :meth:`LedgerView.run_state`) when its process is gone, from
+    ``hotcb.run.json``; None while it runs, before it starts, or for a run with no record."""
+    state = LedgerView().run_state(None, now, meta=meta)
+    return state if state.startswith(_OVER) else None
 
 
 def new_entry(**fields: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
-from ..ledger import LedgerView, checkpoint_path
+from ..ledger import checkpoint_path, run_over
 from ..runfiles import RunPaths, folder_of_runs
 
 
@@ -59,12 +59,11 @@ def client(args: argparse.Namespace) -> HotClient:
 
 
 def ended(path: str) -> str | None:
-    """``finished at step N`` (or ``stopped at …``) when the run's training process closed
-    it and no run started there since (``hotcb.run.json``); else None."""
+    """How the run's training ended (``finished at step N``, ``stopped at …``, ``crashed
+    (…)``, ``ended before it started (…)``) when its process is gone and no run started there
+    since (``hotcb.run.json``); else None."""
     meta = jsonl.read_json(RunPaths(path).run_meta, {}) or {}
-    if not isinstance(meta.get("ended"), dict):
-        return None
-    return LedgerView().run_state(None, 0.0, meta=meta)
+    return run_over(meta, time.time()) if isinstance(meta, dict) else None
 
 
 def require_run_dir(path: str, *, folder_ok: bool = False) -> None:

@@ -278,7 +278,7 @@ def _print_run(st: dict[str, Any]) -> None:
     """The run, its freeze mode, its last metrics (the top of ``hotcb status``)."""
     run = st["run"]
     print(f"run      {st['run_dir']}  [{st['state']}]")
-    if run:
+    if run.get("pid") is not None:  # a kernel opened the run (a launch alone records none)
         print(
             f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
         )
