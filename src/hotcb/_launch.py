@@ -67,6 +67,8 @@ LOG_NAME = "hotcb.launch.log"
 #: Seconds a helper (dashboard, autopilot) or leftover process gets after a signal, before
 #: SIGKILL.
 STOP_TIMEOUT = 10.0
+#: The notifier's last deliveries (``hotcb notify`` waits up to 30 s for them) before SIGKILL.
+NOTIFIER_STOP_TIMEOUT = 40.0
 #: Seconds the dashboard gets to print its URL and answer (imports are slow on a busy machine).
 SERVE_TIMEOUT = 120.0
 
@@ -468,13 +470,17 @@ class _Children:
 
     # -- stopping --------------------------------------------------------------------------
     def end_helpers(self) -> None:
-        """Stop the autopilot, the notifier and the dashboard with SIGTERM (each shuts down
-        cleanly on it; one still starting ends quietly, where SIGINT made Python print a crash
-        dump), then the training's leftovers; close the log."""
+        """Stop the autopilot, the dashboard and then the notifier with SIGTERM (each shuts
+        down cleanly on it; one still starting ends quietly, where SIGINT made Python print a
+        crash dump), then the training's leftovers; close the log. The notifier goes last and
+        is given time: on SIGTERM it makes a last round (the training's crash, the
+        autopilot's last action) and delivers what is queued."""
         self.finishing = True
-        for proc in (self.pilot, self.notifier, self.server):
+        for proc in (self.pilot, self.server):
             if proc is not None:
                 _end(proc, signal.SIGTERM)
+        if self.notifier is not None:
+            _end(self.notifier, signal.SIGTERM, NOTIFIER_STOP_TIMEOUT)
         if self.trainer is not None:
             _end_leftovers(self.trainer.pid, STOP_TIMEOUT)
         if self._log is not None:

@@ -206,6 +206,23 @@ def test_a_malformed_reply_does_nothing_and_the_next_cadence_asks_again(loop: An
     assert pilot.ai is not None and pilot.ai.failures == 0  # a good reply resets the count
 
 
+def test_a_page_that_is_not_the_api_is_named_as_such(loop: Any) -> None:
+    """A base_url that reaches a web page (200, text/html) instead of the API: the SDK hands
+    the body over as a string; the reply was logged as empty and the page's text was lost."""
+    lp: Loop = loop()
+    with ScriptedChatServer([{"html": "<html><body>Welcome to the web UI</body></html>"},
+                             NOTHING]) as srv:  # fmt: skip
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(30, pilot)
+    (failed,) = [r for r in records(lp.run_dir, RECORDS, "ai_reply") if r["call"] == 1]
+    assert failed["state"] == "failed" and failed["error_kind"] == "malformed"
+    assert "did not answer with JSON ('<html><body>Welcome to the web UI" in failed["reason"]
+    assert f"is base_url ({srv.base_url}) the API's address" in failed["reason"]
+    (response,) = [r for r in records(lp.run_dir, AI_LOG, "response") if r["call"] == 1]
+    assert "Welcome to the web UI" in response["text"]  # what came back is kept
+    assert lp.lr == 1e-2
+
+
 def test_a_server_without_response_format_gets_plain_requests(loop: Any) -> None:
     """llama.cpp-style servers refuse ``response_format``: the same call is sent again without
     it, the reply is read by the tolerant parser, and later calls go plain from the start."""
@@ -414,6 +431,28 @@ def test_ai_suggest_proposes_and_a_person_decides(loop: Any) -> None:
     assert [p["state"] for p in proposals(lp.run_dir)] == ["accepted", "rejected"]
     decisions = records(lp.run_dir, AI_LOG, "decision")
     assert decisions[0]["proposed"] == [first["id"]] and decisions[0]["applied"] == []
+
+
+def test_ai_suggest_keeps_one_proposal_per_knob_pending(loop: Any) -> None:
+    """Each reply that saw the same plateau added another pending lr_mult(0.5) (a probe: A3
+    to A9); accepting them all would have cut the lr 2**7 times. While one waits, the model's
+    next proposal for that knob is rejected with the pending one's id; after a decision it
+    may propose again."""
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE]) as srv:  # the same advice at every call
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        lp.run(70, pilot)  # calls at steps 20, 40, 60
+        assert len(srv.requests) >= 3
+        (first,) = proposals(lp.run_dir)
+        refused = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "rejected"]
+        assert len(refused) >= 2
+        assert all(f"proposal {first['id']} (lr_mult(factor=0.5)) is still pending" in r["reason"]
+                   for r in refused)  # fmt: skip
+        decide(lp.run_dir, first["id"], accept=False, by="test")
+        lp.run(40, pilot)
+    pending = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    assert len(pending) == 1 and pending[0]["id"] != first["id"]
+    assert lp.lr == 1e-2
 
 
 # ---------------------------------------------------------------------------------- memory

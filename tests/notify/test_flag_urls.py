@@ -87,13 +87,15 @@ def test_a_delivery_that_finally_failed_says_so_on_stderr(
     done = cli(run, "notify", "--notify", str(cfg), "--once")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "alert nonfinite" in done.stdout
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines == [
-        f"hotcb notify: the webhook delivery of alert nonfinite to {receiver.url}/hook failed "
-        "after 2 attempt(s): DeliveryError: HTTP 500 Internal Server Error",
-        f"hotcb notify: the slack delivery of alert nonfinite to {receiver.url}/… failed "
-        "after 2 attempt(s): DeliveryError: HTTP 500 Internal Server Error",
-    ], done.stderr
+    lines = sorted(line for line in done.stderr.splitlines() if line.strip())  # in parallel
+    assert lines == sorted(
+        [
+            f"hotcb notify: the webhook delivery of alert nonfinite to {receiver.url}/hook failed "
+            "after 2 attempt(s): DeliveryError: HTTP 500 Internal Server Error",
+            f"hotcb notify: the slack delivery of alert nonfinite to {receiver.url}/… failed "
+            "after 2 attempt(s): DeliveryError: HTTP 500 Internal Server Error",
+        ]
+    ), done.stderr
     failed = [r for r in jsonl.iter_records(os.path.join(run, RECORDS))
               if r.get("kind") == "delivery" and r["status"] == "failed"]  # fmt: skip
     assert len(failed) == 2

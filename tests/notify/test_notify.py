@@ -103,13 +103,29 @@ def test_crash_fires_once() -> None:
 
 
 def test_autopilot_records_each_fire() -> None:
+    """Each record an alert of its own, in words a person can act on: a proposal with the id
+    to accept (the alert said `proposal ai: …`, no id), an action with what it did (it
+    showed the action as a Python dict)."""
     alert = Alert("ap", "autopilot", cooldown=0)
-    recs = [{"kind": "detection", "rule": "r"}, {"kind": "action", "rule": "lr_drop", "step": 5,
-             "action": "opt.lr *= 0.5"}, {"kind": "proposal", "id": "A2", "rule": "x",
-             "describe": "halve lr"}, {"kind": "fallback", "reason": "budget spent"}]  # fmt: skip
+    halve = {"name": "lr_mult", "params": {"factor": 0.5}}
+    recs = [
+        {"kind": "detection", "rule": "r"},
+        {"kind": "action", "rule": "divergence_cut_lr", "step": 5, "state": "applied",
+         "action": halve, "reason": "autopilot rule divergence_cut_lr: divergence on loss"},
+        {"kind": "proposal", "id": "A2", "rule": "ai", "action": halve,
+         "describe": "lr_mult(factor=0.5): the loss is flat"},
+        {"kind": "action", "rule": "ai", "step": 9, "state": "rejected",
+         "asked": "lr_set(value=-1)", "reason": "lr must be > 0"},
+        {"kind": "fallback", "reason": "budget spent"},
+    ]  # fmt: skip
     (got,) = _fire(alert, [Observation(0, autopilot=recs)])
-    assert got == ["autopilot action lr_drop: opt.lr *= 0.5", "autopilot proposal x: halve lr",
-                   "autopilot fallback: budget spent"]  # fmt: skip
+    assert got == [
+        "autopilot action divergence_cut_lr applied: lr_mult(factor=0.5): divergence on loss",
+        "autopilot proposal A2 (rule ai): lr_mult(factor=0.5): the loss is flat; accept: hotcb "
+        "autopilot accept A2",
+        "autopilot action ai rejected: lr_set(value=-1): lr must be > 0",
+        "autopilot fallback: budget spent",
+    ]
 
 
 # ----------------------------------------------------------------------------- deliveries
@@ -262,6 +278,37 @@ def test_notifier_delivers_records_and_never_resends_after_restart(
     again.close()
     kinds = [(r["kind"], r.get("status")) for r in _records(run)]
     assert kinds == [("alert", None), ("delivery", "ok")]
+
+
+def test_a_hung_endpoint_holds_up_only_its_own_alerts_and_is_reported_at_close(
+    tmp_path: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Deliveries went through one worker in turn: a webhook that accepts and never answers
+    held every other channel's alert for its time-outs and retries (48 s late in a probe),
+    and an alert still queued when the notifier stopped vanished without a word."""
+    import hotcb.notify._deliveries as deliveries
+
+    monkeypatch.setattr(deliveries, "_TIMEOUT", 600.0)  # it hangs for the whole test
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)  # accepted by the kernel, never answered
+        hung = f"http://127.0.0.1:{hang.getsockname()[1]}/hang"
+        run = _run(tmp_path)
+        jsonl.append(os.path.join(run, "hotcb.metrics.jsonl"), _rec(1, loss=3.0))
+        cfg = NotifyConfig(alerts=(Alert("hot", "threshold", metric="loss", above=2.0),),
+                           deliveries=(Webhook(hung), Webhook(f"{receiver.url}/good")),
+                           retries=0)  # fmt: skip
+        n = Notifier(run, cfg)
+        assert [e["alert"] for e in n.step(now=1000.0)] == ["hot"]
+        (body,) = receiver.wait_for("/good", 1, timeout=60)  # while the first one still hangs
+        assert body["alert"] == "hot"
+        with caplog.at_level("WARNING", logger="hotcb.notify"):
+            assert not n.close(timeout=0.5)
+    deliveries_of = {r["target"]: r for r in _records(run) if r["kind"] == "delivery"}
+    assert deliveries_of[f"{receiver.url}/good"]["status"] == "ok"
+    failed = deliveries_of[hung]
+    assert failed["status"] == "failed" and "not delivered: the notifier stopped" in failed["error"]
+    assert f"alert hot to {failed['target']} failed: not delivered" in caplog.text
 
 
 def test_notifier_sees_pause_and_autopilot(tmp_path: Any) -> None:

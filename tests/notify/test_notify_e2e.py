@@ -46,3 +46,35 @@ def test_trainer_and_hotcb_notify(tmp_path: Any, receiver: Any, smtp_server: Any
     recs = list(jsonl.iter_records(os.path.join(run, RECORDS)))
     assert sorted(r["target"] for r in recs if r["kind"] == "delivery" and r["status"] == "ok") == [
         f"{receiver.url}/hook", f"smtp://{host}:{port} to me@example.com"]  # fmt: skip
+
+
+CRASHES = """
+import sys, time
+from hotcb import HotKernel
+kernel = HotKernel()  # the run directory comes from hotcb launch
+for step in range(100_000):
+    kernel.apply({"step": step, "metrics": {"loss": 1.0 / (1 + step)}})
+    if step == 30:
+        raise RuntimeError("the training failed on purpose")
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_hotcb_launch_notify_sends_the_crash_that_ends_it(tmp_path: Any, receiver: Any) -> None:
+    """`hotcb launch --notify-webhook`: the launcher stopped its notifier the moment the
+    training died, before any round saw the crash, so the default `crash` alert never went."""
+    script = tmp_path / "crashes.py"
+    script.write_text(CRASHES)
+    run = str(tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_RUN_DIR")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hotcb", "--dir", run, "launch",
+         "--notify-webhook", f"{receiver.url}/hook", "--", sys.executable, str(script)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    (crash,) = [b for b in receiver.bodies("/hook") if b["alert"] == "crash"]
+    assert crash["type"] == "crash" and "gone" in crash["message"]
+    recs = list(jsonl.iter_records(os.path.join(run, RECORDS)))
+    assert [r["status"] for r in recs if r["kind"] == "delivery"] == ["ok"]

@@ -486,6 +486,10 @@ class Autopilot:
                 continue
             params = {"name": action.name, "params": action.params}
             if self.mode == "ai_suggest":
+                waiting = self._pending_for(action)
+                if waiting is not None:  # accepted later, both would act on one knob
+                    rejected.append({"asked": action.describe(), "reason": waiting})
+                    continue
                 ident = self._new_id()
                 out.append(self._record({
                     "kind": "proposal", "id": ident, "rule": "ai", "source": "ai",
@@ -516,6 +520,20 @@ class Autopilot:
                  applied=applied, proposed=proposed, rejected=rejected,
                  next_check=reply.next_check)  # fmt: skip
         return out
+
+    def _pending_for(self, action: Action) -> str | None:
+        """Why the model may not propose ``action`` now: a proposal of its own for the same
+        knob (or the same run control) is still pending (each reply that saw the same trouble
+        added one, and accepting them all compounded the cut)."""
+        for p in proposals(self.run_dir):
+            if p["state"] != "pending" or p.get("rule") != "ai":
+                continue
+            asked = p.get("action") or {}
+            pending = Action(str(asked.get("name")), dict(asked.get("params") or {}))
+            if pending.knob == action.knob and (action.knob or pending.name == action.name):
+                return (f"proposal {p['id']} ({pending.describe()}) is still pending: "
+                        f"accept or reject it first ('hotcb autopilot accept {p['id']}')")  # fmt: skip
+        return None
 
     def _ai_blocked(self, knob: str) -> str | None:
         """Why the model may not change ``knob`` now: a person holds it, the guard is still

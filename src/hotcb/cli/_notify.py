@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -87,17 +88,28 @@ def cmd_notify(args: argparse.Namespace) -> int:
           f"{len(config.deliveries)} deliveries", flush=True)  # fmt: skip
     try:
         while True:
-            for event in notifier.step():
-                print(f"[step {event['step']}] alert {event['alert']}: {event['message']}",
-                      flush=True)  # fmt: skip
+            _say(notifier.step())
             if args.once:
                 break
             if notifier.ended:
-                for event in notifier.step():
-                    print(f"alert {event['alert']}: {event['message']}", flush=True)
+                _say(notifier.step())
                 break
             time.sleep(args.interval)
     except KeyboardInterrupt:
-        pass
-    notifier.close()
+        # Ctrl-C, or `hotcb launch` stopping it as the training ends: one last round, so the
+        # end that made the launcher stop it (a crash, the last NaN) is still sent
+        with contextlib.suppress(KeyboardInterrupt):  # a second one: go without it
+            _say(notifier.step())
+    with contextlib.suppress(KeyboardInterrupt):
+        notifier.close(LAST_DELIVERIES_SEC)
     return 0
+
+
+#: How long a stopping notifier waits for its last deliveries (``hotcb launch`` waits longer).
+LAST_DELIVERIES_SEC = 30.0
+
+
+def _say(events: list[dict[str, Any]]) -> None:
+    for event in events:
+        at = f"[step {event['step']}] " if event.get("step") is not None else ""
+        print(f"{at}alert {event['alert']}: {event['message']}", flush=True)

@@ -141,15 +141,44 @@ def _crash(alert: Alert, obs: Observation) -> list[Sample]:
 def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:
     out = []
     for rec in obs.autopilot:
-        kind = rec.get("kind")
-        if kind not in alert.records:
+        if rec.get("kind") not in alert.records:
             continue
-        what = rec.get("describe") or rec.get("action") or rec.get("reason") or ""
-        rule = rec.get("rule") or rec.get("id") or ""
         step = rec.get("step") if isinstance(rec.get("step"), int) else None
-        text = " ".join(p for p in ("autopilot", kind, rule) if p) + (f": {what}" if what else "")
-        out += [Sample(True, text, step), Sample(False)]  # each record is an onset of its own
+        out += [Sample(True, autopilot_text(rec), step), Sample(False)]  # each its own onset
     return out
+
+
+def autopilot_text(rec: Mapping[str, Any]) -> str:
+    """An autopilot record as one line for a person: a proposal with its id and how to accept
+    it (``autopilot proposal A3 (rule plateau_cut_lr): lr_mult(factor=0.3) because … —
+    accept: hotcb autopilot accept A3``), an action with what it did (``autopilot action
+    divergence_cut_lr applied: lr_mult(factor=0.5): divergence on loss …``), a fallback with
+    its reason."""
+    kind, rule = rec.get("kind"), rec.get("rule")
+    if kind == "proposal":
+        ident = rec.get("id")
+        head = f"autopilot proposal {ident}" + (f" (rule {rule})" if rule else "")
+        what = rec.get("describe") or _action_text(rec.get("action"))
+        tail = f"; accept: hotcb autopilot accept {ident}" if ident else ""
+        return f"{head}: {what}{tail}"
+    if kind == "action":
+        state = rec.get("state")
+        head = " ".join(str(p) for p in ("autopilot action", rule, state) if p)
+        what = _action_text(rec.get("action")) or rec.get("asked") or ""
+        why = str(rec.get("reasoning") or rec.get("reason") or "")
+        why = why.removeprefix(f"autopilot rule {rule}: ")
+        return head + "".join(f": {p}" for p in (what, why) if p)
+    what = rec.get("describe") or rec.get("reason") or ""
+    return " ".join(str(p) for p in ("autopilot", kind, rule) if p) + (f": {what}" if what else "")
+
+
+def _action_text(action: Any) -> str:
+    """``lr_mult(factor=0.5)`` from an autopilot record's ``{"name", "params"}``."""
+    if not isinstance(action, Mapping):
+        return str(action or "")
+    params = action.get("params")
+    params = params if isinstance(params, Mapping) else {}
+    return f"{action.get('name')}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
 _SAMPLERS = {

@@ -68,9 +68,7 @@ class NotifierHost:
             self._thread.join()
             self._thread = None
         deadline = time.monotonic() + timeout
-        for _, notifier in self._closing:
-            notifier.flush(max(0.0, deadline - time.monotonic()))
-        for notifier in list(self.notifiers.values()):
+        for notifier in [n for _, n in self._closing] + list(self.notifiers.values()):
             notifier.close(max(0.0, deadline - time.monotonic()))
         self.notifiers.clear()
         self._closing.clear()
@@ -103,7 +101,7 @@ class NotifierHost:
             if ended:
                 del self.notifiers[run_dir]
                 self._done.add(run_dir)
-                notifier.close(0)  # its worker delivers what is queued, then ends
+                notifier.end()  # its workers deliver what is queued, then end
                 self._closing = [(r, n) for r, n in self._closing if not n.flush(0)]
                 self._closing.append((run_dir, notifier))
         return fired

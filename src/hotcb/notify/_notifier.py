@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import queue
@@ -20,13 +21,15 @@ from ..runfiles import process_alive
 from ..runview import RunView
 from ._alerts import Alert, Observation, Sample, onsets, samples
 from ._config import NotifyConfig
-from ._deliveries import deliver
+from ._deliveries import Delivery, deliver
 
 __all__ = ["RECORDS", "STATE", "Notifier"]
 
 RECORDS = "hotcb.notify.jsonl"
 STATE = "hotcb.notify.state.json"
 _WINDOW = 512  # points kept per plateau metric
+
+log = logging.getLogger("hotcb.notify")
 
 
 class Notifier:
@@ -72,11 +75,11 @@ class Notifier:
             k: deque(((int(s), v) for s, v in pts), maxlen=_WINDOW)
             for k, pts in (st.get("series") or {}).items() if k in self._watched
         }  # fmt: skip
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._channels: list[queue.Queue[dict[str, Any] | None]] | None = None
         self._idle = threading.Condition()
-        self._pending = 0
-        self._worker: threading.Thread | None = None
+        self._pending: list[tuple[Delivery, dict[str, Any]]] = []  # queued or in flight
         self._write = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------------ one round
     def step(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -161,24 +164,34 @@ class Notifier:
 
     # ------------------------------------------------------------------ deliveries
     def _enqueue(self, event: dict[str, Any]) -> None:
-        if not self.config.deliveries:
+        """Queue ``event`` on every delivery. Each delivery has its own queue and worker
+        thread: an endpoint that hangs (10 s a try, with retries and back-off) holds up its
+        own alerts only, never the other channels'."""
+        deliveries = self.config.deliveries
+        if not deliveries:
             return
+        if self._channels is None:
+            self._channels = []
+            for d in deliveries:
+                q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+                threading.Thread(target=self._work, args=(d, q), daemon=True,
+                                 name="hotcb-notify-delivery").start()  # fmt: skip
+                self._channels.append(q)
         with self._idle:
-            self._pending += 1
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, daemon=True,
-                                            name="hotcb-notify-deliveries")  # fmt: skip
-            self._worker.start()
-        self._queue.put(event)
+            self._pending += [(d, event) for d in deliveries]
+        for q in self._channels:
+            q.put(event)
 
-    def _work(self) -> None:
+    def _work(self, delivery: Delivery, q: queue.Queue[dict[str, Any] | None]) -> None:
         cfg = self.config
-        while (event := self._queue.get()) is not None:
-            for d in cfg.deliveries:
-                deliver(d, event, self._record, retries=cfg.retries, backoff=cfg.backoff,
-                        max_backoff=cfg.max_backoff)  # fmt: skip
+        while (event := q.get()) is not None:
+            deliver(delivery, event, self._record_open, retries=cfg.retries,
+                    backoff=cfg.backoff, max_backoff=cfg.max_backoff)  # fmt: skip
             with self._idle:
-                self._pending -= 1
+                for i, (d, e) in enumerate(self._pending):
+                    if d is delivery and e is event:
+                        del self._pending[i]
+                        break
                 self._idle.notify_all()
 
     def flush(self, timeout: float = 60.0) -> bool:
@@ -194,16 +207,37 @@ class Notifier:
         return True
 
     def close(self, timeout: float = 60.0) -> bool:
-        """Deliver what is queued (waiting up to ``timeout`` seconds) and stop the worker."""
+        """Deliver what is queued (waiting up to ``timeout`` seconds) and stop the workers.
+        An alert still undelivered at the deadline is recorded as a ``failed`` delivery and
+        said on stderr (the worker threads end with the process): never dropped silently."""
         done = self.flush(timeout)
-        if self._worker is not None:
-            self._queue.put(None)
-            if done:
-                self._worker.join(timeout)
-            self._worker = None
+        with self._idle:
+            left, self._pending = self._pending, []
+            self._closed = True
+        for d, event in left:
+            why = f"not delivered: the notifier stopped after waiting {timeout:g}s for it"
+            self._record({"kind": "delivery", "alert": event.get("alert"), "target": d.target,
+                          "attempt": None, "status": "failed", "error": why})  # fmt: skip
+            log.warning("hotcb notify: the %s delivery of alert %s to %s failed: %s",
+                        type(d).__name__.lower(), event.get("alert"), d.target, why)  # fmt: skip
+        self.end()
         return done
 
+    def end(self) -> None:
+        """Let each worker deliver what is queued for it, then end; returns at once (the
+        notifier takes no more alerts). :meth:`flush` waits for them, :meth:`close` too and
+        gives up at its deadline. An alert fired later starts new workers."""
+        for q in self._channels or ():
+            q.put(None)
+        self._channels = None
+
     # ------------------------------------------------------------------ files
+    def _record_open(self, record: dict[str, Any]) -> None:
+        """A delivery's record, unless :meth:`close` gave up on it already (it recorded the
+        delivery as failed; a hung attempt that ends later must not add a second outcome)."""
+        if not self._closed:
+            self._record(record)
+
     def _record(self, record: dict[str, Any]) -> None:
         record.setdefault("wall_time", time.time())
         with self._write:

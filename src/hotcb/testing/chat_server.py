@@ -10,6 +10,8 @@ request takes the next step of the script; past its end the last step repeats. A
 
 - ``{"json": obj}`` or ``{"content": "text"}``: a 200 reply with that message content;
 - ``{"status": 429, "retry_after": 0}`` (any status): an error reply;
+- ``{"html": "<html>…"}``: a 200 whose body is not JSON (``text/html``: what a wrong
+  ``base_url``, a web page instead of the API, answers);
 - ``{"hang": seconds}``: no answer for that long (the client times out), then a benign reply;
 - ``{"reject_response_format": True}``: a 400 when the request has ``response_format``, else
   the next step's reply.
@@ -108,6 +110,8 @@ class ScriptedChatServer:
         if "hang" in step:
             self._stop.wait(float(step["hang"]))
             step = NOTHING
+        if "html" in step:
+            return _send(h, 200, step["html"], {}, content_type="text/html")
         status = int(step.get("status", 200))
         if status != 200:
             err: dict[str, Any] = {"error": {"message": step.get("message", f"scripted {status}"),
@@ -127,11 +131,17 @@ class ScriptedChatServer:
         _send(h, 200, doc, {})
 
 
-def _send(h: BaseHTTPRequestHandler, status: int, doc: Any, headers: Mapping[str, str]) -> None:
-    data = json.dumps(doc).encode()
+def _send(
+    h: BaseHTTPRequestHandler,
+    status: int,
+    doc: Any,
+    headers: Mapping[str, str],
+    content_type: str = "application/json",
+) -> None:
+    data = doc.encode() if content_type != "application/json" else json.dumps(doc).encode()
     try:
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         for k, v in headers.items():
             h.send_header(k, v)

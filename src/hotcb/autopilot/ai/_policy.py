@@ -191,6 +191,16 @@ class AIPolicy:
             self._done = outcome
 
     def _read(self, resp: Any, outcome: Outcome, latency: float) -> None:
+        if isinstance(resp, (str, bytes)):  # the SDK hands over a body that is not JSON as is
+            body = resp.decode(errors="replace") if isinstance(resp, bytes) else resp
+            self.write("response", call=outcome.call, text=self.scrub(body[:2000]), usage={},
+                       cost_usd=0.0, latency_sec=round(latency, 4))  # fmt: skip
+            outcome.kind = "malformed"
+            outcome.error = (
+                f"the endpoint did not answer with JSON ({' '.join(body[:120].split())!r}): is "
+                f"base_url ({self.config.base_url}) the API's address, usually ending in /v1?"
+            )
+            return
         usage = getattr(resp, "usage", None)
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion = int(getattr(usage, "completion_tokens", 0) or 0)
