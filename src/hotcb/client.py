@@ -258,8 +258,9 @@ class HotClient:
 
     def evaluate(self, at_step: int | None = None) -> str:
         """Ask the run to evaluate at its next safe point (the HF Trainer right after that
-        step; a bare loop sees ``kernel.evaluate_requested``; Lightning cannot, and the ledger
-        entry says why), or at the first with step >= ``at_step``."""
+        step; Lightning after that batch, or at the epoch's end where validation is
+        epoch-based; a bare loop sees ``kernel.evaluate_requested``; the ledger says when it
+        ran or why it cannot), or at the first with step >= ``at_step``."""
         return self.send("control", "evaluate", **_at(at_step))
 
     def extend(

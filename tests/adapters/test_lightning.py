@@ -173,11 +173,24 @@ def test_accumulation_validation_and_metrics(tmp_path: Path) -> None:
     assert any("val_loss" in m["metrics"] and m["step"] == 2 for m in metrics)
 
 
-def test_a_validation_is_recorded_once_not_on_every_train_step_after_it(tmp_path: Path) -> None:
+class ReadsValLoss(EX.DigitsModule):  # type: ignore[misc,name-defined]
+    """A module that prints its val_loss after each validation, as many scripts do: reading
+    ``trainer.callback_metrics`` makes Lightning build its tensors anew."""
+
+    def on_validation_end(self) -> None:
+        self.seen = float(self.trainer.callback_metrics["val_loss"])
+
+
+@pytest.mark.parametrize("module", [EX.DigitsModule, ReadsValLoss], ids=["plain", "reads-it"])
+def test_a_validation_is_recorded_once_not_on_every_train_step_after_it(
+    tmp_path: Path, module: Any
+) -> None:
     """Lightning keeps the last val_loss in callback_metrics until the next validation: a
     reader of hotcb.metrics.jsonl (the autopilot, the charts) must see one value per
     validation, or one plateau looks like hundreds of evaluations that never improve. The
-    validation's record does not repeat the training loss of its step either."""
+    validation's record does not repeat the training loss of its step either. A module that
+    read callback_metrics itself after a validation had its val_loss recorded again on every
+    train step (32 of 52 records in a probe)."""
     run_dir = os.fspath(tmp_path / "run")
     kernel = HotKernel(run_dir)
     trainer = _trainer(
@@ -185,7 +198,7 @@ def test_a_validation_is_recorded_once_not_on_every_train_step_after_it(tmp_path
         check_val_every_n_epoch=None,
     )  # fmt: skip
     train, val = EX.loaders()
-    trainer.fit(EX.DigitsModule(), train, val)
+    trainer.fit(module(), train, val)
     kernel.close()
     metrics = read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
     assert [m["step"] for m in metrics if "val_loss" in m["metrics"]] == [4, 8, 12]

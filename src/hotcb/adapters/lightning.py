@@ -178,11 +178,12 @@ class _Hooks:
                     if name in metrics and _same(metrics[name], value):
                         del metrics[name]
             else:
-                # what the last validation logged stays in callback_metrics, the same objects,
-                # until the next one: recorded at the validation, not again on every train step
-                # (a reader would count one validation as hundreds)
+                # what the last validation logged stays in callback_metrics until the next
+                # one: recorded at the validation, not again on every train step (a reader
+                # would count one validation as hundreds). By value: the user's code reading
+                # callback_metrics after the validation makes Lightning build new tensors
                 for name, value in self._val_metrics.items():
-                    if metrics.get(name) is value:
+                    if name in metrics and _same(metrics[name], value):
                         del metrics[name]
                 self._train_metrics = metrics.copy()
             opts = trainer.optimizers

@@ -82,8 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser(
         "evaluate",
-        help="ask the run to evaluate now (HF Trainer: right after the next step; a bare loop: "
-        "kernel.evaluate_requested; Lightning cannot, the ledger says why)",
+        help="ask the run to evaluate now (HF Trainer: right after the next step; Lightning: "
+        "after that batch, or at the epoch's end where validation is epoch-based; a bare "
+        "loop: kernel.evaluate_requested; the ledger says when it ran or why it cannot)",
     )
     p.add_argument("--at-step", type=int, help="at the first safe point with step >= N")
     add_wait(p)
