@@ -235,3 +235,75 @@ def test_the_printed_command_trains_into_the_child_not_the_parent(tmp_path: Path
         f"hotcb --dir {child} launch --resume-from /ck.pt -- python train.py --run-dir {child} "
         f"--out={child} --lr runs/ab"
     )
+
+
+@pytest.fixture(scope="module")
+def replaying(parent: tuple[str, Path]) -> tuple[str, Path]:
+    """A run that replays the parent's recipe from step 0, with a checkpoint at step S."""
+    parent_dir, tmp = parent
+    run_dir = os.fspath(tmp / "replaying")
+    recipe = os.fspath(tmp / "parent.recipe.jsonl")
+    assert _cli("--dir", parent_dir, "recipe", "export", "--out", recipe).returncode == 0
+    c = HotClient(run_dir, source="test")
+    c.freeze("replay", recipe_path=recipe)  # copied into the run's hotcb.replay/
+    c.send("control", "checkpoint", at_step=S)
+    _train(run_dir, tmp, "replaying")
+    return run_dir, tmp
+
+
+def test_a_replay_run_copied_elsewhere_resumes_from_its_own_recipe(
+    replaying: tuple[str, Path],
+) -> None:
+    """hotcb.freeze.json and the checkpoint named the recipe by its absolute path: a copy of
+    the run replayed its original's recipe, and once that was moved the copy's resume failed
+    ("cannot read recipe /…/B/hotcb.replay/…")."""
+    run_dir, tmp = replaying
+    freeze = json.loads(Path(run_dir, "hotcb.freeze.json").read_text())
+    assert freeze["mode"] == "replay" and freeze["recipe_path"].startswith("hotcb.replay/")
+    copy = os.fspath(tmp / "replaying-copy")
+    shutil.copytree(run_dir, copy)
+    moved = run_dir + ".moved"
+    os.rename(run_dir, moved)
+    try:
+        _train(copy, tmp, "copy", resume=os.path.join(copy, f"ckpt_{S}.pt"))
+    finally:
+        os.rename(moved, run_dir)
+    entries = read_ledger(copy)
+    assert not [e for e in entries if e["decision"] in ("failed", "rejected")], entries
+    replayed = [(e["step"], e["params"]) for e in entries if e["source"] == "recipe"]
+    assert (50, {"lr": 0.02}) in replayed  # the recipe's change after the checkpoint
+    assert _trace(tmp, "copy")[-1] == _trace(tmp, "replaying")[-1]
+
+
+def test_a_branch_of_a_frozen_run_turns_the_freeze_off_for_its_changes(
+    replaying: tuple[str, Path],
+) -> None:
+    """The parent replays a recipe: the branch's --set was ignored (`ignored_freeze`), the
+    child went on replaying the parent's recipe, and its status said `freeze off`."""
+    run_dir, tmp = replaying
+    child = os.fspath(tmp / "frozen-child")
+    made = _cli("--dir", run_dir, "branch", "--from", str(S), "--to", child, "--set", f"lr={LR}")
+    assert made.returncode == 0, made.stderr
+    assert "the parent was frozen (replay) at that step" in made.stdout
+    train = trainer_command(child, steps=T, trace=os.fspath(tmp / "frozen-child.jsonl"),
+                            no_code_load=True)  # fmt: skip
+    ckpt = os.path.join(run_dir, f"ckpt_{S}.pt")
+    launched = _cli("--dir", child, "launch", "--resume-from", ckpt, "--", *train)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    own = [e for e in read_ledger(child) if not e.get("inherited")]
+    assert not [e for e in own if e["decision"] in ("failed", "rejected", "ignored_freeze")], own
+    applied = [(e["step"], e["module"], e["source"]) for e in own if e["decision"] == "applied"]
+    assert applied[:2] == [(S + 1, "freeze", "branch"), (S + 1, "opt", "branch")]
+    assert "recipe" not in [e["source"] for e in own if e["decision"] == "applied"]
+    assert _trace(tmp, "frozen-child")[0]["lr"] == LR
+    status = json.loads(_cli("--dir", child, "status", "--json").stdout)
+    assert status["freeze"]["mode"] == "off"
+    # without changes, a branch goes on in the parent's mode, from its own copy of the recipe
+    same = os.fspath(tmp / "same-child")
+    made = _cli("--dir", run_dir, "branch", "--from", str(S), "--to", same)
+    assert made.returncode == 0 and "frozen" not in made.stdout
+    train = trainer_command(same, steps=T, trace=os.fspath(tmp / "same-child.jsonl"),
+                            no_code_load=True)  # fmt: skip
+    assert _cli("--dir", same, "launch", "--resume-from", ckpt, "--", *train).returncode == 0
+    assert json.loads(_cli("--dir", same, "status", "--json").stdout)["freeze"]["mode"] == "replay"
+    assert _trace(tmp, "same-child")[-1] == _trace(tmp, "replaying")[-1]

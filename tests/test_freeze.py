@@ -190,9 +190,10 @@ def test_status_shows_the_mode_and_the_next_recipe_entries(tmp_path: Any, cli: A
     run.kernel.flush()
     done = cli(run.run_dir, "status")
     assert done.returncode == 0, done.stderr
-    # the client brought the recipe into the run directory, where the trainer may read it
+    # the client brought the recipe into the run directory, where the trainer may read it,
+    # and it is named from there (the run directory can be moved)
     imported = [ln for ln in done.stdout.splitlines() if ln.startswith("freeze   replay recipe=")]
-    assert imported and "/run/hotcb.replay/" in imported[0], done.stdout
+    assert imported and "recipe=hotcb.replay/" in imported[0], done.stdout
     nexts = [line.strip() for line in done.stdout.splitlines() if "next:" in line]
     assert nexts == [
         'next: step 4 (train_step_end): loss set_params {"b": 0.75}',

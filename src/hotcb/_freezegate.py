@@ -17,7 +17,7 @@ from .freeze import FreezeMode, FreezeState, passes_freeze
 from .ledger import Decision
 from .modules import OpResult
 from .ops import HotOp
-from .runfiles import confine_path
+from .runfiles import confine_path, run_relative
 
 if TYPE_CHECKING:
     from .recipe import RecipePlayer
@@ -98,8 +98,12 @@ class FreezeGate:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """The freeze of a checkpoint: in force again, and written to ``hotcb.freeze.json``
+        (``hotcb status`` reads the mode there; a branch's new directory had none)."""
         self.state = FreezeState.from_dict(state.get("freeze"))
         self._set_player(None)
+        if self.leader:
+            self.state.save(self._path)
         if self.state.replaying:
             self.start_replay(state.get("recipe"))
 
@@ -132,7 +136,10 @@ class FreezeGate:
             return None
         if not isinstance(value, str):
             raise CommandError(f"{key} must be a path string, got {type(value).__name__}")
-        return confine_path(value, self._run_dir, self._roots, what=key)
+        # kept relative to the run directory when inside it: hotcb.freeze.json and the
+        # checkpoints then hold up when the run directory is moved or copied
+        return run_relative(confine_path(value, self._run_dir, self._roots, what=key),
+                            self._run_dir)  # fmt: skip
 
 
 def _player_for(state: FreezeState, run_dir: str) -> RecipePlayer | None:

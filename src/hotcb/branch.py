@@ -12,8 +12,12 @@ that the parent's checkpoint at that step continues, with other settings:
 - ``hotcb.commands.jsonl`` holds the ``set_params`` changes, due at the checkpoint's step
   (``at_step``), so they land at the child's first safe point, exactly as the same command
   scheduled in a run resumed from that checkpoint;
-- the parent's ``hotcb.actuators.json`` (``hotcb set`` routes keys by it) and captured callback
-  sources (``hotcb.sources/``: a resumed callback is loaded from there) are copied.
+- the parent's ``hotcb.actuators.json`` (``hotcb set`` routes keys by it), captured callback
+  sources (``hotcb.sources/``: a resumed callback is loaded from there) and replay recipes
+  (``hotcb.replay/``: the checkpoint of a replaying run names its recipe there) are copied;
+- a parent frozen at the checkpoint (``prod``, ``replay``) would ignore the ``set_params``
+  changes: with changes to make, a ``freeze off`` command comes first (``frozen`` in the
+  result says from which mode); without, the branch goes on in the parent's mode.
 
 Then start the child's training with ``HOTCB_RESUME_FROM`` set to the checkpoint
 (``hotcb --dir CHILD launch --resume-from CKPT -- python train.py ...``).
@@ -37,7 +41,7 @@ from .runfiles import RunPaths
 __all__ = ["BranchError", "branch", "checkpoints", "resume_command", "retarget"]
 
 #: Files of the parent copied into the child, when they exist.
-_COPIED = ("hotcb.actuators.json", "hotcb.sources")
+_COPIED = ("hotcb.actuators.json", "hotcb.sources", "hotcb.replay")
 
 
 class BranchError(HotcbError, ValueError):
@@ -133,6 +137,16 @@ def _inherited(parent: str, last_seq: int) -> list[dict[str, Any]]:
     return out
 
 
+def _freeze_mode(entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """The freeze mode the last applied ``freeze`` entry left in force, when not ``off``."""
+    mode = "off"
+    for e in entries:
+        if e.get("module") == "freeze" and e.get("decision") == "applied":
+            new = ((e.get("changes") or {}).get("mode") or {}).get("new")
+            mode = new if isinstance(new, str) else mode
+    return None if mode == "off" else mode
+
+
 def resume_command(
     child: str,
     ckpt: str,
@@ -173,7 +187,9 @@ def branch(
     file's path); ``set_params`` (``{"lr": 1e-3}``) become its commands, due at its first step.
 
     Returns ``child``, ``parent``, ``step``, ``checkpoint`` (the file to resume from),
-    ``inherited`` (how many ledger entries), ``commands`` (the cmd_ids of the changes) and
+    ``inherited`` (how many ledger entries), ``commands`` (the cmd_ids of the changes),
+    ``frozen`` (the parent's freeze mode at the checkpoint when the branch turns it off for its
+    changes, else None) and
     ``resume`` (the ``hotcb launch`` command that starts it; with the parent's launched command
     when ``hotcb.run.json`` has one). :class:`BranchError` when there is no such checkpoint
     (the message lists those there are) or ``child`` is not a new, empty directory."""
@@ -187,7 +203,7 @@ def branch(
     info = {"parent": parent_dir, "step": step, "checkpoint": ckpt, "seq": entry["seq"]}
     created = not os.path.exists(child_dir)
     try:
-        ids = _populate(parent_dir, child_dir, info, set_params or {})
+        ids, frozen = _populate(parent_dir, child_dir, info, set_params or {})
     except BaseException:  # a bad --set key, a full disk: leave no half-made child behind
         if created:
             shutil.rmtree(child_dir, ignore_errors=True)
@@ -201,14 +217,16 @@ def branch(
         **info,
         "inherited": sum(1 for _ in iter_entries(RunPaths(child_dir).ledger)),
         "commands": ids,
+        "frozen": frozen,
         "resume": resume_command(child_dir, ckpt, argv, parent_dir, cwd),
     }
 
 
 def _populate(
     parent: str, child: str, info: Mapping[str, Any], set_params: Mapping[str, Any]
-) -> list[str]:
-    """Write the child's files; the cmd_ids of its commands."""
+) -> tuple[list[str], str | None]:
+    """Write the child's files; the cmd_ids of its commands, and the freeze mode it turns off
+    for them (None: none to turn off)."""
     paths = RunPaths(child)
     os.makedirs(child, exist_ok=True)
     for name in _COPIED:
@@ -217,12 +235,20 @@ def _populate(
             shutil.copytree(src, dst)
         elif os.path.isfile(src):
             shutil.copy2(src, dst)
+    inherited = _inherited(parent, int(info["seq"]))
+    frozen = _freeze_mode(inherited) if set_params else None
     # the commands first: a key that no actuator of the parent takes fails before the rest
     client = HotClient(child, source="branch")
-    ids = client.set(dict(set_params), at_step=info["step"]) if set_params else []
+    ids = [client.freeze("off", at_step=info["step"])] if frozen is not None else []
+    try:
+        ids += client.set(dict(set_params), at_step=info["step"]) if set_params else []
+    except BaseException:
+        if ids:  # the child is new: nothing else is in its commands file
+            os.remove(paths.commands)
+        raise
     open(paths.commands, "ab").close()
-    jsonl.append_many(paths.ledger, _inherited(parent, int(info["seq"])), fsync=True)
+    jsonl.append_many(paths.ledger, inherited, fsync=True)
     jsonl.write_json_atomic(
         paths.run_meta, {"created": time.time(), "run_dir": child, "branch": dict(info)}
     )
-    return ids
+    return ids, frozen

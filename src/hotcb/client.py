@@ -292,10 +292,12 @@ class HotClient:
         recipe_path: str | None = None,
         adjust_path: str | None = None,
         step_offset: int | None = None,
+        at_step: int | None = None,
     ) -> str:
-        """Set the freeze mode. A recipe or overlay outside the run directory is copied into
-        it first (``hotcb.replay/``), with the callback sources it captured: the trainer reads
-        only inside its run directory and allowed roots."""
+        """Set the freeze mode (at the first safe point with step >= ``at_step``, when given).
+        A recipe or overlay outside the run directory is copied into it first
+        (``hotcb.replay/``), with the callback sources it captured: the trainer reads only
+        inside its run directory and allowed roots."""
         if recipe_path is not None:
             from .recipe import import_for_replay
 
@@ -307,6 +309,7 @@ class HotClient:
             recipe_path=recipe_path,
             adjust_path=adjust_path,
             step_offset=step_offset,
+            **_at(at_step),
         )
 
     # -- callbacks -------------------------------------------------------------------------

@@ -32,6 +32,9 @@ def cmd_branch(args: argparse.Namespace) -> int:
     print(f"branched {made['child']} from {made['parent']} at step {made['step']}")
     print(f"  checkpoint: {made['checkpoint']}")
     print(f"  inherited ledger entries: {made['inherited']}; commands: {len(made['commands'])}")
+    if made["frozen"]:
+        print(f"  the parent was frozen ({made['frozen']}) at that step, which would ignore the "
+              "changes: the branch turns the freeze off first")  # fmt: skip
     print("start it with:")
     print(f"  {made['resume']}")
     return 0
