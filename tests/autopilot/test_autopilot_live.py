@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hotcb import HotClient
+from hotcb import HotClient, jsonl
 from hotcb.testing import read_ledger, wait_for
 
 pytestmark = pytest.mark.slow
@@ -160,3 +160,40 @@ def test_an_autopilot_started_before_its_run_waits_for_it(
     finally:
         pilot.kill()
     assert pilot.returncode == 0, out
+
+
+def test_an_autopilot_started_on_a_crashed_run_waits_for_its_restart(
+    run_dir: str, tmp_path: Path, start_trainer: Any
+) -> None:
+    """Started right after a kill -9, while the restarted trainer still imported torch (the
+    dead one's pid in hotcb.run.json), the autopilot said the process was gone and exited: the
+    new run went unwatched. It now waits for the restart, and watches it."""
+    first = start_trainer(run_dir, os.fspath(tmp_path / "t1.jsonl"), steps=100_000,
+                          step_delay=0.01)  # fmt: skip
+    first.wait_step(3, 120)
+    first.proc.kill()
+    first.proc.wait(60)
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
+            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env)  # fmt: skip
+    try:
+        assert pilot.stdout is not None
+        lines = [pilot.stdout.readline(), pilot.stdout.readline()]
+        assert "waiting for it to start again" in lines[1], lines
+        assert pilot.poll() is None
+        again = start_trainer(run_dir, os.fspath(tmp_path / "t2.jsonl"), steps=100_000,
+                              step_delay=0.01)  # fmt: skip
+        again.wait_step(3, 120)
+        state = os.path.join(run_dir, "hotcb.autopilot.state.json")
+        wait_for(lambda: (jsonl.read_json(state, {}) or {}).get("step", 0) >= 30, 120,
+                 what="the autopilot reading the new life's steps")  # fmt: skip
+        assert pilot.poll() is None  # watching the new life
+        again.proc.kill()
+        again.proc.wait(60)
+        out, _ = pilot.communicate(timeout=120)
+    finally:
+        pilot.kill()
+    assert pilot.returncode == 0
+    assert out.count("is gone without closing the run (crashed or killed)") == 1, out

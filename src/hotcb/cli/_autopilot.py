@@ -161,6 +161,8 @@ def _loop(
         where = args.dir if os.path.isdir(args.dir) else os.path.abspath(args.dir)
         print(f"hotcb autopilot: no run under {where} yet; waiting for one (Ctrl-C stops)",
               flush=True)  # fmt: skip
+    seen_alive: set[str] = set()  # runs watched while their training ran
+    told: set[str] = set()
     try:
         while True:
             for pilot in list(pilots.values()):
@@ -170,13 +172,32 @@ def _loop(
                 _finish_calls(pilots)
             for notifier in notifiers.values():
                 notifier.step()
-            if args.once or (pilots and all(p.ended for p in pilots.values())):
+            seen_alive.update(run for run, p in pilots.items() if not p.ended)
+            if args.once or (pilots and all(_over(run, p, seen_alive, told)
+                                            for run, p in pilots.items())):  # fmt: skip
                 _say_ended(pilots, args.once)
                 return 0
             time.sleep(args.interval)
             refresh()
     except KeyboardInterrupt:
         return 0
+
+
+def _over(run: str, pilot: Any, seen_alive: set[str], told: set[str]) -> bool:
+    """Whether the autopilot is done with ``run``: it ended. A run that had crashed before
+    the autopilot first saw it alive is waited for instead: a restart in the same directory is
+    likely on its way (its new trainer may still be importing torch, with the dead one's pid
+    still in hotcb.run.json), and leaving at once would watch nothing."""
+    if not pilot.ended:
+        return False
+    if run in seen_alive or not pilot.crashed:
+        return True
+    if run not in told:
+        told.add(run)
+        print(f"hotcb autopilot: the training process of {run} is gone without closing the "
+              "run (crashed or killed); waiting for it to start again (Ctrl-C stops)",
+              flush=True)  # fmt: skip
+    return False
 
 
 def _finish_calls(pilots: dict[str, Any]) -> None:
