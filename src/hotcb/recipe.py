@@ -19,6 +19,7 @@ shifts or inserts entries; ``patch_template(recipe)`` writes a commented startin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jsonl
-from .errors import CommandError, PathNotAllowedError, RecipeError
+from .errors import ActuatorError, CommandError, PathNotAllowedError, RecipeError
 from .freeze import FreezeState
 from .ledger import applied_params, iter_entries, live_entries
 from .ops import HotOp, command_to_hotop
@@ -43,14 +44,18 @@ __all__ = [
     "RecipeEntry",
     "RecipePlayer",
     "RecipeProblem",
+    "RecipeProblems",
     "apply_overlay",
+    "check_actuators",
     "check_recipe",
     "export_recipe",
     "ledger_to_entries",
     "load_overlay",
+    "out_file",
     "patch_template",
     "player_for",
     "read_recipe",
+    "sets_actuators",
     "validate_recipe",
 ]
 
@@ -345,6 +350,8 @@ def export_recipe(
     The file is replaced atomically, so a replay that reads it never sees half of it.
     """
     paths = RunPaths(os.fspath(run_dir))
+    if not os.path.isdir(paths.root):
+        raise RecipeError(f"no run directory at {paths.root}")
     if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
         raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
     if entries is None:
@@ -355,14 +362,38 @@ def export_recipe(
         "run": jsonl.read_json(paths.run_meta, {}) or {},
         "exported_at": time.time(),
     }
-    target = os.path.abspath(os.fspath(out)) if out is not None else paths.recipe
-    tmp = f"{target}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(jsonl.dumps(header) + "\n")
-        for entry in entries:
-            f.write(jsonl.dumps(entry.to_record()) + "\n")
-    os.replace(tmp, target)
+    target = out_file(out, paths.recipe)
+    text = jsonl.dumps(header) + "\n" + "".join(jsonl.dumps(e.to_record()) + "\n" for e in entries)
+    _write_atomic(target, text.encode())
     return target, entries
+
+
+def out_file(out: str | os.PathLike[str] | None, default: str) -> str:
+    """The file ``--out`` names: ``default`` when none, ``out`` itself, or ``default``'s name
+    inside ``out`` when that is a folder (as ``cp`` copies into a folder)."""
+    if out is None:
+        return default
+    text = os.fspath(out)
+    target = os.path.abspath(text)
+    if os.path.isdir(target):
+        return os.path.join(target, os.path.basename(default))
+    if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
+        raise RecipeError(f"--out {text}: no folder {target} to write into")
+    return target
+
+
+def _write_atomic(dest: str, data: bytes) -> None:
+    """Write ``dest`` through a temporary file beside it (a reader never sees half of it); the
+    temporary file is removed when anything fails, so none is left behind."""
+    tmp = f"{dest}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 # --------------------------------------------------------------------------------- read/check
@@ -407,6 +438,7 @@ def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProbl
     entries: list[RecipeEntry] = []
     problems: list[RecipeProblem] = []
     last_step: tuple[int, int] | None = None
+    parsed: list[Any] = []  # every line that is JSON (but the header)
     for no, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -420,6 +452,7 @@ def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProbl
                 problems.append(RecipeProblem(no, "a recipe header may only be the first line"))
             header = rec
             continue
+        parsed.append(rec)
         step = _raw_step(rec)
         if step is not None:
             if last_step is not None and step < last_step[0]:
@@ -436,11 +469,35 @@ def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProbl
         except RecipeError as exc:
             problems.append(RecipeProblem(no, str(exc)))
     recipe = Recipe(path, header, entries)
+    other = None if header or entries else _not_a_recipe(parsed)
+    if other is not None:  # one line that says so, not "'at' must be an object" on every line
+        return recipe, [RecipeProblem(0, other)]
     bases = [os.path.dirname(path), recipe.run_dir]
     for entry in entries:
         problems.extend(_check_sources(entry, bases))
     problems.sort(key=lambda p: p.line)
     return recipe, problems
+
+
+def _not_a_recipe(records: Sequence[Any]) -> str | None:
+    """What a JSON-lines file with no recipe header and no line with ``at`` is (a run's ledger,
+    metrics or commands file, most likely): a message for it; None when it may be a recipe."""
+    if not records or not all(
+        isinstance(r, dict) and r.get("at") is None and r.get("at_step") is None for r in records
+    ):
+        return None
+    if any("decision" in r for r in records):
+        looks = "a run's ledger (hotcb.applied.jsonl)"
+    elif any("metrics" in r for r in records):
+        looks = "a run's metrics file (hotcb.metrics.jsonl)"
+    elif any("cmd_id" in r and "module" in r for r in records):
+        looks = "a run's commands file (hotcb.commands.jsonl)"
+    else:
+        looks = "a JSON-lines file of something else"
+    return (
+        f"this is not a recipe: it looks like {looks}, and no line has 'at' {{step, event}}; "
+        "'hotcb --dir RUN recipe export' makes a recipe of a run's applied changes"
+    )
 
 
 def _check_sources(entry: RecipeEntry, bases: Sequence[str | None]) -> list[RecipeProblem]:
@@ -493,6 +550,50 @@ def read_recipe(path: str | os.PathLike[str]) -> Recipe:
             f"run 'hotcb recipe validate --recipe {recipe.path}' for the list"
         )
     return recipe
+
+
+#: Modules whose ``set_params`` set the run's actuators (``hotcb.actuators.json``).
+_ACTUATOR_MODULES = ("opt", "loss", "custom")
+
+
+def _at(entry: RecipeEntry) -> str:
+    """Where an entry comes from: its recipe line, or the overlay that inserts it."""
+    return f"line {entry.line}" if entry.line is not None else "an entry the overlay inserts"
+
+
+def check_actuators(
+    entries: Sequence[RecipeEntry], run_dir: str | os.PathLike[str]
+) -> list[RecipeProblem] | None:
+    """Check each ``opt``/``loss``/``custom`` ``set_params`` entry against the actuators the
+    run at ``run_dir`` published (``hotcb.actuators.json``), with the check a live ``hotcb set``
+    gets (:func:`hotcb.client.check_actuator_params`): unknown names, wrong types, values out of
+    bounds; one problem per param. None when the run has published no actuators: names and
+    bounds cannot be checked (the kernel checks each entry when it replays it)."""
+    from .client import HotClient, check_actuator_params
+
+    published = HotClient(os.fspath(run_dir), create=False).actuators()
+    if not published:
+        return None
+    problems: list[RecipeProblem] = []
+    for entry in entries:
+        if entry.module not in _ACTUATOR_MODULES or entry.op != "set_params":
+            continue
+        for key, value in entry.params.items():  # every wrong param, not the first of each entry
+            try:
+                check_actuator_params(entry.module, {key: value}, published)
+            except ActuatorError as exc:
+                said = str(exc)
+                if entry.line is None:
+                    said = f"{_at(entry)} ({entry.describe()}): {exc}"
+                elif entry.adjusted:
+                    said = f"{exc} (as the overlay changes it)"
+                problems.append(RecipeProblem(entry.line or 0, said))
+    return problems
+
+
+def sets_actuators(entries: Sequence[RecipeEntry]) -> bool:
+    """Whether any entry sets an actuator (what :func:`check_actuators` checks)."""
+    return any(e.module in _ACTUATOR_MODULES and e.op == "set_params" for e in entries)
 
 
 # --------------------------------------------------------------------------------- overlay
@@ -550,12 +651,20 @@ def _check_overlay(doc: Any, where: str) -> None:
     _raise_all(problems, f"overlay {where}")
 
 
+class RecipeProblems(RecipeError):
+    """Several problems at once; ``problems`` lists them, one message each."""
+
+    def __init__(self, what: str, problems: Sequence[str]) -> None:
+        super().__init__(f"{what}: {len(problems)} problems\n" + "\n".join(problems))
+        self.problems = list(problems)
+
+
 def _raise_all(problems: list[str], what: str) -> None:
     """One error that lists every problem (a person fixes them all in one go)."""
     if len(problems) == 1:
         raise RecipeError(problems[0])
     if problems:
-        raise RecipeError(f"{what}: {len(problems)} problems\n" + "\n".join(problems))
+        raise RecipeProblems(what, problems)
 
 
 def _check_patch(patch: Any, where: str) -> None:
@@ -678,6 +787,7 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
     """
     out = [copy.deepcopy(e) for e in entries]
     problems: list[str] = []
+    dropped: dict[str, tuple[int, RecipeEntry]] = {}  # cmd_id -> (patch, entry) it dropped
     for i, patch in enumerate(overlay.get("patches") or (), start=1):
         if "insert" in patch:
             entry = RecipeEntry.from_record(copy.deepcopy(patch["insert"]))
@@ -696,11 +806,13 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
         if patch.get("drop"):
             drop = {id(e) for e in hits}
             out = [e for e in out if id(e) not in drop]
+            dropped.update((e.cmd_id, (i, e)) for e in hits if e.cmd_id)
             continue
         for entry in hits:
             problems += _typos(entry, patch, i)
             _patch_entry(entry, patch)
     out.sort(key=lambda e: e.step)
+    problems += _orphan_undos(out, dropped)
     for e in out:  # the patched plan must still be something a live command could do
         try:
             command_to_hotop(e.command_record())
@@ -708,6 +820,36 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
             problems.append(f"overlay made an invalid entry ({e.describe()}): {exc}")
     _raise_all(problems, "overlay")
     return out
+
+
+def _orphan_undos(
+    entries: Sequence[RecipeEntry], dropped: Mapping[str, tuple[int, RecipeEntry]]
+) -> list[str]:
+    """Undos the overlay leaves with nothing to undo: their change was dropped, or shifted past
+    them. The replay would reject each ("no applied command ... to undo")."""
+    first: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if e.cmd_id:
+            first.setdefault(e.cmd_id, i)
+    said = []
+    for i, e in enumerate(entries):
+        target = e.params.get("cmd_id") if (e.module, e.op) == ("control", "undo") else None
+        if not isinstance(target, str):
+            continue
+        undo = f"the undo at {_at(e)} (step {e.step})"
+        if target not in first and target in dropped:
+            n, gone = dropped[target]
+            said.append(
+                f"overlay patch {n} drops {_at(gone)} ({gone.describe()}), which {undo} "
+                "undoes: the replay would reject that undo; drop it too"
+            )
+        elif target in first and first[target] > i:
+            later = entries[first[target]]
+            said.append(
+                f"after the overlay, {undo} comes before the change it undoes, {_at(later)} "
+                f"({later.describe()}): the replay would reject that undo; shift it too"
+            )
+    return said
 
 
 def _typos(entry: RecipeEntry, patch: Mapping[str, Any], i: int) -> list[str]:
@@ -920,10 +1062,7 @@ def bring_into_run(run_dir: str, path: str, suffix: str) -> str:
 def _copy(src: str, dest: str) -> None:
     with open(src, "rb") as f:
         data = f.read()
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    _write_atomic(dest, data)
 
 
 def player_for(state: FreezeState, base_dir: str | None = None) -> RecipePlayer | None:

@@ -12,15 +12,21 @@ from ..freeze import FreezeMode, FreezeState
 from ..ledger import iter_entries
 from ..ops import FREEZE_MODES
 from ..recipe import (
+    RecipeEntry,
     RecipePlayer,
+    RecipeProblem,
+    RecipeProblems,
+    apply_overlay,
+    check_actuators,
     check_recipe,
     export_recipe,
     load_overlay,
+    out_file,
     player_for,
-    validate_recipe,
+    sets_actuators,
 )
 from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish, require_out_folder
+from ._common import UsageError, add_wait, client, finish, require_out_folder, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rsub = rp.add_subparsers(dest="recipe_command", metavar="OP")
     rsub.required = True
     p = rsub.add_parser("export", help="write the run's applied changes as a recipe")
-    p.add_argument("--out", help="output file (default RUN/hotcb.recipe.jsonl)")
+    p.add_argument("--out", help="file, or folder to write it in (default RUN/hotcb.recipe.jsonl)")
     p.set_defaults(func=cmd_export)
 
     p = rsub.add_parser("validate", help="list every problem of a recipe (exit 1 if any)")
@@ -51,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = rsub.add_parser("patch-template", help="write a commented hotcb.adjust.yaml for a recipe")
     p.add_argument("--recipe", help="recipe file (default RUN/hotcb.recipe.jsonl)")
-    p.add_argument("--out", help="write here instead of stdout")
+    p.add_argument("--out", help="write to this file (or folder) instead of stdout")
     p.set_defaults(func=cmd_patch_template)
 
 
@@ -69,7 +75,10 @@ def cmd_freeze(args: argparse.Namespace) -> int:
             raise UsageError(f"--mode {mode.value} needs --recipe FILE (see 'hotcb recipe export')")
         if mode is FreezeMode.REPLAY_ADJUSTED and adjust is None:
             raise UsageError("--mode replay_adjusted needs --adjust hotcb.adjust.yaml")
-        player_for(state)  # fail here, not in the run, when the recipe or overlay is broken
+        player = player_for(state)  # fail here, not in the run, when the recipe is broken
+        assert player is not None
+        adjusted = mode is FreezeMode.REPLAY_ADJUSTED
+        _check_replay(args, recipe, player.entries, adjust if adjusted else None)
     elif recipe or adjust:
         raise UsageError(f"--recipe/--adjust only apply to the replay modes, not {mode.value}")
     cid = client(args).freeze(
@@ -81,37 +90,92 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return finish(args, [cid])
 
 
+def _not_checked(run_dir: str) -> str:
+    """The line that says a recipe's param names and bounds were not checked."""
+    return (
+        f"hotcb: param names and bounds not checked: {os.path.abspath(run_dir)} has no "
+        "published actuators (hotcb.actuators.json); the run checks each entry when it "
+        "replays it"
+    )
+
+
+def _check_replay(
+    args: argparse.Namespace, recipe: str, entries: list[RecipeEntry], adjust: str | None
+) -> None:
+    """``freeze``: refuse a replay of nothing, or of entries the run's published actuators
+    would refuse (all of them listed, with their lines)."""
+    if not entries:
+        if adjust:
+            raise UsageError(f"{recipe} has no entries left after {adjust}: nothing to replay")
+        raise UsageError(
+            f"{recipe} is empty: nothing to replay ('hotcb --dir RUN recipe export' writes the "
+            "changes a run applied)"
+        )
+    problems = check_actuators(entries, args.dir)
+    if problems is None:
+        if sets_actuators(entries):
+            print(_not_checked(args.dir), file=sys.stderr)
+        return
+    if problems:
+        raise UsageError(
+            f"{recipe}: {len(problems)} problem(s) against the run's actuators"
+            + (f" (after {adjust})" if adjust else "")
+            + ":\n"
+            + "\n".join(f"  {_located(recipe, p)}" for p in problems)
+            + f"\n'hotcb --dir {args.dir} recipe validate --recipe {recipe}' lists them"
+        )
+
+
+def _located(path: str, p: RecipeProblem) -> str:
+    return f"{path}:{p.line}: {p.message}" if p.line else f"{path}: {p.message}"
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
     require_out_folder(args.out)
     path, entries = export_recipe(args.dir, args.out)
     print(f"wrote {len(entries)} entries to {path}")
+    if not entries:
+        print("hotcb: the run applied no change a recipe replays; the recipe is empty",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     path = _recipe_arg(args)
-    problems = validate_recipe(path)
-    for p in problems:
-        print(f"{path}:{p.line}: {p.message}" if p.line else f"{path}: {p.message}")
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    recipe, _ = check_recipe(path)
-    if args.adjust:
-        from ..recipe import apply_overlay
-
+    try:
+        recipe, problems = check_recipe(path)
+    except RecipeError as exc:  # cannot read it
+        recipe, problems = None, [RecipeProblem(0, str(exc))]
+    entries = recipe.entries if recipe is not None else []
+    if recipe is not None and args.adjust and not problems:
         try:
             entries = apply_overlay(recipe.entries, load_overlay(args.adjust))
         except RecipeError as exc:  # every problem of the overlay, one a line, like a recipe's
-            lines = str(exc).splitlines()
-            said = lines[1:] if len(lines) > 1 else lines
+            said = exc.problems if isinstance(exc, RecipeProblems) else [str(exc)]
             for line in said:
                 print(line)
             print(f"{len(said)} problem(s) in {args.adjust}", file=sys.stderr)
             return 1
-        print(f"ok: {len(recipe.entries)} entries, {len(entries)} after {args.adjust}")
+    # the entries the replay would apply (after the overlay), as a live command is checked
+    checked = None if args.adjust and problems else check_actuators(entries, args.dir)
+    problems = sorted([*problems, *(checked or ())], key=lambda p: p.line)
+    for p in problems:
+        print(_located(path, p))
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    assert recipe is not None
+    if checked is None and sets_actuators(entries):
+        print(_not_checked(args.dir), file=sys.stderr)
+    after = f", {len(entries)} after {args.adjust}" if args.adjust else ""
+    if not entries:
+        print(
+            f"{path}: empty: nothing to replay ({len(recipe.entries)} entries{after}); "
+            "freeze --mode replay refuses it"
+        )
     else:
-        print(f"ok: {len(recipe.entries)} entries")
+        print(f"ok: {len(recipe.entries)} entries{after}")
     return 0
 
 
@@ -119,11 +183,12 @@ def cmd_patch_template(args: argparse.Namespace) -> int:
     from ..recipe import patch_template, read_recipe
 
     require_out_folder(args.out)
+    out = out_file(args.out, "hotcb.adjust.yaml") if args.out else None
     text = patch_template(read_recipe(_recipe_arg(args)))
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
     else:
         sys.stdout.write(text)
     return 0

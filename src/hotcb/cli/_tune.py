@@ -108,7 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=cmd_decide, decision=name)
 
     p = tsub.add_parser("export", help="the kept changes as a recipe for 'freeze --mode replay'")
-    p.add_argument("--out", help="where (default RUN/hotcb.tune.recipe.jsonl)")
+    p.add_argument(
+        "--out", help="file, or folder to write it in (default RUN/hotcb.tune.recipe.jsonl)"
+    )
     p.set_defaults(func=cmd_export)
 
 

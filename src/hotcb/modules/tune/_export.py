@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...ledger import iter_entries, live_entries
-from ...recipe import RecipeEntry, export_recipe, tune_entries
+from ...recipe import RecipeEntry, export_recipe, out_file, tune_entries
 from ...runfiles import RunPaths
 
 __all__ = ["export_kept", "kept_entries"]
@@ -38,7 +38,8 @@ def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
 def export_kept(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> tuple[str, list[RecipeEntry]]:
-    """Write the kept changes (default ``RUN/hotcb.tune.recipe.jsonl``)."""
+    """Write the kept changes (default ``RUN/hotcb.tune.recipe.jsonl``; ``out`` a folder:
+    that name in it)."""
     paths = RunPaths(os.fspath(run_dir))
-    target = out if out is not None else os.path.join(paths.root, "hotcb.tune.recipe.jsonl")
+    target = out_file(out, os.path.join(paths.root, "hotcb.tune.recipe.jsonl"))
     return export_recipe(run_dir, target, kept_entries(iter_entries(paths.ledger)))
