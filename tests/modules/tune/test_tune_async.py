@@ -188,3 +188,35 @@ def test_a_storage_whose_driver_is_missing_says_what_to_install(toy: Any) -> Non
     (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
     assert "pip install psycopg2-binary" in failed["error"], failed["error"]
     assert "secret" not in failed["error"]
+
+
+def test_a_trial_judged_in_both_lives_says_which_score_the_study_keeps(
+    toy: Any, tmp_path: Any
+) -> None:
+    """A checkpoint inside a trial, the trial judged after it, a crash, a resume from the
+    checkpoint: the resumed life judges the trial again and acts on its own score, which `tune
+    status` showed while the study kept the first life's (a probe: -0.0652 against -0.0863)."""
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY, sync=True
+    )
+    t.run(100_000, until=lambda: tune() is not None and tune().phase == "trial")
+    number = tune().trial["number"]
+    checkpoint = copy.deepcopy(t.kernel.state_dict())
+    t.run(100_000, until=lambda: tune().trial is None or tune().trial["number"] != number)
+    first = _trials(t.kernel.run_dir)[number]
+    assert first.state.is_finished()
+
+    resumed = HotKernel(t.kernel.run_dir)
+    try:
+        resumed.load_state_dict(checkpoint)
+        (row,) = [r for r in resumed.module("tune").trials if r["trial"] == number]
+        assert row["study_score"] == first.value
+        assert "the study keeps that score" in row["note"]
+        st = HotClient(t.kernel.run_dir).tune_status()
+        (shown,) = [r for r in st["trials"] if r["trial"] == number]
+        assert shown["study_score"] == first.value
+    finally:
+        resumed.close()
+    assert _trials(t.kernel.run_dir)[number].value == first.value  # told once

@@ -337,6 +337,8 @@ class TuneModule:
             replaced = self.study.finished_after(max(known, default=-1))
             failed = self.study.fail_open(keep=keep, judged=judged)
             self._list_replaced(replaced)
+            if keep is not None:
+                self._judged_before(keep)
             for number in failed:
                 self._row(number)["decision"] = "failed"
             self.counts["failed"] += len(failed)
@@ -347,6 +349,7 @@ class TuneModule:
             elif waiting:  # a mutation decided but not applied by the checkpoint: start over
                 self.phase = "baseline"
                 self.waiting = None
+            self._save()  # `tune status` shows this life from its first step
         else:
             self.waiting = None
 
@@ -362,6 +365,21 @@ class TuneModule:
             self._row(t.number).update(step=attrs.get("step"), end_step=attrs.get("end_step"),
                                        score=t.value, decision="replaced", was=decided,
                                        changes=changes)  # fmt: skip
+
+    def _judged_before(self, number: int) -> None:
+        """The trial open at the checkpoint, which the life this resume replaced judged (or
+        failed) already: this life judges it again and acts on its own score, but the study
+        keeps the first answer (nothing is told twice). Its row says so (``study_score``), so
+        ``tune status`` and the study do not silently disagree."""
+        assert self.study is not None
+        found = self.study.trial(number)
+        if found is None or not found.state.is_finished():
+            return
+        self._row(number).update(
+            study_score=found.value,
+            note="open at the checkpoint and judged by the life the resume replaced: the "
+            "study keeps that score; this life judged the trial again and acted on its own",
+        )
 
     # ------------------------------------------------------------------ ops
     def _op_enable(self, op: HotOp, env: Env) -> OpResult:

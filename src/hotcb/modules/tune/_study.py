@@ -120,9 +120,14 @@ class Study:
         return True
 
     def state_of(self, number: int) -> str | None:
+        found = self.trial(number)
+        return str(found.state.name) if found is not None else None
+
+    def trial(self, number: int) -> Any:
+        """Trial ``number`` as the study has it (Optuna's FrozenTrial), or None."""
         for t in self.study.get_trials(deepcopy=False):
             if t.number == number:
-                return str(t.state.name)
+                return t
         return None
 
     def fail_open(
