@@ -11,6 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +197,125 @@ def test_report_of_a_folder_without_a_bench(cli: Any, tmp_path: Path) -> None:
     done = cli(None, "bench", "report", os.fspath(tmp_path))
     assert done.returncode == 2
     assert "bench.json is missing" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--task", "digits_mlp", "--conditions", "ai"],
+         "every condition was skipped\n  skipped ai: not configured (missing HOTCB_AI_KEY, "),
+        (["--task", "cifar10_resnet20", "--data", "/nonexistent", "--conditions", "fixed"],
+         "every task was skipped\n  skipped cifar10_resnet20: --data /nonexistent is not a "
+         "folder"),
+    ],
+    ids=["ai-unconfigured", "cifar-missing"],
+)  # fmt: skip
+def test_a_bench_with_nothing_to_run_says_why_and_fails(
+    tmp_path: Path, args: list[str], why: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_AI_KEY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hotcb", "bench", "run", *args, "--out", os.fspath(tmp_path / "o"),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"hotcb: error: nothing could run: {why}" in done.stderr
+    assert "; skipped" not in done.stderr  # the word once, not "…; skipped" after "skipped …"
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "o").exists()
+
+
+# A user task whose second timed run (the third made: the warm-up makes one first) signals
+# that it started, then trains until it is interrupted: Ctrl-C lands in the 2nd of 4 runs.
+STOPS_IN_THE_SECOND_RUN = """
+import os, time
+import torch
+from torch.nn import functional as F
+
+made = []
+
+
+class Run:
+    def __init__(self, seed):
+        made.append(seed)
+        self.second = len(made) == 3
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(2, 1)
+        self.x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+        self.y = self.x.sum(1, keepdim=True)
+
+    def train_step(self, opt):
+        if self.second:
+            open("second-run-started", "w").close()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # until Ctrl-C
+                time.sleep(0.02)
+        loss = F.mse_loss(self.model(self.x), self.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self):
+        return float(F.mse_loss(self.model(self.x), self.y)), None
+
+
+class Task:
+    total_steps, eval_every, lr = 6, 3, 0.05
+
+    def make(self, seed):
+        return Run(seed)
+
+
+def make_task():
+    return Task()
+"""
+
+
+def _default_sigint() -> None:
+    # a child of a shell that ignores SIGINT (a background job, CI) would ignore it too:
+    # give it the default, as in a terminal, where Python turns it into KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_writes_the_partial_report(tmp_path: Path) -> None:
+    from hotcb.testing import wait_for
+
+    (tmp_path / "stopper.py").write_text(textwrap.dedent(STOPS_IN_THE_SECOND_RUN))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "bench", "run", "--task", "stopper:make_task",
+         "--conditions", "fixed,cosine", "--seeds", "2", "--out", os.fspath(out)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=_default_sigint,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "second-run-started").exists() or proc.poll() is not None,
+                 120, what="the second run to start")  # fmt: skip
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    line = (f"hotcb bench: interrupted after 1 run; partial results in {out} "
+            f"(report: {out / 'report.md'}, report.html)")  # fmt: skip
+    assert line in stderr.splitlines()
+    meta = json.loads((out / "bench.json").read_text())
+    assert meta["interrupted_after_runs"] == 1
+    assert meta["interrupted_run"] == {"task": "stopper:make_task", "condition": "cosine",
+                                       "seed": 0, "discarded": True}  # fmt: skip
+    runs = out / "runs" / "stopper_make_task"
+    assert (runs / "fixed" / "s0" / "curve.json").exists()
+    assert not (runs / "cosine").exists()  # the half run is gone, not left looking like one
+    assert [r["condition"] for r in _csv(out / "summary.csv")] == ["fixed"]
+    md = (out / "report.md").read_text()
+    assert "INTERRUPTED after 1 run: a partial bench" in md
+    assert "Seeds 0, 1 planned, seed 0 ran;" in md
+    assert (out / "report.html").exists() and (out / "img/bench_stopper_make_task.png").exists()

@@ -140,6 +140,10 @@ def test_unavailable_task_and_condition_are_skipped_with_a_message(
     assert "cifar10_resnet20:" in done.stderr and "skipped" in done.stderr
     assert "cifar10_resnet20: cifar10_resnet20" not in done.stderr  # its name once
     assert "ai: not configured (missing HOTCB_AI_KEY" in done.stderr
+    assert "skipped ai: not configured (missing HOTCB_AI_KEY, --ai-base-url, --ai-model)\n" in (
+        done.stdout
+    )  # "skipped" once, not "skipped ai: …; skipped"
+    assert "; skipped" not in done.stdout
     meta = json.loads((out / "bench.json").read_text())
     assert list(meta["tasks"]) == ["digits_mlp"]
     assert meta["conditions"] == ["fixed"]
@@ -283,4 +287,4 @@ def test_an_interrupted_bench_keeps_its_finished_runs(tmp_path: Path) -> None:
     assert meta["interrupted_after_runs"] == 1
     assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["fixed"]
     write_report(os.fspath(out))
-    assert "INTERRUPTED after 1 runs" in (out / "report.md").read_text()
+    assert "INTERRUPTED after 1 run: a partial bench" in (out / "report.md").read_text()

@@ -20,6 +20,11 @@ COLORS = {"fixed": "0.45", "cosine": "C0", "plateau": "C2", "schedulefree": "C4"
           "prodigy": "C1", "autopilot": "C3", "tune": "C5", "ai": "C6", "replay": "k"}  # fmt: skip
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs`` (``many``: the plural when it is not ``word + "s"``)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -61,8 +66,12 @@ def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list
         acts = [r["notes"].get("actions") for r in rs]
         act = "—"
         if all(a is not None for a in acts):
-            undone = statistics.fmean(r["notes"].get("undone") or 0 for r in rs)
-            act = f"{statistics.fmean(acts):.1f} ({undone:.1f})"
+            undone = [r["notes"].get("undone") or 0 for r in rs]
+            if len(rs) == 1:  # one seed: the counts themselves, no spread to show
+                act = f"{acts[0]} ({undone[0]})"
+            else:
+                m, sd = mean_std(acts)
+                act = f"{m:.1f} ± {sd:.1f} ({statistics.fmean(undone):.1f})"
         if cond == "replay":
             n = sum(1 for r in rs if r["notes"].get("matched"))
             act = f"replays {rs[0]['notes'].get('replay_of')}: {n}/{len(rs)} bit for bit"
@@ -76,10 +85,20 @@ def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list
     return head, rows
 
 
-def verdicts(task: str, groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+def verdicts(
+    task: str, groups: dict[str, list[dict[str, Any]]], warnings: Sequence[dict[str, Any]] = ()
+) -> list[str]:
     """Plain statements: where a baseline ends below a hotcb condition (and where not), and
-    whether every replay reproduced its source bit for bit."""
+    whether every replay reproduced its source bit for bit; ``warnings``: bench.json's, those
+    of this task first (the tuner with no room for a trial)."""
     out = []
+    for w in warnings:
+        if w.get("task") == task and w.get("what") == "tune" and "tune" in groups:
+            out.append(
+                f"Warning: {LABELS['tune']} had no room for a trial on {task} at "
+                f"{w['steps']} steps (segments of {w['segment_steps']} steps: it needs at "
+                f"least {w['min_steps']}), so it made none and ran as {LABELS['fixed']} does."
+            )
     baselines = [c for c in groups if c not in HOTCB_CONDITIONS and c != "replay"]
     for h in (c for c in HOTCB_CONDITIONS if c in groups):
         m_h, shown_h = _mean(groups[h]), fmt(_final(groups[h]))
@@ -100,14 +119,16 @@ def verdicts(task: str, groups: dict[str, list[dict[str, Any]]]) -> list[str]:
         rs = groups["replay"]
         bad = [r for r in rs if not r["notes"].get("matched")]
         entries = sum(r["notes"].get("replayed_entries") or 0 for r in rs)
+        on = f"on all {len(rs)} runs" if len(rs) > 1 else "on its 1 run"
         if bad:
             steps = ", ".join(f"seed {r['seed']} from step {r['notes'].get('first_difference_step')}"
                               for r in bad)  # fmt: skip
-            out.append(f"Replay did NOT match on {len(bad)} of {len(rs)} runs ({steps}).")
+            where = f"on {len(bad)} of {len(rs)} runs" if len(rs) > 1 else on
+            out.append(f"Replay did NOT match {where} ({steps}).")
         else:
             out.append(f"Replay matched its {rs[0]['notes'].get('replay_of')} run bit for bit "
-                       f"(every step's train loss, val loss, val acc and lr) on all {len(rs)} "
-                       f"runs ({entries} recipe entries replayed).")  # fmt: skip
+                       f"(every step's train loss, val loss, val acc and lr) {on} "
+                       f"({plural(entries, 'recipe entry', 'recipe entries')} replayed).")  # fmt: skip
     return out
 
 
@@ -176,13 +197,19 @@ def _md_code(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
 
 
-def _setup_lines(meta: dict[str, Any]) -> list[str]:
+def _setup_lines(meta: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list[str]:
     m = meta["machine"]
     wall = meta.get("wall_seconds")
     took = f"; the bench took {wall:.0f} s" if wall is not None else " (not finished)"
-    if "interrupted_after_runs" in meta:
-        took += f"; INTERRUPTED after {meta['interrupted_after_runs']} runs: a partial bench"
     seeds = ", ".join(map(str, meta["seeds"]))
+    if "interrupted_after_runs" in meta:
+        n = meta["interrupted_after_runs"]
+        took += f"; INTERRUPTED after {plural(n, 'run')}: a partial bench"
+        ran = sorted({r["seed"] for r in runs})
+        if ran != list(meta["seeds"]):  # say which seeds the partial bench holds
+            which = ", ".join(map(str, ran))
+            seeds += (f" planned, {'seed' if len(ran) == 1 else 'seeds'} {which} ran" if ran
+                      else " planned, none ran")  # fmt: skip
     return [
         f"Seeds {seeds}; {m['cpus']} CPU cores, torch {m['torch']} on {m['threads']} thread(s), "
         f"Python {m['python']}, hotcb {m['hotcb']}{took}.",
@@ -194,9 +221,15 @@ def write_report(out: str) -> dict[str, str]:
     """Write the report of the bench in ``out``; returns the paths written."""
     meta, runs = load_bench(out)
     os.makedirs(os.path.join(out, "img"), exist_ok=True)
-    md = ["# hotcb bench", "", *_setup_lines(meta), ""]
-    setup = "<br>".join(_md_code(html.escape(x)) for x in _setup_lines(meta))
+    md = ["# hotcb bench", "", *_setup_lines(meta, runs), ""]
+    setup = "<br>".join(_md_code(html.escape(x)) for x in _setup_lines(meta, runs))
     body = [f"<h1>hotcb bench</h1><p>{setup}</p>"]
+    warnings = meta.get("warnings") or []  # an older bench.json has none
+    if warnings:
+        md += ["Warnings:", "", *(f"- {w['what']}: {w['why']}" for w in warnings), ""]
+        items = "".join(f"<li>{html.escape(w['what'])}: {html.escape(w['why'])}</li>"
+                        for w in warnings)  # fmt: skip
+        body.append(f'<div class="skipped"><h3>Warnings</h3><ul>{items}</ul></div>')
     if meta["skipped"]:
         md += ["Skipped:", "", *(f"- {s['what']}: {s['why']}" for s in meta["skipped"]), ""]
         items = "".join(f"<li>{html.escape(s['what'])}: {html.escape(s['why'])}</li>"
@@ -214,7 +247,7 @@ def write_report(out: str) -> dict[str, str]:
         plot_task(png, f"{task}: {info['title']}", groups)
         paths[task] = png
         head, rows = table(groups)
-        says = verdicts(task, groups)
+        says = verdicts(task, groups, warnings)
         steps = f"{info['steps']} steps, an evaluation every {info['eval_every']}, base lr {info['lr']:g}."
         md += [f"## {task}: {info['title']}", "", info["about"], "", steps, "",
                *_md_table(head, rows), "", *(f"- {s}" for s in says), "",

@@ -44,7 +44,18 @@ REPLAYABLE = ("autopilot", "tune", "ai")
 
 
 class BenchError(ValueError):
-    """A bench that cannot start (a bad plan); the CLI prints it and exits with code 2."""
+    """A bench that cannot start (a bad plan, nothing left to run); the CLI prints it and
+    exits with code 2."""
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the runs: ``meta`` is the ``bench.json`` written with what finished
+    (``interrupted_after_runs``); the run that was going on is discarded. A
+    :class:`KeyboardInterrupt`, so code that catches that still does."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.meta = meta
 
 
 @dataclass
@@ -340,7 +351,7 @@ class Runner:
         if condition == "tune":
             HotClient(run_dir).tune_enable(
                 mode="active", objective="val_loss",
-                segment_steps=self.s.segment_steps or 5 * task.eval_every,
+                segment_steps=tune_segment(self.s, task),
                 seed=seed, total_steps=steps, restore=self.s.tune_restore,
                 sync=self.s.tune_sync or None,
             )  # fmt: skip
@@ -437,6 +448,48 @@ def _tune_summary(run_dir: str) -> dict[str, Any]:
     return {k: status[k] for k in keep if k in status}
 
 
+def tune_segment(s: Settings, task: Task) -> int:
+    """The tuner's segment on ``task``, in steps: ``Settings.segment_steps``, or 5 evaluations,
+    fewer (down to 1) when the run is too short to hold 8 segments of 5: two baselines, two at
+    the end where no trial starts, and room for trials between (CIFAR's 2000 steps at an
+    evaluation every 100 held none at 5: segments of 200, not 500)."""
+    if s.segment_steps:
+        return s.segment_steps
+    steps = s.steps or task.total_steps
+    return task.eval_every * min(5, max(1, steps // (8 * task.eval_every)))
+
+
+def tune_min_steps(segment: int) -> int:
+    """The fewest steps in which the tuner (``tune`` condition) can run one trial.
+
+    Its ``enable`` command, queued before the first step, is applied at step 1; it watches
+    two baseline segments (steps 2 … 2·segment + 1), and starts a trial at a boundary only when
+    the trial and one segment after it fit in the run (``_next`` in hotcb.modules.tune): the
+    first trial needs 2·segment + 1 + 2·segment steps."""
+    return 4 * segment + 1
+
+
+def tune_room(s: Settings, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    """A warning per task on which the ``tune`` condition has no room for a single trial."""
+    if "tune" not in s.conditions:
+        return []
+    out = []
+    for t in tasks:
+        steps, segment = s.steps or t.total_steps, tune_segment(s, t)
+        need = tune_min_steps(segment)
+        if steps < need:
+            out.append({
+                "what": "tune", "task": t.name, "steps": steps, "segment_steps": segment,
+                "min_steps": need,
+                "why": f"no room for a trial on {t.name} at {steps} steps: the tuner watches "
+                       f"two baseline segments of {segment} steps, then a trial and the "
+                       f"segment after it must fit, so it needs at least {need} steps "
+                       f"(--steps {need}); it will keep the task's lr throughout, as "
+                       f"{LABELS['fixed']} does",
+            })  # fmt: skip
+    return out
+
+
 # ------------------------------------------------------------------------------ the plan
 def check_plan(s: Settings) -> list[tuple[str, str]]:
     """Problems that stop the bench (raised) and skips (returned: (what, why))."""
@@ -458,10 +511,31 @@ def check_plan(s: Settings) -> list[tuple[str, str]]:
         missing = [name for name, v in ((KEY_ENV, os.environ.get(KEY_ENV)),
                    ("--ai-base-url", s.ai_base_url), ("--ai-model", s.ai_model)) if not v]  # fmt: skip
         if missing:
-            skips.append(("ai", f"not configured (missing {', '.join(missing)}); skipped"))
+            skips.append(("ai", f"not configured (missing {', '.join(missing)})"))
             if "replay" in s.conditions and s.replay_of == "ai":
-                skips.append(("replay", "its source, ai, is skipped; skipped"))
+                skips.append(("replay", "its source, ai, is skipped"))
     return skips
+
+
+def _load_tasks(s: Settings, conditions: list[str], skipped: list[tuple[str, str]]) -> list[Task]:
+    """The tasks that can run (the others added to ``skipped``); :class:`BenchError` when no
+    task or no condition is left, saying why each was skipped."""
+    tasks: list[Task] = []
+    for name in s.tasks:
+        try:
+            tasks.append(load_task(name, s.data))
+        except TaskUnavailable as exc:
+            why = str(exc).removeprefix(f"{name}: ")  # the task's messages start with its name
+            skipped.append((name, why))
+    if not tasks or not conditions:  # before --out is made: a bench of nothing leaves nothing
+        gone = " and ".join(
+            w for w, empty in (("task", not tasks), ("condition", not conditions)) if empty
+        ).replace("and ", "and every ")
+        raise BenchError(
+            f"nothing could run: every {gone} was skipped"
+            + "".join(f"\n  skipped {what}: {why}" for what, why in skipped)
+        )
+    return tasks
 
 
 def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -470,22 +544,19 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     skipped = check_plan(s)
     out = os.path.abspath(s.out)
     meta_path = os.path.join(out, "bench.json")
-    if os.path.exists(meta_path):
-        if not s.force:
-            raise BenchError(f"{out} already holds a bench (bench.json); --force replaces it")
-        shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    if os.path.exists(meta_path) and not s.force:
+        raise BenchError(f"{out} already holds a bench (bench.json); --force replaces it")
     torch.set_num_threads(s.threads)
     conditions = [c for c in CONDITIONS if c in s.conditions and c not in dict(skipped)]
-    tasks: list[Task] = []
-    for name in s.tasks:
-        try:
-            tasks.append(load_task(name, s.data))
-        except TaskUnavailable as exc:
-            why = str(exc).removeprefix(f"{name}: ")  # the task's messages start with its name
-            skipped.append((name, f"{why}; skipped"))
+    tasks = _load_tasks(s, conditions, skipped)
+    if os.path.exists(meta_path):  # --force, and there is something to run
+        shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    warnings = tune_room(s, tasks)
     os.makedirs(out, exist_ok=True)  # after the tasks load: a task that cannot leaves nothing
     for what, why in skipped:
-        say(f"hotcb bench: {what}: {why}")
+        say(f"hotcb bench: {what}: {why}; skipped")
+    for w in warnings:
+        say(f"hotcb bench: warning: {w['what']}: {w['why']}")
     meta: dict[str, Any] = {
         "kind": "hotcb.bench", "v": 1, "started_at": time.time(),
         "command": s.command,
@@ -494,6 +565,7 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
                            "eval_every": t.eval_every, "lr": t.lr, **t.info} for t in tasks},
         "conditions": conditions, "seeds": list(range(s.seeds)),
         "skipped": [{"what": w, "why": y} for w, y in skipped],
+        "warnings": warnings,
         "machine": {"cpus": os.cpu_count(), "threads": s.threads, "python": sys.version.split()[0],
                     "torch": torch.__version__, "hotcb": hotcb_version,
                     "platform": platform.platform()},
@@ -507,19 +579,33 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     runner.on_eval = lambda step, steps, vl: bar.set_postfix_str(
         f"step {step}/{steps}, val loss {vl:.4g}", refresh=False
     )  # drawn at tqdm's own pace (mininterval), not at every evaluation
+    going: tuple[str, Task, int, str] | None = None  # the run under way: folder, what
     try:
         for task, seed, cond in jobs:
+            # the last run's "step 200/200, val loss …" is not this one's: cleared before the
+            # description (which redraws the bar) names the new run
+            bar.set_postfix_str("", refresh=False)
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
             folder = os.path.join(out, "runs", slug(task.name), cond, f"s{seed}")
+            going = (folder, task, seed, cond)
             os.makedirs(folder, exist_ok=True)
             runner.warm(task)
             res = runner.run(task, cond, seed, folder)
             save_run(folder, res)
             results.append(res)
+            going = None
             bar.update(1)
             bar.write(_line(res), file=sys.stderr)
-    except BaseException:  # Ctrl-C or a failing run: keep what finished, say it is partial
+    except BaseException as exc:  # Ctrl-C or a failing run: keep what finished, say it is partial
         meta["interrupted_after_runs"] = len(results)
+        if going is not None:
+            folder, task, seed, cond = going
+            meta["interrupted_run"] = {"task": task.name, "condition": cond, "seed": seed}
+            if isinstance(exc, KeyboardInterrupt):  # half a run: gone, not mistaken for one
+                _discard(folder, os.path.join(out, "runs"))
+                meta["interrupted_run"]["discarded"] = True
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BenchInterrupted):
+            raise BenchInterrupted(meta) from None
         raise
     finally:
         bar.close()
@@ -528,6 +614,19 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         jsonl.write_json_atomic(meta_path, meta)
         save_summary(out, results)
     return meta
+
+
+def _discard(folder: str, runs: str) -> None:
+    """Remove an unfinished run's folder, and its condition's and task's folders if that
+    leaves them empty (never ``runs`` itself or above)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = os.path.dirname(folder)
+    while os.path.normpath(parent) != os.path.normpath(runs) and parent.startswith(runs):
+        try:
+            os.rmdir(parent)
+        except OSError:  # not empty
+            return
+        parent = os.path.dirname(parent)
 
 
 def _line(r: RunResult) -> str:
@@ -605,6 +704,6 @@ def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 __all__ = [
-    "HOTCB_CONDITIONS", "BenchError", "Runner", "Settings", "Trained", "current_lr", "evaluate",
-    "load_bench", "run_bench", "train",
+    "HOTCB_CONDITIONS", "BenchError", "BenchInterrupted", "Runner", "Settings", "Trained",
+    "current_lr", "evaluate", "load_bench", "run_bench", "train", "tune_min_steps",
 ]  # fmt: skip

@@ -10,6 +10,7 @@ import argparse
 import os
 import shlex
 import sys
+from typing import Any
 
 from ..bench import CONDITIONS, LABELS, TASKS, parse_names
 from ._common import UsageError
@@ -17,7 +18,8 @@ from ._common import UsageError
 RUN_HELP = """\
 Train every task × condition × seed (seeds 0..N-1), save each run's curves (step, train loss,
 val loss, val acc, lr) under OUT/runs/, one row per run in OUT/summary.csv and summary.json,
-then write the report (see 'hotcb bench report').
+then write the report (see 'hotcb bench report'). Ctrl-C keeps the runs that finished and
+writes their report (exit code 130).
 
 tasks: digits_mlp, digits_cnn, digits_badlr (lr 10x too high) on scikit-learn's bundled digits;
   charlm (a character-level transformer on the Python standard library's own source files);
@@ -86,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         conditions = parse_names(args.conditions, CONDITIONS, "condition")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    from ..bench.runner import BenchError, Settings, run_bench
+    from ..bench.runner import BenchError, BenchInterrupted, Settings, run_bench
 
     settings = Settings(
         tasks=tasks, conditions=conditions, seeds=args.seeds, steps=args.steps, out=args.out,
@@ -99,6 +101,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = run_bench(settings)
     except BenchError as exc:
         raise UsageError(str(exc)) from None
+    except BenchInterrupted as exc:  # Ctrl-C: what finished is kept, and reported
+        return _interrupted(exc.meta, report=not args.no_report)
+    except KeyboardInterrupt:  # before the first run started (a task's data loading)
+        print("hotcb bench: interrupted before the first run started", file=sys.stderr)
+        return 130
     out = meta["settings"]["out"]
     print(f"bench: {len(meta['tasks'])} task(s) × {len(meta['conditions'])} condition(s) × "
           f"{len(meta['seeds'])} seed(s) in {meta['wall_seconds']:.1f} s → {out}")  # fmt: skip
@@ -109,6 +116,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"report: hotcb bench report {shlex.quote(out)}")
     return 0
+
+
+def _interrupted(meta: dict[str, Any], *, report: bool) -> int:
+    """Ctrl-C during the runs: the partial report (as 'hotcb bench report' writes it), one line
+    saying how far the bench got, and exit code 130 (interrupted by SIGINT)."""
+    from ..bench.report import write_report
+
+    out = meta["settings"]["out"]
+    n = meta.get("interrupted_after_runs", 0)
+    done = f"interrupted after {n} run{'' if n == 1 else 's'}; partial results in {out}"
+    if not report:
+        where = f"report: hotcb bench report {shlex.quote(out)}"
+    elif n == 0:
+        where = "no run finished: nothing to report"
+    else:
+        try:
+            paths = write_report(out)
+            where = f"report: {paths['md']}, {os.path.basename(paths['html'])}"
+        except Exception as exc:  # the runs are saved; the report can be made later
+            where = f"the report failed: {exc}; 'hotcb bench report {shlex.quote(out)}' retries"
+    print(f"hotcb bench: {done} ({where})", file=sys.stderr, flush=True)
+    return 130
 
 
 def cmd_report(args: argparse.Namespace) -> int:
