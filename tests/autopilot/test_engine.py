@@ -286,6 +286,30 @@ def test_a_person_on_the_same_knob_wins(loop: Any, tmp_path: Path) -> None:
     assert first["changes"]["lr"]["new"] == pytest.approx(5e-3)
 
 
+def test_a_restarted_run_is_a_new_life_for_the_autopilot(loop: Any, tmp_path: Path) -> None:
+    """The trainer restarts from step 0 in the same directory: the person's hold made at step
+    ~200 ("until step ~500") blocked the new life's first 500 steps, and the old life's points
+    stayed in the series the detectors read. The autopilot now says the run went back and
+    forgets what it saw after that step."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    HotClient(lp.run_dir, source="cli").opt(lr=0.02)
+    held = [r for r in lp.run(100, pilot) if r["kind"] == "hold"]
+    assert held and held[0]["until"] > 400
+    lp.kernel.close()
+    again: Loop = loop()  # a new trainer in the same directory, from step 0
+    records = again.run(300, pilot)
+    (back,) = [r for r in records if r["kind"] == "resumed"]
+    assert back["was"] == 300 and back["step"] < 10
+    assert "went back from step 300" in back["reason"]
+    assert not [r for r in records if r["kind"] == "skipped"]  # no hold of the old life
+    cuts = [r for r in records if r["kind"] == "action" and r["state"] == "applied"]
+    assert cuts and cuts[0]["step"] < 300  # the plateau of the new life is acted on
+    steps = [s for s, _ in pilot.series["loss"]]
+    assert steps == sorted(set(steps))  # one curve: the old life's points are gone
+
+
 def test_records_carry_the_evidence(loop: Any, tmp_path: Path) -> None:
     lp: Loop = loop()
     pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))

@@ -183,7 +183,7 @@ class Autopilot:
     def step(self) -> list[dict[str, Any]]:
         """Read what is new, check the guard, run the rules; the records written."""
         out: list[dict[str, Any]] = []
-        self._read_metrics()
+        self._read_metrics(out)
         self._read_ledger(out)
         if self.guard is not None:
             self._check_guard(out)
@@ -229,11 +229,13 @@ class Autopilot:
             names.add(rule.train_metric)
         return names
 
-    def _read_metrics(self) -> None:
+    def _read_metrics(self, out: list[dict[str, Any]]) -> None:
         for rec in self.view.new_metrics():
             step = rec.get("step")
             if not isinstance(step, int):
                 continue
+            if step < self.step_now:
+                out.append(self._went_back(step))
             self.step_now = max(self.step_now, step)
             for name, value in rec["metrics"].items():
                 if name not in self._watched:
@@ -242,6 +244,27 @@ class Autopilot:
                     continue
                 number = float(value) if isinstance(value, (int, float)) else math.nan
                 self.series.setdefault(name, deque(maxlen=_WINDOW)).append((step, number))
+
+    def _went_back(self, step: int) -> dict[str, Any]:
+        """The run's steps went back (a resume from an earlier checkpoint, a restart from
+        step 0): what the autopilot knew of the steps from ``step`` on belongs to a life that
+        is gone. Its points leave the series (a detector would read two lives as one curve),
+        and holds, cooldowns and the guard made there end (a hold "until step 2096" made at
+        step 1796 blocked a restarted run's first 2100 steps)."""
+        was = self.step_now
+        for name, points in self.series.items():
+            self.series[name] = deque(((s, v) for s, v in points if s < step), maxlen=_WINDOW)
+        self.holds = {k: u for k, u in self.holds.items() if u - self.person_hold_steps < step}
+        self.fired = {k: f for k, f in self.fired.items() if f < step}
+        self.seen = {k: f for k, f in self.seen.items() if f < step}
+        if self.guard is not None and int(self.guard.get("step", 0)) >= step:
+            self.guard = None
+        self.step_now = step
+        return self._record({
+            "kind": "resumed", "step": step, "was": was,
+            "reason": f"the run went back from step {was} to step {step} (a resume from a "
+                      "checkpoint, or a restart): the autopilot forgets what it saw after it",
+        })  # fmt: skip
 
     def _read_ledger(self, out: list[dict[str, Any]]) -> None:
         for e in self.view.new_entries():

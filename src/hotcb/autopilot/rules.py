@@ -23,6 +23,7 @@ __all__ = [
     "Rule",
     "RulesError",
     "Ruleset",
+    "action_text",
     "check_action",
     "load_rules",
 ]
@@ -67,6 +68,15 @@ class Action:
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({args})"
+
+
+def action_text(action: Any) -> str:
+    """``lr_mult(factor=0.5)`` from a record's ``{"name", "params"}`` (anything else as is)."""
+    if not isinstance(action, Mapping):
+        return str(action or "")
+    params = action.get("params")
+    return Action(str(action.get("name")), dict(params) if isinstance(params, Mapping) else {}
+                  ).describe()  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,9 @@ def _line(rec: dict[str, Any]) -> str:
     if kind == "proposal":
         return f"{head} {rec['id']} ({rec['rule']}): {rec.get('describe')}"
     if kind == "action":
-        what = rec.get("action") or rec.get("asked")
+        from ..autopilot.rules import action_text
+
+        what = action_text(rec.get("action")) or rec.get("asked")
         why = f" ({rec['reason']})" if rec.get("state") == "rejected" else ""
         return f"{head} {rec['rule']} {rec.get('state')}: {what or rec.get('reason')}{why}"
     if kind == "ai_reply":

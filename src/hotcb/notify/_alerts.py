@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..autopilot.detectors import plateau
+from ..autopilot.rules import action_text
 
 __all__ = ["KINDS", "Alert", "Observation", "Sample", "onsets", "samples"]
 
@@ -158,27 +159,18 @@ def autopilot_text(rec: Mapping[str, Any]) -> str:
     if kind == "proposal":
         ident = rec.get("id")
         head = f"autopilot proposal {ident}" + (f" (rule {rule})" if rule else "")
-        what = rec.get("describe") or _action_text(rec.get("action"))
+        what = rec.get("describe") or action_text(rec.get("action"))
         tail = f"; accept: hotcb autopilot accept {ident}" if ident else ""
         return f"{head}: {what}{tail}"
     if kind == "action":
         state = rec.get("state")
         head = " ".join(str(p) for p in ("autopilot action", rule, state) if p)
-        what = _action_text(rec.get("action")) or rec.get("asked") or ""
+        what = action_text(rec.get("action")) or rec.get("asked") or ""
         why = str(rec.get("reasoning") or rec.get("reason") or "")
         why = why.removeprefix(f"autopilot rule {rule}: ")
         return head + "".join(f": {p}" for p in (what, why) if p)
     what = rec.get("describe") or rec.get("reason") or ""
     return " ".join(str(p) for p in ("autopilot", kind, rule) if p) + (f": {what}" if what else "")
-
-
-def _action_text(action: Any) -> str:
-    """``lr_mult(factor=0.5)`` from an autopilot record's ``{"name", "params"}``."""
-    if not isinstance(action, Mapping):
-        return str(action or "")
-    params = action.get("params")
-    params = params if isinstance(params, Mapping) else {}
-    return f"{action.get('name')}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
 _SAMPLERS = {
