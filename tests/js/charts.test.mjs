@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 import { charts } from "./static.mjs";
 
 const {
+  axisLabels,
   ema,
   fmtNum,
   globMatch,
@@ -54,6 +55,18 @@ describe("fmtNum: numbers on axes, legends and tooltips", () => {
     assert.equal(fmtNum(undefined), "–");
     assert.equal(fmtNum(NaN), "–");
     assert.equal(fmtNum("warmup"), "warmup");
+  });
+});
+
+describe("axisLabels: the y axis' tick labels", () => {
+  test("a tick a log axis filtered out (null) gets no label, not a dash", () => {
+    // a flat lr chart: uPlot's splits around 1e-3, only the decade kept by the filter
+    assert.deepEqual(axisLabels([null, null, 1e-3, null, null]), ["", "", "0.001", "", ""]);
+    assert.ok(!axisLabels([null, 1e-4, null, 1e-3]).includes("–"));
+  });
+
+  test("every kept tick reads like fmtNum", () => {
+    assert.deepEqual(axisLabels([0, 0.5, 1e-4, 12345678]), ["0", "0.5", "1e-4", "1.23e7"]);
   });
 });
 

@@ -5,7 +5,7 @@ import { describe, test } from "node:test";
 
 import { lib } from "./static.mjs";
 
-const { ago, appendRecords, compact, stepAhead } = lib;
+const { ago, appendRecords, compact, pastStepError, runChip, stepAhead } = lib;
 
 const series = (values, first = 0) => ({ step: values.map((_, i) => first + i), value: [...values] });
 const runData = () => ({ series: new Map(), lastStep: null });
@@ -89,6 +89,19 @@ describe("appendRecords: live metric records into a run's series", () => {
     assert.deepEqual(rd.series.get("loss").value.slice(-3), [5, 0.25, 0.2]);
   });
 
+  test("lastStep follows a run resumed from an earlier checkpoint back (a new life)", () => {
+    const rd = runData();
+    appendRecords(rd, [{ step: 5226, metrics: { loss: 0.3 } }, { step: 5227, metrics: { loss: 0.29 } }], 100);
+    assert.equal(rd.lastStep, 5227);
+    // the trainer died at 5227 and resumed from its checkpoint at 2320: the run is at 2321 now
+    appendRecords(rd, [{ step: 2321, metrics: { loss: 0.5 } }], 100);
+    assert.equal(rd.lastStep, 2321);
+    assert.equal(stepAhead(rd.lastStep), 2600); // the scheduler's default follows it
+    appendRecords(rd, [{ step: 2322, metrics: { loss: 0.49 } }], 100);
+    assert.equal(rd.lastStep, 2322);
+    assert.deepEqual(rd.series.get("loss").step, [2321, 2322]); // the abandoned steps are gone
+  });
+
   test("records without a numeric step or metrics are skipped", () => {
     const rd = runData();
     appendRecords(rd, [{ metrics: { loss: 1 } }, { step: "3", metrics: { loss: 1 } }, { step: 4 }], 100);
@@ -168,5 +181,48 @@ describe("stepAhead: the scheduler's default 'at step'", () => {
       const at = stepAhead(step);
       assert.ok(at >= step + 200 && at % 100 === 0, `${step} → ${at}`);
     }
+  });
+});
+
+describe("pastStepError: a change cannot be queued for a step the run has passed", () => {
+  test("a step at or behind the run is refused, saying where the run is and what to do", () => {
+    assert.equal(
+      pastStepError(10, 3575, "lr"),
+      "step 10 has passed (the run is at step 3575): change lr under Controls to set it now, or pick a later step",
+    );
+    assert.match(pastStepError(3575, 3575, "lr"), /^step 3575 has passed/);
+    assert.match(pastStepError(0, 1), /use Controls to set it now/);
+  });
+
+  test("a step ahead of the run, or a run whose step is unknown: nothing to say", () => {
+    assert.equal(pastStepError(3576, 3575, "lr"), null);
+    assert.equal(pastStepError(10, null, "lr"), null);
+    assert.equal(pastStepError(10, undefined, "lr"), null);
+  });
+});
+
+describe("runChip: the header's state chip", () => {
+  test("connected: the run's state", () => {
+    assert.deepEqual(runChip({ step: 12 }), { text: "running", cls: "live", seen: null });
+    assert.equal(runChip({ paused: true }).text, "paused");
+    assert.equal(runChip({ stale: true }).cls, "stale");
+    assert.deepEqual(runChip({ over: true, runState: "crashed (its process is gone)" }).cls, "crashed");
+    assert.equal(runChip({ over: true, runState: "finished at step 9" }).text, "finished at step 9");
+    assert.equal(runChip({ noRun: true, offline: true }).text, "no runs");
+  });
+
+  test("disconnected: never 'running', only what was last seen and where", () => {
+    const chip = runChip({ offline: true, step: 3575 });
+    assert.deepEqual(chip, {
+      text: "disconnected — last seen running at step 3575",
+      cls: "offline",
+      seen: "running at step 3575",
+    });
+    assert.equal(runChip({ offline: true, paused: true, step: 7 }).text, "disconnected — last seen paused at step 7");
+    assert.equal(runChip({ offline: true }).text, "disconnected — last seen running at step ?");
+    assert.equal(
+      runChip({ offline: true, over: true, runState: "finished at step 9", step: 9 }).text,
+      "disconnected — last seen finished at step 9",
+    );
   });
 });

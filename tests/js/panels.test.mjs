@@ -5,8 +5,18 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels } from "./static.mjs";
 
-const { bigChange, describeEntry, fmtChanges, fmtValue, impactRows, isValueChange, parseFor, softRange, windowAtBounds } =
-  panels;
+const {
+  bigChange,
+  boundsError,
+  describeEntry,
+  fmtChanges,
+  fmtValue,
+  impactRows,
+  isValueChange,
+  parseFor,
+  softRange,
+  windowAtBounds,
+} = panels;
 
 describe("fmtValue: actuator values as the panels show them", () => {
   test("numbers like fmtNum, tuples in brackets, missing as a dash", () => {
@@ -163,6 +173,11 @@ describe("bigChange: a change to ask about first", () => {
     assert.equal(bigChange(0.3, -1), null); // a sign change of the same size
   });
 
+  test("a big change that flips the sign says so", () => {
+    assert.equal(bigChange(3e-3, -1), "×−330");
+    assert.equal(bigChange(1, -1e-3), "÷−1000");
+  });
+
   test("nothing to judge against: no question", () => {
     assert.equal(bigChange(0, 5), null);
     assert.equal(bigChange(undefined, 5), null);
@@ -268,6 +283,119 @@ describe("Controls: the applied value is the newest the run recorded", () => {
       assert.equal(shown(c), 0.05);
       c.setActuators([lr(0.04)], 350);
       assert.equal(shown(c), 0.04);
+    });
+  });
+});
+
+describe("boundsError: a value outside the actuator's hard bounds, in the kernel's words", () => {
+  const lr = { param_key: "lr", type: "log_float", min: 1e-10, max: 10 };
+  test("below the minimum, above the maximum", () => {
+    assert.equal(boundsError(lr, -1), "lr=-1 is below the minimum 1e-10 for actuator 'lr'");
+    assert.equal(boundsError(lr, 0), "lr=0 is below the minimum 1e-10 for actuator 'lr'");
+    assert.equal(boundsError(lr, 20), "lr=20 is above the maximum 10 for actuator 'lr'");
+  });
+
+  test("within the bounds, or no bounds: nothing to say", () => {
+    assert.equal(boundsError(lr, 1e-3), null);
+    assert.equal(boundsError(lr, 10), null);
+    assert.equal(boundsError({ param_key: "x", type: "float", min: null, max: null }, -1e9), null);
+    assert.equal(boundsError({ param_key: "b", type: "bool" }, true), null);
+  });
+
+  test("each element of a tuple", () => {
+    const betas = { param_key: "betas", type: "tuple", min: 0, max: 1 };
+    assert.equal(boundsError(betas, [0.9, 0.999]), null);
+    assert.equal(boundsError(betas, [0.9, 1.5]), "betas[1]=1.5 is above the maximum 1 for actuator 'betas'");
+  });
+});
+
+describe("Control: a value the page knows is wrong is refused at once, and the error goes with the next edit", () => {
+  const lr = { param_key: "lr", type: "log_float", group: "opt", current: 3e-3, initial: 3e-3, min: 1e-10, max: 10 };
+  /** A Controls with the lr control; `window.confirm` and the sends are recorded. */
+  function setup(fn) {
+    const asked = [];
+    const sent = [];
+    globalThis.window = {
+      confirm: (text) => {
+        asked.push(text);
+        return false;
+      },
+    };
+    try {
+      withDocument(() => {
+        const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (act, v) => {
+          sent.push(v);
+          return "id";
+        });
+        controls.setActuators([lr], 1);
+        const c = controls.controls.get("lr");
+        const status = () => c.status.textContent;
+        const type = (text) => {
+          c.num.value = text;
+          for (const f of c.num.listeners.input || []) f();
+        };
+        const enter = () => {
+          for (const f of c.num.listeners.change || []) f();
+        };
+        fn({ c, status, type, enter, asked, sent });
+      });
+    } finally {
+      delete globalThis.window;
+    }
+  }
+
+  for (const [text, why] of [
+    ["-1", "lr=-1 is below the minimum 1e-10 for actuator 'lr'"],
+    ["0", "lr=0 is below the minimum 1e-10 for actuator 'lr'"],
+    ["100", "lr=100 is above the maximum 10 for actuator 'lr'"],
+  ]) {
+    test(`lr=${text}: the bound's error, without a "big change?" question first`, () => {
+      setup(({ status, type, enter, asked, sent }) => {
+        type(text);
+        enter();
+        assert.deepEqual(asked, []);
+        assert.deepEqual(sent, []);
+        assert.equal(status(), why);
+      });
+    });
+  }
+
+  test("a big change within the bounds still asks first", () => {
+    setup(({ status, type, enter, asked, sent }) => {
+      type("0.5");
+      enter();
+      assert.equal(asked.length, 1);
+      assert.match(asked[0], /×170/);
+      assert.deepEqual(sent, []);
+      assert.match(status(), /^not sent/);
+    });
+  });
+
+  test("an error under the control clears on the next edit", () => {
+    setup(({ c, status, type, enter }) => {
+      type("abc");
+      enter();
+      assert.equal(status(), "lr needs a number");
+      type("2");
+      assert.equal(status(), "");
+      type("-1");
+      enter();
+      assert.match(status(), /below the minimum/);
+      type("0.003");
+      assert.equal(status(), "");
+      // the slider too
+      type("abc");
+      enter();
+      for (const f of c.range.listeners.input || []) f();
+      assert.equal(status(), "");
+    });
+  });
+
+  test("an edit leaves a status that is no error alone", () => {
+    setup(({ c, status, type }) => {
+      c.showStatus("applied at step 5", "ok");
+      type("0.002");
+      assert.equal(status(), "applied at step 5");
     });
   });
 });

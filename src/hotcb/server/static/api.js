@@ -20,8 +20,16 @@ function detailText(detail) {
   return JSON.stringify(detail);
 }
 
+let unauthorized = () => {};
+
+/** `fn()` is called on every 401: the server does not take the page's token (a restart with a
+ * new one). A refused WebSocket cannot say so itself; a REST call can. */
+export function onUnauthorized(fn) {
+  unauthorized = fn;
+}
+
 /** fetch() on the page's origin; JSON in and out; non-2xx raises ApiError with the server's
- * reason. */
+ * reason (and a 401 also goes to the onUnauthorized handler). */
 export async function api(path, { method = "GET", body, raw = false } = {}) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -39,6 +47,7 @@ export async function api(path, { method = "GET", body, raw = false } = {}) {
     } catch {
       /* not JSON */
     }
+    if (res.status === 401) unauthorized();
     throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
   }
   return raw ? res : res.json();
@@ -66,6 +75,8 @@ export const sendCommand = (runId, cmd) =>
  * One WebSocket for the page, reconnecting with exponential back-off. `onMessage(msg)` gets
  * every JSON message; `onState(state, info)` gets "open" | "closed" | "connecting".
  * After a reconnect the caller re-subscribes and re-fetches history (in onState("open")).
+ * A browser does not tell why a handshake failed (a server down, or a 401 for a token it no
+ * longer takes): on "closed" the caller asks the REST API, whose answer says.
  */
 export class LiveSocket {
   constructor({ onMessage, onState, delayMs = 1000, maxDelayMs = 10000 }) {

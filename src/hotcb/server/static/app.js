@@ -1,11 +1,20 @@
 // hotcb dashboard: state, data loading, live updates and wiring. No framework, no build step.
-import { api, ApiError, LiveSocket, runUrl, sendCommand } from "./api.js";
+import { api, ApiError, LiveSocket, onUnauthorized, runUrl, sendCommand } from "./api.js";
 import { Charts, fmtNum, sourceColor } from "./charts.js";
-import { ago, appendRecords as appendSeries, runTree, seriesFrom, stepAhead } from "./lib.js";
+import {
+  ago,
+  appendRecords as appendSeries,
+  pastStepError,
+  runChip,
+  runTree,
+  seriesFrom,
+  stepAhead,
+} from "./lib.js";
 import {
   Controls,
   LedgerTable,
   bigChange,
+  boundsError,
   describeEntry,
   fmtValue,
   impactRows,
@@ -43,6 +52,8 @@ const app = {
   runState: null, // the server's words for the run: "running", "finished at step N", "crashed …"
   serverStale: false,
   serverStep: null, // the server's last step of the run: metrics, ledger or the kernel's heartbeat
+  offline: false, // the live connection to the server was lost (and is not back yet)
+  authFailed: false, // the server refused this page's token (401): a restart with a new token
   impacts: new Map(),
   impactMetric: null,
   highlightSeq: null,
@@ -388,7 +399,7 @@ function fillSchedulerKeys() {
 
 /** Default "at step" for the scheduler: a round step a little ahead of the run. */
 function suggestedStep() {
-  return stepAhead(app.data.get(app.runId)?.lastStep ?? 0);
+  return stepAhead(currentStep() ?? 0);
 }
 
 function updateSchedPlaceholder() {
@@ -407,14 +418,25 @@ async function submitSchedule(ev) {
     toast(err.message, "bad");
     return;
   }
-  const big = bigChange(a.current, value);
-  if (big && !window.confirm(`Schedule ${a.param_key} = ${fmtValue(value)} (now ${fmtValue(a.current)}, ${big})?`)) return;
+  const outside = boundsError(a, value);
+  if (outside) {
+    toast(outside, "bad", 8000);
+    return;
+  }
   const typed = $("sched-step").value.trim();
   const atStep = typed === "" ? suggestedStep() : Number(typed);
   if (!Number.isInteger(atStep) || atStep < 0) {
     toast("at step must be a whole number", "bad");
     return;
   }
+  // the kernel applies a command whose step has passed at once: not what "queue" promises
+  const passed = pastStepError(atStep, currentStep(), a.param_key);
+  if (passed) {
+    toast(passed, "bad", 8000);
+    return;
+  }
+  const big = bigChange(a.current, value);
+  if (big && !window.confirm(`Schedule ${a.param_key} = ${fmtValue(value)} (now ${fmtValue(a.current)}, ${big})?`)) return;
   const id = await send(
     { module: a.group, op: "set_params", params: { [a.param_key]: value }, at_step: atStep },
     "schedule",
@@ -441,43 +463,65 @@ function noRunsText() {
   return `no runs yet under ${dir}: start a script with HotKernel(run_dir=…) inside it`;
 }
 
+/** The run's step now: the newest of the charted metrics and the server's (which counts the
+ * kernel's heartbeat). Both follow the run back when it resumes from an earlier checkpoint. */
+function currentStep() {
+  const rd = app.data.get(app.runId);
+  const steps = [rd?.lastStep, app.serverStep, app.status?.last_metrics?.step].filter((s) => typeof s === "number");
+  return steps.length ? Math.max(...steps) : null;
+}
+
+const AUTH_TEXT = "401: this server needs a token: open the URL it printed (…/?token=…)";
+const STEER_BUTTONS = ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop", "sched-submit"];
+
+/** A run button's tooltip: why it is disabled, else its own (kept in data-title). */
+function explain(btn, why) {
+  if (btn.dataset.title === undefined) btn.dataset.title = btn.title;
+  btn.title = why || btn.dataset.title;
+}
+
 function renderFacts() {
   const noRun = app.runId == null;
   const rd = app.data.get(app.runId);
-  // the newest of the charted metrics and the server's (which counts the kernel's heartbeat)
-  const steps = [rd?.lastStep, app.serverStep, app.status?.last_metrics?.step].filter((s) => typeof s === "number");
-  const step = steps.length ? Math.max(...steps) : null;
+  const step = currentStep();
   $("step").textContent = step == null ? "–" : step;
   const chip = $("state-chip");
   const stale = !noRun && isStale();
   const over = !noRun && isOver();
   const paused = !noRun && !over && isPaused();
+  // the server is gone (a launch's dashboard stops with its training): the state is a memory
+  const offline = !noRun && app.offline;
   const freeze = app.freezeMode && app.freezeMode !== "off" ? ` · freeze ${app.freezeMode}` : "";
-  let state = paused ? "paused" : stale ? "stale" : "running";
-  let cls = paused ? "paused" : stale ? "stale" : "live";
-  if (noRun) [state, cls] = ["no runs", "none"];
-  else if (over) [state, cls] = [app.runState, app.runState.startsWith("crashed") ? "crashed" : "ended"];
+  const { text: state, cls, seen } = runChip({ noRun, over, paused, stale, offline, runState: app.runState, step });
   chip.textContent = state + freeze;
   chip.title = noRun ? noRunsText() : state + freeze;
   chip.className = `chip ${cls}`;
-  // nothing to steer: no run at all, or one that is over
-  for (const id of ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop"]) $(id).disabled = noRun || over;
+  // nothing to steer: no run at all, one that is over, or no server to send to
+  const why = offline ? "the dashboard's server is unreachable: nothing can be sent" : "";
+  for (const id of STEER_BUTTONS) {
+    $(id).disabled = noRun || over || offline;
+    explain($(id), why);
+  }
   tunePanel.setOver(over);
   autopilotPanel.setOver(over);
   controls.setOver(over);
   for (const id of ["recipe-link", "freeze-select"]) $(id).disabled = noRun;
-  $("sched-submit").disabled = noRun || over;
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);
   const nb = $("norun-banner");
   nb.hidden = !noRun;
   if (noRun) nb.textContent = noRunsText();
   const pb = $("paused-banner");
-  pb.hidden = !paused;
+  pb.hidden = !paused || offline;
   if (paused) pb.textContent = `Paused at step ${step ?? "?"}: training waits at its next safe point until you press Resume.`;
   const sb = $("stale-banner");
-  sb.hidden = !stale || paused;
-  if (stale && !paused) {
+  sb.hidden = !offline && (!stale || paused);
+  if (offline) {
+    sb.textContent = app.authFailed
+      ? `The dashboard's server refused this page (${AUTH_TEXT}); the page reconnects by itself once the browser has the new token.`
+      : `Disconnected from the dashboard's server: ${runLabel(app.runId)} was last seen ${seen}. ` +
+        "The page reconnects by itself when the server is back (hotcb launch --serve stops it when training ends).";
+  } else if (stale && !paused) {
     const last = rd?.lastRecv ? (Date.now() - rd.lastRecv) / 1000 : null;
     const when = last != null ? ` for ${ago(last)}` : "";
     const why = over
@@ -491,7 +535,8 @@ function isStale() {
   const rd = app.data.get(app.runId);
   const limit = (app.cfg.ui.stale_after_sec || 30) * 1000;
   // alive when the server saw a sign of life (a metric, a ledger entry or the kernel's
-  // heartbeat) or this page received metrics lately: a run that logs no metrics is not stale
+  // heartbeat) or this page received metrics lately: a run that logs no metrics is not stale.
+  // Without a server (app.offline) this is what the page saw last; the chip says so.
   if (!app.serverStale) return false;
   if (rd && rd.lastRecv) return Date.now() - rd.lastRecv > limit;
   return true;
@@ -629,6 +674,8 @@ function onSocketState(state, info) {
   pill.className = `conn ${state}`;
   const label = pill.querySelector("span");
   if (state === "open") {
+    app.offline = false;
+    app.authFailed = false; // the browser holds a token the server takes
     label.textContent = "live";
     if (info.reconnect) {
       // the server restarted (or the network blinked): history may have moved on; reload it
@@ -636,10 +683,41 @@ function onSocketState(state, info) {
       refreshRuns().then(() => app.runId != null && loadAll({ reset: false }));
     }
   } else if (state === "closed") {
-    label.textContent = `offline · retry in ${Math.round(info.delay / 100) / 10}s`;
+    app.offline = true;
+    label.textContent = `${app.authFailed ? "401" : "offline"} · retry in ${Math.round(info.delay / 100) / 10}s`;
+    checkAuth();
   } else {
     label.textContent = "connecting…";
   }
+  renderFacts();
+}
+
+/** A refused WebSocket says nothing about why: ask the REST API, whose 401 says it (the server
+ * came back with another token). api() reports a 401 to authNeeded(). */
+let authCheck = null;
+function checkAuth() {
+  authCheck ??= api("/api/config")
+    .then(() => {
+      app.authFailed = false;
+    })
+    .catch(() => {
+      /* a 401 went to authNeeded(); no answer at all: the server is down */
+    })
+    .finally(() => {
+      authCheck = null;
+      renderFacts();
+    });
+}
+
+/** The server refused the page's token (401), on the first load or after a restart with a new
+ * token: say so once, until a connection works again. */
+function authNeeded() {
+  if (app.authFailed) return;
+  app.authFailed = true;
+  toast(AUTH_TEXT, "bad", 60000);
+  const label = $("conn").querySelector("span");
+  label.textContent = label.textContent.replace(/^offline/, "401");
+  renderFacts();
 }
 
 // ----------------------------------------------------------------------------- tooltips
@@ -848,6 +926,7 @@ function wire() {
 }
 
 async function main() {
+  onUnauthorized(authNeeded);
   try {
     const cfg = await api("/api/config");
     app.cfg = {
@@ -856,10 +935,8 @@ async function main() {
       chart: { ...DEFAULT_CFG.chart, ...(cfg.chart || {}) },
       ui: { ...DEFAULT_CFG.ui, ...(cfg.ui || {}) },
     };
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 401) {
-      toast("401: this server needs a token: open the URL it printed (…/?token=…)", "bad", 60000);
-    }
+  } catch {
+    /* a 401 went to authNeeded(); otherwise the defaults serve */
   }
   charts.opts.logDefault = app.cfg.chart.log_scale;
   charts.opts.smoothing = app.cfg.chart.smoothing;
@@ -940,6 +1017,10 @@ window.hotcb = {
       waitingFor: app.waitingFor,
       compare: [...app.compare],
       connected: !!sock?.connected,
+      offline: app.offline,
+      authFailed: app.authFailed,
+      chip: $("state-chip").textContent,
+      stepShown: $("step").textContent,
       step: app.data.get(app.runId)?.lastStep ?? null,
       stale: isStale(),
       paused: isPaused(),

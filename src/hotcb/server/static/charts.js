@@ -147,6 +147,12 @@ export function fmtNum(v) {
   return String(Number(v.toPrecision(4)));
 }
 
+/** The y axis' tick labels: a tick the axis' filter dropped (null: a log axis labels only its
+ * decades) gets no label, not fmtNum's "–" for a missing value. */
+export function axisLabels(vals) {
+  return vals.map((v) => (v == null ? "" : fmtNum(v)));
+}
+
 export function ema(values, alpha) {
   if (!alpha) return values;
   const out = new Array(values.length);
@@ -257,7 +263,7 @@ class ChartCard {
           size: 56,
           grid: { stroke: "#eef0f3", ...decades },
           ticks: { stroke: "#e5e7eb", ...decades },
-          values: (u, vals) => vals.map(fmtNum),
+          values: (u, vals) => (card.yLabels = axisLabels(vals)), // kept for debug()
           ...decades,
         },
       ],
@@ -369,6 +375,7 @@ class ChartCard {
       key: this.group.key,
       title: this.group.title,
       log: this.log,
+      yLabels: this.yLabels || [],
       zoomed: this.zoomed,
       canvas: !!this.el.querySelector("canvas"),
       series: this.series

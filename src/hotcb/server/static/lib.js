@@ -37,7 +37,10 @@ export function compact(s, limit) {
 }
 
 /** Append live metric records ({step, metrics: {name: value}}) to a run's series
- * (`rd.series`: Map name → {step, value}); a series longer than 1.5 × `limit` is compacted. */
+ * (`rd.series`: Map name → {step, value}); a series longer than 1.5 × `limit` is compacted.
+ * `rd.lastStep` is the step of the newest record, as the server counts it: a step that goes
+ * back is a new life of the run (resumed from an earlier checkpoint), and the run is there
+ * now, not at the highest step it ever reached. */
 export function appendRecords(rd, records, limit) {
   for (const rec of records) {
     const step = rec.step;
@@ -64,7 +67,7 @@ export function appendRecords(rd, records, limit) {
       s.value.push(value);
       if (s.step.length > limit * 1.5) compact(s, limit);
     }
-    if (rd.lastStep == null || step > rd.lastStep) rd.lastStep = step;
+    rd.lastStep = step;
   }
 }
 
@@ -78,6 +81,31 @@ export function ago(sec) {
 /** Default "at step" for the scheduler: a round step a little ahead of `step`. */
 export function stepAhead(step) {
   return Math.ceil((step + 200) / 100) * 100;
+}
+
+/** Why a change cannot be queued for `atStep` while the run is at `step`: the kernel applies
+ * a command whose step has passed at once, so "queued for step 10" at step 3575 would be
+ * untrue. null when `atStep` is still ahead (or the run's step is unknown). */
+export function pastStepError(atStep, step, key) {
+  if (typeof step !== "number" || atStep > step) return null;
+  const now = key ? `change ${key} under Controls to set it now` : "use Controls to set it now";
+  return `step ${atStep} has passed (the run is at step ${step}): ${now}, or pick a later step`;
+}
+
+/**
+ * The header's state chip: `{text, cls, seen}`. `state`: the run's last known state in words
+ * ("running", "paused", "stale", "finished at step N" …); `offline`: the page lost its server
+ * (`hotcb launch --serve` stops it when training ends), so that state is only what was last
+ * seen: "disconnected — last seen running at step N".
+ */
+export function runChip({ noRun = false, over = false, paused = false, stale = false, offline = false, runState = null, step = null }) {
+  if (noRun) return { text: "no runs", cls: "none", seen: null };
+  let text = paused ? "paused" : stale ? "stale" : "running";
+  let cls = paused ? "paused" : stale ? "stale" : "live";
+  if (over) [text, cls] = [runState, runState.startsWith("crashed") ? "crashed" : "ended"];
+  if (!offline) return { text, cls, seen: null };
+  const seen = over ? text : `${text} at step ${step ?? "?"}`;
+  return { text: `disconnected — last seen ${seen}`, cls: "offline", seen };
 }
 
 /**

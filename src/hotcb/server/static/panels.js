@@ -97,17 +97,41 @@ export function windowAtBounds(act, [lo, hi]) {
   return lo <= lo0 && hi >= hi0;
 }
 
-/** A change from `old` to `next` big enough to ask about first: "×100", "÷50", "to 0"; null
- * for a smaller one, or when either is not a number or the old value is 0 (no scale to judge). */
+/** A change from `old` to `next` big enough to ask about first: "×100", "÷50", "to 0", "×−330"
+ * (the sign flips too); null for a smaller one, or when either is not a number or the old value
+ * is 0 (no scale to judge). */
 export function bigChange(old, next, factor = CONFIRM_FACTOR) {
   if (typeof old !== "number" || typeof next !== "number") return null;
   if (!Number.isFinite(old) || !Number.isFinite(next) || old === 0) return null;
   if (next === 0) return "to 0";
   const r = Math.abs(next / old);
+  const sign = next / old < 0 ? "−" : "";
   const fmt = (x) => String(Number(x.toPrecision(2)));
-  if (r > factor) return `×${fmt(r)}`;
-  if (r < 1 / factor) return `÷${fmt(1 / r)}`;
+  if (r > factor) return `×${sign}${fmt(r)}`;
+  if (r < 1 / factor) return `÷${sign}${fmt(1 / r)}`;
   return null;
+}
+
+/** Why `value` is outside the actuator's hard bounds (its `min`/`max`, each element of a
+ * tuple), in the kernel's words: "lr=-1 is below the minimum 1e-10 for actuator 'lr'"; null
+ * when it is within them (or the actuator has none). The page says it before anything else:
+ * the run would refuse the value anyway. */
+export function boundsError(act, value) {
+  const key = act.param_key;
+  const check = (v, what) => {
+    if (typeof v !== "number") return null;
+    if (act.min != null && v < act.min) return `${what}=${fmtValue(v)} is below the minimum ${fmtValue(act.min)} for actuator '${key}'`;
+    if (act.max != null && v > act.max) return `${what}=${fmtValue(v)} is above the maximum ${fmtValue(act.max)} for actuator '${key}'`;
+    return null;
+  };
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const err = check(value[i], `${key}[${i}]`);
+      if (err) return err;
+    }
+    return null;
+  }
+  return check(value, key);
 }
 
 class Control {
@@ -165,6 +189,7 @@ class Control {
     }
     if (a.type === "tuple") {
       this.num = el("input", "num wide");
+      this.num.addEventListener("input", () => this.clearError());
       this.num.addEventListener("change", () => this.commitText(this.num.value));
       this.inputs.append(this.num);
       return;
@@ -174,6 +199,7 @@ class Control {
     this.num = el("input", "num");
     this.num.setAttribute("inputmode", "decimal");
     this.num.setAttribute("aria-label", `${a.param_key} value`);
+    this.num.addEventListener("input", () => this.clearError()); // the next edit retires an error
     this.num.addEventListener("change", () => this.commitText(this.num.value));
     this.num.addEventListener("keydown", (ev) => {
       if (ev.key === "Escape") {
@@ -195,6 +221,7 @@ class Control {
     this.range.step = 1;
     this.range.setAttribute("aria-label", a.param_key);
     this.range.addEventListener("input", () => {
+      this.clearError();
       this.num.value = fmtValue(this.fromSlider(Number(this.range.value)));
     });
     this.range.addEventListener("pointerdown", () => {
@@ -300,7 +327,7 @@ class Control {
     try {
       v = parseFor(this.act, text);
     } catch (err) {
-      this.showStatus(err.message, "bad");
+      this.showError(err.message);
       this.sync(true);
       return;
     }
@@ -311,6 +338,13 @@ class Control {
     const key = this.act.param_key;
     if (this.over) {
       this.showStatus(`not sent: the run is over, nothing would apply it`, "", 4000);
+      this.sync(true);
+      return;
+    }
+    // a value the run would refuse is refused here, before any "big change?" question
+    const outside = boundsError(this.act, value);
+    if (outside) {
+      this.showError(outside);
       this.sync(true);
       return;
     }
@@ -331,7 +365,7 @@ class Control {
       if (early) this.resolve(early);
     } catch (err) {
       this.root.classList.remove("is-sending");
-      this.showStatus(err.message, "bad");
+      this.showError(err.message);
       this.sync(true);
     }
   }
@@ -343,13 +377,14 @@ class Control {
     this.root.classList.remove("is-sending");
     if (entry.decision === "applied") this.showStatus(`applied at step ${entry.step}`, "ok", 4000);
     else if (entry.decision === "scheduled") this.showStatus(`scheduled for step ${entry.at_step}`, "ok", 4000);
-    else this.showStatus(`${entry.decision}: ${entry.error || "no reason given"}`, "bad", 10000);
+    else this.showError(`${entry.decision}: ${entry.error || "no reason given"}`, 10000);
     this.sync(true);
     return true;
   }
 
   showStatus(text, kind, clearAfter) {
     clearTimeout(this.statusTimer);
+    this.error = false;
     this.status.textContent = text;
     this.status.className = `ctl-status ${kind || ""}`;
     if (clearAfter) {
@@ -358,6 +393,17 @@ class Control {
         this.status.className = "ctl-status";
       }, clearAfter);
     }
+  }
+
+  /** An error about the value the user gave (unreadable, out of bounds, refused): it stays
+   * until the next edit of the control (clearError) or the next status. */
+  showError(text, clearAfter) {
+    this.showStatus(text, "bad", clearAfter);
+    this.error = true;
+  }
+
+  clearError() {
+    if (this.error) this.showStatus("", "");
   }
 
   /** The run is over: nothing would apply a change, so none can be sent. */
