@@ -59,6 +59,8 @@ def test_a_multiplier_from_an_up_to_date_read_is_sent_as_is(loop: TorchStepDrive
     e = _lr_mult(loop, 0.5, read=0.01)
     assert e["changes"]["lr"] == {"old": 0.01, "new": 0.005} and "rebased" not in e
     assert e["relative_to"] == {"lr": 0.01}  # the command says what it was relative to
+    # hotcb log says why the controller sent it (the ledger had the reason; the log did not)
+    assert fmt_entry(e, loop.run_dir).endswith("(lr: 0.01 -> 0.005) (why: plateau)")
 
 
 @pytest.mark.parametrize(

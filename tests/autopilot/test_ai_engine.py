@@ -448,6 +448,8 @@ def test_ai_suggest_keeps_one_proposal_per_knob_pending(loop: Any) -> None:
         assert len(refused) >= 2
         assert all(f"proposal {first['id']} (lr_mult(factor=0.5)) is still pending" in r["reason"]
                    for r in refused)  # fmt: skip
+        # recorded in the reply's own shape, as the format check records what it rejects
+        assert refused[0]["asked"] == {"action": "lr_mult", "params": {"factor": 0.5}}
         decide(lp.run_dir, first["id"], accept=False, by="test")
         lp.run(40, pilot)
     pending = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]

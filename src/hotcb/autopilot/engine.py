@@ -505,13 +505,13 @@ class Autopilot:
             knob = action.knob
             why_not = self._ai_blocked(knob) if knob is not None else None
             if why_not is not None:
-                rejected.append({"asked": action.describe(), "reason": why_not})
+                rejected.append({"asked": _asked(action), "reason": why_not})
                 continue
             params = {"name": action.name, "params": action.params}
             if self.mode == "ai_suggest":
                 waiting = self._pending_for(action)
                 if waiting is not None:  # accepted later, both would act on one knob
-                    rejected.append({"asked": action.describe(), "reason": waiting})
+                    rejected.append({"asked": _asked(action), "reason": waiting})
                     continue
                 ident = self._new_id()
                 out.append(self._record({
@@ -525,7 +525,7 @@ class Autopilot:
             try:
                 cmd_ids = send_action(self.ai_client, action, reason, live=self._live())
             except Exception as exc:  # out of bounds, no such actuator: recorded, never raised
-                rejected.append({"asked": action.describe(), "reason": str(exc)})
+                rejected.append({"asked": _asked(action), "reason": str(exc)})
                 continue
             out.append(self._record({
                 "kind": "action", "rule": "ai", "step": self.step_now, "state": "applied",
@@ -710,6 +710,12 @@ class Autopilot:
         """The training process is gone and did not close the run."""
         meta = self.view.meta()
         return not isinstance(meta.get("ended"), dict) and process_alive(meta) is False
+
+
+def _asked(action: Action) -> dict[str, Any]:
+    """An action the model asked for, in its reply's own shape (``{"action", "params"}``), as
+    the format check records what it rejects: every ``asked`` in the records reads alike."""
+    return {"action": action.name, "params": dict(action.params)}
 
 
 def _shown(change: Any) -> str:

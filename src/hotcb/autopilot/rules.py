@@ -71,12 +71,13 @@ class Action:
 
 
 def action_text(action: Any) -> str:
-    """``lr_mult(factor=0.5)`` from a record's ``{"name", "params"}`` (anything else as is)."""
+    """``lr_mult(factor=0.5)`` from a record's ``{"name", "params"}`` (or a model's
+    ``{"action", "params"}``; anything else as is)."""
     if not isinstance(action, Mapping):
         return str(action or "")
     params = action.get("params")
-    return Action(str(action.get("name")), dict(params) if isinstance(params, Mapping) else {}
-                  ).describe()  # fmt: skip
+    name = action.get("name", action.get("action"))
+    return Action(str(name), dict(params) if isinstance(params, Mapping) else {}).describe()
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ def _line(rec: dict[str, Any]) -> str:
     if kind == "action":
         from ..autopilot.rules import action_text
 
-        what = action_text(rec.get("action")) or rec.get("asked")
+        what = action_text(rec.get("action") or rec.get("asked"))
         why = f" ({rec['reason']})" if rec.get("state") == "rejected" else ""
         return f"{head} {rec['rule']} {rec.get('state')}: {what or rec.get('reason')}{why}"
     if kind == "ai_reply":

@@ -182,7 +182,16 @@ def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
     line += _module_facts(e)
     if e.get("error"):
         line += f": {e['error']}"
+    reason = e.get("reason")
+    if isinstance(reason, str) and reason and e.get("module") != "tune":
+        line += f" (why: {_short(reason)})"  # a controller's rule and evidence, a person's note
     return line
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut at ``limit`` characters."""
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 def _module_facts(e: Mapping[str, Any]) -> str:

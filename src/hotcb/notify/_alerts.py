@@ -165,7 +165,7 @@ def autopilot_text(rec: Mapping[str, Any]) -> str:
     if kind == "action":
         state = rec.get("state")
         head = " ".join(str(p) for p in ("autopilot action", rule, state) if p)
-        what = action_text(rec.get("action")) or rec.get("asked") or ""
+        what = action_text(rec.get("action") or rec.get("asked"))
         why = str(rec.get("reasoning") or rec.get("reason") or "")
         why = why.removeprefix(f"autopilot rule {rule}: ")
         return head + "".join(f": {p}" for p in (what, why) if p)
