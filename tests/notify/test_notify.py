@@ -228,6 +228,8 @@ def test_bad_config_lists_every_problem_with_its_line(tmp_path: Any) -> None:
         "line 16: deliveries[0].password: a password does not belong in the file: put it in an "
         "environment variable and name it with password_env:",
         "line 18: deliveries[1].url: expected an http:// or https:// URL, got 'ftp://nope'",
+        # an entry with another problem still holds its id (this one was missed)
+        "line 5: alerts[1].id: 'hot' is used twice",
         "line 19: retries: must be >= 0, got -1",
     ]
 

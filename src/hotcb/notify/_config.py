@@ -80,10 +80,16 @@ def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> Notify
     alerts = _items(c, doc, "alerts", _alert)
     base = os.path.dirname(os.path.abspath(path))  # a relative cafile: next to the file
     deliveries = _items(c, doc, "deliveries", lambda c, d, w: _delivery(c, d, w, base))
-    ids = [a.id for a in alerts]
-    for i, a in enumerate(alerts):
-        if a.id in ids[:i]:
-            c.add(f"alerts[{i}].id", f"{a.id!r} is used twice")
+    # from the file's own entries: one with another problem still holds its id, and the
+    # index is the file's (``alerts`` keeps only the entries that passed)
+    raw = doc.get("alerts") if isinstance(doc.get("alerts"), list) else []
+    seen: set[str] = set()
+    for i, a in enumerate(raw):
+        aid = a.get("id") if isinstance(a, Mapping) else None
+        if isinstance(aid, str) and aid in seen:
+            c.add(f"alerts[{i}].id", f"{aid!r} is used twice")
+        elif isinstance(aid, str):
+            seen.add(aid)
     if not deliveries and "deliveries" not in doc:
         c.add("deliveries", "missing: give at least one delivery (webhook, slack or email)")
     retries = c.number(doc, "retries", "retries", integer=True, minimum=0)
