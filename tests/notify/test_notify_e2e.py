@@ -78,3 +78,34 @@ def test_hotcb_launch_notify_sends_the_crash_that_ends_it(tmp_path: Any, receive
     assert crash["type"] == "crash" and "gone" in crash["message"]
     recs = list(jsonl.iter_records(os.path.join(run, RECORDS)))
     assert [r["status"] for r in recs if r["kind"] == "delivery"] == ["ok"]
+
+
+@pytest.mark.slow
+def test_hotcb_notify_started_before_the_run_waits_for_it(tmp_path: Any, receiver: Any) -> None:
+    """`hotcb notify` on a run directory its trainer has not created yet exited 2 ("no run
+    directory"), where `hotcb autopilot` waits; it now waits too, then watches the run."""
+    run = str(tmp_path / "run")
+    cfg = tmp_path / "notify.json"
+    cfg.write_text(json.dumps({
+        "alerts": [{"id": "loss_up", "kind": "threshold", "metric": "loss", "above": 0.0}],
+        "deliveries": [{"type": "webhook", "url": f"{receiver.url}/hook"}],
+    }))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_RUN_DIR")}
+    notify = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "--dir", run, "notify", "--notify", str(cfg),
+         "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert notify.stdout is not None
+        first = notify.stdout.readline()
+        assert "no run at" in first and "waiting for it" in first, first
+        trainer = subprocess.run([sys.executable, "-m", "hotcb.testing.trainer", "--run-dir", run,
+                                  "--steps", "60", "--step-delay", "0.01"],
+                                 timeout=180, env=env)  # fmt: skip
+        assert trainer.returncode == 0
+        _, err = notify.communicate(timeout=180)
+    finally:
+        notify.kill()
+    assert notify.returncode == 0, err
+    (hook,) = receiver.wait_for("/hook", 1)
+    assert hook["alert"] == "loss_up"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -82,6 +83,11 @@ def cmd_notify(args: argparse.Namespace) -> int:
               f"{len(config.deliveries)} deliveries "
               f"({', '.join(d.target for d in config.deliveries)}); no problems")  # fmt: skip
         return 0
+    if not args.once and not os.path.isdir(args.dir):  # started before the run, as autopilot
+        try:
+            _wait_for_run(args.dir, args.interval)
+        except KeyboardInterrupt:
+            return 0
     require_run_dir(args.dir)
     notifier = Notifier(args.dir, config)
     print(f"hotcb notify on {notifier.run_dir}: {len(config.alerts)} alerts, "
@@ -103,6 +109,14 @@ def cmd_notify(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         notifier.close(LAST_DELIVERIES_SEC)
     return 0
+
+
+def _wait_for_run(path: str, interval: float) -> None:
+    """Until the run directory exists (its trainer's kernel creates it)."""
+    print(f"hotcb notify: no run at {os.path.abspath(path)} yet; waiting for it (Ctrl-C stops)",
+          flush=True)  # fmt: skip
+    while not os.path.isdir(path):
+        time.sleep(interval)
 
 
 #: How long a stopping notifier waits for its last deliveries (``hotcb launch`` waits longer).
