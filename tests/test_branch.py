@@ -141,6 +141,22 @@ def test_a_checkpoint_given_by_path(parent: tuple[str, Path], tmp_path: Path) ->
     assert (tmp_path / "c" / "hotcb.actuators.json").is_file()
 
 
+def test_a_branch_not_started_yet_says_so(parent: tuple[str, Path], tmp_path: Path) -> None:
+    """Before its training starts, a branch's status said `[idle]` and listed the actuators
+    with the values the parent ended with (lr 0.02, set after the checkpoint)."""
+    parent_dir, _ = parent
+    child = os.fspath(tmp_path / "child")
+    assert _cli("--dir", parent_dir, "branch", "--from", str(S), "--to", child).returncode == 0
+    done = _cli("--dir", child, "status")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.endswith(f"[not started (a branch of {parent_dir} at step {S})]"), first
+    assert "actuators (the parent's; their values come when the branch starts)" in done.stdout
+    (lr,) = [ln.split() for ln in done.stdout.splitlines() if ln.strip().startswith("lr ")]
+    assert lr[1] == "–"
+    assert _cli("--dir", child, "set", "lr=0.001").returncode == 0  # routed by the parent's
+
+
 def test_a_bad_from_lists_the_checkpoints(parent: tuple[str, Path], tmp_path: Path) -> None:
     parent_dir, _ = parent
     for bad in ("7", os.fspath(tmp_path / "nope.pt")):

@@ -750,7 +750,7 @@ class Launch:
             if code != 0:
                 return "killed" if self._interrupts or code < 0 else "crashed"
             return "stopped" if detail.startswith("stopped") else "finished"
-        if detail == "not started":
+        if detail.startswith("not started"):
             return "starting"
         if detail in ("paused", "stopped"):
             return "paused" if detail == "paused" else "stopping"

@@ -137,6 +137,20 @@ def _inherited(parent: str, last_seq: int) -> list[dict[str, Any]]:
     return out
 
 
+def _forget_values(path: str) -> None:
+    """The parent's actuators file, kept for its names, types and bounds (``hotcb set`` checks
+    and routes keys by them), without the values the parent ended with: the branch starts from
+    the checkpoint's, which its kernel publishes when it starts."""
+    doc = jsonl.read_json(path, None)
+    if not isinstance(doc, dict) or not isinstance(doc.get("actuators"), list):
+        return
+    for a in doc["actuators"]:
+        if isinstance(a, dict):
+            a["current"] = None
+    doc["from_parent"] = True
+    jsonl.write_json_atomic(path, doc)
+
+
 def _freeze_mode(entries: Sequence[Mapping[str, Any]]) -> str | None:
     """The freeze mode the last applied ``freeze`` entry left in force, when not ``off``."""
     mode = "off"
@@ -235,6 +249,7 @@ def _populate(
             shutil.copytree(src, dst)
         elif os.path.isfile(src):
             shutil.copy2(src, dst)
+    _forget_values(paths.actuators)
     inherited = _inherited(parent, int(info["seq"]))
     frozen = _freeze_mode(inherited) if set_params else None
     # the commands first: a key that no actuator of the parent takes fails before the rest

@@ -284,6 +284,9 @@ class LedgerView:
             return f"{how} at step {ended.get('step')}"
         if meta.get("started") is not None and process_alive(meta) is False:
             return _gone(meta)
+        came = meta.get("branch")
+        if meta.get("started") is None and isinstance(came, Mapping):  # inherited entries only
+            return f"not started (a branch of {came.get('parent')} at step {came.get('step')})"
         if self.stopped:
             return "stopped"
         if self.paused:

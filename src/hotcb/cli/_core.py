@@ -231,6 +231,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "run": meta,
         "freeze": FreezeState.load(paths.freeze).to_dict(),
         "actuators": acts.get("actuators") or [],
+        "actuators_from_parent": bool(acts.get("from_parent")),
         "actuators_step": acts.get("step"),
         "last_metrics": last_metrics[0] if last_metrics else None,
         "heartbeat": beat,
@@ -308,14 +309,21 @@ def _print_run(st: dict[str, Any]) -> None:
         print(line)
 
 
-def _print_actuators(actuators: list[dict[str, Any]]) -> None:
-    print("actuators" if actuators else "actuators (none yet: the run has not started)")
+def _shown_value(v: Any) -> str:
+    return "–" if v is None else fmt_value(v)
+
+
+def _print_actuators(actuators: list[dict[str, Any]], from_parent: bool = False) -> None:
+    if from_parent:  # a branch not started yet: the parent's names and bounds, no values
+        print("actuators (the parent's; their values come when the branch starts)")
+    else:
+        print("actuators" if actuators else "actuators (none yet: the run has not started)")
     for a in actuators:
         bounds = ""
         if a.get("min") is not None or a.get("max") is not None:
             bounds = f" [{fmt_value(a.get('min'))}, {fmt_value(a.get('max'))}]"
         print(
-            f"  {a['param_key']:<22} {fmt_value(a.get('current')):<14} "
+            f"  {a['param_key']:<22} {_shown_value(a.get('current')):<14} "
             f"{a.get('group', ''):<7} {a.get('state', '')}{bounds}"
         )
 
@@ -328,7 +336,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, default=str))
         return 0
     _print_run(st)
-    _print_actuators(st["actuators"])
+    _print_actuators(st["actuators"], st.get("actuators_from_parent", False))
     if st["pending"]:
         print("scheduled")
         for e in st["pending"]:
