@@ -82,7 +82,8 @@ def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> Notify
     deliveries = _items(c, doc, "deliveries", lambda c, d, w: _delivery(c, d, w, base))
     # from the file's own entries: one with another problem still holds its id, and the
     # index is the file's (``alerts`` keeps only the entries that passed)
-    raw = doc.get("alerts") if isinstance(doc.get("alerts"), list) else []
+    listed = doc.get("alerts")
+    raw: list[Any] = listed if isinstance(listed, list) else []
     seen: set[str] = set()
     for i, a in enumerate(raw):
         aid = a.get("id") if isinstance(a, Mapping) else None
