@@ -98,3 +98,25 @@ def test_a_launched_run_ended_by_ctrl_c_says_interrupted_not_crashed(
     assert state == "interrupted by SIGINT (its process is gone and did not close the run)"
     assert cli(run_dir, "tune", "status", "--json").returncode == 0  # a run that is over
     assert json.loads(cli(run_dir, "tune", "status", "--json").stdout)["run_over"] == state
+
+
+def test_a_loop_that_ctrl_c_unwound_through_close_says_interrupted(run_dir: str, cli: Any) -> None:
+    """`hotcb demo`'s trainer (and any loop with `finally: kernel.close()`) stopped with Ctrl-C
+    said `finished at step 728`, as if it had run its course."""
+    from hotcb import HotKernel
+
+    kernel = HotKernel(run_dir)
+
+    def train() -> None:
+        try:
+            for step in range(3):
+                kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the loop
+        finally:
+            kernel.close()
+
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    assert _status(cli, run_dir)["state"] == "interrupted at step 2"
+    done = cli(run_dir, "stop")
+    assert "interrupted at step 2: nothing to stop" in done.stdout

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -891,6 +892,8 @@ class HotKernel:
                 }
                 if self._stopped_by is not None:
                     ended["signal"] = self._stopped_by
+                elif isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                    ended["interrupted"] = True  # Ctrl-C unwound the loop through close()
                 update_run_meta(self.paths, {"ended": ended}, self._warn)
             if self._polled_env is not None:  # what a scheduler did since the last refresh
                 self._stream.refresh(self._polled_env, self.step)

@@ -271,6 +271,7 @@ class LedgerView:
         meta: Mapping[str, Any] | None = None,
     ) -> str:
         """What the run is doing, for a person: ``finished at step N`` / ``stopped at step N``
+        / ``interrupted at step N`` (Ctrl-C unwound its loop through ``close()``)
         (its loop closed the kernel: ``ended`` in ``hotcb.run.json``, ``meta``), ``crashed``
         or ``interrupted by SIGINT`` (its process is gone without closing), ``stopped``,
         ``paused``, ``running``, ``idle`` (nothing new for ``stale_after`` seconds), ``ended
@@ -280,7 +281,8 @@ class LedgerView:
         meta = meta or {}
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
-            how = "stopped" if ended.get("stopped") else "finished"
+            how = ("stopped" if ended.get("stopped") else
+                   "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
             return f"{how} at step {ended.get('step')}"
         if meta.get("started") is not None and process_alive(meta) is False:
             return _gone(meta)
