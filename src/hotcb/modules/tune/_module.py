@@ -388,6 +388,11 @@ class TuneModule:
         except (RecipeError, HotcbError, OSError) as exc:
             return OpResult("rejected", error=str(exc))
         old = self.mode
+        if old != "off" and settings.to_dict() == self.settings.to_dict():
+            # the tuner as it is (`hotcb launch --resume-from … --tune active` sends its enable
+            # again over the checkpoint's tuner): nothing to restart, the open trial goes on
+            return OpResult("applied", changes={"mode": {"old": old, "new": old}},
+                            extra={"tune": self._public_settings()})  # fmt: skip
         try:
             self._enable(settings, int(env["step"]))
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
@@ -597,8 +602,9 @@ class TuneModule:
 
             import_optuna()
             self.opening = self._worker_().submit(self._open_and_clean, settings)
-        if self.trial is not None:
-            self._close_trial(None, "failed", reason="tuner enabled again")
+        trial, reason = self.trial, "the tuner was enabled again with other settings: not judged"
+        if trial is not None:
+            self._close_trial(None, "failed", reason=reason)
         self.settings, self.study, self.mode = settings, study, settings.mode
         self.objective_used = settings.objective
         self.seen = False  # the objective has been logged since the tuner was enabled
@@ -613,6 +619,10 @@ class TuneModule:
             failed = study.fail_open()
             self.counts["failed"] += len(failed)
         self._start_segment(step, "baseline")
+        if trial is not None:  # its change goes, as with a disable; a baseline follows it
+            self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
+            self._take_back(trial, self.host.commanded_since(int(trial["step"])), step,
+                            reason=reason)  # fmt: skip
 
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
         study = self._open_study(settings)
