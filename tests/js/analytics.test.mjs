@@ -42,3 +42,57 @@ test("scales: log for positive values over a wide range, finite everywhere", () 
   const flat = a.scales([0, 10], [2, 2], 400, 200);
   assert.ok(Number.isFinite(flat.y(2)) && flat.log === false);
 });
+
+test("trainingLosses: the run's training losses, the usual names first, no validation loss", () => {
+  const names = ["acc", "val_loss", "loss_cls", "train/loss", "eval/loss", "lr", "test_loss", "loss"];
+  assert.deepEqual(a.trainingLosses(names), ["loss", "train/loss", "loss_cls"]);
+  assert.deepEqual(a.trainingLosses(names, "loss"), ["train/loss", "loss_cls"]);
+  assert.deepEqual(a.trainingLosses(["val/loss", "valid_loss", "validation/loss"]), []);
+  assert.deepEqual(a.trainingLosses(undefined), []);
+});
+
+// GET …/forecast as the server answers it: a forecast from 8 points on, else a note
+const FORECAST_POINTS = { val_loss: 1, loss: 1200, "train/loss": 1200 };
+function fakeForecast(asked, points = FORECAST_POINTS, key = "val_loss") {
+  return async (metric) => {
+    asked.push(metric);
+    const m = metric ?? key;
+    const n = points[m] ?? 0;
+    return n >= 8
+      ? { metric: m, points: n, forecast: { median: [1] }, show: true, note: null }
+      : { metric: m, points: n, forecast: null, show: false, note: `not enough points for a forecast yet (${n} of at least 8)` };
+  };
+}
+
+test("pickForecast: after one Evaluate the forecast stays on the training loss", async () => {
+  const asked = [];
+  const fc = await a.pickForecast(fakeForecast(asked), ["loss", "val_loss", "lr"]);
+  assert.equal(fc.metric, "loss");
+  assert.ok(fc.forecast && fc.show);
+  assert.deepEqual(fc.waitingFor, { metric: "val_loss", points: 1, note: "not enough points for a forecast yet (1 of at least 8)" });
+  assert.deepEqual(asked, [null, "loss"]);
+});
+
+test("pickForecast: the key metric as soon as it has enough points", async () => {
+  const asked = [];
+  const fc = await a.pickForecast(fakeForecast(asked, { val_loss: 8, loss: 1200 }), ["loss", "val_loss"]);
+  assert.equal(fc.metric, "val_loss");
+  assert.equal(fc.waitingFor, undefined);
+  assert.deepEqual(asked, [null]);
+});
+
+test("pickForecast: a metric picked in the panel is shown as it is, a note included", async () => {
+  const asked = [];
+  const fc = await a.pickForecast(fakeForecast(asked), ["loss", "val_loss"], "val_loss");
+  assert.equal(fc.metric, "val_loss");
+  assert.equal(fc.forecast, null);
+  assert.deepEqual(asked, ["val_loss"]);
+});
+
+test("pickForecast: no training loss to forecast either: the key metric's note", async () => {
+  const asked = [];
+  const fc = await a.pickForecast(fakeForecast(asked, { val_loss: 1, loss: 3 }), ["loss", "val_loss"]);
+  assert.equal(fc.metric, "val_loss");
+  assert.match(fc.note, /1 of at least 8/);
+  assert.deepEqual(asked, [null, "loss"]);
+});

@@ -244,7 +244,31 @@ describe("sourceColor: marker and badge colour by who made the change", () => {
     const letters = Object.keys(SOURCE_COLORS).map(sourceLetter);
     assert.equal(new Set(letters).size, letters.length);
     assert.equal(sourceLetter("tune"), "T");
-    assert.equal(sourceLetter("someone-else"), "?");
+  });
+
+  test("every source the kernel and hotcb's clients write has its own letter and colour", () => {
+    // the ledger's `source` values written in src/hotcb (a `resume` marker was a grey "?")
+    const written = ["dashboard", "cli", "python", "recipe", "resume", "kernel", "ramp", "tune",
+      "autopilot", "ai", "launch", "branch", "signal", "config", "anomaly_guard", "lightning"];
+    for (const src of written) {
+      assert.ok(Object.hasOwn(SOURCE_COLORS, src), `${src} has no colour`);
+      assert.notEqual(sourceColor(src), "#6b7280", src);
+      assert.ok(/^[A-Z]{1,2}$/.test(sourceLetter(src)), `${src}: ${sourceLetter(src)}`);
+    }
+    assert.equal(sourceLetter("resume"), "RS");
+    assert.equal(sourceLetter("kernel"), "K");
+  });
+
+  test("an unknown source is its first letter, grey; '?' only for none", () => {
+    assert.equal(sourceLetter("someone-else"), "S");
+    assert.equal(sourceLetter("my_sweeper"), "M");
+    assert.equal(sourceLetter("  _x"), "X");
+    assert.equal(sourceColor("my_sweeper"), "#6b7280");
+    assert.equal(sourceColor("constructor"), "#6b7280"); // not Object's own
+    assert.equal(sourceLetter("constructor"), "C");
+    assert.equal(sourceLetter(undefined), "?");
+    assert.equal(sourceLetter(""), "?");
+    assert.equal(sourceLetter(null), "?");
   });
 });
 

@@ -5,7 +5,18 @@ import { describe, test } from "node:test";
 
 import { lib } from "./static.mjs";
 
-const { ago, appendRecords, compact, pastStepError, runChip, stepAhead } = lib;
+const {
+  ago,
+  appendRecords,
+  compact,
+  lastRecordStep,
+  pastStepError,
+  runChip,
+  runListName,
+  runPickerText,
+  shownStep,
+  stepAhead,
+} = lib;
 
 const series = (values, first = 0) => ({ step: values.map((_, i) => first + i), value: [...values] });
 const runData = () => ({ series: new Map(), lastStep: null });
@@ -224,5 +235,55 @@ describe("runChip: the header's state chip", () => {
       runChip({ offline: true, over: true, runState: "finished at step 9", step: 9 }).text,
       "disconnected — last seen finished at step 9",
     );
+  });
+});
+
+describe("runPickerText / runListName: what the run picker and the compare list call a run", () => {
+  test("a run served as its own folder (id '.') is called by its name, not '. — name'", () => {
+    const root = { run_id: ".", name: "exp3" };
+    assert.equal(runPickerText(root), "exp3");
+    assert.equal(runListName(root), "exp3");
+    assert.equal(runPickerText({ run_id: ".", name: null }), "this run");
+  });
+
+  test("a run under the folder: its id, and its name when that differs", () => {
+    assert.equal(runPickerText({ run_id: "sweep/a", name: "baseline" }), "sweep/a — baseline");
+    assert.equal(runPickerText({ run_id: "live", name: "live" }), "live");
+    assert.equal(runPickerText({ run_id: "live" }), "live");
+    assert.equal(runListName({ run_id: "sweep/a", name: "baseline" }), "sweep/a");
+  });
+});
+
+describe("shownStep / lastRecordStep: the compare list's step follows a watched run live", () => {
+  test("the newest record's step of a live metrics message", () => {
+    assert.equal(lastRecordStep([{ step: 967, metrics: {} }, { step: 1203, metrics: {} }]), 1203);
+    assert.equal(lastRecordStep([{ step: 5 }, { metrics: {} }]), 5);
+    assert.equal(lastRecordStep([]), null);
+    assert.equal(lastRecordStep(undefined), null);
+  });
+
+  test("a watched run: the live step, not the runs list's (polled, behind)", () => {
+    const run = { run_id: "sweep/a", last_step: 967 };
+    assert.equal(shownStep(run, 1203, true), 1203);
+    assert.equal(shownStep(run, 120, true), 120); // resumed from an earlier checkpoint: back
+    assert.equal(shownStep(run, undefined, true), 967); // nothing pushed yet
+  });
+
+  test("a run the page does not watch: the runs list's step (nothing is pushed for it)", () => {
+    assert.equal(shownStep({ run_id: "sweep/a", last_step: 967 }, 1203, false), 967);
+    assert.equal(shownStep({ run_id: "sweep/a", last_step: null }, undefined, false), null);
+  });
+});
+
+describe("runIsOver", () => {
+  test("the server's words for a run that is over", () => {
+    for (const said of ["finished at step 599", "stopped at step 12", "crashed (exit code 1; …)",
+      "interrupted by SIGINT (…)", "interrupted at step 728",
+      "ended before it started (its training exited with code 2)"]) {
+      assert.equal(lib.runIsOver(said), true, said);
+    }
+    for (const said of ["running", "paused", "idle", "not started", "not started (a branch of /r at step 30)", null]) {
+      assert.equal(lib.runIsOver(said), false, String(said));
+    }
   });
 });

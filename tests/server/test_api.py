@@ -75,6 +75,23 @@ def test_root_run_is_dot(tmp_path, live_server):
         assert c.get("/api/runs/status").json()["last_metrics"]["step"] == 4
 
 
+def test_runs_list_step_follows_a_loaded_run_nobody_watches(tmp_path, live_server):
+    """A run the server loaded once (a page looked at it or compared it, then left it) is no
+    longer tailed: the list's step still follows its files (it stuck at the step of that
+    load: "sweep/a step 967" while the run was past 1200)."""
+    run = make_run(tmp_path / "sweep" / "a", steps=968)
+    make_run(tmp_path / "sweep" / "b", steps=5)
+    srv = live_server()
+    with srv.client() as c:
+        assert c.get("/api/runs/sweep/a/status").json()["last_step"] == 967  # loaded now
+        with MetricsCollector(run) as m:
+            for s in range(968, 1201):
+                m.log(s, {"loss": 1.0 / (s + 1)})
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert runs["sweep/a"]["last_step"] == 1200, runs["sweep/a"]
+        assert runs["sweep/b"]["last_step"] == 4
+
+
 def test_posted_command_lands_once_and_kernel_applies_it_as_dashboard(tmp_path, live_server):
     run = make_run(tmp_path / "r")
     weights = {"ce": 1.0, "l2": 0.0}

@@ -443,7 +443,10 @@ class RunRegistry:
         path = self.resolve(run_id)
         paths = RunPaths(path)
         state = self._states.get(run_id)
-        if state is not None and state.metrics.loaded:
+        # A loaded run is up to date only while the tailer refreshes it, that is while a page
+        # watches it; one nobody watches any more (a run compared a while ago) keeps the step
+        # of its last refresh: read the files' tails instead.
+        if state is not None and state.metrics.loaded and self.hub.has_subscribers(run_id):
             last_step, last_wall = state.last_step, state.last_wall_time
         else:
             last_m = jsonl.read_last(paths.metrics, 1)

@@ -140,3 +140,36 @@ def test_forecast_band_note_whatif_and_trajectory(
     assert "forecast not better" in card["note"], card
     head = page.locator(f'.chart-card[data-group="{card["key"]}"] .chart-note')
     assert head.is_visible() and "forecast not better" in head.text_content()
+
+
+def test_one_evaluate_keeps_the_forecast_on_the_training_loss(
+    page: Any, serve_dir: Any, tmp_path: Any
+) -> None:
+    """One Evaluate gives val_loss (the key metric) a single point: the forecast stays on the
+    training loss, in the panel and over the Loss chart, until val_loss has enough points
+    (it switched to val_loss, and the Loss chart said "not enough points … (1 of at least 8)")."""
+    root = tmp_path / "runs"
+    path = os.fspath(root / "r")
+    rng = np.random.default_rng(1)
+    loss = lambda s: 2.0 * (s + 10.0) ** -0.5 * math.exp(rng.normal(0, 0.05))  # noqa: E731
+    with MetricsCollector(path) as m:
+        for s in range(1199):
+            m.log(s, {"loss": loss(s)})
+        m.log(1199, {"loss": loss(1199), "val_loss": 0.07})  # one Evaluate
+    srv = serve_dir(os.fspath(root))
+    page.goto(srv.page_url("r"))
+    wait(page, "d.run === 'r' && d.metric === 'loss' && d.waitingFor === 'val_loss'")
+    metric = page.locator("#analytics-card select[aria-label='forecast metric']")
+    assert metric.input_value() == "loss"
+    summary = page.text_content("#analytics-card .card-head")
+    assert "val_loss once it has enough points (1 so far)" in summary, summary
+    card = wait_chart(page, "loss", "c.forecast || c.note")
+    assert "not enough points" not in (card["note"] or ""), card
+    assert card["forecast"] is None or card["forecast"]["label"] == "loss forecast", card
+
+    # seven more evaluations: val_loss can be forecast now, and the forecast moves to it
+    with MetricsCollector(path) as m:
+        for s in range(1200, 1207):
+            m.log(s, {"loss": loss(s), "val_loss": 0.07 - 0.001 * (s - 1199)})
+    wait(page, "d.metric === 'val_loss' && d.waitingFor === null")
+    assert "once it has enough points" not in page.text_content("#analytics-card .card-head")

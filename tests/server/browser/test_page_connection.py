@@ -125,7 +125,7 @@ def test_a_page_without_its_server_does_not_say_running(
     d = wait_page(page, "d.offline && d.chip.startsWith('disconnected')")
     assert d["chip"] == f"disconnected — last seen running at step {d['stepShown']}", d["chip"]
     assert "running" not in page.locator("#state-chip").get_attribute("class")
-    for sel in STEER:
+    for sel in (*STEER, "#freeze-select"):
         assert page.locator(sel).is_disabled(), sel
     assert "unreachable" in page.locator("#btn-stop").get_attribute("title")
     banner = page.locator("#stale-banner")
@@ -135,7 +135,7 @@ def test_a_page_without_its_server_does_not_say_running(
 
     srv.start()
     wait_page(page, "d.connected && !d.offline && d.chip === 'running'", 60)
-    for sel in STEER:
+    for sel in (*STEER, "#freeze-select"):
         page.locator(f"{sel}:not([disabled])").wait_for()
     title = page.locator("#btn-stop").get_attribute("title")
     assert title == "stop training at the next safe point"  # its own again

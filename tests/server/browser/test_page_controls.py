@@ -328,8 +328,10 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
         "t => document.getElementById('state-chip').textContent === t", arg=d["state"]
     )
     assert "running" not in chip.inner_text() and "stale" not in chip.inner_text()
-    for sel in ("#btn-pause", "#btn-checkpoint", "#btn-stop"):
+    # the freeze mode too: no kernel would read it any more
+    for sel in ("#btn-pause", "#btn-checkpoint", "#btn-stop", "#freeze-select"):
         assert page.locator(sel).is_disabled(), sel
+    assert "the run is over" in page.locator("#freeze-select").get_attribute("title")
     assert page.locator("#recipe-link").is_enabled()  # the recipe of a finished run is useful
     # nothing would act on a proposal of the tuner or the autopilot any more, nor on a knob
     wait_page(page, "d.tune.over && d.autopilot.over")
@@ -350,6 +352,7 @@ def test_finished_run_says_so_and_cannot_be_steered(page: Any, server: Any, runs
     assert page.locator("#state-chip").inner_text() in ("running", "stale", "paused")
     wait_page(page, "!d.tune.over && !d.autopilot.over")
     wait_page(page, "d.controls.length > 0 && d.controls.every(c => c.sendable)")
+    assert page.locator("#freeze-select").is_enabled()
 
 
 def test_crashed_run_says_so(page: Any, serve_dir: Any, tmp_path: Any) -> None:
@@ -372,7 +375,7 @@ def test_crashed_run_says_so(page: Any, serve_dir: Any, tmp_path: Any) -> None:
     page.wait_for_function(
         "() => document.getElementById('state-chip').textContent.startsWith('crashed')"
     )
-    for sel in ("#btn-pause", "#btn-checkpoint", "#btn-stop"):
+    for sel in ("#btn-pause", "#btn-checkpoint", "#btn-stop", "#freeze-select"):
         assert page.locator(sel).is_disabled(), sel
 
 

@@ -20,6 +20,36 @@ const COLORS = {
   text: "#6b7280",
 };
 
+/** The training losses a run logs, the first the likeliest ("loss", "train/loss", "train_loss",
+ * then any other name with "loss" in it that is no validation, eval or test metric); not `except`. */
+export function trainingLosses(names, except = null) {
+  const usual = ["loss", "train/loss", "train_loss"];
+  const held = /^(val|valid|validation|eval|test)([/_.-]|$)|[/_.-](val|valid|eval|test)([/_.-]|$)/i;
+  const others = (names || []).filter((n) => /loss/i.test(n) && !usual.includes(n) && !held.test(n));
+  return [...usual.filter((n) => (names || []).includes(n)), ...others].filter((n) => n !== except);
+}
+
+/**
+ * The forecast the panel shows. `ask(metric)` answers GET …/forecast for `metric` (null: the
+ * server's pick, the key metric, e.g. val_loss). The metric picked in the panel (`chosen`) is
+ * always what is shown. Otherwise the key metric, once it has a forecast (enough points); until
+ * then the run's training loss, when that has one: one Evaluate gives val_loss a single point,
+ * and the Loss chart's forecast is not to turn into "not enough points (1 of at least 8)".
+ * The answer then says what it stands in for: `waitingFor` {metric, points, note}.
+ */
+export async function pickForecast(ask, names, chosen = "") {
+  if (chosen) return ask(chosen);
+  const preferred = await ask(null);
+  if (preferred.forecast) return preferred;
+  for (const m of trainingLosses(names, preferred.metric)) {
+    const fc = await ask(m);
+    if (fc.forecast) {
+      return { ...fc, waitingFor: { metric: preferred.metric, points: preferred.points ?? 0, note: preferred.note } };
+    }
+  }
+  return preferred;
+}
+
 /** knob and factor of an autopilot proposal (`{action: {name, params}}`), or null. */
 export function autopilotWhatIf(p) {
   const a = p && p.action;
@@ -138,7 +168,8 @@ export class AnalyticsPanel {
   constructor(root) {
     this.root = root;
     this.run = null;
-    this.metric = "";
+    this.metric = ""; // the metric shown
+    this.chosen = ""; // the metric picked in the panel ("": the key metric, as soon as it can)
     this.horizon = 200;
     this.forecast = null;
     this.history = null;
@@ -225,7 +256,7 @@ export class AnalyticsPanel {
     r.append(body);
 
     this.metricSel.addEventListener("change", () => {
-      this.metric = this.metricSel.value;
+      this.metric = this.chosen = this.metricSel.value;
       this.whatif = null;
       this.refresh();
     });
@@ -251,7 +282,7 @@ export class AnalyticsPanel {
       const run = this.pageRun();
       if (run !== this.run) {
         this.run = run;
-        this.metric = "";
+        this.metric = this.chosen = "";
         this.forecast = this.history = this.whatif = this.traj = null;
         this.publish();
         this.refresh();
@@ -279,7 +310,9 @@ export class AnalyticsPanel {
     try {
       const names = (await api(runUrl(run, "metrics/names"))).names || [];
       this.fillMetrics(names);
-      const fc = await api(runUrl(run, "forecast", { horizon: this.horizon, ...(this.metric ? { metric: this.metric } : {}) }));
+      const horizon = this.horizon;
+      const ask = (metric) => api(runUrl(run, "forecast", { horizon, ...(metric ? { metric } : {}) }));
+      const fc = await pickForecast(ask, names, this.chosen);
       if (run !== this.run) return;
       this.forecast = fc;
       this.metric = fc.metric;
@@ -414,9 +447,11 @@ export class AnalyticsPanel {
     }
     const f = fc.forecast;
     const end = f ? f.median.length - 1 : -1;
-    this.summary.textContent = fc.show && f
+    const wait = fc.waitingFor;
+    const later = wait ? ` · ${wait.metric} once it has enough points (${wait.points} so far)` : "";
+    this.summary.textContent = (fc.show && f
       ? `${fc.metric} in ${this.horizon} steps: ${fmtNum(f.median[end])} (${fmtNum(f.lo[end])}–${fmtNum(f.hi[end])}, 10–90 %)`
-      : "";
+      : "") + later;
     this.note.textContent = fc.show ? "" : fc.note || "";
     this.note.hidden = !!fc.show;
     const m = fc.backtest && fc.backtest.mae;
@@ -515,6 +550,8 @@ export class AnalyticsPanel {
     return {
       run: this.run,
       metric: this.metric,
+      chosen: this.chosen,
+      waitingFor: fc && fc.waitingFor ? fc.waitingFor.metric : null,
       horizon: this.horizon,
       show: !!(fc && fc.show),
       note: fc ? fc.note : null,

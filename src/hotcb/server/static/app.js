@@ -4,10 +4,15 @@ import { Charts, fmtNum, sourceColor } from "./charts.js";
 import {
   ago,
   appendRecords as appendSeries,
+  lastRecordStep,
   pastStepError,
   runChip,
+  runIsOver,
+  runListName,
+  runPickerText,
   runTree,
   seriesFrom,
+  shownStep,
   stepAhead,
 } from "./lib.js";
 import {
@@ -42,6 +47,7 @@ const app = {
   runId: null,
   waitingFor: null, // a run named in the address that does not exist yet
   compare: new Set(),
+  liveSteps: new Map(), // runId → its step as the live stream last said it (the compare list)
   data: new Map(), // runId → {runId, label, series: Map name → {step, value}, lastStep, lastRecv, loading, buffer}
   ledger: [],
   ledgerLimit: 200,
@@ -62,10 +68,13 @@ const app = {
 };
 
 // ----------------------------------------------------------------------------- utilities
+/** A message at the bottom left (clear of the Controls column) for `ms`; a click dismisses it. */
 function toast(text, kind = "info", ms = 5000) {
   const t = document.createElement("div");
   t.className = `toast ${kind}`;
   t.textContent = text;
+  t.title = "click to dismiss";
+  t.addEventListener("click", () => t.remove());
   $("toasts").append(t);
   setTimeout(() => t.remove(), ms);
 }
@@ -452,10 +461,9 @@ function isPaused() {
   return !!app.status?.paused;
 }
 
-/** The run's script closed it (or its process died): nothing will act on commands any more. */
-const OVER = /^(finished at step|stopped at step|crashed|interrupted)/;
+/** The run is over (see runIsOver): nothing will act on commands any more. */
 function isOver() {
-  return typeof app.runState === "string" && OVER.test(app.runState);
+  return runIsOver(app.runState);
 }
 
 function noRunsText() {
@@ -505,7 +513,13 @@ function renderFacts() {
   tunePanel.setOver(over);
   autopilotPanel.setOver(over);
   controls.setOver(over);
-  for (const id of ["recipe-link", "freeze-select"]) $(id).disabled = noRun;
+  $("recipe-link").disabled = noRun; // the recipe of a run that is over is still useful
+  // no kernel reads a freeze mode once the run is over: disabled like Stop (and while offline)
+  const freezeSel = $("freeze-select");
+  freezeSel.disabled = noRun || over || offline;
+  const freezeWhy = over ? `the run is over (${app.runState}): nothing would read a freeze mode` : why;
+  if (freezeWhy) freezeSel.title = freezeWhy;
+  else freezeSel.removeAttribute("title"); // the label's tooltip says what the modes do
   $("btn-pause").textContent = paused ? "Resume" : "Pause";
   $("btn-pause").classList.toggle("primary", paused);
   const nb = $("norun-banner");
@@ -553,8 +567,7 @@ async function refreshRuns() {
   const sel = $("run-select");
   // branches right under their parent, indented, "branch of <parent> at step S"
   const opts = runTree(app.runs).map(({ run: r, depth, label }) => {
-    const name = r.name && r.name !== r.run_id ? `${r.run_id} — ${r.name}` : r.run_id;
-    const text = `${"\u00a0\u00a0\u00a0".repeat(depth)}${depth ? "↳ " : ""}${name}${label ? ` (${label})` : ""}`;
+    const text = `${"\u00a0\u00a0\u00a0".repeat(depth)}${depth ? "↳ " : ""}${runPickerText(r)}${label ? ` (${label})` : ""}`;
     return { text, value: r.run_id, depth };
   });
   if ([...sel.options].map((o) => o.value + o.text).join("|") !== opts.map((o) => o.value + o.text).join("|")) {
@@ -591,13 +604,11 @@ function renderCompareList() {
       setUrl();
       onCompareChange(r.run_id, cb.checked);
     });
-    lab.append(cb, document.createTextNode(` ${r.run_id}`));
-    if (r.last_step != null) {
-      const s = document.createElement("span");
-      s.className = "muted small";
-      s.textContent = ` step ${r.last_step}`;
-      lab.append(s);
-    }
+    lab.append(cb, document.createTextNode(` ${runListName(r)}`));
+    const stepEl = document.createElement("span"); // filled by renderCompareSteps
+    stepEl.className = "muted small compare-step";
+    stepEl.dataset.run = r.run_id;
+    lab.append(stepEl);
     if (label) {
       const s = document.createElement("span");
       s.className = "muted small branch-label";
@@ -607,6 +618,19 @@ function renderCompareList() {
     box.append(lab);
   }
   $("compare-count").textContent = app.compare.size ? `(${app.compare.size})` : "";
+  renderCompareSteps();
+}
+
+/** The compare list's steps: live for the runs the page watches (each metric record and
+ * status the server pushes), the runs list's (polled every 10 s) for the others. */
+function renderCompareSteps() {
+  for (const s of $("compare-list").querySelectorAll(".compare-step")) {
+    const run = app.runs.find((r) => r.run_id === s.dataset.run);
+    const watched = s.dataset.run === app.runId || app.compare.has(s.dataset.run);
+    const step = run ? shownStep(run, app.liveSteps.get(s.dataset.run), watched) : null;
+    const text = step == null ? "" : ` step ${step}`;
+    if (s.textContent !== text) s.textContent = text;
+  }
 }
 
 function onCompareChange(runId, on) {
@@ -629,6 +653,8 @@ function pickInitialRun() {
 function onMessage(msg) {
   switch (msg.type) {
     case "metrics": {
+      const last = lastRecordStep(msg.records);
+      if (last != null) app.liveSteps.set(msg.run, last);
       const rd = app.data.get(msg.run);
       if (!rd) return;
       rd.lastRecv = Date.now();
@@ -658,6 +684,7 @@ function onMessage(msg) {
       if (msg.run === app.runId) autopilotPanel.update(msg.doc);
       break;
     case "status":
+      if (typeof msg.last_step === "number") app.liveSteps.set(msg.run, msg.last_step);
       if (msg.run === app.runId) {
         app.serverStale = !!msg.stale;
         app.serverStep = msg.last_step ?? app.serverStep;
@@ -856,6 +883,7 @@ function tick() {
     renderLedger();
   }
   renderFacts();
+  renderCompareSteps();
 }
 
 // ----------------------------------------------------------------------------- wiring

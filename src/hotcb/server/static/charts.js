@@ -7,7 +7,10 @@ export const PALETTE = [
 ];
 const DASHES = [null, [6, 4], [2, 3], [10, 3, 2, 3]];
 // Who made a change: markers, knob dots and ledger badges. Dark shades that no metric series
-// is drawn in (a tune marker is not the 7th series), and a letter in each marker's dot.
+// is drawn in (a tune marker is not the 7th series), and a letter in each marker's dot. Every
+// source the kernel and hotcb's own clients write into the ledger is here: people (dashboard,
+// cli, python), the automatic controllers (tune, autopilot, ai), and the run's own machinery
+// (recipe, resume, kernel, ramp, launch, branch, signal, config, anomaly_guard, lightning).
 export const SOURCE_COLORS = {
   dashboard: "#1e3a8a",
   cli: "#7c2d12",
@@ -16,12 +19,29 @@ export const SOURCE_COLORS = {
   ai: "#831843",
   recipe: "#134e4a",
   tune: "#a16207",
+  resume: "#334155",
+  kernel: "#1f2937",
+  ramp: "#155e75",
+  launch: "#3730a3",
+  branch: "#3f6212",
+  signal: "#991b1b",
+  config: "#57534e",
+  anomaly_guard: "#9a3412",
+  lightning: "#6b21a8",
 };
 export const SOURCE_LETTERS = {
   dashboard: "D", cli: "C", python: "P", autopilot: "A", ai: "AI", recipe: "R", tune: "T",
+  resume: "RS", kernel: "K", ramp: "RP", launch: "L", branch: "B", signal: "S", config: "CF",
+  anomaly_guard: "G", lightning: "LT",
 };
-export const sourceColor = (src) => SOURCE_COLORS[src] || "#6b7280";
-export const sourceLetter = (src) => SOURCE_LETTERS[src] || "?";
+export const sourceColor = (src) => (Object.hasOwn(SOURCE_COLORS, src) ? SOURCE_COLORS[src] : "#6b7280");
+/** A source's letter; one hotcb does not know (a client's own `source`) is its first letter,
+ * capitalised; "?" only when the entry names none. */
+export const sourceLetter = (src) => {
+  if (Object.hasOwn(SOURCE_LETTERS, src)) return SOURCE_LETTERS[src];
+  const first = typeof src === "string" ? src.trim().match(/[\p{L}\p{N}]/u) : null;
+  return first ? first[0].toUpperCase() : "?";
+};
 
 // ----------------------------------------------------------------------------- grouping
 const RE_LR = /(^|[/_.@-])(lr|learning_rate)($|[/_.@-])/i;

@@ -92,6 +92,13 @@ export function pastStepError(atStep, step, key) {
   return `step ${atStep} has passed (the run is at step ${step}): ${now}, or pick a later step`;
 }
 
+/** Whether the server's words for a run say it is over: its script closed it, its process
+ * died, or a launched training exited before it opened its kernel. Nothing will act on
+ * commands any more. */
+export function runIsOver(runState) {
+  return typeof runState === "string" && /^(finished at step|stopped at step|crashed|interrupted|ended before)/.test(runState);
+}
+
 /**
  * The header's state chip: `{text, cls, seen}`. `state`: the run's last known state in words
  * ("running", "paused", "stale", "finished at step N" …); `offline`: the page lost its server
@@ -130,6 +137,37 @@ export function branchLabel(run) {
   if (!b) return "";
   const parent = b.parent ?? (b.parent_path || "?").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
   return b.step != null ? `branch of ${parent} at step ${b.step}` : `branch of ${parent}`;
+}
+
+/** What the run picker calls a run of /api/runs: its id, and its name when that differs
+ * ("sweep/a — baseline"). A run served as its own folder (`hotcb serve --dir RUN`) has the id
+ * ".", which says nothing: its name alone. */
+export function runPickerText(run) {
+  const id = run?.run_id;
+  if (id === "." || id === "" || id == null) return run?.name || "this run";
+  return run.name && run.name !== id ? `${id} — ${run.name}` : id;
+}
+
+/** What the compare list calls a run: its id, or its name for the run at the served root ("."). */
+export function runListName(run) {
+  const id = run?.run_id;
+  return id === "." || id === "" || id == null ? run?.name || "this run" : id;
+}
+
+/** The step of the newest record of a live `metrics` message (null: none has a step). */
+export function lastRecordStep(records) {
+  for (let i = (records || []).length - 1; i >= 0; i--) {
+    if (typeof records[i]?.step === "number") return records[i].step;
+  }
+  return null;
+}
+
+/** The step the compare list shows for a run of /api/runs: while the page watches the run
+ * (it is drawn), what the live stream last said (`live`: its newest metric record or status),
+ * which the runs list (polled every 10 s) lags behind; else the list's `last_step`. */
+export function shownStep(run, live, watched) {
+  if (watched && typeof live === "number") return live;
+  return typeof run?.last_step === "number" ? run.last_step : null;
 }
 
 /**
