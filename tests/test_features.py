@@ -283,6 +283,29 @@ def test_live_load_disable_enable_set_unload_with_the_kernel(run_dir: str) -> No
     loop.kernel.close()
 
 
+def test_a_unit_dim_that_does_not_fit_never_breaks_the_forward_pass(run_dir: str) -> None:
+    """`cb set_params feats unit_dim=5` on 2-d outputs: the hook raised IndexError inside the
+    user's forward pass, and the training process died. The failure is now the callback's
+    own error, ledgered (and auto-disabled like any other), and the loop goes on."""
+    loop = Loop(run_dir)
+    loop.run(1)
+    client = HotClient(run_dir)
+    client.cb_load("feats", path="hotcb.features", symbol="FeatureCapture",
+                   init={"patterns": ["0", "1"], "every": 2})  # fmt: skip
+    cid = client.cb("set_params", "feats", unit_dim=5)
+    loop.run(12)  # raised IndexError out of model(x) before the fix
+    assert loop.ledger(cid)["decision"] == "applied"
+    path = os.path.join(run_dir, "hotcb.applied.jsonl")
+    with open(path) as f:
+        errors = [e for e in map(json.loads, f) if e.get("op") == "callback_error"]
+    assert errors and "unit_dim 5 does not fit an output of 2 dims" in errors[0]["error"]
+    bad = client.cb("set_params", "feats", unit_dim=True)
+    loop.run(1)
+    assert loop.ledger(bad)["decision"] in ("rejected", "failed")
+    assert "unit_dim must be an integer" in loop.ledger(bad)["error"]
+    loop.kernel.close()
+
+
 @pytest.mark.slow
 def test_cli_loads_and_disables_it(run_dir: str, cli: Any) -> None:
     loop = Loop(run_dir)

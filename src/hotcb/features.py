@@ -177,6 +177,9 @@ def _raw_stats(t: Any, unit_dim: int | None) -> tuple[list[Any], int, int]:
             dead = (x <= 0).sum(dtype=torch.float32)
         else:
             d = _unit_dim(x.dim(), unit_dim)
+            if not 0 <= d < x.dim():
+                raise ValueError(f"unit_dim {unit_dim} does not fit an output of {x.dim()} "
+                                 f"dims {tuple(x.shape)}")  # fmt: skip
             units = x.shape[d]
             dead = (x.amax(dim=[i for i in range(x.dim()) if i != d]) <= 0).sum(dtype=torch.float32)
         return [x.mean(), lo, hi, dead, torch.linalg.vector_norm(x)], x.numel(), units
@@ -280,6 +283,7 @@ class FeatureCapture(CallbackBase):
         self._fd: int | None = None
         self._fd_path: str | None = None
         self._pending: dict[str, Any] = {}
+        self._failed: dict[str, str] = {}  # a layer whose output could not be summarised
         self._armed_step: int | None = None
         self._warned_no_model = False
 
@@ -316,8 +320,9 @@ class FeatureCapture(CallbackBase):
             new["types"] = _as_list(new["types"], "types", classes=True)
         if "every" in new:
             new["every"] = self._check_every(new["every"])
-        if "unit_dim" in new and new["unit_dim"] is not None:
-            new["unit_dim"] = int(new["unit_dim"])
+        dim = new.get("unit_dim")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise ValueError(f"unit_dim must be an integer or null, got {dim!r}")
         if "max_layers" in new:
             new["max_layers"] = int(new["max_layers"])
         if "train_only" in new:
@@ -418,7 +423,7 @@ class FeatureCapture(CallbackBase):
 
     def _arm(self, model: Any, step: int) -> None:
         self.remove_hooks()
-        self._pending = {}
+        self._pending, self._failed = {}, {}
         for name, mod in self._modules(model):
             self._handles[name] = mod.register_forward_hook(self._hook_for(name))
         self._armed_step = step if self._handles else None
@@ -432,7 +437,10 @@ class FeatureCapture(CallbackBase):
                 handle.remove()  # once per capture: a second call (weight sharing) is skipped
             t = _first_tensor(output)
             if t is not None and t.numel() > 0:
-                self._pending[name] = _raw_stats(t, self.unit_dim)
+                try:  # inside the user's forward pass: never raise there
+                    self._pending[name] = _raw_stats(t, self.unit_dim)
+                except Exception as exc:
+                    self._failed[name] = f"{type(exc).__name__}: {exc}"
 
         return hook
 
@@ -445,11 +453,20 @@ class FeatureCapture(CallbackBase):
 
     # ------------------------------------------------------------------ records
     def _finish(self, step: int, env: Env) -> None:
-        armed, pending = self._armed_step, self._pending
+        armed, pending, failed = self._armed_step, self._pending, self._failed
         self.remove_hooks()
-        self._pending = {}
+        self._pending, self._failed = {}, {}
+        if armed == step and failed:  # after the forward pass: a callback error, ledgered
+            self._record(step, env, pending)
+            said = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise ValueError(f"could not summarise the output of {said}")
         if armed != step or not pending:
             return  # stale (the callback was off in between) or nothing ran
+        self._record(step, env, pending)
+
+    def _record(self, step: int, env: Env, pending: Mapping[str, Any]) -> None:
+        if not pending:
+            return
         t0 = time.perf_counter()
         import torch
 
