@@ -310,3 +310,44 @@ def test_refused_path_reveals_neither_content_nor_existence(
     )
     assert first_line not in exists.text and "root:" not in exists.text
     assert read_commands(run) == []
+
+
+def test_a_recipe_that_loads_code_is_not_replayed_from_the_dashboard(
+    tmp_path: Any, live_server: Any, make_run: Any, read_commands: Any
+) -> None:
+    """With code loading off, `cb load` from the dashboard is refused, but a freeze that
+    replays a recipe holding a `cb load` of a user's file was accepted: the recipe loaded the
+    code on the token holder's word. A recipe of hotcb's bundled callbacks still replays."""
+    run = make_run(tmp_path / "runs" / "r")
+
+    def recipe(name: str, target: dict[str, Any]) -> str:
+        load = {"v": 1, "at": {"step": 5, "event": "train_step_end"}, "module": "cb",
+                "op": "load", "id": "p", "params": {}, "target": target}  # fmt: skip
+        path = os.path.join(run, name)
+        with open(path, "w") as f:
+            f.write(json.dumps({"v": 1, "kind": "hotcb.recipe"}) + "\n" + json.dumps(load) + "\n")
+        return path
+
+    code = recipe("code.jsonl", {"kind": "python_file", "path": "/tmp/x/sidefx.py",
+                                 "symbol": "P"})  # fmt: skip
+    bundled = recipe("bundled.jsonl", {"kind": "python_path",
+                                       "path": "hotcb.modules.cb.callbacks",
+                                       "symbol": "HeartbeatCallback"})  # fmt: skip
+    srv = live_server(root=tmp_path / "runs")
+    with srv.client() as c:
+        for endpoint, body in (
+            ("freeze", {"mode": "replay", "recipe_path": code}),
+            ("commands", {"module": "freeze", "op": "set", "mode": "replay",
+                          "recipe_path": "code.jsonl"}),
+        ):  # fmt: skip
+            r = c.post(f"/api/runs/r/{endpoint}", json=body)
+            assert r.status_code == 403, r.text
+            assert "the recipe loads code (line 2: cb load p (/tmp/x/sidefx.py))" in r.text
+        assert read_commands(run) == []
+        ok = c.post("/api/runs/r/freeze", json={"mode": "replay", "recipe_path": bundled})
+        assert ok.status_code == 200, ok.text
+    assert len(read_commands(run)) == 1
+    srv = live_server(root=tmp_path / "runs", allow_code_load=True)
+    with srv.client() as c:
+        ok = c.post("/api/runs/r/freeze", json={"mode": "replay", "recipe_path": code})
+        assert ok.status_code == 200, ok.text

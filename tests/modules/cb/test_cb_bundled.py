@@ -195,3 +195,31 @@ def test_jsonl_logger(kernel_factory, driver_for):
         assert r["loss"] == pytest.approx(r["metrics"]["loss"])
         assert r["batch_size"] == 32 and r["framework"] == "torch"
         assert "model" not in r and "optimizer" not in r
+
+
+def test_jsonl_logger_writes_only_inside_the_run(kernel_factory, driver_for, tmp_path):
+    """A command named where the logger writes: `cb load … --init path=/anywhere` or `cb
+    set_params jl path=/anywhere` (from the CLI, a recipe, or a dashboard token holder with code
+    loading off) created and filled files anywhere on the machine."""
+    kernel = kernel_factory()
+    loop = driver_for(kernel)
+    client = HotClient(kernel.run_dir)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in (str(outside / "a.jsonl"), "../../outside-b.jsonl"):
+        cid = client.cb_load("far", path=PKG, symbol="JSONLLoggerCallback", init={"path": path})
+        kernel.apply({"step": -1})
+        entry = client.wait(cid, timeout=5)
+        assert entry["decision"] == "failed", entry
+        assert "outside the run directory" in entry["error"]
+    _load(kernel, "jl", "JSONLLoggerCallback")
+    cid = client.cb("set_params", "jl", path=str(outside / "c.jsonl"))
+    loop.steps(3)
+    errors = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
+    assert errors and "outside the run directory" in errors[0]["error"]
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path.parent / "outside-b.jsonl").exists()
+    client.cb("set_params", "jl", path="logs/jl.jsonl")  # inside: fine
+    client.cb("enable", "jl")  # after the errors disabled it
+    loop.steps(2)
+    assert os.path.exists(os.path.join(kernel.run_dir, "logs", "jl.jsonl"))

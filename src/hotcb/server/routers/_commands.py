@@ -56,6 +56,41 @@ def _confine(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> No
             raise HTTPException(403, detail=str(exc)) from None
 
 
+def _recipe_loads_code(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> str | None:
+    """The first ``cb load`` of code (anything but hotcb's bundled callbacks) that a freeze
+    ``record``'s recipe (and overlay) would replay, as ``line N: cb load ID (PATH)``; None when
+    there is none, or the recipe cannot be read (the trainer refuses it and says why)."""
+    given = record.get("params")
+    params: dict[str, Any] = given if isinstance(given, dict) else {}
+
+    def field(key: str) -> Any:
+        return record.get(key, params.get(key))
+
+    if record.get("module") != "freeze" or field("mode") not in ("replay", "replay_adjusted"):
+        return None
+    from ...modules.cb._loader import BUNDLED_PATH
+    from ...recipe import apply_overlay, check_recipe, load_overlay
+
+    try:  # the entries that parse, whatever else is wrong with the file
+        entries = check_recipe(confine_path(field("recipe_path"), run_dir, roots))[0].entries
+    except Exception:
+        return None
+    if field("mode") == "replay_adjusted" and field("adjust_path"):
+        try:  # an overlay may insert a load too
+            overlay = load_overlay(confine_path(field("adjust_path"), run_dir, roots))
+            entries = [*entries, *apply_overlay(entries, overlay)]
+        except Exception:
+            pass
+    for e in entries:
+        target = e.target or {}
+        if (e.module, e.op) == ("cb", "load") and not (
+            target.get("kind") == "python_path" and target.get("path") == BUNDLED_PATH
+        ):
+            where = f"line {e.line}" if e.line is not None else "an entry the overlay inserts"
+            return f"{where}: cb load {e.id} ({target.get('path')})"
+    return None
+
+
 def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[str, str]:
     """Check ``body`` and append it to the run's commands as ``source: "dashboard"``."""
     run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
@@ -73,6 +108,14 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
             "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
         )
     _confine(run_dir, roots, record)
+    loads = None if deps.config.allow_code_load else _recipe_loads_code(run_dir, roots, record)
+    if loads is not None:  # a replay would load the code a cb load from here may not
+        raise HTTPException(
+            403,
+            detail=f"the recipe loads code ({loads}) and loading code from the dashboard is "
+            "off: replay it with 'hotcb freeze' from the CLI, or start the server with "
+            "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1)",
+        )
     params = record.get("params")
     if record.get("module") == "tune" and isinstance(params, dict) and params.get("storage"):
         raise HTTPException(

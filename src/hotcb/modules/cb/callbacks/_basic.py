@@ -126,11 +126,22 @@ class JSONLLoggerCallback(CallbackBase):
         self.events = list(events) if events else None
         self.keys = list(keys) if keys else None
         self.written = 0
+        self._folder_made: str | None = None
+        self._resolved: tuple[str, str] | None = None  # (path as set, where it resolved)
+
+    def on_load(self, env: Env) -> None:
+        super().on_load(env)
+        self._abs()  # a path outside the run directory fails the load, with the reason
 
     def _abs(self) -> str:
-        if os.path.isabs(self.path) or self.ctx is None:
+        """Where the lines go: under a kernel, confined to the run directory and its allowed
+        roots (a ``cb load``/``set_params`` command names the path); standalone, as given."""
+        if self.ctx is None:
             return self.path
-        return os.path.join(self.ctx.run_dir, self.path)
+        if self._resolved is None or self._resolved[0] != self.path:  # once per path set
+            where = self.ctx.confine(self.path, what=f"{type(self).__name__} path")
+            self._resolved = (self.path, where)
+        return self._resolved[1]
 
     def handle(self, event: str, env: Env) -> None:
         if self.events is not None and event not in self.events:
@@ -149,5 +160,9 @@ class JSONLLoggerCallback(CallbackBase):
         metrics = env.get("metrics")
         if isinstance(metrics, Mapping) and (self.keys is None or "metrics" in self.keys):
             record["metrics"] = {k: _scalar(v) for k, v in metrics.items()}
-        jsonl.append(self._abs(), record)
+        path = self._abs()
+        if path != self._folder_made:  # a path under a folder of the run: made once
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._folder_made = path
+        jsonl.append(path, record)
         self.written += 1
