@@ -220,3 +220,18 @@ def test_duplicate_registration_is_an_error_unless_replace() -> None:
     ms.register(loss_actuators({"aux": 1.0})[0], replace=True)
     with pytest.raises(ValueError, match="LOG_FLOAT actuator 'bad' needs min_value > 0"):
         HotcbActuator("bad", ActuatorType.LOG_FLOAT, lambda v, e: None)
+
+
+def test_a_loss_weight_named_like_an_optimizer_knob_is_said(tmp_path: Any, caplog: Any) -> None:
+    """`mutable_state(loss_actuators({"lr": 1.0}))` beside an optimizer: the optimizer's lr was
+    left out without a word, and `hotcb set lr=…` then said "unknown actuator 'lr' in opt"."""
+    from hotcb import HotKernel, loss_actuators, mutable_state
+
+    weights = {"lr": 1.0}
+    kernel = HotKernel(str(tmp_path / "run"), mutable_state=mutable_state(loss_actuators(weights)))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with caplog.at_level("WARNING", logger="hotcb"):
+        kernel.apply({"step": 0, "optimizer": opt})
+    kernel.close()
+    said = "the optimizer's opt actuator 'lr' is not registered: a loss actuator of that name"
+    assert said in caplog.text

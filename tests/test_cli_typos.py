@@ -28,7 +28,13 @@ def test_unknown_names_and_bad_values_fail_before_anything_is_written(
     before = os.path.getsize(commands)
     done = cli(published, "set", "auxx=0.5")
     assert done.returncode == 2
-    assert "unknown actuator 'auxx'" in done.stderr and "did you mean 'aux'?" in done.stderr
+    assert "unknown actuator 'auxx'" in done.stderr  # routed to custom by its name
+    assert "did you mean 'aux' (in loss)?" in done.stderr  # a typo of a knob of another group
+    done = cli(published, "custom", "set_params", "ce=1")
+    assert done.returncode == 2  # the name is right, the group is not: the fix
+    assert "'ce' is a loss actuator, not custom: send it as 'hotcb loss set_params ce=...'" in (
+        done.stderr
+    )
     done = cli(published, "loss", "set_params", "aux=-1")
     assert done.returncode == 2 and "below the minimum" in done.stderr
     done = cli(published, "set", "aux=oops")

@@ -67,19 +67,30 @@ class ActuatorStream:
                 if not hasattr(opt, "param_groups"):
                     continue
                 for act in optimizer_actuators(opt, prefix="" if i == 0 else f"opt{i}."):
-                    if act.param_key not in self.state:
-                        self.state.register(act)
+                    self._register(act, "the optimizer's")
                 self.opt_registered = True
         model = env.get("model")
         extra = getattr(model, "mutable_state", None) if model is not None else None
         if extra is not None and not self._model_seen:
             self._model_seen = True
             for act in list(extra):
-                if act.param_key not in self.state:
-                    self.state.register(act)
+                self._register(act, "model.mutable_state's")
         self.state.initialize(env)
         self._restore_values(env)
         self.write_if_changed(env.get("step"))
+
+    def _register(self, act: Any, whose: str) -> None:
+        """Register ``act`` unless its name is taken. Names are unique across groups: a loss
+        weight called ``lr`` hid the optimizer's lr without a word (`hotcb set lr=…` then said
+        "unknown actuator 'lr' in opt"); the clash is said once."""
+        taken = self.state.get(act.param_key)
+        if taken is None:
+            self.state.register(act)
+        elif taken is not act and taken.group != act.group:
+            self._warn(f"clash_{act.param_key}",
+                       f"{whose} {act.group} actuator {act.param_key!r} is not registered: a "
+                       f"{taken.group} actuator of that name came first (names are unique across "
+                       "groups; rename one of them)")  # fmt: skip
 
     def catch_up(self, env: Env) -> None:
         """Discover an optimizer that appeared, or initialise actuators registered since; only

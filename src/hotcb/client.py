@@ -75,10 +75,18 @@ def check_actuator_params(
     by_key = {a["param_key"]: a for a in published}
     for key, value in params.items():
         d = by_key.get(key)
-        if d is None or (d.get("group") or "custom") != module:
+        if d is not None and (d.get("group") or "custom") != module:  # the run's words for it
+            group = d.get("group") or "custom"
+            raise ActuatorError(f"{key!r} is a {group} actuator, not {module}: send it as "
+                                f"'hotcb {group} set_params {key}=...'")  # fmt: skip
+        if d is None:
             mine = sorted(k for k, a in by_key.items() if (a.get("group") or "custom") == module)
-            close = difflib.get_close_matches(key, mine or list(by_key), n=1)
+            close = difflib.get_close_matches(key, mine, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            near = [] if close else difflib.get_close_matches(key, list(by_key), n=1)
+            if near:  # a typo of another group's knob (`hotcb set lrr=…` routes to custom)
+                group = by_key[near[0]].get("group") or "custom"
+                hint = f"; did you mean {near[0]!r} (in {group})?"
             known = f"known in {module}: {', '.join(mine) or 'none'}"
             if d is None and not mine and by_key:  # none there: what the run does have
                 groups: dict[str, list[str]] = {}
