@@ -213,6 +213,8 @@ class LedgerView:
         self.last_wall_time: float | None = None
         self.callbacks: dict[str, dict[str, Any]] = {}
         self._cb_ops: dict[str, dict[str, Any]] = {}  # cmd_id -> applied cb entry (for undo)
+        self._cb_problem: dict[str, str] = {}  # id -> the op whose problem is its last_error
+        self._cb_entries: list[dict[str, Any]] = []  # what callbacks were reduced from
 
     @classmethod
     def read(cls, path: str, max_entries: int | None = None) -> LedgerView:
@@ -250,7 +252,7 @@ class LedgerView:
             self.last_step = step
         if isinstance(wall, (int, float)) and not isinstance(wall, bool):
             self.last_wall_time = float(wall)
-        self._add_callback(self._as_cb(e))
+        self._add_callback(e)
         return True
 
     def _add_run_control(self, e: dict[str, Any]) -> None:
@@ -300,7 +302,10 @@ class LedgerView:
     def callback_list(self) -> list[dict[str, Any]]:
         """The callbacks in load order: ``id``, ``state`` (``enabled`` | ``disabled`` |
         ``load failed``), ``target``, ``sha256``, ``params`` (set so far), ``errors``,
-        ``last_error``, ``step`` (of the last change)."""
+        ``last_error`` (its last exception, or the last refused command about it that no later
+        one of the same kind made moot), ``step`` (of the last change; for ``load failed``, of
+        the last attempt). Entries a later resume superseded (:func:`live_entries`) count for
+        nothing."""
         return list(self.callbacks.values())
 
     # -- callbacks ---------------------------------------------------------------------------
@@ -315,51 +320,84 @@ class LedgerView:
         return {**e, "module": "cb", "op": op, "id": target.get("id"), "params": params}
 
     def _add_callback(self, e: dict[str, Any]) -> None:
+        if e.get("module") == "kernel" and e.get("op") == "resume":
+            at = (e.get("resumed_from") or {}).get("seq")
+            if isinstance(at, int):
+                self._rewind_callbacks(at)
+            return
+        if self._reduce_callback(self._as_cb(e)):
+            self._cb_entries.append(e)
+
+    def _rewind_callbacks(self, seq: int) -> None:
+        """A resume from the checkpoint at ``seq``: the cb entries after it are superseded
+        (:func:`replaced_by_resume`; those it applied again follow), so the callbacks are
+        what the others made them."""
+        kept = [e for e in self._cb_entries if not (type(e.get("seq")) is int and e["seq"] > seq)]
+        self.callbacks, self._cb_ops, self._cb_problem, self._cb_entries = {}, {}, {}, []
+        for e in kept:
+            self._add_callback(e)
+
+    def _reduce_callback(self, e: dict[str, Any]) -> bool:
+        """Reduce one entry into ``callbacks``; False when it is not about a callback."""
         ident = e.get("id")
         if e.get("module") != "cb" or not ident:
-            return
+            return False
         if e.get("decision") == Decision.APPLIED.value and isinstance(e.get("cmd_id"), str):
             self._cb_ops[e["cmd_id"]] = e
         if e.get("op") == "load":
             self._load_callback(ident, e)
         elif ident in self.callbacks:
             self._change_callback(ident, e)
+        return True
 
     def _change_callback(self, ident: str, e: dict[str, Any]) -> None:
         """Any other cb entry about a known callback: errors, unload, enable/disable, params."""
         op, decision, cbs = e.get("op"), e.get("decision"), self.callbacks
         cur = cbs[ident]
         if op == "callback_error":
-            cur["errors"] += 1 + int(e.get("suppressed") or 0)
+            # a report of suppressed errors only (at an unload, a disable, the run's end)
+            # brings no new error of its own
+            cur["errors"] += int(e.get("suppressed") or 0) + (0 if e.get("flushed_on") else 1)
             cur["last_error"] = e.get("error")
+            self._cb_problem[ident] = op
             if e.get("auto_disabled"):
                 cur["state"] = "disabled"
         elif decision in ("failed", "rejected"):
             cur["last_error"] = e.get("error")
+            self._cb_problem[ident] = str(op)
         elif decision != Decision.APPLIED.value:
             return
         elif op == "unload":
             del cbs[ident]
+            self._cb_problem.pop(ident, None)
             return
         elif op in ("enable", "disable"):
             cur["state"] = op + "d"
         elif op == "set_params":
             cur["params"].update(e.get("params") or {})
+            if self._cb_problem.get(ident) == op:  # a refused set_params, since made moot
+                cur["last_error"] = None
+                del self._cb_problem[ident]
         cur["step"] = e.get("step")
 
     def _load_callback(self, ident: str, e: dict[str, Any]) -> None:
         """A ``cb load`` entry: applied replaces the callback; failed or rejected records the
-        error (on a placeholder in ``load failed`` state when nothing was loaded before)."""
+        error, on the loaded callback, else on a placeholder in ``load failed`` state that
+        shows the last attempt (its target, step and error)."""
         decision, cbs = e.get("decision"), self.callbacks
+        cur = cbs.get(ident)
         if decision == Decision.APPLIED.value:
-            cbs.pop(ident, None)  # a reload keeps no stale fields
+            if cur is not None and cur["state"] == "load failed":
+                del cbs[ident]  # loaded now: it takes its place in the load order here
+            # a reload keeps its place (and no stale fields)
             cbs[ident] = _callback(e, "disabled" if e.get("enabled") is False else "enabled")
             cbs[ident]["sha256"] = (e.get("source_capture") or {}).get("sha256")
+            self._cb_problem.pop(ident, None)
         elif decision in ("failed", "rejected"):
-            cur = cbs.get(ident)
-            if cur is None:
+            if cur is None or cur["state"] == "load failed":
                 cbs[ident] = cur = _callback(e, "load failed")
             cur["last_error"] = e.get("error")
+            self._cb_problem[ident] = "load"
 
 
 def _callback(e: Mapping[str, Any], state: str) -> dict[str, Any]:
@@ -503,6 +541,9 @@ def _gone(meta: Mapping[str, Any]) -> str:
     sig = -code if code < 0 else code - 128 if code > 128 else None
     if sig in _INTERRUPTS:
         return f"interrupted by {_INTERRUPTS[sig]} ({gone})"
+    sent = launch.get("signal_sent")  # hotcb launch sent it (torchrun answers SIGINT with 1)
+    if code != 0 and sent in _INTERRUPTS.values():
+        return f"interrupted by {sent} (exit code {code}; {gone})"
     return f"crashed (exit code {code}; {gone})"
 
 
@@ -550,10 +591,23 @@ def replaced_by_resume(entries: Sequence[Mapping[str, Any]]) -> dict[int, Mappin
     by: Mapping[str, Any] = {}
     for e in reversed(entries):
         seq = e.get("seq")
-        if isinstance(seq, int) and seq > floor:
+        if isinstance(seq, int) and seq > floor and not _saved_it(e, by):
             gone[seq] = by
         if e.get("module") == "kernel" and e.get("op") == "resume":
             at = (e.get("resumed_from") or {}).get("seq")
             if isinstance(at, int) and at < floor:
                 floor, by = at, e
     return gone
+
+
+def _saved_it(e: Mapping[str, Any], resume: Mapping[str, Any]) -> bool:
+    """Whether ``e`` is the ``control checkpoint`` entry of the checkpoint ``resume`` came
+    from: its state was taken before the entry got its ``seq``, so it follows the checkpoint's
+    ``seq``, but it happened in the life that goes on (a branch still finds it)."""
+    came = resume.get("resumed_from") or {}
+    return (
+        e.get("module") == "control"
+        and e.get("op") == "checkpoint"
+        and e.get("decision") == Decision.APPLIED.value
+        and e.get("step") == came.get("step")
+    )
