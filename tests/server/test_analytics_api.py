@@ -137,6 +137,11 @@ def test_whatif_from_the_runs_own_changes(tmp_path: Any, live_server: Any) -> No
         assert c.get("/api/runs/r/whatif?knob=lr&factor=1").status_code == 422
         assert c.get("/api/runs/r/whatif?knob=lr&factor=-1").status_code == 422
         assert c.get("/api/runs/r/whatif?factor=0.5").status_code == 422
+        # a knob the run does not have is not "no similar change yet"
+        nosuch = c.get("/api/runs/r/whatif?knob=nosuch&factor=0.5")
+        assert nosuch.status_code == 404 and "the run has no knob 'nosuch'" in nosuch.text
+        assert c.get("/api/runs/r/whatif?knob=opt.lr&factor=2").status_code == 200
+        assert c.get("/api/runs/r/whatif?knob=loss.lr&factor=2").status_code == 404
 
 
 def test_whatif_reads_the_parent_and_the_branches(tmp_path: Any, live_server: Any) -> None:

@@ -247,6 +247,21 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         doc = await asyncio.to_thread(forecast_doc, x, y, horizon)
         return runs.remember(key, {"run": run.run_id, "metric": name, "horizon": horizon, **doc})
 
+    def _known_knob(run: Any, knob: str) -> None:
+        """404 for a knob the run does not have (it said "no similar change yet", as for a
+        real knob never changed); nothing to check before the run publishes its knobs."""
+        doc = run.actuators.doc or {}
+        keys = {a.get("param_key"): a.get("group") for a in doc.get("actuators") or ()
+                if isinstance(a, dict)}  # fmt: skip
+        if not keys or knob in keys:
+            return
+        group, _, bare = knob.partition(".")
+        if bare in keys and (not group or keys[bare] == group):
+            return
+        raise HTTPException(
+            404, detail=f"the run has no knob {knob!r} (its knobs: {', '.join(sorted(keys))})"
+        )
+
     @both(router, "whatif")
     async def get_whatif(
         run_id: str = ".",
@@ -261,6 +276,7 @@ def create_analytics_router(deps: Deps) -> APIRouter:
             raise HTTPException(422, detail=f"factor must be a positive number other than 1, got {factor}")  # fmt: skip
         run = deps.run(run_id)
         await run.refresh()
+        _known_knob(run, knob)
         name = runs.pick_metric(run, metric)
         family = runs.related(run)
         for r in family[1:]:
