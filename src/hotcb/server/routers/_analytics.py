@@ -224,6 +224,22 @@ class _Runs:
             return None
 
 
+def _known_knob(run: Any, knob: str) -> None:
+    """404 for a knob the run does not have (it said "no similar change yet", as for a
+    real knob never changed); nothing to check before the run publishes its knobs."""
+    doc = run.actuators.doc or {}
+    keys = {a.get("param_key"): a.get("group") for a in doc.get("actuators") or ()
+            if isinstance(a, dict)}  # fmt: skip
+    if not keys or knob in keys:
+        return
+    group, _, bare = knob.partition(".")
+    if bare in keys and (not group or keys[bare] == group):
+        return
+    raise HTTPException(
+        404, detail=f"the run has no knob {knob!r} (its knobs: {', '.join(sorted(keys))})"
+    )
+
+
 def create_analytics_router(deps: Deps) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["analytics"])
     runs = _Runs(deps)
@@ -246,21 +262,6 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         x, y = await runs.joined(run, name)
         doc = await asyncio.to_thread(forecast_doc, x, y, horizon)
         return runs.remember(key, {"run": run.run_id, "metric": name, "horizon": horizon, **doc})
-
-    def _known_knob(run: Any, knob: str) -> None:
-        """404 for a knob the run does not have (it said "no similar change yet", as for a
-        real knob never changed); nothing to check before the run publishes its knobs."""
-        doc = run.actuators.doc or {}
-        keys = {a.get("param_key"): a.get("group") for a in doc.get("actuators") or ()
-                if isinstance(a, dict)}  # fmt: skip
-        if not keys or knob in keys:
-            return
-        group, _, bare = knob.partition(".")
-        if bare in keys and (not group or keys[bare] == group):
-            return
-        raise HTTPException(
-            404, detail=f"the run has no knob {knob!r} (its knobs: {', '.join(sorted(keys))})"
-        )
 
     @both(router, "whatif")
     async def get_whatif(
