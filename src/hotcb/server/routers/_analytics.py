@@ -228,8 +228,8 @@ def _known_knob(run: Any, knob: str) -> None:
     """404 for a knob the run does not have (it said "no similar change yet", as for a
     real knob never changed); nothing to check before the run publishes its knobs."""
     doc = run.actuators.doc or {}
-    keys = {a.get("param_key"): a.get("group") for a in doc.get("actuators") or ()
-            if isinstance(a, dict)}  # fmt: skip
+    keys: dict[str, Any] = {str(a.get("param_key")): a.get("group")
+                            for a in doc.get("actuators") or () if isinstance(a, dict)}  # fmt: skip
     if not keys or knob in keys:
         return
     group, _, bare = knob.partition(".")
