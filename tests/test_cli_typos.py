@@ -91,3 +91,31 @@ def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) 
         assert "no run directory" not in done.stdout + done.stderr
     finally:
         kernel.close()
+
+
+def test_status_names_a_choice_knobs_values_and_a_ramp_of_one_is_refused_up_front(
+    run_dir: str, cli: Any
+) -> None:
+    """`hotcb status` did not list what a choice knob takes, and `hotcb set mode=b --ramp 10`
+    exited 0, to be refused by the run in the ledger."""
+    from hotcb import HotKernel, MutableState
+    from hotcb.actuators import ActuatorType, attr_actuator
+
+    class Knobs:
+        mode = "a"
+        flag = False
+
+    k = Knobs()
+    kernel = HotKernel(run_dir, mutable_state=MutableState([
+        attr_actuator(k, "mode", ActuatorType.CHOICE, choices=("a", "b")),
+        attr_actuator(k, "flag", ActuatorType.BOOL),
+    ]))  # fmt: skip
+    kernel.apply({"step": 0})
+    kernel.flush()
+    (line,) = [ln for ln in cli(run_dir, "status").stdout.splitlines() if "mode" in ln]
+    assert line.rstrip().endswith("one of a | b"), line
+    for key in ("mode=b", "flag=true"):
+        done = cli(run_dir, "custom", "set_params", key, "--ramp", "10")
+        assert done.returncode == 2, done.stdout
+        assert "transition needs a numeric actuator" in done.stderr
+    kernel.close()

@@ -99,6 +99,18 @@ def check_actuator_params(
         _validator(d).validate(value)
 
 
+def _check_rampable(params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]) -> None:
+    """A ramp moves a number step by step: refuse one on a bool or choice knob up front, as
+    the run would (it said so only in the ledger, after the CLI had exited 0)."""
+    types = {a["param_key"]: a.get("type") for a in published}
+    for key in params:
+        if types.get(key) in ("bool", "choice"):
+            raise ActuatorError(
+                f"transition needs a numeric actuator; {key!r} is {types[key]} (set it without "
+                "--ramp)"
+            )
+
+
 class HotClient:
     """Send commands to a run directory.
 
@@ -152,6 +164,8 @@ class HotClient:
             published = self._published()
             if published:
                 check_actuator_params(module, record["params"], published)
+                if record.get("transition") is not None:
+                    _check_rampable(record["params"], published)
             else:
                 self.last_unchecked = True
         if not self.create and not os.path.isdir(self.run_dir):

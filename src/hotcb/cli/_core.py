@@ -322,6 +322,8 @@ def _print_actuators(actuators: list[dict[str, Any]], from_parent: bool = False)
         bounds = ""
         if a.get("min") is not None or a.get("max") is not None:
             bounds = f" [{fmt_value(a.get('min'))}, {fmt_value(a.get('max'))}]"
+        if isinstance(a.get("choices"), list) and a["choices"]:  # what a choice knob takes
+            bounds += " one of " + " | ".join(fmt_value(c) for c in a["choices"])
         print(
             f"  {a['param_key']:<22} {_shown_value(a.get('current')):<14} "
             f"{a.get('group', ''):<7} {a.get('state', '')}{bounds}"
