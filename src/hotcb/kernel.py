@@ -883,6 +883,13 @@ class HotKernel:
         self._closed = True
         self._signals.restore()
         try:
+            for mod in self._modules.values():  # what a module still holds for the ledger
+                closer = getattr(mod, "close", None)
+                if callable(closer):
+                    try:
+                        closer()
+                    except Exception as exc:  # one module's trouble: the run still closes
+                        self._warn(f"close_{type(mod).__name__}", f"closing a module: {exc!r}")
             self.flush()
             if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
                 ended = {

@@ -101,7 +101,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for c in cbs:
         target = c.get("target") or {}
-        where = f"{target.get('path')}:{target.get('symbol')}"
+        parts = [str(target[k]) for k in ("path", "symbol") if target.get(k)]
+        where = ":".join(parts) or "(no target)"  # a load refused before it named one
         sha = (c.get("sha256") or "")[:12] or "-"
         print(f"{c['id']:<16} {c['state']:<11} {sha:<12} {where}")
         if c.get("params"):

@@ -223,3 +223,67 @@ def test_jsonl_logger_writes_only_inside_the_run(kernel_factory, driver_for, tmp
     client.cb("enable", "jl")  # after the errors disabled it
     loop.steps(2)
     assert os.path.exists(os.path.join(kernel.run_dir, "logs", "jl.jsonl"))
+
+
+BAD_PARAMS = [
+    ("JSONLLoggerCallback", "every_steps", "abc", "every_steps must be an integer >= 1"),
+    ("JSONLLoggerCallback", "keys", 5, "keys must be a list of names"),
+    ("JSONLLoggerCallback", "events", ["train_step_end", 3], "events must be a list of names"),
+    ("JSONLLoggerCallback", "rank_zero_only", "false", "rank_zero_only must be true or false"),
+    ("JSONLLoggerCallback", "ctx", None, "has no parameter 'ctx'"),
+    ("HeartbeatCallback", "every_steps", -1, "every_steps must be an integer >= 0, got -1"),
+    ("HeartbeatCallback", "every_sec", "5", "every_sec must be a number >= 0"),
+    ("HeartbeatCallback", "event", "", "event must be a non-empty string"),
+    ("TimingCallback", "batch_size", -3, "batch_size must be an integer >= 0"),
+    ("SystemStatsCallback", "gpu", "no", "gpu must be true or false"),
+    ("TensorStatsCallback", "keys", {"loss": 1}, "keys must be a list of names"),
+    ("TensorStatsCallback", "every_steps", 0, "every_steps must be an integer >= 1"),
+    ("GradStatsCallback", "norm_type", 0, "norm_type must be a number > 0"),
+    ("GradStatsCallback", "per_layer", "yes", "per_layer must be true or false"),
+    ("AnomalyGuardCallback", "action", "explode", "action must be one of record, pause"),
+    ("AnomalyGuardCallback", "lr_factor", 2, "lr_factor must be a number > 0 and <= 1"),
+    ("AnomalyGuardCallback", "cooldown_steps", 1.5, "cooldown_steps must be an integer >= 0"),
+    ("AnomalyGuardCallback", "check_grads", "false", "check_grads must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("symbol", "param", "bad", "says"), BAD_PARAMS)
+def test_bundled_callbacks_refuse_bad_values(kernel_factory, symbol, param, bad, says):
+    """A bad value is refused where it is given (set_params, or the load's init), the entry
+    saying which parameter and why; the callback keeps its value and keeps running."""
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _load(kernel, "cb", symbol)
+    cb = kernel.module("cb").get("cb")
+    before = getattr(cb, param)
+    cid = client.cb("set_params", "cb", **{param: bad})
+    kernel.apply({"step": 0})
+    entry = client.wait(cid, timeout=5)
+    assert entry["decision"] == "rejected" and says in entry["error"], entry
+    assert getattr(cb, param) == before
+    kernel.apply({"step": 1, "loss": 1.0})
+    assert kernel.module("cb").describe()[0]["enabled"] is True  # nothing broke
+    if param in ("ctx", "rank_zero_only"):
+        return  # not constructor arguments
+    cid = client.cb_load("again", path=PKG, symbol=symbol, init={param: bad})
+    kernel.apply({"step": 2})
+    entry = client.wait(cid, timeout=5)
+    assert entry["decision"] == "rejected" and says in entry["error"], entry
+    assert kernel.module("cb").get("again") is None
+
+
+def test_jsonl_logger_events_as_one_string_is_one_event(kernel_factory):
+    """``events="train_step_end"`` was a substring test ("step_end" passed it)."""
+    kernel = kernel_factory()
+    _load(kernel, "jl", "JSONLLoggerCallback")
+    client = HotClient(kernel.run_dir)
+    cid = client.cb("set_params", "jl", events="train_step_end", keys="loss")
+    kernel.apply({"step": 0, "loss": 1.0, "lr": 0.1})
+    assert client.wait(cid, timeout=5)["decision"] == "applied"
+    kernel.apply({"step": 1, "loss": 2.0}, events=("step_end", "train_step_end"))
+    from hotcb import jsonl
+
+    rows = list(jsonl.iter_records(os.path.join(kernel.run_dir, "hotcb.cb_log.jsonl")))
+    rows = [r for r in rows if r["step"] >= 0]  # the line of the load's safe point
+    assert [(r["step"], r["event"]) for r in rows] == [(0, "train_step_end"), (1, "train_step_end")]
+    assert "lr" not in rows[0] and rows[0]["loss"] == 1.0

@@ -470,3 +470,227 @@ def test_hotcb_yaml_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_yaml)
     with pytest.raises(ImportError, match=r'pip install "hotcb\[yaml\]"'):
         read_config(str(path))
+
+
+def _cb_list(run_dir: str, capsys: Any) -> dict[str, dict[str, Any]]:
+    """``hotcb cb list --json`` of ``run_dir``, by id."""
+    import json
+
+    from hotcb.cli import main
+
+    capsys.readouterr()
+    assert main(["--dir", run_dir, "cb", "list", "--json"]) == 0
+    return {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+
+
+def test_hotcb_yaml_bad_entries_fail_alone_and_say_why(kernel_factory, write_cb, tmp_path, capsys):
+    """One bad entry no longer stops the others: each bad one is its own failed load entry
+    naming the entry, its id and the problem; unknown keys and a quoted 'false' are refused."""
+    path = write_cb(RECORDER)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hotcb.yaml").write_text(
+        "callbacks:\n"
+        "  - id: hb\n"
+        "    path: hotcb.modules.cb.callbacks\n"
+        "    symbol: HeartbeatCallback\n"
+        f"  - id: rec\n    file: {path}\n    symbol: Recorder\n"
+        f"  - id: typo\n    fiel: {path}\n    symbol: Recorder\n"
+        f"  - id: quoted\n    file: {path}\n    symbol: Recorder\n    enabled: 'false'\n"
+        f"  - id: extra\n    file: {path}\n    symbol: Recorder\n    enabeld: false\n"
+    )
+    kernel = kernel_factory(os.fspath(run))
+    kernel.apply({"step": 0})
+    kernel.flush()
+    ledger = read_ledger(kernel.run_dir)
+    assert not [e for e in ledger if e.get("module") == "kernel" and e.get("op") == "error"]
+    loads = {e["id"]: e for e in ledger if e.get("op") == "load"}
+    assert list(loads) == ["hb", "rec", "typo", "quoted", "extra"]
+    assert loads["hb"]["decision"] == loads["rec"]["decision"] == "applied"
+    assert [c["id"] for c in kernel.module("cb").describe()] == ["hb", "rec"]
+    typo = loads["typo"]
+    assert typo["decision"] == "failed" and typo["source"] == "config"
+    assert "hotcb.yaml: callbacks[2] (id 'typo')" in typo["error"]
+    assert "unknown key 'fiel' (did you mean 'file'?)" in typo["error"]
+    quoted = loads["quoted"]
+    assert quoted["decision"] == "failed" and "callbacks[3] (id 'quoted')" in quoted["error"]
+    assert "'enabled' must be true or false" in quoted["error"] and "'false'" in quoted["error"]
+    extra = loads["extra"]
+    assert extra["decision"] == "failed" and "unknown key 'enabeld'" in extra["error"]
+    assert "did you mean 'enabled'?" in extra["error"]
+    assert extra["target"]["symbol"] == "Recorder"  # what it would have loaded
+
+    rows = _cb_list(kernel.run_dir, capsys)
+    assert {k: r["state"] for k, r in rows.items()} == {
+        "hb": "enabled",
+        "rec": "enabled",
+        "typo": "load failed",
+        "quoted": "load failed",
+        "extra": "load failed",
+    }
+    assert "'fiel'" in rows["typo"]["last_error"]
+
+    from hotcb.modules.cb import read_config
+
+    with pytest.raises(ValueError, match=r"callbacks\[2\] \(id 'typo'\)") as info:
+        read_config(os.fspath(run / "hotcb.yaml"))
+    assert "callbacks[4] (id 'extra')" in str(info.value)  # every bad entry, not the first
+
+
+def test_cb_list_shows_the_last_failed_load_whole(kernel_factory, write_cb, capsys):
+    path = write_cb("class PrintLoss:\n    def handle(self, event, env):\n        pass\n")
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("x", path="hotcb.modules.cb", symbol="Nope"), 0)
+    _do(kernel, client, client.cb_load("x", path="os", symbol="system"), 1)
+    last = _do(
+        kernel, client, client.cb_load("x", file=path, symbol="PrintLoss", init={"bogus": 1}), 2
+    )
+    assert last["decision"] == "failed"
+    row = _cb_list(kernel.run_dir, capsys)["x"]
+    assert row["state"] == "load failed"
+    assert row["target"] == {"kind": "python_file", "path": path, "symbol": "PrintLoss"}
+    assert row["step"] == 2 and "takes no arguments" in row["last_error"]
+
+
+def test_cb_list_drops_problems_made_moot(kernel_factory, write_cb, tmp_path, capsys):
+    """A refused set_params is no problem once a later one applied; what a resume superseded
+    (a refused command of the abandoned life) is no problem at all."""
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    bad = _do(kernel, client, client.cb("set_params", "rec", nope=1), 1)
+    assert bad["decision"] == "rejected"
+    assert "'nope'" in _cb_list(kernel.run_dir, capsys)["rec"]["last_error"]
+    _do(kernel, client, client.cb("set_params", "rec", tag="v2"), 2)
+    row = _cb_list(kernel.run_dir, capsys)["rec"]
+    assert row["last_error"] is None and row["params"] == {"tag": "v2"}
+
+    state = kernel.state_dict()  # checkpoint at step 2
+    _do(kernel, client, client.cb("set_params", "rec", nope=2), 3)  # the life a resume drops
+    _do(kernel, client, client.cb("disable", "rec"), 4)
+    kernel.close()
+    assert _cb_list(kernel.run_dir, capsys)["rec"]["state"] == "disabled"
+
+    resumed = kernel_factory(kernel.run_dir)
+    resumed.load_state_dict(state)
+    resumed.apply({"step": 3})
+    resumed.apply({"step": 4})  # the disable applies again (source: resume)
+    resumed.flush()
+    row = _cb_list(kernel.run_dir, capsys)["rec"]
+    assert row["last_error"] is None and row["state"] == "disabled"
+    assert row["params"] == {"tag": "v2"}
+
+
+FLAKY = """
+class Flaky:
+    def __init__(self, fail_from=0):
+        self.fail_from = fail_from
+    def handle(self, event, env):
+        if env["step"] >= self.fail_from:
+            raise RuntimeError(f"boom at {env['step']}")
+"""
+
+
+@pytest.mark.parametrize("how", ["unload", "disable", "close"])
+def test_suppressed_error_counts_are_ledgered_when_reports_end(kernel_factory, write_cb, how):
+    """With auto-disable off, errors between two reports are counted in the next one; an
+    unload, a disable or the run's end leaves no next one, so the count is ledgered then."""
+    path = write_cb(FLAKY)
+    kernel = kernel_factory(auto_disable_on_error=False)
+    client = HotClient(kernel.run_dir)
+    client.cb_load("bad", file=path, symbol="Flaky", init={"fail_from": 3})
+    mod = kernel.module("cb")
+    mod.error_interval_sec = 3600.0  # one report, then counts only
+    for step in range(8):
+        kernel.apply({"step": step})
+    if how == "close":
+        kernel.close()  # the run's end: no next report will carry the count
+    else:
+        _do(kernel, client, client.cb(how, "bad"), 8)
+    errs = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
+    at = 7 if how == "close" else 8  # the last safe point, or the one the command landed at
+    assert [(e["step"], e["suppressed"]) for e in errs] == [(3, 0), (at, 4)]
+    flushed = errs[1]
+    assert flushed["flushed_on"] == how and flushed["errors"] == 5
+    assert "4 more error(s)" in flushed["error"] and "boom at 7" in flushed["error"]
+    from hotcb.ledger import LedgerView
+
+    view = LedgerView.read(kernel.paths.ledger)
+    if how == "disable":  # still listed: the count is whole, nothing counted twice
+        assert view.callback_list()[0]["errors"] == 5
+
+
+UNLOADER = """
+class Hooked:
+    def __init__(self, out, tag="old", fail_load=False, fail_unload=False):
+        self.out, self.tag = out, tag
+        self.fail_load, self.fail_unload = fail_load, fail_unload
+
+    def _note(self, hook):
+        with open(self.out, "a") as f:
+            f.write(f"{hook}:{self.tag} ")
+
+    def on_load(self, env):
+        self._note("on_load")
+        if self.fail_load:
+            raise RuntimeError(f"{self.tag} cannot load")
+
+    def on_unload(self, env):
+        self._note("on_unload")
+        if self.fail_unload:
+            raise RuntimeError(f"{self.tag} cannot unload")
+
+    def handle(self, event, env):
+        pass
+"""
+
+
+def test_on_unload_error_is_ledgered_and_the_unload_happens(kernel_factory, write_cb, tmp_path):
+    path = write_cb(UNLOADER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    init = {"out": os.fspath(tmp_path / "hooks.txt"), "fail_unload": True}
+    _do(kernel, client, client.cb_load("h", file=path, symbol="Hooked", init=init), 0)
+    e = _do(kernel, client, client.cb("unload", "h"), 1)
+    assert e["decision"] == "applied" and e["changes"] == {"loaded": {"old": True, "new": False}}
+    assert e["error"] == "h: on_unload raised RuntimeError: old cannot unload; unloaded anyway"
+    assert e["on_unload_error"] == "RuntimeError: old cannot unload"
+    assert "cannot unload" in e["traceback"]
+    assert kernel.module("cb").describe() == []
+
+
+def test_reload_whose_on_load_raises_puts_the_old_one_back_and_says_so(
+    kernel_factory, write_cb, tmp_path
+):
+    path = write_cb(UNLOADER)
+    hooks = tmp_path / "hooks.txt"
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    init = {"out": os.fspath(hooks)}
+    _do(kernel, client, client.cb_load("h", file=path, symbol="Hooked", init=init), 0)
+    mod = kernel.module("cb")
+    old = mod.get("h")
+    hooks.unlink()
+    new = {**init, "tag": "new", "fail_load": True}
+    e = _do(kernel, client, client.cb_load("h", file=path, symbol="Hooked", init=new), 1)
+    # the old one's on_unload, the new one's on_load (raises), the old one's on_load again
+    assert hooks.read_text().split() == ["on_unload:old", "on_load:new", "on_load:old"]
+    assert mod.get("h") is old
+    assert e["decision"] == "failed" and e["restored"] is True
+    assert e["error"] == (
+        "h: the new version's on_load raised RuntimeError: new cannot load; the previous "
+        "version stays loaded (its on_unload ran, then its on_load again)"
+    )
+    assert "new cannot load" in e["traceback"] and e["source_capture"]["sha256"]
+
+    # putting it back fails too: said, not hidden
+    old.fail_load = True
+    hooks.unlink()
+    e = _do(kernel, client, client.cb_load("h", file=path, symbol="Hooked", init=new), 2)
+    assert hooks.read_text().split() == ["on_unload:old", "on_load:new", "on_load:old"]
+    assert e["decision"] == "failed" and e["restored"] is False
+    assert e["restore_error"] == "RuntimeError: old cannot load"
+    assert "which raised RuntimeError: old cannot load: it may not work" in e["error"]
+    assert mod.get("h") is old

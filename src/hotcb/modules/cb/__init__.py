@@ -6,7 +6,7 @@ A hot callback is any object with ``handle(event, env)`` (see :class:`HotCallbac
 """
 
 from ._module import CallbackModule, read_config
-from ._protocol import CallbackBase, CallbackContext, HotCallback, LambdaCallback
+from ._protocol import CallbackBase, CallbackContext, HotCallback, LambdaCallback, ParamError
 
 __all__ = [
     "CallbackBase",
@@ -14,5 +14,6 @@ __all__ = [
     "CallbackModule",
     "HotCallback",
     "LambdaCallback",
+    "ParamError",
     "read_config",
 ]

@@ -7,18 +7,20 @@ each event, in load order, each call in its own try/except.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import CodeLoadError
-from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command
+from ...errors import CodeLoadError, CommandError
+from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command, new_cmd_id
 from .._base import OpResult
 from ._loader import Resolved, check_allowed, resolve
-from ._protocol import CallbackContext
+from ._protocol import CallbackContext, ParamError
 
 if TYPE_CHECKING:
     from .._base import ModuleHost
@@ -154,6 +156,36 @@ class CallbackModule:
         )
         self.wants_events = bool(self._active)
 
+    def _flush_suppressed(self, slot: _Slot, why: str) -> None:
+        """Ledger the errors of ``slot`` suppressed since its last report (auto-disable off),
+        now that no later report will carry them (``why``: ``unload``, ``reload``,
+        ``disable``, ``close``)."""
+        if not slot.suppressed:
+            return
+        n, slot.suppressed = slot.suppressed, 0
+        try:
+            self.host.record(
+                {
+                    "module": "cb",
+                    "op": "callback_error",
+                    "id": slot.id,
+                    "decision": "failed",
+                    "error": f"{n} more error(s) since the last report, not ledgered one by "
+                    f"one; the last: {slot.last_error}",
+                    "errors": slot.errors,
+                    "suppressed": n,
+                    "flushed_on": why,
+                }
+            )
+        except Exception:  # recording must never be what breaks training
+            log.exception("hotcb: could not record the errors of callback %r", slot.id)
+
+    def close(self) -> None:
+        """The run's end: ledger the error counts still waiting for their next report (for
+        ``HotKernel.close()`` to call)."""
+        for slot in self._slots.values():
+            self._flush_suppressed(slot, "close")
+
     def _on_error(self, slot: _Slot, event: str, env: Env, exc: Exception) -> None:
         try:
             slot.errors += 1
@@ -245,6 +277,10 @@ class CallbackModule:
             cb, resolved = self._build(op.id, target, init, op.extra.get("source_capture"))
         except FileNotFoundError as exc:
             return OpResult("rejected", error=str(exc))
+        except ParamError as exc:  # a bad init value: the callback says which and why
+            return OpResult(
+                "rejected", error=f"could not load {target.symbol} from {target.path}: {exc}"
+            )
         except Exception as exc:
             return OpResult(
                 "failed",
@@ -257,27 +293,56 @@ class CallbackModule:
         if slot.capture:
             extra["source_capture"] = dict(slot.capture)
         old = self._slots.get(op.id)
+        unload_err = None
         if old is not None:
-            err = self._hook(old, "on_unload", env)
-            if err:
-                extra["on_unload_error"] = err[0]
+            self._flush_suppressed(old, "reload")
+            unload_err = self._hook(old, "on_unload", env)
+            if unload_err:
+                extra["on_unload_error"] = unload_err[0]
         err = self._hook(slot, "on_load", env)
         if err:
-            if old is not None:
-                self._hook(old, "on_load", env)  # put the previous version back
-            return OpResult(
-                "failed",
-                error=f"{op.id}: on_load raised {err[0]}"
-                + ("; the previous version stays loaded" if old else ""),
-                extra={"traceback": err[1]},
-            )
+            extra["traceback"] = err[1]
+            if old is None:
+                return OpResult("failed", error=f"{op.id}: on_load raised {err[0]}", extra=extra)
+            return self._reload_failed(old, err[0], unload_err, env, extra)
         self._slots[op.id] = slot  # a replacement keeps its place in the load order
         if old is None:
             changes: dict[str, Any] = {"loaded": {"old": False, "new": True}}
         else:
             extra["replaced"] = True
             changes = _reload_changes(old, slot)
-        return OpResult("applied", changes=changes, extra=extra)
+        error = None
+        if unload_err:  # replaced all the same
+            error = f"{op.id}: the previous version's on_unload raised {unload_err[0]}"
+            extra["traceback"] = unload_err[1]
+        return OpResult("applied", changes=changes, error=error, extra=extra)
+
+    def _reload_failed(
+        self,
+        old: _Slot,
+        error: str,
+        unload_err: tuple[str, str] | None,
+        env: Env,
+        extra: dict[str, Any],
+    ) -> OpResult:
+        """The new version's ``on_load`` raised: the old instance, whose ``on_unload`` already
+        ran, gets its ``on_load`` again and stays loaded; the entry says all of it."""
+        said = f"{old.id}: the new version's on_load raised {error}; the previous version "
+        if unload_err:
+            said += f"stays loaded (its on_unload raised {unload_err[0]}, "
+        else:
+            said += "stays loaded (its on_unload ran, "
+        back = self._hook(old, "on_load", env)  # put the previous version back
+        extra["restored"] = back is None
+        if back is None:
+            said += "then its on_load again)"
+        else:
+            extra["restore_error"] = back[0]
+            said += (
+                f"then its on_load again, which raised {back[0]}: it may not work; "
+                f"cb unload {old.id}, or load a fixed version)"
+            )
+        return OpResult("failed", error=said, extra=extra)
 
     def _hook(self, slot: _Slot, name: str, env: Env) -> tuple[str, str] | None:
         """Call ``on_load``/``on_unload`` if the callback has it; (error, traceback) if it
@@ -298,13 +363,18 @@ class CallbackModule:
         if slot is None:
             return self._missing(op.id)
         del self._slots[slot.id]
+        self._flush_suppressed(slot, "unload")
         extra: dict[str, Any] = {}
+        error = None
         err = self._hook(slot, "on_unload", env)
-        if err:
+        if err:  # unloaded all the same: the entry says what its on_unload left undone
+            error = f"{slot.id}: on_unload raised {err[0]}; unloaded anyway"
             extra["on_unload_error"] = err[0]
+            extra["traceback"] = err[1]
         if slot.capture:
             extra["source_capture"] = dict(slot.capture)
-        return OpResult("applied", changes={"loaded": {"old": True, "new": False}}, extra=extra)
+        changes = {"loaded": {"old": True, "new": False}}
+        return OpResult("applied", changes=changes, error=error, extra=extra)
 
     def _toggle(self, op: HotOp, value: bool) -> OpResult:
         slot = self._slots.get(op.id or "")
@@ -312,9 +382,10 @@ class CallbackModule:
             return self._missing(op.id)
         if slot.enabled == value:
             return OpResult("noop", error=f"{slot.id} is already {'en' if value else 'dis'}abled")
+        if not value:
+            self._flush_suppressed(slot, "disable")
         slot.enabled = value
         if value:
-            slot.suppressed = 0
             slot.last_report = float("-inf")
         return OpResult("applied", changes={"enabled": {"old": not value, "new": value}})
 
@@ -396,16 +467,32 @@ class CallbackModule:
 
     # ------------------------------------------------------------------ start / state
     def on_start(self, env: Env) -> None:
-        """Load the callbacks that ``hotcb.yaml`` in the run directory declares."""
+        """Load the callbacks that ``hotcb.yaml`` in the run directory declares, each on its
+        own: a bad entry is a ``failed`` load entry saying which and why, the others load.
+        (A file that is not YAML or has no ``callbacks`` list raises.)"""
         path = self.host.paths.config_yaml
         if not os.path.exists(path):
             return
-        for record in read_config(path):
-            self._apply_internal(record, env, source="config")
+        for entry in config_entries(path):
+            if entry.record is not None:
+                self._apply_internal(entry.record, env, source="config")
+                continue
+            log.warning("hotcb: %s", entry.problem)
+            self.host.record(
+                {
+                    "cmd_id": new_cmd_id(),
+                    "source": "config",
+                    "module": "cb",
+                    "op": "load",
+                    "id": entry.id,
+                    "target": entry.target,
+                    "decision": "failed",
+                    "error": entry.problem,
+                    "config_entry": entry.index,
+                }
+            )
 
     def _apply_internal(self, record: dict[str, Any], env: Env, *, source: str) -> None:
-        from ...ops import new_cmd_id
-
         record.setdefault("cmd_id", new_cmd_id())
         record["source"] = source
         op = command_to_hotop(record)
@@ -519,6 +606,22 @@ def _fake(ident: Any) -> HotOp:
     return HotOp(module="cb", op="undo", cmd_id="undo", id=ident)
 
 
+#: The keys of a ``callbacks`` entry of ``hotcb.yaml``.
+CONFIG_KEYS = ("id", "path", "file", "symbol", "init", "enabled", "target")
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One ``callbacks[index]`` of a ``hotcb.yaml``: its ``cb load`` command (``record``), or
+    why it cannot be loaded (``problem``, naming the file, the entry and its id)."""
+
+    index: int
+    id: str | None
+    record: dict[str, Any] | None
+    problem: str | None = None
+    target: dict[str, Any] | None = None
+
+
 def read_config(path: str) -> list[dict[str, Any]]:
     """The ``cb load`` commands declared by a ``hotcb.yaml``::
 
@@ -529,7 +632,20 @@ def read_config(path: str) -> list[dict[str, Any]]:
         symbol: HeartbeatCallback
         init: {every_steps: 100}
         enabled: true
-    """
+
+    Raises ``ValueError`` naming every bad entry (the kernel loads the good ones of such a
+    file anyway, see :func:`config_entries`)."""
+    entries = config_entries(path)
+    problems = [e.problem for e in entries if e.problem]
+    if problems:
+        raise ValueError("\n".join(problems))
+    return [e.record for e in entries if e.record is not None]
+
+
+def config_entries(path: str) -> list[ConfigEntry]:
+    """Each entry of the ``callbacks`` list of a ``hotcb.yaml``, checked on its own. Raises
+    when the file as a whole is unreadable (no PyYAML, not YAML, not a mapping, ``callbacks``
+    not a list)."""
     try:
         import yaml
     except ImportError as exc:
@@ -537,34 +653,76 @@ def read_config(path: str) -> list[dict[str, Any]]:
             f'{path} declares callbacks, reading it needs PyYAML: pip install "hotcb[yaml]"'
         ) from exc
     with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
+        try:
+            doc = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping with a 'callbacks' list")
-    out = []
+    items = doc.get("callbacks") or []
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: 'callbacks' must be a list of entries, got {items!r}")
     root = os.path.dirname(os.path.abspath(path))
-    for i, item in enumerate(doc.get("callbacks") or ()):
-        if not isinstance(item, dict) or not item.get("id"):
-            raise ValueError(f"{path}: callbacks[{i}] needs at least 'id' and a target")
-        target = item.get("target")
-        if target is None:
-            if item.get("file"):
-                file = item["file"]
-                file = file if os.path.isabs(file) else os.path.join(root, file)
-                target = {"kind": "python_file", "path": file, "symbol": item.get("symbol")}
-            else:
-                target = {
-                    "kind": "python_path",
-                    "path": item.get("path"),
-                    "symbol": item.get("symbol"),
-                }
-        rec = make_command(
-            "cb",
-            "load",
-            source="config",
-            id=str(item["id"]),
-            target=target,
-            init=item.get("init") or {},
-            enabled=bool(item.get("enabled", True)),
+    return [_config_entry(path, root, i, item) for i, item in enumerate(items)]
+
+
+def _config_entry(path: str, root: str, i: int, item: Any) -> ConfigEntry:
+    where = f"{path}: callbacks[{i}]"
+    if not isinstance(item, dict):
+        return ConfigEntry(
+            i, None, None, f"{where} must be a mapping (id, path or file, symbol), got {item!r}"
         )
-        out.append(rec)
-    return out
+    problems: list[str] = []
+    ident = item.get("id")
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        ident = str(ident)
+    if isinstance(ident, str) and ident:
+        where += f" (id {ident!r})"
+    else:
+        problems.append(f"'id' must be a non-empty string, got {ident!r}")
+        ident = None
+    for key in item:
+        if key not in CONFIG_KEYS:
+            near = difflib.get_close_matches(str(key), CONFIG_KEYS, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(CONFIG_KEYS)}"
+            problems.append(f"unknown key {key!r} ({hint})")
+    target = _config_target(item, root, problems)
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(f"'enabled' must be true or false (unquoted), got {enabled!r}")
+    init = item.get("init")
+    if init is not None and not isinstance(init, dict):
+        problems.append(f"'init' must be a mapping of constructor arguments, got {init!r}")
+    shown = target if isinstance(target, dict) else None
+    if problems:
+        return ConfigEntry(i, ident, None, f"{where}: {'; '.join(problems)}", shown)
+    try:
+        rec = make_command(
+            "cb", "load", source="config", id=ident, target=target, init=init or {},
+            enabled=enabled,
+        )  # fmt: skip
+    except CommandError as exc:
+        return ConfigEntry(i, ident, None, f"{where}: {exc}", shown)
+    return ConfigEntry(i, ident, rec, target=shown)
+
+
+def _config_target(item: Mapping[str, Any], root: str, problems: list[str]) -> Any:
+    """The ``target`` of a ``hotcb.yaml`` entry (from ``path``/``file`` and ``symbol``, or as
+    given); what is wrong with it goes to ``problems``."""
+    given = [k for k in ("path", "file", "target") if item.get(k) is not None]
+    if len(given) > 1:
+        problems.append(f"give one of 'path' or 'file', not {' and '.join(map(repr, given))}")
+        return None
+    if not given:
+        problems.append(
+            "nothing to load: give 'path' (an importable module) or 'file' (a .py file, "
+            "relative to the run directory), and 'symbol'"
+        )
+        return None
+    if given == ["target"]:
+        return item["target"]
+    where = item[given[0]]
+    if given == ["file"] and isinstance(where, str) and where and not os.path.isabs(where):
+        where = os.path.join(root, where)
+    kind = "python_file" if given == ["file"] else "python_path"
+    return {"kind": kind, "path": where, "symbol": item.get("symbol")}

@@ -10,14 +10,20 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .._base import ModuleHost
 
-__all__ = ["CallbackBase", "CallbackContext", "HotCallback", "LambdaCallback"]
+__all__ = ["CallbackBase", "CallbackContext", "HotCallback", "LambdaCallback", "ParamError"]
 
 Env = Mapping[str, Any]
+
+
+class ParamError(ValueError):
+    """A callback parameter given a value it cannot take (the message names the parameter and
+    why). Raised from a callback's constructor, ``cb load`` is ``rejected``; from
+    ``set_params``, ``cb set_params`` is (like any ``TypeError``/``ValueError`` there)."""
 
 
 @runtime_checkable
@@ -105,6 +111,9 @@ class CallbackBase:
     #: Set True to run only on rank 0 under torch.distributed.
     rank_zero_only: bool = False
     ctx: CallbackContext | None = None
+    #: ``{name: check}``: ``check(value)`` returns the value to set or raises
+    #: :class:`ParamError`; :meth:`set_params` checks every value before it sets any.
+    _param_checks: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
 
     def on_load(self, env: Env) -> None:
         ctx = env.get("hotcb")
@@ -118,12 +127,27 @@ class CallbackBase:
         return None
 
     def set_params(self, **params: Any) -> None:
+        """Set known public attributes, each value checked by :attr:`_param_checks` (and
+        ``rank_zero_only`` a bool) first: one bad value and nothing is set."""
+        new: dict[str, Any] = {}
         for key, value in params.items():
-            if key.startswith("_") or callable(getattr(self, key, None)) or not hasattr(self, key):
+            if (
+                key.startswith("_")
+                or key == "ctx"
+                or callable(getattr(self, key, None))
+                or not hasattr(self, key)
+            ):
                 raise AttributeError(
                     f"{type(self).__name__} has no parameter {key!r}; "
                     f"known: {', '.join(sorted(self.params()))}"
                 )
+            check = self._param_checks.get(key)
+            if check is not None:
+                value = check(value)
+            elif key == "rank_zero_only" and not isinstance(value, bool):
+                raise ParamError(f"rank_zero_only must be true or false, got {value!r}")
+            new[key] = value
+        for key, value in new.items():
             setattr(self, key, value)
 
     def params(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._protocol import CallbackBase
+from ._params import checks, choice, flag, names, number, whole
 
 Env = Mapping[str, Any]
 
@@ -43,6 +44,13 @@ class AnomalyGuardCallback(CallbackBase):
     """
 
     rank_zero_only = True  # one guard writes the commands; every rank applies them
+    _param_checks = checks(
+        action=choice("action", ACTIONS),
+        keys=names("keys"),
+        check_grads=flag("check_grads"),
+        lr_factor=number("lr_factor", above=0, high=1),
+        cooldown_steps=whole("cooldown_steps", 0),
+    )
 
     def __init__(
         self,
@@ -52,25 +60,17 @@ class AnomalyGuardCallback(CallbackBase):
         lr_factor: float = 0.5,
         cooldown_steps: int = 100,
     ) -> None:
-        if action not in ACTIONS:
-            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        self.action = action
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.check_grads = bool(check_grads)
-        self.lr_factor = float(lr_factor)
-        self.cooldown_steps = int(cooldown_steps)
+        c = self._param_checks
+        self.action = c["action"](action)
+        self.keys = c["keys"](keys)
+        self.check_grads = c["check_grads"](check_grads)
+        self.lr_factor = c["lr_factor"](lr_factor)
+        self.cooldown_steps = c["cooldown_steps"](cooldown_steps)
         self.count = 0
         self.anomalies: list[dict[str, Any]] = []
         self.sent: list[str] = []
         self._last_action_step: int | None = None
         self._last_record_step: int | None = None
-
-    def set_params(self, **params: Any) -> None:
-        if "action" in params and params["action"] not in ACTIONS:
-            raise ValueError(
-                f"action must be one of {', '.join(ACTIONS)}, got {params['action']!r}"
-            )
-        super().set_params(**params)
 
     def find(self, env: Env) -> list[str]:
         """Names of the non-finite things in env (empty: all fine)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from .... import jsonl
 from .._protocol import CallbackBase
+from ._params import checks, names, number, text, whole
 
 Env = Mapping[str, Any]
 
@@ -18,15 +19,23 @@ class HeartbeatCallback(CallbackBase):
 
     The line goes to ``env["log"]`` when the loop provides it, else to the ``hotcb.cb.<id>``
     logger. It says the step, the wall time since load and the recent step rate, so a glance at
-    a log tells whether a long run is alive and how fast it goes.
+    a log tells whether a long run is alive and how fast it goes. ``every_steps=0``: by time
+    only.
     """
+
+    _param_checks = checks(
+        every_steps=whole("every_steps", 0),
+        every_sec=number("every_sec", low=0),
+        event=text("event"),
+    )
 
     def __init__(
         self, every_steps: int = 100, every_sec: float = 0.0, event: str = "train_step_end"
     ) -> None:
-        self.every_steps = int(every_steps)
-        self.every_sec = float(every_sec)
-        self.event = event
+        c = self._param_checks
+        self.every_steps = c["every_steps"](every_steps)
+        self.every_sec = c["every_sec"](every_sec)
+        self.event = c["event"](event)
         self.beats = 0
         self.last_line = ""
         self._t0 = time.monotonic()
@@ -57,12 +66,19 @@ class TimingCallback(CallbackBase):
     ``time/samples_per_sec``. Reported at steps that are multiples of ``every_steps``,
     averaged over the steps since the previous report (the first event only starts the clock)."""
 
+    _param_checks = checks(
+        every_steps=whole("every_steps", 1),
+        batch_size=whole("batch_size", 0),
+        event=text("event"),
+    )
+
     def __init__(
         self, every_steps: int = 10, batch_size: int = 0, event: str = "train_step_end"
     ) -> None:
-        self.every_steps = int(every_steps)
-        self.batch_size = int(batch_size)
-        self.event = event
+        c = self._param_checks
+        self.every_steps = c["every_steps"](every_steps)
+        self.batch_size = c["batch_size"](batch_size)
+        self.event = c["event"](event)
         self.last: dict[str, float] = {}
         self._t: float | None = None
         self._n = 0
@@ -113,18 +129,24 @@ class JSONLLoggerCallback(CallbackBase):
     """
 
     rank_zero_only = True
+    _param_checks = checks(  # ``path``: see _abs
+        every_steps=whole("every_steps", 1),
+        events=names("events", optional=True),
+        keys=names("keys", optional=True),
+    )
 
     def __init__(
         self,
         path: str = "hotcb.cb_log.jsonl",
         every_steps: int = 1,
-        events: Sequence[str] | None = None,
-        keys: Sequence[str] | None = None,
+        events: Sequence[str] | str | None = None,
+        keys: Sequence[str] | str | None = None,
     ) -> None:
         self.path = path
-        self.every_steps = int(every_steps)
-        self.events = list(events) if events else None
-        self.keys = list(keys) if keys else None
+        c = self._param_checks
+        self.every_steps = c["every_steps"](every_steps)
+        self.events = c["events"](events)
+        self.keys = c["keys"](keys)
         self.written = 0
         self._folder_made: str | None = None
         self._resolved: tuple[str, str] | None = None  # (path as set, where it resolved)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._protocol import CallbackBase
+from ._params import checks, flag, names, number, whole
 
 Env = Mapping[str, Any]
 
@@ -33,10 +34,12 @@ class SystemStatsCallback(CallbackBase):
     """
 
     rank_zero_only = False
+    _param_checks = checks(every_steps=whole("every_steps", 1), gpu=flag("gpu"))
 
     def __init__(self, every_steps: int = 50, gpu: bool = True) -> None:
-        self.every_steps = int(every_steps)
-        self.gpu = bool(gpu)
+        c = self._param_checks
+        self.every_steps = c["every_steps"](every_steps)
+        self.gpu = c["gpu"](gpu)
         self.last: dict[str, float] = {}
         self._proc: Any = None
         try:
@@ -101,9 +104,12 @@ class TensorStatsCallback(CallbackBase):
     ``<name>/mean`` … every ``every_steps`` steps. Numbers are accepted too; a missing key is
     skipped. ``std`` is the population std (0 for one element, never NaN)."""
 
+    _param_checks = checks(keys=names("keys"), every_steps=whole("every_steps", 1))
+
     def __init__(self, keys: Sequence[str] | str = ("loss",), every_steps: int = 1) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.every_steps = int(every_steps)
+        c = self._param_checks
+        self.keys = c["keys"](keys)
+        self.every_steps = c["every_steps"](every_steps)
         self.last: dict[str, float] = {}
 
     def handle(self, event: str, env: Env) -> None:
@@ -154,10 +160,17 @@ class GradStatsCallback(CallbackBase):
     ``backward()`` (the usual ``kernel.apply`` after ``optimizer.step()`` qualifies as long as
     ``zero_grad`` runs at the start of the next step)."""
 
+    _param_checks = checks(
+        every_steps=whole("every_steps", 1),
+        per_layer=flag("per_layer"),
+        norm_type=number("norm_type", above=0),
+    )
+
     def __init__(self, every_steps: int = 1, per_layer: bool = True, norm_type: float = 2.0):
-        self.every_steps = int(every_steps)
-        self.per_layer = bool(per_layer)
-        self.norm_type = float(norm_type)
+        c = self._param_checks
+        self.every_steps = c["every_steps"](every_steps)
+        self.per_layer = c["per_layer"](per_layer)
+        self.norm_type = c["norm_type"](norm_type)
         self.last: dict[str, float] = {}
 
     def handle(self, event: str, env: Env) -> None:
