@@ -57,3 +57,44 @@ def test_an_enable_with_other_settings_takes_the_open_trials_change_back(toy: An
     (row,) = [r for r in tune.trials if r["trial"] == trial["number"]]
     assert row["decision"] == "failed"
     assert tune.settings.threshold == 0.05 and tune.mode == "active"
+
+
+def test_a_mode_switch_during_a_trial_counts_it_failed_once(toy: Any) -> None:
+    """The study opened again for the new mode found the trial still RUNNING and counted it
+    failed too: `tune status` said `failed: 2` for one trial (Optuna: one FAIL)."""
+    t: Toy = toy(log_level, lr=1e-3, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", **{**SETTINGS, "sync": False})
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    t.run(100_000, until=lambda: tune() is not None and tune().phase == "trial")
+    client.tune_enable("observe")
+    t.run(100_000, until=lambda: tune().mode == "observe" and tune().study is not None
+          and tune().opening is None)  # fmt: skip
+    t.run(30)
+    assert tune().counts["failed"] == 1
+    states = [tr.state.name for tr in tune().study.study.get_trials()]
+    assert states.count("FAIL") == 1
+
+
+def test_an_expired_proposal_says_so_in_its_row_and_the_ledger(toy: Any) -> None:
+    """suggest → active with P1 pending: Optuna heard FAIL and `tune proposals` said expired,
+    but the trial's row said `proposed` for good and the ledger said nothing."""
+    from hotcb.cli._common import fmt_entry
+
+    t: Toy = toy(log_level, lr=1e-3, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", **SETTINGS)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    t.run(100_000, until=lambda: tune() is not None and any(
+        p["state"] == "pending" for p in tune().proposals))  # fmt: skip
+    (p,) = tune().proposals
+    client.tune_enable("active")
+    t.run(3)
+    (row,) = [r for r in tune().trials if r["trial"] == p["trial"]]
+    assert row["decision"] == "expired" and row["detail"]["reason"] == "tuner enabled again"
+    (entry,) = t.ledger("expire")
+    assert entry["tune"] == {"proposal": p["id"], "trial": p["trial"],
+                             "reason": "tuner enabled again"}  # fmt: skip
+    assert f"[{p['id']}, trial {p['trial']}, tuner enabled again]" in fmt_entry(
+        entry, t.kernel.run_dir
+    )

@@ -592,6 +592,11 @@ class TuneModule:
         # proposals of the tuner as it was: answered by nobody in active or observe mode, and
         # a pending one blocks every new trial; their trials are told FAIL in the old study
         self._expire_proposals("tuner enabled again")
+        # the open trial ends first: its FAIL is queued before the study is opened again, whose
+        # clean-up (fail_open) would otherwise find it RUNNING and count it a second time
+        trial, reason = self.trial, "the tuner was enabled again with other settings: not judged"
+        if trial is not None:
+            self._close_trial(None, "failed", reason=reason)
         self.opening, study = None, None
         if self.host.is_leader and settings.sync:
             study = self._open_study(settings)
@@ -602,9 +607,6 @@ class TuneModule:
 
             import_optuna()
             self.opening = self._worker_().submit(self._open_and_clean, settings)
-        trial, reason = self.trial, "the tuner was enabled again with other settings: not judged"
-        if trial is not None:
-            self._close_trial(None, "failed", reason=reason)
         self.settings, self.study, self.mode = settings, study, settings.mode
         self.objective_used = settings.objective
         self.seen = False  # the objective has been logged since the tuner was enabled
@@ -1194,10 +1196,16 @@ class TuneModule:
             self._worker.drain()
 
     def _expire_proposals(self, reason: str) -> None:
+        """Pending proposals of the tuner as it was: Optuna hears FAIL, the trial's row and
+        the ledger say they expired (the row said `proposed` for good, the ledger nothing)."""
         for p in self.proposals:
             if p["state"] == "pending":
                 self._fail(p["trial"], reason)
                 p["state"] = "expired"
+                self._row(p["trial"]).update(decision="expired", detail={"reason": reason})
+                self.host.record({"module": "tune", "op": "expire", "source": "tune",
+                                  "decision": "applied", "tune": {"proposal": p["id"],
+                                  "trial": p["trial"], "reason": reason}})  # fmt: skip
 
     def _fail(self, number: Any, reason: str) -> None:
         self.counts["failed"] += 1
