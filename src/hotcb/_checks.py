@@ -97,22 +97,34 @@ def parse_document(
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise error(path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     lines: dict[str, int] = {}
+    twice: list[str] = []
     if node is not None:
-        collect_lines(node, "", lines)
+        collect_lines(node, "", lines, twice)
+    if twice:  # YAML keeps the last silently: the first one's problems would go unseen
+        raise error(path, twice)
     return doc, lines
 
 
-def collect_lines(node: Any, where: str, lines: dict[str, int]) -> None:
-    """``{"space[0].mode": 7, …}``: the line of every key and item (1-based)."""
+def collect_lines(
+    node: Any, where: str, lines: dict[str, int], twice: list[str] | None = None
+) -> None:
+    """``{"space[0].mode": 7, …}``: the line of every key and item (1-based); a key given
+    twice in one mapping goes to ``twice`` (``line 9: 'space' is given twice …``)."""
     import yaml
 
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             at = f"{where}.{key_node.value}" if where else str(key_node.value)
-            lines[at] = key_node.start_mark.line + 1
-            collect_lines(value_node, at, lines)
+            line = key_node.start_mark.line + 1
+            first = seen.setdefault(str(key_node.value), line)
+            if first != line and twice is not None:
+                twice.append(f"line {line}: {key_node.value!r} is given twice (first at line "
+                             f"{first}); a YAML file keeps only the last")  # fmt: skip
+            lines[at] = line
+            collect_lines(value_node, at, lines, twice)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             at = f"{where}[{i}]"
             lines[at] = item.start_mark.line + 1
-            collect_lines(item, at, lines)
+            collect_lines(item, at, lines, twice)

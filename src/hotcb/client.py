@@ -99,6 +99,39 @@ def check_actuator_params(
         _validator(d).validate(value)
 
 
+def _check_space(space: Sequence[Any], published: Sequence[Mapping[str, Any]], where: str) -> None:
+    """A tuner recipe's knobs that the run does not have as numeric actuators: refused with
+    each one named, once the run has published its actuators (the tuner sat `active` and
+    never made a trial, a warning in `tune status --json` the only sign)."""
+    if not published:
+        return
+    by_key = {a["param_key"]: a for a in published}
+    problems = []
+    for knob in space:
+        act = by_key.get(knob.key)
+        group = (act or {}).get("group") or "custom"
+        if act is not None and group == knob.module and act.get("type") in _NUMBER_TYPES:
+            continue
+        if act is None:
+            close = difflib.get_close_matches(knob.key, list(by_key), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{knob.module}.{knob.key}: the run has no actuator {knob.key!r}"
+                            f"{hint} (its knobs: {', '.join(sorted(by_key))})")  # fmt: skip
+        elif group != knob.module:
+            problems.append(f"{knob.module}.{knob.key}: {knob.key!r} is in {group}, not "
+                            f"{knob.module} (module: {group})")  # fmt: skip
+        else:
+            problems.append(f"{knob.module}.{knob.key}: a {act.get('type')} actuator; the tuner "
+                            "moves numbers")  # fmt: skip
+    if problems:
+        from .modules.tune import RecipeError
+
+        raise RecipeError(where, problems)
+
+
+_NUMBER_TYPES = ("float", "log_float", "int")
+
+
 def _check_rampable(params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]) -> None:
     """A ramp moves a number step by step: refuse one on a bool or choice knob up front, as
     the run would (it said so only in the ledger, after the CLI had exited 0)."""
@@ -388,7 +421,10 @@ class HotClient:
                     "directory, then from here)"
                 )
         given = {k: v for k, v in params.items() if k != "recipe"}
-        parse_settings(given, load_recipe(path) if os.path.isfile(path) else None)
+        doc = load_recipe(path) if os.path.isfile(path) else None
+        settings_ = parse_settings(given, doc)
+        if "space" in given or (doc and "space" in doc):  # knobs named by the user
+            _check_space(settings_.space, self._published(), where=path if doc else "space")
         if outside:
             # the trainer reads files inside its run directory only (DESIGN.md §10): the
             # recipe goes in as hotcb.replay/<sha>.tune.yaml, as freeze's does

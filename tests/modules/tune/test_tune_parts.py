@@ -192,3 +192,20 @@ def test_a_storage_that_cannot_be_one_is_refused_with_the_fix(url: str, said: st
     with pytest.raises(RecipeError) as info:
         parse_settings({"storage": url})
     assert said in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_a_key_given_twice_and_both_segments_are_refused(tmp_path: Path) -> None:
+    """YAML keeps the last of two `space:` lists: the first one's problems went unseen. And a
+    file with both segment_steps and segment_evals (the flags are exclusive) passed."""
+    path = tmp_path / "hotcb.tune.yaml"
+    path.write_text("space:\n  - {key: lr, modul: opt}\nobjective: loss\nspace: []\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.problems == [
+        "line 4: 'space' is given twice (first at line 1); a YAML file keeps only the last"
+    ]
+    path.write_text("segment_steps: 20\nsegment_evals: 2\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.problems == ["line 2: segment_evals: give segment_steps or segment_evals, "
+                                   "not both"]  # fmt: skip

@@ -294,6 +294,8 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     settings = _check_settings(doc, ck)
     if "mode" in settings:
         ck.add("mode", "the mode is chosen by 'tune enable --mode', not the recipe")
+    if "segment_steps" in doc and "segment_evals" in doc:  # the flags are exclusive too
+        ck.add("segment_evals", "give segment_steps or segment_evals, not both")
     if ck.problems:  # in the file's order
         raise RecipeError(path, sorted(ck.problems, key=_line_of))
     return settings
