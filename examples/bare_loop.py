@@ -85,6 +85,7 @@ def main() -> None:
         """`hotcb checkpoint` and Ctrl-C / SIGTERM call this; the ledger records the path,
         which `hotcb branch --from` and `--resume` use."""
         path = path or os.path.join(args.run_dir, f"checkpoint_{step}.pt")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # --path ckpt/x.pt
         torch.save(
             {
                 "step": step,

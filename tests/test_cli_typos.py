@@ -119,3 +119,33 @@ def test_status_names_a_choice_knobs_values_and_a_ramp_of_one_is_refused_up_fron
         assert done.returncode == 2, done.stdout
         assert "transition needs a numeric actuator" in done.stderr
     kernel.close()
+
+
+def test_odd_values_are_one_line_usage_errors(published: str, tmp_path: Any, cli: Any) -> None:
+    """What printed a traceback or was taken as something else: a 400-digit int (an
+    OverflowError), `--ramp 0` (a plain set), `--timeout -1` (0.1 s), a file given as the run
+    (`[Errno 20] Not a directory`), `serve --log-level bogus` (uvicorn's KeyError)."""
+    commands = os.path.join(published, "hotcb.commands.jsonl")
+    before = os.path.getsize(commands)
+    for args, said in (
+        (("set", "aux=" + "9" * 400), "aux=99999999999999999999… is not finite"),
+        (("set", "aux=0.5", "--ramp", "0"), "transition.steps must be an integer >= 1, got 0"),
+        (("set", "aux=0.5", "--wait", "--timeout", "-1"), "must be a number of seconds > 0"),
+    ):
+        done = cli(published, *args)
+        assert done.returncode == 2 and said in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert os.path.getsize(commands) == before
+    afile = tmp_path / "afile"
+    afile.write_text("not a run")
+    for args in (("set", "lr=1e-3"), ("status",), ("stop",)):
+        done = cli(str(afile), *args)
+        assert done.returncode == 2 and "is a file, not a run directory" in done.stderr, done
+    done = cli(published, "serve", "--log-level", "bogus")
+    assert done.returncode == 2 and "invalid choice: 'bogus'" in done.stderr
+    for args, said in (
+        (("--port", "99999"), "--port: less than or equal to 65535, got 99999"),
+        (("--max-body-bytes", "-1"), "--max-body-bytes: greater than or equal"),
+    ):
+        done = cli(published, "serve", *args)  # pydantic's four lines and a link before
+        assert done.returncode == 2 and said in done.stderr and done.stderr.count("\n") == 1

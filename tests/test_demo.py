@@ -146,6 +146,26 @@ def test_demo_says_when_8421_is_taken(capsys: Any) -> None:
     assert f"{DEFAULT_PORT} is in use; serving on {port}" in capsys.readouterr().err
 
 
+def test_demo_port_0_is_any_free_port_and_bad_values_are_usage_errors(tmp_path: Any) -> None:
+    """`--port 0` polled port 0 for a minute and said the server did not start (it had, on a
+    free port); `--port 99999` printed an OverflowError traceback after making a run folder;
+    `--step-delay -1` started a trainer that crashed."""
+    from hotcb.demo import _demo_port
+
+    assert _demo_port(0) > 0
+    for flag, value, said in (
+        ("--port", "99999", "must be 0..65535"),
+        ("--step-delay", "-1", "must be 0 or more seconds"),
+        ("--max-steps", "0", "must be 1 or more"),
+    ):
+        done = subprocess.run([sys.executable, "-m", "hotcb", "demo", flag, value, "--no-browser"],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
 @pytest.mark.slow
 def test_the_demo_task_is_not_solved_in_a_few_hundred_steps(tmp_path: Any) -> None:
     """The demo must keep learning for minutes so a change visibly lands on its curves: with

@@ -201,6 +201,9 @@ class HotClient:
                     _check_rampable(record["params"], published)
             else:
                 self.last_unchecked = True
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise CommandError(f"{self.run_dir} is a file, not a run directory: give the run's "
+                               "folder")  # fmt: skip
         if not self.create and not os.path.isdir(self.run_dir):
             raise CommandError(
                 f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' "
@@ -266,7 +269,7 @@ class HotClient:
         """The run's published actuators, re-read only when the file changed."""
         try:
             st = os.stat(self.paths.actuators)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none yet; a file given as the run
             return []
         sig = (st.st_ino, st.st_size, st.st_mtime_ns)
         if sig != self._published_sig:

@@ -537,9 +537,44 @@ def _demo_port(given: int | None) -> int:
         # say so: another server may answer on 8421, and the README says 8421
         print(f"hotcb demo: {DEFAULT_PORT} is in use; serving on {port}", file=sys.stderr)
         return port
+    if given == 0:  # any free port, as `hotcb serve --port 0` takes it
+        return _free_port()
     if not _port_free(given):
         raise HotcbError(f"port {given} is in use; pick another with --port")
     return given
+
+
+def _port_arg(text: str) -> int:
+    """An argparse type: a port, 0..65535 (0: any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def _steps_arg(text: str) -> int:
+    """An argparse type: a number of steps, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _delay_arg(text: str) -> float:
+    """An argparse type: seconds, finite and 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
 
 
 def _wait_for_run(trainer: subprocess.Popen[bytes], run_dir: str, timeout: float) -> None:
@@ -589,9 +624,9 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
 
     golden = bool(getattr(cfg, "golden", False))
     synthetic = bool(getattr(cfg, "synthetic", False))
+    port = _demo_port(cfg.port)  # before the run directory: a refused port leaves none
     run_dir, serve_dir, run_id = _demo_dirs(cfg.run_dir, golden)
     os.makedirs(run_dir, exist_ok=True)
-    port = _demo_port(cfg.port)
 
     stop_signal: dict[str, int | None] = {"sig": None}
 
@@ -656,9 +691,14 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``hotcb demo`` options (shared by the CLI and ``python -m hotcb.demo``)."""
     p.add_argument("--golden", action="store_true", help="multi-task model with rich metrics")
-    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="training steps")
+    p.add_argument("--max-steps", type=_steps_arg, default=DEFAULT_MAX_STEPS,
+                   help=f"training steps (default {DEFAULT_MAX_STEPS})")  # fmt: skip
     p.add_argument(
-        "--port", type=int, default=None, help=f"server port (default {DEFAULT_PORT} or a free one)"
+        "--port",
+        type=_port_arg,
+        default=None,
+        help=f"server port (default {DEFAULT_PORT}, or a free one when it is taken; 0: any "
+        "free port)",
     )
     p.add_argument(
         "--run-dir",
@@ -667,7 +707,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--step-delay",
-        type=float,
+        type=_delay_arg,
         default=DEFAULT_STEP_DELAY,
         help=f"seconds to sleep per step (default {DEFAULT_STEP_DELAY}: about 30 steps/s)",
     )

@@ -101,9 +101,14 @@ class HotcbActuator:
                 f"{what} must be a number for actuator {self.param_key!r} "
                 f"({self.type.value}), got {type(value).__name__} {value!r}"
             )
-        if not math.isfinite(value):
-            raise ActuatorError(f"{what}={value!r} is not finite; actuator {self.param_key!r}")
-        return float(value)
+        try:
+            number = float(value)  # an int of 400 digits does not fit a float
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = f"{str(value)[:20]}…" if len(str(value)) > 24 else repr(value)
+            raise ActuatorError(f"{what}={shown} is not finite; actuator {self.param_key!r}")
+        return number
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` coerced to this actuator's type, or raise :class:`ActuatorError`."""

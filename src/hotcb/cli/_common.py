@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -69,6 +70,9 @@ def ended(path: str) -> str | None:
 def require_run_dir(path: str, *, folder_ok: bool = False) -> None:
     """Refuse a run directory that does not exist (for the commands that only read), or a
     folder of runs where one run is meant (``folder_ok``: either will do)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{os.path.abspath(path)} is a file, not a run directory: give --dir "
+                         "the run's folder")  # fmt: skip
     if not os.path.isdir(path):
         raise UsageError(
             f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {path} init' creates "
@@ -109,13 +113,25 @@ def count(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (``--timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
 def add_wait(p: argparse.ArgumentParser, *, also: str = "") -> None:
     p.add_argument(
         "--wait",
         action="store_true",
         help="wait until the run has handled the command and print the ledger entry" + also,
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (with --wait)")
+    p.add_argument("--timeout", type=seconds, default=30.0,
+                   help="seconds to wait (with --wait; default 30)")  # fmt: skip
 
 
 def fmt_value(v: Any) -> str:

@@ -127,9 +127,9 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if args.at_step is not None:
         fields["at_step"] = args.at_step
-    if args.shape is not None and not args.ramp:
+    if args.shape is not None and args.ramp is None:
         raise UsageError("--shape shapes a ramp: give --ramp STEPS with it")
-    if args.ramp:
+    if args.ramp is not None:  # --ramp 0 too: the run refuses it (steps >= 1), not a plain set
         fields["transition"] = {"steps": args.ramp, "shape": args.shape or "linear"}
     return fields
 

@@ -101,7 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ._notify import add_notify_flags
 
     add_notify_flags(p)  # a notifier on every run served, in the server process
-    p.add_argument("--log-level", default="warning", help="uvicorn log level")
+    p.add_argument("--log-level", default="warning", type=str.lower,
+                   choices=("critical", "error", "warning", "info", "debug", "trace"),
+                   help="uvicorn log level (default warning)")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
@@ -139,6 +141,21 @@ def build_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _one_line(exc: ValueError) -> str:
+    """A settings error as the CLI says errors: ``--port: less than or equal to 65535, got
+    99999`` (pydantic's own text spans lines and ends in a link)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    said = []
+    for e in errors():
+        where = "--" + ".".join(str(p) for p in e.get("loc") or ()).replace("_", "-")
+        msg = str(e.get("msg") or "invalid").removeprefix("Input should be ").removeprefix(
+            "Value error, ")  # fmt: skip
+        said.append(f"{where}: {msg}, got {e.get('input')!r}")
+    return "; ".join(said) or str(exc)
+
+
 def _warnings(config: Any) -> list[str]:
     out = []
     if config.no_token:
@@ -155,7 +172,10 @@ def _warnings(config: Any) -> list[str]:
 def _serve(args: argparse.Namespace) -> int:
     from . import CliError
 
-    config = build_config(args)
+    try:
+        config = build_config(args)
+    except ValueError as exc:  # pydantic's ValidationError is one: one line per bad setting
+        raise CliError(_one_line(exc)) from None
     if not os.path.isdir(config.dir):
         raise CliError(f"--dir {config.dir} is not a directory")
     config.ensure_token()  # ValueError (one line, exit 2) for --no-token off loopback
