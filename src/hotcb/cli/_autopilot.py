@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help=f"of the key metric ({DIRECTION_DEFAULT})",
     )
-    ap.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
+    ap.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between rounds (default 1)")  # fmt: skip
     ap.add_argument("--once", action="store_true", help="one round, then exit")
     add_ai_flags(ap)
     from ._notify import add_notify_flags
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def add_ai_flags(p: argparse.ArgumentParser) -> None:
     """The LLM autopilot's flags (``hotcb autopilot`` and ``hotcb serve``). The key is read
     from the environment only (HOTCB_AI_KEY), never from a flag: a flag shows in ps."""
-    g = p.add_argument_group("LLM autopilot (--mode ai_suggest|ai_auto; key: HOTCB_AI_KEY)")
+    flag = "--mode" if p.prog.endswith(" autopilot") else "--autopilot"  # serve, launch
+    g = p.add_argument_group(f"LLM autopilot ({flag} ai_suggest|ai_auto; key: HOTCB_AI_KEY)")
     g.add_argument("--ai-config", metavar="FILE", help="AI settings file (YAML or JSON)")
     g.add_argument("--ai-base-url", metavar="URL",
                    help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama); "

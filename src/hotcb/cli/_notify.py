@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "a crash, 300 s without a metric, autopilot actions. See docs/notify.md.",
     )
     add_notify_flags(p)
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between rounds (default 1)")  # fmt: skip
     p.add_argument("--once", action="store_true", help="one round, deliver, then exit")
     p.add_argument("--check", action="store_true", help="check the --notify file and exit")
     p.set_defaults(func=cmd_notify)
