@@ -4,7 +4,7 @@ each with its line, instead of the first one alone."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import HotcbError
@@ -128,3 +128,22 @@ def collect_lines(
             at = f"{where}[{i}]"
             lines[at] = item.start_mark.line + 1
             collect_lines(item, at, lines, twice)
+
+
+def number_arg(
+    convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str, must: str
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert(text)`` when ``ok`` says it fits, else the argparse
+    error ``expected {expected}, got 'x'`` or ``{must}, got x`` (one line, exit 2)."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{must}, got {text}")
+        return value
+
+    return parse

@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ._checks import number_arg
 from ._launch import _answers
 
 if TYPE_CHECKING:
@@ -544,37 +545,11 @@ def _demo_port(given: int | None) -> int:
     return given
 
 
-def _port_arg(text: str) -> int:
-    """An argparse type: a port, 0..65535 (0: any free one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
-    return value
-
-
-def _steps_arg(text: str) -> int:
-    """An argparse type: a number of steps, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _delay_arg(text: str) -> float:
-    """An argparse type: seconds, finite and 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
+_port_arg = number_arg(int, lambda v: 0 <= v <= 65535, "a port number",
+                       "must be 0..65535 (0: any free port)")  # fmt: skip
+_steps_arg = number_arg(int, lambda v: v >= 1, "a whole number", "must be 1 or more")
+_delay_arg = number_arg(float, lambda v: math.isfinite(v) and v >= 0, "seconds",
+                        "must be 0 or more seconds")  # fmt: skip
 
 
 def _wait_for_run(trainer: subprocess.Popen[bytes], run_dir: str, timeout: float) -> None:

@@ -78,6 +78,15 @@ def test_auto_mode_rescues_a_diverging_run(
     assert any(r["kind"] == "detection" and r["detector"] == "divergence" for r in records)
 
 
+def _auto_pilot(run_dir: str) -> subprocess.Popen[str]:
+    """`hotcb autopilot --mode auto` on ``run_dir`` (key metric loss), its output piped."""
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
+            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)  # fmt: skip
+
+
 def test_the_autopilot_stops_when_the_trainer_is_killed(
     run_dir: str, tmp_path: Path, start_trainer: Any
 ) -> None:
@@ -86,11 +95,7 @@ def test_the_autopilot_stops_when_the_trainer_is_killed(
     trainer = start_trainer(run_dir, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
                             step_delay=0.01)  # fmt: skip
     trainer.wait_step(5, 120)
-    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
-    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
-            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
-    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env)  # fmt: skip
+    pilot = _auto_pilot(run_dir)
     try:
         first = pilot.stdout.readline() if pilot.stdout else ""
         assert "hotcb autopilot (auto) on" in first, first
@@ -173,11 +178,7 @@ def test_an_autopilot_started_on_a_crashed_run_waits_for_its_restart(
     first.wait_step(3, 120)
     first.proc.kill()
     first.proc.wait(60)
-    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
-    argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode", "auto",
-            "--key-metric", "loss", "--interval", "0.2"]  # fmt: skip
-    pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env)  # fmt: skip
+    pilot = _auto_pilot(run_dir)
     try:
         assert pilot.stdout is not None
         lines = [pilot.stdout.readline(), pilot.stdout.readline()]

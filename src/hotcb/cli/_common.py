@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import jsonl
+from .._checks import number_arg
 from ..client import HotClient
 from ..errors import HotcbError
 from ..ledger import checkpoint_path, run_over
@@ -102,26 +103,10 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def count(text: str) -> int:
-    """An argparse type: an integer >= 0 (``-n``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0 (``--timeout``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
-    return value
+#: argparse types: an integer >= 0 (``-n``); a finite number of seconds > 0 (``--timeout``)
+count = number_arg(int, lambda v: v >= 0, "a whole number", "must be 0 or more")
+seconds = number_arg(float, lambda v: math.isfinite(v) and v > 0, "seconds",
+                     "must be a number of seconds > 0")  # fmt: skip
 
 
 def add_wait(p: argparse.ArgumentParser, *, also: str = "") -> None:

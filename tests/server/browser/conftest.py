@@ -29,6 +29,18 @@ TOKEN = "browser-test-token"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
 
 
+def debug(page: Any) -> dict[str, Any]:
+    """What the page says of itself (``window.hotcb.debug()``)."""
+    return page.evaluate("window.hotcb.debug()")
+
+
+def wait_page(page: Any, expr: str, timeout: float = 60) -> dict[str, Any]:
+    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
+    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
+    page.wait_for_function(fn, timeout=timeout * 1000)
+    return debug(page)
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, TOKEN, read_jsonl, stop
+from conftest import ENV, TOKEN, read_jsonl, stop, wait_page
 from hotcb.server.testing import ServeProcess
 from hotcb.testing import wait_for
 
@@ -55,17 +55,6 @@ for s in range(400):
             json.dump(k.state_dict(), f)
 k.close()
 """
-
-
-def debug(page: Any) -> dict[str, Any]:
-    return page.evaluate("window.hotcb.debug()")
-
-
-def wait_page(page: Any, expr: str, timeout: float = 30) -> dict[str, Any]:
-    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
-    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
-    return debug(page)
 
 
 def chip(page: Any) -> str:

@@ -16,23 +16,13 @@ from typing import Any
 
 import pytest
 
+from conftest import debug, wait_page
 from hotcb.testing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 LR = '.ctl[data-key="lr"]'
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
-
-
-def debug(page: Any) -> dict[str, Any]:
-    return page.evaluate("window.hotcb.debug()")
-
-
-def wait_page(page: Any, expr: str, timeout: float = 30) -> dict[str, Any]:
-    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
-    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
-    return debug(page)
 
 
 def ctl(d: dict[str, Any], key: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, Server, read_jsonl, stop
+from conftest import ENV, Server, read_jsonl, stop, wait_page
 from hotcb.server.testing import free_port
 from hotcb.testing import wait_for
 
@@ -34,17 +34,6 @@ for s in range(10**9):
 """
 
 LONG = "lr-3e-4-bs-512-warmup-2000-cosine-restarts-seed-1234"
-
-
-def debug(page: Any) -> dict[str, Any]:
-    return page.evaluate("window.hotcb.debug()")
-
-
-def wait_page(page: Any, expr: str, timeout: float = 60) -> dict[str, Any]:
-    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
-    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
-    return debug(page)
 
 
 def last_step(path: str) -> int:

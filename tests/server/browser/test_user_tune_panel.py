@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from conftest import debug, wait_page
 from hotcb import jsonl
 from hotcb.server.testing import ServeProcess
 from hotcb.testing import wait_for
@@ -52,17 +53,6 @@ def site(tmp_path_factory: Any) -> Iterator[Site]:
     s.server.start()
     yield s
     s.server.stop()
-
-
-def debug(page: Any) -> dict[str, Any]:
-    return page.evaluate("window.hotcb.debug()")
-
-
-def wait_page(page: Any, expr: str, timeout: float = 60) -> dict[str, Any]:
-    """Wait until the JS expression over ``d`` (= ``window.hotcb.debug()``) is truthy."""
-    fn = f"() => {{ const d = window.hotcb && window.hotcb.debug(); return !!(d && ({expr})); }}"
-    page.wait_for_function(fn, timeout=timeout * 1000)
-    return debug(page)
 
 
 def open_run(page: Any, site: Site, name: str) -> dict[str, Any]:
