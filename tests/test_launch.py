@@ -3,7 +3,9 @@ signals. Every wait is on a condition (a file, a line, a process), with generous
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,6 +25,8 @@ from hotcb._launch import exit_status
 from hotcb.errors import RecipeError
 from hotcb.testing import read_ledger, wait_for
 
+#: The launch's tag in its training's environment (hotcb._launch.LAUNCH_ENV).
+LAUNCH_ENV = "HOTCB_LAUNCH_ID"
 #: This environment without HOTCB_DIR (a developer's shell may set it).
 SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 
@@ -193,6 +197,9 @@ def test_cli_launch_default_run_dir_and_exit_code(tmp_path: Path, launched: Any)
     assert lp.finish() == 3, lp.log()
     (printed,) = [line[4:] for line in lp.out if line.startswith("RUN=")]
     assert Path(printed).parent == tmp_path / "runs" and Path(printed).is_dir()
+    # the command line as printed can be pasted back into a shell
+    said = str(lp.said("training (pid ")).split("): ", 1)[1]
+    assert said == shlex.join([sys.executable, "-c", child]), lp.log()
     assert jsonl.read_json(Path(printed) / "hotcb.run.json")["launch"]["exit_code"] == 3
 
     env = {**SUBPROCESS_ENV, "HOTCB_DIR": os.fspath(tmp_path / "from_env")}
@@ -345,6 +352,108 @@ def test_cli_launch_usage_errors(tmp_path: Path, cli: Any) -> None:
     assert "launch" in help_text
 
 
+# A training that starts a child in a session of its own (as torchrun starts its workers), so
+# outside the training's process group; both ignore Ctrl-C. "clean-env": the child's
+# environment is empty (no launch tag: only the launch's look at the training's descendants
+# before it kills it finds it); "exit": the training exits at once, leaving the child behind.
+DETACHING = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; "
+         "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(600)"],
+        env={} if "clean-env" in sys.argv else None,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,  # not holding hotcb launch's pipes open: a test that fails
+        stderr=subprocess.DEVNULL,  # says so at once
+    )
+    print(f"child {child.pid} tag {os.environ.get('HOTCB_LAUNCH_ID')}", flush=True)
+    if "exit" in sys.argv:
+        sys.exit(0)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def strays() -> Any:
+    """Pids a test expects gone: killed at the end whatever happened, so nothing leaks."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+def _child_pid(lines: list[str]) -> int | None:
+    found = [line.split()[1] for line in lines if line.startswith("child ")]
+    return int(found[0]) if found else None
+
+
+def _tagged(tag: str) -> list[Any]:
+    """The live processes whose environment carries the launch tag ``tag``."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if tag in proc.environ().get(LAUNCH_ENV, "").split(",") and not _gone(proc.pid):
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_a_launch_ends_what_the_training_left_outside_its_group(
+    tmp_path: Path, strays: list[int]
+) -> None:
+    """A process the training started in another session (out of its process group) is ended
+    with the launch: when the training exits (it carries the launch's tag), and when kill()
+    SIGKILLs the training (its descendants are taken before the kill, tag or not)."""
+    run = hotcb.launch([sys.executable, "-c", DETACHING, "exit"], run_dir=tmp_path / "a",
+                       serve=False)  # fmt: skip
+    assert run.wait(60) == 0, run.output()
+    pid = wait_for(lambda: _child_pid(run.output().splitlines()), 30, what="the child's pid")
+    strays.append(pid)
+    wait_for(lambda: _gone(pid), 20, what="the training's detached child gone")
+    tag = run.output().split(" tag ")[1].split()[0]
+    assert tag not in ("", "None") and tag not in os.environ.get(LAUNCH_ENV, "")
+    assert not _tagged(tag)
+
+    run = hotcb.launch([sys.executable, "-c", DETACHING, "clean-env"], run_dir=tmp_path / "b",
+                       serve=False)  # fmt: skip
+    pid = wait_for(lambda: _child_pid(run.output().splitlines()), 60, what="the child's pid")
+    strays.append(pid)
+    assert run.kill(signal.SIGINT, timeout=1) == -signal.SIGKILL  # it ignores SIGINT
+    wait_for(lambda: _gone(pid), 20, what="the killed training's detached child gone")
+    assert run.status()["state"] == "killed"
+
+
+def test_cli_launch_ends_leftovers_when_the_training_is_killed(
+    tmp_path: Path, launched: Any, strays: list[int]
+) -> None:
+    """hotcb launch ends the processes its training left outside its process group after a
+    third Ctrl-C (SIGKILL) and after someone else SIGKILLed the training's group."""
+    lp = launched("--dir", os.fspath(tmp_path / "a"), "launch", "--", sys.executable, "-c",
+                  DETACHING, "clean-env")  # fmt: skip
+    pid = wait_for(lambda: _child_pid(lp.out), 60, what="the child's pid")
+    strays.append(pid)
+    for n in (1, 2, 3):
+        lp.proc.send_signal(signal.SIGINT)
+        wait_for(lambda n=n: sum("forwarded" in line for line in lp.err) >= n, 60,
+                 what=f"SIGINT {n} forwarded")  # fmt: skip
+    assert lp.finish() == 128 + signal.SIGKILL, lp.log()
+    wait_for(lambda: _gone(pid), 20, what="the detached child gone after the third Ctrl-C")
+
+    lp = launched("--dir", os.fspath(tmp_path / "b"), "launch", "--", sys.executable, "-c",
+                  DETACHING)  # fmt: skip
+    pid = wait_for(lambda: _child_pid(lp.out), 60, what="the child's pid")
+    strays.append(pid)
+    trainer = int(lp.wait_said("training (pid ").split(")")[0])
+    os.killpg(trainer, signal.SIGKILL)  # kill -9 -- -PGID, from outside
+    assert lp.finish() == 128 + signal.SIGKILL, lp.log()
+    wait_for(lambda: _gone(pid), 20, what="the detached child gone after kill -9 of the group")
+
+
 def _torchrun() -> list[str]:
     exe = Path(sys.executable).with_name("torchrun")
     return [os.fspath(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
@@ -375,6 +484,77 @@ def test_cli_launch_torchrun_two_ranks(tmp_path: Path, launched: Any, cli: Any) 
         "applied",
         "applied",
     ]
+
+
+# A DDP trainer whose ranks ignore Ctrl-C (torchrun forwards it to them), examples/ddp_bare.py.
+DEAF_DDP = textwrap.dedent(
+    """
+    import runpy, signal, sys
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+@pytest.mark.slow
+def test_python_launch_kill_under_torchrun_leaves_no_worker(tmp_path: Path) -> None:
+    """torchrun starts each worker in a session of its own, so SIGKILLing torchrun (kill()'s
+    last resort, ranks that ignore SIGINT) used to orphan both ranks, still training. The
+    launch ends them: no process carrying its tag is left."""
+    (tmp_path / "deaf_ddp.py").write_text(DEAF_DDP)
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2",
+           os.fspath(tmp_path / "deaf_ddp.py"), DDP_BARE]  # fmt: skip
+    run = hotcb.launch(cmd, run_dir=tmp_path / "run", serve=False, steps=1_000_000,
+                       step_delay=0.01)  # fmt: skip
+    workers: list[Any] = []
+    try:
+        run.wait_step(3, timeout=120)
+        assert run.pid is not None
+        workers = [p for p in _descendants(run.pid) if "LOCAL_RANK" in p.environ()]
+        assert len(workers) == 2, workers  # the two ranks, each in a session of its own
+        assert all(os.getsid(w.pid) != os.getsid(run.pid) for w in workers)
+        tag = psutil.Process(run.pid).environ().get(LAUNCH_ENV)
+        assert run.kill(signal.SIGINT, timeout=5) == -signal.SIGKILL, run.output()
+        wait_for(lambda: all(_gone(w.pid) for w in workers), 30, what="both ranks gone")
+        assert tag and not _tagged(tag)  # nothing else of the launch either
+        assert run.status()["state"] == "killed"
+    finally:
+        for w in workers:
+            with contextlib.suppress(psutil.Error):
+                w.kill()
+        if run.running:
+            run.kill(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_cli_launch_ctrl_c_under_torchrun_is_an_interruption(
+    tmp_path: Path, launched: Any, cli: Any
+) -> None:
+    """torchrun answers Ctrl-C with exit code 1: hotcb launch, which forwarded the SIGINT,
+    exits 130, records the signal it sent, and the run reads "interrupted by SIGINT", not
+    "crashed"; no process of the launch is left."""
+    run = tmp_path / "run"
+    lp = launched(
+        "--dir", os.fspath(run), "launch", "--",
+        *_torchrun(), "--standalone", "--nproc-per-node", "2",
+        DDP_BARE, "--steps", "1000000", "--step-delay", "0.01",
+    )  # fmt: skip
+    wait_for(lambda: _last_step(run) >= 3, 120, what="the DDP ranks' first steps")
+    trainer = int(lp.wait_said("training (pid ").split(")")[0])
+    workers = [p for p in _descendants(trainer) if "LOCAL_RANK" in p.environ()]
+    tag = psutil.Process(trainer).environ().get(LAUNCH_ENV)
+    lp.proc.send_signal(signal.SIGINT)
+    assert lp.finish(120) == 128 + signal.SIGINT, lp.log()
+    launch = jsonl.read_json(run / "hotcb.run.json")["launch"]
+    assert (launch["exit_code"], launch["signal_sent"]) == (1, "SIGINT"), launch
+    assert lp.said("training exited with 1 after SIGINT: interrupted, exit code 130") == "", (
+        lp.log()
+    )
+    done = cli(os.fspath(run), "status")
+    assert "[interrupted by SIGINT" in done.stdout and "crashed" not in done.stdout, done.stdout
+    assert len(workers) == 2 and all(_gone(w.pid) for w in workers)
+    assert tag and not _tagged(tag)
 
 
 def test_python_launch_script_steered_and_stopped(tmp_path: Path, cli: Any) -> None:

@@ -7,12 +7,14 @@
     run = hotcb.launch("my_pkg.train:main", lr=1e-3)  # an importable function: its kwargs
     run.set(lr=3e-4); run.metrics(); run.stop(); run.wait()
 
-The training runs as a child process in its own process group (torchrun's workers go with it)
-with ``HOTCB_RUN_DIR`` set to the run directory, so ``HotKernel()`` without arguments finds it.
-The dashboard (``hotcb serve``) and the autopilot (``hotcb autopilot``) run as child processes
-beside it, clients of the run directory like any other. SIGINT and SIGTERM sent to the launcher
-go to the training's process group (a third Ctrl-C kills it); when the training ends, the
-dashboard and the autopilot are stopped and waited for, so nothing is left running.
+The training runs as a child process in its own process group with ``HOTCB_RUN_DIR`` set to
+the run directory, so ``HotKernel()`` without arguments finds it, and ``HOTCB_LAUNCH_ID`` set to
+the launch's tag. The dashboard (``hotcb serve``) and the autopilot (``hotcb autopilot``) run as
+child processes beside it, clients of the run directory like any other. SIGINT and SIGTERM sent
+to the launcher go to the training's process group (a third Ctrl-C kills it); when the training
+ends, what it left running (its group, the processes carrying its tag, such as torchrun's
+workers, which live in sessions of their own), the dashboard and the autopilot are stopped and
+waited for, so nothing is left running.
 See docs/launch.md.
 """
 
@@ -26,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,7 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -50,6 +53,7 @@ from .ledger import iter_entries
 from .runfiles import RunPaths
 
 __all__ = [
+    "LAUNCH_ENV",
     "RESUME_ENV",
     "Launch",
     "LaunchError",
@@ -62,6 +66,10 @@ __all__ = [
 
 #: A checkpoint for the training to resume from (``--resume-from``): the launch only passes it.
 RESUME_ENV = "HOTCB_RESUME_FROM"
+#: The launch's tag in the training's environment: when the training ends, the processes still
+#: carrying it are ended too, even those outside its process group (torchrun starts each worker
+#: in a session of its own). Comma-separated: a launch inside a launched training adds its own.
+LAUNCH_ENV = "HOTCB_LAUNCH_ID"
 #: Where a launch from Python writes the output of its children (in the run directory).
 LOG_NAME = "hotcb.launch.log"
 #: Seconds a helper (dashboard, autopilot) or leftover process gets after a signal, before
@@ -292,33 +300,163 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _end(proc: subprocess.Popen[bytes], sig: int, timeout: float = STOP_TIMEOUT) -> int:
-    """Stop ``proc`` and everything left in its process group: ``sig``, then SIGKILL after
-    ``timeout`` seconds; its exit code."""
+# A process as (pid, start time in clock ticks since boot): a pid alone may be reused.
+_Proc = tuple[int, int]
+
+
+def _pids() -> list[int]:
+    """The pids in /proc (none without it: not Linux)."""
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, start time)`` of ``pid`` from /proc; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
+        return fields[0].decode(), int(fields[1]), int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(proc: _Proc) -> bool:
+    """``proc`` still runs: same pid and start time, not a zombie."""
+    st = _stat(proc[0])
+    return st is not None and st[2] == proc[1] and st[0] not in ("Z", "X", "x")
+
+
+def _send(proc: _Proc, sig: int) -> None:
+    """``sig`` to ``proc`` if it still runs (through a pidfd on Linux: the pid cannot be
+    reused between the check and the signal)."""
+    pidfd_open: Any = getattr(os, "pidfd_open", None)
+    send: Any = getattr(signal, "pidfd_send_signal", None)
+    pidfd: int | None = None
+    if pidfd_open is not None and send is not None:
+        with contextlib.suppress(OSError):
+            pidfd = pidfd_open(proc[0])
+    try:
+        if not _alive(proc):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if pidfd is not None:
+                send(pidfd, sig)
+            else:
+                os.kill(proc[0], sig)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _descendants(pid: int) -> set[_Proc]:
+    """The processes below ``pid`` now (Linux; none elsewhere): what killing it would orphan."""
+    stats = {p: st for p in _pids() if (st := _stat(p)) is not None}
+    children: dict[int, list[int]] = {}
+    for p, st in stats.items():
+        children.setdefault(st[1], []).append(p)
+    out: set[_Proc] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.add((child, stats[child][2]))
+            todo.append(child)
+    return out
+
+
+def _tagged(tag: str) -> set[_Proc]:
+    """This user's running processes whose environment carries the launch tag ``tag`` in
+    ``$HOTCB_LAUNCH_ID`` (Linux; none elsewhere), this process aside."""
+    me, uid = os.getpid(), os.getuid()
+    name, needle = f"{LAUNCH_ENV}=".encode(), tag.encode()
+    out: set[_Proc] = set()
+    for pid in _pids():
+        if pid == me:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle not in env:
+            continue
+        for entry in env.split(b"\0"):
+            if entry.startswith(name) and needle in entry[len(name) :].split(b","):
+                st = _stat(pid)
+                if st is not None and _alive((pid, st[2])):
+                    out.add((pid, st[2]))
+                break
+    return out
+
+
+def _end(
+    proc: subprocess.Popen[bytes],
+    sig: int,
+    timeout: float = STOP_TIMEOUT,
+    tag: str | None = None,
+) -> int:
+    """Stop ``proc`` and everything left of it (:func:`_end_leftovers`): ``sig`` to its
+    process group, then SIGKILL after ``timeout`` seconds; its exit code."""
+    known: set[_Proc] = set()
     if proc.poll() is None:
         _signal_group(proc, sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            known = _descendants(proc.pid)  # before the kill orphans them
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
-    _end_leftovers(proc.pid, timeout)
+    _end_leftovers(proc.pid, timeout, tag=tag, known=known)
     return int(proc.returncode)
 
 
-def _end_leftovers(pgid: int, timeout: float) -> None:
-    """Processes still in a finished child's group (a worker it started and did not wait
-    for): SIGTERM, then SIGKILL. A zombie nobody reaps stays until its parent does."""
-    if not _group_alive(pgid):
+def _end_leftovers(
+    pgid: int, timeout: float, *, tag: str | None = None, known: Iterable[_Proc] = ()
+) -> None:
+    """What a finished child left running: the processes still in its process group, those
+    that carry its launch tag in their environment (``tag``: torchrun starts each worker in
+    a session of its own, outside the group) and those ``known`` to descend from it (found
+    before it was killed): SIGTERM, then SIGKILL after ``timeout / 2`` seconds each. Returns
+    at once when there are none. A zombie nobody reaps stays until its parent does."""
+
+    def found() -> set[_Proc]:
+        procs = {p for p in known if _alive(p)}
+        return procs | _tagged(tag) if tag else procs
+
+    procs = found()
+    if not procs and not _group_alive(pgid):
         return
+    ended = set(procs)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
+        for p in procs:
+            _send(p, sig)
         deadline = time.monotonic() + timeout / 2
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while True:
+            procs = {p for p in procs if _alive(p)}
+            if not procs and not _group_alive(pgid):
+                _reaped(ended, 1.0)
+                return
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
+        procs |= found()  # and any they started meanwhile
+        ended |= procs
+
+
+def _reaped(procs: Iterable[_Proc], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ended processes to be reaped (an orphan's zombie
+    lasts until init reaps it; until then its pid answers, so the run would look alive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        (st := _stat(pid)) is not None and st[2] == start for pid, start in procs
+    ):
+        time.sleep(0.02)
 
 
 def _open_log(path: str) -> IO[bytes]:
@@ -342,8 +480,13 @@ def _answers(url: str, timeout: float, alive: Callable[[], bool]) -> bool:
     return False
 
 
-def exit_status(returncode: int) -> int:
-    """A process's exit code as a shell reports it: ``128 + N`` when signal ``N`` ended it."""
+def exit_status(returncode: int, signal_sent: int | None = None) -> int:
+    """A process's exit code as a shell reports it: ``128 + N`` when signal ``N`` ended it.
+    ``128 + N`` also for exit code 1 after the launcher sent SIGINT or SIGTERM (``N``,
+    ``signal_sent``): torchrun's answer to either, and a Python trainer's when an exception
+    replaced the ``KeyboardInterrupt``."""
+    if returncode == 1 and signal_sent in (signal.SIGINT, signal.SIGTERM):
+        return 128 + int(signal_sent)
     return returncode if returncode >= 0 else 128 - returncode
 
 
@@ -379,6 +522,8 @@ class _Children:
         self.pilot: subprocess.Popen[bytes] | None = None
         self.notifier: subprocess.Popen[bytes] | None = None
         self.url: str | None = None
+        self.tag = secrets.token_hex(8)  # in the training's environment: LAUNCH_ENV
+        self.known: set[_Proc] = set()  # the training's descendants, seen before a SIGKILL
         self.finishing = False  # the training ended: the helpers' exits are expected
         self._log: IO[bytes] | None = None
         self._url_seen = threading.Event()
@@ -439,6 +584,8 @@ class _Children:
 
     def start_trainer(self, argv: Sequence[str]) -> None:
         env = {**os.environ, **self.opts.env, RUN_DIR_ENV: self.run_dir}
+        outer = env.get(LAUNCH_ENV)  # a launch inside a launched training keeps both tags
+        env[LAUNCH_ENV] = f"{outer},{self.tag}" if outer else self.tag
         if self.opts.resume_from:
             env[RESUME_ENV] = os.path.abspath(self.opts.resume_from)
         if self._log is not None:
@@ -469,20 +616,32 @@ class _Children:
         threading.Thread(target=watch, daemon=True, name="hotcb-autopilot-watch").start()
 
     # -- stopping --------------------------------------------------------------------------
+    def signal_trainer(self, sig: int) -> None:
+        """``sig`` to the training's process group; before a SIGKILL, which orphans what the
+        training started outside its group (torchrun's workers), note its descendants so
+        :meth:`end_helpers` ends them too."""
+        if self.trainer is None:
+            return
+        if sig == signal.SIGKILL and self.trainer.poll() is None:
+            # a new set, not |=: the watching thread may be reading the old one
+            self.known = self.known | _descendants(self.trainer.pid)
+        _signal_group(self.trainer, sig)
+
     def end_helpers(self) -> None:
-        """Stop the autopilot, the dashboard and then the notifier with SIGTERM (each shuts
-        down cleanly on it; one still starting ends quietly, where SIGINT made Python print a
-        crash dump), then the training's leftovers; close the log. The notifier goes last and
-        is given time: on SIGTERM it makes a last round (the training's crash, the
-        autopilot's last action) and delivers what is queued."""
+        """End what the training left running (its process group, the processes carrying the
+        launch's tag, its descendants seen before a SIGKILL), then stop the autopilot, the
+        dashboard and the notifier with SIGTERM (each shuts down cleanly on it; one still
+        starting ends quietly, where SIGINT made Python print a crash dump); close the log.
+        The notifier goes last and is given time: on SIGTERM it makes a last round (the
+        training's crash, the autopilot's last action) and delivers what is queued."""
         self.finishing = True
+        if self.trainer is not None:
+            _end_leftovers(self.trainer.pid, STOP_TIMEOUT, tag=self.tag, known=self.known)
         for proc in (self.pilot, self.server):
             if proc is not None:
                 _end(proc, signal.SIGTERM)
         if self.notifier is not None:
             _end(self.notifier, signal.SIGTERM, NOTIFIER_STOP_TIMEOUT)
-        if self.trainer is not None:
-            _end_leftovers(self.trainer.pid, STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
 
@@ -518,6 +677,7 @@ class Launch:
         self._done = threading.Event()
         self._exit_code: int | None = None
         self._interrupts = 0
+        self._signal_sent: signal.Signals | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -542,6 +702,12 @@ class Launch:
         return self._exit_code
 
     @property
+    def signal_sent(self) -> signal.Signals | None:
+        """The last signal this launch sent the training (a forwarded Ctrl-C or SIGTERM,
+        :meth:`kill`), None if none."""
+        return self._signal_sent
+
+    @property
     def running(self) -> bool:
         return self._children.trainer is not None and not self._done.is_set()
 
@@ -562,9 +728,9 @@ class Launch:
             if self.opts.notify_args:
                 kids.start_notifier()
         except BaseException:
-            kids.end_helpers()
             if kids.trainer is not None:
-                _end(kids.trainer, signal.SIGINT)
+                _end(kids.trainer, signal.SIGINT, tag=kids.tag)
+            kids.end_helpers()
             raise
         with _ATEXIT:
             if not _atexit_registered:
@@ -615,6 +781,8 @@ class Launch:
         before = meta.get("launch")
         launch_meta: dict[str, Any] = before if isinstance(before, dict) else {}
         meta["launch"] = {**launch_meta, "exit_code": code, "ended": time.time()}
+        if self._signal_sent is not None:  # the state reads "interrupted by SIGINT" (torchrun: 1)
+            meta["launch"]["signal_sent"] = self._signal_sent.name
         try:
             jsonl.write_json_atomic(RunPaths(self.run_dir).run_meta, meta)
         except OSError as exc:
@@ -640,18 +808,22 @@ class Launch:
             return None
         self._interrupts += 1
         sent = signal.SIGKILL if self._interrupts >= 3 else signal.Signals(sig)
-        _signal_group(trainer, sent)
+        self._signal_sent = sent
+        self._children.signal_trainer(sent)
         return sent
 
     def kill(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """End the training now: ``sig`` to its process group, SIGKILL if it is still there
-        after ``timeout`` seconds; then the dashboard and the autopilot stop. Its exit code.
+        after ``timeout`` seconds; then what it left running (torchrun's workers included:
+        SIGTERM, then SIGKILL), the dashboard and the autopilot stop. Its exit code.
         (:meth:`stop` asks it to stop at its next safe point instead.)"""
         trainer = self._children.trainer
         if trainer is not None and not self._done.is_set():
-            _signal_group(trainer, sig)
+            self._signal_sent = signal.Signals(sig)
+            self._children.signal_trainer(sig)
             if not self._done.wait(timeout):
-                _signal_group(trainer, signal.SIGKILL)
+                self._signal_sent = signal.SIGKILL
+                self._children.signal_trainer(signal.SIGKILL)
         return self.wait()
 
     def __enter__(self) -> Launch:
@@ -748,7 +920,7 @@ class Launch:
         code = self._exit_code
         if code is not None:
             if code != 0:
-                return "killed" if self._interrupts or code < 0 else "crashed"
+                return "killed" if self._signal_sent is not None or code < 0 else "crashed"
             return "stopped" if detail.startswith("stopped") else "finished"
         if detail.startswith("not started"):
             return "starting"

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import filecmp
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -23,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "to the run directory (HotKernel() with no argument reads it): --dir, else $HOTCB_DIR, "
         "else a new ./runs/<time>. --serve starts the dashboard and prints its URL; "
         "--autopilot MODE starts the autopilot on the run, --tune MODE the online tuner. Ctrl-C and SIGTERM go to the "
-        "training's process group (a third Ctrl-C kills it). When the training ends, the "
-        "dashboard and the autopilot are stopped and hotcb launch exits with the training's "
-        "exit code (128+N when signal N ended it). See docs/launch.md.",
+        "training's process group (a third Ctrl-C kills it). When the training ends, what it "
+        "left running (torchrun's workers too), the dashboard and the autopilot are stopped "
+        "and hotcb launch exits with the training's exit code (128+N when signal N ended it, "
+        "or when it exited with 1 after a forwarded signal N). See docs/launch.md.",
         usage="hotcb launch [--dir RUN] [--serve] [--port P] [--host H] [--autopilot MODE] "
         "[--tune MODE] [--tune-...] -- COMMAND [ARGS ...]",
     )
@@ -196,7 +198,7 @@ def _say(line: str) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from .._launch import Launch, LaunchOptions, check_program, exit_status, free_port
+    from .._launch import Launch, LaunchOptions, check_program, free_port
 
     argv = _command(args)
     check_program(argv)
@@ -249,7 +251,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if tune_id is not None:
             _say(f"tuner ({args.tune}) from the first step: 'hotcb --dir {run.run_dir} tune "
                  "status'")  # fmt: skip
-        _say(f"training (pid {run.pid}): {' '.join(argv)}")
+        _say(f"training (pid {run.pid}): {shlex.join(argv)}")
         code = run.wait()
     finally:
         for s, handler in previous.items():
@@ -257,6 +259,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
     helpers = [name for name, on in (("dashboard", args.serve),
                                      ("autopilot", args.autopilot != "off"),
                                      ("notifications", bool(opts.notify_args))) if on]  # fmt: skip
-    stopped = f"; {' and '.join(helpers)} stopped" if helpers else ""
-    _say(f"training exited with {exit_status(code)}{stopped}")
-    return exit_status(code)
+    return _ended(code, run.signal_sent, f"; {' and '.join(helpers)} stopped" if helpers else "")
+
+
+def _ended(code: int, sent: signal.Signals | None, stopped: str) -> int:
+    """Say how the training ended; hotcb launch's exit code: the training's, ``128 + N`` for
+    signal ``N``, and for exit code 1 after a forwarded SIGINT or SIGTERM (torchrun's answer)."""
+    from .._launch import exit_status
+
+    status = exit_status(code, sent)
+    if status != exit_status(code) and sent is not None:
+        _say(f"training exited with {code} after {sent.name}: interrupted, exit code {status}"
+             f"{stopped}")  # fmt: skip
+    else:
+        _say(f"training exited with {status}{stopped}")
+    return status
