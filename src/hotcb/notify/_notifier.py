@@ -30,6 +30,8 @@ STATE = "hotcb.notify.state.json"
 _WINDOW = 512  # points kept per plateau metric
 
 log = logging.getLogger("hotcb.notify")
+#: The least :meth:`Notifier.close` waits for the deliveries queued or in flight.
+_GRACE_SEC = 2.0
 
 
 class Notifier:
@@ -207,10 +209,12 @@ class Notifier:
         return True
 
     def close(self, timeout: float = 60.0) -> bool:
-        """Deliver what is queued (waiting up to ``timeout`` seconds) and stop the workers.
-        An alert still undelivered at the deadline is recorded as a ``failed`` delivery and
+        """Deliver what is queued (waiting up to ``timeout`` seconds, 2 at least) and stop
+        the workers. An alert still undelivered then is recorded as a ``failed`` delivery and
         said on stderr (the worker threads end with the process): never dropped silently."""
-        done = self.flush(timeout)
+        # a delivery in flight a moment from its answer is not given up on: the stopping
+        # server's deadline may be spent already (close(0)), and its "ok" would be lost
+        done = self.flush(max(timeout, _GRACE_SEC))
         with self._idle:
             left, self._pending = self._pending, []
             self._closed = True
