@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -167,9 +168,23 @@ def test_one_evaluate_keeps_the_forecast_on_the_training_loss(
     assert "not enough points" not in (card["note"] or ""), card
     assert card["forecast"] is None or card["forecast"]["label"] == "loss forecast", card
 
-    # seven more evaluations: val_loss can be forecast now, and the forecast moves to it
+    # seven more evaluations: val_loss can be forecast now, and the forecast moves to it. The
+    # panel's request for val_loss's history is held, so the switch is seen half done if the
+    # panel shows the new forecast before its history and text (the summary lagged behind).
+    held: list[Any] = []
+    history = lambda url: "/metrics?names=val_loss&" in url  # noqa: E731
+    page.route(history, lambda route: held.append(route))
     with MetricsCollector(path) as m:
         for s in range(1200, 1207):
             m.log(s, {"loss": loss(s), "val_loss": 0.07 - 0.001 * (s - 1199)})
+    deadline = time.monotonic() + 60
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets the page run and the route handler be called
+    assert held, "the panel never asked for val_loss's history"
+    d = page.evaluate(DEBUG)
+    assert (d["metric"], d["waitingFor"]) == ("loss", "val_loss"), d
+    for route in held:
+        route.continue_()
+    page.unroute(history)
     wait(page, "d.metric === 'val_loss' && d.waitingFor === null")
     assert "once it has enough points" not in page.text_content("#analytics-card .card-head")

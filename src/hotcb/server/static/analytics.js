@@ -314,12 +314,14 @@ export class AnalyticsPanel {
       const ask = (metric) => api(runUrl(run, "forecast", { horizon, ...(metric ? { metric } : {}) }));
       const fc = await pickForecast(ask, names, this.chosen);
       if (run !== this.run) return;
-      this.forecast = fc;
-      this.metric = fc.metric;
-      this.metricSel.value = fc.metric;
       const last = fc.forecast ? fc.forecast.last_step : null;
       const from = last == null ? "" : String(Math.max(0, last - 3 * this.horizon));
       const h = await api(runUrl(run, "metrics", { names: fc.metric, max_points: 400, step_min: from }));
+      if (run !== this.run) return;
+      // the forecast, its history and what the panel says change together (no await between)
+      this.forecast = fc;
+      this.metric = fc.metric;
+      this.metricSel.value = fc.metric;
       this.history = h.series[fc.metric] || { step: [], value: [] };
       this.render();
       await this.refreshKnobs(run);
