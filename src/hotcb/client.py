@@ -401,7 +401,7 @@ class HotClient:
         change the settings of one that is on: what is not named stays as it is (its mode
         too). ``settings``: objective, direction, segment_steps, segment_evals, recipe,
         storage, study, seed, risk, threshold, startup_trials, total_steps, abort, restore,
-        sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
+        start, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
         problem; the run itself refuses it when optuna is missing there."""
         from .modules.tune import load_recipe, parse_settings
 

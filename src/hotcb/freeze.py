@@ -22,13 +22,14 @@ RUN_CONTROL_OPS = frozenset({"pause", "resume", "stop", "checkpoint", "evaluate"
 
 def passes_freeze(module: str, op: str, source: str | None = None) -> bool:
     """Whether a command goes through in every freeze mode: ``freeze``, run control, ``tune
-    disable``, and the tuner's own roll-back of its open trial (a freeze set during a trial
-    must not leave the trial's values in force)."""
+    disable``, and the tuner's own roll-back of its open trial or end of its start bracket (a
+    freeze set during a trial must not leave the trial's values in force)."""
     return (
         module == "freeze"
         or (module == "control" and op in RUN_CONTROL_OPS)
-        or (module == "tune" and (op == "disable" or (op == "rollback" and source == "tune")))
-    )
+        or (module == "tune" and (op == "disable"
+                                  or (op in ("rollback", "bracket") and source == "tune")))
+    )  # fmt: skip
 
 
 class FreezeMode(str, enum.Enum):

@@ -69,7 +69,7 @@ _UNREPLAYABLE_CONTROL = frozenset({"pause", "resume", "stop", "checkpoint", "can
 #: a tuner (its mutations and roll-backs are exported as the set_params they made).
 _UNREPLAYABLE_MODULES = frozenset({"freeze", "kernel", "tune"})
 #: The tuner's ops that changed values: exported as ``set_params`` per module.
-TUNE_VALUE_OPS = frozenset({"mutate", "rollback"})
+TUNE_VALUE_OPS = frozenset({"mutate", "rollback", "bracket"})
 
 
 def _replayable(module: Any, op: Any) -> str | None:

@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+const { bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -54,7 +54,18 @@ describe("tuneFacts: the panel's facts, as text", () => {
       counts: "9 segments · 2 kept · 3 rolled back · 1 proposed · 0 failed",
       acceptRate: "40%",
       best: "trial 5 · score 0.12 · opt.lr = 0.003",
+      bracket: null,
     });
+  });
+
+  test("a start bracket: under way, then over, with each round's arms", () => {
+    const arms = [{ factor: 1, level: 0.86 }, { factor: 0.25, level: 0.68 }, { factor: 4, level: null }];
+    const open = { knob: "opt.lr", round: 1, arm: 2, rounds: [] };
+    assert.equal(tuneFacts({ ...STATE, bracket: open }).bracket, "opt.lr round 1 under way");
+    const over = { knob: "opt.lr", round: 1, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 155 };
+    assert.equal(bracketLine(over), "opt.lr over at step 155 · round 1: ×1 0.86, ×0.25 0.68, ×4 …");
+    assert.equal(bracketLine({ ...over, reason: "the run was frozen" }).split(" · ")[0], "opt.lr over at step 155 (the run was frozen)");
+    assert.equal(bracketLine(null), null);
   });
 
   test("no fallback badge when the objective is the one scored", () => {

@@ -70,6 +70,7 @@ class Settings:
     rules: str | None = None  # autopilot rules file (None: the shipped defaults)
     segment_steps: int | None = None  # the tuner's segment (None: 5 evaluations)
     tune_restore: str | None = None  # the tuner's roll-back: values or state (None: its default)
+    tune_start: str | None = None  # how the tuner begins: baseline or bracket (None: its default)
     tune_sync: bool = False  # the tuner waits for Optuna at each boundary (machine-independent)
     ai_base_url: str | None = None
     ai_model: str | None = None
@@ -353,7 +354,7 @@ class Runner:
                 mode="active", objective="val_loss",
                 segment_steps=tune_segment(self.s, task),
                 seed=seed, total_steps=steps, restore=self.s.tune_restore,
-                sync=self.s.tune_sync or None,
+                start=self.s.tune_start, sync=self.s.tune_sync or None,
             )  # fmt: skip
         elif condition == "replay":
             source = self.done.get((task.name, self.s.replay_of, seed))

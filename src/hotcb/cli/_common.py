@@ -200,6 +200,7 @@ def _module_facts(e: Mapping[str, Any]) -> str:
     tune = e.get("tune")
     if e.get("module") == "tune" and isinstance(tune, dict):
         facts = [str(tune["proposal"])] if tune.get("proposal") else []
+        facts += _bracket_facts(tune.get("bracket"))
         if tune.get("trial") is not None:
             facts.append(f"trial {tune['trial']}")
         if isinstance(tune.get("score"), (int, float)):
@@ -226,6 +227,27 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
         return f": from the checkpoint at step {came.get('step')}{replaced}"
     return ""
+
+
+def _bracket_facts(b: Any) -> list[str]:
+    """A start bracket's entry (docs/tune.md): an arm begun or ended, its end, why it ended."""
+    if not isinstance(b, Mapping):
+        return []
+    facts = []
+    if b.get("settle"):
+        w = b.get("winner")
+        facts.append(f"bracket over: lr x{w['factor']:.3g} won" if isinstance(w, Mapping)
+                     else "bracket over")  # fmt: skip
+    elif isinstance(b.get("level"), (int, float)):  # an arm's end
+        best = ", best so far" if b.get("best") else ""
+        facts.append(f"bracket round {b.get('round')}: lr {fmt_value(b.get('value'))} "
+                     f"(x{b.get('factor', 1):.3g}) ended at {b['level']:.4g}{best}")  # fmt: skip
+    elif b.get("round") is not None:
+        facts.append(f"bracket round {b['round']}, arm x{b.get('factor', 1):.3g}")
+    for key in ("reason", "trouble"):
+        if b.get(key):
+            facts.append(str(b[key]))
+    return facts
 
 
 def _rebased(rebased: Mapping[str, Any]) -> str:

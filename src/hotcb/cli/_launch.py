@@ -86,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--tune-restore", choices=("values", "state"),
                    help="what a roll-back puts back: the knobs (default), or also the model's "
                    "weights and the optimizer's state from the trial's start")  # fmt: skip
+    t.add_argument("--tune-start", choices=("baseline", "bracket"),
+                   help="how the tuner begins: baseline segments (default), or a bracket of "
+                   "the lr trained from the same weights (docs/tune.md)")  # fmt: skip
     p.add_argument(
         "--resume-from",
         default=None,
@@ -149,7 +152,7 @@ def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
                 "segment_evals": args.tune_segment_evals,
                 "recipe": _tune_recipe(args.tune_recipe, run_dir),
                 "storage": args.tune_storage, "study": args.tune_study,
-                "restore": args.tune_restore}  # fmt: skip
+                "restore": args.tune_restore, "start": args.tune_start}  # fmt: skip
     for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
                     ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
         if n is not None and n < 1:

@@ -76,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="what a roll-back puts back: the knobs' values (default), or also the "
                    "model's weights and the optimizer's state from the trial's start (one copy "
                    "in memory)")  # fmt: skip
+    p.add_argument("--start", choices=("baseline", "bracket"),
+                   help="how the tuner begins: two baseline segments (default), or a bracket: "
+                   "a segment at the lr, at lr x low and at lr x high, each from the same "
+                   "weights (two copies in memory), going on from the best (needs the model in "
+                   "env)")  # fmt: skip
     p.add_argument("--abort", type=float,
                    help="end a trial early when the objective is this much worse than its "
                    "trend (relative; default 1.0, i.e. twice the expected loss)")  # fmt: skip
@@ -121,7 +126,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         "recipe": args.recipe, "storage": args.storage, "study": args.study, "seed": args.seed,
         "risk": args.risk, "threshold": args.threshold, "startup_trials": args.startup_trials,
         "total_steps": args.total_steps, "abort": args.abort, "restore": args.restore,
-        "sync": args.sync,
+        "start": args.start, "sync": args.sync,
     }  # fmt: skip
     if args.objective and not args.direction and guess_direction(args.objective) == "maximize":
         print(f"hotcb: {args.objective} is maximized (from its name; --direction minimize if "
@@ -221,6 +226,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bracket_line(b: dict[str, Any]) -> str:
+    """The start bracket (docs/tune.md): each round's arms and their levels, and how it ended."""
+    rounds = list(b.get("rounds") or [])
+    said = []
+    for r in rounds:
+        arms = ", ".join(f"x{a['factor']:.3g} {fmt_value(a['level']) if a.get('level') is not None else '…'}"
+                         for a in r.get("arms") or [])  # fmt: skip
+        said.append(f"round {r['round']} from {fmt_value(r['base'])}: {arms}")
+    if "ended_at" not in b:
+        said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")
+    head = f"bracket of {b.get('knob')}"
+    if "ended_at" in b:
+        winner = rounds[-1]["winner"] if rounds else None
+        head += f" (over at step {b['ended_at']}" + (
+            f": {b['reason']})" if b.get("reason") else f", x{winner:.3g} won the last round)"
+            if winner is not None else ")")  # fmt: skip
+    return f"{head}: " + "; ".join(said)
+
+
 def _summary(st: dict[str, Any]) -> None:
     """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
@@ -235,6 +259,9 @@ def _summary(st: dict[str, Any]) -> None:
     if levels:  # the trend's points: each segment's level, at its middle step
         shown = ", ".join(f"{fmt_value(p['level'])} (step {p['step']})" for p in levels)
         print(f"levels: {shown}")
+    bracket = st.get("bracket")
+    if isinstance(bracket, dict):
+        print(_bracket_line(bracket))
     best = st.get("best")
     if best:
         flat = {f"{m}.{k}": v for m, kv in best["values"].items() for k, v in kv.items()}

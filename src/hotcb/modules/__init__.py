@@ -23,7 +23,7 @@ register_module(
 register_module(
     "tune",
     "hotcb.modules.tune:TuneModule",
-    ("enable", "disable", "accept", "reject", "mutate", "rollback"),
+    ("enable", "disable", "accept", "reject", "mutate", "rollback", "bracket"),
     start_when=lambda paths: os.path.exists(paths.tune),
 )
 

@@ -15,8 +15,8 @@ __all__ = ["export_kept", "kept_entries"]
 
 
 def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
-    """The ``set_params`` of every mutation the tuner kept (and no one undid), at the steps it
-    made them."""
+    """The ``set_params`` of every mutation the tuner kept (and no one undid), and the lr its
+    start bracket settled on, at the steps it made them."""
     entries = live_entries(ledger)  # not the trials of a life a resume replaced
     kept = {
         (e.get("tune") or {}).get("trial")
@@ -27,6 +27,10 @@ def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
     out: list[RecipeEntry] = []
     for e in entries:
         trial = (e.get("tune") or {}).get("trial")
+        if (e.get("module"), e.get("op"), e.get("decision")) == ("tune", "bracket", "applied"):
+            if (e.get("params") or {}).get("settle") and e.get("cmd_id") not in undone:
+                out.extend(tune_entries(e))
+            continue
         if (e.get("module"), e.get("op"), e.get("decision")) != ("tune", "mutate", "applied"):
             continue
         if trial in kept and e.get("cmd_id") not in undone:  # kept, and not undone since

@@ -32,8 +32,17 @@ from ...ops import HotOp, make_command
 from ...runfiles import TUNE, RunPaths, confine_path
 from .._base import OpResult
 from . import _snapshot
+from ._bracket import Bracket
 from ._score import Segment, expected_level, score_segment
-from ._space import MODES, Knob, RecipeError, Settings, load_recipe, parse_settings
+from ._space import (
+    MODES,
+    Knob,
+    RecipeError,
+    Settings,
+    bracket_knob,
+    load_recipe,
+    parse_settings,
+)
 
 if TYPE_CHECKING:
     from .._base import ModuleHost
@@ -144,6 +153,10 @@ class TuneModule:
         self.next_proposal = 1
         self.asked = 0
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
+        self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
+        self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
+        # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
+        self._bracket_snaps: dict[str, Any] = {}
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
@@ -224,7 +237,7 @@ class TuneModule:
             if step - self.waiting["since"] > self._patience:
                 self._give_up(step)
             return
-        if self.phase in ("baseline", "trial", "backoff") and (
+        if self.phase in ("baseline", "trial", "backoff", "bracket") and (
             self._at_boundary(step) or self._harmful() or self._train_blew_up()
         ):
             # the run's length as it is now: `hotcb extend` moves it in a bare loop that keeps
@@ -285,6 +298,7 @@ class TuneModule:
             "asked": self.asked,
             "trend_noise": self.trend_noise,
             "total_steps": self.total_steps,
+            "bracket": self._bracket_state(),
             # where the study is: a branch (another run directory) resumes in the same one
             "study": {"url": url, "name": name, "run_dir": self.host.run_dir},
         })  # fmt: skip
@@ -349,6 +363,13 @@ class TuneModule:
             elif waiting:  # a mutation decided but not applied by the checkpoint: start over
                 self.phase = "baseline"
                 self.waiting = None
+            cut = state.get("bracket")
+            if isinstance(cut, Mapping) and self.waiting is None:
+                # the copies of the weights did not survive the restart: the run goes on from
+                # the checkpoint's weights, at the lr the round started from
+                self.phase = "baseline"
+                self._settle_bracket(cut.get("values"), self.segment.start,
+                                     "a restart from a checkpoint cut the bracket short")  # fmt: skip
             self._save()  # `tune status` shows this life from its first step
         else:
             self.waiting = None
@@ -412,6 +433,9 @@ class TuneModule:
         self._snapshot = None  # the weights trained on: a disable throws no steps away
         self._expire_proposals("tuner disabled")
         self.mode, self.phase, self.waiting = "off", "off", None
+        if self.bracket is not None:  # the arm's lr goes back; what it trained stays
+            self._settle_bracket(self._bracket_values(), step, "the tuner was disabled")
+            self.phase = "off"
         if trial is not None:
             reason = "the tuner was disabled during the trial: not judged"
             self._close_trial(None, "failed", reason=reason)
@@ -547,6 +571,152 @@ class TuneModule:
             self._start_segment(int(env["step"]), phase)
         return result
 
+    def _op_bracket(self, op: HotOp, env: Env) -> OpResult:
+        """One step of ``start: bracket`` (:mod:`._bracket`), on every rank: the weights an arm
+        starts from (:meth:`_bracket_weights`), then the arm's value. ``settle`` ends it."""
+        p = op.params
+        values = self._values(p.get("values"))
+        if isinstance(values, str):
+            return OpResult("rejected", error=values)
+        restored, trouble = self._bracket_weights(p, env)
+        result = self._actuate(values, env)
+        keys = ("round", "arm", "factor", "settle", "levels", "winner", "reason")
+        result.extra["tune"] = {"bracket": {k: p[k] for k in keys if p.get(k) is not None},
+                                "modules": self._modules(values), "restored": restored}  # fmt: skip
+        if trouble:
+            result.extra["tune"]["bracket"]["trouble"] = trouble
+        if self.waiting is None or self.waiting["cmd_id"] != op.cmd_id:
+            return result
+        self.waiting = None
+        step = int(env["step"])
+        if p.get("settle") or trouble or self.bracket is None or result.decision != "applied":
+            if trouble:
+                self._warn(f"{trouble}; the tuner starts with baseline segments instead")
+            if self.bracket is not None:
+                self.bracket_done = {**self.bracket.to_dict(), "ended_at": step}
+            self.bracket = None
+            self._start_segment(step, "off" if self.mode == "off" else "baseline")
+        else:
+            self.bracket.arm_step = step + 1
+            self._start_segment(step, "bracket")
+        return result
+
+    def _bracket_weights(self, p: Mapping[str, Any], env: Env) -> tuple[list[str], str | None]:
+        """Keep the closing arm's end when it is the best so far (``save``); go back to the
+        round's start or to the best arm's end (``from``); copy the weights a new round starts
+        from (``snapshot``). What was restored, and what went wrong."""
+        snaps, start_from, save = self._bracket_snaps, p.get("from"), bool(p.get("save"))
+        restored: list[str] = []
+        trouble = None
+        try:
+            if save and start_from != "best":
+                snaps["best"] = _snapshot.take(env)
+            # from the best arm's end: the closing arm is it when it is saved
+            source = snaps.get("start") if start_from == "start" else (
+                snaps.get("best") if start_from == "best" and not save else None)  # fmt: skip
+            if source is not None:
+                restored = _snapshot.restore(source, env)
+            if p.get("settle"):
+                snaps.clear()
+            elif p.get("snapshot"):
+                snaps = self._bracket_snaps = {"start": _snapshot.take(env)}
+                if snaps["start"] is None:
+                    trouble = ("start: bracket needs the model in env (kernel.apply(env) with "
+                               "model=…) to train its arms from the same weights")  # fmt: skip
+        except Exception as exc:  # a state that no longer fits: no bracket
+            trouble = f"could not copy or restore the model's state: {exc!r}"
+        if trouble:
+            self._bracket_snaps = {}
+        return restored, trouble
+
+    def _begin_bracket(self, step: int) -> None:
+        knob = bracket_knob(self.settings.space)
+        base = self.host.read_actuator(knob.module, knob.key) if knob is not None else None
+        if (
+            knob is None
+            or not isinstance(base, (int, float))
+            or isinstance(base, bool)
+            or base <= 0
+        ):
+            self._warn("start: bracket needs the optimizer's lr as a positive actuator; the "
+                       "tuner starts with baseline segments instead")  # fmt: skip
+            return
+        s = self.settings
+        if (
+            s.segment_evals is None
+            and self.total_steps
+            and step + 10 * s.segment_steps > self.total_steps
+        ):
+            self._warn(f"start: bracket needs up to 9 segments of arms and one more; the run has "
+                       f"{self.total_steps - step} steps left: the tuner starts with baseline "
+                       "segments instead")  # fmt: skip
+            return
+        knob = knob.scaled(s.risk)
+        sign = 1.0 if s.direction == "minimize" else -1.0
+        self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), sign)
+        self._submit_arm(step, save=False, start_from="here", snapshot=True)
+
+    def _bracket_values(self, value: float | None = None) -> dict[str, dict[str, float]]:
+        b = self.bracket
+        assert b is not None
+        return {b.knob.module: {b.knob.key: b.base if value is None else value}}
+
+    def _submit_arm(self, step: int, *, save: bool, start_from: str, snapshot: bool) -> None:
+        b = self.bracket
+        assert b is not None
+        arm = b.arm
+        params = {"round": b.round, "arm": b.index, "factor": arm.factor,
+                  "values": self._bracket_values(arm.value), "save": save, "from": start_from,
+                  "snapshot": snapshot}  # fmt: skip
+        self._submit("bracket", params, step)
+
+    def _bracket_boundary(self, seg: Segment, step: int) -> None:
+        """An arm's end: the next arm, a new round, or the end of the bracket."""
+        b = self.bracket
+        assert b is not None
+        touched = self.host.commanded_since(b.arm_step)
+        if touched or self._frozen():
+            names = ", ".join(f"{m}.{k}" for m, k in touched)
+            why = f"{names} set by a command" if touched else "the run was frozen"
+            live = self.host.read_actuator(b.knob.module, b.knob.key)
+            self._settle_bracket(self._bracket_values(live if touched else None), step,
+                                 f"{why} during the bracket: it ends here")  # fmt: skip
+            return
+        level = seg.level() if seg.values else math.nan
+        ended, round_ = b.arm, b.round
+        after, save = b.close(level)
+        self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
+                          "tune": {"bracket": {"round": round_, "factor": ended.factor,
+                                   "value": ended.value, "level": level, "best": save}}})  # fmt: skip
+        if after == "arm":
+            self._submit_arm(step, save=save, start_from="start", snapshot=False)
+        elif after == "round":
+            self._submit_arm(step, save=save, start_from="best", snapshot=True)
+        else:
+            winner = b.winner
+            params = {"settle": True, "values": self._bracket_values(winner.value), "save": save,
+                      "from": "best", "winner": {"factor": winner.factor, "value": winner.value,
+                      "level": winner.level}}  # fmt: skip
+            self._submit("bracket", params, step)
+
+    def _settle_bracket(self, values: Any, step: int, reason: str) -> None:
+        """End the bracket early (a command, a freeze, a disable, a restart): the weights stay
+        as they are, the knob goes to ``values``; the copies are dropped on every rank."""
+        if self.bracket is not None:
+            self.bracket_done = {**self.bracket.to_dict(), "ended_at": step, "reason": reason}
+        self.bracket = None
+        self._warn(f"start bracket: {reason}")
+        if not self.host.is_leader or not isinstance(values, Mapping):
+            return
+        self._submit("bracket", {"settle": True, "from": "here", "values": dict(values),
+                                 "reason": reason}, step)  # fmt: skip
+
+    def _bracket_state(self) -> dict[str, Any] | None:
+        """The open bracket (``values``: the knob as the round began), or None."""
+        if self.bracket is None:
+            return None
+        return {**self.bracket.to_dict(), "values": self._bracket_values()}
+
     # ------------------------------------------------------------------ enabling
     @property
     def _path(self) -> str:
@@ -625,6 +795,10 @@ class TuneModule:
             self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
             self._take_back(trial, self.host.commanded_since(int(trial["step"])), step,
                             reason=reason)  # fmt: skip
+        elif self.bracket is not None:  # as a trial's: the arm's lr goes back
+            self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again")
+        elif settings.start == "bracket" and settings.mode == "active" and self.host.is_leader:
+            self._begin_bracket(step)
 
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
         study = self._open_study(settings)
@@ -788,9 +962,11 @@ class TuneModule:
         """A trial whose objective is already clearly worse than expected ends early (and is
         rolled back): the median of its last three values is ``abort`` (relative) worse than
         the trend, or one is NaN/inf."""
+        values, name = self.segment.values, self.objective_used
+        if self.phase == "bracket":  # an arm that blew up ends now: it has lost
+            return bool(values) and not math.isfinite(values[-1])
         if self.phase != "trial" or self.trial is None:
             return False
-        values, name = self.segment.values, self.objective_used
         if values and not math.isfinite(values[-1]):
             self.trial["cut"] = f"{name} became {values[-1]}"
             return True
@@ -840,6 +1016,9 @@ class TuneModule:
                 del self.cooldowns[name]
         if self.phase == "trial" and self.trial is not None:
             self._judge(seg, step)
+            return
+        if self.phase == "bracket" and self.bracket is not None:
+            self._bracket_boundary(seg, step)
             return
         level = seg.level()
         if math.isfinite(level) and seg.values:
@@ -1158,6 +1337,7 @@ class TuneModule:
         if waiting["kind"] == "mutate":
             self._fail(waiting["trial"], reason)
             self._row(waiting["trial"])["decision"] = "failed"
+        self.bracket = None
         self._start_segment(step, "baseline")
 
     def _close_trial(self, score: float | None, decision: str, *, reason: str) -> None:
@@ -1310,6 +1490,7 @@ class TuneModule:
             "warnings": self.warnings,
             "trials": self.trials,
             "proposals": self.proposals,
+            "bracket": self._bracket_state() or self.bracket_done,
             "settings": self._public_settings(),
             "updated": time.time(),
         }

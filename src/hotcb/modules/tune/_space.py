@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "Knob",
     "RecipeError",
     "Settings",
+    "bracket_knob",
     "load_recipe",
     "parse_settings",
 ]
@@ -30,6 +31,8 @@ __all__ = [
 MODES = ("observe", "suggest", "active")
 DIRECTIONS = ("minimize", "maximize")
 RISKS = ("low", "medium", "high")
+#: How a tuner begins: two baseline segments, or a bracket of the lr from the same weights.
+STARTS = ("baseline", "bracket")
 KNOB_MODES = ("mult", "set", "delta")
 KNOB_MODULES = ("opt", "loss", "custom")
 
@@ -128,6 +131,7 @@ class Settings:
     abort: float = 1.0
     total_steps: int | None = None
     restore: str = "values"
+    start: str = "baseline"
     sync: bool = False
     recipe: str | None = None
     space: tuple[Knob, ...] = field(default=DEFAULT_SPACE)
@@ -145,7 +149,7 @@ class RecipeError(CheckError, _RecipeError):
 _SETTING_KEYS = {
     "mode", "objective", "direction", "segment_steps", "segment_evals", "storage", "study",
     "seed", "risk", "threshold", "startup_trials", "reject_streak", "backoff_segments",
-    "recipe", "space", "abort", "total_steps", "restore", "sync",
+    "recipe", "space", "abort", "total_steps", "restore", "start", "sync",
 }  # fmt: skip
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
 
@@ -160,6 +164,7 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
     out["direction"] = ck.choice(doc, "direction", f"{prefix}direction", DIRECTIONS)
     out["risk"] = ck.choice(doc, "risk", f"{prefix}risk", RISKS)
     out["restore"] = ck.choice(doc, "restore", f"{prefix}restore", ("values", "state"))
+    out["start"] = ck.choice(doc, "start", f"{prefix}start", STARTS)
     for key in ("objective", "storage", "study", "recipe"):
         out[key] = ck.string(doc, key, f"{prefix}{key}")
     if out["storage"] is not None and (trouble := storage_trouble(out["storage"])):
@@ -259,6 +264,13 @@ def _check_knob(item: Mapping[str, Any], ck: Checker, at: str) -> Knob | None:
                 int(cooldown))  # fmt: skip
 
 
+def bracket_knob(space: Sequence[Knob]) -> Knob | None:
+    """The knob ``start: bracket`` moves: the optimizer's lr as a multiplier (its range's ends
+    are the bracket's two moves)."""
+    return next((k for k in space if k.module == "opt" and k.key == "lr" and k.mode == "mult"
+                 and k.low < 1 < k.high), None)  # fmt: skip
+
+
 def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> Settings:
     """The settings for an ``enable`` command's params over a recipe's (both checked)."""
     merged: dict[str, Any] = {}
@@ -271,6 +283,12 @@ def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None =
     if "segment_steps" in checked:
         merged.pop("segment_evals", None)
     merged.update(checked)
+    if (
+        merged.get("start") == "bracket"
+        and bracket_knob(merged.get("space") or DEFAULT_SPACE) is None
+    ):
+        ck.add("start", "bracket moves the lr: the space needs an lr knob in mult mode "
+               "({key: lr, mode: mult, low: 0.25, high: 4})")  # fmt: skip
     if ck.problems:
         raise RecipeError("tune enable", ck.problems)
     if "direction" not in merged:  # not given: the objective's name says (val_acc: maximize)

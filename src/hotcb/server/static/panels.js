@@ -576,7 +576,7 @@ function impactCell(imp, metric) {
 }
 
 const VALUE_MODULES = new Set(["opt", "loss", "custom"]);
-const TUNER_VALUE_OPS = new Set(["mutate", "rollback"]);
+const TUNER_VALUE_OPS = new Set(["mutate", "rollback", "bracket"]);
 
 /** Whether an entry's module and op set actuator values: opt, loss, custom, and the tuner's
  * mutations and rollbacks. */

@@ -51,6 +51,17 @@ export function fmtTuneValues(values) {
     .join(", ");
 }
 
+/** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
+ * each round's arms with the level each ended at; null without one. */
+export function bracketLine(b) {
+  if (!b || typeof b !== "object") return null;
+  const rounds = (b.rounds || []).map(
+    (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : fmtNum(a.level)}`).join(", ")}`,
+  );
+  const how = b.ended_at != null ? `over at step ${b.ended_at}${b.reason ? ` (${b.reason})` : ""}` : `round ${b.round} under way`;
+  return [`${b.knob ?? "lr"} ${how}`, ...rounds].join(" · ");
+}
+
 /** What the panel says about a state document, as text. */
 export function tuneFacts(doc) {
   const c = doc.counts || {};
@@ -77,6 +88,7 @@ export function tuneFacts(doc) {
     best: best
       ? [`trial ${best.trial ?? "?"}`, `score ${fmtNum(best.score)}`, fmtTuneValues(best.values)].filter(Boolean).join(" · ")
       : "none yet",
+    bracket: bracketLine(doc.bracket),
   };
 }
 
@@ -315,6 +327,7 @@ export class TunePanel {
     row("counts", f.counts).classList.add("tune-counts");
     row("accept rate", f.acceptRate).classList.add("tune-rate");
     row("best", f.best).classList.add("tune-best");
+    if (f.bracket) row("bracket", f.bracket).classList.add("tune-bracket");
     return dl;
   }
 

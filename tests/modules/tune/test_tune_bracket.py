@@ -1,0 +1,187 @@
+"""``start: bracket``: the tuner's first move judged on arms trained from the same weights, in a
+real kernel with a real torch model and optimizer (docs/tune.md, "A start bracket")."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from tune_helpers import Toy
+
+from hotcb import HotClient, HotKernel
+from hotcb.cli._common import fmt_entry
+from hotcb.modules.tune import RecipeError, parse_settings
+from hotcb.modules.tune._export import export_kept
+from hotcb.testing import read_ledger
+
+BEST = 1e-3
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.25, "high": 4.0}]
+
+
+def far_from_best(lr: float, _step: int) -> float:
+    """The objective: 1 at lr = BEST, growing with the distance in log space."""
+    return 1.0 + abs(math.log(lr / BEST))
+
+
+def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
+    tmp_path: Any,
+) -> None:
+    """From 16x too high: x0.25 wins twice, a third x0.25 and then half of it (x0.5) lose, and
+    the run goes on at BEST. Every arm after a round's first starts from the weights the round
+    started from, bit for bit, and the run goes on from the winning arm's end."""
+    run_dir = str(tmp_path / "run")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=16 * BEST)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=10, seed=0,
+                                   start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    before: dict[int, list[torch.Tensor]] = {}  # the weights after the step's update
+    after: dict[int, list[torch.Tensor]] = {}  # and after the kernel applied its commands
+    for step in range(1, 160):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before[step] = [p.detach().clone() for p in model.parameters()]
+        lr = opt.param_groups[0]["lr"]
+        kernel.apply({"step": step, "model": model, "optimizer": opt,
+                      "metrics": {"loss": far_from_best(lr, step)}})  # fmt: skip
+        after[step] = [p.detach().clone() for p in model.parameters()]
+    tune = kernel.module("tune")
+    assert tune.phase not in ("bracket", "waiting")  # over
+    kernel.close()
+
+    ops = [e for e in read_ledger(run_dir) if e.get("module") == "tune" and e["op"] == "bracket"]
+    assert all(e["decision"] == "applied" and e["source"] == "tune" for e in ops)
+    arms = [(e["tune"]["bracket"].get("round"), e["tune"]["bracket"].get("factor")) for e in ops]
+    assert arms == [(1, 1.0), (1, 0.25), (1, 4.0), (2, 1.0), (2, 0.25), (3, 1.0), (3, 0.25),
+                    (4, 1.0), (4, 0.5), (None, None)], arms  # fmt: skip
+    settle = ops[-1]
+    assert settle["params"]["settle"] and settle["changes"]["lr"]["new"] == pytest.approx(BEST)
+    assert opt.param_groups[0]["lr"] == pytest.approx(BEST)
+
+    start_at = saved_at = None  # the steps whose weights the copies hold
+    for e in ops:
+        p = e["params"]
+        if p.get("save") and p.get("from") != "best":
+            saved_at = e["step"]  # the closing arm's end (before this op restored anything)
+        if p.get("from") == "start":
+            assert e["tune"]["restored"] == ["model", "optimizer"]
+            for got, want in zip(after[e["step"]], after[start_at], strict=True):
+                assert torch.equal(got, want)
+        elif p.get("from") == "best" and not p.get("save"):
+            assert e["tune"]["restored"] == ["model", "optimizer"]
+            for got, want in zip(after[e["step"]], before[saved_at], strict=True):
+                assert torch.equal(got, want)
+        elif p.get("from") == "best":  # the closing arm is the best: nothing to restore
+            assert e["tune"]["restored"] == []
+        if p.get("snapshot"):
+            start_at = e["step"]
+    # what a person reads: `hotcb log`, `tune status`
+    assert "bracket round 1, arm x0.25, model and optimizer state restored" in fmt_entry(
+        ops[1], run_dir
+    )
+    ends = [e for e in read_ledger(run_dir) if e.get("op") == "arm"]
+    assert len(ends) == 9 and "ended at 2.386, best so far" in fmt_entry(ends[1], run_dir)
+    assert "bracket over: lr x0.5 won" not in fmt_entry(settle, run_dir)
+    assert "bracket over: lr x1 won" in fmt_entry(settle, run_dir)
+    status = HotClient(run_dir).tune_status()
+    rounds = status["bracket"]["rounds"]
+    assert [r["winner"] for r in rounds] == [0.25, 0.25, 1.0, 1.0]
+    # `tune export` carries the lr the bracket settled on
+    _path, entries = export_kept(run_dir)
+    assert [(e.step, e.module, e.params) for e in entries] == [
+        (settle["step"], "opt", {"lr": pytest.approx(BEST)})
+    ]
+
+
+def test_a_good_lr_wins_its_first_round_and_the_baselines_follow(toy: Any) -> None:
+    """At the best lr both moves lose: one round of three arms, then the tuner's baseline
+    segments and trials as without a bracket."""
+    t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(400, until=lambda: len(t.ledger("mutate")) >= 1)
+    ops = t.ledger("bracket")
+    assert [e["tune"]["bracket"].get("factor") for e in ops] == [1.0, 0.25, 4.0, None]
+    assert ops[-1]["changes"]["lr"]["new"] == BEST
+    # the first trial comes after two baseline segments following the bracket
+    assert t.ledger("mutate")[0]["step"] >= ops[-1]["step"] + 2 * 10
+
+
+def test_a_command_on_the_lr_during_the_bracket_ends_it_and_keeps_the_persons_value(
+    toy: Any,
+) -> None:
+    t: Toy = toy(far_from_best, lr=16 * BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, start="bracket",
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(5)  # inside the first arm
+    assert t.kernel.module("tune").phase == "bracket"
+    client.set_params("opt", {"lr": 3e-3})
+    t.run(200, until=lambda: any(e["params"].get("settle") for e in t.ledger("bracket")))
+    settle = t.ledger("bracket")[-1]
+    assert (
+        settle["params"]["settle"]
+        and "opt.lr set by a command" in settle["tune"]["bracket"]["reason"]
+    )
+    assert t.lr == 3e-3
+    assert len(t.ledger("bracket")) == 2  # the first arm, the end: no other arm ran
+    assert any("opt.lr set by a command" in w for w in client.tune_status()["warnings"])
+
+
+def test_a_disable_during_the_bracket_puts_the_rounds_lr_back(toy: Any) -> None:
+    t: Toy = toy(far_from_best, lr=16 * BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, start="bracket",
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(200, until=lambda: len(t.ledger("bracket")) == 3)  # the third arm: lr x4
+    assert t.lr == pytest.approx(64 * BEST)
+    client.tune_disable()
+    t.run(20)
+    assert t.lr == pytest.approx(16 * BEST)  # the round's lr; the arm's weights stay
+    tune = t.kernel.module("tune")
+    assert tune.mode == "off" and tune.bracket is None and tune._bracket_snaps == {}
+
+
+def test_a_restart_from_a_checkpoint_inside_the_bracket_goes_back_to_the_rounds_lr(
+    toy: Any,
+) -> None:
+    t: Toy = toy(far_from_best, lr=16 * BEST, model=True, poll=0.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(200, until=lambda: len(t.ledger("bracket")) == 3)
+    state = t.kernel.state_dict()
+    t.kernel.close()
+    again: Toy = toy(far_from_best, name="run", lr=64 * BEST, model=True, poll=0.0)
+    again.step = t.step
+    again.kernel.load_state_dict(state)
+    again.run(5)
+    settle = again.ledger("bracket")[-1]
+    assert settle["params"]["settle"] and "restart" in settle["tune"]["bracket"]["reason"]
+    assert again.lr == pytest.approx(16 * BEST)
+
+
+def test_no_model_in_env_means_no_bracket_and_status_says_why(toy: Any) -> None:
+    t: Toy = toy(far_from_best, lr=16 * BEST, poll=0.0)  # env without "model"
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, start="bracket",
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(100, until=lambda: len(t.ledger("mutate")) >= 1)
+    (first,) = t.ledger("bracket")  # the first arm found no model: the bracket ended there
+    assert "needs the model in env" in first["tune"]["bracket"]["trouble"]
+    assert any("needs the model in env" in w for w in client.tune_status()["warnings"])
+    assert t.ledger("mutate")  # the tuner went on as without a bracket
+
+
+def test_a_bracket_needs_an_lr_knob_in_mult_mode() -> None:
+    space = [{"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5, "high": 2}]
+    with pytest.raises(RecipeError, match="bracket moves the lr"):
+        parse_settings({"start": "bracket", "space": space})
+    with pytest.raises(RecipeError, match="start"):
+        parse_settings({"start": "sideways"})
+    assert parse_settings({"start": "bracket"}).start == "bracket"  # the default space has lr
