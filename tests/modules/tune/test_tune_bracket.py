@@ -185,3 +185,19 @@ def test_a_bracket_needs_an_lr_knob_in_mult_mode() -> None:
     with pytest.raises(RecipeError, match="start"):
         parse_settings({"start": "sideways"})
     assert parse_settings({"start": "bracket"}).start == "bracket"  # the default space has lr
+
+
+def test_under_an_lr_scheduler_the_arms_move_the_schedule(toy: Any) -> None:
+    """With an ExponentialLR, each arm is a ratio of the lr in force when it lands (x0.25 of
+    where the schedule has brought the first arm's lr, not of the lr the round began at), so
+    the bracket never sets the schedule back."""
+    t: Toy = toy(far_from_best, lr=16 * BEST, model=True, poll=0.0, decay=0.99)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(200, until=lambda: len(t.ledger("bracket")) >= 4)
+    ops = t.ledger("bracket")
+    moves = [e["changes"]["lr"]["new"] / e["changes"]["lr"]["old"] for e in ops[1:4]]
+    # x0.25 after x1; x4 after x0.25 (x16); back to the winner x0.25 after x4 (x1/16)
+    assert moves == [pytest.approx(0.25), pytest.approx(16.0), pytest.approx(1 / 16)], moves
+    # the schedule went on decaying through the arms: the winner's lr is below where its arm began
+    assert ops[3]["changes"]["lr"]["new"] < ops[1]["changes"]["lr"]["new"]

@@ -52,6 +52,8 @@ class Bracket:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # the rounds closed
     arm_step: int = 0  # the step the arm under way began at
     refined: bool = False  # the last round, of half a move, is under way or done
+    # the arm whose value is in force: (its value as planned, its round's base), a schedule aside
+    in_force: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -131,4 +133,5 @@ class Bracket:
             "base": self.base,
             "arms": [a.__dict__.copy() for a in self.arms],
             "rounds": self.rounds,
+            "in_force": list(self.in_force) if self.in_force else None,
         }

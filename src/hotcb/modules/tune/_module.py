@@ -368,8 +368,11 @@ class TuneModule:
                 # the copies of the weights did not survive the restart: the run goes on from
                 # the checkpoint's weights, at the lr the round started from
                 self.phase = "baseline"
+                held = cut.get("in_force")
+                ratio = held[1] / held[0] if isinstance(held, list) and len(held) == 2 and all(
+                    isinstance(v, (int, float)) and v > 0 for v in held) else None  # fmt: skip
                 self._settle_bracket(cut.get("values"), self.segment.start,
-                                     "a restart from a checkpoint cut the bracket short")  # fmt: skip
+                                     "a restart from a checkpoint cut the bracket short", ratio)  # fmt: skip
             self._save()  # `tune status` shows this life from its first step
         else:
             self.waiting = None
@@ -434,7 +437,8 @@ class TuneModule:
         self._expire_proposals("tuner disabled")
         self.mode, self.phase, self.waiting = "off", "off", None
         if self.bracket is not None:  # the arm's lr goes back; what it trained stays
-            self._settle_bracket(self._bracket_values(), step, "the tuner was disabled")
+            self._settle_bracket(self._bracket_values(), step, "the tuner was disabled",
+                                 self._back_to_base())  # fmt: skip
             self.phase = "off"
         if trial is not None:
             reason = "the tuner was disabled during the trial: not judged"
@@ -578,6 +582,7 @@ class TuneModule:
         values = self._values(p.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
+        self._bracket_move(values, p.get("ratio"), env)
         restored, trouble = self._bracket_weights(p, env)
         result = self._actuate(values, env)
         keys = ("round", "arm", "factor", "settle", "levels", "winner", "reason")
@@ -598,8 +603,23 @@ class TuneModule:
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:
             self.bracket.arm_step = step + 1
+            planned = _number(p.get("planned"))
+            base = _number(p.get("base"))
+            if planned and base:
+                self.bracket.in_force = (planned, base)
             self._start_segment(step, "bracket")
         return result
+
+    def _bracket_move(self, values: dict[str, dict[str, Any]], ratio: Any, env: Env) -> None:
+        """A bracket's move as a ratio of the lr in force when it lands (``values`` in place):
+        under an LR scheduler the arms move the schedule, as a trial's ``mult`` does, and
+        never set the value it had when the round began over the schedule's."""
+        knob = bracket_knob(self.settings.space)
+        if knob is None or not isinstance(ratio, (int, float)) or isinstance(ratio, bool):
+            return
+        live = self.host.read_actuator(knob.module, knob.key, env)
+        if isinstance(live, (int, float)) and not isinstance(live, bool) and live > 0:
+            values.setdefault(knob.module, {})[knob.key] = self._target(knob, live, float(ratio))
 
     def _bracket_weights(self, p: Mapping[str, Any], env: Env) -> tuple[list[str], str | None]:
         """Keep the closing arm's end when it is the best so far (``save``); go back to the
@@ -654,21 +674,29 @@ class TuneModule:
         knob = knob.scaled(s.risk)
         sign = 1.0 if s.direction == "minimize" else -1.0
         self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), sign)
-        self._submit_arm(step, save=False, start_from="here", snapshot=True)
+        self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=None)
 
     def _bracket_values(self, value: float | None = None) -> dict[str, dict[str, float]]:
         b = self.bracket
         assert b is not None
         return {b.knob.module: {b.knob.key: b.base if value is None else value}}
 
-    def _submit_arm(self, step: int, *, save: bool, start_from: str, snapshot: bool) -> None:
+    def _submit_arm(
+        self, step: int, *, save: bool, start_from: str, snapshot: bool, ratio: float | None
+    ) -> None:
         b = self.bracket
         assert b is not None
         arm = b.arm
         params = {"round": b.round, "arm": b.index, "factor": arm.factor,
-                  "values": self._bracket_values(arm.value), "save": save, "from": start_from,
+                  "values": self._bracket_values(arm.value), "planned": arm.value,
+                  "base": b.base, "ratio": ratio, "save": save, "from": start_from,
                   "snapshot": snapshot}  # fmt: skip
         self._submit("bracket", params, step)
+
+    def _back_to_base(self) -> float | None:
+        """The ratio that takes the arm in force back to its round's base (None: none is)."""
+        b = self.bracket
+        return b.in_force[1] / b.in_force[0] if b is not None and b.in_force else None
 
     def _bracket_boundary(self, seg: Segment, step: int) -> None:
         """An arm's end: the next arm, a new round, or the end of the bracket."""
@@ -680,28 +708,35 @@ class TuneModule:
             why = f"{names} set by a command" if touched else "the run was frozen"
             live = self.host.read_actuator(b.knob.module, b.knob.key)
             self._settle_bracket(self._bracket_values(live if touched else None), step,
-                                 f"{why} during the bracket: it ends here")  # fmt: skip
+                                 f"{why} during the bracket: it ends here",
+                                 None if touched else self._back_to_base())  # fmt: skip
             return
         level = seg.level() if seg.values else math.nan
         ended, round_ = b.arm, b.round
         after, save = b.close(level)
+        # where the next op goes, as a ratio of the lr in force (which a schedule may move)
+        dest = b.arm if after == "arm" else b.arms[0] if after == "round" else b.winner
+        ratio = dest.value / ended.value
         self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
                           "tune": {"bracket": {"round": round_, "factor": ended.factor,
                                    "value": ended.value, "level": level, "best": save}}})  # fmt: skip
         if after == "arm":
-            self._submit_arm(step, save=save, start_from="start", snapshot=False)
+            self._submit_arm(step, save=save, start_from="start", snapshot=False, ratio=ratio)
         elif after == "round":
-            self._submit_arm(step, save=save, start_from="best", snapshot=True)
+            self._submit_arm(step, save=save, start_from="best", snapshot=True, ratio=ratio)
         else:
             winner = b.winner
             params = {"settle": True, "values": self._bracket_values(winner.value), "save": save,
-                      "from": "best", "winner": {"factor": winner.factor, "value": winner.value,
-                      "level": winner.level}}  # fmt: skip
+                      "from": "best", "ratio": ratio, "winner": {"factor": winner.factor,
+                      "value": winner.value, "level": winner.level}}  # fmt: skip
             self._submit("bracket", params, step)
 
-    def _settle_bracket(self, values: Any, step: int, reason: str) -> None:
+    def _settle_bracket(
+        self, values: Any, step: int, reason: str, ratio: float | None = None
+    ) -> None:
         """End the bracket early (a command, a freeze, a disable, a restart): the weights stay
-        as they are, the knob goes to ``values``; the copies are dropped on every rank."""
+        as they are, the knob goes to ``values`` (or the lr in force × ``ratio``); the copies
+        are dropped on every rank."""
         if self.bracket is not None:
             self.bracket_done = {**self.bracket.to_dict(), "ended_at": step, "reason": reason}
         self.bracket = None
@@ -709,7 +744,7 @@ class TuneModule:
         if not self.host.is_leader or not isinstance(values, Mapping):
             return
         self._submit("bracket", {"settle": True, "from": "here", "values": dict(values),
-                                 "reason": reason}, step)  # fmt: skip
+                                 "ratio": ratio, "reason": reason}, step)  # fmt: skip
 
     def _bracket_state(self) -> dict[str, Any] | None:
         """The open bracket (``values``: the knob as the round began), or None."""
@@ -796,7 +831,8 @@ class TuneModule:
             self._take_back(trial, self.host.commanded_since(int(trial["step"])), step,
                             reason=reason)  # fmt: skip
         elif self.bracket is not None:  # as a trial's: the arm's lr goes back
-            self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again")
+            self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again",
+                                 self._back_to_base())  # fmt: skip
         elif settings.start == "bracket" and settings.mode == "active" and self.host.is_leader:
             self._begin_bracket(step)
 
