@@ -242,6 +242,8 @@ def ledger_to_entries(
         if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
             continue
         module, op = e.get("module"), e.get("op")
+        if module == "tune" and op == "bracket" and not (e.get("params") or {}).get("settle"):
+            continue  # an arm: its weights were put back, which a replay cannot do
         if module == "tune" and op in TUNE_VALUE_OPS:
             made = tune_entries(e)
             if isinstance(e.get("cmd_id"), str):

@@ -66,6 +66,22 @@ describe("describeEntry: the tooltip and ledger text of an entry", () => {
     assert.deepEqual(describeEntry(e), { what: "loss set_params weights", lines: ["recon=1.5, betas=[1,2]"] });
     assert.deepEqual(describeEntry({ module: "control", op: "pause", params: {} }), { what: "control pause", lines: [] });
   });
+
+  test("a start bracket's arm, its end and the bracket's end say what hotcb log says", () => {
+    const arm = {
+      module: "tune", op: "bracket", decision: "applied", step: 53, seq: 4,
+      changes: { lr: { old: 0.1, new: 0.025 } },
+      tune: { bracket: { round: 1, arm: 1, factor: 0.25 }, restored: ["model", "optimizer"] },
+    };
+    assert.deepEqual(describeEntry(arm).lines, ["lr: 0.1 → 0.025", "bracket round 1, arm ×0.25 · model and optimizer state restored"]);
+    const end = { module: "tune", op: "arm", tune: { bracket: { round: 1, factor: 0.25, value: 0.025, level: 0.6768, best: true } } };
+    assert.deepEqual(describeEntry(end).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768, best so far"]);
+    const over = { module: "tune", op: "bracket", tune: { bracket: { settle: true, winner: { factor: 0.5 } } } };
+    assert.deepEqual(describeEntry(over).lines, ["bracket over: lr ×0.5 won"]);
+    // a move that put weights back has no impact of its own: the loss before it is of other weights
+    assert.equal(isValueChange(arm), false);
+    assert.equal(isValueChange({ ...arm, tune: { ...arm.tune, restored: [] } }), true);
+  });
 });
 
 describe("parseFor: typed text → the value an actuator's type expects", () => {

@@ -60,10 +60,10 @@ describe("tuneFacts: the panel's facts, as text", () => {
 
   test("a start bracket: under way, then over, with each round's arms", () => {
     const arms = [{ factor: 1, level: 0.86 }, { factor: 0.25, level: 0.68 }, { factor: 4, level: null }];
-    const open = { knob: "opt.lr", round: 1, arm: 2, rounds: [] };
-    assert.equal(tuneFacts({ ...STATE, bracket: open }).bracket, "opt.lr round 1 under way");
+    const open = { knob: "opt.lr", round: 1, arm: 2, arms, rounds: [] };
+    assert.equal(tuneFacts({ ...STATE, bracket: open }).bracket, "opt.lr round 1 under way (arm ×4)");
     const over = { knob: "opt.lr", round: 1, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 155 };
-    assert.equal(bracketLine(over), "opt.lr over at step 155 · round 1: ×1 0.86, ×0.25 0.68, ×4 …");
+    assert.equal(bracketLine(over), "opt.lr over at step 155, ×0.25 won its last round · round 1: ×1 0.86, ×0.25 0.68, ×4 …");
     assert.equal(bracketLine({ ...over, reason: "the run was frozen" }).split(" · ")[0], "opt.lr over at step 155 (the run was frozen)");
     assert.equal(bracketLine(null), null);
   });

@@ -242,7 +242,7 @@ def _bracket_line(b: dict[str, Any]) -> str:
         head += f" (over at step {b['ended_at']}" + (
             f": {b['reason']})" if b.get("reason") else f", x{winner:.3g} won the last round)"
             if winner is not None else ")")  # fmt: skip
-    return f"{head}: " + "; ".join(said)
+    return f"{head}: " + "; ".join(said) if said else head
 
 
 def _summary(st: dict[str, Any]) -> None:

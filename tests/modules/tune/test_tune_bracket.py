@@ -14,6 +14,7 @@ from hotcb import HotClient, HotKernel
 from hotcb.cli._common import fmt_entry
 from hotcb.modules.tune import RecipeError, parse_settings
 from hotcb.modules.tune._export import export_kept
+from hotcb.recipe import ledger_to_entries
 from hotcb.testing import read_ledger
 
 BEST = 1e-3
@@ -41,6 +42,7 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
                                    start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
     before: dict[int, list[torch.Tensor]] = {}  # the weights after the step's update
     after: dict[int, list[torch.Tensor]] = {}  # and after the kernel applied its commands
+    moments: dict[int, list[torch.Tensor]] = {}  # AdamW's state after the kernel's commands
     for step in range(1, 160):
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
@@ -51,6 +53,8 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
         kernel.apply({"step": step, "model": model, "optimizer": opt,
                       "metrics": {"loss": far_from_best(lr, step)}})  # fmt: skip
         after[step] = [p.detach().clone() for p in model.parameters()]
+        moments[step] = [opt.state[p][k].clone() for p in model.parameters()
+                         for k in ("exp_avg", "exp_avg_sq", "step")]  # fmt: skip
     tune = kernel.module("tune")
     assert tune.phase not in ("bracket", "waiting")  # over
     kernel.close()
@@ -73,6 +77,9 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
             assert e["tune"]["restored"] == ["model", "optimizer"]
             for got, want in zip(after[e["step"]], after[start_at], strict=True):
                 assert torch.equal(got, want)
+            # the optimizer's moments too, each time: a copy restored twice is the same copy
+            for got, want in zip(moments[e["step"]], moments[start_at], strict=True):
+                assert torch.equal(got, want), e["tune"]["bracket"]
         elif p.get("from") == "best" and not p.get("save"):
             assert e["tune"]["restored"] == ["model", "optimizer"]
             for got, want in zip(after[e["step"]], before[saved_at], strict=True):
@@ -97,6 +104,9 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     assert [(e.step, e.module, e.params) for e in entries] == [
         (settle["step"], "opt", {"lr": pytest.approx(BEST)})
     ]
+    # so does `recipe export`: the arms are not in it (a replay cannot put weights back)
+    recipe = [e for e in ledger_to_entries(read_ledger(run_dir)) if e.step <= settle["step"]]
+    assert [(e.step, e.params) for e in recipe] == [(settle["step"], {"lr": pytest.approx(BEST)})]
 
 
 def test_a_good_lr_wins_its_first_round_and_the_baselines_follow(toy: Any) -> None:
@@ -164,6 +174,9 @@ def test_a_restart_from_a_checkpoint_inside_the_bracket_goes_back_to_the_rounds_
     settle = again.ledger("bracket")[-1]
     assert settle["params"]["settle"] and "restart" in settle["tune"]["bracket"]["reason"]
     assert again.lr == pytest.approx(16 * BEST)
+    # `tune status` (and the Tune panel) still shows the bracket, and why it ended
+    shown = HotClient(again.kernel.run_dir).tune_status()["bracket"]
+    assert "restart" in shown["reason"] and shown["rounds"] == []
 
 
 def test_no_model_in_env_means_no_bracket_and_status_says_why(toy: Any) -> None:
@@ -201,3 +214,51 @@ def test_under_an_lr_scheduler_the_arms_move_the_schedule(toy: Any) -> None:
     assert moves == [pytest.approx(0.25), pytest.approx(16.0), pytest.approx(1 / 16)], moves
     # the schedule went on decaying through the arms: the winner's lr is below where its arm began
     assert ops[3]["changes"]["lr"]["new"] < ops[1]["changes"]["lr"]["new"]
+
+
+def test_an_objective_that_is_not_logged_gives_way_to_the_training_loss_in_the_first_arm(
+    toy: Any,
+) -> None:
+    """The default objective (val_loss) and a loop that logs only ``loss``: the first arm
+    sees no value, so the training loss stands in from then and the bracket starts again, each
+    arm scored (it had scored the first arm NaN, a loss, and moved the lr on no evidence)."""
+    t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", segment_steps=10, seed=0, start="bracket", space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(400, until=lambda: any(e["params"].get("settle") for e in t.ledger("bracket")))
+    ops = t.ledger("bracket")
+    assert [e["tune"]["bracket"].get("factor") for e in ops] == [1.0, 1.0, 0.25, 4.0, None]
+    ends = t.ledger("arm")
+    assert [e["tune"]["bracket"]["factor"] for e in ends] == [1.0, 0.25, 4.0]
+    assert all(math.isfinite(e["tune"]["bracket"]["level"]) for e in ends)
+    assert t.lr == BEST  # x1 won: the lr was right
+    status = client.tune_status()
+    assert status["objective_used"] == "loss"
+    assert any("not logged in the bracket's first arm; scoring 'loss'" in w
+               for w in status["warnings"])  # fmt: skip
+
+
+def test_other_settings_for_a_tuner_that_is_on_do_not_start_another_bracket(toy: Any) -> None:
+    t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, start="bracket",
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(400, until=lambda: any(e["params"].get("settle") for e in t.ledger("bracket")))
+    count = len(t.ledger("bracket"))
+    client.tune_enable(segment_steps=12)  # a new segment length, the tuner as it is otherwise
+    t.run(100)
+    assert len(t.ledger("bracket")) == count
+
+
+def test_a_bracket_in_suggest_mode_is_not_started_and_status_says_so(toy: Any) -> None:
+    t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, start="bracket",
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(30)
+    assert not t.ledger("bracket")
+    assert (
+        "start: bracket runs in active mode only: none in suggest mode"
+        in client.tune_status()["warnings"]
+    )

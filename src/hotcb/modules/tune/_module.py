@@ -162,6 +162,7 @@ class TuneModule:
         self._watch_before: list[float] = []  # train_recent when the open trial started
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
+        self.train_name: str | None = None  # the training loss seen while the objective was not
 
     @property
     def wants_events(self) -> bool:
@@ -299,6 +300,7 @@ class TuneModule:
             "trend_noise": self.trend_noise,
             "total_steps": self.total_steps,
             "bracket": self._bracket_state(),
+            "bracket_done": self.bracket_done,
             # where the study is: a branch (another run directory) resumes in the same one
             "study": {"url": url, "name": name, "run_dir": self.host.run_dir},
         })  # fmt: skip
@@ -334,6 +336,8 @@ class TuneModule:
         self.asked = int(state.get("asked", 0))
         self.trend_noise = state.get("trend_noise")
         self.total_steps = state.get("total_steps") or self.settings.total_steps
+        done = state.get("bracket_done")
+        self.bracket_done = dict(done) if isinstance(done, Mapping) else None
         waiting = state.get("waiting")
         if self.host.is_leader:
             self._drain()
@@ -371,8 +375,9 @@ class TuneModule:
                 held = cut.get("in_force")
                 ratio = held[1] / held[0] if isinstance(held, list) and len(held) == 2 and all(
                     isinstance(v, (int, float)) and v > 0 for v in held) else None  # fmt: skip
-                self._settle_bracket(cut.get("values"), self.segment.start,
-                                     "a restart from a checkpoint cut the bracket short", ratio)  # fmt: skip
+                why = "a restart from a checkpoint cut the bracket short"
+                self.bracket_done = {**cut, "ended_at": self.segment.start, "reason": why}
+                self._settle_bracket(cut.get("values"), self.segment.start, why, ratio)
             self._save()  # `tune status` shows this life from its first step
         else:
             self.waiting = None
@@ -674,7 +679,7 @@ class TuneModule:
         knob = knob.scaled(s.risk)
         sign = 1.0 if s.direction == "minimize" else -1.0
         self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), sign)
-        self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=None)
+        self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0)
 
     def _bracket_values(self, value: float | None = None) -> dict[str, dict[str, float]]:
         b = self.bracket
@@ -711,15 +716,23 @@ class TuneModule:
                                  f"{why} during the bracket: it ends here",
                                  None if touched else self._back_to_base())  # fmt: skip
             return
+        if not seg.values and not self._unscored_arm(b, step):
+            return
         level = seg.level() if seg.values else math.nan
         ended, round_ = b.arm, b.round
         after, save = b.close(level)
         # where the next op goes, as a ratio of the lr in force (which a schedule may move)
         dest = b.arm if after == "arm" else b.arms[0] if after == "round" else b.winner
         ratio = dest.value / ended.value
+        live = self.host.read_actuator(
+            b.knob.module, b.knob.key
+        )  # what it trained at, schedule and all
+        value = (
+            live if isinstance(live, (int, float)) and not isinstance(live, bool) else ended.value
+        )
         self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
                           "tune": {"bracket": {"round": round_, "factor": ended.factor,
-                                   "value": ended.value, "level": level, "best": save}}})  # fmt: skip
+                                   "value": value, "level": level, "best": save}}})  # fmt: skip
         if after == "arm":
             self._submit_arm(step, save=save, start_from="start", snapshot=False, ratio=ratio)
         elif after == "round":
@@ -730,6 +743,25 @@ class TuneModule:
                       "from": "best", "ratio": ratio, "winner": {"factor": winner.factor,
                       "value": winner.value, "level": winner.level}}  # fmt: skip
             self._submit("bracket", params, step)
+
+    def _unscored_arm(self, b: Bracket, step: int) -> bool:
+        """An arm that saw no value of the objective. Before any value came (the objective is
+        not logged): the training loss stands in from now and the bracket starts again from
+        here. Otherwise the bracket ends (an arm shorter than the objective's interval). True
+        when the arm is to be scored all the same (it blew up: its loss is not finite)."""
+        name, wanted = self.train_name, self.objective_used
+        if not self.seen and name is not None and wanted not in _TRAIN_LOSSES and (
+                b.round, b.index) == (1, 0):  # fmt: skip
+            self._fall_back(name, "in the bracket's first arm")
+            b.arm_step = step + 1
+            self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0)
+            return False
+        length = step + 1 - self.segment.start
+        self._settle_bracket(self._bracket_values(), step,
+                             f"no value of {wanted!r} came in an arm's {length} steps (log it "
+                             "more often, or count segments in its values: --segment-evals)",
+                             self._back_to_base())  # fmt: skip
+        return False
 
     def _settle_bracket(
         self, values: Any, step: int, reason: str, ratio: float | None = None
@@ -792,6 +824,8 @@ class TuneModule:
     def _enable(self, settings: Settings, step: int) -> None:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
+        # a bracket begins a tuner: not one whose other settings change (a new segment length)
+        begins = self.mode == "off" or self.settings.start != "bracket"
         self._drop_asking("tuner enabled again")
         self._drain()
         # proposals of the tuner as it was: answered by nobody in active or observe mode, and
@@ -833,8 +867,12 @@ class TuneModule:
         elif self.bracket is not None:  # as a trial's: the arm's lr goes back
             self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again",
                                  self._back_to_base())  # fmt: skip
-        elif settings.start == "bracket" and settings.mode == "active" and self.host.is_leader:
-            self._begin_bracket(step)
+        elif settings.start == "bracket" and begins and self.host.is_leader:
+            if settings.mode == "active":
+                self._begin_bracket(step)
+            else:
+                self._warn(f"start: bracket runs in active mode only: none in {settings.mode} "
+                           "mode")  # fmt: skip
 
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
         study = self._open_study(settings)
@@ -931,18 +969,11 @@ class TuneModule:
             elif self.val_objective:  # the last validation's value, repeated on a train step
                 return
         elif not self.seen and name is not None and self.objective_used not in _TRAIN_LOSSES:
+            self.train_name = name
             s = self.settings
             wait = 2 * s.segment_steps
             if s.segment_evals is None and step - self.enabled_at >= wait:
-                self.objective_used = name
-                self.warnings = [w for w in self.warnings if not w.endswith(_NOTHING_SCORED)]
-                self._warn(
-                    f"objective {s.objective!r} was not logged in {wait} steps; "
-                    f"scoring {name!r} instead (--objective picks another)"
-                )
-                self._weights_note()
-                self.segment = Segment(self.segment.start, [], [])
-                self.history = []
+                self._fall_back(name, f"in {wait} steps")
                 value = train
                 self.seen = value is not None  # the stand-in is the objective from here on
         number = _number(value)
@@ -953,6 +984,16 @@ class TuneModule:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
+
+    def _fall_back(self, name: str, when: str) -> None:
+        """Score the training loss ``name``: the objective asked for was not logged ``when``."""
+        self.objective_used = name
+        self.warnings = [w for w in self.warnings if not w.endswith(_NOTHING_SCORED)]
+        self._warn(f"objective {self.settings.objective!r} was not logged {when}; scoring "
+                   f"{name!r} instead (--objective picks another)")  # fmt: skip
+        self._weights_note()
+        self.segment = Segment(self.segment.start, [], [])
+        self.history = []
 
     def _sparse(self, step: int) -> None:
         """Say in ``tune status`` when the objective comes less often than once a segment of

@@ -57,4 +57,6 @@ def _restore_optimizer(opt: Any, saved: Mapping[str, Any]) -> None:
     params = [p for group in opt.param_groups for p in group["params"]]
     opt.state.clear()
     for index, state in saved["state"].items():
-        opt.state[params[int(index)]] = state
+        # a copy: the optimizer updates its moments in place, and a copy restored twice (a
+        # start bracket's round start) must give the same state the second time
+        opt.state[params[int(index)]] = copy.deepcopy(state)

@@ -576,11 +576,26 @@ function impactCell(imp, metric) {
 }
 
 const VALUE_MODULES = new Set(["opt", "loss", "custom"]);
-const TUNER_VALUE_OPS = new Set(["mutate", "rollback", "bracket"]);
+const TUNER_VALUE_OPS = new Set(["mutate", "rollback"]);
 
-/** Whether an entry's module and op set actuator values: opt, loss, custom, and the tuner's
- * mutations and rollbacks. */
-const setsValues = (e) => VALUE_MODULES.has(e.module) || (e.module === "tune" && TUNER_VALUE_OPS.has(e.op));
+/** Whether an entry's module and op set actuator values: opt, loss, custom, the tuner's
+ * mutations and rollbacks, and a start bracket's moves that kept the weights (one that put
+ * weights back has no impact to measure: the loss before it belongs to other weights). */
+const setsValues = (e) =>
+  VALUE_MODULES.has(e.module) ||
+  (e.module === "tune" && (TUNER_VALUE_OPS.has(e.op) || (e.op === "bracket" && !(e.tune?.restored ?? []).length)));
+
+/** A start bracket's entry (docs/tune.md) in words, as `hotcb log` says it; null for others. */
+export function bracketFacts(b) {
+  if (!b || typeof b !== "object") return null;
+  const facts = [];
+  if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
+  else if (typeof b.level === "number")
+    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.best ? ", best so far" : ""}`);
+  else if (b.round != null) facts.push(`bracket round ${b.round}, arm ×${fmtNum(b.factor ?? 1)}`);
+  for (const k of ["reason", "trouble"]) if (b[k]) facts.push(String(b[k]));
+  return facts.join(" · ");
+}
 
 /** Whether a ledger entry changed values a trajectory depends on: applied, with `changes`, of
  * module opt, loss or custom or a tuner mutation or rollback, or an undo of such an entry
@@ -618,7 +633,13 @@ export function describeEntry(e) {
   const lines = fmtChanges(e.changes);
   if (e.tune && typeof e.tune === "object") {
     const t = e.tune;
-    const parts = [t.trial != null && `trial ${t.trial}`, t.score != null && `score ${fmtNum(t.score)}`, t.decision];
+    const parts = [
+      bracketFacts(t.bracket),
+      t.trial != null && `trial ${t.trial}`,
+      t.score != null && `score ${fmtNum(t.score)}`,
+      t.decision,
+      (t.restored ?? []).length > 0 && `${t.restored.join(" and ")} state restored`,
+    ];
     if (parts.some(Boolean)) lines.push(parts.filter(Boolean).join(" · "));
   }
   if (e.checkpoint) lines.push(`saved ${e.checkpoint}`);

@@ -58,7 +58,12 @@ export function bracketLine(b) {
   const rounds = (b.rounds || []).map(
     (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : fmtNum(a.level)}`).join(", ")}`,
   );
-  const how = b.ended_at != null ? `over at step ${b.ended_at}${b.reason ? ` (${b.reason})` : ""}` : `round ${b.round} under way`;
+  const last = (b.rounds || []).at(-1);
+  const arm = (b.arms || [])[b.arm];
+  const how =
+    b.ended_at != null
+      ? `over at step ${b.ended_at}${b.reason ? ` (${b.reason})` : last ? `, ×${fmtNum(last.winner)} won its last round` : ""}`
+      : `round ${b.round} under way${arm ? ` (arm ×${fmtNum(arm.factor)})` : ""}`;
   return [`${b.knob ?? "lr"} ${how}`, ...rounds].join(" · ");
 }
 
