@@ -226,13 +226,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arm_level(arm: dict[str, Any]) -> str:
+    """An arm's level, with its noise: a move wins only by more than the two arms' noise."""
+    level = arm.get("level")
+    if level is None:
+        return "…"
+    spread = float(arm.get("noise") or 0.0) * abs(level) if isinstance(level, float) else 0.0
+    return fmt_value(level) + (f" ±{fmt_value(spread)}" if spread > 0 else "")
+
+
 def _bracket_line(b: dict[str, Any]) -> str:
-    """The start bracket (docs/tune.md): each round's arms and their levels, and how it ended."""
+    """The start bracket (docs/tune.md): each round's arms and their levels (± their noise), and
+    how it ended."""
     rounds = list(b.get("rounds") or [])
     said = []
     for r in rounds:
-        arms = ", ".join(f"x{a['factor']:.3g} {fmt_value(a['level']) if a.get('level') is not None else '…'}"
-                         for a in r.get("arms") or [])  # fmt: skip
+        arms = ", ".join(f"x{a['factor']:.3g} {_arm_level(a)}" for a in r.get("arms") or [])
         said.append(f"round {r['round']} from {fmt_value(r['base'])}: {arms}")
     if "ended_at" not in b:
         said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")

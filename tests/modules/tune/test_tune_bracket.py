@@ -4,6 +4,7 @@ real kernel with a real torch model and optimizer (docs/tune.md, "A start bracke
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -262,3 +263,30 @@ def test_a_bracket_in_suggest_mode_is_not_started_and_status_says_so(toy: Any) -
         "start: bracket runs in active mode only: none in suggest mode"
         in client.tune_status()["warnings"]
     )
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.3])
+def test_a_move_wins_its_arm_only_by_more_than_the_noise(toy: Any, cli: Any, jitter: float) -> None:
+    """A lower lr is a little better (0.028 at x0.25). Without noise that moves the lr; with a
+    loss that wanders by up to +-0.3 from step to step the gain is inside the arms' noise: a near
+    tie goes to the lr in force, and the run goes on at it."""
+
+    def slightly_lower(lr: float, step: int) -> float:
+        return 2.0 + 0.02 * math.log(lr / BEST) + jitter * (step % 5 - 2) / 2
+
+    t: Toy = toy(slightly_lower, lr=BEST, model=True, poll=0.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(400, until=lambda: any(e["params"].get("settle") for e in t.ledger("bracket")))
+    settle = t.ledger("bracket")[-1]
+    round_1 = HotClient(t.kernel.run_dir).tune_status()["bracket"]["rounds"][0]
+    levels = {a["factor"]: a["level"] for a in round_1["arms"]}
+    assert levels[0.25] < levels[1.0] < levels[4.0]  # the lower lr ended lower, both times
+    if jitter:
+        assert round_1["winner"] == 1.0 and settle["changes"]["lr"]["new"] == BEST
+        # `tune status` shows the noise that held the move back
+        out = cli(t.kernel.run_dir, "tune", "status").stdout
+        assert re.search(r"round 1 from 0\.001: x1 [\d.]+ ±[\d.]+, x0\.25 [\d.]+ ±", out), out
+    else:
+        assert round_1["winner"] == 0.25
+        assert settle["changes"]["lr"]["new"] < BEST

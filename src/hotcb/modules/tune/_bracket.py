@@ -34,6 +34,7 @@ class Arm:
     factor: float  # of the round's base value
     value: float  # the knob's value in this arm
     level: float | None = None  # the objective's level at the arm's end (None: not yet)
+    noise: float = 0.0  # the level's relative standard error (``_score.noise``)
 
 
 @dataclass
@@ -77,16 +78,18 @@ class Bracket:
     def winner(self) -> Arm:
         return self.arms[self.best if self.best is not None else 0]
 
-    def close(self, level: float) -> tuple[str, bool]:
-        """Score the arm under way with the objective's ``level`` at its end. Returns what comes
+    def close(self, level: float, noise: float = 0.0) -> tuple[str, bool]:
+        """Score the arm under way with the objective's ``level`` at its end and that level's
+        relative standard error ``noise``. An arm beats the round's best so far only by more
+        than their noise together: a near tie goes to the arm that came first, the lr in force
+        before the moves. Returns what comes
         next, ``"arm"`` (the round's next arm, from the round's start), ``"round"`` (a new
         round, from the winner's end) or ``"settle"`` (the bracket is over: go on from the
         winner's end), and whether this arm is the round's best so far (its end is kept)."""
         arm = self.arm
-        arm.level = level
-        ranked = self.sign * level if math.isfinite(level) else math.inf
+        arm.level, arm.noise = level, noise
         best = self.best
-        save = best is None or ranked < self._ranked(self.arms[best])  # a tie: the earlier arm
+        save = best is None or self._beats(arm, self.arms[best])
         if save:
             self.best = self.index
         if self.index + 1 < len(self.arms):
@@ -119,6 +122,16 @@ class Bracket:
             self.arms = [winner]  # the settle goes on from the winner, at its value
             return "settle", save
         return "round", save
+
+    def _beats(self, arm: Arm, other: Arm) -> bool:
+        """``arm`` ended better than ``other`` by more than their levels' noise."""
+        ranked, against = self._ranked(arm), self._ranked(other)
+        if not math.isfinite(against):
+            return math.isfinite(ranked)
+        if not math.isfinite(ranked):
+            return False
+        margin = math.hypot(arm.noise * (arm.level or 0.0), other.noise * (other.level or 0.0))
+        return ranked < against - margin
 
     def _ranked(self, arm: Arm) -> float:
         level = arm.level

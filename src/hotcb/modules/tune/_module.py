@@ -33,7 +33,7 @@ from ...runfiles import TUNE, RunPaths, confine_path
 from .._base import OpResult
 from . import _snapshot
 from ._bracket import Bracket
-from ._score import Segment, expected_level, score_segment
+from ._score import Segment, expected_level, noise, score_segment
 from ._space import (
     MODES,
     Knob,
@@ -720,7 +720,8 @@ class TuneModule:
             return
         level = seg.level() if seg.values else math.nan
         ended, round_ = b.arm, b.round
-        after, save = b.close(level)
+        spread = noise(seg.values, level) if math.isfinite(level) else 0.0
+        after, save = b.close(level, spread)
         # where the next op goes, as a ratio of the lr in force (which a schedule may move)
         dest = b.arm if after == "arm" else b.arms[0] if after == "round" else b.winner
         ratio = dest.value / ended.value
@@ -732,7 +733,8 @@ class TuneModule:
         )
         self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
                           "tune": {"bracket": {"round": round_, "factor": ended.factor,
-                                   "value": value, "level": level, "best": save}}})  # fmt: skip
+                                   "value": value, "level": level, "noise": spread,
+                                   "best": save}}})  # fmt: skip
         if after == "arm":
             self._submit_arm(step, save=save, start_from="start", snapshot=False, ratio=ratio)
         elif after == "round":

@@ -51,12 +51,19 @@ export function fmtTuneValues(values) {
     .join(", ");
 }
 
+/** An arm's level, ± its noise (a move wins only by more than the two arms' noise). */
+function armLevel(a) {
+  if (a.level == null) return "…";
+  const spread = (a.noise || 0) * Math.abs(a.level);
+  return spread > 0 ? `${fmtNum(a.level)} ±${fmtNum(spread)}` : fmtNum(a.level);
+}
+
 /** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
  * each round's arms with the level each ended at; null without one. */
 export function bracketLine(b) {
   if (!b || typeof b !== "object") return null;
   const rounds = (b.rounds || []).map(
-    (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : fmtNum(a.level)}`).join(", ")}`,
+    (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${armLevel(a)}`).join(", ")}`,
   );
   const last = (b.rounds || []).at(-1);
   const arm = (b.arms || [])[b.arm];
