@@ -232,7 +232,7 @@ def _arm_level(arm: dict[str, Any]) -> str:
     if level is None:
         return "…"
     spread = float(arm.get("noise") or 0.0) * abs(level) if isinstance(level, float) else 0.0
-    return fmt_value(level) + (f" ±{fmt_value(spread)}" if spread > 0 else "")
+    return fmt_value(level) + (f" ±{spread:.2g}" if spread > 0 else "")
 
 
 def _bracket_line(b: dict[str, Any]) -> str:

@@ -3,8 +3,9 @@
 Before its baseline segments the tuner trains one segment (an *arm*) at the lr in force, puts
 the model's weights and the optimizer's state back as they were, trains the same length at lr ×
 low, puts them back again, and trains at lr × high (``low``/``high``: the lr knob's range, 0.25
-and 4 by default). The arm whose objective ended best wins, and the run goes on from the end of
-that arm, at its lr. When a move won, the next round pits it against the same move once more
+and 4 by default). The arm whose objective ended best wins (by more than the two levels' noise:
+a near tie goes to the arm that came first, the lr in force), and the run goes on from the end
+of that arm, at its lr. When a move won, the next round pits it against the same move once more
 (lr × 4 × 4 …), for up to :data:`ROUNDS` rounds; when a repeated move loses, a last round tries
 half of it (its square root: × 2 after × 4). Losing arms cost their steps and nothing else.
 
