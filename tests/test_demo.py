@@ -128,6 +128,41 @@ def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
             demo.wait(10)
 
 
+def test_hotcb_dir_names_the_demo_run(tmp_path: Any) -> None:
+    """`hotcb --dir mine demo` trained in a fresh ./runs/demo-<time> and left `mine` empty, so
+    `hotcb --dir mine status` (what a user runs next) found no run."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "hotcb", "--dir", "mine", "demo", "--port", str(port),
+            "--max-steps", "100000", "--step-delay", "0.02", "--no-browser"]  # fmt: skip
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        demo = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        page_url = wait_for(
+            lambda: (re.search(r"dashboard: (http://\S+)", out_path.read_text()) or [None, None])[
+                1
+            ],
+            timeout=90,
+            what="hotcb demo to print the dashboard URL",
+        )
+        token = urllib.parse.parse_qs(urllib.parse.urlsplit(page_url).query)["token"][0]
+        runs = _get(f"http://127.0.0.1:{port}/api/runs", token)["runs"]
+        assert [r["run_id"] for r in runs] == ["."]  # the run directory, served alone
+        assert not os.path.exists(tmp_path / "runs")
+        wait_for(lambda: (tmp_path / "mine" / "hotcb.metrics.jsonl").exists(), timeout=60,
+                 what="the demo's metrics in ./mine")  # fmt: skip
+        status = subprocess.run([sys.executable, "-m", "hotcb", "--dir", "mine", "status"],
+                                cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        assert status.returncode == 0 and "step" in status.stdout, status.stdout + status.stderr
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+
+
 def test_demo_says_when_8421_is_taken(capsys: Any) -> None:
     """The README says 8421: when another server holds it, the demo says where it went."""
     from hotcb.demo import DEFAULT_PORT, _demo_port

@@ -678,7 +678,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir",
         default=None,
-        help="run directory (default: a fresh ./runs/demo-<time>; ./runs is served)",
+        help="run directory (default: hotcb --dir when given, else a fresh "
+        "./runs/demo-<time>; ./runs is served)",
     )
     p.add_argument(
         "--step-delay",

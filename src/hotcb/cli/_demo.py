@@ -14,13 +14,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Train a small model on scikit-learn's digits with torch (without torch: a "
         "pure-Python loop on a noisy quadratic) and serve the dashboard for it. Prints the URL; "
         "Ctrl-C stops the trainer and the server. Default run directory: a fresh "
-        "./runs/demo-<time> (./runs is served, so earlier demo runs can be compared).",
+        "./runs/demo-<time> (./runs is served, so earlier demo runs can be compared); "
+        "--run-dir D or hotcb --dir D demo: D, served alone.",
     )
     add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from ..demo import run_demo
 
+    # `hotcb --dir D demo` (or $HOTCB_DIR) names the run directory as --run-dir D does; the
+    # default --dir, the current directory, leaves the demo its fresh ./runs/demo-<time>
+    given = getattr(args, "dir", ".")
+    if args.run_dir is None and os.path.abspath(given) != os.getcwd():
+        args.run_dir = given
     return run_demo(args)
