@@ -165,6 +165,30 @@ def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_pat
         decide(lp.run_dir, proposal["id"], accept=True)
 
 
+def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> None:
+    """`hotcb autopilot accept A1 --wait`, as `tune accept --wait` and `hotcb set --wait` do:
+    it returns once the run has applied the proposal's command, with its ledger entry."""
+    import time
+
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    accept = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "--dir", lp.run_dir, "autopilot", "accept",
+         proposal["id"], "--wait", "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while accept.poll() is None and time.monotonic() < deadline:
+        lp.run(1, pilot)  # the run goes on, and applies the command when it lands
+    out, err = accept.communicate(timeout=30)
+    assert accept.returncode == 0, err
+    assert out.startswith(f"{proposal['id']} accepted: ")
+    assert "applied" in out and "lr: 0.01 -> 0.005" in out, out
+    assert lp.lr == pytest.approx(5e-3)
+
+
 def _status(run_dir: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "status"],

@@ -11,7 +11,15 @@ import sys
 import time
 from typing import Any
 
-from ._common import DIRECTION_DEFAULT, UsageError, ended, require_run_dir, stop_on_sigterm
+from ._common import (
+    DIRECTION_DEFAULT,
+    UsageError,
+    add_wait,
+    ended,
+    finish,
+    require_run_dir,
+    stop_on_sigterm,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name in ("accept", "reject"):
         p = asub.add_parser(name, help=f"{name} a proposal")
         p.add_argument("id", help="the proposal's id, e.g. A3")
+        if name == "accept":
+            add_wait(p)
         p.set_defaults(func=cmd_decide, accept=name == "accept")
     p = asub.add_parser("rules", help="the rules in force, or check a rules file")
     p.add_argument("--check", metavar="FILE", help="check FILE: every problem with its line")
@@ -334,6 +344,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
         f"{rec['id']} {rec['state']}"
         + (f": {' '.join(rec['cmd_ids'])}" if rec.get("cmd_ids") else "")
     )
+    if getattr(args, "wait", False) and rec.get("cmd_ids"):
+        return finish(args, rec["cmd_ids"])  # the ledger entries, once the run applied them
     return 0
 
 
