@@ -64,6 +64,7 @@ def test_lr_on_several_param_groups_keeps_their_ratio_and_each_group_has_its_own
         ("lr", "fast", "lr must be a number for actuator 'lr' (log_float), got str 'fast'"),
         ("lr", True, "must be a number"),
         ("betas", [0.9], "betas needs 2 values, got 1"),
+        ("betas", 0.9, "betas must be a list of numbers (e.g. betas=[0.9,0.999]), got 0.9"),
         ("betas", [0.9, 1.5], "betas[1]=1.5 is above the maximum"),
         ("weight_decay", -1, "weight_decay=-1 is below the minimum 0"),
     ],

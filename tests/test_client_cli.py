@@ -122,6 +122,19 @@ def test_set_falls_back_to_name_patterns_and_parses_values_as_json(run_dir: str,
     ]
 
 
+def test_betas_as_python_writes_them_are_a_list(run_dir: str, cli: Any) -> None:
+    """`betas=0.9,0.99` and `betas=(0.9, 0.99)` were sent as the strings '0.9,0.99' and
+    '(0.9, 0.99)', and the run refused them: numbers with commas are a list. A string with
+    commas that are not all numbers stays a string."""
+    assert cli(run_dir, "init").returncode == 0
+    for given in ("0.9,0.99", "(0.9, 0.99)", "[0.9, 0.99]"):
+        assert cli(run_dir, "opt", "set_params", f"betas={given}").returncode == 0
+    assert cli(run_dir, "custom", "set_params", "tag=a,b").returncode == 0
+    assert [r["params"] for r in commands(run_dir)] == [{"betas": [0.9, 0.99]}] * 3 + [
+        {"tag": "a,b"}
+    ]
+
+
 def test_module_commands_and_their_options_write_the_right_records(run_dir: str, cli: Any) -> None:
     assert cli(run_dir, "init").returncode == 0
     assert os.path.exists(RunPaths(run_dir).commands)

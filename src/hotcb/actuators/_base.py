@@ -128,7 +128,11 @@ class HotcbActuator:
             return value
         if t is ActuatorType.TUPLE:
             if not isinstance(value, (list, tuple)):
-                raise ActuatorError(f"{key} must be a list of numbers, got {value!r}")
+                n = self.length
+                example = ",".join(["0.9", "0.999"] if n in (None, 2) else ["1"] * (n or 1))
+                raise ActuatorError(
+                    f"{key} must be a list of numbers (e.g. {key}=[{example}]), got {value!r}"
+                )
             if self.length is not None and len(value) != self.length:
                 raise ActuatorError(f"{key} needs {self.length} values, got {len(value)}")
             out = []

@@ -29,13 +29,23 @@ DIRECTION_DEFAULT = "default: from its name: maximize for accuracy, F1, AUC, BLE
 
 
 def parse_value(text: str) -> Any:
-    """JSON where it parses (``1e-4``, ``false``, ``[0.9,0.99]``, ``"x"``), else the string."""
+    """JSON where it parses (``1e-4``, ``false``, ``[0.9,0.99]``, ``"x"``); numbers with commas,
+    bare or in parentheses (``0.9,0.99``, ``(0.9, 0.99)``: how betas are written in Python), as
+    a list; else the string."""
     try:
         return json.loads(text)
     except ValueError:
         lowered = text.lower()
         if lowered in ("true", "false"):
             return lowered == "true"
+        inner = text.strip()
+        if inner[:1] + inner[-1:] in ("()", "[]"):
+            inner = inner[1:-1]
+        if "," in inner:
+            try:
+                return [float(part) for part in inner.split(",")]
+            except ValueError:
+                pass
         return text
 
 
