@@ -75,6 +75,9 @@ def test_a_branch_trains_like_a_direct_resume_with_the_same_change(
     assert made.returncode == 0, made.stderr
     ckpt = os.path.join(parent_dir, f"ckpt_{S}.pt")
     assert f"--resume-from {ckpt}" in made.stdout
+    # the parent ran without `hotcb launch`: no made-up command, and the output says so
+    assert f"--resume-from {ckpt} -- <your training command>\n" in made.stdout
+    assert "not started with 'hotcb launch'" in made.stdout
 
     # the child, started the way `hotcb branch` prints (the trainer reads HOTCB_RESUME_FROM)
     train = trainer_command(

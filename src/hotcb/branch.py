@@ -20,7 +20,8 @@ that the parent's checkpoint at that step continues, with other settings:
   result says from which mode); without, the branch goes on in the parent's mode.
 
 Then start the child's training with ``HOTCB_RESUME_FROM`` set to the checkpoint
-(``hotcb --dir CHILD launch --resume-from CKPT -- python train.py ...``).
+(``hotcb --dir CHILD launch --resume-from CKPT -- python train.py ...``; the parent's own
+command when it was started with ``hotcb launch``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def _freeze_mode(entries: Sequence[Mapping[str, Any]]) -> str | None:
     return None if mode == "off" else mode
 
 
+#: Where the training command goes in :func:`resume_command` when the parent's is not known
+#: (it was not started with ``hotcb launch``).
+UNKNOWN_COMMAND = "<your training command>"
+
+
 def resume_command(
     child: str,
     ckpt: str,
@@ -173,7 +179,7 @@ def resume_command(
     (``--run-dir runs/a``, ``--run-dir=runs/a``) names the child's."""
     if argv and parent:
         argv = retarget(argv, parent, child, cwd)
-    train = shlex.join(argv) if argv else "python train.py ..."
+    train = shlex.join(argv) if argv else UNKNOWN_COMMAND
     return f"hotcb --dir {shlex.quote(child)} launch --resume-from {shlex.quote(ckpt)} -- {train}"
 
 

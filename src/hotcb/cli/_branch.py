@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..branch import branch
+from ..branch import UNKNOWN_COMMAND, branch
 from ._common import parse_kv
 
 
@@ -37,4 +37,7 @@ def cmd_branch(args: argparse.Namespace) -> int:
               "changes: the branch turns the freeze off first")  # fmt: skip
     print("start it with:")
     print(f"  {made['resume']}")
+    if made["resume"].endswith(UNKNOWN_COMMAND):
+        print(f"  (the parent was not started with 'hotcb launch', so its command is not known: "
+              f"put the one that trains it in place of {UNKNOWN_COMMAND})")  # fmt: skip
     return 0
