@@ -250,8 +250,11 @@ def _bracket_facts(b: Any) -> list[str]:
                      else "bracket over")  # fmt: skip
     elif isinstance(b.get("level"), (int, float)):  # an arm's end
         best = ", best so far" if b.get("best") else ""
+        noise = b.get("noise")
+        spread = abs(noise * b["level"]) if isinstance(noise, (int, float)) else 0.0
+        shown = f"{b['level']:.4g}" + (f" ±{spread:.2g}" if spread > 0 else "")
         facts.append(f"bracket round {b.get('round')}: lr {fmt_value(b.get('value'))} "
-                     f"(x{b.get('factor', 1):.3g}) ended at {b['level']:.4g}{best}")  # fmt: skip
+                     f"(x{b.get('factor', 1):.3g}) ended at {shown}{best}")  # fmt: skip
     elif b.get("round") is not None:
         facts.append(f"bracket round {b['round']}, arm x{b.get('factor', 1):.3g}")
     for key in ("reason", "trouble"):

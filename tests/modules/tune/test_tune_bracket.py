@@ -287,6 +287,9 @@ def test_a_move_wins_its_arm_only_by_more_than_the_noise(toy: Any, cli: Any, jit
         # `tune status` shows the noise that held the move back
         out = cli(t.kernel.run_dir, "tune", "status").stdout
         assert re.search(r"round 1 from 0\.001: x1 [\d.]+ ±[\d.]+, x0\.25 [\d.]+ ±", out), out
+        # and `hotcb log`, at each arm's end
+        ends = [fmt_entry(e, t.kernel.run_dir) for e in t.ledger("arm")]
+        assert re.search(r"\(x0\.25\) ended at [\d.]+ ±[\d.]+\]$", ends[1]), ends
     else:
         assert round_1["winner"] == 0.25
         assert settle["changes"]["lr"]["new"] < BEST

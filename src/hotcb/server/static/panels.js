@@ -591,7 +591,7 @@ export function bracketFacts(b) {
   const facts = [];
   if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
   else if (typeof b.level === "number")
-    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.best ? ", best so far" : ""}`);
+    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.noise > 0 ? ` ±${fmtNum(Math.abs(b.noise * b.level))}` : ""}${b.best ? ", best so far" : ""}`);
   else if (b.round != null) facts.push(`bracket round ${b.round}, arm ×${fmtNum(b.factor ?? 1)}`);
   for (const k of ["reason", "trouble"]) if (b[k]) facts.push(String(b[k]));
   return facts.join(" · ");
