@@ -83,10 +83,10 @@ class Bracket:
         """Score the arm under way with the objective's ``level`` at its end and that level's
         relative standard error ``noise``. An arm beats the round's best so far only by more
         than their noise together: a near tie goes to the arm that came first, the lr in force
-        before the moves. Returns what comes
-        next, ``"arm"`` (the round's next arm, from the round's start), ``"round"`` (a new
-        round, from the winner's end) or ``"settle"`` (the bracket is over: go on from the
-        winner's end), and whether this arm is the round's best so far (its end is kept)."""
+        before the moves. Returns what comes next, ``"arm"`` (the round's next arm, from the
+        round's start), ``"round"`` (a new round, from the winner's end) or ``"settle"`` (the
+        bracket is over: go on from the winner's end), and whether this arm is the round's best
+        so far (its end is kept)."""
         arm = self.arm
         arm.level, arm.noise = level, noise
         best = self.best
