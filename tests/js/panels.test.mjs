@@ -77,7 +77,7 @@ describe("describeEntry: the tooltip and ledger text of an entry", () => {
     const end = { module: "tune", op: "arm", tune: { bracket: { round: 1, factor: 0.25, value: 0.025, level: 0.6768, best: true } } };
     assert.deepEqual(describeEntry(end).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768, best so far"]);
     const noisy = { ...end, tune: { bracket: { ...end.tune.bracket, noise: 0.2 } } };
-    assert.deepEqual(describeEntry(noisy).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768 ±0.1354, best so far"]);
+    assert.deepEqual(describeEntry(noisy).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768 ±0.14, best so far"]);
     const over = { module: "tune", op: "bracket", tune: { bracket: { settle: true, winner: { factor: 0.5 } } } };
     assert.deepEqual(describeEntry(over).lines, ["bracket over: lr ×0.5 won"]);
     // a move that put weights back has no impact of its own: the loss before it is of other weights

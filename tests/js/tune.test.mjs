@@ -235,8 +235,12 @@ describe("a run that is over", () => {
       const buttons = () => [...card.find("tune-accept"), ...card.find("tune-reject")];
       assert.equal(buttons().length, 4); // P3 and P4 are pending
       assert.ok(buttons().every((b) => !b.disabled));
+      const phase = () => card.find("tune-phase")[0].textContent;
+      assert.ok(phase().endsWith("next boundary step 1600"), phase());
       panel.setOver(true);
       assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
+      // no next boundary for a run that is over (its last state file still names one)
+      assert.ok(phase().endsWith("next boundary – (the run is over)"), phase());
       assert.equal(panel.debug().over, true);
       panel.setOver(false); // a resumed run
       assert.ok(buttons().every((b) => !b.disabled));

@@ -9,6 +9,11 @@ export const el = (tag, cls, text) => {
   return e;
 };
 
+/** A noise or spread, to two significant digits (as `hotcb log` and `tune status` print it). */
+export function fmtSpread(v) {
+  return String(Number(Math.abs(v).toPrecision(2)));
+}
+
 export function fmtValue(v) {
   if (Array.isArray(v)) return `[${v.map(fmtValue).join(", ")}]`;
   if (typeof v === "number") return fmtNum(v);
@@ -591,7 +596,7 @@ export function bracketFacts(b) {
   const facts = [];
   if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
   else if (typeof b.level === "number")
-    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.noise > 0 ? ` ±${fmtNum(Math.abs(b.noise * b.level))}` : ""}${b.best ? ", best so far" : ""}`);
+    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.noise > 0 ? ` ±${fmtSpread(b.noise * b.level)}` : ""}${b.best ? ", best so far" : ""}`);
   else if (b.round != null) facts.push(`bracket round ${b.round}, arm ×${fmtNum(b.factor ?? 1)}`);
   for (const k of ["reason", "trouble"]) if (b[k]) facts.push(String(b[k]));
   return facts.join(" · ");

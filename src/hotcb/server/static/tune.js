@@ -4,7 +4,7 @@
 // `hotcb tune accept|reject ID`. Pure helpers first (tests/js runs them under node).
 import { fmtNum } from "./charts.js";
 import { fillPart } from "./lib.js";
-import { el, fmtValue } from "./panels.js";
+import { el, fmtSpread, fmtValue } from "./panels.js";
 
 /** The command that switches the tuner on, as the off line shows it. */
 export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
@@ -55,7 +55,7 @@ export function fmtTuneValues(values) {
 function armLevel(a) {
   if (a.level == null) return "…";
   const spread = (a.noise || 0) * Math.abs(a.level);
-  return spread > 0 ? `${fmtNum(a.level)} ±${fmtNum(spread)}` : fmtNum(a.level);
+  return spread > 0 ? `${fmtNum(a.level)} ±${fmtSpread(spread)}` : fmtNum(a.level);
 }
 
 /** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
@@ -254,7 +254,7 @@ export class TunePanel {
     this.card.classList.toggle("off", off);
     this.parts.body.hidden = neverOn;
     const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath,
-      off && this.refusedEnable()];
+      off && this.refusedEnable(), this.over];
     this.fill("head", headKey, () => this.head(doc, f, off));
     if (neverOn) return;
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
@@ -288,7 +288,9 @@ export class TunePanel {
     if (off) return [...out, this.offLine(doc)];
     const mode = el("span", `chip tune-mode mode-${f.mode}`, f.mode);
     mode.title = "tuner mode: observe scores only, suggest proposes, active applies";
-    out.push(mode, el("span", "muted small tune-phase", `phase ${f.phase} · trial ${f.trial} · next boundary ${f.next}`));
+    // a run that is over has no next boundary, whatever its last state file said
+    const next = this.over ? "– (the run is over)" : f.next;
+    out.push(mode, el("span", "muted small tune-phase", `phase ${f.phase} · trial ${f.trial} · next boundary ${next}`));
     if (doc.study) {
       const study = el("span", "muted small tune-study", doc.study);
       study.title = doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`;
