@@ -279,6 +279,9 @@ def test_status_of_a_loop_that_logs_no_metrics_is_running(run_dir: str, cli: Any
         assert st["heartbeat"]["step"] in (1, 2, 3)
     finally:
         kernel.close()
+    # over: the state line says where it ended, and no stale "alive" line contradicts it
+    res = cli(run_dir, "status")
+    assert "[finished at step 3]" in res.stdout and "alive" not in res.stdout, res.stdout
 
 
 def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:

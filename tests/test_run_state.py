@@ -56,6 +56,9 @@ def test_a_run_whose_process_died_says_crashed(
     tr.proc.send_signal(signal.SIGKILL)
     tr.proc.wait(timeout=30)
     assert _status(cli, run_dir)["state"].startswith("crashed")
+    # its last sign of life, not "alive"
+    text = cli(run_dir, "status").stdout
+    assert "last beat step " in text and "alive" not in text, text
 
 
 TRAINS_UNTIL_KILLED = """

@@ -12,7 +12,7 @@ from typing import Any
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resume, tail_state
-from ..runfiles import AUTOPILOT_STATE, RunPaths, is_network_fs
+from ..runfiles import AUTOPILOT_STATE, RunPaths, is_network_fs, process_alive
 from ._common import (
     UsageError,
     add_wait,
@@ -300,9 +300,12 @@ def _print_run(st: dict[str, Any]) -> None:
         age = time.time() - float(lm.get("wall_time") or 0)
         print(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
     beat = st.get("heartbeat")
-    if beat and isinstance(beat.get("wall_time"), (int, float)):
+    # a run that closed its kernel says where it ended in its state line; its last beat (at
+    # most one a second) is older than that. One whose process is gone: its last sign of life
+    if beat and isinstance(beat.get("wall_time"), (int, float)) and "ended" not in run:
         age = time.time() - float(beat["wall_time"])
-        print(f"alive    step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
+        said = "alive   " if process_alive(run) is not False else "last beat"
+        print(f"{said} step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
     if st["unread_command_bytes"]:
         print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
     for line in st.get("controllers") or ():
