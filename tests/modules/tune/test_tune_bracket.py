@@ -100,6 +100,8 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     status = HotClient(run_dir).tune_status()
     rounds = status["bracket"]["rounds"]
     assert [r["winner"] for r in rounds] == [0.25, 0.25, 1.0, 1.0]
+    # over: no arm under way or value in force is left in what status shows
+    assert not {"arm", "in_force", "values"} & set(status["bracket"]), status["bracket"]
     # `tune export` carries the lr the bracket settled on
     _path, entries = export_kept(run_dir)
     assert [(e.step, e.module, e.params) for e in entries] == [

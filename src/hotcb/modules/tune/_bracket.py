@@ -19,13 +19,13 @@ weights are taken and put back by the ``tune bracket`` commands, on every rank a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._space import Knob
 
-__all__ = ["ROUNDS", "Bracket"]
+__all__ = ["ROUNDS", "Bracket", "bracket_ended"]
 
 ROUNDS = 3  # rounds of whole moves at most: from 30x too low, two x4 moves and one too many
 
@@ -149,3 +149,14 @@ class Bracket:
             "rounds": self.rounds,
             "in_force": list(self.in_force) if self.in_force else None,
         }
+
+
+def bracket_ended(doc: Mapping[str, Any], step: int, reason: str | None = None) -> dict[str, Any]:
+    """How a bracket ended, for ``tune status`` (from :meth:`Bracket.to_dict`): its rounds, at
+    ``step``, with the ``reason`` it was cut short, and without what only a bracket under way
+    has (the arm under way, the value in force, the values to restore)."""
+    out = {k: v for k, v in doc.items() if k not in ("arm", "in_force", "values")}
+    out["ended_at"] = step
+    if reason:
+        out["reason"] = reason
+    return out

@@ -32,7 +32,7 @@ from ...ops import HotOp, make_command
 from ...runfiles import TUNE, RunPaths, confine_path
 from .._base import OpResult
 from . import _snapshot
-from ._bracket import Bracket
+from ._bracket import Bracket, bracket_ended
 from ._score import Segment, expected_level, noise, score_segment
 from ._space import (
     MODES,
@@ -376,7 +376,7 @@ class TuneModule:
                 ratio = held[1] / held[0] if isinstance(held, list) and len(held) == 2 and all(
                     isinstance(v, (int, float)) and v > 0 for v in held) else None  # fmt: skip
                 why = "a restart from a checkpoint cut the bracket short"
-                self.bracket_done = {**cut, "ended_at": self.segment.start, "reason": why}
+                self.bracket_done = bracket_ended(cut, self.segment.start, why)
                 self._settle_bracket(cut.get("values"), self.segment.start, why, ratio)
             self._save()  # `tune status` shows this life from its first step
         else:
@@ -603,7 +603,7 @@ class TuneModule:
             if trouble:
                 self._warn(f"{trouble}; the tuner starts with baseline segments instead")
             if self.bracket is not None:
-                self.bracket_done = {**self.bracket.to_dict(), "ended_at": step}
+                self.bracket_done = bracket_ended(self.bracket.to_dict(), step)
             self.bracket = None
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:
@@ -772,7 +772,7 @@ class TuneModule:
         as they are, the knob goes to ``values`` (or the lr in force × ``ratio``); the copies
         are dropped on every rank."""
         if self.bracket is not None:
-            self.bracket_done = {**self.bracket.to_dict(), "ended_at": step, "reason": reason}
+            self.bracket_done = bracket_ended(self.bracket.to_dict(), step, reason)
         self.bracket = None
         self._warn(f"start bracket: {reason}")
         if not self.host.is_leader or not isinstance(values, Mapping):
