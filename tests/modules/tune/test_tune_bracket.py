@@ -232,6 +232,11 @@ def test_an_objective_that_is_not_logged_gives_way_to_the_training_loss_in_the_f
     t.run(400, until=lambda: any(e["params"].get("settle") for e in t.ledger("bracket")))
     ops = t.ledger("bracket")
     assert [e["tune"]["bracket"].get("factor") for e in ops] == [1.0, 1.0, 0.25, 4.0, None]
+    # the restart says why in `hotcb log`, where it read as the same arm twice
+    assert fmt_entry(ops[1], t.kernel.run_dir).endswith(
+        "[bracket round 1, arm x1, 'val_loss' was not logged in the first arm: 'loss' stands "
+        "in, and the bracket starts again]"
+    ), fmt_entry(ops[1], t.kernel.run_dir)
     ends = t.ledger("arm")
     assert [e["tune"]["bracket"]["factor"] for e in ends] == [1.0, 0.25, 4.0]
     assert all(math.isfinite(e["tune"]["bracket"]["level"]) for e in ends)

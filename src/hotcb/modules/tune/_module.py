@@ -687,7 +687,14 @@ class TuneModule:
         return {b.knob.module: {b.knob.key: b.base if value is None else value}}
 
     def _submit_arm(
-        self, step: int, *, save: bool, start_from: str, snapshot: bool, ratio: float | None
+        self,
+        step: int,
+        *,
+        save: bool,
+        start_from: str,
+        snapshot: bool,
+        ratio: float | None,
+        reason: str | None = None,
     ) -> None:
         b = self.bracket
         assert b is not None
@@ -696,6 +703,8 @@ class TuneModule:
                   "values": self._bracket_values(arm.value), "planned": arm.value,
                   "base": b.base, "ratio": ratio, "save": save, "from": start_from,
                   "snapshot": snapshot}  # fmt: skip
+        if reason:
+            params["reason"] = reason
         self._submit("bracket", params, step)
 
     def _back_to_base(self) -> float | None:
@@ -756,7 +765,10 @@ class TuneModule:
                 b.round, b.index) == (1, 0):  # fmt: skip
             self._fall_back(name, "in the bracket's first arm")
             b.arm_step = step + 1
-            self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0)
+            why = (f"{wanted!r} was not logged in the first arm: {name!r} stands in, and the "
+                   "bracket starts again")  # fmt: skip
+            self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0,
+                             reason=why)  # fmt: skip
             return False
         length = step + 1 - self.segment.start
         self._settle_bracket(self._bracket_values(), step,
