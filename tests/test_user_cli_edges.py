@@ -48,6 +48,17 @@ def test_a_negative_or_non_numeric_n_is_a_one_line_error(run_dir: str, cli: Any)
         assert "Traceback" not in res.stderr and "maxlen" not in res.stderr
 
 
+def test_an_unknown_flag_is_refused_by_the_command_it_was_given_to(run_dir: str, cli: Any) -> None:
+    """`autopilot reject A1 --wait` said `hotcb: error: ... (see 'hotcb --help')`, which lists
+    commands, not the flags of the one that refused it."""
+    done = cli(run_dir, "autopilot", "reject", "A1", "--wait")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "hotcb autopilot reject: error: unrecognized arguments: --wait "
+        "(see 'hotcb autopilot reject --help')\n"
+    )
+
+
 def test_a_command_to_a_finished_run_says_it_waits_for_the_next_run_without_wait(
     run_dir: str, cli: Any
 ) -> None:

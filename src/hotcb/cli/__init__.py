@@ -84,12 +84,17 @@ def _finish_commands(parser: argparse.ArgumentParser) -> None:
                 )
             if child.description is None and summaries.get(name):
                 child.description = summaries[name]
+            child.set_defaults(_prog=child.prog)  # the deepest command given names itself
             _finish_commands(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command they were given to, not by `hotcb` (see its --help)
+        prog = getattr(args, "_prog", parser.prog)
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see '{prog} --help')\n")  # fmt: skip
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
