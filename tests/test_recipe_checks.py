@@ -76,6 +76,7 @@ def test_export_out_a_folder_writes_the_recipe_in_it(run: str, tmp_path: Any, cl
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == os.fspath(out / "hotcb.tune.recipe.jsonl")
     assert read_recipe(out / "hotcb.tune.recipe.jsonl").entries == []
+    assert "the tuner was never on in this run" in done.stderr, done.stderr
 
     done = cli(None, "recipe", "patch-template", "--recipe", written, "--out", os.fspath(out))
     assert done.returncode == 0, done.stderr

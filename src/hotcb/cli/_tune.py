@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -309,6 +310,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     require_out_folder(args.out)
     path, kept = export_kept(args.dir, args.out)
     print(path)
-    if not kept:  # a recipe that replays nothing: say so
-        print("hotcb: the tuner kept no change in this run; the recipe is empty", file=sys.stderr)
+    if not kept:  # a recipe that replays nothing: say so, and why
+        why = ("kept no change in this run" if os.path.exists(client(args).paths.tune) else
+               "was never on in this run ('hotcb recipe export' exports every change)")  # fmt: skip
+        print(f"hotcb: the tuner {why}; the recipe is empty", file=sys.stderr)
     return 0
