@@ -165,6 +165,23 @@ def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_pat
         decide(lp.run_dir, proposal["id"], accept=True)
 
 
+def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(loop: Any, tmp_path: Path) -> None:
+    """A proposal made at the step the run stopped stayed pending; accepting it queued a
+    command for the next run in the directory. It is refused now, and can be rejected."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    lp.kernel.close()  # the run finished
+    commands = Path(lp.run_dir) / "hotcb.commands.jsonl"
+    before = commands.read_bytes() if commands.exists() else b""
+    with pytest.raises(ValueError, match=rf"the run finished at step 200: proposal "
+                       rf"{proposal['id']} ended with it"):  # fmt: skip
+        decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    assert (commands.read_bytes() if commands.exists() else b"") == before  # nothing queued
+    assert decide(lp.run_dir, proposal["id"], accept=False, by="test")["state"] == "rejected"
+
+
 def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> None:
     """`hotcb autopilot accept A1 --wait`, as `tune accept --wait` and `hotcb set --wait` do:
     it returns once the run has applied the proposal's command, with its ledger entry."""

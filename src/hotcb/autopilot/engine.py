@@ -836,6 +836,10 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
     record: dict[str, Any] = {"kind": "decision", "id": proposal_id, "rule": found["rule"],
                               "by": by, "state": "accepted" if accept else "rejected"}  # fmt: skip
     if accept:
+        over = HotClient(run_dir, create=False).run_over()
+        if over is not None:  # nothing would apply its action (a new run proposes afresh)
+            raise ValueError(f"the run {over}: proposal {proposal_id} ended with it; nothing "
+                             "would apply it (reject it to clear it)")  # fmt: skip
         action = Action(found["action"]["name"], dict(found["action"].get("params") or {}))
         reason = f"autopilot rule {found['rule']} ({proposal_id}, accepted by {by}): " + str(
             found.get("describe", "")
