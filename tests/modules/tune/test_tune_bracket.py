@@ -259,6 +259,32 @@ def test_other_settings_for_a_tuner_that_is_on_do_not_start_another_bracket(toy:
     assert len(t.ledger("bracket")) == count
 
 
+@pytest.mark.parametrize("during", ["baseline", "trial"])
+def test_switching_a_running_tuner_to_a_start_bracket_begins_one(toy: Any, during: str) -> None:
+    """`tune enable --start bracket` on a tuner that started with baselines: a bracket, in a
+    baseline segment at once, and in a trial once the trial's change is taken back (it began
+    only in a baseline). The enable's ledger entry says what changed besides the mode."""
+    t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(1000, until=lambda: tune.phase == during and len(t.ledger("mutate")) >= 1)
+    client.tune_enable("active", start="bracket")
+    t.run(300, until=lambda: len(t.ledger("bracket")) >= 2)
+    enable = t.ledger("enable")[-1]
+    assert enable["changes"] == {"mode": {"old": "active", "new": "active"},
+                                 "start": {"old": "baseline", "new": "bracket"}}  # fmt: skip
+    first = t.ledger("bracket")[0]
+    assert first["tune"]["bracket"] == {"round": 1, "arm": 0, "factor": 1.0}
+    if during == "trial":  # the open trial was taken back before the bracket's first arm
+        (back,) = [e for e in t.ledger("rollback") if e["step"] >= enable["step"]]
+        assert "enabled again" in back["tune"]["reason"]
+        assert back["step"] < first["step"]
+    else:
+        assert first["step"] == enable["step"] + 1
+
+
 def test_a_bracket_in_suggest_mode_is_not_started_and_status_says_so(toy: Any) -> None:
     t: Toy = toy(far_from_best, lr=BEST, model=True, poll=0.0)
     client = HotClient(t.kernel.run_dir)

@@ -57,6 +57,9 @@ STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
+#: Settings a ``tune enable`` on a tuner that is on lists in its ledger entry when it changes them
+_SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
+          "threshold", "startup_trials", "total_steps", "abort", "study")  # fmt: skip
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
 _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner holds back
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
@@ -155,6 +158,9 @@ class TuneModule:
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
         self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
         self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
+        # a bracket asked for while a trial was open: it begins once the trial's roll-back has
+        # had its baseline segment (the next boundary)
+        self.bracket_wanted = False
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
         # the last training losses (objective != loss): a bounded window, no copy per step
@@ -301,6 +307,7 @@ class TuneModule:
             "total_steps": self.total_steps,
             "bracket": self._bracket_state(),
             "bracket_done": self.bracket_done,
+            "bracket_wanted": self.bracket_wanted,
             # where the study is: a branch (another run directory) resumes in the same one
             "study": {"url": url, "name": name, "run_dir": self.host.run_dir},
         })  # fmt: skip
@@ -336,6 +343,7 @@ class TuneModule:
         self.asked = int(state.get("asked", 0))
         self.trend_noise = state.get("trend_noise")
         self.total_steps = state.get("total_steps") or self.settings.total_steps
+        self.bracket_wanted = bool(state.get("bracket_wanted"))
         done = state.get("bracket_done")
         self.bracket_done = dict(done) if isinstance(done, Mapping) else None
         waiting = state.get("waiting")
@@ -416,8 +424,8 @@ class TuneModule:
             settings = self._settings(op.params)
         except (RecipeError, HotcbError, OSError) as exc:
             return OpResult("rejected", error=str(exc))
-        old = self.mode
-        if old != "off" and settings.to_dict() == self.settings.to_dict():
+        old, before = self.mode, self.settings.to_dict()
+        if old != "off" and settings.to_dict() == before:
             # the tuner as it is (`hotcb launch --resume-from … --tune active` sends its enable
             # again over the checkpoint's tuner): nothing to restart, the open trial goes on
             return OpResult("applied", changes={"mode": {"old": old, "new": old}},
@@ -428,6 +436,10 @@ class TuneModule:
             return OpResult("rejected", error=str(exc))
         self.enable_cmd = op.cmd_id
         changes = {"mode": {"old": old, "new": self.mode}}
+        if old != "off":  # what else the enable changed on a tuner that was on
+            new = self.settings.to_dict()
+            changes.update({k: {"old": before.get(k), "new": new.get(k)} for k in _SHOWN
+                            if before.get(k) != new.get(k)})  # fmt: skip
         return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
 
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:
@@ -881,12 +893,15 @@ class TuneModule:
         elif self.bracket is not None:  # as a trial's: the arm's lr goes back
             self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again",
                                  self._back_to_base())  # fmt: skip
-        elif settings.start == "bracket" and begins and self.host.is_leader:
-            if settings.mode == "active":
-                self._begin_bracket(step)
-            else:
+        self.bracket_wanted = False
+        if settings.start == "bracket" and begins:
+            if settings.mode != "active":
                 self._warn(f"start: bracket runs in active mode only: none in {settings.mode} "
                            "mode")  # fmt: skip
+            elif trial is not None:  # its change goes back first; the bracket starts from there
+                self.bracket_wanted = True
+            elif self.host.is_leader:
+                self._begin_bracket(step)
 
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
         study = self._open_study(settings)
@@ -1237,8 +1252,15 @@ class TuneModule:
         return self.settings.direction
 
     def _next(self, step: int) -> None:
-        """After a boundary: a baseline segment, a proposal, or a mutation."""
+        """After a boundary: a baseline segment, a proposal, or a mutation (or the bracket an
+        enable asked for while a trial was open)."""
         s = self.settings
+        if self.bracket_wanted:
+            self.bracket_wanted = False
+            if s.mode == "active" and s.start == "bracket" and not self._frozen():
+                self._begin_bracket(step)
+                if self.bracket is not None:
+                    return
         pending = any(p["state"] == "pending" for p in self.proposals)
         # a segment's length in steps: counted in evaluations, as long as the one that closed
         length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
