@@ -65,6 +65,9 @@ describe("tuneFacts: the panel's facts, as text", () => {
     const over = { knob: "opt.lr", round: 1, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 155 };
     assert.equal(bracketLine(over), "opt.lr over at step 155, ×0.25 won its last round · round 1: ×1 0.86, ×0.25 0.68, ×4 …");
     assert.equal(bracketLine({ ...over, reason: "the run was frozen" }).split(" · ")[0], "opt.lr over at step 155 (the run was frozen)");
+    // a round cut short (a restart, a disable): the arms it had judged
+    const cut = { knob: "opt.lr", round: 2, arms, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 230, reason: "a restart from a checkpoint cut the bracket short" };
+    assert.equal(bracketLine(cut).split(" · ")[2], "round 2 (cut short): ×1 0.86, ×0.25 0.68, ×4 …");
     // a level's noise: the margin a move had to win by
     const noisy = { ...over, rounds: [{ round: 1, arms: [{ factor: 1, level: 0.5, noise: 0.1 }], winner: 1 }] };
     assert.equal(bracketLine(noisy).split(" · ")[1], "round 1: ×1 0.5 ±0.05");

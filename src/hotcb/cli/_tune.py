@@ -246,6 +246,9 @@ def _bracket_line(b: dict[str, Any]) -> str:
         said.append(f"round {r['round']} from {fmt_value(r['base'])}: {arms}")
     if "ended_at" not in b:
         said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")
+    elif b.get("reason") and b.get("round") not in [r.get("round") for r in rounds]:
+        arms = ", ".join(f"x{a['factor']:.3g} {_arm_level(a)}" for a in b.get("arms") or [])
+        said.append(f"round {b.get('round')} from {fmt_value(b.get('base'))}, cut short: {arms}")
     head = f"bracket of {b.get('knob')}"
     if "ended_at" in b:
         winner = rounds[-1]["winner"] if rounds else None

@@ -162,7 +162,7 @@ def test_a_disable_during_the_bracket_puts_the_rounds_lr_back(toy: Any) -> None:
 
 
 def test_a_restart_from_a_checkpoint_inside_the_bracket_goes_back_to_the_rounds_lr(
-    toy: Any,
+    toy: Any, cli: Any
 ) -> None:
     t: Toy = toy(far_from_best, lr=16 * BEST, model=True, poll=0.0)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
@@ -180,6 +180,11 @@ def test_a_restart_from_a_checkpoint_inside_the_bracket_goes_back_to_the_rounds_
     # `tune status` (and the Tune panel) still shows the bracket, and why it ended
     shown = HotClient(again.kernel.run_dir).tune_status()["bracket"]
     assert "restart" in shown["reason"] and shown["rounds"] == []
+    assert shown["ended_at"] == settle["step"]  # where it ended: in this life, not at the arm
+    # and the round it cut, with the arms it had judged
+    out = cli(again.kernel.run_dir, "tune", "status").stdout
+    assert re.search(r"round 1 from 0\.016, cut short: x1 [\d.]+ ±[\d.]+, x0\.25 [\d.]+ ±[\d.]+, x4 …",
+                     out), out  # fmt: skip
 
 
 def test_no_model_in_env_means_no_bracket_and_status_says_why(toy: Any) -> None:

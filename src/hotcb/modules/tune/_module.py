@@ -616,6 +616,8 @@ class TuneModule:
                 self._warn(f"{trouble}; the tuner starts with baseline segments instead")
             if self.bracket is not None:
                 self.bracket_done = bracket_ended(self.bracket.to_dict(), step)
+            elif self.bracket_done is not None and p.get("reason"):  # cut short: it ends here
+                self.bracket_done["ended_at"] = step  # (after a restart: in this life)
             self.bracket = None
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:

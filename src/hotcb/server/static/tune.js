@@ -65,6 +65,8 @@ export function bracketLine(b) {
   const rounds = (b.rounds || []).map(
     (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${armLevel(a)}`).join(", ")}`,
   );
+  if (b.ended_at != null && b.reason && !(b.rounds || []).some((r) => r.round === b.round))
+    rounds.push(`round ${b.round} (cut short): ${(b.arms || []).map((a) => `×${fmtNum(a.factor)} ${armLevel(a)}`).join(", ")}`);
   const last = (b.rounds || []).at(-1);
   const arm = (b.arms || [])[b.arm];
   const how =
