@@ -242,6 +242,7 @@ describe("a run that is over", () => {
       assert.ok(phase().endsWith("next boundary step 1600"), phase());
       panel.setOver(true);
       assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
+      assert.equal(card.find("tune-proposals")[0].children[0].textContent, "proposals the run left pending (ended with it) (2)");
       // no next boundary for a run that is over (its last state file still names one)
       assert.ok(phase().endsWith("next boundary – (the run is over)"), phase());
       assert.equal(panel.debug().over, true);

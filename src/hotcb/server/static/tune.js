@@ -358,7 +358,9 @@ export class TunePanel {
   proposals(doc) {
     const box = el("div", "tune-proposals");
     const pending = pendingProposals(doc);
-    box.append(el("h4", null, pending.length ? `pending proposals (${pending.length})` : "pending proposals"));
+    // a run that is over: what it left pending ended with it (as `tune proposals` says)
+    const title = this.over ? "proposals the run left pending (ended with it)" : "pending proposals";
+    box.append(el("h4", null, pending.length ? `${title} (${pending.length})` : "pending proposals"));
     const ul = el("ul", "pending");
     if (!pending.length) ul.append(el("li", "muted", doc.mode === "suggest" ? "none yet" : "none (proposals come in suggest mode)"));
     for (const p of pending) {
