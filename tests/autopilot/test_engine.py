@@ -202,6 +202,8 @@ def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> N
     out, err = accept.communicate(timeout=30)
     assert accept.returncode == 0, err
     assert out.startswith(f"{proposal['id']} accepted: ")
+    # how old its evidence is: the proposal's step, and how far the run has gone since
+    assert f" (proposed at step {proposal['step']}, " in out.splitlines()[0], out
     assert "applied" in out and "lr: 0.01 -> 0.005" in out, out
     assert lp.lr == pytest.approx(5e-3)
 

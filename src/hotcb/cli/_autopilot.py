@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from .. import jsonl
 from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
@@ -343,10 +344,27 @@ def cmd_decide(args: argparse.Namespace) -> int:
     print(
         f"{rec['id']} {rec['state']}"
         + (f": {' '.join(rec['cmd_ids'])}" if rec.get("cmd_ids") else "")
+        + (_age(args.dir, rec["id"]) if rec.get("cmd_ids") else "")
     )
     if getattr(args, "wait", False) and rec.get("cmd_ids"):
         return finish(args, rec["cmd_ids"])  # the ledger entries, once the run applied them
     return 0
+
+
+def _age(run_dir: str, proposal_id: str) -> str:
+    """How old the evidence of an accepted proposal is: its step, and the run's now."""
+    from ..autopilot.engine import proposals
+    from ..runfiles import RunPaths
+
+    step = next((p.get("step") for p in proposals(run_dir) if p.get("id") == proposal_id), None)
+    if not isinstance(step, int):
+        return ""
+    paths = RunPaths(run_dir)
+    seen = [(jsonl.read_json(paths.heartbeat, {}) or {}).get("step")]  # at most once a second
+    seen += [r.get("step") for r in jsonl.read_last(paths.metrics, 1)]
+    now = max((v for v in seen if isinstance(v, int)), default=None)
+    ago = f", {now - step} steps ago" if isinstance(now, int) and now > step else ""
+    return f" (proposed at step {step}{ago})"
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
