@@ -435,7 +435,7 @@ class TuneModule:
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
             return OpResult("rejected", error=str(exc))
         self.enable_cmd = op.cmd_id
-        changes = {"mode": {"old": old, "new": self.mode}}
+        changes: dict[str, dict[str, Any]] = {"mode": {"old": old, "new": self.mode}}
         if old != "off":  # what else the enable changed on a tuner that was on
             new = self.settings.to_dict()
             changes.update({k: {"old": before.get(k), "new": new.get(k)} for k in _SHOWN
