@@ -137,6 +137,14 @@ def fmt_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
+def fmt_noise(level: Any, noise: Any) -> str:
+    """`` ±spread`` for a level and its relative noise (a bracket arm's), in two figures; ""
+    without noise."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (level, noise))
+    spread = abs(noise * level) if ok else 0.0
+    return f" ±{spread:.2g}" if spread > 0 else ""
+
+
 def fmt_changes(changes: Mapping[str, Any] | None) -> str:
     if not changes:
         return ""
@@ -250,9 +258,7 @@ def _bracket_facts(b: Any) -> list[str]:
                      else "bracket over")  # fmt: skip
     elif isinstance(b.get("level"), (int, float)):  # an arm's end
         best = ", best so far" if b.get("best") else ""
-        noise = b.get("noise")
-        spread = abs(noise * b["level"]) if isinstance(noise, (int, float)) else 0.0
-        shown = f"{b['level']:.4g}" + (f" ±{spread:.2g}" if spread > 0 else "")
+        shown = f"{b['level']:.4g}{fmt_noise(b['level'], b.get('noise'))}"
         facts.append(f"bracket round {b.get('round')}: lr {fmt_value(b.get('value'))} "
                      f"(x{b.get('factor', 1):.3g}) ended at {shown}{best}")  # fmt: skip
     elif b.get("round") is not None:

@@ -22,6 +22,7 @@ from ._common import (
     ended,
     finish,
     fmt_entry,
+    fmt_noise,
     fmt_value,
     require_out_folder,
     require_run_dir,
@@ -227,13 +228,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _arm_level(arm: dict[str, Any]) -> str:
-    """An arm's level, with its noise: a move wins only by more than the two arms' noise."""
-    level = arm.get("level")
-    if level is None:
-        return "…"
-    spread = float(arm.get("noise") or 0.0) * abs(level) if isinstance(level, float) else 0.0
-    return fmt_value(level) + (f" ±{spread:.2g}" if spread > 0 else "")
+def _arms(arms: Any) -> str:
+    """A round's arms, each with its level and noise (a move wins only by more than the two
+    arms' noise); ``…`` for one not judged."""
+
+    def level(a: Any) -> str:
+        got = a.get("level")
+        return "…" if got is None else fmt_value(got) + fmt_noise(got, a.get("noise"))
+
+    return ", ".join(f"x{a['factor']:.3g} {level(a)}" for a in arms or [])
 
 
 def _bracket_line(b: dict[str, Any]) -> str:
@@ -242,13 +245,12 @@ def _bracket_line(b: dict[str, Any]) -> str:
     rounds = list(b.get("rounds") or [])
     said = []
     for r in rounds:
-        arms = ", ".join(f"x{a['factor']:.3g} {_arm_level(a)}" for a in r.get("arms") or [])
-        said.append(f"round {r['round']} from {fmt_value(r['base'])}: {arms}")
+        said.append(f"round {r['round']} from {fmt_value(r['base'])}: {_arms(r.get('arms'))}")
     if "ended_at" not in b:
         said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")
     elif b.get("reason") and b.get("round") not in [r.get("round") for r in rounds]:
-        arms = ", ".join(f"x{a['factor']:.3g} {_arm_level(a)}" for a in b.get("arms") or [])
-        said.append(f"round {b.get('round')} from {fmt_value(b.get('base'))}, cut short: {arms}")
+        said.append(f"round {b.get('round')} from {fmt_value(b.get('base'))}, cut short: "
+                    f"{_arms(b.get('arms'))}")  # fmt: skip
     head = f"bracket of {b.get('knob')}"
     if "ended_at" in b:
         winner = rounds[-1]["winner"] if rounds else None

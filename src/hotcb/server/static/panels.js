@@ -9,9 +9,11 @@ export const el = (tag, cls, text) => {
   return e;
 };
 
-/** A noise or spread, to two significant digits (as `hotcb log` and `tune status` print it). */
-export function fmtSpread(v) {
-  return String(Number(Math.abs(v).toPrecision(2)));
+/** " ±spread" for a level and its relative noise (a bracket arm's), to two significant digits
+ * as `hotcb log` and `tune status` print it; "" without noise. */
+export function fmtSpread(noise, level) {
+  const spread = Math.abs((noise || 0) * level);
+  return spread > 0 ? ` ±${Number(spread.toPrecision(2))}` : "";
 }
 
 export function fmtValue(v) {
@@ -596,7 +598,7 @@ export function bracketFacts(b) {
   const facts = [];
   if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
   else if (typeof b.level === "number")
-    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${b.noise > 0 ? ` ±${fmtSpread(b.noise * b.level)}` : ""}${b.best ? ", best so far" : ""}`);
+    facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${fmtSpread(b.noise, b.level)}${b.best ? ", best so far" : ""}`);
   else if (b.round != null) facts.push(`bracket round ${b.round}, arm ×${fmtNum(b.factor ?? 1)}`);
   for (const k of ["reason", "trouble"]) if (b[k]) facts.push(String(b[k]));
   return facts.join(" · ");

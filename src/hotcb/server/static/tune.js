@@ -51,11 +51,12 @@ export function fmtTuneValues(values) {
     .join(", ");
 }
 
-/** An arm's level, ± its noise (a move wins only by more than the two arms' noise). */
-function armLevel(a) {
-  if (a.level == null) return "…";
-  const spread = (a.noise || 0) * Math.abs(a.level);
-  return spread > 0 ? `${fmtNum(a.level)} ±${fmtSpread(spread)}` : fmtNum(a.level);
+/** A round's arms, each with its level ± its noise (a move wins only by more than the two
+ * arms' noise); "…" for one not judged. */
+function armsText(arms) {
+  return (arms || [])
+    .map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : `${fmtNum(a.level)}${fmtSpread(a.noise, a.level)}`}`)
+    .join(", ");
 }
 
 /** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
@@ -63,10 +64,10 @@ function armLevel(a) {
 export function bracketLine(b) {
   if (!b || typeof b !== "object") return null;
   const rounds = (b.rounds || []).map(
-    (r) => `round ${r.round}: ${(r.arms || []).map((a) => `×${fmtNum(a.factor)} ${armLevel(a)}`).join(", ")}`,
+    (r) => `round ${r.round}: ${armsText(r.arms)}`,
   );
   if (b.ended_at != null && b.reason && !(b.rounds || []).some((r) => r.round === b.round))
-    rounds.push(`round ${b.round} (cut short): ${(b.arms || []).map((a) => `×${fmtNum(a.factor)} ${armLevel(a)}`).join(", ")}`);
+    rounds.push(`round ${b.round} (cut short): ${armsText(b.arms)}`);
   const last = (b.rounds || []).at(-1);
   const arm = (b.arms || [])[b.arm];
   const how =
