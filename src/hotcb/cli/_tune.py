@@ -211,8 +211,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     objective = st.get("objective")
     used = st.get("objective_used")
-    shown = objective if used in (None, objective) else f"{used} (asked: {objective})"
-    print(f"tuner: {st['mode']}   objective: {shown} ({st.get('direction')})")
+    asked, scored = st.get("direction"), st.get("direction_used") or st.get("direction")
+    if used in (None, objective):
+        shown = f"{objective} ({asked})"
+    else:  # a training loss stands in: it is minimized whatever the objective asked
+        shown = f"{used} ({scored}; asked: {objective}, {asked})"
+    print(f"tuner: {st['mode']}   objective: {shown}")
     if over is not None:
         print(f"run: {over} (the tuner is idle until the run is started again)")
     segment = (f"{st['segment_evals']} evaluations" if st.get("segment_evals")

@@ -204,6 +204,24 @@ def test_an_objective_logged_now_and_then_is_the_one_scored(toy: Any) -> None:
     assert "'val_acc' was not logged in 40 steps; scoring 'loss'" in st["warnings"][0]
 
 
+def test_a_training_loss_standing_in_is_minimized_whatever_the_objective_asked(toy: Any) -> None:
+    """val_acc (maximized) is never logged: the training loss stands in, and a lower loss is
+    what the tuner keeps: scored in val_acc's direction, every move that lowered the loss was
+    rolled back and a move that raised it would have been kept."""
+    t: Toy = toy(log_level, lr=1e-6)  # only a higher lr lowers the loss
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="val_acc", segment_steps=10,
+                                              seed=3, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(2000, until=lambda: len(t.ledger("keep")) >= 3)
+    st = HotClient(t.kernel.run_dir).tune_status()
+    assert (st["objective"], st["direction"]) == ("val_acc", "maximize")
+    assert (st["objective_used"], st["direction_used"]) == ("loss", "minimize")
+    kept = t.ledger("keep")
+    assert len(kept) >= 3 and all(e["tune"]["score"] > 0 for e in kept)
+    moves = {m["tune"]["trial"]: m["changes"]["lr"] for m in t.ledger("mutate")}
+    assert all(moves[e["tune"]["trial"]]["new"] > moves[e["tune"]["trial"]]["old"] for e in kept)
+    assert t.lr > 2e-6  # the kept moves raised the lr, which lowers the loss
+
+
 def test_the_default_objective_is_scored_under_the_hf_trainers_name(toy: Any) -> None:
     """The HF Trainer logs eval_loss: the default objective (val_loss) is scored under that
     name, not replaced by the training loss, and status says which name it reads."""

@@ -280,7 +280,8 @@ def test_lightnings_train_loss_stands_in_for_an_objective_that_never_comes(
     assert status["objective_used"] == "train_loss"
     assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
     assert (
-        "objective: train_loss (asked: val_los)" in cli(t.kernel.run_dir, "tune", "status").stdout
+        "objective: train_loss (minimize; asked: val_los, minimize)"
+        in cli(t.kernel.run_dir, "tune", "status").stdout
     )
 
 

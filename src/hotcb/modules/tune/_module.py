@@ -691,8 +691,7 @@ class TuneModule:
                        "segments instead")  # fmt: skip
             return
         knob = knob.scaled(s.risk)
-        sign = 1.0 if s.direction == "minimize" else -1.0
-        self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), sign)
+        self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), self._sign)
         self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0)
 
     def _bracket_values(self, value: float | None = None) -> dict[str, dict[str, float]]:
@@ -1080,12 +1079,11 @@ class TuneModule:
             return True
         if len(values) < 3 or len(self.history) < 1:
             return False
-        sign = 1.0 if self.settings.direction == "minimize" else -1.0
-        expected = expected_level(self.history, self.segment.mid, sign)
+        expected = expected_level(self.history, self.segment.mid, self._sign)
         if not math.isfinite(expected) or expected == 0:
             return False
         recent = sorted(values[-3:])[1]
-        worse = sign * (recent - expected) / abs(expected)
+        worse = self._sign * (recent - expected) / abs(expected)
         if worse <= self.settings.abort:
             return False
         self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last 3 values), "
@@ -1131,8 +1129,7 @@ class TuneModule:
         level = seg.level()
         if math.isfinite(level) and seg.values:
             if len(self.history) >= 2:  # how well the trend predicted a segment left alone
-                sign = 1.0 if self.settings.direction == "minimize" else -1.0
-                guess = expected_level(self.history, seg.mid, sign)
+                guess = expected_level(self.history, seg.mid, self._sign)
                 if math.isfinite(guess) and guess != 0:
                     miss = abs(level - guess) / abs(guess)
                     self.trend_noise = miss if self.trend_noise is None else (
@@ -1251,7 +1248,16 @@ class TuneModule:
 
     @property
     def objective_used_direction(self) -> str:
+        """The direction the objective in use is scored in: a training loss standing in for an
+        objective that was not logged is minimized, whatever direction the objective asked."""
+        if self.objective_used != self.settings.objective and self.objective_used in _TRAIN_LOSSES:
+            return "minimize"
         return self.settings.direction
+
+    @property
+    def _sign(self) -> float:
+        """+1 when lower values of the objective in use are better, -1 when higher are."""
+        return 1.0 if self.objective_used_direction == "minimize" else -1.0
 
     def _next(self, step: int) -> None:
         """After a boundary: a baseline segment, a proposal, or a mutation (or the bracket an
@@ -1579,6 +1585,8 @@ class TuneModule:
             "objective": s.objective,
             "objective_used": self.objective_used,
             "direction": s.direction,
+            # the stand-in training loss is minimized whatever the objective asked
+            "direction_used": self.objective_used_direction,
             # one of the two is the segment's length; the other is None
             "segment_steps": s.segment_steps if s.segment_evals is None else None,
             "segment_evals": s.segment_evals,

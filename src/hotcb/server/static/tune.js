@@ -77,6 +77,8 @@ export function bracketLine(b) {
   return [`${b.knob ?? "lr"} ${how}`, ...rounds].join(" · ");
 }
 
+const arrow = (d) => (d === "maximize" ? "↑ maximize" : d === "minimize" ? "↓ minimize" : "");
+
 /** What the panel says about a state document, as text. */
 export function tuneFacts(doc) {
   const c = doc.counts || {};
@@ -87,7 +89,9 @@ export function tuneFacts(doc) {
     objective: doc.objective ?? used ?? "–",
     objectiveUsed: used ?? "–",
     fallback: doc.objective != null && used != null && used !== doc.objective,
-    direction: doc.direction === "maximize" ? "↑ maximize" : doc.direction === "minimize" ? "↓ minimize" : "",
+    direction: arrow(doc.direction),
+    // a training loss standing in is minimized whatever the objective asked
+    directionUsed: arrow(doc.direction_used ?? doc.direction),
     phase: doc.phase || "–",
     trial: doc.trial == null ? "–" : String(doc.trial),
     next: doc.next_boundary == null ? "–" : `step ${doc.next_boundary}`,
@@ -336,7 +340,7 @@ export class TunePanel {
     };
     const obj = row("objective", el("code", "tune-objective", f.objective));
     if (f.fallback) {
-      const badge = el("span", "badge warn tune-fallback", `scoring ${f.objectiveUsed}`);
+      const badge = el("span", "badge warn tune-fallback", `scoring ${f.objectiveUsed} ${f.directionUsed}`);
       badge.title = `'${f.objective}' was asked for; the tuner scores '${f.objectiveUsed}'`;
       obj.append(" ", badge);
     }
