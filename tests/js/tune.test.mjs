@@ -48,6 +48,7 @@ describe("tuneFacts: the panel's facts, as text", () => {
       objectiveUsed: "loss",
       fallback: true,
       direction: "↓ minimize",
+      directionUsed: "↓ minimize",
       phase: "trial",
       trial: "7",
       next: "step 1600",
@@ -56,6 +57,12 @@ describe("tuneFacts: the panel's facts, as text", () => {
       best: "trial 5 · score 0.12 · opt.lr = 0.003",
       bracket: null,
     });
+  });
+
+  test("a training loss standing in for a maximized objective is minimized", () => {
+    const f = tuneFacts({ ...STATE, objective: "val_acc", direction: "maximize", direction_used: "minimize" });
+    assert.equal(f.direction, "↑ maximize");
+    assert.equal(f.directionUsed, "↓ minimize");
   });
 
   test("a start bracket: under way, then over, with each round's arms", () => {
