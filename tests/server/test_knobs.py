@@ -8,6 +8,7 @@ from typing import Any
 
 from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
 from hotcb.server.tailer import KnobHistory
+from hotcb.testing import read_ledger
 
 
 class Quiet:
@@ -145,3 +146,27 @@ def test_knob_history_keeps_numbers_of_actuator_changes() -> None:
         ("lr", 3, 0.2, False),
         ("lr", 6, 0.1, True),
     ]
+
+
+def test_the_tuners_changes_are_changes_of_the_knobs(tmp_path: Any, live_server: Any) -> None:
+    """The online tuner's trials, roll-backs and bracket arms are ledger changes of lr and
+    weight decay like any other: the knob chart has them (after a restart of the server too),
+    and an enable's settings (its segment length) are not knobs."""
+    run = Quiet(str(tmp_path / "r"))
+    client = HotClient(str(tmp_path / "r"), source="cli")
+    client.tune_enable("active", objective="loss", segment_steps=5, seed=0, sync=True)
+    run.advance(2)
+    client.tune_enable(segment_steps=6)  # a setting changed: a number in the ledger, no knob
+    run.advance(80)
+    tuned = [e for e in read_ledger(str(tmp_path / "r")) if e.get("module") == "tune" and e.get("changes")
+             and e["op"] in ("mutate", "rollback")]  # fmt: skip
+    assert len(tuned) >= 2
+    srv = live_server()
+    with srv.client() as c:
+        doc = c.get("/api/runs/r/knobs").json()
+    assert "segment_steps" not in {k["key"] for k in doc["knobs"]}
+    for key in ("lr", "weight_decay"):
+        marks = [(c["step"], c["op"], c["new"]) for c in knob(doc, key)["changes"]]
+        assert marks == [(e["step"], e["op"], e["changes"][key]["new"]) for e in tuned], key
+        assert all(c["source"] == "tune" for c in knob(doc, key)["changes"])
+    run.kernel.close()

@@ -632,11 +632,14 @@ def _plain_number(v: Any) -> bool:
 class KnobHistory:
     """Every applied change of a knob's value in the ledger (``changes: {key: {old, new}}``),
     the whole run's, not just the recent entries :class:`LedgerState` keeps. A change is a
-    knob's when its entry is an actuator command (``opt``, ``loss``, ``custom``) or an undo of
-    one; only numbers are kept (a knob's chart is a line). At most ``max_changes`` (the oldest
+    knob's when its entry is an actuator command (``opt``, ``loss``, ``custom``), an undo of
+    one, or the online tuner's trial, roll-back or bracket arm; only numbers are kept (a knob's chart is a line). At most ``max_changes`` (the oldest
     go first)."""
 
     MODULES = frozenset({"opt", "loss", "custom"})
+    #: the online tuner's ops that move knobs (a trial, its roll-back, a bracket's arm); an
+    #: enable's changes are the tuner's settings, not knobs
+    TUNE_OPS = frozenset({"mutate", "rollback", "bracket"})
 
     def __init__(self, max_changes: int = 100_000) -> None:
         self.changes: deque[dict[str, Any]] = deque(maxlen=max_changes)
@@ -650,7 +653,9 @@ class KnobHistory:
         if module in self.MODULES:
             if isinstance(e.get("cmd_id"), str):
                 self._undoable.add(e["cmd_id"])
-        elif e.get("undo_of") not in self._undoable:
+        elif not (module == "tune" and e.get("op") in self.TUNE_OPS) and (
+            e.get("undo_of") not in self._undoable
+        ):
             return
         for key, ch in changes.items():
             if not isinstance(ch, dict) or not _plain_number(ch.get("new")):
