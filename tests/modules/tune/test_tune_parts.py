@@ -174,7 +174,15 @@ def test_the_blow_up_line_is_above_every_step_before_and_ignores_a_nan_step() ->
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite:///study.db", "postgresql+psycopg2://u@h/db", "journal:s.log", "runs/s.journal"]
+    "url",
+    [
+        "sqlite:///study.db",
+        "sqlite:////abs/study.db",
+        "postgresql+psycopg2://u@h/db",
+        "mysql+pymysql://u@h/db",
+        "journal:s.log",
+        "runs/s.journal",
+    ],
 )
 def test_a_storage_url_of_any_kind_optuna_takes_passes_the_check(url: str) -> None:
     assert parse_settings({"storage": url}).storage == url
@@ -186,6 +194,10 @@ def test_a_storage_url_of_any_kind_optuna_takes_passes_the_check(url: str) -> No
         ("shared.db", "write sqlite:///shared.db"),
         ("postgres://ann:s3cret@db/tune", "write postgresql://ann:***@db/tune"),
         ("journal:", "journal:PATH"),
+        ("sqlite://", "write sqlite:///PATH for a file"),
+        ("sqlite:///:memory:", "in the training process's memory"),
+        ("foo://bar", "Optuna cannot keep a study in foo://"),
+        ("redis://:s3cret@cache:6379/0", "Optuna cannot keep a study in redis://"),
     ],
 )
 def test_a_storage_that_cannot_be_one_is_refused_with_the_fix(url: str, said: str) -> None:

@@ -20,6 +20,8 @@ from hotcb.modules.tune import parse_settings
 from hotcb.testing import read_ledger
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+#: a storage the run cannot open: a SQLite file in a folder that does not exist
+NOWHERE = "sqlite:////nonexistent-hotcb-folder/study.db"
 
 BROKEN = """\
 objective: val_loss
@@ -313,7 +315,7 @@ def test_a_storage_that_cannot_be_opened_turns_the_tuner_off_at_once(toy: Any) -
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("active", objective="loss", segment_steps=10_000,
-                       storage="foo://nowhere", space=LR_ONLY)  # fmt: skip
+                       storage=NOWHERE, space=LR_ONLY)  # fmt: skip
     deadline = time.monotonic() + 60
     while not [e for e in t.ledger("enable") if e["decision"] == "failed"]:
         assert time.monotonic() < deadline, t.ledger()
@@ -321,9 +323,36 @@ def test_a_storage_that_cannot_be_opened_turns_the_tuner_off_at_once(toy: Any) -
         time.sleep(0.005)  # a step's pace; the tuner's thread opens the study meanwhile
     assert t.step < 20_000
     (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
-    assert "foo://nowhere" in failed["error"]
+    assert NOWHERE in failed["error"]
     status = client.tune_status()
-    assert status["mode"] == "off" and any("foo://nowhere" in w for w in status["warnings"])
+    assert status["mode"] == "off" and any(NOWHERE in w for w in status["warnings"])
+
+
+def test_a_storage_that_cannot_be_opened_leaves_a_running_tuner_in_its_study(toy: Any) -> None:
+    """A mistyped URL sent to a tuner that is on does not end it: the enable's failure is in
+    the ledger and ``tune status``, and the tuner goes on in the study it was in."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY)
+    t.run(100_000, until=lambda: client.tune_status().get("study_open") is True)
+    study = client.tune_status()["study"]
+    client.tune_enable(storage=NOWHERE, segment_steps=12)
+    deadline = time.monotonic() + 60
+    while not [e for e in t.ledger("enable") if e["decision"] == "failed"]:
+        assert time.monotonic() < deadline, t.ledger()
+        t.run(1)
+        time.sleep(0.005)  # a step's pace; the tuner's thread tries the storage meanwhile
+    (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
+    assert NOWHERE in failed["error"]
+    status = client.tune_status()
+    assert status["mode"] == "active" and status["study"] == study
+    assert status["segment_steps"] == 12  # the enable's other settings are in force
+    assert NOWHERE not in status["storage"]
+    (warning,) = [w for w in status["warnings"] if NOWHERE in w]
+    assert f"the tuner goes on in its study {study!r}" in warning
+    done = status["counts"]["kept"] + status["counts"]["rolled_back"]
+    t.run(100_000, until=lambda: (lambda c: c["kept"] + c["rolled_back"])(
+        client.tune_status()["counts"]) >= done + 2)  # fmt: skip
 
 
 def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) -> None:

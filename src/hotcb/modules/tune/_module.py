@@ -129,6 +129,9 @@ class TuneModule:
         self._worker: Worker | None = None  # the thread that talks to the study
         self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
         self.opening: Any = None  # the study being opened in the background (a Future)
+        # while a tuner that was on opens the study of a new storage or study name: the one it
+        # was in, to go on in if the new one cannot be opened
+        self.standby: tuple[str | None, str | None, Study] | None = None
         # the `tune enable` command this tuner runs under: its failure to open the study is
         # ledgered under it, and `tune enable --wait` waits for the study on it
         self.enable_cmd: str | None = None
@@ -851,6 +854,7 @@ class TuneModule:
     def _enable(self, settings: Settings, step: int) -> None:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
+        study = self._study_first(settings)
         # a bracket begins a tuner: not one whose other settings change (a new segment length)
         begins = self.mode == "off" or self.settings.start != "bracket"
         self._drop_asking("tuner enabled again")
@@ -863,10 +867,10 @@ class TuneModule:
         trial, reason = self.trial, "the tuner was enabled again with other settings: not judged"
         if trial is not None:
             self._close_trial(None, "failed", reason=reason)
-        self.opening, study = None, None
-        if self.host.is_leader and settings.sync:
-            study = self._open_study(settings)
-        elif self.host.is_leader:  # optuna's import here (a refusal if it is missing, ~0.5 s);
+        self.opening = None
+        if (
+            self.host.is_leader and not settings.sync
+        ):  # optuna's import here (a refusal if it is missing, ~0.5 s);
             # creating the study (~1.5 s on SQLite) on the study's thread, while the first
             # baseline segments are observed
             from ._study import import_optuna
@@ -904,6 +908,18 @@ class TuneModule:
             elif self.host.is_leader:
                 self._begin_bracket(step)
 
+    def _study_first(self, settings: Settings) -> Study | None:
+        """Before an enable tears anything down: with ``sync``, the study opened (a storage
+        that cannot be opened raises, and leaves the tuner as it was); without, the study a
+        tuner that was on is in, kept as a stand-by while a new storage or name opens."""
+        self.standby = None
+        if self.host.is_leader and settings.sync:
+            return self._open_study(settings)
+        moved = self._where(self.settings) != self._where(settings)
+        if self.mode != "off" and self.study is not None and moved:
+            self.standby = (self.settings.storage, self.settings.study, self.study)
+        return None
+
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
         study = self._open_study(settings)
         return study, study.fail_open()
@@ -915,17 +931,29 @@ class TuneModule:
         if self.opening is None or not self.opening.done():
             return False
         opening, self.opening = self.opening, None
+        standby, self.standby = self.standby, None
         try:
             self.study, failed = opening.result()
-        except Exception as exc:  # a storage that cannot be opened: the tuner turns off
+        except Exception as exc:  # a storage that cannot be opened
             # the study is no longer opening: the failure replaces the note that it was
             self.warnings = [w for w in self.warnings if not w.startswith(_OPENING)]
-            self.warnings.append(str(exc))
             self.host.record({"module": "tune", "op": "enable", "source": "tune",
                               "cmd_id": self.enable_cmd, "decision": "failed",
                               "error": str(exc)})  # fmt: skip
-            self.mode, self.phase = "off", "off"
-            return False
+            if standby is None:  # nothing to go on in: the tuner turns off
+                self.warnings.append(str(exc))
+                self.mode, self.phase = "off", "off"
+                return False
+            # a tuner that was on goes on in the study it was in, with the enable's other
+            # settings: one mistyped URL does not end it
+            from ._study import redact
+
+            storage, name, self.study = standby
+            self.settings = replace(self.settings, storage=storage, study=name)
+            url, name = self._where(self.settings)
+            self.warnings.append(f"{exc}; the tuner goes on in its study {name!r} in "
+                                 f"{redact(url)}")  # fmt: skip
+            return True
         self.counts["failed"] += len(failed)
         return True
 

@@ -186,10 +186,15 @@ def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> di
     return {k: v for k, v in out.items() if v is not None}
 
 
+#: The databases Optuna's RDB storage runs on, through SQLAlchemy (its ``+driver`` aside).
+_DIALECTS = frozenset({"sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql"})
+
+
 def storage_trouble(url: str) -> str | None:
     """What is wrong with a storage URL that cannot be one, said before the run tries it: a
     bare file name (SQLAlchemy cannot parse it), ``postgres://`` (SQLAlchemy has no such
-    dialect), an empty journal path. Whether the database answers, only the run can tell."""
+    dialect), an in-memory SQLite database, a scheme that is no database, an empty journal
+    path. Whether the database answers, only the run can tell."""
     if url.startswith("journal:"):
         return None if url[len("journal:") :] else "journal: needs a file path, journal:PATH"
     if "://" not in url:
@@ -200,9 +205,20 @@ def storage_trouble(url: str) -> str | None:
             f"sqlite:///{url} (relative to the training's working directory; sqlite:////abs/path "
             "for an absolute one), for a journal file journal:PATH"
         )
-    if url.split("://", 1)[0] == "postgres":  # said back without its password
-        rest = redact_url(url).split("://", 1)[1]
-        return f"SQLAlchemy has no 'postgres' dialect: write postgresql://{rest}"
+    scheme, rest = url.split("://", 1)
+    if scheme == "postgres":  # said back without its password
+        return f"SQLAlchemy has no 'postgres' dialect: write postgresql://{redact_url(url).split('://', 1)[1]}"
+    dialect = scheme.split("+", 1)[0].lower()
+    if dialect == "sqlite" and rest in ("", "/", "/:memory:"):
+        return (
+            f"{url!r} is a SQLite database in the training process's memory: the study would end "
+            "with it and no other run could share it; write sqlite:///PATH for a file"
+        )
+    if dialect not in _DIALECTS:
+        return (
+            f"Optuna cannot keep a study in {scheme}://: write a SQLAlchemy URL (sqlite:///PATH, "
+            "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB) or journal:PATH"
+        )
     return None
 
 
