@@ -188,6 +188,36 @@ def test_a_recipe_from_outside_the_run_is_brought_in_and_used(
         assert [k["key"] for k in st["settings"]["space"]] == ["lr"]
 
 
+def test_an_enable_that_brings_a_new_space_says_so_and_an_empty_recipe_is_refused(
+    toy: Any, cli: Any
+) -> None:
+    """A new recipe restarts a running tuner's trials: its enable said only `mode: active ->
+    active`, as one that changed nothing does. An empty recipe file was taken as no recipe."""
+    t: Toy = toy(log_level, lr=1e-4)
+    run = t.kernel.run_dir
+    HotClient(run).tune_enable("active", objective="loss", segment_steps=10, sync=True)
+    t.run(5)
+    with open(os.path.join(run, "lr.tune.yaml"), "w") as f:
+        f.write("space:\n  - {key: lr, module: opt, mode: mult, low: 0.5, high: 2.0}\n")
+    done = cli(run, "tune", "enable", "--recipe", "lr.tune.yaml")
+    assert done.returncode == 0, done.stderr
+    t.run(2)
+    enable = t.ledger("enable")[-1]
+    assert enable["changes"]["space"] == {
+        "old": "opt.lr mult [0.25, 4], opt.weight_decay mult [0.5, 2]",
+        "new": "opt.lr mult [0.5, 2]",
+    }
+    assert (
+        "space: opt.lr mult [0.25, 4], opt.weight_decay mult [0.5, 2] -> opt.lr mult [0.5, 2]"
+        in (cli(run, "log").stdout)
+    )
+    open(os.path.join(run, "empty.yaml"), "w").close()
+    before = _commands(run)
+    out = cli(run, "tune", "enable", "--recipe", "empty.yaml")
+    assert out.returncode == 2 and "the recipe is empty" in out.stderr, out.stderr
+    assert _commands(run) == before
+
+
 def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,

@@ -104,6 +104,15 @@ def _blow_up_line(before: Iterable[float], abort: float) -> float | None:
     return max((1 + abort) * statistics.median(values), max(values))
 
 
+def _space_line(space: Any) -> str:
+    """A search space in a line: ``opt.lr mult [0.25, 4], opt.weight_decay mult [0.5, 2]``."""
+    return ", ".join(
+        f"{k.get('module')}.{k.get('key')} {k.get('mode')} [{k.get('low'):g}, {k.get('high'):g}]"
+        for k in space or ()
+        if isinstance(k, Mapping)
+    )
+
+
 def _number(value: Any) -> float | None:
     """A metric as a float: a number or a 0-d tensor (Lightning's ``callback_metrics``)."""
     if value is None or isinstance(value, (bool, str)):
@@ -443,6 +452,9 @@ class TuneModule:
             new = self.settings.to_dict()
             changes.update({k: {"old": before.get(k), "new": new.get(k)} for k in _SHOWN
                             if before.get(k) != new.get(k)})  # fmt: skip
+            if before.get("space") != new.get("space"):  # a new recipe's knobs, as a line each
+                changes["space"] = {"old": _space_line(before.get("space")),
+                                    "new": _space_line(new.get("space"))}  # fmt: skip
         return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
 
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:

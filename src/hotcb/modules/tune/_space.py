@@ -320,8 +320,9 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         text = f.read()
     doc, lines = parse_document(text, path, RecipeError)
-    if doc is None:
-        return {}
+    if doc is None or doc == {}:  # an empty file: most likely not the one meant
+        raise RecipeError(path, ["the recipe is empty: expected a mapping of settings "
+                                 "(objective: val_loss, space: [...]; docs/tune.md)"])  # fmt: skip
     if not isinstance(doc, Mapping):
         raise RecipeError(path, [f"expected a mapping of settings, got {type(doc).__name__}"])
     ck = Checker(lines)
