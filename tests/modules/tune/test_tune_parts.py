@@ -122,6 +122,10 @@ def test_a_segment_is_scored_against_the_trend() -> None:
     assert score_segment(better, history, "maximize")[0] < 0  # the same values, other way
     nan = Segment(291, [291, 292], [0.5, math.nan])
     assert score_segment(nan, history, "minimize")[0] == -1.0
+    # -1 is the worst score: a level 2.5x off the trend scores no lower than a NaN
+    awful = Segment(291, list(range(291, 310)), [expected * 3.5] * 19)
+    score, detail = score_segment(awful, history, "minimize")
+    assert score == -1.0 and detail["raw"] == pytest.approx(-2.5)
     spiky = Segment(291, list(range(291, 299)), [expected * 0.9] * 7 + [expected * 10])
     assert "spike" in score_segment(spiky, history, "minimize")[1]
 

@@ -218,6 +218,23 @@ def test_an_enable_that_brings_a_new_space_says_so_and_an_empty_recipe_is_refuse
     assert _commands(run) == before
 
 
+def test_a_loss_whose_noise_is_larger_than_its_level_is_said_to_keep_nothing(
+    toy: Any, cli: Any
+) -> None:
+    """A loss near zero (an HF run's eval_loss at 1e-4): each segment's noise is larger than
+    its level, the bar to keep a trial rises above +1, the most a lower loss can score, and
+    the tuner rolled back every trial without a word."""
+    t: Toy = toy(lambda _lr, _s: 1e-4, lr=1e-3, noise=4.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                              seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(100_000, until=lambda: len(t.ledger("rollback")) >= 2)
+    assert all(e["tune"]["score"] >= -1 for e in t.ledger("rollback"))
+    (warning,) = [w for w in HotClient(t.kernel.run_dir).tune_status()["warnings"]
+                  if w.startswith("no trial can be kept")]  # fmt: skip
+    assert "'loss' is so near zero that its noise is larger than its level" in warning
+    assert "no trial can be kept" in cli(t.kernel.run_dir, "tune", "status").stdout
+
+
 def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,

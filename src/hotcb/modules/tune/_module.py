@@ -61,6 +61,7 @@ _HISTORY = 4  # segment levels kept for the trend
 _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
           "threshold", "startup_trials", "total_steps", "abort", "study")  # fmt: skip
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
+_NO_KEEP = "no trial can be kept: the bar to keep one is above +1, the most a lower loss scores"
 _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner holds back
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
@@ -1206,6 +1207,11 @@ class TuneModule:
         margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
         detail["margin"] = margin
         detail["needed"] = needed = self.settings.threshold + margin  # the bar a keep clears
+        if needed >= 1.0 and self._sign > 0:  # a lower loss scores +1 at most (down to zero)
+            self.warnings = [w for w in self.warnings if not w.startswith(_NO_KEEP)]
+            self._warn(f"{_NO_KEEP} (+{needed:.3g}): {self.objective_used!r} is so near zero "
+                       "that its noise is larger than its level; score another objective "
+                       "(--objective)")  # fmt: skip
         keep = math.isfinite(score) and score > needed
         attrs = {
             "score_detail": detail,

@@ -107,6 +107,9 @@ def score_segment(
         if ratio > DIVERGE_RATIO:
             score -= DIVERGE_PENALTY
             detail["diverging"] = ratio
+    # -1 is the worst score, a blow-up's: a segment twice as far off the trend scores no
+    # lower (a level near zero makes relative scores of -3 out of noise)
+    score = max(score, NONFINITE_SCORE)
     detail["score"] = score
     detail["noise"] = noise(values, actual)
     return score, detail
