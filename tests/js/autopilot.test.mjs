@@ -418,7 +418,7 @@ describe("the panel with the LLM autopilot", () => {
 });
 
 describe("a run that is over", () => {
-  test("its proposals cannot be answered: Accept and Reject are disabled, and say why", () => {
+  test("its proposals cannot be accepted (Accept is disabled and says why) but can be cleared", () => {
     withDocument(() => {
       const card = new FakeNode("section");
       const panel = new AutopilotPanel(card, { decide: async () => ({}), setRule: async () => ({}) });
@@ -427,7 +427,13 @@ describe("a run that is over", () => {
       assert.equal(buttons().length, 2);
       assert.ok(buttons().every((b) => !b.disabled));
       panel.setOver(true);
-      assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
+      const [accept] = card.find("ap-accept");
+      const [reject] = card.find("ap-reject");
+      assert.ok(accept.disabled && accept.title === "the run is over: nothing would apply it");
+      // the server's refusal of an accept says "reject it to clear it": Reject stays on
+      assert.ok(!reject.disabled && reject.title === "clear this proposal: the run is over");
+      const [head] = card.find("ap-proposals")[0].children;
+      assert.match(head.textContent, /^proposals the run left pending \(1, ended with it\)$/);
       assert.equal(panel.debug().over, true);
       panel.setOver(false); // a resumed run
       assert.ok(buttons().every((b) => !b.disabled));

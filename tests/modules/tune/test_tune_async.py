@@ -141,7 +141,7 @@ def test_segments_that_pass_while_the_study_opens_are_said(toy: Any, monkeypatch
 
 
 def test_trials_a_replaced_life_judged_after_the_checkpoint_are_listed_as_replaced(
-    toy: Any,
+    toy: Any, cli: Any
 ) -> None:
     """The run goes on past a checkpoint, judges more trials, then dies; resumed from that
     checkpoint, its status lists those trials (the study holds their real scores) as replaced,
@@ -173,6 +173,9 @@ def test_trials_a_replaced_life_judged_after_the_checkpoint_are_listed_as_replac
         assert sorted(rows) == list(range(len(rows)))  # no gap in the numbering
         counts = resumed.module("tune").counts  # the run's own: what the checkpoint holds
         assert counts["kept"] + counts["rolled_back"] == 1
+        # `tune status` counts them too (only --json listed them)
+        out = cli(t.kernel.run_dir, "tune", "status").stdout
+        assert f"replaced: {len(lost)} (by a resume)" in out, out
     finally:
         resumed.close()
 

@@ -243,6 +243,26 @@ def test_reject_writes_no_command(page: Any, site: Site, flat_run: Any) -> None:
     assert commands(run.path) == []
 
 
+def test_a_run_that_is_over_cannot_accept_but_clears_its_proposals(
+    page: Any, site: Site, flat_run: Any
+) -> None:
+    """The server refuses an accept for a run that is over ("reject it to clear it"), and the
+    page had Reject disabled too: a proposal the run left pending could not be cleared."""
+    run = open_proposing(page, site, flat_run, "over")
+    item = page.locator(f'{CARD} li.ap-proposal[data-id="A2"]')
+    assert item.locator(".ap-proposed-at").inner_text().startswith("step ")
+    run.close()
+    wait_page(page, "d.autopilot.over === true")
+    head = page.locator(f"{CARD} .ap-proposals h4").inner_text()
+    assert head.lower() == "proposals the run left pending (2, ended with it)", head
+    assert item.locator(".ap-accept").is_disabled()
+    item.locator(".ap-reject").click()
+    (decision,) = wait_for(lambda: records(run.path, "decision"), 60, what="the decision")
+    assert (decision["id"], decision["state"], decision["by"]) == ("A2", "rejected", "dashboard")
+    wait_page(page, "d.autopilot.pending.join() === 'A1'")
+    assert commands(run.path) == []
+
+
 def test_a_decision_the_server_refuses_shows_the_reason(page: Any, site: Site) -> None:
     """A proposal whose knob the run does not publish (a metrics file, no kernel): Accept
     gets the server's reason on the page, the buttons work again, nothing is sent."""

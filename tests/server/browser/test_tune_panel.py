@@ -296,6 +296,38 @@ def test_layout_at_1280x720(browser: Any, site: Site, tune_state: Any, mode: str
         ctx.close()
 
 
+def test_a_phone_wide_window_never_scrolls_sideways(
+    browser: Any, site: Site, tune_state: Any
+) -> None:
+    """At 420 px the one-column layout took the width of its widest card (the autopilot's
+    one-line summary, the ledger's table): the page scrolled sideways and the proposals' Accept
+    and Reject were off screen."""
+    run = new_run(site, "narrow")
+    tune_state(run, warnings=["objective 'val_loss' not logged; scoring 'loss'" * 3])
+    ctx = browser.new_context(viewport={"width": 420, "height": 900})
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        open_run(page, site, "narrow")
+        wait_page(page, "d.tune.mode === 'suggest'")
+        m = page.evaluate(LAYOUT)
+        wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+          .map((e) => `${e.tagName}.${e.className}#${e.id} in ${e.closest('section,.card,header,div[id]')?.id || e.closest('section,.card,header,div[id]')?.className} ${Math.round(e.getBoundingClientRect().right)}`)
+          .slice(0, 12)""")
+        assert m["scrollWidth"] <= m["width"], wide
+        assert m["tune"]["right"] <= m["width"] and m["ledger"]["right"] <= m["width"], m
+        buttons = page.locator(f"{CARD} .tune-proposal button")
+        assert buttons.count() >= 2
+        for i in range(buttons.count()):
+            box = buttons.nth(i).bounding_box()
+            assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= m["width"], box
+        assert errors == []
+    finally:
+        ctx.close()
+
+
 # ------------------------------------------------------------------------------ repeated series
 def test_repeated_series_are_drawn_once(page: Any, site: Site) -> None:
     """The demo without --golden while the l2 weight is 0: loss is loss_cls, at every step.

@@ -426,7 +426,11 @@ export class AutopilotPanel {
   proposals(doc) {
     const box = el("div", "ap-proposals");
     const pending = pendingProposals(doc);
-    box.append(el("h4", null, pending.length ? `pending proposals (${pending.length})` : "pending proposals"));
+    // a run that is over applies nothing: its proposals ended with it (Reject clears them)
+    const head = this.over && pending.length
+      ? `proposals the run left pending (${pending.length}, ended with it)`
+      : pending.length ? `pending proposals (${pending.length})` : "pending proposals";
+    box.append(el("h4", null, head));
     const ul = el("ul", "pending");
     if (!pending.length) ul.append(el("li", "muted", doc.mode === "off" ? "none (the autopilot is off)" : "none"));
     for (const p of pending) {
@@ -435,7 +439,9 @@ export class AutopilotPanel {
       li.dataset.id = id;
       const what = el("span", "what", fmtAction(p.action));
       what.title = p.describe || "";
-      li.append(el("span", "at", id), what);
+      // the step it was proposed at, in sight: its evidence is that old (the header has now)
+      const at = el("span", "num-col small ap-proposed-at", p.step == null ? "" : `step ${p.step}`);
+      li.append(el("span", "at", id), at, what);
       li.title = `${id} (${p.rule}) at step ${p.step ?? "?"}: ${p.describe || ""}`;
       const sent = this.sent.get(id);
       const busy = !!sent && !sent.error;
@@ -447,8 +453,9 @@ export class AutopilotPanel {
         const b = el("button", cls, busy && sent.decision === decision ? "sent…" : label);
         b.type = "button";
         b.title = title;
-        b.disabled = this.over || busy;
-        if (this.over) b.title = "the run is over: nothing would apply it";
+        // over: nothing would apply an accept; a reject still clears the proposal
+        b.disabled = busy || (this.over && decision === "accept");
+        if (this.over) b.title = decision === "accept" ? "the run is over: nothing would apply it" : "clear this proposal: the run is over";
         b.addEventListener("click", () => this.sendDecision(p, decision));
         li.append(b);
       }

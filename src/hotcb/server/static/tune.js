@@ -346,7 +346,9 @@ export class TunePanel {
     }
     if (f.direction) obj.append(" ", el("span", "muted small", f.direction));
     row("counts", f.counts).classList.add("tune-counts");
-    row("accept rate", f.acceptRate).classList.add("tune-rate");
+    const rate = row("accept rate", f.acceptRate);
+    rate.classList.add("tune-rate");
+    rate.title = "trials kept ÷ trials judged (kept or rolled back on their score)";
     row("best", f.best).classList.add("tune-best");
     if (f.bracket) row("bracket", f.bracket).classList.add("tune-bracket");
     return dl;
