@@ -322,7 +322,7 @@ def test_a_phone_wide_window_never_scrolls_sideways(
         assert buttons.count() >= 2
         for i in range(buttons.count()):
             box = buttons.nth(i).bounding_box()
-            assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= m["width"], box
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= m["width"], box
         assert errors == []
     finally:
         ctx.close()
