@@ -241,17 +241,21 @@ describe("a run that is over", () => {
     withDocument(() => {
       const card = new FakeNode("section");
       const panel = new TunePanel(card, { decide: async () => "01J" });
-      panel.update(STATE);
+      panel.update({ ...STATE, trials: [...STATE.trials, { trial: 8, step: 1550, decision: "proposed" }] });
       const buttons = () => [...card.find("tune-accept"), ...card.find("tune-reject")];
       assert.equal(buttons().length, 4); // P3 and P4 are pending
+      assert.ok(card.find("dec").some((n) => n.textContent === "proposed"));
       assert.ok(buttons().every((b) => !b.disabled));
       const phase = () => card.find("tune-phase")[0].textContent;
       assert.ok(phase().endsWith("next boundary step 1600"), phase());
       panel.setOver(true);
       assert.ok(buttons().every((b) => b.disabled && b.title === "the run is over: nothing would apply it"));
       assert.equal(card.find("tune-proposals")[0].children[0].textContent, "proposals the run left pending (ended with it) (2)");
-      // no next boundary for a run that is over (its last state file still names one)
-      assert.ok(phase().endsWith("next boundary – (the run is over)"), phase());
+      // no phase nor next boundary for a run that is over (its last state file names them)
+      assert.equal(phase(), "idle: the run is over (until it is started again)");
+      // the trials its pending proposals opened ended with it
+      const decisions = card.find("dec").map((n) => n.textContent);
+      assert.ok(decisions.includes("ended") && !decisions.includes("proposed"), decisions.join());
       assert.equal(panel.debug().over, true);
       panel.setOver(false); // a resumed run
       assert.ok(buttons().every((b) => !b.disabled));

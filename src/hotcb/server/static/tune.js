@@ -266,7 +266,7 @@ export class TunePanel {
     if (neverOn) return;
     this.fill("facts", [f, doc.warnings], () => [this.facts(f), ...this.warnings(doc)]);
     this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.refused, this.over], () => [this.proposals(doc)]);
-    this.fill("trials", [doc.trials, doc.proposals], () => [this.trials(doc)]);
+    this.fill("trials", [doc.trials, doc.proposals, this.over], () => [this.trials(doc)]);
   }
 
   build() {
@@ -296,8 +296,11 @@ export class TunePanel {
     const mode = el("span", `chip tune-mode mode-${f.mode}`, f.mode);
     mode.title = "tuner mode: observe scores only, suggest proposes, active applies";
     // a run that is over has no next boundary, whatever its last state file said
-    const next = this.over ? "– (the run is over)" : f.next;
-    out.push(mode, el("span", "muted small tune-phase", `phase ${f.phase} · trial ${f.trial} · next boundary ${next}`));
+    // nor a phase: the tuner is idle until the run is started again (as `tune status` says)
+    const phase = this.over
+      ? "idle: the run is over (until it is started again)"
+      : `phase ${f.phase} · trial ${f.trial} · next boundary ${f.next}`;
+    out.push(mode, el("span", "muted small tune-phase", phase));
     if (doc.study) {
       const study = el("span", "muted small tune-study", doc.study);
       study.title = doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`;
@@ -435,8 +438,12 @@ export class TunePanel {
       tr.append(el("td", "delta", fmtTuneChanges(trialChanges(doc, t)) || "–"));
       tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
       const dec = el("td");
-      const label = el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
-      label.title = decisionWhy(t);
+      // a proposal the run left pending ended with it (as `tune proposals` says)
+      const ended = this.over && t.decision === "proposed";
+      const label = ended
+        ? el("span", "dec tune-dec-ended", "ended")
+        : el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
+      label.title = ended ? "proposed, and still pending when the run ended: nothing applied it" : decisionWhy(t);
       dec.append(label);
       tr.append(dec);
       body.append(tr);
