@@ -165,7 +165,9 @@ def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_pat
         decide(lp.run_dir, proposal["id"], accept=True)
 
 
-def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(loop: Any, tmp_path: Path) -> None:
+def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
+    loop: Any, tmp_path: Path, cli: Any
+) -> None:
     """A proposal made at the step the run stopped stayed pending; accepting it queued a
     command for the next run in the directory. It is refused now, and can be rejected."""
     lp: Loop = loop()
@@ -173,6 +175,9 @@ def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(loop: Any, tmp_path
     lp.run(200, pilot)
     (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
     lp.kernel.close()  # the run finished
+    listed = cli(lp.run_dir, "autopilot", "proposals").stdout  # it said only "pending"
+    assert "the run finished at step 200: its pending proposals ended with it" in listed, listed
+    assert f"{proposal['id']}  step {proposal['step']}  pending (the run is over)" in listed
     commands = Path(lp.run_dir) / "hotcb.commands.jsonl"
     before = commands.read_bytes() if commands.exists() else b""
     with pytest.raises(ValueError, match=rf"the run finished at step 200: proposal "

@@ -16,6 +16,7 @@ from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
     add_wait,
+    client,
     ended,
     finish,
     require_run_dir,
@@ -326,10 +327,16 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     rows = [p for p in proposals(args.dir) if args.all or p["state"] == "pending"]
     if args.json:
         print(json.dumps(rows, indent=2))
-    elif not rows:
+        return 0
+    if not rows:
         print("no pending proposals")
-    for p in rows if not args.json else ():
-        print(f"{p['id']}  step {p['step']}  {p['state']}  {p.get('describe')}")
+    over = client(args).run_over()
+    if over and any(p["state"] == "pending" for p in rows):  # nothing will apply them
+        print(f"the run {over}: its pending proposals ended with it (accept is refused; "
+              "'hotcb autopilot reject ID' clears one)")  # fmt: skip
+    for p in rows:
+        state = "pending (the run is over)" if over and p["state"] == "pending" else p["state"]
+        print(f"{p['id']}  step {p['step']}  {state}  {p.get('describe')}")
     return 0
 
 
