@@ -10,6 +10,7 @@ run never makes it fire.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -129,6 +130,9 @@ def test_plateau_fires_when_the_smoothed_level_stops_improving() -> None:
     assert found.describe() == (
         "plateau on val_loss: 0.5% better over the last 8 values (steps 400-750), below 1.0%"
     )
+    # just under the threshold: not "1.0% better …, below 1.0%"
+    close = dataclasses.replace(found, evidence={**found.evidence, "improvement": 0.0097})
+    assert close.describe().startswith("plateau on val_loss: 0.97% better over the last 8")
 
 
 def test_plateau_is_silent_while_the_metric_improves() -> None:

@@ -198,8 +198,14 @@ def _window_evidence(xs: Sequence[int], ys: Sequence[float]) -> Evidence:
     }
 
 
-def _pct(x: float | int | str) -> str:
-    return f"{float(x):.1%}"
+def _pct(x: float | int | str, other: float | int | str | None = None) -> str:
+    """``x`` as a percentage; with ``other`` (a threshold it is compared with), to as many
+    decimals as it takes not to read equal to it (``0.97%``, not ``1.0%``, below ``1.0%``)."""
+    for digits in range(1, 5):
+        text = f"{float(x):.{digits}%}"
+        if other is None or float(x) == float(other) or text != f"{float(other):.{digits}%}":
+            return text
+    return text
 
 
 def _num(x: float | int | str) -> str:
@@ -272,7 +278,7 @@ def _describe_plateau(e: Evidence) -> str:
     improvement = float(e["improvement"])
     where = f"over the last {e['n']} values (steps {e['first_step']}-{e['last_step']})"
     if improvement >= 0:
-        return f"{_pct(improvement)} better {where}, below {_pct(e['eps'])}"
+        return f"{_pct(improvement, e['eps'])} better {where}, below {_pct(e['eps'])}"
     return f"{_pct(-improvement)} worse {where}, not the {_pct(e['eps'])} better of a run still learning"
 
 
