@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--threshold", type=float, help="keep a mutation whose score beats this (0)")
     p.add_argument("--startup-trials", type=int, help="random trials before TPE (default 5)")
     p.add_argument("--total-steps", type=int,
-                   help="the run's length: no new trial in its last two segments (the Lightning "
-                   "and HF adapters tell the tuner themselves)")  # fmt: skip
+                   help="the run's length: a trial starts only if it and one more segment fit "
+                   "(the Lightning and HF adapters tell the tuner themselves)")  # fmt: skip
     p.add_argument("--restore", choices=("values", "state"),
                    help="what a roll-back puts back: the knobs' values (default), or also the "
                    "model's weights and the optimizer's state from the trial's start (one copy "
