@@ -236,6 +236,19 @@ describe("decisionWhy: a judged trial's tooltip", () => {
   });
 });
 
+describe("a shared study", () => {
+  test("the head says what other runs had put in it when this run joined", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      panel.update({ ...STATE, study: "s", study_joined: { trials: 11, runs: 1, best: 0.183 } });
+      const [study] = card.find("tune-study");
+      assert.equal(study.textContent, "s · shared: 11 trials of 1 other run when this run joined");
+      assert.ok(study.title.endsWith("the best shown is this run's, theirs scored 0.183"), study.title);
+    });
+  });
+});
+
 describe("a run that is over", () => {
   test("its proposals cannot be answered: Accept and Reject are disabled, and say why", () => {
     withDocument(() => {

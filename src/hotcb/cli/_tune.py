@@ -291,7 +291,15 @@ def _summary(st: dict[str, Any]) -> None:
         flat = {f"{m}.{k}": v for m, kv in best["values"].items() for k, v in kv.items()}
         values = ", ".join(f"{k}={fmt_value(v)}" for k, v in flat.items())
         print(f"best: trial {best['trial']} score {best['score']:+.3f}   {values}")
-    print(f"study: {st.get('study')}   storage: {st.get('storage')}")
+    joined = st.get("study_joined")
+    shared = ""
+    if isinstance(joined, dict):  # the best above is this run's; the study holds theirs too
+        runs = joined.get("runs")
+        best = joined.get("best")
+        shared = (f"   (shared: {joined.get('trials')} trials of {runs} other "
+                  f"run{'s' if runs != 1 else ''} when this run joined"
+                  + (f", their best score {best:+.3f})" if best is not None else ")"))  # fmt: skip
+    print(f"study: {st.get('study')}   storage: {st.get('storage')}{shared}")
     for w in st.get("warnings") or ():
         print(f"warning: {w}")
     age = time.time() - float(st.get("updated") or 0)

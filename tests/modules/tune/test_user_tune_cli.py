@@ -12,6 +12,7 @@ import re
 import time
 from typing import Any
 
+import optuna
 import pytest
 from tune_helpers import Toy, log_level
 
@@ -816,6 +817,38 @@ def test_a_frozen_run_gets_its_trial_taken_back_and_no_new_one(toy: Any) -> None
     t.run(20_000, until=lambda: len([e for e in t.ledger() if e["op"] == "mutate"]) > before)
     assert len([e for e in t.ledger() if e["op"] == "mutate"]) > before  # trials again
     assert client.tune_status()["warnings"] == []
+
+
+def test_a_run_joining_a_shared_study_says_what_the_others_put_in_it(
+    toy: Any, cli: Any, tmp_path: Any
+) -> None:
+    """A second run in a study the first filled: its trials are numbered after the first's,
+    and `tune status` showed only its own best, with nothing saying that the study held
+    another run's trials (a probe: "best: trial 11" while the first run's trial 6 scored
+    higher)."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    first: Toy = toy(log_level, name="first", lr=1e-5)
+    HotClient(first.kernel.run_dir).tune_enable(
+        "active", objective="loss", segment_steps=10, seed=0, storage=storage, study="s",
+        space=LR_ONLY, sync=True,
+    )  # fmt: skip
+    first.run(100_000, until=lambda: len(first.ledger("keep") + first.ledger("rollback")) >= 4)
+    theirs = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+    best = max(t.value for t in theirs if t.value is not None)
+    second: Toy = toy(log_level, name="second", lr=1e-5)
+    client = HotClient(second.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=1, storage=storage,
+                       study="s", space=LR_ONLY, sync=True)  # fmt: skip
+    second.run(2)
+    joined = client.tune_status()["study_joined"]
+    assert joined == {"trials": len(theirs), "runs": 1, "best": pytest.approx(best)}
+    out = cli(second.kernel.run_dir, "tune", "status").stdout
+    assert (
+        f"(shared: {len(theirs)} trials of 1 other run when this run joined, their best score {best:+.3f})"
+        in out
+    ), out
+    # the first run joined an empty study: nothing to say
+    assert HotClient(first.kernel.run_dir).tune_status()["study_joined"] is None
 
 
 def test_enable_on_a_tuner_that_is_on_changes_only_what_it_names(

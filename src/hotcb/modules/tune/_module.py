@@ -1639,6 +1639,8 @@ class TuneModule:
             "study": name,
             "storage": redact(url),
             "study_open": self.study is not None,
+            # a shared study: what other runs had put in it when this run opened it
+            "study_joined": self.study.joined if self.study is not None else None,
             "enable_cmd": self.enable_cmd,
             "phase": self.phase,
             "trial": self.trial["number"] if self.trial else None,

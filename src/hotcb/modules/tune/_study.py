@@ -78,6 +78,19 @@ class Study:
             load_if_exists=True,
         )
         self._study_id = self.storage.get_study_id_from_name(name)
+        #: what other runs had put in the study when this one opened it (a shared study)
+        self.joined = self._others()
+
+    def _others(self) -> dict[str, Any] | None:
+        """The trials of other runs in the study: how many, from how many runs, the best
+        score among them; None when there are none."""
+        theirs = [t for t in self.study.get_trials(deepcopy=False)
+                  if t.user_attrs.get("run") != self.run]  # fmt: skip
+        if not theirs:
+            return None
+        scores = [t.value for t in theirs if t.value is not None]
+        return {"trials": len(theirs), "runs": len({t.user_attrs.get("run") for t in theirs}),
+                "best": max(scores) if scores else None}  # fmt: skip
 
     def ask(self, knobs: Sequence[Knob], prior_first: bool) -> tuple[int, dict[str, float]]:
         """A new trial's number and its sampled number per knob.

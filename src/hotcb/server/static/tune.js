@@ -260,7 +260,7 @@ export class TunePanel {
     if (!this.parts) this.build();
     this.card.classList.toggle("off", off);
     this.parts.body.hidden = neverOn;
-    const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, this.runPath,
+    const headKey = [off, doc.error, f.mode, f.phase, f.trial, f.next, doc.study, doc.storage, doc.study_joined, this.runPath,
       off && this.refusedEnable(), this.over];
     this.fill("head", headKey, () => this.head(doc, f, off));
     if (neverOn) return;
@@ -302,8 +302,13 @@ export class TunePanel {
       : `phase ${f.phase} · trial ${f.trial} · next boundary ${f.next}`;
     out.push(mode, el("span", "muted small tune-phase", phase));
     if (doc.study) {
-      const study = el("span", "muted small tune-study", doc.study);
-      study.title = doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`;
+      const joined = doc.study_joined;
+      const shared = joined && typeof joined === "object"
+        ? ` · shared: ${joined.trials} trials of ${joined.runs} other run${joined.runs === 1 ? "" : "s"} when this run joined`
+        : "";
+      const study = el("span", "muted small tune-study", `${doc.study}${shared}`);
+      study.title = (doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`)
+        + (shared ? `; the best shown is this run's${joined.best != null ? `, theirs scored ${fmtNum(joined.best)}` : ""}` : "");
       out.push(el("div", "spacer"), study);
     }
     return out;
