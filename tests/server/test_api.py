@@ -318,6 +318,13 @@ def test_status_state_says_a_closed_run_finished(tmp_path, live_server):
             what="the status to say the run finished",
         )
         assert c.get("/api/runs/r/status").json()["run"]["ended"] == ended
+        # a command sent to it now waits for the next run in the directory: the answer says so
+        sent = c.post("/api/runs/r/commands", json={"module": "loss", "op": "set_params",
+                                                    "params": {"ce": 2.0}})  # fmt: skip
+        assert sent.status_code == 200 and sent.json()["warning"] == (
+            f"the run {finished}; the command waits in the commands file for the next run "
+            "started in this directory"
+        )
 
 
 def test_recipe_download(tmp_path, live_server):

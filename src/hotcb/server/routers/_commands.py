@@ -125,12 +125,17 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
         )
     record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
     record.pop("ts", None)
+    client = HotClient(run_dir, source="dashboard")
     try:
-        cmd_id = HotClient(run_dir, source="dashboard").send_record(record)
+        cmd_id = client.send_record(record)
     except (CommandError, ActuatorError) as exc:  # invalid, or refused by a published actuator
         raise HTTPException(422, detail=str(exc)) from None
     except JournalWriteError as exc:
         raise HTTPException(507, detail=str(exc)) from None
+    over = client.run_over()
+    if over is not None:  # nothing will answer it now: said, as the CLI does
+        return {"cmd_id": cmd_id, "warning": f"the run {over}; the command waits in the "
+                "commands file for the next run started in this directory"}  # fmt: skip
     return {"cmd_id": cmd_id}
 
 
