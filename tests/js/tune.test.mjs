@@ -78,6 +78,9 @@ describe("tuneFacts: the panel's facts, as text", () => {
     // a level's noise: the margin a move had to win by
     const noisy = { ...over, rounds: [{ round: 1, arms: [{ factor: 1, level: 0.5, noise: 0.1 }], winner: 1 }] };
     assert.equal(bracketLine(noisy).split(" · ")[1], "round 1: ×1 0.5 ±0.05");
+    // each round from the lr it began at, as `tune status` says it
+    const based = { ...over, rounds: [{ round: 1, base: 0.1, arms, winner: 0.25 }] };
+    assert.equal(bracketLine(based).split(" · ")[1], "round 1 from 0.1: ×1 0.86, ×0.25 0.68, ×4 …");
     assert.equal(bracketLine(null), null);
   });
 

@@ -63,8 +63,10 @@ function armsText(arms) {
  * each round's arms with the level each ended at; null without one. */
 export function bracketLine(b) {
   if (!b || typeof b !== "object") return null;
+  // each round from the lr it began at (as `tune status` says: "round 2 from 0.025")
+  const from = (r) => (typeof r.base === "number" ? ` from ${fmtNum(r.base)}` : "");
   const rounds = (b.rounds || []).map(
-    (r) => `round ${r.round}: ${armsText(r.arms)}`,
+    (r) => `round ${r.round}${from(r)}: ${armsText(r.arms)}`,
   );
   if (b.ended_at != null && b.reason && !(b.rounds || []).some((r) => r.round === b.round))
     rounds.push(`round ${b.round} (cut short): ${armsText(b.arms)}`);
