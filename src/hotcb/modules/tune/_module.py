@@ -881,11 +881,10 @@ class TuneModule:
         if trial is not None:
             self._close_trial(None, "failed", reason=reason)
         self.opening = None
-        if (
-            self.host.is_leader and not settings.sync
-        ):  # optuna's import here (a refusal if it is missing, ~0.5 s);
-            # creating the study (~1.5 s on SQLite) on the study's thread, while the first
-            # baseline segments are observed
+        if self.host.is_leader and not settings.sync:
+            # optuna's import here (a refusal if it is missing, ~0.5 s); creating the study
+            # (~1.5 s on SQLite) on the study's thread, while the first baseline segments are
+            # observed
             from ._study import import_optuna
 
             import_optuna()
