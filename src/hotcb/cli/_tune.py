@@ -268,16 +268,16 @@ def _summary(st: dict[str, Any]) -> None:
     """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
     rate = st.get("accept_rate")
-    rejected = f"rejected: {counts['rejected']}   " if counts.get("rejected") else ""
+    others = f"rejected: {counts['rejected']}   " if counts.get("rejected") else ""
     # trials a life a resume replaced opened and finished: in the study, in no life of the run
     replaced = sum(1 for r in st.get("trials") or () if isinstance(r, dict)
                    and r.get("decision") == "replaced")  # fmt: skip
     if replaced:
-        rejected += f"replaced: {replaced} (by a resume)   "
+        others += f"replaced: {replaced} (by a resume)   "
     print("segments: {segments}   kept: {kept}   rolled back: {rolled_back}   proposed: "
           "{proposed}   ".format(**{k: counts.get(k, 0) for k in (
               "segments", "kept", "rolled_back", "proposed")})
-          + f"{rejected}failed: {counts.get('failed', 0)}"
+          + f"{others}failed: {counts.get('failed', 0)}"
           + (f"   accept rate: {rate:.0%}" if rate is not None else ""))  # fmt: skip
     levels = st.get("levels") or []
     if levels:  # the trend's points: each segment's level, at its middle step
