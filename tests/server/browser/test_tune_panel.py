@@ -120,7 +120,7 @@ def test_panel_shows_state_trials_and_pending_proposal(
     # asked for val_loss, scoring loss: a warning badge says so
     assert card.locator(".tune-objective").inner_text() == "val_loss"
     badge = card.locator(".tune-fallback")
-    assert badge.inner_text() == "scoring loss"
+    assert badge.inner_text() == "scoring loss ↓ minimize"  # the direction it is scored in
     assert "val_loss" in badge.get_attribute("title")
     assert card.locator(".tune-counts").inner_text() == (
         "9 segments · 2 kept · 3 rolled back · 1 proposed · 0 failed"
