@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -77,6 +78,9 @@ LOG_NAME = "hotcb.launch.log"
 STOP_TIMEOUT = 10.0
 #: The notifier's last deliveries (``hotcb notify`` waits up to 30 s for them) before SIGKILL.
 NOTIFIER_STOP_TIMEOUT = 40.0
+#: A file ``hotcb notify`` creates once SIGTERM makes it take a last round: a notifier still
+#: starting when a quick training crashed was ended by the signal before it saw the crash.
+NOTIFY_READY_ENV = "HOTCB_NOTIFY_READY"
 #: Seconds the dashboard gets to print its URL and answer (imports are slow on a busy machine).
 SERVE_TIMEOUT = 120.0
 
@@ -521,6 +525,7 @@ class _Children:
         self.server: subprocess.Popen[bytes] | None = None
         self.pilot: subprocess.Popen[bytes] | None = None
         self.notifier: subprocess.Popen[bytes] | None = None
+        self._notify_ready: str | None = None  # the file the notifier creates once it runs
         self.url: str | None = None
         self.tag = secrets.token_hex(8)  # in the training's environment: LAUNCH_ENV
         self.known: set[_Proc] = set()  # the training's descendants, seen before a SIGKILL
@@ -597,6 +602,10 @@ class _Children:
         """Start ``hotcb notify`` on the run (``--notify`` flags given)."""
         argv = [sys.executable, "-m", "hotcb", "--dir", self.run_dir, "notify"]
         env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
+        fd, self._notify_ready = tempfile.mkstemp(prefix="hotcb-notify-ready-")
+        os.close(fd)
+        os.unlink(self._notify_ready)  # the notifier creates it
+        env[NOTIFY_READY_ENV] = self._notify_ready
         self.notifier = _spawn([*argv, *self.opts.notify_args], env=env,
                                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
 
@@ -641,9 +650,22 @@ class _Children:
             if proc is not None:
                 _end(proc, signal.SIGTERM)
         if self.notifier is not None:
+            self._notifier_running(NOTIFIER_STOP_TIMEOUT)
             _end(self.notifier, signal.SIGTERM, NOTIFIER_STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
+
+    def _notifier_running(self, timeout: float) -> None:
+        """Until the notifier has started its rounds (its ready file), or has exited: a
+        SIGTERM before it would end it without a last round, unseen the crash it is for."""
+        ready, proc = self._notify_ready, self.notifier
+        if ready is None or proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not os.path.exists(ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            os.unlink(ready)
 
 
 # ------------------------------------------------------------------------------ the handle

@@ -60,14 +60,33 @@ for step in range(100_000):
 """
 
 
+#: Imported by every Python process started with its folder on PYTHONPATH: ``hotcb notify``
+#: then takes seconds to start, as on a loaded machine.
+SLOW_NOTIFY = """
+import sys, time
+if "notify" in sys.argv:
+    time.sleep(5)
+"""
+
+
 @pytest.mark.slow
-def test_hotcb_launch_notify_sends_the_crash_that_ends_it(tmp_path: Any, receiver: Any) -> None:
+@pytest.mark.parametrize("slow_start", [False, True])
+def test_hotcb_launch_notify_sends_the_crash_that_ends_it(
+    tmp_path: Any, receiver: Any, slow_start: bool
+) -> None:
     """`hotcb launch --notify-webhook`: the launcher stopped its notifier the moment the
-    training died, before any round saw the crash, so the default `crash` alert never went."""
+    training died, before any round saw the crash, so the default `crash` alert never went.
+    And a notifier still starting when the training crashed (a loaded machine) was ended by
+    the launcher's SIGTERM before it ran at all: the launcher now waits for it to run."""
     script = tmp_path / "crashes.py"
     script.write_text(CRASHES)
     run = str(tmp_path / "run")
     env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_RUN_DIR")}
+    if slow_start:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_NOTIFY)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path / "site"),
+                                                          env.get("PYTHONPATH")]))  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "hotcb", "--dir", run, "launch",
          "--notify-webhook", f"{receiver.url}/hook", "--", sys.executable, str(script)],

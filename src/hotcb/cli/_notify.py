@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import time
 from typing import Any
 
@@ -94,22 +95,59 @@ def cmd_notify(args: argparse.Namespace) -> int:
     print(f"hotcb notify on {notifier.run_dir}: {len(config.alerts)} alerts, "
           f"{len(config.deliveries)} deliveries", flush=True)  # fmt: skip
     try:
+        stop = _Stop()
+        _ready()
         while True:
             _say(notifier.step())
             if args.once:
                 break
-            if notifier.ended:
-                _say(notifier.step())
+            if notifier.ended or stop.asked:  # one last round: the end that stopped it (a
+                _say(notifier.step())  # crash, the last NaN) is still sent
                 break
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        # Ctrl-C, or `hotcb launch` stopping it as the training ends: one last round, so the
-        # end that made the launcher stop it (a crash, the last NaN) is still sent
+            stop.sleep(args.interval)
+    except KeyboardInterrupt:  # Ctrl-C: one last round too
         with contextlib.suppress(KeyboardInterrupt):  # a second one: go without it
             _say(notifier.step())
     with contextlib.suppress(KeyboardInterrupt):
         notifier.close(LAST_DELIVERIES_SEC)
     return 0
+
+
+class _Stop:
+    """SIGTERM (``hotcb launch`` stopping the notifier as the training ends) asks for a stop
+    between rounds, never inside one: a round cut short lost what it had read (each record
+    is read once) and the alerts it had found, a crash among them. It cuts only the sleep."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._sleeping = False
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.asked = True
+        if self._sleeping:
+            raise KeyboardInterrupt
+
+    def sleep(self, seconds: float) -> None:
+        self._sleeping = True
+        try:
+            if not self.asked:
+                time.sleep(seconds)
+        except KeyboardInterrupt:
+            if not self.asked:  # Ctrl-C
+                raise
+        finally:
+            self._sleeping = False
+
+
+def _ready() -> None:
+    """Tell ``hotcb launch`` that a SIGTERM now gets a last round (its ``HOTCB_NOTIFY_READY``
+    file, ``hotcb._launch.NOTIFY_READY_ENV``): it waits for this before stopping the
+    notifier."""
+    path = os.environ.get("HOTCB_NOTIFY_READY")
+    if path:
+        with contextlib.suppress(OSError), open(path, "a"):
+            pass
 
 
 def _wait_for_run(path: str, interval: float) -> None:
