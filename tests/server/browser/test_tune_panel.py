@@ -10,6 +10,7 @@ Tests wait on conditions with generous deadlines (the machine may be loaded), ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -270,6 +271,26 @@ LAYOUT = """() => {
 }"""
 
 
+# what sticks out past the window's right edge, for a failure's message
+TOO_WIDE = """() => [...document.querySelectorAll('body *')]
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+  .map((e) => `${e.tagName}.${e.className}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`)
+  .slice(0, 12)"""
+
+
+@contextlib.contextmanager
+def sized_page(browser: Any, width: int, height: int) -> Iterator[tuple[Any, list[str]]]:
+    """A page in a window of ``width`` x ``height``, and the page errors it raised."""
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield page, errors
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("mode", ["suggest", "off"])
 def test_layout_at_1280x720(browser: Any, site: Site, tune_state: Any, mode: str) -> None:
     """The header stays one line and nothing overflows sideways; the panel spans the page
@@ -277,11 +298,7 @@ def test_layout_at_1280x720(browser: Any, site: Site, tune_state: Any, mode: str
     run = new_run(site, f"layout-{mode}")
     if mode != "off":
         tune_state(run, warnings=["objective 'val_loss' not logged; scoring 'loss'" * 3])
-    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
-    try:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with sized_page(browser, 1280, 720) as (page, errors):
         open_run(page, site, f"layout-{mode}")
         wait_page(page, f"d.tune.mode === '{mode}'")
         m = page.evaluate(LAYOUT)
@@ -292,8 +309,6 @@ def test_layout_at_1280x720(browser: Any, site: Site, tune_state: Any, mode: str
         assert m["tune"]["bottom"] <= m["ledger"]["top"], m
         assert m["tune"]["width"] == pytest.approx(m["ledger"]["width"], abs=1), m
         assert errors == []
-    finally:
-        ctx.close()
 
 
 def test_a_phone_wide_window_never_scrolls_sideways(
@@ -304,19 +319,11 @@ def test_a_phone_wide_window_never_scrolls_sideways(
     and Reject were off screen."""
     run = new_run(site, "narrow")
     tune_state(run, warnings=["objective 'val_loss' not logged; scoring 'loss'" * 3])
-    ctx = browser.new_context(viewport={"width": 420, "height": 900})
-    try:
-        page = ctx.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with sized_page(browser, 420, 900) as (page, errors):
         open_run(page, site, "narrow")
         wait_page(page, "d.tune.mode === 'suggest'")
         m = page.evaluate(LAYOUT)
-        wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
-          .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
-          .map((e) => `${e.tagName}.${e.className}#${e.id} in ${e.closest('section,.card,header,div[id]')?.id || e.closest('section,.card,header,div[id]')?.className} ${Math.round(e.getBoundingClientRect().right)}`)
-          .slice(0, 12)""")
-        assert m["scrollWidth"] <= m["width"], wide
+        assert m["scrollWidth"] <= m["width"], page.evaluate(TOO_WIDE)
         assert m["tune"]["right"] <= m["width"] and m["ledger"]["right"] <= m["width"], m
         buttons = page.locator(f"{CARD} .tune-proposal button")
         assert buttons.count() >= 2
@@ -324,8 +331,6 @@ def test_a_phone_wide_window_never_scrolls_sideways(
             box = buttons.nth(i).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= m["width"], box
         assert errors == []
-    finally:
-        ctx.close()
 
 
 # ------------------------------------------------------------------------------ repeated series
