@@ -141,10 +141,11 @@ class _Stop:
 
 
 def _ready() -> None:
-    """Tell ``hotcb launch`` that a SIGTERM now gets a last round (its ``HOTCB_NOTIFY_READY``
-    file, ``hotcb._launch.NOTIFY_READY_ENV``): it waits for this before stopping the
-    notifier."""
-    path = os.environ.get("HOTCB_NOTIFY_READY")
+    """Tell ``hotcb launch`` that a SIGTERM now gets a last round (the file it named in
+    ``NOTIFY_READY_ENV``): it waits for this before stopping the notifier."""
+    from .._launch import NOTIFY_READY_ENV
+
+    path = os.environ.get(NOTIFY_READY_ENV)
     if path:
         with contextlib.suppress(OSError), open(path, "a"):
             pass

@@ -633,8 +633,8 @@ class KnobHistory:
     """Every applied change of a knob's value in the ledger (``changes: {key: {old, new}}``),
     the whole run's, not just the recent entries :class:`LedgerState` keeps. A change is a
     knob's when its entry is an actuator command (``opt``, ``loss``, ``custom``), an undo of
-    one, or the online tuner's trial, roll-back or bracket arm; only numbers are kept (a knob's chart is a line). At most ``max_changes`` (the oldest
-    go first)."""
+    one, or the online tuner's trial, roll-back or bracket arm; only numbers are kept (a
+    knob's chart is a line). At most ``max_changes`` (the oldest go first)."""
 
     MODULES = frozenset({"opt", "loss", "custom"})
     #: the online tuner's ops that move knobs (a trial, its roll-back, a bracket's arm); an

@@ -207,7 +207,8 @@ def storage_trouble(url: str) -> str | None:
         )
     scheme, rest = url.split("://", 1)
     if scheme == "postgres":  # said back without its password
-        return f"SQLAlchemy has no 'postgres' dialect: write postgresql://{redact_url(url).split('://', 1)[1]}"
+        _, shown = redact_url(url).split("://", 1)
+        return f"SQLAlchemy has no 'postgres' dialect: write postgresql://{shown}"
     dialect = scheme.split("+", 1)[0].lower()
     if dialect == "sqlite" and rest in ("", "/", "/:memory:"):
         return (
