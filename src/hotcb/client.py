@@ -99,30 +99,39 @@ def check_actuator_params(
         _validator(d).validate(value)
 
 
-def _check_space(space: Sequence[Any], published: Sequence[Mapping[str, Any]], where: str) -> None:
+def _check_space(
+    space: Sequence[Any],
+    published: Sequence[Mapping[str, Any]],
+    where: str,
+    lines: Mapping[str, int] | None = None,
+) -> None:
     """A tuner recipe's knobs that the run does not have as numeric actuators: refused with
-    each one named, once the run has published its actuators (the tuner sat `active` and
-    never made a trial, a warning in `tune status --json` the only sign)."""
+    each one named, and its line in the recipe (``lines``, from :func:`recipe_lines`), once the
+    run has published its actuators (the tuner sat `active` and never made a trial, a warning
+    in `tune status --json` the only sign)."""
     if not published:
         return
     by_key = {a["param_key"]: a for a in published}
+    lines = lines or {}
     problems = []
-    for knob in space:
+    for i, knob in enumerate(space):
         act = by_key.get(knob.key)
         group = (act or {}).get("group") or "custom"
         if act is not None and group == knob.module and act.get("type") in _NUMBER_TYPES:
             continue
+        field = "module" if act is not None and group != knob.module else "key"
+        line = lines.get(f"space[{i}].{field}") or lines.get(f"space[{i}]")
+        name = f"line {line}: {knob.name}" if line else knob.name
         if act is None:
             close = difflib.get_close_matches(knob.key, list(by_key), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{knob.module}.{knob.key}: the run has no actuator {knob.key!r}"
-                            f"{hint} (its knobs: {', '.join(sorted(by_key))})")  # fmt: skip
+            problems.append(f"{name}: the run has no actuator {knob.key!r}{hint} (its knobs: "
+                            f"{', '.join(sorted(by_key))})")  # fmt: skip
         elif group != knob.module:
-            problems.append(f"{knob.module}.{knob.key}: {knob.key!r} is in {group}, not "
-                            f"{knob.module} (module: {group})")  # fmt: skip
+            problems.append(f"{name}: {knob.key!r} is in {group}, not {knob.module} "
+                            f"(module: {group})")  # fmt: skip
         else:
-            problems.append(f"{knob.module}.{knob.key}: a {act.get('type')} actuator; the tuner "
-                            "moves numbers")  # fmt: skip
+            problems.append(f"{name}: a {act.get('type')} actuator; the tuner moves numbers")
     if problems:
         from .modules.tune import RecipeError
 
@@ -403,7 +412,7 @@ class HotClient:
         storage, study, seed, risk, threshold, startup_trials, total_steps, abort, restore,
         start, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
         problem; the run itself refuses it when optuna is missing there."""
-        from .modules.tune import load_recipe, parse_settings
+        from .modules.tune import parse_settings, read_recipe
 
         params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}
         recipe = params.get("recipe")
@@ -424,10 +433,12 @@ class HotClient:
                     "directory, then from here)"
                 )
         given = {k: v for k, v in params.items() if k != "recipe"}
-        doc = load_recipe(path) if os.path.isfile(path) else None
+        doc, lines = read_recipe(path) if os.path.isfile(path) else (None, {})
         settings_ = parse_settings(given, doc)
-        if "space" in given or (doc and "space" in doc):  # knobs named by the user
-            _check_space(settings_.space, self._published(), where=path if doc else "space")
+        if "space" in given:  # knobs named by flag (no lines)
+            _check_space(settings_.space, self._published(), where="space")
+        elif doc and "space" in doc:  # the recipe's knobs, each problem with its line
+            _check_space(settings_.space, self._published(), where=path, lines=lines)
         if outside:
             # the trainer reads files inside its run directory only (DESIGN.md §10): the
             # recipe goes in as hotcb.replay/<sha>.tune.yaml, as freeze's does

@@ -144,21 +144,22 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
 def test_a_recipe_whose_knobs_the_run_does_not_have_is_refused(toy: Any, cli: Any) -> None:
     """A space of `custom.dropout` and `loss.lr` on a run without them: the enable was sent
     and applied, and the tuner sat `active` for good without one trial (a warning in `tune
-    status --json` the only sign)."""
+    status --json` the only sign). Each is refused with its line in the file."""
     t: Toy = toy(log_level, lr=1e-4)
     t.run(2)  # the run publishes its actuators
     run = t.kernel.run_dir
     with open(os.path.join(run, "knobs.tune.yaml"), "w") as f:
         f.write(
+            "objective: loss\n"
             "space:\n  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
-            "  - {key: lr, module: loss, low: 0.5, high: 2}\n"
             "  - {key: weight_decay, low: 0.5, high: 2}\n"
+            "  - key: lr\n    module: loss\n    low: 0.5\n    high: 2\n"
         )
     before = _commands(run)
     out = cli(run, "tune", "enable", "--recipe", "knobs.tune.yaml")
     assert out.returncode == 2, out.stdout
-    assert "custom.dropout: the run has no actuator 'dropout'" in out.stderr
-    assert "loss.lr: 'lr' is in opt, not loss (module: opt)" in out.stderr
+    assert "line 3: custom.dropout: the run has no actuator 'dropout'" in out.stderr
+    assert "line 6: loss.lr: 'lr' is in opt, not loss (module: opt)" in out.stderr
     assert "opt.weight_decay" not in out.stderr  # a knob the run has
     assert _commands(run) == before  # nothing sent
 

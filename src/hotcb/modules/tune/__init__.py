@@ -4,7 +4,15 @@
 """
 
 from ._module import STATE_FILE, TuneModule
-from ._space import DEFAULT_SPACE, Knob, RecipeError, Settings, load_recipe, parse_settings
+from ._space import (
+    DEFAULT_SPACE,
+    Knob,
+    RecipeError,
+    Settings,
+    load_recipe,
+    parse_settings,
+    read_recipe,
+)
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -15,4 +23,5 @@ __all__ = [
     "TuneModule",
     "load_recipe",
     "parse_settings",
+    "read_recipe",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "bracket_knob",
     "load_recipe",
     "parse_settings",
+    "read_recipe",
 ]
 
 MODES = ("observe", "suggest", "active")
@@ -317,6 +318,12 @@ def parse_settings(params: Mapping[str, Any], recipe: Mapping[str, Any] | None =
 def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked settings of a recipe file (YAML or JSON); :class:`RecipeError` lists every
     problem with its line."""
+    return read_recipe(path)[0]
+
+
+def read_recipe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`load_recipe`, and the line of every key and item in the file
+    (``{"space[0].key": 3}``), for problems found later (a knob the run does not have)."""
     path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -334,7 +341,7 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
         ck.add("segment_evals", "give segment_steps or segment_evals, not both")
     if ck.problems:  # in the file's order
         raise RecipeError(path, sorted(ck.problems, key=_line_of))
-    return settings
+    return settings, lines
 
 
 def _line_of(problem: str) -> int:
