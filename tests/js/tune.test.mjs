@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, tuneFacts } = tune;
+const { bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -224,6 +224,16 @@ describe("the trials table", () => {
       assert.equal(labels[0].title, reason);
       assert.equal(card.find("tune-dec-kept")[0].title, "");
     });
+  });
+});
+
+describe("trialSteps: a trial's segment, or the step it was proposed at", () => {
+  test("a judged trial, an open one, a rejected proposal, a row without its proposal", () => {
+    assert.deepEqual(trialSteps(STATE, STATE.trials[0]), { text: "1000–1200", title: "" });
+    assert.deepEqual(trialSteps(STATE, STATE.trials[2]), { text: "1400…", title: "" });
+    const rejected = { trial: 8, step: null, decision: "rejected" }; // P3's trial, never applied
+    assert.deepEqual(trialSteps(STATE, rejected), { text: "1600", title: "proposed at step 1600" });
+    assert.deepEqual(trialSteps(STATE, { trial: 42, step: null, decision: "failed" }), { text: "", title: "" });
   });
 });
 

@@ -162,7 +162,8 @@ def test_an_accept_refused_after_the_cli_answered_first_is_said(
     # the trials table says what was rejected
     row = page.locator(f'{CARD} #tune-trials tr[data-trial="{proposal["trial"]}"]')
     cells = row.evaluate("r => [...r.cells].map(c => c.textContent)")
-    assert cells == [str(proposal["trial"]), "", change, "–", "rejected"], cells
+    # never applied: the step it was proposed at stands for its segment
+    assert cells == [str(proposal["trial"]), str(proposal["step"]), change, "–", "rejected"], cells
 
     # a person who has read it dismisses it
     note.locator(".tune-dismiss").click()
@@ -179,5 +180,7 @@ def test_a_proposed_trial_shows_the_change_proposed(page: Any, site: Site, flat_
     cells = row.evaluate("r => [...r.cells].map(c => c.textContent)")
     change = page.locator(f'{CARD} li.tune-proposal[data-id="{proposal["id"]}"] .what').inner_text()
     assert "opt.lr" in change
-    # trial, steps (none yet), change, score, decision
-    assert cells == [str(proposal["trial"]), "", change, "–", "proposed"], cells
+    # trial, the step it was proposed at (no segment yet), change, score, decision
+    assert cells == [str(proposal["trial"]), str(proposal["step"]), change, "–", "proposed"], cells
+    at = row.locator("td").nth(1).get_attribute("title")
+    assert at == f"proposed at step {proposal['step']}", at

@@ -131,6 +131,14 @@ export function trialChanges(doc, t) {
   return p?.changes ?? null;
 }
 
+/** A trial's steps for the table: its segment (`1200–1400`, `1400…` while open), else (a
+ * proposal never applied: pending, rejected, expired) the step it was proposed at. */
+export function trialSteps(doc, t) {
+  if (t.step != null) return { text: t.end_step == null ? `${t.step}…` : `${t.step}–${t.end_step}`, title: "" };
+  const p = (doc.proposals || []).find((q) => q && q.trial != null && q.trial === t.trial);
+  return p?.step == null ? { text: "", title: "" } : { text: String(p.step), title: `proposed at step ${p.step}` };
+}
+
 /** Ledger decisions of a `tune enable` that left the tuner as it was. */
 const REFUSED = new Set(["rejected", "failed", "ignored_freeze"]);
 
@@ -440,8 +448,10 @@ export class TunePanel {
     for (const t of rows) {
       const tr = el("tr");
       tr.dataset.trial = t.trial ?? "";
-      const steps = t.step == null ? "" : t.end_step == null ? `${t.step}…` : `${t.step}–${t.end_step}`;
-      tr.append(el("td", "num-col", t.trial ?? ""), el("td", "num-col", steps));
+      const steps = trialSteps(doc, t);
+      const at = el("td", "num-col", steps.text);
+      at.title = steps.title;
+      tr.append(el("td", "num-col", t.trial ?? ""), at);
       tr.append(el("td", "delta", fmtTuneChanges(trialChanges(doc, t)) || "–"));
       tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
       const dec = el("td");
