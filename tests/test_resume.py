@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from hotcb import HotClient
+from hotcb import HotClient, jsonl
 from hotcb.freeze import FreezeMode, FreezeState
+from hotcb.ops import make_command
 from hotcb.recipe import export_recipe
 from hotcb.testing import TinyMLP, TorchStepDriver, read_ledger, wait_for
 
@@ -319,3 +320,35 @@ def test_a_checkpoint_taken_at_an_idle_step_records_that_step(tmp_path: Any) -> 
         kernel.apply({"step": step, "metrics": {"loss": 1.0}})
     assert kernel.state_dict()["step"] == 40
     kernel.close()
+
+
+def test_commands_a_killed_process_wrote_for_itself_are_not_applied_after_it(
+    tmp_path: Any,
+) -> None:
+    """kill -9 between the tuner writing its trial (or a signal handler its stop) and the
+    step that applies it: the resumed process decides again, so the dead one's commands are
+    ledgered ``noop`` with the reason; a person's command written meanwhile applies, in order."""
+    run_dir = os.fspath(tmp_path / "run")
+    first = Loop(run_dir)
+    first.run(60, checkpoint_at=(20,), kill_after=30)
+    for source, module, op, params in (
+        ("tune", "tune", "mutate", {"trial": 4, "values": {"opt": {"lr": 0.5}}}),
+        ("cli", "opt", "set_params", {"lr": 0.02}),  # sent while the trainer was down
+        ("signal", "control", "stop", {}),  # the dead process's SIGTERM, under DDP
+    ):
+        jsonl.append(os.path.join(run_dir, "hotcb.commands.jsonl"),
+                     make_command(module, op, source=source, params=params))  # fmt: skip
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    # this process's own stop (sent at step 35) is applied as ever
+    own_stop = {35: lambda c: HotClient(run_dir, source="signal").send("control", "stop")}
+    second.run(60, own_stop)
+    assert second.opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    entries = [e for e in read_ledger(run_dir) if e["source"] in ("tune", "cli", "signal")]
+    assert [(e["source"], e["decision"]) for e in entries] == [
+        ("tune", "noop"), ("cli", "applied"), ("signal", "noop"), ("signal", "applied")
+    ]  # fmt: skip
+    for e in entries[0], entries[2]:
+        assert e["error"].startswith(f"written by this run's {e['source']} in an earlier process")
+    assert [e["cursor"] for e in entries] == sorted(e["cursor"] for e in entries)
+    assert entries[0]["step"] == 21 and entries[3]["step"] >= 35  # the stop that applies

@@ -22,12 +22,23 @@ __all__ = ["CommandIntake"]
 #: How many handled cmd_ids are remembered for de-duplication.
 _SEEN_MAX = 200_000
 
+#: Sources of the commands a kernel writes for itself (``HotKernel.submit``): the tuner's
+#: trials, a signal's checkpoint and stop under torch.distributed. Each is meant for the
+#: process that wrote it; one that process did not live to apply is not applied by the next.
+OWN_SOURCES = frozenset({"tune", "signal"})
+
 
 class CommandIntake:
     """The commands file as a stream of validated ops, each handed out once."""
 
     def __init__(self, path: str, offset: int, seen: Iterable[str] = ()) -> None:
         self.tail = jsonl.JsonlTail(path, offset=offset)
+        # the file's length when this process began: a line of OWN_SOURCES that ends before
+        # it was written by an earlier process (0 once read past, or for an empty file)
+        try:
+            self.life_start = os.stat(path).st_size
+        except OSError:
+            self.life_start = 0
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._batch_start = -1
@@ -65,9 +76,35 @@ class CommandIntake:
             reset = "the commands file was truncated or replaced; reading it from the start"
         return lines, reset, None
 
-    def begin(self, lines: list[tuple[int, bytes]]) -> None:
+    def mark_earlier_life(self, lines: list[tuple[int, bytes]]) -> list[tuple[Any, ...]]:
+        """``lines`` (the leader's batch), each command an earlier process wrote for itself
+        and did not apply (a tuner's trial, a signal's stop, left in the file by a kill -9)
+        marked ``(end, raw, reason)``: the process it was meant for is gone, and this one
+        decides again (a resumed tuner re-judges its open trial). Read past the file's length
+        at this process's start, nothing is looked at again."""
+        start = self.life_start
+        out: list[tuple[Any, ...]] = []
+        if lines and lines[-1][0] >= start:
+            self.life_start = 0
+        for end, raw in lines:
+            source = None
+            if end <= start and b'"source"' in raw:
+                try:
+                    record = json.loads(raw)
+                    source = record.get("source") if isinstance(record, dict) else None
+                except (ValueError, RecursionError):
+                    pass  # parse() refuses it, with the reason
+            if source in OWN_SOURCES:
+                out.append((end, raw, f"written by this run's {source} in an earlier process, "
+                                      "which ended before applying it: not applied (this "
+                                      "process decides again)"))  # fmt: skip
+            else:
+                out.append((end, raw))
+        return out
+
+    def begin(self, lines: list[tuple[Any, ...]]) -> None:
         """A batch starts: ops read in it record their own line's end as their cursor."""
-        end, raw = lines[0]
+        end, raw = lines[0][:2]
         self._batch_start = end - len(raw) - 1
 
     def end(self) -> None:

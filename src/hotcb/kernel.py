@@ -358,7 +358,7 @@ class HotKernel:
             self._warn("heartbeat", f"could not write {self.paths.heartbeat}: {exc!r}")
 
     # ------------------------------------------------------------------ commands
-    def _read(self) -> list[tuple[int, bytes]]:
+    def _read(self) -> list[tuple[Any, ...]]:
         if not self.is_leader:
             return []
         lines, reset, error = self._intake.read()
@@ -369,24 +369,26 @@ class HotKernel:
             )  # fmt: skip
         if error is not None:
             log.warning("hotcb: %s", error)  # every time: it may be passing (NFS, permissions)
+        if lines and self._intake.life_start:  # the first lines after a restart
+            return self._intake.mark_earlier_life(lines)
         return lines
 
-    def _sync_batch(self, lines: list[tuple[int, bytes]], step: int) -> list[tuple[int, bytes]]:
+    def _sync_batch(self, lines: list[tuple[Any, ...]], step: int) -> list[tuple[Any, ...]]:
         """Every rank gets rank 0's batch and the step of the next poll rank 0 chose."""
         assert self._sync is not None
         nxt = self._gate.plan(step, time.monotonic(), busy=bool(lines)) if self.is_leader else 0
         lines, self._gate.next_step = self._sync.broadcast(lines, nxt)
         return lines or []
 
-    def _handle_lines(self, lines: list[tuple[int, bytes]], env: Env, point: SafePoint) -> None:
+    def _handle_lines(self, lines: list[tuple[Any, ...]], env: Env, point: SafePoint) -> None:
         intake = self._intake
         intake.begin(lines)
         try:
-            for end, raw in lines:
+            for end, raw, *stale in lines:
                 if not raw.strip():
                     continue
                 try:
-                    self._handle_line(raw, end, env, point)
+                    self._handle_line(raw, end, env, point, stale[0] if stale else None)
                 except Exception as exc:  # the cursor is past this batch: ledger it, go on
                     self._ledger.emit(
                         point, cmd_id=f"@{end - len(raw) - 1}", source="kernel",
@@ -397,13 +399,17 @@ class HotKernel:
             intake.end()
         self._stream.write_if_changed(point.step)
 
-    def _handle_line(self, raw: bytes, end: int, env: Env, point: SafePoint) -> None:
+    def _handle_line(
+        self, raw: bytes, end: int, env: Env, point: SafePoint, stale: str | None = None
+    ) -> None:
         parsed = self._intake.parse(raw, end)
         if isinstance(parsed, dict):
             self._ledger.emit(point, **parsed)
         elif not self._intake.first_time(parsed.cmd_id):
             error = f"duplicate cmd_id {parsed.cmd_id!r}: already handled"
             self._ledger.emit_op(parsed, point, Decision.NOOP, error=error)
+        elif stale is not None:  # (CommandIntake.mark_earlier_life)
+            self._ledger.emit_op(parsed, point, Decision.NOOP, error=stale)
         elif parsed.at_step is not None and parsed.at_step > point.step:
             self._schedule_op(parsed, point)
         else:
