@@ -130,6 +130,19 @@ def test_a_segment_is_scored_against_the_trend() -> None:
     assert "spike" in score_segment(spiky, history, "minimize")[1]
 
 
+def test_a_maximized_objective_is_penalised_for_a_fall_not_for_its_level() -> None:
+    """An accuracy 1 % above a flat trend scores about +0.01, with no spike (every value of
+    0.9 used to count as one: below 3x the expectation, so no trial could be kept); a fall to
+    under a third of the expectation is one."""
+    history = [(100.0, 0.90), (150.0, 0.90)]
+    better = Segment(200, [225, 250, 275, 300], [0.90, 0.91, 0.91, 0.91])
+    score, detail = score_segment(better, history, "maximize")
+    assert score == pytest.approx(0.0111, abs=1e-3) and "spike" not in detail, detail
+    collapse = Segment(200, [225, 250, 275, 300], [0.90, 0.25, 0.91, 0.91])
+    score, detail = score_segment(collapse, history, "maximize")
+    assert detail["spike"] == 0.25 and score == pytest.approx(0.0111 - 0.25, abs=1e-3)
+
+
 def test_noise_is_the_standard_error_of_the_level() -> None:
     from hotcb.modules.tune._score import noise
 

@@ -18,7 +18,7 @@ __all__ = ["Segment", "expected_level", "level", "noise", "score_segment"]
 
 #: Score of a segment with NaN/inf in its objective: the worst the tuner reports.
 NONFINITE_SCORE = -1.0
-SPIKE_FACTOR = 3.0  # a value this many times the expected level (minimising) is a spike
+SPIKE_FACTOR = 3.0  # a value this many times worse than the expected level is a spike
 SPIKE_PENALTY = 0.25
 DIVERGE_RATIO = 1.5  # the last quarter's median this much worse than the first quarter's
 DIVERGE_PENALTY = 0.25
@@ -96,8 +96,10 @@ def score_segment(
     scale = max(abs(expected), 1e-12)
     score = sign * (expected - actual) / scale
     detail: dict[str, float | str] = {"level": actual, "expected": expected, "raw": score}
+    # minimising: a value over 3x the expectation; maximising (an accuracy): one under a third
     worst = max(values) if sign > 0 else min(values)
-    if sign * (worst - SPIKE_FACTOR * expected) > 0 and expected > 0:
+    spiked = worst > SPIKE_FACTOR * expected if sign > 0 else worst < expected / SPIKE_FACTOR
+    if spiked and expected > 0:
         score -= SPIKE_PENALTY
         detail["spike"] = worst
     quarter = max(1, len(values) // 4)
