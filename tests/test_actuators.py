@@ -54,6 +54,30 @@ def test_lr_on_several_param_groups_keeps_their_ratio_and_each_group_has_its_own
     assert [g["momentum"] for g in opt.param_groups] == [0.5, 0.5]
 
 
+def test_weight_decay_keeps_a_group_without_decay_at_none() -> None:
+    """The HF Trainer's groups: decayed weights, then biases and norms at 0. Setting
+    ``weight_decay`` (a person, a tuner trial) moves the decayed group only, and setting it back
+    restores both exactly (it used to give the no-decay group the value, for good)."""
+    model = TinyMLP()
+    opt = torch.optim.AdamW(
+        [
+            {"params": [model[0].weight, model[2].weight], "weight_decay": 0.01},
+            {"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
+    ms = mutable_state(optimizer_actuators(opt))
+    ms.initialize({})
+    assert ms.apply("weight_decay", 0.0177, {}) == (0.01, 0.0177)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0177, 0.0]
+    ms.apply("weight_decay", 0.01, {})
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    # no factor when group 0 has no decay: every group gets the value
+    ms.apply("weight_decay@group0", 0.0, {})
+    ms.apply("weight_decay", 0.05, {})
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.05]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [

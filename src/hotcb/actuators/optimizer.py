@@ -148,8 +148,24 @@ def _setter_of_all(groups: list[dict[str, Any]], key: str) -> Any:
     return apply_fn
 
 
+def _scaler_of_all(groups: list[dict[str, Any]], key: str) -> Any:
+    """Apply function that moves ``key`` in every group by the factor group 0's value moves,
+    as ``lr`` does: a group without decay (0, the HF Trainer's biases and norms) keeps none,
+    and a roll-back to group 0's old value puts every group back. When group 0's value is 0
+    there is no factor: every group gets the value."""
+
+    def apply_fn(value: Any, env: Env) -> None:
+        first = _get(groups[0], key)
+        for g in groups:
+            if key in g:
+                _put(g, key, value * (_get(g, key) / first) if first else value)
+
+    return apply_fn
+
+
 def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[HotcbActuator]:
-    """``weight_decay``, ``momentum`` and ``betas`` over all groups, those group 0 has."""
+    """``weight_decay`` (ratios kept), ``momentum`` and ``betas`` over all groups, those group
+    0 has."""
     first = groups[0]
     acts: list[HotcbActuator] = []
 
@@ -162,11 +178,11 @@ def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[Hot
             _opt_actuator(
                 prefix + "weight_decay",
                 ActuatorType.FLOAT,
-                _setter_of_all(groups, "weight_decay"),
+                _scaler_of_all(groups, "weight_decay"),
                 lambda env: _get(groups[0], "weight_decay"),
                 min_value=0.0,
                 max_value=10.0,
-                description="weight decay (all groups)",
+                description="weight decay (all groups, ratios kept)",
             )
         )
     if "momentum" in first:
