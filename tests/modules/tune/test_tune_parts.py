@@ -150,6 +150,8 @@ def test_noise_is_the_standard_error_of_the_level() -> None:
     wobbly = [1.0, 1.2, 0.8, 1.2, 0.8, 1.2, 0.8, 1.2]
     assert noise(wobbly, 1.0) == pytest.approx(0.2 * 1.4826 / 2)
     assert noise([5.0], 5.0) == 0.0
+    # a last half of one value: the whole segment's spread (two evaluations to a segment)
+    assert noise([1.0, 1.2], 1.1) == pytest.approx(0.1 * 1.4826 / 1.1 / math.sqrt(2))
 
 
 def test_storage_passwords_are_redacted() -> None:

@@ -298,6 +298,26 @@ def test_a_validation_metric_repeated_on_train_steps_is_one_observation(toy: Any
     assert (status["segment_evals"], status["segment_steps"]) == (3, None)
 
 
+def test_a_segment_of_two_evaluations_has_a_noise_margin(toy: Any, cli: Any) -> None:
+    """`--segment-evals 2` (what the docs suggest for a sparse validation): the last half of a
+    segment is one value, so the bar to keep a trial used to be the threshold alone (`needed >
+    +0`) and any gain of noise was kept. Of one evaluation, no noise can be measured: said."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_loss", segment_evals=2, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, 80, val_every=10)
+    judged = [r for r in client.tune_status()["trials"] if r.get("score") is not None]
+    assert judged and all(r["detail"]["margin"] > 0 for r in judged), judged
+    assert not client.tune_status()["warnings"]
+    client.tune_enable("active", objective="val_loss", segment_evals=1, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, 60, val_every=10)
+    (warning,) = client.tune_status()["warnings"]
+    assert "segments of one value of 'val_loss' have no noise to measure" in warning
+    assert "--segment-evals 3 or more" in cli(t.kernel.run_dir, "tune", "status").stdout
+
+
 def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
@@ -330,10 +350,30 @@ def test_lightnings_train_loss_stands_in_for_an_objective_that_never_comes(
     assert "'val_los' was not logged in 20 steps; scoring 'train_loss' instead" in warning
     assert status["objective_used"] == "train_loss"
     assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
+    # its segments hold every step's value, not only the one that rides on each validation
+    # (it was counted as a validation metric: one value a segment, no noise, then none at all)
+    judged = [r for r in status["trials"] if r.get("score") is not None]
+    assert all(r["detail"]["noise"] > 0 for r in judged), judged
+    assert not [r for r in status["trials"] if r.get("decision") == "failed"]
     assert (
         "objective: train_loss (minimize; asked: val_los, minimize)"
         in cli(t.kernel.run_dir, "tune", "status").stdout
     )
+
+
+def test_objective_loss_scores_lightnings_train_loss(toy: Any, cli: Any) -> None:
+    """`--objective loss` on a LightningModule that logs `train_loss`: scored under that name
+    (it warned that nothing was scored for the whole run), as val_loss finds eval_loss."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, 60, val_every=10)
+    status = client.tune_status()
+    assert status["objective_used"] == "train_loss"
+    assert status["warnings"] == ["objective 'loss' is logged as 'train_loss' by this run: "
+                                  "scoring 'train_loss'"]  # fmt: skip
+    assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
 
 
 def test_segments_counted_in_evaluations_still_run_trials_near_the_end(toy: Any) -> None:

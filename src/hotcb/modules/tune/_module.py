@@ -66,6 +66,8 @@ _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner hol
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
 _TRAIN_LOSSES = ("loss", "train_loss", "train/loss")
+#: An objective the run logs under another name: scored under that one, said in ``tune status``.
+_ALIASED = {VAL_LOSS_NAMES[0]: VAL_LOSS_NAMES, **{n: _TRAIN_LOSSES for n in _TRAIN_LOSSES}}
 _TRAIN_WATCH = 50  # training losses before a mutation: the blow-up watch's "before"
 _VAL_EVENT = "val_epoch_end"
 _NOTHING_SCORED = "nothing is scored: --objective picks another"
@@ -1026,15 +1028,16 @@ class TuneModule:
             if self.trial is not None:
                 self.trial.setdefault("train", []).append(train)
         value = metrics.get(self.objective_used)
-        if value is None and not self.seen and self.objective_used == VAL_LOSS_NAMES[0]:
-            alias = next((n for n in VAL_LOSS_NAMES if n in metrics), None)
-            if alias is not None:  # the HF Trainer's eval_loss, the demo's val/loss
+        if value is None and not self.seen and self.objective_used in _ALIASED:
+            # the HF Trainer's eval_loss, the demo's val/loss; Lightning's train_loss for loss
+            alias = next((n for n in _ALIASED[self.objective_used] if n in metrics), None)
+            if alias is not None:
                 self._warn(f"objective {self.objective_used!r} is logged as {alias!r} by this "
                            f"run: scoring {alias!r}")  # fmt: skip
                 self.objective_used, value = alias, metrics[alias]
         if value is not None:
             self.seen = True
-            if validation:
+            if validation and self.objective_used not in _TRAIN_LOSSES:  # (logged every step)
                 self.val_objective = True
             elif self.val_objective:  # the last validation's value, repeated on a train step
                 return
@@ -1179,6 +1182,16 @@ class TuneModule:
             self.backoff = max(0, self.backoff - 1)
         self._next(step)
 
+    def _margin(self, detail: Mapping[str, Any], values: int) -> float:
+        """How far a score must beat the threshold to keep a trial: the noise of its segment's
+        level, or how far the trend missed segments that were left alone (``values``: how
+        many of the objective the segment holds; one has no noise to measure: said)."""
+        if values == 1 and not self.trend_noise:
+            self._warn(f"segments of one value of {self.objective_used!r} have no noise to "
+                       "measure: until the trend has missed a segment left alone, a trial is "
+                       "kept on any gain; use --segment-evals 3 or more")  # fmt: skip
+        return max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
+
     def _judge(self, seg: Segment, step: int) -> None:
         trial = self.trial
         assert trial is not None
@@ -1201,10 +1214,7 @@ class TuneModule:
                       "steps before the change drew", "score": score}  # fmt: skip
         elif trial.get("cut"):  # ended early on the objective
             detail["reason"] = trial["cut"]
-        # keep what beats the threshold by more than the noise: the segment's own, or how far
-        # the trend missed segments that were left alone
-        margin = max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
-        detail["margin"] = margin
+        detail["margin"] = margin = self._margin(detail, len(seg.values))
         detail["needed"] = needed = self.settings.threshold + margin  # the bar a keep clears
         if needed >= 1.0 and self._sign > 0:  # a lower loss scores +1 at most (down to zero)
             self.warnings = [w for w in self.warnings if not w.startswith(_NO_KEEP)]

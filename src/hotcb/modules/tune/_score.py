@@ -120,8 +120,12 @@ def score_segment(
 def noise(values: Sequence[float], at: float) -> float:
     """The relative standard error of a segment's level: the spread of its last half (a
     median absolute deviation, scaled to a standard deviation) over the level and the square
-    root of the count. A score inside it is indistinguishable from no change."""
+    root of the count. A score inside it is indistinguishable from no change. A last half of
+    one value (a segment of two or three evaluations) has no spread: the whole segment's is
+    taken, which counts its trend too (so the bar errs high); one value alone has none (0)."""
     half = values[len(values) // 2 :]
+    if len(half) < 2:
+        half = values
     if len(half) < 2 or at == 0:
         return 0.0
     centre = _median(half)
