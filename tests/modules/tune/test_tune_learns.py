@@ -9,6 +9,8 @@ steps outlast an ask); the default, Optuna on a thread of its own, is tested in
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import re
 from typing import Any
 
@@ -176,6 +178,34 @@ def test_two_runs_share_one_study(toy: Any, tmp_path: Any, kind: str) -> None:
         mine = {e["tune"]["trial"] for e in t.ledger("mutate")}
         assert mine == set(by_run[t.kernel.run_dir]) or mine <= set(by_run[t.kernel.run_dir])
         assert HotClient(t.kernel.run_dir).tune_status()["study"] == "shared"
+
+
+def _open_at_once(url: str, barrier: Any, out: Any) -> None:
+    from hotcb.modules.tune._study import Study
+
+    barrier.wait()
+    try:
+        Study(url, "shared", f"run-{os.getpid()}", seed=None, startup_trials=5)
+        out.put("ok")
+    except Exception as exc:  # what the run's ledger would say: "could not open study …"
+        out.put(repr(exc))
+
+
+def test_runs_started_at_once_on_a_new_sqlite_study_all_open_it(tmp_path: Any) -> None:
+    """A sweep that starts its runs together on one new SQLite file: they raced to create its
+    tables (`UNIQUE constraint failed: alembic_version.version_num`, `table … already exists`)
+    and the losers' tuners stayed off. Four processes at one barrier, on five fresh files."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path}/sweep{attempt}.db"
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        said = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert said == ["ok"] * 4, said
 
 
 def _storage(url: str) -> Any:

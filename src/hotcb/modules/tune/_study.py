@@ -7,7 +7,9 @@ tunes never import optuna.
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -50,6 +52,52 @@ def import_optuna() -> Any:
     return optuna
 
 
+#: Tries to open a study, for runs that start together on a database nobody has set up yet.
+OPEN_TRIES = 6
+
+
+def _open(url: str, name: str, sampler: Any, tries: int = OPEN_TRIES) -> tuple[Any, Any]:
+    """The storage and the study ``name`` in it, created if missing. Runs that start at once
+    on a new SQLite file race to create its tables (``UNIQUE constraint failed:
+    alembic_version``, ``table … already exists``) or find it locked: each tries again after a short wait, up to
+    ``tries`` times, before the error stands. (This runs on the tuner's thread.)"""
+    import optuna
+
+    for attempt in range(tries):
+        try:
+            # the study's own storage object (optuna caches an RDB one): trials created here
+            # go through the same cache the study reads
+            storage = optuna.storages.get_storage(_storage(url))
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=sampler,
+                direction="maximize",  # the score: relative improvement over the trend
+                load_if_exists=True,
+            )
+            return storage, study
+        except Exception as exc:
+            if attempt + 1 >= tries or not _racing(exc):
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _racing(exc: BaseException) -> bool:
+    """Another process is creating the same database or study at this moment."""
+    try:
+        from sqlalchemy import exc as sa
+    except ImportError:  # pragma: no cover - optuna's RDB storage needs it
+        return False
+    said = str(exc)
+    locked = isinstance(exc, sa.OperationalError) and ("locked" in said or "already exists" in said)
+    return (
+        locked
+        or isinstance(exc, sa.IntegrityError)
+        or (type(exc).__name__ == "DuplicatedStudyError")
+    )
+
+
 class Study:
     """One Optuna study seen by one run: trials it opened carry the run's name, so a restart
     can tell which of its own trials were left open."""
@@ -67,16 +115,7 @@ class Study:
             sampler = optuna.samplers.TPESampler(
                 n_startup_trials=startup_trials, seed=seed, multivariate=True
             )
-        # the study's own storage object (optuna caches an RDB one): trials created here go
-        # through the same cache the study reads
-        self.storage = optuna.storages.get_storage(_storage(url))
-        self.study = optuna.create_study(
-            study_name=name,
-            storage=self.storage,
-            sampler=sampler,
-            direction="maximize",  # the score: relative improvement over the trend
-            load_if_exists=True,
-        )
+        self.storage, self.study = _open(url, name, sampler)
         self._study_id = self.storage.get_study_id_from_name(name)
         #: what other runs had put in the study when this one opened it (a shared study)
         self.joined = self._others()
