@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
+const { acceptTitle, bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -259,6 +259,28 @@ describe("a shared study", () => {
       assert.equal(study.textContent, "s · shared: 11 trials of 1 other run when this run joined");
       assert.ok(study.title.endsWith("the best shown is this run's, theirs scored 0.183"), study.title);
     });
+  });
+});
+
+describe("what the panel says once", () => {
+  test("a stand-in scored the way the objective asked: the badge says the direction, once", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new TunePanel(card, { decide: async () => "01J" });
+      panel.update(STATE); // val_loss asked, loss scored: both minimized
+      const line = () => card.find("tune-facts")[0].children[1].textContent; // the objective's dd
+      assert.equal(line(), "val_loss scoring loss ↓ minimize");
+      panel.update({ ...STATE, objective: "val_acc", direction: "maximize", direction_used: "minimize" });
+      assert.equal(line(), "val_acc scoring loss ↓ minimize ↑ maximize");
+    });
+  });
+
+  test("Accept's tooltip: the moves land on the values in force at the next step", () => {
+    const p = { id: "P3", changes: { "opt.lr": [0.00144, 0.000632], "custom.drop": [0.1, 0.3] }, moves: { "opt.lr": 0.439 } };
+    assert.equal(
+      acceptTitle(p),
+      "apply at the run's next step: opt.lr ×0.439, custom.drop = 0.3 of the values then in force (opt.lr 0.00144 → 6.32e-4, custom.drop 0.1 → 0.3 when proposed)",
+    );
   });
 });
 

@@ -39,6 +39,19 @@ export function fmtTuneChanges(changes) {
     .join(", ");
 }
 
+/** What Accept does with a proposal: its relative moves (`moves`, `{"opt.lr": 0.44}`) apply
+ * to the values in force when it lands, at the run's next step, so the values it was proposed
+ * with may have moved (a schedule); a knob without a move is set to its value. */
+export function acceptTitle(p) {
+  const moves = p.moves && typeof p.moves === "object" ? p.moves : {};
+  const parts = Object.entries(p.changes || {}).map(([k, v]) => {
+    const to = Array.isArray(v) ? v[1] : v;
+    return typeof moves[k] === "number" ? `${k} ×${fmtNum(moves[k])}` : `${k} = ${fmtValue(to)}`;
+  });
+  const when = fmtTuneChanges(p.changes);
+  return `apply at the run's next step: ${parts.join(", ")} of the values then in force${when ? ` (${when} when proposed)` : ""}`;
+}
+
 /** "opt.lr = 0.003" from `{"opt": {"lr": 0.003}}` (the values of the best trial). */
 export function fmtTuneValues(values) {
   if (!values || typeof values !== "object") return "";
@@ -362,7 +375,8 @@ export class TunePanel {
       badge.title = `'${f.objective}' was asked for; the tuner scores '${f.objectiveUsed}'`;
       obj.append(" ", badge);
     }
-    if (f.direction) obj.append(" ", el("span", "muted small", f.direction));
+    // the direction asked for, unless the badge just said it (a stand-in scored the same way)
+    if (f.direction && !(f.fallback && f.direction === f.directionUsed)) obj.append(" ", el("span", "muted small", f.direction));
     row("counts", f.counts).classList.add("tune-counts");
     const rate = row("accept rate", f.acceptRate);
     rate.classList.add("tune-rate");
@@ -397,7 +411,7 @@ export class TunePanel {
       li.title = `${id}: trial ${p.trial ?? "?"}, proposed at step ${p.step ?? "?"}`;
       const sent = this.sent.get(id);
       const buttons = [
-        ["accept", "Accept", "btn tiny primary tune-accept", `apply ${change} at the run's next boundary`],
+        ["accept", "Accept", "btn tiny primary tune-accept", acceptTitle(p)],
         ["reject", "Reject", "btn tiny tune-reject", "drop this proposal"],
       ];
       for (const [op, label, cls, title] of buttons) {
