@@ -301,6 +301,13 @@ def test_a_bracket_in_suggest_mode_is_not_started_and_status_says_so(toy: Any) -
         "start: bracket runs in active mode only: none in suggest mode"
         in client.tune_status()["warnings"]
     )
+    # made active later (`tune enable --mode active`): the bracket it asked for begins then
+    # (it never ran, and the warning that said so went away)
+    client.tune_enable("active")
+    t.run(30)
+    first = t.ledger("bracket")[0]
+    assert first["tune"]["bracket"] == {"round": 1, "arm": 0, "factor": 1.0}
+    assert first["step"] == t.ledger("enable")[-1]["step"] + 1
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.3])

@@ -870,8 +870,11 @@ class TuneModule:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
         study = self._study_first(settings)
-        # a bracket begins a tuner: not one whose other settings change (a new segment length)
-        begins = self.mode == "off" or self.settings.start != "bracket"
+        # a bracket begins a tuner: not one whose other settings change (a new segment length),
+        # but one that asked for it in a mode without one and is now made active
+        begins = (self.mode == "off" or self.settings.start != "bracket"
+                  or (self.mode != "active" and self.bracket is None
+                      and self.bracket_done is None))  # fmt: skip
         self._drop_asking("tuner enabled again")
         self._drain()
         # proposals of the tuner as it was: answered by nobody in active or observe mode, and
