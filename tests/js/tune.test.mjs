@@ -59,6 +59,11 @@ describe("tuneFacts: the panel's facts, as text", () => {
     });
   });
 
+  test("expired proposals are counted apart from failed trials", () => {
+    const counts = { segments: 9, kept: 2, rolled_back: 3, proposed: 2, rejected: 0, expired: 1, failed: 0 };
+    assert.equal(tuneFacts({ ...STATE, counts }).counts, "9 segments · 2 kept · 3 rolled back · 2 proposed · 1 expired · 0 failed");
+  });
+
   test("a training loss standing in for a maximized objective is minimized", () => {
     const f = tuneFacts({ ...STATE, objective: "val_acc", direction: "maximize", direction_used: "minimize" });
     assert.equal(f.direction, "↑ maximize");

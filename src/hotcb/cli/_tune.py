@@ -268,7 +268,8 @@ def _summary(st: dict[str, Any]) -> None:
     """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
     rate = st.get("accept_rate")
-    others = f"rejected: {counts['rejected']}   " if counts.get("rejected") else ""
+    # proposals a person turned down, or that a re-enable or a disable left unanswered
+    others = "".join(f"{k}: {counts[k]}   " for k in ("rejected", "expired") if counts.get(k))
     # trials a life a resume replaced opened and finished: in the study, in no life of the run
     replaced = sum(1 for r in st.get("trials") or () if isinstance(r, dict)
                    and r.get("decision") == "replaced")  # fmt: skip

@@ -98,3 +98,6 @@ def test_an_expired_proposal_says_so_in_its_row_and_the_ledger(toy: Any) -> None
     assert f"[{p['id']}, trial {p['trial']}, tuner enabled again]" in fmt_entry(
         entry, t.kernel.run_dir
     )
+    # counted as expired, as its row says, not as a failed trial
+    counts = client.tune_status()["counts"]
+    assert (counts["expired"], counts["failed"]) == (1, 0), counts

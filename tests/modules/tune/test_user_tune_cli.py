@@ -461,7 +461,7 @@ def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) ->
     )
 
 
-def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any) -> None:
+def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any, cli: Any) -> None:
     """A proposal nobody answered must not hold the tuner in active mode: switching modes
     expires it (its trial is told FAIL) and trials start again."""
     t: Toy = toy(log_level, lr=1e-4)
@@ -477,6 +477,7 @@ def test_switching_from_suggest_to_active_expires_the_pending_proposals(toy: Any
     st = client.tune_status()
     assert [p["state"] for p in st["proposals"] if p["id"] == waiting["id"]] == ["expired"]
     assert not _pending(client)
+    assert "expired: 1   failed: 0" in cli(t.kernel.run_dir, "tune", "status").stdout
 
 
 def test_the_log_names_each_tune_entry_s_proposal_trial_and_score(toy: Any, cli: Any) -> None:

@@ -162,7 +162,7 @@ class TuneModule:
         self.proposals: list[dict[str, Any]] = []
         self.trials: list[dict[str, Any]] = []
         self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "rejected": 0,
-                       "failed": 0}  # fmt: skip
+                       "expired": 0, "failed": 0}  # fmt: skip
         self.cooldowns: dict[str, int] = {}
         self.streak = 0
         self.backoff = 0
@@ -1558,8 +1558,9 @@ class TuneModule:
         """Pending proposals of the tuner as it was: Optuna hears FAIL, the trial's row and
         the ledger say they expired (the row said `proposed` for good, the ledger nothing)."""
         for p in self.proposals:
-            if p["state"] == "pending":
-                self._fail(p["trial"], reason)
+            if p["state"] == "pending":  # not a failure: Optuna hears FAIL all the same
+                self.counts["expired"] = self.counts.get("expired", 0) + 1
+                self._tell(p["trial"], None, {"reason": reason})
                 p["state"] = "expired"
                 self._row(p["trial"]).update(decision="expired", detail={"reason": reason})
                 self.host.record({"module": "tune", "op": "expire", "source": "tune",

@@ -116,6 +116,7 @@ export function tuneFacts(doc) {
       `${c.rolled_back ?? 0} rolled back`,
       `${c.proposed ?? 0} proposed`,
       ...(c.rejected ? [`${c.rejected} rejected`] : []), // proposals a person turned down
+      ...(c.expired ? [`${c.expired} expired`] : []), // left unanswered by a re-enable or disable
       `${c.failed ?? 0} failed`,
     ].join(" · "),
     acceptRate: typeof doc.accept_rate === "number" ? `${Math.round(doc.accept_rate * 100)}%` : "–",
