@@ -876,6 +876,7 @@ def test_a_run_joining_a_shared_study_says_what_the_others_put_in_it(
     )  # fmt: skip
     first.run(100_000, until=lambda: len(first.ledger("keep") + first.ledger("rollback")) >= 4)
     theirs = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+    theirs = [t for t in theirs if t.state.is_finished()]  # told: an open trial is not yet one
     best = max(t.value for t in theirs if t.value is not None)
     second: Toy = toy(log_level, name="second", lr=1e-5)
     client = HotClient(second.kernel.run_dir)
@@ -891,6 +892,14 @@ def test_a_run_joining_a_shared_study_says_what_the_others_put_in_it(
     ), out
     # the first run joined an empty study: nothing to say
     assert HotClient(first.kernel.run_dir).tune_status()["study_joined"] is None
+    # the first goes on; the second, switched to another mode, opens the study again: it
+    # joined when it joined (the count grew with the first's trials since)
+    first.run(100_000, until=lambda: len(first.ledger("keep") + first.ledger("rollback")) >= 7)
+    client.tune_enable("suggest")
+    second.run(100_000, until=lambda: second.kernel.module("tune").mode == "suggest"
+               and second.kernel.module("tune").study is not None)  # fmt: skip
+    second.run(2)
+    assert client.tune_status()["study_joined"] == joined
 
 
 def test_enable_on_a_tuner_that_is_on_changes_only_what_it_names(

@@ -29,7 +29,7 @@ from ... import jsonl
 from ...errors import HotcbError
 from ...metrics import VAL_LOSS_NAMES
 from ...ops import HotOp, make_command
-from ...runfiles import TUNE, RunPaths, confine_path
+from ...runfiles import TUNE, RunPaths, confine_path, redact_url
 from .._base import OpResult
 from . import _snapshot
 from ._bracket import Bracket, bracket_ended
@@ -173,6 +173,8 @@ class TuneModule:
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
         self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
         self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
+        # per study ("name@url"): what other runs had put in it when this run first opened it
+        self.joined: dict[str, Any] = {}
         # a bracket asked for while a trial was open: it begins once the trial's roll-back has
         # had its baseline segment (the next boundary)
         self.bracket_wanted = False
@@ -325,6 +327,7 @@ class TuneModule:
             "bracket_wanted": self.bracket_wanted,
             # where the study is: a branch (another run directory) resumes in the same one
             "study": {"url": url, "name": name, "run_dir": self.host.run_dir},
+            "joined": self.joined,
         })  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -359,6 +362,7 @@ class TuneModule:
         self.trend_noise = state.get("trend_noise")
         self.total_steps = state.get("total_steps") or self.settings.total_steps
         self.bracket_wanted = bool(state.get("bracket_wanted"))
+        self.joined = dict(state.get("joined") or {})
         done = state.get("bracket_done")
         self.bracket_done = dict(done) if isinstance(done, Mapping) else None
         waiting = state.get("waiting")
@@ -998,8 +1002,12 @@ class TuneModule:
 
         url, name = self._where(settings)
         try:
-            return Study(url, name, self.host.run_dir, seed=settings.seed,
-                         startup_trials=settings.startup_trials)  # fmt: skip
+            study = Study(url, name, self.host.run_dir, seed=settings.seed,
+                          startup_trials=settings.startup_trials)  # fmt: skip
+            # what the others had put in it when this run first joined it: an enable that opens
+            # it again (another mode) or a restart does not move that moment
+            study.joined = self.joined.setdefault(f"{name}@{redact_url(url)}", study.joined)
+            return study
         except RuntimeError:
             raise
         except Exception as exc:  # a storage that cannot be opened

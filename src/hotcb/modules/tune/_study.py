@@ -121,10 +121,10 @@ class Study:
         self.joined = self._others()
 
     def _others(self) -> dict[str, Any] | None:
-        """The trials of other runs in the study: how many, from how many runs, the best
-        score among them; None when there are none."""
-        theirs = [t for t in self.study.get_trials(deepcopy=False)
-                  if t.user_attrs.get("run") != self.run]  # fmt: skip
+        """The trials other runs have told the study (an open one is not yet one): how many,
+        from how many runs, the best score among them; None when there are none."""
+        theirs = [t for t in self.study.get_trials(deepcopy=False)  # told, not open
+                  if t.user_attrs.get("run") != self.run and t.state.is_finished()]  # fmt: skip
         if not theirs:
             return None
         scores = [t.value for t in theirs if t.value is not None]
