@@ -318,7 +318,11 @@ def test_a_phone_wide_window_never_scrolls_sideways(
     one-line summary, the ledger's table): the page scrolled sideways and the proposals' Accept
     and Reject were off screen."""
     run = new_run(site, "narrow")
-    tune_state(run, warnings=["objective 'val_loss' not logged; scoring 'loss'" * 3])
+    two_knobs = {"opt.lr": [0.00144, 0.000632], "opt.weight_decay": [0.01, 0.009334]}
+    trials = [{"trial": 12, "step": 1400, "end_step": 1600, "changes": two_knobs,
+               "score": -0.0123, "decision": "rolled_back"}]  # fmt: skip
+    tune_state(run, warnings=["objective 'val_loss' not logged; scoring 'loss'" * 3],
+               trials=trials)  # fmt: skip
     with sized_page(browser, 420, 900) as (page, errors):
         open_run(page, site, "narrow")
         wait_page(page, "d.tune.mode === 'suggest'")
@@ -330,6 +334,10 @@ def test_a_phone_wide_window_never_scrolls_sideways(
         for i in range(buttons.count()):
             box = buttons.nth(i).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= m["width"], box
+        # the trials table fits its box: every column, the decision's too, in view
+        wrap = page.locator(f"{CARD} .tune-trials-wrap")
+        fit = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
+        assert fit[0] <= fit[1], fit
         assert errors == []
 
 
