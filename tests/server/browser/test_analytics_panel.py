@@ -34,8 +34,11 @@ class _Opt:
         self.param_groups = [{"lr": lr, "weight_decay": 0.0}]
 
 
-def steered_run(path: str, steps: int, halve_at: tuple[int, ...], lr: float = 0.1) -> str:
-    """A real kernel's run whose metrics fall 20 % below their trend at each lr halving."""
+def steered_run(
+    path: str, steps: int, halve_at: tuple[int, ...], lr: float = 0.1, keep: list[Any] | None = None
+) -> str:
+    """A real kernel's run whose metrics fall 20 % below their trend at each lr halving;
+    with ``keep``, its kernel is left open there (the run is still going)."""
     os.makedirs(path, exist_ok=True)
     client = HotClient(path, source="test")
     for i, s in enumerate(halve_at):
@@ -51,7 +54,10 @@ def steered_run(path: str, steps: int, halve_at: tuple[int, ...], lr: float = 0.
                 metrics["val_loss"] = trend * 1.1
             kernel.apply({"step": step, "optimizer": opt, "metrics": metrics})
     finally:
-        kernel.close()
+        if keep is None:
+            kernel.close()
+        else:
+            keep.append(kernel)
     return path
 
 
@@ -70,7 +76,8 @@ def test_forecast_band_note_whatif_and_trajectory(
     page: Any, serve_dir: Any, tmp_path: Any, tune_state: Any
 ) -> None:
     root = os.fspath(tmp_path / "runs")
-    steered_run(os.path.join(root, "decay"), 1200, halve_at=(300, 700))
+    going: list[Any] = []  # the run goes on: its tuner's proposal can still be applied
+    steered_run(os.path.join(root, "decay"), 1200, halve_at=(300, 700), keep=going)
     # a pending tuner proposal: opt.lr 0.003 → 0.0045 (×1.5)
     tune_state(os.path.join(root, "decay"))
     with MetricsCollector(os.path.join(root, "linear")) as m:
@@ -108,6 +115,7 @@ def test_forecast_band_note_whatif_and_trajectory(
     wait(page, "d.whatif && d.whatif.from === 'tuner P3' && d.whatif.note")
     assert page.evaluate(DEBUG)["proposals"][0]["knob"] == "opt.lr"
     assert "opt.lr ×1.5 (tuner P3): no similar change yet" in page.text_content("#whatif-result")
+    assert page.locator(".whatif-proposals button").all_inner_texts() == ["tuner P3: opt.lr ×1.5"]
 
     # a what-if typed in the panel: two earlier halvings of the lr in this run
     page.select_option("#whatif-knob", "lr")
@@ -130,9 +138,15 @@ def test_forecast_band_note_whatif_and_trajectory(
     assert page.evaluate(DEBUG)["whatif"]["factor"] == pytest.approx(0.5)
     page.screenshot(path=os.path.join(os.fspath(tmp_path), "analytics.png"), full_page=True)
 
+    # the run ends: nothing will apply P3 any more, so it is no longer offered
+    going.pop().close()
+    wait(page, "d.proposals.length === 0")
+    assert page.locator(".whatif-proposals button").count() == 0
+
     # a straight line: the linear baseline is exact, so no band and the note says so
     page.select_option("#run-select", "linear")
     wait(page, "d.run === 'linear' && d.noteShown && !d.show")
+    assert page.input_value("#whatif-factor") == ""  # nothing of the last run's what-if
     assert page.is_visible("#forecast-note")
     assert "forecast not better" in page.text_content("#forecast-note")
     assert page.evaluate(DEBUG)["bandPoints"] == 0

@@ -6,6 +6,7 @@
 // from window.hotcb (app.js). Pure helpers first (tests/js can run them under node).
 import { api, runUrl } from "./api.js";
 import { fmtNum } from "./charts.js";
+import { runIsOver } from "./lib.js";
 import { el } from "./panels.js";
 
 export const HORIZONS = [50, 200, 1000];
@@ -284,6 +285,10 @@ export class AnalyticsPanel {
         this.run = run;
         this.metric = this.chosen = "";
         this.forecast = this.history = this.whatif = this.traj = null;
+        // nothing of the last run's what-if: its factor, its proposals' buttons
+        this.factorIn.value = "";
+        this.proposals = [];
+        this.props.textContent = "";
         this.publish();
         this.refresh();
       }
@@ -369,9 +374,11 @@ export class AnalyticsPanel {
 
   async refreshProposals(run) {
     const out = [];
+    // a run that is over applies no proposal: what it left pending ended with it
+    const over = runIsOver(window.hotcb?.app?.runState);
     try {
       const ap = await api(runUrl(run, "autopilot"));
-      for (const p of ap.pending || []) {
+      for (const p of over ? [] : ap.pending || []) {
         if ((p.state ?? "pending") !== "pending") continue;
         const w = autopilotWhatIf(p);
         if (w) out.push(w);
@@ -381,7 +388,7 @@ export class AnalyticsPanel {
     }
     try {
       const tu = await api(runUrl(run, "tune"));
-      for (const p of tu.proposals || []) if (p && p.state === "pending") out.push(...tuneWhatIfs(p));
+      for (const p of over ? [] : tu.proposals || []) if (p && p.state === "pending") out.push(...tuneWhatIfs(p));
     } catch {
       /* no tuner here */
     }
