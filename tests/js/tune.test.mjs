@@ -80,6 +80,9 @@ describe("tuneFacts: the panel's facts, as text", () => {
     // a round cut short (a restart, a disable): the arms it had judged
     const cut = { knob: "opt.lr", round: 2, arms, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 230, reason: "a restart from a checkpoint cut the bracket short" };
     assert.equal(bracketLine(cut).split(" · ")[2], "round 2 (cut short): ×1 0.86, ×0.25 0.68, ×4 …");
+    // under a scheduler: the lr the round's first arm really began at, not the plan's base
+    const moved = { ...over, rounds: [{ round: 1, base: 3e-5, from: 1.8e-4, arms, winner: 0.25 }] };
+    assert.equal(bracketLine(moved).split(" · ")[1], "round 1 from 1.8e-4: ×1 0.86, ×0.25 0.68, ×4 …");
     // a level's noise: the margin a move had to win by
     const noisy = { ...over, rounds: [{ round: 1, arms: [{ factor: 1, level: 0.5, noise: 0.1 }], winner: 1 }] };
     assert.equal(bracketLine(noisy).split(" · ")[1], "round 1: ×1 0.5 ±0.05");

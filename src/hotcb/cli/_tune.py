@@ -249,11 +249,13 @@ def _bracket_line(b: dict[str, Any]) -> str:
     rounds = list(b.get("rounds") or [])
     said = []
     for r in rounds:
-        said.append(f"round {r['round']} from {fmt_value(r['base'])}: {_arms(r.get('arms'))}")
+        began = r.get("from") if r.get("from") is not None else r.get("base")  # (the plan's)
+        said.append(f"round {r['round']} from {fmt_value(began)}: {_arms(r.get('arms'))}")
     if "ended_at" not in b:
         said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")
     elif b.get("reason") and b.get("round") not in [r.get("round") for r in rounds]:
-        said.append(f"round {b.get('round')} from {fmt_value(b.get('base'))}, cut short: "
+        began = b.get("from") if b.get("from") is not None else b.get("base")
+        said.append(f"round {b.get('round')} from {fmt_value(began)}, cut short: "
                     f"{_arms(b.get('arms'))}")  # fmt: skip
     head = f"bracket of {b.get('knob')}"
     if "ended_at" in b:

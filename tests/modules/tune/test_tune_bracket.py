@@ -222,6 +222,12 @@ def test_under_an_lr_scheduler_the_arms_move_the_schedule(toy: Any) -> None:
     assert moves == [pytest.approx(0.25), pytest.approx(16.0), pytest.approx(1 / 16)], moves
     # the schedule went on decaying through the arms: the winner's lr is below where its arm began
     assert ops[3]["changes"]["lr"]["new"] < ops[1]["changes"]["lr"]["new"]
+    # `tune status` says the lr each arm really began at, as the ledger does (it showed the
+    # plan's values, from an lr the schedule had already moved: 80x off in a warm-up)
+    (r1, *_) = HotClient(t.kernel.run_dir).tune_status()["bracket"]["rounds"]
+    began = [a["at"] for a in r1["arms"]]
+    assert began[1:] == [pytest.approx(e["changes"]["lr"]["new"]) for e in ops[1:3]], began
+    assert r1["from"] == began[0] and r1["from"] < r1["base"], r1
 
 
 def test_an_objective_that_is_not_logged_gives_way_to_the_training_loss_in_the_first_arm(

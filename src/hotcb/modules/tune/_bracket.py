@@ -36,6 +36,9 @@ class Arm:
     value: float  # the knob's value in this arm
     level: float | None = None  # the objective's level at the arm's end (None: not yet)
     noise: float = 0.0  # the level's relative standard error (``_score.noise``)
+    # the value it really began at: under an LR scheduler a move is a ratio of the lr the
+    # schedule has reached, which ``value`` (the plan's) does not follow
+    at: float | None = None
 
 
 @dataclass
@@ -97,7 +100,7 @@ class Bracket:
             self.index += 1
             return "arm", save
         winner = self.winner
-        self.rounds.append({"round": self.round, "base": self.base,
+        self.rounds.append({"round": self.round, "base": self.base, "from": self.arms[0].at,
                             "arms": [a.__dict__.copy() for a in self.arms],
                             "winner": winner.factor})  # fmt: skip
         move = self.arms[1].factor if len(self.arms) == 2 else None  # a repeated move
@@ -145,6 +148,7 @@ class Bracket:
             "round": self.round,
             "arm": self.index,
             "base": self.base,
+            "from": self.arms[0].at,
             "arms": [a.__dict__.copy() for a in self.arms],
             "rounds": self.rounds,
             "in_force": list(self.in_force) if self.in_force else None,

@@ -644,6 +644,8 @@ class TuneModule:
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:
             self.bracket.arm_step = step + 1
+            knob = self.bracket.knob  # the value this arm really began at (tune status)
+            self.bracket.arm.at = _number(values.get(knob.module, {}).get(knob.key))
             planned = _number(p.get("planned"))
             base = _number(p.get("base"))
             if planned and base:

@@ -76,8 +76,12 @@ function armsText(arms) {
  * each round's arms with the level each ended at; null without one. */
 export function bracketLine(b) {
   if (!b || typeof b !== "object") return null;
-  // each round from the lr it began at (as `tune status` says: "round 2 from 0.025")
-  const from = (r) => (typeof r.base === "number" ? ` from ${fmtNum(r.base)}` : "");
+  // each round from the lr it began at (as `tune status` says: "round 2 from 0.025"): the lr
+  // in force when its first arm landed, the plan's base before that was recorded
+  const from = (r) => {
+    const at = typeof r.from === "number" ? r.from : r.base;
+    return typeof at === "number" ? ` from ${fmtNum(at)}` : "";
+  };
   const rounds = (b.rounds || []).map(
     (r) => `round ${r.round}${from(r)}: ${armsText(r.arms)}`,
   );
