@@ -335,17 +335,23 @@ def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any
     assert "objective 'eval_loss' was not logged in a validation" in warning
 
 
+def _tuned_like_lightning(toy: Any, objective: str, steps: int) -> tuple[Toy, dict[str, Any]]:
+    """An active tuner (10-step segments) on a LightningModule-like loop for ``steps``: the
+    loop and the tuner's status."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective=objective, segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    _run_like_lightning(t, steps, val_every=10)
+    return t, client.tune_status()
+
+
 def test_lightnings_train_loss_stands_in_for_an_objective_that_never_comes(
     toy: Any, cli: Any
 ) -> None:
     """A LightningModule that logs `train_loss` (not `loss`): the tuner falls back to it, says
     so, and judges trials on it."""
-    t: Toy = toy(log_level, lr=1e-4)
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("active", objective="val_los", segment_steps=10, seed=0, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-    _run_like_lightning(t, 200, val_every=10)
-    status = client.tune_status()
+    t, status = _tuned_like_lightning(toy, "val_los", 200)
     (warning,) = status["warnings"]
     assert "'val_los' was not logged in 20 steps; scoring 'train_loss' instead" in warning
     assert status["objective_used"] == "train_loss"
@@ -364,12 +370,7 @@ def test_lightnings_train_loss_stands_in_for_an_objective_that_never_comes(
 def test_objective_loss_scores_lightnings_train_loss(toy: Any, cli: Any) -> None:
     """`--objective loss` on a LightningModule that logs `train_loss`: scored under that name
     (it warned that nothing was scored for the whole run), as val_loss finds eval_loss."""
-    t: Toy = toy(log_level, lr=1e-4)
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-    _run_like_lightning(t, 60, val_every=10)
-    status = client.tune_status()
+    _t, status = _tuned_like_lightning(toy, "loss", 60)
     assert status["objective_used"] == "train_loss"
     assert status["warnings"] == ["objective 'loss' is logged as 'train_loss' by this run: "
                                   "scoring 'train_loss'"]  # fmt: skip
