@@ -54,7 +54,7 @@ describe("tuneFacts: the panel's facts, as text", () => {
       next: "step 1600",
       counts: "9 segments · 2 kept · 3 rolled back · 1 proposed · 0 failed",
       acceptRate: "40%",
-      best: "trial 5 · score 0.12 · opt.lr = 0.003",
+      best: "trial 5 · score +0.12 · opt.lr = 0.003",
       bracket: null,
     });
   });
@@ -248,11 +248,11 @@ describe("trialSteps: a trial's segment, or the step it was proposed at", () => 
 describe("decisionWhy: a judged trial's tooltip", () => {
   test("a positive score rolled back says the bar it missed", () => {
     const t = { trial: 3, score: 0.103, decision: "rolled_back", detail: { margin: 0.15, needed: 0.15 } };
-    assert.equal(decisionWhy(t), "score 0.103 did not beat 0.15, the bar to keep (the threshold plus a noise margin of 0.15)");
+    assert.equal(decisionWhy(t), "score +0.103 did not beat +0.15, the bar to keep (the threshold plus a noise margin of 0.15)");
   });
   test("a keep says the bar it beat; a trial without the bar says nothing", () => {
     const t = { trial: 4, score: 0.3, decision: "kept", detail: { margin: 0.05, needed: 0.05 } };
-    assert.match(decisionWhy(t), /^score 0\.3 beat 0\.05, the bar to keep/);
+    assert.match(decisionWhy(t), /^score \+0\.3 beat \+0\.05, the bar to keep/);
     assert.equal(decisionWhy({ trial: 5, score: 0.1, decision: "kept" }), "");
   });
 });
@@ -265,7 +265,7 @@ describe("a shared study", () => {
       panel.update({ ...STATE, study: "s", study_joined: { trials: 11, runs: 1, best: 0.183 } });
       const [study] = card.find("tune-study");
       assert.equal(study.textContent, "s · shared: 11 trials of 1 other run when this run joined");
-      assert.ok(study.title.endsWith("the best shown is this run's, theirs scored 0.183"), study.title);
+      assert.ok(study.title.endsWith("the best shown is this run's, theirs scored +0.183"), study.title);
     });
   });
 });

@@ -127,7 +127,7 @@ def test_panel_shows_state_trials_and_pending_proposal(
         "9 segments · 2 kept · 3 rolled back · 1 proposed · 0 failed"
     )
     assert card.locator(".tune-rate").inner_text() == "40%"
-    assert card.locator(".tune-best").inner_text() == "trial 5 · score 0.12 · opt.lr = 0.003"
+    assert card.locator(".tune-best").inner_text() == "trial 5 · score +0.12 · opt.lr = 0.003"
     # text from the file is text, never markup
     assert texts(page, f"{CARD} .tune-warnings li") == [
         "objective 'val_loss' not logged; scoring 'loss'",
@@ -142,7 +142,7 @@ def test_panel_shows_state_trials_and_pending_proposal(
     assert cells == [
         ["7", "1400…", "opt.lr 0.003 → 0.0045", "–", "open"],
         ["6", "1200–1400", "opt.lr 0.003 → 0.009", "-0.03", "rolled back"],
-        ["5", "1000–1200", "opt.lr 0.001 → 0.003", "0.12", "kept"],
+        ["5", "1000–1200", "opt.lr 0.001 → 0.003", "+0.12", "kept"],
     ]
     # the pending proposal (P2 was answered: not shown), with its buttons
     items = page.locator(f"{CARD} li.tune-proposal")

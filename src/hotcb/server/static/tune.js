@@ -11,6 +11,11 @@ export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
 
 const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open", replaced: "replaced" };
 
+/** A score as `tune status` and `hotcb log` write it: signed (+0.12: better than the trend). */
+export function fmtScore(x) {
+  return typeof x === "number" && x > 0 ? `+${fmtNum(x)}` : fmtNum(x);
+}
+
 /** Why a trial shows as replaced (its row's title). */
 const REPLACED_WHY = "judged after the checkpoint this run was resumed from, in the life the resume replaced: the study keeps its score, its change is not in this run";
 
@@ -23,7 +28,7 @@ export function decisionWhy(t) {
   if (typeof t.score !== "number" || typeof d.needed !== "number") return "";
   const kept = t.decision === "kept";
   const margin = typeof d.margin === "number" ? ` (the threshold plus a noise margin of ${fmtNum(d.margin)})` : "";
-  return `score ${fmtNum(t.score)} ${kept ? "beat" : "did not beat"} ${fmtNum(d.needed)}, the bar to keep${margin}`;
+  return `score ${fmtScore(t.score)} ${kept ? "beat" : "did not beat"} ${fmtScore(d.needed)}, the bar to keep${margin}`;
 }
 
 /** Whether a state document holds a tuner's work: segments scored or trials (it was on). */
@@ -125,7 +130,7 @@ export function tuneFacts(doc) {
     ].join(" · "),
     acceptRate: typeof doc.accept_rate === "number" ? `${Math.round(doc.accept_rate * 100)}%` : "–",
     best: best
-      ? [`trial ${best.trial ?? "?"}`, `score ${fmtNum(best.score)}`, fmtTuneValues(best.values)].filter(Boolean).join(" · ")
+      ? [`trial ${best.trial ?? "?"}`, `score ${fmtScore(best.score)}`, fmtTuneValues(best.values)].filter(Boolean).join(" · ")
       : "none yet",
     bracket: bracketLine(doc.bracket),
   };
@@ -336,7 +341,7 @@ export class TunePanel {
         : "";
       const study = el("span", "muted small tune-study", `${doc.study}${shared}`);
       study.title = (doc.storage ? `study ${doc.study} in ${doc.storage}` : `study ${doc.study}`)
-        + (shared ? `; the best shown is this run's${joined.best != null ? `, theirs scored ${fmtNum(joined.best)}` : ""}` : "");
+        + (shared ? `; the best shown is this run's${joined.best != null ? `, theirs scored ${fmtScore(joined.best)}` : ""}` : "");
       out.push(el("div", "spacer"), study);
     }
     return out;
@@ -472,7 +477,7 @@ export class TunePanel {
       at.title = steps.title;
       tr.append(el("td", "num-col", t.trial ?? ""), at);
       tr.append(el("td", "delta", fmtTuneChanges(trialChanges(doc, t)) || "–"));
-      tr.append(el("td", "num-col tune-score", fmtNum(t.score)));
+      tr.append(el("td", "num-col tune-score", fmtScore(t.score)));
       const dec = el("td");
       // a proposal the run left pending ended with it (as `tune proposals` says)
       const ended = this.over && t.decision === "proposed";
