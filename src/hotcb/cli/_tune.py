@@ -186,7 +186,13 @@ def _refused_enable(ledger: str) -> dict[str, Any] | None:
     last = enables[-1] if enables else None
     if last is None or last.get("decision") not in ("rejected", "failed"):
         return None
-    return {"seq": last.get("seq"), "step": last.get("step"), "error": last.get("error")}
+    out = {"seq": last.get("seq"), "step": last.get("step"), "error": last.get("error")}
+    # the enable as it was applied, when the failure came later (a study that could not be
+    # opened, said by the tuner's thread in an entry of its own)
+    sent = next((e for e in enables if e.get("cmd_id") == last.get("cmd_id")), last)
+    if sent is not last:
+        out["sent"] = {"seq": sent.get("seq"), "step": sent.get("step")}
+    return out
 
 
 def _changes(changes: dict[str, Any]) -> str:
@@ -202,8 +208,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     refused = st.get("enable_refused")
     if refused:
         kept = "the tuner is as it was" if st.get("mode", "off") != "off" else "the tuner is off"
-        print(f"the last tune enable (#{refused['seq']}, step {refused['step']}) was refused by "
-              f"the run: {refused['error']}; {kept}")  # fmt: skip
+        sent = refused.get("sent")
+        said = (f"(#{sent['seq']}, step {sent['step']}) failed at #{refused['seq']}, step "
+                f"{refused['step']}" if sent else
+                f"(#{refused['seq']}, step {refused['step']}) was refused by the run")  # fmt: skip
+        print(f"the last tune enable {said}: {refused['error']}; {kept}")
     if st.get("mode", "off") == "off":
         print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode active|suggest|observe)")
         if st.get("counts"):  # it was on: what it did

@@ -98,7 +98,7 @@ def test_a_score_still_queued_at_a_checkpoint_is_written_on_resume(
 
 
 def test_a_study_that_cannot_be_opened_turns_the_tuner_off_with_the_reason(
-    toy: Any, tmp_path: Any
+    toy: Any, tmp_path: Any, cli: Any
 ) -> None:
     """The study opens on the tuner's thread; a storage that fails there is ledgered with the
     reason and the tuner turns off, while training goes on."""
@@ -113,6 +113,14 @@ def test_a_study_that_cannot_be_opened_turns_the_tuner_off_with_the_reason(
     st = HotClient(t.kernel.run_dir).tune_status()
     assert st["mode"] == "off" and "could not open study" in st["warnings"][0]
     assert t.lr == 1e-4
+    # `tune status` names the enable that was sent (applied first, failed later), not only
+    # the entry that says it failed
+    (applied,) = [e for e in t.ledger("enable") if e["decision"] == "applied"]
+    said = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert (
+        f"the last tune enable (#{applied['seq']}, step {applied['step']}) failed at "
+        f"#{failed['seq']}, step {failed['step']}: could not open study"
+    ) in said, said
 
 
 def test_segments_that_pass_while_the_study_opens_are_said(toy: Any, monkeypatch: Any) -> None:
