@@ -352,3 +352,20 @@ def test_commands_a_killed_process_wrote_for_itself_are_not_applied_after_it(
         assert e["error"].startswith(f"written by this run's {e['source']} in an earlier process")
     assert [e["cursor"] for e in entries] == sorted(e["cursor"] for e in entries)
     assert entries[0]["step"] == 21 and entries[3]["step"] >= 35  # the stop that applies
+
+
+def test_a_replaced_commands_file_holds_this_processs_own_commands(tmp_path: Any) -> None:
+    """The commands file replaced while the run goes on (rotated, cleared by hand): a line the
+    kernel wrote for itself there is this process's, even where its offset is below the old
+    file's length at start."""
+    run_dir = os.fspath(tmp_path / "run")
+    commands = os.path.join(run_dir, "hotcb.commands.jsonl")
+    Loop(run_dir).run(10, {2: lambda c: c.opt(lr=0.02), 4: lambda c: c.opt(lr=0.03)})
+    second = Loop(run_dir)  # the file's length at its start: two commands
+    second.run(15, kill_after=12)
+    os.replace(commands, commands + ".old")
+    stop = make_command("control", "stop", source="signal")
+    jsonl.append(commands, stop)
+    second.run(20, kill_after=17)
+    (entry,) = [e for e in read_ledger(run_dir) if e.get("cmd_id") == stop["cmd_id"]]
+    assert entry["decision"] == "applied", entry

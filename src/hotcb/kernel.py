@@ -363,6 +363,7 @@ class HotKernel:
             return []
         lines, reset, error = self._intake.read()
         if reset is not None:
+            self._intake.life_start = 0  # a new file: every line in it is this life's
             self._ledger.emit(
                 self._ledger.point, decision=Decision.NOOP.value, source="kernel",
                 module="kernel", op="cursor_reset", error=reset,
