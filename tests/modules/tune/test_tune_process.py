@@ -79,8 +79,12 @@ def test_kill_9_and_resume_keep_the_trial_numbering(
     mutates = [
         e for e in read_ledger(run_dir) if e.get("op") == "mutate" and e.get("module") == "tune"
     ]
-    trial_ids = [e["tune"]["trial"] for e in mutates]
+    trial_ids = [e["tune"]["trial"] for e in mutates if e["decision"] == "applied"]
     assert len(trial_ids) == len(set(trial_ids))
+    # a trial the crashed life wrote but did not live to apply: not applied by the next one
+    for e in mutates:
+        if e["decision"] != "applied":
+            assert e["decision"] == "noop" and "in an earlier process" in e["error"], e
 
 
 def test_a_trainer_without_optuna_refuses_tune_enable(

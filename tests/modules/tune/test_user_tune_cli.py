@@ -445,18 +445,6 @@ def test_a_storage_that_cannot_be_opened_leaves_a_running_tuner_in_its_study(toy
         client.tune_status()["counts"]) >= done + 2)  # fmt: skip
 
 
-def test_export_of_a_run_whose_tuner_never_ran_says_so(toy: Any, cli: Any) -> None:
-    """A run steered by hand, never tuned: `tune export` said `no ledger entries …: has this
-    run applied anything?` (or wrote an empty recipe), not what is missing."""
-    t: Toy = toy(log_level, lr=1e-4)
-    HotClient(t.kernel.run_dir).set_params("opt", {"lr": 2e-4})
-    t.run(3)
-    out = cli(t.kernel.run_dir, "tune", "export")
-    assert out.returncode == 2, out.stdout
-    assert "the tuner never ran in" in out.stderr and "tune enable" in out.stderr
-    assert not os.path.exists(os.path.join(t.kernel.run_dir, "hotcb.tune.recipe.jsonl"))
-
-
 def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     HotClient(t.kernel.run_dir).tune_enable("observe", objective="loss", segment_steps=10,

@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...errors import RecipeError
 from ...ledger import iter_entries, live_entries
 from ...recipe import RecipeEntry, export_recipe, out_file, tune_entries
 from ...runfiles import RunPaths
@@ -47,11 +46,4 @@ def export_kept(
     that name in it)."""
     paths = RunPaths(os.fspath(run_dir))
     target = out_file(out, os.path.join(paths.root, "hotcb.tune.recipe.jsonl"))
-    if os.path.isdir(paths.root) and not any(
-        (e.get("module"), e.get("op"), e.get("decision")) == ("tune", "enable", "applied")
-        for e in iter_entries(paths.ledger)
-    ):
-        raise RecipeError(f"the tuner never ran in {paths.root} (no tune enable was applied in "
-                          "its ledger): nothing to export; hotcb --dir RUN tune enable starts "
-                          "it")  # fmt: skip
     return export_recipe(run_dir, target, kept_entries(iter_entries(paths.ledger)))
