@@ -371,6 +371,22 @@ def test_a_blow_up_in_the_training_loss_ends_a_trial_before_the_next_evaluation(
     assert t.lr <= lr0
 
 
+def test_a_trial_cut_short_is_not_taken_for_a_segment_of_one_value(toy: Any) -> None:
+    """A blown-up trial ends after a few steps holding one evaluation: that is no segment of one
+    value, and `tune status` does not warn that segments have no noise to measure (the
+    benchmark's digits runs did, on every seed)."""
+    lr0 = 1e-3
+    t: Toy = toy(lambda lr, _s: 1.0 if lr <= lr0 else 3.0, lr=lr0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_loss", segment_steps=100, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(1200, val_every=5)
+    trials = client.tune_status()["trials"]
+    cut = [r for r in trials if r.get("end_step") and r["end_step"] - r["step"] < 50]
+    assert cut, "no trial was cut short"
+    assert not [w for w in client.tune_status()["warnings"] if "no noise to measure" in w]
+
+
 def test_a_blow_up_soon_after_a_rolled_back_one_is_caught_as_early(toy: Any) -> None:
     """Every change blows the training loss up (x3), and segments are short (20 steps): the
     steps before the next trial include the last one's blown-up steps, made with values the

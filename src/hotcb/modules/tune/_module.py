@@ -1198,7 +1198,8 @@ class TuneModule:
     def _margin(self, detail: Mapping[str, Any], values: int) -> float:
         """How far a score must beat the threshold to keep a trial: the noise of its segment's
         level, or how far the trend missed segments that were left alone (``values``: how
-        many of the objective the segment holds; one has no noise to measure: said)."""
+        many of the objective a whole segment holds, 0 for a trial cut short; one has no noise
+        to measure: said)."""
         if values == 1 and not self.trend_noise:
             self._warn(f"segments of one value of {self.objective_used!r} have no noise to "
                        "measure: until the trend has missed a segment left alone, a trial is "
@@ -1227,7 +1228,9 @@ class TuneModule:
                       "steps before the change drew", "score": score}  # fmt: skip
         elif trial.get("cut"):  # ended early on the objective
             detail["reason"] = trial["cut"]
-        detail["margin"] = margin = self._margin(detail, len(seg.values))
+        # a trial cut short (a blow-up, an early abort) is no segment of that length
+        whole = "blew_up" not in trial and not trial.get("cut")
+        detail["margin"] = margin = self._margin(detail, len(seg.values) if whole else 0)
         detail["needed"] = needed = self.settings.threshold + margin  # the bar a keep clears
         if needed >= 1.0 and self._sign > 0:  # a lower loss scores +1 at most (down to zero)
             self.warnings = [w for w in self.warnings if not w.startswith(_NO_KEEP)]
