@@ -1007,8 +1007,12 @@ class TuneModule:
             study = Study(url, name, self.host.run_dir, seed=settings.seed,
                           startup_trials=settings.startup_trials)  # fmt: skip
             # what the others had put in it when this run first joined it: an enable that opens
-            # it again (another mode) or a restart does not move that moment
-            study.joined = self.joined.setdefault(f"{name}@{redact_url(url)}", study.joined)
+            # it again (another mode) or a restart does not move that moment. (This runs on the
+            # tuner's thread: a new dict, never one that a checkpoint may be copying, changes.)
+            key = f"{name}@{redact_url(url)}"
+            if key not in self.joined:
+                self.joined = {**self.joined, key: study.joined}
+            study.joined = self.joined[key]
             return study
         except RuntimeError:
             raise
