@@ -106,7 +106,7 @@ def _check_space(
     lines: Mapping[str, int] | None = None,
 ) -> None:
     """A tuner recipe's knobs that the run does not have as numeric actuators: refused with
-    each one named, and its line in the recipe (``lines``, from :func:`recipe_lines`), once the
+    each one named, and its line in the recipe (``lines``, from :func:`~hotcb.modules.tune.read_recipe`), once the
     run has published its actuators (the tuner sat `active` and never made a trial, a warning
     in `tune status --json` the only sign)."""
     if not published:

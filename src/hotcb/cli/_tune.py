@@ -252,19 +252,22 @@ def _arms(arms: Any) -> str:
     return ", ".join(f"x{a['factor']:.3g} {level(a)}" for a in arms or [])
 
 
+def _began(r: dict[str, Any]) -> Any:
+    """The lr a bracket round began at: in force when its first arm landed, else the plan's."""
+    return r.get("from") if r.get("from") is not None else r.get("base")
+
+
 def _bracket_line(b: dict[str, Any]) -> str:
     """The start bracket (docs/tune.md): each round's arms and their levels (± their noise), and
     how it ended."""
     rounds = list(b.get("rounds") or [])
     said = []
     for r in rounds:
-        began = r.get("from") if r.get("from") is not None else r.get("base")  # (the plan's)
-        said.append(f"round {r['round']} from {fmt_value(began)}: {_arms(r.get('arms'))}")
+        said.append(f"round {r['round']} from {fmt_value(_began(r))}: {_arms(r.get('arms'))}")
     if "ended_at" not in b:
         said.append(f"round {b.get('round')} under way (arm {b.get('arm')})")
     elif b.get("reason") and b.get("round") not in [r.get("round") for r in rounds]:
-        began = b.get("from") if b.get("from") is not None else b.get("base")
-        said.append(f"round {b.get('round')} from {fmt_value(began)}, cut short: "
+        said.append(f"round {b.get('round')} from {fmt_value(_began(b))}, cut short: "
                     f"{_arms(b.get('arms'))}")  # fmt: skip
     head = f"bracket of {b.get('knob')}"
     if "ended_at" in b:

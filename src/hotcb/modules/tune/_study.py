@@ -59,8 +59,8 @@ OPEN_TRIES = 6
 def _open(url: str, name: str, sampler: Any, tries: int = OPEN_TRIES) -> tuple[Any, Any]:
     """The storage and the study ``name`` in it, created if missing. Runs that start at once
     on a new SQLite file race to create its tables (``UNIQUE constraint failed:
-    alembic_version``, ``table … already exists``) or find it locked: each tries again after a short wait, up to
-    ``tries`` times, before the error stands. (This runs on the tuner's thread.)"""
+    alembic_version``, ``table … already exists``) or find it locked: each tries again after
+    a short wait, up to ``tries`` times, before the error stands. (On the tuner's thread.)"""
     import optuna
 
     for attempt in range(tries):
