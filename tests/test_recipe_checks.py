@@ -85,6 +85,21 @@ def test_export_out_a_folder_writes_the_recipe_in_it(run: str, tmp_path: Any, cl
     assert _strays(tmp_path, out) == []
 
 
+def test_tune_export_before_the_trainer_applied_anything(tmp_path: Any, cli: Any) -> None:
+    """A run whose trainer has applied nothing yet: an empty tuner recipe and the reason (it
+    said "no ledger entries at ...: has this run applied anything?" and wrote nothing)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    done = cli(os.fspath(run_dir), "tune", "export")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == os.fspath(run_dir / "hotcb.tune.recipe.jsonl")
+    assert read_recipe(run_dir / "hotcb.tune.recipe.jsonl").entries == []
+    assert "the trainer has applied nothing in this run yet" in done.stderr, done.stderr
+
+    done = cli(os.fspath(run_dir), "recipe", "export")  # every change: still an error
+    assert done.returncode == 2 and "no ledger entries" in done.stderr, done.stderr
+
+
 def test_a_failed_export_leaves_no_temporary_file(run: str, tmp_path: Any, cli: Any) -> None:
     out = tmp_path / "recipes"
     (out / "hotcb.recipe.jsonl").mkdir(parents=True)  # the file it would write is a folder

@@ -348,15 +348,16 @@ def export_recipe(
 ) -> tuple[str, list[RecipeEntry]]:
     """Write the run's recipe (default ``RUN/hotcb.recipe.jsonl``); return its path and entries.
 
-    ``entries``: write these instead of every change of the ledger (``hotcb tune export``).
+    ``entries``: write these instead of every change of the ledger (``hotcb tune export``; an
+    empty ledger is then no error, the recipe is empty).
     The file is replaced atomically, so a replay that reads it never sees half of it.
     """
     paths = RunPaths(os.fspath(run_dir))
     if not os.path.isdir(paths.root):
         raise RecipeError(f"no run directory at {paths.root}")
-    if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
-        raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
     if entries is None:
+        if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
+            raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
         entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,

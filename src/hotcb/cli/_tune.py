@@ -348,7 +348,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, kept = export_kept(args.dir, args.out)
     print(path)
     if not kept:  # a recipe that replays nothing: say so, and why
-        why = ("kept no change in this run" if os.path.exists(client(args).paths.tune) else
-               "was never on in this run ('hotcb recipe export' exports every change)")  # fmt: skip
-        print(f"hotcb: the tuner {why}; the recipe is empty", file=sys.stderr)
+        paths = client(args).paths
+        if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
+            why = "the trainer has applied nothing in this run yet (its ledger is empty)"
+        elif os.path.exists(paths.tune):
+            why = "the tuner kept no change in this run"
+        else:
+            why = "the tuner was never on in this run ('hotcb recipe export' exports every change)"
+        print(f"hotcb: {why}; the recipe is empty", file=sys.stderr)
     return 0
