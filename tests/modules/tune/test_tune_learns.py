@@ -384,6 +384,11 @@ def test_a_trial_cut_short_is_not_taken_for_a_segment_of_one_value(toy: Any) -> 
     trials = client.tune_status()["trials"]
     cut = [r for r in trials if r.get("end_step") and r["end_step"] - r["step"] < 50]
     assert cut, "no trial was cut short"
+    for r in cut:  # its row says why it ended early, and what it was judged on
+        reason = r["detail"]["reason"]
+        assert reason.startswith("the training loss blew up: "), r
+        assert re.search(r"; judged on the (\d+ )?values? of 'val_loss' that came in first$",
+                         reason), reason  # fmt: skip
     assert not [w for w in client.tune_status()["warnings"] if "no noise to measure" in w]
 
 

@@ -1226,10 +1226,17 @@ class TuneModule:
             self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        if "blew_up" in trial and not seg.values:  # ended early on the training loss
-            detail = {"reason": f"the training loss blew up: {trial['blew_up']:.4g} (median of "
-                      f"the last 5 steps), above {trial['train_line']:.4g}, the line the "
-                      "steps before the change drew", "score": score}  # fmt: skip
+        if "blew_up" in trial:  # ended early on the training loss
+            reason = (f"the training loss blew up: {trial['blew_up']:.4g} (median of the last 5 "
+                      f"steps), above {trial['train_line']:.4g}, the line the steps before the "
+                      "change drew")  # fmt: skip
+            if seg.values:  # judged on the evaluations that came in before it was cut short
+                n = len(seg.values)
+                which = "the value" if n == 1 else f"the {n} values"
+                detail["reason"] = (f"{reason}; judged on {which} of {self.objective_used!r} "
+                                    "that came in first")  # fmt: skip
+            else:
+                detail = {"reason": reason, "score": score}
         elif trial.get("cut"):  # ended early on the objective
             detail["reason"] = trial["cut"]
         # a trial cut short (a blow-up, an early abort) is no segment of that length
