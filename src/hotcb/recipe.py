@@ -357,7 +357,9 @@ def export_recipe(
         raise RecipeError(f"no run directory at {paths.root}")
     if entries is None:
         if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
-            raise RecipeError(f"no ledger entries at {paths.ledger}: has this run applied anything?")
+            raise RecipeError(
+                f"no ledger entries at {paths.ledger}: has this run applied anything?"
+            )
         entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
     header = {
         "v": FORMAT_VERSION,

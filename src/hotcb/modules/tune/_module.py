@@ -1210,6 +1210,25 @@ class TuneModule:
                        "kept on any gain; use --segment-evals 3 or more")  # fmt: skip
         return max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
 
+    def _cut_short(
+        self, trial: Mapping[str, Any], seg: Segment, score: float, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A trial's score details, with why it ended early when it did: a blow-up of the
+        training loss (judged on the evaluations that came in first, if any) or an early abort
+        on the objective."""
+        if "blew_up" in trial:
+            reason = (f"the training loss blew up: {trial['blew_up']:.4g} (median of the last 5 "
+                      f"steps), above {trial['train_line']:.4g}, the line the steps before the "
+                      "change drew")  # fmt: skip
+            if not seg.values:
+                return {"reason": reason, "score": score}
+            which = "the value" if len(seg.values) == 1 else f"the {len(seg.values)} values"
+            detail["reason"] = (f"{reason}; judged on {which} of {self.objective_used!r} that "
+                                "came in first")  # fmt: skip
+        elif trial.get("cut"):
+            detail["reason"] = trial["cut"]
+        return detail
+
     def _judge(self, seg: Segment, step: int) -> None:
         trial = self.trial
         assert trial is not None
@@ -1226,19 +1245,7 @@ class TuneModule:
             self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        if "blew_up" in trial:  # ended early on the training loss
-            reason = (f"the training loss blew up: {trial['blew_up']:.4g} (median of the last 5 "
-                      f"steps), above {trial['train_line']:.4g}, the line the steps before the "
-                      "change drew")  # fmt: skip
-            if seg.values:  # judged on the evaluations that came in before it was cut short
-                n = len(seg.values)
-                which = "the value" if n == 1 else f"the {n} values"
-                detail["reason"] = (f"{reason}; judged on {which} of {self.objective_used!r} "
-                                    "that came in first")  # fmt: skip
-            else:
-                detail = {"reason": reason, "score": score}
-        elif trial.get("cut"):  # ended early on the objective
-            detail["reason"] = trial["cut"]
+        detail = self._cut_short(trial, seg, score, detail)
         # a trial cut short (a blow-up, an early abort) is no segment of that length
         whole = "blew_up" not in trial and not trial.get("cut")
         detail["margin"] = margin = self._margin(detail, len(seg.values) if whole else 0)
