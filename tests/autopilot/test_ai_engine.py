@@ -376,13 +376,21 @@ def test_the_key_goes_only_to_the_configured_server_and_is_never_written(
     key = "sk-hotcb-test-" + secrets.token_hex(16)
     monkeypatch.setenv(KEY_ENV, key)
     lp: Loop = loop()
-    # a 401, a malformed reply, then a proposal: error paths are where a key would leak
-    script = [{"status": 401, "message": "bad key"}, {"content": "no JSON here"}, HALVE, NOTHING]
+    # a 401, malformed replies, then a proposal: error paths are where a key would leak, and
+    # each of these quotes the request's Authorization header back (a debug page, a proxy: the
+    # page's text reached the records, the state files and the dashboard's API unscrubbed)
+    script = [
+        {"status": 401, "message": "bad key: {authorization}"},
+        {"html": "<html>debug: {authorization} is not valid here</html>"},
+        {"content": "no JSON here, {authorization}"},
+        HALVE, NOTHING,
+    ]  # fmt: skip
     with ScriptedChatServer(script) as srv, ScriptedChatServer() as decoy:
         # the SDK's own environment points elsewhere: the configured base URL must win
         monkeypatch.setenv("OPENAI_BASE_URL", decoy.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-env-must-not-be-sent")
-        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        config = ai_config(srv, max_failures=5)  # three failures in a row: not yet the rules
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=config, key_metric="loss")
         lp.run_until(lambda: proposals(lp.run_dir), pilot, limit=5000)
         (proposal,) = proposals(lp.run_dir)
         decide(lp.run_dir, proposal["id"], accept=True, by="test")
@@ -391,8 +399,10 @@ def test_the_key_goes_only_to_the_configured_server_and_is_never_written(
     assert all(r["path"] == CHAT_PATH for r in srv.requests)
     assert all(r["headers"]["authorization"] == f"Bearer {key}" for r in srv.requests)
     assert [e["error_kind"] for e in records(lp.run_dir, AI_LOG, "error")] == [
-        "status_401", "malformed",
+        "status_401", "malformed", "malformed",
     ]  # fmt: skip
+    said = json.dumps(records(lp.run_dir, RECORDS, "ai_reply"))
+    assert "debug: Bearer [key] is not valid here" in said, said  # what came back, scrubbed
     assert by_source(lp.run_dir, "ai")[0]["decision"] == "applied"
 
     secret = key.encode()

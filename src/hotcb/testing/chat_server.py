@@ -17,6 +17,10 @@ request takes the next step of the script; past its end the last step repeats. A
   the next step's reply.
 
 ``policy``, instead of a script: a function from the request's JSON body to a step.
+
+In a step's ``html``, ``content`` and ``message`` text, ``{authorization}`` stands for the
+request's Authorization header: what a debug page or a proxy that quotes the request sends back
+(the key must not reach any file from there).
 """
 
 from __future__ import annotations
@@ -107,6 +111,10 @@ class ScriptedChatServer:
             headers = {k.lower(): v for k, v in h.headers.items()}
             self.requests.append({"path": h.path, "headers": headers, "body": body})
         step = self._next(body)
+        if any("{authorization}" in str(step.get(k, "")) for k in ("html", "content", "message")):
+            auth = headers.get("authorization", "")
+            step = {k: v.replace("{authorization}", auth) if isinstance(v, str) else v
+                    for k, v in step.items()}  # fmt: skip
         if "hang" in step:
             self._stop.wait(float(step["hang"]))
             step = NOTHING

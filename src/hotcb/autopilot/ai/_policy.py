@@ -187,13 +187,16 @@ class AIPolicy:
         else:
             outcome.replied_at = time.time()
             self._read(resp, outcome, time.monotonic() - t0)
+        if outcome.error is not None:  # every error text, whatever path made it, once more
+            outcome.error = self.scrub(outcome.error)
         with self._lock:
             self._done = outcome
 
     def _read(self, resp: Any, outcome: Outcome, latency: float) -> None:
         if isinstance(resp, (str, bytes)):  # the SDK hands over a body that is not JSON as is
-            body = resp.decode(errors="replace") if isinstance(resp, bytes) else resp
-            self.write("response", call=outcome.call, text=self.scrub(body[:2000]), usage={},
+            # (a debug page or a proxy may quote the request, key and all)
+            body = self.scrub(resp.decode(errors="replace") if isinstance(resp, bytes) else resp)
+            self.write("response", call=outcome.call, text=body[:2000], usage={},
                        cost_usd=0.0, latency_sec=round(latency, 4))  # fmt: skip
             outcome.kind = "malformed"
             outcome.error = (
@@ -208,7 +211,8 @@ class AIPolicy:
         outcome.cost_usd = cost
         choices = getattr(resp, "choices", None) or []
         text = getattr(choices[0].message, "content", None) if choices else None
-        self.write("response", call=outcome.call, text=self.scrub(text or ""),
+        text = self.scrub(text or "")  # its reasoning and errors quote it: scrubbed at once
+        self.write("response", call=outcome.call, text=text,
                    usage={"prompt_tokens": prompt, "completion_tokens": completion},
                    cost_usd=cost, latency_sec=round(latency, 4))  # fmt: skip
         with self._lock:
