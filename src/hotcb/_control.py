@@ -158,7 +158,7 @@ class RunControl:
         path = op.params.get("path")
         if path is not None:
             try:
-                path = confine_path(path, self._run_dir, self._roots, what="path")
+                path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
             except (HotcbError, TypeError) as exc:
                 return OpResult("rejected", error=str(exc))
         self.checkpoint_requested = True
@@ -293,7 +293,7 @@ class RunControl:
             try:
                 path = op.params.get("path")
                 if path is not None:
-                    path = confine_path(path, self._run_dir, self._roots, what="path")
+                    path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
             except (HotcbError, TypeError) as exc:
                 self.recorder.emit_op(op, point, Decision.REJECTED, error=str(exc))
                 continue

@@ -45,6 +45,13 @@ METRICS_COLUMNS = "hotcb.metrics.cols"
 #: a byte offset), so a server that starts again reads only what was appended since.
 METRICS_INDEX = "hotcb.metrics.idx"
 
+#: The bundled JSONL logger callback's default output: the one ``hotcb.*`` name in a run
+#: directory that a command may have something write to (:func:`confine_path`, ``writes``).
+CB_LOG = "hotcb.cb_log.jsonl"
+#: Every file hotcb keeps in a run directory starts so (commands, ledger, state, studies,
+#: sources); a checkpoint or a callback's output given such a name would overwrite them.
+OWN_PREFIX = "hotcb."
+
 #: Version of the record formats written to the run directory.
 FORMAT_VERSION = 1
 
@@ -226,6 +233,7 @@ def confine_path(
     roots: Iterable[str | os.PathLike[str]] = (),
     *,
     what: str = "path",
+    writes: bool = False,
 ) -> str:
     """The absolute, symlink-resolved form of ``path`` (relative paths are taken from
     ``run_dir``) when it lies inside ``run_dir`` or one of ``roots``; else raise
@@ -233,13 +241,23 @@ def confine_path(
 
     Every path that arrives in a command, a recipe or a request goes through here before it
     is opened or written (DESIGN.md §10). The error names the path as given and the allowed
-    places, never whether the file exists or anything it holds.
+    places, never whether the file exists or anything it holds. ``writes``: the path is
+    written to (a checkpoint, a callback's output), so it must not be one of the run's own
+    files either (``hotcb.*`` in the run directory: a checkpoint saved over the commands file
+    lost the next command, one over the ledger erased it).
     """
     raw = os.fspath(path)
     if not raw or "\x00" in raw:
         raise PathNotAllowedError(f"{what} must be a non-empty path, got {raw!r}")
     base = os.path.realpath(os.fspath(run_dir))
     real = os.path.realpath(os.path.join(base, os.path.expanduser(raw)))
+    if writes and _within(real, base) and real != base:
+        top = os.path.relpath(real, base).split(os.sep)[0]
+        if top.startswith(OWN_PREFIX) and top != CB_LOG:
+            raise PathNotAllowedError(
+                f"{what} {raw!r} is one of the run's own files ({OWN_PREFIX}*: its commands, "
+                "ledger and state live there); give the file another name"
+            )
     allowed = [base, *(os.path.realpath(os.fspath(r)) for r in roots)]
     if any(_within(real, root) for root in allowed):
         return real

@@ -262,6 +262,17 @@ def test_paths_in_requests_must_stay_inside_the_run(
             assert "outside the run directory" in r.json()["detail"]
         r = c.post("/api/runs/r/commands", json={**PAUSE, "params": {}, "recipe_path": 3})
         assert r.status_code == 422
+        # inside the run, but one of its own files: a checkpoint or a logger written over the
+        # commands file or the ledger (the next command was lost, the audit trail erased)
+        for body in (
+            {"module": "control", "op": "checkpoint", "params": {"path": "hotcb.commands.jsonl"}},
+            {"module": "control", "op": "checkpoint", "params": {"path": "./hotcb.applied.jsonl"}},
+            {"module": "cb", "op": "set_params", "id": "jl",
+             "params": {"path": "hotcb.applied.jsonl"}},
+        ):  # fmt: skip
+            r = c.post("/api/runs/r/commands", json=body)
+            assert r.status_code == 403, (body, r.text)
+            assert "is one of the run's own files" in r.json()["detail"]
     assert read_commands(run) == []
     assert (outside / "model.pt").read_bytes() == b"precious"
 

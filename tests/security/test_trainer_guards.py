@@ -198,6 +198,43 @@ def test_paths_in_commands_stay_inside_the_run_and_errors_leak_nothing(
     assert victim.read_text() == "precious"
 
 
+def test_a_command_cannot_write_over_the_runs_own_files(trainer: Any) -> None:
+    """A checkpoint saved as the commands file lost the next command (a zip with no final
+    newline swallowed it); one saved as the ledger erased it; a JSONL logger pointed at the
+    ledger hid the next life's entries. Each is rejected now, with the reason, and the files
+    stay what they were; a checkpoint and a logger path of the user's own still work."""
+    run_dir = trainer.run_dir
+    own = {"hotcb.commands.jsonl", "hotcb.applied.jsonl", "hotcb.run.json", "hotcb.sources/x.pt"}
+    for i, path in enumerate(sorted(own)):
+        _append(run_dir, {"cmd_id": f"ckpt-{i}", "module": "control", "op": "checkpoint",
+                          "params": {"path": path}})  # fmt: skip
+    _append(run_dir, {"cmd_id": "jl", "module": "cb", "op": "load", "id": "jl",
+                      "target": {"kind": "python_path", "path": BUNDLED,
+                                 "symbol": "JSONLLoggerCallback"},
+                      "init": {"every_steps": 1000}})  # fmt: skip
+    moves = {"to-ledger": "hotcb.applied.jsonl", "to-outside": "../elsewhere.jsonl",
+             "to-own": "logs/mine.jsonl"}  # fmt: skip
+    for cid, path in moves.items():
+        _append(run_dir, {"cmd_id": cid, "module": "cb", "op": "set_params", "id": "jl",
+                          "params": {"path": path}})  # fmt: skip
+    _append(run_dir, {"cmd_id": "after", "module": "opt", "op": "set_params",
+                      "params": {"lr": 0.05}})  # fmt: skip
+    for i, path in enumerate(sorted(own)):
+        entry = _entry(run_dir, f"ckpt-{i}")
+        assert entry["decision"] == "rejected", entry
+        assert f"path {path!r} is one of the run's own files" in entry["error"], entry
+    assert _entry(run_dir, "jl")["decision"] == "applied"
+    ledger = _entry(run_dir, "to-ledger")
+    assert ledger["decision"] == "rejected" and "one of the run's own files" in ledger["error"]
+    outside = _entry(run_dir, "to-outside")  # refused when sent, not switched off later
+    assert outside["decision"] == "rejected" and "outside the run directory" in outside["error"]
+    assert _entry(run_dir, "to-own")["decision"] == "applied"
+    assert _entry(run_dir, "after")["decision"] == "applied"  # the next command is not lost
+    _stop(trainer, run_dir)
+    assert all(e.get("seq") is not None for e in read_ledger(run_dir))  # only ledger entries
+    assert not os.path.exists(os.path.join(os.path.dirname(run_dir), "elsewhere.jsonl"))
+
+
 def test_a_frozen_run_can_still_be_paused_checkpointed_and_stopped(
     trainer: Any, tmp_path: Any
 ) -> None:

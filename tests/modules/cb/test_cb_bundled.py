@@ -215,14 +215,15 @@ def test_jsonl_logger_writes_only_inside_the_run(kernel_factory, driver_for, tmp
     _load(kernel, "jl", "JSONLLoggerCallback")
     cid = client.cb("set_params", "jl", path=str(outside / "c.jsonl"))
     loop.steps(3)
-    errors = [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
-    assert errors and "outside the run directory" in errors[0]["error"]
+    entry = client.wait(cid, timeout=5)  # refused when sent (it was "applied", then failed
+    assert entry["decision"] == "rejected", entry  # at the next write and switched jl off)
+    assert "outside the run directory" in entry["error"]
     assert list(outside.iterdir()) == []
     assert not (tmp_path.parent / "outside-b.jsonl").exists()
     client.cb("set_params", "jl", path="logs/jl.jsonl")  # inside: fine
-    client.cb("enable", "jl")  # after the errors disabled it
     loop.steps(2)
     assert os.path.exists(os.path.join(kernel.run_dir, "logs", "jl.jsonl"))
+    assert not [e for e in read_ledger(kernel.run_dir) if e.get("op") == "callback_error"]
 
 
 BAD_PARAMS = [

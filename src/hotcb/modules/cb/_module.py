@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...errors import CodeLoadError, CommandError
+from ...errors import CodeLoadError, CommandError, PathNotAllowedError
 from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command, new_cmd_id
 from .._base import OpResult
 from ._loader import Resolved, check_allowed, resolve
@@ -410,7 +410,7 @@ class CallbackModule:
         if callable(setter):
             try:
                 setter(**params)
-            except (TypeError, ValueError, AttributeError) as exc:
+            except (TypeError, ValueError, AttributeError, PathNotAllowedError) as exc:
                 return OpResult("rejected", error=f"{slot.id}.set_params: {_fmt_exc(exc)}")
         else:
             # no set_params(): set attributes the instance already has, nothing new

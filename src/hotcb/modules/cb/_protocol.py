@@ -69,14 +69,17 @@ class CallbackContext:
     def is_leader(self) -> bool:
         return bool(self.host.is_leader)
 
-    def confine(self, path: str, what: str = "path") -> str:
+    def confine(self, path: str, what: str = "path", *, writes: bool = True) -> str:
         """``path`` (relative: to the run directory) as an absolute path, when it lies inside
-        the run directory or an allowed root; else :class:`~hotcb.errors.PathNotAllowedError`.
-        A callback that writes where a command says goes through here: a command (from the
-        CLI, a recipe, the dashboard) must not make it write anywhere on the machine."""
+        the run directory or an allowed root and (``writes``, the default) is none of the run's
+        own ``hotcb.*`` files; else :class:`~hotcb.errors.PathNotAllowedError`. A callback
+        that writes where a command says goes through here: a command (from the CLI, a recipe,
+        the dashboard) must not make it write anywhere on the machine, or over the ledger."""
         from ...runfiles import confine_path
 
-        return confine_path(path, self.host.run_dir, self.host.allowed_roots, what=what)
+        return confine_path(
+            path, self.host.run_dir, self.host.allowed_roots, what=what, writes=writes
+        )
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any], epoch: int | None = None) -> None:
         """Append figures (name → number) to the metrics stream at ``step``."""

@@ -25,33 +25,36 @@ _FREEZE_EXAMPLE = {"mode": "prod"}
 _FREEZE_FIELDS = frozenset({"mode", "recipe_path", "adjust_path", "step_offset"})
 
 
-def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """``(name, value)`` of every field of ``record`` that names a file the trainer would
-    open or write."""
+def _paths(record: dict[str, Any]) -> Iterator[tuple[str, Any, bool]]:
+    """``(name, value, writes)`` of every field of ``record`` that names a file the trainer
+    would open or (``writes``) write."""
     raw = record.get("params")
     params: dict[str, Any] = raw if isinstance(raw, dict) else {}
     module, op = record.get("module"), record.get("op")
     for key in ("recipe_path", "adjust_path"):
         if record.get(key) is not None:
-            yield key, record[key]
+            yield key, record[key], False
         if module == "freeze" and params.get(key) is not None:
-            yield f"params.{key}", params[key]
+            yield f"params.{key}", params[key], False
     if module == "control" and op == "checkpoint" and params.get("path") is not None:
-        yield "params.path", params["path"]
+        yield "params.path", params["path"], True
+    if module == "cb" and op in ("load", "set_params") and params.get("path") is not None:
+        yield "params.path", params["path"], True  # a callback's output (the JSONL logger's)
     target = record.get("target")
     if module == "cb" and isinstance(target, dict) and target.get("kind") == "python_file":
-        yield "target.path", target.get("path")
+        yield "target.path", target.get("path"), False
     if module == "tune" and op == "enable" and params.get("recipe") is not None:
-        yield "params.recipe", params["recipe"]
+        yield "params.recipe", params["recipe"], False
 
 
 def _confine(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> None:
-    """422 for a path field that is not a string, 403 for one outside the run and ``roots``."""
-    for what, value in _paths(record):
+    """422 for a path field that is not a string, 403 for one outside the run and ``roots``
+    or, for a file written, one of the run's own ``hotcb.*`` files."""
+    for what, value, writes in _paths(record):
         if not isinstance(value, str):
             raise HTTPException(422, detail=f"{what} must be a string path, got {value!r}")
         try:
-            confine_path(value, run_dir, roots, what=what)
+            confine_path(value, run_dir, roots, what=what, writes=writes)
         except PathNotAllowedError as exc:
             raise HTTPException(403, detail=str(exc)) from None
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .... import jsonl
-from .._protocol import CallbackBase
+from ....runfiles import CB_LOG
+from .._protocol import CallbackBase, ParamError
 from ._params import checks, names, number, text, whole
 
 Env = Mapping[str, Any]
@@ -137,7 +138,7 @@ class JSONLLoggerCallback(CallbackBase):
 
     def __init__(
         self,
-        path: str = "hotcb.cb_log.jsonl",
+        path: str = CB_LOG,
         every_steps: int = 1,
         events: Sequence[str] | str | None = None,
         keys: Sequence[str] | str | None = None,
@@ -154,6 +155,17 @@ class JSONLLoggerCallback(CallbackBase):
     def on_load(self, env: Env) -> None:
         super().on_load(env)
         self._abs()  # a path outside the run directory fails the load, with the reason
+
+    def set_params(self, **params: Any) -> None:
+        """A new ``path`` is checked now (the command is rejected with the reason), not at the
+        next write (the command was "applied", then the callback switched itself off)."""
+        if "path" in params:
+            path = params["path"]
+            if not isinstance(path, str) or not path:
+                raise ParamError(f"path must be a file name, got {path!r}")
+            if self.ctx is not None:
+                self.ctx.confine(path, what=f"{type(self).__name__} path")
+        super().set_params(**params)
 
     def _abs(self) -> str:
         """Where the lines go: under a kernel, confined to the run directory and its allowed
