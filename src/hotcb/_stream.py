@@ -47,9 +47,12 @@ class ActuatorStream:
         self.history_path = history_path  # hotcb.knobs.jsonl: values that moved on their own
         self.leader = True
         self.ramps: dict[str, Ramp] = {}
-        #: key -> the step a command last changed it (a set, an undo, a ramp's move; not a
-        #: module's own actuation, which has no cmd_id): the tuner voids a trial it overlaps
-        self.commanded: dict[str, int] = {}
+        #: key -> (the step a command last changed it at, the count of commands noted by then)
+        #: (a set, an undo, a ramp's move; not a module's own actuation, which has no cmd_id):
+        #: the tuner voids a trial it overlaps. The count orders commands within one step
+        #: (before or after a trial's mutation), the same on every rank of a run.
+        self.commanded: dict[str, tuple[int, int]] = {}
+        self.noted = 0
         self.opt_registered = any(a.group == "opt" for a in state)
         self.needs_init = False  # an actuator was registered after the start
         self._model_seen = False
@@ -197,7 +200,18 @@ class ActuatorStream:
         """Remember the step a command changed ``keys`` at (a module's own actuation, which
         has no cmd_id, is not a command)."""
         if op.cmd_id:
-            self.commanded.update(dict.fromkeys(keys, step))
+            self._commanded(keys, step)
+
+    def _commanded(self, keys: Iterable[str], step: int) -> None:
+        self.noted += 1
+        self.commanded.update(dict.fromkeys(keys, (step, self.noted)))
+
+    def commanded_since(self, step: int, after: int | None = None) -> list[str]:
+        """The keys a command changed at ``step`` or later; with ``after`` (a :attr:`noted`
+        count of this process), the ones changed by a command noted after that."""
+        if after is not None:
+            return [k for k, (_, n) in self.commanded.items() if n > after]
+        return [k for k, (at, _) in self.commanded.items() if at >= step]
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
         """Put back the old values an applied entry recorded (and stop its ramps).
@@ -224,7 +238,7 @@ class ActuatorStream:
                     scaled[key] = factor
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
-        self.commanded.update(dict.fromkeys(changes, int(env["step"])))
+        self._commanded(changes, int(env["step"]))
         return OpResult("applied", changes=changes, extra={"on_schedule": scaled} if scaled else {})
 
     def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
@@ -309,7 +323,7 @@ class ActuatorStream:
                 continue
             try:
                 self.state.set_silently(key, ramp.value_at(step), env)
-                self.commanded[key] = step
+                self._commanded((key,), step)
             except Exception as exc:  # the user's apply_fn: record, never raise
                 del self.ramps[key]
                 self.recorder.emit_op(

@@ -541,12 +541,18 @@ class HotKernel:
             return None, None
         return act.min_value, act.max_value
 
-    def commanded_since(self, step: int) -> list[tuple[str, str]]:
+    def commanded_since(self, step: int, after: int | None = None) -> list[tuple[str, str]]:
         """``(module, key)`` of the actuators a command (a person's, the autopilot's, a
-        schedule's, an undo, a ramp) changed at ``step`` or later. A module's own
-        :meth:`actuate` is not a command."""
-        changed = [k for k, at in self._stream.commanded.items() if at >= step]
+        schedule's, an undo, a ramp) changed at ``step`` or later; with ``after`` (a
+        :meth:`command_mark` of this process), changed after that mark, which orders commands
+        within a step. A module's own :meth:`actuate` is not a command."""
+        changed = self._stream.commanded_since(step, after)
         return [(act.group, act.param_key) for k in changed if (act := self.mutable_state.get(k))]
+
+    def command_mark(self) -> int:
+        """A mark of the commands applied so far in this process (the same on every rank), for
+        :meth:`commanded_since`."""
+        return self._stream.noted
 
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now: the framework's where it owns one (the adapters'

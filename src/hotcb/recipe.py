@@ -297,23 +297,25 @@ def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
     cid = e.get("cmd_id")
     made = e.get("changes")
     changes: Mapping[str, Any] = made if isinstance(made, Mapping) else {}
+    # a roll-back leaves a knob a command set after its trial began (it set nothing there)
+    left = set((e.get("tune") or {}).get("left") or ())
 
     def applied(key: str, value: Any) -> Any:
         change = changes.get(key)
         return change["new"] if isinstance(change, Mapping) and "new" in change else value
 
-    return [
-        RecipeEntry(
-            step=int(e.get("step") or 0),
-            event=e.get("event") or DEFAULT_EVENT,
-            module=module,
-            op="set_params",
-            params={k: applied(k, v) for k, v in kv.items()},
-            cmd_id=f"{cid}.{module}" if isinstance(cid, str) else None,
-        )
-        for module, kv in values.items()
-        if module in ("opt", "loss", "custom") and isinstance(kv, Mapping) and kv
-    ]
+    out = []
+    for module, kv in values.items():
+        if module not in ("opt", "loss", "custom") or not isinstance(kv, Mapping):
+            continue
+        params = {k: applied(k, v) for k, v in kv.items() if f"{module}.{k}" not in left}
+        if params:
+            out.append(RecipeEntry(
+                step=int(e.get("step") or 0), event=e.get("event") or DEFAULT_EVENT,
+                module=module, op="set_params", params=params,
+                cmd_id=f"{cid}.{module}" if isinstance(cid, str) else None,
+            ))  # fmt: skip
+    return out
 
 
 def _capture(capture: Any, run_dir: str | None) -> dict[str, Any] | None:

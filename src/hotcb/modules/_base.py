@@ -84,9 +84,13 @@ class ModuleHost(Protocol):
     def actuator_bounds(self, module: str, key: str) -> tuple[float | None, float | None]:
         """An actuator's ``(min, max)``: what it refuses beyond (None where it has no bound)."""
 
-    def commanded_since(self, step: int) -> list[tuple[str, str]]:
+    def commanded_since(self, step: int, after: int | None = None) -> list[tuple[str, str]]:
         """``(module, key)`` of the actuators a command (not a module's own ``actuate``)
-        changed at ``step`` or later."""
+        changed at ``step`` or later; with ``after`` (a :meth:`command_mark`), after it."""
+
+    def command_mark(self) -> int:
+        """A mark of the commands applied so far in this process: what a module compares
+        with ``commanded_since(..., after=...)`` to order commands within a step."""
 
     def steps_horizon(self, env: Env) -> int | None:
         """The run's length in steps now (the framework's, or the kernel's after ``hotcb

@@ -18,6 +18,7 @@ from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
 from hotcb.modules.tune import parse_settings
+from hotcb.recipe import ledger_to_entries
 from hotcb.testing import read_ledger
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
@@ -1021,6 +1022,59 @@ def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
     assert set(back["changes"]) == {"lr"} and t.lr == lr_before
     assert t.opt.param_groups[0]["weight_decay"] == 0.2
+
+
+def test_a_person_s_change_that_lands_with_the_roll_back_stays(toy: Any, cli: Any) -> None:
+    """A person's `set lr` written just before the tuner's roll-back, read in the same poll
+    (the tuner had judged the trial, or been disabled, before it arrived): the roll-back came
+    after it and put the trial's old lr back over it, silently. Now the roll-back leaves lr as
+    the command set it, says so, and takes back the trial's other knob; the recipe replays
+    the same."""
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    t, client, tune, trial = _inside_a_trial(toy, space)
+    number, wd_before = trial["number"], trial["before"]["opt"]["weight_decay"]
+    client.tune_disable()  # applied first: it writes the roll-back, after the person's set
+    (cmd,) = client.set({"lr": 0.05})
+    t.run(100_000, until=lambda: tune.mode == "off" and tune.waiting is None)
+    entries = read_ledger(t.kernel.run_dir)
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    (person,) = [e for e in entries if e["cmd_id"] == cmd]
+    assert person["seq"] < back["seq"]  # the race: the person's set came first
+    assert set(back["changes"]) == {"weight_decay"} and back["tune"]["left"] == ["opt.lr"]
+    assert t.lr == 0.05 and t.opt.param_groups[0]["weight_decay"] == wd_before
+    log = cli(t.kernel.run_dir, "log").stdout
+    assert "opt.lr left as a command set it after the trial began" in log, log
+    replayed = [e.params["lr"] for e in ledger_to_entries(entries, t.kernel.run_dir)
+                if "lr" in e.params]  # fmt: skip
+    assert replayed[-1] == 0.05  # a replay ends on the person's lr too, not the trial's old one
+
+
+def test_a_command_just_before_a_trial_s_mutation_does_not_void_it(toy: Any) -> None:
+    """A person's weight decay, applied at the step of the trial's lr mutation but before it
+    (the mutation scales what it found): the trial measures its own change, and is judged, not
+    voided as "set by a command during the trial" (Optuna heard FAIL)."""
+    t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=40, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    submit, sent = tune._submit, []
+
+    def person_first(op: str, params: dict[str, Any], step: int) -> None:
+        if op == "mutate" and not sent:  # written just before the tuner's mutation
+            sent.extend(client.set({"weight_decay": 0.02}))
+        submit(op, params, step)
+
+    tune._submit = person_first
+    judged = ("kept", "rolled_back", "failed")
+    t.run(100_000, until=lambda: bool(tune.trials) and tune.trials[0]["decision"] in judged)
+    row = tune.trials[0]
+    mutate = next(e for e in t.ledger("mutate") if e["params"]["trial"] == row["trial"])
+    (person,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == sent[0]]
+    assert (person["step"], person["seq"] + 1) == (mutate["step"], mutate["seq"])
+    assert row["decision"] in ("kept", "rolled_back"), row  # judged, not voided
+    assert t.opt.param_groups[0]["weight_decay"] == 0.02  # the person's value stays
 
 
 def test_disable_during_a_trial_takes_its_change_back(toy: Any, cli: Any) -> None:

@@ -171,6 +171,10 @@ class TuneModule:
         self.next_proposal = 1
         self.asked = 0
         self._snapshot: tuple[Any, dict[str, Any] | None] | None = None  # restore: state
+        # (trial, the host's command mark when its mutation was applied), on every rank: a
+        # command at the trial's own step came before or after it (in memory: a new process
+        # orders by step)
+        self._mark: tuple[Any, int] | None = None
         self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
         self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
         # per study ("name@url"): what other runs had put in it when this run first opened it
@@ -483,7 +487,7 @@ class TuneModule:
             reason = "the tuner was disabled during the trial: not judged"
             self._close_trial(None, "failed", reason=reason)
             self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
-            touched = self.host.commanded_since(int(trial["step"]))
+            touched = self._touched(trial["number"], int(trial["step"]))
             self._take_back(trial, touched, step, reason=reason)
             self.phase = "off"  # its roll-back is on its way; the tuner proposes nothing more
         return OpResult("applied", changes={"mode": {"old": old, "new": "off"}})
@@ -526,6 +530,7 @@ class TuneModule:
             self._snapshot = (trial, _snapshot.take(env))  # on every rank, before the change
         result = self._actuate(values, env)
         result.extra["tune"] = {"trial": trial, "modules": self._modules(values)}
+        self._mark = (trial, self.host.command_mark())
         mine = self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id
         if mine and self.waiting is not None:
             self.waiting = None
@@ -588,6 +593,7 @@ class TuneModule:
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
+        values, left = self._not_commanded(values, op.params.get("trial"), op.params.get("since"))
         scaled = self._back_on_schedule(values, op.params.get("applied"), env)
         result = self._actuate(values, env)
         if scaled:
@@ -604,6 +610,13 @@ class TuneModule:
         for key in ("needed", "reason"):  # the bar a judged trial missed; why one was not
             if op.params.get(key) is not None:
                 result.extra["tune"][key] = op.params[key]
+        if left:  # a person's (or the autopilot's) value, set after the trial was judged
+            names = ", ".join(left)
+            result.extra["tune"]["left"] = left
+            result.extra["tune"]["reason"] = "; ".join(filter(None, (
+                result.extra["tune"].get("reason"),
+                f"{names} left as a command set {'them' if len(left) > 1 else 'it'} after the "
+                "trial began")))  # fmt: skip
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
             # the trial's training losses were made with values no longer in force: the watch
@@ -916,7 +929,7 @@ class TuneModule:
         self._start_segment(step, "baseline")
         if trial is not None:  # its change goes, as with a disable; a baseline follows it
             self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
-            self._take_back(trial, self.host.commanded_since(int(trial["step"])), step,
+            self._take_back(trial, self._touched(trial["number"], int(trial["step"])), step,
                             reason=reason)  # fmt: skip
         elif self.bracket is not None:  # as a trial's: the arm's lr goes back
             self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again",
@@ -1234,7 +1247,7 @@ class TuneModule:
         assert trial is not None
         # a command (a person, the autopilot) on any knob since the trial started: its
         # segment measures that change too
-        touched = self.host.commanded_since(int(trial["step"]))
+        touched = self._touched(trial["number"], int(trial["step"]))
         if touched:
             names = ", ".join(f"{m}.{k}" for m, k in touched)
             self._void(trial, step, f"{names} set by a command during the trial", touched)
@@ -1296,6 +1309,7 @@ class TuneModule:
             "applied": trial.get("applied"),
             "score": score,
             "needed": needed,
+            "since": trial["step"],
         }
         if detail.get("reason"):  # cut short: why (a blow-up of the training loss)
             params["reason"] = detail["reason"]
@@ -1318,6 +1332,29 @@ class TuneModule:
         if not self._take_back(trial, touched, step):
             self._start_segment(step, "baseline")
 
+    def _touched(self, trial: Any, since: Any) -> list[tuple[str, str]]:
+        """The knobs a command set since ``trial`` began: after its mutation where this process
+        applied it, else from its step ``since`` on (None: none known)."""
+        if self._mark is not None and self._mark[0] == trial:
+            return self.host.commanded_since(0, after=self._mark[1])
+        if isinstance(since, int) and not isinstance(since, bool):
+            return self.host.commanded_since(since)
+        return []
+
+    def _not_commanded(
+        self, values: dict[str, dict[str, Any]], trial: Any, since: Any
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """A roll-back's ``values`` without the knobs a command set since the trial began (a
+        command that came after the trial was judged, in the same poll as its roll-back: the
+        roll-back undid it), and those knobs' names."""
+        touched = set(self._touched(trial, since))
+        left = [f"{m}.{k}" for m, kv in values.items() for k in kv if (m, k) in touched]
+        if not left:
+            return values, []
+        rest = {m: {k: v for k, v in kv.items() if (m, k) not in touched}
+                for m, kv in values.items()}  # fmt: skip
+        return {m: kv for m, kv in rest.items() if kv}, left
+
     def _take_back(
         self, trial: Mapping[str, Any], touched: list[tuple[str, str]], step: int, *,
         reason: str | None = None,
@@ -1331,7 +1368,8 @@ class TuneModule:
             return False
         applied = trial.get("applied") or {}
         made = {m: {k: (applied.get(m) or {}).get(k) for k in kv} for m, kv in rest.items()}
-        params = {"trial": trial["number"], "values": rest, "applied": made, "score": None}
+        params = {"trial": trial["number"], "values": rest, "applied": made, "score": None,
+                  "since": trial["step"]}  # fmt: skip
         self._submit("rollback", {**params, "reason": reason} if reason else params, step)
         return True
 
