@@ -411,6 +411,42 @@ def test_a_blow_up_soon_after_a_rolled_back_one_is_caught_as_early(toy: Any) -> 
     assert t.lr == lr0
 
 
+def test_a_trial_the_early_abort_cut_short_is_never_kept(tmp_path: Any, cli: Any) -> None:
+    """Every change of lr helps for 20 steps, then triples the objective: the early abort
+    ends each trial on its last three values, "...% worse than its trend". It was then scored
+    on its segment's level (its good start) and kept at +0.50 with that reason beside the
+    score; it is rolled back now, on the score those last values earn."""
+    import torch
+
+    from hotcb import HotKernel
+
+    kernel = HotKernel(str(tmp_path / "run"), poll_interval_sec=0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    HotClient(kernel.run_dir).tune_enable(
+        "active", objective="obj", segment_steps=50, seed=0, space=LR_ONLY, sync=True
+    )
+    last, since = 1e-3, 10**9
+    for step in range(1200):
+        lr = opt.param_groups[0]["lr"]
+        if lr != last:
+            last, since = lr, 0
+        since += 1
+        trend = (step + 10) ** -0.5 * (1 + 0.01 * ((step * 7919) % 13 - 6) / 6)
+        obj = trend * (0.5 if since <= 20 else 3.0 if since <= 45 else 1.0)
+        kernel.apply({"step": step, "optimizer": opt, "metrics": {"obj": obj}})
+    kernel.close()
+    rows = HotClient(kernel.run_dir).tune_status()["trials"]
+    cut = [r for r in rows if "ended early" in (r.get("detail") or {}).get("reason", "")]
+    assert cut, rows
+    for r in cut:
+        assert r["decision"] == "rolled_back" and r["score"] < 0, r
+        assert r["detail"]["segment_score"] > r["score"]  # what the level alone said
+    log = cli(kernel.run_dir, "log", "-n", "1000").stdout  # each roll-back says why
+    assert len(
+        re.findall(r"tune rollback -> applied \(.*\) \[trial \d+, score -[^\]]*ended early", log)
+    ) == len(cut), log
+
+
 def test_batch_noise_in_the_training_loss_is_not_taken_for_a_blow_up(tmp_path: Any) -> None:
     """Per-batch training losses of a real run are heavy-tailed (a Lightning run on digits: a
     5-step median of 0.198 after an lr move of x0.92, against 0.084 before it). A trial whose

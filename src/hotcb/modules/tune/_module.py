@@ -33,7 +33,7 @@ from ...runfiles import TUNE, RunPaths, confine_path, redact_url
 from .._base import OpResult
 from . import _snapshot
 from ._bracket import Bracket, bracket_ended
-from ._score import Segment, expected_level, noise, score_segment
+from ._score import NONFINITE_SCORE, Segment, expected_level, noise, score_segment
 from ._space import (
     MODES,
     Knob,
@@ -1161,6 +1161,7 @@ class TuneModule:
             return False
         self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last 3 values), "
                              f"{worse:.0%} worse than the {expected:.4g} its trend expected")  # fmt: skip
+        self.trial["cut_score"] = max(NONFINITE_SCORE, -worse)  # what those values score
         return True
 
     def _train_blew_up(self) -> bool:
@@ -1258,6 +1259,10 @@ class TuneModule:
             self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
+        if trial.get("cut_score") is not None and trial["cut_score"] < score:
+            # cut short on its last values: the segment's level (its better start) must not
+            # outscore them (a trial "192% worse than its trend" was kept at +0.50)
+            detail["segment_score"], score = score, float(trial["cut_score"])
         detail = self._cut_short(trial, seg, score, detail)
         # a trial cut short (a blow-up, an early abort) is no segment of that length
         whole = "blew_up" not in trial and not trial.get("cut")
