@@ -15,6 +15,7 @@ import torch
 
 from hotcb import HotClient, HotKernel, jsonl
 from hotcb.client import route_keys
+from hotcb.errors import CommandError
 from hotcb.runfiles import RunPaths
 from hotcb.testing import StepDriver, TinyMLP, read_ledger
 
@@ -366,6 +367,45 @@ def test_client_wait_returns_the_final_entry_not_the_scheduled_one(run: Run, run
     entry = client.wait(cid, timeout=5)
     assert entry["decision"] == "applied" and entry["step"] == 3
     assert [e["decision"] for e in client.entries(cid)] == ["scheduled", "applied"]
+
+
+def test_client_waits_for_the_list_set_returns(run: Run, run_dir: str) -> None:
+    """`client.wait(client.set({...}))`: set() returns a list of ids (one per module); wait
+    took only one, never matched the list, and timed out saying "is the run alive?"."""
+    client = HotClient(run_dir)
+    ids = client.set({"lr": 0.02, "smooth": 0.5})  # opt and loss: two commands
+    assert isinstance(ids, list) and len(ids) == 2
+    run.steps(1)
+    entries = client.wait(ids, timeout=30)
+    assert [e["cmd_id"] for e in entries] == ids
+    assert [e["decision"] for e in entries] == ["applied", "applied"]
+    with pytest.raises(TypeError, match="takes a cmd_id or a list of them"):
+        client.wait(5, timeout=1)  # type: ignore[call-overload]
+
+
+def test_client_on_a_run_that_is_over_queues_no_stop(run: Run, run_dir: str) -> None:
+    """A stop queued on a finished run stopped the next run in the directory at its first
+    step (the CLI says "nothing to stop"; the client queued it). wait() on a finished run
+    says the run is over, not "is the run alive?"."""
+    client = HotClient(run_dir)
+    run.kernel.close()
+    over = client.run_over()
+    assert over is not None and over.startswith("finished at step")
+    before = commands(run_dir)
+    with pytest.raises(CommandError, match=f"the run {over}: nothing to stop"):
+        client.stop()
+    assert commands(run_dir) == before  # nothing queued
+    cid = client.loss(smooth=0.3)  # other commands wait for the next run, as documented
+    with pytest.raises(TimeoutError, match=f"the run {over}; the command waits in the commands"):
+        client.wait(cid, timeout=0.2)
+
+
+def test_client_tune_accept_takes_a_number_and_says_why_there_is_none(run_dir: str) -> None:
+    client = HotClient(run_dir)
+    with pytest.raises(CommandError, match=r"no proposal 'P3'; pending: none; the tuner is off"):
+        client.tune_accept(3)  # an AttributeError ('int' has no 'upper') before
+    with pytest.raises(CommandError, match=r"no proposal 'x3' \(ids look like P3\)"):
+        client.tune_reject("x3")
 
 
 def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> None:

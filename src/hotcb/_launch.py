@@ -48,7 +48,7 @@ from . import jsonl
 from .branch import branch as make_branch
 from .branch import retarget
 from .client import HotClient
-from .errors import HotcbError
+from .errors import CommandError, HotcbError
 from .kernel import RUN_DIR_ENV
 from .ledger import iter_entries
 from .runfiles import RunPaths
@@ -909,7 +909,10 @@ class Launch:
         then would stop the next run in this directory at its first step)."""
         if self._done.is_set():
             return None
-        return self.client.stop()
+        try:
+            return self.client.stop()
+        except CommandError:  # it ended just now (the client refuses a stop then)
+            return None
 
     def applied(self, cmd_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """The ledger entry of ``cmd_id`` once the run handled it (``decision``, ``step``,

@@ -14,7 +14,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 from . import jsonl
 from .actuators import ActuatorType, HotcbActuator
@@ -315,7 +315,13 @@ class HotClient:
         return self.send("control", "resume")
 
     def stop(self, at_step: int | None = None) -> str:
-        """Stop at the next safe point (or the first with step >= ``at_step``)."""
+        """Stop at the next safe point (or the first with step >= ``at_step``). On a run that
+        is over, :class:`CommandError` and nothing is queued: a stop queued then would stop the
+        next run in this directory at its first step (``hotcb stop`` says "nothing to stop")."""
+        over = self.run_over()
+        if over is not None:
+            raise CommandError(f"the run {over}: nothing to stop (a stop queued now would stop "
+                               "the next run in this directory at its first step)")  # fmt: skip
         return self.send("control", "stop", **_at(at_step))
 
     def checkpoint(self, path: str | None = None, at_step: int | None = None) -> str:
@@ -452,19 +458,19 @@ class HotClient:
         change is taken back (a knob a command set since the trial began keeps that value)."""
         return self.send("tune", "disable")
 
-    def tune_accept(self, proposal: str) -> str:
+    def tune_accept(self, proposal: str | int) -> str:
         """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``).
         Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed, one
         that is no longer pending, or when the run is over."""
         proposal = self._pending_proposal(proposal)  # "p3" is P3
         return self.send("tune", "accept", params={"id": proposal})
 
-    def tune_reject(self, proposal: str) -> str:
+    def tune_reject(self, proposal: str | int) -> str:
         """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
         proposal = self._pending_proposal(proposal)
         return self.send("tune", "reject", params={"id": proposal})
 
-    def _pending_proposal(self, proposal: str) -> str:
+    def _pending_proposal(self, proposal: str | int) -> str:
         """The id of a proposal that can still be decided: pending, in a run still going (a
         queued decision would otherwise wait for a later run, whose tuner proposes afresh)."""
         found = self.tune_proposal(proposal)
@@ -488,9 +494,14 @@ class HotClient:
         meta = jsonl.read_json(self.paths.run_meta, {}) or {}
         return _run_over(meta, time.time()) if isinstance(meta, dict) else None
 
-    def tune_proposal(self, proposal: str) -> dict[str, Any]:
-        """The tuner's proposal ``proposal`` (``id``, ``state``, ``changes``, … from
-        ``hotcb.tune.json``); a CommandError that lists the pending ones when there is none."""
+    def tune_proposal(self, proposal: str | int) -> dict[str, Any]:
+        """The tuner's proposal ``proposal`` (``"P3"``, ``"p3"`` or ``3``: ``id``, ``state``,
+        ``changes``, … from ``hotcb.tune.json``); a CommandError that lists the pending ones
+        when there is none."""
+        if isinstance(proposal, int) and not isinstance(proposal, bool):
+            proposal = f"P{proposal}"
+        if not isinstance(proposal, str):
+            raise CommandError(f"a proposal id looks like P3, got {proposal!r}")
         st = self.tune_status()
         rows = st.get("proposals") or []
         for row in rows:
@@ -498,11 +509,19 @@ class HotClient:
                 return row
         pending = [str(p.get("id")) for p in rows if p.get("state") == "pending"]
         mode = st.get("mode") or "off"
-        why = ("" if pending or mode == "suggest" else f"; the tuner is {mode}: proposals come "
-               "in suggest mode ('tune enable --mode suggest')")  # fmt: skip
+        if pending:
+            why = ""
+        elif mode != "suggest":
+            why = (f"; the tuner is {mode}: proposals come in suggest mode ('tune enable --mode "
+                   "suggest')")  # fmt: skip
+        else:  # on, and nothing proposed yet: baseline segments come first
+            nxt = st.get("next_boundary")
+            when = f" (the next boundary is at step {nxt})" if isinstance(nxt, int) else ""
+            why = (f"; the tuner proposes at a segment boundary, after its baseline "
+                   f"segments{when}: 'tune proposals' lists them")  # fmt: skip
+        shape = "" if re.fullmatch(r"[Pp]\d+", proposal) else " (ids look like P3)"
         raise CommandError(
-            f"no proposal {proposal!r}; pending: {', '.join(pending) or 'none'} "
-            f"(ids look like P3: see 'tune proposals'){why}"
+            f"no proposal {proposal!r}{shape}; pending: {', '.join(pending) or 'none'}{why}"
         )
 
     def tune_status(self) -> dict[str, Any]:
@@ -548,24 +567,58 @@ class HotClient:
     def entries(self, cmd_id: str) -> list[dict[str, Any]]:
         return [e for e in iter_entries(self.paths.ledger) if e.get("cmd_id") == cmd_id]
 
+    @overload
     def wait(
-        self, cmd_id: str, timeout: float = 30.0, *, final: bool = True, interval: float = 0.02
-    ) -> dict[str, Any]:
-        """The ledger entry for ``cmd_id`` once the kernel handled it.
+        self, cmd_id: str, timeout: float = ..., *, final: bool = ..., interval: float = ...
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def wait(
+        self,
+        cmd_id: list[str] | tuple[str, ...],
+        timeout: float = ...,
+        *,
+        final: bool = ...,
+        interval: float = ...,
+    ) -> list[dict[str, Any]]: ...
+
+    def wait(
+        self,
+        cmd_id: str | list[str] | tuple[str, ...],
+        timeout: float = 30.0,
+        *,
+        final: bool = True,
+        interval: float = 0.02,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """The ledger entry for ``cmd_id`` once the kernel handled it; for a list of ids (what
+        :meth:`set` returns), their entries, in order.
 
         With ``final`` a ``scheduled`` entry is not enough: wait for the entry that applied,
-        rejected or cancelled it. Raises ``TimeoutError`` after ``timeout`` seconds.
+        rejected or cancelled it. Raises ``TimeoutError`` after ``timeout`` seconds (saying
+        so when the run is over: nothing will handle the command until it runs again).
         """
+        if not isinstance(cmd_id, str) or not cmd_id:
+            given: list[Any] = list(cmd_id) if isinstance(cmd_id, (list, tuple)) else [None]
+            ids = [i for i in given if isinstance(i, str) and i]
+            if len(ids) != len(given):
+                raise TypeError(f"wait() takes a cmd_id or a list of them, got {cmd_id!r}")
+            deadline = time.monotonic() + timeout
+            return [self.wait(i, max(0.0, deadline - time.monotonic()), final=final,
+                              interval=interval) for i in ids]  # fmt: skip
 
         def handled(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("cmd_id") != cmd_id:
                 return None
             return None if final and entry.get("decision") == "scheduled" else entry
 
-        return self._watch_ledger(
-            handled, timeout, interval,
-            f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?",
-        )  # fmt: skip
+        def late() -> str:
+            over = self.run_over()
+            if over is not None:
+                return (f"no ledger entry for {cmd_id}: the run {over}; the command waits in "
+                        "the commands file for the next run in this directory")  # fmt: skip
+            return f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?"
+
+        return self._watch_ledger(handled, timeout, interval, late)
 
     def wait_ramp(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """The entry that ends the ramp ``cmd_id`` started: ``ramp: complete`` (the target is
@@ -586,7 +639,7 @@ class HotClient:
         pick: Callable[[dict[str, Any]], dict[str, Any] | None],
         timeout: float,
         interval: float,
-        error: str,
+        error: str | Callable[[], str],
         *,
         between: Callable[[], dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
@@ -604,7 +657,7 @@ class HotClient:
             if got is not None:
                 return got
             if time.monotonic() > deadline:
-                raise TimeoutError(error)
+                raise TimeoutError(error if isinstance(error, str) else error())
             time.sleep(interval)
 
 
