@@ -268,6 +268,39 @@ def test_lr_change_survives_the_scheduler(run_dir: str, tmp_path: Any, kind: str
     steered.kernel.close()
 
 
+@pytest.mark.parametrize("kind", ["step", "cosine", "lambda"])
+def test_lr_change_at_an_apply_without_the_scheduler_survives_it(
+    run_dir: str, tmp_path: Any, kind: str
+) -> None:
+    """A loop passes its scheduler to apply() after the training step, not at validation
+    (examples/bare_loop.py): an lr change read at validation was not kept in step with the
+    scheduler, which snapped it back (LambdaLR, from its base lrs) at the next step; the
+    tuner's roll-backs there put the lr off its schedule. The kernel keeps the schedulers it
+    has seen."""
+    ref = Loop(os.fspath(tmp_path / "ref"), sched=kind)
+    ref.steps(25)
+    steered = Loop(run_dir, sched=kind)
+    steered.steps(7)
+    cid = steered.client.opt(lr=0.004)
+    steered.kernel.apply({"step": steered.step, "optimizer": steered.opt},
+                         events=("val_epoch_end",))  # fmt: skip
+    assert steered.only(cid)["decision"] == "applied"
+    steered.steps(10)
+    ratio = 0.004 / ref.lr[6]  # set after step 6, at its validation
+    for s in range(7, 17):  # as when the scheduler is in env: scaled, never snapped back
+        assert steered.lr[s] == pytest.approx(ratio * ref.lr[s], rel=1e-9), s
+    # an undo (or a tuner's roll-back) there too: back on the schedule, not to the old number
+    undo = steered.client.undo(cid)
+    steered.kernel.apply({"step": steered.step, "optimizer": steered.opt},
+                         events=("val_epoch_end",))  # fmt: skip
+    assert steered.only(undo)["on_schedule"]["lr"] == pytest.approx(1 / ratio)
+    steered.steps(8)
+    for s in range(17, 25):
+        assert steered.lr[s] == pytest.approx(ref.lr[s], rel=1e-9), s
+    ref.kernel.close()
+    steered.kernel.close()
+
+
 @pytest.mark.parametrize("kind", ["cosine", "lambda"])
 def test_undo_under_a_scheduler_puts_the_run_back_on_the_schedule(
     run_dir: str, tmp_path: Any, kind: str

@@ -25,6 +25,8 @@ __all__ = ["ActuatorStream"]
 
 Env = Mapping[str, Any]
 _NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT, ActuatorType.TUPLE)
+#: How many LR schedulers seen in env are kept (a loop that makes a new one each epoch).
+_SCHEDULERS_KEPT = 8
 
 
 class ActuatorStream:
@@ -54,6 +56,9 @@ class ActuatorStream:
         self.commanded: dict[str, tuple[int, int]] = {}
         self.noted = 0
         self.opt_registered = any(a.group == "opt" for a in state)
+        #: LR schedulers seen in env (shared with the optimizer's actuators, which keep them in
+        #: step with an lr change made at an apply whose env has none)
+        self.schedulers: list[Any] = []
         self.needs_init = False  # an actuator was registered after the start
         self._model_seen = False
         self._written = -1
@@ -69,7 +74,9 @@ class ActuatorStream:
             for i, opt in enumerate(opts):
                 if not hasattr(opt, "param_groups"):
                     continue
-                for act in optimizer_actuators(opt, prefix="" if i == 0 else f"opt{i}."):
+                for act in optimizer_actuators(
+                    opt, prefix="" if i == 0 else f"opt{i}.", schedulers=self.schedulers
+                ):
                     self._register(act, "the optimizer's")
                 self.opt_registered = True
         model = env.get("model")
@@ -98,7 +105,9 @@ class ActuatorStream:
     def catch_up(self, env: Env) -> None:
         """Discover an optimizer that appeared, or initialise actuators registered since; only
         then: discovery rewrites the actuators file, and doing that per command made a burst
-        cost one file replace per command."""
+        cost one file replace per command. Remember the LR schedulers ``env`` passes."""
+        if env.get("scheduler") is not None or env.get("schedulers"):
+            self._note_schedulers(env)
         if self.needs_init or (
             not self.opt_registered and (env.get("optimizer") is not None or env.get("optimizers"))
         ):
@@ -106,6 +115,17 @@ class ActuatorStream:
             self.discover(env)
         elif self._restore:  # checkpointed values loaded after discovery: with this env
             self._restore_values(env)
+
+    def _note_schedulers(self, env: Env) -> None:
+        """Keep the LR schedulers seen in ``env["scheduler"]`` / ``env["schedulers"]`` (the
+        last few): a loop that passes its scheduler to ``apply()`` after the training step but
+        not at validation got an lr set there (a command, the tuner's roll-back) off the
+        schedule, which then undid or multiplied it."""
+        found = [env.get("scheduler"), *(env.get("schedulers") or ())]
+        for sched in found:
+            if sched is not None and all(sched is not known for known in self.schedulers):
+                self.schedulers.append(sched)
+                del self.schedulers[:-_SCHEDULERS_KEPT]
 
     def check(self, op: HotOp) -> str | None:
         """Why ``op``'s values would be refused (for a command scheduled for later), or None."""

@@ -50,9 +50,12 @@ def _schedulers(env: Env, extra: Sequence[Any]) -> list[Any]:
     return out
 
 
-def _has_schedule(extra: Sequence[Any]) -> Any:
-    """``scheduled`` of an lr actuator: an LR scheduler (given here or in env) moves it."""
-    return lambda env: bool(_schedulers(env, extra))
+def _has_schedule(extra: Sequence[Any], optimizer: Any) -> Any:
+    """``scheduled`` of an lr actuator: an LR scheduler of ``optimizer`` (given here, seen in
+    env before, or in env now) moves it."""
+    return lambda env: any(
+        getattr(s, "optimizer", optimizer) is optimizer for s in _schedulers(env, extra)
+    )
 
 
 def _set_group_lr(
@@ -92,7 +95,8 @@ def optimizer_actuators(
     several groups (or ``per_group=True``).
 
     ``lr`` keeps the ratios between groups: setting it to x scales every group by
-    x / (group 0's lr). Schedulers passed here, or present in ``env["scheduler"]`` /
+    x / (group 0's lr). Schedulers passed here (a list the caller may add to later: the
+    kernel's holds every scheduler it has seen in env), or present in ``env["scheduler"]`` /
     ``env["schedulers"]`` at apply time, are kept in step with the change.
     """
     groups = optimizer.param_groups
@@ -106,7 +110,7 @@ def optimizer_actuators(
             min_value=lo,
             max_value=hi,
             description="learning rate (all groups, ratios kept)",
-            scheduled=_has_schedule(schedulers),
+            scheduled=_has_schedule(schedulers, optimizer),
         ),
         *_all_groups_actuators(groups, prefix),
     ]
@@ -233,7 +237,7 @@ def _group_actuators(
             max_value=hi,
             group="opt",
             description=f"learning rate of param group {name}",
-            scheduled=_has_schedule(schedulers),
+            scheduled=_has_schedule(schedulers, optimizer),
         )
     ]
     if "weight_decay" in g:
