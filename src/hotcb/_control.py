@@ -264,13 +264,18 @@ class RunControl:
 
     def _undo_target(self, cmd_id: str | None) -> Mapping[str, Any] | None:
         """The newest applied change not undone yet that can be undone (pause and resume
-        cannot), or the one of ``cmd_id``."""
+        cannot, see :func:`_never_undone`; nor a tuner's mutation that it rolled back or voided
+        since), or the one of ``cmd_id``."""
         rec = self.recorder
+        ended: set[Any] = set()  # trials the tuner rolled back or voided since (newest first)
         entry: Mapping[str, Any]  # mypy: reversed() over dicts holding Any matches two overloads
         for entry in reversed(rec.history):
+            trial = _tuner_trial(entry)
+            if entry.get("op") in ("rollback", "void") and trial is not None:
+                ended.add(trial)
             if entry["cmd_id"] in rec.undone or entry.get("undo_of"):
                 continue
-            if cmd_id is None and _never_undone(entry):
+            if cmd_id is None and (_never_undone(entry) or (trial is not None and trial in ended)):
                 continue  # a `control resume` would hide every change made before it
             if cmd_id is None or entry["cmd_id"] == cmd_id:
                 return entry
@@ -307,11 +312,23 @@ class RunControl:
             self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})
 
 
+def _tuner_trial(entry: Mapping[str, Any]) -> Any:
+    """The trial number of a tuner entry (None for any other)."""
+    tune = entry.get("tune") if entry.get("module") == "tune" else None
+    return tune.get("trial") if isinstance(tune, Mapping) else None
+
+
 def _never_undone(entry: Mapping[str, Any]) -> bool:
-    """Entries that ``undo`` refuses whatever their state: a pause, a resume, a freeze (send
-    the mode you want). Only ``extend`` of the control ops can be undone."""
-    module = entry.get("module")
-    return module == "freeze" or (module == "control" and entry.get("op") != "extend")
+    """Entries that ``undo`` refuses whatever their state: a pause, a resume, a freeze or a
+    tuner's enable/disable (send the mode you want), a tuner's roll-back (its own undo of a
+    trial: undoing it brought the trial's change back with no trial to judge it). Only
+    ``extend`` of the control ops, and a tuner's mutation or bracket arm, can be undone."""
+    module, op = entry.get("module"), entry.get("op")
+    return (
+        module == "freeze"
+        or (module == "control" and op != "extend")
+        or (module == "tune" and op not in ("mutate", "bracket"))
+    )
 
 
 _HORIZON_KEYS = ("max_steps", "max_epochs")

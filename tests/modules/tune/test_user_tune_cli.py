@@ -1008,6 +1008,36 @@ def test_a_person_s_change_during_a_trial_voids_it_and_stays(toy: Any, cli: Any)
     assert f"tune void -> applied [trial {number}, opt.lr set by a command during" in log
 
 
+def test_undo_passes_over_the_tuner_s_roll_back(toy: Any) -> None:
+    """A person's lr voided a trial and the tuner rolled the trial's weight decay back; then
+    `hotcb undo`. It undid the roll-back (the failed trial's weight decay came back, with no
+    trial to judge it, in what the tuner took for a baseline). A plain undo now passes over
+    the tuner's roll-backs, enables and disables, and the mutations it rolled back: it undoes
+    the person's command. Undoing a roll-back by its id is refused, with what to do."""
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    t, client, tune, trial = _inside_a_trial(toy, space)
+    number, wd_before = trial["number"], trial["before"]["opt"]["weight_decay"]
+    (cmd,) = client.set({"lr": 0.05})
+    t.run(100_000, until=lambda: tune.phase != "trial" and tune.waiting is None)
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    client.tune_disable()
+    t.run(100_000, until=lambda: tune.mode == "off")
+    undo = client.undo()
+    t.run(100_000, until=lambda: any(e["cmd_id"] == undo for e in read_ledger(t.kernel.run_dir)))
+    (done,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == undo]
+    assert done["decision"] == "applied" and done["undo_of"] == cmd, done
+    assert t.opt.param_groups[0]["weight_decay"] == wd_before  # the roll-back stands
+    again = client.undo(back["cmd_id"])
+    t.run(100_000, until=lambda: any(e["cmd_id"] == again for e in read_ledger(t.kernel.run_dir)))
+    (refused,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == again]
+    assert (
+        refused["decision"] == "rejected"
+        and "a tuner roll-back is not undone" in (refused["error"])
+    ), refused
+    assert t.opt.param_groups[0]["weight_decay"] == wd_before
+
+
 def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     """The trial moves lr; a person sets weight decay meanwhile: the segment measures both, so
     the trial is not judged; its lr goes back, the person's weight decay stays."""

@@ -277,6 +277,13 @@ class TuneModule:
             self._save()
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
+        if entry.get("op") == "rollback":  # a trial's change back, with no trial to judge it
+            return OpResult("rejected", error="a tuner roll-back is not undone: it would bring "
+                            "back a trial's change that no trial judges; set the value you "
+                            "want instead (hotcb set KEY=VALUE)")  # fmt: skip
+        if entry.get("op") not in ("mutate", "bracket"):
+            return OpResult("rejected", error=f"tune {entry.get('op')} is not undone: send the "
+                            "mode you want (hotcb tune enable|disable)")  # fmt: skip
         changes = entry.get("changes") or {}
         modules = (entry.get("tune") or {}).get("modules") or {}
         values: dict[str, dict[str, Any]] = {}
