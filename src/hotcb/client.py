@@ -616,7 +616,11 @@ class HotClient:
             if over is not None:
                 return (f"no ledger entry for {cmd_id}: the run {over}; the command waits in "
                         "the commands file for the next run in this directory")  # fmt: skip
-            return f"no ledger entry for {cmd_id} after {timeout:g}s: is the run alive?"
+            if not os.path.exists(self.paths.run_meta):
+                return (f"no ledger entry for {cmd_id} after {timeout:.3g}s: the run has not "
+                        "started (no trainer has opened this directory); the command waits in "
+                        "the commands file for it")  # fmt: skip
+            return f"no ledger entry for {cmd_id} after {timeout:.3g}s: is the run alive?"
 
         return self._watch_ledger(handled, timeout, interval, late)
 

@@ -343,6 +343,9 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
             )
         return 0
     c = client(args)
+    if not os.path.exists(c.paths.run_meta):  # waiting for a trainer not started yet: say so
+        print(f"hotcb: the run has not started; waiting up to {args.timeout:g}s for it to start "
+              "and apply the command", file=sys.stderr)  # fmt: skip
     code = 0
     deadline = time.monotonic() + args.timeout
     for cid in cmd_ids:

@@ -155,6 +155,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
     c = client(args)  # an unknown id, one not pending, a run that is over: a CommandError
     cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
     return finish(args, [cid])
@@ -169,12 +170,42 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
     refused = _refused_enable(c.paths.ledger)
     if refused is not None:
         st = {**st, "enable_refused": refused}
+    queued = _queued(c.paths)
+    if queued is not None:
+        st = {**st, "queued": queued}
     over = c.run_over()
     if over is None:
         return st
     proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
                  for p in st.get("proposals") or ()]  # fmt: skip
     return {**st, "run_over": over, "next_boundary": None, "proposals": proposals}
+
+
+def _queued(paths: Any) -> dict[str, Any] | None:
+    """The newest ``tune enable``/``disable`` that the run has not read yet (written before the
+    trainer started, or since its last read): ``{cmd_id, op, mode}``."""
+    from ..ledger import tail_state
+
+    cursor = int(tail_state(paths.ledger)[1] or 0)
+    try:
+        with open(paths.commands, "rb") as f:
+            f.seek(cursor)
+            unread = f.read(1 << 20)
+    except OSError:
+        return None
+    found = None
+    for line in unread.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("module") == "tune" and rec.get("op") in (
+            "enable", "disable"
+        ):  # fmt: skip
+            params = rec.get("params")
+            mode = params.get("mode") if isinstance(params, dict) else None
+            found = {"cmd_id": rec.get("cmd_id"), "op": rec["op"], "mode": mode}
+    return found
 
 
 def _refused_enable(ledger: str) -> dict[str, Any] | None:
@@ -213,8 +244,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{refused['step']}" if sent else
                 f"(#{refused['seq']}, step {refused['step']}) was refused by the run")  # fmt: skip
         print(f"the last tune enable {said}: {refused['error']}; {kept}")
+    queued = st.get("queued")
+    if queued:  # sent, and not read by the run yet
+        what = f"tune {queued['op']}" + (f" --mode {queued['mode']}" if queued.get("mode") else "")
+        until = ("the run starts" if not os.path.exists(client(args).paths.run_meta) else
+                 "the run reads it" if over is None else "the run is started again")  # fmt: skip
+        print(f"queued: {what} ({queued['cmd_id']}) waits in the commands file until {until}")
     if st.get("mode", "off") == "off":
-        print(f"tuner: off   (hotcb --dir {args.dir} tune enable --mode active|suggest|observe)")
+        hint = "" if queued else (f"   (hotcb --dir {args.dir} tune enable --mode "
+                                  "active|suggest|observe)")  # fmt: skip
+        print(f"tuner: off{hint}")
         if st.get("counts"):  # it was on: what it did
             _summary(st)
         return 0

@@ -957,6 +957,28 @@ def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> No
     assert max(t.lrs) == 10.0
 
 
+def test_an_enable_sent_before_the_run_starts_shows_as_queued(tmp_path: Any, cli: Any) -> None:
+    """`tune enable` written before the trainer starts (as `hotcb init` suggests): `tune
+    status` said only "tuner: off (… tune enable …)", telling the user to do what they had
+    just done; `--wait` timed out with "is the run alive?"."""
+    run = os.fspath(tmp_path / "run")
+    assert cli(run, "init").returncode == 0
+    done = cli(run, "tune", "enable", "--mode", "active")
+    assert done.returncode == 0, done.stderr
+    cid = done.stdout.strip()
+    st = cli(run, "tune", "status").stdout
+    assert (f"queued: tune enable --mode active ({cid}) waits in the commands file until the "
+            "run starts") in st, st  # fmt: skip
+    assert "tuner: off\n" in st and "tune enable --mode active|suggest" not in st, st
+    assert json.loads(cli(run, "tune", "status", "--json").stdout)["queued"]["cmd_id"] == cid
+    waited = cli(run, "tune", "enable", "--mode", "suggest", "--wait", "--timeout", "1")
+    assert waited.returncode == 2
+    assert "hotcb: the run has not started; waiting up to 1s for it" in waited.stderr
+    assert "the run has not started (no trainer has opened this directory)" in waited.stderr
+    nowhere = cli(os.fspath(tmp_path / "nowhere"), "tune", "accept", "P1")
+    assert nowhere.returncode == 2 and "no run directory at" in nowhere.stderr, nowhere.stderr
+
+
 def _inside_a_trial(toy: Any, space: list[dict[str, Any]]) -> tuple[Toy, HotClient, Any, Any]:
     """A run polling every step, its tuner (long segments over ``space``) 5 steps into a trial:
     the run, a client, the tuner, the trial."""
