@@ -280,6 +280,34 @@ def test_validate_a_run_file_says_once_it_is_not_a_recipe(
     assert done.stderr.strip() == "1 problem(s)"
 
 
+def test_a_run_file_with_a_scheduled_command_is_still_named(tmp_path: Any, cli: Any) -> None:
+    """A run that had an `--at-step` command: its ledger and commands file hold lines with
+    `at_step` (a recipe's shorthand for `at`), and validate said "'at' must be an object" or
+    "at.step must be an integer" on every other line instead of what the file is."""
+    run_dir = str(tmp_path / "run")
+    kernel = HotKernel(run_dir, poll_interval_sec=0, metrics_collector=False,
+                       mutable_state=mutable_state(loss_actuators({"ce": 1.0, "l2": 0.0})))  # fmt: skip
+    client = HotClient(run_dir)
+    kernel.apply({"step": 0})
+    client.send("loss", "set_params", params={"l2": 0.1}, at_step=500)  # pending at the end
+    for step in range(1, 4):
+        client.loss(l2=0.1 * step)
+        kernel.apply({"step": step})
+    kernel.close()
+    for name, looks in (("hotcb.applied.jsonl", "a run's ledger"),
+                        ("hotcb.commands.jsonl", "a run's commands file")):  # fmt: skip
+        path = os.path.join(run_dir, name)
+        with open(path) as f:
+            assert '"at_step":500' in f.read().replace(" ", "")  # the case: some lines have a step
+        done = cli(None, "recipe", "validate", "--recipe", path)
+        assert done.returncode == 1
+        assert done.stdout.splitlines() == [
+            f"{path}: this is not a recipe: it looks like {looks} ({name}), and no line has "
+            "'at' {step, event}; 'hotcb --dir RUN recipe export' makes a recipe of a run's "
+            "applied changes"
+        ], done.stdout
+
+
 def test_an_empty_recipe_is_nothing_to_replay(tmp_path: Any, cli: Any) -> None:
     """Validate warns (exit 0); freeze refuses it: a replay of nothing is a mistake."""
     empty = tmp_path / "empty.jsonl"

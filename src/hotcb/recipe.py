@@ -476,7 +476,7 @@ def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProbl
         except RecipeError as exc:
             problems.append(RecipeProblem(no, str(exc)))
     recipe = Recipe(path, header, entries)
-    other = None if header or entries else _not_a_recipe(parsed)
+    other = None if header else _not_a_recipe(parsed)
     if other is not None:  # one line that says so, not "'at' must be an object" on every line
         return recipe, [RecipeProblem(0, other)]
     bases = [os.path.dirname(path), recipe.run_dir]
@@ -488,10 +488,15 @@ def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProbl
 
 def _not_a_recipe(records: Sequence[Any]) -> str | None:
     """What a JSON-lines file with no recipe header and no line with ``at`` is (a run's ledger,
-    metrics or commands file, most likely): a message for it; None when it may be a recipe."""
-    if not records or not all(
-        isinstance(r, dict) and r.get("at") is None and r.get("at_step") is None for r in records
-    ):
+    metrics or commands file, most likely): a message for it; None when it may be a recipe.
+    A run that had an ``--at-step`` command has a few lines with ``at_step`` (a recipe's
+    shorthand for ``at``): a ledger is known by its entries' ``decision`` and ``seq``, another
+    file by most of its lines having no step at all."""
+    if not records or not all(isinstance(r, dict) and r.get("at") is None for r in records):
+        return None
+    ledger = any("decision" in r and "seq" in r for r in records)
+    stepless = sum(1 for r in records if r.get("at_step") is None)
+    if not ledger and stepless * 2 <= len(records):
         return None
     if any("decision" in r for r in records):
         looks = "a run's ledger (hotcb.applied.jsonl)"
