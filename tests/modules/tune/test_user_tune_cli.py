@@ -1226,6 +1226,18 @@ def test_a_trial_whose_segment_saw_no_value_is_void_not_the_worst_score(toy: Any
     assert "--segment-evals 1" in status
 
 
+def test_a_mistyped_objective_is_named_beside_the_stand_in(toy: Any) -> None:
+    """`--objective val_los`: the training loss stood in after two segments with "--objective
+    picks another", though the run logs val_loss; the warning names it now."""
+    t: Toy = toy(lambda lr, _s: 1.0, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_los", segment_steps=10, space=LR_ONLY, sync=True)
+    t.run(40, val_every=5)
+    warnings = client.tune_status()["warnings"]
+    assert ("objective 'val_los' was not logged in 20 steps; scoring 'loss' instead (did you "
+            "mean 'val_loss'? the run logs it: --objective val_loss)") in warnings, warnings  # fmt: skip
+
+
 def test_the_nothing_is_scored_warning_goes_when_a_stand_in_comes(toy: Any) -> None:
     """No metric for two segments (`nothing is scored`), then the training loss arrives and
     the tuner scores it: `tune status` no longer says nothing is scored."""

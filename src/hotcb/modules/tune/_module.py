@@ -175,6 +175,7 @@ class TuneModule:
         # command at the trial's own step came before or after it (in memory: a new process
         # orders by step)
         self._mark: tuple[Any, int] | None = None
+        self._names: set[str] = set()  # metric names seen before the objective (a typo's hint)
         self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
         self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
         # per study ("name@url"): what other runs had put in it when this run first opened it
@@ -1079,13 +1080,7 @@ class TuneModule:
             elif self.val_objective:  # the last validation's value, repeated on a train step
                 return
         elif not self.seen and name is not None and self.objective_used not in _TRAIN_LOSSES:
-            self.train_name = name
-            s = self.settings
-            wait = 2 * s.segment_steps
-            if s.segment_evals is None and step - self.enabled_at >= wait:
-                self._fall_back(name, f"in {wait} steps")
-                value = train
-                self.seen = value is not None  # the stand-in is the objective from here on
+            value = self._stand_in(step, metrics, name, train)
         number = _number(value)
         if number is None:
             return
@@ -1095,12 +1090,34 @@ class TuneModule:
         self.segment.steps.append(step)
         self.segment.values.append(number)
 
+    def _stand_in(
+        self, step: int, metrics: Mapping[str, Any], name: str, train: float | None
+    ) -> float | None:
+        """The objective has not come yet: after two segments' worth of steps, the training
+        loss ``name`` stands in (its value now, ``train``); None before."""
+        if len(self._names) < 200:  # what the run logs, to name a near miss (a typo)
+            self._names.update(k for k in metrics if isinstance(k, str))
+        self.train_name = name
+        s = self.settings
+        wait = 2 * s.segment_steps
+        if s.segment_evals is not None or step - self.enabled_at < wait:
+            return None
+        self._fall_back(name, f"in {wait} steps")
+        self.seen = train is not None  # the stand-in is the objective from here on
+        return train
+
     def _fall_back(self, name: str, when: str) -> None:
         """Score the training loss ``name``: the objective asked for was not logged ``when``."""
+        import difflib
+
+        wanted = self.settings.objective
+        near = difflib.get_close_matches(wanted, sorted(self._names - {name}), n=1, cutoff=0.6)
+        pick = (f"did you mean {near[0]!r}? the run logs it: --objective {near[0]}" if near
+                else "--objective picks another")  # fmt: skip
         self.objective_used = name
         self.warnings = [w for w in self.warnings if not w.endswith(_NOTHING_SCORED)]
-        self._warn(f"objective {self.settings.objective!r} was not logged {when}; scoring "
-                   f"{name!r} instead (--objective picks another)")  # fmt: skip
+        self._warn(f"objective {wanted!r} was not logged {when}; scoring {name!r} instead "
+                   f"({pick})")  # fmt: skip
         self._weights_note()
         self.segment = Segment(self.segment.start, [], [])
         self.history = []
