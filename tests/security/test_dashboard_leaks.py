@@ -74,7 +74,9 @@ def test_serve_logs_show_the_token_once_and_no_error(
         assert c.get("/api/runs", params={"token": token}).status_code == 200
         assert c.get("/api/runs", params={"token": "typo-of-the-token"}).status_code == 401
         assert c.get("/api/runs", params={"run": "x", "token": token}).status_code == 200
-    for url in (ws, ws + "?token=wr0ng-ws-token"):
+        # the name percent-encoded (read as "token" all the same): it was logged as it came
+        assert c.get(f"/api/runs?tok%65n={token}").status_code == 200
+    for url in (ws, ws + "?token=wr0ng-ws-token", ws + "?%74oken=wr0ng-ws-token"):
         with pytest.raises(InvalidStatus) as info, connect(url):
             pass
         assert info.value.response.status_code == 401

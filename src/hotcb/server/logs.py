@@ -23,7 +23,9 @@ __all__ = ["RedactTokens", "install_log_filters", "mark_ws_refused", "redact"]
 
 LOGGERS = ("uvicorn.access", "uvicorn.error")
 
-_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&;\s/])token=)[^&\s\"']*")
+# "token" as a query name, any of its letters percent-encoded (``tok%65n`` is read as token)
+_TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
+_TOKEN_IN_QUERY = re.compile(rf"(?i)((?:^|[?&;\s/]){_TOKEN_NAME}=)[^&\s\"']*")
 _INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 #: Set in the task of a WebSocket connection that was refused with an HTTP answer.
