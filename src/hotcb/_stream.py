@@ -55,6 +55,10 @@ class ActuatorStream:
         #: (before or after a trial's mutation), the same on every rank of a run.
         self.commanded: dict[str, tuple[int, int]] = {}
         self.noted = 0
+        #: keys whose last command was a factor of the value then in force (``relative_to``:
+        #: the autopilot's lr × 0.5), not a value: a tuner that voids its trial takes the
+        #: trial's own factor back from them
+        self.relative: set[str] = set()
         self.opt_registered = any(a.group == "opt" for a in state)
         #: LR schedulers seen in env (shared with the optimizer's actuators, which keep them in
         #: step with an lr change made at an apply whose env has none)
@@ -220,11 +224,16 @@ class ActuatorStream:
         """Remember the step a command changed ``keys`` at (a module's own actuation, which
         has no cmd_id, is not a command)."""
         if op.cmd_id:
-            self._commanded(keys, step)
+            relative = op.extra.get("relative_to") or {}
+            self._commanded(keys, step, [k for k in keys if k in relative])
 
-    def _commanded(self, keys: Iterable[str], step: int) -> None:
+    def _commanded(self, keys: Iterable[str], step: int, relative: Iterable[str] = ()) -> None:
         self.noted += 1
+        keys = list(keys)
         self.commanded.update(dict.fromkeys(keys, (step, self.noted)))
+        for key in keys:  # the last command on a key: a factor of the value in force, or not
+            self.relative.discard(key)
+        self.relative.update(relative)
 
     def commanded_since(self, step: int, after: int | None = None) -> list[str]:
         """The keys a command changed at ``step`` or later; with ``after`` (a :attr:`noted`

@@ -549,6 +549,12 @@ class HotKernel:
         changed = self._stream.commanded_since(step, after)
         return [(act.group, act.param_key) for k in changed if (act := self.mutable_state.get(k))]
 
+    def commanded_relative(self, module: str, key: str) -> bool:
+        """Whether the last command that set ``module.key`` was a factor of the value then in
+        force (``relative_to``, the autopilot's ``lr_mult``), not a value."""
+        act = self.mutable_state.get(key)
+        return act is not None and act.group == module and key in self._stream.relative
+
     def command_mark(self) -> int:
         """A mark of the commands applied so far in this process (the same on every rank), for
         :meth:`commanded_since`."""

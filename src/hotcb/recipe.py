@@ -291,14 +291,22 @@ def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
     module (``params.values`` is ``{module: {key: value}}``), with the values it really set
     (``changes``): a move (lr × m) lands on the lr of the step it is applied at, which a
     scheduler may have moved since the trial was drawn."""
-    values = (e.get("params") or {}).get("values")
-    if not isinstance(values, Mapping):
+    given = (e.get("params") or {}).get("values")
+    raw_tune = e.get("tune")
+    tune: Mapping[str, Any] = raw_tune if isinstance(raw_tune, Mapping) else {}
+    values: dict[str, dict[str, Any]] = {
+        str(m): dict(kv) for m, kv in (given or {}).items() if isinstance(kv, Mapping)
+    } if isinstance(given, Mapping) else {}  # fmt: skip
+    for name in tune.get("rescaled") or ():  # a roll-back's factor on a command's value
+        module, _, key = str(name).partition(".")
+        values.setdefault(module, {})[key] = None
+    if not values:
         return []
     cid = e.get("cmd_id")
     made = e.get("changes")
     changes: Mapping[str, Any] = made if isinstance(made, Mapping) else {}
     # a roll-back leaves a knob a command set after its trial began (it set nothing there)
-    left = set((e.get("tune") or {}).get("left") or ())
+    left = set(tune.get("left") or ())
 
     def applied(key: str, value: Any) -> Any:
         change = changes.get(key)
@@ -308,7 +316,8 @@ def tune_entries(e: Mapping[str, Any]) -> list[RecipeEntry]:
     for module, kv in values.items():
         if module not in ("opt", "loss", "custom") or not isinstance(kv, Mapping):
             continue
-        params = {k: applied(k, v) for k, v in kv.items() if f"{module}.{k}" not in left}
+        params = {k: applied(k, v) for k, v in kv.items()
+                  if f"{module}.{k}" not in left and applied(k, v) is not None}  # fmt: skip
         if params:
             out.append(RecipeEntry(
                 step=int(e.get("step") or 0), event=e.get("event") or DEFAULT_EVENT,

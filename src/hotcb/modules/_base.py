@@ -88,6 +88,10 @@ class ModuleHost(Protocol):
         """``(module, key)`` of the actuators a command (not a module's own ``actuate``)
         changed at ``step`` or later; with ``after`` (a :meth:`command_mark`), after it."""
 
+    def commanded_relative(self, module: str, key: str) -> bool:
+        """Whether the last command that set ``module.key`` was a factor of the value then in
+        force (``relative_to``), not a value."""
+
     def command_mark(self) -> int:
         """A mark of the commands applied so far in this process: what a module compares
         with ``commanded_since(..., after=...)`` to order commands within a step."""

@@ -1060,6 +1060,33 @@ def test_undo_passes_over_the_tuner_s_roll_back(toy: Any) -> None:
     assert t.opt.param_groups[0]["weight_decay"] == wd_before
 
 
+def test_a_relative_change_during_a_trial_keeps_its_factor_not_the_trial_s(toy: Any) -> None:
+    """The autopilot halves lr (a factor of the lr in force: `relative_to`) in the middle of
+    a trial that had moved lr: the trial is voided, and "the command's value stays" kept the
+    unjudged trial's move inside it for good (×0.148 net, not ×0.5). The roll-back now takes
+    the trial's own factor back from it: lr ends at half its value before the trial."""
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    t, _, tune, trial = _inside_a_trial(toy, space)
+    number = trial["number"]
+    lr_before, wd_before = trial["before"]["opt"]["lr"], trial["before"]["opt"]["weight_decay"]
+    now = t.lr
+    assert now != lr_before  # the trial moved lr
+    autopilot = HotClient(t.kernel.run_dir, source="autopilot")
+    autopilot.set_params("opt", {"lr": now * 0.5}, relative_to={"lr": now})
+    t.run(100_000, until=lambda: tune.phase != "trial" and tune.waiting is None)
+    (void,) = t.ledger("void")
+    assert void["tune"]["trial"] == number
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert back["tune"]["rescaled"] == {"opt.lr": pytest.approx(lr_before / now)}
+    assert "opt.lr: the trial's x" in back["tune"]["reason"]
+    assert t.lr == pytest.approx(lr_before * 0.5, rel=1e-9)  # the cut, on the value before
+    assert t.opt.param_groups[0]["weight_decay"] == wd_before
+    replayed = [e.params["lr"] for e in ledger_to_entries(read_ledger(t.kernel.run_dir),
+                t.kernel.run_dir) if "lr" in e.params]  # fmt: skip
+    assert replayed[-1] == pytest.approx(lr_before * 0.5, rel=1e-9)  # a replay does the same
+
+
 def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     """The trial moves lr; a person sets weight decay meanwhile: the segment measures both, so
     the trial is not judged; its lr goes back, the person's weight decay stays."""

@@ -116,6 +116,12 @@ def _space_line(space: Any) -> str:
     )
 
 
+def _positive(value: Any) -> float | None:
+    """``value`` as a float when it is a number above zero (a knob a factor can scale)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
+
+
 def _number(value: Any) -> float | None:
     """A metric as a float: a number or a 0-d tensor (Lightning's ``callback_metrics``)."""
     if value is None or isinstance(value, (bool, str)):
@@ -598,11 +604,14 @@ class TuneModule:
                 values.setdefault(knob.module, {})[knob.key] = self._target(knob, live, x)
 
     def _op_rollback(self, op: HotOp, env: Env) -> OpResult:
-        values = self._values(op.params.get("values"))
+        rescale = op.params.get("rescale")
+        raw = op.params.get("values")
+        values = {} if rescale and not raw else self._values(raw)
         if isinstance(values, str):
             return OpResult("rejected", error=values)
         values, left = self._not_commanded(values, op.params.get("trial"), op.params.get("since"))
         scaled = self._back_on_schedule(values, op.params.get("applied"), env)
+        rescaled = self._rescale(rescale, values, env)
         result = self._actuate(values, env)
         if scaled:
             result.extra["on_schedule"] = scaled
@@ -618,13 +627,18 @@ class TuneModule:
         for key in ("needed", "reason"):  # the bar a judged trial missed; why one was not
             if op.params.get(key) is not None:
                 result.extra["tune"][key] = op.params[key]
+        said: list[str] = [result.extra["tune"].get("reason") or ""]
+        if rescaled:  # a command's relative change stays; the trial's own factor goes
+            result.extra["tune"]["rescaled"] = rescaled
+            said += [f"{name}: the trial's x{1 / f:.3g} taken back from a command's relative "
+                     "change" for name, f in rescaled.items()]  # fmt: skip
+        left = [name for name in left if name not in rescaled]
         if left:  # a person's (or the autopilot's) value, set after the trial was judged
-            names = ", ".join(left)
             result.extra["tune"]["left"] = left
-            result.extra["tune"]["reason"] = "; ".join(filter(None, (
-                result.extra["tune"].get("reason"),
-                f"{names} left as a command set {'them' if len(left) > 1 else 'it'} after the "
-                "trial began")))  # fmt: skip
+            said.append(f"{', '.join(left)} left as a command set "
+                        f"{'them' if len(left) > 1 else 'it'} after the trial began")  # fmt: skip
+        if any(said[1:]):
+            result.extra["tune"]["reason"] = "; ".join(filter(None, said))
         if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
             self.waiting = None
             # the trial's training losses were made with values no longer in force: the watch
@@ -1361,6 +1375,23 @@ class TuneModule:
         if not self._take_back(trial, touched, step):
             self._start_segment(step, "baseline")
 
+    def _rescale(
+        self, rescale: Any, values: dict[str, dict[str, Any]], env: Env
+    ) -> dict[str, float]:
+        """Add to ``values`` each knob of ``rescale`` (``{module: {key: factor}}``) at its value
+        now times its factor; the factors, by ``module.key``."""
+        out: dict[str, float] = {}
+        if not isinstance(rescale, Mapping):
+            return out
+        for module, kv in rescale.items():
+            for key, factor in (kv or {}).items() if isinstance(kv, Mapping) else ():
+                live = self.host.read_actuator(str(module), str(key), env)
+                if isinstance(live, (int, float)) and not isinstance(live, bool) and isinstance(
+                        factor, (int, float)):  # fmt: skip
+                    values.setdefault(str(module), {})[str(key)] = live * factor
+                    out[f"{module}.{key}"] = float(factor)
+        return out
+
     def _touched(self, trial: Any, since: Any) -> list[tuple[str, str]]:
         """The knobs a command set since ``trial`` began: after its mutation where this process
         applied it, else from its step ``since`` on (None: none known)."""
@@ -1393,14 +1424,34 @@ class TuneModule:
         rest = {m: {k: v for k, v in kv.items() if (m, k) not in touched}
                 for m, kv in trial["before"].items()}  # fmt: skip
         rest = {m: kv for m, kv in rest.items() if kv}
-        if not rest or not self.host.is_leader:
-            return False
         applied = trial.get("applied") or {}
+        rescale = self._relative_undo(trial, touched)
+        if not (rest or rescale) or not self.host.is_leader:
+            return False
         made = {m: {k: (applied.get(m) or {}).get(k) for k in kv} for m, kv in rest.items()}
-        params = {"trial": trial["number"], "values": rest, "applied": made, "score": None,
-                  "since": trial["step"]}  # fmt: skip
+        params: dict[str, Any] = {"trial": trial["number"], "values": rest, "applied": made,
+                                  "score": None, "since": trial["step"]}  # fmt: skip
+        if rescale:
+            params["rescale"] = rescale
         self._submit("rollback", {**params, "reason": reason} if reason else params, step)
         return True
+
+    def _relative_undo(
+        self, trial: Mapping[str, Any], touched: list[tuple[str, str]]
+    ) -> dict[str, dict[str, float]]:
+        """The trial's own factor on each knob a command scaled during it (``relative_to``:
+        the autopilot's lr × 0.5 multiplied the trial's lr, so the value it left holds the
+        unjudged trial's move too): ``{module: {key: before / applied}}``, to take back."""
+        out: dict[str, dict[str, float]] = {}
+        applied = trial.get("applied") or {}
+        for m, k in touched:
+            old = _positive((trial["before"].get(m) or {}).get(k))
+            new = _positive((applied.get(m) or {}).get(k))
+            if old is None or new is None or old == new:
+                continue
+            if self.host.commanded_relative(m, k):
+                out.setdefault(m, {})[k] = old / new
+        return out
 
     @property
     def objective_used_direction(self) -> str:
