@@ -106,39 +106,67 @@ def _check_space(
     lines: Mapping[str, int] | None = None,
 ) -> None:
     """A tuner recipe's knobs that the run does not have as numeric actuators: refused with
-    each one named, and its line in the recipe (``lines``, from :func:`~hotcb.modules.tune.read_recipe`), once the
-    run has published its actuators (the tuner sat `active` and never made a trial, a warning
-    in `tune status --json` the only sign)."""
-    if not published:
-        return
-    by_key = {a["param_key"]: a for a in published}
-    lines = lines or {}
-    problems = []
-    for i, knob in enumerate(space):
-        act = by_key.get(knob.key)
-        group = (act or {}).get("group") or "custom"
-        if act is not None and group == knob.module and act.get("type") in _NUMBER_TYPES:
-            continue
-        field = "module" if act is not None and group != knob.module else "key"
-        line = lines.get(f"space[{i}].{field}") or lines.get(f"space[{i}]")
-        name = f"line {line}: {knob.name}" if line else knob.name
-        if act is None:
-            close = difflib.get_close_matches(knob.key, list(by_key), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{name}: the run has no actuator {knob.key!r}{hint} (its knobs: "
-                            f"{', '.join(sorted(by_key))})")  # fmt: skip
-        elif group != knob.module:
-            problems.append(f"{name}: {knob.key!r} is in {group}, not {knob.module} "
-                            f"(module: {group})")  # fmt: skip
-        else:
-            problems.append(f"{name}: a {act.get('type')} actuator; the tuner moves numbers")
+    each one named, and its line in the recipe (``lines``, from
+    :func:`~hotcb.modules.tune.read_recipe`), once the run has published its actuators (the
+    tuner sat `active` and never made a trial, a warning in `tune status --json` the only
+    sign)."""
+    items = [{"key": k.key, "module": k.module} for k in space]
+    problems = _space_problems(items, published, lines or {})
     if problems:
         from .modules.tune import RecipeError
 
         raise RecipeError(where, problems)
 
 
+def _space_problems(
+    space: Sequence[Any], published: Sequence[Mapping[str, Any]], lines: Mapping[str, int]
+) -> list[str]:
+    """What :func:`_check_space` refuses, for the knobs of a space as written (mappings with
+    ``key`` and ``module``; the others are the file's own problems)."""
+    if not published:
+        return []
+    by_key = {a["param_key"]: a for a in published}
+    problems = []
+    for i, item in enumerate(space):
+        key = item.get("key") if isinstance(item, Mapping) else None
+        if not isinstance(key, str):
+            continue
+        module = item.get("module") or "opt"
+        act = by_key.get(key)
+        group = (act or {}).get("group") or "custom"
+        if act is not None and group == module and act.get("type") in _NUMBER_TYPES:
+            continue
+        field = "module" if act is not None and group != module else "key"
+        line = lines.get(f"space[{i}].{field}") or lines.get(f"space[{i}]")
+        name = f"line {line}: {module}.{key}" if line else f"{module}.{key}"
+        if act is None:
+            close = difflib.get_close_matches(key, list(by_key), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{name}: the run has no actuator {key!r}{hint} (its knobs: "
+                            f"{', '.join(sorted(by_key))})")  # fmt: skip
+        elif group != module:
+            problems.append(f"{name}: {key!r} is in {group}, not {module} (module: {group})")
+        else:
+            problems.append(f"{name}: a {act.get('type')} actuator; the tuner moves numbers")
+    return problems
+
+
 _NUMBER_TYPES = ("float", "log_float", "int")
+
+
+def _raw_space(path: str) -> tuple[list[Any], dict[str, int]]:
+    """A tuner recipe's ``space`` as written, and the lines of its items (nothing when the
+    file does not parse)."""
+    from ._checks import parse_document
+    from .modules.tune import RecipeError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc, lines = parse_document(f.read(), path, RecipeError)
+    except (OSError, RecipeError):
+        return [], {}
+    space = doc.get("space") if isinstance(doc, Mapping) else None
+    return (space if isinstance(space, list) else []), lines
 
 
 def _check_rampable(params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]) -> None:
@@ -418,7 +446,7 @@ class HotClient:
         storage, study, seed, risk, threshold, startup_trials, total_steps, abort, restore,
         start, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
         problem; the run itself refuses it when optuna is missing there."""
-        from .modules.tune import parse_settings, read_recipe
+        from .modules.tune import parse_settings
 
         params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}
         recipe = params.get("recipe")
@@ -439,7 +467,7 @@ class HotClient:
                     "directory, then from here)"
                 )
         given = {k: v for k, v in params.items() if k != "recipe"}
-        doc, lines = read_recipe(path) if os.path.isfile(path) else (None, {})
+        doc, lines = self._read_tune_recipe(path) if os.path.isfile(path) else (None, {})
         settings_ = parse_settings(given, doc)
         if "space" in given:  # knobs named by flag (no lines)
             _check_space(settings_.space, self._published(), where="space")
@@ -452,6 +480,22 @@ class HotClient:
 
             params["recipe"] = bring_into_run(self.run_dir, path, "tune.yaml")
         return self.send("tune", "enable", params=params)
+
+    def _read_tune_recipe(self, path: str) -> tuple[dict[str, Any], dict[str, int]]:
+        """:func:`~hotcb.modules.tune.read_recipe`; when it refuses the file, the knobs the
+        run does not have are listed with the file's other problems (they came only once the
+        others were fixed: every problem in one round)."""
+        from .modules.tune import RecipeError, read_recipe
+        from .modules.tune._space import _line_of
+
+        try:
+            return read_recipe(path)
+        except RecipeError as exc:
+            raw, lines = _raw_space(path)
+            more = _space_problems(raw, self._published(), lines)
+            if not more:
+                raise
+            raise RecipeError(path, sorted([*exc.problems, *more], key=_line_of)) from None
 
     def tune_disable(self) -> str:
         """Turn the tuner off. What it kept stays; a trial still open is told FAIL and its

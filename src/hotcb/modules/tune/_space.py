@@ -235,14 +235,16 @@ def _check_space(space: Any, ck: Checker, where: str) -> tuple[Knob, ...] | None
         if not isinstance(item, Mapping):
             ck.add(at, f"expected a mapping with at least 'key', got {item!r}")
             continue
+        key, module = item.get("key"), item.get("module") or "opt"
+        name = f"{module}.{key}" if isinstance(key, str) and isinstance(module, str) else None
+        if name is not None and name in seen:  # said whatever else is wrong with either
+            ck.add(at, f"{name} appears twice")
+            continue
+        if name is not None:
+            seen.add(name)
         knob = _check_knob(item, ck, at)
-        if knob is None:
-            continue
-        if knob.name in seen:
-            ck.add(at, f"{knob.name} appears twice")
-            continue
-        seen.add(knob.name)
-        knobs.append(knob)
+        if knob is not None:
+            knobs.append(knob)
     return tuple(knobs) if len(knobs) == len(space) else None
 
 
