@@ -175,6 +175,10 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
         st = {**st, "queued": queued}
     over = c.run_over()
     if over is None:
+        from ..ledger import LedgerView
+
+        if st.get("mode", "off") != "off" and LedgerView.read(c.paths.ledger, 0).paused:
+            st = {**st, "run_paused": True}  # no step: no segment moves, no trial is judged
         return st
     proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
                  for p in st.get("proposals") or ()]  # fmt: skip
@@ -267,6 +271,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"tuner: {st['mode']}   objective: {shown}")
     if over is not None:
         print(f"run: {over} (the tuner is idle until the run is started again)")
+    elif st.get("run_paused"):
+        print("run: paused (the tuner waits with it: 'hotcb resume' goes on)")
     segment = (f"{st['segment_evals']} evaluations" if st.get("segment_evals")
                else f"{st.get('segment_steps')} steps")  # fmt: skip
     trial = f"   trial {st['trial']}" if st.get("trial") is not None else ""

@@ -194,5 +194,8 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
                  "--timeout", "120")  # fmt: skip
     assert paused.returncode == 0, paused.stdout + paused.stderr
     assert "the run is paused; it opens the study when it trains again" in paused.stderr
+    status = cli(run_dir, "tune", "status").stdout  # it said nothing of the pause
+    assert "run: paused (the tuner waits with it: 'hotcb resume' goes on)" in status, status
     assert cli(run_dir, "resume", "--wait", "--timeout", "120").returncode == 0
+    assert "run: paused" not in cli(run_dir, "tune", "status").stdout
     wait_for(lambda: HotClient(run_dir).tune_status().get("study_open"), 120, what="the study")
