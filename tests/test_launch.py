@@ -254,7 +254,7 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     run = tmp_path / "run"
     lp = launched("launch", "--dir", os.fspath(run), "--tune", "active", "--tune-objective",
                   "loss", "--tune-segment-steps", "20", "--tune-recipe", "space.yaml",
-                  "--tune-restore", "state", "--",
+                  "--tune-restore", "state", "--tune-sync", "--",
                   sys.executable, BARE_LOOP, "--steps", "100000", "--step-delay", "0.002",
                   cwd=os.fspath(tmp_path))  # fmt: skip
 
@@ -272,6 +272,7 @@ def test_cli_launch_tune_turns_the_tuner_on_from_the_first_step(
     assert enable["decision"] == "applied" and enable["source"] == "launch" and enable["step"] <= 1
     status = hotcb.HotClient(run).tune_status()
     assert status["objective_used"] == "loss" and status["settings"]["restore"] == "state"
+    assert status["settings"]["sync"] is True  # --tune-sync
     assert status["counts"]["kept"] + status["counts"]["rolled_back"] > 0, status["counts"]
     assert {n for r in status["trials"] for n in r.get("sampled", {})} == {"opt.lr"}  # the recipe
 

@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--tune-start", choices=("baseline", "bracket"),
                    help="how the tuner begins: baseline segments (default), or a bracket of "
                    "the lr trained from the same weights (docs/tune.md)")  # fmt: skip
+    t.add_argument("--tune-sync", action="store_true", default=None,
+                   help="Optuna on the training thread: the study opens before the first "
+                   "step and trials start on the boundaries (short runs; docs/tune.md)")  # fmt: skip
     p.add_argument(
         "--resume-from",
         default=None,
@@ -152,7 +155,8 @@ def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
                 "segment_evals": args.tune_segment_evals,
                 "recipe": _tune_recipe(args.tune_recipe, run_dir),
                 "storage": args.tune_storage, "study": args.tune_study,
-                "restore": args.tune_restore, "start": args.tune_start}  # fmt: skip
+                "restore": args.tune_restore, "start": args.tune_start,
+                "sync": args.tune_sync}  # fmt: skip
     for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
                     ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
         if n is not None and n < 1:
