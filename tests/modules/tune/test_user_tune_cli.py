@@ -1290,6 +1290,20 @@ def test_a_mistyped_objective_is_named_beside_the_stand_in(toy: Any) -> None:
             "mean 'val_loss'? the run logs it: --objective val_loss)") in warnings, warnings  # fmt: skip
 
 
+def test_a_total_steps_the_run_is_past_is_said(toy: Any) -> None:
+    """`tune enable --total-steps 10` at step 30: no trial ever started, and nothing said so."""
+    t: Toy = toy(lambda lr, _s: 1.0, lr=1e-3, poll=0.0)
+    t.run(30)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY,
+                       total_steps=10, sync=True)  # fmt: skip
+    t.run(60)
+    assert not t.ledger("mutate")
+    warnings = client.tune_status()["warnings"]
+    assert any(w.startswith("the run is past its total_steps (10): no trial starts")
+               for w in warnings), warnings  # fmt: skip
+
+
 def test_the_nothing_is_scored_warning_goes_when_a_stand_in_comes(toy: Any) -> None:
     """No metric for two segments (`nothing is scored`), then the training loss arrives and
     the tuner scores it: `tune status` no longer says nothing is scored."""
