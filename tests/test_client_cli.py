@@ -406,6 +406,11 @@ def test_client_tune_accept_takes_a_number_and_says_why_there_is_none(run_dir: s
         client.tune_accept(3)  # an AttributeError ('int' has no 'upper') before
     with pytest.raises(CommandError, match=r"no proposal 'x3' \(ids look like P3\)"):
         client.tune_reject("x3")
+    before = commands(run_dir)  # ids that name no command: refused here, as by the CLI
+    for call in (lambda: client.undo("bogus"), lambda: client.cancel("bogus")):
+        with pytest.raises(CommandError, match="no command 'bogus' in"):
+            call()
+    assert commands(run_dir) == before
 
 
 def test_log_follow_prints_new_entries_as_they_come(run: Run, run_dir: str) -> None:

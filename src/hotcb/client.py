@@ -381,10 +381,31 @@ class HotClient:
         return self.send("control", "extend", params=params, at_step=at_step)
 
     def undo(self, cmd_id: str | None = None) -> str:
+        """Undo the run's last change, or the command ``cmd_id`` (:class:`CommandError` for an
+        id that names no command of this run: the run would only reject it later)."""
+        if cmd_id:
+            self._require_command(cmd_id)
         return self.send("control", "undo", params={"cmd_id": cmd_id} if cmd_id else {})
 
     def cancel(self, cmd_id: str) -> str:
+        """Cancel a command scheduled for a later step (``at_step``)."""
+        self._require_command(cmd_id)
         return self.send("control", "cancel", params={"cmd_id": cmd_id})
+
+    def _require_command(self, cmd_id: str) -> None:
+        """Refuse an id that names no command of this run (in its commands file or ledger)."""
+        needle = ('"' + str(cmd_id)).encode()  # also X.opt, the part of a tuner command
+        for path in (self.paths.commands, self.paths.ledger):
+            try:
+                with open(path, "rb") as f:
+                    if any(needle in line for line in f):
+                        return
+            except OSError:
+                continue
+        raise CommandError(
+            f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
+            f"returned; 'hotcb --dir {self.run_dir} log' lists them)"
+        )
 
     def freeze(
         self,

@@ -180,32 +180,11 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    if args.cmd_id:
-        _require_command(args.dir, args.cmd_id)
     return finish(args, [client(args).undo(args.cmd_id)])
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    _require_command(args.dir, args.cmd_id)
     return finish(args, [client(args).cancel(args.cmd_id)])
-
-
-def _require_command(run_dir: str, cmd_id: str) -> None:
-    """Refuse an id that names no command of this run (in its commands file or ledger): the
-    run would only reject it later, after the CLI said nothing was wrong."""
-    paths = RunPaths(run_dir)
-    needle = ('"' + cmd_id).encode()  # also X.opt, the per-module part of a tuner command
-    for path in (paths.commands, paths.ledger):
-        try:
-            with open(path, "rb") as f:
-                if any(needle in line for line in f):
-                    return
-        except OSError:
-            continue
-    raise UsageError(
-        f"no command {cmd_id!r} in {run_dir} (a command's id is what sending it printed; "
-        f"'hotcb --dir {run_dir} log' lists them)"
-    )
 
 
 def _status(paths: RunPaths, n: int) -> dict[str, Any]:
