@@ -101,3 +101,14 @@ def test_an_expired_proposal_says_so_in_its_row_and_the_ledger(toy: Any) -> None
     # counted as expired, as its row says, not as a failed trial
     counts = client.tune_status()["counts"]
     assert (counts["expired"], counts["failed"]) == (1, 0), counts
+
+
+def test_a_switch_to_segments_in_evaluations_lists_no_segment_steps(toy: Any) -> None:
+    """`tune enable --segment-evals 2` on a tuner counting 20-step segments: its ledger entry
+    said `segment_steps: 20 -> 200` (a default no segment uses) beside `segment_evals`."""
+    t, _ = _in_a_trial(toy)
+    cid = HotClient(t.kernel.run_dir).tune_enable("active", segment_evals=2)
+    t.run(2)
+    (entry,) = [e for e in t.ledger("enable") if e["cmd_id"] == cid]
+    assert entry["changes"]["segment_evals"] == {"old": None, "new": 2}
+    assert "segment_steps" not in entry["changes"], entry["changes"]

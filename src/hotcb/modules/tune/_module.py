@@ -475,8 +475,10 @@ class TuneModule:
         changes: dict[str, dict[str, Any]] = {"mode": {"old": old, "new": self.mode}}
         if old != "off":  # what else the enable changed on a tuner that was on
             new = self.settings.to_dict()
+            # a segment counted in evaluations has no length in steps to show
+            unused = "segment_steps" if new.get("segment_evals") is not None else None
             changes.update({k: {"old": before.get(k), "new": new.get(k)} for k in _SHOWN
-                            if before.get(k) != new.get(k)})  # fmt: skip
+                            if before.get(k) != new.get(k) and k != unused})  # fmt: skip
             if before.get("space") != new.get("space"):  # a new recipe's knobs, as a line each
                 changes["space"] = {"old": _space_line(before.get("space")),
                                     "new": _space_line(new.get("space"))}  # fmt: skip
