@@ -18,6 +18,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.got: list[tuple[str, Any]] = []
+        self.auth: list[str | None] = []  # each delivered request's Authorization header
         self.statuses: list[int] = []
         self.lock = threading.Condition()
         self.url = ""
@@ -53,6 +54,7 @@ def receiver() -> Iterator[Receiver]:
                 status = rec.statuses.pop(0) if rec.statuses else 200
                 if status == 200:
                     rec.got.append((self.path.split("?")[0], body))
+                    rec.auth.append(self.headers.get("Authorization"))
                 rec.lock.notify_all()
             self.send_response(status)
             self.send_header("Content-Length", "2")

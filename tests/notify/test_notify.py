@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -144,6 +145,18 @@ def test_webhook_and_slack_payloads(receiver: Any) -> None:
     ]
     assert [(r["attempt"], r["status"]) for r in got] == [(1, "ok"), (1, "ok")]
     assert "s3cret" not in json.dumps(got) and "XYZ" not in json.dumps(got)
+
+
+def test_a_webhook_url_with_a_login_sends_it_as_basic_auth(receiver: Any) -> None:
+    """`http://bob:hunter2@host/u` passed `--check`, and every delivery failed: urllib took
+    `bob:hunter2@127.0.0.1` for a host name. The login goes as Basic auth now, and is not
+    recorded."""
+    got: list[dict[str, Any]] = []
+    url = receiver.url.replace("http://", "http://bob:hun%40ter2@") + "/u"
+    assert deliver(Webhook(url), {"alert": "a"}, got.append, retries=0)
+    assert receiver.bodies("/u") == [{"alert": "a"}]
+    assert receiver.auth == ["Basic " + base64.b64encode(b"bob:hun@ter2").decode()]
+    assert "hun" not in json.dumps(got) and "bob" not in json.dumps(got)
 
 
 def test_retries_with_backoff_then_ok(receiver: Any) -> None:

@@ -4,6 +4,7 @@ never raises."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -57,10 +58,31 @@ def _text(event: Mapping[str, Any]) -> str:
     return f"[hotcb] {run}: {event.get('alert')}: {event.get('message')}"
 
 
+def _login(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without ``user:password@``, and the Basic auth header that carries them instead
+    (urllib resolves ``user:password@host`` as a host name: every delivery failed)."""
+    u = urllib.parse.urlsplit(url)
+    if u.username is None:
+        return url, {}
+    host = u.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    if u.port is not None:
+        host = f"{host}:{u.port}"
+    login = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+    token = base64.b64encode(login.encode()).decode()
+    bare = urllib.parse.urlunsplit((u.scheme, host, u.path, u.query, u.fragment))
+    return bare, {"Authorization": f"Basic {token}"}
+
+
 def _post(url: str, body: dict[str, Any], headers: Mapping[str, str]) -> None:
     data = json.dumps(body, default=str).encode()
+    url, auth = _login(url)
+    if any(k.lower() == "authorization" for k in headers):  # the file's own header wins
+        auth = {}
     req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", **headers})  # fmt: skip
+                                 headers={"Content-Type": "application/json", **auth,
+                                          **headers})  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=_TIMEOUT) as resp:
             resp.read()
