@@ -193,6 +193,27 @@ def test_replay_without_its_source_is_refused(cli: Any, tmp_path: Path) -> None:
     assert "add it to --conditions" in done.stderr
 
 
+def test_a_bad_rules_file_is_refused_before_anything_runs(cli: Any, tmp_path: Path) -> None:
+    """A rules file with a problem, missing, or given without an autopilot condition: it was
+    read when the first autopilot run started, after the fixed runs had trained, leaving a
+    half-written --out (and a missing file raised a bare "[Errno 2]")."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - id: x\n    when: {detector: plateau, metric: key}\n"
+                   "    then: {action: lr_mult, params: {factor: 50}}\n")  # fmt: skip
+    cases = [
+        (["fixed,autopilot", "--rules", os.fspath(bad)], "line 4: rules[0].then: lr_mult"),
+        (["fixed,autopilot", "--rules", os.fspath(tmp_path / "nofile.yaml")],
+         f"--rules: cannot read {tmp_path / 'nofile.yaml'}: No such file or directory"),
+        (["fixed", "--rules", os.fspath(bad)], "--rules is for the autopilot"),
+    ]  # fmt: skip
+    for args, said in cases:
+        done = cli(None, "bench", "run", "--task", "digits_mlp", "--conditions", *args,
+                   "--out", os.fspath(tmp_path / "o"))  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "o").exists()
+
+
 def test_report_of_a_folder_without_a_bench(cli: Any, tmp_path: Path) -> None:
     done = cli(None, "bench", "report", os.fspath(tmp_path))
     assert done.returncode == 2

@@ -506,6 +506,18 @@ def check_plan(s: Settings) -> list[tuple[str, str]]:
             f"replay replays the runs of {s.replay_of}: add it to --conditions "
             f"(or --replay-of one of {', '.join(REPLAYABLE)} that is there)"
         )
+    if s.rules is not None:  # read now, not when the first autopilot run starts (the runs
+        if not {"autopilot", "ai"} & set(s.conditions):  # before it would have trained)
+            raise BenchError("--rules is for the autopilot: add autopilot (or ai) to "
+                             "--conditions, or leave --rules out")  # fmt: skip
+        from ..autopilot.rules import RulesError, load_rules
+
+        try:
+            load_rules(s.rules)
+        except RulesError as exc:
+            raise BenchError(f"--rules: {exc}") from None
+        except OSError as exc:
+            raise BenchError(f"--rules: cannot read {s.rules}: {exc.strerror or exc}") from None
     if "ai" in s.conditions:
         from ..autopilot.ai._config import KEY_ENV
 
