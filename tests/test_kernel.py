@@ -334,7 +334,8 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
     assert loop.only(late)["step"] == 2 and loop.only(late)["decision"] == "applied"
     assert [e["cmd_id"] for e in pending_scheduled(loop.paths.ledger)] == [keep, drop]
     cancel = loop.client.cancel(drop)
-    missing = loop.client.cancel("no-such-id")
+    # the kernel's own answer to an unknown id (the client refuses one before sending it)
+    missing = loop.client.send("control", "cancel", params={"cmd_id": "no-such-id"})
     loop.steps(6)
     assert pending_scheduled(loop.paths.ledger) == []
     assert [(e["decision"], e["step"]) for e in loop.entries(keep)] == [
@@ -481,7 +482,7 @@ def test_undo_last_and_by_cmd_id(loop: Loop) -> None:
     loop.steps(1)
     assert loop.lr[4] == 0.01
     assert loop.only(u2)["undo_of"] == a
-    u3 = loop.client.undo("never-sent")
+    u3 = loop.client.send("control", "undo", params={"cmd_id": "never-sent"})  # as a file could
     loop.steps(1)
     assert loop.only(u3)["decision"] == "rejected"
     assert "no applied command 'never-sent'" in loop.only(u3)["error"]

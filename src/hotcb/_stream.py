@@ -302,11 +302,21 @@ class ActuatorStream:
             },
             # ramps in progress: their op is before the checkpoint, so no resume re-queues it
             "ramps": [r.to_dict() for r in self.ramps.values()],
+            # the step each knob was last commanded at (and whether by a factor): a resumed
+            # tuner voids a trial a command overlapped before the checkpoint, as the life that
+            # died would have (no resume re-queues those commands)
+            "commanded": {k: at for k, (at, _) in self.commanded.items()},
+            "relative": sorted(self.relative),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._restore = dict(state.get("actuators") or {})
         self._restore_values({})
+        commanded = state.get("commanded")
+        if isinstance(commanded, Mapping):  # this life's marks start after them (mark 0)
+            self.commanded = {str(k): (int(at), 0) for k, at in commanded.items()
+                              if isinstance(at, int) and not isinstance(at, bool)}  # fmt: skip
+            self.relative = {str(k) for k in state.get("relative") or () if k in self.commanded}
         self.ramps = {}
         for item in state.get("ramps") or ():
             try:

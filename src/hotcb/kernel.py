@@ -820,6 +820,8 @@ class HotKernel:
             "paused": self._control.paused,
             "horizon": self.horizon,
             "ramps": stream["ramps"],
+            "commanded": stream["commanded"],  # which knobs commands set, and when (the tuner)
+            "relative": stream["relative"],
             "recipe": gate["recipe"],
         }
 

@@ -252,7 +252,7 @@ def confine_path(
     base = os.path.realpath(os.fspath(run_dir))
     real = os.path.realpath(os.path.join(base, os.path.expanduser(raw)))
     if writes and _within(real, base) and real != base:
-        top = os.path.relpath(real, base).split(os.sep)[0]
+        top = os.path.relpath(real, base).split(os.sep)[0].lower()  # (case-blind filesystems)
         if top.startswith(OWN_PREFIX) and top != CB_LOG:
             raise PathNotAllowedError(
                 f"{what} {raw!r} is one of the run's own files ({OWN_PREFIX}*: its commands, "

@@ -204,7 +204,13 @@ def test_a_command_cannot_write_over_the_runs_own_files(trainer: Any) -> None:
     ledger hid the next life's entries. Each is rejected now, with the reason, and the files
     stay what they were; a checkpoint and a logger path of the user's own still work."""
     run_dir = trainer.run_dir
-    own = {"hotcb.commands.jsonl", "hotcb.applied.jsonl", "hotcb.run.json", "hotcb.sources/x.pt"}
+    own = {
+        "hotcb.commands.jsonl",
+        "hotcb.applied.jsonl",
+        "hotcb.run.json",
+        "hotcb.sources/x.pt",
+        "HOTCB.Applied.jsonl",
+    }  # the ledger itself on a case-blind filesystem (macOS)
     for i, path in enumerate(sorted(own)):
         _append(run_dir, {"cmd_id": f"ckpt-{i}", "module": "control", "op": "checkpoint",
                           "params": {"path": path}})  # fmt: skip

@@ -1112,6 +1112,66 @@ def test_a_relative_change_during_a_trial_keeps_its_factor_not_the_trial_s(toy: 
     assert replayed[-1] == pytest.approx(lr_before * 0.5, rel=1e-9)  # a replay does the same
 
 
+def test_a_person_s_change_during_a_trial_voids_it_after_a_resume_too(toy: Any) -> None:
+    """A person's lr during a trial, then a checkpoint, the process killed and the run resumed
+    from it: the resumed tuner judged the trial (the command is before the checkpoint, so no
+    resume re-queues it, and which knobs commands had set was not in the checkpoint) and
+    rolled the person's lr back. It voids the trial, as the life that died would have."""
+    space = [*LR_ONLY, {"key": "weight_decay", "module": "opt", "mode": "mult", "low": 0.5,
+                        "high": 2.0, "max": 1.0}]  # fmt: skip
+    t, client, tune, trial = _inside_a_trial(toy, space)
+    number, wd_before = trial["number"], trial["before"]["opt"]["weight_decay"]
+    client.set({"lr": 0.05})
+    t.run(100_000, until=lambda: t.lr == 0.05)
+    state, step = t.kernel.state_dict(), t.step
+    assert tune.trial is not None and tune.trial["number"] == number  # still open
+    t.kernel.close()  # the life that dies at the checkpoint
+
+    again: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)  # a new process
+    again.kernel.load_state_dict(state)
+    again.step = step
+    resumed = again.kernel.module("tune")
+    again.run(100_000, until=lambda: resumed.trial is None and resumed.waiting is None
+              and resumed.phase != "trial")  # fmt: skip
+    voids = [e for e in again.ledger("void") if e["tune"]["trial"] == number]
+    assert voids and "opt.lr set by a command" in voids[-1]["tune"]["reason"], voids
+    assert again.lr == 0.05  # the person's value
+    assert again.opt.param_groups[0]["weight_decay"] == wd_before  # the trial's other knob
+
+
+def test_a_person_s_set_after_a_relative_change_is_not_rescaled(toy: Any) -> None:
+    """A trial voided by a relative change (its factor to take back), then a person's own
+    `set lr=0.005` read in the same poll as that roll-back, just before it: the roll-back
+    multiplied the person's value by the trial's inverse factor (0.005 became 0.02)."""
+    t, client, tune, trial = _inside_a_trial(toy, LR_ONLY)
+    number, now = trial["number"], t.lr
+    autopilot = HotClient(t.kernel.run_dir, source="autopilot")
+    autopilot.set_params("opt", {"lr": now * 0.5}, relative_to={"lr": now})
+    t.run(100_000, until=lambda: t.lr == pytest.approx(now * 0.5))
+    client.tune_disable()  # applied first: its roll-back is written after the person's set
+    client.set({"lr": 0.005})
+    t.run(100_000, until=lambda: tune.mode == "off" and tune.waiting is None)
+    (back,) = [e for e in t.ledger("rollback") if e["params"]["trial"] == number]
+    assert "rescale" in back["params"] and not back.get("changes"), back
+    assert back["tune"]["left"] == ["opt.lr"] and "rescaled" not in back["tune"]
+    assert t.lr == 0.005
+
+
+def test_undoing_the_open_trial_s_mutation_says_why_it_failed(toy: Any) -> None:
+    """`hotcb undo` of the open trial's mutation: the trial failed with no ledger entry and no
+    reason in `tune status` (end_step and detail empty)."""
+    t, client, tune, trial = _inside_a_trial(toy, LR_ONLY)
+    number = trial["number"]
+    client.undo(trial["cmd_id"])
+    t.run(100_000, until=lambda: tune.trial is None)
+    (void,) = t.ledger("void")
+    assert void["tune"] == {"trial": number,
+                            "reason": "its mutation was undone (control undo): not judged"}  # fmt: skip
+    row = next(r for r in client.tune_status()["trials"] if r["trial"] == number)
+    assert row["decision"] == "failed" and row["end_step"] is not None
+    assert row["detail"]["reason"] == void["tune"]["reason"]
+
+
 def test_a_change_of_another_knob_during_a_trial_voids_it_too(toy: Any) -> None:
     """The trial moves lr; a person sets weight decay meanwhile: the segment measures both, so
     the trial is not judged; its lr goes back, the person's weight decay stays."""

@@ -301,7 +301,13 @@ class TuneModule:
             return OpResult("rejected", error="this tune entry changed no value to undo")
         trial = (entry.get("tune") or {}).get("trial")
         if self.trial is not None and self.trial["number"] == trial:
-            self._close_trial(None, "failed", reason="undone by a person")
+            reason = "its mutation was undone (control undo): not judged"
+            self._close_trial(None, "failed", reason=reason)
+            self._row(trial).update(end_step=int(env["step"]), detail={"reason": reason})
+            if self.host.is_leader:  # said in the ledger and tune status, like any void
+                self.host.record({"module": "tune", "op": "void", "source": "tune",
+                                  "decision": "applied",
+                                  "tune": {"trial": trial, "reason": reason}})  # fmt: skip
             self._start_segment(int(env["step"]), "baseline")
         result = self._actuate(values, env)
         if self.host.is_leader:
@@ -613,6 +619,7 @@ class TuneModule:
             return OpResult("rejected", error=values)
         values, left = self._not_commanded(values, op.params.get("trial"), op.params.get("since"))
         scaled = self._back_on_schedule(values, op.params.get("applied"), env)
+        rescale, later = self._not_since(rescale, op.params.get("mark"))
         rescaled = self._rescale(rescale, values, env)
         result = self._actuate(values, env)
         if scaled:
@@ -634,7 +641,7 @@ class TuneModule:
             result.extra["tune"]["rescaled"] = rescaled
             said += [f"{name}: the trial's x{1 / f:.3g} taken back from a command's relative "
                      "change" for name, f in rescaled.items()]  # fmt: skip
-        left = [name for name in left if name not in rescaled]
+        left = [name for name in [*left, *later] if name not in rescaled]
         if left:  # a person's (or the autopilot's) value, set after the trial was judged
             result.extra["tune"]["left"] = left
             said.append(f"{', '.join(left)} left as a command set "
@@ -1377,6 +1384,19 @@ class TuneModule:
         if not self._take_back(trial, touched, step):
             self._start_segment(step, "baseline")
 
+    def _not_since(self, rescale: Any, mark: Any) -> tuple[Any, list[str]]:
+        """``rescale`` without the knobs a command set after ``mark`` (the leader's command
+        mark when the trial was voided: a person's ``set lr=…`` read just before the roll-back
+        is their value, not one to take the trial's factor from), and those knobs' names."""
+        if not isinstance(rescale, Mapping) or not isinstance(mark, int):
+            return rescale, []
+        since = set(self.host.commanded_since(0, after=mark))
+        later = [f"{m}.{k}" for m, kv in rescale.items() if isinstance(kv, Mapping)
+                 for k in kv if (m, k) in since]  # fmt: skip
+        kept = {m: {k: f for k, f in kv.items() if (m, k) not in since}
+                for m, kv in rescale.items() if isinstance(kv, Mapping)}  # fmt: skip
+        return {m: kv for m, kv in kept.items() if kv}, later
+
     def _rescale(
         self, rescale: Any, values: dict[str, dict[str, Any]], env: Env
     ) -> dict[str, float]:
@@ -1433,8 +1453,8 @@ class TuneModule:
         made = {m: {k: (applied.get(m) or {}).get(k) for k in kv} for m, kv in rest.items()}
         params: dict[str, Any] = {"trial": trial["number"], "values": rest, "applied": made,
                                   "score": None, "since": trial["step"]}  # fmt: skip
-        if rescale:
-            params["rescale"] = rescale
+        if rescale:  # with the mark of the commands so far: one after it is left alone
+            params["rescale"], params["mark"] = rescale, self.host.command_mark()
         self._submit("rollback", {**params, "reason": reason} if reason else params, step)
         return True
 
