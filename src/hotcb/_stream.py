@@ -110,8 +110,8 @@ class ActuatorStream:
         """Discover an optimizer that appeared, or initialise actuators registered since; only
         then: discovery rewrites the actuators file, and doing that per command made a burst
         cost one file replace per command. Remember the LR schedulers ``env`` passes."""
-        if env.get("scheduler") is not None or env.get("schedulers"):
-            self._note_schedulers(env)
+        if isinstance(env, dict):  # a plain dict costs nothing to read; a framework's lazy
+            self._note_schedulers(env)  # env is built on reading (it has its scheduler anyway)
         if self.needs_init or (
             not self.opt_registered and (env.get("optimizer") is not None or env.get("optimizers"))
         ):
@@ -125,8 +125,10 @@ class ActuatorStream:
         last few): a loop that passes its scheduler to ``apply()`` after the training step but
         not at validation got an lr set there (a command, the tuner's roll-back) off the
         schedule, which then undid or multiplied it."""
-        found = [env.get("scheduler"), *(env.get("schedulers") or ())]
-        for sched in found:
+        one, many = env.get("scheduler"), env.get("schedulers")
+        if one is None and not many:
+            return
+        for sched in (one, *(many or ())):
             if sched is not None and all(sched is not known for known in self.schedulers):
                 self.schedulers.append(sched)
                 del self.schedulers[:-_SCHEDULERS_KEPT]
@@ -143,6 +145,7 @@ class ActuatorStream:
     # ------------------------------------------------------------------ the module protocol
     def apply(self, op: HotOp, env: Env) -> OpResult:
         self.catch_up(env)
+        self._note_schedulers(env)  # (work: a lazy env is built for it anyway)
         step = int(env["step"])
         rebased: dict[str, dict[str, Any]] = {}
         try:
