@@ -71,7 +71,10 @@ class Settings:
     segment_steps: int | None = None  # the tuner's segment (None: 5 evaluations)
     tune_restore: str | None = None  # the tuner's roll-back: values or state (None: its default)
     tune_start: str | None = None  # how the tuner begins: baseline or bracket (None: its default)
-    tune_sync: bool = False  # the tuner waits for Optuna at each boundary (machine-independent)
+    # the tuner waits for Optuna at each boundary: a run's figures do not depend on the
+    # machine's speed, as the other conditions' do not (without it a short run could end
+    # before the study opened, with no trial, and be reported as the tuner's)
+    tune_sync: bool = True
     ai_base_url: str | None = None
     ai_model: str | None = None
     threads: int = 1
