@@ -25,8 +25,9 @@ def test_the_tuner_without_room_for_a_trial_is_warned_about(tmp_path: Path) -> N
     """digits_mlp evaluates every 10 steps; a run this short gets segments of one evaluation
     (10 steps). The tuner watches two baseline segments and starts a trial only when it and
     one segment after it fit: 41 steps at least. At 40 it makes none, and the bench says so up
-    front and in the report; at 41 it makes one (sync: it does not depend on Optuna's speed),
-    and the bench says nothing."""
+    front and in the report; at 41 it makes one (sync, the bench's default: it does not depend
+    on Optuna's speed; without it the run ended before the study opened), and the bench says
+    nothing."""
     pytest.importorskip("optuna")
     from hotcb.bench.report import write_report
     from hotcb.bench.runner import Settings, load_bench, run_bench
@@ -35,7 +36,7 @@ def test_the_tuner_without_room_for_a_trial_is_warned_about(tmp_path: Path) -> N
     for steps in (40, 41):
         out = tmp_path / f"s{steps}"
         s = Settings(tasks=["digits_mlp"], conditions=["fixed", "tune"], steps=steps,
-                     out=os.fspath(out), progress=False, tune_sync=True)  # fmt: skip
+                     out=os.fspath(out), progress=False)  # fmt: skip  # sync: the default
         said[steps] = []
         run_bench(s, log=said[steps].append)
         write_report(os.fspath(out))
