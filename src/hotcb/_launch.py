@@ -769,8 +769,8 @@ class Launch:
         assert trainer is not None
         code = trainer.wait()
         try:
+            self._record_end(code)  # first: a notifier still watching reads Ctrl-C as such
             self._children.end_helpers()
-            self._record_end(code)
         finally:
             self._exit_code = code
             _LIVE.discard(self)

@@ -128,3 +128,45 @@ def test_hotcb_notify_started_before_the_run_waits_for_it(tmp_path: Any, receive
     assert notify.returncode == 0, err
     (hook,) = receiver.wait_for("/hook", 1)
     assert hook["alert"] == "loss_up"
+
+
+TRAINS = """
+import time
+from hotcb import HotKernel
+kernel = HotKernel()  # the run directory comes from hotcb launch
+for step in range(1_000_000):
+    kernel.apply({"step": step, "metrics": {"loss": 1.0 / (1 + step)}})
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_launched_training_is_no_crash_alert(tmp_path: Any, receiver: Any) -> None:
+    """Ctrl-C on `hotcb launch --notify-webhook`: the notifier's last round saw the training's
+    process gone before the launcher had recorded how it ended, and sent `crash: the training
+    process is gone without closing the run (crashed or killed)` (`hotcb status` said
+    `interrupted by SIGINT`)."""
+    import signal
+
+    script = tmp_path / "trains.py"
+    script.write_text(TRAINS)
+    run = str(tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_DIR", "HOTCB_RUN_DIR")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "--dir", run, "launch",
+         "--notify-webhook", f"{receiver.url}/hook", "--", sys.executable, str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        metrics = os.path.join(run, "hotcb.metrics.jsonl")
+        wait_until(lambda: len(list(jsonl.iter_records(metrics))) >= 20, timeout=120)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    status = subprocess.run([sys.executable, "-m", "hotcb", "--dir", run, "status"],
+                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert "interrupted by SIGINT" in status.stdout, status.stdout
+    assert [b["alert"] for b in receiver.bodies("/hook")] == [], out  # no "crash"

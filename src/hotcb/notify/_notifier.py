@@ -146,7 +146,7 @@ class Notifier:
             last_metric_time=self._last_metric_time(meta),
             ended=ended,
             paused=self.ledger.paused,
-            crashed=not ended and process_alive(meta) is False,
+            crashed=not ended and process_alive(meta) is False and _crashed(meta, now),
         )
 
     def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
@@ -269,3 +269,19 @@ def _split(obs: Observation, before: float) -> tuple[Observation, Observation]:
     new = dataclasses.replace(obs, metrics=[r for r in obs.metrics if not old(r)],
                               autopilot=[r for r in obs.autopilot if not old(r)])  # fmt: skip
     return history, new
+
+
+def _crashed(meta: Mapping[str, Any], now: float) -> bool:
+    """A run whose process is gone without closing it: crashed, not interrupted (Ctrl-C, a
+    SIGTERM: ``hotcb launch`` records the signal with the exit code), and not a launch that
+    is still recording how its training ended (a Ctrl-C read as a crash in that moment)."""
+    from ..ledger import run_over
+
+    launch = meta.get("launch")
+    if isinstance(launch, Mapping) and "exit_code" not in launch:
+        pid = launch.get("pid")
+        alive = process_alive({"pid": pid, "host": launch.get("host")}) if pid else None
+        if alive:  # hotcb launch is still there: its record of the exit comes next
+            return False
+    state = run_over(meta, now) or ""
+    return not state.startswith("interrupted")
