@@ -144,3 +144,22 @@ def test_the_progress_bar_forgets_the_last_run_when_the_next_starts(
     assert any("step 20/20, val loss" in d for d in first_run), first_run  # it was shown
     second = next(d for d in drawn if "digits_mlp · cosine · seed 0" in d)
     assert "val loss" not in second, second
+
+
+def _runs(*finals: float) -> list[dict[str, Any]]:
+    return [{"final": {"final_val_loss": v}} for v in finals]
+
+
+def test_a_lead_within_the_seeds_spread_is_said_either_way() -> None:
+    """A baseline's lead inside the seeds' spread was said to be so; hotcb's was not ("ends
+    below every baseline (0.317 ± 0.070)" against a baseline at 0.367 ± 0.044)."""
+    from hotcb.bench.report import verdicts
+
+    near = verdicts("t", {"plateau": _runs(0.41, 0.32), "autopilot": _runs(0.39, 0.24)})
+    assert near == ["hotcb autopilot (rules) ends below every baseline on t (0.315 ± 0.106) "
+                    "(ahead of ReduceLROnPlateau by less than the seeds' spread)."], near  # fmt: skip
+    clear = verdicts("t", {"plateau": _runs(0.41, 0.40), "autopilot": _runs(0.20, 0.21)})
+    assert clear == ["hotcb autopilot (rules) ends below every baseline on t (0.205 ± 0.007)."]
+    behind = verdicts("t", {"plateau": _runs(0.30, 0.31), "autopilot": _runs(0.40, 0.41)})
+    assert behind == ["ReduceLROnPlateau beats hotcb autopilot (rules) on t: final val loss "
+                      "0.305 ± 0.007 vs 0.405 ± 0.007."]  # fmt: skip

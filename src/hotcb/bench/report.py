@@ -107,14 +107,21 @@ def verdicts(
         if level:
             names = ", ".join(LABELS[b] for b in level)
             out.append(f"{LABELS[h]} ends level with {names} on {task} (final val loss {shown_h}).")
+
+        def spread(b: str, h: str = h) -> float:  # the larger of the two seeds' spreads
+            return max(mean_std([v for v in _final(groups[x]) if v is not None] or [0])[1]
+                       for x in (b, h))  # fmt: skip
+
         for b in ahead:
-            spread = max(mean_std([v for v in _final(groups[x]) if v is not None] or [0])[1]
-                         for x in (b, h))  # fmt: skip
-            close = " (less than the seeds' spread)" if m_h - _mean(groups[b]) < spread else ""
+            close = " (less than the seeds' spread)" if m_h - _mean(groups[b]) < spread(b) else ""
             out.append(f"{LABELS[b]} beats {LABELS[h]} on {task}: final val loss "
                        f"{fmt(_final(groups[b]))} vs {shown_h}{close}.")  # fmt: skip
         if baselines and not ahead and not level:
-            out.append(f"{LABELS[h]} ends below every baseline on {task} ({shown_h}).")
+            # the same caveat as a baseline's lead gets: by less than the seeds' spread
+            near = [b for b in baselines if _mean(groups[b]) - m_h < spread(b)]
+            close = (f" (ahead of {', '.join(LABELS[b] for b in near)} by less than the seeds' "
+                     "spread)" if near else "")  # fmt: skip
+            out.append(f"{LABELS[h]} ends below every baseline on {task} ({shown_h}){close}.")
     if "replay" in groups:
         rs = groups["replay"]
         bad = [r for r in rs if not r["notes"].get("matched")]
