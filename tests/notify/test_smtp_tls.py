@@ -228,3 +228,15 @@ def test_a_login_without_starttls_is_a_config_error(
     monkeypatch.setenv("HOTCB_SMTP_USER", USER)
     with pytest.raises(NotifyConfigError, match="a login needs STARTTLS"):
         config_from_flags(None, emails=["me@example.com"])
+
+
+def test_check_warns_of_a_login_password_that_is_not_set(tmp_path: Path, cli: Any) -> None:
+    """`notify --check` said "no problems" for a login whose password variable was not set;
+    every alert then failed at delivery (`$UNSET_PW_VAR is not set`)."""
+    cfg = tmp_path / "notify.json"
+    cfg.write_text(json.dumps({"deliveries": [{
+        "type": "email", "host": "h", "from": "a@b.c", "to": "me@example.com", "user": USER,
+        "starttls": True, "password_env": "UNSET_PW_VAR_FOR_TEST"}]}))  # fmt: skip
+    done = cli(None, "notify", "--notify", str(cfg), "--check")
+    assert done.returncode == 0, done.stderr
+    assert "$UNSET_PW_VAR_FOR_TEST is not set here" in done.stderr, done.stderr

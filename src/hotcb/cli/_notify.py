@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -75,6 +76,7 @@ def notify_argv(args: argparse.Namespace) -> list[str]:
 def cmd_notify(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     from ..notify import Notifier
+    from ..notify._deliveries import SMTP_PASSWORD_ENV
 
     config = notify_config(args)
     if config is None:
@@ -84,6 +86,12 @@ def cmd_notify(args: argparse.Namespace) -> int:
         print(f"{len(config.alerts)} alerts ({', '.join(a.id for a in config.alerts)}), "
               f"{len(config.deliveries)} deliveries "
               f"({', '.join(d.target for d in config.deliveries)}); no problems")  # fmt: skip
+        for d in config.deliveries:  # a login whose password is not here: every mail fails
+            env = getattr(d, "password_env", None) or SMTP_PASSWORD_ENV
+            if getattr(d, "user", None) and not os.environ.get(env):
+                print(f"hotcb notify: warning: ${env} is not set here: the e-mail to {d.target} "
+                      "logs in with it at each delivery (set it where hotcb notify runs)",
+                      file=sys.stderr)  # fmt: skip
         return 0
     if not args.once and not os.path.isdir(args.dir):  # started before the run, as autopilot
         try:
