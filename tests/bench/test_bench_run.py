@@ -218,6 +218,12 @@ def test_report_of_a_folder_without_a_bench(cli: Any, tmp_path: Path) -> None:
     done = cli(None, "bench", "report", os.fspath(tmp_path))
     assert done.returncode == 2
     assert "bench.json is missing" in done.stderr
+    for text, said in (('{"kind": "hotcb.bench"}', "has no tasks, seeds, conditions"),
+                       ("{not json", "is not valid JSON")):  # fmt: skip
+        (tmp_path / "bench.json").write_text(text)  # a KeyError traceback before
+        done = cli(None, "bench", "report", os.fspath(tmp_path))
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -706,8 +706,17 @@ def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not os.path.exists(meta_path):
         raise BenchError(f"no bench at {os.path.abspath(out)} (bench.json is missing): "
                          "'hotcb bench run --out DIR' makes one")  # fmt: skip
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except ValueError as exc:
+        raise BenchError(f"{meta_path} is not valid JSON ({exc}): not a bench this version "
+                         "wrote; 'hotcb bench run --out DIR --force' makes a new one") from None  # fmt: skip
+    missing = [k for k in ("tasks", "seeds", "conditions")
+               if not isinstance(meta, dict) or not isinstance(meta.get(k), (list, dict))]  # fmt: skip
+    if missing:
+        raise BenchError(f"{meta_path} has no {', '.join(missing)}: not a bench this version "
+                         "wrote; 'hotcb bench run --out DIR --force' makes a new one")  # fmt: skip
     runs = []
     for task in meta["tasks"]:
         for seed in meta["seeds"]:
