@@ -370,3 +370,16 @@ def test_started_mid_run_old_points_set_the_state_and_only_what_still_holds_fire
     jsonl.append(metrics, {**_rec(8, loss=float("nan")), "wall_time": 60.0})
     assert [e["alert"] for e in again.step(now=1003.0)] == ["nan"]
     again.close()
+
+
+def test_notify_on_a_run_that_is_over_says_so(tmp_path: Any, receiver: Any, cli: Any) -> None:
+    """`hotcb notify` on a finished run made its round and exited 0 without a word."""
+    from hotcb import HotKernel
+
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run)
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    kernel.close()
+    done = cli(run, "notify", "--notify-webhook", f"{receiver.url}/hook", "--interval", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert "hotcb notify: the run finished at step 0; nothing more to watch" in done.stdout

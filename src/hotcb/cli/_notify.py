@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, require_run_dir, stop_on_sigterm
+from ._common import UsageError, ended, require_run_dir, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -111,6 +111,9 @@ def cmd_notify(args: argparse.Namespace) -> int:
                 break
             if notifier.ended or stop.asked:  # one last round: the end that stopped it (a
                 _say(notifier.step())  # crash, the last NaN) is still sent
+                over = ended(args.dir) if notifier.ended else None
+                if over is not None:  # (it ended before the first round, too)
+                    print(f"hotcb notify: the run {over}; nothing more to watch", flush=True)
                 break
             stop.sleep(args.interval)
     except KeyboardInterrupt:  # Ctrl-C: one last round too
