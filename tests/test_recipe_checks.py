@@ -272,12 +272,15 @@ def test_validate_a_run_file_says_once_it_is_not_a_recipe(
                 f.write("\n")
     done = cli(None, "recipe", "validate", "--recipe", path)
     assert done.returncode == 1
-    assert done.stdout.splitlines() == [
-        f"{path}: this is not a recipe: it looks like {looks} ({name}), and no line has "
-        "'at' {step, event}; 'hotcb --dir RUN recipe export' makes a recipe of a run's applied "
-        "changes"
-    ]
+    assert done.stdout.splitlines() == [_not_a_recipe(path, looks, name)]
     assert done.stderr.strip() == "1 problem(s)"
+
+
+def _not_a_recipe(path: str, looks: str, name: str) -> str:
+    """What ``recipe validate`` says, once, of a run's own file."""
+    return (f"{path}: this is not a recipe: it looks like {looks} ({name}), and no line has "
+            "'at' {step, event}; 'hotcb --dir RUN recipe export' makes a recipe of a run's "
+            "applied changes")  # fmt: skip
 
 
 def test_a_run_file_with_a_scheduled_command_is_still_named(tmp_path: Any, cli: Any) -> None:
@@ -301,11 +304,7 @@ def test_a_run_file_with_a_scheduled_command_is_still_named(tmp_path: Any, cli: 
             assert '"at_step":500' in f.read().replace(" ", "")  # the case: some lines have a step
         done = cli(None, "recipe", "validate", "--recipe", path)
         assert done.returncode == 1
-        assert done.stdout.splitlines() == [
-            f"{path}: this is not a recipe: it looks like {looks} ({name}), and no line has "
-            "'at' {step, event}; 'hotcb --dir RUN recipe export' makes a recipe of a run's "
-            "applied changes"
-        ], done.stdout
+        assert done.stdout.splitlines() == [_not_a_recipe(path, looks, name)], done.stdout
 
 
 def test_an_empty_recipe_is_nothing_to_replay(tmp_path: Any, cli: Any) -> None:

@@ -145,49 +145,48 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
 def test_every_problem_of_a_recipe_comes_in_one_round(toy: Any, cli: Any) -> None:
     """A recipe with a bad setting, a knob the run does not have and a knob written twice:
     the missing knob and the duplicate came only once the other problems were fixed."""
-    t: Toy = toy(log_level, lr=1e-4)
-    t.run(2)  # the run publishes its actuators
-    run = t.kernel.run_dir
-    with open(os.path.join(run, "mixed.tune.yaml"), "w") as f:
-        f.write(
-            "direction: sideways\n"
-            "space:\n"
-            "  - {key: lr, mode: mul, low: 0.5, high: 2}\n"
-            "  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
-            "  - {key: lr, low: 0.5, high: 2}\n"
-        )
-    before = _commands(run)
-    out = cli(run, "tune", "enable", "--recipe", "mixed.tune.yaml")
-    assert out.returncode == 2, out.stderr
-    problems = [x.strip() for x in out.stderr.strip().splitlines()[1:]]
+    stderr = _refused_recipe(toy, cli, (
+        "direction: sideways\n"
+        "space:\n"
+        "  - {key: lr, mode: mul, low: 0.5, high: 2}\n"
+        "  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
+        "  - {key: lr, low: 0.5, high: 2}\n"
+    ))  # fmt: skip
+    problems = [x.strip() for x in stderr.strip().splitlines()[1:]]
     assert [p.split(":")[0] for p in problems] == ["line 1", "line 3", "line 4", "line 5"]
     assert "direction: 'sideways'" in problems[0] and "'mul' is not one of" in problems[1]
     assert "custom.dropout: the run has no actuator 'dropout'" in problems[2]
     assert "space[2]: opt.lr appears twice" in problems[3]
-    assert _commands(run) == before
+
+
+def _refused_recipe(toy: Any, cli: Any, text: str) -> str:
+    """`tune enable --recipe` of ``text`` on a run that has published its actuators (opt lr,
+    weight_decay; loss ce): refused with exit 2 and nothing sent; its stderr."""
+    t: Toy = toy(log_level, lr=1e-4)
+    t.run(2)
+    run = t.kernel.run_dir
+    with open(os.path.join(run, "space.tune.yaml"), "w") as f:
+        f.write(text)
+    before = _commands(run)
+    out = cli(run, "tune", "enable", "--recipe", "space.tune.yaml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert _commands(run) == before  # nothing sent
+    return str(out.stderr)
 
 
 def test_a_recipe_whose_knobs_the_run_does_not_have_is_refused(toy: Any, cli: Any) -> None:
     """A space of `custom.dropout` and `loss.lr` on a run without them: the enable was sent
     and applied, and the tuner sat `active` for good without one trial (a warning in `tune
     status --json` the only sign). Each is refused with its line in the file."""
-    t: Toy = toy(log_level, lr=1e-4)
-    t.run(2)  # the run publishes its actuators
-    run = t.kernel.run_dir
-    with open(os.path.join(run, "knobs.tune.yaml"), "w") as f:
-        f.write(
-            "objective: loss\n"
-            "space:\n  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
-            "  - {key: weight_decay, low: 0.5, high: 2}\n"
-            "  - key: lr\n    module: loss\n    low: 0.5\n    high: 2\n"
-        )
-    before = _commands(run)
-    out = cli(run, "tune", "enable", "--recipe", "knobs.tune.yaml")
-    assert out.returncode == 2, out.stdout
-    assert "line 3: custom.dropout: the run has no actuator 'dropout'" in out.stderr
-    assert "line 6: loss.lr: 'lr' is in opt, not loss (module: opt)" in out.stderr
-    assert "opt.weight_decay" not in out.stderr  # a knob the run has
-    assert _commands(run) == before  # nothing sent
+    stderr = _refused_recipe(toy, cli, (
+        "objective: loss\n"
+        "space:\n  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
+        "  - {key: weight_decay, low: 0.5, high: 2}\n"
+        "  - key: lr\n    module: loss\n    low: 0.5\n    high: 2\n"
+    ))  # fmt: skip
+    assert "line 3: custom.dropout: the run has no actuator 'dropout'" in stderr
+    assert "line 6: loss.lr: 'lr' is in opt, not loss (module: opt)" in stderr
+    assert "opt.weight_decay" not in stderr  # a knob the run has
 
 
 def test_a_recipe_from_outside_the_run_is_brought_in_and_used(
