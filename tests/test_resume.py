@@ -187,6 +187,42 @@ def test_cancel_and_undo_after_the_checkpoint_are_replayed(tmp_path: Any) -> Non
     assert not [e for e in read_ledger(run_dir) if e["step"] == 55 and e["decision"] == "applied"]
 
 
+def test_a_relative_change_after_the_checkpoint_is_replayed_as_a_factor(tmp_path: Any) -> None:
+    """The autopilot's lr × 0.5 (sent `relative_to` the lr it read) after the checkpoint: the
+    resume re-applied the number it reached in the life that died (0.025), though the resumed
+    run had another lr in force there (a person's 0.2, sent to the resumed run only). It is
+    ×0.5 of the lr in force now, as in the uninterrupted run with the same commands."""
+    actions = {30: lambda c: c.set_params("opt", {"lr": 0.025}, relative_to={"lr": 0.05})}
+    later = {25: lambda c: c.opt(lr=0.2)}  # not in the life that died
+    whole, resumed, run_dir = _resumed(tmp_path, actions, later=later)
+    assert _equal(whole, resumed)
+    (again,) = [e for e in read_ledger(run_dir)
+                if e["source"] == "resume" and e["module"] == "opt"]  # fmt: skip
+    assert again["changes"]["lr"] == {"old": 0.2, "new": pytest.approx(0.1)}
+
+
+def test_an_undo_of_a_tuner_change_of_the_replaced_life_is_not_replayed() -> None:
+    """A `control undo` of a tuner mutation made after the checkpoint: the resumed tuner makes
+    its own trials there, so the undo set the replaced life's numbers over another trial's."""
+    from hotcb._resume import resume_plan
+
+    def entry(seq: int, cmd_id: str, module: str, op: str, **extra: Any) -> dict[str, Any]:
+        return {"seq": seq, "step": seq, "cmd_id": cmd_id, "module": module, "op": op,
+                "source": "tune" if module == "tune" else "cli", "decision": "applied",
+                "params": extra.pop("params", {}), **extra}  # fmt: skip
+
+    ledger = [
+        entry(1, "before", "opt", "set_params", params={"lr": 0.1}),
+        entry(2, "mutate", "tune", "mutate", params={"trial": 3, "values": {}}),
+        entry(3, "u-tuner", "control", "undo", params={}, undo_of="mutate"),
+        entry(4, "person", "opt", "set_params", params={"lr": 0.2}),
+        entry(5, "u-person", "control", "undo", params={}, undo_of="person"),
+        entry(6, "u-before", "control", "undo", params={}, undo_of="before"),
+    ]
+    plan = [op.cmd_id for _, op in resume_plan(ledger, after_seq=1)]
+    assert plan == ["person", "u-person", "u-before"]
+
+
 def test_a_ramp_in_progress_at_the_checkpoint_continues(tmp_path: Any) -> None:
     actions = {
         10: lambda c: c.send("opt", "set_params", params={"lr": 0.01}, transition={"steps": 20})

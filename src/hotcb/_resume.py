@@ -62,11 +62,23 @@ def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tu
     checkpoint's), to re-apply at its original step; each command once."""
     plan: list[tuple[int, HotOp]] = []
     queued: set[str] = set()
+    gone: set[str] = set()  # the tuner's changes after the checkpoint: it decides afresh
     for raw in entries:
         entry = LedgerEntry.from_dict(raw)
-        if entry.seq <= after_seq or entry.inherited or not entry.reapplied_on_resume():
+        if entry.seq <= after_seq or entry.inherited:
             continue
-        op = entry.to_op(source="resume")
+        if not entry.reapplied_on_resume():
+            if entry.module == "tune" and entry.cmd_id:
+                gone.add(entry.cmd_id)
+            continue
+        if entry.extra.get("undo_of") in gone:  # an undo of the replaced life's tuner trial: in
+            continue  # this life another trial is open there, and it would set that one's values
+        if isinstance(entry.extra.get("relative_to"), Mapping):
+            # a factor of the value then in force (the autopilot's lr × 0.5): the same factor
+            # of the value in force now, not the number it reached in the life it replaces
+            op = entry.to_op(keep=("relative_to",), source="resume", params=dict(entry.params))
+        else:
+            op = entry.to_op(source="resume")
         if op is None or op.cmd_id in queued:
             continue
         queued.add(op.cmd_id)

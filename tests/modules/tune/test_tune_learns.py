@@ -114,6 +114,30 @@ def test_a_rollback_under_a_scheduler_puts_the_run_back_on_its_schedule(
         assert r["tune"]["restored"] == (["model", "optimizer"] if restore == "state" else [])
 
 
+def test_an_undo_of_a_trial_under_a_scheduler_keeps_the_schedule(toy: Any) -> None:
+    """`hotcb undo` of a tuner mutation (an open trial's, or a kept one's long after) set its
+    `old` number back verbatim: the lr of the trial's start, which the schedule had left
+    behind (2.6x above it for the rest of a Lightning run). It takes the trial's ratio back,
+    as a roll-back and a person's undo do."""
+    decay = 0.995
+    t: Toy = toy(log_level, lr=1e-3, decay=decay, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=8, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(2000, until=lambda: tune.trial is not None and t.step > tune.trial["step"] + 3)
+    m = next(e for e in t.ledger("mutate") if e["tune"]["trial"] == tune.trial["number"])
+    undo = client.undo(m["cmd_id"])
+    t.run(2000, until=lambda: any(e["cmd_id"] == undo for e in read_ledger(t.kernel.run_dir)))
+    (done,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == undo]
+    ratio = m["changes"]["lr"]["old"] / m["changes"]["lr"]["new"]
+    assert done["decision"] == "applied" and done["on_schedule"]["lr"] == pytest.approx(ratio)
+    lr_then = m["changes"]["lr"]["old"]
+    assert done["changes"]["lr"]["new"] == pytest.approx(
+        lr_then * decay ** (done["step"] - m["step"]), rel=1e-9
+    )  # where the schedule has the run now, not the trial's start lr
+
+
 def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)

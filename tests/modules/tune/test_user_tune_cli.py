@@ -1138,6 +1138,29 @@ def test_a_person_s_change_during_a_trial_voids_it_after_a_resume_too(toy: Any) 
     assert again.opt.param_groups[0]["weight_decay"] == wd_before  # the trial's other knob
 
 
+def test_a_trial_a_killed_life_left_open_says_why_it_failed(toy: Any) -> None:
+    """Resumed from a checkpoint taken before a trial that the killed process then opened: the
+    study's trial is told FAIL, and its row said only "failed", with no step and no reason."""
+    t: Toy = toy(log_level, lr=1e-3, poll=0.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10, seed=0,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    t.run(100_000, until=lambda: len(tune.history) >= 2 and tune.trial is None)
+    state, step = t.kernel.state_dict(), t.step
+    t.run(100_000, until=lambda: tune.trial is not None)  # opened after the checkpoint
+    number = tune.trial["number"]  # the process is killed here: nothing closes the trial
+
+    again: Toy = toy(log_level, lr=1e-3, poll=0.0)
+    again.kernel.load_state_dict(state)
+    again.step = step
+    again.run(1)
+    row = next(r for r in HotClient(again.kernel.run_dir).tune_status()["trials"]
+               if r["trial"] == number)  # fmt: skip
+    assert row["decision"] == "failed", row
+    assert row["detail"]["reason"].startswith("opened after the checkpoint this run resumed "
+                                              "from, by a process that ended"), row  # fmt: skip
+
+
 def test_a_person_s_set_after_a_relative_change_is_not_rescaled(toy: Any) -> None:
     """A trial voided by a relative change (its factor to take back), then a person's own
     `set lr=0.005` read in the same poll as that roll-back, just before it: the roll-back

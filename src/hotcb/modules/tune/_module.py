@@ -294,9 +294,16 @@ class TuneModule:
         changes = entry.get("changes") or {}
         modules = (entry.get("tune") or {}).get("modules") or {}
         values: dict[str, dict[str, Any]] = {}
+        scaled: dict[str, float] = {}
         for key, change in changes.items():
             if isinstance(change, Mapping) and change.get("old") is not None:
-                values.setdefault(modules.get(key, "opt"), {})[key] = change["old"]
+                module = modules.get(key, "opt")
+                # an lr its scheduler moved since: the change's ratio goes, not the number
+                value, factor = self.host.value_before(module, key, change["old"],
+                                                       change.get("new"), env)  # fmt: skip
+                values.setdefault(module, {})[key] = value
+                if factor is not None:
+                    scaled[key] = factor
         if not values:
             return OpResult("rejected", error="this tune entry changed no value to undo")
         trial = (entry.get("tune") or {}).get("trial")
@@ -310,6 +317,8 @@ class TuneModule:
                                   "tune": {"trial": trial, "reason": reason}})  # fmt: skip
             self._start_segment(int(env["step"]), "baseline")
         result = self._actuate(values, env)
+        if scaled:
+            result.extra["on_schedule"] = scaled
         if self.host.is_leader:
             self._save()
         return result
@@ -408,8 +417,10 @@ class TuneModule:
             self._list_replaced(replaced)
             if keep is not None:
                 self._judged_before(keep)
-            for number in failed:
-                self._row(number)["decision"] = "failed"
+            for number in failed:  # opened after the checkpoint by the life that ended
+                self._row(number).update(decision="failed", detail={"reason": (
+                    "opened after the checkpoint this run resumed from, by a process that "
+                    "ended before judging it: told FAIL")})  # fmt: skip
             self.counts["failed"] += len(failed)
             if waiting and waiting.get("kind") == "rollback":
                 # the checkpoint holds the mutated values: roll them back again
