@@ -106,12 +106,14 @@ class ActuatorStream:
                        f"{taken.group} actuator of that name came first (names are unique across "
                        "groups; rename one of them)")  # fmt: skip
 
-    def catch_up(self, env: Env) -> None:
+    def catch_up(self, env: Env, *, work: bool = False) -> None:
         """Discover an optimizer that appeared, or initialise actuators registered since; only
         then: discovery rewrites the actuators file, and doing that per command made a burst
-        cost one file replace per command. Remember the LR schedulers ``env`` passes."""
-        if isinstance(env, dict):  # a plain dict costs nothing to read; a framework's lazy
-            self._note_schedulers(env)  # env is built on reading (it has its scheduler anyway)
+        cost one file replace per command. Remember the LR schedulers ``env`` passes: always
+        when ``work`` is done with it, else from a plain dict only (a framework's lazy env is
+        built on reading, and passes its scheduler at every safe point anyway)."""
+        if work or isinstance(env, dict):
+            self._note_schedulers(env)
         if self.needs_init or (
             not self.opt_registered and (env.get("optimizer") is not None or env.get("optimizers"))
         ):
@@ -144,8 +146,7 @@ class ActuatorStream:
 
     # ------------------------------------------------------------------ the module protocol
     def apply(self, op: HotOp, env: Env) -> OpResult:
-        self.catch_up(env)
-        self._note_schedulers(env)  # (work: a lazy env is built for it anyway)
+        self.catch_up(env, work=True)
         step = int(env["step"])
         rebased: dict[str, dict[str, Any]] = {}
         try:
@@ -234,8 +235,7 @@ class ActuatorStream:
         self.noted += 1
         keys = list(keys)
         self.commanded.update(dict.fromkeys(keys, (step, self.noted)))
-        for key in keys:  # the last command on a key: a factor of the value in force, or not
-            self.relative.discard(key)
+        self.relative.difference_update(keys)  # the last command on a key says which it was
         self.relative.update(relative)
 
     def commanded_since(self, step: int, after: int | None = None) -> list[str]:
