@@ -235,6 +235,46 @@ def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_di
     assert "-> rejected" in bad.stdout and "no callback 'nope' is loaded" in bad.stdout
 
 
+def test_a_command_after_an_unfinished_hand_written_line_is_applied_on_its_own(
+    run: Run, run_dir: str
+) -> None:
+    """A person writing the commands file by hand leaves a line without its end; a command
+    sent meanwhile starts on a line of its own: applied, not glued to the unfinished line and
+    rejected with it (its id was then never in the ledger, and ``wait`` said it still waited)."""
+    paths = RunPaths(run_dir)
+    with open(paths.commands, "a") as f:
+        f.write('{"cmd_id":"hand1","module":"opt","op":"set_params","params":{"lr":0.0041}')
+    client = HotClient(run_dir)
+    sent = client.opt(lr=0.0042)
+    run.steps(2)
+    entry = client.wait(sent, timeout=30)
+    assert entry["decision"] == "applied" and entry["changes"]["lr"]["new"] == 0.0042
+    with open(paths.commands, "a") as f:  # the hand-written line's end, too late
+        f.write("}\n")
+    run.steps(2)
+    ledger = read_ledger(run_dir)
+    assert [e["decision"] for e in ledger if e.get("cmd_id") == sent] == ["applied"]
+    rejected = [e for e in ledger if e["decision"] == "rejected"]
+    assert len(rejected) == 2 and all("not valid JSON" in e["error"] for e in rejected)
+    assert run.opt.param_groups[0]["lr"] == 0.0042
+
+
+def test_a_cmd_id_the_run_already_has_is_refused_before_it_is_written(
+    run: Run, run_dir: str
+) -> None:
+    """The run skips a command whose id it has seen (a duplicate): a sender that names an id
+    is told at once, not left waiting on the first command's entry."""
+    client = HotClient(run_dir)
+    client.send("opt", "set_params", params={"lr": 0.002}, cmd_id="mine1")
+    run.steps()
+    with pytest.raises(CommandError, match="cmd_id 'mine1' is taken"):
+        client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="mine1")
+    with pytest.raises(CommandError, match="printable"):
+        client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="a\nb")
+    assert [c["cmd_id"] for c in commands(run_dir)] == ["mine1"]
+    client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="mine2")  # a new one is fine
+
+
 def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:
     cli(run_dir, "set", "lr=0.02")
     cli(run_dir, "opt", "set_params", "lr=0.5", "--at-step", "50")

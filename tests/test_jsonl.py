@@ -20,6 +20,15 @@ def test_append_writes_one_compact_line_per_record(tmp_path: Any) -> None:
     assert path.read_bytes() == b'{"a":1,"b":[1,2]}\n{"c":"x"}\n{"d":null}\n'
 
 
+def test_append_after_a_line_left_unfinished_starts_a_line_of_its_own(tmp_path: Any) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"half":')
+    jsonl.append(path, {"a": 1})
+    jsonl.append_many(path, [{"b": 2}])
+    assert path.read_bytes() == b'{"half":\n{"a":1}\n{"b":2}\n'
+    assert list(jsonl.iter_records(path)) == [{"a": 1}, {"b": 2}]
+
+
 def test_non_finite_floats_are_written_as_strings_not_invalid_json(tmp_path: Any) -> None:
     path = tmp_path / "a.jsonl"
     jsonl.append(path, {"x": float("nan"), "y": [float("inf")], "z": 1.5})

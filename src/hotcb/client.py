@@ -8,6 +8,7 @@ entry once the training process has handled it.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import socket
@@ -181,6 +182,11 @@ def _check_rampable(params: Mapping[str, Any], published: Sequence[Mapping[str, 
             )
 
 
+def _line_id(line: bytes) -> Any:
+    record = jsonl.parse_line(line)
+    return record.get("cmd_id") if record is not None else None
+
+
 class HotClient:
     """Send commands to a run directory.
 
@@ -228,7 +234,12 @@ class HotClient:
     def _record(self, module: str, op: str, **fields: Any) -> dict[str, Any]:
         """The validated record of a command, checked against the published actuators."""
         fields.setdefault("source", self.source)
+        given = fields.get("cmd_id")
         record = make_command(module, op, **fields)
+        if given and self._known(str(given), exact=True):  # the run would skip it, unsaid
+            raise CommandError(f"cmd_id {given!r} is taken: a command of {self.run_dir} already "
+                               "has it, and the run would skip this one as a duplicate; leave "
+                               "cmd_id out and a fresh one is made")  # fmt: skip
         self.last_unchecked = False
         if self.validate and module in _ACTUATOR_MODULES and op == "set_params":
             published = self._published()
@@ -392,20 +403,30 @@ class HotClient:
         self._require_command(cmd_id)
         return self.send("control", "cancel", params={"cmd_id": cmd_id})
 
-    def _require_command(self, cmd_id: str) -> None:
-        """Refuse an id that names no command of this run (in its commands file or ledger)."""
-        needle = ('"' + str(cmd_id)).encode()  # also X.opt, the part of a tuner command
+    def _known(self, cmd_id: str, *, exact: bool = False) -> bool:
+        """Whether a command of this run (in its commands file or ledger) has the id ``cmd_id``
+        (not ``exact``: or one that begins with it, as X.opt, the part of a tuner command)."""
+        # as hotcb writes it (non-ASCII escaped) and as a person may (UTF-8)
+        quoted = {json.dumps(cmd_id, ensure_ascii=a).encode() for a in (True, False)}
+        needles = quoted if exact else {q[:-1] for q in quoted}
         for path in (self.paths.commands, self.paths.ledger):
             try:
                 with open(path, "rb") as f:
-                    if any(needle in line for line in f):
-                        return
+                    for line in f:
+                        if any(n in line for n in needles) and (
+                                not exact or _line_id(line) == cmd_id):  # fmt: skip
+                            return True
             except OSError:
                 continue
-        raise CommandError(
-            f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
-            f"returned; 'hotcb --dir {self.run_dir} log' lists them)"
-        )
+        return False
+
+    def _require_command(self, cmd_id: str) -> None:
+        """Refuse an id that names no command of this run (in its commands file or ledger)."""
+        if not self._known(str(cmd_id)):
+            raise CommandError(
+                f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
+                f"returned; 'hotcb --dir {self.run_dir} log' lists them)"
+            )
 
     def freeze(
         self,

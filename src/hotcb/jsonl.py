@@ -85,17 +85,21 @@ def dumps(record: Any) -> str:
 
 
 def _write_locked(path: str, data: bytes, fsync: bool = False) -> None:
-    """Append ``data`` under the lock: all of it, or nothing.
+    """Append ``data`` under the lock: all of it, or nothing, on a line of its own.
 
     A write that fails part way (disk full, file size limit, I/O error) would leave a partial
     line that the next append gets glued onto; the file is cut back to its size before the
     write, so the caller may retry the whole record. ``fsync`` failing after a complete write
     raises with ``written=True``: the record is in the file, do not write it again."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             start = os.fstat(fd).st_size  # under the lock: no other writer moves the end now
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                # a line that a writer without the lock left unfinished (a hand-written
+                # command): ours starts on its own line, not glued to it and lost with it
+                data = b"\n" + data
             try:
                 view = memoryview(data)
                 while view:

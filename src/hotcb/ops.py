@@ -325,6 +325,17 @@ def _check_reason(reason: Any) -> None:
         raise CommandError("'reason' must be a string of at most 2000 characters")
 
 
+def _cmd_id(cmd_id: Any, fallback_id: Any) -> str:
+    if cmd_id is None:
+        cmd_id = fallback_id
+    if not isinstance(cmd_id, str) or not cmd_id:
+        raise CommandError(f"'cmd_id' must be a non-empty string, got {cmd_id!r}")
+    if any(c < " " or c == "\x7f" for c in cmd_id):  # a newline in an id breaks `hotcb log`
+        raise CommandError(f"'cmd_id' must be printable (no newline or other control "
+                           f"character), got {cmd_id!r}")  # fmt: skip
+    return cmd_id
+
+
 def command_to_hotop(
     record: Any,
     *,
@@ -342,11 +353,7 @@ def command_to_hotop(
         raise CommandError(f"'op' must be a string, got {op_name!r}")
     _validate_module_op(module, op_name)
 
-    cmd_id = record.get("cmd_id")
-    if cmd_id is None:
-        cmd_id = fallback_id
-    if not isinstance(cmd_id, str) or not cmd_id:
-        raise CommandError(f"'cmd_id' must be a non-empty string, got {cmd_id!r}")
+    cmd_id = _cmd_id(record.get("cmd_id"), fallback_id)
     params = _opt_dict(record, "params") or {}
     init = _opt_dict(record, "init")
     ident = record.get("id")

@@ -145,6 +145,21 @@ def test_malformed_command_is_422_with_reason(tmp_path, live_server, body, reaso
     assert not os.path.exists(RunPaths(run).commands)
 
 
+def test_a_posted_cmd_id_that_is_taken_or_unprintable_is_422(tmp_path, live_server):
+    """The run would skip a second command with an id it has (a duplicate), and a newline in
+    an id breaks `hotcb log`: both refused, nothing written."""
+    run = make_run(tmp_path / "r", steps=2)
+    srv = live_server()
+    body = {"module": "opt", "op": "set_params", "params": {"lr": 0.002}, "cmd_id": "mine1"}
+    with srv.client() as c:
+        assert c.post("/api/runs/r/commands", json=body).json()["cmd_id"] == "mine1"
+        r = c.post("/api/runs/r/commands", json={**body, "params": {"lr": 0.0021}})
+        assert r.status_code == 422 and "cmd_id 'mine1' is taken" in r.json()["detail"]
+        r = c.post("/api/runs/r/commands", json={**body, "cmd_id": "a\nb"})
+        assert r.status_code == 422 and "printable" in r.json()["detail"]
+    assert [rec["cmd_id"] for rec in jsonl.iter_records(RunPaths(run).commands)] == ["mine1"]
+
+
 def test_non_finite_and_non_json_bodies_are_422(tmp_path, live_server):
     make_run(tmp_path / "r", steps=2)
     srv = live_server()
