@@ -291,6 +291,8 @@ def _arms(arms: Any) -> str:
     arms' noise); ``…`` for one not judged."""
 
     def level(a: Any) -> str:
+        if a.get("blew_up") is not None:  # ended early: its training loss blew up
+            return f"blew up (loss {fmt_value(a['blew_up'])})"
         got = a.get("level")
         return "…" if got is None else fmt_value(got) + fmt_noise(got, a.get("noise"))
 

@@ -31,8 +31,10 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     tmp_path: Any,
 ) -> None:
     """From 16x too high: x0.25 wins twice, a third x0.25 and then half of it (x0.5) lose, and
-    the run goes on at BEST. Every arm after a round's first starts from the weights the round
-    started from, bit for bit, and the run goes on from the winning arm's end."""
+    the run goes on at BEST. The first arm starts from the weights of the step the enable was
+    applied at (not from those of the step its own command landed at, after more steps at the
+    bad lr); every arm after a round's first starts from the weights the round started from,
+    bit for bit, and the run goes on from the winning arm's end."""
     run_dir = str(tmp_path / "run")
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -69,6 +71,10 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     assert settle["params"]["settle"] and settle["changes"]["lr"]["new"] == pytest.approx(BEST)
     assert opt.param_groups[0]["lr"] == pytest.approx(BEST)
 
+    enabled = next(e["step"] for e in read_ledger(run_dir) if e.get("op") == "enable")
+    assert ops[0]["step"] > enabled and ops[0]["tune"]["restored"] == ["model", "optimizer"]
+    for got, want in zip(after[ops[0]["step"]], before[enabled], strict=True):
+        assert torch.equal(got, want)
     start_at = saved_at = None  # the steps whose weights the copies hold
     for e in ops:
         p = e["params"]
@@ -110,6 +116,42 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     # so does `recipe export`: the arms are not in it (a replay cannot put weights back)
     recipe = [e for e in ledger_to_entries(read_ledger(run_dir)) if e.step <= settle["step"]]
     assert [(e.step, e.params) for e in recipe] == [(settle["step"], {"lr": pytest.approx(BEST)})]
+
+
+def test_an_arm_whose_training_loss_blows_up_ends_early_and_loses(tmp_path: Any) -> None:
+    """From 16x too high the x4 arm (64x) blows up: it ends five steps in, not a segment later
+    (its steps are thrown away all the same), and loses; `hotcb log` and `tune status` say
+    so. The run's own first arms, whose losses only rise with the lr, are not cut."""
+    run_dir = str(tmp_path / "run")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=16 * BEST)
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    HotClient(run_dir).tune_enable("active", objective="val_loss", segment_steps=20, seed=0,
+                                   start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+    trained_at = None  # the lr of the step before: a step's loss is the weights' it starts from
+    for step in range(1, 70):
+        lr = opt.param_groups[0]["lr"]
+        made = trained_at or lr
+        loss = 100.0 if made > 20 * BEST else far_from_best(made, step)  # the blow-up: at 64x
+        trained_at = lr
+        metrics = {"loss": loss, **({"val_loss": loss} if step % 5 == 0 else {})}
+        kernel.apply({"step": step, "model": model, "optimizer": opt, "metrics": metrics},
+                     ("val_epoch_end",) if step % 5 == 0 else ())  # fmt: skip
+    kernel.close()
+    ledger = read_ledger(run_dir)
+    arms = [e for e in ledger if e.get("op") == "bracket" and e["module"] == "tune"]
+    ends = [e for e in ledger if e.get("op") == "arm"]
+    assert [e["tune"]["bracket"]["factor"] for e in ends[:3]] == [1.0, 0.25, 4.0]
+    began = next(e["step"] for e in arms if e["tune"]["bracket"].get("factor") == 4.0)
+    blown = ends[2]
+    assert blown["step"] == began + 5 and blown["tune"]["bracket"]["blew_up"] == 100.0
+    assert not blown["tune"]["bracket"]["best"]
+    assert [e["tune"]["bracket"]["blew_up"] for e in ends[:2]] == [None, None]
+    assert "x4) blew up (training loss 100): it ended early and lost" in fmt_entry(blown, run_dir)
+    status = HotClient(run_dir).tune_status()
+    (first,) = [r for r in status["bracket"]["rounds"] if r["round"] == 1]
+    assert first["winner"] == 0.25 and first["arms"][2]["blew_up"] == 100.0
 
 
 def test_a_good_lr_wins_its_first_round_and_the_baselines_follow(toy: Any) -> None:

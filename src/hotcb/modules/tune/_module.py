@@ -191,6 +191,13 @@ class TuneModule:
         self.bracket_wanted = False
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
+        # the bracket's blow-up watch: the arm's training losses, the losses at the weights
+        # the round's arms start from (its line), the best arm's last ones (the next round's
+        # start), and the loss an arm blew up at (its end)
+        self._arm_train: deque[float] = deque(maxlen=10)
+        self._arm_refs: list[float] = []
+        self._best_tail: list[float] = []
+        self._arm_blown: float | None = None
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
@@ -273,7 +280,10 @@ class TuneModule:
                 self._give_up(step)
             return
         if self.phase in ("baseline", "trial", "backoff", "bracket") and (
-            self._at_boundary(step) or self._harmful() or self._train_blew_up()
+            self._at_boundary(step)
+            or self._harmful()
+            or self._train_blew_up()
+            or self._arm_blew_up()
         ):
             # the run's length as it is now: `hotcb extend` moves it in a bare loop that keeps
             # passing the max_steps it started with
@@ -489,6 +499,13 @@ class TuneModule:
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
             return OpResult("rejected", error=str(exc))
         self.enable_cmd = op.cmd_id
+        if self.mode == "active" and self.settings.start == "bracket" and not self.bracket_wanted:
+            # on every rank: the bracket's arms start from the weights as they are now, not a
+            # step or two later when its first command lands (from 10x too high each step at
+            # the bad lr does damage that no later lr repairs)
+            snap = _snapshot.take(env)
+            if snap is not None:
+                self._bracket_snaps = {"enabled": snap, "enabled_at": int(env["step"])}
         changes: dict[str, dict[str, Any]] = {"mode": {"old": old, "new": self.mode}}
         if old != "off":  # what else the enable changed on a tuner that was on
             new = self.settings.to_dict()
@@ -698,6 +715,12 @@ class TuneModule:
             self.bracket = None
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:
+            if p.get("save"):  # the closing arm is the round's best: its end goes on
+                self._best_tail = list(self._arm_train)
+            if p.get("snapshot"):  # a round begins: its losses at the weights it starts from
+                before = self._best_tail if p.get("from") == "best" else list(self.train_recent)
+                self._arm_refs = [v for v in before[-10:] if math.isfinite(v)]
+            self._arm_train, self._arm_blown = deque(maxlen=10), None
             self.bracket.arm_step = step + 1
             knob = self.bracket.knob  # the value this arm really began at (tune status)
             self.bracket.arm.at = _number(values.get(knob.module, {}).get(knob.key))
@@ -727,6 +750,12 @@ class TuneModule:
         restored: list[str] = []
         trouble = None
         try:
+            enabled = snaps.pop("enabled", None)
+            if enabled is not None and snaps.pop("enabled_at", None) == p.get("since"):
+                # the first arm: from the weights the enable copied, a step or two ago
+                restored = _snapshot.restore(enabled, env)
+                self._bracket_snaps = {"start": enabled}
+                return restored, None
             if save and start_from != "best":
                 snaps["best"] = _snapshot.take(env)
             # from the best arm's end: the closing arm is it when it is saved
@@ -771,7 +800,8 @@ class TuneModule:
             return
         knob = knob.scaled(s.risk)
         self.bracket = Bracket(knob, float(base), lambda f, v: self._target(knob, v, f), self._sign)
-        self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0)
+        self._submit_arm(step, save=False, start_from="here", snapshot=True, ratio=1.0,
+                         since=step)  # fmt: skip
 
     def _bracket_values(self, value: float | None = None) -> dict[str, dict[str, float]]:
         b = self.bracket
@@ -787,7 +817,10 @@ class TuneModule:
         snapshot: bool,
         ratio: float | None,
         reason: str | None = None,
+        since: int | None = None,
     ) -> None:
+        """The next arm's command. ``since``: the step the bracket was asked for (its first arm
+        starts from the weights an enable at that step copied, when one did)."""
         b = self.bracket
         assert b is not None
         arm = b.arm
@@ -795,6 +828,8 @@ class TuneModule:
                   "values": self._bracket_values(arm.value), "planned": arm.value,
                   "base": b.base, "ratio": ratio, "save": save, "from": start_from,
                   "snapshot": snapshot}  # fmt: skip
+        if since is not None:
+            params["since"] = since
         if reason:
             params["reason"] = reason
         self._submit("bracket", params, step)
@@ -817,10 +852,12 @@ class TuneModule:
                                  f"{why} during the bracket: it ends here",
                                  None if touched else self._back_to_base())  # fmt: skip
             return
-        if not seg.values and not self._unscored_arm(b, step):
+        blown, self._arm_blown = self._arm_blown, None
+        if blown is None and not seg.values and not self._unscored_arm(b, step):
             return
-        level = seg.level() if seg.values else math.nan
+        level = seg.level() if seg.values and blown is None else math.nan
         ended, round_ = b.arm, b.round
+        ended.blew_up = blown
         spread = noise(seg.values, level) if math.isfinite(level) else 0.0
         after, save = b.close(level, spread)
         # where the next op goes, as a ratio of the lr in force (which a schedule may move)
@@ -835,7 +872,7 @@ class TuneModule:
         self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
                           "tune": {"bracket": {"round": round_, "factor": ended.factor,
                                    "value": value, "level": level, "noise": spread,
-                                   "best": save}}})  # fmt: skip
+                                   "best": save, "blew_up": blown}}})  # fmt: skip
         if after == "arm":
             self._submit_arm(step, save=save, start_from="start", snapshot=False, ratio=ratio)
         elif after == "round":
@@ -1093,12 +1130,8 @@ class TuneModule:
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
         train = _number(metrics.get(name)) if name is not None else None
-        # the early-abort watch, every step but the one that applied a change (old values)
-        if (train is not None and self.objective_used not in _TRAIN_LOSSES
-                and step >= self.segment.start):  # fmt: skip
-            self.train_recent.append(train)
-            if self.trial is not None:
-                self.trial.setdefault("train", []).append(train)
+        if train is not None and step >= self.segment.start:
+            self._watch(train)
         value = metrics.get(self.objective_used)
         if value is None and not self.seen and self.objective_used in _ALIASED:
             # the HF Trainer's eval_loss, the demo's val/loss; Lightning's train_loss for loss
@@ -1123,6 +1156,18 @@ class TuneModule:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
+
+    def _watch(self, train: float) -> None:
+        """The blow-up watches' training loss, every step but the one that applied a change
+        (made with the old values): a trial's (objective != loss), a bracket arm's."""
+        if self.phase == "bracket":
+            if not self._arm_train and math.isfinite(train):  # at the round's start weights
+                self._arm_refs.append(train)
+            self._arm_train.append(train)
+        if self.objective_used not in _TRAIN_LOSSES:
+            self.train_recent.append(train)
+            if self.trial is not None:
+                self.trial.setdefault("train", []).append(train)
 
     def _stand_in(
         self, step: int, metrics: Mapping[str, Any], name: str, train: float | None
@@ -1222,6 +1267,21 @@ class TuneModule:
         self.trial["cut_score"] = max(NONFINITE_SCORE, -worse)  # what those values score
         return True
 
+    def _arm_blew_up(self) -> bool:
+        """A bracket arm whose training loss (the median of its last 5 steps) is ``abort`` worse
+        than at the weights its round's arms start from, and above every loss seen there: it
+        has lost, and ends now, not a segment later (from 10x too high the first arm's loss
+        goes from 2.3 to 8 in one step; the steps after it are thrown away all the same)."""
+        refs, got = self._arm_refs, self._arm_train
+        if self.phase != "bracket" or self._arm_blown is not None or len(got) < 5 or not refs:
+            return False
+        line = max((1 + self.settings.abort) * statistics.median(refs), max(refs))
+        now = statistics.median(list(got)[-5:])
+        if math.isfinite(now) and now <= line:
+            return False
+        self._arm_blown = now
+        return True
+
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
         mutation, and worse than any step before it (:func:`_blow_up_line`): caught in a few
@@ -1258,6 +1318,8 @@ class TuneModule:
         if self.phase == "bracket" and self.bracket is not None:
             self._bracket_boundary(seg, step)
             return
+        if self.phase != "bracket" and "enabled" in self._bracket_snaps:
+            self._bracket_snaps = {}  # an enable's copy that no bracket used (the leader's call)
         level = seg.level()
         if math.isfinite(level) and seg.values:
             if len(self.history) >= 2:  # how well the trend predicted a segment left alone

@@ -70,11 +70,15 @@ export function fmtTuneValues(values) {
 }
 
 /** A round's arms, each with its level ± its noise (a move wins only by more than the two
- * arms' noise); "…" for one not judged. */
+ * arms' noise); "…" for one not judged, "blew up" for one that ended early. */
 function armsText(arms) {
-  return (arms || [])
-    .map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : `${fmtNum(a.level)}${fmtSpread(a.noise, a.level)}`}`)
-    .join(", ");
+  const level = (a) =>
+    a.blew_up != null
+      ? `blew up (loss ${fmtNum(a.blew_up)})`
+      : a.level == null
+        ? "…"
+        : `${fmtNum(a.level)}${fmtSpread(a.noise, a.level)}`;
+  return (arms || []).map((a) => `×${fmtNum(a.factor)} ${level(a)}`).join(", ");
 }
 
 /** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
