@@ -324,6 +324,25 @@ def test_undo_under_a_scheduler_puts_the_run_back_on_the_schedule(
     steered.kernel.close()
 
 
+def test_undo_after_the_schedule_reached_zero_leaves_the_lr_there_and_undoes_the_rest(
+    run_dir: str,
+) -> None:
+    """A cosine schedule at its end has the lr at zero: no value takes the change's ratio back
+    (0 is below the lr's minimum, and the whole undo was rejected, weight decay too, as was a
+    tuner's roll-back at the last step). The lr stays on its schedule; the rest is undone."""
+    loop = Loop(run_dir, sched="cosine")  # T_max=30: lr 0 at the end of step 29
+    loop.steps(3)
+    change = loop.client.set_params("opt", {"lr": 0.002, "weight_decay": 0.05})
+    loop.steps(26)
+    undo = loop.client.undo(change)
+    loop.steps(1)  # step 29, read with the lr at 0
+    e = loop.only(undo)
+    assert e["decision"] == "applied" and e["step"] == 29, e
+    assert e["changes"] == {"weight_decay": {"old": 0.05, "new": 0.0}}
+    assert loop.opt.param_groups[0]["weight_decay"] == 0.0 and loop.lr[29] == 0.0
+    loop.kernel.close()
+
+
 def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop) -> None:
     loop.steps(2)
     keep = loop.client.send("opt", "set_params", params={"lr": 0.002}, at_step=6)

@@ -264,6 +264,8 @@ class ActuatorStream:
                     if ramped
                     else self.value_before(key, change["old"], change.get("new"), env)
                 )
+                if value is None:  # at zero on its schedule: it stays there
+                    continue
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
                 if factor is not None:
@@ -277,6 +279,7 @@ class ActuatorStream:
         """What taking back a change ``old -> new`` of ``key`` sets now, and the factor when it
         is not ``old``: a value a schedule moved since (lr under an LR scheduler) gets the
         change's ratio taken back (``now * old / new``), which puts the run on its schedule.
+        None (nothing to set) when the schedule has the value at zero, or below its minimum.
         Used by ``undo`` and by the tuner's roll-back."""
         act = self.state.get(key)
         if (
@@ -290,7 +293,10 @@ class ActuatorStream:
         now = act.read(env)
         if not isinstance(now, (int, float)) or act.matches(now, new):
             return old, None  # nothing moved it since
-        return now * (old / new), old / new
+        value = now * (old / new)
+        if value <= 0 or (act.min_value is not None and value < act.min_value):
+            return None, old / new  # the schedule has it at zero (a cosine's end): it stays
+        return value, old / new
 
     def on_start(self, env: Env) -> None:
         self.discover(env)

@@ -256,10 +256,6 @@ def _bracket_facts(b: Any) -> list[str]:
         w = b.get("winner")
         facts.append(f"bracket over: lr x{w['factor']:.3g} won" if isinstance(w, Mapping)
                      else "bracket over")  # fmt: skip
-    elif b.get("blew_up") is not None:  # an arm's end, early
-        facts.append(f"bracket round {b.get('round')}: lr {fmt_value(b.get('value'))} "
-                     f"(x{b.get('factor', 1):.3g}) blew up (training loss "
-                     f"{fmt_value(b['blew_up'])}): it ended early and lost")  # fmt: skip
     elif isinstance(b.get("level"), (int, float)):  # an arm's end
         best = ", best so far" if b.get("best") else ""
         shown = f"{b['level']:.4g}{fmt_noise(b['level'], b.get('noise'))}"

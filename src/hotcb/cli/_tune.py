@@ -277,7 +277,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                else f"{st.get('segment_steps')} steps")  # fmt: skip
     trial = f"   trial {st['trial']}" if st.get("trial") is not None else ""
     for row in st.get("trials") or ():  # what the open trial changed
-        if st.get("trial") is not None and row.get("trial") == st["trial"] and row.get("changes"):
+        if (st.get("trial") is not None and row.get("trial") == st["trial"]
+                and row.get("changes") and "study" not in row):  # fmt: skip
             trial += f" ({_changes(row['changes'])})"
     nxt = st.get("next_boundary") if over is None else None
     print(f"phase: {st.get('phase')}{trial}   segment: {segment}"
@@ -291,8 +292,6 @@ def _arms(arms: Any) -> str:
     arms' noise); ``…`` for one not judged."""
 
     def level(a: Any) -> str:
-        if a.get("blew_up") is not None:  # ended early: its training loss blew up
-            return f"blew up (loss {fmt_value(a['blew_up'])})"
         got = a.get("level")
         return "…" if got is None else fmt_value(got) + fmt_noise(got, a.get("noise"))
 

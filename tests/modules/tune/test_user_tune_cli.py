@@ -7,6 +7,7 @@ evaluations near the run's end)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -614,6 +615,43 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
     assert replay.lr == pytest.approx(end_lr)
     undone = [e for e in read_ledger(replay.kernel.run_dir) if e.get("op") == "undo"]
     assert [e["decision"] for e in undone] == ["applied"], undone
+
+
+def test_tune_export_after_a_new_study_keeps_only_the_kept_trials_of_each(toy: Any) -> None:
+    """A tuner moved to another study mid-run (`tune enable --study NAME`) numbers its trials
+    from 0 again: `tune export` pairs each keep with its own trial's mutation, not with every
+    mutation of that number (it exported the new study's rolled-back trials whose numbers had
+    been kept in the old one, and a replay played changes the tuner had thrown away)."""
+    from hotcb.modules.tune._export import kept_entries
+
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(5000, until=lambda: len(t.ledger("keep")) >= 2)
+    kept_a = {e["tune"]["trial"] for e in t.ledger("keep")}
+    mutates_a = {m["tune"]["trial"]: m["cmd_id"] for m in t.ledger("mutate")}
+    client.tune_enable(study="b")
+    at = t.lr
+    t.f = lambda lr, _step: 1.0 + 50 * abs(math.log(lr / at))  # now every move does harm
+    before = len(t.ledger("mutate"))
+
+    def b_numbers() -> set[int]:
+        return {m["tune"]["trial"] for m in t.ledger("mutate")[before:]}
+
+    t.run(20_000, until=lambda: kept_a <= b_numbers() and not t.kernel.module("tune").trial)
+    assert len(t.ledger("keep")) == len(kept_a)  # none of the new study's is kept
+    exported = {str(e.cmd_id).rsplit(".", 1)[0] for e in kept_entries(read_ledger(
+        t.kernel.run_dir)) if e.cmd_id}  # fmt: skip
+    assert exported == {mutates_a[n] for n in kept_a}
+    # `tune status`: each study's trials in rows of their own (one row held both studies'
+    # changes of a number), the old study's named
+    rows = client.tune_status()["trials"]
+    for n in kept_a:
+        (old,) = [r for r in rows if r["trial"] == n and r.get("study")]
+        (new,) = [r for r in rows if r["trial"] == n and not r.get("study")]
+        assert (old["decision"], new["decision"]) == ("kept", "rolled_back")
+        assert old["study"] == f"hotcb-{os.path.basename(t.kernel.run_dir)}"
 
 
 def test_a_replay_of_the_exported_recipe_follows_the_tuned_run_under_a_scheduler(

@@ -39,7 +39,6 @@ class Arm:
     # the value it really began at: under an LR scheduler a move is a ratio of the lr the
     # schedule has reached, which ``value`` (the plan's) does not follow
     at: float | None = None
-    blew_up: float | None = None  # its training loss when it blew up: it ended there, and lost
 
 
 @dataclass

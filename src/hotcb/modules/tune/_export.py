@@ -18,23 +18,25 @@ def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
     """The ``set_params`` of every mutation the tuner kept (and no one undid), and the lr its
     start bracket settled on, at the steps it made them."""
     entries = live_entries(ledger)  # not the trials of a life a resume replaced
-    kept = {
-        (e.get("tune") or {}).get("trial")
-        for e in entries
-        if e.get("module") == "tune" and e.get("op") == "keep"
-    }
     undone = {e.get("undo_of") for e in entries if e.get("decision") == "applied"}
-    out: list[RecipeEntry] = []
+    # a keep is of the last mutation of its trial number before it: a new study (another
+    # --storage or --study) numbers its trials from 0 again, so a number alone names two
+    open_: dict[Any, Mapping[str, Any]] = {}
+    kept: list[Mapping[str, Any]] = []
     for e in entries:
-        trial = (e.get("tune") or {}).get("trial")
-        if (e.get("module"), e.get("op"), e.get("decision")) == ("tune", "bracket", "applied"):
-            if (e.get("params") or {}).get("settle") and e.get("cmd_id") not in undone:
-                out.extend(tune_entries(e))
+        if e.get("module") != "tune":
             continue
-        if (e.get("module"), e.get("op"), e.get("decision")) != ("tune", "mutate", "applied"):
-            continue
-        if trial in kept and e.get("cmd_id") not in undone:  # kept, and not undone since
-            out.extend(tune_entries(e))
+        trial, what = (e.get("tune") or {}).get("trial"), (e.get("op"), e.get("decision"))
+        if what == ("bracket", "applied"):
+            if (e.get("params") or {}).get("settle"):
+                kept.append(e)
+        elif what == ("mutate", "applied"):
+            open_[trial] = e
+        elif e.get("op") == "keep" and trial in open_:
+            kept.append(open_.pop(trial))
+        elif e.get("op") in ("rollback", "void"):
+            open_.pop(trial, None)
+    out = [r for e in kept if e.get("cmd_id") not in undone for r in tune_entries(e)]
     out.sort(key=lambda entry: entry.step)
     return out
 

@@ -191,13 +191,6 @@ class TuneModule:
         self.bracket_wanted = False
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
-        # the bracket's blow-up watch: the arm's training losses, the losses at the weights
-        # the round's arms start from (its line), the best arm's last ones (the next round's
-        # start), and the loss an arm blew up at (its end)
-        self._arm_train: deque[float] = deque(maxlen=10)
-        self._arm_refs: list[float] = []
-        self._best_tail: list[float] = []
-        self._arm_blown: float | None = None
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
@@ -280,10 +273,7 @@ class TuneModule:
                 self._give_up(step)
             return
         if self.phase in ("baseline", "trial", "backoff", "bracket") and (
-            self._at_boundary(step)
-            or self._harmful()
-            or self._train_blew_up()
-            or self._arm_blew_up()
+            self._at_boundary(step) or self._harmful() or self._train_blew_up()
         ):
             # the run's length as it is now: `hotcb extend` moves it in a bare loop that keeps
             # passing the max_steps it started with
@@ -311,6 +301,8 @@ class TuneModule:
                 # an lr its scheduler moved since: the change's ratio goes, not the number
                 value, factor = self.host.value_before(module, key, change["old"],
                                                        change.get("new"), env)  # fmt: skip
+                if value is None:  # at zero on its schedule: it stays there
+                    continue
                 values.setdefault(module, {})[key] = value
                 if factor is not None:
                     scaled[key] = factor
@@ -618,12 +610,16 @@ class TuneModule:
         scaled: dict[str, float] = {}
         if not isinstance(applied, Mapping):
             return scaled
-        for module, kv in values.items():
-            for key, old in kv.items():
+        for module, kv in list(values.items()):
+            for key, old in list(kv.items()):
                 new = (applied.get(module) or {}).get(key)
                 kv[key], factor = self.host.value_before(module, key, old, new, env)
-                if factor is not None:
+                if kv[key] is None:  # at zero on its schedule (a cosine's end): it stays there
+                    del kv[key]
+                elif factor is not None:
                     scaled[key] = factor
+            if not kv:
+                del values[module]
         return scaled
 
     def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
@@ -650,6 +646,9 @@ class TuneModule:
         rescale, later = self._not_since(rescale, op.params.get("mark"))
         rescaled = self._rescale(rescale, values, env)
         result = self._actuate(values, env)
+        if result.decision != "applied":  # the trial's values stay in force: said
+            self._warn(f"the roll-back of trial {op.params.get('trial')} was "
+                       f"{result.decision} ({result.error}): its values stay in force")  # fmt: skip
         if scaled:
             result.extra["on_schedule"] = scaled
         restored: list[str] = []
@@ -715,12 +714,6 @@ class TuneModule:
             self.bracket = None
             self._start_segment(step, "off" if self.mode == "off" else "baseline")
         else:
-            if p.get("save"):  # the closing arm is the round's best: its end goes on
-                self._best_tail = list(self._arm_train)
-            if p.get("snapshot"):  # a round begins: its losses at the weights it starts from
-                before = self._best_tail if p.get("from") == "best" else list(self.train_recent)
-                self._arm_refs = [v for v in before[-10:] if math.isfinite(v)]
-            self._arm_train, self._arm_blown = deque(maxlen=10), None
             self.bracket.arm_step = step + 1
             knob = self.bracket.knob  # the value this arm really began at (tune status)
             self.bracket.arm.at = _number(values.get(knob.module, {}).get(knob.key))
@@ -852,12 +845,10 @@ class TuneModule:
                                  f"{why} during the bracket: it ends here",
                                  None if touched else self._back_to_base())  # fmt: skip
             return
-        blown, self._arm_blown = self._arm_blown, None
-        if blown is None and not seg.values and not self._unscored_arm(b, step):
+        if not seg.values and not self._unscored_arm(b, step):
             return
-        level = seg.level() if seg.values and blown is None else math.nan
+        level = seg.level() if seg.values else math.nan
         ended, round_ = b.arm, b.round
-        ended.blew_up = blown
         spread = noise(seg.values, level) if math.isfinite(level) else 0.0
         after, save = b.close(level, spread)
         # where the next op goes, as a ratio of the lr in force (which a schedule may move)
@@ -872,7 +863,7 @@ class TuneModule:
         self.host.record({"module": "tune", "op": "arm", "source": "tune", "decision": "applied",
                           "tune": {"bracket": {"round": round_, "factor": ended.factor,
                                    "value": value, "level": level, "noise": spread,
-                                   "best": save, "blew_up": blown}}})  # fmt: skip
+                                   "best": save}}})  # fmt: skip
         if after == "arm":
             self._submit_arm(step, save=save, start_from="start", snapshot=False, ratio=ratio)
         elif after == "round":
@@ -968,6 +959,8 @@ class TuneModule:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
         study = self._study_first(settings)
+        was = self._where(self.settings)
+        left = was[1] if was != self._where(settings) else None  # the study it leaves
         # a bracket begins a tuner: not one whose other settings change (a new segment length),
         # but one that asked for it in a mode without one and is now made active
         begins = (self.mode == "off" or self.settings.start != "bracket"
@@ -1022,6 +1015,8 @@ class TuneModule:
                 self.bracket_wanted = True
             elif self.host.is_leader:
                 self._begin_bracket(step)
+        if left is not None:  # the new study numbers its trials from 0 again: rows by study
+            self.trials = [{**r, "study": r.get("study", left)} for r in self.trials]
 
     def _study_first(self, settings: Settings) -> Study | None:
         """Before an enable tears anything down: with ``sync``, the study opened (a storage
@@ -1130,8 +1125,12 @@ class TuneModule:
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
         train = _number(metrics.get(name)) if name is not None else None
-        if train is not None and step >= self.segment.start:
-            self._watch(train)
+        # the early-abort watch, every step but the one that applied a change (old values)
+        if (train is not None and self.objective_used not in _TRAIN_LOSSES
+                and step >= self.segment.start):  # fmt: skip
+            self.train_recent.append(train)
+            if self.trial is not None:
+                self.trial.setdefault("train", []).append(train)
         value = metrics.get(self.objective_used)
         if value is None and not self.seen and self.objective_used in _ALIASED:
             # the HF Trainer's eval_loss, the demo's val/loss; Lightning's train_loss for loss
@@ -1156,18 +1155,6 @@ class TuneModule:
             return
         self.segment.steps.append(step)
         self.segment.values.append(number)
-
-    def _watch(self, train: float) -> None:
-        """The blow-up watches' training loss, every step but the one that applied a change
-        (made with the old values): a trial's (objective != loss), a bracket arm's."""
-        if self.phase == "bracket":
-            if not self._arm_train and math.isfinite(train):  # at the round's start weights
-                self._arm_refs.append(train)
-            self._arm_train.append(train)
-        if self.objective_used not in _TRAIN_LOSSES:
-            self.train_recent.append(train)
-            if self.trial is not None:
-                self.trial.setdefault("train", []).append(train)
 
     def _stand_in(
         self, step: int, metrics: Mapping[str, Any], name: str, train: float | None
@@ -1265,21 +1252,6 @@ class TuneModule:
         self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last 3 values), "
                              f"{worse:.0%} worse than the {expected:.4g} its trend expected")  # fmt: skip
         self.trial["cut_score"] = max(NONFINITE_SCORE, -worse)  # what those values score
-        return True
-
-    def _arm_blew_up(self) -> bool:
-        """A bracket arm whose training loss (the median of its last 5 steps) is ``abort`` worse
-        than at the weights its round's arms start from, and above every loss seen there: it
-        has lost, and ends now, not a segment later (from 10x too high the first arm's loss
-        goes from 2.3 to 8 in one step; the steps after it are thrown away all the same)."""
-        refs, got = self._arm_refs, self._arm_train
-        if self.phase != "bracket" or self._arm_blown is not None or len(got) < 5 or not refs:
-            return False
-        line = max((1 + self.settings.abort) * statistics.median(refs), max(refs))
-        now = statistics.median(list(got)[-5:])
-        if math.isfinite(now) and now <= line:
-            return False
-        self._arm_blown = now
         return True
 
     def _train_blew_up(self) -> bool:
@@ -1819,8 +1791,10 @@ class TuneModule:
         self._tell(number, None, {"reason": reason})
 
     def _row(self, number: Any) -> dict[str, Any]:
+        """The current study's row of trial ``number`` (rows of a study the tuner left have
+        its name in ``study``), made when there is none."""
         for old in reversed(self.trials):
-            if old["trial"] == number:
+            if old["trial"] == number and "study" not in old:
                 found: dict[str, Any] = old
                 return found
         row: dict[str, Any] = {

@@ -70,15 +70,11 @@ export function fmtTuneValues(values) {
 }
 
 /** A round's arms, each with its level ± its noise (a move wins only by more than the two
- * arms' noise); "…" for one not judged, "blew up" for one that ended early. */
+ * arms' noise); "…" for one not judged. */
 function armsText(arms) {
-  const level = (a) =>
-    a.blew_up != null
-      ? `blew up (loss ${fmtNum(a.blew_up)})`
-      : a.level == null
-        ? "…"
-        : `${fmtNum(a.level)}${fmtSpread(a.noise, a.level)}`;
-  return (arms || []).map((a) => `×${fmtNum(a.factor)} ${level(a)}`).join(", ");
+  return (arms || [])
+    .map((a) => `×${fmtNum(a.factor)} ${a.level == null ? "…" : `${fmtNum(a.level)}${fmtSpread(a.noise, a.level)}`}`)
+    .join(", ");
 }
 
 /** The start bracket (`start: bracket`, docs/tune.md) in a line: how it stands or ended, and
