@@ -359,6 +359,14 @@ def test_an_objective_that_never_comes_is_a_warning_in_status(toy: Any, cli: Any
     _run_like_lightning(t, 10, val_every=10)
     (warning,) = client.tune_status()["warnings"]
     assert "objective 'eval_loss' was not logged in a validation" in warning
+    # counted in evaluations, and no validation ever comes (a bare loop that marks none): said
+    # after two segments' worth of steps, not silent for the whole run
+    enables = len(t.ledger("enable"))
+    client.tune_enable("active", objective="val_loss", space=LR_ONLY, sync=True)
+    t.run(100_000, until=lambda: len(t.ledger("enable")) > enables)
+    t.run(400)  # two segments of the default 200 steps
+    (warning,) = client.tune_status()["warnings"]
+    assert "'val_loss' was not logged in 400 steps, and no validation came" in warning
 
 
 def _tuned_like_lightning(toy: Any, objective: str, steps: int) -> tuple[Toy, dict[str, Any]]:
@@ -469,6 +477,35 @@ def test_a_storage_that_cannot_be_opened_leaves_a_running_tuner_in_its_study(toy
     done = status["counts"]["kept"] + status["counts"]["rolled_back"]
     t.run(100_000, until=lambda: (lambda c: c["kept"] + c["rolled_back"])(
         client.tune_status()["counts"]) >= done + 2)  # fmt: skip
+
+
+def test_enables_queued_before_the_run_starts_fall_back_to_the_study_still_opening(
+    toy: Any, tmp_path: Any
+) -> None:
+    """Three enables sent before the first step (the last with a storage that cannot be
+    opened) are read at once, while the first studies still open: the tuner goes on in the one
+    the enable before named, as it does when it is already on (it turned off, and that one's
+    database was never made)."""
+    t: Toy = toy(log_level, lr=1e-4)
+    client = HotClient(t.kernel.run_dir)
+    db = tmp_path / "rel.db"
+    client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY)
+    client.tune_enable(storage=f"sqlite:///{db}")
+    client.tune_enable(storage=NOWHERE)
+    t.run(100_000, until=lambda: client.tune_status().get("study_open") is True)
+    status = client.tune_status()
+    assert status["mode"] == "active" and db.exists()
+    assert status["storage"] == f"sqlite:///{db}"
+    (failed,) = [e for e in t.ledger("enable") if e["decision"] == "failed"]
+    assert NOWHERE in failed["error"]
+    # `hotcb log` says where each enable moved the study (it said only "mode: active -> active")
+    moved = [
+        e["changes"]["storage"] for e in t.ledger("enable") if "storage" in (e.get("changes") or {})
+    ]
+    default = f"sqlite:///{os.path.join(t.kernel.run_dir, 'hotcb.tune.db')}"
+    assert moved[0] == {"old": default, "new": f"sqlite:///{db}"}
+    t.run(100_000, until=lambda: client.tune_status()["counts"]["rolled_back"]
+          + client.tune_status()["counts"]["kept"] >= 1)  # fmt: skip
 
 
 def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) -> None:

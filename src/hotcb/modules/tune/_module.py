@@ -59,7 +59,7 @@ _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
 #: Settings a ``tune enable`` on a tuner that is on lists in its ledger entry when it changes them
 _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
-          "threshold", "startup_trials", "total_steps", "abort", "study")  # fmt: skip
+          "threshold", "startup_trials", "total_steps", "abort")  # fmt: skip
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
 _NO_KEEP = "no trial can be kept: the bar to keep one is above +1, the most a lower loss scores"
 _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner holds back
@@ -148,8 +148,8 @@ class TuneModule:
         self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
         self.opening: Any = None  # the study being opened in the background (a Future)
         # while a tuner that was on opens the study of a new storage or study name: the one it
-        # was in, to go on in if the new one cannot be opened
-        self.standby: tuple[str | None, str | None, Study] | None = None
+        # was in (or the Future still opening it), to go on in if the new one cannot be opened
+        self.standby: tuple[str | None, str | None, Any] | None = None
         # the `tune enable` command this tuner runs under: its failure to open the study is
         # ledgered under it, and `tune enable --wait` waits for the study on it
         self.enable_cmd: str | None = None
@@ -480,7 +480,7 @@ class TuneModule:
             settings = self._settings(op.params)
         except (RecipeError, HotcbError, OSError) as exc:
             return OpResult("rejected", error=str(exc))
-        old, before = self.mode, self.settings.to_dict()
+        old, before, where = self.mode, self.settings.to_dict(), self._where(self.settings)
         if old != "off" and settings.to_dict() == before:
             # the tuner as it is (`hotcb launch --resume-from … --tune active` sends its enable
             # again over the checkpoint's tuner): nothing to restart, the open trial goes on
@@ -508,6 +508,11 @@ class TuneModule:
             if before.get("space") != new.get("space"):  # a new recipe's knobs, as a line each
                 changes["space"] = {"old": _space_line(before.get("space")),
                                     "new": _space_line(new.get("space"))}  # fmt: skip
+            now = self._where(self.settings)  # the study moved: where from, where to
+            for i, key in enumerate(("storage", "study")):
+                if where[i] != now[i]:
+                    changes[key] = {"old": redact_url(where[i]) if i == 0 else where[i],
+                                    "new": redact_url(now[i]) if i == 0 else now[i]}  # fmt: skip
         return OpResult("applied", changes=changes, extra={"tune": self._public_settings()})
 
     def _op_disable(self, op: HotOp, env: Env) -> OpResult:
@@ -1026,8 +1031,9 @@ class TuneModule:
         if self.host.is_leader and settings.sync:
             return self._open_study(settings)
         moved = self._where(self.settings) != self._where(settings)
-        if self.mode != "off" and self.study is not None and moved:
-            self.standby = (self.settings.storage, self.settings.study, self.study)
+        held = self.study if self.study is not None else self.opening  # (enables queued at once)
+        if self.mode != "off" and held is not None and moved:
+            self.standby = (self.settings.storage, self.settings.study, held)
         return None
 
     def _open_and_clean(self, settings: Settings) -> tuple[Study, list[int]]:
@@ -1058,11 +1064,15 @@ class TuneModule:
             # settings: one mistyped URL does not end it
             from ._study import redact
 
-            storage, name, self.study = standby
+            storage, name, held = standby
             self.settings = replace(self.settings, storage=storage, study=name)
             url, name = self._where(self.settings)
             self.warnings.append(f"{exc}; the tuner goes on in its study {name!r} in "
                                  f"{redact(url)}")  # fmt: skip
+            if hasattr(held, "done"):  # that one is still opening (an enable queued before)
+                self.opening = held
+                return self._study_ready()
+            self.study = held
             return True
         self.counts["failed"] += len(failed)
         return True
@@ -1204,7 +1214,7 @@ class TuneModule:
     def _missing(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         """Say so in ``tune status`` when the objective does not reach the tuner and nothing
         can stand in for it: after two segments' worth of steps, or at a validation without
-        it (``--segment-evals``)."""
+        it (``--segment-evals``; or when two segments' worth of steps brought none)."""
         s = self.settings
         if self.mode == "off":
             return
@@ -1214,6 +1224,10 @@ class TuneModule:
             where = f"in {2 * s.segment_steps} steps"
         elif validation:
             where = "in a validation"
+        elif step - self.enabled_at >= 2 * s.segment_steps:  # nor a validation without it
+            where = (f"in {2 * s.segment_steps} steps, and no validation came (--segment-evals "
+                     "counts its values; a loop marks one with kernel.apply(env, "
+                     "('val_epoch_end',)))")  # fmt: skip
         else:
             return
         said = f"objective {self.objective_used!r} was not logged"
