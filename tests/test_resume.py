@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -190,15 +191,156 @@ def test_cancel_and_undo_after_the_checkpoint_are_replayed(tmp_path: Any) -> Non
 def test_a_relative_change_after_the_checkpoint_is_replayed_as_a_factor(tmp_path: Any) -> None:
     """The autopilot's lr × 0.5 (sent `relative_to` the lr it read) after the checkpoint: the
     resume re-applied the number it reached in the life that died (0.025), though the resumed
-    run had another lr in force there (a person's 0.2, sent to the resumed run only). It is
-    ×0.5 of the lr in force now, as in the uninterrupted run with the same commands."""
-    actions = {30: lambda c: c.set_params("opt", {"lr": 0.025}, relative_to={"lr": 0.05})}
-    later = {25: lambda c: c.opt(lr=0.2)}  # not in the life that died
-    whole, resumed, run_dir = _resumed(tmp_path, actions, later=later)
-    assert _equal(whole, resumed)
+    run had another lr in force there (0.2, set by the loop itself in the resumed run only, as
+    a tuner's trial or the loop's own schedule would). It is ×0.5 of the lr in force now, as
+    in the uninterrupted run with the same changes."""
+    relative = {30: lambda c: c.set_params("opt", {"lr": 0.025}, relative_to={"lr": 0.05})}
+
+    def own_lr(loop: Loop) -> dict[int, Action]:  # no command: nothing newer to win
+        return {25: lambda c: loop.opt.param_groups[0].update(lr=0.2)}
+
+    whole = Loop(os.fspath(tmp_path / "whole"))
+    whole_w = whole.run(60, {**relative, **own_lr(whole)})
+    run_dir = os.fspath(tmp_path / "killed")
+    first = Loop(run_dir)
+    first.run(60, relative, (20,), kill_after=45)
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    assert _equal(whole_w, second.run(60, own_lr(second)))
     (again,) = [e for e in read_ledger(run_dir)
                 if e["source"] == "resume" and e["module"] == "opt"]  # fmt: skip
     assert again["changes"]["lr"] == {"old": 0.2, "new": pytest.approx(0.1)}
+
+
+def test_a_command_sent_while_the_trainer_was_down_wins_over_a_reapplied_one(
+    tmp_path: Any,
+) -> None:
+    """lr set at 30 and 33 after the checkpoint at 20, the trainer killed, ``lr=0.01`` sent
+    while it is down: the resumed run applies it at its first step and does not put the dead
+    life's lr back at 30 or 33; the other keys of those commands (momentum, the autopilot's
+    factor of wd) and other knobs (a loss weight) are re-applied as ever. The run then trains
+    as an uninterrupted one given the commands in the order they were written; a second
+    resume from the same checkpoint keeps the same decisions."""
+    dead = {
+        30: lambda c: c.opt(lr=0.02, momentum=0.5),
+        33: lambda c: c.set_params("opt", {"lr": 0.015}, relative_to={"lr": 0.02}),
+        35: lambda c: c.loss(l2=1e-3),
+    }
+    whole = Loop(os.fspath(tmp_path / "whole")).run(60, {
+        21: lambda c: c.opt(lr=0.01), 30: lambda c: c.opt(momentum=0.5), 35: dead[35],
+    })  # fmt: skip
+    run_dir = os.fspath(tmp_path / "killed")
+    first = Loop(run_dir)
+    first.run(60, dead, (20,), kill_after=40)
+    newer = HotClient(run_dir, source="cli").opt(lr=0.01)  # the trainer is down
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    assert _equal(whole, second.run(60))
+    assert second.opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    ledger = read_ledger(run_dir)
+    (sent,) = [e for e in ledger if e["cmd_id"] == newer]
+    assert (sent["step"], sent["decision"]) == (21, "applied")
+    again = {e["step"]: e for e in ledger if e["source"] == "resume"}
+    assert sorted(again) == [30, 33, 35]
+    note = f"lr was set by a newer command (#{sent['seq']}): not re-applied"
+    assert again[30]["decision"] == "applied" and again[30]["params"] == {"momentum": 0.5}
+    assert again[30]["changes"] == {"momentum": {"old": 0.9, "new": 0.5}}
+    assert again[30]["error"] == note and again[30]["newer"] == {"lr": sent["seq"]}
+    assert (again[33]["decision"], again[33]["error"]) == ("noop", note)
+    assert again[33]["changes"] is None
+    assert again[35]["decision"] == "applied" and again[35]["error"] is None
+
+    second.checkpoints.clear()  # a third life, from the same checkpoint
+    third = Loop(run_dir)
+    third.resume(first.checkpoints[20])
+    assert _equal(whole, third.run(60))
+    last = [e for e in read_ledger(run_dir) if e["seq"] > ledger[-1]["seq"]]
+    assert [(e["step"], e["decision"], e["params"]) for e in last if e["source"] == "resume"] == [
+        (21, "applied", {"lr": 0.01}),
+        (30, "applied", {"momentum": 0.5}),
+        (33, "noop", {"lr": 0.015}),
+        (35, "applied", {"l2": 1e-3}),
+    ]
+
+
+def test_only_a_newer_command_on_the_same_knob_wins_over_a_reapplied_one() -> None:
+    """Which keys of a re-applied command a newer one took over: the same actuator (a newer
+    ``lr`` moves every param group, so ``lr@group1`` too; not the other way round), the same
+    callback's same parameter; never a command of the same life (an ``at_step`` written
+    early that landed late), whatever its step."""
+    from hotcb._resume import NewerCommands
+    from hotcb.ops import HotOp
+
+    def op(module: str, params: dict[str, Any], cursor: int, *, source: str = "resume",
+           op: str = "set_params", id: str | None = None) -> HotOp:  # fmt: skip
+        return HotOp(module, op, f"c{cursor}", dict(params), source=source, id=id, cursor=cursor)
+
+    # lives: the dead one read up to byte 100; this one started reading at byte 200
+    newer = NewerCommands([100, 200], lambda key: not key.startswith("cb."))
+    newer.note(op("opt", {"lr": 1e-3}, 250, source="cli"), {"lr": {}}, seq=13)
+    newer.note(op("cb", {"k": 2}, 260, source="cli", id="probe"), None, seq=14)
+    newer.note(op("loss", {"aux": 0.1}, 90), {"aux": {}}, seq=15)  # a re-applied one
+    kept, by = newer.screen(op("opt", {"lr@group1": 0.1, "momentum": 0.5}, 150))
+    assert by == {"lr@group1": 13} and kept is not None and kept.params == {"momentum": 0.5}
+    assert newer.screen(op("opt", {"lr": 0.1}, 50)) == (None, {"lr": 13})
+    assert newer.screen(op("cb", {"k": 1, "j": 1}, 150, id="probe"))[1] == {"k": 14}
+    assert newer.screen(op("cb", {"k": 1}, 150, id="other"))[1] == {}
+    assert newer.screen(op("loss", {"aux": 0.2}, 80))[1] == {}  # the same life: steps decide
+    newer.note(op("opt", {"lr@group1": 0.2}, 270, source="cli"), {"lr@group1": {}}, seq=16)
+    assert newer.screen(op("opt", {"lr": 0.1}, 150))[1] == {"lr": 13}  # not 16
+
+
+def test_a_cancel_of_a_command_scheduled_after_the_checkpoint_is_not_reapplied(
+    tmp_path: Any,
+) -> None:
+    """Scheduled and cancelled after the checkpoint: the resume does not put the command back
+    on the schedule, so it does not re-apply the cancel either (it found nothing pending and
+    left a false rejection in the ledger)."""
+    ids: dict[str, str] = {}
+
+    def schedule(c: HotClient) -> None:
+        ids["late"] = c.send("opt", "set_params", params={"lr": 0.0088}, at_step=55)
+
+    actions = {15: schedule, 18: lambda c: c.cancel(ids["late"])}
+    whole, resumed, run_dir = _resumed(tmp_path, actions, ckpt=13, kill=25)
+    assert _equal(whole, resumed)
+    ledger = read_ledger(run_dir)
+    assert not [e for e in ledger if e["decision"] in ("rejected", "failed")], ledger
+    assert not [e for e in ledger if e["cmd_id"] == ids["late"] and e["decision"] == "applied"]
+    assert not [e for e in ledger if e["source"] == "resume"]
+
+
+def test_status_does_not_call_a_command_the_resume_kept_waiting_replaced(
+    tmp_path: Any, cli: Any
+) -> None:
+    """An ``at_step`` command scheduled after the checkpoint and still waiting at the kill: the
+    resume puts it back on the schedule. ``hotcb status`` lists it under ``scheduled``, and
+    its ``scheduled`` entry is not marked replaced (the other entries of that life are)."""
+    actions = {
+        15: lambda c: c.send("opt", "set_params", params={"lr": 0.0088}, at_step=213),
+        16: lambda c: c.opt(lr=0.02),
+    }
+    run_dir = os.fspath(tmp_path / "run")
+    first = Loop(run_dir)
+    first.run(300, actions, (13,), kill_after=20)
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[13])
+    second.run(300, kill_after=25)
+    second.kernel.flush()
+    ledger = read_ledger(run_dir)
+    (sched,) = [e for e in ledger if e["decision"] == "scheduled"]
+    (live,) = [e for e in ledger if e["source"] == "test" and e["decision"] == "applied"]
+    (marker,) = [e for e in ledger if e["module"] == "kernel" and e["op"] == "resume"]
+    out = cli(run_dir, "status", "-n", str(len(ledger)))
+    assert out.returncode == 0, out.stderr
+    assert "at step 213: opt set_params" in out.stdout
+    lines = {int(m.group(1)): line for line in out.stdout.splitlines()
+             if (m := re.match(r"\s+#(\d+) ", line))}  # fmt: skip
+    mark = f"(replaced: the run resumed at #{marker['seq']})"
+    assert not lines[sched["seq"]].endswith(mark), lines[sched["seq"]]
+    assert lines[live["seq"]].endswith(mark), lines[live["seq"]]
+    out = cli(run_dir, "status", "--json")
+    assert json.loads(out.stdout)["replaced"] == [live["seq"]]
 
 
 def test_an_undo_of_a_tuner_change_of_the_replaced_life_is_not_replayed() -> None:

@@ -35,7 +35,14 @@ from ._freezegate import FreezeGate
 from ._gate import PollGate
 from ._intake import CommandIntake
 from ._recorder import LedgerRecorder, SafePoint
-from ._resume import branched_before, refuse_lost_ledger, resume_plan, waiting_plan
+from ._resume import (
+    NewerCommands,
+    branched_before,
+    plan_resume,
+    refuse_lost_ledger,
+    superseded_note,
+    waiting_plan,
+)
 from ._schedule import NEVER, Schedule, StepSource
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, signal_name
 from ._stream import ActuatorStream
@@ -179,6 +186,7 @@ class HotKernel:
                                       self._intake, seq)  # fmt: skip
         self._schedule = Schedule()
         self._sources: list[StepSource] = [self._schedule]
+        self._newer: NewerCommands | None = None  # set by a resume that re-applies commands
         self._stream = ActuatorStream(
             self.mutable_state, self._ledger, self.paths.actuators, warn=self._warn,
             history_path=self.paths.knobs,
@@ -435,6 +443,14 @@ class HotKernel:
         """Apply ``op`` through its module's handler and ledger the result."""
         if self._refused(op, point):
             return
+        newer: dict[str, int] = {}
+        if self._newer is not None:
+            kept, newer = self._newer.screen(op)
+            if kept is None:  # a command sent after it set every key: the newest one wins
+                self._ledger.emit_op(op, point, Decision.NOOP, error=superseded_note(newer),
+                                     extra={"newer": newer})  # fmt: skip
+                return
+            op = kept
         try:
             handler = self._handlers.get(op.module) or self.module(op.module)
         except (ImportError, KeyError) as exc:
@@ -450,7 +466,12 @@ class HotKernel:
             )  # fmt: skip
             return
         if result is not None:  # None: the handler ledgers it later (a checkpoint)
-            self._ledger.emit_result(op, point, result)
+            extra = {"newer": newer} if newer else None
+            if newer and result.error is None:  # the keys a newer command set are left out
+                result.error = superseded_note(newer)
+            entry = self._ledger.emit_result(op, point, result, extra)
+            if self._newer is not None and result.decision == Decision.APPLIED.value:
+                self._newer.note(op, result.changes, entry["seq"])
         if handler is not self._stream:
             self._refresh_event_modules()  # e.g. a cb load, or undoing a cb disable
         self._refresh_due(point.step)
@@ -858,7 +879,8 @@ class HotKernel:
         self._schedule = Schedule()
         self._sources = [self._schedule, *self._sources[1:]]
         resumed = set()
-        for at, op in resume_plan(iter_entries(self.paths.ledger), seq):
+        plan = plan_resume(iter_entries(self.paths.ledger), seq)
+        for at, op in plan.ops:
             resumed.add(op.cmd_id)
             self._schedule.push(at, op)
         for item in state.get("pending") or ():
@@ -874,6 +896,12 @@ class HotKernel:
         self._requeue_waiting(seq)
         last_seq, ledger_cursor = tail_state(self.paths.ledger)
         self._ledger.seq = max(self._ledger.seq, last_seq)
+        # commands past this life's read position are newer than every re-applied one
+        self._newer = (
+            NewerCommands([*plan.lives, ledger_cursor],
+                          lambda key: self.mutable_state.get(key) is not None)
+            if plan.ops else None
+        )  # fmt: skip
         if own and last_seq > seq:
             # a new life from a checkpoint: what the ledger holds after its seq is superseded
             # (re-applied above where it was a command; the tuner's own trials are not)

@@ -218,7 +218,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "pending": list(view.pending.values()),
         "ledger": ledger_tail,
         # entries of a life that a resume from a checkpoint replaced (their steps ran again)
-        "replaced": sorted(replaced_by_resume(ledger_tail)),
+        "replaced": sorted(_replaced(ledger_tail)),
         "state": view.run_state(
             max(times) if times else None, time.time(), _stale_after(), meta=meta
         ),
@@ -226,6 +226,25 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
     status.update(status_extra(paths))
     status["controllers"] = _controllers(paths)
     return status
+
+
+def _replaced(entries: list[dict[str, Any]]) -> dict[int, Any]:
+    """:func:`replaced_by_resume`, less the ``scheduled`` entries of commands still waiting
+    when that life ended: the resume put them back on the schedule (``status`` lists them
+    under ``scheduled``), so their entry holds in this life too."""
+    gone = replaced_by_resume(entries)
+    seqs: dict[Any, list[int]] = {}
+    for e in entries:
+        seqs.setdefault(e.get("cmd_id"), []).append(e.get("seq") or 0)
+    for e in entries:
+        seq = e.get("seq") or 0
+        by = gone.get(seq)
+        if by is None or e.get("decision") != "scheduled" or not e.get("cmd_id"):
+            continue
+        end = by.get("seq") or 0
+        if not any(seq < s < end for s in seqs[e["cmd_id"]]):  # nothing more in that life
+            del gone[seq]
+    return gone
 
 
 def _controllers(paths: RunPaths) -> list[str]:
@@ -330,7 +349,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     if args.n:  # -n 0: no ledger lines (not "empty")
         print("ledger" if st["ledger"] else "ledger   (empty)")
-    gone = replaced_by_resume(st["ledger"])
+    gone = _replaced(st["ledger"])
     for e in st["ledger"]:
         line = fmt_entry(e, args.dir)
         by = gone.get(e.get("seq"))
