@@ -4,6 +4,7 @@ signals. Every wait is on a condition (a file, a line, a process), with generous
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -23,6 +24,7 @@ import hotcb
 from hotcb import LaunchError, jsonl
 from hotcb._launch import exit_status
 from hotcb.errors import RecipeError
+from hotcb.ledger import checkpoint_path
 from hotcb.testing import read_ledger, wait_for
 
 #: The launch's tag in its training's environment (hotcb._launch.LAUNCH_ENV).
@@ -595,6 +597,67 @@ def test_python_launch_script_steered_and_stopped(tmp_path: Path, cli: Any) -> N
         ("control", "applied"),
     ]
     assert "stop requested" in run.output()
+
+
+def _api(url: str, path: str) -> Any:
+    """GET ``path`` of the dashboard at ``url`` (the printed one, with its token)."""
+    token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
+    base = urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="", query=""))
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_a_run_launched_again_from_its_checkpoint_runs_at_its_own_step(
+    tmp_path: Path, cli: Any
+) -> None:
+    """The documented resume flow: Ctrl-C (a checkpoint and a stop), then a launch in the same
+    directory from an earlier checkpoint. The new life read ``stopped`` (the previous life's
+    ``control stop`` stayed in force: ``hotcb status``, the handle's ``stopping``, the
+    dashboard) and the dashboard gave the previous life's last step, the largest."""
+    run_dir = tmp_path / "run"
+    first = hotcb.launch(BARE_LOOP, run_dir=run_dir, serve=False, steps=1_000_000,
+                         step_delay=0.005)  # fmt: skip
+    try:
+        first.wait_step(20, timeout=120)
+        early = first.applied(first.client.checkpoint(), timeout=120)
+        first.wait_step(early["step"] + 150, timeout=120)
+        first.kill(signal.SIGINT)  # checkpoint_on_signal: a checkpoint, then a stop
+    finally:
+        if first.running:
+            first.kill(signal.SIGKILL)
+    stops = [e for e in read_ledger(run_dir) if (e["module"], e["op"]) == ("control", "stop")]
+    assert stops and stops[-1]["decision"] == "applied" and stops[-1]["source"] == "signal"
+    reached = _last_step(run_dir)
+    assert reached >= early["step"] + 150
+    ckpt = checkpoint_path(early, run_dir)
+    assert ckpt is not None and os.path.exists(ckpt)
+
+    second = hotcb.launch(BARE_LOOP, run_dir=run_dir, resume_from=ckpt, port=0,
+                          steps=1_000_000, step_delay=0.05)  # fmt: skip
+    try:
+        second.wait_step(early["step"] + 5, timeout=120)  # of this life, not the last one's
+        st = second.status()
+        assert (st["state"], st["detail"]) == ("running", "running"), st
+        assert early["step"] < st["step"] < reached, st
+        done = cli(os.fspath(run_dir), "status")
+        assert done.stdout.splitlines()[0].endswith("[running]"), done.stdout
+        assert second.url is not None
+        rid = urllib.parse.parse_qs(urllib.parse.urlsplit(second.url).query).get("run", ["."])[0]
+
+        def served() -> Any:
+            got = _api(second.url or "", f"/api/runs/{rid}/status")
+            return got if got["last_step"] is not None and got["state"] == "running" else None
+
+        got = wait_for(served, 60, what="the dashboard's status of the new life")
+        assert early["step"] < got["last_step"] < reached and got["paused"] is False, got
+        second.stop()
+        assert second.wait(120) == 0
+    finally:
+        if second.running:
+            second.kill(signal.SIGKILL)
+    assert second.status()["state"] == "stopped"
 
 
 def test_a_launch_whose_script_fails_at_once_says_so(tmp_path: Path, cli: Any) -> None:

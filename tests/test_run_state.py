@@ -61,6 +61,41 @@ def test_a_run_whose_process_died_says_crashed(
     assert "last beat step " in text and "alive" not in text, text
 
 
+@pytest.mark.slow
+def test_a_run_paused_then_killed_and_started_again_is_running(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    """The state came from the ledger's last pause/resume/stop whatever life of the run
+    applied it: a run paused, killed, and started again in its directory read ``paused``
+    while it trained (and a stopped one ``stopped``). A new kernel starts neither."""
+    tr = start_trainer(run_dir, os.fspath(tmp_path / "t.jsonl"), steps=100_000)
+    tr.wait_step(2)
+    done = cli(run_dir, "tune", "enable", "--mode", "observe", "--objective", "loss", "--wait")
+    assert done.returncode == 0, done.stderr
+    done = cli(run_dir, "pause", "--wait")
+    assert done.returncode == 0 and "control pause -> applied" in done.stdout, done.stdout
+    assert _status(cli, run_dir)["state"] == "paused"
+    assert "run: paused" in cli(run_dir, "tune", "status").stdout  # the tuner waits with it
+    tr.proc.send_signal(signal.SIGKILL)
+    tr.proc.wait(timeout=30)
+    assert _status(cli, run_dir)["state"].startswith("crashed")
+    again = start_trainer(run_dir, os.fspath(tmp_path / "t2.jsonl"), steps=100_000)
+    again.wait_step(2)
+    assert _status(cli, run_dir)["state"] == "running"
+    assert cli(run_dir, "status").stdout.splitlines()[0].endswith("[running]")
+    assert "run: paused" not in cli(run_dir, "tune", "status").stdout
+    done = cli(run_dir, "stop", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert again.finish()[0] == 0
+    assert _status(cli, run_dir)["state"].startswith("stopped at step")
+    # and started once more after that stop: running, not stopped
+    third = start_trainer(run_dir, os.fspath(tmp_path / "t3.jsonl"), steps=100_000)
+    third.wait_step(2)
+    assert _status(cli, run_dir)["state"] == "running"
+    cli(run_dir, "stop")
+    assert third.finish()[0] == 0
+
+
 TRAINS_UNTIL_KILLED = """
 import itertools, sys
 from hotcb import HotKernel

@@ -50,7 +50,7 @@ from .branch import retarget
 from .client import HotClient
 from .errors import CommandError, HotcbError
 from .kernel import RUN_DIR_ENV
-from .ledger import iter_entries
+from .ledger import current_step, iter_entries
 from .runfiles import RunPaths
 
 __all__ = [
@@ -928,8 +928,9 @@ class Launch:
 
         st = _status(RunPaths(self.run_dir), 5)
         last = st.get("last_metrics") or {}
-        ledger = st.get("ledger") or []
-        step = last.get("step") if last else (ledger[-1].get("step") if ledger else None)
+        newest = [last, *(st.get("ledger") or [])[-1:], st.get("heartbeat") or {}]
+        # of the newest record of this life, not an earlier life's (a restart in the directory)
+        step = current_step([(r.get("step"), r.get("wall_time")) for r in newest], st["run"])
         return {
             "state": self._state(str(st["state"])),
             "detail": st["state"],
@@ -956,13 +957,15 @@ class Launch:
     def wait_step(self, step: int, timeout: float = 120.0) -> dict[str, Any]:
         """Wait until the run has recorded metrics at ``step`` or later; its last metrics
         record. ``LaunchError`` when the training ends first, ``TimeoutError`` after
-        ``timeout`` seconds."""
+        ``timeout`` seconds. Records of an earlier life of the run (a launch again into its
+        directory) do not count."""
         deadline = time.monotonic() + timeout
         path = RunPaths(self.run_dir).metrics
         while True:
-            last = jsonl.read_last(path, 1)
-            if last and isinstance(last[0].get("step"), int) and last[0]["step"] >= step:
-                return last[0]
+            last = (jsonl.read_last(path, 1) or [{}])[0]
+            at = current_step([(last.get("step"), last.get("wall_time"))], self._meta())
+            if at is not None and at >= step:
+                return last
             if self._done.is_set():
                 raise LaunchError(
                     f"the training ended (exit {self._exit_code}) before step {step}"

@@ -30,8 +30,10 @@ __all__ = [
     "LedgerWriter",
     "applied_params",
     "checkpoint_path",
+    "current_step",
     "find_entry",
     "iter_entries",
+    "life_started",
     "live_entries",
     "pending_scheduled",
     "replaced_by_resume",
@@ -198,7 +200,9 @@ class LedgerView:
 
     - ``pending``: scheduled commands still waiting, by cmd_id;
     - ``control``: the last applied run control (``pause``, ``resume`` or ``stop``), whence
-      :attr:`paused`, :attr:`stopped` and :meth:`run_state`;
+      :attr:`paused` and :attr:`stopped`, and ``control_wall_time``, when it was applied; a
+      ``kernel resume`` entry (a new life from a checkpoint) clears it, and :meth:`control_now`
+      and :meth:`run_state` drop the control of an earlier life (:func:`life_started`);
     - ``last_step``, ``last_wall_time``: of the newest entry;
     - ``callbacks``: each callback's state, in load order (see :meth:`callback_list`).
     """
@@ -208,6 +212,7 @@ class LedgerView:
         self.pending: dict[str, dict[str, Any]] = {}
         self.pending_ids: dict[str, bytes] = {}  # cmd_id -> its JSON, for byte filters
         self.control: str | None = None
+        self.control_wall_time: float | None = None
         self.last_seq: int | None = None
         self.last_step: int | None = None
         self.last_wall_time: float | None = None
@@ -256,13 +261,26 @@ class LedgerView:
         return True
 
     def _add_run_control(self, e: dict[str, Any]) -> None:
-        op = e.get("op")
-        if (
-            e.get("module") == "control"
+        op, module = e.get("op"), e.get("module")
+        new_life = module == "kernel" and op == "resume"  # a kernel restored from a checkpoint
+        if new_life or (
+            module == "control"
             and op in ("pause", "resume", "stop")
             and e.get("decision") == Decision.APPLIED.value
         ):
-            self.control = op
+            self.control = None if new_life else op
+            self.control_wall_time = _number(e.get("wall_time"))
+
+    def control_now(self, meta: Mapping[str, Any] | None = None) -> str | None:
+        """The run control in force: ``control``, unless it was applied before the life of the
+        run that goes on now began (:func:`life_started`, from ``hotcb.run.json``, ``meta``).
+        A kernel starts neither paused nor stopped, so a run started again in its directory
+        (after a ``stop``, or a pause and a kill) runs, whether it resumed from a checkpoint or
+        started afresh."""
+        life, at = life_started(meta), self.control_wall_time
+        if life is not None and at is not None and at < life:
+            return None  # of an earlier life
+        return self.control
 
     def run_state(
         self,
@@ -279,7 +297,8 @@ class LedgerView:
         ``paused``, ``running``, ``idle`` (nothing new for ``stale_after`` seconds), ``ended
         before it started`` (``hotcb launch`` saw its training exit before a kernel opened the
         run) or ``not started``. ``last_activity``: the newest wall time of its metrics or
-        ledger."""
+        ledger. A ``stop`` or ``pause`` of an earlier life (:meth:`control_now`) no longer
+        counts, nor does activity before this life began (:func:`life_started`)."""
         meta = meta or {}
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
@@ -291,10 +310,14 @@ class LedgerView:
         came = meta.get("branch")
         if meta.get("started") is None and isinstance(came, Mapping):  # inherited entries only
             return f"not started (a branch of {came.get('parent')} at step {came.get('step')})"
-        if self.stopped:
+        control = self.control_now(meta)
+        if control == "stop":
             return "stopped"
-        if self.paused:
+        if control == "pause":
             return "paused"
+        life = life_started(meta)
+        if last_activity is not None and life is not None and last_activity < life:
+            last_activity = None  # all of an earlier life: this one has written nothing yet
         if last_activity is None:
             return _never_started(meta) or "not started"
         return "idle" if now - last_activity > stale_after else "running"
@@ -552,8 +575,11 @@ def _never_started(meta: Mapping[str, Any]) -> str | None:
     no kernel opened the run in that life (a script that failed on its arguments or imports)."""
     launch = meta.get("launch")
     code = launch.get("exit_code") if isinstance(launch, Mapping) else None
-    if meta.get("started") is not None or not isinstance(code, int) or isinstance(code, bool):
+    if not isinstance(code, int) or isinstance(code, bool):
         return None
+    started = _number(meta.get("started"))
+    if started is not None and started == life_started(meta):
+        return None  # a kernel opened the run after this launch started its training
     return f"ended before it started (its training exited with code {code})"
 
 
@@ -566,6 +592,49 @@ def run_over(meta: Mapping[str, Any], now: float) -> str | None:
     ``hotcb.run.json``; None while it runs, before it starts, or for a run with no record."""
     state = LedgerView().run_state(None, now, meta=meta)
     return state if state.startswith(_OVER) else None
+
+
+def life_started(meta: Mapping[str, Any] | None) -> float | None:
+    """When the life of the run that goes on now began, from ``hotcb.run.json`` (``meta``):
+    the later of ``started`` (its kernel opened the run) and ``launch.started`` (``hotcb
+    launch`` started its training, whose kernel may not be open yet); None with neither.
+
+    A run started again in its directory (resumed from a checkpoint or afresh) is a new life:
+    what the ledger, the metrics and the heartbeat say from before it (a ``stop``, a ``pause``,
+    the steps the last life reached) is history, not its state."""
+    meta = meta or {}
+    launch = meta.get("launch")
+    times = [_number(meta.get("started"))]
+    if isinstance(launch, Mapping):
+        times.append(_number(launch.get("started")))
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def current_step(
+    records: Iterable[tuple[Any, Any]], meta: Mapping[str, Any] | None = None
+) -> int | None:
+    """The run's step now, from ``(step, wall_time)`` of its newest records (the last metrics
+    record, the last ledger entry, the kernel's heartbeat): the step of the newest one, not the
+    largest, since a run started again in its directory counts from its checkpoint's step or
+    from 0. Records written before the run's current life began (:func:`life_started`, from
+    ``hotcb.run.json``, ``meta``) do not count: None until this life writes one."""
+    life = life_started(meta)
+    best: tuple[float, int] | None = None
+    for step, wall in records:
+        if type(step) is not int:
+            continue
+        t = _number(wall)
+        if t is not None and life is not None and t < life:
+            continue  # of an earlier life
+        key = (-math.inf if t is None else t, step)
+        if best is None or key > best:
+            best = key
+    return None if best is None else best[1]
 
 
 def new_entry(**fields: Any) -> dict[str, Any]:

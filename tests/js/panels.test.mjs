@@ -13,6 +13,7 @@ const {
   fmtValue,
   impactRows,
   isValueChange,
+  ledgerCount,
   parseFor,
   softRange,
   windowAtBounds,
@@ -83,6 +84,17 @@ describe("describeEntry: the tooltip and ledger text of an entry", () => {
     // a move that put weights back has no impact of its own: the loss before it is of other weights
     assert.equal(isValueChange(arm), false);
     assert.equal(isValueChange({ ...arm, tune: { ...arm.tune, restored: [] } }), true);
+  });
+});
+
+describe("ledgerCount: the ledger table's count says what is loaded of how many", () => {
+  test("the page's entries, and the ledger's total when it holds more", () => {
+    assert.equal(ledgerCount(230, 244), "230 of 244 entries loaded");
+    assert.equal(ledgerCount(244, 244), "244 entries");
+    assert.equal(ledgerCount(12, null), "12 entries");
+    assert.equal(ledgerCount(12, 10), "12 entries"); // the count lags the live entries a moment
+    assert.equal(ledgerCount(0, null), "");
+    assert.equal(ledgerCount(0, 5), "0 of 5 entries loaded");
   });
 });
 

@@ -341,6 +341,28 @@ def test_notifier_sees_pause_and_autopilot(tmp_path: Any) -> None:
     n.close()
 
 
+def test_a_pause_of_an_earlier_life_does_not_quiet_the_stale_alert(tmp_path: Any) -> None:
+    """A run paused, killed and started again: a new kernel starts unpaused, but the notifier
+    took the old pause as the run's state and never said that the new life went quiet."""
+    run = _run(tmp_path)
+    metrics = os.path.join(run, "hotcb.metrics.jsonl")
+    jsonl.append(metrics, _rec(1, loss=1.0))
+    os.utime(metrics, (0, 0))
+    jsonl.append(os.path.join(run, "hotcb.applied.jsonl"),
+                 {"module": "control", "op": "pause", "decision": "applied", "step": 1,
+                  "wall_time": 5.0})  # fmt: skip
+    cfg = NotifyConfig(alerts=(Alert("stale", "stale", seconds=300.0),), deliveries=())
+    n = Notifier(run, cfg)
+    assert n.step(now=10_000.0) == []  # paused: quiet
+    n.close()
+    # its kernel started again after the pause (hotcb.run.json), then the run went quiet; the
+    # notifier restarted too: the pause's time comes back from its state file
+    jsonl.write_json_atomic(os.path.join(run, "hotcb.run.json"), {"started": 50.0})
+    n = Notifier(run, cfg)
+    assert [e["alert"] for e in n.step(now=10_000.0)] == ["stale"]
+    n.close()
+
+
 def test_started_mid_run_old_points_set_the_state_and_only_what_still_holds_fires(
     tmp_path: Any,
 ) -> None:

@@ -342,6 +342,65 @@ def test_status_state_says_a_closed_run_finished(tmp_path, live_server):
         )
 
 
+def test_a_run_started_again_in_its_directory_runs_at_its_own_step(tmp_path, live_server):
+    """A run stopped, then started afresh in its directory (a new kernel, steps from 0): its
+    status said ``stopped`` (the last life's ``control stop`` stayed in force) and its step,
+    in the status and the runs list, was the last life's (the largest of the newest metric,
+    ledger entry and heartbeat, and that ledger entry was the old stop)."""
+    run = os.fspath(tmp_path / "r")
+    first = HotKernel(run)
+    for step in range(60):
+        first.apply({"step": step, "metrics": {"loss": 1.0}})
+    srv = live_server()
+    with srv.client() as c:
+        c.post("/api/runs/r/commands", json={"module": "control", "op": "stop"})
+        wait_for(lambda: first.apply({"step": 60}) or first.stop_requested, 10, what="the stop")
+        assert c.get("/api/runs/r/status").json()["state"] == "stopped"
+        # the loop was killed (its kernel never closed); a new one starts in the directory
+        second = HotKernel(run)
+        st = c.get("/api/runs/r/status").json()
+        assert (st["state"], st["last_step"], st["paused"]) == ("not started", None, False), st
+        for step in range(5):
+            second.apply({"step": step, "metrics": {"loss": 2.0}})
+        st = c.get("/api/runs/r/status").json()
+        assert (st["state"], st["last_step"], st["paused"]) == ("running", 4, False), st
+        (listed,) = [r for r in c.get("/api/runs").json()["runs"] if r["run_id"] == "r"]
+        assert listed["last_step"] == 4, listed
+    second.close()
+    first.close()
+
+
+def test_markers_are_every_applied_change_compact_and_bounded(tmp_path, live_server):
+    """``GET …/markers``: what the charts mark, whatever the ledger page loaded: the entries
+    that applied a change at a step, with only the fields a marker shows, the newest
+    ``MARKERS_MAX`` of the whole ledger; the status counts the ledger's entries."""
+    from hotcb.server.tailer import MARKERS_MAX
+
+    run = os.fspath(tmp_path / "r")
+    os.makedirs(run)
+    rows, seq = [], 0
+    for step in range(MARKERS_MAX + 100):
+        seq += 1
+        rows.append({"seq": seq, "step": step, "source": "cli", "module": "loss",
+                     "op": "set_params", "params": {"ce": step}, "decision": "applied",
+                     "changes": {"ce": {"old": step - 1, "new": step}}, "cursor": seq})  # fmt: skip
+        if step % 1000 == 0:  # entries that change nothing are no markers
+            seq += 1
+            rows.append({"seq": seq, "step": step, "module": "control", "op": "resume",
+                         "decision": "noop", "changes": {}, "cursor": seq})  # fmt: skip
+    jsonl.append_many(RunPaths(run).ledger, rows)
+    srv = live_server()
+    with srv.client() as c:
+        marks = c.get("/api/runs/r/markers").json()["markers"]
+        changed = [r for r in rows if r["decision"] == "applied"]
+        assert len(marks) == MARKERS_MAX
+        assert [m["seq"] for m in marks] == [r["seq"] for r in changed[-MARKERS_MAX:]]
+        assert marks[-1] == {k: changed[-1][k] for k in ("seq", "step", "source", "module", "op",
+                                                          "decision", "changes")}  # fmt: skip
+        assert len(c.get("/api/runs/r/markers", params={"limit": 7}).json()["markers"]) == 7
+        assert c.get("/api/runs/r/status").json()["ledger_entries"] == len(rows)
+
+
 def test_recipe_download(tmp_path, live_server):
     run = os.fspath(tmp_path / "r")
     weights = {"ce": 1.0, "l2": 0.0}

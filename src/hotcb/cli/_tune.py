@@ -177,8 +177,10 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
     if over is None:
         from ..ledger import LedgerView
 
-        if st.get("mode", "off") != "off" and LedgerView.read(c.paths.ledger, 0).paused:
-            st = {**st, "run_paused": True}  # no step: no segment moves, no trial is judged
+        view, meta = LedgerView.read(c.paths.ledger, 0), jsonl.read_json(c.paths.run_meta, {})
+        if st.get("mode", "off") != "off" and view.control_now(meta) == "pause":
+            # no step: no segment moves, no trial is judged (a pause of an earlier life aside)
+            st = {**st, "run_paused": True}
         return st
     proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
                  for p in st.get("proposals") or ()]  # fmt: skip

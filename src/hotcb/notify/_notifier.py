@@ -69,6 +69,8 @@ class Notifier:
                                     offset=int(cur.get("autopilot", 0)))  # fmt: skip
         self.ledger = LedgerView(max_entries=1)
         self.ledger.control = st.get("control")
+        at = st.get("control_wall_time")  # when it was applied: a later kernel start ends it
+        self.ledger.control_wall_time = float(at) if isinstance(at, (int, float)) else None
         self.alert_state: dict[str, dict[str, Any]] = {
             k: dict(v) for k, v in (st.get("alerts") or {}).items()
         }
@@ -145,7 +147,7 @@ class Notifier:
             series=self.series,
             last_metric_time=self._last_metric_time(meta),
             ended=ended,
-            paused=self.ledger.paused,
+            paused=self.ledger.control_now(meta) == "pause",  # not a pause of an earlier life
             crashed=not ended and process_alive(meta) is False and _crashed(meta, now),
         )
 
@@ -251,6 +253,7 @@ class Notifier:
         cursors = {**self.view.cursors, "autopilot": self._autopilot.offset}
         jsonl.write_json_atomic(self._state_path, {
             "v": 1, "cursors": cursors, "control": self.ledger.control,
+            "control_wall_time": self.ledger.control_wall_time,
             "alerts": self.alert_state, "series": {k: list(v) for k, v in self.series.items()},
             "alert_ids": [a.id for a in self.config.alerts], "updated": time.time(),
         })  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
+from ..ledger import current_step
 from ..runfiles import RunPaths
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
@@ -233,12 +234,21 @@ class RunState:
 
     @property
     def last_step(self) -> int | None:
-        steps = [
-            s
-            for s in (self.metrics.last_step, self.ledger.last_step, self.heartbeat.step)
-            if s is not None
-        ]
-        return max(steps) if steps else None
+        """The run's step now (:func:`hotcb.ledger.current_step`): of the newest of its last
+        metric, ledger entry and heartbeat, in the life of the run that goes on now."""
+        return current_step(
+            [
+                (self.metrics.last_step, self.metrics.last_wall_time),
+                (self.ledger.last_step, self.ledger.last_wall_time),
+                (self.heartbeat.step, self.heartbeat.wall_time),
+            ],
+            self.meta(),
+        )
+
+    @property
+    def paused(self) -> bool:
+        """Paused in the life of the run that goes on now (a pause before a restart is over)."""
+        return self.ledger.view.control_now(self.meta()) == "pause"
 
     def stale(self, now: float | None = None) -> bool:
         t = self.last_wall_time
@@ -353,7 +363,7 @@ class RunState:
             "stale": self.stale(),
             "last_wall_time": self.last_wall_time,
             "last_step": self.last_step,
-            "paused": self.ledger.paused,
+            "paused": self.paused,
             "state": self.state(),
         }
 
@@ -368,10 +378,11 @@ class RunState:
             "pending": list(self.ledger.pending.values()),
             "last_metrics": self.metrics.last_record,
             "stale": self.stale(),
-            "paused": self.ledger.paused,
+            "paused": self.paused,
             "last_step": self.last_step,
             "last_wall_time": self.last_wall_time,
             "state": self.state(),
+            "ledger_entries": self.ledger.count,
         }
 
 
@@ -442,6 +453,9 @@ class RunRegistry:
         """One line of the runs list; cheap (reads the tails of files, not whole files)."""
         path = self.resolve(run_id)
         paths = RunPaths(path)
+        meta = jsonl.read_json(paths.run_meta, {}) or {}
+        if not isinstance(meta, dict):
+            meta = {}
         state = self._states.get(run_id)
         # A loaded run is up to date only while the tailer refreshes it, that is while a page
         # watches it; one nobody watches any more (a run compared a while ago) keeps the step
@@ -456,12 +470,8 @@ class RunRegistry:
             if isinstance(beat, dict):
                 recs.append(beat)
             walls = [t for t in (_last_wall_time(r) for r in recs) if t is not None]
-            steps = [r["step"] for r in recs if isinstance(r.get("step"), int)]
-            last_step = max(steps) if steps else None
+            last_step = current_step([(r.get("step"), _last_wall_time(r)) for r in recs], meta)
             last_wall = max(walls) if walls else None
-        meta = jsonl.read_json(paths.run_meta, {}) or {}
-        if not isinstance(meta, dict):
-            meta = {}
         name = meta.get("name")
         stale = last_wall is None or time.time() - last_wall > self.config.ui.stale_after_sec
         return {

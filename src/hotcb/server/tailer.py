@@ -676,16 +676,37 @@ class KnobHistory:
             )
 
 
+#: The applied changes whose chart markers a run keeps (``GET …/markers``): the newest ones.
+MARKERS_MAX = 5000
+#: The fields of a ledger entry that its chart marker shows (its tooltip, its colour and dash).
+_MARK_KEYS = ("seq", "step", "source", "module", "op", "id", "cmd_id", "decision", "changes",
+              "undo_of", "reason", "tune", "checkpoint")  # fmt: skip
+
+
+def _mark(e: dict[str, Any]) -> dict[str, Any] | None:
+    """The marker of an entry that applied a change at a step (what the charts mark), with
+    only the fields the marker shows; None for any other entry."""
+    changes = e.get("changes")
+    if e.get("decision") != "applied" or type(e.get("step")) is not int:
+        return None
+    if not isinstance(changes, dict) or not changes:
+        return None
+    return {k: e[k] for k in _MARK_KEYS if e.get(k) is not None}
+
+
 class LedgerState:
     """The ledger as the dashboard needs it: a :class:`~hotcb.ledger.LedgerView` (the one
-    reducer: recent entries, pending schedules, run control) fed by a tail of the file, and
-    the :class:`KnobHistory` of the whole file."""
+    reducer: recent entries, pending schedules, run control) fed by a tail of the file, the
+    :class:`KnobHistory` of the whole file, the markers of its newest :data:`MARKERS_MAX`
+    applied changes (``marks``), and how many entries it holds (``count``)."""
 
     def __init__(self, path: str, max_entries: int) -> None:
         self.tail = jsonl.JsonlTail(path)
         self.max_entries = max_entries
         self.view = LedgerView(max_entries)
         self.knobs = KnobHistory()
+        self.marks: deque[dict[str, Any]] = deque(maxlen=MARKERS_MAX)
+        self.count = 0
         self.loaded = False
 
     @property
@@ -715,11 +736,17 @@ class LedgerState:
                 self.tail.reset = False
                 self.view = LedgerView(self.max_entries)
                 self.knobs = KnobHistory()
+                self.marks.clear()
+                self.count = 0
                 out.clear()
             for _, raw in lines:
                 entry = _scrubbed(jsonl.parse_line(raw), raw)
                 if entry is not None and self.view.add(entry):
                     self.knobs.add(entry)
+                    self.count += 1
+                    mark = _mark(entry)
+                    if mark is not None:
+                        self.marks.append(mark)
                     if collect:
                         out.append(entry)
         self.loaded = True

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import read_jsonl
 from hotcb.testing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -292,6 +293,39 @@ def test_served_folder_is_the_run_itself(page: Any, runs: Any, serve_dir: Any) -
     assert d["step"] == 119
     assert {c["key"] for c in d["controls"]} == {"lr", "momentum", "reg", "noise"}
     assert chart(d, "Loss")["series"][0]["points"] == 120
+
+
+def test_markers_of_changes_older_than_the_ledger_page_show_after_a_reload(
+    page: Any, tmp_path: Any, serve_dir: Any
+) -> None:
+    """The charts marked only the changes among the ledger entries the page had loaded (the
+    newest ``ledger_limit``: 3 here), so a reload lost the markers of older changes; and the
+    ledger's count said how many entries were loaded as if the ledger held no more."""
+    from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+
+    run = os.fspath(tmp_path / "run")
+    weights = {"ce": 1.0}
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators(weights)),
+                       poll_interval_sec=0.0)  # fmt: skip
+    client = HotClient(run)
+    for step in range(40):
+        if step in (5, 10, 15):  # three changes, then entries that change nothing
+            client.send("loss", "set_params", params={"ce": 1.0 + step})
+        if step in (20, 22, 24, 26, 28):
+            client.send("control", "resume")  # not paused: a noop
+        kernel.apply({"step": step, "metrics": {"loss": weights["ce"]}})
+    kernel.close()
+    entries = read_jsonl(os.path.join(run, "hotcb.applied.jsonl"))
+    changed = [e["seq"] for e in entries if e["decision"] == "applied" and e.get("changes")]
+    assert len(changed) == 3 and len(entries) >= 8
+    srv = serve_dir(run)
+    page.goto(srv.page_url())
+    for _ in range(2):  # as first opened, and after a reload
+        d = wait_page(page, "d.markers.length === 3 && d.ledger === 3 && "
+                            "d.charts.length > 0 && d.charts.every(c => c.markersDrawn === 3)")  # fmt: skip
+        assert [m["seq"] for m in d["markers"]] == changed
+        assert page.text_content("#ledger-count") == f"3 of {len(entries)} entries loaded"
+        page.reload()
 
 
 def test_metric_grouping_rule(page: Any, server: Any) -> None:

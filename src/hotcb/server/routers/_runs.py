@@ -240,7 +240,21 @@ def create_runs_router(deps: Deps) -> APIRouter:
         )
 
     _knobs_route(router, deps)
+    _markers_route(router, deps)
     return router
+
+
+def _markers_route(router: APIRouter, deps: Deps) -> None:
+    @both(router, "markers")
+    async def markers(run_id: str = ".", limit: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        """The chart markers: every entry that applied a change at a step, newest last, with
+        only the fields a marker shows; at most ``limit`` (the newest ones), and at most the
+        newest :data:`~hotcb.server.tailer.MARKERS_MAX` of the whole ledger. The ledger page
+        (``…/ledger?limit=``) holds only the newest entries; the charts mark every change."""
+        run = deps.run(run_id)
+        await run.refresh()
+        marks = list(run.ledger.marks)
+        return {"markers": marks[-limit:] if limit else marks}
 
 
 def _knobs_route(router: APIRouter, deps: Deps) -> None:

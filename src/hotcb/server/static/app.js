@@ -41,6 +41,10 @@ const DEFAULT_CFG = {
   ui: { stale_after_sec: 30, reconnect_delay_sec: 1, reconnect_max_delay_sec: 10, status_refresh_sec: 2, chart_refresh_ms: 250 },
 };
 
+// The chart markers a run keeps: the newest this many applied changes (the server keeps as many)
+const MARKERS_MAX = 5000;
+let markList = null; // markers(), until a marker comes or goes
+
 const app = {
   cfg: DEFAULT_CFG,
   runs: [],
@@ -49,8 +53,9 @@ const app = {
   compare: new Set(),
   liveSteps: new Map(), // runId → its step as the live stream last said it (the compare list)
   data: new Map(), // runId → {runId, label, series: Map name → {step, value}, lastStep, lastRecv, loading, buffer}
-  ledger: [],
+  ledger: [], // the ledger table's entries: the newest ledgerLimit, then the live ones
   ledgerLimit: 200,
+  marks: new Map(), // seq → an entry that applied a change: a chart marker (GET …/markers, live)
   seqs: new Set(),
   undone: new Set(),
   actuators: [],
@@ -174,6 +179,7 @@ function addEntries(entries) {
     added = true;
   }
   if (!added) return;
+  addMarks(entries);
   if (outOfOrder) app.ledger.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
   const max = Math.max(5000, app.ledgerLimit);
   if (app.ledger.length > max) app.ledger.splice(0, app.ledger.length - max);
@@ -183,14 +189,38 @@ function addEntries(entries) {
   scheduleImpactRefresh();
 }
 
-function markers() {
-  const out = [];
-  for (const e of app.ledger) {
-    if (e.decision !== "applied" || !e.changes || !Object.keys(e.changes).length || e.step == null) continue;
-    const undo = !!e.undo_of || (e.module === "tune" && e.op === "rollback"); // drawn dashed
-    out.push({ seq: e.seq, step: e.step, color: sourceColor(e.source), undo, entry: e });
+/** Keep `e` as a chart marker when it applied a change at a step: every such entry is marked,
+ * not only those the ledger table loaded (its page is the newest ledgerLimit entries). */
+function addMark(e) {
+  if (e.seq == null || app.marks.has(e.seq)) return false;
+  if (e.decision !== "applied" || !e.changes || !Object.keys(e.changes).length || e.step == null) return false;
+  app.marks.set(e.seq, e);
+  markList = null;
+  return true;
+}
+
+/** Keep the markers among `entries` (GET …/markers: the whole ledger's newest MARKERS_MAX applied
+ * changes; live entries), then only the newest MARKERS_MAX. */
+function addMarks(entries) {
+  let added = false;
+  for (const e of entries) added = addMark(e) || added;
+  if (!added) return;
+  if (app.marks.size > MARKERS_MAX) {
+    const old = [...app.marks.keys()].sort((a, b) => a - b).slice(0, app.marks.size - MARKERS_MAX);
+    for (const seq of old) app.marks.delete(seq);
   }
-  return out;
+  app.dirty.charts = true;
+}
+
+function markers() {
+  if (markList) return markList;
+  markList = [...app.marks.values()]
+    .sort((a, b) => a.seq - b.seq)
+    .map((e) => {
+      const undo = !!e.undo_of || (e.module === "tune" && e.op === "rollback"); // drawn dashed
+      return { seq: e.seq, step: e.step, color: sourceColor(e.source), undo, entry: e };
+    });
+  return markList;
 }
 
 function pendingIds() {
@@ -201,6 +231,8 @@ function pendingIds() {
 async function loadPrimary(runId, gen, reset) {
   if (reset) {
     app.ledger = [];
+    app.marks = new Map();
+    markList = null;
     app.seqs = new Set();
     app.undone = new Set();
     app.impacts = new Map();
@@ -222,6 +254,9 @@ async function loadPrimary(runId, gen, reset) {
       addEntries(res.entries || []);
       // the newest `limit` entries came back: there may be older ones
       $("ledger-older").hidden = (res.entries || []).length < app.ledgerLimit;
+    }),
+    api(runUrl(runId, "markers", { limit: MARKERS_MAX })).then((res) => {
+      if (gen === app.generation) addMarks(res.markers || []);
     }),
     api(runUrl(runId, "tune")).then((doc) => gen === app.generation && tunePanel.update(doc)),
     api(runUrl(runId, "autopilot")).then((doc) => gen === app.generation && autopilotPanel.update(doc)),
@@ -773,7 +808,7 @@ function showTip(m, ev) {
     d.textContent = e.reason;
     tip.append(d);
   }
-  const own = impactRows(app.ledger, actuatorKeys()).get(e.seq) === e.seq;
+  const own = impactRows(markers().map((x) => x.entry), actuatorKeys()).get(e.seq) === e.seq;
   const imp = own ? app.impacts.get(e.seq) : null;
   if (imp && imp.before?.mean != null && imp.after?.mean != null) {
     const d = document.createElement("div");
@@ -869,6 +904,7 @@ function renderLedger() {
     pendingIds: pendingIds(),
     highlightSeq: app.highlightSeq,
     actuatorKeys: actuatorKeys(),
+    total: app.status?.ledger_entries ?? null,
   });
 }
 

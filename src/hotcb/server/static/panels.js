@@ -660,6 +660,13 @@ export function describeEntry(e) {
   return { what, lines };
 }
 
+/** The ledger's count label: "230 entries", or "200 of 244 entries loaded" when the ledger
+ * holds more (`total`, the server's count) than the page loaded. */
+export function ledgerCount(loaded, total = null) {
+  if (total != null && total > loaded) return `${loaded} of ${total} entries loaded`;
+  return loaded ? `${loaded} entries` : "";
+}
+
 export class LedgerTable {
   /** actions: {undo(entry), cancel(entry)} */
   constructor(body, count, actions) {
@@ -668,11 +675,13 @@ export class LedgerTable {
     this.actions = actions;
   }
 
-  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null }) {
+  /** `total`: how many entries the ledger holds (the server's count), when more than are
+   * loaded here: the count says "200 of 244 entries loaded". */
+  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null }) {
     this.body.textContent = "";
     const shown = impactRows(entries, actuatorKeys);
     const rows = entries.slice(-maxRows).reverse();
-    this.count.textContent = entries.length ? `${entries.length} entries` : "";
+    this.count.textContent = ledgerCount(entries.length, total);
     if (!rows.length) {
       const tr = el("tr");
       const td = el("td", "muted", "no entries yet");
