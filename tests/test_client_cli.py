@@ -269,10 +269,51 @@ def test_a_cmd_id_the_run_already_has_is_refused_before_it_is_written(
     run.steps()
     with pytest.raises(CommandError, match="cmd_id 'mine1' is taken"):
         client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="mine1")
-    with pytest.raises(CommandError, match="printable"):
-        client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="a\nb")
+    for bad in ("a\nb", "a\u200bb", "a\x85b", " "):  # a newline, zero-width, C1, blank
+        with pytest.raises(CommandError, match="printable"):
+            client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id=bad)
+    # the same command again (a sender's retry after its crash): its id, nothing written twice
+    assert client.send("opt", "set_params", params={"lr": 0.002}, cmd_id="mine1") == "mine1"
     assert [c["cmd_id"] for c in commands(run_dir)] == ["mine1"]
     client.send("opt", "set_params", params={"lr": 0.0021}, cmd_id="mine2")  # a new one is fine
+    # one id over two modules: a part each, both applied (the second was skipped as a duplicate)
+    ids = client.set({"lr": 0.003, "smooth": 0.2}, cmd_id="both1")
+    assert sorted(ids) == ["both1.loss", "both1.opt"]
+    run.steps(2)
+    assert [client.wait(i, timeout=30)["decision"] for i in ids] == ["applied", "applied"]
+    assert run.kernel.mutable_state.get("smooth").read({}) == 0.2
+
+
+def test_a_cmd_id_is_checked_under_the_commands_file_lock(run_dir: str) -> None:
+    """Two senders of one id at once: the check and the write are one step under the file's
+    lock, so the second sees the first's line (checked before the lock, both were written and
+    the run skipped one, unsaid)."""
+    import fcntl
+    import threading
+
+    client = HotClient(run_dir, create=True)
+    os.makedirs(run_dir, exist_ok=True)
+    fd = os.open(RunPaths(run_dir).commands, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another sender, writing now
+    got: dict[str, str] = {}
+
+    def send() -> None:
+        try:
+            got["id"] = client.send("opt", "set_params", params={"lr": 0.002}, cmd_id="mine")
+        except CommandError as exc:
+            got["error"] = str(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(timeout=1.0)
+    assert sender.is_alive()  # it waits for the lock
+    other = {"cmd_id": "mine", "module": "opt", "op": "set_params", "params": {"lr": 0.001}}
+    os.write(fd, (json.dumps(other) + "\n").encode())
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    sender.join(timeout=30)
+    assert "cmd_id 'mine' is taken" in got.get("error", ""), got
+    assert [c["params"] for c in commands(run_dir)] == [{"lr": 0.001}]
 
 
 def test_status_text_and_json(run: Run, run_dir: str, cli: Any) -> None:

@@ -182,9 +182,8 @@ def _check_rampable(params: Mapping[str, Any], published: Sequence[Mapping[str, 
             )
 
 
-def _line_id(line: bytes) -> Any:
-    record = jsonl.parse_line(line)
-    return record.get("cmd_id") if record is not None else None
+#: What makes two records one command: a retry under the same ``cmd_id`` sends these again
+_SAME = ("module", "op", "params", "id", "target", "init", "enabled", "at_step", "transition")
 
 
 class HotClient:
@@ -229,17 +228,13 @@ class HotClient:
         for an invalid command (nothing written), and
         :class:`~hotcb.errors.JournalWriteError` (an ``OSError``) when it could not be written
         (disk full): nothing of it is in the file, and no ``cmd_id`` exists."""
-        return self._append(self._record(module, op, **fields))
+        given = bool(fields.get("cmd_id"))
+        return self._append(self._record(module, op, **fields), named=given)
 
     def _record(self, module: str, op: str, **fields: Any) -> dict[str, Any]:
         """The validated record of a command, checked against the published actuators."""
         fields.setdefault("source", self.source)
-        given = fields.get("cmd_id")
         record = make_command(module, op, **fields)
-        if given and self._known(str(given), exact=True):  # the run would skip it, unsaid
-            raise CommandError(f"cmd_id {given!r} is taken: a command of {self.run_dir} already "
-                               "has it, and the run would skip this one as a duplicate; leave "
-                               "cmd_id out and a fresh one is made")  # fmt: skip
         self.last_unchecked = False
         if self.validate and module in _ACTUATOR_MODULES and op == "set_params":
             published = self._published()
@@ -262,13 +257,19 @@ class HotClient:
             raise CommandError(folder)
         return record
 
-    def _append(self, record: dict[str, Any]) -> str:
+    def _append(self, record: dict[str, Any], *, named: bool = False) -> str:
+        """Write ``record``; ``named``: its ``cmd_id`` came from the sender, who may send it
+        again (a retry after a crash, not knowing whether the first write landed): the same
+        command again is not written twice, another command under that id is refused (the
+        run would skip it as a duplicate while its sender waited on the first one's entry).
+        Checked under the commands file's lock, so two senders of one id cannot both write."""
         os.makedirs(self.run_dir, exist_ok=True)
         if not self._checked_host:
             self._checked_host = True
             self._warn_if_remote_writer()
         try:
-            jsonl.append(self.paths.commands, record)
+            jsonl.append(self.paths.commands, record,
+                         unless=(lambda: self._sent_before(record)) if named else None)  # fmt: skip
         except JournalWriteError as exc:  # nothing was written: no cmd_id to wait on
             raise JournalWriteError(
                 f"the command ({record['module']} {record['op']}) was not written: {exc}",
@@ -336,12 +337,23 @@ class HotClient:
         # in custom, and the run refuses it there)
         self.last_routed = {} if published else {k: m for m, ks in routed.items() for k in ks}
         # every module's command is checked before any is written: all or nothing
+        given = fields.pop("cmd_id", None)
+
+        def part(module: str) -> str | None:  # one cmd_id names one command: a part a module
+            return (f"{given}.{module}" if len(routed) > 1 else given) if given else None
+
         records = [
-            self._record(module, "set_params", params={k: params[k] for k in keys}, **fields)
+            self._record(
+                module,
+                "set_params",
+                params={k: params[k] for k in keys},
+                cmd_id=part(module),
+                **fields,
+            )
             for module, keys in routed.items()
         ]
         unchecked = self.last_unchecked
-        ids = [self._append(r) for r in records]
+        ids = [self._append(r, named=bool(given)) for r in records]
         self.last_unchecked = unchecked
         return ids
 
@@ -403,9 +415,10 @@ class HotClient:
         self._require_command(cmd_id)
         return self.send("control", "cancel", params={"cmd_id": cmd_id})
 
-    def _known(self, cmd_id: str, *, exact: bool = False) -> bool:
-        """Whether a command of this run (in its commands file or ledger) has the id ``cmd_id``
-        (not ``exact``: or one that begins with it, as X.opt, the part of a tuner command)."""
+    def _known(self, cmd_id: str, *, exact: bool = False) -> dict[str, Any] | None:
+        """The first record of this run (in its commands file, then its ledger) with the id
+        ``cmd_id`` (not ``exact``: or one that begins with it, as X.opt, the part of a tuner
+        command), or None."""
         # as hotcb writes it (non-ASCII escaped) and as a person may (UTF-8)
         quoted = {json.dumps(cmd_id, ensure_ascii=a).encode() for a in (True, False)}
         needles = quoted if exact else {q[:-1] for q in quoted}
@@ -413,16 +426,33 @@ class HotClient:
             try:
                 with open(path, "rb") as f:
                     for line in f:
-                        if any(n in line for n in needles) and (
-                                not exact or _line_id(line) == cmd_id):  # fmt: skip
-                            return True
+                        if not any(n in line for n in needles):
+                            continue
+                        record = jsonl.parse_line(line)
+                        if record is not None and (
+                                not exact or record.get("cmd_id") == cmd_id):  # fmt: skip
+                            return record
             except OSError:
                 continue
-        return False
+        return None
+
+    def _sent_before(self, record: Mapping[str, Any]) -> bool:
+        """Whether the command ``record`` was sent already under its ``cmd_id`` (a retry:
+        nothing to write); :class:`CommandError` when another command has that id."""
+        cmd_id = str(record["cmd_id"])
+        found = self._known(cmd_id, exact=True)
+        if found is None:
+            return False
+        if {k: v for k, v in found.items() if k in _SAME} == {
+                k: v for k, v in record.items() if k in _SAME}:  # fmt: skip
+            return True
+        raise CommandError(f"cmd_id {cmd_id!r} is taken by another command of {self.run_dir} "
+                           "(the run would skip this one as a duplicate); leave cmd_id out and "
+                           "a fresh one is made")  # fmt: skip
 
     def _require_command(self, cmd_id: str) -> None:
         """Refuse an id that names no command of this run (in its commands file or ledger)."""
-        if not self._known(str(cmd_id)):
+        if self._known(str(cmd_id)) is None:
             raise CommandError(
                 f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
                 f"returned; 'hotcb --dir {self.run_dir} log' lists them)"

@@ -84,17 +84,22 @@ def dumps(record: Any) -> str:
         )
 
 
-def _write_locked(path: str, data: bytes, fsync: bool = False) -> None:
+def _write_locked(
+    path: str, data: bytes, fsync: bool = False, unless: Callable[[], bool] | None = None
+) -> None:
     """Append ``data`` under the lock: all of it, or nothing, on a line of its own.
 
     A write that fails part way (disk full, file size limit, I/O error) would leave a partial
     line that the next append gets glued onto; the file is cut back to its size before the
     write, so the caller may retry the whole record. ``fsync`` failing after a complete write
-    raises with ``written=True``: the record is in the file, do not write it again."""
+    raises with ``written=True``: the record is in the file, do not write it again.
+    ``unless()``, called under the lock, says when nothing is to be written (or raises)."""
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            if unless is not None and unless():
+                return
             start = os.fstat(fd).st_size  # under the lock: no other writer moves the end now
             if start and os.pread(fd, 1, start - 1) != b"\n":
                 # a line that a writer without the lock left unfinished (a hand-written
@@ -148,9 +153,16 @@ def _cut_back(fd: int, path: str, size: int, nbytes: int, exc: OSError) -> Journ
     )
 
 
-def append(path: str | os.PathLike[str], record: dict[str, Any], *, fsync: bool = False) -> None:
-    """Append one record as one line, atomically with respect to other local writers."""
-    _write_locked(os.fspath(path), (dumps(record) + "\n").encode(), fsync=fsync)
+def append(
+    path: str | os.PathLike[str],
+    record: dict[str, Any],
+    *,
+    fsync: bool = False,
+    unless: Callable[[], bool] | None = None,
+) -> None:
+    """Append one record as one line, atomically with respect to other local writers;
+    nothing when ``unless()`` (called under the lock) is true."""
+    _write_locked(os.fspath(path), (dumps(record) + "\n").encode(), fsync=fsync, unless=unless)
 
 
 def append_many(

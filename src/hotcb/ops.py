@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,9 +331,10 @@ def _cmd_id(cmd_id: Any, fallback_id: Any) -> str:
         cmd_id = fallback_id
     if not isinstance(cmd_id, str) or not cmd_id:
         raise CommandError(f"'cmd_id' must be a non-empty string, got {cmd_id!r}")
-    if any(c < " " or c == "\x7f" for c in cmd_id):  # a newline in an id breaks `hotcb log`
-        raise CommandError(f"'cmd_id' must be printable (no newline or other control "
-                           f"character), got {cmd_id!r}")  # fmt: skip
+    # a newline in an id broke `hotcb log`'s lines; an invisible one cannot be typed back
+    if not cmd_id.strip() or any(unicodedata.category(c)[0] in "CZ" and c != " " for c in cmd_id):
+        raise CommandError(f"'cmd_id' must be printable (no newline, control, format or "
+                           f"other invisible character), got {cmd_id!r}")  # fmt: skip
     return cmd_id
 
 
