@@ -411,7 +411,9 @@ export class TunePanel {
     const title = this.over ? "proposals the run left pending (ended with it)" : "pending proposals";
     box.append(el("h4", null, pending.length ? `${title} (${pending.length})` : "pending proposals"));
     const ul = el("ul", "pending");
-    if (!pending.length) ul.append(el("li", "muted", doc.mode === "suggest" ? "none yet" : "none (proposals come in suggest mode)"));
+    // "none yet" only before the first: after proposals were decided, none is waiting
+    const none = (doc.proposals || []).length ? "none" : "none yet";
+    if (!pending.length) ul.append(el("li", "muted", doc.mode === "suggest" ? none : "none (proposals come in suggest mode)"));
     for (const p of pending) {
       const id = String(p.id);
       const li = el("li", "tune-proposal");
