@@ -340,6 +340,10 @@ def test_undo_after_the_schedule_reached_zero_leaves_the_lr_there_and_undoes_the
     assert e["decision"] == "applied" and e["step"] == 29, e
     assert e["changes"] == {"weight_decay": {"old": 0.05, "new": 0.0}}
     assert loop.opt.param_groups[0]["weight_decay"] == 0.0 and loop.lr[29] == 0.0
+    assert e["at_zero"] == ["lr"]  # said: `hotcb log` names it
+    from hotcb.cli._common import fmt_entry
+
+    assert "[lr left at zero on the schedule]" in fmt_entry(e, run_dir)
     loop.kernel.close()
 
 

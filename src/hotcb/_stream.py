@@ -254,6 +254,7 @@ class ActuatorStream:
         reverse = {k: v for k, v in entry["changes"].items() if v.get("old") is not None}
         changes: dict[str, Any] = {}
         scaled: dict[str, float] = {}  # key -> the factor that took the change back
+        zero: list[str] = []  # at zero on their schedule: left there
         try:
             for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
@@ -265,6 +266,7 @@ class ActuatorStream:
                     else self.value_before(key, change["old"], change.get("new"), env)
                 )
                 if value is None:  # at zero on its schedule: it stays there
+                    zero.append(key)
                     continue
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
@@ -273,7 +275,10 @@ class ActuatorStream:
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
         self._commanded(changes, int(env["step"]))
-        return OpResult("applied", changes=changes, extra={"on_schedule": scaled} if scaled else {})
+        extra: dict[str, Any] = {"on_schedule": scaled} if scaled else {}
+        if zero:
+            extra["at_zero"] = zero
+        return OpResult("applied", changes=changes, extra=extra)
 
     def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
         """What taking back a change ``old -> new`` of ``key`` sets now, and the factor when it

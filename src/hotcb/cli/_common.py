@@ -234,7 +234,7 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         said = _control_facts(e)
         if said:
             return ": " + "; ".join(said)
-    if e.get("on_schedule"):
+    if e.get("on_schedule") or e.get("at_zero"):
         return _on_schedule(e)
     if isinstance(e.get("rebased"), dict) and e["rebased"]:
         return _rebased(e["rebased"])
@@ -282,11 +282,14 @@ def _rebased(rebased: Mapping[str, Any]) -> str:
 
 def _on_schedule(e: Mapping[str, Any]) -> str:
     """An undo or a tuner's roll-back under an LR scheduler: the ratio it took back."""
-    scaled = e.get("on_schedule")
+    scaled, zero = e.get("on_schedule"), e.get("at_zero")
+    out = ""
+    if isinstance(zero, list) and zero:  # a schedule had it at zero: no ratio to take back
+        out = f" [{', '.join(map(str, zero))} left at zero on the schedule]"
     if not isinstance(scaled, dict) or not scaled:
-        return ""
+        return out
     said = ", ".join(f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float)))
-    return f" [back on the schedule: {said}]"
+    return f" [back on the schedule: {said}]" + out
 
 
 #: What the adapters' ``evaluate`` answers mean, said plainly.

@@ -191,6 +191,7 @@ class TuneModule:
         self.bracket_wanted = False
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
+        self._at_zero: list[str] = []  # a roll-back's knobs a schedule has at zero: left there
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
@@ -621,6 +622,7 @@ class TuneModule:
                 kv[key], factor = self.host.value_before(module, key, old, new, env)
                 if kv[key] is None:  # at zero on its schedule (a cosine's end): it stays there
                     del kv[key]
+                    self._at_zero.append(key)
                 elif factor is not None:
                     scaled[key] = factor
             if not kv:
@@ -647,6 +649,7 @@ class TuneModule:
         if isinstance(values, str):
             return OpResult("rejected", error=values)
         values, left = self._not_commanded(values, op.params.get("trial"), op.params.get("since"))
+        self._at_zero = []
         scaled = self._back_on_schedule(values, op.params.get("applied"), env)
         rescale, later = self._not_since(rescale, op.params.get("mark"))
         rescaled = self._rescale(rescale, values, env)
@@ -656,6 +659,8 @@ class TuneModule:
                        f"{result.decision} ({result.error}): its values stay in force")  # fmt: skip
         if scaled:
             result.extra["on_schedule"] = scaled
+        if self._at_zero:
+            result.extra["at_zero"] = self._at_zero
         restored: list[str] = []
         snap, self._snapshot = self._snapshot, None
         if snap is not None and snap[0] == op.params.get("trial") and snap[1] is not None:
