@@ -629,6 +629,17 @@ class TuneModule:
                 del values[module]
         return scaled
 
+    def _schedule_notes(self, result: OpResult, trial: Any, scaled: dict[str, float]) -> None:
+        """A roll-back's ledger notes: the ratios that put knobs back on their schedule, the
+        knobs a schedule has at zero (left there), and a refusal (the trial's values stay)."""
+        if result.decision != "applied":
+            self._warn(f"the roll-back of trial {trial} was {result.decision} "
+                       f"({result.error}): its values stay in force")  # fmt: skip
+        if scaled:
+            result.extra["on_schedule"] = scaled
+        if self._at_zero:
+            result.extra["at_zero"] = self._at_zero
+
     def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
         """The targets of a trial's relative moves (``mult``/``delta``), from the values read
         live now, in place of those computed when it was asked for."""
@@ -654,13 +665,7 @@ class TuneModule:
         rescale, later = self._not_since(rescale, op.params.get("mark"))
         rescaled = self._rescale(rescale, values, env)
         result = self._actuate(values, env)
-        if result.decision != "applied":  # the trial's values stay in force: said
-            self._warn(f"the roll-back of trial {op.params.get('trial')} was "
-                       f"{result.decision} ({result.error}): its values stay in force")  # fmt: skip
-        if scaled:
-            result.extra["on_schedule"] = scaled
-        if self._at_zero:
-            result.extra["at_zero"] = self._at_zero
+        self._schedule_notes(result, op.params.get("trial"), scaled)
         restored: list[str] = []
         snap, self._snapshot = self._snapshot, None
         if snap is not None and snap[0] == op.params.get("trial") and snap[1] is not None:
