@@ -42,13 +42,15 @@ class Loop(TorchStepDriver):
     ``ce * CE + l2 * sum(p**2)``); ``checkpoints[step]`` holds what a training checkpoint would
     (model, optimizer, loss weights, RNG, ``kernel.state_dict()``)."""
 
-    def __init__(self, run_dir: str, freeze: FreezeState | None = None) -> None:
+    def __init__(
+        self, run_dir: str, freeze: FreezeState | None = None, lrs: tuple[float, ...] = (0.05,)
+    ) -> None:
         x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1))
         y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(2))
         super().__init__(
             run_dir,
             model=TinyMLP(hidden=16, seed=0),
-            optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+            optimizer=lambda params: torch.optim.SGD(_groups(params, lrs), momentum=0.9),
             data=(x, y),
             batch_size=16,
             weights={"ce": 1.0, "l2": 0.0},
@@ -104,6 +106,13 @@ class Loop(TorchStepDriver):
 
     def state(self) -> dict[str, Any]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+def _groups(params: Any, lrs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """One param group per lr: the first tensors one each, the last group the rest."""
+    params, n = list(params), len(lrs) - 1
+    chunks = [params[i : i + 1] for i in range(n)] + [params[n:]]
+    return [{"params": p, "lr": lr} for p, lr in zip(chunks, lrs, strict=True)]
 
 
 def _equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -265,29 +274,145 @@ def test_a_command_sent_while_the_trainer_was_down_wins_over_a_reapplied_one(
 
 def test_only_a_newer_command_on_the_same_knob_wins_over_a_reapplied_one() -> None:
     """Which keys of a re-applied command a newer one took over: the same actuator (a newer
-    ``lr`` moves every param group, so ``lr@group1`` too; not the other way round), the same
-    callback's same parameter; never a command of the same life (an ``at_step`` written
-    early that landed late), whatever its step."""
+    ``lr`` moves every param group, so ``lr@group1`` too; a newer ``lr@group1`` takes ``lr``
+    over, which would move group 1), the same callback's same parameter; never a command of
+    the same life (an ``at_step`` written early that landed late), whatever its step."""
     from hotcb._resume import NewerCommands
     from hotcb.ops import HotOp
 
-    def op(module: str, params: dict[str, Any], cursor: int, *, source: str = "resume",
+    def op(module: str, params: dict[str, Any], cmd_id: str, *, source: str = "resume",
            op: str = "set_params", id: str | None = None) -> HotOp:  # fmt: skip
-        return HotOp(module, op, f"c{cursor}", dict(params), source=source, id=id, cursor=cursor)
+        return HotOp(module, op, cmd_id, dict(params), source=source, id=id)
 
-    # lives: the dead one read up to byte 100; this one started reading at byte 200
-    newer = NewerCommands([100, 200], lambda key: not key.startswith("cb."))
-    newer.note(op("opt", {"lr": 1e-3}, 250, source="cli"), {"lr": {}}, seq=13)
-    newer.note(op("cb", {"k": 2}, 260, source="cli", id="probe"), None, seq=14)
-    newer.note(op("loss", {"aux": 0.1}, 90), {"aux": {}}, seq=15)  # a re-applied one
-    kept, by = newer.screen(op("opt", {"lr@group1": 0.1, "momentum": 0.5}, 150))
-    assert by == {"lr@group1": 13} and kept is not None and kept.params == {"momentum": 0.5}
-    assert newer.screen(op("opt", {"lr": 0.1}, 50)) == (None, {"lr": 13})
-    assert newer.screen(op("cb", {"k": 1, "j": 1}, 150, id="probe"))[1] == {"k": 14}
-    assert newer.screen(op("cb", {"k": 1}, 150, id="other"))[1] == {}
-    assert newer.screen(op("loss", {"aux": 0.2}, 80))[1] == {}  # the same life: steps decide
-    newer.note(op("opt", {"lr@group1": 0.2}, 270, source="cli"), {"lr@group1": {}}, seq=16)
-    assert newer.screen(op("opt", {"lr": 0.1}, 150))[1] == {"lr": 13}  # not 16
+    # the ledger's lives: a0, a1 first ledgered in life 0, b1 in life 1; this is life 2
+    ages = {"a0": 0, "a1": 0, "b1": 1}
+    newer = NewerCommands(ages, 2, lambda key: not key.startswith("cb."))
+    newer.note(op("opt", {"lr": 1e-3}, "new1", source="cli"), {"lr": {}}, seq=13)
+    newer.note(op("cb", {"k": 2}, "new2", source="cli", id="probe"), None, seq=14)
+    newer.note(op("loss", {"aux": 0.1}, "a1"), {"aux": {}}, seq=15)  # a re-applied one
+    kept, left = newer.screen(op("opt", {"lr@group1": 0.1, "momentum": 0.5}, "b1"))
+    assert left is not None and left.newer == {"lr@group1": 13}
+    assert left.why == "lr@group1 was set by a newer command (#13): not re-applied"
+    assert kept is not None and kept.params == {"momentum": 0.5}
+    kept, left = newer.screen(op("opt", {"lr": 0.1}, "a0"))
+    assert kept is None and left is not None and left.newer == {"lr": 13}
+    assert newer.left_out["a0"] is left
+    assert newer.screen(op("cb", {"k": 1, "j": 1}, "b1", id="probe"))[1].newer == {"k": 14}
+    assert newer.screen(op("cb", {"k": 1}, "b1", id="other"))[1] is None
+    assert newer.screen(op("loss", {"aux": 0.2}, "a0"))[1] is None  # the same life: steps decide
+    newer.note(op("opt", {"lr@group1": 0.2}, "new3", source="cli"), {"lr@group1": {}}, seq=16)
+    kept, left = newer.screen(op("opt", {"lr": 0.1}, "b1"))
+    assert kept is None and left is not None and left.newer == {"lr": 16}
+    assert left.why == ("lr@group1 was set by a newer command (#16) and lr moves every group: "
+                        "not re-applied")  # fmt: skip
+
+
+def _down_and_resumed(
+    run_dir: str, dead: dict[int, Action], newer: Action, lrs: tuple[float, ...] = (0.05,)
+) -> tuple[Loop, Any]:
+    """A run checkpointed at 20 and killed after 40 with ``dead`` sent, ``newer`` sent while
+    it is down (its return value), resumed from the checkpoint and trained to step 59."""
+    first = Loop(run_dir, lrs=lrs)
+    first.run(60, dead, (20,), kill_after=40)
+    sent = newer(HotClient(run_dir, source="cli"))
+    second = Loop(run_dir, lrs=lrs)
+    second.resume(first.checkpoints[20])
+    second.run(60)
+    return second, sent
+
+
+def test_a_reapplied_undo_does_not_take_back_what_a_newer_command_set(tmp_path: Any) -> None:
+    """An undo the dead life applied after the checkpoint, ``lr=0.3`` sent while the trainer
+    was down. (a) Its target, ``lr=0.1`` at 30, was left out: nothing to undo (it set lr back
+    to 0.05 over the newer 0.3). (b) Its target predates the checkpoint: it would take lr back
+    too, so it is left out, whole (an undo is not taken back in part: momentum stays 0.5).
+    (c) Its target was re-applied without lr: the undo takes back what that re-applied
+    (momentum), as in write order. Each ends as an uninterrupted run with the same result."""
+    newer = lambda c: c.opt(lr=0.3)  # noqa: E731
+    cases = {
+        "a": ({30: lambda c: c.opt(lr=0.1), 35: lambda c: c.undo()},
+              {21: newer}),
+        "b": ({10: lambda c: c.opt(lr=0.1, momentum=0.5), 30: lambda c: c.undo()},
+              {10: lambda c: c.opt(lr=0.1, momentum=0.5), 21: newer}),
+        "c": ({30: lambda c: c.opt(lr=0.1, momentum=0.5), 35: lambda c: c.undo()},
+              {21: newer, 30: lambda c: c.opt(momentum=0.5), 35: lambda c: c.opt(momentum=0.9)}),
+    }  # fmt: skip
+    for name, (dead, same) in cases.items():
+        whole = Loop(os.fspath(tmp_path / f"whole_{name}")).run(60, same)
+        run_dir = os.fspath(tmp_path / name)
+        loop, sent = _down_and_resumed(run_dir, dead, newer)
+        assert _equal(whole, loop.state()), name
+        assert loop.opt.param_groups[0]["lr"] == pytest.approx(0.3), name
+        ledger = read_ledger(run_dir)
+        seq = next(e["seq"] for e in ledger if e["cmd_id"] == sent)
+        (undo,) = [e for e in ledger if e["source"] == "resume" and e["op"] == "undo"]
+        target = undo["params"]["cmd_id"]
+        if name == "c":
+            assert undo["decision"] == "applied" and undo["error"] is None
+            assert undo["changes"] == {"momentum": {"old": 0.5, "new": 0.9}}
+            continue
+        assert (undo["decision"], undo["newer"]) == ("noop", {"lr": seq}), name
+        assert undo["error"] == {
+            "a": f"nothing to undo: its target {target} was left out (lr was set by a newer "
+                 f"command (#{seq}): not re-applied)",
+            "b": f"lr was set by a newer command (#{seq}): not re-applied; an undo is not "
+                 "re-applied in part (1 other key(s))",
+        }[name]  # fmt: skip
+
+
+def test_a_reapplied_lr_leaves_the_groups_to_a_newer_per_group_lr(tmp_path: Any) -> None:
+    """Two param groups (lr 0.01, 0.02), ``lr=0.1`` at 30 (it moves every group, ratios
+    kept), ``lr@group1=0.5`` sent while the trainer was down: the re-applied ``lr`` would set
+    group 1 to ten times the newer command's 0.5. It is left out whole (it cannot move group 0
+    alone), so group 1 keeps 0.5 and group 0 its lr, as in an uninterrupted run given
+    ``lr@group1=0.5`` only."""
+    lrs = (0.01, 0.02)
+    newer = lambda c: c.opt(**{"lr@group1": 0.5})  # noqa: E731
+    whole = Loop(os.fspath(tmp_path / "whole"), lrs=lrs).run(60, {21: newer})
+    run_dir = os.fspath(tmp_path / "killed")
+    loop, sent = _down_and_resumed(run_dir, {30: lambda c: c.opt(lr=0.1)}, newer, lrs)
+    assert _equal(whole, loop.state())
+    assert [g["lr"] for g in loop.opt.param_groups] == pytest.approx([0.01, 0.5])
+    ledger = read_ledger(run_dir)
+    seq = next(e["seq"] for e in ledger if e["cmd_id"] == sent)
+    (again,) = [e for e in ledger if e["source"] == "resume"]
+    assert (again["decision"], again["newer"]) == ("noop", {"lr": seq})
+    assert again["error"] == (f"lr@group1 was set by a newer command (#{seq}) and lr moves "
+                              "every group: not re-applied")  # fmt: skip
+
+
+def test_a_command_sent_into_a_new_commands_file_is_newer(tmp_path: Any) -> None:
+    """The commands file replaced while the trainer was down (``mv``, then ``hotcb set``),
+    and once in the dead life too: a command's age is the life that ledgered it first, not
+    its offset (a new file's start again at 0). ``lr=0.01`` sent into the new file wins over
+    the dead life's ``lr=0.02`` at 30; the dead life's ``momentum=0.5``, sent at 34 into the
+    file it replaced at 32, is re-applied."""
+    commands = os.path.join(os.fspath(tmp_path / "killed"), "hotcb.commands.jsonl")
+
+    def replace(c: HotClient) -> None:
+        os.replace(commands, commands + ".old")
+
+    dead = {25: lambda c: c.loss(l2=0.0), 30: lambda c: c.opt(lr=0.02), 32: replace,
+            34: lambda c: c.opt(momentum=0.5)}  # fmt: skip
+
+    def newer(c: HotClient) -> str:
+        replace(c)
+        return c.opt(lr=0.01)
+
+    whole = Loop(os.fspath(tmp_path / "whole")).run(60, {
+        21: lambda c: c.opt(lr=0.01), 25: dead[25], 34: dead[34],
+    })  # fmt: skip
+    loop, sent = _down_and_resumed(os.path.dirname(commands), dead, newer)
+    assert _equal(whole, loop.state())
+    assert loop.opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    ledger = read_ledger(os.path.dirname(commands))
+    assert [e["step"] for e in ledger if e["op"] == "cursor_reset"] == [34, 21]
+    seq = next(e["seq"] for e in ledger if e["cmd_id"] == sent)
+    again = {e["step"]: e for e in ledger if e["source"] == "resume"}
+    assert [(s, e["decision"]) for s, e in sorted(again.items())] == [
+        (25, "applied"), (30, "noop"), (34, "applied"),
+    ]  # fmt: skip
+    assert again[30]["error"] == f"lr was set by a newer command (#{seq}): not re-applied"
 
 
 def test_a_cancel_of_a_command_scheduled_after_the_checkpoint_is_not_reapplied(

@@ -8,12 +8,12 @@ never applied again: the parent's checkpoint holds what they did.
 
 The newest command wins: a re-applied command does not set a knob that a command written after
 it (sent while the trainer was down, or by a later life) has set in this life already
-(:class:`NewerCommands`); its other keys still apply.
+(:class:`NewerCommands`); its other keys still apply. A re-applied undo is taken back whole
+or not at all.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,13 +27,13 @@ from .ops import ACTUATOR_MODULES, HotOp
 from .runfiles import RunPaths
 
 __all__ = [
+    "LeftOut",
     "NewerCommands",
     "ResumePlan",
     "branched_before",
     "plan_resume",
     "refuse_lost_ledger",
     "resume_plan",
-    "superseded_note",
     "waiting_plan",
 ]
 
@@ -73,16 +73,23 @@ def _kernel_ran(paths: RunPaths) -> bool:
     return isinstance(meta, dict) and "hotcb_version" in meta
 
 
+Knob = tuple[str, ...]  # ("act", key) for an actuator, ("cb", callback id, key)
+
+
 @dataclass
 class ResumePlan:
     """What a resume from the checkpoint at ``seq == after_seq`` applies again."""
 
-    #: ``(step, op)`` for each change to re-apply at its original step; ``op.cursor`` is where
-    #: its line ends in the commands file (the newest command wins: :class:`NewerCommands`)
+    #: ``(step, op)`` for each change to re-apply at its original step
     ops: list[tuple[int, HotOp]] = field(default_factory=list)
-    #: the commands file's read position when each earlier life was resumed (the cursor of its
-    #: ``kernel resume`` entry): a command past one was written after that life began
-    lives: list[int] = field(default_factory=list)
+    #: how many lives the ledger records (the first, and one per ``kernel resume`` entry):
+    #: the number of the life that resumes now
+    lives: int = 1
+    #: the life each command was first ledgered in, by cmd_id (0: before the first resume);
+    #: the age :class:`NewerCommands` judges it by
+    ages: dict[str, int] = field(default_factory=dict)
+    #: the knobs each re-applied ``control undo`` changed in the life it replaces, by its cmd_id
+    undoes: dict[str, list[Knob]] = field(default_factory=dict)
 
 
 def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tuple[int, HotOp]]:
@@ -92,18 +99,24 @@ def resume_plan(entries: Iterable[Mapping[str, Any]], after_seq: int) -> list[tu
 
 
 def plan_resume(entries: Iterable[Mapping[str, Any]], after_seq: int) -> ResumePlan:
-    """:func:`resume_plan`, with the lives the ledger records (:attr:`ResumePlan.lives`)."""
+    """:func:`resume_plan`, with the lives the ledger records and each command's age.
+
+    A command's age is the life that first ledgered it, counted in ledger order (the ``kernel
+    resume`` entries), not by its position in the commands file: the file may have been
+    replaced or truncated in between, and a new file's offsets start again at 0."""
     plan = ResumePlan()
     queued: set[str] = set()
     gone: set[str] = set()  # the tuner's changes after the checkpoint: it decides afresh
-    first: dict[str, int] = {}  # cmd_id -> the cursor of its first entry: its line's end
+    made: dict[str, tuple[str | None, str | None]] = {}  # applied cmd_id -> (module, id)
     scheduled: set[str] = set()  # commands scheduled (at_step) after the checkpoint
     for raw in entries:
         entry = LedgerEntry.from_dict(raw)
-        if entry.cmd_id:
-            first.setdefault(entry.cmd_id, entry.cursor)
         if entry.module == "kernel" and entry.op == "resume":
-            plan.lives.append(entry.cursor)
+            plan.lives += 1
+        if entry.cmd_id:
+            plan.ages.setdefault(entry.cmd_id, plan.lives - 1)
+            if entry.decision == "applied":
+                made.setdefault(entry.cmd_id, (entry.module, entry.id))
         if entry.seq <= after_seq or entry.inherited:
             continue
         if entry.decision == "scheduled" and entry.cmd_id:
@@ -116,9 +129,21 @@ def plan_resume(entries: Iterable[Mapping[str, Any]], after_seq: int) -> ResumeP
         if op is None or op.cmd_id in queued:
             continue
         queued.add(op.cmd_id)
-        op.cursor = first.get(op.cmd_id, entry.cursor)
+        undo_of = entry.extra.get("undo_of")
+        if entry.module == "control" and entry.op == "undo" and isinstance(undo_of, str):
+            module, ident = made.get(undo_of, (None, None))
+            plan.undoes[op.cmd_id] = _knobs(module, ident, entry.changes or ())
         plan.ops.append((entry.step or 0, op))
     return plan
+
+
+def _knobs(module: str | None, ident: str | None, keys: Iterable[str]) -> list[Knob]:
+    """The knobs a change of ``keys`` by a ``module`` command sets (none: not a knob)."""
+    if module in ACTUATOR_MODULES:
+        return [("act", k) for k in keys]
+    if module == "cb":
+        return [("cb", str(ident), k) for k in keys]
+    return []
 
 
 def _again(entry: LedgerEntry, gone: set[str], scheduled: set[str]) -> HotOp | None:
@@ -138,29 +163,47 @@ def _again(entry: LedgerEntry, gone: set[str], scheduled: set[str]) -> HotOp | N
     return entry.to_op(source="resume")
 
 
-Knob = tuple[str, ...]
+@dataclass
+class LeftOut:
+    """What :meth:`NewerCommands.screen` left out of a re-applied op, for its ledger entry."""
+
+    #: each key left out -> the ``seq`` of the newer command's entry (the entry's ``newer``)
+    newer: dict[str, int]
+    #: the entry's ``error``: ``lr was set by a newer command (#13): not re-applied``
+    why: str
 
 
 class NewerCommands:
     """The newest command wins over a resume: which knobs a command newer than a re-applied
     one has set in this life.
 
-    A command's age is the life it was written in, told by where its line ends in the
-    commands file (``op.cursor``) against :attr:`ResumePlan.lives` and the read position at
-    this life's start: a person's ``hotcb set lr=…`` sent while the trainer was down is newer
-    than every command the dead life applied, whatever their steps. Within one life the steps
-    decide, as they did the first time (an ``at_step`` command written early lands late). A
-    knob is an actuator (``lr``, ``lr@group1``: a newer ``lr`` moved every group) or a
-    callback's parameter (``cb`` ``set_params``, by callback id and key)."""
+    A command's age is the life that first ledgered it (:attr:`ResumePlan.ages`); a command
+    the ledger did not hold when this life began (sent while the trainer was down, or since,
+    into the same commands file or a new one) is this life's: newer than every command an
+    earlier life applied, whatever their steps. Within one life the steps decide, as they did
+    the first time (an ``at_step`` command written early lands late). A knob is an actuator
+    (``lr``, ``lr@group1``) or a callback's parameter (``cb`` ``set_params``, by callback id
+    and key). A newer ``lr`` moved every group, so it took ``lr@group1`` over too; a newer
+    ``lr@group1`` takes ``lr`` over, which would move group 1 with the others."""
 
-    def __init__(self, lives: Sequence[int], is_actuator: Callable[[str], bool]) -> None:
-        self.lives = sorted(lives)
+    def __init__(
+        self,
+        ages: Mapping[str, int],
+        life: int,
+        is_actuator: Callable[[str], bool],
+        undoes: Mapping[str, Sequence[Knob]] | None = None,
+    ) -> None:
+        self.ages = ages
+        self.now = life
         self.is_actuator = is_actuator
+        self.undoes = undoes or {}
         self.set_by: dict[Knob, tuple[int, int]] = {}  # knob -> (life, ledger seq)
+        self.reapplied: dict[str, list[Knob]] = {}  # cmd_id -> the knobs it changed again
+        self.left_out: dict[str, LeftOut] = {}  # cmd_id -> why it was not re-applied at all
 
     def life(self, op: HotOp) -> int:
         """The life ``op`` was written in (0: before the first resume of the ledger)."""
-        return bisect.bisect_left(self.lives, op.cursor)
+        return self.ages.get(op.cmd_id, self.now)
 
     def note(self, op: HotOp, changes: Mapping[str, Any] | None, seq: int) -> None:
         """An applied command (ledger entry ``seq``) set the knobs it changed."""
@@ -173,44 +216,97 @@ class NewerCommands:
             knobs = [("cb", str(op.id), k) for k in op.params]
         else:
             return
+        if op.source == "resume" and changes:  # what an undo of it takes back in this life
+            self.reapplied[op.cmd_id] = knobs
         life = self.life(op)
         for knob in knobs:
             self.set_by[knob] = (life, seq)
 
-    def screen(self, op: HotOp) -> tuple[HotOp | None, dict[str, int]]:
+    def screen(self, op: HotOp) -> tuple[HotOp | None, LeftOut | None]:
         """A re-applied ``op`` without the keys a newer command set (None when that is all of
-        them), and ``{key: seq}`` of the newer command's entry for each key left out."""
+        them, or for an undo, any), and what was left out and why."""
         if op.source != "resume" or not self.set_by:
-            return op, {}
+            return op, None
+        if op.module == "control" and op.op == "undo":
+            return self._screen_undo(op)
         knobs: dict[str, list[Knob]]
         if op.module in ACTUATOR_MODULES:
-            knobs = {k: [("act", k), ("act", k.partition("@")[0])] for k in op.params}
+            knobs = {k: [("act", k)] for k in op.params}
         elif op.module == "cb" and op.op == "set_params":
             knobs = {k: [("cb", str(op.id), k)] for k in op.params}
         else:
-            return op, {}
-        life = self.life(op)
-        newer: dict[str, int] = {}
-        for key, names in knobs.items():
-            seqs = [s[1] for s in map(self.set_by.get, names) if s is not None and s[0] > life]
-            if seqs:
-                newer[key] = max(seqs)
+            return op, None
+        newer, why = self._newer(op, knobs)
         if not newer:
-            return op, {}
+            return op, None
+        left = LeftOut(newer, f"{why}: not re-applied")
         params = {k: v for k, v in op.params.items() if k not in newer}
         if not params:
-            return None, newer
+            self.left_out[op.cmd_id] = left
+            return None, left
         extra = dict(op.extra)
         if isinstance(extra.get("relative_to"), Mapping):
             extra["relative_to"] = {k: v for k, v in extra["relative_to"].items()
                                     if k in params}  # fmt: skip
-        return dataclasses.replace(op, params=params, extra=extra), newer
+        return dataclasses.replace(op, params=params, extra=extra), left
 
+    def _screen_undo(self, op: HotOp) -> tuple[HotOp | None, LeftOut | None]:
+        """A re-applied undo takes back what its target changed in this life (when the resume
+        re-applied it) or in the life it replaces: all of it or nothing, as an undo names a
+        command, not keys. Not re-applied when a newer command set one of those knobs, nor
+        when its target was left out (there is nothing to take back)."""
+        target = str(op.params.get("cmd_id"))
+        gone = self.left_out.get(target)
+        if gone is not None:
+            left = LeftOut(gone.newer, f"nothing to undo: its target {target} was left out "
+                                       f"({gone.why})")  # fmt: skip
+            self.left_out[op.cmd_id] = left
+            return None, left
+        knobs = self.reapplied.get(target, self.undoes.get(op.cmd_id, []))
+        newer, why = self._newer(op, {knob[-1]: [knob] for knob in knobs})
+        if not newer:
+            return op, None
+        rest = len(knobs) - len(newer)
+        whole = f"; an undo is not re-applied in part ({rest} other key(s))" if rest > 0 else ""
+        left = LeftOut(newer, f"{why}: not re-applied{whole}")
+        self.left_out[op.cmd_id] = left
+        return None, left
 
-def superseded_note(newer: Mapping[str, int]) -> str:
-    """``lr was set by a newer command (#13): not re-applied``, for a ledger entry."""
-    parts = ", ".join(f"{k} was set by a newer command (#{seq})" for k, seq in newer.items())
-    return f"{parts}: not re-applied"
+    def _newer(self, op: HotOp, knobs: Mapping[str, list[Knob]]) -> tuple[dict[str, int], str]:
+        """``{key: seq}`` of the newest entry newer than ``op`` that set a knob each key moves
+        (itself; for an actuator also its base, ``lr`` of ``lr@group1``, and the per-group
+        knobs of a base), and the reason in words."""
+        life = self.life(op)
+        newer: dict[str, int] = {}
+        parts: list[str] = []
+        for key, names in knobs.items():
+            found = [(s[1], n) for n in self._overlapping(names)
+                     if (s := self.set_by.get(n)) is not None and s[0] > life]  # fmt: skip
+            if not found:
+                continue
+            seq, knob = max(found)
+            newer[key] = seq
+            if "@" in knob[-1] and "@" not in key:
+                parts.append(f"{knob[-1]} was set by a newer command (#{seq}) and {key} moves "
+                             "every group")  # fmt: skip
+            else:
+                parts.append(f"{key} was set by a newer command (#{seq})")
+        return newer, ", ".join(parts)
+
+    def _overlapping(self, knobs: Iterable[Knob]) -> list[Knob]:
+        out: list[Knob] = []
+        for knob in knobs:
+            out.append(knob)
+            if knob[0] != "act":
+                continue
+            key = knob[1]
+            base, at, _ = key.partition("@")
+            if at:
+                out.append(("act", base))
+            else:  # lr: every lr@group… set in this life (lr would move that group too)
+                out.extend(k for k in self.set_by
+                           if k[0] == "act" and k[1].partition("@")[:2] == (key, "@"))  # fmt: skip
+        return out
 
 
 def waiting_plan(

@@ -36,11 +36,11 @@ from ._gate import PollGate
 from ._intake import CommandIntake
 from ._recorder import LedgerRecorder, SafePoint
 from ._resume import (
+    LeftOut,
     NewerCommands,
     branched_before,
     plan_resume,
     refuse_lost_ledger,
-    superseded_note,
     waiting_plan,
 )
 from ._schedule import NEVER, Schedule, StepSource
@@ -443,14 +443,14 @@ class HotKernel:
         """Apply ``op`` through its module's handler and ledger the result."""
         if self._refused(op, point):
             return
-        newer: dict[str, int] = {}
+        left: LeftOut | None = None
         if self._newer is not None:
-            kept, newer = self._newer.screen(op)
-            if kept is None:  # a command sent after it set every key: the newest one wins
-                self._ledger.emit_op(op, point, Decision.NOOP, error=superseded_note(newer),
-                                     extra={"newer": newer})  # fmt: skip
+            kept, left = self._newer.screen(op)
+            if kept is None and left is not None:  # a newer command set it: the newest wins
+                self._ledger.emit_op(op, point, Decision.NOOP, error=left.why,
+                                     extra={"newer": left.newer})  # fmt: skip
                 return
-            op = kept
+            op = kept or op
         try:
             handler = self._handlers.get(op.module) or self.module(op.module)
         except (ImportError, KeyError) as exc:
@@ -466,9 +466,9 @@ class HotKernel:
             )  # fmt: skip
             return
         if result is not None:  # None: the handler ledgers it later (a checkpoint)
-            extra = {"newer": newer} if newer else None
-            if newer and result.error is None:  # the keys a newer command set are left out
-                result.error = superseded_note(newer)
+            extra = {"newer": left.newer} if left else None
+            if left and result.error is None:  # the keys a newer command set are left out
+                result.error = left.why
             entry = self._ledger.emit_result(op, point, result, extra)
             if self._newer is not None and result.decision == Decision.APPLIED.value:
                 self._newer.note(op, result.changes, entry["seq"])
@@ -896,10 +896,10 @@ class HotKernel:
         self._requeue_waiting(seq)
         last_seq, ledger_cursor = tail_state(self.paths.ledger)
         self._ledger.seq = max(self._ledger.seq, last_seq)
-        # commands past this life's read position are newer than every re-applied one
+        # a command the ledger does not hold yet is newer than every re-applied one
         self._newer = (
-            NewerCommands([*plan.lives, ledger_cursor],
-                          lambda key: self.mutable_state.get(key) is not None)
+            NewerCommands(plan.ages, plan.lives,
+                          lambda key: self.mutable_state.get(key) is not None, plan.undoes)
             if plan.ops else None
         )  # fmt: skip
         if own and last_seq > seq:
