@@ -796,13 +796,7 @@ class HotKernel:
         self._started = True
         self._control.seed_horizon(env)
         self._ledger.point = SafePoint(int(env["step"]))
-        if self._distributed_arg is None or self._distributed_arg:
-            self._sync = _dist.detect()
-            if self._sync is not None:
-                self.rank, self.is_leader = self._sync.rank, self._sync.is_leader
-                self._ledger.rank, self._ledger.leader = self.rank, self.is_leader
-                self._stream.leader = self.is_leader
-                self._freeze.leader = self.is_leader
+        self._find_rank()
         if self.is_leader:
             if self._metrics_arg is None:
                 self.metrics = MetricsCollector(self.run_dir)
@@ -822,6 +816,19 @@ class HotKernel:
         self._freeze.on_start(env)
         self._refresh_event_modules()
         self._refresh_due(self.step)
+
+    def _find_rank(self) -> None:
+        """This process's rank under torch.distributed, once the process group is up: from the
+        first ``apply()``, or from ``load_state_dict`` when a loop restores its checkpoint
+        before it (every rank would do rank 0's work there: a restored tuner's commands)."""
+        if self._sync is not None or self._distributed_arg is False:
+            return
+        self._sync = _dist.detect()
+        if self._sync is not None:
+            self.rank, self.is_leader = self._sync.rank, self._sync.is_leader
+            self._ledger.rank, self._ledger.leader = self.rank, self.is_leader
+            self._stream.leader = self.is_leader
+            self._freeze.leader = self.is_leader
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: put it in your training checkpoint."""
@@ -864,6 +871,7 @@ class HotKernel:
         trajectory and nothing is applied twice.
         """
         step, seq = int(state.get("step", 0)), int(state.get("seq") or 0)
+        self._find_rank()  # before the modules: rank 0 alone sends what a restore decides
         # the parent's checkpoint a branch starts from: its cursor counts bytes of the
         # parent's commands file, so this run's own ledger says where to read from
         own = not branched_before(self.paths, seq)

@@ -101,3 +101,32 @@ def test_two_ranks_train_a_start_brackets_arms_from_the_same_weights(tmp_path: P
     w0 = torch.load(traces / "weights_rank0.pt")
     w1 = torch.load(traces / "weights_rank1.pt")
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_a_resume_inside_a_bracket_on_two_ranks_settles_it_once(tmp_path: Path) -> None:
+    """`examples/ddp_bare.py` restores its checkpoint before its first `apply()`: the kernel
+    learns its rank there, so rank 0 alone sends what the restored tuner decides (every rank
+    sent the bracket's settle, and it was applied twice)."""
+    run_dir = tmp_path / "run"
+    client = HotClient(run_dir, create=True)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, start="bracket")
+    client.send("control", "checkpoint", at_step=15)  # inside the bracket's second arm
+    argv = [sys.executable, os.fspath(EXAMPLES / "ddp_bare.py"), "--nproc", "2",
+            "--run-dir", os.fspath(run_dir)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    first = subprocess.run([*argv, "--steps", "20"], capture_output=True, text=True, env=env,
+                           timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    (saved,) = [
+        e
+        for e in read_ledger(run_dir)
+        if e.get("op") == "checkpoint" and e["decision"] == "applied"
+    ]
+    path = os.fspath(run_dir / saved["checkpoint"])
+    assert os.path.exists(path), saved
+    again = subprocess.run([*argv, "--steps", "30", "--resume", path], capture_output=True,
+                           text=True, env=env, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    settles = [r for r in _rows(run_dir / "hotcb.commands.jsonl")
+               if r.get("op") == "bracket" and (r.get("params") or {}).get("settle")]  # fmt: skip
+    assert len(settles) == 1 and "restart" in settles[0]["params"]["reason"], settles
