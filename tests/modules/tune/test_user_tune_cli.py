@@ -714,6 +714,30 @@ def test_a_replay_of_the_exported_recipe_follows_the_tuned_run_under_a_scheduler
     assert replay.lrs == pytest.approx(t.lrs, rel=1e-9)
 
 
+def test_a_checkpoint_on_a_trial_s_boundary_lists_that_trial_replaced(toy: Any) -> None:
+    """A checkpoint saved while the tuner waits for its mutation to land (the HF Trainer saves
+    on the segment boundary when save_steps is a multiple of it): the life that died applied
+    and judged that trial. Resumed, its row is `replaced`, as the later ones are (it stayed
+    `proposed` for good, its score in the study unexplained)."""
+    first: Toy = toy(log_level, lr=1e-3, poll=0)
+    client = HotClient(first.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    tune = first.kernel.module("tune")
+    first.run(2000, until=lambda: bool(tune.waiting) and tune.waiting["kind"] == "mutate")
+    number, state = tune.waiting["trial"], first.kernel.state_dict()
+    first.run(2000, until=lambda: any(e["op"] in ("keep", "rollback")
+                                      and e["tune"].get("trial") == number
+                                      for e in first.ledger()))  # fmt: skip
+    first.kernel.close()
+    again: Toy = toy(log_level, lr=1e-3, poll=0)  # the same run directory, a new process
+    again.kernel.load_state_dict(state)
+    again.step = state["step"]
+    again.run(5)
+    (row,) = [r for r in client.tune_status()["trials"] if r["trial"] == number]
+    assert row["decision"] == "replaced" and row["was"] in ("kept", "rolled_back"), row
+
+
 def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli: Any) -> None:
     """Resumed from a checkpoint, the run's tuner makes new trials; those the earlier life made
     after the checkpoint are not re-applied, so `recipe export` and `tune export` leave them

@@ -414,7 +414,13 @@ class TuneModule:
                       if r.get("decision") in ("kept", "rolled_back")
                       and isinstance(r.get("score"), (int, float))
                       and math.isfinite(r["score"])}  # fmt: skip
-            known = [r["trial"] for r in self.trials if isinstance(r.get("trial"), int)]
+            # a mutation decided but not applied by the checkpoint: its trial is this run's no
+            # more (the life that died applied it, and maybe judged it: replaced as later ones)
+            unapplied = (
+                waiting.get("trial") if waiting and waiting.get("kind") == "mutate" else None
+            )
+            known = [r["trial"] for r in self.trials
+                     if isinstance(r.get("trial"), int) and r["trial"] != unapplied]  # fmt: skip
             replaced = self.study.finished_after(max(known, default=-1))
             failed = self.study.fail_open(keep=keep, judged=judged)
             self._list_replaced(replaced)
