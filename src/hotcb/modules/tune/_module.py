@@ -601,7 +601,7 @@ class TuneModule:
             line = _blow_up_line(self.train_recent, self.settings.abort)
             self.trial = {"number": trial, "step": int(env["step"]), "before": before,
                           "after": values, "applied": applied, "cmd_id": op.cmd_id,
-                          "train_line": line}  # fmt: skip
+                          "train_line": line, "objective_line": self._per_step_line()}  # fmt: skip
             self._watch_before = list(self.train_recent)
             row = self._row(trial)
             row.update(
@@ -1260,7 +1260,8 @@ class TuneModule:
 
     def _harmful(self) -> bool:
         """A trial whose objective is already clearly worse than expected ends early (and is
-        rolled back): the median of its last three values is ``abort`` (relative) worse than
+        rolled back): the median of its last three values (five, and above the segment before:
+        :meth:`_per_step_line`, for one logged every step) is ``abort`` (relative) worse than
         the trend, or one is NaN/inf."""
         values, name = self.segment.values, self.objective_used
         if self.phase == "bracket":  # an arm that blew up ends now: it has lost
@@ -1270,19 +1271,31 @@ class TuneModule:
         if values and not math.isfinite(values[-1]):
             self.trial["cut"] = f"{name} became {values[-1]}"
             return True
-        if len(values) < 3 or len(self.history) < 1:
+        # an objective logged every step (a training loss) is a batch's: the median of 5, and
+        # above what the segment before held too (its median of 3 read batch noise as harm)
+        line = self.trial.get("objective_line")
+        n = 3 if line is None else 5
+        if len(values) < n or len(self.history) < 1:
             return False
         expected = expected_level(self.history, self.segment.mid, self._sign)
         if not math.isfinite(expected) or expected == 0:
             return False
-        recent = sorted(values[-3:])[1]
+        recent = statistics.median(values[-n:])
         worse = self._sign * (recent - expected) / abs(expected)
-        if worse <= self.settings.abort:
+        if worse <= self.settings.abort or (line is not None and recent <= line):
             return False
-        self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last 3 values), "
+        self.trial["cut"] = (f"ended early: {name} {recent:.4g} (median of its last {n} values), "
                              f"{worse:.0%} worse than the {expected:.4g} its trend expected")  # fmt: skip
         self.trial["cut_score"] = max(NONFINITE_SCORE, -worse)  # what those values score
         return True
+
+    def _per_step_line(self) -> float | None:
+        """For an objective logged every step and minimized (a training loss): the line a
+        trial's values must pass to end it early, from the segment before it
+        (:func:`_blow_up_line`); None for one logged at validations."""
+        if self._sign < 0 or (self.objective_used not in _TRAIN_LOSSES and self.val_objective):
+            return None
+        return _blow_up_line(self.segment.values[-_TRAIN_WATCH:], self.settings.abort)
 
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
