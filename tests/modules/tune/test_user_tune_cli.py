@@ -508,6 +508,20 @@ def test_enables_queued_before_the_run_starts_fall_back_to_the_study_still_openi
           + client.tune_status()["counts"]["kept"] >= 1)  # fmt: skip
 
 
+def test_a_run_that_counts_from_1_ends_on_its_total_without_a_past_warning(toy: Any) -> None:
+    """The HF Trainer counts steps from 1: its last step is total_steps, where a segment of
+    evaluations may end. That is the run's end, not past it (status said "the run is past its
+    total_steps … --total-steps N gives the run's real length", for the real length)."""
+    t: Toy = toy(log_level, lr=1e-4, poll=0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="val_loss", segment_evals=2, total_steps=100,
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(100, val_every=10)  # steps 1 … 100, a boundary at 100
+    assert not [w for w in client.tune_status()["warnings"] if "past its total_steps" in w]
+    t.run(20, val_every=10)  # past it (the run was extended without telling the tuner): said
+    assert [w for w in client.tune_status()["warnings"] if "past its total_steps" in w]
+
+
 def test_observe_shows_levels_and_an_empty_export_says_so(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     HotClient(t.kernel.run_dir).tune_enable("observe", objective="loss", segment_steps=10,

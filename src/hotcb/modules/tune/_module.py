@@ -1590,7 +1590,8 @@ class TuneModule:
         # a segment's length in steps: counted in evaluations, as long as the one that closed
         length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
         ending = self.total_steps is not None and step + 2 * max(1, length) > self.total_steps
-        if ending and self.total_steps is not None and step >= self.total_steps:
+        # (past it: a loop that counts from 1, as the HF Trainer does, ends on step == total)
+        if ending and self.total_steps is not None and step > self.total_steps:
             self._warn(f"the run is past its total_steps ({self.total_steps}): no trial starts "
                        "(tune enable --total-steps N gives the run's real length)")  # fmt: skip
         if self._frozen():
