@@ -554,6 +554,19 @@ def test_malformed_replies(text: str | None, says: str) -> None:
         parse_reply(text)
 
 
+def test_a_runaway_reply_is_kept_short() -> None:
+    """A 3 MB reasoning and 500 actions were written whole, several times, to the run's AI
+    log and autopilot records: the reasoning's head is kept, and the rejected actions past
+    the first ten are counted, not each listed."""
+    text = json.dumps({"reasoning": "x" * 3_000_000, "actions": [LR_HALF] * 500})
+    r = parse_reply(text)
+    assert r.reasoning.startswith("x" * 4000) and len(r.reasoning) < 4100
+    assert r.reasoning.endswith("(2996000 more characters not kept)")
+    assert len(r.actions) == 3 and len(r.rejected) == 11
+    assert r.rejected[-1][1] == "487 more actions not read (a reply has at most 3)"
+    assert len(json.dumps([r.reasoning, [x for x, _ in r.rejected]])) < 10_000
+
+
 def test_missing_or_null_actions_mean_no_action() -> None:
     assert parse_reply('{"reasoning": "all good"}').actions == []
     assert parse_reply('{"reasoning": "all good", "actions": null}').actions == []

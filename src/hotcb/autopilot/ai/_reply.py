@@ -54,6 +54,20 @@ def _first_object(text: str) -> Any:
     raise MalformedReply("no JSON object in the reply")
 
 
+#: What of a reply is kept: its reasoning's first characters, its first rejected actions (a
+#: 3 MB reasoning with 500 actions was written whole, several times, to the run's files)
+_REASONING_KEPT = 4000
+_REJECTED_KEPT = 10
+
+
+def _kept(reasoning: str) -> str:
+    """The reasoning as the AI log, the records and the page keep it: its head."""
+    if len(reasoning) <= _REASONING_KEPT:
+        return reasoning
+    cut = len(reasoning) - _REASONING_KEPT
+    return f"{reasoning[:_REASONING_KEPT]} … ({cut} more characters not kept)"
+
+
 def parse_reply(text: str | None, *, max_actions: int = 3) -> Reply:
     """The reply's reasoning, valid actions (at most ``max_actions``), rejected actions with
     their reasons, and ``next_check`` (steps). :class:`MalformedReply` when it holds no JSON
@@ -71,8 +85,13 @@ def parse_reply(text: str | None, *, max_actions: int = 3) -> Reply:
         raw_actions = []
     if not isinstance(raw_actions, list):
         raise MalformedReply("'actions' must be a list")
-    reply = Reply(reasoning=reasoning.strip())
-    for raw in raw_actions:
+    reply = Reply(reasoning=_kept(reasoning.strip()))
+    for i, raw in enumerate(raw_actions):
+        if len(reply.rejected) >= _REJECTED_KEPT:  # a runaway reply: counted, not each kept
+            rest = len(raw_actions) - i
+            reply.rejected.append(({"actions": rest}, f"{rest} more actions not read (a reply "
+                                   f"has at most {max_actions})"))  # fmt: skip
+            break
         action, problem = _action(raw)
         if problem is not None:
             reply.rejected.append((raw, problem))
