@@ -191,7 +191,6 @@ class TuneModule:
         self.bracket_wanted = False
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
-        self._at_zero: list[str] = []  # a roll-back's knobs a schedule has at zero: left there
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
@@ -614,28 +613,32 @@ class TuneModule:
 
     def _back_on_schedule(
         self, values: dict[str, dict[str, Any]], applied: Any, env: Env
-    ) -> dict[str, float]:
+    ) -> tuple[dict[str, float], list[str]]:
         """A knob that a schedule moved during the trial (lr under an LR scheduler) is not set
         back to its value at the trial's start, which the schedule has left behind: the trial's
         ratio is taken back (``now × before / applied``), which puts the run on its schedule.
-        The factors, by key; ``values`` is changed in place."""
+        The factors, by key, and the keys a schedule has at zero (left there); ``values`` is
+        changed in place."""
         scaled: dict[str, float] = {}
+        zero: list[str] = []
         if not isinstance(applied, Mapping):
-            return scaled
+            return scaled, zero
         for module, kv in list(values.items()):
             for key, old in list(kv.items()):
                 new = (applied.get(module) or {}).get(key)
                 kv[key], factor = self.host.value_before(module, key, old, new, env)
                 if kv[key] is None:  # at zero on its schedule (a cosine's end): it stays there
                     del kv[key]
-                    self._at_zero.append(key)
+                    zero.append(key)
                 elif factor is not None:
                     scaled[key] = factor
             if not kv:
                 del values[module]
-        return scaled
+        return scaled, zero
 
-    def _schedule_notes(self, result: OpResult, trial: Any, scaled: dict[str, float]) -> None:
+    def _schedule_notes(
+        self, result: OpResult, trial: Any, scaled: dict[str, float], zero: list[str]
+    ) -> None:
         """A roll-back's ledger notes: the ratios that put knobs back on their schedule, the
         knobs a schedule has at zero (left there), and a refusal (the trial's values stay)."""
         if result.decision != "applied":
@@ -643,8 +646,8 @@ class TuneModule:
                        f"({result.error}): its values stay in force")  # fmt: skip
         if scaled:
             result.extra["on_schedule"] = scaled
-        if self._at_zero:
-            result.extra["at_zero"] = self._at_zero
+        if zero:
+            result.extra["at_zero"] = zero
 
     def _apply_moves(self, values: dict[str, dict[str, Any]], moves: Any, env: Env) -> None:
         """The targets of a trial's relative moves (``mult``/``delta``), from the values read
@@ -666,12 +669,11 @@ class TuneModule:
         if isinstance(values, str):
             return OpResult("rejected", error=values)
         values, left = self._not_commanded(values, op.params.get("trial"), op.params.get("since"))
-        self._at_zero = []
-        scaled = self._back_on_schedule(values, op.params.get("applied"), env)
+        scaled, zero = self._back_on_schedule(values, op.params.get("applied"), env)
         rescale, later = self._not_since(rescale, op.params.get("mark"))
         rescaled = self._rescale(rescale, values, env)
         result = self._actuate(values, env)
-        self._schedule_notes(result, op.params.get("trial"), scaled)
+        self._schedule_notes(result, op.params.get("trial"), scaled, zero)
         restored: list[str] = []
         snap, self._snapshot = self._snapshot, None
         if snap is not None and snap[0] == op.params.get("trial") and snap[1] is not None:
