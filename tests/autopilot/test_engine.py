@@ -187,6 +187,28 @@ def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
     assert decide(lp.run_dir, proposal["id"], accept=False, by="test")["state"] == "rejected"
 
 
+def test_once_on_a_finished_run_says_what_it_found_and_proposes_nothing(
+    loop: Any, tmp_path: Path, cli: Any
+) -> None:
+    """``autopilot --once`` on a finished run printed only its header when no rule fired, and
+    when one fired it left a proposal that nothing could ever apply (accept refuses it)."""
+    lp: Loop = loop()
+    lp.run(120)
+    lp.kernel.close()  # the run finished
+    flat_only = (
+        "rules:\n  - id: cut\n    when: {detector: divergence, metric: key}\n"
+        "    then: {action: lr_mult, params: {factor: 0.5}}\n"
+    )  # a flat loss never diverges
+    quiet = cli(lp.run_dir, "autopilot", "--once", "--rules", _rules(tmp_path, flat_only))
+    assert (f"one round on {lp.run_dir} up to step 120: nothing to report (the run finished "
+            "at step 120)") in quiet.stdout, quiet.stdout  # fmt: skip
+    out = cli(lp.run_dir, "autopilot", "--once", "--rules", _rules(tmp_path, PLATEAU_ONLY)).stdout
+    assert "detection plateau_cut_lr: plateau on val_loss" in out, out
+    assert "the run finished at step 120: nothing would apply it" in out, out
+    assert "up to step 120: 2 record(s) above (the run finished at step 120)" in out, out
+    assert not proposals(lp.run_dir)
+
+
 def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> None:
     """`hotcb autopilot accept A1 --wait`, as `tune accept --wait` and `hotcb set --wait` do:
     it returns once the run has applied the proposal's command, with its ledger entry."""

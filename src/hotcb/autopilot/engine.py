@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonl
 from ..client import HotClient
 from ..errors import HotcbError
+from ..ledger import run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
 from ..runfiles import AUTOPILOT_STATE, TUNE, process_alive
 from ..runview import RunView
@@ -320,7 +321,9 @@ class Autopilot:
             self.fired[rule.id] = self.step_now
             return
         acts = todo == "auto" and rule.confidence in ("high", "medium")
-        why_not = self._rule_blocked(rule.action.knob, acts)
+        over = run_over(self.view.meta(), time.time()) if self.ended else None
+        why_not = f"the run {over}: nothing would apply it" if over else None
+        why_not = why_not or self._rule_blocked(rule.action.knob, acts)
         if why_not is None and acts and rule.detector in _TUNING_DETECTORS:
             why_not = self._tuned(rule.action.knob)
         if why_not is not None:

@@ -177,13 +177,17 @@ def _loop(
               flush=True)  # fmt: skip
     seen_alive: set[str] = set()  # runs watched while their training ran
     told: set[str] = set()
+    said: dict[str, int] = {}  # run -> records printed (--once sums its round up)
     try:
         while True:
-            for pilot in list(pilots.values()):
+            for run, pilot in list(pilots.items()):
                 for rec in pilot.step():
                     print(_line(rec), flush=True)
+                    said[run] = said.get(run, 0) + 1
             if args.once:
-                _finish_calls(pilots)
+                for run, n in _finish_calls(pilots).items():
+                    said[run] = said.get(run, 0) + n
+                _say_round(pilots, said)
             for notifier in notifiers.values():
                 notifier.step()
             seen_alive.update(run for run, p in pilots.items() if not p.ended)
@@ -214,13 +218,28 @@ def _over(run: str, pilot: Any, seen_alive: set[str], told: set[str]) -> bool:
     return False
 
 
-def _finish_calls(pilots: dict[str, Any]) -> None:
-    """``--once`` in an AI mode: wait for the model's answer and act on it before exiting."""
-    for pilot in pilots.values():
+def _finish_calls(pilots: dict[str, Any]) -> dict[str, int]:
+    """``--once`` in an AI mode: wait for the model's answer and act on it before exiting; the
+    records printed, by run."""
+    said: dict[str, int] = {}
+    for run, pilot in pilots.items():
         if pilot.ai is not None and pilot.ai.busy:
             pilot.ai.wait()
             for rec in pilot.step():
                 print(_line(rec), flush=True)
+                said[run] = said.get(run, 0) + 1
+    return said
+
+
+def _say_round(pilots: dict[str, Any], said: dict[str, int]) -> None:
+    """``--once``: what its round found, by run, so that a quiet round is not mistaken for one
+    that did not look (a finished run's metrics are read and checked too)."""
+    for run, pilot in pilots.items():
+        upto = f"up to step {pilot.step_now}" if pilot.step_now >= 0 else "before any metric"
+        found = "nothing to report" if not said.get(run) else f"{said[run]} record(s) above"
+        over = ended(run) if pilot.ended and not pilot.crashed else None
+        tail = f" (the run {over})" if over else ""
+        print(f"hotcb autopilot: one round on {run} {upto}: {found}{tail}", flush=True)
 
 
 def _say_ended(pilots: dict[str, Any], once: bool) -> None:
