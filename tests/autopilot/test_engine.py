@@ -165,6 +165,27 @@ def test_suggest_then_accept_applies_the_action_with_its_rule(loop: Any, tmp_pat
         decide(lp.run_dir, proposal["id"], accept=True)
 
 
+def test_a_newer_detection_renews_the_rules_waiting_proposal(loop: Any, tmp_path: Path) -> None:
+    """A proposal left waiting kept its first evidence for good: the plateau seen at step 80
+    stayed the one on offer at step 900. After the rule's cooldown a newer detection renews
+    it under the same id (an accept typed meanwhile still applies it, once)."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(100, pilot)
+    (first,) = proposals(lp.run_dir)
+    out = lp.run(200, pilot)  # the cooldown is 150 steps: the plateau is detected again
+    (renewed,) = proposals(lp.run_dir)
+    assert renewed["id"] == first["id"] and renewed["state"] == "pending"
+    assert renewed["step"] >= first["step"] + 150 and renewed["first_step"] == first["step"]
+    said = [_line(r) for r in out if r.get("kind") == "proposal"]
+    assert said == [f"[step {renewed['step']}] proposal {first['id']} (plateau_cut_lr, renewed "
+                    f"(first at step {first['step']})): {renewed['describe']}"]  # fmt: skip
+    assert f"steps {renewed['step'] - 70}-{renewed['step']}" in renewed["describe"]
+    decide(lp.run_dir, first["id"], accept=True, by="test")
+    lp.run(5, pilot)
+    assert lp.lr == pytest.approx(5e-3)  # one cut, not two
+
+
 def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
     loop: Any, tmp_path: Path, cli: Any
 ) -> None:
@@ -229,8 +250,10 @@ def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> N
     out, err = accept.communicate(timeout=30)
     assert accept.returncode == 0, err
     assert out.startswith(f"{proposal['id']} accepted: ")
-    # how old its evidence is: the proposal's step, and how far the run has gone since
-    assert f" (proposed at step {proposal['step']}, " in out.splitlines()[0], out
+    # how old its evidence is: the proposal's step (renewed while the accept started, if the
+    # rule detected again meanwhile), and how far the run has gone since
+    (accepted,) = [p for p in proposals(lp.run_dir) if p["id"] == proposal["id"]]
+    assert f" (proposed at step {accepted['step']}, " in out.splitlines()[0], out
     assert "applied" in out and "lr: 0.01 -> 0.005" in out, out
     assert lp.lr == pytest.approx(5e-3)
 

@@ -331,17 +331,28 @@ class Autopilot:
                 "kind": "skipped", "rule": rule.id, "step": self.step_now, "reason": why_not,
             }))  # fmt: skip
             return
-        if any(p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"):
-            return  # one proposal per rule waits at a time
-        self.fired[rule.id] = self.step_now
         if acts:
+            if any(
+                p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"
+            ):
+                return  # (a proposal of the rule from suggest mode waits: its accept would double it)
+            self.fired[rule.id] = self.step_now
             out.extend(self._apply(rule, found))
-        else:
+            return
+        self.fired[rule.id] = self.step_now
+        with _locked(self.run_dir):  # not while a person's accept of the one it renews runs
+            waiting = [p for p in proposals(self.run_dir)
+                       if p["rule"] == rule.id and p["state"] == "pending"]  # fmt: skip
+            # one proposal per rule waits at a time; a newer detection renews its evidence
+            # under the same id (an accept of that id, typed meanwhile, still applies it)
+            first = waiting[-1].get("first_step", waiting[-1].get("step")) if waiting else None
             out.append(self._record({
-                "kind": "proposal", "id": self._new_id(), "rule": rule.id, "step": self.step_now,
+                "kind": "proposal", "id": waiting[-1]["id"] if waiting else self._new_id(),
+                "rule": rule.id, "step": self.step_now,
                 "action": {"name": rule.action.name, "params": rule.action.params},
                 "describe": f"{rule.action.describe()} because {found.describe()}",
                 "evidence": found.evidence, "state": "pending",
+                **({"first_step": first} if waiting else {}),
             }))  # fmt: skip
 
     def _rule_blocked(self, knob: str | None, acts: bool) -> str | None:
@@ -802,7 +813,8 @@ def send_action(
 
 # ---------------------------------------------------------------------------------- proposals
 def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every proposal of the run with its current state (pending, accepted, rejected)."""
+    """Every proposal of the run with its current state (pending, accepted, rejected): a
+    renewed one (its rule detected again while it waited) as last written."""
     out: dict[str, dict[str, Any]] = {}
     for rec in jsonl.iter_records(os.path.join(os.fspath(run_dir), RECORDS)):
         if rec.get("kind") == "proposal" and isinstance(rec.get("id"), str):

@@ -267,7 +267,8 @@ def _line(rec: dict[str, Any]) -> str:
     if kind == "detection":
         return f"{head} {rec['rule']}: {rec.get('describe')}"
     if kind == "proposal":
-        return f"{head} {rec['id']} ({rec['rule']}): {rec.get('describe')}"
+        again = f", renewed (first at step {rec['first_step']})" if "first_step" in rec else ""
+        return f"{head} {rec['id']} ({rec['rule']}{again}): {rec.get('describe')}"
     if kind == "action":
         from ..autopilot.rules import action_text
 
