@@ -364,6 +364,11 @@ def test_status_of_a_loop_that_logs_no_metrics_is_running(run_dir: str, cli: Any
     # over: the state line says where it ended, and no stale "alive" line contradicts it
     res = cli(run_dir, "status")
     assert "[finished at step 3]" in res.stdout and "alive" not in res.stdout, res.stdout
+    # --wait on a run that is over: not applied, so not exit code 0 (a script reads 0 as done)
+    waited = cli(run_dir, "set", "lr=0.5", "--wait")
+    assert waited.returncode == 1 and "(not applied: exit code 1)" in waited.stderr, waited
+    assert "the run finished at step 3; the command waits" in waited.stderr
+    assert cli(run_dir, "set", "lr=0.25").returncode == 0  # without --wait: queued, as asked
 
 
 def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:

@@ -339,11 +339,13 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
         for cid in cmd_ids:
             print(cid)
         if over is not None:  # nothing will answer: say so (with --wait, instead of timing out)
+            waited = getattr(args, "wait", False)
             print(
                 f"hotcb: the run {over}; the command waits in the commands file for the next "
-                "run started in this directory",
+                "run started in this directory" + (" (not applied: exit code 1)" if waited else ""),
                 file=sys.stderr,
             )
+            return 1 if waited else 0  # --wait promises the change is in force
         return 0
     c = client(args)
     if not os.path.exists(c.paths.run_meta):  # waiting for a trainer not started yet: say so
