@@ -393,24 +393,30 @@ def test_overlay_errors_are_clear(tmp_path: Any) -> None:
 
 def test_validate_lists_every_problem_of_an_overlay_with_exit_1(tmp_path: Any, cli: Any) -> None:
     """One pass lists what a person must fix: a patch that matches nothing, a typo of a param
-    name, a param made invalid; not the first of them and exit 2. A non-finite scale is refused
-    when the overlay is read."""
+    name, a param made invalid; not the first of them and exit 2. Malformed patches (a
+    non-finite scale, an insert of an unknown module) are listed with them: they were listed
+    alone, and the rest only once they were fixed. A non-finite scale is refused when the
+    overlay is read."""
     path = tmp_path / "hotcb.adjust.yaml"
     path.write_text(
         "patches:\n"
         "  - match: {module: tune}\n    drop: true\n"
         "  - match: {module: opt, nth: 0}\n    replace_params: {lrr: 0.1}\n"
         "  - match: {module: loss}\n    replace_params: {l2: .nan}\n"
+        "  - match: {module: opt}\n    transform_params: {scale: .nan}\n"
+        "  - insert: {at: {step: 10}, module: optimizer, op: set_params, params: {lr: 0.1}}\n"
     )
     done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 3, lines
-    assert "patch 1 matches no recipe entry" in lines[0]
-    assert "patch 2: replace_params 'lrr' is not a param of step 12" in lines[1]
-    assert "did you mean 'lr'?" in lines[1]
-    assert "invalid entry" in lines[2] and "l2" in lines[2]
-    assert "3 problem(s)" in done.stderr
+    assert len(lines) == 5, lines
+    assert "patch 4: transform_params.scale must be a finite number" in lines[0]
+    assert "patch 5: invalid insert: unknown module 'optimizer'" in lines[1]
+    assert "patch 1 matches no recipe entry" in lines[2]
+    assert "patch 2: replace_params 'lrr' is not a param of step 12" in lines[3]
+    assert "did you mean 'lr'?" in lines[3]
+    assert "invalid entry" in lines[4] and "l2" in lines[4]
+    assert f"5 problem(s) in {path}" in done.stderr
     with pytest.raises(RecipeError, match=r"transform_params\.scale must be a finite number"):
         _overlay(
             tmp_path, "patches:\n  - match: {module: opt}\n    transform_params: {scale: .nan}\n"

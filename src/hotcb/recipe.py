@@ -440,16 +440,25 @@ def _raw_step(rec: Any) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def check_recipe(path: str | os.PathLike[str]) -> tuple[Recipe, list[RecipeProblem]]:
-    """Parse a recipe and collect every problem (with its line) instead of stopping at the first:
-    unreadable lines, unknown modules/ops, invalid entries, steps going backwards, captured
-    sources that are missing or changed."""
-    path = os.path.abspath(os.fspath(path))
+def _read_recipe(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            lines = f.read().split(b"\n")
+            return f.read()
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+
+
+def check_recipe(
+    path: str | os.PathLike[str], data: bytes | None = None
+) -> tuple[Recipe, list[RecipeProblem]]:
+    """Parse a recipe and collect every problem (with its line) instead of stopping at the first:
+    unreadable lines, unknown modules/ops, invalid entries, steps going backwards, captured
+    sources that are missing or changed.
+
+    ``data``: the recipe's bytes, read by the caller, checked as the file at ``path`` (a caller
+    that then hands them on checks exactly what it hands on, not what the file holds later)."""
+    path = os.path.abspath(os.fspath(path))
+    lines = (_read_recipe(path) if data is None else data).split(b"\n")
     header: dict[str, Any] = {}
     entries: list[RecipeEntry] = []
     problems: list[RecipeProblem] = []
@@ -624,14 +633,21 @@ _MATCH_KEYS = frozenset(
 _ACTIONS = frozenset({"replace_params", "transform_params", "shift_step", "drop"})
 
 
-def load_overlay(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an overlay (YAML, or JSON for a ``.json`` file) and check its shape."""
+def load_overlay(path: str | os.PathLike[str], data: bytes | None = None) -> dict[str, Any]:
+    """Read an overlay (YAML, or JSON for a ``.json`` file) and check its shape. ``data``: its
+    bytes, read by the caller, parsed as the file at ``path`` (as :func:`check_recipe`)."""
     path = os.fspath(path)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise RecipeError(f"cannot read overlay {path}: {exc.strerror or exc}") from None
+    if data is None:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as exc:
+            raise RecipeError(f"cannot read overlay {path}: {exc.strerror or exc}") from None
+    else:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"overlay {path} is not UTF-8 text: {exc}") from None
     if path.endswith(".json"):
         try:
             doc = json.loads(text)
@@ -664,20 +680,32 @@ def _check_overlay(doc: Any, where: str) -> None:
     if not isinstance(patches, list):
         raise RecipeError(f"overlay {where}: 'patches' must be a list, got {patches!r}")
     problems: list[str] = []
+    bad: list[int] = []
     for i, patch in enumerate(patches, start=1):
         try:
             _check_patch(patch, f"overlay {where} patch {i}")
         except RecipeError as exc:
             problems.append(str(exc))
-    _raise_all(problems, f"overlay {where}")
+            bad.append(i)
+    if problems:  # with the document and the patches it names, for overlay_problems
+        raise RecipeProblems(f"overlay {where}", problems, doc, bad)
 
 
 class RecipeProblems(RecipeError):
     """Several problems at once; ``problems`` lists them, one message each."""
 
-    def __init__(self, what: str, problems: Sequence[str]) -> None:
-        super().__init__(f"{what}: {len(problems)} problems\n" + "\n".join(problems))
+    def __init__(
+        self,
+        what: str,
+        problems: Sequence[str],
+        doc: Any = None,
+        patches: Sequence[int] = (),
+    ) -> None:
+        head = f"{what}: {len(problems)} problems\n" if len(problems) > 1 else ""
+        super().__init__(head + "\n".join(problems))
         self.problems = list(problems)
+        self.doc = doc  # an overlay's: the document, and its malformed patches by number
+        self.patches = list(patches)
 
 
 def _raise_all(problems: list[str], what: str) -> None:
@@ -806,10 +834,40 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
     params they set; ``nth`` (0-based) keeps only that one of the matches. A patch that matches
     nothing is an error: a plan that silently differs from what was written is worse than none.
     """
+    out, problems = _apply_overlay(entries, overlay)
+    _raise_all(problems, "overlay")
+    return out
+
+
+def overlay_problems(
+    entries: Sequence[RecipeEntry], path: str | os.PathLike[str]
+) -> tuple[list[RecipeEntry] | None, list[str]]:
+    """Every problem of the overlay at ``path`` against ``entries`` at once (``recipe validate
+    --adjust``), and the entries its sound patches make (None when it cannot be read at all):
+    a malformed patch is listed and left out, and the others are still applied and checked."""
+    try:
+        doc = load_overlay(path)
+        bad: set[int] = set()
+        problems: list[str] = []
+    except RecipeProblems as exc:  # malformed patches: list them, apply the rest
+        doc = exc.doc
+        bad, problems = set(exc.patches), list(exc.problems)
+    except RecipeError as exc:
+        return None, [str(exc)]
+    patches = [None if i in bad else p for i, p in enumerate(doc.get("patches") or (), start=1)]
+    out, more = _apply_overlay(entries, {**doc, "patches": patches})
+    return out, problems + more
+
+
+def _apply_overlay(
+    entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]
+) -> tuple[list[RecipeEntry], list[str]]:
     out = [copy.deepcopy(e) for e in entries]
     problems: list[str] = []
     dropped: dict[str, tuple[int, RecipeEntry]] = {}  # cmd_id -> (patch, entry) it dropped
     for i, patch in enumerate(overlay.get("patches") or (), start=1):
+        if patch is None:  # malformed (listed by overlay_problems): left out
+            continue
         if "insert" in patch:
             entry = RecipeEntry.from_record(copy.deepcopy(patch["insert"]))
             entry.cmd_id = entry.cmd_id or f"insert-{i}"
@@ -839,8 +897,7 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
             command_to_hotop(e.command_record())
         except CommandError as exc:
             problems.append(f"overlay made an invalid entry ({e.describe()}): {exc}")
-    _raise_all(problems, "overlay")
-    return out
+    return out, problems
 
 
 def _orphan_undos(
@@ -1073,10 +1130,23 @@ def bring_into_run(run_dir: str, path: str, suffix: str) -> str:
         pass
     with open(path, "rb") as f:
         data = f.read()
-    rel = os.path.join(REPLAY_DIR, f"{hashlib.sha256(data).hexdigest()[:16]}.{suffix}")
+    return store_in_run(run_dir, data, suffix)
+
+
+def replay_copy(data: bytes, suffix: str) -> str:
+    """The name of the run's own copy of ``data``, relative to the run directory
+    (``hotcb.replay/<sha>.<suffix>``): what :func:`store_in_run` writes."""
+    return os.path.join(REPLAY_DIR, f"{hashlib.sha256(data).hexdigest()[:16]}.{suffix}")
+
+
+def store_in_run(run_dir: str, data: bytes, suffix: str) -> str:
+    """Write ``data`` as the run's own copy (:func:`replay_copy`); its path relative to
+    ``run_dir``. The bytes written are the bytes given: a caller that checked them sends the
+    trainer what it checked, whatever happens to the file it read them from."""
+    rel = replay_copy(data, suffix)
     dest = os.path.join(run_dir, rel)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    _copy(path, dest)
+    _write_atomic(dest, data)
     return rel
 
 

@@ -15,13 +15,11 @@ from ..recipe import (
     RecipeEntry,
     RecipePlayer,
     RecipeProblem,
-    RecipeProblems,
-    apply_overlay,
     check_actuators,
     check_recipe,
     export_recipe,
-    load_overlay,
     out_file,
+    overlay_problems,
     player_for,
     sets_actuators,
 )
@@ -148,22 +146,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except RecipeError as exc:  # cannot read it
         recipe, problems = None, [RecipeProblem(0, str(exc))]
     entries = recipe.entries if recipe is not None else []
+    said: list[str] = []  # the overlay's problems, all at once (a malformed patch left out)
     if recipe is not None and args.adjust and not problems:
-        try:
-            entries = apply_overlay(recipe.entries, load_overlay(args.adjust))
-        except RecipeError as exc:  # every problem of the overlay, one a line, like a recipe's
-            said = exc.problems if isinstance(exc, RecipeProblems) else [str(exc)]
-            for line in said:
-                print(line)
-            print(f"{len(said)} problem(s) in {args.adjust}", file=sys.stderr)
-            return 1
+        adjusted, said = overlay_problems(recipe.entries, args.adjust)
+        entries = adjusted if adjusted is not None else []  # None: it cannot be read
     # the entries the replay would apply (after the overlay), as a live command is checked
     checked = None if args.adjust and problems else check_actuators(entries, args.dir)
     problems = sorted([*problems, *(checked or ())], key=lambda p: p.line)
+    for line in said:
+        print(line)
     for p in problems:
         print(_located(path, p))
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
+    if said or problems:
+        where = (f" in {args.adjust}" if not problems else f" ({len(said)} in {args.adjust})"
+                 if said else "")  # fmt: skip
+        print(f"{len(said) + len(problems)} problem(s){where}", file=sys.stderr)
         return 1
     assert recipe is not None
     if checked is None and sets_actuators(entries):
