@@ -176,6 +176,15 @@ def test_bad_names_list_the_valid_ones(
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_task_and_a_bad_condition_are_both_named(cli: Any, tmp_path: Path) -> None:
+    """Both wrong: the condition was named only once the task was fixed."""
+    done = cli(None, "bench", "run", "--task", "nope", "--conditions", "fixed,bogus",
+               "--out", os.fspath(tmp_path / "o"))  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "unknown task 'nope'" in done.stderr and "unknown condition 'bogus'" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("flag", ["--seeds", "--steps", "--threads"])
 def test_counts_below_one_are_refused(cli: Any, tmp_path: Path, flag: str) -> None:
     done = cli(None, "bench", "run", "--task", "digits_mlp", "--conditions", "fixed", flag, "0",

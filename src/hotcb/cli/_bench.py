@@ -83,11 +83,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    said: list[str] = []  # a bad task and a bad condition: both, in one go
+    tasks = conditions = []
     try:
         tasks = parse_names(args.tasks, TASKS, "task", user_ok=True)
+    except ValueError as exc:
+        said.append(str(exc))
+    try:
         conditions = parse_names(args.conditions, CONDITIONS, "condition")
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        said.append(str(exc))
+    if said:
+        raise UsageError("; also ".join(said))
     from ..bench.runner import BenchError, BenchInterrupted, Settings, run_bench
 
     settings = Settings(
