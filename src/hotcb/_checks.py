@@ -48,7 +48,7 @@ class Checker:
 
     def number(
         self, doc: Mapping[str, Any], key: str, where: str, *, integer: bool = False,
-        minimum: float | None = None,
+        minimum: float | None = None, maximum: float | None = None,
     ) -> Any:  # fmt: skip
         value = doc.get(key)
         if value is None:
@@ -62,6 +62,9 @@ class Checker:
             return None
         if minimum is not None and value < minimum:
             self.add(where, f"must be >= {minimum:g}, got {value!r}")
+            return None
+        if maximum is not None and value > maximum:
+            self.add(where, f"must be <= {maximum:g}, got {value!r}")
             return None
         return value
 

@@ -247,6 +247,14 @@ def test_bad_config_lists_every_problem_with_its_line(tmp_path: Any) -> None:
     ]
 
 
+def test_retries_above_ten_are_a_problem_not_quietly_ten(tmp_path: Any, cli: Any) -> None:
+    """``retries: 50`` was cut to 10 while ``--check`` said the file had no problems."""
+    path = tmp_path / "notify.yaml"
+    path.write_text('deliveries:\n  - {type: webhook, url: "http://127.0.0.1:9/x"}\nretries: 50\n')
+    done = cli(None, "notify", "--notify", os.fspath(path), "--check")
+    assert done.returncode == 2 and "line 3: retries: must be <= 10, got 50" in done.stderr
+
+
 def test_good_config(tmp_path: Any) -> None:
     path = tmp_path / "notify.json"
     path.write_text(json.dumps({

@@ -93,7 +93,7 @@ def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> Notify
             seen.add(aid)
     if not deliveries and "deliveries" not in doc:
         c.add("deliveries", "missing: give at least one delivery (webhook, slack or email)")
-    retries = c.number(doc, "retries", "retries", integer=True, minimum=0)
+    retries = c.number(doc, "retries", "retries", integer=True, minimum=0, maximum=10)
     backoff = c.number(doc, "backoff", "backoff", minimum=0)
     max_backoff = c.number(doc, "max_backoff", "max_backoff", minimum=0)
     if c.problems:
@@ -101,7 +101,7 @@ def check_notify_config(doc: Any, lines: Mapping[str, int], path: str) -> Notify
     return NotifyConfig(
         tuple(alerts) if "alerts" in doc else DEFAULT_ALERTS,
         tuple(deliveries),
-        3 if retries is None else min(int(retries), 10),
+        3 if retries is None else int(retries),
         1.0 if backoff is None else float(backoff),
         30.0 if max_backoff is None else float(max_backoff),
         path,
