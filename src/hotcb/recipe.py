@@ -26,8 +26,9 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,8 +401,9 @@ def out_file(out: str | os.PathLike[str] | None, default: str) -> str:
 
 def _write_atomic(dest: str, data: bytes) -> None:
     """Write ``dest`` through a temporary file beside it (a reader never sees half of it); the
-    temporary file is removed when anything fails, so none is left behind."""
-    tmp = f"{dest}.tmp.{os.getpid()}"
+    temporary file is removed when anything fails, so none is left behind. The temporary name
+    is the thread's own: the dashboard's worker threads may store the same copy at once."""
+    tmp = f"{dest}.tmp.{os.getpid()}.{threading.get_ident()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -1107,18 +1109,39 @@ def import_for_replay(
             f"{recipe_path}: {len(problems)} problem(s):\n"
             + "\n".join(f"  line {p.line}: {p.message}" for p in problems)
         )
-    bases = [os.path.dirname(recipe.path), recipe.run_dir]
-    for entry in recipe.entries:
-        cap = entry.source_capture
-        found = resolve_capture(cap["path"], bases) if cap else None
-        if cap and found and cap.get("sha256"):
-            dest = os.path.join(paths.sources, f"{cap['sha256']}.py")
-            if not os.path.exists(dest):
-                os.makedirs(paths.sources, exist_ok=True)
-                _copy(found, dest)
+    bring_sources(paths.root, recipe)
     return bring_into_run(paths.root, recipe_path, "recipe.jsonl"), (
         bring_into_run(paths.root, adjust_path, "adjust.yaml") if adjust_path else None
     )
+
+
+def bring_sources(
+    run_dir: str, recipe: Recipe, *, readable: Callable[[str], bool] | None = None
+) -> None:
+    """Copy the callback sources ``recipe`` captured into ``run_dir`` (``hotcb.sources/
+    <sha256>.py``), where the trainer looks for them: each from the recipe's folder or the run
+    it was exported from, and only with the content it captured (a file edited since is left
+    out: the trainer then says which source it misses). ``readable``: which files may be read
+    (the dashboard's allowed places)."""
+    sources = RunPaths(run_dir).sources
+    bases = [os.path.dirname(recipe.path), recipe.run_dir]
+    for entry in recipe.entries:
+        cap = entry.source_capture
+        sha = cap.get("sha256") if cap else None
+        if not cap or not isinstance(sha, str):
+            continue
+        dest = os.path.join(sources, f"{sha}.py")
+        found = resolve_capture(cap["path"], bases)
+        if found is None or os.path.exists(dest) or (readable and not readable(found)):
+            continue
+        try:
+            with open(found, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha:
+            os.makedirs(sources, exist_ok=True)
+            _write_atomic(dest, data)
 
 
 def bring_into_run(run_dir: str, path: str, suffix: str) -> str:
@@ -1148,12 +1171,6 @@ def store_in_run(run_dir: str, data: bytes, suffix: str) -> str:
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     _write_atomic(dest, data)
     return rel
-
-
-def _copy(src: str, dest: str) -> None:
-    with open(src, "rb") as f:
-        data = f.read()
-    _write_atomic(dest, data)
 
 
 def player_for(state: FreezeState, base_dir: str | None = None) -> RecipePlayer | None:

@@ -201,12 +201,31 @@ def _within(real: str, root: str) -> bool:
 # ``scheme://user:password@host``: everything from the first ":" after the user name to the last
 # "@" of the URL is the password (an unescaped "@" or "/" in it must not leak its tail).
 _URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*):[^\s'\"]*@")
+# ``?api-key=…``, ``&token=…``, ``#access_token=…``: a query (or fragment) parameter whose name
+# says it holds a secret; its value runs to the next parameter, the fragment or the text's end.
+_SECRET_PARAM = re.compile(
+    r"([?&#](?:password|passwd|pwd|secret|token|key|api-key|api_key|apikey|access_token|auth"
+    r"|sig|signature)=)[^&#\s'\"]+",
+    re.IGNORECASE,
+)
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` URL in it replaced
-    by ``***`` (storage URLs are shown in status output, state files and the dashboard)."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
+    """``text`` with the secrets of every URL in it replaced by ``***``: the password of
+    ``scheme://user:password@host`` and the value of a query parameter named like a secret
+    (``password``, ``token``, ``key``, ``api-key``, ``access_token``, ``sig``, …). Storage URLs,
+    webhooks and the LLM autopilot's base URL are shown in status output, state files and the
+    dashboard this way."""
+    return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+
+
+def url_secrets(text: str) -> list[str]:
+    """The secrets that :func:`redact_url` hides in ``text`` (passwords, then parameter
+    values), for scrubbing them where they turn up on their own (an error that quotes a
+    request)."""
+    found = [m.group(0)[len(m.group(1)) + 1 : -1] for m in _URL_PASSWORD.finditer(text)]
+    rest = _URL_PASSWORD.sub(r"\1:***@", text)
+    return found + [m.group(0)[len(m.group(1)) :] for m in _SECRET_PARAM.finditer(rest)]
 
 
 def run_relative(path: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> str:
@@ -330,3 +349,33 @@ def process_alive(meta: Mapping[str, Any]) -> bool | None:
     except PermissionError:  # another user's process: it exists
         return True
     return True
+
+
+def other_live_trainer(meta: Mapping[str, Any], run_dir: str) -> int | None:
+    """The pid of another process of this host that opened ``run_dir`` (as its
+    ``hotcb.run.json``, ``meta``, says) and still runs without having closed it (no
+    ``ended``); None otherwise. A copy of a live run's directory names the process of the
+    original, not this one's; and a pid that now names a process started after the run's
+    kernel (a pid used again after a crash) is not it, where this host can tell (Linux)."""
+    pid, started, where = meta.get("pid"), meta.get("started"), meta.get("run_dir")
+    if pid == os.getpid() or "ended" in meta or process_alive(meta) is not True:
+        return None
+    if isinstance(where, str) and os.path.realpath(where) != os.path.realpath(run_dir):
+        return None
+    assert isinstance(pid, int)  # (process_alive said so)
+    born = _process_start(pid)
+    if born is not None and isinstance(started, (int, float)) and born > started + 2:
+        return None
+    return pid
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from ``/proc``; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

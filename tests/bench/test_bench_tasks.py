@@ -3,6 +3,7 @@ the charlm task (tiny config), skipped tasks and conditions, and the optimizer c
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -222,18 +223,23 @@ def test_ai_condition_asks_the_configured_endpoint(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("HOTCB_AI_KEY", "test-key")
     out = tmp_path / "out"
     with ScriptedChatServer([NOTHING]) as srv:
+        # a login in the base URL reaches the endpoint, and no file of the report
+        url = srv.base_url.replace("http://", "http://me:PW-SECRET-1@")
         s = Settings(tasks=["digits_badlr"], conditions=["ai"], seeds=1, steps=400,
-                     out=os.fspath(out), progress=False, ai_base_url=srv.base_url,
-                     ai_model="scripted")  # fmt: skip
+                     out=os.fspath(out), progress=False, ai_base_url=url, ai_model="scripted",
+                     command=f"hotcb bench run --task digits_badlr --ai-base-url {url}")  # fmt: skip
         meta = run_bench(s, log=lambda msg: None)
         assert meta["conditions"] == ["ai"] and not meta["skipped"]
         # the call runs in the engine's thread: it may land after the run's last step
         wait_for(lambda: srv.requests, 30, what="a request from the ai condition")
         asked = list(srv.requests)
-    assert asked[0]["headers"]["authorization"] == "Bearer test-key"
+    login = base64.b64encode(b"me:PW-SECRET-1").decode()  # the URL's login, over the key
+    assert asked[0]["headers"]["authorization"] == f"Basic {login}"
     assert asked[0]["body"]["model"] == "scripted"
     _, runs = load_bench(os.fspath(out))
     assert len(runs[0]["curve"]["step"]) == 400
+    leaked = [p for p in out.rglob("*") if p.is_file() and b"PW-SECRET-1" in p.read_bytes()]
+    assert not leaked, leaked
 
 
 def test_resnet20_run_on_cifar_shaped_tensors() -> None:

@@ -16,6 +16,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 PAUSE = {"module": "control", "op": "pause"}
+#: A recipe with nothing to replay (a freeze request's recipe must exist: it is read and copied).
+EMPTY_RECIPE = json.dumps({"v": 1, "kind": "hotcb.recipe"}) + "\n"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'; "
@@ -277,6 +279,8 @@ def test_paths_in_requests_must_stay_inside_the_run(
     assert (outside / "model.pt").read_bytes() == b"precious"
 
     # inside the run directory: accepted
+    with open(os.path.join(run, "r.jsonl"), "w") as f:
+        f.write(EMPTY_RECIPE)
     with srv.client() as c:
         ok = {"module": "control", "op": "checkpoint", "params": {"path": "ckpt/last.pt"}}
         assert c.post("/api/runs/r/commands", json=ok).status_code == 200
@@ -291,6 +295,7 @@ def test_allowed_root_widens_the_confinement(
     run = make_run(tmp_path / "runs" / "r")
     shared = tmp_path / "recipes"
     shared.mkdir()
+    (shared / "a.jsonl").write_text(EMPTY_RECIPE)
     srv = live_server(root=tmp_path / "runs", allowed_roots=[str(shared)])
     with srv.client() as c:
         body = {"mode": "replay", "recipe_path": str(shared / "a.jsonl")}

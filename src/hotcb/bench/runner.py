@@ -34,7 +34,7 @@ import torch
 
 from .. import HotClient, HotKernel, jsonl
 from .. import __version__ as hotcb_version
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, redact_url
 from . import CONDITIONS, HOTCB_CONDITIONS, LABELS
 from .tasks import Task, TaskUnavailable, load_task
 
@@ -575,8 +575,9 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         say(f"hotcb bench: warning: {w['what']}: {w['why']}")
     meta: dict[str, Any] = {
         "kind": "hotcb.bench", "v": 1, "started_at": time.time(),
-        "command": s.command,
-        "settings": {**vars(s), "out": out},
+        "command": s.command and redact_url(s.command),  # a base URL's password or key: out
+        "settings": {**vars(s), "out": out, "command": s.command and redact_url(s.command),
+                     "ai_base_url": s.ai_base_url and redact_url(s.ai_base_url)},
         "tasks": {t.name: {"title": t.title, "about": t.about, "steps": s.steps or t.total_steps,
                            "eval_every": t.eval_every, "lr": t.lr, **t.info} for t in tasks},
         "conditions": conditions, "seeds": list(range(s.seeds)),

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .. import jsonl
+from ..runfiles import redact_url
 from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
@@ -133,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode.startswith("ai_"):
         ai = ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
         _check_ai_importable()
-        print(f"hotcb autopilot: asking {ai.model} at {ai.base_url} (budget ${ai.budget_usd:g} "
+        print(f"hotcb autopilot: asking {ai.model} at {redact_url(ai.base_url)} (budget ${ai.budget_usd:g} "
               "per run)", flush=True)  # fmt: skip
 
     busy: set[str] = set()  # runs another live autopilot drives

@@ -31,7 +31,7 @@ from ..autopilot.ai._policy import AI_STATE
 from ..autopilot.engine import OWNER, RECORDS, STATE, Autopilot, owner_elsewhere, proposals
 from ..autopilot.rules import Ruleset, load_rules
 from ..metrics import guess_direction
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, redact_url
 from .config import AutopilotSettings
 
 __all__ = ["NOT_HERE", "RECENT_KINDS", "AutopilotHost", "AutopilotWatch", "RuleOffInFile"]
@@ -301,8 +301,14 @@ _AI_SHOWN = ("base_url", "model", "calls", "spent_usd", "budget_usd", "left_usd"
 
 
 def _ai(path: str) -> dict[str, Any] | None:
+    """The LLM policy's state as the page shows it, URLs redacted whoever wrote the file (an
+    older hotcb wrote the base URL whole, ``user:password@`` and ``?api-key=`` included, and
+    its fallback reason may quote it)."""
     st = jsonl.read_json(path, None)
-    return {k: st.get(k) for k in _AI_SHOWN} if isinstance(st, dict) else None
+    if not isinstance(st, dict):
+        return None
+    shown = {k: st.get(k) for k in _AI_SHOWN}
+    return {k: redact_url(v) if isinstance(v, str) else v for k, v in shown.items()}
 
 
 def _live_run(run_dir: str) -> bool:

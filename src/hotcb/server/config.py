@@ -10,8 +10,10 @@ Sources, lowest to highest precedence (the order of :meth:`DashboardConfig.setti
 ``GET /api/config`` serves the whole config except the token.
 
 A token is required on every address unless ``no_token`` is set (Jupyter's model): when none is
-given, :meth:`DashboardConfig.ensure_token` generates one. ``no_token`` is refused on an address
-other than loopback.
+given (or a blank one), :meth:`DashboardConfig.ensure_token` generates one. ``no_token`` is
+refused on an address other than loopback. The token comes from ``HOTCB_TOKEN`` or a
+``--token-file`` (:func:`read_token_file`), never from the YAML file: nothing checks who can
+read that one, so a ``token`` in it is refused.
 """
 
 from __future__ import annotations
@@ -166,8 +168,10 @@ class DashboardConfig(BaseSettings):
 
     @field_validator("token")
     @classmethod
-    def _empty_token_is_none(cls, v: str | None) -> str | None:
-        return v or None
+    def _blank_token_is_none(cls, v: str | None) -> str | None:
+        # surrounding blanks are no part of a token (read_token_file strips them too); a blank
+        # HOTCB_TOKEN is an empty one: a token is generated
+        return (v or "").strip() or None
 
     @classmethod
     def settings_customise_sources(
@@ -184,7 +188,9 @@ class DashboardConfig(BaseSettings):
         if yaml_path:
             if not os.path.isfile(yaml_path):
                 raise FileNotFoundError(f"dashboard config file not found: {yaml_path}")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+            yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path)
+            _refuse_token_in(yaml_path, yaml_source.yaml_data)
+            sources.append(yaml_source)
         return tuple(sources)
 
     @classmethod
@@ -228,6 +234,17 @@ class DashboardConfig(BaseSettings):
     def public(self) -> dict[str, Any]:
         """The config as JSON, without the token."""
         return self.model_dump(mode="json", exclude={"token"})
+
+
+def _refuse_token_in(path: str, doc: Any) -> None:
+    """A config file is no place for the token: nothing checks who can read it (a token file
+    must be ``chmod 600``), and it is often shared or committed."""
+    if isinstance(doc, dict) and any(str(k).lower() == "token" for k in doc):
+        raise ValueError(
+            f"the dashboard config file {path} sets 'token': a token is not read from a config "
+            "file; remove it and give it in $HOTCB_TOKEN or in a file for --token-file "
+            "(chmod 600)"
+        )
 
 
 def read_token_file(path: str) -> str:

@@ -48,6 +48,15 @@ def _plain(v: Any) -> TypeGuard[float]:
     return type(v) in (int, float) and math.isfinite(v)
 
 
+def _last(path: str) -> list[dict[str, Any]]:
+    """The file's last record; none when it cannot be read (a directory or a FIFO in its
+    place): one broken run must not fail the whole runs list."""
+    try:
+        return jsonl.read_last(path, 1)
+    except OSError:
+        return []
+
+
 class RunNotFound(LookupError):
     pass
 
@@ -407,6 +416,8 @@ class RunRegistry:
     def resolve(self, run_id: str) -> str:
         """The run directory of ``run_id``; :class:`RunNotFound` when it is outside the root
         or is not a run."""
+        if "\x00" in run_id:  # no file has that name (and realpath raises on it)
+            raise RunNotFound(f"no run {run_id!r} under {self.root}")
         rel = run_id.strip("/") or "."
         path = os.path.realpath(os.path.join(self.root, rel))
         if path != self.root and not path.startswith(self.root + os.sep):
@@ -463,8 +474,7 @@ class RunRegistry:
         if state is not None and state.metrics.loaded and self.hub.has_subscribers(run_id):
             last_step, last_wall = state.last_step, state.last_wall_time
         else:
-            last_m = jsonl.read_last(paths.metrics, 1)
-            last_l = jsonl.read_last(paths.ledger, 1)
+            last_m, last_l = _last(paths.metrics), _last(paths.ledger)
             beat = jsonl.read_json(paths.heartbeat)
             recs = [r[0] for r in (last_m, last_l) if r]
             if isinstance(beat, dict):

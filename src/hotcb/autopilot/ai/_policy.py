@@ -10,20 +10,25 @@ Files (DESIGN §3): every prompt, response, usage, cost, error and decision goes
 ``hotcb.ai.jsonl``; the spend, the failures, the fallback and this run's learnings to
 ``hotcb.ai.state.json`` (replaced atomically). The key is never in either: it lives in this
 process's memory, is sent only to the configured base URL (by the ``openai`` SDK), and is
-scrubbed from any error text before that text is written anywhere.
+scrubbed from any error text before that text is written anywhere. The base URL itself is
+written and shown redacted (:func:`hotcb.runfiles.redact_url`: a ``user:password@`` or an
+``?api-key=`` in it is a credential too); only the call gets it whole.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ... import jsonl
+from ...runfiles import redact_url, url_secrets
 from ._config import KEY_ENV, AIConfig
 from ._context import REPLY_SCHEMA
 from ._prices import cost_usd
@@ -61,6 +66,19 @@ def _import_openai() -> Any:
     return openai
 
 
+def _url_credentials(url: str) -> list[str]:
+    """The secrets of ``url`` as they may turn up in text: its password and secret parameters
+    (:func:`~hotcb.runfiles.url_secrets`), and the Basic ``Authorization`` that its
+    ``user:password@`` becomes (an endpoint's error page may quote the request's headers)."""
+    found = url_secrets(url)
+    u = urllib.parse.urlsplit(url)
+    if u.password:
+        password = urllib.parse.unquote(u.password)
+        login = f"{urllib.parse.unquote(u.username or '')}:{password}"
+        found += [password, base64.b64encode(login.encode()).decode()]
+    return found
+
+
 class AIPolicy:
     """One run's LLM policy. ``key``: the endpoint's key (default: ``HOTCB_AI_KEY``)."""
 
@@ -84,6 +102,9 @@ class AIPolicy:
         self.learnings: list[str] = list(st.get("learnings") or ())
         self.summarized = bool(st.get("summarized", False))
         self.price_known = cost_usd(config.model, 0, 0, config.prices) is not None
+        #: The base URL as files and pages show it (the call alone gets it whole).
+        self.shown_url = redact_url(config.base_url)
+        self._secrets = [s for s in _url_credentials(config.base_url) if len(s) >= 4]
         self._last_call_time = 0.0  # monotonic; a restarted autopilot may call at once
         self._backoff_until = 0.0
         self._client: Any = None
@@ -136,7 +157,7 @@ class AIPolicy:
         self.next_check_step = None
         self._last_call_time = time.monotonic()
         self.write("call", call=call, step=step, why=why, model=self.config.model,
-                   base_url=self.config.base_url, messages=list(messages))  # fmt: skip
+                   base_url=self.shown_url, messages=list(messages))  # fmt: skip
         self._thread = threading.Thread(
             target=self._worker,
             args=(list(messages), call, step),
@@ -201,7 +222,7 @@ class AIPolicy:
             outcome.kind = "malformed"
             outcome.error = (
                 f"the endpoint did not answer with JSON ({' '.join(body[:120].split())!r}): is "
-                f"base_url ({self.config.base_url}) the API's address, usually ending in /v1?"
+                f"base_url ({self.shown_url}) the API's address, usually ending in /v1?"
             )
             return
         usage = getattr(resp, "usage", None)
@@ -273,9 +294,12 @@ class AIPolicy:
             self.save()
 
     def scrub(self, text: str) -> str:
-        """``text`` without the key (an error message may quote a request)."""
+        """``text`` without the key and the base URL's secrets (an error message may quote
+        the request)."""
         if self._key and len(self._key) >= 4:
             text = text.replace(self._key, "[key]")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     def write(self, kind: str, **fields: Any) -> None:
@@ -284,7 +308,7 @@ class AIPolicy:
     def status(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "base_url": cfg.base_url, "model": cfg.model, "calls": self.calls,
+            "base_url": self.shown_url, "model": cfg.model, "calls": self.calls,
             "spent_usd": round(self.spent, 6), "budget_usd": cfg.budget_usd,
             "left_usd": round(max(0.0, cfg.budget_usd - self.spent), 6),
             "price_known": self.price_known, "tokens": dict(self.tokens),
@@ -296,7 +320,8 @@ class AIPolicy:
     def save(self) -> None:
         with self._lock:
             state = {"v": 1, **self.status(), "learnings": self.learnings,
-                     "summarized": self.summarized, "settings": self.config.public(),
+                     "summarized": self.summarized,
+                     "settings": {**self.config.public(), "base_url": self.shown_url},
                      "updated": time.time()}  # fmt: skip
         jsonl.write_json_atomic(self._state_path, state)
 

@@ -4,21 +4,34 @@
 Bodies are JSON (``JSONOnlyMiddleware`` refuses other types before this runs). A path in a
 request (a freeze recipe or overlay, a checkpoint's ``params.path``, a callback file, a tuner
 recipe) must resolve inside the run directory or one of ``allowed_roots`` (403 otherwise); the
-refusal never says whether the file exists. A tuner's study storage is a URL that may name any
-file or database, so it is never taken from a request (the CLI and Python set it).
+refusal never says whether the file exists. A freeze that replays a recipe (and overlay) is
+sent with the run's own copy of the bytes checked here (``hotcb.replay/``, as ``hotcb freeze``
+does), never the path given: the file may change after the check. A tuner's study storage is a
+URL that may name any file or database, so it is never taken from a request (the CLI and Python
+set it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, HTTPException
 
 from ...client import HotClient
-from ...errors import ActuatorError, CommandError, JournalWriteError, PathNotAllowedError
+from ...errors import (
+    ActuatorError,
+    CommandError,
+    JournalWriteError,
+    PathNotAllowedError,
+    RecipeError,
+)
 from ...runfiles import confine_path
 from ..deps import Deps
+
+if TYPE_CHECKING:
+    from ...recipe import RecipeEntry
 
 _COMMAND_EXAMPLE = {"module": "opt", "op": "set_params", "params": {"lr": 0.0003}}
 _FREEZE_EXAMPLE = {"mode": "prod"}
@@ -59,31 +72,31 @@ def _confine(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> No
             raise HTTPException(403, detail=str(exc)) from None
 
 
-def _recipe_loads_code(run_dir: str, roots: tuple[str, ...], record: dict[str, Any]) -> str | None:
-    """The first ``cb load`` of code (anything but hotcb's bundled callbacks) that a freeze
-    ``record``'s recipe (and overlay) would replay, as ``line N: cb load ID (PATH)``; None when
-    there is none, or the recipe cannot be read (the trainer refuses it and says why)."""
-    given = record.get("params")
-    params: dict[str, Any] = given if isinstance(given, dict) else {}
+#: The name of the run's own copy of a freeze request's file, by its field.
+_COPY_SUFFIX = {"recipe_path": "recipe.jsonl", "adjust_path": "adjust.yaml"}
 
-    def field(key: str) -> Any:
-        return record.get(key, params.get(key))
 
-    if record.get("module") != "freeze" or field("mode") not in ("replay", "replay_adjusted"):
-        return None
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise HTTPException(422, detail=f"cannot read {what} {path}: {exc.strerror or exc}") from None  # fmt: skip
+
+
+def _inside(path: str, run_dir: str, roots: tuple[str, ...]) -> bool:
+    try:
+        confine_path(path, run_dir, roots)
+    except PathNotAllowedError:
+        return False
+    return True
+
+
+def _loads_code(entries: Sequence[RecipeEntry]) -> str | None:
+    """The first ``cb load`` of code (anything but hotcb's bundled callbacks) among a replay's
+    ``entries``, as ``line N: cb load ID (PATH)``; None when there is none."""
     from ...modules.cb._loader import BUNDLED_PATH
-    from ...recipe import apply_overlay, check_recipe, load_overlay
 
-    try:  # the entries that parse, whatever else is wrong with the file
-        entries = check_recipe(confine_path(field("recipe_path"), run_dir, roots))[0].entries
-    except Exception:
-        return None
-    if field("mode") == "replay_adjusted" and field("adjust_path"):
-        try:  # an overlay may insert a load too
-            overlay = load_overlay(confine_path(field("adjust_path"), run_dir, roots))
-            entries = [*entries, *apply_overlay(entries, overlay)]
-        except Exception:
-            pass
     for e in entries:
         target = e.target or {}
         if (e.module, e.op) == ("cb", "load") and not (
@@ -92,6 +105,69 @@ def _recipe_loads_code(run_dir: str, roots: tuple[str, ...], record: dict[str, A
             where = f"line {e.line}" if e.line is not None else "an entry the overlay inserts"
             return f"{where}: cb load {e.id} ({target.get('path')})"
     return None
+
+
+def _replay_copies(
+    run_dir: str, roots: tuple[str, ...], record: dict[str, Any], code_ok: bool
+) -> None:
+    """Point a freeze ``record`` that replays a recipe (and overlay) at the run's own copies
+    of the bytes checked here (``hotcb.replay/<sha>.…``, as ``hotcb freeze`` does): each file
+    is read once, so a file swapped after the check changes nothing the trainer replays.
+    Unless ``code_ok``, 403 when the replay would load code; 422 for a file that cannot be
+    read."""
+    given = record.get("params")
+    params: dict[str, Any] = given if isinstance(given, dict) else {}
+
+    def field(key: str) -> Any:  # where the trainer looks: the record, then its params
+        return record.get(key, params.get(key))
+
+    mode = field("mode")
+    if record.get("module") != "freeze" or mode not in ("replay", "replay_adjusted"):
+        return
+    if field("recipe_path") is None:
+        return  # the trainer refuses a replay without its recipe
+    from ...recipe import (
+        apply_overlay,
+        bring_sources,
+        check_recipe,
+        load_overlay,
+        replay_copy,
+        store_in_run,
+    )
+
+    keys = ["recipe_path"]
+    if mode == "replay_adjusted" and field("adjust_path") is not None:
+        keys.append("adjust_path")
+    # _confine made each a string inside the allowed places
+    data = {k: _read(confine_path(field(k), run_dir, roots, what=k), k) for k in keys}
+    copies = {k: replay_copy(data[k], _COPY_SUFFIX[k]) for k in keys}
+    # the entries that parse, whatever else is wrong with the file (the trainer says what)
+    # parsed as the file it was read from: a captured source is looked for beside it
+    recipe = check_recipe(confine_path(field("recipe_path"), run_dir, roots), data["recipe_path"])[
+        0
+    ]
+    entries = recipe.entries
+    if "adjust_path" in data:
+        overlay = os.path.join(run_dir, copies["adjust_path"])
+        try:  # an overlay may insert a load too
+            patched = apply_overlay(entries, load_overlay(overlay, data["adjust_path"]))
+            entries = [*entries, *patched]
+        except RecipeError:
+            pass  # the trainer reads the same bytes and refuses them too
+    loads = None if code_ok else _loads_code(entries)
+    if loads is not None:  # a replay would load the code a cb load from here may not
+        raise HTTPException(
+            403,
+            detail=f"the recipe loads code ({loads}) and loading code from the dashboard is "
+            "off: replay it with 'hotcb freeze' from the CLI, or start the server with "
+            "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1)",
+        )
+    bring_sources(run_dir, recipe, readable=lambda path: _inside(path, run_dir, roots))
+    for key in keys:
+        store_in_run(run_dir, data[key], _COPY_SUFFIX[key])
+        for holder in (record, params):
+            if key in holder:
+                holder[key] = copies[key]
 
 
 def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[str, str]:
@@ -111,14 +187,7 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
             "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1) to allow `cb load`",
         )
     _confine(run_dir, roots, record)
-    loads = None if deps.config.allow_code_load else _recipe_loads_code(run_dir, roots, record)
-    if loads is not None:  # a replay would load the code a cb load from here may not
-        raise HTTPException(
-            403,
-            detail=f"the recipe loads code ({loads}) and loading code from the dashboard is "
-            "off: replay it with 'hotcb freeze' from the CLI, or start the server with "
-            "allow_code_load: true (or HOTCB_ALLOW_CODE_LOAD=1)",
-        )
+    _replay_copies(run_dir, roots, record, deps.config.allow_code_load)
     params = record.get("params")
     if record.get("module") == "tune" and isinstance(params, dict) and params.get("storage"):
         raise HTTPException(
@@ -173,7 +242,8 @@ def create_commands_router(deps: Deps) -> APIRouter:
         body: Any = Body(..., examples=[_FREEZE_EXAMPLE]),
     ) -> dict[str, str]:
         """Set the freeze mode: ``{"mode", "recipe_path"?, "adjust_path"?, "step_offset"?}``;
-        the paths must lie inside the run directory or an allowed root."""
+        the paths must lie inside the run directory or an allowed root, and the trainer
+        replays the run's own copy of what was checked here (``hotcb.replay/``)."""
         return _send(deps, roots, run_id, _freeze_record(body))
 
     for path, fn in (("commands", post_command), ("freeze", post_freeze)):

@@ -18,7 +18,11 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from ... import __version__
 from ..deps import Deps
 from ..hub import Subscriber
-from ..runs import RunNotFound
+from ..runs import RunNotFound, RunState
+
+#: The most runs one ``subscribe`` may name (distinct ids): a page watches one run, or a few
+#: to compare them.
+MAX_SUBSCRIBED_RUNS = 1000
 
 
 async def _sender(ws: WebSocket, sub: Subscriber) -> None:
@@ -32,17 +36,26 @@ async def _sender(ws: WebSocket, sub: Subscriber) -> None:
 
 async def _subscribe(deps: Deps, sub: Subscriber, ids: Any) -> None:
     """Subscribe ``sub`` to the runs ``ids``; a snapshot for each newly added run, an error
-    for each unknown one."""
+    for each unknown one. A run named twice (or spelled two ways) counts once; a list of
+    more than :data:`MAX_SUBSCRIBED_RUNS` runs is refused whole."""
     hub = deps.hub
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         hub.send(sub, {"type": "error", "detail": "subscribe needs a list of run ids"})
         return
-    runs = []
-    for rid in ids:
+    distinct = list(dict.fromkeys(ids))  # a megabyte of one id was a refresh per copy
+    if len(distinct) > MAX_SUBSCRIBED_RUNS:
+        hub.send(sub, {"type": "error", "detail": f"subscribe names {len(distinct)} runs; at "
+                       f"most {MAX_SUBSCRIBED_RUNS} at once"})  # fmt: skip
+        return
+    found: dict[str, RunState] = {}
+    for rid in distinct:
         try:
-            runs.append(deps.registry.get(rid))
+            run = deps.registry.get(rid)
         except RunNotFound as exc:
             hub.send(sub, {"type": "error", "detail": str(exc), "run": rid})
+            continue
+        found.setdefault(run.run_id, run)
+    runs = list(found.values())
     added = hub.subscribe(sub, [r.run_id for r in runs])
     for run in runs:
         if run.run_id in added:
