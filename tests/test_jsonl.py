@@ -130,6 +130,42 @@ def test_tail_reads_a_line_longer_than_max_bytes(tmp_path: Any) -> None:
     assert got == [big, {"n": 1}]
 
 
+def test_tail_looks_through_a_long_line_once_and_hands_it_out_cut(tmp_path: Any) -> None:
+    """A line longer than ``max_line`` is read about once, however many polls its writer
+    takes, and handed out cut to ``max_line + 1`` bytes with its real length in ``cut``."""
+    path = tmp_path / "c.jsonl"
+    tail = jsonl.JsonlTail(path, max_bytes=1024, max_line=100)
+    jsonl.append(path, {"n": 1})
+    assert [json.loads(raw) for _, raw in tail.read_lines()] == [{"n": 1}]
+    start = tail.offset
+    seen = 0
+    for _ in range(20):  # a writer without a newline, 500 bytes at a time
+        with open(path, "ab") as f:
+            f.write(b"x" * 500)
+        assert tail.read_lines() == []
+        st = os.stat(path)
+        seen = st.st_size - start
+        assert tail.caught_up(st)  # nothing to read until more comes
+    with open(path, "ab") as f:
+        f.write(b'\n{"n":2}\n')
+    ((end, raw),) = tail.read_lines()
+    assert tail.cut == (end, seen) and raw == b"x" * 101 and end == start + seen + 1
+    assert [json.loads(raw) for _, raw in tail.read_lines()] == [{"n": 2}]
+    assert tail.cut is None
+
+
+def test_read_last_walks_back_past_any_number_of_garbage_lines(tmp_path: Any) -> None:
+    path = tmp_path / "l.jsonl"
+    jsonl.append_many(path, [{"n": i} for i in range(3)])
+    with open(path, "ab") as f:
+        f.write(b"x" * 100 + b"\n")
+        f.write((b"[" * 5000 + b"]" * 5000 + b"\n") * 30)  # 300 kB: past several blocks
+        f.write(b"\0" * 200_000)  # a hole at the end, no newline
+    assert jsonl.read_last(path, 2) == [{"n": 1}, {"n": 2}]
+    assert jsonl.read_last(path, 1, block=4096) == [{"n": 2}]
+    assert list(jsonl.iter_records(path)) == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
 _json_values = st.recursive(
     st.none()
     | st.booleans()

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import jsonl
-from .ledger import Decision
+from .ledger import Decision, holds_command
 from .ops import MAX_COMMAND_BYTES, HotOp, command_to_hotop
+from .runfiles import LEDGER
 
 __all__ = ["CommandIntake"]
 
@@ -31,8 +32,16 @@ OWN_SOURCES = frozenset({"tune", "signal"})
 class CommandIntake:
     """The commands file as a stream of validated ops, each handed out once."""
 
-    def __init__(self, path: str, offset: int, seen: Iterable[str] = ()) -> None:
-        self.tail = jsonl.JsonlTail(path, offset=offset)
+    def __init__(
+        self, path: str, offset: int, seen: Iterable[str] = (), *, ledger: str | None = None
+    ) -> None:
+        """``offset``: where the ledger says reading stopped; ``seen``: the cmd_ids the ledger
+        handled lately; ``ledger``: its path (default: next to ``path``)."""
+        self.tail = jsonl.JsonlTail(
+            path, offset=offset, max_line=MAX_COMMAND_BYTES, check_resume=self._resumable
+        )
+        self.ledger = ledger if ledger is not None else os.path.join(os.path.dirname(path), LEDGER)
+        self._problem: str | None = None  # the reason the file could not be read, told once
         # the file's length when this process began: a line of OWN_SOURCES that ends before
         # it was written by an earlier process (0 once read past, or for an empty file)
         try:
@@ -52,29 +61,81 @@ class CommandIntake:
 
     @offset.setter
     def offset(self, value: int) -> None:
+        if value != self.tail.offset:  # a checkpoint's cursor, past the ledger's: the ledger
+            self.tail.check_resume = None  # cannot vouch for its line (see _resumable)
         self.tail.offset = value
 
     # ------------------------------------------------------------------ reading
     def read(self) -> tuple[list[tuple[int, bytes]], str | None, str | None]:
         """New complete lines as ``(end offset, raw)``; the note to ledger when the file was
         truncated or replaced (it is read again from the start); the reason it could not be
-        read. Never raises: under torch.distributed the other ranks wait for this batch."""
+        read, once until the reason changes (or the file is read again). Never raises: under
+        torch.distributed the other ranks wait for this batch."""
         tail = self.tail
         try:
             st = os.stat(tail.path)
         except OSError:
+            self._problem = None
             return [], None, None
         if tail.caught_up(st):
             return [], None, None
         try:
             lines = tail.read_lines(st.st_size)
         except OSError as exc:
-            return [], None, f"could not read {tail.path}: {exc}"
+            problem = f"could not read {tail.path}: {exc.strerror or exc}"
+            if problem == self._problem:
+                return [], None, None
+            self._problem = problem
+            return [], None, problem
+        self._problem = None
         reset = None
         if tail.reset:
             tail.reset = False
             reset = "the commands file was truncated or replaced; reading it from the start"
+            self._remember_ledger()
         return lines, reset, None
+
+    def _remember_ledger(self) -> None:
+        """Remember every cmd_id the ledger holds: a file read again from its start may hold
+        commands older than the ids remembered (the ledger's last ones at start, and this
+        life's), and each is a duplicate to skip, not a command to apply again (an old
+        ``stop``). Only when the file was replaced: a rare event, worth one read of the
+        ledger."""
+        try:
+            for rec in jsonl.iter_records(self.ledger):
+                cmd_id = rec.get("cmd_id")
+                if isinstance(cmd_id, str) and cmd_id[:1] != "@" and cmd_id not in self._seen:
+                    self.remember(cmd_id)
+        except OSError:  # a ledger that cannot be read: the ids remembered are what we have
+            pass
+
+    def _resumable(self, before: bytes) -> bool:
+        """Whether the commands file is the one the resume offset counts bytes of, from the
+        bytes that end there (``before``): the line that ends at the offset is one the ledger
+        handled. A file deleted or replaced while the trainer was down can have a newline at
+        the old offset by chance; the line that ends there is then another command, and the
+        new file is read from its start instead of from the middle.
+
+        A line with no cmd_id there (bad JSON, a blank line, one too long to be a command) was
+        rejected or skipped under an ``@offset`` id: nothing tells its file from another, and
+        the offset is kept. A cmd_id the recent ids do not hold is looked up in the whole
+        ledger (a file replaced is read again from its start, and only the ids remembered are
+        known duplicates there). A cursor a checkpoint restored past the ledger's is taken as
+        it is (:attr:`offset`): the ledger cannot vouch for it."""
+        if not before.endswith(b"\n"):
+            return False  # no line ends at the offset
+        start = before.rfind(b"\n", 0, len(before) - 1) + 1
+        if start == 0 and len(before) < self.tail.offset:
+            return True  # longer than a command: rejected under its offset
+        cmd_id = _cmd_id(before[start:-1])
+        if cmd_id is None or cmd_id in self._seen:
+            return True
+        # (a line the kernel failed to handle is ledgered under its offset)
+        at = f"@{self.tail.offset - len(before) + start}"
+        try:
+            return holds_command(self.ledger, cmd_id, at)
+        except OSError:  # a ledger that cannot be read cannot tell: the offset is kept
+            return True
 
     def mark_earlier_life(self, lines: list[tuple[int, bytes]]) -> list[tuple[Any, ...]]:
         """``lines`` (the leader's batch), each command an earlier process wrote for itself
@@ -105,7 +166,7 @@ class CommandIntake:
     def begin(self, lines: list[tuple[Any, ...]]) -> None:
         """A batch starts: ops read in it record their own line's end as their cursor."""
         end, raw = lines[0][:2]
-        self._batch_start = end - len(raw) - 1
+        self._batch_start = end - self._length(raw, end) - 1
 
     def end(self) -> None:
         self._batch_start = -1
@@ -121,16 +182,19 @@ class CommandIntake:
     # ------------------------------------------------------------------ parsing
     def parse(self, raw: bytes, end: int) -> HotOp | dict[str, Any]:
         """The validated op of one line, or the fields of its ``rejected`` ledger entry."""
-        fallback = f"@{end - len(raw) - 1}"
+        size = len(raw)
+        if size > MAX_COMMAND_BYTES:  # cut short when it was read: its real length
+            size = self._length(raw, end)
+        fallback = f"@{end - size - 1}"
         refused: dict[str, Any] = {
             "cmd_id": fallback,
             "source": "unknown",
             "decision": Decision.REJECTED.value,
             "cursor": end,
         }
-        if len(raw) > MAX_COMMAND_BYTES:
+        if size > MAX_COMMAND_BYTES:
             refused["error"] = (
-                f"line is {len(raw)} bytes, more than the {MAX_COMMAND_BYTES} a command may "
+                f"line is {size} bytes, more than the {MAX_COMMAND_BYTES} a command may "
                 "have; it was not read"
             )
             return refused
@@ -160,6 +224,14 @@ class CommandIntake:
             )
             return refused
 
+    def _length(self, raw: bytes, end: int) -> int:
+        """The length of the line that ends at ``end``: the tail hands out a line too long to be
+        a command cut to ``MAX_COMMAND_BYTES + 1`` bytes (:attr:`jsonl.JsonlTail.cut`). Other
+        ranks, which get the batch, see the cut line's length, still too long: they reject it
+        all the same."""
+        cut = self.tail.cut
+        return cut[1] if cut is not None and cut[0] == end else len(raw)
+
     # ------------------------------------------------------------------ de-duplication
     def first_time(self, cmd_id: str) -> bool:
         """True the first time ``cmd_id`` is seen (and remember it)."""
@@ -177,3 +249,13 @@ class CommandIntake:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _cmd_id(raw: bytes) -> str | None:
+    """The cmd_id a command line names, or None (not JSON, not an object, none given)."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    cmd_id = record.get("cmd_id") if isinstance(record, dict) else None
+    return cmd_id if isinstance(cmd_id, str) and cmd_id else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import jsonl
 from .errors import HotcbError
-from .ledger import LedgerEntry
+from .ledger import LedgerEntry, last_entry
 from .ops import ACTUATOR_MODULES, HotOp
 from .runfiles import RunPaths
 
@@ -50,27 +50,55 @@ def branched_before(paths: RunPaths, seq: int) -> bool:
 
 def refuse_lost_ledger(paths: RunPaths) -> None:
     """Raise when a kernel ran here before (its fields in ``hotcb.run.json``; it creates the
-    ledger file at once), its commands file has content and its ledger file is gone: starting
-    would apply every old command again, ``stop`` included. ``hotcb launch`` writes the file
-    before the trainer's kernel exists, and commands sent in between are new, not lost."""
+    ledger file at once), its commands file has content and its ledger is lost: the file is
+    gone, emptied, or holds not one entry (zero-filled, garbage). Starting would apply every
+    old command again, ``stop`` included. ``hotcb launch`` writes the file before the
+    trainer's kernel exists, and commands sent in between are new, not lost; so are commands
+    sent to a run that never ledgered one (its ledger is empty, and the run said seq 0)."""
     try:
         commands = os.stat(paths.commands).st_size
     except FileNotFoundError:
         return
-    if commands == 0 or os.path.exists(paths.ledger) or not _kernel_ran(paths):
+    meta = jsonl.read_json(paths.run_meta, None)
+    if commands == 0 or not isinstance(meta, dict) or "hotcb_version" not in meta:
+        return
+    lost = _lost(paths, meta)
+    if lost is None:
         return
     raise HotcbError(
-        f"{paths.ledger} is missing but {paths.commands} holds {commands} bytes of commands "
+        f"{paths.ledger} {lost} but {paths.commands} holds {commands} bytes of commands "
         "that a previous run of this directory may have applied; hotcb will not apply them a "
         "second time. Restore the ledger, start in a fresh run directory, or apply them again "
         "on purpose with HotKernel(replay_commands=True) / HOTCB_REPLAY_COMMANDS=1"
     )
 
 
-def _kernel_ran(paths: RunPaths) -> bool:
-    """Whether ``hotcb.run.json`` holds what a kernel writes there when it starts."""
-    meta = jsonl.read_json(paths.run_meta, None)
-    return isinstance(meta, dict) and "hotcb_version" in meta
+def _lost(paths: RunPaths, meta: Mapping[str, Any]) -> str | None:
+    """How the ledger is lost (``is missing``, ``was emptied``, ``holds no readable
+    entry``), or None when it holds an entry to resume from, or never held one.
+
+    An empty ledger was emptied (``: > hotcb.applied.jsonl``) when the last kernel here had
+    ledgered entries: the seq of its heartbeat (once a second) or of its end in
+    ``hotcb.run.json``. One with neither is the file a kernel created and no command reached
+    (a copy of it, or one touched, too). Bytes without a single entry (zeros, garbage) were
+    written, so they held entries once."""
+    try:
+        st = os.stat(paths.ledger)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:  # unreadable: reading it to resume will say so
+        return None
+    if st.st_size == 0:
+        beat = jsonl.read_json(paths.heartbeat, None)
+        ended = meta.get("ended")
+        seqs = [d.get("seq") for d in (beat, ended) if isinstance(d, dict)]
+        held = max((q for q in seqs if type(q) is int), default=0)
+        return f"was emptied (it held {held} entries)" if held > 0 else None
+    try:
+        found = last_entry(paths.ledger)
+    except OSError:  # not a regular file, unreadable: reading it to resume will say so
+        return None
+    return f"holds no readable entry in its {st.st_size} bytes" if found is None else None
 
 
 Knob = tuple[str, ...]  # ("act", key) for an actuator, ("cb", callback id, key)

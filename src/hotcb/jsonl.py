@@ -17,10 +17,13 @@ go through the dashboard server on the trainer's host (see docs/core.md).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,6 +35,7 @@ __all__ = [
     "append_many",
     "dumps",
     "iter_records",
+    "last_records",
     "parse_line",
     "read_json",
     "read_last",
@@ -39,6 +43,42 @@ __all__ = [
 ]
 
 _DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: The longest line the whole-file readers (:func:`iter_records`, :func:`read_last`) hold to
+#: parse; a longer one is skipped as garbage (a hole of NUL bytes a crash left, say).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+#: What one look for the end of a very long line reads at a time.
+_SCAN_CHUNK = 1 << 20
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "an unknown kind of file"
+
+
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path``, which must name a regular file, and its ``fstat``.
+
+    ``O_NONBLOCK``: a FIFO in a file's place would block ``open`` until some process opens it
+    to write (a training loop would hang there); on a regular file it changes nothing.
+    Raises ``FileNotFoundError`` as ``open`` does, and ``OSError`` for anything else there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            code = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+            raise OSError(code, f"not a regular file ({_kind(st.st_mode)})", path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -190,19 +230,49 @@ class JsonlTail:
     restarts when that byte is anything else. (A rewrite that happens to put a ``\\n`` at that
     very byte goes unseen: no reader without the old contents can tell.)
 
+    A tail started at a cursor (a kernel resuming from its ledger) has no identity to compare
+    yet: ``check_resume(before)``, when given, is called at its first read with the bytes that
+    end at the cursor (the line that ended there, and the newline before it, when they are no
+    longer than ``max_line + 2`` bytes, or ``max_bytes`` without ``max_line``); False says
+    the file is not the one the cursor counts bytes of, and it is read from its start.
+
+    A line longer than ``max_bytes`` is not read again on every call while its newline is
+    missing: the tail remembers how far it has looked and reads only bytes it has not seen, at
+    most ``max_bytes`` a call. With ``max_line``, such a line is not kept whole either: once
+    ``max_line`` of its bytes have no newline, it is handed out, when its newline arrives, cut to
+    its first ``max_line + 1`` bytes, and :attr:`cut` says ``(end_offset, length)`` of it.
+
+    The path must name a regular file: anything else (a FIFO, a directory) raises ``OSError``
+    from :meth:`read_lines` instead of blocking or reading it.
+
     The kernel's poll does one ``os.stat`` and asks :meth:`caught_up` before reading.
     """
 
-    __slots__ = ("_dev", "_ino", "max_bytes", "offset", "path", "reset")
+    __slots__ = ("_dev", "_head", "_ino", "_scan", "_scan_from", "check_resume", "cut",
+                 "max_bytes", "max_line", "offset", "path", "reset")  # fmt: skip
 
     def __init__(
-        self, path: str | os.PathLike[str], offset: int = 0, max_bytes: int = _DEFAULT_MAX_BYTES
+        self,
+        path: str | os.PathLike[str],
+        offset: int = 0,
+        max_bytes: int = _DEFAULT_MAX_BYTES,
+        *,
+        max_line: int | None = None,
+        check_resume: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.offset = offset
         self.max_bytes = max_bytes
+        self.max_line = max_line
+        self.check_resume = check_resume
         self.reset = False
+        #: ``(end_offset, length)`` of the line the last read handed out cut (``max_line``)
+        self.cut: tuple[int, int] | None = None
         self._dev = self._ino = -1  # not read yet: no ``caught_up`` before the first read
+        # a line longer than max_bytes (or max_line) at the cursor: where it starts, how far
+        # it has no newline, and its first max_line + 1 bytes
+        self._scan_from = self._scan = -1
+        self._head = b""
 
     def size(self) -> int:
         try:
@@ -212,8 +282,14 @@ class JsonlTail:
 
     def caught_up(self, st: os.stat_result) -> bool:
         """True when ``st`` (an ``os.stat`` of :attr:`path`) shows the file this tail read,
-        with nothing after the cursor: there is nothing to read. No system call."""
-        return st.st_size == self.offset and st.st_ino == self._ino and st.st_dev == self._dev
+        with nothing after the cursor (or after the long line it looked through): there is
+        nothing to read. No system call."""
+        size = st.st_size
+        return (
+            (size == self.offset or (size == self._scan and self._scan_from == self.offset))
+            and st.st_ino == self._ino
+            and st.st_dev == self._dev
+        )
 
     def has_new(self) -> bool:
         try:
@@ -223,44 +299,72 @@ class JsonlTail:
         return not self.caught_up(st)
 
     def _restart(self) -> None:
+        self._forget_long()
         if self.offset:  # a cursor at 0 has consumed nothing: there is nothing to redo
             self.offset = 0
             self.reset = True
 
+    def _forget_long(self) -> None:
+        self._scan_from = self._scan = -1
+        self._head = b""
+
     def read_lines(self, size: int | None = None) -> list[tuple[int, bytes]]:
         """The new complete lines, reading no further than byte ``size`` when given."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd, st = open_regular(self.path)
         except FileNotFoundError:
             return []
         try:
             # the identity and size of the file actually opened, not of what ``path`` named a
             # moment ago: a replacement between the caller's stat and this open is then seen
-            st = os.fstat(fd)
-            if (st.st_ino != self._ino or st.st_dev != self._dev) and self._ino != -1:
+            self.cut = None
+            known = self._ino != -1
+            if known and (st.st_ino != self._ino or st.st_dev != self._dev):
                 self._restart()  # another file now: replaced, or deleted and created again
             elif st.st_size < self.offset:
                 self._restart()  # truncated
+            elif not known and self.offset and self.check_resume is not None:
+                if not self.check_resume(self._before(fd)):
+                    self._restart()  # not the file the cursor counts bytes of
+            elif st.st_size < self._scan:
+                self._forget_long()  # cut back inside a long line: look through it again
+            if not known:
+                self.check_resume = None
             self._dev, self._ino = st.st_dev, st.st_ino
             end = st.st_size if size is None else min(size, st.st_size)
             return self._read(fd, end)
         finally:
             os.close(fd)
 
+    def _before(self, fd: int) -> bytes:
+        """The bytes that end at the cursor: its line, and the newline before it."""
+        limit = (self.max_bytes if self.max_line is None else self.max_line) + 2
+        n = min(self.offset, limit)
+        return os.pread(fd, n, self.offset - n)
+
     def _read(self, fd: int, end: int) -> list[tuple[int, bytes]]:
         start = self.offset
         if end <= start:
             return []
+        if self._scan_from == start and self._scan > start:  # still in a long line
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                self._restart()  # rewritten in place
+                return self._read(fd, end)
+            return self._long_line(fd, end)
         back = 1 if start > 0 else 0  # the byte before the cursor: the newline we consumed
         data = os.pread(fd, min(end - start, self.max_bytes) + back, start - back)
         if back and data[:1] != b"\n":
             self._restart()  # rewritten in place (truncated, then written past the cursor)
             return self._read(fd, end)
         last = data.rfind(b"\n", back)
-        if last < 0 and len(data) - back == self.max_bytes:  # one very long line
-            data += os.pread(fd, end - start - self.max_bytes, start + self.max_bytes)
-            last = data.rfind(b"\n", back)
         if last < 0:
+            size = len(data) - back
+            if size >= self.max_bytes or (self.max_line is not None and size > self.max_line):
+                # one very long line: from now on, only the bytes after these are looked at
+                self._scan_from, self._scan = start, start + size
+                if self.max_line is not None:
+                    self._head = data[back : back + self.max_line + 1]
+                return self._long_line(fd, end)  # its newline may be there already
             return []
         out: list[tuple[int, bytes]] = []
         pos = start
@@ -269,6 +373,36 @@ class JsonlTail:
             out.append((pos, line))
         self.offset = pos
         return out
+
+    def _long_line(self, fd: int, end: int) -> list[tuple[int, bytes]]:
+        """Look for the newline of the long line at the cursor in bytes not looked at yet (at
+        most ``max_bytes`` of them); the line, once it has one."""
+        pos = self._scan
+        # a reader that keeps a long line whole reads it whole once it has ended, as it did
+        # before; one that cuts it (``max_line``: the kernel's commands) bounds each poll
+        stop = end if self.max_line is None else min(end, pos + self.max_bytes)
+        while pos < stop:
+            chunk = os.pread(fd, min(stop - pos, _SCAN_CHUNK), pos)
+            if not chunk:
+                break
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                return [self._take_long(fd, pos + nl)]
+            pos += len(chunk)
+        self._scan = pos
+        return []
+
+    def _take_long(self, fd: int, nl: int) -> tuple[int, bytes]:
+        """The long line at the cursor, which ends with the newline at ``nl``: whole, or cut
+        to ``max_line + 1`` bytes (:attr:`cut`)."""
+        start, end = self.offset, nl + 1
+        if self.max_line is None:
+            line = os.pread(fd, nl - start, start)
+        else:
+            line, self.cut = self._head, (end, nl - start)
+        self._forget_long()
+        self.offset = end
+        return end, line
 
     def read_records(self) -> list[dict[str, Any]]:
         """Complete new lines parsed as JSON objects; lines that are not objects are skipped."""
@@ -281,13 +415,14 @@ class JsonlTail:
 
 
 def parse_line(line: bytes) -> dict[str, Any] | None:
-    """One raw line as a JSON object; None for a blank line, bad JSON or a non-object."""
+    """One raw line as a JSON object; None for a blank line, bad JSON (absurd nesting too) or
+    a non-object."""
     line = line.strip()
     if not line:
         return None
     try:
         rec = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return rec if isinstance(rec, dict) else None
 
@@ -301,25 +436,40 @@ def iter_records(
     """Every complete JSON-object line of a file, from byte ``start``; missing file: nothing.
 
     ``keep(raw_line)``, when given, is asked before a line is parsed: a cheap byte test that
-    skips most of a large file (parsing is what costs)."""
+    skips most of a large file (parsing is what costs). A line longer than
+    :data:`MAX_RECORD_BYTES` is skipped without being held (a hole of NUL bytes after a
+    crash, garbage). Raises ``OSError`` when the path names something else than a regular
+    file (a FIFO, a directory)."""
     try:
-        f = open(os.fspath(path), "rb")  # noqa: SIM115
+        fd, _ = open_regular(os.fspath(path))
     except FileNotFoundError:
         return
-    with f:
+    with open(fd, "rb") as f:
         f.seek(start)
-        pending = b""
+        pending: list[bytes] = []  # the start of a line that the chunks so far do not end
+        held = 0
+        skip = False  # that line is longer than a record may be: dropped up to its end
         while True:
             chunk = f.read(1 << 20)
             if not chunk:
                 break
-            chunk = pending + chunk
             end = chunk.rfind(b"\n")
             if end < 0:
-                pending = chunk
+                if not skip:
+                    pending.append(chunk)
+                    held += len(chunk)
+                    if held > MAX_RECORD_BYTES:
+                        pending, held, skip = [], 0, True
                 continue
-            pending = chunk[end + 1 :]
-            for line in chunk[:end].split(b"\n"):
+            lines = chunk[:end].split(b"\n")
+            if skip:
+                del lines[0]
+                skip = False
+            elif pending:
+                lines[0] = b"".join(pending) + lines[0]
+            pending = [chunk[end + 1 :]]
+            held = len(pending[0])
+            for line in lines:
                 if keep is not None and not keep(line):
                     continue
                 rec = parse_line(line)
@@ -327,38 +477,68 @@ def iter_records(
                     yield rec
 
 
+def _lines_backward(f: Any, block: int) -> Iterator[bytes]:
+    """The complete lines of an open binary file, last first, read in blocks from its end.
+
+    The bytes after the last newline (a write in progress) are not a line; a line longer than
+    :data:`MAX_RECORD_BYTES` is skipped without being held."""
+    pos = f.seek(0, os.SEEK_END)
+    pending: list[bytes] = []  # pieces of the line being put together, right to left
+    held = 0
+    drop = True  # the line being put together is dropped: the unfinished last one, or too long
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        chunk = f.read(step)
+        if b"\n" not in chunk:
+            if not drop:
+                pending.append(chunk)
+                held += len(chunk)
+                if held > MAX_RECORD_BYTES:
+                    pending, held, drop = [], 0, True
+            continue
+        parts = chunk.split(b"\n")
+        if not drop:
+            pending.append(parts[-1])
+            yield b"".join(reversed(pending))
+        drop = False
+        yield from reversed(parts[1:-1])
+        pending, held = [parts[0]], len(parts[0])
+    if not drop:
+        yield b"".join(reversed(pending))  # the file's first line
+
+
 def read_last(path: str | os.PathLike[str], n: int = 1, block: int = 65536) -> list[dict[str, Any]]:
-    """The last ``n`` complete records of a file, oldest first, reading only its tail."""
+    """The last ``n`` complete records of a file, oldest first, reading only its tail: back
+    from the end until ``n`` lines parsed as JSON objects (past garbage lines, the whole file
+    when it has fewer). Missing file: none; raises ``OSError`` when the path names something
+    else than a regular file."""
+    return last_records(path, n, block=block)
+
+
+def last_records(
+    path: str | os.PathLike[str],
+    n: int = 1,
+    *,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+    block: int = 65536,
+) -> list[dict[str, Any]]:
+    """:func:`read_last`, counting only the records that ``keep(record)`` accepts."""
     if n <= 0:
         return []
     try:
-        f = open(os.fspath(path), "rb")  # noqa: SIM115
+        fd, _ = open_regular(os.fspath(path))
     except FileNotFoundError:
         return []
-    with f:
-        size = f.seek(0, os.SEEK_END)
-        pos = size
-        data = b""
-        while pos > 0:
-            step = min(block, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step) + data
-            if data.count(b"\n") > n + 1:
-                break
-    end = data.rfind(b"\n")
-    if end < 0:
-        return []
-    lines = data[:end].split(b"\n")
-    if pos > 0:
-        lines = lines[1:]  # the first piece may be the middle of a line
     out: list[dict[str, Any]] = []
-    for line in reversed(lines):
-        rec = parse_line(line)
-        if rec is not None:
-            out.append(rec)
-            if len(out) == n:
-                break
+    with open(fd, "rb") as f:
+        for line in _lines_backward(f, block):
+            rec = parse_line(line)
+            if rec is not None and (keep is None or keep(rec)):
+                out.append(rec)
+                if len(out) == n:
+                    break
     out.reverse()
     return out
 
@@ -367,15 +547,21 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write a whole JSON document so readers see the old or the new one, never half."""
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(dumps(obj))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(dumps(obj))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no half-written temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     """A whole JSON document, or ``default`` when the file is missing or unreadable."""
     try:
-        with open(os.fspath(path)) as f:
+        fd, _ = open_regular(os.fspath(path))
+        with open(fd) as f:
             return json.load(f)
-    except (OSError, ValueError):  # missing, a directory, no permission, not JSON
+    except (OSError, ValueError, RecursionError):  # missing, a FIFO, not JSON, absurd nesting
         return default

@@ -32,7 +32,9 @@ __all__ = [
     "checkpoint_path",
     "current_step",
     "find_entry",
+    "holds_command",
     "iter_entries",
+    "last_entry",
     "life_started",
     "live_entries",
     "pending_scheduled",
@@ -103,12 +105,31 @@ class LedgerWriter:
 
 
 def tail_state(path: str) -> tuple[int, int]:
-    """``(seq, cursor)`` of the last entry, or ``(0, 0)`` for a new ledger."""
-    last = jsonl.read_last(path, 1)
-    if not last:
+    """``(seq, cursor)`` of the last well-formed entry (:func:`last_entry`), or ``(0, 0)``
+    for a new ledger (or one without a single such entry)."""
+    entry = last_entry(path)
+    if entry is None:
         return 0, 0
-    entry = last[0]
-    return int(entry.get("seq") or 0), int(entry.get("cursor") or 0)
+    return entry["seq"], entry["cursor"]
+
+
+def last_entry(path: str) -> dict[str, Any] | None:
+    """The ledger's last well-formed entry (read back from its end), or None when it has none:
+    missing, empty, zero-filled or garbage throughout.
+
+    Well-formed: a JSON object whose ``seq`` and ``cursor`` are integers from 0 to 2**63 - 1.
+    A line that is not (``"seq": "abc"``, ``1e400``, a negative cursor, absurd nesting, a
+    torn write) is skipped, so a kernel resumes from the last entry it can trust."""
+    found = jsonl.last_records(path, 1, keep=_well_formed)
+    return found[0] if found else None
+
+
+def _well_formed(entry: dict[str, Any]) -> bool:
+    return _count(entry.get("seq")) and _count(entry.get("cursor"))
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 1 << 63
 
 
 def _in_seq_order(entries: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -138,6 +159,14 @@ def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict
         if e.get("cmd_id") == cmd_id and (decision is None or e.get("decision") == decision):
             found = e
     return found
+
+
+def holds_command(path: str, *cmd_ids: str) -> bool:
+    """Whether any entry of the ledger records one of ``cmd_ids``. Reads the whole file, but
+    parses only the lines that hold one's JSON."""
+    needles = [jsonl.dumps(c).encode() for c in cmd_ids]
+    lines = jsonl.iter_records(path, keep=lambda line: any(n in line for n in needles))
+    return any(e.get("cmd_id") in cmd_ids for e in lines)
 
 
 #: A ``checkpoint`` field that names no file: the loop was only asked to save (no

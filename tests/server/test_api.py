@@ -75,6 +75,21 @@ def test_root_run_is_dot(tmp_path, live_server):
         assert c.get("/api/runs/status").json()["last_metrics"]["step"] == 4
 
 
+def test_a_fifo_in_a_runs_file_costs_neither_the_list_nor_the_server(tmp_path, live_server):
+    """A FIFO in place of a run's metrics file hung the server in open() (reading a run's
+    last record, and tailing it), and with it every page; now that run reads as empty."""
+    make_run(tmp_path / "ok", steps=5)
+    bad = make_run(tmp_path / "odd", steps=5)
+    os.unlink(RunPaths(bad).metrics)
+    os.mkfifo(RunPaths(bad).metrics)
+    srv = live_server()
+    with srv.client() as c:
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert runs["ok"]["last_step"] == 4 and "odd" in runs
+        assert c.get("/api/runs/odd/metrics").json()["total_points"] == 0
+        assert c.get("/api/runs/ok/status").json()["last_metrics"]["step"] == 4
+
+
 def test_runs_list_step_follows_a_loaded_run_nobody_watches(tmp_path, live_server):
     """A run the server loaded once (a page looked at it or compared it, then left it) is no
     longer tailed: the list's step still follows its files (it stuck at the step of that

@@ -359,6 +359,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seq(entry: dict[str, Any]) -> int:
+    """An entry's seq, 0 where a hand-edited line holds something else (``"abc"``, ``1e400``)."""
+    seq = entry.get("seq")
+    return seq if type(seq) is int else 0
+
+
 def cmd_log(args: argparse.Namespace) -> int:
     require_run_dir(args.dir)
     paths = RunPaths(args.dir)
@@ -374,7 +380,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     def show(e: dict[str, Any]) -> None:
         nonlocal shown
         print(json.dumps(e) if args.json else fmt_entry(e, args.dir), flush=True)
-        shown = max(shown, int(e.get("seq") or 0))
+        shown = max(shown, _seq(e))
 
     try:  # Ctrl-C is how --follow ends, whenever it comes
         for e in entries:
@@ -386,7 +392,7 @@ def cmd_log(args: argparse.Namespace) -> int:
             for e in tail.read_records():
                 if tail.reset:
                     tail.reset, shown = False, 0
-                if int(e.get("seq") or 0) > shown or not e.get("seq"):
+                if _seq(e) > shown or not e.get("seq"):
                     show(e)
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -71,6 +71,9 @@ _RESERVED = frozenset({"step", "epoch", "wall_time", "metrics", "v", "rank"})
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
+_SAID: set[tuple[str, str]] = set()  # files that could not be read, and why: said once
+
+
 def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
     """Every new complete line, in chunks of at most ``tail.max_bytes`` bytes (a caught-up
     tail costs one ``stat``). After each chunk ``tail.reset`` tells whether the file was
@@ -78,7 +81,14 @@ def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
     while True:
         size = tail.size()
         before = tail.offset
-        lines = tail.read_lines(size)
+        try:
+            lines = tail.read_lines(size)
+        except OSError as exc:  # a directory or a FIFO in the file's place: nothing to read
+            key = (tail.path, str(exc))
+            if key not in _SAID:
+                _SAID.add(key)
+                log.warning("hotcb: cannot read %s: %s", tail.path, exc)
+            return
         if not lines and not tail.reset:
             return
         yield lines
@@ -88,7 +98,10 @@ def _chunks(tail: jsonl.JsonlTail) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _loads_json(raw: bytes) -> Any:
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:  # a hand-written line nested past Python's limit: not a record
+        raise ValueError("nested too deep") from None
 
 
 def _loads_orjson(raw: bytes) -> Any:
@@ -97,7 +110,7 @@ def _loads_orjson(raw: bytes) -> Any:
     try:
         return _orjson.loads(raw)
     except ValueError:
-        return json.loads(raw)
+        return _loads_json(raw)
 
 
 #: One metrics line to Python, as :func:`json.loads` would parse it (raises ValueError).
@@ -288,10 +301,11 @@ class MetricsIndex:
         record its header quotes; and when its steps, like the index's, never go back (a
         resumed run's second branch goes through the parser, which cuts the first). The
         first block that fails a check ends the reading: the rest is parsed."""
-        try:
-            with open(sidecar_path(self.tail.path), "rb") as f:
+        try:  # (regular files only: a FIFO in a file's place would hang the server here)
+            side, _ = jsonl.open_regular(sidecar_path(self.tail.path))
+            with open(side, "rb") as f:
                 data = f.read()
-            fd = os.open(self.tail.path, os.O_RDONLY)
+            fd, _ = jsonl.open_regular(self.tail.path)
         except OSError:
             return 0
         start = self.tail.offset
@@ -359,8 +373,8 @@ class MetricsIndex:
         the file's identity remembered), and a line longer than a block is left to it."""
         tail = self.tail
         try:
-            fd = os.open(tail.path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd, _ = jsonl.open_regular(tail.path)  # (not a FIFO: the server would hang)
+        except OSError:  # missing, or not a regular file: the live tail says what it is
             return
         try:
             st = os.fstat(fd)
