@@ -35,9 +35,10 @@ def test_a_finished_run_says_finished_and_stop_answers_at_once(
     assert done.returncode == 0 and "finished at step 24: nothing to stop" in done.stdout
     assert time.monotonic() - t0 < 20  # at once, not after the 30 s wait
     assert os.path.getsize(commands) == before  # no stop waits for the next run
-    # another command with --wait says it is queued for the next run instead of timing out
+    # another command with --wait says it is queued for the next run instead of timing out,
+    # and exits 1: nothing applied it
     done = cli(run_dir, "set", "l2=0.001", "--wait")
-    assert done.returncode == 0 and "waits in the commands file" in done.stderr
+    assert done.returncode == 1 and "waits in the commands file" in done.stderr
     # a new run in the same directory is running again, not finished
     again = start_trainer(run_dir, os.fspath(tmp_path / "t2.jsonl"), steps=100_000)
     again.wait_step(1)

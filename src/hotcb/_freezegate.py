@@ -71,13 +71,20 @@ class FreezeGate:
                 adjust_path=self._confine(op, "adjust_path"),
                 step_offset=int(op.extra.get("step_offset", op.params.get("step_offset")) or 0),
             )
-            if new != self.state or self.player is None:  # the same replay again keeps its place
-                self._set_player(_player_for(new, self._run_dir))
+            # the same replay again keeps its place
+            swap = new != self.state or self.player is None
+            player = _player_for(new, self._run_dir) if swap else None
         except Exception as exc:  # a missing or broken recipe, a path outside: reject
             return OpResult("rejected", error=str(exc))
+        if self.leader:  # saved first: a mode that cannot be saved is not taken
+            try:
+                new.save(self._path)
+            except OSError as exc:
+                return OpResult("failed", error=f"could not write {self._path}: {exc}; the "
+                                                f"freeze mode stays {old}")  # fmt: skip
+        if swap:
+            self._set_player(player)
         self.state = new
-        if self.leader:
-            new.save(self._path)
         return OpResult("applied", changes={"mode": {"old": old, "new": new.mode.value}})
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import jsonl
 from ._intake import CommandIntake
 from .ledger import Decision, LedgerWriter, new_entry
 from .modules import OpResult
@@ -125,13 +126,96 @@ class LedgerRecorder:
 
     def flush(self) -> str | None:
         """Write what is queued; the reason when it could not be written (kept for the next
-        flush, since the writer left nothing of it behind)."""
+        flush, since the writer left nothing of it behind).
+
+        An entry that cannot be turned into JSON (a value nested past what the encoder takes,
+        a cycle, an object whose ``str`` raises) is replaced by one that can
+        (:func:`_writable`), so it never costs the other entries of its batch."""
         out, self.out = self.out, []
         if not out or not self.leader:
             return None
         try:
-            self.writer.write(out)
-        except OSError as exc:  # disk full, permissions: keep training, keep the entries
-            self.out = out + self.out  # the writer left nothing of them in the file
-            return f"could not write the ledger: {exc}"
+            try:
+                self.writer.write(out)
+            except OSError:
+                raise
+            except Exception:  # raised while encoding, before a byte was written
+                out = [_writable(entry) for entry in out]
+                self.writer.write(out)
+        except BaseException as exc:  # the writer left nothing of them in the file
+            self.out = out + self.out  # disk full, permissions: keep training, keep them
+            if isinstance(exc, OSError):
+                return f"could not write the ledger: {exc}"
+            raise
         return None
+
+
+#: Fields of an entry kept as they are when the entry cannot be written whole.
+_KEPT = ("v", "seq", "step", "event", "wall_time", "rank", "cmd_id", "source", "module", "op",
+         "id", "decision", "error", "cursor")  # fmt: skip
+#: How deep an entry may nest to count as writable once its batch failed to encode. The
+#: encoder's limit is Python's recursion limit less the caller's stack: an entry that encodes
+#: here may not in the writer, a few frames deeper, nor in a deeper training loop; this one
+#: leaves room for both.
+_DEPTH = 100
+
+
+def _writable(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` when it encodes as JSON; else an entry that does: its identity, cursor and
+    error as they were (when they encode), every other field that does not encode replaced by
+    a short repr of the reason, and the decision ``failed`` (``rejected`` stays ``rejected``:
+    nothing was applied either way), saying what it was."""
+    why = _unwritable(entry)
+    if why is None:
+        return entry
+    kept: dict[str, Any] = {}
+    lost: list[str] = []
+    for key, value in entry.items():
+        if _unwritable(value) is None:
+            kept[key] = value
+        else:
+            kept[key] = None if key in _KEPT else f"<not written: {why}>"
+            lost.append(str(key))
+    was = entry.get("decision")
+    if was != Decision.REJECTED.value:
+        kept["decision"] = Decision.FAILED.value
+    note = f"the ledger entry could not be written as JSON ({why}); {', '.join(lost)} replaced"
+    if was != kept["decision"]:
+        note += f"; it was {was!r}"
+    error = kept.get("error")
+    kept["error"] = f"{error}; {note}" if isinstance(error, str) and error else note
+    log.warning("hotcb: %s (seq %s)", note, entry.get("seq"))
+    return kept
+
+
+def _unwritable(value: Any) -> str | None:
+    """Why ``value`` cannot be written as JSON (nested deeper than :data:`_DEPTH`, or the
+    encoder raises), or None."""
+    if _nesting(value) > _DEPTH:
+        return f"nested more than {_DEPTH} levels deep"
+    try:
+        jsonl.dumps(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and dicts nest in ``value`` (counted without recursion; a container
+    met again is not walked again, so a cycle ends; the encoder refuses it anyway)."""
+    deepest, seen = 0, set()
+    stack = [(value, 1)]
+    while stack and deepest <= _DEPTH:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -441,6 +441,8 @@ class ActuatorStream:
             self.state.version += 1
             self.write(step)
             self._remember(step, moved)
+        elif self._written != self.state.version:  # the last write failed: try again
+            self.write(env.get("step") if step is None else step)
 
     def _remember(self, step: Any, moved: dict[str, Any]) -> None:
         """Append the values that moved on their own to ``hotcb.knobs.jsonl`` (at most once a
@@ -458,9 +460,12 @@ class ActuatorStream:
             self.write(step)
 
     def write(self, step: Any) -> None:
-        """Write ``hotcb.actuators.json`` (rank 0): what the dashboard can control."""
-        self._written = self.state.version
+        """Write ``hotcb.actuators.json`` (rank 0): what the dashboard can control. Marked
+        written only once it is: a write that failed (a full disk) is tried again at the next
+        change, and by :meth:`refresh` (once a second) when none comes."""
+        version = self.state.version
         if not self.leader:
+            self._written = version
             return
         doc = {
             "v": FORMAT_VERSION,
@@ -472,3 +477,5 @@ class ActuatorStream:
             jsonl.write_json_atomic(self.path, doc)
         except OSError as exc:
             self._warn("actuators_write", f"could not write {self.path}: {exc}")
+            return
+        self._written = version

@@ -52,7 +52,13 @@ from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tai
 from .metrics import MetricsCollector
 from .modules import HotModule, OpResult, create_module, module_specs
 from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop, new_cmd_id
-from .runfiles import FORMAT_VERSION, RunPaths, update_run_meta, write_run_meta
+from .runfiles import (
+    FORMAT_VERSION,
+    RunPaths,
+    other_live_trainer,
+    update_run_meta,
+    write_run_meta,
+)
 
 __all__ = ["HotKernel"]
 
@@ -69,6 +75,25 @@ _NOW = -1
 
 #: The run directory of ``HotKernel()`` without one (``hotcb launch`` sets it).
 RUN_DIR_ENV = "HOTCB_RUN_DIR"
+
+
+def _entry_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What tells a ledger entry apart from others: a command's id, source, op and decision
+    (one entry each; a later life may have given it another seq), else its seq and op."""
+    cmd_id = entry.get("cmd_id")
+    if isinstance(cmd_id, str) and cmd_id:
+        return cmd_id, entry.get("source"), entry.get("op"), entry.get("decision")
+    return entry.get("seq"), entry.get("op")
+
+
+def _other_trainer_note(pid: int, run_dir: str | None = None) -> str:
+    where = f" in {run_dir}" if run_dir else ""
+    return (
+        f"another trainer (pid {pid} on this host) is still running{where} and has not closed "
+        "it: while both run, each applies every command (twice in all) and they write the "
+        f"ledger with clashing seqs. Stop one of them (kill {pid} if it is the old one), or "
+        "start this one in another run directory"
+    )
 
 
 def _run_dir(given: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
@@ -144,7 +169,9 @@ class HotKernel:
     ) -> None:
         self._gate = PollGate(debounce_steps, poll_interval_sec)
         self._warned: set[str] = set()  # kinds of warning already logged (once each)
-        self.paths = RunPaths(os.fspath(_run_dir(run_dir)))
+        # resolved once: a run started through a link (runs/latest) stays in the directory it
+        # started in when the link is pointed elsewhere (it read the other run's commands)
+        self.paths = RunPaths(os.path.realpath(os.fspath(_run_dir(run_dir))))
         self.run_dir = self.paths.root
         self.pause_poll_sec = float(pause_poll_sec)
         self.auto_disable_on_error = auto_disable_on_error
@@ -171,10 +198,12 @@ class HotKernel:
             replay_commands = os.environ.get("HOTCB_REPLAY_COMMANDS", "") not in ("", "0")
         if not replay_commands:
             refuse_lost_ledger(self.paths)
+        self._other_pid: int | None = None  # another live trainer in this run directory
         if _dist.rank() == 0:  # the run's files exist from here on: `hotcb status` sees it
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
                     open(path, "ab").close()  # ledger that goes missing later is noticed
+            self._other_pid = self._other_trainer()  # before our pid replaces its own
             write_run_meta(self.paths, self._run_meta, self._warn)
         seq, cursor = tail_state(self.paths.ledger)
         # a writer that re-sends a command (a retry) right after a restart is still a noop:
@@ -339,8 +368,9 @@ class HotKernel:
         return point
 
     def _heartbeat(self, step: Any, now: float) -> None:
-        """Rank 0 replaces ``hotcb.heartbeat.json`` (step, wall time, pid), at most once a
-        second: the dashboard sees a live run even when it records no metrics."""
+        """Rank 0 replaces ``hotcb.heartbeat.json`` (step, wall time, pid, the ledger's seq),
+        at most once a second: the dashboard sees a live run even when it records no metrics,
+        and a restart tells a ledger emptied since from one that never held an entry."""
         if now < self._next_beat:
             return
         self._next_beat = now + 1.0
@@ -353,7 +383,10 @@ class HotKernel:
         # makes ext4 flush the new one first (auto_da_alloc), milliseconds on the training
         # thread; this is about a hundred microseconds (benchmarks/overhead.py).
         try:
-            data = f'{{"step":{int(step)},"wall_time":{time.time()!r},"pid":{os.getpid()}}}'
+            data = (
+                f'{{"step":{int(step)},"wall_time":{time.time()!r},"pid":{os.getpid()},'
+                f'"seq":{self._ledger.seq}}}'
+            )  # (seq: a ledger emptied later is lost)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, data.encode())
@@ -377,7 +410,7 @@ class HotKernel:
                 module="kernel", op="cursor_reset", error=reset,
             )  # fmt: skip
         if error is not None:
-            log.warning("hotcb: %s", error)  # every time: it may be passing (NFS, permissions)
+            log.warning("hotcb: %s", error)  # once until it changes or a read succeeds
         if lines and self._intake.life_start:  # the first lines after a restart
             return self._intake.mark_earlier_life(lines)
         return lines
@@ -814,6 +847,12 @@ class HotKernel:
                 except Exception as exc:  # e.g. a broken hotcb.yaml: ledger it, keep training
                     self._error(f"module {name!r} failed to start: {exc!r}")
         self._freeze.on_start(env)
+        if self._other_pid is not None and self.is_leader:  # `hotcb status` shows the ledger
+            self._ledger.emit(
+                self._ledger.point, source="kernel", module="kernel", op="other_trainer",
+                decision=Decision.NOOP.value, other_pid=self._other_pid,
+                error=_other_trainer_note(self._other_pid),
+            )  # fmt: skip
         self._refresh_event_modules()
         self._refresh_due(self.step)
 
@@ -831,7 +870,13 @@ class HotKernel:
             self._freeze.leader = self.is_leader
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: put it in your training checkpoint."""
+        """Everything needed to resume: put it in your training checkpoint.
+
+        The ledger entries still queued are written first; those that cannot be (a full disk)
+        travel in the state (``unwritten``), since its cursor is past their commands, and
+        :meth:`load_state_dict` writes the ones the ledger still lacks."""
+        if self._ledger.out:
+            self.flush()
         stream, gate = self._stream.state_dict(), self._freeze.state_dict()
         return {
             "version": FORMAT_VERSION,
@@ -851,6 +896,7 @@ class HotKernel:
             "commanded": stream["commanded"],  # which knobs commands set, and when (the tuner)
             "relative": stream["relative"],
             "recipe": gate["recipe"],
+            "unwritten": [dict(e) for e in self._ledger.out],
         }
 
     def _saved_step(self) -> int:
@@ -875,6 +921,7 @@ class HotKernel:
         # the parent's checkpoint a branch starts from: its cursor counts bytes of the
         # parent's commands file, so this run's own ledger says where to read from
         own = not branched_before(self.paths, seq)
+        late = self._restore_unwritten(state.get("unwritten")) if own else []
         self._ledger.point = SafePoint(step)
         self._stream.load_state_dict(state)
         self._freeze.load_state_dict(state)
@@ -916,9 +963,48 @@ class HotKernel:
             self._ledger.emit(self._ledger.point, source="kernel", module="kernel",
                               op="resume", decision=Decision.NOOP.value,
                               resumed_from={"step": step, "seq": seq})  # fmt: skip
+        for entry in late:  # (see _restore_unwritten)
+            self._ledger.seq += 1
+            self._ledger.out.append(
+                {**entry, "seq": self._ledger.seq, "late": {"seq": entry["seq"]}}
+            )
         self._intake.offset = max(int(state.get("cursor") or 0) if own else 0, ledger_cursor)
         self._refresh_due(step)
         self._refresh_event_modules()
+
+    def _restore_unwritten(self, saved: Any) -> list[dict[str, Any]]:
+        """Write the entries the checkpoint's process had not written when it saved (a full
+        disk; :meth:`state_dict`) and that the ledger still lacks: that process may have
+        written them later, and a run started here again without the checkpoint may have
+        applied their commands again (:func:`_entry_key`). They keep their seqs, which are
+        the checkpoint's, so no resume applies them again: the checkpoint holds what they did.
+        Returns the missing ones whose seqs the ledger has used since: they go after the
+        ledger's last entry, renumbered."""
+        if not self.is_leader or not isinstance(saved, list):
+            return []
+        entries = [e for e in saved if isinstance(e, dict) and type(e.get("seq")) is int]
+        if not entries:
+            return []
+        first = min(e["seq"] for e in entries)
+        held = {
+            _entry_key(e)
+            for e in jsonl.iter_records(self.paths.ledger)
+            if type(e.get("seq")) is int and e["seq"] >= first
+        }
+        missing = sorted((e for e in entries if _entry_key(e) not in held), key=lambda e: e["seq"])
+        for e in missing:
+            if isinstance(e.get("cmd_id"), str):
+                self._intake.remember(e["cmd_id"])
+        if not missing:
+            return []
+        log.warning("hotcb: writing %d ledger entries the checkpoint's process could not write",
+                    len(missing))  # fmt: skip
+        if missing[0]["seq"] <= tail_state(self.paths.ledger)[0]:
+            return missing
+        self._ledger.out[:0] = missing  # before anything this process adds
+        self._ledger.seq = max(self._ledger.seq, missing[-1]["seq"])
+        self.flush()
+        return []
 
     def _requeue_waiting(self, after_seq: int) -> None:
         queued = {op.cmd_id for _, op in self._schedule.ops()}
@@ -947,12 +1033,15 @@ class HotKernel:
                         closer()
                     except Exception as exc:  # one module's trouble: the run still closes
                         self._warn(f"close_{type(mod).__name__}", f"closing a module: {exc!r}")
-            self.flush()
+            problem = self._ledger.flush()
+            if problem is not None:
+                self._lost_at_close(problem)
             if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
                 ended = {
                     "step": self._last_step,
                     "wall_time": time.time(),
                     "stopped": self.stop_requested,
+                    "seq": self._ledger.seq,  # the ledger's last entry (refuse_lost_ledger)
                 }
                 if self._stopped_by is not None:
                     ended["signal"] = self._stopped_by
@@ -987,6 +1076,30 @@ class HotKernel:
         self._ledger.emit(
             self._ledger.point, source="kernel", module="kernel", op="error",
             decision=Decision.FAILED.value, error=message,
+        )  # fmt: skip
+
+    def _other_trainer(self) -> int | None:
+        """The pid of another trainer still running in this run directory (said as a warning):
+        not an error, since a requeued job may start while the old process is still exiting."""
+        pid = other_live_trainer(jsonl.read_json(self.paths.run_meta, {}) or {}, self.run_dir)
+        if pid is not None:
+            log.warning("hotcb: %s", _other_trainer_note(pid, self.run_dir))
+        return pid
+
+    def _lost_at_close(self, problem: str) -> None:
+        """The last flush failed: the queued entries die with this process. Said as an error
+        every time (the ``ledger_write`` warning may have been said once, long ago)."""
+        out = self._ledger.out
+        shown = ", ".join(f"{e.get('module')} {e.get('op')}" for e in out[:5])
+        if len(out) > 5:
+            shown += f" and {len(out) - 5} more"
+        entries = "1 ledger entry" if len(out) == 1 else f"{len(out)} ledger entries"
+        log.error(
+            "hotcb: %s; %s (%s) %s lost as the run closes. The next start in %s resumes from "
+            "the ledger's last entry, so it applies those commands again (a stop among them "
+            "stops it at its first step); free disk space, and before restarting check the "
+            "commands file after the ledger's last cursor.",
+            problem, entries, shown, "is" if len(out) == 1 else "are", self.run_dir,
         )  # fmt: skip
 
     def _internal_error(self, exc: Exception) -> None:

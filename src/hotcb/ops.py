@@ -22,6 +22,7 @@ __all__ = [
     "EXTEND_KEYS",
     "FREEZE_MODES",
     "MAX_COMMAND_BYTES",
+    "MAX_COMMAND_DEPTH",
     "MODULE_OPS",
     "CallbackTarget",
     "HotOp",
@@ -169,17 +170,30 @@ COMPAT_FIELDS = frozenset(
 #: The longest command line accepted (bytes of JSON). A command is a few hundred bytes; the cap
 #: keeps a runaway or hostile writer from copying megabytes into the ledger.
 MAX_COMMAND_BYTES = 64 * 1024
+#: How deep lists and objects may nest in a command's fields (``params`` itself is level 1).
+#: A real command nests a few levels; 2 KB of brackets nest a thousand, past what Python's
+#: JSON encoder (and every recursive walk) can take, which cost the ledger a whole batch.
+MAX_COMMAND_DEPTH = 64
 
 
-def _check_finite(value: Any, where: str) -> None:
+def _check_finite(value: Any, where: str, depth: int = 1) -> None:
+    """No NaN or inf anywhere in ``value``, and no nesting deeper than
+    :data:`MAX_COMMAND_DEPTH` (checked level by level, so no walk goes deeper than that)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise CommandError(f"{where} is {value!r}; send a finite number")
+    if isinstance(value, (dict, list)) and depth > MAX_COMMAND_DEPTH:
+        field = where.split("[", 1)[0].split(".", 2)
+        raise CommandError(
+            f"{'.'.join(field[:2])[:80]} nests lists and objects more than {MAX_COMMAND_DEPTH} "
+            f"levels deep; a command may nest at most {MAX_COMMAND_DEPTH}: send large data as a "
+            "file inside the run directory and name its path"
+        )
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_finite(v, f"{where}.{k}")
+            _check_finite(v, f"{where}.{k}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
+            _check_finite(v, f"{where}[{i}]", depth + 1)
 
 
 def _opt_dict(record: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -383,7 +397,7 @@ def command_to_hotop(
             f"unknown command field(s) {shown}; a command has "
             f"{', '.join(sorted(_KNOWN_FIELDS | COMPAT_FIELDS))}"
         )
-    _check_finite(extra, "command")
+    _check_finite(extra, "command", depth=0)  # (its fields are level 1, as params is)
     _check_reason(extra.get("reason"))
 
     hot = HotOp(

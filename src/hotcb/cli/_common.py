@@ -34,6 +34,8 @@ def parse_value(text: str) -> Any:
     a list; else the string."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{text[:40]}…: nested too deep to be a value") from None
     except ValueError:
         lowered = text.lower()
         if lowered in ("true", "false"):

@@ -81,13 +81,18 @@ class MetricsCollector:
         self._fd: int | None = None
         self._columns_on = columns
         self._columns: ColumnWriter | None = None
+        #: the file ends in an unfinished line (a write cut short by a full disk): the next
+        #: record goes through the journal's writer, which starts it on a line of its own
+        self._torn = False
         self.last: dict[str, float | None] = {}
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            offset = os.fstat(self._fd).st_size
+            # an earlier process's last write may have been cut short (and it died after)
+            self._torn = offset > 0 and os.pread(self._fd, 1, offset - 1) != b"\n"
             if self._columns_on:
-                offset = os.fstat(self._fd).st_size
                 self._columns = ColumnWriter(sidecar_path(self.path), offset)
         return self._fd
 
@@ -103,14 +108,29 @@ class MetricsCollector:
         record["wall_time"] = time.time()
         record["metrics"] = clean
         self.last.update(clean)
+        fd = self._open()
+        if self._torn:
+            self._append_after_torn(fd, record)
+            return
         line = (jsonl.dumps(record) + "\n").encode()
-        written = os.write(self._open(), line)
+        written = os.write(fd, line)
         columns = self._columns
-        if columns is not None:
-            if written == len(line):
-                columns.add(record["step"], clean, written, record)
-            else:  # a short write (disk full): the line is torn; no block may claim it
-                columns.skip(written)
+        if written != len(line):  # a short write (disk full): the line is torn
+            self._torn = True
+            if columns is not None:
+                columns.skip(written)  # no block may claim it
+        elif columns is not None:
+            columns.add(record["step"], clean, written, record)
+
+    def _append_after_torn(self, fd: int, record: dict[str, Any]) -> None:
+        """Append ``record`` on a line of its own after an unfinished one, all or nothing
+        (:func:`hotcb.jsonl.append`: the torn line stays a bad line readers skip, instead of
+        taking this record down with it); raises ``OSError`` while the disk is still full."""
+        jsonl.append(self.path, record)
+        self._torn = False
+        columns = self._columns
+        if columns is not None:  # (a newline and the line) that no block describes
+            columns.skip(os.fstat(fd).st_size - columns.offset)
 
     def flush(self) -> None:
         """Write the buffered columns now (the metrics file itself is never buffered)."""
