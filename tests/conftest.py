@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,24 @@ SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 
 def pytest_configure(config: pytest.Config) -> None:
     install_skip_guard(config, ALLOWED_SKIPS)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Any) -> Iterator[str]:
+    """A 256 KiB tmpfs (root on Linux only; skipped where it cannot be mounted)."""
+    mnt = os.fspath(tmp_path / "small_fs")
+    os.mkdir(mnt)
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root on Linux (RLIMIT_FSIZE tests cover the rest)")
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
 
 
 @pytest.fixture

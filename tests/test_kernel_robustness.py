@@ -9,7 +9,6 @@ trainer processes started on one run directory.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from hotcb.errors import CommandError
 from hotcb.ops import MAX_COMMAND_DEPTH, command_to_hotop, make_command
 from hotcb.recipe import export_recipe
 from hotcb.runfiles import RunPaths
-from hotcb.testing import StepDriver, TorchStepDriver, read_ledger, wait_for
+from hotcb.testing import StepDriver, TorchStepDriver, fill_filesystem, read_ledger, wait_for
 
 torch = pytest.importorskip("torch")
 
@@ -170,39 +169,6 @@ def test_an_entry_that_cannot_be_written_stays_rejected(run_dir: str) -> None:
 # -- a full disk --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Any) -> Iterator[str]:
-    """A 256 KiB tmpfs (root on Linux only; skipped where it cannot be mounted)."""
-    mnt = os.fspath(tmp_path / "small_fs")
-    os.mkdir(mnt)
-    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root on Linux (RLIMIT_FSIZE tests cover the rest)")
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=False)
-
-
-def fill(directory: str) -> str:
-    """Fill the filesystem of ``directory`` up to ENOSPC; return the filler's path."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return path
-
-
 def fill_ledger_page(drv: StepDriver) -> None:
     """Apply commands until the ledger's last page has no room for another entry: a full
     tmpfs still takes writes into the last page of a file."""
@@ -218,7 +184,7 @@ def applied_on_a_full_disk(run_dir: str, fs: str) -> tuple[TorchStepDriver, str,
     drv.steps(3)
     fill_ledger_page(drv)
     cid = drv.client.opt(lr=0.005)
-    filler = fill(fs)
+    filler = fill_filesystem(fs)
     drv.steps()  # applied; its ledger entry cannot be written
     assert drv.opt.param_groups[0]["lr"] == 0.005
     assert drv.entries(cid) == []
@@ -285,7 +251,7 @@ def test_a_checkpoint_loaded_after_a_restart_without_it_writes_no_command_twice(
     dead.steps(3)
     fill_ledger_page(dead)
     cid = dead.client.opt(lr=0.005)
-    filler = fill(small_fs)
+    filler = fill_filesystem(small_fs)
     dead.kernel.record({"module": "cb", "op": "note", "decision": "noop"})  # a module's entry
     dead.steps()  # the note and the command's entry: neither can be written
     state = dead.kernel.state_dict()
@@ -312,7 +278,7 @@ def test_close_on_a_full_disk_says_which_entries_are_lost(small_fs: str, caplog:
         drv.steps(2)
         fill_ledger_page(drv)
         drv.client.stop()
-        filler = fill(small_fs)
+        filler = fill_filesystem(small_fs)
         with caplog.at_level(logging.WARNING, logger="hotcb"):
             drv.steps()  # the stop is applied; its entry cannot be written (a warning, once)
             assert drv.kernel.stop_requested

@@ -13,11 +13,9 @@ import errno
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from hotcb.errors import JournalWriteError
 from hotcb.ledger import LedgerWriter, iter_entries, new_entry, pending_scheduled
 from hotcb.ops import make_command
 from hotcb.runfiles import RunPaths
-from hotcb.testing import read_ledger
+from hotcb.testing import fill_filesystem, read_ledger
 
 #: Environment for subprocesses: never inherit a run directory from the developer's shell.
 ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
@@ -155,39 +153,6 @@ def test_commands_file_replaced_by_a_file_of_the_same_size_loses_no_command(
 # -- full disk ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path: Any) -> Iterator[str]:
-    """A 256 KiB tmpfs (root on Linux only; skipped where it cannot be mounted)."""
-    mnt = os.fspath(tmp_path / "small_fs")
-    os.mkdir(mnt)
-    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root on Linux (RLIMIT_FSIZE tests cover the rest)")
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=False)
-
-
-def fill(directory: str) -> str:
-    """Fill the filesystem of ``directory`` up to ENOSPC; return the filler's path."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-    finally:
-        os.close(fd)
-    return path
-
-
 @pytest.mark.slow
 def test_full_disk_leaves_no_partial_line_and_the_next_command_is_applied(
     small_fs: str, tmp_path: Any, start_trainer: Any
@@ -201,7 +166,7 @@ def test_full_disk_leaves_no_partial_line_and_the_next_command_is_applied(
     tr = start_trainer(run_dir, trace, steps=100_000, step_delay=0.01, metrics_every=10**9)
     tr.wait_step(1)
     client = HotClient(run_dir, source="test")
-    filler = fill(small_fs)
+    filler = fill_filesystem(small_fs)
     size = os.path.getsize(commands)
     with pytest.raises(JournalWriteError) as info:
         client.opt(lr=0.002)  # 40 bytes fit, then ENOSPC

@@ -30,6 +30,7 @@ __all__ = [
     "TinyMLP",
     "TorchStepDriver",
     "digits",
+    "fill_filesystem",
     "read_ledger",
     "trainer_command",
     "wait_for",
@@ -94,3 +95,21 @@ def read_ledger(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def entries_for(run_dir: str | os.PathLike[str], cmd_ids: Sequence[str]) -> list[dict[str, Any]]:
     wanted = set(cmd_ids)
     return [e for e in read_ledger(run_dir) if e.get("cmd_id") in wanted]
+
+
+def fill_filesystem(directory: str | os.PathLike[str]) -> str:
+    """Fill the filesystem of ``directory`` up to ENOSPC (a small tmpfs, in a test of a full
+    disk); returns the filler's path: remove it to free the space."""
+    import errno
+
+    path = os.path.join(os.fspath(directory), "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    return path
