@@ -237,8 +237,9 @@ class JsonlTail:
     the file is not the one the cursor counts bytes of, and it is read from its start.
 
     A line longer than ``max_bytes`` is not read again on every call while its newline is
-    missing: the tail remembers how far it has looked and reads only bytes it has not seen, at
-    most ``max_bytes`` a call. With ``max_line``, such a line is not kept whole either: once
+    missing: the tail remembers how far it has looked and reads only bytes it has not seen
+    (all of them in one call, and the line whole once its newline came; with ``max_line``, at
+    most ``max_bytes`` a call). With ``max_line``, such a line is not kept whole either: once
     ``max_line`` of its bytes have no newline, it is handed out, when its newline arrives, cut to
     its first ``max_line + 1`` bytes, and :attr:`cut` says ``(end_offset, length)`` of it.
 
