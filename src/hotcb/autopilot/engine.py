@@ -332,10 +332,9 @@ class Autopilot:
             }))  # fmt: skip
             return
         if acts:
-            if any(
-                p["rule"] == rule.id for p in proposals(self.run_dir) if p["state"] == "pending"
-            ):
-                return  # (a proposal of the rule from suggest mode waits: its accept would double it)
+            waiting = proposals(self.run_dir)
+            if any(p["rule"] == rule.id and p["state"] == "pending" for p in waiting):
+                return  # one of the rule's, from suggest mode, waits: its accept would double it
             self.fired[rule.id] = self.step_now
             out.extend(self._apply(rule, found))
             return

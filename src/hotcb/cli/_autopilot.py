@@ -134,8 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode.startswith("ai_"):
         ai = ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
         _check_ai_importable()
-        print(f"hotcb autopilot: asking {ai.model} at {redact_url(ai.base_url)} (budget ${ai.budget_usd:g} "
-              "per run)", flush=True)  # fmt: skip
+        url = redact_url(ai.base_url)  # a login or key in it stays off the terminal's log
+        print(f"hotcb autopilot: asking {ai.model} at {url} (budget ${ai.budget_usd:g} per run)",
+              flush=True)  # fmt: skip
 
     busy: set[str] = set()  # runs another live autopilot drives
 
