@@ -24,6 +24,7 @@ import json
 import math
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "parse_line",
     "read_json",
     "read_last",
+    "write_atomic",
     "write_json_atomic",
 ]
 
@@ -544,18 +546,26 @@ def last_records(
     return out
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write a whole JSON document so readers see the old or the new one, never half."""
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``path`` through a temporary file beside it, so readers see the old or the new
+    file, never half of one. The temporary name is the process's and thread's own (the
+    dashboard's worker threads may write the same file at once), and it is removed when
+    anything fails (a full disk): none is left behind."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(dumps(obj))
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, say: no half-written temporary file is left behind
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write a whole JSON document so readers see the old or the new one, never half."""
+    write_atomic(path, dumps(obj).encode())
 
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:

@@ -19,14 +19,12 @@ shifts or inserts entries; ``patch_template(recipe)`` writes a commented startin
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import hashlib
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -381,7 +379,7 @@ def export_recipe(
     }
     target = out_file(out, paths.recipe)
     text = jsonl.dumps(header) + "\n" + "".join(jsonl.dumps(e.to_record()) + "\n" for e in entries)
-    _write_atomic(target, text.encode())
+    jsonl.write_atomic(target, text.encode())
     return target, entries
 
 
@@ -397,21 +395,6 @@ def out_file(out: str | os.PathLike[str] | None, default: str) -> str:
     if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
         raise RecipeError(f"--out {text}: no folder {target} to write into")
     return target
-
-
-def _write_atomic(dest: str, data: bytes) -> None:
-    """Write ``dest`` through a temporary file beside it (a reader never sees half of it); the
-    temporary file is removed when anything fails, so none is left behind. The temporary name
-    is the thread's own: the dashboard's worker threads may store the same copy at once."""
-    tmp = f"{dest}.tmp.{os.getpid()}.{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------- read/check
@@ -1141,7 +1124,7 @@ def bring_sources(
             continue
         if hashlib.sha256(data).hexdigest() == sha:
             os.makedirs(sources, exist_ok=True)
-            _write_atomic(dest, data)
+            jsonl.write_atomic(dest, data)
 
 
 def bring_into_run(run_dir: str, path: str, suffix: str) -> str:
@@ -1169,7 +1152,7 @@ def store_in_run(run_dir: str, data: bytes, suffix: str) -> str:
     rel = replay_copy(data, suffix)
     dest = os.path.join(run_dir, rel)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    _write_atomic(dest, data)
+    jsonl.write_atomic(dest, data)
     return rel
 
 
