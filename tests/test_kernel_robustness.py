@@ -446,6 +446,37 @@ def test_a_second_trainer_on_a_live_run_says_so(
     first.kill()
 
 
+def test_two_trainers_in_one_run_the_one_that_closes_first_does_not_end_the_run(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    """`hotcb status` names both live trainers, and the run is over only when the last one
+    closes: before, the first to close marked it finished (and `tune accept`, `--wait` …
+    refused a run that still trained), and status named only the newer pid."""
+    older = StepDriver(run_dir)  # this process: the trainer started first
+    older.steps(2)
+    newer = start_trainer(run_dir, os.fspath(tmp_path / "b.jsonl"), steps=100_000,
+                          step_delay=0.01)  # fmt: skip
+    newer.wait_step(1)
+    status = cli(run_dir, "status")
+    assert f"pid {newer.proc.pid} on" in status.stdout
+    assert f"and pid {os.getpid()}, started before it, still runs here" in status.stdout
+    older.close()
+    status = cli(run_dir, "status")
+    assert "[running]" in status.stdout and "finished" not in status.stdout, status.stdout
+    assert f"pid {newer.proc.pid} on" in status.stdout and "started before it" not in status.stdout
+    newer.kill()
+
+    other = os.fspath(tmp_path / "other")  # the other order: the newer one closes first
+    first = start_trainer(other, os.fspath(tmp_path / "c.jsonl"), steps=100_000, step_delay=0.01)
+    first.wait_step(1)
+    with StepDriver(other) as second:
+        second.steps(2)
+    status = cli(other, "status")
+    assert "[running]" in status.stdout and "finished" not in status.stdout, status.stdout
+    assert f"pid {first.proc.pid} on" in status.stdout
+    first.kill()
+
+
 def test_other_ranks_a_copied_run_and_a_closed_run_say_nothing_about_another_trainer(
     run_dir: str, tmp_path: Any, start_trainer: Any, monkeypatch: Any, caplog: Any
 ) -> None:

@@ -55,8 +55,8 @@ from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop, new_cmd_id
 from .runfiles import (
     FORMAT_VERSION,
     RunPaths,
+    close_run_meta,
     other_live_trainer,
-    update_run_meta,
     write_run_meta,
 )
 
@@ -203,8 +203,10 @@ class HotKernel:
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
                     open(path, "ab").close()  # ledger that goes missing later is noticed
-            self._other_pid = self._other_trainer()  # before our pid replaces its own
-            write_run_meta(self.paths, self._run_meta, self._warn)
+            other = self._other_trainer()  # before our pid replaces its own
+            self._other_pid = other["pid"] if other else None
+            extra = {**self._run_meta, "other_trainer": other} if other else self._run_meta
+            write_run_meta(self.paths, extra, self._warn)
         seq, cursor = tail_state(self.paths.ledger)
         # a writer that re-sends a command (a retry) right after a restart is still a noop:
         # remember the ids of the ledger's recent entries (its tail only, so start stays cheap)
@@ -1047,7 +1049,7 @@ class HotKernel:
                     ended["signal"] = self._stopped_by
                 elif isinstance(sys.exc_info()[1], KeyboardInterrupt):
                     ended["interrupted"] = True  # Ctrl-C unwound the loop through close()
-                update_run_meta(self.paths, {"ended": ended}, self._warn)
+                close_run_meta(self.paths, ended, self._warn)
             if self._polled_env is not None:  # what a scheduler did since the last refresh
                 self._stream.refresh(self._polled_env, self.step)
                 self._polled_env = None
@@ -1078,13 +1080,16 @@ class HotKernel:
             decision=Decision.FAILED.value, error=message,
         )  # fmt: skip
 
-    def _other_trainer(self) -> int | None:
-        """The pid of another trainer still running in this run directory (said as a warning):
-        not an error, since a requeued job may start while the old process is still exiting."""
-        pid = other_live_trainer(jsonl.read_json(self.paths.run_meta, {}) or {}, self.run_dir)
-        if pid is not None:
-            log.warning("hotcb: %s", _other_trainer_note(pid, self.run_dir))
-        return pid
+    def _other_trainer(self) -> dict[str, Any] | None:
+        """Another trainer still running in this run directory (said as a warning): not an
+        error, since a requeued job may start while the old process is still exiting. Its pid,
+        host, start and run directory, for ``hotcb.run.json`` (``hotcb status`` names it)."""
+        meta = jsonl.read_json(self.paths.run_meta, {}) or {}
+        pid = other_live_trainer(meta, self.run_dir)
+        if pid is None:
+            return None
+        log.warning("hotcb: %s", _other_trainer_note(pid, self.run_dir))
+        return {k: meta.get(k) for k in ("pid", "host", "started", "run_dir")}
 
     def _lost_at_close(self, problem: str) -> None:
         """The last flush failed: the queued entries die with this process. Said as an error

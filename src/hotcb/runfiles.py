@@ -305,6 +305,7 @@ def write_run_meta(
     now = time.time()
     meta.setdefault("created", now)
     meta.pop("ended", None)  # a run starts (again) in this directory
+    meta.pop("other_trainer", None)  # the caller's ``extra`` names one still running
     meta.update(
         {
             "format_version": FORMAT_VERSION,
@@ -330,6 +331,32 @@ def update_run_meta(
     """Merge ``fields`` into ``hotcb.run.json`` (atomically; a failure is a warning)."""
     meta = jsonl.read_json(paths.run_meta, {}) or {}
     meta.update(fields)
+    try:
+        jsonl.write_json_atomic(paths.run_meta, meta)
+    except OSError as exc:
+        warn("run_meta", f"could not write {paths.run_meta}: {exc}")
+
+
+def close_run_meta(
+    paths: RunPaths, ended: Mapping[str, Any], warn: Callable[[str, str], None]
+) -> None:
+    """Say in ``hotcb.run.json`` that this process's kernel closed the run (``ended``), unless
+    another trainer still runs in the directory: one started after this one (the file names
+    it) says when the run ends; one this one found running (``other_trainer``) is named as the
+    run's trainer again, since the run goes on with it."""
+    meta = jsonl.read_json(paths.run_meta, {}) or {}
+    me = (os.getpid(), socket.gethostname())
+    other = meta.get("other_trainer")
+    if meta.get("pid") is not None and (meta.get("pid"), meta.get("host")) != me:
+        if not isinstance(other, dict) or (other.get("pid"), other.get("host")) != me:
+            return
+        meta.pop("other_trainer")  # the newer trainer runs on alone
+    elif isinstance(other, dict) and other_live_trainer(other, paths.root) is not None:
+        meta.pop("other_trainer")
+        meta.update({k: other[k] for k in ("pid", "host", "started") if k in other})
+    else:
+        meta.pop("other_trainer", None)
+        meta["ended"] = dict(ended)
     try:
         jsonl.write_json_atomic(paths.run_meta, meta)
     except OSError as exc:

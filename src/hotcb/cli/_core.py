@@ -12,7 +12,13 @@ from typing import Any
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resume, tail_state
-from ..runfiles import AUTOPILOT_STATE, RunPaths, is_network_fs, process_alive
+from ..runfiles import (
+    AUTOPILOT_STATE,
+    RunPaths,
+    is_network_fs,
+    other_live_trainer,
+    process_alive,
+)
 from ._common import (
     UsageError,
     add_wait,
@@ -282,6 +288,12 @@ def _print_run(st: dict[str, Any]) -> None:
         print(
             f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
         )
+        other = run.get("other_trainer")
+        if isinstance(other, dict) and other_live_trainer(other, st["run_dir"]) is not None:
+            print(
+                f"         and pid {other['pid']}, started before it, still runs here: each "
+                "applies every command (twice in all); stop one of them"
+            )
         if is_network_fs(run.get("filesystem")):
             print(
                 f"         on {run['filesystem']}: send commands from {run.get('host')} "
