@@ -219,6 +219,18 @@ def redact_url(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
+def redact_urls(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, strings) with :func:`redact_url` applied to every
+    string in it."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: redact_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_urls(v) for v in value]
+    return value
+
+
 def url_secrets(text: str) -> list[str]:
     """The secrets that :func:`redact_url` hides in ``text`` (passwords, then parameter
     values), for scrubbing them where they turn up on their own (an error that quotes a

@@ -224,7 +224,8 @@ def test_freeze_endpoint(tmp_path, live_server):
 
 def test_token_required_for_rest_when_set(tmp_path, live_server):
     make_run(tmp_path / "r", steps=2)
-    srv = live_server(token="s3cret")
+    llm = "https://bob:PW0RD@llm.internal/v1?api-key=K3Y"  # where the AI autopilot asks
+    srv = live_server(token="s3cret", autopilot={"ai_base_url": llm})
     with srv.client(auth=False) as c:
         assert c.get("/api/health").status_code == 200  # public
         assert c.get("/").status_code == 200  # the page itself holds no data
@@ -239,6 +240,9 @@ def test_token_required_for_rest_when_set(tmp_path, live_server):
         assert c.get("/api/runs").status_code == 200
         cfg = c.get("/api/config")
         assert cfg.status_code == 200 and "s3cret" not in cfg.text
+        assert "PW0RD" not in cfg.text and "K3Y" not in cfg.text, cfg.text
+        shown = cfg.json()["autopilot"]["ai_base_url"]
+        assert shown == "https://bob:***@llm.internal/v1?api-key=***"
 
 
 def test_history_downsampling_keeps_spike(tmp_path, live_server):

@@ -33,6 +33,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from ..runfiles import redact_urls
+
 __all__ = [
     "AutopilotSettings",
     "ChartSettings",
@@ -232,8 +234,10 @@ class DashboardConfig(BaseSettings):
         return True
 
     def public(self) -> dict[str, Any]:
-        """The config as JSON, without the token."""
-        return self.model_dump(mode="json", exclude={"token"})
+        """The config as JSON, without the token, and with the credentials of its URLs (the
+        LLM endpoint's ``user:password@``, an ``?api-key=``) redacted."""
+        doc: dict[str, Any] = redact_urls(self.model_dump(mode="json", exclude={"token"}))
+        return doc
 
 
 def _refuse_token_in(path: str, doc: Any) -> None:

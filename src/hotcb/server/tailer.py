@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonl
 from ..ledger import LedgerView
 from ..metrics._columns import read_blocks, sidecar_path
-from ..runfiles import METRICS_INDEX, TUNE, redact_url
+from ..runfiles import METRICS_INDEX, TUNE, redact_urls
 
 try:  # the dashboard extra brings orjson; the standard library's json is the fallback
     import orjson as _orjson
@@ -878,18 +878,6 @@ class HeartbeatWatch:
 #: The online tuner's state file in a run directory (``hotcb.modules.tune`` writes it, atomically,
 #: on rank 0 after every change of its state).
 TUNE_STATE = TUNE
-
-
-def redact_urls(value: Any) -> Any:
-    """``value`` (JSON: dicts, lists, strings) with the password of every
-    ``scheme://user:password@host`` URL in its strings replaced by ``***``."""
-    if isinstance(value, str):
-        return redact_url(value)
-    if isinstance(value, dict):
-        return {k: redact_urls(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_urls(v) for v in value]
-    return value
 
 
 class TuneWatch:
