@@ -488,6 +488,12 @@ def test_other_ranks_a_copied_run_and_a_closed_run_say_nothing_about_another_tra
     assert not [r for r in caplog.records if "another trainer" in r.getMessage()]
     assert jsonl.read_json(RunPaths(run_dir).run_meta)["pid"] == tr.proc.pid
     monkeypatch.delenv("RANK")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's rank 1, before fit() makes the group
+    with caplog.at_level(logging.WARNING, logger="hotcb"):
+        HotKernel(run_dir, metrics_collector=False).close()
+    assert not [r for r in caplog.records if "another trainer" in r.getMessage()]
+    assert jsonl.read_json(RunPaths(run_dir).run_meta)["pid"] == tr.proc.pid
+    monkeypatch.delenv("LOCAL_RANK")
     copy = os.fspath(tmp_path / "copy")  # a copy of the live run: its trainer is elsewhere
     os.mkdir(copy)
     for name in ("hotcb.run.json", "hotcb.commands.jsonl", "hotcb.applied.jsonl"):

@@ -67,11 +67,15 @@ def detect() -> DistSync | None:
     return DistSync(dist)
 
 
-def rank() -> int:
-    """This process's rank (0 without torch.distributed); also honours RANK set by launchers."""
+def first_rank() -> bool:
+    """Whether this process is rank 0 (True without torch.distributed). Before the process
+    group exists, as the launcher said: ``RANK`` (torchrun, accelerate), else ``NODE_RANK``
+    and ``LOCAL_RANK`` (Lightning's launcher starts its other processes with only these,
+    before ``fit()`` makes the group)."""
     sync = detect()
     if sync is not None:
-        return sync.rank
+        return bool(sync.is_leader)
     import os
 
-    return int(os.environ.get("RANK", "0") or 0)
+    names = ("RANK",) if os.environ.get("RANK") else ("NODE_RANK", "LOCAL_RANK")
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in names)

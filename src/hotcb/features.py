@@ -219,9 +219,9 @@ def _finite(v: float) -> float | None:
 
 
 def _leader() -> bool:
-    from .distributed import rank
+    from .distributed import first_rank
 
-    return rank() == 0
+    return first_rank()
 
 
 class FeatureCapture(CallbackBase):

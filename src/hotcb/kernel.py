@@ -199,7 +199,7 @@ class HotKernel:
         if not replay_commands:
             refuse_lost_ledger(self.paths)
         self._other_pid: int | None = None  # another live trainer in this run directory
-        if _dist.rank() == 0:  # the run's files exist from here on: `hotcb status` sees it
+        if _dist.first_rank():  # the run's files exist from here on: `hotcb status` sees it
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
                     open(path, "ab").close()  # ledger that goes missing later is noticed

@@ -7,6 +7,7 @@ ranks train. Each rank traces its live lr, loss weights, module state and schedu
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -204,6 +205,10 @@ def test_lightning_ddp_two_ranks_apply_commands_in_lockstep(
             proc.communicate()
     sent = (lr_e, l2_e, ck_e, ce_e, stop_e)
     assert all(e["decision"] == "applied" for e in sent)
+    # one trainer, not two: Lightning starts rank 1 with LOCAL_RANK only, before the group
+    assert "another trainer" not in err
+    with open(run_dir / "hotcb.run.json") as f:
+        assert json.load(f)["ended"]["stopped"] is True  # `hotcb status`: finished, not crashed
     rows = _same_traces(traces)
     by_step = {r["step"]: r for r in rows}
     assert by_step[lr_e["step"]]["lr"] == pytest.approx(0.003)
