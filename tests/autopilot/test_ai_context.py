@@ -563,7 +563,7 @@ def test_a_runaway_reply_is_kept_short() -> None:
     assert r.reasoning.startswith("x" * 4000) and len(r.reasoning) < 4100
     assert r.reasoning.endswith("(2996000 more characters not kept)")
     assert len(r.actions) == 3 and len(r.rejected) == 11
-    assert r.rejected[-1][1] == "487 more actions not read (a reply has at most 3)"
+    assert r.rejected[-1] == ("487 more actions", "not read (a reply has at most 3 actions)")
     assert len(json.dumps([r.reasoning, [x for x, _ in r.rejected]])) < 10_000
 
 

@@ -18,6 +18,7 @@ written and shown redacted (:func:`hotcb.runfiles.redact_url`: a ``user:password
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from ...runfiles import redact_url, url_secrets
 from ._config import KEY_ENV, AIConfig
 from ._context import REPLY_SCHEMA
 from ._prices import cost_usd
-from ._reply import MalformedReply, Reply, parse_reply
+from ._reply import MalformedReply, Reply, kept, parse_reply, reply_text, token_counts
 
 __all__ = ["AI_LOG", "AI_STATE", "AIPolicy", "Outcome", "project_memory"]
 
@@ -41,6 +42,11 @@ log = logging.getLogger("hotcb.autopilot.ai")
 AI_LOG = "hotcb.ai.jsonl"
 AI_STATE = "hotcb.ai.state.json"
 _PER_RUN_LEARNINGS = 3
+#: What of a call is written: a response's text, a body that is not JSON, an error's text (a
+#: 30 MB reply grew the AI log by 30 MB a call). The reasoning is kept shorter (``kept``).
+_TEXT_KEPT = 20_000
+_BODY_KEPT = 2000
+_ERROR_KEPT = 2000
 
 
 @dataclass
@@ -198,18 +204,22 @@ class AIPolicy:
     def _worker(self, messages: list[dict[str, str]], call: int, step: int) -> None:
         t0 = time.monotonic()
         outcome = Outcome(call=call, step=step)
+        resp: Any = None
         try:
             resp = self._create(messages)
+        except json.JSONDecodeError as exc:  # a body sent as JSON that is not: read as the text
+            resp = exc.doc
         except Exception as exc:  # every failure is an outcome, never a dead thread
-            outcome.kind, outcome.error = (
-                self._classify(exc),
-                self.scrub(f"{type(exc).__name__}: {exc}"),
-            )
-        else:
+            outcome.kind, outcome.error = self._classify(exc), self._describe(exc)
+        if outcome.error is None:
             outcome.replied_at = time.time()
-            self._read(resp, outcome, time.monotonic() - t0)
+            try:
+                self._read(resp, outcome, time.monotonic() - t0)
+            except Exception as exc:  # a reply no check foresaw: a failed call all the same
+                outcome.reply, outcome.kind = None, "malformed"
+                outcome.error = f"the reply could not be read: {type(exc).__name__}: {exc}"
         if outcome.error is not None:  # every error text, whatever path made it, once more
-            outcome.error = self.scrub(outcome.error)
+            outcome.error = kept(self.scrub(outcome.error), _ERROR_KEPT)
         with self._lock:
             self._done = outcome
 
@@ -217,7 +227,7 @@ class AIPolicy:
         if isinstance(resp, (str, bytes)):  # the SDK hands over a body that is not JSON as is
             # (a debug page or a proxy may quote the request, key and all)
             body = self.scrub(resp.decode(errors="replace") if isinstance(resp, bytes) else resp)
-            self.write("response", call=outcome.call, text=body[:2000], usage={},
+            self.write("response", call=outcome.call, text=kept(body, _BODY_KEPT), usage={},
                        cost_usd=0.0, latency_sec=round(latency, 4))  # fmt: skip
             outcome.kind = "malformed"
             outcome.error = (
@@ -225,25 +235,39 @@ class AIPolicy:
                 f"base_url ({self.shown_url}) the API's address, usually ending in /v1?"
             )
             return
-        usage = getattr(resp, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt, completion, note = token_counts(getattr(resp, "usage", None), self.scrub)
         cost = cost_usd(self.config.model, prompt, completion, self.config.prices) or 0.0
         outcome.cost_usd = cost
-        choices = getattr(resp, "choices", None) or []
-        text = getattr(choices[0].message, "content", None) if choices else None
-        text = self.scrub(text or "")  # its reasoning and errors quote it: scrubbed at once
-        self.write("response", call=outcome.call, text=text,
+        text: str | None = None
+        try:
+            text = self.scrub(reply_text(resp, self.scrub))  # reasoning, errors quote it
+        except MalformedReply as exc:
+            outcome.kind, outcome.error = "malformed", str(exc)
+        usage_note = {"usage_note": note} if note else {}
+        self.write("response", call=outcome.call, text=kept(text or "", _TEXT_KEPT),
                    usage={"prompt_tokens": prompt, "completion_tokens": completion},
-                   cost_usd=cost, latency_sec=round(latency, 4))  # fmt: skip
+                   **usage_note, cost_usd=cost, latency_sec=round(latency, 4))  # fmt: skip
         with self._lock:
             self.spent += cost
             self.tokens["prompt"] = self.tokens.get("prompt", 0) + prompt
             self.tokens["completion"] = self.tokens.get("completion", 0) + completion
+        if text is None:
+            return
         try:
             outcome.reply = parse_reply(text, max_actions=self.config.max_actions)
         except MalformedReply as exc:
             outcome.kind, outcome.error = "malformed", str(exc)
+
+    def _describe(self, exc: BaseException) -> str:
+        """A failed call in words; one that reached no server names the address it tried
+        (redacted) and why it failed there."""
+        text = f"{type(exc).__name__}: {exc}"
+        o = self.openai
+        if isinstance(exc, o.APIConnectionError) and not isinstance(exc, o.APITimeoutError):
+            cause = exc.__cause__
+            why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+            text += f"{why} calling {self.shown_url}: is the server up, at that address?"
+        return text
 
     def _classify(self, exc: BaseException) -> str:
         o = self.openai
