@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "CHOICES",
     "DETECTORS",
     "DIRECTIONS",
     "PARAMS",
@@ -655,7 +656,7 @@ DETECTORS: dict[str, Callable[..., Detection | None]] = {
 _WINDOW = (int, 3, 1000)
 #: Per detector, its tunable parameters as ``(type, minimum, maximum)`` (``None``: no bound),
 #: so a rules file can be checked before it runs ("window must be an integer in [3, 1000]").
-#: ``direction`` is a ``str``, one of :data:`DIRECTIONS`.
+#: A ``str`` parameter takes one of its :data:`CHOICES`.
 PARAMS: dict[str, dict[str, tuple[type, float | None, float | None]]] = {
     "plateau": {
         "window": _WINDOW,
@@ -675,3 +676,7 @@ PARAMS: dict[str, dict[str, tuple[type, float | None, float | None]]] = {
     "overfitting": {"window": _WINDOW, "min_gap_rise": (float, 1e-6, 1e6)},
     "grad_explosion": {"window": (int, 4, 1000), "factor": (float, 1.01, 1e6)},
 }
+
+#: The values a ``str`` parameter of :data:`PARAMS` may take (any other makes its detector
+#: silent for good: ``plateau(..., direction="maxmize")`` is always ``None``).
+CHOICES: dict[str, tuple[str, ...]] = {"direction": DIRECTIONS}

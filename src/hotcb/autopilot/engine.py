@@ -31,7 +31,7 @@ from ..metrics import VAL_LOSS_NAMES, guess_direction
 from ..runfiles import AUTOPILOT_STATE, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
-from .rules import Action, Rule, Ruleset, load_rules
+from .rules import Action, Rule, Ruleset, action_text, load_rules
 
 if TYPE_CHECKING:
     from .ai import AIConfig, AIPolicy, Outcome
@@ -40,6 +40,7 @@ __all__ = [
     "MODES",
     "OWNER",
     "RECORDS",
+    "RECORD_KINDS",
     "STATE",
     "Autopilot",
     "AutopilotBusy",
@@ -56,6 +57,9 @@ MODES = ("off", "suggest", "auto", "ai_suggest", "ai_auto")
 _RULES_DO = {"off": "nothing", "suggest": "suggest", "auto": "auto", "ai_suggest": "sense",
              "ai_auto": "sense"}  # fmt: skip
 RECORDS = "hotcb.autopilot.jsonl"
+#: The ``kind`` of each record in ``RECORDS`` (what a notify ``autopilot`` alert may name).
+RECORD_KINDS = ("detection", "proposal", "decision", "action", "skipped", "hold", "guard",
+                "resumed", "ai_reply", "fallback")  # fmt: skip
 STATE = AUTOPILOT_STATE
 LOCK = "hotcb.autopilot.lock"
 #: Which process drives the run's autopilot (``pid``, ``host``, ``mode``, ``started``).
@@ -338,21 +342,33 @@ class Autopilot:
             self.fired[rule.id] = self.step_now
             out.extend(self._apply(rule, found))
             return
-        self.fired[rule.id] = self.step_now
         with _locked(self.run_dir):  # not while a person's accept of the one it renews runs
-            waiting = [p for p in proposals(self.run_dir)
-                       if p["rule"] == rule.id and p["state"] == "pending"]  # fmt: skip
-            # one proposal per rule waits at a time; a newer detection renews its evidence
-            # under the same id (an accept of that id, typed meanwhile, still applies it)
-            first = waiting[-1].get("first_step", waiting[-1].get("step")) if waiting else None
-            out.append(self._record({
-                "kind": "proposal", "id": waiting[-1]["id"] if waiting else self._new_id(),
-                "rule": rule.id, "step": self.step_now,
-                "action": {"name": rule.action.name, "params": rule.action.params},
-                "describe": f"{rule.action.describe()} because {found.describe()}",
-                "evidence": found.evidence, "state": "pending",
-                **({"first_step": first} if waiting else {}),
-            }))  # fmt: skip
+            out.append(self._propose(rule, found))
+
+    def _propose(self, rule: Rule, found: Detection) -> dict[str, Any]:
+        """The rule's proposal, or a ``skipped`` record while another proposal on the same
+        knob waits: one proposal per knob waits at a time, as in ``ai_suggest`` (NaN, a spike
+        and a plateau each proposed an lr cut, and accepting all three compounded them)."""
+        pending = [p for p in proposals(self.run_dir) if p["state"] == "pending"]
+        other = _pending_on(rule.action, [p for p in pending if p["rule"] != rule.id])
+        if other is not None:
+            return self._record({
+                "kind": "skipped", "rule": rule.id, "step": self.step_now,
+                "waiting": other["id"], "reason": _still_pending(other, rule.action),
+            })  # fmt: skip
+        self.fired[rule.id] = self.step_now
+        # one proposal per rule waits at a time; a newer detection renews its evidence
+        # under the same id (an accept of that id, typed meanwhile, still applies it)
+        waiting = [p for p in pending if p["rule"] == rule.id]
+        first = waiting[-1].get("first_step", waiting[-1].get("step")) if waiting else None
+        return self._record({
+            "kind": "proposal", "id": waiting[-1]["id"] if waiting else self._new_id(),
+            "rule": rule.id, "step": self.step_now,
+            "action": {"name": rule.action.name, "params": rule.action.params},
+            "describe": f"{rule.action.describe()} because {found.describe()}",
+            "evidence": found.evidence, "state": "pending",
+            **({"first_step": first} if waiting else {}),
+        })  # fmt: skip
 
     def _rule_blocked(self, knob: str | None, acts: bool) -> str | None:
         """Why a rule may not act on ``knob`` now: a person holds it, or (for a change the rule
@@ -561,15 +577,12 @@ class Autopilot:
         """Why the model may not propose ``action`` now: a proposal of its own for the same
         knob (or the same run control) is still pending (each reply that saw the same trouble
         added one, and accepting them all compounded the cut)."""
-        for p in proposals(self.run_dir):
-            if p["state"] != "pending" or p.get("rule") != "ai":
-                continue
-            asked = p.get("action") or {}
-            pending = Action(str(asked.get("name")), dict(asked.get("params") or {}))
-            if pending.knob == action.knob and (action.knob or pending.name == action.name):
-                return (f"proposal {p['id']} ({pending.describe()}) is still pending: "
-                        f"accept or reject it first ('hotcb autopilot accept {p['id']}')")  # fmt: skip
-        return None
+        waiting = _pending_on(action, [p for p in proposals(self.run_dir)
+                                       if p["state"] == "pending" and p.get("rule") == "ai"])  # fmt: skip
+        if waiting is None:
+            return None
+        return (f"proposal {waiting['id']} ({action_text(waiting.get('action'))}) is still "
+                f"pending: accept or reject it first ('hotcb autopilot accept {waiting['id']}')")  # fmt: skip
 
     def _ai_blocked(self, knob: str) -> str | None:
         """Why the model may not change ``knob`` now: a person holds it, the guard is still
@@ -723,6 +736,25 @@ class Autopilot:
         """The training process is gone and did not close the run."""
         meta = self.view.meta()
         return not isinstance(meta.get("ended"), dict) and process_alive(meta) is False
+
+
+def _pending_on(action: Action, waiting: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The first ``waiting`` proposal that acts where ``action`` would: on the same knob, or
+    the same run control. Accepted both, the two would compound (two lr cuts, two undos)."""
+    for p in waiting:
+        asked = p.get("action") or {}
+        other = Action(str(asked.get("name")), dict(asked.get("params") or {}))
+        if other.knob == action.knob and (action.knob is not None or other.name == action.name):
+            return p
+    return None
+
+
+def _still_pending(p: Mapping[str, Any], action: Action) -> str:
+    """Why a rule's ``action`` is not proposed while proposal ``p`` waits on the same knob."""
+    by = "the model" if p.get("rule") == "ai" else f"rule {p.get('rule')}"
+    return (f"proposal {p['id']} ({action_text(p.get('action'))}, {by}) still waits on "
+            f"{action.knob or action.name}: one proposal per knob waits at a time; accept or "
+            f"reject it first ('hotcb autopilot accept {p['id']}')")  # fmt: skip
 
 
 def _asked(action: Action) -> dict[str, Any]:

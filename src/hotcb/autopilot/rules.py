@@ -139,6 +139,9 @@ def check_action(name: str, params: Mapping[str, Any]) -> list[str]:
 
 _RULE_KEYS = {"id", "when", "then", "cooldown_steps", "confidence", "enabled"}
 _TOP_KEYS = {"rules", "guard"}
+_GUARD_KEYS = {"window", "tolerance"}
+_WHEN_KEYS = {"detector", "metric", "params"}
+_THEN_KEYS = {"action", "params"}
 
 
 def load_rules(path: str | os.PathLike[str] | None = None) -> Ruleset:
@@ -150,9 +153,9 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> Ruleset:
     ck = Checker(lines)
     if not isinstance(doc, Mapping):
         raise RulesError(path, ["expected a mapping with 'rules: [...]'"])
-    for key in sorted(set(doc) - _TOP_KEYS):
-        ck.add(str(key), f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}")
-    guard = doc.get("guard") or {}
+    _unknown_keys(doc, _TOP_KEYS, ck, "")
+    guard = _mapping(doc.get("guard"), ck, "guard", "{window, tolerance}")
+    _unknown_keys(guard, _GUARD_KEYS, ck, "guard")
     window = ck.number(guard, "window", "guard.window", integer=True, minimum=1)
     tolerance = ck.number(guard, "tolerance", "guard.tolerance", minimum=0)
     window = 5 if window is None else window
@@ -181,12 +184,11 @@ def _check_rule(item: Any, ck: Checker, at: str) -> Rule | None:
         ck.add(at, "expected a mapping {id, when, then, cooldown_steps, confidence, enabled}")
         return None
     before = len(ck.problems)
-    for key in sorted(set(item) - _RULE_KEYS):
-        ck.add(f"{at}.{key}", f"unknown key; a rule has {', '.join(sorted(_RULE_KEYS))}")
+    _unknown_keys(item, _RULE_KEYS, ck, at)
     ident = ck.string(item, "id", f"{at}.id")
     if "id" not in item:
         ck.add(f"{at}.id", "missing: a name for the rule")
-    detector, params = _check_when(item.get("when"), ck, f"{at}.when")
+    detector, metric, params = _check_when(item.get("when"), ck, f"{at}.when")
     action = _check_then(item.get("then"), ck, f"{at}.then")
     cooldown = ck.number(item, "cooldown_steps", f"{at}.cooldown_steps", integer=True, minimum=0)
     confidence = ck.choice(item, "confidence", f"{at}.confidence", CONFIDENCES) or "medium"
@@ -196,7 +198,7 @@ def _check_rule(item: Any, ck: Checker, at: str) -> Rule | None:
     if len(ck.problems) > before or ident is None or detector is None or action is None:
         return None
     return Rule(
-        id=ident, detector=detector, action=action, metric=str(item["when"].get("metric") or "key"),
+        id=ident, detector=detector, action=action, metric=metric or "key",
         params={k: v for k, v in params.items() if k != "train_metric"},
         train_metric=str(params.get("train_metric") or "train"),
         cooldown_steps=int(cooldown if cooldown is not None else 200),
@@ -204,38 +206,80 @@ def _check_rule(item: Any, ck: Checker, at: str) -> Rule | None:
     )  # fmt: skip
 
 
-def _check_when(when: Any, ck: Checker, at: str) -> tuple[str | None, dict[str, Any]]:
-    from .detectors import DETECTORS, PARAMS
+def _unknown_keys(doc: Mapping[Any, Any], known: set[str], ck: Checker, at: str) -> None:
+    for key in sorted(set(doc) - known, key=str):
+        ck.add(f"{at}.{key}" if at else str(key),
+               f"unknown key; expected one of {', '.join(sorted(known))}")  # fmt: skip
+
+
+def _mapping(value: Any, ck: Checker, at: str, shape: str) -> Mapping[Any, Any]:
+    """``value`` when it is a mapping (absent: an empty one); anything else is a problem."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        ck.add(at, f"expected a mapping {shape}, got {value!r}")
+        return {}
+    return value
+
+
+def _check_when(when: Any, ck: Checker, at: str) -> tuple[str | None, str | None, dict[str, Any]]:
+    from .detectors import DETECTORS
 
     if not isinstance(when, Mapping):
         ck.add(at, "expected {detector, metric, params}")
-        return None, {}
+        return None, None, {}
+    _unknown_keys(when, _WHEN_KEYS, ck, at)
     detector = ck.choice(when, "detector", f"{at}.detector", tuple(DETECTORS))
     if "detector" not in when:
         ck.add(f"{at}.detector", f"missing; one of {', '.join(DETECTORS)}")
-    params = dict(when.get("params") or {})
+    metric = ck.string(when, "metric", f"{at}.metric")
+    params = dict(_mapping(when.get("params"), ck, f"{at}.params", "{name: value}"))
+    _check_params(detector, params, ck, f"{at}.params")
+    return detector, metric, params
+
+
+def _check_params(detector: str | None, params: Mapping[Any, Any], ck: Checker, at: str) -> None:
+    """Each param of ``detector`` known, of its type, in its bounds or among its choices (a
+    value outside them makes the detector silent for good, so it is refused here)."""
+    from .detectors import CHOICES, PARAMS
+
     for key, value in params.items():
         if key == "train_metric" and detector == "overfitting":
             if not isinstance(value, str) or not value:
-                ck.add(f"{at}.params.{key}", f"expected a metric name, got {value!r}")
+                ck.add(f"{at}.{key}", f"expected a metric name, got {value!r}")
             continue
         spec = PARAMS.get(detector or "", {}).get(key)
         if detector and spec is None:
             known = ", ".join(PARAMS.get(detector, {})) or "none"
-            ck.add(f"{at}.params.{key}", f"{detector} has no param {key!r} ({known})")
+            ck.add(f"{at}.{key}", f"{detector} has no param {key!r} ({known})")
+        elif spec is not None and spec[0] is str:
+            choices = CHOICES[key]
+            if value not in choices:
+                ck.add(f"{at}.{key}", f"{value!r} is not one of {', '.join(choices)}")
         elif spec is not None and not _fits(value, spec):
             kind, lo, hi = spec
-            ck.add(f"{at}.params.{key}",
+            ck.add(f"{at}.{key}",
                    f"must be {getattr(kind, '__name__', kind)} in [{lo}, {hi}], got {value!r}")  # fmt: skip
-    return detector, params
+    if detector == "plateau":  # plateau(...) needs window > smooth
+        window, smooth = params.get("window", 8), params.get("smooth", 3)
+        fit = PARAMS["plateau"]
+        if _fits(window, fit["window"]) and _fits(smooth, fit["smooth"]) and window <= smooth:
+            ck.add(at, f"plateau needs window > smooth, got window={window}, smooth={smooth}: "
+                       "it would never fire")  # fmt: skip
 
 
 def _check_then(then: Any, ck: Checker, at: str) -> Action | None:
     if not isinstance(then, Mapping):
         ck.add(at, "expected {action, params}")
         return None
+    _unknown_keys(then, _THEN_KEYS, ck, at)
+    raw = then.get("params")
+    if raw is not None and not isinstance(raw, Mapping):
+        ck.add(f"{at}.params", f"expected a mapping {{name: value}} (e.g. {{factor: 0.5}}), "
+                               f"got {raw!r}")  # fmt: skip
+        return None
     name = then.get("action")
-    params = dict(then.get("params") or {})
+    params = dict(raw or {})
     problems = check_action(str(name), params) if name else ["missing: action"]
     for problem in problems:
         ck.add(at, problem)

@@ -21,6 +21,7 @@ from ._common import (
     ended,
     finish,
     require_run_dir,
+    seconds,
     stop_on_sigterm,
 )
 
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help=f"of the key metric ({DIRECTION_DEFAULT})",
     )
-    ap.add_argument("--interval", type=float, default=1.0,
+    ap.add_argument("--interval", type=seconds, default=1.0,
                     help="seconds between rounds (default 1)")  # fmt: skip
     ap.add_argument("--once", action="store_true", help="one round, then exit")
     add_ai_flags(ap)

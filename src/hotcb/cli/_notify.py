@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, ended, require_run_dir, stop_on_sigterm
+from ._common import UsageError, ended, require_run_dir, seconds, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "a crash, 300 s without a metric, autopilot actions. See docs/notify.md.",
     )
     add_notify_flags(p)
-    p.add_argument("--interval", type=float, default=1.0,
+    p.add_argument("--interval", type=seconds, default=1.0,
                    help="seconds between rounds (default 1)")  # fmt: skip
     p.add_argument("--once", action="store_true", help="one round, deliver, then exit")
     p.add_argument("--check", action="store_true", help="check the --notify file and exit")

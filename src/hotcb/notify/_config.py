@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._checks import Checker, CheckError, parse_document
-from ..autopilot.detectors import DIRECTIONS, PARAMS
+from ..autopilot.detectors import CHOICES, PARAMS
+from ..autopilot.engine import RECORD_KINDS
 from ._alerts import AUTOPILOT_KINDS, KINDS, Alert
 from ._deliveries import SMTP_PASSWORD_ENV, Delivery, Email, Slack, Webhook
 
@@ -158,15 +159,12 @@ def _alert(c: Checker, a: Mapping[str, Any], where: str) -> Alert | None:
         c.add(f"{where}.above", "give above: or below: (or both)")
     seconds = c.number(a, "seconds", f"{where}.seconds", minimum=1)
     cooldown = c.number(a, "cooldown", f"{where}.cooldown", minimum=0)
-    records = a.get("records", list(AUTOPILOT_KINDS))
-    if not isinstance(records, list) or not all(isinstance(r, str) for r in records):
-        c.add(f"{where}.records", f"expected a list of record kinds, got {records!r}")
-        records = []
+    records = _records(c, a.get("records", list(AUTOPILOT_KINDS)), f"{where}.records")
     params = {k: a[k] for k in PARAMS["plateau"] if k in a} if kind == "plateau" else {}
     for k, v in params.items():
         typ, lo, hi = PARAMS["plateau"][k]
         if typ is str:
-            c.choice(params, k, f"{where}.{k}", DIRECTIONS)
+            c.choice(params, k, f"{where}.{k}", CHOICES[k])
         elif c.number(params, k, f"{where}.{k}", integer=typ is int) is not None and (
             (lo is not None and v < lo) or (hi is not None and v > hi)
         ):
@@ -182,6 +180,19 @@ def _alert(c: Checker, a: Mapping[str, Any], where: str) -> Alert | None:
         records=tuple(records),
         params=params,
     )
+
+
+def _records(c: Checker, records: Any, where: str) -> list[str]:
+    """The autopilot record kinds an ``autopilot`` alert reports: a misspelt one would match
+    no record, and the alert would stay silent for good."""
+    if not isinstance(records, list) or not records:
+        c.add(where, f"expected a non-empty list of record kinds ({', '.join(RECORD_KINDS)}), "
+                     f"got {records!r}")  # fmt: skip
+        return []
+    for i, kind in enumerate(records):
+        if kind not in RECORD_KINDS:
+            c.add(f"{where}[{i}]", f"{kind!r} is not one of {', '.join(RECORD_KINDS)}")
+    return [r for r in records if r in RECORD_KINDS]
 
 
 _DELIVERY_KEYS = {
