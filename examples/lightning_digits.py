@@ -13,7 +13,8 @@ In another terminal, while it trains:
     hotcb --dir runs/lightning stop                  # trainer.should_stop = True
 
 Ctrl-C or SIGTERM saves a checkpoint (checkpoints/hotcb-step<N>.ckpt) at the next step and
-stops; Lightning answers SIGTERM by raising SIGTERMException out of fit(), caught below.
+stops; in one process Lightning answers SIGTERM by raising SIGTERMException out of fit(), caught
+below. Under DDP (--devices 2) every rank saves and stops at the same step and fit() returns.
 
 Resume from a checkpoint (hotcb's state comes back with it); `--resume` defaults to
 `$HOTCB_RESUME_FROM`, and `--run-dir` to `$HOTCB_RUN_DIR`, which `hotcb launch` sets, so the

@@ -17,6 +17,9 @@ The rules it keeps:
   or the default action). So does any signal once the kernel is closed.
 - **The previous handlers come back** on :meth:`restore` (``kernel.close()`` calls it), unless
   someone replaced hotcb's handler meanwhile (then theirs is left alone).
+- **A handler installed over hotcb's is replaced only when asked** (:meth:`reclaim`): the
+  Lightning adapter does it under DDP, where Lightning's own SIGTERM handler would end ``fit()``
+  on every rank before the ranks agree on the checkpoint.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ class SignalCatcher:
         if self._previous:
             self.received = None
         return self.installed
+
+    def reclaim(self, signals: Iterable[int]) -> tuple[int, ...]:
+        """Make hotcb's handler the installed one again for those of ``signals`` it caught,
+        replacing a handler installed over it since (which chained hotcb's) instead of being
+        called by it. The handler hotcb chains and puts back on :meth:`restore` stays the one
+        it replaced at :meth:`install`. Returns the signals whose handler it replaced."""
+        if threading.current_thread() is not threading.main_thread():
+            return ()
+        replaced = []
+        for signum in signals:
+            if signum in self._previous and signal.getsignal(signum) != self._handle:
+                signal.signal(signum, self._handle)
+                replaced.append(signum)
+        return tuple(replaced)
 
     def restore(self) -> None:
         """Put the previous handlers back (where hotcb's is still the one installed)."""

@@ -478,6 +478,16 @@ class HotKernel:
         """Apply ``op`` through its module's handler and ledger the result."""
         if self._refused(op, point):
             return
+        if (
+            self._control.due
+            and op.source == "signal"
+            and op.module == "control"
+            and op.op == "stop"
+        ):
+            # a signal's checkpoint came just before (under torch.distributed, in the same
+            # batch of commands on every rank): saved now, so the ledger reads checkpoint, then
+            # stop, and the checkpoint is on disk before anything acts on the stop
+            self._control.save_due(env, point)
         left: LeftOut | None = None
         if self._newer is not None:
             kept, left = self._newer.screen(op)
@@ -796,6 +806,16 @@ class HotKernel:
         """Put back the signal handlers :meth:`catch_signals` replaced."""
         self._signals.restore()
 
+    def reclaim_signals(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> tuple[int, ...]:
+        """Make hotcb's handler the installed one again for these of the signals it catches,
+        replacing a handler installed over it since (a framework's, which called hotcb's after
+        its own) rather than being chained by it: for a framework whose own answer to the
+        signal breaks checkpoint-and-stop (Lightning under DDP raises ``SIGTERMException`` on
+        every rank before the ranks agree on the checkpoint). Returns the signals whose handler
+        it replaced; :meth:`release_signals` still puts back the handlers hotcb replaced
+        first."""
+        return self._signals.reclaim(signals)
+
     def _on_signal(self, signum: int) -> None:
         # inside the signal handler: two stores, no I/O; the next apply() does the work
         self._control.signal = signum
@@ -809,6 +829,11 @@ class HotKernel:
             return
         name = signal_name(signum)
         self._stopped_by = name
+        if not self.is_leader:  # rank 0 sends the checkpoint and the stop to every rank
+            log.warning("hotcb: %s on rank %d: left to rank 0 (every rank saves and stops when "
+                        "the signal reaches rank 0; a second %s ends this rank)",
+                        name, self.rank, name)  # fmt: skip
+            return
         log.warning("hotcb: %s: saving a checkpoint and stopping at this safe point", name)
         records: list[dict[str, Any]] = [
             {"cmd_id": new_cmd_id(), "source": "signal", "module": "control", "op": op,
@@ -816,15 +841,11 @@ class HotKernel:
             for op in ("checkpoint", "stop")
         ]  # fmt: skip
         if self._sync is not None:
-            if self.is_leader:
-                for record in records:
-                    self.submit(record)
+            for record in records:
+                self.submit(record)
             return
-        checkpoint, stop = (command_to_hotop(r) for r in records)
-        self._route(checkpoint, env, point)
-        if self._control.due:  # saved now, so the ledger reads: checkpoint, then stop
-            self._control.save_due(env, point)
-        self._route(stop, env, point)
+        for record in records:  # _route saves the checkpoint before it applies the stop
+            self._route(command_to_hotop(record), env, point)
 
     # ------------------------------------------------------------------ start, state, close
     def _start(self, env: Env) -> None:

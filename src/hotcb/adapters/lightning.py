@@ -43,9 +43,12 @@ step (``on_train_batch_end``) and after each validation run (``on_validation_end
   dataloader, no ``validation_step``, ``limit_val_batches=0``) or when validation runs on a
   clock (a time-based ``val_check_interval``: no batch or epoch to bring it to).
 - SIGTERM / Ctrl-C (``checkpoint_on_signal``, on by default): a checkpoint at the next safe
-  point, then ``trainer.should_stop``. Lightning itself answers SIGTERM by raising
-  ``SIGTERMException`` out of ``fit()`` after that batch (the checkpoint is saved by then;
-  catch it if your script should exit 0); Ctrl-C ends ``fit()`` normally.
+  point, then ``trainer.should_stop``. In one process Lightning itself answers SIGTERM by
+  raising ``SIGTERMException`` out of ``fit()`` after that batch (the checkpoint is saved by
+  then; catch it if your script should exit 0); Ctrl-C ends ``fit()`` normally. Under DDP
+  (``world_size > 1``) hotcb's handler is the only SIGTERM handler while fit trains: rank 0
+  sends the checkpoint and the stop to every rank for the next agreed poll step, every rank
+  saves and stops there, and ``fit()`` returns normally (no ``SIGTERMException``).
 
 The kernel's state goes into every Lightning checkpoint (``checkpoint["hotcb"]``) and comes back
 with ``trainer.fit(ckpt_path=...)``. Works with ``lightning`` and with ``pytorch_lightning``:
@@ -59,6 +62,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -288,7 +292,8 @@ class _Hooks:
 
     # -- hooks ------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        # before fit registers Lightning's own SIGTERM handler, which then chains this one
+        # before fit registers Lightning's own SIGTERM handler, which then chains this one (in
+        # one process; under DDP _own_sigterm sets Lightning's aside)
         if stage == "fit" and self.checkpoint_on_signal and not self.kernel.signals_caught:
             self._caught = bool(self.kernel.catch_signals())
 
@@ -297,8 +302,22 @@ class _Hooks:
             self._caught = False
             self.kernel.release_signals()
 
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        self._own_sigterm(trainer)
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._own_sigterm(trainer)
         self._last_step = int(trainer.global_step)
+
+    def _own_sigterm(self, trainer: Any) -> None:
+        """Under DDP, hotcb's SIGTERM handler alone, once Lightning has registered its own (after
+        ``on_fit_start``; these hooks come after that). Lightning's would end ``fit()`` with
+        ``SIGTERMException`` on every rank right after the batch the signal came in, before the
+        ranks agree on hotcb's checkpoint and stop (rank 0 sends them to every rank at the next
+        poll step); without it every rank saves and stops at that step and ``fit()`` returns.
+        Lightning's teardown puts hotcb's handler back, ``teardown`` the one before it."""
+        if trainer.world_size > 1 and signal.SIGTERM in self.kernel.signals_caught:
+            self.kernel.reclaim_signals((signal.SIGTERM,))
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -344,9 +363,13 @@ class _Hooks:
             _SIGTERM_EXCEPTION is not None
             and isinstance(exception, _SIGTERM_EXCEPTION)
             and kernel.signal_pending
+            and trainer.world_size == 1
         ):
             # Lightning raised at a step boundary (during validation, or between micro-batches)
-            # before a safe point took the signal: save and stop here, like OnExceptionCheckpoint
+            # before a safe point took the signal: save and stop here, like OnExceptionCheckpoint.
+            # Not under DDP: there rank 0 sends the checkpoint as a command for the next poll
+            # step, which this fit will not reach, and apply() could enter a poll's collective
+            # that the other ranks never call (the signal came before _own_sigterm, then)
             env = self._env(trainer, pl_module, int(trainer.global_step), "train", False, False)
             kernel.apply(env, _TRAIN)
         self._evaluated(trainer, ran=False)
@@ -382,7 +405,8 @@ class HotCBLightning(_Hooks, _pl.Callback):
             ``kernel.apply`` (the env is built only when the kernel has work for it).
         checkpoint_on_signal: on SIGTERM / Ctrl-C, save a checkpoint at the next safe point and
             stop (see :meth:`hotcb.HotKernel.catch_signals`); installed for ``fit`` and released
-            when it ends.
+            when it ends. Under DDP every rank saves and stops at the same step and ``fit()``
+            returns (Lightning's own SIGTERM handler is set aside while fit trains).
     """
 
 
