@@ -5,8 +5,11 @@ import { describe, test } from "node:test";
 import { charts } from "./static.mjs";
 
 const {
+  allNonFinite,
   axisLabels,
   ema,
+  finiteOrNull,
+  isolatedPoints,
   fmtNum,
   globMatch,
   groupMetrics,
@@ -364,5 +367,32 @@ describe("repeatedSeries: a series equal to another is not drawn twice (issue #1
   test("series without data repeat nothing and hide nothing", () => {
     const run = runOf({ a: series([], []), b: series([], []), c: series([0], [1]) });
     assert.deepEqual([...repeatedSeries(["a", "b", "c"], [run])], []);
+  });
+});
+
+describe("gaps: a NaN or inf (null) breaks the line, a step without a record does not", () => {
+  test("finiteOrNull: a non-finite number becomes a gap; the same array when there is none", () => {
+    const clean = [1, null, 2];
+    assert.equal(finiteOrNull(clean), clean);
+    assert.deepEqual(finiteOrNull([1, NaN, Infinity, -Infinity, 2, null]), [1, null, null, null, 2, null]);
+  });
+
+  test("allNonFinite: values, none of them finite", () => {
+    assert.equal(allNonFinite([null, null, NaN]), true);
+    assert.equal(allNonFinite([null, 3]), false);
+    assert.equal(allNonFinite([]), false); // no values at all is not this
+  });
+
+  test("isolatedPoints: a value no line reaches (between gaps, or alone) is drawn as a dot", () => {
+    assert.equal(isolatedPoints([1, 2, 3]), null);
+    assert.deepEqual(isolatedPoints([1, null, 2, null, 3, 4]), [0, 2]);
+    assert.deepEqual(isolatedPoints([null, 5, null]), [1]);
+    assert.deepEqual(isolatedPoints([undefined, 7, undefined]), [1]); // a series of one point
+    // steps without a record (undefined: another series' steps) are skipped, not gaps
+    assert.equal(isolatedPoints([1, undefined, undefined, 2]), null);
+    assert.deepEqual(isolatedPoints([null, undefined, 1, undefined, null, 2, 3]), [2]);
+    // within the visible range only, its neighbours outside it counted
+    assert.deepEqual(isolatedPoints([1, null, 2, null, 3, null], 2, 5), [2, 4]);
+    assert.equal(isolatedPoints([1, 2, null], 1, 1), null);
   });
 });

@@ -37,6 +37,19 @@ export class FakeNode {
   addEventListener(type, fn) {
     (this.listeners[type] ||= []).push(fn);
   }
+  /** Run the listeners of `type` with an event made of `props` (key, …) and a preventDefault. */
+  dispatch(type, props = {}) {
+    const ev = { type, target: this, defaultPrevented: false, ...props };
+    ev.preventDefault = () => (ev.defaultPrevented = true);
+    for (const fn of this.listeners[type] || []) fn(ev);
+    return ev;
+  }
+  /** As a browser does: losing the focus fires `blur` (and `change` when the value was edited
+   * since the focus came: the page must not take that for a request to send). */
+  blur() {
+    this.dispatch("change");
+    this.dispatch("blur");
+  }
   *walk() {
     yield this;
     for (const c of this.children) if (typeof c !== "string") yield* c.walk();

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 const knobs = await import(new URL("../../src/hotcb/server/static/knobs.js", import.meta.url).href);
-const { changeLines, flatRange, knobData } = knobs;
+const { changeLines, emptyKnobsText, EMPTY_KNOBS, flatRange, knobData } = knobs;
 
 const LR = {
   key: "lr",
@@ -51,4 +51,11 @@ test("flatRange keeps a change in the 7th digit a flat line, a real change acros
   assert.ok((1.0 - 0.5) / (hi2 - lo2) > 0.8, `${lo2} ${hi2}`);
   const [lo3, hi3] = flatRange(null, 0, 1e-4); // an l2 weight switched on: fills the chart
   assert.ok(1e-4 / (hi3 - lo3) > 0.8 && lo3 < 0 && hi3 > 1e-4);
+});
+
+test("a run without knobs: 'not yet' while it runs or loads, 'none' once it is over", () => {
+  assert.equal(emptyKnobsText(false, false), EMPTY_KNOBS.waiting);
+  assert.equal(emptyKnobsText(false, true), EMPTY_KNOBS.waiting); // its knobs are not loaded yet
+  assert.equal(emptyKnobsText(true, false), EMPTY_KNOBS.waiting);
+  assert.equal(emptyKnobsText(true, true), "No knobs: this run published none, and it is over.");
 });

@@ -236,6 +236,13 @@ describe("runChip: the header's state chip", () => {
       "disconnected — last seen finished at step 9",
     );
   });
+
+  test("a run whose folder is gone says so, whatever the server said of it before", () => {
+    assert.deepEqual(runChip({ gone: true, step: 120 }), { text: "gone (no longer on disk)", cls: "gone", seen: null });
+    assert.equal(runChip({ gone: true, stale: true, paused: true }).text, "gone (no longer on disk)");
+    assert.equal(runChip({ gone: true, over: true, runState: "finished at step 9" }).text, "gone (no longer on disk)");
+    assert.equal(runChip({ gone: true, offline: true, step: 5 }).text, "disconnected — last seen gone (no longer on disk)");
+  });
 });
 
 describe("runPickerText / runListName: what the run picker and the compare list call a run", () => {

@@ -364,9 +364,7 @@ describe("Control: a value the page knows is wrong is refused at once, and the e
           c.num.value = text;
           for (const f of c.num.listeners.input || []) f();
         };
-        const enter = () => {
-          for (const f of c.num.listeners.change || []) f();
-        };
+        const enter = () => c.num.dispatch("keydown", { key: "Enter" });
         fn({ c, status, type, enter, asked, sent });
       });
     } finally {
@@ -426,6 +424,113 @@ describe("Control: a value the page knows is wrong is refused at once, and the e
       c.showStatus("applied at step 5", "ok");
       type("0.002");
       assert.equal(status(), "applied at step 5");
+    });
+  });
+});
+
+describe("Control: a number box sends on Enter only; Escape or leaving it sends nothing", () => {
+  const ce = { param_key: "ce", type: "float", group: "loss", current: 1, initial: 1, min: 0, max: null };
+  const betas = { param_key: "betas", type: "tuple", group: "opt", current: [0.9, 0.999], initial: [0.9, 0.999], min: 0, max: 1 };
+  /** The control of `act`, `type(text)` as the user types, and what was sent. */
+  function setup(act, fn) {
+    const sent = [];
+    globalThis.window = { confirm: () => true };
+    try {
+      withDocument(() => {
+        const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (a, v) => {
+          sent.push(v);
+          return `id${sent.length}`;
+        });
+        controls.setActuators([act], 1);
+        const c = controls.controls.get(act.param_key);
+        const type = (text) => {
+          c.num.value = text;
+          c.num.dispatch("input");
+        };
+        fn({ c, type, sent });
+      });
+    } finally {
+      delete globalThis.window;
+    }
+  }
+
+  for (const [act, typed, applied, want] of [
+    [ce, "0.3", "1", 0.3],
+    [betas, "0.8, 0.99", "[0.9, 0.999]", [0.8, 0.99]],
+  ]) {
+    test(`${act.type}: Escape puts the applied value back and sends nothing`, () => {
+      setup(act, ({ c, type, sent }) => {
+        type(typed);
+        c.num.dispatch("keydown", { key: "Escape" }); // the handler blurs the box (change, blur)
+        assert.deepEqual(sent, []);
+        assert.equal(c.num.value, applied);
+      });
+    });
+
+    test(`${act.type}: leaving the box without Enter sends nothing and shows the applied value`, () => {
+      setup(act, ({ c, type, sent }) => {
+        type(typed);
+        c.num.blur(); // a click elsewhere, or Tab
+        assert.deepEqual(sent, []);
+        assert.equal(c.num.value, applied);
+      });
+    });
+
+    test(`${act.type}: Enter sends the typed value, once`, () => {
+      setup(act, ({ c, type, sent }) => {
+        type(typed);
+        const ev = c.num.dispatch("keydown", { key: "Enter" });
+        assert.equal(ev.defaultPrevented, true);
+        assert.deepEqual(sent, [want]); // commit() sends before its first await
+        c.num.blur(); // leaving the box afterwards sends nothing more
+        assert.deepEqual(sent, [want]);
+      });
+    });
+  }
+
+  test("other keys send nothing", () => {
+    setup(ce, ({ c, type, sent }) => {
+      type("0.5");
+      for (const key of ["Tab", "a", "ArrowUp", "Shift"]) c.num.dispatch("keydown", { key });
+      assert.deepEqual(sent, []);
+    });
+  });
+});
+
+describe("Controls: a run without actuators", () => {
+  const text = (root) => root.textContent;
+  const setup = () => {
+    const root = new FakeNode("div");
+    return { root, controls: new panels.Controls(root, new FakeNode("span"), async () => "id") };
+  };
+
+  test("a run that is over published none: it says so, whichever of the two answers came first", () => {
+    withDocument(() => {
+      const { root, controls } = setup();
+      controls.setOver(true); // the status said "finished at step N" first
+      controls.setActuators([], 1);
+      assert.equal(text(root), "No actuators: this run published none, and it is over.");
+    });
+    withDocument(() => {
+      const { root, controls } = setup();
+      controls.setActuators([], 1);
+      assert.equal(text(root), panels.EMPTY_CONTROLS.none);
+      controls.setOver(true);
+      assert.equal(text(root), "No actuators: this run published none, and it is over.");
+    });
+  });
+
+  test("a run whose folder is gone says that instead; a picked run waits for its answer", () => {
+    withDocument(() => {
+      const { root, controls } = setup();
+      controls.setActuators([], 1);
+      controls.setOver(true, true);
+      assert.equal(text(root), "No actuators: the run's folder is no longer on disk.");
+      controls.reset(); // another run was picked
+      assert.equal(text(root), "No actuators yet: they appear when the run has started.");
+      controls.setOver(false);
+      controls.setActuators([{ param_key: "ce", type: "float", group: "loss", current: 1 }], 1);
+      assert.equal(controls.controls.size, 1);
     });
   });
 });

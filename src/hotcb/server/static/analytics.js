@@ -5,7 +5,7 @@
 // It reads GET …/forecast, …/whatif, …/trajectory (docs/analytics.md) and the page's current run
 // from window.hotcb (app.js). Pure helpers first (tests/js can run them under node).
 import { api, runUrl } from "./api.js";
-import { fmtNum } from "./charts.js";
+import { allNonFinite, fmtNum, NON_FINITE } from "./charts.js";
 import { runIsOver } from "./lib.js";
 import { el } from "./panels.js";
 
@@ -311,7 +311,7 @@ export class AnalyticsPanel {
 
   async refresh() {
     const run = this.run;
-    if (run == null) return;
+    if (run == null || globalThis.window?.hotcb?.app?.gone) return; // its folder is gone: nothing to ask
     try {
       const names = (await api(runUrl(run, "metrics/names"))).names || [];
       this.fillMetrics(names);
@@ -491,10 +491,14 @@ export class AnalyticsPanel {
     const { ctx, w, h } = fit(this.fcCanvas);
     const fc = this.forecast;
     const hist = this.history;
-    if (!fc || !hist || !hist.step.length) {
+    // as on the metric charts: a NaN or inf (null here) is a gap in the line (line() breaks
+    // there), and a metric with no finite value at all says so instead of an empty chart
+    const nothing = !fc || !hist || !hist.step.length || allNonFinite(hist.value);
+    this.empty = !fc ? "waiting for metrics…" : !hist || !hist.step.length ? "no history yet" : nothing ? `${fc.metric}: ${NON_FINITE} so far, nothing to draw` : "";
+    if (nothing) {
       ctx.fillStyle = COLORS.text;
       ctx.font = "12px system-ui, sans-serif";
-      ctx.fillText(fc ? "no history yet" : "waiting for metrics…", 12, 20);
+      ctx.fillText(this.empty, 12, 20);
       return;
     }
     const f = fc.forecast;
@@ -572,6 +576,8 @@ export class AnalyticsPanel {
       whatif: this.whatif ? { knob: this.whatif.knob, factor: this.whatif.factor, from: this.whatif.from, note: this.whatif.note ?? null, similar: (this.whatif.similar || []).length, band: !!this.whatif.band } : null,
       proposals: this.proposals,
       trajectory: this.traj && this.traj.x ? this.traj.x.length : 0,
+      empty: this.empty || "", // what the forecast chart says instead of a curve
+      gaps: this.history ? this.history.value.filter((v) => v === null).length : 0,
     };
   }
 }

@@ -64,6 +64,9 @@ const app = {
   serverStale: false,
   serverStep: null, // the server's last step of the run: metrics, ledger or the kernel's heartbeat
   offline: false, // the live connection to the server was lost (and is not back yet)
+  gone: false, // the server no longer has the run (its folder was deleted or moved): a 404
+  goneDelay: 0, // ms until the page asks about a gone run again (doubles up to GONE_MAX_MS)
+  inflight: new Set(), // header buttons whose command is not answered yet (see guarded())
   authFailed: false, // the server refused this page's token (401): a restart with a new token
   impacts: new Map(),
   impactMetric: null,
@@ -72,8 +75,16 @@ const app = {
   generation: 0, // bumped on run switch / reconnect: late responses of an old load are dropped
 };
 
+// A gone run is asked about again after twice the status interval, then twice as long each
+// time, up to this (the runs list, polled every 10 s, also notices it is back)
+const GONE_MAX_MS = 30000;
+// A header button (Pause/Resume, Checkpoint, Evaluate) stays disabled from the click until the
+// run's ledger answers its command, at most this long after the server took it
+const ANSWER_WAIT_MS = 10000;
+
 // ----------------------------------------------------------------------------- utilities
-/** A message at the bottom left (clear of the Controls column) for `ms`; a click dismisses it. */
+/** A message at the bottom left (clear of the Controls column) for `ms`; a click dismisses it.
+ * Returns the message's element. */
 function toast(text, kind = "info", ms = 5000) {
   const t = document.createElement("div");
   t.className = `toast ${kind}`;
@@ -82,6 +93,7 @@ function toast(text, kind = "info", ms = 5000) {
   t.addEventListener("click", () => t.remove());
   $("toasts").append(t);
   setTimeout(() => t.remove(), ms);
+  return t;
 }
 
 function runLabel(runId) {
@@ -169,6 +181,7 @@ function addEntries(entries) {
       maxSeq = Math.max(maxSeq, e.seq);
     }
     app.ledger.push(e);
+    answered(e.cmd_id);
     if (e.undo_of && e.decision === "applied") app.undone.add(e.undo_of);
     controls.onEntry(e);
     tunePanel.onEntry(e);
@@ -297,7 +310,7 @@ function applyStatus(st) {
   renderFacts();
 }
 
-let statusTimer = null;
+let statusTimer = null; // the next refreshStatus(), while one is scheduled
 function scheduleStatusRefresh(delay = 150) {
   clearTimeout(statusTimer);
   statusTimer = setTimeout(refreshStatus, delay);
@@ -305,14 +318,42 @@ function scheduleStatusRefresh(delay = 150) {
 
 async function refreshStatus() {
   clearTimeout(statusTimer);
+  statusTimer = null;
   const gen = app.generation;
+  const runId = app.runId;
+  if (runId == null) return;
   try {
-    const st = await api(runUrl(app.runId, "status"));
-    if (gen === app.generation) applyStatus(st);
-  } catch {
-    /* the connection pill says what is wrong */
+    const st = await api(runUrl(runId, "status"));
+    if (gen === app.generation && app.gone) runBack();
+    else if (gen === app.generation) applyStatus(st);
+  } catch (err) {
+    // a 404: the server has no such run any more; anything else: the connection pill says it
+    if (gen === app.generation && err instanceof ApiError && err.status === 404) runGone();
   }
-  statusTimer = setTimeout(refreshStatus, (app.cfg.ui.status_refresh_sec || 2) * 1000);
+  if (statusTimer != null) return; // one was scheduled meanwhile: the polling goes on from it
+  const every = (app.cfg.ui.status_refresh_sec || 2) * 1000;
+  statusTimer = setTimeout(refreshStatus, app.gone ? app.goneDelay : every);
+}
+
+/** The server answered 404 for the run the page shows: its folder was deleted (or moved). The
+ * page says so, sends nothing, and asks about it less and less often. */
+function runGone() {
+  const every = (app.cfg.ui.status_refresh_sec || 2) * 1000;
+  app.goneDelay = app.gone ? Math.min(GONE_MAX_MS, app.goneDelay * 2) : Math.min(GONE_MAX_MS, 2 * every);
+  if (app.gone) return;
+  app.gone = true;
+  refreshRuns(); // the picker keeps the run, marked gone
+  renderFacts();
+}
+
+/** A gone run is on disk again (a trainer started in its folder): everything is loaded anew. */
+function runBack() {
+  app.gone = false;
+  app.goneDelay = 0;
+  toast(`${runLabel(app.runId)} is back on disk: reloading it`, "info", 4000);
+  refreshRuns();
+  loadAll();
+  renderFacts();
 }
 
 // ----------------------------------------------------------------------------- impact
@@ -377,6 +418,44 @@ async function control(op, params) {
   const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
   if (id) toast(`${op} sent`, "info", 2500);
   return id;
+}
+
+const waiting = new Map(); // cmd_id → the callback that re-enables its header button
+
+/** The ledger has an entry for `cmdId`: the button that sent it works again. */
+function answered(cmdId) {
+  const done = cmdId != null && waiting.get(cmdId);
+  if (done) done();
+}
+
+/** A header button's command, one at a time: the button is disabled from the click until the
+ * run's ledger answers the command (at most ANSWER_WAIT_MS after the server took it; at once
+ * when the send failed), so a double click sends one command, and Pause turns into Resume
+ * before it can be pressed again; the second click of a double click never sends (a trainer
+ * can answer between the two). `op` is read at the click (Pause or Resume). */
+function guarded(btnId, op) {
+  return async (ev) => {
+    // the second click of a double click (its `detail` counts the clicks) is part of the first
+    if (app.inflight.has(btnId) || ev?.detail > 1) return;
+    app.inflight.add(btnId);
+    $(btnId).disabled = true;
+    const release = () => {
+      app.inflight.delete(btnId);
+      renderFacts();
+    };
+    const id = await control(typeof op === "function" ? op() : op);
+    if (id == null || app.ledger.some((e) => e.cmd_id === id)) {
+      release();
+      return;
+    }
+    const timer = setTimeout(() => done(), ANSWER_WAIT_MS);
+    const done = () => {
+      clearTimeout(timer);
+      waiting.delete(id);
+      release();
+    };
+    waiting.set(id, done);
+  };
 }
 
 function undoEntry(entry, btn) {
@@ -515,6 +594,7 @@ function currentStep() {
 }
 
 const AUTH_TEXT = "401: this server needs a token: open the URL it printed (…/?token=…)";
+const GONE_TITLE = "the run's folder is no longer on disk (deleted or moved): nothing can be sent to it";
 const STEER_BUTTONS = ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop", "sched-submit"];
 
 /** A run button's tooltip: why it is disabled, else its own (kept in data-title). */
@@ -529,29 +609,33 @@ function renderFacts() {
   const step = currentStep();
   $("step").textContent = step == null ? "–" : step;
   const chip = $("state-chip");
-  const stale = !noRun && isStale();
-  const over = !noRun && isOver();
-  const paused = !noRun && !over && isPaused();
+  // the server has no such run any more (its folder was deleted): nothing of it is live
+  const gone = !noRun && app.gone;
+  const stale = !noRun && !gone && isStale();
+  const over = !noRun && !gone && isOver();
+  const paused = !noRun && !over && !gone && isPaused();
   // the server is gone (a launch's dashboard stops with its training): the state is a memory
   const offline = !noRun && app.offline;
-  const freeze = app.freezeMode && app.freezeMode !== "off" ? ` · freeze ${app.freezeMode}` : "";
-  const { text: state, cls, seen } = runChip({ noRun, over, paused, stale, offline, runState: app.runState, step });
+  const freeze = app.freezeMode && app.freezeMode !== "off" && !gone ? ` · freeze ${app.freezeMode}` : "";
+  const { text: state, cls, seen } = runChip({ noRun, over, paused, stale, offline, gone, runState: app.runState, step });
   chip.textContent = state + freeze;
-  chip.title = noRun ? noRunsText() : state + freeze;
+  chip.title = noRun ? noRunsText() : gone ? GONE_TITLE : state + freeze;
   chip.className = `chip ${cls}`;
-  // nothing to steer: no run at all, one that is over, or no server to send to
-  const why = offline ? "the dashboard's server is unreachable: nothing can be sent" : "";
+  // nothing to steer: no run at all, one that is over or gone, or no server to send to
+  const why = offline ? "the dashboard's server is unreachable: nothing can be sent" : gone ? GONE_TITLE : "";
   for (const id of STEER_BUTTONS) {
-    $(id).disabled = noRun || over || offline;
+    $(id).disabled = noRun || over || offline || gone || app.inflight.has(id);
     explain($(id), why);
   }
-  tunePanel.setOver(over);
-  autopilotPanel.setOver(over);
-  controls.setOver(over);
-  $("recipe-link").disabled = noRun; // the recipe of a run that is over is still useful
+  tunePanel.setOver(over || gone);
+  autopilotPanel.setOver(over || gone);
+  controls.setOver(over || gone, gone);
+  knobsPanel.setOver(over);
+  // the recipe of a run that is over is still useful; a gone run's is gone with it
+  $("recipe-link").disabled = noRun || gone;
   // no kernel reads a freeze mode once the run is over: disabled like Stop (and while offline)
   const freezeSel = $("freeze-select");
-  freezeSel.disabled = noRun || over || offline;
+  freezeSel.disabled = noRun || over || offline || gone;
   const freezeWhy = over ? `the run is over (${app.runState}): nothing would read a freeze mode` : why;
   if (freezeWhy) freezeSel.title = freezeWhy;
   else freezeSel.removeAttribute("title"); // the label's tooltip says what the modes do
@@ -564,8 +648,13 @@ function renderFacts() {
   pb.hidden = !paused || offline;
   if (paused) pb.textContent = `Paused at step ${step ?? "?"}: training waits at its next safe point until you press Resume.`;
   const sb = $("stale-banner");
-  sb.hidden = !offline && (!stale || paused);
-  if (offline) {
+  sb.hidden = !offline && !gone && (!stale || paused);
+  if (gone && !offline) {
+    sb.textContent =
+      `The folder of ${runLabel(app.runId)} is no longer on disk (deleted or moved); it was last seen at step ${step ?? "–"}. ` +
+      `Nothing can be sent to it. The page checks again every ${Math.round(app.goneDelay / 1000)} s and ` +
+      "shows the run again if a trainer starts in its folder.";
+  } else if (offline) {
     sb.textContent = app.authFailed
       ? `The dashboard's server refused this page (${AUTH_TEXT}); the page reconnects by itself once the browser has the new token.`
       : `Disconnected from the dashboard's server: ${runLabel(app.runId)} was last seen ${seen}. ` +
@@ -581,6 +670,7 @@ function renderFacts() {
 }
 
 function isStale() {
+  if (app.gone) return false; // the chip says gone; nothing polls a run that is not there
   const rd = app.data.get(app.runId);
   const limit = (app.cfg.ui.stale_after_sec || 30) * 1000;
   // alive when the server saw a sign of life (a metric, a ledger entry or the kernel's
@@ -605,6 +695,11 @@ async function refreshRuns() {
     const text = `${"\u00a0\u00a0\u00a0".repeat(depth)}${depth ? "↳ " : ""}${runPickerText(r)}${label ? ` (${label})` : ""}`;
     return { text, value: r.run_id, depth };
   });
+  // the run shown, once its folder is gone, stays in the picker (it is not listed any more)
+  const shown = app.runId != null && !app.runs.some((r) => r.run_id === app.runId);
+  if (shown) opts.push({ text: `${runPickerText({ run_id: app.runId })} (no longer on disk)`, value: app.runId, depth: 0 });
+  // a gone run listed again: ask about it now rather than at the next (backed-off) poll
+  if (app.gone && !shown) scheduleStatusRefresh(0);
   if ([...sel.options].map((o) => o.value + o.text).join("|") !== opts.map((o) => o.value + o.text).join("|")) {
     sel.textContent = "";
     for (const o of opts) {
@@ -718,6 +813,10 @@ function onMessage(msg) {
     case "autopilot":
       if (msg.run === app.runId) autopilotPanel.update(msg.doc);
       break;
+    case "error":
+      // "no run 'r' under …": a (re)subscription to a run whose folder is gone
+      if (msg.run != null && msg.run === app.runId) scheduleStatusRefresh(0);
+      break;
     case "status":
       if (typeof msg.last_step === "number") app.liveSteps.set(msg.run, msg.last_step);
       if (msg.run === app.runId) {
@@ -738,6 +837,8 @@ function onSocketState(state, info) {
   if (state === "open") {
     app.offline = false;
     app.authFailed = false; // the browser holds a token the server takes
+    authToast?.remove(); // its advice is followed: the page has a connection again
+    authToast = null;
     label.textContent = "live";
     if (info.reconnect) {
       // the server restarted (or the network blinked): history may have moved on; reload it
@@ -771,12 +872,15 @@ function checkAuth() {
     });
 }
 
+let authToast = null;
 /** The server refused the page's token (401), on the first load or after a restart with a new
  * token: say so once, until a connection works again. */
 function authNeeded() {
   if (app.authFailed) return;
   app.authFailed = true;
-  toast(AUTH_TEXT, "bad", 60000);
+  // longer than other messages (a minute, or until a connection works again): it says what to
+  // do, and that takes opening another URL
+  authToast = toast(AUTH_TEXT, "bad", 60000);
   const label = $("conn").querySelector("span");
   label.textContent = label.textContent.replace(/^offline/, "401");
   renderFacts();
@@ -933,14 +1037,17 @@ function wire() {
     app.actuators = [];
     app.status = null;
     app.runState = null;
-    controls.setActuators([]);
+    app.gone = false;
+    scheduleStatusRefresh((app.cfg.ui.status_refresh_sec || 2) * 1000); // its pace (a gone run's was slower)
+    for (const done of [...waiting.values()]) done();
+    controls.reset();
     setUrl();
     renderCompareList();
     loadAll();
   });
-  $("btn-pause").addEventListener("click", () => control(isPaused() ? "resume" : "pause"));
-  $("btn-checkpoint").addEventListener("click", () => control("checkpoint"));
-  $("btn-evaluate").addEventListener("click", () => control("evaluate"));
+  $("btn-pause").addEventListener("click", guarded("btn-pause", () => (isPaused() ? "resume" : "pause")));
+  $("btn-checkpoint").addEventListener("click", guarded("btn-checkpoint", "checkpoint"));
+  $("btn-evaluate").addEventListener("click", guarded("btn-evaluate", "evaluate"));
   $("btn-stop").addEventListener("click", () => {
     if (window.confirm(`Stop ${runLabel(app.runId)} at its next safe point?`)) control("stop");
   });
@@ -1063,11 +1170,11 @@ async function main() {
     }
   }, 10000);
   setInterval(() => {
-    if (!isStale()) scheduleImpactRefresh(0);
+    if (!isStale() && !app.gone) scheduleImpactRefresh(0);
   }, 5000);
   setInterval(() => autopilotPanel.tick(), 5000);
   setInterval(() => {
-    if (!isStale()) scheduleKnobs(0); // the lines reach the run's last step
+    if (!isStale() && !app.gone) scheduleKnobs(0); // the lines reach the run's last step
   }, 5000);
 }
 
@@ -1083,6 +1190,9 @@ window.hotcb = {
       connected: !!sock?.connected,
       offline: app.offline,
       authFailed: app.authFailed,
+      gone: app.gone,
+      goneDelay: app.gone ? app.goneDelay : null,
+      inflight: [...app.inflight],
       chip: $("state-chip").textContent,
       stepShown: $("step").textContent,
       step: app.data.get(app.runId)?.lastStep ?? null,

@@ -189,6 +189,48 @@ export function ema(values, alpha) {
   return out;
 }
 
+// ----------------------------------------------------------------------------- gaps
+// The metrics file records a NaN or an infinite value as null (the server sends null too): the
+// charts leave a gap there. A step a series has no record for (val_loss every 25 steps drawn
+// with a loss logged every step, another run compared) is not a gap: uPlot.join() leaves
+// `undefined` there, which the line bridges; only null breaks it (series' spanGaps: false).
+
+/** The values with every non-finite number (a NaN that came as a number) as null: a gap. */
+export function finiteOrNull(values) {
+  return values.every((v) => v == null || Number.isFinite(v)) ? values : values.map((v) => (v == null || Number.isFinite(v) ? v : null));
+}
+
+/** Whether a series has values but none of them finite (every value NaN or inf): nothing to
+ * draw, and its legend says why. */
+export function allNonFinite(values) {
+  return values.length > 0 && !values.some((v) => v != null && Number.isFinite(v));
+}
+
+/** What a legend says of a series whose every value is NaN or inf. */
+export const NON_FINITE = "every value NaN or inf";
+
+/**
+ * The indices (within `i0`…`i1`) of values no line reaches: a finite value between two gaps
+ * (or a gap and either end of the series), skipping the steps the series has no record for
+ * (`undefined`). A line needs two points, so these are drawn as dots; null when there is none.
+ */
+export function isolatedPoints(ys, i0 = 0, i1 = ys.length - 1) {
+  const defined = (i, dir) => {
+    for (let j = i + dir; j >= 0 && j < ys.length; j += dir) if (ys[j] !== undefined) return j;
+    return -1;
+  };
+  const out = [];
+  for (let i = Math.max(0, i0); i <= Math.min(ys.length - 1, i1); i++) {
+    if (ys[i] == null) continue;
+    const p = defined(i, -1);
+    if (p >= 0 && ys[p] !== null) continue;
+    const n = defined(i, 1);
+    if (n >= 0 && ys[n] !== null) continue;
+    out.push(i);
+  }
+  return out.length ? out : null;
+}
+
 /** "#2563eb" → "rgba(37, 99, 235, a)". */
 export function withAlpha(hex, a) {
   const n = parseInt(String(hex).slice(1, 7), 16);
@@ -234,6 +276,7 @@ class ChartCard {
     logBox.checked = this.log;
     logBox.addEventListener("change", () => {
       this.log = logBox.checked;
+      if (this.raw) this.data = this.forAxis(this.raw); // a finished run gets no new data
       this.rebuild();
     });
     this.resetBtn = this.el.querySelector(".reset-zoom");
@@ -271,8 +314,12 @@ class ChartCard {
           stroke: s.forecast === "lo" || s.forecast === "hi" ? withAlpha(s.color, 0.45) : s.color,
           width: s.forecast ? 1.2 : s.runId === this.opts.primary() ? 1.6 : 1.2,
           dash: s.dash || undefined,
-          spanGaps: true,
-          points: { show: false },
+          // a null is a non-finite value (a gap); `undefined` (no record at that step) is bridged
+          spanGaps: !!s.forecast,
+          points: {
+            show: false,
+            filter: (u, si, show) => (show || s.forecast ? null : isolatedPoints(u.data[si], ...(u.series[0].idxs || []))),
+          },
           value: (u, v) => fmtNum(v),
         })),
       ],
@@ -314,9 +361,18 @@ class ChartCard {
     const prevSig = this.series.map((s) => s.label + s.color + (s.dash || "")).join("|");
     this.series = series;
     this.markers = markers;
-    this.data = this.log ? data.map((col, i) => (i === 0 ? col : col.map((v) => (v != null && v > 0 ? v : null)))) : data;
+    this.raw = data;
+    this.data = this.forAxis(data);
     if (!this.plot || sig !== prevSig) this.rebuild();
     else this.plot.setData(this.data, !this.zoomed);
+  }
+
+  /** The data as the y axis can draw it: on a log axis a value ≤ 0 is a gap (null); a step
+   * without a record stays undefined (bridged). */
+  forAxis(data) {
+    if (!this.log) return data;
+    const pos = (v) => (v === undefined || (v != null && v > 0) ? v : null);
+    return data.map((col, i) => (i === 0 ? col : col.map(pos)));
   }
 
   resize() {
@@ -405,6 +461,11 @@ class ChartCard {
           metric: s.name,
           same: s.same || [],
           points: (d[i + 1] || []).filter((v) => v != null).length,
+          gaps: (d[i + 1] || []).filter((v) => v === null).length, // non-finite values
+          nonFinite: !!s.nonFinite,
+          spanGaps: this.plot ? this.plot.series[i + 1].spanGaps : null,
+          gapsDrawn: this.plot?.series[i + 1]._paths?.gaps?.length ?? 0, // where the line breaks
+          dots: (this.plot?.series[i + 1].points.filter(this.plot, i + 1, false) || []).length,
         }))
         .filter((_, i) => !this.series[i].forecast), // the forecast's are under `forecast`
       markers: this.markers.length,
@@ -474,21 +535,27 @@ export class Charts {
       if (this.root.children[gi + 1] !== card.el) this.root.insertBefore(card.el, this.root.children[gi + 1] || null);
       const series = [];
       const tables = [];
+      const empty = []; // series with no finite value: the chart's note names them
       runs.forEach((run, ri) => {
         g.names.forEach((name, ni) => {
           const s = run.series.get(name);
           if (!s || !s.step.length || repeats.has(name)) return;
           const twins = (same.get(name) || []).filter((t) => run.series.get(t)?.step.length);
           const label = ri === 0 ? name : `${run.label} · ${name}`;
+          const values = finiteOrNull(s.value);
+          const nonFinite = allNonFinite(values);
+          if (nonFinite) empty.push(label);
+          const says = [twins.length ? `= ${twins.join(", ")}` : "", nonFinite ? NON_FINITE : ""].filter(Boolean);
           series.push({
-            label: twins.length ? `${label} (= ${twins.join(", ")})` : label,
+            label: says.length ? `${label} (${says.join("; ")})` : label,
             color: PALETTE[ni % PALETTE.length],
             dash: DASHES[ri % DASHES.length],
             runId: run.runId,
             name,
             same: twins,
+            nonFinite,
           });
-          tables.push([s.step, ema(s.value, this.opts.smoothing || 0)]);
+          tables.push([s.step, ema(values, this.opts.smoothing || 0)]);
         });
       });
       const fc = this.forecast;
@@ -508,6 +575,7 @@ export class Charts {
           tables.push([x, from(fc.median), from(fc.lo), from(fc.hi)]);
         } else if (fc.note) note = fc.note;
       }
+      if (empty.length) note = [`${empty.join(", ")}: ${NON_FINITE}, nothing to draw`, note].filter(Boolean).join(" · ");
       const data = tables.length ? uPlot.join(tables) : [[]];
       card.update(series, data, markers, note);
     });

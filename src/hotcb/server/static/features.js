@@ -107,7 +107,7 @@ export class FeaturesPanel {
       this.runId = runId;
       this.doc = null;
     }
-    if (runId == null) return;
+    if (runId == null || globalThis.window?.hotcb?.app?.gone) return; // its folder is gone: nothing to ask
     const gen = ++this.gen;
     this.loading = true;
     try {

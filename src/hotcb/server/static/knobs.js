@@ -42,30 +42,60 @@ export function changeLines(knob, limit = 4) {
     .map((c) => `step ${c.step}: ${c.old == null ? "?" : fmtNum(c.old)} → ${fmtNum(c.new)} (${c.source || "?"}${c.undo ? ", undo" : ""})`);
 }
 
+/** The Knobs panel's line when it has no knob to draw. */
+export const EMPTY_KNOBS = {
+  waiting: "No knobs yet: they appear when the run has started.",
+  over: "No knobs: this run published none, and it is over.",
+};
+
+/** What the panel says without knobs: `loaded` (the run's answer came), `over` (the run is
+ * over, so none will come). */
+export function emptyKnobsText(loaded, over) {
+  return loaded && over ? EMPTY_KNOBS.over : EMPTY_KNOBS.waiting;
+}
+
 export class KnobsPanel {
   constructor(card) {
     this.card = card;
     this.doc = null;
+    this.over = false;
     this.plots = new Map(); // key -> {plot, el, sig}
     card.innerHTML = `
       <div class="card-head"><h2>Knobs</h2>
         <span class="muted small">values from the ledger and the actuators file · ● an applied change</span></div>
-      <div class="knobs"><p class="muted">No knobs yet: they appear when the run has started.</p></div>`;
+      <div class="knobs"><p class="muted knobs-empty"></p></div>`;
     this.body = card.querySelector(".knobs");
+    this.renderEmpty();
   }
 
   reset() {
     for (const { plot } of this.plots.values()) plot.destroy();
     this.plots.clear();
     this.doc = null;
-    this.body.innerHTML = '<p class="muted">No knobs yet: they appear when the run has started.</p>';
+    this.body.innerHTML = '<p class="muted knobs-empty"></p>';
+    this.renderEmpty();
+  }
+
+  /** The run is over: a run without knobs will not publish any. */
+  setOver(over) {
+    if (over === this.over) return;
+    this.over = over;
+    this.renderEmpty();
+  }
+
+  renderEmpty() {
+    const empty = this.body.querySelector("p.knobs-empty");
+    if (empty) empty.textContent = emptyKnobsText(this.doc != null, this.over);
   }
 
   update(doc) {
     this.doc = doc;
     const knobs = (doc && doc.knobs) || [];
-    if (!knobs.length) return;
-    const empty = this.body.querySelector("p.muted");
+    if (!knobs.length) {
+      this.renderEmpty();
+      return;
+    }
+    const empty = this.body.querySelector("p.knobs-empty");
     if (empty) empty.remove();
     const keys = new Set(knobs.map((k) => k.key));
     for (const [key, entry] of this.plots) {

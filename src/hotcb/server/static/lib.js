@@ -99,19 +99,24 @@ export function runIsOver(runState) {
   return typeof runState === "string" && /^(finished at step|stopped at step|crashed|interrupted|ended before)/.test(runState);
 }
 
+/** The chip of a run whose folder the server no longer finds (deleted or moved). */
+export const GONE_CHIP = "gone (no longer on disk)";
+
 /**
  * The header's state chip: `{text, cls, seen}`. `state`: the run's last known state in words
- * ("running", "paused", "stale", "finished at step N" …); `offline`: the page lost its server
- * (`hotcb launch --serve` stops it when training ends), so that state is only what was last
- * seen: "disconnected — last seen running at step N".
+ * ("running", "paused", "stale", "finished at step N" …); `gone`: the server answers 404 for
+ * the run (its folder was deleted), whatever it said before; `offline`: the page lost its
+ * server (`hotcb launch --serve` stops it when training ends), so that state is only what was
+ * last seen: "disconnected — last seen running at step N".
  */
-export function runChip({ noRun = false, over = false, paused = false, stale = false, offline = false, runState = null, step = null }) {
+export function runChip({ noRun = false, over = false, paused = false, stale = false, offline = false, gone = false, runState = null, step = null }) {
   if (noRun) return { text: "no runs", cls: "none", seen: null };
   let text = paused ? "paused" : stale ? "stale" : "running";
   let cls = paused ? "paused" : stale ? "stale" : "live";
-  if (over) [text, cls] = [runState, runState.startsWith("crashed") ? "crashed" : "ended"];
+  if (gone) [text, cls] = [GONE_CHIP, "gone"];
+  else if (over) [text, cls] = [runState, runState.startsWith("crashed") ? "crashed" : "ended"];
   if (!offline) return { text, cls, seen: null };
-  const seen = over ? text : `${text} at step ${step ?? "?"}`;
+  const seen = over || gone ? text : `${text} at step ${step ?? "?"}`;
   return { text: `disconnected — last seen ${seen}`, cls: "offline", seen };
 }
 

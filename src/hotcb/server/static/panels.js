@@ -196,25 +196,41 @@ class Control {
     }
     if (a.type === "tuple") {
       this.num = el("input", "num wide");
-      this.num.addEventListener("input", () => this.clearError());
-      this.num.addEventListener("change", () => this.commitText(this.num.value));
-      this.inputs.append(this.num);
+      this.buildBox();
       return;
     }
     const numeric = ["float", "int", "log_float"].includes(a.type);
     if (numeric && (a.type === "log_float" || a.min != null || a.max != null)) this.buildSlider();
     this.num = el("input", "num");
     this.num.setAttribute("inputmode", "decimal");
-    this.num.setAttribute("aria-label", `${a.param_key} value`);
+    this.buildBox();
+  }
+
+  /** The number box (a tuple's text box too) sends on Enter only. Escape, or leaving the box
+   * without Enter (a click elsewhere, Tab), sends nothing and puts the applied value back: the
+   * box's `change` event, which a blur fires too, is not a request to send. */
+  buildBox() {
+    this.num.setAttribute("aria-label", `${this.act.param_key} value`);
     this.num.addEventListener("input", () => this.clearError()); // the next edit retires an error
-    this.num.addEventListener("change", () => this.commitText(this.num.value));
     this.num.addEventListener("keydown", (ev) => {
-      if (ev.key === "Escape") {
-        this.sync();
+      if (ev.key === "Enter" && !ev.isComposing) {
+        ev.preventDefault();
+        this.commitText(this.num.value);
+      } else if (ev.key === "Escape") {
+        this.restoreBox();
         this.num.blur();
       }
     });
+    this.num.addEventListener("blur", () => {
+      if (!this.asking) this.restoreBox(); // a confirm() dialog takes the focus: not a leave
+    });
     this.inputs.append(this.num);
+  }
+
+  /** The number box shows the applied value again (what was typed is dropped, unsent). */
+  restoreBox() {
+    if (!this.idle()) return; // the slider's gesture writes the box
+    this.num.value = this.value == null ? "" : fmtValue(this.value);
   }
 
   /** The slider sends one command per gesture: a drag on release (`change`, not `input`),
@@ -344,7 +360,7 @@ class Control {
   async commit(value) {
     const key = this.act.param_key;
     if (this.over) {
-      this.showStatus(`not sent: the run is over, nothing would apply it`, "", 4000);
+      this.showStatus(`not sent: ${this.overWhy || "the run is over"}, nothing would apply it`, "", 4000);
       this.sync(true);
       return;
     }
@@ -356,7 +372,7 @@ class Control {
       return;
     }
     const big = bigChange(this.value, value);
-    if (big && !window.confirm(`Change ${key} from ${fmtValue(this.value)} to ${fmtValue(value)} (${big})?`)) {
+    if (big && !this.ask(`Change ${key} from ${fmtValue(this.value)} to ${fmtValue(value)} (${big})?`)) {
       this.showStatus(`not sent: ${key} stays ${fmtValue(this.value)}`, "", 4000);
       this.sync(true);
       return;
@@ -374,6 +390,16 @@ class Control {
       this.root.classList.remove("is-sending");
       this.showError(err.message);
       this.sync(true);
+    }
+  }
+
+  /** The browser's confirmation; the box's blur while it is open is not the user leaving. */
+  ask(text) {
+    this.asking = true;
+    try {
+      return window.confirm(text);
+    } finally {
+      this.asking = false;
     }
   }
 
@@ -413,11 +439,13 @@ class Control {
     if (this.error) this.showStatus("", "");
   }
 
-  /** The run is over: nothing would apply a change, so none can be sent. */
-  setOver(over) {
+  /** The run is over (or its folder is gone, `why` says which): nothing would apply a change,
+   * so none can be sent. */
+  setOver(over, why = "the run is over") {
     this.over = over;
+    this.overWhy = why;
     this.lock();
-    this.root.title = over ? "the run is over: nothing would apply a change" : "";
+    this.root.title = over ? `${why}: nothing would apply a change` : "";
   }
 
   /** Disabled actuator: nothing works. Run over: only the number box stays, to ask the
@@ -476,6 +504,14 @@ class Control {
   }
 }
 
+/** The Controls panel's line when it has no control to show. */
+export const EMPTY_CONTROLS = {
+  waiting: "No actuators yet: they appear when the run has started.",
+  none: "This run exposes no actuators (yet): they appear when it publishes some.",
+  over: "No actuators: this run published none, and it is over.",
+  gone: "No actuators: the run's folder is no longer on disk.",
+};
+
 export class Controls {
   /** send(act, value) → Promise<cmd_id> */
   constructor(root, note, send) {
@@ -487,14 +523,35 @@ export class Controls {
     this.answered = new Map(); // recent ledger entries by cmd_id (bounded)
   }
 
+  /** What the panel says before the run's actuators are known (a run was just picked). */
+  reset() {
+    this.signature = "";
+    this.loaded = false;
+    this.controls.clear();
+    this.root.textContent = "";
+    this.empty = el("p", "muted ctl-empty", EMPTY_CONTROLS.waiting);
+    this.root.append(this.empty);
+    this.note.textContent = "";
+  }
+
+  /** The line of a run without actuators: one that is over published none, and never will. */
+  emptyText() {
+    if (!this.loaded) return EMPTY_CONTROLS.waiting;
+    if (!this.over) return EMPTY_CONTROLS.none;
+    return this.gone ? EMPTY_CONTROLS.gone : EMPTY_CONTROLS.over;
+  }
+
   setActuators(list, docAt) {
     const sig = list.map((a) => `${a.group}:${a.param_key}:${a.type}`).join("|");
-    if (sig !== this.signature) {
+    const first = !this.loaded;
+    this.loaded = true;
+    if (sig !== this.signature || (first && !list.length)) {
       this.signature = sig;
       this.controls.clear();
       this.root.textContent = "";
       if (!list.length) {
-        this.root.append(el("p", "muted", "This run exposes no actuators."));
+        this.empty = el("p", "muted ctl-empty", this.emptyText());
+        this.root.append(this.empty);
       }
       const groups = new Map();
       for (const a of list) {
@@ -515,15 +572,22 @@ export class Controls {
       }
     }
     for (const a of list) this.controls.get(a.param_key)?.update(a, docAt);
-    if (this.over) for (const c of this.controls.values()) c.setOver(true);
+    if (this.over) for (const c of this.controls.values()) c.setOver(true, this.overWhy());
     this.note.textContent = list.length ? `${list.length} from the run` : "";
   }
 
-  /** The run is over (finished, stopped, crashed): every control is disabled, saying why. */
-  setOver(over) {
-    if (over === !!this.over) return;
+  /** The run is over (finished, stopped, crashed), or `gone` (its folder is no longer on
+   * disk): every control is disabled, saying why. */
+  setOver(over, gone = false) {
+    if (over === !!this.over && gone === !!this.gone) return;
     this.over = over;
-    for (const c of this.controls.values()) c.setOver(over);
+    this.gone = gone;
+    for (const c of this.controls.values()) c.setOver(over, this.overWhy());
+    if (!this.controls.size && this.empty && this.loaded) this.empty.textContent = this.emptyText();
+  }
+
+  overWhy() {
+    return this.gone ? "the run's folder is no longer on disk" : "the run is over";
   }
 
   /** A ledger entry: confirm our sends; take applied values from its changes. */
