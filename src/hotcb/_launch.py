@@ -499,7 +499,8 @@ class LaunchOptions:
     """What a launch starts besides the training. ``serve_dir``/``run_id``: the folder the
     dashboard serves and the run's id in it (``"."`` when it serves the run itself).
     ``log_path``: where the children's output goes (``None``: this process's stdout/stderr).
-    ``out``: where the launch's own notices go."""
+    ``out``: where the launch's own notices go. ``prepare``: called with the run directory
+    just before the training starts (the tuner's command of ``hotcb launch --tune``)."""
 
     serve: bool = False
     serve_dir: str | None = None
@@ -513,6 +514,9 @@ class LaunchOptions:
     resume_from: str | None = None
     log_path: str | None = None
     out: Callable[[str], None] = lambda line: None
+    #: What the training must find at its first step, written into the run directory (its
+    #: argument) once the dashboard answers: a dashboard that fails leaves nothing queued.
+    prepare: Callable[[str], None] | None = None
 
 
 class _Children:
@@ -529,7 +533,10 @@ class _Children:
         self.url: str | None = None
         self.tag = secrets.token_hex(8)  # in the training's environment: LAUNCH_ENV
         self.known: set[_Proc] = set()  # the training's descendants, seen before a SIGKILL
-        self.finishing = False  # the training ended: the helpers' exits are expected
+        self.finishing = False  # the training ended: the helpers are being stopped
+        self._stopping: set[str] = set()  # the helpers sent SIGTERM (by name)
+        self._said: set[str] = set()  # the helpers whose failed exit was said
+        self._lock = threading.Lock()
         self._log: IO[bytes] | None = None
         self._url_seen = threading.Event()
 
@@ -608,21 +615,42 @@ class _Children:
         env[NOTIFY_READY_ENV] = self._notify_ready
         self.notifier = _spawn([*argv, *self.opts.notify_args], env=env,
                                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)  # fmt: skip
+        self._watch_helper("notifier", self.notifier)
 
     def start_pilot(self) -> None:
         argv = [sys.executable, "-m", "hotcb", "--dir", self.run_dir, "autopilot"]
         argv += ["--mode", self.opts.autopilot, *self.opts.autopilot_args]
         env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}
-        self.pilot = pilot = _spawn(
+        self.pilot = _spawn(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
         )
+        self._watch_helper("autopilot", self.pilot)
+
+    def _watch_helper(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """Say when ``proc`` exits with an error while the training runs (0: the autopilot
+        saw the run end and left)."""
 
         def watch() -> None:
-            code = pilot.wait()  # 0: it saw the run end (the training closed it) and left
-            if code != 0 and not self.finishing:
-                self.opts.out(f"the autopilot exited ({code}); the training goes on")
+            self.helper_exited(name, proc.wait())
 
-        threading.Thread(target=watch, daemon=True, name="hotcb-autopilot-watch").start()
+        threading.Thread(target=watch, daemon=True, name=f"hotcb-{name}-watch").start()
+
+    def helper_exited(self, name: str, code: int) -> None:
+        """Say once that the helper ``name`` exited with an error of its own: any code but 0,
+        or, once :meth:`end_helpers` sent it SIGTERM, any but a stop's (0, 130 from its
+        KeyboardInterrupt, killed by SIGTERM or, after the timeout, SIGKILL). Also when the
+        training has ended meanwhile: a helper that failed as a short training ended was
+        never mentioned. Its own error went to the launch's stderr, or to the log."""
+        stop_codes = (0, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL)
+        where = f"; its output is in {self.opts.log_path}" if self.opts.log_path else ""
+        with self._lock:  # said before end_helpers returns, whichever thread says it
+            if code == 0 or name in self._said:
+                return
+            if name in self._stopping and code in stop_codes:
+                return
+            self._said.add(name)
+            self.opts.out(f"the {name} exited ({code}){where}"
+                          + ("" if self.finishing else "; the training goes on"))  # fmt: skip
 
     # -- stopping --------------------------------------------------------------------------
     def signal_trainer(self, sig: int) -> None:
@@ -646,14 +674,22 @@ class _Children:
         self.finishing = True
         if self.trainer is not None:
             _end_leftovers(self.trainer.pid, STOP_TIMEOUT, tag=self.tag, known=self.known)
-        for proc in (self.pilot, self.server):
-            if proc is not None:
-                _end(proc, signal.SIGTERM)
+        if self.pilot is not None:
+            self._stop_helper("autopilot", self.pilot, STOP_TIMEOUT)
+        if self.server is not None:
+            _end(self.server, signal.SIGTERM)
         if self.notifier is not None:
             self._notifier_running(NOTIFIER_STOP_TIMEOUT)
-            _end(self.notifier, signal.SIGTERM, NOTIFIER_STOP_TIMEOUT)
+            self._stop_helper("notifier", self.notifier, NOTIFIER_STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
+
+    def _stop_helper(self, name: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """SIGTERM to a helper, then SIGKILL after ``timeout``; an error it exited with, said
+        here before the launch ends (its watching thread may not get to say it)."""
+        with self._lock:
+            self._stopping.add(name)
+        self.helper_exited(name, _end(proc, signal.SIGTERM, timeout))
 
     def _notifier_running(self, timeout: float) -> None:
         """Until the notifier has started its rounds (its ready file), or has exited: a
@@ -735,15 +771,18 @@ class Launch:
 
     def start(self) -> Launch:
         """Start the dashboard (first: a dashboard that cannot start fails the launch before
-        any training), the training, then the autopilot."""
+        any training, and before the launch is recorded in ``hotcb.run.json``), write what
+        ``opts.prepare`` writes, then start the training, the autopilot and the notifier."""
         global _atexit_registered
         os.makedirs(self.run_dir, exist_ok=True)
-        self._record_start()
         kids = self._children
         kids.open_log()
         try:
             if self.opts.serve:
                 kids.start_server()
+            if self.opts.prepare is not None:
+                self.opts.prepare(self.run_dir)
+            self._record_start()
             kids.start_trainer(self.argv)
             if self.opts.autopilot != "off":
                 kids.start_pilot()

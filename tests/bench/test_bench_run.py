@@ -341,7 +341,8 @@ def test_ctrl_c_keeps_the_finished_runs_and_writes_the_partial_report(tmp_path: 
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr
     line = (f"hotcb bench: interrupted after 1 run; partial results in {out} "
-            f"(report: {out / 'report.md'}, report.html)")  # fmt: skip
+            f"(report: {out / 'report.md'}, report.html); the same command with --resume "
+            "(not --force) runs the rest")  # fmt: skip
     assert line in stderr.splitlines()
     meta = json.loads((out / "bench.json").read_text())
     assert meta["interrupted_after_runs"] == 1

@@ -56,11 +56,24 @@ def _mean(rs: list[dict[str, Any]]) -> float:
     return statistics.fmean(vals) if len(vals) == len(rs) and vals else float("inf")
 
 
+def best_of(groups: dict[str, list[dict[str, Any]]], digits: int = 3) -> list[str]:
+    """The conditions with the lowest mean final val loss as the table shows it (``digits``):
+    one, or several in a tie (in the plan's order); none when every one diverged."""
+    shown = {c: round(_mean(rs), digits) for c, rs in groups.items()}
+    low = min(shown.values(), default=float("inf"))
+    return [c for c, m in shown.items() if m == low] if low != float("inf") else []
+
+
+#: What the table adds to the best condition's name, and to each of those in a tie for it.
+BEST, TIED = " (best)", " (tied best)"
+
+
 # ------------------------------------------------------------------------------ content
 def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
     head = ["condition", "final val loss", "final val acc", "best val loss", "lr at end (median)",
             "hotcb actions (undone)", "s / run"]  # fmt: skip
-    best = min(groups, key=lambda c: _mean(groups[c])) if groups else None
+    best = best_of(groups)
+    mark = TIED if len(best) > 1 else BEST
     rows = []
     for cond, rs in groups.items():
         acts = [r["notes"].get("actions") for r in rs]
@@ -75,7 +88,7 @@ def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list
         if cond == "replay":
             n = sum(1 for r in rs if r["notes"].get("matched"))
             act = f"replays {rs[0]['notes'].get('replay_of')}: {n}/{len(rs)} bit for bit"
-        name = LABELS.get(cond, cond) + (" (best)" if cond == best else "")
+        name = LABELS.get(cond, cond) + (mark if cond in best else "")
         rows.append([
             name, fmt(_final(rs)), fmt(_final(rs, "final_val_acc")),
             fmt(_final(rs, "best_val_loss")),
@@ -88,9 +101,10 @@ def table(groups: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[list
 def verdicts(
     task: str, groups: dict[str, list[dict[str, Any]]], warnings: Sequence[dict[str, Any]] = ()
 ) -> list[str]:
-    """Plain statements: where a baseline ends below a hotcb condition (and where not), and
-    whether every replay reproduced its source bit for bit; ``warnings``: bench.json's, those
-    of this task first (the tuner with no room for a trial)."""
+    """Plain statements: a tie for the lowest final val loss, where a baseline ends below a
+    hotcb condition (and where not), an ai condition that never asked its model, and whether
+    every replay reproduced its source bit for bit; ``warnings``: bench.json's, those of this
+    task first (the tuner with no room for a trial)."""
     out = []
     for w in warnings:
         if w.get("task") == task and w.get("what") == "tune" and "tune" in groups:
@@ -100,8 +114,14 @@ def verdicts(
                 f"least {w['min_steps']}), so it made none and ran as {LABELS['fixed']} does."
             )
     baselines = [c for c in groups if c not in HOTCB_CONDITIONS and c != "replay"]
+    best = best_of(groups)
+    if len(best) > 1:
+        tied = [LABELS.get(c, c) for c in best]
+        out.append(f"{', '.join(tied[:-1])} and {tied[-1]} tie for the lowest mean final val "
+                   f"loss on {task} ({fmt(_final(groups[best[0]]))}).")  # fmt: skip
     for h in (c for c in HOTCB_CONDITIONS if c in groups):
         m_h, shown_h = _mean(groups[h]), fmt(_final(groups[h]))
+        out += _unasked(task, h, groups[h])
         level = [b for b in baselines if fmt(_final(groups[b])) == shown_h]
         ahead = [b for b in baselines if _mean(groups[b]) < m_h and b not in level]
         if level:
@@ -137,6 +157,25 @@ def verdicts(
                        f"(every step's train loss, val loss, val acc and lr) {on} "
                        f"({plural(entries, 'recipe entry', 'recipe entries')} replayed).")  # fmt: skip
     return out
+
+
+def _unasked(task: str, cond: str, rs: list[dict[str, Any]]) -> list[str]:
+    """For the ``ai`` condition whose runs never asked the model (a short run: the model is
+    asked on a detection or every ``every_steps``): say so, or its figures pass for the
+    LLM's."""
+    if cond != "ai":
+        return []
+    calls = [r["notes"].get("ai_calls") for r in rs]
+    if None in calls or sum(calls) > 0:  # None: an older bench.json, which did not count them
+        return []
+    runs = "its run" if len(rs) == 1 else f"any of its {len(rs)} runs"
+    acted = any(r["notes"].get("actions") for r in rs)
+    then = ("" if acted else f", applied no action and so ran at the task's lr, as "
+            f"{LABELS['fixed']} does")  # fmt: skip
+    return [
+        f"{LABELS[cond]} never asked the model on {task} (0 LLM calls in {runs}){then}: "
+        "its figures say nothing about the LLM."
+    ]
 
 
 # ------------------------------------------------------------------------------ plots
@@ -292,7 +331,7 @@ def summary_table(
 def _html_table(head: list[str], rows: list[list[str]], kind: str, task: str = "") -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     trs = "".join(
-        f'<tr data-row="{html.escape(r[0].removesuffix(" (best)"))}">'
+        f'<tr data-row="{html.escape(r[0].removesuffix(BEST).removesuffix(TIED))}">'
         + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
         for r in rows
     )  # fmt: skip

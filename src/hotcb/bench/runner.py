@@ -36,7 +36,7 @@ from .. import HotClient, HotKernel, jsonl
 from .. import __version__ as hotcb_version
 from ..runfiles import RunPaths, redact_url
 from . import CONDITIONS, HOTCB_CONDITIONS, LABELS
-from .tasks import Task, TaskUnavailable, load_task
+from .tasks import Task, TaskError, TaskUnavailable, load_task, task_call
 
 Hook = Callable[[int, dict[str, float]], None]
 COLUMNS = ("step", "train_loss", "val_loss", "val_acc", "lr")
@@ -46,6 +46,28 @@ REPLAYABLE = ("autopilot", "tune", "ai")
 class BenchError(ValueError):
     """A bench that cannot start (a bad plan, nothing left to run); the CLI prints it and
     exits with code 2."""
+
+
+class _TaskRun:
+    """A task's run as the loop calls it: an exception from its ``model``, ``train_step()``
+    or ``evaluate()`` becomes a :class:`TaskError` saying where (``where``)."""
+
+    def __init__(self, run: Any, where: str) -> None:
+        self.inner, self.where = run, where
+        self.model = task_call(where, "run.model", getattr, run, "model")
+
+    def train_step(self, opt: torch.optim.Optimizer) -> Any:
+        try:
+            return self.inner.train_step(opt)
+        except Exception as exc:
+            raise TaskError(self.where, "run.train_step()", exc) from exc
+
+    def evaluate(self) -> tuple[float, float | None]:
+        try:
+            out: tuple[float, float | None] = self.inner.evaluate()
+        except Exception as exc:
+            raise TaskError(self.where, "run.evaluate()", exc) from exc
+        return out
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -80,7 +102,15 @@ class Settings:
     threads: int = 1
     progress: bool = True
     force: bool = False
+    resume: bool = False  # go on with the bench in `out`: its finished runs are kept
     command: str | None = None  # as typed, for the report
+
+
+#: The settings a resumed bench must share with the bench it goes on with (its figures
+#: depend on them; ``progress``, ``force``, ``command`` do not).
+RESUME_SETTINGS = ("tasks", "conditions", "seeds", "steps", "data", "replay_of", "rules",
+                   "segment_steps", "tune_restore", "tune_start", "tune_sync", "ai_base_url",
+                   "ai_model", "threads")  # fmt: skip
 
 
 def slug(task: str) -> str:
@@ -265,8 +295,11 @@ class Runner:
         if task.name in self._warm:
             return
         self._warm.add(task.name)
-        run = task.make(0)  # every run seeds itself in make(): this changes no run's numbers
-        train(run, task.base_optimizer(run.model.parameters()), 2, task.eval_every)
+        where = f"task {task.name} (its untimed warm-up, seed 0)"
+        # every run seeds itself in make(): this changes no run's numbers
+        run = _TaskRun(task_call(where, "make(0)", task.make, 0), where)
+        opt = task_call(where, "optimizer()", task.base_optimizer, run.model.parameters())
+        train(run, opt, 2, task.eval_every)
 
     def run(self, task: Task, condition: str, seed: int, folder: str) -> RunResult:
         return self.train_run(task, condition, seed, folder).result
@@ -278,12 +311,20 @@ class Runner:
         ``run_dir``: the hotcb run directory of a steered condition (default ``folder/run``)."""
         steps = self.s.steps or task.total_steps
         t0 = time.perf_counter()
-        run = task.make(seed)
+        where = f"task {task.name}, condition {condition}, seed {seed}"
+        run = _TaskRun(task_call(where, f"make({seed})", task.make, seed), where)
         notes: dict[str, Any] = {}
         schedule_free = condition == "schedulefree"
+
+        def base_optimizer() -> torch.optim.Optimizer:
+            opt: torch.optim.Optimizer = task_call(
+                where, "optimizer()", task.base_optimizer, run.model.parameters()
+            )
+            return opt
+
         if condition in ("autopilot", "tune", "ai", "replay"):
             run_dir = run_dir or os.path.join(folder, "run")
-            opt = task.base_optimizer(run.model.parameters())
+            opt = base_optimizer()
             curve = self._steered(task, condition, seed, run, opt, steps, run_dir, notes)
         elif schedule_free:
             run_dir = None
@@ -301,7 +342,7 @@ class Runner:
             curve = train(run, opt, steps, task.eval_every, on_eval=self.on_eval)
         else:
             run_dir = None
-            opt = task.base_optimizer(run.model.parameters())
+            opt = base_optimizer()
             curve = train(
                 run,
                 opt,
@@ -313,7 +354,7 @@ class Runner:
         res = RunResult(task.name, condition, seed, steps, curve, time.perf_counter() - t0,
                         run_dir, notes)  # fmt: skip
         self.done[(task.name, condition, seed)] = res
-        return Trained(res, run, opt, schedule_free)
+        return Trained(res, run.inner, opt, schedule_free)
 
     def _steered(self, task: Task, condition: str, seed: int, run: Any,
                  opt: torch.optim.Optimizer, steps: int, run_dir: str,
@@ -336,6 +377,8 @@ class Runner:
                 pilot.close()
         if pilot is not None:
             notes.update(_pilot_summary(run_dir))
+        if condition == "ai":
+            notes["ai_calls"] = _ai_calls(run_dir)
         if condition == "tune":
             notes["tune"] = _tune_summary(run_dir)
             counts = notes["tune"].get("counts") or {}
@@ -406,6 +449,14 @@ def _pilot_summary(run_dir: str) -> dict[str, int]:
             1 for r in records if r.get("kind") == "guard" and r.get("undo_cmd_id") in applied
         ),
     }
+
+
+def _ai_calls(run_dir: str) -> int:
+    """How many times the LLM autopilot asked the model in the run (its state file)."""
+    from ..autopilot.ai import AI_STATE
+
+    st = jsonl.read_json(os.path.join(run_dir, AI_STATE), {}) or {}
+    return int(st.get("calls", 0)) if isinstance(st, dict) else 0
 
 
 def _schedule(condition: str, opt: torch.optim.Optimizer, steps: int) -> Hook | None:
@@ -560,12 +611,15 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     skipped = check_plan(s)
     out = os.path.abspath(s.out)
     meta_path = os.path.join(out, "bench.json")
-    if os.path.exists(meta_path) and not s.force:
-        raise BenchError(f"{out} already holds a bench (bench.json); --force replaces it")
+    before = _earlier_bench(s, out)
     torch.set_num_threads(s.threads)
     conditions = [c for c in CONDITIONS if c in s.conditions and c not in dict(skipped)]
     tasks = _load_tasks(s, conditions, skipped)
-    if os.path.exists(meta_path):  # --force, and there is something to run
+    if before is not None and before["conditions"] != conditions:  # the skips differ
+        raise BenchError(f"--resume: the bench in {out} runs {', '.join(before['conditions'])}"
+                         f"; here it would run {', '.join(conditions)} (an ai condition needs "
+                         "HOTCB_AI_KEY as before); --force replaces it")  # fmt: skip
+    if os.path.exists(meta_path) and s.force:  # and there is something to run
         shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
     warnings = tune_room(s, tasks)
     os.makedirs(out, exist_ok=True)  # after the tasks load: a task that cannot leaves nothing
@@ -587,24 +641,36 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
                     "torch": torch.__version__, "hotcb": hotcb_version,
                     "platform": platform.platform()},
     }  # fmt: skip
+    jobs = [(t, seed, c) for t in tasks for seed in range(s.seeds) for c in conditions]
+    kept: dict[tuple[str, str, int], RunResult] = {}
+    earlier_wall = 0.0  # the seconds of the bench it goes on with
+    if before is not None:
+        kept = _finished_runs(out, jobs)
+        earlier_wall = _resumed(meta, before, len(kept))
+        say(f"hotcb bench: resuming {out}: {len(kept)} finished run(s) kept, "
+            f"{len(jobs) - len(kept)} to run")  # fmt: skip
     jsonl.write_json_atomic(meta_path, meta)
     runner = Runner(s)
     results: list[RunResult] = []
-    jobs = [(t, seed, c) for t in tasks for seed in range(s.seeds) for c in conditions]
     t0 = time.perf_counter()
-    bar = _progress(len(jobs), s.progress)
+    bar = _progress(len(jobs) - len(kept), s.progress)
     runner.on_eval = lambda step, steps, vl: bar.set_postfix_str(
         f"step {step}/{steps}, val loss {vl:.4g}", refresh=False
     )  # drawn at tqdm's own pace (mininterval), not at every evaluation
     going: tuple[str, Task, int, str] | None = None  # the run under way: folder, what
     try:
         for task, seed, cond in jobs:
+            if (task.name, cond, seed) in kept:  # --resume: a run that finished before
+                res = runner.done[(task.name, cond, seed)] = kept[(task.name, cond, seed)]
+                results.append(res)
+                continue
             # the last run's "step 200/200, val loss …" is not this one's: cleared before the
             # description (which redraws the bar) names the new run
             bar.set_postfix_str("", refresh=False)
             bar.set_description(f"{task.name} · {cond} · seed {seed}")
             folder = os.path.join(out, "runs", slug(task.name), cond, f"s{seed}")
             going = (folder, task, seed, cond)
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed run left: not this one's
             os.makedirs(folder, exist_ok=True)
             runner.warm(task)
             res = runner.run(task, cond, seed, folder)
@@ -626,11 +692,60 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         raise
     finally:
         bar.close()
-        meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        meta["wall_seconds"] = round(earlier_wall + time.perf_counter() - t0, 2)
         meta["finished_at"] = time.time()
         jsonl.write_json_atomic(meta_path, meta)
         save_summary(out, results)
     return meta
+
+
+def _earlier_bench(s: Settings, out: str) -> dict[str, Any] | None:
+    """``bench.json`` of the bench in ``out`` that ``--resume`` goes on with (None without
+    ``--resume``). :class:`BenchError` when a bench is there and neither ``--resume`` nor
+    ``--force`` is given, or both are; with ``--resume``, when there is none, or one made with
+    other settings (its runs would not compare)."""
+    if not s.resume:
+        if os.path.exists(os.path.join(out, "bench.json")) and not s.force:
+            raise BenchError(f"{out} already holds a bench (bench.json): --resume goes on "
+                             "with it (its finished runs are kept), --force replaces it (its "
+                             "runs are deleted)")  # fmt: skip
+        return None
+    if s.force:
+        raise BenchError("--force replaces the bench in --out, --resume goes on with it: "
+                         "give one")  # fmt: skip
+    meta, _ = load_bench(out)
+    then = meta.get("settings") or {}
+    now = {**vars(s), "ai_base_url": s.ai_base_url and redact_url(s.ai_base_url)}
+    differ = [k for k in RESUME_SETTINGS if then.get(k) != now.get(k)]
+    if differ:
+        shown = "; ".join(f"{k} {then.get(k)!r} there, {now.get(k)!r} here" for k in differ)
+        raise BenchError(f"--resume: the bench in {out} was made with other settings ({shown})"
+                         f": give the same ones (it was made by: {meta.get('command')}), or "
+                         "--force to replace it")  # fmt: skip
+    return meta
+
+
+def _resumed(meta: dict[str, Any], before: dict[str, Any], kept: int) -> float:
+    """``meta`` of a bench that goes on with ``before``: its start, and when it was resumed
+    with how many runs kept; the seconds ``before`` took."""
+    meta["started_at"] = before.get("started_at", meta["started_at"])
+    meta["resumed"] = [*(before.get("resumed") or []), {"at": time.time(), "kept_runs": kept}]
+    return float(before.get("wall_seconds") or 0.0)
+
+
+def _finished_runs(out: str, jobs: Sequence[tuple[Task, int, str]]) -> dict[
+        tuple[str, str, int], RunResult]:  # fmt: skip
+    """The runs of ``jobs`` that a bench in ``out`` finished (their ``curve.json``)."""
+    done = {}
+    for task, seed, cond in jobs:
+        path = os.path.join(out, "runs", slug(task.name), cond, f"s{seed}", "curve.json")
+        doc = jsonl.read_json(path, None)
+        if isinstance(doc, dict):
+            curve = Curve(**{c: list(doc["curve"][c]) for c in COLUMNS})
+            done[(task.name, cond, seed)] = RunResult(
+                task.name, cond, seed, doc["steps"], curve, doc["seconds"], doc["run_dir"],
+                doc["notes"])  # fmt: skip
+    return done
 
 
 def _discard(folder: str, runs: str) -> None:
@@ -730,6 +845,7 @@ def load_bench(out: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 __all__ = [
-    "HOTCB_CONDITIONS", "BenchError", "BenchInterrupted", "Runner", "Settings", "Trained",
+    "HOTCB_CONDITIONS", "BenchError", "BenchInterrupted", "Runner", "Settings", "TaskError",
+    "Trained",
     "current_lr", "evaluate", "load_bench", "run_bench", "train", "tune_min_steps",
 ]  # fmt: skip

@@ -24,6 +24,7 @@ import os
 import pickle
 import sys
 import sysconfig
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import HotcbError
 from . import TASKS
 
 
@@ -54,6 +56,29 @@ class Task:
         if self.optimizer is not None:
             return self.optimizer(params, lr)
         return torch.optim.AdamW(params, lr=lr)
+
+
+class TaskError(HotcbError, RuntimeError):
+    """An exception from a task's own code (its ``make()``, ``optimizer()``, a run's
+    ``model``, ``train_step()`` or ``evaluate()``), naming the task, condition and seed;
+    ``__cause__`` is the task's exception and :attr:`traceback` its traceback from the
+    task's code in (the CLI prints it: a bug in a user's task shows where it is)."""
+
+    def __init__(self, where: str, call: str, exc: Exception) -> None:
+        super().__init__(f"{where}: {call} raised {type(exc).__name__}: {exc} (in the task's "
+                         "own code, not hotcb's)")  # fmt: skip
+        tb = exc.__traceback__
+        self.traceback = "".join(  # the frame that caught it is the runner's: left out
+            traceback.format_exception(type(exc), exc, tb.tb_next if tb is not None else None)
+        )
+
+
+def task_call(where: str, call: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, code of a task: an exception from it becomes a :class:`TaskError`."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise TaskError(where, call, exc) from exc
 
 
 class TaskUnavailable(Exception):
@@ -655,16 +680,21 @@ def user_task(spec: str) -> Task:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"task {spec}: cannot load it ({exc})") from exc
-    obj = fn()
+    obj = task_call(f"task {spec}", f"{fn_name}()", fn)
     missing = [a for a in ("total_steps", "eval_every", "lr", "make") if not hasattr(obj, a)]
     if missing:
         raise ValueError(
             f"task {spec}: {fn_name}() returned an object without {', '.join(missing)} "
             "(the contract: docs/bench.md, 'Your own task')"
         )
+    try:
+        numbers = int(obj.total_steps), int(obj.eval_every), float(obj.lr)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task {spec}: total_steps and eval_every are whole numbers, lr a "
+                         f"number: {exc} (the contract: docs/bench.md, 'Your own task')") from None  # fmt: skip
     return Task(
-        spec, str(getattr(obj, "title", spec)), int(obj.total_steps), int(obj.eval_every),
-        float(obj.lr), obj.make, optimizer=getattr(obj, "optimizer", None),
+        spec, str(getattr(obj, "title", spec)), *numbers, obj.make,
+        optimizer=getattr(obj, "optimizer", None),
         about=str(getattr(obj, "about", "") or f"user task {spec}"),
     )  # fmt: skip
 

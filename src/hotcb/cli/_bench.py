@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -19,7 +20,8 @@ RUN_HELP = """\
 Train every task × condition × seed (seeds 0..N-1), save each run's curves (step, train loss,
 val loss, val acc, lr) under OUT/runs/, one row per run in OUT/summary.csv and summary.json,
 then write the report (see 'hotcb bench report'). Ctrl-C keeps the runs that finished and
-writes their report (exit code 130).
+writes their report (exit code 130; Ctrl-C again while it is written is ignored, a third skips
+it); the same command with --resume then runs the rest.
 
 tasks: digits_mlp, digits_cnn, digits_badlr (lr 10x too high) on scikit-learn's bundled digits;
   charlm (a character-level transformer on the Python standard library's own source files);
@@ -57,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seeds", type=int, default=1, help="seeds per condition (default 1)")
     p.add_argument("--steps", type=int, help="optimizer steps per run (default: the task's own)")
     p.add_argument("--out", default="bench-out", help="output folder (default ./bench-out)")
-    p.add_argument("--force", action="store_true", help="replace a bench already in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace a bench already in --out (its runs are deleted)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the bench in --out (interrupted): its finished runs are "
+                   "kept, the others run; the same settings as it was made with")  # fmt: skip
     p.add_argument("--data", help="folder holding CIFAR-10 (for cifar10_resnet20)")
     p.add_argument("--replay-of", default="autopilot", choices=("autopilot", "tune", "ai"),
                    help="the condition whose runs 'replay' replays (default autopilot)")  # fmt: skip
@@ -78,7 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "final val loss and accuracy per condition, and plain statements where a baseline beats "
         "a hotcb condition and whether each replay matched bit for bit.",
     )
-    p.add_argument("folder", metavar="DIR", help="the --out folder of 'hotcb bench run'")
+    p.add_argument("folder", metavar="DIR", nargs="?",
+                   help="the --out folder of 'hotcb bench run' (or --dir DIR)")  # fmt: skip
+    p.add_argument("--dir", "-d", dest="bench_dir", metavar="DIR", help="the same as DIR")
     p.set_defaults(func=cmd_report)
 
 
@@ -95,24 +103,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         said.append(str(exc))
     if said:
         raise UsageError("; also ".join(said))
-    from ..bench.runner import BenchError, BenchInterrupted, Settings, run_bench
+    from ..bench.runner import BenchError, BenchInterrupted, Settings, TaskError, run_bench
 
     settings = Settings(
         tasks=tasks, conditions=conditions, seeds=args.seeds, steps=args.steps, out=args.out,
         data=args.data, replay_of=args.replay_of, rules=args.rules,
         ai_base_url=args.ai_base_url, ai_model=args.ai_model, threads=args.threads,
-        progress=not args.no_progress, force=args.force,
+        progress=not args.no_progress, force=args.force, resume=args.resume,
         command=shlex.join(["hotcb", *sys.argv[1:]]),
     )  # fmt: skip
-    try:
-        meta = run_bench(settings)
-    except BenchError as exc:
-        raise UsageError(str(exc)) from None
-    except BenchInterrupted as exc:  # Ctrl-C: what finished is kept, and reported
-        return _interrupted(exc.meta, report=not args.no_report)
-    except KeyboardInterrupt:  # before the first run started (a task's data loading)
-        print("hotcb bench: interrupted before the first run started", file=sys.stderr)
-        return 130
+    with _CtrlC() as ctrl_c:
+        try:
+            meta = run_bench(settings)
+        except BenchError as exc:
+            raise UsageError(str(exc)) from None
+        except TaskError as exc:  # a bug in the task: where it is, then the one line
+            if not args.debug:
+                print(exc.traceback, end="", file=sys.stderr, flush=True)
+            raise
+        except BenchInterrupted as exc:  # Ctrl-C: what finished is kept, and reported
+            return _interrupted(exc.meta, ctrl_c, report=not args.no_report)
+        except KeyboardInterrupt:  # before the first run started (a task's data loading)
+            print("hotcb bench: interrupted before the first run started", file=sys.stderr)
+            return 130
     out = meta["settings"]["out"]
     print(f"bench: {len(meta['tasks'])} task(s) × {len(meta['conditions'])} condition(s) × "
           f"{len(meta['seeds'])} seed(s) in {meta['wall_seconds']:.1f} s → {out}")  # fmt: skip
@@ -125,30 +138,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupted(meta: dict[str, Any], *, report: bool) -> int:
+class _CtrlC:
+    """SIGINT during ``hotcb bench run``. The first stops the runs (``KeyboardInterrupt``, as
+    Python's own handler); while what finished is then saved and the partial report written,
+    the next is ignored, with a line saying so (a second Ctrl-C a moment after the first
+    ended the bench with neither), and one more during the report skips it. Left alone where
+    SIGINT is ignored (a background job) or handled by someone else."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reporting = False  # the partial report is being written: a third Ctrl-C skips it
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1 or (self.reporting and self.count > 2):
+            raise KeyboardInterrupt
+        if self.count == 2:
+            print("hotcb bench: saving the finished runs and their partial report first "
+                  "(Ctrl-C once more skips the report)", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _interrupted(meta: dict[str, Any], ctrl_c: _CtrlC, *, report: bool) -> int:
     """Ctrl-C during the runs: the partial report (as 'hotcb bench report' writes it), one line
-    saying how far the bench got, and exit code 130 (interrupted by SIGINT)."""
+    saying how far the bench got and how to go on, and exit code 130 (interrupted by SIGINT)."""
     from ..bench.report import write_report
 
     out = meta["settings"]["out"]
     n = meta.get("interrupted_after_runs", 0)
     done = f"interrupted after {n} run{'' if n == 1 else 's'}; partial results in {out}"
+    later = f"'hotcb bench report {shlex.quote(out)}' writes it"
     if not report:
         where = f"report: hotcb bench report {shlex.quote(out)}"
     elif n == 0:
         where = "no run finished: nothing to report"
     else:
+        ctrl_c.reporting = True
         try:
             paths = write_report(out)
             where = f"report: {paths['md']}, {os.path.basename(paths['html'])}"
+        except KeyboardInterrupt:  # the third Ctrl-C
+            where = f"the report was skipped; {later}"
         except Exception as exc:  # the runs are saved; the report can be made later
-            where = f"the report failed: {exc}; 'hotcb bench report {shlex.quote(out)}' retries"
-    print(f"hotcb bench: {done} ({where})", file=sys.stderr, flush=True)
+            where = f"the report failed: {exc}; {later}"
+        finally:
+            ctrl_c.reporting = False
+    print(f"hotcb bench: {done} ({where}); the same command with --resume (not --force) "
+          "runs the rest", file=sys.stderr, flush=True)  # fmt: skip
     return 130
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _report(args.folder)
+    given = [f for f in (args.folder, args.bench_dir) if f is not None]
+    if not given and args.dir != os.environ.get("HOTCB_DIR", "."):
+        given = [args.dir]  # hotcb --dir DIR bench report
+    if not given:
+        raise UsageError("which bench? give its folder: hotcb bench report DIR (the --out of "
+                         "'hotcb bench run')")  # fmt: skip
+    if len(given) == 2 and os.path.abspath(given[0]) != os.path.abspath(given[1]):
+        raise UsageError(f"two folders: DIR {given[0]} and --dir {given[1]}; give one")
+    _report(given[0])
     return 0
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import filecmp
+import importlib.util
 import os
 import shlex
 import shutil
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import DIRECTION_DEFAULT, UsageError
+
+if TYPE_CHECKING:
+    from .._launch import Launch
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -111,14 +115,42 @@ def _command(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+#: The autopilot's flags (``--autopilot MODE``), and those only its LLM modes read.
+_PILOT_FLAGS = (("--key-metric", "key_metric"), ("--direction", "direction"),
+                ("--rules", "rules"))  # fmt: skip
+_AI_FLAGS = (("--ai-config", "ai_config"), ("--ai-base-url", "ai_base_url"),
+             ("--ai-model", "ai_model"), ("--ai-budget", "ai_budget"))  # fmt: skip
+
+
 def _autopilot_args(args: argparse.Namespace) -> list[str]:
-    """``hotcb autopilot``'s flags; a bad --rules file stops the launch, as a bad --notify does."""
-    if args.autopilot != "off" and args.rules is not None:
+    """``hotcb autopilot``'s flags, checked as ``hotcb autopilot`` checks them, before anything
+    is created: a bad --rules file or AI setting stops the launch, as a bad --notify does (the
+    autopilot would fail beside a training already running), and so do its flags without
+    ``--autopilot MODE``, which nothing would read."""
+    given_ai = [flag for flag, key in _AI_FLAGS if getattr(args, key) is not None]
+    if args.autopilot == "off":
+        given = [flag for flag, key in _PILOT_FLAGS if getattr(args, key) is not None]
+        if given or given_ai:
+            raise UsageError(f"{', '.join(given + given_ai)} without --autopilot MODE: the "
+                             "autopilot stays off (add --autopilot suggest, auto, ai_suggest "
+                             "or ai_auto)")  # fmt: skip
+        return []
+    if given_ai and not args.autopilot.startswith("ai_"):
+        them = "it" if len(given_ai) == 1 else "them"
+        raise UsageError(f"{', '.join(given_ai)} with --autopilot {args.autopilot}: only the "
+                         f"LLM autopilot reads {them} (--autopilot ai_suggest or ai_auto)")  # fmt: skip
+    if args.rules is not None:
         from ..autopilot.rules import load_rules
         from ._autopilot import require_rules_file
 
         require_rules_file(args.rules, "--rules")
         load_rules(args.rules)  # every problem, with its line
+    if args.autopilot.startswith("ai_"):
+        from ._autopilot import ai_config
+
+        ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
+        if importlib.util.find_spec("openai") is None:
+            raise UsageError('the LLM autopilot needs the openai SDK: pip install "hotcb[ai]"')
     out: list[str] = []
     for flag, value in (("--key-metric", args.key_metric), ("--direction", args.direction),
                         ("--rules", args.rules and os.path.abspath(args.rules)),
@@ -138,15 +170,34 @@ def _notify_args(args: argparse.Namespace) -> list[str]:
     return notify_argv(args)
 
 
-def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
-    """``--tune MODE``: the ``tune enable`` command, written before the training starts so the
-    kernel applies it at its first step; a bad recipe stops the launch (every problem listed)."""
+def _check_tuner(args: argparse.Namespace) -> None:
+    """``--tune-*`` flags, checked before anything is created: none without ``--tune MODE``,
+    counts of at least 1, a ``--tune-recipe`` file that loads (every problem listed)."""
     given = [f"--tune-{k[5:].replace('_', '-')}" for k, v in sorted(vars(args).items())
              if k.startswith("tune_") and v is not None]  # fmt: skip
     if args.tune == "off":
         if given:
             raise UsageError(f"{', '.join(given)} without --tune MODE: the tuner stays off "
                              "(add --tune active, suggest or observe)")  # fmt: skip
+        return
+    for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
+                    ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
+        if n is not None and n < 1:
+            raise UsageError(f"{flag} must be at least 1, got {n}")
+    if args.tune_recipe is not None:
+        from ..modules.tune import load_recipe
+
+        src = os.path.abspath(os.path.expanduser(args.tune_recipe))
+        if not os.path.isfile(src):
+            raise UsageError(f"--tune-recipe: no file at {src}")
+        load_recipe(src)  # RecipeError: every problem with its line
+
+
+def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
+    """``--tune MODE``: the ``tune enable`` command (flags checked by :func:`_check_tuner`),
+    written once the dashboard is up, before the training starts, so the kernel applies it at
+    its first step."""
+    if args.tune == "off":
         return None
     from ..client import HotClient
 
@@ -157,25 +208,16 @@ def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
                 "storage": args.tune_storage, "study": args.tune_study,
                 "restore": args.tune_restore, "start": args.tune_start,
                 "sync": args.tune_sync}  # fmt: skip
-    for flag, n in (("--tune-segment-steps", args.tune_segment_steps),
-                    ("--tune-segment-evals", args.tune_segment_evals)):  # fmt: skip
-        if n is not None and n < 1:
-            raise UsageError(f"{flag} must be at least 1, got {n}")
     return HotClient(run_dir, source="launch").tune_enable(args.tune, **settings)
 
 
 def _tune_recipe(path: str | None, run_dir: str) -> str | None:
-    """``--tune-recipe FILE`` (relative to where hotcb launch runs) copied into the run
-    directory, where the run reads recipes from (and keeps what it was tuned with); its name
-    there. A broken file is refused before anything is created."""
+    """``--tune-recipe FILE`` (relative to where hotcb launch runs; checked by
+    :func:`_check_tuner`) copied into the run directory, where the run reads recipes from
+    (and keeps what it was tuned with); its name there."""
     if path is None:
         return None
-    from ..modules.tune import load_recipe
-
     src = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(src):
-        raise UsageError(f"--tune-recipe: no file at {src}")
-    load_recipe(src)  # RecipeError: every problem with its line
     dest = os.path.join(run_dir, os.path.basename(src))
     if os.path.exists(dest):
         if not filecmp.cmp(src, dest, shallow=False):
@@ -186,17 +228,43 @@ def _tune_recipe(path: str | None, run_dir: str) -> str | None:
     return os.path.basename(src)
 
 
-def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str]:
-    """``(run_dir, serve_dir, run_id)``. ``--dir`` (or ``$HOTCB_DIR``) is served alone; without
-    either (the CLI's default ``.`` is not taken as a run directory) a new ``./runs/<time>``
-    is served from ``./runs``, beside the earlier runs."""
+def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str, str | None]:
+    """``(run_dir, serve_dir, run_id, made)``. ``--dir`` (or ``$HOTCB_DIR``) is served alone;
+    without either (the CLI's default ``.`` is not taken as a run directory) a new
+    ``./runs/<time>`` is served from ``./runs``, beside the earlier runs. ``made``: the
+    topmost folder of the run directory's path that did not exist before (None: none)."""
     from .._launch import new_run_dir
 
     if args.dir == "." and not os.environ.get("HOTCB_DIR"):
+        made = _first_missing(os.path.abspath("runs"))
         path = new_run_dir("runs")
-        return path, os.path.dirname(path), os.path.basename(path)
+        return path, os.path.dirname(path), os.path.basename(path), made or path
     path = os.path.abspath(args.dir)
-    return path, path, "."
+    return path, path, ".", _first_missing(path)
+
+
+def _first_missing(path: str) -> str | None:
+    """The topmost folder of absolute ``path`` that does not exist (None: it exists)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _unmake(run_dir: str, made: str | None) -> None:
+    """A launch that did not start its training leaves nothing: the run directory it made
+    goes, with what the launch wrote in it, and so do the folders above it that it made,
+    when nothing else has come into them (a run of another launch in a new ``./runs``)."""
+    if made is None:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    path = run_dir
+    while path != made and path != os.path.dirname(path):
+        path = os.path.dirname(path)
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty
+            return
 
 
 def _say(line: str) -> None:
@@ -204,8 +272,10 @@ def _say(line: str) -> None:
         print(f"hotcb launch: {line}", file=sys.stderr, flush=True)
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
-    from .._launch import Launch, LaunchOptions, check_program, free_port
+def _checked(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """The training command, the autopilot's flags and the notifier's, every flag checked
+    before anything is created: a refused launch leaves nothing behind."""
+    from .._launch import check_program
 
     argv = _command(args)
     check_program(argv)
@@ -213,19 +283,29 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     if args.resume_from is not None and not os.path.exists(args.resume_from):
         raise UsageError(f"--resume-from: no checkpoint at {os.path.abspath(args.resume_from)}")
-    run_dir, serve_dir, run_id = _run_dirs(args)
-    tune_id = _enable_tuner(args, run_dir)
+    _check_tuner(args)
+    return argv, _autopilot_args(args), _notify_args(args)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .._launch import Launch, LaunchOptions, free_port
+
+    argv, autopilot_args, notify_args = _checked(args)
+    port = free_port(args.port) if args.serve else 0
+    run_dir, serve_dir, run_id, made = _run_dirs(args)
+    tune_ids: list[str | None] = []
     opts = LaunchOptions(
         serve=args.serve,
         serve_dir=serve_dir,
         run_id=run_id,
-        port=free_port(args.port) if args.serve else 0,
+        port=port,
         host=args.host,
         autopilot=args.autopilot,
-        autopilot_args=_autopilot_args(args),
-        notify_args=_notify_args(args),
+        autopilot_args=autopilot_args,
+        notify_args=notify_args,
         resume_from=args.resume_from,
         out=_say,
+        prepare=lambda path: tune_ids.append(_enable_tuner(args, path)),
     )
     run = Launch(argv, run_dir, opts)
     got: dict[str, int] = {}
@@ -248,17 +328,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     try:
         try:
             run.start()
-        except KeyboardInterrupt:
-            return 128 + got.get("sig", signal.SIGINT)
-        _say(f"run directory {run.run_dir}")
-        if run.url:
-            _say(f"dashboard: {run.url}")
-        if args.autopilot != "off":
-            _say(f"autopilot ({args.autopilot}) on the run")
-        if tune_id is not None:
-            _say(f"tuner ({args.tune}) from the first step: 'hotcb --dir {run.run_dir} tune "
-                 "status'")  # fmt: skip
-        _say(f"training (pid {run.pid}): {shlex.join(argv)}")
+        except BaseException as exc:  # refused or interrupted before the training started
+            if run.pid is None:
+                _unmake(run_dir, made)
+            if isinstance(exc, KeyboardInterrupt):
+                return 128 + got.get("sig", signal.SIGINT)
+            raise
+        _say_started(args, run, tuned=any(tune_ids))
         code = run.wait()
     finally:
         for s, handler in previous.items():
@@ -267,6 +343,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                      ("autopilot", args.autopilot != "off"),
                                      ("notifications", bool(opts.notify_args))) if on]  # fmt: skip
     return _ended(code, run.signal_sent, f"; {' and '.join(helpers)} stopped" if helpers else "")
+
+
+def _say_started(args: argparse.Namespace, run: Launch, *, tuned: bool) -> None:
+    """What the launch started, and where."""
+    _say(f"run directory {run.run_dir}")
+    if run.url:
+        _say(f"dashboard: {run.url}")
+    if args.autopilot != "off":
+        _say(f"autopilot ({args.autopilot}) on the run")
+    if tuned:
+        _say(f"tuner ({args.tune}) from the first step: 'hotcb --dir {run.run_dir} tune status'")
+    _say(f"training (pid {run.pid}): {shlex.join(run.argv)}")
 
 
 def _ended(code: int, sent: signal.Signals | None, stopped: str) -> int:

@@ -1,0 +1,182 @@
+"""``hotcb launch`` refusing what it cannot run, before the training starts and without
+leaving a run directory behind; and the helpers (autopilot, notifier) that fail beside the
+training, said whenever they fail. Every launch is a real ``hotcb launch`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: This environment without HOTCB_DIR (a developer's shell may set it).
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+
+#: A training that says it started: a refused launch must never run it.
+STARTED = [sys.executable, "-c", "open('training-started', 'w').close()"]
+
+
+def _launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``hotcb launch ARGS`` in ``tmp_path`` (a new ``./runs/<time>`` there, without --dir)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hotcb", "launch", *args], cwd=tmp_path, env=env or SUBPROCESS_ENV,
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _refused(done: subprocess.CompletedProcess[str], tmp_path: Path) -> str:
+    """Exit code 2, the training never started, no run directory made; the stderr."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert not (tmp_path / "training-started").exists(), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists(), sorted(os.listdir(tmp_path / "runs"))
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "flags", "said"),
+    [
+        ("api_key: sk-x\ntimeout_sec: 0\n", [],
+         ["line 1: api_key: a key never goes in a file", "line 2: timeout_sec: must be >= 0.001"]),
+        (None, [], ["cannot read --ai-config", "No such file or directory"]),
+        ("model: m\n", ["--ai-base-url", "ftp://x"],
+         ["base_url: expected an http:// or https:// URL, got 'ftp://x'"]),
+    ],
+    ids=["bad-file", "missing-file", "bad-base-url"],
+)  # fmt: skip
+def test_bad_ai_settings_are_refused_before_the_training_starts(
+    tmp_path: Path, config: str | None, flags: list[str], said: list[str]
+) -> None:
+    """The autopilot checked them only once it ran beside a training already started (exit 2,
+    'the training goes on'), and a short training ended before it said why."""
+    if config is not None:
+        (tmp_path / "ai.yaml").write_text(config)
+    done = _launch(tmp_path, "--autopilot", "ai_auto", "--ai-config", "ai.yaml", *flags, "--",
+                   *STARTED)  # fmt: skip
+    err = _refused(done, tmp_path)
+    for text in said:
+        assert text in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--autopilot", "suggest", "--rules", "rules.yaml"], "rules.yaml"),
+        (["--notify", "notify.yaml"], "notify.yaml"),
+        (["--tune-objective", "val_loss"], "--tune-objective without --tune MODE"),
+        (["--serve", "--host", "192.0.2.1", "--port", "0"], "the dashboard did not start"),
+    ],
+    ids=["bad-rules", "bad-notify", "tune-flag-without-tune", "dashboard-cannot-start"],
+)
+def test_a_refused_launch_leaves_no_run_directory(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """A refused launch made ./runs/<time> (and the dashboard's, hotcb.run.json in it) that
+    then showed as a run 'not started'. 192.0.2.1 is an address of no machine here: the
+    dashboard cannot listen on it."""
+    (tmp_path / "rules.yaml").write_text("rules:\n  - id: x\n    when: {detector: nope}\n")
+    (tmp_path / "notify.yaml").write_text("alerts: 3\n")
+    err = _refused(_launch(tmp_path, *args, "--", *STARTED), tmp_path)
+    assert said in err, err
+
+
+def test_a_dashboard_that_cannot_start_leaves_a_given_directory_as_it_was(tmp_path: Path) -> None:
+    """--dir RUN: a run directory it had to make is removed (with the folders above it that it
+    made), and an existing one gets no launch record (the previous run's end stays), nor the
+    tuner's command (it would wait there for the next run)."""
+    args = ["--serve", "--host", "192.0.2.1", "--port", "0", "--tune", "active"]
+    _refused(_launch(tmp_path, "--dir", "new/a/run", *args, "--", *STARTED), tmp_path)
+    assert not (tmp_path / "new").exists()
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "hotcb.run.json").write_text('{"ended": {"reason": "finished"}}')
+    _refused(_launch(tmp_path, "--dir", "old", *args, "--", *STARTED), tmp_path)
+    assert sorted(os.listdir(run)) == ["hotcb.run.json"]
+    assert (run / "hotcb.run.json").read_text() == '{"ended": {"reason": "finished"}}'
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--rules", "rules.yaml"], "--rules without --autopilot MODE"),
+        (["--key-metric", "acc", "--direction", "maximize"],
+         "--key-metric, --direction without --autopilot MODE"),
+        (["--ai-model", "m"], "--ai-model without --autopilot MODE"),
+        (["--autopilot", "suggest", "--ai-config", "ai.yaml"],
+         "--ai-config with --autopilot suggest: only the LLM autopilot reads it "
+         "(--autopilot ai_suggest or ai_auto)"),
+    ],
+    ids=["rules", "key-metric", "ai-flag", "ai-flag-rule-mode"],
+)  # fmt: skip
+def test_autopilot_flags_without_the_autopilot_are_a_usage_error(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """They were silently ignored, where --tune-* without --tune is refused."""
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    (tmp_path / "ai.yaml").write_text("model: m\n")
+    err = _refused(_launch(tmp_path, *args, "--", *STARTED), tmp_path)
+    assert said in err, err
+
+
+# A stand-in for the helpers (put first on PYTHONPATH): `hotcb autopilot` and `hotcb notify`
+# started by hotcb launch say they are up, then fail as hotcb launch stops them (SIGTERM), or
+# at once ("at-once"). The launcher, the training and any other Python run as usual.
+FAILING_HELPERS = """
+import os, signal, sys
+
+NAME = next((n for n in ("autopilot", "notify") if n in sys.argv), None)
+if NAME is not None and "launch" not in sys.argv:
+
+    def fail(*_):
+        print(f"hotcb: error: the {NAME} broke", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    signal.signal(signal.SIGTERM, fail)
+    if os.environ.get("HOTCB_NOTIFY_READY"):  # hotcb launch waits for it before SIGTERM
+        open(os.environ["HOTCB_NOTIFY_READY"], "w").close()
+    open(os.path.join(os.environ["HELPERS_UP"], NAME), "w").close()
+    if os.environ["HELPERS_FAIL"] == "at-once":
+        fail()
+    while True:
+        signal.pause()
+"""
+
+# The training: ends once both helpers are up (before the autopilot could fail on its own).
+WAITS_FOR_THE_HELPERS = """
+import os, sys, time
+up = os.environ["HELPERS_UP"]
+deadline = time.monotonic() + 60
+while sorted(os.listdir(up)) != ["autopilot", "notify"]:
+    if time.monotonic() > deadline:
+        sys.exit(f"the helpers did not start: {os.listdir(up)}")
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("when", ["on-stop", "at-once"])
+def test_a_helper_that_fails_is_said_even_when_the_training_ends_first(
+    tmp_path: Path, when: str
+) -> None:
+    """An autopilot that failed as the training ended, and a notifier that failed at any time,
+    were never mentioned: only an autopilot failing while the training still ran was."""
+    site, up = tmp_path / "site", tmp_path / "up"
+    site.mkdir()
+    up.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(FAILING_HELPERS))
+    path = os.pathsep.join(p for p in (str(site), SUBPROCESS_ENV.get("PYTHONPATH")) if p)
+    env: dict[str, Any] = {**SUBPROCESS_ENV, "PYTHONPATH": path, "HELPERS_UP": str(up),
+                           "HELPERS_FAIL": when}  # fmt: skip
+    done = _launch(tmp_path, "--dir", "run", "--autopilot", "suggest", "--notify-webhook",
+                   "http://127.0.0.1:9/hook", "--", sys.executable, "-c",
+                   textwrap.dedent(WAITS_FOR_THE_HELPERS), env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    for name, helper in (("autopilot", "autopilot"), ("notify", "notifier")):
+        assert f"hotcb: error: the {name} broke" in lines, done.stderr
+        said = [ln for ln in lines if ln.startswith(f"hotcb launch: the {helper} exited (2)")]
+        assert len(said) == 1, done.stderr  # once, whichever thread saw it first
