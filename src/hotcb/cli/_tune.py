@@ -326,12 +326,29 @@ def _bracket_line(b: dict[str, Any]) -> str:
     return f"{head}: " + "; ".join(said) if said else head
 
 
+def _proposals(st: dict[str, Any]) -> str:
+    """The proposals accepted beside those turned down (suggest mode), those still waiting,
+    and those a re-enable, a disable or the run's end left unanswered: ``accepted: 2
+    rejected: 1   pending: 1   ``."""
+    counts = st.get("counts") or {}
+    rows = [p for p in st.get("proposals") or () if isinstance(p, dict)]
+    accepted = counts.get("accepted")
+    if accepted is None:  # a state written before they were counted: its rows say
+        accepted = sum(1 for p in rows if p.get("state") == "accepted")
+    pending = sum(1 for p in rows if p.get("state") == "pending")  # (a run over: `ended`)
+    said = (("rejected", counts.get("rejected")), ("pending", pending),
+            ("expired", counts.get("expired")))  # fmt: skip
+    head = f"accepted: {accepted}   " if counts.get("proposed") else ""
+    return head + "".join(f"{k}: {n}   " for k, n in said if n)
+
+
 def _summary(st: dict[str, Any]) -> None:
     """Trials by decision, the best, the study, the warnings, the state's age."""
     counts = st.get("counts") or {}
-    rate = st.get("accept_rate")
-    # proposals a person turned down, or that a re-enable or a disable left unanswered
-    others = "".join(f"{k}: {counts[k]}   " for k in ("rejected", "expired") if counts.get(k))
+    # trials kept of those judged, whoever started them: not proposals accepted (suggest mode)
+    rate = st.get("kept_rate", st.get("accept_rate"))
+    judged = counts.get("kept", 0) + counts.get("rolled_back", 0)
+    others = _proposals(st)
     # trials a life a resume replaced opened and finished: in the study, in no life of the run
     replaced = sum(1 for r in st.get("trials") or () if isinstance(r, dict)
                    and r.get("decision") == "replaced")  # fmt: skip
@@ -341,7 +358,8 @@ def _summary(st: dict[str, Any]) -> None:
           "{proposed}   ".format(**{k: counts.get(k, 0) for k in (
               "segments", "kept", "rolled_back", "proposed")})
           + f"{others}failed: {counts.get('failed', 0)}"
-          + (f"   accept rate: {rate:.0%}" if rate is not None else ""))  # fmt: skip
+          + (f"   kept rate: {rate:.0%} ({counts.get('kept', 0)} of {judged} judged)"
+             if rate is not None else ""))  # fmt: skip
     levels = st.get("levels") or []
     if levels:  # the trend's points: each segment's level, at its middle step
         shown = ", ".join(f"{fmt_value(p['level'])} (step {p['step']})" for p in levels)

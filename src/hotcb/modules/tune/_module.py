@@ -62,6 +62,8 @@ _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "
           "threshold", "startup_trials", "total_steps", "abort")  # fmt: skip
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
 _NO_KEEP = "no trial can be kept: the bar to keep one is above +1, the most a lower loss scores"
+#: A level whose standard error is this share of it or more is not sure to be above zero
+_NEAR_ZERO = 0.25
 _FROZEN = "the run's freeze mode is"  # the head of the note while the tuner holds back
 #: The training loss under the names loops log it (bare loops and HF: ``loss``; Lightning's
 #: ``self.log("train_loss", ...)``): the blow-up watch, and the objective's stand-in.
@@ -167,8 +169,8 @@ class TuneModule:
         self.waiting: dict[str, Any] | None = None  # a submitted mutate/rollback not yet applied
         self.proposals: list[dict[str, Any]] = []
         self.trials: list[dict[str, Any]] = []
-        self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "rejected": 0,
-                       "expired": 0, "failed": 0}  # fmt: skip
+        self.counts = {"segments": 0, "kept": 0, "rolled_back": 0, "proposed": 0, "accepted": 0,
+                       "rejected": 0, "expired": 0, "failed": 0}  # fmt: skip
         self.cooldowns: dict[str, int] = {}
         self.streak = 0
         self.backoff = 0
@@ -194,9 +196,14 @@ class TuneModule:
         # the last training losses (objective != loss): a bounded window, no copy per step
         self.train_recent: deque[float] = deque(maxlen=_TRAIN_WATCH)
         self._watch_before: list[float] = []  # train_recent when the open trial started
+        # the segment that closed last: the step of its boundary and its last values of the
+        # objective. A trial's early-abort line is drawn from them and the values since,
+        # whenever its mutation lands (Optuna's answer, a person's accept: steps later)
+        self.closed: tuple[int, list[float]] = (-1, [])
         self.trend_noise: float | None = None  # relative miss of the trend on baseline segments
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
         self.train_name: str | None = None  # the training loss seen while the objective was not
+        self.last_step: int | None = None  # the last step seen: where the run's end cut a trial
 
     @property
     def wants_events(self) -> bool:
@@ -250,7 +257,7 @@ class TuneModule:
         return None
 
     def on_events(self, events: Sequence[str], env: Env) -> None:
-        step = int(env["step"])
+        step = self.last_step = int(env["step"])
         if self.opening is not None and self.opening.done():
             # collected as soon as it answers: a storage that cannot be opened turns the
             # tuner off now (ledgered), not two baseline segments later
@@ -282,6 +289,44 @@ class TuneModule:
                 self.total_steps = total
             self._boundary(step)
             self._save()
+
+    def close(self) -> None:
+        """The run ends (``kernel.close()``: its loop finished, or was stopped): nothing it
+        opened is left RUNNING in the study, where a shared study would keep it open for good.
+        The open trial, a mutation not applied yet, a trial being asked for and the pending
+        proposals are told FAIL, each with its reason in the ledger and ``tune status``; then
+        what is queued for the study is written. A kill -9 skips this: the next life's resume
+        or restart fails what it left open (``Study.fail_open``)."""
+        if self.mode != "off" and self.host.is_leader:
+            self._end_of_run()
+            self._save()
+        self._drain()
+
+    def _end_of_run(self) -> None:
+        """:meth:`close`'s part on the leader of a tuner that is on."""
+        ended = self.asking is not None or self.trial is not None
+        self._drop_asking("the run ended while the trial was asked for")
+        waiting = self.waiting
+        if waiting is not None and waiting.get("kind") == "mutate":
+            self.waiting, ended = None, True
+            self._void_at_end(waiting.get("trial"), "the run ended before its mutation was applied")
+        # left pending in the state file: `tune status` and `tune proposals` show a finished
+        # run's as `ended`, and an accept is refused with the run's end as the reason
+        self._expire_proposals("the run ended before a person answered it", keep=True)
+        trial, self.trial = self.trial, None
+        if trial is not None:
+            self._void_at_end(trial["number"], "the run ended during the trial")
+        if ended:  # a checkpoint saved after the end resumes in a baseline segment
+            self._start_segment(self.last_step if self.last_step is not None else -1, "baseline")
+
+    def _void_at_end(self, number: Any, why: str) -> None:
+        """A trial the run's end leaves unjudged: FAIL, in its row and the ledger."""
+        reason = f"{why}: not judged"
+        self._fail(number, reason)
+        self._row(number).update(decision="failed", end_step=self.last_step,
+                                 detail={"reason": reason})  # fmt: skip
+        self.host.record({"module": "tune", "op": "void", "source": "tune", "decision": "applied",
+                          "tune": {"trial": number, "reason": reason}})  # fmt: skip
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
         if entry.get("op") == "rollback":  # a trial's change back, with no trial to judge it
@@ -343,6 +388,7 @@ class TuneModule:
             },
             "enabled_at": self.enabled_at,
             "history": self.history,
+            "closed": {"step": self.closed[0], "values": self.closed[1]},
             "trial": self.trial,
             "waiting": self.waiting,
             "proposals": self.proposals,
@@ -385,6 +431,8 @@ class TuneModule:
                                list(seg.get("values") or []))  # fmt: skip
         self.enabled_at = int(state.get("enabled_at") or 0)
         self.history = [(float(h[0]), float(h[1])) for h in state.get("history") or []]
+        closed = state.get("closed") or {}
+        self.closed = (int(closed.get("step", -1)), [float(v) for v in closed.get("values") or []])
         self.trial = state.get("trial")
         self.proposals = [dict(p) for p in state.get("proposals") or []]
         self.trials = [dict(r) for r in state.get("trials") or []]
@@ -474,11 +522,16 @@ class TuneModule:
         found = self.study.trial(number)
         if found is None or not found.state.is_finished():
             return
-        self._row(number).update(
-            study_score=found.value,
-            note="open at the checkpoint and judged by the life the resume replaced: the "
-            "study keeps that score; this life judged the trial again and acted on its own",
-        )
+        if found.value is None:  # that life ended (or voided it) before judging it
+            why = (found.user_attrs.get("hotcb") or {}).get("reason") or "not judged"
+            note = (f"open at the checkpoint and told FAIL by the life the resume replaced "
+                    f"({why}): the study keeps FAIL; this life judges the trial again and acts "
+                    "on its own score")  # fmt: skip
+        else:
+            note = ("open at the checkpoint and judged by the life the resume replaced: the "
+                    "study keeps that score; this life judged the trial again and acted on its "
+                    "own")  # fmt: skip
+        self._row(number).update(study_score=found.value, note=note)
 
     # ------------------------------------------------------------------ ops
     def _op_enable(self, op: HotOp, env: Env) -> OpResult:
@@ -560,6 +613,7 @@ class TuneModule:
             return OpResult("rejected", error=found)
         if accept:
             found["state"] = "accepted"
+            self.counts["accepted"] = self.counts.get("accepted", 0) + 1
             self._submit("mutate", {"trial": found["trial"], "values": found["values"],
                                     "moves": found.get("moves") or {}},
                          int(env["step"]))  # fmt: skip
@@ -1015,6 +1069,7 @@ class TuneModule:
         self.val_objective = False
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
+        self.closed = (-1, [])
         self.trend_noise, self.total_steps = None, settings.total_steps
         self.warnings = []
         self._weights_note()
@@ -1214,7 +1269,7 @@ class TuneModule:
                    f"({pick})")  # fmt: skip
         self._weights_note()
         self.segment = Segment(self.segment.start, [], [])
-        self.history = []
+        self.history, self.closed = [], (-1, [])
 
     def _sparse(self, step: int) -> None:
         """Say in ``tune status`` when the objective comes less often than once a segment of
@@ -1293,11 +1348,19 @@ class TuneModule:
 
     def _per_step_line(self) -> float | None:
         """For an objective logged every step and minimized (a training loss): the line a
-        trial's values must pass to end it early, from the segment before it
-        (:func:`_blow_up_line`); None for one logged at validations."""
+        trial's values must pass to end it early, from the segment before it and the steps
+        since its boundary (:func:`_blow_up_line`); None for one logged at validations.
+
+        The segment in progress is not "the segment before": in the default mode a new one
+        starts while Optuna is asked, and a person accepts a proposal any step into one. Drawn
+        from the few steps before the answer, the line depended on the timing of the answer,
+        and under 5 steps there was none (the median of 3 then read batch noise as harm)."""
         if self._sign < 0 or (self.objective_used not in _TRAIN_LOSSES and self.val_objective):
             return None
-        return _blow_up_line(self.segment.values[-_TRAIN_WATCH:], self.settings.abort)
+        at, before = self.closed
+        seg = self.segment  # the closed one itself, until a new segment starts
+        since = [v for s, v in zip(seg.steps, seg.values, strict=True) if s > at]
+        return _blow_up_line([*before, *since][-_TRAIN_WATCH:], self.settings.abort)
 
     def _train_blew_up(self) -> bool:
         """The training loss (logged every step) of a trial is ``abort`` worse than before the
@@ -1325,6 +1388,7 @@ class TuneModule:
     def _boundary(self, step: int) -> None:
         seg = self.segment
         self.counts["segments"] += 1
+        self.closed = (step, seg.values[-_TRAIN_WATCH:])
         for name in list(self.cooldowns):
             self.cooldowns[name] -= 1
             if self.cooldowns[name] <= 0:
@@ -1360,6 +1424,30 @@ class TuneModule:
                        "measure: until the trend has missed a segment left alone, a trial is "
                        "kept on any gain; use --segment-evals 3 or more")  # fmt: skip
         return max(float(detail.get("noise", 0.0)), self.trend_noise or 0.0)
+
+    def _no_keep_cause(self, detail: Mapping[str, Any]) -> str:
+        """Why the bar to keep a trial is above +1, said with its fix. The threshold asked for;
+        a level near zero (its own noise sets the bar, or its standard error is a quarter of it
+        or more, or a level was not above zero: the trend's misses are that noise, and stay);
+        else the trend's miss on segments left alone: a jump of the level (a blow-up, say),
+        which passes as they follow the trend again. Another objective helps the second only
+        (a probe's val_loss of 4.8 after a blow-up was said to be "so near zero")."""
+        name, threshold = self.objective_used, self.settings.threshold
+        if threshold >= 1.0:
+            return f"the threshold asked for (--threshold {threshold:g}) is that high; lower it"
+        level = _number(detail.get("level"))
+        own = float(detail.get("noise", 0.0))
+        if threshold + own >= 1.0 or own >= _NEAR_ZERO or any(y <= 0 for _, y in self.history):
+            at = f" ({level:.3g})" if level is not None else ""
+            return (f"{name!r} is so near zero that its noise is larger than its level{at}; "
+                    "score another objective (--objective)")  # fmt: skip
+        levels = ", ".join(f"{y:.4g}" for _, y in self.history)
+        return (f"the trend missed the segments left alone by {self.trend_noise or 0.0:.0%} "
+                f"(levels {levels}): {name!r} is not near zero (the trial's level"
+                + (f" {level:.4g}" if level is not None else "")
+                + f" ±{own:.0%}), its level jumped (a blow-up, say); the bar comes down as "
+                "segments left alone follow the trend again (each one it predicts halves "
+                "the miss)")  # fmt: skip
 
     def _cut_short(
         self, trial: Mapping[str, Any], seg: Segment, score: float, detail: dict[str, Any]
@@ -1407,9 +1495,7 @@ class TuneModule:
         detail["needed"] = needed = self.settings.threshold + margin  # the bar a keep clears
         if needed >= 1.0 and self._sign > 0:  # a lower loss scores +1 at most (down to zero)
             self.warnings = [w for w in self.warnings if not w.startswith(_NO_KEEP)]
-            self._warn(f"{_NO_KEEP} (+{needed:.3g}): {self.objective_used!r} is so near zero "
-                       "that its noise is larger than its level; score another objective "
-                       "(--objective)")  # fmt: skip
+            self._warn(f"{_NO_KEEP} (+{needed:.3g}): {self._no_keep_cause(detail)}")
         keep = math.isfinite(score) and score > needed
         attrs = {
             "score_detail": detail,
@@ -1819,14 +1905,16 @@ class TuneModule:
         if self._worker is not None:
             self._worker.drain()
 
-    def _expire_proposals(self, reason: str) -> None:
+    def _expire_proposals(self, reason: str, *, keep: bool = False) -> None:
         """Pending proposals of the tuner as it was: Optuna hears FAIL, the trial's row and
-        the ledger say they expired (the row said `proposed` for good, the ledger nothing)."""
+        the ledger say they expired (the row said `proposed` for good, the ledger nothing).
+        ``keep``: the proposal itself stays ``pending`` (at the run's end: shown ``ended``)."""
         for p in self.proposals:
             if p["state"] == "pending":  # not a failure: Optuna hears FAIL all the same
                 self.counts["expired"] = self.counts.get("expired", 0) + 1
                 self._tell(p["trial"], None, {"reason": reason})
-                p["state"] = "expired"
+                if not keep:
+                    p["state"] = "expired"
                 self._row(p["trial"]).update(decision="expired", detail={"reason": reason})
                 self.host.record({"module": "tune", "op": "expire", "source": "tune",
                                   "decision": "applied", "tune": {"proposal": p["id"],
@@ -1935,7 +2023,11 @@ class TuneModule:
             "counts": self.counts,
             # the last segments' levels (the trend's points): what observe mode shows
             "levels": [{"step": round(mid), "level": level} for mid, level in self.history],
+            # trials kept of those judged, whoever started them (in suggest mode: of the
+            # proposals accepted, those that kept their score); `accept_rate` is its old name
+            "kept_rate": kept / judged if judged else None,
             "accept_rate": kept / judged if judged else None,
+            "judged": judged,
             "best": self.best,
             "space": [k.to_dict() for k in s.space],
             "warnings": self.warnings,

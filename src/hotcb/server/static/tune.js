@@ -388,7 +388,7 @@ export class TunePanel {
     // the direction asked for, unless the badge just said it (a stand-in scored the same way)
     if (f.direction && !(f.fallback && f.direction === f.directionUsed)) obj.append(" ", el("span", "muted small", f.direction));
     row("counts", f.counts).classList.add("tune-counts");
-    const rate = row("accept rate", f.acceptRate);
+    const rate = row("kept rate", f.acceptRate);
     rate.classList.add("tune-rate");
     rate.title = "trials kept ÷ trials judged (kept or rolled back on their score)";
     row("best", f.best).classList.add("tune-best");

@@ -1,0 +1,173 @@
+"""A run that ends (``kernel.close()``) leaves no trial RUNNING in its study: an open trial, a
+mutation not applied yet, a trial being asked for and a pending proposal are told FAIL, with
+the reason in the ledger and ``tune status`` (docs/tune.md, "Resume, crashes and
+torch.distributed"). A shared study otherwise kept them open for good."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import threading
+from typing import Any
+
+import optuna
+from tune_helpers import Toy, log_level
+
+from hotcb import HotClient, HotKernel
+from hotcb.modules.tune._study import Study
+from hotcb.testing import wait_for
+
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+FAIL = optuna.trial.TrialState.FAIL
+
+
+def _trials(run_dir: str) -> dict[int, optuna.trial.FrozenTrial]:
+    """The study as Optuna has it on disk (read by a storage of its own)."""
+    study = optuna.load_study(study_name="hotcb-run", storage=f"sqlite:///{run_dir}/hotcb.tune.db")
+    return {t.number: t for t in study.get_trials(deepcopy=False)}
+
+
+def _voids(t: Toy) -> dict[int, str]:
+    t.kernel.flush()
+    return {e["tune"]["trial"]: e["tune"]["reason"] for e in t.ledger("void")}
+
+
+def test_a_trial_open_when_the_run_ends_is_told_fail_with_the_reason(toy: Any, cli: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and tune().phase == "trial")
+    number = tune().trial["number"]
+    assert _trials(t.kernel.run_dir)[number].state == optuna.trial.TrialState.RUNNING
+    t.run(3)
+    t.kernel.close()
+
+    told = _trials(t.kernel.run_dir)[number]
+    assert told.state == FAIL
+    why = "the run ended during the trial: not judged"
+    assert told.user_attrs["hotcb"]["reason"] == why
+    assert _voids(t)[number] == why  # the ledger: `hotcb log` prints it
+    assert why in cli(t.kernel.run_dir, "log", "-n", "0").stdout
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    (row,) = [r for r in st["trials"] if r["trial"] == number]
+    assert row["decision"] == "failed" and row["detail"]["reason"] == why
+    assert row["end_step"] == t.step and st["trial"] is None
+    assert not [n for n, tr in _trials(t.kernel.run_dir).items() if not tr.state.is_finished()]
+
+
+def test_a_mutation_not_applied_when_the_run_ends_is_told_fail(toy: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    # the mutate command is written at the boundary and applied at the next step's poll
+    t.run(1000, until=lambda: tune() is not None and tune().waiting is not None
+          and tune().waiting["kind"] == "mutate")  # fmt: skip
+    number = tune().waiting["trial"]
+    t.kernel.close()
+    assert _trials(t.kernel.run_dir)[number].state == FAIL
+    assert _voids(t)[number] == "the run ended before its mutation was applied: not judged"
+    assert tune().counts["failed"] == 1
+
+
+def test_a_trial_being_asked_for_when_the_run_ends_is_told_fail(toy: Any, monkeypatch: Any) -> None:
+    gate = threading.Event()
+    real_ask = Study.ask
+
+    def late_ask(self: Study, *args: Any, **kw: Any) -> Any:
+        gate.wait(120)
+        return real_ask(self, *args, **kw)
+
+    monkeypatch.setattr(Study, "ask", late_ask)
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY)  # fmt: skip
+    t.run(100, until=lambda: tune() is not None)
+    wait_for(lambda: tune().study is not None or tune().opening.done(), timeout=60,
+             what="the study to open")  # fmt: skip
+    t.run(100, until=lambda: tune().phase == "asking")
+    assert tune().phase == "asking"
+    gate.set()  # Optuna answers while the run closes: close waits for it, then fails it
+    t.kernel.close()
+    trials = _trials(t.kernel.run_dir)
+    assert len(trials) == 1 and all(tr.state == FAIL for tr in trials.values())
+
+
+def test_a_pending_proposal_when_the_run_ends_is_told_fail_and_shown_ended(
+    toy: Any, cli: Any
+) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("suggest", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
+    (p,) = tune().proposals
+    t.kernel.close()
+
+    assert _trials(t.kernel.run_dir)[p["trial"]].state == FAIL
+    why = "the run ended before a person answered it"
+    t.kernel.flush()
+    (expired,) = t.ledger("expire")
+    assert expired["tune"] == {"proposal": p["id"], "trial": p["trial"], "reason": why}
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    assert [q["state"] for q in st["proposals"]] == ["ended"]
+    (row,) = [r for r in st["trials"] if r["trial"] == p["trial"]]
+    assert row["decision"] == "expired" and row["detail"]["reason"] == why
+    assert st["counts"]["expired"] == 1
+    assert "expired: 1" in cli(t.kernel.run_dir, "tune", "status").stdout
+
+
+def test_a_copied_run_s_proposal_is_told_fail_when_the_copy_ends(toy: Any, tmp_path: Any) -> None:
+    """A checkpoint with a proposal pending, resumed in a copy of the run directory (which goes
+    on in the original's study): the copy's end tells that trial FAIL, though another run
+    directory opened it (the original was killed, and no life of it will)."""
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("suggest", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
+    (p,) = tune().proposals
+    checkpoint = copy.deepcopy(t.kernel.state_dict())
+    copied = str(tmp_path / "copy")
+    shutil.copytree(t.kernel.run_dir, copied)
+
+    resumed = HotKernel(copied)
+    resumed.load_state_dict(checkpoint)
+    assert _trials(t.kernel.run_dir)[p["trial"]].state == optuna.trial.TrialState.RUNNING
+    resumed.close()  # (the original's kernel is never closed before this: "killed")
+    assert _trials(t.kernel.run_dir)[p["trial"]].state == FAIL
+
+
+def test_a_resume_after_a_clean_end_judges_the_trial_again_and_tells_nothing_twice(
+    toy: Any,
+) -> None:
+    """A checkpoint inside a trial, then the run ends (the trial told FAIL), then a resume from
+    the checkpoint: the resumed life judges the trial again and acts on its score, the study
+    keeps FAIL (the row says so), and new trials are numbered after every trial in it."""
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and tune().phase == "trial")
+    number = tune().trial["number"]
+    checkpoint = copy.deepcopy(t.kernel.state_dict())
+    t.run(3)
+    t.kernel.close()
+    assert _trials(t.kernel.run_dir)[number].state == FAIL
+
+    resumed = HotKernel(t.kernel.run_dir)
+    t.kernel = resumed  # the loop goes on (the resumed life re-observes the trial's segment)
+    resumed.load_state_dict(checkpoint)
+    again = resumed.module("tune")
+    (row,) = [r for r in again.trials if r["trial"] == number]
+    assert row["study_score"] is None and "the study keeps FAIL" in row["note"], row
+    t.run(1000, until=lambda: again.counts["kept"] + again.counts["rolled_back"] >= 2)
+    resumed.close()
+    trials = _trials(t.kernel.run_dir)
+    assert trials[number].state == FAIL  # told once
+    assert sorted(trials) == list(range(len(trials)))  # no number used twice, no gap
+    assert trials[number + 1].user_attrs["run"] == t.kernel.run_dir
+    assert not [n for n, tr in trials.items() if not tr.state.is_finished()]
