@@ -267,15 +267,14 @@ class RunControl:
         cannot, see :func:`_never_undone`; nor a tuner's mutation that it rolled back or voided
         since), or the one of ``cmd_id``."""
         rec = self.recorder
-        ended: set[Any] = set()  # trials the tuner rolled back or voided since (newest first)
+        trials = rec.trials()
         entry: Mapping[str, Any]  # mypy: reversed() over dicts holding Any matches two overloads
         for entry in reversed(rec.history):
-            trial = _tuner_trial(entry)
-            if entry.get("op") in ("rollback", "void") and trial is not None:
-                ended.add(trial)
             if entry["cmd_id"] in rec.undone or entry.get("undo_of"):
                 continue
-            if cmd_id is None and (_never_undone(entry) or (trial is not None and trial in ended)):
+            if cmd_id is None and (
+                _never_undone(entry) or trials.end(entry) in ("rolled_back", "voided")
+            ):
                 continue  # a `control resume` would hide every change made before it
             if cmd_id is None or entry["cmd_id"] == cmd_id:
                 return entry
@@ -310,12 +309,6 @@ class RunControl:
                 continue
             saved = checkpoint_field(result, self._run_dir) if result else None
             self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})
-
-
-def _tuner_trial(entry: Mapping[str, Any]) -> Any:
-    """The trial number of a tuner entry (None for any other)."""
-    tune = entry.get("tune") if entry.get("module") == "tune" else None
-    return tune.get("trial") if isinstance(tune, Mapping) else None
 
 
 def _never_undone(entry: Mapping[str, Any]) -> bool:

@@ -42,6 +42,8 @@ class CommandIntake:
         )
         self.ledger = ledger if ledger is not None else os.path.join(os.path.dirname(path), LEDGER)
         self._problem: str | None = None  # the reason the file could not be read, told once
+        #: a checkpoint's cursor past the ledger's, not read from yet (the note of a reset)
+        self._restored: int | None = None
         # the file's length when this process began: a line of OWN_SOURCES that ends before
         # it was written by an earlier process (0 once read past, or for an empty file)
         try:
@@ -63,6 +65,7 @@ class CommandIntake:
     def offset(self, value: int) -> None:
         if value != self.tail.offset:  # a checkpoint's cursor, past the ledger's: the ledger
             self.tail.check_resume = None  # cannot vouch for its line (see _resumable)
+            self._restored = value
         self.tail.offset = value
 
     # ------------------------------------------------------------------ reading
@@ -88,10 +91,15 @@ class CommandIntake:
             self._problem = problem
             return [], None, problem
         self._problem = None
-        reset = None
+        reset, restored, self._restored = None, self._restored, None
         if tail.reset:
             tail.reset = False
             reset = "the commands file was truncated or replaced; reading it from the start"
+            if restored is not None:  # the first read since a checkpoint set the cursor
+                reset = (f"the commands file ({st.st_size} bytes) does not hold the cursor of "
+                         f"the checkpoint this run resumed from (byte {restored}): that "
+                         "checkpoint was saved in another run directory, or the file was "
+                         "replaced since; reading it from the start")  # fmt: skip
             self._remember_ledger()
         return lines, reset, None
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import jsonl
 from ._intake import CommandIntake
+from ._trials import TRIAL_ENDS, TrialView
 from .ledger import Decision, LedgerWriter, new_entry
 from .modules import OpResult
 from .ops import HotOp
@@ -52,6 +53,11 @@ class LedgerRecorder:
         #: applied entries with changes, newest last (what ``undo`` reverts)
         self.history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self.undone: set[str] = set()
+        #: the entries that ended each tuner trial, by trial number: ``(seq, "kept" |
+        #: "rolled_back" | "voided")``, oldest first (a voided trial's roll-back follows its void)
+        self.trial_ends: dict[Any, list[tuple[int, str]]] = {}
+        #: this process is the whole run (False under torch.distributed: set by the kernel)
+        self.alone = True
         #: the safe point being worked on (set by the kernel when a poll or a due op runs);
         #: entries that modules add through ``ModuleHost.record`` default to it
         self.point = SafePoint(0)
@@ -65,7 +71,24 @@ class LedgerRecorder:
         record = new_entry(seq=self.seq, wall_time=time.time(), rank=self.rank, **fields)
         if self.leader:
             self.out.append(record)
+        if record.get("module") == "tune":
+            self._note_trial_end(record)
         return record
+
+    def _note_trial_end(self, record: Mapping[str, Any]) -> None:
+        """Remember a tuner ``keep``/``rollback``/``void`` for :meth:`trials` (rank 0 records
+        all three, the other ranks the roll-backs: see :mod:`hotcb._trials`)."""
+        end, tune = TRIAL_ENDS.get(record.get("op") or ""), record.get("tune")
+        if end is None or record.get("decision") != "applied" or not isinstance(tune, Mapping):
+            return
+        if tune.get("trial") is not None:
+            self.trial_ends.setdefault(tune["trial"], []).append((record["seq"], end))
+            if len(self.trial_ends) > _HISTORY:
+                del self.trial_ends[next(iter(self.trial_ends))]
+
+    def trials(self) -> TrialView:
+        """The tuner's trials as the applied changes in memory show them (for ``undo``)."""
+        return TrialView(self.history, self.trial_ends, alone=self.alone)
 
     def emit_op(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 from . import jsonl
 from ._recorder import LedgerRecorder, SafePoint
 from ._schedule import NEVER, Ramp
+from ._trials import TrialView
 from .actuators import ActuatorType, MutableState, optimizer_actuators
 from .errors import ActuatorApplyError, ActuatorError
 from .ledger import Decision
@@ -27,6 +28,13 @@ Env = Mapping[str, Any]
 _NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT, ActuatorType.TUPLE)
 #: How many LR schedulers seen in env are kept (a loop that makes a new one each epoch).
 _SCHEDULERS_KEPT = 8
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` when it is a number above zero (not a bool), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 class ActuatorStream:
@@ -250,11 +258,17 @@ class ActuatorStream:
 
         A value a schedule moves (lr under an LR scheduler) is not set back to the number it had
         then: the schedule went on since. The change's ratio is taken back instead
-        (``now * old / new``), which puts the run on the schedule it would be on without it."""
+        (``now * old / new``), which puts the run on the schedule it would be on without it.
+
+        An old value that a tuner trial had set, when the trial was not kept (rolled back or
+        voided, its roll-back leaving the key to this command), loses the trial's move too
+        (:meth:`_without_trial`): the value the roll-back would have put back."""
         reverse = {k: v for k, v in entry["changes"].items() if v.get("old") is not None}
         changes: dict[str, Any] = {}
         scaled: dict[str, float] = {}  # key -> the factor that took the change back
         zero: list[str] = []  # at zero on their schedule: left there
+        trials: dict[str, dict[str, Any]] = {}  # key -> the unkept trial whose move went too
+        view = self.recorder.trials()
         try:
             for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
@@ -268,6 +282,7 @@ class ActuatorStream:
                 if value is None:  # at zero on its schedule: it stays there
                     zero.append(key)
                     continue
+                value, factor = self._without_trial(entry, key, value, factor, trials, view)
                 old, new = self.state.apply(key, value, env)
                 changes[key] = {"old": old, "new": new}
                 if factor is not None:
@@ -278,7 +293,43 @@ class ActuatorStream:
         extra: dict[str, Any] = {"on_schedule": scaled} if scaled else {}
         if zero:
             extra["at_zero"] = zero
+        if trials:
+            extra["without_trial"] = trials
         return OpResult("applied", changes=changes, extra=extra)
+
+    def _without_trial(
+        self,
+        entry: Mapping[str, Any],
+        key: str,
+        value: Any,
+        factor: float | None,
+        trials: dict[str, dict[str, Any]],
+        view: TrialView,
+    ) -> tuple[Any, float | None]:
+        """``value`` (what undoing ``entry`` sets ``key`` to; ``factor``: the ratio taken back
+        from the value in force, None for a value put back as it was) without the move of the
+        tuner trial whose value ``entry`` found, when that trial was rolled back or voided
+        (or is open, so voided at its end: this command overlapped it). The trial's roll-back
+        left ``key`` to the command, so putting the command's old value back would bring back
+        a move the tuner rejected, or never judged. ``trials`` gets what was taken back."""
+        found = view.unkept_under(entry, key)
+        act = self.state.get(key)
+        if found is None or act is None or act.type not in (ActuatorType.FLOAT,
+                                                            ActuatorType.LOG_FLOAT):  # fmt: skip
+            return value, factor
+        change = (found.mutation.get("changes") or {}).get(key) or {}
+        before, moved = _positive(change.get("old")), _positive(change.get("new"))
+        if before is None or moved is None or _positive(value) is None:
+            return value, factor
+        if factor is not None and found.rescaled:
+            return value, factor  # the roll-back took the trial's factor from the value now
+        back = before / moved
+        trials[key] = {"trial": found.mutation["tune"]["trial"], "ended": found.ended,
+                       "factor": back, "mutation": found.mutation.get("cmd_id"),
+                       "module": act.group}  # fmt: skip
+        if factor is None and act.matches(value, moved):
+            return before, None  # the trial's start value, exactly
+        return value * back, (factor * back if factor is not None else None)
 
     def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
         """What taking back a change ``old -> new`` of ``key`` sets now, and the factor when it

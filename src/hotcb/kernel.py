@@ -312,6 +312,15 @@ class HotKernel:
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
 
+    def reached(self, step: int) -> None:
+        """The loop got to ``step`` past its last ``apply()`` (a hook skipped the steps
+        after it, as :meth:`nothing_due` allows): the step :meth:`close` records as the run's
+        last (``hotcb status``: "finished at step N"). The adapters call it when training
+        ends; a loop that calls ``apply()`` every step need not."""
+        last = self._last_step
+        if not isinstance(last, int) or isinstance(last, bool) or step > last:
+            self._last_step = int(step)
+
     def nothing_due(self, step: int) -> bool:
         """Would ``apply(env)`` at ``step`` do nothing and change nothing? Then a framework hook
         may skip the call and the building of its env (metrics to record at this step are the
@@ -889,6 +898,7 @@ class HotKernel:
         if self._sync is not None:
             self.rank, self.is_leader = self._sync.rank, self._sync.is_leader
             self._ledger.rank, self._ledger.leader = self.rank, self.is_leader
+            self._ledger.alone = False  # what undo may know of the tuner's trials (_trials.py)
             self._stream.leader = self.is_leader
             self._freeze.leader = self.is_leader
 

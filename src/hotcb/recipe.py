@@ -279,6 +279,8 @@ def ledger_to_entries(
                 cmd_id=cid if isinstance(cid, str) else None,
             )
         )
+        if e.get("without_trial"):
+            out.extend(_trial_taken_back(e))
     # a resumed run appends its new changes after those of the life it replaced: sort by step
     # (stable, so changes of one step keep their order)
     out.sort(key=lambda entry: entry.step)
@@ -337,6 +339,28 @@ def _capture(capture: Any, run_dir: str | None) -> dict[str, Any] | None:
         if not rel.startswith(os.pardir):
             out["path"] = rel
     return out
+
+
+def _trial_taken_back(e: Mapping[str, Any]) -> list[RecipeEntry]:
+    """The values an undo set where it took an unkept tuner trial's move back with its
+    target's change (``without_trial``), as ``set_params`` right after the undo: a replay has
+    no trial there (the trial's mutation replays as a plain ``set_params``), so its undo alone
+    would put the trial's value back."""
+    took, made = e.get("without_trial"), e.get("changes")
+    if not isinstance(took, Mapping) or not isinstance(made, Mapping):
+        return []
+    by_module: dict[str, dict[str, Any]] = {}
+    for key, t in took.items():
+        change = made.get(key)
+        if isinstance(t, Mapping) and isinstance(change, Mapping) and "new" in change:
+            by_module.setdefault(str(t.get("module") or "opt"), {})[key] = change["new"]
+    cid = e.get("cmd_id")
+    return [
+        RecipeEntry(step=int(e.get("step") or 0), event=e.get("event") or DEFAULT_EVENT,
+                    module=module, op="set_params", params=params,
+                    cmd_id=f"{cid}.{module}" if isinstance(cid, str) else None)
+        for module, params in by_module.items()
+    ]  # fmt: skip
 
 
 def _split_undo(e: Mapping[str, Any], targets: list[str]) -> list[RecipeEntry]:

@@ -297,6 +297,8 @@ class HotCBHFCallback(TrainerCallback):
                 log.warning("hotcb: could not write %s in %s: %s", STATE_FILE, folder, exc)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # on_step_end skips apply() when nothing is due: the last steps may have had none
+        self.kernel.reached(int(state.global_step))
         self.kernel.flush()
         if self._caught:
             self._caught = False

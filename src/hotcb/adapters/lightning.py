@@ -355,6 +355,8 @@ class _Hooks:
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._evaluated(trainer, ran=False)
+        # a batch end with nothing due skips apply() (metrics_every > 1): the run's last step
+        self.kernel.reached(int(trainer.global_step))
         self.kernel.flush()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

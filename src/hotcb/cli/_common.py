@@ -236,8 +236,8 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         said = _control_facts(e)
         if said:
             return ": " + "; ".join(said)
-    if e.get("on_schedule") or e.get("at_zero"):
-        return _on_schedule(e)
+    if e.get("on_schedule") or e.get("at_zero") or e.get("without_trial"):
+        return _on_schedule(e) + _without_trial(e)
     if isinstance(e.get("rebased"), dict) and e["rebased"]:
         return _rebased(e["rebased"])
     came = e.get("resumed_from")
@@ -292,6 +292,28 @@ def _on_schedule(e: Mapping[str, Any]) -> str:
         return out
     said = ", ".join(f"{k} x{v:.4g}" for k, v in scaled.items() if isinstance(v, (int, float)))
     return f" [back on the schedule: {said}]" + out
+
+
+#: How a trial whose move an undo took back ended (``without_trial``), said plainly.
+_TRIAL_ENDED = {
+    "rolled_back": "the tuner rolled that trial back",
+    "voided": "the tuner voided that trial",
+    "open": "a command overlapped that open trial: it is voided",
+}
+
+
+def _without_trial(e: Mapping[str, Any]) -> str:
+    """An undo whose old value was an unkept tuner trial's: the trial's move went too."""
+    took = e.get("without_trial")
+    if not isinstance(took, dict):
+        return ""
+    said = []
+    for key, t in took.items():
+        if isinstance(t, Mapping) and isinstance(t.get("factor"), (int, float)) and t["factor"]:
+            ended = _TRIAL_ENDED.get(str(t.get("ended")), str(t.get("ended")))
+            said.append(f"{key}: trial {t.get('trial')}'s x{1 / t['factor']:.4g} taken back "
+                        f"too ({ended})")  # fmt: skip
+    return f" [{'; '.join(said)}]" if said else ""
 
 
 #: What the adapters' ``evaluate`` answers mean, said plainly.

@@ -1,0 +1,123 @@
+"""The tuner's trials as ``undo`` sees them: which mutation a value came from, and whether the
+tuner kept that trial.
+
+A person's ``set`` during a trial voids it, and the trial's roll-back leaves that knob to the
+person (docs/tune.md); so does a ``set`` read in the same poll as the roll-back. The value the
+``set`` replaced is then the unkept trial's: an undo of the ``set`` takes the trial's move back
+too, and a plain undo passes over the mutation of a trial the tuner rolled back or voided.
+
+Under torch.distributed every rank applies the undo itself, so every rank must come to the same
+answer from what it holds. A roll-back is a command, applied and recorded on every rank; the
+tuner's ``keep`` and ``void`` are recorded on rank 0 alone (its tuner judges), so there a trial
+counts as ended only once rolled back: an undo then takes back the moves of rolled-back trials,
+not those of trials voided with nothing to roll back, nor of the open one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TRIAL_ENDS", "TrialView", "UnkeptTrial"]
+
+Entry = Mapping[str, Any]
+
+#: The tuner's entries that end a trial, by op, and what they say of it.
+TRIAL_ENDS = {"keep": "kept", "void": "voided", "rollback": "rolled_back"}
+
+
+@dataclass(frozen=True, slots=True)
+class UnkeptTrial:
+    """The mutation of a trial the tuner did not keep, whose value a change found."""
+
+    mutation: Entry
+    #: ``"rolled_back"``, ``"voided"``, or ``"open"`` (the change overlaps it: it is voided)
+    ended: str
+    #: a roll-back of the trial took its factor back from the key after the change (from the
+    #: value a command scaled: ``relative_to``)
+    rescaled: bool
+
+
+class TrialView:
+    """Trials as one process knows them: ``history``, the applied changes it holds (oldest
+    first), and ``ends``, trial -> ``(seq, what)`` of the entries that ended it (see
+    :data:`TRIAL_ENDS`). ``alone``: this process is the whole run; False under
+    torch.distributed, where only roll-backs count (every rank has those)."""
+
+    def __init__(
+        self,
+        history: Sequence[Entry],
+        ends: Mapping[Any, Sequence[tuple[int, str]]],
+        *,
+        alone: bool = True,
+    ) -> None:
+        self.history = history
+        self.ends = ends
+        self.alone = alone
+
+    def end(self, mutation: Entry) -> str | None:
+        """How the trial of a tuner ``mutate`` entry ended: ``"kept"``, ``"rolled_back"``,
+        ``"voided"`` (the first after it), or ``"open"`` (not known to have ended); None for
+        another entry."""
+        tune = mutation.get("tune")
+        if mutation.get("module") != "tune" or mutation.get("op") != "mutate":
+            return None
+        if not isinstance(tune, Mapping) or tune.get("trial") is None:
+            return None
+        seq = mutation.get("seq") or 0
+        for at, what in self.ends.get(tune["trial"], ()):
+            if at > seq and (self.alone or what == "rolled_back"):
+                return what
+        return "open"
+
+    def unkept_under(self, entry: Entry, key: str) -> UnkeptTrial | None:
+        """The mutation whose value of ``key`` ``entry`` (an applied change in the history)
+        found in force, when the tuner did not keep its trial; else None. The value is traced
+        through undos: an undo sets what its target found."""
+        index = self._index(entry)
+        if index is None:
+            return None
+        found = self._found_by(index, key)
+        ended = self.end(found) if found is not None else None
+        if found is None or ended is None or ended == "kept":
+            return None
+        if ended == "open" and not self.alone:  # rank 0 alone knows whether it was kept
+            return None
+        trial = found["tune"]["trial"]
+        rescaled = any(
+            e.get("module") == "tune"
+            and e.get("op") == "rollback"
+            and (e.get("tune") or {}).get("trial") == trial
+            and key in (e.get("changes") or {})
+            for e in list(self.history)[index + 1 :]
+        )
+        return UnkeptTrial(found, ended, rescaled)
+
+    def _index(self, entry: Entry) -> int | None:
+        """Where ``entry`` is in the history (the same object, else the last applied entry of
+        its command); None when the history no longer holds it."""
+        last, cmd_id = None, entry.get("cmd_id")
+        for i, e in enumerate(self.history):
+            if e is entry:
+                return i
+            if cmd_id and e.get("cmd_id") == cmd_id:
+                last = i
+        return last
+
+    def _found_by(self, index: int, key: str) -> Entry | None:
+        """The applied entry whose value of ``key`` the entry at ``index`` found in force
+        (through undos), or None where the history does not say."""
+        history = self.history
+        at: int | None = index
+        while at is not None:
+            source = next((i for i in range(at - 1, -1, -1)
+                           if key in (history[i].get("changes") or {})), None)  # fmt: skip
+            if source is None:
+                return None
+            target = history[source].get("undo_of")
+            if not target:
+                return history[source]
+            at = next((i for i in range(source - 1, -1, -1)
+                       if history[i].get("cmd_id") == target), None)  # fmt: skip
+        return None
