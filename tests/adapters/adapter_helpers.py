@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,6 +18,15 @@ EXAMPLES = ROOT / "examples"
 #: Subprocesses must not inherit a run directory from the developer's shell.
 ENV = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
 ENV["PYTHONFAULTHANDLER"] = "1"  # a trainer (a DDP rank) that aborts says where
+
+
+def load_example(name: str) -> Any:
+    """The module of ``examples/<name>.py`` (its ``build()``, its LightningModule …)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ signal tests send a real signal to a real training process. Waits are on conditi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import ENV, EXAMPLES, read_jsonl
+from adapter_helpers import ENV, EXAMPLES, load_example, read_jsonl
 
 from hotcb import HotClient, HotKernel
 from hotcb.ledger import checkpoint_path
@@ -33,17 +32,8 @@ pytest.importorskip("accelerate")
 from hotcb.adapters.hf import HotCBHFCallback  # noqa: E402
 from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
 
-
-def _example(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-LIT = _example("lightning_digits")
-HF = _example("hf_tiny")
+LIT = load_example("lightning_digits")
+HF = load_example("hf_tiny")
 
 
 def _log(run_dir: str) -> str:

@@ -8,13 +8,12 @@ runs throughout.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import EXAMPLES, read_jsonl
+from adapter_helpers import load_example, read_jsonl
 
 from hotcb import HotClient, HotKernel
 from hotcb.ledger import checkpoint_path
@@ -24,15 +23,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("hf_tiny", EXAMPLES / "hf_tiny.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EX = _example()
+EX = load_example("hf_tiny")
 
 
 class Recorder(transformers.TrainerCallback):

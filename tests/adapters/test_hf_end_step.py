@@ -7,13 +7,12 @@ from a config (nothing downloaded)."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import EXAMPLES
+from adapter_helpers import load_example
 
 from hotcb import HotClient, HotKernel, jsonl
 from hotcb.runfiles import RunPaths
@@ -22,15 +21,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("hf_tiny", EXAMPLES / "hf_tiny.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EX = _example()
+EX = load_example("hf_tiny")
 
 
 def test_a_run_whose_last_steps_had_nothing_due_finishes_at_its_last_step(

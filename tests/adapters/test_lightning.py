@@ -6,7 +6,6 @@ controller in another process (``adapter_helpers.CONTROLLER``) while ``Trainer.f
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import EXAMPLES, read_jsonl
+from adapter_helpers import load_example, read_jsonl
 
 from hotcb import HotClient, HotKernel
 from hotcb.ledger import checkpoint_path
@@ -25,18 +24,7 @@ torch = pytest.importorskip("torch")
 
 from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
 
-
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "lightning_digits", EXAMPLES / "lightning_digits.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EX = _example()
+EX = load_example("lightning_digits")
 
 
 def _lam(epoch: int) -> float:

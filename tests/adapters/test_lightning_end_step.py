@@ -4,13 +4,12 @@ N"): with ``metrics_every`` > 1 a batch end with nothing due skips ``apply()``, 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_helpers import EXAMPLES
+from adapter_helpers import load_example
 
 from hotcb import HotClient, HotKernel, jsonl
 from hotcb.runfiles import RunPaths
@@ -20,18 +19,7 @@ pytest.importorskip("torch")
 
 from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
 
-
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "lightning_digits", EXAMPLES / "lightning_digits.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EX = _example()
+EX = load_example("lightning_digits")
 
 
 def test_a_run_whose_last_steps_had_nothing_due_finishes_at_its_last_step(

@@ -11,7 +11,6 @@ written before ``fit`` (the real ``hotcb evaluate`` CLI lands on the first step;
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from adapter_helpers import ENV, EXAMPLES, read_jsonl
+from adapter_helpers import ENV, EXAMPLES, load_example, read_jsonl
 
 from hotcb import HotClient, HotKernel
 from hotcb.testing import read_ledger, wait_for
@@ -31,16 +30,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
 
-
-def _example(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-LIT = _example("lightning_digits")
+LIT = load_example("lightning_digits")
 
 
 class Validations(pl.Callback):
