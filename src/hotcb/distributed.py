@@ -1,4 +1,5 @@
-"""torch.distributed glue: rank 0 reads commands and broadcasts them, every rank applies them.
+"""torch.distributed glue: rank 0 reads commands and broadcasts them, every rank applies them,
+and what went differently on one rank is settled the same way on every rank.
 
 Nothing here imports torch unless the training process already did and a process group with
 more than one rank is initialised.
@@ -11,13 +12,16 @@ from typing import Any
 
 
 class DistSync:
-    """Broadcast of command batches from rank 0, with the step of the next poll.
+    """Rank 0's command batches to every rank, with the step of the next poll, and the notes
+    of what went differently on one rank (a callback that raised there) to every rank.
 
-    Each poll broadcasts two ints from rank 0 (whether it read new commands, and the step of
-    the next poll it chose: one small collective) and only a non-empty batch goes through
-    ``broadcast_object_list`` (pickle, size, payload). Every rank makes the same calls in the
-    same order at the same steps, so none waits in a collective the others skip, and between
-    two polls no collective runs at all.
+    Each poll reduces three ints (one small collective): rank 0 gives whether it read new
+    commands and the step of the next poll it chose, every rank the number of notes it holds
+    (``all_reduce`` with ``SUM``: the other ranks give 0 for the first two). Only a non-empty
+    batch then goes through ``broadcast_object_list`` (pickle, size, payload), and only when
+    some rank holds notes do they go through ``all_gather_object``. Every rank makes the same
+    calls in the same order at the same steps, so none waits in a collective the others skip,
+    and between two polls no collective runs at all.
     """
 
     def __init__(self, dist: Any, group: Any = None) -> None:
@@ -26,32 +30,52 @@ class DistSync:
         self.rank: int = dist.get_rank()
         self.world_size: int = dist.get_world_size()
         self.is_leader = self.rank == 0
-        self._head: Any = None  # a 2-element int64 tensor on the backend's device, reused
+        self._head: Any = None  # a 3-element int64 tensor on the backend's device, reused
+        self._one: Any = None  # a 1-element one, for :meth:`count`
 
-    def _head_tensor(self) -> Any:
-        if self._head is None:
-            import torch
+    def _tensor(self, n: int) -> Any:
+        import torch
 
-            device = torch.device("cpu")
-            if str(self._dist.get_backend(self.group)) == "nccl":  # NCCL has no CPU tensors
-                device = torch.device("cuda", torch.cuda.current_device())
-            self._head = torch.zeros(2, dtype=torch.int64, device=device)
-        return self._head
+        device = torch.device("cpu")
+        if str(self._dist.get_backend(self.group)) == "nccl":  # NCCL has no CPU tensors
+            device = torch.device("cuda", torch.cuda.current_device())
+        return torch.zeros(n, dtype=torch.int64, device=device)
 
-    def broadcast(self, obj: Any, next_step: int = 0) -> tuple[Any, int]:
-        """Rank 0's ``(obj, next_step)`` on every rank (a falsy ``obj`` costs one small
-        collective; other ranks then get ``None``)."""
-        head = self._head_tensor()
+    def exchange(self, obj: Any, next_step: int = 0, notes: int = 0) -> tuple[Any, int, int]:
+        """Rank 0's ``(obj, next_step)`` on every rank, and the number of notes all ranks
+        hold together (a falsy ``obj`` costs one small collective; other ranks then get
+        ``None``)."""
+        head = self._head
+        if head is None:
+            head = self._head = self._tensor(3)
         if self.is_leader:
             head[0] = 1 if obj else 0
             head[1] = int(next_step)
-        self._dist.broadcast(head, src=0, group=self.group)
-        flag, nxt = (int(v) for v in head.tolist())
+        else:
+            head[0] = head[1] = 0
+        head[2] = int(notes)
+        self._dist.all_reduce(head, op=self._dist.ReduceOp.SUM, group=self.group)
+        flag, nxt, total = (int(v) for v in head.tolist())
         if not flag:
-            return (obj if self.is_leader else None), nxt
+            return (obj if self.is_leader else None), nxt, total
         box = [obj if self.is_leader else None]
         self._dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0], nxt
+        return box[0], nxt, total
+
+    def count(self, n: int) -> int:
+        """The sum of every rank's ``n`` (one small collective)."""
+        one = self._one
+        if one is None:
+            one = self._one = self._tensor(1)
+        one[0] = int(n)
+        self._dist.all_reduce(one, op=self._dist.ReduceOp.SUM, group=self.group)
+        return int(one.item())
+
+    def gather(self, notes: list[Any]) -> list[Any]:
+        """Every rank's ``notes``, in rank order, the same list on every rank."""
+        parts: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(parts, list(notes), group=self.group)
+        return [note for part in parts for note in part or ()]
 
 
 def detect() -> DistSync | None:

@@ -190,6 +190,8 @@ class HotKernel:
         self._distributed_arg = distributed
         self._run_meta = dict(run_meta or {})
         self._sync: _dist.DistSync | None = None
+        #: what went differently on this rank, for the ranks to settle at the next poll
+        self._notes: list[dict[str, Any]] = []
         self.rank = 0
         self.is_leader = True
 
@@ -346,9 +348,11 @@ class HotKernel:
         self._stream.catch_up(env)
         lines = self._read()
         if self._sync is not None:
-            lines = self._sync_batch(lines, step)
+            lines = self._sync_batch(lines, step, env)
         if lines:
             self._handle_lines(lines, env, point)
+            if self._sync is not None:
+                self._settle_batch(env)
         if self._control.paused:
             self._pause_loop(env, point)
         now = time.monotonic()  # the poll's clock: the idle path of apply() pays nothing
@@ -426,12 +430,45 @@ class HotKernel:
             return self._intake.mark_earlier_life(lines)
         return lines
 
-    def _sync_batch(self, lines: list[tuple[Any, ...]], step: int) -> list[tuple[Any, ...]]:
-        """Every rank gets rank 0's batch and the step of the next poll rank 0 chose."""
+    def _sync_batch(
+        self, lines: list[tuple[Any, ...]], step: int, env: Env
+    ) -> list[tuple[Any, ...]]:
+        """Every rank gets rank 0's batch and the step of the next poll rank 0 chose, and the
+        ranks settle the notes any of them took since the last poll (:meth:`note_for_ranks`):
+        one collective when there are none."""
         assert self._sync is not None
         nxt = self._gate.plan(step, time.monotonic(), busy=bool(lines)) if self.is_leader else 0
-        lines, self._gate.next_step = self._sync.broadcast(lines, nxt)
+        lines, self._gate.next_step, noted = self._sync.exchange(lines, nxt, len(self._notes))
+        if noted:
+            self._settle(env)
         return lines or []
+
+    def _settle_batch(self, env: Env) -> None:
+        """After a batch (under torch.distributed): a command that failed on some ranks only
+        (a callback whose constructor raises there) is settled at this same poll, before any
+        callback sees an event. One more small collective, on polls that brought commands."""
+        assert self._sync is not None
+        if self._sync.count(len(self._notes)):
+            self._settle(env)
+
+    def _settle(self, env: Env) -> None:
+        """Every rank's notes, the same list on every rank, each module's handed to its
+        ``settle(notes, env)``, which applies the same outcome on every rank (and ledgers it:
+        rank 0 writes, every rank numbers the entries alike)."""
+        assert self._sync is not None
+        mine, self._notes = self._notes, []
+        notes = self._sync.gather(mine)
+        by_module: dict[str, list[dict[str, Any]]] = {}
+        for note in notes:
+            by_module.setdefault(str(note.get("module")), []).append(note)
+        for name, group in by_module.items():
+            try:
+                settle = getattr(self.module(name), "settle", None)
+                if callable(settle):
+                    settle(group, env)
+            except Exception as exc:  # a module's own bug: ledger it, keep training
+                self._error(f"settling what the ranks noted for module {name!r} failed: {exc!r}")
+        self._refresh_event_modules()
 
     def _handle_lines(self, lines: list[tuple[Any, ...]], env: Env, point: SafePoint) -> None:
         intake = self._intake
@@ -551,9 +588,11 @@ class HotKernel:
             self._heartbeat(point.step, time.monotonic())  # paused, not gone
             lines = self._read()
             if self._sync is not None:
-                lines = self._sync_batch(lines, point.step)
+                lines = self._sync_batch(lines, point.step, env)
             if lines:
                 self._handle_lines(lines, env, point)
+                if self._sync is not None:
+                    self._settle_batch(env)
                 if control.due:  # a checkpoint asked for while paused is saved right away
                     control.save_due(env, point)
                 self.flush()
@@ -577,6 +616,24 @@ class HotKernel:
         fields = dict(entry_fields)
         fields.setdefault("source", "kernel")
         self._ledger.emit(self._ledger.point, **fields)
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks under torch.distributed (1 alone, or before the first
+        ``apply``)."""
+        return self._sync.world_size if self._sync is not None else 1
+
+    def note_for_ranks(self, note: dict[str, Any]) -> bool:
+        """Under torch.distributed, keep ``note`` (a dict with the ``module`` it is for; this
+        rank is added as ``rank``) for the ranks to settle at the next poll: every rank then
+        gets every rank's notes and the module's ``settle(notes, env)`` applies the same
+        outcome everywhere. The module may update the dict until then (an error count).
+        False alone: nothing to agree on, the module acts at once."""
+        if self._sync is None:
+            return False
+        note["rank"] = self.rank
+        self._notes.append(note)
+        return True
 
     def submit(self, record: Mapping[str, Any]) -> None:
         """Append a command a module decided on (the tuner's mutations) to the commands file,
@@ -898,7 +955,6 @@ class HotKernel:
         if self._sync is not None:
             self.rank, self.is_leader = self._sync.rank, self._sync.is_leader
             self._ledger.rank, self._ledger.leader = self.rank, self.is_leader
-            self._ledger.alone = False  # what undo may know of the tuner's trials (_trials.py)
             self._stream.leader = self.is_leader
             self._freeze.leader = self.is_leader
 

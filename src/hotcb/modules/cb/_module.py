@@ -47,6 +47,7 @@ class _Slot:
         "init",
         "last_error",
         "last_report",
+        "noted",
         "params",
         "suppressed",
         "target",
@@ -73,6 +74,8 @@ class _Slot:
         self.suppressed = 0
         self.last_report = float("-inf")
         self.last_error: str | None = None
+        #: under torch.distributed, the note of its error that the ranks have not settled yet
+        self.noted: dict[str, Any] | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -163,6 +166,11 @@ class CallbackModule:
         if not slot.suppressed:
             return
         n, slot.suppressed = slot.suppressed, 0
+        if self._lockstep():  # rank-local: the ranks ledger it at the next poll
+            note = self._error_note(slot, None, None, slot.last_error or "")
+            note.update(suppressed=n, flushed_on=why)
+            self._note(note)
+            return
         try:
             self.host.record(
                 {
@@ -191,6 +199,9 @@ class CallbackModule:
             slot.errors += 1
             msg = _fmt_exc(exc)
             slot.last_error = msg
+            if self._lockstep():
+                self._note_error(slot, event, env, msg)
+                return
             disable = bool(self.host.auto_disable_on_error)
             if disable:
                 slot.enabled = False
@@ -229,6 +240,162 @@ class CallbackModule:
         except Exception:  # recording must never be what breaks training
             log.exception("hotcb: could not record the error of callback %r", slot.id)
 
+    # ------------------------------------------------------------------ torch.distributed
+    # An error on one rank must not change the callbacks on that rank alone: the ranks would
+    # run different callbacks (a callback's collective then waits for a rank that skips it),
+    # and only rank 0 writes the ledger. So the rank notes it (ModuleHost.note_for_ranks),
+    # the callback stays as it is on every rank, and at the next poll every rank gets every
+    # rank's notes and settle() applies the same outcome on every rank, in the same order.
+    def _lockstep(self) -> bool:
+        """Whether this runs under torch.distributed with more than one rank."""
+        return int(getattr(self.host, "world_size", 1)) > 1
+
+    def _note(self, note: dict[str, Any]) -> bool:
+        fn = getattr(self.host, "note_for_ranks", None)
+        return bool(fn(note)) if callable(fn) else False
+
+    def _error_note(
+        self, slot: _Slot, event: str | None, env: Env | None, msg: str
+    ) -> dict[str, Any]:
+        note: dict[str, Any] = {
+            "module": "cb", "kind": "error", "id": slot.id, "event": event, "error": msg,
+            "errors": 1, "suppressed": 0,
+        }  # fmt: skip
+        step = env.get("step") if env is not None else None
+        if isinstance(step, int):
+            note["step"] = step
+        return note
+
+    def _note_error(self, slot: _Slot, event: str, env: Env, msg: str) -> None:
+        """``_on_error`` under torch.distributed: note the error for the ranks to settle; a
+        callback already noted counts its further errors into that note."""
+        if slot.noted is not None:
+            slot.noted["errors"] += 1
+            return
+        if not self.host.auto_disable_on_error:
+            now = time.monotonic()
+            if now - slot.last_report < self.error_interval_sec:
+                slot.suppressed += 1
+                return
+            slot.last_report = now
+        note = self._error_note(slot, event, env, msg)
+        note["traceback"] = _tb()
+        note["suppressed"], slot.suppressed = slot.suppressed, 0
+        if not self._note(note):
+            return
+        slot.noted = note
+        log.warning(
+            "hotcb: callback %r raised in %s: %s (every rank settles it at the next poll)",
+            slot.id, event, msg,
+        )  # fmt: skip
+
+    def _note_load(self, op: HotOp, result: OpResult) -> None:
+        """A load (or a restore) that did not apply here: the ranks settle it (where it
+        failed on some ranks only, the callback is unloaded on every rank)."""
+        note = {"module": "cb", "kind": "load", "id": op.id, "cmd_id": op.cmd_id,
+                "op": op.op, "decision": result.decision, "error": result.error}  # fmt: skip
+        self._note(note)
+
+    def settle(self, notes: Sequence[Mapping[str, Any]], env: Env) -> None:
+        """Apply what every rank noted, the same on every rank (the kernel calls it at a poll,
+        with every rank's notes in rank order): a load that failed on some ranks only unloads
+        the callback on every rank; a callback that raised on any rank is disabled on every
+        rank (with ``auto_disable_on_error``). One ledger entry per callback and kind, naming
+        the ranks."""
+        loads: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+        errors: dict[Any, list[Mapping[str, Any]]] = {}
+        for note in notes:
+            if note.get("kind") == "load":
+                loads.setdefault((note.get("id"), note.get("cmd_id")), []).append(note)
+            else:
+                errors.setdefault(note.get("id"), []).append(note)
+        try:
+            for (ident, cmd_id), group in loads.items():
+                self._settle_load(str(ident), cmd_id, group, env)
+            for ident, group in errors.items():
+                self._settle_error(str(ident), group)
+        finally:
+            self._rebuild()
+
+    def _settle_load(
+        self, ident: str, cmd_id: Any, group: Sequence[Mapping[str, Any]], env: Env
+    ) -> None:
+        ranks = sorted({int(n["rank"]) for n in group})
+        world = int(getattr(self.host, "world_size", 1))
+        where = _on_ranks(ranks)
+        why = "; ".join(f"{_on_ranks([int(n['rank'])])}: {n.get('error')}" for n in group)
+        if len(ranks) >= world:  # it failed alike on every rank: nothing diverged
+            if group[0].get("op") == "restore":  # (a failed load has its own entry)
+                self.host.record({"module": "cb", "op": "restore", "id": ident, "ranks": ranks,
+                                  "decision": "failed", "error": f"{where}: {why}"})  # fmt: skip
+            return
+        slot = self._slots.pop(ident, None)
+        fields: dict[str, Any] = {
+            "module": "cb", "id": ident, "ranks": ranks, "load_cmd_id": cmd_id,
+            "rank_errors": [
+                {"rank": n["rank"], "op": n.get("op"), "decision": n.get("decision"),
+                 "error": n.get("error")}
+                for n in group
+            ],
+        }  # fmt: skip
+        if slot is not None:
+            self._hook(slot, "on_unload", env)
+            fields.update(
+                op="unload", decision="applied", changes={"loaded": {"old": True, "new": False}},
+                error=f"cb {ident}: the load failed {where} ({why}); unloaded on every rank",
+            )  # fmt: skip
+        else:  # it never loaded here (rank 0 is among the ranks where it failed)
+            fields.update(
+                op="load", decision="failed",
+                error=f"cb {ident}: the load failed {where} ({why}); not loaded on any rank",
+            )  # fmt: skip
+        if self.host.is_leader:
+            log.warning("hotcb: %s", fields["error"])
+        self.host.record(fields)
+
+    def _settle_error(self, ident: str, group: Sequence[Mapping[str, Any]]) -> None:
+        slot = self._slots.get(ident)
+        if slot is not None:
+            slot.noted = None
+        ranks = sorted({int(n["rank"]) for n in group})
+        flushed = [n for n in group if n.get("flushed_on")]
+        raised = [n for n in group if not n.get("flushed_on")]
+        first = raised[0] if raised else group[0]
+        messages: dict[str, list[int]] = {}
+        for n in group:
+            messages.setdefault(str(n.get("error")), []).append(int(n["rank"]))
+        error = "; ".join(f"{msg} {_on_ranks(rs)}" for msg, rs in messages.items())
+        disable = bool(
+            raised and self.host.auto_disable_on_error and slot is not None and slot.enabled
+        )
+        fields: dict[str, Any] = {
+            "module": "cb", "op": "callback_error", "id": ident, "event": first.get("event"),
+            "decision": "failed", "error": error, "ranks": ranks,
+            "errors": sum(int(n.get("errors") or 0) for n in raised),
+            "suppressed": sum(int(n.get("suppressed") or 0) for n in group),
+            "rank_errors": [
+                {k: n.get(k) for k in ("rank", "event", "step", "error", "errors", "suppressed")}
+                for n in group
+            ],
+        }  # fmt: skip
+        if first.get("traceback"):
+            fields["traceback"] = first["traceback"]
+        if isinstance(first.get("step"), int):
+            fields["error_step"] = first["step"]
+        if flushed and not raised:
+            fields["flushed_on"] = flushed[0]["flushed_on"]
+        if disable:
+            assert slot is not None
+            slot.enabled = False
+            fields["auto_disabled"] = True
+            fields["changes"] = {"enabled": {"old": True, "new": False}}
+        if self.host.is_leader:
+            log.warning(
+                "hotcb: callback %r raised: %s%s", ident, error,
+                " (disabled on every rank)" if disable else "",
+            )  # fmt: skip
+        self.host.record(fields)
+
     # ------------------------------------------------------------------ ops
     def apply(self, op: HotOp, env: Env) -> OpResult:
         """Route a ``cb`` op; an unexpected exception becomes a ``failed`` result."""
@@ -239,6 +406,8 @@ class CallbackModule:
             result: OpResult = handler(op, env)
         except Exception as exc:
             result = OpResult("failed", error=_fmt_exc(exc), extra={"traceback": _tb()})
+        if op.op == "load" and result.decision in ("failed", "rejected") and self._lockstep():
+            self._note_load(op, result)
         self._rebuild()
         return result
 
@@ -547,13 +716,18 @@ class CallbackModule:
                     ident, target, dict(item.get("init") or {}), item.get("source_capture")
                 )
             except Exception as exc:
+                error = f"could not restore callback {ident!r}: {_fmt_exc(exc)}"
+                if self._lockstep():  # it may fail on some ranks only: the ranks settle it
+                    self._note({"module": "cb", "kind": "load", "id": ident, "cmd_id": None,
+                                "op": "restore", "decision": "failed", "error": error})  # fmt: skip
+                    continue
                 self.host.record(
                     {
                         "module": "cb",
                         "op": "restore",
                         "id": ident,
                         "decision": "failed",
-                        "error": f"could not restore callback {ident!r}: {_fmt_exc(exc)}",
+                        "error": error,
                     }
                 )
                 continue
@@ -600,6 +774,10 @@ class CallbackModule:
         """The callback instance loaded as ``ident`` (None when not loaded)."""
         slot = self._slots.get(ident)
         return slot.cb if slot is not None else None
+
+
+def _on_ranks(ranks: Sequence[int]) -> str:
+    return f"on rank {ranks[0]}" if len(ranks) == 1 else f"on ranks {', '.join(map(str, ranks))}"
 
 
 def _fake(ident: Any) -> HotOp:
