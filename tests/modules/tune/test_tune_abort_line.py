@@ -4,13 +4,11 @@ abort")."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from tune_helpers import Toy
 
 from hotcb import HotClient
-from hotcb.modules.tune._study import Study
 from hotcb.testing import wait_for
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
@@ -26,21 +24,14 @@ def _spiky(lr: float, step: int) -> float:
 
 
 def test_a_late_answer_from_optuna_draws_the_line_from_the_closed_segment(
-    toy: Any, monkeypatch: Any
+    toy: Any, held_ask: Any
 ) -> None:
     """In the default (background) mode a new segment starts while Optuna is asked: the line
     came from the two or three steps before its answer landed, too few for a line, and the
     trial fell back to the median of 3 (the probe: 0, 2 or 4 harmless trials ended early by
     timing alone). The line is the closed segment's (median 1.0, a highest value of 5.0), and
     a trial at 3.0 runs its whole segment."""
-    gate = threading.Event()
-    real_ask = Study.ask
-
-    def late_ask(self: Study, *args: Any, **kw: Any) -> Any:
-        gate.wait(120)
-        return real_ask(self, *args, **kw)
-
-    monkeypatch.setattr(Study, "ask", late_ask)
+    gate = held_ask
     t: Toy = toy(_spiky, lr=LR0, noise=0.0, poll=0)
     tune = lambda: t.kernel.module("tune")  # noqa: E731
     HotClient(t.kernel.run_dir).tune_enable(
