@@ -379,6 +379,45 @@ def test_a_person_on_the_same_knob_wins(loop: Any, tmp_path: Path) -> None:
     assert first["changes"]["lr"]["new"] == pytest.approx(5e-3)
 
 
+PROPOSE_THEN_ACT = """\
+rules:
+  - id: plateau_propose_cut
+    when: {detector: plateau, metric: key}
+    then: {action: lr_mult, params: {factor: 0.5}}
+    cooldown_steps: 1000
+    confidence: low
+  - id: train_plateau_cut
+    when: {detector: plateau, metric: train, params: {window: 150}}
+    then: {action: lr_mult, params: {factor: 0.3}}
+    cooldown_steps: 1000
+    confidence: medium
+"""
+
+
+def test_an_automatic_change_supersedes_a_proposal_on_the_same_knob(
+    loop: Any, tmp_path: Path
+) -> None:
+    """Auto mode: a low-confidence rule's lr cut waits for a person, then a medium-confidence
+    rule cuts the lr itself. Accepting the waiting one afterwards cut the lr twice; it is now
+    closed as superseded, and its accept is refused with the reason."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PROPOSE_THEN_ACT))
+    records = lp.run(300, pilot)
+    (proposal,) = [r for r in records if r["kind"] == "proposal"]
+    (superseded,) = [r for r in records if r["kind"] == "decision"]
+    assert superseded["id"] == proposal["id"] and superseded["state"] == "superseded"
+    assert superseded["reason"].startswith("rule train_plateau_cut changed opt.lr itself")
+    assert "superseded" in _line(superseded) and proposal["id"] in _line(superseded)
+    assert not [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    with pytest.raises(ValueError, match=f"{proposal['id']} is superseded, not pending "
+                       r"\(rule train_plateau_cut changed opt.lr"):  # fmt: skip
+        decide(lp.run_dir, proposal["id"], accept=True)
+    lp.run(20)
+    (cut,) = lp.changes()  # one cut, the automatic one
+    assert cut["changes"]["lr"]["new"] == pytest.approx(3e-3)
+    assert lp.lr == pytest.approx(3e-3)
+
+
 def test_a_restarted_run_is_a_new_life_for_the_autopilot(loop: Any, tmp_path: Path) -> None:
     """The trainer restarts from step 0 in the same directory: the person's hold made at step
     ~200 ("until step ~500") blocked the new life's first 500 steps, and the old life's points

@@ -196,6 +196,10 @@ describe("records", () => {
     assert.equal(recordLine(guard), "kept: 0.41 → 0.39 (−4.9%)");
     assert.equal(recordLine({ kind: "guard", reason: "autopilot guard: val_loss 0.4 -> 0.5 …; undoing it" }),
       "autopilot guard: val_loss 0.4 -> 0.5 …; undoing it");
+    assert.equal(recordLine({ kind: "decision", id: "A1", state: "superseded", reason: "rule x changed opt.lr itself at step 150" }),
+      "A1 superseded: rule x changed opt.lr itself at step 150");
+    assert.equal(recordLine({ kind: "decision", id: "A2", state: "accepted", by: "cli" }), "A2 accepted (cli)");
+    assert.equal(kindLabel("decision"), "decided");
     assert.equal(recordLine({ kind: "hold", knob: "opt.lr", reason: "dashboard changed opt.lr at step 5" }),
       "dashboard changed opt.lr at step 5");
     assert.deepEqual(["detection", "action", "guard", "skipped", "hold", "other"].map(kindLabel),

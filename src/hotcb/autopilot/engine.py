@@ -445,7 +445,25 @@ class Autopilot:
             # judge after the change has settled (half the rule's cooldown): right after an
             # lr cut a diverging loss still climbs for a few steps
             self._watch(rule.id, cmd_ids[0], rule.cooldown_steps // 2)
-        return [record]
+        return [record, *self._supersede(rule.action, f"rule {rule.id}")]
+
+    def _supersede(self, action: Action, by: str) -> list[dict[str, Any]]:
+        """Close the pending proposals that act where an automatic change just did (the same
+        knob, the same run control): accepted afterwards, they would compound with it (a
+        low-confidence rule's lr cut waited, a high-confidence one cut the lr itself, and the
+        person's accept cut it twice). Their decision records, state ``superseded``."""
+        out: list[dict[str, Any]] = []
+        with _locked(self.run_dir):  # not while a person's accept of one of them runs
+            for p in proposals(self.run_dir):
+                if p["state"] != "pending" or _pending_on(action, [p]) is None:
+                    continue
+                out.append(self._record({
+                    "kind": "decision", "id": p["id"], "rule": p["rule"], "by": "autopilot",
+                    "state": "superseded", "step": self.step_now,
+                    "reason": f"{by} changed {action.knob or action.name} itself at step "
+                              f"{self.step_now}; accepted too, this would compound with it",
+                }))  # fmt: skip
+        return out
 
     def _watch(self, rule_id: str, cmd_id: str, settle: int) -> None:
         """Arm the guard on an automatic change: judged ``settle`` steps after it."""
@@ -563,6 +581,7 @@ class Autopilot:
                 "replied_at": outcome.replied_at,
             }))  # fmt: skip
             applied.append({**params, "cmd_ids": cmd_ids})
+            out += self._supersede(action, f"the model (call {outcome.call})")
             if knob is not None and cmd_ids and self.guard is None:
                 self._watch("ai", cmd_ids[0], ai.config.settle_steps)
         for r in rejected:
@@ -852,6 +871,8 @@ def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             out[rec["id"]] = dict(rec)
         elif rec.get("kind") == "decision" and rec.get("id") in out:
             out[rec["id"]].update(state=rec.get("state"), cmd_ids=rec.get("cmd_ids"))
+            if rec.get("state") == "superseded":
+                out[rec["id"]]["reason"] = rec.get("reason")
     return list(out.values())
 
 
@@ -878,7 +899,8 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
         pending = [p["id"] for p in proposals(run_dir) if p["state"] == "pending"]
         raise KeyError(f"no proposal {proposal_id!r}; pending: {', '.join(pending) or 'none'}")
     if found["state"] != "pending":
-        raise ValueError(f"proposal {proposal_id} is {found['state']}, not pending")
+        why = f" ({found['reason']})" if found.get("reason") else ""
+        raise ValueError(f"proposal {proposal_id} is {found['state']}, not pending{why}")
     record: dict[str, Any] = {"kind": "decision", "id": proposal_id, "rule": found["rule"],
                               "by": by, "state": "accepted" if accept else "rejected"}  # fmt: skip
     if accept:

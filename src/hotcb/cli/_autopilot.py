@@ -278,6 +278,9 @@ def _line(rec: dict[str, Any]) -> str:
         what = action_text(rec.get("action") or rec.get("asked"))
         why = f" ({rec['reason']})" if rec.get("state") == "rejected" else ""
         return f"{head} {rec['rule']} {rec.get('state')}: {what or rec.get('reason')}{why}"
+    if kind == "decision":  # a person's accept or reject, or superseded by an automatic change
+        why = f": {rec['reason']}" if rec.get("reason") else f" by {rec.get('by')}"
+        return f"{head} {rec.get('id')} {rec.get('state')}{why}"
     if kind == "ai_reply":
         return f"{head} call {rec.get('call')}: {rec.get('reasoning') or rec.get('reason')}"
     if kind == "guard" and not rec.get("reason"):  # kept: the reason is only for an undo

@@ -40,7 +40,7 @@ log = logging.getLogger("hotcb.server")
 
 #: Record kinds of ``hotcb.autopilot.jsonl`` that the page lists as recent activity.
 RECENT_KINDS = frozenset(
-    {"detection", "action", "guard", "skipped", "hold", "ai_reply", "fallback"}
+    {"detection", "action", "guard", "skipped", "hold", "ai_reply", "fallback", "decision"}
 )
 RECENT_MAX = 20
 #: How far back from the end of the records file the recent activity is looked for.

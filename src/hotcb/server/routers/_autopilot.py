@@ -52,8 +52,9 @@ def _decide(run_dir: str, lock: threading.Lock, proposal_id: str, accept: bool) 
         if found is None:
             raise HTTPException(404, detail=f"no autopilot proposal {proposal_id!r}")
         if found.get("state") != "pending":
+            why = f" ({found['reason']})" if found.get("reason") else ""
             raise HTTPException(
-                409, detail=f"proposal {proposal_id} is {found.get('state')}, not pending"
+                409, detail=f"proposal {proposal_id} is {found.get('state')}, not pending{why}"
             )
         try:
             return decide(run_dir, proposal_id, accept, by="dashboard")

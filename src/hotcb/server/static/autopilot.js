@@ -27,6 +27,7 @@ const KINDS = {
   hold: "hold",
   ai_reply: "AI reply",
   fallback: "fallback",
+  decision: "decided",
 };
 
 const MODE_TITLE =
@@ -198,6 +199,8 @@ export function recordLine(r) {
       const pct = typeof r.worse_by === "number" ? ` (${r.worse_by >= 0 ? "+" : "−"}${Math.abs(r.worse_by * 100).toFixed(1)}%)` : "";
       return `kept: ${fmtNum(r.before)} → ${fmtNum(r.after)}${pct}`;
     }
+    case "decision": // accepted or rejected by a person, or superseded by an automatic change
+      return `${r.id ?? "?"} ${r.state ?? "?"}${r.reason ? `: ${r.reason}` : r.by ? ` (${r.by})` : ""}`;
     default:
       return r.reason || "";
   }
