@@ -199,3 +199,59 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
     assert cli(run_dir, "resume", "--wait", "--timeout", "120").returncode == 0
     assert "run: paused" not in cli(run_dir, "tune", "status").stdout
     wait_for(lambda: HotClient(run_dir).tune_status().get("study_open"), 120, what="the study")
+
+
+def test_a_restart_without_a_checkpoint_keeps_when_the_run_joined_and_what_it_left_open(
+    tmp_path: Any, cli: Any, start_trainer: Any
+) -> None:
+    """Two runs share a study; the second is killed -9 with a trial open and started again
+    from scratch (no checkpoint). Its `study_joined` moved to the restart (counting the
+    first run's trials told since), and the trial the crash left open was told FAIL and
+    counted, with no row and no ledger entry."""
+    storage, runs = f"sqlite:///{tmp_path / 'shared.db'}", []
+    for name in ("first", "second"):
+        run = os.fspath(tmp_path / name)
+        os.makedirs(run)
+        done = cli(run, "tune", "enable", "--mode", "active", "--objective", "loss",
+                   "--segment-steps", "10", "--seed", "0", "--storage", storage,
+                   "--study", "s")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs.append(run)
+    first, second = runs
+    start_trainer(first, os.fspath(tmp_path / "first.jsonl"), steps=100_000, step_delay=0.002)
+    wait_for(lambda: _judged(first) >= 3, 240, what="the first run's trials")
+    t = start_trainer(second, os.fspath(tmp_path / "second.jsonl"), steps=100_000,
+                      step_delay=0.002)  # fmt: skip
+    wait_for(lambda: HotClient(second).tune_status().get("study_joined"), 240,
+             what="the second run to join the study")  # fmt: skip
+    joined = HotClient(second).tune_status()["study_joined"]
+    study = optuna.load_study(study_name="s", storage=storage)
+
+    def open_in_second() -> list[int]:  # once the first has told more since the join
+        trials = study.get_trials(deepcopy=False)
+        told = [
+            tr for tr in trials if tr.user_attrs.get("run") != second and tr.state.is_finished()
+        ]
+        if len(told) <= joined["trials"]:
+            return []
+        return [tr.number for tr in trials if tr.user_attrs.get("run") == second
+                and tr.state == optuna.trial.TrialState.RUNNING]  # fmt: skip
+
+    (left_open,) = wait_for(open_in_second, 240, what="an open trial of the second run")
+    t.proc.kill()  # kill -9: nothing closes the trial
+    t.communicate()
+    start_trainer(second, os.fspath(tmp_path / "second2.jsonl"), steps=100_000, step_delay=0.002)
+    why = "left open by a process of this run that ended before judging it (a kill or a crash): told FAIL"
+
+    def voided() -> list[dict[str, Any]]:
+        return [e for e in read_ledger(second) if e.get("op") == "void"
+                and (e.get("tune") or {}).get("trial") == left_open]  # fmt: skip
+
+    (void,) = wait_for(voided, 240, what="the restart's ledger entry for the open trial")
+    assert void["tune"]["reason"] == why
+    st = HotClient(second).tune_status()
+    assert st["study_joined"] == joined  # when it first joined, not the restart
+    (row,) = [r for r in st["trials"] if r["trial"] == left_open]
+    assert row["decision"] == "failed" and row["detail"]["reason"] == why
+    assert st["counts"]["failed"] == 1
+    assert study.trials[left_open].state == optuna.trial.TrialState.FAIL

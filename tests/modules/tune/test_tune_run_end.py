@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -85,6 +86,46 @@ def test_a_trial_being_asked_for_when_the_run_ends_is_told_fail(toy: Any, held_a
     t.kernel.close()
     trials = _trials(t.kernel.run_dir)
     assert len(trials) == 1 and all(tr.state == FAIL for tr in trials.values())
+    (number,) = trials
+    why = "the run ended while the trial was asked for (not started): not judged"
+    assert _voids(t) == {number: why}  # the count, the rows and the ledger agree
+    state = json.loads((Path(t.kernel.run_dir) / "hotcb.tune.json").read_text())
+    assert [r["decision"] for r in state["trials"] if r["trial"] == number] == ["failed"]
+    assert state["counts"]["failed"] == 1
+
+
+def test_a_trial_being_asked_for_when_the_tuner_is_disabled_gets_a_row(
+    toy: Any, held_ask: Any, cli: Any
+) -> None:
+    """The study and the count had a failed trial that `tune status`'s rows and the ledger
+    skipped: trial numbers jumped with no trace of the one in between."""
+    gate = held_ask
+    t: Toy = toy(log_level, lr=1e-4)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=LR_ONLY)
+    t.run(100, until=lambda: tune() is not None)
+    wait_for(lambda: tune().study is not None or tune().opening.done(), timeout=60,
+             what="the study to open")  # fmt: skip
+    t.run(100, until=lambda: tune().phase == "asking")
+    client.tune_disable()
+    t.run(100, until=lambda: tune().mode == "off")
+    gate.set()  # Optuna answers after the disable landed
+
+    def answered() -> bool:  # a step at a time: the row comes at the first step after it
+        t.run(1)
+        return bool(_voids(t))
+
+    wait_for(answered, timeout=60, what="the dropped trial's ledger entry")
+    (number,) = _trials(t.kernel.run_dir)
+    why = "tuner disabled (not started): not judged"
+    assert _voids(t) == {number: why}
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    (row,) = [r for r in st["trials"] if r["trial"] == number]
+    assert row["decision"] == "failed" and row["detail"]["reason"] == why
+    assert st["counts"]["failed"] == 1
+    t.kernel.close()
+    assert _trials(t.kernel.run_dir)[number].state == FAIL
 
 
 def test_a_pending_proposal_when_the_run_ends_is_told_fail_and_shown_ended(

@@ -148,6 +148,8 @@ class TuneModule:
         self.study: Study | None = None
         self._worker: Worker | None = None  # the thread that talks to the study
         self.asking: dict[str, Any] | None = None  # a trial being asked for in the background
+        # trials dropped while being asked for, until the ask answers: (its future, why, study)
+        self._dropped: list[tuple[Any, str, Any]] = []
         self.opening: Any = None  # the study being opened in the background (a Future)
         # while a tuner that was on opens the study of a new storage or study name: the one it
         # was in (or the Future still opening it), to go on in if the new one cannot be opened
@@ -206,8 +208,8 @@ class TuneModule:
         self.last_step: int | None = None  # the last step seen: where the run's end cut a trial
 
     @property
-    def wants_events(self) -> bool:
-        return self.mode != "off" and self.host.is_leader
+    def wants_events(self) -> bool:  # off, until the trials dropped while asked for are told
+        return (self.mode != "off" or bool(self._dropped)) and self.host.is_leader
 
     # ------------------------------------------------------------------ the module protocol
     def apply(self, op: HotOp, env: Env) -> OpResult:
@@ -258,6 +260,8 @@ class TuneModule:
 
     def on_events(self, events: Sequence[str], env: Env) -> None:
         step = self.last_step = int(env["step"])
+        if (self._dropped and self._collect_dropped()) or self.mode == "off":
+            return  # (listed for events until the next command refreshes the list)
         if self.opening is not None and self.opening.done():
             # collected as soon as it answers: a storage that cannot be opened turns the
             # tuner off now (ledgered), not two baseline segments later
@@ -301,6 +305,10 @@ class TuneModule:
             self._end_of_run()
             self._save()
         self._drain()
+        if self._dropped:  # every ask has answered now
+            self._dropped_answered()
+            self._save()
+            self._drain()
 
     def _end_of_run(self) -> None:
         """:meth:`close`'s part on the leader of a tuner that is on."""
@@ -309,18 +317,21 @@ class TuneModule:
         waiting = self.waiting
         if waiting is not None and waiting.get("kind") == "mutate":
             self.waiting, ended = None, True
-            self._void_at_end(waiting.get("trial"), "the run ended before its mutation was applied")
+            self._void_unjudged(
+                waiting.get("trial"), "the run ended before its mutation was applied"
+            )
         # left pending in the state file: `tune status` and `tune proposals` show a finished
         # run's as `ended`, and an accept is refused with the run's end as the reason
         self._expire_proposals("the run ended before a person answered it", keep=True)
         trial, self.trial = self.trial, None
         if trial is not None:
-            self._void_at_end(trial["number"], "the run ended during the trial")
+            self._void_unjudged(trial["number"], "the run ended during the trial")
         if ended:  # a checkpoint saved after the end resumes in a baseline segment
             self._start_segment(self.last_step if self.last_step is not None else -1, "baseline")
 
-    def _void_at_end(self, number: Any, why: str) -> None:
-        """A trial the run's end leaves unjudged: FAIL, in its row and the ledger."""
+    def _void_unjudged(self, number: Any, why: str) -> None:
+        """A trial left unjudged (the run's end, a disable, an enable again): FAIL, in its row
+        and the ledger."""
         reason = f"{why}: not judged"
         self._fail(number, reason)
         self._row(number).update(decision="failed", end_step=self.last_step,
@@ -1074,8 +1085,7 @@ class TuneModule:
         self.warnings = []
         self._weights_note()
         if study is not None:
-            failed = study.fail_open()
-            self.counts["failed"] += len(failed)
+            self._left_open(study.fail_open())
         self._start_segment(step, "baseline")
         if trial is not None:  # its change goes, as with a disable; a baseline follows it
             self._row(trial["number"]).update(end_step=step, detail={"reason": reason})
@@ -1147,8 +1157,21 @@ class TuneModule:
                 return self._study_ready()
             self.study = held
             return True
-        self.counts["failed"] += len(failed)
+        self._left_open(failed)
         return True
+
+    def _left_open(self, failed: Sequence[int]) -> None:
+        """Trials of this run that a process which ended without closing it (a kill, a crash)
+        left open, told FAIL as the study opened: a row and a ledger entry each, so that the
+        count of failed trials matches what `tune status` lists."""
+        for number in failed:
+            reason = ("left open by a process of this run that ended before judging it (a "
+                      "kill or a crash): told FAIL")  # fmt: skip
+            self.counts["failed"] += 1
+            self._row(number).update(decision="failed", detail={"reason": reason})
+            self.host.record({"module": "tune", "op": "void", "source": "tune",
+                              "decision": "applied", "tune": {"trial": number,
+                              "reason": reason}})  # fmt: skip
 
     def _branch_study(self, settings: Settings, where: Any) -> Settings:
         """A checkpoint of another run directory (``hotcb branch``'s parent, or a run copied
@@ -1760,19 +1783,43 @@ class TuneModule:
         self._start_segment(step, "baseline")
 
     def _drop_asking(self, reason: str) -> None:
-        """A trial asked for but not started: FAIL it once the ask has answered (in order,
-        on the study's thread)."""
+        """A trial asked for but not started: FAIL, with its row and ledger entry, once the ask
+        has answered and its number is known (:meth:`_dropped_answered`)."""
         asking, self.asking = self.asking, None
         if asking is None or self.study is None:
             return
-        future, study = asking["future"], self.study
+        self._dropped.append((asking["future"], reason, self.study))
+        self._dropped_answered()
 
-        def fail() -> None:
-            if future.exception() is None:
-                study.tell(future.result()[0], None, {"reason": reason})
+    def _collect_dropped(self) -> bool:
+        """:meth:`_dropped_answered` at a step; whether the tuner is off (nothing else to do)."""
+        dropped = len(self._dropped)
+        self._dropped_answered()
+        if self.mode != "off":
+            return False
+        if len(self._dropped) < dropped:
+            self._save()  # for `tune status` now
+        return True
 
-        self.counts["failed"] += 1
-        self._worker_().submit(fail)
+    def _dropped_answered(self) -> None:
+        """The trials dropped while being asked for whose ask has answered: told FAIL (after
+        the ask, on the study's thread), each with a row and a ledger entry. Before, the study
+        and the count had a failed trial that `tune status`'s rows and the ledger skipped."""
+        left = []
+        for future, reason, study in self._dropped:
+            if not future.done():
+                left.append((future, reason, study))
+            elif future.exception() is None:
+                number, why = future.result()[0], f"{reason} (not started)"
+                if study is self.study:
+                    self._void_unjudged(number, why)
+                    continue
+                # in a study the tuner has left since (enabled again elsewhere): FAIL there
+                self._tell(number, None, {"reason": why}, study=study)
+                self.host.record({"module": "tune", "op": "void", "source": "tune",
+                                  "decision": "applied", "tune": {"trial": number,
+                                  "study": study.name, "reason": f"{why}: not judged"}})  # fmt: skip
+        self._dropped = left
 
     def _start(
         self, number: int, sampled: Mapping[str, float], knobs: Sequence[Knob], step: int
@@ -1878,10 +1925,13 @@ class TuneModule:
         self._fail(trial["number"], reason)
         self._row(trial["number"])["decision"] = decision
 
-    def _tell(self, number: Any, score: float | None, attrs: Mapping[str, Any]) -> None:
-        if self.study is None or not isinstance(number, int):
+    def _tell(
+        self, number: Any, score: float | None, attrs: Mapping[str, Any], study: Any = None
+    ) -> None:
+        study = study if study is not None else self.study
+        if study is None or not isinstance(number, int):
             return
-        study, attrs = self.study, json.loads(json.dumps(attrs, default=str))  # a snapshot
+        attrs = json.loads(json.dumps(attrs, default=str))  # a snapshot
 
         def tell() -> None:
             try:

@@ -121,10 +121,17 @@ class Study:
         self.joined = self._others()
 
     def _others(self) -> dict[str, Any] | None:
-        """The trials other runs have told the study (an open one is not yet one): how many,
-        from how many runs, the best score among them; None when there are none."""
-        theirs = [t for t in self.study.get_trials(deepcopy=False)  # told, not open
-                  if t.user_attrs.get("run") != self.run and t.state.is_finished()]  # fmt: skip
+        """The trials other runs had told the study (an open one is not yet one) when this run
+        first joined it: how many, from how many runs, the best score among them; None when
+        there were none. A run that has trials in it already (a restart without a checkpoint,
+        which keeps no state) joined when its first trial started, not now."""
+        trials = self.study.get_trials(deepcopy=False)
+        mine = [t.datetime_start for t in trials
+                if t.user_attrs.get("run") == self.run and t.datetime_start is not None]  # fmt: skip
+        since = min(mine, default=None)
+        theirs = [t for t in trials  # told, not open, and before this run's first trial
+                  if t.user_attrs.get("run") != self.run and t.state.is_finished()
+                  and (since is None or (t.datetime_complete or since) <= since)]  # fmt: skip
         if not theirs:
             return None
         scores = [t.value for t in theirs if t.value is not None]
