@@ -672,3 +672,34 @@ def test_a_replaced_commands_file_holds_this_processs_own_commands(tmp_path: Any
     second.run(20, kill_after=17)
     (entry,) = [e for e in read_ledger(run_dir) if e.get("cmd_id") == stop["cmd_id"]]
     assert entry["decision"] == "applied", entry
+
+
+def test_a_plain_undo_after_a_resume_takes_back_a_change_made_before_the_checkpoint(
+    tmp_path: Any,
+) -> None:
+    """`hotcb undo` (no --cmd-id) in a resumed life, of the lr set before the checkpoint: it
+    was refused ("no applied change with changes to undo": only this life's changes were
+    looked at), so what the user meant to take back stayed in force."""
+    actions = {12: lambda c: c.opt(lr=0.02)}
+    whole, resumed, run_dir = _resumed(tmp_path, actions, later={50: lambda c: c.undo()})
+    (undo,) = [e for e in read_ledger(run_dir) if e["op"] == "undo"]
+    assert undo["decision"] == "applied", undo
+    assert undo["changes"]["lr"] == {"old": 0.02, "new": 0.05}
+    assert _equal(whole, resumed)
+
+
+def test_a_plain_undo_after_a_restart_without_a_checkpoint_finds_the_earlier_life(
+    tmp_path: Any,
+) -> None:
+    """A restart without a checkpoint continues the life before it (docs/core.md): a plain
+    undo there takes back that life's last change, not "nothing to undo"."""
+    run_dir = os.fspath(tmp_path / "run")
+    first = Loop(run_dir)
+    first.run(60, {12: lambda c: c.opt(lr=0.02), 14: lambda c: c.opt(momentum=0.5)},
+              kill_after=30)  # fmt: skip
+    second = Loop(run_dir)  # from step 0 again, no load_state_dict
+    second.run(20, {5: lambda c: c.undo()})
+    ledger = read_ledger(run_dir)
+    momentum = next(e for e in ledger if e["op"] == "set_params" and "momentum" in e["params"])
+    (undo,) = [e for e in ledger if e["op"] == "undo"]
+    assert undo["decision"] == "applied" and undo["undo_of"] == momentum["cmd_id"], undo

@@ -267,6 +267,17 @@ class RunControl:
         cannot, see :func:`_never_undone`; nor a tuner's mutation that it rolled back or voided
         since), or the one of ``cmd_id``."""
         rec = self.recorder
+        found = self._in_history(cmd_id)
+        if found is None and cmd_id is None and not rec.earlier_read:
+            rec.read_earlier(self._ledger_path)  # a restart or resume: the lives before it
+            found = self._in_history(cmd_id)
+        if found is not None or cmd_id is None:
+            return found
+        rec.flush()
+        return find_entry(self._ledger_path, cmd_id)
+
+    def _in_history(self, cmd_id: str | None) -> Mapping[str, Any] | None:
+        rec = self.recorder
         trials = rec.trials()
         entry: Mapping[str, Any]  # mypy: reversed() over dicts holding Any matches two overloads
         for entry in reversed(rec.history):
@@ -278,10 +289,7 @@ class RunControl:
                 continue  # a `control resume` would hide every change made before it
             if cmd_id is None or entry["cmd_id"] == cmd_id:
                 return entry
-        if cmd_id is None:
-            return None
-        rec.flush()
-        return find_entry(self._ledger_path, cmd_id)
+        return None
 
     # ------------------------------------------------------------------ end of the safe point
     def save_due(self, env: Env, point: SafePoint) -> None:

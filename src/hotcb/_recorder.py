@@ -17,7 +17,7 @@ from typing import Any
 from . import jsonl
 from ._intake import CommandIntake
 from ._trials import TRIAL_ENDS, TrialView
-from .ledger import Decision, LedgerWriter, new_entry
+from .ledger import Decision, LedgerWriter, iter_entries, new_entry
 from .modules import OpResult
 from .ops import HotOp
 
@@ -61,6 +61,10 @@ class LedgerRecorder:
         #: the safe point being worked on (set by the kernel when a poll or a due op runs);
         #: entries that modules add through ``ModuleHost.record`` default to it
         self.point = SafePoint(0)
+        #: the ledger's entries up to this seq are of the lives this one continues (a restart
+        #: continues them all; a resume, those up to its checkpoint): :meth:`read_earlier`
+        self.before = seq
+        self.earlier_read = False
 
     def emit(self, point: SafePoint, **fields: Any) -> dict[str, Any]:
         """Queue one entry at ``point`` (fields may override step and event)."""
@@ -85,6 +89,33 @@ class LedgerRecorder:
             self.trial_ends.setdefault(tune["trial"], []).append((record["seq"], end))
             if len(self.trial_ends) > _HISTORY:
                 del self.trial_ends[next(iter(self.trial_ends))]
+
+    def read_earlier(self, path: str) -> None:
+        """Put the applied changes of the lives this one continues (the ledger at ``path`` up
+        to :attr:`before`) in front of this life's own, with their undos and tuner trial ends:
+        after a restart or a resume, a plain ``undo`` still finds the change in force (it was
+        refused: "no applied change with changes to undo"). Read once, when this life's own
+        history has nothing left to undo."""
+        self.earlier_read = True
+        self.flush()
+        earlier: list[dict[str, Any]] = []
+        ends: dict[Any, list[tuple[int, str]]] = {}
+        for entry in iter_entries(path):
+            seq = entry.get("seq")
+            if not isinstance(seq, int) or seq > self.before:
+                continue
+            if entry.get("decision") != "applied":
+                continue
+            if entry.get("undo_of"):
+                self.undone.add(str(entry["undo_of"]))
+            if entry.get("changes"):
+                earlier.append(entry)
+            end, tune = TRIAL_ENDS.get(entry.get("op") or ""), entry.get("tune")
+            if end is not None and isinstance(tune, Mapping) and tune.get("trial") is not None:
+                ends.setdefault(tune["trial"], []).append((seq, end))
+        self.history = deque([*earlier, *self.history], maxlen=_HISTORY)
+        for trial, theirs in ends.items():
+            self.trial_ends[trial] = [*theirs, *self.trial_ends.get(trial, [])]
 
     def trials(self) -> TrialView:
         """The tuner's trials as the applied changes in memory show them (for ``undo``)."""

@@ -1012,6 +1012,9 @@ class HotKernel:
         own = not branched_before(self.paths, seq)
         late = self._restore_unwritten(state.get("unwritten")) if own else []
         self._ledger.point = SafePoint(step)
+        if own:  # `undo` looks up to the checkpoint in the ledger; later changes are re-applied
+            self._ledger.before, self._ledger.earlier_read = seq, False
+            self._ledger.history.clear()
         self._stream.load_state_dict(state)
         self._freeze.load_state_dict(state)
         self._control.restore_horizon(state.get("horizon") or {})
