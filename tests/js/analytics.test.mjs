@@ -96,3 +96,10 @@ test("pickForecast: no training loss to forecast either: the key metric's note",
   assert.match(fc.note, /1 of at least 8/);
   assert.deepEqual(asked, [null, "loss"]);
 });
+
+test("an empty trajectory says why: the server's note, else the general reason", () => {
+  const one = { steps: [], x: [], y: [], metrics: ["loss"], note: "a trajectory needs two or more metrics with at least 3 finite values that vary; usable here: loss (of 1 logged)" };
+  assert.equal(a.emptyTrajectoryNote(one), one.note);
+  assert.equal(a.emptyTrajectoryNote({ steps: [], x: [], y: [], metrics: [] }), "needs two or more metrics that vary");
+  assert.equal(a.emptyTrajectoryNote(null), "");
+});

@@ -60,6 +60,9 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
     with MetricsCollector(os.fspath(tmp_path / "short")) as m:
         for s in range(20):
             m.log(s, {"loss": 1.0 / (s + 1)})
+    with MetricsCollector(os.fspath(tmp_path / "broken")) as m:  # NaN from step 551 on
+        for s in range(600):
+            m.log(s, {"loss": 2.0 * (s + 10.0) ** -0.5 if s <= 550 else float("nan")})
     with MetricsCollector(os.fspath(tmp_path / "slashed")) as m:  # the demo's names
         for s in range(100):
             m.log(s, {"grad_norm": 1.0, "lr": 0.1, "train/loss": 2.0 / (s + 1),
@@ -92,6 +95,12 @@ def test_forecast_band_backtest_and_notes(tmp_path: Any, live_server: Any) -> No
         # first name in the list (grad_norm)
         slashed = c.get("/api/runs/slashed/forecast?horizon=50").json()
         assert slashed["metric"] == "val/loss"
+
+        # the collector wrote the NaNs as null: the forecast says so instead of continuing
+        # the curve from step 550
+        broken = c.get("/api/runs/broken/forecast?horizon=50").json()
+        assert broken["metric"] == "loss" and broken["show"] is False
+        assert broken["note"] == "loss is no longer finite (NaN since step 551): no forecast"
 
         short = c.get("/api/runs/short/forecast?horizon=100").json()
         assert short["show"] is False and "not enough history" in short["note"]
@@ -175,6 +184,8 @@ def test_trajectory(tmp_path: Any, live_server: Any) -> None:
         assert d["method"] == "pca" and d["metrics"] == ["loss", "val_loss"]
         assert len(d["x"]) == len(d["y"]) == len(d["steps"]) and 50 <= len(d["x"]) <= 100
         assert d["explained"][0] > 0.5
+        assert d["note"] is None
         one = c.get("/api/runs/r/trajectory?names=loss").json()
         assert one["x"] == [] and one["metrics"] == ["loss"]
+        assert one["note"].startswith("a trajectory needs two or more metrics")
         assert c.get("/api/runs/r/trajectory?method=tsne").status_code == 422

@@ -20,13 +20,19 @@ The model (the same with or without scikit-learn):
   given (``calibration=``) and holds at least :data:`MIN_CALIBRATION` past forecasts, the band
   is *calibrated* (split conformal): at the horizon it is the forecast plus the ``q_lo`` and
   ``q_hi`` quantiles of those forecasts' signed errors ``actual - forecast`` (in log space: of
-  the log ratio), at levels widened by ``1/n``; between the last step and the horizon it moves
-  linearly from the fit's band to that one. The band always holds the median.
+  the log ratio), at levels widened by ``1/n``, after cutting each error at Tukey's far-out
+  fences (3 interquartile ranges past the quartiles), so one wild past forecast does not set
+  the band alone; between the last step and the horizon it moves linearly from the fit's band
+  to that one. The band always holds the median. A metric that is a share (:func:`unit_bounds`)
+  is clipped to ``[0, 1]``.
 
 :func:`backtest` replays the model on the run's own past: from several origins it forecasts
 ``horizon`` steps ahead and compares the mean absolute error with two baselines, the last value
-and a straight line in ``step`` fitted on the same window. A forecast is worth showing only where
-it beats both (:attr:`Backtest.better`); the dashboard shows the band only then.
+and a straight line in ``step`` fitted on the same window. Its origins have at least
+:func:`min_history` points behind them (a quarter of the history, up to 800 points), so their
+fits look like the live one. A forecast is worth showing only where it beats both
+(:attr:`Backtest.better`) and its band held enough of the backtest's targets
+(:meth:`Backtest.coverage_poor`); the dashboard shows it only then.
 
 numpy is needed here (the ``dashboard`` extra); ``import hotcb`` never imports this module.
 """
@@ -34,6 +40,7 @@ numpy is needed here (the ``dashboard`` extra); ``import hotcb`` never imports t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,8 +53,11 @@ __all__ = [
     "fit_trend",
     "forecast",
     "huber_line",
+    "min_history",
+    "nonfinite_tail",
     "origin_indices",
     "sklearn_available",
+    "unit_bounds",
 ]
 
 Backend = Literal["auto", "sklearn", "numpy"]
@@ -86,6 +96,61 @@ def _clean(steps: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
         keep = np.append(x[1:] != x[:-1], True)  # a step logged twice: its last value
         x, y = x[keep], y[keep]
     return x, y
+
+
+def nonfinite_tail(steps: Any, values: Any) -> tuple[float, str] | None:
+    """``(first_step, kind)`` when the metric's last logged value is not finite: the step from
+    which every value it logged is NaN or infinite, and which (``"NaN"``, ``"inf"``, ``"-inf"``,
+    or several joined with ``/``); ``None`` when the last value is a number or nothing is
+    logged. The forecast fits the finite points only, so it would continue the curve from
+    before the metric broke as if nothing had happened."""
+    x = np.asarray(steps, dtype=float).ravel()
+    y = np.asarray(values, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"steps and values differ in length: {x.size} and {y.size}")
+    ok = np.isfinite(x)
+    x, y = x[ok], y[ok]
+    if not x.size:
+        return None
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    keep = np.append(x[1:] != x[:-1], True)  # a step logged twice: its last value
+    x, y = x[keep], y[keep]
+    if not y.size or np.isfinite(y[-1]):
+        return None
+    finite = np.nonzero(np.isfinite(y))[0]
+    first = int(finite[-1]) + 1 if finite.size else 0
+    tail = y[first:]
+    kinds = [k for k, hit in (("NaN", np.isnan(tail).any()), ("inf", (tail == np.inf).any()),
+                              ("-inf", (tail == -np.inf).any())) if hit]  # fmt: skip
+    return float(x[first]), "/".join(kinds)
+
+
+#: Words of a metric's name that say it is a share or a score that cannot pass 1 (``val_acc``,
+#: ``eval/f1``, ``auroc``, ``top1``): :func:`unit_bounds`.
+UNIT_SCORES = ("acc", "f1", "auc", "auroc", "auprc", "precision", "recall", "iou", "miou",
+               "dice", "map", "ndcg", "ssim", "top1", "top5", "bleu", "rouge", "correct")  # fmt: skip
+
+
+def unit_bounds(name: str, values: Any) -> tuple[float, float] | None:
+    """``(0.0, 1.0)`` for a metric that is a share or a score bounded by 1: its name says it
+    is maximized (:func:`hotcb.metrics.guess_direction`) and names such a score (a word of it
+    starts with one of :data:`UNIT_SCORES`), and every finite value it logged lies in
+    ``[0, 1]``; else ``None``. Its forecast is clipped to that range: an accuracy rising
+    toward 1 is not forecast at 1.01. An accuracy logged in percent (values above 1), or a
+    reward, is not bounded this way."""
+    from ..metrics import guess_direction
+
+    if guess_direction(name) != "maximize":
+        return None
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    if not any(w.startswith(UNIT_SCORES) for w in words):
+        return None
+    y = np.asarray(values, dtype=float).ravel()
+    y = y[np.isfinite(y)]
+    if not y.size or float(y.min()) < 0.0 or float(y.max()) > 1.0:
+        return None
+    return 0.0, 1.0
 
 
 def huber_line(x: np.ndarray, y: np.ndarray, epsilon: float = 1.35, iters: int = 30) -> np.ndarray:
@@ -219,8 +284,24 @@ class Calibration:
         n = self.errors.size
         lo_q = max(0.0, q_lo - (1.0 - q_lo) / n)
         hi_q = min(1.0, q_hi + q_hi / n)
-        lo, hi = np.quantile(self.errors, [lo_q, hi_q])
+        lo, hi = np.quantile(_fenced(self.errors), [lo_q, hi_q])
         return min(0.0, float(lo)), max(0.0, float(hi))
+
+
+#: Interquartile ranges past the quartiles where a past forecast's error is cut (Tukey's
+#: "far out" fences): with a dozen errors the band's widened levels are their smallest and
+#: largest, so one wild error would otherwise set the band alone.
+FENCE = 3.0
+
+
+def _fenced(errors: np.ndarray) -> np.ndarray:
+    """``errors`` with each one beyond Tukey's far-out fences (:data:`FENCE`) moved onto the
+    fence. A normal error lies beyond them about once in 400 000; an error that does is
+    one origin gone wild (its forecast from a window on the run's first transient, say), and it
+    counts as a large error, not as a band a hundred times wider."""
+    q1, q3 = np.quantile(errors, [0.25, 0.75])
+    reach = FENCE * float(q3 - q1)
+    return np.asarray(np.clip(errors, q1 - reach, q3 + reach), dtype=float)
 
 
 def _u(form: str, steps: np.ndarray) -> np.ndarray:
@@ -347,6 +428,7 @@ class Forecast:
     last_step: float
     last_value: float
     calibrated: int = 0  # past forecasts the band is calibrated on (0: the fit's band)
+    bounds: tuple[float, float] | None = None  # the range median and band are clipped to
 
     def to_dict(self) -> dict[str, Any]:
         t = self.trend
@@ -360,6 +442,7 @@ class Forecast:
             "last_value": self.last_value,
             "band": "calibrated" if self.calibrated else "fit",
             "calibrated_on": self.calibrated,
+            "bounds": list(self.bounds) if self.bounds is not None else None,
             "model": {
                 "form": t.form,
                 "log_space": t.log_space,
@@ -396,6 +479,7 @@ def forecast(
     out_points: int = OUT_POINTS,
     backend: Backend = "auto",
     calibration: Backtest | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Forecast | None:
     """Project ``values`` (logged at ``steps``) ``horizon`` steps past the last one.
 
@@ -405,7 +489,10 @@ def forecast(
 
     ``calibration``: the :func:`backtest` of the same series at the same ``horizon``; where it
     has at least :data:`MIN_CALIBRATION` past forecasts in the trend's space, the band is
-    calibrated on their errors (see the module's docstring), else it is the fit's."""
+    calibrated on their errors (see the module's docstring), else it is the fit's.
+
+    ``bounds``: ``(low, high)`` the metric cannot leave (:func:`unit_bounds` for a share such
+    as an accuracy); the median and the band are clipped to it."""
     if horizon < 1:
         raise ValueError(f"horizon must be at least 1 step, got {horizon}")
     q_lo, q_hi = quantiles
@@ -421,9 +508,12 @@ def forecast(
     if cal is not None and cal.horizon != horizon:
         raise ValueError(f"the calibration is for {cal.horizon} steps ahead, not {horizon}")
     lo, hi = trend.band(grid, q_lo, q_hi, cal)
+    median = trend.predict(grid)
+    if bounds is not None:
+        median, lo, hi = (np.clip(a, *bounds) for a in (median, lo, hi))
     return Forecast(
         steps=grid,
-        median=trend.predict(grid),
+        median=median,
         lo=lo,
         hi=hi,
         quantiles=(q_lo, q_hi),
@@ -431,6 +521,7 @@ def forecast(
         last_step=float(x[-1]),
         last_value=float(y[-1]),
         calibrated=cal.errors.size if cal is not None and cal.usable(trend) else 0,
+        bounds=bounds,
     )
 
 
@@ -461,6 +552,11 @@ class Backtest:
     mae_linear: float | None
     coverage: float | None = None  # share of the targets inside the band (calibrated on the past)
     coverage_fit: float | None = None  # the same for the fit's band (never calibrated)
+    # the share inside at the origins whose band was calibrated (enough earlier errors), and
+    # how many there were: the band the page draws once it is calibrated
+    coverage_calibrated: float | None = None
+    calibrated_origins: int = 0
+    nominal: float = 0.8  # the share of targets the band should hold (q_hi - q_lo)
     errors: dict[str, list[float]] = field(default_factory=dict, repr=False)
     # per origin: the model's signed error in its trend's space, and whether that is log space
     signed: tuple[tuple[float, bool], ...] = field(default=(), repr=False)
@@ -470,6 +566,28 @@ class Backtest:
         """The model beats both baselines (strictly) on this history."""
         m, b1, b2 = self.mae_model, self.mae_last_value, self.mae_linear
         return m is not None and b1 is not None and b2 is not None and m < b1 and m < b2
+
+    def band_record(self, calibrated: bool) -> tuple[int, int]:
+        """``(inside, of)``: how many of this backtest's targets fell inside the band of the
+        kind a forecast draws: with ``calibrated``, at the origins whose band was calibrated
+        (:attr:`coverage_calibrated`); else the fit's band at every origin
+        (:attr:`coverage_fit`). The origins that drew the fit's band say nothing of the
+        calibrated band (on a smooth metric the fit's band is a hair wide and misses)."""
+        share, of = (
+            (self.coverage_calibrated, self.calibrated_origins)
+            if calibrated
+            else (self.coverage_fit, self.origins)
+        )
+        return (round(share * of), of) if share is not None else (0, 0)
+
+    def coverage_poor(self, calibrated: bool) -> bool:
+        """The band (of the kind :meth:`band_record` says) held so few of the targets that a
+        band holding its :attr:`nominal` share would do so less than :data:`COVERAGE_ALPHA` of
+        the time (a one-sided binomial test): 6 or fewer of 12 inside an 80 % band, 2 or fewer
+        of 6, none of 4. Such a band is not shown, whatever :attr:`better` says of the
+        median."""
+        inside, of = self.band_record(calibrated)
+        return of > 0 and _binomial_cdf(inside, of, self.nominal) < COVERAGE_ALPHA
 
     def calibration(self, log_space: bool) -> Calibration:
         """The errors of the forecasts made in ``log_space`` (or not), for :meth:`Trend.band`."""
@@ -487,8 +605,20 @@ class Backtest:
             },
             "coverage": self.coverage,
             "coverage_fit": self.coverage_fit,
+            "coverage_calibrated": self.coverage_calibrated,
+            "calibrated_origins": self.calibrated_origins,
             "better": self.better,
         }
+
+
+#: A band that held fewer of the backtest's targets than a band of its nominal coverage would
+#: hold this rarely is not shown (:attr:`Backtest.coverage_poor`).
+COVERAGE_ALPHA = 0.02
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """``P(X <= k)`` for ``X`` binomial with ``n`` trials of probability ``p``."""
+    return float(sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1)))
 
 
 def _z(trend: Trend, v: float) -> float | None:
@@ -497,20 +627,45 @@ def _z(trend: Trend, v: float) -> float | None:
     return math.log(v) if v > 0 else None
 
 
+def min_history(n: int, min_points: int = MIN_POINTS, max_points: int = MAX_POINTS) -> int:
+    """The points an origin of a backtest of ``n`` points needs before it (its own counted):
+    ``2·min_points``, or a quarter of the history when that is more, up to ``2·max_points``
+    (from there on an origin's window is as long as the live forecast's).
+
+    An origin with far less history than the live forecast fits a window of a few points,
+    often on the run's first transient (a loss falling by 10× in its first 20 steps), and its
+    forecast far ahead can be off by a factor of ``e**100``: one such error would set the band
+    that the live forecast, fitted on 400 points, is calibrated on."""
+    return int(max(2 * min_points, min(2 * max_points, n // 4)))
+
+
 def origin_indices(
-    x: np.ndarray, horizon: int, origins: int, min_points: int = MIN_POINTS
+    x: np.ndarray,
+    horizon: int,
+    origins: int,
+    min_points: int = MIN_POINTS,
+    max_points: int = MAX_POINTS,
 ) -> np.ndarray:
     """Indices into the sorted steps ``x`` of up to ``origins`` forecast origins, spread evenly
-    over the points with at least ``2·min_points`` points before them (counting their own) and
-    ``horizon`` steps after them."""
+    over the points with at least :func:`min_history` points before them (counting their own)
+    and ``horizon`` steps after them."""
     if not x.size:
         return np.array([], dtype=int)
     cands = np.nonzero(x <= x[-1] - horizon)[0]
-    cands = cands[cands >= 2 * min_points - 1]
+    cands = cands[cands >= min_history(x.size, min_points, max_points) - 1]
     if not cands.size:
         return cands
     picks = np.unique(np.linspace(0, cands.size - 1, min(origins, cands.size)).round())
     return np.asarray(cands[picks.astype(int)])
+
+
+def _clip(
+    band: tuple[np.ndarray, np.ndarray], bounds: tuple[float, float] | None
+) -> tuple[float, float]:
+    lo, hi = float(band[0][0]), float(band[1][0])
+    if bounds is None:
+        return lo, hi
+    return min(max(lo, bounds[0]), bounds[1]), min(max(hi, bounds[0]), bounds[1])
 
 
 def backtest(
@@ -523,6 +678,7 @@ def backtest(
     min_points: int = MIN_POINTS,
     max_points: int = MAX_POINTS,
     backend: Backend = "numpy",
+    bounds: tuple[float, float] | None = None,
 ) -> Backtest:
     """Forecast from up to ``origins`` past points, each ``horizon`` steps ahead, and score the
     model, the last value and a straight line in ``step`` (fitted on the model's window)
@@ -531,14 +687,16 @@ def backtest(
 
     ``coverage`` is measured as the band would have been drawn at each origin: calibrated on
     the errors of the earlier origins whose targets were logged by then (the fit's band while
-    there are fewer than :data:`MIN_CALIBRATION`); ``coverage_fit`` is the fit's band's."""
+    there are fewer than :data:`MIN_CALIBRATION`); ``coverage_fit`` is the fit's band's.
+    ``bounds``: as for :func:`forecast` (the forecasts and bands are clipped to it)."""
     x, y = _clean(steps, values)
     errs: dict[str, list[float]] = {"model": [], "last_value": [], "linear": []}
     signed: list[tuple[float, bool]] = []
     known: list[tuple[float, float, bool]] = []  # target step, signed error, log space
     inside = inside_fit = 0
+    calibrated: list[bool] = []  # inside or not, at the origins whose band was calibrated
     q_lo, q_hi = quantiles
-    for i in origin_indices(x, horizon, origins, min_points):
+    for i in origin_indices(x, horizon, origins, min_points, max_points):
         hx, hy = x[: i + 1], y[: i + 1]
         trend = _fit(hx, hy, min_points, max_points, backend)
         at = float(hx[-1]) + horizon
@@ -548,15 +706,19 @@ def backtest(
         w = _window(hx.size, min_points, max_points)
         z_at = float(trend.z(np.array([at]))[0])
         pred = float(trend.value(np.array([z_at]))[0])
+        if bounds is not None:
+            pred = min(max(pred, bounds[0]), bounds[1])
         errs["model"].append(abs(pred - target))
         errs["last_value"].append(abs(float(hy[-1]) - target))
         errs["linear"].append(abs(_linear(hx[-w:], hy[-w:], at) - target))
-        lo, hi = trend.band(np.array([at]), q_lo, q_hi)
-        inside_fit += int(lo[0] <= target <= hi[0])
+        lo, hi = _clip(trend.band(np.array([at]), q_lo, q_hi), bounds)
+        inside_fit += int(lo <= target <= hi)
         past = [e for t, e, ls in known if t <= hx[-1] and ls == trend.log_space]
         cal = Calibration(horizon, trend.log_space, np.array(past, dtype=float))
-        lo, hi = trend.band(np.array([at]), q_lo, q_hi, cal)
-        inside += int(lo[0] <= target <= hi[0])
+        lo, hi = _clip(trend.band(np.array([at]), q_lo, q_hi, cal), bounds)
+        inside += int(lo <= target <= hi)
+        if cal.usable(trend):
+            calibrated.append(lo <= target <= hi)
         zt = _z(trend, target)
         if zt is not None:
             signed.append((zt - z_at, trend.log_space))
@@ -574,6 +736,9 @@ def backtest(
         mae_linear=mae("linear"),
         coverage=inside / n if n else None,
         coverage_fit=inside_fit / n if n else None,
+        coverage_calibrated=float(np.mean(calibrated)) if calibrated else None,
+        calibrated_origins=len(calibrated),
+        nominal=q_hi - q_lo,
         errors=errs,
         signed=tuple(signed),
     )

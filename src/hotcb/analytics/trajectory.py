@@ -13,7 +13,9 @@ process 33 s (numba compiles it), later fits of 500 points 1.1 to 1.5 s; PCA tak
 dashboard therefore draws PCA unless UMAP is asked for.
 
 Metrics logged at fewer than ``min_points`` steps, and grid steps before every metric has a
-value, are left out.
+value, are left out. A trajectory needs two metrics that vary, on at least three common grid
+steps; without them it is empty and its ``note`` says which condition failed (a run that logs
+only ``loss`` has no trajectory).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Trajectory:
     method: str
     explained: list[float] | None  # PCA: variance ratio of the two components
     loadings: dict[str, list[float]] | None  # PCA: each metric's weight in the two components
+    note: str | None = None  # why the trajectory is empty (None when it is not)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,7 @@ class Trajectory:
             "method": self.method,
             "explained": self.explained,
             "loadings": self.loadings,
+            "note": self.note,
         }
 
 
@@ -83,8 +87,14 @@ def _bucket_means(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.where(count > 0, mean, last)
 
 
-def _empty(names: list[str], method: str) -> Trajectory:
-    return Trajectory(np.zeros(0), np.zeros((0, 2)), names, method, None, None)
+def _empty(names: list[str], method: str, note: str) -> Trajectory:
+    return Trajectory(np.zeros(0), np.zeros((0, 2)), names, method, None, None, note)
+
+
+def _too_few(names: list[str], logged: int, min_points: int, where: str = "") -> str:
+    usable = ", ".join(names) if names else "none"
+    return (f"a trajectory needs two or more metrics with at least {min_points} finite values "
+            f"that vary{where}; usable here: {usable} (of {logged} logged)")  # fmt: skip
 
 
 def trajectory(
@@ -108,20 +118,24 @@ def trajectory(
             order = np.argsort(x, kind="stable")
             clean[name] = (x[order], y[order])
     names = sorted(clean)
+    how = "umap" if use_umap else "pca"
     if len(names) < 2:
-        return _empty(names, "umap" if use_umap else "pca")
+        return _empty(names, how, _too_few(names, len(series), min_points))
     grid = _grid(clean, max_points)
     cols = [_bucket_means(*clean[name], grid) for name in names]
     m = np.column_stack(cols)
     rows = np.all(np.isfinite(m), axis=1)
     m, grid = m[rows], grid[rows]
     if m.shape[0] < 3:
-        return _empty(names, "umap" if use_umap else "pca")
+        note = (f"{', '.join(names)} have values together at {m.shape[0]} step"
+                f"{'' if m.shape[0] == 1 else 's'}; a trajectory needs at least 3")  # fmt: skip
+        return _empty(names, how, note)
     sd = m.std(axis=0)
     keep = sd > 0
     m, names = m[:, keep], [n for n, k in zip(names, keep, strict=True) if k]
     if len(names) < 2:
-        return _empty(names, "umap" if use_umap else "pca")
+        where = " over the steps they share"
+        return _empty(names, how, _too_few(names, len(series), min_points, where))
     z = (m - m.mean(axis=0)) / m.std(axis=0)
     if use_umap:
         import umap  # type: ignore[import-not-found,unused-ignore]

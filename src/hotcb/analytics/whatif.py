@@ -249,8 +249,12 @@ class WhatIf:
         }
 
 
-def _shift(values: np.ndarray, d: float, log_space: bool) -> list[float | None]:
+def _shift(
+    values: np.ndarray, d: float, log_space: bool, bounds: tuple[float, float] | None
+) -> list[float | None]:
     out = values * math.exp(d) if log_space else values + d
+    if bounds is not None:  # a share stays a share (the forecast's own bounds)
+        out = np.clip(out, *bounds)
     return [float(v) if math.isfinite(v) else None for v in out.tolist()]
 
 
@@ -276,9 +280,9 @@ def whatif(
     log_space = current.trend.log_space and all(c.log_space for c in sim)
     band = {
         "steps": [int(s) for s in current.steps],
-        "median": _shift(current.median, float(med), log_space),
-        "lo": _shift(current.lo, float(lo), log_space),
-        "hi": _shift(current.hi, float(hi), log_space),
+        "median": _shift(current.median, float(med), log_space, current.bounds),
+        "lo": _shift(current.lo, float(lo), log_space, current.bounds),
+        "hi": _shift(current.hi, float(hi), log_space, current.bounds),
     }
     impact = {"lo": float(lo), "median": float(med), "hi": float(hi), "log_space": log_space}
     return WhatIf(knob, factor, sim, len(changes), current, unmeasured, impact, band)

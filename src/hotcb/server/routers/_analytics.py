@@ -28,7 +28,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from ... import jsonl
 from ...analytics import RunHistory, backtest, forecast, join_branch, past_changes, whatif
-from ...analytics.forecast import Backend
+from ...analytics.forecast import Backend, nonfinite_tail, unit_bounds
 from ...analytics.trajectory import trajectory, umap_available
 from ...runfiles import RunPaths
 from ..deps import Deps
@@ -89,24 +89,42 @@ def _empty() -> Series:
     return np.zeros(0), np.zeros(0)
 
 
-def forecast_doc(x: np.ndarray, y: np.ndarray, horizon: int) -> dict[str, Any]:
-    """What ``/forecast`` answers for one series (also the base of a what-if)."""
-    bt = backtest(x, y, horizon)
-    fc = forecast(x, y, horizon, backend=fit_backend(), calibration=bt)  # band: bt's errors
+def _fmt_step(step: float) -> str:
+    return str(int(step)) if float(step).is_integer() else f"{step:g}"
+
+
+def forecast_doc(
+    x: np.ndarray, y: np.ndarray, horizon: int, metric: str | None = None
+) -> dict[str, Any]:
+    """What ``/forecast`` answers for one series (also the base of a what-if). ``show``: a
+    forecast exists, its last logged value is finite, it beat both baselines on this run's
+    past, and its band held enough of the past targets; ``note`` says which failed."""
+    bounds = unit_bounds(metric, y) if metric else None
+    bt = backtest(x, y, horizon, bounds=bounds)
+    fc = forecast(x, y, horizon, backend=fit_backend(), calibration=bt, bounds=bounds)
     n = int(np.isfinite(y).sum())
-    if fc is None:
+    broken = nonfinite_tail(x, y)
+    if broken is not None:
+        since, kind = broken
+        what = metric or "the metric"
+        note = f"{what} is no longer finite ({kind} since step {_fmt_step(since)}): no forecast"
+    elif fc is None:
         note = f"not enough points for a forecast yet ({n} of at least 8)"
     elif bt.origins == 0:
         note = f"not enough history yet to test a {horizon}-step forecast against the baselines"
     elif not bt.better:
         note = NOT_BETTER
+    elif bt.coverage_poor(fc.calibrated > 0):
+        inside, of = bt.band_record(fc.calibrated > 0)
+        note = (f"forecast band held only {inside} of {of} past values on this run "
+                f"(a {round(100 * bt.nominal)} % band): not shown")  # fmt: skip
     else:
         note = None
     return {
         "points": n,
         "forecast": fc.to_dict() if fc is not None else None,
         "backtest": bt.to_dict(),
-        "show": fc is not None and bt.better,
+        "show": note is None,
         "note": note,
     }
 
@@ -260,7 +278,7 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         if hit is not None:
             return hit
         x, y = await runs.joined(run, name)
-        doc = await asyncio.to_thread(forecast_doc, x, y, horizon)
+        doc = await asyncio.to_thread(forecast_doc, x, y, horizon, name)
         return runs.remember(key, {"run": run.run_id, "metric": name, "horizon": horizon, **doc})
 
     @both(router, "whatif")
@@ -295,8 +313,9 @@ def create_analytics_router(deps: Deps) -> APIRouter:
 
         def compute() -> dict[str, Any]:
             changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
-            bt = backtest(base.steps, base.values, horizon)  # the band /forecast draws
-            fc = forecast(base.steps, base.values, horizon, backend=fit_backend(), calibration=bt)
+            bounds = unit_bounds(name, base.values)
+            bt = backtest(base.steps, base.values, horizon, bounds=bounds)  # as /forecast draws
+            fc = forecast(base.steps, base.values, horizon, backend=fit_backend(), calibration=bt, bounds=bounds)  # fmt: skip
             w = whatif(knob, factor, changes, fc)
             return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
 

@@ -83,6 +83,13 @@ export function fmtImpact(impact, logSpace = true) {
   return `${pct >= 0 ? "+" : "−"}${Math.abs(pct).toFixed(Math.abs(pct) < 10 ? 1 : 0)} %`;
 }
 
+/** What the trajectory panel says when there is nothing to draw: the server's reason (a run
+ * that logs one metric has no trajectory), or, from an older server, the general one. */
+export function emptyTrajectoryNote(t) {
+  if (!t) return "";
+  return t.note || "needs two or more metrics that vary";
+}
+
 /** Linear (or log) scales over the points given, with a little headroom. */
 export function scales(xs, ys, width, height, pad = 28) {
   const fx = xs.filter(Number.isFinite);
@@ -538,7 +545,7 @@ export class AnalyticsPanel {
     const { ctx, w, h } = fit(this.trCanvas);
     const t = this.traj;
     if (!t || !t.x || t.x.length < 2) {
-      this.trNote.textContent = t ? "needs two or more metrics that vary" : "";
+      this.trNote.textContent = emptyTrajectoryNote(t);
       return;
     }
     const s = scales(t.x, t.y, w, h, 12);
