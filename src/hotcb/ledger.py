@@ -249,6 +249,8 @@ class LedgerView:
         self._cb_ops: dict[str, dict[str, Any]] = {}  # cmd_id -> applied cb entry (for undo)
         self._cb_problem: dict[str, str] = {}  # id -> the op whose problem is its last_error
         self._cb_entries: list[dict[str, Any]] = []  # what callbacks were reduced from
+        #: id -> wall time of its last applied load or checkpoint restore (callback_list)
+        self._cb_life: dict[str, float] = {}
 
     @classmethod
     def read(cls, path: str, max_entries: int | None = None) -> LedgerView:
@@ -351,14 +353,32 @@ class LedgerView:
             return _never_started(meta) or "not started"
         return "idle" if now - last_activity > stale_after else "running"
 
-    def callback_list(self) -> list[dict[str, Any]]:
+    def callback_list(self, meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """The callbacks in load order: ``id``, ``state`` (``enabled`` | ``disabled`` |
-        ``load failed``), ``target``, ``sha256``, ``params`` (set so far), ``errors``,
-        ``last_error`` (its last exception, or the last refused command about it that no later
-        one of the same kind made moot), ``step`` (of the last change; for ``load failed``, of
-        the last attempt). Entries a later resume superseded (:func:`live_entries`) count for
-        nothing."""
-        return list(self.callbacks.values())
+        ``load failed`` | ``not loaded``), ``target``, ``sha256``, ``params`` (set so far),
+        ``errors``, ``last_error`` (its last exception, or the last refused command about it
+        that no later one of the same kind made moot), ``step`` (of the last change; for
+        ``load failed``, of the last attempt). Entries a later resume superseded
+        (:func:`live_entries`) count for nothing.
+
+        ``meta`` (``hotcb.run.json``) says when the trainer's current life began
+        (:func:`life_started`): a callback loaded in an earlier life that this one neither
+        loaded again nor restored from a checkpoint (a ``cb restore`` entry, written by
+        ``kernel.load_state_dict``) is ``not loaded``: a trainer started again in the run
+        directory without its checkpoint has none of the old callbacks."""
+        life = life_started(meta)
+        out = []
+        for ident, cb in self.callbacks.items():
+            seen = self._cb_life.get(ident)
+            if (
+                life is not None
+                and seen is not None
+                and seen < life
+                and cb["state"] in ("enabled", "disabled")
+            ):
+                cb = {**cb, "state": "not loaded", "last_error": _NOT_IN_THIS_LIFE}
+            out.append(cb)
+        return out
 
     # -- callbacks ---------------------------------------------------------------------------
     def _as_cb(self, e: dict[str, Any]) -> dict[str, Any]:
@@ -376,6 +396,14 @@ class LedgerView:
             at = (e.get("resumed_from") or {}).get("seq")
             if isinstance(at, int):
                 self._rewind_callbacks(at)
+            return
+        if e.get("module") == "cb" and e.get("op") == "restore" and "restored" in e:
+            # the callbacks a checkpoint brought back into this life (not superseded by the
+            # resume entry that follows it: it is that same life)
+            wall = _number(e.get("wall_time"))
+            for ident in e.get("restored") or ():
+                if wall is not None and isinstance(ident, str):
+                    self._cb_life[ident] = wall
             return
         if self._reduce_callback(self._as_cb(e)):
             self._cb_entries.append(e)
@@ -445,11 +473,21 @@ class LedgerView:
             cbs[ident] = _callback(e, "disabled" if e.get("enabled") is False else "enabled")
             cbs[ident]["sha256"] = (e.get("source_capture") or {}).get("sha256")
             self._cb_problem.pop(ident, None)
+            wall = _number(e.get("wall_time"))
+            if wall is not None:
+                self._cb_life[ident] = max(wall, self._cb_life.get(ident, wall))
         elif decision in ("failed", "rejected"):
             if cur is None or cur["state"] == "load failed":
                 cbs[ident] = cur = _callback(e, "load failed")
             cur["last_error"] = e.get("error")
             self._cb_problem[ident] = "load"
+
+
+#: ``last_error`` of a callback of an earlier life of the trainer (:meth:`LedgerView.callback_list`).
+_NOT_IN_THIS_LIFE = (
+    "the trainer started again in this run directory without restoring a checkpoint: this "
+    "callback is not loaded in it (cb load it again)"
+)
 
 
 def _callback(e: Mapping[str, Any], state: str) -> dict[str, Any]:

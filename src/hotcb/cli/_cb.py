@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from .. import jsonl
 from ..ledger import LedgerView
 from ..runfiles import RunPaths
 from ._common import UsageError, add_wait, client, finish, parse_kv
@@ -22,19 +23,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     csub = cb.add_subparsers(dest="op", metavar="OP")
     csub.required = True
 
-    p = csub.add_parser("load", help="load (or reload) a callback from a file or a module")
-    p.add_argument("id", help="the callback's name in this run")
+    p = csub.add_parser(
+        "load",
+        help="load (or reload) a callback from a file or a module",
+        usage="%(prog)s [-h] (--file FILE | --path PATH) --symbol SYMBOL "
+        "[--enabled | --disabled] [--init KEY=VALUE ...] [--wait ...] id",
+    )
+    # an init value always has '=': an id after --init's values is still the id
+    p.add_argument("id", nargs="?", help="the callback's name in this run (required)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="a .py file (its source is captured in hotcb.sources/)")
     src.add_argument("--path", help="an importable module, e.g. hotcb.modules.cb.callbacks")
     p.add_argument("--symbol", required=True, help="the class or factory in it")
     onoff = p.add_mutually_exclusive_group()
-    onoff.add_argument("--enabled", dest="enabled", action="store_true", default=True)
+    onoff.add_argument(
+        "--enabled",
+        dest="enabled",
+        action="store_true",
+        default=True,
+        help="load it switched on (the default)",
+    )
     onoff.add_argument(
         "--disabled", dest="enabled", action="store_false", help="load it switched off"
     )
     p.add_argument(
-        "--init", nargs="+", default=[], metavar="KEY=VALUE", help="constructor arguments"
+        "--init",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor arguments, values parsed as JSON; one or more per --init, and "
+        "--init may be repeated",
     )
     add_wait(p)
     p.set_defaults(func=cmd_load)
@@ -66,15 +85,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=cmd_op, cb_op=name)
 
 
+def _load_id(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The callback id and the init items: ``--init k=v ID`` gives argparse ``ID`` among the
+    init values (an init value always has ``=``), so a last value without ``=`` is the id."""
+    items = list(args.init)
+    if args.id is None and items and "=" not in items[-1]:
+        return items[-1], items[:-1]
+    if args.id is None:
+        raise UsageError("cb load needs the callback's id, e.g. cb load my_cb --file f.py ...")
+    return args.id, items
+
+
 def cmd_load(args: argparse.Namespace) -> int:
+    ident, init = _load_id(args)
     if args.file is not None and not os.path.isfile(args.file):
         raise UsageError(f"no such file: {args.file}")
     cid = client(args).cb_load(
-        args.id,
+        ident,
         symbol=args.symbol,
         file=args.file,
         path=args.path,
-        init=parse_kv(args.init),
+        init=parse_kv(init),
         enabled=args.enabled,
     )
     return finish(args, [cid])
@@ -92,7 +123,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
     if not os.path.isdir(paths.root):
         raise UsageError(f"no run directory at {paths.root}")
-    cbs = LedgerView.read(paths.ledger).callback_list()
+    meta = jsonl.read_json(paths.run_meta, {}) or {}  # when this life of the trainer began
+    cbs = LedgerView.read(paths.ledger).callback_list(meta)
     if args.json:
         print(json.dumps(cbs, indent=2))
         return 0

@@ -210,7 +210,7 @@ def test_jsonl_logger_writes_only_inside_the_run(kernel_factory, driver_for, tmp
         cid = client.cb_load("far", path=PKG, symbol="JSONLLoggerCallback", init={"path": path})
         kernel.apply({"step": -1})
         entry = client.wait(cid, timeout=5)
-        assert entry["decision"] == "failed", entry
+        assert entry["decision"] == "rejected", entry  # a refused path, as docs/security.md says
         assert "outside the run directory" in entry["error"]
     _load(kernel, "jl", "JSONLLoggerCallback")
     cid = client.cb("set_params", "jl", path=str(outside / "c.jsonl"))

@@ -12,10 +12,12 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ...errors import CodeLoadError
 from ...runfiles import SOURCES
@@ -24,7 +26,15 @@ if TYPE_CHECKING:
     from ...ops import CallbackTarget
     from .._base import ModuleHost
 
-__all__ = ["Resolved", "capture_source", "check_allowed", "resolve"]
+__all__ = [
+    "CallbackExit",
+    "Resolved",
+    "as_callback_exit",
+    "capture_source",
+    "caught_exit",
+    "check_allowed",
+    "resolve",
+]
 
 #: The one import path that stays loadable when ``allow_code_load=False``: hotcb's bundled
 #: callbacks, by the names the package exports. Nothing else under ``hotcb.`` is a callback.
@@ -35,6 +45,95 @@ def _bundled_names() -> frozenset[str]:
     from . import callbacks
 
     return frozenset(callbacks.__all__)
+
+
+class CallbackExit(RuntimeError):
+    """A callback's code raised ``SystemExit`` (``sys.exit()``, argparse's ``parse_args()``
+    on a command line it does not know): hotcb turned it into this error, which takes the path
+    any exception of the callback takes (a ``failed`` load, a ``callback_error``), so the
+    training goes on and the ledger says what happened. The message begins ``SystemExit:``."""
+
+
+def _signal_handler_codes() -> set[types.CodeType]:
+    codes = set()
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if isinstance(code, types.CodeType):
+            codes.add(code)
+    return codes
+
+
+def _from_signal_handler(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside an installed signal handler (a SIGTERM handler that
+    calls ``sys.exit``, run while a callback happened to be running): that exit is the
+    process's, not the callback's, and must go on up."""
+    codes = _signal_handler_codes()
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _exit_message(exc: SystemExit, who: str, when: str, stderr: str) -> str:
+    call = "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+    msg = f"SystemExit: {who} called {call} {when}".rstrip()
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if any(ln.startswith("usage:") for ln in lines) and lines:
+        msg += (
+            f"; it printed {lines[-1]!r}: argparse's parse_args() parsed the trainer's own "
+            f'command line. Put script code under `if __name__ == "__main__":`, or call '
+            f"parse_args([]) / parse_known_args()"
+        )
+    elif when.startswith("while it was imported"):
+        msg += (
+            " (argparse's parse_args(), or script code at module level? put it under "
+            '`if __name__ == "__main__":`)'
+        )
+    return msg + ". hotcb caught it; training goes on"
+
+
+def as_callback_exit(exc: SystemExit, who: str, when: str = "", stderr: str = "") -> CallbackExit:
+    """``exc`` as a :class:`CallbackExit` saying who called ``sys.exit`` and when (its ledger
+    entry is logged too, so the trainer's output names hotcb right after what the code
+    printed). A ``SystemExit`` raised inside a signal handler is re-raised instead."""
+    if _from_signal_handler(exc):
+        raise exc
+    return CallbackExit(_exit_message(exc, who, when, stderr))
+
+
+class _StderrTail:
+    """``sys.stderr`` while a callback's code runs outside the hot path: everything still goes
+    to the real stream; the tail is kept for the message of a ``SystemExit``."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.tail = ""
+
+    def write(self, text: str) -> int:
+        self.tail = (self.tail + text)[-4000:]
+        return int(self._out.write(text) or 0) if self._out is not None else len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+
+@contextlib.contextmanager
+def caught_exit(who: str, when: str = "") -> Iterator[None]:
+    """Run a callback's code (an import, a constructor, a hook): a ``SystemExit`` it raises
+    becomes a :class:`CallbackExit` (see :func:`as_callback_exit`); ``KeyboardInterrupt``
+    goes on up (a Ctrl-C still stops the run)."""
+    tail = _StderrTail(sys.stderr)
+    try:
+        with contextlib.redirect_stderr(cast(IO[str], tail)):
+            yield
+    except SystemExit as exc:
+        raise as_callback_exit(exc, who, when, tail.tail) from exc
 
 
 @dataclass(frozen=True)
@@ -133,7 +232,12 @@ def capture_source(host: ModuleHost, data: bytes) -> tuple[str, str]:
 
 def _read_captured(host: ModuleHost, capture: Any, target: CallbackTarget) -> bytes:
     """The bytes of a recorded capture (replay/resume): from its path, this run's sources, or
-    the original file if it still has the recorded sha256."""
+    the original file if it still has the recorded sha256.
+
+    With ``allowed_code_dirs`` the bytes that run must come from a file inside one of them (the
+    capture's real path, symlinks and ``..`` resolved): a capture anywhere else is refused
+    with :class:`CodeLoadError`, whatever its sha256, since whoever can write the run directory
+    (or send a ``source_capture``) could otherwise run code that no allowed folder holds."""
     if not isinstance(capture, dict) or not isinstance(capture.get("sha256"), str):
         raise ValueError(f"source_capture must be {{sha256, path}}, got {capture!r}")
     sha = capture["sha256"]
@@ -145,21 +249,41 @@ def _read_captured(host: ModuleHost, capture: Any, target: CallbackTarget) -> by
     candidates.append(target.path)
     # a capture path comes from a ledger, a recipe or a checkpoint: read it only where code may
     # come from (the run directory, its allowed roots, the allowed code directories)
-    roots = [host.run_dir, *host.allowed_roots, *host.allowed_code_dirs]
+    code_dirs = list(host.allowed_code_dirs or ())
+    roots = [host.run_dir, *host.allowed_roots, *code_dirs]
     candidates = [c for c in candidates if c == target.path or _inside(c, roots)]
+    outside = [c for c in candidates if code_dirs and not _inside(c, code_dirs)]
     for cand in candidates:
-        try:
-            with open(cand, "rb") as f:
-                data = f.read()
-        except OSError:
+        if cand in outside:
             continue
-        if _sha256(data) == sha:
+        data = _read_if(cand, sha)
+        if data is not None:
             return data
+    found = [c for c in outside if _read_if(c, sha) is not None]
+    if found:
+        raise CodeLoadError(
+            f"captured source {sha[:12]}… of {target.path!r} is at {', '.join(found)}, outside "
+            f"the allowed code directories ({', '.join(code_dirs)}), and no allowed folder "
+            f"holds that content: refused to run it. Put that content back at "
+            f"{target.path!r}, or, to run this run's captured sources, add "
+            f"{host.paths.sources} to HotKernel(allowed_code_dirs=[...]) (whoever can write "
+            f"there can then run code in the trainer)"
+        )
     raise FileNotFoundError(
         f"captured source {sha[:12]}… not found (looked in {', '.join(candidates)}) and "
         f"{target.path!r} no longer has that content; copy hotcb.sources/{sha}.py into this "
         f"run's hotcb.sources/"
     )
+
+
+def _read_if(path: str, sha: str) -> bytes | None:
+    """The bytes of ``path`` when they have sha256 ``sha``; None otherwise or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if _sha256(data) == sha else None
 
 
 def _symbol(obj: Any, symbol: str, where: str) -> Any:
@@ -185,7 +309,8 @@ def _exec_file(data: bytes, capture_abs: str, original: str, sha: str) -> types.
         sys.path.insert(0, folder)  # sibling imports at module import time
     sys.modules[name] = mod  # dataclasses, pickling and typing look the module up by name
     try:
-        exec(code, mod.__dict__)
+        with caught_exit(f"the callback's file {original!r}", "while it was imported"):
+            exec(code, mod.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -199,7 +324,8 @@ def _exec_file(data: bytes, capture_abs: str, original: str, sha: str) -> types.
 def resolve(host: ModuleHost, target: CallbackTarget, source_capture: Any = None) -> Resolved:
     """Import the target and return its symbol. Call :func:`check_allowed` first."""
     if target.kind == "python_path":
-        module = importlib.import_module(target.path)
+        with caught_exit(f"module {target.path!r}", "while it was imported"):
+            module = importlib.import_module(target.path)
         return Resolved(_symbol(module, target.symbol, f"module {target.path!r}"))
     if source_capture is not None:
         data = _read_captured(host, source_capture, target)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import CodeLoadError, CommandError, PathNotAllowedError
 from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command, new_cmd_id
 from .._base import OpResult
-from ._loader import Resolved, check_allowed, resolve
+from ._loader import CallbackExit, Resolved, as_callback_exit, caught_exit, check_allowed, resolve
 from ._protocol import CallbackContext, ParamError
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ def _plain(value: Any) -> Any:
 
 
 def _fmt_exc(exc: BaseException) -> str:
+    if isinstance(exc, CallbackExit):  # its message says "SystemExit: …" and what happened
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -149,6 +151,9 @@ class CallbackModule:
                     slot.handle(event, env)
                 except Exception as exc:
                     self._on_error(slot, event, env, exc)
+                except SystemExit as exc:  # sys.exit() in a callback is its error, not the run's
+                    error = as_callback_exit(exc, f"callback {slot.id!r}", f"in handle({event!r})")
+                    self._on_error(slot, event, env, error)
 
     def _rebuild(self) -> None:
         self._leader = leader = bool(self.host.is_leader)
@@ -426,7 +431,8 @@ class CallbackModule:
         self, op_id: str, target: CallbackTarget, init: dict[str, Any], capture: Any
     ) -> tuple[Any, Resolved]:
         resolved = resolve(self.host, target, capture if target.kind == "python_file" else None)
-        cb = resolved.factory(**init)
+        with caught_exit(f"{target.symbol}(...)", "while it was constructed"):
+            cb = resolved.factory(**init)
         if not callable(getattr(cb, "handle", None)):
             raise TypeError(
                 f"{target.symbol} built an object of type {type(cb).__name__} without a "
@@ -444,7 +450,7 @@ class CallbackModule:
         init = dict(op.init or {})
         try:
             cb, resolved = self._build(op.id, target, init, op.extra.get("source_capture"))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, CodeLoadError) as exc:  # (a capture outside the policy)
             return OpResult("rejected", error=str(exc))
         except ParamError as exc:  # a bad init value: the callback says which and why
             return OpResult(
@@ -471,9 +477,12 @@ class CallbackModule:
         err = self._hook(slot, "on_load", env)
         if err:
             extra["traceback"] = err[1]
+            # a refused value (a path outside the run, a bad parameter) is the command's fault
+            refused = isinstance(err[2], (PathNotAllowedError, ParamError))
+            decision = "rejected" if refused else "failed"
             if old is None:
-                return OpResult("failed", error=f"{op.id}: on_load raised {err[0]}", extra=extra)
-            return self._reload_failed(old, err[0], unload_err, env, extra)
+                return OpResult(decision, error=f"{op.id}: on_load raised {err[0]}", extra=extra)
+            return self._reload_failed(old, err[0], unload_err, env, extra, decision)
         self._slots[op.id] = slot  # a replacement keeps its place in the load order
         if old is None:
             changes: dict[str, Any] = {"loaded": {"old": False, "new": True}}
@@ -490,9 +499,10 @@ class CallbackModule:
         self,
         old: _Slot,
         error: str,
-        unload_err: tuple[str, str] | None,
+        unload_err: tuple[str, str, BaseException] | None,
         env: Env,
         extra: dict[str, Any],
+        decision: str = "failed",
     ) -> OpResult:
         """The new version's ``on_load`` raised: the old instance, whose ``on_unload`` already
         ran, gets its ``on_load`` again and stays loaded; the entry says all of it."""
@@ -511,20 +521,21 @@ class CallbackModule:
                 f"then its on_load again, which raised {back[0]}: it may not work; "
                 f"cb unload {old.id}, or load a fixed version)"
             )
-        return OpResult("failed", error=said, extra=extra)
+        return OpResult(decision, error=said, extra=extra)
 
-    def _hook(self, slot: _Slot, name: str, env: Env) -> tuple[str, str] | None:
-        """Call ``on_load``/``on_unload`` if the callback has it; (error, traceback) if it
-        raised."""
+    def _hook(self, slot: _Slot, name: str, env: Env) -> tuple[str, str, BaseException] | None:
+        """Call ``on_load``/``on_unload`` if the callback has it; (error, traceback, the
+        exception) if it raised."""
         fn = getattr(slot.cb, name, None)
         if not callable(fn):
             return None
         try:
-            fn(self._ctx_env(env, slot.id))
+            with caught_exit(f"callback {slot.id!r}", f"in {name}()"):
+                fn(self._ctx_env(env, slot.id))
         except Exception as exc:
             slot.last_error = _fmt_exc(exc)
             log.warning("hotcb: callback %r %s raised: %s", slot.id, name, slot.last_error)
-            return slot.last_error, _tb()
+            return slot.last_error, _tb(), exc
         return None
 
     def _op_unload(self, op: HotOp, env: Env) -> OpResult:
@@ -578,7 +589,8 @@ class CallbackModule:
         setter = getattr(cb, "set_params", None)
         if callable(setter):
             try:
-                setter(**params)
+                with caught_exit(f"callback {slot.id!r}", "in set_params()"):
+                    setter(**params)
             except (TypeError, ValueError, AttributeError, PathNotAllowedError) as exc:
                 return OpResult("rejected", error=f"{slot.id}.set_params: {_fmt_exc(exc)}")
         else:
@@ -699,14 +711,20 @@ class CallbackModule:
             fn = getattr(s.cb, "state_dict", None)
             if callable(fn):
                 try:
-                    item["state"] = fn()
+                    with caught_exit(f"callback {s.id!r}", "in state_dict()"):
+                        item["state"] = fn()
                 except Exception as exc:
                     log.warning("hotcb: state_dict of callback %r raised: %r", s.id, exc)
             out.append(item)
         return {"callbacks": out}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Re-create the callbacks of a checkpoint (file loads from their captured source)."""
+        """Re-create the callbacks of a checkpoint (file loads from their captured source).
+
+        The ones restored are named by one ``cb restore`` entry (``restored``: their ids): it
+        tells ``cb list`` that they are loaded in this life of the trainer, where a trainer
+        started again without its checkpoint has none of them."""
+        restored: list[str] = []
         for item in state.get("callbacks") or ():
             ident = item.get("id")
             try:
@@ -748,11 +766,17 @@ class CallbackModule:
             fn = getattr(cb, "load_state_dict", None)
             if callable(fn) and item.get("state") is not None:
                 try:
-                    fn(item["state"])
+                    with caught_exit(f"callback {ident!r}", "in load_state_dict()"):
+                        fn(item["state"])
                 except Exception as exc:
                     log.warning("hotcb: load_state_dict of callback %r raised: %r", ident, exc)
             self._slots[ident] = slot
+            restored.append(ident)
         self._rebuild()
+        if restored:
+            self.host.record(
+                {"module": "cb", "op": "restore", "decision": "noop", "restored": restored}
+            )
 
     # ------------------------------------------------------------------ inspection
     def describe(self) -> list[dict[str, Any]]:
