@@ -72,10 +72,10 @@ def test_weight_decay_keeps_a_group_without_decay_at_none() -> None:
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0177, 0.0]
     ms.apply("weight_decay", 0.01, {})
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
-    # no factor when group 0 has no decay: every group gets the value
+    # through 0 the ratios seen before hold: the no-decay group still gets none
     ms.apply("weight_decay@group0", 0.0, {})
     ms.apply("weight_decay", 0.05, {})
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.05]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
 
 
 @pytest.mark.parametrize(

@@ -162,38 +162,23 @@ class ActuatorStream:
         except ActuatorError as exc:
             return OpResult("rejected", error=str(exc))
         changes: dict[str, dict[str, Any]] = {}
-        done: list[tuple[str, Any]] = []
         for key, _, _ in plan:
             self.end_ramp(key, op, env)  # a new command on a key ends its ramp
+        transition = op.transition
         try:
-            for key, act, value in plan:
-                if op.transition is not None:
+            if transition is None:  # as one: lr@group1 wins over lr for group 1
+                changes = self.state.apply_all([(key, value) for key, _, value in plan], env)
+            else:
+                for key, act, value in plan:
                     old = act.read(env)
-                    self.ramps[key] = Ramp(
-                        key,
-                        old,
-                        value,
-                        step,
-                        op.transition.steps,
-                        op.transition.shape,
-                        op,
-                        is_int=act.type is ActuatorType.INT,
-                    )
+                    self.ramps[key] = Ramp(key, old, value, step, transition.steps,
+                                           transition.shape, op,
+                                           is_int=act.type is ActuatorType.INT)  # fmt: skip
                     changes[key] = {"old": old, "new": value}
-                    continue
-                old, new = self.state.apply(key, value, env)
-                done.append((key, old))
-                changes[key] = {"old": old, "new": new}
-        except (ActuatorApplyError, ActuatorError) as exc:
-            error = str(exc)
-            for key, old in reversed(done):
-                try:
-                    self.state.apply(key, old, env)
-                except (ActuatorApplyError, ActuatorError) as again:
-                    error += f"; rolling {key} back to {old!r} failed too: {again}"
+        except (ActuatorApplyError, ActuatorError) as exc:  # apply_all rolled the rest back
             for key in changes:
                 self.ramps.pop(key, None)
-            return OpResult("failed", error=error)
+            return OpResult("failed", error=str(exc))
         self._note_command(op, changes, step)
         extra: dict[str, Any] = {"transition": op.transition.to_dict()} if op.transition else {}
         if rebased:
@@ -208,6 +193,7 @@ class ActuatorStream:
         if "relative_to" in op.extra:
             plan = [(k, act, self._rebase(k, act, v, op, env, rebased)) for k, act, v in plan]
         plan = [(k, act, act.validate(v)) for k, act, v in plan]
+        self.state.check_all([(k, v) for k, _, v in plan], env)  # a group out of its bounds
         if op.transition is not None:
             for k, act, _ in plan:
                 if act.type not in _NUMERIC:
@@ -269,6 +255,7 @@ class ActuatorStream:
         zero: list[str] = []  # at zero on their schedule: left there
         trials: dict[str, dict[str, Any]] = {}  # key -> the unkept trial whose move went too
         view = self.recorder.trials()
+        back: list[tuple[str, Any]] = []  # what to set, applied as one (lr before lr@group1)
         try:
             for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
@@ -283,10 +270,10 @@ class ActuatorStream:
                     zero.append(key)
                     continue
                 value, factor = self._without_trial(entry, key, value, factor, trials, view)
-                old, new = self.state.apply(key, value, env)
-                changes[key] = {"old": old, "new": new}
+                back.append((key, value))
                 if factor is not None:
                     scaled[key] = factor
+            changes = self.state.apply_all(back, env)
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
         self._commanded(changes, int(env["step"]))

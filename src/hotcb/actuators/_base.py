@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,15 @@ class HotcbActuator:
     #: ``scheduled(env)``: a schedule in ``env`` moves this value (an LR scheduler); a
     #: checkpoint's value is then not put back on resume: the schedule's restored state holds it
     scheduled: Callable[[Env], bool] | None = None
+    #: ``moves(value, env)``: what setting this actuator to ``value`` does to others, as
+    #: ``{key: value}`` (``lr`` keeps the ratios between param groups, so it moves every
+    #: ``lr@groupN``; ``lr@group0`` moves ``lr``). Those values are checked against the bounds
+    #: of the actuator they belong to (this one's when that key is not registered) before
+    #: anything changes, and :meth:`MutableState.apply_all` lists the ones that moved.
+    moves: Callable[[Any, Env], dict[str, Any]] | None = None
+    #: keys of the narrower actuators this one sets as a whole (``lr`` covers ``lr@group1``):
+    #: in one command it is applied before them, so the value given for one group wins there
+    covers: frozenset[str] = frozenset()
     state: ActuatorState = ActuatorState.INIT
     current_value: Any = None
     initial_value: Any = None
@@ -255,10 +264,20 @@ class MutableState:
             )
         return act
 
-    def apply(self, key: str, value: Any, env: Env, *, group: str | None = None) -> tuple[Any, Any]:
+    def apply(
+        self,
+        key: str,
+        value: Any,
+        env: Env,
+        *,
+        group: str | None = None,
+        given: Collection[str] = (),
+    ) -> tuple[Any, Any]:
         """Validate, apply, read back. Returns ``(old, new)``.
 
-        Raises :class:`ActuatorError` for a refused value (nothing changed) and
+        Raises :class:`ActuatorError` for a refused value (nothing changed), also when it
+        would move another actuator out of its bounds (:attr:`HotcbActuator.moves`; not
+        checked for the keys in ``given``, which the same command sets itself), and
         :class:`ActuatorApplyError` when ``apply_fn`` raised or the read-back differs (the old
         value restored; after ``max_failures`` such failures the actuator is DISABLED).
         """
@@ -266,6 +285,7 @@ class MutableState:
         new = act.validate(value)
         if act.state is ActuatorState.INIT:
             self.initialize(env)
+        moved = self._check_moves(act, new, env, given)
         old = act.read(env)
         try:
             act.apply_fn(new, env)
@@ -284,15 +304,106 @@ class MutableState:
             ) from exc
         act.current_value = new
         act.state = ActuatorState.VERIFIED if act.read_fn is not None else ActuatorState.UNVERIFIED
+        self._follow(moved, env)
         self.version += 1
         return old, new
+
+    def apply_all(
+        self, items: Sequence[tuple[str, Any]], env: Env, *, group: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Apply one command's values as a whole; returns its changes, ``{key: {old, new}}``.
+
+        An actuator that covers others in the command (``lr`` and ``lr@group1``) goes first,
+        so the narrower value wins for its group whatever order they were given in. A value
+        that would move another actuator out of its bounds refuses the command
+        (:class:`ActuatorError`) before anything changes; when one apply fails, the ones
+        before it are rolled back and the error raised. The changes list every actuator whose
+        value moved, given or moved by one that was (``lr`` moves ``lr@group1``), with the
+        value it had before the command: an undo or a resume puts each one back."""
+        acts = [(self.lookup(key, group), value) for key, value in items]
+        given = {act.param_key for act, _ in acts}
+        acts.sort(key=lambda av: 0 if av[0].covers & given else 1)  # stable: as given
+        if any(act.state is ActuatorState.INIT for act, _ in acts):
+            self.initialize(env)
+        watched: dict[str, Any] = {}
+        for act, value in acts:
+            watched[act.param_key] = act.read(env)
+            for key in self._check_moves(act, act.validate(value), env, given):
+                if key not in watched and key in self._acts:
+                    watched[key] = self._acts[key].read(env)
+        done: list[str] = []
+        try:
+            for act, value in acts:
+                self.apply(act.param_key, value, env, given=given)
+                done.append(act.param_key)
+        except (ActuatorError, ActuatorApplyError) as exc:
+            # the values from before, in the same order: a broad one, then the ones it covers
+            error = str(exc)
+            for key in done:
+                try:
+                    self.apply(key, watched[key], env, given=given)
+                except (ActuatorError, ActuatorApplyError) as again:
+                    error += f"; rolling {key} back to {watched[key]!r} failed too: {again}"
+            raise type(exc)(error) from exc
+        changes: dict[str, dict[str, Any]] = {}
+        for key, before in watched.items():
+            act = self._acts[key]
+            now = act.current_value if key in given else act.read(env)
+            if key in given or not act.matches(now, before):
+                changes[key] = {"old": before, "new": now}
+        return changes
+
+    def check_all(self, items: Sequence[tuple[str, Any]], env: Env) -> None:
+        """Raise :class:`ActuatorError` when a value of one command would move an actuator
+        it does not set out of its bounds (``lr=1`` with group 1 at 1000 × group 0's lr)."""
+        given = {key for key, _ in items}
+        for key, value in items:
+            act = self.lookup(key)
+            self._check_moves(act, act.validate(value), env, given)
+
+    def _check_moves(
+        self, act: HotcbActuator, value: Any, env: Env, given: Collection[str]
+    ) -> dict[str, Any]:
+        """``act.moves(value, env)`` after checking each value against its bounds."""
+        if act.moves is None:
+            return {}
+        moved = act.moves(value, env)
+        for key, target in moved.items():
+            if key in given or not isinstance(target, (int, float)):
+                continue
+            owner = self._acts.get(key, act)
+            lo, hi = owner.min_value, owner.max_value
+            if lo is not None and target < lo:
+                where = f"below the minimum {_fmt(lo)}"
+            elif hi is not None and target > hi:
+                where = f"above the maximum {_fmt(hi)}"
+            else:
+                continue
+            raise ActuatorError(
+                f"{act.param_key}={_fmt(value)} would set {key} to {_fmt(float(target))}, "
+                f"{where} for actuator {owner.param_key!r}; nothing changed"
+            )
+        return moved
+
+    def _follow(self, moved: Mapping[str, Any], env: Env) -> None:
+        """Read back the actuators a change moved, so their value is the live one."""
+        for key in moved:
+            other = self._acts.get(key)
+            if other is None or other.read_fn is None or other.state is ActuatorState.INIT:
+                continue
+            try:
+                other.current_value = other.read(env)
+            except Exception as exc:  # the user's read_fn: the value is then unknown
+                other.last_error = f"read failed: {exc!r}"
 
     def set_silently(self, key: str, value: Any, env: Env) -> None:
         """Apply an already validated value without bookkeeping (one step of a ramp)."""
         act = self._acts[key]
+        moved = act.moves(value, env) if act.moves is not None else {}
         act.apply_fn(value, env)
         act.current_value = value
         act.state = ActuatorState.UNVERIFIED
+        self._follow(moved, env)
 
     @staticmethod
     def _rollback(act: HotcbActuator, old: Any, env: Env) -> None:

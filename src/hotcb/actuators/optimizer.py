@@ -6,6 +6,10 @@ A live lr change must survive the LR scheduler. Schedulers recompute lr from ``b
 (LambdaLR, CosineAnnealingLR's closed form, OneCycleLR's ``max_lr``/``initial_lr``), so a
 change of group lr by a factor r also scales those by r: the schedule then continues from the
 new value instead of snapping back.
+
+``lr`` and ``weight_decay`` keep the ratios between groups (:class:`_Ratios`), also through 0,
+and say which per-group values they move (``moves``), so a command that would put a group out
+of bounds is refused and the ledger lists every group that moved.
 """
 
 from __future__ import annotations
@@ -82,6 +86,42 @@ def _set_group_lr(
             max_lrs[index] *= ratio
 
 
+class _Ratios:
+    """The ratios of ``key`` between each param group and group 0, as last seen while group
+    0's value was not 0. Taken through 0 (``weight_decay=0``, then ``0.05``) each group gets
+    its old share back, so a group without decay (the HF Trainer's biases and norms) keeps
+    none. Until a non-zero group 0 was seen, every group gets the value."""
+
+    def __init__(self, groups: list[dict[str, Any]], key: str) -> None:
+        self.groups = groups
+        self.key = key
+        self.seen: list[float | None] | None = None
+        self.observe()
+
+    def observe(self) -> Any:
+        """Remember the ratios now when group 0's value is not 0; returns that value."""
+        groups, key = self.groups, self.key
+        first = _get(groups[0], key)
+        if first:
+            self.seen = [_get(g, key) / first if key in g else None for g in groups]
+        return first
+
+    def targets(self, value: float) -> list[float | None]:
+        """Each group's value when group 0's becomes ``value`` (None: the group has no
+        ``key``)."""
+        self.observe()
+        seen = self.seen
+        if seen is None or len(seen) != len(self.groups):  # a group added since: start over
+            seen = [1.0 if self.key in g else None for g in self.groups]
+        return [value * r if r is not None else None for r in seen]
+
+
+def _group_names(groups: list[dict[str, Any]]) -> list[str]:
+    """A group's ``name`` when it has one (a string), else ``group<i>``."""
+    return [g["name"] if isinstance(g.get("name"), str) else f"group{i}"
+            for i, g in enumerate(groups)]  # fmt: skip
+
+
 def optimizer_actuators(
     optimizer: Any,
     *,
@@ -95,28 +135,37 @@ def optimizer_actuators(
     several groups (or ``per_group=True``).
 
     ``lr`` keeps the ratios between groups: setting it to x scales every group by
-    x / (group 0's lr). Schedulers passed here (a list the caller may add to later: the
-    kernel's holds every scheduler it has seen in env), or present in ``env["scheduler"]`` /
-    ``env["schedulers"]`` at apply time, are kept in step with the change.
+    x / (group 0's lr); a value that would put a group out of ``lr_bounds`` is refused.
+    Schedulers passed here (a list the caller may add to later: the kernel's holds every
+    scheduler it has seen in env), or present in ``env["scheduler"]`` / ``env["schedulers"]``
+    at apply time, are kept in step with the change.
     """
     groups = optimizer.param_groups
     lo, hi = lr_bounds
+    names = [f"{prefix}lr@{name}" for name in _group_names(groups)]
+    lr_ratios = _Ratios(groups, "lr")
+    wd_ratios = _Ratios(groups, "weight_decay") if "weight_decay" in groups[0] else None
+    several = bool(per_group or (per_group is None and len(groups) > 1))
     acts = [
         _opt_actuator(
             prefix + "lr",
             ActuatorType.LOG_FLOAT,
-            _lr_setter(optimizer, schedulers),
-            lambda env: _get(groups[0], "lr"),
+            _lr_setter(optimizer, schedulers, lr_ratios),
+            lambda env: lr_ratios.observe(),
             min_value=lo,
             max_value=hi,
             description="learning rate (all groups, ratios kept)",
             scheduled=_has_schedule(schedulers, optimizer),
+            moves=lambda value, env: dict(zip(names, lr_ratios.targets(value), strict=False)),
+            covers=frozenset(names) if several else frozenset(),
         ),
-        *_all_groups_actuators(groups, prefix),
+        *_all_groups_actuators(groups, prefix, several, wd_ratios),
     ]
-    if per_group or (per_group is None and len(groups) > 1):
-        for i, g in enumerate(groups):
-            acts.extend(_group_actuators(optimizer, i, g, schedulers, lo, hi, prefix))
+    if several:
+        for i in range(len(groups)):
+            acts.extend(
+                _group_actuators(optimizer, i, schedulers, (lr_ratios, wd_ratios), lo, hi, prefix)
+            )
     return acts
 
 
@@ -128,15 +177,13 @@ def _opt_actuator(
     )
 
 
-def _lr_setter(optimizer: Any, schedulers: Sequence[Any]) -> Any:
+def _lr_setter(optimizer: Any, schedulers: Sequence[Any], ratios: _Ratios) -> Any:
     """Apply function of ``lr``: every group scaled by value / (group 0's lr)."""
-    groups = optimizer.param_groups
 
     def set_lr_all(value: float, env: Env) -> None:
-        lr0 = _get(groups[0], "lr")
-        for i, g in enumerate(groups):
-            target = value * (_get(g, "lr") / lr0) if lr0 else value
-            _set_group_lr(optimizer, i, target, env, schedulers)
+        for i, target in enumerate(ratios.targets(value)):
+            if target is not None:
+                _set_group_lr(optimizer, i, target, env, schedulers)
 
     return set_lr_all
 
@@ -152,22 +199,22 @@ def _setter_of_all(groups: list[dict[str, Any]], key: str) -> Any:
     return apply_fn
 
 
-def _scaler_of_all(groups: list[dict[str, Any]], key: str) -> Any:
-    """Apply function that moves ``key`` in every group by the factor group 0's value moves,
-    as ``lr`` does: a group without decay (0, the HF Trainer's biases and norms) keeps none,
-    and a roll-back to group 0's old value puts every group back. When group 0's value is 0
-    there is no factor: every group gets the value."""
+def _scaler_of_all(ratios: _Ratios) -> Any:
+    """Apply function that moves ``ratios.key`` in every group by the factor group 0's value
+    moves, as ``lr`` does: a group without decay keeps none, and a roll-back to group 0's old
+    value puts every group back, also after going through 0 (:class:`_Ratios`)."""
 
     def apply_fn(value: Any, env: Env) -> None:
-        first = _get(groups[0], key)
-        for g in groups:
-            if key in g:
-                _put(g, key, value * (_get(g, key) / first) if first else value)
+        for g, target in zip(ratios.groups, ratios.targets(value), strict=False):
+            if target is not None:
+                _put(g, ratios.key, target)
 
     return apply_fn
 
 
-def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[HotcbActuator]:
+def _all_groups_actuators(
+    groups: list[dict[str, Any]], prefix: str, several: bool, wd: _Ratios | None
+) -> list[HotcbActuator]:
     """``weight_decay`` (ratios kept), ``momentum`` and ``betas`` over all groups, those group
     0 has."""
     first = groups[0]
@@ -177,16 +224,27 @@ def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[Hot
         for g in groups:
             g["betas"] = tuple(value)
 
-    if "weight_decay" in first:
+    if wd is not None:
+        names = [f"{prefix}weight_decay@{name}" for name in _group_names(groups)]
+
+        def wd_moves(value: Any, env: Env) -> dict[str, Any]:
+            return {n: t for n, t in zip(names, wd.targets(value), strict=False) if t is not None}
+
         acts.append(
             _opt_actuator(
                 prefix + "weight_decay",
                 ActuatorType.FLOAT,
-                _scaler_of_all(groups, "weight_decay"),
-                lambda env: _get(groups[0], "weight_decay"),
+                _scaler_of_all(wd),
+                lambda env: wd.observe(),
                 min_value=0.0,
                 max_value=10.0,
                 description="weight decay (all groups, ratios kept)",
+                moves=wd_moves,
+                covers=frozenset(
+                    n
+                    for n, g in zip(names, groups, strict=False)
+                    if several and "weight_decay" in g
+                ),
             )
         )
     if "momentum" in first:
@@ -220,24 +278,39 @@ def _all_groups_actuators(groups: list[dict[str, Any]], prefix: str) -> list[Hot
 def _group_actuators(
     optimizer: Any,
     i: int,
-    g: dict[str, Any],
     schedulers: Sequence[Any],
+    ratios: tuple[_Ratios, _Ratios | None],
     lo: float,
     hi: float,
     prefix: str,
 ) -> list[HotcbActuator]:
-    name = g.get("name") if isinstance(g.get("name"), str) else f"group{i}"
+    """``lr@<name>`` and ``weight_decay@<name>`` of param group ``i``. Group 0's also move
+    ``lr`` / ``weight_decay``, which read group 0."""
+    g = optimizer.param_groups[i]
+    name = _group_names(optimizer.param_groups)[i]
+    lr_ratios, wd_ratios = ratios
+
+    def set_lr(value: float, env: Env) -> None:
+        lr_ratios.observe()  # the shares before group 0's lr moves (to 0, say)
+        _set_group_lr(optimizer, i, value, env, schedulers)
+
+    def set_wd(value: float, env: Env) -> None:
+        if wd_ratios is not None:
+            wd_ratios.observe()
+        _put(optimizer.param_groups[i], "weight_decay", value)
+
     out = [
         HotcbActuator(
             param_key=f"{prefix}lr@{name}",
             type=ActuatorType.LOG_FLOAT,
-            apply_fn=lambda value, env: _set_group_lr(optimizer, i, value, env, schedulers),
+            apply_fn=set_lr,
             read_fn=lambda env: _get(optimizer.param_groups[i], "lr"),
             min_value=lo,
             max_value=hi,
             group="opt",
             description=f"learning rate of param group {name}",
             scheduled=_has_schedule(schedulers, optimizer),
+            moves=(lambda value, env: {prefix + "lr": value}) if i == 0 else None,
         )
     ]
     if "weight_decay" in g:
@@ -245,12 +318,13 @@ def _group_actuators(
             HotcbActuator(
                 param_key=f"{prefix}weight_decay@{name}",
                 type=ActuatorType.FLOAT,
-                apply_fn=lambda value, env: _put(optimizer.param_groups[i], "weight_decay", value),
+                apply_fn=set_wd,
                 read_fn=lambda env: _get(optimizer.param_groups[i], "weight_decay"),
                 min_value=0.0,
                 max_value=10.0,
                 group="opt",
                 description=f"weight decay of param group {name}",
+                moves=(lambda value, env: {prefix + "weight_decay": value}) if i == 0 else None,
             )
         )
     return out

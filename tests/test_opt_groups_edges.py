@@ -1,0 +1,181 @@
+"""``lr`` / ``weight_decay`` and their per-group keys (``lr@group1``) together: a real AdamW with
+param groups, a real :class:`HotKernel` in a bare loop, commands from :class:`HotClient` and the
+CLI, checked where a user looks (the optimizer's param groups, the ledger, ``hotcb status``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+
+from hotcb import HotClient, HotKernel
+from hotcb.testing import TinyMLP
+
+
+@dataclass
+class Loop:
+    """A bare loop: one ``kernel.apply`` per call of :meth:`send`, after an optimizer step."""
+
+    kernel: HotKernel
+    client: HotClient
+    opt: torch.optim.Optimizer
+    scheduler: Any = None
+    step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def tick(self) -> None:
+        self.step += 1
+        env: dict[str, Any] = {"step": self.step, "optimizer": self.opt}
+        if self.scheduler is not None:
+            env["scheduler"] = self.scheduler
+        self.kernel.apply(env)
+
+    def send(self, cmd_id: str) -> dict[str, Any]:
+        self.tick()
+        return self.client.wait(cmd_id, timeout=5)
+
+    def lrs(self) -> list[float]:
+        return [g["lr"] for g in self.opt.param_groups]
+
+    def wds(self) -> list[float]:
+        return [g["weight_decay"] for g in self.opt.param_groups]
+
+
+def _loop(run_dir: str, groups: list[dict[str, Any]]) -> Iterator[Loop]:
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=1e-2)
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    loop = Loop(kernel, HotClient(run_dir), opt)
+    loop.tick()  # the kernel registers the optimizer's actuators
+    yield loop
+    kernel.close()
+
+
+@pytest.fixture
+def loop(run_dir: str) -> Iterator[Loop]:
+    """AdamW, group 0 the weights (lr 1e-3, decay 0.01), group 1 the biases (lr 5e-3, no
+    decay, as the HF Trainer makes them)."""
+    model = TinyMLP()
+    yield from _loop(
+        run_dir,
+        [
+            {"params": [model[0].weight, model[2].weight]},
+            {"params": [model[0].bias, model[2].bias], "lr": 5e-3, "weight_decay": 0.0},
+        ],
+    )
+
+
+def status(cli: Any, run_dir: str) -> dict[str, Any]:
+    """``hotcb status --json``'s actuators, ``{key: (current, state)}``."""
+    proc = cli(run_dir, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return {a["param_key"]: a["current"] for a in json.loads(proc.stdout)["actuators"]}
+
+
+@pytest.mark.parametrize("group_first", [True, False], ids=["group-first", "lr-first"])
+def test_a_groups_lr_given_with_lr_wins_for_that_group_in_either_order(
+    loop: Loop, run_dir: str, cli: Any, group_first: bool
+) -> None:
+    pairs = [("lr@group1", 1e-2), ("lr", 2e-3)]
+    params = dict(pairs if group_first else pairs[::-1])
+    entry = loop.send(loop.client.opt(**params))
+
+    assert entry["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([2e-3, 1e-2])  # not 1e-2 x 2 (lr moved it after)
+    assert entry["changes"]["lr@group1"] == {"old": 5e-3, "new": pytest.approx(1e-2)}
+    assert entry["changes"]["lr"] == {"old": 1e-3, "new": 2e-3}
+    assert entry["changes"]["lr@group0"] == {"old": 1e-3, "new": pytest.approx(2e-3)}
+    shown = status(cli, run_dir)
+    assert shown["lr@group1"] == pytest.approx(1e-2)
+    assert shown["lr@group0"] == pytest.approx(2e-3)
+
+    undone = loop.send(loop.client.undo(entry["cmd_id"]))
+    assert undone["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([1e-3, 5e-3], rel=1e-12)
+
+
+def test_a_groups_weight_decay_given_with_weight_decay_wins_for_that_group(
+    loop: Loop, cli: Any, run_dir: str
+) -> None:
+    """The CLI's ``set`` with both keys, the group's first."""
+    proc = cli(run_dir, "set", "weight_decay@group1=0.03", "weight_decay=0.02")
+    assert proc.returncode == 0, proc.stderr
+    entry = loop.send(proc.stdout.split()[-1])
+
+    assert entry["decision"] == "applied"
+    assert loop.wds() == pytest.approx([0.02, 0.03])
+    assert entry["changes"]["weight_decay@group1"] == {"old": 0.0, "new": 0.03}
+    assert status(cli, run_dir)["weight_decay@group1"] == pytest.approx(0.03)
+
+
+def test_lr_that_would_put_a_group_out_of_bounds_is_refused_whole(
+    loop: Loop, cli: Any, run_dir: str
+) -> None:
+    assert loop.send(loop.client.opt(**{"lr@group1": 9.0}))["decision"] == "applied"
+
+    entry = loop.send(loop.client.opt(weight_decay=0.02, lr=1.0))
+
+    assert entry["decision"] == "rejected"
+    assert "lr@group1 to 9000" in entry["error"]
+    assert "above the maximum 10" in entry["error"]
+    assert loop.lrs() == [1e-3, 9.0]  # nothing half-applied
+    assert loop.wds() == [1e-2, 0.0]
+    assert status(cli, run_dir)["lr@group1"] == 9.0
+    # the same lr with group 1 given its own value is fine
+    entry = loop.send(loop.client.opt(lr=1.0, **{"lr@group1": 2.0}))
+    assert entry["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([1.0, 2.0])
+
+
+def test_lr_lists_every_group_it_moved_and_undo_puts_each_back(
+    loop: Loop, cli: Any, run_dir: str
+) -> None:
+    entry = loop.send(loop.client.opt(lr=1e-2))
+
+    assert loop.lrs() == pytest.approx([1e-2, 5e-2])
+    assert entry["changes"]["lr@group1"] == {"old": 5e-3, "new": pytest.approx(5e-2)}
+    assert status(cli, run_dir)["lr@group1"] == pytest.approx(5e-2)
+
+    assert loop.send(loop.client.undo(entry["cmd_id"]))["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([1e-3, 5e-3], rel=1e-12)
+    assert status(cli, run_dir)["lr@group1"] == pytest.approx(5e-3)
+
+
+def test_weight_decay_through_zero_keeps_each_groups_share(run_dir: str) -> None:
+    """A group without decay keeps none, and a third group keeps 3x group 0's, after
+    ``weight_decay=0`` and back: the ledger lists the groups that moved."""
+    model = TinyMLP()
+    groups = [
+        {"params": [model[0].weight]},
+        {"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+        {"params": [model[2].weight], "weight_decay": 3e-2},
+    ]
+    for loop in _loop(run_dir, groups):
+        down = loop.send(loop.client.opt(weight_decay=0.0))
+        assert loop.wds() == [0.0, 0.0, 0.0]
+        assert down["changes"]["weight_decay@group2"] == {"old": 3e-2, "new": 0.0}
+        assert "weight_decay@group1" not in down["changes"]  # it did not move
+
+        up = loop.send(loop.client.opt(weight_decay=0.05))
+        assert loop.wds() == pytest.approx([0.05, 0.0, 0.15])
+        assert up["changes"]["weight_decay@group2"] == {"old": 0.0, "new": pytest.approx(0.15)}
+
+        loop.send(loop.client.undo(down["cmd_id"]))
+        assert loop.wds() == pytest.approx([1e-2, 0.0, 3e-2])
+
+
+def test_lr_set_after_a_schedule_took_it_to_zero_keeps_the_groups_ratio(loop: Loop) -> None:
+    """A cosine schedule ending at 0 (both groups at 0): a new lr gives group 1 its share
+    again, not the same lr as group 0."""
+    loop.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(loop.opt, T_max=1, eta_min=0.0)
+    loop.opt.step()
+    loop.scheduler.step()
+    assert loop.lrs() == [0.0, 0.0]
+
+    entry = loop.send(loop.client.opt(lr=2e-3))
+
+    assert entry["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([2e-3, 1e-2])
