@@ -25,6 +25,7 @@ refused.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeGuard
 
@@ -35,6 +36,8 @@ from .ledger import Decision, checkpoint_field, find_entry
 from .modules import HotModule, OpResult
 from .ops import HotOp
 from .runfiles import confine_path
+
+log = logging.getLogger("hotcb")
 
 __all__ = ["RunControl"]
 
@@ -67,7 +70,9 @@ class RunControl:
         self.checkpoint_requested = False
         self.checkpoint_path_requested: str | None = None  # the command's path, for the loop
         self.evaluate_requested = False
-        self.due: list[HotOp] = []  # checkpoint commands waiting for the end of the safe point
+        # checkpoint commands waiting for the end of the safe point, with their queued entries
+        self.due: list[tuple[HotOp, dict[str, Any]]] = []
+        self.saving: list[tuple[HotOp, dict[str, Any]]] = []  # those of save_due, as it saves
         #: the run's horizon as the kernel knows it (a bare loop reads these)
         self.max_steps: int | None = None
         self.max_epochs: int | None = None
@@ -148,7 +153,13 @@ class RunControl:
 
     def _op_checkpoint(self, op: HotOp, env: Env) -> OpResult | None:
         if callable(env.get("save_checkpoint")):
-            self.due.append(op)
+            # its entry takes its place in the ledger now (its cursor, before later commands'),
+            # held back from the file until the save's outcome is filled in (save_due)
+            rec = self.recorder
+            entry = rec.emit_op(op, rec.point, Decision.APPLIED, extra={"checkpoint": None})
+            if rec.held is None:
+                rec.held = entry
+            self.due.append((op, entry))
             return None
         return self._request_checkpoint(op)
 
@@ -295,28 +306,46 @@ class RunControl:
     def save_due(self, env: Env, point: SafePoint) -> None:
         """Save the checkpoints asked for at this safe point, now that its changes are in."""
         ops, self.due = self.due, []
+        self.saving = ops
+        try:
+            for op, entry in ops:
+                self.recorder.held = entry  # the file gets nothing from it on until it is done
+                self._save_one(op, entry, env)
+        finally:
+            self.recorder.held, self.saving = None, []
+
+    def _save_one(self, op: HotOp, entry: dict[str, Any], env: Env) -> None:
+        """Save one due checkpoint and fill its queued ``entry`` in with the outcome."""
         save = env.get("save_checkpoint")
-        for op in ops:
-            if not callable(save):
-                asked = self._request_checkpoint(op)
-                self.recorder.emit_op(op, point, Decision(asked.decision), error=asked.error,
-                                      extra=asked.extra)  # fmt: skip
-                continue
-            try:
-                path = op.params.get("path")
-                if path is not None:
-                    path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
-            except (HotcbError, TypeError) as exc:
-                self.recorder.emit_op(op, point, Decision.REJECTED, error=str(exc))
-                continue
-            try:
-                result = save(path) if path is not None else save()
-            except Exception as exc:  # the user's save: record, never raise
-                error = f"{type(exc).__name__}: {exc}"
-                self.recorder.emit_op(op, point, Decision.FAILED, error=error)
-                continue
-            saved = checkpoint_field(result, self._run_dir) if result else None
-            self.recorder.emit_op(op, point, Decision.APPLIED, extra={"checkpoint": saved})
+        if not callable(save):
+            asked = self._request_checkpoint(op)
+            _outcome(entry, Decision(asked.decision), asked.error, asked.extra)
+            return
+        try:
+            path = op.params.get("path")
+            if path is not None:
+                path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
+        except (HotcbError, TypeError) as exc:
+            _outcome(entry, Decision.REJECTED, str(exc))
+            return
+        try:
+            result = save(path) if path is not None else save()
+        except Exception as exc:  # the user's save: record, never raise
+            _outcome(entry, Decision.FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        saved = checkpoint_field(result, self._run_dir) if result else None
+        _outcome(entry, Decision.APPLIED, None, {"checkpoint": saved})
+
+
+def _outcome(
+    entry: dict[str, Any], decision: Decision, error: str | None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Fill a checkpoint's queued ledger entry in with what its save did."""
+    entry.update(decision=decision.value, error=error, **(extra or {}))
+    if error and decision in (Decision.REJECTED, Decision.FAILED):
+        log.warning("hotcb %s %s %s: %s", decision.value, entry.get("module"), entry.get("op"),
+                    error)  # fmt: skip
 
 
 def _never_undone(entry: Mapping[str, Any]) -> bool:

@@ -61,6 +61,13 @@ class LedgerRecorder:
         #: the safe point being worked on (set by the kernel when a poll or a due op runs);
         #: entries that modules add through ``ModuleHost.record`` default to it
         self.point = SafePoint(0)
+        #: the entry of a checkpoint command whose save is under way (:meth:`flush` writes
+        #: nothing from it on until its outcome is in: see ``ControlModule.save_due``)
+        self.held: dict[str, Any] | None = None
+        #: the seq of the last entry written to the file (``seq`` counts queued ones too): what
+        #: the heartbeat and the run's end record, so an emptied ledger is told from one that
+        #: never got its queued entries (``refuse_lost_ledger``)
+        self.written = seq
         #: the ledger's entries up to this seq are of the lives this one continues (a restart
         #: continues them all; a resume, those up to its checkpoint): :meth:`read_earlier`
         self.before = seq
@@ -184,8 +191,16 @@ class LedgerRecorder:
 
         An entry that cannot be turned into JSON (a value nested past what the encoder takes,
         a cycle, an object whose ``str`` raises) is replaced by one that can
-        (:func:`_writable`), so it never costs the other entries of its batch."""
-        out, self.out = self.out, []
+        (:func:`_writable`), so it never costs the other entries of its batch.
+
+        Nothing from :attr:`held` on is written: a checkpoint's entry is queued in its
+        command's place, and later commands' entries (their cursors past its line) must not
+        reach the file before it, or a kill during the save lost the checkpoint command (a
+        restart reads on from the last entry's cursor)."""
+        cut = len(self.out)
+        if self.held is not None:
+            cut = next((i for i, e in enumerate(self.out) if e is self.held), cut)
+        out, self.out = self.out[:cut], self.out[cut:]
         if not out or not self.leader:
             return None
         try:
@@ -201,6 +216,9 @@ class LedgerRecorder:
             if isinstance(exc, OSError):
                 return f"could not write the ledger: {exc}"
             raise
+        last = out[-1].get("seq")
+        if type(last) is int:
+            self.written = max(self.written, last)
         return None
 
 

@@ -400,7 +400,7 @@ class HotKernel:
         try:
             data = (
                 f'{{"step":{int(step)},"wall_time":{time.time()!r},"pid":{os.getpid()},'
-                f'"seq":{self._ledger.seq}}}'
+                f'"seq":{self._ledger.written}}}'
             )  # (seq: a ledger emptied later is lost)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -985,8 +985,28 @@ class HotKernel:
             "commanded": stream["commanded"],  # which knobs commands set, and when (the tuner)
             "relative": stream["relative"],
             "recipe": gate["recipe"],
-            "unwritten": [dict(e) for e in self._ledger.out],
+            "unwritten": self._unwritten(),
         }
+
+    def _unwritten(self) -> list[dict[str, Any]]:
+        """The queued ledger entries, for :meth:`state_dict`. Called from a ``save_checkpoint``
+        that a checkpoint command asked for, they begin with that command's entry, its outcome
+        not in yet: a run resumed from this state writes it as the save that made the state,
+        and any checkpoint due after it at the same step as not saved in that life."""
+        held, out = self._ledger.held, []
+        saving = [entry for _, entry in self._control.saving]
+        at = next((i for i, e in enumerate(saving) if e is held), len(saving))
+        due = {id(e) for e in saving[at + 1 :]}
+        for e in self._ledger.out:
+            copy = dict(e)
+            if e is held:
+                copy["checkpoint_note"] = "saved; the run that resumed from it wrote this entry"
+            elif id(e) in due:
+                copy.update(decision=Decision.NOOP.value, error=(
+                    "not saved in that life: the run resumed from a checkpoint saved before it "
+                    "at the same step"), checkpoint_note="not saved")  # fmt: skip
+            out.append(copy)
+        return out
 
     def _saved_step(self) -> int:
         """The step of the last safe point, idle or not: where the loop saved the state (the
@@ -1078,11 +1098,14 @@ class HotKernel:
         if not entries:
             return []
         first = min(e["seq"] for e in entries)
-        held = {
-            _entry_key(e)
-            for e in jsonl.iter_records(self.paths.ledger)
-            if type(e.get("seq")) is int and e["seq"] >= first
-        }
+        held, before = set(), first <= 1
+        for e in jsonl.iter_records(self.paths.ledger):
+            if type(e.get("seq")) is int and e["seq"] >= first:
+                held.add(_entry_key(e))
+            before = before or e.get("seq") == first - 1
+        if not before:  # another run's ledger (a copy of a checkpoint resumed elsewhere): the
+            # checkpoint commands being saved as the state was taken are not this run's
+            entries = [e for e in entries if "checkpoint_note" not in e]
         missing = sorted((e for e in entries if _entry_key(e) not in held), key=lambda e: e["seq"])
         for e in missing:
             if isinstance(e.get("cmd_id"), str):
@@ -1133,7 +1156,7 @@ class HotKernel:
                     "step": self._last_step,
                     "wall_time": time.time(),
                     "stopped": self.stop_requested,
-                    "seq": self._ledger.seq,  # the ledger's last entry (refuse_lost_ledger)
+                    "seq": self._ledger.written,  # the ledger's last entry (refuse_lost_ledger)
                 }
                 if self._stopped_by is not None:
                     ended["signal"] = self._stopped_by
