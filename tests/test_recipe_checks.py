@@ -215,7 +215,7 @@ def test_validate_reports_an_undo_the_overlay_leaves_with_nothing_to_undo(
     done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", os.fspath(overlay))
     assert done.returncode == 1, done.stdout
     assert done.stdout.splitlines() == [
-        'overlay patch 1 drops line 4 (step 12 (train_step_end): loss set_params {"l2": 0.0001}), '
+        f'overlay {overlay}:2 patch 1 drops line 4 (step 12 (train_step_end): loss set_params {{"l2": 0.0001}}), '
         "which the undo at line 7 (step 30) undoes: the replay would reject that undo; "
         "drop it too"
     ]

@@ -84,8 +84,9 @@ class FreezeGate:
                                                 f"freeze mode stays {old}")  # fmt: skip
         if swap:
             self._set_player(player)
+        changes = _changes(self.state, new)
         self.state = new
-        return OpResult("applied", changes={"mode": {"old": old, "new": new.mode.value}})
+        return OpResult("applied", changes=changes)
 
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
         return OpResult("rejected", error="freeze cannot be undone; send the mode you want")
@@ -147,6 +148,17 @@ class FreezeGate:
         # checkpoints then hold up when the run directory is moved or copied
         return run_relative(confine_path(value, self._run_dir, self._roots, what=key),
                             self._run_dir)  # fmt: skip
+
+
+def _changes(old: FreezeState, new: FreezeState) -> dict[str, Any]:
+    """A freeze's ledgered changes: the mode, and the recipe, overlay and step offset where
+    either state has one (``hotcb log`` then shows a change of recipe, not ``replay -> replay``)."""
+    out = {"mode": {"old": old.mode.value, "new": new.mode.value}}
+    for key in ("recipe_path", "adjust_path", "step_offset"):
+        before, after = getattr(old, key), getattr(new, key)
+        if before or after:
+            out[key] = {"old": before, "new": after}
+    return out
 
 
 def _player_for(state: FreezeState, run_dir: str) -> RecipePlayer | None:

@@ -470,7 +470,13 @@ class HotClient:
         """Set the freeze mode (at the first safe point with step >= ``at_step``, when given).
         A recipe or overlay outside the run directory is copied into it first
         (``hotcb.replay/``), with the callback sources it captured: the trainer reads only
-        inside its run directory and allowed roots."""
+        inside its run directory and allowed roots. ``adjust_path`` goes with ``replay_adjusted``
+        only (``replay`` plays the recipe as it is: an overlay there was silently ignored)."""
+        if adjust_path is not None and mode != "replay_adjusted":
+            raise CommandError(
+                f"adjust_path only applies to mode 'replay_adjusted', not {mode!r}: use "
+                "freeze('replay_adjusted', recipe_path=..., adjust_path=...)"
+            )
         if recipe_path is not None:
             from .recipe import import_for_replay
 

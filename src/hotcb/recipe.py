@@ -48,6 +48,7 @@ __all__ = [
     "check_actuators",
     "check_recipe",
     "export_recipe",
+    "fresh_restarts",
     "ledger_to_entries",
     "load_overlay",
     "out_file",
@@ -60,6 +61,14 @@ __all__ = [
 
 RECIPE_KIND = "hotcb.recipe"
 DEFAULT_EVENT = "train_step_end"
+#: The events hotcb's safe points pass to ``kernel.apply``: the kernel's default
+#: (``train_step_end``), the Lightning and HF adapters' (``train_step_end``,
+#: ``train_batch_end``, ``val_epoch_end``) and the test trainer's. An entry whose event is a
+#: near miss of one of them is refused (a misspelt event never comes, and the entry would fire
+#: silently at the next safe point); another name is a loop's own event and stays.
+KNOWN_EVENTS = frozenset({"train_step_end", "train_batch_end", "val_epoch_end"})
+#: The largest step an entry may name (an int64 step counter's).
+MAX_STEP = 2**63 - 1
 
 #: Control ops that steer the process rather than the training trajectory: not replayed.
 #: (``extend`` is replayed: how long the run trains is part of its trajectory.)
@@ -158,8 +167,12 @@ class RecipeEntry:
         step, event = at.get("step"), at.get("event") or DEFAULT_EVENT
         if isinstance(step, bool) or not isinstance(step, int):
             raise RecipeError(f"at.step must be an integer, got {step!r}")
+        if not 0 <= step <= MAX_STEP:
+            raise RecipeError(f"at.step must be an integer from 0 to {MAX_STEP}, got {step}")
         if not isinstance(event, str):
             raise RecipeError(f"at.event must be a string, got {event!r}")
+        if event not in KNOWN_EVENTS and (near := _near_event(event)):
+            raise RecipeError(_unknown_event(event, near))
         module, op = rec.get("module"), rec.get("op")
         why = _replayable(module, op)
         if why:
@@ -215,6 +228,21 @@ class Recipe:
     def run_dir(self) -> str | None:
         run = self.header.get("run") or {}
         return run.get("run_dir") if isinstance(run, dict) else None
+
+
+def _near_event(event: str) -> str | None:
+    """The known event ``event`` misspells, if it is that close to one: any other name is a
+    loop's own event (``kernel.apply(env, ("my_event",))``), which its recipes replay."""
+    near = difflib.get_close_matches(event, sorted(KNOWN_EVENTS), n=1, cutoff=0.85)
+    return near[0] if near else None
+
+
+def _unknown_event(event: str, near: str) -> str:
+    return (
+        f"unknown at.event {event!r}; did you mean {near!r}? (known: "
+        f"{', '.join(sorted(KNOWN_EVENTS))}); an event that never comes would fire the entry at "
+        "the next safe point instead"
+    )
 
 
 def _line_id(line: int | None) -> str | None:
@@ -389,22 +417,58 @@ def export_recipe(
     paths = RunPaths(os.fspath(run_dir))
     if not os.path.isdir(paths.root):
         raise RecipeError(f"no run directory at {paths.root}")
+    entries_from_ledger = entries is None
     if entries is None:
         if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
             raise RecipeError(
                 f"no ledger entries at {paths.ledger}: has this run applied anything?"
             )
         entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
-    header = {
+    header: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "kind": RECIPE_KIND,
         "run": jsonl.read_json(paths.run_meta, {}) or {},
         "exported_at": time.time(),
     }
+    warnings = fresh_restarts(run_dir) if entries_from_ledger else []
+    if warnings:
+        header["warnings"] = warnings
     target = out_file(out, paths.recipe)
     text = jsonl.dumps(header) + "\n" + "".join(jsonl.dumps(e.to_record()) + "\n" for e in entries)
     jsonl.write_atomic(target, text.encode())
     return target, entries
+
+
+def fresh_restarts(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Where the run's trainer started again without restoring a checkpoint: its ledger's
+    steps went back with no ``kernel resume`` entry before them. Such a restart continues the
+    ledger of the life before it (docs/core.md), so a recipe of the run holds that life's
+    changes too, which the restarted run never had: one warning each, for ``recipe export``.
+
+    A restart that applied nothing yet (or nothing before the step the earlier life reached)
+    leaves no trace in the ledger, and is not seen."""
+    ledger = list(iter_entries(RunPaths(os.fspath(run_dir)).ledger))
+    out = []
+    last: int | None = None
+    for i, e in enumerate(ledger):
+        if e.get("module") == "kernel" or e.get("late"):
+            if (e.get("module"), e.get("op")) == ("kernel", "resume"):
+                last = None  # a life from a checkpoint: its steps may go back
+            continue
+        step = e.get("step")
+        if not isinstance(step, int):
+            continue
+        if last is not None and step < last:
+            n = len(ledger_to_entries(ledger[:i]))
+            if n:
+                out.append(
+                    f"the run restarted without a checkpoint at ledger seq {e.get('seq')} (its "
+                    f"steps went back from {last} to {step}, with no 'kernel resume' entry): "
+                    f"the recipe includes the {n} change(s) of the life before, which the "
+                    "restarted run did not have"
+                )
+        last = step
+    return out
 
 
 def out_file(out: str | os.PathLike[str] | None, default: str) -> str:
@@ -446,7 +510,8 @@ def resolve_capture(path: str, bases: Sequence[str | None]) -> str | None:
 def _raw_step(rec: Any) -> int | None:
     at = rec.get("at") if isinstance(rec, dict) else None
     step = at.get("step") if isinstance(at, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+    ok = isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP
+    return step if ok else None  # one out of range is said once, by RecipeEntry.from_record
 
 
 def _read_recipe(path: str) -> bytes:
@@ -509,8 +574,51 @@ def check_recipe(
     bases = [os.path.dirname(path), recipe.run_dir]
     for entry in entries:
         problems.extend(_check_sources(entry, bases))
+    problems += _duplicate_ids(entries) + _undo_problems(entries)
     problems.sort(key=lambda p: p.line)
     return recipe, problems
+
+
+def _duplicate_ids(entries: Sequence[RecipeEntry]) -> list[RecipeProblem]:
+    """Entries that share a ``cmd_id``: an undo naming it could not say which it means, and an
+    export of the replay keeps only the first."""
+    first: dict[str, int] = {}
+    out = []
+    for e in entries:
+        if not e.cmd_id or e.line is None:
+            continue
+        if e.cmd_id in first:
+            out.append(RecipeProblem(e.line, f"cmd_id {e.cmd_id!r} is already the cmd_id of "
+                                             f"line {first[e.cmd_id]}: each entry needs its "
+                                             "own"))  # fmt: skip
+        else:
+            first[e.cmd_id] = e.line
+    return out
+
+
+def _undo_problems(entries: Sequence[RecipeEntry]) -> list[RecipeProblem]:
+    """``control undo`` entries the replay would reject ("no applied command ... to undo"):
+    the change they name is not in the recipe, or comes after them."""
+    at: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if e.cmd_id:
+            at.setdefault(e.cmd_id, i)
+    out = []
+    for i, e in enumerate(entries):
+        target = e.params.get("cmd_id") if (e.module, e.op) == ("control", "undo") else None
+        if not isinstance(target, str):
+            continue
+        if target not in at:
+            said = (f"control undo names cmd_id {target!r}, which no entry of this recipe has: "
+                    "the replay would reject it (nothing to undo)")  # fmt: skip
+        elif at[target] > i:
+            change = entries[at[target]]
+            said = (f"control undo comes before the change it undoes, {_at(change)} "
+                    f"({change.describe()}): the replay would reject it")  # fmt: skip
+        else:
+            continue
+        out.append(RecipeProblem(e.line or 0, said))
+    return out
 
 
 def _not_a_recipe(records: Sequence[Any]) -> str | None:
@@ -645,7 +753,15 @@ _ACTIONS = frozenset({"replace_params", "transform_params", "shift_step", "drop"
 def load_overlay(path: str | os.PathLike[str], data: bytes | None = None) -> dict[str, Any]:
     """Read an overlay (YAML, or JSON for a ``.json`` file) and check its shape. ``data``: its
     bytes, read by the caller, parsed as the file at ``path`` (as :func:`check_recipe`)."""
+    return _load_overlay(path, data)[0]
+
+
+def _load_overlay(
+    path: str | os.PathLike[str], data: bytes | None = None
+) -> tuple[dict[str, Any], list[int | None]]:
+    """:func:`load_overlay`, and the line where each patch begins (YAML only; else empty)."""
     path = os.fspath(path)
+    lines: list[int | None] = []
     if data is None:
         try:
             with open(path) as f:
@@ -673,11 +789,38 @@ def load_overlay(path: str | os.PathLike[str], data: bytes | None = None) -> dic
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise RecipeError(f"overlay {path} is not valid YAML: {exc}") from None
-    _check_overlay(doc, path)
-    return doc  # type: ignore[no-any-return]
+        lines = _patch_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    _check_overlay(doc, path, lines)
+    return doc, lines
 
 
-def _check_overlay(doc: Any, where: str) -> None:
+def _patch_lines(root: Any) -> list[int | None]:
+    """The line (1-based) where each item of the YAML document's ``patches`` begins."""
+    import yaml
+
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if getattr(key, "value", None) == "patches" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+@dataclass(frozen=True)
+class _Names:
+    """How an overlay's messages name it and its patches: ``overlay FILE:LINE patch N``."""
+
+    where: str | None = None
+    lines: Sequence[int | None] = ()
+
+    def patch(self, i: int) -> str:
+        line = self.lines[i - 1] if 0 < i <= len(self.lines) else None
+        if self.where is None:
+            return f"overlay patch {i}"
+        return f"overlay {self.where}{f':{line}' if line else ''} patch {i}"
+
+
+def _check_overlay(doc: Any, where: str, lines: Sequence[int | None] = ()) -> None:
     if not isinstance(doc, dict):
         raise RecipeError(f"overlay {where} must be a mapping {{version: 1, patches: [...]}}")
     if doc.get("version", 1) != 1:
@@ -692,12 +835,12 @@ def _check_overlay(doc: Any, where: str) -> None:
     bad: list[int] = []
     for i, patch in enumerate(patches, start=1):
         try:
-            _check_patch(patch, f"overlay {where} patch {i}")
+            _check_patch(patch, _Names(where, lines).patch(i))
         except RecipeError as exc:
             problems.append(str(exc))
             bad.append(i)
     if problems:  # with the document and the patches it names, for overlay_problems
-        raise RecipeProblems(f"overlay {where}", problems, doc, bad)
+        raise RecipeProblems(f"overlay {where}", problems, doc, bad, lines)
 
 
 class RecipeProblems(RecipeError):
@@ -709,12 +852,14 @@ class RecipeProblems(RecipeError):
         problems: Sequence[str],
         doc: Any = None,
         patches: Sequence[int] = (),
+        lines: Sequence[int | None] = (),
     ) -> None:
         head = f"{what}: {len(problems)} problems\n" if len(problems) > 1 else ""
         super().__init__(head + "\n".join(problems))
         self.problems = list(problems)
         self.doc = doc  # an overlay's: the document, and its malformed patches by number
         self.patches = list(patches)
+        self.lines = list(lines)  # the line of each patch (YAML)
 
 
 def _raise_all(problems: list[str], what: str) -> None:
@@ -843,8 +988,14 @@ def apply_overlay(entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]) ->
     params they set; ``nth`` (0-based) keeps only that one of the matches. A patch that matches
     nothing is an error: a plan that silently differs from what was written is worse than none.
     """
-    out, problems = _apply_overlay(entries, overlay)
-    _raise_all(problems, "overlay")
+    return _raise_overlay(entries, overlay, _Names())
+
+
+def _raise_overlay(
+    entries: Sequence[RecipeEntry], overlay: Mapping[str, Any], names: _Names
+) -> list[RecipeEntry]:
+    out, problems = _apply_overlay(entries, overlay, names)
+    _raise_all(problems, "overlay" if names.where is None else f"overlay {names.where}")
     return out
 
 
@@ -855,25 +1006,27 @@ def overlay_problems(
     --adjust``), and the entries its sound patches make (None when it cannot be read at all):
     a malformed patch is listed and left out, and the others are still applied and checked."""
     try:
-        doc = load_overlay(path)
+        doc, lines = _load_overlay(path)
         bad: set[int] = set()
         problems: list[str] = []
     except RecipeProblems as exc:  # malformed patches: list them, apply the rest
-        doc = exc.doc
+        doc, lines = exc.doc, exc.lines
         bad, problems = set(exc.patches), list(exc.problems)
     except RecipeError as exc:
         return None, [str(exc)]
     patches = [None if i in bad else p for i, p in enumerate(doc.get("patches") or (), start=1)]
-    out, more = _apply_overlay(entries, {**doc, "patches": patches})
+    names = _Names(os.fspath(path), lines)
+    out, more = _apply_overlay(entries, {**doc, "patches": patches}, names)
     return out, problems + more
 
 
 def _apply_overlay(
-    entries: Sequence[RecipeEntry], overlay: Mapping[str, Any]
+    entries: Sequence[RecipeEntry], overlay: Mapping[str, Any], names: _Names = _Names()
 ) -> tuple[list[RecipeEntry], list[str]]:
     out = [copy.deepcopy(e) for e in entries]
     problems: list[str] = []
     dropped: dict[str, tuple[int, RecipeEntry]] = {}  # cmd_id -> (patch, entry) it dropped
+    by: dict[int, int] = {}  # id(entry) -> the last patch that changed (or inserted) it
     for i, patch in enumerate(overlay.get("patches") or (), start=1):
         if patch is None:  # malformed (listed by overlay_problems): left out
             continue
@@ -882,6 +1035,7 @@ def _apply_overlay(
             entry.cmd_id = entry.cmd_id or f"insert-{i}"
             entry.adjusted = True
             out.append(entry)
+            by[id(entry)] = i
             continue
         match = patch["match"]
         hits = [e for e in out if _matches(e, match)]
@@ -889,7 +1043,7 @@ def _apply_overlay(
             n = match["nth"]
             hits = hits[n : n + 1] if 0 <= n < len(hits) else []
         if not hits:
-            problems.append(f"overlay patch {i} matches no recipe entry: {dict(match)}")
+            problems.append(f"{names.patch(i)} matches no recipe entry: {dict(match)}")
             continue
         if patch.get("drop"):
             drop = {id(e) for e in hits}
@@ -897,23 +1051,33 @@ def _apply_overlay(
             dropped.update((e.cmd_id, (i, e)) for e in hits if e.cmd_id)
             continue
         for entry in hits:
-            problems += _typos(entry, patch, i)
+            problems += _typos(entry, patch, names.patch(i))
             _patch_entry(entry, patch)
+            by[id(entry)] = i
     out.sort(key=lambda e: e.step)
-    problems += _orphan_undos(out, dropped)
+    for e in out:  # a step before the first (shift_step) the replay would never reach
+        if e.step < 0:
+            problems.append(f"{names.patch(by[id(e)])}: shift_step moves {_at(e)} below step "
+                            f"0 ({e.describe()})")  # fmt: skip
+    problems += _orphan_undos(out, dropped, {k: names.patch(v) for k, v in by.items()}, names)
     for e in out:  # the patched plan must still be something a live command could do
         try:
             command_to_hotop(e.command_record())
         except CommandError as exc:
-            problems.append(f"overlay made an invalid entry ({e.describe()}): {exc}")
+            who = names.patch(by[id(e)]) if id(e) in by else "overlay"
+            problems.append(f"{who} made an invalid entry ({e.describe()}): {exc}")
     return out, problems
 
 
 def _orphan_undos(
-    entries: Sequence[RecipeEntry], dropped: Mapping[str, tuple[int, RecipeEntry]]
+    entries: Sequence[RecipeEntry],
+    dropped: Mapping[str, tuple[int, RecipeEntry]],
+    by: Mapping[int, str],
+    names: _Names,
 ) -> list[str]:
-    """Undos the overlay leaves with nothing to undo: their change was dropped, or shifted past
-    them. The replay would reject each ("no applied command ... to undo")."""
+    """Undos the overlay leaves with nothing to undo: their change was dropped, shifted past
+    them, or (an inserted undo) is not in the recipe. The replay would reject each ("no
+    applied command ... to undo"). ``by``: id(entry) -> the patch that changed it."""
     first: dict[str, int] = {}
     for i, e in enumerate(entries):
         if e.cmd_id:
@@ -924,22 +1088,27 @@ def _orphan_undos(
         if not isinstance(target, str):
             continue
         undo = f"the undo at {_at(e)} (step {e.step})"
-        if target not in first and target in dropped:
+        if target in dropped and target not in first:
             n, gone = dropped[target]
             said.append(
-                f"overlay patch {n} drops {_at(gone)} ({gone.describe()}), which {undo} "
+                f"{names.patch(n)} drops {_at(gone)} ({gone.describe()}), which {undo} "
                 "undoes: the replay would reject that undo; drop it too"
             )
         elif target in first and first[target] > i:
             later = entries[first[target]]
+            who = by.get(id(later)) or by.get(id(e)) or "the overlay"
             said.append(
-                f"after the overlay, {undo} comes before the change it undoes, {_at(later)} "
+                f"after {who}, {undo} comes before the change it undoes, {_at(later)} "
                 f"({later.describe()}): the replay would reject that undo; shift it too"
             )
+        elif target not in first:  # an undo the overlay inserts, of a change not in the recipe
+            who = by.get(id(e)) or "the overlay"
+            said.append(f"{who}: {undo} names cmd_id {target!r}, which no entry has: the "
+                        "replay would reject that undo")  # fmt: skip
     return said
 
 
-def _typos(entry: RecipeEntry, patch: Mapping[str, Any], i: int) -> list[str]:
+def _typos(entry: RecipeEntry, patch: Mapping[str, Any], name: str) -> list[str]:
     """``replace_params`` keys that the entry does not set but nearly does (``lrr`` for
     ``lr``): a typo would add a knob that the replay then refuses, or set nothing."""
     said = []
@@ -948,7 +1117,7 @@ def _typos(entry: RecipeEntry, patch: Mapping[str, Any], i: int) -> list[str]:
             continue
         near = difflib.get_close_matches(str(key), [str(k) for k in entry.params], n=1)
         if near:
-            said.append(f"overlay patch {i}: replace_params {key!r} is not a param of "
+            said.append(f"{name}: replace_params {key!r} is not a param of "
                         f"{entry.describe()}; did you mean {near[0]!r}?")  # fmt: skip
     return said
 
@@ -1024,7 +1193,9 @@ class RecipePlayer:
         if state.mode.value == "replay_adjusted":
             if not state.adjust_path:
                 raise RecipeError("freeze mode replay_adjusted needs --adjust hotcb.adjust.yaml")
-            entries = apply_overlay(entries, load_overlay(_resolve(state.adjust_path, base_dir)))
+            adjust = _resolve(state.adjust_path, base_dir)
+            doc, lines = _load_overlay(adjust)
+            entries = _raise_overlay(entries, doc, _Names(state.adjust_path, lines))
         bases = [os.path.dirname(recipe.path), recipe.run_dir]
         return cls(entries, step_offset=state.step_offset, capture_bases=bases)
 
@@ -1110,6 +1281,10 @@ def import_for_replay(
     ``hotcb.replay/<sha>.adjust.yaml`` and ``hotcb.sources/<sha256>.py``. A file already inside
     the run directory is used where it is."""
     paths = RunPaths(run_dir)
+    # the caller's relative paths are its working directory's (as check_recipe reads them),
+    # not the run directory's, which confine_path would take them from
+    recipe_path = os.path.abspath(recipe_path)
+    adjust_path = os.path.abspath(adjust_path) if adjust_path else None
     recipe, problems = check_recipe(recipe_path)
     if problems:
         raise RecipeError(

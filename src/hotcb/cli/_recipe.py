@@ -18,6 +18,7 @@ from ..recipe import (
     check_actuators,
     check_recipe,
     export_recipe,
+    fresh_restarts,
     out_file,
     overlay_problems,
     player_for,
@@ -73,6 +74,11 @@ def cmd_freeze(args: argparse.Namespace) -> int:
             raise UsageError(f"--mode {mode.value} needs --recipe FILE (see 'hotcb recipe export')")
         if mode is FreezeMode.REPLAY_ADJUSTED and adjust is None:
             raise UsageError("--mode replay_adjusted needs --adjust hotcb.adjust.yaml")
+        if mode is FreezeMode.REPLAY and adjust is not None:  # the run would ignore it
+            raise UsageError(
+                "--adjust only applies to --mode replay_adjusted (replay follows the recipe "
+                "as written); use --mode replay_adjusted to replay it with the overlay"
+            )
         player = player_for(state)  # fail here, not in the run, when the recipe is broken
         assert player is not None
         adjusted = mode is FreezeMode.REPLAY_ADJUSTED
@@ -133,6 +139,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     require_out_folder(args.out)
     path, entries = export_recipe(args.dir, args.out)
     print(f"wrote {len(entries)} entries to {path}")
+    for warning in fresh_restarts(args.dir):  # also in the recipe's header
+        print(f"hotcb: warning: {warning}", file=sys.stderr)
     if not entries:
         print("hotcb: the run applied no change a recipe replays; the recipe is empty",
               file=sys.stderr)  # fmt: skip
