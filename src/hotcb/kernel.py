@@ -296,11 +296,13 @@ class HotKernel:
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
 
-    def observe(self, env: Env) -> None:
+    def observe(self, env: Env, events: Sequence[str] = ()) -> None:
         """Metrics that come between safe points (the HF Trainer logs its training loss after
         the step's ``on_step_end``): recorded like ``apply``'s, and shown to the modules that
-        watch metrics (the tuner), with no poll, no callback event and no command applied.
-        ``env`` needs ``step`` and ``metrics``. Never raises into the training loop."""
+        watch metrics (the tuner), with no poll and no command applied. ``events``: the ones an
+        adapter held back from the step's safe point so that loaded callbacks get them with
+        these metrics (none by default). ``env`` needs ``step`` and ``metrics``. Never raises
+        into the training loop."""
         try:
             step = env["step"]
             if not self._started:  # no stream yet; the first safe point starts the kernel
@@ -308,11 +310,17 @@ class HotKernel:
             if "metrics" in env and self.metrics is not None:
                 self._log_metrics(env, step)
             if self._event_modules:
-                self._dispatch(env, ())
+                self._dispatch(env, events)
             if self._ledger.out:
                 self.flush()
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
+
+    @property
+    def takes_events(self) -> bool:
+        """Whether a module takes events now (a loaded callback, the tuner): an adapter that
+        holds a step's event back until its metrics come (:meth:`observe`) needs to know."""
+        return bool(self._event_modules)
 
     def reached(self, step: int) -> None:
         """The loop got to ``step`` past its last ``apply()`` (a hook skipped the steps

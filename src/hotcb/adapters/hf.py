@@ -177,6 +177,8 @@ class HotCBHFCallback(TrainerCallback):
         self._restored = False
         self._caught = False  # this callback installed the signal handlers (and releases them)
         self._capacity: tuple[int, int] | None = None
+        # a logging step's env whose train_step_end waits for the Trainer's logs (on_log)
+        self._held: LazyEnv | None = None
 
     # -- env --------------------------------------------------------------------------------
     def _env(
@@ -263,8 +265,21 @@ class HotCBHFCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # most steps: nothing due -> no env, no apply() (the Trainer's logs reach the metrics
         # stream and the tuner through on_log)
-        if not self.kernel.nothing_due(state.global_step):
-            self.kernel.apply(self._env(args, state, control, kwargs), _TRAIN)
+        if self._held is not None:  # its logs never came (another callback cancelled them)
+            held, self._held = self._held, None
+            self.kernel.observe(held, _TRAIN)
+        if self.kernel.nothing_due(state.global_step):
+            return
+        env = self._env(args, state, control, kwargs)
+        if control.should_log:
+            # the Trainer logs this step's loss right after this hook (on_log): loaded
+            # callbacks (one this apply loads too) get the step's event there, with its
+            # metrics; commands land here
+            self.kernel.apply(env, ())
+            if self.kernel.takes_events:
+                self._held = env
+            return
+        self.kernel.apply(env, _TRAIN)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -274,9 +289,13 @@ class HotCBHFCallback(TrainerCallback):
         # that depends on when each rank logs)
         if not logs or any(k.startswith("eval_") for k in logs):
             return  # eval logs: on_evaluate records them, with its safe point
-        self.kernel.observe(
-            {"step": int(state.global_step), "epoch": int(state.epoch or 0), "metrics": logs}
-        )
+        step = int(state.global_step)
+        if self._held is not None and self._held["step"] == step:
+            # the step's event, held back at on_step_end, with its logs (recorded too)
+            self._held = None
+            self.kernel.observe(self._env(args, state, control, kwargs, metrics=logs), _TRAIN)
+            return
+        self.kernel.observe({"step": step, "epoch": int(state.epoch or 0), "metrics": logs})
 
     def on_evaluate(
         self,
@@ -297,6 +316,9 @@ class HotCBHFCallback(TrainerCallback):
                 log.warning("hotcb: could not write %s in %s: %s", STATE_FILE, folder, exc)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._held is not None:  # the last step's logs never came
+            held, self._held = self._held, None
+            self.kernel.observe(held, _TRAIN)
         # on_step_end skips apply() when nothing is due: the last steps may have had none
         self.kernel.reached(int(state.global_step))
         self.kernel.flush()
