@@ -93,7 +93,7 @@ def test_route_keys_by_actuators_first_then_name_patterns() -> None:
 def test_set_routes_by_the_runs_actuators_file(run: Run, run_dir: str, cli: Any) -> None:
     # a name the run did not publish fails at once, before anything is written
     res = cli(run_dir, "set", "lr=1e-3", "smooth=0.2", "temperature=2")
-    assert res.returncode == 2 and "unknown actuator 'temperature' in custom" in res.stderr
+    assert res.returncode == 2 and "unknown actuator 'temperature' in group 'custom'" in res.stderr
     assert "the run's knobs: loss: " in res.stderr and "opt: " in res.stderr  # what it has
     res = cli(run_dir, "set", "lr=1e-3", "smooth=0.2")
     assert res.returncode == 0, res.stderr

@@ -127,10 +127,10 @@ BAD = [
 #: (line of the recipe file (the header is line 1), what the live check says about it)
 BAD_SAYS = [
     (2, "lr=-1 is below the minimum 1e-10 for actuator 'lr'"),
-    (3, "unknown actuator 'lrr' in opt; did you mean 'lr'? (known in opt: lr)"),
+    (3, "unknown actuator 'lrr' in group 'opt'; known: lr; did you mean 'lr'?"),
     (4, "lr must be a number for actuator 'lr' (log_float), got str 'fast'"),
     (5, "lr must be a number for actuator 'lr' (log_float), got list [1, 2]"),
-    (6, "unknown actuator 'nonexistent_weight' in loss (known in loss: ce, l2)"),
+    (6, "unknown actuator 'nonexistent_weight' in group 'loss'; known: ce, l2"),
     (7, "l2=-0.1 is below the minimum 0 for actuator 'l2'"),  # every wrong param of a line
     (7, "ce=-2 is below the minimum 0 for actuator 'ce'"),
 ]

@@ -37,8 +37,13 @@ class CommandIntake:
     ) -> None:
         """``offset``: where the ledger says reading stopped; ``seen``: the cmd_ids the ledger
         handled lately; ``ledger``: its path (default: next to ``path``)."""
+        # hold_open: a file rotated (moved away) with commands not read yet is read to its end
         self.tail = jsonl.JsonlTail(
-            path, offset=offset, max_line=MAX_COMMAND_BYTES, check_resume=self._resumable
+            path,
+            offset=offset,
+            max_line=MAX_COMMAND_BYTES,
+            check_resume=self._resumable,
+            hold_open=True,
         )
         self.ledger = ledger if ledger is not None else os.path.join(os.path.dirname(path), LEDGER)
         self._problem: str | None = None  # the reason the file could not be read, told once
@@ -76,14 +81,16 @@ class CommandIntake:
         torch.distributed the other ranks wait for this batch."""
         tail = self.tail
         try:
-            st = os.stat(tail.path)
+            st: os.stat_result | None = os.stat(tail.path)
         except OSError:
             self._problem = None
-            return [], None, None
-        if tail.caught_up(st):
+            if not tail.holding:
+                return [], None, None
+            st = None  # moved away or deleted: the file held may have commands not read yet
+        if st is not None and tail.caught_up(st):
             return [], None, None
         try:
-            lines = tail.read_lines(st.st_size)
+            lines = tail.read_lines(None if st is None else st.st_size)
         except OSError as exc:
             problem = f"could not read {tail.path}: {exc.strerror or exc}"
             if problem == self._problem:
@@ -95,13 +102,22 @@ class CommandIntake:
         if tail.reset:
             tail.reset = False
             reset = "the commands file was truncated or replaced; reading it from the start"
+            if tail.left_unread:
+                reset += (f" (the {tail.left_unread} bytes after the last newline of the file "
+                          "it replaced, an unfinished line, were not read)")  # fmt: skip
+                tail.left_unread = 0
             if restored is not None:  # the first read since a checkpoint set the cursor
-                reset = (f"the commands file ({st.st_size} bytes) does not hold the cursor of "
+                size = 0 if st is None else st.st_size
+                reset = (f"the commands file ({size} bytes) does not hold the cursor of "
                          f"the checkpoint this run resumed from (byte {restored}): that "
                          "checkpoint was saved in another run directory, or the file was "
                          "replaced since; reading it from the start")  # fmt: skip
             self._remember_ledger()
         return lines, reset, None
+
+    def close(self) -> None:
+        """Let go of the commands file the tail holds open."""
+        self.tail.close()
 
     def _remember_ledger(self) -> None:
         """Remember every cmd_id the ledger holds: a file read again from its start may hold

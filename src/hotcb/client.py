@@ -54,6 +54,11 @@ def route_keys(keys: Sequence[str], actuators: Sequence[Mapping[str, Any]]) -> d
 _ACTUATOR_MODULES = ("opt", "loss", "custom")
 
 
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an opt", "a loss"."""
+    return f"an {word}" if word[:1] in tuple("aeiou") else f"a {word}"
+
+
 def _validator(d: Mapping[str, Any]) -> HotcbActuator:
     """An actuator that validates like the published one ``d`` (it applies nothing)."""
     return HotcbActuator(
@@ -78,7 +83,7 @@ def check_actuator_params(
         d = by_key.get(key)
         if d is not None and (d.get("group") or "custom") != module:  # the run's words for it
             group = d.get("group") or "custom"
-            raise ActuatorError(f"{key!r} is a {group} actuator, not {module}: send it as "
+            raise ActuatorError(f"{key!r} is {_a(group)} actuator, not {module}: send it as "
                                 f"'hotcb {group} set_params {key}=...'")  # fmt: skip
         if d is None:
             mine = sorted(k for k, a in by_key.items() if (a.get("group") or "custom") == module)
@@ -88,15 +93,21 @@ def check_actuator_params(
             if near:  # a typo of another group's knob (`hotcb set lrr=…` routes to custom)
                 group = by_key[near[0]].get("group") or "custom"
                 hint = f"; did you mean {near[0]!r} (in {group})?"
-            known = f"known in {module}: {', '.join(mine) or 'none'}"
-            if d is None and not mine and by_key:  # none there: what the run does have
+            others = ""
+            if not mine and by_key:  # none there: what the run does have
                 groups: dict[str, list[str]] = {}
                 for k, a in sorted(by_key.items()):
                     groups.setdefault(a.get("group") or "custom", []).append(k)
-                known = "the run's knobs: " + "; ".join(
-                    f"{g}: {', '.join(ks)}" for g, ks in sorted(groups.items())
+                others = (
+                    " (the run's knobs: "
+                    + "; ".join(f"{g}: {', '.join(ks)}" for g, ks in sorted(groups.items()))
+                    + ")"
                 )
-            raise ActuatorError(f"unknown actuator {key!r} in {module}{hint} ({known})")
+            # the kernel's words (``ActuatorSet.lookup``), then what only the client can add
+            known = ", ".join(mine) or "none registered"
+            raise ActuatorError(
+                f"unknown actuator {key!r} in group {module!r}; known: {known}{hint}{others}"
+            )
         _validator(d).validate(value)
 
 
@@ -249,8 +260,14 @@ class HotClient:
                                "folder")  # fmt: skip
         if not self.create and not os.path.isdir(self.run_dir):
             raise CommandError(
-                f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' "
-                "creates one (a run started with HotKernel(run_dir=...) creates its own)"
+                f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' or "
+                f"HotClient({self.run_dir!r}, create=True) creates one on purpose (a run "
+                "started with HotKernel(run_dir=...) creates its own)"
+            )
+        if module == "cb" and op == "set_params" and not record.get("params"):
+            raise CommandError(
+                "cb set_params needs at least one key=value, e.g. "
+                f"cb('set_params', {record.get('id')!r}, every=50)"
             )
         folder = folder_of_runs(self.run_dir)
         if folder is not None:  # a command there would wait for a run that never starts
@@ -506,6 +523,8 @@ class HotClient:
             raise CommandError(
                 "cb load needs exactly one of file= (a .py file) or path= (a module)"
             )
+        if file is not None and not os.path.isfile(file):  # the run would say only ENOENT
+            raise CommandError(f"no such file: {file} (cb load file= names a .py file)")
         target = (
             {"kind": "python_file", "path": os.path.abspath(file), "symbol": symbol}
             if file is not None
@@ -691,7 +710,13 @@ class HotClient:
 
     @overload
     def wait(
-        self, cmd_id: str, timeout: float = ..., *, final: bool = ..., interval: float = ...
+        self,
+        cmd_id: str,
+        timeout: float = ...,
+        *,
+        final: bool = ...,
+        interval: float = ...,
+        until_over: bool = ...,
     ) -> dict[str, Any]: ...
 
     @overload
@@ -702,6 +727,7 @@ class HotClient:
         *,
         final: bool = ...,
         interval: float = ...,
+        until_over: bool = ...,
     ) -> list[dict[str, Any]]: ...
 
     def wait(
@@ -711,13 +737,18 @@ class HotClient:
         *,
         final: bool = True,
         interval: float = 0.02,
+        until_over: bool = False,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """The ledger entry for ``cmd_id`` once the kernel handled it; for a list of ids (what
         :meth:`set` returns), their entries, in order.
 
         With ``final`` a ``scheduled`` entry is not enough: wait for the entry that applied,
         rejected or cancelled it. Raises ``TimeoutError`` after ``timeout`` seconds (saying
-        so when the run is over: nothing will handle the command until it runs again).
+        so when the run is over: nothing will handle the command until it runs again, and
+        when no command of the run has that id). ``until_over``: raise it as soon as the run's
+        training process ends (crashed, stopped, finished) without handling the command,
+        instead of waiting out ``timeout`` (``hotcb … --wait`` does: a run that crashed while
+        it waited is over; a run started again later would take it).
         """
         if not isinstance(cmd_id, str) or not cmd_id:
             given: list[Any] = list(cmd_id) if isinstance(cmd_id, (list, tuple)) else [None]
@@ -726,7 +757,7 @@ class HotClient:
                 raise TypeError(f"wait() takes a cmd_id or a list of them, got {cmd_id!r}")
             deadline = time.monotonic() + timeout
             return [self.wait(i, max(0.0, deadline - time.monotonic()), final=final,
-                              interval=interval) for i in ids]  # fmt: skip
+                              interval=interval, until_over=until_over) for i in ids]  # fmt: skip
 
         def handled(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("cmd_id") != cmd_id:
@@ -734,6 +765,10 @@ class HotClient:
             return None if final and entry.get("decision") == "scheduled" else entry
 
         def late() -> str:
+            if not cmd_id.startswith("@") and self._known(cmd_id, exact=True) is None:
+                return (f"no command with id {cmd_id!r} was sent to {self.run_dir} (it is in "
+                        "neither its commands file nor its ledger): a command's id is what "
+                        f"sending it returned; 'hotcb --dir {self.run_dir} log' lists them")  # fmt: skip
             over = self.run_over()
             if over is not None:
                 return (f"no ledger entry for {cmd_id}: the run {over}; the command waits in "
@@ -744,7 +779,23 @@ class HotClient:
                         "the commands file for it")  # fmt: skip
             return f"no ledger entry for {cmd_id} after {timeout:.3g}s: is the run alive?"
 
-        return self._watch_ledger(handled, timeout, interval, late)
+        return self._watch_ledger(
+            handled, timeout, interval, late, over=self._over_check() if until_over else None
+        )
+
+    def _over_check(self) -> Callable[[], bool]:
+        """Whether the run is over (:meth:`run_over`), asked at most every 0.2 s."""
+        next_ask = 0.0
+
+        def over() -> bool:
+            nonlocal next_ask
+            now = time.monotonic()
+            if now < next_ask:
+                return False
+            next_ask = now + 0.2
+            return self.run_over() is not None
+
+        return over
 
     def wait_ramp(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """The entry that ends the ramp ``cmd_id`` started: ``ramp: complete`` (the target is
@@ -768,13 +819,16 @@ class HotClient:
         error: str | Callable[[], str],
         *,
         between: Callable[[], dict[str, Any] | None] | None = None,
+        over: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Read the ledger's entries as they come until ``pick(entry)`` returns something, or
         ``between()`` does (asked after each read); ``TimeoutError(error)`` after ``timeout``
-        seconds."""
+        seconds, or as soon as ``over()`` says the run ended (asked before a read, so an
+        entry written before the end is still read)."""
         deadline = time.monotonic() + timeout
         tail = jsonl.JsonlTail(self.paths.ledger)
         while True:
+            ended = over is not None and over()
             for entry in tail.read_records():
                 got = pick(entry)
                 if got is not None:
@@ -782,7 +836,7 @@ class HotClient:
             got = between() if between is not None else None
             if got is not None:
                 return got
-            if time.monotonic() > deadline:
+            if ended or time.monotonic() > deadline:
                 raise TimeoutError(error if isinstance(error, str) else error())
             time.sleep(interval)
 

@@ -9,7 +9,9 @@ to be glued onto.
 
 Readers keep a byte cursor (:class:`JsonlTail`) and consume only complete lines: a last line
 without its ``\\n`` is a write still in progress and is left for the next read. A file that was
-replaced, truncated or rewritten under the reader is read again from its start.
+replaced, truncated or rewritten under the reader is read again from its start; a reader that
+holds its file open (``hold_open``, the kernel's) first reads a file moved away to its end, and
+an append that opened a file just before it was moved writes to the one the path names now.
 
 ``flock`` does not protect appends from several *hosts* on NFS: writers on another machine should
 go through the dashboard server on the trainer's host (see docs/core.md).
@@ -136,13 +138,11 @@ def _write_locked(
     write, so the caller may retry the whole record. ``fsync`` failing after a complete write
     raises with ``written=True``: the record is in the file, do not write it again.
     ``unless()``, called under the lock, says when nothing is to be written (or raises)."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd, start = _open_locked(path)  # start: the size, which no other writer moves now
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if unless is not None and unless():
                 return
-            start = os.fstat(fd).st_size  # under the lock: no other writer moves the end now
             if start and os.pread(fd, 1, start - 1) != b"\n":
                 # a line that a writer without the lock left unfinished (a hand-written
                 # command): ours starts on its own line, not glued to it and lost with it
@@ -171,8 +171,53 @@ def _write_locked(
         os.close(fd)
 
 
+#: How often an append opens the path again when the file it opened was moved away (rotated)
+#: before it got the lock; then it writes where the last open landed.
+_REOPEN_TRIES = 3
+
+
+def _open_locked(path: str) -> tuple[int, int]:
+    """A descriptor of the file ``path`` names (created when missing), opened to append and
+    locked exclusively, and the file's size.
+
+    A file moved away or deleted between the open and the lock (``mv commands commands.1``)
+    is let go for the one the path names now: a reader that finishes a rotated file
+    (:class:`JsonlTail` with ``hold_open``) takes the lock before it reads the rotated file's
+    last bytes, so a line lands either before those bytes are read or in the new file."""
+    tries = _REOPEN_TRIES
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            tries -= 1
+            if tries == 0 or _names(path, st):
+                return fd, st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # (and its lock)
+
+
+def _names(path: str, st: os.stat_result) -> bool:
+    """Whether ``path`` names the file ``st`` is the ``fstat`` of."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return now.st_ino == st.st_ino and now.st_dev == st.st_dev
+
+
 def _reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}, errno {exc.errno}" if exc.errno else str(exc)
+
+
+def _remedy(exc: OSError) -> str:
+    """What to do about a failed append: a file-size limit (EFBIG) is not a full disk."""
+    if exc.errno == errno.EFBIG:
+        return ("file too large (a file-size limit: ulimit -f, or the filesystem's largest "
+                "file): raise the limit")  # fmt: skip
+    return "free disk space"
 
 
 def _cut_back(fd: int, path: str, size: int, nbytes: int, exc: OSError) -> JournalWriteError:
@@ -182,13 +227,13 @@ def _cut_back(fd: int, path: str, size: int, nbytes: int, exc: OSError) -> Journ
     except OSError as cut:
         return JournalWriteError(
             f"could not append {nbytes} bytes to {path} ({_reason(exc)}), nor cut off the "
-            f"partial line it left ({_reason(cut)}): free disk space, then check the file's "
+            f"partial line it left ({_reason(cut)}): {_remedy(exc)}, then check the file's "
             "last line; the record was not written",
             errno=exc.errno,
             path=path,
         )
     return JournalWriteError(
-        f"could not append {nbytes} bytes to {path} ({_reason(exc)}): free disk space and try "
+        f"could not append {nbytes} bytes to {path} ({_reason(exc)}): {_remedy(exc)} and try "
         "again; nothing was written",
         errno=exc.errno,
         path=path,
@@ -248,11 +293,25 @@ class JsonlTail:
     The path must name a regular file: anything else (a FIFO, a directory) raises ``OSError``
     from :meth:`read_lines` instead of blocking or reading it.
 
+    With ``hold_open``, the tail keeps the file it reads open between reads, as ``tail -F``
+    does, so a file moved away (``mv f f.1``, rotation) or deleted with lines not read yet is
+    read to its end through that descriptor before the file the path names now: the lines of
+    the old file come with their offsets in it, in one or more reads that hand out nothing of
+    the new file, and only the read after them restarts (:attr:`reset`) on the new file. The
+    rotated file is read under a shared ``flock``, which :func:`append` respects, so a writer
+    that chose it before it was moved has finished, and a later one writes to the new file.
+    What follows the last newline of the rotated file (an unfinished hand-written line) is
+    not read: :attr:`left_unread` says how many bytes that was. A truncation in place, or a
+    file replaced with nothing unread, restarts as without ``hold_open``. The file is held
+    from the first read on: what was not read of a file rotated before it (a trainer that was
+    down) is gone for this tail. :meth:`close` lets it go.
+
     The kernel's poll does one ``os.stat`` and asks :meth:`caught_up` before reading.
     """
 
-    __slots__ = ("_dev", "_head", "_ino", "_scan", "_scan_from", "check_resume", "cut",
-                 "max_bytes", "max_line", "offset", "path", "reset")  # fmt: skip
+    __slots__ = ("_dev", "_head", "_held", "_ino", "_scan", "_scan_from", "check_resume", "cut",
+                 "hold_open", "left_unread", "max_bytes", "max_line", "offset", "path",
+                 "reset")  # fmt: skip
 
     def __init__(
         self,
@@ -262,7 +321,13 @@ class JsonlTail:
         *,
         max_line: int | None = None,
         check_resume: Callable[[bytes], bool] | None = None,
+        hold_open: bool = False,
     ) -> None:
+        self._held = -1  # the descriptor of the file read (hold_open), first: __del__ reads it
+        self.hold_open = hold_open
+        #: bytes of a rotated file after its last newline, not read (see ``hold_open``); set
+        #: with :attr:`reset`
+        self.left_unread = 0
         self.path = os.fspath(path)
         self.offset = offset
         self.max_bytes = max_bytes
@@ -276,6 +341,21 @@ class JsonlTail:
         # it has no newline, and its first max_line + 1 bytes
         self._scan_from = self._scan = -1
         self._head = b""
+
+    def close(self) -> None:
+        """Let go of the file held open (``hold_open``); a later read opens the path again."""
+        if self._held >= 0:
+            fd, self._held = self._held, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    @property
+    def holding(self) -> bool:
+        """Whether a file is held open (``hold_open``): one the path may no longer name, with
+        lines not read yet. No system call."""
+        return self._held >= 0
 
     def size(self) -> int:
         try:
@@ -313,14 +393,19 @@ class JsonlTail:
 
     def read_lines(self, size: int | None = None) -> list[tuple[int, bytes]]:
         """The new complete lines, reading no further than byte ``size`` when given."""
+        self.cut = None
         try:
             fd, st = open_regular(self.path)
         except FileNotFoundError:
-            return []
+            # moved away or deleted, nothing in its place yet: what is left of the file held
+            return self._finish_held() if self._held >= 0 else []
         try:
             # the identity and size of the file actually opened, not of what ``path`` named a
             # moment ago: a replacement between the caller's stat and this open is then seen
-            self.cut = None
+            if self._held >= 0 and (st.st_ino != self._ino or st.st_dev != self._dev):
+                lines = self._finish_held()
+                if self._held >= 0:  # lines of the old file: the new one at the next read
+                    return lines
             known = self._ino != -1
             if known and (st.st_ino != self._ino or st.st_dev != self._dev):
                 self._restart()  # another file now: replaced, or deleted and created again
@@ -335,9 +420,41 @@ class JsonlTail:
                 self.check_resume = None
             self._dev, self._ino = st.st_dev, st.st_ino
             end = st.st_size if size is None else min(size, st.st_size)
-            return self._read(fd, end)
+            lines = self._read(fd, end)
+            if self.hold_open and self._held < 0:
+                self._held, fd = fd, -1
+            return lines
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+
+    def _finish_held(self) -> list[tuple[int, bytes]]:
+        """The lines of the file held open, which the path no longer names, that were not read
+        yet; the file is let go (and :attr:`left_unread` set) once none is left.
+
+        Read under a shared lock: a writer that opened the file before it was moved and locked
+        it before this read has written its line; one that locks it later sees that the path
+        names another file and writes there (:func:`append`). While a writer holds the lock,
+        what is there now is read and the file kept for the next read."""
+        fd = self._held
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            locked = False
+        try:
+            end = os.fstat(fd).st_size
+            lines = self._read(fd, end)
+        finally:
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        # a long line looked through in bounded steps may not be looked through to its end yet
+        looking = self._scan_from == self.offset and 0 <= self._scan < end
+        if lines or not locked or looking:
+            return lines
+        self.left_unread = max(end - self.offset, 0)
+        self.close()
+        return []
 
     def _before(self, fd: int) -> bytes:
         """The bytes that end at the cursor: its line, and the newline before it."""

@@ -1176,6 +1176,7 @@ class HotKernel:
                 self._polled_env = None
             self._stream.write(self.step)
         finally:
+            self._intake.close()  # the commands file its tail holds open
             if self.metrics is not None:
                 self.metrics.close()
 

@@ -249,7 +249,8 @@ class MutableState:
         act = self._acts.get(key)
         if act is not None and group is not None and act.group != group:
             raise ActuatorError(
-                f"{key!r} is a {act.group} actuator, not {group}: send it as 'hotcb "
+                f"{key!r} is {'an' if act.group[:1] in 'aeiou' else 'a'} {act.group} "
+                f"actuator, not {group}: send it as 'hotcb "
                 f"{act.group} set_params {key}=...' ('hotcb set' routes it there once the run "
                 "has published its actuators)"
             )

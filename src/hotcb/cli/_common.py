@@ -16,7 +16,8 @@ from .. import jsonl
 from .._checks import number_arg
 from ..client import HotClient
 from ..errors import HotcbError
-from ..ledger import checkpoint_path, run_over
+from ..freeze import FreezeState, passes_freeze
+from ..ledger import checkpoint_path, run_over, tail_state
 from ..runfiles import RunPaths, folder_of_runs
 
 
@@ -37,9 +38,11 @@ def parse_value(text: str) -> Any:
     except RecursionError:
         raise UsageError(f"{text[:40]}…: nested too deep to be a value") from None
     except ValueError:
-        lowered = text.lower()
+        lowered = text.strip().lower()
         if lowered in ("true", "false"):
             return lowered == "true"
+        if lowered.lstrip("+-") in ("nan", "inf", "infinity"):  # as JSON's NaN, Infinity: the
+            return float(lowered)  # run refuses it as not finite, whatever its case
         inner = text.strip()
         if inner[:1] + inner[-1:] in ("()", "[]"):
             inner = inner[1:-1]
@@ -78,6 +81,34 @@ def ended(path: str) -> str | None:
     since (``hotcb.run.json``); else None."""
     meta = jsonl.read_json(RunPaths(path).run_meta, {}) or {}
     return run_over(meta, time.time()) if isinstance(meta, dict) else None
+
+
+def unread_freeze(paths: RunPaths, cursor: int | None = None) -> dict[str, Any] | None:
+    """The last ``freeze set`` command past the ledger's cursor (``cursor``: the ledger's,
+    read when not given): sent, not read by the run yet; None when there is none, or when
+    the commands file does not hold the cursor (replaced since: nothing to tell)."""
+    if cursor is None:
+        cursor = tail_state(paths.ledger)[1]
+    try:
+        if os.path.getsize(paths.commands) <= int(cursor or 0):
+            return None
+        tail = jsonl.JsonlTail(paths.commands, offset=int(cursor or 0))
+        records = tail.read_records()
+    except OSError:
+        return None
+    sent = [r for r in records if r.get("module") == "freeze" and r.get("op") == "set"]
+    return sent[-1] if sent and not tail.reset else None
+
+
+def frozen(paths: RunPaths) -> str | None:
+    """The freeze mode a command sent now meets when the run reads it (``prod``, ``replay``,
+    ``replay_adjusted``: a freeze set sent and not yet read counts), None when off."""
+    sent = unread_freeze(paths)
+    if sent is not None and sent.get("at_step") is None:
+        mode = str(sent.get("mode") or "off")
+    else:
+        mode = FreezeState.load(paths.freeze).mode.value
+    return None if mode == "off" else mode
 
 
 def require_run_dir(path: str, *, folder_ok: bool = False) -> None:
@@ -342,9 +373,20 @@ def _control_facts(e: Mapping[str, Any]) -> list[str]:
     return said
 
 
-def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
-    """Print the command ids, or with ``--wait`` the ledger entries; exit 1 if any failed."""
-    c = getattr(args, "_client", None)
+def _over(args: argparse.Namespace, over: str) -> int:
+    """Say that the run is over and its command waits for the next run; the exit code (1
+    with ``--wait``, which promises the change is in force)."""
+    waited = getattr(args, "wait", False)
+    print(
+        f"hotcb: the run {over}; the command waits in the commands file for the next run "
+        "started in this directory" + (" (not applied: exit code 1)" if waited else ""),
+        file=sys.stderr,
+    )
+    return 1 if waited else 0
+
+
+def _say_queued(c: HotClient | None) -> None:
+    """On stderr: the command went unchecked (nothing published yet), or routed by name."""
     if c is not None and c.last_unchecked:
         print(
             "hotcb: queued; the run has not published its actuators yet "
@@ -358,18 +400,33 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
             "'hotcb opt|loss|custom set_params KEY=VALUE'",
             file=sys.stderr,
         )
+
+
+def _say_frozen(run_dir: str, sent: tuple[str, str] | None) -> None:
+    """On stderr: a frozen run will ignore the command ``sent`` (module, op)."""
+    if sent is None or passes_freeze(*sent):
+        return
+    mode = frozen(RunPaths(run_dir))
+    if mode is not None:
+        print(f"hotcb: the run is frozen (freeze {mode}): it will ignore this command "
+              f"(ignored_freeze); 'hotcb --dir {run_dir} freeze --mode off' unfreezes it",
+              file=sys.stderr)  # fmt: skip
+
+
+def finish(
+    args: argparse.Namespace, cmd_ids: Sequence[str], *, sent: tuple[str, str] | None = None
+) -> int:
+    """Print the command ids, or with ``--wait`` the ledger entries; exit 1 if any failed,
+    or when the run is over (before or while waiting: the ids are printed first). ``sent``:
+    the commands' module and op, for the hint that a frozen run will ignore them."""
+    _say_queued(getattr(args, "_client", None))
     over = ended(args.dir)
     if over is not None or not getattr(args, "wait", False):
         for cid in cmd_ids:
             print(cid)
         if over is not None:  # nothing will answer: say so (with --wait, instead of timing out)
-            waited = getattr(args, "wait", False)
-            print(
-                f"hotcb: the run {over}; the command waits in the commands file for the next "
-                "run started in this directory" + (" (not applied: exit code 1)" if waited else ""),
-                file=sys.stderr,
-            )
-            return 1 if waited else 0  # --wait promises the change is in force
+            return _over(args, over)
+        _say_frozen(args.dir, sent)
         return 0
     c = client(args)
     if not os.path.exists(c.paths.run_meta):  # waiting for a trainer not started yet: say so
@@ -377,8 +434,15 @@ def finish(args: argparse.Namespace, cmd_ids: Sequence[str]) -> int:
               "and apply the command", file=sys.stderr)  # fmt: skip
     code = 0
     deadline = time.monotonic() + args.timeout
-    for cid in cmd_ids:
-        entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()))
+    for i, cid in enumerate(cmd_ids):
+        try:
+            entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()), until_over=True)
+        except TimeoutError:  # the ids first: the commands are in the file, to wait on later
+            print("\n".join(cmd_ids[i:]), flush=True)
+            over = ended(args.dir)
+            if over is None:
+                raise
+            return _over(args, over)  # the run crashed (or stopped) while we waited
         print(fmt_entry(entry, args.dir))
         if is_ramp_start(entry):  # --wait on a ramp waits for its end
             entry = c.wait_ramp(cid, timeout=max(0.1, deadline - time.monotonic()))

@@ -30,6 +30,7 @@ from ._common import (
     fmt_value,
     parse_kv,
     require_run_dir,
+    unread_freeze,
 )
 from ._recipe import status_extra
 
@@ -152,12 +153,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_set(args: argparse.Namespace) -> int:
     ids = client(args).set(parse_kv(args.params), **_fields(args))
-    return finish(args, ids)
+    return finish(args, ids, sent=("opt", "set_params"))
 
 
 def cmd_set_params(args: argparse.Namespace) -> int:
     cid = client(args).set_params(args.module, parse_kv(args.params), **_fields(args))
-    return finish(args, [cid])
+    return finish(args, [cid], sent=(args.module, "set_params"))
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -182,15 +183,15 @@ def cmd_extend(args: argparse.Namespace) -> int:
     cid = client(args).extend(
         args.steps, epochs=args.epochs, to_step=args.to_step, at_step=args.at_step
     )
-    return finish(args, [cid])
+    return finish(args, [cid], sent=("control", "extend"))
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).undo(args.cmd_id)])
+    return finish(args, [client(args).undo(args.cmd_id)], sent=("control", "undo"))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).cancel(args.cmd_id)])
+    return finish(args, [client(args).cancel(args.cmd_id)], sent=("control", "cancel"))
 
 
 def _status(paths: RunPaths, n: int) -> dict[str, Any]:
@@ -221,6 +222,8 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "last_metrics": last_metrics[0] if last_metrics else None,
         "heartbeat": beat,
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
+        # a freeze set among them: the mode the run is about to take
+        "freeze_sent": unread_freeze(paths, cursor),
         "pending": list(view.pending.values()),
         "ledger": ledger_tail,
         # entries of a life that a resume from a checkpoint replaced (their steps ran again)
@@ -301,6 +304,10 @@ def _print_run(st: dict[str, Any]) -> None:
             )
     fr = st["freeze"]
     extra = f" recipe={fr['recipe_path']}" if fr.get("recipe_path") else ""
+    sent = st.get("freeze_sent")
+    if sent:  # the file says the mode in force; the run has not read the change yet
+        when = f" at step {sent['at_step']}" if sent.get("at_step") is not None else ""
+        extra += f" ({sent.get('mode')}{when} sent, not yet read by the run)"
     print(f"freeze   {fr['mode']}{extra}")
     for line in st.get("replay_next", []):
         print(f"         next: {line}")

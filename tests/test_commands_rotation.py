@@ -1,0 +1,172 @@
+"""The commands file rotated under a running trainer (``mv hotcb.commands.jsonl …jsonl.1``), the way
+``logrotate`` or an operator's shell does it: a command appended just before the rotation and
+not read yet is applied once, before the commands of the new file, as ``tail -F`` reads the old
+file to its end before the new one. Truncation and replacement keep their ``cursor_reset``.
+
+A real :class:`~hotcb.HotKernel` stepped by hand in this process (:class:`~hotcb.testing.
+StepDriver`): the test decides what the loop has read when it renames the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+from hotcb import jsonl
+from hotcb.testing import StepDriver, wait_for
+
+
+def _driver(run_dir: str) -> StepDriver:
+    return StepDriver(run_dir, weights={"w": 1.0}, fsync_ledger=False, metrics_collector=False)
+
+
+def _held(drv: StepDriver) -> str:
+    """A first command, applied: the kernel has read the commands file (and holds it open)."""
+    first = drv.client.loss(w=1.1)
+    drv.steps()
+    assert drv.only(first)["decision"] == "applied"
+    return first
+
+
+def _step_until_ledgered(drv: StepDriver, cmd_id: str) -> None:
+    def stepped() -> bool:
+        drv.steps()
+        return bool(drv.entries(cmd_id))
+
+    wait_for(stepped, 10, what=f"a ledger entry for {cmd_id}")
+
+
+def _since(drv: StepDriver, cmd_id: str) -> list[tuple[str, str, str]]:
+    """``(cmd_id, op, decision)`` of the entries after the one of ``cmd_id``."""
+    ledger = drv.ledger()
+    at = next(i for i, e in enumerate(ledger) if e["cmd_id"] == cmd_id)
+    return [(e["cmd_id"] or "", e["op"], e["decision"]) for e in ledger[at + 1 :]]
+
+
+def test_a_command_not_read_before_a_rotation_is_applied_before_the_new_files(
+    run_dir: str,
+) -> None:
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        commands = drv.paths.commands
+        a = drv.client.loss(w=2.2)
+        os.rename(commands, commands + ".1")  # A is still unread, in the rotated file
+        b = drv.client.loss(w=3.3)  # creates a new commands file
+        _step_until_ledgered(drv, b)
+        assert _since(drv, first) == [
+            (a, "set_params", "applied"),
+            ("", "cursor_reset", "noop"),
+            (b, "set_params", "applied"),
+        ]
+        # A's cursor counts bytes of the file it was read from; B's, of the new file
+        assert drv.only(a)["cursor"] == os.path.getsize(commands + ".1")
+        assert drv.only(b)["cursor"] == os.path.getsize(commands)
+        assert drv.client.wait(a, timeout=5)["decision"] == "applied"
+        assert drv.weights["w"] == 3.3
+
+
+def test_a_command_in_a_file_moved_away_with_nothing_in_its_place_is_applied(
+    run_dir: str,
+) -> None:
+    """Nobody writes to the path after the rotation: the command is not left waiting for a
+    next command to create the file."""
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        a = drv.client.loss(w=2.2)
+        os.rename(drv.paths.commands, drv.paths.commands + ".1")
+        _step_until_ledgered(drv, a)
+        drv.steps(2)
+        assert _since(drv, first) == [(a, "set_params", "applied")]
+        b = drv.client.loss(w=3.3)
+        _step_until_ledgered(drv, b)
+        assert _since(drv, a) == [("", "cursor_reset", "noop"), (b, "set_params", "applied")]
+        assert drv.weights["w"] == 3.3
+
+
+def test_a_file_truncated_in_place_is_read_from_its_start(run_dir: str) -> None:
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        ino = os.stat(drv.paths.commands).st_ino
+        with open(drv.paths.commands, "r+b") as f:
+            f.truncate(0)
+        # longer than the line before the cursor, so the byte before the cursor is not a
+        # newline (a rewrite that puts one there goes unseen: no copy of the file is kept)
+        b = drv.client.loss(w=0.30000000000000004)
+        assert os.stat(drv.paths.commands).st_ino == ino
+        _step_until_ledgered(drv, b)
+        assert _since(drv, first) == [("", "cursor_reset", "noop"), (b, "set_params", "applied")]
+
+
+def test_a_file_replaced_with_nothing_unread_resets_and_old_commands_are_noops(
+    run_dir: str,
+) -> None:
+    """Replaced (``os.replace``, an editor's save) after every line was read: the new file is
+    read from its start in the same poll, its old commands are duplicates."""
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        with open(drv.paths.commands, "rb") as f:
+            old = f.read()
+        tmp = drv.paths.commands + ".new"
+        with open(tmp, "wb") as f:
+            f.write(old)
+        os.replace(tmp, drv.paths.commands)
+        b = drv.client.loss(w=3.3)
+        drv.steps()
+        assert _since(drv, first) == [
+            ("", "cursor_reset", "noop"),
+            (first, "set_params", "noop"),
+            (b, "set_params", "applied"),
+        ]
+
+
+def test_an_unfinished_line_of_a_rotated_file_is_counted_in_the_reset_note(
+    run_dir: str,
+) -> None:
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        drv.raw('{"cmd_id": "torn"')
+        os.rename(drv.paths.commands, drv.paths.commands + ".1")
+        b = drv.client.loss(w=3.3)
+        _step_until_ledgered(drv, b)
+        reset = [e for e in drv.ledger() if e["op"] == "cursor_reset"]
+        assert len(reset) == 1
+        assert "the 17 bytes after the last newline" in reset[0]["error"]
+        assert _since(drv, first) == [("", "cursor_reset", "noop"), (b, "set_params", "applied")]
+
+
+def test_a_tail_reads_a_rotated_file_to_its_end_first(tmp_path: Any) -> None:
+    path = os.fspath(tmp_path / "f.jsonl")
+    jsonl.append(path, {"n": 1})
+    tail = jsonl.JsonlTail(path, hold_open=True)
+    assert [line for _, line in tail.read_lines()] == [b'{"n":1}']
+    jsonl.append(path, {"n": 2})
+    os.rename(path, path + ".1")
+    jsonl.append(path, {"n": 3})
+    assert tail.read_lines() == [(16, b'{"n":2}')] and not tail.reset
+    assert tail.read_lines() == [(8, b'{"n":3}')] and tail.reset
+    tail.close()
+    assert not tail.holding
+
+
+def test_a_writer_that_opened_the_file_before_it_was_rotated_writes_to_the_new_one(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """The file moved between the writer's open and its lock: the line goes to the file the
+    path names now, not into the rotated one after a reader has finished it."""
+    path = os.fspath(tmp_path / "f.jsonl")
+    jsonl.append(path, {"n": 1})
+    flock = fcntl.flock
+    moved = []
+
+    def rotate_then_lock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX and not moved:
+            moved.append(os.rename(path, path + ".1"))
+        flock(fd, op)
+
+    monkeypatch.setattr(jsonl.fcntl, "flock", rotate_then_lock)
+    jsonl.append(path, {"n": 2})
+    with open(path + ".1", "rb") as f:
+        assert f.read() == b'{"n":1}\n'
+    with open(path, "rb") as f:
+        assert f.read() == b'{"n":2}\n'
