@@ -410,12 +410,12 @@ def test_validate_lists_every_problem_of_an_overlay_with_exit_1(tmp_path: Any, c
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 5, lines
-    assert "patch 4: transform_params.scale must be a finite number" in lines[0]
-    assert "patch 5: invalid insert: unknown module 'optimizer'" in lines[1]
-    assert "patch 1 matches no recipe entry" in lines[2]
-    assert "patch 2: replace_params 'lrr' is not a param of step 12" in lines[3]
-    assert "did you mean 'lr'?" in lines[3]
-    assert "invalid entry" in lines[4] and "l2" in lines[4]
+    assert "patch 1 matches no recipe entry" in lines[0]  # in the file's order
+    assert "patch 2: replace_params 'lrr' is not a param of step 12" in lines[1]
+    assert "did you mean 'lr'?" in lines[1]
+    assert "patch 3 made an invalid entry" in lines[2] and "l2" in lines[2]
+    assert "patch 4: transform_params.scale must be a finite number" in lines[3]
+    assert "patch 5: invalid insert: unknown module 'optimizer'" in lines[4]
     assert f"5 problem(s) in {path}" in done.stderr
     with pytest.raises(RecipeError, match=r"transform_params\.scale must be a finite number"):
         _overlay(

@@ -154,8 +154,9 @@ def _space_problems(
         if act is None:
             close = difflib.get_close_matches(key, list(by_key), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            knobs = sorted(k for k, a in by_key.items() if a.get("type") in _NUMBER_TYPES)
             problems.append(f"{name}: the run has no actuator {key!r}{hint} (its knobs: "
-                            f"{', '.join(sorted(by_key))})")  # fmt: skip
+                            f"{', '.join(knobs)})")  # fmt: skip
         elif group != module:
             problems.append(f"{name}: {key!r} is in {group}, not {module} (module: {group})")
         else:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,8 +233,9 @@ class Recipe:
 
 def _near_event(event: str) -> str | None:
     """The known event ``event`` misspells, if it is that close to one: any other name is a
-    loop's own event (``kernel.apply(env, ("my_event",))``), which its recipes replay."""
-    near = difflib.get_close_matches(event, sorted(KNOWN_EVENTS), n=1, cutoff=0.85)
+    loop's own event (``kernel.apply(env, ("my_event",))``), which its recipes replay. Case
+    does not count: events match exactly, so ``Train_Step_End`` would never fire."""
+    near = difflib.get_close_matches(event.lower(), sorted(KNOWN_EVENTS), n=1, cutoff=0.85)
     return near[0] if near else None
 
 
@@ -1017,7 +1019,20 @@ def overlay_problems(
     patches = [None if i in bad else p for i, p in enumerate(doc.get("patches") or (), start=1)]
     names = _Names(os.fspath(path), lines)
     out, more = _apply_overlay(entries, {**doc, "patches": patches}, names)
-    return out, problems + more
+    return out, _by_patch(problems + more, os.fspath(path))
+
+
+def _by_patch(problems: list[str], where: str) -> list[str]:
+    """``problems`` in the order of the patches they name, which is the file's (malformed
+    patches are found before the others are applied: a person reads them top down); stable,
+    and one that names no patch comes last."""
+    named = re.compile(rf"overlay {re.escape(where)}(?::\d+)? patch (\d+)")
+
+    def patch(message: str) -> float:
+        found = named.search(message)
+        return int(found.group(1)) if found else math.inf
+
+    return sorted(problems, key=patch)
 
 
 def _apply_overlay(

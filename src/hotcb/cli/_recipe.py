@@ -159,20 +159,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
         adjusted, said = overlay_problems(recipe.entries, args.adjust)
         entries = adjusted if adjusted is not None else []  # None: it cannot be read
     # the entries the replay would apply (after the overlay), as a live command is checked
-    checked = None if args.adjust and problems else check_actuators(entries, args.dir)
+    # (not when the recipe's problems kept the overlay from being applied)
+    skipped = bool(args.adjust and problems)
+    checked = None if skipped else check_actuators(entries, args.dir)
     problems = sorted([*problems, *(checked or ())], key=lambda p: p.line)
     for line in said:
         print(line)
     for p in problems:
         print(_located(path, p))
+    if not skipped and checked is None and sets_actuators(entries):  # with problems or not
+        print(_not_checked(args.dir), file=sys.stderr)
     if said or problems:
         where = (f" in {args.adjust}" if not problems else f" ({len(said)} in {args.adjust})"
                  if said else "")  # fmt: skip
         print(f"{len(said) + len(problems)} problem(s){where}", file=sys.stderr)
         return 1
     assert recipe is not None
-    if checked is None and sets_actuators(entries):
-        print(_not_checked(args.dir), file=sys.stderr)
     after = f", {len(entries)} after {args.adjust}" if args.adjust else ""
     if not entries:
         print(
