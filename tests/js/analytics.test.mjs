@@ -103,3 +103,14 @@ test("an empty trajectory says why: the server's note, else the general reason",
   assert.equal(a.emptyTrajectoryNote({ steps: [], x: [], y: [], metrics: [] }), "needs two or more metrics that vary");
   assert.equal(a.emptyTrajectoryNote(null), "");
 });
+
+test("the what-if offers the run's numeric knobs, and none (no made-up lr) for a run without", () => {
+  const doc = { actuators: [
+    { param_key: "lr", type: "log_float" }, { param_key: "ce", type: "float" },
+    { param_key: "amp", type: "bool" }, { param_key: "accum", type: "int" },
+  ] };
+  assert.deepEqual(a.knobKeys(doc), ["lr", "ce", "accum"]);
+  assert.deepEqual(a.knobKeys({ actuators: [] }), []);
+  assert.deepEqual(a.knobKeys({}), []);
+  assert.match(a.NO_KNOBS, /publishes no knobs/);
+});

@@ -396,3 +396,19 @@ describe("gaps: a NaN or inf (null) breaks the line, a step without a record doe
     assert.equal(isolatedPoints([1, 2, null], 1, 1), null);
   });
 });
+
+test("a compared run is never drawn like the main run, and its legend swatch shows its dash", () => {
+  const { runStyle, legendDash } = charts;
+  assert.deepEqual(runStyle(0), { dash: null, alpha: 1 });
+  const seen = new Set([JSON.stringify(runStyle(0))]);
+  for (let ri = 1; ri <= 12; ri++) {
+    const st = runStyle(ri);
+    assert.ok(Array.isArray(st.dash) && st.dash.length, `run ${ri} is solid`);
+    assert.ok(!seen.has(JSON.stringify(st)), `run ${ri} looks like an earlier run`);
+    seen.add(JSON.stringify(st));
+  }
+  assert.equal(legendDash(null), "solid");
+  assert.equal(legendDash([6, 4]), "dashed");
+  assert.equal(legendDash([2, 3]), "dotted");
+  for (let ri = 1; ri <= 12; ri++) assert.notEqual(legendDash(runStyle(ri).dash), "solid");
+});

@@ -59,3 +59,16 @@ test("a run without knobs: 'not yet' while it runs or loads, 'none' once it is o
   assert.equal(emptyKnobsText(true, false), EMPTY_KNOBS.waiting);
   assert.equal(emptyKnobsText(true, true), "No knobs: this run published none, and it is over.");
 });
+
+test("a log lr axis labels a few decades only, so its labels never overlap", () => {
+  // uPlot's log splits for lr 1e-10 … 10: every 1, 2, …, 9 × 10^k
+  const splits = [];
+  for (let e = -10; e <= 1; e++) for (let m = 1; m <= 9; m++) splits.push(Number(`${m}e${e}`));
+  const ticks = knobs.thinLogTicks(splits);
+  const shown = ticks.filter((v) => v != null);
+  assert.ok(shown.length >= 2 && shown.length <= 4, String(shown));
+  for (const v of shown) assert.ok(Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9, String(v));
+  assert.equal(ticks.length, splits.length); // a filter: same length, null where dropped
+  // a narrow span keeps each of its decades
+  assert.deepEqual(knobs.thinLogTicks([1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2]), [1e-4, null, null, 1e-3, null, 1e-2]);
+});

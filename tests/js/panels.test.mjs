@@ -447,7 +447,7 @@ describe("Control: a number box sends on Enter only; Escape or leaving it sends 
           c.num.value = text;
           c.num.dispatch("input");
         };
-        fn({ c, type, sent });
+        fn({ c, type, sent, controls });
       });
     } finally {
       delete globalThis.window;
@@ -487,6 +487,22 @@ describe("Control: a number box sends on Enter only; Escape or leaving it sends 
       });
     });
   }
+
+  test("a gone run: every input is disabled, the number box too, and Enter sends nothing", () => {
+    setup(ce, ({ c, type, sent, controls }) => {
+      controls.setOver(true, false); // over: the number box stays, for a what-if
+      assert.equal(c.num.disabled, false);
+      controls.setOver(true, true); // gone: nothing to ask or send
+      const inputs = c.root.querySelectorAll("input, select, button");
+      assert.ok(inputs.length >= 1 && inputs.includes(c.num));
+      assert.deepEqual(inputs.filter((i) => !i.disabled), []);
+      type("0.3");
+      c.num.dispatch("keydown", { key: "Enter" });
+      assert.deepEqual(sent, []);
+      controls.setOver(false, false); // back on disk
+      assert.equal(c.num.disabled, false);
+    });
+  });
 
   test("other keys send nothing", () => {
     setup(ce, ({ c, type, sent }) => {

@@ -189,3 +189,32 @@ def test_trajectory(tmp_path: Any, live_server: Any) -> None:
         assert one["x"] == [] and one["metrics"] == ["loss"]
         assert one["note"].startswith("a trajectory needs two or more metrics")
         assert c.get("/api/runs/r/trajectory?method=tsne").status_code == 422
+
+
+def test_trajectory_ends_where_a_metric_goes_nan(tmp_path: Any, live_server: Any) -> None:
+    """A run that diverges: ``loss`` and ``val_loss`` are NaN from step 300 on (recorded as
+    ``null``), ``acc`` goes on. The trajectory is not drawn on with their last finite values
+    carried forward: it ends before step 300 and its note names them and where they broke."""
+    with MetricsCollector(os.fspath(tmp_path / "nan")) as m:
+        for s in range(600):
+            rec = {"loss": 2.0 * (s + 10.0) ** -0.5 if s < 300 else math.nan,
+                   "acc": 1.0 - math.exp(-s / 100)}  # fmt: skip
+            if s % 10 == 9:
+                rec["val_loss"] = 2.2 * (s + 10.0) ** -0.5 if s < 300 else math.nan
+            m.log(s, rec)
+    with MetricsCollector(os.fspath(tmp_path / "blip")) as m:  # one NaN, then numbers again
+        for s in range(600):
+            loss = math.nan if s == 100 else 2.0 * (s + 10.0) ** -0.5
+            m.log(s, {"loss": loss, "acc": 1.0 - math.exp(-s / 100)})
+    srv = live_server()
+    with srv.client() as c:
+        d = c.get("/api/runs/nan/trajectory?max_points=100").json()
+        assert d["metrics"] == ["acc", "loss", "val_loss"]
+        assert d["steps"] and max(d["steps"]) < 300, d["steps"][-5:]
+        assert len(d["x"]) == len(d["steps"]) >= 3
+        assert d["note"] == (
+            "loss is no longer finite (NaN since step 300), val_loss is no longer finite "
+            f"(NaN since step 309): the trajectory ends at step {d['steps'][-1]}"
+        )
+        blip = c.get("/api/runs/blip/trajectory?max_points=100").json()
+        assert blip["note"] is None and blip["steps"][-1] == 599

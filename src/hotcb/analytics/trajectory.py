@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .forecast import nonfinite_tail
+
 __all__ = ["Trajectory", "trajectory", "umap_available"]
 
 Method = Literal["auto", "pca", "umap"]
@@ -47,7 +49,7 @@ class Trajectory:
     method: str
     explained: list[float] | None  # PCA: variance ratio of the two components
     loadings: dict[str, list[float]] | None  # PCA: each metric's weight in the two components
-    note: str | None = None  # why the trajectory is empty (None when it is not)
+    note: str | None = None  # why it is empty, or why it ends early (None: neither)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,10 +93,45 @@ def _empty(names: list[str], method: str, note: str) -> Trajectory:
     return Trajectory(np.zeros(0), np.zeros((0, 2)), names, method, None, None, note)
 
 
+def _step(step: float) -> str:
+    return str(int(step)) if float(step).is_integer() else f"{step:g}"
+
+
+def _ended(broken: Mapping[str, tuple[float, str]], grid: np.ndarray) -> str | None:
+    """The note of a trajectory cut short by metrics that went NaN or infinite, or None."""
+    if not broken:
+        return None
+    what = ", ".join(f"{n} is no longer finite ({kind} since step {_step(since)})"
+                     for n, (since, kind) in sorted(broken.items()))  # fmt: skip
+    if not grid.size:
+        return what
+    return f"{what}: the trajectory ends at step {_step(float(grid[-1]))}"
+
+
 def _too_few(names: list[str], logged: int, min_points: int, where: str = "") -> str:
     usable = ", ".join(names) if names else "none"
     return (f"a trajectory needs two or more metrics with at least {min_points} finite values "
             f"that vary{where}; usable here: {usable} (of {logged} logged)")  # fmt: skip
+
+
+def _usable(
+    series: Mapping[str, tuple[Any, Any]], min_points: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[float, str]]]:
+    """The metrics with ``min_points`` finite values that vary (their finite points, by step),
+    and of those the ones whose last values are not finite: name → (step it broke, kind)."""
+    clean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    broken: dict[str, tuple[float, str]] = {}
+    for name, (s, v) in series.items():
+        x, y = np.asarray(s, dtype=float), np.asarray(v, dtype=float)
+        tail = nonfinite_tail(x, y)
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        if x.size >= min_points and float(np.ptp(y)) > 0:
+            order = np.argsort(x, kind="stable")
+            clean[name] = (x[order], y[order])
+            if tail is not None:
+                broken[name] = tail
+    return clean, broken
 
 
 def trajectory(
@@ -109,27 +146,24 @@ def trajectory(
     if method == "umap" and not umap_available():
         raise ImportError('method="umap" needs umap-learn: pip install umap-learn')
     use_umap = method == "umap" or (method == "auto" and umap_available())
-    clean: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, (s, v) in series.items():
-        x, y = np.asarray(s, dtype=float), np.asarray(v, dtype=float)
-        ok = np.isfinite(x) & np.isfinite(y)
-        x, y = x[ok], y[ok]
-        if x.size >= min_points and float(np.ptp(y)) > 0:
-            order = np.argsort(x, kind="stable")
-            clean[name] = (x[order], y[order])
+    clean, broken = _usable(series, min_points)
     names = sorted(clean)
     how = "umap" if use_umap else "pca"
     if len(names) < 2:
         return _empty(names, how, _too_few(names, len(series), min_points))
     grid = _grid(clean, max_points)
     cols = [_bucket_means(*clean[name], grid) for name in names]
+    for i, name in enumerate(names):
+        if name in broken:  # nothing past its last finite value, not that value carried on
+            cols[i] = np.where(grid <= clean[name][0][-1], cols[i], np.nan)
     m = np.column_stack(cols)
     rows = np.all(np.isfinite(m), axis=1)
     m, grid = m[rows], grid[rows]
+    ended = _ended(broken, grid)
     if m.shape[0] < 3:
         note = (f"{', '.join(names)} have values together at {m.shape[0]} step"
                 f"{'' if m.shape[0] == 1 else 's'}; a trajectory needs at least 3")  # fmt: skip
-        return _empty(names, how, note)
+        return _empty(names, how, f"{ended}; {note}" if ended else note)
     sd = m.std(axis=0)
     keep = sd > 0
     m, names = m[:, keep], [n for n, k in zip(names, keep, strict=True) if k]
@@ -142,7 +176,7 @@ def trajectory(
 
         # one job: with a seed, UMAP runs single-threaded anyway (and warns unless told so)
         pts = umap.UMAP(n_components=2, random_state=0, n_jobs=1).fit_transform(z)
-        return Trajectory(grid, np.asarray(pts, dtype=float), names, "umap", None, None)
+        return Trajectory(grid, np.asarray(pts, dtype=float), names, "umap", None, None, ended)
     u, s, vt = np.linalg.svd(z, full_matrices=False)
     pts = u[:, :2] * s[:2]
     # a fixed sign per component (largest loading positive), so the picture does not flip
@@ -154,4 +188,4 @@ def trajectory(
     var = s**2
     explained = [float(v) for v in (var[:2] / var.sum())]
     loadings = {n: [float(vt[0, i]), float(vt[1, i])] for i, n in enumerate(names)}
-    return Trajectory(grid, pts, names, "pca", explained, loadings)
+    return Trajectory(grid, pts, names, "pca", explained, loadings, ended)

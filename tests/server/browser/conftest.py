@@ -59,6 +59,32 @@ def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float =
             proc.wait(5)
 
 
+def last_step(path: str) -> int:
+    """The last step in a run's metrics file (-1: none yet)."""
+    recs = read_jsonl(os.path.join(path, "hotcb.metrics.jsonl"))
+    return recs[-1]["step"] if recs else -1
+
+
+def trainers(tmp_path: Any, source: str) -> Iterator[Any]:
+    """The body of a ``trainer`` fixture: yields ``start(name, *args)``, which runs ``source``
+    (``python -c``, argv: the run's path, then ``args``) on ``tmp_path/runs/name`` and waits
+    for its first metrics; every trainer started is stopped after the test. The run's path is
+    the process's ``path``."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        path = os.fspath(tmp_path / "runs" / name)
+        proc = subprocess.Popen([sys.executable, "-c", source, path, *args], env=ENV)
+        proc.path = path  # type: ignore[attr-defined]
+        procs.append(proc)
+        wait_for(lambda: last_step(path) >= 0, timeout=60, what=f"the trainer of {name}")
+        return proc
+
+    yield start
+    for proc in procs:
+        stop(proc)
+
+
 # ------------------------------------------------------------------------------ browser
 @pytest.fixture(scope="module")  # not session: its event loop would outlive the module
 def browser() -> Iterator[Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, Server, debug, read_jsonl, stop, wait_page
+from conftest import ENV, Server, debug, read_jsonl, stop, trainers, wait_page
 from hotcb.server.testing import free_port
 from hotcb.testing import wait_for
 
@@ -63,11 +63,6 @@ k.close()
 """
 
 
-def last_step(path: str) -> int:
-    recs = read_jsonl(os.path.join(path, "hotcb.metrics.jsonl"))
-    return recs[-1]["step"] if recs else -1
-
-
 def commands(path: str, op: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
     return [
         c
@@ -89,21 +84,9 @@ def forget(page: Any, text: str) -> None:
 
 @pytest.fixture
 def trainer(tmp_path: Any) -> Iterator[Any]:
-    """``trainer(name)`` starts ``TRAIN`` on ``tmp_path/runs/name`` and waits for its first
-    metrics; stopped after the test. The run's path is the process's ``path``."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        path = os.fspath(tmp_path / "runs" / name)
-        proc = subprocess.Popen([sys.executable, "-c", TRAIN, path], env=ENV)
-        proc.path = path  # type: ignore[attr-defined]
-        procs.append(proc)
-        wait_for(lambda: last_step(path) >= 0, timeout=60, what=f"the trainer of {name}")
-        return proc
-
-    yield start
-    for proc in procs:
-        stop(proc)
+    """``trainer(name)`` starts ``TRAIN`` on ``tmp_path/runs/name`` (see
+    ``conftest.trainers``)."""
+    yield from trainers(tmp_path, TRAIN)
 
 
 def open_live(page: Any, srv: Any, run: str) -> dict[str, Any]:
@@ -210,13 +193,14 @@ def test_a_run_deleted_while_shown_says_gone_backs_off_and_comes_back(
         " return [s.value, s.selectedOptions[0] && s.selectedOptions[0].textContent]; }"
     )
     assert picked == ["r", "r (no longer on disk)"], picked
-    # a value typed and sent is refused on the page
-    box = page.locator('.ctl[data-key="ce"] input.num')
-    box.fill("0.25")
-    box.press("Enter")
-    wait_page(
-        page, "d.controls.some(c => c.key === 'ce' && c.status.includes('no longer on disk'))"
+    # nothing to type a value into: every input of the controls is disabled, number boxes too
+    # (the `ce value` box stayed enabled)
+    page.locator('.ctl[data-key="ce"] input.num[disabled]').wait_for(timeout=10000)
+    enabled = page.evaluate(
+        "() => [...document.querySelectorAll('#controls .ctl input, #controls .ctl select,"
+        " #controls .ctl button')].filter(e => !e.disabled).map(e => e.getAttribute('aria-label'))"
     )
+    assert enabled == [], enabled
 
     # the page asks less and less often: twice the 2 s interval, then twice that …
     wait_page(page, "d.goneDelay >= 16000", 60)
@@ -334,9 +318,10 @@ def test_nan_and_inf_are_gaps_and_a_series_without_a_finite_value_says_so(
 
     # the forecast panel's chart: val_loss picked there says why nothing is drawn
     page.select_option("select[aria-label='forecast metric']", "val_loss")
-    page.wait_for_function(
+    page.wait_for_function(  # past "waiting for metrics…", what it says while it asks
         "() => { const a = window.hotcbAnalytics && window.hotcbAnalytics.debug();"
-        " return a && a.metric === 'val_loss' && a.empty; }",
+        " return a && a.metric === 'val_loss' && a.empty"
+        " && a.empty !== 'waiting for metrics…'; }",
         timeout=30000,
     )
     empty = page.evaluate("() => window.hotcbAnalytics.debug().empty")

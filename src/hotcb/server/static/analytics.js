@@ -83,6 +83,17 @@ export function fmtImpact(impact, logSpace = true) {
   return `${pct >= 0 ? "+" : "−"}${Math.abs(pct).toFixed(Math.abs(pct) < 10 ? 1 : 0)} %`;
 }
 
+/** What the what-if's knob select says for a run that publishes no numeric knob. */
+export const NO_KNOBS = "this run publishes no knobs to ask about";
+
+/** The what-if's knobs in an actuators document: its numeric actuators' keys (none: []). */
+export function knobKeys(doc) {
+  return ((doc && doc.actuators) || [])
+    .filter((a) => ["float", "log_float", "int"].includes(String(a.type).toLowerCase()))
+    .map((a) => a.param_key)
+    .filter(Boolean);
+}
+
 /** What the trajectory panel says when there is nothing to draw: the server's reason (a run
  * that logs one metric has no trajectory), or, from an older server, the general one. */
 export function emptyTrajectoryNote(t) {
@@ -285,22 +296,41 @@ export class AnalyticsPanel {
     return app && app.runId != null ? app.runId : null;
   }
 
+  /** Nothing of what was shown for the run before: its forecast (and the overlay on its
+   * chart), history, what-if, knobs, proposals' buttons and trajectory. On a switch of runs,
+   * and when a gone run comes back (a new trainer in its folder: a new life, new answers). */
+  reset(run) {
+    this.run = run;
+    this.metric = this.chosen = "";
+    this.forecast = this.history = this.whatif = this.traj = null;
+    this.factorIn.value = "";
+    this.proposals = [];
+    this.props.textContent = "";
+    this.knobSel.textContent = "";
+    this.knobSig = this.metricSig = null;
+    this.metricSel.textContent = "";
+    this.note.textContent = "";
+    this.errors = 0;
+    this.render();
+  }
+
+  /** The page's run changed, or came back from gone: start over for it, at once. */
+  follow() {
+    const run = this.pageRun();
+    const gone = !!window.hotcb?.app?.gone;
+    const back = this.gone && !gone;
+    this.gone = gone;
+    if (run === this.run && !back) return;
+    this.reset(run);
+    this.refresh();
+  }
+
   start() {
+    setInterval(() => this.follow(), 500);
+    document.getElementById("run-select")?.addEventListener("change", () => setTimeout(() => this.follow(), 0));
     setInterval(() => {
-      const run = this.pageRun();
-      if (run !== this.run) {
-        this.run = run;
-        this.metric = this.chosen = "";
-        this.forecast = this.history = this.whatif = this.traj = null;
-        // nothing of the last run's what-if: its factor, its proposals' buttons
-        this.factorIn.value = "";
-        this.proposals = [];
-        this.props.textContent = "";
-        this.publish();
-        this.refresh();
-      }
-    }, 500);
-    setInterval(() => this.refresh(), REFRESH_MS);
+      if (!window.hotcb?.app?.offline) this.refresh(); // no server: nothing to ask
+    }, REFRESH_MS);
     // a value typed in a control (not sent yet) asks what it would do
     const controls = document.getElementById("controls");
     if (controls) {
@@ -321,6 +351,7 @@ export class AnalyticsPanel {
     if (run == null || globalThis.window?.hotcb?.app?.gone) return; // its folder is gone: nothing to ask
     try {
       const names = (await api(runUrl(run, "metrics/names"))).names || [];
+      if (run !== this.run) return;
       this.fillMetrics(names);
       const horizon = this.horizon;
       const ask = (metric) => api(runUrl(run, "forecast", { horizon, ...(metric ? { metric } : {}) }));
@@ -336,12 +367,16 @@ export class AnalyticsPanel {
       this.metricSel.value = fc.metric;
       this.history = h.series[fc.metric] || { step: [], value: [] };
       this.render();
-      await this.refreshKnobs(run);
-      await this.refreshProposals(run);
+      // each answer below is dropped when the page moved to another run meanwhile
+      if (!(await this.refreshKnobs(run))) return;
+      if (!(await this.refreshProposals(run))) return;
       if (this.whatif) await this.askWhatIf(this.whatif.knob, this.whatif.factor, this.whatif.from, false);
-      this.traj = await api(runUrl(run, "trajectory", { max_points: 400 }));
+      const traj = await api(runUrl(run, "trajectory", { max_points: 400 }));
+      if (run !== this.run) return;
+      this.traj = traj;
       this.errors = 0;
     } catch (err) {
+      if (run !== this.run) return; // the last run's failure: not this one's to show
       this.errors += 1;
       if (err && err.status === 404) {
         this.forecast = null;
@@ -363,22 +398,27 @@ export class AnalyticsPanel {
     if (names.includes(keep)) this.metricSel.value = keep;
   }
 
+  /** The what-if's knobs: the run's numeric actuators; none offered (and the panel says so)
+   * for a run that publishes none. False when the page moved to another run meanwhile. */
   async refreshKnobs(run) {
     const doc = await api(runUrl(run, "actuators"));
-    const keys = (doc.actuators || [])
-      .filter((a) => ["float", "log_float", "int"].includes(String(a.type).toLowerCase()))
-      .map((a) => a.param_key)
-      .filter(Boolean);
-    const list = keys.length ? keys : ["lr"];
+    if (run !== this.run) return false;
+    const list = knobKeys(doc);
+    this.noKnobs = !list.length;
     const sig = list.join("|");
-    if (sig === this.knobSig) return;
+    if (sig === this.knobSig) return true;
     this.knobSig = sig;
     const keep = this.knobSel.value;
     this.knobSel.textContent = "";
+    if (!list.length) this.knobSel.append(new Option(NO_KNOBS, ""));
     for (const k of list) this.knobSel.append(new Option(k, k));
     if (list.includes(keep)) this.knobSel.value = keep;
+    this.knobSel.disabled = this.factorIn.disabled = !list.length;
+    this.knobSel.title = list.length ? "" : NO_KNOBS;
+    return true;
   }
 
+  /** The pending proposals' what-if buttons. False when the page moved to another run. */
   async refreshProposals(run) {
     const out = [];
     // a run that is over applies no proposal: what it left pending ended with it
@@ -399,6 +439,7 @@ export class AnalyticsPanel {
     } catch {
       /* no tuner here */
     }
+    if (run !== this.run) return false;
     this.proposals = out;
     this.props.textContent = "";
     for (const w of out.slice(0, 4)) {
@@ -409,10 +450,15 @@ export class AnalyticsPanel {
       this.props.append(b);
     }
     if (out.length && !this.whatif) await this.askWhatIf(out[0].knob, out[0].factor, out[0].source, false);
+    return run === this.run;
   }
 
   async askWhatIf(knob, factor, from, render = true) {
     const run = this.run;
+    if (run != null && !knob && this.noKnobs && from === "typed here") {
+      this.wiText.textContent = NO_KNOBS;
+      return;
+    }
     if (run == null || !knob || !(factor > 0) || factor === 1) {
       this.wiText.textContent = "a what-if needs a knob and a factor other than 1";
       return;
@@ -428,6 +474,7 @@ export class AnalyticsPanel {
       if (run !== this.run) return;
       this.whatif = { ...d, from };
     } catch (err) {
+      if (run !== this.run) return;
       this.whatif = { knob, factor, from, note: err.message, band: null, similar: [] };
     }
     if (render) this.render();
@@ -562,7 +609,9 @@ export class AnalyticsPanel {
       ctx.fill();
     });
     const ex = t.explained ? ` · ${t.explained.map((v) => `${Math.round(v * 100)} %`).join(" + ")} of the variance` : "";
-    this.trNote.textContent = `${t.method.toUpperCase()} of ${t.metrics.join(", ")}${ex} · steps ${t.steps[0]}–${t.steps[n - 1]} (blue → orange)`;
+    // a metric that went NaN or inf ends the trajectory: the server's note says which, and where
+    const cut = t.note ? ` · ${t.note}` : "";
+    this.trNote.textContent = `${t.method.toUpperCase()} of ${t.metrics.join(", ")}${ex} · steps ${t.steps[0]}–${t.steps[n - 1]} (blue → orange)${cut}`;
   }
 
   debug() {
@@ -582,6 +631,8 @@ export class AnalyticsPanel {
       backtest: fc ? fc.backtest : null,
       whatif: this.whatif ? { knob: this.whatif.knob, factor: this.whatif.factor, from: this.whatif.from, note: this.whatif.note ?? null, similar: (this.whatif.similar || []).length, band: !!this.whatif.band } : null,
       proposals: this.proposals,
+      knobs: [...this.knobSel.options].map((o) => o.value).filter(Boolean),
+      trajectoryNote: this.trNote.textContent,
       trajectory: this.traj && this.traj.x ? this.traj.x.length : 0,
       empty: this.empty || "", // what the forecast chart says instead of a curve
       gaps: this.history ? this.history.value.filter((v) => v === null).length : 0,

@@ -134,7 +134,21 @@ export class LiveSocket {
     const delay = Math.min(this.maxDelayMs, this.delayMs * 2 ** this.attempt);
     this.attempt += 1;
     this.onState("closed", { delay });
-    this.timer = setTimeout(() => this.connect(), delay);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.connect();
+    }, delay);
+  }
+
+  /** The server answered over HTTP while the socket waits out its back-off: connect now (and
+   * from the first delay again on failure). True when a connection was started. */
+  reconnectNow() {
+    if (this.ws || this.timer == null) return false; // open or opening, or never connected
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.attempt = 0;
+    this.connect();
+    return true;
   }
 
   subscribe(runIds) {

@@ -324,6 +324,7 @@ async function refreshStatus() {
   if (runId == null) return;
   try {
     const st = await api(runUrl(runId, "status"));
+    if (app.offline) serverAnswered();
     if (gen === app.generation && app.gone) runBack();
     else if (gen === app.generation) applyStatus(st);
   } catch (err) {
@@ -333,6 +334,15 @@ async function refreshStatus() {
   if (statusTimer != null) return; // one was scheduled meanwhile: the polling goes on from it
   const every = (app.cfg.ui.status_refresh_sec || 2) * 1000;
   statusTimer = setTimeout(refreshStatus, app.gone ? app.goneDelay : every);
+}
+
+/** The page thought its server gone (the WebSocket closed) and an HTTP call got an answer: the
+ * server is back. The page says so now and reconnects the WebSocket at once, not when its
+ * back-off (up to ui.reconnect_max_delay_sec) runs out. */
+function serverAnswered() {
+  app.offline = false;
+  sock?.reconnectNow(); // its "connecting" state renders the page
+  renderFacts();
 }
 
 /** The server answered 404 for the run the page shows: its folder was deleted (or moved). The
@@ -847,6 +857,8 @@ function onSocketState(state, info) {
     }
   } else if (state === "closed") {
     app.offline = true;
+    clearTimeout(knobsTimer); // nothing to ask while the server is away (the status poll notices its return)
+    knobsTimer = null;
     label.textContent = `${app.authFailed ? "401" : "offline"} · retry in ${Math.round(info.delay / 100) / 10}s`;
     checkAuth();
   } else {
@@ -1169,12 +1181,13 @@ async function main() {
       scheduleStatusRefresh();
     }
   }, 10000);
+  // neither while the run is gone nor while the server is (the status poll notices its return)
   setInterval(() => {
-    if (!isStale() && !app.gone) scheduleImpactRefresh(0);
+    if (!isStale() && !app.gone && !app.offline) scheduleImpactRefresh(0);
   }, 5000);
   setInterval(() => autopilotPanel.tick(), 5000);
   setInterval(() => {
-    if (!isStale() && !app.gone) scheduleKnobs(0); // the lines reach the run's last step
+    if (!isStale() && !app.gone && !app.offline) scheduleKnobs(0); // the lines reach the run's last step
   }, 5000);
 }
 

@@ -5,7 +5,24 @@ export const PALETTE = [
   "#2563eb", "#e8590c", "#059669", "#9333ea", "#dc2626",
   "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d",
 ];
-const DASHES = [null, [6, 4], [2, 3], [10, 3, 2, 3]];
+// A compared run is never drawn like the main run (solid): each has a dash of its own, and past
+// the last dash the dashes come round again in a lighter stroke.
+const COMPARE_DASHES = [[6, 4], [2, 3], [10, 3, 2, 3], [1, 5], [12, 6]];
+
+/** How the run at position `ri` of the charts (0: the page's run) is drawn: `dash` (null:
+ * solid, the main run's alone) and `alpha` of its stroke. */
+export function runStyle(ri) {
+  if (ri <= 0) return { dash: null, alpha: 1 };
+  const k = ri - 1;
+  const round = Math.floor(k / COMPARE_DASHES.length);
+  return { dash: COMPARE_DASHES[k % COMPARE_DASHES.length], alpha: Math.max(0.4, 1 - 0.25 * round) };
+}
+
+/** The legend swatch's CSS border style for a line's dash (the swatch is a small bordered box). */
+export function legendDash(dash) {
+  if (!dash || !dash.length) return "solid";
+  return dash[0] <= 2 ? "dotted" : "dashed";
+}
 // Who made a change: markers, knob dots and ledger badges. Dark shades that no metric series
 // is drawn in (a tune marker is not the 7th series), and a letter in each marker's dot. Every
 // source the kernel and hotcb's own clients write into the ledger is here: people (dashboard,
@@ -311,7 +328,7 @@ class ChartCard {
         { label: "step", value: (u, v) => (v == null ? "–" : v) },
         ...this.series.map((s) => ({
           label: s.label,
-          stroke: s.forecast === "lo" || s.forecast === "hi" ? withAlpha(s.color, 0.45) : s.color,
+          stroke: s.forecast === "lo" || s.forecast === "hi" ? withAlpha(s.color, 0.45) : s.alpha < 1 ? withAlpha(s.color, s.alpha) : s.color,
           width: s.forecast ? 1.2 : s.runId === this.opts.primary() ? 1.6 : 1.2,
           dash: s.dash || undefined,
           // a null is a non-finite value (a gap); `undefined` (no record at that step) is bridged
@@ -336,7 +353,8 @@ class ChartCard {
       ],
       bands: forecastBands(this.series),
       cursor: { drag: { x: true, y: false, setScale: true }, points: { size: 6 } },
-      legend: { live: true },
+      // the swatch shows the line's dash: a compared run's series is told from the run's own
+      legend: { live: true, markers: { width: 2, dash: (u, i) => legendDash(card.series[i - 1]?.dash) } },
       hooks: {
         setSelect: [
           (u) => {
@@ -357,7 +375,7 @@ class ChartCard {
   update(series, data, markers, note = "") {
     this.noteEl.textContent = note;
     this.noteEl.hidden = !note;
-    const sig = series.map((s) => s.label + s.color + (s.dash || "")).join("|");
+    const sig = series.map((s) => s.label + s.color + (s.dash || "") + (s.alpha ?? "")).join("|");
     const prevSig = this.series.map((s) => s.label + s.color + (s.dash || "")).join("|");
     this.series = series;
     this.markers = markers;
@@ -549,7 +567,7 @@ export class Charts {
           series.push({
             label: says.length ? `${label} (${says.join("; ")})` : label,
             color: PALETTE[ni % PALETTE.length],
-            dash: DASHES[ri % DASHES.length],
+            ...runStyle(ri),
             runId: run.runId,
             name,
             same: twins,

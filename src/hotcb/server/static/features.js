@@ -107,7 +107,9 @@ export class FeaturesPanel {
       this.runId = runId;
       this.doc = null;
     }
-    if (runId == null || globalThis.window?.hotcb?.app?.gone) return; // its folder is gone: nothing to ask
+    const app = globalThis.window?.hotcb?.app;
+    // its folder is gone, or the server is (the page's status poll notices its return)
+    if (runId == null || app?.gone || app?.offline) return;
     const gen = ++this.gen;
     this.loading = true;
     try {

@@ -21,6 +21,17 @@ export function knobData(knob) {
   return [steps, values, steps.map((s, i) => (changed.has(s) ? values[i] : null))];
 }
 
+/** The ticks a knob's log y axis labels (a uPlot axis filter: null drops one): the decades
+ * only (1e-4, 1e-3, …, not 2e-4, 3e-4), and of those at most `most`, evenly spaced, so the
+ * labels of a 96 px chart never overlap. */
+export function thinLogTicks(splits, most = 4) {
+  const decade = (v) => v > 0 && Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9;
+  const kept = splits.map((v, i) => (decade(v) ? i : -1)).filter((i) => i >= 0);
+  const every = Math.max(1, Math.ceil(kept.length / most));
+  const show = new Set(kept.filter((_, k) => k % every === 0));
+  return splits.map((v, i) => (show.has(i) ? v : null));
+}
+
 /** The y range of a knob's chart: the values with a margin, never narrower than 5 % of their
  * size (a change in the 7th digit stays a flat line, not a step across the chart), and around
  * the value for a knob that never moved. */
@@ -130,6 +141,7 @@ export class KnobsPanel {
       el.querySelector("b").textContent = knob.label || knob.key;
       this.body.appendChild(el);
       const chart = el.querySelector(".knob-chart");
+      const thin = log ? { filter: (u, splits) => thinLogTicks(splits) } : {};
       const opts = {
         width: Math.max(220, chart.clientWidth || this.body.clientWidth - 16 || 360),
         height: 96,
@@ -143,7 +155,14 @@ export class KnobsPanel {
         ],
         axes: [
           { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { show: false }, size: 22 },
-          { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, ticks: { show: false }, size: 56, values: (u, vals) => vals.map(fmtNum) },
+          {
+            stroke: "#6b7280",
+            grid: { stroke: "#eef0f3", ...thin },
+            ticks: { show: false },
+            size: 56,
+            values: (u, vals) => vals.map((v) => (v == null ? "" : fmtNum(v))),
+            ...thin,
+          },
         ],
       };
       entry = { el, sig, plot: new uPlot(opts, data, chart) };

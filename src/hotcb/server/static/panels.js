@@ -440,20 +440,22 @@ class Control {
   }
 
   /** The run is over (or its folder is gone, `why` says which): nothing would apply a change,
-   * so none can be sent. */
-  setOver(over, why = "the run is over") {
+   * so none can be sent. A gone run's number box is disabled too: no what-if is asked of a run
+   * the server no longer has. */
+  setOver(over, why = "the run is over", gone = false) {
     this.over = over;
     this.overWhy = why;
+    this.gone = !!over && gone;
     this.lock();
     this.root.title = over ? `${why}: nothing would apply a change` : "";
   }
 
   /** Disabled actuator: nothing works. Run over: only the number box stays, to ask the
-   *  what-if of a value (typing sends nothing; commit() refuses). */
+   *  what-if of a value (typing sends nothing; commit() refuses). Run gone: nothing at all. */
   lock() {
     const disabled = this.act.state === "disabled";
     for (const inp of this.root.querySelectorAll("input, select, button")) {
-      inp.disabled = disabled || (!!this.over && inp !== this.num);
+      inp.disabled = disabled || (!!this.over && (inp !== this.num || !!this.gone));
     }
   }
 
@@ -572,7 +574,7 @@ export class Controls {
       }
     }
     for (const a of list) this.controls.get(a.param_key)?.update(a, docAt);
-    if (this.over) for (const c of this.controls.values()) c.setOver(true, this.overWhy());
+    if (this.over) for (const c of this.controls.values()) c.setOver(true, this.overWhy(), this.gone);
     this.note.textContent = list.length ? `${list.length} from the run` : "";
   }
 
@@ -582,7 +584,7 @@ export class Controls {
     if (over === !!this.over && gone === !!this.gone) return;
     this.over = over;
     this.gone = gone;
-    for (const c of this.controls.values()) c.setOver(over, this.overWhy());
+    for (const c of this.controls.values()) c.setOver(over, this.overWhy(), gone);
     if (!this.controls.size && this.empty && this.loaded) this.empty.textContent = this.emptyText();
   }
 
