@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ENV, TOKEN, read_jsonl, stop, wait_page
+from conftest import ENV, TOKEN, last_step, read_jsonl, trainers, wait_page
 from hotcb.server.testing import ServeProcess
 from hotcb.testing import wait_for
 
@@ -69,26 +69,9 @@ def forget(page: Any, text: str) -> None:
 
 @pytest.fixture
 def trainer(tmp_path: Any) -> Iterator[Any]:
-    """``trainer(name, *args)`` starts ``TRAIN`` on ``tmp_path/runs/name`` and waits for its
-    first metrics; stopped after the test. The run's path is the process's ``path``."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
-        path = os.fspath(tmp_path / "runs" / name)
-        proc = subprocess.Popen([sys.executable, "-c", TRAIN, path, *args], env=ENV)
-        proc.path = path  # type: ignore[attr-defined]
-        procs.append(proc)
-        wait_for(lambda: last_step(path) >= 0, timeout=60, what=f"the trainer of {name}")
-        return proc
-
-    yield start
-    for proc in procs:
-        stop(proc)
-
-
-def last_step(path: str) -> int:
-    recs = read_jsonl(os.path.join(path, "hotcb.metrics.jsonl"))
-    return recs[-1]["step"] if recs else -1
+    """``trainer(name, *args)`` starts ``TRAIN`` on ``tmp_path/runs/name`` (see
+    ``conftest.trainers``)."""
+    yield from trainers(tmp_path, TRAIN)
 
 
 def open_live(page: Any, srv: Any, run: str) -> dict[str, Any]:
