@@ -32,6 +32,17 @@ def _voids(t: Toy) -> dict[int, str]:
     return {e["tune"]["trial"]: e["tune"]["reason"] for e in t.ledger("void")}
 
 
+def _step_until(t: Toy, done: Any, what: str) -> None:
+    """Step the loop one step at a time until ``done()``, within a deadline (a command lands at
+    a poll, which is timed, not counted in steps)."""
+
+    def stepped() -> bool:
+        t.run(1)
+        return bool(done())
+
+    wait_for(stepped, timeout=120, what=what)
+
+
 def test_a_trial_open_when_the_run_ends_is_told_fail_with_the_reason(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     tune = lambda: t.kernel.module("tune")  # noqa: E731
@@ -107,16 +118,12 @@ def test_a_trial_being_asked_for_when_the_tuner_is_disabled_gets_a_row(
     t.run(100, until=lambda: tune() is not None)
     wait_for(lambda: tune().study is not None or tune().opening.done(), timeout=60,
              what="the study to open")  # fmt: skip
-    t.run(100, until=lambda: tune().phase == "asking")
+    _step_until(t, lambda: tune().phase == "asking", "the trial's ask")
     client.tune_disable()
-    t.run(100, until=lambda: tune().mode == "off")
+    # the disable lands at a poll (once a second): steps until then, not a count of them
+    _step_until(t, lambda: tune().mode == "off", "the disable")
     gate.set()  # Optuna answers after the disable landed
-
-    def answered() -> bool:  # a step at a time: the row comes at the first step after it
-        t.run(1)
-        return bool(_voids(t))
-
-    wait_for(answered, timeout=60, what="the dropped trial's ledger entry")
+    _step_until(t, lambda: bool(_voids(t)), "the dropped trial's ledger entry")
     (number,) = _trials(t.kernel.run_dir)
     why = "tuner disabled (not started): not judged"
     assert _voids(t) == {number: why}

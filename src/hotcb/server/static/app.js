@@ -1106,6 +1106,11 @@ function wire() {
     app.dirty.charts = true;
   });
   document.addEventListener("scroll", () => showTip(null), { passive: true });
+  // a marker redrawn under the pointer (a live chart) is a new element: the old one's
+  // mouseleave never comes, and the tooltip stayed up wherever the pointer went
+  document.addEventListener("pointermove", (ev) => {
+    if (!$("tip").hidden && !ev.target?.closest?.(".marker")) showTip(null);
+  }, { passive: true });
 }
 
 async function main() {
