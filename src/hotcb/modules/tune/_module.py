@@ -233,6 +233,10 @@ class TuneModule:
             saved["storage"] = self._storage_sent(state.get("enable_cmd")) or storage
         try:
             settings = parse_settings({**saved, "mode": state["mode"], "space": saved.get("space")})
+            joined = state.get("study_joined")
+            if isinstance(joined, dict):  # when the run first joined, not the restart
+                url, name = self._where(settings)
+                self.joined = {f"{name}@{redact_url(url)}": joined}
             self._enable(settings, int(env["step"]))
             cmd = state.get("enable_cmd")  # the command these settings came from
             self.enable_cmd = cmd if isinstance(cmd, str) else None
