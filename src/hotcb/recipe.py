@@ -27,7 +27,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -598,18 +598,26 @@ def _duplicate_ids(entries: Sequence[RecipeEntry]) -> list[RecipeProblem]:
     return out
 
 
+def _undos(
+    entries: Sequence[RecipeEntry],
+) -> Iterator[tuple[int, RecipeEntry, str, dict[str, int]]]:
+    """Each ``control undo`` entry that names a cmd_id: its index, the entry, the cmd_id, and
+    where each cmd_id first stands in ``entries``."""
+    first: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if e.cmd_id:
+            first.setdefault(e.cmd_id, i)
+    for i, e in enumerate(entries):
+        target = e.params.get("cmd_id") if (e.module, e.op) == ("control", "undo") else None
+        if isinstance(target, str):
+            yield i, e, target, first
+
+
 def _undo_problems(entries: Sequence[RecipeEntry]) -> list[RecipeProblem]:
     """``control undo`` entries the replay would reject ("no applied command ... to undo"):
     the change they name is not in the recipe, or comes after them."""
-    at: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e.cmd_id:
-            at.setdefault(e.cmd_id, i)
     out = []
-    for i, e in enumerate(entries):
-        target = e.params.get("cmd_id") if (e.module, e.op) == ("control", "undo") else None
-        if not isinstance(target, str):
-            continue
+    for i, e, target, at in _undos(entries):
         if target not in at:
             said = (f"control undo names cmd_id {target!r}, which no entry of this recipe has: "
                     "the replay would reject it (nothing to undo)")  # fmt: skip
@@ -1093,15 +1101,8 @@ def _orphan_undos(
     """Undos the overlay leaves with nothing to undo: their change was dropped, shifted past
     them, or (an inserted undo) is not in the recipe. The replay would reject each ("no
     applied command ... to undo"). ``by``: id(entry) -> the patch that changed it."""
-    first: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e.cmd_id:
-            first.setdefault(e.cmd_id, i)
     said = []
-    for i, e in enumerate(entries):
-        target = e.params.get("cmd_id") if (e.module, e.op) == ("control", "undo") else None
-        if not isinstance(target, str):
-            continue
+    for i, e, target, first in _undos(entries):
         undo = f"the undo at {_at(e)} (step {e.step})"
         if target in dropped and target not in first:
             n, gone = dropped[target]
