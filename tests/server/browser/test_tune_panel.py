@@ -11,6 +11,7 @@ Tests wait on conditions with generous deadlines (the machine may be loaded), ne
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -204,6 +205,33 @@ def test_accept_sends_one_tune_accept_command(page: Any, site: Site, tune_state:
     wait_page(page, "d.tune.pending.length === 0 && !d.tune.sent.P3")
     assert page.locator(f"{CARD} li.tune-proposal").count() == 0
     assert len(tune_commands(run)) == 1
+
+
+def test_a_late_answer_to_the_pages_own_request_does_not_hide_a_pushed_proposal(
+    page: Any, site: Site, tune_state: Any
+) -> None:
+    """The page asks for the tuner's state over HTTP while the WebSocket pushes it. An answer
+    read before the tuner proposed, and delivered after the push, used to replace the newer
+    document: the proposal vanished until the tuner's next change (a CI run caught it)."""
+    run = new_run(site, "late")
+    tune_state(run)
+    held: list[Any] = []
+    request = lambda url: "/runs/late/tune" in url  # noqa: E731
+    page.route(request, lambda route: held.append(route))
+    page.goto(site.url("late"))
+    wait_page(page, "d.connected && d.tune.mode === 'suggest' && d.tune.pending.includes('P3')")
+    deadline = time.monotonic() + 60
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets the page run and the route handler be called
+    assert held, "the page never asked for the tuner's state"
+    # the state as it was before the proposal: what a request read a moment earlier answers
+    before = {"mode": "suggest", "objective": "val_loss", "proposals": [], "trials": []}
+    for route in held:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(before))
+    page.unroute(request)
+    d = wait_page(page, "d.loaded")
+    assert d["tune"]["pending"] == ["P3"], d["tune"]
+    assert page.locator(f'{CARD} li.tune-proposal[data-id="P3"] .tune-accept').is_enabled()
 
 
 def test_reject_sends_one_tune_reject_command_and_shows_a_refusal(

@@ -73,6 +73,10 @@ const app = {
   highlightSeq: null,
   dirty: { charts: true, ledger: true },
   generation: 0, // bumped on run switch / reconnect: late responses of an old load are dropped
+  loaded: -1, // the generation whose first load has settled
+  // the generation in which the WebSocket brought the tuner's / autopilot's document: an
+  // answer to the load's own request for it may come later and be older, so it is dropped
+  pushed: { tune: -1, autopilot: -1 },
 };
 
 // A gone run is asked about again after twice the status interval, then twice as long each
@@ -271,17 +275,22 @@ async function loadPrimary(runId, gen, reset) {
     api(runUrl(runId, "markers", { limit: MARKERS_MAX })).then((res) => {
       if (gen === app.generation) addMarks(res.markers || []);
     }),
-    api(runUrl(runId, "tune")).then((doc) => gen === app.generation && tunePanel.update(doc)),
-    api(runUrl(runId, "autopilot")).then((doc) => gen === app.generation && autopilotPanel.update(doc)),
+    api(runUrl(runId, "tune")).then((doc) => fresh(gen, "tune") && tunePanel.update(doc)),
+    api(runUrl(runId, "autopilot")).then((doc) => fresh(gen, "autopilot") && autopilotPanel.update(doc)),
     loadKnobs(runId, gen),
     loadMetrics(runId, gen),
   ];
   const results = await Promise.allSettled(jobs);
   for (const r of results) if (r.status === "rejected") toast(`loading ${runLabel(runId)}: ${r.reason.message}`, "bad");
   if (gen !== app.generation) return;
+  app.loaded = gen;
   fillImpactMetrics();
   refreshImpacts();
 }
+
+/** Whether a loaded tuner or autopilot document may be shown: the load is the page's current
+ * one and the WebSocket has not brought a document since (the server pushes every change). */
+const fresh = (gen, kind) => gen === app.generation && app.pushed[kind] !== gen;
 
 async function loadAll({ reset = true } = {}) {
   const gen = ++app.generation;
@@ -818,10 +827,14 @@ function onMessage(msg) {
       }
       break;
     case "tune":
-      if (msg.run === app.runId) tunePanel.update(msg.doc);
+      if (msg.run !== app.runId) break;
+      app.pushed.tune = app.generation;
+      tunePanel.update(msg.doc);
       break;
     case "autopilot":
-      if (msg.run === app.runId) autopilotPanel.update(msg.doc);
+      if (msg.run !== app.runId) break;
+      app.pushed.autopilot = app.generation;
+      autopilotPanel.update(msg.doc);
       break;
     case "error":
       // "no run 'r' under …": a (re)subscription to a run whose folder is gone
@@ -1209,6 +1222,7 @@ window.hotcb = {
       offline: app.offline,
       authFailed: app.authFailed,
       gone: app.gone,
+      loaded: app.loaded === app.generation,
       goneDelay: app.gone ? app.goneDelay : null,
       inflight: [...app.inflight],
       chip: $("state-chip").textContent,
