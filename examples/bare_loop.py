@@ -20,6 +20,7 @@ Ctrl-C twice to stop at once.
 Resume from a checkpoint (`--resume`, or `$HOTCB_RESUME_FROM`, which `hotcb launch
 --resume-from` sets), or try another setting from one in a new run:
 
+    hotcb --dir runs/digits checkpoint --at-step 1200   # a checkpoint to branch from
     hotcb --dir runs/digits branch --from 1200 --to runs/digits-lr --set lr=3e-4
     # then run the command it prints: hotcb --dir runs/digits-lr launch --resume-from ... -- ...
 """

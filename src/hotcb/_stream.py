@@ -273,7 +273,7 @@ class ActuatorStream:
                 back.append((key, value))
                 if factor is not None:
                     scaled[key] = factor
-            changes = self.state.apply_all(back, env)
+            changes = self.state.apply_all(back, env, bounded=False)  # values it held
         except (ActuatorError, ActuatorApplyError) as exc:
             return OpResult("failed", error=str(exc))
         self._commanded(changes, int(env["step"]))

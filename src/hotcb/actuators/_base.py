@@ -39,6 +39,12 @@ class ActuatorState(str, enum.Enum):
 _NUMERIC = (ActuatorType.FLOAT, ActuatorType.LOG_FLOAT, ActuatorType.INT)
 
 
+def _plain(value: Any) -> Any:
+    """A 0-d tensor or numpy scalar as its Python number; anything else as it is."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
+
+
 def _fmt(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else repr(x)
 
@@ -73,6 +79,9 @@ class HotcbActuator:
     #: of the actuator they belong to (this one's when that key is not registered) before
     #: anything changes, and :meth:`MutableState.apply_all` lists the ones that moved.
     moves: Callable[[Any, Env], dict[str, Any]] | None = None
+    #: ``refuses(value, env)``: why ``value`` would not hold (a scheduler that sets momentum
+    #: every step), or None; a reason refuses the command before anything changes
+    refuses: Callable[[Any, Env], str | None] | None = None
     #: keys of the narrower actuators this one sets as a whole (``lr`` covers ``lr@group1``):
     #: in one command it is applied before them, so the value given for one group wins there
     covers: frozenset[str] = frozenset()
@@ -119,9 +128,12 @@ class HotcbActuator:
             raise ActuatorError(f"{what}={shown} is not finite; actuator {self.param_key!r}")
         return number
 
-    def validate(self, value: Any) -> Any:
-        """Return ``value`` coerced to this actuator's type, or raise :class:`ActuatorError`."""
+    def validate(self, value: Any, *, bounded: bool = True) -> Any:
+        """Return ``value`` coerced to this actuator's type, or raise :class:`ActuatorError`.
+        ``bounded=False``: a value the actuator held (an undo puts it back) may lie outside
+        its bounds (a param group frozen at lr 0, a weight that started below the minimum)."""
         t, key = self.type, self.param_key
+        check = self._bounds if bounded else lambda v, what: None
         if t is ActuatorType.BOOL:
             if isinstance(value, bool):
                 return value
@@ -147,26 +159,28 @@ class HotcbActuator:
             out = []
             for i, v in enumerate(value):
                 f = self._number(v, f"{key}[{i}]")
-                self._bounds(f, f"{key}[{i}]")
+                check(f, f"{key}[{i}]")
                 out.append(f)
             return tuple(out)
         f = self._number(value, key)
         if t is ActuatorType.INT:
             if not f.is_integer():
                 raise ActuatorError(f"{key} must be an integer, got {value!r}")
-            self._bounds(f, key)
+            check(f, key)
             return int(f)
-        self._bounds(f, key)
+        check(f, key)
         return f
 
     # -- live value -------------------------------------------------------------------------
     def read(self, env: Env) -> Any:
+        """The live value, as a plain value: a 0-d tensor (a model's buffer) becomes its
+        number, so the value recorded as "old" is not the same object the change moves."""
         if self.read_fn is None:
             return self.current_value
         value = self.read_fn(env)
-        if isinstance(value, list):
-            value = tuple(value)
-        return value
+        if isinstance(value, (list, tuple)):
+            return tuple(_plain(v) for v in value)
+        return _plain(value)
 
     def matches(self, a: Any, b: Any) -> bool:
         if self.type in _NUMERIC and isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -273,20 +287,22 @@ class MutableState:
         *,
         group: str | None = None,
         given: Collection[str] = (),
+        bounded: bool = True,
     ) -> tuple[Any, Any]:
         """Validate, apply, read back. Returns ``(old, new)``.
 
         Raises :class:`ActuatorError` for a refused value (nothing changed), also when it
         would move another actuator out of its bounds (:attr:`HotcbActuator.moves`; not
-        checked for the keys in ``given``, which the same command sets itself), and
+        checked for the keys in ``given``, which the same command sets itself; not at all
+        unless ``bounded``: see :meth:`HotcbActuator.validate`), and
         :class:`ActuatorApplyError` when ``apply_fn`` raised or the read-back differs (the old
         value restored; after ``max_failures`` such failures the actuator is DISABLED).
         """
         act = self.lookup(key, group)
-        new = act.validate(value)
+        new = act.validate(value, bounded=bounded)
         if act.state is ActuatorState.INIT:
             self.initialize(env)
-        moved = self._check_moves(act, new, env, given)
+        moved = self._check_moves(act, new, env, given, bounded)
         old = act.read(env)
         try:
             act.apply_fn(new, env)
@@ -310,7 +326,12 @@ class MutableState:
         return old, new
 
     def apply_all(
-        self, items: Sequence[tuple[str, Any]], env: Env, *, group: str | None = None
+        self,
+        items: Sequence[tuple[str, Any]],
+        env: Env,
+        *,
+        group: str | None = None,
+        bounded: bool = True,
     ) -> dict[str, dict[str, Any]]:
         """Apply one command's values as a whole; returns its changes, ``{key: {old, new}}``.
 
@@ -320,7 +341,8 @@ class MutableState:
         (:class:`ActuatorError`) before anything changes; when one apply fails, the ones
         before it are rolled back and the error raised. The changes list every actuator whose
         value moved, given or moved by one that was (``lr`` moves ``lr@group1``), with the
-        value it had before the command: an undo or a resume puts each one back."""
+        value it had before the command: an undo or a resume puts each one back (with
+        ``bounded=False``: values the actuators held, whatever their bounds)."""
         acts = [(self.lookup(key, group), value) for key, value in items]
         given = {act.param_key for act, _ in acts}
         acts.sort(key=lambda av: 0 if av[0].covers & given else 1)  # stable: as given
@@ -329,20 +351,21 @@ class MutableState:
         watched: dict[str, Any] = {}
         for act, value in acts:
             watched[act.param_key] = act.read(env)
-            for key in self._check_moves(act, act.validate(value), env, given):
+            for key in self._check_moves(act, act.validate(value, bounded=bounded), env, given,
+                                         bounded):  # fmt: skip
                 if key not in watched and key in self._acts:
                     watched[key] = self._acts[key].read(env)
         done: list[str] = []
         try:
             for act, value in acts:
-                self.apply(act.param_key, value, env, given=given)
+                self.apply(act.param_key, value, env, given=given, bounded=bounded)
                 done.append(act.param_key)
         except (ActuatorError, ActuatorApplyError) as exc:
             # the values from before, in the same order: a broad one, then the ones it covers
             error = str(exc)
             for key in done:
                 try:
-                    self.apply(key, watched[key], env, given=given)
+                    self.apply(key, watched[key], env, given=given, bounded=False)
                 except (ActuatorError, ActuatorApplyError) as again:
                     error += f"; rolling {key} back to {watched[key]!r} failed too: {again}"
             raise type(exc)(error) from exc
@@ -363,16 +386,30 @@ class MutableState:
             self._check_moves(act, act.validate(value), env, given)
 
     def _check_moves(
-        self, act: HotcbActuator, value: Any, env: Env, given: Collection[str]
+        self,
+        act: HotcbActuator,
+        value: Any,
+        env: Env,
+        given: Collection[str],
+        bounded: bool = True,
     ) -> dict[str, Any]:
-        """``act.moves(value, env)`` after checking each value against its bounds."""
+        """``act.moves(value, env)`` after checking each value against its bounds (a value
+        an actuator has now is not a move: ``lr`` leaves a group frozen at lr 0 at 0), and
+        after :attr:`HotcbActuator.refuses`."""
+        why = act.refuses(value, env) if act.refuses is not None else None
+        if why:
+            raise ActuatorError(
+                f"{act.param_key}={_fmt(value)} would not hold: {why}; nothing changed"
+            )
         if act.moves is None:
             return {}
         moved = act.moves(value, env)
         for key, target in moved.items():
-            if key in given or not isinstance(target, (int, float)):
+            if key in given or not bounded or not isinstance(target, (int, float)):
                 continue
             owner = self._acts.get(key, act)
+            if owner is not act and owner.matches(owner.read(env), target):
+                continue
             lo, hi = owner.min_value, owner.max_value
             if lo is not None and target < lo:
                 where = f"below the minimum {_fmt(lo)}"

@@ -23,7 +23,9 @@ def loss_actuators(
     max_value: float = 1e4,
 ) -> list[HotcbActuator]:
     """One actuator per number (FLOAT) or bool (BOOL) in ``weights``; nested dicts give dotted
-    keys (``terms.distill``). Values are written back into the same dict objects."""
+    keys (``terms.distill``). Values are written back into the same dict objects. A weight
+    that starts outside ``[min_value, max_value]`` (a gradient-reversal term at -0.1) widens
+    its own bounds to hold its start: it can be set back to where it began."""
     acts: list[HotcbActuator] = []
     for name, value in weights.items():
         key = f"{prefix}{name}"
@@ -37,7 +39,7 @@ def loss_actuators(
             lo = hi = None
         elif isinstance(value, (int, float)):
             typ = ActuatorType.FLOAT
-            lo, hi = min_value, max(max_value, float(value))
+            lo, hi = min(min_value, float(value)), max(max_value, float(value))
         else:
             continue
         acts.append(

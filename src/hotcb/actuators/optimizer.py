@@ -14,18 +14,17 @@ of bounds is refused and the ledger lists every group that moved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._base import ActuatorType, Env, HotcbActuator
+from ._base import ActuatorType, Env, HotcbActuator, _plain
 
 _SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "base_lr")
 
 
 def _get(group: dict[str, Any], key: str) -> Any:
-    value = group[key]
-    item = getattr(value, "item", None)  # a tensor lr (capturable optimizers)
-    return float(item()) if callable(item) and getattr(value, "ndim", 1) == 0 else value
+    return _plain(group[key])  # a tensor lr (capturable optimizers): its number
 
 
 def _put(group: dict[str, Any], key: str, value: Any) -> None:
@@ -46,11 +45,15 @@ def _schedulers(env: Env, extra: Sequence[Any]) -> list[Any]:
     if many:
         found.extend(many)
     out, seen = [], set()
-    for s in found:
+    while found:
+        s = found.pop(0)
         s = getattr(s, "scheduler", s)  # Lightning's LRSchedulerConfig
         if id(s) not in seen:
             seen.add(id(s))
             out.append(s)
+            # SequentialLR / ChainedScheduler: at a milestone SequentialLR restarts the next
+            # one from its own base_lrs, which must hold the change too
+            found.extend(getattr(s, "_schedulers", None) or ())
     return out
 
 
@@ -90,7 +93,10 @@ class _Ratios:
     """The ratios of ``key`` between each param group and group 0, as last seen while group
     0's value was not 0. Taken through 0 (``weight_decay=0``, then ``0.05``) each group gets
     its old share back, so a group without decay (the HF Trainer's biases and norms) keeps
-    none. Until a non-zero group 0 was seen, every group gets the value."""
+    none. Until a non-zero group 0 was seen, every group gets the value, but for weight decay
+    a later group that holds only biases and norms (no parameter of two dimensions or more)
+    while group 0 holds weights: it keeps none (the HF Trainer's groups at its default
+    ``weight_decay=0``)."""
 
     def __init__(self, groups: list[dict[str, Any]], key: str) -> None:
         self.groups = groups
@@ -113,7 +119,17 @@ class _Ratios:
         seen = self.seen
         if seen is None or len(seen) != len(self.groups):  # a group added since: start over
             seen = [1.0 if self.key in g else None for g in self.groups]
+            if self.key == "weight_decay" and not _vectors_only(self.groups[0]):
+                seen = [0.0 if i and r is not None and _vectors_only(g) else r
+                        for i, (g, r) in enumerate(zip(self.groups, seen, strict=True))]  # fmt: skip
         return [value * r if r is not None else None for r in seen]
+
+
+def _vectors_only(group: dict[str, Any]) -> bool:
+    """Whether a param group holds only biases and norms (no parameter of 2 dimensions or
+    more): the group AdamW recipes keep without weight decay."""
+    params = group.get("params") or ()
+    return bool(params) and all(getattr(p, "ndim", 2) < 2 for p in params)
 
 
 def _group_names(groups: list[dict[str, Any]]) -> list[str]:
@@ -159,7 +175,7 @@ def optimizer_actuators(
             moves=lambda value, env: dict(zip(names, lr_ratios.targets(value), strict=False)),
             covers=frozenset(names) if several else frozenset(),
         ),
-        *_all_groups_actuators(groups, prefix, several, wd_ratios),
+        *_all_groups_actuators(groups, prefix, several, wd_ratios, _cycles(optimizer, schedulers)),
     ]
     if several:
         for i in range(len(groups)):
@@ -212,17 +228,46 @@ def _scaler_of_all(ratios: _Ratios) -> Any:
     return apply_fn
 
 
+def _cycles(optimizer: Any, extra: Sequence[Any]) -> Any:
+    """``cycles(env)``: the name of a scheduler of ``optimizer`` that sets its momentum (or
+    beta1) every step (OneCycleLR, CyclicLR with ``cycle_momentum``), or None."""
+
+    def cycles(env: Env) -> str | None:
+        for s in _schedulers(env, extra):
+            if getattr(s, "optimizer", None) is optimizer and getattr(s, "cycle_momentum", False):
+                return type(s).__name__
+        return None
+
+    return cycles
+
+
 def _all_groups_actuators(
-    groups: list[dict[str, Any]], prefix: str, several: bool, wd: _Ratios | None
+    groups: list[dict[str, Any]],
+    prefix: str,
+    several: bool,
+    wd: _Ratios | None,
+    cycles: Any,
 ) -> list[HotcbActuator]:
     """``weight_decay`` (ratios kept), ``momentum`` and ``betas`` over all groups, those group
-    0 has."""
+    0 has. Momentum and beta1 are refused while a scheduler cycles them (``cycles``): it would
+    put its own value back at its next step."""
     first = groups[0]
     acts: list[HotcbActuator] = []
 
     def set_betas(value: Any, env: Env) -> None:
         for g in groups:
             g["betas"] = tuple(value)
+
+    def cycled(what: str, now: Any) -> Any:
+        def refuses(value: Any, env: Env) -> str | None:
+            first = value[0] if isinstance(value, tuple) else value
+            if math.isclose(first, now()):
+                return None
+            name = cycles(env)
+            return (f"{name} (cycle_momentum=True) sets {what} at every step; build it with "
+                    f"cycle_momentum=False to change {what} live") if name else None  # fmt: skip
+
+        return refuses
 
     if wd is not None:
         names = [f"{prefix}weight_decay@{name}" for name in _group_names(groups)]
@@ -257,6 +302,7 @@ def _all_groups_actuators(
                 min_value=0.0,
                 max_value=1.0,
                 description="momentum (all groups)",
+                refuses=cycled("momentum", lambda: _get(groups[0], "momentum")),
             )
         )
     if "betas" in first:
@@ -270,6 +316,7 @@ def _all_groups_actuators(
                 max_value=0.999999,
                 length=len(first["betas"]),
                 description="Adam betas (all groups)",
+                refuses=cycled("beta1", lambda: _get(groups[0], "betas")[0]),
             )
         )
     return acts

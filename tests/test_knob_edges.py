@@ -1,0 +1,176 @@
+"""Knobs where a run's own set-up used to defeat them: a warm-up then cosine schedule
+(``SequentialLR``), a param group
+frozen at lr 0, a loss weight that starts below 0, a scheduler that cycles momentum, and a
+custom knob read as a 0-d tensor. Real torch optimizers and schedulers, a real
+:class:`HotKernel` in a bare loop (a real HF Trainer for its groups), commands from
+:class:`HotClient`; checked where a user looks: the optimizer, the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hotcb import (
+    ActuatorError,
+    ActuatorType,
+    HotcbActuator,
+    HotClient,
+    HotKernel,
+    loss_actuators,
+    mutable_state,
+)
+
+S = torch.optim.lr_scheduler
+
+
+def run_loop(
+    run_dir: str,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    send: Callable[[int, HotClient], None],
+    *,
+    scheduler: Any = None,
+    knobs: list[HotcbActuator] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``steps`` steps of a bare loop; ``send(step, client)`` before each step's
+    ``apply()`` (a command sent there lands at it). Returns each step's param groups."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = mutable_state(knobs) if knobs else None
+    kernel = HotKernel(run_dir, poll_interval_sec=0, mutable_state=state)
+    client = HotClient(run_dir)
+    seen = []
+    torch.manual_seed(0)
+    try:
+        for step in range(steps):
+            opt.zero_grad()
+            sum(p.sum() for p in params).backward()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            send(step, client)
+            env: dict[str, Any] = {"step": step, "optimizer": opt}
+            if scheduler is not None:
+                env["scheduler"] = scheduler
+            kernel.apply(env)
+            seen.append([dict(g, params=None) for g in opt.param_groups])
+    finally:
+        kernel.close()
+    return seen
+
+
+def ledger(run_dir: str) -> list[dict[str, Any]]:
+    with open(os.path.join(run_dir, "hotcb.applied.jsonl"), "rb") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def warmup_cosine(lr: float) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=lr)
+    warm = S.LinearLR(opt, start_factor=0.1, total_iters=3)
+    sched = S.SequentialLR(opt, [warm, S.CosineAnnealingLR(opt, T_max=10)], milestones=[3])
+    return opt, sched
+
+
+def test_an_lr_set_during_warm_up_holds_after_the_milestone_of_a_sequential_lr(
+    run_dir: str,
+) -> None:
+    """Warm-up then cosine through ``SequentialLR``: at its milestone it starts the cosine
+    from the cosine's own ``base_lrs``. Those held the old lr, so the change was gone from
+    the milestone on while the ledger said applied."""
+    opt, sched = warmup_cosine(0.1)
+    base = [g[0]["lr"] for g in run_loop(os.path.join(run_dir, "base"), opt, 8,
+                                         lambda s, c: None, scheduler=sched)]  # fmt: skip
+    opt, sched = warmup_cosine(0.1)
+    moved = [g[0]["lr"] for g in run_loop(os.path.join(run_dir, "set"), opt, 8,
+                                          lambda s, c: s == 0 and c.opt(lr=0.3),
+                                          scheduler=sched)]  # fmt: skip
+    ratios = [m / b for m, b in zip(moved, base, strict=True)]
+    assert ratios == pytest.approx([7.5] * 8), ratios  # 0.3 / 0.04, past the milestone (3)
+
+
+def two_groups(frozen_lr: float = 0.0) -> torch.optim.Optimizer:
+    body, head = nn.Linear(4, 8), nn.Linear(8, 1)
+    return torch.optim.AdamW([{"params": body.parameters(), "lr": 0.01},
+                              {"params": head.parameters(), "lr": frozen_lr}])  # fmt: skip
+
+
+def test_lr_leaves_a_group_frozen_at_zero_and_undo_freezes_it_again(run_dir: str) -> None:
+    """A head frozen at lr 0: ``set lr`` was refused whole ("would set lr@group1 to 0, below
+    the minimum"), and an undo of ``lr@group1`` could never put the 0 back."""
+    opt = two_groups()
+    sends = {0: lambda c: c.opt(lr=0.02), 1: lambda c: c.opt(**{"lr@group1": 0.001}),
+             2: lambda c: c.undo()}  # fmt: skip
+    seen = run_loop(run_dir, opt, 4, lambda s, c: s in sends and sends[s](c))
+    assert [[g["lr"] for g in groups] for groups in seen] == [
+        [0.02, 0.0], [0.02, 0.001], [0.02, 0.0], [0.02, 0.0]
+    ]  # fmt: skip
+    entries = ledger(run_dir)
+    assert [e["decision"] for e in entries] == ["applied"] * 3, entries
+    assert set(entries[0]["changes"]) == {"lr", "lr@group0"}  # group 1 did not move
+    assert entries[2]["changes"] == {"lr@group1": {"old": 0.001, "new": 0.0}}
+
+
+def test_a_loss_weight_that_starts_below_zero_can_be_set_back_and_undone(run_dir: str) -> None:
+    """A gradient-reversal term at -0.1: its start was below the default minimum 0, so
+    ``set adv=-0.2`` was refused and an undo of ``adv=0`` failed."""
+    weights = {"task": 1.0, "adv": -0.1}
+    opt = torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.01)
+    sends = {0: lambda c: c.loss(adv=0.0), 1: lambda c: c.undo(), 2: lambda c: c.loss(adv=-0.05)}
+    values = []
+    knobs = loss_actuators(weights)
+
+    def send(step: int, client: HotClient) -> None:
+        values.append(weights["adv"])
+        if step in sends:
+            sends[step](client)
+
+    run_loop(run_dir, opt, 4, send, knobs=knobs)
+    assert values[1:] == [0.0, -0.1, -0.05], values
+    assert [e["decision"] for e in ledger(run_dir)] == ["applied"] * 3
+    with pytest.raises(ActuatorError, match=r"adv=-0\.2 is below the minimum -0\.1"):
+        HotClient(run_dir).loss(adv=-0.2)  # its start is its floor
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_scheduler_that_cycles_momentum_refuses_a_change_it_would_undo(
+    run_dir: str, optimizer: str
+) -> None:
+    """OneCycleLR (``cycle_momentum=True``) sets beta1 (or SGD's momentum) at every step: a
+    change lasted one step while the ledger said applied. It is refused, saying why."""
+    model = nn.Linear(4, 1)
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        change: dict[str, Any] = {"betas": [0.5, 0.999]}
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        change = {"momentum": 0.5}
+    sched = S.OneCycleLR(opt, max_lr=0.1, total_steps=20)
+    seen = run_loop(run_dir, opt, 3, lambda s, c: s == 0 and c.opt(**change), scheduler=sched)
+    (entry,) = ledger(run_dir)
+    assert entry["decision"] == "rejected", entry
+    what = "beta1" if optimizer == "adamw" else "momentum"
+    assert f"OneCycleLR (cycle_momentum=True) sets {what} at every step" in entry["error"]
+    assert "cycle_momentum=False" in entry["error"] and "nothing changed" in entry["error"]
+    first = [g[0]["betas"][0] if optimizer == "adamw" else g[0]["momentum"] for g in seen]
+    assert 0.5 not in first and len(set(first)) == 3, first  # the schedule's, every step
+
+
+def test_a_custom_knob_read_as_a_tensor_is_ledgered_by_value_and_undone(run_dir: str) -> None:
+    """A knob over a model's 0-d buffer: its read value was the tensor the change then
+    filled, so the ledger said ``old 3.0 -> new 3.0`` and the undo failed (``got Tensor``)."""
+    temp = torch.tensor(2.0)
+    knob = HotcbActuator("temperature", ActuatorType.FLOAT, apply_fn=lambda v, env: temp.fill_(v),
+                         read_fn=lambda env: temp, min_value=0.1, max_value=10.0)  # fmt: skip
+    opt = torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.01)
+    sends = {0: lambda c: c.custom(temperature=3.0), 1: lambda c: c.undo()}
+    run_loop(run_dir, opt, 3, lambda s, c: s in sends and sends[s](c), knobs=[knob])
+    entries = ledger(run_dir)
+    assert [e["decision"] for e in entries] == ["applied", "applied"], entries
+    assert entries[0]["changes"] == {"temperature": {"old": 2.0, "new": 3.0}}
+    assert entries[1]["changes"] == {"temperature": {"old": 3.0, "new": 2.0}}
+    assert float(temp) == 2.0
