@@ -174,3 +174,32 @@ def test_a_custom_knob_read_as_a_tensor_is_ledgered_by_value_and_undone(run_dir:
     assert entries[0]["changes"] == {"temperature": {"old": 2.0, "new": 3.0}}
     assert entries[1]["changes"] == {"temperature": {"old": 3.0, "new": 2.0}}
     assert float(temp) == 2.0
+
+
+def decaying() -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.1)
+    return opt, S.LambdaLR(opt, lambda s: 1 / (1 + s))
+
+
+@pytest.mark.parametrize("undo_at", [7, 3], ids=["after-it-ended", "mid-ramp"])
+def test_undo_of_a_ramped_lr_puts_the_run_back_on_its_schedule(run_dir: str, undo_at: int) -> None:
+    """An lr ramped under a decaying schedule, then undone: the undo set the lr the ramp
+    started from, a number the schedule had long left (4.5 × the schedule's value here). It
+    takes the ramp's ratio back from the value in force, as an undo of a change made at once
+    does, and says so (``on_schedule``)."""
+    opt, sched = decaying()
+    base = [g[0]["lr"] for g in run_loop(os.path.join(run_dir, "base"), opt, 12,
+                                         lambda s, c: None, scheduler=sched)]  # fmt: skip
+
+    def send(step: int, client: HotClient) -> None:
+        if step == 0:
+            client.send("opt", "set_params", params={"lr": 0.5}, transition={"steps": 4})
+        elif step == undo_at:
+            client.undo()
+
+    opt, sched = decaying()
+    got = [g[0]["lr"] for g in run_loop(run_dir, opt, 12, send, scheduler=sched)]
+    ratios = [g / b for g, b in zip(got, base, strict=True)]
+    assert ratios[undo_at:] == pytest.approx([1.0] * (12 - undo_at)), ratios
+    (undo,) = [e for e in ledger(run_dir) if e["op"] == "undo"]
+    assert undo["decision"] == "applied" and "lr" in undo["on_schedule"], undo

@@ -72,6 +72,9 @@ class Ramp:
     shape: str
     op: HotOp
     is_int: bool = False
+    #: under an LR scheduler, how far the ramp's moves have scaled the schedule so far (each
+    #: step's value over the schedule's value it replaced): an undo takes that ratio back
+    factor: float = 1.0
 
     @property
     def end_step(self) -> int:
@@ -96,6 +99,7 @@ class Ramp:
             "steps": self.steps,
             "shape": self.shape,
             "is_int": self.is_int,
+            "factor": self.factor,
             "record": self.op.to_record(),
         }
 
@@ -115,4 +119,5 @@ class Ramp:
             d["shape"],
             command_to_hotop(d["record"]),
             is_int=bool(d.get("is_int")),
+            factor=float(d.get("factor", 1.0)),
         )

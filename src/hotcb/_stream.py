@@ -71,6 +71,9 @@ class ActuatorStream:
         #: LR schedulers seen in env (shared with the optimizer's actuators, which keep them in
         #: step with an lr change made at an apply whose env has none)
         self.schedulers: list[Any] = []
+        #: cmd_id -> {key: factor} of the ramps that ended under an LR scheduler (the last
+        #: few): an undo of one takes its ratio back from the schedule (:attr:`Ramp.factor`)
+        self.ramp_factors: dict[str, dict[str, float]] = {}
         self.needs_init = False  # an actuator was registered after the start
         self._model_seen = False
         self._written = -1
@@ -259,13 +262,12 @@ class ActuatorStream:
         try:
             for key, change in reverse.items():
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
-                # a ramp's entry holds its target, not where it was stopped: its old value
-                ramped = entry.get("transition") is not None
-                value, factor = (
-                    (change["old"], None)
-                    if ramped
-                    else self.value_before(key, change["old"], change.get("new"), env)
-                )
+                # a ramp's entry holds its target, not where it was stopped: its old value,
+                # or under an LR scheduler the ratio its moves scaled the schedule by
+                if entry.get("transition") is not None:
+                    value, factor = self._before_ramp(entry, key, change["old"], env)
+                else:
+                    value, factor = self.value_before(key, change["old"], change.get("new"), env)
                 if value is None:  # at zero on its schedule: it stays there
                     zero.append(key)
                     continue
@@ -317,6 +319,31 @@ class ActuatorStream:
         if factor is None and act.matches(value, moved):
             return before, None  # the trial's start value, exactly
         return value * back, (factor * back if factor is not None else None)
+
+    def _before_ramp(
+        self, entry: Mapping[str, Any], key: str, old: Any, env: Env
+    ) -> tuple[Any, float | None]:
+        """What undoing the ramp of ``entry`` sets ``key`` to: under an LR scheduler the value
+        in force with the ramp's ratio taken back (as :meth:`value_before` does for a change
+        made at once), else the value it started from."""
+        ramped = self.ramp_factors.get(entry.get("cmd_id") or "", {}).get(key)
+        act = self.state.get(key)
+        if ramped is None or act is None or not ramped > 0:
+            return old, None
+        now = act.read(env)
+        if not isinstance(now, (int, float)) or isinstance(now, bool):
+            return old, None
+        value = now / ramped
+        if value <= 0 or (act.min_value is not None and value < act.min_value):
+            return None, 1 / ramped
+        return value, 1 / ramped
+
+    def _ramp_ended(self, ramp: Ramp) -> None:
+        """Keep the ratio a ramp scaled a schedule by, for an undo of its command."""
+        if ramp.factor != 1.0 and ramp.op.cmd_id:
+            self.ramp_factors.setdefault(ramp.op.cmd_id, {})[ramp.key] = ramp.factor
+            while len(self.ramp_factors) > _SCHEDULERS_KEPT * 8:
+                del self.ramp_factors[next(iter(self.ramp_factors))]
 
     def value_before(self, key: str, old: Any, new: Any, env: Env) -> tuple[Any, float | None]:
         """What taking back a change ``old -> new`` of ``key`` sets now, and the factor when it
@@ -385,6 +412,7 @@ class ActuatorStream:
         ramp = self.ramps.pop(key, None)
         if ramp is None:
             return
+        self._ramp_ended(ramp)
         try:
             now = self.state.lookup(key).read(env)
         except Exception:  # the user's read_fn: the value reached is then unknown
@@ -413,7 +441,13 @@ class ActuatorStream:
             if step <= ramp.start_step:
                 continue
             try:
-                self.state.set_silently(key, ramp.value_at(step), env)
+                act = self.state.get(key)
+                scheduled = act is not None and act.scheduled is not None and act.scheduled(env)
+                before = act.read(env) if scheduled and act is not None else None
+                value = ramp.value_at(step)
+                self.state.set_silently(key, value, env)
+                if isinstance(before, (int, float)) and before > 0:  # the schedule's, replaced
+                    ramp.factor *= value / before
                 self._commanded((key,), step)
             except Exception as exc:  # the user's apply_fn: record, never raise
                 del self.ramps[key]
@@ -423,6 +457,7 @@ class ActuatorStream:
                 continue
             if step >= ramp.end_step:
                 del self.ramps[key]
+                self._ramp_ended(ramp)
                 self.state.verify(env)
                 self.state.version += 1
                 self.recorder.emit_op(
