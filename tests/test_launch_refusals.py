@@ -1,9 +1,11 @@
 """``hotcb launch`` refusing what it cannot run, before the training starts and without
-leaving a run directory behind; and the helpers (autopilot, notifier) that fail beside the
-training, said whenever they fail. Every launch is a real ``hotcb launch`` subprocess."""
+leaving a run directory behind; the helpers (autopilot, notifier) that fail beside the
+training, said whenever they fail; and the helpers' secrets, kept out of the training's
+environment. Every launch is a real ``hotcb launch`` subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -180,3 +182,72 @@ def test_a_helper_that_fails_is_said_even_when_the_training_ends_first(
         assert f"hotcb: error: the {name} broke" in lines, done.stderr
         said = [ln for ln in lines if ln.startswith(f"hotcb launch: the {helper} exited (2)")]
         assert len(said) == 1, done.stderr  # once, whichever thread saw it first
+
+
+# Stand-ins for the helpers (put first on PYTHONPATH): `hotcb autopilot` and `hotcb notify`
+# started by hotcb launch write down which of the secrets they see, then wait for the SIGTERM
+# that hotcb launch stops them with.
+RECORDING_HELPERS = """
+import json, os, signal, sys
+
+NAME = next((n for n in ("autopilot", "notify") if n in sys.argv), None)
+if NAME is not None and "launch" not in sys.argv:
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if os.environ.get("HOTCB_NOTIFY_READY"):  # hotcb launch waits for it before SIGTERM
+        open(os.environ["HOTCB_NOTIFY_READY"], "w").close()
+    seen = {k: os.environ.get(k) for k in os.environ["SECRETS"].split(",")}
+    path = os.path.join(os.environ["HELPERS_UP"], NAME)
+    with open(path + ".tmp", "w") as f:
+        json.dump(seen, f)
+    os.rename(path + ".tmp", path)
+    while True:
+        signal.pause()
+"""
+
+# The training: once both helpers are up, writes down which of the secrets it sees.
+RECORDS_ITS_SECRETS = """
+import json, os, sys, time
+up = os.environ["HELPERS_UP"]
+deadline = time.monotonic() + 60
+while sorted(os.listdir(up)) != ["autopilot", "notify"]:
+    if time.monotonic() > deadline:
+        sys.exit(f"the helpers did not start: {os.listdir(up)}")
+    time.sleep(0.02)
+seen = {k: os.environ.get(k) for k in os.environ["SECRETS"].split(",")}
+with open(os.path.join(up, "..", "training.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
+    """`hotcb launch --autopilot ai_* --notify FILE` handed the LLM key ($HOTCB_AI_KEY) and
+    the SMTP passwords ($HOTCB_SMTP_PASSWORD, a notify file's `password_env`) to the training
+    too: its code, its logs, anything it imports could read them. The autopilot and the
+    notifier keep them; the training gets the rest of the environment."""
+    from hotcb._launch import SECRET_ENV
+    from hotcb.autopilot.ai import KEY_ENV
+    from hotcb.notify._deliveries import SMTP_PASSWORD_ENV
+
+    assert set(SECRET_ENV) == {KEY_ENV, SMTP_PASSWORD_ENV}  # the names the helpers read
+    site, up = tmp_path / "site", tmp_path / "up"
+    site.mkdir()
+    up.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(RECORDING_HELPERS))
+    (tmp_path / "notify.yaml").write_text(
+        "deliveries:\n  - {type: email, host: 127.0.0.1, port: 9, from: a@b.c, to: [me@x.y], "
+        "starttls: true, user: u, password_env: MY_SMTP_PW}\n"
+    )
+    secrets = {"HOTCB_AI_KEY": "sk-hotcb-test-key-1234", "HOTCB_SMTP_PASSWORD": "smtp-pw-5678",
+               "MY_SMTP_PW": "file-pw-9012", "NOT_A_SECRET": "kept"}  # fmt: skip
+    path = os.pathsep.join(p for p in (str(site), SUBPROCESS_ENV.get("PYTHONPATH")) if p)
+    env = {**SUBPROCESS_ENV, **secrets, "PYTHONPATH": path, "HELPERS_UP": str(up),
+           "SECRETS": ",".join(secrets)}  # fmt: skip
+    done = _launch(tmp_path, "--dir", "run", "--autopilot", "ai_suggest", "--ai-base-url",
+                   "http://127.0.0.1:9/v1", "--ai-model", "m", "--notify", "notify.yaml", "--",
+                   sys.executable, "-c", textwrap.dedent(RECORDS_ITS_SECRETS), env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    training = json.loads((tmp_path / "training.json").read_text())
+    assert training == {"HOTCB_AI_KEY": None, "HOTCB_SMTP_PASSWORD": None, "MY_SMTP_PW": None,
+                        "NOT_A_SECRET": "kept"}  # fmt: skip
+    for helper in ("autopilot", "notify"):
+        assert json.loads((up / helper).read_text()) == secrets, helper

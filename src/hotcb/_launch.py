@@ -83,6 +83,11 @@ NOTIFIER_STOP_TIMEOUT = 40.0
 NOTIFY_READY_ENV = "HOTCB_NOTIFY_READY"
 #: Seconds the dashboard gets to print its URL and answer (imports are slow on a busy machine).
 SERVE_TIMEOUT = 120.0
+#: Secrets only a helper reads: the LLM autopilot's key (``hotcb.autopilot.ai.KEY_ENV``) and
+#: the SMTP password of the notifications' e-mail (``hotcb.notify``'s default
+#: ``password_env``). Never in the training's environment (its code, its logs, its crash
+#: dumps, the libraries it imports); the autopilot and the notifier get them.
+SECRET_ENV = ("HOTCB_AI_KEY", "HOTCB_SMTP_PASSWORD")
 
 _URL_LINE = re.compile(r"^hotcb dashboard for .*: (https?://\S+)\s*$")
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -500,7 +505,9 @@ class LaunchOptions:
     dashboard serves and the run's id in it (``"."`` when it serves the run itself).
     ``log_path``: where the children's output goes (``None``: this process's stdout/stderr).
     ``out``: where the launch's own notices go. ``prepare``: called with the run directory
-    just before the training starts (the tuner's command of ``hotcb launch --tune``)."""
+    just before the training starts (the tuner's command of ``hotcb launch --tune``).
+    ``env``: more environment for the training, on top of this process's less the helpers'
+    secrets (:data:`SECRET_ENV`, ``secret_env``)."""
 
     serve: bool = False
     serve_dir: str | None = None
@@ -511,6 +518,9 @@ class LaunchOptions:
     autopilot_args: Sequence[str] = ()
     notify_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    #: More environment variables that hold a helper's secret (the ``password_env`` of a
+    #: notify file's e-mail), kept out of the training's environment like :data:`SECRET_ENV`.
+    secret_env: Sequence[str] = ()
     resume_from: str | None = None
     log_path: str | None = None
     out: Callable[[str], None] = lambda line: None
@@ -595,7 +605,9 @@ class _Children:
             self.opts.out(f"the dashboard exited ({code}); the training goes on")
 
     def start_trainer(self, argv: Sequence[str]) -> None:
-        env = {**os.environ, **self.opts.env, RUN_DIR_ENV: self.run_dir}
+        secret = {*SECRET_ENV, *self.opts.secret_env}  # a helper's, never the training's
+        env = {k: v for k, v in os.environ.items() if k not in secret}
+        env.update({**self.opts.env, RUN_DIR_ENV: self.run_dir})
         outer = env.get(LAUNCH_ENV)  # a launch inside a launched training keeps both tags
         env[LAUNCH_ENV] = f"{outer},{self.tag}" if outer else self.tag
         if self.opts.resume_from:

@@ -15,9 +15,11 @@ import json
 import math
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,6 +419,35 @@ def test_the_key_goes_only_to_the_configured_server_and_is_never_written(
         assert json.loads(done.stdout) and key not in done.stdout + done.stderr
 
 
+def test_a_base_url_with_a_query_keeps_it_after_the_path(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--ai-base-url 'http://host/v1?api-key=K'`` (a gateway's key in the query, as
+    docs/autopilot.md allows) reached the server as ``/v1/?api-key=Kchat/completions``, a path
+    no API serves. The query goes after the path, the key still as the Bearer token, and the
+    query's secret stays out of the files."""
+    key = "sk-hotcb-test-" + secrets.token_hex(16)
+    query_key = "qk-" + secrets.token_hex(8)
+    monkeypatch.setenv(KEY_ENV, key)
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE, NOTHING]) as srv:
+        config = ai_config(srv, base_url=f"{srv.base_url}?api-key={query_key}&v=2")
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=config, key_metric="loss")
+        lp.run(40, pilot)
+    (entry,) = by_source(lp.run_dir, "ai")
+    assert entry["decision"] == "applied"
+    assert srv.requests
+    for r in srv.requests:
+        path, _, query = r["path"].partition("?")
+        assert path == CHAT_PATH, r["path"]
+        assert urllib.parse.parse_qs(query) == {"api-key": [query_key], "v": ["2"]}
+        assert r["headers"]["authorization"] == f"Bearer {key}"
+    (call, *_) = records(lp.run_dir, AI_LOG, "call")
+    assert call["base_url"] == f"{srv.base_url}?api-key=***&v=2"
+    files = [p for p in Path(lp.run_dir).rglob("*") if p.is_file()]
+    assert [str(p) for p in files if query_key.encode() in p.read_bytes()] == []
+
+
 # ---------------------------------------------------------------------------------- ai_suggest
 def test_ai_suggest_proposes_and_a_person_decides(loop: Any) -> None:
     lp: Loop = loop()
@@ -605,6 +636,48 @@ def test_training_goes_on_while_the_model_hangs(tmp_path: Path, start_trainer: A
         assert ai.busy and pilot.ended and pilot.step_now == 399
         assert len(srv.requests) == 1  # no second call while one is in flight
         assert not records(run, AI_LOG, "response") and not records(run, AI_LOG, "error")
+
+
+@pytest.mark.slow
+def test_an_autopilot_stopped_while_the_model_thinks_abandons_the_call(
+    tmp_path: Path, loop: Any
+) -> None:
+    """`hotcb autopilot` stopped (SIGTERM, as `hotcb launch` stops it) while a call waited
+    for its reply: `hotcb.ai.state.json` kept `"in_flight": true`, and the dashboard said
+    "asking the model…" for good. The call is recorded as abandoned and nothing is in flight."""
+    lp: Loop = loop()
+    for step in range(1, 30):
+        lp.kernel.apply({"step": step, "optimizer": lp.opt, "metrics": {"loss": 1.0}})
+    config = tmp_path / "ai.yaml"
+    config.write_text("every_steps: 1\nmin_interval_sec: 0\ntimeout_sec: 600\nmax_retries: 0\n")
+    state = Path(lp.run_dir, AI_STATE)
+    with ScriptedChatServer([{"hang": 600}]) as srv:
+
+        def in_flight() -> bool:  # the server has the request, the state file says so
+            return bool(srv.requests) and state.exists() and json.loads(
+                state.read_text())["in_flight"]  # fmt: skip
+
+        argv = [sys.executable, "-m", "hotcb", "--dir", lp.run_dir, "autopilot", "--mode",
+                "ai_auto", "--ai-base-url", srv.base_url, "--ai-model", "scripted",
+                "--ai-config", str(config), "--key-metric", "loss", "--interval", "0.1"]  # fmt: skip
+        pilot = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env=ENV)  # fmt: skip
+        try:
+            wait_for(in_flight, 120, what="the call in flight")
+            pilot.send_signal(signal.SIGTERM)
+            out, _ = pilot.communicate(timeout=120)
+        finally:
+            if pilot.poll() is None:
+                pilot.kill()
+                pilot.communicate()
+    assert pilot.returncode == 0, out[-3000:]
+    st = json.loads(state.read_text())
+    assert st["in_flight"] is False and st["calls"] == 1, st
+    last = records(lp.run_dir, AI_LOG)[-1]
+    assert last["kind"] == "error" and last["call"] == 1 and last["error_kind"] == "abandoned"
+    assert last["error"] == "the autopilot stopped before the model answered"
+    (reply,) = records(lp.run_dir, RECORDS, "ai_reply")
+    assert reply["call"] == 1 and reply["state"] == "abandoned"
 
 
 # ---------------------------------------------------------------------------------- the CLI

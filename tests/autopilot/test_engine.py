@@ -26,6 +26,7 @@ from hotcb import HotClient, HotKernel, jsonl
 from hotcb.autopilot.engine import OWNER, RECORDS, Autopilot, AutopilotBusy, decide, proposals
 from hotcb.autopilot.rules import RulesError, load_rules
 from hotcb.cli._autopilot import _line
+from hotcb.notify._alerts import autopilot_text
 from hotcb.testing import read_ledger
 
 torch = pytest.importorskip("torch")
@@ -363,6 +364,30 @@ def test_a_restarted_autopilot_does_not_fire_again_on_what_it_saw(
     assert state["cursors"]["metrics"] > 0 and "plateau_cut_lr" in state["seen"]
 
 
+def test_a_lost_state_file_does_not_give_out_a_proposal_id_again(loop: Any, tmp_path: Path) -> None:
+    """`hotcb.autopilot.state.json` deleted (or lost) while `hotcb.autopilot.jsonl` holds A1:
+    the ids started at A1 again, two different A1 stood in the audit trail, and `accept A1`
+    applied the new one. The next id comes after the highest one in the records."""
+    lp: Loop = loop()
+    rules = _rules(tmp_path, PLATEAU_ONLY)
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=rules)
+    lp.run(200, pilot)
+    (first,) = proposals(lp.run_dir)
+    assert first["id"] == "A1"
+    decide(lp.run_dir, "A1", accept=False)
+    pilot.close()
+    os.unlink(tmp_path / "run" / "hotcb.autopilot.state.json")
+    again = Autopilot(lp.run_dir, mode="suggest", rules=rules)
+    lp.run(50, again)
+    ids = [r["id"] for r in lp.records() if r["kind"] == "proposal"]
+    assert ids == ["A1", "A2"], ids
+    assert [(p["id"], p["state"]) for p in proposals(lp.run_dir)] == [
+        ("A1", "rejected"), ("A2", "pending"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="A1 is rejected, not pending"):
+        decide(lp.run_dir, "A1", accept=True)
+
+
 def test_a_person_on_the_same_knob_wins(loop: Any, tmp_path: Path) -> None:
     lp: Loop = loop()
     pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
@@ -552,6 +577,11 @@ def test_each_automatic_change_is_judged_before_the_next(loop: Any, tmp_path: Pa
     kept = [_line(r) for r in records if r["kind"] == "guard"]
     pattern = r"\[step \d+\] guard plateau_cut_lr: kept [\d.]+ -> [\d.]+ \([+-]\d+%\)"
     assert kept and all(re.fullmatch(pattern, line) for line in kept), kept
+    # and so does a notify alert on them, naming the key metric (it said "autopilot guard
+    # plateau_cut_lr", no more)
+    alerts = [autopilot_text(r) for r in records if r["kind"] == "guard"]
+    pattern = r"autopilot guard plateau_cut_lr: kept, val_loss [\d.]+ -> [\d.]+ \([+-]\d+%\)"
+    assert all(re.fullmatch(pattern, line) for line in alerts), alerts
 
 
 def test_a_change_after_an_undo_starts_from_the_value_the_undo_put_back(

@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -126,6 +128,28 @@ def test_autopilot_records_each_fire() -> None:
         "autopilot accept A2",
         "autopilot action ai rejected: lr_set(value=-1): lr must be > 0",
         "autopilot fallback: budget spent",
+    ]
+
+
+def test_a_guard_that_kept_a_change_says_what_it_kept() -> None:
+    """The alert for a guard that kept a change said only "autopilot guard nan"; an undo said
+    why. A kept change says so, with how the key metric moved."""
+    alert = Alert("ap", "autopilot", records=("guard",), cooldown=0)
+    recs = [
+        {"kind": "guard", "rule": "nan", "step": 300, "cmd_id": "01J", "metric": "val_loss",
+         "before": 0.5348, "after": 0.4333, "worse_by": -0.19},
+        {"kind": "guard", "rule": "plateau_cut_lr", "step": 400, "cmd_id": "01K",
+         "before": 0.41, "after": 0.39, "worse_by": -0.0488},  # written before `metric` was
+        {"kind": "guard", "rule": "nan", "step": 500, "cmd_id": "01L", "metric": "val_loss",
+         "before": 0.4, "after": 0.6, "worse_by": 0.5, "undo_cmd_id": "01M",
+         "reason": "autopilot guard: val_loss 0.4 -> 0.6 (+50%) after rule nan; undoing it"},
+    ]  # fmt: skip
+    (got,) = _fire(alert, [Observation(0, autopilot=recs)])
+    assert got == [
+        "autopilot guard nan: kept, val_loss 0.5348 -> 0.4333 (-19%)",
+        "autopilot guard plateau_cut_lr: kept, 0.41 -> 0.39 (-5%)",
+        "autopilot guard nan: autopilot guard: val_loss 0.4 -> 0.6 (+50%) after rule nan; "
+        "undoing it",
     ]
 
 
@@ -369,6 +393,48 @@ def test_a_pause_of_an_earlier_life_does_not_quiet_the_stale_alert(tmp_path: Any
     n = Notifier(run, cfg)
     assert [e["alert"] for e in n.step(now=10_000.0)] == ["stale"]
     n.close()
+
+
+def test_a_long_pause_is_no_silence_once_the_run_resumes(tmp_path: Any) -> None:
+    """A run paused for longer than the stale alert's limit, then resumed: the alert fired
+    between the resume and the first metric after it ("no new metric for 7 s (limit 3 s)"),
+    the pause counted as silence. The quiet time counts from the later of the last metric and
+    the resume (its ledger time)."""
+    from hotcb import HotClient, HotKernel
+
+    run = str(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0, pause_poll_sec=0.01)
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    n = Notifier(run, NotifyConfig(alerts=(Alert("quiet", "stale", seconds=300.0),),
+                                   deliveries=()))  # fmt: skip
+    client = HotClient(run, source="test")
+    client.pause()
+    trainer = threading.Thread(target=kernel.apply, args=({"step": 1},), daemon=True)
+    trainer.start()  # held in the pause
+    try:
+        ledger = os.path.join(run, "hotcb.applied.jsonl")
+
+        def applied(op: str) -> dict[str, Any] | None:
+            return next((e for e in jsonl.iter_records(ledger)
+                         if e.get("op") == op and e.get("decision") == "applied"), None)  # fmt: skip
+
+        wait_until(lambda: applied("pause"), 60)
+        assert n.step(now=time.time() + 10_000) == []  # paused: quiet
+        client.resume()
+    finally:
+        client.resume()
+        trainer.join(60)
+    resumed = float(applied("resume")["wall_time"])  # type: ignore[index]
+    metrics = os.path.join(run, "hotcb.metrics.jsonl")
+    os.utime(metrics, (resumed - 600, resumed - 600))  # the last metric came before the pause
+    assert n.step(now=resumed + 10) == []  # 10 s since the resume, not 610 s of silence
+    fired = n.step(now=resumed + 301)
+    assert [e["message"] for e in fired] == [
+        "no new metric for 301 s since the resume (limit 300 s); the run is neither ended nor "
+        "paused"
+    ]
+    n.close()
+    kernel.close()
 
 
 def test_started_mid_run_old_points_set_the_state_and_only_what_still_holds_fires(

@@ -63,7 +63,7 @@ def test_credentials_in_the_base_url_reach_no_file_and_no_answer(
         requests = list(chat.requests)
     # the calls themselves went to the whole URL, credentials and all
     assert len(requests) >= 2
-    assert all(f"api-key={QUERY_KEY}" in r["path"] for r in requests)
+    assert all(r["path"] == f"/v1/chat/completions?api-key={QUERY_KEY}&v=2" for r in requests)
     assert all(_leaks(r["headers"]["authorization"]) for r in requests)
     (applied,) = [e for e in read_ledger(run.path) if e.get("source") == "ai"]
     assert applied["decision"] == "applied"

@@ -145,7 +145,8 @@ class Autopilot:
         self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
         self.disabled: set[str] = set(st.get("disabled") or ())
         self.guard: dict[str, Any] | None = st.get("guard")
-        self.next_id = int(st.get("next_id", 1))
+        # past every id in the records too: a lost state file must not give out A1 again
+        self.next_id = max(int(st.get("next_id", 1)), _after_last_id(self.run_dir))
         #: Recent applied changes to opt/loss (any source), for the model's context.
         self.changes: deque[dict[str, Any]] = deque(st.get("changes") or (), maxlen=20)
         self.detections: deque[dict[str, Any]] = deque(st.get("detections") or (), maxlen=10)
@@ -177,7 +178,15 @@ class Autopilot:
             })  # fmt: skip
 
     def close(self) -> None:
-        """Stop being the run's autopilot (the next one needs not wait for this process)."""
+        """Stop being the run's autopilot (the next one needs not wait for this process). A
+        call to the model still waiting for its reply is abandoned: recorded as such (an
+        ``ai_reply`` record, state ``abandoned``), and no longer shown as in flight."""
+        abandoned = self.ai.close() if self.ai is not None else None
+        if abandoned is not None:
+            call, step = abandoned
+            self._record({"kind": "ai_reply", "call": call, "step": step, "state": "abandoned",
+                          "reason": "no action: the autopilot stopped before the model "
+                                    "answered"})  # fmt: skip
         with _locked(self.run_dir):
             path = os.path.join(self.run_dir, OWNER)
             owner = jsonl.read_json(path, None)
@@ -683,7 +692,7 @@ class Autopilot:
         before = float(guard["before"])
         record: dict[str, Any] = {
             "kind": "guard", "rule": guard["rule"], "step": self.step_now, "cmd_id": guard["cmd_id"],
-            "before": before,
+            "metric": self._key_name, "before": before,
         }  # fmt: skip
         bad = sum(not math.isfinite(v) for v in after)
         if bad:  # NaN/inf after the change: as bad as it gets
@@ -755,6 +764,16 @@ class Autopilot:
         """The training process is gone and did not close the run."""
         meta = self.view.meta()
         return not isinstance(meta.get("ended"), dict) and process_alive(meta) is False
+
+
+def _after_last_id(run_dir: str) -> int:
+    """The number after the highest proposal id (``A7``) in the run's records (1: none)."""
+    last = 0
+    for rec in jsonl.iter_records(os.path.join(run_dir, RECORDS)):
+        ident = rec.get("id") if rec.get("kind") == "proposal" else None
+        if isinstance(ident, str) and ident[:1] == "A" and ident[1:].isdecimal():
+            last = max(last, int(ident[1:]))
+    return last + 1
 
 
 def _pending_on(action: Action, waiting: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:

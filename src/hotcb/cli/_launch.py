@@ -162,12 +162,16 @@ def _autopilot_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _notify_args(args: argparse.Namespace) -> list[str]:
-    """``hotcb notify``'s flags, checked here first: a bad --notify file stops the launch."""
+def _notify_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``hotcb notify``'s flags, checked here first: a bad --notify file stops the launch;
+    and the environment variables its e-mails read a password from (the notifier's secret,
+    kept out of the training's environment)."""
     from ._notify import notify_argv, notify_config
 
-    notify_config(args)
-    return notify_argv(args)
+    config = notify_config(args)
+    secrets = [env for d in (config.deliveries if config is not None else ())
+               if (env := getattr(d, "password_env", None))]  # fmt: skip
+    return notify_argv(args), secrets
 
 
 def _check_tuner(args: argparse.Namespace) -> None:
@@ -240,6 +244,9 @@ def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str, str | None]:
         path = new_run_dir("runs")
         return path, os.path.dirname(path), os.path.basename(path), made or path
     path = os.path.abspath(args.dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path} is a file, not a run directory: give --dir a folder (a new "
+                         "one is made)")  # fmt: skip
     return path, path, ".", _first_missing(path)
 
 
@@ -272,9 +279,12 @@ def _say(line: str) -> None:
         print(f"hotcb launch: {line}", file=sys.stderr, flush=True)
 
 
-def _checked(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
-    """The training command, the autopilot's flags and the notifier's, every flag checked
-    before anything is created: a refused launch leaves nothing behind."""
+def _checked(
+    args: argparse.Namespace,
+) -> tuple[list[str], list[str], tuple[list[str], list[str]]]:
+    """The training command, the autopilot's flags and the notifier's (with the names of its
+    secrets), every flag checked before anything is created: a refused launch leaves nothing
+    behind."""
     from .._launch import check_program
 
     argv = _command(args)
@@ -290,7 +300,7 @@ def _checked(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]
 def cmd_launch(args: argparse.Namespace) -> int:
     from .._launch import Launch, LaunchOptions, free_port
 
-    argv, autopilot_args, notify_args = _checked(args)
+    argv, autopilot_args, (notify_args, notify_secrets) = _checked(args)
     port = free_port(args.port) if args.serve else 0
     run_dir, serve_dir, run_id, made = _run_dirs(args)
     tune_ids: list[str | None] = []
@@ -303,6 +313,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         autopilot=args.autopilot,
         autopilot_args=autopilot_args,
         notify_args=notify_args,
+        secret_env=notify_secrets,
         resume_from=args.resume_from,
         out=_say,
         prepare=lambda path: tune_ids.append(_enable_tuner(args, path)),

@@ -43,13 +43,17 @@ class Alert:
 @dataclass(frozen=True)
 class Observation:
     """What a notifier saw in one round: the new metric records and autopilot records, the
-    recent points of each metric (oldest first, for plateau), and the run's state."""
+    recent points of each metric (oldest first, for plateau), and the run's state.
+    ``resumed_at``: when the run's last applied ``resume`` was (its ledger time), if the run
+    is resumed; the quiet time of a ``stale`` alert counts from it when it is later than the
+    last metric (a long pause is no silence)."""
 
     now: float
     metrics: Sequence[Mapping[str, Any]] = ()
     autopilot: Sequence[Mapping[str, Any]] = ()
     series: Mapping[str, Sequence[tuple[int, float | None]]] = field(default_factory=dict)
     last_metric_time: float | None = None
+    resumed_at: float | None = None
     ended: bool = False
     paused: bool = False
     crashed: bool = False
@@ -125,11 +129,14 @@ def _plateau(alert: Alert, obs: Observation) -> list[Sample]:
 def _stale(alert: Alert, obs: Observation) -> list[Sample]:
     if obs.ended or obs.paused or obs.crashed or obs.last_metric_time is None:
         return [Sample(False)]
-    quiet = obs.now - obs.last_metric_time
+    since, what = obs.last_metric_time, ""
+    if obs.resumed_at is not None and obs.resumed_at > since:  # quiet while paused: no silence
+        since, what = obs.resumed_at, " since the resume"
+    quiet = obs.now - since
     if quiet < alert.seconds:
         return [Sample(False)]
-    return [Sample(True, f"no new metric for {quiet:.0f} s (limit {alert.seconds:g} s); the "
-                         "run is neither ended nor paused")]  # fmt: skip
+    return [Sample(True, f"no new metric for {quiet:.0f} s{what} (limit {alert.seconds:g} s); "
+                         "the run is neither ended nor paused")]  # fmt: skip
 
 
 def _crash(alert: Alert, obs: Observation) -> list[Sample]:
@@ -154,7 +161,8 @@ def autopilot_text(rec: Mapping[str, Any]) -> str:
     it (``autopilot proposal A3 (rule plateau_cut_lr): lr_mult(factor=0.3) because … —
     accept: hotcb autopilot accept A3``), an action with what it did (``autopilot action
     divergence_cut_lr applied: lr_mult(factor=0.5): divergence on loss …``), a fallback with
-    its reason."""
+    its reason, a guard's verdict with how the key metric moved (``autopilot guard nan: kept,
+    val_loss 0.5348 -> 0.4333 (-19%)``; an undo with its reason)."""
     kind, rule = rec.get("kind"), rec.get("rule")
     if kind == "proposal":
         ident = rec.get("id")
@@ -169,8 +177,21 @@ def autopilot_text(rec: Mapping[str, Any]) -> str:
         why = str(rec.get("reasoning") or rec.get("reason") or "")
         why = why.removeprefix(f"autopilot rule {rule}: ")
         return head + "".join(f": {p}" for p in (what, why) if p)
+    if kind == "guard" and not rec.get("undo_cmd_id"):
+        return f"autopilot guard {rule}: {_kept(rec)}"
     what = rec.get("describe") or rec.get("reason") or ""
     return " ".join(str(p) for p in ("autopilot", kind, rule) if p) + (f": {what}" if what else "")
+
+
+def _kept(rec: Mapping[str, Any]) -> str:
+    """A guard's verdict on a change it kept: ``kept, val_loss 0.5348 -> 0.4333 (-19%)`` (how
+    the key metric moved; the metric's name in records since it is written)."""
+    before, after = rec.get("before"), rec.get("after")
+    if not (_finite(before) and _finite(after)):
+        return "kept"
+    moved = f" ({(after - before) / abs(before):+.0%})" if before else ""
+    metric = f"{rec['metric']} " if rec.get("metric") else ""
+    return f"kept, {metric}{before:.4g} -> {after:.4g}{moved}"
 
 
 _SAMPLERS = {

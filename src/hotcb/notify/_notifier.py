@@ -140,14 +140,16 @@ class Notifier:
             self.ledger.add(e)
         meta = self.view.meta()
         ended = isinstance(meta.get("ended"), dict)
+        control = self.ledger.control_now(meta)  # not a pause of an earlier life
         return Observation(
             now=now,
             metrics=metrics,
             autopilot=self._autopilot.read_records(),
             series=self.series,
             last_metric_time=self._last_metric_time(meta),
+            resumed_at=self.ledger.control_wall_time if control == "resume" else None,
             ended=ended,
-            paused=self.ledger.control_now(meta) == "pause",  # not a pause of an earlier life
+            paused=control == "pause",
             crashed=not ended and process_alive(meta) is False and _crashed(meta, now),
         )
 

@@ -85,6 +85,18 @@ def _url_credentials(url: str) -> list[str]:
     return found
 
 
+def _endpoint(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` as the SDK takes it: the base URL without its query, and the query's parameters
+    (``?api-key=…``, how some gateways take their key), which the SDK sends with every request.
+    Left in the base URL, the query came before the request's path (the SDK appends the path
+    to the base URL as text: ``/v1/?api-key=Kchat/completions``)."""
+    u = urllib.parse.urlsplit(url)
+    if not u.query:
+        return url, {}
+    base = urllib.parse.urlunsplit(u._replace(query="", fragment=""))
+    return base, dict(urllib.parse.parse_qsl(u.query, keep_blank_values=True))
+
+
 class AIPolicy:
     """One run's LLM policy. ``key``: the endpoint's key (default: ``HOTCB_AI_KEY``)."""
 
@@ -115,8 +127,11 @@ class AIPolicy:
         self._backoff_until = 0.0
         self._client: Any = None
         self._thread: threading.Thread | None = None
+        #: (call, step) of the call waiting for its reply; None once it came or was abandoned
+        self._asking: tuple[int, int] | None = None
         self._done: Outcome | None = None
-        self._lock = threading.Lock()
+        # reentrant: a reply is read under it (close() waits for that, or abandons the call)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ when
     @property
@@ -164,6 +179,7 @@ class AIPolicy:
         self._last_call_time = time.monotonic()
         self.write("call", call=call, step=step, why=why, model=self.config.model,
                    base_url=self.shown_url, messages=list(messages))  # fmt: skip
+        self._asking = (call, step)
         self._thread = threading.Thread(
             target=self._worker,
             args=(list(messages), call, step),
@@ -178,8 +194,9 @@ class AIPolicy:
         if self._client is None:
             # base_url always given: the SDK would otherwise read OPENAI_BASE_URL, and the key
             # must go to the configured endpoint only
+            base_url, query = _endpoint(self.config.base_url)
             self._client = self.openai.OpenAI(
-                base_url=self.config.base_url, api_key=self._key or "no-key",
+                base_url=base_url, api_key=self._key or "no-key", default_query=query or None,
                 timeout=self.config.timeout_sec, max_retries=self.config.max_retries,
             )  # fmt: skip
         return self._client
@@ -211,6 +228,11 @@ class AIPolicy:
             resp = exc.doc
         except Exception as exc:  # every failure is an outcome, never a dead thread
             outcome.kind, outcome.error = self._classify(exc), self._describe(exc)
+        with self._lock:
+            if self._asking is not None:  # else close() abandoned the call: nothing to read
+                self._finish(outcome, resp, t0)
+
+    def _finish(self, outcome: Outcome, resp: Any, t0: float) -> None:
         if outcome.error is None:
             outcome.replied_at = time.time()
             try:
@@ -220,8 +242,7 @@ class AIPolicy:
                 outcome.error = f"the reply could not be read: {type(exc).__name__}: {exc}"
         if outcome.error is not None:  # every error text, whatever path made it, once more
             outcome.error = kept(self.scrub(outcome.error), _ERROR_KEPT)
-        with self._lock:
-            self._done = outcome
+        self._done, self._asking = outcome, None
 
     def _read(self, resp: Any, outcome: Outcome, latency: float) -> None:
         if isinstance(resp, (str, bytes)):  # the SDK hands over a body that is not JSON as is
@@ -338,7 +359,7 @@ class AIPolicy:
             "price_known": self.price_known, "tokens": dict(self.tokens),
             "failures": self.failures, "fallback": self.fallback, "structured": self.structured,
             "last_call_step": self.last_call_step, "next_check_step": self.next_check_step,
-            "in_flight": self.busy,
+            "in_flight": self._asking is not None,
         }  # fmt: skip
 
     def save(self) -> None:
@@ -348,6 +369,20 @@ class AIPolicy:
                      "settings": {**self.config.public(), "base_url": self.shown_url},
                      "updated": time.time()}  # fmt: skip
         jsonl.write_json_atomic(self._state_path, state)
+
+    def close(self) -> tuple[int, int] | None:
+        """The autopilot stops: a call still waiting for its reply is abandoned (an ``error``
+        record of kind ``abandoned``; a reply that comes later is not read) and the state says
+        no call is in flight. ``(call, step)`` of the abandoned call, or None."""
+        with self._lock:  # a reply being read now is read to the end first
+            asking, self._asking = self._asking, None
+            if asking is not None:
+                call, step = asking
+                self.write("error", call=call, step=step, error_kind="abandoned",
+                           error="the autopilot stopped before the model answered",
+                           failures=self.failures, backoff_sec=0.0)  # fmt: skip
+            self.save()
+        return asking
 
     def finish(self, learnings: Sequence[str]) -> None:
         """The run ended: keep a few learnings for the project's next runs (once)."""
