@@ -118,7 +118,9 @@ def _resolve(parent: str, source: int | str | os.PathLike[str]) -> dict[str, Any
 def _new_run(child: str, parent: str) -> None:
     if os.path.realpath(child) == os.path.realpath(parent):
         raise BranchError(f"the branch must go to a new run directory, not the parent {parent}")
-    if os.path.exists(child) and (not os.path.isdir(child) or os.listdir(child)):
+    if os.path.exists(child) and not os.path.isdir(child):
+        raise BranchError(f"{child} is a file, not a folder; branch into a new run directory")
+    if os.path.isdir(child) and os.listdir(child):
         raise BranchError(f"{child} exists and is not empty; branch into a new run directory")
 
 

@@ -473,7 +473,8 @@ class HotClient:
         if self._known(str(cmd_id)) is None:
             raise CommandError(
                 f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
-                f"returned; 'hotcb --dir {self.run_dir} log' lists them)"
+                f"returned; 'hotcb --dir {self.run_dir} log --json' shows each entry's cmd_id, "
+                "and the CLI takes '#N' for the entry 'hotcb log' shows as #N)"
             )
 
     def freeze(
@@ -769,7 +770,8 @@ class HotClient:
             if not cmd_id.startswith("@") and self._known(cmd_id, exact=True) is None:
                 return (f"no command with id {cmd_id!r} was sent to {self.run_dir} (it is in "
                         "neither its commands file nor its ledger): a command's id is what "
-                        f"sending it returned; 'hotcb --dir {self.run_dir} log' lists them")  # fmt: skip
+                        f"sending it returned; 'hotcb --dir {self.run_dir} log --json' shows "
+                        "each entry's cmd_id")  # fmt: skip
             over = self.run_over()
             if over is not None:
                 return (f"no ledger entry for {cmd_id}: the run {over}; the command waits in "

@@ -256,6 +256,26 @@ def test_divergence_floor_silences_a_climb_of_a_loss_near_zero() -> None:
     assert divergence(steps[:8], acc, floor=0.98, **kw) is None
 
 
+def test_spike_floor_and_the_shipped_rules_leave_a_loss_converged_to_float_noise_alone() -> None:
+    """A loss at 0 that shows 1e-8 once is 10000 robust SDs off its median and, over its best
+    of 0, a rise of millions of per cent: the shipped rules checkpointed and halved the lr of
+    a finished run. Their floors (1e-4) keep it quiet; a real spike still fires."""
+    from hotcb.autopilot.rules import load_rules
+
+    steps = list(range(300))
+    flat: list[float | None] = [1e-8 if s in (150, 299) else 0.0 for s in steps]
+    check(spike(steps, flat), "spike")  # no floor: it fires
+    assert spike(steps, flat, floor=1e-4) is None
+    jumped = [*flat[:-1], 0.5]
+    check(spike(steps, jumped, floor=1e-4), "spike")
+    by_id = {r.id: r for r in load_rules().rules}
+    for rid, fn in (("spike_checkpoint", spike), ("divergence_cut_lr", divergence)):
+        params = by_id[rid].params
+        assert fn(steps, flat, **params) is None, rid
+        check(fn(steps, [*flat[:-8], *[0.5] * 8] if fn is divergence else jumped, **params),
+              fn.__name__)  # fmt: skip
+
+
 def test_divergence_edge_cases() -> None:
     assert divergence([], []) is None
     assert divergence(list(range(63)), [1.0] * 63) is None

@@ -393,6 +393,7 @@ def spike(
     metric: str = "",
     window: int = 50,
     z: float = 10.0,
+    floor: float | None = None,
 ) -> Detection | None:
     """The latest value is an outlier against the points just before it.
 
@@ -408,6 +409,10 @@ def spike(
     have heavy upper tails (on 50 points the recorded healthy runs reach 6, a healthy SGD run
     near zero loss 9) while the spikes worth acting on are far larger (over 50 in the
     diverging run).
+
+    **Floor**: while both the latest value and the median lie within ``floor`` of zero,
+    nothing is a spike: a loss that has converged to float noise (0, then 1e-8) is 10000
+    robust SDs off a median of 0, and nothing to act on (default None: off).
     """
     if z <= 0 or window < 4:
         return None
@@ -420,6 +425,8 @@ def spike(
         return None
     xs, ys = tail[0][:-1], tail[1][:-1]
     centre = statistics.median(ys)
+    if floor is not None and abs(latest) <= floor and abs(centre) <= floor:
+        return None
     mad = statistics.median(abs(y - centre) for y in ys)
     scale = max(_MAD_TO_SD * mad, _SPIKE_REL_FLOOR * abs(centre), _TINY)
     score = (latest - centre) / scale
@@ -671,7 +678,7 @@ PARAMS: dict[str, dict[str, tuple[type, float | None, float | None]]] = {
         "floor": (float, -1e12, 1e12),
         "direction": (str, None, None),
     },
-    "spike": {"window": (int, 4, 1000), "z": (float, 1.0, 1e6)},
+    "spike": {"window": (int, 4, 1000), "z": (float, 1.0, 1e6), "floor": (float, 0.0, 1e12)},
     "nonfinite": {},
     "overfitting": {"window": _WINDOW, "min_gap_rise": (float, 1e-6, 1e6)},
     "grad_explosion": {"window": (int, 4, 1000), "factor": (float, 1.01, 1e6)},

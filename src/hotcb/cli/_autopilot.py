@@ -176,6 +176,9 @@ def _loop(
     refresh()
     if not pilots:
         where = args.dir if os.path.isdir(args.dir) else os.path.abspath(args.dir)
+        if args.once:  # one round: nothing to look at
+            print(f"hotcb autopilot: no run under {where} yet: nothing to look at", flush=True)
+            return 1
         print(f"hotcb autopilot: no run under {where} yet; waiting for one (Ctrl-C stops)",
               flush=True)  # fmt: skip
     seen_alive: set[str] = set()  # runs watched while their training ran

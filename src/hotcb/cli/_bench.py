@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.dir != os.environ.get("HOTCB_DIR", "."):
+        raise UsageError(f"bench run writes its runs under --out (now {args.out}), not into a "
+                         f"run directory: give --out {args.dir} instead of --dir")  # fmt: skip
     said: list[str] = []  # a bad task and a bad condition: both, in one go
     tasks = conditions = []
     try:

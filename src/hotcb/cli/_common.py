@@ -72,6 +72,12 @@ def client(args: argparse.Namespace) -> HotClient:
     c: HotClient | None = getattr(args, "_client", None)
     if c is None:
         c = args._client = HotClient(args.dir, source="cli", create=False)
+        if not any(os.path.exists(p) for p in (c.paths.commands, c.paths.run_meta, c.paths.ledger)):
+            # a forgotten --dir: the command would wait here for a run that may never start
+            where = "the current directory" if args.dir == "." else os.path.abspath(args.dir)
+            print(f"hotcb: {where} holds no run yet (no hotcb.* files): the command waits in its "
+                  "hotcb.commands.jsonl for a run started there; for another run give --dir "
+                  "RUN (or $HOTCB_DIR)", file=sys.stderr)  # fmt: skip
     return c
 
 

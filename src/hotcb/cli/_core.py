@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -36,7 +37,7 @@ from ._recipe import status_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("init", help="create a run directory (commands file, run metadata)")
+    p = sub.add_parser("init", help="create a run directory (with its empty commands file)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("status", help="freeze mode, actuators and their values, recent ledger")
@@ -111,12 +112,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser("undo", help="revert the last applied change (or --cmd-id ID)")
-    p.add_argument("--cmd-id", help="the command to revert")
+    p.add_argument("--cmd-id", help="the command to revert: its id, or '#N' for the ledger "
+                   "entry 'hotcb log' shows as #N")  # fmt: skip
     add_wait(p)
     p.set_defaults(func=cmd_undo)
 
     p = sub.add_parser("cancel", help="cancel a scheduled command (sent with --at-step)")
-    p.add_argument("cmd_id")
+    p.add_argument("cmd_id", help="its id (printed when it was sent), or '#N' for the ledger "
+                   "entry 'hotcb log' shows as #N")  # fmt: skip
     add_wait(p)
     p.set_defaults(func=cmd_cancel)
 
@@ -187,11 +190,28 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).undo(args.cmd_id)], sent=("control", "undo"))
+    cmd_id = _by_seq(args.dir, args.cmd_id) if args.cmd_id else None
+    return finish(args, [client(args).undo(cmd_id)], sent=("control", "undo"))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    return finish(args, [client(args).cancel(args.cmd_id)], sent=("control", "cancel"))
+    return finish(args, [client(args).cancel(_by_seq(args.dir, args.cmd_id))],
+                  sent=("control", "cancel"))  # fmt: skip
+
+
+def _by_seq(run_dir: str, ident: str) -> str:
+    """``#N``: the cmd_id of the ledger entry ``hotcb log`` shows as #N; anything else as
+    given."""
+    if not re.fullmatch(r"#\d+", ident.strip()):
+        return ident
+    seq = int(ident.strip()[1:])
+    found = next((e for e in iter_entries(RunPaths(run_dir).ledger) if e.get("seq") == seq), None)
+    if found is None:
+        raise UsageError(f"no ledger entry {ident} in {os.path.abspath(run_dir)} ('hotcb log' "
+                         "lists them)")  # fmt: skip
+    if not found.get("cmd_id"):
+        raise UsageError(f"ledger entry {ident} has no command id: it was not a command")
+    return str(found["cmd_id"])
 
 
 def _status(paths: RunPaths, n: int) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._common import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ..demo import add_arguments
@@ -30,4 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     given = getattr(args, "dir", ".")
     if args.run_dir is None and os.path.abspath(given) != os.getcwd():
         args.run_dir = given
+    if args.run_dir is not None and os.path.isfile(args.run_dir):
+        raise UsageError(f"{os.path.abspath(args.run_dir)} is a file, not a run directory: give "
+                         "--run-dir a folder (a new one is made)")  # fmt: skip
     return run_demo(args)

@@ -31,7 +31,8 @@ from ._common import UsageError, add_wait, client, finish, require_out_folder, r
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "freeze",
-        help="freeze the run: off (steer live) | prod (ignore commands) | replay | replay_adjusted",
+        help="freeze the run: off (steer live) | prod (ignore changes; pause, resume, stop, "
+        "checkpoint, evaluate and freeze still work) | replay | replay_adjusted",
     )
     p.add_argument("--mode", required=True, choices=FREEZE_MODES)
     p.add_argument("--recipe", help="recipe to replay (replay modes)")
