@@ -428,7 +428,7 @@ def test_every_command_help_says_what_the_command_does(tmp_path: Any, cli: Any) 
         first = rest.split("\n\n")[0].strip()
         assert first and not first.startswith(("positional", "options")), (argv, res.stdout)
     res = cli(os.fspath(tmp_path), "freeze", "--help")
-    assert "prod (ignore commands)" in " ".join(res.stdout.split())
+    assert "prod (ignore changes;" in " ".join(res.stdout.split())
 
 
 def test_status_of_a_missing_run_directory_is_an_error(tmp_path: Any, cli: Any) -> None:

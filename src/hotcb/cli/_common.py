@@ -72,12 +72,11 @@ def client(args: argparse.Namespace) -> HotClient:
     c: HotClient | None = getattr(args, "_client", None)
     if c is None:
         c = args._client = HotClient(args.dir, source="cli", create=False)
-        if not any(os.path.exists(p) for p in (c.paths.commands, c.paths.run_meta, c.paths.ledger)):
-            # a forgotten --dir: the command would wait here for a run that may never start
-            where = "the current directory" if args.dir == "." else os.path.abspath(args.dir)
-            print(f"hotcb: {where} holds no run yet (no hotcb.* files): the command waits in its "
-                  "hotcb.commands.jsonl for a run started there; for another run give --dir "
-                  "RUN (or $HOTCB_DIR)", file=sys.stderr)  # fmt: skip
+        # a forgotten --dir: a command sent here would wait for a run that may never start
+        # (said by finish(), once it is sent: the send creates the commands file)
+        args._no_run = not any(
+            os.path.exists(p) for p in (c.paths.commands, c.paths.run_meta, c.paths.ledger)
+        )
     return c
 
 
@@ -426,6 +425,11 @@ def finish(
     or when the run is over (before or while waiting: the ids are printed first). ``sent``:
     the commands' module and op, for the hint that a frozen run will ignore them."""
     _say_queued(getattr(args, "_client", None))
+    if getattr(args, "_no_run", False) and cmd_ids:
+        where = "the current directory" if args.dir == "." else os.path.abspath(args.dir)
+        print(f"hotcb: {where} holds no run yet (no hotcb.* files): the command waits in its "
+              "hotcb.commands.jsonl for a run started there; for another run give --dir RUN "
+              "(or $HOTCB_DIR)", file=sys.stderr)  # fmt: skip
     over = ended(args.dir)
     if over is not None or not getattr(args, "wait", False):
         for cid in cmd_ids:
