@@ -187,6 +187,30 @@ def test_a_newer_detection_renews_the_rules_waiting_proposal(loop: Any, tmp_path
     assert lp.lr == pytest.approx(5e-3)  # one cut, not two
 
 
+def test_a_proposal_whose_trouble_is_gone_expires(loop: Any, tmp_path: Path) -> None:
+    """A plateau proposal waited for good after the run left the plateau: accepted at step
+    500, it cut the lr of a run that was improving again. Past the rule's cooldown with its
+    detector silent, it expires, says why, and its accept is refused."""
+
+    def plateau_then_falls(_lr: float, step: int) -> float:
+        return 1.0 if step <= 200 else 1.0 - 0.002 * (step - 200)
+
+    lp: Loop = loop(plateau_then_falls)
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    out = lp.run(200, pilot)
+    (expired,) = [r for r in out if r["kind"] == "decision"]
+    assert expired["id"] == proposal["id"] and expired["state"] == "expired"
+    assert expired["step"] >= proposal["step"] + 150  # not within the rule's cooldown
+    assert f"last seen at step {proposal['step']}" in expired["reason"]
+    assert "expired" in _line(expired)
+    with pytest.raises(ValueError, match=f"{proposal['id']} is expired, not pending \\(rule "
+                       "plateau_cut_lr no longer detects its trouble"):  # fmt: skip
+        decide(lp.run_dir, proposal["id"], accept=True)
+    assert lp.lr == 1e-2 and not lp.autopilot_entries()
+
+
 def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
     loop: Any, tmp_path: Path, cli: Any
 ) -> None:

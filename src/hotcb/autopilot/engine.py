@@ -147,6 +147,10 @@ class Autopilot:
         self.guard: dict[str, Any] | None = st.get("guard")
         # past every id in the records too: a lost state file must not give out A1 again
         self.next_id = max(int(st.get("next_id", 1)), _after_last_id(self.run_dir))
+        #: rules that may have a proposal waiting (made here, or found at the start): only
+        #: those are looked for when their trouble is gone (:meth:`_expire`)
+        self._waiting = {str(p.get("rule")) for p in proposals(self.run_dir)
+                         if p["state"] == "pending"}  # fmt: skip
         #: Recent applied changes to opt/loss (any source), for the model's context.
         self.changes: deque[dict[str, Any]] = deque(st.get("changes") or (), maxlen=20)
         self.detections: deque[dict[str, Any]] = deque(st.get("detections") or (), maxlen=10)
@@ -320,6 +324,8 @@ class Autopilot:
         if self.fired.get(rule.id, -(10**12)) + rule.cooldown_steps > self.step_now:
             return
         found = self._detect(rule)
+        if found is None and todo == "suggest":
+            self._expire(rule, out)
         if found is None or found.step <= self.seen.get(rule.id, -1):
             return
         self.seen[rule.id] = found.step
@@ -354,6 +360,27 @@ class Autopilot:
         with _locked(self.run_dir):  # not while a person's accept of the one it renews runs
             out.append(self._propose(rule, found))
 
+    def _expire(self, rule: Rule, out: list[dict[str, Any]]) -> None:
+        """Close the rule's waiting proposal once its trouble is gone: past the rule's cooldown
+        since it was last made or renewed, its detector no longer fires. Accepted later, it
+        would act on evidence the run has left behind (a plateau the run has since left)."""
+        if rule.id not in self._waiting:
+            return
+        self._waiting.discard(rule.id)  # until it proposes again (or one found here waits on)
+        with _locked(self.run_dir):  # not while a person's accept of it runs
+            for p in proposals(self.run_dir):
+                if p["state"] != "pending" or p.get("rule") != rule.id:
+                    continue
+                if int(p.get("step", 0)) + rule.cooldown_steps > self.step_now:
+                    self._waiting.add(rule.id)
+                    continue
+                out.append(self._record({
+                    "kind": "decision", "id": p["id"], "rule": rule.id, "by": "autopilot",
+                    "state": "expired", "step": self.step_now,
+                    "reason": f"rule {rule.id} no longer detects its trouble at step "
+                              f"{self.step_now} (last seen at step {p.get('step')})",
+                }))  # fmt: skip
+
     def _propose(self, rule: Rule, found: Detection) -> dict[str, Any]:
         """The rule's proposal, or a ``skipped`` record while another proposal on the same
         knob waits: one proposal per knob waits at a time, as in ``ai_suggest`` (NaN, a spike
@@ -370,6 +397,7 @@ class Autopilot:
         # under the same id (an accept of that id, typed meanwhile, still applies it)
         waiting = [p for p in pending if p["rule"] == rule.id]
         first = waiting[-1].get("first_step", waiting[-1].get("step")) if waiting else None
+        self._waiting.add(rule.id)
         return self._record({
             "kind": "proposal", "id": waiting[-1]["id"] if waiting else self._new_id(),
             "rule": rule.id, "step": self.step_now,
@@ -890,7 +918,7 @@ def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
             out[rec["id"]] = dict(rec)
         elif rec.get("kind") == "decision" and rec.get("id") in out:
             out[rec["id"]].update(state=rec.get("state"), cmd_ids=rec.get("cmd_ids"))
-            if rec.get("state") == "superseded":
+            if rec.get("state") in ("superseded", "expired"):
                 out[rec["id"]]["reason"] = rec.get("reason")
     return list(out.values())
 

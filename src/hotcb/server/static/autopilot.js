@@ -199,7 +199,7 @@ export function recordLine(r) {
       const pct = typeof r.worse_by === "number" ? ` (${r.worse_by >= 0 ? "+" : "−"}${Math.abs(r.worse_by * 100).toFixed(1)}%)` : "";
       return `kept: ${fmtNum(r.before)} → ${fmtNum(r.after)}${pct}`;
     }
-    case "decision": // accepted or rejected by a person, or superseded by an automatic change
+    case "decision": // accepted or rejected by a person, superseded by an automatic change, or expired
       return `${r.id ?? "?"} ${r.state ?? "?"}${r.reason ? `: ${r.reason}` : r.by ? ` (${r.by})` : ""}`;
     default:
       return r.reason || "";
