@@ -205,18 +205,15 @@ if NAME is not None and "launch" not in sys.argv:
 """
 
 # The training: once both helpers are up, writes down which of the secrets it sees.
-RECORDS_ITS_SECRETS = """
-import json, os, sys, time
-up = os.environ["HELPERS_UP"]
-deadline = time.monotonic() + 60
-while sorted(os.listdir(up)) != ["autopilot", "notify"]:
-    if time.monotonic() > deadline:
-        sys.exit(f"the helpers did not start: {os.listdir(up)}")
-    time.sleep(0.02)
+RECORDS_ITS_SECRETS = (
+    WAITS_FOR_THE_HELPERS
+    + """
+import json
 seen = {k: os.environ.get(k) for k in os.environ["SECRETS"].split(",")}
 with open(os.path.join(up, "..", "training.json"), "w") as f:
     json.dump(seen, f)
 """
+)
 
 
 def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
