@@ -310,7 +310,7 @@ class JsonlTail:
     """
 
     __slots__ = ("_dev", "_head", "_held", "_ino", "_scan", "_scan_from", "check_resume", "cut",
-                 "hold_open", "left_unread", "max_bytes", "max_line", "offset", "path",
+                 "hold_open", "left_unread", "max_bytes", "max_line", "more", "offset", "path",
                  "reset")  # fmt: skip
 
     def __init__(
@@ -334,6 +334,9 @@ class JsonlTail:
         self.max_line = max_line
         self.check_resume = check_resume
         self.reset = False
+        #: the last read stopped at ``max_bytes`` with more of the file after it (a reader
+        #: catching up on a long run's history reads on before it acts on what it read)
+        self.more = False
         #: ``(end_offset, length)`` of the line the last read handed out cut (``max_line``)
         self.cut: tuple[int, int] | None = None
         self._dev = self._ino = -1  # not read yet: no ``caught_up`` before the first read
@@ -394,6 +397,7 @@ class JsonlTail:
     def read_lines(self, size: int | None = None) -> list[tuple[int, bytes]]:
         """The new complete lines, reading no further than byte ``size`` when given."""
         self.cut = None
+        self.more = False
         try:
             fd, st = open_regular(self.path)
         except FileNotFoundError:
@@ -472,6 +476,7 @@ class JsonlTail:
                 return self._read(fd, end)
             return self._long_line(fd, end)
         back = 1 if start > 0 else 0  # the byte before the cursor: the newline we consumed
+        self.more = end - start > self.max_bytes
         data = os.pread(fd, min(end - start, self.max_bytes) + back, start - back)
         if back and data[:1] != b"\n":
             self._restart()  # rewritten in place (truncated, then written past the cursor)

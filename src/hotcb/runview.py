@@ -39,6 +39,12 @@ class RunView:
         """Ledger entries appended since the last call."""
         return self._ledger.read_records()
 
+    @property
+    def behind(self) -> bool:
+        """The last read of the metrics or the ledger stopped at its byte limit with more
+        after it: a long run's history is being read (call again before acting on it)."""
+        return self._metrics.more or self._ledger.more
+
     def actuators(self) -> dict[str, dict[str, Any]]:
         """The run's published actuators by ``group.key`` (``opt.lr``), with ``current``."""
         doc = jsonl.read_json(self.paths.actuators, {}) or {}

@@ -201,8 +201,15 @@ class Autopilot:
     def step(self) -> list[dict[str, Any]]:
         """Read what is new, check the guard, run the rules; the records written."""
         out: list[dict[str, Any]] = []
+        holds: dict[str, dict[str, Any]] = {}
         self._read_metrics(out)
-        self._read_ledger(out)
+        self._read_ledger(holds)
+        while self.view.behind:  # a long run's history: all of it before anything is judged
+            self._read_metrics(out)
+            self._read_ledger(holds)
+        # a person's changes hold their knobs: said for the holds still in force (a first
+        # round over a long run's ledger said every hold it ever had)
+        out.extend(self._record(h) for h in holds.values() if h["until"] > self.step_now)
         if self.guard is not None:
             self._check_guard(out)
         todo = self.rules_do
@@ -284,7 +291,9 @@ class Autopilot:
                       "checkpoint, or a restart): the autopilot forgets what it saw after it",
         })  # fmt: skip
 
-    def _read_ledger(self, out: list[dict[str, Any]]) -> None:
+    def _read_ledger(self, holds: dict[str, dict[str, Any]]) -> None:
+        """Read the new ledger entries; ``holds`` gets the hold record of each knob a person
+        changed (the newest per knob)."""
         for e in self.view.new_entries():
             if self.guard is not None and e.get("cmd_id") == self.guard.get("undo_cmd_id"):
                 self.guard = None  # the guard's undo landed (or was refused): judged and done
@@ -302,11 +311,12 @@ class Autopilot:
             for key in e["changes"]:
                 knob = f"{e['module']}.{key}"
                 self.holds[knob] = step + self.person_hold_steps
-                out.append(self._record({
+                holds.pop(knob, None)  # in the order they came
+                holds[knob] = {
                     "kind": "hold", "knob": knob, "step": step, "until": self.holds[knob],
                     "reason": f"{e.get('source')} changed {knob} at step {step}; the autopilot "
                               f"leaves it alone until step {self.holds[knob]}",
-                }))  # fmt: skip
+                }  # fmt: skip
 
     def _resolve(self, name: str) -> str | None:
         if name == "key":

@@ -60,6 +60,8 @@ class Notifier:
         self._history_before = (
             (time.time() if history_before is None else history_before) if fresh else None
         )
+        #: the latest active point of each alert in the history read so far
+        self._history_hits: dict[str, Sample] = {}
         self._records_path = os.path.join(self.run_dir, RECORDS)
         st = jsonl.read_json(self._state_path, {}) or {}
         cur = st.get("cursors") or {}
@@ -91,14 +93,17 @@ class Notifier:
         the alert events fired (also recorded in ``hotcb.notify.jsonl``)."""
         now = time.time() if now is None else now
         obs = self._observe(now)
-        old = None
-        if self._history_before is not None:  # the first round of a fresh notifier
+        old, last = None, True
+        if self._history_before is not None:  # the first rounds of a fresh notifier
             old, obs = _split(obs, self._history_before)
-            self._history_before = None
+            # a long run's history takes several reads: until the last, it only sets states
+            last = not self.view.behind
+            if last:
+                self._history_before = None
         fired: list[dict[str, Any]] = []
         for alert in self.config.alerts:
             st = self.alert_state.setdefault(alert.id, {"active": False, "last_fired": None})
-            hits = self._catch_up(alert, st, old, now) if old is not None else []
+            hits = self._catch_up(alert, st, old, now, last) if old is not None else []
             more, st["active"], st["last_fired"] = onsets(
                 samples(alert, obs), st["active"], st["last_fired"], alert.cooldown, now
             )
@@ -113,18 +118,24 @@ class Notifier:
             self._enqueue(event)
         return fired
 
-    @staticmethod
     def _catch_up(
-        alert: Alert, st: dict[str, Any], history: Observation, now: float
+        self, alert: Alert, st: dict[str, Any], history: Observation, now: float, last: bool
     ) -> list[Sample]:
         """The records from before the notifier started: they set the alert's state; only a
-        condition that still holds at their end fires (once, for its latest point)."""
+        condition that still holds at their end (``last``: this read reached it) fires,
+        once, for its latest point."""
         found = samples(alert, history)
         _, st["active"], _ = onsets(found, st["active"], None, 0.0, now)
-        if not st["active"]:
+        hit = next((s for s in reversed(found) if s.active), None)
+        if hit is not None:
+            self._history_hits[alert.id] = hit
+        if not last:
+            return []
+        hit = self._history_hits.pop(alert.id, None)
+        if not st["active"] or hit is None:
             return []
         st["last_fired"] = now
-        return [next(s for s in reversed(found) if s.active)]
+        return [hit]
 
     def _observe(self, now: float) -> Observation:
         metrics = self.view.new_metrics()
