@@ -209,11 +209,17 @@ def create_runs_router(deps: Deps) -> APIRouter:
         run_id: str = ".",
         metric: str | None = None,
         window: int | None = Query(None, ge=1, le=100_000),
+        limit: int | None = Query(None, ge=1, le=100_000),
     ) -> dict[str, Any]:
-        """Before/after mean and slope of a metric around each applied change."""
+        """Before/after mean and slope of a metric around each applied change (``limit``: the
+        newest that many changes, those the page shows; a long run's ledger holds thousands,
+        and all of them took seconds under the run's lock, which held up its live updates)."""
         run = deps.run(run_id)
         await run.refresh()
-        entries = list(run.ledger.entries)
+        entries = [e for e in run.ledger.entries
+                   if e.get("decision") == "applied" and e.get("changes")]  # fmt: skip
+        if limit is not None:
+            entries = entries[-limit:]
         result = await run.run_locked(
             impacts,
             run.metrics,

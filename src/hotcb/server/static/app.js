@@ -390,7 +390,8 @@ async function refreshImpacts() {
   if (!metric || !markers().length) return;
   const gen = app.generation;
   try {
-    const res = await api(runUrl(app.runId, "impact", { metric, window: $("impact-window").value || app.cfg.chart.impact_window }));
+    // the changes the ledger table holds (its newest rows), not every change of a long run
+    const res = await api(runUrl(app.runId, "impact", { metric, window: $("impact-window").value || app.cfg.chart.impact_window, limit: app.ledgerLimit }));
     if (gen !== app.generation || metric !== app.impactMetric) return;
     app.impacts = new Map((res.impacts || []).map((i) => [i.seq, i]));
     app.dirty.ledger = true;
