@@ -13,7 +13,7 @@ import os
 import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -89,6 +89,12 @@ def _window_stats(steps: array, values: array, lo: int, hi: int) -> dict[str, An
     sxx = sum((p[0] - mx) ** 2 for p in pts)
     slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
     return {"mean": my, "slope": slope, "n": n}
+
+
+def changes_of(entries: Iterable[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The applied changes among ``entries``; with ``limit``, the newest that many."""
+    found = [e for e in entries if e.get("decision") == "applied" and e.get("changes")]
+    return found if limit is None else found[-limit:]
 
 
 def impacts(
@@ -216,10 +222,7 @@ def create_runs_router(deps: Deps) -> APIRouter:
         and all of them took seconds under the run's lock, which held up its live updates)."""
         run = deps.run(run_id)
         await run.refresh()
-        entries = [e for e in run.ledger.entries
-                   if e.get("decision") == "applied" and e.get("changes")]  # fmt: skip
-        if limit is not None:
-            entries = entries[-limit:]
+        entries = changes_of(run.ledger.entries, limit)
         result = await run.run_locked(
             impacts,
             run.metrics,
