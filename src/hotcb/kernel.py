@@ -262,9 +262,16 @@ class HotKernel:
             self.catch_signals()
 
     # ------------------------------------------------------------------ the safe point
-    def apply(self, env: Env, events: Sequence[str] = _TRAIN_STEP_END) -> None:
+    def apply(
+        self, env: Env, events: Sequence[str] = _TRAIN_STEP_END, *, deliver: bool = True
+    ) -> None:
         """Run at a safe point: forward metrics, pick up and apply commands that are due, and
-        dispatch ``events`` to loaded callbacks. Never raises into the training loop."""
+        dispatch ``events`` to loaded callbacks. Never raises into the training loop.
+
+        ``deliver=False``: ``events`` are this safe point's (a recipe's entry at one of them is
+        due here) but loaded callbacks do not get them: an adapter hands them over later, with
+        :meth:`observe` (the HF Trainer logs a step's loss after its safe point), or not at all
+        (a safe point of its own, before a resumed run's first batch)."""
         try:
             step = env["step"]
         except (KeyError, TypeError):
@@ -289,7 +296,7 @@ class HotKernel:
                 self._poll(env, step, events)
             if step >= self._next_due:
                 self._run_due(env, step, events)
-            if self._event_modules:
+            if self._event_modules and deliver:
                 self._dispatch(env, events)
             if self._ledger.out:
                 self.flush()

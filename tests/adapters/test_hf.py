@@ -161,9 +161,9 @@ def test_nothing_is_built_at_steps_without_work_and_commands_land_on_time(
         built.append(args[-1]["step"])
         fill(*args)
 
-    def spy_apply(env: Any, events: Any) -> None:
+    def spy_apply(env: Any, events: Any, **kw: Any) -> None:
         applied.append(env["step"])
-        apply(env, events)
+        apply(env, events, **kw)
 
     monkeypatch.setattr(hf, "_fill", spy_fill)
     monkeypatch.setattr(kernel, "apply", spy_apply)

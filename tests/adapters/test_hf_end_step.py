@@ -35,9 +35,9 @@ def test_a_run_whose_last_steps_had_nothing_due_finishes_at_its_last_step(
     applied: list[int] = []
     apply = kernel.apply
 
-    def spy_apply(env: Any, events: Any) -> None:
+    def spy_apply(env: Any, events: Any, **kw: Any) -> None:
         applied.append(env["step"])
-        apply(env, events)
+        apply(env, events, **kw)
 
     monkeypatch.setattr(kernel, "apply", spy_apply)
     trainer.train()

@@ -274,8 +274,9 @@ class HotCBHFCallback(TrainerCallback):
         if control.should_log:
             # the Trainer logs this step's loss right after this hook (on_log): loaded
             # callbacks (one this apply loads too) get the step's event there, with its
-            # metrics; commands land here
-            self.kernel.apply(env, ())
+            # metrics; commands land here, and a replayed recipe's entries at the event too
+            # (given no event, they fired a step late at every logging step)
+            self.kernel.apply(env, _TRAIN, deliver=False)
             if self.kernel.takes_events:
                 self._held = env
             return
