@@ -703,3 +703,27 @@ def test_a_plain_undo_after_a_restart_without_a_checkpoint_finds_the_earlier_lif
     momentum = next(e for e in ledger if e["op"] == "set_params" and "momentum" in e["params"])
     (undo,) = [e for e in ledger if e["op"] == "undo"]
     assert undo["decision"] == "applied" and undo["undo_of"] == momentum["cmd_id"], undo
+
+
+def test_the_resume_entry_names_only_the_dead_lifes_entries_as_replaced(tmp_path: Any) -> None:
+    """A resume with a loaded callback writes its own ``cb restore`` entry before the
+    ``kernel resume`` one, and ``hotcb log`` counted it as the replaced life's."""
+    from hotcb.cli._common import fmt_entry
+
+    probe = tmp_path / "probe.py"
+    probe.write_text("class Probe:\n    def handle(self, event, env):\n        pass\n")
+    actions = {5: lambda c: c.cb_load("probe", file=os.fspath(probe), symbol="Probe"),
+               25: lambda c: c.opt(lr=0.02)}  # fmt: skip
+    run_dir = os.fspath(tmp_path / "run")
+    first = Loop(run_dir)
+    first.run(40, actions, (20,), kill_after=30)
+    last_old = read_ledger(run_dir)[-1]["seq"]
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    second.run(35)
+    ledger = read_ledger(run_dir)
+    (restore,) = [e for e in ledger if (e["module"], e["op"]) == ("cb", "restore")]
+    (resume,) = [e for e in ledger if (e["module"], e["op"]) == ("kernel", "resume")]
+    assert last_old < restore["seq"] < resume["seq"]
+    at = resume["resumed_from"]["seq"]
+    assert f"#{at + 1}..#{last_old} ran in the life it replaced" in fmt_entry(resume, run_dir)

@@ -1089,7 +1089,7 @@ class HotKernel:
             # (re-applied above where it was a command; the tuner's own trials are not)
             self._ledger.emit(self._ledger.point, source="kernel", module="kernel",
                               op="resume", decision=Decision.NOOP.value,
-                              resumed_from={"step": step, "seq": seq})  # fmt: skip
+                              resumed_from={"step": step, "seq": seq, "last": last_seq})  # fmt: skip
         for entry in late:  # (see _restore_unwritten)
             self._ledger.seq += 1
             self._ledger.out.append(

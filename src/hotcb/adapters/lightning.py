@@ -146,6 +146,7 @@ class _Hooks:
         #: record (see _fill)
         self._val_metrics: dict[str, Any] = {}
         self._train_metrics: dict[str, Any] = {}
+        self._train_step: int | None = None  # the step of that record
         self._caught = False  # this callback installed the signal handlers (and releases them)
 
     # -- env --------------------------------------------------------------------------------
@@ -180,9 +181,12 @@ class _Hooks:
             metrics = dict(trainer.callback_metrics)
             if values["phase"] == "val":
                 self._val_metrics = metrics.copy()
-                # the training metrics of the step it follows come along, recorded already
+                # the training metrics of the step it follows come along, recorded already;
+                # at that very step a name is not recorded twice whatever its value (after a
+                # micro-batch of gradient accumulation it holds that micro-batch's loss)
+                same_step = self._train_step == values["step"]
                 for name, value in self._train_metrics.items():
-                    if name in metrics and _same(metrics[name], value):
+                    if name in metrics and (same_step or _same(metrics[name], value)):
                         del metrics[name]
             else:
                 # what the last validation logged stays in callback_metrics until the next
@@ -193,6 +197,7 @@ class _Hooks:
                     if name in metrics and _same(metrics[name], value):
                         del metrics[name]
                 self._train_metrics = metrics.copy()
+                self._train_step = values["step"]
             opts = trainer.optimizers
             if opts and "lr" not in metrics:
                 metrics["lr"] = opts[0].param_groups[0]["lr"]

@@ -278,9 +278,11 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         return _rebased(e["rebased"])
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
-        seq, at = e.get("seq"), came.get("seq")
-        replaced = f"; #{at + 1}..#{seq - 1} ran in the life it replaced" if (
-            isinstance(seq, int) and isinstance(at, int) and seq - 1 > at) else ""  # fmt: skip
+        # the dead life's last entry (before this field: the one before this entry, which
+        # counted the new life's own first entries, a `cb restore`, as the old one's)
+        at, last = came.get("seq"), came.get("last", (e.get("seq") or 0) - 1)
+        replaced = f"; #{at + 1}..#{last} ran in the life it replaced" if (
+            isinstance(last, int) and isinstance(at, int) and last > at) else ""  # fmt: skip
         return f": from the checkpoint at step {came.get('step')}{replaced}"
     return ""
 

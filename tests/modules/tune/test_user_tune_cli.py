@@ -768,6 +768,7 @@ def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli
     state = first.kernel.state_dict()
     first.run(120)  # the life the resume replaces: trials after the checkpoint
     first.kernel.close()
+    old_last = read_ledger(first.kernel.run_dir)[-1]["seq"]
     old = {e["cmd_id"] for e in read_ledger(first.kernel.run_dir)
            if e.get("module") == "tune" and e["op"] in ("mutate", "rollback")
            and e["seq"] > state["seq"]}  # fmt: skip
@@ -780,7 +781,8 @@ def test_a_resumed_run_exports_only_the_trials_of_its_current_life(toy: Any, cli
     again.kernel.close()
     ledger = read_ledger(again.kernel.run_dir)
     (marker,) = [e for e in ledger if e.get("op") == "resume" and e.get("module") == "kernel"]
-    assert marker["resumed_from"] == {"step": state["step"], "seq": state["seq"]}
+    assert marker["resumed_from"] == {"step": state["step"], "seq": state["seq"],
+                                      "last": old_last}  # the dead life's last entry  # fmt: skip
     new = {e["cmd_id"] for e in ledger if e.get("module") == "tune"
            and e["op"] in ("mutate", "rollback") and e["seq"] > marker["seq"]}  # fmt: skip
     assert new
