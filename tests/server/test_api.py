@@ -306,8 +306,8 @@ def test_status_pending_paused_and_impact(tmp_path, live_server):
         assert row["step"] == 20
         assert row["before"] == {"mean": 1.0, "slope": 0.0, "n": 10}
         assert row["after"] == {"mean": 3.0, "slope": 0.0, "n": 10}
-        # `limit`: the newest changes only (what the page's ledger table holds): all of a long
-        # run's took seconds under the run's lock and held up its live updates
+        # `limit`: the newest changes only: all of a long run's took seconds under the run's
+        # lock and held up its live updates
         more = [c.post("/api/runs/r/commands", json={"module": "loss", "op": "set_params",
                                                      "params": {"l2": 0.01 * i}}).json()["cmd_id"]
                 for i in range(1, 4)]  # fmt: skip
@@ -317,6 +317,10 @@ def test_status_pending_paused_and_impact(tmp_path, live_server):
         assert [i["cmd_id"] for i in imp["impacts"]] == more[1:]
         everything = c.get("/api/runs/r/impact", params={"metric": "loss"}).json()["impacts"]
         assert [i["cmd_id"] for i in everything] == [change, *more]
+        # `since`: the changes from a seq on (the page's oldest entry)
+        since = everything[2]["seq"]
+        imp = c.get("/api/runs/r/impact", params={"metric": "loss", "since": since}).json()
+        assert [i["cmd_id"] for i in imp["impacts"]] == more[1:]
 
         # pause / resume through the API while a training thread runs the kernel
         stop = threading.Event()

@@ -91,9 +91,13 @@ def _window_stats(steps: array, values: array, lo: int, hi: int) -> dict[str, An
     return {"mean": my, "slope": slope, "n": n}
 
 
-def changes_of(entries: Iterable[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-    """The applied changes among ``entries``; with ``limit``, the newest that many."""
-    found = [e for e in entries if e.get("decision") == "applied" and e.get("changes")]
+def changes_of(
+    entries: Iterable[dict[str, Any]], limit: int | None, since: int | None
+) -> list[dict[str, Any]]:
+    """The applied changes among ``entries``: with ``since``, those from that seq on; with
+    ``limit``, the newest that many."""
+    found = [e for e in entries if e.get("decision") == "applied" and e.get("changes")
+             and (since is None or (e.get("seq") or 0) >= since)]  # fmt: skip
     return found if limit is None else found[-limit:]
 
 
@@ -216,13 +220,15 @@ def create_runs_router(deps: Deps) -> APIRouter:
         metric: str | None = None,
         window: int | None = Query(None, ge=1, le=100_000),
         limit: int | None = Query(None, ge=1, le=100_000),
+        since: int | None = Query(None, ge=0),
     ) -> dict[str, Any]:
-        """Before/after mean and slope of a metric around each applied change (``limit``: the
-        newest that many changes, those the page shows; a long run's ledger holds thousands,
-        and all of them took seconds under the run's lock, which held up its live updates)."""
+        """Before/after mean and slope of a metric around each applied change (``since``: from
+        that seq on, the entries the page holds; ``limit``: the newest that many). A long
+        run's ledger holds thousands of changes, and all of them took seconds under the run's
+        lock, which held up its live updates."""
         run = deps.run(run_id)
         await run.refresh()
-        entries = changes_of(run.ledger.entries, limit)
+        entries = changes_of(run.ledger.entries, limit, since)
         result = await run.run_locked(
             impacts,
             run.metrics,

@@ -390,8 +390,10 @@ async function refreshImpacts() {
   if (!metric || !markers().length) return;
   const gen = app.generation;
   try {
-    // the changes the ledger table holds (its newest rows), not every change of a long run
-    const res = await api(runUrl(app.runId, "impact", { metric, window: $("impact-window").value || app.cfg.chart.impact_window, limit: app.ledgerLimit }));
+    // the changes of the entries the page holds (from the oldest on), not every change of a
+    // long run
+    const since = app.ledger.length ? app.ledger[0].seq : null;
+    const res = await api(runUrl(app.runId, "impact", { metric, window: $("impact-window").value || app.cfg.chart.impact_window, ...(since != null ? { since } : {}) }));
     if (gen !== app.generation || metric !== app.impactMetric) return;
     app.impacts = new Map((res.impacts || []).map((i) => [i.seq, i]));
     app.dirty.ledger = true;
