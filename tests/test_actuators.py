@@ -28,7 +28,7 @@ def keys(acts: list[HotcbActuator]) -> list[str]:
 def test_optimizer_actuators_for_adamw_and_sgd() -> None:
     model = TinyMLP()
     adamw = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    assert keys(optimizer_actuators(adamw)) == ["lr", "weight_decay", "betas"]
+    assert keys(optimizer_actuators(adamw)) == ["lr", "weight_decay", "betas", "beta1", "beta2"]
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     assert keys(optimizer_actuators(sgd)) == ["lr", "weight_decay", "momentum"]
 

@@ -22,6 +22,8 @@ def test_a_command_sent_to_a_folder_without_a_run_says_so_on_stderr(
     assert proc.returncode == 0, proc.stderr
     assert f"the current directory {NO_RUN}" in proc.stderr
     assert "give --dir RUN" in proc.stderr
+    again = cli(None, "set", "lr=0.1", cwd=os.fspath(proj))  # every time, not the first only
+    assert again.returncode == 0 and NO_RUN in again.stderr, again.stderr
     # a run directory, even one not started yet (hotcb init), is where a command belongs
     run = os.fspath(tmp_path / "run")
     assert cli(run, "init").returncode == 0

@@ -78,7 +78,7 @@ def loop(run_dir: str) -> Any:
 def test_optimizer_actuators_are_registered_from_env_and_published(loop: Loop) -> None:
     loop.steps(1)
     acts = loop.actuators()
-    assert set(acts) == {"ce", "aux", "lr", "weight_decay", "betas"}
+    assert set(acts) == {"ce", "aux", "lr", "weight_decay", "betas", "beta1", "beta2"}
     assert acts["lr"]["current"] == 0.01 and acts["lr"]["group"] == "opt"
     assert acts["aux"]["state"] == "untouched"
     assert jsonl.read_json(loop.paths.actuators)["v"] == 1

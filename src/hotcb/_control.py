@@ -258,7 +258,15 @@ class RunControl:
         return OpResult("applied")
 
     def _op_undo(self, op: HotOp, env: Env) -> OpResult:
-        target = self._undo_target(op.params.get("cmd_id"))
+        named = op.params.get("cmd_id")
+        if named is not None:
+            rec = self.recorder
+            if not rec.earlier_read:  # the undos of the lives before this one too
+                rec.read_earlier(self._ledger_path)
+            if named in rec.undone:  # again, it took the change's ratio off a schedule twice
+                return OpResult("noop", error=f"command {named!r} is undone already: nothing "
+                                "to take back")  # fmt: skip
+        target = self._undo_target(named)
         if target is None or not target.get("changes"):
             what = f"command {op.params.get('cmd_id')!r}" if op.params.get("cmd_id") else "change"
             return OpResult("rejected", error=f"no applied {what} with changes to undo")

@@ -433,6 +433,9 @@ class MutableState:
                 other.current_value = other.read(env)
             except Exception as exc:  # the user's read_fn: the value is then unknown
                 other.last_error = f"read failed: {exc!r}"
+                continue
+            if other.state is ActuatorState.UNTOUCHED:  # a change moved it, read back
+                other.state = ActuatorState.VERIFIED
 
     def set_silently(self, key: str, value: Any, env: Env) -> None:
         """Apply an already validated value without bookkeeping (one step of a ramp)."""

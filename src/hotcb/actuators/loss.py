@@ -25,7 +25,7 @@ def loss_actuators(
     """One actuator per number (FLOAT) or bool (BOOL) in ``weights``; nested dicts give dotted
     keys (``terms.distill``). Values are written back into the same dict objects. A weight
     that starts outside ``[min_value, max_value]`` (a gradient-reversal term at -0.1) widens
-    its own bounds to hold its start: it can be set back to where it began."""
+    its own bounds: one below ``min_value`` ranges over ``[-max_value, max_value]``."""
     acts: list[HotcbActuator] = []
     for name, value in weights.items():
         key = f"{prefix}{name}"
@@ -39,7 +39,10 @@ def loss_actuators(
             lo = hi = None
         elif isinstance(value, (int, float)):
             typ = ActuatorType.FLOAT
-            lo, hi = min(min_value, float(value)), max(max_value, float(value))
+            hi = max(max_value, abs(float(value)))
+            # a weight that starts below the floor (a gradient-reversal term at -0.1) moves
+            # over the same span on the negative side
+            lo = min_value if value >= min_value else -hi
         else:
             continue
         acts.append(

@@ -264,8 +264,9 @@ def _all_groups_actuators(
             if math.isclose(first, now()):
                 return None
             name = cycles(env)
+            alone = "; beta2 alone: set beta2=…" if what == "beta1" else ""
             return (f"{name} (cycle_momentum=True) sets {what} at every step; build it with "
-                    f"cycle_momentum=False to change {what} live") if name else None  # fmt: skip
+                    f"cycle_momentum=False to change {what} live{alone}") if name else None  # fmt: skip
 
         return refuses
 
@@ -306,6 +307,8 @@ def _all_groups_actuators(
             )
         )
     if "betas" in first:
+        n = len(first["betas"])
+        parts = [f"{prefix}beta{i + 1}" for i in range(n)]
         acts.append(
             _opt_actuator(
                 prefix + "betas",
@@ -314,12 +317,47 @@ def _all_groups_actuators(
                 lambda env: tuple(groups[0]["betas"]),
                 min_value=0.0,
                 max_value=0.999999,
-                length=len(first["betas"]),
+                length=n,
                 description="Adam betas (all groups)",
                 refuses=cycled("beta1", lambda: _get(groups[0], "betas")[0]),
+                moves=lambda value, env: dict(zip(parts, value, strict=True)),
+                covers=frozenset(parts),
             )
         )
+        # one of them alone: beta2 while a scheduler cycles beta1 (OneCycleLR)
+        for i, key in enumerate(parts):
+            acts.append(
+                _opt_actuator(
+                    key,
+                    ActuatorType.FLOAT,
+                    _set_beta(groups, i),
+                    lambda env, i=i: _get(groups[0], "betas")[i],
+                    min_value=0.0,
+                    max_value=0.999999,
+                    description=f"Adam beta{i + 1} (all groups)",
+                    refuses=cycled("beta1", lambda: _get(groups[0], "betas")[0])
+                    if i == 0
+                    else None,
+                    moves=lambda value, env, i=i: {
+                        prefix + "betas": tuple(
+                            value if j == i else b for j, b in enumerate(groups[0]["betas"])
+                        )
+                    },
+                )
+            )
     return acts
+
+
+def _set_beta(groups: list[dict[str, Any]], i: int) -> Any:
+    """Apply function of ``beta<i+1>``: that one of every group's betas."""
+
+    def apply_fn(value: Any, env: Env) -> None:
+        for g in groups:
+            betas = list(g["betas"])
+            betas[i] = value
+            g["betas"] = tuple(betas)
+
+    return apply_fn
 
 
 def _group_actuators(

@@ -74,9 +74,11 @@ def client(args: argparse.Namespace) -> HotClient:
         c = args._client = HotClient(args.dir, source="cli", create=False)
         # a forgotten --dir: a command sent here would wait for a run that may never start
         # (said by finish(), once it is sent: the send creates the commands file)
-        args._no_run = not any(
-            os.path.exists(p) for p in (c.paths.commands, c.paths.run_meta, c.paths.ledger)
-        )
+        # in the current directory by default (a forgotten --dir) on every command; in a
+        # folder given on purpose (hotcb init, a run not started yet) on the first only
+        never_ran = not any(os.path.exists(p) for p in (c.paths.run_meta, c.paths.ledger))
+        default = args.dir == "." and not os.environ.get("HOTCB_DIR")
+        args._no_run = never_ran and (default or not os.path.exists(c.paths.commands))
     return c
 
 

@@ -19,7 +19,7 @@ def test_its_knobs_are_the_numeric_actuators(tmp_path: Path) -> None:
     run = os.fspath(tmp_path / "run")
     kernel = HotKernel(run, poll_interval_sec=0, metrics_collector=False,
                        mutable_state=mutable_state(loss_actuators({"ce_weight": 1.0})))  # fmt: skip
-    kernel.apply({"step": 0, "optimizer": opt})  # publishes betas (tuple), lr, weight_decay
+    kernel.apply({"step": 0, "optimizer": opt})  # publishes betas (tuple), beta1, beta2, lr, …
     kernel.close()
     recipe = tmp_path / "space.yaml"
     recipe.write_text(
@@ -29,4 +29,5 @@ def test_its_knobs_are_the_numeric_actuators(tmp_path: Path) -> None:
         HotClient(run).tune_enable(recipe=os.fspath(recipe))
     said = str(caught.value)
     assert "line 2: custom.dropout: the run has no actuator 'dropout'" in said
-    assert "(its knobs: ce_weight, lr, weight_decay)" in said and "betas" not in said
+    assert "(its knobs: beta1, beta2, ce_weight, lr, weight_decay)" in said
+    assert "betas" not in said  # a tuple: not a knob a search space can move
