@@ -90,9 +90,6 @@ _SIGTERM_EXCEPTION: Any = getattr(
 _TRAIN = ("train_step_end",)
 _MICRO = ("train_batch_end",)
 _VAL = ("val_epoch_end",)
-#: the safe point before a resumed run's first batch, in place of the saved step's validation
-#: (which Lightning does not run again): its events may not have come before the save
-_RESUMED = ("val_epoch_end", "train_step_end")
 _KEEP = object()  # a deferred evaluate left check_val_every_n_epoch as it was
 #: Every key of the env this callback hands over; those after ``trainer`` are built only when the
 #: kernel reads one (see :class:`hotcb.adapters.LazyEnv`).
@@ -315,14 +312,7 @@ class _Hooks:
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._own_sigterm(trainer)
-        step = self._last_step = int(trainer.global_step)
-        if step > 0 and not self.kernel.nothing_due(step):
-            # resumed from a checkpoint saved at a batch's end: the validation that came after
-            # it in the saved run is not run again, so what was due at it (a recipe's entry at
-            # val_epoch_end, a command read there) is applied here, before the first batch,
-            # not after it; loaded callbacks get no event (Lightning runs no validation)
-            env = self._env(trainer, pl_module, step, "train", False, False)
-            self.kernel.apply(env, _RESUMED, deliver=False)
+        self._last_step = int(trainer.global_step)
 
     def _own_sigterm(self, trainer: Any) -> None:
         """Under DDP, hotcb's SIGTERM handler alone, once Lightning has registered its own (after
