@@ -270,8 +270,7 @@ class HotKernel:
 
         ``deliver=False``: ``events`` are this safe point's (a recipe's entry at one of them is
         due here) but loaded callbacks do not get them: an adapter hands them over later, with
-        :meth:`observe` (the HF Trainer logs a step's loss after its safe point), or not at all
-        (a safe point of its own, before a resumed run's first batch)."""
+        :meth:`observe` (the HF Trainer logs a step's loss after its safe point)."""
         try:
             step = env["step"]
         except (KeyError, TypeError):
