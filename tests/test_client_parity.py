@@ -155,3 +155,21 @@ def test_status_and_set_say_a_freeze_the_run_has_not_read_yet(
     assert "it will ignore this command (ignored_freeze)" in res.stderr
     res = _cli(run_dir, "pause")  # run control passes every freeze mode: no hint
     assert res.returncode == 0 and "frozen" not in res.stderr
+
+
+def test_opt_and_loss_take_the_commands_own_fields(run_dir: str, kernel: HotKernel) -> None:
+    """``client.opt(lr=0.2, at_step=3)`` sent ``at_step`` as a knob: the run rejected the whole
+    command ("unknown actuator 'at_step'") and the lr never moved."""
+    client = HotClient(run_dir)
+    lr_id = client.opt(lr=0.2, at_step=3)
+    ce_id = client.loss(ce=2.0, cmd_id="weight-up", at_step=2)
+    assert ce_id == "weight-up"
+    sent = {c["cmd_id"]: c for c in commands(run_dir)}
+    assert sent[lr_id]["params"] == {"lr": 0.2} and sent[lr_id]["at_step"] == 3
+    assert sent[ce_id]["params"] == {"ce": 2.0} and sent[ce_id]["at_step"] == 2
+    for step in range(1, 5):
+        kernel.apply({"step": step})
+    applied = {e["cmd_id"]: e for e in jsonl.iter_records(RunPaths(run_dir).ledger)
+               if e.get("cmd_id") in (lr_id, ce_id)}  # fmt: skip
+    assert applied[lr_id]["decision"] == "applied" and applied[lr_id]["step"] == 3
+    assert applied[ce_id]["decision"] == "applied" and applied[ce_id]["step"] == 2

@@ -324,13 +324,20 @@ class HotClient:
         return self.send(module, "set_params", params=dict(params), **fields)
 
     def opt(self, **params: Any) -> str:
-        return self.set_params("opt", params)
+        """Set optimizer knobs: ``opt(lr=1e-4, at_step=500)``. ``at_step``, ``transition``,
+        ``cmd_id`` and ``source`` are the command's own fields, not knobs."""
+        knobs, fields = _knobs_and_fields(params)
+        return self.set_params("opt", knobs, **fields)
 
     def loss(self, **params: Any) -> str:
-        return self.set_params("loss", params)
+        """Set loss weights and toggles (the command's fields as in :meth:`opt`)."""
+        knobs, fields = _knobs_and_fields(params)
+        return self.set_params("loss", knobs, **fields)
 
     def custom(self, **params: Any) -> str:
-        return self.set_params("custom", params)
+        """Set custom knobs (the command's fields as in :meth:`opt`)."""
+        knobs, fields = _knobs_and_fields(params)
+        return self.set_params("custom", knobs, **fields)
 
     def _published(self) -> list[dict[str, Any]]:
         """The run's published actuators, re-read only when the file changed."""
@@ -842,6 +849,16 @@ class HotClient:
             if ended or time.monotonic() > deadline:
                 raise TimeoutError(error if isinstance(error, str) else error())
             time.sleep(interval)
+
+
+_COMMAND_FIELDS = ("at_step", "transition", "cmd_id", "source")
+
+
+def _knobs_and_fields(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``opt(lr=..., at_step=...)``'s keywords into knobs and the command's fields."""
+    knobs = {k: v for k, v in given.items() if k not in _COMMAND_FIELDS}
+    fields = {k: v for k, v in given.items() if k in _COMMAND_FIELDS}
+    return knobs, fields
 
 
 def _at(at_step: int | None) -> dict[str, Any]:
