@@ -322,6 +322,30 @@ class HotKernel:
         except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
             self._internal_error(exc)
 
+    def catch_up(self, env: Env, events: Sequence[str]) -> None:
+        """Apply what fell due at ``env["step"]``'s ``events`` that the framework will not run
+        again: a run resumed from a checkpoint saved at a batch's end, before that step's
+        validation (Lightning does not validate it again). A replayed recipe's entries at
+        those events and the changes the resume re-applies at that step land there, before
+        the first resumed batch, as in the saved run. Nothing else: no poll (a live command
+        waits for the next safe point, as it would have), no callback event, no ramp step.
+        Never raises into the training loop."""
+        try:
+            step = env["step"]
+            if not self._started:
+                self._start(env)
+            if step < self._next_due or env.get("is_accumulation_step"):
+                return
+            point = self._enter(step, events)
+            for source in list(self._sources):
+                for op in source.pop_due(step, events):
+                    self._route(op, env, point)
+            self._refresh_due(step)
+            if self._ledger.out:
+                self.flush()
+        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
+            self._internal_error(exc)
+
     @property
     def takes_events(self) -> bool:
         """Whether a module takes events now (a loaded callback, the tuner): an adapter that

@@ -312,7 +312,14 @@ class _Hooks:
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._own_sigterm(trainer)
-        self._last_step = int(trainer.global_step)
+        step = self._last_step = int(trainer.global_step)
+        if step > 0:
+            # resumed from a checkpoint saved at a batch's end: Lightning does not run that
+            # step's validation again, so what was due at it (a recipe's entry at
+            # val_epoch_end, a change the resume re-applies at that step) lands here, before
+            # the first batch; a live command waits for the first batch's safe point
+            env = self._env(trainer, pl_module, step, "train", False, False)
+            self.kernel.catch_up(env, _VAL)
 
     def _own_sigterm(self, trainer: Any) -> None:
         """Under DDP, hotcb's SIGTERM handler alone, once Lightning has registered its own (after
