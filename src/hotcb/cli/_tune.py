@@ -66,7 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--storage", help="an Optuna storage URL (sqlite:///…, postgresql://…, "
                    "journal:PATH; default sqlite in the run directory)")  # fmt: skip
     p.add_argument("--study", help="the study's name: runs that name the same study share it")
-    p.add_argument("--seed", type=int, help="the sampler's seed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the sampler's seed (in a study with trials already: the seed plus their number, "
+        "so a resumed or second run does not draw the same points again)",
+    )
     p.add_argument("--risk", choices=("low", "medium", "high"),
                    help="low halves each range; high drops cooldowns (default medium)")  # fmt: skip
     p.add_argument("--threshold", type=float, help="keep a mutation whose score beats this (0)")

@@ -181,6 +181,31 @@ def test_a_trial_is_told_once_when_a_resumed_life_judges_it_again(tmp_path: Path
                                                                           {"life": 1})  # fmt: skip
 
 
+def test_a_seeded_sampler_goes_on_after_the_studys_trials_instead_of_drawing_them_again(
+    tmp_path: Path,
+) -> None:
+    """``tune enable --seed 3``, resumed in its start-up trials: the new process's sampler drew
+    the first life's points again (lr x1.1512 and weight decay 0.013345, scored and rolled back
+    at step 42, proposed again at step 126). A fresh study with that seed still draws the same
+    points: a seed stays reproducible."""
+    pytest.importorskip("optuna")
+    from hotcb.modules.tune._study import Study
+
+    knobs = list(DEFAULT_SPACE)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = Study(url, "s", "runA", seed=3, startup_trials=5)
+    drawn = []
+    for score in (0.1, -0.2):
+        number, params = first.ask(knobs, prior_first=False)
+        first.tell(number, score)
+        drawn.append(params)
+    resumed = Study(url, "s", "runA", seed=3, startup_trials=5)  # the resumed process
+    _, params = resumed.ask(knobs, prior_first=False)
+    assert params not in drawn, params
+    again = Study(f"sqlite:///{tmp_path / 'other.db'}", "s", "runB", seed=3, startup_trials=5)
+    assert again.ask(knobs, prior_first=False)[1] == drawn[0]
+
+
 def test_the_blow_up_line_is_above_every_step_before_and_ignores_a_nan_step() -> None:
     from hotcb.modules.tune._module import _blow_up_line
 

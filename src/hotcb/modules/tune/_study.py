@@ -98,6 +98,14 @@ def _racing(exc: BaseException) -> bool:
     )
 
 
+def _sampler(optuna: Any, startup_trials: int, seed: int | None) -> Any:
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" in some releases
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            n_startup_trials=startup_trials, seed=seed, multivariate=True
+        )
+
+
 class Study:
     """One Optuna study seen by one run: trials it opened carry the run's name, so a restart
     can tell which of its own trials were left open."""
@@ -110,13 +118,15 @@ class Study:
         self._optuna = optuna
         self.url, self.name, self.run = url, name, run
         self._ids: dict[int, int] = {}  # trial number -> storage id, for the trials asked here
-        with warnings.catch_warnings():  # multivariate TPE is "experimental" in some releases
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                n_startup_trials=startup_trials, seed=seed, multivariate=True
-            )
-        self.storage, self.study = _open(url, name, sampler)
+        self.storage, self.study = _open(url, name, _sampler(optuna, startup_trials, seed))
         self._study_id = self.storage.get_study_id_from_name(name)
+        if seed is not None:
+            # a seeded sampler drew the same start-up points in every life of the run (a
+            # resume) and in every run of a shared study: it continues after the trials the
+            # study holds, deterministically
+            held = len(self.study.get_trials(deepcopy=False))
+            if held:
+                self.study.sampler = _sampler(optuna, startup_trials, seed + held)
         #: what other runs had put in the study when this one opened it (a shared study)
         self.joined = self._others()
 
