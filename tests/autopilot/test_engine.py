@@ -357,6 +357,55 @@ def test_the_guard_undoes_a_change_that_made_things_worse(loop: Any, tmp_path: P
     assert sum(r["kind"] == "action" for r in records) == 1
 
 
+def test_the_guard_outlives_a_ledger_entry_without_a_cmd_id(loop: Any, tmp_path: Path) -> None:
+    """The tuner's own entries (``tune void`` when an autopilot cut lands in its trial,
+    ``tune keep``) have no cmd_id, and neither has an armed guard's undo: ``None == None``
+    dropped the guard. The change went unjudged and was never undone, and the next cut went
+    ahead at once."""
+    lr0 = 1e-2
+    lp: Loop = loop(lambda lr, _s: 1.0 if lr >= lr0 else 1.5, lr=lr0)  # a smaller lr hurts
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records: list[dict[str, Any]] = []
+    while not any(r["kind"] == "action" for r in records) and lp.step < 300:
+        records += lp.run(10, pilot)
+    assert pilot.guard is not None
+    lp.kernel.record({"module": "tune", "op": "void", "source": "tune", "decision": "applied"})
+    records += lp.run(300 - lp.step, pilot)
+    (guard,) = [r for r in records if r["kind"] == "guard"]
+    assert "undoing" in guard["reason"] and lp.lr == lr0
+    assert sum(r["kind"] == "action" for r in records) == 1
+
+
+def test_a_frozen_run_gets_no_change_and_an_ignored_one_is_not_judged(
+    loop: Any, tmp_path: Path
+) -> None:
+    """Under ``freeze --mode prod`` the run ledgers an autopilot cut ``ignored_freeze``, while
+    the autopilot said ``applied`` and its guard then credited the change that never happened
+    ("kept 0.1491 -> 0.1213"). Frozen, the rules skip with the reason; a change the run did not
+    apply anyway (frozen after it was sent) is said to be so, and not judged."""
+    rules = _rules(tmp_path, PLATEAU_ONLY)
+    probe = Loop(tmp_path / "probe", flat)  # the same run, to learn the step the rule acts at
+    seen = Autopilot(probe.run_dir, mode="auto", rules=rules)
+    while not any(r["kind"] == "action" for r in probe.run(10, seen)):
+        assert probe.step < 300
+    probe.kernel.close()
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=rules)
+    records = lp.run(probe.step - 1, pilot)
+    lp.run(1)  # the step the rule acts at, up to the autopilot's round:
+    HotClient(lp.run_dir).freeze("prod")  # a person freezes the run just then
+    records += pilot.step()
+    records += lp.run(300, pilot)
+    (cut,) = [e for e in lp.autopilot_entries() if e["op"] == "set_params"]
+    assert cut["decision"] == "ignored_freeze" and lp.lr == 1e-2
+    (missed,) = [r for r in records if r.get("state") == "not_applied"]
+    assert missed["kind"] == "action" and "ignored_freeze" in missed["reason"]
+    assert not [r for r in records if r["kind"] == "guard"]
+    skipped = [r for r in records if r["kind"] == "skipped"]
+    assert skipped and all("the run is frozen (prod)" in r["reason"] for r in skipped)
+    assert "not_applied" in _line(missed) and "ignored_freeze" in autopilot_text(missed)
+
+
 def test_the_guard_undoes_a_change_after_which_the_key_metric_is_nan(
     loop: Any, tmp_path: Path
 ) -> None:

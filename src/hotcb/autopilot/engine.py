@@ -28,7 +28,7 @@ from ..client import HotClient
 from ..errors import HotcbError
 from ..ledger import run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
-from ..runfiles import AUTOPILOT_STATE, TUNE, process_alive
+from ..runfiles import AUTOPILOT_STATE, FREEZE, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, action_text, load_rules
@@ -295,8 +295,15 @@ class Autopilot:
         """Read the new ledger entries; ``holds`` gets the hold record of each knob a person
         changed (the newest per knob)."""
         for e in self.view.new_entries():
-            if self.guard is not None and e.get("cmd_id") == self.guard.get("undo_cmd_id"):
-                self.guard = None  # the guard's undo landed (or was refused): judged and done
+            guard, cmd_id = self.guard, e.get("cmd_id")
+            if guard is not None and cmd_id is not None:  # the tuner's entries have none
+                if cmd_id == guard.get("undo_cmd_id"):
+                    self.guard = None  # the guard's undo landed (or was refused): judged, done
+                elif (cmd_id == guard.get("cmd_id") and not guard.get("undo_cmd_id")
+                      and e.get("decision") not in ("applied", "scheduled")):  # fmt: skip
+                    # the run did not make the change: nothing to judge (_check_guard says so)
+                    self.guard = {**guard, "not_applied": {"seq": e.get("seq"),
+                                  "decision": e.get("decision"), "error": e.get("error")}}  # fmt: skip
             if e.get("decision") != "applied":
                 continue
             if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
@@ -425,9 +432,22 @@ class Autopilot:
             return None
         if self.holds.get(knob, -1) > self.step_now:
             return f"a person changed {knob}; held until step {self.holds[knob]}"
+        frozen = self._frozen()
+        if frozen is not None:
+            return frozen
         if acts and self.guard is not None:
             return self._judging()
         return None
+
+    def _frozen(self) -> str | None:
+        """Why no knob change would take: the run is frozen (``prod``, ``replay``), and
+        ignores every change of a knob that does not come from its recipe."""
+        doc = jsonl.read_json(os.path.join(self.run_dir, FREEZE), None)
+        mode = doc.get("mode") if isinstance(doc, dict) else None
+        if not isinstance(mode, str) or mode == "off":
+            return None
+        return (f"the run is frozen ({mode}): it ignores knob changes "
+                "('hotcb freeze --mode off' lifts the freeze)")  # fmt: skip
 
     def _tuned(self, knob: str | None) -> str | None:
         """Why a plateau or overfitting change of ``knob`` is left alone: the online tuner, in
@@ -656,6 +676,9 @@ class Autopilot:
         its own), or the guard undid the model's last change a short while ago."""
         if self.holds.get(knob, -1) > self.step_now:
             return f"a person changed {knob}; held until step {self.holds[knob]}"
+        frozen = self._frozen()
+        if frozen is not None:
+            return frozen
         if self.guard is not None and self.mode == "ai_auto":
             return self._judging()
         until = self.fired.get("ai", -1)
@@ -721,6 +744,18 @@ class Autopilot:
         assert guard is not None
         if guard.get("undo_cmd_id"):
             return  # judged; its undo has not landed yet
+        missed = guard.get("not_applied")
+        if missed is not None:
+            self.guard = None
+            why = missed.get("error") or "no reason given"
+            out.append(self._record({
+                "kind": "action", "rule": guard["rule"], "step": self.step_now,
+                "state": "not_applied", "cmd_ids": [guard["cmd_id"]],
+                "reason": f"the run did not apply the change of step {guard['step']} "
+                          f"(#{missed.get('seq')} {missed.get('decision')}: {why}); "
+                          "nothing for the guard to judge",
+            }))  # fmt: skip
+            return
         window = self.ruleset.guard_window
         after = self._key_values(after=int(guard.get("from", guard["step"])), finite=False)
         if len(after) < window:
