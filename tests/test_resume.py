@@ -727,3 +727,24 @@ def test_the_resume_entry_names_only_the_dead_lifes_entries_as_replaced(tmp_path
     assert last_old < restore["seq"] < resume["seq"]
     at = resume["resumed_from"]["seq"]
     assert f"#{at + 1}..#{last_old} ran in the life it replaced" in fmt_entry(resume, run_dir)
+
+
+def test_an_autopilot_change_in_the_resumed_life_does_not_drop_a_persons_reapplied_one(
+    tmp_path: Any,
+) -> None:
+    """A person's ``lr=0.02`` at 30 after the checkpoint at 20, the trainer killed; the
+    restarted autopilot cuts the lr at 25 in the resumed life. The person's change was left out
+    ("lr was set by a newer command"): the run trained on at the autopilot's lr. An automatic
+    controller reacts to the run; the person's change lands at its step, as it did live."""
+    person = {30: lambda c: c.opt(lr=0.02)}
+    autopilot = {25: lambda c: c.opt(lr=0.01, source="autopilot")}
+    whole = Loop(os.fspath(tmp_path / "whole")).run(60, {**autopilot, **person})
+    run_dir = os.fspath(tmp_path / "killed")
+    first = Loop(run_dir)
+    first.run(60, person, (20,), kill_after=40)
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    assert _equal(whole, second.run(60, autopilot))
+    assert second.opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    (again,) = [e for e in read_ledger(run_dir) if e["source"] == "resume"]
+    assert (again["step"], again["decision"], again["error"]) == (30, "applied", None)

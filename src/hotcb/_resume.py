@@ -201,6 +201,11 @@ class LeftOut:
     why: str
 
 
+#: Sources of the automatic controllers (the rule and LLM autopilots, the tuner): their changes
+#: in a resumed life are no newer intent than a re-applied command.
+_AUTOMATIC = frozenset({"autopilot", "ai", "tune"})
+
+
 class NewerCommands:
     """The newest command wins over a resume: which knobs a command newer than a re-applied
     one has set in this life.
@@ -234,8 +239,10 @@ class NewerCommands:
         return self.ages.get(op.cmd_id, self.now)
 
     def note(self, op: HotOp, changes: Mapping[str, Any] | None, seq: int) -> None:
-        """An applied command (ledger entry ``seq``) set the knobs it changed."""
-        if not op.cmd_id:
+        """An applied command (ledger entry ``seq``) set the knobs it changed. An automatic
+        controller's is not noted: it reacts to the run the resume is putting back on its
+        trajectory, and a person's change re-applied there wins over it, as it did live."""
+        if not op.cmd_id or op.source in _AUTOMATIC:
             return
         knobs: list[Knob]
         if op.module in ACTUATOR_MODULES or (op.module == "control" and op.op == "undo"):
