@@ -242,3 +242,47 @@ def test_beta2_alone_changes_under_a_scheduler_that_cycles_beta1(run_dir: str) -
     assert set(two["changes"]) == {"beta2", "betas"}  # the tuple moved with it: undo has both
     assert seen[-1][0]["betas"][1] == pytest.approx(0.99)
     assert one["decision"] == "rejected" and "beta2 alone: set beta2=" in one["error"], one
+
+
+def test_undo_of_a_ramp_after_a_restart_takes_back_what_the_ramp_did(run_dir: str) -> None:
+    """A ramp of the lr under a decaying schedule ends, the run is checkpointed and restarted,
+    then the ramp is undone. The ratio the ramp scaled the schedule by lived in the process:
+    the restarted run took back its endpoints' ratio instead (×3 where it was ×2.5, 20 % off
+    the schedule from there on). It is in the checkpoint now."""
+
+    def train(where: str, steps: range, send: Callable[[int, HotClient], None],
+              ck: dict[str, Any] | None = None) -> tuple[list[float], dict[str, Any]]:  # fmt: skip
+        opt, sched = decaying()
+        kernel = HotKernel(where, poll_interval_sec=0)
+        if ck is not None:
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            kernel.load_state_dict(ck["hotcb"])
+        client, lrs, saved = HotClient(where), [], {}
+        try:
+            for step in steps:
+                opt.step()
+                sched.step()
+                send(step, client)
+                kernel.apply({"step": step, "optimizer": opt, "scheduler": sched})
+                lrs.append(opt.param_groups[0]["lr"])
+                if step == 6:
+                    saved = {"opt": opt.state_dict(), "sched": sched.state_dict(),
+                             "hotcb": kernel.state_dict()}  # fmt: skip
+        finally:
+            kernel.close()
+        return lrs, saved
+
+    def send(step: int, client: HotClient) -> None:
+        if step == 0:
+            client.send("opt", "set_params", params={"lr": 0.5}, transition={"steps": 4})
+        elif step == 8:
+            client.undo()
+
+    base, _ = train(os.path.join(run_dir, "base"), range(12), lambda s, c: None)
+    whole, _ = train(os.path.join(run_dir, "whole"), range(12), send)
+    restarted = os.path.join(run_dir, "restarted")
+    _, ck = train(restarted, range(7), send)
+    resumed, _ = train(restarted, range(7, 12), send, ck)
+    assert whole[8:] == pytest.approx(base[8:])  # back on the schedule
+    assert resumed[1:] == pytest.approx(whole[8:]), (resumed, whole[7:])

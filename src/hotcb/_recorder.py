@@ -115,7 +115,9 @@ class LedgerRecorder:
                 continue
             if entry.get("undo_of"):
                 self.undone.add(str(entry["undo_of"]))
-            if entry.get("changes"):
+            # a ramp's end (``source: "ramp"``) repeats its command's cmd_id: the command's
+            # own entry, with its transition, is what an undo takes back, as in the life itself
+            if entry.get("changes") and entry.get("source") != "ramp":
                 earlier.append(entry)
             end, tune = TRIAL_ENDS.get(entry.get("op") or ""), entry.get("tune")
             if end is not None and isinstance(tune, Mapping) and tune.get("trial") is not None:

@@ -386,6 +386,9 @@ class ActuatorStream:
             # died would have (no resume re-queues those commands)
             "commanded": {k: at for k, (at, _) in self.commanded.items()},
             "relative": sorted(self.relative),
+            # the ratio each ended ramp scaled a schedule by: an undo after a restart takes
+            # back what the ramp did, not its endpoints' ratio (the schedule moved under it)
+            "ramp_factors": {c: dict(f) for c, f in self.ramp_factors.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -396,6 +399,13 @@ class ActuatorStream:
             self.commanded = {str(k): (int(at), 0) for k, at in commanded.items()
                               if isinstance(at, int) and not isinstance(at, bool)}  # fmt: skip
             self.relative = {str(k) for k in state.get("relative") or () if k in self.commanded}
+        factors = state.get("ramp_factors")
+        if isinstance(factors, Mapping):
+            self.ramp_factors = {
+                str(c): {str(k): float(v) for k, v in f.items() if isinstance(v, (int, float))}
+                for c, f in factors.items()
+                if isinstance(f, Mapping)
+            }
         self.ramps = {}
         for item in state.get("ramps") or ():
             try:

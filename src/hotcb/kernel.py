@@ -1022,6 +1022,7 @@ class HotKernel:
             "ramps": stream["ramps"],
             "commanded": stream["commanded"],  # which knobs commands set, and when (the tuner)
             "relative": stream["relative"],
+            "ramp_factors": stream["ramp_factors"],  # for an undo of a ramp after a restart
             "recipe": gate["recipe"],
             "unwritten": self._unwritten(),
         }
