@@ -155,6 +155,12 @@ describe("proposals and trials, newest first", () => {
     assert.equal(decisionLabel("kept", "rolled_back"), "kept"); // `was` only for a replaced one
   });
 
+  test("a kept trial a person undid says so, and when", () => {
+    assert.equal(decisionLabel("kept", undefined, 412), "kept, undone");
+    assert.equal(decisionLabel("rolled_back", undefined, 412), "rolled back");
+    assert.match(decisionWhy({ decision: "kept", score: 0.2, undone: 412 }), /undone at step 412/);
+  });
+
   test("the documents are not changed", () => {
     const before = JSON.stringify(STATE);
     pendingProposals(STATE);

@@ -632,7 +632,7 @@ def test_a_mutation_multiplies_the_lr_a_scheduler_has_in_force(toy: Any) -> None
         assert lr["new"] / lr["old"] == pytest.approx(sampled[m["tune"]["trial"]], rel=1e-6), m
 
 
-def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> None:
+def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any, cli: Any) -> None:
     """`undo` of a tuner mutation: the run's recipe undoes the set_params the mutation became
     (it named the bare command id, which the replay rejected), `tune export` leaves it out, and
     a replay ends at the lr the run ended at."""
@@ -653,6 +653,12 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any) -> N
     t.run(5)
     end_lr = t.lr
     assert end_lr == pytest.approx(mutate["changes"]["lr"]["old"])
+    # tune status said the trial was kept, and nothing of the undo
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    (row,) = [r for r in st["trials"] if r["trial"] == kept]
+    assert row["decision"] == "kept" and row["undone"] == read_ledger(t.kernel.run_dir)[-1]["step"]
+    assert st["counts"]["undone"] == 1
+    assert "undone: 1 of the kept" in cli(t.kernel.run_dir, "tune", "status").stdout
     path, entries = export_recipe(t.kernel.run_dir)
     undos = [e for e in entries if e.op == "undo"]
     assert [u.params for u in undos] == [{"cmd_id": f"{mutate['cmd_id']}.opt"}]

@@ -370,20 +370,36 @@ class TuneModule:
             return OpResult("rejected", error="this tune entry changed no value to undo")
         trial = (entry.get("tune") or {}).get("trial")
         if self.trial is not None and self.trial["number"] == trial:
-            reason = "its mutation was undone (control undo): not judged"
-            self._close_trial(None, "failed", reason=reason)
-            self._row(trial).update(end_step=int(env["step"]), detail={"reason": reason})
-            if self.host.is_leader:  # said in the ledger and tune status, like any void
-                self.host.record({"module": "tune", "op": "void", "source": "tune",
-                                  "decision": "applied",
-                                  "tune": {"trial": trial, "reason": reason}})  # fmt: skip
-            self._start_segment(int(env["step"]), "baseline")
+            self._void_undone(trial, int(env["step"]))
         result = self._actuate(values, env)
         if scaled:
             result.extra["on_schedule"] = scaled
+        if result.decision == "applied":
+            self._undone_keep(trial, int(env["step"]))
         if self.host.is_leader:
             self._save()
         return result
+
+    def _void_undone(self, trial: Any, step: int) -> None:
+        """The open trial's mutation undone: it cannot be judged."""
+        reason = "its mutation was undone (control undo): not judged"
+        self._close_trial(None, "failed", reason=reason)
+        self._row(trial).update(end_step=step, detail={"reason": reason})
+        if self.host.is_leader:  # said in the ledger and tune status, like any void
+            self.host.record({"module": "tune", "op": "void", "source": "tune",
+                              "decision": "applied",
+                              "tune": {"trial": trial, "reason": reason}})  # fmt: skip
+        self._start_segment(step, "baseline")
+
+    def _undone_keep(self, number: Any, step: int) -> None:
+        """A kept trial's change undone (``control undo``): its row says so, and ``counts``
+        how many (``kept`` stays the tuner's verdicts; ``tune export`` leaves it out)."""
+        row = next((r for r in reversed(self.trials)
+                    if r["trial"] == number and "study" not in r), None)  # fmt: skip
+        if row is None or row.get("decision") != "kept" or row.get("undone") is not None:
+            return
+        row["undone"] = step
+        self.counts["undone"] = self.counts.get("undone", 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (a copy: a checkpoint saved later, by an asynchronous checkpoint writer

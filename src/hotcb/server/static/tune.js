@@ -23,6 +23,7 @@ const REPLACED_WHY = "judged after the checkpoint this run was resumed from, in 
  * clear (the threshold plus the noise margin), so a positive score rolled back reads right. */
 export function decisionWhy(t) {
   if (t.decision === "replaced") return REPLACED_WHY;
+  if (t.undone != null) return `kept, then undone at step ${t.undone} (control undo): no longer in force`;
   const d = t.detail || {};
   if (d.reason) return String(d.reason);
   if (typeof t.score !== "number" || typeof d.needed !== "number") return "";
@@ -171,8 +172,9 @@ const MAX_REFUSED = 3;
 const MAX_AWAY = 20;
 
 /** "rolled back"; a trial of a replaced life: "replaced (was kept)". */
-export const decisionLabel = (d, was) => {
+export const decisionLabel = (d, was, undone) => {
   const label = DECISIONS[d] || String(d ?? "–");
+  if (d === "kept" && undone != null) return `${label}, undone`;
   return d === "replaced" && was ? `${label} (was ${DECISIONS[was] || was})` : label;
 };
 
@@ -485,7 +487,7 @@ export class TunePanel {
       const ended = this.over && t.decision === "proposed";
       const label = ended
         ? el("span", "dec tune-dec-ended", "ended")
-        : el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was));
+        : el("span", `dec tune-dec-${t.decision}`, decisionLabel(t.decision, t.was, t.undone));
       label.title = ended ? "proposed, and still pending when the run ended: nothing applied it" : decisionWhy(t);
       dec.append(label);
       tr.append(dec);
