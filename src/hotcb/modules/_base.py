@@ -92,6 +92,11 @@ class ModuleHost(Protocol):
         """Whether the last command that set ``module.key`` was a factor of the value then in
         force (``relative_to``), not a value."""
 
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Commands waiting for their ``at_step``: ``{"at_step", "cmd_id", "module", "op",
+        "params"}`` each."""
+
     def command_mark(self) -> int:
         """A mark of the commands applied so far in this process: what a module compares
         with ``commanded_since(..., after=...)`` to order commands within a step."""

@@ -1444,6 +1444,15 @@ class TuneModule:
             return
         if self.phase != "bracket" and "enabled" in self._bracket_snaps:
             self._bracket_snaps = {}  # an enable's copy that no bracket used (the leader's call)
+        if self.host.commanded_since(seg.start):
+            # a command changed a knob in this segment (a person, the autopilot, a ramp): the
+            # trend before it is not the run's any more, and a trial started now would be
+            # judged against it; two segments after it make the trend again
+            self.history = []
+            if self.phase == "backoff":
+                self.backoff = max(0, self.backoff - 1)
+            self._next(step)
+            return
         level = seg.level()
         if math.isfinite(level) and seg.values:
             if len(self.history) >= 2:  # how well the trend predicted a segment left alone
@@ -1728,7 +1737,8 @@ class TuneModule:
         if self._frozen():
             self._start_segment(step, "baseline")
             return
-        if s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending:
+        if (s.mode == "observe" or self.backoff or len(self.history) < 2 or pending or ending
+                or self._command_due(step, length)):  # fmt: skip
             self._start_segment(step, "backoff" if self.backoff else "baseline")
             return
         if not self._study_ready():
@@ -1753,6 +1763,19 @@ class TuneModule:
             self._ask_failed(exc, step)
             return
         self._start(number, sampled, knobs, step)
+
+    def _command_due(self, step: int, length: int) -> bool:
+        """Whether a command waiting for its ``at_step`` changes a knob within the next
+        segment: a trial started now would be voided by it."""
+        for p in self.host.pending:
+            at = p.get("at_step")
+            if not isinstance(at, int) or not step < at <= step + max(1, length):
+                continue
+            if p.get("module") in ("opt", "loss", "custom") or (
+                p.get("module") == "control" and p.get("op") == "undo"
+            ):
+                return True
+        return False
 
     def _frozen(self) -> bool:
         """Whether the run's freeze mode takes no live changes: then no trial and no proposal

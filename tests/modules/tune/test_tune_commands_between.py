@@ -1,0 +1,50 @@
+"""A trial is judged on what the tuner changed alone: no trial starts on a trend a command
+just broke, nor into a change already scheduled for its segment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tune_helpers import Toy, log_level
+
+from hotcb import HotClient
+
+LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
+SEGMENT = 10
+
+
+def _one_level_in(toy: Any) -> tuple[Toy, HotClient, int]:
+    """A run whose tuner has one baseline level: its next boundary would start a trial."""
+    t: Toy = toy(log_level, lr=1e-3, poll=0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=SEGMENT, seed=0,
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    t.run(1000, until=lambda: tune().mode == "active" and len(tune().history) == 1)
+    assert tune().phase == "baseline" and not t.ledger("mutate")
+    return t, client, tune().segment.start + SEGMENT - 1
+
+
+def test_no_trial_starts_on_the_trend_a_command_just_broke(toy: Any) -> None:
+    """The autopilot's lr cut landed at step 60 and the tuner's trial started at step 60 too:
+    the trial was scored against the trend from before the cut, so the cut's effect counted
+    as the trial's. The tuner now makes its trend again from the segments after the change."""
+    t, client, boundary = _one_level_in(toy)
+    t.run(boundary - 3 - t.step)
+    client.opt(lr=5e-4, source="autopilot")  # lands at the next step, in that segment
+    t.run(1000, until=lambda: bool(t.ledger("mutate")))
+    (mutate,) = t.ledger("mutate")
+    assert mutate["step"] >= boundary + 2 * SEGMENT, (mutate["step"], boundary)
+    assert mutate["changes"]["lr"]["old"] == 5e-4
+
+
+def test_no_trial_starts_into_a_change_scheduled_for_its_segment(toy: Any) -> None:
+    """``set lr=… --at-step`` due inside the next segment: a trial started there was voided by
+    it (Optuna told FAIL, the segment wasted). The tuner waits until after it."""
+    t, client, boundary = _one_level_in(toy)
+    due = boundary + SEGMENT // 2
+    client.opt(lr=5e-4, at_step=due)
+    t.run(1000, until=lambda: bool(t.ledger("mutate")))
+    (mutate,) = t.ledger("mutate")
+    assert mutate["step"] > due and mutate["changes"]["lr"]["old"] == 5e-4
+    assert not t.ledger("void")
