@@ -1,6 +1,7 @@
 """Suggest mode as a user runs it: ``hotcb autopilot --mode suggest`` (the shipped rules) in its
-own process beside a real trainer process whose loss goes NaN at step 40, spikes at steps
-60-70 and then stays flat. NaN, the spike and the plateau each proposed an lr cut, all three
+own process beside a real trainer process whose loss goes NaN at step 40 (and every 50 steps
+until the lr is cut: a proposal whose trouble is gone expires, which a loaded machine's slow
+plateau detection came after), spikes at steps 60-70 and then stays flat. NaN, the spike and the plateau each proposed an lr cut, all three
 waited on ``opt.lr``, and accepting them all cut the lr ×0.015. Now one proposal per knob
 waits at a time: the later rules' detections are ``skipped`` with a reason naming it."""
 
@@ -34,8 +35,8 @@ step = 0
 while not os.path.exists(stop) and step < 20000:
     step += 1
     loss = 1.0 + 0.001 * rng.gauss(0, 1)
-    if step == 40:
-        loss = math.nan
+    if step >= 40 and step % 50 == 40 and opt.param_groups[0]["lr"] >= 0.01:
+        loss = math.nan  # until the lr is cut: the NaN proposal's trouble stays
     elif 60 <= step <= 70:
         loss *= 20
     metrics = {"loss": loss, "lr": opt.param_groups[0]["lr"]}
