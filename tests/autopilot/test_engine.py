@@ -233,6 +233,28 @@ def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
     assert decide(lp.run_dir, proposal["id"], accept=False, by="test")["state"] == "rejected"
 
 
+def test_a_proposal_on_a_frozen_run_waits_for_the_unfreeze(loop: Any, tmp_path: Path) -> None:
+    """Accepted on a frozen run (the dashboard's Accept), the proposal was used up and its cut
+    ledgered ``ignored_freeze``: nothing changed, and the page said "accepted". It is refused
+    with the reason and stays pending; accepted after the unfreeze, it applies."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    client = HotClient(lp.run_dir)
+    client.freeze("prod")
+    lp.run(1)
+    with pytest.raises(ValueError, match=r"the run is frozen \(prod\): it ignores knob changes"):
+        decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    assert [p["state"] for p in proposals(lp.run_dir) if p["id"] == proposal["id"]] == ["pending"]
+    client.freeze("off")
+    lp.run(1)
+    decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    lp.run(2)
+    (entry,) = lp.autopilot_entries()
+    assert entry["decision"] == "applied" and lp.lr == pytest.approx(5e-3)
+
+
 def test_once_on_a_finished_run_says_what_it_found_and_proposes_nothing(
     loop: Any, tmp_path: Path, cli: Any
 ) -> None:

@@ -440,14 +440,7 @@ class Autopilot:
         return None
 
     def _frozen(self) -> str | None:
-        """Why no knob change would take: the run is frozen (``prod``, ``replay``), and
-        ignores every change of a knob that does not come from its recipe."""
-        doc = jsonl.read_json(os.path.join(self.run_dir, FREEZE), None)
-        mode = doc.get("mode") if isinstance(doc, dict) else None
-        if not isinstance(mode, str) or mode == "off":
-            return None
-        return (f"the run is frozen ({mode}): it ignores knob changes "
-                "('hotcb freeze --mode off' lifts the freeze)")  # fmt: skip
+        return frozen_reason(self.run_dir)
 
     def _tuned(self, knob: str | None) -> str | None:
         """Why a plateau or overfitting change of ``knob`` is left alone: the online tuner, in
@@ -968,6 +961,17 @@ def proposals(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def frozen_reason(run_dir: str) -> str | None:
+    """Why no knob change would take: the run is frozen (``prod``, ``replay``), and ignores
+    every change of a knob that does not come from its recipe; None when it is not."""
+    doc = jsonl.read_json(os.path.join(run_dir, FREEZE), None)
+    mode = doc.get("mode") if isinstance(doc, dict) else None
+    if not isinstance(mode, str) or mode == "off":
+        return None
+    return (f"the run is frozen ({mode}): it ignores knob changes "
+            "('hotcb freeze --mode off' lifts the freeze)")  # fmt: skip
+
+
 def decide(
     run_dir: str | os.PathLike[str], proposal_id: str, accept: bool, *, by: str = "cli"
 ) -> dict[str, Any]:
@@ -1001,6 +1005,10 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
             raise ValueError(f"the run {over}: proposal {proposal_id} ended with it; nothing "
                              "would apply it (reject it to clear it)")  # fmt: skip
         action = Action(found["action"]["name"], dict(found["action"].get("params") or {}))
+        frozen = frozen_reason(run_dir) if action.knob is not None else None
+        if frozen is not None:  # the run would ignore it: it waits, for an unfreeze
+            raise ValueError(f"{frozen}; proposal {proposal_id} stays pending: accept it "
+                             "once the run takes changes again")  # fmt: skip
         reason = f"autopilot rule {found['rule']} ({proposal_id}, accepted by {by}): " + str(
             found.get("describe", "")
         )
