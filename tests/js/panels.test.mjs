@@ -428,6 +428,38 @@ describe("Control: a value the page knows is wrong is refused at once, and the e
   });
 });
 
+describe("Control: a slider's ends are values its bounds allow, and a bound reads as the kernel writes it", () => {
+  const beta2 = { param_key: "beta2", type: "float", group: "opt", current: 0.999, initial: 0.999, min: 0, max: 0.999999 };
+
+  test("beta2's slider at its right end sends 0.999999, not a 1 the bound refuses", () => {
+    const sent = [];
+    globalThis.window = { confirm: () => true };
+    try {
+      withDocument(() => {
+        const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (a, v) => {
+          sent.push(v);
+          return "id";
+        });
+        controls.setActuators([beta2], 1);
+        const c = controls.controls.get("beta2");
+        c.range.value = String(c.range.max);
+        c.range.dispatch("change");
+        assert.equal(c.status.textContent.includes("above the maximum"), false, c.status.textContent);
+        assert.deepEqual(sent, [0.999999]);
+        assert.equal(c.hiLabel.textContent, "0.999999");
+      });
+    } finally {
+      delete globalThis.window;
+    }
+  });
+
+  test("a value just over 0.999999 is refused in words that do not contradict themselves", () => {
+    assert.equal(boundsError(beta2, 1), "beta2=1 is above the maximum 0.999999 for actuator 'beta2'");
+    assert.equal(boundsError(beta2, 0.9999995), "beta2=1 is above the maximum 0.999999 for actuator 'beta2'");
+    assert.equal(boundsError({ param_key: "lr", min: 1e-10, max: 10 }, 1e-11), "lr=1e-11 is below the minimum 1e-10 for actuator 'lr'");
+  });
+});
+
 describe("Control: a number box sends on Enter only; Escape or leaving it sends nothing", () => {
   const ce = { param_key: "ce", type: "float", group: "loss", current: 1, initial: 1, min: 0, max: null };
   const betas = { param_key: "betas", type: "tuple", group: "opt", current: [0.9, 0.999], initial: [0.9, 0.999], min: 0, max: 1 };

@@ -119,6 +119,20 @@ export function bigChange(old, next, factor = CONFIRM_FACTOR) {
   return null;
 }
 
+/** A number as the kernel writes it in its messages (Python's `{x:g}`: six significant digits,
+ * so a bound of 0.999999 does not read as 1). */
+export function fmtG(x) {
+  if (typeof x !== "number" || !Number.isFinite(x)) return String(x);
+  if (x === 0) return "0";
+  const exp = Math.floor(Math.log10(Math.abs(Number(x.toPrecision(6)))));
+  if (exp < -4 || exp >= 6) {
+    const [m, e] = x.toExponential(5).split("e");
+    const n = Number(e);
+    return `${m.replace(/\.?0+$/, "")}e${n < 0 ? "-" : "+"}${String(Math.abs(n)).padStart(2, "0")}`;
+  }
+  return String(Number(x.toPrecision(6)));
+}
+
 /** Why `value` is outside the actuator's hard bounds (its `min`/`max`, each element of a
  * tuple), in the kernel's words: "lr=-1 is below the minimum 1e-10 for actuator 'lr'"; null
  * when it is within them (or the actuator has none). The page says it before anything else:
@@ -127,8 +141,8 @@ export function boundsError(act, value) {
   const key = act.param_key;
   const check = (v, what) => {
     if (typeof v !== "number") return null;
-    if (act.min != null && v < act.min) return `${what}=${fmtValue(v)} is below the minimum ${fmtValue(act.min)} for actuator '${key}'`;
-    if (act.max != null && v > act.max) return `${what}=${fmtValue(v)} is above the maximum ${fmtValue(act.max)} for actuator '${key}'`;
+    if (act.min != null && v < act.min) return `${what}=${fmtG(v)} is below the minimum ${fmtG(act.min)} for actuator '${key}'`;
+    if (act.max != null && v > act.max) return `${what}=${fmtG(v)} is above the maximum ${fmtG(act.max)} for actuator '${key}'`;
     return null;
   };
   if (Array.isArray(value)) {
@@ -321,8 +335,10 @@ class Control {
 
   setWindow(bounds) {
     this.rangeBounds = bounds;
-    this.loLabel.textContent = fmtValue(bounds[0]);
-    this.hiLabel.textContent = fmtValue(bounds[1]);
+    // short, unless that would misread a bound (0.999999 is not 1)
+    const label = (b) => (Number(fmtValue(b)) === Number(b.toPrecision(6)) ? fmtValue(b) : fmtG(b));
+    this.loLabel.textContent = label(bounds[0]);
+    this.hiLabel.textContent = label(bounds[1]);
     this.windowRow.title = `the slider spans ${fmtValue(bounds[0])} … ${fmtValue(bounds[1])}; type a value for anything else`;
     if (this.wider) this.wider.disabled = windowAtBounds(this.act, bounds) || this.act.state === "disabled";
   }
@@ -334,7 +350,11 @@ class Control {
     if (this.act.type === "log_float") v = 10 ** (Math.log10(lo) + f * (Math.log10(hi) - Math.log10(lo)));
     else v = lo + f * (hi - lo);
     if (this.act.type === "int") return Math.round(v);
-    return Number(v.toPrecision(3));
+    // three digits, kept within the window: its ends are what the bounds allow (a beta2
+    // slider's end, 0.999999, rounded to 1 and was refused)
+    if (tick <= 0) return lo;
+    if (tick >= SLIDER_TICKS) return hi;
+    return Math.min(hi, Math.max(lo, Number(v.toPrecision(3))));
   }
 
   toSlider(v) {
