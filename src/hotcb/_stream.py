@@ -74,6 +74,11 @@ class ActuatorStream:
         #: cmd_id -> {key: factor} of the ramps that ended under an LR scheduler (the last
         #: few): an undo of one takes its ratio back from the schedule (:attr:`Ramp.factor`)
         self.ramp_factors: dict[str, dict[str, float]] = {}
+        #: the values ramps set since they were last recorded: the actuators file and
+        #: ``hotcb.knobs.jsonl`` get them at most once a second and at each ramp's end (a ramp
+        #: is a schedule of hotcb's own), at the step they were set at
+        self.ramp_moved: dict[str, Any] = {}
+        self.ramp_flush = 0.0  # time.monotonic() of the next record of ramp_moved
         self.needs_init = False  # an actuator was registered after the start
         self._model_seen = False
         self._written = -1
@@ -455,7 +460,7 @@ class ActuatorStream:
                 scheduled = act is not None and act.scheduled is not None and act.scheduled(env)
                 before = act.read(env) if scheduled and act is not None else None
                 value = ramp.value_at(step)
-                self.state.set_silently(key, value, env)
+                self.ramp_moved.update(self.state.set_silently(key, value, env))
                 if isinstance(before, (int, float)) and before > 0:  # the schedule's, replaced
                     ramp.factor *= value / before
                 self._commanded((key,), step)
@@ -468,6 +473,7 @@ class ActuatorStream:
             if step >= ramp.end_step:
                 del self.ramps[key]
                 self._ramp_ended(ramp)
+                self.ramp_flush = 0.0  # the end's value is recorded at once
                 self.state.verify(env)
                 self.state.version += 1
                 self.recorder.emit_op(
@@ -478,6 +484,21 @@ class ActuatorStream:
                     source="ramp",
                     extra={"ramp": "complete"},
                 )
+        self._record_ramp_moves(step)
+
+    def _record_ramp_moves(self, step: int) -> None:
+        """The values the ramps set, into the actuators file and ``hotcb.knobs.jsonl`` (at
+        most once a second, and at a ramp's end)."""
+        if not self.ramp_moved:
+            return
+        now = time.monotonic()
+        if now < self.ramp_flush:
+            return
+        self.ramp_flush = now + 1.0
+        moved, self.ramp_moved = self.ramp_moved, {}
+        self.state.version += 1  # the kernel writes the actuators file after this
+        if self.leader:
+            self._remember(step, moved)
 
     # ------------------------------------------------------------------ values and the file
     def _restore_values(self, env: Env) -> None:

@@ -453,6 +453,19 @@ describe("Control: a slider's ends are values its bounds allow, and a bound read
     }
   });
 
+  test("a ramp's command does not show its target as applied: the ramp has not moved yet", () => {
+    withDocument(() => {
+      const lr = { param_key: "lr", type: "log_float", group: "opt", current: 1e-3, initial: 1e-3, min: 1e-10, max: 10 };
+      const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async () => "id");
+      controls.setActuators([lr], 1);
+      const c = controls.controls.get("lr");
+      controls.onEntry({ cmd_id: "r1", decision: "applied", step: 5, transition: { steps: 300 }, changes: { lr: { old: 1e-3, new: 1e-2 } } });
+      assert.equal(c.value, 1e-3);
+      controls.onEntry({ cmd_id: "r1", decision: "applied", step: 305, source: "ramp", changes: { lr: { old: 1e-3, new: 1e-2 } } });
+      assert.equal(c.value, 1e-2);
+    });
+  });
+
   test("a value just over 0.999999 is refused in words that do not contradict themselves", () => {
     assert.equal(boundsError(beta2, 1), "beta2=1 is above the maximum 0.999999 for actuator 'beta2'");
     assert.equal(boundsError(beta2, 0.9999995), "beta2=1 is above the maximum 0.999999 for actuator 'beta2'");

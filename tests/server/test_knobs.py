@@ -170,3 +170,33 @@ def test_the_tuners_changes_are_changes_of_the_knobs(tmp_path: Any, live_server:
         assert marks == [(e["step"], e["op"], e["changes"][key]["new"]) for e in tuned], key
         assert all(c["source"] == "tune" for c in knob(doc, key)["changes"])
     run.kernel.close()
+
+
+def test_a_ramp_is_charted_as_it_moves_and_the_actuators_file_follows_it(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """``set lr=… --ramp 10``: the chart jumped to the target at the ramp's first step and
+    back to the start at its last, the actuators file (the page's control, ``hotcb status``)
+    kept the start value to the end: the ramp's moves were recorded nowhere."""
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(5)
+    HotClient(str(tmp_path / "r"), source="cli").send(
+        "opt", "set_params", params={"lr": 0.6}, transition={"steps": 10}
+    )
+    srv = live_server()
+    with srv.client() as c:
+        for _ in range(5):  # to step 9: the ramp, applied at step 5, is halfway
+            run.kernel._stream.ramp_flush = 0.0  # its once-a-second record is due
+            run.advance(1)
+        mid = knob(c.get("/api/runs/r/knobs").json(), "lr")
+        (act,) = [a for a in c.get("/api/runs/r/actuators").json()["actuators"]
+                  if a["param_key"] == "lr"]  # fmt: skip
+        assert act["current"] == run.opt.param_groups[0]["lr"] == mid["current"]
+        assert 0.1 < act["current"] < 0.6
+        ramped = [v for s, v in zip(mid["points"]["step"], mid["points"]["value"], strict=True)
+                  if s >= 5]  # fmt: skip
+        assert max(ramped) < 0.6 and ramped == sorted(ramped) and len(set(ramped)) >= 3, mid
+        run.advance(10)
+        done = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    assert done["current"] == 0.6 and done["points"]["value"][-1] == 0.6
+    run.kernel.close()

@@ -437,14 +437,21 @@ class MutableState:
             if other.state is ActuatorState.UNTOUCHED:  # a change moved it, read back
                 other.state = ActuatorState.VERIFIED
 
-    def set_silently(self, key: str, value: Any, env: Env) -> None:
-        """Apply an already validated value without bookkeeping (one step of a ramp)."""
+    def set_silently(self, key: str, value: Any, env: Env) -> dict[str, Any]:
+        """Apply an already validated value without bookkeeping (one step of a ramp); the
+        values it set: ``key``'s and those of the actuators it moved (``lr@group1``)."""
         act = self._acts[key]
         moved = act.moves(value, env) if act.moves is not None else {}
         act.apply_fn(value, env)
         act.current_value = value
         act.state = ActuatorState.UNVERIFIED
         self._follow(moved, env)
+        out = {key: value}
+        for other in moved:
+            found = self._acts.get(other)
+            if found is not None and found.current_value is not None:
+                out[other] = found.current_value
+        return out
 
     @staticmethod
     def _rollback(act: HotcbActuator, old: Any, env: Env) -> None:

@@ -338,7 +338,9 @@ class RunState:
             if _plain(initial):
                 events.append((first, 0, float(initial)))
             events += [(st, 1, v) for st, v in self.observed.get(key, ())]
-            events += [(c["step"], 2, float(c["new"])) for c in mine]
+            # a ramp's command holds the value at its step (its end entry brings the target)
+            events += [(c["step"], 2, float(c["old"] if c.get("ramp") and _plain(c["old"])
+                                            else c["new"])) for c in mine]  # fmt: skip
             end = max([last, *(e[0] for e in events)])
             if _plain(current):
                 events.append((end, 3, float(current)))

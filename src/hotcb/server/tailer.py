@@ -686,6 +686,9 @@ class KnobHistory:
                     "module": module,
                     "op": e.get("op"),
                     "undo": e.get("undo_of") is not None,
+                    # a ramp's command: ``new`` is its target, reached at the ramp's end
+                    # entry; the value holds at this step and moves in the knobs file
+                    "ramp": e.get("transition") is not None,
                 }
             )
 

@@ -616,8 +616,9 @@ export class Controls {
   onEntry(entry) {
     this.answered.set(entry.cmd_id, entry);
     if (this.answered.size > 500) this.answered.delete(this.answered.keys().next().value);
-    // values first, then the answer to our send: the box then shows the applied value
-    if (entry.decision === "applied" && entry.changes) {
+    // values first, then the answer to our send: the box then shows the applied value (a
+    // ramp's command names its target, reached at its end: the actuators file has its moves)
+    if (entry.decision === "applied" && entry.changes && !entry.transition) {
       for (const [k, ch] of Object.entries(entry.changes)) {
         const c = this.controls.get(k);
         const ours = c && (!c.sending || c.sending.cmd_id === entry.cmd_id);
