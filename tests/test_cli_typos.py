@@ -71,7 +71,9 @@ def test_a_folder_of_runs_is_refused_with_its_runs_named(tmp_path: Any, cli: Any
     runs = tmp_path / "runs"
     for name in ("exp1", "exp2"):
         assert cli(os.fspath(runs / name), "init").returncode == 0
-    for argv in (["set", "lr=1e-3"], ["pause"], ["status"], ["log"], ["tune", "status"]):
+    for argv in (["set", "lr=1e-3"], ["pause"], ["status"], ["log"], ["tune", "status"],
+                 ["init"], ["cb", "list"], ["cancel", "X"]):  # fmt: skip
+        # init made the folder a run: every command after it was queued there
         done = cli(os.fspath(runs), *argv)
         assert done.returncode == 2, (argv, done.stdout, done.stderr)
         (line,) = done.stderr.strip().splitlines()

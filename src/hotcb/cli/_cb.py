@@ -15,7 +15,7 @@ import sys
 from .. import jsonl
 from ..ledger import LedgerView
 from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish, parse_kv
+from ._common import UsageError, add_wait, client, finish, parse_kv, require_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -121,8 +121,7 @@ def cmd_set_params(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
-    if not os.path.isdir(paths.root):
-        raise UsageError(f"no run directory at {paths.root}")
+    require_run_dir(args.dir)
     meta = jsonl.read_json(paths.run_meta, {}) or {}  # when this life of the trainer began
     cbs = LedgerView.read(paths.ledger).callback_list(meta)
     if args.json:

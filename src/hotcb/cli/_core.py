@@ -16,6 +16,7 @@ from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resu
 from ..runfiles import (
     AUTOPILOT_STATE,
     RunPaths,
+    folder_of_runs,
     is_network_fs,
     other_live_trainer,
     process_alive,
@@ -148,6 +149,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     paths = RunPaths(args.dir)
     if os.path.exists(paths.root) and not os.path.isdir(paths.root):
         raise UsageError(f"{paths.root} exists and is not a directory")
+    folder = folder_of_runs(paths.root) if os.path.isdir(paths.root) else None
+    if folder is not None:  # init would make it a run: commands queued there wait for good
+        raise UsageError(f"{folder}; 'init' would make the folder a run of its own")
     os.makedirs(paths.root, exist_ok=True)
     open(paths.commands, "ab").close()
     print(paths.root)
@@ -195,6 +199,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    require_run_dir(args.dir)
     return finish(args, [client(args).cancel(_by_seq(args.dir, args.cmd_id))],
                   sent=("control", "cancel"))  # fmt: skip
 
