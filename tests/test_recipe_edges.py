@@ -213,6 +213,29 @@ def test_export_warns_of_a_restart_without_a_checkpoint(tmp_path: Any, cli: Any)
     assert [(e.step, e.params) for e in recipe.entries] == [(2, {"ce": 2.0}), (4, {"l2": 0.5})]
 
 
+def test_export_of_a_run_resumed_with_a_callback_says_no_restart(tmp_path: Any, cli: Any) -> None:
+    """A run resumed from its checkpoint with a callback loaded: the checkpoint's ``cb restore``
+    entry comes before the ``kernel resume`` one, at the checkpoint's step, and the export
+    warned "the run restarted without a checkpoint", telling the user to cut the recipe by
+    hand and so drop real changes."""
+    run_dir = os.fspath(tmp_path / "run")
+    first = StepDriver(run_dir, weights={"ce": 1.0, "l2": 0.0}, metrics_collector=False)
+    first.client.cb_load("beat", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback")
+    first.steps(5)
+    saved = first.kernel.state_dict()
+    first.steps(5, actions={8: lambda c: c.loss(l2=0.5)})  # dies without close()
+    second = StepDriver(run_dir, weights={"ce": 1.0, "l2": 0.0}, metrics_collector=False)
+    second.kernel.load_state_dict(saved)
+    second.step = saved["step"]
+    second.steps(5)
+    second.close()
+    ops = [(e["module"], e["op"]) for e in second.ledger()]
+    assert ops.index(("cb", "restore")) < ops.index(("kernel", "resume")), ops
+    done = cli(run_dir, "recipe", "export")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "warnings" not in read_recipe(RunPaths(run_dir).recipe).header
+
+
 # ----------------------------------------------------------------------------- freeze entries
 def test_a_freeze_entry_shows_the_recipe_it_replays(tmp_path: Any, cli: Any) -> None:
     """``hotcb log`` said ``mode: replay -> replay`` for a change of recipe."""

@@ -453,7 +453,9 @@ def fresh_restarts(run_dir: str | os.PathLike[str]) -> list[str]:
     out = []
     last: int | None = None
     for i, e in enumerate(ledger):
-        if e.get("module") == "kernel" or e.get("late"):
+        # a checkpoint's callbacks are restored (``cb restore``, at its step) before the kernel
+        # writes its ``kernel resume`` entry: part of the resume, not a restart
+        if e.get("module") == "kernel" or e.get("late") or e.get("op") == "restore":
             if (e.get("module"), e.get("op")) == ("kernel", "resume"):
                 last = None  # a life from a checkpoint: its steps may go back
             continue
