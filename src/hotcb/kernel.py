@@ -294,8 +294,8 @@ class HotKernel:
             elif step >= gate.next_step:
                 self._poll(env, step, events)
             if step >= self._next_due:
-                self._run_due(env, step, events)
-            if self._event_modules and deliver:
+                self._run_due(env, step, events, deliver)
+            elif self._event_modules and deliver:
                 self._dispatch(env, events)
             if self._ledger.out:
                 self.flush()
@@ -399,8 +399,12 @@ class HotKernel:
             self._next_refresh = now + 1.0
             self._stream.refresh(env)
 
-    def _run_due(self, env: Env, step: int, events: Sequence[str]) -> None:
+    def _run_due(self, env: Env, step: int, events: Sequence[str], deliver: bool) -> None:
+        """What falls due at this step, then the step's events, then the checkpoints asked
+        for (after the events: the callbacks' state in it holds this step too)."""
         if env.get("is_accumulation_step"):
+            if self._event_modules and deliver:
+                self._dispatch(env, events)
             return
         point = self._enter(step, events)
         for source in list(self._sources):
@@ -410,9 +414,11 @@ class HotKernel:
             self._stream.advance(env, point)
         if self._control.signal is not None:
             self._take_signal(env, point)
-        if self._control.due:
-            self._control.save_due(env, point)
         self._stream.write_if_changed(step)
+        if self._event_modules and deliver:
+            self._dispatch(env, events)
+        if self._control.due:
+            self._control.save_due(env, self._ledger.point)
         self._refresh_due(step)
 
     def _enter(self, step: int, events: Sequence[str]) -> SafePoint:
