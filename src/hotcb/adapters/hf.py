@@ -50,12 +50,15 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError('hotcb.adapters.hf needs transformers: pip install "hotcb[hf]"') from exc
 
-__all__ = ["STATE_FILE", "HotCBHFCallback"]
+__all__ = ["STATE_FILE", "TENSOR_STATE_FILE", "HotCBHFCallback"]
 
 log = logging.getLogger("hotcb")
 
 #: The file in an HF checkpoint folder that holds ``kernel.state_dict()``.
 STATE_FILE = "hotcb_state.json"
+#: The same state through ``torch.save``, so a callback's tensors come back as tensors (JSON
+#: holds them as lists); read first, with ``weights_only=True``.
+TENSOR_STATE_FILE = "hotcb_state.pt"
 _TRAIN = ("train_step_end",)
 _VAL = ("val_epoch_end",)
 #: Every key of the env this callback hands over; those after ``step`` are built only when the
@@ -253,7 +256,7 @@ class HotCBHFCallback(TrainerCallback):
                 self._restore(folder, state, control)
 
     def _restore(self, folder: str, state: Any, control: Any) -> None:
-        saved = jsonl.read_json(os.path.join(folder, STATE_FILE))
+        saved = _load_tensors(folder) or jsonl.read_json(os.path.join(folder, STATE_FILE))
         if saved:
             self.kernel.load_state_dict(saved)
             horizon = self.kernel.horizon.get("max_steps")
@@ -311,8 +314,10 @@ class HotCBHFCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(folder):
+            saved = self.kernel.state_dict()
             try:
-                jsonl.write_json_atomic(os.path.join(folder, STATE_FILE), self.kernel.state_dict())
+                jsonl.write_json_atomic(os.path.join(folder, STATE_FILE), saved)
+                _save_tensors(folder, saved)
             except OSError as exc:
                 log.warning("hotcb: could not write %s in %s: %s", STATE_FILE, folder, exc)
 
@@ -326,3 +331,45 @@ class HotCBHFCallback(TrainerCallback):
         if self._caught:
             self._caught = False
             self.kernel.release_signals()
+
+
+def _save_tensors(folder: str, saved: dict[str, Any]) -> None:
+    """``saved`` through ``torch.save`` beside the JSON file, when it holds a tensor (a
+    callback's state): JSON would bring it back as a list."""
+    import torch
+
+    if not _holds_tensor(saved, torch.Tensor):
+        return
+    path = os.path.join(folder, TENSOR_STATE_FILE)
+    tmp = f"{path}.tmp"
+    torch.save(saved, tmp)
+    os.replace(tmp, path)
+
+
+def _holds_tensor(obj: Any, tensor: type, depth: int = 0) -> bool:
+    if isinstance(obj, tensor):
+        return True
+    if depth > 32:
+        return False
+    if isinstance(obj, dict):
+        return any(_holds_tensor(v, tensor, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_tensor(v, tensor, depth + 1) for v in obj)
+    return False
+
+
+def _load_tensors(folder: str) -> dict[str, Any] | None:
+    """The state :func:`_save_tensors` wrote, or None (none there, or one that
+    ``weights_only`` refuses: the JSON file then)."""
+    path = os.path.join(folder, TENSOR_STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a value only pickle could bring back: never unpickled here
+        log.warning("hotcb: %s in %s not read (%s); using %s", TENSOR_STATE_FILE, folder, exc,
+                    STATE_FILE)  # fmt: skip
+        return None
+    return loaded if isinstance(loaded, dict) else None
