@@ -8,6 +8,7 @@ from typing import Any
 
 from .._protocol import CallbackBase
 from ._params import checks, choice, flag, names, number, whole
+from ._say import no_grads_reason, warn, who
 
 Env = Mapping[str, Any]
 
@@ -41,6 +42,11 @@ class AnomalyGuardCallback(CallbackBase):
 
     Commands are sent, and anomalies ledgered, at most once per ``cooldown_steps`` steps (the
     metric counts every one); commands land at the next poll, in the ledger like any other.
+
+    With ``check_grads``, a step where no trainable parameter has a gradient is said once (a
+    warning and a ledger entry): the gradients are not checked there. Under the HF Trainer, whose
+    ``zero_grad`` comes before hotcb's safe point, that is every step; its ``grad_norm`` metric
+    (in ``env["metrics"]`` at logging steps) is checked instead.
     """
 
     rank_zero_only = True  # one guard writes the commands; every rank applies them
@@ -71,26 +77,43 @@ class AnomalyGuardCallback(CallbackBase):
         self.sent: list[str] = []
         self._last_action_step: int | None = None
         self._last_record_step: int | None = None
+        self._said_no_grads = False
 
     def find(self, env: Env) -> list[str]:
         """Names of the non-finite things in env (empty: all fine)."""
+        return self._scan(env)[0]
+
+    def _scan(self, env: Env) -> tuple[list[str], bool]:
+        """``(non-finite names, whether check_grads found no gradient to check)``."""
         bad = [k for k in self.keys if k in env and not _finite(env[k])]
         metrics = env.get("metrics")
         if isinstance(metrics, Mapping):
             bad += [f"metrics.{k}" for k, v in metrics.items() if not _finite(v)]
         model = env.get("model")
-        if self.check_grads and model is not None and hasattr(model, "named_parameters"):
-            bad += [
-                f"grad.{name}"
-                for name, p in model.named_parameters()
-                if p.grad is not None and not _finite(p.grad)
-            ]
-        return bad
+        if not (self.check_grads and model is not None and hasattr(model, "named_parameters")):
+            return bad, False
+        trainable = graded = False
+        for name, p in model.named_parameters():
+            trainable = trainable or p.requires_grad
+            if p.grad is not None:
+                graded = True
+                if not _finite(p.grad):
+                    bad.append(f"grad.{name}")
+        return bad, trainable and not graded
 
     def handle(self, event: str, env: Env) -> None:
         if event != "train_step_end":
             return
-        bad = self.find(env)
+        bad, no_grads = self._scan(env)
+        if no_grads and not self._said_no_grads:
+            self._said_no_grads = True
+            warn(
+                self,
+                f"{who(self)}: check_grads is on but no parameter of env['model'] has a "
+                f"gradient at step {env.get('step')}, so no gradient is checked (env and "
+                f"env['metrics'] still are). {no_grads_reason(env)} Set check_grads=false to "
+                "leave gradients out.",
+            )
         if not bad:
             return
         step = env.get("step", 0)

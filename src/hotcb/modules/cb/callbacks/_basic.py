@@ -11,6 +11,7 @@ from .... import jsonl
 from ....runfiles import CB_LOG
 from .._protocol import CallbackBase, ParamError
 from ._params import checks, names, number, text, whole
+from ._say import say
 
 Env = Mapping[str, Any]
 
@@ -18,8 +19,9 @@ Env = Mapping[str, Any]
 class HeartbeatCallback(CallbackBase):
     """A periodic "alive" line: every ``every_steps`` steps and/or every ``every_sec`` seconds.
 
-    The line goes to ``env["log"]`` when the loop provides it, else to the ``hotcb.cb.<id>``
-    logger. It says the step, the wall time since load and the recent step rate, so a glance at
+    The line goes to ``env["log"]`` when the loop provides it; else to the ``hotcb.cb.<id>``
+    logger when logging shows its INFO lines (a handler configured, INFO enabled); else to
+    stderr, so it is seen without any set-up (no adapter gives ``env["log"]``). It says the step, the wall time since load and the recent step rate, so a glance at
     a log tells whether a long run is alive and how fast it goes. ``every_steps=0``: by time
     only.
     """
@@ -57,7 +59,7 @@ class HeartbeatCallback(CallbackBase):
             rate = f", {(step - self._last_step) / (now - self._last_t):.1f} steps/s"
         self.beats += 1
         self.last_line = f"hotcb heartbeat: step {step}, {now - self._t0:.1f}s since load{rate}"
-        self.log(self.last_line, env)
+        say(self, self.last_line, env)
         self._last_t, self._last_step = now, step
 
 

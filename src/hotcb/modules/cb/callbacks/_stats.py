@@ -10,6 +10,7 @@ from typing import Any
 
 from .._protocol import CallbackBase
 from ._params import checks, flag, names, number, whole
+from ._say import no_grads_reason, warn, who
 
 Env = Mapping[str, Any]
 
@@ -100,9 +101,14 @@ def _rss_bytes() -> int | None:
 
 
 class TensorStatsCallback(CallbackBase):
-    """mean / std / min / max of named tensors in env (default ``loss``) → metrics
-    ``<name>/mean`` … every ``every_steps`` steps. Numbers are accepted too; a missing key is
-    skipped. ``std`` is the population std (0 for one element, never NaN)."""
+    """mean / std / min / max of named tensors (default ``loss``) → metrics ``<name>/mean`` …
+    every ``every_steps`` steps. A name is looked up in env, then in ``env["metrics"]`` (where
+    the adapters and a loop that logs put the loss). Numbers are accepted too. ``std`` is the
+    population std (0 for one element, never NaN).
+
+    A name that is in neither is skipped; one never found is said once (a warning and a ledger
+    entry) after :data:`MISSES_WITH_METRICS` measured steps whose env had ``metrics`` without
+    it, or :data:`MISSES` measured steps in all (a loop may log only every so many steps)."""
 
     _param_checks = checks(keys=names("keys"), every_steps=whole("every_steps", 1))
 
@@ -111,22 +117,65 @@ class TensorStatsCallback(CallbackBase):
         self.keys = c["keys"](keys)
         self.every_steps = c["every_steps"](every_steps)
         self.last: dict[str, float] = {}
+        # a key not found yet -> [misses at steps with metrics, misses in all]; a key found
+        # once, or said missing, leaves it for good
+        self._misses: dict[str, list[int]] = {}
+        self._settled: set[str] = set()
 
     def handle(self, event: str, env: Env) -> None:
         step = _due_step(event, env, self.every_steps)
         if step is None:
             return
+        metrics = env.get("metrics")
+        if not isinstance(metrics, Mapping):
+            metrics = None
         out: dict[str, float] = {}
         for key in self.keys:
             value = env.get(key)
-            if value is None:
+            if value is None and metrics is not None:
+                value = metrics.get(key)
+            stats = tensor_stats(value) if value is not None else None
+            if stats is None:
+                if key not in self._settled:
+                    self._missed(key, step, env, metrics)
                 continue
-            stats = tensor_stats(value)
-            if stats is not None:
-                for name, v in stats.items():
-                    out[f"{key}/{name}"] = v
+            self._settled.add(key)
+            for name, v in stats.items():
+                out[f"{key}/{name}"] = v
         self.last = out
         self.log_metrics(step, out, env.get("epoch"))
+
+    def _missed(self, key: str, step: Any, env: Env, metrics: Mapping[str, Any] | None) -> None:
+        counts = self._misses.setdefault(key, [0, 0])
+        if metrics is not None:
+            counts[0] += 1
+        counts[1] += 1
+        if counts[0] < MISSES_WITH_METRICS and counts[1] < MISSES:
+            return
+        self._settled.add(key)
+        del self._misses[key]
+        have = sorted(k for k in env if k not in ("step", "metrics") and _measurable(env[k]))
+        logged = "absent" if metrics is None else ", ".join(sorted(metrics)) or "empty"
+        warn(
+            self,
+            f"{who(self)}: no tensor or number named {key!r} in env or env['metrics'] at the "
+            f"{counts[1]} steps it measured up to step {step}, so it records nothing for it "
+            f"(tensors and numbers in env: {', '.join(have) or 'none'}; env['metrics']: "
+            f"{logged}). Set keys to names the loop hands over (cb set_params ID keys=...).",
+        )
+
+
+#: :class:`TensorStatsCallback` says a key is missing after this many measured steps whose env
+#: had ``metrics`` without it ...
+MISSES_WITH_METRICS = 10
+#: ... or after this many measured steps in all.
+MISSES = 1000
+
+
+def _measurable(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or callable(
+        getattr(value, "detach", None)
+    )
 
 
 def tensor_stats(value: Any) -> dict[str, float] | None:
@@ -158,7 +207,11 @@ class GradStatsCallback(CallbackBase):
     ``per_layer``, ``grad/norm/<layer>`` (a layer is the module that owns the parameters, e.g.
     ``0`` for ``0.weight`` and ``0.bias``). Call it where gradients exist: after
     ``backward()`` (the usual ``kernel.apply`` after ``optimizer.step()`` qualifies as long as
-    ``zero_grad`` runs at the start of the next step)."""
+    ``zero_grad`` runs at the start of the next step).
+
+    A step where no trainable parameter has a gradient records nothing and is said once (a
+    warning and a ledger entry): under the HF Trainer, whose ``zero_grad`` comes before
+    hotcb's safe point, that is every step (the Trainer's own ``grad_norm`` metric is there)."""
 
     _param_checks = checks(
         every_steps=whole("every_steps", 1),
@@ -172,6 +225,7 @@ class GradStatsCallback(CallbackBase):
         self.per_layer = c["per_layer"](per_layer)
         self.norm_type = c["norm_type"](norm_type)
         self.last: dict[str, float] = {}
+        self._said_no_grads = False
 
     def handle(self, event: str, env: Env) -> None:
         step = _due_step(event, env, self.every_steps)
@@ -183,6 +237,13 @@ class GradStatsCallback(CallbackBase):
         self.last = grad_norms(model, self.norm_type, self.per_layer)
         if self.last:
             self.log_metrics(step, self.last, env.get("epoch"))
+        elif not self._said_no_grads and any(p.requires_grad for p in model.parameters()):
+            self._said_no_grads = True
+            warn(
+                self,
+                f"{who(self)}: no parameter of env['model'] has a gradient at step {step}, so "
+                f"it records nothing. {no_grads_reason(env)}",
+            )
 
 
 def grad_norms(model: Any, norm_type: float = 2.0, per_layer: bool = True) -> dict[str, float]:
