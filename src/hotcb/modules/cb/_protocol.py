@@ -7,6 +7,7 @@ A hot callback needs only ``handle(event, env)``. Everything else is optional an
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,12 +96,24 @@ class CallbackContext:
         )
 
     def log(self, message: str, env: Env | None = None) -> None:
-        """A line for the user: through ``env["log"]`` when the loop gave one, else logging."""
-        fn = env.get("log") if env is not None else None
-        if callable(fn):
-            fn(message)
-        else:
-            logging.getLogger(f"hotcb.cb.{self.id}").info(message)
+        """A line for the user: through ``env["log"]`` when the loop gave one, else the
+        ``hotcb.cb.<id>`` logger when logging shows it, else stderr (:func:`user_line`)."""
+        user_line(f"hotcb.cb.{self.id}", message, env)
+
+
+def user_line(logger_name: str, message: str, env: Env | None = None) -> None:
+    """A line a callback means the user to see, without any logging set-up (Python shows no
+    INFO line by default): to ``env["log"]`` when the loop gives one; else to the logger when
+    logging would show it (a handler for it or an ancestor, INFO enabled); else on stderr."""
+    fn = env.get("log") if env is not None else None
+    if callable(fn):
+        fn(message)
+        return
+    logger = logging.getLogger(logger_name)
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+        logger.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 class CallbackBase:
@@ -176,11 +189,7 @@ class CallbackBase:
         if self.ctx is not None:
             self.ctx.log(message, env)
             return
-        fn = env.get("log") if env is not None else None
-        if callable(fn):
-            fn(message)
-        else:
-            logging.getLogger("hotcb.cb").info(message)
+        user_line("hotcb.cb", message, env)
 
 
 class LambdaCallback(CallbackBase):

@@ -9,11 +9,10 @@ callback that records nothing and says nothing looks like a callback that works.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .._protocol import CallbackBase
+from .._protocol import CallbackBase, user_line
 
 Env = Mapping[str, Any]
 
@@ -26,15 +25,7 @@ def say(cb: CallbackBase, line: str, env: Env) -> None:
     """A line the user loaded ``cb`` to see: to ``env["log"]`` when the loop gives one; else
     to the ``hotcb.cb.<id>`` logger when logging would show it (a handler configured for it or
     an ancestor, INFO enabled); else on stderr."""
-    fn = env.get("log")
-    if callable(fn):
-        fn(line)
-        return
-    logger = _logger(cb)
-    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
-        logger.info(line)
-    else:
-        print(line, file=sys.stderr, flush=True)
+    user_line(_logger(cb).name, line, env)
 
 
 def warn(cb: CallbackBase, message: str) -> None:
