@@ -9,10 +9,11 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonl
-from ..runfiles import redact_url
+from ..runfiles import RUN_META, process_alive, redact_url
 from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
@@ -32,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the rule autopilot: watch a run (or a folder of runs) and act on plateaus, "
         "divergence, spikes, NaN, overfitting",
         description="Without a sub-command: run the autopilot until the run ends (Ctrl-C "
-        "stops it). In suggest mode its proposals wait for 'hotcb autopilot accept ID'.",
+        "stops it). On a folder of runs: one autopilot per live run in it (up to 2 levels "
+        "down), runs started later too, until Ctrl-C. In suggest mode its proposals wait for "
+        "'hotcb autopilot accept ID'.",
     )
     ap.add_argument("--mode", choices=("suggest", "auto", "ai_suggest", "ai_auto", "off"),
                     default="suggest",
@@ -49,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ap.add_argument("--interval", type=seconds, default=1.0,
                     help="seconds between rounds (default 1)")  # fmt: skip
-    ap.add_argument("--once", action="store_true", help="one round, then exit")
+    ap.add_argument("--once", action="store_true",
+                    help="one round, then exit (a folder: over the runs there now)")  # fmt: skip
     add_ai_flags(ap)
     from ._notify import add_notify_flags
 
@@ -101,16 +105,72 @@ def ai_config(path: str | None, base_url: str | None, model: str | None,
         raise UsageError(f"cannot read --ai-config {path}: {exc.strerror}") from None
 
 
-def _runs(root: str) -> list[str]:
-    """``root`` itself when it is a run, else the runs directly inside it."""
-    if os.path.exists(os.path.join(root, "hotcb.run.json")):
+#: How deep a folder of runs is searched: ``hotcb serve``'s default ``scan_depth``, so that
+#: ``runs/a`` and ``runs/sweep/a`` both get an autopilot. The server's scan
+#: (``hotcb.server.runs.discover``) lives with the dashboard, which needs pydantic; the core
+#: CLI does not, hence this walk of the same depth over the same folders.
+SCAN_DEPTH = 2
+
+
+def _is_run(path: str) -> bool:
+    """A trainer's kernel opened a run here (``hotcb.run.json``)."""
+    return os.path.exists(os.path.join(path, RUN_META))
+
+
+def _runs(root: str, depth: int = SCAN_DEPTH) -> list[str]:
+    """``root`` itself when it is a run, else the runs under it, up to ``depth`` levels down,
+    sorted. Links and hidden, ``hotcb.*`` and ``__*`` folders are not entered, as in
+    ``hotcb serve``."""
+    if _is_run(root):
         return [root]
-    if not os.path.isdir(root):  # not there yet: the trainer creates it
-        return []
-    return sorted(
-        os.path.join(root, d) for d in os.listdir(root)
-        if os.path.exists(os.path.join(root, d, "hotcb.run.json"))
-    )  # fmt: skip
+    found: list[str] = []
+
+    def walk(path: str, level: int) -> None:
+        try:
+            with os.scandir(path) as it:
+                subdirs = sorted(e.path for e in it if e.is_dir(follow_symlinks=False)
+                                 and not e.name.startswith((".", "hotcb.", "__")))  # fmt: skip
+        except OSError:  # not there yet (the trainer creates it), or unreadable
+            return
+        for sub in subdirs:
+            if _is_run(sub):
+                found.append(sub)
+            if level + 1 < depth:
+                walk(sub, level + 1)
+
+    walk(root, 0)
+    return found
+
+
+def _live(run: str) -> bool:
+    """The run's training goes on: its kernel has not closed it and its process is not known
+    to be gone (what :attr:`Autopilot.ended <hotcb.autopilot.engine.Autopilot.ended>` reads,
+    without claiming the run: a run that is over gets no autopilot file)."""
+    meta = jsonl.read_json(os.path.join(run, RUN_META), None)
+    return (
+        isinstance(meta, dict)
+        and not isinstance(meta.get("ended"), dict)
+        and process_alive(meta) is not False
+    )
+
+
+@dataclass
+class _Fleet:
+    """The runs one ``hotcb autopilot`` drives: the run given, or the live runs of a folder."""
+
+    pilots: dict[str, Any] = field(default_factory=dict)  # run -> its Autopilot
+    notifiers: dict[str, Any] = field(default_factory=dict)  # run -> its Notifier (--notify)
+    retired: list[Any] = field(default_factory=list)  # notifiers of ended runs, closed on exit
+    busy: set[str] = field(default_factory=set)  # runs another live autopilot drives
+    #: in a folder: runs that are over, left alone (no autopilot, no file written), by how
+    left: dict[str, str] = field(default_factory=dict)
+    announced: bool = False  # the folder's watch was said
+
+    def close(self) -> None:
+        for pilot in self.pilots.values():
+            pilot.close()
+        for notifier in [*self.notifiers.values(), *self.retired]:
+            notifier.close()
 
 
 def require_rules_file(path: str | None, flag: str) -> None:
@@ -128,8 +188,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.once:
         require_run_dir(args.dir, folder_ok=True)  # a folder: one autopilot per run
     require_rules_file(args.rules, "--rules")
-    pilots: dict[str, Any] = {}
-    notifiers: dict[str, Any] = {}  # run -> Notifier (--notify), stepped in the same loop
     notify = notify_config(args)
     ai = None
     if args.mode.startswith("ai_"):
@@ -139,42 +197,54 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"hotcb autopilot: asking {ai.model} at {url} (budget ${ai.budget_usd:g} per run)",
               flush=True)  # fmt: skip
 
-    busy: set[str] = set()  # runs another live autopilot drives
+    fleet = _Fleet()
+
+    def attach(run: str) -> None:
+        try:
+            fleet.pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
+                                          key_metric=args.key_metric, direction=args.direction,
+                                          ai=ai)  # fmt: skip
+        except AutopilotBusy as exc:
+            if os.path.samefile(run, args.dir):  # the one run asked for
+                raise UsageError(str(exc)) from None
+            fleet.busy.add(run)  # in a folder of runs: leave it to the other one
+            print(f"hotcb autopilot: {exc}; leaving it", flush=True)
+            return
+        said = "" if args.direction else " (direction from its name; --direction sets it)"
+        print(f"hotcb autopilot ({args.mode}) on {run}; key metric {args.key_metric}, "
+              f"{fleet.pilots[run].direction}{said}", flush=True)  # fmt: skip
+        if notify is not None:
+            fleet.notifiers[run] = Notifier(run, notify)
 
     def refresh() -> None:
-        for run in _runs(args.dir):
-            if run in pilots or run in busy:
+        runs = _runs(args.dir)
+        folder = bool(runs) and not _is_run(args.dir)
+        if folder and not args.once and not fleet.announced:
+            fleet.announced = True
+            print(f"hotcb autopilot: watching the runs in {args.dir} (up to {SCAN_DEPTH} "
+                  "levels down), those started later too, until Ctrl-C; a run that is over "
+                  "is left alone", flush=True)  # fmt: skip
+        for run in runs:
+            if run in fleet.pilots or run in fleet.busy:
                 continue
-            try:
-                pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
-                                        key_metric=args.key_metric, direction=args.direction,
-                                        ai=ai)  # fmt: skip
-            except AutopilotBusy as exc:
-                if os.path.samefile(run, args.dir):  # the one run asked for
-                    raise UsageError(str(exc)) from None
-                busy.add(run)  # in a folder of runs: leave it to the other one
-                print(f"hotcb autopilot: {exc}; leaving it", flush=True)
+            if folder and not _live(run):  # looked at again each round: it may start again
+                fleet.left[run] = ended(run) or "ended"
                 continue
-            said = "" if args.direction else " (direction from its name; --direction sets it)"
-            print(f"hotcb autopilot ({args.mode}) on {run}; key metric {args.key_metric}, "
-                  f"{pilots[run].direction}{said}", flush=True)  # fmt: skip
-            if notify is not None:
-                notifiers[run] = Notifier(run, notify)
+            fleet.left.pop(run, None)
+            attach(run)
 
     try:
-        return _loop(args, pilots, refresh, notifiers)
+        return _loop(args, fleet, refresh)
     finally:
-        for pilot in pilots.values():
-            pilot.close()
-        for notifier in notifiers.values():
-            notifier.close()
+        fleet.close()
 
 
-def _loop(
-    args: argparse.Namespace, pilots: dict[str, Any], refresh: Any, notifiers: dict[str, Any]
-) -> int:
+def _loop(args: argparse.Namespace, fleet: _Fleet, refresh: Any) -> int:
+    """Rounds until the run given ends (a folder of runs: until Ctrl-C or SIGTERM), or one
+    round with ``--once``."""
     refresh()
-    if not pilots:
+    pilots = fleet.pilots
+    if not (pilots or fleet.left or fleet.busy):
         where = args.dir if os.path.isdir(args.dir) else os.path.abspath(args.dir)
         if args.once:  # one round: nothing to look at
             print(f"hotcb autopilot: no run under {where} yet: nothing to look at", flush=True)
@@ -187,24 +257,56 @@ def _loop(
     try:
         while True:
             for run, pilot in list(pilots.items()):
-                for rec in pilot.step():
-                    print(_line(rec), flush=True)
-                    said[run] = said.get(run, 0) + 1
+                said[run] = said.get(run, 0) + _step(pilot)
             if args.once:
                 for run, n in _finish_calls(pilots).items():
                     said[run] = said.get(run, 0) + n
                 _say_round(pilots, said)
-            for notifier in notifiers.values():
+                _say_left(fleet.left)
+            for notifier in fleet.notifiers.values():
                 notifier.step()
             seen_alive.update(run for run, p in pilots.items() if not p.ended)
-            if args.once or (pilots and all(_over(run, p, seen_alive, told)
-                                            for run, p in pilots.items())):  # fmt: skip
+            if args.once or (_is_run(args.dir) and pilots and all(
+                    _over(run, p, seen_alive, told) for run, p in pilots.items())):  # fmt: skip
                 _say_ended(pilots, args.once)
                 return 0
+            if not _is_run(args.dir):  # a folder of runs: watched until Ctrl-C
+                _retire(fleet, args.dir)
             time.sleep(args.interval)
             refresh()
     except KeyboardInterrupt:
         return 0
+
+
+def _step(pilot: Any) -> int:
+    """One round of ``pilot``; the records it printed."""
+    records = pilot.step()
+    for rec in records:
+        print(_line(rec), flush=True)
+    return len(records)
+
+
+def _retire(fleet: _Fleet, folder: str) -> None:
+    """In a folder of runs: a run whose training ended leaves the watch after a last round
+    (what came with its end), and its autopilot frees it. Started again in its directory (a
+    resume, a restart after a crash), it is picked up again."""
+    for run, pilot in list(fleet.pilots.items()):
+        if not pilot.ended:
+            continue
+        _step(pilot)
+        if pilot.crashed:
+            print(f"hotcb autopilot: the training process of {run} is gone without closing "
+                  f"the run (crashed or killed); still watching {folder}", flush=True)  # fmt: skip
+        else:
+            print(f"hotcb autopilot: the run {run} {ended(run) or 'ended'}; still watching "
+                  f"{folder}", flush=True)  # fmt: skip
+        pilot.close()
+        del fleet.pilots[run]
+        notifier = fleet.notifiers.pop(run, None)
+        if notifier is not None:
+            notifier.step()  # what came with the end (a crash)
+            notifier.end()  # its workers deliver what is queued, then end
+            fleet.retired.append(notifier)
 
 
 def _over(run: str, pilot: Any, seen_alive: set[str], told: set[str]) -> bool:
@@ -246,6 +348,14 @@ def _say_round(pilots: dict[str, Any], said: dict[str, int]) -> None:
         over = ended(run) if pilot.ended and not pilot.crashed else None
         tail = f" (the run {over})" if over else ""
         print(f"hotcb autopilot: one round on {run} {upto}: {found}{tail}", flush=True)
+
+
+def _say_left(left: dict[str, str]) -> None:
+    """``--once`` on a folder: each run that is over, left alone (nothing would apply an
+    action there, and no autopilot file is written into it)."""
+    for run, over in left.items():
+        print(f"hotcb autopilot: {run}: the run {over}; left alone ('hotcb --dir {run} "
+              "autopilot --once' checks it all the same)", flush=True)  # fmt: skip
 
 
 def _say_ended(pilots: dict[str, Any], once: bool) -> None:
