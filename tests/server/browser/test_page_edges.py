@@ -159,6 +159,32 @@ def test_a_number_box_sends_on_enter_only(
 
 
 # ------------------------------------------------------------------------------ a gone run
+def test_a_compared_run_deleted_can_be_taken_off_the_charts(
+    page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
+) -> None:
+    """``?run=a&compare=b``, then b's folder deleted: b left the compare list (its checkbox
+    with it) while its curves stayed on every chart; only editing the URL took them off."""
+    run_a, run_b = trainer("a"), trainer("b")
+    srv = serve_dir(os.fspath(tmp_path / "runs"))
+    page.goto(srv.page_url("a") + "&compare=b")
+    wait_page(page, "d.connected && d.compare.includes('b')", 60)
+    page.wait_for_function(  # b's curves are drawn (its history loaded, not still asked for)
+        "() => { const b = window.hotcb.app.data.get('b'); return b && !b.loading && b.series.size; }",
+        timeout=60000,
+    )
+    stop(run_b)
+    shutil.rmtree(run_b.path)
+    page.locator("#compare summary").click()  # the user opens the compare list
+    gone = page.locator("#compare-list label.compare-gone", has_text="b (no longer on disk)")
+    gone.wait_for(timeout=60000)  # the runs list is polled every 10 s
+    box = gone.locator("input[type=checkbox]")
+    assert box.is_checked()
+    box.uncheck()
+    wait_page(page, "!d.compare.includes('b')")
+    assert "compare=" not in page.url, page.url
+    stop(run_a)
+
+
 def test_a_run_deleted_while_shown_says_gone_backs_off_and_comes_back(
     page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
 ) -> None:

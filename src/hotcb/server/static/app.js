@@ -734,29 +734,43 @@ async function refreshRuns() {
   renderCompareList();
 }
 
+/** A compare list's row: a checkbox that adds `runId` to the charts or takes it off. */
+function compareItem(runId, text, depth) {
+  const lab = document.createElement("label");
+  lab.className = "compare-item";
+  lab.dataset.depth = String(depth);
+  if (depth) lab.style.paddingLeft = `${depth * 1.2}em`;
+  const cb = document.createElement("input");
+  cb.type = "checkbox";
+  cb.value = runId;
+  cb.checked = app.compare.has(runId);
+  cb.addEventListener("change", () => {
+    if (cb.checked) app.compare.add(runId);
+    else app.compare.delete(runId);
+    setUrl();
+    onCompareChange(runId, cb.checked);
+  });
+  lab.append(cb, document.createTextNode(` ${text}`));
+  return lab;
+}
+
 function renderCompareList() {
   const box = $("compare-list");
   box.textContent = "";
   const others = runTree(app.runs).filter((t) => t.run.run_id !== app.runId);
-  if (!others.length) {
+  // a compared run whose folder went: still listed, so its curves can be taken off the charts
+  const listed = new Set(others.map((t) => t.run.run_id));
+  const gone = [...app.compare].filter((id) => id !== app.runId && !listed.has(id));
+  if (!others.length && !gone.length) {
     box.innerHTML = '<p class="muted">no other runs under the served folder</p>';
   }
+  for (const id of gone) {
+    const lab = compareItem(id, `${id} (no longer on disk)`, 0);
+    lab.classList.add("compare-gone");
+    box.append(lab);
+  }
   for (const { run: r, depth, label } of others) {
-    const lab = document.createElement("label");
-    lab.className = "compare-item";
-    lab.dataset.depth = String(depth);
-    if (depth) lab.style.paddingLeft = `${depth * 1.2}em`;
-    const cb = document.createElement("input");
-    cb.type = "checkbox";
-    cb.value = r.run_id;
-    cb.checked = app.compare.has(r.run_id);
-    cb.addEventListener("change", () => {
-      if (cb.checked) app.compare.add(r.run_id);
-      else app.compare.delete(r.run_id);
-      setUrl();
-      onCompareChange(r.run_id, cb.checked);
-    });
-    lab.append(cb, document.createTextNode(` ${runListName(r)}`));
+    const lab = compareItem(r.run_id, runListName(r), depth);
     const stepEl = document.createElement("span"); // filled by renderCompareSteps
     stepEl.className = "muted small compare-step";
     stepEl.dataset.run = r.run_id;
