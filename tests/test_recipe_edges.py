@@ -231,6 +231,8 @@ def test_export_of_a_run_resumed_with_a_callback_says_no_restart(tmp_path: Any, 
     second.close()
     ops = [(e["module"], e["op"]) for e in second.ledger()]
     assert ops.index(("cb", "restore")) < ops.index(("kernel", "resume")), ops
+    # `hotcb log` names what came back (it said only "cb restore -> noop")
+    assert "cb restore -> noop: beat back from the checkpoint" in cli(run_dir, "log").stdout
     done = cli(run_dir, "recipe", "export")
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "warnings" not in read_recipe(RunPaths(run_dir).recipe).header

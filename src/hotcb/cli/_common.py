@@ -278,6 +278,9 @@ def _module_facts(e: Mapping[str, Any]) -> str:
         return _on_schedule(e) + _without_trial(e)
     if isinstance(e.get("rebased"), dict) and e["rebased"]:
         return _rebased(e["rebased"])
+    restored = e.get("restored")
+    if e.get("module") == "cb" and e.get("op") == "restore" and isinstance(restored, list):
+        return f": {', '.join(map(str, restored)) or 'no callback'} back from the checkpoint"
     came = e.get("resumed_from")
     if e.get("module") == "kernel" and e.get("op") == "resume" and isinstance(came, dict):
         # the dead life's last entry (before this field: the one before this entry, which
