@@ -84,6 +84,18 @@ def test_a_folder_of_runs_is_refused_with_its_runs_named(tmp_path: Any, cli: Any
         HotClient(runs).pause()
 
 
+def test_a_folder_whose_runs_lie_a_level_deeper_is_refused_too(tmp_path: Any, cli: Any) -> None:
+    """``runs/sweep/a``, which ``hotcb serve --dir runs`` lists: ``--dir runs`` for a command
+    was taken for a run (``stop`` queued, ``init`` made it one, the page then listed it)."""
+    runs = tmp_path / "runs"
+    assert cli(os.fspath(runs / "sweep" / "a"), "init").returncode == 0
+    for argv in (["init"], ["stop"], ["freeze", "--mode", "prod"], ["undo"]):
+        done = cli(os.fspath(runs), *argv)
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        assert f"{runs} is a folder of runs (sweep/a), not a run" in done.stderr, argv
+    assert sorted(os.listdir(runs)) == ["sweep"]
+
+
 def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) -> None:
     kernel = HotKernel(run_dir)  # no apply() yet
     try:

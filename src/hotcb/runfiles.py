@@ -176,15 +176,44 @@ def is_run_dir(path: str) -> bool:
     )
 
 
+#: How many levels below a folder of runs ``hotcb serve`` and the CLI look for runs.
+SCAN_DEPTH = 2
+
+
+def discover_runs(
+    root: str, depth: int = SCAN_DEPTH, is_run: Callable[[str], bool] = is_run_dir
+) -> list[str]:
+    """The runs at and under ``root`` (``is_run``), up to ``depth`` levels down: their paths
+    relative to ``root`` with ``/`` (``"."`` for the root itself), sorted. Links and hidden,
+    ``hotcb.*`` and ``__*`` folders are not entered."""
+    found: list[str] = []
+
+    def walk(path: str, level: int) -> None:
+        if is_run(path):
+            rel = os.path.relpath(path, root)
+            found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
+        if level >= depth:
+            return
+        try:
+            with os.scandir(path) as it:
+                subdirs = sorted(e.path for e in it if e.is_dir(follow_symlinks=False)
+                                 and not e.name.startswith((".", "hotcb.", "__")))  # fmt: skip
+        except OSError:  # not there (yet), or unreadable
+            return
+        for sub in subdirs:
+            walk(sub, level + 1)
+
+    walk(root, 0)
+    return found
+
+
 def folder_of_runs(path: str) -> str | None:
-    """Why ``path`` is not a run but a folder of them (``hotcb serve``'s kind), or None: it
-    holds no hotcb file of its own and some of its sub-directories are runs."""
+    """Why ``path`` is not a run but a folder of them (``hotcb serve``'s kind, runs up to
+    :data:`SCAN_DEPTH` levels down), or None: it holds no hotcb file of its own and runs lie
+    under it."""
     if is_run_dir(path):
         return None
-    try:
-        names = sorted(e.name for e in os.scandir(path) if e.is_dir() and is_run_dir(e.path))
-    except OSError:
-        return None
+    names = discover_runs(path)
     if not names:
         return None
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

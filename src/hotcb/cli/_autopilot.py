@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonl
-from ..runfiles import RUN_META, process_alive, redact_url
+from ..runfiles import RUN_META, SCAN_DEPTH, discover_runs, process_alive, redact_url
 from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
@@ -109,9 +109,6 @@ def ai_config(path: str | None, base_url: str | None, model: str | None,
 #: ``runs/a`` and ``runs/sweep/a`` both get an autopilot. The server's scan
 #: (``hotcb.server.runs.discover``) lives with the dashboard, which needs pydantic; the core
 #: CLI does not, hence this walk of the same depth over the same folders.
-SCAN_DEPTH = 2
-
-
 def _is_run(path: str) -> bool:
     """A trainer's kernel opened a run here (``hotcb.run.json``)."""
     return os.path.exists(os.path.join(path, RUN_META))
@@ -119,27 +116,10 @@ def _is_run(path: str) -> bool:
 
 def _runs(root: str, depth: int = SCAN_DEPTH) -> list[str]:
     """``root`` itself when it is a run, else the runs under it, up to ``depth`` levels down,
-    sorted. Links and hidden, ``hotcb.*`` and ``__*`` folders are not entered, as in
-    ``hotcb serve``."""
+    sorted, as ``hotcb serve`` finds them (:func:`hotcb.runfiles.discover_runs`)."""
     if _is_run(root):
         return [root]
-    found: list[str] = []
-
-    def walk(path: str, level: int) -> None:
-        try:
-            with os.scandir(path) as it:
-                subdirs = sorted(e.path for e in it if e.is_dir(follow_symlinks=False)
-                                 and not e.name.startswith((".", "hotcb.", "__")))  # fmt: skip
-        except OSError:  # not there yet (the trainer creates it), or unreadable
-            return
-        for sub in subdirs:
-            if _is_run(sub):
-                found.append(sub)
-            if level + 1 < depth:
-                walk(sub, level + 1)
-
-    walk(root, 0)
-    return found
+    return [os.path.join(root, rel) for rel in discover_runs(root, depth, _is_run)]
 
 
 def _live(run: str) -> bool:

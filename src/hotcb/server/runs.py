@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import current_step
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, discover_runs
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
 from .hub import Hub
@@ -76,29 +76,7 @@ def _last_wall_time(rec: dict[str, Any] | None) -> float | None:
 
 def discover(root: str, depth: int) -> list[str]:
     """Run ids under ``root`` (``"."`` for the root itself), sorted, up to ``depth`` levels."""
-    found: list[str] = []
-
-    def walk(path: str, level: int) -> None:
-        if _has_hotcb_file(path):
-            rel = os.path.relpath(path, root)
-            found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
-        if level >= depth:
-            return
-        try:
-            with os.scandir(path) as it:
-                subdirs = sorted(
-                    e.path
-                    for e in it
-                    if e.is_dir(follow_symlinks=False)
-                    and not e.name.startswith((".", "hotcb.", "__"))
-                )
-        except OSError:
-            return
-        for sub in subdirs:
-            walk(sub, level + 1)
-
-    walk(root, 0)
-    return found
+    return discover_runs(root, depth, _has_hotcb_file)
 
 
 def run_dirs(root: str, depth: int) -> list[str]:
