@@ -8,6 +8,7 @@ from typing import Any
 from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
+from hotcb.testing import wait_for
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
 SEGMENT = 10
@@ -48,3 +49,28 @@ def test_no_trial_starts_into_a_change_scheduled_for_its_segment(toy: Any) -> No
     (mutate,) = t.ledger("mutate")
     assert mutate["step"] > due and mutate["changes"]["lr"]["old"] == 5e-4
     assert not t.ledger("void")
+
+
+def test_an_answer_that_lands_before_a_scheduled_change_starts_no_trial(
+    toy: Any, held_ask: Any
+) -> None:
+    """Asked in the background, the trial's answer came after ``set lr=… --at-step`` was
+    scheduled inside the segment it would start: the trial started and the change voided it.
+    The answer is told FAIL with the reason, and the next trial comes after the change."""
+    t: Toy = toy(log_level, lr=1e-3, poll=0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=SEGMENT, seed=0,
+                       space=LR_ONLY)  # fmt: skip
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    t.run(100_000, until=lambda: tune().asking is not None)  # a trial asked for, held
+    due = t.step + SEGMENT // 2
+    client.opt(lr=5e-4, at_step=due)
+    t.run(2)  # the command is read and scheduled
+    held_ask.set()
+    future = tune().asking["future"]
+    wait_for(future.done, timeout=60, what="Optuna's answer")  # lands at the next step
+    t.run(1000, until=lambda: bool(t.ledger("mutate")))
+    (void,) = t.ledger("void")
+    assert "a command is due in its segment while the trial was asked for" in void["tune"]["reason"]
+    (mutate,) = t.ledger("mutate")
+    assert mutate["step"] > due and mutate["changes"]["lr"]["old"] == 5e-4

@@ -1819,6 +1819,18 @@ class TuneModule:
         except Exception as exc:
             self._ask_failed(exc, step)
             return
+        s = self.settings
+        length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
+        moved = self.host.commanded_since(self.segment.start)
+        if moved or self._command_due(step, length):
+            # since the ask a command changed a knob (the trend is gone) or one fell due in
+            # the trial's segment: it would be judged on that, or voided by it
+            if moved:
+                self.history = []
+            why = "a command changed a knob" if moved else "a command is due in its segment"
+            self._void_unjudged(number, f"{why} while the trial was asked for")
+            self._start_segment(step, "baseline")
+            return
         self._start(number, sampled, asking["knobs"], step)
 
     def _ask_failed(self, exc: BaseException, step: int) -> None:
