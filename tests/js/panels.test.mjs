@@ -428,29 +428,41 @@ describe("Control: a value the page knows is wrong is refused at once, and the e
   });
 });
 
+/** The control of `act` (a big change confirmed), `type(text)` as the user types, and what
+ * was sent. */
+function withControl(act, fn) {
+  const sent = [];
+  globalThis.window = { confirm: () => true };
+  try {
+    withDocument(() => {
+      const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (a, v) => {
+        sent.push(v);
+        return `id${sent.length}`;
+      });
+      controls.setActuators([act], 1);
+      const c = controls.controls.get(act.param_key);
+      const type = (text) => {
+        c.num.value = text;
+        c.num.dispatch("input");
+      };
+      fn({ c, type, sent, controls });
+    });
+  } finally {
+    delete globalThis.window;
+  }
+}
+
 describe("Control: a slider's ends are values its bounds allow, and a bound reads as the kernel writes it", () => {
   const beta2 = { param_key: "beta2", type: "float", group: "opt", current: 0.999, initial: 0.999, min: 0, max: 0.999999 };
 
   test("beta2's slider at its right end sends 0.999999, not a 1 the bound refuses", () => {
-    const sent = [];
-    globalThis.window = { confirm: () => true };
-    try {
-      withDocument(() => {
-        const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (a, v) => {
-          sent.push(v);
-          return "id";
-        });
-        controls.setActuators([beta2], 1);
-        const c = controls.controls.get("beta2");
-        c.range.value = String(c.range.max);
-        c.range.dispatch("change");
-        assert.equal(c.status.textContent.includes("above the maximum"), false, c.status.textContent);
-        assert.deepEqual(sent, [0.999999]);
-        assert.equal(c.hiLabel.textContent, "0.999999");
-      });
-    } finally {
-      delete globalThis.window;
-    }
+    withControl(beta2, ({ c, sent }) => {
+      c.range.value = String(c.range.max);
+      c.range.dispatch("change");
+      assert.equal(c.status.textContent.includes("above the maximum"), false, c.status.textContent);
+      assert.deepEqual(sent, [0.999999]);
+      assert.equal(c.hiLabel.textContent, "0.999999");
+    });
   });
 
   test("a ramp's command does not show its target as applied: the ramp has not moved yet", () => {
@@ -476,28 +488,7 @@ describe("Control: a slider's ends are values its bounds allow, and a bound read
 describe("Control: a number box sends on Enter only; Escape or leaving it sends nothing", () => {
   const ce = { param_key: "ce", type: "float", group: "loss", current: 1, initial: 1, min: 0, max: null };
   const betas = { param_key: "betas", type: "tuple", group: "opt", current: [0.9, 0.999], initial: [0.9, 0.999], min: 0, max: 1 };
-  /** The control of `act`, `type(text)` as the user types, and what was sent. */
-  function setup(act, fn) {
-    const sent = [];
-    globalThis.window = { confirm: () => true };
-    try {
-      withDocument(() => {
-        const controls = new panels.Controls(new FakeNode("div"), new FakeNode("span"), async (a, v) => {
-          sent.push(v);
-          return `id${sent.length}`;
-        });
-        controls.setActuators([act], 1);
-        const c = controls.controls.get(act.param_key);
-        const type = (text) => {
-          c.num.value = text;
-          c.num.dispatch("input");
-        };
-        fn({ c, type, sent, controls });
-      });
-    } finally {
-      delete globalThis.window;
-    }
-  }
+  const setup = withControl;
 
   for (const [act, typed, applied, want] of [
     [ce, "0.3", "1", 0.3],
