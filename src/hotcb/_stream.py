@@ -571,12 +571,12 @@ class ActuatorStream:
         if not self.leader:
             self._written = version
             return
-        doc = {
-            "v": FORMAT_VERSION,
-            "step": step,
-            "wall_time": time.time(),
-            "actuators": self.state.describe_all(),
-        }
+        described = self.state.describe_all()
+        for a in described:  # a ramp moves it: say so, and where to (hotcb status, the page)
+            ramp = self.ramps.get(str(a.get("param_key")))
+            if ramp is not None:
+                a.update(state="ramping", ramp_target=ramp.target)
+        doc = {"v": FORMAT_VERSION, "step": step, "wall_time": time.time(), "actuators": described}
         try:
             jsonl.write_json_atomic(self.path, doc)
         except OSError as exc:

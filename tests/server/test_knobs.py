@@ -192,6 +192,7 @@ def test_a_ramp_is_charted_as_it_moves_and_the_actuators_file_follows_it(
         (act,) = [a for a in c.get("/api/runs/r/actuators").json()["actuators"]
                   if a["param_key"] == "lr"]  # fmt: skip
         assert act["current"] == run.opt.param_groups[0]["lr"] == mid["current"]
+        assert (act["state"], act["ramp_target"]) == ("ramping", 0.6)  # hotcb status says so
         assert 0.1 < act["current"] < 0.6
         ramped = [v for s, v in zip(mid["points"]["step"], mid["points"]["value"], strict=True)
                   if s >= 5]  # fmt: skip
