@@ -201,3 +201,26 @@ def test_a_ramp_is_charted_as_it_moves_and_the_actuators_file_follows_it(
         done = knob(c.get("/api/runs/r/knobs").json(), "lr")
     assert done["current"] == 0.6 and done["points"]["value"][-1] == 0.6
     run.kernel.close()
+
+
+def test_the_actuators_a_deleted_run_published_are_not_taken_back() -> None:
+    """Its folder deleted file by file, a run's actuators file went first: the server pushed
+    an empty document and the page dropped every control (a CI run caught the page with none
+    to show disabled). What the run published stays; a file written again is read anew."""
+    import json
+    import os
+    import tempfile
+
+    from hotcb.server.tailer import ActuatorsWatch
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "hotcb.actuators.json")
+        with open(path, "w") as f:
+            json.dump({"actuators": [{"param_key": "lr"}]}, f)
+        watch = ActuatorsWatch(path)
+        assert watch.update() is True
+        os.remove(path)
+        assert watch.update() is False and watch.doc["actuators"] == [{"param_key": "lr"}]
+        with open(path, "w") as f:
+            json.dump({"actuators": [{"param_key": "wd"}]}, f)
+        assert watch.update() is True and watch.doc["actuators"] == [{"param_key": "wd"}]

@@ -830,11 +830,10 @@ class ActuatorsWatch:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            if self._sig is None:
-                return False
+            # gone with its folder (a deleted run): what the run published stays, so the page
+            # shows its controls disabled, not none; a file written again is read anew
             self._sig = None
-            self.doc = {"actuators": []}
-            return True
+            return False
         sig = (st.st_mtime_ns, st.st_size)
         if sig == self._sig:
             return False
