@@ -357,7 +357,8 @@ class LedgerView:
         """The callbacks in load order: ``id``, ``state`` (``enabled`` | ``disabled`` |
         ``load failed`` | ``not loaded``), ``target``, ``sha256``, ``params`` (set so far),
         ``errors``, ``last_error`` (its last exception, or the last refused command about it
-        that no later one of the same kind made moot), ``step`` (of the last change; for
+        that no later one of the same kind made moot), ``warning`` (the last one the callback
+        gave, e.g. no gradients at this safe point; None if none), ``step`` (of the last change; for
         ``load failed``, of the last attempt). Entries a later resume superseded
         (:func:`live_entries`) count for nothing.
 
@@ -445,6 +446,9 @@ class LedgerView:
         elif decision in ("failed", "rejected"):
             cur["last_error"] = e.get("error")
             self._cb_problem[ident] = str(op)
+        elif op == "warning":  # the callback's own word: its loop lacks what it measures
+            cur["warning"] = e.get("error")
+            return
         elif decision != Decision.APPLIED.value:
             return
         elif op == "unload":
@@ -498,6 +502,7 @@ def _callback(e: Mapping[str, Any], state: str) -> dict[str, Any]:
         "sha256": None,
         "params": {},
         "errors": 0,
+        "warning": None,
         "last_error": None,
         "step": e.get("step"),
     }

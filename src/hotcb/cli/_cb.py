@@ -142,5 +142,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         raised = f"raised {c['errors']} time(s); " if c.get("errors") else ""
         if c.get("last_error"):
             print(f"  {raised}last problem: {c['last_error']}")
+        if c.get("warning"):
+            print(f"  warning: {c['warning']}")
     sys.stdout.flush()
     return 0

@@ -10,6 +10,7 @@ whose line went to an INFO logger nobody had configured.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import subprocess
@@ -80,6 +81,17 @@ def test_grad_stats_says_once_that_the_gradients_are_gone(kernel_factory, caplog
     assert "HF Trainer" in error and "grad_norm" in error
     (line,) = _said(caplog, "grads")
     assert line == f"hotcb: {error}"
+    # `cb list`, where a user looks first at a callback that shows nothing, says it too
+
+    def cb_list(*flags: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "hotcb", "--dir", kernel.run_dir, "cb", "list", *flags],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+
+    assert f"  warning: {error}" in cb_list()
+    (row,) = json.loads(cb_list("--json"))
+    assert row["warning"] == error and row["state"] == "enabled"
 
 
 def test_anomaly_guard_says_once_that_it_checks_no_gradient(kernel_factory, caplog):
