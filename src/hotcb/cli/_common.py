@@ -267,7 +267,7 @@ def _module_facts(e: Mapping[str, Any]) -> str:
             facts.append(f"score {tune['score']:+.3g}{bar}")
         if tune.get("restored"):  # restore: state put the trial's start back, not only knobs
             facts.append(f"{' and '.join(map(str, tune['restored']))} state restored")
-        if e.get("op") in ("void", "rollback", "expire") and tune.get("reason"):
+        if e.get("op") in ("void", "rollback", "expire", "unmoved") and tune.get("reason"):
             facts.append(str(tune["reason"]))
         return (f" [{', '.join(facts)}]" if facts else "") + _on_schedule(e)
     if e.get("module") == "control" and e.get("decision") == "applied":

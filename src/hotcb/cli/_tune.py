@@ -359,6 +359,8 @@ def _summary(st: dict[str, Any]) -> None:
                    and r.get("decision") == "replaced")  # fmt: skip
     if replaced:
         others += f"replaced: {replaced} (by a resume)   "
+    if counts.get("unmoved"):  # every knob held at its bound: told 0, no segment spent
+        others += f"unmoved: {counts['unmoved']} (at a bound, told 0)   "
     if counts.get("undone"):  # kept, then taken back by a control undo: no longer kept
         others += f"undone: {counts['undone']} of the kept   "
     print("segments: {segments}   kept: {kept}   rolled back: {rolled_back}   proposed: "

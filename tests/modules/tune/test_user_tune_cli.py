@@ -1094,12 +1094,14 @@ def test_a_move_past_the_actuator_s_bound_is_clamped_not_refused(toy: Any) -> No
     client = HotClient(t.kernel.run_dir)
     up = [{"key": "lr", "module": "opt", "mode": "mult", "low": 1.5, "high": 3.0}]
     client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=up, sync=True)
-    t.run(5_000, until=lambda: len(t.ledger("mutate")) >= 3)
+    t.run(5_000, until=lambda: len(t.ledger("unmoved")) >= 3)
     mutates = t.ledger("mutate")
-    assert len(mutates) >= 3
-    assert [e["decision"] for e in mutates] == ["applied"] * len(mutates), mutates
+    assert mutates and [e["decision"] for e in mutates] == ["applied"] * len(mutates), mutates
     assert all(e["changes"]["lr"]["new"] <= 10.0 for e in mutates if e.get("changes"))
+    assert mutates[0]["changes"]["lr"]["new"] == 10.0
     assert max(t.lrs) == 10.0
+    # held there, a move up moves nothing: told 0, not refused (nor applied as 10 -> 10)
+    assert len(t.ledger("unmoved")) >= 3 and client.tune_status()["counts"]["failed"] == 0
 
 
 def test_an_enable_sent_before_the_run_starts_shows_as_queued(tmp_path: Any, cli: Any) -> None:
@@ -1523,3 +1525,36 @@ def test_the_nothing_is_scored_warning_goes_when_a_stand_in_comes(toy: Any) -> N
     assert tune.objective_used == "loss"
     assert not [w for w in warnings if "nothing is scored" in w], warnings
     assert any("scoring 'loss' instead" in w for w in warnings), warnings
+
+
+def test_a_trial_that_moves_nothing_is_told_0_without_spending_a_segment(
+    toy: Any, cli: Any
+) -> None:
+    """lr at the actuator's maximum (10) and a space that only goes up: every trial is lr
+    10 → 10. Each was applied and judged on a segment of its own (noise, sometimes kept);
+    now it is told a score of 0 at once, and the next one is asked for at the same step."""
+    t: Toy = toy(log_level, lr=10.0)
+    client = HotClient(t.kernel.run_dir)
+    up = [{"key": "lr", "module": "opt", "mode": "mult", "low": 1.5, "high": 3.0}]
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=0, space=up, sync=True)
+    t.run(200)
+    assert t.ledger("mutate") == [] and t.ledger("keep") == []
+    unmoved = t.ledger("unmoved")
+    assert len(unmoved) >= 6, t.ledger()
+    assert all(e["tune"]["score"] == 0.0 for e in unmoved)
+    assert "lr=10 held at its bound" in unmoved[0]["tune"]["reason"]
+    steps = [e["step"] for e in unmoved]
+    assert steps[:3] == [steps[0]] * 3  # three at one boundary, then a baseline segment
+    assert steps[3] > steps[0]
+    st = client.tune_status()
+    assert st["counts"]["unmoved"] == len(unmoved)
+    assert {r["decision"] for r in st["trials"]} == {"unmoved"}
+    import optuna
+
+    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
+    told = [tr for tr in study.trials if tr.number in {e["tune"]["trial"] for e in unmoved}]
+    assert {(tr.state.name, tr.value) for tr in told} == {("COMPLETE", 0.0)}
+    out = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert f"unmoved: {len(unmoved)} (at a bound, told 0)" in out, out
+    assert "held at its bound" in cli(t.kernel.run_dir, "log").stdout
+    assert t.lrs[-1] == 10.0

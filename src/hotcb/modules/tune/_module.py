@@ -57,6 +57,7 @@ STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
+_UNMOVED_PER_BOUNDARY = 3  # trials that move no knob told at one boundary before a baseline
 #: Settings a ``tune enable`` on a tuner that is on lists in its ledger entry when it changes them
 _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
           "threshold", "startup_trials", "total_steps", "abort")  # fmt: skip
@@ -206,6 +207,7 @@ class TuneModule:
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
         self.train_name: str | None = None  # the training loss seen while the objective was not
         self.last_step: int | None = None  # the last step seen: where the run's end cut a trial
+        self._unmoved_at = (-1, 0)  # the step of the last trial that moved nothing, how many
 
     @property
     def wants_events(self) -> bool:  # off, until the trials dropped while asked for are told
@@ -1896,6 +1898,11 @@ class TuneModule:
             self._fail(number, "its knobs are no longer numeric actuators of this run")
             self._start_segment(step, "baseline")
             return
+        if all(
+            v == self.host.read_actuator(m, k) for m, kv in values.items() for k, v in kv.items()
+        ):
+            self._unmoved(number, values, step)
+            return
         # relative moves are applied to the values in force when the command lands (an
         # accepted proposal can land many steps later, after a scheduler or a person moved them)
         moves = {k.name: sampled[k.name] for k in knobs if k.mode != "set"}
@@ -1916,6 +1923,28 @@ class TuneModule:
                           "decision": "applied", "tune": {"proposal": self.proposals[-1]["id"],
                           "trial": number, "values": values}})  # fmt: skip
         self._start_segment(step, "baseline")
+
+    def _unmoved(self, number: int, values: Mapping[str, Mapping[str, float]], step: int) -> None:
+        """A trial that moves no knob (each held at its bound: lr 10 × 3 is 10): told a score
+        of 0, the gain of changing nothing, without a segment spent on it, so the sampler learns
+        that going that way gains nothing there. The next trial is asked for at once (up to
+        :data:`_UNMOVED_PER_BOUNDARY` at one boundary, then a baseline segment)."""
+        held = ", ".join(f"{k}={v:g}" for k, v in _flat(values).items())
+        reason = f"{held} held at its bound: the trial moves nothing (told a score of 0)"
+        self._tell(number, 0.0, {"decision": "unmoved", "reason": reason, "step": step})
+        self._row(number).update(step=step, score=0.0, decision="unmoved",
+                                 detail={"reason": reason})  # fmt: skip
+        self.counts["unmoved"] = self.counts.get("unmoved", 0) + 1
+        self.host.record({"module": "tune", "op": "unmoved", "source": "tune",
+                          "decision": "applied", "tune": {"trial": number, "score": 0.0,
+                          "reason": reason}})  # fmt: skip
+        at, count = self._unmoved_at
+        count = count + 1 if at == step else 1
+        self._unmoved_at = (step, count)
+        if count < _UNMOVED_PER_BOUNDARY:
+            self._next(step)
+        else:
+            self._start_segment(step, "baseline")
 
     def _target(self, knob: Knob, current: float, sampled: float) -> float:
         """The knob's new value, within the knob's bounds and the actuator's: a value the

@@ -9,7 +9,7 @@ import { el, fmtSpread, fmtValue } from "./panels.js";
 /** The command that switches the tuner on, as the off line shows it. */
 export const ENABLE_COMMAND = "hotcb --dir RUN tune enable --mode suggest";
 
-const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open", replaced: "replaced" };
+const DECISIONS = { kept: "kept", rolled_back: "rolled back", failed: "failed", rejected: "rejected", open: "open", replaced: "replaced", unmoved: "unmoved (at a bound)" };
 
 /** A score as `tune status` and `hotcb log` write it: signed (+0.12: better than the trend). */
 export function fmtScore(x) {
@@ -127,6 +127,7 @@ export function tuneFacts(doc) {
       `${c.proposed ?? 0} proposed`,
       ...(c.rejected ? [`${c.rejected} rejected`] : []), // proposals a person turned down
       ...(c.expired ? [`${c.expired} expired`] : []), // left unanswered by a re-enable or disable
+      ...(c.unmoved ? [`${c.unmoved} unmoved`] : []), // every knob held at its bound: told 0
       `${c.failed ?? 0} failed`,
     ].join(" · "),
     acceptRate: typeof doc.accept_rate === "number" ? `${Math.round(doc.accept_rate * 100)}%` : "–",
