@@ -33,7 +33,7 @@ GONE = "gone (no longer on disk)"
 TRAIN = """\
 import sys, time
 from hotcb import HotcbActuator, HotKernel, loss_actuators, mutable_state
-weights = {'ce': 1.0}
+weights = {'ce': 0.123456789}
 betas = {'v': (0.9, 0.999)}
 acts = [*loss_actuators(weights), HotcbActuator(
     'betas', 'tuple', lambda v, env: betas.__setitem__('v', tuple(v)), lambda env: betas['v'],
@@ -108,7 +108,7 @@ def typed_back(value: Any) -> str:
 # ------------------------------------------------------------------------------ number box
 @pytest.mark.parametrize(
     ("key", "typed", "shown", "sent"),
-    [("ce", "0.3", "1", 0.5), ("betas", "0.8, 0.99", "[0.9, 0.999]", [0.85, 0.995])],
+    [("ce", "0.3", "0.1235", 0.5), ("betas", "0.8, 0.99", "[0.9, 0.999]", [0.85, 0.995])],
 )
 def test_a_number_box_sends_on_enter_only(
     page: Any, serve_dir: Any, trainer: Any, tmp_path: Any, key: str, typed: str, shown: str,
@@ -139,6 +139,15 @@ def test_a_number_box_sends_on_enter_only(
     page.keyboard.press("Control+A")
     page.keyboard.type(typed)
     page.keyboard.press("Tab")
+    assert box.input_value() == shown
+
+    # Enter on the value shown, unedited: nothing is sent. The box rounds (ce 0.123456789
+    # shows 0.1235): sending it moved the knob by the rounding; an equal value was a no-op
+    # command ledgered "applied"
+    box.click()
+    page.keyboard.press("Enter")
+    status = page.locator(f'.ctl[data-key="{key}"] .ctl-status')
+    status.filter(has_text=f"unchanged: {key} is {shown}").wait_for(timeout=10000)
     assert box.input_value() == shown
 
     # Enter sends; once the run applied it, it is the only command for the key

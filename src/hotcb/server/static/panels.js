@@ -366,6 +366,14 @@ class Control {
   }
 
   commitText(text) {
+    // Enter on the value shown, unedited (or typed as it is): nothing to send. The box shows
+    // the applied value rounded (0.0009877 as 9.88e-4), so sending it moved the knob by the
+    // rounding, and an equal value was a no-op command ledgered "applied"
+    const shown = this.value == null ? null : fmtValue(this.value);
+    if (shown !== null && text.trim() === shown) {
+      this.unchanged(shown);
+      return;
+    }
     let v;
     try {
       v = parseFor(this.act, text);
@@ -374,7 +382,17 @@ class Control {
       this.sync(true);
       return;
     }
+    if (JSON.stringify(v) === JSON.stringify(this.value)) {
+      this.unchanged(shown);
+      return;
+    }
     this.commit(v);
+  }
+
+  /** Nothing sent: the value in force is the one asked for. */
+  unchanged(shown) {
+    this.showStatus(`unchanged: ${this.act.param_key} is ${shown}`, "", 4000);
+    this.sync(true);
   }
 
   async commit(value) {
