@@ -112,3 +112,49 @@ def test_a_switch_to_segments_in_evaluations_lists_no_segment_steps(toy: Any) ->
     (entry,) = [e for e in t.ledger("enable") if e["cmd_id"] == cid]
     assert entry["changes"]["segment_evals"] == {"old": None, "new": 2}
     assert "segment_steps" not in entry["changes"], entry["changes"]
+
+
+def test_a_new_recipe_that_draws_a_knob_another_way_goes_on_trying(toy: Any) -> None:
+    """The lr as a log multiplier, then a recipe that sets it on a linear scale: the study
+    held `opt.lr` as one kind of draw, Optuna refused every trial after the enable ("Cannot
+    set different log configuration to the same parameter name") and the tuner only ran
+    baseline segments, its warning repeated at every boundary."""
+    t, _trial = _in_a_trial(toy)
+    client = HotClient(t.kernel.run_dir)
+    set_lr = [{"key": "lr", "module": "opt", "mode": "set", "low": 1e-3, "high": 9e-3,
+               "log": False}]  # fmt: skip
+    cid = client.tune_enable("active", **{**SETTINGS, "space": set_lr})
+    t.run(100_000, until=lambda: any(e["cmd_id"] == cid for e in t.ledger("enable")))
+    since = len(t.ledger("mutate"))
+    t.run(2_000, until=lambda: len(t.ledger("mutate")) >= since + 3)
+    later = t.ledger("mutate")[since:]
+    assert len(later) >= 3, client.tune_status()["warnings"]
+    assert all(1e-3 <= e["changes"]["lr"]["new"] <= 9e-3 for e in later), later
+    assert not [w for w in client.tune_status()["warnings"] if "could not ask" in w]
+    import optuna
+
+    st = client.tune_status()
+    study = optuna.load_study(study_name=st["study"], storage=st["storage"])
+    drawn = [tr.params for tr in study.trials if tr.number == later[-1]["tune"]["trial"]]
+    assert drawn == [{"opt.lr (set, linear)": later[-1]["changes"]["lr"]["new"]}]
+
+
+def test_the_best_trial_shown_is_one_of_the_study_in_use(toy: Any) -> None:
+    """`tune disable`, then `tune enable --study other`: `tune status` went on showing the
+    old study's best trial as the new study's (its trial 2 there had been rolled back)."""
+    t: Toy = toy(log_level, lr=1e-3, poll=0.0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", **SETTINGS)
+    tune = t.kernel.module
+    t.run(100_000, until=lambda: tune("tune") is not None and tune("tune").best is not None)
+    client.tune_disable()
+    t.run(100_000, until=lambda: tune("tune").mode == "off")
+    client.tune_enable("active", **{**SETTINGS, "study": "other"})
+    t.run(100_000, until=lambda: tune("tune").mode == "active")
+    t.run(3)  # the state file written
+    st = client.tune_status()
+    assert st["study"] == "other" and st["best"] is None, st["best"]
+    t.run(100_000, until=lambda: tune("tune").best is not None)
+    best = tune("tune").best
+    (row,) = [r for r in tune("tune").trials if r["trial"] == best["trial"] and "study" not in r]
+    assert row["decision"] == "kept"

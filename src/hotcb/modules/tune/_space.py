@@ -61,8 +61,19 @@ class Knob:
 
     @property
     def name(self) -> str:
-        """The Optuna parameter name (``opt.lr``)."""
+        """The knob's name (``opt.lr``)."""
         return f"{self.module}.{self.key}"
+
+    @property
+    def param(self) -> str:
+        """The Optuna parameter name: ``opt.lr`` for a log-scale multiplier (the defaults),
+        else with its mode and scale (``opt.lr (set, linear)``). One name for two kinds of
+        draw made a study refuse every trial after a recipe changed a knob's scale ("Cannot
+        set different log configuration to the same parameter name"), or, on the same
+        scale, mixed multipliers with values in what the sampler learns from."""
+        if self.mode == "mult" and self.log:
+            return self.name
+        return f"{self.name} ({self.mode}, {'log' if self.log else 'linear'})"
 
     def scaled(self, risk: str) -> Knob:
         """The knob's range for a risk level: ``low`` halves it (in log space for a log knob),

@@ -154,7 +154,7 @@ class Study:
         The trial is created with this run's name on it in one write, so a crash can never
         leave an open trial that a restart would not recognise as its own."""
         optuna = self._optuna
-        fixed = {k.name: k.prior for k in knobs if k.prior is not None} if prior_first else {}
+        fixed = {k.param: k.prior for k in knobs if k.prior is not None} if prior_first else {}
         template = optuna.trial.create_trial(
             state=optuna.trial.TrialState.RUNNING,
             user_attrs={"run": self.run, "host": socket.gethostname(), "pid": os.getpid()},
@@ -165,7 +165,7 @@ class Study:
         trial = optuna.trial.Trial(self.study, trial_id)
         sampled = {}
         for k in knobs:
-            sampled[k.name] = trial.suggest_float(k.name, k.low, k.high, log=k.log)
+            sampled[k.name] = trial.suggest_float(k.param, k.low, k.high, log=k.log)
         self._ids[trial.number] = trial_id
         return trial.number, sampled
 
