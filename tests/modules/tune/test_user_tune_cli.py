@@ -1558,3 +1558,22 @@ def test_a_trial_that_moves_nothing_is_told_0_without_spending_a_segment(
     assert f"unmoved: {len(unmoved)} (at a bound, told 0)" in out, out
     assert "held at its bound" in cli(t.kernel.run_dir, "log").stdout
     assert t.lrs[-1] == 10.0
+
+
+def test_proposal_ids_go_on_after_a_restart_without_a_checkpoint(toy: Any, cli: Any) -> None:
+    """Suggest mode, P1 pending, the trainer started again from scratch: the new life's
+    first proposal was P1 again, so a person's `tune accept P1`, meant for the move shown
+    before, accepted another."""
+    t: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=0, sync=True)
+    t.run(1_000, until=lambda: bool(t.ledger("propose")))
+    (first,) = t.ledger("propose")
+    assert first["tune"]["proposal"] == "P1"
+    t.kernel.close()
+    again: Toy = toy(log_level, lr=1e-3)  # the same run directory, no load_state_dict
+    again.run(1_000, until=lambda: len(again.ledger("propose")) >= 2)
+    later = again.ledger("propose")[1]
+    assert later["tune"]["proposal"] == "P2", later
+    accepted = cli(t.kernel.run_dir, "tune", "accept", "P1")
+    assert accepted.returncode != 0 and "no proposal 'P1'" in accepted.stderr, accepted

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import time
 from collections import deque
@@ -139,6 +140,14 @@ def _flat(values: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {f"{m}.{k}": v for m, kv in values.items() for k, v in kv.items()}
 
 
+def _next_proposal_id(state: Mapping[str, Any]) -> int:
+    """The number of the next proposal after those of a saved state file (``P7`` → 8)."""
+    ids = [int(p["id"][1:]) for p in state.get("proposals") or ()
+           if isinstance(p, dict) and re.fullmatch(r"P\d+", str(p.get("id")))]  # fmt: skip
+    saved = state.get("next_proposal")
+    return max([*ids, (saved if isinstance(saved, int) else 1) - 1]) + 1
+
+
 class TuneModule:
     """The ``tune`` module (see the module docstring)."""
 
@@ -240,6 +249,9 @@ class TuneModule:
                 url, name = self._where(settings)
                 self.joined = {f"{name}@{redact_url(url)}": joined}
             self._enable(settings, int(env["step"]))
+            # proposal ids go on from the last life's: a "P1" a person still holds from before
+            # the crash must not accept the new life's first proposal, another move
+            self.next_proposal = _next_proposal_id(state)
             cmd = state.get("enable_cmd")  # the command these settings came from
             self.enable_cmd = cmd if isinstance(cmd, str) else None
         except Exception as exc:
@@ -396,8 +408,7 @@ class TuneModule:
     def _undone_keep(self, number: Any, step: int) -> None:
         """A kept trial's change undone (``control undo``): its row says so, and ``counts``
         how many (``kept`` stays the tuner's verdicts; ``tune export`` leaves it out)."""
-        row = next((r for r in reversed(self.trials)
-                    if r["trial"] == number and "study" not in r), None)  # fmt: skip
+        row = self._row_of(number)
         if row is None or row.get("decision") != "kept" or row.get("undone") is not None:
             return
         row["undone"] = step
@@ -1127,6 +1138,7 @@ class TuneModule:
                 self._begin_bracket(step)
         if left is not None:  # the new study numbers its trials from 0 again: rows by study
             self.trials = [{**r, "study": r.get("study", left)} for r in self.trials]
+            self.best = None  # the best of the study shown: the old one's is no trial of it
 
     def _study_first(self, settings: Settings) -> Study | None:
         """Before an enable tears anything down: with ``sync``, the study opened (a storage
@@ -1729,8 +1741,7 @@ class TuneModule:
                 if self.bracket is not None:
                     return
         pending = any(p["state"] == "pending" for p in self.proposals)
-        # a segment's length in steps: counted in evaluations, as long as the one that closed
-        length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
+        length = self._segment_length(step)
         ending = self.total_steps is not None and step + 2 * max(1, length) > self.total_steps
         # (past it: a loop that counts from 1, as the HF Trainer does, ends on step == total)
         if ending and self.total_steps is not None and step > self.total_steps:
@@ -1765,6 +1776,12 @@ class TuneModule:
             self._ask_failed(exc, step)
             return
         self._start(number, sampled, knobs, step)
+
+    def _segment_length(self, step: int) -> int:
+        """The next segment's length in steps: counted in evaluations, as long as the one
+        that closes at ``step``."""
+        s = self.settings
+        return s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
 
     def _command_due(self, step: int, length: int) -> bool:
         """Whether a command waiting for its ``at_step`` changes a knob within the next
@@ -1821,10 +1838,8 @@ class TuneModule:
         except Exception as exc:
             self._ask_failed(exc, step)
             return
-        s = self.settings
-        length = s.segment_steps if s.segment_evals is None else step + 1 - self.segment.start
         moved = self.host.commanded_since(self.segment.start)
-        if moved or self._command_due(step, length):
+        if moved or self._command_due(step, self._segment_length(step)):
             # since the ask a command changed a knob (the trend is gone) or one fell due in
             # the trial's segment: it would be judged on that, or voided by it
             if moved:
@@ -1836,7 +1851,7 @@ class TuneModule:
         self._start(number, sampled, asking["knobs"], step)
 
     def _ask_failed(self, exc: BaseException, step: int) -> None:
-        self.warnings.append(f"could not ask the study for a trial: {exc}")
+        self._warn(f"could not ask the study for a trial: {exc}")  # once, not at every boundary
         self._start_segment(step, "baseline")
 
     def _drop_asking(self, reason: str) -> None:
@@ -2061,10 +2076,9 @@ class TuneModule:
     def _row(self, number: Any) -> dict[str, Any]:
         """The current study's row of trial ``number`` (rows of a study the tuner left have
         its name in ``study``), made when there is none."""
-        for old in reversed(self.trials):
-            if old["trial"] == number and "study" not in old:
-                found: dict[str, Any] = old
-                return found
+        found = self._row_of(number)
+        if found is not None:
+            return found
         row: dict[str, Any] = {
             "trial": number,
             "step": None,
@@ -2074,6 +2088,12 @@ class TuneModule:
         }
         self.trials = [*self.trials, row][-_KEEP_ROWS:]
         return row
+
+    def _row_of(self, number: Any) -> dict[str, Any] | None:
+        """The current study's row of trial ``number``, if it has one."""
+        return next(
+            (r for r in reversed(self.trials) if r["trial"] == number and "study" not in r), None
+        )
 
     def _knob(self, name: str) -> Knob | None:
         return next((k for k in self.settings.space if k.name == name), None)
@@ -2167,6 +2187,7 @@ class TuneModule:
             "warnings": self.warnings,
             "trials": self.trials,
             "proposals": self.proposals,
+            "next_proposal": self.next_proposal,
             "bracket": self._bracket_state() or self.bracket_done,
             "settings": self._public_settings(),
             "updated": time.time(),
