@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from hotcb import HotKernel, jsonl
+from hotcb._signals import REPEAT_WINDOW
 from hotcb.ledger import checkpoint_path
 from hotcb.runfiles import RunPaths
 from hotcb.testing import StepDriver, read_ledger, trainer_command, wait_for
@@ -235,7 +237,10 @@ def test_a_second_signal_ends_a_run_stuck_before_its_next_safe_point(
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(sig)
+        noted = time.monotonic()
         assert proc.stdout.readline() == "noted\n"  # the first one only asked
+        if sig == signal.SIGTERM:  # a repeat within the window is the same request (below)
+            wait_for(lambda: time.monotonic() > noted + REPEAT_WINDOW, 60, what="the window")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -246,3 +251,46 @@ def test_a_second_signal_ends_a_run_stuck_before_its_next_safe_point(
     # or the default action of SIGTERM
     assert proc.returncode == -sig
     assert ("KeyboardInterrupt" in err) == (sig == signal.SIGINT)
+
+
+# stuck before its next safe point until the file argv[2] exists
+STUCK_UNTIL = r"""
+import os, sys, time
+from hotcb import HotKernel
+kernel = HotKernel(sys.argv[1], checkpoint_on_signal=True)
+kernel.apply({"step": 0})
+print("ready", flush=True)
+while not kernel.signal_pending:
+    time.sleep(0.01)
+print("noted", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+kernel.apply({"step": 1})
+print("stopped" if kernel.stop_requested else "went on", flush=True)
+kernel.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_repeated_at_once_is_the_same_request(tmp_path: Any) -> None:
+    """A `hotcb launch` killed with kill -9 (or by a closed terminal) sends its training one
+    SIGTERM per thread of its own (PR_SET_PDEATHSIG fires as each exits): the second one
+    killed the run before the checkpoint the first had asked for."""
+    go = tmp_path / "go"
+    proc = popen([sys.executable, "-c", STUCK_UNTIL, os.fspath(tmp_path / "run"), os.fspath(go)])
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "noted\n"
+        proc.send_signal(signal.SIGTERM)  # the launcher's next thread
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert out.endswith("stopped\n")
+    ck, stop = _signal_entries(os.fspath(tmp_path / "run"))
+    assert (ck["op"], ck["decision"], stop["op"]) == ("checkpoint", "applied", "stop")

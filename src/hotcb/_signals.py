@@ -14,7 +14,11 @@ The rules it keeps:
   ignored: hotcb does not install for it.
 - **A second signal does what the first would have done without hotcb**: Ctrl-C twice raises
   ``KeyboardInterrupt`` at once; a second SIGTERM terminates the process (the previous handler,
-  or the default action). So does any signal once the kernel is closed.
+  or the default action). So does any signal once the kernel is closed. A SIGTERM repeated
+  within :data:`REPEAT_WINDOW` seconds of the first is the same request, not a second one: a
+  ``hotcb launch`` that dies (kill -9, a closed terminal) sends its training one SIGTERM per
+  thread of its own (Linux's ``PR_SET_PDEATHSIG`` fires as each parent thread exits), and the
+  second of them killed the run before its checkpoint.
 - **The previous handlers come back** on :meth:`restore` (``kernel.close()`` calls it), unless
   someone replaced hotcb's handler meanwhile (then theirs is left alone).
 - **A handler installed over hotcb's is replaced only when asked** (:meth:`reclaim`): the
@@ -28,16 +32,19 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-__all__ = ["DEFAULT_SIGNALS", "SignalCatcher", "signal_name"]
+__all__ = ["DEFAULT_SIGNALS", "REPEAT_WINDOW", "SignalCatcher", "signal_name"]
 
 log = logging.getLogger("hotcb")
 
 #: What ``checkpoint_on_signal`` catches: a scheduler's preemption and Ctrl-C.
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+#: Seconds in which a repeated SIGTERM counts as the first (a dying parent's threads).
+REPEAT_WINDOW = 2.0
 
 
 def signal_name(signum: int) -> str:
@@ -59,6 +66,7 @@ class SignalCatcher:
         self._previous: dict[int, Any] = {}  # signal -> the handler hotcb replaced
         #: the signal that asked for checkpoint-and-stop (None: none yet)
         self.received: int | None = None
+        self._received_at = 0.0  # when (time.monotonic())
 
     @property
     def installed(self) -> tuple[int, ...]:
@@ -113,11 +121,14 @@ class SignalCatcher:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if self.received is None and self._live():
-            self.received = signum
+            self.received, self._received_at = signum, time.monotonic()
             self._notify(signum)
             if callable(previous) and previous is not signal.default_int_handler:
                 previous(signum, frame)  # a handler of the user's (or a framework's): chained
             return
+        if (signum == self.received == signal.SIGTERM and self._live()
+                and time.monotonic() - self._received_at < REPEAT_WINDOW):  # fmt: skip
+            return  # the same request again (each thread of a dying launcher sends one)
         self._as_before(signum, frame, previous)
 
     @staticmethod
