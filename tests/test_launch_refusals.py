@@ -248,3 +248,56 @@ def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
                         "NOT_A_SECRET": "kept"}  # fmt: skip
     for helper in ("autopilot", "notify"):
         assert json.loads((up / helper).read_text()) == secrets, helper
+
+
+#: A training that runs until stopped (a kernel polling every step).
+FOREVER = textwrap.dedent("""\
+    import os, sys, time
+    from hotcb import HotKernel
+    k = HotKernel(os.environ["HOTCB_RUN_DIR"], poll_interval_sec=0.0)
+    s = 0
+    while not k.stop_requested:
+        k.apply({"step": s, "metrics": {"loss": 1.0}})
+        s += 1
+        time.sleep(0.02)
+    k.close()
+""")
+
+
+@pytest.mark.slow
+def test_a_launch_into_a_run_that_still_trains_is_refused(tmp_path: Path) -> None:
+    """A second `hotcb launch --dir RUN` while RUN's first launch trains: it was accepted
+    silently, took the first trainer's pid out of hotcb.run.json (so no kernel warned of the
+    other), mixed two trainers' metrics, and its end marked the run stopped while the first
+    still trained."""
+    from hotcb.testing import wait_for
+
+    (tmp_path / "train.py").write_text(FOREVER)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hotcb", "launch", "--dir", "run", "--", sys.executable,
+         "train.py"], cwd=tmp_path, env=SUBPROCESS_ENV, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    try:
+        wait_for(lambda: (run / "hotcb.metrics.jsonl").exists() or first.poll() is not None,
+                 120, what="the first launch's training")  # fmt: skip
+        assert first.poll() is None
+        meta_before = (run / "hotcb.run.json").read_text()
+        second = _launch(tmp_path, "--dir", "run", "--", *STARTED)
+        assert second.returncode == 2, second.stderr
+        assert f"{run} is in use: its trainer (pid " in second.stderr, second.stderr
+        assert f"'hotcb --dir {run} stop --wait'" in second.stderr
+        assert not (tmp_path / "training-started").exists()
+        assert (run / "hotcb.run.json").read_text() == meta_before
+        stop = subprocess.run([sys.executable, "-m", "hotcb", "--dir", "run", "stop", "--wait"],
+                              cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert stop.returncode == 0, stop.stderr
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+    # over: a new launch into it is fine again
+    again = _launch(tmp_path, "--dir", "run", "--", *STARTED)
+    assert again.returncode == 0, again.stderr

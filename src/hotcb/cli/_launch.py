@@ -250,6 +250,31 @@ def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str, str | None]:
     return path, path, ".", _first_missing(path)
 
 
+def _refuse_a_live_run(run_dir: str) -> None:
+    """A run directory whose trainer, or whose launch, still runs on this host: a second
+    launch there was accepted silently. It took the first trainer's pid out of
+    ``hotcb.run.json`` (so neither kernel warned of the other), interleaved two trainers'
+    metrics, and its end marked the run stopped while the first still trained."""
+    from .. import jsonl
+    from ..runfiles import RunPaths, other_live_trainer
+
+    meta = jsonl.read_json(RunPaths(run_dir).run_meta, {}) or {}
+    if not isinstance(meta, dict):
+        return
+    pid = other_live_trainer(meta, run_dir)
+    what = f"its trainer (pid {pid})" if pid is not None else None
+    launch = meta.get("launch")
+    if what is None and isinstance(launch, dict) and "exit_code" not in launch:
+        # the launch's own entry (its trainer may not have opened the run yet)
+        pid = other_live_trainer({k: launch.get(k) for k in ("pid", "host", "started")}, run_dir)
+        what = f"the hotcb launch (pid {pid}) that started it" if pid is not None else None
+    if what is not None:
+        raise UsageError(
+            f"{run_dir} is in use: {what} still runs. Stop it first ('hotcb --dir {run_dir} "
+            "stop --wait'), or launch into another --dir"
+        )
+
+
 def _first_missing(path: str) -> str | None:
     """The topmost folder of absolute ``path`` that does not exist (None: it exists)."""
     missing = None
@@ -303,6 +328,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     argv, autopilot_args, (notify_args, notify_secrets) = _checked(args)
     port = free_port(args.port) if args.serve else 0
     run_dir, serve_dir, run_id, made = _run_dirs(args)
+    _refuse_a_live_run(run_dir)
     tune_ids: list[str | None] = []
     opts = LaunchOptions(
         serve=args.serve,
