@@ -280,3 +280,25 @@ def test_the_python_freeze_example_of_the_docs_runs(tmp_path: Any, monkeypatch: 
     assert sent[0]["recipe_path"] == sent[1]["recipe_path"]  # the copy of runs/a's recipe
     assert sent[0]["recipe_path"].startswith("hotcb.replay/"), sent[0]
     assert sent[1]["adjust_path"].startswith("hotcb.replay/") and sent[1]["step_offset"] == 10_000
+
+
+def test_below_step_0_names_the_patch_that_moved_or_inserted_it(tmp_path: Any, cli: Any) -> None:
+    """A shift below step 0 followed by another patch of the same entry (a replace_params)
+    blamed the later patch, line and all, as the one that moved it."""
+    recipe = _recipe(tmp_path / "r.jsonl", _entry(20, {"l2": 0.5}, "a"))
+    overlay = tmp_path / "adj.yaml"
+    overlay.write_text(
+        "version: 1\n"
+        "patches:\n"
+        "  - match: {module: loss, has_param: l2}\n"
+        "    shift_step: -30\n"
+        "  - match: {module: loss, has_param: l2}\n"
+        "    replace_params: {l2: 0.25}\n"
+    )
+    ov = os.fspath(overlay)
+    done = cli(None, "recipe", "validate", "--recipe", recipe, "--adjust", ov)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout.splitlines() == [
+        f"overlay {ov}:3 patch 1: shift_step moves line 2 below step 0 (step -10 "
+        '(train_step_end): loss set_params {"l2": 0.25})'
+    ]

@@ -1052,6 +1052,7 @@ def _apply_overlay(
     problems: list[str] = []
     dropped: dict[str, tuple[int, RecipeEntry]] = {}  # cmd_id -> (patch, entry) it dropped
     by: dict[int, int] = {}  # id(entry) -> the last patch that changed (or inserted) it
+    moved: dict[int, int] = {}  # id(entry) -> the last patch that shifted its step
     for i, patch in enumerate(overlay.get("patches") or (), start=1):
         if patch is None:  # malformed (listed by overlay_problems): left out
             continue
@@ -1079,11 +1080,10 @@ def _apply_overlay(
             problems += _typos(entry, patch, names.patch(i))
             _patch_entry(entry, patch)
             by[id(entry)] = i
+            if patch.get("shift_step"):
+                moved[id(entry)] = i
     out.sort(key=lambda e: e.step)
-    for e in out:  # a step before the first (shift_step) the replay would never reach
-        if e.step < 0:
-            problems.append(f"{names.patch(by[id(e)])}: shift_step moves {_at(e)} below step "
-                            f"0 ({e.describe()})")  # fmt: skip
+    problems += _below_zero(out, moved, names)
     problems += _orphan_undos(out, dropped, {k: names.patch(v) for k, v in by.items()}, names)
     for e in out:  # the patched plan must still be something a live command could do
         try:
@@ -1092,6 +1092,16 @@ def _apply_overlay(
             who = names.patch(by[id(e)]) if id(e) in by else "overlay"
             problems.append(f"{who} made an invalid entry ({e.describe()}): {exc}")
     return out, problems
+
+
+def _below_zero(
+    entries: Sequence[RecipeEntry], moved: Mapping[int, int], names: _Names
+) -> list[str]:
+    """Entries at a step before the first, which the replay would never reach, each named with
+    the last patch that shifted it (an insert at a negative step is refused as malformed).
+    Before, the last patch that changed it in any way was blamed (a ``replace_params``)."""
+    return [f"{names.patch(moved.get(id(e), 0))}: shift_step moves {_at(e)} below step 0 "
+            f"({e.describe()})" for e in entries if e.step < 0]  # fmt: skip
 
 
 def _orphan_undos(
