@@ -59,6 +59,14 @@ describe("tuneFacts: the panel's facts, as text", () => {
     });
   });
 
+  test("trials that moved nothing (at a bound) are counted and labelled apart", () => {
+    const counts = { segments: 9, kept: 2, rolled_back: 3, proposed: 0, rejected: 0, expired: 0, failed: 0, unmoved: 4 };
+    assert.equal(tuneFacts({ ...STATE, counts }).counts, "9 segments · 2 kept · 3 rolled back · 0 proposed · 4 unmoved · 0 failed");
+    assert.equal(decisionLabel("unmoved"), "unmoved (at a bound)");
+    const reason = "lr=10 held at its bound: the trial moves nothing (told a score of 0)";
+    assert.equal(decisionWhy({ decision: "unmoved", score: 0, detail: { reason } }), reason);
+  });
+
   test("expired proposals are counted apart from failed trials", () => {
     const counts = { segments: 9, kept: 2, rolled_back: 3, proposed: 2, rejected: 0, expired: 1, failed: 0 };
     assert.equal(tuneFacts({ ...STATE, counts }).counts, "9 segments · 2 kept · 3 rolled back · 2 proposed · 1 expired · 0 failed");
