@@ -1542,7 +1542,7 @@ def test_a_trial_that_moves_nothing_is_told_0_without_spending_a_segment(
     unmoved = t.ledger("unmoved")
     assert len(unmoved) >= 6, t.ledger()
     assert all(e["tune"]["score"] == 0.0 for e in unmoved)
-    assert "lr=10 held at its bound" in unmoved[0]["tune"]["reason"]
+    assert unmoved[0]["tune"]["reason"].startswith("opt.lr=10 held at its bound")
     steps = [e["step"] for e in unmoved]
     assert steps[:3] == [steps[0]] * 3  # three at one boundary, then a baseline segment
     assert steps[3] > steps[0]
@@ -1577,3 +1577,20 @@ def test_proposal_ids_go_on_after_a_restart_without_a_checkpoint(toy: Any, cli: 
     assert later["tune"]["proposal"] == "P2", later
     accepted = cli(t.kernel.run_dir, "tune", "accept", "P1")
     assert accepted.returncode != 0 and "no proposal 'P1'" in accepted.stderr, accepted
+
+
+def test_trials_that_move_nothing_wait_a_segment_after_three_also_when_asked_in_the_background(
+    toy: Any,
+) -> None:
+    """Optuna's answer on its own thread lands steps after the ask: counted per step, the cap
+    of three never held, and a tuner held at a bound asked for a trial every few steps."""
+    t: Toy = toy(log_level, lr=10.0)
+    client = HotClient(t.kernel.run_dir)
+    up = [{"key": "lr", "module": "opt", "mode": "mult", "low": 1.5, "high": 3.0}]
+    # segments long next to the answer's lag (this loop's steps take no time: a few hundred)
+    client.tune_enable("active", objective="loss", segment_steps=2000, seed=0, space=up)
+    t.run(100_000, until=lambda: len(t.ledger("unmoved")) >= 12)
+    steps = [e["step"] for e in t.ledger("unmoved")]
+    # every fourth comes after a baseline segment
+    assert all(steps[i + 3] - steps[i] >= 2000 for i in range(0, len(steps) - 3, 3)), steps
+    assert t.ledger("mutate") == []

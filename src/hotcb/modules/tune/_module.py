@@ -58,7 +58,7 @@ STATE_FILE = TUNE
 RECIPE_FILE = "hotcb.tune.yaml"
 _KEEP_ROWS = 50  # trials and proposals kept in the state file
 _HISTORY = 4  # segment levels kept for the trend
-_UNMOVED_PER_BOUNDARY = 3  # trials that move no knob told at one boundary before a baseline
+_UNMOVED_PER_BOUNDARY = 3  # trials in a row that move no knob before a baseline segment
 #: Settings a ``tune enable`` on a tuner that is on lists in its ledger entry when it changes them
 _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
           "threshold", "startup_trials", "total_steps", "abort")  # fmt: skip
@@ -216,7 +216,7 @@ class TuneModule:
         self.total_steps: int | None = None  # the run's length, when known: no trial at its end
         self.train_name: str | None = None  # the training loss seen while the objective was not
         self.last_step: int | None = None  # the last step seen: where the run's end cut a trial
-        self._unmoved_at = (-1, 0)  # the step of the last trial that moved nothing, how many
+        self._unmoved_streak = 0  # trials in a row that moved nothing (asked for at once)
 
     @property
     def wants_events(self) -> bool:  # off, until the trials dropped while asked for are told
@@ -1918,6 +1918,7 @@ class TuneModule:
         ):
             self._unmoved(number, values, step)
             return
+        self._unmoved_streak = 0
         # relative moves are applied to the values in force when the command lands (an
         # accepted proposal can land many steps later, after a scheduler or a person moved them)
         moves = {k.name: sampled[k.name] for k in knobs if k.mode != "set"}
@@ -1943,7 +1944,9 @@ class TuneModule:
         """A trial that moves no knob (each held at its bound: lr 10 × 3 is 10): told a score
         of 0, the gain of changing nothing, without a segment spent on it, so the sampler learns
         that going that way gains nothing there. The next trial is asked for at once (up to
-        :data:`_UNMOVED_PER_BOUNDARY` at one boundary, then a baseline segment)."""
+        :data:`_UNMOVED_PER_BOUNDARY` in a row, then a baseline segment: Optuna's answer can
+        land steps after the ask, so a count per step let a tuner held at a bound ask again
+        every few steps)."""
         held = ", ".join(f"{k}={v:g}" for k, v in _flat(values).items())
         reason = f"{held} held at its bound: the trial moves nothing (told a score of 0)"
         self._tell(number, 0.0, {"decision": "unmoved", "reason": reason, "step": step})
@@ -1953,12 +1956,11 @@ class TuneModule:
         self.host.record({"module": "tune", "op": "unmoved", "source": "tune",
                           "decision": "applied", "tune": {"trial": number, "score": 0.0,
                           "reason": reason}})  # fmt: skip
-        at, count = self._unmoved_at
-        count = count + 1 if at == step else 1
-        self._unmoved_at = (step, count)
-        if count < _UNMOVED_PER_BOUNDARY:
+        self._unmoved_streak += 1
+        if self._unmoved_streak < _UNMOVED_PER_BOUNDARY:
             self._next(step)
         else:
+            self._unmoved_streak = 0
             self._start_segment(step, "baseline")
 
     def _target(self, knob: Knob, current: float, sampled: float) -> float:
