@@ -37,6 +37,15 @@ def _positive(value: Any) -> float | None:
     return None
 
 
+def _optimizers(env: Env) -> list[Any]:
+    """The optimizers ``env`` passes: ``env["optimizers"]``, else ``[env["optimizer"]]``."""
+    many = env.get("optimizers")
+    if many:
+        return list(many)
+    one = env.get("optimizer")
+    return [one] if one is not None else []
+
+
 class ActuatorStream:
     """Handler of the actuator modules; shares the module protocol (``apply``/``undo``)."""
 
@@ -80,6 +89,11 @@ class ActuatorStream:
         self.ramp_moved: dict[str, Any] = {}
         self.ramp_flush = 0.0  # time.monotonic() of the next record of ramp_moved
         self.needs_init = False  # an actuator was registered after the start
+        #: the optimizers whose actuators discovery registered, and their keys: a loop that
+        #: builds a new optimizer (a notebook's training cell run again, a second Lightning
+        #: fit) gets its actuators moved to it
+        self._bound: list[Any] = []
+        self._bound_keys: list[str] = []
         self._model_seen = False
         self._written = -1
         self._restore: dict[str, Any] = {}
@@ -90,14 +104,16 @@ class ActuatorStream:
         """Register the optimizer's actuators and a model's ``mutable_state`` when first seen,
         read initial values, restore checkpointed ones, write the actuators file."""
         if not self.opt_registered:
-            opts = env.get("optimizers") or ([env["optimizer"]] if env.get("optimizer") else [])
-            for i, opt in enumerate(opts):
+            for i, opt in enumerate(_optimizers(env)):
                 if not hasattr(opt, "param_groups"):
                     continue
                 for act in optimizer_actuators(
                     opt, prefix="" if i == 0 else f"opt{i}.", schedulers=self.schedulers
                 ):
                     self._register(act, "the optimizer's")
+                    if self.state.get(act.param_key) is act:
+                        self._bound_keys.append(act.param_key)
+                self._bound.append(opt)
                 self.opt_registered = True
         model = env.get("model")
         extra = getattr(model, "mutable_state", None) if model is not None else None
@@ -125,18 +141,49 @@ class ActuatorStream:
     def catch_up(self, env: Env, *, work: bool = False) -> None:
         """Discover an optimizer that appeared, or initialise actuators registered since; only
         then: discovery rewrites the actuators file, and doing that per command made a burst
-        cost one file replace per command. Remember the LR schedulers ``env`` passes: always
-        when ``work`` is done with it, else from a plain dict only (a framework's lazy env is
-        built on reading, and passes its scheduler at every safe point anyway)."""
-        if work or isinstance(env, dict):
+        cost one file replace per command. Remember the LR schedulers ``env`` passes, and
+        move the optimizer's actuators to a new optimizer (:meth:`_rebind`): always when
+        ``work`` is done with it, else from a plain dict only (a framework's lazy env is built
+        on reading, and passes its scheduler at every safe point anyway)."""
+        built = work or isinstance(env, dict)
+        if built:
             self._note_schedulers(env)
-        if self.needs_init or (
+        if built and self._bound and self._swapped(env):  # (a command: before it applies)
+            self._rebind(env)
+        elif self.needs_init or (
             not self.opt_registered and (env.get("optimizer") is not None or env.get("optimizers"))
         ):
             self.needs_init = False
             self.discover(env)
         elif self._restore:  # checkpointed values loaded after discovery: with this env
             self._restore_values(env)
+
+    def _swapped(self, env: Env) -> bool:
+        """Whether ``env`` passes other optimizers than the ones the actuators drive: their
+        ``param_groups`` are other lists (a wrapper, accelerate's or Lightning's, shares its
+        optimizer's list: the same optimizer)."""
+        opts = [o for o in _optimizers(env) if hasattr(o, "param_groups")]
+        # (a safe point that passes fewer, `optimizer` alone at validation: those it passes)
+        pairs = zip(opts, self._bound, strict=False)
+        return any(a.param_groups is not b.param_groups for a, b in pairs)
+
+    def _rebind(self, env: Env) -> None:
+        """A new optimizer in ``env`` (a notebook's training cell run again, a second Lightning
+        ``fit`` with the same kernel): the optimizer's actuators move to it, with its values,
+        and the ledger says so. They drove the first one: a ``set lr`` was ledgered applied and
+        shown on the dashboard while the training optimizer kept its lr."""
+        for key in self._bound_keys:
+            self.ramps.pop(key, None)  # a ramp of the old optimizer's ends with it
+            self.state.unregister(key)
+        self._bound, self._bound_keys, self.opt_registered = [], [], False
+        self.discover(env)
+        values = {k: self.state.lookup(k).current_value for k in self._bound_keys}
+        self.recorder.emit(
+            self.recorder.point, source="kernel", module="opt", op="new_optimizer",
+            decision=Decision.NOOP.value, values=values,
+            error="a new optimizer in env: lr, weight decay and the other optimizer knobs now "
+                  "steer it, from its own values (the old one's changes stay with the old one)",
+        )  # fmt: skip
 
     def _note_schedulers(self, env: Env) -> None:
         """Keep the LR schedulers seen in ``env["scheduler"]`` / ``env["schedulers"]`` (the
