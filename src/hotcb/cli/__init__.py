@@ -104,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HotcbError, OSError, ValueError, TimeoutError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"hotcb: error: {exc}", file=sys.stderr)
+        from ._common import term_safe  # an error may quote a run's file (a recipe's line)
+
+        said = "\n".join(term_safe(line) for line in str(exc).split("\n"))
+        print(f"hotcb: error: {said}", file=sys.stderr)
         return 2
 
 

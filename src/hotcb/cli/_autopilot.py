@@ -22,8 +22,10 @@ from ._common import (
     ended,
     finish,
     require_run_dir,
+    say,
     seconds,
     stop_on_sigterm,
+    term_safe,
 )
 
 
@@ -188,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if os.path.samefile(run, args.dir):  # the one run asked for
                 raise UsageError(str(exc)) from None
             fleet.busy.add(run)  # in a folder of runs: leave it to the other one
-            print(f"hotcb autopilot: {exc}; leaving it", flush=True)
+            say(f"hotcb autopilot: {exc}; leaving it", flush=True)  # (the other one's pid, host)
             return
         said = "" if args.direction else " (direction from its name; --direction sets it)"
         print(f"hotcb autopilot ({args.mode}) on {run}; key metric {args.key_metric}, "
@@ -358,6 +360,12 @@ def _check_ai_importable() -> None:
 
 
 def _line(rec: dict[str, Any]) -> str:
+    """An autopilot record as a line, safe for a terminal (a rule's id, a metric's name, a
+    model's reasoning: what the run's files say)."""
+    return term_safe(_record_text(rec))
+
+
+def _record_text(rec: dict[str, Any]) -> str:
     kind = rec.get("kind")
     head = f"[step {rec.get('step')}] {kind}"
     if kind == "detection":
@@ -411,31 +419,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"state": st, "pending": pending, "recent": recent, "ai": ai}, indent=2))
         return 0
     if not st:
-        print(f"autopilot: never ran here   (hotcb --dir {args.dir} autopilot --mode suggest)")
+        say(f"autopilot: never ran here   (hotcb --dir {args.dir} autopilot --mode suggest)")
         return 0
-    print(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
+    say(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
           f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip
     key, used, logged = st.get("key_metric"), st.get("key_logged_as"), st.get("logged")
     if used and used != key:
-        print(f"  the run logs {key} as {used}: the rules and the guard read {used}")
+        say(f"  the run logs {key} as {used}: the rules and the guard read {used}")
     elif not used and logged:
-        print(f"  {key} is not among what the run has logged ({', '.join(logged[:12])}): the "
+        say(f"  {key} is not among what the run has logged ({', '.join(logged[:12])}): the "
               f"rules on the key metric wait for it; --key-metric NAME picks another")  # fmt: skip
     if ai and str(st.get("mode", "")).startswith("ai_"):
         price = "" if ai.get("price_known", True) else " (price unknown: counted as $0)"
-        print(f"LLM: {ai.get('model')} at {ai.get('base_url')}   calls: {ai.get('calls')}   "
+        say(f"LLM: {ai.get('model')} at {ai.get('base_url')}   calls: {ai.get('calls')}   "
               f"spent: ${ai.get('spent_usd', 0):.4f} of ${ai.get('budget_usd', 0):g}{price}")  # fmt: skip
         if ai.get("fallback"):
-            print(f"fallen back to the rules: {ai['fallback']}")
+            say(f"fallen back to the rules: {ai['fallback']}")
     off = set(st.get("disabled") or ())
     for r in st.get("rules") or ():
         mark = "off" if r["id"] in off or not r.get("enabled", True) else "on "
-        print(f"  [{mark}] {r['id']}: {r['when']['detector']} on {r['when']['metric']} -> "
+        say(f"  [{mark}] {r['id']}: {r['when']['detector']} on {r['when']['metric']} -> "
               f"{r['then']['action']} {r['then']['params'] or ''} ({r['confidence']})")  # fmt: skip
     for rec in recent:
-        print(_line(rec))
+        say(_line(rec))
     for p in pending:
-        print(f"pending {p['id']}: {p.get('describe')}")
+        say(f"pending {p['id']}: {p.get('describe')}")
     return 0
 
 
@@ -448,14 +456,14 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no pending proposals")
+        say("no pending proposals")
     over = client(args).run_over()
     if over and any(p["state"] == "pending" for p in rows):  # nothing will apply them
-        print(f"the run {over}: its pending proposals ended with it (accept is refused; "
+        say(f"the run {over}: its pending proposals ended with it (accept is refused; "
               "'hotcb autopilot reject ID' clears one)")  # fmt: skip
     for p in rows:
         state = "pending (the run is over)" if over and p["state"] == "pending" else p["state"]
-        print(f"{p['id']}  step {p['step']}  {state}  {p.get('describe')}")
+        say(f"{p['id']}  step {p['step']}  {state}  {p.get('describe')}")
     return 0
 
 
@@ -467,7 +475,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
         rec = decide(args.dir, args.id, args.accept, by="cli")
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
-    print(
+    say(
         f"{rec['id']} {rec['state']}"
         + (f": {' '.join(rec['cmd_ids'])}" if rec.get("cmd_ids") else "")
         + (_age(args.dir, rec["id"]) if rec.get("cmd_ids") else "")
@@ -499,8 +507,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     require_rules_file(args.check, "--check")
     rules = load_rules(args.check)
     for r in rules.rules:
-        print(f"{r.id}: when {r.detector} on {r.metric} {r.params or ''} -> "
+        say(f"{r.id}: when {r.detector} on {r.metric} {r.params or ''} -> "
               f"{r.action.describe()}, cooldown {r.cooldown_steps} steps, {r.confidence}")  # fmt: skip
     if args.check:
-        print(f"{args.check}: {len(rules.rules)} rules, no problems", file=sys.stderr)
+        say(f"{args.check}: {len(rules.rules)} rules, no problems", file=sys.stderr)
     return 0

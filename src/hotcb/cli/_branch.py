@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..branch import UNKNOWN_COMMAND, branch
-from ._common import parse_kv
+from ._common import parse_kv, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,14 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_branch(args: argparse.Namespace) -> int:
     source: int | str = int(args.source) if args.source.isdigit() else args.source
     made = branch(args.dir, args.child, source=source, set_params=parse_kv(args.params))
-    print(f"branched {made['child']} from {made['parent']} at step {made['step']}")
-    print(f"  checkpoint: {made['checkpoint']}")
+    # the checkpoint's path and the parent's launch command come from the parent's files
+    say(f"branched {made['child']} from {made['parent']} at step {made['step']}")
+    say(f"  checkpoint: {made['checkpoint']}")
     print(f"  inherited ledger entries: {made['inherited']}; commands: {len(made['commands'])}")
     if made["frozen"]:
-        print(f"  the parent was frozen ({made['frozen']}) at that step, which would ignore the "
-              "changes: the branch turns the freeze off first")  # fmt: skip
+        say(f"  the parent was frozen ({made['frozen']}) at that step, which would ignore the "
+            "changes: the branch turns the freeze off first")  # fmt: skip
     print("start it with:")
-    print(f"  {made['resume']}")
+    say(f"  {made['resume']}")
     if made["resume"].endswith(UNKNOWN_COMMAND):
         print(f"  (the parent was not started with 'hotcb launch', so its command is not known: "
               f"put the one that trains it in place of {UNKNOWN_COMMAND})")  # fmt: skip

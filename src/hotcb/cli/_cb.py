@@ -15,7 +15,7 @@ import sys
 from .. import jsonl
 from ..ledger import LedgerView
 from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish, parse_kv, require_run_dir
+from ._common import UsageError, add_wait, client, finish, parse_kv, require_run_dir, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -135,14 +135,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         parts = [str(target[k]) for k in ("path", "symbol") if target.get(k)]
         where = ":".join(parts) or "(no target)"  # a load refused before it named one
         sha = (c.get("sha256") or "")[:12] or "-"
-        print(f"{c['id']:<16} {c['state']:<11} {sha:<12} {where}")
+        say(f"{c['id']:<16} {c['state']:<11} {sha:<12} {where}")
         if c.get("params"):
-            print(f"  params: {json.dumps(c['params'])}")
+            say(f"  params: {json.dumps(c['params'])}")
         # last_error: its last exception, or the last command about it that was refused
         raised = f"raised {c['errors']} time(s); " if c.get("errors") else ""
         if c.get("last_error"):
-            print(f"  {raised}last problem: {c['last_error']}")
+            say(f"  {raised}last problem: {c['last_error']}")
         if c.get("warning"):
-            print(f"  warning: {c['warning']}")
+            say(f"  warning: {c['warning']}")
     sys.stdout.flush()
     return 0

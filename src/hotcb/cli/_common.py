@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -27,6 +28,26 @@ class UsageError(HotcbError):
 
 #: What ``--direction`` defaults to (``hotcb.metrics.guess_direction``), for its help.
 DIRECTION_DEFAULT = "default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize"
+
+
+#: What a terminal takes as a command rather than text: C0 (ESC, CR, LF, BEL, …), DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def term_safe(text: object) -> str:
+    """``text`` safe to print to a terminal: each control character (C0 including ESC, CR,
+    LF and tab, DEL, C1) written out as ``repr`` writes it (``\\x1b``, ``\\n``); the rest,
+    ordinary Unicode included, as it is. What a run's files hold (a command's source and
+    reason, metric names, errors) reaches ``hotcb log`` and ``hotcb status`` through this: a
+    line written into them cannot clear the screen, fake a line, set the window title or fill
+    the clipboard (OSC 52) of whoever reads it. Idempotent (its output holds no control
+    character)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def say(text: object, **kwargs: Any) -> None:
+    """``print`` of one line that holds text from a run's files, made :func:`term_safe`."""
+    print(term_safe(text), **kwargs)
 
 
 def parse_value(text: str) -> Any:
@@ -87,7 +108,8 @@ def ended(path: str) -> str | None:
     (…)``, ``ended before it started (…)``) when its process is gone and no run started there
     since (``hotcb.run.json``); else None."""
     meta = jsonl.read_json(RunPaths(path).run_meta, {}) or {}
-    return run_over(meta, time.time()) if isinstance(meta, dict) else None
+    over = run_over(meta, time.time()) if isinstance(meta, dict) else None
+    return None if over is None else term_safe(over)  # a crash's text comes from the file
 
 
 def unread_freeze(paths: RunPaths, cursor: int | None = None) -> dict[str, Any] | None:
@@ -174,7 +196,7 @@ def fmt_value(v: Any) -> str:
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt_value(x) for x in v) + "]"
-    return json.dumps(v) if not isinstance(v, str) else v
+    return json.dumps(v) if not isinstance(v, str) else term_safe(v)
 
 
 def fmt_noise(level: Any, noise: Any) -> str:
@@ -244,7 +266,7 @@ def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
     reason = e.get("reason")
     if isinstance(reason, str) and reason and e.get("module") != "tune":
         line += f" (why: {_short(reason)})"  # a controller's rule and evidence, a person's note
-    return line
+    return term_safe(line)  # source, reason, ids, errors: what the commands file and ledger say
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -420,9 +442,9 @@ def _say_frozen(run_dir: str, sent: tuple[str, str] | None) -> None:
         return
     mode = frozen(RunPaths(run_dir))
     if mode is not None:
-        print(f"hotcb: the run is frozen (freeze {mode}): it will ignore this command "
-              f"(ignored_freeze); 'hotcb --dir {run_dir} freeze --mode off' unfreezes it",
-              file=sys.stderr)  # fmt: skip
+        say(f"hotcb: the run is frozen (freeze {mode}): it will ignore this command "
+            f"(ignored_freeze); 'hotcb --dir {run_dir} freeze --mode off' unfreezes it",
+            file=sys.stderr)  # fmt: skip
 
 
 def finish(
@@ -439,8 +461,8 @@ def finish(
               "(or $HOTCB_DIR)", file=sys.stderr)  # fmt: skip
     over = ended(args.dir)
     if over is not None or not getattr(args, "wait", False):
-        for cid in cmd_ids:
-            print(cid)
+        for cid in cmd_ids:  # (an autopilot proposal's, from its file)
+            say(cid)
         if over is not None:  # nothing will answer: say so (with --wait, instead of timing out)
             return _over(args, over)
         _say_frozen(args.dir, sent)
@@ -455,7 +477,7 @@ def finish(
         try:
             entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()), until_over=True)
         except TimeoutError:  # the ids first: the commands are in the file, to wait on later
-            print("\n".join(cmd_ids[i:]), flush=True)
+            print("\n".join(map(term_safe, cmd_ids[i:])), flush=True)
             over = ended(args.dir)
             if over is None:
                 raise

@@ -32,6 +32,7 @@ from ._common import (
     fmt_value,
     parse_kv,
     require_run_dir,
+    say,
     unread_freeze,
 )
 from ._recipe import status_extra
@@ -311,19 +312,17 @@ def _stale_after() -> float:
 def _print_run(st: dict[str, Any]) -> None:
     """The run, its freeze mode, its last metrics (the top of ``hotcb status``)."""
     run = st["run"]
-    print(f"run      {st['run_dir']}  [{st['state']}]")
+    say(f"run      {st['run_dir']}  [{st['state']}]")
     if run.get("pid") is not None:  # a kernel opened the run (a launch alone records none)
-        print(
-            f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}"
-        )
+        say(f"         hotcb {run.get('hotcb_version')} pid {run.get('pid')} on {run.get('host')}")
         other = run.get("other_trainer")
         if isinstance(other, dict) and other_live_trainer(other, st["run_dir"]) is not None:
-            print(
+            say(
                 f"         and pid {other['pid']}, started before it, still runs here: each "
                 "applies every command (twice in all); stop one of them"
             )
         if is_network_fs(run.get("filesystem")):
-            print(
+            say(
                 f"         on {run['filesystem']}: send commands from {run.get('host')} "
                 "or through 'hotcb serve' there"
             )
@@ -333,25 +332,25 @@ def _print_run(st: dict[str, Any]) -> None:
     if sent:  # the file says the mode in force; the run has not read the change yet
         when = f" at step {sent['at_step']}" if sent.get("at_step") is not None else ""
         extra += f" ({sent.get('mode')}{when} sent, not yet read by the run)"
-    print(f"freeze   {fr['mode']}{extra}")
+    say(f"freeze   {fr['mode']}{extra}")
     for line in st.get("replay_next", []):
-        print(f"         next: {line}")
+        say(f"         next: {line}")
     lm = st["last_metrics"]
     if lm:
         shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in list(lm["metrics"].items())[:6])
         age = time.time() - float(lm.get("wall_time") or 0)
-        print(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
+        say(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
     beat = st.get("heartbeat")
     # a run that closed its kernel says where it ended in its state line; its last beat (at
     # most one a second) is older than that. One whose process is gone: its last sign of life
     if beat and isinstance(beat.get("wall_time"), (int, float)) and "ended" not in run:
         age = time.time() - float(beat["wall_time"])
         said = "alive   " if process_alive(run) is not False else "last beat"
-        print(f"{said} step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
+        say(f"{said} step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
     if st["unread_command_bytes"]:
-        print(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
+        say(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")
     for line in st.get("controllers") or ():
-        print(line)
+        say(line)
 
 
 def _shown_value(v: Any) -> str:
@@ -360,16 +359,16 @@ def _shown_value(v: Any) -> str:
 
 def _print_actuators(actuators: list[dict[str, Any]], from_parent: bool = False) -> None:
     if from_parent:  # a branch not started yet: the parent's names and bounds, no values
-        print("actuators (the parent's; their values come when the branch starts)")
+        say("actuators (the parent's; their values come when the branch starts)")
     else:
-        print("actuators" if actuators else "actuators (none yet: the run has not started)")
+        say("actuators" if actuators else "actuators (none yet: the run has not started)")
     for a in actuators:
         bounds = ""
         if a.get("min") is not None or a.get("max") is not None:
             bounds = f" [{fmt_value(a.get('min'))}, {fmt_value(a.get('max'))}]"
         if isinstance(a.get("choices"), list) and a["choices"]:  # what a choice knob takes
             bounds += " one of " + " | ".join(fmt_value(c) for c in a["choices"])
-        print(
+        say(
             f"  {a['param_key']:<22} {_shown_value(a.get('current')):<14} "
             f"{a.get('group', ''):<7} {a.get('state', '')}{bounds}"
         )
@@ -385,21 +384,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_run(st)
     _print_actuators(st["actuators"], st.get("actuators_from_parent", False))
     if st["pending"]:
-        print("scheduled")
+        say("scheduled")
         for e in st["pending"]:
-            print(
+            say(
                 f"  at step {e.get('at_step')}: {e.get('module')} {e.get('op')} "
                 f"{json.dumps(e.get('params'))} ({e.get('cmd_id')})"
             )
     if args.n:  # -n 0: no ledger lines (not "empty")
-        print("ledger" if st["ledger"] else "ledger   (empty)")
+        say("ledger" if st["ledger"] else "ledger   (empty)")
     gone = _replaced(st["ledger"])
     for e in st["ledger"]:
         line = fmt_entry(e, args.dir)
         by = gone.get(e.get("seq"))
         if by is not None:
             line += f"   (replaced: the run resumed at #{by.get('seq')})"
-        print("  " + line)
+        say("  " + line)
     return 0
 
 

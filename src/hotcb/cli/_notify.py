@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ._common import UsageError, ended, require_run_dir, seconds, stop_on_sigterm
+from ._common import UsageError, ended, require_run_dir, say, seconds, stop_on_sigterm
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -177,4 +177,4 @@ LAST_DELIVERIES_SEC = 30.0
 def _say(events: list[dict[str, Any]]) -> None:
     for event in events:
         at = f"[step {event['step']}] " if event.get("step") is not None else ""
-        print(f"{at}alert {event['alert']}: {event['message']}", flush=True)
+        say(f"{at}alert {event['alert']}: {event['message']}", flush=True)  # a metric's name

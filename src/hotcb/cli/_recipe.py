@@ -25,7 +25,16 @@ from ..recipe import (
     sets_actuators,
 )
 from ..runfiles import RunPaths
-from ._common import UsageError, add_wait, client, finish, require_out_folder, require_run_dir
+from ._common import (
+    UsageError,
+    add_wait,
+    client,
+    finish,
+    require_out_folder,
+    require_run_dir,
+    say,
+    term_safe,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -141,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, entries = export_recipe(args.dir, args.out)
     print(f"wrote {len(entries)} entries to {path}")
     for warning in fresh_restarts(args.dir):  # also in the recipe's header
-        print(f"hotcb: warning: {warning}", file=sys.stderr)
+        say(f"hotcb: warning: {warning}", file=sys.stderr)
     if not entries:
         print("hotcb: the run applied no change a recipe replays; the recipe is empty",
               file=sys.stderr)  # fmt: skip
@@ -164,10 +173,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     skipped = bool(args.adjust and problems)
     checked = None if skipped else check_actuators(entries, args.dir)
     problems = sorted([*problems, *(checked or ())], key=lambda p: p.line)
-    for line in said:
-        print(line)
-    for p in problems:
-        print(_located(path, p))
+    # a recipe's or an overlay's problems quote what its lines hold (PyYAML's on lines of
+    # their own: where in the file)
+    for text in [*said, *(_located(path, p) for p in problems)]:
+        print("\n".join(map(term_safe, text.split("\n"))))
     if not skipped and checked is None and sets_actuators(entries):  # with problems or not
         print(_not_checked(args.dir), file=sys.stderr)
     if said or problems:
@@ -198,7 +207,7 @@ def cmd_patch_template(args: argparse.Namespace) -> int:
             f.write(text)
         print(f"wrote {out}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write("\n".join(term_safe(line) for line in text.split("\n")))
     return 0
 
 

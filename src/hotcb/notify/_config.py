@@ -4,6 +4,7 @@ every problem and its line; and the quick flags' config (``--notify-webhook`` â€
 from __future__ import annotations
 
 import os
+import unicodedata
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -230,16 +231,26 @@ def _delivery(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Delive
             c.add(f"{where}.url", "missing")
         elif url is not None and (problem := _url_problem(url)):
             c.add(f"{where}.url", problem)
-        headers = d.get("headers") or {}
-        if not isinstance(headers, Mapping):
-            c.add(f"{where}.headers", "expected a mapping of header names to values")
-            headers = {}
+        headers = _headers(c, d, where)
         if url is None:
             return None
-        return Webhook(url, dict(headers)) if kind == "webhook" else Slack(url)
+        return Webhook(url, headers) if kind == "webhook" else Slack(url)
     if kind == "email":
         return _email(c, d, where, base)
     return None
+
+
+def _headers(c: Checker, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A webhook's ``headers``, each name and value checked (a line break in a value went to
+    the delivery's error text, the token with it)."""
+    headers = d.get("headers") or {}
+    if not isinstance(headers, Mapping):
+        c.add(f"{where}.headers", "expected a mapping of header names to values")
+        return {}
+    for name, value in headers.items():
+        if problem := _header_problem(str(name), value):
+            c.add(f"{where}.headers.{name}", problem)
+    return dict(headers)
 
 
 def _email(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Email | None:
@@ -287,6 +298,42 @@ def _url_problem(url: str) -> str | None:
         host = None
     if not url.startswith(("http://", "https://")) or not host:
         return f"expected an http:// or https:// URL, got {url!r}"
+    stray = _stray(url, space=True)
+    if stray is not None:  # the URL is not echoed: it may hold a token (or be one: Slack's)
+        return (f"{stray[1]} at character {stray[0] + 1}: a URL holds no whitespace or control "
+                "character (a stray space or line break? percent-encode a space as %20)")  # fmt: skip
+    return None
+
+
+def _header_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a webhook header: a control character in its name or value (a YAML
+    ``|`` block ends the value with a line break), whitespace or ``:`` in its name; None when
+    nothing is. The value is not echoed: it is often a token."""
+    stray = _stray(name, space=True)
+    if stray is not None or ":" in name or not name:
+        what = stray[1] if stray is not None else "a ':'" if name else "nothing"
+        return f"{what} in the header name: expected a name such as X-Team"
+    stray = _stray(str(value), space=False)
+    if stray is not None:
+        return (f"{stray[1]} at character {stray[0] + 1} of the value: a header value holds no "
+                "control character (a YAML | block ends it with a line break: write the value "
+                "on the name's line)")  # fmt: skip
+    return None
+
+
+#: How a stray character is named in a problem: the usual ones by name.
+_NAMED = {"\n": "a line break (LF)", "\r": "a carriage return (CR)", "\t": "a tab", " ": "a space"}
+
+
+def _stray(text: str, *, space: bool) -> tuple[int, str] | None:
+    """Where the first control character of ``text`` (C0, DEL, C1) is, or with ``space`` its
+    first whitespace too, and what it is (``a line break (LF)``, ``the control character
+    '\\x1b'``); None when there is none."""
+    for i, ch in enumerate(text):
+        control = unicodedata.category(ch) == "Cc"
+        if control or (space and ch.isspace()):
+            kind = "control character" if control else "whitespace"
+            return i, _NAMED.get(ch) or f"the {kind} {ch!r}"
     return None
 
 

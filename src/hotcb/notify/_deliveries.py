@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
 
+from ..runfiles import url_secrets
+
 __all__ = ["SMTP_PASSWORD_ENV", "Delivery", "Email", "Slack", "Webhook", "deliver",
-           "redact_target"]  # fmt: skip
+           "redact_target", "scrub_secrets"]  # fmt: skip
 
 _TIMEOUT = 10.0
 
@@ -185,6 +187,57 @@ class Email:
             smtp.send_message(msg)
 
 
+def _secrets(delivery: Delivery) -> list[str]:
+    """What ``delivery`` holds that must not be recorded: its URL's secrets (the query's
+    tokens, the login's password, as written and decoded, and the Basic auth made of it; a
+    Slack URL's path), its header values (whole and word by word), its SMTP password (and
+    the AUTH PLAIN and LOGIN forms of it)."""
+    found: list[str] = []
+    url = getattr(delivery, "url", None)
+    if isinstance(url, str):
+        found += url_secrets(url)
+        try:
+            u = urllib.parse.urlsplit(url)
+            user, password = u.username, u.password
+        except ValueError:  # a malformed netloc: the whole URL, then
+            found.append(url)
+            u, user, password = None, None, None
+        if password is not None:
+            found += [password, urllib.parse.unquote(password)]
+        if user is not None:  # as _login sends them
+            login = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password or '')}"
+            found.append(base64.b64encode(login.encode()).decode())
+        if isinstance(delivery, Slack) and u is not None and u.path not in ("", "/"):
+            found += [u.path, *u.path.strip("/").split("/")[1:]]  # /services/T/B/SECRET
+    headers = getattr(delivery, "headers", None)
+    if isinstance(headers, Mapping):
+        for value in headers.values():
+            found += [str(value), *str(value).split()]  # "Bearer TOKEN\n": TOKEN on its own
+    if isinstance(delivery, Email) and delivery.user:
+        password = os.environ.get(delivery.password_env or SMTP_PASSWORD_ENV)
+        if password:
+            plain = f"\0{delivery.user}\0{password}".encode()
+            found += [password, base64.b64encode(plain).decode(),
+                      base64.b64encode(password.encode()).decode()]  # fmt: skip
+    return found
+
+
+def scrub_secrets(text: str, delivery: Delivery) -> str:
+    """``text`` (a delivery's error) with every secret of ``delivery`` replaced by ``***``:
+    as written, stripped, and as an error quotes it (``repr`` of the text or of its bytes,
+    percent-encoded). ``target`` is redacted already; an error can quote the request (a URL
+    with a stray space, a header value with a line break) and went whole to
+    ``hotcb.notify.jsonl`` and stderr. Secrets under 4 characters are left (they would
+    garble the text; such a secret is no secret)."""
+    forms: set[str] = set()
+    for secret in _secrets(delivery):
+        for s in (secret, secret.strip()):
+            forms.update((s, repr(s)[1:-1], repr(s.encode())[2:-1], urllib.parse.quote(s)))
+    for form in sorted((f for f in forms if len(f) >= 4), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
 def deliver(
     delivery: Delivery,
     event: Mapping[str, Any],
@@ -206,14 +259,16 @@ def deliver(
             delivery.send(event)
         except Exception as exc:  # whatever a user's endpoint does is recorded
             last = attempt > retries
+            # without the delivery's secrets: the error may quote its URL or a header
+            error = scrub_secrets(f"{type(exc).__name__}: {exc}", delivery)
             record({"kind": "delivery", "alert": event.get("alert"), "target": target,
                     "attempt": attempt, "status": "failed" if last else "retry",
-                    "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+                    "error": error})  # fmt: skip
             if last:
                 log.warning("hotcb notify: the %s delivery of alert %s to %s failed after %d "
-                            "attempt(s): %s: %s", type(delivery).__name__.lower(),
-                            event.get("alert"), target, attempt, type(exc).__name__,
-                            str(exc).replace("\n", " "))  # fmt: skip
+                            "attempt(s): %s", type(delivery).__name__.lower(),
+                            event.get("alert"), target, attempt,
+                            error.replace("\n", " "))  # fmt: skip
                 return False
             sleep(min(max_backoff, backoff * 2 ** (attempt - 1)))
         else:
