@@ -44,6 +44,9 @@ class CommandIntake:
             max_line=MAX_COMMAND_BYTES,
             check_resume=self._resumable,
             hold_open=True,
+            # a link planted as the commands file: its target's lines went, as "not valid
+            # JSON" errors, into the ledger that anyone who reads the run reads
+            follow_links=False,
         )
         self.ledger = ledger if ledger is not None else os.path.join(os.path.dirname(path), LEDGER)
         self._problem: str | None = None  # the reason the file could not be read, told once

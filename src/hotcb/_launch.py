@@ -469,8 +469,12 @@ def _reaped(procs: Iterable[_Proc], timeout: float) -> None:
 
 
 def _open_log(path: str) -> IO[bytes]:
-    """A log readable by its owner only, appended to."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """A log readable by its owner only, appended to: this user's own regular file, never one
+    that a writer of the run directory planted (a symbolic link, another user's file they
+    could read): :class:`~hotcb.jsonl.RunFileRefusedError` names it."""
+    fd, st = jsonl.open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, mine=True)
+    if st.st_mode & 0o077:  # an older log, written before it was made private
+        os.fchmod(fd, 0o600)
     return os.fdopen(fd, "ab", buffering=0)
 
 

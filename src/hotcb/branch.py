@@ -269,7 +269,7 @@ def _populate(
         if ids:  # the child is new: nothing else is in its commands file
             os.remove(paths.commands)
         raise
-    open(paths.commands, "ab").close()
+    os.close(jsonl.open_own(paths.commands, os.O_WRONLY | os.O_CREAT | os.O_APPEND)[0])
     jsonl.append_many(paths.ledger, inherited, fsync=True)
     jsonl.write_json_atomic(
         paths.run_meta, {"created": time.time(), "run_dir": child, "branch": dict(info)}

@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import jsonl
 from ._checks import number_arg
 from ._launch import _answers
 
@@ -468,8 +469,10 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
 
 
 def _open_log(path: str) -> Any:
-    """The child's log, readable by its owner only (the server's holds the tokenised URL)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """The child's log, readable by its owner only (the server's holds the tokenised URL): this
+    user's own regular file, never one that a writer of the run directory planted (a symbolic
+    link, a file of theirs they could read): :class:`~hotcb.jsonl.RunFileRefusedError`."""
+    fd, _ = jsonl.open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600, mine=True)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "ab")
 

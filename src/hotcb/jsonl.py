@@ -15,6 +15,13 @@ an append that opened a file just before it was moved writes to the one the path
 
 ``flock`` does not protect appends from several *hosts* on NFS: writers on another machine should
 go through the dashboard server on the trainer's host (see docs/core.md).
+
+A run directory may be a shared folder that other users can write. They can plant a symbolic
+link, or a FIFO, under the name of a file hotcb writes, or under the name of a temporary file it
+is about to create. So the run's own files are opened with ``O_NOFOLLOW`` and must be regular
+files (:func:`open_own`, :class:`RunFileRefusedError` otherwise), and a file replaced whole is
+written to a new temporary file with a random name, created with ``O_EXCL``
+(:func:`atomic_writer`), never to a name someone could guess and plant first.
 """
 
 from __future__ import annotations
@@ -26,19 +33,24 @@ import json
 import math
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from .errors import JournalWriteError
 
 __all__ = [
+    "O_NOFOLLOW",
     "JsonlTail",
+    "RunFileRefusedError",
     "append",
     "append_many",
+    "atomic_writer",
+    "create_temp",
     "dumps",
     "iter_records",
     "last_records",
+    "open_own",
+    "open_regular",
     "parse_line",
     "read_json",
     "read_last",
@@ -67,13 +79,32 @@ def _kind(mode: int) -> str:
     return "an unknown kind of file"
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
+#: ``os.O_NOFOLLOW`` where the platform has it (0 elsewhere): open the file a path names, not
+#: the one a symbolic link in its place points at.
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _planted_link(exc: OSError, path: str) -> bool:
+    """Whether ``exc``, raised by an ``O_NOFOLLOW`` open of ``path``, says a symbolic link is
+    in the file's place (ELOOP, EMLINK on the BSDs; also raised for a path through a loop of
+    links, which is no such refusal)."""
+    return exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path)
+
+
+def open_regular(path: str, *, follow: bool = True) -> tuple[int, os.stat_result]:
     """A read-only descriptor of ``path``, which must name a regular file, and its ``fstat``.
 
     ``O_NONBLOCK``: a FIFO in a file's place would block ``open`` until some process opens it
     to write (a training loop would hang there); on a regular file it changes nothing.
+    ``follow=False``: a symbolic link in the file's place is refused too (a run's file that
+    whoever can write the run directory could point at another file of the reader's).
     Raises ``FileNotFoundError`` as ``open`` does, and ``OSError`` for anything else there."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else O_NOFOLLOW))
+    except OSError as exc:
+        if not follow and _planted_link(exc, path):
+            raise OSError(exc.errno, "a symbolic link, which hotcb will not follow", path) from exc
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -83,6 +114,91 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise
     return fd, st
+
+
+_NOT_WRITTEN = "%s, not a regular file, which hotcb will not write to"
+
+
+class RunFileRefusedError(JournalWriteError):
+    """hotcb would not write to one of the run's own files: a symbolic link, or something else
+    than a regular file (a FIFO, a directory), was in its place, or a log file belonged to
+    another user. Whoever can write the run directory can plant those, to make the process
+    write to a file of their choosing or hang it. Nothing was written (``written=False``)."""
+
+
+def _refusal(path: str, what: str, code: int | None) -> RunFileRefusedError:
+    return RunFileRefusedError(
+        f"{path} is {what} (whoever can write the run directory can plant one there): remove "
+        "it, and hotcb creates the file anew",
+        errno=code,
+        path=path,
+    )
+
+
+def open_own(
+    path: str, flags: int, mode: int = 0o644, *, mine: bool = False
+) -> tuple[int, os.stat_result]:
+    """``os.open(path, flags, mode)`` of a file hotcb writes in a run directory, and its
+    ``fstat``: never through a symbolic link (``O_NOFOLLOW``), never anything but a regular
+    file (``O_NONBLOCK``: opening a FIFO neither blocks nor succeeds unnoticed) and, with
+    ``mine``, never a file another user owns. A refusal raises :class:`RunFileRefusedError`
+    naming the file; other failures raise ``OSError`` as ``os.open`` does."""
+    try:
+        fd = os.open(path, flags | O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if _planted_link(exc, path):
+            raise _refusal(path, "a symbolic link, which hotcb will not follow", exc.errno) from exc
+        if exc.errno == errno.ENXIO:  # a FIFO opened to write, with no reader
+            raise _refusal(path, _NOT_WRITTEN % "a FIFO", exc.errno) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refusal(path, _NOT_WRITTEN % _kind(st.st_mode), errno.EINVAL)
+        if mine and st.st_uid != os.geteuid():
+            who = f"another user's file (uid {st.st_uid}), which hotcb will not write to"
+            raise _refusal(path, who, errno.EPERM)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+#: How many random names :func:`create_temp` tries before it gives up.
+_TEMP_TRIES = 100
+
+
+def create_temp(path: str) -> tuple[int, str]:
+    """A new, empty file beside ``path``, opened to write, and its name: ``PATH.tmp.<random>``,
+    created by this call (``O_CREAT | O_EXCL``), so never a file or a symbolic link that someone
+    planted under a name they guessed. Its mode is what ``open(…, "w")`` gives a new file
+    (``0o666`` less the umask). The caller renames it over ``path`` or removes it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
+    for _ in range(_TEMP_TRIES):
+        tmp = f"{path}.tmp.{os.urandom(8).hex()}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path``'s new content to, which replaces ``path`` when the block
+    ends without an error: readers see the old file or the new one, never half of one. The
+    file is a :func:`create_temp`, removed again when anything fails (a full disk): none is
+    left behind. Threads and processes may write the same path at once (the last one wins)."""
+    path = os.fspath(path)
+    fd, tmp = create_temp(path)
+    try:
+        with open(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -178,7 +294,8 @@ _REOPEN_TRIES = 3
 
 def _open_locked(path: str) -> tuple[int, int]:
     """A descriptor of the file ``path`` names (created when missing), opened to append and
-    locked exclusively, and the file's size.
+    locked exclusively, and the file's size. A symbolic link or a FIFO in the file's place is
+    refused (:func:`open_own`).
 
     A file moved away or deleted between the open and the lock (``mv commands commands.1``)
     is let go for the one the path names now: a reader that finishes a rotated file
@@ -186,7 +303,7 @@ def _open_locked(path: str) -> tuple[int, int]:
     last bytes, so a line lands either before those bytes are read or in the new file."""
     tries = _REOPEN_TRIES
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd, _ = open_own(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
@@ -291,7 +408,8 @@ class JsonlTail:
     its first ``max_line + 1`` bytes, and :attr:`cut` says ``(end_offset, length)`` of it.
 
     The path must name a regular file: anything else (a FIFO, a directory) raises ``OSError``
-    from :meth:`read_lines` instead of blocking or reading it.
+    from :meth:`read_lines` instead of blocking or reading it; with ``follow_links=False``, so
+    does a symbolic link (:func:`open_regular`).
 
     With ``hold_open``, the tail keeps the file it reads open between reads, as ``tail -F``
     does, so a file moved away (``mv f f.1``, rotation) or deleted with lines not read yet is
@@ -310,8 +428,8 @@ class JsonlTail:
     """
 
     __slots__ = ("_dev", "_head", "_held", "_ino", "_scan", "_scan_from", "check_resume", "cut",
-                 "hold_open", "left_unread", "max_bytes", "max_line", "more", "offset", "path",
-                 "reset")  # fmt: skip
+                 "follow_links", "hold_open", "left_unread", "max_bytes", "max_line", "more",
+                 "offset", "path", "reset")  # fmt: skip
 
     def __init__(
         self,
@@ -322,9 +440,11 @@ class JsonlTail:
         max_line: int | None = None,
         check_resume: Callable[[bytes], bool] | None = None,
         hold_open: bool = False,
+        follow_links: bool = True,
     ) -> None:
         self._held = -1  # the descriptor of the file read (hold_open), first: __del__ reads it
         self.hold_open = hold_open
+        self.follow_links = follow_links
         #: bytes of a rotated file after its last newline, not read (see ``hold_open``); set
         #: with :attr:`reset`
         self.left_unread = 0
@@ -399,7 +519,7 @@ class JsonlTail:
         self.cut = None
         self.more = False
         try:
-            fd, st = open_regular(self.path)
+            fd, st = open_regular(self.path, follow=self.follow_links)
         except FileNotFoundError:
             # moved away or deleted, nothing in its place yet: what is left of the file held
             return self._finish_held() if self._held >= 0 else []
@@ -669,20 +789,11 @@ def last_records(
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``path`` through a temporary file beside it, so readers see the old or the new
-    file, never half of one. The temporary name is the process's and thread's own (the
-    dashboard's worker threads may write the same file at once), and it is removed when
-    anything fails (a full disk): none is left behind."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` through a new temporary file beside it (:func:`atomic_writer`), so
+    readers see the old or the new file, never half of one, and nothing is written through a
+    link someone planted under the temporary file's name."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

@@ -204,7 +204,10 @@ class HotKernel:
         if _dist.first_rank():  # the run's files exist from here on: `hotcb status` sees it
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
-                    open(path, "ab").close()  # ledger that goes missing later is noticed
+                    # ledger that goes missing later is noticed. Never through a link planted
+                    # there (it made its target); refused again, and said, where it is written
+                    with contextlib.suppress(OSError):
+                        os.close(jsonl.open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)[0])
             other = self._other_trainer()  # before our pid replaces its own
             self._other_pid = other["pid"] if other else None
             extra = {**self._run_meta, "other_trainer": other} if other else self._run_meta
@@ -436,24 +439,30 @@ class HotKernel:
         if not self.is_leader:
             return
         path = self.paths.heartbeat
-        tmp = f"{path}.tmp.{os.getpid()}"
         # A whole new file, then unlink and rename: a reader sees the last beat, the new one or
         # (for microseconds) none, never half of one. Not os.replace: renaming over a file
         # makes ext4 flush the new one first (auto_da_alloc), milliseconds on the training
-        # thread; this is about a hundred microseconds (benchmarks/overhead.py).
+        # thread; this is about a hundred microseconds (benchmarks/overhead.py). The new file
+        # has a random name and is created here (O_EXCL), never opened through a link that a
+        # writer of the run directory planted under a name it could guess.
         try:
             data = (
                 f'{{"step":{int(step)},"wall_time":{time.time()!r},"pid":{os.getpid()},'
                 f'"seq":{self._ledger.written}}}'
             )  # (seq: a ledger emptied later is lost)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd, tmp = jsonl.create_temp(path)
             try:
-                os.write(fd, data.encode())
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            os.rename(tmp, path)
+                try:
+                    os.write(fd, data.encode())
+                finally:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         except (OSError, TypeError, ValueError) as exc:
             self._warn("heartbeat", f"could not write {self.paths.heartbeat}: {exc!r}")
 

@@ -340,10 +340,9 @@ def _save_tensors(folder: str, saved: dict[str, Any]) -> None:
 
     if not _holds_tensor(saved, torch.Tensor):
         return
-    path = os.path.join(folder, TENSOR_STATE_FILE)
-    tmp = f"{path}.tmp"
-    torch.save(saved, tmp)
-    os.replace(tmp, path)
+    # a new temporary file of a random name: none that a writer of the folder planted
+    with jsonl.atomic_writer(os.path.join(folder, TENSOR_STATE_FILE)) as f:
+        torch.save(saved, f)
 
 
 def _holds_tensor(obj: Any, tensor: type, depth: int = 0) -> bool:

@@ -154,7 +154,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if folder is not None:  # init would make it a run: commands queued there wait for good
         raise UsageError(f"{folder}; 'init' would make the folder a run of its own")
     os.makedirs(paths.root, exist_ok=True)
-    open(paths.commands, "ab").close()
+    os.close(jsonl.open_own(paths.commands, os.O_WRONLY | os.O_CREAT | os.O_APPEND)[0])
     print(paths.root)
     return 0
 

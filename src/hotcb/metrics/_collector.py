@@ -88,8 +88,9 @@ class MetricsCollector:
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            offset = os.fstat(self._fd).st_size
+            # not through a symbolic link, nor into a FIFO, planted in the run directory
+            self._fd, st = jsonl.open_own(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            offset = st.st_size
             # an earlier process's last write may have been cut short (and it died after)
             self._torn = offset > 0 and os.pread(self._fd, 1, offset - 1) != b"\n"
             if self._columns_on:

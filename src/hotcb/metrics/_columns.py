@@ -24,6 +24,7 @@ means that part of the file is parsed as JSON again.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -35,6 +36,8 @@ from typing import Any
 from .. import jsonl
 
 __all__ = ["BLOCK_LINES", "MAGIC", "ColumnWriter", "read_blocks", "sidecar_path"]
+
+log = logging.getLogger("hotcb")
 
 MAGIC = b"HCBCOLS1"
 #: Records a block holds (about 200 KB for three metrics); the trainer writes one block per
@@ -72,11 +75,19 @@ class ColumnWriter:
 
     def _truncate(self) -> None:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError:
-            self.enabled = False
+            fd, _ = jsonl.open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except OSError as exc:
+            self._off(exc)
             return
         os.close(fd)
+
+    def _off(self, exc: OSError) -> None:
+        """Turn the writer off (the metrics file is the record). A refusal (a symbolic link or
+        a FIFO planted in the sidecar's place) is said, since nothing else would tell."""
+        self.enabled = False
+        if isinstance(exc, jsonl.RunFileRefusedError):
+            log.warning("hotcb: %s; the column sidecar is off (the metrics are still written "
+                        "to the metrics file)", exc)  # fmt: skip
 
     def add(self, step: int, values: dict[str, float | None], nbytes: int, record: Any) -> None:
         """One record of ``nbytes`` bytes (its line, newline included) was appended."""
@@ -127,10 +138,10 @@ class ColumnWriter:
             return
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._fd, _ = jsonl.open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             os.write(self._fd, b"".join(parts))
-        except OSError:
-            self.enabled = False  # a torn block is refused by readers; none follows it
+        except OSError as exc:
+            self._off(exc)  # a torn block is refused by readers; none follows it
 
     def close(self) -> None:
         self.flush()

@@ -339,9 +339,18 @@ def _rule(r: dict[str, Any], off: set[str]) -> dict[str, Any]:
 
 
 def _recent(path: str) -> list[dict[str, Any]]:
-    recs = [r for r in jsonl.read_last(path, _RECENT_SCAN) if r.get("kind") in RECENT_KINDS]
+    try:
+        last = jsonl.read_last(path, _RECENT_SCAN)
+    except OSError as exc:  # a FIFO, a directory in its place: nothing to show, not a 500
+        log.warning("hotcb dashboard: cannot read %s: %s", path, exc)
+        return []
+    recs = [r for r in last if r.get("kind") in RECENT_KINDS]
     return recs[-RECENT_MAX:]
 
 
 def _pending(run_dir: str) -> list[dict[str, Any]]:
-    return [p for p in proposals(run_dir) if p.get("state") == "pending"]
+    try:
+        return [p for p in proposals(run_dir) if p.get("state") == "pending"]
+    except OSError as exc:  # (as in _recent)
+        log.warning("hotcb dashboard: cannot read the autopilot records in %s: %s", run_dir, exc)
+        return []

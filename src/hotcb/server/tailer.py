@@ -551,8 +551,9 @@ class ColumnCache:
 
     @classmethod
     def _fingerprint(cls, metrics_path: str, offset: int) -> list[str] | None:
-        try:
-            with open(metrics_path, "rb") as f:
+        try:  # (regular files only: a FIFO in a file's place would hang the server here)
+            fd, _ = jsonl.open_regular(metrics_path)
+            with open(fd, "rb") as f:
                 head = f.read(min(cls._PROBE, offset))
                 f.seek(max(0, offset - cls._PROBE))
                 tail = f.read(min(cls._PROBE, offset))
@@ -586,18 +587,14 @@ class ColumnCache:
         if snap is None:
             return False
         header, blobs = snap
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
+        try:  # a new temporary file of a random name: none that a writer of the run planted
+            with jsonl.atomic_writer(self.path) as f:
                 f.write(self.MAGIC)
                 f.write(jsonl.dumps(header).encode() + b"\n")
                 for blob in blobs:
                     f.write(blob)
-            os.replace(tmp, self.path)
         except (OSError, ValueError, TypeError) as exc:
             log.debug("hotcb dashboard: could not write %s: %r", self.path, exc)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             return False
         return True
 
@@ -608,7 +605,8 @@ class ColumnCache:
         """Fill the (empty) ``index`` from the cache and move its cursor past what the cache
         covers; the number of bytes of the metrics file skipped (0: nothing loaded)."""
         try:
-            with open(self.path, "rb") as f:
+            fd, _ = jsonl.open_regular(self.path)  # a FIFO would hang the server in open()
+            with open(fd, "rb") as f:
                 if f.readline() != self.MAGIC:
                     return 0
                 header = json.loads(f.readline())
@@ -911,7 +909,8 @@ class TuneWatch:
             return False
         self._sig = sig
         try:
-            with open(self.path, "rb") as f:
+            fd, _ = jsonl.open_regular(self.path)  # a FIFO would hang the server in open()
+            with open(fd, "rb") as f:
                 doc = json.loads(f.read())
             if not isinstance(doc, dict):
                 raise ValueError(f"a JSON object was expected, got {type(doc).__name__}")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from ... import jsonl
 from ...errors import CodeLoadError
 from ...runfiles import SOURCES
 
@@ -223,10 +224,7 @@ def capture_source(host: ModuleHost, data: bytes) -> tuple[str, str]:
     dest = os.path.join(host.paths.sources, f"{sha}.py")
     if host.is_leader and not os.path.exists(dest):
         os.makedirs(host.paths.sources, exist_ok=True)
-        tmp = f"{dest}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
+        jsonl.write_atomic(dest, data)  # (a new temporary file: none a writer of the run planted)
     return sha, rel
 
 
