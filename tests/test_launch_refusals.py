@@ -301,3 +301,33 @@ def test_a_launch_into_a_run_that_still_trains_is_refused(tmp_path: Path) -> Non
     # over: a new launch into it is fine again
     again = _launch(tmp_path, "--dir", "run", "--", *STARTED)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.slow
+def test_a_python_launch_into_a_run_that_still_trains_is_refused(tmp_path: Path) -> None:
+    """`hotcb.launch(..., run_dir=X)` run again in a notebook while the first still trains:
+    two trainers ran in one directory (the CLI refused it; the Python API did not)."""
+    from hotcb import launch
+    from hotcb._launch import LaunchError
+    from hotcb.testing import wait_for
+
+    script = tmp_path / "train.py"
+    script.write_text(FOREVER)
+    run = tmp_path / "run"
+    first = launch([sys.executable, os.fspath(script)], run_dir=os.fspath(run), serve=False)
+    try:
+        wait_for(lambda: (run / "hotcb.metrics.jsonl").exists() or not first.running, 120,
+                 what="the first launch's training")  # fmt: skip
+        meta_before = (run / "hotcb.run.json").read_text()
+        with pytest.raises(LaunchError, match="is in use: a launch of this process"):
+            launch([sys.executable, "-c", "raise SystemExit(3)"], run_dir=os.fspath(run),
+                   serve=False)  # fmt: skip
+        assert (run / "hotcb.run.json").read_text() == meta_before
+        assert first.running
+        first.stop()
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.running:
+            first.kill()
+    again = launch([sys.executable, "-c", "pass"], run_dir=os.fspath(run), serve=False)
+    assert again.wait(timeout=120) == 0

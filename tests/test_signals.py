@@ -294,3 +294,44 @@ def test_a_sigterm_repeated_at_once_is_the_same_request(tmp_path: Any) -> None:
     assert out.endswith("stopped\n")
     ck, stop = _signal_entries(os.fspath(tmp_path / "run"))
     assert (ck["op"], ck["decision"], stop["op"]) == ("checkpoint", "applied", "stop")
+
+
+# the kernel made in one cell, the loop run in the next: a Jupyter kernel puts Python's
+# default_int_handler in place around every cell (ipykernel's pre_handler_hook)
+NEXT_CELL = r"""
+import signal, sys, time
+from hotcb import HotKernel
+kernel = HotKernel(sys.argv[1], checkpoint_on_signal=True, poll_interval_sec=0.0)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # the next cell begins
+for step in range(100_000):
+    kernel.apply({"step": step, "save_checkpoint": lambda path=None: "ckpt"})
+    if step == 2:
+        print("ready", flush=True)
+    if kernel.stop_requested:
+        print("stopped", flush=True)
+        break
+    time.sleep(0.01)
+kernel.close()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_later_notebook_cell_still_checkpoints_and_stops(tmp_path: Any) -> None:
+    """checkpoint_on_signal=True on a kernel made in an earlier cell than its loop: Ctrl-C
+    raised KeyboardInterrupt mid-step, with no checkpoint and no ledger entry, while
+    ``signals_caught`` still listed SIGINT."""
+    run = os.fspath(tmp_path / "run")
+    proc = popen([sys.executable, "-c", NEXT_CELL, run])
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert out.endswith("stopped\n") and "KeyboardInterrupt" not in err
+    ck, stop = _signal_entries(run)
+    assert (ck["op"], ck["decision"], stop["op"]) == ("checkpoint", "applied", "stop")

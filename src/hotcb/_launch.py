@@ -726,6 +726,33 @@ _ATEXIT = threading.Lock()
 _atexit_registered = False
 
 
+def busy(run_dir: str) -> str | None:
+    """Why ``run_dir`` takes no launch now, or None: its trainer, or a launch (of this process,
+    or one whose trainer has not opened the run yet), still runs on this host. A second launch
+    there took the first trainer's pid out of ``hotcb.run.json`` (so neither kernel warned of
+    the other), interleaved two trainers' metrics, and its end marked the run stopped while
+    the first still trained."""
+    from .runfiles import other_live_trainer
+
+    real = os.path.realpath(run_dir)
+    mine = next((r for r in _LIVE if os.path.realpath(r.run_dir) == real and r.running), None)
+    what = f"a launch of this process (its training, pid {mine.pid})" if mine else None
+    meta = jsonl.read_json(RunPaths(run_dir).run_meta, {}) or {}
+    meta = meta if isinstance(meta, dict) else {}
+    if what is None:
+        pid = other_live_trainer(meta, run_dir)
+        what = f"its trainer (pid {pid})" if pid is not None else None
+    launched = meta.get("launch")
+    if what is None and isinstance(launched, dict) and "exit_code" not in launched:
+        # the launch's own entry (its trainer may not have opened the run yet)
+        pid = other_live_trainer({k: launched.get(k) for k in ("pid", "host", "started")}, run_dir)
+        what = f"the hotcb launch (pid {pid}) that started it" if pid is not None else None
+    if what is None:
+        return None
+    return (f"{run_dir} is in use: {what} still runs. Stop it first ('hotcb --dir {run_dir} "
+            "stop --wait'), or launch into another --dir")  # fmt: skip
+
+
 def _stop_live_launches() -> None:
     """At interpreter exit, a launch still running is interrupted (its training gets SIGINT,
     then SIGKILL), so a script or notebook that ends leaves nothing running."""
@@ -790,6 +817,9 @@ class Launch:
         any training, and before the launch is recorded in ``hotcb.run.json``), write what
         ``opts.prepare`` writes, then start the training, the autopilot and the notifier."""
         global _atexit_registered
+        why = busy(self.run_dir)
+        if why is not None:
+            raise LaunchError(why)
         os.makedirs(self.run_dir, exist_ok=True)
         kids = self._children
         kids.open_log()

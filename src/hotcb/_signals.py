@@ -108,6 +108,18 @@ class SignalCatcher:
                 replaced.append(signum)
         return tuple(replaced)
 
+    def reinstate(self) -> None:
+        """Install hotcb's handler again for each caught signal whose handler is Python's
+        default now: a Jupyter kernel installs ``default_int_handler`` around every cell, so a
+        kernel made in an earlier cell than its loop lost SIGINT to it, and Ctrl-C raised
+        ``KeyboardInterrupt`` mid-step with no checkpoint. A handler of anyone else's stays."""
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._previous:
+            now = signal.getsignal(signum)
+            if now is signal.default_int_handler or now == signal.SIG_DFL:
+                signal.signal(signum, self._handle)
+
     def restore(self) -> None:
         """Put the previous handlers back (where hotcb's is still the one installed)."""
         if not self._previous or threading.current_thread() is not threading.main_thread():
