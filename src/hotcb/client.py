@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -551,8 +552,11 @@ class HotClient:
         too). ``settings``: objective, direction, segment_steps, segment_evals, recipe,
         storage, study, seed, risk, threshold, startup_trials, total_steps, abort, restore,
         start, sync. Bad settings raise :class:`~hotcb.modules.tune.RecipeError` listing every
-        problem; the run itself refuses it when optuna is missing there."""
+        problem; the run itself refuses it when optuna is missing there. A ``storage`` URL
+        with a password in it is sent with a warning on stderr: the command and its ledger
+        entry keep it in plain text (docs/tune.md)."""
         from .modules.tune import parse_settings
+        from .modules.tune._space import storage_password_note
 
         params = {"mode": mode, **{k: v for k, v in settings.items() if v is not None}}
         recipe = params.get("recipe")
@@ -585,6 +589,9 @@ class HotClient:
             from .recipe import bring_into_run
 
             params["recipe"] = bring_into_run(self.run_dir, path, "tune.yaml")
+        note = storage_password_note(params.get("storage"))
+        if note is not None:  # (`hotcb tune enable --storage`, `hotcb launch --tune-storage` too)
+            print(f"hotcb: warning: {note}", file=sys.stderr)
         return self.send("tune", "enable", params=params)
 
     def _read_tune_recipe(self, path: str) -> tuple[dict[str, Any], dict[str, int]]:

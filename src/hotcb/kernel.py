@@ -75,6 +75,8 @@ _NOW = -1
 
 #: The run directory of ``HotKernel()`` without one (``hotcb launch`` sets it).
 RUN_DIR_ENV = "HOTCB_RUN_DIR"
+#: Folders besides the run directory that paths in commands may point into (``allowed_roots``)
+ALLOWED_ROOTS_ENV = "HOTCB_ALLOWED_ROOTS"
 
 
 def _entry_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -128,7 +130,9 @@ class HotKernel:
             bundled callbacks load. ``allowed_code_dirs`` limits files and modules to those
             directories.
         allowed_roots: folders besides the run directory that paths in commands and recipes
-            (recipe, overlay, checkpoint) may point into; any other path is rejected.
+            (recipe, overlay, checkpoint, the tuner's study file) may point into; any other
+            path is rejected. Also ``HOTCB_ALLOWED_ROOTS`` (folders separated by ``os.pathsep``),
+            added to these: how a ``hotcb launch`` sets it for a training it does not edit.
         replay_commands: start on a run directory whose commands file has content but whose
             ledger is gone, and apply its commands again (default: refuse, since they were
             applied once already). Also ``HOTCB_REPLAY_COMMANDS=1``.
@@ -177,7 +181,8 @@ class HotKernel:
         self.auto_disable_on_error = auto_disable_on_error
         self.allow_code_load = allow_code_load
         self.allowed_code_dirs = [os.path.abspath(os.fspath(d)) for d in allowed_code_dirs or ()]
-        self.allowed_roots = [os.path.abspath(os.fspath(d)) for d in allowed_roots]
+        from_env = [d for d in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if d]
+        self.allowed_roots = [os.path.abspath(os.fspath(d)) for d in (*allowed_roots, *from_env)]
         if isinstance(mutable_state, MutableState):
             self.mutable_state = mutable_state
         else:

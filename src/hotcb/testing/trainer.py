@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--ready-file", help="touch this file after the first step")
     ap.add_argument("--no-code-load", action="store_true", help="HotKernel(allow_code_load=False)")
+    ap.add_argument("--allowed-root", action="append", default=[],
+                    help="HotKernel(allowed_roots=[...]) (repeatable)")  # fmt: skip
     ap.add_argument(
         "--replay-commands",
         action="store_true",
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_sec=args.poll_interval,
         mutable_state=mutable_state(loss_actuators(weights)),
         allow_code_load=not args.no_code_load,
+        allowed_roots=args.allowed_root,
         replay_commands=args.replay_commands,
         checkpoint_on_signal=args.checkpoint_on_signal,
     )

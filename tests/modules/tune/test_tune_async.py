@@ -103,7 +103,7 @@ def test_a_study_that_cannot_be_opened_turns_the_tuner_off_with_the_reason(
     """The study opens on the tuner's thread; a storage that fails there is ledgered with the
     reason and the tuner turns off, while training goes on."""
     t: Toy = toy(log_level, lr=1e-4)
-    bad = f"sqlite:///{tmp_path}/no/such/dir/study.db"
+    bad = f"sqlite:///{t.kernel.run_dir}/no/such/dir/study.db"  # (inside: else refused)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
                                             storage=bad)  # fmt: skip
     t.run(100_000, until=lambda: any(e["decision"] == "failed" for e in t.ledger("enable")))

@@ -183,7 +183,7 @@ def test_two_runs_share_one_study(toy: Any, tmp_path: Any, kind: str) -> None:
     warm-starts from the first's trials and numbers its own after them."""
     storage = (f"sqlite:///{tmp_path}/shared.db" if kind == "sqlite"
                else f"journal:{tmp_path}/shared.journal")  # fmt: skip
-    runs = [toy(log_level, name=f"run{i}", lr=1e-5) for i in range(2)]
+    runs = [toy(log_level, name=f"run{i}", lr=1e-5, allowed_roots=[tmp_path]) for i in range(2)]
     for i, t in enumerate(runs):
         HotClient(t.kernel.run_dir).tune_enable(
             "active", objective="loss", segment_steps=10, seed=i, storage=storage,

@@ -170,7 +170,7 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
     trace = os.fspath(tmp_path / "trace.jsonl")
     start_trainer(run_dir, trace, steps=100_000, step_delay=0.002)
     wait_for(lambda: len(read_jsonl(trace)) >= 3, 120, what="the trainer's first steps")
-    nowhere = f"sqlite:///{tmp_path}/no/such/dir/study.db"
+    nowhere = f"sqlite:///{run_dir}/no/such/dir/study.db"  # (inside: else refused)
     bad = cli(run_dir, "tune", "enable", "--objective", "loss", "--storage", nowhere,
               "--wait", "--timeout", "120")  # fmt: skip
     assert bad.returncode == 1, bad.stdout + bad.stderr
@@ -218,10 +218,16 @@ def test_a_restart_without_a_checkpoint_keeps_when_the_run_joined_and_what_it_le
         assert done.returncode == 0, done.stderr
         runs.append(run)
     first, second = runs
-    start_trainer(first, os.fspath(tmp_path / "first.jsonl"), steps=100_000, step_delay=0.002)
+    start_trainer(
+        first,
+        os.fspath(tmp_path / "first.jsonl"),
+        steps=100_000,
+        step_delay=0.002,
+        allowed_root=tmp_path,
+    )  # the study's folder (docs/tune.md)
     wait_for(lambda: _judged(first) >= 3, 240, what="the first run's trials")
     t = start_trainer(second, os.fspath(tmp_path / "second.jsonl"), steps=100_000,
-                      step_delay=0.002)  # fmt: skip
+                      step_delay=0.002, allowed_root=tmp_path)  # fmt: skip
     wait_for(lambda: HotClient(second).tune_status().get("study_joined"), 240,
              what="the second run to join the study")  # fmt: skip
     joined = HotClient(second).tune_status()["study_joined"]
@@ -240,7 +246,13 @@ def test_a_restart_without_a_checkpoint_keeps_when_the_run_joined_and_what_it_le
     (left_open,) = wait_for(open_in_second, 240, what="an open trial of the second run")
     t.proc.kill()  # kill -9: nothing closes the trial
     t.communicate()
-    start_trainer(second, os.fspath(tmp_path / "second2.jsonl"), steps=100_000, step_delay=0.002)
+    start_trainer(
+        second,
+        os.fspath(tmp_path / "second2.jsonl"),
+        steps=100_000,
+        step_delay=0.002,
+        allowed_root=tmp_path,
+    )
     why = "left open by a process of this run that ended before judging it (a kill or a crash): told FAIL"
 
     def voided() -> list[dict[str, Any]]:

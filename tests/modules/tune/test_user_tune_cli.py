@@ -486,7 +486,7 @@ def test_enables_queued_before_the_run_starts_fall_back_to_the_study_still_openi
     opened) are read at once, while the first studies still open: the tuner goes on in the one
     the enable before named, as it does when it is already on (it turned off, and that one's
     database was never made)."""
-    t: Toy = toy(log_level, lr=1e-4)
+    t: Toy = toy(log_level, lr=1e-4, allowed_roots=[tmp_path])
     client = HotClient(t.kernel.run_dir)
     db = tmp_path / "rel.db"
     client.tune_enable("active", objective="loss", segment_steps=10, space=LR_ONLY)
@@ -1016,7 +1016,7 @@ def test_a_run_joining_a_shared_study_says_what_the_others_put_in_it(
     another run's trials (a probe: "best: trial 11" while the first run's trial 6 scored
     higher)."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    first: Toy = toy(log_level, name="first", lr=1e-5)
+    first: Toy = toy(log_level, name="first", lr=1e-5, allowed_roots=[tmp_path])
     HotClient(first.kernel.run_dir).tune_enable(
         "active", objective="loss", segment_steps=10, seed=0, storage=storage, study="s",
         space=LR_ONLY, sync=True,
@@ -1025,7 +1025,7 @@ def test_a_run_joining_a_shared_study_says_what_the_others_put_in_it(
     theirs = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
     theirs = [t for t in theirs if t.state.is_finished()]  # told: an open trial is not yet one
     best = max(t.value for t in theirs if t.value is not None)
-    second: Toy = toy(log_level, name="second", lr=1e-5)
+    second: Toy = toy(log_level, name="second", lr=1e-5, allowed_roots=[tmp_path])
     client = HotClient(second.kernel.run_dir)
     client.tune_enable("active", objective="loss", segment_steps=10, seed=1, storage=storage,
                        study="s", space=LR_ONLY, sync=True)  # fmt: skip
@@ -1055,7 +1055,7 @@ def test_enable_on_a_tuner_that_is_on_changes_only_what_it_names(
     """`tune enable --mode suggest` on a running tuner switches the mode; the objective, its
     direction, the segment, the space and the shared study stay (a switch went back to
     val_loss, 200 steps and the run's own SQLite study, mixing two objectives in one)."""
-    t: Toy = toy(log_level, lr=1e-4)
+    t: Toy = toy(log_level, lr=1e-4, allowed_roots=[tmp_path])
     run = t.kernel.run_dir
     client = HotClient(run)
     storage = f"journal:{tmp_path / 'shared.journal'}"

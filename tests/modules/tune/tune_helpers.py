@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,13 +19,14 @@ class Toy:
         self, run_dir: str, f: Callable[[float, int], float], *, lr: float = 1e-3,
         weight_decay: float = 0.0, noise: float = 0.002, seed: int = 0, train_key: str = "loss",
         decay: float | None = None, model: bool = False, poll: float | None = None,
+        allowed_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> None:  # fmt: skip
         from hotcb import HotKernel
 
         # ``poll``: the kernel's poll interval (0: every step, so a command lands at a known step)
-        self.kernel = (
-            HotKernel(run_dir) if poll is None else HotKernel(run_dir, poll_interval_sec=poll)
-        )
+        # ``allowed_roots``: folders a study file may lie in besides the run (a shared study)
+        self.kernel = HotKernel(run_dir, allowed_roots=allowed_roots, **(
+            {} if poll is None else {"poll_interval_sec": poll}))  # fmt: skip
         self.param = torch.nn.Parameter(torch.zeros(1))
         self.opt = torch.optim.AdamW([self.param], lr=lr, weight_decay=weight_decay)
         self.f = f

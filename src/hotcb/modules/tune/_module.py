@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
-from ...errors import HotcbError
+from ...errors import CommandError, HotcbError
 from ...metrics import VAL_LOSS_NAMES
 from ...ops import HotOp, make_command
 from ...runfiles import TUNE, RunPaths, confine_path, redact_url
@@ -580,7 +580,7 @@ class TuneModule:
     # ------------------------------------------------------------------ ops
     def _op_enable(self, op: HotOp, env: Env) -> OpResult:
         try:
-            settings = self._settings(op.params)
+            settings = self._settings(op.params, op.source)
         except (RecipeError, HotcbError, OSError) as exc:
             return OpResult("rejected", error=str(exc))
         old, before, where = self.mode, self.settings.to_dict(), self._where(self.settings)
@@ -1044,7 +1044,7 @@ class TuneModule:
     def _path(self) -> str:
         return self.host.paths.tune
 
-    def _settings(self, params: Mapping[str, Any]) -> Settings:
+    def _settings(self, params: Mapping[str, Any], source: str | None = None) -> Settings:
         """An enable's settings: its params over its recipe (``recipe``, else the run's
         ``hotcb.tune.yaml``) over the defaults. On a tuner that is on, what the command does not
         name (its mode included) stays as it is: ``tune enable --mode suggest`` changes the
@@ -1058,10 +1058,30 @@ class TuneModule:
             recipe = load_recipe(confine_path(path, self.host.run_dir, self.host.allowed_roots,
                                               what="recipe"))  # fmt: skip
         elif self.mode == "off" and os.path.exists(os.path.join(self.host.run_dir, RECIPE_FILE)):
+            path = RECIPE_FILE
             recipe = load_recipe(os.path.join(self.host.run_dir, RECIPE_FILE))
+        if source == "dashboard":
+            self._no_storage_from_the_dashboard(given, recipe, path)
         if self.mode != "off":
             given = {**self._in_force(given, recipe), **given}
         return parse_settings(given, recipe)
+
+    def _no_storage_from_the_dashboard(
+        self, given: Mapping[str, Any], recipe: Mapping[str, Any], path: str | None
+    ) -> None:
+        """An enable sent from the dashboard moves the study to no storage but the one in
+        force: the server refuses a ``storage`` in its params (a URL can name any file or
+        database), and neither may the recipe it names or the run's ``hotcb.tune.yaml`` bring
+        one in."""
+        for storage, where in ((given.get("storage"), "the command"),
+                               (recipe.get("storage"), f"the recipe {path}")):  # fmt: skip
+            if storage is not None and storage != self.settings.storage:
+                raise CommandError(
+                    f"the study storage {redact_url(str(storage))!r} comes from {where}, and "
+                    "the dashboard sets no storage (a URL can name any file or database): "
+                    "enable the tuner with `hotcb tune enable` or HotClient.tune_enable, "
+                    "which read the same recipe, or take storage out of it"
+                )
 
     def _in_force(self, given: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
         """The settings in force that an enable naming ``given`` and ``recipe`` keeps: all but
@@ -1227,9 +1247,13 @@ class TuneModule:
         return url, settings.study or f"hotcb-{os.path.basename(self.host.run_dir)}"
 
     def _open_study(self, settings: Settings) -> Study:
-        from ._study import Study
+        from ._study import Study, confine_storage, redact
 
         url, name = self._where(settings)
+        try:  # whatever the URL came from: a command, a recipe, a restart, a checkpoint
+            confine_storage(url, self.host.run_dir, self.host.allowed_roots)
+        except HotcbError as exc:  # nothing opened: refused like a storage that cannot be
+            raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {exc}") from None
         try:
             study = Study(url, name, self.host.run_dir, seed=settings.seed,
                           startup_trials=settings.startup_trials)  # fmt: skip
@@ -1244,8 +1268,6 @@ class TuneModule:
         except RuntimeError:
             raise
         except Exception as exc:  # a storage that cannot be opened
-            from ._study import redact
-
             # SQLAlchemy ends its messages with a line that links its docs: one line is enough
             said = " ".join(line for line in str(exc).splitlines()
                             if not line.startswith("(Background on this error"))  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 from ..._checks import Checker, CheckError, parse_document
 from ...errors import RecipeError as _RecipeError
 from ...metrics._collector import guess_direction
-from ...runfiles import redact_url
+from ...runfiles import redact_url, url_secrets
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -27,6 +27,7 @@ __all__ = [
     "load_recipe",
     "parse_settings",
     "read_recipe",
+    "storage_password_note",
 ]
 
 MODES = ("observe", "suggest", "active")
@@ -233,6 +234,22 @@ def storage_trouble(url: str) -> str | None:
             "postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB) or journal:PATH"
         )
     return None
+
+
+def storage_password_note(url: Any) -> str | None:
+    """What to say about a storage URL that holds a password (``user:PASSWORD@``, or a
+    ``?password=`` parameter): it travels to the run in the ``tune enable`` command, so it is
+    written in plain text to the commands file and the ledger. None for one without."""
+    if not isinstance(url, str) or not any(url_secrets(url)):
+        return None
+    return (
+        f"the storage URL {redact_url(url)} holds a password: it is written in plain text to "
+        "the run's commands file (hotcb.commands.jsonl) and ledger (hotcb.applied.jsonl), "
+        "which whoever can read the run directory can read. Keep it out of the URL and give it "
+        "to the training's environment: for PostgreSQL, postgresql://USER@HOST/DB with "
+        "PGPASSWORD or ~/.pgpass (libpq: psycopg2, psycopg); for MySQL, an option file, "
+        "mysql+pymysql://USER@HOST/DB?read_default_file=~/.my.cnf (docs/tune.md)"
+    )
 
 
 def _check_space(space: Any, ck: Checker, where: str) -> tuple[Knob, ...] | None:

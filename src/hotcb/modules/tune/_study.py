@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ...runfiles import redact_url
-from ._space import Knob
+from ...errors import PathNotAllowedError
+from ...runfiles import OWN_PREFIX, TUNE_DB, _within, confine_path, is_run_dir, redact_url
+from ._space import Knob, storage_trouble
 
-__all__ = ["MISSING_OPTUNA", "Study", "Worker", "redact"]
+__all__ = ["MISSING_OPTUNA", "Study", "Worker", "confine_storage", "redact", "storage_file"]
 
 MISSING_OPTUNA = 'the tuner needs optuna: pip install "hotcb[tune]"'
 
@@ -26,6 +27,85 @@ MISSING_OPTUNA = 'the tuner needs optuna: pip install "hotcb[tune]"'
 def redact(url: str | None) -> str | None:
     """A storage URL without its password (``postgresql://u:***@host/db``)."""
     return redact_url(url) if url else url
+
+
+def storage_file(url: str) -> tuple[str, str] | None:
+    """The file a storage URL keeps its study in, as the URL writes it, and its kind
+    (``"sqlite"``, ``"journal"``); None for a database server or an in-memory database. A
+    relative path is the training process's working directory's, as SQLite and Optuna's
+    journal open it. A SQLite URI filename (``file:…``, ``?uri=true``: SQLite reads a URI
+    there even without the flag) is refused (:class:`PathNotAllowedError`): write
+    ``sqlite:///PATH``."""
+    if url.startswith("journal:"):
+        return url[len("journal:") :], "journal"
+    if "://" not in url:  # a bare journal file (anything else here is no storage at all)
+        return url, "journal"
+    if url.split("://", 1)[0].split("+", 1)[0].lower() != "sqlite":
+        return None  # a database server: no file of this machine is its study
+    try:
+        from sqlalchemy.engine import make_url  # (optuna's dependency: there when it is)
+    except ImportError as exc:
+        raise RuntimeError(MISSING_OPTUNA) from exc
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy cannot read it: nor will the storage
+        raise PathNotAllowedError(f"SQLAlchemy cannot read the storage URL: {exc}") from None
+    database = parsed.database
+    if "uri" in parsed.query or (database or "").lower().startswith("file:"):
+        raise PathNotAllowedError(
+            "a SQLite URI filename (file:…, uri=true) is not taken as a study's storage: "
+            "write sqlite:///PATH"
+        )
+    if not database or database == ":memory:":
+        return None
+    return database, "sqlite"
+
+
+def confine_storage(url: str, run_dir: str, roots: Sequence[str] = ()) -> None:
+    """Refuse (:class:`PathNotAllowedError`) a storage whose file lies outside ``run_dir`` and
+    ``roots`` (symlinks resolved), or is one of a run's own files (``hotcb.*``: a journal
+    appended to the commands file or the ledger); a database server passes. A storage URL
+    comes in a command, a recipe, ``hotcb.tune.yaml``, a restart's ``hotcb.tune.json`` or a
+    checkpoint: whoever could write any of them could otherwise have the run create or
+    append to any file its user may write (docs/security.md, Paths).
+
+    The one file outside them taken: an existing ``hotcb.tune.db`` of another run directory,
+    a run's default study, where a branch or a copy of a run goes on (docs/tune.md)."""
+    trouble = storage_trouble(url)
+    if trouble is not None:  # (a checkpoint's URL has not been through the settings' check)
+        raise PathNotAllowedError(trouble)
+    found = storage_file(url)
+    if found is None:
+        return
+    given, kind = found
+    if "\x00" in given:
+        raise PathNotAllowedError(f"the study's file {given!r} has a NUL byte")
+    path = os.path.abspath(given)
+    real = os.path.realpath(path)
+    if kind == "sqlite" and os.path.basename(real) == TUNE_DB and os.path.isfile(real) and (
+            is_run_dir(os.path.dirname(real))):  # fmt: skip
+        return  # a run's default study: a branch's parent, the original of a copied run
+    base = os.path.realpath(run_dir)
+    allowed = [base, *(os.path.realpath(r) for r in roots)]
+    said = (repr(given) if os.path.isabs(given)
+            else f"{given!r} (from the training's working directory: {path})")  # fmt: skip
+    try:
+        confine_path(path, base, roots, what="storage")
+    except PathNotAllowedError:
+        raise PathNotAllowedError(
+            f"the study's file {said} is outside the run directory and the allowed roots "
+            f"({', '.join(allowed)}); put it inside the run directory, or start the trainer "
+            "with its folder allowed (HotKernel(allowed_roots=[...]), or HOTCB_ALLOWED_ROOTS "
+            "in the training's environment)"
+        ) from None
+    top = os.path.relpath(real, base).split(os.sep)[0] if _within(real, base) else ""
+    for name in (top.lower(), os.path.basename(real).lower()):
+        if name.startswith(OWN_PREFIX) and not (kind == "sqlite" and name == TUNE_DB):
+            raise PathNotAllowedError(
+                f"the study's file {said} is one of a run's own files ({OWN_PREFIX}*: its "
+                f"commands, ledger and state live there; {TUNE_DB} is the default study); "
+                "give the file another name"
+            )
 
 
 def _storage(url: str) -> Any:
