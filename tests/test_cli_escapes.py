@@ -199,3 +199,22 @@ def test_cb_list_shows_escape_codes_escaped(run_dir: str, cli: Any) -> None:
     assert done.returncode == 0, done.stderr
     _clean(done.stdout + done.stderr)
     assert f"warning: {SHOWN}" in done.stdout, done.stdout
+
+
+def test_tune_status_and_proposals_show_the_state_files_text_escaped(
+    run_dir: str, cli: Any
+) -> None:
+    """`tune status` printed the tuner's state file (warnings, study, proposal ids) raw."""
+    paths = RunPaths(run_dir)
+    os.makedirs(run_dir)
+    with open(paths.tune, "w") as f:
+        json.dump({"mode": "suggest", "objective": "loss", "phase": "baseline",
+                   "study": "s" + EVIL, "storage": "sqlite:///x.db", "warnings": [EVIL],
+                   "counts": {"segments": 1}, "trials": [],
+                   "proposals": [{"id": "P1" + EVIL, "step": 3, "trial": 0,
+                                  "state": "pending", "changes": {}}]}, f)  # fmt: skip
+    for args in (("tune", "status"), ("tune", "proposals")):
+        done = cli(run_dir, *args)
+        assert done.returncode == 0, done.stderr
+        _clean(done.stdout + done.stderr)
+        assert SHOWN in done.stdout, done.stdout

@@ -7,6 +7,7 @@ condition with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,6 +43,18 @@ def popen(argv: list[str]) -> subprocess.Popen[str]:
         env=SUBPROCESS_ENV,
         preexec_fn=_default_sigint,
     )
+
+
+@contextlib.contextmanager
+def _running(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """``popen(argv)``, killed on the way out if the test left it running."""
+    proc = popen(argv)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture
@@ -178,15 +191,10 @@ def test_a_real_trainer_saves_a_checkpoint_and_exits_cleanly_on_a_signal(
         run_dir, trace=trace, steps=100_000, step_delay=0.01, checkpoint_on_signal=True,
         ready_file=ready,
     )  # fmt: skip
-    proc = popen(argv)
-    try:
+    with _running(argv) as proc:
         wait_for(lambda: os.path.exists(ready) or proc.poll() is not None, 120, what="step 0")
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     name = signal.Signals(sig).name
     assert f"hotcb: {name}: saving a checkpoint and stopping" in err
@@ -232,8 +240,7 @@ while True:  # a loop stuck before its next safe point (a hung data loader, a lo
 def test_a_second_signal_ends_a_run_stuck_before_its_next_safe_point(
     tmp_path: Any, sig: int
 ) -> None:
-    proc = popen([sys.executable, "-c", HANGS, os.fspath(tmp_path / "run")])
-    try:
+    with _running([sys.executable, "-c", HANGS, os.fspath(tmp_path / "run")]) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(sig)
@@ -243,10 +250,6 @@ def test_a_second_signal_ends_a_run_stuck_before_its_next_safe_point(
             wait_for(lambda: time.monotonic() > noted + REPEAT_WINDOW, 60, what="the window")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     # what Python does without hotcb: KeyboardInterrupt (the interpreter then ends by SIGINT),
     # or the default action of SIGTERM
     assert proc.returncode == -sig
@@ -277,8 +280,9 @@ def test_a_sigterm_repeated_at_once_is_the_same_request(tmp_path: Any) -> None:
     SIGTERM per thread of its own (PR_SET_PDEATHSIG fires as each exits): the second one
     killed the run before the checkpoint the first had asked for."""
     go = tmp_path / "go"
-    proc = popen([sys.executable, "-c", STUCK_UNTIL, os.fspath(tmp_path / "run"), os.fspath(go)])
-    try:
+    with _running(
+        [sys.executable, "-c", STUCK_UNTIL, os.fspath(tmp_path / "run"), os.fspath(go)]
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
@@ -286,10 +290,6 @@ def test_a_sigterm_repeated_at_once_is_the_same_request(tmp_path: Any) -> None:
         proc.send_signal(signal.SIGTERM)  # the launcher's next thread
         go.touch()
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert out.endswith("stopped\n")
     ck, stop = _signal_entries(os.fspath(tmp_path / "run"))
@@ -321,16 +321,11 @@ def test_ctrl_c_in_a_later_notebook_cell_still_checkpoints_and_stops(tmp_path: A
     raised KeyboardInterrupt mid-step, with no checkpoint and no ledger entry, while
     ``signals_caught`` still listed SIGINT."""
     run = os.fspath(tmp_path / "run")
-    proc = popen([sys.executable, "-c", NEXT_CELL, run])
-    try:
+    with _running([sys.executable, "-c", NEXT_CELL, run]) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     assert out.endswith("stopped\n") and "KeyboardInterrupt" not in err
     ck, stop = _signal_entries(run)

@@ -85,7 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="values of the objective per segment (one logged at validation)",
     )
     t.add_argument("--tune-recipe", metavar="FILE", help="search space and settings")
-    t.add_argument("--tune-storage", metavar="URL", help="an Optuna storage to share")
+    t.add_argument("--tune-storage", metavar="URL", help="an Optuna storage to share (a file: "
+                   "in the run directory or the trainer's allowed_roots; a password in it goes "
+                   "in plain text to the commands file: use PGPASSWORD or ~/.pgpass)")  # fmt: skip
     t.add_argument("--tune-study", metavar="NAME", help="the study's name (runs share it)")
     t.add_argument("--tune-restore", choices=("values", "state"),
                    help="what a roll-back puts back: the knobs (default), or also the model's "
@@ -251,28 +253,13 @@ def _run_dirs(args: argparse.Namespace) -> tuple[str, str, str, str | None]:
 
 
 def _refuse_a_live_run(run_dir: str) -> None:
-    """A run directory whose trainer, or whose launch, still runs on this host: a second
-    launch there was accepted silently. It took the first trainer's pid out of
-    ``hotcb.run.json`` (so neither kernel warned of the other), interleaved two trainers'
-    metrics, and its end marked the run stopped while the first still trained."""
-    from .. import jsonl
-    from ..runfiles import RunPaths, other_live_trainer
+    """A run directory whose trainer, or whose launch, still runs: refused (exit 2), before
+    anything is created (:func:`hotcb._launch.busy`)."""
+    from .._launch import busy
 
-    meta = jsonl.read_json(RunPaths(run_dir).run_meta, {}) or {}
-    if not isinstance(meta, dict):
-        return
-    pid = other_live_trainer(meta, run_dir)
-    what = f"its trainer (pid {pid})" if pid is not None else None
-    launch = meta.get("launch")
-    if what is None and isinstance(launch, dict) and "exit_code" not in launch:
-        # the launch's own entry (its trainer may not have opened the run yet)
-        pid = other_live_trainer({k: launch.get(k) for k in ("pid", "host", "started")}, run_dir)
-        what = f"the hotcb launch (pid {pid}) that started it" if pid is not None else None
-    if what is not None:
-        raise UsageError(
-            f"{run_dir} is in use: {what} still runs. Stop it first ('hotcb --dir {run_dir} "
-            "stop --wait'), or launch into another --dir"
-        )
+    why = busy(run_dir)
+    if why is not None:
+        raise UsageError(why)
 
 
 def _first_missing(path: str) -> str | None:

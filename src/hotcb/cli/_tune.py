@@ -26,6 +26,7 @@ from ._common import (
     fmt_value,
     require_out_folder,
     require_run_dir,
+    say,
 )
 
 
@@ -64,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      "validation)")  # fmt: skip
     p.add_argument("--recipe", help="search space and settings (default RUN/hotcb.tune.yaml)")
     p.add_argument("--storage", help="an Optuna storage URL (sqlite:///…, postgresql://…, "
-                   "journal:PATH; default sqlite in the run directory)")  # fmt: skip
+                   "journal:PATH; default sqlite in the run directory). A file must lie in the "
+                   "run directory or the trainer's allowed_roots; a password in the URL goes in "
+                   "plain text to the commands file and ledger (use PGPASSWORD or ~/.pgpass)")  # fmt: skip
     p.add_argument("--study", help="the study's name: runs that name the same study share it")
     p.add_argument(
         "--seed",
@@ -151,7 +154,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         print("hotcb: the run is paused; it opens the study when it trains again ('hotcb tune "
               "status' says when)", file=sys.stderr)  # fmt: skip
         return 0
-    print(f"study {got.get('study')} open in {got.get('storage')}")
+    say(f"study {got.get('study')} open in {got.get('storage')}")
     return 0
 
 
@@ -254,13 +257,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         said = (f"(#{sent['seq']}, step {sent['step']}) failed at #{refused['seq']}, step "
                 f"{refused['step']}" if sent else
                 f"(#{refused['seq']}, step {refused['step']}) was refused by the run")  # fmt: skip
-        print(f"the last tune enable {said}: {refused['error']}; {kept}")
+        say(f"the last tune enable {said}: {refused['error']}; {kept}")
     queued = st.get("queued")
     if queued:  # sent, and not read by the run yet
         what = f"tune {queued['op']}" + (f" --mode {queued['mode']}" if queued.get("mode") else "")
         until = ("the run starts" if not os.path.exists(client(args).paths.run_meta) else
                  "the run reads it" if over is None else "the run is started again")  # fmt: skip
-        print(f"queued: {what} ({queued['cmd_id']}) waits in the commands file until {until}")
+        say(f"queued: {what} ({queued['cmd_id']}) waits in the commands file until {until}")
     if st.get("mode", "off") == "off":
         hint = "" if queued else (f"   (hotcb --dir {args.dir} tune enable --mode "
                                   "active|suggest|observe)")  # fmt: skip
@@ -275,7 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = f"{objective} ({asked})"
     else:  # a training loss stands in: it is minimized whatever the objective asked
         shown = f"{used} ({scored}; asked: {objective}, {asked})"
-    print(f"tuner: {st['mode']}   objective: {shown}")
+    say(f"tuner: {st['mode']}   objective: {shown}")
     if over is not None:
         print(f"run: {over} (the tuner is idle until the run is started again)")
     elif st.get("run_paused"):
@@ -288,8 +291,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 and row.get("changes") and "study" not in row):  # fmt: skip
             trial += f" ({_changes(row['changes'])})"
     nxt = st.get("next_boundary") if over is None else None
-    print(f"phase: {st.get('phase')}{trial}   segment: {segment}"
-          + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
+    say(f"phase: {st.get('phase')}{trial}   segment: {segment}"
+        + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
     _summary(st)
     return 0
 
@@ -372,15 +375,15 @@ def _summary(st: dict[str, Any]) -> None:
     levels = st.get("levels") or []
     if levels:  # the trend's points: each segment's level, at its middle step
         shown = ", ".join(f"{fmt_value(p['level'])} (step {p['step']})" for p in levels)
-        print(f"levels: {shown}")
+        say(f"levels: {shown}")
     bracket = st.get("bracket")
     if isinstance(bracket, dict):
-        print(_bracket_line(bracket))
+        say(_bracket_line(bracket))
     best = st.get("best")
     if best:
         flat = {f"{m}.{k}": v for m, kv in best["values"].items() for k, v in kv.items()}
         values = ", ".join(f"{k}={fmt_value(v)}" for k, v in flat.items())
-        print(f"best: trial {best['trial']} score {best['score']:+.3f}   {values}")
+        say(f"best: trial {best['trial']} score {best['score']:+.3f}   {values}")
     joined = st.get("study_joined")
     shared = ""
     if isinstance(joined, dict):  # the best above is this run's; the study holds theirs too
@@ -389,9 +392,9 @@ def _summary(st: dict[str, Any]) -> None:
         shared = (f"   (shared: {joined.get('trials')} trials of {runs} other "
                   f"run{'s' if runs != 1 else ''} when this run joined"
                   + (f", their best score {best:+.3f})" if best is not None else ")"))  # fmt: skip
-    print(f"study: {st.get('study')}   storage: {st.get('storage')}{shared}")
+    say(f"study: {st.get('study')}   storage: {st.get('storage')}{shared}")
     for w in st.get("warnings") or ():
-        print(f"warning: {w}")
+        say(f"warning: {w}")
     age = time.time() - float(st.get("updated") or 0)
     if age > 120:
         print(f"(state written {age:.0f} s ago)")
@@ -410,8 +413,8 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         print("no pending proposals" + why)
         return 0
     for p in rows:
-        print(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  "
-              f"{_changes(p.get('changes') or {})}")  # fmt: skip
+        say(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  "
+            f"{_changes(p.get('changes') or {})}")  # fmt: skip
     return 0
 
 
