@@ -159,13 +159,14 @@ class ActuatorStream:
             self._restore_values(env)
 
     def _swapped(self, env: Env) -> bool:
-        """Whether ``env`` passes other optimizers than the ones the actuators drive: their
-        ``param_groups`` are other lists (a wrapper, accelerate's or Lightning's, shares its
-        optimizer's list: the same optimizer)."""
+        """Whether ``env`` passes other optimizers than the ones the actuators drive: other
+        objects with other ``param_groups`` lists (a wrapper, accelerate's or Lightning's,
+        shares its optimizer's list; a wrapper that built a new list at each read is still
+        the same object: the same optimizer either way)."""
         opts = [o for o in _optimizers(env) if hasattr(o, "param_groups")]
         # (a safe point that passes fewer, `optimizer` alone at validation: those it passes)
         pairs = zip(opts, self._bound, strict=False)
-        return any(a.param_groups is not b.param_groups for a, b in pairs)
+        return any(a is not b and a.param_groups is not b.param_groups for a, b in pairs)
 
     def _rebind(self, env: Env) -> None:
         """A new optimizer in ``env`` (a notebook's training cell run again, a second Lightning
