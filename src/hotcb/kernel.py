@@ -391,8 +391,7 @@ class HotKernel:
             return
         point = self._enter(step, events)
         self._polled_env = env
-        if self._signals.installed:  # a notebook's cell took SIGINT back (not every step)
-            self._signals.reinstate()
+        self._signals.reinstate()  # a notebook's cell took SIGINT back (nothing when none)
         self._stream.catch_up(env)
         lines = self._read()
         if self._sync is not None:
