@@ -265,6 +265,7 @@ class HotKernel:
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
         self._last_step: Any = None  # the step of the last apply()
         self._signals = SignalCatcher(self._on_signal, lambda: not self._closed)
+        self._caught_at_close: tuple[int, ...] = ()  # what reopen() catches again
         self._stopped_by: str | None = None  # the signal that stopped the run
         if checkpoint_on_signal:
             self.catch_signals()
@@ -977,6 +978,9 @@ class HotKernel:
         self._started = True
         self._control.seed_horizon(env)
         self._ledger.point = SafePoint(int(env["step"]))
+        if self._closed:  # a loop after close(): the same kernel, its modules already started
+            self.reopen()
+            return
         self._find_rank()
         if self.is_leader:
             if self._metrics_arg is None:
@@ -1199,6 +1203,7 @@ class HotKernel:
         if self._closed:
             return
         self._closed = True
+        self._caught_at_close = self._signals.installed
         self._signals.restore()
         try:
             for mod in self._modules.values():  # what a module still holds for the ledger
@@ -1231,6 +1236,39 @@ class HotKernel:
             self._intake.close()  # the commands file its tail holds open
             if self.metrics is not None:
                 self.metrics.close()
+            # an apply() after this is another loop: its first safe point reopens the run
+            self._started = False
+
+    def reopen(self) -> None:
+        """Open the run again for another training loop on this kernel: a notebook's
+        training cell run again after ``close()``, a second Lightning ``fit`` or HF ``train()``
+        with the same callback. A ``stop`` the last loop ended on no longer holds (the new loop
+        was asked for after it), ``hotcb status`` says the run runs again instead of
+        ``finished`` or ``stopped``, and the signals ``close()`` let go are caught again.
+        Ledgered as ``kernel reopen``. The first safe point after ``close()`` calls it, and the
+        adapters at each fit's start; nothing happens when the kernel is open and not
+        stopped."""
+        closed, stopped = self._closed, self._control.stop_requested
+        if not (closed or stopped) or self._last_step is None:
+            return  # nothing to reopen: the first loop, or one that ended on its own
+        self._closed = False
+        self._control.stop_requested = False
+        self._stopped_by = None
+        self._next_beat = 0.0  # `hotcb status`: alive at this loop's step, not the last's
+        if closed and self._caught_at_close:
+            self._signals.install(self._caught_at_close)
+        if not self.is_leader:
+            return
+        other = self._other_trainer()
+        self._other_pid = other["pid"] if other else None
+        write_run_meta(self.paths, {**self._run_meta, "other_trainer": other} if other
+                       else self._run_meta, self._warn)  # fmt: skip
+        after = "close()" if closed else "a stop"
+        self._ledger.emit(
+            self._ledger.point, source="kernel", module="kernel", op="reopen",
+            decision=Decision.NOOP.value, reopened={"closed": closed, "stopped": stopped},
+            reason=f"a new training loop on this kernel after {after}: the run runs again",
+        )  # fmt: skip
 
     def __enter__(self) -> HotKernel:
         return self

@@ -230,7 +230,8 @@ class LedgerView:
     - ``pending``: scheduled commands still waiting, by cmd_id;
     - ``control``: the last applied run control (``pause``, ``resume`` or ``stop``), whence
       :attr:`paused` and :attr:`stopped`, and ``control_wall_time``, when it was applied; a
-      ``kernel resume`` entry (a new life from a checkpoint) clears it, and :meth:`control_now`
+      ``kernel resume`` entry (a new life from a checkpoint) or ``kernel reopen`` (another
+      loop on the same kernel) clears it, and :meth:`control_now`
       and :meth:`run_state` drop the control of an earlier life (:func:`life_started`);
     - ``last_step``, ``last_wall_time``: of the newest entry;
     - ``callbacks``: each callback's state, in load order (see :meth:`callback_list`).
@@ -293,7 +294,8 @@ class LedgerView:
 
     def _add_run_control(self, e: dict[str, Any]) -> None:
         op, module = e.get("op"), e.get("module")
-        new_life = module == "kernel" and op == "resume"  # a kernel restored from a checkpoint
+        # a kernel restored from a checkpoint, or reopened for another loop
+        new_life = module == "kernel" and op in ("resume", "reopen")
         if new_life or (
             module == "control"
             and op in ("pause", "resume", "stop")

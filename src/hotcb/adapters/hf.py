@@ -239,6 +239,8 @@ class HotCBHFCallback(TrainerCallback):
 
     # -- hooks ------------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # another train() with this callback: a stop the last one ended on does not hold for it
+        self.kernel.reopen()
         self._capacity = _capacity(args, state, kwargs.get("train_dataloader"))
         if self.checkpoint_on_signal and not self.kernel.signals_caught:
             # with enable_jit_checkpoint the Trainer saves on SIGTERM itself

@@ -311,6 +311,8 @@ class _Hooks:
         self._own_sigterm(trainer)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # another fit with this callback: a stop the last fit ended on does not hold for it
+        self.kernel.reopen()
         self._own_sigterm(trainer)
         step = self._last_step = int(trainer.global_step)
         if step > 0:

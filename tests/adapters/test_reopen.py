@@ -1,0 +1,112 @@
+"""Another training loop on the same kernel: a notebook's training cell run again after
+``kernel.close()``, a second Lightning ``fit`` or HF ``train()`` with the same callback. The
+kernel applied commands in the new loop, but ``hotcb status`` still said ``finished`` (so
+``hotcb stop`` answered "nothing to stop") or ``stopped``: a stop of the last loop held on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_helpers import load_example
+
+from hotcb import HotClient, HotKernel
+from hotcb.testing import read_ledger
+
+torch = pytest.importorskip("torch")
+
+
+def _status(cli: Any, run: str) -> str:
+    res = cli(run, "status")
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()[0]
+
+
+def _reopens(run: str) -> list[dict[str, Any]]:
+    return [e for e in read_ledger(run) if (e["module"], e["op"]) == ("kernel", "reopen")]
+
+
+def test_a_loop_after_close_is_a_running_run_again(tmp_path: Path, cli: Any) -> None:
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0, checkpoint_on_signal=True)  # first cell
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def train(steps: range) -> None:  # the training cell, closing at its end
+        for step in steps:
+            kernel.apply({"step": step, "optimizer": opt, "metrics": {"loss": 1.0 / step}})
+            if kernel.stop_requested:
+                break
+
+    train(range(1, 6))
+    kernel.close()
+    assert "finished at step 5" in _status(cli, run)
+    assert kernel.signals_caught == ()  # close() put the handlers back
+
+    train(range(6, 8))  # the cell run again
+    assert "[running]" in _status(cli, run)
+    assert set(kernel.signals_caught) == {signal.SIGTERM, signal.SIGINT}
+    stop = cli(run, "stop")
+    assert stop.returncode == 0 and "nothing to stop" not in stop.stdout + stop.stderr
+    train(range(8, 100))
+    kernel.close()
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert "stopped at step 8" in _status(cli, run)
+    (reopen,) = _reopens(run)
+    assert reopen["step"] == 6 and reopen["reopened"] == {"closed": True, "stopped": False}
+    log = cli(run, "log").stdout
+    assert "kernel reopen -> noop" in log and "after close()" in log
+
+
+pl = pytest.importorskip("lightning.pytorch")
+from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
+
+
+@pytest.mark.slow
+def test_a_second_lightning_fit_after_a_stop_trains_and_says_so(tmp_path: Path, cli: Any) -> None:
+    ex = load_example("lightning_digits")
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+    module = ex.DigitsModule(lr=0.05)
+    train, _ = ex.loaders()
+
+    def fit(max_steps: int) -> pl.Trainer:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=max_steps, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, logger=False,
+            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[HotCBLightning(kernel)],
+        )  # fmt: skip
+        trainer.fit(module, train)
+        return trainer
+
+    HotClient(run).send("control", "stop", at_step=3)
+    assert fit(50).global_step == 3
+    assert "[stopped]" in _status(cli, run)
+    second = fit(8)  # the user asks for more training
+    assert second.global_step == 8 and not kernel.stop_requested
+    assert "[stopped]" not in _status(cli, run)
+    kernel.close()
+    assert "finished at step 8" in _status(cli, run)
+    (reopen,) = _reopens(run)
+    assert reopen["reopened"] == {"closed": False, "stopped": True}
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.slow
+def test_a_second_hf_train_after_a_stop_trains(tmp_path: Path, cli: Any) -> None:
+    ex = load_example("hf_tiny")
+    run = os.fspath(tmp_path / "run")
+    HotClient(run).send("control", "stop", at_step=2)
+    trainer, kernel = ex.build(run, 6)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    trainer.train()  # again, as a notebook cell run twice
+    assert trainer.state.global_step == 6 and not kernel.stop_requested
+    kernel.close()
+    assert "finished at step 6" in _status(cli, run)
+    assert [e["reopened"] for e in _reopens(run)] == [{"closed": False, "stopped": True}]
