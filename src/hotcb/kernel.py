@@ -1314,8 +1314,8 @@ class HotKernel:
         log.error(
             "hotcb: %s; %s (%s) %s lost as the run closes. The next start in %s resumes from "
             "the ledger's last entry, so it applies those commands again (a stop among them "
-            "stops it at its first step); free disk space, and before restarting check the "
-            "commands file after the ledger's last cursor.",
+            "stops it at its first step); fix what stopped the write, and before restarting "
+            "check the commands file after the ledger's last cursor.",
             problem, entries, shown, "is" if len(out) == 1 else "are", self.run_dir,
         )  # fmt: skip
 

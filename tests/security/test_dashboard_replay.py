@@ -213,3 +213,25 @@ def test_a_replay_from_the_page_brings_the_captured_sources_as_the_cli_does(
         assert r.status_code == 200, r.text
     with open(os.path.join(dst, "hotcb.sources", f"{sha}.py")) as f:
         assert "version = 1" in f.read()  # the source the run loaded, not the edited file
+
+
+def test_a_fifo_as_the_recipe_is_refused_not_waited_on(
+    tmp_path: Any, live_server: Any, make_run: Any, read_commands: Any
+) -> None:
+    """The server reads the recipe a freeze replays to check it: a FIFO named as the recipe hung
+    that request (its worker blocked in ``open()`` until some process wrote the FIFO)."""
+    run = make_run(tmp_path / "runs" / "r")
+    fifo = os.path.join(run, "plan.jsonl")
+    os.mkfifo(fifo)
+    srv = live_server(root=tmp_path / "runs")
+    try:
+        with srv.client() as c:
+            r = c.post("/api/runs/r/freeze", json={"mode": "replay", "recipe_path": fifo})
+        assert r.status_code == 422, r.text
+        assert "recipe_path" in r.json()["detail"] and "regular file" in r.json()["detail"]
+        assert read_commands(run) == []
+    finally:  # a reader stuck in open() (the bug) gets an end of file, so the server can stop
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass

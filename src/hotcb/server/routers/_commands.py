@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, HTTPException
 
+from ... import jsonl
 from ...client import HotClient
 from ...errors import (
     ActuatorError,
@@ -78,7 +79,8 @@ _COPY_SUFFIX = {"recipe_path": "recipe.jsonl", "adjust_path": "adjust.yaml"}
 
 def _read(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
+        fd, _ = jsonl.open_regular(path)  # a FIFO there would hang the request
+        with open(fd, "rb") as f:
             return f.read()
     except OSError as exc:
         raise HTTPException(422, detail=f"cannot read {what} {path}: {exc.strerror or exc}") from None  # fmt: skip
