@@ -5,6 +5,7 @@ as an attacker who can write the file would) once made the trainer load code."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -231,7 +232,5 @@ def test_a_fifo_as_the_recipe_is_refused_not_waited_on(
         assert "recipe_path" in r.json()["detail"] and "regular file" in r.json()["detail"]
         assert read_commands(run) == []
     finally:  # a reader stuck in open() (the bug) gets an end of file, so the server can stop
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
