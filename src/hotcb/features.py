@@ -502,7 +502,8 @@ class FeatureCapture(CallbackBase):
         if self._fd is None or self._fd_path != path:
             self._close_file()
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # never through a link planted in the run directory (appended to its target)
+            self._fd = jsonl.open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)[0]
             self._fd_path = path
         os.write(self._fd, (jsonl.dumps(record) + "\n").encode())
 

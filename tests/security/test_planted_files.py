@@ -321,3 +321,36 @@ def test_a_log_file_of_another_user_is_refused(tmp_path: Any) -> None:
     os.chown(path, os.geteuid(), os.getegid())  # the user's own, from an older hotcb: private
     _open_log(path).close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_a_link_planted_as_the_features_file_is_not_appended_through(tmp_path: Any) -> None:
+    """Activation capture appended its records to whatever a link planted as
+    ``hotcb.features.jsonl`` named; now the capture is not written, and training goes on."""
+    torch = pytest.importorskip("torch")
+    from hotcb.features import FeatureCapture
+
+    run = os.fspath(tmp_path / "run")
+    victim = _victim(tmp_path)
+    _plant(os.path.join(run, "hotcb.features.jsonl"), victim)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    cap = FeatureCapture(every=1, model=model, run_dir=run)
+    cap.step(0)
+    model(torch.ones(3, 2))
+    cap.step(1)  # logs the refusal; never raises into the loop
+    assert cap.captures == 1
+    _untouched(victim)
+
+
+def test_a_link_planted_as_the_autopilot_lock_creates_nothing(tmp_path: Any, cli: Any) -> None:
+    """The autopilot's lock file was opened with ``O_CREAT`` through a planted link: a dangling
+    link made an (empty) file wherever it pointed, as the user who accepted a proposal."""
+    run = os.fspath(tmp_path / "run")
+    os.makedirs(run)
+    target = tmp_path / "home" / ".bashrc.d" / "planted"
+    target.parent.mkdir(parents=True)
+    _plant(os.path.join(run, "hotcb.autopilot.lock"), os.fspath(target))
+    res = cli(run, "autopilot", "accept", "A1")
+    assert res.returncode != 0
+    assert "hotcb.autopilot.lock" in res.stderr and REFUSED in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not os.path.lexists(target)

@@ -90,7 +90,8 @@ def owner_elsewhere(run_dir: str) -> dict[str, Any] | None:
 def _locked(run_dir: str) -> Iterator[None]:
     """Hold the run's autopilot lock file: one claim or one decision at a time, across
     processes."""
-    fd = os.open(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    # never through a link planted in the run directory (it created the file it named)
+    fd = jsonl.open_own(os.path.join(run_dir, LOCK), os.O_RDWR | os.O_CREAT)[0]
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
