@@ -34,7 +34,8 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     the run goes on at BEST. The first arm starts from the weights of the step the enable was
     applied at (not from those of the step its own command landed at, after more steps at the
     bad lr); every arm after a round's first starts from the weights the round started from,
-    bit for bit, and the run goes on from the winning arm's end."""
+    bit for bit, and the run goes on at the lr found from the weights the bracket began with:
+    the rounds' winners trained at lrs (x0.25, x1/16) that a later round found too high."""
     run_dir = str(tmp_path / "run")
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
@@ -69,32 +70,14 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
                     (4, 1.0), (4, 0.5), (None, None)], arms  # fmt: skip
     settle = ops[-1]
     assert settle["params"]["settle"] and settle["changes"]["lr"]["new"] == pytest.approx(BEST)
+    assert settle["params"]["from"] == "first"
     assert opt.param_groups[0]["lr"] == pytest.approx(BEST)
 
     enabled = next(e["step"] for e in read_ledger(run_dir) if e.get("op") == "enable")
     assert ops[0]["step"] > enabled and ops[0]["tune"]["restored"] == ["model", "optimizer"]
     for got, want in zip(after[ops[0]["step"]], before[enabled], strict=True):
         assert torch.equal(got, want)
-    start_at = saved_at = None  # the steps whose weights the copies hold
-    for e in ops:
-        p = e["params"]
-        if p.get("save") and p.get("from") != "best":
-            saved_at = e["step"]  # the closing arm's end (before this op restored anything)
-        if p.get("from") == "start":
-            assert e["tune"]["restored"] == ["model", "optimizer"]
-            for got, want in zip(after[e["step"]], after[start_at], strict=True):
-                assert torch.equal(got, want)
-            # the optimizer's moments too, each time: a copy restored twice is the same copy
-            for got, want in zip(moments[e["step"]], moments[start_at], strict=True):
-                assert torch.equal(got, want), e["tune"]["bracket"]
-        elif p.get("from") == "best" and not p.get("save"):
-            assert e["tune"]["restored"] == ["model", "optimizer"]
-            for got, want in zip(after[e["step"]], before[saved_at], strict=True):
-                assert torch.equal(got, want)
-        elif p.get("from") == "best":  # the closing arm is the best: nothing to restore
-            assert e["tune"]["restored"] == []
-        if p.get("snapshot"):
-            start_at = e["step"]
+    _check_restores(ops, before, after, moments, enabled)
     # what a person reads: `hotcb log`, `tune status`
     assert "bracket round 1, arm x0.25, model and optimizer state restored" in fmt_entry(
         ops[1], run_dir
@@ -116,6 +99,38 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     # so does `recipe export`: the arms are not in it (a replay cannot put weights back)
     recipe = [e for e in ledger_to_entries(read_ledger(run_dir)) if e.step <= settle["step"]]
     assert [(e.step, e.params) for e in recipe] == [(settle["step"], {"lr": pytest.approx(BEST)})]
+
+
+Weights = dict[int, list[torch.Tensor]]
+
+
+def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+    return all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def _check_restores(
+    ops: list[dict[str, Any]], before: Weights, after: Weights, moments: Weights, enabled: int
+) -> None:
+    """What each bracket op put back: the round's start, the best arm's end, or (the settle
+    after a move won) the weights of the step the enable was applied at."""
+    start_at = saved_at = None  # the steps whose weights the copies hold
+    for e in ops:
+        p, at, restored = e["params"], e["step"], e["tune"]["restored"]
+        if p.get("save") and p.get("from") != "best":
+            saved_at = at  # the closing arm's end (before this op restored anything)
+        if p.get("from") == "start":
+            assert restored == ["model", "optimizer"] and _same(after[at], after[start_at])
+            # the optimizer's moments too, each time: a copy restored twice is the same copy
+            assert _same(moments[at], moments[start_at]), e["tune"]["bracket"]
+        elif p.get("from") == "best" and not p.get("save"):
+            assert restored == ["model", "optimizer"] and _same(after[at], before[saved_at])
+        elif p.get("from") == "best":  # the closing arm is the best: nothing to restore
+            assert restored == []
+        elif p.get("from") == "first":  # the settle, after a move won
+            assert p.get("settle") and restored == ["model", "optimizer"]
+            assert _same(after[at], before[enabled]) and _same(moments[at], moments[enabled])
+        if p.get("snapshot"):
+            start_at = at
 
 
 def test_a_good_lr_wins_its_first_round_and_the_baselines_follow(toy: Any) -> None:

@@ -8,6 +8,8 @@ a near tie goes to the arm that came first, the lr in force), and the run goes o
 of that arm, at its lr. When a move won, the next round pits it against the same move once more
 (lr × 4 × 4 …), for up to :data:`ROUNDS` rounds; when a repeated move loses, a last round tries
 half of it (its square root: × 2 after × 4). Losing arms cost their steps and nothing else.
+When the lr settled on is not the one the bracket began at, the run goes on from the weights it
+began with: each round's winner trained at an lr that a later round found too high.
 
 Why: a trial judged against a trend cannot repair what the first segments at a bad lr did to the
 weights (``docs/tune.md``); arms from one copy of the weights throw the losers' weights away.

@@ -868,19 +868,21 @@ class TuneModule:
             if enabled is not None and snaps.pop("enabled_at", None) == p.get("since"):
                 # the first arm: from the weights the enable copied, a step or two ago
                 restored = _snapshot.restore(enabled, env)
-                self._bracket_snaps = {"start": enabled}
+                self._bracket_snaps = {"start": enabled, "first": enabled}
                 return restored, None
-            if save and start_from != "best":
+            if save and start_from == "start":
                 snaps["best"] = _snapshot.take(env)
             # from the best arm's end: the closing arm is it when it is saved
             source = snaps.get("start") if start_from == "start" else (
-                snaps.get("best") if start_from == "best" and not save else None)  # fmt: skip
+                snaps.get("best") if start_from == "best" and not save else
+                snaps.get("first") if start_from == "first" else None)  # fmt: skip
             if source is not None:
                 restored = _snapshot.restore(source, env)
             if p.get("settle"):
                 snaps.clear()
             elif p.get("snapshot"):
-                snaps = self._bracket_snaps = {"start": _snapshot.take(env)}
+                start = _snapshot.take(env)  # the first round's is kept for the settle
+                snaps = self._bracket_snaps = {"start": start, "first": snaps.get("first", start)}
                 if snaps["start"] is None:
                     trouble = ("start: bracket needs the model in env (kernel.apply(env) with "
                                "model=…) to train its arms from the same weights")  # fmt: skip
@@ -991,9 +993,15 @@ class TuneModule:
             self._submit_arm(step, save=save, start_from="best", snapshot=True, ratio=ratio)
         else:
             winner = b.winner
+            # a move won: back to the weights the bracket began with, at the lr it found. The
+            # rounds' winners trained at lrs a later round found too high (from 10x too high, 50
+            # steps at lr x 0.25 cost as much as the bracket gained: docs/tune.md)
+            first = b.rounds[0]["base"] if b.rounds else b.base
+            moved = not math.isclose(winner.value, first, rel_tol=1e-9)
             params = {"settle": True, "values": self._bracket_values(winner.value), "save": save,
-                      "from": "best", "ratio": ratio, "winner": {"factor": winner.factor,
-                      "value": winner.value, "level": winner.level}}  # fmt: skip
+                      "from": "first" if moved else "best", "ratio": ratio,
+                      "winner": {"factor": winner.factor, "value": winner.value,
+                                 "level": winner.level}}  # fmt: skip
             self._submit("bracket", params, step)
 
     def _unscored_arm(self, b: Bracket, step: int) -> bool:
