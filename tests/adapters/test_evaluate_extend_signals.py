@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,73 @@ def test_hf_evaluate_now_runs_the_trainers_evaluation_after_that_step(tmp_path: 
     assert [m["step"] for m in metrics if "eval_loss" in m["metrics"]] == [1, 4]
     assert "control evaluate -> applied: evaluates at the end of this step" in _log(run)
 
+
+
+class SendDuringEvaluation(transformers.TrainerCallback):
+    """Sends ``hotcb evaluate`` from inside the Trainer's evaluation at ``step`` (placed before
+    HotCBHFCallback, whose on_evaluate then reads it)."""
+
+    def __init__(self, run: str, step: int) -> None:
+        self.run, self.step = run, step
+        self.cid: str | None = None
+
+    def on_evaluate(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == self.step and self.cid is None:
+            self.cid = HotClient(self.run).evaluate()
+
+
+def _hf_polling_every_step(run: str, steps: int, **build: Any) -> tuple[Any, HotKernel]:
+    """``HF.build``'s Trainer with a kernel that polls at every safe point."""
+    trainer, built = HF.build(run, steps, **build)
+    trainer.pop_callback(HotCBHFCallback)
+    built.close()
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+    return trainer, kernel
+
+
+def test_hf_evaluate_read_during_an_evaluation_runs_after_the_next_step(tmp_path: Path) -> None:
+    """The Trainer clears ``should_evaluate`` as the next step begins: an evaluate read in the
+    Trainer's own evaluation was ledgered applied and never ran."""
+    run = os.fspath(tmp_path / "run")
+    trainer, kernel = _hf_polling_every_step(run, 10, eval_steps=4)
+    sender = SendDuringEvaluation(run, 4)
+    trainer.add_callback(sender)
+    trainer.add_callback(HotCBHFCallback(kernel, can_evaluate=True))
+    trainer.train()
+    kernel.close()
+    assert sender.cid is not None
+    e = _entry(run, sender.cid)
+    assert (e["step"], e["event"], e["evaluate"]) == (4, "val_epoch_end", "at_next_step_end")
+    metrics = read_jsonl(os.path.join(run, "hotcb.metrics.jsonl"))
+    assert [m["step"] for m in metrics if "eval_loss" in m["metrics"]] == [4, 5, 8, 10]
+    assert "evaluates at the end of the next step" in _log(run)
+
+
+def test_hf_evaluate_after_train_applies_no_command_and_a_pause_does_not_hang_it(
+    tmp_path: Path,
+) -> None:
+    """``trainer.evaluate()`` after ``train()`` was taken for a training safe point: a
+    checkpoint was ledgered with a folder nothing saved, and a pause blocked it for good.
+    Commands now wait for the next ``train()``."""
+    run = os.fspath(tmp_path / "run")
+    trainer, kernel = _hf_polling_every_step(run, 4)
+    trainer.add_callback(HotCBHFCallback(kernel, can_evaluate=True))
+    trainer.train()
+    client = HotClient(run)
+    sent = [client.checkpoint(), client.pause()]
+    done = threading.Thread(target=trainer.evaluate, daemon=True)
+    done.start()
+    try:
+        done.join(timeout=120)
+        assert not done.is_alive(), "trainer.evaluate() hung on a pause"
+    finally:
+        client.resume()  # (lets a hung evaluate end)
+        done.join(timeout=120)
+    assert not [e for e in read_ledger(run) if e["cmd_id"] in sent]
+    trainer.args.max_steps = 6
+    trainer.train()  # the next train() takes them (its first step: the pause, then resume)
+    kernel.close()
+    assert {e["cmd_id"] for e in read_ledger(run) if e["decision"] == "applied"} >= set(sent)
 
 def test_hf_evaluate_is_refused_without_a_known_eval_dataset(tmp_path: Path) -> None:
     run = os.fspath(tmp_path / "run")

@@ -125,7 +125,9 @@ def _fill(
     values["save_checkpoint"] = save_checkpoint
     values["set_max_steps"] = functools.partial(hooks.set_max_steps, state, control)
     values["set_max_epochs"] = _no_epochs
-    values["request_evaluate"] = functools.partial(hooks.request_evaluate, args, control)
+    values["request_evaluate"] = functools.partial(
+        hooks.request_evaluate, args, control, values.get("phase") == "val"
+    )
 
 
 def _no_epochs(max_epochs: int) -> None:
@@ -182,6 +184,8 @@ class HotCBHFCallback(TrainerCallback):
         self._capacity: tuple[int, int] | None = None
         # a logging step's env whose train_step_end waits for the Trainer's logs (on_log)
         self._held: LazyEnv | None = None
+        self._training = False  # inside train(): an evaluation is one of its safe points
+        self._evaluate_next = False  # an evaluate read during an evaluation, for the next step
 
     # -- env --------------------------------------------------------------------------------
     def _env(
@@ -202,7 +206,7 @@ class HotCBHFCallback(TrainerCallback):
         return LazyEnv(known, keys, functools.partial(_fill, self, args, state, control, kwargs))
 
     # -- what the kernel's env calls ----------------------------------------------------------
-    def request_evaluate(self, args: Any, control: Any) -> str:
+    def request_evaluate(self, args: Any, control: Any, evaluating: bool = False) -> str:
         can = self.can_evaluate
         if can is None:
             strategy = getattr(args, "eval_strategy", "no")
@@ -213,6 +217,11 @@ class HotCBHFCallback(TrainerCallback):
                 "eval dataset (evaluating without one raises inside the Trainer's loop); pass "
                 "HotCBHFCallback(kernel, can_evaluate=True) if it has one"
             )
+        if evaluating:
+            # read during the Trainer's evaluation: this step's is over, and the next step's
+            # begin clears the flag; set at the next step's end, which evaluates then
+            self._evaluate_next = True
+            return "at_next_step_end"
         control.should_evaluate = True
         return "at_step_end"
 
@@ -241,6 +250,7 @@ class HotCBHFCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # another train() with this callback: a stop the last one ended on does not hold for it
         self.kernel.reopen()
+        self._training = True
         self._capacity = _capacity(args, state, kwargs.get("train_dataloader"))
         if self.checkpoint_on_signal and not self.kernel.signals_caught:
             # with enable_jit_checkpoint the Trainer saves on SIGTERM itself
@@ -273,6 +283,9 @@ class HotCBHFCallback(TrainerCallback):
         if self._held is not None:  # its logs never came (another callback cancelled them)
             held, self._held = self._held, None
             self.kernel.observe(held, _TRAIN)
+        if self._evaluate_next:
+            self._evaluate_next = False
+            control.should_evaluate = True
         if self.kernel.nothing_due(state.global_step):
             return
         env = self._env(args, state, control, kwargs)
@@ -311,6 +324,10 @@ class HotCBHFCallback(TrainerCallback):
         metrics: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if not self._training:
+            # trainer.evaluate() outside train(): no step comes after it to act on a command
+            # (a checkpoint, an evaluate) and a pause would hang it; commands wait for train()
+            return
         self.kernel.apply(self._env(args, state, control, kwargs, "val", metrics), _VAL)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -330,6 +347,7 @@ class HotCBHFCallback(TrainerCallback):
         # on_step_end skips apply() when nothing is due: the last steps may have had none
         self.kernel.reached(int(state.global_step))
         self.kernel.flush()
+        self._training = self._evaluate_next = False
         if self._caught:
             self._caught = False
             self.kernel.release_signals()

@@ -385,6 +385,7 @@ def _without_trial(e: Mapping[str, Any]) -> str:
 _EVALUATE = {
     "requested": "the loop was asked to evaluate",
     "at_step_end": "evaluates at the end of this step",
+    "at_next_step_end": "evaluates at the end of the next step (this step's evaluation ran)",
 }
 
 
