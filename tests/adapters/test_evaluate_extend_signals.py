@@ -156,7 +156,6 @@ def test_hf_evaluate_now_runs_the_trainers_evaluation_after_that_step(tmp_path: 
     assert "control evaluate -> applied: evaluates at the end of this step" in _log(run)
 
 
-
 class SendDuringEvaluation(transformers.TrainerCallback):
     """Sends ``hotcb evaluate`` from inside the Trainer's evaluation at ``step`` (placed before
     HotCBHFCallback, whose on_evaluate then reads it)."""
@@ -222,6 +221,7 @@ def test_hf_evaluate_after_train_applies_no_command_and_a_pause_does_not_hang_it
     trainer.train()  # the next train() takes them (its first step: the pause, then resume)
     kernel.close()
     assert {e["cmd_id"] for e in read_ledger(run) if e["decision"] == "applied"} >= set(sent)
+
 
 def test_hf_evaluate_is_refused_without_a_known_eval_dataset(tmp_path: Path) -> None:
     run = os.fspath(tmp_path / "run")
