@@ -170,3 +170,25 @@ def test_a_writer_that_opened_the_file_before_it_was_rotated_writes_to_the_new_o
         assert f.read() == b'{"n":1}\n'
     with open(path, "rb") as f:
         assert f.read() == b'{"n":2}\n'
+
+
+def test_a_hand_written_command_after_an_editor_saved_the_file_is_applied(run_dir: str) -> None:
+    """Lines without a cmd_id are known by their offset (``@0``); a command written by hand
+    at the same offset of the file an editor saved (or truncated) was a noop: "duplicate
+    cmd_id '@0': already handled"."""
+    with _driver(run_dir) as drv:
+        line = b'{"module": "loss", "op": "set_params", "params": {"w": 2.5}}\n'
+        with open(drv.paths.commands, "ab") as f:
+            f.write(line)  # written by hand, as docs/core.md shows
+        drv.steps()
+        assert drv.weights["w"] == 2.5
+        tmp = drv.paths.commands + ".new"
+        with open(tmp, "wb") as f:  # the editor's save: a new file, renamed over
+            f.write(b"")
+        os.replace(tmp, drv.paths.commands)
+        with open(drv.paths.commands, "ab") as f:
+            f.write(line.replace(b"2.5", b"4.5"))  # the next hand-written command, at byte 0
+        drv.steps(2)
+        assert drv.weights["w"] == 4.5
+        handled = [(e["cmd_id"], e["decision"]) for e in drv.ledger() if e["op"] == "set_params"]
+        assert handled == [("@0", "applied"), ("@0", "applied")]

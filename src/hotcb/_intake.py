@@ -115,8 +115,17 @@ class CommandIntake:
                          f"the checkpoint this run resumed from (byte {restored}): that "
                          "checkpoint was saved in another run directory, or the file was "
                          "replaced since; reading it from the start")  # fmt: skip
+            self._forget_offsets()
             self._remember_ledger()
         return lines, reset, None
+
+    def _forget_offsets(self) -> None:
+        """Forget the ``@offset`` ids (lines without a cmd_id) of the file read before: they
+        count bytes of that file, and the new one's line at the same offset (a command written
+        by hand after an editor saved the file, or after a rotation) is another command, not a
+        duplicate to skip."""
+        self._seen_order = deque(c for c in self._seen_order if c[:1] != "@")
+        self._seen = set(self._seen_order)
 
     def close(self) -> None:
         """Let go of the commands file the tail holds open."""
