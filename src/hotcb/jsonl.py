@@ -136,7 +136,7 @@ def _refusal(path: str, what: str, code: int | None) -> RunFileRefusedError:
 
 
 def open_own(
-    path: str, flags: int, mode: int = 0o644, *, mine: bool = False
+    path: str, flags: int, mode: int = 0o666, *, mine: bool = False
 ) -> tuple[int, os.stat_result]:
     """``os.open(path, flags, mode)`` of a file hotcb writes in a run directory, and its
     ``fstat``: never through a symbolic link (``O_NOFOLLOW``), never anything but a regular
