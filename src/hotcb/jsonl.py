@@ -32,6 +32,7 @@ import fcntl
 import json
 import math
 import os
+import pwd
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
@@ -303,7 +304,10 @@ def _open_locked(path: str) -> tuple[int, int]:
     last bytes, so a line lands either before those bytes are read or in the new file."""
     tries = _REOPEN_TRIES
     while True:
-        fd, _ = open_own(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            fd, _ = open_own(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except PermissionError as exc:
+            raise _not_permitted(path, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
@@ -314,6 +318,31 @@ def _open_locked(path: str) -> tuple[int, int]:
             os.close(fd)
             raise
         os.close(fd)  # (and its lock)
+
+
+def _not_permitted(path: str, exc: OSError) -> JournalWriteError:
+    """Permission denied, said with whose file (or folder) it is and what to do."""
+    try:
+        st, what = os.stat(path), "the file"
+    except OSError:
+        folder = os.path.dirname(path) or "."
+        try:
+            st, what = os.stat(folder), f"its folder {folder}"
+        except OSError:
+            return JournalWriteError(f"cannot write {path}: {exc.strerror or exc}",
+                                     errno=exc.errno, path=path)  # fmt: skip
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    return JournalWriteError(
+        f"cannot write {path}: permission denied ({what} belongs to {owner}, mode "
+        f"{stat.S_IMODE(st.st_mode):04o}). Whoever sends commands must be able to write the "
+        f"run's files: in a folder a group shares, {owner} runs with umask 002 (or chmod g+w "
+        f"the files); or send through `hotcb serve` started by {owner}",
+        errno=exc.errno,
+        path=path,
+    )
 
 
 def _names(path: str, st: os.stat_result) -> bool:

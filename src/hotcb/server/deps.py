@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from ..errors import JournalWriteError
 from .autopilot import AutopilotHost
 from .config import DashboardConfig
 from .hub import Hub
 from .runs import RunNotFound, RunRegistry, RunState
 
-__all__ = ["Deps"]
+__all__ = ["Deps", "not_written"]
 
 
 @dataclass
@@ -35,3 +37,11 @@ class Deps:
             return self.registry.get(run_id)
         except RunNotFound as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
+
+
+def not_written(exc: JournalWriteError) -> HTTPException:
+    """A command the server could not write: 403 when this server's user may not write the
+    run's commands file (the message says whose it is), 507 for a full disk or another
+    failure of the write."""
+    status = 403 if exc.errno in (errno.EACCES, errno.EPERM) else 507
+    return HTTPException(status, detail=str(exc))

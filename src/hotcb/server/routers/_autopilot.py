@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 from ...autopilot.engine import decide, proposals
 from ...errors import JournalWriteError
 from ..autopilot import NOT_HERE, RuleOffInFile
-from ..deps import Deps
+from ..deps import Deps, not_written
 from ._runs import both
 
 
@@ -59,7 +59,7 @@ def _decide(run_dir: str, lock: threading.Lock, proposal_id: str, accept: bool) 
         try:
             return decide(run_dir, proposal_id, accept, by="dashboard")
         except JournalWriteError as exc:
-            raise HTTPException(507, detail=str(exc)) from None
+            raise not_written(exc) from None
         except (KeyError, ValueError) as exc:  # out of bounds, no such actuator now, ...
             raise HTTPException(409, detail=str(exc).strip("'\"")) from None
 

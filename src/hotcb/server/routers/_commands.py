@@ -29,7 +29,7 @@ from ...errors import (
     RecipeError,
 )
 from ...runfiles import confine_path
-from ..deps import Deps
+from ..deps import Deps, not_written
 
 if TYPE_CHECKING:
     from ...recipe import RecipeEntry
@@ -205,7 +205,7 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
     except (CommandError, ActuatorError) as exc:  # invalid, or refused by a published actuator
         raise HTTPException(422, detail=str(exc)) from None
     except JournalWriteError as exc:
-        raise HTTPException(507, detail=str(exc)) from None
+        raise not_written(exc) from None
     over = client.run_over()
     if over is not None:  # nothing will answer it now: said, as the CLI does
         return {"cmd_id": cmd_id, "warning": f"the run {over}; the command waits in the "
