@@ -55,7 +55,9 @@ def test_a_command_to_another_users_run_says_whose_file_it_is(roots_run: str) ->
     assert "umask 002" in said and "hotcb serve" in said
 
 
-def test_the_dashboard_refuses_it_with_a_403_that_says_why(roots_run: str, live_server: Any) -> None:
+def test_the_dashboard_refuses_it_with_a_403_that_says_why(
+    roots_run: str, live_server: Any
+) -> None:
     srv = live_server(root=os.path.dirname(roots_run))
     with srv.client() as c, as_nobody():  # the server's writes, as a user who may not
         r = c.post("/api/runs/r/commands", json={"module": "control", "op": "pause"})
