@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hotcb import HotKernel, jsonl, loss_actuators, mutable_state
+from hotcb import HotClient, HotKernel, jsonl, loss_actuators, mutable_state
 from hotcb.metrics import MetricsCollector
 from hotcb.runfiles import RunPaths
 from hotcb.testing import read_ledger, wait_for
@@ -458,6 +458,25 @@ def test_recipe_download(tmp_path, live_server):
         assert not os.path.exists(RunPaths(run).recipe)  # the download writes nothing there
     kernel.close()
 
+
+
+def test_recipe_download_of_a_run_named_outside_latin_1(tmp_path, live_server):
+    """A run named ``exp λ "1"`` made the download a 500 (UnicodeEncodeError: a header must be
+    latin-1); the browser now gets the name back, and a safe ASCII one for older clients."""
+    from urllib.parse import quote, unquote
+
+    name = 'exp λ "1"'
+    run = os.fspath(tmp_path / name)
+    kernel = HotKernel(run, mutable_state=mutable_state(loss_actuators({"ce": 1.0})))
+    HotClient(run).set({"ce": 2.0})
+    kernel.apply({"step": 1})
+    kernel.close()
+    with live_server(root=tmp_path).client() as c:
+        r = c.get(f"/api/runs/{quote(name)}/recipe")
+    assert r.status_code == 200, r.text
+    header = r.headers["content-disposition"]
+    assert 'filename="exp _ _1_.recipe.jsonl"' in header, header
+    assert unquote(header.split("filename*=UTF-8''")[1]) == f"{name}.recipe.jsonl"
 
 def test_page_and_static_files(tmp_path, live_server):
     static = tmp_path / "static"

@@ -15,6 +15,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
@@ -251,7 +252,7 @@ def create_runs_router(deps: Deps) -> APIRouter:
         return Response(
             body,
             media_type="application/x-ndjson",
-            headers={"Content-Disposition": f'attachment; filename="{name}.recipe.jsonl"'},
+            headers={"Content-Disposition": _attachment(f"{name}.recipe.jsonl")},
         )
 
     _knobs_route(router, deps)
@@ -287,3 +288,12 @@ def _export(run_dir: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = export_recipe(run_dir, os.path.join(tmp, "recipe.jsonl"))
         return list(jsonl.iter_records(path))  # the header line, then the entries
+
+
+def _attachment(filename: str) -> str:
+    """A ``Content-Disposition`` for ``filename`` whatever it holds: an ASCII fallback (quotes,
+    backslashes and non-ASCII characters replaced) and the name itself, UTF-8 and
+    percent-encoded (RFC 6266). A run named ``exp λ`` made the download a 500 (a header must
+    be latin-1)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
