@@ -459,7 +459,6 @@ def test_recipe_download(tmp_path, live_server):
     kernel.close()
 
 
-
 def test_recipe_download_of_a_run_named_outside_latin_1(tmp_path, live_server):
     """A run named ``exp λ "1"`` made the download a 500 (UnicodeEncodeError: a header must be
     latin-1); the browser now gets the name back, and a safe ASCII one for older clients."""
@@ -477,6 +476,7 @@ def test_recipe_download_of_a_run_named_outside_latin_1(tmp_path, live_server):
     header = r.headers["content-disposition"]
     assert 'filename="exp _ _1_.recipe.jsonl"' in header, header
     assert unquote(header.split("filename*=UTF-8''")[1]) == f"{name}.recipe.jsonl"
+
 
 def test_page_and_static_files(tmp_path, live_server):
     static = tmp_path / "static"
