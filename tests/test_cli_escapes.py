@@ -180,6 +180,9 @@ def test_term_safe_escapes_controls_and_keeps_text() -> None:
     )
     ordinary = "lr: 0.1 → 0.05 ±2e-3 … über 学习率 \u00a0 ✓"
     assert term_safe(ordinary) == ordinary
+    # a right-to-left override in a metric name reordered the rest of the status line
+    assert term_safe("acc\u202egnp.exe\u2066x\u200f") == "acc\\u202egnp.exe\\u2066x\\u200f"
+    assert term_safe("损失 שלום") == "损失 שלום"  # right-to-left text itself is text
     assert term_safe(term_safe(EVIL)) == term_safe(EVIL)  # once is enough, twice is the same
 
 

@@ -175,7 +175,7 @@ class HotKernel:
         self._warned: set[str] = set()  # kinds of warning already logged (once each)
         # resolved once: a run started through a link (runs/latest) stays in the directory it
         # started in when the link is pointed elsewhere (it read the other run's commands)
-        self.paths = RunPaths(os.path.realpath(os.fspath(_run_dir(run_dir))))
+        self.paths = RunPaths(os.path.realpath(os.path.expanduser(os.fspath(_run_dir(run_dir)))))
         self.run_dir = self.paths.root
         self.pause_poll_sec = float(pause_poll_sec)
         self.auto_disable_on_error = auto_disable_on_error

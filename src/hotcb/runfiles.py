@@ -63,7 +63,7 @@ class RunPaths:
     root: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", os.path.abspath(self.root))
+        object.__setattr__(self, "root", os.path.abspath(os.path.expanduser(self.root)))
 
     def _p(self, name: str) -> str:
         return os.path.join(self.root, name)

@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = getattr(args, "_prog", parser.prog)
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
                        f"(see '{prog} --help')\n")  # fmt: skip
+    if isinstance(getattr(args, "dir", None), str):  # `--dir '~/runs/a'`, HOTCB_DIR=~/runs/a
+        args.dir = os.path.expanduser(args.dir)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

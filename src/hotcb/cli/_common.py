@@ -30,13 +30,15 @@ class UsageError(HotcbError):
 DIRECTION_DEFAULT = "default: from its name: maximize for accuracy, F1, AUC, BLEU…, else minimize"
 
 
-#: What a terminal takes as a command rather than text: C0 (ESC, CR, LF, BEL, …), DEL and C1.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: What a terminal takes as a command rather than text: C0 (ESC, CR, LF, BEL, …), DEL and C1;
+#: and the bidirectional controls (U+061C, U+200E/F, U+202A-E, U+2066-9): a right-to-left
+#: override in a metric name reorders the rest of the line that shows it.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def term_safe(text: object) -> str:
     """``text`` safe to print to a terminal: each control character (C0 including ESC, CR,
-    LF and tab, DEL, C1) written out as ``repr`` writes it (``\\x1b``, ``\\n``); the rest,
+    LF and tab, DEL, C1, and the bidirectional overrides and isolates) written out as ``repr`` writes it (``\\x1b``, ``\\n``); the rest,
     ordinary Unicode included, as it is. What a run's files hold (a command's source and
     reason, metric names, errors) reaches ``hotcb log`` and ``hotcb status`` through this: a
     line written into them cannot clear the screen, fake a line, set the window title or fill
