@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SUBPROCESS_ENV
 
+from conftest import SUBPROCESS_ENV
 from hotcb import HotClient, HotKernel
 
 
