@@ -151,18 +151,30 @@ def open_own(
             raise _refusal(path, "a symbolic link, which hotcb will not follow", exc.errno) from exc
         if exc.errno == errno.ENXIO:  # a FIFO opened to write, with no reader
             raise _refusal(path, _NOT_WRITTEN % "a FIFO", exc.errno) from exc
+        owner = _owner(path) if mine and isinstance(exc, PermissionError) else None
+        if owner is not None and owner != os.geteuid():  # (private to them: not even opened)
+            raise _refusal(path, _THEIRS % owner, exc.errno) from exc
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _refusal(path, _NOT_WRITTEN % _kind(st.st_mode), errno.EINVAL)
         if mine and st.st_uid != os.geteuid():
-            who = f"another user's file (uid {st.st_uid}), which hotcb will not write to"
-            raise _refusal(path, who, errno.EPERM)
+            raise _refusal(path, _THEIRS % st.st_uid, errno.EPERM)
     except BaseException:
         os.close(fd)
         raise
     return fd, st
+
+
+_THEIRS = "another user's file (uid %d), which hotcb will not write to"
+
+
+def _owner(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
 
 
 #: How many random names :func:`create_temp` tries before it gives up.
@@ -181,6 +193,10 @@ def create_temp(path: str) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+        except PermissionError as exc:  # named by the file wanted, not the temporary name
+            folder = os.path.dirname(path) or "."
+            raise PermissionError(exc.errno, f"{exc.strerror}: cannot create a file in {folder}",
+                                  path) from exc  # fmt: skip
     raise FileExistsError(errno.EEXIST, "no unused temporary name beside it", path)
 
 

@@ -147,7 +147,13 @@ def _located(path: str, p: RecipeProblem) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     require_run_dir(args.dir)
     require_out_folder(args.out)
-    path, entries = export_recipe(args.dir, args.out)
+    try:
+        path, entries = export_recipe(args.dir, args.out)
+    except PermissionError as exc:
+        if args.out:
+            raise
+        raise UsageError(f"{exc.filename}: {exc.strerror}; write the recipe elsewhere with "
+                         "--out FILE") from None  # fmt: skip
     print(f"wrote {len(entries)} entries to {path}")
     for warning in fresh_restarts(args.dir):  # also in the recipe's header
         say(f"hotcb: warning: {warning}", file=sys.stderr)
