@@ -81,6 +81,8 @@ describe("describeEntry: the tooltip and ledger text of an entry", () => {
     assert.deepEqual(describeEntry(noisy).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768 ±0.14, best so far"]);
     const over = { module: "tune", op: "bracket", tune: { bracket: { settle: true, winner: { factor: 0.5 } } } };
     assert.deepEqual(describeEntry(over).lines, ["bracket over: lr ×0.5 won"]);
+    const back = { ...over, tune: { bracket: { ...over.tune.bracket, back_to_start: true }, restored: ["model", "optimizer"] } };
+    assert.deepEqual(describeEntry(back).lines, ["bracket over: lr ×0.5 won · on from the weights it began with · model and optimizer state restored"]);
     // a move that put weights back has no impact of its own: the loss before it is of other weights
     assert.equal(isValueChange(arm), false);
     assert.equal(isValueChange({ ...arm, tune: { ...arm.tune, restored: [] } }), true);

@@ -84,6 +84,8 @@ describe("tuneFacts: the panel's facts, as text", () => {
     assert.equal(tuneFacts({ ...STATE, bracket: open }).bracket, "opt.lr round 1 under way (arm ×4)");
     const over = { knob: "opt.lr", round: 1, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 155 };
     assert.equal(bracketLine(over), "opt.lr over at step 155, ×0.25 won its last round · round 1: ×1 0.86, ×0.25 0.68, ×4 …");
+    // a move won: the run trains on from the weights the bracket began with
+    assert.equal(bracketLine({ ...over, back_to_start: true }).split(" · ")[0], "opt.lr over at step 155, ×0.25 won its last round, on from the weights it began with");
     assert.equal(bracketLine({ ...over, reason: "the run was frozen" }).split(" · ")[0], "opt.lr over at step 155 (the run was frozen)");
     // a round cut short (a restart, a disable): the arms it had judged
     const cut = { knob: "opt.lr", round: 2, arms, rounds: [{ round: 1, arms, winner: 0.25 }], ended_at: 230, reason: "a restart from a checkpoint cut the bracket short" };

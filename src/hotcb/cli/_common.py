@@ -325,6 +325,8 @@ def _bracket_facts(b: Any) -> list[str]:
         w = b.get("winner")
         facts.append(f"bracket over: lr x{w['factor']:.3g} won" if isinstance(w, Mapping)
                      else "bracket over")  # fmt: skip
+        if b.get("back_to_start"):
+            facts.append("on from the weights it began with")
     elif isinstance(b.get("level"), (int, float)):  # an arm's end
         best = ", best so far" if b.get("best") else ""
         shown = f"{b['level']:.4g}{fmt_noise(b['level'], b.get('noise'))}"

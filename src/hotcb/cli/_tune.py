@@ -331,6 +331,9 @@ def _bracket_line(b: dict[str, Any]) -> str:
         head += f" (over at step {b['ended_at']}" + (
             f": {b['reason']})" if b.get("reason") else f", x{winner:.3g} won the last round)"
             if winner is not None else ")")  # fmt: skip
+        if b.get("back_to_start"):
+            head += ", on from the weights it began with"
+
     return f"{head}: " + "; ".join(said) if said else head
 
 

@@ -28,7 +28,7 @@ def far_from_best(lr: float, _step: int) -> float:
 
 
 def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
-    tmp_path: Any,
+    tmp_path: Any, cli: Any
 ) -> None:
     """From 16x too high: x0.25 wins twice, a third x0.25 and then half of it (x0.5) lose, and
     the run goes on at BEST. The first arm starts from the weights of the step the enable was
@@ -85,10 +85,15 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     ends = [e for e in read_ledger(run_dir) if e.get("op") == "arm"]
     assert len(ends) == 9 and "ended at 2.386, best so far" in fmt_entry(ends[1], run_dir)
     assert "bracket over: lr x0.5 won" not in fmt_entry(settle, run_dir)
-    assert "bracket over: lr x1 won" in fmt_entry(settle, run_dir)
+    assert "bracket over: lr x1 won, on from the weights it began with" in fmt_entry(
+        settle, run_dir
+    )
     status = HotClient(run_dir).tune_status()
     rounds = status["bracket"]["rounds"]
     assert [r["winner"] for r in rounds] == [0.25, 0.25, 1.0, 1.0]
+    assert status["bracket"]["back_to_start"] is True
+    shown = cli(run_dir, "tune", "status").stdout
+    assert "x1 won the last round), on from the weights it began with:" in shown, shown
     # over: no arm under way or value in force is left in what status shows
     assert not {"arm", "in_force", "values"} & set(status["bracket"]), status["bracket"]
     # `tune export` carries the lr the bracket settled on

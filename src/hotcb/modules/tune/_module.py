@@ -821,6 +821,9 @@ class TuneModule:
                                 "modules": self._modules(values), "restored": restored}  # fmt: skip
         if trouble:
             result.extra["tune"]["bracket"]["trouble"] = trouble
+        back = bool(p.get("settle") and p.get("from") == "first" and restored)
+        if back:  # the run trains on from the weights the bracket began with
+            result.extra["tune"]["bracket"]["back_to_start"] = True
         if self.waiting is None or self.waiting["cmd_id"] != op.cmd_id:
             return result
         self.waiting = None
@@ -830,6 +833,8 @@ class TuneModule:
                 self._warn(f"{trouble}; the tuner starts with baseline segments instead")
             if self.bracket is not None:
                 self.bracket_done = bracket_ended(self.bracket.to_dict(), step)
+                if back:
+                    self.bracket_done["back_to_start"] = True
             elif self.bracket_done is not None and p.get("reason"):  # cut short: it ends here
                 self.bracket_done["ended_at"] = step  # (after a restart: in this life)
             self.bracket = None

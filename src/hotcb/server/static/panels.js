@@ -702,6 +702,7 @@ export function bracketFacts(b) {
   if (!b || typeof b !== "object") return null;
   const facts = [];
   if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
+  if (b.settle && b.back_to_start) facts.push("on from the weights it began with");
   else if (typeof b.level === "number")
     facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${fmtSpread(b.noise, b.level)}${b.best ? ", best so far" : ""}`);
   else if (b.round != null) facts.push(`bracket round ${b.round}, arm ×${fmtNum(b.factor ?? 1)}`);

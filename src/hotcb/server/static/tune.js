@@ -97,7 +97,7 @@ export function bracketLine(b) {
   const arm = (b.arms || [])[b.arm];
   const how =
     b.ended_at != null
-      ? `over at step ${b.ended_at}${b.reason ? ` (${b.reason})` : last ? `, ×${fmtNum(last.winner)} won its last round` : ""}`
+      ? `over at step ${b.ended_at}${b.reason ? ` (${b.reason})` : last ? `, ×${fmtNum(last.winner)} won its last round` : ""}${b.back_to_start ? ", on from the weights it began with" : ""}`
       : `round ${b.round} under way${arm ? ` (arm ×${fmtNum(arm.factor)})` : ""}`;
   return [`${b.knob ?? "lr"} ${how}`, ...rounds].join(" · ");
 }
