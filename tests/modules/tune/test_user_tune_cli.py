@@ -1594,3 +1594,22 @@ def test_trials_that_move_nothing_wait_a_segment_after_three_also_when_asked_in_
     # every fourth comes after a baseline segment
     assert all(steps[i + 3] - steps[i] >= 2000 for i in range(0, len(steps) - 3, 3)), steps
     assert t.ledger("mutate") == []
+
+
+def test_a_moved_run_started_again_goes_on_in_its_study(toy: Any, tmp_path: Any) -> None:
+    """`mv runs/a runs/b`, then the trainer started in runs/b without a checkpoint: the default
+    study is named after the run directory, and the tuner turned on again in a new study
+    (`hotcb-b`), trial numbers from 0 under the kept file's trials."""
+    t: Toy = toy(log_level, name="a", lr=1e-3)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                            seed=0, sync=True)  # fmt: skip
+    t.run(1_000, until=lambda: len(t.ledger("mutate")) >= 2)
+    before = [e["tune"]["trial"] for e in t.ledger("mutate")]
+    t.kernel.close()
+    os.rename(tmp_path / "a", tmp_path / "b")
+    again: Toy = toy(log_level, name="b", lr=1e-3)  # no load_state_dict
+    again.run(1_000, until=lambda: len(again.ledger("mutate")) > len(before))
+    status = HotClient(again.kernel.run_dir).tune_status()
+    assert status["study"] == "hotcb-a", status["study"]
+    after = [e["tune"]["trial"] for e in again.ledger("mutate")][len(before) :]
+    assert after[0] > max(before), (before, after)

@@ -244,6 +244,10 @@ class TuneModule:
             saved["storage"] = self._storage_sent(state.get("enable_cmd")) or storage
         try:
             settings = parse_settings({**saved, "mode": state["mode"], "space": saved.get("space")})
+            if settings.study is None and isinstance(state.get("study"), str):
+                # the study it was in: the default name is the run directory's, and a run
+                # moved (mv runs/a runs/b) would start a study of its own, trials from 0
+                settings = replace(settings, study=state["study"])
             joined = state.get("study_joined")
             if isinstance(joined, dict):  # when the run first joined, not the restart
                 url, name = self._where(settings)
