@@ -356,3 +356,19 @@ def test_ctrl_c_keeps_the_finished_runs_and_writes_the_partial_report(tmp_path: 
     assert "INTERRUPTED after 1 run: a partial bench" in md
     assert "Seeds 0, 1 planned, seed 0 ran;" in md
     assert (out / "report.html").exists() and (out / "img/bench_stopper_make_task.png").exists()
+
+
+def test_the_tune_condition_with_a_start_bracket(tmp_path: Path, cli: Any) -> None:
+    """`--tune-start bracket`: the tune condition's tuner begins with a bracket of the lr (the
+    option the benchmark's bracket report is made with; the CLI had no way to ask for it)."""
+    pytest.importorskip("optuna")
+    out = tmp_path / "out"
+    done = cli(None, "bench", "run", "--task", "digits_mlp", "--conditions", "tune", "--steps",
+               "600", "--tune-start", "bracket", "--out", os.fspath(out), "--no-progress",
+               "--no-report", timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ledger = out / "runs" / "digits_mlp" / "tune" / "s0" / "run" / "hotcb.applied.jsonl"
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    enable = next(e for e in entries if e["op"] == "enable")
+    assert enable["params"]["start"] == "bracket"
+    assert [e for e in entries if e["module"] == "tune" and e["op"] == "bracket"]

@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--replay-of", default="autopilot", choices=("autopilot", "tune", "ai"),
                    help="the condition whose runs 'replay' replays (default autopilot)")  # fmt: skip
     p.add_argument("--rules", help="autopilot rules file (default: the shipped rules)")
+    p.add_argument("--tune-start", choices=("baseline", "bracket"),
+                   help="how the tune condition's tuner begins: baseline segments (its default) "
+                        "or a bracket of the lr (docs/tune.md)")  # fmt: skip
     p.add_argument("--ai-base-url", help="OpenAI-compatible endpoint for the ai condition")
     p.add_argument("--ai-model", help="model name for the ai condition")
     p.add_argument("--threads", type=int, default=1,
@@ -110,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = Settings(
         tasks=tasks, conditions=conditions, seeds=args.seeds, steps=args.steps, out=args.out,
-        data=args.data, replay_of=args.replay_of, rules=args.rules,
+        data=args.data, replay_of=args.replay_of, rules=args.rules, tune_start=args.tune_start,
         ai_base_url=args.ai_base_url, ai_model=args.ai_model, threads=args.threads,
         progress=not args.no_progress, force=args.force, resume=args.resume,
         command=shlex.join(["hotcb", *sys.argv[1:]]),
