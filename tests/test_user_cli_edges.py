@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -159,3 +160,28 @@ def test_init_on_a_file_and_export_to_a_missing_folder_are_one_line_errors(
     res = cli(run_dir, "tune", "export", "--out", out)
     assert res.returncode == 2 and "--out: no folder" in res.stderr, res.stderr
     assert ".tmp." not in res.stderr and "Errno" not in res.stderr
+
+
+def test_a_command_to_a_live_run_whose_loop_stopped_polling_says_it_waits(
+    run_dir: str, cli: Any
+) -> None:
+    """A notebook cell interrupted with Ctrl-C (no close): the trainer's process lives on and
+    its loop reaches no safe point. `hotcb stop` was accepted without a word, and stopped the
+    cell run next at its first step; the CLI now says the command waits for that safe point."""
+    import time
+
+    from hotcb import HotKernel, jsonl
+    from hotcb.runfiles import RunPaths
+
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    kernel.apply({"step": 1, "metrics": {"loss": 1.0}})  # (this process: the live trainer)
+    fresh = cli(run_dir, "stop")
+    assert fresh.returncode == 0 and "safe point" not in fresh.stderr, fresh.stderr
+    beat = RunPaths(run_dir).heartbeat
+    # the loop's last beat a minute ago (what a minute without apply() leaves)
+    jsonl.write_json_atomic(beat, {**jsonl.read_json(beat), "wall_time": time.time() - 60})
+    quiet = cli(run_dir, "set", "lr=0.1")
+    assert quiet.returncode == 0
+    assert re.search(r"has reached no safe point for 6\ds", quiet.stderr), quiet.stderr
+    assert "applies at its next safe point" in quiet.stderr
+    kernel.close()

@@ -18,8 +18,8 @@ from .._checks import number_arg
 from ..client import HotClient
 from ..errors import HotcbError
 from ..freeze import FreezeState, passes_freeze
-from ..ledger import checkpoint_path, run_over, tail_state
-from ..runfiles import RunPaths, folder_of_runs
+from ..ledger import STALE_AFTER_SEC, checkpoint_path, run_over, tail_state
+from ..runfiles import RunPaths, folder_of_runs, process_alive
 
 
 class UsageError(HotcbError):
@@ -452,6 +452,26 @@ def _say_frozen(run_dir: str, sent: tuple[str, str] | None) -> None:
             file=sys.stderr)  # fmt: skip
 
 
+def _say_idle(run_dir: str) -> None:
+    """On stderr: the run's trainer is alive but its loop has not reached a safe point for a
+    while (an interrupted notebook cell, a debugger, a long evaluation): the command waits for
+    its next one. A stop sent to a notebook's interrupted loop stops the cell run next, at its
+    first step."""
+    paths = RunPaths(run_dir)
+    beat = jsonl.read_json(paths.heartbeat, None)
+    meta = jsonl.read_json(paths.run_meta, None)
+    if not isinstance(beat, dict) or not isinstance(meta, dict) or beat.get("pid") != meta.get(
+            "pid") or process_alive(meta) is not True:  # fmt: skip
+        return
+    wall = beat.get("wall_time")
+    quiet = time.time() - wall if isinstance(wall, (int, float)) else 0.0
+    if quiet > STALE_AFTER_SEC:
+        print(f"hotcb: the run's loop has reached no safe point for {quiet:.0f}s (its process "
+              f"{meta['pid']} still runs: a long step or evaluation, a debugger, or a notebook "
+              "cell interrupted): the command applies at its next safe point, whenever that "
+              "comes", file=sys.stderr)  # fmt: skip
+
+
 def finish(
     args: argparse.Namespace, cmd_ids: Sequence[str], *, sent: tuple[str, str] | None = None
 ) -> int:
@@ -465,6 +485,8 @@ def finish(
               "hotcb.commands.jsonl for a run started there; for another run give --dir RUN "
               "(or $HOTCB_DIR)", file=sys.stderr)  # fmt: skip
     over = ended(args.dir)
+    if over is None and cmd_ids:
+        _say_idle(args.dir)
     if over is not None or not getattr(args, "wait", False):
         for cid in cmd_ids:  # (an autopilot proposal's, from its file)
             say(cid)
