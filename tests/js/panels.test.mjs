@@ -81,6 +81,11 @@ describe("describeEntry: the tooltip and ledger text of an entry", () => {
     assert.deepEqual(describeEntry(noisy).lines, ["bracket round 1: lr 0.025 (×0.25) ended at 0.6768 ±0.14, best so far"]);
     const over = { module: "tune", op: "bracket", tune: { bracket: { settle: true, winner: { factor: 0.5 } } } };
     assert.deepEqual(describeEntry(over).lines, ["bracket over: lr ×0.5 won"]);
+    // the whole move from where the bracket began ("×1" alone read as "the starting lr won")
+    const moved = { ...over, tune: { bracket: { settle: true, winner: { factor: 1, value: 0.001, began: 0.016 } } } };
+    assert.deepEqual(describeEntry(moved).lines, ["bracket over: lr 0.016 → 0.001 (×0.0625; ×1 won the last round)"]);
+    const stayed = { ...over, tune: { bracket: { settle: true, winner: { factor: 1, value: 0.01, began: 0.01 } } } };
+    assert.deepEqual(describeEntry(stayed).lines, ["bracket over: lr ×1 won (the lr it began at)"]);
     const back = { ...over, tune: { bracket: { ...over.tune.bracket, back_to_start: true }, restored: ["model", "optimizer"] } };
     assert.deepEqual(describeEntry(back).lines, ["bracket over: lr ×0.5 won · on from the weights it began with · model and optimizer state restored"]);
     // a move that put weights back has no impact of its own: the loss before it is of other weights

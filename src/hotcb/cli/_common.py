@@ -316,6 +316,18 @@ def _module_facts(e: Mapping[str, Any]) -> str:
     return ""
 
 
+def _bracket_won(w: Mapping[str, Any]) -> str:
+    """The settle's winner: the lr from where the bracket began to where it settled, and the
+    move that won the last round (``x1`` alone read as "the starting lr won")."""
+    began, value = w.get("began"), w.get("value")
+    if isinstance(began, (int, float)) and isinstance(value, (int, float)) and began > 0:
+        if math.isclose(began, value, rel_tol=1e-9):
+            return "bracket over: lr x1 won (the lr it began at)"
+        return (f"bracket over: lr {fmt_value(began)} -> {fmt_value(value)} (x{value / began:.3g}; "
+                f"x{w['factor']:.3g} won the last round)")  # fmt: skip
+    return f"bracket over: lr x{w['factor']:.3g} won"
+
+
 def _bracket_facts(b: Any) -> list[str]:
     """A start bracket's entry (docs/tune.md): an arm begun or ended, its end, why it ended."""
     if not isinstance(b, Mapping):
@@ -323,8 +335,7 @@ def _bracket_facts(b: Any) -> list[str]:
     facts = []
     if b.get("settle"):
         w = b.get("winner")
-        facts.append(f"bracket over: lr x{w['factor']:.3g} won" if isinstance(w, Mapping)
-                     else "bracket over")  # fmt: skip
+        facts.append(_bracket_won(w) if isinstance(w, Mapping) else "bracket over")
         if b.get("back_to_start"):
             facts.append("on from the weights it began with")
     elif isinstance(b.get("level"), (int, float)):  # an arm's end

@@ -27,6 +27,42 @@ def far_from_best(lr: float, _step: int) -> float:
     return 1.0 + abs(math.log(lr / BEST))
 
 
+Weights = dict[int, list[torch.Tensor]]
+
+
+def _train(
+    run_dir: str, steps: int, *, val_every: int = 0, **enable: Any
+) -> tuple[HotKernel, torch.optim.Optimizer, Weights, Weights, Weights]:
+    """A real model from 16x too high, a start bracket enabled before step 1 (``enable``: more
+    settings), ``loss`` (and ``val_loss`` every ``val_every`` steps) from :func:`far_from_best`.
+    The weights after each step's update (``before``), after the kernel applied its commands
+    (``after``), and AdamW's state after them (``moments``), by step."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=16 * BEST)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    HotClient(run_dir).tune_enable("active", segment_steps=10, seed=0, start="bracket",
+                                   space=LR_ONLY, sync=True, **enable)  # fmt: skip
+    before: Weights = {}
+    after: Weights = {}
+    moments: Weights = {}
+    for step in range(1, steps):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before[step] = [p.detach().clone() for p in model.parameters()]
+        value = far_from_best(opt.param_groups[0]["lr"], step)
+        metrics = {"loss": value, **({"val_loss": value} if val_every and step % val_every == 0
+                                     else {})}  # fmt: skip
+        kernel.apply({"step": step, "model": model, "optimizer": opt, "metrics": metrics})
+        after[step] = [p.detach().clone() for p in model.parameters()]
+        moments[step] = [opt.state[p][k].clone() for p in model.parameters()
+                         for k in ("exp_avg", "exp_avg_sq", "step")]  # fmt: skip
+    return kernel, opt, before, after, moments
+
+
 def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     tmp_path: Any, cli: Any
 ) -> None:
@@ -37,28 +73,7 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     bit for bit, and the run goes on at the lr found from the weights the bracket began with:
     the rounds' winners trained at lrs (x0.25, x1/16) that a later round found too high."""
     run_dir = str(tmp_path / "run")
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=16 * BEST)
-    x, y = torch.randn(64, 4), torch.randn(64, 1)
-    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
-    HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=10, seed=0,
-                                   start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
-    before: dict[int, list[torch.Tensor]] = {}  # the weights after the step's update
-    after: dict[int, list[torch.Tensor]] = {}  # and after the kernel applied its commands
-    moments: dict[int, list[torch.Tensor]] = {}  # AdamW's state after the kernel's commands
-    for step in range(1, 160):
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        before[step] = [p.detach().clone() for p in model.parameters()]
-        lr = opt.param_groups[0]["lr"]
-        kernel.apply({"step": step, "model": model, "optimizer": opt,
-                      "metrics": {"loss": far_from_best(lr, step)}})  # fmt: skip
-        after[step] = [p.detach().clone() for p in model.parameters()]
-        moments[step] = [opt.state[p][k].clone() for p in model.parameters()
-                         for k in ("exp_avg", "exp_avg_sq", "step")]  # fmt: skip
+    kernel, opt, before, after, moments = _train(run_dir, 160, objective="loss")
     tune = kernel.module("tune")
     assert tune.phase not in ("bracket", "waiting")  # over
     kernel.close()
@@ -85,8 +100,11 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     ends = [e for e in read_ledger(run_dir) if e.get("op") == "arm"]
     assert len(ends) == 9 and "ended at 2.386, best so far" in fmt_entry(ends[1], run_dir)
     assert "bracket over: lr x0.5 won" not in fmt_entry(settle, run_dir)
-    assert "bracket over: lr x1 won, on from the weights it began with" in fmt_entry(
-        settle, run_dir
+    # the whole move from where it began, and the last round's winner (x1 alone read as "the
+    # starting lr won")
+    assert (
+        "bracket over: lr 0.016 -> 0.001 (x0.0625; x1 won the last round), on from the weights "
+        "it began with" in fmt_entry(settle, run_dir)
     )
     status = HotClient(run_dir).tune_status()
     rounds = status["bracket"]["rounds"]
@@ -104,9 +122,6 @@ def test_the_bracket_finds_the_lr_and_each_arm_starts_from_the_same_weights(
     # so does `recipe export`: the arms are not in it (a replay cannot put weights back)
     recipe = [e for e in ledger_to_entries(read_ledger(run_dir)) if e.step <= settle["step"]]
     assert [(e.step, e.params) for e in recipe] == [(settle["step"], {"lr": pytest.approx(BEST)})]
-
-
-Weights = dict[int, list[torch.Tensor]]
 
 
 def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
@@ -170,6 +185,8 @@ def test_a_command_on_the_lr_during_the_bracket_ends_it_and_keeps_the_persons_va
     )
     assert t.lr == 3e-3
     assert len(t.ledger("bracket")) == 2  # the first arm, the end: no other arm ran
+    # the person's value is theirs: not a change `tune export` files as the tuner's
+    assert export_kept(t.kernel.run_dir)[1] == []
     assert any("opt.lr set by a command" in w for w in client.tune_status()["warnings"])
 
 
@@ -370,3 +387,69 @@ def test_a_move_wins_its_arm_only_by_more_than_the_noise(toy: Any, cli: Any, jit
     else:
         assert round_1["winner"] == 0.25
         assert settle["changes"]["lr"]["new"] < BEST
+
+
+def test_a_bracket_started_again_for_the_training_loss_goes_back_to_its_new_start(
+    tmp_path: Any,
+) -> None:
+    """`val_loss` never logged in the first arm: the bracket starts again with `loss` standing
+    in, from the weights of that step; a move that wins goes back to those, not to the
+    enable's (the steps between were the first arm's, unscored)."""
+    run_dir = str(tmp_path / "run")
+    kernel, _opt, _before, after, _moments = _train(run_dir, 200)
+    kernel.close()
+    ops = [e for e in read_ledger(run_dir) if e.get("module") == "tune" and e["op"] == "bracket"]
+    (again,) = [e for e in ops if "starts again" in e["tune"]["bracket"].get("reason", "")]
+    settle = ops[-1]
+    assert settle["params"]["settle"] and settle["params"]["from"] == "first"
+    assert _same(after[settle["step"]], after[again["step"]])
+    assert not _same(after[again["step"]], after[again["step"] - 5])  # (they do differ)
+
+
+def test_a_run_too_short_for_its_bracket_begins_none_or_ends_it_at_its_end(
+    tmp_path: Any, cli: Any
+) -> None:
+    """A loop that gives its length (`max_steps` in env): a bracket that cannot fit is not
+    begun, as the docs say (the check saw no length at an enable). One that does not give it:
+    the run's end closes the bracket, said in the ledger and `tune status`, its copies freed
+    (it stayed "under way" for good)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    for name, env in (("known", {"max_steps": 60}), ("unknown", {})):
+        run_dir = str(tmp_path / name)
+        opt = torch.optim.AdamW(model.parameters(), lr=16 * BEST)
+        kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+        HotClient(run_dir).tune_enable("active", objective="loss", segment_steps=10, seed=0,
+                                       start="bracket", space=LR_ONLY, sync=True)  # fmt: skip
+        for step in range(1, 60):
+            lr = opt.param_groups[0]["lr"]
+            kernel.apply({"step": step, "model": model, "optimizer": opt, **env,
+                          "metrics": {"loss": far_from_best(lr, step)}})  # fmt: skip
+        tune = kernel.module("tune")
+        kernel.close()
+        status = HotClient(run_dir).tune_status()
+        if env:
+            assert not [e for e in read_ledger(run_dir) if e["op"] == "bracket"]
+            assert any("bracket needs up to 9 segments" in w for w in status["warnings"])
+            continue
+        assert tune._bracket_snaps == {} and tune.bracket is None
+        assert status["bracket"]["reason"] == "the run ended during the bracket"
+        end = [e for e in read_ledger(run_dir) if e["op"] == "bracket"][-1]
+        assert end["decision"] == "noop"
+        assert "the run ended during the bracket" in fmt_entry(end, run_dir)
+        assert "round 2 under way" not in cli(run_dir, "tune", "status").stdout
+
+
+def test_an_enable_that_begins_no_bracket_keeps_no_copy(tmp_path: Any) -> None:
+    """Other settings for a tuner whose bracket is over: no bracket begins, and every rank
+    kept a copy of the model and its optimizer state for the rest of the run (only the leader
+    ever dropped it)."""
+    run_dir = str(tmp_path / "run")
+    kernel, opt, *_ = _train(run_dir, 160, objective="loss")
+    tune = kernel.module("tune")
+    assert tune.bracket is None and tune._bracket_snaps == {}
+    HotClient(run_dir).tune_enable(segment_steps=12)
+    model = torch.nn.Linear(4, 1)
+    kernel.apply({"step": 160, "model": model, "optimizer": opt, "metrics": {"loss": 1.0}})
+    assert tune._bracket_snaps == {}
+    kernel.close()

@@ -28,7 +28,8 @@ def kept_entries(ledger: Iterable[Mapping[str, Any]]) -> list[RecipeEntry]:
             continue
         trial, what = (e.get("tune") or {}).get("trial"), (e.get("op"), e.get("decision"))
         if what == ("bracket", "applied"):
-            if (e.get("params") or {}).get("settle"):
+            params = e.get("params") or {}
+            if params.get("settle") and not params.get("commanded"):  # (a person's value)
                 kept.append(e)
         elif what == ("mutate", "applied"):
             open_[trial] = e

@@ -203,6 +203,7 @@ class TuneModule:
         # a bracket asked for while a trial was open: it begins once the trial's roll-back has
         # had its baseline segment (the next boundary)
         self.bracket_wanted = False
+        self._bracket_begins = False  # the last enable begins a bracket (every rank knows)
         # the bracket's copies of the weights, on every rank: "start" (the round's), "best"
         self._bracket_snaps: dict[str, Any] = {}
         # the last training losses (objective != loss): a bounded window, no copy per step
@@ -227,6 +228,8 @@ class TuneModule:
         handler = getattr(self, f"_op_{op.op}", None)
         if handler is None:
             return OpResult("rejected", error=f"tune has no op {op.op!r}")
+        if op.op not in ("bracket", "enable") and "enabled" in self._bracket_snaps:
+            self._bracket_snaps = {}  # an enable's copy that no bracket took (none began)
         result: OpResult = handler(op, env)
         if self.host.is_leader:
             self._save()
@@ -252,7 +255,7 @@ class TuneModule:
             if isinstance(joined, dict):  # when the run first joined, not the restart
                 url, name = self._where(settings)
                 self.joined = {f"{name}@{redact_url(url)}": joined}
-            self._enable(settings, int(env["step"]))
+            self._enable(settings, int(env["step"]), self._horizon(env))
             # proposal ids go on from the last life's: a "P1" a person still holds from before
             # the crash must not accept the new life's first proposal, another move
             self.next_proposal = _next_proposal_id(state)
@@ -310,9 +313,7 @@ class TuneModule:
         ):
             # the run's length as it is now: `hotcb extend` moves it in a bare loop that keeps
             # passing the max_steps it started with
-            total = self.host.steps_horizon(env) or env.get("total_steps")
-            if isinstance(total, int) and not isinstance(total, bool) and total > 0:
-                self.total_steps = total
+            self.total_steps = self._horizon(env) or self.total_steps
             self._boundary(step)
             self._save()
 
@@ -348,6 +349,16 @@ class TuneModule:
         trial, self.trial = self.trial, None
         if trial is not None:
             self._void_unjudged(trial["number"], "the run ended during the trial")
+        if self.bracket is not None:  # a run shorter than its arms (its length not known)
+            why = "the run ended during the bracket"
+            self.bracket_done = bracket_ended(self.bracket.to_dict(), self.last_step or 0, why)
+            self.bracket, ended = None, True
+            self.host.record({"module": "tune", "op": "bracket", "source": "tune",
+                              "decision": "noop", "tune": {"bracket": {"settle": True,
+                              "reason": why}}})  # fmt: skip
+            self._warn(f"start bracket: {why} (give the run's length: --total-steps N, or "
+                       "max_steps in env)")  # fmt: skip
+        self._bracket_snaps = {}
         if ended:  # a checkpoint saved after the end resumes in a baseline segment
             self._start_segment(self.last_step if self.last_step is not None else -1, "baseline")
 
@@ -594,11 +605,11 @@ class TuneModule:
             return OpResult("applied", changes={"mode": {"old": old, "new": old}},
                             extra={"tune": self._public_settings()})  # fmt: skip
         try:
-            self._enable(settings, int(env["step"]))
+            self._enable(settings, int(env["step"]), self._horizon(env))
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
             return OpResult("rejected", error=str(exc))
         self.enable_cmd = op.cmd_id
-        if self.mode == "active" and self.settings.start == "bracket" and not self.bracket_wanted:
+        if self.mode == "active" and self._bracket_begins:
             # on every rank: the bracket's arms start from the weights as they are now, not a
             # step or two later when its first command lands (from 10x too high each step at
             # the bad lr does damage that no later lr repairs)
@@ -890,8 +901,10 @@ class TuneModule:
             if p.get("settle"):
                 snaps.clear()
             elif p.get("snapshot"):
-                start = _snapshot.take(env)  # the first round's is kept for the settle
-                snaps = self._bracket_snaps = {"start": start, "first": snaps.get("first", start)}
+                start = _snapshot.take(env)  # the first round's is kept for the settle (the
+                # bracket's start again when it starts again here: its first arm went unscored)
+                first = start if start_from == "here" else snaps.get("first", start)
+                snaps = self._bracket_snaps = {"start": start, "first": first}
                 if snaps["start"] is None:
                     trouble = ("start: bracket needs the model in env (kernel.apply(env) with "
                                "model=…) to train its arms from the same weights")  # fmt: skip
@@ -975,7 +988,8 @@ class TuneModule:
             live = self.host.read_actuator(b.knob.module, b.knob.key)
             self._settle_bracket(self._bracket_values(live if touched else None), step,
                                  f"{why} during the bracket: it ends here",
-                                 None if touched else self._back_to_base())  # fmt: skip
+                                 None if touched else self._back_to_base(),
+                                 commanded=bool(touched))  # fmt: skip
             return
         if not seg.values and not self._unscored_arm(b, step):
             return
@@ -1010,7 +1024,7 @@ class TuneModule:
             params = {"settle": True, "values": self._bracket_values(winner.value), "save": save,
                       "from": "first" if moved else "best", "ratio": ratio,
                       "winner": {"factor": winner.factor, "value": winner.value,
-                                 "level": winner.level}}  # fmt: skip
+                                 "level": winner.level, "began": first}}  # fmt: skip
             self._submit("bracket", params, step)
 
     def _unscored_arm(self, b: Bracket, step: int) -> bool:
@@ -1036,19 +1050,34 @@ class TuneModule:
         return False
 
     def _settle_bracket(
-        self, values: Any, step: int, reason: str, ratio: float | None = None
+        self,
+        values: Any,
+        step: int,
+        reason: str,
+        ratio: float | None = None,
+        *,
+        commanded: bool = False,
     ) -> None:
         """End the bracket early (a command, a freeze, a disable, a restart): the weights stay
         as they are, the knob goes to ``values`` (or the lr in force × ``ratio``); the copies
-        are dropped on every rank."""
+        are dropped on every rank. ``commanded``: ``values`` are what a person's command set
+        (not a change of the tuner's: ``tune export`` leaves it out)."""
         if self.bracket is not None:
             self.bracket_done = bracket_ended(self.bracket.to_dict(), step, reason)
         self.bracket = None
         self._warn(f"start bracket: {reason}")
         if not self.host.is_leader or not isinstance(values, Mapping):
             return
-        self._submit("bracket", {"settle": True, "from": "here", "values": dict(values),
-                                 "ratio": ratio, "reason": reason}, step)  # fmt: skip
+        params = {
+            "settle": True,
+            "from": "here",
+            "values": dict(values),
+            "ratio": ratio,
+            "reason": reason,
+        }
+        if commanded:
+            params["commanded"] = True
+        self._submit("bracket", params, step)
 
     def _bracket_state(self) -> dict[str, Any] | None:
         """The open bracket (``values``: the knob as the round began), or None."""
@@ -1113,7 +1142,14 @@ class TuneModule:
         kept = self.settings.to_dict()
         return {k: v for k, v in kept.items() if k not in named and v is not None}
 
-    def _enable(self, settings: Settings, step: int) -> None:
+    def _horizon(self, env: Env) -> int | None:
+        """The run's length in steps as the loop or the framework says it now, or None."""
+        total = self.host.steps_horizon(env) or env.get("total_steps")
+        return (
+            total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
+        )
+
+    def _enable(self, settings: Settings, step: int, horizon: int | None = None) -> None:
         if settings.mode not in MODES:
             raise RuntimeError(f"mode must be one of {', '.join(MODES)}")
         study = self._study_first(settings)
@@ -1151,7 +1187,8 @@ class TuneModule:
         self.enabled_at = step
         self.history, self.waiting, self.streak, self.backoff = [], None, 0, 0
         self.closed = (-1, [])
-        self.trend_noise, self.total_steps = None, settings.total_steps
+        # (the loop's length where it gives one: a bracket that cannot fit is not begun)
+        self.trend_noise, self.total_steps = None, settings.total_steps or horizon
         self.warnings = []
         self._weights_note()
         if study is not None:
@@ -1165,6 +1202,9 @@ class TuneModule:
             self._settle_bracket(self._bracket_values(), step, "the tuner was enabled again",
                                  self._back_to_base())  # fmt: skip
         self.bracket_wanted = False
+        # every rank copies the weights for a bracket this enable begins (the leader alone
+        # decides whether it starts: a copy that no bracket takes goes at the next tune op)
+        self._bracket_begins = settings.start == "bracket" and begins and trial is None
         if settings.start == "bracket" and begins:
             if settings.mode != "active":
                 self._warn(f"start: bracket runs in active mode only: none in {settings.mode} "

@@ -697,11 +697,22 @@ const setsValues = (e) =>
   VALUE_MODULES.has(e.module) ||
   (e.module === "tune" && (TUNER_VALUE_OPS.has(e.op) || (e.op === "bracket" && !(e.tune?.restored ?? []).length)));
 
+/** The settle's winner: the lr from where the bracket began to where it settled, and the move
+ * that won the last round ("×1" alone read as "the starting lr won"), as `hotcb log` says it. */
+function bracketWon(w) {
+  const { began, value, factor } = w;
+  if (typeof began === "number" && typeof value === "number" && began > 0) {
+    if (Math.abs(value / began - 1) < 1e-9) return "bracket over: lr ×1 won (the lr it began at)";
+    return `bracket over: lr ${fmtValue(began)} → ${fmtValue(value)} (×${fmtNum(value / began)}; ×${fmtNum(factor)} won the last round)`;
+  }
+  return `bracket over: lr ×${fmtNum(factor)} won`;
+}
+
 /** A start bracket's entry (docs/tune.md) in words, as `hotcb log` says it; null for others. */
 export function bracketFacts(b) {
   if (!b || typeof b !== "object") return null;
   const facts = [];
-  if (b.settle) facts.push(b.winner ? `bracket over: lr ×${fmtNum(b.winner.factor)} won` : "bracket over");
+  if (b.settle) facts.push(b.winner ? bracketWon(b.winner) : "bracket over");
   if (b.settle && b.back_to_start) facts.push("on from the weights it began with");
   else if (typeof b.level === "number")
     facts.push(`bracket round ${b.round}: lr ${fmtValue(b.value)} (×${fmtNum(b.factor)}) ended at ${fmtNum(b.level)}${fmtSpread(b.noise, b.level)}${b.best ? ", best so far" : ""}`);
