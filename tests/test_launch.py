@@ -802,3 +802,22 @@ def test_import_hotcb_stays_light_and_launch_is_callable() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=60
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_port_a_stopped_dashboard_served_on_counts_as_free() -> None:
+    """`hotcb demo` / `hotcb launch --serve` said "8421 is in use" and moved the dashboard to
+    another port for a minute after one was stopped: the connections it had served were in
+    TIME_WAIT, and the check bound without SO_REUSEADDR (the server binds with it)."""
+    from hotcb._launch import port_free
+
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        assert not port_free(port)  # listening: in use
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = srv.accept()
+            served.close()  # the server closes first: its side waits in TIME_WAIT
+            client.recv(1)
+    assert port_free(port)

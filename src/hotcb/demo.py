@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import jsonl
 from ._checks import number_arg
-from ._launch import _answers
+from ._launch import _answers, port_free
 
 if TYPE_CHECKING:
     from .actuators import HotcbActuator
@@ -429,15 +429,6 @@ def server_argv(serve_dir: str, port: int) -> list[str]:
     return [sys.executable, "-m", "hotcb", "--dir", serve_dir, "serve", "--port", str(port)]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -535,7 +526,7 @@ def _demo_port(given: int | None) -> int:
     from .errors import HotcbError
 
     if given is None:
-        if _port_free(DEFAULT_PORT):
+        if port_free(DEFAULT_PORT):
             return DEFAULT_PORT
         port = _free_port()
         # say so: another server may answer on 8421, and the README says 8421
@@ -543,7 +534,7 @@ def _demo_port(given: int | None) -> int:
         return port
     if given == 0:  # any free port, as `hotcb serve --port 0` takes it
         return _free_port()
-    if not _port_free(given):
+    if not port_free(given):
         raise HotcbError(f"port {given} is in use; pick another with --port")
     return given
 
