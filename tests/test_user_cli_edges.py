@@ -185,3 +185,48 @@ def test_a_command_to_a_live_run_whose_loop_stopped_polling_says_it_waits(
     assert re.search(r"has reached no safe point for 6\ds", quiet.stderr), quiet.stderr
     assert "applies at its next safe point" in quiet.stderr
     kernel.close()
+
+
+def test_the_llm_autopilot_without_a_key_for_a_hosted_api_says_so_at_start(run_dir: str) -> None:
+    """It printed "asking gpt-4.1-mini at https://api.openai.com/v1" and nothing about the
+    missing HOTCB_AI_KEY: the first call failed, minutes later. A local server needs none."""
+    from hotcb import HotKernel
+
+    kernel = HotKernel(run_dir)
+    kernel.apply({"step": 1, "metrics": {"loss": 1.0}})
+    kernel.close()  # an ended run: one round, no call
+    env = {k: v for k, v in os.environ.items() if k not in ("HOTCB_AI_KEY", "HOTCB_DIR")}
+
+    def pilot(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "hotcb", "--dir", run_dir, "autopilot", "--mode",
+                "ai_suggest", "--ai-model", "m", "--once", *extra]  # fmt: skip
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+    hosted = pilot()
+    assert hosted.returncode == 0, hosted.stderr
+    assert "HOTCB_AI_KEY is not set, and api.openai.com is not on this machine" in hosted.stderr
+    local = pilot("--ai-base-url", "http://127.0.0.1:9/v1")
+    assert local.returncode == 0 and "HOTCB_AI_KEY" not in local.stderr, local.stderr
+
+
+def test_the_autopilot_says_when_its_key_metric_is_not_logged(run_dir: str, cli: Any) -> None:
+    """The README's autopilot on examples/bare_loop.py, which logs no val_loss: it printed its
+    start line and then nothing, its plateau rule waiting for val_loss for good (only
+    `autopilot status` said why)."""
+    from hotcb import HotKernel
+
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    for step in range(1, 260):
+        kernel.apply({"step": step, "metrics": {"loss": 1.0 / step, "acc": 0.5}})
+    done = cli(run_dir, "autopilot", "--mode", "suggest", "--once")
+    kernel.close()
+    assert done.returncode == 0, done.stderr
+    assert "val_loss has not been logged in 258 steps (the run logs acc, loss" in done.stdout
+    assert "--key-metric NAME picks another" in done.stdout
+    early = os.path.join(run_dir, "early")
+    kernel = HotKernel(early, poll_interval_sec=0.0)
+    for step in range(1, 50):  # too soon to say: a validation may come at an epoch's end
+        kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+    done = cli(early, "autopilot", "--mode", "suggest", "--once")
+    kernel.close()
+    assert "has not been logged" not in done.stdout

@@ -141,6 +141,8 @@ class Autopilot:
             for name, points in (st.get("series") or {}).items()
         }
         self.step_now = int(st.get("step", -1))
+        self._said_missing = False  # missing_key() said its line
+        self._first_step: int | None = None  # the first metrics step this autopilot read
         self.fired: dict[str, int] = dict(st.get("fired") or {})  # rule -> step it acted at
         self.seen: dict[str, int] = dict(st.get("seen") or {})  # rule -> last detection step
         self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
@@ -197,6 +199,26 @@ class Autopilot:
             owner = jsonl.read_json(path, None)
             if isinstance(owner, dict) and owner.get("pid") == os.getpid():
                 os.unlink(path)
+
+    #: Steps of other metrics before :meth:`missing_key` says the key metric is not logged.
+    MISSING_KEY_AFTER = 200
+
+    def missing_key(self) -> str | None:
+        """Once per autopilot: a line saying the key metric has not been logged while others
+        have, for :data:`MISSING_KEY_AFTER` steps (the rules on it wait; nothing else shows
+        it but ``autopilot status``); None otherwise."""
+        first = self._first_step
+        if self._said_missing or self._resolve("key") is not None or first is None:
+            return None
+        if self.step_now - first < self.MISSING_KEY_AFTER:
+            return None
+        self._said_missing = True
+        logged = ", ".join(sorted(self.logged | set(self.series))[:12])
+        return (
+            f"{self.key} has not been logged in {self.step_now - first} steps (the run logs "
+            f"{logged}): the rules on the key metric wait for it; --key-metric NAME picks "
+            "another"
+        )
 
     # ------------------------------------------------------------------ one round
     def step(self) -> list[dict[str, Any]]:
@@ -263,6 +285,8 @@ class Autopilot:
             if step < self.step_now:
                 out.append(self._went_back(step))
             self.step_now = max(self.step_now, step)
+            if self._first_step is None:
+                self._first_step = step
             for name, value in rec["metrics"].items():
                 if name not in self._watched:
                     if len(self.logged) < 64:

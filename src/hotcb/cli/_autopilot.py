@@ -178,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         url = redact_url(ai.base_url)  # a login or key in it stays off the terminal's log
         print(f"hotcb autopilot: asking {ai.model} at {url} (budget ${ai.budget_usd:g} per run)",
               flush=True)  # fmt: skip
+        _say_no_key(ai.base_url)
 
     fleet = _Fleet()
 
@@ -265,6 +266,9 @@ def _step(pilot: Any) -> int:
     records = pilot.step()
     for rec in records:
         print(_line(rec), flush=True)
+    missing = pilot.missing_key()
+    if missing is not None:
+        say(f"hotcb autopilot: {pilot.run_dir}: {missing}", flush=True)
     return len(records)
 
 
@@ -348,6 +352,22 @@ def _say_ended(pilots: dict[str, Any], once: bool) -> None:
                   "the run (crashed or killed)", flush=True)  # fmt: skip
         elif not once and pilot.ended:
             print(f"hotcb autopilot: the run {run} {ended(run) or 'ended'}; done", flush=True)
+
+
+def _say_no_key(base_url: str) -> None:
+    """On stderr, at start: no key for an endpoint that is not on this machine (a hosted API
+    refuses every call; found only at the first one, after the rules had waited for it)."""
+    from urllib.parse import urlsplit
+
+    from ..autopilot.ai._config import KEY_ENV
+
+    host = (urlsplit(base_url).hostname or "").lower()
+    if os.environ.get(KEY_ENV) or host in ("localhost", "127.0.0.1", "::1"):
+        return
+    print(f"hotcb autopilot: warning: {KEY_ENV} is not set, and {host or base_url} is not on this "
+          f"machine: it will likely refuse every call (the autopilot then goes on with the rules "
+          f"alone after 3 failures). Set {KEY_ENV}, or give --ai-base-url a local server that "
+          "needs no key", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _check_ai_importable() -> None:
