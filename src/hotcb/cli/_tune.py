@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -416,9 +417,26 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         print("no pending proposals" + why)
         return 0
     for p in rows:
-        say(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  "
-            f"{_changes(p.get('changes') or {})}")  # fmt: skip
+        say(f"{p['id']}  step {p['step']}  trial {p['trial']}  {p['state']}  {_proposed(p)}")
     return 0
+
+
+def _proposed(p: dict[str, Any]) -> str:
+    """A proposal's changes as an accept applies them: a relative move (× or +) applies to the
+    value in force when it lands, so the values shown are those of the step it was made at."""
+    moves, said = p.get("moves") or {}, []
+    for key, (old, new) in (p.get("changes") or {}).items():
+        move = moves.get(key)
+        shown = f"{key} {fmt_value(old)} -> {fmt_value(new)}"
+        if not isinstance(move, (int, float)) or not isinstance(old, (int, float)):
+            said.append(shown)
+        elif old and math.isclose(new / old, move, rel_tol=1e-6):
+            said.append(f"{key} x{move:.3g} on accept ({fmt_value(old)} -> {fmt_value(new)} "
+                        f"at step {p.get('step')})")  # fmt: skip
+        else:
+            said.append(f"{key} {move:+.3g} on accept ({fmt_value(old)} -> {fmt_value(new)} "
+                        f"at step {p.get('step')})")  # fmt: skip
+    return ", ".join(said)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -136,6 +136,10 @@ def test_cli_status_proposals_accept_and_export(
     (proposal,) = wait_for(pending, 240, what="a proposal")
     listed = cli(run_dir, "tune", "proposals").stdout
     assert proposal["id"] in listed and "opt.lr" in listed
+    # the move as an accept applies it, to the lr in force then (the values shown are those of
+    # the step it was made at: a proposal accepted much later multiplies another lr)
+    move = proposal["moves"]["opt.lr"]
+    assert f"opt.lr x{move:.3g} on accept (" in listed and f"at step {proposal['step']})" in listed
     status = cli(run_dir, "tune", "status")
     assert "tuner: suggest" in status.stdout and "objective: loss" in status.stdout
     done = cli(run_dir, "tune", "accept", proposal["id"], "--wait", "--timeout", "120")
