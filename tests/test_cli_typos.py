@@ -163,3 +163,15 @@ def test_odd_values_are_one_line_usage_errors(published: str, tmp_path: Any, cli
     ):
         done = cli(published, "serve", *args)  # pydantic's four lines and a link before
         assert done.returncode == 2 and said in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_mistyped_command_names_the_close_one(cli: Any) -> None:
+    """`hotcb sett` listed all 28 commands and left the user to spot `set` (an actuator's typo
+    got "did you mean 'lr'")."""
+    done = cli(None, "sett")
+    assert done.returncode == 2
+    assert "invalid choice: 'sett': did you mean 'set'?" in done.stderr, done.stderr
+    done = cli(None, "tune", "enabel")
+    assert "did you mean 'enable'?" in done.stderr, done.stderr
+    done = cli(None, "zzz")  # nothing close: the whole list, as before
+    assert "did you mean" not in done.stderr and "choose from" in done.stderr

@@ -8,8 +8,10 @@ the traceback).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -39,7 +41,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: the message and where to look, no usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {_did_you_mean(message)} (see '{self.prog} --help')\n")
+
+
+def _did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'sett' (choose from 'init', …)" with the close one named
+    first (``did you mean 'set'?``), as an unknown actuator's name is."""
+    found = re.match(r"(.*invalid choice: '([^']*)') \(choose from (.*)\)$", message)
+    if found is None:
+        return message
+    head, given, listed = found.groups()
+    choices = [c.strip().strip("'") for c in listed.split(",")]  # quoted or not: Python's
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
+    return f"{head}: did you mean {close[0]!r}?" if close else message
 
 
 def build_parser() -> argparse.ArgumentParser:
