@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUBPROCESS_ENV
 from hotcb import HotClient, HotKernel
 
 
@@ -29,7 +28,8 @@ def test_a_run_dir_under_home_written_with_a_tilde(
     kernel.close()
     assert kernel.run_dir == os.fspath(home / "runs" / "a")
     assert not (work / "~").exists()
-    env = {**SUBPROCESS_ENV, "HOME": os.fspath(home)}
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    env["HOME"] = os.fspath(home)
     for argv, extra in ((["--dir", "~/runs/a"], {}), ([], {"HOTCB_DIR": "~/runs/a"})):
         done = subprocess.run([sys.executable, "-m", "hotcb", *argv, "status"], cwd=work,
                               env={**env, **extra}, capture_output=True, text=True, timeout=60)  # fmt: skip
