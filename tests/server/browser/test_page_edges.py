@@ -353,14 +353,14 @@ def test_nan_and_inf_are_gaps_and_a_series_without_a_finite_value_says_so(
 
     # the forecast panel's chart: val_loss picked there says why nothing is drawn
     page.select_option("select[aria-label='forecast metric']", "val_loss")
-    page.wait_for_function(  # past "waiting for metrics…", what it says while it asks
-        "() => { const a = window.hotcbAnalytics && window.hotcbAnalytics.debug();"
-        " return a && a.metric === 'val_loss' && a.empty"
-        " && a.empty !== 'waiting for metrics…'; }",
+    # what it says once its request is answered (it says other things while it asks: a read
+    # of it right after the first of those found one of them)
+    page.wait_for_function(
+        "(said) => { const a = window.hotcbAnalytics && window.hotcbAnalytics.debug();"
+        " return a && a.metric === 'val_loss' && a.empty === said; }",
+        arg="val_loss: every value NaN or inf so far, nothing to draw",
         timeout=30000,
     )
-    empty = page.evaluate("() => window.hotcbAnalytics.debug().empty")
-    assert empty == "val_loss: every value NaN or inf so far, nothing to draw", empty
     forget(page, "404")  # the forecast of a metric with no finite value: none
 
 
