@@ -134,8 +134,9 @@ import os, signal, sys
 NAME = next((n for n in ("autopilot", "notify") if n in sys.argv), None)
 if NAME is not None and "launch" not in sys.argv:
 
-    def fail(*_):
-        print(f"hotcb: error: the {NAME} broke", file=sys.stderr, flush=True)
+    def fail(*_):  # as the CLI says an error: one write (the helpers run unbuffered)
+        sys.stderr.write(f"hotcb: error: the {NAME} broke\\n")
+        sys.stderr.flush()
         os._exit(2)
 
     signal.signal(signal.SIGTERM, fail)

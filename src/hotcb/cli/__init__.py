@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._common import term_safe  # an error may quote a run's file (a recipe's line)
 
         said = "\n".join(term_safe(line) for line in str(exc).split("\n"))
-        print(f"hotcb: error: {said}", file=sys.stderr)
+        # one write, newline included (print makes two): under `hotcb launch` the helpers run
+        # unbuffered, and another process's line landed between this text and its newline
+        sys.stderr.write(f"hotcb: error: {said}\n")
+        sys.stderr.flush()
         return 2
 
 
