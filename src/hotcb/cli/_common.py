@@ -38,12 +38,12 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-
 
 def term_safe(text: object) -> str:
     """``text`` safe to print to a terminal: each control character (C0 including ESC, CR,
-    LF and tab, DEL, C1, and the bidirectional overrides and isolates) written out as ``repr`` writes it (``\\x1b``, ``\\n``); the rest,
-    ordinary Unicode included, as it is. What a run's files hold (a command's source and
-    reason, metric names, errors) reaches ``hotcb log`` and ``hotcb status`` through this: a
-    line written into them cannot clear the screen, fake a line, set the window title or fill
-    the clipboard (OSC 52) of whoever reads it. Idempotent (its output holds no control
-    character)."""
+    LF and tab, DEL, C1, the bidirectional overrides and isolates) written out as ``repr``
+    writes it (``\\x1b``, ``\\n``); the rest, ordinary Unicode included, as it is. What a
+    run's files hold (a command's source and reason, metric names, errors) reaches ``hotcb
+    log`` and ``hotcb status`` through this: a line written into them cannot clear the screen,
+    fake a line, set the window title or fill the clipboard (OSC 52) of whoever reads it.
+    Idempotent (its output holds no control character)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
