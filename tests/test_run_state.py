@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -159,3 +160,24 @@ def test_a_loop_that_ctrl_c_unwound_through_close_says_interrupted(run_dir: str,
     assert _status(cli, run_dir)["state"] == "interrupted at step 2"
     done = cli(run_dir, "stop")
     assert "interrupted at step 2: nothing to stop" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_live_run_says_nothing_trains_there(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    """``cp -a`` of a live run's directory names the original's process in its hotcb.run.json:
+    the copy says where that trainer runs instead of showing it as its own, and a command sent
+    to the copy says it waits for a run started there (with --wait: exit 1, nothing applies)."""
+    tr = start_trainer(run_dir, os.fspath(tmp_path / "t.jsonl"), steps=100_000)
+    tr.wait_step(2)
+    copy = os.fspath(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    state = _status(cli, copy)["state"]
+    assert state.startswith(f"copied or moved here from {run_dir} ") and "nothing trains" in state
+    assert "last beat" in cli(copy, "status").stdout  # its beat is the original's, not alive
+    done = cli(copy, "set", "l2=0.001", "--wait")
+    assert done.returncode == 1 and "waits in the commands file" in done.stderr
+    assert _status(cli, run_dir)["state"] == "running"  # the original is untouched
+    cli(run_dir, "stop")
+    assert tr.finish()[0] == 0

@@ -646,10 +646,13 @@ class HotClient:
 
     def run_over(self) -> str | None:
         """``finished at step N`` / ``stopped at step N`` / ``crashed (…)`` / ``interrupted
-        by SIGINT (…)`` when the run's training process is gone (``hotcb.run.json``); None
-        while it runs or before it starts."""
+        by SIGINT (…)`` when the run's training process is gone (``hotcb.run.json``), ``copied
+        or moved here …`` in a copy of a live run's directory; None while it runs or before it
+        starts."""
         meta = jsonl.read_json(self.paths.run_meta, {}) or {}
-        return _run_over(meta, time.time()) if isinstance(meta, dict) else None
+        if not isinstance(meta, dict):
+            return None
+        return _run_over(meta, time.time(), root=self.paths.root)
 
     def tune_proposal(self, proposal: str | int) -> dict[str, Any]:
         """The tuner's proposal ``proposal`` (``"P3"``, ``"p3"`` or ``3``: ``id``, ``state``,

@@ -322,6 +322,7 @@ class LedgerView:
         stale_after: float = STALE_AFTER_SEC,
         *,
         meta: Mapping[str, Any] | None = None,
+        root: str | None = None,
     ) -> str:
         """What the run is doing, for a person: ``finished at step N`` / ``stopped at step N``
         / ``interrupted at step N`` (Ctrl-C unwound its loop through ``close()``)
@@ -331,15 +332,29 @@ class LedgerView:
         before it started`` (``hotcb launch`` saw its training exit before a kernel opened the
         run) or ``not started``. ``last_activity``: the newest wall time of its metrics or
         ledger. A ``stop`` or ``pause`` of an earlier life (:meth:`control_now`) no longer
-        counts, nor does activity before this life began (:func:`life_started`)."""
+        counts, nor does activity before this life began (:func:`life_started`). ``root``:
+        the run directory read; one that is not the directory its live trainer opened (a copy
+        made with ``cp -a`` while it ran) says so instead of that trainer's state."""
         meta = meta or {}
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
             how = ("stopped" if ended.get("stopped") else
                    "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
             return f"{how} at step {ended.get('step')}"
-        if meta.get("started") is not None and process_alive(meta) is False:
+        alive = process_alive(meta) if meta.get("started") is not None else None
+        if alive is False:
             return _gone(meta)
+        elsewhere = meta.get("run_dir")
+        if (
+            alive
+            and root is not None
+            and isinstance(elsewhere, str)
+            and not _same_dir(elsewhere, root)
+        ):
+            return (
+                f"copied or moved here from {elsewhere} while its trainer (pid "
+                f"{meta.get('pid')}) ran there: nothing trains in this directory"
+            )
         came = meta.get("branch")
         if meta.get("started") is None and isinstance(came, Mapping):  # inherited entries only
             return f"not started (a branch of {came.get('parent')} at step {came.get('step')})"
@@ -624,6 +639,14 @@ _INTERRUPTS = {int(signal.SIGINT): "SIGINT", int(signal.SIGTERM): "SIGTERM",
                int(signal.SIGKILL): "SIGKILL", int(signal.SIGHUP): "SIGHUP"}  # fmt: skip
 
 
+def _same_dir(a: str, b: str) -> bool:
+    """Whether two paths name one directory (through links; a missing one by its path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _gone(meta: Mapping[str, Any]) -> str:
     """The state of a run whose process is gone without closing it: ``interrupted by SIGINT``
     when ``hotcb launch`` saw the training end on a signal (Ctrl-C), else ``crashed``."""
@@ -657,14 +680,15 @@ def _never_started(meta: Mapping[str, Any]) -> str | None:
     return f"ended before it started (its training exited with code {code})"
 
 
-_OVER = ("finished", "stopped at", "crashed", "interrupted", "ended before")
+_OVER = ("finished", "stopped at", "crashed", "interrupted", "ended before", "copied or moved")
 
 
-def run_over(meta: Mapping[str, Any], now: float) -> str | None:
+def run_over(meta: Mapping[str, Any], now: float, root: str | None = None) -> str | None:
     """How the run's training ended (``finished at step N``, ``crashed (…)``, ``ended before
     it started (…)`` …: see :meth:`LedgerView.run_state`) when its process is gone, from
-    ``hotcb.run.json``; None while it runs, before it starts, or for a run with no record."""
-    state = LedgerView().run_state(None, now, meta=meta)
+    ``hotcb.run.json``; None while it runs, before it starts, or for a run with no record.
+    With ``root``, the directory read: a copy of a live run's (``copied or moved here …``)."""
+    state = LedgerView().run_state(None, now, meta=meta, root=root)
     return state if state.startswith(_OVER) else None
 
 

@@ -286,7 +286,8 @@ describe("runIsOver", () => {
   test("the server's words for a run that is over", () => {
     for (const said of ["finished at step 599", "stopped at step 12", "crashed (exit code 1; …)",
       "interrupted by SIGINT (…)", "interrupted at step 728",
-      "ended before it started (its training exited with code 2)"]) {
+      "ended before it started (its training exited with code 2)",
+      "copied or moved here from /r while its trainer (pid 7) ran there: nothing trains in this directory"]) {
       assert.equal(lib.runIsOver(said), true, said);
     }
     for (const said of ["running", "paused", "idle", "not started", "not started (a branch of /r at step 30)", null]) {

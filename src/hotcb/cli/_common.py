@@ -110,7 +110,7 @@ def ended(path: str) -> str | None:
     (…)``, ``ended before it started (…)``) when its process is gone and no run started there
     since (``hotcb.run.json``); else None."""
     meta = jsonl.read_json(RunPaths(path).run_meta, {}) or {}
-    over = run_over(meta, time.time()) if isinstance(meta, dict) else None
+    over = run_over(meta, time.time(), root=path) if isinstance(meta, dict) else None
     return None if over is None else term_safe(over)  # a crash's text comes from the file
 
 

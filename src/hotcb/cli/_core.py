@@ -255,7 +255,11 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         # entries of a life that a resume from a checkpoint replaced (their steps ran again)
         "replaced": sorted(_replaced(ledger_tail)),
         "state": view.run_state(
-            max(times) if times else None, time.time(), _stale_after(), meta=meta
+            max(times) if times else None,
+            time.time(),
+            _stale_after(),
+            meta=meta,
+            root=paths.root,
         ),
     }
     status.update(status_extra(paths))
@@ -345,7 +349,8 @@ def _print_run(st: dict[str, Any]) -> None:
     # most one a second) is older than that. One whose process is gone: its last sign of life
     if beat and isinstance(beat.get("wall_time"), (int, float)) and "ended" not in run:
         age = time.time() - float(beat["wall_time"])
-        said = "alive   " if process_alive(run) is not False else "last beat"
+        copy = str(st["state"]).startswith("copied or moved")
+        said = "alive   " if process_alive(run) is not False and not copy else "last beat"
         say(f"{said} step {beat.get('step')} ({age:.0f}s ago, pid {beat.get('pid')})")
     if st["unread_command_bytes"]:
         say(f"         {st['unread_command_bytes']} bytes of commands not yet read by the run")

@@ -261,7 +261,11 @@ class RunState:
         """What the run is doing, in words (:meth:`hotcb.ledger.LedgerView.run_state`):
         ``finished at step N``, ``stopped at step N``, ``crashed …``, ``paused``, ``running``…"""
         return self.ledger.view.run_state(
-            self.last_wall_time, time.time(), self.config.ui.stale_after_sec, meta=self.meta()
+            self.last_wall_time,
+            time.time(),
+            self.config.ui.stale_after_sec,
+            meta=self.meta(),
+            root=self.paths.root,
         )
 
     def _observe(self, doc: dict[str, Any]) -> None:
