@@ -17,6 +17,9 @@ In another terminal, while it trains:
     hotcb --dir runs/ddp stop                   # all ranks leave the loop at the same step
     hotcb --dir runs/ddp checkpoint             # rank 0 saves runs/ddp/checkpoint_<step>.pt
 
+Ctrl-C (or a SIGTERM from a scheduler, or torchrun's on Ctrl-C) saves a checkpoint on every
+rank at the next agreed step, then every rank stops there; press it twice to abort at once.
+
 `--resume CKPT` (default: `$HOTCB_RESUME_FROM`, which `hotcb launch --resume-from` and the
 command `hotcb branch` prints set) continues from such a checkpoint on every rank.
 
@@ -142,6 +145,7 @@ def train(args: argparse.Namespace) -> None:
         args.run_dir,
         debounce_steps=args.debounce,
         mutable_state=mutable_state(loss_actuators(weights)),
+        checkpoint_on_signal=True,  # rank 0 turns Ctrl-C / SIGTERM into checkpoint + stop
     )
     gen = torch.Generator().manual_seed(args.seed + rank)  # each rank its own batches
     trace = None
@@ -235,9 +239,22 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             dist.destroy_process_group()
         _leave()
+    import signal
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawned, args=(args.nproc, _free_port(), args), nprocs=args.nproc, join=True)
+    ranks = mp.spawn(_spawned, args=(args.nproc, _free_port(), args), nprocs=args.nproc,
+                     join=False)  # fmt: skip
+    # Ctrl-C reaches the ranks too (one process group): they checkpoint and stop while this
+    # parent waits for them, instead of dying on KeyboardInterrupt and orphaning them. A
+    # SIGTERM sent to this process alone (a scheduler's) is passed on to the ranks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(
+        signal.SIGTERM,
+        lambda *_: [os.kill(p.pid, signal.SIGTERM) for p in ranks.processes if p.is_alive()],
+    )
+    while not ranks.join():
+        pass
 
 
 if __name__ == "__main__":

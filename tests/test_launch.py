@@ -535,7 +535,8 @@ def test_cli_launch_ctrl_c_under_torchrun_is_an_interruption(
     tmp_path: Path, launched: Any, cli: Any
 ) -> None:
     """torchrun answers Ctrl-C with exit code 1: hotcb launch, which forwarded the SIGINT,
-    exits 130, records the signal it sent, and the run reads "interrupted by SIGINT", not
+    exits 130 and records the signal it sent; the ranks (``checkpoint_on_signal``) saved a
+    checkpoint at one step and stopped there, so the run reads "stopped at step N", not
     "crashed"; no process of the launch is left."""
     run = tmp_path / "run"
     lp = launched(
@@ -555,7 +556,12 @@ def test_cli_launch_ctrl_c_under_torchrun_is_an_interruption(
         lp.log()
     )
     done = cli(os.fspath(run), "status")
-    assert "[interrupted by SIGINT" in done.stdout and "crashed" not in done.stdout, done.stdout
+    stop = [e for e in read_ledger(os.fspath(run)) if e.get("source") == "signal"]
+    assert [(e["op"], e["decision"]) for e in stop] == [("checkpoint", "applied"),
+                                                        ("stop", "applied")], stop  # fmt: skip
+    step = stop[-1]["step"]
+    assert (run / f"checkpoint_{step}.pt").exists()
+    assert f"[stopped at step {step}]" in done.stdout and "crashed" not in done.stdout, done.stdout
     assert len(workers) == 2 and all(_gone(w.pid) for w in workers)
     assert tag and not _tagged(tag)
 

@@ -140,6 +140,28 @@ def test_a_launched_run_ended_by_ctrl_c_says_interrupted_not_crashed(
     assert json.loads(cli(run_dir, "tune", "status", "--json").stdout)["run_over"] == state
 
 
+def test_a_launched_training_that_answered_the_forwarded_sigint_with_1_says_interrupted() -> None:
+    """torchrun answers a Ctrl-C that ``hotcb launch`` forwarded with exit code 1; ranks that
+    did not close the run (no ``checkpoint_on_signal``) were gone without closing it: the run
+    reads interrupted by the signal the launch sent, with that exit code, not crashed."""
+    import socket
+    import subprocess
+    import sys
+
+    from hotcb.ledger import LedgerView
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host that no longer runs
+    now = time.time()
+    meta = {"started": now - 60, "pid": gone.pid, "host": socket.gethostname(),
+            "launch": {"exit_code": 1, "signal_sent": "SIGINT", "ended": now - 1}}  # fmt: skip
+    assert LedgerView().run_state(None, now, meta=meta) == (
+        "interrupted by SIGINT (exit code 1; its process is gone and did not close the run)"
+    )
+    meta["launch"] = {"exit_code": 1, "ended": now - 1}  # no signal sent: a failure
+    assert LedgerView().run_state(None, now, meta=meta).startswith("crashed (exit code 1;")
+
+
 def test_a_loop_that_ctrl_c_unwound_through_close_says_interrupted(run_dir: str, cli: Any) -> None:
     """`hotcb demo`'s trainer (and any loop with `finally: kernel.close()`) stopped with Ctrl-C
     said `finished at step 728`, as if it had run its course."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,39 @@ def test_ddp_bare_branch_resumes_every_rank_from_the_checkpoint(tmp_path: Path) 
     assert sorted(mine) == [6, 7, 8, 9]
     # every rank's model, optimizer and data order came back: the same losses (no LR scheduler)
     assert [mine[s]["loss"] for s in mine] == pytest.approx([theirs[s]["loss"] for s in mine])
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-the-parent"])
+def test_ddp_bare_saves_a_checkpoint_on_every_rank_at_ctrl_c_and_stops(
+    tmp_path: Path, how: str
+) -> None:
+    """Ctrl-C in the terminal of ``python examples/ddp_bare.py`` (SIGINT to its process group:
+    the parent and both ranks) or a scheduler's SIGTERM to the parent alone: the ranks agree
+    on one step, save a checkpoint there and stop; the script exits 0 with no rank left."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "ddp_bare.py"), "--run-dir", os.fspath(run_dir),
+         "--nproc", "2", "--steps", "1000000", "--step-delay", "0.01"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # whatever CI's shell did
+    )  # fmt: skip
+    try:
+        wait_for(lambda: max(metrics(run_dir), default=-1) >= 3, 120, what="step 3")
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
+    by = [(e["module"], e["op"], e["decision"], e["step"]) for e in read_ledger(os.fspath(run_dir))
+          if e.get("source") == "signal"]  # fmt: skip
+    assert [b[:3] for b in by] == [("control", "checkpoint", "applied"),
+                                   ("control", "stop", "applied")], by  # fmt: skip
+    step = by[0][3]
+    assert by[1][3] == step and (run_dir / f"checkpoint_{step}.pt").exists()
+    assert f"done at step {step}" in out
