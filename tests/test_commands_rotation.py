@@ -98,11 +98,12 @@ def test_a_file_truncated_in_place_is_read_from_its_start(run_dir: str) -> None:
         assert _since(drv, first) == [("", "cursor_reset", "noop"), (b, "set_params", "applied")]
 
 
-def test_a_file_replaced_with_nothing_unread_resets_and_old_commands_are_noops(
+def test_a_file_replaced_with_the_same_bytes_is_read_on_from_the_cursor(
     run_dir: str,
 ) -> None:
-    """Replaced (``os.replace``, an editor's save) after every line was read: the new file is
-    read from its start in the same poll, its old commands are duplicates."""
+    """Replaced (``os.replace``, an editor's save) after every line was read, with the same
+    bytes: the new file is read on from the cursor, in the same poll, with no reset and no
+    noop entry for each old command."""
     with _driver(run_dir) as drv:
         first = _held(drv)
         with open(drv.paths.commands, "rb") as f:
@@ -113,11 +114,7 @@ def test_a_file_replaced_with_nothing_unread_resets_and_old_commands_are_noops(
         os.replace(tmp, drv.paths.commands)
         b = drv.client.loss(w=3.3)
         drv.steps()
-        assert _since(drv, first) == [
-            ("", "cursor_reset", "noop"),
-            (first, "set_params", "noop"),
-            (b, "set_params", "applied"),
-        ]
+        assert _since(drv, first) == [(b, "set_params", "applied")]
 
 
 def test_an_unfinished_line_of_a_rotated_file_is_counted_in_the_reset_note(
@@ -192,3 +189,48 @@ def test_a_hand_written_command_after_an_editor_saved_the_file_is_applied(run_di
         assert drv.weights["w"] == 4.5
         handled = [(e["cmd_id"], e["decision"]) for e in drv.ledger() if e["op"] == "set_params"]
         assert handled == [("@0", "applied"), ("@0", "applied")]
+
+
+def test_an_editors_save_that_kept_the_lines_read_applies_only_what_it_added(
+    run_dir: str,
+) -> None:
+    """An editor (or ``sed -i``) saves by writing a new file and renaming it over the old one.
+    Lines without a cmd_id are known by their offset; reading the saved file again from its
+    start applied every hand-written command in it again (a ``w`` written by hand took a later
+    change back)."""
+    with _driver(run_dir) as drv:
+        commands = drv.paths.commands
+        by_hand = b'{"module": "loss", "op": "set_params", "params": {"w": 2.5}}\n'
+        with open(commands, "ab") as f:
+            f.write(by_hand)
+        drv.steps()
+        later = drv.client.loss(w=3.5)
+        drv.steps()
+        assert drv.weights["w"] == 3.5
+        for added in (by_hand.replace(b"2.5", b"4.5"), b""):  # a line added, then none
+            with open(commands, "rb") as f:
+                saved = f.read() + added
+            with open(commands + ".swp", "wb") as f:
+                f.write(saved)
+            os.replace(commands + ".swp", commands)
+            drv.steps(3)
+        assert drv.weights["w"] == 4.5  # the added line; the first w=2.5 was not applied again
+        assert _since(drv, later) == [(f"@{len(saved) - len(by_hand)}", "set_params", "applied")]
+
+
+def test_a_file_replaced_with_other_bytes_before_the_cursor_is_read_from_its_start(
+    run_dir: str,
+) -> None:
+    """A rewrite that changed a line already read is another file: read from its start (with
+    its ``cursor_reset`` note), its commands with a cmd_id skipped as already handled."""
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        commands = drv.paths.commands
+        with open(commands, "rb") as f:
+            saved = f.read().replace(b"1.1", b"1.2")  # an edit of a line already applied
+        with open(commands + ".swp", "wb") as f:
+            f.write(saved)
+        os.replace(commands + ".swp", commands)
+        drv.steps(2)
+        assert _since(drv, first) == [("", "cursor_reset", "noop"), (first, "set_params", "noop")]
+        assert drv.weights["w"] == 1.1

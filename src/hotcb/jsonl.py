@@ -423,6 +423,18 @@ def append_many(
         _write_locked(os.fspath(path), data, fsync=fsync)
 
 
+def _same_start(a: int, b: int, n: int) -> bool:
+    """Whether the files open as ``a`` and ``b`` hold the same first ``n`` bytes."""
+    at = 0
+    while at < n:
+        size = min(n - at, 1 << 20)
+        chunk = os.pread(a, size, at)
+        if len(chunk) != size or os.pread(b, size, at) != chunk:
+            return False
+        at += size
+    return True
+
+
 class JsonlTail:
     """Byte-cursor reader of a JSON-lines file that only ever yields complete lines, once.
 
@@ -464,8 +476,11 @@ class JsonlTail:
     rotated file is read under a shared ``flock``, which :func:`append` respects, so a writer
     that chose it before it was moved has finished, and a later one writes to the new file.
     What follows the last newline of the rotated file (an unfinished hand-written line) is
-    not read: :attr:`left_unread` says how many bytes that was. A truncation in place, or a
-    file replaced with nothing unread, restarts as without ``hold_open``. The file is held
+    not read: :attr:`left_unread` says how many bytes that was. A file renamed over the old
+    one that starts with the same bytes up to the cursor (an editor's save, ``sed -i``, which
+    kept every line read and maybe added some) is read on from the cursor, without a
+    restart. A truncation in place, or a file replaced with other bytes before the cursor,
+    restarts as without ``hold_open``. The file is held
     from the first read on: what was not read of a file rotated before it (a trainer that was
     down) is gone for this tail. :meth:`close` lets it go.
 
@@ -567,16 +582,17 @@ class JsonlTail:
             fd, st = open_regular(self.path, follow=self.follow_links)
         except FileNotFoundError:
             # moved away or deleted, nothing in its place yet: what is left of the file held
-            return self._finish_held() if self._held >= 0 else []
+            return self._finish_held()[0] if self._held >= 0 else []
         try:
             # the identity and size of the file actually opened, not of what ``path`` named a
             # moment ago: a replacement between the caller's stat and this open is then seen
+            continued = False
             if self._held >= 0 and (st.st_ino != self._ino or st.st_dev != self._dev):
-                lines = self._finish_held()
+                lines, continued = self._finish_held(fd)
                 if self._held >= 0:  # lines of the old file: the new one at the next read
                     return lines
             known = self._ino != -1
-            if known and (st.st_ino != self._ino or st.st_dev != self._dev):
+            if known and (st.st_ino != self._ino or st.st_dev != self._dev) and not continued:
                 self._restart()  # another file now: replaced, or deleted and created again
             elif st.st_size < self.offset:
                 self._restart()  # truncated
@@ -597,9 +613,12 @@ class JsonlTail:
             if fd >= 0:
                 os.close(fd)
 
-    def _finish_held(self) -> list[tuple[int, bytes]]:
+    def _finish_held(self, new: int = -1) -> tuple[list[tuple[int, bytes]], bool]:
         """The lines of the file held open, which the path no longer names, that were not read
-        yet; the file is let go (and :attr:`left_unread` set) once none is left.
+        yet; the file is let go (and :attr:`left_unread` set) once none is left. With ``new``,
+        the descriptor of the file the path names now, also whether that file starts with the
+        same bytes up to the cursor: an editor's save (a new file renamed over the old one)
+        that kept every line read, which is read on from the cursor, not again from its start.
 
         Read under a shared lock: a writer that opened the file before it was moved and locked
         it before this read has written its line; one that locks it later sees that the path
@@ -620,10 +639,11 @@ class JsonlTail:
         # a long line looked through in bounded steps may not be looked through to its end yet
         looking = self._scan_from == self.offset and 0 <= self._scan < end
         if lines or not locked or looking:
-            return lines
-        self.left_unread = max(end - self.offset, 0)
+            return lines, False
+        same = new >= 0 and _same_start(fd, new, self.offset)
+        self.left_unread = 0 if same else max(end - self.offset, 0)
         self.close()
-        return []
+        return [], same
 
     def _before(self, fd: int) -> bytes:
         """The bytes that end at the cursor: its line, and the newline before it."""
