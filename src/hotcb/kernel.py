@@ -1243,8 +1243,10 @@ class HotKernel:
         """Open the run again for another training loop on this kernel: a notebook's
         training cell run again after ``close()``, a second Lightning ``fit`` or HF ``train()``
         with the same callback. A ``stop`` the last loop ended on no longer holds (the new loop
-        was asked for after it), ``hotcb status`` says the run runs again instead of
-        ``finished`` or ``stopped``, and the signals ``close()`` let go are caught again.
+        was asked for after it), nor does a pause it ended in (Ctrl-C while paused; ``hotcb
+        status`` says the run runs, as it reads the ledger), ``hotcb status`` says the run runs
+        again instead of ``finished`` or ``stopped``, and the signals ``close()`` let go are
+        caught again.
         Ledgered as ``kernel reopen``. The first safe point after ``close()`` calls it, and the
         adapters at each fit's start; nothing happens when the kernel is open and not
         stopped."""
@@ -1253,6 +1255,7 @@ class HotKernel:
             return  # nothing to reopen: the first loop, or one that ended on its own
         self._closed = False
         self._control.stop_requested = False
+        paused, self._control.paused = self._control.paused, False
         self._stopped_by = None
         self._next_beat = 0.0  # `hotcb status`: alive at this loop's step, not the last's
         if closed and self._caught_at_close:
@@ -1266,7 +1269,8 @@ class HotKernel:
         after = "close()" if closed else "a stop"
         self._ledger.emit(
             self._ledger.point, source="kernel", module="kernel", op="reopen",
-            decision=Decision.NOOP.value, reopened={"closed": closed, "stopped": stopped},
+            decision=Decision.NOOP.value,
+            reopened={"closed": closed, "stopped": stopped, "paused": paused},
             reason=f"a new training loop on this kernel after {after}: the run runs again",
         )  # fmt: skip
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from adapter_helpers import load_example
 
 from hotcb import HotClient, HotKernel
-from hotcb.testing import read_ledger
+from hotcb.testing import read_ledger, wait_for
 
 torch = pytest.importorskip("torch")
 
@@ -56,9 +57,51 @@ def test_a_loop_after_close_is_a_running_run_again(tmp_path: Path, cli: Any) -> 
     assert opt.param_groups[0]["lr"] == 0.1
     assert "stopped at step 8" in _status(cli, run)
     (reopen,) = _reopens(run)
-    assert reopen["step"] == 6 and reopen["reopened"] == {"closed": True, "stopped": False}
+    assert reopen["step"] == 6 and reopen["reopened"] == {
+        "closed": True, "stopped": False, "paused": False}  # fmt: skip
     log = cli(run, "log").stdout
     assert "kernel reopen -> noop" in log and "after close()" in log
+
+
+def test_a_loop_after_one_that_ended_paused_is_not_paused(tmp_path: Path, cli: Any) -> None:
+    """A loop that ended while paused (a signal during the pause: checkpoint and stop) left
+    the kernel paused: the next loop on it sat at its first step while ``hotcb status`` said
+    ``[running]``, until someone sent ``resume``."""
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0, pause_poll_sec=0.01, checkpoint_on_signal=True)
+    client = HotClient(run)
+    steps: list[int] = []
+
+    def train(first: int) -> None:
+        for step in range(first, first + 3):
+            kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+            steps.append(step)
+            if kernel.stop_requested:
+                break
+
+    train(1)
+    client.pause()
+
+    def preempt() -> None:  # a scheduler's SIGTERM while the run is paused
+        wait_for(lambda: kernel.paused, 60, what="the pause")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    train(4)  # held at its first step until the signal, which stops it there
+    kernel.close()
+    assert steps[-1] == 4 and kernel.paused
+    cell = threading.Thread(target=train, args=(10,), daemon=True)  # the cell run again
+    cell.start()
+    cell.join(timeout=60)
+    if cell.is_alive():  # (held at the pause: free it, then fail)
+        client.resume()
+        cell.join(timeout=60)
+        pytest.fail("the new loop was held by the last loop's pause")
+    kernel.close()
+    assert steps[-3:] == [10, 11, 12] and not kernel.paused
+    (reopen,) = _reopens(run)
+    assert reopen["reopened"] == {"closed": True, "stopped": True, "paused": True}
+    assert "finished at step 12" in _status(cli, run)
 
 
 pl = pytest.importorskip("lightning.pytorch")
