@@ -75,6 +75,8 @@ class Ramp:
     #: under an LR scheduler, how far the ramp's moves have scaled the schedule so far (each
     #: step's value over the schedule's value it replaced): an undo takes that ratio back
     factor: float = 1.0
+    #: the value its last move set (None: it has not moved in this process)
+    reached: Any = None
 
     @property
     def end_step(self) -> int:

@@ -173,8 +173,8 @@ class ActuatorStream:
         ``fit`` with the same kernel): the optimizer's actuators move to it, with its values,
         and the ledger says so. They drove the first one: a ``set lr`` was ledgered applied and
         shown on the dashboard while the training optimizer kept its lr."""
-        for key in self._bound_keys:
-            self.ramps.pop(key, None)  # a ramp of the old optimizer's ends with it
+        for key in self._bound_keys:  # a ramp of the old optimizer's ends with it
+            self._drop_ramp(key, "the optimizer it ramped was replaced")
             self.state.unregister(key)
         self._bound, self._bound_keys, self.opt_registered = [], [], False
         self.discover(env)
@@ -491,6 +491,30 @@ class ActuatorStream:
             extra={"ramp": "superseded", "superseded_by": by.cmd_id if by else None},
         )
 
+    def end_ramps_with_loop(self) -> None:
+        """The training loop the ramps ran in ended (another loop on the kernel begins): stop
+        each where it got to and ledger it superseded. Carried on, a loop whose
+        steps count from 0 again ran it a second time, and one with a new optimizer dropped it
+        without a word (a ``--ramp --wait`` then waited for nothing)."""
+        for key in list(self.ramps):
+            self._drop_ramp(key, "the training loop it ran in ended")
+
+    def _drop_ramp(self, key: str, why: str) -> None:
+        """End ``key``'s ramp, if any, where its last move got it, and ledger it superseded,
+        ``why``."""
+        ramp = self.ramps.pop(key, None)
+        if ramp is None:
+            return
+        self._ramp_ended(ramp)
+        now = ramp.reached
+        at = "" if now is None else f" at {now!r}"
+        self.recorder.emit_op(
+            ramp.op, self.recorder.point, Decision.APPLIED,
+            changes={key: {"old": ramp.start, "new": now}},
+            error=f"ramp of {key} to {ramp.target!r} superseded{at}: {why}",
+            source="ramp", extra={"ramp": "superseded"},
+        )  # fmt: skip
+
     def next_step(self, step: int) -> int:
         """The next step a ramp moves at (``NEVER`` without ramps)."""
         if not self.ramps:
@@ -507,7 +531,7 @@ class ActuatorStream:
                 act = self.state.get(key)
                 scheduled = act is not None and act.scheduled is not None and act.scheduled(env)
                 before = act.read(env) if scheduled and act is not None else None
-                value = ramp.value_at(step)
+                value = ramp.reached = ramp.value_at(step)
                 self.ramp_moved.update(self.state.set_silently(key, value, env))
                 if isinstance(before, (int, float)) and before > 0:  # the schedule's, replaced
                     ramp.factor *= value / before

@@ -1246,7 +1246,7 @@ class HotKernel:
         was asked for after it), nor does a pause it ended in (Ctrl-C while paused; ``hotcb
         status`` says the run runs, as it reads the ledger), ``hotcb status`` says the run runs
         again instead of ``finished`` or ``stopped``, and the signals ``close()`` let go are
-        caught again.
+        caught again. A ramp still under way ends where it got to (ledgered superseded).
         Ledgered as ``kernel reopen``. The first safe point after ``close()`` calls it, and the
         adapters at each fit's start; nothing happens when the kernel is open and not
         stopped."""
@@ -1257,6 +1257,7 @@ class HotKernel:
         self._control.stop_requested = False
         paused, self._control.paused = self._control.paused, False
         self._stopped_by = None
+        self._stream.end_ramps_with_loop()
         self._next_beat = 0.0  # `hotcb status`: alive at this loop's step, not the last's
         if closed and self._caught_at_close:
             self._signals.install(self._caught_at_close)

@@ -104,6 +104,40 @@ def test_a_loop_after_one_that_ended_paused_is_not_paused(tmp_path: Path, cli: A
     assert "finished at step 12" in _status(cli, run)
 
 
+def test_a_ramp_under_way_when_a_loop_ends_stops_there_and_says_so(tmp_path: Path) -> None:
+    """A ramp still under way when a loop closed ran again in the next loop on the kernel,
+    whose steps counted from 0 again (the lr jumped back up and ramped down a second time);
+    with a new optimizer it vanished without an entry, and ``--ramp --wait`` waited on."""
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ramp = HotClient(run).opt(lr=0.001, transition={"steps": 100})
+    lrs: list[float] = []
+
+    def train(optimizer: Any) -> None:
+        for step in range(20):
+            kernel.apply({"step": step, "optimizer": optimizer, "metrics": {"loss": 1.0}})
+            lrs.append(optimizer.param_groups[0]["lr"])
+
+    train(opt)
+    kernel.close()
+    reached = lrs[-1]
+    assert 0.001 < reached < 0.1
+    train(opt)  # the cell run again, steps from 0
+    assert lrs[-20:] == [reached] * 20
+    ended = HotClient(run).wait_ramp(ramp, timeout=5)
+    assert ended["ramp"] == "superseded" and "the training loop it ran in ended" in ended["error"]
+    assert ended["changes"]["lr"]["new"] == pytest.approx(reached)
+
+    again = HotClient(run).opt(lr=0.5, transition={"steps": 100})
+    train(opt)  # a loop that ends on its own (no close, no stop); the next has a new optimizer
+    train(torch.optim.SGD(net.parameters(), lr=0.2))
+    ended = HotClient(run).wait_ramp(again, timeout=5)
+    assert "the optimizer it ramped was replaced" in ended["error"]
+    kernel.close()
+
+
 pl = pytest.importorskip("lightning.pytorch")
 from hotcb.adapters.lightning import HotCBLightning  # noqa: E402
 
@@ -134,7 +168,7 @@ def test_a_second_lightning_fit_after_a_stop_trains_and_says_so(tmp_path: Path, 
     kernel.close()
     assert "finished at step 8" in _status(cli, run)
     (reopen,) = _reopens(run)
-    assert reopen["reopened"] == {"closed": False, "stopped": True}
+    assert reopen["reopened"] == {"closed": False, "stopped": True, "paused": False}
 
 
 transformers = pytest.importorskip("transformers")
@@ -152,4 +186,6 @@ def test_a_second_hf_train_after_a_stop_trains(tmp_path: Path, cli: Any) -> None
     assert trainer.state.global_step == 6 and not kernel.stop_requested
     kernel.close()
     assert "finished at step 6" in _status(cli, run)
-    assert [e["reopened"] for e in _reopens(run)] == [{"closed": False, "stopped": True}]
+    assert [e["reopened"] for e in _reopens(run)] == [
+        {"closed": False, "stopped": True, "paused": False}
+    ]
