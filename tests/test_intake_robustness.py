@@ -241,6 +241,21 @@ def test_an_emptied_or_zero_filled_ledger_counts_as_lost(
     assert again.kernel.stop_requested and again.lr[0] == pytest.approx(0.005)
 
 
+@pytest.mark.parametrize("meta", [b"", b'{"hotcb_version": "0.1'], ids=["emptied", "torn"])
+def test_a_lost_ledger_counts_as_lost_when_the_run_file_is_damaged_too(
+    run_dir: str, meta: bytes
+) -> None:
+    """With ``hotcb.run.json`` emptied as well, the kernel took the directory for one no
+    kernel had run in and applied every old command again at step 0, the stop included."""
+    ledger = _stopped_run(run_dir)
+    for path, data in ((ledger, b""), (RunPaths(run_dir).run_meta, meta)):
+        with open(path, "wb") as f:
+            f.write(data)
+    with pytest.raises(HotcbError) as refused:
+        HotKernel(run_dir, metrics_collector=False)
+    assert "hotcb.applied.jsonl was emptied" in str(refused.value)
+
+
 def test_commands_sent_to_a_run_that_never_ledgered_one_are_new(run_dir: str) -> None:
     """Its ledger is empty, as the kernel created it: nothing was lost, the commands are
     applied."""

@@ -49,8 +49,9 @@ def branched_before(paths: RunPaths, seq: int) -> bool:
 
 
 def refuse_lost_ledger(paths: RunPaths) -> None:
-    """Raise when a kernel ran here before (its fields in ``hotcb.run.json``; it creates the
-    ledger file at once), its commands file has content and its ledger is lost: the file is
+    """Raise when a kernel ran here before (its fields in ``hotcb.run.json``, or that file is
+    there but unreadable; a kernel creates the ledger file at once), its commands file has
+    content and its ledger is lost: the file is
     gone, emptied, or holds not one entry (zero-filled, garbage). Starting would apply every
     old command again, ``stop`` included. ``hotcb launch`` writes the file before the
     trainer's kernel exists, and commands sent in between are new, not lost; so are commands
@@ -60,7 +61,15 @@ def refuse_lost_ledger(paths: RunPaths) -> None:
     except FileNotFoundError:
         return
     meta = jsonl.read_json(paths.run_meta, None)
-    if commands == 0 or not isinstance(meta, dict) or "hotcb_version" not in meta:
+    if commands == 0:
+        return
+    if not isinstance(meta, dict):
+        # a run.json that is there but unreadable (emptied, garbage: it is only ever
+        # replaced whole) was written by a kernel or a launch: the ledger tells the rest
+        if not os.path.exists(paths.run_meta):
+            return
+        meta = {}
+    elif "hotcb_version" not in meta:
         return
     lost = _lost(paths, meta)
     if lost is None:
