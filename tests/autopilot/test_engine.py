@@ -728,7 +728,7 @@ def test_a_plateau_cut_of_a_knob_an_active_tuner_tunes_is_left_to_it(
     HotClient(lp.run_dir).tune_enable(tuner, objective="val_loss", segment_steps=50, sync=True)
     pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, NAN_AND_PLATEAU))
     records = lp.run(600, pilot)
-    acted = [r["rule"] for r in records if r["kind"] == "action"]
+    acted = [r["rule"] for r in records if r["kind"] == "action" and r["state"] == "applied"]
     if tuner == "suggest":
         assert "plateau_cut_lr" in acted, records
         return
@@ -737,3 +737,80 @@ def test_a_plateau_cut_of_a_knob_an_active_tuner_tunes_is_left_to_it(
     assert skipped, records
     assert skipped[0]["reason"] == ("the online tuner (active) tunes opt.lr: changes for a "
                                     "plateau or overfitting are left to it")  # fmt: skip
+
+
+def test_the_guard_leaves_a_change_a_person_set_over_since_alone(loop: Any, tmp_path: Path) -> None:
+    """A person set lr after the autopilot's cut, inside the guard's window; the key metric
+    got worse (their lr, not the cut, did it), and the guard's undo put back the value from
+    before the cut, over the person's. It now judges nothing and says why."""
+    lr0 = 1e-2
+    lp: Loop = loop(lambda lr, _s: 1.0 if lr <= lr0 else 1.5, lr=lr0)  # a higher lr hurts
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records: list[dict[str, Any]] = []
+    while not lp.changes() and lp.step < 300:
+        records += lp.run(10, pilot)
+    assert pilot.guard is not None and lp.lr == pytest.approx(lr0 / 2)
+    HotClient(lp.run_dir).opt(lr=3.0)  # a person, while the guard judges the cut
+    records += lp.run(300, pilot)
+    assert lp.lr == 3.0  # the person's value stands
+    assert not [e for e in lp.autopilot_entries() if e["op"] == "undo"]
+    (moved,) = [r for r in records if r.get("state") == "not_judged"]
+    assert moved["kind"] == "action" and moved["cmd_ids"] == [lp.changes()[0]["cmd_id"]]
+    assert moved["reason"].startswith("lr changed since the change of step ")
+    assert "set_params by python" in moved["reason"] and "not_judged" in _line(moved)
+
+
+def test_a_person_who_undid_an_automatic_change_holds_its_knob(loop: Any, tmp_path: Path) -> None:
+    """``hotcb undo`` of the autopilot's cut made no hold: the same rule cut the lr again at
+    its next chance, inside the hold a person's change would have had."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    records: list[dict[str, Any]] = []
+    while not lp.changes() and lp.step < 300:
+        records += lp.run(10, pilot)
+    (cut,) = lp.changes()
+    HotClient(lp.run_dir).send("control", "undo", params={"cmd_id": cut["cmd_id"]})
+    records += lp.run(10, pilot)
+    undone_at = lp.step
+    assert lp.lr == 1e-2
+    records += lp.run(pilot.person_hold_steps - 20, pilot)
+    assert lp.changes() == [cut] and lp.lr == 1e-2  # held: no cut again
+    holds = [r for r in records if r["kind"] == "hold" and r["knob"] == "opt.lr"]
+    assert holds and "took back a change of opt.lr" in holds[-1]["reason"]
+    assert holds[-1]["until"] >= undone_at - 10 + pilot.person_hold_steps
+
+
+DIVERGENCE_CUT = """\
+rules:
+  - id: divergence_cut_lr
+    when: {detector: divergence, metric: train}
+    then: {action: lr_mult, params: {factor: 0.5}}
+    cooldown_steps: 100
+    confidence: high
+"""
+
+
+@pytest.mark.parametrize("bracket", ["under way", "over"])
+def test_a_safety_cut_leaves_the_lr_to_a_start_bracket_under_way(
+    loop: Any, tmp_path: Path, bracket: str
+) -> None:
+    """The tuner's start bracket tries lrs up to 4x and takes each arm back to the weights it
+    began with: the training loss jumps, the divergence rule cut the lr, and the bracket
+    ended at the wrong value. While it runs (``bracket`` in ``hotcb.tune.json`` without
+    ``ended_at``), the autopilot leaves the tuner's knobs to it; once over, safety acts."""
+    lp: Loop = loop(lambda _lr, s: 1.0 if s < 150 else 1.0 * 1.05 ** (s - 150))
+    state = {"mode": "active", "settings": {"space": [{"module": "opt", "key": "lr"}]},
+             "bracket": {"round": 1, "factor": 4.0}}  # fmt: skip
+    if bracket == "over":
+        state["bracket"]["ended_at"] = 120
+    jsonl.write_json_atomic(os.path.join(lp.run_dir, "hotcb.tune.json"), state)
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, DIVERGENCE_CUT))
+    records = lp.run(250, pilot)
+    if bracket == "over":
+        assert lp.changes(), records
+        return
+    assert not lp.changes() and lp.lr == 1e-2
+    skipped = [r for r in records if r["kind"] == "skipped"]
+    assert skipped and skipped[0]["reason"].startswith(
+        "the online tuner's start bracket is under way on opt.lr"
+    )

@@ -320,6 +320,7 @@ class Autopilot:
         """Read the new ledger entries; ``holds`` gets the hold record of each knob a person
         changed (the newest per knob)."""
         for e in self.view.new_entries():
+            self._watch_guard(e)
             guard, cmd_id = self.guard, e.get("cmd_id")
             if guard is not None and cmd_id is not None:  # the tuner's entries have none
                 if cmd_id == guard.get("undo_cmd_id"):
@@ -334,21 +335,57 @@ class Autopilot:
             if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
                 if e.get("module") == "control" and e.get("op") == "undo":
                     self.changes.append(_change(e, 0))
+                    # a person who took an automatic change back holds its knobs too: the
+                    # same rule fired again at the next round and made it again
+                    if isinstance(e.get("changes"), dict):
+                        self._hold(e, self._module_of(e.get("undo_of")), holds)
                 continue
             settle = self.ai.config.settle_steps if self.ai and e.get("source") == "ai" else 0
             self.changes.append(_change(e, settle))
-            if e.get("source") in _NOT_A_PERSON:
-                continue
-            step = int(e.get("step") or 0)
-            for key in e["changes"]:
-                knob = f"{e['module']}.{key}"
-                self.holds[knob] = step + self.person_hold_steps
-                holds.pop(knob, None)  # in the order they came
-                holds[knob] = {
-                    "kind": "hold", "knob": knob, "step": step, "until": self.holds[knob],
-                    "reason": f"{e.get('source')} changed {knob} at step {step}; the autopilot "
-                              f"leaves it alone until step {self.holds[knob]}",
-                }  # fmt: skip
+            self._hold(e, e["module"], holds)
+
+    def _hold(self, e: Mapping[str, Any], module: str, holds: dict[str, dict[str, Any]]) -> None:
+        """Hold the knobs that entry ``e`` changed, of ``module``, when a person changed them;
+        ``holds`` gets the hold record of each (the newest per knob)."""
+        if e.get("source") in _NOT_A_PERSON:
+            return
+        step = int(e.get("step") or 0)
+        did = "took back a change of" if e.get("op") == "undo" else "changed"
+        for key in e["changes"]:
+            knob = f"{module}.{key}"
+            self.holds[knob] = step + self.person_hold_steps
+            holds.pop(knob, None)  # in the order they came
+            holds[knob] = {
+                "kind": "hold", "knob": knob, "step": step, "until": self.holds[knob],
+                "reason": f"{e.get('source')} {did} {knob} at step {step}; the autopilot "
+                          f"leaves it alone until step {self.holds[knob]}",
+            }  # fmt: skip
+
+    def _module_of(self, cmd_id: Any) -> str:
+        """The module (``opt`` or ``loss``) of the change ``cmd_id`` (an undo's target), from
+        the changes read; ``opt`` when it is not among them."""
+        found = (c.get("module") for c in reversed(self.changes) if c.get("cmd_id") == cmd_id)
+        module = next(found, None)
+        return module if module in ("opt", "loss") else "opt"
+
+    def _watch_guard(self, e: dict[str, Any]) -> None:
+        """Note the knobs the guarded change set (its own applied entry), and whether someone
+        set one of them since (a person, the tuner, an undo): the guard then judges nothing.
+        Its undo would put back the value from before the automatic change, over theirs."""
+        guard = self.guard
+        if guard is None or guard.get("undo_cmd_id") or guard.get("superseded"):
+            return
+        changes = e.get("changes")
+        if e.get("decision") != "applied" or not isinstance(changes, dict) or not changes:
+            return
+        if e.get("cmd_id") is not None and e.get("cmd_id") == guard.get("cmd_id"):
+            self.guard = {**guard, "keys": sorted({*guard.get("keys", ()), *changes})}
+            return
+        hit = sorted(set(changes) & set(guard.get("keys") or ()))
+        if hit:
+            self.guard = {**guard, "superseded": {
+                "keys": hit, "source": e.get("source"), "step": e.get("step"), "seq": e.get("seq"),
+                "what": f"{e.get('module')} {e.get('op')}"}}  # fmt: skip
 
     def _resolve(self, name: str) -> str | None:
         if name == "key":
@@ -385,8 +422,8 @@ class Autopilot:
         over = run_over(self.view.meta(), time.time()) if self.ended else None
         why_not = f"the run {over}: nothing would apply it" if over else None
         why_not = why_not or self._rule_blocked(rule.action.knob, acts)
-        if why_not is None and acts and rule.detector in _TUNING_DETECTORS:
-            why_not = self._tuned(rule.action.knob)
+        if why_not is None and acts:
+            why_not = self._tuned(rule.action.knob, rule.detector)
         if why_not is not None:
             out.append(self._record({
                 "kind": "skipped", "rule": rule.id, "step": self.step_now, "reason": why_not,
@@ -467,12 +504,14 @@ class Autopilot:
     def _frozen(self) -> str | None:
         return frozen_reason(self.run_dir)
 
-    def _tuned(self, knob: str | None) -> str | None:
-        """Why a plateau or overfitting change of ``knob`` is left alone: the online tuner, in
-        active mode, tunes it. Two controllers on one knob undo each other's work (each
-        change of the autopilot voids the tuner's open trial, and the tuner's moves land in
-        the window the guard judges the autopilot's change on); the safety rules (NaN,
-        divergence, exploding gradients) still act."""
+    def _tuned(self, knob: str | None, detector: str | None) -> str | None:
+        """Why a change of ``knob`` for ``detector`` (None: the model's) is left alone: the
+        online tuner, in active mode, tunes it. Two controllers on one knob undo each other's
+        work (each change of the autopilot voids the tuner's open trial, and the tuner's moves
+        land in the window the guard judges the autopilot's change on). The safety rules (NaN,
+        divergence, exploding gradients) still act, except while the tuner's start bracket
+        runs: its arms try lrs up to 4x and go back to saved weights, a jump a divergence
+        rule reads as the run blowing up, and a cut then ended the bracket at the wrong lr."""
         if knob is None:
             return None
         tune = jsonl.read_json(os.path.join(self.run_dir, TUNE), None)
@@ -481,6 +520,14 @@ class Autopilot:
         space = (tune.get("settings") or {}).get("space") or ()
         names = {f"{k.get('module')}.{k.get('key')}" for k in space if isinstance(k, dict)}
         if knob not in names:
+            return None
+        bracket = tune.get("bracket")
+        if isinstance(bracket, dict) and "ended_at" not in bracket:  # (one over has it)
+            return (f"the online tuner's start bracket is under way on {knob}: its arms are "
+                    "left to it (each goes back to the weights the bracket began with)")  # fmt: skip
+        if detector is None:
+            return f"the online tuner (active) tunes {knob}: the model's changes are left to it"
+        if detector not in _TUNING_DETECTORS:
             return None
         return (f"the online tuner (active) tunes {knob}: changes for a plateau or overfitting "
                 "are left to it")  # fmt: skip
@@ -697,6 +744,9 @@ class Autopilot:
         frozen = self._frozen()
         if frozen is not None:
             return frozen
+        tuned = self._tuned(knob, None) if self.mode == "ai_auto" else None
+        if tuned is not None:
+            return tuned
         if self.guard is not None and self.mode == "ai_auto":
             return self._judging()
         until = self.fired.get("ai", -1)
@@ -762,6 +812,18 @@ class Autopilot:
         assert guard is not None
         if guard.get("undo_cmd_id"):
             return  # judged; its undo has not landed yet
+        moved = guard.get("superseded")
+        if moved is not None:
+            self.guard = None
+            out.append(self._record({
+                "kind": "action", "rule": guard["rule"], "step": self.step_now,
+                "state": "not_judged", "cmd_ids": [guard["cmd_id"]],
+                "reason": f"{', '.join(moved['keys'])} changed since the change of step "
+                          f"{guard['step']} (#{moved.get('seq')} {moved.get('what')} by "
+                          f"{moved.get('source')} at step {moved.get('step')}): the guard "
+                          "leaves it alone instead of undoing over it",
+            }))  # fmt: skip
+            return
         missed = guard.get("not_applied")
         if missed is not None:
             self.guard = None
