@@ -737,3 +737,19 @@ def test_a_config_file_with_a_key_is_refused(tmp_path: Path) -> None:
     assert "line 3" in done.stderr and "api_key" in done.stderr and KEY_ENV in done.stderr
     assert "sk-in-a-file-123456" not in done.stdout + done.stderr
     assert not (run / AI_LOG).exists() and not (run / RECORDS).exists()
+
+
+def test_ai_auto_leaves_a_knob_an_active_tuner_tunes_to_it(loop: Any) -> None:
+    """Each of the model's lr cuts beside an active tuner voided the tuner's open trial (half
+    its trials failed, ``opt.lr set by a command during the trial``): rejected, with why."""
+    pytest.importorskip("optuna")
+    lp: Loop = loop()
+    HotClient(lp.run_dir).tune_enable("active", objective="loss", segment_steps=50, sync=True)
+    with ScriptedChatServer([HALVE, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(60, pilot)
+    assert not by_source(lp.run_dir, "ai")
+    (rejected,) = records(lp.run_dir, AI_LOG, "decision")[0]["rejected"]
+    assert rejected["reason"] == (
+        "the online tuner (active) tunes opt.lr: the model's changes are left to it"
+    )
