@@ -552,3 +552,33 @@ def test_a_loss_weight_trial_is_not_taken_for_a_blow_up(tmp_path: Any) -> None:
     for e in ends:  # judged at the segment's end, on val_loss: never cut short
         assert e["step"] - mutates[e["tune"]["trial"]]["step"] >= 49, e
         assert e["tune"]["score"] != -1.0, e
+
+
+def test_a_trial_with_no_baseline_to_score_it_against_is_voided_not_scored_zero(
+    toy: Any,
+) -> None:
+    """A person's ``set lr`` starts the objective's trend again; a proposal accepted just
+    after it had no segment before it to compare with, and was told to Optuna as COMPLETE with
+    a made-up score of 0 ("no baseline yet"), counted as judged and rolled back."""
+    t: Toy = toy(log_level, lr=1e-4, poll=0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+
+    def pending() -> list[dict[str, Any]]:
+        return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
+
+    t.run(500, until=lambda: bool(pending()))
+    (first,) = pending()
+    client.opt(lr=2e-4)  # a person, while the proposal waits: the trend starts again
+    t.run(12)  # past the segment's end, which forgets the trend
+    client.tune_accept(first["id"])
+    t.run(500, until=lambda: bool(t.ledger("void") + t.ledger("rollback") + t.ledger("keep")))
+    (void,) = t.ledger("void")
+    assert (
+        void["tune"]["trial"] == first["trial"]
+        and "no baseline of 'loss'" in (void["tune"]["reason"])
+    )
+    trial = _study(t.kernel.run_dir).get_trials(deepcopy=False)[first["trial"]]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert client.tune_status()["judged"] == 0

@@ -1629,6 +1629,12 @@ class TuneModule:
             self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
+        if detail.get("reason") == "no baseline yet":  # a score of 0 would teach Optuna a lie
+            why = (f"no baseline of {self.objective_used!r} to score it against (its trend "
+                   "began again after a change from outside the tuner, and no segment before "
+                   "the trial measured the new one)")  # fmt: skip
+            self._void(trial, step, why, [])
+            return
         if trial.get("cut_score") is not None and trial["cut_score"] < score:
             # cut short on its last values: the segment's level (its better start) must not
             # outscore them (a trial "192% worse than its trend" was kept at +0.50)
