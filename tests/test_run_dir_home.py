@@ -36,3 +36,30 @@ def test_a_run_dir_under_home_written_with_a_tilde(
         assert done.returncode == 0, done.stderr
         assert f"{home}/runs/a  [finished at step 1]" in done.stdout, done.stdout
     assert not (work / "~").exists()
+
+
+def test_file_options_written_with_a_tilde_are_under_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--recipe=~/r.jsonl``, ``--out=~/x`` (a shell expands no ``~`` after ``=``): the CLI
+    looked for ``./~/r.jsonl``, or said there is no folder ``./~``."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", os.fspath(home))
+    kernel = HotKernel(os.fspath(work / "run"), poll_interval_sec=0.0)
+    HotClient(os.fspath(work / "run")).set({"w": 1.0})
+    kernel.apply({"step": 1, "metrics": {"loss": 0.5}})
+    kernel.close()
+    env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+    env["HOME"] = os.fspath(home)
+
+    def hotcb(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hotcb", "--dir", "run", *argv], cwd=work,
+                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    done = hotcb("recipe", "export", "--out=~/r.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert (home / "r.jsonl").exists() and not (work / "~").exists()
+    done = hotcb("recipe", "validate", "--recipe=~/r.jsonl")
+    assert done.returncode == 0, done.stderr

@@ -102,6 +102,22 @@ def _finish_commands(parser: argparse.ArgumentParser) -> None:
             _finish_commands(child)
 
 
+#: Options that name a file or folder: a ``~`` in them is the home directory, as in ``--dir``
+#: (a shell leaves ``--recipe=~/r.jsonl`` and ``HOTCB_DIR=~/runs/a`` as they are).
+_PATH_OPTIONS = ("dir", "recipe", "file", "out", "rules", "ai_config", "config", "notify",
+                 "token_file", "allowed_root", "tune_recipe", "data")  # fmt: skip
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    for name in _PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v
+                                 for v in value])  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -109,8 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = getattr(args, "_prog", parser.prog)
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
                        f"(see '{prog} --help')\n")  # fmt: skip
-    if isinstance(getattr(args, "dir", None), str):  # `--dir '~/runs/a'`, HOTCB_DIR=~/runs/a
-        args.dir = os.path.expanduser(args.dir)
+    _expand_home(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
