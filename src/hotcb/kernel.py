@@ -241,7 +241,7 @@ class HotKernel:
             allowed_roots=self.allowed_roots,
         )
         self._freeze = FreezeGate(
-            freeze if freeze is not None else FreezeState.load(self.paths.freeze),
+            freeze if freeze is not None else self._saved_freeze(),
             self._ledger,
             run_dir=self.run_dir,
             state_path=self.paths.freeze,
@@ -1342,6 +1342,41 @@ class HotKernel:
             self.flush()
         except Exception as again:  # the ledger itself is broken: the log line is all we have
             log.error("hotcb: could not ledger the internal error: %r", again)
+
+    def _saved_freeze(self) -> FreezeState:
+        """The freeze mode of ``hotcb.freeze.json``; from the ledger's last applied ``freeze
+        set`` when that file is there but unreadable (emptied, torn), with a warning: taken
+        as ``off``, a frozen run (``prod``, a replay) took live changes again, silently."""
+        path = self.paths.freeze
+        doc = jsonl.read_json(path, None)
+        if isinstance(doc, dict) or not os.path.exists(path):
+            try:
+                return FreezeState.from_dict(doc)
+            except (ValueError, TypeError):
+                pass  # a mode hotcb does not know: as unreadable
+        last = None
+        with contextlib.suppress(OSError):
+            for e in jsonl.iter_records(self.paths.ledger):
+                if (e.get("module"), e.get("op"), e.get("decision")) == (
+                    "freeze",
+                    "set",
+                    "applied",
+                ):
+                    last = e
+        state = FreezeState()
+        if last is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                state = FreezeState.from_dict({k: last.get(k, (last.get("params") or {}).get(k))
+                                               for k in ("mode", "recipe_path", "adjust_path",
+                                                         "step_offset")})  # fmt: skip
+        where = (f"the ledger's last freeze set (#{last.get('seq')}, step {last.get('step')})"
+                 if last is not None else "no freeze set in the ledger")  # fmt: skip
+        self._warn("freeze_file", f"{path} is unreadable; the freeze mode is "
+                   f"{state.mode.value}, from {where}")  # fmt: skip
+        if _dist.first_rank():  # written again: `hotcb status` reads the mode there
+            with contextlib.suppress(OSError):
+                state.save(path)
+        return state
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
