@@ -245,20 +245,32 @@ def _changes(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k} {fmt_value(a)} -> {fmt_value(b)}" for k, (a, b) in changes.items())
 
 
+def _say_refused(st: dict[str, Any]) -> None:
+    """The last ``tune enable`` the run refused or failed, and why (a recipe's problems, a
+    line each)."""
+    refused = st.get("enable_refused")
+    if not refused:
+        return
+    kept = "the tuner is as it was" if st.get("mode", "off") != "off" else "the tuner is off"
+    sent = refused.get("sent")
+    said = (f"(#{sent['seq']}, step {sent['step']}) failed at #{refused['seq']}, step "
+            f"{refused['step']}" if sent else
+            f"(#{refused['seq']}, step {refused['step']}) was refused by the run")  # fmt: skip
+    first, *more = str(refused["error"]).split("\n")
+    say(f"the last tune enable {said}: {first}" + ("" if more else f"; {kept}"))
+    for line in more:
+        say(line)
+    if more:
+        say(kept)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _state(args)
     over = st.get("run_over")
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
-    refused = st.get("enable_refused")
-    if refused:
-        kept = "the tuner is as it was" if st.get("mode", "off") != "off" else "the tuner is off"
-        sent = refused.get("sent")
-        said = (f"(#{sent['seq']}, step {sent['step']}) failed at #{refused['seq']}, step "
-                f"{refused['step']}" if sent else
-                f"(#{refused['seq']}, step {refused['step']}) was refused by the run")  # fmt: skip
-        say(f"the last tune enable {said}: {refused['error']}; {kept}")
+    _say_refused(st)
     queued = st.get("queued")
     if queued:  # sent, and not read by the run yet
         what = f"tune {queued['op']}" + (f" --mode {queued['mode']}" if queued.get("mode") else "")

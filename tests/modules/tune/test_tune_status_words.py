@@ -65,3 +65,17 @@ def test_status_says_kept_of_judged_and_accepted_against_rejected(toy: Any, cli:
     said = r"proposed: \d+   accepted: 1   rejected: 1   (pending: 1   )?failed"
     assert re.search(said, out), out
     assert f"kept rate: {kept:.0%} ({kept} of 1 judged)" in out, out
+
+
+def test_a_refused_enables_problems_are_said_a_line_each(toy: Any, cli: Any) -> None:
+    """The run's refusal of a ``tune enable`` lists a recipe's problems one per line; ``tune
+    status`` printed them joined by a literal ``\\n``."""
+    t: Toy = toy(log_level, lr=1e-4)
+    sent = HotClient(t.kernel.run_dir).send("tune", "enable", params={"mode": "active",
+                                            "segment_steps": -5, "objective": "loss"})  # fmt: skip
+    t.run(5)
+    (entry,) = [e for e in t.ledger("enable") if e["cmd_id"] == sent]
+    assert entry["decision"] == "rejected" and "\n" in entry["error"], entry
+    said = cli(t.kernel.run_dir, "tune", "status").stdout
+    assert "\\n" not in said and "was refused by the run: tune enable has 1 problem(s):\n" in said
+    assert "segment_steps" in said.split("problem(s):\n", 1)[1].splitlines()[0]
