@@ -614,11 +614,13 @@ def test_tune_state_corrupt_file_answers_last_good_or_an_error(tmp_path, live_se
         assert c.get("/api/runs/r/tune").json()["mode"] == "observe"
 
 
-def test_tune_commands_from_the_dashboard(tmp_path, live_server):
+def test_tune_commands_from_the_dashboard(tmp_path, live_server, tune_state):
     """Accept and reject go through the commands endpoint like any other command; a tuner
     recipe must lie inside the run (or an allowed root), and a study storage URL (which may name
-    any file or database) is never taken from a request."""
+    any file or database) is never taken from a request. Bad settings and proposal ids get a
+    422 with the reason, as in the CLI (they were taken, and the run rejected them)."""
     run = make_run(tmp_path / "r", steps=2)
+    tune_state(run)  # P3 waits
     outside = tmp_path / "elsewhere.yaml"
     outside.write_text("mode: active\n")
     with live_server().client() as c:
@@ -627,6 +629,18 @@ def test_tune_commands_from_the_dashboard(tmp_path, live_server):
                 "/api/runs/r/commands", json={"module": "tune", "op": op, "params": {"id": "P3"}}
             )
             assert r.status_code == 200, r.text
+        for op, params, says in (
+            ("enable", {"mode": "bogus"}, "mode"),
+            ("enable", {"mode": "active", "segment_steps": -5}, "segment_steps"),
+            ("enable", {"mode": "active", "segment_steps": "ten"}, "segment_steps"),
+            ("accept", {}, "a proposal id looks like P3"),
+            ("accept", {"id": 7}, "no proposal 'P7'"),
+            ("reject", {"id": "P9"}, "no proposal 'P9'"),
+            ("explode", {}, "tune has no op 'explode'"),
+        ):
+            r = c.post("/api/runs/r/commands",
+                       json={"module": "tune", "op": op, "params": params})  # fmt: skip
+            assert r.status_code == 422 and says in r.json()["detail"], (op, params, r.text)
         r = c.post(
             "/api/runs/r/commands",
             json={"module": "tune", "op": "enable", "params": {"recipe": os.fspath(outside)}},

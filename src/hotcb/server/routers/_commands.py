@@ -172,6 +172,28 @@ def _replay_copies(
                 holder[key] = copies[key]
 
 
+def _check_tune(client: HotClient, record: dict[str, Any]) -> None:
+    """A tuner command's settings or proposal id, checked as the CLI checks them (422 with
+    every problem), instead of a 200 for a command the run then rejects."""
+    op, params = record.get("op"), record.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise HTTPException(422, detail=f"tune {op}: params must be a JSON object, got {params!r}")
+    try:
+        if op == "enable":
+            from ...modules.tune import parse_settings
+
+            # (a recipe file is read, and checked, by the run: it may name one in the run)
+            parse_settings({k: v for k, v in params.items() if v is not None and k != "recipe"})
+        elif op in ("accept", "reject"):
+            client.tune_proposal(params.get("id"))
+        elif op != "disable":
+            raise CommandError(f"tune has no op {op!r}: enable, disable, accept or reject")
+    except (CommandError, RecipeError) as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+
+
 def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[str, str]:
     """Check ``body`` and append it to the run's commands as ``source: "dashboard"``."""
     run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
@@ -200,6 +222,8 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
     record["source"] = "dashboard"  # whoever asked, the ledger says it came from here
     record.pop("ts", None)
     client = HotClient(run_dir, source="dashboard")
+    if record.get("module") == "tune":
+        _check_tune(client, record)
     try:
         cmd_id = client.send_record(record)
     except (CommandError, ActuatorError) as exc:  # invalid, or refused by a published actuator
