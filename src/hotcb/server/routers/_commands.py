@@ -187,7 +187,7 @@ def _check_tune(client: HotClient, record: dict[str, Any]) -> None:
             # (a recipe file is read, and checked, by the run: it may name one in the run)
             parse_settings({k: v for k, v in params.items() if v is not None and k != "recipe"})
         elif op in ("accept", "reject"):
-            client.tune_proposal(params.get("id"))
+            client.tune_proposal(params.get("id"))  # type: ignore[arg-type]  # (it says why not)
         elif op != "disable":
             raise CommandError(f"tune has no op {op!r}: enable, disable, accept or reject")
     except (CommandError, RecipeError) as exc:
