@@ -509,3 +509,17 @@ def test_other_ranks_a_copied_run_and_a_closed_run_say_nothing_about_another_tra
         drv.steps(2)
     assert not [r for r in caplog.records if "another trainer" in r.getMessage()]
     assert not [e for e in read_ledger(finished) if e.get("op") == "other_trainer"]
+
+
+def test_metrics_that_cannot_be_recorded_say_which_file(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "could not record metrics: PermissionError(13, 'Permission denied')" named no file."""
+    run_dir = os.fspath(tmp_path / "run")
+    os.makedirs(os.path.join(run_dir, "hotcb.metrics.jsonl"))  # in the way of the file
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    for step in range(3):
+        kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+    kernel.close()
+    said = [r.getMessage() for r in caplog.records if "could not record metrics" in r.getMessage()]
+    assert len(said) == 1 and os.path.join(run_dir, "hotcb.metrics.jsonl") in said[0], said

@@ -1293,7 +1293,8 @@ class HotKernel:
         try:
             self.metrics.log(step, metrics, epoch=env.get("epoch"))
         except Exception as exc:  # a metric that cannot be written must not stop training
-            self._warn("metrics", f"could not record metrics: {exc!r}")
+            said = str(exc) if isinstance(exc, OSError) else repr(exc)  # (names the file)
+            self._warn("metrics", f"could not record metrics: {said}")
 
     def _error(self, message: str) -> None:
         self._ledger.emit(
