@@ -63,11 +63,17 @@ def test_a_loop_after_close_is_a_running_run_again(tmp_path: Path, cli: Any) -> 
     assert "kernel reopen -> noop" in log and "after close()" in log
 
 
-def test_a_loop_after_one_that_ended_paused_is_not_paused(tmp_path: Path, cli: Any) -> None:
+def test_a_loop_after_one_that_ended_paused_is_not_paused(
+    tmp_path: Path, cli: Any, request: pytest.FixtureRequest
+) -> None:
     """A loop that ended while paused (a signal during the pause: checkpoint and stop) left
     the kernel paused: the next loop on it sat at its first step while ``hotcb status`` said
     ``[running]``, until someone sent ``resume``."""
     run = os.fspath(tmp_path / "run")
+    # hotcb chains to the handler it found: one that ends this process (Python's default, or
+    # a kernel of an earlier test, closed) must not be it
+    before = signal.signal(signal.SIGTERM, lambda *_: None)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, before))
     kernel = HotKernel(run, poll_interval_sec=0.0, pause_poll_sec=0.01, checkpoint_on_signal=True)
     client = HotClient(run)
     steps: list[int] = []
@@ -161,14 +167,39 @@ def test_a_second_lightning_fit_after_a_stop_trains_and_says_so(tmp_path: Path, 
 
     HotClient(run).send("control", "stop", at_step=3)
     assert fit(50).global_step == 3
-    assert "[stopped]" in _status(cli, run)
+    assert "[stopped at step 3]" in _status(cli, run)  # the fit closed the run at its end
     second = fit(8)  # the user asks for more training
     assert second.global_step == 8 and not kernel.stop_requested
-    assert "[stopped]" not in _status(cli, run)
-    kernel.close()
+    # no kernel.close() in the script: the fit that trained to its end says it finished (the
+    # script's exit read "crashed")
     assert "finished at step 8" in _status(cli, run)
     (reopen,) = _reopens(run)
-    assert reopen["reopened"] == {"closed": False, "stopped": True, "paused": False}
+    assert reopen["reopened"] == {"closed": True, "stopped": True, "paused": False}
+
+
+@pytest.mark.slow
+def test_a_lightning_fit_that_raised_is_not_said_finished(tmp_path: Path, cli: Any) -> None:
+    """Only a fit that trained to its end closes the run: one that raised did not finish."""
+    ex = load_example("lightning_digits")
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+
+    class Breaks(ex.DigitsModule):  # type: ignore[misc,name-defined]
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if self.global_step == 3:
+                raise RuntimeError("a bug in the model")
+            return super().training_step(batch, batch_idx)
+
+    train, _ = ex.loaders()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=10, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, logger=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[HotCBLightning(kernel)],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="a bug in the model"):
+        trainer.fit(Breaks(lr=0.05), train)
+    assert "finished" not in _status(cli, run) and not kernel._closed
+    kernel.close()
 
 
 transformers = pytest.importorskip("transformers")
@@ -182,10 +213,10 @@ def test_a_second_hf_train_after_a_stop_trains(tmp_path: Path, cli: Any) -> None
     trainer, kernel = ex.build(run, 6)
     trainer.train()
     assert trainer.state.global_step == 2
+    assert "[stopped at step 2]" in _status(cli, run)  # train() closed the run at its end
     trainer.train()  # again, as a notebook cell run twice
     assert trainer.state.global_step == 6 and not kernel.stop_requested
-    kernel.close()
-    assert "finished at step 6" in _status(cli, run)
+    assert "finished at step 6" in _status(cli, run)  # with no kernel.close() in the script
     assert [e["reopened"] for e in _reopens(run)] == [
-        {"closed": False, "stopped": True, "paused": False}
+        {"closed": True, "stopped": True, "paused": False}
     ]

@@ -346,11 +346,13 @@ class HotCBHFCallback(TrainerCallback):
             self.kernel.observe(held, _TRAIN)
         # on_step_end skips apply() when nothing is due: the last steps may have had none
         self.kernel.reached(int(state.global_step))
-        self.kernel.flush()
         self._training = self._evaluate_next = False
         if self._caught:
             self._caught = False
             self.kernel.release_signals()
+        # training is over: `hotcb status` says "finished at step N" (not "crashed" once the
+        # script exits without kernel.close()); another train() opens the run again
+        self.kernel.close()
 
 
 def _save_tensors(folder: str, saved: dict[str, Any]) -> None:

@@ -145,6 +145,7 @@ class _Hooks:
         self._train_metrics: dict[str, Any] = {}
         self._train_step: int | None = None  # the step of that record
         self._caught = False  # this callback installed the signal handlers (and releases them)
+        self._trained = False  # on_train_end came: the fit trained to its end
 
     # -- env --------------------------------------------------------------------------------
     def _env(
@@ -306,6 +307,13 @@ class _Hooks:
         if self._caught:
             self._caught = False
             self.kernel.release_signals()
+        if self._trained:
+            # the fit trained to its end: `hotcb status` says "finished at step N", not
+            # "crashed" once a script that never calls kernel.close() exits; another fit opens
+            # the run again. Here, after Lightning put its signal handlers back (a close in
+            # on_train_end left hotcb's, closed, installed for good)
+            self._trained = False
+            self.kernel.close()
 
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
         self._own_sigterm(trainer)
@@ -372,6 +380,7 @@ class _Hooks:
         # a batch end with nothing due skips apply() (metrics_every > 1): the run's last step
         self.kernel.reached(int(trainer.global_step))
         self.kernel.flush()
+        self._trained = True  # teardown closes the run (not a fit that raised)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         kernel = self.kernel
