@@ -97,6 +97,8 @@ def test_a_kernel_started_in_replay_plays_the_recipe_from_the_first_apply(tmp_pa
     live = run.client.loss(b=9.0)
     run.steps()
     assert run.weights["b"] == 0.5
+    # written where `hotcb status` reads the mode (it said "off" while the run replayed)
+    assert FreezeState.load(run.kernel.paths.freeze).mode is FreezeMode.REPLAY
     assert run.entry("r0")["step"] == 0 and run.entry("r0")["source"] == "recipe"
     assert run.entry(live)["decision"] == "ignored_freeze"
     run.steps(3)

@@ -7,6 +7,7 @@ step source of the kernel.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .recipe import RecipePlayer
 
 __all__ = ["INTERNAL_SOURCES", "FreezeGate"]
+
+log = logging.getLogger("hotcb")
 
 Env = Mapping[str, Any]
 #: Sources the kernel generates itself; freeze does not gate them.
@@ -52,6 +55,8 @@ class FreezeGate:
         self._roots = allowed_roots
         self._path = state_path
         self._plug = plug  # (old source, new source): swap the player among the step sources
+        #: the state came from ``HotKernel(freeze=)``: written to ``hotcb.freeze.json`` at start
+        self.save_at_start = False
 
     def blocks(self, op: HotOp) -> str | None:
         """The reason when the freeze mode refuses ``op``; None when it passes."""
@@ -92,7 +97,15 @@ class FreezeGate:
         return OpResult("rejected", error="freeze cannot be undone; send the mode you want")
 
     def on_start(self, env: Env) -> None:
-        """Start the replay that ``hotcb.freeze.json`` or ``HotKernel(freeze=)`` asks for."""
+        """Start the replay that ``hotcb.freeze.json`` or ``HotKernel(freeze=)`` asks for; the
+        latter's mode is written to ``hotcb.freeze.json`` (``hotcb status`` reads it there, and
+        said ``off`` while the run refused live changes)."""
+        if self.save_at_start and self.leader:
+            self.save_at_start = False
+            try:
+                self.state.save(self._path)
+            except OSError as exc:
+                log.warning("hotcb: could not write %s: %s", self._path, exc)
         if self.state.replaying and self.player is None:
             self.start_replay(None)
 

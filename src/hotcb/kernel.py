@@ -248,6 +248,7 @@ class HotKernel:
             allowed_roots=self.allowed_roots,
             plug=self._swap_source,
         )
+        self._freeze.save_at_start = freeze is not None  # HotKernel(freeze=...): for status
         #: command ``module`` -> its handler: built-ins first, registered modules on first use
         self._handlers: dict[str, HotModule] = {
             **dict.fromkeys(ACTUATOR_MODULES, self._stream),
