@@ -926,6 +926,26 @@ def test_a_restart_without_a_checkpoint_reopens_the_study_with_the_url_it_was_gi
         assert "s3cr3t" not in f.read()
 
 
+def test_a_restart_with_an_unreadable_tuner_state_says_the_tuner_is_off(tmp_path: Any) -> None:
+    """An emptied ``hotcb.tune.json`` left the tuner off after a restart without a checkpoint,
+    and nothing said so: a failed ``tune enable`` entry says why and what to send."""
+    from hotcb import HotKernel
+
+    run = os.fspath(tmp_path / "run")
+    first = HotKernel(run, poll_interval_sec=0)
+    HotClient(run).tune_enable("observe", objective="loss")
+    first.apply({"step": 1, "metrics": {"loss": 1.0}})
+    first.close()
+    open(os.path.join(run, "hotcb.tune.json"), "w").close()  # emptied
+    second = HotKernel(run, poll_interval_sec=0)
+    second.apply({"step": 1, "metrics": {"loss": 1.0}})
+    second.close()
+    (failed,) = [
+        e for e in read_ledger(run) if e.get("op") == "enable" and e["decision"] == "failed"
+    ]
+    assert "hotcb.tune.json is unreadable" in failed["error"] and "tune enable" in failed["error"]
+
+
 def test_a_branch_goes_on_in_its_parent_s_study(toy: Any) -> None:
     """``hotcb branch`` starts a run in another directory from the parent's checkpoint. Its
     tuner opened the study of its own directory (a new one, numbered from 0) under trials the

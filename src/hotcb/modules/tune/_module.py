@@ -239,7 +239,14 @@ class TuneModule:
         """A restarted run (no checkpoint) whose tuner was on: turn it on again with the same
         settings; the study continues and this run's trials left open are told FAIL."""
         state = jsonl.read_json(self._path, None)
-        if not isinstance(state, dict) or state.get("mode") in (None, "off"):
+        if not isinstance(state, dict):  # there (start_when), unreadable: emptied or torn
+            if self.host.is_leader:
+                self.host.record({"module": "tune", "op": "enable", "decision": "failed",
+                                  "error": f"could not turn the tuner on again: {self._path} is "
+                                  "unreadable (emptied or torn); 'hotcb tune enable' with the "
+                                  "same settings goes on in its study"})  # fmt: skip
+            return
+        if state.get("mode") in (None, "off"):
             return
         saved = dict(state.get("settings") or {})
         storage = saved.get("storage")
