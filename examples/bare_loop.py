@@ -108,6 +108,10 @@ def main() -> None:
         gen.set_state(ckpt["generator"])
         kernel.load_state_dict(ckpt["hotcb"])
         step = ckpt["step"]
+        # what the run changed at that step after the save (a checkpoint taken while paused,
+        # then another change) lands now, before the next step trains, as it did then
+        kernel.catch_up({"step": step, "model": model, "optimizer": optimizer,
+                         "scheduler": scheduler}, ("train_step_end",))  # fmt: skip
     print(f"training; steer with: hotcb --dir {args.run_dir} set lr=3e-3", flush=True)
     while step + 1 < kernel.max_steps:
         step += 1

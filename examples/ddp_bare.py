@@ -128,6 +128,9 @@ def _resume(path: str | None, model: Any, opt: Any, sched: Any, gen: Any, kernel
         sched.load_state_dict(ckpt["scheduler"])
     gen.set_state(ckpt["generators"][dist.get_rank()])
     kernel.load_state_dict(ckpt["hotcb"])
+    # what the run changed at the saved step after the save lands now, before training
+    env = {"step": int(ckpt["step"]), "model": model, "optimizer": opt, "scheduler": sched}
+    kernel.catch_up(env, ("train_step_end",))
     return int(ckpt["step"]) + 1
 
 

@@ -264,3 +264,34 @@ def test_ddp_bare_saves_a_checkpoint_on_every_rank_at_ctrl_c_and_stops(
     step = by[0][3]
     assert by[1][3] == step and (run_dir / f"checkpoint_{step}.pt").exists()
     assert f"done at step {step}" in out
+
+
+def test_a_bare_loop_resumed_from_a_checkpoint_taken_while_paused_keeps_each_change_at_its_step(
+    tmp_path: Path,
+) -> None:
+    """Paused at step N, a person sets lr, saves a checkpoint, sets aux_weight, and the run
+    dies. Resumed from that checkpoint, the aux_weight (after the save, so not in it) was
+    re-applied at step N+1, after that step trained with the old weight; it lands at step N,
+    before the first resumed step, as in the life that died."""
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(EXAMPLES / "bare_loop.py"), "--run-dir", os.fspath(run_dir)]
+    proc = subprocess.Popen([*argv, "--steps", "1000000", "--step-delay", "0.01"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: max(metrics(run_dir), default=-1) >= 3, 120, what="step 3")
+        hotcb("--dir", os.fspath(run_dir), "pause", "--wait", cwd=tmp_path)
+        hotcb("--dir", os.fspath(run_dir), "set", "lr=0.002", "--wait", cwd=tmp_path)
+        saved = hotcb("--dir", os.fspath(run_dir), "checkpoint", "--wait", cwd=tmp_path)
+        hotcb("--dir", os.fspath(run_dir), "set", "aux_weight=0.01", "--wait", cwd=tmp_path)
+    finally:
+        proc.kill()  # the run dies, paused
+        proc.wait()
+    (ckpt,) = [e for e in read_ledger(os.fspath(run_dir)) if e["op"] == "checkpoint"]
+    step, path = ckpt["step"], os.path.join(run_dir, ckpt["checkpoint"])  # (relative to it)
+    assert ckpt["checkpoint"] in saved.stdout
+    done = subprocess.run([*argv, "--steps", str(step + 4), "--resume", path], env=ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    again = [e for e in read_ledger(os.fspath(run_dir)) if e.get("source") == "resume"
+             and "aux_weight" in (e.get("changes") or {})]  # fmt: skip
+    assert [e["step"] for e in again] == [step], again
