@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -138,14 +139,22 @@ def test_an_undo_of_a_trial_under_a_scheduler_keeps_the_schedule(toy: Any) -> No
     )  # where the schedule has the run now, not the trial's start lr
 
 
-def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
-    t: Toy = toy(log_level, lr=1e-4)
+def _suggesting(t: Toy) -> tuple[HotClient, Callable[[], list[dict[str, Any]]]]:
+    """The tuner on ``t`` in suggest mode (lr only, 10-step segments); its client, and what
+    lists the proposals that wait."""
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
                        sync=True)  # fmt: skip
 
     def pending() -> list[dict[str, Any]]:
         return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
+
+    return client, pending
+
+
+def test_suggest_mode_waits_for_a_person(toy: Any) -> None:
+    t: Toy = toy(log_level, lr=1e-4)
+    client, pending = _suggesting(t)
 
     t.run(500, until=lambda: bool(pending()))
     (first,) = pending()
@@ -561,12 +570,7 @@ def test_a_trial_with_no_baseline_to_score_it_against_is_voided_not_scored_zero(
     after it had no segment before it to compare with, and was told to Optuna as COMPLETE with
     a made-up score of 0 ("no baseline yet"), counted as judged and rolled back."""
     t: Toy = toy(log_level, lr=1e-4, poll=0)
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=1, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-
-    def pending() -> list[dict[str, Any]]:
-        return [p for p in client.tune_status().get("proposals", []) if p["state"] == "pending"]
+    client, pending = _suggesting(t)
 
     t.run(500, until=lambda: bool(pending()))
     (first,) = pending()
