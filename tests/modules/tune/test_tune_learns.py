@@ -563,8 +563,9 @@ def test_a_loss_weight_trial_is_not_taken_for_a_blow_up(tmp_path: Any) -> None:
         assert e["tune"]["score"] != -1.0, e
 
 
+@pytest.mark.parametrize("one_level", [False, True], ids=["no-level", "one-level"])
 def test_a_trial_with_no_baseline_to_score_it_against_is_voided_not_scored_zero(
-    toy: Any,
+    toy: Any, one_level: bool
 ) -> None:
     """A person's ``set lr`` starts the objective's trend again; a proposal accepted just
     after it had no segment before it to compare with, and was told to Optuna as COMPLETE with
@@ -575,8 +576,8 @@ def test_a_trial_with_no_baseline_to_score_it_against_is_voided_not_scored_zero(
     t.run(500, until=lambda: bool(pending()))
     (first,) = pending()
     client.opt(lr=2e-4)  # a person, while the proposal waits: the trend starts again
-    t.run(12)  # past the segment's end, which forgets the trend
-    client.tune_accept(first["id"])
+    t.run(22 if one_level else 12)  # past the segment's end, which forgets the trend (and
+    client.tune_accept(first["id"])  # one more, whose level alone is no trend)
     t.run(500, until=lambda: bool(t.ledger("void") + t.ledger("rollback") + t.ledger("keep")))
     (void,) = t.ledger("void")
     assert (

@@ -1636,10 +1636,10 @@ class TuneModule:
             self._void(trial, step, why, [])
             return
         score, detail = score_segment(seg, self.history, self.objective_used_direction)
-        if detail.get("reason") == "no baseline yet":  # a score of 0 would teach Optuna a lie
+        if len(self.history) < 2:  # (a proposal accepted early): no trend, a made-up score
             why = (f"no baseline of {self.objective_used!r} to score it against (its trend "
-                   "began again after a change from outside the tuner, and no segment before "
-                   "the trial measured the new one)")  # fmt: skip
+                   "began again after a change from outside the tuner, and fewer than the two "
+                   "segments a trend takes measured it before the trial)")  # fmt: skip
             self._void(trial, step, why, [])
             return
         if trial.get("cut_score") is not None and trial["cut_score"] < score:
