@@ -328,6 +328,52 @@ def test_lightning_saves_a_checkpoint_on_a_signal(tmp_path: Path, sig: int) -> N
     assert f"{said} {ck['step']}" in out, out
 
 
+NO_CLOSE = """
+import importlib.util, sys, time
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from hotcb import HotKernel
+from hotcb.adapters.lightning import HotCBLightning
+
+spec = importlib.util.spec_from_file_location("ex", sys.argv[1])
+ex = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ex)
+
+
+class Slow(pl.Callback):
+    def on_train_batch_end(self, *args, **kwargs):
+        time.sleep(0.01)
+
+
+kernel = HotKernel(sys.argv[2])  # and no kernel.close() anywhere
+trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=100000, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False, logger=False,
+                     num_sanity_val_steps=0, limit_val_batches=0,
+                     default_root_dir=sys.argv[2], callbacks=[HotCBLightning(kernel), Slow()])
+try:
+    trainer.fit(ex.DigitsModule(lr=0.05), ex.loaders()[0])
+except SIGTERMException:
+    print("caught", flush=True)
+"""
+
+
+def test_a_lightning_fit_hotcb_stopped_on_sigterm_reads_stopped_without_close(
+    tmp_path: Path, cli: Any
+) -> None:
+    """In one process Lightning raises SIGTERMException out of fit() after hotcb saved its
+    checkpoint and stopped: a script that catches it and never calls kernel.close() read
+    "crashed" at exit."""
+    run = os.fspath(tmp_path / "run")
+    (tmp_path / "no_close.py").write_text(NO_CLOSE)
+    argv = [sys.executable, os.fspath(tmp_path / "no_close.py"),
+            os.fspath(EXAMPLES / "lightning_digits.py"), run]  # fmt: skip
+    code, out, err = _train_and_signal(argv, run, signal.SIGTERM)
+    assert code == 0 and "caught" in out, err[-3000:]
+    ck, _ = _signal_entries(run)
+    status = cli(run, "status").stdout.splitlines()[0]
+    assert status.endswith(f"[stopped at step {ck['step']}]"), status
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_hf_saves_a_checkpoint_on_a_signal(tmp_path: Path, sig: int) -> None:
     run = os.fspath(tmp_path / "run")

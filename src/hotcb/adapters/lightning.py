@@ -59,6 +59,7 @@ code that imports the old package while both are installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -399,6 +400,26 @@ class _Hooks:
             kernel.apply(env, _TRAIN)
         self._evaluated(trainer, ran=False)
         kernel.flush()
+        self._fit_raised(trainer, exception)
+
+    def _fit_raised(self, trainer: Any, exception: BaseException) -> None:
+        """The fit ends by ``exception``, and Lightning calls no ``teardown`` hook then: Ctrl-C
+        and SIGTERM must act as without hotcb again (a script that catches the error, a
+        notebook, a sweep: the first Ctrl-C after it was swallowed). Lightning's own handlers
+        go first (it would put hotcb's back after this hook), then hotcb's. A stop hotcb made
+        of a SIGTERM (checkpoint, then Lightning's ``SIGTERMException``) ends the run
+        ``stopped at step N``, not ``crashed``."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and self._caught:
+            # (another Lightning's: its own teardown puts them back later)
+            with contextlib.suppress(Exception):
+                connector.teardown()
+        if self._caught:
+            self._caught = False
+            self.kernel.release_signals()
+        if (self.kernel.stop_requested and _SIGTERM_EXCEPTION is not None
+                and isinstance(exception, _SIGTERM_EXCEPTION)):  # fmt: skip
+            self.kernel.close()
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         checkpoint["hotcb"] = self.kernel.state_dict()
