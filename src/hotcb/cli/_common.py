@@ -429,7 +429,8 @@ def _over(args: argparse.Namespace, over: str) -> int:
     waited = getattr(args, "wait", False)
     print(
         f"hotcb: the run {over}; the command waits in the commands file for the next run "
-        "started in this directory" + (" (not applied: exit code 1)" if waited else ""),
+        "started in this directory (or the next loop of the same process, a second fit)"
+        + (" (not applied: exit code 1)" if waited else ""),
         file=sys.stderr,
     )
     return 1 if waited else 0

@@ -233,7 +233,8 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
     over = client.run_over()
     if over is not None:  # nothing will answer it now: said, as the CLI does
         return {"cmd_id": cmd_id, "warning": f"the run {over}; the command waits in the "
-                "commands file for the next run started in this directory"}  # fmt: skip
+                "commands file for the next run started in this directory (or the next loop "
+                "of the same process, a second fit)"}  # fmt: skip
     return {"cmd_id": cmd_id}
 
 
