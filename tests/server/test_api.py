@@ -372,7 +372,7 @@ def test_status_state_says_a_closed_run_finished(tmp_path, live_server):
                                                     "params": {"ce": 2.0}})  # fmt: skip
         assert sent.status_code == 200 and sent.json()["warning"] == (
             f"the run {finished}; the command waits in the commands file for the next run "
-            "started in this directory"
+            "started in this directory (or the next loop of the same process, a second fit)"
         )
 
 
