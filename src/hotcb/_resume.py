@@ -51,11 +51,11 @@ def branched_before(paths: RunPaths, seq: int) -> bool:
 def refuse_lost_ledger(paths: RunPaths) -> None:
     """Raise when a kernel ran here before (its fields in ``hotcb.run.json``, or that file is
     there but unreadable; a kernel creates the ledger file at once), its commands file has
-    content and its ledger is lost: the file is
-    gone, emptied, or holds not one entry (zero-filled, garbage). Starting would apply every
-    old command again, ``stop`` included. ``hotcb launch`` writes the file before the
-    trainer's kernel exists, and commands sent in between are new, not lost; so are commands
-    sent to a run that never ledgered one (its ledger is empty, and the run said seq 0)."""
+    content and its ledger is lost: the file is gone, emptied, or holds not one entry
+    (zero-filled, garbage). Starting would apply every old command again, ``stop`` included.
+    ``hotcb launch`` writes the file before the trainer's kernel exists, and commands sent in
+    between are new, not lost; so are commands sent to a run that never ledgered one (its
+    ledger is empty, and the run said seq 0)."""
     try:
         commands = os.stat(paths.commands).st_size
     except FileNotFoundError:

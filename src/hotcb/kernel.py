@@ -1247,11 +1247,11 @@ class HotKernel:
     def reopen(self) -> None:
         """Open the run again for another training loop on this kernel: a notebook's
         training cell run again after ``close()``, a second Lightning ``fit`` or HF ``train()``
-        with the same callback. A ``stop`` the last loop ended on no longer holds (the new loop
-        was asked for after it), nor does a pause it ended in (Ctrl-C while paused; ``hotcb
-        status`` says the run runs, as it reads the ledger), ``hotcb status`` says the run runs
-        again instead of ``finished`` or ``stopped``, and the signals ``close()`` let go are
-        caught again. A ramp still under way ends where it got to (ledgered superseded).
+        with the same callback. ``hotcb status`` says the run runs again instead of
+        ``finished`` or ``stopped``; a ``stop`` or a pause the last loop ended on (a signal
+        while paused) no longer holds, since the new loop was asked for after it; a ramp still
+        under way ends where it got to (ledgered superseded); the signals ``close()`` let go
+        are caught again.
         Ledgered as ``kernel reopen``. The first safe point after ``close()`` calls it, and the
         adapters at each fit's start; nothing happens when the kernel is open and not
         stopped."""
@@ -1357,13 +1357,10 @@ class HotKernel:
             except (ValueError, TypeError):
                 pass  # a mode hotcb does not know: as unreadable
         last = None
+        applied = ("freeze", "set", "applied")
         with contextlib.suppress(OSError):
             for e in jsonl.iter_records(self.paths.ledger):
-                if (e.get("module"), e.get("op"), e.get("decision")) == (
-                    "freeze",
-                    "set",
-                    "applied",
-                ):
+                if (e.get("module"), e.get("op"), e.get("decision")) == applied:
                     last = e
         state = FreezeState()
         if last is not None:
