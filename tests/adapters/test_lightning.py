@@ -7,6 +7,7 @@ controller in another process (``adapter_helpers.CONTROLLER``) while ``Trainer.f
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -329,3 +330,14 @@ def test_the_tuner_catches_a_blow_up_in_lightnings_train_loss(tmp_path: Path) ->
         assert r["step"] - mutates[r["tune"]["trial"]]["step"] <= 10, (r, mutates)
         assert r["tune"]["score"] == -1.0
     assert rec.rows[-1]["lr"] < 0.02  # back on the schedule it had
+
+
+def test_ddp_spawn_is_refused_with_what_to_use_instead(tmp_path: Path) -> None:
+    """``strategy="ddp_spawn"`` pickles the Trainer, callbacks and all, into its processes;
+    the error named a lambda inside HotKernel. It says what to use instead."""
+    kernel = HotKernel(tmp_path / "run")
+    try:
+        with pytest.raises(TypeError, match="use strategy='ddp' from a script"):
+            pickle.dumps(HotCBLightning(kernel))
+    finally:
+        kernel.close()

@@ -121,6 +121,15 @@ _KEYS_METRICS = _KEYS | {"metrics"}
 class _Hooks:
     """The hooks, shared by the ``lightning`` and ``pytorch_lightning`` callback classes."""
 
+    def __getstate__(self) -> Any:
+        # a spawning strategy pickles the Trainer, callbacks and all, into its new processes:
+        # the kernel holds open files and handlers, and the pickle error named a lambda
+        raise TypeError(
+            "HotCBLightning cannot be sent to processes Lightning spawns (strategy="
+            "'ddp_spawn'): use strategy='ddp' from a script, where each rank runs the script "
+            "and builds its own HotKernel and callback"
+        )
+
     def __init__(
         self,
         kernel: HotKernel,
