@@ -410,6 +410,24 @@ def test_repeated_series_are_drawn_once(page: Any, site: Site) -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
+def watch_posts(page: Any) -> Any:
+    """Records the page's POSTs from now on; the returned function says each one's URL and its
+    answer (status and body), or how it failed."""
+    seen: list[Any] = []
+    page.on("requestfinished", lambda req: seen.append(req) if req.method == "POST" else None)
+    page.on("requestfailed", lambda req: seen.append(req) if req.method == "POST" else None)
+
+    def said() -> list[str]:
+        out = []
+        for req in seen:
+            res = req.response()
+            answer = f"{res.status} {res.text()[:300]}" if res else f"failed: {req.failure}"
+            out.append(f"{req.url} {req.post_data} -> {answer}")
+        return out
+
+    return said
+
+
 def test_real_tuner_proposal_accepted_from_the_page(
     page: Any, serve_dir: Any, tmp_path: Any
 ) -> None:
@@ -435,12 +453,18 @@ def test_real_tuner_proposal_accepted_from_the_page(
         pid = d["tune"]["pending"][0]
         state = jsonl.read_json(os.path.join(run, "hotcb.tune.json"))
         (proposal,) = [p for p in state["proposals"] if p["id"] == pid]
+        posts = watch_posts(page)
         page.locator(f'{CARD} li.tune-proposal[data-id="{pid}"] .tune-accept').click()
-        (accept,) = wait_for(
-            lambda: [c for c in tune_commands(run) if c["op"] == "accept"],
-            timeout=60,
-            what="the accept command",
-        )
+        try:
+            (accept,) = wait_for(
+                lambda: [c for c in tune_commands(run) if c["op"] == "accept"],
+                timeout=60,
+                what="the accept command",
+            )
+        except TimeoutError as exc:  # what the page sent and heard, for a failure under load
+            panel = page.locator(CARD).inner_text()  # (first: it lets the page's events in)
+            raise AssertionError(f"{exc}; the page's POSTs: {posts()}; its tune panel says: "
+                                 f"{panel!r}") from None  # fmt: skip
         assert accept["params"] == {"id": pid} and accept["source"] == "dashboard"
 
         def mutated() -> dict[str, Any] | None:
