@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 __all__ = ["DEFAULT_SIGNALS", "REPEAT_WINDOW", "SignalCatcher", "signal_name"]
@@ -67,6 +67,7 @@ class SignalCatcher:
         #: the signal that asked for checkpoint-and-stop (None: none yet)
         self.received: int | None = None
         self._received_at = 0.0  # when (time.monotonic())
+        self._loop: CodeType | None = None  # see within()
 
     @property
     def installed(self) -> tuple[int, ...]:
@@ -93,6 +94,14 @@ class SignalCatcher:
         if self._previous:
             self.received = None
         return self.installed
+
+    def within(self, loop: CodeType | None) -> None:
+        """Act on a signal only while a frame of ``loop`` (the training loop's code) is on the
+        interrupted stack. A signal that comes when it is not (the loop raised, and nothing
+        called :meth:`restore`: the HF Trainer has no exception hook) does what it did before
+        hotcb, and the previous handlers come back. Checked in the handler only, never at a
+        safe point."""
+        self._loop = loop
 
     def reclaim(self, signals: Iterable[int]) -> tuple[int, ...]:
         """Make hotcb's handler the installed one again for those of ``signals`` it caught,
@@ -125,6 +134,7 @@ class SignalCatcher:
         if not self._previous or threading.current_thread() is not threading.main_thread():
             return
         previous, self._previous = self._previous, {}
+        self._loop = None
         for signum, handler in previous.items():
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler)
@@ -132,6 +142,10 @@ class SignalCatcher:
     # ------------------------------------------------------------------ in the handler
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
+        if self._loop is not None and not _runs(frame, self._loop):
+            self.restore()  # the loop is gone: nothing would act on it
+            self._as_before(signum, frame, previous)
+            return
         if self.received is None and self._live():
             self.received, self._received_at = signum, time.monotonic()
             self._notify(signum)
@@ -153,3 +167,12 @@ class SignalCatcher:
             return
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def _runs(frame: FrameType | None, code: CodeType) -> bool:
+    """Whether a frame of ``code`` is on the stack from ``frame`` up."""
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False

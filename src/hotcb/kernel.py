@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from types import CodeType
 from typing import Any
 
 from . import distributed as _dist
@@ -912,12 +913,20 @@ class HotKernel:
         ]  # fmt: skip
 
     # ------------------------------------------------------------------ signals
-    def catch_signals(self, signals: Sequence[int] = DEFAULT_SIGNALS) -> tuple[int, ...]:
+    def catch_signals(
+        self, signals: Sequence[int] = DEFAULT_SIGNALS, *, within: CodeType | None = None
+    ) -> tuple[int, ...]:
         """Checkpoint and stop at the next safe point on these signals (default SIGTERM and
         SIGINT) instead of dying mid-step; see ``checkpoint_on_signal``. Returns the signals
         caught (none outside the main thread; a signal set to ``SIG_IGN`` stays ignored).
-        Calling it again adds signals; :meth:`release_signals` or :meth:`close` undoes it."""
-        return self._signals.install(signals)
+        Calling it again adds signals; :meth:`release_signals` or :meth:`close` undoes it.
+
+        ``within``: the code of the function that runs the training loop (an adapter's, whose
+        framework tells it of no error). A signal that comes while no frame of it runs (the
+        loop raised) does what it did before hotcb, and the handlers are released."""
+        caught = self._signals.install(signals)
+        self._signals.within(within)
+        return caught
 
     @property
     def signals_caught(self) -> tuple[int, ...]:

@@ -225,3 +225,29 @@ def test_a_second_hf_train_after_a_stop_trains(tmp_path: Path, cli: Any) -> None
     assert [e["reopened"] for e in _reopens(run)] == [
         {"closed": True, "stopped": True, "paused": False}
     ]
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_a_hf_train_that_raised_acts_as_without_hotcb(
+    tmp_path: Path, cli: Any
+) -> None:
+    """The HF Trainer calls no hook when ``train()`` raises, so hotcb's handlers stayed: the
+    first Ctrl-C after a caught failure was swallowed, noted for a safe point that never came."""
+    ex = load_example("hf_tiny")
+    run = os.fspath(tmp_path / "run")
+
+    class Breaks(transformers.TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 3:
+                raise RuntimeError("a bug in a callback")
+
+    trainer, kernel = ex.build(run, 10, extra_callbacks=[Breaks()])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(RuntimeError, match="a bug in a callback"):
+        trainer.train()
+    assert "finished" not in _status(cli, run)
+    with pytest.raises(KeyboardInterrupt):  # the person's Ctrl-C at the prompt
+        signal.raise_signal(signal.SIGINT)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # hotcb's are gone
+    assert not kernel.signal_pending
+    kernel.close()

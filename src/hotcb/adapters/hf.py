@@ -37,6 +37,8 @@ import functools
 import logging
 import os
 import signal
+import sys
+from types import CodeType, FrameType
 from typing import Any
 
 from .. import jsonl
@@ -53,6 +55,8 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 __all__ = ["STATE_FILE", "TENSOR_STATE_FILE", "HotCBHFCallback"]
 
 log = logging.getLogger("hotcb")
+
+_HANDLER_MODULE = TrainerCallback.__module__  # the module whose CallbackHandler calls ours
 
 #: The file in an HF checkpoint folder that holds ``kernel.state_dict()``.
 STATE_FILE = "hotcb_state.json"
@@ -252,11 +256,14 @@ class HotCBHFCallback(TrainerCallback):
         self.kernel.reopen()
         self._training = True
         self._capacity = _capacity(args, state, kwargs.get("train_dataloader"))
-        if self.checkpoint_on_signal and not self.kernel.signals_caught:
+        # (a train() that raised kept this callback's handlers: they are its again)
+        if self.checkpoint_on_signal and (self._caught or not self.kernel.signals_caught):
             # with enable_jit_checkpoint the Trainer saves on SIGTERM itself
             jit = getattr(args, "enable_jit_checkpoint", False)
             signals = (signal.SIGINT,) if jit else DEFAULT_SIGNALS
-            self._caught = bool(self.kernel.catch_signals(signals))
+            # a train() that raises calls no hook: a later Ctrl-C, outside the loop, must not
+            # wait for a safe point that never comes
+            self._caught = bool(self.kernel.catch_signals(signals, within=_loop_code()))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._restored:
@@ -353,6 +360,15 @@ class HotCBHFCallback(TrainerCallback):
         # training is over: `hotcb status` says "finished at step N" (not "crashed" once the
         # script exits without kernel.close()); another train() opens the run again
         self.kernel.close()
+
+
+def _loop_code() -> CodeType | None:
+    """The code of the Trainer's loop that calls ``on_train_begin``: the first caller above
+    the callback handler (``Trainer._inner_training_loop``, or a subclass's own loop)."""
+    frame: FrameType | None = sys._getframe(2)  # above on_train_begin
+    while frame is not None and frame.f_globals.get("__name__") == _HANDLER_MODULE:
+        frame = frame.f_back
+    return frame.f_code if frame is not None else None
 
 
 def _save_tensors(folder: str, saved: dict[str, Any]) -> None:
