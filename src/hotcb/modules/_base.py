@@ -64,6 +64,10 @@ class ModuleHost(Protocol):
     def metrics(self) -> MetricsCollector | None: ...
 
     @property
+    def stop_requested(self) -> bool:
+        """A ``stop`` was applied: the run ends after this step (a module starts nothing)."""
+
+    @property
     def freeze(self) -> FreezeState:
         """The freeze mode: a module that changes the run by itself (the tuner) holds back
         while it takes no live changes."""

@@ -21,9 +21,9 @@ LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.
 FAIL = optuna.trial.TrialState.FAIL
 
 
-def _trials(run_dir: str) -> dict[int, optuna.trial.FrozenTrial]:
+def _trials(run_dir: str, name: str = "hotcb-run") -> dict[int, optuna.trial.FrozenTrial]:
     """The study as Optuna has it on disk (read by a storage of its own)."""
-    study = optuna.load_study(study_name="hotcb-run", storage=f"sqlite:///{run_dir}/hotcb.tune.db")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir}/hotcb.tune.db")
     return {t.number: t for t in study.get_trials(deepcopy=False)}
 
 
@@ -210,3 +210,36 @@ def test_a_resume_after_a_clean_end_judges_the_trial_again_and_tells_nothing_twi
     assert sorted(trials) == list(range(len(trials)))  # no number used twice, no gap
     assert trials[number + 1].user_attrs["run"] == t.kernel.run_dir
     assert not [n for n, tr in trials.items() if not tr.state.is_finished()]
+
+
+def test_a_mutation_read_after_a_stop_is_not_applied_and_told_fail(toy: Any, cli: Any) -> None:
+    """A person's stop written before the tuner's mutation, read in the same poll (under
+    torch.distributed a signal's stop in the same batch): the run ends at that step, so the
+    trial would never be judged. It was applied after the stop, then voided at the close."""
+    space = dict(objective="loss", segment_steps=10, seed=0, space=LR_ONLY, sync=True)
+    first: Toy = toy(log_level, "first", lr=1e-4, poll=3600.0)  # polls only when asked to
+    tune = lambda t: t.kernel.module("tune")  # noqa: E731
+    HotClient(first.kernel.run_dir).tune_enable("active", **space)
+    first.run(1000, until=lambda: tune(first).waiting is not None)
+    boundary = first.step  # where the tuner writes its first mutation (a seeded, sync ask)
+
+    def stop_at_the_boundary(lr: float, step: int) -> float:  # before that step's safe point
+        if step == boundary:
+            HotClient(t.kernel.run_dir).send("control", "stop")
+        return log_level(lr, step)
+
+    t: Toy = toy(stop_at_the_boundary, "second", lr=1e-4, poll=3600.0)
+    HotClient(t.kernel.run_dir).tune_enable("active", **space)
+    t.run(boundary)
+    number = tune(t).waiting["trial"]
+    t.run(1)  # the next safe point reads the stop, then the mutation
+    t.kernel.close()
+
+    assert t.kernel.stop_requested and t.lr == 1e-4  # the trial's lr never came in
+    entries = [e for e in t.ledger() if e["op"] in ("mutate", "void")]
+    why = "the run stopped before this trial's mutation was applied: not judged"
+    assert [(e["op"], e["decision"], e.get("error")) for e in entries] == [("mutate", "noop", why)]
+    assert _trials(t.kernel.run_dir, "hotcb-second")[number].state == FAIL
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    (row,) = [r for r in st["trials"] if r["trial"] == number]
+    assert row["decision"] == "failed" and row["detail"]["reason"] == why

@@ -697,6 +697,8 @@ class TuneModule:
         values = self._values(op.params.get("values"))
         if isinstance(values, str):
             return OpResult("rejected", error=values)
+        if op.source == "tune" and self.host.stop_requested:
+            return self._not_after_stop(op, int(env["step"]))
         self._apply_moves(values, op.params.get("moves"), env)
         trial = op.params.get("trial")
         if self.settings.restore == "state" and op.source == "tune" and self.mode != "off":
@@ -730,6 +732,19 @@ class TuneModule:
             )
             self._start_segment(int(env["step"]), "trial")
         return result
+
+    def _not_after_stop(self, op: HotOp, step: int) -> OpResult:
+        """A trial's mutation read after a stop (a person's stop written before it, or under
+        torch.distributed a signal's, in the same batch): the run ends at this step, so
+        nothing would judge it. Optuna hears FAIL; nothing changes."""
+        why = "the run stopped before this trial's mutation was applied: not judged"
+        trial = op.params.get("trial")
+        if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
+            self.waiting = None
+            self._fail(trial, why)
+            self._row(trial).update(decision="failed", detail={"reason": why})
+            self._start_segment(step, "baseline")
+        return OpResult("noop", error=why, extra={"tune": {"trial": trial}})
 
     def _back_on_schedule(
         self, values: dict[str, dict[str, Any]], applied: Any, env: Env
