@@ -220,6 +220,16 @@ def test_freeze_endpoint(tmp_path, live_server):
         assert rec["module"] == "freeze" and rec["mode"] == "prod" and rec["source"] == "dashboard"
         r = c.post("/api/runs/r/freeze", json={"mode": "sideways"})
         assert r.status_code == 422 and "freeze mode must be one of" in r.json()["detail"]
+        # a replay without its recipe: refused here, not by the trainer in a ledger row
+        r = c.post("/api/runs/r/freeze", json={"mode": "replay"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == ("freeze mode replay replays a recipe: send recipe_path "
+                                      "(from the CLI: hotcb --dir RUN freeze --mode replay "
+                                      "--recipe FILE)")  # fmt: skip
+        r = c.post("/api/runs/r/freeze", json={"mode": "replay_adjusted",
+                                               "recipe_path": "hotcb.recipe.jsonl"})  # fmt: skip
+        assert r.status_code == 422 and "send adjust_path" in r.json()["detail"], r.text
+        assert len(list(jsonl.iter_records(RunPaths(run).commands))) == 1  # nothing written
 
 
 def test_token_required_for_rest_when_set(tmp_path, live_server):

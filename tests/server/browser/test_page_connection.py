@@ -212,3 +212,26 @@ def test_a_change_for_a_passed_step_is_refused_and_a_flat_lr_axis_has_no_dashes(
     assert "–" not in labels and "" in labels, labels
     assert "0.001" in labels, labels
     assert all(math.log10(float(t)).is_integer() for t in labels if t), labels
+
+
+def test_a_page_without_the_token_says_so_not_that_there_are_no_runs(
+    page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
+) -> None:
+    """Opened without the token (a URL copied without it), the page's banner said "no runs yet
+    under the served folder", its chip "no runs", its charts that run live had not started."""
+    trainer("live")
+    srv = serve_dir(os.fspath(tmp_path / "runs"))
+    page.goto(f"{srv.url}/?run=live")
+    d = wait_page(page, "d.authFailed", 60)
+    assert d["chip"] == "401 · needs the token"
+    banner = page.locator("#norun-banner")
+    assert banner.is_visible() and banner.inner_text().startswith(AUTH_TEXT), banner.inner_text()
+    assert "no runs" not in banner.inner_text()
+    empty = page.locator("#charts-empty").inner_text()
+    assert empty.startswith(AUTH_TEXT) and "Waiting for run" not in empty, empty
+    # the printed URL, in the same browser: the page finds the run by itself
+    tab = page.context.new_page()
+    tab.goto(srv.page_url("live"))
+    wait_page(page, "d.run === 'live' && d.connected && !d.authFailed", 60)
+    tab.close()
+    forget(page, "status of 401")

@@ -469,3 +469,37 @@ def test_header_is_one_line(browser: Any, server: Any, runs: Any, size: tuple[in
         assert errors == []
     finally:
         ctx.close()
+
+
+def test_a_finished_runs_ledger_cannot_undo_and_replay_needs_the_cli(
+    page: Any, serve_dir: Any, tmp_path: Any
+) -> None:
+    """Undo in the ledger of a finished run stayed clickable: its command waited in the
+    commands file, and the next run started in the folder applied it at step 0 (its lr halved by
+    an undo of the last run's change). And the freeze select offered replay, which the page
+    cannot give a recipe: the trainer refused it in a ledger row."""
+    import torch
+
+    from hotcb import HotClient, HotKernel
+
+    run = os.fspath(tmp_path / "runs" / "done")
+    HotClient(run).send("opt", "set_params", params={"lr": 0.02})
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.01)
+    with HotKernel(run, poll_interval_sec=0.0, checkpoint_on_signal=False) as kernel:
+        for step in range(5):
+            kernel.apply({"step": step, "optimizer": opt, "metrics": {"loss": 1.0}})
+    assert opt.param_groups[0]["lr"] == 0.02
+    srv = serve_dir(os.path.dirname(run))
+    page.goto(srv.page_url("done"))
+    wait_page(page, "d.over && d.state.startsWith('finished at step')")
+    undo = page.locator("#ledger-body .undo-btn")
+    undo.wait_for()
+    page.wait_for_function("() => document.querySelector('#ledger-body .undo-btn').disabled")
+    assert "the run is over (finished at step 4)" in undo.get_attribute("title")
+    with open(os.path.join(run, "hotcb.commands.jsonl"), "rb") as f:
+        assert len(f.read().splitlines()) == 1  # nothing was sent
+
+    # replay needs a recipe file: the CLI's, said on the option
+    for mode in ("replay", "replay_adjusted"):
+        option = page.locator(f'#freeze-select option[value="{mode}"]')
+        assert option.is_disabled() and "--recipe FILE" in option.get_attribute("title")

@@ -126,8 +126,13 @@ def _replay_copies(
     mode = field("mode")
     if record.get("module") != "freeze" or mode not in ("replay", "replay_adjusted"):
         return
-    if field("recipe_path") is None:
-        return  # the trainer refuses a replay without its recipe
+    needs = ["recipe_path", "adjust_path"] if mode == "replay_adjusted" else ["recipe_path"]
+    missing = [key for key in needs if field(key) is None]
+    if missing:  # the trainer would refuse it, in a ledger row the page does not point at
+        cli = "--recipe FILE" + (" --adjust FILE" if mode == "replay_adjusted" else "")
+        raise HTTPException(422, detail=f"freeze mode {mode} replays a recipe: send "
+                            f"{' and '.join(missing)} (from the CLI: hotcb --dir RUN freeze "
+                            f"--mode {mode} {cli})")  # fmt: skip
     from ...recipe import (
         apply_overlay,
         bring_sources,
@@ -137,9 +142,7 @@ def _replay_copies(
         store_in_run,
     )
 
-    keys = ["recipe_path"]
-    if mode == "replay_adjusted" and field("adjust_path") is not None:
-        keys.append("adjust_path")
+    keys = needs
     # _confine made each a string inside the allowed places
     data = {k: _read(confine_path(field(k), run_dir, roots, what=k), k) for k in keys}
     copies = {k: replay_copy(data[k], _COPY_SUFFIX[k]) for k in keys}

@@ -67,6 +67,7 @@ const app = {
   gone: false, // the server no longer has the run (its folder was deleted or moved): a 404
   goneDelay: 0, // ms until the page asks about a gone run again (doubles up to GONE_MAX_MS)
   inflight: new Set(), // header buttons whose command is not answered yet (see guarded())
+  ledgerLocked: null, // why the ledger's Undo and Cancel are disabled (null: they are not)
   authFailed: false, // the server refused this page's token (401): a restart with a new token
   impacts: new Map(),
   impactMetric: null,
@@ -424,6 +425,8 @@ function fillImpactMetrics() {
 async function send(cmd, what) {
   try {
     const res = await sendCommand(app.runId, cmd);
+    // the run is over: the command waits for the next run in the folder (the server says so)
+    if (res.warning) toast(`${what}: ${res.warning}`, "warn", 10000);
     return res.cmd_id;
   } catch (err) {
     const msg = err instanceof ApiError ? err.message : `server unreachable (${err.message})`;
@@ -603,8 +606,17 @@ function isOver() {
 }
 
 function noRunsText() {
+  // a server that refused this page's token listed no runs: that says nothing of its folder
+  if (app.authFailed) return `${AUTH_TEXT}; its runs show here once the browser holds the token`;
   const dir = app.cfg.dir || "the served folder";
   return `no runs yet under ${dir}: start a script with HotKernel(run_dir=…) inside it`;
+}
+
+/** What the chart area says while no run is shown. */
+function noChartsText() {
+  if (app.authFailed) return `${AUTH_TEXT}. The runs show here once the browser holds the token.`;
+  if (app.waitingFor != null) return `Waiting for run ${app.waitingFor} to start: it appears here by itself.`;
+  return "No runs yet: the first run started under the served folder appears here by itself.";
 }
 
 /** The run's step now: the newest of the charted metrics and the server's (which counts the
@@ -640,7 +652,7 @@ function renderFacts() {
   const offline = !noRun && app.offline;
   const freeze = app.freezeMode && app.freezeMode !== "off" && !gone ? ` · freeze ${app.freezeMode}` : "";
   const { text: state, cls, seen } = runChip({ noRun, over, paused, stale, offline, gone, runState: app.runState, step });
-  chip.textContent = state + freeze;
+  chip.textContent = noRun && app.authFailed ? "401 · needs the token" : state + freeze;
   chip.title = noRun ? noRunsText() : gone ? GONE_TITLE : state + freeze;
   chip.className = `chip ${cls}`;
   // nothing to steer: no run at all, one that is over or gone, or no server to send to
@@ -648,6 +660,12 @@ function renderFacts() {
   for (const id of STEER_BUTTONS) {
     $(id).disabled = noRun || over || offline || gone || app.inflight.has(id);
     explain($(id), why);
+  }
+  // a ledger's Undo and Cancel send commands too: nothing would act on them either
+  const locked = noRun || over || offline || gone ? why || `the run is over (${app.runState}): nothing would apply it` : null;
+  if (app.ledgerLocked !== locked) {
+    app.ledgerLocked = locked;
+    renderLedger();
   }
   tunePanel.setOver(over || gone);
   autopilotPanel.setOver(over || gone);
@@ -665,7 +683,10 @@ function renderFacts() {
   $("btn-pause").classList.toggle("primary", paused);
   const nb = $("norun-banner");
   nb.hidden = !noRun;
-  if (noRun) nb.textContent = noRunsText();
+  if (noRun) {
+    nb.textContent = noRunsText();
+    $("charts-empty").textContent = noChartsText();
+  }
   const pb = $("paused-banner");
   pb.hidden = !paused || offline;
   if (paused) pb.textContent = `Paused at step ${step ?? "?"}: training waits at its next safe point until you press Resume.`;
@@ -1051,6 +1072,7 @@ function renderLedger() {
     highlightSeq: app.highlightSeq,
     actuatorKeys: actuatorKeys(),
     total: app.status?.ledger_entries ?? null,
+    locked: app.ledgerLocked,
   });
 }
 
@@ -1181,11 +1203,11 @@ async function main() {
   app.waitingFor = app.runId != null && !listed(app.runId) ? app.runId : null;
   if (app.waitingFor != null) app.runId = null;
   if (app.waitingFor != null) {
-    $("charts-empty").textContent = `Waiting for run ${app.waitingFor} to start: it appears here by itself.`;
+    $("charts-empty").textContent = noChartsText();
     setUrl();
     renderFacts();
   } else if (app.runId == null) {
-    $("charts-empty").textContent = "No runs yet: the first run started under the served folder appears here by itself.";
+    $("charts-empty").textContent = noChartsText();
     renderFacts();
   } else {
     app.compare.delete(app.runId);

@@ -794,7 +794,9 @@ export class LedgerTable {
 
   /** `total`: how many entries the ledger holds (the server's count), when more than are
    * loaded here: the count says "200 of 244 entries loaded". */
-  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null }) {
+  /** `locked`: why nothing can be sent (the run is over, the server unreachable): Undo and
+   * Cancel are disabled with it as their tooltip. */
+  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null }) {
     this.body.textContent = "";
     const shown = impactRows(entries, actuatorKeys);
     const rows = entries.slice(-maxRows).reverse();
@@ -847,11 +849,14 @@ export class LedgerTable {
       if (undoable && undone.has(e.cmd_id)) act.append(el("span", "muted small", "undone"));
       else if (undoable) {
         const b = el("button", "btn tiny undo-btn", "Undo");
-        b.title = "restore the old values";
+        b.title = locked || "restore the old values";
+        b.disabled = !!locked;
         b.addEventListener("click", () => this.actions.undo(e, b));
         act.append(b);
       } else if (e.decision === "scheduled" && pendingIds.has(e.cmd_id)) {
         const b = el("button", "btn tiny cancel-btn", "Cancel");
+        if (locked) b.title = locked;
+        b.disabled = !!locked;
         b.addEventListener("click", () => this.actions.cancel(e, b));
         act.append(b);
       }
