@@ -814,3 +814,26 @@ def test_a_safety_cut_leaves_the_lr_to_a_start_bracket_under_way(
     assert skipped and skipped[0]["reason"].startswith(
         "the online tuner's start bracket is under way on opt.lr"
     )
+
+
+def test_in_auto_mode_a_rules_own_proposal_from_suggest_mode_no_longer_silences_it(
+    loop: Any, tmp_path: Path
+) -> None:
+    """An autopilot restarted from suggest to auto mode: the rule's proposal still waited, and
+    the rule detected its plateau again and again with no action, no record, and no end. It
+    acts now, and its waiting proposal is closed first (accepted after, it would cut twice)."""
+    lp: Loop = loop()
+    rules = _rules(tmp_path, PLATEAU_ONLY)
+    lp.run(100, Autopilot(lp.run_dir, mode="suggest", rules=rules))
+    (waiting,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    out = lp.run(200, Autopilot(lp.run_dir, mode="auto", rules=rules))
+    (closed,) = [r for r in out if r["kind"] == "decision"]
+    assert closed["id"] == waiting["id"] and closed["state"] == "superseded"
+    assert closed["reason"].startswith("rule plateau_cut_lr acts on opt.lr itself at step ")
+    (acted,) = [r for r in out if r["kind"] == "action"]
+    assert acted["state"] == "applied" and acted["step"] == closed["step"]
+    lp.run(10)
+    (cut,) = lp.changes()
+    assert lp.lr == pytest.approx(5e-3) and cut["cmd_id"] == acted["cmd_ids"][0]
+    with pytest.raises(ValueError, match="superseded, not pending"):
+        decide(lp.run_dir, waiting["id"], accept=True)

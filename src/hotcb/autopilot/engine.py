@@ -430,9 +430,9 @@ class Autopilot:
             }))  # fmt: skip
             return
         if acts:
-            waiting = proposals(self.run_dir)
-            if any(p["rule"] == rule.id and p["state"] == "pending" for p in waiting):
-                return  # one of the rule's, from suggest mode, waits: its accept would double it
+            # one of the rule's own, from suggest mode, may wait: closed first (accepted after
+            # the rule's own change it would double it); it no longer silences the rule
+            out.extend(self._supersede(rule.action, f"rule {rule.id}", rule=rule.id))
             self.fired[rule.id] = self.step_now
             out.extend(self._apply(rule, found))
             return
@@ -579,21 +579,29 @@ class Autopilot:
             self._watch(rule.id, cmd_ids[0], rule.cooldown_steps // 2)
         return [record, *self._supersede(rule.action, f"rule {rule.id}")]
 
-    def _supersede(self, action: Action, by: str) -> list[dict[str, Any]]:
+    def _supersede(self, action: Action, by: str, rule: str | None = None) -> list[dict[str, Any]]:
         """Close the pending proposals that act where an automatic change just did (the same
-        knob, the same run control): accepted afterwards, they would compound with it (a
-        low-confidence rule's lr cut waited, a high-confidence one cut the lr itself, and the
-        person's accept cut it twice). Their decision records, state ``superseded``."""
+        knob, the same run control), or only ``rule``'s own (about to act in auto mode):
+        accepted afterwards, they would compound with it (a low-confidence rule's lr cut
+        waited, a high-confidence one cut the lr itself, and the person's accept cut it
+        twice). Their decision records, state ``superseded``."""
         out: list[dict[str, Any]] = []
+        what = action.knob or action.name
+        why = (
+            f"{by} acts on {what} itself at step {self.step_now} (auto mode)"
+            if rule is not None
+            else f"{by} changed {what} itself at step {self.step_now}"
+        )
         with _locked(self.run_dir):  # not while a person's accept of one of them runs
             for p in proposals(self.run_dir):
                 if p["state"] != "pending" or _pending_on(action, [p]) is None:
                     continue
+                if rule is not None and p.get("rule") != rule:
+                    continue
                 out.append(self._record({
                     "kind": "decision", "id": p["id"], "rule": p["rule"], "by": "autopilot",
                     "state": "superseded", "step": self.step_now,
-                    "reason": f"{by} changed {action.knob or action.name} itself at step "
-                              f"{self.step_now}; accepted too, this would compound with it",
+                    "reason": f"{why}; accepted too, this would compound with it",
                 }))  # fmt: skip
         return out
 
