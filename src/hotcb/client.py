@@ -695,19 +695,21 @@ class HotClient:
         open it (a storage URL it cannot use, a database it cannot reach). The run opens the
         study off its training thread, in a second or two, while it trains; a paused run opens
         it when it trains again: then the state, with ``study_open`` false, at once."""
-        paused = False
+        paused = same = False
 
         def failed(entry: dict[str, Any]) -> dict[str, Any] | None:
-            nonlocal paused
-            if entry.get("cmd_id") == cmd_id and entry.get("decision") == "failed":
-                return entry
+            nonlocal paused, same
+            if entry.get("cmd_id") == cmd_id:
+                if entry.get("decision") == "failed":
+                    return entry
+                same = same or entry.get("decision") == "noop"  # the tuner as it was: its study
             if entry.get("module") == "control" and entry.get("decision") == "applied":
                 paused = {"pause": True, "resume": False}.get(str(entry.get("op")), paused)
             return None
 
         def opened() -> dict[str, Any] | None:
             state = self.tune_status()
-            ours = state.get("enable_cmd") == cmd_id
+            ours = same or state.get("enable_cmd") == cmd_id
             return state if ours and (state.get("study_open") or paused) else None
 
         return self._watch_ledger(

@@ -187,6 +187,13 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
         good.stdout.splitlines()[-1] == f"study hotcb-run open in sqlite:///{run_dir}/hotcb.tune.db"
     )
     assert HotClient(run_dir).tune_status()["mode"] == "active"
+    # the same again: nothing to change, and its study is open (it waited 30 s, then exit 2)
+    again = cli(run_dir, "tune", "enable", "--objective", "loss", "--wait", "--timeout", "120")
+    assert again.returncode == 0, again.stdout + again.stderr
+    said, study = again.stdout.splitlines()
+    assert "tune enable -> noop" in said, said
+    assert said.endswith(": the tuner is active with these settings already: nothing to change")
+    assert study == f"study hotcb-run open in sqlite:///{run_dir}/hotcb.tune.db"
     # a storage that cannot be a storage is refused before anything is sent
     sent = len(read_jsonl(os.path.join(run_dir, "hotcb.commands.jsonl")))
     shape = cli(run_dir, "tune", "enable", "--storage", "shared.db", "--wait")

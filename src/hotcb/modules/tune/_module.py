@@ -609,8 +609,8 @@ class TuneModule:
         if old != "off" and settings.to_dict() == before:
             # the tuner as it is (`hotcb launch --resume-from … --tune active` sends its enable
             # again over the checkpoint's tuner): nothing to restart, the open trial goes on
-            return OpResult("applied", changes={"mode": {"old": old, "new": old}},
-                            extra={"tune": self._public_settings()})  # fmt: skip
+            return OpResult("noop", error=f"the tuner is {old} with these settings already: "
+                            "nothing to change", extra={"tune": self._public_settings()})  # fmt: skip
         try:
             self._enable(settings, int(env["step"]), self._horizon(env))
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
