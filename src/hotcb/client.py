@@ -619,15 +619,15 @@ class HotClient:
         """Apply a proposal of a tuner in suggest mode (``tune_status()["proposals"]``).
         Raises :class:`~hotcb.errors.CommandError` for an id the tuner never proposed, one
         that is no longer pending, or when the run is over."""
-        proposal = self._pending_proposal(proposal)  # "p3" is P3
+        proposal = self.pending_proposal(proposal)  # "p3" is P3
         return self.send("tune", "accept", params={"id": proposal})
 
     def tune_reject(self, proposal: str | int) -> str:
         """Turn a proposal down: the run is not touched; Optuna hears the trial failed."""
-        proposal = self._pending_proposal(proposal)
+        proposal = self.pending_proposal(proposal)
         return self.send("tune", "reject", params={"id": proposal})
 
-    def _pending_proposal(self, proposal: str | int) -> str:
+    def pending_proposal(self, proposal: str | int) -> str:
         """The id of a proposal that can still be decided: pending, in a run still going (a
         queued decision would otherwise wait for a later run, whose tuner proposes afresh)."""
         found = self.tune_proposal(proposal)
@@ -669,7 +669,10 @@ class HotClient:
                 return row
         pending = [str(p.get("id")) for p in rows if p.get("state") == "pending"]
         mode = st.get("mode") or "off"
-        if pending:
+        over = self.run_over() if pending else None
+        if over is not None:  # (what it left pending ended with it)
+            pending, why = [], f"; the run {over}"
+        elif pending:
             why = ""
         elif mode != "suggest":
             why = (f"; the tuner is {mode}: proposals come in suggest mode ('tune enable --mode "

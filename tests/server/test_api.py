@@ -685,3 +685,37 @@ def test_runs_list_carries_branch_info(tmp_path, live_server):
     assert runs["parent"]["branch"] is None
     assert runs["child"]["branch"] == {"parent": "parent", "parent_path": parent, "step": 6}
     assert runs["orphan"]["branch"] == {"parent": None, "parent_path": elsewhere, "step": 6}
+
+
+def test_a_finished_runs_tuner_reads_as_over_and_its_proposals_cannot_be_decided(
+    tmp_path, live_server, tune_state
+):
+    """A run whose kernel closed with P3 pending: the API answered `tune accept P3` with 200
+    (the command waited for the next run, whose tuner then rejected it), and `GET …/tune`
+    showed P3 pending and a next boundary past the run's end. `tune status` refused and said it."""
+    run = os.fspath(tmp_path / "r")
+    with HotKernel(run, checkpoint_on_signal=False) as kernel:
+        for step in range(5):
+            kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+    tune_state(run)  # P3 waits
+    with live_server().client() as c:
+        got = c.get("/api/runs/r/tune").json()
+        assert got["run_over"] == "finished at step 4" and got["next_boundary"] is None
+        assert [(p["id"], p["state"]) for p in got["proposals"]] == [
+            ("P2", "rejected"),
+            ("P3", "ended"),
+        ]
+        for op in ("accept", "reject"):
+            r = c.post("/api/runs/r/commands",
+                       json={"module": "tune", "op": op, "params": {"id": "p3"}})  # fmt: skip
+            assert r.status_code == 409, r.text
+            assert r.json()["detail"] == ("the run finished at step 4: proposal P3 ended with it "
+                                          "(a run started again in this directory proposes "
+                                          "afresh)")  # fmt: skip
+        r = c.post("/api/runs/r/commands",
+                   json={"module": "tune", "op": "accept", "params": {"id": "P9"}})  # fmt: skip
+        assert r.status_code == 422
+        assert r.json()["detail"] == "no proposal 'P9'; pending: none; the run finished at step 4"
+    assert not os.path.exists(RunPaths(run).commands) or not list(
+        jsonl.iter_records(RunPaths(run).commands)
+    )

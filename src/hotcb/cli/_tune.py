@@ -191,9 +191,9 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
             # no step: no segment moves, no trial is judged (a pause of an earlier life aside)
             st = {**st, "run_paused": True}
         return st
-    proposals = [{**p, "state": "ended"} if p.get("state") == "pending" else p
-                 for p in st.get("proposals") or ()]  # fmt: skip
-    return {**st, "run_over": over, "next_boundary": None, "proposals": proposals}
+    from ..modules.tune import over_view
+
+    return over_view(st, over)
 
 
 def _queued(paths: Any) -> dict[str, Any] | None:

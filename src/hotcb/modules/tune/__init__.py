@@ -13,6 +13,7 @@ from ._space import (
     parse_settings,
     read_recipe,
 )
+from ._view import over_view
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -22,6 +23,7 @@ __all__ = [
     "Settings",
     "TuneModule",
     "load_recipe",
+    "over_view",
     "parse_settings",
     "read_recipe",
 ]

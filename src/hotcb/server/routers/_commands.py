@@ -190,7 +190,11 @@ def _check_tune(client: HotClient, record: dict[str, Any]) -> None:
             # (a recipe file is read, and checked, by the run: it may name one in the run)
             parse_settings({k: v for k, v in params.items() if v is not None and k != "recipe"})
         elif op in ("accept", "reject"):
-            client.tune_proposal(params.get("id"))  # type: ignore[arg-type]  # (it says why not)
+            found = client.tune_proposal(params.get("id"))  # type: ignore[arg-type]  # (or why not)
+            try:  # decided already, or the run is over: as the CLI refuses it
+                params["id"] = client.pending_proposal(found["id"])
+            except CommandError as exc:
+                raise HTTPException(409, detail=str(exc)) from None
         elif op != "disable":
             raise CommandError(f"tune has no op {op!r}: enable, disable, accept or reject")
     except (CommandError, RecipeError) as exc:

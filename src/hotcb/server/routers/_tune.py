@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
+from ...client import HotClient
+from ...modules.tune import over_view
 from ..deps import Deps
 from ._runs import both
 
@@ -21,9 +24,12 @@ def create_tune_router(deps: Deps) -> APIRouter:
     async def tune(run_id: str = ".") -> dict[str, Any]:
         """The online tuner's state (``hotcb.tune.json``), or ``{"mode": "off"}`` when the
         tuner was never enabled. A file that does not parse answers the last good document
-        (``{"mode": "off", "error": reason}`` before any); URL passwords read ``***``."""
+        (``{"mode": "off", "error": reason}`` before any); URL passwords read ``***``. Once the
+        run is over, as ``tune status --json`` says it: ``run_over``, no next boundary, its
+        pending proposals ``ended``."""
         run = deps.run(run_id)
         await run.refresh()
-        return run.tune.doc
+        over = await run_in_threadpool(HotClient(deps.path(run_id), create=False).run_over)
+        return over_view(run.tune.doc, over)
 
     return router
