@@ -856,6 +856,25 @@ def test_tuning_loss_weights_on_the_training_loss_is_warned(tmp_path: Any, cli: 
         assert fallback.startswith("objective 'val_loss' was not logged")
         assert "while tuning loss weights (aux)" in weights_note
         assert "while tuning loss weights" in cli(kernel.run_dir, "tune", "status").stdout
+        # a weight the run does not have is not tuned, and not named as tuned (the docs'
+        # example recipe, whose `ce` a run with `ce_weight` lacks, got both warnings)
+        other = [*space, {"key": "ce_weight", "module": "loss", "mode": "set", "low": 0.0,
+                          "high": 1.0, "log": False}]  # fmt: skip
+        # (sent as a queued enable is, before the run publishes its knobs: not checked)
+        client.send(
+            "tune",
+            "enable",
+            params={
+                "mode": "observe",
+                "objective": "loss",
+                "segment_steps": 10,
+                "space": other,
+                "sync": True,
+            },
+        )
+        train(5, val=True)
+        (note,) = client.tune_status()["warnings"]
+        assert "while tuning loss weights (aux):" in note, note
     finally:
         kernel.close()
 

@@ -1917,7 +1917,11 @@ class TuneModule:
         """Say in ``tune status`` when the space moves loss weights and the score is the
         training loss: the loss those weights scale, so a lower weight scores better whatever
         it does to the model (a trial that halves a term's weight lowers the loss by itself)."""
-        weights = [k.key for k in self.settings.space if k.module == "loss"]
+        weights = [
+            k.key
+            for k in self.settings.space
+            if k.module == "loss" and _numeric(self.host.read_actuator("loss", k.key))
+        ]  # (else not tuned)
         if weights and self.objective_used in _TRAIN_LOSSES:
             self._warn(
                 f"scoring the training loss {self.objective_used!r} while tuning loss weights "
@@ -2084,7 +2088,7 @@ class TuneModule:
             if knob.name in self.cooldowns:
                 continue
             value = self.host.read_actuator(knob.module, knob.key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if not _numeric(value):
                 note = f"{knob.name} is not a numeric actuator of this run; not tuned"
                 if note not in self.warnings:
                     self.warnings.append(note)
@@ -2305,3 +2309,8 @@ class TuneModule:
             jsonl.write_json_atomic(self._path, state)
         except OSError as exc:
             log.warning("hotcb tune: could not write %s: %s", self._path, exc)
+
+
+def _numeric(value: Any) -> bool:
+    """A number a knob can be moved from (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
