@@ -175,11 +175,21 @@ def test_a_callback_that_raises_on_one_rank_is_disabled_on_every_rank(trainer: T
 def test_a_callback_whose_constructor_raises_on_one_rank_is_loaded_on_none(
     trainer: Trainer,
 ) -> None:
-    cid = trainer.client.cb_load("c", file=os.fspath(trainer.callbacks), symbol="InitFailsOnRank1")
-    loaded = trainer.client.wait(cid, 60)  # rank 0's own outcome
+    argv = [sys.executable, "-m", "hotcb", "--dir", os.fspath(trainer.run_dir), "cb", "load",
+            "c", "--file", os.fspath(trainer.callbacks), "--symbol", "InitFailsOnRank1",
+            "--wait", "--timeout", "60"]  # fmt: skip
+    said = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=120)
     gone = trainer.entry(lambda e: e.get("id") == "c" and e.get("ranks"), "c's settlement")
+    cid = gone["load_cmd_id"]
+    (loaded,) = [e for e in read_ledger(trainer.run_dir) if e.get("cmd_id") == cid]
     trainer.past(gone["step"])
     rows, _ = trainer.stop()
+
+    # --wait printed rank 0's "applied", exit 0: the load that was undone on every rank
+    assert said.returncode == 1, said.stdout + said.stderr
+    applied, unloaded = said.stdout.splitlines()
+    assert "cb load c -> applied" in applied
+    assert "cb unload c -> applied" in unloaded and "the load failed on rank 1" in unloaded
 
     assert loaded["decision"] == "applied"
     assert gone["op"] == "unload" and gone["decision"] == "applied"

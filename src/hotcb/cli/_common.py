@@ -521,11 +521,32 @@ def finish(
             if over is None:
                 raise
             return _over(args, over)  # the run crashed (or stopped) while we waited
-        print(fmt_entry(entry, args.dir))
-        if is_ramp_start(entry):  # --wait on a ramp waits for its end
-            entry = c.wait_ramp(cid, timeout=max(0.1, deadline - time.monotonic()))
-            print(fmt_entry(entry, args.dir))
-        if entry.get("decision") in ("rejected", "failed", "ignored_freeze"):
-            code = 1
+        code = max(code, _print_waited(c, args.dir, entry, deadline))
     sys.stdout.flush()
     return code
+
+
+def _print_waited(c: HotClient, run_dir: str, entry: dict[str, Any], deadline: float) -> int:
+    """Print a command's ledger entry (a ramp's end too, and a load undone on every rank);
+    1 when it did not take."""
+    print(fmt_entry(entry, run_dir))
+    if is_ramp_start(entry):  # --wait on a ramp waits for its end
+        entry = c.wait_ramp(entry["cmd_id"], timeout=max(0.1, deadline - time.monotonic()))
+        print(fmt_entry(entry, run_dir))
+    code = 1 if entry.get("decision") in ("rejected", "failed", "ignored_freeze") else 0
+    for undone in _load_undone(c, entry):
+        print(fmt_entry(undone, run_dir))
+        code = 1
+    return code
+
+
+def _load_undone(c: HotClient, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Under torch.distributed, a ``cb load`` applied on rank 0 whose load failed on another
+    rank is unloaded on every rank at the same poll: that entry (``load_cmd_id``), which
+    rank 0's ``applied`` alone hides."""
+    if (entry.get("module"), entry.get("op"), entry.get("decision")) != ("cb", "load", "applied"):
+        return []
+    from ..ledger import iter_entries
+
+    cmd_id = entry.get("cmd_id")
+    return [e for e in iter_entries(c.paths.ledger) if e.get("load_cmd_id") == cmd_id]
