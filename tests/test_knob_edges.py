@@ -286,3 +286,43 @@ def test_undo_of_a_ramp_after_a_restart_takes_back_what_the_ramp_did(run_dir: st
     resumed, _ = train(restarted, range(7, 12), send, ck)
     assert whole[8:] == pytest.approx(base[8:])  # back on the schedule
     assert resumed[1:] == pytest.approx(whole[8:]), (resumed, whole[7:])
+
+
+def test_undo_of_a_change_set_again_since_leaves_the_later_value(run_dir: str) -> None:
+    """``undo --cmd-id`` of an lr change that later sets had overridden took its ratio off the
+    lr in force: 1e-3 became 1e-2 (× 1e-3 / 1e-4), an lr no one had set. A loss weight was
+    put back to the old change's old value, wiping the later one. Nothing of the old change
+    is in force on a key set again since: the undo leaves that key, and says who set it."""
+    opt, sched = decaying()
+    knobs = loss_actuators({"ce": 1.0, "aux": 0.2})
+    sent: dict[str, str] = {}
+
+    def send(step: int, client: HotClient) -> None:
+        if step == 1:
+            sent["lr"] = client.opt(lr=0.05)
+            sent["aux"] = client.loss(aux=0.5)
+        elif step == 2:
+            client.set({"lr": 0.2, "aux": 0.1})
+        elif step == 3:
+            client.opt(lr=0.07)
+        elif step == 4:
+            client.undo(sent["lr"])
+            client.undo(sent["aux"])
+        elif step == 6:  # the later ones taken back, newest first: the old change is in force
+            client.undo()  # lr=0.07
+            client.undo()  # aux=0.1 (`set` sent one command per module)
+        elif step == 7:
+            client.undo(sent["aux"])
+
+    got = run_loop(run_dir, opt, 9, send, scheduler=sched, knobs=knobs)
+    assert got[4][0]["lr"] == pytest.approx(got[3][0]["lr"] * 5 / 6)  # the schedule's step only
+    undos = [e for e in ledger(run_dir) if e["op"] == "undo"]
+    first, second = undos[:2]
+    assert first["decision"] == "noop" and not first.get("changes"), first
+    assert first["set_since"]["lr"]["seq"] > 0 and first["set_since"]["lr"]["source"] == "python"
+    assert "lr was set again since (#" in first["error"]
+    assert "the undo leaves it (undo that change, or set the value you want)" in first["error"]
+    assert second["decision"] == "noop" and "aux was set again since" in second["error"]
+    assert [e["decision"] for e in undos[2:]] == ["applied"] * 3
+    # aux=0.1 undone, aux=0.5 is in force again: its undo puts aux's old value back
+    assert undos[4]["changes"] == {"aux": {"old": 0.5, "new": 0.2}}, undos[4]

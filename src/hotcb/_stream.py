@@ -14,7 +14,7 @@ from typing import Any
 from . import jsonl
 from ._recorder import LedgerRecorder, SafePoint
 from ._schedule import NEVER, Ramp
-from ._trials import TrialView
+from ._trials import TrialView, set_since, since_text
 from .actuators import ActuatorType, MutableState, optimizer_actuators
 from .errors import ActuatorApplyError, ActuatorError
 from .ledger import Decision
@@ -311,9 +311,14 @@ class ActuatorStream:
         zero: list[str] = []  # at zero on their schedule: left there
         trials: dict[str, dict[str, Any]] = {}  # key -> the unkept trial whose move went too
         view = self.recorder.trials()
+        since = set_since(view, entry, reverse)
+        if since and not set(reverse) - set(since):
+            return OpResult("noop", error=since_text(since), extra={"set_since": since})
         back: list[tuple[str, Any]] = []  # what to set, applied as one (lr before lr@group1)
         try:
             for key, change in reverse.items():
+                if key in since:  # nothing of this change is in force on it
+                    continue
                 self.end_ramp(key, None, env)  # undoing a ramp stops it, else it lands anyway
                 # a ramp's entry holds its target, not where it was stopped: its old value,
                 # or under an LR scheduler the ratio its moves scaled the schedule by
@@ -337,6 +342,9 @@ class ActuatorStream:
             extra["at_zero"] = zero
         if trials:
             extra["without_trial"] = trials
+        if since:
+            extra["set_since"] = since
+            return OpResult("applied", changes=changes, extra=extra, error=since_text(since))
         return OpResult("applied", changes=changes, extra=extra)
 
     def _without_trial(

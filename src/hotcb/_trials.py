@@ -15,7 +15,7 @@ not those of trials voided with nothing to roll back, nor of the open one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,46 @@ class TrialView:
         )
         return UnkeptTrial(found, ended, rescaled)
 
+    def set_since(self, entry: Entry, key: str) -> Entry | None:
+        """The applied entry whose value of ``key`` is in force now instead of ``entry``'s (a
+        later command set it again, and no undo or roll-back put ``entry``'s back); None when
+        ``entry``'s is in force, or the history does not say."""
+        owner = self._in_force(key)
+        if owner is None or owner is entry:
+            return None
+        if entry.get("cmd_id") and owner.get("cmd_id") == entry.get("cmd_id"):
+            return None  # (its ramp's end)
+        index, at = self._index(entry), self._index(owner)
+        if index is None or at is None or at < index:
+            return None
+        return owner
+
+    def _in_force(self, key: str) -> Entry | None:
+        """The applied entry whose value of ``key`` is in force, traced through undos (an undo
+        sets what its target found) and the tuner's roll-backs (one sets what its trial's
+        mutation found)."""
+        history = self.history
+        at: int | None = len(history)
+        while at is not None:
+            source = next((i for i in range(at - 1, -1, -1)
+                           if key in (history[i].get("changes") or {})), None)  # fmt: skip
+            if source is None:
+                return None
+            e = history[source]
+            if e.get("module") == "tune" and e.get("op") == "rollback":
+                trial = (e.get("tune") or {}).get("trial")
+                at = next((i for i in range(source - 1, -1, -1)
+                           if history[i].get("op") == "mutate" and history[i].get("module") ==
+                           "tune" and (history[i].get("tune") or {}).get("trial") == trial),
+                          None)  # fmt: skip
+                continue
+            target = e.get("undo_of")
+            if not target:
+                return e
+            at = next((i for i in range(source - 1, -1, -1)
+                       if history[i].get("cmd_id") == target), None)  # fmt: skip
+        return None
+
     def _index(self, entry: Entry) -> int | None:
         """Where ``entry`` is in the history (the same object, else the last applied entry of
         its command); None when the history no longer holds it."""
@@ -121,3 +161,27 @@ class TrialView:
             at = next((i for i in range(source - 1, -1, -1)
                        if history[i].get("cmd_id") == target), None)  # fmt: skip
         return None
+
+
+def set_since(view: TrialView, entry: Entry, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The keys of ``entry`` (an applied change an undo takes back) that a later command set
+    again, so that ``entry``'s value is no longer in force there: key -> the ``cmd_id``,
+    ``seq``, ``step`` and ``source`` of the entry whose value is. Taking ``entry`` back there
+    would undo that later change instead (under an LR scheduler, scale it by ``entry``'s
+    ratio: a 10x lr no one set)."""
+    found: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        owner = view.set_since(entry, key)
+        if owner is not None:
+            found[key] = {k: owner.get(k) for k in ("cmd_id", "seq", "step", "source")}
+    return found
+
+
+def since_text(since: Mapping[str, Mapping[str, Any]]) -> str:
+    """What an undo says of the keys :func:`set_since` found."""
+    said = "; ".join(f"{key} was set again since (#{s.get('seq')} at step {s.get('step')}, "
+                     f"{s.get('source')})" for key, s in since.items())  # fmt: skip
+    return (
+        f"{said}: this change is no longer in force there, so the undo leaves it (undo that "
+        "change, or set the value you want)"
+    )
