@@ -18,7 +18,9 @@ The rules it keeps:
   within :data:`REPEAT_WINDOW` seconds of the first is the same request, not a second one: a
   ``hotcb launch`` that dies (kill -9, a closed terminal) sends its training one SIGTERM per
   thread of its own (Linux's ``PR_SET_PDEATHSIG`` fires as each parent thread exits), and the
-  second of them killed the run before its checkpoint.
+  second of them killed the run before its checkpoint. On a rank that left the first signal to
+  rank 0 (:meth:`leave`), only the same signal again counts as a second one: a SIGTERM that
+  reached rank 1 alone must not make a later Ctrl-C of every rank kill rank 1 mid-checkpoint.
 - **The previous handlers come back** on :meth:`restore` (``kernel.close()`` calls it), unless
   someone replaced hotcb's handler meanwhile (then theirs is left alone).
 - **A handler installed over hotcb's is replaced only when asked** (:meth:`reclaim`): the
@@ -68,6 +70,7 @@ class SignalCatcher:
         self.received: int | None = None
         self._received_at = 0.0  # when (time.monotonic())
         self._loop: CodeType | None = None  # see within()
+        self._left = False  # see leave()
 
     @property
     def installed(self) -> tuple[int, ...]:
@@ -92,7 +95,7 @@ class SignalCatcher:
             signal.signal(signum, self._handle)
             self._previous[signum] = previous
         if self._previous:
-            self.received = None
+            self.received, self._left = None, False
         return self.installed
 
     def within(self, loop: CodeType | None) -> None:
@@ -102,6 +105,12 @@ class SignalCatcher:
         hotcb, and the previous handlers come back. Checked in the handler only, never at a
         safe point."""
         self._loop = loop
+
+    def leave(self) -> None:
+        """The signal received was left to another process to act on (under torch.distributed,
+        rank 0): the same signal again still ends this one, but another signal is a first one
+        (a SIGTERM that reached rank 1 alone made a later Ctrl-C kill it mid-checkpoint)."""
+        self._left = True
 
     def reclaim(self, signals: Iterable[int]) -> tuple[int, ...]:
         """Make hotcb's handler the installed one again for those of ``signals`` it caught,
@@ -146,7 +155,9 @@ class SignalCatcher:
             self.restore()  # the loop is gone: nothing would act on it
             self._as_before(signum, frame, previous)
             return
-        if self.received is None and self._live():
+        first = self.received is None or (self._left and signum != self.received)
+        if first and self._live():
+            self._left = False
             self.received, self._received_at = signum, time.monotonic()
             self._notify(signum)
             if callable(previous) and previous is not signal.default_int_handler:

@@ -966,6 +966,7 @@ class HotKernel:
         name = signal_name(signum)
         self._stopped_by = name
         if not self.is_leader:  # rank 0 sends the checkpoint and the stop to every rank
+            self._signals.leave()
             log.warning("hotcb: %s on rank %d: left to rank 0 (every rank saves and stops when "
                         "the signal reaches rank 0; a second %s ends this rank)",
                         name, self.rank, name)  # fmt: skip

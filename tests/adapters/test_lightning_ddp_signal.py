@@ -205,3 +205,46 @@ def test_bare_ddp_loop_under_torchrun_ledgers_checkpoint_then_stop_on_sigterm(
     assert path is not None and os.path.isfile(path)
     _both_ranks_stopped_at(traces, ck["step"])
     assert f"done at step {ck['step']}" in out
+
+
+@pytest.mark.slow
+def test_a_sigterm_that_reached_rank_1_alone_does_not_make_a_later_ctrl_c_kill_it(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 left a SIGTERM of its own to rank 0, as the docs say; the Ctrl-C that later
+    reached every rank counted on rank 1 as the second signal and killed it at once, so rank 0's
+    checkpoint met a closed connection and the run read ``crashed`` with no checkpoint."""
+    run_dir, traces, pids = tmp_path / "run", tmp_path / "traces", tmp_path / "pids"
+    pids.mkdir()
+    wrapper = tmp_path / "ddp_bare_on_signal.py"
+    wrapper.write_text(WRAPPER)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    argv += [os.fspath(wrapper), os.fspath(EXAMPLES), os.fspath(pids)]
+    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--step-delay", "0.01"]
+    argv += ["--debounce", "3", "--trace-dir", os.fspath(traces)]
+    proc = subprocess.Popen(  # Ctrl-C as in a terminal, whatever the shell running the tests does
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _training(proc, traces / "trace_rank0.jsonl", 5), 180, what="steps")
+        os.kill(int((pids / "pid_rank1").read_text()), signal.SIGTERM)
+        at = read_jsonl(traces / "trace_rank0.jsonl")[-1]["step"]
+        # well past the safe point where rank 1 left it to rank 0
+        wait_for(lambda: _training(proc, traces / "trace_rank1.jsonl", at + 20), 180, what="steps")
+        for rank in (0, 1):  # the person's Ctrl-C: every rank gets it
+            os.kill(int((pids / f"pid_rank{rank}").read_text()), signal.SIGINT)
+        _out, err = proc.communicate(timeout=180)
+    finally:
+        _end(proc)
+    assert proc.returncode == 0, err[-3000:]
+    entries = [e for e in read_ledger(run_dir) if e.get("source") == "signal"]
+    assert [(e["op"], e["decision"], e["reason"]) for e in entries] == [
+        ("checkpoint", "applied", "SIGINT received"),
+        ("stop", "applied", "SIGINT received"),
+    ], entries
+    path = checkpoint_path(entries[0], run_dir)
+    assert path is not None and os.path.isfile(path)
+    _both_ranks_stopped_at(traces, entries[0]["step"])
+    assert "SIGTERM on rank 1: left to rank 0" in err
+    assert f"stopped at step {entries[0]['step']}" in _status(run_dir)
