@@ -101,7 +101,9 @@ def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) 
     try:
         done = cli(run_dir, "status")
         assert done.returncode == 0, done.stderr
-        assert "not started" in done.stdout.splitlines()[0]
+        # (a run with history says the same: its new kernel has trained no step yet)
+        said = f"[not started (its kernel is open in pid {os.getpid()}: no step yet)]"
+        assert said in done.stdout.splitlines()[0], done.stdout
         assert "no run directory" not in done.stdout + done.stderr
     finally:
         kernel.close()

@@ -367,6 +367,8 @@ class LedgerView:
         if last_activity is not None and life is not None and last_activity < life:
             last_activity = None  # all of an earlier life: this one has written nothing yet
         if last_activity is None:
+            if alive and not _never_started(meta):  # (a notebook's kernel cell run again)
+                return f"not started (its kernel is open in pid {meta.get('pid')}: no step yet)"
             return _never_started(meta) or "not started"
         return "idle" if now - last_activity > stale_after else "running"
 

@@ -403,7 +403,9 @@ def test_a_run_started_again_in_its_directory_runs_at_its_own_step(tmp_path, liv
         # the loop was killed (its kernel never closed); a new one starts in the directory
         second = HotKernel(run)
         st = c.get("/api/runs/r/status").json()
-        assert (st["state"], st["last_step"], st["paused"]) == ("not started", None, False), st
+        # (the earlier life's steps are not this one's)
+        opened = f"not started (its kernel is open in pid {os.getpid()}: no step yet)"
+        assert (st["state"], st["last_step"], st["paused"]) == (opened, None, False), st
         for step in range(5):
             second.apply({"step": step, "metrics": {"loss": 2.0}})
         st = c.get("/api/runs/r/status").json()
