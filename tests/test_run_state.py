@@ -203,3 +203,27 @@ def test_a_copy_of_a_live_run_says_nothing_trains_there(
     assert _status(cli, run_dir)["state"] == "running"  # the original is untouched
     cli(run_dir, "stop")
     assert tr.finish()[0] == 0
+
+
+def test_the_python_api_says_when_a_command_waits_for_the_next_run(
+    run_dir: str, caplog: Any
+) -> None:
+    """A pause sent from Python to a finished run was queued in silence (the CLI says it), and
+    held the next run started in the folder at its first step."""
+    import logging
+
+    from hotcb import HotClient, HotKernel
+
+    with HotKernel(run_dir, checkpoint_on_signal=False) as kernel:
+        kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    client = HotClient(run_dir)
+    with caplog.at_level(logging.WARNING, logger="hotcb"):
+        client.pause()
+    assert [r.getMessage() for r in caplog.records] == [
+        "hotcb: the run finished at step 0; control pause waits in the commands file for the next "
+        "run started in this directory (or the next loop of the same process)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hotcb"):
+        HotClient(run_dir, warn_over=False).resume()
+    assert not caplog.records

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 import socket
@@ -27,6 +28,8 @@ from .ops import make_command
 from .runfiles import RunPaths, folder_of_runs, is_network_fs
 
 __all__ = ["HotClient", "route_keys"]
+
+log = logging.getLogger("hotcb")
 
 _OPT_PATTERN = re.compile(
     r"^(opt\d*\.)?(lr|learning_rate|weight_decay|momentum|betas|beta1|beta2|eps|dampening|nesterov)(@.+)?$"
@@ -211,6 +214,10 @@ class HotClient:
             checks them when it applies them; :attr:`last_unchecked` says so).
         create: create the run directory when it does not exist (commands wait there for a
             run to start). ``False`` refuses a directory that does not exist: a typo (the CLI).
+        warn_over: log a warning (logger ``hotcb``) when a command is written to a run that is
+            over (finished, stopped, crashed): it waits in the commands file for the next run
+            started in the directory, which applies it (a pause then holds that run at its
+            first step). The CLI and the dashboard say it their own way.
     """
 
     def __init__(
@@ -220,12 +227,14 @@ class HotClient:
         source: str = "python",
         validate: bool = True,
         create: bool = True,
+        warn_over: bool = True,
     ) -> None:
         self.paths = RunPaths(os.fspath(run_dir))
         self.run_dir = self.paths.root
         self.source = source
         self.validate = validate
         self.create = create
+        self.warn_over = warn_over
         #: the last command was appended without checking its parameters (nothing published)
         self.last_unchecked = False
         self.last_routed: dict[str, str] = {}  # set(): key -> module, when routed by name only
@@ -295,6 +304,12 @@ class HotClient:
                 errno=exc.errno,
                 path=exc.path,
             ) from exc
+        if self.warn_over:
+            over = self.run_over()
+            if over is not None:
+                log.warning("hotcb: the run %s; %s %s waits in the commands file for the next "
+                            "run started in this directory (or the next loop of the same "
+                            "process)", over, record["module"], record["op"])  # fmt: skip
         return str(record["cmd_id"])
 
     def _warn_if_remote_writer(self) -> None:

@@ -94,7 +94,8 @@ def client(args: argparse.Namespace) -> HotClient:
     exist: a typo, until ``hotcb init`` or a starting run creates it."""
     c: HotClient | None = getattr(args, "_client", None)
     if c is None:
-        c = args._client = HotClient(args.dir, source="cli", create=False)
+        # (a command to a run that is over: finish() says so its own way)
+        c = args._client = HotClient(args.dir, source="cli", create=False, warn_over=False)
         # a forgotten --dir: a command sent here would wait for a run that may never start
         # (said by finish(), once it is sent: the send creates the commands file)
         # in the current directory by default (a forgotten --dir) on every command; in a

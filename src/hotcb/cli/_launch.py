@@ -214,7 +214,8 @@ def _enable_tuner(args: argparse.Namespace, run_dir: str) -> str | None:
                 "storage": args.tune_storage, "study": args.tune_study,
                 "restore": args.tune_restore, "start": args.tune_start,
                 "sync": args.tune_sync}  # fmt: skip
-    return HotClient(run_dir, source="launch").tune_enable(args.tune, **settings)
+    # (to the run it starts: an earlier one in the directory being over is no news)
+    return HotClient(run_dir, source="launch", warn_over=False).tune_enable(args.tune, **settings)
 
 
 def _tune_recipe(path: str | None, run_dir: str) -> str | None:
