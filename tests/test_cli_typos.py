@@ -105,6 +105,8 @@ def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) 
         said = f"[not started (its kernel is open in pid {os.getpid()}: no step yet)]"
         assert said in done.stdout.splitlines()[0], done.stdout
         assert "no run directory" not in done.stdout + done.stderr
+        kernel.close()  # before a step: the run's end was gone, and its exit read `crashed`
+        assert "[closed before its first step]" in cli(run_dir, "status").stdout.splitlines()[0]
     finally:
         kernel.close()
 

@@ -326,3 +326,41 @@ def test_undo_of_a_change_set_again_since_leaves_the_later_value(run_dir: str) -
     assert [e["decision"] for e in undos[2:]] == ["applied"] * 3
     # aux=0.1 undone, aux=0.5 is in force again: its undo puts aux's old value back
     assert undos[4]["changes"] == {"aux": {"old": 0.5, "new": 0.2}}, undos[4]
+
+
+def test_a_change_undone_in_part_can_have_the_rest_undone_once_in_force_again(
+    run_dir: str,
+) -> None:
+    """`undo --cmd-id` of {lr, weight_decay} after a later lr set took back the weight decay
+    only, and marked the whole command undone: once the later lr was undone, the first one's
+    lr was in force again and nothing could take it back ("undone already")."""
+    opt = torch.optim.AdamW(nn.Linear(4, 1).parameters(), lr=0.1, weight_decay=0.0)
+    first: list[str] = []
+
+    def send(step: int, client: HotClient) -> None:
+        if step == 1:
+            first.append(client.opt(lr=0.03, weight_decay=0.01))
+        elif step == 2:
+            client.opt(lr=0.04)
+        elif step == 3:
+            client.undo(first[0])  # weight decay back; the lr is the later set's
+        elif step == 4:
+            client.undo()  # lr=0.04: the first's lr is in force again
+        elif step == 5:
+            client.undo()  # the rest of the first: its lr
+        elif step == 6:
+            client.undo(first[0])
+
+    got = run_loop(run_dir, opt, 8, send)
+    assert [(g[0]["lr"], g[0]["weight_decay"]) for g in got[1:7]] == [
+        (0.03, 0.01), (0.04, 0.01), (0.04, 0.0), (0.03, 0.0), (0.1, 0.0), (0.1, 0.0)
+    ]  # fmt: skip
+    undos = [e for e in ledger(run_dir) if e["op"] == "undo"]
+    assert [(e["decision"], e.get("changes")) for e in undos] == [
+        ("applied", {"weight_decay": {"old": 0.01, "new": 0.0}}),
+        ("applied", {"lr": {"old": 0.04, "new": 0.03}}),
+        ("applied", {"lr": {"old": 0.03, "new": 0.1}}),
+        ("noop", None),
+    ], undos
+    assert undos[0]["set_since"]["lr"]["seq"] == 2 and undos[2]["undo_of"] == first[0]
+    assert "is undone already" in undos[3]["error"]

@@ -276,9 +276,9 @@ class RunControl:
                 "rejected", error=f"{target.get('module')} {target.get('op')} cannot be undone"
             )
         result = handler.undo(target, env)
-        if result.decision == Decision.APPLIED.value:
-            self.recorder.undone.add(target["cmd_id"])
         result.extra = {**(result.extra or {}), "undo_of": target["cmd_id"]}
+        if result.decision == Decision.APPLIED.value:
+            self.recorder.note_undo(target["cmd_id"], {**result.extra, "changes": result.changes})
         return result
 
     def _undo_target(self, cmd_id: str | None) -> Mapping[str, Any] | None:

@@ -53,6 +53,9 @@ class LedgerRecorder:
         #: applied entries with changes, newest last (what ``undo`` reverts)
         self.history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self.undone: set[str] = set()
+        #: keys an undo took back of a command whose other keys a later command had set again
+        #: (``set_since``): those stay the command's, to take back once they are in force again
+        self.partly: dict[str, set[str]] = {}
         #: the entries that ended each tuner trial, by trial number: ``(seq, "kept" |
         #: "rolled_back" | "voided")``, oldest first (a voided trial's roll-back follows its void)
         self.trial_ends: dict[Any, list[tuple[int, str]]] = {}
@@ -114,7 +117,7 @@ class LedgerRecorder:
             if entry.get("decision") != "applied":
                 continue
             if entry.get("undo_of"):
-                self.undone.add(str(entry["undo_of"]))
+                self.note_undo(str(entry["undo_of"]), entry)
             # a ramp's end (``source: "ramp"``) repeats its command's cmd_id: the command's
             # own entry, with its transition, is what an undo takes back, as in the life itself
             if entry.get("changes") and entry.get("source") != "ramp":
@@ -125,6 +128,15 @@ class LedgerRecorder:
         self.history = deque([*earlier, *self.history], maxlen=_HISTORY)
         for trial, theirs in ends.items():
             self.trial_ends[trial] = [*theirs, *self.trial_ends.get(trial, [])]
+
+    def note_undo(self, target: str, undo: Mapping[str, Any]) -> None:
+        """An applied ``undo`` of command ``target``: undone, or in part when it left keys a
+        later command had set again (its ``set_since``)."""
+        if not undo.get("set_since"):
+            self.undone.add(target)
+            self.partly.pop(target, None)
+            return
+        self.partly.setdefault(target, set()).update(undo.get("changes") or ())
 
     def trials(self) -> TrialView:
         """The tuner's trials as the applied changes in memory show them (for ``undo``)."""

@@ -305,7 +305,9 @@ class ActuatorStream:
         An old value that a tuner trial had set, when the trial was not kept (rolled back or
         voided, its roll-back leaving the key to this command), loses the trial's move too
         (:meth:`_without_trial`): the value the roll-back would have put back."""
-        reverse = {k: v for k, v in entry["changes"].items() if v.get("old") is not None}
+        taken = self.recorder.partly.get(str(entry.get("cmd_id")), set())  # by an earlier undo
+        reverse = {k: v for k, v in entry["changes"].items()
+                   if v.get("old") is not None and k not in taken}  # fmt: skip
         changes: dict[str, Any] = {}
         scaled: dict[str, float] = {}  # key -> the factor that took the change back
         zero: list[str] = []  # at zero on their schedule: left there

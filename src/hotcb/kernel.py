@@ -47,6 +47,7 @@ from ._resume import (
 from ._schedule import NEVER, Schedule, StepSource
 from ._signals import DEFAULT_SIGNALS, SignalCatcher, signal_name
 from ._stream import ActuatorStream
+from ._trials import set_since
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .freeze import FreezeState
 from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
@@ -207,7 +208,8 @@ class HotKernel:
         if not replay_commands:
             refuse_lost_ledger(self.paths)
         self._other_pid: int | None = None  # another live trainer in this run directory
-        if _dist.first_rank():  # the run's files exist from here on: `hotcb status` sees it
+        self._opened_run = _dist.first_rank()  # this kernel wrote the run's hotcb.run.json
+        if self._opened_run:  # the run's files exist from here on: `hotcb status` sees it
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
                     # ledger that goes missing later is noticed. Never through a link planted
@@ -770,6 +772,10 @@ class HotKernel:
             return old, None
         return self._stream.value_before(key, old, new, env)
 
+    def set_since(self, entry: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+        """The keys of ``entry`` a later command set again (see :func:`hotcb._trials.set_since`)."""
+        return set_since(self._ledger.trials(), entry, keys)
+
     def _dispatch(self, env: Env, events: Sequence[str]) -> None:
         step = env["step"]
         if self._ledger.point.step != step:  # what a module records lands at this step
@@ -1227,7 +1233,10 @@ class HotKernel:
             problem = self._ledger.flush()
             if problem is not None:
                 self._lost_at_close(problem)
-            if self._started and self.is_leader:  # `hotcb status`: "finished at step N"
+            # `hotcb status`: "finished at step N"; a kernel closed before any step (it
+            # opened the run, so the last life's end is gone): "closed before its first step"
+            unstarted = self._last_step is None and self._opened_run
+            if (self._started and self.is_leader) or unstarted:
                 ended = {
                     "step": self._last_step,
                     "wall_time": time.time(),

@@ -338,6 +338,8 @@ class LedgerView:
         meta = meta or {}
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
+            if ended.get("step") is None:  # its kernel opened the run and closed it at once
+                return "closed before its first step"
             how = ("stopped" if ended.get("stopped") else
                    "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
             return f"{how} at step {ended.get('step')}"
@@ -682,7 +684,15 @@ def _never_started(meta: Mapping[str, Any]) -> str | None:
     return f"ended before it started (its training exited with code {code})"
 
 
-_OVER = ("finished", "stopped at", "crashed", "interrupted", "ended before", "copied or moved")
+_OVER = (
+    "finished",
+    "stopped at",
+    "crashed",
+    "interrupted",
+    "ended before",
+    "copied or moved",
+    "closed before",
+)
 
 
 def run_over(meta: Mapping[str, Any], now: float, root: str | None = None) -> str | None:

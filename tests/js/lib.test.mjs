@@ -287,10 +287,12 @@ describe("runIsOver", () => {
     for (const said of ["finished at step 599", "stopped at step 12", "crashed (exit code 1; …)",
       "interrupted by SIGINT (…)", "interrupted at step 728",
       "ended before it started (its training exited with code 2)",
-      "copied or moved here from /r while its trainer (pid 7) ran there: nothing trains in this directory"]) {
+      "copied or moved here from /r while its trainer (pid 7) ran there: nothing trains in this directory",
+      "closed before its first step"]) {
       assert.equal(lib.runIsOver(said), true, said);
     }
-    for (const said of ["running", "paused", "idle", "not started", "not started (a branch of /r at step 30)", null]) {
+    for (const said of ["running", "paused", "idle", "not started", "not started (a branch of /r at step 30)",
+      "not started (its kernel is open in pid 7: no step yet)", null]) {
       assert.equal(lib.runIsOver(said), false, String(said));
     }
   });

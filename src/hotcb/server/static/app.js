@@ -187,7 +187,8 @@ function addEntries(entries) {
     }
     app.ledger.push(e);
     answered(e.cmd_id);
-    if (e.undo_of && e.decision === "applied") app.undone.add(e.undo_of);
+    // (one that left keys a later command had set again took back part of it: Undo stays)
+    if (e.undo_of && e.decision === "applied" && !e.set_since) app.undone.add(e.undo_of);
     controls.onEntry(e);
     tunePanel.onEntry(e);
     if (e.module === "freeze" && e.decision === "applied" && e.changes?.mode) setFreeze(e.changes.mode.new);

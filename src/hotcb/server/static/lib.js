@@ -96,7 +96,7 @@ export function pastStepError(atStep, step, key) {
  * died, a launched training exited before it opened its kernel, or the folder is a copy of a
  * live run's (its trainer writes to the original). Nothing will act on commands any more. */
 export function runIsOver(runState) {
-  return typeof runState === "string" && /^(finished at step|stopped at step|crashed|interrupted|ended before|copied or moved here)/.test(runState);
+  return typeof runState === "string" && /^(finished at step|stopped at step|crashed|interrupted|ended before|copied or moved here|closed before)/.test(runState);
 }
 
 /** The chip of a run whose folder the server no longer finds (deleted or moved). */
