@@ -221,7 +221,8 @@ def test_the_python_api_says_when_a_command_waits_for_the_next_run(
         client.pause()
     assert [r.getMessage() for r in caplog.records] == [
         "hotcb: the run finished at step 0; control pause waits in the commands file for the next "
-        "run started in this directory (or the next loop of the same process)"
+        "run started in this directory (or the next loop of the same process) (and holds it at "
+        "its first step)"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hotcb"):

@@ -15,6 +15,7 @@ not those of trials voided with nothing to roll back, nor of the open one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,8 @@ class TrialView:
         index, at = self._index(entry), self._index(owner)
         if index is None or at is None or at < index:
             return None
+        if _same(_new(owner, key), _new(entry, key)):
+            return None  # it set the value back (a replay's roll-back: a plain set_params)
         return owner
 
     def _in_force(self, key: str) -> Entry | None:
@@ -185,3 +188,17 @@ def since_text(since: Mapping[str, Mapping[str, Any]]) -> str:
         f"{said}: this change is no longer in force there, so the undo leaves it (undo that "
         "change, or set the value you want)"
     )
+
+
+def _new(entry: Entry, key: str) -> Any:
+    change = (entry.get("changes") or {}).get(key)
+    return change.get("new") if isinstance(change, Mapping) else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same value, as a ledger holds numbers (float noise aside)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return (
+            not isinstance(a, bool) and not isinstance(b, bool) and math.isclose(a, b, rel_tol=1e-9)
+        )
+    return a is not None and a == b

@@ -307,9 +307,10 @@ class HotClient:
         if self.warn_over:
             over = self.run_over()
             if over is not None:
+                held = " (and holds it at its first step)" if record["op"] == "pause" else ""
                 log.warning("hotcb: the run %s; %s %s waits in the commands file for the next "
                             "run started in this directory (or the next loop of the same "
-                            "process)", over, record["module"], record["op"])  # fmt: skip
+                            "process)%s", over, record["module"], record["op"], held)  # fmt: skip
         return str(record["cmd_id"])
 
     def _warn_if_remote_writer(self) -> None:

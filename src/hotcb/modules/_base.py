@@ -8,7 +8,7 @@ modules only by the import path in the registry and creates them on first use, s
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -114,6 +114,10 @@ class ModuleHost(Protocol):
     ) -> tuple[Any, float | None]:
         """What taking back a change ``old -> new`` sets now, and the factor when it is not
         ``old`` (a value an LR scheduler moved since: the change's ratio is taken back)."""
+
+    def set_since(self, entry: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+        """The keys of an applied ``entry`` that a later command set again (nothing of
+        ``entry`` is in force there: an undo leaves them), with who set each."""
 
 
 @runtime_checkable

@@ -35,7 +35,9 @@ def test_the_same_enable_again_lets_the_open_trial_go_on(toy: Any) -> None:
     (entry,) = [e for e in t.ledger("enable") if e["cmd_id"] == cid]
     # (`hotcb log` said "mode: active -> active", as if it had changed something)
     assert entry["decision"] == "noop" and not entry.get("changes")
-    assert entry["error"] == "the tuner is active with these settings already: nothing to change"
+    assert entry["error"] == (
+        "the tuner runs in active mode with these settings already: nothing to change"
+    )
     tune = t.kernel.module("tune")
     assert tune.trial is not None and tune.trial["number"] == trial["number"]
     t.run(100_000, until=lambda: tune.trial is None)

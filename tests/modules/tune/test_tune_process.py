@@ -192,7 +192,9 @@ def test_enable_wait_says_whether_the_run_could_open_the_study(
     assert again.returncode == 0, again.stdout + again.stderr
     said, study = again.stdout.splitlines()
     assert "tune enable -> noop" in said, said
-    assert said.endswith(": the tuner is active with these settings already: nothing to change")
+    assert said.endswith(
+        ": the tuner runs in active mode with these settings already: nothing to change"
+    )
     assert study == f"study hotcb-run open in sqlite:///{run_dir}/hotcb.tune.db"
     # a storage that cannot be a storage is refused before anything is sent
     sent = len(read_jsonl(os.path.join(run_dir, "hotcb.commands.jsonl")))

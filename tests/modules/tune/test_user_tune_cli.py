@@ -675,6 +675,31 @@ def test_a_person_s_undo_of_a_kept_trial_is_exported_and_replayed(toy: Any, cli:
     assert [e["decision"] for e in undone] == ["applied"], undone
 
 
+def test_undo_of_a_kept_trial_a_later_kept_trial_moved_on_leaves_the_later_value(
+    toy: Any,
+) -> None:
+    """`undo` of the first of two kept trials on the lr put back the lr from before the first,
+    wiping the second trial's kept move too. Nothing of the first is in force any more: the
+    undo leaves the lr, and says which trial set it since."""
+    t: Toy = toy(log_level, lr=1e-3)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=10, seed=3, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(20_000, until=lambda: len(t.ledger("keep")) >= 2)
+    client.tune_disable()
+    t.run(100_000, until=lambda: t.kernel.module("tune").mode == "off")
+    first, second = (k["tune"]["trial"] for k in t.ledger("keep")[:2])
+    mutates = {m["tune"]["trial"]: m for m in t.ledger("mutate")}
+    client.undo(mutates[first]["cmd_id"])
+    t.run(100_000, until=lambda: any(e.get("op") == "undo" for e in read_ledger(t.kernel.run_dir)))
+    t.run(1)
+    (undo,) = [e for e in read_ledger(t.kernel.run_dir) if e.get("op") == "undo"]
+    assert undo["decision"] == "noop", undo
+    assert t.lr == pytest.approx(mutates[second]["changes"]["lr"]["new"])  # the second's, kept
+    assert undo["set_since"]["lr"]["cmd_id"] == mutates[second]["cmd_id"]
+    assert undo["error"].startswith(f"lr was set again since (#{mutates[second]['seq']} at step ")
+
+
 def test_tune_export_after_a_new_study_keeps_only_the_kept_trials_of_each(toy: Any) -> None:
     """A tuner moved to another study mid-run (`tune enable --study NAME`) numbers its trials
     from 0 again: `tune export` pairs each keep with its own trial's mutation, not with every

@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ... import jsonl
+from ..._trials import since_text
 from ...errors import CommandError, HotcbError
 from ...metrics import VAL_LOSS_NAMES
 from ...ops import HotOp, make_command
@@ -61,7 +62,7 @@ _HISTORY = 4  # segment levels kept for the trend
 _UNMOVED_PER_BOUNDARY = 3  # trials in a row that move no knob before a baseline segment
 #: Settings a ``tune enable`` on a tuner that is on lists in its ledger entry when it changes them
 _SHOWN = ("objective", "direction", "segment_steps", "segment_evals", "start", "restore", "risk",
-          "threshold", "startup_trials", "total_steps", "abort")  # fmt: skip
+          "threshold", "startup_trials", "total_steps", "abort", "seed", "sync")  # fmt: skip
 _OPENING = "no trial while the study was opening"  # the head of the note tune status shows
 _NO_KEEP = "no trial can be kept: the bar to keep one is above +1, the most a lower loss scores"
 #: A level whose standard error is this share of it or more is not sure to be above zero
@@ -388,6 +389,34 @@ class TuneModule:
             return OpResult("rejected", error=f"tune {entry.get('op')} is not undone: send the "
                             "mode you want (hotcb tune enable|disable)")  # fmt: skip
         changes = entry.get("changes") or {}
+        # a knob a later command (or a later kept trial) set again: nothing of this one there
+        since = self.host.set_since(entry, changes)
+        if since and not set(changes) - set(since):
+            return OpResult("noop", error=since_text(since), extra={"set_since": since})
+        values, scaled = self._undo_values(entry, {k: v for k, v in changes.items()
+                                                   if k not in since}, env)  # fmt: skip
+        if not values:
+            return OpResult("rejected", error="this tune entry changed no value to undo")
+        trial = (entry.get("tune") or {}).get("trial")
+        if self.trial is not None and self.trial["number"] == trial:
+            self._void_undone(trial, int(env["step"]))
+        result = self._actuate(values, env)
+        if scaled:
+            result.extra["on_schedule"] = scaled
+        if since:
+            result.extra["set_since"] = since
+            result.error = since_text(since)
+        if result.decision == "applied":
+            self._undone_keep(trial, int(env["step"]))
+        if self.host.is_leader:
+            self._save()
+        return result
+
+    def _undo_values(
+        self, entry: Mapping[str, Any], changes: Mapping[str, Any], env: Env
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+        """What undoing ``changes`` of a tuner ``entry`` sets, by module, and the ratios taken
+        back from values an LR scheduler moved since."""
         modules = (entry.get("tune") or {}).get("modules") or {}
         values: dict[str, dict[str, Any]] = {}
         scaled: dict[str, float] = {}
@@ -402,19 +431,7 @@ class TuneModule:
                 values.setdefault(module, {})[key] = value
                 if factor is not None:
                     scaled[key] = factor
-        if not values:
-            return OpResult("rejected", error="this tune entry changed no value to undo")
-        trial = (entry.get("tune") or {}).get("trial")
-        if self.trial is not None and self.trial["number"] == trial:
-            self._void_undone(trial, int(env["step"]))
-        result = self._actuate(values, env)
-        if scaled:
-            result.extra["on_schedule"] = scaled
-        if result.decision == "applied":
-            self._undone_keep(trial, int(env["step"]))
-        if self.host.is_leader:
-            self._save()
-        return result
+        return values, scaled
 
     def _void_undone(self, trial: Any, step: int) -> None:
         """The open trial's mutation undone: it cannot be judged."""
@@ -609,8 +626,9 @@ class TuneModule:
         if old != "off" and settings.to_dict() == before:
             # the tuner as it is (`hotcb launch --resume-from … --tune active` sends its enable
             # again over the checkpoint's tuner): nothing to restart, the open trial goes on
-            return OpResult("noop", error=f"the tuner is {old} with these settings already: "
-                            "nothing to change", extra={"tune": self._public_settings()})  # fmt: skip
+            return OpResult("noop", error=f"the tuner runs in {old} mode with these settings "
+                            "already: nothing to change",
+                            extra={"tune": self._public_settings()})  # fmt: skip
         try:
             self._enable(settings, int(env["step"]), self._horizon(env))
         except RuntimeError as exc:  # optuna missing, a storage that cannot be opened
@@ -623,7 +641,9 @@ class TuneModule:
             snap = _snapshot.take(env)
             if snap is not None:
                 self._bracket_snaps = {"enabled": snap, "enabled_at": int(env["step"])}
-        changes: dict[str, dict[str, Any]] = {"mode": {"old": old, "new": self.mode}}
+        changes: dict[str, dict[str, Any]] = {}
+        if old != self.mode:  # (a mode that stays is not a change to list)
+            changes["mode"] = {"old": old, "new": self.mode}
         if old != "off":  # what else the enable changed on a tuner that was on
             new = self.settings.to_dict()
             # a segment counted in evaluations has no length in steps to show
