@@ -290,3 +290,27 @@ def test_a_damaged_freeze_file_takes_the_mode_from_the_ledger(
         len(said) == 1 and "the freeze mode is prod, from the ledger's last freeze set" in (said[0])
     )
     again.close()
+
+
+def test_a_replay_sent_to_a_run_already_training_catches_up_on_its_ramps(tmp_path: Any) -> None:
+    """A freeze sent at step 20 to a run already training, whose recipe ramped b over steps
+    2..6 and again over steps 15..25: the first ramp ran again from step 20 to 24, 18 steps off
+    the plan. An overdue ramp lands at once; one still under way ends at its planned step."""
+    done = RecipeEntry(2, "loss", "set_params", params={"b": 0.5}, cmd_id="r2",
+                       transition={"steps": 4})  # fmt: skip
+    under_way = RecipeEntry(15, "loss", "set_params", params={"a": 3.0}, cmd_id="r15",
+                            transition={"steps": 10})  # fmt: skip
+    recipe = _recipe(tmp_path / "r.jsonl", done, under_way)
+    run = Run(os.fspath(tmp_path / "run"))
+    run.steps(20)
+    run.client.freeze("replay", recipe_path=recipe)
+    run.steps()  # step 20: the freeze, then what is overdue
+    assert run.weights["b"] == 0.5  # the plan's value by now, at once
+    first = run.entry("r2")
+    assert first["step"] == 20 and not first.get("transition"), first
+    ramp = run.entry("r15")
+    assert ramp["transition"]["steps"] == 5, ramp  # the 5 steps left of its 10
+    run.steps(4)
+    assert 1.0 < run.weights["a"] < 3.0
+    run.steps()  # step 25: where the recipe's ramp ends
+    assert run.weights["a"] == 3.0

@@ -1248,7 +1248,7 @@ class RecipePlayer:
             if due > step:
                 break
             if due < step or entry.event in events:
-                out.append(self._to_op(entry))
+                out.append(self._to_op(entry, late=step - due))
             else:
                 keep.append(waiting[i])  # its event may still come at this step
             i += 1
@@ -1260,9 +1260,19 @@ class RecipePlayer:
         """The next ``n`` entries still to fire (steps as in the recipe, before the offset)."""
         return [self.entries[i] for i in self._waiting[:n]]
 
-    def _to_op(self, entry: RecipeEntry) -> HotOp:
+    def _to_op(self, entry: RecipeEntry, late: int = 0) -> HotOp:
+        """The op of ``entry``, fired ``late`` steps after its step (a freeze sent to a run
+        already training catches up): a ramp that would have ended by now lands at once, one
+        under way ends at its planned step."""
         rec = entry.command_record()
         rec["params"] = copy.deepcopy(entry.params)
+        ramp = rec.get("transition")
+        if late > 0 and isinstance(ramp, Mapping) and isinstance(ramp.get("steps"), int):
+            left = ramp["steps"] - late
+            if left > 0:
+                rec["transition"] = {**ramp, "steps": left}
+            else:
+                rec.pop("transition")
         if entry.line is not None:
             rec["recipe_line"] = entry.line
         if entry.adjusted:
