@@ -174,6 +174,18 @@ ddp_bare.main()
 """
 
 
+def _ddp_bare(tmp_path: Path, run_dir: Path, traces: Path, pids: Path) -> list[str]:
+    """torchrun's argv for ``ddp_bare.py`` on two ranks with ``checkpoint_on_signal``; each
+    rank writes its pid to ``pids/pid_rank<N>``."""
+    pids.mkdir()
+    wrapper = tmp_path / "ddp_bare_on_signal.py"
+    wrapper.write_text(WRAPPER)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    argv += [os.fspath(wrapper), os.fspath(EXAMPLES), os.fspath(pids)]
+    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--step-delay", "0.01"]
+    return [*argv, "--debounce", "3", "--trace-dir", os.fspath(traces)]
+
+
 @pytest.mark.slow
 def test_bare_ddp_loop_under_torchrun_ledgers_checkpoint_then_stop_on_sigterm(
     tmp_path: Path,
@@ -181,13 +193,7 @@ def test_bare_ddp_loop_under_torchrun_ledgers_checkpoint_then_stop_on_sigterm(
     """Under DDP the signal's commands reach every rank in one batch; the checkpoint is saved
     before the stop is applied, so the ledger reads as in one process."""
     run_dir, traces, pids = tmp_path / "run", tmp_path / "traces", tmp_path / "pids"
-    pids.mkdir()
-    wrapper = tmp_path / "ddp_bare_on_signal.py"
-    wrapper.write_text(WRAPPER)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    argv += [os.fspath(wrapper), os.fspath(EXAMPLES), os.fspath(pids)]
-    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--step-delay", "0.01"]
-    argv += ["--debounce", "3", "--trace-dir", os.fspath(traces)]
+    argv = _ddp_bare(tmp_path, run_dir, traces, pids)
     proc = _start(argv)
     try:
         wait_for(lambda: _training(proc, traces / "trace_rank0.jsonl", 5), 180, what="steps")
@@ -215,13 +221,7 @@ def test_a_sigterm_that_reached_rank_1_alone_does_not_make_a_later_ctrl_c_kill_i
     reached every rank counted on rank 1 as the second signal and killed it at once, so rank 0's
     checkpoint met a closed connection and the run read ``crashed`` with no checkpoint."""
     run_dir, traces, pids = tmp_path / "run", tmp_path / "traces", tmp_path / "pids"
-    pids.mkdir()
-    wrapper = tmp_path / "ddp_bare_on_signal.py"
-    wrapper.write_text(WRAPPER)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    argv += [os.fspath(wrapper), os.fspath(EXAMPLES), os.fspath(pids)]
-    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--step-delay", "0.01"]
-    argv += ["--debounce", "3", "--trace-dir", os.fspath(traces)]
+    argv = _ddp_bare(tmp_path, run_dir, traces, pids)
     proc = subprocess.Popen(  # Ctrl-C as in a terminal, whatever the shell running the tests does
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
