@@ -748,3 +748,52 @@ def test_an_autopilot_change_in_the_resumed_life_does_not_drop_a_persons_reappli
     assert second.opt.param_groups[0]["lr"] == pytest.approx(0.02)
     (again,) = [e for e in read_ledger(run_dir) if e["source"] == "resume"]
     assert (again["step"], again["decision"], again["error"]) == (30, "applied", None)
+
+
+def _down_and_undo(tmp_path: Any, name: str, which: int) -> tuple[Loop, str, list[str]]:
+    """lr and momentum set at 15 (A), lr at 30 (B), checkpoint at 20, the trainer killed at 40,
+    then ``undo --cmd-id`` of A (``which`` 0) or B (1) sent while it is down, and the run
+    resumed from the checkpoint to its end. The resumed loop, the undo's id, [A, B]."""
+    dead = {15: lambda c: c.opt(lr=0.02, momentum=0.5), 30: lambda c: c.opt(lr=0.03)}
+    run_dir = os.fspath(tmp_path / name)
+    first = Loop(run_dir)
+    first.run(60, dead, (20,), kill_after=40)
+    ab = [e["cmd_id"] for e in read_ledger(run_dir) if e["step"] in (15, 30)]
+    undo = HotClient(run_dir, source="cli").undo(ab[which])  # the trainer is down
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    second.run(60)
+    return second, undo, ab
+
+
+def test_an_undo_sent_while_the_trainer_was_down_acts_on_the_state_the_person_saw(
+    tmp_path: Any,
+) -> None:
+    """An `undo --cmd-id A` sent while the trainer is down landed at the first step after the
+    checkpoint, before the resume put B back: it took A's lr back too, and B was then dropped
+    as "set by a newer command", so the run had neither. An `undo --cmd-id B` took B's ratio
+    off an lr B had not set in this life. Now A's undo leaves the lr (B set it again after A)
+    and takes its momentum back, and B's undo keeps the resume from putting B back."""
+    loop, undo_a, (_, b) = _down_and_undo(tmp_path, "a", 0)
+    ledger = read_ledger(loop.run_dir)
+    (took,) = [e for e in ledger if e["cmd_id"] == undo_a]
+    assert took["step"] == 21 and took["decision"] == "applied"
+    assert took["changes"] == {"momentum": {"old": 0.5, "new": 0.9}}, took
+    assert (
+        "lr was set again after it (the resume re-applies that change at step 30)" in took["error"]
+    )
+    again = [e for e in ledger if e["source"] == "resume" and e["cmd_id"].startswith(b)]
+    assert [(e["step"], e["decision"]) for e in again] == [(30, "applied")]
+    assert loop.opt.param_groups[0]["lr"] == pytest.approx(0.03)  # B's, as the person saw it
+
+    loop, undo_b, (_, b) = _down_and_undo(tmp_path, "b", 1)
+    ledger = read_ledger(loop.run_dir)
+    (took,) = [e for e in ledger if e["cmd_id"] == undo_b]
+    assert took["step"] == 21 and took["decision"] == "applied" and not took.get("changes")
+    assert took["error"] == (f"command {b!r} had not come back in this life (the resume "
+                             "re-applies it at step 30): it will not be")  # fmt: skip
+    assert not [e for e in ledger if e["source"] == "resume" and e["cmd_id"].startswith(b)]
+    assert loop.opt.param_groups[0]["lr"] == pytest.approx(0.02)  # A's, as before B
+    # its recipe replays: that undo named a change the recipe does not hold
+    _, entries = export_recipe(loop.run_dir)
+    assert [(e.step, e.op) for e in entries] == [(15, "set_params")]

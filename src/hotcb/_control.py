@@ -266,6 +266,13 @@ class RunControl:
             if named in rec.undone:  # again, it took the change's ratio off a schedule twice
                 return OpResult("noop", error=f"command {named!r} is undone already: nothing "
                                 "to take back")  # fmt: skip
+            coming = next((at for at, o in rec.coming() if o.cmd_id == named), None)
+            if coming is not None:  # sent while the trainer was down, say: it never came back
+                self._schedule().cancel(named)
+                rec.undone.add(named)
+                return OpResult("applied", extra={"not_reapplied": coming, "undo_of": named},
+                                error=f"command {named!r} had not come back in this life (the "
+                                f"resume re-applies it at step {coming}): it will not be")  # fmt: skip
         target = self._undo_target(named)
         if target is None or not target.get("changes"):
             what = f"command {op.params.get('cmd_id')!r}" if op.params.get("cmd_id") else "change"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,9 @@ class LedgerRecorder:
         #: keys an undo took back of a command whose other keys a later command had set again
         #: (``set_since``): those stay the command's, to take back once they are in force again
         self.partly: dict[str, set[str]] = {}
+        #: ``(step, op)`` of the changes a resume has yet to re-apply in this life (the kernel
+        #: sets it): to the person who saw the life it replaces, they came after the rest
+        self.coming: Callable[[], Iterable[tuple[int, Any]]] = tuple
         #: the entries that ended each tuner trial, by trial number: ``(seq, "kept" |
         #: "rolled_back" | "voided")``, oldest first (a voided trial's roll-back follows its void)
         self.trial_ends: dict[Any, list[tuple[int, str]]] = {}

@@ -313,7 +313,7 @@ class ActuatorStream:
         zero: list[str] = []  # at zero on their schedule: left there
         trials: dict[str, dict[str, Any]] = {}  # key -> the unkept trial whose move went too
         view = self.recorder.trials()
-        since = set_since(view, entry, reverse)
+        since = set_since(view, entry, reverse, self.recorder.coming())
         if since and not set(reverse) - set(since):
             return OpResult("noop", error=since_text(since), extra={"set_since": since})
         back: list[tuple[str, Any]] = []  # what to set, applied as one (lr before lr@group1)

@@ -166,24 +166,37 @@ class TrialView:
         return None
 
 
-def set_since(view: TrialView, entry: Entry, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+def set_since(
+    view: TrialView, entry: Entry, keys: Iterable[str], coming: Iterable[tuple[int, Any]] = ()
+) -> dict[str, dict[str, Any]]:
     """The keys of ``entry`` (an applied change an undo takes back) that a later command set
     again, so that ``entry``'s value is no longer in force there: key -> the ``cmd_id``,
     ``seq``, ``step`` and ``source`` of the entry whose value is. Taking ``entry`` back there
     would undo that later change instead (under an LR scheduler, scale it by ``entry``'s
-    ratio: a 10x lr no one set)."""
+    ratio: a 10x lr no one set). ``coming``: ``(step, op)`` of the changes a resume has yet to
+    re-apply, which came after ``entry`` in the life it replaces (``"reapplied_at"``)."""
+    later: dict[str, tuple[int, Any]] = {}
+    for at, op in coming:
+        if op.op == "set_params" and op.module in ("opt", "loss", "custom"):
+            for key in op.params:
+                later.setdefault(key, (at, op))
     found: dict[str, dict[str, Any]] = {}
     for key in keys:
         owner = view.set_since(entry, key)
         if owner is not None:
             found[key] = {k: owner.get(k) for k in ("cmd_id", "seq", "step", "source")}
+        elif key in later:
+            at, op = later[key]
+            found[key] = {"cmd_id": op.cmd_id, "reapplied_at": at, "source": "resume"}
     return found
 
 
 def since_text(since: Mapping[str, Mapping[str, Any]]) -> str:
     """What an undo says of the keys :func:`set_since` found."""
     said = "; ".join(f"{key} was set again since (#{s.get('seq')} at step {s.get('step')}, "
-                     f"{s.get('source')})" for key, s in since.items())  # fmt: skip
+                     f"{s.get('source')})" if "reapplied_at" not in s else
+                     f"{key} was set again after it (the resume re-applies that change at step "
+                     f"{s['reapplied_at']})" for key, s in since.items())  # fmt: skip
     return (
         f"{said}: this change is no longer in force there, so the undo leaves it (undo that "
         "change, or set the value you want)"

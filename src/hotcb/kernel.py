@@ -235,6 +235,7 @@ class HotKernel:
             self.mutable_state, self._ledger, self.paths.actuators, warn=self._warn,
             history_path=self.paths.knobs,
         )  # fmt: skip
+        self._ledger.coming = self._coming
         self._control = RunControl(
             self._ledger,
             lambda: self._schedule,
@@ -771,6 +772,11 @@ class HotKernel:
         if act is None or act.group != module:
             return old, None
         return self._stream.value_before(key, old, new, env)
+
+    def _coming(self) -> list[tuple[int, HotOp]]:
+        """``(step, op)`` of the changes a resume has yet to re-apply (see
+        ``LedgerRecorder.coming``)."""
+        return [(at, op) for at, op in self._schedule.ops() if op.source == "resume"]
 
     def set_since(self, entry: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
         """The keys of ``entry`` a later command set again (see :func:`hotcb._trials.set_since`)."""

@@ -268,8 +268,12 @@ def ledger_to_entries(
     seen: set[str] = set()
     split: dict[str, list[str]] = {}  # a tuner command's id -> the ids of its set_params
     for e in live_entries(ledger):
-        if e.get("decision") != "applied" or e.get("source") in ("ramp", "kernel"):
-            continue
+        if (
+            e.get("decision") != "applied"
+            or e.get("source") in ("ramp", "kernel")
+            or e.get("not_reapplied") is not None
+        ):  # (an undo of a change left out)
+            continue  # fmt: skip
         module, op = e.get("module"), e.get("op")
         if module == "tune" and op == "bracket" and not (e.get("params") or {}).get("settle"):
             continue  # an arm: its weights were put back, which a replay cannot do
