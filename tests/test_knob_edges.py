@@ -364,3 +364,32 @@ def test_a_change_undone_in_part_can_have_the_rest_undone_once_in_force_again(
     ], undos
     assert undos[0]["set_since"]["lr"]["seq"] == 2 and undos[2]["undo_of"] == first[0]
     assert "is undone already" in undos[3]["error"]
+
+
+def test_undo_of_an_lr_leaves_a_group_set_again_since(run_dir: str) -> None:
+    """`lr=0.2` (both groups doubled), then `lr@group1=0.07`, then `undo --cmd-id` of the lr:
+    the undo said it left group 1, yet its `lr` moved every group, halving 0.07. It takes
+    group 0 back alone; once group 1's change is undone, the rest of the lr comes back."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    opt = torch.optim.SGD([{"params": net[0].parameters(), "lr": 0.1},
+                           {"params": net[1].parameters(), "lr": 0.05}])  # fmt: skip
+    first: list[str] = []
+
+    def send(step: int, client: HotClient) -> None:
+        if step == 1:
+            first.append(client.opt(lr=0.2))
+        elif step == 2:
+            client.send("opt", "set_params", params={"lr@group1": 0.07})
+        elif step == 3:
+            client.undo(first[0])
+        elif step in (4, 5):
+            client.undo()  # group 1's 0.07, then the rest of the lr: group 1's move
+
+    got = run_loop(run_dir, opt, 7, send)
+    lrs = [[g["lr"] for g in groups] for groups in got]
+    assert lrs[1:6] == [[0.2, 0.1], [0.2, 0.07], [0.1, 0.07], [0.1, 0.1], [0.1, 0.05]], lrs
+    undos = [e for e in ledger(run_dir) if e["op"] == "undo"]
+    assert [e["decision"] for e in undos] == ["applied"] * 3
+    assert "lr@group1" not in undos[0]["changes"], undos[0]  # (`lr` reads group 0)
+    assert undos[0]["error"].startswith("lr@group1 was set again since (#2 at step 2")
+    assert "lr@group0" not in undos[2]["changes"] and undos[2]["undo_of"] == first[0]

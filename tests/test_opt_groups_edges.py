@@ -163,6 +163,8 @@ def test_weight_decay_through_zero_keeps_each_groups_share(run_dir: str) -> None
         assert loop.wds() == pytest.approx([0.05, 0.0, 0.15])
         assert up["changes"]["weight_decay@group2"] == {"old": 0.0, "new": pytest.approx(0.15)}
 
+        loop.send(loop.client.undo(up["cmd_id"]))  # newest first: then down is in force
+        assert loop.wds() == [0.0, 0.0, 0.0]
         loop.send(loop.client.undo(down["cmd_id"]))
         assert loop.wds() == pytest.approx([1e-2, 0.0, 3e-2])
 

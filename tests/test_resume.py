@@ -797,3 +797,24 @@ def test_an_undo_sent_while_the_trainer_was_down_acts_on_the_state_the_person_sa
     # its recipe replays: that undo named a change the recipe does not hold
     _, entries = export_recipe(loop.run_dir)
     assert [(e.step, e.op) for e in entries] == [(15, "set_params")]
+
+
+def test_an_undo_sent_while_down_leaves_every_group_a_reapplied_lr_sets(tmp_path: Any) -> None:
+    """Two param groups: lr set at 15 (A), checkpoint at 20, lr at 30 (B), killed at 40, then
+    `undo --cmd-id A` while down. The undo left `lr` but took A back from each group's key,
+    and B was then dropped as overridden by it (`lr` moves every group)."""
+    dead = {15: lambda c: c.opt(lr=0.1), 30: lambda c: c.opt(lr=0.2)}
+    run_dir = os.fspath(tmp_path / "killed")
+    first = Loop(run_dir, lrs=(0.05, 0.02))
+    first.run(60, dead, (20,), kill_after=40)
+    a, b = [e["cmd_id"] for e in read_ledger(run_dir) if e["step"] in (15, 30)]
+    undo = HotClient(run_dir, source="cli").undo(a)
+    second = Loop(run_dir, lrs=(0.05, 0.02))
+    second.resume(first.checkpoints[20])
+    second.run(60)
+    ledger = read_ledger(run_dir)
+    (took,) = [e for e in ledger if e["cmd_id"] == undo]
+    assert took["decision"] == "noop" and not took.get("changes"), took
+    again = [e for e in ledger if e["source"] == "resume" and e["cmd_id"] == b]
+    assert [(e["step"], e["decision"]) for e in again] == [(30, "applied")], again
+    assert [g["lr"] for g in second.opt.param_groups] == pytest.approx([0.2, 0.08])

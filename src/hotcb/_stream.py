@@ -306,8 +306,10 @@ class ActuatorStream:
         voided, its roll-back leaving the key to this command), loses the trial's move too
         (:meth:`_without_trial`): the value the roll-back would have put back."""
         taken = self.recorder.partly.get(str(entry.get("cmd_id")), set())  # by an earlier undo
+        # (an lr would move the groups taken back already too: the others go one by one)
         reverse = {k: v for k, v in entry["changes"].items()
-                   if v.get("old") is not None and k not in taken}  # fmt: skip
+                   if v.get("old") is not None and k not in taken
+                   and not any(t.split("@")[0] == k for t in taken)}  # fmt: skip
         changes: dict[str, Any] = {}
         scaled: dict[str, float] = {}  # key -> the factor that took the change back
         zero: list[str] = []  # at zero on their schedule: left there

@@ -181,26 +181,37 @@ def set_since(
             for key in op.params:
                 later.setdefault(key, (at, op))
     found: dict[str, dict[str, Any]] = {}
+    keys = list(keys)
     for key in keys:
         owner = view.set_since(entry, key)
+        coming_on = later.get(key) or later.get(key.split("@")[0])  # an lr moves every group
         if owner is not None:
             found[key] = {k: owner.get(k) for k in ("cmd_id", "seq", "step", "source")}
-        elif key in later:
-            at, op = later[key]
+        elif coming_on is not None:
+            at, op = coming_on
             found[key] = {"cmd_id": op.cmd_id, "reapplied_at": at, "source": "resume"}
+    for key in keys:  # an lr would move the groups set since too: the others go one by one
+        if "@" not in key and key not in found:
+            group = next((g for g in found if g.split("@")[0] == key), None)
+            if group is not None:
+                found[key] = {**found[group], "group": group}
     return found
 
 
 def since_text(since: Mapping[str, Mapping[str, Any]]) -> str:
     """What an undo says of the keys :func:`set_since` found."""
-    said = "; ".join(f"{key} was set again since (#{s.get('seq')} at step {s.get('step')}, "
-                     f"{s.get('source')})" if "reapplied_at" not in s else
-                     f"{key} was set again after it (the resume re-applies that change at step "
-                     f"{s['reapplied_at']})" for key, s in since.items())  # fmt: skip
+    said = "; ".join(_since_line(key, s) for key, s in since.items() if "group" not in s)
     return (
         f"{said}: this change is no longer in force there, so the undo leaves it (undo that "
         "change, or set the value you want)"
     )
+
+
+def _since_line(key: str, s: Mapping[str, Any]) -> str:
+    if "reapplied_at" in s:
+        return (f"{key} was set again after it (the resume re-applies that change at step "
+                f"{s['reapplied_at']})")  # fmt: skip
+    return f"{key} was set again since (#{s.get('seq')} at step {s.get('step')}, {s.get('source')})"
 
 
 def _new(entry: Entry, key: str) -> Any:
