@@ -107,6 +107,12 @@ def test_status_sees_a_run_as_soon_as_its_kernel_exists(run_dir: str, cli: Any) 
         assert "no run directory" not in done.stdout + done.stderr
         kernel.close()  # before a step: the run's end was gone, and its exit read `crashed`
         assert "[closed before its first step]" in cli(run_dir, "status").stdout.splitlines()[0]
+        again = HotKernel(run_dir)
+        again.apply({"step": 0})
+        again.close()  # finished at step 0, then another kernel that trains no step
+        HotKernel(run_dir).close()
+        said = "[closed before its first step (the life before it finished at step 0)]"
+        assert said in cli(run_dir, "status").stdout.splitlines()[0]
     finally:
         kernel.close()
 

@@ -339,10 +339,12 @@ class LedgerView:
         ended = meta.get("ended")
         if isinstance(ended, Mapping):
             if ended.get("step") is None:  # its kernel opened the run and closed it at once
-                return "closed before its first step"
-            how = ("stopped" if ended.get("stopped") else
-                   "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
-            return f"{how} at step {ended.get('step')}"
+                before = meta.get("ended_before")
+                last = (
+                    f" (the life before it {_ended(before)})" if isinstance(before, Mapping) else ""
+                )
+                return f"closed before its first step{last}"
+            return _ended(ended)
         alive = process_alive(meta) if meta.get("started") is not None else None
         if alive is False:
             return _gone(meta)
@@ -669,6 +671,13 @@ def _gone(meta: Mapping[str, Any]) -> str:
     if code != 0 and sent in _INTERRUPTS.values():
         return f"interrupted by {sent} (exit code {code}; {gone})"
     return f"crashed (exit code {code}; {gone})"
+
+
+def _ended(ended: Mapping[str, Any]) -> str:
+    """``finished at step N`` and the like, for ``ended`` in ``hotcb.run.json``."""
+    how = ("stopped" if ended.get("stopped") else
+           "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
+    return f"{how} at step {ended.get('step')}"
 
 
 def _never_started(meta: Mapping[str, Any]) -> str | None:

@@ -345,7 +345,9 @@ def write_run_meta(
     meta = jsonl.read_json(paths.run_meta, {}) or {}
     now = time.time()
     meta.setdefault("created", now)
-    meta.pop("ended", None)  # a run starts (again) in this directory
+    ended = meta.pop("ended", None)  # a run starts (again) in this directory
+    if isinstance(ended, dict) and ended.get("step") is not None:
+        meta["ended_before"] = ended  # the last life's end (said if this one has no step)
     meta.pop("other_trainer", None)  # the caller's ``extra`` names one still running
     meta.update(
         {
