@@ -42,8 +42,8 @@ def test_undo_and_cancel_take_the_number_hotcb_log_shows(run_dir: str, cli: Any)
         later = drv.client.send("loss", "set_params", params={"aux": 0.75}, at_step=100)
         drv.steps(1)
         lines = cli(run_dir, "log").stdout.splitlines()
-        first = next(line for line in lines if "aux: 0 -> 0.5" in line)
-        seq = first.split()[0]
+        newest = next(line for line in lines if "aux: 0.5 -> 0.25" in line)
+        seq = newest.split()[0]
         assert seq.startswith("#"), lines
         undo = cli(run_dir, "undo", "--cmd-id", seq)
         assert undo.returncode == 0, undo.stderr
@@ -53,7 +53,7 @@ def test_undo_and_cancel_take_the_number_hotcb_log_shows(run_dir: str, cli: Any)
         drv.steps(1)
         entries = drv.ledger()
         (undone,) = [e for e in entries if e["op"] == "undo"]
-        assert undone["undo_of"] == entries[0]["cmd_id"] and undone["decision"] == "applied"
+        assert undone["undo_of"] == entries[1]["cmd_id"] and undone["decision"] == "applied"
         (cancel,) = [e for e in entries if e["op"] == "cancel"]
         assert cancel["decision"] == "applied" and cancel["params"]["cmd_id"] == later
         gone = cli(run_dir, "undo", "--cmd-id", "#999")
