@@ -250,7 +250,13 @@ def _setup_lines(meta: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list[s
     seeds = ", ".join(map(str, meta["seeds"]))
     if "interrupted_after_runs" in meta:
         n = meta["interrupted_after_runs"]
-        took += f"; INTERRUPTED after {plural(n, 'run')}: a partial bench"
+        failed = meta.get("interrupted_run") or {}
+        if failed.get("error"):  # a run raised: no one interrupted it
+            took += (f"; STOPPED by an error after {plural(n, 'run')}, in {failed.get('task')} · "
+                     f"{failed.get('condition')} · seed {failed.get('seed')} "
+                     f"({failed['error']}): a partial bench")  # fmt: skip
+        else:
+            took += f"; INTERRUPTED after {plural(n, 'run')}: a partial bench"
         ran = sorted({r["seed"] for r in runs})
         if ran != list(meta["seeds"]):  # say which seeds the partial bench holds
             which = ", ".join(map(str, ran))

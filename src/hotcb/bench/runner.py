@@ -684,9 +684,10 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
         if going is not None:
             folder, task, seed, cond = going
             meta["interrupted_run"] = {"task": task.name, "condition": cond, "seed": seed}
-            if isinstance(exc, KeyboardInterrupt):  # half a run: gone, not mistaken for one
-                _discard(folder, os.path.join(out, "runs"))
-                meta["interrupted_run"]["discarded"] = True
+            if not isinstance(exc, KeyboardInterrupt):  # the run's own error: said as such
+                meta["interrupted_run"]["error"] = f"{type(exc).__name__}: {exc}"
+            _discard(folder, os.path.join(out, "runs"))  # half a run: not mistaken for one
+            meta["interrupted_run"]["discarded"] = True
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BenchInterrupted):
             raise BenchInterrupted(meta) from None
         raise
