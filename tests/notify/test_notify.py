@@ -121,11 +121,13 @@ def test_autopilot_records_each_fire() -> None:
          "asked": "lr_set(value=-1)", "reason": "lr must be > 0"},
         {"kind": "fallback", "reason": "budget spent"},
     ]  # fmt: skip
-    (got,) = _fire(alert, [Observation(0, autopilot=recs)])
+    # (the accept line names the run: copied from the project folder, it said ". is a folder
+    # of runs")
+    (got,) = _fire(alert, [Observation(0, autopilot=recs, run_dir="/home/me/runs/a b")])
     assert got == [
         "autopilot action divergence_cut_lr applied: lr_mult(factor=0.5): divergence on loss",
         "autopilot proposal A2 (rule ai): lr_mult(factor=0.5): the loss is flat; accept: hotcb "
-        "autopilot accept A2",
+        "--dir '/home/me/runs/a b' autopilot accept A2",
         "autopilot action ai rejected: lr_set(value=-1): lr must be > 0",
         "autopilot fallback: budget spent",
     ]

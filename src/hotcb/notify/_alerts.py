@@ -9,6 +9,7 @@ condition turning true), and not again within ``cooldown`` seconds of the last o
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class Observation:
     ended: bool = False
     paused: bool = False
     crashed: bool = False
+    run_dir: str | None = None  # (an alert's `hotcb --dir RUN …` line works from anywhere)
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,14 @@ def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:
         if rec.get("kind") not in alert.records:
             continue
         step = rec.get("step") if isinstance(rec.get("step"), int) else None
-        out += [Sample(True, autopilot_text(rec), step), Sample(False)]  # each its own onset
+        out += [
+            Sample(True, autopilot_text(rec, obs.run_dir), step),
+            Sample(False),
+        ]  # each its own onset
     return out
 
 
-def autopilot_text(rec: Mapping[str, Any]) -> str:
+def autopilot_text(rec: Mapping[str, Any], run_dir: str | None = None) -> str:
     """An autopilot record as one line for a person: a proposal with its id and how to accept
     it (``autopilot proposal A3 (rule plateau_cut_lr): lr_mult(factor=0.3) because … —
     accept: hotcb autopilot accept A3``), an action with what it did (``autopilot action
@@ -168,7 +173,8 @@ def autopilot_text(rec: Mapping[str, Any]) -> str:
         ident = rec.get("id")
         head = f"autopilot proposal {ident}" + (f" (rule {rule})" if rule else "")
         what = rec.get("describe") or action_text(rec.get("action"))
-        tail = f"; accept: hotcb autopilot accept {ident}" if ident else ""
+        where = f"--dir {shlex.quote(run_dir)} " if run_dir else ""
+        tail = f"; accept: hotcb {where}autopilot accept {ident}" if ident else ""
         return f"{head}: {what}{tail}"
     if kind == "action":
         state = rec.get("state")

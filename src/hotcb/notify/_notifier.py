@@ -162,6 +162,7 @@ class Notifier:
             ended=ended,
             paused=control == "pause",
             crashed=not ended and process_alive(meta) is False and _crashed(meta, now),
+            run_dir=self.view.paths.root,
         )
 
     def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
