@@ -269,59 +269,45 @@ def test_cifar_task_without_torchvision_or_data_says_why() -> None:
         load_task("cifar10_resnet20", data_dir=None)
 
 
-def test_an_interrupted_bench_keeps_its_finished_runs(tmp_path: Path) -> None:
+def _second_run_raises(tmp_path: Path, exc: BaseException) -> tuple[Path, dict[str, Any]]:
+    """A bench of two runs whose second raises ``exc``; its folder and ``bench.json``, once
+    the report is written."""
     from hotcb.bench.report import write_report
     from hotcb.bench.runner import Runner, Settings, run_bench
 
     calls = {"n": 0}
     real_run = Runner.run
 
-    def run_then_interrupt(self: Any, *args: Any) -> Any:
+    def run_then_raise(self: Any, *args: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
-            raise KeyboardInterrupt
+            raise exc
         return real_run(self, *args)
 
     out = tmp_path / "out"
     s = Settings(tasks=["digits_mlp"], conditions=["fixed", "cosine"], steps=20,
                  out=os.fspath(out), progress=False)  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Runner, "run", run_then_interrupt)
-        with pytest.raises(KeyboardInterrupt):
+        mp.setattr(Runner, "run", run_then_raise)
+        with pytest.raises(type(exc)):
             run_bench(s, log=lambda msg: None)
-    meta = json.loads((out / "bench.json").read_text())
+    write_report(os.fspath(out))
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_an_interrupted_bench_keeps_its_finished_runs(tmp_path: Path) -> None:
+    out, meta = _second_run_raises(tmp_path, KeyboardInterrupt())
     assert meta["interrupted_after_runs"] == 1
     assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["fixed"]
-    write_report(os.fspath(out))
     assert "INTERRUPTED after 1 run: a partial bench" in (out / "report.md").read_text()
 
 
 def test_a_bench_stopped_by_a_run_s_error_says_so_not_interrupted(tmp_path: Path) -> None:
     """A task whose run raised: the report said "INTERRUPTED" as for a Ctrl-C nobody pressed,
     with no word of the error, and the failed run's empty folder stayed under runs/."""
-    from hotcb.bench.report import write_report
-    from hotcb.bench.runner import Runner, Settings, run_bench
-
-    calls = {"n": 0}
-    real_run = Runner.run
-
-    def run_then_fail(self: Any, *args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ValueError("cannot make run")
-        return real_run(self, *args)
-
-    out = tmp_path / "out"
-    s = Settings(tasks=["digits_mlp"], conditions=["fixed", "cosine"], steps=20,
-                 out=os.fspath(out), progress=False)  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Runner, "run", run_then_fail)
-        with pytest.raises(ValueError, match="cannot make run"):
-            run_bench(s, log=lambda msg: None)
-    meta = json.loads((out / "bench.json").read_text())
+    out, meta = _second_run_raises(tmp_path, ValueError("cannot make run"))
     assert meta["interrupted_run"]["error"] == "ValueError: cannot make run"
     assert not (out / "runs" / "digits_mlp" / "cosine").exists()
-    write_report(os.fspath(out))
     md = (out / "report.md").read_text()
     assert (
         "STOPPED by an error after 1 run, in digits_mlp · cosine · seed 0 (ValueError: "
