@@ -105,6 +105,15 @@ def test_crash_fires_once() -> None:
     assert [len(r) for r in got] == [0, 1, 0]
 
 
+def test_a_crash_alert_says_the_step_and_how() -> None:
+    """It said only "crashed or killed", with no step, though `hotcb status` knew both."""
+    how = "crashed (exit code 3; its process is gone and did not close the run)"
+    found = samples(Alert("crash", "crash"), Observation(1, crashed=True, crash=how, last_step=300))
+    assert [(s.message, s.step) for s in found] == [
+        ("the training process is gone without closing the run, after step 300: " + how, 300)
+    ]
+
+
 def test_autopilot_records_each_fire() -> None:
     """Each record an alert of its own, in words a person can act on: a proposal with the id
     to accept (the alert said `proposal ai: …`, no id), an action with what it did (it

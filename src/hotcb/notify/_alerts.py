@@ -59,6 +59,10 @@ class Observation:
     paused: bool = False
     crashed: bool = False
     run_dir: str | None = None  # (an alert's `hotcb --dir RUN …` line works from anywhere)
+    #: with ``crashed``: how, as ``hotcb status`` says it (``crashed (exit code 3; …)``), and
+    #: the last step the run recorded
+    crash: str | None = None
+    last_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,10 @@ def _stale(alert: Alert, obs: Observation) -> list[Sample]:
 def _crash(alert: Alert, obs: Observation) -> list[Sample]:
     if not obs.crashed:
         return [Sample(False)]
-    return [Sample(True, "the training process is gone without closing the run "
-                         "(crashed or killed)")]  # fmt: skip
+    how = f": {obs.crash}" if obs.crash else " (crashed or killed)"
+    after = f", after step {obs.last_step}" if obs.last_step is not None else ""
+    return [Sample(True, f"the training process is gone without closing the run{after}{how}",
+                   obs.last_step)]  # fmt: skip
 
 
 def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:

@@ -16,7 +16,7 @@ from typing import Any
 from .. import jsonl
 from ..autopilot.engine import RECORDS as AUTOPILOT_RECORDS
 from ..jsonl import JsonlTail
-from ..ledger import LedgerView
+from ..ledger import LedgerView, run_over
 from ..runfiles import process_alive
 from ..runview import RunView
 from ._alerts import Alert, Observation, Sample, onsets, samples
@@ -81,6 +81,7 @@ class Notifier:
             k: deque(((int(s), v) for s, v in pts), maxlen=_WINDOW)
             for k, pts in (st.get("series") or {}).items() if k in self._watched
         }  # fmt: skip
+        self._last_step: int | None = None  # of the metrics read (said by a crash alert)
         self._channels: list[queue.Queue[dict[str, Any] | None]] | None = None
         self._idle = threading.Condition()
         self._pending: list[tuple[Delivery, dict[str, Any]]] = []  # queued or in flight
@@ -149,9 +150,13 @@ class Notifier:
                 self.series.setdefault(name, deque(maxlen=_WINDOW)).append((step, number))
         for e in self.view.new_entries():
             self.ledger.add(e)
+        for rec in metrics:  # the run's last step, for a crash alert
+            if isinstance(rec.get("step"), int):
+                self._last_step = max(self._last_step or 0, rec["step"])
         meta = self.view.meta()
         ended = isinstance(meta.get("ended"), dict)
         control = self.ledger.control_now(meta)  # not a pause of an earlier life
+        crashed = not ended and process_alive(meta) is False and _crashed(meta, now)
         return Observation(
             now=now,
             metrics=metrics,
@@ -161,8 +166,10 @@ class Notifier:
             resumed_at=self.ledger.control_wall_time if control == "resume" else None,
             ended=ended,
             paused=control == "pause",
-            crashed=not ended and process_alive(meta) is False and _crashed(meta, now),
+            crashed=crashed,
             run_dir=self.view.paths.root,
+            crash=run_over(meta, now) if crashed else None,
+            last_step=self._last_step,
         )
 
     def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
