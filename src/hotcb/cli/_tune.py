@@ -303,9 +303,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if (st.get("trial") is not None and row.get("trial") == st["trial"]
                 and row.get("changes") and "study" not in row):  # fmt: skip
             trial += f" ({_changes(row['changes'])})"
-    nxt = st.get("next_boundary") if over is None else None
-    say(f"phase: {st.get('phase')}{trial}   segment: {segment}"
-        + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
+    if over is not None:  # no phase goes on: say what the run ended in
+        phase = "none (the run is over" + (f"; it stopped in{trial})" if trial else ")")
+        say(f"phase: {phase}   segment: {segment}")
+    else:
+        nxt = st.get("next_boundary")
+        say(f"phase: {st.get('phase')}{trial}   segment: {segment}"
+            + (f"   next boundary: step {nxt}" if nxt is not None else ""))  # fmt: skip
     _summary(st)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ def test_kill_9_and_resume_keep_the_trial_numbering(
     wait_for(crash_point, 240, what="an open trial after the checkpoint")
     t.proc.kill()  # kill -9: no close(); the open trial stays RUNNING in the study
     t.communicate()
+    left = HotClient(run_dir).tune_status()  # what the run stopped in, no phase going on
+    status = cli(run_dir, "tune", "status").stdout
+    stopped_in = (
+        rf"; it stopped in trial {left['trial']} \(opt\." if left["phase"] == "trial" else r"\)"
+    )
+    assert re.search(r"phase: none \(the run is over" + stopped_in, status), (left, status)
     before = _trials(run_dir)
     last_before = max(tr.number for tr in before)
 

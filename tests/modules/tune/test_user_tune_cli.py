@@ -275,6 +275,7 @@ def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> 
     assert out.returncode == 0, out.stderr
     assert "run: finished at step 60" in out.stdout
     assert "next boundary" not in out.stdout
+    assert "phase: none (the run is over)" in out.stdout, out.stdout  # not "phase: baseline"
     st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
     assert st["run_over"] == "finished at step 60" and st["next_boundary"] is None
 
