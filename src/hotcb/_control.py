@@ -269,7 +269,7 @@ class RunControl:
             coming = next((at for at, o in rec.coming() if o.cmd_id == named), None)
             if coming is not None:  # sent while the trainer was down, say: it never came back
                 self._schedule().cancel(named)
-                rec.undone.add(named)
+                rec.note_undo(named, {})  # all of it: none of it comes back
                 return OpResult("applied", extra={"not_reapplied": coming, "undo_of": named},
                                 error=f"command {named!r} had not come back in this life (the "
                                 f"resume re-applies it at step {coming}): it will not be")  # fmt: skip
