@@ -334,6 +334,70 @@ def test_the_model_changes_one_knob_at_a_time_and_waits_after_an_undo(loop: Any)
     assert applied[1]["step"] >= guard["step"] + 60
 
 
+UNDO: dict[str, Any] = {
+    "json": {"reasoning": "the last change did not help; take it back",
+             "actions": [{"action": "undo"}], "next_check": None}
+}  # fmt: skip
+
+
+def test_the_models_undo_leaves_a_persons_change_alone(loop: Any) -> None:
+    """``undo`` took back the run's newest change whoever made it: in a probe the model's undo
+    took back a person's ``set lr`` inside its hold, then, asked again, the model's own
+    earlier cuts one by one. It now names the newest change and is refused when a person
+    made it; the person's value stands."""
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE, NOTHING, UNDO]) as srv:  # the undo at every later call
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(45, pilot)  # halved at step 30
+        assert lp.lr == pytest.approx(5e-3)
+        HotClient(lp.run_dir).opt(lr=2e-2)  # a person
+        lp.run(80, pilot)  # the model asks for an undo at steps 60, 80, 100, 120
+    assert lp.lr == 2e-2
+    assert not [e for e in read_ledger(lp.run_dir) if e.get("op") == "undo"]
+    refused = [r for r in records(lp.run_dir, RECORDS, "action")
+               if r["state"] == "rejected" and r["asked"]["action"] == "undo"]  # fmt: skip
+    assert len(refused) >= 2
+    assert all("a person changed opt.lr" in r["reason"] or "a person's" in r["reason"]
+               for r in refused), refused  # fmt: skip
+
+
+def test_the_models_undo_takes_back_its_own_change_once(loop: Any) -> None:
+    """The model's undo names its own last change; asked again, it finds nothing more of its
+    own to take back instead of reaching further back."""
+    lp: Loop = loop()
+    HotClient(lp.run_dir).opt(weight_decay=0.05)  # a person's change, before the model's
+    with ScriptedChatServer([HALVE, NOTHING, UNDO]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        (halve,) = lp.run_until(lambda: by_source(lp.run_dir, "ai"), pilot, 200)
+        undo = lp.run_until(lambda: [e for e in by_source(lp.run_dir, "ai")
+                                     if e["op"] == "undo"], pilot, 600)  # fmt: skip
+        lp.run(60, pilot)  # asked twice more
+    assert [u["params"]["cmd_id"] for u in undo] == [halve["cmd_id"]]
+    assert lp.lr == 1e-2 and lp.opt.param_groups[0]["weight_decay"] == 0.05
+    assert len([e for e in read_ledger(lp.run_dir) if e.get("op") == "undo"]) == 1
+    last = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "rejected"][-1]
+    assert "the last change is a person's (opt set_params" in last["reason"], last
+
+
+def test_an_accepted_undo_proposal_takes_back_no_persons_change(loop: Any) -> None:
+    """The model proposed an undo of its change; a person set the lr meanwhile. Accepting the
+    proposal would have taken back the person's set: the accept is refused, saying why."""
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE, UNDO, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        lp.run(30, pilot)
+        decide(lp.run_dir, proposals(lp.run_dir)[0]["id"], accept=True, by="test")
+        lp.run_until(lambda: [p for p in proposals(lp.run_dir)
+                              if p["action"]["name"] == "undo"], pilot, 200)  # fmt: skip
+        HotClient(lp.run_dir).opt(lr=2e-2)
+        lp.run(10, pilot)
+        (undo,) = [p for p in proposals(lp.run_dir) if p["action"]["name"] == "undo"]
+        with pytest.raises(ValueError, match=r"the last change is a person's \(opt set_params"):
+            decide(lp.run_dir, undo["id"], accept=True, by="test")
+        lp.run(10, pilot)
+    assert lp.lr == 2e-2 and undo["state"] == "pending"
+
+
 def test_a_spent_budget_hands_over_to_the_rules(loop: Any) -> None:
     lp: Loop = loop()
     with ScriptedChatServer([NOTHING]) as srv:

@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
+from .._control import _never_undone
 from ..client import HotClient
 from ..errors import HotcbError
 from ..ledger import run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
-from ..runfiles import AUTOPILOT_STATE, FREEZE, TUNE, process_alive
+from ..runfiles import AUTOPILOT_STATE, FREEZE, LEDGER, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, action_text, load_rules
@@ -421,6 +422,8 @@ class Autopilot:
         acts = todo == "auto" and rule.confidence in ("high", "medium")
         over = run_over(self.view.meta(), time.time()) if self.ended else None
         why_not = f"the run {over}: nothing would apply it" if over else None
+        if rule.action.name == "undo":
+            why_not = why_not or self._undo_blocked(lambda knob: self._rule_blocked(knob, acts))
         why_not = why_not or self._rule_blocked(rule.action.knob, acts)
         if why_not is None and acts:
             why_not = self._tuned(rule.action.knob, rule.detector)
@@ -500,6 +503,16 @@ class Autopilot:
         if acts and self.guard is not None:
             return self._judging()
         return None
+
+    def _undo_blocked(self, blocked: Callable[[str], str | None]) -> str | None:
+        """Why an ``undo`` may not be sent now: it has no automatic change to take back, or
+        one of the knobs it would put back is ``blocked`` (a person holds it, the guard
+        judges a change): an undo changes knobs like any other change."""
+        try:
+            target = undo_target(self.run_dir)
+        except ValueError as exc:
+            return str(exc)
+        return next(filter(None, map(blocked, target["knobs"])), None)
 
     def _frozen(self) -> str | None:
         return frozen_reason(self.run_dir)
@@ -690,7 +703,9 @@ class Autopilot:
         reason = f"ai (call {outcome.call}): {reply.reasoning}"[:2000]
         for action in reply.actions:
             knob = action.knob
-            why_not = self._ai_blocked(knob) if knob is not None else None
+            why_not = (self._ai_blocked(knob) if knob is not None
+                       else self._undo_blocked(self._ai_blocked) if action.name == "undo"
+                       else None)  # fmt: skip
             if why_not is not None:
                 rejected.append({"asked": _asked(action), "reason": why_not})
                 continue
@@ -1022,7 +1037,10 @@ def send_action(
     if problems:
         raise ValueError("; ".join(problems))
     p = action.params
-    if action.name in ("pause", "checkpoint", "stop", "undo"):
+    if action.name == "undo":  # of the newest change, pinned: one landing meanwhile is not it
+        of = undo_target(client.run_dir)["cmd_id"]
+        return [client.send("control", "undo", params={"cmd_id": of}, reason=reason)]
+    if action.name in ("pause", "checkpoint", "stop"):
         return [client.send("control", action.name, reason=reason)]
     if action.name == "loss_weight_set":
         return [client.set_params("loss", {p["key"]: p["value"]}, reason=reason)]
@@ -1039,6 +1057,53 @@ def send_action(
     # roll-back, a person), the run applies the factor to the value then in force
     target = current * float(p["factor"])
     return [client.set_params(module, {key: target}, reason=reason, relative_to={key: current})]
+
+
+def undo_target(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The change an automatic ``undo`` takes back: the run's newest change still in force
+    (undone by nothing, not a tuner's trial it rolled back), with ``knobs`` (``opt.lr``, …)
+    and ``by`` (who made it). ``ValueError`` when there is none, or when it is not an
+    automatic change: the autopilot takes back only its own kind (a person's change wins; the
+    tuner judges its own trials). A plain ``control undo`` took back a person's ``set`` made
+    a moment before, whoever had made the last change."""
+    live: dict[str, dict[str, Any]] = {}  # cmd_id -> the newest applied entry of it
+    made_by: dict[str, str] = {}  # cmd_id -> its first source (a resume's re-apply: the same)
+    trial_of: dict[Any, str] = {}  # a tuner's trial -> its mutation's cmd_id
+    for e in jsonl.iter_records(os.path.join(os.fspath(run_dir), LEDGER)):
+        cmd_id, tune = e.get("cmd_id"), e.get("tune")
+        trial = tune.get("trial") if isinstance(tune, Mapping) else None
+        if e.get("decision") != "applied" or not isinstance(cmd_id, str):
+            continue
+        if e.get("undo_of") is not None:  # in part (set_since): the rest is still in force
+            if not e.get("set_since"):
+                live.pop(str(e["undo_of"]), None)
+            continue
+        if e.get("module") == "tune" and e.get("op") in ("rollback", "void"):
+            live.pop(trial_of.get(trial, ""), None)
+            continue
+        if not isinstance(e.get("changes"), dict) or not e["changes"] or _never_undone(e):
+            continue
+        made_by.setdefault(cmd_id, str(e.get("source") or "cli"))
+        if e.get("source") == "ramp":
+            continue  # a ramp's steps are its command's; the command is what an undo names
+        if trial is not None:
+            trial_of[trial] = cmd_id
+        live.pop(cmd_id, None)  # newest last
+        live[cmd_id] = e
+    if not live:
+        raise ValueError("no change in force to undo")
+    cmd_id, e = next(reversed(live.items()))
+    by = made_by[cmd_id]
+    module = str(e.get("module"))
+    what = f"{e.get('module')} {e.get('op')} {cmd_id} at step {e.get('step')}"
+    if by == "tune":
+        raise ValueError(f"the last change is the online tuner's ({what}): it keeps or rolls "
+                         "back its own trials")  # fmt: skip
+    if by not in _NOT_A_PERSON:
+        raise ValueError(f"the last change is a person's ({what}, {by}): the autopilot takes "
+                         "back only automatic changes ('hotcb undo' takes it back)")  # fmt: skip
+    return {"cmd_id": cmd_id, "by": by, "step": e.get("step"),
+            "knobs": [f"{module}.{k}" for k in e["changes"]]}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- proposals
