@@ -92,3 +92,22 @@ def test_serve_logs_show_the_token_once_and_no_error(
     assert "token=[redacted]" in out + err  # the requests were logged, without the value
     assert '"WebSocket /ws" 401' in err  # the refusal itself is logged, at INFO
     assert "ERROR" not in err, err
+
+
+def test_debug_logs_show_no_token_in_the_websocket_headers(
+    tmp_path: Any, serve: Any, make_run: Any
+) -> None:
+    """At ``--log-level debug`` the WebSocket handshake logs every request header: the
+    ``authorization`` and ``cookie`` headers carried the token into the log."""
+    make_run(tmp_path / "runs" / "r")
+    token = "d3bug-t0ken-abcdefghijklmnop"
+    srv = serve(tmp_path / "runs", "--log-level", "debug", env={"HOTCB_TOKEN": token})
+    ws = srv.url.replace("http://", "ws://") + "/ws"
+    port = srv.url.rsplit(":", 1)[1]
+    for header in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"hotcb_token_{port}={token}"}):
+        with connect(ws, additional_headers=header) as sock:
+            assert '"hello"' in sock.recv(timeout=10)
+    srv.stop()
+    out, err = srv.stdout(), srv.stderr()
+    assert "< authorization: [redacted]" in err and "< cookie: [redacted]" in err, err
+    assert (out + err).count(token) == 1, out + err  # the URL to click, printed once

@@ -5,6 +5,9 @@ its WebSocket lines (``uvicorn.error``); a script calling ``/api/runs?token=T`` 
 token in every log file. :func:`install_log_filters` puts a :class:`RedactTokens` filter on
 both loggers (``hotcb serve`` and :func:`hotcb.server.app.create_app` call it; it is idempotent).
 
+At ``--log-level debug`` the WebSocket handshake logs the request's headers, the token's
+``authorization`` and ``cookie`` among them: their values are redacted too.
+
 The same filter drops one bogus line: uvicorn's ``websockets-sansio`` protocol logs
 ``ERROR: ASGI callable returned without completing handshake.`` after a WebSocket refused with
 an HTTP answer (the ASGI denial-response extension), though the refusal went out complete
@@ -39,9 +42,16 @@ def mark_ws_refused() -> None:
     _ws_refused.set(True)
 
 
+#: Headers that carry the token: at ``--log-level debug`` the WebSocket handshake logs every
+#: request header as ``< %s: %s`` (name, value), and the response's ``set-cookie``.
+_SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+_TOKEN_IN_HEADER = re.compile(r"(?i)((?:authorization|cookie):\s*).+")
+
+
 def redact(text: str) -> str:
-    """``…?token=SECRET&run=a`` → ``…?token=[redacted]&run=a``."""
-    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+    """``…?token=SECRET&run=a`` → ``…?token=[redacted]&run=a``; a header line ``authorization:
+    Bearer SECRET`` (or ``cookie: …``) → ``authorization: [redacted]``."""
+    return _TOKEN_IN_HEADER.sub(r"\1[redacted]", _TOKEN_IN_QUERY.sub(r"\1[redacted]", text))
 
 
 def _clean(value: Any) -> Any:
@@ -58,7 +68,10 @@ class RedactTokens(logging.Filter):
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(_clean(a) for a in record.args)
+            args = record.args
+            if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:  # a header dump
+                args = (args[0], "[redacted]")
+            record.args = tuple(_clean(a) for a in args)
         elif isinstance(record.args, dict):
             record.args = {k: _clean(v) for k, v in record.args.items()}
         return True

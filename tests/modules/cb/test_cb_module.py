@@ -4,6 +4,7 @@ params, undo, state and hotcb.yaml. Commands go through the commands file like a
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -174,6 +175,33 @@ def test_allowed_code_dirs(kernel_factory, write_cb, tmp_path):
     inside.write_text("class C:\n    def handle(self, e, env): pass\n")
     entry = _do(kernel, client, client.cb_load("c", file=os.fspath(inside), symbol="C"), 1)
     assert entry["decision"] == "applied", entry
+
+
+def test_allowed_code_dirs_check_every_part_of_a_module_path(kernel_factory, tmp_path, monkeypatch):
+    """A package inside the allowed folders whose submodule is a link to a file outside them:
+    only the package was located, and the file outside ran."""
+    marker = tmp_path / "imported.marker"
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text(f"open({os.fspath(marker)!r}, 'w').close()\n"
+                       "class C:\n    def handle(self, e, env): pass\n")  # fmt: skip
+    allowed = tmp_path / "allowed"
+    pkg = allowed / "teampkg_linked"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ext.py").symlink_to(outside)
+    (pkg / "own.py").write_text("class C:\n    def handle(self, e, env): pass\n")
+    monkeypatch.syspath_prepend(os.fspath(allowed))
+    kernel = kernel_factory(allowed_code_dirs=[allowed])
+    client = HotClient(kernel.run_dir)
+    entry = _do(kernel, client, client.cb_load("c", path="teampkg_linked.ext", symbol="C"), 0)
+    assert entry["decision"] == "rejected" and "allowed code directories" in entry["error"]
+    assert not marker.exists()
+    for i, (path, decision) in enumerate([("teampkg_linked.nope", "rejected"),
+                                          ("teampkg_linked.own", "applied")], 1):  # fmt: skip
+        entry = _do(kernel, client, client.cb_load("c", path=path, symbol="C"), i)
+        assert entry["decision"] == decision, entry
+    monkeypatch.delitem(sys.modules, "teampkg_linked", raising=False)
+    monkeypatch.delitem(sys.modules, "teampkg_linked.own", raising=False)
 
 
 def test_failed_loads_are_ledgered_with_reason(kernel_factory, write_cb):

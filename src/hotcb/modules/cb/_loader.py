@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import signal
@@ -161,19 +162,33 @@ def _inside(path: str, dirs: list[str]) -> bool:
     return False
 
 
-def _module_location(path: str) -> str | None:
-    """Where the top-level package of import path ``path`` lives, found without importing
-    anything (``find_spec`` of a dotted name would import its parents)."""
-    top = path.split(".", 1)[0]
+def _module_locations(path: str) -> list[str]:
+    """Where the code of import path ``path`` lives, found without importing anything
+    (``find_spec`` of a dotted name would import its parents): the file of each package on
+    the way and of the module itself, and every folder of a package (a namespace package may
+    have several). Empty when it is not found, or has no file (a built-in module). Each part
+    counts: a package inside the allowed folders whose submodule is a link to a file outside
+    them ran that file."""
+    parts = path.split(".")
     try:
-        spec = importlib.util.find_spec(top)
+        spec = importlib.util.find_spec(parts[0])
     except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        return next(iter(spec.submodule_search_locations), None)
-    return spec.origin
+        return []
+    found: list[str] = []
+    for i in range(len(parts)):
+        if i and spec is not None:
+            where = list(spec.submodule_search_locations or ())
+            if not where:  # not a package: the rest names nothing importable
+                return []
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), where)
+        if spec is None or (spec.origin is None and not spec.submodule_search_locations):
+            return []
+        if spec.origin is not None:
+            if not spec.has_location:  # built-in, frozen
+                return []
+            found.append(spec.origin)
+        found.extend(spec.submodule_search_locations or ())
+    return found
 
 
 def check_allowed(host: ModuleHost, target: CallbackTarget) -> None:
@@ -204,8 +219,8 @@ def check_allowed(host: ModuleHost, target: CallbackTarget) -> None:
     dirs = list(host.allowed_code_dirs or ())
     if not dirs:
         return
-    where = target.path if target.kind == "python_file" else _module_location(target.path)
-    if where is None or not _inside(where, dirs):
+    where = [target.path] if target.kind == "python_file" else _module_locations(target.path)
+    if not where or not all(_inside(w, dirs) for w in where):
         raise CodeLoadError(
             f"{target.kind} {target.path!r} is outside the allowed code directories "
             f"({', '.join(dirs)}); move the code there or add its folder to "
