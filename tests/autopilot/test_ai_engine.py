@@ -309,6 +309,22 @@ def test_timeouts_and_rate_limits_back_off_then_the_rules_take_over(
     assert not by_source(lp.run_dir, "ai")
 
 
+def test_a_malformed_reply_does_not_double_the_next_wait(loop: Any) -> None:
+    """A malformed reply is asked again at the next cadence, without a wait; it doubled the
+    wait of the errors after it all the same (a probe: a first 500 after six bad replies
+    waited 64 times ``backoff_sec``)."""
+    lp: Loop = loop()
+    script = [{"content": "not json"}, {"content": "still not json"}, {"status": 500}]
+    with ScriptedChatServer(script) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", key_metric="loss",
+                          ai=ai_config(srv, max_failures=4))  # fmt: skip
+        lp.run_until(lambda: records(lp.run_dir, AI_LOG, "fallback"), pilot, limit=2000)
+    errors = records(lp.run_dir, AI_LOG, "error")
+    assert [e["error_kind"] for e in errors] == ["malformed", "malformed", "status_500",
+                                                 "status_500"]  # fmt: skip
+    assert [e["backoff_sec"] for e in errors] == pytest.approx([0, 0, 0.05, 0.1])
+
+
 def test_the_model_changes_one_knob_at_a_time_and_waits_after_an_undo(loop: Any) -> None:
     """While the guard judges the model's last change, its next knob changes are refused (each
     change is judged on its own, so a wild policy cannot stack changes the guard never sees);
@@ -560,6 +576,23 @@ def test_ai_suggest_keeps_one_proposal_per_knob_pending(loop: Any) -> None:
     pending = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
     assert len(pending) == 1 and pending[0]["id"] != first["id"]
     assert lp.lr == 1e-2
+
+
+def test_ai_suggest_proposes_nothing_on_a_knob_a_rules_proposal_waits_on(loop: Any) -> None:
+    """A rule's lr proposal left by an earlier ``suggest`` autopilot did not stop the model
+    proposing another lr cut; accepting both compounded them (a probe: 0.001 -> 0.00015)."""
+    lp: Loop = loop(f=flat)
+    rules = Autopilot(lp.run_dir, mode="suggest", key_metric="loss")
+    (waiting,) = lp.run_until(lambda: proposals(lp.run_dir), rules, 600)
+    assert waiting["action"]["name"] == "lr_mult", waiting
+    with ScriptedChatServer([HALVE]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        lp.run(50, pilot)
+        assert srv.requests
+    assert [p["id"] for p in proposals(lp.run_dir)] == [waiting["id"]]
+    refused = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "rejected"]
+    assert refused and all(f"proposal {waiting['id']} (lr_mult(factor=" in r["reason"]
+                           for r in refused), refused  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- memory

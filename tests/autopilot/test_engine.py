@@ -277,6 +277,23 @@ def test_once_on_a_finished_run_says_what_it_found_and_proposes_nothing(
     assert not proposals(lp.run_dir)
 
 
+def test_rules_lists_the_rules_the_runs_autopilot_uses(loop: Any, tmp_path: Path, cli: Any) -> None:
+    """``hotcb --dir RUN autopilot rules`` ("the rules in force") printed the shipped defaults
+    whatever rules file the run's autopilot ran with."""
+    lp: Loop = loop()
+    lp.run(30)
+    before = cli(lp.run_dir, "autopilot", "rules")
+    assert "no autopilot has run here yet: the shipped defaults" in before.stderr
+    assert "plateau_cut_lr" in before.stdout and "nonfinite" in before.stdout
+    rules = _rules(tmp_path, PLATEAU_ONLY)
+    assert cli(lp.run_dir, "autopilot", "--once", "--rules", rules).returncode == 0
+    out = cli(lp.run_dir, "autopilot", "rules")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("the rules of the run's autopilot (") and rules in lines[0], lines
+    assert len(lines) == 2 and lines[1].startswith("plateau_cut_lr: when plateau on "), lines
+
+
 def test_accept_wait_prints_what_the_run_applied(loop: Any, tmp_path: Path) -> None:
     """`hotcb autopilot accept A1 --wait`, as `tune accept --wait` and `hotcb set --wait` do:
     it returns once the run has applied the proposal's command, with its ledger entry."""

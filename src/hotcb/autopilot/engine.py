@@ -748,11 +748,12 @@ class Autopilot:
         return out
 
     def _pending_for(self, action: Action) -> str | None:
-        """Why the model may not propose ``action`` now: a proposal of its own for the same
-        knob (or the same run control) is still pending (each reply that saw the same trouble
-        added one, and accepting them all compounded the cut)."""
+        """Why the model may not propose ``action`` now: a proposal for the same knob (or the
+        same run control) is still pending, its own or a rule's from an earlier ``suggest``
+        autopilot (each reply that saw the same trouble added one, and accepting them all
+        compounded the cut)."""
         waiting = _pending_on(action, [p for p in proposals(self.run_dir)
-                                       if p["state"] == "pending" and p.get("rule") == "ai"])  # fmt: skip
+                                       if p["state"] == "pending"])  # fmt: skip
         if waiting is None:
             return None
         return (f"proposal {waiting['id']} ({action_text(waiting.get('action'))}) is still "

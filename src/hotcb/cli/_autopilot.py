@@ -75,7 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if name == "accept":
             add_wait(p)
         p.set_defaults(func=cmd_decide, accept=name == "accept")
-    p = asub.add_parser("rules", help="the rules in force, or check a rules file")
+    p = asub.add_parser(
+        "rules",
+        help="the rules the run's autopilot uses (the shipped defaults "
+        "before one has run), or check a rules file",
+    )
     p.add_argument("--check", metavar="FILE", help="check FILE: every problem with its line")
     p.set_defaults(func=cmd_rules)
 
@@ -522,10 +526,31 @@ def _age(run_dir: str, proposal_id: str) -> str:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
+    """``--check FILE``: the file's rules, or every problem. Else the rules in force in the
+    run: those its autopilot last ran with (``--rules FILE``), or the shipped defaults when
+    none has run there (it printed the defaults whatever the run's autopilot used)."""
     from ..autopilot.rules import load_rules
 
     require_rules_file(args.check, "--check")
+    st = {} if args.check or not os.path.isdir(args.dir) else _state(args)
+    if st.get("rules"):
+        off = set(st.get("disabled") or ())
+        src = st.get("rules_path") or "the shipped defaults"
+        say(
+            f"the rules of the run's autopilot ({st.get('mode')}, at step {st.get('step')}), "
+            f"from {src}:"
+        )
+        for r in st["rules"]:
+            when, then = r.get("when") or {}, r.get("then") or {}
+            mark = " (off)" if r.get("id") in off or not r.get("enabled", True) else ""
+            say(f"{r.get('id')}{mark}: when {when.get('detector')} on {when.get('metric')} "
+                f"{when.get('params') or ''} -> {then.get('action')} {then.get('params') or ''}, "
+                f"cooldown {r.get('cooldown_steps')} steps, {r.get('confidence')}")  # fmt: skip
+        return 0
     rules = load_rules(args.check)
+    if not args.check:
+        say("no autopilot has run here yet: the shipped defaults ('autopilot --rules FILE' "
+            "picks others):", file=sys.stderr)  # fmt: skip
     for r in rules.rules:
         say(f"{r.id}: when {r.detector} on {r.metric} {r.params or ''} -> "
               f"{r.action.describe()}, cooldown {r.cooldown_steps} steps, {r.confidence}")  # fmt: skip

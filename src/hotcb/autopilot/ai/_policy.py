@@ -42,6 +42,8 @@ log = logging.getLogger("hotcb.autopilot.ai")
 AI_LOG = "hotcb.ai.jsonl"
 AI_STATE = "hotcb.ai.state.json"
 _PER_RUN_LEARNINGS = 3
+#: The longest wait after failed calls, however many in a row (the wait doubles after each).
+MAX_BACKOFF_SEC = 600.0
 #: What of a call is written: a response's text, a body that is not JSON, an error's text (a
 #: 30 MB reply grew the AI log by 30 MB a call). The reasoning is kept shorter (``kept``).
 _TEXT_KEPT = 20_000
@@ -125,6 +127,7 @@ class AIPolicy:
         self._secrets = [s for s in _url_credentials(config.base_url) if len(s) >= 4]
         self._last_call_time = 0.0  # monotonic; a restarted autopilot may call at once
         self._backoff_until = 0.0
+        self._backoffs = 0  # failed calls in a row that backed off (a malformed reply does not)
         self._client: Any = None
         self._thread: threading.Thread | None = None
         #: (call, step) of the call waiting for its reply; None once it came or was abandoned
@@ -310,19 +313,22 @@ class AIPolicy:
         if outcome is None:
             return None
         if outcome.error is None:
-            self.failures = 0
+            self.failures = self._backoffs = 0
             if outcome.reply is not None and outcome.reply.next_check is not None:
                 self.next_check_step = outcome.step + outcome.reply.next_check
             if outcome.reply is not None and outcome.reply.learning and not self.summarized:
                 self.learnings = [*self.learnings, outcome.reply.learning][-_PER_RUN_LEARNINGS:]
         else:
             self.failures += 1
-            wait = self.config.backoff_sec * 2 ** (self.failures - 1)
+            wait = 0.0
             if outcome.kind != "malformed":  # a bad reply is retried at the next cadence
+                self._backoffs += 1  # (only these double the wait: 7 bad replies made 64x)
+                wait = min(self.config.backoff_sec * 2 ** (self._backoffs - 1),
+                           max(self.config.backoff_sec, MAX_BACKOFF_SEC))  # fmt: skip
                 self._backoff_until = time.monotonic() + wait
             self.write("error", call=outcome.call, step=outcome.step, error_kind=outcome.kind,
                        error=outcome.error, failures=self.failures,
-                       backoff_sec=0.0 if outcome.kind == "malformed" else wait)  # fmt: skip
+                       backoff_sec=wait)  # fmt: skip
             if self.failures >= self.config.max_failures:
                 self.fall_back(f"{self.failures} failed calls in a row (last: {outcome.kind}: "
                                f"{outcome.error[:200]})")  # fmt: skip
