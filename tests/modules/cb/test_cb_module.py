@@ -468,6 +468,20 @@ def test_undo_of_disabling_the_only_callback_resumes_dispatch(kernel_factory, wr
     assert [s for _, _, s in kernel.module("cb").get("rec").seen] == [0, 2, 3]
 
 
+def test_undo_of_an_unload_says_to_load_it_again(kernel_factory, write_cb):
+    """It said "no callback 'rec' is loaded …; load it first": the slot was looked up before
+    the op, and an unload's slot is gone by definition."""
+    path = write_cb(RECORDER)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    _do(kernel, client, client.cb_load("rec", file=path, symbol="Recorder"), 0)
+    _do(kernel, client, client.cb("unload", "rec"), 1)
+    undo = _do(kernel, client, client.undo(), 2)
+    assert undo["decision"] == "rejected"
+    assert undo["error"] == ("cb unload cannot be undone; send the opposite command (cb load it "
+                             "again)"), undo  # fmt: skip
+
+
 def test_lambda_callback_routes_events():
     from hotcb.modules.cb import LambdaCallback
 

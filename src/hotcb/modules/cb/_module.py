@@ -621,6 +621,12 @@ class CallbackModule:
     def undo(self, entry: Mapping[str, Any], env: Env) -> OpResult:
         """Revert an applied ``enable``/``disable``/``set_params`` or a first ``load``."""
         op, ident, changes = entry.get("op"), entry.get("id"), entry.get("changes") or {}
+        first_load = op == "load" and "loaded" in changes
+        if op not in ("enable", "disable", "set_params") and not first_load:
+            # (before the slot: an unload's undo was told "no callback is loaded; load it")
+            again = "cb load it again" if op == "unload" else "cb load with the previous file"
+            return OpResult("rejected", error=f"cb {op} cannot be undone; send the opposite "
+                            f"command ({again})")  # fmt: skip
         slot = self._slots.get(ident or "")
         if slot is None:
             return self._missing(ident)
@@ -634,14 +640,8 @@ class CallbackModule:
                         "rejected", error="the old values were not recorded; nothing to restore"
                     )
                 res = self._set_params(slot, params)
-            elif op == "load" and "loaded" in changes:
-                res = self._op_unload(_fake(ident), env)
             else:
-                return OpResult(
-                    "rejected",
-                    error=f"cb {op} cannot be undone; send the opposite command "
-                    f"(e.g. cb load with the previous file)",
-                )
+                res = self._op_unload(_fake(ident), env)
         finally:
             self._rebuild()
         return res
