@@ -194,6 +194,9 @@ def test_non_finite_and_non_json_bodies_are_422(tmp_path, live_server):
             assert r.status_code == 415 and "application/json" in r.json()["detail"]
         r = c.get("/api/runs/r/metrics", params={"step_min": "abc"})
         assert r.status_code == 422 and "step_min" in r.json()["detail"]
+        for bound in ("nan", "inf", "-inf", "1e400"):  # math.ceil(nan): a 500
+            r = c.get("/api/runs/r/metrics", params={"step_max": bound})
+            assert r.status_code == 422 and "step_max must be a finite number" in r.text, r.text
 
 
 def test_code_load_refused_unless_allowed(tmp_path, live_server):

@@ -136,6 +136,27 @@ def test_periodic_status_and_unknown_run(tmp_path, live_server):
         inbox.until(lambda ms: [m for m in ms if m["type"] == "pong"], what="pong")
 
 
+def test_a_message_it_cannot_read_is_answered_and_the_socket_stays(tmp_path, live_server):
+    """A binary frame raised KeyError in the server and dropped the socket without a close
+    frame; ``{"type": "bogus"}`` or a JSON list went unanswered."""
+    with MetricsCollector(os.fspath(tmp_path)) as m:
+        m.log(7, {"loss": 1.0})
+    srv = live_server()
+    with srv.ws() as ws:
+        inbox = Inbox(ws)
+        for frame in (b"\x00\x01binary", json.dumps({"type": "bogus"}), "[1, 2]"):
+            ws.send(frame)
+            n = len(inbox.of("error")) + 1
+            inbox.until(lambda ms, n=n: len([m for m in ms if m["type"] == "error"]) >= n,
+                        what="an error")  # fmt: skip
+        details = [e["detail"] for e in inbox.of("error")]
+        assert details == ["messages must be JSON text, not binary frames",
+                           'expected {"subscribe": [run ids]} or {"type": "ping"}',
+                           'expected {"subscribe": [run ids]} or {"type": "ping"}']  # fmt: skip
+        ws.send(json.dumps({"type": "ping"}))  # the socket still works
+        inbox.until(lambda ms: [m for m in ms if m["type"] == "pong"], what="pong")
+
+
 def test_ws_needs_token_when_set(tmp_path, live_server):
     with MetricsCollector(os.fspath(tmp_path / "r")) as m:
         m.log(0, {"loss": 1.0})

@@ -44,9 +44,12 @@ def _opt_number(text: str | None, what: str) -> float | None:
     if text is None or text.strip() == "":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise HTTPException(422, detail=f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):  # (math.ceil(nan) was a 500)
+        raise HTTPException(422, detail=f"{what} must be a finite number, got {text!r}")
+    return value
 
 
 def _clean(values: list[float]) -> list[float | None]:

@@ -67,18 +67,20 @@ async def _subscribe(deps: Deps, sub: Subscriber, ids: Any) -> None:
 
 
 async def _handle(deps: Deps, sub: Subscriber, text: str) -> None:
-    """One message from the page: ``subscribe`` or ``ping``; other objects are ignored."""
+    """One message from the page: ``subscribe`` or ``ping``; anything else is answered with
+    an ``error``."""
     try:
         msg = json.loads(text)
     except ValueError:
         deps.hub.send(sub, {"type": "error", "detail": "messages must be JSON"})
         return
-    if not isinstance(msg, dict):
-        return
-    if "subscribe" in msg:
+    if isinstance(msg, dict) and "subscribe" in msg:
         await _subscribe(deps, sub, msg["subscribe"])
-    elif msg.get("type") == "ping":
+    elif isinstance(msg, dict) and msg.get("type") == "ping":
         deps.hub.send(sub, {"type": "pong"})
+    else:  # (it went unanswered: a script's typo looked like a server that never answers)
+        deps.hub.send(sub, {"type": "error", "detail": 'expected {"subscribe": [run ids]} or '
+                            '{"type": "ping"}'})  # fmt: skip
 
 
 async def _receive(
@@ -86,12 +88,20 @@ async def _receive(
 ) -> None:
     """Handle the page's messages until the sender ends (the page was too slow)."""
     while True:
-        receive = asyncio.create_task(websocket.receive_text())
+        receive = asyncio.create_task(websocket.receive())
         done, _ = await asyncio.wait({receive, sender}, return_when="FIRST_COMPLETED")
         if sender in done:
             receive.cancel()
             return
-        await _handle(deps, sub, receive.result())
+        message = receive.result()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if text is None:  # a binary frame: receive_text() raised KeyError and dropped the socket
+            deps.hub.send(sub, {"type": "error", "detail": "messages must be JSON text, not "
+                                "binary frames"})  # fmt: skip
+            continue
+        await _handle(deps, sub, text)
 
 
 def create_ws_router(deps: Deps) -> APIRouter:
