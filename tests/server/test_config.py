@@ -141,6 +141,29 @@ def test_yaml_path_from_env_and_missing_file(monkeypatch, yaml_file, tmp_path):
         DashboardConfig.load(str(tmp_path / "nope.yaml"))
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("x: [\n", "is not valid YAML (line 2, column 1): expected the node content, but found '<stream end>'"),
+     ("- 1\n", "must be a mapping of settings ('port: 8421', …)"),
+     ("bogus_key: 1\nui:\n  stale_after_secs: 3\n", "has unknown settings: bogus_key, "
+      "ui.stale_after_secs (did you mean ui.stale_after_sec?)")],
+    ids=["not-yaml", "a-list", "misspelt-keys"],
+)  # fmt: skip
+def test_a_config_file_it_cannot_use_is_one_line_and_exit_2(tmp_path, text, said):
+    """Bad YAML and a list were tracebacks (exit 1); misspelt settings were ignored, and the
+    server started with their defaults."""
+    path = tmp_path / "dash.yaml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
+    done = subprocess.run([sys.executable, "-m", "hotcb", "--dir", str(tmp_path), "serve",
+                           "--port", "0", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"hotcb: error: the dashboard config file {path} {said}" + (
+        " (docs/dashboard.md lists them)\n" if "unknown" in said else "\n"
+    ), done.stderr
+
+
 def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("HOTCB_HISTORY_MAX_POINTS", "5000")
     with pytest.raises(ValueError, match="history_max_points"):

@@ -190,8 +190,9 @@ class DashboardConfig(BaseSettings):
         if yaml_path:
             if not os.path.isfile(yaml_path):
                 raise FileNotFoundError(f"dashboard config file not found: {yaml_path}")
-            yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path)
+            yaml_source = _yaml_source(settings_cls, yaml_path)
             _refuse_token_in(yaml_path, yaml_source.yaml_data)
+            _refuse_unknown(yaml_path, yaml_source.yaml_data, settings_cls)
             sources.append(yaml_source)
         return tuple(sources)
 
@@ -238,6 +239,52 @@ class DashboardConfig(BaseSettings):
         LLM endpoint's ``user:password@``, an ``?api-key=``) redacted."""
         doc: dict[str, Any] = redact_urls(self.model_dump(mode="json", exclude={"token"}))
         return doc
+
+
+def _yaml_source(settings_cls: type[BaseSettings], path: str) -> YamlConfigSettingsSource:
+    """The YAML file's settings; ``ValueError`` (one line) for a file that is not YAML or not
+    a mapping of settings (a traceback from the YAML parser or from pydantic-settings)."""
+    import yaml
+
+    try:
+        source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"the dashboard config file {path} is not valid YAML{at}: {why}") from None
+    except (TypeError, ValueError):  # a list, a string: merged as if a mapping
+        source = None
+    if source is None or not isinstance(source.yaml_data, dict):
+        raise ValueError(f"the dashboard config file {path} must be a mapping of settings "
+                         "('port: 8421', …)")  # fmt: skip
+    return source
+
+
+def _refuse_unknown(path: str, doc: Any, model: type[BaseModel]) -> None:
+    """Every key of the file is a setting: a misspelt one was ignored, and its default
+    silently stayed in force."""
+    unknown = _unknown_keys(doc, model, "")
+    if unknown:
+        raise ValueError(f"the dashboard config file {path} has unknown settings: "
+                         f"{', '.join(unknown)} (docs/dashboard.md lists them)")  # fmt: skip
+
+
+def _unknown_keys(doc: Any, model: type[BaseModel], prefix: str) -> list[str]:
+    import difflib
+
+    unknown: list[str] = []
+    for key, value in doc.items() if isinstance(doc, dict) else ():
+        field = model.model_fields.get(str(key))
+        if field is None:
+            near = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+            unknown.append(f"{prefix}{key}" + (f" (did you mean {prefix}{near[0]}?)" if near
+                                               else ""))  # fmt: skip
+            continue
+        inner = field.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            unknown += _unknown_keys(value, inner, f"{prefix}{key}.")
+    return unknown
 
 
 def _refuse_token_in(path: str, doc: Any) -> None:
