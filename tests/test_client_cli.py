@@ -455,6 +455,19 @@ def test_client_wait_returns_the_final_entry_not_the_scheduled_one(run: Run, run
     assert [e["decision"] for e in client.entries(cid)] == ["scheduled", "applied"]
 
 
+def test_client_wait_on_a_command_scheduled_later_says_so(run: Run, run_dir: str) -> None:
+    """``set lr=… --at-step 1000000 --wait`` timed out with "no ledger entry …: is the run
+    alive?" while the ledger had its ``scheduled`` entry and the run trained on."""
+    client = HotClient(run_dir)
+    cid = client.send("loss", "set_params", params={"smooth": 0.5}, at_step=1_000_000)
+    run.steps(2)
+    with pytest.raises(TimeoutError) as info:
+        client.wait(cid, timeout=0.5)
+    assert str(info.value).startswith(f"{cid} is scheduled for step 1000000 (since step 1): "
+                                      "not applied after 0.5s; ")  # fmt: skip
+    assert f"cancel --cmd-id {cid}' cancels it" in str(info.value)
+
+
 def test_client_waits_for_the_list_set_returns(run: Run, run_dir: str) -> None:
     """`client.wait(client.set({...}))`: set() returns a list of ids (one per module); wait
     took only one, never matched the list, and timed out saying "is the run alive?"."""

@@ -799,12 +799,23 @@ class HotClient:
             return [self.wait(i, max(0.0, deadline - time.monotonic()), final=final,
                               interval=interval, until_over=until_over) for i in ids]  # fmt: skip
 
+        scheduled: list[dict[str, Any]] = []
+
         def handled(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("cmd_id") != cmd_id:
                 return None
-            return None if final and entry.get("decision") == "scheduled" else entry
+            if final and entry.get("decision") == "scheduled":
+                scheduled.append(entry)
+                return None
+            return entry
 
         def late() -> str:
+            if scheduled:  # it said "no ledger entry …: is the run alive?"
+                at, then = scheduled[-1].get("at_step"), scheduled[-1].get("step")
+                return (f"{cmd_id} is scheduled for step {at} (since step {then}): not applied "
+                        f"after {timeout:.3g}s; 'hotcb --dir {self.run_dir} log' shows "
+                        f"it when it lands, 'hotcb --dir {self.run_dir} cancel --cmd-id "
+                        f"{cmd_id}' cancels it")  # fmt: skip
             if not cmd_id.startswith("@") and self._known(cmd_id, exact=True) is None:
                 return (f"no command with id {cmd_id!r} was sent to {self.run_dir} (it is in "
                         "neither its commands file nor its ledger): a command's id is what "
