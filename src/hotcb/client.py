@@ -250,8 +250,12 @@ class HotClient:
         for an invalid command (nothing written), and
         :class:`~hotcb.errors.JournalWriteError` (an ``OSError``) when it could not be written
         (disk full): nothing of it is in the file, and no ``cmd_id`` exists."""
-        given = bool(fields.get("cmd_id"))
-        return self._append(self._record(module, op, **fields), named=given)
+        given = fields.get("cmd_id")
+        if isinstance(given, str) and given[:1] in ("#", "@"):
+            raise CommandError(f"'cmd_id' must not start with {given[0]!r}, got {given!r}: "
+                               "'#N' names the ledger's entry N on the command line, and '@…' "
+                               "is the id hotcb gives a command sent without one")  # fmt: skip
+        return self._append(self._record(module, op, **fields), named=bool(given))
 
     def _record(self, module: str, op: str, **fields: Any) -> dict[str, Any]:
         """The validated record of a command, checked against the published actuators."""

@@ -172,6 +172,10 @@ def test_a_posted_cmd_id_that_is_taken_or_unprintable_is_422(tmp_path, live_serv
         assert r.status_code == 422 and "cmd_id 'mine1' is taken" in r.json()["detail"]
         r = c.post("/api/runs/r/commands", json={**body, "cmd_id": "a\nb"})
         assert r.status_code == 422 and "printable" in r.json()["detail"]
+        for taken in ("#1", "@weird"):  # the CLI's ledger numbers, hotcb's own ids
+            r = c.post("/api/runs/r/commands", json={**body, "cmd_id": taken})
+            assert r.status_code == 422, r.text
+            assert f"'cmd_id' must not start with '{taken[0]}'" in r.json()["detail"]
     assert [rec["cmd_id"] for rec in jsonl.iter_records(RunPaths(run).commands)] == ["mine1"]
 
 
