@@ -305,6 +305,11 @@ def test_only_a_newer_command_on_the_same_knob_wins_over_a_reapplied_one() -> No
     assert kept is None and left is not None and left.newer == {"lr": 16}
     assert left.why == ("lr@group1 was set by a newer command (#16) and lr moves every group: "
                         "not re-applied")  # fmt: skip
+    # a newer plain lr on two groups ledgers lr@group1 too: said as the lr it was (it read
+    # "lr@group1 was set by a newer command (#17) and lr moves every group")
+    newer.note(op("opt", {"lr": 4e-3}, "new4", source="cli"), {"lr": {}, "lr@group1": {}}, seq=17)
+    kept, left = newer.screen(op("opt", {"lr": 0.1}, "b1"))
+    assert left is not None and left.why == "lr was set by a newer command (#17): not re-applied"
 
 
 def _down_and_resumed(

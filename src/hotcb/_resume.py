@@ -328,7 +328,9 @@ class NewerCommands:
                      if (s := self.set_by.get(n)) is not None and s[0] > life]  # fmt: skip
             if not found:
                 continue
-            seq, knob = max(found)
+            # the key itself first among one entry's knobs: a plain lr on two groups ledgers
+            # lr@group1 too, and was said to be "lr@group1 … and lr moves every group"
+            seq, knob = max(found, key=lambda f: (f[0], f[1][-1] == key))
             newer[key] = seq
             if "@" in knob[-1] and "@" not in key:
                 parts.append(f"{knob[-1]} was set by a newer command (#{seq}) and {key} moves "
