@@ -204,6 +204,31 @@ def test_allowed_code_dirs_check_every_part_of_a_module_path(kernel_factory, tmp
     monkeypatch.delitem(sys.modules, "teampkg_linked.own", raising=False)
 
 
+def test_a_module_edited_since_its_import_is_said_to_run_old_code(
+    kernel_factory, tmp_path, monkeypatch
+):
+    """A ``--path`` callback loaded again after its file was edited ran the old code (Python
+    imports a module once per process), and the entry said nothing of it."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    mod = folder / "edited_team_cbs.py"
+    mod.write_text("class C:\n    version = 1\n    def handle(self, e, env): pass\n")
+    monkeypatch.syspath_prepend(os.fspath(folder))
+    monkeypatch.delitem(sys.modules, "edited_team_cbs", raising=False)
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    first = _do(kernel, client, client.cb_load("c", path="edited_team_cbs", symbol="C"), 0)
+    assert first["decision"] == "applied" and not first.get("error"), first
+    again = _do(kernel, client, client.cb_load("c", path="edited_team_cbs", symbol="C"), 1)
+    assert again["decision"] == "applied" and not again.get("error"), again  # not edited
+    mod.write_text("class C:\n    version = 2\n    def handle(self, e, env): pass\n")
+    edited = _do(kernel, client, client.cb_load("c", path="edited_team_cbs", symbol="C"), 2)
+    assert edited["decision"] == "applied" and edited["replaced"] is True
+    assert edited["error"].startswith("module 'edited_team_cbs' changed on disk since it was "
+                                      "imported; Python imports a module once per process")  # fmt: skip
+    assert kernel.module("cb").get("c").version == 1  # what it says: the old code runs
+
+
 def test_failed_loads_are_ledgered_with_reason(kernel_factory, write_cb):
     kernel = kernel_factory()
     client = HotClient(kernel.run_dir)

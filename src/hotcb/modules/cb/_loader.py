@@ -145,6 +145,7 @@ class Resolved:
     factory: Any
     sha256: str | None = None
     capture_path: str | None = None  # relative to the run directory
+    stale: str | None = None  # a module whose file changed since it was imported: why it says
 
     @property
     def source_capture(self) -> dict[str, str] | None:
@@ -226,6 +227,30 @@ def check_allowed(host: ModuleHost, target: CallbackTarget) -> None:
             f"({', '.join(dirs)}); move the code there or add its folder to "
             f"HotKernel(allowed_code_dirs=[...])"
         )
+
+
+#: The sha256 of each module's file when a load first named it: Python imports a module once
+#: per process, so a load after the file was edited runs the code imported before.
+_FIRST_SEEN: dict[str, str] = {}
+
+
+def _changed_since_import(module: types.ModuleType) -> str | None:
+    """Why a load of ``module`` runs old code (its file changed since a load first named it),
+    or None. Said in the load's entry: a reload after an edit ran the old code silently."""
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            sha = _sha256(f.read())
+    except OSError:
+        return None
+    first = _FIRST_SEEN.setdefault(module.__name__, sha)
+    if first == sha:
+        return None
+    return (f"module {module.__name__!r} changed on disk since it was imported; Python imports "
+            "a module once per process, so this load runs the code imported before (load it "
+            "with --file to run the edited code, or start the trainer again)")  # fmt: skip
 
 
 def _sha256(data: bytes) -> str:
@@ -339,7 +364,8 @@ def resolve(host: ModuleHost, target: CallbackTarget, source_capture: Any = None
     if target.kind == "python_path":
         with caught_exit(f"module {target.path!r}", "while it was imported"):
             module = importlib.import_module(target.path)
-        return Resolved(_symbol(module, target.symbol, f"module {target.path!r}"))
+        return Resolved(_symbol(module, target.symbol, f"module {target.path!r}"),
+                        stale=_changed_since_import(module))  # fmt: skip
     if source_capture is not None:
         data = _read_captured(host, source_capture, target)
     else:

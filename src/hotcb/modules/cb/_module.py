@@ -489,9 +489,11 @@ class CallbackModule:
         else:
             extra["replaced"] = True
             changes = _reload_changes(old, slot)
-        error = None
+        error = resolved.stale
         if unload_err:  # replaced all the same
-            error = f"{op.id}: the previous version's on_unload raised {unload_err[0]}"
+            error = f"{op.id}: the previous version's on_unload raised {unload_err[0]}" + (
+                f"; {error}" if error else ""
+            )
             extra["traceback"] = unload_err[1]
         return OpResult("applied", changes=changes, error=error, extra=extra)
 
