@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import HotcbError
 
-__all__ = ["CheckError", "Checker", "collect_lines", "parse_document"]
+__all__ = ["CheckError", "Checker", "as_text_hint", "collect_lines", "parse_document"]
 
 
 class CheckError(HotcbError, ValueError):
@@ -22,6 +22,18 @@ class CheckError(HotcbError, ValueError):
 
 
 _Number = (int, float)
+
+
+def as_text_hint(value: Any) -> str:
+    """`` (YAML reads 1e-3 as text: write 1.0e-3)`` for a string that is a number: PyYAML
+    takes an exponent without a dot for a string, and "got '1e-3'" did not say why."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (YAML reads 1e-3 as text: write 1.0e-3)" if "e" in value.lower() else ""
 
 
 class Checker:
@@ -55,7 +67,8 @@ class Checker:
             return None
         kinds = (int,) if integer else _Number
         if isinstance(value, bool) or not isinstance(value, kinds):
-            self.add(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+            self.add(where, f"expected {'an integer' if integer else 'a number'}, got {value!r}"
+                     + as_text_hint(value))  # fmt: skip
             return None
         if not math.isfinite(value):
             self.add(where, f"expected a finite number, got {value!r}")
@@ -85,9 +98,10 @@ def parse_document(
         import json
 
         try:
-            return json.loads(text), {}
+            doc = json.loads(text)
         except ValueError as exc:
             raise error(path, [f"not valid JSON: {exc}"]) from None
+        return doc, _json_lines(text, path, error)
     try:
         import yaml
     except ImportError:  # pragma: no cover - yaml ships with the tune extra
@@ -106,6 +120,25 @@ def parse_document(
     if twice:  # YAML keeps the last silently: the first one's problems would go unseen
         raise error(path, twice)
     return doc, lines
+
+
+def _json_lines(text: str, path: str, error: type[CheckError]) -> dict[str, int]:
+    """The line of every key and item of a JSON document, read by the YAML composer (JSON is
+    YAML's flow style): JSON files had problems without their lines. A key given twice is an
+    error as in YAML (``json`` keeps the last silently). ``{}`` when YAML reads it otherwise."""
+    try:
+        import yaml
+
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except Exception:  # no pyyaml, a tab YAML refuses: the problems go without lines
+        return {}
+    lines: dict[str, int] = {}
+    twice: list[str] = []
+    if node is not None:
+        collect_lines(node, "", lines, twice)
+    if twice:
+        raise error(path, twice)
+    return lines
 
 
 def collect_lines(

@@ -83,6 +83,36 @@ def test_rules_check_lists_every_problem_with_its_line(
     assert _problems(done.stderr, rules, len(want)) == want
 
 
+def test_json_rules_duplicate_ids_and_yaml_text_numbers_are_said_plainly(
+    tmp_path: Path, cli: Any
+) -> None:
+    """A ``.json`` rules file listed its problems without lines; an id used twice was missed
+    when the second rule had another problem; ``eps: 1e-3`` (text to PyYAML) was refused as
+    "got '1e-3'" with no hint why."""
+    rules = tmp_path / "rules.json"
+    rules.write_text('{\n  "rules": [\n    {"id": "a",\n'
+                     '     "when": {"detector": "plateau", "metric": "key"},\n'
+                     '     "then": {"action": "lr_mult", "params": {"factor": 9}}}\n  ]\n}\n')  # fmt: skip
+    done = cli(None, "autopilot", "rules", "--check", str(rules))
+    assert _problems(done.stderr, rules, 1) == [
+        "line 5: rules[0].then: lr_mult factor=9 is outside its bounds [0.1, 2]"
+    ]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - id: c\n    when: {detector: plateau, metric: key, params: {eps: 1e-3}}\n"
+        "    then: {action: checkpoint}\n"
+        "  - id: c\n    when: {detector: plateau, metric: key}\n"
+        "    then: {action: lr_mult, params: {factor: 9}}\n"
+    )
+    done = cli(None, "autopilot", "rules", "--check", str(rules))
+    problems = _problems(done.stderr, rules, 3)
+    assert problems[0].startswith("line 3: rules[0].when.params.eps: must be float in ")
+    assert problems[0].endswith(", got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)")
+    assert problems[1:] == ["line 7: rules[1].then: lr_mult factor=9 is outside its bounds "
+                            "[0.1, 2]", "line 5: rules[1].id: 'c' is used twice"]  # fmt: skip
+
+
 def test_launch_refuses_the_same_rules_file_before_the_training_starts(
     tmp_path: Path, cli: Any
 ) -> None:

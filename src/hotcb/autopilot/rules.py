@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import Checker, CheckError, parse_document
+from .._checks import Checker, CheckError, as_text_hint, parse_document
 
 __all__ = [
     "ACTIONS",
@@ -129,7 +129,7 @@ def check_action(name: str, params: Mapping[str, Any]) -> list[str]:
             if not isinstance(value, str) or not value:
                 problems.append(f"{key} must be a non-empty string, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{key} must be a number, got {value!r}")
+            problems.append(f"{key} must be a number, got {value!r}{as_text_hint(value)}")
         elif not math.isfinite(value):
             problems.append(f"{key} must be a finite number, got {value!r}")
         elif (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -168,12 +168,13 @@ def load_rules(path: str | os.PathLike[str] | None = None) -> Ruleset:
     seen: set[str] = set()
     for i, item in enumerate(raw):
         rule = _check_rule(item, ck, f"rules[{i}]")
-        if rule is None:
-            continue
-        if rule.id in seen:
-            ck.add(f"rules[{i}].id", f"{rule.id!r} is used twice")
-        seen.add(rule.id)
-        rules.append(rule)
+        ident = item.get("id") if isinstance(item, Mapping) else None
+        if isinstance(ident, str) and ident:  # (a rule with other problems has its id too)
+            if ident in seen:
+                ck.add(f"rules[{i}].id", f"{ident!r} is used twice")
+            seen.add(ident)
+        if rule is not None:
+            rules.append(rule)
     if ck.problems:
         raise RulesError(path, ck.problems)
     return Ruleset(tuple(rules), path, int(window), float(tolerance))
@@ -259,7 +260,8 @@ def _check_params(detector: str | None, params: Mapping[Any, Any], ck: Checker, 
         elif spec is not None and not _fits(value, spec):
             kind, lo, hi = spec
             ck.add(f"{at}.{key}",
-                   f"must be {getattr(kind, '__name__', kind)} in [{lo}, {hi}], got {value!r}")  # fmt: skip
+                   f"must be {getattr(kind, '__name__', kind)} in [{lo}, {hi}], got {value!r}"
+                   + as_text_hint(value))  # fmt: skip
     if detector == "plateau":  # plateau(...) needs window > smooth
         window, smooth = params.get("window", 8), params.get("smooth", 3)
         fit = PARAMS["plateau"]
