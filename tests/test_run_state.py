@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from hotcb.testing import wait_for
+
 
 def _status(cli: Any, run_dir: str) -> dict[str, Any]:
     done = cli(run_dir, "status", "--json")
@@ -56,6 +58,13 @@ def test_a_run_whose_process_died_says_crashed(
     tr.wait_step(2)
     assert _status(cli, run_dir)["state"] == "running"
     tr.proc.send_signal(signal.SIGKILL)
+
+    def zombie() -> bool:  # dead, not reaped yet: what an unwaited Popen leaves
+        with open(f"/proc/{tr.proc.pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+
+    wait_for(zombie, 30, what="the killed trainer as a zombie")
+    assert _status(cli, run_dir)["state"].startswith("crashed")  # it read "running"
     tr.proc.wait(timeout=30)
     assert _status(cli, run_dir)["state"].startswith("crashed")
     # its last sign of life, not "alive"
@@ -79,6 +88,13 @@ def test_a_run_paused_then_killed_and_started_again_is_running(
     assert _status(cli, run_dir)["state"] == "paused"
     assert "run: paused" in cli(run_dir, "tune", "status").stdout  # the tuner waits with it
     tr.proc.send_signal(signal.SIGKILL)
+
+    def zombie() -> bool:  # dead, not reaped yet: what an unwaited Popen leaves
+        with open(f"/proc/{tr.proc.pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+
+    wait_for(zombie, 30, what="the killed trainer as a zombie")
+    assert _status(cli, run_dir)["state"].startswith("crashed")  # it read "running"
     tr.proc.wait(timeout=30)
     assert _status(cli, run_dir)["state"].startswith("crashed")
     again = start_trainer(run_dir, os.fspath(tmp_path / "t2.jsonl"), steps=100_000)

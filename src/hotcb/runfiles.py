@@ -418,7 +418,20 @@ def process_alive(meta: Mapping[str, Any]) -> bool | None:
         return False
     except PermissionError:  # another user's process: it exists
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """``pid`` died and waits for its parent to reap it (``kill(pid, 0)`` succeeds on it: a
+    trainer killed under a notebook's unwaited ``Popen`` read as running, and blocked its
+    folder). False where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        state = data[data.rindex(b")") + 2 :].split()[0]  # the name may hold spaces and ')'
+    except (OSError, ValueError, IndexError):
+        return False
+    return state in (b"Z", b"X", b"x")
 
 
 def other_live_trainer(meta: Mapping[str, Any], run_dir: str) -> int | None:
