@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .errors import PeerLostError
+
 
 class DistSync:
     """Rank 0's command batches to every rank, with the step of the next poll, and the notes
@@ -41,6 +43,18 @@ class DistSync:
             device = torch.device("cuda", torch.cuda.current_device())
         return torch.zeros(n, dtype=torch.int64, device=device)
 
+    def _call(self, collective: Any, *args: Any, **kwargs: Any) -> None:
+        """Run one collective; :class:`PeerLostError` when it fails (a rank died: gloo's
+        "Connection closed by peer", NCCL's abort), naming this rank."""
+        try:
+            collective(*args, **kwargs)
+        except Exception as exc:
+            raise PeerLostError(
+                f"hotcb's exchange with the other ranks failed on rank {self.rank} of "
+                f"{self.world_size} ({type(exc).__name__}: {str(exc)[:300]}): a rank died or "
+                "the process group broke; this rank cannot go on with the others"
+            ) from exc
+
     def exchange(self, obj: Any, next_step: int = 0, notes: int = 0) -> tuple[Any, int, int]:
         """Rank 0's ``(obj, next_step)`` on every rank, and the number of notes all ranks
         hold together (a falsy ``obj`` costs one small collective; other ranks then get
@@ -54,12 +68,12 @@ class DistSync:
         else:
             head[0] = head[1] = 0
         head[2] = int(notes)
-        self._dist.all_reduce(head, op=self._dist.ReduceOp.SUM, group=self.group)
+        self._call(self._dist.all_reduce, head, op=self._dist.ReduceOp.SUM, group=self.group)
         flag, nxt, total = (int(v) for v in head.tolist())
         if not flag:
             return (obj if self.is_leader else None), nxt, total
         box = [obj if self.is_leader else None]
-        self._dist.broadcast_object_list(box, src=0, group=self.group)
+        self._call(self._dist.broadcast_object_list, box, src=0, group=self.group)
         return box[0], nxt, total
 
     def count(self, n: int) -> int:
@@ -68,13 +82,13 @@ class DistSync:
         if one is None:
             one = self._one = self._tensor(1)
         one[0] = int(n)
-        self._dist.all_reduce(one, op=self._dist.ReduceOp.SUM, group=self.group)
+        self._call(self._dist.all_reduce, one, op=self._dist.ReduceOp.SUM, group=self.group)
         return int(one.item())
 
     def gather(self, notes: list[Any]) -> list[Any]:
         """Every rank's ``notes``, in rank order, the same list on every rank."""
         parts: list[Any] = [None] * self.world_size
-        self._dist.all_gather_object(parts, list(notes), group=self.group)
+        self._call(self._dist.all_gather_object, parts, list(notes), group=self.group)
         return [note for part in parts for note in part or ()]
 
 

@@ -51,3 +51,10 @@ class JournalWriteError(HotcbError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class PeerLostError(HotcbError, RuntimeError):
+    """Under torch.distributed, hotcb's exchange with the other ranks failed: a rank died or
+    the process group broke. Raised into the training loop (the run cannot go on with the
+    others, and every later collective fails too); not a hotcb bug to keep training through,
+    which left a pause on the surviving ranks."""

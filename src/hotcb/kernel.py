@@ -49,6 +49,7 @@ from ._signals import DEFAULT_SIGNALS, SignalCatcher, signal_name
 from ._stream import ActuatorStream
 from ._trials import set_since
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
+from .errors import PeerLostError
 from .freeze import FreezeState
 from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
 from .metrics import MetricsCollector
@@ -280,7 +281,9 @@ class HotKernel:
         self, env: Env, events: Sequence[str] = _TRAIN_STEP_END, *, deliver: bool = True
     ) -> None:
         """Run at a safe point: forward metrics, pick up and apply commands that are due, and
-        dispatch ``events`` to loaded callbacks. Never raises into the training loop.
+        dispatch ``events`` to loaded callbacks. Never raises into the training loop, but for
+        :class:`~hotcb.errors.PeerLostError` under torch.distributed (a rank died: the run
+        cannot go on with the others, and a pause must not silently end).
 
         ``deliver=False``: ``events`` are this safe point's (a recipe's entry at one of them is
         due here) but loaded callbacks do not get them: an adapter hands them over later, with
@@ -983,7 +986,10 @@ class HotKernel:
                         "the signal reaches rank 0; a second %s ends this rank)",
                         name, self.rank, name)  # fmt: skip
             return
-        log.warning("hotcb: %s: saving a checkpoint and stopping at this safe point", name)
+        when = ("at this safe point" if self._sync is None else
+                f"at the next poll every rank agrees on (step {self._gate.next_step} at the "
+                "latest)")  # fmt: skip
+        log.warning("hotcb: %s: saving a checkpoint and stopping %s", name, when)
         records: list[dict[str, Any]] = [
             {"cmd_id": new_cmd_id(), "source": "signal", "module": "control", "op": op,
              "params": {}, "reason": f"{name} received"}
@@ -1355,7 +1361,23 @@ class HotKernel:
             problem, entries, shown, "is" if len(out) == 1 else "are", self.run_dir,
         )  # fmt: skip
 
+    def _peer_lost(self, exc: PeerLostError) -> None:
+        """Ledger why the training loop gets ``exc`` (rank 0 writes; on a rank that cannot
+        write, the exception itself says it)."""
+        log.error("hotcb: %s", exc)
+        try:
+            self._ledger.emit(
+                self._ledger.point, source="kernel", module="kernel", op="peer_lost",
+                decision=Decision.FAILED.value, error=str(exc),
+            )  # fmt: skip
+            self.flush()
+        except Exception as again:
+            log.error("hotcb: could not ledger the lost rank: %r", again)
+
     def _internal_error(self, exc: Exception) -> None:
+        if isinstance(exc, PeerLostError):  # not hotcb's bug: the run cannot go on
+            self._peer_lost(exc)
+            raise exc
         key = f"internal_{type(exc).__name__}"
         if key not in self._warned:
             log.error("hotcb: internal error in apply(); training continues", exc_info=exc)

@@ -8,6 +8,7 @@ first, then 40 ms steps. This test is the controller in another process.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from adapter_helpers import ENV, EXAMPLES, read_jsonl
 
 from hotcb import HotClient
-from hotcb.testing import wait_for
+from hotcb.testing import read_ledger, wait_for
 
 torch = pytest.importorskip("torch")
 
@@ -73,3 +74,57 @@ def test_a_command_lands_on_every_rank_at_one_step_when_the_step_time_changes(
     # still in force at 40 ms steps (that would be ~25 slow steps, a whole second)
     assert fast_step - fast_sent <= 200
     assert slow_step - slow_sent <= 12
+
+
+def _rank_pid(parent: int, trace: Path) -> int:
+    """The pid of the spawned rank that holds ``trace`` open."""
+    with open(f"/proc/{parent}/task/{parent}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    for pid in children:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == os.fspath(trace):
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no child of {parent} holds {trace}")
+
+
+@pytest.mark.slow
+def test_a_rank_lost_while_paused_ends_the_pause_with_an_error_not_training(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 killed while the run was paused: rank 0's next poll failed in its collective,
+    and hotcb took that for its own bug ("internal error in apply(); training continues"),
+    so rank 0 left the pause and trained on. The loss of a rank now reaches the loop as
+    PeerLostError, ledgered as ``peer_lost``; rank 0 trains no step past the pause."""
+    run_dir, traces = tmp_path / "run", tmp_path / "traces"
+    argv = [sys.executable, os.fspath(EXAMPLES / "ddp_bare.py"), "--nproc", "2"]
+    argv += ["--run-dir", os.fspath(run_dir), "--steps", "100000", "--trace-dir", os.fspath(traces)]
+    argv += ["--step-delay", "0.002"]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    client = HotClient(run_dir, source="test")
+    try:
+        wait_for(lambda: len(read_jsonl(traces / "trace_rank0.jsonl")) >= 20, 120,
+                 what="the first steps")  # fmt: skip
+        paused = client.wait(client.pause(), 60)
+        assert paused["decision"] == "applied"
+        os.kill(_rank_pid(proc.pid, traces / "trace_rank1.jsonl"), signal.SIGKILL)
+        lost = wait_for(lambda: [e for e in read_ledger(run_dir) if e.get("op") == "peer_lost"],
+                        120, what="the peer_lost entry")  # fmt: skip
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert lost[0]["decision"] == "failed"
+    assert "a rank died or the process group broke" in lost[0]["error"], lost
+    assert not [e for e in read_ledger(run_dir) if e.get("op") == "internal_error"]
+    steps = [r["step"] for r in read_jsonl(traces / "trace_rank0.jsonl")]
+    assert max(steps) < paused["step"]  # it trained no step past the pause
