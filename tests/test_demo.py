@@ -128,6 +128,25 @@ def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
             demo.wait(10)
 
 
+def test_ctrl_c_before_the_run_started_leaves_no_folder(tmp_path: Any) -> None:
+    """Ctrl-C in the first seconds (before the URL) left ``runs/demo-<time>/`` with only the
+    two logs: a run "not started" in ``hotcb status``, for good."""
+    argv = [sys.executable, "-m", "hotcb", "demo", "--port", str(_free_port()), "--no-browser"]
+    demo = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "runs").is_dir() and os.listdir(tmp_path / "runs"),
+                 timeout=60, interval=0.005, what="the demo's run folder")  # fmt: skip
+        demo.send_signal(signal.SIGINT)  # long before its trainer's first step (torch imports)
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert demo.returncode == 0 and b"stopping" in out, out
+    assert os.listdir(tmp_path / "runs") == [], out
+
+
 def test_hotcb_dir_names_the_demo_run(tmp_path: Any) -> None:
     """`hotcb --dir mine demo` trained in a fresh ./runs/demo-<time> and left `mine` empty, so
     `hotcb --dir mine status` (what a user runs next) found no run."""

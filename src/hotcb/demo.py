@@ -22,6 +22,7 @@ import math
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -595,7 +596,9 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
     synthetic = bool(getattr(cfg, "synthetic", False))
     port = _demo_port(cfg.port)  # before the run directory: a refused port leaves none
     run_dir, serve_dir, run_id = _demo_dirs(cfg.run_dir, golden)
+    created = not os.path.exists(run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    interrupted = False
 
     stop_signal: dict[str, int | None] = {"sig": None}
 
@@ -648,6 +651,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
         _watch(trainer, server, run_dir, out)
     except KeyboardInterrupt:
         out("stopping…")
+        interrupted = True
         return 0
     finally:
         # trainer first (SIGINT: its loop unwinds through kernel.close()), then the server
@@ -655,6 +659,18 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
             _stop(proc, signal.SIGINT, 10.0)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+        if interrupted and created:
+            _drop_if_unstarted(run_dir)
+
+
+def _drop_if_unstarted(run_dir: str) -> None:
+    """Remove the folder this demo made when Ctrl-C came before its run's first step: only
+    the two logs are in it, and it read as a run "not started" in ``hotcb status``."""
+    try:
+        if set(os.listdir(run_dir)) <= {"demo.trainer.log", "demo.server.log"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
