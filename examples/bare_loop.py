@@ -113,48 +113,50 @@ def main() -> None:
         kernel.catch_up({"step": step, "model": model, "optimizer": optimizer,
                          "scheduler": scheduler}, ("train_step_end",))  # fmt: skip
     print(f"training; steer with: hotcb --dir {args.run_dir} set lr=3e-3", flush=True)
-    while step + 1 < kernel.max_steps:
-        step += 1
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        logits = model(x[idx])
-        ce = nn.functional.cross_entropy(logits, y[idx])
-        aux = sum(p.pow(2).sum() for p in model.parameters())  # an L2 term, weight steerable
-        loss = weights["ce_weight"] * ce + weights["aux_weight"] * aux
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        acc = (logits.argmax(1) == y[idx]).float().mean()
-        kernel.apply(
-            {
-                "framework": "torch",
-                "step": step,
-                "max_steps": args.steps,
-                "model": model,
-                "optimizer": optimizer,
-                "scheduler": scheduler,
-                "save_checkpoint": save_checkpoint,
-                "metrics": {
-                    "loss": loss.item(),
-                    "ce": ce.item(),
-                    "acc": acc.item(),
-                    "lr": optimizer.param_groups[0]["lr"],
-                },
-            }
-        )
-        if kernel.evaluate_requested:
-            kernel.evaluate_requested = False
-            with torch.no_grad():
-                val_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
-            metrics = {"val_loss": val_loss}
-            env = {"step": step, "save_checkpoint": save_checkpoint, "metrics": metrics}
-            kernel.apply(env, ("val_epoch_end",))
-        if kernel.stop_requested:
-            print(f"stop requested at step {step}", flush=True)
-            break
-        if args.step_delay:
-            time.sleep(args.step_delay)
-    kernel.close()
+    try:  # close() records how the run ended, also when the loop raises (or Ctrl-C twice)
+        while step + 1 < kernel.max_steps:
+            step += 1
+            idx = torch.randint(0, len(x), (64,), generator=gen)
+            logits = model(x[idx])
+            ce = nn.functional.cross_entropy(logits, y[idx])
+            aux = sum(p.pow(2).sum() for p in model.parameters())  # an L2 term, weight steerable
+            loss = weights["ce_weight"] * ce + weights["aux_weight"] * aux
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            acc = (logits.argmax(1) == y[idx]).float().mean()
+            kernel.apply(
+                {
+                    "framework": "torch",
+                    "step": step,
+                    "max_steps": args.steps,
+                    "model": model,
+                    "optimizer": optimizer,
+                    "scheduler": scheduler,
+                    "save_checkpoint": save_checkpoint,
+                    "metrics": {
+                        "loss": loss.item(),
+                        "ce": ce.item(),
+                        "acc": acc.item(),
+                        "lr": optimizer.param_groups[0]["lr"],
+                    },
+                }
+            )
+            if kernel.evaluate_requested:
+                kernel.evaluate_requested = False
+                with torch.no_grad():
+                    val_loss = nn.functional.cross_entropy(model(x_val), y_val).item()
+                metrics = {"val_loss": val_loss}
+                env = {"step": step, "save_checkpoint": save_checkpoint, "metrics": metrics}
+                kernel.apply(env, ("val_epoch_end",))
+            if kernel.stop_requested:
+                print(f"stop requested at step {step}", flush=True)
+                break
+            if args.step_delay:
+                time.sleep(args.step_delay)
+    finally:
+        kernel.close()
     print(f"done: loss {loss.item():.4f}", flush=True)
 
 
