@@ -164,6 +164,25 @@ def test_a_config_file_it_cannot_use_is_one_line_and_exit_2(tmp_path, text, said
     ), done.stderr
 
 
+def test_a_bad_value_is_named_where_it_came_from(tmp_path):
+    """A value from the file was named as a flag that does not exist (``--ui.stale-after-sec``),
+    and one from the environment as ``--port``."""
+    path = tmp_path / "dash.yaml"
+    path.write_text("ui:\n  stale_after_sec: -5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
+    argv = [sys.executable, "-m", "hotcb", "--dir", str(tmp_path), "serve"]
+    done = subprocess.run([*argv, "--config", str(path)], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (f"hotcb: error: ui.stale_after_sec in {path}: greater than 0, "
+                           "got -5\n"), done.stderr  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**env, "HOTCB_PORT": "99999"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == ("hotcb: error: HOTCB_PORT: less than or equal to 65535, got "
+                           "'99999'\n"), done.stderr  # fmt: skip
+
+
 def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("HOTCB_HISTORY_MAX_POINTS", "5000")
     with pytest.raises(ValueError, match="history_max_points"):

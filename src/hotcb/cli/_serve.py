@@ -141,19 +141,36 @@ def build_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _one_line(exc: ValueError) -> str:
+def _one_line(exc: ValueError, args: argparse.Namespace | None = None) -> str:
     """A settings error as the CLI says errors: ``--port: less than or equal to 65535, got
-    99999`` (pydantic's own text spans lines and ends in a link)."""
+    99999`` (pydantic's own text spans lines and ends in a link), named where it came from:
+    the flag, the ``HOTCB_`` variable or the ``--config`` file (a file's value was named as a
+    flag that does not exist, ``--ui.stale-after-sec``)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     said = []
     for e in errors():
-        where = "--" + ".".join(str(p) for p in e.get("loc") or ()).replace("_", "-")
+        where = _setting_source([str(p) for p in e.get("loc") or ()], args)
         msg = str(e.get("msg") or "invalid").removeprefix("Input should be ").removeprefix(
             "Value error, ")  # fmt: skip
         said.append(f"{where}: {msg}, got {e.get('input')!r}")
     return "; ".join(said) or str(exc)
+
+
+def _setting_source(loc: list[str], args: argparse.Namespace | None) -> str:
+    """``--port`` for a flag given, ``HOTCB_UI__STALE_AFTER_SEC`` for a variable set, else
+    ``ui.stale_after_sec in FILE`` (the ``--config`` file)."""
+    flag = "--" + ".".join(loc).replace("_", "-")
+    if args is None:
+        return flag
+    if len(loc) == 1 and getattr(args, loc[0], None) not in (None, False):
+        return flag
+    env = "HOTCB_" + "__".join(loc).upper()
+    if env in os.environ:
+        return env
+    config = getattr(args, "config", None) or os.environ.get("HOTCB_CONFIG")
+    return f"{'.'.join(loc)} in {config}" if config else flag
 
 
 def _warnings(config: Any) -> list[str]:
@@ -175,7 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
     except ValueError as exc:  # pydantic's ValidationError is one: one line per bad setting
-        raise CliError(_one_line(exc)) from None
+        raise CliError(_one_line(exc, args)) from None
     if not os.path.isdir(config.dir):
         raise CliError(f"--dir {config.dir} is not a directory")
     config.ensure_token()  # ValueError (one line, exit 2) for --no-token off loopback
