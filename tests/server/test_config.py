@@ -183,6 +183,19 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path):
                            "'99999'\n"), done.stderr  # fmt: skip
 
 
+def test_a_host_that_is_not_this_machines_is_said_so(tmp_path):
+    """It said "is another server running there? pick another --port" for an address the
+    machine does not have."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")}
+    done = subprocess.run([sys.executable, "-m", "hotcb", "--dir", str(tmp_path), "serve",
+                           "--host", "192.0.2.1"],  # TEST-NET-1: no machine has it
+                          capture_output=True, text=True, timeout=60,
+                          env={**env, "HOTCB_TOKEN": "t0ken-abcdefghijklmnopqrst"})  # fmt: skip
+    assert done.returncode == 2
+    assert "is --host 192.0.2.1 an address of this machine?" in done.stderr, done.stderr
+    assert "pick another --port" not in done.stderr
+
+
 def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("HOTCB_HISTORY_MAX_POINTS", "5000")
     with pytest.raises(ValueError, match="history_max_points"):

@@ -215,9 +215,14 @@ def _serve(args: argparse.Namespace) -> int:
         sock.bind((config.host, config.port))  # bind first so --port 0 can print the real port
     except OSError as exc:
         sock.close()
+        import errno
+
+        hint = ("is another server running there? pick another --port (0: any free port)"
+                if exc.errno == errno.EADDRINUSE else
+                f"is --host {config.host} an address of this machine? (127.0.0.1: this "
+                "machine only, 0.0.0.0: every interface)")  # fmt: skip
         raise CliError(
-            f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
-            "is another server running there? pick another --port (0: any free port)"
+            f"cannot listen on {config.host}:{config.port} ({exc.strerror}); {hint}"
         ) from None
     port = sock.getsockname()[1]
     query = f"?token={config.token}" if config.token else ""  # the one place it is printed
