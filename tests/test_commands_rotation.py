@@ -98,6 +98,28 @@ def test_a_file_truncated_in_place_is_read_from_its_start(run_dir: str) -> None:
         assert _since(drv, first) == [("", "cursor_reset", "noop"), (b, "set_params", "applied")]
 
 
+def test_a_file_rewritten_to_the_same_length_is_read_from_its_start(run_dir: str) -> None:
+    """Truncated (``: > file``, logrotate's copytruncate), then a command as long as the one
+    read: nothing lay past the cursor, and the byte before it was a newline, so the file
+    was taken as read and the command lost, with no entry."""
+    with _driver(run_dir) as drv:
+        first = _held(drv)
+        with open(drv.paths.commands, "rb") as f:
+            old = f.read()
+        before = os.stat(drv.paths.commands).st_mtime_ns
+        line = old.replace(first.encode(), b"X" * len(first)).replace(b"1.1", b"2.2")
+        assert len(line) == len(old) and line != old
+        with open(drv.paths.commands, "r+b") as f:
+            f.truncate(0)
+            f.write(line)
+        # a rewrite a moment later (the clock's tick may be coarser than two writes here)
+        os.utime(drv.paths.commands, ns=(before + 10**9, before + 10**9))
+        _step_until_ledgered(drv, "X" * len(first))
+        assert _since(drv, first) == [("", "cursor_reset", "noop"),
+                                      ("X" * len(first), "set_params", "applied")]  # fmt: skip
+        assert drv.weights["w"] == 2.2
+
+
 def test_a_file_replaced_with_the_same_bytes_is_read_on_from_the_cursor(
     run_dir: str,
 ) -> None:

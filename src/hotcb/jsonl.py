@@ -487,7 +487,7 @@ class JsonlTail:
     The kernel's poll does one ``os.stat`` and asks :meth:`caught_up` before reading.
     """
 
-    __slots__ = ("_dev", "_head", "_held", "_ino", "_scan", "_scan_from", "check_resume", "cut",
+    __slots__ = ("_dev", "_head", "_held", "_ino", "_mtime", "_scan", "_scan_from", "_tail", "check_resume", "cut",
                  "follow_links", "hold_open", "left_unread", "max_bytes", "max_line", "more",
                  "offset", "path", "reset")  # fmt: skip
 
@@ -520,6 +520,11 @@ class JsonlTail:
         #: ``(end_offset, length)`` of the line the last read handed out cut (``max_line``)
         self.cut: tuple[int, int] | None = None
         self._dev = self._ino = -1  # not read yet: no ``caught_up`` before the first read
+        # the file's mtime at the last read, and the bytes that end at the cursor (at most
+        # 256): a file rewritten to the same length (truncated, then a line as long as the
+        # one read) had nothing past the cursor and was taken as read, its commands lost
+        self._mtime = -1
+        self._tail = b""
         # a line longer than max_bytes (or max_line) at the cursor: where it starts, how far
         # it has no newline, and its first max_line + 1 bytes
         self._scan_from = self._scan = -1
@@ -555,6 +560,7 @@ class JsonlTail:
             (size == self.offset or (size == self._scan and self._scan_from == self.offset))
             and st.st_ino == self._ino
             and st.st_dev == self._dev
+            and st.st_mtime_ns == self._mtime
         )
 
     def has_new(self) -> bool:
@@ -566,6 +572,7 @@ class JsonlTail:
 
     def _restart(self) -> None:
         self._forget_long()
+        self._tail = b""
         if self.offset:  # a cursor at 0 has consumed nothing: there is nothing to redo
             self.offset = 0
             self.reset = True
@@ -592,18 +599,10 @@ class JsonlTail:
                 if self._held >= 0:  # lines of the old file: the new one at the next read
                     return lines
             known = self._ino != -1
-            if known and (st.st_ino != self._ino or st.st_dev != self._dev) and not continued:
-                self._restart()  # another file now: replaced, or deleted and created again
-            elif st.st_size < self.offset:
-                self._restart()  # truncated
-            elif not known and self.offset and self.check_resume is not None:
-                if not self.check_resume(self._before(fd)):
-                    self._restart()  # not the file the cursor counts bytes of
-            elif st.st_size < self._scan:
-                self._forget_long()  # cut back inside a long line: look through it again
+            self._check_cursor(fd, st, known, continued)
             if not known:
                 self.check_resume = None
-            self._dev, self._ino = st.st_dev, st.st_ino
+            self._dev, self._ino, self._mtime = st.st_dev, st.st_ino, st.st_mtime_ns
             end = st.st_size if size is None else min(size, st.st_size)
             lines = self._read(fd, end)
             if self.hold_open and self._held < 0:
@@ -645,6 +644,29 @@ class JsonlTail:
         self.close()
         return [], same
 
+    def _check_cursor(self, fd: int, st: os.stat_result, known: bool, continued: bool) -> None:
+        """Start again from the file's first byte when the cursor no longer counts bytes of
+        what was read: another file, a shorter one, one rewritten up to the cursor."""
+        if known and (st.st_ino != self._ino or st.st_dev != self._dev) and not continued:
+            self._restart()  # another file now: replaced, or deleted and created again
+        elif st.st_size < self.offset:
+            self._restart()  # truncated
+        elif not known and self.offset and self.check_resume is not None:
+            if not self.check_resume(self._before(fd)):
+                self._restart()  # not the file the cursor counts bytes of
+        elif st.st_mtime_ns != self._mtime and self._rewritten(fd):
+            self._restart()  # rewritten up to the cursor (to the same length, say)
+        elif st.st_size < self._scan:
+            self._forget_long()  # cut back inside a long line: look through it again
+
+    def _rewritten(self, fd: int) -> bool:
+        """The bytes that end at the cursor are not those read there (one ``pread``, only
+        when the file's mtime moved)."""
+        tail = self._tail
+        if not tail or self.offset < len(tail):
+            return False
+        return os.pread(fd, len(tail), self.offset - len(tail)) != tail
+
     def _before(self, fd: int) -> bytes:
         """The bytes that end at the cursor: its line, and the newline before it."""
         limit = (self.max_bytes if self.max_line is None else self.max_line) + 2
@@ -682,6 +704,7 @@ class JsonlTail:
             pos += len(line) + 1
             out.append((pos, line))
         self.offset = pos
+        self._tail = data[max(0, last + 1 - 256) : last + 1]
         return out
 
     def _long_line(self, fd: int, end: int) -> list[tuple[int, bytes]]:
@@ -712,6 +735,7 @@ class JsonlTail:
             line, self.cut = self._head, (end, nl - start)
         self._forget_long()
         self.offset = end
+        self._tail = b""  # (a long line: not checked again)
         return end, line
 
     def read_records(self) -> list[dict[str, Any]]:

@@ -304,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 and row.get("changes") and "study" not in row):  # fmt: skip
             trial += f" ({_changes(row['changes'])})"
     if over is not None:  # no phase goes on: say what the run ended in
-        phase = "none (the run is over" + (f"; it stopped in{trial})" if trial else ")")
+        phase = "none (the run is over" + (f"; it stopped in {trial.strip()})" if trial else ")")
         say(f"phase: {phase}   segment: {segment}")
     else:
         nxt = st.get("next_boundary")
