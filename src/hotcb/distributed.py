@@ -44,11 +44,14 @@ class DistSync:
         return torch.zeros(n, dtype=torch.int64, device=device)
 
     def _call(self, collective: Any, *args: Any, **kwargs: Any) -> None:
-        """Run one collective; :class:`PeerLostError` when it fails (a rank died: gloo's
-        "Connection closed by peer", NCCL's abort), naming this rank."""
+        """Run one collective; :class:`PeerLostError` when the backend fails it (a rank died:
+        gloo's "Connection closed by peer", NCCL's abort), naming this rank. Other errors (an
+        ``apply`` after ``destroy_process_group``) stay hotcb's to log: the loop goes on."""
         try:
             collective(*args, **kwargs)
-        except Exception as exc:
+        except RuntimeError as exc:  # the backend's (gloo, NCCL): not a group torn down on
+            if not self._dist.is_initialized():  # purpose (a ValueError), nor one gone since
+                raise
             raise PeerLostError(
                 f"hotcb's exchange with the other ranks failed on rank {self.rank} of "
                 f"{self.world_size} ({type(exc).__name__}: {str(exc)[:300]}): a rank died or "

@@ -128,3 +128,44 @@ def test_a_rank_lost_while_paused_ends_the_pause_with_an_error_not_training(
     assert not [e for e in read_ledger(run_dir) if e.get("op") == "internal_error"]
     steps = [r["step"] for r in read_jsonl(traces / "trace_rank0.jsonl")]
     assert max(steps) < paused["step"]  # it trained no step past the pause
+
+
+AFTER_DESTROY = """
+import os, sys, socket
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hotcb import HotKernel
+
+def rank(r, port, run_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=r, world_size=2)
+    kernel = HotKernel(run_dir, debounce_steps=1, poll_interval_sec=0)
+    for step in range(5):
+        kernel.apply({"step": step})
+    dist.barrier()
+    dist.destroy_process_group()
+    if r == 0:  # a last evaluation logged after the group was torn down on purpose
+        kernel.apply({"step": 5, "metrics": {"test_loss": 0.5}}, ("val_epoch_end",))
+        print("rank 0 went on", flush=True)
+    kernel.close()
+
+if __name__ == "__main__":
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(rank, args=(port, sys.argv[1]), nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_an_apply_after_the_group_was_destroyed_is_no_lost_rank(tmp_path: Path) -> None:
+    """A process group torn down on purpose (``destroy_process_group``, then a last ``apply``
+    on rank 0) is not a lost rank: the loop goes on, as before PeerLostError existed."""
+    script = tmp_path / "after_destroy.py"
+    script.write_text(AFTER_DESTROY)
+    done = subprocess.run([sys.executable, os.fspath(script), os.fspath(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=180, env=ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 went on" in done.stdout
+    assert "PeerLostError" not in done.stderr
+    assert not [e for e in read_ledger(tmp_path / "run") if e.get("op") == "peer_lost"]
