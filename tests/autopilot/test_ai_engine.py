@@ -414,6 +414,36 @@ def test_an_accepted_undo_proposal_takes_back_no_persons_change(loop: Any) -> No
     assert lp.lr == 2e-2 and undo["state"] == "pending"
 
 
+def test_an_undo_proposal_takes_back_the_change_it_was_made_for_or_nothing(loop: Any) -> None:
+    """An undo proposal named no change: accepted after another proposal (a weight-decay
+    change), it took that one back instead of the lr cut it was proposed about. It names its
+    change now, and the accept is refused once that change is no longer the newest."""
+    lp: Loop = loop()
+    both = {"json": {"reasoning": "the lr cut did not help; take it back",
+                     "actions": [{"action": "undo"},
+                                 {"action": "wd_mult", "params": {"factor": 2}}],
+                     "next_check": None}}  # fmt: skip
+    with ScriptedChatServer([HALVE, both, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        lp.run(30, pilot)
+        decide(lp.run_dir, proposals(lp.run_dir)[0]["id"], accept=True, by="test")
+        (cut,) = lp.run_until(lambda: by_source(lp.run_dir, "ai"), pilot, 200)
+        undo, wd = lp.run_until(lambda: [p for p in proposals(lp.run_dir)
+                                         if p["state"] == "pending"], pilot, 200)  # fmt: skip
+        assert undo["action"]["name"] == "undo" and undo["undo_of"] == cut["cmd_id"]
+        assert undo["describe"].startswith("undo() of opt.lr (ai, step ")
+        decide(lp.run_dir, wd["id"], accept=True, by="test")
+        lp.run_until(lambda: len(by_source(lp.run_dir, "ai")) == 2, pilot, 200)
+        with pytest.raises(
+            ValueError,
+            match=r"the change it was proposed to take back "
+            rf"\({cut['cmd_id']}\) is no longer the newest",
+        ):
+            decide(lp.run_dir, undo["id"], accept=True, by="test")
+        lp.run(10, pilot)
+    assert lp.lr == pytest.approx(5e-3) and lp.opt.param_groups[0]["weight_decay"] == 0.02
+
+
 def test_a_spent_budget_hands_over_to_the_rules(loop: Any) -> None:
     lp: Loop = loop()
     with ScriptedChatServer([NOTHING]) as srv:

@@ -480,13 +480,14 @@ class Autopilot:
         waiting = [p for p in pending if p["rule"] == rule.id]
         first = waiting[-1].get("first_step", waiting[-1].get("step")) if waiting else None
         self._waiting.add(rule.id)
+        pin = self._pin(rule.action)
         return self._record({
             "kind": "proposal", "id": waiting[-1]["id"] if waiting else self._new_id(),
             "rule": rule.id, "step": self.step_now,
             "action": {"name": rule.action.name, "params": rule.action.params},
-            "describe": f"{rule.action.describe()} because {found.describe()}",
+            "describe": f"{rule.action.describe()}{pin.pop('of', '')} because {found.describe()}",
             "evidence": found.evidence, "state": "pending",
-            **({"first_step": first} if waiting else {}),
+            **({"first_step": first} if waiting else {}), **pin,
         })  # fmt: skip
 
     def _rule_blocked(self, knob: str | None, acts: bool) -> str | None:
@@ -503,6 +504,19 @@ class Autopilot:
         if acts and self.guard is not None:
             return self._judging()
         return None
+
+    def _pin(self, action: Action) -> dict[str, Any]:
+        """For an ``undo`` proposal, the change it takes back (``undo_of``, checked again at
+        the accept: accepted later, it took back whatever change was newest by then) and
+        ``of``, the words for its description."""
+        if action.name != "undo":
+            return {}
+        try:
+            target = undo_target(self.run_dir)
+        except ValueError:
+            return {}
+        return {"undo_of": target["cmd_id"],
+                "of": f" of {', '.join(target['knobs'])} ({target['by']}, step {target['step']})"}  # fmt: skip
 
     def _undo_blocked(self, blocked: Callable[[str], str | None]) -> str | None:
         """Why an ``undo`` may not be sent now: it has no automatic change to take back, or
@@ -716,11 +730,13 @@ class Autopilot:
                     rejected.append({"asked": _asked(action), "reason": waiting})
                     continue
                 ident = self._new_id()
+                pin = self._pin(action)
                 out.append(self._record({
                     "kind": "proposal", "id": ident, "rule": "ai", "source": "ai",
                     "step": self.step_now, "action": params, "reasoning": reply.reasoning,
-                    "describe": f"{action.describe()}: {reply.reasoning}"[:400],
-                    "state": "pending", "call": outcome.call,
+                    "describe": f"{action.describe()}{pin.pop('of', '')}: "
+                                f"{reply.reasoning}"[:400],
+                    "state": "pending", "call": outcome.call, **pin,
                 }))  # fmt: skip
                 proposed.append(ident)
                 continue
@@ -1027,7 +1043,11 @@ def _columns(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[float
 
 # ---------------------------------------------------------------------------------- actions
 def send_action(
-    client: HotClient, action: Action, reason: str, live: Mapping[str, float] | None = None
+    client: HotClient,
+    action: Action,
+    reason: str,
+    live: Mapping[str, float] | None = None,
+    undo_of: str | None = None,
 ) -> list[str]:
     """Send ``action`` as commands (bounds checked again here); their ids. A multiplier
     applies to ``live[knob]`` when given (the value the run last logged), else to the value
@@ -1040,6 +1060,9 @@ def send_action(
     p = action.params
     if action.name == "undo":  # of the newest change, pinned: one landing meanwhile is not it
         of = undo_target(client.run_dir)["cmd_id"]
+        if undo_of is not None and of != undo_of:  # (a proposal's: made for another change)
+            raise ValueError(f"the change it was proposed to take back ({undo_of}) is no longer "
+                             f"the newest automatic change in force ({of} is): reject it")  # fmt: skip
         return [client.send("control", "undo", params={"cmd_id": of}, reason=reason)]
     if action.name in ("pause", "checkpoint", "stop"):
         return [client.send("control", action.name, reason=reason)]
@@ -1174,5 +1197,6 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
             found.get("describe", "")
         )
         client = HotClient(run_dir, source=str(found.get("source") or "autopilot"), create=False)
-        record["cmd_ids"] = send_action(client, action, reason[:2000], live=_live(run_dir, None))
+        record["cmd_ids"] = send_action(client, action, reason[:2000], live=_live(run_dir, None),
+                                        undo_of=found.get("undo_of"))  # fmt: skip
     return _append(run_dir, record)

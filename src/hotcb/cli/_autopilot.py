@@ -238,7 +238,9 @@ def _loop(args: argparse.Namespace, fleet: _Fleet, refresh: Any) -> int:
             return 1
         print(f"hotcb autopilot: no run under {where} yet; waiting for one (Ctrl-C stops)",
               flush=True)  # fmt: skip
-    seen_alive: set[str] = set()  # runs watched while their training ran
+    # runs watched while their training ran: those alive now, before a first round that may
+    # end after the training did (it waited on a file the training held to its last moment)
+    seen_alive: set[str] = {run for run, p in pilots.items() if not p.ended}
     told: set[str] = set()
     said: dict[str, int] = {}  # run -> records printed (--once sums its round up)
     try:
