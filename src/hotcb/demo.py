@@ -596,7 +596,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
     synthetic = bool(getattr(cfg, "synthetic", False))
     port = _demo_port(cfg.port)  # before the run directory: a refused port leaves none
     run_dir, serve_dir, run_id = _demo_dirs(cfg.run_dir, golden)
-    created = not os.path.exists(run_dir)
+    created = not cfg.run_dir and not os.path.exists(run_dir)  # its own, not one named
     os.makedirs(run_dir, exist_ok=True)
     interrupted = False
 

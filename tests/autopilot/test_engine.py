@@ -797,6 +797,33 @@ def test_a_person_who_undid_an_automatic_change_holds_its_knob(loop: Any, tmp_pa
     assert holds[-1]["until"] >= undone_at - 10 + pilot.person_hold_steps
 
 
+def test_a_persons_change_a_resume_reapplies_still_holds_its_knob(
+    loop: Any, tmp_path: Path
+) -> None:
+    """A resume re-applies a person's ``set lr`` (``source: resume``) after the autopilot saw
+    the run go back and dropped the holds of the replaced life: the autopilot took it for
+    nobody's change and cut the person's lr at once."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(20, pilot)
+    saved = lp.kernel.state_dict()  # a checkpoint at step 20
+    HotClient(lp.run_dir).opt(lr=0.02)  # a person, after the checkpoint
+    lp.run(20, pilot)
+    assert lp.lr == 0.02 and not lp.changes()
+    lp.kernel.close()  # the trainer dies; started again from the checkpoint
+    lp.kernel = HotKernel(lp.run_dir, poll_interval_sec=0.0)
+    lp.kernel.load_state_dict(saved)
+    lp.step = 20
+    lp.opt.param_groups[0]["lr"] = 1e-2
+    records = lp.run(pilot.person_hold_steps - 40, pilot)
+    assert any(r["kind"] == "resumed" for r in records)
+    assert lp.lr == 0.02 and not lp.changes()  # the person's re-applied lr stands
+    holds = [r for r in records if r["kind"] == "hold" and r["knob"] == "opt.lr"]
+    assert holds and holds[-1]["reason"].startswith(
+        "python changed (re-applied by a resume) opt.lr at step "
+    )
+
+
 DIVERGENCE_CUT = """\
 rules:
   - id: divergence_cut_lr

@@ -347,20 +347,38 @@ class Autopilot:
 
     def _hold(self, e: Mapping[str, Any], module: str, holds: dict[str, dict[str, Any]]) -> None:
         """Hold the knobs that entry ``e`` changed, of ``module``, when a person changed them;
-        ``holds`` gets the hold record of each (the newest per knob)."""
-        if e.get("source") in _NOT_A_PERSON:
+        ``holds`` gets the hold record of each (the newest per knob). A person's change that a
+        resume re-applied (``source: resume``) holds them as it did the first time: the
+        autopilot cut a person's re-applied ``set lr`` at once."""
+        source = e.get("source")
+        again = ""
+        if source == "resume":
+            source, again = self._first_source(e.get("cmd_id")), " (re-applied by a resume)"
+        if source in _NOT_A_PERSON:
             return
         step = int(e.get("step") or 0)
-        did = "took back a change of" if e.get("op") == "undo" else "changed"
+        did = ("took back a change of" if e.get("op") == "undo" else "changed") + again
         for key in e["changes"]:
             knob = f"{module}.{key}"
             self.holds[knob] = step + self.person_hold_steps
             holds.pop(knob, None)  # in the order they came
             holds[knob] = {
                 "kind": "hold", "knob": knob, "step": step, "until": self.holds[knob],
-                "reason": f"{e.get('source')} {did} {knob} at step {step}; the autopilot "
+                "reason": f"{source} {did} {knob} at step {step}; the autopilot "
                           f"leaves it alone until step {self.holds[knob]}",
             }  # fmt: skip
+
+    def _first_source(self, cmd_id: Any) -> str:
+        """Who sent command ``cmd_id``: the source of its first ledger entry that a resume did
+        not write (``resume`` when there is none)."""
+        if not isinstance(cmd_id, str) or not cmd_id:
+            return "resume"
+        needle = jsonl.dumps(cmd_id).encode()
+        for rec in jsonl.iter_records(os.path.join(self.run_dir, LEDGER),
+                                      keep=lambda line: needle in line):  # fmt: skip
+            if rec.get("cmd_id") == cmd_id and rec.get("source") not in (None, "resume"):
+                return str(rec["source"])
+        return "resume"
 
     def _module_of(self, cmd_id: Any) -> str:
         """The module (``opt`` or ``loss``) of the change ``cmd_id`` (an undo's target), from
