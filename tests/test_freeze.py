@@ -265,26 +265,32 @@ def test_prod_run_ignores_100_commands_and_trains_like_an_unsteered_run(
     assert all(torch.equal(wp[k], wf[k]) for k in wp)
 
 
-@pytest.mark.parametrize("damage", [b"", b'{"mode": "pro'], ids=["emptied", "torn"])
+@pytest.mark.parametrize("damage", [b"", b'{"mode": "pro', None],
+                         ids=["emptied", "torn", "deleted"])  # fmt: skip
 def test_a_damaged_freeze_file_takes_the_mode_from_the_ledger(
-    tmp_path: Any, damage: bytes, caplog: pytest.LogCaptureFixture
+    tmp_path: Any, damage: bytes | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An emptied or torn ``hotcb.freeze.json`` was read as ``off``: a ``prod`` run started
-    again took live changes, silently. The mode comes back from the ledger, said once."""
+    """An emptied, torn or deleted ``hotcb.freeze.json`` was read as ``off``: a ``prod`` run
+    started again took live changes, silently. The mode comes back from the ledger, said
+    once."""
     run_dir = os.fspath(tmp_path / "run")
     first = Run(run_dir)
     prod = first.client.freeze("prod")
     first.steps()
     assert first.entry(prod)["decision"] == "applied"
     first.close()
-    with open(os.path.join(run_dir, "hotcb.freeze.json"), "wb") as f:
-        f.write(damage)
+    if damage is None:
+        os.remove(os.path.join(run_dir, "hotcb.freeze.json"))
+    else:
+        with open(os.path.join(run_dir, "hotcb.freeze.json"), "wb") as f:
+            f.write(damage)
     again = Run(run_dir)
     change = again.client.loss(a=0.5)
     again.steps()
     assert again.entry(change)["decision"] == "ignored_freeze" and again.weights["a"] == 1.0
     assert FreezeState.load(again.kernel.paths.freeze).mode is FreezeMode.PROD  # written again
-    said = [r.getMessage() for r in caplog.records if "hotcb.freeze.json is unreadable" in (
+    how = "missing" if damage is None else "unreadable"
+    said = [r.getMessage() for r in caplog.records if f"hotcb.freeze.json is {how}" in (
         r.getMessage())]  # fmt: skip
     assert (
         len(said) == 1 and "the freeze mode is prod, from the ledger's last freeze set" in (said[0])

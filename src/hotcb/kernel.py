@@ -1394,11 +1394,13 @@ class HotKernel:
 
     def _saved_freeze(self) -> FreezeState:
         """The freeze mode of ``hotcb.freeze.json``; from the ledger's last applied ``freeze
-        set`` when that file is there but unreadable (emptied, torn), with a warning: taken
-        as ``off``, a frozen run (``prod``, a replay) took live changes again, silently."""
+        set`` when that file is unreadable (emptied, torn) or missing (deleted) while the
+        ledger says the run was frozen, with a warning: taken as ``off``, a frozen run
+        (``prod``, a replay) took live changes again, silently."""
         path = self.paths.freeze
         doc = jsonl.read_json(path, None)
-        if isinstance(doc, dict) or not os.path.exists(path):
+        missing = not os.path.exists(path)
+        if isinstance(doc, dict):
             try:
                 return FreezeState.from_dict(doc)
             except (ValueError, TypeError):
@@ -1406,9 +1408,12 @@ class HotKernel:
         last = None
         applied = ("freeze", "set", "applied")
         with contextlib.suppress(OSError):
-            for e in jsonl.iter_records(self.paths.ledger):
+            for e in jsonl.iter_records(self.paths.ledger, keep=lambda line: b'"freeze"' in line):
                 if (e.get("module"), e.get("op"), e.get("decision")) == applied:
                     last = e
+        if missing and (last is None or last.get("mode", (last.get("params") or {}).get(
+                "mode")) in (None, "off")):  # fmt: skip
+            return FreezeState()  # never frozen (or unfrozen last): nothing was lost
         state = FreezeState()
         if last is not None:
             with contextlib.suppress(ValueError, TypeError):
@@ -1417,8 +1422,8 @@ class HotKernel:
                                                          "step_offset")})  # fmt: skip
         where = (f"the ledger's last freeze set (#{last.get('seq')}, step {last.get('step')})"
                  if last is not None else "no freeze set in the ledger")  # fmt: skip
-        self._warn("freeze_file", f"{path} is unreadable; the freeze mode is "
-                   f"{state.mode.value}, from {where}")  # fmt: skip
+        self._warn("freeze_file", f"{path} is {'missing' if missing else 'unreadable'}; the "
+                   f"freeze mode is {state.mode.value}, from {where}")  # fmt: skip
         if _dist.first_rank():  # written again: `hotcb status` reads the mode there
             with contextlib.suppress(OSError):
                 state.save(path)
