@@ -105,6 +105,7 @@ def test_the_autopilot_stops_when_the_trainer_is_killed(
         out, _ = pilot.communicate(timeout=120)
     finally:
         pilot.kill()
+        pilot.communicate()  # reaped: a failed test leaves no process to the next one's GC
     assert pilot.returncode == 0
     assert "is gone without closing the run (crashed or killed)" in out, out
 
@@ -164,6 +165,7 @@ def test_an_autopilot_started_before_its_run_waits_for_it(
         out, _ = pilot.communicate(timeout=120)
     finally:
         pilot.kill()
+        pilot.communicate()  # reaped: a failed test leaves no process to the next one's GC
     assert pilot.returncode == 0, out
 
 
@@ -196,5 +198,6 @@ def test_an_autopilot_started_on_a_crashed_run_waits_for_its_restart(
         out, _ = pilot.communicate(timeout=120)
     finally:
         pilot.kill()
+        pilot.communicate()  # reaped: a failed test leaves no process to the next one's GC
     assert pilot.returncode == 0
     assert out.count("is gone without closing the run (crashed or killed)") == 1, out

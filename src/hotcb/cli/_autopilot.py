@@ -151,6 +151,14 @@ class _Fleet:
     #: in a folder: runs that are over, left alone (no autopilot, no file written), by how
     left: dict[str, str] = field(default_factory=dict)
     announced: bool = False  # the folder's watch was said
+    #: runs watched while their training ran: alive when attached, or at a later round (a
+    #: first round may end after the training did: it waited on a file the training held)
+    seen_alive: set[str] = field(default_factory=set)
+
+    def add(self, run: str, pilot: Any) -> None:
+        self.pilots[run] = pilot
+        if not pilot.ended:
+            self.seen_alive.add(run)
 
     def close(self) -> None:
         for pilot in self.pilots.values():
@@ -188,9 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def attach(run: str) -> None:
         try:
-            fleet.pilots[run] = Autopilot(run, mode=args.mode, rules=args.rules,
-                                          key_metric=args.key_metric, direction=args.direction,
-                                          ai=ai)  # fmt: skip
+            fleet.add(run, Autopilot(run, mode=args.mode, rules=args.rules,
+                                     key_metric=args.key_metric, direction=args.direction,
+                                     ai=ai))  # fmt: skip
         except AutopilotBusy as exc:
             if os.path.samefile(run, args.dir):  # the one run asked for
                 raise UsageError(str(exc)) from None
@@ -238,9 +246,7 @@ def _loop(args: argparse.Namespace, fleet: _Fleet, refresh: Any) -> int:
             return 1
         print(f"hotcb autopilot: no run under {where} yet; waiting for one (Ctrl-C stops)",
               flush=True)  # fmt: skip
-    # runs watched while their training ran: those alive now, before a first round that may
-    # end after the training did (it waited on a file the training held to its last moment)
-    seen_alive: set[str] = {run for run, p in pilots.items() if not p.ended}
+    seen_alive = fleet.seen_alive
     told: set[str] = set()
     said: dict[str, int] = {}  # run -> records printed (--once sums its round up)
     try:
