@@ -52,6 +52,7 @@ from .errors import CommandError, HotcbError
 from .kernel import RUN_DIR_ENV
 from .ledger import current_step, iter_entries
 from .runfiles import RunPaths
+from .runfiles import proc_stat as _stat
 
 __all__ = [
     "LAUNCH_ENV",
@@ -327,17 +328,6 @@ def _pids() -> list[int]:
         return [int(name) for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return []
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, ppid, start time)`` of ``pid`` from /proc; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
-        return fields[0].decode(), int(fields[1]), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _alive(proc: _Proc) -> bool:

@@ -50,7 +50,7 @@ from ._stream import ActuatorStream
 from ._trials import set_since
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .errors import PeerLostError
-from .freeze import FreezeState
+from .freeze import FreezeMode, FreezeState
 from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
 from .metrics import MetricsCollector
 from .modules import HotModule, OpResult, create_module, module_specs
@@ -1411,15 +1411,14 @@ class HotKernel:
             for e in jsonl.iter_records(self.paths.ledger, keep=lambda line: b'"freeze"' in line):
                 if (e.get("module"), e.get("op"), e.get("decision")) == applied:
                     last = e
-        if missing and (last is None or last.get("mode", (last.get("params") or {}).get(
-                "mode")) in (None, "off")):  # fmt: skip
-            return FreezeState()  # never frozen (or unfrozen last): nothing was lost
         state = FreezeState()
         if last is not None:
             with contextlib.suppress(ValueError, TypeError):
                 state = FreezeState.from_dict({k: last.get(k, (last.get("params") or {}).get(k))
                                                for k in ("mode", "recipe_path", "adjust_path",
                                                          "step_offset")})  # fmt: skip
+        if missing and state.mode is FreezeMode.OFF:
+            return state  # never frozen (or unfrozen last): a missing file lost nothing
         where = (f"the ledger's last freeze set (#{last.get('seq')}, step {last.get('step')})"
                  if last is not None else "no freeze set in the ledger")  # fmt: skip
         self._warn("freeze_file", f"{path} is {'missing' if missing else 'unreadable'}; the "

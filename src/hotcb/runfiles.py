@@ -425,13 +425,20 @@ def _zombie(pid: int) -> bool:
     """``pid`` died and waits for its parent to reap it (``kill(pid, 0)`` succeeds on it: a
     trainer killed under a notebook's unwaited ``Popen`` read as running, and blocked its
     folder). False where /proc cannot tell."""
+    st = proc_stat(pid)
+    return st is not None and st[0] in ("Z", "X", "x")
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, ppid, start time)`` of ``pid`` from /proc; None when it is gone (or there is
+    no /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        state = data[data.rindex(b")") + 2 :].split()[0]  # the name may hold spaces and ')'
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
+        return fields[0].decode(), int(fields[1]), int(fields[19])
     except (OSError, ValueError, IndexError):
-        return False
-    return state in (b"Z", b"X", b"x")
+        return None
 
 
 def other_live_trainer(meta: Mapping[str, Any], run_dir: str) -> int | None:
