@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import jsonl
 from ._checks import number_arg
 from ._launch import _answers, port_free
+from ._launch import _spawn as _launch_spawn
 
 if TYPE_CHECKING:
     from .actuators import HotcbActuator
@@ -446,20 +447,6 @@ def _default_run_dir(golden: bool) -> str:
     return path
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Make the child stoppable however the demo was started: SIGINT back to its default (a
-    shell's ``cmd &`` starts programs with SIGINT ignored, and children inherit that), and on
-    Linux a SIGTERM when the demo dies without cleaning up (e.g. SIGKILL)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-
-
 def _open_log(path: str) -> Any:
     """The child's log, readable by its owner only (the server's holds the tokenised URL): this
     user's own regular file, never one that a writer of the run directory planted (a symbolic
@@ -476,17 +463,15 @@ def _env_without(*names: str) -> dict[str, str]:
 def _spawn(
     argv: Sequence[str], log_path: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    # own session: a terminal's Ctrl-C reaches only the demo, which stops the children in order
+    """``argv`` in its own session (a terminal's Ctrl-C reaches only the demo, which stops the
+    children in order), started as ``hotcb launch`` starts its children: SIGINT back to its
+    default, SIGTERM when the demo dies. No Python code runs between fork and exec: a Ctrl-C
+    arriving during a ``preexec_fn`` fork was raised in an at-fork hook, where Python drops it,
+    and the demo never stopped."""
     out = _open_log(log_path) if log_path else None
     try:
-        return subprocess.Popen(
-            list(argv),
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_child_setup if os.name == "posix" else None,
-        )
+        return _launch_spawn(argv, env=os.environ if env is None else env, stdout=out,
+                             stderr=subprocess.STDOUT if out else None)  # fmt: skip
     finally:
         if out is not None:
             out.close()
