@@ -51,6 +51,7 @@ def test_a_valid_record_becomes_a_typed_op() -> None:
         (rec(params={}), "opt set_params needs at least one parameter"),
         (rec(at_step=-1), "'at_step' must be an integer >= 0, got -1"),
         (rec(at_step=True), "'at_step' must be an integer >= 0"),
+        (rec(at_step=2**63), "'at_step' must be at most 9223372036854775807 (2**63 - 1)"),
         (rec(transition={"steps": 0}), "transition.steps must be an integer >= 1"),
         (rec(transition={"steps": 5, "shape": "zigzag"}), "transition.shape must be one of"),
         (rec(enabled="yes"), "'enabled' must be true or false"),

@@ -58,6 +58,8 @@ ACTUATOR_MODULES = frozenset({"opt", "loss", "custom"})
 FREEZE_MODES = ("off", "prod", "replay", "replay_adjusted")
 TARGET_KINDS = ("python_path", "python_file")
 TRANSITION_SHAPES = ("linear", "cosine")
+#: The largest step a command may be scheduled for (``at_step``): torch's int64.
+MAX_STEP = 2**63 - 1
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -383,6 +385,8 @@ def command_to_hotop(
         isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 0
     ):
         raise CommandError(f"'at_step' must be an integer >= 0, got {at_step!r}")
+    if at_step is not None and at_step > MAX_STEP:  # a step no run reaches; torch's int64 neither
+        raise CommandError(f"'at_step' must be at most {MAX_STEP} (2**63 - 1), got {at_step}")
     ts = record.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
         raise CommandError(f"'ts' must be a number, got {ts!r}")
