@@ -22,6 +22,7 @@ from hotcb.metrics import MetricsCollector, _columns
 from hotcb.metrics._columns import read_blocks, sidecar_path
 from hotcb.runfiles import METRICS, METRICS_COLUMNS
 from hotcb.server.tailer import MetricsIndex
+from hotcb.testing import wait_for
 
 
 def state(index: MetricsIndex) -> dict[str, Any]:
@@ -163,6 +164,41 @@ def test_a_rewritten_file_and_a_torn_block_are_parsed(tmp_path: Any) -> None:
     index = opened(path)
     assert index.source["from"] == "columns" and index.source["bytes"] < os.path.getsize(path)
     assert state(index) == state(parsed(path)) and index.lines == 20
+
+
+@pytest.mark.parametrize("how", ["deleted", "rotated"])
+def test_a_metrics_file_deleted_or_rotated_while_training_is_written_again(
+    tmp_path: Any, monkeypatch: Any, how: str
+) -> None:
+    """The collector kept writing the file it held open: after ``rm hotcb.metrics.jsonl`` (or a
+    rotation's ``mv``) no reader saw another point of the run."""
+    monkeypatch.setattr(_columns, "BLOCK_LINES", 16)
+    path = str(tmp_path / METRICS)
+    c = MetricsCollector(str(tmp_path))
+    log_steps(c, range(0, 100))
+    if how == "deleted":
+        os.unlink(path)
+    else:
+        os.rename(path, path + ".1")
+    step = [100]
+
+    def logged_again() -> bool:
+        log_steps(c, range(step[0], step[0] + 1))
+        step[0] += 1
+        return os.path.exists(path)
+
+    wait_for(logged_again, timeout=60, interval=0.05, what="the metrics file written again")
+    first = step[0] - 1  # the step whose record made the file again
+    log_steps(c, range(step[0], step[0] + 40))
+    c.close()
+    index = opened(path)
+    assert index.source["from"] == "columns" and index.lines == 41
+    assert list(index.series["loss"].steps)[:1] == [first] and index.last_step == first + 40
+    assert state(index) == state(parsed(path))
+    if how == "rotated":  # the rotated file holds every earlier point (up to a second's more)
+        old = MetricsIndex(path + ".1")
+        old.update()
+        assert list(old.series["loss"].steps) == list(range(first))
 
 
 def test_a_step_past_int64_is_skipped_not_a_crash(tmp_path: Any) -> None:

@@ -60,7 +60,8 @@ class MetricsCollector:
 
     Non-finite values (NaN, inf) are written as ``null`` so readers never choke; tensors and
     numpy scalars are converted. One writer per file (the training process, rank 0), so the file
-    stays open and each record is one ``os.write``.
+    stays open and each record is one ``os.write``; a file deleted or moved away (a log
+    rotation) is made again at the path within a second.
 
     With ``columns`` (the default), the same numbers also go, in blocks, to the column sidecar
     beside the file (``hotcb.metrics.cols``, :mod:`hotcb.metrics._columns`), so that a dashboard
@@ -85,17 +86,35 @@ class MetricsCollector:
         #: record goes through the journal's writer, which starts it on a line of its own
         self._torn = False
         self.last: dict[str, float | None] = {}
+        self._ino: tuple[int, int] | None = None  # (device, inode) of the file held open
+        self._checked = 0.0  # time.monotonic() when the path was last compared with it
 
     def _open(self) -> int:
+        if self._fd is not None and self._moved():
+            self.close()  # deleted or rotated: readers look at the path, so write there again
         if self._fd is None:
             # not through a symbolic link, nor into a FIFO, planted in the run directory
             self._fd, st = jsonl.open_own(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            self._ino, self._checked = (st.st_dev, st.st_ino), time.monotonic()
             offset = st.st_size
             # an earlier process's last write may have been cut short (and it died after)
             self._torn = offset > 0 and os.pread(self._fd, 1, offset - 1) != b"\n"
             if self._columns_on:
                 self._columns = ColumnWriter(sidecar_path(self.path), offset)
         return self._fd
+
+    def _moved(self) -> bool:
+        """The file held open is no longer the one at the path (deleted, or moved away by a
+        log rotation), compared at most once a second (one ``stat``)."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return False
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ino
 
     def log(self, step: int, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
         if step % self.every_n_steps:
