@@ -992,6 +992,36 @@ def test_a_restart_with_an_unreadable_tuner_state_says_the_tuner_is_off(tmp_path
     assert "hotcb.tune.json is unreadable" in failed["error"] and "tune enable" in failed["error"]
 
 
+@pytest.mark.parametrize("last", ["enable", "disable"])
+def test_a_restart_after_the_tuner_state_was_deleted_says_the_tuner_is_off(
+    tmp_path: Any, last: str
+) -> None:
+    """A deleted ``hotcb.tune.json`` left the tuner off after a restart, silently (an emptied
+    one said so). When the ledger says the tuner was on, the failed entry says it is off now;
+    a tuner turned off before says nothing."""
+    from hotcb import HotKernel
+
+    run = os.fspath(tmp_path / "run")
+    first = HotKernel(run, poll_interval_sec=0)
+    HotClient(run).tune_enable("observe", objective="loss")
+    first.apply({"step": 1, "metrics": {"loss": 1.0}})
+    if last == "disable":
+        HotClient(run).tune_disable()
+        first.apply({"step": 2, "metrics": {"loss": 1.0}})
+    first.close()
+    os.unlink(os.path.join(run, "hotcb.tune.json"))
+    second = HotKernel(run, poll_interval_sec=0)
+    second.apply({"step": 3, "metrics": {"loss": 1.0}})
+    second.close()
+    failed = [e for e in read_ledger(run) if e.get("op") == "enable" and e["decision"] == "failed"]
+    if last == "disable":
+        assert failed == []
+        return
+    assert len(failed) == 1, failed
+    assert "hotcb.tune.json is missing (deleted?)" in failed[0]["error"]
+    assert "tune enable" in failed[0]["error"]
+
+
 def test_a_branch_goes_on_in_its_parent_s_study(toy: Any) -> None:
     """``hotcb branch`` starts a run in another directory from the parent's checkpoint. Its
     tuner opened the study of its own directory (a new one, numbered from 0) under trials the

@@ -240,12 +240,15 @@ class TuneModule:
         """A restarted run (no checkpoint) whose tuner was on: turn it on again with the same
         settings; the study continues and this run's trials left open are told FAIL."""
         state = jsonl.read_json(self._path, None)
-        if not isinstance(state, dict):  # there (start_when), unreadable: emptied or torn
+        if not isinstance(state, dict):  # unreadable (emptied, torn) or, the ledger says, deleted
+            what = ("unreadable (emptied or torn)" if os.path.exists(self._path) else
+                    "missing (deleted?), and the ledger says the tuner was on")  # fmt: skip
+            error = (f"could not turn the tuner on again: {self._path} is {what}; 'hotcb tune "
+                     "enable' with the same settings goes on in its study")  # fmt: skip
             if self.host.is_leader:
+                log.warning("hotcb: %s", error)
                 self.host.record({"module": "tune", "op": "enable", "decision": "failed",
-                                  "error": f"could not turn the tuner on again: {self._path} is "
-                                  "unreadable (emptied or torn); 'hotcb tune enable' with the "
-                                  "same settings goes on in its study"})  # fmt: skip
+                                  "error": error})  # fmt: skip
             return
         if state.get("mode") in (None, "off"):
             return
