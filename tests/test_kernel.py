@@ -369,6 +369,10 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
     assert [e["decision"] for e in loop.entries(drop)] == ["scheduled", "noop"]
     assert f"cancelled by {cancel}" in loop.entries(drop)[1]["error"]
     assert loop.only(cancel)["decision"] == "applied"
+    # what `cancel --wait` prints: which command will not be applied, not only that one won't
+    assert loop.only(cancel)["error"] == (
+        'loss set_params {"aux": 0.3} (scheduled for step 8, sent by test) will not be applied'
+    )
     assert "no scheduled command 'no-such-id'" in loop.only(missing)["error"]
     assert loop.weights["aux"] == 0.1  # the cancelled 0.3 never landed
 

@@ -25,6 +25,7 @@ refused.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeGuard
@@ -255,7 +256,12 @@ class RunControl:
         self.recorder.emit_op(
             cancelled, self.recorder.point, Decision.NOOP, error=f"cancelled by {op.cmd_id}"
         )
-        return OpResult("applied")
+        what = " ".join(x for x in (cancelled.module, cancelled.op) if x)
+        if cancelled.params:
+            what += " " + json.dumps(cancelled.params, sort_keys=True)
+        # said here too: `cancel --wait` prints this entry, and the id alone says nothing
+        return OpResult("applied", error=f"{what} (scheduled for step {cancelled.at_step}, "
+                        f"sent by {cancelled.source}) will not be applied")  # fmt: skip
 
     def _op_undo(self, op: HotOp, env: Env) -> OpResult:
         named = op.params.get("cmd_id")
