@@ -836,8 +836,9 @@ class HotClient:
             return f"no ledger entry for {cmd_id} after {timeout:.3g}s: is the run alive?"
 
         return self._watch_ledger(
-            handled, timeout, interval, late, over=self._over_check() if until_over else None
-        )
+            handled, timeout, interval, late, over=self._over_check() if until_over else None,
+            mark=_id_mark(cmd_id),
+        )  # fmt: skip
 
     def _over_check(self) -> Callable[[], bool]:
         """Whether the run is over (:meth:`run_over`), asked at most every 0.2 s."""
@@ -864,7 +865,7 @@ class HotClient:
         return self._watch_ledger(
             ended, timeout, 0.02,
             f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the run (see "
-            "'hotcb log')",
+            "'hotcb log')", mark=_id_mark(cmd_id),
         )  # fmt: skip
 
     def _watch_ledger(
@@ -876,28 +877,41 @@ class HotClient:
         *,
         between: Callable[[], dict[str, Any] | None] | None = None,
         over: Callable[[], bool] | None = None,
+        mark: bytes | None = None,
     ) -> dict[str, Any]:
         """Read the ledger's entries as they come until ``pick(entry)`` returns something, or
         ``between()`` does (asked after each read); ``TimeoutError(error)`` after ``timeout``
         seconds, or as soon as ``over()`` says the run ended (asked before a read, so an
-        entry written before the end is still read)."""
+        entry written before the end is still read). ``mark``: bytes every line ``pick`` may
+        pick holds (:func:`_id_mark`); the others are not parsed."""
         deadline = time.monotonic() + timeout
         tail = jsonl.JsonlTail(self.paths.ledger)
-        while True:
-            ended = over is not None and over()
-            for entry in tail.read_records():
-                got = pick(entry)
+        try:
+            while True:
+                ended = over is not None and over()
+                for _, line in tail.read_lines():
+                    if mark is not None and mark not in line:
+                        continue  # not the entry waited on: a long ledger is not parsed whole
+                    entry = jsonl.parse_line(line)
+                    got = pick(entry) if entry is not None else None
+                    if got is not None:
+                        return got
+                got = between() if between is not None else None
                 if got is not None:
                     return got
-            got = between() if between is not None else None
-            if got is not None:
-                return got
-            if ended or time.monotonic() > deadline:
-                raise TimeoutError(error if isinstance(error, str) else error())
-            time.sleep(interval)
+                if ended or time.monotonic() > deadline:
+                    raise TimeoutError(error if isinstance(error, str) else error())
+                time.sleep(interval)
+        finally:
+            tail.close()
 
 
 _COMMAND_FIELDS = ("at_step", "transition", "cmd_id", "source")
+
+
+def _id_mark(cmd_id: str) -> bytes:
+    """What every ledger line naming ``cmd_id`` holds: the id as the ledger's JSON writes it."""
+    return jsonl.dumps(cmd_id).encode()
 
 
 def _knobs_and_fields(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

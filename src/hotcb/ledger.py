@@ -153,9 +153,11 @@ def iter_entries(path: str) -> Iterator[dict[str, Any]]:
 
 
 def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict[str, Any] | None:
-    """The last entry for ``cmd_id`` (with that decision), scanning the whole ledger."""
+    """The last entry for ``cmd_id`` (with that decision), scanning the whole ledger (parsing
+    only the lines that hold the id's JSON)."""
     found = None
-    for e in iter_entries(path):
+    needle = jsonl.dumps(cmd_id).encode()
+    for e in _in_seq_order(jsonl.iter_records(path, keep=lambda line: needle in line)):
         if e.get("cmd_id") == cmd_id and (decision is None or e.get("decision") == decision):
             found = e
     return found
