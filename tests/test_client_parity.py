@@ -134,6 +134,28 @@ def test_cli_says_file_too_large_at_a_file_size_limit(run_dir: str) -> None:
     assert "free disk space" not in res.stderr
 
 
+def test_a_set_of_two_modules_is_written_whole_or_not_at_all(run_dir: str) -> None:
+    """`set lr=… aux=…` is two commands (opt, loss). At a file size limit the first was written
+    and the second not, and the CLI said nothing was written: the lr change was applied by the
+    run, with no id printed to wait on or cancel, and sending it again made it twice."""
+    HotClient(run_dir, create=True).opt(lr=0.005)
+    commands_file = RunPaths(run_dir).commands
+    size = os.path.getsize(commands_file)
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + size * 3 // 2}, "
+        "resource.RLIM_INFINITY))\n"
+        "from hotcb.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )  # room for one more command, not for two
+    argv = [sys.executable, "-c", code, "--dir", run_dir, "set", "lr=0.002", "aux_weight=0.5"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=SUBPROCESS_ENV)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert "the commands (opt set_params, loss set_params) were not written" in res.stderr
+    assert os.path.getsize(commands_file) == size  # nothing of it: the run applies nothing
+
+
 def test_status_and_set_say_a_freeze_the_run_has_not_read_yet(
     run_dir: str, kernel: HotKernel
 ) -> None:

@@ -255,7 +255,7 @@ class HotClient:
             raise CommandError(f"'cmd_id' must not start with {given[0]!r}, got {given!r}: "
                                "'#N' names the ledger's entry N on the command line, and '@…' "
                                "is the id hotcb gives a command sent without one")  # fmt: skip
-        return self._append(self._record(module, op, **fields), named=bool(given))
+        return self._append(self._record(module, op, **fields), named=bool(given))[0]
 
     def _record(self, module: str, op: str, **fields: Any) -> dict[str, Any]:
         """The validated record of a command, checked against the published actuators."""
@@ -289,33 +289,54 @@ class HotClient:
             raise CommandError(folder)
         return record
 
-    def _append(self, record: dict[str, Any], *, named: bool = False) -> str:
-        """Write ``record``; ``named``: its ``cmd_id`` came from the sender, who may send it
-        again (a retry after a crash, not knowing whether the first write landed): the same
-        command again is not written twice, another command under that id is refused (the
-        run would skip it as a duplicate while its sender waited on the first one's entry).
-        Checked under the commands file's lock, so two senders of one id cannot both write."""
+    def _append(self, *records: dict[str, Any], named: bool = False) -> list[str]:
+        """Write ``records``, all in one write (all of them or none: a ``set`` of knobs in
+        two modules half written was said to be unwritten, and half of it applied); their
+        ``cmd_id``s. ``named``: the ids came from the sender, who may send them again (a
+        retry after a crash, not knowing whether the first write landed): the same commands
+        again are not written twice, another command under an id is refused (the run would
+        skip it as a duplicate while its sender waited on the first one's entry). Checked
+        under the commands file's lock, so two senders of one id cannot both write."""
         os.makedirs(self.run_dir, exist_ok=True)
         if not self._checked_host:
             self._checked_host = True
             self._warn_if_remote_writer()
         try:
-            jsonl.append(self.paths.commands, record,
-                         unless=(lambda: self._sent_before(record)) if named else None)  # fmt: skip
+            jsonl.append_many(self.paths.commands, records,
+                              unless=(lambda: self._all_sent_before(records)) if named else None)  # fmt: skip
         except JournalWriteError as exc:  # nothing was written: no cmd_id to wait on
+            what = ", ".join(f"{r['module']} {r['op']}" for r in records)
             raise JournalWriteError(
-                f"the command ({record['module']} {record['op']}) was not written: {exc}",
+                f"the command{'s' if len(records) > 1 else ''} ({what}) "
+                f"{'were' if len(records) > 1 else 'was'} not written: {exc}",
                 errno=exc.errno,
                 path=exc.path,
             ) from exc
         if self.warn_over:
-            over = self.run_over()
-            if over is not None:
-                held = " (and holds it at its first step)" if record["op"] == "pause" else ""
-                log.warning("hotcb: the run %s; %s %s waits in the commands file for the next "
-                            "run started in this directory (or the next loop of the same "
-                            "process)%s", over, record["module"], record["op"], held)  # fmt: skip
-        return str(record["cmd_id"])
+            self._say_if_over(records)
+        return [str(r["cmd_id"]) for r in records]
+
+    def _all_sent_before(self, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether every one of ``records`` was sent already (a retry: nothing to write);
+        :class:`CommandError` when only some were (their ids are taken: written alone before)
+        or when another command has one's id."""
+        sent = [self._sent_before(r) for r in records]
+        if all(sent) or not any(sent):
+            return all(sent)
+        taken = [str(r["cmd_id"]) for r, s in zip(records, sent, strict=True) if s]
+        raise CommandError(f"cmd_id {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} "
+                           "sent already, the rest of this command not: send the rest under "
+                           "another cmd_id")  # fmt: skip
+
+    def _say_if_over(self, records: Sequence[Mapping[str, Any]]) -> None:
+        over = self.run_over()
+        if over is None:
+            return
+        for record in records:
+            held = " (and holds it at its first step)" if record["op"] == "pause" else ""
+            log.warning("hotcb: the run %s; %s %s waits in the commands file for the next "
+                        "run started in this directory (or the next loop of the same "
+                        "process)%s", over, record["module"], record["op"], held)  # fmt: skip
 
     def _warn_if_remote_writer(self) -> None:
         """Appending from another host to a run on a network filesystem can tear lines:
@@ -399,7 +420,7 @@ class HotClient:
             for module, keys in routed.items()
         ]
         unchecked = self.last_unchecked
-        ids = [self._append(r, named=bool(given)) for r in records]
+        ids = self._append(*records, named=bool(given))
         self.last_unchecked = unchecked
         return ids
 

@@ -415,12 +415,17 @@ def append(
 
 
 def append_many(
-    path: str | os.PathLike[str], records: Iterable[dict[str, Any]], *, fsync: bool = False
+    path: str | os.PathLike[str],
+    records: Iterable[dict[str, Any]],
+    *,
+    fsync: bool = False,
+    unless: Callable[[], bool] | None = None,
 ) -> None:
-    """Append several records in one write (one lock, one system call for the data)."""
+    """Append several records in one write (one lock, one system call for the data): all of
+    them or none; nothing when ``unless()`` (called under the lock) is true."""
     data = "".join(dumps(r) + "\n" for r in records).encode()
     if data:
-        _write_locked(os.fspath(path), data, fsync=fsync)
+        _write_locked(os.fspath(path), data, fsync=fsync, unless=unless)
 
 
 def _same_start(a: int, b: int, n: int) -> bool:
