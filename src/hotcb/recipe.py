@@ -424,19 +424,21 @@ def export_recipe(
     if not os.path.isdir(paths.root):
         raise RecipeError(f"no run directory at {paths.root}")
     entries_from_ledger = entries is None
+    ledger: list[dict[str, Any]] = []
     if entries is None:
         if not os.path.exists(paths.ledger) or os.path.getsize(paths.ledger) == 0:
             raise RecipeError(
                 f"no ledger entries at {paths.ledger}: has this run applied anything?"
             )
-        entries = ledger_to_entries(iter_entries(paths.ledger), paths.root)
+        ledger = list(iter_entries(paths.ledger))  # read once: a long run's is large
+        entries = ledger_to_entries(ledger, paths.root)
     header: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "kind": RECIPE_KIND,
         "run": jsonl.read_json(paths.run_meta, {}) or {},
         "exported_at": time.time(),
     }
-    warnings = fresh_restarts(run_dir) if entries_from_ledger else []
+    warnings = fresh_restarts(run_dir, ledger) if entries_from_ledger else []
     if warnings:
         header["warnings"] = warnings
     target = out_file(out, paths.recipe)
@@ -445,15 +447,18 @@ def export_recipe(
     return target, entries
 
 
-def fresh_restarts(run_dir: str | os.PathLike[str]) -> list[str]:
+def fresh_restarts(
+    run_dir: str | os.PathLike[str], ledger: list[dict[str, Any]] | None = None
+) -> list[str]:
     """Where the run's trainer started again without restoring a checkpoint: its ledger's
     steps went back with no ``kernel resume`` entry before them. Such a restart continues the
     ledger of the life before it (docs/core.md), so a recipe of the run holds that life's
     changes too, which the restarted run never had: one warning each, for ``recipe export``.
 
     A restart that applied nothing yet (or nothing before the step the earlier life reached)
-    leaves no trace in the ledger, and is not seen."""
-    ledger = list(iter_entries(RunPaths(os.fspath(run_dir)).ledger))
+    leaves no trace in the ledger, and is not seen. ``ledger``: its entries, read already."""
+    if ledger is None:
+        ledger = list(iter_entries(RunPaths(os.fspath(run_dir)).ledger))
     out = []
     last: int | None = None
     for i, e in enumerate(ledger):

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from .. import jsonl
 from ..errors import RecipeError
 from ..freeze import FreezeMode, FreezeState
 from ..ledger import iter_entries
@@ -18,7 +19,6 @@ from ..recipe import (
     check_actuators,
     check_recipe,
     export_recipe,
-    fresh_restarts,
     out_file,
     overlay_problems,
     player_for,
@@ -155,7 +155,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{exc.filename}: {exc.strerror}; write the recipe elsewhere with "
                          "--out FILE") from None  # fmt: skip
     print(f"wrote {len(entries)} entries to {path}")
-    for warning in fresh_restarts(args.dir):  # also in the recipe's header
+    with open(path, "rb") as f:  # the header's warnings: the ledger is not read again
+        header = jsonl.parse_line(f.readline()) or {}
+    for warning in header.get("warnings") or ():
         say(f"hotcb: warning: {warning}", file=sys.stderr)
     if not entries:
         print("hotcb: the run applied no change a recipe replays; the recipe is empty",
