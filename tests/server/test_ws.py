@@ -80,7 +80,11 @@ def test_ledger_actuators_and_commands_are_pushed(tmp_path, live_server):
     with srv.ws() as ws, srv.client() as c:
         inbox = Inbox(ws)
         ws.send(json.dumps({"subscribe": ["r"]}))
-        snap = inbox.until(lambda ms: [m for m in ms if m["type"] == "actuators"], what="doc")
+        inbox.until(lambda ms: [m for m in ms if m["type"] == "status"], what="snapshot")
+        # the run's state once (the first page on a run got it twice: the refresh's, then the
+        # snapshot's)
+        assert [len(inbox.of(kind)) for kind in ("actuators", "tune", "autopilot")] == [1, 1, 1]
+        snap = inbox.of("actuators")
         assert {a["param_key"] for a in snap[0]["doc"]["actuators"]} >= {"ce", "l2"}
         body = {"module": "loss", "op": "set_params", "params": {"ce": 0.25}}
         cmd_id = c.post("/api/runs/r/commands", json=body).json()["cmd_id"]

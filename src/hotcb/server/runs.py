@@ -138,8 +138,9 @@ class RunState:
     def path(self) -> str:
         return self.paths.root
 
-    async def refresh(self) -> None:
-        """Read what is new in every watched file and push it to subscribers."""
+    async def refresh(self) -> set[str]:
+        """Read what is new in every watched file and push it to subscribers; the types of
+        the messages pushed."""
         async with self.lock:
             big = (
                 self.metrics.pending_bytes() > _INLINE_BYTES
@@ -155,6 +156,7 @@ class RunState:
         if self.metrics.cache_due and self._saving is None:
             # after the request that is waiting now (it takes the lock first)
             self._saving = asyncio.get_running_loop().create_task(self._save_cache())
+        return {msg["type"] for msg in msgs}
 
     async def _save_cache(self) -> None:
         """Copy the index under the lock, write the copy without it (requests go on), a

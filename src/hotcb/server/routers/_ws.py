@@ -59,10 +59,14 @@ async def _subscribe(deps: Deps, sub: Subscriber, ids: Any) -> None:
     added = hub.subscribe(sub, [r.run_id for r in runs])
     for run in runs:
         if run.run_id in added:
-            await run.refresh()
-            hub.send(sub, {"type": "actuators", "run": run.run_id, "doc": run.actuators.doc})
-            hub.send(sub, run.tune_message())
-            hub.send(sub, run.autopilot_message())
+            # the run's state: what the refresh pushed this subscriber (a run no page watched
+            # was read for the first time there) is not sent again
+            pushed = await run.refresh()
+            snapshot = [{"type": "actuators", "run": run.run_id, "doc": run.actuators.doc},
+                        run.tune_message(), run.autopilot_message()]  # fmt: skip
+            for msg in snapshot:
+                if msg["type"] not in pushed:
+                    hub.send(sub, msg)
             hub.send(sub, run.status_message())
 
 
