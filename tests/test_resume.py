@@ -576,7 +576,10 @@ def test_resume_of_a_killed_trainer_matches_an_uninterrupted_run(
     c.send("opt", "set_params", params={"lr": 0.004}, at_step=100)
     c.send("loss", "set_params", params={"l2": 1e-4}, at_step=250)
     opts = {"steps": 300, "step_delay": 0.005}
-    first = start_trainer(run_dir, os.fspath(tmp_path / "t1.jsonl"), checkpoint_at=150, **opts)
+    # the first life would train on for ever (no schedule depends on --steps): it is killed,
+    # never finished first (45 steps of 5 ms after 255 were a race a loaded machine lost)
+    first = start_trainer(run_dir, os.fspath(tmp_path / "t1.jsonl"), checkpoint_at=150,
+                          **{**opts, "steps": 1_000_000})  # fmt: skip
     first.wait_step(170)
     live = c.wait(c.opt(lr=0.002), 30)
     assert live["decision"] == "applied" and 150 < live["step"] < 250, live
@@ -587,7 +590,6 @@ def test_resume_of_a_killed_trainer_matches_an_uninterrupted_run(
     )
     first.wait_step(255)
     first.kill()
-    assert first.last_step() < 299, "the first run ended before it could be killed"
 
     resumed_w, whole_w = os.fspath(tmp_path / "resumed.pt"), os.fspath(tmp_path / "whole.pt")
     second = start_trainer(
