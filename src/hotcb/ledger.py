@@ -13,7 +13,7 @@ import math
 import os
 import signal
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,9 +147,12 @@ def _in_seq_order(entries: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]
         yield e
 
 
-def iter_entries(path: str) -> Iterator[dict[str, Any]]:
-    """Every entry of the ledger, in order, each ``seq`` once."""
-    return _in_seq_order(jsonl.iter_records(path))
+def iter_entries(
+    path: str, keep: Callable[[bytes], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every entry of the ledger, in order, each ``seq`` once; with ``keep``, only those
+    whose raw line it accepts (a cheap byte test: the others are not parsed)."""
+    return _in_seq_order(jsonl.iter_records(path, keep=keep))
 
 
 def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict[str, Any] | None:
@@ -157,7 +160,7 @@ def find_entry(path: str, cmd_id: str, decision: str | None = "applied") -> dict
     only the lines that hold the id's JSON)."""
     found = None
     needle = jsonl.dumps(cmd_id).encode()
-    for e in _in_seq_order(jsonl.iter_records(path, keep=lambda line: needle in line)):
+    for e in iter_entries(path, keep=lambda line: needle in line):
         if e.get("cmd_id") == cmd_id and (decision is None or e.get("decision") == decision):
             found = e
     return found
