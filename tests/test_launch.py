@@ -827,3 +827,36 @@ def test_a_port_a_stopped_dashboard_served_on_counts_as_free() -> None:
             served.close()  # the server closes first: its side waits in TIME_WAIT
             client.recv(1)
     assert port_free(port)
+
+
+def _without(modules: tuple[str, ...], *argv: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    """``hotcb ARGV`` in a Python where ``modules`` cannot be imported (an install without
+    their extra)."""
+    code = ("import sys\n"
+            f"for name in {modules!r}: sys.modules[name] = None\n"
+            "from hotcb.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env=SUBPROCESS_ENV)  # fmt: skip
+
+
+def test_a_launch_whose_autopilot_or_tuner_cannot_run_here_is_refused_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """Without PyYAML the autopilot exited at once ("the training goes on") and the launch
+    exited 0; without optuna the run refused `tune enable` and trained untuned, exit 0. Both
+    are refused before anything starts, with the extra to install; the hint no longer names
+    hotcb[tune] for YAML."""
+    train = [sys.executable, "-c", "pass"]
+    for missing, flags, said in (
+        (("yaml",), ["--autopilot", "suggest"], 'PyYAML: pip install "hotcb[yaml]"'),
+        (("optuna",), ["--tune", "active", "--tune-objective", "loss"],
+         'optuna in the training\'s environment: pip install "hotcb[tune]"'),
+    ):  # fmt: skip
+        res = _without(missing, "--dir", "run", "launch", *flags, "--", *train, cwd=tmp_path)
+        assert res.returncode == 2 and said in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+        assert not (tmp_path / "run").exists()  # nothing started, nothing made
+    rules = _without(("yaml",), "autopilot", "rules", cwd=tmp_path)
+    assert rules.returncode == 2 and 'needs PyYAML: pip install "hotcb[yaml]"' in rules.stderr
+    assert "hotcb[tune]" not in rules.stderr

@@ -104,8 +104,8 @@ def parse_document(
         return doc, _json_lines(text, path, error)
     try:
         import yaml
-    except ImportError:  # pragma: no cover - yaml ships with the tune extra
-        raise error(path, ['reading YAML needs pyyaml: pip install "hotcb[tune]"']) from None
+    except ImportError:  # the core install has no YAML reader
+        raise error(path, ['reading YAML needs PyYAML: pip install "hotcb[yaml]"']) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)

@@ -293,6 +293,33 @@ def _spawn(
     )
 
 
+def missing_extra(
+    argv: Sequence[str], *, autopilot: str, rules: str | None, tune: str
+) -> str | None:
+    """What this launch needs that is not installed, with the ``pip install`` line; None when
+    nothing. Asked before anything starts: the autopilot (its YAML rules; the LLM modes' SDK)
+    runs in this Python, and the tuner in the training's, which is this one when the command
+    starts it (an autopilot that could not start, a tuner the run refused, left a training
+    that went on without them, and the launch exited 0)."""
+    if autopilot != "off":
+        if not (rules or "").endswith(".json") and importlib.util.find_spec("yaml") is None:
+            return ('the autopilot reads its rules with PyYAML: pip install "hotcb[yaml]" (or '
+                    "give --rules a .json file)")  # fmt: skip
+        if autopilot.startswith("ai_") and importlib.util.find_spec("openai") is None:
+            return 'the LLM autopilot needs the openai SDK: pip install "hotcb[ai]"'
+    if tune != "off" and _this_python(argv) and importlib.util.find_spec("optuna") is None:
+        return (f"--tune {tune}: the tuner needs optuna in the training's environment: pip "
+                'install "hotcb[tune]"')  # fmt: skip
+    return None
+
+
+def _this_python(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` starts this Python (a script or function target, ``python train.py``
+    with this environment's python first on PATH)."""
+    prog = shutil.which(argv[0]) if argv else None
+    return prog is not None and os.path.realpath(prog) == os.path.realpath(sys.executable)
+
+
 def check_program(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
     """LaunchError unless ``argv[0]`` names a program that can be run."""
     path = (env if env is not None else os.environ).get("PATH")
@@ -1221,6 +1248,9 @@ def launch(
     check_program(argv)
     if tune != "off" and tune not in ("observe", "suggest", "active"):
         raise ValueError(f"tune must be off, observe, suggest or active, got {tune!r}")
+    missing = missing_extra(argv, autopilot=autopilot, rules=None, tune=tune)
+    if missing is not None:
+        raise ImportError(missing)
     if tune == "off" and tune_settings:
         raise ValueError("tune_settings without tune: the tuner stays off (tune='active' …)")
     path, serve_dir, run_id = _run_dirs(run_dir)

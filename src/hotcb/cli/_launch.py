@@ -298,10 +298,13 @@ def _checked(
     """The training command, the autopilot's flags and the notifier's (with the names of its
     secrets), every flag checked before anything is created: a refused launch leaves nothing
     behind."""
-    from .._launch import check_program
+    from .._launch import check_program, missing_extra
 
     argv = _command(args)
     check_program(argv)
+    missing = missing_extra(argv, autopilot=args.autopilot, rules=args.rules, tune=args.tune)
+    if missing is not None:
+        raise UsageError(missing)
     if args.serve and args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     if args.resume_from is not None and not os.path.exists(args.resume_from):
