@@ -262,3 +262,21 @@ def test_the_demo_task_is_not_solved_in_a_few_hundred_steps(tmp_path: Any) -> No
     late_train = [r["train/loss"] for r in recs if r["step"] >= 800]
     assert sum(late_train) / len(late_train) > 0.6  # not memorised yet
     assert val[850] < val[400] < val[100]  # still generalising better
+
+
+def test_the_demo_says_when_it_trains_the_synthetic_loop_for_want_of_torch(
+    monkeypatch: Any,
+) -> None:
+    """Without torch (or scikit-learn) the trainer falls back to the pure-Python loop, and the
+    first line said "digits MLP" (or "golden multi-task") all the same."""
+    import importlib.util
+
+    from hotcb import demo
+
+    assert demo._demo_kind(golden=False, synthetic=False) == "digits MLP"  # torch is here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))  # fmt: skip
+    kind = demo._demo_kind(golden=True, synthetic=False)
+    assert kind.startswith("synthetic: no torch here for the golden multi-task model")
+    assert 'pip install "hotcb[all]"' in kind

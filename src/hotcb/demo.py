@@ -18,6 +18,7 @@ quadratic, so ``hotcb demo`` shows the dashboard even without torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import random
@@ -57,6 +58,20 @@ def _has_torch() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _demo_kind(golden: bool, synthetic: bool) -> str:
+    """What the demo trains, as its first line says: the synthetic loop also when torch or
+    scikit-learn is missing (the trainer falls back; the line named the model it did not
+    train)."""
+    if synthetic:
+        return "synthetic"
+    missing = [m for m in ("torch", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"synthetic: no {' or '.join(missing)} here for the "
+                f"{'golden multi-task model' if golden else 'digits MLP'}; pip install "
+                '"hotcb[all]"')  # fmt: skip
+    return "golden multi-task" if golden else "digits MLP"
 
 
 def train(
@@ -625,7 +640,7 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
         _wait_for_run(trainer, run_dir, 120.0)
         query = {"token": token} if run_id == "." else {"token": token, "run": run_id}
         url = f"{base}/?{urllib.parse.urlencode(query, safe='/', quote_via=urllib.parse.quote)}"
-        kind = "golden multi-task" if golden else ("synthetic" if synthetic else "digits MLP")
+        kind = _demo_kind(golden, synthetic)
         out(f"hotcb demo ({kind}) run: {run_dir}")
         out(f"dashboard: {url}")
         out("press Ctrl-C to stop")

@@ -1027,6 +1027,9 @@ class HotKernel:
                     self.module(name).on_start(env)
                 except Exception as exc:  # e.g. a broken hotcb.yaml: ledger it, keep training
                     self._error(f"module {name!r} failed to start: {exc!r}")
+                    if self.is_leader:  # said where the trainer runs too, not in the ledger only
+                        log.warning("hotcb: module %r failed to start (training goes on "
+                                    "without it): %s", name, exc)  # fmt: skip
         self._freeze.on_start(env)
         if self._other_pid is not None and self.is_leader:  # `hotcb status` shows the ledger
             self._ledger.emit(

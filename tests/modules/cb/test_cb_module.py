@@ -426,6 +426,22 @@ def test_bad_hotcb_yaml_is_a_ledger_error_not_a_crash(kernel_factory, tmp_path, 
     assert errors and "hotcb.yaml" in errors[0]["error"]
 
 
+def test_a_hotcb_yaml_that_cannot_be_read_is_said_where_the_trainer_runs(
+    kernel_factory, tmp_path, caplog
+):
+    """It was in `hotcb log` only: a run whose callbacks never loaded (a hotcb.yaml that is
+    not a mapping; no PyYAML) trained on with nothing on its console."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hotcb.yaml").write_text("- just a list\n")
+    kernel = kernel_factory(os.fspath(run))
+    with caplog.at_level("WARNING", logger="hotcb"):
+        kernel.apply({"step": 0})
+    said = [r.getMessage() for r in caplog.records if "failed to start" in r.getMessage()]
+    assert len(said) == 1 and "module 'cb' failed to start (training goes on" in said[0]
+    assert "hotcb.yaml" in said[0]
+
+
 def test_cb_list_rebuilds_state_from_the_ledger(kernel_factory, write_cb, capsys):
     from hotcb.cli import main
 
