@@ -308,3 +308,22 @@ def test_bench_report_takes_its_folder_as_dir_or_with_dir(short_ai_bench: Path) 
     assert done.returncode == 2 and "which bench? give its folder" in done.stderr, done.stderr
     done = _bench(out.parent, "report", os.fspath(out), "--dir", os.fspath(out.parent))
     assert done.returncode == 2 and "give one" in done.stderr, done.stderr
+
+
+def test_a_bench_whose_extra_is_missing_says_which_before_it_trains(tmp_path: Path) -> None:
+    """Without scikit-learn a bundled task failed "in the task's own code, not hotcb's"
+    (with a traceback); without schedulefree the run stopped when that condition's turn came,
+    after the others had trained. Both are named up front, with the extra."""
+    code = ("import sys\n"
+            "for name in ('sklearn', 'schedulefree'): sys.modules[name] = None\n"
+            "from hotcb.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    argv = [sys.executable, "-c", code, "bench", "run", "--task", "digits_mlp", "--conditions",
+            "fixed,schedulefree", "--seeds", "1", "--steps", "5", "--out", "b"]  # fmt: skip
+    res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
+    assert res.returncode == 2, res.stderr
+    assert (
+        'hotcb bench needs sklearn, schedulefree, not installed here: pip install "hotcb[bench]"'
+        in (res.stderr)
+    )
+    assert "Traceback" not in res.stderr and not (tmp_path / "b").exists()

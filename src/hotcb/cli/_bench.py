@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         said.append(str(exc))
     if said:
         raise UsageError("; also ".join(said))
+    _require_extra(conditions)
     from ..bench.runner import BenchError, BenchInterrupted, Settings, TaskError, run_bench
 
     settings = Settings(
@@ -201,6 +202,27 @@ def _interrupted(meta: dict[str, Any], ctrl_c: _CtrlC, *, report: bool) -> int:
     print(f"hotcb bench: {done} ({where}); the same command with --resume (not --force) "
           "runs the rest", file=sys.stderr, flush=True)  # fmt: skip
     return 130
+
+
+#: What every bench needs (its tasks, report and progress), then what a condition adds.
+_NEEDS = {"": ("torch", "numpy", "sklearn", "matplotlib", "tqdm"),
+          "schedulefree": ("schedulefree",), "prodigy": ("prodigyopt",), "tune": ("optuna",),
+          "autopilot": ("yaml",), "ai": ("yaml", "openai")}  # fmt: skip
+
+
+def _require_extra(conditions: list[str]) -> None:
+    """Before anything trains: the modules the bench and ``conditions`` import, with the
+    extra that brings them (a missing one failed a bundled task as "in the task's own code",
+    the report after the training, or the condition when its turn came)."""
+    import importlib.util
+
+    wanted = [m for key in ("", *conditions) for m in _NEEDS.get(key, ())]
+    missing = [m for m in dict.fromkeys(wanted) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    extra = "hotcb[bench,ai]" if "openai" in missing else "hotcb[bench]"
+    raise UsageError(f"hotcb bench needs {', '.join(missing)}, not installed here: pip install "
+                     f'"{extra}" (and torch first: see the README)')  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
