@@ -280,3 +280,34 @@ def test_the_demo_says_when_it_trains_the_synthetic_loop_for_want_of_torch(
     kind = demo._demo_kind(golden=True, synthetic=False)
     assert kind.startswith("synthetic: no torch here for the golden multi-task model")
     assert 'pip install "hotcb[all]"' in kind
+
+
+def test_a_demo_folder_with_only_empty_run_files_is_dropped_at_an_early_ctrl_c(
+    tmp_path: Any,
+) -> None:
+    """A Ctrl-C after the trainer built its kernel (an empty commands file and ledger) but
+    before its first step left the folder, a run "not started" in `hotcb status`; one with
+    anything written in it stays."""
+    from hotcb.demo import _drop_if_unstarted
+
+    for name, kept in (("early", False), ("trained", True)):
+        run = tmp_path / name
+        run.mkdir()
+        for log in ("demo.trainer.log", "demo.server.log"):
+            (run / log).write_text("starting\n")
+        (run / "hotcb.commands.jsonl").touch()
+        (run / "hotcb.applied.jsonl").write_text('{"seq": 1}\n' if kept else "")
+        _drop_if_unstarted(str(run))
+        assert run.exists() is kept, name
+
+
+def test_a_ctrl_c_while_the_cli_sets_up_its_commands_is_no_traceback(monkeypatch: Any) -> None:
+    """`hotcb demo` interrupted in its first fraction of a second (the CLI still building its
+    commands) printed a KeyboardInterrupt traceback; it ends as a command's Ctrl-C does."""
+    import hotcb.cli as cli
+
+    def interrupted() -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["demo"]) == 130

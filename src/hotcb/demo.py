@@ -664,10 +664,15 @@ def run_demo(cfg: argparse.Namespace, *, out: Callable[[str], None] = print) -> 
 
 
 def _drop_if_unstarted(run_dir: str) -> None:
-    """Remove the folder this demo made when Ctrl-C came before its run's first step: only
-    the two logs are in it, and it read as a run "not started" in ``hotcb status``."""
+    """Remove the folder this demo made when Ctrl-C came before its run's first step: the two
+    logs are in it and, when the trainer had built its kernel, its empty commands file and
+    ledger; it read as a run "not started" in ``hotcb status``."""
+    logs = {"demo.trainer.log", "demo.server.log"}
     try:
-        if set(os.listdir(run_dir)) <= {"demo.trainer.log", "demo.server.log"}:
+        with os.scandir(run_dir) as found:
+            started = [e.name for e in found if e.name not in logs
+                       and not (e.is_file(follow_symlinks=False) and e.stat().st_size == 0)]  # fmt: skip
+        if not started:
             shutil.rmtree(run_dir, ignore_errors=True)
     except OSError:
         pass

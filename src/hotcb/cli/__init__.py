@@ -119,8 +119,11 @@ def _expand_home(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the commands are set up: as in a command
+        return 130
     if extra:  # said by the command they were given to, not by `hotcb` (see its --help)
         prog = getattr(args, "_prog", parser.prog)
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
