@@ -62,6 +62,15 @@ def test_a_valid_record_becomes_a_typed_op() -> None:
             "target.kind must be one of python_path, python_file",
         ),
         (rec(module="control", op="cancel", params={}), "control cancel needs params.cmd_id"),
+        (rec(module="control", op="extend", params={"to_step": -1}), "params.to_step must be >= 0"),
+        (
+            rec(module="control", op="extend", params={"to_step": 2**63}),
+            "params.to_step must be at most 9223372036854775807 (2**63 - 1) in size",
+        ),
+        (
+            rec(module="control", op="extend", params={"steps": -(2**64)}),
+            "params.steps must be at most 9223372036854775807",
+        ),
         (rec(module="control", op="undo", params={"cmd_id": 5}), "params.cmd_id must be a string"),
         (rec(module="freeze", op="set", mode="frozen"), "freeze mode must be one of off, prod"),
         (

@@ -335,6 +335,9 @@ def _check_extend(params: dict[str, Any]) -> None:
         raise CommandError(f"params.to_step must be >= 0, got {value}")
     if key != "to_step" and value == 0:
         raise CommandError(f"params.{key} must not be 0 (negative shortens the run)")
+    if abs(value) > MAX_STEP:  # as at_step: a horizon no run reaches, beyond torch's int64
+        raise CommandError(f"params.{key} must be at most {MAX_STEP} (2**63 - 1) in size, "
+                           f"got {value}")  # fmt: skip
 
 
 def _check_reason(reason: Any) -> None:
