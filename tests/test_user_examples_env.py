@@ -295,3 +295,16 @@ def test_a_bare_loop_resumed_from_a_checkpoint_taken_while_paused_keeps_each_cha
     again = [e for e in read_ledger(os.fspath(run_dir)) if e.get("source") == "resume"
              and "aux_weight" in (e.get("changes") or {})]  # fmt: skip
     assert [e["step"] for e in again] == [step], again
+
+
+def test_an_example_without_scikit_learn_says_what_to_install(tmp_path: Path) -> None:
+    """`pip install "hotcb[lightning]"` then examples/lightning_digits.py: a bare
+    ModuleNotFoundError from deep inside hotcb.testing. The digits loader names the package."""
+    code = ("import sys, runpy\n"
+            "sys.modules['sklearn'] = None\n"
+            "sys.argv = ['lightning_digits.py', '--run-dir', 'run']\n"
+            f"runpy.run_path({str(EXAMPLES / 'lightning_digits.py')!r}, run_name='__main__')\n")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=ENV)  # fmt: skip
+    assert res.returncode != 0
+    assert "the digits data ships with scikit-learn: pip install scikit-learn" in res.stderr

@@ -40,7 +40,12 @@ __all__ = [
 def digits() -> tuple[Any, Any]:
     """scikit-learn's bundled 8x8 digits as float32 features in [0, 1] and int64 labels."""
     import torch
-    from sklearn.datasets import load_digits
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # the examples train on it; the lightning/hf extras lack it
+        raise ImportError("the digits data ships with scikit-learn: pip install scikit-learn "
+                          '(or "hotcb[all]")') from exc  # fmt: skip
 
     x, y = load_digits(return_X_y=True)
     return torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
