@@ -69,7 +69,12 @@ def test_an_answer_that_lands_before_a_scheduled_change_starts_no_trial(
     held_ask.set()
     future = tune().asking["future"]
     wait_for(future.done, timeout=60, what="Optuna's answer")  # lands at the next step
-    t.run(1000, until=lambda: bool(t.ledger("mutate")))
+
+    def mutated() -> bool:  # the next trial is asked for in the background too: however long
+        t.run(10, until=lambda: bool(t.ledger("mutate")))  # that takes on a loaded machine
+        return bool(t.ledger("mutate"))
+
+    wait_for(mutated, timeout=120, interval=0.01, what="the trial after the change")
     (void,) = t.ledger("void")
     assert "a command is due in its segment while the trial was asked for" in void["tune"]["reason"]
     (mutate,) = t.ledger("mutate")
