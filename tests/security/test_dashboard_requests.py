@@ -355,6 +355,12 @@ def test_a_recipe_that_loads_code_is_not_replayed_from_the_dashboard(
             ("freeze", {"mode": "replay", "recipe_path": code}),
             ("commands", {"module": "freeze", "op": "set", "mode": "replay",
                           "recipe_path": "code.jsonl"}),
+            # a null field is dropped from the command written, and the trainer reads the
+            # mode from params: the check saw no replay and the code ran in the trainer
+            ("commands", {"module": "freeze", "op": "set", "mode": None,
+                          "params": {"mode": "replay", "recipe_path": "code.jsonl"}}),
+            ("commands", {"module": "freeze", "op": "set", "mode": "replay",
+                          "recipe_path": None, "params": {"recipe_path": "code.jsonl"}}),
         ):  # fmt: skip
             r = c.post(f"/api/runs/r/{endpoint}", json=body)
             assert r.status_code == 403, r.text

@@ -121,7 +121,8 @@ def _replay_copies(
     params: dict[str, Any] = given if isinstance(given, dict) else {}
 
     def field(key: str) -> Any:  # where the trainer looks: the record, then its params
-        return record.get(key, params.get(key))
+        value = record.get(key)
+        return params.get(key) if value is None else value
 
     mode = field("mode")
     if record.get("module") != "freeze" or mode not in ("replay", "replay_adjusted"):
@@ -206,7 +207,10 @@ def _send(deps: Deps, roots: tuple[str, ...], run_id: str, body: Any) -> dict[st
     run_dir = deps.path(run_id)  # sync handler: runs in a worker thread
     if not isinstance(body, dict):
         raise HTTPException(422, detail=f"a command must be a JSON object, got {body!r}")
-    record = dict(body)
+    # what is checked is what is written: a null field is left out of the command (and the
+    # trainer then reads it from params), so a check that saw `"mode": null` passed a replay
+    # of code (a security hole)
+    record = {k: v for k, v in body.items() if v is not None}
     if (
         record.get("module") == "cb"
         and record.get("op") == "load"
