@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from array import array
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -141,3 +143,22 @@ def test_numpy_and_python_downsamplers_pick_the_same_points(values, max_points):
     buckets = (max_points - 2) // 2
     picked = _picked_python(vals, 0, len(values), buckets)
     assert _picked_numpy(np, vals, 0, len(values), buckets) == picked
+
+
+def test_a_command_line_too_long_to_be_a_command_is_not_pushed(tmp_path: Any) -> None:
+    """Anyone who can append to a shared run's commands file wrote one 300 MB line: the
+    trainer refused it unread, but the server parsed it whole (a gigabyte held) and pushed it
+    to every page, whose socket closed on it. Such a line is skipped; the commands around it
+    are pushed."""
+    from hotcb.ops import MAX_COMMAND_BYTES
+    from hotcb.server.tailer import CommandsTail
+
+    path = tmp_path / "hotcb.commands.jsonl"
+    path.touch()
+    tail = CommandsTail(str(path))
+    huge = {"module": "opt", "op": "set_params", "params": {"lr": 0.1},
+            "reason": "B" * (4 * MAX_COMMAND_BYTES)}  # fmt: skip
+    with open(path, "a") as f:
+        for rec in ({"cmd_id": "a", "module": "opt"}, huge, {"cmd_id": "b", "module": "opt"}):
+            f.write(json.dumps(rec) + "\n")
+    assert [r.get("cmd_id") for r in tail.update(100)] == ["a", "b"]

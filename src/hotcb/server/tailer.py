@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonl
 from ..ledger import LedgerView
 from ..metrics._columns import read_blocks, sidecar_path
+from ..ops import MAX_COMMAND_BYTES
 from ..runfiles import METRICS_INDEX, TUNE, redact_urls
 
 try:  # the dashboard extra brings orjson; the standard library's json is the fallback
@@ -768,15 +769,19 @@ class LedgerState:
         return list(out)
 
 
-def _new_records(tail: jsonl.JsonlTail, keep: int | None = None) -> list[dict[str, Any]]:
-    """The records appended since the last call (the last ``keep`` of them); a file truncated
-    or replaced starts over."""
+def _new_records(
+    tail: jsonl.JsonlTail, keep: int | None = None, longest: int | None = None
+) -> list[dict[str, Any]]:
+    """The records appended since the last call (the last ``keep`` of them, none longer than
+    ``longest`` bytes); a file truncated or replaced starts over."""
     out: deque[dict[str, Any]] = deque(maxlen=keep)
     for lines in _chunks(tail):
         if tail.reset:
             tail.reset = False
             out.clear()
         for _, raw in lines:
+            if longest is not None and len(raw) > longest:
+                continue
             rec = _scrubbed(jsonl.parse_line(raw), raw)
             if rec is not None:
                 out.append(rec)
@@ -794,14 +799,16 @@ def _scrubbed(rec: dict[str, Any] | None, raw: bytes) -> dict[str, Any] | None:
 
 
 class CommandsTail:
-    """New command records, from the end of the file at the time the run is first watched."""
+    """New command records, from the end of the file at the time the run is first watched. A
+    line longer than a command may be is neither kept nor pushed (the trainer does not read
+    it either): one 300 MB line held the server a gigabyte and closed the pages' sockets."""
 
     def __init__(self, path: str) -> None:
-        self.tail = jsonl.JsonlTail(path)
+        self.tail = jsonl.JsonlTail(path, max_line=MAX_COMMAND_BYTES)
         self.tail.offset = self.tail.size()
 
     def update(self, collect: int) -> list[dict[str, Any]]:
-        return _new_records(self.tail, max(1, collect))
+        return _new_records(self.tail, max(1, collect), MAX_COMMAND_BYTES)
 
 
 class KnobsTail:
