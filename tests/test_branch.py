@@ -111,6 +111,9 @@ def test_a_branch_trains_like_a_direct_resume_with_the_same_change(
     meta = json.loads(Path(child, "hotcb.run.json").read_text())
     assert meta["branch"]["parent"] == parent_dir
     assert meta["branch"]["step"] == S and meta["branch"]["checkpoint"] == ckpt
+    # who the parent is, wherever it is moved (the dashboard finds it by this)
+    parent_meta = json.loads(Path(parent_dir, "hotcb.run.json").read_text())
+    assert meta["branch"]["parent_created"] == parent_meta["created"]
     entries = read_ledger(child)
     inherited = [e for e in entries if e.get("inherited")]
     assert inherited == entries[: len(inherited)]

@@ -223,6 +223,9 @@ def branch(
     entry = _resolve(parent_dir, source)
     step, ckpt = int(entry["step"]), entry["path"]
     info = {"parent": parent_dir, "step": step, "checkpoint": ckpt, "seq": entry["seq"]}
+    born = (jsonl.read_json(RunPaths(parent_dir).run_meta, {}) or {}).get("created")
+    if isinstance(born, (int, float)):  # who the parent is, wherever it goes (the dashboard)
+        info["parent_created"] = born
     created = not os.path.exists(child_dir)
     try:
         ids, frozen = _populate(parent_dir, child_dir, info, set_params or {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from typing import Any
@@ -694,6 +695,34 @@ def test_runs_list_carries_branch_info(tmp_path, live_server):
     assert runs["parent"]["branch"] is None
     assert runs["child"]["branch"] == {"parent": "parent", "parent_path": parent, "step": 6}
     assert runs["orphan"]["branch"] == {"parent": None, "parent_path": elsewhere, "step": 6}
+
+
+def test_a_branch_finds_its_parent_moved_and_not_a_run_that_took_its_place(tmp_path, live_server):
+    """The parent was matched by its recorded path only: after `mv runs/parent runs/p2` the
+    branch was a root (the whole tree flat in a copied archive), and a new run started at the
+    old path became its parent, "(parent)" in the page's comparison."""
+    parent = make_run(tmp_path / "parent", steps=10)
+    jsonl.write_json_atomic(RunPaths(parent).run_meta, {"created": 100.0, "run_dir": parent})
+    child, old_style = make_run(tmp_path / "child", steps=5), make_run(tmp_path / "old", steps=5)
+    for run, born in ((child, 100.0), (old_style, None)):
+        info = {"parent": parent, "step": 6, "checkpoint": "ckpt/6.pt", "seq": 3}
+        if born is not None:
+            info["parent_created"] = born  # what `hotcb branch` writes now
+        jsonl.write_json_atomic(RunPaths(run).run_meta, {"run_dir": run, "branch": info})
+    os.rename(parent, tmp_path / "p2")  # its run.json still names the folder it left
+    impostor = make_run(tmp_path / "parent", steps=3)
+    jsonl.write_json_atomic(RunPaths(impostor).run_meta, {"created": 200.0, "run_dir": impostor})
+    srv = live_server()
+    with srv.client() as c:
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+    assert runs["child"]["branch"]["parent"] == "p2"
+    # an older branch (no parent_created) cannot tell the new run at its parent's path from
+    # its parent: there, the path still decides
+    assert runs["old"]["branch"]["parent"] == "parent"
+    shutil.rmtree(impostor)
+    with srv.client() as c:
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+    assert runs["old"]["branch"]["parent"] == "p2"  # found by the folder its run.json names
 
 
 def test_a_finished_runs_tuner_reads_as_over_and_its_proposals_cannot_be_decided(

@@ -61,6 +61,12 @@ class RunNotFound(LookupError):
     pass
 
 
+def _created_and_dir(path: str) -> tuple[Any, Any]:
+    """``created`` and ``run_dir`` of the run at ``path`` (its ``hotcb.run.json``)."""
+    meta = jsonl.read_json(RunPaths(path).run_meta, {})
+    return (meta.get("created"), meta.get("run_dir")) if isinstance(meta, dict) else (None, None)
+
+
 def _has_hotcb_file(path: str) -> bool:
     try:
         with os.scandir(path) as it:
@@ -481,6 +487,30 @@ class RunRegistry:
             "branch": self.branch_info(meta.get("branch")),
         }
 
+    @staticmethod
+    def _is_parent(path: str, recorded: str, born: Any, *, moved: bool = False) -> bool:
+        """Whether the run at ``path`` is the parent a branch recorded (its folder then,
+        ``recorded``; its ``created``, ``born``, where the branch wrote it). At the recorded
+        path, a run created at another time took its place; elsewhere (``moved``), the run
+        created then, or without ``born`` (an older branch) the one whose ``run_dir`` still
+        names the recorded folder."""
+        created, run_dir = _created_and_dir(path)
+        if isinstance(born, (int, float)) and created is not None:
+            return bool(created == born)
+        return not moved or run_dir == recorded
+
+    def _moved_parent(self, recorded: str, born: Any) -> str | None:
+        """The run id of a branch's parent found elsewhere under the root (:meth:`_is_parent`)."""
+        for rid in self.discover():
+            try:
+                path = self.resolve(rid)
+            except RunNotFound:  # gone since the listing
+                continue
+            if path != os.path.realpath(recorded) and self._is_parent(path, recorded, born,
+                                                                       moved=True):  # fmt: skip
+                return rid
+        return None
+
     def branch_info(self, info: Any) -> dict[str, Any] | None:
         """``hotcb.run.json``'s ``branch`` (written by ``hotcb branch``) for the page:
         ``parent`` is the parent's run id when the parent is a run under the served folder,
@@ -488,12 +518,15 @@ class RunRegistry:
         if not isinstance(info, dict) or not isinstance(info.get("parent"), str):
             return None
         raw = info["parent"]
+        born = info.get("parent_created")  # the parent's hotcb.run.json `created`
         parent: str | None = None
         path = os.path.realpath(os.path.join(self.root, raw))
         inside = path == self.root or path.startswith(self.root + os.sep)
-        if inside and _has_hotcb_file(path):
+        if inside and _has_hotcb_file(path) and self._is_parent(path, raw, born):
             rel = os.path.relpath(path, self.root)
             parent = "." if rel == os.curdir else rel.replace(os.sep, "/")
+        else:  # moved or copied (an archive of the folder), or another run took its place
+            parent = self._moved_parent(raw, born)
         step = info.get("step")
         return {
             "parent": parent,
