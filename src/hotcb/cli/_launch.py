@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import filecmp
-import importlib.util
 import os
 import shlex
 import shutil
@@ -151,8 +150,6 @@ def _autopilot_args(args: argparse.Namespace) -> list[str]:
         from ._autopilot import ai_config
 
         ai_config(args.ai_config, args.ai_base_url, args.ai_model, args.ai_budget)
-        if importlib.util.find_spec("openai") is None:
-            raise UsageError('the LLM autopilot needs the openai SDK: pip install "hotcb[ai]"')
     out: list[str] = []
     for flag, value in (("--key-metric", args.key_metric), ("--direction", args.direction),
                         ("--rules", args.rules and os.path.abspath(args.rules)),
