@@ -54,6 +54,8 @@ while not kernel.stop_requested and step < 100000:
     if os.path.exists(os.path.join(run, "go")) or resume or step == 0:
         step += 1
         kernel.apply({"step": step, "save_checkpoint": save, "metrics": {"w": weights["w"]}})
+        if step == 1:  # step 1's poll is over: what is sent now is read by a later one
+            open(os.path.join(run, "stepped"), "w").close()
     time.sleep(0.01)
 kernel.close()
 """
@@ -73,7 +75,7 @@ def _kill_while_saving(tmp: Path, run: str, send: Any) -> tuple[list[str], str]:
     kill -9 it while it saves the first checkpoint; the ids sent and the saved state file."""
     proc = _start(tmp, run)
     try:
-        wait_for(lambda: os.path.exists(os.path.join(run, "hotcb.actuators.json")), 120,
+        wait_for(lambda: os.path.exists(os.path.join(run, "stepped")), 120,
                  what="the trainer's first step")  # fmt: skip
         ids = send(HotClient(run))
         Path(run, "go").touch()
