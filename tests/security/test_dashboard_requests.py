@@ -172,6 +172,23 @@ def test_declared_oversized_body_is_413_before_reading(
     assert b"connection: close" in answer.lower()
 
 
+def test_a_body_a_little_over_the_cap_gets_its_413_not_a_reset(
+    tmp_path: Any, live_server: Any, make_run: Any, read_commands: Any
+) -> None:
+    """A client sends its whole body before it reads the answer. A server that closed while
+    the body still came made its kernel reset the connection, and the reset took the 413 with
+    it: one 1 MiB command in five got "connection reset" instead of the reason."""
+    run = make_run(tmp_path / "r")
+    srv = live_server(max_body_bytes=2048)
+    body = json.dumps({**PAUSE, "params": {"x": "y" * (1 << 20)}}).encode()
+    with srv.client() as c:
+        for _ in range(20):
+            r = c.post("/api/runs/r/commands", content=body,
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+            assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
+    assert read_commands(run) == []
+
+
 def test_streamed_300mb_body_is_cut_off_at_the_cap(
     tmp_path: Any, serve: Any, make_run: Any, read_commands: Any
 ) -> None:

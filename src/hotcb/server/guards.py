@@ -8,8 +8,10 @@ the request size cap. Pure ASGI middlewares, so they act before FastAPI reads a 
 - :class:`JSONOnlyMiddleware`: a write to ``/api/*`` must be ``Content-Type: application/json``
   (415 otherwise). A cross-site page can POST ``text/plain``, a form or ``multipart`` without
   asking the browser's permission (no CORS preflight); JSON it cannot.
-- :class:`BodyLimitMiddleware`: a body over ``max_body_bytes`` gets 413, before it is read when
-  ``Content-Length`` says so, as soon as the count passes the cap when it is streamed.
+- :class:`BodyLimitMiddleware`: a body over ``max_body_bytes`` gets 413, without the app ever
+  seeing it: when ``Content-Length`` says so, as soon as the count passes the cap when it is
+  streamed. A body up to :data:`DRAIN_BYTES` is read to its end (and dropped) first: closing
+  with bytes unread resets the connection, and the client often lost the 413 to the reset.
 """
 
 from __future__ import annotations
@@ -104,6 +106,23 @@ class JSONOnlyMiddleware:
 
 _CLOSE = [(b"connection", b"close")]
 
+#: The most of an over-cap body read and dropped before the 413. A client sends its whole body
+#: before it reads the answer; a server that closes while bytes are still coming makes its
+#: kernel answer them with a reset, which takes the unread 413 with it ("connection reset" one
+#: time in five for a 1 MiB body on a loaded machine). A bigger body is cut off at once.
+DRAIN_BYTES = 32 * 1024 * 1024
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the request's body, ``budget`` bytes at most."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
 
 def _too_large(max_bytes: int) -> str:
     return (
@@ -125,12 +144,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if await self._refused_by_length(scope, send):
+        if await self._refused_by_length(scope, receive, send):
             return
         body = _CountedBody(self.max_bytes, receive, send)
         await self.app(scope, body.receive, body.send)
 
-    async def _refused_by_length(self, scope: Scope, send: Send) -> bool:
+    async def _refused_by_length(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer 400 for a bad ``Content-Length`` and 413 for one over the cap; True if so."""
         for k, v in scope.get("headers", ()):
             if k != b"content-length":
@@ -141,6 +160,8 @@ class BodyLimitMiddleware:
                 await refuse_http(send, 400, f"bad Content-Length {v.decode('latin-1')!r}", _CLOSE)
                 return True
             if declared > self.max_bytes:
+                if declared <= DRAIN_BYTES:
+                    await _drain(receive, declared)
                 await refuse_http(send, 413, _too_large(self.max_bytes), _CLOSE)
                 return True
         return False
