@@ -444,3 +444,22 @@ describe("a run that is over", () => {
     });
   });
 });
+
+describe("the evidence a person opened", () => {
+  test("stays open through a redraw that comes before its toggle event", () => {
+    withDocument(() => {
+      const card = new FakeNode("section");
+      const panel = new AutopilotPanel(card, { decide: async () => ({}), setRule: async () => ({}) });
+      panel.update(DOC);
+      const [opened] = card.find("ap-evidence");
+      opened.open = true; // a click opens it now; the browser fires "toggle" in a later task
+      const newer = { kind: "detection", rule: "spike_checkpoint", step: 1300, evidence: { n: 3 } };
+      panel.update({ ...DOC, recent: [...DOC.recent, newer] });
+      const shown = card.find("ap-evidence").map((d) => [d.dataset.key, d.open]);
+      assert.deepEqual(shown, [
+        ["detection|spike_checkpoint|1300|", false],
+        [opened.dataset.key, true],
+      ]);
+    });
+  });
+});

@@ -311,7 +311,17 @@ export class AutopilotPanel {
     this.fill("ai", [doc.ai], () => this.aiLine(doc.ai));
     this.fill("rules", [doc.rules, doc.in_server, doc.key_metric, [...this.switching]], () => [this.rules(doc)]);
     this.fill("proposals", [pendingProposals(doc), doc.mode, [...this.sent], this.over], () => [this.proposals(doc)]);
+    this.noteOpen();
     this.fill("recent", [doc.recent], () => [this.recent(doc)]);
+  }
+
+  /** What evidence is open now, read before the list is redrawn: a click opens a <details> at
+   * once, but its "toggle" event comes in a later task (a redraw between closed it again). */
+  noteOpen() {
+    for (const d of this.parts.recent.querySelectorAll("details")) {
+      if (d.open) this.open.add(d.dataset.key);
+      else this.open.delete(d.dataset.key);
+    }
   }
 
   /** The head again (the page calls it every few seconds: an autopilot outside this server
@@ -494,6 +504,7 @@ export class AutopilotPanel {
       const ev = evidenceRows(r);
       if (ev.length) {
         const det = el("details", "ap-evidence");
+        det.dataset.key = key;
         det.open = this.open.has(key);
         det.addEventListener("toggle", () => (det.open ? this.open.add(key) : this.open.delete(key)));
         const sum = el("summary", "ap-describe", line);
