@@ -528,9 +528,13 @@ def test_cross_site_requests_and_foreign_hosts_are_refused(tmp_path, live_server
         # DNS rebinding: evil.example resolving to 127.0.0.1 still sends its own Host
         r = c.get("/api/runs", headers={"Host": f"evil.example:{port}"})
         assert r.status_code == 403 and "not allowed" in r.json()["detail"]
+        # a loopback name with more after it is not that name
+        for host in (f"127.0.0.1:{port}@evil.example", f"localhost:{port}/x", "[::1]x"):
+            r = c.get("/api/runs", headers={"Host": host})
+            assert r.status_code == 403 and "not allowed" in r.json()["detail"], host
         assert not os.path.exists(RunPaths(run).commands)
         # the page's own origin (and clients that send no Origin) pass
-        for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
             r = c.post(
                 "/api/runs/r/commands",
                 json=body,

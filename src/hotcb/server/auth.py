@@ -15,6 +15,7 @@ that host, so two dashboards on one machine would otherwise overwrite each other
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -168,12 +169,17 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+#: A ``Host`` header: a name or IPv4 address, or ``[v6]``, then an optional ``:port``.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
+
+
 def _hostname(netloc: str) -> str:
-    """``host`` of ``host:port`` / ``[v6]:port``, lower-cased."""
-    netloc = netloc.strip().lower()
-    if netloc.startswith("["):
-        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+    """``host`` of ``host:port`` / ``[v6]:port``, lower-cased; ``""`` for anything else
+    (``127.0.0.1:80@evil``, a path, a space): no allowed name."""
+    m = _HOST.fullmatch(netloc.strip().lower())
+    if m is None:
+        return ""
+    return m["v6"] or m["name"]
 
 
 class SameOriginMiddleware:
