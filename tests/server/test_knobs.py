@@ -224,3 +224,31 @@ def test_the_actuators_a_deleted_run_published_are_not_taken_back() -> None:
         with open(path, "w") as f:
             json.dump({"actuators": [{"param_key": "wd"}]}, f)
         assert watch.update() is True and watch.doc["actuators"] == [{"param_key": "wd"}]
+
+
+def test_a_knob_set_at_every_step_is_sent_thinned_with_its_spikes(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """A controller that sets lr at every step: the answer stays small (it is fetched again
+    after each change) and the line keeps its extremes; the newest changes are listed and
+    all are counted."""
+    from hotcb.server.runs import KNOB_CHANGES, KNOB_POINTS
+
+    run = Quiet(str(tmp_path / "r"))
+    client = HotClient(str(tmp_path / "r"), source="cli")
+    run.advance(1)
+    n = KNOB_POINTS + KNOB_CHANGES
+    for i in range(n):
+        lr = 5.0 if i == 1234 else 0.01 + 0.001 * (i % 7)
+        client.set({"lr": lr})
+        run.advance(1)
+    srv = live_server()
+    with srv.client() as c:
+        lr_knob = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    steps, values = lr_knob["points"]["step"], lr_knob["points"]["value"]
+    assert len(steps) <= KNOB_POINTS and steps == sorted(steps)
+    assert (steps[0], values[0]) == (0, 0.1) and values[-1] == lr_knob["current"]
+    assert 5.0 in values and min(values) == 0.01  # the spike and the floor are still drawn
+    assert lr_knob["changes_total"] == n and len(lr_knob["changes"]) == KNOB_CHANGES
+    assert [c["step"] for c in lr_knob["changes"]] == list(range(n - KNOB_CHANGES + 1, n + 1))
+    run.kernel.close()

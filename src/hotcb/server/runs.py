@@ -41,6 +41,11 @@ _INLINE_BYTES = 256 * 1024
 _CACHE_DELAY_SEC = 2.0
 #: Values of one knob kept from the actuators file (older ones are thinned beyond this).
 _MAX_OBSERVED = 4096
+#: The most points of one knob's line ``GET …/knobs`` sends (a chart is a few hundred pixels
+#: wide; a knob a controller set every step would otherwise send megabytes per refresh).
+KNOB_POINTS = 2000
+#: The most applied changes of one knob it lists (the newest; ``changes_total`` counts all).
+KNOB_CHANGES = 500
 
 
 def _plain(v: Any) -> TypeGuard[float]:
@@ -88,6 +93,22 @@ def discover(root: str, depth: int) -> list[str]:
 def run_dirs(root: str, depth: int) -> list[str]:
     """The directories of :func:`discover`'s runs."""
     return [root if rid == "." else os.path.join(root, rid) for rid in discover(root, depth)]
+
+
+def _thin(steps: list[int], values: list[float], most: int) -> tuple[list[int], list[float]]:
+    """At most about ``most`` points of a step function: in each run of consecutive points,
+    the lowest and the highest (a spike stays on the chart), and always the first and last."""
+    n = len(steps)
+    if n <= most:
+        return steps, values
+    size = math.ceil(n / max(1, (most - 2) // 2))
+    keep = {0, n - 1}
+    for lo in range(1, n - 1, size):
+        idx = range(lo, min(lo + size, n - 1))
+        keep.add(min(idx, key=values.__getitem__))
+        keep.add(max(idx, key=values.__getitem__))
+    kept = sorted(keep)
+    return [steps[i] for i in kept], [values[i] for i in kept]
 
 
 def _step_function(events: list[tuple[int, int, float]], end: int) -> tuple[list[int], list[float]]:
@@ -303,7 +324,9 @@ class RunState:
         change in the ledger (``changes``, with step, source and seq, for marking), the values
         that moved on their own (the kernel's ``hotcb.knobs.jsonl``, and the actuators file
         while the server watched), and its value now. ``points`` is
-        a step function: the value holds from each step until the next."""
+        a step function: the value holds from each step until the next, thinned to about
+        :data:`KNOB_POINTS` (each stretch's lowest and highest kept); ``changes``: the newest
+        :data:`KNOB_CHANGES` (``changes_total``: how many the ledger holds)."""
         acts = {
             str(a.get("param_key")): a
             for a in self.actuators.doc.get("actuators") or ()
@@ -337,6 +360,7 @@ class RunState:
             steps, values = _step_function(sorted(events, key=lambda e: (e[0], e[1])), end)
             if not steps:
                 continue
+            steps, values = _thin(steps, values, KNOB_POINTS)
             out.append(
                 {
                     "key": key,
@@ -346,7 +370,8 @@ class RunState:
                     "initial": initial if _plain(initial) else None,
                     "current": current if _plain(current) else None,
                     "points": {"step": steps, "value": values},
-                    "changes": mine,
+                    "changes": mine[-KNOB_CHANGES:],
+                    "changes_total": len(mine),
                 }
             )
         return {"first_step": first, "last_step": last, "knobs": out}

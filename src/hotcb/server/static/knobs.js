@@ -7,15 +7,25 @@ import { fmtNum, sourceColor } from "./charts.js";
 
 /** uPlot data of one knob: [steps, values, the value at each applied change, else null]. */
 export function knobData(knob) {
-  const steps = [...knob.points.step];
-  const values = [...knob.points.value];
-  // a change that left no point of its own (it set the value the knob had): add one to mark it
-  for (const c of knob.changes || []) {
-    if (steps.includes(c.step)) continue;
-    let i = steps.findIndex((s) => s > c.step);
-    if (i < 0) i = steps.length;
-    steps.splice(i, 0, c.step);
-    values.splice(i, 0, i ? values[i - 1] : c.new);
+  const points = knob.points.step;
+  const have = new Set(points);
+  // a change that left no point of its own (it set the value the knob had, or its point was
+  // thinned away): add one to mark it, with the value in force there (one merge of two sorted
+  // lists: a knob set at every step has as many changes as points)
+  const first = new Map();
+  for (const c of knob.changes || []) if (!have.has(c.step) && !first.has(c.step)) first.set(c.step, c.new);
+  const extra = [...first.keys()].sort((a, b) => a - b);
+  const steps = [];
+  const values = [];
+  for (let i = 0, j = 0; i < points.length || j < extra.length; ) {
+    if (j >= extra.length || (i < points.length && points[i] < extra[j])) {
+      steps.push(points[i]);
+      values.push(knob.points.value[i++]);
+    } else {
+      steps.push(extra[j]);
+      values.push(values.length ? values[values.length - 1] : first.get(extra[j]));
+      j++;
+    }
   }
   const changed = new Set((knob.changes || []).map((c) => c.step));
   return [steps, values, steps.map((s, i) => (changed.has(s) ? values[i] : null))];
