@@ -1,6 +1,7 @@
 """What a long run's ledger costs: ``--wait``, the first ``undo`` after a restart, an ``undo``
-of an old command, and ``recipe export``, on a ledger of N applied changes (default 100k: a
-run steered every 50 steps for five million steps, or an autopilot's long week).
+of an old command, ``recipe export``, and the dashboard's knob chart (``GET …/knobs``, fetched
+again after each applied change), on a ledger of N applied changes (default 100k: a run
+steered every 50 steps for five million steps, or an autopilot's long week).
 
     python benchmarks/long_ledger.py [--entries 100000]
 
@@ -76,6 +77,24 @@ def undo_step(run: str, cmd_id: str | None) -> float:
     return took
 
 
+def knobs_answer(root: str) -> str:
+    """The dashboard (``hotcb[dashboard]``) over ``root``: seconds and size of the knobs
+    answer of its one run, after a first request that loads the run."""
+    from hotcb.server.config import DashboardConfig
+    from hotcb.server.testing import serve_in_thread
+
+    srv = serve_in_thread(DashboardConfig.load(None, dir=root))
+    try:
+        with srv.client() as c:
+            c.get("/api/runs/run/status")
+            start = time.perf_counter()
+            body = c.get("/api/runs/run/knobs").content
+            took = time.perf_counter() - start
+    finally:
+        srv.stop()
+    return f"{took:.3f} s, {len(body) / 2**20:.2f} MB"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entries", type=int, default=100_000)
@@ -101,12 +120,20 @@ def main() -> None:
                      undo_step(fresh("undo_old"), "01BENCH" + f"{5:019d}"), float("nan")))  # fmt: skip
         exported = fresh("export")
         rows.append(("recipe export", *measured(lambda: export_recipe(exported))))
+        served = os.path.join(work, "served")
+        os.makedirs(served)
+        shutil.copytree(base, os.path.join(served, "run"))
+        try:
+            knobs = knobs_answer(served)
+        except ImportError as exc:
+            knobs = f"not measured ({exc.name} missing: pip install 'hotcb[dashboard]')"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"ledger of {n} entries")
     print(f"{'what':<46} {'seconds':>9} {'peak MB':>9}")
     for what, secs, mb in rows:
         print(f"{what:<46} {secs:>9.3f} {'' if mb != mb else f'{mb:.0f}':>9}")
+    print(f"dashboard GET …/knobs (one answer): {knobs}")
 
 
 if __name__ == "__main__":
