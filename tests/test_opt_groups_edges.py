@@ -181,3 +181,92 @@ def test_lr_set_after_a_schedule_took_it_to_zero_keeps_the_groups_ratio(loop: Lo
 
     assert entry["decision"] == "applied"
     assert loop.lrs() == pytest.approx([2e-3, 1e-2])
+
+
+def _ledger(loop: Loop, cmd_id: str) -> list[dict[str, Any]]:
+    from hotcb.testing import read_ledger
+
+    return [e for e in read_ledger(loop.client.run_dir) if e.get("cmd_id") == cmd_id]
+
+
+@pytest.mark.parametrize(
+    ("ramped", "then", "key"),
+    [
+        ({"lr@group1": 0.02}, {"lr": 5e-3}, "lr@group1"),  # lr moves lr@group1
+        ({"lr": 1e-2}, {"lr@group1": 1e-4}, "lr@group1"),  # lr covers lr@group1
+        ({"betas": [0.5, 0.9]}, {"beta2": 0.95}, "beta2"),  # beta2 moves betas
+        ({"beta1": 0.5}, {"betas": [0.7, 0.99]}, "beta1"),  # betas covers beta1
+    ],
+    ids=["lr-over-a-group-ramp", "group-over-an-lr-ramp", "beta2-over-betas", "betas-over-beta1"],
+)
+def test_a_command_on_a_key_a_ramp_moves_ends_the_ramp(
+    loop: Loop, ramped: dict[str, Any], then: dict[str, Any], key: str
+) -> None:
+    """The ramp was left running: it put its own value back at the next step over a command
+    ledgered applied, and later ledgered its "complete"."""
+
+    def value() -> float:
+        g = loop.opt.param_groups
+        return {"lr@group1": g[1]["lr"], "beta1": g[0]["betas"][0], "beta2": g[0]["betas"][1]}[key]
+
+    ramp = loop.client.opt(**ramped, transition={"steps": 4})
+    loop.tick()
+    loop.tick()  # one move
+    jump = loop.send(loop.client.opt(**then))
+    assert jump["decision"] == "applied"
+    held = value()
+    assert held == pytest.approx(jump["changes"][key]["new"])
+    for _ in range(6):
+        loop.tick()
+    assert value() == held  # what the command set holds
+    ends = [e.get("ramp") for e in _ledger(loop, ramp) if e.get("ramp")]
+    assert ends == ["superseded"], ends
+    assert _ledger(loop, ramp)[-1]["superseded_by"] == jump["cmd_id"]
+
+
+def test_a_ramped_lr_lists_the_groups_it_moves_so_an_older_group_change_is_set_since(
+    loop: Loop,
+) -> None:
+    """As a change made at once does: an undo of an older lr@group1 change after a ramp of lr
+    is a noop, not a take-back of the ramp's scaling of group 1."""
+    older = loop.send(loop.client.opt(**{"lr@group1": 5e-2}))
+    ramp = loop.client.opt(lr=2e-3, transition={"steps": 2})
+    for _ in range(4):
+        loop.tick()
+    start, end = _ledger(loop, ramp)
+    assert start["changes"]["lr@group1"] == {"old": 5e-2, "new": pytest.approx(0.1)}
+    assert end["ramp"] == "complete" and end["changes"]["lr@group1"]["new"] == pytest.approx(0.1)
+    assert loop.lrs() == pytest.approx([2e-3, 0.1])
+
+    undo = loop.send(loop.client.undo(older["cmd_id"]))
+    assert undo["decision"] == "noop" and "lr@group1" in undo["error"]
+    assert loop.lrs() == pytest.approx([2e-3, 0.1])
+    # the ramp's own undo still puts lr (and with it each group) back
+    assert loop.send(loop.client.undo(ramp))["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([1e-3, 5e-2])
+
+
+def test_lr_with_group_0_frozen_at_zero_is_refused_not_unfrozen(run_dir: str) -> None:
+    """A frozen backbone as group 0: ``lr`` has no factor to move the others by. Setting every
+    group to the value unfroze it and flattened the heads' lrs."""
+    model = TinyMLP()
+    groups = [
+        {"params": [model[0].weight, model[0].bias], "lr": 0.0},
+        {"params": [model[2].weight], "lr": 1e-2},
+        {"params": [model[2].bias], "lr": 1e-4},
+    ]
+    for loop in _loop(run_dir, groups):
+        entry = loop.send(loop.client.opt(lr=2e-3))
+        assert entry["decision"] == "rejected"
+        assert "group0 is frozen at lr 0" in entry["error"] and "lr@group1" in entry["error"]
+        assert loop.lrs() == [0.0, 1e-2, 1e-4]
+        assert loop.send(loop.client.opt(**{"lr@group1": 2e-3}))["decision"] == "applied"
+        assert loop.lrs() == [0.0, 2e-3, 1e-4]
+
+
+def test_lr_from_a_warm_up_at_zero_in_every_group_still_sets_them(run_dir: str) -> None:
+    model = TinyMLP()
+    groups = [{"params": [model[0].weight], "lr": 0.0}, {"params": [model[2].weight], "lr": 0.0}]
+    for loop in _loop(run_dir, groups):
+        assert loop.send(loop.client.opt(lr=2e-3))["decision"] == "applied"
+        assert loop.lrs() == [2e-3, 2e-3]

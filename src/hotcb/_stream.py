@@ -218,8 +218,9 @@ class ActuatorStream:
         except ActuatorError as exc:
             return OpResult("rejected", error=str(exc))
         changes: dict[str, dict[str, Any]] = {}
-        for key, _, _ in plan:
-            self.end_ramp(key, op, env)  # a new command on a key ends its ramp
+        for key, act, value in plan:  # a new command on a key ends its ramp, and the ramps
+            for ramped in self._ramps_under(key, act, value, env):  # of keys it moves
+                self.end_ramp(ramped, op, env)
         transition = op.transition
         try:
             if transition is None:  # as one: lr@group1 wins over lr for group 1
@@ -231,6 +232,7 @@ class ActuatorStream:
                                            transition.shape, op,
                                            is_int=act.type is ActuatorType.INT)  # fmt: skip
                     changes[key] = {"old": old, "new": value}
+                    changes.update(self._moved_too(act, old, value, env, changes))
         except (ActuatorApplyError, ActuatorError) as exc:  # apply_all rolled the rest back
             for key in changes:
                 self.ramps.pop(key, None)
@@ -240,6 +242,50 @@ class ActuatorStream:
         if rebased:
             extra["rebased"] = rebased
         return OpResult("applied", changes=changes, extra=extra)
+
+    def _ramps_under(self, key: str, act: Any, value: Any, env: Env) -> list[str]:
+        """The keys whose ramp a command setting ``key`` to ``value`` takes over: its own, the
+        ones it moves or covers (``lr`` moves ``lr@group1``, ``betas`` covers ``beta2``), and
+        the ones whose ramp moves it (a ramp of ``betas`` moves ``beta2``). Left running, such
+        a ramp put its own value back at the next step over the command ledgered applied."""
+        if not self.ramps:
+            return []
+        taken = {key, *act.covers, *self._moves(act, value, env)}
+        out = []
+        for ramped, ramp in self.ramps.items():
+            other = self.state.get(ramped)
+            if ramped in taken or (
+                other is not None
+                and (key in other.covers or key in self._moves(other, ramp.target, env))
+            ):
+                out.append(ramped)
+        return out
+
+    @staticmethod
+    def _moves(act: Any, value: Any, env: Env) -> dict[str, Any]:
+        """``act.moves(value, env)``, ``{}`` when it has none or it raised (the user's)."""
+        if act.moves is None:
+            return {}
+        try:
+            return dict(act.moves(value, env))
+        except Exception:
+            return {}
+
+    def _moved_too(
+        self, act: Any, old: Any, new: Any, env: Env, skip: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The other keys a ramp of ``act`` from ``old`` to ``new`` moves (each param group's
+        lr for ``lr``), ``{key: {old, new}}``, but those in ``skip``: a ramp's entries list them
+        as a change made at once does, so a later undo of an older change of one of them sees
+        that the ramp set it since."""
+        before, after = self._moves(act, old, env), self._moves(act, new, env)
+        out: dict[str, dict[str, Any]] = {}
+        for key, target in after.items():
+            other = self.state.get(key)
+            if key in skip or other is None or other.matches(before.get(key), target):
+                continue
+            out[key] = {"old": before.get(key), "new": target}
+        return out
 
     def _plan(
         self, op: HotOp, env: Env, rebased: dict[str, dict[str, Any]]
@@ -310,6 +356,9 @@ class ActuatorStream:
         reverse = {k: v for k, v in entry["changes"].items()
                    if v.get("old") is not None and k not in taken
                    and not any(t.split("@")[0] == k for t in taken)}  # fmt: skip
+        if entry.get("transition") is not None:  # a ramp's keys; the groups follow its lr
+            ramped = entry.get("params") or {}
+            reverse = {k: v for k, v in reverse.items() if k in ramped}
         changes: dict[str, Any] = {}
         scaled: dict[str, float] = {}  # key -> the factor that took the change back
         zero: list[str] = []  # at zero on their schedule: left there
@@ -497,11 +546,20 @@ class ActuatorStream:
             ramp.op,
             self.recorder.point,
             Decision.APPLIED,
-            changes={key: {"old": ramp.start, "new": now}},
+            changes=self._ramp_changes(ramp, now, env),
             error=f"ramp of {key} to {ramp.target!r} superseded at {now!r} {who}",
             source="ramp",
             extra={"ramp": "superseded", "superseded_by": by.cmd_id if by else None},
         )
+
+    def _ramp_changes(self, ramp: Ramp, now: Any, env: Env) -> dict[str, dict[str, Any]]:
+        """The changes of a ramp's end entry: its key from its start to ``now``, and the keys
+        it moved with it (:meth:`_moved_too`)."""
+        changes = {ramp.key: {"old": ramp.start, "new": now}}
+        act = self.state.get(ramp.key)
+        if act is not None and now is not None:
+            changes.update(self._moved_too(act, ramp.start, now, env, changes))
+        return changes
 
     def end_ramps_with_loop(self) -> None:
         """The training loop the ramps ran in ended (another loop on the kernel begins): stop
@@ -522,7 +580,7 @@ class ActuatorStream:
         at = "" if now is None else f" at {now!r}"
         self.recorder.emit_op(
             ramp.op, self.recorder.point, Decision.APPLIED,
-            changes={key: {"old": ramp.start, "new": now}},
+            changes=self._ramp_changes(ramp, now, {}),
             error=f"ramp of {key} to {ramp.target!r} superseded{at}: {why}",
             source="ramp", extra={"ramp": "superseded"},
         )  # fmt: skip
@@ -564,7 +622,7 @@ class ActuatorStream:
                     ramp.op,
                     point,
                     Decision.APPLIED,
-                    changes={key: {"old": ramp.start, "new": ramp.target}},
+                    changes=self._ramp_changes(ramp, ramp.target, env),
                     source="ramp",
                     extra={"ramp": "complete"},
                 )

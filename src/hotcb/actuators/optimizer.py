@@ -174,6 +174,7 @@ def optimizer_actuators(
             scheduled=_has_schedule(schedulers, optimizer),
             moves=lambda value, env: dict(zip(names, lr_ratios.targets(value), strict=False)),
             covers=frozenset(names) if several else frozenset(),
+            refuses=_from_frozen(lr_ratios, names),
         ),
         *_all_groups_actuators(groups, prefix, several, wd_ratios, _cycles(optimizer, schedulers)),
     ]
@@ -183,6 +184,25 @@ def optimizer_actuators(
                 _group_actuators(optimizer, i, schedulers, (lr_ratios, wd_ratios), lo, hi, prefix)
             )
     return acts
+
+
+def _from_frozen(ratios: _Ratios, names: list[str]) -> Any:
+    """``refuses`` of ``lr``: group 0 frozen at lr 0 while another group trains, with no
+    ratios seen, gives no factor to move the others by (setting every group to the value
+    unfroze the backbone and flattened the groups' lrs). Every group at 0 (a warm-up from 0)
+    still gets the value."""
+
+    def refuses(value: Any, env: Env) -> str | None:
+        if ratios.observe() or ratios.seen is not None:
+            return None
+        if not any(_get(g, "lr") for g in ratios.groups[1:]):
+            return None
+        shown = ", ".join(names[1:3]) + (", …" if len(names) > 3 else "")
+        return (f"param group {names[0].split('@', 1)[-1]} is frozen at lr 0 while others "
+                "train: lr moves every group by the factor group 0 moves, and from 0 there is "
+                f"none; set the groups one by one ({shown}=…)")  # fmt: skip
+
+    return refuses
 
 
 def _opt_actuator(
