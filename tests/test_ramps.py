@@ -3,12 +3,15 @@ ledger entry (issue #11, item 1)."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hotcb.testing import StepDriver
+from hotcb.testing import StepDriver, read_ledger, wait_for
 
 
 @pytest.fixture
@@ -50,6 +53,46 @@ def test_undo_mid_ramp_stops_it(drv: StepDriver) -> None:
     ended = [e for e in drv.entries(ramp) if e.get("ramp")]
     assert [e["ramp"] for e in ended] == ["superseded"] and "by an undo" in ended[0]["error"]
     assert drv.weights["aux"] == 0.0
+
+
+def test_a_ramp_still_going_when_the_loop_closes_is_ledgered_where_it_got_to(
+    drv: StepDriver,
+) -> None:
+    """Nothing moves it after ``close()``: its end was never ledgered, ``hotcb status`` said
+    "ramping" on the finished run, and a ``--wait`` on it waited out its timeout."""
+    ramp = drv.client.send("loss", "set_params", params={"aux": 1.0}, transition={"steps": 1000})
+    drv.steps(5)  # step 1 starts it; steps 2..5 move it
+    drv.close()
+    ended = [e for e in drv.entries(ramp) if e.get("ramp")]
+    assert [e["ramp"] for e in ended] == ["superseded"]
+    assert "the training loop it ran in ended" in ended[0]["error"]
+    assert ended[0]["changes"]["aux"]["new"] == pytest.approx(0.004)
+    acts = json.loads(Path(drv.paths.actuators).read_text())["actuators"]
+    assert [a["state"] for a in acts if a["param_key"] == "aux"] != ["ramping"]
+
+
+@pytest.mark.slow
+def test_cli_wait_on_a_ramp_ends_with_exit_1_when_the_run_is_killed_mid_ramp(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    tr = start_trainer(run_dir, os.fspath(tmp_path / "t.jsonl"), steps=100_000, step_delay=0.005)
+    tr.wait_step(2)
+    done: list[Any] = []
+    waiter = threading.Thread(target=lambda: done.append(cli(
+        run_dir, "set", "lr=1e-3", "--ramp", "1000000", "--wait", "--timeout", "300",
+        timeout=360)))  # fmt: skip
+    waiter.start()
+    try:
+        wait_for(lambda: [e for e in read_ledger(run_dir) if e.get("transition")], 120,
+                 what="the ramp's start")  # fmt: skip
+    finally:
+        tr.kill()
+    tr.proc.communicate(timeout=60)
+    waiter.join(120)  # (the run's end is seen within a second, not after the 300 s timeout)
+    (proc,) = done
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "ramping 0.01 → 0.001" in proc.stdout
+    assert "before the ramp of" in proc.stderr and "crashed" in proc.stderr
 
 
 @pytest.mark.slow

@@ -875,18 +875,28 @@ class HotClient:
 
         return over
 
-    def wait_ramp(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_ramp(
+        self, cmd_id: str, timeout: float = 30.0, *, until_over: bool = False
+    ) -> dict[str, Any]:
         """The entry that ends the ramp ``cmd_id`` started: ``ramp: complete`` (the target is
-        reached), ``superseded`` (another command took over) or a ``failed`` one."""
+        reached), ``superseded`` (another command took over, or the loop ended) or a ``failed``
+        one. ``until_over``: raise ``TimeoutError`` as soon as the run's training process is
+        gone without that entry (killed mid-ramp), instead of waiting out ``timeout``."""
 
         def ended(entry: dict[str, Any]) -> dict[str, Any] | None:
             over = entry.get("ramp") or entry.get("decision") == "failed"
             return entry if entry.get("cmd_id") == cmd_id and over else None
 
+        def late() -> str:
+            over = self.run_over()
+            if over is not None:
+                return f"the run {over} before the ramp of {cmd_id} ended (see 'hotcb log')"
+            return (f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the "
+                    "run (see 'hotcb log')")  # fmt: skip
+
         return self._watch_ledger(
-            ended, timeout, 0.02,
-            f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the run (see "
-            "'hotcb log')", mark=_id_mark(cmd_id),
+            ended, timeout, 0.02, late, over=self._over_check() if until_over else None,
+            mark=_id_mark(cmd_id),
         )  # fmt: skip
 
     def _watch_ledger(

@@ -1230,14 +1230,18 @@ class HotKernel:
             self._warn("ledger_write", problem)
 
     def close(self) -> None:
-        """Flush the ledger, write the actuators file, close the metrics stream, put back the
-        signal handlers :meth:`catch_signals` replaced."""
+        """End the ramps still under way (ledgered superseded where they got to), flush the
+        ledger, write the actuators file, close the metrics stream, put back the signal
+        handlers :meth:`catch_signals` replaced."""
         if self._closed:
             return
         self._closed = True
         self._caught_at_close = self._signals.installed
         self._signals.restore()
         try:
+            # a ramp still under way ends where it got to, ledgered superseded: nothing moves
+            # it any more (`hotcb set … --ramp N --wait` waited for an end that never came)
+            self._stream.end_ramps_with_loop()
             for mod in self._modules.values():  # what a module still holds for the ledger
                 closer = getattr(mod, "close", None)
                 if callable(closer):

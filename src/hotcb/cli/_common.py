@@ -532,7 +532,14 @@ def _print_waited(c: HotClient, run_dir: str, entry: dict[str, Any], deadline: f
     1 when it did not take."""
     print(fmt_entry(entry, run_dir))
     if is_ramp_start(entry):  # --wait on a ramp waits for its end
-        entry = c.wait_ramp(entry["cmd_id"], timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            entry = c.wait_ramp(entry["cmd_id"], timeout=max(0.1, deadline - time.monotonic()),
+                                until_over=True)  # fmt: skip
+        except TimeoutError as exc:
+            if ended(run_dir) is None:
+                raise
+            print(f"hotcb: {exc} (exit code 1)", file=sys.stderr)  # killed mid-ramp
+            return 1
         print(fmt_entry(entry, run_dir))
     code = 1 if entry.get("decision") in ("rejected", "failed", "ignored_freeze") else 0
     for undone in _load_undone(c, entry):
