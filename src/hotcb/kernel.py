@@ -1269,8 +1269,9 @@ class HotKernel:
                 close_run_meta(self.paths, ended, self._warn)
                 # a last beat with the ledger's seq: the run's record of it that stays should
                 # hotcb.run.json be lost too (refuse_lost_ledger)
-                self._next_beat = 0.0
-                self._heartbeat(self._last_step, time.monotonic())
+                if self._last_step is not None:  # (closed before its first step: no beat)
+                    self._next_beat = 0.0
+                    self._heartbeat(self._last_step, time.monotonic())
             if self._polled_env is not None:  # what a scheduler did since the last refresh
                 self._stream.refresh(self._polled_env, self.step)
                 self._polled_env = None
