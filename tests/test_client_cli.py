@@ -481,7 +481,7 @@ def test_client_wait_on_a_command_scheduled_later_says_so(run: Run, run_dir: str
         client.wait(cid, timeout=0.5)
     assert str(info.value).startswith(f"{cid} is scheduled for step 1000000 (since step 1): "
                                       "not applied after 0.5s; ")  # fmt: skip
-    assert f"cancel --cmd-id {cid}' cancels it" in str(info.value)
+    assert f"cancel {cid}' cancels it" in str(info.value)
 
 
 def test_client_waits_for_the_list_set_returns(run: Run, run_dir: str) -> None:
@@ -574,3 +574,27 @@ def test_status_says_whether_the_run_is_running_or_stopped(run_dir: str, cli: An
     assert kernel.stop_requested
     res = cli(run_dir, "status")
     assert res.stdout.splitlines()[0].endswith("[stopped at step 1]")  # stopped, then closed
+
+
+def test_the_cancel_a_scheduled_wait_suggests_runs_as_printed_in_a_dir_with_spaces(
+    tmp_path: Any,
+) -> None:
+    """It said ``cancel --cmd-id ID`` (cancel takes the id alone: exit 2) and left the run
+    directory unquoted (a path with a space broke the command pasted into a shell)."""
+    run = os.fspath(tmp_path / "my runs" / "exp 1")
+    with StepDriver(run, weights={"aux": 0.5}) as drv:
+        drv.steps(1)
+        cid = drv.client.send("loss", "set_params", params={"aux": 0.1}, at_step=10**6)
+        drv.steps(1)
+        with pytest.raises(TimeoutError) as caught:
+            drv.client.wait(cid, timeout=0.1)
+        (suggested,) = [s for s in str(caught.value).split("'") if " cancel " in s]
+        env = {k: v for k, v in os.environ.items() if k != "HOTCB_DIR"}
+        python = f"{sys.executable} -m hotcb"
+        done = subprocess.run(["bash", "-c", suggested.replace("hotcb", python, 1)],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        drv.steps(1)
+        assert [e["decision"] for e in read_ledger(run) if e.get("cmd_id") == cid] == [
+            "scheduled", "noop",
+        ]  # fmt: skip

@@ -51,7 +51,7 @@ from .client import HotClient
 from .errors import CommandError, HotcbError
 from .kernel import RUN_DIR_ENV
 from .ledger import current_step, iter_entries
-from .runfiles import RunPaths
+from .runfiles import RunPaths, shell_path
 from .runfiles import proc_stat as _stat
 
 __all__ = [
@@ -774,7 +774,7 @@ def busy(run_dir: str) -> str | None:
         what = f"the hotcb launch (pid {pid}) that started it" if pid is not None else None
     if what is None:
         return None
-    return (f"{run_dir} is in use: {what} still runs. Stop it first ('hotcb --dir {run_dir} "
+    return (f"{run_dir} is in use: {what} still runs. Stop it first ('hotcb --dir {shell_path(run_dir)} "
             "stop --wait'), or launch into another --dir")  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from . import jsonl
 from .client import HotClient
 from .errors import HotcbError
 from .ledger import checkpoint_path, iter_entries
-from .runfiles import RunPaths
+from .runfiles import RunPaths, shell_path
 
 __all__ = ["BranchError", "branch", "checkpoints", "resume_command", "retarget"]
 
@@ -77,7 +77,7 @@ def _available(found: Sequence[Mapping[str, Any]], parent: str) -> str:
         )
     if not found:
         return (
-            f"{parent} has no checkpoint in its ledger (save one with 'hotcb --dir {parent} "
+            f"{parent} has no checkpoint in its ledger (save one with 'hotcb --dir {shell_path(parent)} "
             "checkpoint', or schedule one with --at-step)"
         )
     listed = ", ".join(f"step {e['step']} ({e['path']})" for e in found)

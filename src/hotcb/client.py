@@ -25,7 +25,7 @@ from .errors import ActuatorError, CommandError, JournalWriteError
 from .ledger import iter_entries
 from .ledger import run_over as _run_over
 from .ops import make_command
-from .runfiles import RunPaths, folder_of_runs, is_network_fs
+from .runfiles import RunPaths, folder_of_runs, is_network_fs, shell_path
 
 __all__ = ["HotClient", "route_keys"]
 
@@ -275,7 +275,7 @@ class HotClient:
                                "folder")  # fmt: skip
         if not self.create and not os.path.isdir(self.run_dir):
             raise CommandError(
-                f"no run directory at {self.run_dir}; 'hotcb --dir {self.run_dir} init' or "
+                f"no run directory at {self.run_dir}; 'hotcb --dir {shell_path(self.run_dir)} init' or "
                 f"HotClient({self.run_dir!r}, create=True) creates one on purpose (a run "
                 "started with HotKernel(run_dir=...) creates its own)"
             )
@@ -522,7 +522,7 @@ class HotClient:
         if self._known(str(cmd_id)) is None:
             raise CommandError(
                 f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
-                f"returned; 'hotcb --dir {self.run_dir} log --json' shows each entry's cmd_id, "
+                f"returned; 'hotcb --dir {shell_path(self.run_dir)} log --json' shows each entry's cmd_id, "
                 "and the CLI takes '#N' for the entry 'hotcb log' shows as #N)"
             )
 
@@ -838,13 +838,13 @@ class HotClient:
             if scheduled:  # it said "no ledger entry …: is the run alive?"
                 at, then = scheduled[-1].get("at_step"), scheduled[-1].get("step")
                 return (f"{cmd_id} is scheduled for step {at} (since step {then}): not applied "
-                        f"after {timeout:.3g}s; 'hotcb --dir {self.run_dir} log' shows "
-                        f"it when it lands, 'hotcb --dir {self.run_dir} cancel --cmd-id "
+                        f"after {timeout:.3g}s; 'hotcb --dir {shell_path(self.run_dir)} log' shows "
+                        f"it when it lands, 'hotcb --dir {shell_path(self.run_dir)} cancel "
                         f"{cmd_id}' cancels it")  # fmt: skip
             if not cmd_id.startswith("@") and self._known(cmd_id, exact=True) is None:
                 return (f"no command with id {cmd_id!r} was sent to {self.run_dir} (it is in "
                         "neither its commands file nor its ledger): a command's id is what "
-                        f"sending it returned; 'hotcb --dir {self.run_dir} log --json' shows "
+                        f"sending it returned; 'hotcb --dir {shell_path(self.run_dir)} log --json' shows "
                         "each entry's cmd_id")  # fmt: skip
             over = self.run_over()
             if over is not None:

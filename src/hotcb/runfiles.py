@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -167,6 +168,18 @@ def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str | None:
 
 def is_network_fs(fstype: str | None) -> bool:
     return fstype is not None and (fstype in NETWORK_FS or fstype.startswith("nfs"))
+
+
+def shell_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a shell word for the commands messages suggest (inside their single quotes):
+    as it is when it needs no quoting, in double quotes when that is enough (a space), else
+    quoted by :func:`shlex.quote`."""
+    text = os.fspath(path)
+    if shlex.quote(text) == text:
+        return text
+    if not any(c in text for c in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 def is_run_dir(path: str) -> bool:

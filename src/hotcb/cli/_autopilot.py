@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonl
-from ..runfiles import RUN_META, SCAN_DEPTH, discover_runs, process_alive, redact_url
+from ..runfiles import (
+    RUN_META,
+    SCAN_DEPTH,
+    discover_runs,
+    process_alive,
+    redact_url,
+    shell_path,
+)
 from ._common import (
     DIRECTION_DEFAULT,
     UsageError,
@@ -352,7 +359,7 @@ def _say_left(left: dict[str, str]) -> None:
     """``--once`` on a folder: each run that is over, left alone (nothing would apply an
     action there, and no autopilot file is written into it)."""
     for run, over in left.items():
-        print(f"hotcb autopilot: {run}: the run {over}; left alone ('hotcb --dir {run} "
+        print(f"hotcb autopilot: {run}: the run {over}; left alone ('hotcb --dir {shell_path(run)} "
               "autopilot --once' checks it all the same)", flush=True)  # fmt: skip
 
 
@@ -451,7 +458,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"state": st, "pending": pending, "recent": recent, "ai": ai}, indent=2))
         return 0
     if not st:
-        say(f"autopilot: never ran here   (hotcb --dir {args.dir} autopilot --mode suggest)")
+        say(
+            f"autopilot: never ran here   (hotcb --dir {shell_path(args.dir)} autopilot --mode suggest)"
+        )
         return 0
     say(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
           f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip

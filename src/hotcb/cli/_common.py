@@ -19,7 +19,7 @@ from ..client import HotClient
 from ..errors import HotcbError
 from ..freeze import FreezeState, passes_freeze
 from ..ledger import STALE_AFTER_SEC, checkpoint_path, run_over, tail_state
-from ..runfiles import RunPaths, folder_of_runs, process_alive
+from ..runfiles import RunPaths, folder_of_runs, process_alive, shell_path
 
 
 class UsageError(HotcbError):
@@ -151,7 +151,7 @@ def require_run_dir(path: str, *, folder_ok: bool = False) -> None:
                          "the run's folder")  # fmt: skip
     if not os.path.isdir(path):
         raise UsageError(
-            f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {path} init' creates "
+            f"no run directory at {os.path.abspath(path)}; 'hotcb --dir {shell_path(path)} init' creates "
             "one (a run started with HotKernel(run_dir=...) creates its own)"
         )
     folder = None if folder_ok else folder_of_runs(path)
@@ -461,7 +461,7 @@ def _say_frozen(run_dir: str, sent: tuple[str, str] | None) -> None:
     mode = frozen(RunPaths(run_dir))
     if mode is not None:
         say(f"hotcb: the run is frozen (freeze {mode}): it will ignore this command "
-            f"(ignored_freeze); 'hotcb --dir {run_dir} freeze --mode off' unfreezes it",
+            f"(ignored_freeze); 'hotcb --dir {shell_path(run_dir)} freeze --mode off' unfreezes it",
             file=sys.stderr)  # fmt: skip
 
 

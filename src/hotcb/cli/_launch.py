@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..runfiles import shell_path
 from ._common import DIRECTION_DEFAULT, UsageError
 
 if TYPE_CHECKING:
@@ -378,7 +379,9 @@ def _say_started(args: argparse.Namespace, run: Launch, *, tuned: bool) -> None:
     if args.autopilot != "off":
         _say(f"autopilot ({args.autopilot}) on the run")
     if tuned:
-        _say(f"tuner ({args.tune}) from the first step: 'hotcb --dir {run.run_dir} tune status'")
+        _say(
+            f"tuner ({args.tune}) from the first step: 'hotcb --dir {shell_path(run.run_dir)} tune status'"
+        )
     _say(f"training (pid {run.pid}): {shlex.join(run.argv)}")
 
 

@@ -24,7 +24,7 @@ from ..recipe import (
     player_for,
     sets_actuators,
 )
-from ..runfiles import RunPaths
+from ..runfiles import RunPaths, shell_path
 from ._common import (
     UsageError,
     add_wait,
@@ -136,7 +136,7 @@ def _check_replay(
             + (f" (after {adjust})" if adjust else "")
             + ":\n"
             + "\n".join(f"  {_located(recipe, p)}" for p in problems)
-            + f"\n'hotcb --dir {args.dir} recipe validate --recipe {recipe}' lists them"
+            + f"\n'hotcb --dir {shell_path(args.dir)} recipe validate --recipe {shell_path(recipe)}' lists them"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import jsonl
 from ..metrics import guess_direction
+from ..runfiles import shell_path
 from ._common import (
     DIRECTION_DEFAULT,
     add_wait,
@@ -278,7 +279,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                  "the run reads it" if over is None else "the run is started again")  # fmt: skip
         say(f"queued: {what} ({queued['cmd_id']}) waits in the commands file until {until}")
     if st.get("mode", "off") == "off":
-        hint = "" if queued else (f"   (hotcb --dir {args.dir} tune enable --mode "
+        hint = "" if queued else (f"   (hotcb --dir {shell_path(args.dir)} tune enable --mode "
                                   "active|suggest|observe)")  # fmt: skip
         print(f"tuner: off{hint}")
         if st.get("counts"):  # it was on: what it did
