@@ -162,6 +162,22 @@ def test_init_on_a_file_and_export_to_a_missing_folder_are_one_line_errors(
     assert ".tmp." not in res.stderr and "Errno" not in res.stderr
 
 
+def test_init_through_a_symlink_to_a_run_not_made_yet_makes_its_target(
+    tmp_path: Any, cli: Any
+) -> None:
+    """``runs/latest -> exp3`` before exp3 exists: init failed with a raw ``[Errno 17]``, and
+    ``set`` then said to run init."""
+    (tmp_path / "latest").symlink_to("exp3")
+    link = os.fspath(tmp_path / "latest")
+    res = cli(link, "init")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "exp3" / "hotcb.commands.jsonl").is_file()
+    assert cli(link, "loss", "set_params", "aux=0.5").returncode == 0
+    with StepDriver(os.fspath(tmp_path / "exp3"), weights={"aux": 0.0}) as drv:
+        drv.steps()
+        assert drv.weights["aux"] == 0.5
+
+
 def test_a_command_to_a_live_run_whose_loop_stopped_polling_says_it_waits(
     run_dir: str, cli: Any
 ) -> None:

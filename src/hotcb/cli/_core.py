@@ -153,7 +153,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     folder = folder_of_runs(paths.root) if os.path.isdir(paths.root) else None
     if folder is not None:  # init would make it a run: commands queued there wait for good
         raise UsageError(f"{folder}; 'init' would make the folder a run of its own")
-    os.makedirs(paths.root, exist_ok=True)
+    # (through a symlink to a run not made yet, runs/latest: its target, as the kernel does)
+    os.makedirs(os.path.realpath(paths.root), exist_ok=True)
     os.close(jsonl.open_own(paths.commands, os.O_WRONLY | os.O_CREAT | os.O_APPEND)[0])
     print(paths.root)
     return 0
