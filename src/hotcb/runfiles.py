@@ -53,6 +53,13 @@ CB_LOG = "hotcb.cb_log.jsonl"
 #: sources); a checkpoint or a callback's output given such a name would overwrite them.
 OWN_PREFIX = "hotcb."
 
+#: The files a kernel, the CLI or a controller writes into a run (not the ones a person
+#: writes: ``hotcb.yaml``, ``hotcb.adjust.yaml``, a tuner recipe or a recipe, which may as well
+#: lie in a folder of runs): one of them (not a folder) marks a run for ``hotcb serve``.
+RUN_OUTPUTS = frozenset({COMMANDS, LEDGER, METRICS, RUN_META, ACTUATORS, HEARTBEAT, FREEZE,
+                         TUNE, AUTOPILOT_STATE, KNOBS, FEATURES, METRICS_COLUMNS,
+                         METRICS_INDEX, CB_LOG})  # fmt: skip
+
 #: Version of the record formats written to the run directory.
 FORMAT_VERSION = 1
 
@@ -197,20 +204,23 @@ def discover_runs(
     root: str, depth: int = SCAN_DEPTH, is_run: Callable[[str], bool] = is_run_dir
 ) -> list[str]:
     """The runs at and under ``root`` (``is_run``), up to ``depth`` levels down: their paths
-    relative to ``root`` with ``/`` (``"."`` for the root itself), sorted. Links and hidden,
-    ``hotcb.*`` and ``__*`` folders are not entered."""
+    relative to ``root`` with ``/`` (``"."`` for the root itself), sorted. Links, hidden and
+    ``__*`` folders are not entered, nor a run's own ``hotcb.*`` folders (a run may be named
+    ``hotcb.exp``)."""
     found: list[str] = []
 
     def walk(path: str, level: int) -> None:
-        if is_run(path):
+        run = is_run(path)
+        if run:
             rel = os.path.relpath(path, root)
             found.append("." if rel == os.curdir else rel.replace(os.sep, "/"))
         if level >= depth:
             return
+        skipped = (".", "__", OWN_PREFIX) if run else (".", "__")
         try:
             with os.scandir(path) as it:
                 subdirs = sorted(e.path for e in it if e.is_dir(follow_symlinks=False)
-                                 and not e.name.startswith((".", "hotcb.", "__")))  # fmt: skip
+                                 and not e.name.startswith(skipped))  # fmt: skip
         except OSError:  # not there (yet), or unreadable
             return
         for sub in subdirs:

@@ -66,6 +66,23 @@ def test_health_config_and_runs_discovery(tmp_path, live_server):
         assert c.get("/openapi.json").json()["info"]["title"] == "hotcb dashboard"
 
 
+def test_a_folders_own_hotcb_yaml_makes_no_run_and_a_run_may_be_named_hotcb_x(
+    tmp_path, live_server
+):
+    """The served folder with a ``hotcb.yaml`` (or a tuner recipe) was listed as a run ".",
+    which every command then refused; a run folder named ``hotcb.exp`` was never listed."""
+    (tmp_path / "hotcb.yaml").write_text("port: 8765\n")
+    (tmp_path / "hotcb.tune.yaml").write_text("space: []\n")
+    make_run(tmp_path / "a", steps=3)
+    make_run(tmp_path / "hotcb.exp", steps=3)
+    (tmp_path / "a" / "hotcb.sources").mkdir()  # a run's own hotcb.* folder: not a run
+    (tmp_path / "a" / "hotcb.sources" / "hotcb.run.json").write_text("{}")
+    srv = live_server()
+    with srv.client() as c:
+        assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["a", "hotcb.exp"]
+        assert c.get("/api/runs/hotcb.exp/status").json()["last_metrics"]["step"] == 2
+
+
 def test_root_run_is_dot(tmp_path, live_server):
     make_run(tmp_path, steps=5)
     srv = live_server()

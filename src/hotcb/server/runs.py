@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import current_step
-from ..runfiles import RunPaths, discover_runs
+from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
 from .hub import Hub
@@ -73,9 +73,11 @@ def _created_and_dir(path: str) -> tuple[Any, Any]:
 
 
 def _has_hotcb_file(path: str) -> bool:
+    """Whether ``path`` holds a file a run's kernel, CLI or controller writes
+    (:data:`RUN_OUTPUTS`): a folder with only a ``hotcb.yaml`` or a tuner recipe is no run."""
     try:
         with os.scandir(path) as it:
-            return any(e.name.startswith("hotcb.") and e.name != "hotcb.sources" for e in it)
+            return any(e.name in RUN_OUTPUTS and not e.is_dir(follow_symlinks=False) for e in it)
     except OSError:
         return False
 
