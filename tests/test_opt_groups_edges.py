@@ -270,3 +270,36 @@ def test_lr_from_a_warm_up_at_zero_in_every_group_still_sets_them(run_dir: str) 
     for loop in _loop(run_dir, groups):
         assert loop.send(loop.client.opt(lr=2e-3))["decision"] == "applied"
         assert loop.lrs() == [2e-3, 2e-3]
+
+
+def test_the_cli_refuses_an_lr_that_would_put_a_group_out_of_bounds_before_writing(
+    loop: Loop, cli: Any, run_dir: str
+) -> None:
+    """Group 1 at 5x group 0's lr: ``set lr=5`` would give it 25, over lr's maximum 10. The CLI
+    printed a cmd_id and exited 0; the run then rejected it."""
+    done = cli(run_dir, "set", "lr=5")
+    assert done.returncode == 2, done.stdout
+    assert "lr=5 would set lr@group1 to 25, above the maximum 10" in done.stderr
+    with open(loop.client.paths.commands) as f:
+        assert not f.read().strip()  # nothing written
+    assert cli(run_dir, "set", "lr=5", "lr@group1=6").returncode == 0  # it sets that group
+
+
+def test_the_cli_refuses_a_knob_the_run_disabled(run_dir: str, cli: Any) -> None:
+    from hotcb import HotcbActuator, mutable_state
+    from hotcb.actuators import ActuatorType
+    from hotcb.testing import StepDriver
+
+    def broken(value: Any, env: Any) -> None:
+        raise RuntimeError("the sampler is gone")
+
+    temp = HotcbActuator(param_key="temperature", type=ActuatorType.FLOAT, apply_fn=broken)
+    with StepDriver(run_dir, mutable_state=mutable_state([temp])) as drv:
+        drv.steps()
+        for t in (2.0, 3.0, 4.0):  # three failed applies disable it
+            drv.client.send("custom", "set_params", params={"temperature": t})
+            drv.steps()
+        done = cli(run_dir, "custom", "set_params", "temperature=3")
+    assert done.returncode == 2, done.stdout
+    assert "'temperature' is disabled after 3 failed applies" in done.stderr
+    assert "the sampler is gone" in done.stderr

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, TypeGuard, overload
 
 from . import jsonl
 from .actuators import ActuatorType, HotcbActuator
@@ -112,7 +112,39 @@ def check_actuator_params(
             raise ActuatorError(
                 f"unknown actuator {key!r} in group {module!r}; known: {known}{hint}{others}"
             )
+        if d.get("state") == "disabled":  # (the kernel's words)
+            raise ActuatorError(
+                f"actuator {key!r} is disabled after {d.get('failures')} failed applies "
+                f"(last error: {d.get('last_error')})"
+            )
         _validator(d).validate(value)
+        _check_groups(key, value, params, by_key)
+
+
+def _check_groups(
+    key: str, value: Any, params: Mapping[str, Any], by_key: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Refuse an ``lr`` (or ``weight_decay``) that would move a param group out of its bounds
+    (the kernel keeps the groups' ratios: ``lr=5`` with group 1 at 10× group 0's lr), as the
+    kernel would, unless the command sets that group itself."""
+    base = by_key[key].get("current")
+    if "@" in key or not _number(base) or not base or not _number(value):
+        return
+    for gkey, g in by_key.items():
+        now = g.get("current")
+        if not gkey.startswith(f"{key}@") or gkey in params or not _number(now) or not now:
+            continue
+        target = value * now / base
+        lo, hi = g.get("min"), g.get("max")
+        where = (f"below the minimum {lo:g}" if _number(lo) and target < lo * (1 - 1e-9) else
+                 f"above the maximum {hi:g}" if _number(hi) and target > hi * (1 + 1e-9) else "")  # fmt: skip
+        if where:
+            raise ActuatorError(f"{key}={value:g} would set {gkey} to {target:g}, {where} for "
+                                f"actuator {gkey!r}; nothing changed")  # fmt: skip
+
+
+def _number(v: Any) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _check_space(
