@@ -318,3 +318,30 @@ def test_a_storage_password_in_a_tune_enable_never_reaches_the_page(tmp_path, li
     # the run itself still has the URL it needs to open the study
     with open(os.path.join(run, "hotcb.commands.jsonl")) as f:
         assert "s3cr3t" in f.read()
+
+
+def test_a_quiet_run_is_polled_less_and_its_news_still_comes(
+    tmp_path: Any, live_server: Any, monkeypatch: Any
+) -> None:
+    """A watched run quiet for a while is polled every half second (60 idle runs held the
+    server at 9 % of a core): its next line still reaches the page, and the server then
+    polls it at full speed again."""
+    from hotcb.server import tailer
+
+    monkeypatch.setattr(tailer, "QUIET_AFTER_SEC", 0.3)
+    run = os.fspath(tmp_path / "r")
+    collector = MetricsCollector(run)
+    collector.log(0, {"loss": 2.0})
+    srv = live_server()
+    with srv.ws() as ws:
+        inbox = Inbox(ws)
+        ws.send(json.dumps({"subscribe": ["r"]}))
+        inbox.until(lambda ms: [m for m in ms if m["type"] == "status"], what="status snapshot")
+        watcher = srv.server.config.app.state.tailer
+        wait_for(lambda: watcher._due.get("r", 0.0) > 0, 30, what="the run to be quiet")
+        collector.log(1, {"loss": 1.0})
+        collector.flush()
+        inbox.until(lambda ms: [r for m in ms if m["type"] == "metrics"
+                                for r in m["records"] if r["step"] == 1], what="the new line")  # fmt: skip
+        wait_for(lambda: watcher._due.get("r") == 0.0, 30, what="full speed again")
+    collector.close()

@@ -113,6 +113,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.deps = deps
+    app.state.tailer = tailer  # (white-box checks of its polling)
     app.state.config = config
     app.state.notifier = notifier
 
