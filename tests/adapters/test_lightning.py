@@ -341,3 +341,57 @@ def test_ddp_spawn_is_refused_with_what_to_use_instead(tmp_path: Path) -> None:
             pickle.dumps(HotCBLightning(kernel))
     finally:
         kernel.close()
+
+
+class SendsDuringValidation(EX.DigitsModule):  # type: ignore[misc,name-defined]
+    """Records the loss weight each micro-batch trains with; a person sends ``ce=0.25`` while
+    the first validation runs."""
+
+    run_dir = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: list[tuple[int, float]] = []  # (global_step of the window, ce)
+        self.sent: str | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.used.append((int(self.trainer.global_step), self.loss_weights["ce"]))
+        return super().training_step(batch, batch_idx)
+
+    def on_validation_start(self) -> None:
+        if self.sent is None:
+            self.sent = HotClient(self.run_dir).loss(ce=0.25)
+
+
+@pytest.mark.slow
+def test_a_command_read_at_a_validation_inside_an_accumulation_window_waits_for_its_step(
+    tmp_path: Path,
+) -> None:
+    """Validation every 6 batches, accumulation by 4: the validation after batch 6 comes in
+    the middle of a window. A command read there was applied at once, so that window's
+    gradient mixed two loss weightings (ce 1, 1, 0.25, 0.25)."""
+    run_dir = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    module = SendsDuringValidation()
+    module.run_dir = run_dir
+    trainer = _trainer(
+        kernel,
+        Recorder(),
+        max_steps=4,
+        accumulate_grad_batches=4,
+        limit_val_batches=1,
+        val_check_interval=6,
+        check_val_every_n_epoch=None,
+    )
+    train, val = EX.loaders()
+    trainer.fit(module, train, val)
+    kernel.close()
+    windows: dict[int, list[float]] = {}
+    for step, ce in module.used:
+        windows.setdefault(step, []).append(ce)
+    assert windows == {0: [1.0] * 4, 1: [1.0] * 4, 2: [0.25] * 4, 3: [0.25] * 4}, windows
+    (entry,) = [e for e in read_ledger(run_dir) if e.get("cmd_id") == module.sent]
+    assert entry["decision"] == "applied" and entry["step"] == 2
+    val_rows = [r for r in read_jsonl(os.path.join(run_dir, "hotcb.metrics.jsonl"))
+                if "val_loss" in r["metrics"]]  # fmt: skip
+    assert [r["step"] for r in val_rows][:1] == [1]  # the mid-window validation is recorded

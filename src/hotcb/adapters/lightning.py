@@ -144,6 +144,9 @@ class _Hooks:
         self.metrics_every = max(1, int(metrics_every))
         self.checkpoint_on_signal = checkpoint_on_signal
         self._last_step: int | None = None
+        #: the last batch was a micro-batch: a validation now (val_check_interval not a
+        #: multiple of accumulate_grad_batches) falls inside an accumulation window
+        self._mid_window = False
         #: a deferred ``evaluate``: the step it was asked at, the epoch it runs in, ``batch``:
         #: the ``total_batch_idx`` it validates after (step-based validation; None: at the
         #: epoch's validation check), and the ``val_check_batch`` (step-based) or
@@ -333,6 +336,7 @@ class _Hooks:
         self.kernel.reopen()
         self._own_sigterm(trainer)
         step = self._last_step = int(trainer.global_step)
+        self._mid_window = False
         if step > 0:
             # resumed from a checkpoint saved at a batch's end: Lightning does not run that
             # step's validation again, so what was due at it (a recipe's entry at
@@ -368,6 +372,7 @@ class _Hooks:
         # is a micro-batch of gradient accumulation
         accumulating = step == self._last_step
         self._last_step = step
+        self._mid_window = accumulating
         kernel = self.kernel
         records = not accumulating and step % self.metrics_every == 0 and kernel.metrics is not None
         # most steps: no metrics to record, nothing due -> no env, no apply()
@@ -382,7 +387,10 @@ class _Hooks:
         if trainer.sanity_checking or getattr(trainer.state.fn, "value", trainer.state.fn) != "fit":
             return
         self._evaluated(trainer, ran=True)
-        env = self._env(trainer, pl_module, int(trainer.global_step), "val", False)
+        # inside an accumulation window no command lands: half the window's micro-batches
+        # would have the old value, half the new, in one gradient (its metrics still count)
+        env = self._env(trainer, pl_module, int(trainer.global_step), "val", self._mid_window,
+                        metrics=True)  # fmt: skip
         self.kernel.apply(env, _VAL)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
