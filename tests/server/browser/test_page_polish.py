@@ -122,6 +122,33 @@ def test_the_compare_list_follows_a_compared_run_live(page: Any, srv: Any) -> No
     assert shown <= last_step(os.path.join(srv.root, "sweep", "a")), shown
 
 
+# ------------------------------------------------------------------------------ the charts
+LOSS_CARD = "(d.charts.find(c => c.series.some(s => s.metric === 'loss')) || {})"
+
+
+def test_a_zoom_on_a_live_chart_holds_while_points_come(page: Any, srv: Any) -> None:
+    """Every live tick rebuilt the chart (its series' signature was written two ways), so a
+    drag-zoom snapped back to the whole run at once, and each marker was made again."""
+    page.goto(srv.page_url("sweep/a"))
+    d = wait_page(page, f"d.connected && {LOSS_CARD}.canvas && {LOSS_CARD}.series[0].points > 20")
+    over = page.locator(".u-over").first
+    box = over.bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+    page.mouse.up()
+    d = wait_page(page, f"{LOSS_CARD}.zoomed")
+    (card,) = [c for c in d["charts"] if any(s["metric"] == "loss" for s in c["series"])]
+    zoomed, seen = card["xRange"], card["series"][0]["points"]
+    assert zoomed[1] - zoomed[0] < card["series"][0]["points"]  # narrower than the run
+    # points keep coming (the run steps every 20 ms): the range stays where the drag put it
+    d = wait_page(page, f"{LOSS_CARD}.series[0].points > {seen + 50}")
+    (card,) = [c for c in d["charts"] if any(s["metric"] == "loss" for s in c["series"])]
+    assert card["zoomed"] and card["xRange"] == zoomed, (card["xRange"], zoomed)
+
+
 # ------------------------------------------------------------------------------ run picker
 def test_a_run_served_as_its_own_folder_is_called_by_its_name(
     page: Any, serve_dir: Any, sweep: dict[str, str]

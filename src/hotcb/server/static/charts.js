@@ -375,8 +375,11 @@ class ChartCard {
   update(series, data, markers, note = "") {
     this.noteEl.textContent = note;
     this.noteEl.hidden = !note;
-    const sig = series.map((s) => s.label + s.color + (s.dash || "") + (s.alpha ?? "")).join("|");
-    const prevSig = this.series.map((s) => s.label + s.color + (s.dash || "")).join("|");
+    // (one way of writing both: with `alpha` on one side only they never matched, and every
+    // tick rebuilt the chart: a zoom snapped back, every marker element was made again)
+    const sigOf = (list) => list.map((s) => s.label + s.color + (s.dash || "") + (s.alpha ?? "")).join("|");
+    const sig = sigOf(series);
+    const prevSig = sigOf(this.series);
     this.series = series;
     this.markers = markers;
     this.raw = data;
@@ -471,6 +474,7 @@ class ChartCard {
       log: this.log,
       yLabels: this.yLabels || [],
       zoomed: this.zoomed,
+      xRange: this.plot ? [this.plot.scales.x.min, this.plot.scales.x.max] : null,
       canvas: !!this.el.querySelector("canvas"),
       series: this.series
         .map((s, i) => ({
