@@ -15,6 +15,8 @@ const {
   groupMetrics,
   isHigherBetter,
   lossTerm,
+  nearMarkers,
+  MARKER_GAP_PX,
   repeatedSeries,
   sameValues,
   PALETTE,
@@ -411,4 +413,25 @@ test("a compared run is never drawn like the main run, and its legend swatch sho
   assert.equal(legendDash([6, 4]), "dashed");
   assert.equal(legendDash([2, 3]), "dotted");
   for (let ri = 1; ri <= 12; ri++) assert.notEqual(legendDash(runStyle(ri).dash), "solid");
+});
+
+describe("markers close together on a chart", () => {
+  const mk = (step, seq = step) => ({ step, seq });
+  test("5000 changes on 900 px are drawn at least a gap apart, each standing for the ones it hides", () => {
+    const markers = Array.from({ length: 5000 }, (_, i) => mk(i));
+    const toPx = (s) => (s * 900) / 5000;
+    const shown = nearMarkers(markers, 0, 4999, toPx);
+    assert.ok(shown.length <= 900 / MARKER_GAP_PX + 1, `${shown.length}`);
+    assert.equal(shown.reduce((n, s) => n + 1 + s.nearby, 0), 5000); // none lost
+    assert.equal(shown[shown.length - 1].marker.seq, 4999); // the newest stands for its group
+    for (let i = 1; i < shown.length; i++) assert.ok(toPx(shown[i].marker.step) - toPx(shown[i - 1].marker.step) > 0);
+  });
+  test("markers far apart are all drawn alone; those out of range are not drawn", () => {
+    const shown = nearMarkers([mk(10), mk(500), mk(300), mk(2000)], 0, 1000, (s) => s);
+    assert.deepEqual(shown.map((s) => [s.marker.step, s.nearby]), [[10, 0], [300, 0], [500, 0]]);
+  });
+  test("two changes at one step: one marker, the later, standing for the other", () => {
+    const shown = nearMarkers([mk(40, 7), mk(40, 6)], 0, 100, (s) => s * 9);
+    assert.deepEqual(shown.map((s) => [s.marker.seq, s.nearby]), [[7, 1]]);
+  });
 });

@@ -976,6 +976,12 @@ function showTip(m, ev) {
     d.textContent = e.reason;
     tip.append(d);
   }
+  if (m.nearby) {
+    const d = document.createElement("div");
+    d.className = "tip-line muted";
+    d.textContent = `and ${m.nearby} earlier change${m.nearby > 1 ? "s" : ""} within a few pixels: zoom in (drag) to tell them apart`;
+    tip.append(d);
+  }
   const own = impactRows(markers().map((x) => x.entry), actuatorKeys()).get(e.seq) === e.seq;
   const imp = own ? app.impacts.get(e.seq) : null;
   if (imp && imp.before?.mean != null && imp.after?.mean != null) {

@@ -262,6 +262,30 @@ function forecastBands(series) {
 }
 
 // ----------------------------------------------------------------------------- one chart
+/** Marker spacing on a chart, in pixels: closer ones are drawn as one. */
+export const MARKER_GAP_PX = 6;
+
+/** The markers to draw between steps `min` and `max` (`toPx(step)`: where a step is drawn):
+ * of those within `gap` pixels of each other, the newest only, with `nearby` the count of the
+ * others it stands for. 5000 changes on a 900 px chart were 5000 full-height lines: one block
+ * that hid the curves. */
+export function nearMarkers(markers, min, max, toPx, gap = MARKER_GAP_PX) {
+  const inRange = markers.filter((m) => m.step >= min && m.step <= max).sort((a, b) => a.step - b.step || a.seq - b.seq);
+  const out = [];
+  let anchor = -Infinity;
+  for (const m of inRange) {
+    const px = toPx(m.step);
+    const last = out[out.length - 1];
+    if (last && px - anchor < gap) {
+      out[out.length - 1] = { marker: m, nearby: last.nearby + 1 }; // the newer one stands for both
+    } else {
+      out.push({ marker: m, nearby: 0 });
+      anchor = px;
+    }
+  }
+  return out;
+}
+
 class ChartCard {
   constructor(parent, group, opts) {
     this.group = group;
@@ -412,8 +436,8 @@ class ChartCard {
     }
     const { min, max } = u.scales.x;
     const seen = new Set();
-    for (const m of this.markers) {
-      if (min == null || max == null || m.step < min || m.step > max) continue;
+    const shown = min == null || max == null ? [] : nearMarkers(this.markers, min, max, (s) => u.valToPos(s, "x"));
+    for (const { marker: m, nearby } of shown) {
       seen.add(m.seq);
       let el = this.markerEls.get(m.seq);
       if (!el) {
@@ -429,7 +453,8 @@ class ChartCard {
         layer.appendChild(el);
         this.markerEls.set(m.seq, el);
       }
-      el.marker = m;
+      el.marker = nearby ? { ...m, nearby } : m;
+      el.classList.toggle("many", nearby > 0);
       el.style.left = `${u.valToPos(m.step, "x")}px`;
     }
     for (const [seq, el] of this.markerEls) {
