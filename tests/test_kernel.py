@@ -704,3 +704,46 @@ def test_observe_records_metrics_between_safe_points_and_applies_nothing(tmp_pat
     with open(os.path.join(run, "hotcb.metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert [(r["step"], r["metrics"]["loss"]) for r in rows if "loss" in r["metrics"]] == [(1, 1.5)]
+
+
+def test_a_paused_run_publishes_the_lr_its_scheduler_left(run_dir: str) -> None:
+    """The actuators file (``hotcb status``, the page's controls) is refreshed once a second
+    at most, and not by the poll that brought the pause: the whole pause showed the lr of a
+    step or more before it to the person deciding what to set."""
+    import threading
+
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    client = HotClient(run_dir)
+    stepped = threading.Event()
+
+    def loop() -> None:
+        for step in range(100_000):
+            opt.step()
+            sched.step()
+            kernel.apply({"step": step, "optimizer": opt, "scheduler": sched})
+            if step == 50:
+                stepped.set()
+            if kernel.stop_requested:
+                break
+        kernel.close()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        assert stepped.wait(60)
+        pause = client.pause()
+        client.wait(pause, timeout=60)
+
+        def published() -> float:
+            doc = jsonl.read_json(RunPaths(run_dir).actuators, {}) or {}
+            return next(a["current"] for a in doc.get("actuators", []) if a["param_key"] == "lr")
+
+        held = opt.param_groups[0]["lr"]  # the loop waits in apply(): this is the lr in force
+        assert published() == pytest.approx(held, rel=1e-12)
+    finally:
+        client.stop()
+        client.resume()
+        t.join(60)

@@ -95,6 +95,9 @@ class ActuatorStream:
         self._bound: list[Any] = []
         self._bound_keys: list[str] = []
         self._model_seen = False
+        #: look for a new optimizer at the next poll whatever its env (another loop began:
+        #: a lazy env is otherwise read for it only with a command to apply)
+        self.rebind_due = False
         self._written = -1
         self._restore: dict[str, Any] = {}
         self._warn = warn  # (key, message): a log line once per kind
@@ -145,7 +148,8 @@ class ActuatorStream:
         move the optimizer's actuators to a new optimizer (:meth:`_rebind`): always when
         ``work`` is done with it, else from a plain dict only (a framework's lazy env is built
         on reading, and passes its scheduler at every safe point anyway)."""
-        built = work or isinstance(env, dict)
+        built = work or isinstance(env, dict) or self.rebind_due
+        self.rebind_due = False
         if built:
             self._note_schedulers(env)
         if built and self._bound and self._swapped(env):  # (a command: before it applies)

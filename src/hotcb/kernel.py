@@ -646,6 +646,11 @@ class HotKernel:
         control = self._control
         if control.due:
             control.save_due(env, point)
+        # the values in force as the run waits, before the pause's entry says it waits (an LR
+        # scheduler moved lr since the last once-a-second look: the actuators file, status and
+        # the page showed an older lr for the whole pause, to a person deciding what to set)
+        self._next_refresh = time.monotonic() + 1.0
+        self._stream.refresh(env)
         self.flush()
         while control.paused and not control.stop_requested and not self._closed:
             if control.signal is not None:
@@ -1299,6 +1304,7 @@ class HotKernel:
             return  # nothing to reopen: the first loop, or one that ended on its own
         self._closed = False
         self._control.stop_requested = False
+        self._stream.rebind_due = True  # a new fit may bring a new optimizer: look at once
         paused, self._control.paused = self._control.paused, False
         self._stopped_by = None
         self._stream.end_ramps_with_loop()

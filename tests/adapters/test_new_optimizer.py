@@ -95,3 +95,37 @@ def test_a_second_lightning_fit_with_the_same_kernel_is_steered(tmp_path: Path) 
     assert done["decision"] == "applied", done
     assert second.lrs and all(abs(lr - 0.001) < 1e-4 for lr in second.lrs), second.lrs
     assert len(_entries(run, "new_optimizer")) == 1
+
+
+@pytest.mark.slow
+def test_a_second_lightning_fit_moves_the_knobs_at_its_first_poll_without_a_command(
+    tmp_path: Path,
+) -> None:
+    """With no command to apply, the knobs stayed on the first fit's optimizer: ``hotcb
+    status`` and the page showed its lr for the whole second fit, and the ledger had no
+    ``new_optimizer`` note until a command came."""
+    from hotcb import jsonl
+    from hotcb.runfiles import RunPaths
+
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+    module = EX.DigitsModule(lr=0.05)
+    train, _ = EX.loaders()
+
+    def fit() -> None:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=6, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, logger=False,
+            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[HotCBLightning(kernel)],
+        )  # fmt: skip
+        trainer.fit(module, train)
+
+    fit()
+    module.lr = 0.003  # the second fit's configure_optimizers builds an optimizer at 0.003
+    fit()
+    kernel.close()
+    (note,) = _entries(run, "new_optimizer")
+    assert 0.0025 < note["values"]["lr"] <= 0.003, note  # (its LambdaLR may have stepped once)
+    doc = jsonl.read_json(RunPaths(run).actuators, {})
+    (lr,) = [a["current"] for a in doc["actuators"] if a["param_key"] == "lr"]
+    assert lr < 0.003 + 1e-12  # the second optimizer's (its LambdaLR decays it), not 0.05's
