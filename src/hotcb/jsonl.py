@@ -895,11 +895,20 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_atomic(path, dumps(obj).encode())
 
 
+#: The largest JSON document :func:`read_json` reads (hotcb's own are a few KB to a few MB:
+#: a tuner's state with its trials): a bigger one is unreadable, not a gigabyte in memory (a
+#: sparse file planted in a served folder took the dashboard to 2 GB at each runs list).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
-    """A whole JSON document, or ``default`` when the file is missing or unreadable."""
+    """A whole JSON document, or ``default`` when the file is missing or unreadable (or
+    larger than :data:`MAX_JSON_BYTES`)."""
     try:
-        fd, _ = open_regular(os.fspath(path))
+        fd, st = open_regular(os.fspath(path))
         with open(fd) as f:
+            if st.st_size > MAX_JSON_BYTES:
+                return default
             return json.load(f)
     except (OSError, ValueError, RecursionError):  # missing, a FIFO, not JSON, absurd nesting
         return default

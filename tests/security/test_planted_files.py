@@ -268,6 +268,44 @@ def test_fifos_in_a_served_run_hang_no_request_and_the_server_stops(
     assert proc.proc.wait(timeout=30) is not None
 
 
+def test_a_fifo_planted_as_hotcb_yaml_does_not_hang_the_trainers_start(
+    tmp_path: Any, start_trainer: Any
+) -> None:
+    """The callbacks module opened ``hotcb.yaml`` with a plain ``open()``, which blocks on a
+    FIFO until something writes to it: the trainer never took its first step."""
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "hotcb.yaml")
+    trainer = start_trainer(os.fspath(run), os.fspath(tmp_path / "trace.jsonl"), steps=4)
+    code, _, err = trainer.finish(timeout=120)
+    assert code == 0, err
+    assert [s["step"] for s in trainer.steps()] == list(range(4))
+    assert "hotcb.yaml" in err and "not a regular file" in err, err
+
+
+def test_sparse_giant_files_in_a_served_run_are_not_read_whole(
+    tmp_path: Any, serve: Any, make_run: Any
+) -> None:
+    """A 1 GB sparse ``hotcb.run.json`` took the server to 2 GB at each runs list, a 2 GB
+    ``hotcb.features.jsonl`` to 2.3 GB at each features request (no line end: read again
+    every time). Both are refused past a size (nothing of them is a record)."""
+    root = tmp_path / "root"
+    big = make_run(root / "big")
+    for name, size in (("hotcb.run.json", 1 << 30), ("hotcb.features.jsonl", 2 << 30)):
+        with open(os.path.join(big, name), "wb") as f:
+            f.truncate(size)  # sparse: no disk used
+    assert jsonl.read_json(os.path.join(big, "hotcb.run.json"), "unreadable") == "unreadable"
+    token = "t-sparse"
+    proc = serve(root, env={"HOTCB_TOKEN": token})
+    for what in ("status", "features", "features", "features"):
+        assert _get(f"{proc.url}/api/runs/big/{what}", token) == 200, what
+    assert _get(f"{proc.url}/api/runs", token) == 200
+    assert proc.proc is not None
+    with open(f"/proc/{proc.proc.pid}/status") as f:  # VmHWM: the server's peak memory
+        (peak,) = [int(line.split()[1]) for line in f if line.startswith("VmHWM:")]
+    assert peak < 600 * 1024, f"{peak} kB"
+
+
 # -- the log files of hotcb.launch and hotcb demo --------------------------------------------------
 def test_a_link_planted_as_the_launch_log_is_refused(tmp_path: Any) -> None:
     """``hotcb.launch()`` appended the children's output (the dashboard's too) to whatever the

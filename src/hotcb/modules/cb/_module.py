@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ... import jsonl
 from ...errors import CodeLoadError, CommandError, PathNotAllowedError
 from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command, new_cmd_id
 from .._base import OpResult
@@ -856,7 +857,8 @@ def config_entries(path: str) -> list[ConfigEntry]:
         raise ImportError(
             f'{path} declares callbacks, reading it needs PyYAML: pip install "hotcb[yaml]"'
         ) from exc
-    with open(path, encoding="utf-8") as f:
+    fd, _ = jsonl.open_regular(path)  # a FIFO in its place would hang the trainer's start
+    with open(fd, encoding="utf-8") as f:
         try:
             doc = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
