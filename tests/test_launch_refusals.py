@@ -226,7 +226,8 @@ def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
     from hotcb.autopilot.ai import KEY_ENV
     from hotcb.notify._deliveries import SMTP_PASSWORD_ENV
 
-    assert set(SECRET_ENV) == {KEY_ENV, SMTP_PASSWORD_ENV}  # the names the helpers read
+    # the names the helpers read, and the dashboard's token
+    assert set(SECRET_ENV) == {KEY_ENV, SMTP_PASSWORD_ENV, "HOTCB_TOKEN"}
     site, up = tmp_path / "site", tmp_path / "up"
     site.mkdir()
     up.mkdir()
@@ -236,7 +237,8 @@ def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
         "starttls: true, user: u, password_env: MY_SMTP_PW}\n"
     )
     secrets = {"HOTCB_AI_KEY": "sk-hotcb-test-key-1234", "HOTCB_SMTP_PASSWORD": "smtp-pw-5678",
-               "MY_SMTP_PW": "file-pw-9012", "NOT_A_SECRET": "kept"}  # fmt: skip
+               "MY_SMTP_PW": "file-pw-9012", "HOTCB_TOKEN": "dashboard-token-3456",
+               "NOT_A_SECRET": "kept"}  # fmt: skip
     path = os.pathsep.join(p for p in (str(site), SUBPROCESS_ENV.get("PYTHONPATH")) if p)
     env = {**SUBPROCESS_ENV, **secrets, "PYTHONPATH": path, "HELPERS_UP": str(up),
            "SECRETS": ",".join(secrets)}  # fmt: skip
@@ -246,7 +248,7 @@ def test_the_helpers_secrets_stay_out_of_the_training(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     training = json.loads((tmp_path / "training.json").read_text())
     assert training == {"HOTCB_AI_KEY": None, "HOTCB_SMTP_PASSWORD": None, "MY_SMTP_PW": None,
-                        "NOT_A_SECRET": "kept"}  # fmt: skip
+                        "HOTCB_TOKEN": None, "NOT_A_SECRET": "kept"}  # fmt: skip
     for helper in ("autopilot", "notify"):
         assert json.loads((up / helper).read_text()) == secrets, helper
 

@@ -88,7 +88,7 @@ SERVE_TIMEOUT = 120.0
 #: the SMTP password of the notifications' e-mail (``hotcb.notify``'s default
 #: ``password_env``). Never in the training's environment (its code, its logs, its crash
 #: dumps, the libraries it imports); the autopilot and the notifier get them.
-SECRET_ENV = ("HOTCB_AI_KEY", "HOTCB_SMTP_PASSWORD")
+SECRET_ENV = ("HOTCB_AI_KEY", "HOTCB_SMTP_PASSWORD", "HOTCB_TOKEN")  # (the dashboard's token)
 
 _URL_LINE = re.compile(r"^hotcb dashboard for .*: (https?://\S+)\s*$")
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
