@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import sys
 import time
 import traceback
@@ -211,6 +212,7 @@ class HotKernel:
         self._other_pid: int | None = None  # another live trainer in this run directory
         self._opened_run = _dist.first_rank()  # this kernel wrote the run's hotcb.run.json
         if self._opened_run:  # the run's files exist from here on: `hotcb status` sees it
+            self._warn_if_open_to_all()
             for path in (self.paths.commands, self.paths.ledger):
                 if not os.path.exists(path):  # an idle poll is one stat, no raise; and a
                     # ledger that goes missing later is noticed. Never through a link planted
@@ -443,6 +445,23 @@ class HotKernel:
         point = SafePoint(step, events[0] if events else "train_step_end")
         self._ledger.point = point
         return point
+
+    def _warn_if_open_to_all(self) -> None:
+        """Say so when any user of the machine may write the run directory: whoever can write
+        its commands file (or put another in its place) steers the run, and runs code in it
+        while code loading is on."""
+        try:
+            mode = os.stat(self.run_dir).st_mode
+        except OSError:
+            return
+        if not mode & stat.S_IWOTH:
+            return
+        code = ", and run code in it (code loading is on)" if self.allow_code_load else ""
+        log.warning(
+            "hotcb: %s can be written by every user of this machine (mode %s): any of them "
+            "can steer this run through its commands file%s; chmod o-w it, or keep runs in a "
+            "folder of your own", self.run_dir, oct(stat.S_IMODE(mode)), code,
+        )  # fmt: skip
 
     def _heartbeat(self, step: Any, now: float) -> None:
         """Rank 0 replaces ``hotcb.heartbeat.json`` (step, wall time, pid, the ledger's seq),

@@ -392,3 +392,28 @@ def test_a_link_planted_as_the_autopilot_lock_creates_nothing(tmp_path: Any, cli
     assert "hotcb.autopilot.lock" in res.stderr and REFUSED in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert not os.path.lexists(target)
+
+
+def test_a_run_directory_every_user_can_write_is_said_at_the_start(
+    tmp_path: Any, caplog: Any
+) -> None:
+    """Another user replaced ``hotcb.commands.jsonl`` in a 0777 run directory with a ``cb
+    load`` of their own code, and the trainer ran it as its user, without a word about the
+    directory being open to everyone."""
+    from hotcb import HotKernel
+
+    run = tmp_path / "shared"
+    run.mkdir()
+    os.chmod(run, 0o777)
+    with caplog.at_level("WARNING", logger="hotcb"):
+        HotKernel(os.fspath(run)).close()
+    said = [
+        r.getMessage() for r in caplog.records if "every user of this machine" in r.getMessage()
+    ]
+    assert len(said) == 1 and "0o777" in said[0] and "run code in it" in said[0], caplog.text
+    caplog.clear()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    with caplog.at_level("WARNING", logger="hotcb"):
+        HotKernel(os.fspath(private), allow_code_load=False).close()
+    assert "every user" not in caplog.text
