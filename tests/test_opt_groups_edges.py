@@ -5,6 +5,7 @@ CLI, checked where a user looks (the optimizer's param groups, the ledger, ``hot
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,9 @@ def test_lr_that_would_put_a_group_out_of_bounds_is_refused_whole(
 ) -> None:
     assert loop.send(loop.client.opt(**{"lr@group1": 9.0}))["decision"] == "applied"
 
-    entry = loop.send(loop.client.opt(weight_decay=0.02, lr=1.0))
+    # (the CLI and a checking client refuse it before writing: the run's own check here)
+    unchecked = HotClient(loop.client.run_dir, validate=False)
+    entry = loop.send(unchecked.opt(weight_decay=0.02, lr=1.0))
 
     assert entry["decision"] == "rejected"
     assert "lr@group1 to 9000" in entry["error"]
@@ -303,3 +306,36 @@ def test_the_cli_refuses_a_knob_the_run_disabled(run_dir: str, cli: Any) -> None
     assert done.returncode == 2, done.stdout
     assert "'temperature' is disabled after 3 failed applies" in done.stderr
     assert "the sampler is gone" in done.stderr
+
+
+def test_a_multiplier_sent_on_a_stale_value_is_left_to_the_kernel_to_rebase(loop: Loop) -> None:
+    """The autopilot's lr × 2 computed from an lr a tuner roll-back has since taken back: the
+    client checked the value sent (group 1 would be 20, over 10) and refused what the kernel,
+    which applies the factor to the value in force, accepts."""
+    cid = loop.client.set_params("opt", {"lr": 4.0}, relative_to={"lr": 2.0})
+    assert loop.send(cid)["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([2e-3, 1e-2])
+
+
+def test_a_recipe_of_the_runs_own_changes_validates_on_a_twin_run(
+    loop: Loop, cli: Any, run_dir: str, tmp_path: Any
+) -> None:
+    """Entries in bounds only after an earlier entry moved the groups' ratio (or that set the
+    group themselves) were refused by ``recipe validate`` and ``freeze --mode replay`` once the
+    client checked group bounds against the values published now."""
+    for cmd in ({"lr@group1": 2e-3}, {"lr": 4.0}, {"lr": 5.0, "lr@group1": 9.0}):
+        assert loop.send(loop.client.opt(**cmd))["decision"] == "applied"
+    recipe = os.fspath(tmp_path / "rec.jsonl")
+    assert cli(run_dir, "recipe", "export", "--out", recipe).returncode == 0
+    model = TinyMLP()
+    twin = os.fspath(tmp_path / "twin")
+    for other in _loop(twin, [
+        {"params": [model[0].weight, model[2].weight]},
+        {"params": [model[0].bias, model[2].bias], "lr": 5e-3, "weight_decay": 0.0},
+    ]):  # fmt: skip
+        done = cli(twin, "recipe", "validate", "--recipe", recipe)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert cli(twin, "freeze", "--mode", "replay", "--recipe", recipe).returncode == 0
+        for _ in range(3):
+            other.tick()
+        assert other.lrs() == pytest.approx([5.0, 9.0])

@@ -118,15 +118,23 @@ def check_actuator_params(
                 f"(last error: {d.get('last_error')})"
             )
         _validator(d).validate(value)
-        _check_groups(key, value, params, by_key)
+
+
+def check_group_moves(params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse an ``lr`` (or ``weight_decay``) that would move a param group out of its bounds
+    (the kernel keeps the groups' ratios: ``lr=5`` with group 1 at 10× group 0's lr), as the
+    kernel would with the values published now, unless the command sets that group itself.
+    For a command about to be sent (a recipe's entries are checked without it: an earlier
+    entry may move the ratio first)."""
+    by_key = {a["param_key"]: a for a in published}
+    for key, value in params.items():
+        if key in by_key:
+            _check_groups(key, value, params, by_key)
 
 
 def _check_groups(
     key: str, value: Any, params: Mapping[str, Any], by_key: Mapping[str, Mapping[str, Any]]
 ) -> None:
-    """Refuse an ``lr`` (or ``weight_decay``) that would move a param group out of its bounds
-    (the kernel keeps the groups' ratios: ``lr=5`` with group 1 at 10× group 0's lr), as the
-    kernel would, unless the command sets that group itself."""
     base = by_key[key].get("current")
     if "@" in key or not _number(base) or not base or not _number(value):
         return
@@ -298,6 +306,8 @@ class HotClient:
             published = self._published()
             if published:
                 check_actuator_params(module, record["params"], published)
+                if not record.get("relative_to"):  # (the kernel rebases those on the value now)
+                    check_group_moves(record["params"], published)
                 if record.get("transition") is not None:
                     _check_rampable(record["params"], published)
             else:
