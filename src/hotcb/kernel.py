@@ -1319,11 +1319,13 @@ class HotKernel:
         adapters at each fit's start; nothing happens when the kernel is open and not
         stopped."""
         closed, stopped = self._closed, self._control.stop_requested
+        # a new fit may bring a new optimizer (also after a fit that raised, which left the
+        # run open): look at the next poll
+        self._stream.rebind_due = True
         if not (closed or stopped) or self._last_step is None:
             return  # nothing to reopen: the first loop, or one that ended on its own
         self._closed = False
         self._control.stop_requested = False
-        self._stream.rebind_due = True  # a new fit may bring a new optimizer: look at once
         paused, self._control.paused = self._control.paused, False
         self._stopped_by = None
         self._stream.end_ramps_with_loop()

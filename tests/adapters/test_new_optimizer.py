@@ -129,3 +129,44 @@ def test_a_second_lightning_fit_moves_the_knobs_at_its_first_poll_without_a_comm
     doc = jsonl.read_json(RunPaths(run).actuators, {})
     (lr,) = [a["current"] for a in doc["actuators"] if a["param_key"] == "lr"]
     assert lr < 0.003 + 1e-12  # the second optimizer's (its LambdaLR decays it), not 0.05's
+
+
+class Raises(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if trainer.global_step >= 3:
+            raise RuntimeError("a bug in the training code")
+
+
+@pytest.mark.slow
+def test_a_fit_again_after_one_that_raised_moves_the_knobs_to_its_optimizer(
+    tmp_path: Path,
+) -> None:
+    """The notebook's "fix the bug, fit again": the fit that raised left the run open, so the
+    next fit's start did not look for a new optimizer, and status showed the dead one's lr."""
+    from hotcb import jsonl
+    from hotcb.runfiles import RunPaths
+
+    run = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run, poll_interval_sec=0.0)
+    module = EX.DigitsModule(lr=0.05)
+    train, _ = EX.loaders()
+
+    def fit(*extra: Any) -> None:
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_steps=6, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, logger=False,
+            num_sanity_val_steps=0, limit_val_batches=0,
+            callbacks=[HotCBLightning(kernel), *extra],
+        )  # fmt: skip
+        trainer.fit(module, train)
+
+    with pytest.raises(RuntimeError, match="a bug in the training code"):
+        fit(Raises())
+    module.lr = 0.003
+    fit()
+    kernel.close()
+    (note,) = _entries(run, "new_optimizer")
+    assert 0.0025 < note["values"]["lr"] <= 0.003, note
+    doc = jsonl.read_json(RunPaths(run).actuators, {})
+    (lr,) = [a["current"] for a in doc["actuators"] if a["param_key"] == "lr"]
+    assert lr < 0.003 + 1e-12
