@@ -1,7 +1,7 @@
 // node --test tests/js/ — the pure helpers of the Knobs panel (src/hotcb/server/static/knobs.js),
 // on documents shaped as GET /api/runs/{run}/knobs answers.
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { describe, test } from "node:test";
 
 const knobs = await import(new URL("../../src/hotcb/server/static/knobs.js", import.meta.url).href);
 const { changeLines, emptyKnobsText, EMPTY_KNOBS, flatRange, knobData } = knobs;
@@ -71,4 +71,22 @@ test("a log lr axis labels a few decades only, so its labels never overlap", () 
   assert.equal(ticks.length, splits.length); // a filter: same length, null where dropped
   // a narrow span keeps each of its decades
   assert.deepEqual(knobs.thinLogTicks([1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 1e-2]), [1e-4, null, null, 1e-3, null, 1e-2]);
+});
+
+describe("a knob whose line the server thinned", () => {
+  test("each listed change is drawn at the value it set, not at the last kept point's", () => {
+    // points kept at 0, 10 and 20 only; changes at 11..14 (their own points thinned away)
+    const knob = {
+      points: { step: [0, 10, 20], value: [0.5, 0.9, 0.1] },
+      changes: [11, 12, 13, 14].map((step) => ({ step, new: step / 100, old: null })),
+    };
+    const [steps, values, marks] = knobData(knob);
+    assert.deepEqual(steps, [0, 10, 11, 12, 13, 14, 20]);
+    assert.deepEqual(values, [0.5, 0.9, 0.11, 0.12, 0.13, 0.14, 0.1]);
+    assert.deepEqual(marks, [null, null, 0.11, 0.12, 0.13, 0.14, null]);
+  });
+  test("a ramp's start with no point of its own holds the value in force there", () => {
+    const knob = { points: { step: [0, 30], value: [0.5, 0.2] }, changes: [{ step: 10, new: 0.2, old: 0.5, ramp: true }] };
+    assert.deepEqual(knobData(knob)[1], [0.5, 0.5, 0.2]);
+  });
 });

@@ -10,11 +10,12 @@ export function knobData(knob) {
   const points = knob.points.step;
   const have = new Set(points);
   // a change that left no point of its own (it set the value the knob had, or its point was
-  // thinned away): add one to mark it, with the value in force there (one merge of two sorted
-  // lists: a knob set at every step has as many changes as points)
-  const first = new Map();
-  for (const c of knob.changes || []) if (!have.has(c.step) && !first.has(c.step)) first.set(c.step, c.new);
-  const extra = [...first.keys()].sort((a, b) => a - b);
+  // thinned away): add one to mark it, with the value it set (the last change at its step; a
+  // ramp's start holds the value in force there). One merge of two sorted lists: a knob set at
+  // every step has as many changes as points
+  const set = new Map();
+  for (const c of knob.changes || []) if (!have.has(c.step)) set.set(c.step, c.ramp || typeof c.new !== "number" ? null : c.new);
+  const extra = [...set.keys()].sort((a, b) => a - b);
   const steps = [];
   const values = [];
   for (let i = 0, j = 0; i < points.length || j < extra.length; ) {
@@ -22,8 +23,9 @@ export function knobData(knob) {
       steps.push(points[i]);
       values.push(knob.points.value[i++]);
     } else {
+      const v = set.get(extra[j]);
       steps.push(extra[j]);
-      values.push(values.length ? values[values.length - 1] : first.get(extra[j]));
+      values.push(v ?? (values.length ? values[values.length - 1] : null));
       j++;
     }
   }
