@@ -100,8 +100,15 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     marker = next(m for m in d["markers"] if m["seq"] == entry["seq"])
     assert marker["step"] == entry["step"] and marker["source"] == "dashboard"
 
-    # hovering the marker says who changed what, old → new
-    page.locator('.chart-card[data-group="lr"] .marker').last.hover()
+    # hovering the marker's dot says who changed what, old → new; its line lets the pointer
+    # through to the chart (a drag-zoom starts there, however dense the markers)
+    mark = page.locator('.chart-card[data-group="lr"] .marker').last
+    hit = mark.evaluate(
+        "m => { const r = m.getBoundingClientRect();"
+        " return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2).className; }"
+    )
+    assert "marker" not in hit, hit
+    mark.hover(position={"x": 5, "y": 3})
     tip = page.locator("#tip")
     tip.wait_for(state="visible")
     assert "dashboard" in tip.inner_text() and "lr:" in tip.inner_text()
@@ -145,7 +152,9 @@ def test_page_draws_live_run_and_lr_slider_steers_it(page: Any, server: Any, run
     page.locator(f'#ledger-body tr[data-cmd="{recon[-1]["cmd_id"]}"] .imp-mean').wait_for()
     height = page.evaluate("document.documentElement.scrollHeight")
     page.set_viewport_size({"width": 1440, "height": height})  # whole page, tooltip kept
-    page.locator(f'.chart-card[data-group="loss:total"] .marker[data-seq="{entry["seq"]}"]').hover()
+    page.locator(f'.chart-card[data-group="loss:total"] .marker[data-seq="{entry["seq"]}"]').hover(
+        position={"x": 5, "y": 3}
+    )
     tip.wait_for(state="visible")
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     page.screenshot(path=SCREENSHOT)
