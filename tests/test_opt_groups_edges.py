@@ -267,6 +267,16 @@ def test_lr_with_group_0_frozen_at_zero_is_refused_not_unfrozen(run_dir: str) ->
         assert loop.lrs() == [0.0, 2e-3, 1e-4]
 
 
+def test_lr_with_group_0_frozen_mid_run_is_refused_too(loop: Loop) -> None:
+    """Frozen by the user's code after the ratios were seen: ``lr`` gave group 0 the value
+    (unfroze it) and the others their old share."""
+    loop.opt.param_groups[0]["lr"] = 0.0  # the backbone frozen mid-run
+    loop.tick()
+    entry = loop.send(loop.client.opt(lr=0.3))
+    assert entry["decision"] == "rejected" and "frozen at lr 0" in entry["error"]
+    assert loop.lrs() == [0.0, 5e-3]
+
+
 def test_lr_from_a_warm_up_at_zero_in_every_group_still_sets_them(run_dir: str) -> None:
     model = TinyMLP()
     groups = [{"params": [model[0].weight], "lr": 0.0}, {"params": [model[2].weight], "lr": 0.0}]

@@ -178,6 +178,14 @@ def test_init_through_a_symlink_to_a_run_not_made_yet_makes_its_target(
         assert drv.weights["aux"] == 0.5
 
 
+def test_init_through_a_loop_of_links_says_so_in_one_line(tmp_path: Any, cli: Any) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    res = cli(os.fspath(tmp_path / "a"), "init")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "a loop of links?" in res.stderr and "Errno" not in res.stderr
+
+
 def test_a_command_to_a_live_run_whose_loop_stopped_polling_says_it_waits(
     run_dir: str, cli: Any
 ) -> None:

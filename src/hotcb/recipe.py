@@ -36,7 +36,7 @@ from .errors import ActuatorError, CommandError, PathNotAllowedError, RecipeErro
 from .freeze import FreezeState
 from .ledger import applied_params, iter_entries, live_entries
 from .ops import HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths, confine_path
+from .runfiles import FORMAT_VERSION, RunPaths, confine_path, shell_path
 
 __all__ = [
     "RECIPE_KIND",
@@ -715,7 +715,7 @@ def read_recipe(path: str | os.PathLike[str]) -> Recipe:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise RecipeError(
             f"recipe {recipe.path} has {len(problems)} problem(s): {shown}{more}; "
-            f"run 'hotcb recipe validate --recipe {recipe.path}' for the list"
+            f"run 'hotcb recipe validate --recipe {shell_path(recipe.path)}' for the list"
         )
     return recipe
 

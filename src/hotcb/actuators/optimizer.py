@@ -187,15 +187,13 @@ def optimizer_actuators(
 
 
 def _from_frozen(ratios: _Ratios, names: list[str]) -> Any:
-    """``refuses`` of ``lr``: group 0 frozen at lr 0 while another group trains, with no
-    ratios seen, gives no factor to move the others by (setting every group to the value
-    unfroze the backbone and flattened the groups' lrs). Every group at 0 (a warm-up from 0)
-    still gets the value."""
+    """``refuses`` of ``lr``: group 0 frozen at lr 0 while another group trains gives no
+    factor to move the others by (setting every group to the value unfroze the backbone and
+    flattened the groups' lrs; with ratios seen before the freeze, it unfroze it all the
+    same). Every group at 0 (a warm-up from 0, a schedule's end) still gets the value."""
 
     def refuses(value: Any, env: Env) -> str | None:
-        if ratios.observe() or ratios.seen is not None:
-            return None
-        if not any(_get(g, "lr") for g in ratios.groups[1:]):
+        if ratios.observe() or not any(_get(g, "lr") for g in ratios.groups[1:]):
             return None
         shown = ", ".join(names[1:3]) + (", …" if len(names) > 3 else "")
         return (f"param group {names[0].split('@', 1)[-1]} is frozen at lr 0 while others "

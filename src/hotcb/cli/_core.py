@@ -154,7 +154,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     if folder is not None:  # init would make it a run: commands queued there wait for good
         raise UsageError(f"{folder}; 'init' would make the folder a run of its own")
     # (through a symlink to a run not made yet, runs/latest: its target, as the kernel does)
-    os.makedirs(os.path.realpath(paths.root), exist_ok=True)
+    try:
+        os.makedirs(os.path.realpath(paths.root), exist_ok=True)
+    except OSError as exc:  # a loop of links, a file in the way, no permission
+        why = exc.strerror or str(exc)
+        if os.path.islink(paths.root):
+            why += (f" ({paths.root} is a symbolic link to {os.readlink(paths.root)!r}, which "
+                    "leads to no folder that can be made: a loop of links?)")  # fmt: skip
+        raise UsageError(f"cannot make the run directory {paths.root}: {why}") from exc
     os.close(jsonl.open_own(paths.commands, os.O_WRONLY | os.O_CREAT | os.O_APPEND)[0])
     print(paths.root)
     return 0
