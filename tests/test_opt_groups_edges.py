@@ -349,3 +349,12 @@ def test_a_recipe_of_the_runs_own_changes_validates_on_a_twin_run(
         for _ in range(3):
             other.tick()
         assert other.lrs() == pytest.approx([5.0, 9.0])
+
+
+def test_a_multiplier_from_the_value_in_force_is_still_checked_before_writing(loop: Loop) -> None:
+    from hotcb.errors import ActuatorError
+
+    with pytest.raises(ActuatorError, match="would set lr@group1 to 25"):
+        loop.client.set_params("opt", {"lr": 5.0}, relative_to={"lr": 1e-3})
+    with open(loop.client.paths.commands) as f:
+        assert not f.read().strip()

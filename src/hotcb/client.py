@@ -120,16 +120,26 @@ def check_actuator_params(
         _validator(d).validate(value)
 
 
-def check_group_moves(params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]) -> None:
+def check_group_moves(
+    params: Mapping[str, Any],
+    published: Sequence[Mapping[str, Any]],
+    relative_to: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse an ``lr`` (or ``weight_decay``) that would move a param group out of its bounds
     (the kernel keeps the groups' ratios: ``lr=5`` with group 1 at 10× group 0's lr), as the
     kernel would with the values published now, unless the command sets that group itself.
     For a command about to be sent (a recipe's entries are checked without it: an earlier
-    entry may move the ratio first)."""
+    entry may move the ratio first). A multiplier (``relative_to``) computed from a value
+    that is no longer the one published is left to the kernel, which applies its factor to
+    the value in force."""
     by_key = {a["param_key"]: a for a in published}
     for key, value in params.items():
-        if key in by_key:
-            _check_groups(key, value, params, by_key)
+        if key not in by_key:
+            continue
+        basis = (relative_to or {}).get(key)
+        if basis is not None and basis != by_key[key].get("current"):
+            continue  # rebased by the kernel
+        _check_groups(key, value, params, by_key)
 
 
 def _check_groups(
@@ -306,8 +316,7 @@ class HotClient:
             published = self._published()
             if published:
                 check_actuator_params(module, record["params"], published)
-                if not record.get("relative_to"):  # (the kernel rebases those on the value now)
-                    check_group_moves(record["params"], published)
+                check_group_moves(record["params"], published, record.get("relative_to"))
                 if record.get("transition") is not None:
                     _check_rampable(record["params"], published)
             else:
