@@ -277,6 +277,15 @@ def test_lr_with_group_0_frozen_mid_run_is_refused_too(loop: Loop) -> None:
     assert loop.lrs() == [0.0, 5e-3]
 
 
+def test_lr_with_group_0_frozen_is_taken_when_the_command_sets_every_group(run_dir: str) -> None:
+    model = TinyMLP()
+    groups = [{"params": [model[0].weight], "lr": 0.0}, {"params": [model[2].weight], "lr": 1e-2}]
+    for loop in _loop(run_dir, groups):
+        cmd = {"lr": 0.1, "lr@group0": 0.01, "lr@group1": 0.2}
+        assert loop.send(loop.client.opt(**cmd))["decision"] == "applied"
+        assert loop.lrs() == pytest.approx([0.01, 0.2])
+
+
 def test_lr_from_a_warm_up_at_zero_in_every_group_still_sets_them(run_dir: str) -> None:
     model = TinyMLP()
     groups = [{"params": [model[0].weight], "lr": 0.0}, {"params": [model[2].weight], "lr": 0.0}]

@@ -396,7 +396,10 @@ class MutableState:
         """``act.moves(value, env)`` after checking each value against its bounds (a value
         an actuator has now is not a move: ``lr`` leaves a group frozen at lr 0 at 0), and
         after :attr:`HotcbActuator.refuses`."""
-        why = act.refuses(value, env) if act.refuses is not None else None
+        # (a command that sets every key an actuator covers itself, lr and each lr@group: what
+        # the broad one would refuse to work out, the narrow ones say)
+        whole = bool(act.covers) and act.covers <= set(given)
+        why = act.refuses(value, env) if act.refuses is not None and not whole else None
         if why:
             raise ActuatorError(
                 f"{act.param_key}={_fmt(value)} would not hold: {why}; nothing changed"
