@@ -103,15 +103,29 @@ def serve(tmp_path: Any) -> Iterator[Callable[..., Any]]:
         proc.stop()
 
 
-@pytest.fixture
-def other_origin() -> Iterator[Callable[[dict[str, str]], str]]:
+class OtherOrigin:
     """``other_origin({"/path": html})`` serves those pages from another port of 127.0.0.1
-    (another origin than the dashboard) and returns its base URL."""
-    servers: list[http.server.ThreadingHTTPServer] = []
+    (another origin than the dashboard) and returns its base URL. ``requests`` holds what
+    reached the attacker: ``(method, path, headers)`` of every request, bodies included as a
+    ``body`` header."""
 
-    def start(pages: dict[str, str]) -> str:
+    def __init__(self) -> None:
+        self.servers: list[http.server.ThreadingHTTPServer] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+    def __call__(self, pages: dict[str, str]) -> str:
+        seen = self.requests
+
         class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                headers = dict(self.headers.items())
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    headers["body"] = self.rfile.read(length).decode("latin-1")
+                seen.append((self.command, self.path, headers))
+
             def do_GET(self) -> None:
+                self._record()
                 body = pages.get(self.path.split("?", 1)[0])
                 if body is None:
                     self.send_error(404)
@@ -123,18 +137,31 @@ def other_origin() -> Iterator[Callable[[dict[str, str]], str]]:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_POST(self) -> None:
+                self._record()
+                self.send_response(204)
+                self.end_headers()
+
             def log_message(self, *args: Any) -> None:
                 pass
 
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        servers.append(httpd)
+        self.servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}"
 
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
+    def close(self) -> None:
+        for httpd in self.servers:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+@pytest.fixture
+def other_origin() -> Iterator[OtherOrigin]:
+    """The attacker's website, see :class:`OtherOrigin`."""
+    site = OtherOrigin()
+    yield site
+    site.close()
 
 
 @pytest.fixture(scope="module")  # not session: its event loop would outlive the module

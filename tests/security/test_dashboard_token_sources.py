@@ -73,3 +73,31 @@ def test_hotcb_token_is_stripped_like_a_token_file(
     assert srv.stdout().count("?token=env-t0ken-value\n") == 1
     r = httpx.get(srv.url + "/api/runs", headers={"Authorization": "Bearer env-t0ken-value"})
     assert r.status_code == 200
+
+
+def test_a_token_that_is_not_printable_ascii_is_refused_unshown(tmp_path: Any) -> None:
+    """A token travels in an HTTP header, where ``tök€`` arrives differently from every client
+    (the page's fetch cannot send it at all): ``hotcb serve`` refuses it (exit 2), naming where
+    it came from, and without printing the token."""
+    env = {**os.environ, "HOTCB_TOKEN": "s3cret-tök€"}
+    out = subprocess.run(
+        [sys.executable, "-m", "hotcb", "--dir", os.fspath(tmp_path), "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("hotcb: error: HOTCB_TOKEN: the token must be printable ASCII")
+    assert "s3cret" not in out.stdout + out.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-tök€\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    del env["HOTCB_TOKEN"]
+    out = subprocess.run(
+        [sys.executable, "-m", "hotcb", "--dir", os.fspath(tmp_path), "serve", "--port", "0",
+         "--token-file", os.fspath(token_file)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--token-file: the token must be printable ASCII" in out.stderr
+    assert "s3cret" not in out.stdout + out.stderr

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 from ._common import DIRECTION_DEFAULT
 
@@ -28,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Serve the dashboard for --dir (a run directory or a folder of runs). "
         "Settings: defaults < --config YAML < HOTCB_* env < these flags. A token is required "
         "on every address (Jupyter's model): give it in $HOTCB_TOKEN or --token-file, or let "
-        "the server generate one; the URL printed at start carries it once, then the browser "
-        "keeps it in a cookie. Scripts send 'Authorization: Bearer <token>'. With --notify "
+        "the server generate one; the URL printed at start carries it once, then the page "
+        "keeps it in its own browser storage (never a cookie). Scripts send 'Authorization: Bearer <token>'. With --notify "
         "(or a quick --notify-* flag) the server also sends each live run's alerts "
         "(docs/notify.md).",
     )
@@ -154,7 +155,8 @@ def _one_line(exc: ValueError, args: argparse.Namespace | None = None) -> str:
         where = _setting_source([str(p) for p in e.get("loc") or ()], args)
         msg = str(e.get("msg") or "invalid").removeprefix("Input should be ").removeprefix(
             "Value error, ")  # fmt: skip
-        said.append(f"{where}: {msg}, got {e.get('input')!r}")
+        secret = [str(p) for p in e.get("loc") or ()] == ["token"]  # never echoed
+        said.append(f"{where}: {msg}" if secret else f"{where}: {msg}, got {e.get('input')!r}")
     return "; ".join(said) or str(exc)
 
 
@@ -162,6 +164,8 @@ def _setting_source(loc: list[str], args: argparse.Namespace | None) -> str:
     """``--port`` for a flag given, ``HOTCB_UI__STALE_AFTER_SEC`` for a variable set, else
     ``ui.stale_after_sec in FILE`` (the ``--config`` file)."""
     flag = "--" + ".".join(loc).replace("_", "-")
+    if loc == ["token"]:  # no such flag: HOTCB_TOKEN or --token-file
+        return "--token-file" if getattr(args, "token_file", None) else "HOTCB_TOKEN"
     if args is None:
         return flag
     if len(loc) == 1 and getattr(args, loc[0], None) not in (None, False):
@@ -225,7 +229,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"cannot listen on {config.host}:{config.port} ({exc.strerror}); {hint}"
         ) from None
     port = sock.getsockname()[1]
-    query = f"?token={config.token}" if config.token else ""  # the one place it is printed
+    # the one place the token is printed; encoded, so "&", "#" or "+" in a chosen one survive
+    query = "?" + urlencode({"token": config.token}) if config.token else ""
     everywhere = config.host in ("0.0.0.0", "::")  # a URL with 0.0.0.0 opens nothing
     shown = "127.0.0.1" if everywhere else config.host
     shown = f"[{shown}]" if ":" in shown else shown

@@ -1,15 +1,23 @@
 """Who may talk to the server: the token check and the same-origin guard.
 
-The token travels as ``Authorization: Bearer T`` (API clients), or as the ``hotcb_token_<port>``
-cookie (HttpOnly, SameSite=Strict) that the server sets when a browser opens the printed URL
-``/?token=T``: that request is answered with a redirect to the same address without the token,
-so the token leaves the address bar, the history and the ``Referer`` at once. ``?token=T`` on an
-API call or on ``/ws`` is still accepted for scripts (and redacted from the logs, see
-:mod:`hotcb.server.logs`). The page itself (``GET /``, ``/static/*``) and ``/api/health`` are
-public: they hold no data and no secret. A refused WebSocket gets an HTTP 401 handshake answer.
+The token travels as ``Authorization: Bearer T``: API clients send it themselves, and so does
+the page, which keeps it in its origin's ``localStorage``. A browser opens the printed URL
+``/?token=T``; that request is answered with a redirect to ``/#token=T`` (other query
+parameters kept); the page takes the token out of the address, and keeps it in its storage
+once the server has taken it (a link to ``/#token=junk`` does not replace a working one). A
+fragment is never sent to a server nor in a ``Referer``; the storage is the
+page's own origin's, which includes the port. No cookie is ever set: browsers send a host's
+cookies to every port of that host (``SameSite`` does not tell ports apart either), so a page
+served by anyone else on another port of 127.0.0.1 would be sent the token with its own
+requests. A cookie an older hotcb set is expired when it is seen (on HTTP answers), and never
+read.
 
-The cookie's name carries the server's port: browsers send a host's cookies to every port of
-that host, so two dashboards on one machine would otherwise overwrite each other's token.
+A browser's WebSocket cannot send headers: the page offers the subprotocols ``hotcb`` and
+``hotcb.token.<the token's UTF-8 bytes in hex>``, and the server accepts ``hotcb``
+(:func:`ws_subprotocol`). ``?token=T`` on an API call or on ``/ws`` is still accepted for
+scripts (and redacted from the logs, see :mod:`hotcb.server.logs`). The page itself (``GET /``,
+``/static/*``), the API's description (``/docs``, ``/openapi.json``) and ``/api/health`` are
+public: they hold no data and no secret. A refused WebSocket gets an HTTP 401 handshake answer.
 """
 
 from __future__ import annotations
@@ -24,16 +32,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .logs import mark_ws_refused
 
 __all__ = [
-    "COOKIE_NAME",
     "PUBLIC_PATHS",
+    "WS_SUBPROTOCOL",
     "SameOriginMiddleware",
     "TokenAuthMiddleware",
-    "cookie_name",
     "refuse_http",
+    "ws_subprotocol",
 ]
 
-COOKIE_NAME = "hotcb_token"
-PUBLIC_PATHS = frozenset({"/", "/index.html", "/api/health", "/favicon.ico"})
+#: The cookie an older hotcb kept the token in (``hotcb_token_<port>``): expired on sight.
+LEGACY_COOKIE = "hotcb_token"
+#: The WebSocket subprotocol the page offers and the server accepts; the token rides beside it
+#: as ``hotcb.token.<hex>``.
+WS_SUBPROTOCOL = "hotcb"
+WS_TOKEN_PREFIX = "hotcb.token."
+PUBLIC_PATHS = frozenset(
+    {"/", "/index.html", "/api/health", "/favicon.ico", "/docs", "/openapi.json"}
+)
 PAGE_PATHS = frozenset({"/", "/index.html"})
 WS_CLOSE_UNAUTHORIZED = 4401
 _TOKEN_HELP = (
@@ -46,21 +61,34 @@ def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith("/static/")
 
 
-def cookie_name(scope: Scope) -> str:
-    """``hotcb_token_<port>`` for the server that answers ``scope``."""
+def _legacy_cookies(scope: Scope) -> list[str]:
+    """The cookies an older hotcb set (``hotcb_token_<port>``, and before it ``hotcb_token``)
+    that this request carries; tolerant of other sites' odd cookies on the same host."""
+    header = _header(scope, b"cookie")
+    if not header:
+        return []
     server = scope.get("server")
-    return f"{COOKIE_NAME}_{server[1]}" if server and server[1] else COOKIE_NAME
+    names = {LEGACY_COOKIE, f"{LEGACY_COOKIE}_{server[1]}" if server else LEGACY_COOKIE}
+    present = {part.strip().partition("=")[0] for part in header.split(";")}
+    return sorted(names & present)
 
 
-def _cookies(header: str) -> dict[str, str]:
-    """A ``Cookie`` header as a dict; tolerant of other sites' odd cookies on the same host
-    (``http.cookies.SimpleCookie`` gives up on the whole header at the first one)."""
-    out: dict[str, str] = {}
-    for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name:
-            out.setdefault(name, value.strip().strip('"'))
-    return out
+def _subprotocol_token(scope: Scope) -> str | None:
+    """The token a browser's WebSocket offered as ``hotcb.token.<hex>`` (``None`` if none, or
+    not hex of UTF-8)."""
+    for proto in scope.get("subprotocols") or ():
+        if proto.startswith(WS_TOKEN_PREFIX):
+            try:
+                return bytes.fromhex(proto[len(WS_TOKEN_PREFIX) :]).decode()
+            except ValueError:
+                return None
+    return None
+
+
+def ws_subprotocol(scope: Scope) -> str | None:
+    """The subprotocol to accept a WebSocket with: ``hotcb`` when the client offered it (a
+    browser fails a connection whose offered subprotocols all go unanswered), else none."""
+    return WS_SUBPROTOCOL if WS_SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -88,11 +116,8 @@ class TokenAuthMiddleware:
             scheme, _, cred = auth.partition(" ")
             if scheme.lower() == "bearer" and cred.strip():
                 return cred.strip(), False
-        cookie = _header(scope, b"cookie")
-        if cookie:
-            value = _cookies(cookie).get(cookie_name(scope))
-            if value:
-                return value, False
+        if scope["type"] == "websocket":
+            return _subprotocol_token(scope), False
         return None, False
 
     def _ok(self, presented: str | None) -> bool:
@@ -107,6 +132,9 @@ class TokenAuthMiddleware:
             return
         presented, in_query = self._presented(scope)
         ok = self._ok(presented)
+        stale = _legacy_cookies(scope) if scope["type"] == "http" else []
+        if stale:
+            send = _expiring(stale, send)
         if scope["type"] == "websocket":
             if ok:
                 await self.app(scope, receive, send)
@@ -114,22 +142,16 @@ class TokenAuthMiddleware:
                 await _refuse_ws(scope, receive, send, 401, "missing or wrong token")
             return
         if in_query and scope["method"] in ("GET", "HEAD") and _navigation(scope):
-            await self._redirect(scope, send, set_cookie=ok)
+            await self._redirect(scope, send, ok=ok)
             return
         if not ok and not _public(scope["path"]):
             await refuse_http(send, 401, _TOKEN_HELP, [(b"www-authenticate", b"Bearer")])
             return
-        if ok and in_query:
-            send = self._with_cookie(scope, send)
         await self.app(scope, receive, send)
 
-    def _cookie(self, scope: Scope) -> bytes:
-        assert self.token is not None
-        name = cookie_name(scope)
-        return f"{name}={self.token}; HttpOnly; SameSite=Strict; Path=/".encode()
-
-    async def _redirect(self, scope: Scope, send: Send, *, set_cookie: bool) -> None:
-        """303 to the same address without ``token`` (other query parameters kept)."""
+    async def _redirect(self, scope: Scope, send: Send, *, ok: bool) -> None:
+        """303 to the same address without ``token`` (other query parameters kept); the page
+        itself gets a right token back in the fragment, where its script takes it."""
         query = [
             (k, v)
             for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
@@ -138,31 +160,43 @@ class TokenAuthMiddleware:
         # one leading slash: "//evil.example/?token=…" must not become a redirect off-site
         path = "/" + scope["path"].lstrip("/")
         location = quote(path) + (f"?{urlencode(query)}" if query else "")
+        if ok and path in PAGE_PATHS:
+            assert self.token is not None
+            location += "#" + urlencode({"token": self.token})
         headers = [
             (b"location", location.encode("latin-1")),
             (b"cache-control", b"no-store"),
+            (b"referrer-policy", b"no-referrer"),
             (b"content-length", b"0"),
         ]
-        if set_cookie:
-            headers.append((b"set-cookie", self._cookie(scope)))
         await send({"type": "http.response.start", "status": 303, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    def _with_cookie(self, scope: Scope, send: Send) -> Send:
-        cookie = self._cookie(scope)
 
-        async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
-            await send(message)
+def _expiring(names: list[str], send: Send) -> Send:
+    """``send`` that also tells the browser to drop the cookies ``names``."""
+    headers = [
+        (b"set-cookie", f"{name}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict".encode())
+        for name in names
+    ]
 
-        return wrapped
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), *headers]
+        await send(message)
+
+    return wrapped
 
 
 def _navigation(scope: Scope) -> bool:
-    """A browser opening an address (the page, or e.g. ``/docs``), as opposed to a script."""
-    return scope["path"] in PAGE_PATHS or _header(scope, b"sec-fetch-mode") == "navigate"
+    """A browser opening the page or another public address (e.g. ``/docs``), as opposed to a
+    script: the token is taken out of its address. An API address opened in the browser keeps
+    ``?token=`` (the token is what lets it answer)."""
+    path = scope["path"]
+    if path in PAGE_PATHS:
+        return True
+    return _public(path) and _header(scope, b"sec-fetch-mode") == "navigate"
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -173,7 +173,14 @@ class DashboardConfig(BaseSettings):
     def _blank_token_is_none(cls, v: str | None) -> str | None:
         # surrounding blanks are no part of a token (read_token_file strips them too); a blank
         # HOTCB_TOKEN is an empty one: a token is generated
-        return (v or "").strip() or None
+        token = (v or "").strip() or None
+        if token and not all(" " <= c <= "~" for c in token):
+            raise ValueError(
+                "the token must be printable ASCII (letters, digits, punctuation): it travels "
+                "in an HTTP header, where other characters do not arrive the same from every "
+                "client; choose another, or let 'hotcb serve' generate one"
+            )
+        return token
 
     @classmethod
     def settings_customise_sources(

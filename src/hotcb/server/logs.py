@@ -6,7 +6,8 @@ token in every log file. :func:`install_log_filters` puts a :class:`RedactTokens
 both loggers (``hotcb serve`` and :func:`hotcb.server.app.create_app` call it; it is idempotent).
 
 At ``--log-level debug`` the WebSocket handshake logs the request's headers, the token's
-``authorization`` and ``cookie`` among them: their values are redacted too.
+``authorization``, ``sec-websocket-protocol`` (the page's WebSocket offers the token there) and
+``cookie`` among them: their values are redacted too.
 
 The same filter drops one bogus line: uvicorn's ``websockets-sansio`` protocol logs
 ``ERROR: ASGI callable returned without completing handshake.`` after a WebSocket refused with
@@ -24,11 +25,17 @@ from typing import Any
 
 __all__ = ["RedactTokens", "install_log_filters", "mark_ws_refused", "redact"]
 
-LOGGERS = ("uvicorn.access", "uvicorn.error")
+#: ``uvicorn.asgi`` is ``--log-level trace``: it logs each connection's ASGI scope (query string
+#: and WebSocket subprotocols included).
+LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn.asgi")
 
 # "token" as a query name, any of its letters percent-encoded (``tok%65n`` is read as token)
 _TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
-_TOKEN_IN_QUERY = re.compile(rf"(?i)((?:^|[?&;\s/]){_TOKEN_NAME}=)[^&\s\"']*")
+# the value runs to the next "&" or blank, but for a quote just before it (a quote inside may be
+# part of a token, as curl sends it)
+_TOKEN_IN_QUERY = re.compile(rf"(?i)((?:^|[?&;\s/'\"]){_TOKEN_NAME}=)[^&\s]*?(?=[\"']?(?:[&\s]|$))")
+# the page's WebSocket offers the token as the subprotocol ``hotcb.token.<hex>``
+_TOKEN_SUBPROTOCOL = re.compile(r"(?i)(hotcb\.token\.)[0-9a-f]*")
 _INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 #: Set in the task of a WebSocket connection that was refused with an HTTP answer.
@@ -44,14 +51,18 @@ def mark_ws_refused() -> None:
 
 #: Headers that carry the token: at ``--log-level debug`` the WebSocket handshake logs every
 #: request header as ``< %s: %s`` (name, value), and the response's ``set-cookie``.
-_SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
-_TOKEN_IN_HEADER = re.compile(r"(?i)((?:authorization|cookie):\s*).+")
+_SECRET_HEADERS = frozenset(
+    {"authorization", "cookie", "set-cookie", "proxy-authorization", "sec-websocket-protocol"}
+)
+_TOKEN_IN_HEADER = re.compile(r"(?i)((?:authorization|cookie|sec-websocket-protocol):\s*).+")
 
 
 def redact(text: str) -> str:
     """``…?token=SECRET&run=a`` → ``…?token=[redacted]&run=a``; a header line ``authorization:
-    Bearer SECRET`` (or ``cookie: …``) → ``authorization: [redacted]``."""
-    return _TOKEN_IN_HEADER.sub(r"\1[redacted]", _TOKEN_IN_QUERY.sub(r"\1[redacted]", text))
+    Bearer SECRET`` (or ``cookie: …``) → ``authorization: [redacted]``; ``hotcb.token.HEX`` →
+    ``hotcb.token.[redacted]``."""
+    text = _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+    return _TOKEN_SUBPROTOCOL.sub(r"\1[redacted]", _TOKEN_IN_HEADER.sub(r"\1[redacted]", text))
 
 
 def _clean(value: Any) -> Any:
@@ -67,7 +78,11 @@ class RedactTokens(logging.Filter):
             return False
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
+        if isinstance(record.args, tuple) and any(
+            not isinstance(a, (str, int, float)) for a in record.args
+        ):  # e.g. a scope dict (trace): redact the message it makes
+            record.msg, record.args = redact(record.getMessage()), ()
+        elif isinstance(record.args, tuple):
             args = record.args
             if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:  # a header dump
                 args = (args[0], "[redacted]")

@@ -233,8 +233,10 @@ def test_impact_only_on_value_changes_once_per_step(page: Any, server: Any, runs
             const out = [];
             for (const params of changes) {
                 const r = await fetch('/api/runs/live/commands', {method: 'POST',
-                    headers: {'content-type': 'application/json'},
+                    headers: {'content-type': 'application/json',
+                              authorization: `Bearer ${localStorage.getItem('hotcb.token')}`},
                     body: JSON.stringify({module: 'loss', op: 'set_params', params, at_step: at})});
+                if (!r.ok) throw new Error(`${r.status} ${await r.text()}`);
                 out.push((await r.json()).cmd_id);
             }
             return out;

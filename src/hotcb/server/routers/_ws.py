@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ... import __version__
+from ..auth import ws_subprotocol
 from ..deps import Deps
 from ..hub import Subscriber
 from ..runs import RunNotFound, RunState
@@ -114,7 +115,7 @@ def create_ws_router(deps: Deps) -> APIRouter:
 
     @router.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
+        await websocket.accept(subprotocol=ws_subprotocol(websocket.scope))
         sub = hub.connect()
         ui = deps.config.ui.model_dump(mode="json")
         hub.send(sub, {"type": "hello", "version": __version__, "config": ui})

@@ -1,8 +1,11 @@
 // REST and WebSocket access to the hotcb server. The only module that knows URLs.
 //
-// The page never sees the access token: opening the printed URL (`/?token=T`) makes the server
-// set an HttpOnly cookie and redirect to the same address without the token. fetch() and the
-// WebSocket send that cookie by themselves (same origin), so no URL here carries a token.
+// The access token: opening the printed URL (`/?token=T`) is answered with a redirect to
+// `/#token=T`; takeTokenFromAddress() takes it out of the address, and once the server has
+// taken it, it is kept in this origin's localStorage (the origin includes the port: a page on
+// another port of the host cannot read it). fetch() sends it as `Authorization: Bearer`, the
+// WebSocket as the subprotocol `hotcb.token.<hex>`: no URL here carries it, and no cookie does
+// (browsers send a host's cookies to every port of it).
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -20,6 +23,65 @@ function detailText(detail) {
   return JSON.stringify(detail);
 }
 
+const TOKEN_KEY = "hotcb.token";
+// A token from the address is only tried until the server has taken it: any site can send the
+// browser to `/#token=junk`, and a stored token that works must not be replaced by that.
+let candidate = null;
+let pageToken = null; // where the storage is off (a sandbox): this page's own copy
+
+/** Take `#token=T` out of the address (the server's redirect of the printed URL puts it
+ * there); other parts of the fragment stay. The page tries it first; it is stored once the
+ * server takes it (storeIfTaken). */
+export function takeTokenFromAddress() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const t = hash.get("token");
+  if (t == null) return;
+  hash.delete("token");
+  if (t) candidate = t;
+  const rest = hash.toString();
+  history.replaceState(history.state, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
+}
+
+function storedToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+/** The token to present: one from the address not yet judged, else the newest stored one
+ * (another tab may have stored a new one since), else this page's copy, else null (a server
+ * without a token). */
+function currentToken() {
+  return candidate ?? storedToken() ?? pageToken;
+}
+
+/** What the server's answer to a call that needs the token says of a candidate: taken (2xx),
+ * it is stored for every tab; refused (401), it is dropped. */
+function judge(token, res) {
+  if (token !== candidate) return;
+  if (res.status === 401) {
+    candidate = null;
+  } else if (res.ok) {
+    candidate = null;
+    pageToken = token;
+    try {
+      localStorage.setItem(TOKEN_KEY, token);
+    } catch {
+      /* storage off: this page keeps its copy */
+    }
+  }
+}
+
+const hex = (text) => Array.from(new TextEncoder().encode(text), (b) => b.toString(16).padStart(2, "0")).join("");
+
+/** The WebSocket's subprotocols: `hotcb`, which the server accepts, and the token beside it. */
+function socketProtocols() {
+  const t = currentToken();
+  return t ? ["hotcb", `hotcb.token.${hex(t)}`] : ["hotcb"];
+}
+
 let unauthorized = () => {};
 
 /** `fn()` is called on every 401: the server does not take the page's token (a restart with a
@@ -30,16 +92,14 @@ export function onUnauthorized(fn) {
 
 /** fetch() on the page's origin; JSON in and out; non-2xx raises ApiError with the server's
  * reason (and a 401 also goes to the onUnauthorized handler). */
-export async function api(path, { method = "GET", body, raw = false } = {}) {
-  const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    cache: "no-store",
-    credentials: "same-origin",
-  });
+export async function api(path, { method = "GET", body, raw = false } = {}, retried = false) {
+  const token = currentToken();
+  const res = await call(path, method, body, token);
+  if (path !== "/api/health") judge(token, res); // /api/health answers anyone
+  if (res.status === 401 && !retried && currentToken() !== token) {
+    // refused with a token since dropped (the address's) or replaced (by another tab): again
+    return api(path, { method, body, raw }, true);
+  }
   if (!res.ok) {
     let detail = null;
     try {
@@ -51,6 +111,19 @@ export async function api(path, { method = "GET", body, raw = false } = {}) {
     throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
   }
   return raw ? res : res.json();
+}
+
+function call(path, method, body, token) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+  });
 }
 
 /** URL path of a run: `/api/runs/<run_id>/<suffix>`. The run at the served root has the id
@@ -101,7 +174,7 @@ export class LiveSocket {
     this.onState("connecting", { attempt: this.attempt });
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new WebSocket(this.url(), socketProtocols());
     } catch {
       this.retry();
       return;

@@ -1,5 +1,5 @@
 // hotcb dashboard: state, data loading, live updates and wiring. No framework, no build step.
-import { api, ApiError, LiveSocket, onUnauthorized, runUrl, sendCommand } from "./api.js";
+import { api, ApiError, LiveSocket, onUnauthorized, runUrl, sendCommand, takeTokenFromAddress } from "./api.js";
 import { Charts, fmtNum, sourceColor } from "./charts.js";
 import {
   ago,
@@ -31,6 +31,7 @@ import { TunePanel } from "./tune.js";
 import { KnobsPanel } from "./knobs.js";
 
 const $ = (id) => document.getElementById(id);
+takeTokenFromAddress(); // before the first call to the server
 const query = new URLSearchParams(location.search);
 
 // Defaults when /api/config is unreachable or older; the server's config wins.
@@ -122,7 +123,7 @@ function compareWithParent() {
 function setUrl() {
   if (app.runId != null) document.title = `${runLabel(app.runId)} · hotcb`;
   const q = new URLSearchParams(location.search);
-  q.delete("token"); // the server keeps it in a cookie; never leave it in the address bar
+  q.delete("token"); // the page keeps it in its storage; never leave it in the address bar
   if (app.runId != null) q.set("run", app.runId);
   if (app.compare.size) q.set("compare", [...app.compare].join(","));
   else q.delete("compare");
@@ -897,6 +898,7 @@ function onSocketState(state, info) {
   pill.className = `conn ${state}`;
   const label = pill.querySelector("span");
   if (state === "open") {
+    const wasRefused = app.authFailed;
     app.offline = false;
     app.authFailed = false; // the browser holds a token the server takes
     authToast?.remove(); // its advice is followed: the page has a connection again
@@ -906,6 +908,8 @@ function onSocketState(state, info) {
       // the server restarted (or the network blinked): history may have moved on; reload it
       toast("reconnected: reloading history", "info", 2500);
       refreshRuns().then(() => app.runId != null && loadAll({ reset: false }));
+    } else if (wasRefused) {
+      pickUpRuns(); // the token came (another tab opened the printed URL): the runs, now
     }
   } else if (state === "closed") {
     app.offline = true;
@@ -1204,7 +1208,6 @@ async function main() {
   wire();
   await refreshRuns();
   app.runId = pickInitialRun();
-  const listed = (id) => app.runs.some((r) => r.run_id === id);
   // a run named in the address that does not exist yet (its trainer is starting): waited for,
   // with no run selected meanwhile (nothing asks the server about a run it does not have)
   app.waitingFor = app.runId != null && !listed(app.runId) ? app.runId : null;
@@ -1228,23 +1231,7 @@ async function main() {
   }
   sock.connect();
   setInterval(tick, app.cfg.ui.chart_refresh_ms || 250);
-  setInterval(async () => {
-    const had = app.runId;
-    await refreshRuns();
-    const wanted = app.waitingFor;
-    if (wanted != null ? listed(wanted) : had == null && app.runs.length) {
-      app.runId = wanted ?? pickInitialRun();
-      app.waitingFor = null;
-      app.compare.delete(app.runId);
-      if (!query.has("compare")) compareWithParent();
-      $("charts-empty").textContent = "Waiting for metrics…";
-      $("run-select").value = app.runId;
-      renderCompareList();
-      setUrl();
-      loadAll();
-      scheduleStatusRefresh();
-    }
-  }, 10000);
+  setInterval(pickUpRuns, 10000);
   // neither while the run is gone nor while the server is (the status poll notices its return)
   setInterval(() => {
     if (!isStale() && !app.gone && !app.offline) scheduleImpactRefresh(0);
@@ -1253,6 +1240,28 @@ async function main() {
   setInterval(() => {
     if (!isStale() && !app.gone && !app.offline) scheduleKnobs(0); // the lines reach the run's last step
   }, 5000);
+}
+
+const listed = (id) => app.runs.some((r) => r.run_id === id);
+
+/** The runs list again; the run the page waits for (or the first, when it shows none) is
+ * shown once it is listed. */
+async function pickUpRuns() {
+  const had = app.runId;
+  await refreshRuns();
+  const wanted = app.waitingFor;
+  if (wanted != null ? listed(wanted) : had == null && app.runs.length) {
+    app.runId = wanted ?? pickInitialRun();
+    app.waitingFor = null;
+    app.compare.delete(app.runId);
+    if (!query.has("compare")) compareWithParent();
+    $("charts-empty").textContent = "Waiting for metrics…";
+    $("run-select").value = app.runId;
+    renderCompareList();
+    setUrl();
+    loadAll();
+    scheduleStatusRefresh();
+  }
 }
 
 // A hook for tests and curious users: what the page currently shows.
