@@ -101,3 +101,22 @@ def test_a_token_that_is_not_printable_ascii_is_refused_unshown(tmp_path: Any) -
     )  # fmt: skip
     assert out.returncode == 2 and "--token-file: the token must be printable ASCII" in out.stderr
     assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_a_short_token_of_ones_own_is_warned_about(
+    tmp_path: Any, serve: Any, make_run: Any
+) -> None:
+    """``HOTCB_TOKEN=abc123`` protects little: the server says so at start (it still runs,
+    with that token); a long one, or the generated one, gets no such warning."""
+    make_run(tmp_path / "runs" / "r")
+    srv = serve(tmp_path / "runs", env={"HOTCB_TOKEN": "abc123"})
+    (warning,) = [line for line in srv.stderr().splitlines() if "warning" in line]
+    assert "the token is 6 characters long" in warning and "token_urlsafe" in warning
+    assert "abc123" not in srv.stderr()
+    r = httpx.get(srv.url + "/api/runs", headers={"Authorization": "Bearer abc123"})
+    assert r.status_code == 200
+    srv.stop()
+    srv = serve(tmp_path / "runs", env={"HOTCB_TOKEN": "a-long-enough-t0ken-of-mine"})
+    assert "warning" not in srv.stderr()
+    srv.stop()
+    assert "warning" not in serve(tmp_path / "runs").stderr()

@@ -177,8 +177,18 @@ def _setting_source(loc: list[str], args: argparse.Namespace | None) -> str:
     return f"{'.'.join(loc)} in {config}" if config else flag
 
 
-def _warnings(config: Any) -> list[str]:
+#: A token given by the user shorter than this is warned about (a generated one has 32).
+SHORT_TOKEN = 16
+
+
+def _warnings(config: Any, generated: bool = True) -> list[str]:
     out = []
+    if config.token and not generated and len(config.token) < SHORT_TOKEN:
+        out.append(
+            f"hotcb: warning: the token is {len(config.token)} characters long: short enough "
+            "to guess; give a long random one (python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'), or let 'hotcb serve' make one"
+        )
     if config.no_token:
         out.append(
             f"hotcb: warning: --no-token: any local user can pause, change or stop the runs "
@@ -199,7 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(_one_line(exc, args)) from None
     if not os.path.isdir(config.dir):
         raise CliError(f"--dir {config.dir} is not a directory")
-    config.ensure_token()  # ValueError (one line, exit 2) for --no-token off loopback
+    generated = config.ensure_token()  # ValueError (one line, exit 2): --no-token off loopback
     from ._notify import notify_config
 
     notify = notify_config(args)  # a bad --notify file: every problem, exit 2
@@ -234,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
     everywhere = config.host in ("0.0.0.0", "::")  # a URL with 0.0.0.0 opens nothing
     shown = "127.0.0.1" if everywhere else config.host
     shown = f"[{shown}]" if ":" in shown else shown
-    for line in _warnings(config):
+    for line in _warnings(config, generated):
         print(line, file=sys.stderr)
     print(f"hotcb dashboard for {config.dir}: http://{shown}:{port}/{query}", flush=True)
     if everywhere:
