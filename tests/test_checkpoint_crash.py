@@ -150,5 +150,10 @@ def test_a_resume_from_the_checkpoint_being_saved_ledgers_its_command(tmp_path: 
         assert c["checkpoint_note"].startswith("saved; the run that resumed from it")
         assert w["changes"] == {"w": {"old": 1.0, "new": 2.0}}
         assert json.loads(Path(state).read_text())["hotcb"]["seq"] == w["seq"]
+        # `hotcb log` says the save happened (it read "the loop was asked to save one")
+        log = subprocess.run([sys.executable, "-m", "hotcb", "--dir", run, "log"],
+                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        (line,) = [ln for ln in log.splitlines() if "checkpoint" in ln]
+        assert line.endswith("applied (saved; the run that resumed from it wrote this entry)")
     finally:
         _finish(proc, run)

@@ -157,3 +157,51 @@ def test_trace_logs_show_no_token(tmp_path: Any, serve: Any, make_run: Any) -> N
     assert "it's-me" not in err and quote(token) not in err and "it%27s-me" not in err, err
     assert token not in out + err
     assert (out + err).count(urlencode({"token": token})) == 1  # the URL to click, printed once
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        lambda log: log.info("scope %s", {"query_string": b"token=S3CRET", "x": 1}),
+        lambda log: log.info("scope %s", {"subprotocols": ["hotcb", "hotcb.token.53334352"]}),
+        lambda log: log.info(ValueError("/x?token=S3CRET")),
+        lambda log: log.info("%(path)s", {"path": "/ws?token=S3CRET"}),
+        lambda log: log.info("< %s: %s", "sec-websocket-protocol", "hotcb.token.53334352"),
+        lambda log: log.info("broken %d ?token=S3CRET", "not a number"),
+        lambda log: log.exception("failed", exc_info=RuntimeError("/y?token=S3CRET")),
+    ],
+    ids=[
+        "bytes-in-dict",
+        "subprotocol-list",
+        "non-str-msg",
+        "dict-args",
+        "header-dump",
+        "bad-format",
+        "traceback",
+    ],
+)
+def test_every_shape_of_log_record_is_redacted(log: Any) -> None:
+    """What reaches uvicorn's loggers comes in many shapes (a scope dict at trace level, an
+    exception as the message, a traceback, a format string that does not fit its arguments):
+    the token is out of each, and the filter itself never raises out of the caller's log
+    call."""
+    import io
+    import logging
+
+    from hotcb.server.logs import install_log_filters
+
+    install_log_filters()
+    logger = logging.getLogger("uvicorn.error")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        log(logger)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = out.getvalue()
+    assert text and "S3CRET" not in text and "53334352" not in text, text
+    assert "[redacted]" in text, text

@@ -262,7 +262,10 @@ def fmt_entry(e: Mapping[str, Any], run_dir: str) -> str:
         line += f" at step {e['at_step']}"
     if e.get("op") == "checkpoint" and e.get("decision") == "applied":
         where = checkpoint_path(e, run_dir)
-        line += " (the loop was asked to save one)" if where is None else f": {where}"
+        if where is not None:
+            line += f": {where}"
+        else:  # a run resumed from the save wrote the entry: the save happened, its path unknown
+            line += f" ({e.get('checkpoint_note') or 'the loop was asked to save one'})"
     line += _module_facts(e)
     if e.get("error"):
         line += f": {e['error']}"

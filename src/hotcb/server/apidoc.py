@@ -189,7 +189,7 @@ def render(spec: dict[str, Any], base_url: str) -> str:
     title = html.escape(f"{info.get('title', 'API')} {info.get('version', '')}".strip())
     contents = "".join(f"<h4>{html.escape(t)}</h4><ul>{''.join(v)}</ul>" for t, v in toc.items())
     sections = "".join(f"<h2>{html.escape(t)}</h2>{''.join(v)}" for t, v in by_tag.items())
-    setup = f"export HOTCB_URL={base_url.rstrip('/')} HOTCB_TOKEN='<the token>' RUN=<a run id>"
+    setup = f"export HOTCB_URL={base_url.rstrip('/')} HOTCB_TOKEN=<the token> RUN=<a run id>"
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{title} · API</title>"
@@ -199,8 +199,10 @@ def render(spec: dict[str, Any], base_url: str) -> str:
         "<p>Every call but <code>GET /api/health</code> needs the token the server printed, "
         "as <code>Authorization: Bearer &lt;token&gt;</code> (401 without it). Each route ends "
         "in a <code>curl</code> line to paste once the shell holds the address, the token and "
-        "a run id (the <code>run_id</code> of <code>GET /api/runs</code>; <code>.</code> when "
-        "the served folder is itself the run); replace any other <code>&lt;name&gt;</code>. "
+        "a run id (the <code>run_id</code> of <code>GET /api/runs</code>, percent-encoded "
+        "where it holds a space, <code>#</code>, <code>?</code> or <code>%</code>: "
+        "<code>my%20run</code>; <code>.</code> when the served folder is itself the run); "
+        "replace any other <code>&lt;name&gt;</code>. "
         'The same description, machine-readable: <a href="/openapi.json">/openapi.json</a>.'
         f"</p><pre>{html.escape(setup)}</pre>"
         f"<nav>{contents}</nav>{sections}</body></html>"

@@ -35,7 +35,7 @@ _TOKEN_NAME = "".join(f"(?:{c}|%{ord(c):02x})" for c in "token")
 # part of a token, as curl sends it)
 _TOKEN_IN_QUERY = re.compile(rf"(?i)((?:^|[?&;\s/'\"]){_TOKEN_NAME}=)[^&\s]*?(?=[\"']?(?:[&\s]|$))")
 # the page's WebSocket offers the token as the subprotocol ``hotcb.token.<hex>``
-_TOKEN_SUBPROTOCOL = re.compile(r"(?i)(hotcb\.token\.)[0-9a-f]*")
+_TOKEN_SUBPROTOCOL = re.compile(r"(?i)(hotcb\.token\.)[0-9a-f]+")
 _INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 #: Set in the task of a WebSocket connection that was refused with an HTTP answer.
@@ -65,30 +65,51 @@ def redact(text: str) -> str:
     return _TOKEN_SUBPROTOCOL.sub(r"\1[redacted]", _TOKEN_IN_HEADER.sub(r"\1[redacted]", text))
 
 
-def _clean(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
+_PLAIN = (str, int, float)
+
+
+def _plain(args: Any) -> bool:
+    """Arguments that format as themselves (each can be redacted alone): uvicorn's access line
+    keeps its five of them, which its formatter reads."""
+    values = args.values() if isinstance(args, dict) else args
+    return all(isinstance(v, _PLAIN) for v in values)
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    """The record's message with its arguments in, redacted; never raises (a record that does
+    not format is shown as its parts, still redacted, rather than leak through the error
+    report of logging's handler)."""
+    try:
+        return redact(record.getMessage())
+    except Exception:  # any error of the caller's format string
+        return redact(f"{record.msg} % {record.args!r}")
 
 
 class RedactTokens(logging.Filter):
-    """Rewrites ``token=…`` in a record's message and arguments; drops uvicorn's spurious
-    incomplete-handshake error for a WebSocket that hotcb refused."""
+    """Rewrites ``token=…`` in a record's message, arguments and traceback; drops uvicorn's
+    spurious incomplete-handshake error for a WebSocket that hotcb refused."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == _INCOMPLETE_HANDSHAKE and _ws_refused.get():
             return False
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")  # a header dump: "< %s: %s"
+        elif (args and not _plain(args)) or not isinstance(record.msg, str):
+            record.msg, record.args = _formatted(record), ()  # e.g. a scope dict (trace)
+        elif isinstance(args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
-        if isinstance(record.args, tuple) and any(
-            not isinstance(a, (str, int, float)) for a in record.args
-        ):  # e.g. a scope dict (trace): redact the message it makes
-            record.msg, record.args = redact(record.getMessage()), ()
-        elif isinstance(record.args, tuple):
-            args = record.args
-            if len(args) == 2 and str(args[0]).lower() in _SECRET_HEADERS:  # a header dump
-                args = (args[0], "[redacted]")
-            record.args = tuple(_clean(a) for a in args)
-        elif isinstance(record.args, dict):
-            record.args = {k: _clean(v) for k, v in record.args.items()}
+        if record.args:
+            try:
+                record.getMessage()
+            except Exception:  # it would fail in the handler, whose report shows the arguments
+                record.msg, record.args = _formatted(record), ()
+        if record.exc_info and not record.exc_text:  # formatters use exc_text when it is set
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
