@@ -824,6 +824,40 @@ def test_a_persons_change_a_resume_reapplies_still_holds_its_knob(
     )
 
 
+def test_an_automatic_cut_a_resume_reapplies_is_not_made_again(loop: Any, tmp_path: Path) -> None:
+    """The trainer dies just after the autopilot cut the lr and resumes from a checkpoint 30
+    steps before it. The resume re-applies the cut at its step (``source: resume``), but the
+    run going back had ended the rule's cooldown and guard: the same rule cut again in the new
+    life, and the re-applied cut compounded with it (lr ×0.25 where the dead life had ×0.5).
+    The rule stays cooled down until its re-applied cut, which the guard then judges as it did
+    the first time."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="auto", rules=_rules(tmp_path, PLATEAU_ONLY))
+    checkpoints = []
+    while not lp.changes():
+        checkpoints.append((lp.kernel.state_dict(), lp.step))  # one every 10 steps
+        lp.run(10, pilot)
+        assert lp.step < 2000, "the plateau rule never fired"
+    (cut,) = lp.changes()
+    saved, at = checkpoints[-4]  # 30 steps before the cut's round
+    assert at < cut["step"] - 20
+    assert lp.lr == pytest.approx(5e-3)
+    lp.run(5)  # a few steps more, then the trainer dies
+    lp.kernel.close()
+    lp.kernel = HotKernel(lp.run_dir, poll_interval_sec=0.0)  # resumed from the checkpoint
+    lp.kernel.load_state_dict(saved)
+    lp.step, lp.opt.param_groups[0]["lr"] = at, 1e-2
+    records = lp.run(cut["step"] - at + 140, pilot)  # to just before the cooldown's end
+    assert any(r["kind"] == "resumed" for r in records)
+    again = [e for e in read_ledger(lp.run_dir)
+             if e.get("source") == "resume" and e.get("cmd_id") == cut["cmd_id"]]  # fmt: skip
+    assert [e["decision"] for e in again] == ["applied"]
+    assert lp.changes() == [cut]  # no second cut by the rule
+    assert lp.lr == pytest.approx(5e-3)
+    judged = [r for r in records if r["kind"] == "guard" and r["cmd_id"] == cut["cmd_id"]]
+    assert judged and judged[0]["step"] >= again[0]["step"] + 75  # half the cooldown settles
+
+
 DIVERGENCE_CUT = """\
 rules:
   - id: divergence_cut_lr

@@ -146,6 +146,10 @@ class Autopilot:
         self._first_step: int | None = None  # the first metrics step this autopilot read
         self.fired: dict[str, int] = dict(st.get("fired") or {})  # rule -> step it acted at
         self.seen: dict[str, int] = dict(st.get("seen") or {})  # rule -> last detection step
+        # the firings of a life the run went back from, and a kernel resume seen before the
+        # metrics said so: a resume re-applies the actions, so their rules stay cooled down
+        self._gone_fired: dict[str, int] = {}
+        self._resume_seen = False
         self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
         self.disabled: set[str] = set(st.get("disabled") or ())
         self.guard: dict[str, Any] | None = st.get("guard")
@@ -306,7 +310,12 @@ class Autopilot:
         for name, points in self.series.items():
             self.series[name] = deque(((s, v) for s, v in points if s < step), maxlen=_WINDOW)
         self.holds = {k: u for k, u in self.holds.items() if u - self.person_hold_steps < step}
+        gone = {k: f for k, f in self.fired.items() if f >= step}
         self.fired = {k: f for k, f in self.fired.items() if f < step}
+        if self._resume_seen:  # the kernel's resume entry came first
+            self.fired.update(gone)
+            gone = {}
+        self._gone_fired, self._resume_seen = gone, False
         self.seen = {k: f for k, f in self.seen.items() if f < step}
         if self.guard is not None and int(self.guard.get("step", 0)) >= step:
             self.guard = None
@@ -331,6 +340,8 @@ class Autopilot:
                     # the run did not make the change: nothing to judge (_check_guard says so)
                     self.guard = {**guard, "not_applied": {"seq": e.get("seq"),
                                   "decision": e.get("decision"), "error": e.get("error")}}  # fmt: skip
+            if e.get("module") == "kernel" and e.get("op") == "resume":
+                self._kernel_resumed()
             if e.get("decision") != "applied":
                 continue
             if e.get("module") not in ("opt", "loss") or not isinstance(e.get("changes"), dict):
@@ -344,6 +355,8 @@ class Autopilot:
             settle = self.ai.config.settle_steps if self.ai and e.get("source") == "ai" else 0
             self.changes.append(_change(e, settle))
             self._hold(e, e["module"], holds)
+            if e.get("source") == "resume":
+                self._rearm(e)
 
     def _hold(self, e: Mapping[str, Any], module: str, holds: dict[str, dict[str, Any]]) -> None:
         """Hold the knobs that entry ``e`` changed, of ``module``, when a person changed them;
@@ -367,6 +380,50 @@ class Autopilot:
                 "reason": f"{source} {did} {knob} at step {step}; the autopilot "
                           f"leaves it alone until step {self.holds[knob]}",
             }  # fmt: skip
+
+    def _kernel_resumed(self) -> None:
+        """The kernel resumed from a checkpoint (its ``resume`` entry): the commands after it
+        come again at their steps, the autopilot's own actions among them. Their rules stay
+        cooled down as in the life that made them (a rule that fired again before its
+        re-applied cut had that cut compound with its new one)."""
+        if self._gone_fired:
+            self.fired.update(self._gone_fired)
+            self._gone_fired = {}
+        else:  # read before the metrics that say the run went back (or nothing was gone)
+            self._resume_seen = True
+
+    def _rearm(self, e: Mapping[str, Any]) -> None:
+        """A resume re-applied one of the autopilot's own changes (``e``): the run went back
+        past it, which ended its rule's cooldown and its guard, and the same rule cut the lr
+        again three steps after the re-applied cut. Both start again from ``e``, as when the
+        change was first made."""
+        cmd_id = e.get("cmd_id")
+        rule_id = self._rule_of(cmd_id)
+        if rule_id is None:
+            return
+        step = int(e.get("step") or 0)
+        if rule_id == "ai":
+            settle = self.ai.config.settle_steps if self.ai is not None else 0
+        else:
+            rule = next((r for r in self.ruleset.rules if r.id == rule_id), None)
+            if rule is None:
+                return
+            self.fired[rule_id] = max(self.fired.get(rule_id, step), step)
+            settle = rule.cooldown_steps // 2
+        if self.guard is None:
+            self._watch(rule_id, str(cmd_id), settle, at=step)
+
+    def _rule_of(self, cmd_id: Any) -> str | None:
+        """The rule (or ``ai``) whose automatic action sent command ``cmd_id``; ``None`` for a
+        command the autopilot did not send itself (a person's, an accepted proposal)."""
+        if not isinstance(cmd_id, str) or not cmd_id:
+            return None
+        needle = jsonl.dumps(cmd_id).encode()
+        for rec in jsonl.iter_records(os.path.join(self.run_dir, RECORDS),
+                                      keep=lambda line: needle in line):  # fmt: skip
+            if rec.get("kind") == "action" and cmd_id in (rec.get("cmd_ids") or ()):
+                return str(rec.get("rule"))
+        return None
 
     def _first_source(self, cmd_id: Any) -> str:
         """Who sent command ``cmd_id``: the source of its first ledger entry that a resume did
@@ -650,12 +707,14 @@ class Autopilot:
                 }))  # fmt: skip
         return out
 
-    def _watch(self, rule_id: str, cmd_id: str, settle: int) -> None:
-        """Arm the guard on an automatic change: judged ``settle`` steps after it."""
-        before = self._key_values(after=None)[-self.ruleset.guard_window :]
+    def _watch(self, rule_id: str, cmd_id: str, settle: int, at: int | None = None) -> None:
+        """Arm the guard on an automatic change made at step ``at`` (now): judged ``settle``
+        steps after it."""
+        step = self.step_now if at is None else at
+        before = [v for s, v in self.series.get(self._key_name, ()) if s <= step]
+        before = [v for v in before if math.isfinite(v)][-self.ruleset.guard_window :]
         if before:
-            self.guard = {"rule": rule_id, "cmd_id": cmd_id, "step": self.step_now,
-                          "from": self.step_now + settle,
+            self.guard = {"rule": rule_id, "cmd_id": cmd_id, "step": step, "from": step + settle,
                           "before": statistics.median(before)}  # fmt: skip
 
     def _live(self) -> dict[str, float]:
