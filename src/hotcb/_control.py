@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeGuard
 
@@ -167,18 +168,33 @@ class RunControl:
     def _request_checkpoint(self, op: HotOp) -> OpResult:
         """No ``save_checkpoint`` in env: the loop saves on ``checkpoint_requested``, to
         ``checkpoint_path_requested`` when the command named a path (checked like a save's)."""
-        path = op.params.get("path")
-        if path is not None:
-            try:
-                path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
-            except (HotcbError, TypeError) as exc:
-                return OpResult("rejected", error=str(exc))
+        try:
+            path = self._checkpoint_path(op)
+        except (HotcbError, TypeError, OSError) as exc:
+            return OpResult("rejected", error=str(exc))
         self.checkpoint_requested = True
         self.checkpoint_path_requested = path
         extra: dict[str, Any] = {"checkpoint": "requested"}
         if path is not None:
             extra["path"] = checkpoint_field(path, self._run_dir)
         return OpResult("applied", extra=extra)
+
+    def _checkpoint_path(self, op: HotOp) -> str | None:
+        """The checkpoint command's ``path`` (``None``: it names none), confined like any path
+        a command has something write to, its folder made: a bare loop's ``torch.save`` does
+        not make it, and ``checkpoint --path ckpt/now.pt`` crashed the training. Raises
+        ``HotcbError``/``TypeError`` (refused) or ``OSError`` (no folder)."""
+        path = op.params.get("path")
+        if path is None:
+            return None
+        path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise OSError(f"cannot make the folder {folder} of path: {exc.strerror}") from None
+        return path
 
     def _op_evaluate(self, op: HotOp, env: Env) -> OpResult:
         request = env.get("request_evaluate")
@@ -343,10 +359,8 @@ class RunControl:
             _outcome(entry, Decision(asked.decision), asked.error, asked.extra)
             return
         try:
-            path = op.params.get("path")
-            if path is not None:
-                path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
-        except (HotcbError, TypeError) as exc:
+            path = self._checkpoint_path(op)
+        except (HotcbError, TypeError, OSError) as exc:
             _outcome(entry, Decision.REJECTED, str(exc))
             return
         try:
