@@ -49,6 +49,22 @@ def test_past_changes_measure_the_level_after_against_the_trend_before() -> None
     assert past_changes(synthetic(), "loss.lr") == []
 
 
+def test_a_change_a_resume_replaced_counts_once() -> None:
+    """Killed after the lr cut at step 1000 and resumed from a checkpoint before it, the run
+    made the cut again (``source: resume``): the what-if counted the dead life's entry and the
+    copy as two similar changes, a band built on a duplicate."""
+    hist = synthetic()
+    cut = next(e for e in hist.entries if e["step"] == 1000)
+    entries = [
+        *hist.entries,
+        {"seq": 1001, "step": 950, "module": "kernel", "op": "resume", "decision": "noop",
+         "resumed_from": {"seq": 999, "step": 950}},
+        {**cut, "seq": 1002, "source": "resume"},
+    ]  # fmt: skip
+    found = past_changes(RunHistory("run", entries, hist.steps, hist.values), "lr")
+    assert [(c.step, c.source) for c in found] == [(500, "cli"), (1000, "resume")]
+
+
 def test_whatif_band_shifts_the_forecast_by_the_similar_impacts() -> None:
     hist = synthetic()
     changes = past_changes(hist, "lr", horizon=200)

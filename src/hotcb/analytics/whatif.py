@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ledger import live_entries
 from .forecast import MIN_POINTS, Forecast, fit_trend
 
 __all__ = [
@@ -128,8 +129,9 @@ def past_changes(
     before: int = 300,
     min_after: int = 3,
 ) -> list[PastChange]:
-    """Every applied change of ``knob`` in ``history``, with its measured impact."""
-    entries = [e for e in history.entries if not e.get("inherited")]
+    """Every applied change of ``knob`` in ``history``, with its measured impact; a change a
+    resume replaced counts once (its re-applied copy), as in a recipe."""
+    entries = [e for e in live_entries(history.entries) if not e.get("inherited")]
     x = np.asarray(history.steps, dtype=float)
     y = np.asarray(history.values, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
