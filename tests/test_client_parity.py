@@ -177,6 +177,10 @@ def test_status_and_set_say_a_freeze_the_run_has_not_read_yet(
     assert "it will ignore this command (ignored_freeze)" in res.stderr
     res = _cli(run_dir, "pause")  # run control passes every freeze mode: no hint
     assert res.returncode == 0 and "frozen" not in res.stderr
+    res = _cli(run_dir, "tune", "enable", "--mode", "observe")  # the tuner's commands too
+    assert res.returncode == 0 and "it will ignore this command (ignored_freeze)" in res.stderr
+    res = _cli(run_dir, "tune", "disable")  # passes every freeze mode
+    assert res.returncode == 0 and "frozen" not in res.stderr
 
 
 def test_opt_and_loss_take_the_commands_own_fields(run_dir: str, kernel: HotKernel) -> None:

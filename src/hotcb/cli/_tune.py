@@ -144,7 +144,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         print(f"hotcb: {args.objective} is maximized (from its name; --direction minimize if "
               "lower is better)", file=sys.stderr)  # fmt: skip
     cid = client(args).tune_enable(args.mode, **settings)
-    code = finish(args, [cid])
+    code = finish(args, [cid], sent=("tune", "enable"))
     if code or not args.wait or ended(args.dir) is not None:
         return code
     # applied: the run opens the study next, off its training thread; --wait waits for that
@@ -168,7 +168,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     require_run_dir(args.dir)
     c = client(args)  # an unknown id, one not pending, a run that is over: a CommandError
     cid = c.tune_accept(args.id) if args.decision == "accept" else c.tune_reject(args.id)
-    return finish(args, [cid])
+    return finish(args, [cid], sent=("tune", args.decision))
 
 
 def _state(args: argparse.Namespace) -> dict[str, Any]:
