@@ -460,6 +460,14 @@ def test_checkpoint_path_without_a_callable_reaches_the_loop(loop: Loop) -> None
     loop.steps(1)
     assert loop.only(bad)["decision"] == "rejected" and "path" in loop.only(bad)["error"]
     assert not loop.kernel.checkpoint_requested
+    # a folder is no file to save to (torch.save raised "Is a directory" in the training)
+    for folder in (".", "ckpt", "deep/"):
+        bad = loop.client.checkpoint(folder)
+        loop.steps(1)
+        assert loop.only(bad)["decision"] == "rejected", folder
+        assert "names a folder" in loop.only(bad)["error"]
+        assert not loop.kernel.checkpoint_requested
+    assert not os.path.exists(os.path.join(loop.paths.root, "deep"))
 
 
 def test_a_checkpoint_is_ledgered_relative_to_the_run_dir_and_absolute_outside_it(

@@ -184,10 +184,15 @@ class RunControl:
         a command has something write to, its folder made: a bare loop's ``torch.save`` does
         not make it, and ``checkpoint --path ckpt/now.pt`` crashed the training. Raises
         ``HotcbError``/``TypeError`` (refused) or ``OSError`` (no folder)."""
-        path = op.params.get("path")
-        if path is None:
+        given = op.params.get("path")
+        if given is None:
             return None
-        path = confine_path(path, self._run_dir, self._roots, what="path", writes=True)
+        path = confine_path(given, self._run_dir, self._roots, what="path", writes=True)
+        if os.path.isdir(path) or str(given).endswith(("/", os.sep)):
+            raise HotcbError(
+                f"path {given!r} names a folder: give the checkpoint file's name in it "
+                f"(e.g. {os.path.join(str(given), 'ckpt.pt')!r})"
+            )
         folder = os.path.dirname(path)
         if folder and not os.path.isdir(folder):
             try:

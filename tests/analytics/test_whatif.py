@@ -63,6 +63,11 @@ def test_a_change_a_resume_replaced_counts_once() -> None:
     ]  # fmt: skip
     found = past_changes(RunHistory("run", entries, hist.steps, hist.values), "lr")
     assert [(c.step, c.source) for c in found] == [(500, "cli"), (1000, "resume")]
+    # a restart from step 0 with no state loaded writes no resume entry: the new life's same
+    # cut at the same step is the one change too
+    restarted = [*hist.entries, {**cut, "seq": 2000, "source": "autopilot"}]
+    found = past_changes(RunHistory("run", restarted, hist.steps, hist.values), "lr")
+    assert [(c.step, c.source) for c in found] == [(500, "cli"), (1000, "autopilot")]
 
 
 def test_whatif_band_shifts_the_forecast_by_the_similar_impacts() -> None:

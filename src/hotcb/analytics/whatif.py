@@ -130,7 +130,8 @@ def past_changes(
     min_after: int = 3,
 ) -> list[PastChange]:
     """Every applied change of ``knob`` in ``history``, with its measured impact; a change a
-    resume replaced counts once (its re-applied copy), as in a recipe."""
+    resume replaced counts once (its re-applied copy), as in a recipe, and so does one a
+    restarted life made again (the same knob, values and step)."""
     entries = [e for e in live_entries(history.entries) if not e.get("inherited")]
     x = np.asarray(history.steps, dtype=float)
     y = np.asarray(history.values, dtype=float)
@@ -141,7 +142,7 @@ def past_changes(
     before = max(before, int(2 * MIN_POINTS * gap))
     horizon = max(horizon, int(min_after * gap))
     all_changes = _change_steps(entries)
-    out = []
+    out: dict[tuple[int, str, float, float], PastChange] = {}
     for e in entries:
         step = e.get("step")
         changes = e.get("changes")
@@ -158,20 +159,20 @@ def past_changes(
             impact, n_after, log_space = _impact(
                 x, y, step, all_changes, horizon, before, min_after
             )
-            out.append(
-                PastChange(
-                    run=history.run,
-                    step=step,
-                    knob=str(key),
-                    old=old,
-                    new=new,
-                    source=e.get("source"),
-                    impact=impact,
-                    points_after=n_after,
-                    log_space=log_space,
-                )
+            same = (step, str(key), old, new)
+            out.pop(same, None)  # a restarted life made it again: one change, the newer
+            out[same] = PastChange(
+                run=history.run,
+                step=step,
+                knob=str(key),
+                old=old,
+                new=new,
+                source=e.get("source"),
+                impact=impact,
+                points_after=n_after,
+                log_space=log_space,
             )
-    return out
+    return list(out.values())
 
 
 def _impact(
