@@ -233,12 +233,12 @@ def test_hotcb_serve_prints_url_with_token(tmp_path):
         text=True,
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("HOTCB_")},
-            "HOTCB_TOKEN": "abc",
+            "HOTCB_TOKEN": "abc-a-long-enough-t0ken",
         },
     )
     try:
         line = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=abc", line)
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=abc-a-long-enough-t0ken", line)
         assert match, line
         url = match.group(1)
 
@@ -250,7 +250,9 @@ def test_hotcb_serve_prints_url_with_token(tmp_path):
 
         wait_for(up, 20, what="the server to answer")
         assert httpx.get(url + "api/runs").status_code == 401
-        runs = httpx.get(url + "api/runs", headers={"Authorization": "Bearer abc"}).json()
+        runs = httpx.get(
+            url + "api/runs", headers={"Authorization": "Bearer abc-a-long-enough-t0ken"}
+        ).json()
         assert [r["run_id"] for r in runs["runs"]] == ["r"]
     finally:
         proc.terminate()
