@@ -31,7 +31,7 @@ let pageToken = null; // where the storage is off (a sandbox): this page's own c
 
 /** Take `#token=T` out of the address (the server's redirect of the printed URL puts it
  * there); other parts of the fragment stay. The page tries it first; it is stored once the
- * server takes it (storeIfTaken). */
+ * server takes it (judge). */
 export function takeTokenFromAddress() {
   const hash = new URLSearchParams(location.hash.slice(1));
   const t = hash.get("token");

@@ -336,6 +336,8 @@ class ChartCard {
   }
 
   rebuild() {
+    // a rebuild (a series came or went, a run went stale, the log toggle) keeps a person's zoom
+    const kept = this.zoomed && this.plot ? { min: this.plot.scales.x.min, max: this.plot.scales.x.max } : null;
     if (this.plot) this.plot.destroy();
     this.plot = null;
     if (!this.series.length) return;
@@ -392,6 +394,7 @@ class ChartCard {
       },
     };
     this.plot = new uPlot(opts, this.data || [[]], this.body);
+    if (kept) this.plot.setScale("x", kept);
     this.plot.over.addEventListener("dblclick", () => this.resetZoom());
   }
 
