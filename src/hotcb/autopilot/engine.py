@@ -410,7 +410,8 @@ class Autopilot:
                 return
             self.fired[rule_id] = max(self.fired.get(rule_id, step), step)
             settle = rule.cooldown_steps // 2
-        if self.guard is None:
+        if self.guard is None and step + settle > self.step_now:
+            # (not for an old one a new autopilot reads in a run's history: judged back then)
             self._watch(rule_id, str(cmd_id), settle, at=step)
 
     def _rule_of(self, cmd_id: Any) -> str | None:
