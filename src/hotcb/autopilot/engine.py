@@ -417,26 +417,29 @@ class Autopilot:
     def _rule_of(self, cmd_id: Any) -> str | None:
         """The rule (or ``ai``) whose automatic action sent command ``cmd_id``; ``None`` for a
         command the autopilot did not send itself (a person's, an accepted proposal)."""
-        if not isinstance(cmd_id, str) or not cmd_id:
-            return None
-        needle = jsonl.dumps(cmd_id).encode()
-        for rec in jsonl.iter_records(os.path.join(self.run_dir, RECORDS),
-                                      keep=lambda line: needle in line):  # fmt: skip
-            if rec.get("kind") == "action" and cmd_id in (rec.get("cmd_ids") or ()):
-                return str(rec.get("rule"))
-        return None
+        rec = self._first_mention(RECORDS, cmd_id, lambda r: r.get("kind") == "action"
+                                  and cmd_id in (r.get("cmd_ids") or ()))  # fmt: skip
+        return None if rec is None else str(rec.get("rule"))
 
     def _first_source(self, cmd_id: Any) -> str:
         """Who sent command ``cmd_id``: the source of its first ledger entry that a resume did
         not write (``resume`` when there is none)."""
+        rec = self._first_mention(LEDGER, cmd_id, lambda r: r.get("cmd_id") == cmd_id
+                                  and r.get("source") not in (None, "resume"))  # fmt: skip
+        return "resume" if rec is None else str(rec["source"])
+
+    def _first_mention(
+        self, name: str, cmd_id: Any, fits: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
+        """The first record of the run's file ``name`` that mentions command ``cmd_id`` and
+        ``fits``; only lines holding the id are parsed."""
         if not isinstance(cmd_id, str) or not cmd_id:
-            return "resume"
+            return None
         needle = jsonl.dumps(cmd_id).encode()
-        for rec in jsonl.iter_records(os.path.join(self.run_dir, LEDGER),
-                                      keep=lambda line: needle in line):  # fmt: skip
-            if rec.get("cmd_id") == cmd_id and rec.get("source") not in (None, "resume"):
-                return str(rec["source"])
-        return "resume"
+        found = jsonl.iter_records(
+            os.path.join(self.run_dir, name), keep=lambda line: needle in line
+        )
+        return next((rec for rec in found if fits(rec)), None)
 
     def _module_of(self, cmd_id: Any) -> str:
         """The module (``opt`` or ``loss``) of the change ``cmd_id`` (an undo's target), from
