@@ -138,6 +138,23 @@ def test_a_branch_trains_like_a_direct_resume_with_the_same_change(
     assert steps == [(10, {"lr": 0.005}), (S + 1, {"lr": LR}), (50, {"lr": 0.02})]
 
 
+def test_the_printed_command_says_where_a_secret_was_left_out(
+    parent: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``hotcb launch`` records the training command without its secrets (``***``): the
+    command a branch prints says to put them back."""
+    parent_dir = os.fspath(tmp_path / "launched")
+    shutil.copytree(parent[0], parent_dir)
+    meta_path = os.path.join(parent_dir, "hotcb.run.json")
+    meta = json.loads(Path(meta_path).read_text())
+    meta["launch"] = {"argv": ["python", "train.py", "--hf-token", "***"], "cwd": parent_dir}
+    Path(meta_path).write_text(json.dumps(meta))
+    made = _cli("--dir", parent_dir, "branch", "--from", str(S), "--to", os.fspath(tmp_path / "c"))
+    assert made.returncode == 0, made.stderr
+    assert "-- python train.py --hf-token '***'\n" in made.stdout
+    assert "kept without its secrets: put each back where it says ***" in made.stdout
+
+
 def test_a_checkpoint_given_by_path(parent: tuple[str, Path], tmp_path: Path) -> None:
     parent_dir, _ = parent
     made = branch(

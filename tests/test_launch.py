@@ -210,6 +210,25 @@ def test_cli_launch_default_run_dir_and_exit_code(tmp_path: Path, launched: Any)
     assert f"RUN={tmp_path / 'from_env'}" in lp.out
 
 
+def test_the_recorded_command_keeps_no_secret(tmp_path: Path, launched: Any) -> None:
+    """``hotcb.run.json`` (which the dashboard serves as the run's status) records the
+    training command without the secrets on it: a flag named like one, an ``env``
+    assignment, a URL's password."""
+    run_dir = tmp_path / "run"
+    secrets = ("hf_s3cr3tTOKEN", "sk-s3cr3tKEY", "pw0rdS3CRET")
+    lp = launched("--dir", os.fspath(run_dir), "launch", "--", "env",
+                  f"OPENAI_API_KEY={secrets[1]}", sys.executable, "-c", "pass", "--hf-token",
+                  secrets[0], "--db", f"postgresql://me:{secrets[2]}@db/x", "--tokenizer", "t5",
+                  cwd=os.fspath(tmp_path))  # fmt: skip
+    assert lp.finish() == 0, lp.log()
+    text = (run_dir / "hotcb.run.json").read_text()
+    assert not [s for s in secrets if s in text], text
+    assert jsonl.read_json(run_dir / "hotcb.run.json")["launch"]["argv"] == [
+        "env", "OPENAI_API_KEY=***", sys.executable, "-c", "pass", "--hf-token", "***",
+        "--db", "postgresql://me:***@db/x", "--tokenizer", "t5",
+    ]  # fmt: skip
+
+
 def test_a_command_sent_before_the_trainer_builds_its_kernel_is_applied(
     tmp_path: Path, launched: Any, cli: Any
 ) -> None:

@@ -51,7 +51,7 @@ from .client import HotClient
 from .errors import CommandError, HotcbError
 from .kernel import RUN_DIR_ENV
 from .ledger import current_step, iter_entries
-from .runfiles import RunPaths, shell_path
+from .runfiles import RunPaths, redact_argv, shell_path
 from .runfiles import proc_stat as _stat
 
 __all__ = [
@@ -898,7 +898,7 @@ class Launch:
         meta.pop("ended", None)
         meta.pop("pid", None)
         meta["launch"] = {
-            "argv": self.argv,
+            "argv": redact_argv(self.argv),  # the dashboard serves this file: no secrets
             "cwd": os.getcwd(),
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -8,7 +8,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,6 +281,47 @@ def redact_urls(value: Any) -> Any:
     if isinstance(value, list):
         return [redact_urls(v) for v in value]
     return value
+
+
+#: The words of a flag or variable name (``--hf-token``, ``WANDB_API_KEY``) that say its value
+#: is a secret.
+_SECRET_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "pwd", "apikey", "auth", "credential",
+     "credentials", "key"}
+)  # fmt: skip
+_ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+REDACTED = "***"
+
+
+def secret_name(name: str) -> bool:
+    """Whether the flag or variable ``name`` (``--hf-token``, ``--db_password``,
+    ``OPENAI_API_KEY``) names a secret: its last word is ``token``, ``key``, ``secret``,
+    ``password``, ``auth``… (``--tokenizer``, ``--max-tokens`` and ``--token-file`` are not)."""
+    words = re.split(r"[-_.\s]+", name.strip("-").lower())
+    return words[-1] in _SECRET_WORDS
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` as it may be written down (``hotcb.run.json``, which the dashboard serves) and
+    shown: the value of a flag named like a secret (``--hf-token X``, ``--api-key=X``) or of
+    an assignment (``WANDB_API_KEY=X``, as ``env`` takes it) is ``***``, and so are the
+    secrets of URLs (:func:`redact_url`)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next and not arg.startswith("-"):
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        name, eq, _ = arg.partition("=")
+        assigns = arg.startswith("-") or _ENV_ASSIGNMENT.match(arg) is not None
+        if eq and assigns and secret_name(name):
+            out.append(f"{name}={REDACTED}")
+            hide_next = False
+            continue
+        hide_next = arg.startswith("-") and not eq and secret_name(arg)
+        out.append(redact_url(arg))
+    return out
 
 
 def url_secrets(text: str) -> list[str]:

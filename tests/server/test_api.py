@@ -108,6 +108,19 @@ def test_a_fifo_in_a_runs_file_costs_neither_the_list_nor_the_server(tmp_path, l
         assert c.get("/api/runs/ok/status").json()["last_metrics"]["step"] == 4
 
 
+def test_the_status_serves_a_launched_command_without_its_secrets(tmp_path, live_server):
+    """A run launched by an older hotcb has its command, secrets and all, in
+    ``hotcb.run.json``: the status the dashboard serves leaves them out."""
+    run = make_run(tmp_path / "old", steps=3)
+    meta = jsonl.read_json(RunPaths(run).run_meta, {})
+    meta["launch"] = {"argv": ["python", "train.py", "--api-key", "sk-0ld", "--lr", "0.1"]}
+    jsonl.write_json_atomic(RunPaths(run).run_meta, meta)
+    srv = live_server()
+    with srv.client() as c:
+        served = c.get("/api/runs/old/status").json()["run"]
+    assert served["launch"]["argv"] == ["python", "train.py", "--api-key", "***", "--lr", "0.1"]
+
+
 def test_runs_list_step_follows_a_loaded_run_nobody_watches(tmp_path, live_server):
     """A run the server loaded once (a page looked at it or compared it, then left it) is no
     longer tailed: the list's step still follows its files (it stuck at the step of that

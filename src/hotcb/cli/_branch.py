@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..branch import UNKNOWN_COMMAND, branch
+from ..runfiles import REDACTED
 from ._common import parse_kv, say
 
 
@@ -41,4 +42,7 @@ def cmd_branch(args: argparse.Namespace) -> int:
     if made["resume"].endswith(UNKNOWN_COMMAND):
         print(f"  (the parent was not started with 'hotcb launch', so its command is not known: "
               f"put the one that trains it in place of {UNKNOWN_COMMAND})")  # fmt: skip
+    elif REDACTED in made["resume"]:
+        print("  (the parent's command is kept without its secrets: put each back where it "
+              f"says {REDACTED})")  # fmt: skip
     return 0

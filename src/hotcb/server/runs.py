@@ -13,12 +13,13 @@ import math
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
 from ..ledger import current_step
-from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs
+from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
 from .hub import Hub
@@ -400,7 +401,7 @@ class RunState:
 
     def status(self) -> dict[str, Any]:
         return {
-            "run": dict(self.meta()),
+            "run": _shown_meta(self.meta()),
             "freeze": self.freeze(),
             "actuators": list(self.actuators.doc.get("actuators") or []),
             "pending": list(self.ledger.pending.values()),
@@ -412,6 +413,16 @@ class RunState:
             "state": self.state(),
             "ledger_entries": self.ledger.count,
         }
+
+
+def _shown_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``hotcb.run.json`` as served: the launched command without secrets (a file an older
+    hotcb wrote kept them)."""
+    out = dict(meta)
+    launch = out.get("launch")
+    if isinstance(launch, Mapping) and isinstance(launch.get("argv"), list):
+        out["launch"] = {**launch, "argv": redact_argv([str(a) for a in launch["argv"]])}
+    return out
 
 
 class RunRegistry:
