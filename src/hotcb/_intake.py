@@ -276,6 +276,14 @@ class CommandIntake:
         self.remember(cmd_id)
         return True
 
+    def forget(self, end: int, raw: bytes) -> None:
+        """Forget the line ``raw`` (ending at ``end``) was seen: it is handled again (an
+        interrupt cut its handling short before anything came of it)."""
+        cmd_id = _cmd_id(raw) or f"@{end - self._length(raw, end) - 1}"
+        if cmd_id in self._seen:
+            self._seen.discard(cmd_id)
+            self._seen_order.remove(cmd_id)
+
     def remember(self, cmd_id: str) -> None:
         self._seen.add(cmd_id)
         self._seen_order.append(cmd_id)

@@ -201,6 +201,7 @@ class HotKernel:
         self._sync: _dist.DistSync | None = None
         #: what went differently on this rank, for the ranks to settle at the next poll
         self._notes: list[dict[str, Any]] = []
+        self._unhandled: list[tuple[Any, ...]] = []  # lines an interrupted batch left
         self.rank = 0
         self.is_leader = True
 
@@ -318,8 +319,8 @@ class HotKernel:
                 self._dispatch(env, events)
             if self._ledger.out:
                 self.flush()
-        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
-            self._internal_error(exc)
+        except BaseException as exc:  # hotcb's own bug (kept out of training) or a Ctrl-C
+            self._left_with(exc)
 
     def observe(self, env: Env, events: Sequence[str] = ()) -> None:
         """Metrics that come between safe points (the HF Trainer logs its training loss after
@@ -338,8 +339,8 @@ class HotKernel:
                 self._dispatch(env, events)
             if self._ledger.out:
                 self.flush()
-        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
-            self._internal_error(exc)
+        except BaseException as exc:  # hotcb's own bug (kept out of training) or a Ctrl-C
+            self._left_with(exc)
 
     def catch_up(self, env: Env, events: Sequence[str]) -> None:
         """Apply what fell due at ``env["step"]``'s ``events`` that the framework will not run
@@ -362,8 +363,8 @@ class HotKernel:
             self._refresh_due(step)
             if self._ledger.out:
                 self.flush()
-        except Exception as exc:  # hotcb's own bug: keep training, say so once per kind
-            self._internal_error(exc)
+        except BaseException as exc:  # hotcb's own bug (kept out of training) or a Ctrl-C
+            self._left_with(exc)
 
     @property
     def takes_events(self) -> bool:
@@ -514,7 +515,9 @@ class HotKernel:
         if error is not None:
             log.warning("hotcb: %s", error)  # once until it changes or a read succeeds
         if lines and self._intake.life_start:  # the first lines after a restart
-            return self._intake.mark_earlier_life(lines)
+            lines = self._intake.mark_earlier_life(lines)
+        if self._unhandled:  # what an interrupt left of the last batch goes first
+            lines, self._unhandled = [*self._unhandled, *lines], []
         return lines
 
     def _sync_batch(
@@ -561,9 +564,10 @@ class HotKernel:
         intake = self._intake
         intake.begin(lines)
         try:
-            for end, raw, *stale in lines:
+            for i, (end, raw, *stale) in enumerate(lines):
                 if not raw.strip():
                     continue
+                seq = self._ledger.seq
                 try:
                     self._handle_line(raw, end, env, point, stale[0] if stale else None)
                 except Exception as exc:  # the cursor is past this batch: ledger it, go on
@@ -572,9 +576,21 @@ class HotKernel:
                         decision=Decision.FAILED.value, cursor=end,
                         error=f"could not handle the line: {type(exc).__name__}: {exc}",
                     )  # fmt: skip
+                except BaseException:  # a Ctrl-C: the rest of the batch at the next poll
+                    self._carry_interrupted(lines, i, seq)
+                    raise
         finally:
             intake.end()
         self._stream.write_if_changed(point.step)
+
+    def _carry_interrupted(self, lines: list[tuple[Any, ...]], i: int, seq: int) -> None:
+        """An interrupt (Ctrl-C) cut the batch short in line ``i``: the lines after it, and
+        that one when it has no entry yet (a save or a callback's load cut short), are handled
+        at the next poll: the read position is past them, and they would be lost."""
+        again = self._ledger.seq == seq
+        if again:
+            self._intake.forget(*lines[i][:2])
+        self._unhandled = [*lines[i if again else i + 1 :], *self._unhandled]
 
     def _handle_line(
         self, raw: bytes, end: int, env: Env, point: SafePoint, stale: str | None = None
@@ -1408,6 +1424,22 @@ class HotKernel:
             self.flush()
         except Exception as again:
             log.error("hotcb: could not ledger the lost rank: %r", again)
+
+    def _left_with(self, exc: BaseException) -> None:
+        """A safe point that raised: hotcb's own bug is ledgered and training goes on (said
+        once per kind); an interrupt (Ctrl-C, a notebook's stop button: not an ``Exception``)
+        goes on up once what the safe point applied is written. A change in force with no
+        entry would be applied again by the next kernel on this run, which reads on from the
+        ledger's cursor (a notebook's cell run again)."""
+        if isinstance(exc, Exception):
+            self._internal_error(exc)
+            return
+        try:
+            if self._ledger.out:
+                self.flush()
+        except Exception as again:  # the interrupt goes on up; this is all that can be said
+            log.error("hotcb: could not write the ledger on an interrupt: %r", again)
+        raise exc
 
     def _internal_error(self, exc: Exception) -> None:
         if isinstance(exc, PeerLostError):  # not hotcb's bug: the run cannot go on

@@ -1,0 +1,105 @@
+"""A Ctrl-C (a notebook's interrupt) that lands inside ``kernel.apply()``: in a callback, or in
+a command being handled. What the safe point applied is in the ledger before the interrupt goes
+on up, the commands of the batch it cut short are applied by the next poll, and a kernel made
+again on the run (the cell run again) applies nothing a second time."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from hotcb import HotClient, HotKernel
+from hotcb.testing import read_ledger
+
+# a Ctrl-C while the callback runs (a slow eval): raised when the loop asks for it, so that it
+# lands at a known safe point
+INTERRUPTS = """
+class Interrupts:
+    def handle(self, event, env):
+        if env.get("ctrl_c"):
+            raise KeyboardInterrupt
+"""
+
+# a Ctrl-C while a callback is loaded (its import, its constructor), the first time only
+INTERRUPTED_LOAD = """
+import os
+
+class Slow:
+    def __init__(self, flag):
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            raise KeyboardInterrupt
+
+    def handle(self, event, env):
+        pass
+"""
+
+
+def _optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+
+
+def _entries(run_dir: str, cmd_id: str) -> list[dict[str, Any]]:
+    return [e for e in read_ledger(run_dir) if e.get("cmd_id") == cmd_id]
+
+
+def test_a_ctrl_c_in_a_callback_leaves_the_change_it_followed_ledgered_once(
+    run_dir: str, write_cb: Any
+) -> None:
+    opt = _optimizer()
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    client = HotClient(run_dir, source="test")
+    loaded = client.cb_load("int", file=write_cb(INTERRUPTS), symbol="Interrupts")
+    for step in range(3):
+        kernel.apply({"step": step, "optimizer": opt})
+    assert _entries(run_dir, loaded)[0]["decision"] == "applied"
+    lr = client.set_params("opt", {"lr": 0.05})
+    try:  # the change is applied at this safe point, then the callback is interrupted
+        kernel.apply({"step": 3, "optimizer": opt, "ctrl_c": True})
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt did not go on up to the loop")
+    assert opt.param_groups[0]["lr"] == 0.05
+    # in the ledger already: `hotcb status` and `--wait` see it, not "not read by the run"
+    (entry,) = _entries(run_dir, lr)
+    assert entry["decision"] == "applied" and entry["step"] == 3
+
+    # the cell run again: a new kernel on the run, the same optimizer
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    for step in range(3):
+        kernel.apply({"step": step, "optimizer": opt})
+    kernel.close()
+    assert len(_entries(run_dir, lr)) == 1  # not applied a second time
+    assert opt.param_groups[0]["lr"] == 0.05
+
+
+def test_a_ctrl_c_while_a_command_is_handled_loses_none_of_its_batch(
+    run_dir: str, tmp_path: Any, write_cb: Any
+) -> None:
+    opt = _optimizer()
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, "optimizer": opt})
+    client = HotClient(run_dir, source="test")
+    flag = os.fspath(tmp_path / "interrupted_once")
+    slow = client.cb_load("slow", file=write_cb(INTERRUPTED_LOAD, "slow.py"), symbol="Slow",
+                          init={"flag": flag})  # fmt: skip
+    lr = client.set_params("opt", {"lr": 0.05})  # read in the same batch, after the load
+    try:
+        kernel.apply({"step": 1, "optimizer": opt})
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt did not go on up to the loop")
+    assert os.path.exists(flag) and opt.param_groups[0]["lr"] == 0.1
+    assert not _entries(run_dir, slow) and not _entries(run_dir, lr)
+
+    kernel.apply({"step": 2, "optimizer": opt})  # the loop run again, on the same kernel
+    (load,) = _entries(run_dir, slow)
+    assert load["decision"] == "applied", load  # its load cut short, it is loaded now
+    (entry,) = _entries(run_dir, lr)
+    assert entry["decision"] == "applied" and entry["step"] == 2
+    assert opt.param_groups[0]["lr"] == 0.05
+    kernel.close()
