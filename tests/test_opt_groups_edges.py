@@ -367,3 +367,22 @@ def test_a_multiplier_from_the_value_in_force_is_still_checked_before_writing(lo
         loop.client.set_params("opt", {"lr": 5.0}, relative_to={"lr": 1e-3})
     with open(loop.client.paths.commands) as f:
         assert not f.read().strip()
+
+
+def test_an_optimizer_rolled_back_with_load_state_dict_is_the_one_changed(loop: Loop) -> None:
+    """``optimizer.load_state_dict`` (a notebook's roll-back to a snapshot) puts new group
+    dicts in place: the actuators read and moved the old ones, so a change recorded the
+    rolled-back value as its "old" one, and its undo put that back over the snapshot's."""
+    snapshot = loop.opt.state_dict()  # lr 1e-3 and 5e-3
+    assert loop.send(loop.client.opt(lr=2e-3))["decision"] == "applied"
+    loop.opt.load_state_dict(snapshot)
+    assert loop.lrs() == pytest.approx([1e-3, 5e-3])
+    entry = loop.send(loop.client.opt(lr=4e-3, betas=(0.8, 0.99), weight_decay=0.02))
+    assert entry["changes"]["lr"] == {"old": 1e-3, "new": 4e-3}
+    assert entry["changes"]["betas"]["old"] == pytest.approx((0.9, 0.999))
+    assert loop.lrs() == pytest.approx([4e-3, 2e-2])  # group 1 keeps its share: x5
+    assert loop.wds() == pytest.approx([0.02, 0.0])
+    assert loop.opt.param_groups[1]["betas"] == (0.8, 0.99)
+    assert loop.send(loop.client.undo(entry["cmd_id"]))["decision"] == "applied"
+    assert loop.lrs() == pytest.approx([1e-3, 5e-3])
+    assert loop.opt.param_groups[0]["betas"] == (0.9, 0.999)

@@ -89,6 +89,25 @@ def _set_group_lr(
             max_lrs[index] *= ratio
 
 
+class _LiveGroups(Sequence[dict[str, Any]]):
+    """``optimizer.param_groups`` as it is at each read, not the list it was when the
+    actuators were made: ``optimizer.load_state_dict`` (a rollback to a snapshot, in a
+    notebook say) puts new group dicts in a new list, and actuators holding the old list read
+    and moved groups the optimizer no longer has."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.optimizer.param_groups[index]
+
+    def __len__(self) -> int:
+        return len(self.optimizer.param_groups)
+
+    def __iter__(self) -> Any:
+        return iter(self.optimizer.param_groups)
+
+
 class _Ratios:
     """The ratios of ``key`` between each param group and group 0, as last seen while group
     0's value was not 0. Taken through 0 (``weight_decay=0``, then ``0.05``) each group gets
@@ -98,7 +117,7 @@ class _Ratios:
     while group 0 holds weights: it keeps none (the HF Trainer's groups at its default
     ``weight_decay=0``)."""
 
-    def __init__(self, groups: list[dict[str, Any]], key: str) -> None:
+    def __init__(self, groups: Sequence[dict[str, Any]], key: str) -> None:
         self.groups = groups
         self.key = key
         self.seen: list[float | None] | None = None
@@ -132,7 +151,7 @@ def _vectors_only(group: dict[str, Any]) -> bool:
     return bool(params) and all(getattr(p, "ndim", 2) < 2 for p in params)
 
 
-def _group_names(groups: list[dict[str, Any]]) -> list[str]:
+def _group_names(groups: Sequence[dict[str, Any]]) -> list[str]:
     """A group's ``name`` when it has one (a string), else ``group<i>``."""
     return [g["name"] if isinstance(g.get("name"), str) else f"group{i}"
             for i, g in enumerate(groups)]  # fmt: skip
@@ -156,7 +175,7 @@ def optimizer_actuators(
     scheduler it has seen in env), or present in ``env["scheduler"]`` / ``env["schedulers"]``
     at apply time, are kept in step with the change.
     """
-    groups = optimizer.param_groups
+    groups = _LiveGroups(optimizer)
     lo, hi = lr_bounds
     names = [f"{prefix}lr@{name}" for name in _group_names(groups)]
     lr_ratios = _Ratios(groups, "lr")
@@ -222,7 +241,7 @@ def _lr_setter(optimizer: Any, schedulers: Sequence[Any], ratios: _Ratios) -> An
     return set_lr_all
 
 
-def _setter_of_all(groups: list[dict[str, Any]], key: str) -> Any:
+def _setter_of_all(groups: Sequence[dict[str, Any]], key: str) -> Any:
     """Apply function that sets ``key`` in every group that has it."""
 
     def apply_fn(value: Any, env: Env) -> None:
@@ -260,7 +279,7 @@ def _cycles(optimizer: Any, extra: Sequence[Any]) -> Any:
 
 
 def _all_groups_actuators(
-    groups: list[dict[str, Any]],
+    groups: Sequence[dict[str, Any]],
     prefix: str,
     several: bool,
     wd: _Ratios | None,
@@ -366,7 +385,7 @@ def _all_groups_actuators(
     return acts
 
 
-def _set_beta(groups: list[dict[str, Any]], i: int) -> Any:
+def _set_beta(groups: Sequence[dict[str, Any]], i: int) -> Any:
     """Apply function of ``beta<i+1>``: that one of every group's betas."""
 
     def apply_fn(value: Any, env: Env) -> None:
