@@ -590,7 +590,7 @@ class HotKernel:
         again = self._ledger.seq == seq
         if again:
             self._intake.forget(*lines[i][:2])
-        self._unhandled = [*lines[i if again else i + 1 :], *self._unhandled]
+        self._unhandled = lines[i if again else i + 1 :]
 
     def _handle_line(
         self, raw: bytes, end: int, env: Env, point: SafePoint, stale: str | None = None
