@@ -201,6 +201,37 @@ def test_a_loop_that_ctrl_c_unwound_through_close_says_interrupted(run_dir: str,
 
 
 @pytest.mark.slow
+def test_a_loop_that_an_error_unwound_through_close_says_crashed(
+    run_dir: str, tmp_path: Any, cli: Any
+) -> None:
+    """The loops the docs show (`try: ... finally: kernel.close()`, `with HotKernel(...)`)
+    said `finished at step 10` when the user's code raised: the crash alert and the autopilot
+    never heard of the crash. A `sys.exit(0)` on the way out is a clean end."""
+    from hotcb import HotKernel
+
+    def train(path: str, error: BaseException) -> None:
+        with HotKernel(path) as kernel:
+            for step in range(11):
+                kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+            raise error
+
+    with pytest.raises(ValueError, match="do not match"):
+        train(run_dir, ValueError("shapes (3,) and (4,) do not match"))
+    state = "crashed at step 10 (ValueError: shapes (3,) and (4,) do not match)"
+    assert _status(cli, run_dir)["state"] == state
+    assert f"the run {state}" in cli(run_dir, "stop").stdout
+    exited = os.fspath(tmp_path / "exited")
+    with pytest.raises(SystemExit):
+        train(exited, SystemExit(0))
+    assert _status(cli, exited)["state"] == "finished at step 10"
+    with pytest.raises(SystemExit):
+        train(exited, SystemExit("no data in /data/train"))
+    assert (
+        _status(cli, exited)["state"] == "crashed at step 10 (sys.exit('no data in /data/train'))"
+    )
+
+
+@pytest.mark.slow
 def test_a_copy_of_a_live_run_says_nothing_trains_there(
     run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
 ) -> None:

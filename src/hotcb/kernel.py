@@ -1302,10 +1302,7 @@ class HotKernel:
                     "stopped": self.stop_requested,
                     "seq": self._ledger.written,  # the ledger's last entry (refuse_lost_ledger)
                 }
-                if self._stopped_by is not None:
-                    ended["signal"] = self._stopped_by
-                elif isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                    ended["interrupted"] = True  # Ctrl-C unwound the loop through close()
+                ended.update(self._how_it_ended())
                 close_run_meta(self.paths, ended, self._warn)
                 # a last beat with the ledger's seq: the run's record of it that stays should
                 # hotcb.run.json be lost too (refuse_lost_ledger)
@@ -1322,6 +1319,22 @@ class HotKernel:
                 self.metrics.close()
             # an apply() after this is another loop: its first safe point reopens the run
             self._started = False
+
+    def _how_it_ended(self) -> dict[str, Any]:
+        """What ``ended`` in ``hotcb.run.json`` says beyond the step: the signal that stopped
+        the run, ``interrupted`` (Ctrl-C unwound the loop through ``close()``), or the
+        ``error`` that did (``try: ... finally: kernel.close()``, ``with HotKernel(...)``):
+        ``hotcb status`` then says ``crashed at step N (ValueError: …)``, not ``finished``."""
+        if self._stopped_by is not None:
+            return {"signal": self._stopped_by}
+        exc = sys.exc_info()[1]
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+            return {}
+        if isinstance(exc, KeyboardInterrupt):
+            return {"interrupted": True}
+        if isinstance(exc, SystemExit):
+            return {"error": f"sys.exit({exc.code!r})"}
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
     def reopen(self) -> None:
         """Open the run again for another training loop on this kernel: a notebook's

@@ -678,8 +678,22 @@ def _gone(meta: Mapping[str, Any]) -> str:
     return f"crashed (exit code {code}; {gone})"
 
 
+def closed_on_error(meta: Mapping[str, Any]) -> bool:
+    """Whether the run's loop was unwound by an error through ``close()`` (``ended`` in
+    ``hotcb.run.json`` holds it): a crash, though its process closed the run."""
+    ended = meta.get("ended")
+    return (
+        isinstance(ended, Mapping)
+        and isinstance(ended.get("error"), str)
+        and not ended.get("stopped")
+    )
+
+
 def _ended(ended: Mapping[str, Any]) -> str:
-    """``finished at step N`` and the like, for ``ended`` in ``hotcb.run.json``."""
+    """``finished at step N`` and the like, for ``ended`` in ``hotcb.run.json``; ``crashed at
+    step N (ValueError: …)`` for a loop that an error unwound through ``close()``."""
+    if closed_on_error({"ended": ended}):
+        return f"crashed at step {ended.get('step')} ({ended['error']})"
     how = ("stopped" if ended.get("stopped") else
            "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
     return f"{how} at step {ended.get('step')}"

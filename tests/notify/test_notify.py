@@ -490,3 +490,26 @@ def test_notify_on_a_run_that_is_over_says_so(tmp_path: Any, receiver: Any, cli:
     done = cli(run, "notify", "--notify-webhook", f"{receiver.url}/hook", "--interval", "0.1")
     assert done.returncode == 0, done.stderr
     assert "hotcb notify: the run finished at step 0; nothing more to watch" in done.stdout
+
+
+def test_a_loop_that_an_error_ended_through_close_is_a_crash(tmp_path: Any) -> None:
+    """`try: ... finally: kernel.close()` closes the run when the user's code raises: the
+    process is gone and did close it, so the crash alert said nothing."""
+    from hotcb import HotKernel
+
+    run = os.fspath(tmp_path / "run")
+
+    def train() -> None:
+        with HotKernel(run) as kernel:
+            for step in range(5):
+                kernel.apply({"step": step, "metrics": {"loss": 1.0}})
+            raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train()
+    n = Notifier(run, NotifyConfig(alerts=(Alert("crash", "crash"),), deliveries=()))
+    (fired,) = n.step()
+    n.close()
+    assert fired["message"] == (
+        "the training loop ended on an error: crashed at step 4 (RuntimeError: CUDA out of memory)"
+    )

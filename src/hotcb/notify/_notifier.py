@@ -16,7 +16,7 @@ from typing import Any
 from .. import jsonl
 from ..autopilot.engine import RECORDS as AUTOPILOT_RECORDS
 from ..jsonl import JsonlTail
-from ..ledger import LedgerView, run_over
+from ..ledger import LedgerView, closed_on_error, run_over
 from ..runfiles import process_alive
 from ..runview import RunView
 from ._alerts import Alert, Observation, Sample, onsets, samples
@@ -156,7 +156,9 @@ class Notifier:
         meta = self.view.meta()
         ended = isinstance(meta.get("ended"), dict)
         control = self.ledger.control_now(meta)  # not a pause of an earlier life
-        crashed = not ended and process_alive(meta) is False and _crashed(meta, now)
+        crashed = closed_on_error(meta) or (
+            not ended and process_alive(meta) is False and _crashed(meta, now)
+        )
         return Observation(
             now=now,
             metrics=metrics,
