@@ -523,3 +523,35 @@ def test_metrics_that_cannot_be_recorded_say_which_file(
     kernel.close()
     said = [r.getMessage() for r in caplog.records if "could not record metrics" in r.getMessage()]
     assert len(said) == 1 and os.path.join(run_dir, "hotcb.metrics.jsonl") in said[0], said
+
+
+def test_a_forked_child_that_leaves_through_close_leaves_the_run_alone(run_dir: str) -> None:
+    """A process forked from the training (a user's own pool) that ends through the loop's
+    `finally: kernel.close()` wrote into the parent's live run: a ramp "superseded" that went
+    on in the parent, the ledger's seq numbers twice, a heartbeat with the dead child's pid."""
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    client = HotClient(run_dir)
+    ramp = client.set_params("opt", {"lr": 0.01}, transition={"steps": 50})
+    for step in range(5):
+        kernel.apply({"step": step, "optimizer": opt})
+    pid = os.fork()
+    if pid == 0:  # the child: what a sys.exit() there unwinding through `finally` does
+        try:
+            kernel.close()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    for step in range(5, 60):
+        kernel.apply({"step": step, "optimizer": opt})
+    beat = jsonl.read_json(RunPaths(run_dir).heartbeat)
+    kernel.close()
+    assert beat["pid"] == os.getpid()
+    entries = read_ledger(run_dir)
+    seqs = [e["seq"] for e in entries]
+    assert seqs == sorted(set(seqs))  # one writer
+    ramped = [e for e in entries if e["cmd_id"] == ramp]
+    assert [e["step"] for e in ramped] == [0, 50]  # its start and its end, nothing between
+    assert "superseded" not in json.dumps(ramped), ramped
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)

@@ -330,3 +330,55 @@ def test_ctrl_c_in_a_later_notebook_cell_still_checkpoints_and_stops(tmp_path: A
     assert out.endswith("stopped\n") and "KeyboardInterrupt" not in err
     ck, stop = _signal_entries(run)
     assert (ck["op"], ck["decision"], stop["op"]) == ("checkpoint", "applied", "stop")
+
+
+DATALOADER_LOOP = """
+import sys
+import time
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from hotcb import HotKernel
+
+kernel = HotKernel(sys.argv[1], checkpoint_on_signal=True)
+loader = DataLoader(TensorDataset(torch.randn(1_000_000, 4)), batch_size=8, num_workers=2)
+try:
+    for step, (x,) in enumerate(loader):
+        kernel.apply({"step": step, "metrics": {"loss": float(x.sum())},
+                      "save_checkpoint": lambda path=None: None})
+        if kernel.stop_requested:
+            break
+        time.sleep(5)  # a long step: the workers' death interrupts it, no safe point comes first
+finally:
+    kernel.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_group_that_kills_the_loaders_workers_says_so(tmp_path: Any) -> None:
+    """SIGTERM to the whole process group (`kill -TERM -PGID`, a batch scheduler) kills a
+    DataLoader's workers (torch's own handler) and the loader raises before a safe point
+    takes the signal: no checkpoint. `hotcb status` said `finished at step N`; it now says
+    that the signal interrupted the run before its checkpoint, and the log says why."""
+    run_dir = os.fspath(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-c", DATALOADER_LOOP, run_dir], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV,
+                            start_new_session=True)  # fmt: skip
+    try:
+        metrics = RunPaths(run_dir).metrics
+        wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, 120,
+                 what="the loop's first step")  # fmt: skip
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    meta = jsonl.read_json(RunPaths(run_dir).run_meta)
+    ended = meta["ended"]
+    assert ended["signal_pending"] == "SIGTERM" and "DataLoader worker" in ended["error"], ended
+    from hotcb.ledger import LedgerView
+
+    state = LedgerView().run_state(None, time.time(), meta=meta)
+    assert state.startswith(f"interrupted by SIGTERM at step {ended['step']} (before its "
+                            "checkpoint; RuntimeError: DataLoader worker"), state  # fmt: skip
+    assert "reached the DataLoader's workers too" in err, err[-3000:]

@@ -271,6 +271,7 @@ class HotKernel:
         self._next_beat = 0.0  # the next heartbeat (time.monotonic())
         self._started = False
         self._closed = False
+        self._pid = os.getpid()  # a process forked from this one closes nothing (close())
         self._state_loaded = False  # load_state_dict() restored the schedule from a checkpoint
         self._last_step: Any = None  # the step of the last apply()
         self._signals = SignalCatcher(self._on_signal, lambda: not self._closed)
@@ -1272,8 +1273,11 @@ class HotKernel:
     def close(self) -> None:
         """End the ramps still under way (ledgered superseded where they got to), flush the
         ledger, write the actuators file, close the metrics stream, put back the signal
-        handlers :meth:`catch_signals` replaced."""
-        if self._closed:
+        handlers :meth:`catch_signals` replaced.
+
+        In a process forked from the training (``os.fork()``, a ``sys.exit`` there unwinding
+        through the loop's ``finally: kernel.close()``), nothing: the run is its parent's."""
+        if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
         self._caught_at_close = self._signals.installed
@@ -1327,14 +1331,24 @@ class HotKernel:
         ``hotcb status`` then says ``crashed at step N (ValueError: …)``, not ``finished``."""
         if self._stopped_by is not None:
             return {"signal": self._stopped_by}
+        out: dict[str, Any] = {}
+        if self._control.signal is not None:  # caught, and no safe point came to take it
+            out["signal_pending"] = signal_name(self._control.signal)
         exc = sys.exc_info()[1]
         if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
-            return {}
+            return out
         if isinstance(exc, KeyboardInterrupt):
-            return {"interrupted": True}
+            return {**out, "interrupted": True}
         if isinstance(exc, SystemExit):
-            return {"error": f"sys.exit({exc.code!r})"}
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            return {**out, "error": f"sys.exit({exc.code!r})"}
+        if out and "DataLoader worker" in str(exc):
+            log.warning(
+                "hotcb: the %s reached the DataLoader's workers too, which died of it "
+                "before a safe point could checkpoint: docs/core.md, 'Checkpoint on "
+                "SIGTERM and Ctrl-C', says how to keep them",
+                out["signal_pending"],
+            )
+        return {**out, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
     def reopen(self) -> None:
         """Open the run again for another training loop on this kernel: a notebook's

@@ -682,11 +682,9 @@ def closed_on_error(meta: Mapping[str, Any]) -> bool:
     """Whether the run's loop was unwound by an error through ``close()`` (``ended`` in
     ``hotcb.run.json`` holds it): a crash, though its process closed the run."""
     ended = meta.get("ended")
-    return (
-        isinstance(ended, Mapping)
-        and isinstance(ended.get("error"), str)
-        and not ended.get("stopped")
-    )
+    if not isinstance(ended, Mapping) or ended.get("stopped") or ended.get("signal_pending"):
+        return False  # (a signal it did not live to act on: interrupted)
+    return isinstance(ended.get("error"), str)
 
 
 def _ended(ended: Mapping[str, Any]) -> str:
@@ -694,6 +692,10 @@ def _ended(ended: Mapping[str, Any]) -> str:
     step N (ValueError: …)`` for a loop that an error unwound through ``close()``."""
     if closed_on_error({"ended": ended}):
         return f"crashed at step {ended.get('step')} ({ended['error']})"
+    pending = ended.get("signal_pending")
+    if isinstance(pending, str) and not ended.get("stopped"):  # no safe point took it
+        why = f"; {ended['error']}" if isinstance(ended.get("error"), str) else ""
+        return f"interrupted by {pending} at step {ended.get('step')} (before its checkpoint{why})"
     how = ("stopped" if ended.get("stopped") else
            "interrupted" if ended.get("interrupted") else "finished")  # fmt: skip
     return f"{how} at step {ended.get('step')}"
