@@ -759,3 +759,30 @@ def test_a_paused_run_publishes_the_lr_its_scheduler_left(run_dir: str) -> None:
         client.stop()
         client.resume()
         t.join(60)
+
+
+def test_close_from_another_thread_while_paused_ends_the_loop(run_dir: str) -> None:
+    """An app that trains in a thread and closes the kernel from its own (a stop button)
+    while the run is paused: the pause let go and training went on, unpaused and unclosed."""
+    import threading
+
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    client = HotClient(run_dir)
+    steps: list[int] = []
+
+    def loop() -> None:
+        for step in range(100_000):
+            kernel.apply({"step": step})
+            steps.append(step)
+            if kernel.stop_requested:
+                break
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    client.wait(client.pause(), timeout=60)
+    kernel.close()
+    t.join(60)
+    assert not t.is_alive(), "the loop went on after close()"
+    entries = read_ledger(run_dir)
+    assert [e["op"] for e in entries] == ["pause"]  # no reopen: the loop ended
+    assert steps[-1] == entries[0]["step"]

@@ -705,6 +705,8 @@ class HotKernel:
                 if control.due:  # a checkpoint asked for while paused is saved right away
                     control.save_due(env, point)
                 self.flush()
+        if self._closed and control.paused:  # close() from another thread (an app's stop
+            control.stop_requested = True  # button) ends the loop; it did not resume it
         if control.stop_requested:
             control.paused = False
 
