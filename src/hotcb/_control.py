@@ -350,11 +350,30 @@ class RunControl:
         ops, self.due = self.due, []
         self.saving = ops
         try:
-            for op, entry in ops:
+            for i, (op, entry) in enumerate(ops):
                 self.recorder.held = entry  # the file gets nothing from it on until it is done
-                self._save_one(op, entry, env)
+                try:
+                    self._save_one(op, entry, env)
+                except BaseException as exc:  # a Ctrl-C in the user's save
+                    self._not_saved(ops[i:], exc)
+                    raise
         finally:
             self.recorder.held, self.saving = None, []
+
+    def cut_short(self, exc: BaseException) -> None:
+        """An interrupt (Ctrl-C) leaves the safe point before the checkpoints asked for at it
+        were saved: each is ledgered failed, and nothing is held back from the file any more.
+        The process goes on (a notebook), and a kernel made again on the run reads on from
+        the ledger, which must hold every change this one applied."""
+        self._not_saved(self.due, exc)
+        self.due = []
+        self.recorder.held = None
+
+    @staticmethod
+    def _not_saved(ops: Sequence[tuple[HotOp, dict[str, Any]]], exc: BaseException) -> None:
+        for _op, entry in ops:
+            _outcome(entry, Decision.FAILED, f"{type(exc).__name__} before the save was done: "
+                     "no checkpoint was saved; send it again")  # fmt: skip
 
     def _save_one(self, op: HotOp, entry: dict[str, Any], env: Env) -> None:
         """Save one due checkpoint and fill its queued ``entry`` in with the outcome."""

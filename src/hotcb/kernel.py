@@ -1464,6 +1464,7 @@ class HotKernel:
             self._internal_error(exc)
             return
         try:
+            self._control.cut_short(exc)
             if self._ledger.out:
                 self.flush()
         except Exception as again:  # the interrupt goes on up; this is all that can be said

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 import torch
 
 from hotcb import HotClient, HotKernel
@@ -102,4 +103,64 @@ def test_a_ctrl_c_while_a_command_is_handled_loses_none_of_its_batch(
     (entry,) = _entries(run_dir, lr)
     assert entry["decision"] == "applied" and entry["step"] == 2
     assert opt.param_groups[0]["lr"] == 0.05
+    kernel.close()
+
+
+def test_a_ctrl_c_after_a_checkpoint_in_the_batch_fails_it_and_keeps_the_rest_ledgered(
+    run_dir: str, tmp_path: Any, write_cb: Any
+) -> None:
+    """A checkpoint's entry holds the later entries back from the file until its save is
+    done: an interrupt before the save left them all unwritten, and the cell's new kernel
+    applied the relative changes after it a second time."""
+    opt = _optimizer()
+    saved: list[str] = []
+    env = {"optimizer": opt, "save_checkpoint": lambda path=None: saved.append("x") or "ck.pt"}
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, **env})
+    client = HotClient(run_dir, source="test")
+    first = client.set_params("opt", {"lr": 0.11}, relative_to={"lr": 0.1})
+    ckpt = client.checkpoint()
+    second = client.set_params("opt", {"lr": 0.121}, relative_to={"lr": 0.11})
+    slow = client.cb_load("slow", file=write_cb(INTERRUPTED_LOAD, "slow.py"), symbol="Slow",
+                          init={"flag": os.fspath(tmp_path / "once")})  # fmt: skip
+    try:
+        kernel.apply({"step": 1, **env})
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt did not go on up to the loop")
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.121) and not saved
+    (failed,) = _entries(run_dir, ckpt)
+    assert failed["decision"] == "failed" and "no checkpoint was saved" in failed["error"]
+    assert [e["decision"] for c in (first, second) for e in _entries(run_dir, c)] == [
+        "applied", "applied"
+    ]  # fmt: skip
+
+    kernel = HotKernel(run_dir, poll_interval_sec=0)  # the cell run again
+    kernel.apply({"step": 0, **env})
+    kernel.close()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.121)  # not x1.1 once more
+    assert [len(_entries(run_dir, c)) for c in (first, ckpt, second, slow)] == [1, 1, 1, 1]
+
+
+def test_a_ctrl_c_in_the_save_fails_the_checkpoint(run_dir: str) -> None:
+    """Interrupted in the user's save, the checkpoint was ledgered `applied` with no file."""
+    opt = _optimizer()
+
+    def save(path: Any = None) -> str:
+        raise KeyboardInterrupt
+
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, "optimizer": opt})
+    client = HotClient(run_dir, source="test")
+    before, ckpt, after = client.opt(lr=0.2), client.checkpoint(), client.opt(lr=0.3)
+    try:
+        kernel.apply({"step": 1, "optimizer": opt, "save_checkpoint": save})
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt did not go on up to the loop")
+    got = {c: [e["decision"] for e in _entries(run_dir, c)] for c in (before, ckpt, after)}
+    assert got == {before: ["applied"], ckpt: ["failed"], after: ["applied"]}
+    assert opt.param_groups[0]["lr"] == 0.3
     kernel.close()
