@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -229,6 +230,47 @@ def test_a_loop_that_an_error_unwound_through_close_says_crashed(
     assert (
         _status(cli, exited)["state"] == "crashed at step 10 (sys.exit('no data in /data/train'))"
     )
+    # the dashboard serves this file: an error that quotes a URL keeps no secret, on one line
+    leaky = ConnectionError("GET https://bob:hunter2@hf.co/x?token=hf_S3CRET failed\n  retry")
+    with pytest.raises(ConnectionError):
+        train(exited, leaky)
+    assert _status(cli, exited)["state"] == (
+        "crashed at step 10 (ConnectionError: GET https://bob:***@hf.co/x?token=*** failed retry)"
+    )
+    with open(os.path.join(exited, "hotcb.run.json")) as f:
+        assert "hunter2" not in f.read()
+
+
+def test_a_close_after_an_end_by_design_or_a_framework_s_ctrl_c_is_no_crash(
+    run_dir: str, cli: Any
+) -> None:
+    """`close()` in the `except StopIteration` that ended a loop said `crashed (StopIteration)`;
+    Lightning answers a Ctrl-C with `sys.exit(1)`, which said `crashed (sys.exit(1))`."""
+    from hotcb import HotKernel
+
+    kernel = HotKernel(run_dir)
+    batches = iter(range(3))
+    try:
+        while True:
+            kernel.apply({"step": next(batches), "metrics": {"loss": 1.0}})
+    except StopIteration:
+        kernel.close()
+    assert _status(cli, run_dir)["state"] == "finished at step 2"
+
+    def fit() -> None:
+        kernel = HotKernel(run_dir)
+        try:
+            try:
+                kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                sys.exit(1)  # what Lightning does after its graceful shutdown
+        finally:
+            kernel.close()
+
+    with pytest.raises(SystemExit):
+        fit()
+    assert _status(cli, run_dir)["state"] == "interrupted at step 0"
 
 
 @pytest.mark.slow

@@ -61,6 +61,7 @@ from .runfiles import (
     RunPaths,
     close_run_meta,
     other_live_trainer,
+    redact_url,
     write_run_meta,
 )
 
@@ -100,6 +101,23 @@ def _other_trainer_note(pid: int, run_dir: str | None = None) -> str:
         f"ledger with clashing seqs. Stop one of them (kill {pid} if it is the old one), or "
         "start this one in another run directory"
     )
+
+
+#: Exceptions a loop ends on by design (an iterator's end, a generator closed), also when
+#: ``close()`` is called in the ``except`` that handled them: not a crash.
+_NOT_A_CRASH = (StopIteration, StopAsyncIteration, GeneratorExit)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` of the error a loop ended on, as ``hotcb.run.json`` keeps it (and the
+    dashboard serves it): one line, at most 300 characters, URL secrets as ``***`` (an HTTP
+    error quotes the URL it fetched, token and all)."""
+    if isinstance(exc, SystemExit):
+        text = f"sys.exit({exc.code!r})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    line = " ".join(redact_url(text).split())
+    return line if len(line) <= 300 else line[:299] + "…"
 
 
 def _run_dir(given: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
@@ -1337,20 +1355,19 @@ class HotKernel:
         if self._control.signal is not None:  # caught, and no safe point came to take it
             out["signal_pending"] = signal_name(self._control.signal)
         exc = sys.exc_info()[1]
-        if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        if (
+            exc is None
+            or isinstance(exc, _NOT_A_CRASH)
+            or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+        ):
             return out
-        if isinstance(exc, KeyboardInterrupt):
-            return {**out, "interrupted": True}
-        if isinstance(exc, SystemExit):
-            return {**out, "error": f"sys.exit({exc.code!r})"}
+        if isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt):
+            return {**out, "interrupted": True}  # (Lightning answers a Ctrl-C with sys.exit(1))
         if out and "DataLoader worker" in str(exc):
-            log.warning(
-                "hotcb: the %s reached the DataLoader's workers too, which died of it "
-                "before a safe point could checkpoint: docs/core.md, 'Checkpoint on "
-                "SIGTERM and Ctrl-C', says how to keep them",
-                out["signal_pending"],
-            )
-        return {**out, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            log.warning("hotcb: the %s reached the DataLoader's workers too, which died of it "
+                        "before a safe point could checkpoint: docs/core.md, 'Checkpoint on "
+                        "SIGTERM and Ctrl-C', says how to keep them", out["signal_pending"])  # fmt: skip
+        return {**out, "error": _error_line(exc)}
 
     def reopen(self) -> None:
         """Open the run again for another training loop on this kernel: a notebook's

@@ -510,6 +510,4 @@ def test_a_loop_that_an_error_ended_through_close_is_a_crash(tmp_path: Any) -> N
     n = Notifier(run, NotifyConfig(alerts=(Alert("crash", "crash"),), deliveries=()))
     (fired,) = n.step()
     n.close()
-    assert fired["message"] == (
-        "the training loop ended on an error: crashed at step 4 (RuntimeError: CUDA out of memory)"
-    )
+    assert fired["message"] == ("the training crashed at step 4 (RuntimeError: CUDA out of memory)")

@@ -149,7 +149,7 @@ def _crash(alert: Alert, obs: Observation) -> list[Sample]:
     if not obs.crashed:
         return [Sample(False)]
     if obs.ended:  # its loop ended on an error, through close()
-        return [Sample(True, f"the training loop ended on an error: {obs.crash}", obs.last_step)]
+        return [Sample(True, f"the training {obs.crash}", obs.last_step)]  # crashed at step N (…)
     how = f": {obs.crash}" if obs.crash else " (crashed or killed)"
     after = f", after step {obs.last_step}" if obs.last_step is not None else ""
     return [Sample(True, f"the training process is gone without closing the run{after}{how}",
