@@ -283,45 +283,74 @@ def redact_urls(value: Any) -> Any:
     return value
 
 
-#: The words of a flag or variable name (``--hf-token``, ``WANDB_API_KEY``) that say its value
-#: is a secret.
+#: The last word of a flag or variable name (``--hf-token``, ``DB_PASSWORD``) that says its
+#: value is a secret.
 _SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "apikey", "auth", "credential",
-     "credentials", "key"}
+    {"token", "secret", "password", "passwd", "passphrase", "pass", "pwd", "apikey",
+     "credential", "credentials", "pat", "bearer"}
 )  # fmt: skip
-_ENV_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+#: The words before a last word ``key`` that make it a secret (``--api-key``, ``--wandb-key``,
+#: ``AWS_SECRET_ACCESS_KEY``): ``--sort-key``, ``--metric-key`` and a bare ``--key`` are not.
+_KEY_OWNERS = frozenset(
+    {"api", "access", "secret", "private", "auth", "license", "encryption", "signing",
+     "master", "service", "account", "client", "app", "ssh", "wandb", "hf", "huggingface",
+     "openai", "anthropic", "cohere", "mistral", "groq", "together", "replicate", "comet",
+     "neptune", "mlflow", "github", "gh", "aws", "gcp", "azure", "pinecone", "google"}
+)  # fmt: skip
+#: ``NAME=value`` as ``env`` takes it (``WANDB_API_KEY=…``) or a Hydra override does
+#: (``trainer.hf_token=…``, ``+model.api_key=…``).
+_ASSIGNMENT = re.compile(r"[+~]{0,2}[A-Za-z_][\w.-]*=")
 REDACTED = "***"
 
 
 def secret_name(name: str) -> bool:
     """Whether the flag or variable ``name`` (``--hf-token``, ``--db_password``,
-    ``OPENAI_API_KEY``) names a secret: its last word is ``token``, ``key``, ``secret``,
-    ``password``, ``auth``… (``--tokenizer``, ``--max-tokens`` and ``--token-file`` are not)."""
-    words = re.split(r"[-_.\s]+", name.strip("-").lower())
+    ``OPENAI_API_KEY``, ``trainer.hfToken``) names a secret: its last word is ``token``,
+    ``secret``, ``password``…, or ``key`` after ``api``, ``access``, ``wandb``…
+    (``--tokenizer``, ``--max-tokens``, ``--token-file`` and ``--sort-key`` are not)."""
+    last = name.lstrip("-+~").rsplit(".", 1)[-1]
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", last)  # camelCase: its words
+    words = [w for w in re.split(r"[-_\s:]+", spaced.lower()) if w]
+    if not words:
+        return False
+    if words[-1] == "key":
+        return len(words) > 1 and words[-2] in _KEY_OWNERS
     return words[-1] in _SECRET_WORDS
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` as it may be written down (``hotcb.run.json``, which the dashboard serves) and
-    shown: the value of a flag named like a secret (``--hf-token X``, ``--api-key=X``) or of
-    an assignment (``WANDB_API_KEY=X``, as ``env`` takes it) is ``***``, and so are the
-    secrets of URLs (:func:`redact_url`)."""
+    shown: the value of a flag named like a secret (``--hf-token X``, ``--api-key=X``), of an
+    assignment (``WANDB_API_KEY=X`` as ``env`` takes it, ``trainer.hf_token=X``) and of an
+    ``Authorization: Bearer X`` is ``***``, and so are the secrets of URLs
+    (:func:`redact_url`); inside an argument with spaces (``bash -c "…"``) word by word.
+    ``-p X`` cannot be told from any other short flag: it is kept."""
     out: list[str] = []
-    hide_next = False
+    hide = False
     for arg in argv:
-        if hide_next and not arg.startswith("-"):
-            out.append(REDACTED)
-            hide_next = False
+        if any(c.isspace() for c in arg):  # a command line in one argument: its words
+            parts = re.split(r"(\s+)", arg)
+            words = redact_argv(parts[0::2])
+            parts[0::2] = words
+            out.append("".join(parts))
+            hide = False
             continue
-        name, eq, _ = arg.partition("=")
-        assigns = arg.startswith("-") or _ENV_ASSIGNMENT.match(arg) is not None
-        if eq and assigns and secret_name(name):
-            out.append(f"{name}={REDACTED}")
-            hide_next = False
-            continue
-        hide_next = arg.startswith("-") and not eq and secret_name(arg)
-        out.append(redact_url(arg))
+        arg, hide = _redact_word(arg, hide)
+        out.append(arg)
     return out
+
+
+def _redact_word(arg: str, hide: bool) -> tuple[str, bool]:
+    """One word of a command line, and whether the next is a secret's value."""
+    if hide and not arg.startswith("--"):  # (a value may start with one dash: "-x9")
+        return REDACTED, False
+    if _ASSIGNMENT.match(arg) or arg.startswith("-"):
+        name, eq, _ = arg.partition("=")
+        if eq and secret_name(name):
+            return f"{name}={REDACTED}", False
+    scheme = arg.lower() in ("bearer", "basic", "token")  # Authorization: Bearer X
+    named = arg.startswith("-") and "=" not in arg and secret_name(arg)
+    return redact_url(arg), scheme or named
 
 
 def url_secrets(text: str) -> list[str]:

@@ -1,0 +1,44 @@
+"""The training command ``hotcb launch`` records (``hotcb.run.json``, served by the dashboard)
+keeps no secret, and keeps every ordinary flag: ``hotcb branch`` prints it to run again."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotcb.runfiles import redact_argv
+
+HIDDEN = [
+    (["--hf-token", "hf_x"], ["--hf-token", "***"]),
+    (["--hf_token", "hf_x"], ["--hf_token", "***"]),
+    (["--token=X"], ["--token=***"]),
+    (["--api-key=X", "--wandb-api-key", "k"], ["--api-key=***", "--wandb-api-key", "***"]),
+    (["--hfToken", "abc", "--apiKey", "abc"], ["--hfToken", "***", "--apiKey", "***"]),
+    (["--api-key", "-abc123", "--token", "-"], ["--api-key", "***", "--token", "***"]),
+    (["--pass", "x", "--passphrase", "y", "--gh-pat", "z"],
+     ["--pass", "***", "--passphrase", "***", "--gh-pat", "***"]),
+    (["env", "OPENAI_API_KEY=sk", "AWS_SECRET_ACCESS_KEY=z", "python"],
+     ["env", "OPENAI_API_KEY=***", "AWS_SECRET_ACCESS_KEY=***", "python"]),
+    (["trainer.hf_token=abc", "+model.api_key=abc"], ["trainer.hf_token=***", "+model.api_key=***"]),
+    (["--header", "Authorization: Bearer abc"], ["--header", "Authorization: Bearer ***"]),
+    (["--db", "postgresql://me:pw@db/x", "--url", "http://h/?token=abc"],
+     ["--db", "postgresql://me:***@db/x", "--url", "http://h/?token=***"]),
+    (["bash", "-c", "HF_TOKEN=abc python t.py --token abc --lr 0.1"],
+     ["bash", "-c", "HF_TOKEN=*** python t.py --token *** --lr 0.1"]),
+]  # fmt: skip
+
+KEPT = [
+    ["--tokenizer", "t5", "--max-tokens", "5", "--token-file", "/run/secrets/hf"],
+    ["--sort-key", "name", "--metric-key", "val/loss", "--monitor-key", "val_loss"],
+    ["--key-metric", "acc", "--key", "3", "--auth", "none", "--auth-url", "http://x"],
+    ["--input-key", "text", "--cache-key", "a", "--lr", "-1", "--seed", "0"],
+]
+
+
+@pytest.mark.parametrize(("argv", "recorded"), HIDDEN)
+def test_a_secret_on_the_command_is_recorded_as_stars(argv: list[str], recorded: list[str]) -> None:
+    assert redact_argv(argv) == recorded
+
+
+@pytest.mark.parametrize("argv", KEPT)
+def test_an_ordinary_flag_is_recorded_as_given(argv: list[str]) -> None:
+    assert redact_argv(argv) == argv
