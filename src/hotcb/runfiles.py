@@ -297,6 +297,14 @@ _KEY_OWNERS = frozenset(
      "openai", "anthropic", "cohere", "mistral", "groq", "together", "replicate", "comet",
      "neptune", "mlflow", "github", "gh", "aws", "gcp", "azure", "pinecone", "google"}
 )  # fmt: skip
+#: The words before a last word ``token`` that make it a vocabulary's token, not a secret
+#: (``--eos_token "</s>"``, ``--pad-token``, ``model.mask_token=…``).
+_VOCABULARY = frozenset(
+    {"pad", "bos", "eos", "mask", "unk", "sep", "cls", "start", "end", "begin", "stop",
+     "special", "image", "audio", "video", "vision", "placeholder", "extra", "additional",
+     "new", "decoder", "eot", "eom", "sot", "think", "tool", "system", "user", "assistant",
+     "boi", "eoi", "prompt", "response", "answer", "query", "label", "ignore", "default"}
+)  # fmt: skip
 #: ``NAME=value`` as ``env`` takes it (``WANDB_API_KEY=…``) or a Hydra override does
 #: (``trainer.hf_token=…``, ``+model.api_key=…``).
 _ASSIGNMENT = re.compile(r"[+~]{0,2}[A-Za-z_][\w.-]*=")
@@ -307,7 +315,8 @@ def secret_name(name: str) -> bool:
     """Whether the flag or variable ``name`` (``--hf-token``, ``--db_password``,
     ``OPENAI_API_KEY``, ``trainer.hfToken``) names a secret: its last word is ``token``,
     ``secret``, ``password``…, or ``key`` after ``api``, ``access``, ``wandb``…
-    (``--tokenizer``, ``--max-tokens``, ``--token-file`` and ``--sort-key`` are not)."""
+    (``--tokenizer``, ``--max-tokens``, ``--token-file``, ``--eos-token`` and ``--sort-key``
+    are not)."""
     last = name.lstrip("-+~").rsplit(".", 1)[-1]
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", last)  # camelCase: its words
     words = [w for w in re.split(r"[-_\s:]+", spaced.lower()) if w]
@@ -315,6 +324,8 @@ def secret_name(name: str) -> bool:
         return False
     if words[-1] == "key":
         return len(words) > 1 and words[-2] in _KEY_OWNERS
+    if words[-1] == "token" and len(words) > 1 and words[-2] in _VOCABULARY:
+        return False
     return words[-1] in _SECRET_WORDS
 
 

@@ -31,6 +31,15 @@ KEPT = [
     ["--sort-key", "name", "--metric-key", "val/loss", "--monitor-key", "val_loss"],
     ["--key-metric", "acc", "--key", "3", "--auth", "none", "--auth-url", "http://x"],
     ["--input-key", "text", "--cache-key", "a", "--lr", "-1", "--seed", "0"],
+    [
+        "--eos_token",
+        "</s>",
+        "--pad-token",
+        "<pad>",
+        "model.mask_token=[MASK]",
+        "--pad_token_id",
+        "0",
+    ],
 ]
 
 
