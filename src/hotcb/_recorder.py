@@ -236,14 +236,20 @@ class LedgerRecorder:
                 out = [_writable(entry) for entry in out]
                 self.writer.write(out)
         except BaseException as exc:  # the writer left nothing of them in the file
+            if jsonl.written_before(exc):  # a Ctrl-C once they were all in: written
+                self._wrote(out)
+                raise
             self.out = out + self.out  # disk full, permissions: keep training, keep them
             if isinstance(exc, OSError):
                 return f"could not write the ledger: {exc}"
             raise
+        self._wrote(out)
+        return None
+
+    def _wrote(self, out: list[dict[str, Any]]) -> None:
         last = out[-1].get("seq")
         if type(last) is int:
             self.written = max(self.written, last)
-        return None
 
 
 #: Fields of an entry kept as they are when the entry cannot be written whole.

@@ -272,6 +272,7 @@ def _write_locked(
     raises with ``written=True``: the record is in the file, do not write it again.
     ``unless()``, called under the lock, says when nothing is to be written (or raises)."""
     fd, start = _open_locked(path)  # start: the size, which no other writer moves now
+    complete = False
     try:
         try:
             if unless is not None and unless():
@@ -284,8 +285,13 @@ def _write_locked(
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                complete = True
             except OSError as exc:
                 raise _cut_back(fd, path, start, len(data), exc) from exc
+            except BaseException:  # an interrupt (Ctrl-C) part way: none of it stays
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
             if fsync:
                 try:
                     os.fsync(fd)
@@ -300,8 +306,19 @@ def _write_locked(
                     ) from exc
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+    except BaseException as exc:
+        if complete and not isinstance(exc, Exception):
+            # an interrupt once every byte was in the file: the caller must not write it again
+            exc.hotcb_written = True  # type: ignore[attr-defined]
+        raise
     finally:
         os.close(fd)
+
+
+def written_before(exc: BaseException) -> bool:
+    """Whether the interrupt ``exc`` (Ctrl-C) came once an append's data was all in the file
+    (:func:`append_many` and the like then raise it all the same)."""
+    return bool(getattr(exc, "hotcb_written", False))
 
 
 #: How often an append opens the path again when the file it opened was moved away (rotated)

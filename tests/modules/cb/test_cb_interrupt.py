@@ -164,3 +164,56 @@ def test_a_ctrl_c_in_the_save_fails_the_checkpoint(run_dir: str) -> None:
     assert got == {before: ["applied"], ckpt: ["failed"], after: ["applied"]}
     assert opt.param_groups[0]["lr"] == 0.3
     kernel.close()
+
+
+@pytest.mark.parametrize("where", ["after the write", "part way"])
+def test_a_ctrl_c_in_the_ledger_write_leaves_each_entry_once(
+    run_dir: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """An interrupt once the batch's bytes were in the file (releasing the lock) had the batch
+    written again by the flush on the way out; one part way left half a line and the batch
+    again after it."""
+    import fcntl
+
+    from hotcb import jsonl
+
+    opt = _optimizer()
+    kernel = HotKernel(run_dir, poll_interval_sec=0)
+    kernel.apply({"step": 0, "optimizer": opt})
+    sent = [HotClient(run_dir, source="test").opt(lr=lr) for lr in (0.2, 0.3)]
+    real_flock, real_write = fcntl.flock, os.write
+    armed = [True]
+
+    def flock(fd: int, how: int) -> None:
+        real_flock(fd, how)
+        if how == fcntl.LOCK_UN and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    def write(fd: int, data: Any) -> int:
+        if armed[0] and len(data) > 20:
+            armed[0] = False
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise KeyboardInterrupt
+        return real_write(fd, data)
+
+    if where == "after the write":
+        monkeypatch.setattr(jsonl.fcntl, "flock", flock)
+    else:
+        monkeypatch.setattr(jsonl.os, "write", write)
+    try:
+        kernel.apply({"step": 1, "optimizer": opt})
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt did not go on up to the loop")
+    monkeypatch.undo()
+    assert not armed[0]
+    kernel.apply({"step": 2, "optimizer": opt})
+    kernel.close()
+    with open(os.path.join(run_dir, "hotcb.applied.jsonl")) as f:
+        lines = f.read().splitlines()
+    assert all(line.startswith("{") and line.endswith("}") for line in lines), lines
+    assert [len(_entries(run_dir, c)) for c in sent] == [1, 1]
+    seqs = [e["seq"] for e in read_ledger(run_dir)]
+    assert seqs == sorted(set(seqs))
