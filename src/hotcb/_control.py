@@ -355,7 +355,9 @@ class RunControl:
                 try:
                     self._save_one(op, entry, env)
                 except BaseException as exc:  # a Ctrl-C in the user's save
-                    self._not_saved(ops[i:], exc)
+                    _outcome(entry, Decision.FAILED, f"{type(exc).__name__} during the save: "
+                             "its file may be missing or incomplete; send it again")  # fmt: skip
+                    self._not_saved(ops[i + 1 :], exc)
                     raise
         finally:
             self.recorder.held, self.saving = None, []
@@ -372,8 +374,8 @@ class RunControl:
     @staticmethod
     def _not_saved(ops: Sequence[tuple[HotOp, dict[str, Any]]], exc: BaseException) -> None:
         for _op, entry in ops:
-            _outcome(entry, Decision.FAILED, f"{type(exc).__name__} before the save was done: "
-                     "no checkpoint was saved; send it again")  # fmt: skip
+            _outcome(entry, Decision.FAILED, f"{type(exc).__name__} before its save: no "
+                     "checkpoint was saved; send it again")  # fmt: skip
 
     def _save_one(self, op: HotOp, entry: dict[str, Any], env: Env) -> None:
         """Save one due checkpoint and fill its queued ``entry`` in with the outcome."""

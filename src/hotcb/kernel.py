@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -61,7 +62,7 @@ from .runfiles import (
     RunPaths,
     close_run_meta,
     other_live_trainer,
-    redact_url,
+    redact_argv,
     write_run_meta,
 )
 
@@ -108,6 +109,9 @@ def _other_trainer_note(pid: int, run_dir: str | None = None) -> str:
 _NOT_A_CRASH = (StopIteration, StopAsyncIteration, GeneratorExit)
 
 
+_BEARER = re.compile(r"(?i)\b(bearer)\s+\S+")
+
+
 def _error_line(exc: BaseException) -> str:
     """``Type: message`` of the error a loop ended on, as ``hotcb.run.json`` keeps it (and the
     dashboard serves it): one line, at most 300 characters, URL secrets as ``***`` (an HTTP
@@ -116,7 +120,8 @@ def _error_line(exc: BaseException) -> str:
         text = f"sys.exit({exc.code!r})"
     else:
         text = f"{type(exc).__name__}: {exc}"
-    line = " ".join(redact_url(text).split())
+    words = redact_argv(_BEARER.sub(r"\1 ***", text).split())  # api_key=…, URL secrets
+    line = " ".join(words)
     return line if len(line) <= 300 else line[:299] + "…"
 
 

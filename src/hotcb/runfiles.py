@@ -256,19 +256,24 @@ _URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*):[^\s'\"]*@")
 # ``?api-key=…``, ``&token=…``, ``#access_token=…``: a query (or fragment) parameter whose name
 # says it holds a secret; its value runs to the next parameter, the fragment or the text's end.
 _SECRET_PARAM = re.compile(
-    r"([?&#](?:password|passwd|pwd|secret|token|key|api-key|api_key|apikey|access_token|auth"
-    r"|sig|signature)=)[^&#\s'\"]+",
+    r"([?&#](?:[\w.-]*[-_.])?(?:password|passwd|pwd|secret|token|key|apikey|auth|sig|signature"
+    r"|credential)=)[^&#\s'\"]+",
     re.IGNORECASE,
 )
+#: ``https://TOKEN@host``: a user name alone, which git and HTTP tools take for a token (a
+#: GitHub PAT); a database URL's user name (``postgresql://alice@db``) stays
+_URL_USER = re.compile(r"(\bhttps?://)[^/?#@\s:'\"]+@", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
     """``text`` with the secrets of every URL in it replaced by ``***``: the password of
     ``scheme://user:password@host`` and the value of a query parameter named like a secret
-    (``password``, ``token``, ``key``, ``api-key``, ``access_token``, ``sig``, …). Storage URLs,
+    (``password``, ``token``, ``key``, ``api-key``, ``access_token``, ``sig``, …), and the user
+    name of ``https://TOKEN@host``. Storage URLs,
     webhooks and the LLM autopilot's base URL are shown in status output, state files and the
     dashboard this way."""
-    return _SECRET_PARAM.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+    text = _URL_USER.sub(r"\1***@", _URL_PASSWORD.sub(r"\1:***@", text))
+    return _SECRET_PARAM.sub(r"\1***", text)
 
 
 def redact_urls(value: Any) -> Any:
@@ -286,8 +291,8 @@ def redact_urls(value: Any) -> Any:
 #: The last word of a flag or variable name (``--hf-token``, ``DB_PASSWORD``) that says its
 #: value is a secret.
 _SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "passphrase", "pass", "pwd", "apikey",
-     "credential", "credentials", "pat", "bearer"}
+    {"token", "secret", "password", "passwd", "passphrase", "pass", "pwd", "pw", "apikey",
+     "credential", "credentials", "pat", "bearer", "cookie"}
 )  # fmt: skip
 #: The words before a last word ``key`` that make it a secret (``--api-key``, ``--wandb-key``,
 #: ``AWS_SECRET_ACCESS_KEY``): ``--sort-key``, ``--metric-key`` and a bare ``--key`` are not.
@@ -295,7 +300,8 @@ _KEY_OWNERS = frozenset(
     {"api", "access", "secret", "private", "auth", "license", "encryption", "signing",
      "master", "service", "account", "client", "app", "ssh", "wandb", "hf", "huggingface",
      "openai", "anthropic", "cohere", "mistral", "groq", "together", "replicate", "comet",
-     "neptune", "mlflow", "github", "gh", "aws", "gcp", "azure", "pinecone", "google"}
+     "neptune", "mlflow", "github", "gh", "aws", "gcp", "azure", "pinecone", "google",
+     "kaggle"}
 )  # fmt: skip
 #: The words before a last word ``token`` that make it a vocabulary's token, not a secret
 #: (``--eos_token "</s>"``, ``--pad-token``, ``model.mask_token=…``).
@@ -303,7 +309,10 @@ _VOCABULARY = frozenset(
     {"pad", "bos", "eos", "mask", "unk", "sep", "cls", "start", "end", "begin", "stop",
      "special", "image", "audio", "video", "vision", "placeholder", "extra", "additional",
      "new", "decoder", "eot", "eom", "sot", "think", "tool", "system", "user", "assistant",
-     "boi", "eoi", "prompt", "response", "answer", "query", "label", "ignore", "default"}
+     "boi", "eoi", "prompt", "response", "answer", "query", "label", "ignore", "default",
+     "eod", "img", "chat", "sentinel", "lang", "class", "fim", "prefix", "suffix", "middle",
+     "target", "separator", "thinking", "reasoning", "pooling", "register", "memory", "max",
+     "min", "num", "n", "drop", "summary", "dummy", "unused"}
 )  # fmt: skip
 #: ``NAME=value`` as ``env`` takes it (``WANDB_API_KEY=…``) or a Hydra override does
 #: (``trainer.hf_token=…``, ``+model.api_key=…``).
@@ -326,6 +335,8 @@ def secret_name(name: str) -> bool:
         return len(words) > 1 and words[-2] in _KEY_OWNERS
     if words[-1] == "token" and len(words) > 1 and words[-2] in _VOCABULARY:
         return False
+    if words[-1] == "pass" and len(words) > 1:  # --forward-pass, --num-pass: not --db-pass
+        return words[-2] in ("db", "user", "admin", "root", "login", "ssh", "smtp", "proxy")
     return words[-1] in _SECRET_WORDS
 
 
@@ -337,31 +348,42 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     (:func:`redact_url`); inside an argument with spaces (``bash -c "…"``) word by word.
     ``-p X`` cannot be told from any other short flag: it is kept."""
     out: list[str] = []
-    hide = False
+    hide, before = False, ""
     for arg in argv:
         if any(c.isspace() for c in arg):  # a command line in one argument: its words
             parts = re.split(r"(\s+)", arg)
             words = redact_argv(parts[0::2])
             parts[0::2] = words
             out.append("".join(parts))
-            hide = False
+            hide, before = False, ""
             continue
-        arg, hide = _redact_word(arg, hide)
-        out.append(arg)
+        word, hide = _redact_word(arg, hide, before)
+        out.append(word)
+        before = arg
     return out
 
 
-def _redact_word(arg: str, hide: bool) -> tuple[str, bool]:
-    """One word of a command line, and whether the next is a secret's value."""
-    if hide and not arg.startswith("--"):  # (a value may start with one dash: "-x9")
-        return REDACTED, False
+def _redact_word(arg: str, hide: bool, before: str) -> tuple[str, bool]:
+    """One word of a command line (``before``: the one before it), and whether the next is a
+    secret's value."""
+    if hide and not arg.startswith("--") and not _PLAIN.fullmatch(arg):
+        return REDACTED, False  # (a value may start with one dash: "-x9"; a number is none)
     if _ASSIGNMENT.match(arg) or arg.startswith("-"):
-        name, eq, _ = arg.partition("=")
-        if eq and secret_name(name):
+        name, eq, value = arg.partition("=")
+        if eq and secret_name(name) and not _PLAIN.fullmatch(value):
             return f"{name}={REDACTED}", False
-    scheme = arg.lower() in ("bearer", "basic", "token")  # Authorization: Bearer X
-    named = arg.startswith("-") and "=" not in arg and secret_name(arg)
+    header = before.lower().endswith("authorization:")
+    scheme = (arg.lower() in _SCHEMES and header) or arg.lower().endswith(_GLUED_SCHEMES)
+    named = (arg.startswith("-") or arg.endswith(":")) and "=" not in arg and secret_name(arg)
     return redact_url(arg), scheme or named
+
+
+#: A value no secret is: a number, a boolean, nothing (``--max_token 512``,
+#: ``--use_auth_token True``).
+_PLAIN = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|\.\d+)|true|false|yes|no|none|null", re.I)
+#: ``Authorization: Bearer X`` (and ``Authorization:Bearer X``)
+_SCHEMES = ("bearer", "basic", "token")
+_GLUED_SCHEMES = tuple(f"authorization:{s}" for s in _SCHEMES)
 
 
 def url_secrets(text: str) -> list[str]:

@@ -24,6 +24,12 @@ HIDDEN = [
      ["--db", "postgresql://me:***@db/x", "--url", "http://h/?token=***"]),
     (["bash", "-c", "HF_TOKEN=abc python t.py --token abc --lr 0.1"],
      ["bash", "-c", "HF_TOKEN=*** python t.py --token *** --lr 0.1"]),
+    (["-H", "X-Api-Key: abc", "-H", "Authorization:Bearer abc", "KAGGLE_KEY=k", "--db_pw", "x"],
+     ["-H", "X-Api-Key: ***", "-H", "Authorization:Bearer ***", "KAGGLE_KEY=***", "--db_pw", "***"]),
+    (["git", "clone", "https://ghp_S3CRET@github.com/me/x"],
+     ["git", "clone", "https://***@github.com/me/x"]),
+    (["--url", "https://s3/b?X-Amz-Signature=abc&X-Amz-Security-Token=def&client_secret=h"],
+     ["--url", "https://s3/b?X-Amz-Signature=***&X-Amz-Security-Token=***&client_secret=***"]),
 ]  # fmt: skip
 
 KEPT = [
@@ -31,16 +37,11 @@ KEPT = [
     ["--sort-key", "name", "--metric-key", "val/loss", "--monitor-key", "val_loss"],
     ["--key-metric", "acc", "--key", "3", "--auth", "none", "--auth-url", "http://x"],
     ["--input-key", "text", "--cache-key", "a", "--lr", "-1", "--seed", "0"],
-    [
-        "--eos_token",
-        "</s>",
-        "--pad-token",
-        "<pad>",
-        "model.mask_token=[MASK]",
-        "--pad_token_id",
-        "0",
-    ],
-]
+    ["--eos_token", "</s>", "--pad-token", "<pad>", "model.mask_token=[MASK]", "--pad_token_id",
+     "0"],
+    ["--max_token", "512", "--eod_token", "<|endoftext|>", "--use_auth_token", "True"],
+    ["--num_pass", "2", "--forward_pass", "--augment", "basic", "data/x", "--level", "token", "a"],
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "recorded"), HIDDEN)

@@ -162,6 +162,10 @@ def test_a_ctrl_c_in_the_save_fails_the_checkpoint(run_dir: str) -> None:
         raise AssertionError("the interrupt did not go on up to the loop")
     got = {c: [e["decision"] for e in _entries(run_dir, c)] for c in (before, ckpt, after)}
     assert got == {before: ["applied"], ckpt: ["failed"], after: ["applied"]}
+    (failed,) = _entries(run_dir, ckpt)
+    assert failed["error"] == (
+        "KeyboardInterrupt during the save: its file may be missing or incomplete; send it again"
+    )
     assert opt.param_groups[0]["lr"] == 0.3
     kernel.close()
 
