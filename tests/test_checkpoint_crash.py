@@ -157,3 +157,33 @@ def test_a_resume_from_the_checkpoint_being_saved_ledgers_its_command(tmp_path: 
         assert line.endswith("applied (saved; the run that resumed from it wrote this entry)")
     finally:
         _finish(proc, run)
+
+
+def test_a_resume_from_the_first_of_several_checkpoints_at_one_step_adds_no_copies(
+    tmp_path: Path,
+) -> None:
+    """Three checkpoints asked for at one safe point, the run resumed from the first: its
+    state holds the later two as "not saved in that life", and the resume wrote them again
+    as `noop` beside the outcomes their process had written."""
+    from hotcb import HotKernel
+
+    run = os.fspath(tmp_path / "run")
+    states: list[dict[str, Any]] = []
+    kernel = HotKernel(run, poll_interval_sec=0)
+
+    def save(path: Any = None) -> str:
+        states.append(kernel.state_dict())
+        return f"ck{len(states)}.pt"
+
+    kernel.apply({"step": 0, "save_checkpoint": save})
+    client = HotClient(run, source="test")
+    ckpts = [client.checkpoint() for _ in range(3)]
+    kernel.apply({"step": 1, "save_checkpoint": save})
+    assert len(states) == 3  # (that process dies here, without close())
+
+    again = HotKernel(run, poll_interval_sec=0)
+    again.load_state_dict(states[0])
+    again.apply({"step": 2})
+    again.close()
+    for cmd_id in ckpts:
+        assert [e["decision"] for e in read_ledger(run) if e["cmd_id"] == cmd_id] == ["applied"]

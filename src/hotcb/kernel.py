@@ -1264,11 +1264,16 @@ class HotKernel:
         for e in jsonl.iter_records(self.paths.ledger):
             if type(e.get("seq")) is int and e["seq"] >= first:
                 held.add(_entry_key(e))
+                held.add(_entry_key(e)[:3])  # a checkpoint's, whatever its outcome was
             before = before or e.get("seq") == first - 1
         if not before:  # another run's ledger (a copy of a checkpoint resumed elsewhere): the
             # checkpoint commands being saved as the state was taken are not this run's
             entries = [e for e in entries if "checkpoint_note" not in e]
-        missing = sorted((e for e in entries if _entry_key(e) not in held), key=lambda e: e["seq"])
+        # a checkpoint queued at the save (its outcome not in yet, or "not saved in that life")
+        # is the ledger's once the process that saved wrote its outcome, whichever it was
+        missing = sorted((e for e in entries if _entry_key(e) not in held
+                          and ("checkpoint_note" not in e or _entry_key(e)[:3] not in held)),
+                         key=lambda e: e["seq"])  # fmt: skip
         for e in missing:
             if isinstance(e.get("cmd_id"), str):
                 self._intake.remember(e["cmd_id"])
