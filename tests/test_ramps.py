@@ -109,3 +109,25 @@ def test_cli_wait_on_a_ramp_says_it_ramps_then_waits_for_its_end(
     assert "lr: ramped 0.01 → 0.001" in last and f"step {start + 40} [ramp]" in last
     cli(run_dir, "stop")
     assert tr.finish()[0] == 0
+
+
+def test_a_ramp_a_life_left_under_way_ends_in_the_ledger_when_the_run_restarts(
+    tmp_path: Any,
+) -> None:
+    """A notebook's ``HotKernel(...)`` cell run again mid-ramp (or a trainer killed mid-ramp
+    and started again without a checkpoint): nothing moves the old ramp any more. Its end was
+    never ledgered, so ``hotcb log`` and a ``--wait`` read it as still going."""
+    run = os.fspath(tmp_path / "run")
+    first = StepDriver(run, weights={"ce": 1.0, "aux": 0.0})
+    first.steps(1)
+    ramp = first.client.send("loss", "set_params", params={"aux": 1.0}, transition={"steps": 100})
+    first.steps(5)  # left as it is: not closed
+    with StepDriver(run, weights=first.weights) as again:
+        again.steps(2)
+        ended = [e for e in again.entries(ramp) if e.get("ramp")]
+        assert [e["ramp"] for e in ended] == ["superseded"]
+        assert "restarted without a checkpoint before the ramp ended" in ended[0]["error"]
+        assert ended[0]["changes"]["aux"] == {"old": 0.0, "new": None}
+    with StepDriver(run, weights=first.weights) as third:  # ended once, not at every start
+        third.steps(1)
+        assert [e["ramp"] for e in third.entries(ramp) if e.get("ramp")] == ["superseded"]

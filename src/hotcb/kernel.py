@@ -53,7 +53,14 @@ from ._trials import set_since
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .errors import PeerLostError
 from .freeze import FreezeMode, FreezeState
-from .ledger import Decision, LedgerWriter, iter_entries, pending_scheduled, tail_state
+from .ledger import (
+    Decision,
+    LedgerWriter,
+    iter_entries,
+    open_ramps,
+    pending_scheduled,
+    tail_state,
+)
 from .metrics import MetricsCollector
 from .modules import HotModule, OpResult, create_module, module_specs
 from .ops import ACTUATOR_MODULES, HotOp, command_to_hotop, new_cmd_id
@@ -1085,8 +1092,9 @@ class HotKernel:
         if self._metrics_arg is False:
             self.metrics = None
         self._stream.discover(env)
-        if not self._state_loaded:
-            self._requeue_waiting(0)  # a restart without a checkpoint: nothing is lost
+        if not self._state_loaded:  # a restart without a checkpoint: nothing is lost
+            self._requeue_waiting(0)
+            self._end_lost_ramps()
         for name, spec in module_specs().items():
             if name not in self._handlers and spec.start_when and spec.start_when(self.paths):
                 try:
@@ -1293,6 +1301,21 @@ class HotKernel:
         for at, op in waiting_plan(pending_scheduled(self.paths.ledger), after_seq, queued):
             self._intake.remember(op.cmd_id)
             self._schedule.push(at, op)
+
+    def _end_lost_ramps(self) -> None:
+        """A restart without a checkpoint: ledger the ramps the last life left under way as
+        ended (superseded), so that no ramp reads as still going (``hotcb status``, a
+        ``set --ramp --wait``). Where it got to is not known here: the value in force now is
+        whatever this life started with."""
+        for e in open_ramps(self.paths.ledger) if self.is_leader else ():
+            old = {k: {"old": ch.get("old"), "new": None}
+                   for k, ch in (e.get("changes") or {}).items() if isinstance(ch, Mapping)}  # fmt: skip
+            self._ledger.emit(
+                self._ledger.point, source="ramp", module=e.get("module"), op=e.get("op"),
+                cmd_id=e.get("cmd_id"), decision=Decision.APPLIED.value, changes=old,
+                ramp="superseded", error="the run restarted without a checkpoint before the "
+                "ramp ended; the value in force is the one this life started with",
+            )  # fmt: skip
 
     def flush(self) -> None:
         """Write the queued ledger entries now."""

@@ -218,6 +218,29 @@ def pending_scheduled(path: str) -> list[dict[str, Any]]:
     return list(view.pending.values())
 
 
+def open_ramps(path: str) -> list[dict[str, Any]]:
+    """The ramps' start entries with no end entry (``source: "ramp"``, same cmd_id) after
+    them: the ramps a life that ended without ``close()`` (killed, or a notebook's kernel made
+    again) left under way. Parses only the lines of ramps, on ledgers of any size."""
+    started: dict[str, dict[str, Any]] = {}
+    last = 0
+    for e in jsonl.iter_records(path, keep=lambda line: b'"transition"' in line
+                                or b'"ramp"' in line):  # fmt: skip
+        seq = e.get("seq")
+        if isinstance(seq, int):
+            if seq <= last:  # a batch written twice
+                continue
+            last = seq
+        cmd_id = e.get("cmd_id")
+        if not isinstance(cmd_id, str):
+            continue
+        if e.get("ramp"):
+            started.pop(cmd_id, None)
+        elif e.get("transition") and e.get("decision") == Decision.APPLIED.value:
+            started[cmd_id] = e
+    return list(started.values())
+
+
 #: Seconds without a new metric or ledger entry after which a running run counts as idle
 #: (``hotcb status``; the dashboard's ``ui.stale_after_sec`` defaults to the same).
 STALE_AFTER_SEC = 30.0

@@ -231,6 +231,8 @@ def _fmt_ramp(e: Mapping[str, Any]) -> str:
         old, new = fmt_value(ch.get("old")), fmt_value(ch.get("new"))
         if e.get("ramp") == "complete":
             parts.append(f"{k}: ramped {old} → {new}")
+        elif e.get("ramp") == "superseded" and ch.get("new") is None:
+            parts.append(f"{k}: ramp from {old} ended, where it got to unknown")
         elif e.get("ramp") == "superseded":
             parts.append(f"{k}: ramp from {old} stopped at {new}")
         else:
