@@ -579,6 +579,27 @@ def test_a_restarted_run_is_a_new_life_for_the_autopilot(loop: Any, tmp_path: Pa
     assert steps == sorted(set(steps))  # one curve: the old life's points are gone
 
 
+def test_a_proposal_of_a_life_the_run_left_expires_and_cannot_be_accepted(
+    loop: Any, tmp_path: Path
+) -> None:
+    """The trainer was killed with a plateau proposal waiting and started again from step 0:
+    the proposal stayed pending, and its accept cut the new life's lr on the old life's
+    plateau (its evidence, steps that no longer exist)."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    again: Loop = loop()  # a new trainer in the same directory, from step 0 (the old one died)
+    out = again.run(10, pilot)
+    (expired,) = [r for r in out if r["kind"] == "decision"]
+    assert expired["id"] == proposal["id"] and expired["state"] == "expired"
+    assert f"made at step {proposal['step']} in a life the run left" in expired["reason"]
+    with pytest.raises(ValueError, match=f"{proposal['id']} is expired, not pending"):
+        decide(lp.run_dir, proposal["id"], accept=True)
+    again.run(10, pilot)
+    assert again.lr == 1e-2 and not again.autopilot_entries()
+
+
 def test_records_carry_the_evidence(loop: Any, tmp_path: Path) -> None:
     lp: Loop = loop()
     pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))

@@ -289,6 +289,7 @@ class Autopilot:
                 continue
             if step < self.step_now:
                 out.append(self._went_back(step))
+                out.extend(self._expire_gone(step))
             self.step_now = max(self.step_now, step)
             if self._first_step is None:
                 self._first_step = step
@@ -325,6 +326,25 @@ class Autopilot:
             "reason": f"the run went back from step {was} to step {step} (a resume from a "
                       "checkpoint, or a restart): the autopilot forgets what it saw after it",
         })  # fmt: skip
+
+    def _expire_gone(self, step: int) -> list[dict[str, Any]]:
+        """Close the proposals still waiting that were made at ``step`` or after, in the life
+        the run left: their evidence is steps that no longer exist, and accepted, one changed
+        the new life on the gone life's trouble (an lr cut for a plateau it never had)."""
+        out: list[dict[str, Any]] = []
+        with _locked(self.run_dir):  # not while a person's accept of one of them runs
+            for p in proposals(self.run_dir):
+                made = p.get("step")
+                if p["state"] != "pending" or not isinstance(made, int) or made < step:
+                    continue
+                self._waiting.discard(str(p.get("rule")))
+                out.append(self._record({
+                    "kind": "decision", "id": p["id"], "rule": p.get("rule"), "by": "autopilot",
+                    "state": "expired", "step": step,
+                    "reason": f"made at step {made} in a life the run left: it went back to "
+                              f"step {step} (a resume from an earlier checkpoint, or a restart)",
+                }))  # fmt: skip
+        return out
 
     def _read_ledger(self, holds: dict[str, dict[str, Any]]) -> None:
         """Read the new ledger entries; ``holds`` gets the hold record of each knob a person
