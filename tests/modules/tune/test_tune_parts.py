@@ -60,6 +60,20 @@ def test_a_broken_recipe_lists_every_problem_with_its_line(tmp_path: Path) -> No
     assert str(path) in str(info.value)
 
 
+def test_a_recipe_cannot_choose_the_mode_or_name_another_recipe(tmp_path: Path) -> None:
+    """``recipe: other.yaml`` in a recipe was accepted and never read, and the list of the
+    settings a file may hold offered ``mode`` and ``recipe``, which it refuses."""
+    path = tmp_path / "hotcb.tune.yaml"
+    path.write_text("recipe: other.yaml\nsegment_steps: 30\nmode: active\ncolour: red\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    first, second, third = info.value.problems
+    assert first.startswith("line 1: recipe: a recipe cannot name another recipe")
+    assert second.startswith("line 3: mode: the mode is chosen by 'tune enable --mode'")
+    assert third.startswith("line 4: colour: unknown setting; expected one of abort, ")
+    assert "mode" not in third.split(", ") and " recipe," not in third
+
+
 def test_a_recipe_that_does_not_parse_says_where(tmp_path: Path) -> None:
     path = tmp_path / "hotcb.tune.yaml"
     path.write_text("space:\n  - key: lr\n   low: [1\n")

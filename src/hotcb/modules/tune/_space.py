@@ -165,14 +165,20 @@ _SETTING_KEYS = {
     "recipe", "space", "abort", "total_steps", "restore", "start", "sync",
 }  # fmt: skip
 _KNOB_KEYS = {"key", "module", "mode", "low", "high", "log", "prior", "min", "max", "cooldown"}
+#: The settings of ``tune enable`` that a recipe file cannot hold, and why.
+_NOT_IN_FILE = {
+    "mode": "the mode is chosen by 'tune enable --mode', not the recipe",
+    "recipe": "a recipe cannot name another recipe: give the one to use with 'tune enable "
+              "--recipe FILE'",
+}  # fmt: skip
 
 
-def _check_settings(doc: Mapping[str, Any], ck: Checker, prefix: str = "") -> dict[str, Any]:
+def _check_settings(
+    doc: Mapping[str, Any], ck: Checker, prefix: str = "", allowed: set[str] = _SETTING_KEYS
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in sorted(set(doc) - _SETTING_KEYS):
-        ck.add(
-            f"{prefix}{key}", f"unknown setting; expected one of {', '.join(sorted(_SETTING_KEYS))}"
-        )
+    for key in sorted(set(doc) - allowed):
+        ck.add(f"{prefix}{key}", f"unknown setting; expected one of {', '.join(sorted(allowed))}")
     out["mode"] = ck.choice(doc, "mode", f"{prefix}mode", MODES)
     out["direction"] = ck.choice(doc, "direction", f"{prefix}direction", DIRECTIONS)
     out["risk"] = ck.choice(doc, "risk", f"{prefix}risk", RISKS)
@@ -364,9 +370,10 @@ def read_recipe(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     if not isinstance(doc, Mapping):
         raise RecipeError(path, [f"expected a mapping of settings, got {type(doc).__name__}"])
     ck = Checker(lines)
-    settings = _check_settings(doc, ck)
-    if "mode" in settings:
-        ck.add("mode", "the mode is chosen by 'tune enable --mode', not the recipe")
+    for key in _NOT_IN_FILE.keys() & set(doc):
+        ck.add(key, _NOT_IN_FILE[key])
+    kept = {k: v for k, v in doc.items() if k not in _NOT_IN_FILE}
+    settings = _check_settings(kept, ck, allowed=_SETTING_KEYS - _NOT_IN_FILE.keys())
     if "segment_steps" in doc and "segment_evals" in doc:  # the flags are exclusive too
         ck.add("segment_evals", "give segment_steps or segment_evals, not both")
     if ck.problems:  # in the file's order
