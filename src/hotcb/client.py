@@ -782,7 +782,13 @@ class HotClient:
     def tune_status(self) -> dict[str, Any]:
         """The tuner's state (``hotcb.tune.json``): mode, phase, trials, proposals, counts."""
         state = jsonl.read_json(self.paths.tune, None)
-        return state if isinstance(state, dict) else {"mode": "off"}
+        if isinstance(state, dict):
+            return state
+        if os.path.exists(self.paths.tune):  # damaged from outside: the run writes it whole
+            return {"mode": "off", "unreadable": f"{self.paths.tune} is not a JSON object the "
+                    "tuner wrote (damaged?); what the tuner did is in the ledger ('hotcb log'), "
+                    "and the run writes the file again at its next change"}  # fmt: skip
+        return {"mode": "off"}
 
     def wait_tune_open(self, cmd_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """After the ``tune enable`` command ``cmd_id`` applied: the tuner's state once its study

@@ -272,6 +272,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
     _say_refused(st)
+    if st.get("unreadable"):
+        say(f"hotcb: warning: {st['unreadable']}", file=sys.stderr)
     queued = st.get("queued")
     if queued:  # sent, and not read by the run yet
         what = f"tune {queued['op']}" + (f" --mode {queued['mode']}" if queued.get("mode") else "")
