@@ -280,6 +280,22 @@ def test_status_of_a_finished_run_shows_no_next_boundary(toy: Any, cli: Any) -> 
     assert st["run_over"] == "finished at step 60" and st["next_boundary"] is None
 
 
+def test_status_says_when_the_tuners_state_file_cannot_be_read(toy: Any, cli: Any) -> None:
+    """A damaged ``hotcb.tune.json`` read as ``tuner: off``, exit 0, without a word, beside a
+    ledger full of trials."""
+    t: Toy = toy(log_level, lr=1e-4)
+    HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10,
+                                              space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(30)
+    with open(os.path.join(t.kernel.run_dir, "hotcb.tune.json"), "w") as f:
+        f.write('{"mode": "act')
+    out = cli(t.kernel.run_dir, "tune", "status")
+    assert "hotcb.tune.json is not a JSON object the tuner wrote" in out.stderr, out.stderr
+    assert "'hotcb log'" in out.stderr
+    st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
+    assert "damaged" in st["unreadable"]
+
+
 def test_disable_keeps_the_summary_in_status(toy: Any, cli: Any) -> None:
     t: Toy = toy(log_level, lr=1e-4)
     client = HotClient(t.kernel.run_dir)
@@ -1378,6 +1394,9 @@ def test_a_trial_a_killed_life_left_open_says_why_it_failed(toy: Any) -> None:
     assert row["decision"] == "failed", row
     assert row["detail"]["reason"].startswith("opened after the checkpoint this run resumed "
                                               "from, by a process that ended"), row  # fmt: skip
+    # and in the ledger, as after a restart without a checkpoint (`hotcb log` lists it)
+    (void,) = [e for e in again.ledger("void") if e["tune"]["trial"] == number]
+    assert void["tune"]["reason"] == row["detail"]["reason"]
 
 
 def test_a_person_s_set_after_a_relative_change_is_not_rescaled(toy: Any) -> None:

@@ -560,9 +560,13 @@ class TuneModule:
             if keep is not None:
                 self._judged_before(keep)
             for number in failed:  # opened after the checkpoint by the life that ended
-                self._row(number).update(decision="failed", detail={"reason": (
-                    "opened after the checkpoint this run resumed from, by a process that "
-                    "ended before judging it: told FAIL")})  # fmt: skip
+                reason = ("opened after the checkpoint this run resumed from, by a process "
+                          "that ended before judging it: told FAIL")  # fmt: skip
+                self._row(number).update(decision="failed", detail={"reason": reason})
+                # in the ledger too, as a restart without a checkpoint says it (_left_open)
+                self.host.record({"module": "tune", "op": "void", "source": "tune",
+                                  "decision": "applied", "tune": {"trial": number,
+                                  "reason": reason}})  # fmt: skip
             self.counts["failed"] += len(failed)
             if waiting and waiting.get("kind") == "rollback":
                 # the checkpoint holds the mutated values: roll them back again
