@@ -600,6 +600,35 @@ def test_a_proposal_of_a_life_the_run_left_expires_and_cannot_be_accepted(
     assert again.lr == 1e-2 and not again.autopilot_entries()
 
 
+def test_an_accept_with_no_autopilot_running_refuses_a_proposal_of_a_gone_life(
+    loop: Any, tmp_path: Path
+) -> None:
+    """``hotcb autopilot`` ends with the trainer it watched: a proposal of the killed life
+    stayed pending until an autopilot saw the new life's steps go back, and an accept in that
+    gap applied it to the new life. One the checkpoint the run resumed from holds is this
+    life's, and is accepted."""
+    lp: Loop = loop()
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    lp.run(200, pilot)
+    (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
+    state, step = lp.kernel.state_dict(), lp.step  # a checkpoint after it was made
+
+    afresh: Loop = loop()  # the trainer killed and started again from step 0; no autopilot
+    afresh.run(5)  # (the heartbeat says a step 1-5: it is written at most once a second)
+    with pytest.raises(ValueError, match=f"proposal {proposal['id']} was made at step "
+                       f"{proposal['step']} in a life the run left: this one is at step [1-5] "):  # fmt: skip
+        decide(lp.run_dir, proposal["id"], accept=True)
+    assert not afresh.autopilot_entries()
+
+    resumed: Loop = loop()  # started again from that checkpoint: the proposal came with it
+    resumed.kernel.load_state_dict(state)
+    resumed.step = step
+    resumed.run(1)
+    decide(lp.run_dir, proposal["id"], accept=True)
+    resumed.run(2)
+    assert resumed.lr == pytest.approx(0.5e-2) and len(resumed.changes()) == 1
+
+
 def test_records_carry_the_evidence(loop: Any, tmp_path: Path) -> None:
     lp: Loop = loop()
     pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))

@@ -27,9 +27,9 @@ from .. import jsonl
 from .._control import _never_undone
 from ..client import HotClient
 from ..errors import HotcbError
-from ..ledger import run_over
+from ..ledger import life_started, run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
-from ..runfiles import AUTOPILOT_STATE, FREEZE, LEDGER, TUNE, process_alive
+from ..runfiles import AUTOPILOT_STATE, FREEZE, HEARTBEAT, LEDGER, RUN_META, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, action_text, load_rules
@@ -1270,6 +1270,28 @@ def decide(
         return _decide(run_dir, proposal_id, accept, by)
 
 
+def _gone_life(run_dir: str, proposal: Mapping[str, Any]) -> str | None:
+    """Where ``proposal`` was made, when that is plainly a life the run has left: before the
+    life that goes on started, at a step this life has not reached (it resumed from an earlier
+    checkpoint, or started again from step 0). None otherwise. An accept must not wait for the
+    autopilot to see the steps go back: none may run (``hotcb autopilot`` ends with the
+    trainer it watched)."""
+    made, step = proposal.get("wall_time"), proposal.get("step")
+    life = life_started(jsonl.read_json(os.path.join(run_dir, RUN_META), {}) or {})
+    beat = jsonl.read_json(os.path.join(run_dir, HEARTBEAT), {}) or {}
+    now, seen = beat.get("step"), beat.get("wall_time")
+    if not (isinstance(made, (int, float)) and isinstance(seen, (int, float)) and life):
+        return None
+    if type(step) is not int or type(now) is not int:
+        return None
+    if made >= life or seen < life or step <= now:
+        return None
+    return (
+        f"at step {step} in a life the run left: this one is at step {now} (a resume from "
+        "an earlier checkpoint, or a start from step 0)"
+    )
+
+
 def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, Any]:
     found: Mapping[str, Any] | None = next(  # "a3" is A3: ids differ by their number only
         (p for p in proposals(run_dir) if str(p["id"]).upper() == proposal_id.upper()), None
@@ -1289,6 +1311,10 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
         if over is not None:  # nothing would apply its action (a new run proposes afresh)
             raise ValueError(f"the run {over}: proposal {proposal_id} ended with it; nothing "
                              "would apply it (reject it to clear it)")  # fmt: skip
+        gone = _gone_life(run_dir, found)
+        if gone is not None:  # the autopilot expires it once it sees the steps go back
+            raise ValueError(f"proposal {proposal_id} was made {gone}: what it saw is not in "
+                             "this run (reject it to clear it)")  # fmt: skip
         action = Action(found["action"]["name"], dict(found["action"].get("params") or {}))
         frozen = frozen_reason(run_dir) if action.knob is not None else None
         if frozen is not None:  # the run would ignore it: it waits, for an unfreeze
