@@ -92,10 +92,11 @@ describe("appendRecords: live metric records into a run's series", () => {
     assert.deepEqual(rd.series.get("loss"), { step: [5], value: [0.5] });
   });
 
-  test("a run resumed from a checkpoint drops the steps it redoes", () => {
+  test("a run resumed from a checkpoint drops the steps it redoes, and says it went back", () => {
     const rd = runData();
-    appendRecords(rd, Array.from({ length: 10 }, (_, i) => ({ step: i, metrics: { loss: 10 - i } })), 100);
-    appendRecords(rd, [{ step: 6, metrics: { loss: 0.25 } }, { step: 7, metrics: { loss: 0.2 } }], 100);
+    assert.equal(appendRecords(rd, Array.from({ length: 10 }, (_, i) => ({ step: i, metrics: { loss: 10 - i } })), 100), false);
+    // went back (the page then asks the server which markers are of this life), then on
+    assert.equal(appendRecords(rd, [{ step: 6, metrics: { loss: 0.25 } }, { step: 7, metrics: { loss: 0.2 } }], 100), true);
     assert.deepEqual(rd.series.get("loss").step, [0, 1, 2, 3, 4, 5, 6, 7]);
     assert.deepEqual(rd.series.get("loss").value.slice(-3), [5, 0.25, 0.2]);
   });

@@ -792,3 +792,50 @@ def test_a_finished_runs_tuner_reads_as_over_and_its_proposals_cannot_be_decided
     assert not os.path.exists(RunPaths(run).commands) or not list(
         jsonl.iter_records(RunPaths(run).commands)
     )
+
+
+def test_markers_and_knob_changes_are_of_the_life_that_goes_on(tmp_path, live_server):
+    """A trainer killed and started again (from a checkpoint, or from step 0): the charts plot
+    the new life's steps, yet kept the markers of the changes the gone life made after its
+    checkpoint (or at all), at steps where the new curve had no such change; the Knobs panel
+    listed them too."""
+    run = os.fspath(tmp_path / "r")
+
+    def life(start: int, steps: int, changes: dict[int, float], state: Any = None) -> Any:
+        weights = {"ce": 1.0, "aux": 0.0}
+        kernel = HotKernel(run, poll_interval_sec=0,
+                           mutable_state=mutable_state(loss_actuators(weights)))  # fmt: skip
+        if state is not None:
+            kernel.load_state_dict(state)
+        saved = None
+        for step in range(start, start + steps):
+            if step in changes:
+                HotClient(run).loss(aux=changes[step])
+            kernel.apply({"step": step})
+            if step == start + 15:
+                saved = kernel.state_dict()
+        return saved  # left unclosed: the process died
+
+    def marked(c: Any) -> list[tuple[int, float, str]]:
+        marks = c.get("/api/runs/r/markers").json()["markers"]
+        return [(m["step"], m["changes"]["aux"]["new"], m["source"]) for m in marks
+                if "aux" in m["changes"]]  # fmt: skip
+
+    def knob_changes(c: Any) -> list[tuple[int, float, str]]:
+        (aux,) = [k for k in c.get("/api/runs/r/knobs").json()["knobs"] if k["key"] == "aux"]
+        return [(ch["step"], ch["new"], ch["source"]) for ch in aux["changes"]]
+
+    checkpoint = life(0, 40, {10: 0.1, 25: 0.2})
+    with live_server(root=tmp_path).client() as c:
+        assert marked(c) == [(10, 0.1, "python"), (25, 0.2, "python")]
+        # resumed from step 15: the command of step 25 is applied again (by the resume), once
+        life(15, 20, {30: 0.3}, state=checkpoint)
+        assert (
+            marked(c)
+            == knob_changes(c)
+            == [(10, 0.1, "python"), (25, 0.2, "resume"), (30, 0.3, "python")]
+        )
+        life(0, 10, {5: 0.5})  # from step 0 again, no checkpoint: none of the above is
+        assert marked(c) == knob_changes(c) == [(5, 0.5, "python")]
+        life(0, 3, {})  # again, and no entry yet in this life
+        assert marked(c) == knob_changes(c) == []

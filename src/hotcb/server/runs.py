@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import current_step
+from ..ledger import current_step, life_started
 from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
@@ -269,6 +269,10 @@ class RunState:
         """Paused in the life of the run that goes on now (a pause before a restart is over)."""
         return self.ledger.view.control_now(self.meta()) == "pause"
 
+    def markers(self) -> list[dict[str, Any]]:
+        """The chart markers of the life that goes on (see :class:`~.tailer.GoneLives`)."""
+        return self.ledger.lives.of_life(self.ledger.marks, life_started(self.meta()))
+
     def stale(self, now: float | None = None) -> bool:
         t = self.last_wall_time
         if t is None:
@@ -336,7 +340,7 @@ class RunState:
             if isinstance(a, dict)
         }
         changes: dict[str, list[dict[str, Any]]] = {}
-        for ch in self.ledger.knobs.changes:
+        for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, life_started(self.meta())):
             changes.setdefault(ch["key"], []).append(ch)
         # the run's first step: its first metric or change (the actuators file is seen only
         # from when the server watched: not a start); 0 when it has neither

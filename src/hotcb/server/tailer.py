@@ -32,7 +32,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
@@ -681,6 +681,7 @@ class KnobHistory:
                     "old": old if _plain_number(old) else None,
                     "new": ch["new"],
                     "seq": e.get("seq"),
+                    "wall_time": e.get("wall_time"),
                     "source": e.get("source"),
                     "module": module,
                     "op": e.get("op"),
@@ -696,7 +697,7 @@ class KnobHistory:
 MARKERS_MAX = 5000
 #: The fields of a ledger entry that its chart marker shows (its tooltip, its colour and dash).
 _MARK_KEYS = ("seq", "step", "source", "module", "op", "id", "cmd_id", "decision", "changes",
-              "undo_of", "reason", "tune", "checkpoint")  # fmt: skip
+              "undo_of", "reason", "tune", "checkpoint", "wall_time")  # fmt: skip
 
 
 def _mark(e: dict[str, Any]) -> dict[str, Any] | None:
@@ -710,6 +711,54 @@ def _mark(e: dict[str, Any]) -> dict[str, Any] | None:
     return {k: e[k] for k in _MARK_KEYS if e.get(k) is not None}
 
 
+class GoneLives:
+    """Which of the changes read so far a later life of the run left behind, as entries come
+    in file order: the steps the charts plot are the life that goes on now, so a change made
+    at step 421 of a life the trainer was killed in is not a change of the curve at step 421.
+
+    A ``kernel resume`` entry leaves behind what was written after its checkpoint
+    (``resumed_from.seq``); an entry whose step goes back (a restart from step 0, another loop
+    on a kernel) leaves behind the changes from its step on, the rule the page's metric series
+    follow. An entry written earlier than the newest one (a resume writing the entries its
+    checkpoint held but the ledger missed) moves nothing."""
+
+    def __init__(self) -> None:
+        self._step: int | None = None  # where the life that goes on has got to
+        self._wall = -math.inf
+        self.resumed_at = -math.inf  # the wall time of the last ``kernel resume`` entry
+
+    def cut(self, e: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool] | None:
+        """The test of the changes (with ``seq`` and ``step``) that ``e`` leaves behind; None
+        when it leaves none."""
+        step, wall = e.get("step"), e.get("wall_time")
+        if type(step) is not int or not isinstance(wall, (int, float)) or wall < self._wall:
+            return None
+        self._wall, last, self._step = wall, self._step, step
+        if e.get("module") == "kernel" and e.get("op") == "resume":
+            self.resumed_at = wall
+            at = (e.get("resumed_from") or {}).get("seq")
+            if type(at) is int:
+                return lambda ch: type(ch.get("seq")) is int and ch["seq"] > at
+        if last is not None and step < last:
+            return lambda ch: ch["step"] >= step
+        return None
+
+    def of_life(self, items: Iterable[dict[str, Any]], life: float | None) -> list[dict[str, Any]]:
+        """``items`` (changes with their ``wall_time``) without those of the lives before the
+        one that goes on, when it started afresh, not from a checkpoint (``life``: when it
+        began, :func:`hotcb.ledger.life_started`); it may have written no entry yet."""
+        if life is None or self.resumed_at >= life:
+            return list(items)
+        return [x for x in items
+                if not (_plain_number(x.get("wall_time")) and x["wall_time"] < life)]  # fmt: skip
+
+
+def _without(
+    kept: deque[dict[str, Any]], gone: Callable[[Mapping[str, Any]], bool]
+) -> deque[dict[str, Any]]:
+    return deque((x for x in kept if not gone(x)), maxlen=kept.maxlen)
+
+
 class LedgerState:
     """The ledger as the dashboard needs it: a :class:`~hotcb.ledger.LedgerView` (the one
     reducer: recent entries, pending schedules, run control) fed by a tail of the file, the
@@ -721,6 +770,7 @@ class LedgerState:
         self.max_entries = max_entries
         self.view = LedgerView(max_entries)
         self.knobs = KnobHistory()
+        self.lives = GoneLives()  # the changes a later life left behind leave the two below
         self.marks: deque[dict[str, Any]] = deque(maxlen=MARKERS_MAX)
         self.count = 0
         self.loaded = False
@@ -752,12 +802,17 @@ class LedgerState:
                 self.tail.reset = False
                 self.view = LedgerView(self.max_entries)
                 self.knobs = KnobHistory()
+                self.lives = GoneLives()
                 self.marks.clear()
                 self.count = 0
                 out.clear()
             for _, raw in lines:
                 entry = _scrubbed(jsonl.parse_line(raw), raw)
                 if entry is not None and self.view.add(entry):
+                    gone = self.lives.cut(entry)
+                    if gone is not None:
+                        self.marks = _without(self.marks, gone)
+                        self.knobs.changes = _without(self.knobs.changes, gone)
                     self.knobs.add(entry)
                     self.count += 1
                     mark = _mark(entry)

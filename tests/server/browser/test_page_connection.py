@@ -43,12 +43,16 @@ for s in range(first, 10**9):
     time.sleep(0.02)
 """
 
-# the run's first life: 400 steps, its checkpoint saved at step 100, then closed
+# the run's first life: 400 steps, its checkpoint saved at step 100, a change at step 350,
+# then closed
 FIRST_LIFE = """\
 import json, sys
-from hotcb import HotKernel, loss_actuators, mutable_state
-k = HotKernel(sys.argv[1], mutable_state=mutable_state(loss_actuators({'ce': 1.0})))
+from hotcb import HotClient, HotKernel, loss_actuators, mutable_state
+k = HotKernel(sys.argv[1], mutable_state=mutable_state(loss_actuators({'ce': 1.0})),
+              poll_interval_sec=0)
 for s in range(400):
+    if s == 350:
+        HotClient(sys.argv[1]).loss(ce=0.5)
     k.apply({'step': s, 'metrics': {'loss': 1.0 / (s + 1), 'lr': 1e-3}})
     if s == 100:
         with open(sys.argv[2], 'w') as f:
@@ -156,7 +160,9 @@ def test_the_step_follows_a_run_resumed_from_an_earlier_checkpoint(
     page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
 ) -> None:
     """A trainer resumed from an earlier checkpoint in the same run directory (step 399 back to
-    101): the open page's header and the scheduler's default step follow the run there."""
+    101): the open page's header and the scheduler's default step follow the run there, and
+    its charts drop the marker of the change the gone life made after the checkpoint (the
+    resume makes it again at its step: a marker of its own)."""
     path = tmp_path / "runs" / "r"
     ckpt = os.fspath(tmp_path / "ckpt.json")
     subprocess.run([sys.executable, "-c", FIRST_LIFE, os.fspath(path), ckpt], env=ENV,
@@ -167,6 +173,8 @@ def test_the_step_follows_a_run_resumed_from_an_earlier_checkpoint(
     wait_page(
         page, f"d.connected && d.over && d.stepShown === '399' && {placeholder} === '600'", 60
     )
+    gone_life = "d.markers.some((m) => m.source === 'python')"
+    wait_page(page, gone_life, 30)
 
     run = trainer("r", ckpt)  # the second life starts at step 101
     wait_for(lambda: 120 < last_step(run.path) < 399, timeout=60, what="the resumed run")
@@ -177,6 +185,10 @@ def test_the_step_follows_a_run_resumed_from_an_earlier_checkpoint(
     assert 110 < shown < 399 and d["step"] < 399, d
     ahead = int(page.locator("#sched-step").get_attribute("placeholder"))
     assert shown + 200 <= ahead < 600, (ahead, shown)
+    wait_page(page, f"!({gone_life})", 30)
+    page.reload()  # a page opened now: its ledger table loads the gone life's entry too
+    d = wait_page(page, "d.loaded && d.connected", 60)
+    assert not [m for m in d["markers"] if m["source"] == "python"], d["markers"]
 
 
 # ------------------------------------------------------------------------------ said first

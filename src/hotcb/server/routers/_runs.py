@@ -272,7 +272,7 @@ def _markers_route(router: APIRouter, deps: Deps) -> None:
         (``…/ledger?limit=``) holds only the newest entries; the charts mark every change."""
         run = deps.run(run_id)
         await run.refresh()
-        marks = list(run.ledger.marks)
+        marks = run.markers()
         return {"markers": marks[-limit:] if limit else marks}
 
 

@@ -136,7 +136,23 @@ function newRunData(runId) {
 }
 
 function appendRecords(rd, records) {
-  appendSeries(rd, records, app.cfg.chart.live_max_points || 5000);
+  if (appendSeries(rd, records, app.cfg.chart.live_max_points || 5000) && rd.runId === app.runId) wentBack(rd.runId);
+}
+
+/** The run's steps went back (a restart, a resume from an earlier checkpoint): the changes a
+ * gone life made are no markers of this one's curve. The server knows which are (GET …/markers). */
+function wentBack(runId) {
+  const gen = app.generation;
+  api(runUrl(runId, "markers", { limit: MARKERS_MAX }))
+    .then((res) => {
+      if (gen !== app.generation) return;
+      app.marks = new Map();
+      markList = null;
+      addMarks(res.markers || []);
+      app.dirty.charts = true;
+    })
+    .catch(() => {});
+  scheduleKnobs();
 }
 
 async function loadMetrics(runId, gen) {
@@ -175,7 +191,9 @@ async function loadMetrics(runId, gen) {
 }
 
 // ----------------------------------------------------------------------------- ledger
-function addEntries(entries) {
+/** Add ledger entries to the table; `live` ones (the socket's: this life's) are chart markers
+ * too. A page of the ledger's history is not: GET …/markers says which of it are this life's. */
+function addEntries(entries, live = false) {
   let added = false;
   let outOfOrder = false;
   let maxSeq = app.ledger.length ? app.ledger[app.ledger.length - 1].seq ?? 0 : -Infinity;
@@ -199,7 +217,7 @@ function addEntries(entries) {
     added = true;
   }
   if (!added) return;
-  addMarks(entries);
+  if (live) addMarks(entries);
   if (outOfOrder) app.ledger.sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
   const max = Math.max(5000, app.ledgerLimit);
   if (app.ledger.length > max) app.ledger.splice(0, app.ledger.length - max);
@@ -854,7 +872,7 @@ function onMessage(msg) {
     }
     case "ledger":
       if (msg.run === app.runId) {
-        addEntries(msg.entries || []);
+        addEntries(msg.entries || [], true);
         if ((msg.entries || []).some((e) => e.changes && e.decision === "applied")) scheduleKnobs();
       }
       break;

@@ -40,8 +40,9 @@ export function compact(s, limit) {
  * (`rd.series`: Map name → {step, value}); a series longer than 1.5 × `limit` is compacted.
  * `rd.lastStep` is the step of the newest record, as the server counts it: a step that goes
  * back is a new life of the run (resumed from an earlier checkpoint), and the run is there
- * now, not at the highest step it ever reached. */
+ * now, not at the highest step it ever reached. Returns whether a step went back. */
 export function appendRecords(rd, records, limit) {
+  let wentBack = false;
   for (const rec of records) {
     const step = rec.step;
     if (typeof step !== "number") continue;
@@ -58,6 +59,7 @@ export function appendRecords(rd, records, limit) {
           continue;
         }
         // the run went back (resumed from a checkpoint): drop the steps it will redo
+        wentBack = true;
         let k = n;
         while (k && s.step[k - 1] >= step) k--;
         s.step.length = k;
@@ -69,6 +71,7 @@ export function appendRecords(rd, records, limit) {
     }
     rd.lastStep = step;
   }
+  return wentBack;
 }
 
 /** A duration in words: "45 s", "3 min", "2.5 h". */
