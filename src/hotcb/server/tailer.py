@@ -717,9 +717,8 @@ class GoneLives:
     at step 421 of a life the trainer was killed in is not a change of the curve at step 421.
 
     A ``kernel resume`` entry leaves behind what was written after its checkpoint
-    (``resumed_from.seq``); an entry whose step goes back (a restart from step 0, another loop
-    on a kernel) leaves behind the changes from its step on, the rule the page's metric series
-    follow. An entry written earlier than the newest one (a resume writing the entries its
+    (``resumed_from.seq``); an entry whose step goes back (another loop on a kernel) leaves
+    behind the changes after its step, the rule the page's metric series follow. An entry written earlier than the newest one (a resume writing the entries its
     checkpoint held but the ledger missed) moves nothing."""
 
     def __init__(self) -> None:
@@ -740,7 +739,10 @@ class GoneLives:
             if type(at) is int:
                 return lambda ch: type(ch.get("seq")) is int and ch["seq"] > at
         if last is not None and step < last:
-            return lambda ch: ch["step"] >= step
+            # past ``step``: an entry a resume writes at its checkpoint's step (a trial of the
+            # gone life told FAIL) comes before its ``kernel resume``; a change at that step
+            # may be the checkpoint's. A restart's from step 0: :meth:`of_life`
+            return lambda ch: ch["step"] > step
         return None
 
     def of_life(self, items: Iterable[dict[str, Any]], life: float | None) -> list[dict[str, Any]]:
