@@ -712,6 +712,33 @@ def test_a_plain_undo_after_a_restart_without_a_checkpoint_finds_the_earlier_lif
     assert undo["decision"] == "applied" and undo["undo_of"] == momentum["cmd_id"], undo
 
 
+@pytest.mark.slow
+def test_an_undo_in_a_new_process_started_without_a_checkpoint_takes_nothing_back(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    """A trainer killed and started again without a checkpoint: the new process's optimizer has
+    the script's lr, not the one set in the life before. A plain undo took that change back
+    all the same (under a schedule it scaled the lr in force by the change's ratio: an lr
+    nobody set). In the same process (a notebook's cell run again) it is still in force: the
+    test above."""
+    first = start_trainer(run_dir, os.fspath(tmp_path / "a.jsonl"), steps=100_000,
+                          step_delay=0.005)  # fmt: skip
+    first.wait_step(2)
+    assert cli(run_dir, "set", "lr=5e-3", "--wait").returncode == 0
+    first.kill()
+    first.proc.communicate(timeout=60)
+    second = start_trainer(run_dir, os.fspath(tmp_path / "b.jsonl"), steps=100_000,
+                           step_delay=0.005)  # fmt: skip
+    second.wait_step(2)
+    undo = cli(run_dir, "undo", "--wait")
+    assert undo.returncode == 1, (undo.stdout, undo.stderr)
+    said = undo.stdout + undo.stderr
+    assert "rejected" in said and "the changes of the lives before it are not in force" in said
+    now = second.last_step()
+    second.wait_step(now + 2)
+    assert second.steps()[-1]["lr"] == 0.01  # the script's, untouched
+
+
 def test_the_resume_entry_names_only_the_dead_lifes_entries_as_replaced(tmp_path: Any) -> None:
     """A resume with a loaded callback writes its own ``cb restore`` entry before the
     ``kernel resume`` one, and ``hotcb log`` counted it as the replaced life's."""

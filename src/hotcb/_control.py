@@ -301,9 +301,15 @@ class RunControl:
                                 error=f"command {named!r} had not come back in this life (the "
                                 f"resume re-applies it at step {coming}): it will not be")  # fmt: skip
         target = self._undo_target(named)
+        fresh = self.recorder.fresh_from
         if target is None or not target.get("changes"):
             what = f"command {op.params.get('cmd_id')!r}" if op.params.get("cmd_id") else "change"
-            return OpResult("rejected", error=f"no applied {what} with changes to undo")
+            return OpResult("rejected", error=f"no applied {what} with changes to undo"
+                            + (_NOT_IN_FORCE if fresh is not None else ""))  # fmt: skip
+        if fresh is not None and isinstance(target.get("seq"), int) and target["seq"] <= fresh:
+            return OpResult("rejected", error=f"command {target.get('cmd_id')!r} (#"
+                            f"{target['seq']}) is of a life before this one"
+                            f"{_NOT_IN_FORCE}; set the value you want instead")  # fmt: skip
         handler = self._handler(str(target.get("module") or ""))
         if handler is None:
             return OpResult(
@@ -423,6 +429,11 @@ def _never_undone(entry: Mapping[str, Any]) -> bool:
 
 
 _HORIZON_KEYS = ("max_steps", "max_epochs")
+#: Why a life started afresh (a new process, no checkpoint) undoes nothing of the lives before.
+_NOT_IN_FORCE = (
+    ": this life started again without a checkpoint, in a new process, so the changes of the "
+    "lives before it are not in force here"
+)
 
 
 def _no_horizon(key: str, old: int | None, delta: int) -> str:

@@ -78,6 +78,9 @@ class LedgerRecorder:
         #: continues them all; a resume, those up to its checkpoint): :meth:`read_earlier`
         self.before = seq
         self.earlier_read = False
+        #: a life started afresh in a new process, without a checkpoint: the ledger's entries
+        #: up to this seq are of lives whose changes it does not have (None otherwise)
+        self.fresh_from: int | None = None
 
     def emit(self, point: SafePoint, **fields: Any) -> dict[str, Any]:
         """Queue one entry at ``point`` (fields may override step and event)."""

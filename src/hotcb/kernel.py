@@ -242,6 +242,11 @@ class HotKernel:
             refuse_lost_ledger(self.paths)
         self._other_pid: int | None = None  # another live trainer in this run directory
         self._opened_run = _dist.first_rank()  # this kernel wrote the run's hotcb.run.json
+        # the last life ran in this process (a notebook's HotKernel cell run again): its
+        # changes are still in force in the objects it steered, unlike a new process's
+        self._same_process = self._opened_run and (
+            (jsonl.read_json(self.paths.run_meta, {}) or {}).get("pid") == os.getpid()
+        )
         if self._opened_run:  # the run's files exist from here on: `hotcb status` sees it
             self._warn_if_open_to_all()
             for path in (self.paths.commands, self.paths.ledger):
@@ -1092,9 +1097,8 @@ class HotKernel:
         if self._metrics_arg is False:
             self.metrics = None
         self._stream.discover(env)
-        if not self._state_loaded:  # a restart without a checkpoint: nothing is lost
-            self._requeue_waiting(0)
-            self._end_lost_ramps()
+        if not self._state_loaded:
+            self._started_without_checkpoint()
         for name, spec in module_specs().items():
             if name not in self._handlers and spec.start_when and spec.start_when(self.paths):
                 try:
@@ -1301,6 +1305,15 @@ class HotKernel:
         for at, op in waiting_plan(pending_scheduled(self.paths.ledger), after_seq, queued):
             self._intake.remember(op.cmd_id)
             self._schedule.push(at, op)
+
+    def _started_without_checkpoint(self) -> None:
+        """A life started with no checkpoint loaded: the commands the last one scheduled wait
+        again (nothing is lost), its ramps under way end, and, in a new process, what the
+        lives before set is not in force here: an undo does not take it back."""
+        self._requeue_waiting(0)
+        self._end_lost_ramps()
+        if not self._same_process:
+            self._ledger.fresh_from, self._ledger.before = self._ledger.before, 0
 
     def _end_lost_ramps(self) -> None:
         """A restart without a checkpoint: ledger the ramps the last life left under way as
