@@ -162,6 +162,13 @@ def test_a_checkpoint_given_by_path(parent: tuple[str, Path], tmp_path: Path) ->
     )  # fmt: skip
     assert made["step"] == S and made["commands"] == []
     assert (tmp_path / "c" / "hotcb.actuators.json").is_file()
+    # relative to the parent, as `hotcb checkpoint --path ckpt.pt` takes a relative path
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([sys.executable, "-m", "hotcb", "--dir", parent_dir, "branch", "--from",
+                          f"ckpt_{S}.pt", "--to", os.fspath(tmp_path / "d")], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120, env=ENV)  # fmt: skip
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_branch_not_started_yet_says_so(parent: tuple[str, Path], tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ def _available(found: Sequence[Mapping[str, Any]], parent: str) -> str:
             f"{parent} has no checkpoint in its ledger (save one with 'hotcb --dir {shell_path(parent)} "
             "checkpoint', or schedule one with --at-step)"
         )
-    listed = ", ".join(f"step {e['step']} ({e['path']})" for e in found)
+    listed = ", ".join(f"step {e['step']} ({e['path']}"
+                       + ("" if os.path.exists(e["path"]) else ", gone") + ")" for e in found)  # fmt: skip
     return f"checkpoints of {parent}: {listed}"
 
 
@@ -101,8 +102,10 @@ def _resolve(parent: str, source: int | str | os.PathLike[str]) -> dict[str, Any
         matches = [e for e in found if e.get("step") == source]
         what = f"no checkpoint at step {source}"
     else:
-        wanted = os.path.realpath(os.fspath(source))
-        matches = [e for e in found if os.path.realpath(e["path"]) == wanted]
+        # as given from here, or inside the parent, as `checkpoint --path` takes a relative one
+        wanted = {os.path.realpath(os.fspath(source)),
+                  os.path.realpath(os.path.join(parent, os.fspath(source)))}  # fmt: skip
+        matches = [e for e in found if os.path.realpath(e["path"]) in wanted]
         what = f"{os.fspath(source)} is not a checkpoint in {parent}'s ledger"
     if not matches:
         raise BranchError(f"{what}; {_available(found, parent)}")
