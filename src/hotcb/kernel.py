@@ -70,6 +70,7 @@ from .runfiles import (
     close_run_meta,
     other_live_trainer,
     redact_argv,
+    update_run_meta,
     write_run_meta,
 )
 
@@ -1234,6 +1235,8 @@ class HotKernel:
             op.cursor = int(item.get("cursor") or 0) if own else 0
             self._schedule.push(int(item["at_step"]), op)
         self._state_loaded = True
+        if self._opened_run:  # for whoever asks what this life holds (an autopilot accept)
+            update_run_meta(self.paths, {"resumed_from": {"step": step, "seq": seq}}, self._warn)
         self._requeue_waiting(seq)
         last_seq, ledger_cursor = tail_state(self.paths.ledger)
         self._ledger.seq = max(self._ledger.seq, last_seq)

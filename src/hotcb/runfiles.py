@@ -475,6 +475,7 @@ def write_run_meta(
     if isinstance(ended, dict) and ended.get("step") is not None:
         meta["ended_before"] = ended  # the last life's end (said if this one has no step)
     meta.pop("other_trainer", None)  # the caller's ``extra`` names one still running
+    meta.pop("resumed_from", None)  # this life's: set when it loads a checkpoint
     meta.update(
         {
             "format_version": FORMAT_VERSION,

@@ -614,9 +614,10 @@ def test_an_accept_with_no_autopilot_running_refuses_a_proposal_of_a_gone_life(
     state, step = lp.kernel.state_dict(), lp.step  # a checkpoint after it was made
 
     afresh: Loop = loop()  # the trainer killed and started again from step 0; no autopilot
-    afresh.run(5)  # (the heartbeat says a step 1-5: it is written at most once a second)
+    afresh.run(proposal["step"] + 20)  # and past the proposal's step: still not its evidence
     with pytest.raises(ValueError, match=f"proposal {proposal['id']} was made at step "
-                       f"{proposal['step']} in a life the run left: this one is at step [1-5] "):  # fmt: skip
+                       f"{proposal['step']} in a life the run left: it started again since, "
+                       "not from a checkpoint"):  # fmt: skip
         decide(lp.run_dir, proposal["id"], accept=True)
     assert not afresh.autopilot_entries()
 

@@ -29,7 +29,7 @@ from ..client import HotClient
 from ..errors import HotcbError
 from ..ledger import life_started, run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
-from ..runfiles import AUTOPILOT_STATE, FREEZE, HEARTBEAT, LEDGER, RUN_META, TUNE, process_alive
+from ..runfiles import AUTOPILOT_STATE, FREEZE, LEDGER, RUN_META, TUNE, process_alive
 from ..runview import RunView
 from .detectors import DETECTORS, Detection
 from .rules import Action, Rule, Ruleset, action_text, load_rules
@@ -1271,25 +1271,28 @@ def decide(
 
 
 def _gone_life(run_dir: str, proposal: Mapping[str, Any]) -> str | None:
-    """Where ``proposal`` was made, when that is plainly a life the run has left: before the
-    life that goes on started, at a step this life has not reached (it resumed from an earlier
-    checkpoint, or started again from step 0). None otherwise. An accept must not wait for the
-    autopilot to see the steps go back: none may run (``hotcb autopilot`` ends with the
-    trainer it watched)."""
+    """Where ``proposal`` was made, when that is a life the run has left: before the life that
+    goes on started afresh, or after the checkpoint it resumed from (``resumed_from`` in
+    ``hotcb.run.json``). None when it is this life's, or came with its checkpoint. An accept
+    must not wait for the autopilot to see the steps go back: none may run (``hotcb
+    autopilot`` ends with the trainer it watched)."""
     made, step = proposal.get("wall_time"), proposal.get("step")
-    life = life_started(jsonl.read_json(os.path.join(run_dir, RUN_META), {}) or {})
-    beat = jsonl.read_json(os.path.join(run_dir, HEARTBEAT), {}) or {}
-    now, seen = beat.get("step"), beat.get("wall_time")
-    if not (isinstance(made, (int, float)) and isinstance(seen, (int, float)) and life):
+    meta = jsonl.read_json(os.path.join(run_dir, RUN_META), {}) or {}
+    life = life_started(meta)
+    if life is None or not isinstance(made, (int, float)) or made >= life:
         return None
-    if type(step) is not int or type(now) is not int:
-        return None
-    if made >= life or seen < life or step <= now:
-        return None
-    return (
-        f"at step {step} in a life the run left: this one is at step {now} (a resume from "
-        "an earlier checkpoint, or a start from step 0)"
-    )
+    resumed = meta.get("resumed_from")
+    at = resumed.get("step") if isinstance(resumed, Mapping) else None
+    if type(at) is not int:
+        return (
+            f"at step {step} in a life the run left: it started again since, not from a checkpoint"
+        )
+    if type(step) is int and step > at:
+        return (
+            f"at step {step} in a life the run left: it resumed since from its checkpoint "
+            f"at step {at}"
+        )
+    return None
 
 
 def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, Any]:
