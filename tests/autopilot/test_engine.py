@@ -601,7 +601,7 @@ def test_a_proposal_of_a_life_the_run_left_expires_and_cannot_be_accepted(
 
 
 def test_an_accept_with_no_autopilot_running_refuses_a_proposal_of_a_gone_life(
-    loop: Any, tmp_path: Path
+    loop: Any, tmp_path: Path, cli: Any
 ) -> None:
     """``hotcb autopilot`` ends with the trainer it watched: a proposal of the killed life
     stayed pending until an autopilot saw the new life's steps go back, and an accept in that
@@ -615,6 +615,8 @@ def test_an_accept_with_no_autopilot_running_refuses_a_proposal_of_a_gone_life(
 
     afresh: Loop = loop()  # the trainer killed and started again from step 0; no autopilot
     afresh.run(proposal["step"] + 20)  # and past the proposal's step: still not its evidence
+    listed = cli(lp.run_dir, "autopilot", "proposals").stdout
+    assert f"{proposal['id']}  step {proposal['step']}  pending (of a life the run left)" in listed
     with pytest.raises(ValueError, match=f"proposal {proposal['id']} was made at step "
                        f"{proposal['step']} in a life the run left: it started again since, "
                        "not from a checkpoint"):  # fmt: skip

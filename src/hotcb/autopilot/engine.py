@@ -1270,7 +1270,7 @@ def decide(
         return _decide(run_dir, proposal_id, accept, by)
 
 
-def _gone_life(run_dir: str, proposal: Mapping[str, Any]) -> str | None:
+def gone_life(run_dir: str, proposal: Mapping[str, Any]) -> str | None:
     """Where ``proposal`` was made, when that is a life the run has left: before the life that
     goes on started afresh, or after the checkpoint it resumed from (``resumed_from`` in
     ``hotcb.run.json``). None when it is this life's, or came with its checkpoint. An accept
@@ -1314,7 +1314,7 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
         if over is not None:  # nothing would apply its action (a new run proposes afresh)
             raise ValueError(f"the run {over}: proposal {proposal_id} ended with it; nothing "
                              "would apply it (reject it to clear it)")  # fmt: skip
-        gone = _gone_life(run_dir, found)
+        gone = gone_life(run_dir, found)
         if gone is not None:  # the autopilot expires it once it sees the steps go back
             raise ValueError(f"proposal {proposal_id} was made {gone}: what it saw is not in "
                              "this run (reject it to clear it)")  # fmt: skip

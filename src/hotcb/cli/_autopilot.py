@@ -489,7 +489,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_proposals(args: argparse.Namespace) -> int:
-    from ..autopilot.engine import proposals
+    from ..autopilot.engine import gone_life, proposals
 
     require_run_dir(args.dir)
     rows = [p for p in proposals(args.dir) if args.all or p["state"] == "pending"]
@@ -503,7 +503,11 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         say(f"the run {over}: its pending proposals ended with it (accept is refused; "
               "'hotcb autopilot reject ID' clears one)")  # fmt: skip
     for p in rows:
-        state = "pending (the run is over)" if over and p["state"] == "pending" else p["state"]
+        state = p["state"]
+        if state == "pending" and over:
+            state = "pending (the run is over)"
+        elif state == "pending" and gone_life(args.dir, p):  # accept refuses it: say so here
+            state = "pending (of a life the run left)"
         say(f"{p['id']}  step {p['step']}  {state}  {p.get('describe')}")
     return 0
 
