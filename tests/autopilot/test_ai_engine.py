@@ -466,6 +466,35 @@ def test_a_spent_budget_hands_over_to_the_rules(loop: Any) -> None:
     assert pilot.rules_do == "auto"
 
 
+def test_an_autopilot_started_again_with_a_new_budget_asks_the_model_again(loop: Any) -> None:
+    """The rules took over when the budget was spent; an autopilot started again with a larger
+    budget restored that fallback and never called the model (its status said both "$0.41
+    of $5" and "the budget of $0.05 is spent")."""
+    lp: Loop = loop()
+    with ScriptedChatServer([NOTHING]) as srv:
+        spent = ai_config(srv, model="gpt-4o-mini", budget_usd=1e-5)
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=spent, key_metric="loss")
+        lp.run(100, pilot)
+        assert len(srv.requests) == 1 and pilot.rules_do == "auto"
+        pilot.close()
+        again = Autopilot(lp.run_dir, mode="ai_auto", key_metric="loss",
+                          ai=ai_config(srv, model="gpt-4o-mini", budget_usd=1.0))  # fmt: skip
+        lp.run(100, again)
+        assert len(srv.requests) >= 2  # asked again
+        state = json.loads(Path(lp.run_dir, AI_STATE).read_text())
+        assert state["fallback"] is None and state["budget_usd"] == 1.0
+        (again_record,) = records(lp.run_dir, AI_LOG, "model_again")
+        assert "the budget of $1e-05 is spent" in again_record["reason"]
+        again.close()
+        still = Autopilot(lp.run_dir, mode="ai_auto", key_metric="loss",
+                          ai=ai_config(srv, model="gpt-4o-mini", budget_usd=1e-5))  # fmt: skip
+        asked = len(srv.requests)
+        lp.run(50, still)
+        assert len(srv.requests) == asked  # still spent: the rules at once, said with its budget
+        state = json.loads(Path(lp.run_dir, AI_STATE).read_text())
+        assert state["fallback"].startswith("the budget of $1e-05 is spent")
+
+
 def test_a_detection_asks_the_model_before_its_cadence(loop: Any) -> None:
     lp: Loop = loop(f=flat)
     with ScriptedChatServer([NOTHING]) as srv:
@@ -582,6 +611,24 @@ def test_ai_suggest_proposes_and_a_person_decides(loop: Any) -> None:
     assert [p["state"] for p in proposals(lp.run_dir)] == ["accepted", "rejected"]
     decisions = records(lp.run_dir, AI_LOG, "decision")
     assert decisions[0]["proposed"] == [first["id"]] and decisions[0]["applied"] == []
+
+
+def test_ai_suggest_proposes_no_change_of_a_knob_the_run_does_not_have(loop: Any) -> None:
+    """The model named a loss weight the run does not have: the proposal waited, every accept
+    refused ("unknown actuator"), until a person rejected it. ``ai_auto`` rejected the same
+    reply at once; ``ai_suggest`` now does too, with the run's words."""
+    lp: Loop = loop()
+    made_up = {"json": {"reasoning": "weigh the aux loss more", "actions": [
+        {"action": "loss_weight_set", "params": {"key": "does_not_exist", "value": 1.0}},
+        {"action": "lr_mult", "params": {"factor": 0.5}}]}}  # fmt: skip
+    with ScriptedChatServer([made_up, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_suggest", ai=ai_config(srv), key_metric="loss")
+        lp.run(30, pilot)
+    (proposal,) = proposals(lp.run_dir)  # the lr's, not the made-up knob's
+    assert proposal["action"]["name"] == "lr_mult"
+    (refused,) = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "rejected"]
+    assert refused["asked"]["params"]["key"] == "does_not_exist"
+    assert "unknown actuator 'does_not_exist' in group 'loss'" in refused["reason"]
 
 
 def test_ai_suggest_keeps_one_proposal_per_knob_pending(loop: Any) -> None:

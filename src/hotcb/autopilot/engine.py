@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
 from .._control import _never_undone
-from ..client import HotClient
-from ..errors import HotcbError
+from ..client import HotClient, check_actuator_params
+from ..errors import ActuatorError, HotcbError
 from ..ledger import life_started, run_over
 from ..metrics import VAL_LOSS_NAMES, guess_direction
 from ..runfiles import AUTOPILOT_STATE, FREEZE, LEDGER, RUN_META, TUNE, process_alive
@@ -821,6 +821,8 @@ class Autopilot:
             why_not = (self._ai_blocked(knob) if knob is not None
                        else self._undo_blocked(self._ai_blocked) if action.name == "undo"
                        else None)  # fmt: skip
+            if why_not is None and knob is not None:
+                why_not = self._no_such_knob(knob)
             if why_not is not None:
                 rejected.append({"asked": _asked(action), "reason": why_not})
                 continue
@@ -863,6 +865,20 @@ class Autopilot:
                  applied=applied, proposed=proposed, rejected=rejected,
                  next_check=reply.next_check)  # fmt: skip
         return out
+
+    def _no_such_knob(self, knob: str) -> str | None:
+        """Why ``knob`` (``loss.aux``) cannot be changed: the run published no such actuator
+        (the model named one it does not have). A proposal for it waited for good, its every
+        accept refused. None when it has it, or has published none yet."""
+        published = list(self.view.actuators().values())
+        group, _, key = knob.partition(".")
+        if not published or any(a["param_key"] == key and a["group"] == group for a in published):
+            return None
+        try:
+            check_actuator_params(group, {key: 0.0}, published)
+        except ActuatorError as exc:
+            return str(exc)
+        return None
 
     def _pending_for(self, action: Action) -> str | None:
         """Why the model may not propose ``action`` now: a proposal for the same knob (or the

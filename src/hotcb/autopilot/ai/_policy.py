@@ -135,6 +135,14 @@ class AIPolicy:
         self._done: Outcome | None = None
         # reentrant: a reply is read under it (close() waits for that, or abandons the call)
         self._lock = threading.RLock()
+        if self.fallback is not None:  # an earlier autopilot's: this one may have a new budget,
+            # limit or endpoint (restored, the model stayed off for good, without a word)
+            self.write("model_again", reason=f"a new autopilot asks the model again (the rules "
+                       f"had taken over: {self.fallback})")  # fmt: skip
+            log.warning("hotcb AI autopilot: the rules had taken over (%s); asking the model "
+                        "again", self.fallback)  # fmt: skip
+            self.fallback, self.failures = None, 0
+            self.save()
 
     # ------------------------------------------------------------------ when
     @property
