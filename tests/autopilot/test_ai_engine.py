@@ -613,6 +613,18 @@ def test_ai_suggest_proposes_and_a_person_decides(loop: Any) -> None:
     assert decisions[0]["proposed"] == [first["id"]] and decisions[0]["applied"] == []
 
 
+def test_a_stop_by_the_model_saves_a_checkpoint_first(loop: Any) -> None:
+    """In ``ai_auto`` one reply ("stop it now") ended an unattended run with no checkpoint."""
+    lp: Loop = loop()
+    stop = {"json": {"reasoning": "stop it now", "actions": [{"action": "stop", "params": {}}]}}
+    with ScriptedChatServer([stop, NOTHING]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(32, pilot)  # asked at step 20, sent at step 30, applied at step 31
+    done = [(e["module"], e["op"]) for e in by_source(lp.run_dir, "ai")]
+    assert done == [("control", "checkpoint"), ("control", "stop")], done
+    assert lp.kernel.stop_requested
+
+
 def test_ai_suggest_proposes_no_change_of_a_knob_the_run_does_not_have(loop: Any) -> None:
     """The model named a loss weight the run does not have: the proposal waited, every accept
     refused ("unknown actuator"), until a person rejected it. ``ai_auto`` rejected the same

@@ -844,7 +844,10 @@ class Autopilot:
                 proposed.append(ident)
                 continue
             try:
-                cmd_ids = send_action(self.ai_client, action, reason, live=self._live())
+                # a model's stop ends a run no one may be watching: where it got to is saved
+                first = (send_action(self.ai_client, Action("checkpoint", {}), reason)
+                         if action.name == "stop" else [])  # fmt: skip
+                cmd_ids = [*first, *send_action(self.ai_client, action, reason, live=self._live())]
             except Exception as exc:  # out of bounds, no such actuator: recorded, never raised
                 rejected.append({"asked": _asked(action), "reason": str(exc)})
                 continue
