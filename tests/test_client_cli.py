@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,6 +209,12 @@ def test_undo_from_the_cli_reverts_last_and_named_changes(run: Run, run_dir: str
         read_ledger(run_dir)[1]["cmd_id"],
         first,
     ]
+    # an undo of an undo: refused at once (it was sent, and the run rejected it later)
+    commands = Path(run_dir, "hotcb.commands.jsonl")
+    sent = commands.read_text()
+    again = cli(run_dir, "undo", "--cmd-id", "#4")
+    assert again.returncode == 2 and "is an undo: control undo cannot be undone" in again.stderr
+    assert commands.read_text() == sent
 
 
 def test_wait_prints_the_ledger_entry_and_exits_1_when_rejected(run: Run, run_dir: str) -> None:

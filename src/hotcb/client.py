@@ -526,6 +526,10 @@ class HotClient:
         id that names no command of this run: the run would only reject it later)."""
         if cmd_id:
             self._require_command(cmd_id)
+            found = self._known(str(cmd_id), exact=True) or {}
+            if (found.get("module"), found.get("op")) == ("control", "undo"):  # the run's words
+                raise CommandError(f"command {cmd_id!r} is an undo: control undo cannot be undone "
+                                   "(there is no redo); set the value you want instead")  # fmt: skip
         return self.send("control", "undo", params={"cmd_id": cmd_id} if cmd_id else {})
 
     def cancel(self, cmd_id: str) -> str:
