@@ -74,7 +74,8 @@ def test_a_delivery_that_finally_failed_says_so_on_stderr(
     tmp_path: Any, cli: Any, receiver: Any
 ) -> None:
     """Every attempt answered 500: the console gets one line with the channel, the target and
-    the reason (the records had it already)."""
+    the reason (the records had it already), and ``--once`` exits 1 (it exited 0: a script
+    could not tell that the alert was lost)."""
     receiver.statuses = [500] * 8
     run = str(tmp_path / "run")
     _nan_run(run)
@@ -85,7 +86,7 @@ def test_a_delivery_that_finally_failed_says_so_on_stderr(
         "retries": 1, "backoff": 0,
     }))  # fmt: skip
     done = cli(run, "notify", "--notify", str(cfg), "--once")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
     assert "alert nonfinite" in done.stdout
     lines = sorted(line for line in done.stderr.splitlines() if line.strip())  # in parallel
     assert lines == sorted(

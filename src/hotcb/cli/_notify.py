@@ -121,7 +121,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
             _say(notifier.step())
     with contextlib.suppress(KeyboardInterrupt):
         notifier.close(LAST_DELIVERIES_SEC)
-    return 0
+    return 1 if args.once and notifier.failed else 0  # a script sees that an alert was lost
 
 
 class _Stop:

@@ -63,6 +63,8 @@ class Notifier:
         #: the latest active point of each alert in the history read so far
         self._history_hits: dict[str, Sample] = {}
         self._records_path = os.path.join(self.run_dir, RECORDS)
+        #: deliveries that failed for good (after their retries) in this notifier's life
+        self.failed = 0
         st = jsonl.read_json(self._state_path, {}) or {}
         cur = st.get("cursors") or {}
         self.view = RunView(self.run_dir, metrics_at=int(cur.get("metrics", 0)),
@@ -270,6 +272,8 @@ class Notifier:
     def _record(self, record: dict[str, Any]) -> None:
         record.setdefault("wall_time", time.time())
         with self._write:
+            if record.get("kind") == "delivery" and record.get("status") == "failed":
+                self.failed += 1
             jsonl.append(self._records_path, record)
 
     def _save(self) -> None:
