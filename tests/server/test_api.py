@@ -839,3 +839,8 @@ def test_markers_and_knob_changes_are_of_the_life_that_goes_on(tmp_path, live_se
         assert marked(c) == knob_changes(c) == [(5, 0.5, "python")]
         life(0, 3, {})  # again, and no entry yet in this life
         assert marked(c) == knob_changes(c) == []
+        # a checkpoint with nothing after it: the resume writes no `kernel resume` entry, and
+        # the change it holds is this life's
+        checkpoint = life(0, 30, {4: 0.4})
+        life(15, 5, {}, state=checkpoint)
+        assert marked(c) == knob_changes(c) == [(4, 0.4, "python")]

@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import current_step, life_started
+from ..ledger import current_step
 from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
@@ -271,7 +271,7 @@ class RunState:
 
     def markers(self) -> list[dict[str, Any]]:
         """The chart markers of the life that goes on (see :class:`~.tailer.GoneLives`)."""
-        return self.ledger.lives.of_life(self.ledger.marks, life_started(self.meta()))
+        return self.ledger.lives.of_life(self.ledger.marks, self.meta())
 
     def stale(self, now: float | None = None) -> bool:
         t = self.last_wall_time
@@ -340,7 +340,7 @@ class RunState:
             if isinstance(a, dict)
         }
         changes: dict[str, list[dict[str, Any]]] = {}
-        for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, life_started(self.meta())):
+        for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, self.meta()):
             changes.setdefault(ch["key"], []).append(ch)
         # the run's first step: its first metric or change (the actuators file is seen only
         # from when the server watched: not a start); 0 when it has neither

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonl
-from ..ledger import LedgerView
+from ..ledger import LedgerView, life_started
 from ..metrics._columns import read_blocks, sidecar_path
 from ..ops import MAX_COMMAND_BYTES
 from ..runfiles import METRICS_INDEX, TUNE, redact_urls
@@ -718,8 +718,9 @@ class GoneLives:
 
     A ``kernel resume`` entry leaves behind what was written after its checkpoint
     (``resumed_from.seq``); an entry whose step goes back (another loop on a kernel) leaves
-    behind the changes after its step, the rule the page's metric series follow. An entry written earlier than the newest one (a resume writing the entries its
-    checkpoint held but the ledger missed) moves nothing."""
+    behind the changes after its step, the rule the page's metric series follow. An entry
+    written earlier than the newest one (a resume writing the entries its checkpoint held but
+    the ledger missed) moves nothing."""
 
     def __init__(self) -> None:
         self._step: int | None = None  # where the life that goes on has got to
@@ -745,11 +746,16 @@ class GoneLives:
             return lambda ch: ch["step"] > step
         return None
 
-    def of_life(self, items: Iterable[dict[str, Any]], life: float | None) -> list[dict[str, Any]]:
+    def of_life(
+        self, items: Iterable[dict[str, Any]], meta: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
         """``items`` (changes with their ``wall_time``) without those of the lives before the
-        one that goes on, when it started afresh, not from a checkpoint (``life``: when it
-        began, :func:`hotcb.ledger.life_started`); it may have written no entry yet."""
-        if life is None or self.resumed_at >= life:
+        one that goes on, when it started afresh, not from a checkpoint (``meta``: the run's
+        ``hotcb.run.json``: when it began, :func:`hotcb.ledger.life_started`, and
+        ``resumed_from`` once it loaded one); it may have written no entry yet."""
+        life = life_started(meta)
+        resumed = isinstance(meta.get("resumed_from"), Mapping) or self.resumed_at >= (life or 0)
+        if life is None or resumed:
             return list(items)
         return [x for x in items
                 if not (_plain_number(x.get("wall_time")) and x["wall_time"] < life)]  # fmt: skip
