@@ -26,14 +26,20 @@ _Number = (int, float)
 
 def as_text_hint(value: Any) -> str:
     """`` (YAML reads 1e-3 as text: write 1.0e-3)`` for a string that is a number: PyYAML
-    takes an exponent without a dot for a string, and "got '1e-3'" did not say why."""
+    takes an exponent without a dot, or without its sign (``1.0e9``), for a string, and "got
+    '1e-3'" did not say why. The fix given is the value itself, written as YAML reads it."""
     if not isinstance(value, str):
         return ""
     try:
         float(value)
     except ValueError:
         return ""
-    return " (YAML reads 1e-3 as text: write 1.0e-3)" if "e" in value.lower() else ""
+    mantissa, e, exponent = value.strip().replace("E", "e").partition("e")
+    if not e:
+        return ""
+    mantissa = mantissa if "." in mantissa else mantissa + ".0"
+    exponent = exponent if exponent[:1] in ("+", "-") else "+" + exponent
+    return f" (YAML reads {value} as text: write {mantissa}e{exponent})"
 
 
 class Checker:

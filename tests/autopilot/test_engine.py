@@ -617,6 +617,8 @@ def test_an_accept_with_no_autopilot_running_refuses_a_proposal_of_a_gone_life(
     afresh.run(proposal["step"] + 20)  # and past the proposal's step: still not its evidence
     listed = cli(lp.run_dir, "autopilot", "proposals").stdout
     assert f"{proposal['id']}  step {proposal['step']}  pending (of a life the run left)" in listed
+    status = cli(lp.run_dir, "autopilot", "status").stdout
+    assert f"pending {proposal['id']} (of a life the run left): " in status, status
     with pytest.raises(ValueError, match=f"proposal {proposal['id']} was made at step "
                        f"{proposal['step']} in a life the run left: it started again since, "
                        "not from a checkpoint"):  # fmt: skip

@@ -141,3 +141,20 @@ def test_every_choice_of_a_detector_param_is_accepted(tmp_path: Path) -> None:
                 )
                 (rule,) = load_rules(rules).rules
                 assert rule.params == {key: value}
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [("1e-3", "write 1.0e-3"), ("1.0e9", "write 1.0e+9"), ("5E4", "write 5.0e+4")],
+)
+def test_the_yaml_number_hint_gives_the_value_as_yaml_reads_it(given: str, hint: str) -> None:
+    """``1.0e9`` has its dot: the hint said "write 1.0e-3", which did not apply (YAML wants
+    the exponent's sign too). The fix given is the value itself, written so, and it parses."""
+    import yaml
+
+    from hotcb._checks import as_text_hint
+
+    said = as_text_hint(given)
+    assert said == f" (YAML reads {given} as text: {hint})"
+    assert isinstance(yaml.safe_load(hint.removeprefix("write ")), float)
+    assert as_text_hint("abc") == as_text_hint(1e-3) == as_text_hint("12") == ""

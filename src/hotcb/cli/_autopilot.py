@@ -443,7 +443,7 @@ def _state(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .. import jsonl
-    from ..autopilot.engine import RECORDS, proposals
+    from ..autopilot.engine import RECORDS, gone_life, proposals
 
     st = _state(args)
     pending = [p for p in proposals(args.dir) if p["state"] == "pending"]
@@ -463,7 +463,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         return 0
     say(f"autopilot: {st.get('mode')}   key metric: {st.get('key_metric')} "
-          f"({st.get('direction')})   at step {st.get('step')}")  # fmt: skip
+          f"({st.get('direction')})   at step {st.get('step')} (its last round)")  # fmt: skip
     key, used, logged = st.get("key_metric"), st.get("key_logged_as"), st.get("logged")
     if used and used != key:
         say(f"  the run logs {key} as {used}: the rules and the guard read {used}")
@@ -483,8 +483,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{r['then']['action']} {r['then']['params'] or ''} ({r['confidence']})")  # fmt: skip
     for rec in recent:
         say(_line(rec))
-    for p in pending:
-        say(f"pending {p['id']}: {p.get('describe')}")
+    for p in pending:  # as `autopilot proposals` says it: accept refuses one of a gone life
+        gone = " (of a life the run left)" if gone_life(args.dir, p) else ""
+        say(f"pending {p['id']}{gone}: {p.get('describe')}")
     return 0
 
 
