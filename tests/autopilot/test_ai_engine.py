@@ -613,6 +613,22 @@ def test_ai_suggest_proposes_and_a_person_decides(loop: Any) -> None:
     assert decisions[0]["proposed"] == [first["id"]] and decisions[0]["applied"] == []
 
 
+def test_the_model_s_changes_settle_one_at_a_time_without_a_key_metric(loop: Any) -> None:
+    """The key metric (``val_loss``) never logged: the guard had nothing to judge the model's
+    change on, so nothing held its next one back (three lr cuts 29 steps apart compounded
+    inside ``settle_steps``). The change settles all the same."""
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE]) as srv:  # the same advice at every call
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", key_metric="val_loss",
+                          ai=ai_config(srv, settle_steps=100))  # fmt: skip
+        lp.run(95, pilot)  # asked at steps 20, 40, 60, 80
+        assert len(srv.requests) >= 3
+    assert lp.lr == pytest.approx(5e-3)  # one cut
+    held = [r for r in records(lp.run_dir, RECORDS, "action") if r["state"] == "rejected"]
+    assert held and all("the model's last change settles until step 130" in r["reason"]
+                        for r in held), held  # fmt: skip
+
+
 def test_a_stop_by_the_model_saves_a_checkpoint_first(loop: Any) -> None:
     """In ``ai_auto`` one reply ("stop it now") ended an unattended run with no checkpoint."""
     lp: Loop = loop()

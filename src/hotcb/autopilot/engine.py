@@ -861,6 +861,9 @@ class Autopilot:
             out += self._supersede(action, f"the model (call {outcome.call})")
             if knob is not None and cmd_ids and self.guard is None:
                 self._watch("ai", cmd_ids[0], ai.config.settle_steps)
+                if self.guard is None:  # no key-metric values to judge it on: it settles all
+                    # the same (three lr cuts 29 steps apart compounded, unjudged)
+                    self.fired["ai_settle"] = self.step_now + ai.config.settle_steps
         for r in rejected:
             out.append(self._record({"kind": "action", "rule": "ai", "step": self.step_now,
                                      "state": "rejected", "call": outcome.call, **r}))  # fmt: skip
@@ -909,6 +912,10 @@ class Autopilot:
             return tuned
         if self.guard is not None and self.mode == "ai_auto":
             return self._judging()
+        settle = self.fired.get("ai_settle", -1)
+        if self.mode == "ai_auto" and settle > self.step_now:
+            return (f"the model's last change settles until step {settle} (one change at a "
+                    f"time; no guard judges it: {self._key_name} had no values)")  # fmt: skip
         until = self.fired.get("ai", -1)
         if until > self.step_now:
             return f"the guard undid the model's last change; no knob changes until step {until}"
