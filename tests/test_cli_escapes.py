@@ -169,7 +169,7 @@ def test_notify_prints_an_alert_on_a_metric_named_with_escape_codes_escaped(
     config.write_text("alerts:\n  - {id: nan, kind: nonfinite}\ndeliveries:\n"
                       '  - {type: webhook, url: "http://127.0.0.1:9/hook"}\nretries: 0\n')  # fmt: skip
     done = cli(run_dir, "notify", "--notify", str(config), "--once")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the delivery failed: --once says so
     _clean(done.stdout + done.stderr)
     assert f"[step 2] alert nan: non-finite loss{SHOWN}" in done.stdout, done.stdout
 
