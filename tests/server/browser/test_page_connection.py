@@ -178,8 +178,11 @@ def test_the_step_follows_a_run_resumed_from_an_earlier_checkpoint(
 
     run = trainer("r", ckpt)  # the second life starts at step 101
     wait_for(lambda: 120 < last_step(run.path) < 399, timeout=60, what="the resumed run")
-    d = wait_page(
-        page, f"!d.over && d.step > 110 && +d.stepShown < 399 && +{placeholder} < 600", 60
+    d = wait_page(  # the header's step (drawn a frame after d.step) is what is read below
+        page,
+        f"!d.over && d.step > 110 && +d.stepShown > 110 && +d.stepShown < 399 "
+        f"&& +{placeholder} < 600",
+        60,
     )
     shown = int(d["stepShown"])
     assert 110 < shown < 399 and d["step"] < 399, d
