@@ -525,9 +525,11 @@ class HotClient:
         """Undo the run's last change, or the command ``cmd_id`` (:class:`CommandError` for an
         id that names no command of this run: the run would only reject it later)."""
         if cmd_id:
-            self._require_command(cmd_id)
-            found = self._known(str(cmd_id), exact=True) or {}
-            if (found.get("module"), found.get("op")) == ("control", "undo"):  # the run's words
+            found = self._require_command(cmd_id)
+            if found.get("cmd_id") == cmd_id and (found.get("module"), found.get("op")) == (
+                "control",
+                "undo",
+            ):  # the run's words
                 raise CommandError(f"command {cmd_id!r} is an undo: control undo cannot be undone "
                                    "(there is no redo); set the value you want instead")  # fmt: skip
         return self.send("control", "undo", params={"cmd_id": cmd_id} if cmd_id else {})
@@ -572,14 +574,17 @@ class HotClient:
                            "(the run would skip this one as a duplicate); leave cmd_id out and "
                            "a fresh one is made")  # fmt: skip
 
-    def _require_command(self, cmd_id: str) -> None:
-        """Refuse an id that names no command of this run (in its commands file or ledger)."""
-        if self._known(str(cmd_id)) is None:
+    def _require_command(self, cmd_id: str) -> dict[str, Any]:
+        """Refuse an id that names no command of this run (in its commands file or ledger);
+        its first record."""
+        found = self._known(str(cmd_id))
+        if found is None:
             raise CommandError(
                 f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "
                 f"returned; 'hotcb --dir {shell_path(self.run_dir)} log --json' shows each entry's cmd_id, "
                 "and the CLI takes '#N' for the entry 'hotcb log' shows as #N)"
             )
+        return found
 
     def freeze(
         self,

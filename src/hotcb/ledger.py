@@ -223,14 +223,7 @@ def open_ramps(path: str) -> list[dict[str, Any]]:
     them: the ramps a life that ended without ``close()`` (killed, or a notebook's kernel made
     again) left under way. Parses only the lines of ramps, on ledgers of any size."""
     started: dict[str, dict[str, Any]] = {}
-    last = 0
-    for e in jsonl.iter_records(path, keep=lambda line: b'"transition"' in line
-                                or b'"ramp"' in line):  # fmt: skip
-        seq = e.get("seq")
-        if isinstance(seq, int):
-            if seq <= last:  # a batch written twice
-                continue
-            last = seq
+    for e in iter_entries(path, keep=lambda line: b'"transition"' in line or b'"ramp"' in line):
         cmd_id = e.get("cmd_id")
         if not isinstance(cmd_id, str):
             continue
