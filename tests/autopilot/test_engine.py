@@ -187,6 +187,39 @@ def test_a_newer_detection_renews_the_rules_waiting_proposal(loop: Any, tmp_path
     assert lp.lr == pytest.approx(5e-3)  # one cut, not two
 
 
+NAN_ONLY = """\
+rules:
+  - id: nan_cut_lr
+    when: {detector: nonfinite, metric: train}
+    then: {action: lr_mult, params: {factor: 0.1}}
+    cooldown_steps: 100
+    confidence: high
+"""
+
+
+def test_a_nan_before_the_accept_is_dealt_with_by_the_accepted_cut(
+    loop: Any, tmp_path: Path
+) -> None:
+    """The loss went NaN at step 40 (proposed), again at step 90 (the rule cooling down), and
+    the cut was accepted at step 100. Past the cooldown the NaN of step 90 was detected anew
+    and a second cut proposed for the trouble the first had dealt with. The accepted cut's
+    step now restarts the rule's cooldown and ends what it saw before."""
+
+    def nan_until_cut(lr: float, step: int) -> float:
+        return math.nan if step in (40, 90) and lr >= 1e-2 else 1.0
+
+    lp: Loop = loop(nan_until_cut)
+    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, NAN_ONLY))
+    lp.run(100, pilot)
+    (proposal,) = proposals(lp.run_dir)
+    assert proposal["step"] == 40 and proposal["state"] == "pending"
+    decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    lp.run(300, pilot)
+    assert lp.lr == pytest.approx(1e-3)
+    assert [(p["id"], p["state"]) for p in proposals(lp.run_dir)] == [(proposal["id"], "accepted")]
+    assert not [r for r in lp.records() if r["kind"] == "detection" and r["step"] > 40]
+
+
 def test_a_proposal_whose_trouble_is_gone_expires(loop: Any, tmp_path: Path) -> None:
     """A plateau proposal waited for good after the run left the plateau: accepted at step
     500, it cut the lr of a run that was improving again. Past the rule's cooldown with its

@@ -377,6 +377,8 @@ class Autopilot:
             self._hold(e, e["module"], holds)
             if e.get("source") == "resume":
                 self._rearm(e)
+            elif e.get("source") == "autopilot":
+                self._cool_accepted(e)
 
     def _hold(self, e: Mapping[str, Any], module: str, holds: dict[str, dict[str, Any]]) -> None:
         """Hold the knobs that entry ``e`` changed, of ``module``, when a person changed them;
@@ -433,6 +435,28 @@ class Autopilot:
         if self.guard is None and step + settle > self.step_now:
             # (not for an old one a new autopilot reads in a run's history: judged back then)
             self._watch(rule_id, str(cmd_id), settle, at=step)
+
+    def _cool_accepted(self, e: Mapping[str, Any]) -> None:
+        """An accepted proposal's change applied (``e``): its rule's cooldown starts again
+        there, and what it detected before is dealt with. A NaN between the proposal and its
+        accept was detected again after the accepted cut, and the rule proposed a second cut
+        for the same trouble."""
+        cmd_id = e.get("cmd_id")
+
+        def sent(r: dict[str, Any]) -> bool:  # the autopilot's own action, or an accept
+            return (r.get("kind") == "action" or r.get("state") == "accepted") and cmd_id in (
+                r.get("cmd_ids") or ()
+            )
+
+        rec = self._first_mention(RECORDS, cmd_id, sent)
+        if rec is None:  # an accept writes its decision after it sent the command
+            with _locked(self.run_dir):
+                rec = self._first_mention(RECORDS, cmd_id, sent)
+        if rec is None or rec.get("kind") != "decision":
+            return
+        rule_id, step = str(rec.get("rule")), int(e.get("step") or 0)
+        self.fired[rule_id] = max(self.fired.get(rule_id, step), step)
+        self.seen[rule_id] = max(self.seen.get(rule_id, step), step)
 
     def _rule_of(self, cmd_id: Any) -> str | None:
         """The rule (or ``ai``) whose automatic action sent command ``cmd_id``; ``None`` for a
