@@ -220,16 +220,19 @@ def test_a_nan_before_the_accept_is_dealt_with_by_the_accepted_cut(
     assert not [r for r in lp.records() if r["kind"] == "detection" and r["step"] > 40]
 
 
-def test_a_proposal_whose_trouble_is_gone_expires(loop: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["suggest", "auto"])
+def test_a_proposal_whose_trouble_is_gone_expires(loop: Any, tmp_path: Path, mode: str) -> None:
     """A plateau proposal waited for good after the run left the plateau: accepted at step
     500, it cut the lr of a run that was improving again. Past the rule's cooldown with its
-    detector silent, it expires, says why, and its accept is refused."""
+    detector silent, it expires, says why, and its accept is refused. In auto mode a
+    low-confidence rule proposes too, and its proposals expire the same way."""
 
     def plateau_then_falls(_lr: float, step: int) -> float:
         return 1.0 if step <= 200 else 1.0 - 0.002 * (step - 200)
 
     lp: Loop = loop(plateau_then_falls)
-    pilot = Autopilot(lp.run_dir, mode="suggest", rules=_rules(tmp_path, PLATEAU_ONLY))
+    rules = PLATEAU_ONLY if mode == "suggest" else PLATEAU_ONLY.replace("medium", "low")
+    pilot = Autopilot(lp.run_dir, mode=mode, rules=_rules(tmp_path, rules))
     lp.run(200, pilot)
     (proposal,) = [p for p in proposals(lp.run_dir) if p["state"] == "pending"]
     out = lp.run(200, pilot)
@@ -257,6 +260,8 @@ def test_a_proposal_of_a_run_that_is_over_cannot_be_accepted(
     listed = cli(lp.run_dir, "autopilot", "proposals").stdout  # it said only "pending"
     assert "the run finished at step 200: its pending proposals ended with it" in listed, listed
     assert f"{proposal['id']}  step {proposal['step']}  pending (the run is over)" in listed
+    status = cli(lp.run_dir, "autopilot", "status").stdout  # it said only "pending"
+    assert f"pending {proposal['id']} (the run is over): " in status, status
     commands = Path(lp.run_dir) / "hotcb.commands.jsonl"
     before = commands.read_bytes() if commands.exists() else b""
     with pytest.raises(ValueError, match=rf"the run finished at step 200: proposal "
@@ -944,6 +949,42 @@ def test_an_automatic_cut_a_resume_reapplies_is_not_made_again(loop: Any, tmp_pa
     assert lp.lr == pytest.approx(5e-3)
     judged = [r for r in records if r["kind"] == "guard" and r["cmd_id"] == cut["cmd_id"]]
     assert judged and judged[0]["step"] >= again[0]["step"] + 75  # half the cooldown settles
+
+
+@pytest.mark.parametrize("mode", ["auto", "suggest"])
+def test_a_nan_the_resumed_run_logs_again_is_dealt_with_by_the_reapplied_cut(
+    loop: Any, tmp_path: Path, mode: str
+) -> None:
+    """The loss went NaN at step 40 and the lr was cut (by the rule, or by an accepted
+    proposal); the trainer died and resumed from its checkpoint at step 30, so it logged the
+    NaN of step 40 again before the resume re-applied the cut. Once the rule's cooldown ran
+    out it cut (or proposed to cut) again for that NaN: lr ×0.01 for one NaN. The re-applied
+    cut now deals with what came before it, as the first cut did."""
+
+    def nan_until_cut(lr: float, step: int) -> float:
+        return math.nan if step == 40 and lr >= 1e-2 else 1.0
+
+    lp: Loop = loop(nan_until_cut)
+    pilot = Autopilot(lp.run_dir, mode=mode, rules=_rules(tmp_path, NAN_ONLY))
+    lp.run(30, pilot)
+    saved = lp.kernel.state_dict()
+    lp.run(10, pilot)
+    if mode == "suggest":
+        (proposal,) = proposals(lp.run_dir)
+        decide(lp.run_dir, proposal["id"], accept=True, by="test")
+    lp.run(20, pilot)
+    assert lp.lr == pytest.approx(1e-3)
+    cuts = [e for e in read_ledger(lp.run_dir) if e.get("source") == "autopilot"]
+    lp.kernel.close()
+    lp.kernel = HotKernel(lp.run_dir, poll_interval_sec=0.0)  # resumed from the checkpoint
+    lp.kernel.load_state_dict(saved)
+    lp.step, lp.opt.param_groups[0]["lr"] = 30, 1e-2
+    lp.run(300, pilot)
+    again = [e for e in read_ledger(lp.run_dir) if e.get("source") == "resume"]
+    assert [e["cmd_id"] for e in again] == [cuts[0]["cmd_id"]]  # the cut, re-applied
+    assert [e for e in read_ledger(lp.run_dir) if e.get("source") == "autopilot"] == cuts
+    assert lp.lr == pytest.approx(1e-3)
+    assert len({p["id"] for p in proposals(lp.run_dir)}) == (mode == "suggest")
 
 
 DIVERGENCE_CUT = """\

@@ -375,10 +375,8 @@ class Autopilot:
             settle = self.ai.config.settle_steps if self.ai and e.get("source") == "ai" else 0
             self.changes.append(_change(e, settle))
             self._hold(e, e["module"], holds)
-            if e.get("source") == "resume":
+            if e.get("source") in ("resume", "autopilot"):
                 self._rearm(e)
-            elif e.get("source") == "autopilot":
-                self._cool_accepted(e)
 
     def _hold(self, e: Mapping[str, Any], module: str, holds: dict[str, dict[str, Any]]) -> None:
         """Hold the knobs that entry ``e`` changed, of ``module``, when a person changed them;
@@ -415,15 +413,18 @@ class Autopilot:
             self._resume_seen = True
 
     def _rearm(self, e: Mapping[str, Any]) -> None:
-        """A resume re-applied one of the autopilot's own changes (``e``): the run went back
-        past it, which ended its rule's cooldown and its guard, and the same rule cut the lr
-        again three steps after the re-applied cut. Both start again from ``e``, as when the
-        change was first made."""
+        """An autopilot change applied (``e``) that its rule should count from: an accepted
+        proposal's, or one of its own a resume re-applied (the run went back past it, which
+        ended its rule's cooldown and its guard: the same rule cut the lr again three steps
+        after the re-applied cut). The rule's cooldown starts again at ``e``, and what it
+        detected before is dealt with (a NaN between a proposal and its accept, or one the
+        resumed run logged again before the re-applied cut, drew a second cut for the same
+        trouble). A re-applied automatic change is judged again, as when it was first made."""
         cmd_id = e.get("cmd_id")
-        rule_id = self._rule_of(cmd_id)
-        if rule_id is None:
-            return
-        step = int(e.get("step") or 0)
+        rec = self._sender(cmd_id)
+        if rec is None or (rec.get("kind") == "action" and e.get("source") != "resume"):
+            return  # (an automatic change just made: its rule already counts from it)
+        rule_id, step = str(rec.get("rule")), int(e.get("step") or 0)
         if rule_id == "ai":
             settle = self.ai.config.settle_steps if self.ai is not None else 0
         else:
@@ -431,39 +432,28 @@ class Autopilot:
             if rule is None:
                 return
             self.fired[rule_id] = max(self.fired.get(rule_id, step), step)
+            self.seen[rule_id] = max(self.seen.get(rule_id, step), step)
             settle = rule.cooldown_steps // 2
+        if rec.get("kind") != "action":
+            return  # an accepted proposal's change is a person's choice: not judged
         if self.guard is None and step + settle > self.step_now:
             # (not for an old one a new autopilot reads in a run's history: judged back then)
             self._watch(rule_id, str(cmd_id), settle, at=step)
 
-    def _cool_accepted(self, e: Mapping[str, Any]) -> None:
-        """An accepted proposal's change applied (``e``): its rule's cooldown starts again
-        there, and what it detected before is dealt with. A NaN between the proposal and its
-        accept was detected again after the accepted cut, and the rule proposed a second cut
-        for the same trouble."""
-        cmd_id = e.get("cmd_id")
+    def _sender(self, cmd_id: Any) -> dict[str, Any] | None:
+        """The record of the autopilot's that sent command ``cmd_id``: the ``action`` record of
+        its own change, or the ``accepted`` decision of a proposal; None for another's."""
 
-        def sent(r: dict[str, Any]) -> bool:  # the autopilot's own action, or an accept
+        def sent(r: dict[str, Any]) -> bool:
             return (r.get("kind") == "action" or r.get("state") == "accepted") and cmd_id in (
                 r.get("cmd_ids") or ()
             )
 
         rec = self._first_mention(RECORDS, cmd_id, sent)
-        if rec is None:  # an accept writes its decision after it sent the command
-            with _locked(self.run_dir):
+        if rec is None and isinstance(cmd_id, str) and cmd_id:
+            with _locked(self.run_dir):  # an accept writes its decision after it sent the command
                 rec = self._first_mention(RECORDS, cmd_id, sent)
-        if rec is None or rec.get("kind") != "decision":
-            return
-        rule_id, step = str(rec.get("rule")), int(e.get("step") or 0)
-        self.fired[rule_id] = max(self.fired.get(rule_id, step), step)
-        self.seen[rule_id] = max(self.seen.get(rule_id, step), step)
-
-    def _rule_of(self, cmd_id: Any) -> str | None:
-        """The rule (or ``ai``) whose automatic action sent command ``cmd_id``; ``None`` for a
-        command the autopilot did not send itself (a person's, an accepted proposal)."""
-        rec = self._first_mention(RECORDS, cmd_id, lambda r: r.get("kind") == "action"
-                                  and cmd_id in (r.get("cmd_ids") or ()))  # fmt: skip
-        return None if rec is None else str(rec.get("rule"))
+        return rec
 
     def _first_source(self, cmd_id: Any) -> str:
         """Who sent command ``cmd_id``: the source of its first ledger entry that a resume did
@@ -527,7 +517,7 @@ class Autopilot:
         if self.fired.get(rule.id, -(10**12)) + rule.cooldown_steps > self.step_now:
             return
         found = self._detect(rule)
-        if found is None and todo == "suggest":
+        if found is None and todo in ("suggest", "auto"):  # (auto: its low-confidence rules')
             self._expire(rule, out)
         if found is None or found.step <= self.seen.get(rule.id, -1):
             return
@@ -1371,8 +1361,9 @@ def _decide(run_dir: str, proposal_id: str, accept: bool, by: str) -> dict[str, 
         action = Action(found["action"]["name"], dict(found["action"].get("params") or {}))
         frozen = frozen_reason(run_dir) if action.knob is not None else None
         if frozen is not None:  # the run would ignore it: it waits, for an unfreeze
-            raise ValueError(f"{frozen}; proposal {proposal_id} stays pending: accept it "
-                             "once the run takes changes again")  # fmt: skip
+            raise ValueError(f"{frozen}; proposal {proposal_id} stays pending (until its "
+                             "rule no longer sees its trouble): accept it once the run takes "
+                             "changes again")  # fmt: skip
         reason = f"autopilot rule {found['rule']} ({proposal_id}, accepted by {by}): " + str(
             found.get("describe", "")
         )

@@ -483,9 +483,10 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{r['then']['action']} {r['then']['params'] or ''} ({r['confidence']})")  # fmt: skip
     for rec in recent:
         say(_line(rec))
-    for p in pending:  # as `autopilot proposals` says it: accept refuses one of a gone life
+    over = client(args).run_over() if pending else None
+    for p in pending:  # as `autopilot proposals` says it: accept refuses these
         gone = " (of a life the run left)" if gone_life(args.dir, p) else ""
-        say(f"pending {p['id']}{gone}: {p.get('describe')}")
+        say(f"pending {p['id']}{' (the run is over)' if over else gone}: {p.get('describe')}")
     return 0
 
 
