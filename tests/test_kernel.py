@@ -142,6 +142,34 @@ def test_bad_input_becomes_rejected_entries_with_reasons_and_training_goes_on(lo
     assert loop.lr[2] == 0.01 and loop.step == 2
 
 
+def test_a_lone_surrogate_is_refused_and_every_reader_of_the_ledger_goes_on(
+    loop: Loop, cli: Any
+) -> None:
+    """``"\\ud800"`` is valid JSON but no UTF-8 text: a command carrying one was applied, and
+    the ledger entry that kept it broke `hotcb log` and the dashboard's ledger for good. It is
+    rejected now, and what the rejected entry copies from the command holds none."""
+    loop.steps(1)
+    loop.raw('{"cmd_id":"r","module":"opt","op":"set_params","params":{"lr":0.001},'
+             '"reason":"\\ud800"}\n')  # fmt: skip
+    loop.raw('{"cmd_id":"s","module":"opt","op":"set_params","params":{"lr":0.001},'
+             '"source":"\\udfffevil"}\n')  # fmt: skip
+    loop.raw('{"cmd_id":"k","module":"loss","op":"set_params","params":{"\\ud83d":1}}\n')
+    loop.raw('{"cmd_id":"\\ud800","module":"opt","op":"set_params","params":{"lr":0.001}}\n')
+    loop.raw('{"cmd_id":"e","module":"opt","op":"set_params","params":{"lr":0.002},'
+             '"reason":"\\ud83d\\ude00 a pair is fine"}\n')  # fmt: skip
+    loop.steps(2)
+    entries = loop.ledger()
+    rejected = [e for e in entries if e["decision"] == "rejected"]
+    assert [e["cmd_id"] for e in rejected[:3]] == ["r", "s", "k"] and len(rejected) == 4
+    assert all("lone surrogate" in e["error"] for e in rejected)
+    assert rejected[1]["source"] is None and rejected[2]["params"] is None
+    assert loop.only("e")["decision"] == "applied" and loop.lr[2] == 0.002
+    shown = cli(loop.run_dir, "log")
+    assert shown.returncode == 0 and "lone surrogate" in shown.stdout, shown.stderr
+    with pytest.raises(ValueError, match="lone surrogate"):  # refused when it is sent
+        loop.client.opt(lr=0.003, reason="\ud800")
+
+
 def test_torn_line_is_applied_once_when_completed(loop: Loop) -> None:
     loop.steps(1)
     line = '{"cmd_id":"torn","module":"opt","op":"set_params","params":{"lr":0.005}}\n'

@@ -53,6 +53,8 @@ def test_a_valid_record_becomes_a_typed_op() -> None:
         (rec(at_step=True), "'at_step' must be an integer >= 0"),
         (rec(at_step=2**63), "'at_step' must be at most 9223372036854775807 (2**63 - 1)"),
         (rec(transition={"steps": 0}), "transition.steps must be an integer >= 1"),
+        (rec(transition={"steps": 10**30}), "transition.steps must be at most 9223372036854775807"),
+        (rec(reason="\ud800"), "a command's text must be valid Unicode: it holds a lone surrogate"),
         (rec(transition={"steps": 5, "shape": "zigzag"}), "transition.shape must be one of"),
         (rec(enabled="yes"), "'enabled' must be true or false"),
         (rec(module="cb", op="load", id="x"), "cb load needs 'target'"),

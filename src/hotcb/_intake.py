@@ -15,7 +15,7 @@ from typing import Any
 
 from . import jsonl
 from .ledger import Decision, holds_command
-from .ops import MAX_COMMAND_BYTES, HotOp, command_to_hotop
+from .ops import MAX_COMMAND_BYTES, HotOp, command_to_hotop, valid_text
 from .runfiles import LEDGER
 
 __all__ = ["CommandIntake"]
@@ -249,13 +249,13 @@ class CommandIntake:
             return command_to_hotop(record, cursor=end, fallback_id=fallback)
         except ValueError as exc:  # CommandError
             rec = record if isinstance(record, dict) else {}
-            cid = rec.get("cmd_id")
-            refused.update(
-                cmd_id=cid if isinstance(cid, str) and cid else fallback,
+            cid, params = _str(rec.get("cmd_id")), rec.get("params")
+            refused.update(  # (not a lone surrogate: it broke every reader of the ledger)
+                cmd_id=cid or fallback,
                 source=_str(rec.get("source")),
                 module=_str(rec.get("module")),
                 op=_str(rec.get("op")),
-                params=rec.get("params"),
+                params=params if valid_text(params) else None,
                 error=str(exc),
             )
             return refused
@@ -292,7 +292,7 @@ class CommandIntake:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and value and valid_text(value) else None
 
 
 def _cmd_id(raw: bytes) -> str | None:

@@ -7,6 +7,7 @@ written by hand is held to the same rules). Errors say what was expected and wha
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -198,6 +199,19 @@ def _check_finite(value: Any, where: str, depth: int = 1) -> None:
             _check_finite(v, f"{where}[{i}]", depth + 1)
 
 
+def valid_text(value: Any) -> bool:
+    """No lone UTF-16 surrogate in any string of ``value`` (``"\\ud800"`` is valid JSON):
+    stored in the ledger, it broke every reader that writes UTF-8 (``hotcb log``, the
+    dashboard's ledger and markers) for good."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError, RecursionError):  # the other checks say what is wrong
+        pass
+    return True
+
+
 def _opt_dict(record: dict[str, Any], key: str) -> dict[str, Any] | None:
     value = record.get(key)
     if value is None:
@@ -235,6 +249,8 @@ def _transition(value: Any) -> Transition | None:
     shape = value.get("shape", "linear")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise CommandError(f"transition.steps must be an integer >= 1, got {steps!r}")
+    if steps > MAX_STEP:  # as at_step: a ramp no run finishes, its end step beyond int64
+        raise CommandError(f"transition.steps must be at most {MAX_STEP} (2**63 - 1), got {steps}")
     if shape not in TRANSITION_SHAPES:
         raise CommandError(
             f"transition.shape must be one of {', '.join(TRANSITION_SHAPES)}, got {shape!r}"
@@ -367,6 +383,9 @@ def command_to_hotop(
     what is wrong and how to fix it."""
     if not isinstance(record, dict):
         raise CommandError(f"a command must be a JSON object, got {type(record).__name__}")
+    if not valid_text(record):
+        raise CommandError("a command's text must be valid Unicode: it holds a lone surrogate "
+                           "(an unpaired \\ud800-\\udfff escape); send the character itself")  # fmt: skip
     module, op_name = record.get("module"), record.get("op")
     if not isinstance(module, str):
         raise CommandError(f"'module' must be a string, got {module!r}")

@@ -246,6 +246,19 @@ def folder_of_runs(path: str) -> str | None:
     )
 
 
+def _another_runs_own(real: str) -> str | None:
+    """The run directory whose own file (or folder: ``hotcb.sources``) ``real`` is or lies in:
+    a checkpoint saved to ``../B/hotcb.applied.jsonl`` overwrote run B's ledger."""
+    parent, child = os.path.dirname(real), os.path.basename(real)
+    while child:
+        if child.lower().startswith(OWN_PREFIX) and any(
+            os.path.isfile(os.path.join(parent, name)) for name in (COMMANDS, LEDGER, RUN_META)
+        ):
+            return parent
+        parent, child = os.path.dirname(parent), os.path.basename(parent)
+    return None
+
+
 def _within(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -269,11 +282,20 @@ def redact_url(text: str) -> str:
     """``text`` with the secrets of every URL in it replaced by ``***``: the password of
     ``scheme://user:password@host`` and the value of a query parameter named like a secret
     (``password``, ``token``, ``key``, ``api-key``, ``access_token``, ``sig``, …), and the user
-    name of ``https://TOKEN@host``. Storage URLs,
+    name of ``https://TOKEN@host``, and the path of a Slack or Discord webhook. Storage URLs,
     webhooks and the LLM autopilot's base URL are shown in status output, state files and the
     dashboard this way."""
     text = _URL_USER.sub(r"\1***@", _URL_PASSWORD.sub(r"\1:***@", text))
-    return _SECRET_PARAM.sub(r"\1***", text)
+    return _SECRET_PARAM.sub(r"\1***", _WEBHOOK_PATH.sub(r"\1/***", text))
+
+
+#: Webhook URLs whose path is their secret: Slack's ``/services/T/B/SECRET``, Discord's
+#: ``/api/webhooks/ID/TOKEN``.
+_WEBHOOK_PATH = re.compile(
+    r"(\bhttps?://(?:hooks\.slack\.com|(?:[\w-]+\.)?discord(?:app)?\.com/api/webhooks))"
+    r"/[^\s'\"?#]+",
+    re.I,
+)
 
 
 def redact_urls(value: Any) -> Any:
@@ -366,11 +388,11 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 def _redact_word(arg: str, hide: bool, before: str) -> tuple[str, bool]:
     """One word of a command line (``before``: the one before it), and whether the next is a
     secret's value."""
-    if hide and not arg.startswith("--") and not _PLAIN.fullmatch(arg):
-        return REDACTED, False  # (a value may start with one dash: "-x9"; a number is none)
+    if hide and not arg.startswith("--") and not _plain(arg, before):
+        return REDACTED, False  # (a value may start with one dash: "-x9")
     if _ASSIGNMENT.match(arg) or arg.startswith("-"):
         name, eq, value = arg.partition("=")
-        if eq and secret_name(name) and not _PLAIN.fullmatch(value):
+        if eq and secret_name(name) and not _plain(value, name):
             return f"{name}={REDACTED}", False
     header = before.lower().endswith("authorization:")
     scheme = (arg.lower() in _SCHEMES and header) or arg.lower().endswith(_GLUED_SCHEMES)
@@ -378,9 +400,17 @@ def _redact_word(arg: str, hide: bool, before: str) -> tuple[str, bool]:
     return redact_url(arg), scheme or named
 
 
-#: A value no secret is: a number, a boolean, nothing (``--max_token 512``,
-#: ``--use_auth_token True``).
-_PLAIN = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|\.\d+)|true|false|yes|no|none|null", re.I)
+def _plain(value: str, name: str) -> bool:
+    """Whether ``value``, given to the secret-like ``name``, is no secret: a boolean or nothing
+    (``--use_auth_token True``), or a number given to a ``…token(s)`` flag, a count
+    (``--max_token 512``). A number given to ``--password`` is one."""
+    if _PLAIN_WORD.fullmatch(value):
+        return True
+    return bool(_NUMBER.fullmatch(value)) and name.lower().rstrip("s").endswith("token")
+
+
+_PLAIN_WORD = re.compile(r"true|false|yes|no|none|null", re.I)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*(e[-+]?\d+)?|\.\d+)", re.I)
 #: ``Authorization: Bearer X`` (and ``Authorization:Bearer X``)
 _SCHEMES = ("bearer", "basic", "token")
 _GLUED_SCHEMES = tuple(f"authorization:{s}" for s in _SCHEMES)
@@ -445,6 +475,12 @@ def confine_path(
                 "ledger and state live there); give the file another name"
             )
     allowed = [base, *(os.path.realpath(os.fspath(r)) for r in roots)]
+    other = _another_runs_own(real) if writes and not _within(real, base) else None
+    if other is not None:  # (an allowed root that holds a folder of runs)
+        raise PathNotAllowedError(
+            f"{what} {raw!r} is one of the own files ({OWN_PREFIX}*) of the run {other}; "
+            "give the file another name"
+        )
     if any(_within(real, root) for root in allowed):
         return real
     raise PathNotAllowedError(

@@ -276,3 +276,42 @@ def test_a_lost_ledger_does_not_apply_old_commands_again(tmp_path: Any, start_tr
     )
     code, out, err = on_purpose.finish()
     assert code == 0 and "stopped at step 0" in out, err
+
+
+def test_a_checkpoint_cannot_write_over_another_runs_files_under_an_allowed_root(
+    tmp_path: Any,
+) -> None:
+    """A trainer allowed a folder of runs (``allowed_roots=["runs"]``) took ``checkpoint --path
+    ../B/hotcb.commands.jsonl`` and saved over run B's commands file. Another run's own files
+    are refused as the run's own are; a checkpoint of the user's own beside them still saves."""
+    from hotcb import HotClient, HotKernel
+
+    runs = tmp_path / "runs"
+    HotClient(os.fspath(runs / "B")).opt(lr=0.02)  # run B, with its commands file
+    b_commands = runs / "B" / "hotcb.commands.jsonl"
+    before = b_commands.read_bytes()
+    kernel = HotKernel(os.fspath(runs / "A"), allowed_roots=[os.fspath(runs)],
+                       poll_interval_sec=0.0)  # fmt: skip
+    saved: list[str] = []
+
+    def save(path: str | None = None) -> str:
+        assert path is not None
+        with open(path, "wb") as f:
+            f.write(b"torch.save bytes")
+        saved.append(path)
+        return path
+
+    try:
+        client = HotClient(os.fspath(runs / "A"))
+        over = client.checkpoint(path="../B/hotcb.commands.jsonl")
+        beside = client.checkpoint(path="../B/ckpt.pt")
+        kernel.apply({"step": 1, "save_checkpoint": save})
+        kernel.apply({"step": 2, "save_checkpoint": save})
+    finally:
+        kernel.close()
+    by_id = {e["cmd_id"]: e for e in read_ledger(os.fspath(runs / "A"))}
+    assert by_id[over]["decision"] == "rejected", by_id[over]
+    assert "is one of the own files (hotcb.*) of the run" in by_id[over]["error"]
+    assert b_commands.read_bytes() == before
+    assert by_id[beside]["decision"] == "applied"
+    assert saved == [os.fspath(runs / "B" / "ckpt.pt")]
