@@ -379,6 +379,9 @@ def test_status_of_a_loop_that_logs_no_metrics_is_running(run_dir: str, cli: Any
 
 
 def test_log_shows_the_last_n_entries(run: Run, run_dir: str, cli: Any) -> None:
+    empty = cli(run_dir, "log")  # it printed nothing at all
+    assert empty.returncode == 0 and not empty.stdout
+    assert empty.stderr.strip() == "ledger (empty): nothing applied yet"
     for v in (0.2, 0.3, 0.4):
         cli(run_dir, "loss", "set_params", f"smooth={v}")
         run.steps()

@@ -179,6 +179,30 @@ def test_the_horizon_comes_back_with_a_checkpoint_and_later_extends_land_again(
         again.close()
 
 
+def test_a_checkpoint_horizon_that_replaces_the_loops_own_says_so(
+    run_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A branch started with its own ``--steps 2500`` trained on to the 21000 its parent's
+    ``extend`` had set, and nothing said so. The kernel now warns at the load, with how to keep
+    the loop's own."""
+    first = Loop(run_dir)
+    try:
+        first.run({2: lambda c: c.extend(5)})
+        saved = first.kernel.state_dict()
+    finally:
+        first.close()
+    again = Loop(run_dir)
+    try:
+        again.kernel.max_steps = 40  # the script's own horizon, set before the load
+        with caplog.at_level("WARNING", logger="hotcb"):
+            again.kernel.load_state_dict(saved)
+        assert again.kernel.max_steps == 15
+        (said,) = [r.getMessage() for r in caplog.records if "horizon" in r.getMessage()]
+        assert "(max_steps 40 -> 15)" in said and "after load_state_dict" in said
+    finally:
+        again.close()
+
+
 def test_evaluate_sets_the_flag_a_bare_loop_reads(loop: Loop) -> None:
     ids: dict[str, str] = {}
     assert loop.run({3: lambda c: ids.setdefault("ev", c.evaluate())}) == 10

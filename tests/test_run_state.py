@@ -317,3 +317,8 @@ def test_the_python_api_says_when_a_command_waits_for_the_next_run(
     with caplog.at_level(logging.WARNING, logger="hotcb"):
         HotClient(run_dir, warn_over=False).resume()
     assert not caplog.records
+    client.opt(lr=0.02, cmd_id="mine1")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hotcb"):
+        client.opt(lr=0.02, cmd_id="mine1")  # a retry writes nothing: it said nothing is queued
+    assert not caplog.records

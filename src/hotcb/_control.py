@@ -116,11 +116,17 @@ class RunControl:
         self.paused = bool(state.get("paused"))
         self.restore_horizon(state.get("horizon") or {})
 
-    def restore_horizon(self, horizon: Mapping[str, Any]) -> None:
-        """The horizon an ``extend`` had set when the checkpoint was saved."""
+    def restore_horizon(self, horizon: Mapping[str, Any]) -> list[str]:
+        """The horizon an ``extend`` had set when the checkpoint was saved; what it replaced
+        that the loop had set otherwise (``max_steps 2500 -> 21000``)."""
         self.extended = {k: int(v) for k, v in horizon.items() if k in _HORIZON_KEYS and _is_int(v)}
+        replaced = []
         for key, value in self.extended.items():
+            old = getattr(self, key)
+            if old is not None and old != value:
+                replaced.append(f"{key} {old} -> {value}")
             setattr(self, key, value)
+        return replaced
 
     def next_step(self, step: int) -> int:
         return step if self.due or self.signal is not None else NEVER

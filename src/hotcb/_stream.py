@@ -100,6 +100,9 @@ class ActuatorStream:
         self.rebind_due = False
         self._written = -1
         self._restore: dict[str, Any] = {}
+        #: each knob's value at the run's start, from a checkpoint: the actuators file says it
+        #: (the Knobs panel of a resumed run drew the lr at the checkpoint from step 0)
+        self._initial: dict[str, Any] = {}
         self._warn = warn  # (key, message): a log line once per kind
 
     # ------------------------------------------------------------------ discovery
@@ -507,11 +510,16 @@ class ActuatorStream:
             # the ratio each ended ramp scaled a schedule by: an undo after a restart takes
             # back what the ramp did, not its endpoints' ratio (the schedule moved under it)
             "ramp_factors": {c: dict(f) for c, f in self.ramp_factors.items()},
+            "initial": {
+                a.param_key: a.initial_value for a in self.state if a.initial_value is not None
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._restore = dict(state.get("actuators") or {})
         self._restore_values({})
+        initial = state.get("initial")
+        self._initial = dict(initial) if isinstance(initial, Mapping) else {}
         commanded = state.get("commanded")
         if isinstance(commanded, Mapping):  # this life's marks start after them (mark 0)
             self.commanded = {str(k): (int(at), 0) for k, at in commanded.items()
@@ -717,6 +725,10 @@ class ActuatorStream:
         if not self.leader:
             self._written = version
             return
+        for key in list(self._initial):  # once read at this life's start (which it replaces)
+            act = self.state.get(key)
+            if act is not None and act.initial_value is not None:
+                act.initial_value = self._initial.pop(key)
         described = self.state.describe_all()
         for a in described:  # a ramp moves it: say so, and where to (hotcb status, the page)
             ramp = self.ramps.get(str(a.get("param_key")))

@@ -353,8 +353,8 @@ class HotClient:
             self._checked_host = True
             self._warn_if_remote_writer()
         try:
-            jsonl.append_many(self.paths.commands, records,
-                              unless=(lambda: self._all_sent_before(records)) if named else None)  # fmt: skip
+            wrote = jsonl.append_many(self.paths.commands, records, unless=(
+                (lambda: self._all_sent_before(records)) if named else None))  # fmt: skip
         except JournalWriteError as exc:  # nothing was written: no cmd_id to wait on
             what = ", ".join(f"{r['module']} {r['op']}" for r in records)
             raise JournalWriteError(
@@ -363,7 +363,7 @@ class HotClient:
                 errno=exc.errno,
                 path=exc.path,
             ) from exc
-        if self.warn_over:
+        if self.warn_over and wrote:  # (a retry of commands sent before: said back then)
             self._say_if_over(records)
         return [str(r["cmd_id"]) for r in records]
 

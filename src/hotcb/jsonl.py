@@ -263,8 +263,9 @@ def dumps(record: Any) -> str:
 
 def _write_locked(
     path: str, data: bytes, fsync: bool = False, unless: Callable[[], bool] | None = None
-) -> None:
-    """Append ``data`` under the lock: all of it, or nothing, on a line of its own.
+) -> bool:
+    """Append ``data`` under the lock: all of it, or nothing, on a line of its own; False
+    when ``unless()`` said nothing was to be written.
 
     A write that fails part way (disk full, file size limit, I/O error) would leave a partial
     line that the next append gets glued onto; the file is cut back to its size before the
@@ -276,7 +277,7 @@ def _write_locked(
     try:
         try:
             if unless is not None and unless():
-                return
+                return False
             if start and os.pread(fd, 1, start - 1) != b"\n":
                 # a line that a writer without the lock left unfinished (a hand-written
                 # command): ours starts on its own line, not glued to it and lost with it
@@ -313,6 +314,7 @@ def _write_locked(
         raise
     finally:
         os.close(fd)
+    return True
 
 
 def written_before(exc: BaseException) -> bool:
@@ -437,12 +439,12 @@ def append_many(
     *,
     fsync: bool = False,
     unless: Callable[[], bool] | None = None,
-) -> None:
+) -> bool:
     """Append several records in one write (one lock, one system call for the data): all of
-    them or none; nothing when ``unless()`` (called under the lock) is true."""
+    them or none; nothing when ``unless()`` (called under the lock) is true. Whether they
+    were written."""
     data = "".join(dumps(r) + "\n" for r in records).encode()
-    if data:
-        _write_locked(os.fspath(path), data, fsync=fsync, unless=unless)
+    return bool(data) and _write_locked(os.fspath(path), data, fsync=fsync, unless=unless)
 
 
 def _same_start(a: int, b: int, n: int) -> bool:

@@ -1159,6 +1159,7 @@ class HotKernel:
             "commanded": stream["commanded"],  # which knobs commands set, and when (the tuner)
             "relative": stream["relative"],
             "ramp_factors": stream["ramp_factors"],  # for an undo of a ramp after a restart
+            "initial": stream["initial"],  # each knob's value at the run's start (the page)
             "recipe": gate["recipe"],
             "unwritten": self._unwritten(),
         }
@@ -1212,7 +1213,13 @@ class HotKernel:
             self._ledger.history.clear()
         self._stream.load_state_dict(state)
         self._freeze.load_state_dict(state)
-        self._control.restore_horizon(state.get("horizon") or {})
+        replaced = self._control.restore_horizon(state.get("horizon") or {})
+        if replaced:  # a branch's new command line (--steps 2500) trained on to 21000
+            log.warning(
+                "hotcb: the checkpoint's horizon replaces the one this loop set (%s): an "
+                "`extend` had set it before the save; set kernel.max_steps (or max_epochs) "
+                "after load_state_dict to keep yours", ", ".join(replaced),
+            )  # fmt: skip
         for name, mstate in (state.get("modules") or {}).items():
             try:
                 self.module(name).load_state_dict(mstate)

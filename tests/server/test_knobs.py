@@ -252,3 +252,40 @@ def test_a_knob_set_at_every_step_is_sent_thinned_with_its_spikes(
     assert lr_knob["changes_total"] == n and len(lr_knob["changes"]) == KNOB_CHANGES
     assert [c["step"] for c in lr_knob["changes"]] == list(range(n - KNOB_CHANGES + 1, n + 1))
     run.kernel.close()
+
+
+def test_a_scheduler_s_moves_of_a_life_the_run_left_leave_the_knob(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """A trainer killed and started again in its folder: the Knobs panel kept the lr its
+    scheduler had set in the gone life (steps the new life never reached, its axis out to the
+    old life's end), and after a restart from step 0 it missed the new life's own moves until
+    they passed the old life's last step. Now it holds the life that goes on: after a resume,
+    the moves up to its checkpoint and the new life's; after a restart, the new life's."""
+
+    def life(lr: float, start: int, steps: int, moves: dict[int, float], state: Any = None) -> Any:
+        run = Quiet(str(tmp_path / "r"))  # left unclosed: the process died
+        run.opt.param_groups[0]["lr"], run.step = lr, start
+        if state is not None:
+            run.kernel.load_state_dict(state)
+        saved = None
+        for _ in range(steps):
+            if run.step in moves:
+                run.opt.param_groups[0]["lr"] = moves[run.step]  # an LR scheduler
+                run.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+            run.advance(1)
+            if run.step == start + 15:
+                saved = run.kernel.state_dict()
+        return saved
+
+    def lr_points(c: Any) -> list[tuple[int, float]]:
+        points = knob(c.get("/api/runs/r/knobs").json(), "lr")["points"]
+        return list(zip(points["step"], points["value"], strict=True))
+
+    checkpoint = life(0.1, 0, 40, {10: 0.05, 25: 0.02})
+    with live_server().client() as c:
+        assert lr_points(c) == [(0, 0.1), (10, 0.05), (25, 0.02), (39, 0.02)]
+        life(0.05, 15, 10, {}, state=checkpoint)  # resumed at step 15, killed at step 24
+        assert lr_points(c) == [(0, 0.1), (10, 0.05), (24, 0.05)]
+        life(0.1, 0, 8, {3: 0.07})  # from step 0 again, no checkpoint
+        assert lr_points(c) == [(0, 0.1), (3, 0.07), (7, 0.07)]

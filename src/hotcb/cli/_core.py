@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -441,6 +442,11 @@ def cmd_log(args: argparse.Namespace) -> int:
     try:  # Ctrl-C is how --follow ends, whenever it comes
         for e in entries:
             show(e)
+        if not entries and not args.json:  # (it printed nothing at all)
+            say(
+                "ledger (empty): nothing applied yet" + ("; following" if args.follow else ""),
+                file=sys.stderr,
+            )
         if not args.follow:
             return 0
         tail = jsonl.JsonlTail(paths.ledger, offset=size)

@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 
 from .. import jsonl
 from ..freeze import FreezeState
-from ..ledger import current_step
+from ..ledger import current_step, life_started
 from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
@@ -154,9 +154,10 @@ class RunState:
         self.actuators = ActuatorsWatch(self.paths.actuators)
         self.tune = TuneWatch(os.path.join(self.paths.root, TUNE_STATE))
         self.heartbeat = HeartbeatWatch(self.paths.heartbeat)
-        #: knob values that moved on their own, {key: [(step, v)]}: the kernel's record of them
-        #: (hotcb.knobs.jsonl, the whole run) and the actuators file while the server watched
-        self.observed: dict[str, list[tuple[int, float]]] = {}
+        #: knob values that moved on their own, {key: [(step, v, wall time)]}: the kernel's
+        #: record of them (hotcb.knobs.jsonl, the whole run) and the actuators file while the
+        #: server watched
+        self.observed: dict[str, list[tuple[int, float, float | None]]] = {}
         self.knob_log = KnobsTail(self.paths.knobs)
         self.autopilot = AutopilotWatch(self.paths.root, config.autopilot, autopilot)
         self.lock = asyncio.Lock()
@@ -220,7 +221,7 @@ class RunState:
         if commands:
             msgs.append({"type": "commands", "run": rid, "records": commands})
         for rec in self.knob_log.update():  # before the actuators file: it is never older
-            self._moved(rec.get("step"), rec.get("values"))
+            self._moved(rec.get("step"), rec.get("values"), rec.get("wall_time"))
         if self.actuators.update():
             msgs.append({"type": "actuators", "run": rid, "doc": self.actuators.doc})
             self._observe(self.actuators.doc)
@@ -308,22 +309,49 @@ class RunState:
         """Keep each knob's value at the step of the actuators file, when it moved (an LR
         scheduler moves lr on its own; the kernel rewrites the file at most once a second)."""
         acts = [a for a in doc.get("actuators") or () if isinstance(a, dict)]
-        self._moved(doc.get("step"), {str(a.get("param_key")): a.get("current") for a in acts})
+        values = {str(a.get("param_key")): a.get("current") for a in acts}
+        self._moved(doc.get("step"), values, doc.get("wall_time"))
 
-    def _moved(self, step: Any, values: Any) -> None:
-        """Keep ``{key: value}`` at ``step`` for each knob whose value changed since the last
-        one kept (in step order: an older record is one seen already)."""
+    def _moved(self, step: Any, values: Any, wall: Any) -> None:
+        """Keep ``{key: value}`` at ``step`` (written at ``wall``) for each knob whose value
+        changed since the last one kept. A record of a lower step is one seen already, unless
+        it was written later: the run went back (a resume, a restart), and the values past
+        its step are of a life it left (a restart's scheduler moved the lr unrecorded until
+        it passed the old life's last step)."""
         if type(step) is not int or not isinstance(values, dict):
             return
+        wall = float(wall) if _plain(wall) else None
         for key, value in values.items():
             if not _plain(value):
                 continue
             seen = self.observed.setdefault(str(key), [])
-            if seen and (seen[-1][1] == value or step < seen[-1][0]):
+            if seen and step < seen[-1][0]:
+                if wall is None or seen[-1][2] is None or wall <= seen[-1][2]:
+                    continue
+                while seen and seen[-1][0] > step:
+                    seen.pop()
+            if seen and seen[-1][1] == value:
                 continue
             if len(seen) >= _MAX_OBSERVED:
                 del seen[: _MAX_OBSERVED // 2 : 2]  # thin the older half
-            seen.append((step, float(value)))
+            seen.append((step, float(value), wall))
+
+    def _observed_of_life(self, meta: Mapping[str, Any]) -> dict[str, list[tuple[int, float]]]:
+        """The values that moved on their own, without those of the lives the one that goes
+        on left (``meta``: ``hotcb.run.json``): those before it, when it started afresh; those
+        before it and past its checkpoint's step, when it resumed from one. The Knobs panel
+        drew a killed life's lr steps over the new life's curve, out to its steps."""
+        started = life_started(meta)
+        resumed = meta.get("resumed_from")
+        step = resumed.get("step") if isinstance(resumed, Mapping) else None
+        at = step if type(step) is int else -1  # -1: started afresh
+        life = -math.inf if started is None else started
+        if type(step) is not int and self.ledger.lives.resumed_at >= life:
+            life = -math.inf  # (resumed, not saying from which step: all of it)
+        return {
+            key: [(st, v) for st, v, w in seen if w is None or w >= life or st <= at]
+            for key, seen in self.observed.items()
+        }
 
     def knobs(self) -> dict[str, Any]:
         """Each knob's value over the run, from the kernel's own records: its value at the start
@@ -340,13 +368,14 @@ class RunState:
             if isinstance(a, dict)
         }
         changes: dict[str, list[dict[str, Any]]] = {}
+        observed = self._observed_of_life(self.meta())
         for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, self.meta()):
             changes.setdefault(ch["key"], []).append(ch)
         # the run's first step: its first metric or change (the actuators file is seen only
         # from when the server watched: not a start); 0 when it has neither
         starts = [s.steps[0] for s in self.metrics.series.values() if s.steps]
         starts += [c[0]["step"] for c in changes.values()]
-        first = min([min(starts) if starts else 0, *(o[0][0] for o in self.observed.values() if o)])
+        first = min([min(starts) if starts else 0, *(o[0][0] for o in observed.values() if o)])
         last = max(self.last_step or 0, first)
         out = []
         for key in [*acts, *(k for k in changes if k not in acts)]:
@@ -357,7 +386,7 @@ class RunState:
             events: list[tuple[int, int, float]] = []  # (step, order at that step, value)
             if _plain(initial):
                 events.append((first, 0, float(initial)))
-            events += [(st, 1, v) for st, v in self.observed.get(key, ())]
+            events += [(st, 1, v) for st, v in observed.get(key, ())]
             # a ramp's command holds the value at its step (its end entry brings the target)
             events += [(c["step"], 2, float(c["old"] if c.get("ramp") and _plain(c["old"])
                                             else c["new"])) for c in mine]  # fmt: skip

@@ -206,6 +206,7 @@ function addEntries(entries, live = false) {
     }
     app.ledger.push(e);
     answered(e.cmd_id);
+    answeredControl(e);
     // (one that left keys a later command had set again took back part of it: Undo stays)
     if (e.undo_of && e.decision === "applied" && !e.set_since) app.undone.add(e.undo_of);
     controls.onEntry(e);
@@ -461,8 +462,23 @@ const sendActuator = (act, value) =>
 async function control(op, params) {
   if (app.runId == null) return null;
   const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
-  if (id) toast(`${op} sent`, "info", 2500);
+  if (id) {
+    toast(`${op} sent`, "info", 2500);
+    sentControls.set(id, op);
+  }
   return id;
+}
+
+/** The run control commands this page sent, cmd_id → op, until the ledger answers them: an
+ * Undo the run refused (a change of a life before this one) said "sent…" and then nothing. */
+const sentControls = new Map();
+
+/** `e` answers a run control command of this page's: say so when the run did not do it. */
+function answeredControl(e) {
+  const op = sentControls.get(e.cmd_id);
+  if (op === undefined) return;
+  sentControls.delete(e.cmd_id);
+  if (["rejected", "failed"].includes(e.decision)) toast(`${op}: ${e.decision}: ${e.error || "no reason given"}`, "bad", 10000);
 }
 
 const waiting = new Map(); // cmd_id → the callback that re-enables its header button
