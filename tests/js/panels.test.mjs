@@ -112,6 +112,15 @@ describe("parseFor: typed text → the value an actuator's type expects", () => 
     assert.throws(() => parseFor({ type: "float", param_key: "wd" }, ""), /wd needs a number/);
     assert.throws(() => parseFor({ type: "float", param_key: "wd" }, "abc"), /wd needs a number/);
     assert.throws(() => parseFor({ type: "float", param_key: "wd" }, "Infinity"), /needs a number/);
+    // JavaScript's own number syntax is not a number a person types: 0x10 became lr=16
+    for (const t of ["0x10", "0b1", "0o7", "1_000", "1e"]) {
+      assert.throws(() => parseFor({ type: "log_float", param_key: "lr" }, t), /lr needs a number/, t);
+    }
+    assert.throws(() => parseFor({ type: "float", param_key: "wd" }, "1e400"), /wd: 1e400 is too large a number/);
+    assert.equal(parseFor({ type: "float", param_key: "wd" }, "-.5"), -0.5);
+    assert.throws(() => parseFor({ type: "int", param_key: "accum" }, "0x4"), /accum needs an integer/);
+    assert.deepEqual(parseFor({ type: "tuple", param_key: "betas" }, "(0.9, 0.999)"), [0.9, 0.999]);
+    assert.throws(() => parseFor({ type: "tuple", param_key: "betas" }, "0x1, 0.9"), /betas needs numbers/);
   });
 
   test("int refuses fractions", () => {

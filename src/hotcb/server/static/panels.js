@@ -46,21 +46,29 @@ export function parseFor(act, text) {
       return hit;
     }
     case "tuple": {
-      const parts = t.replace(/^[[(]|[\])]$/g, "").split(/[,\s]+/).filter(Boolean).map(Number);
+      const words = t.replace(/^[[(]|[\])]$/g, "").split(/[,\s]+/).filter(Boolean);
+      const parts = words.map(decimal);
       if (!parts.length || parts.some((x) => !Number.isFinite(x))) throw new Error(`${act.param_key} needs numbers like 0.9, 0.999`);
       return parts;
     }
     case "int": {
-      const n = Number(t);
+      const n = decimal(t);
       if (!Number.isInteger(n)) throw new Error(`${act.param_key} needs an integer`);
       return n;
     }
     default: {
-      const n = Number(t);
-      if (t === "" || !Number.isFinite(n)) throw new Error(`${act.param_key} needs a number`);
+      const n = decimal(t);
+      if (Number.isNaN(n)) throw new Error(`${act.param_key} needs a number`);
+      if (!Number.isFinite(n)) throw new Error(`${act.param_key}: ${t} is too large a number`);
       return n;
     }
   }
+}
+
+/** `t` as a decimal number (`3e-4`, `.5`, `-2`), NaN for anything else: `Number()` also read
+ * `0x10` as 16, `0b1` as 1 and an empty text as 0. */
+function decimal(t) {
+  return /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(t) ? Number(t) : NaN;
 }
 
 // ----------------------------------------------------------------------------- controls
