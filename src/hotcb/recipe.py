@@ -462,16 +462,14 @@ def fresh_restarts(
     out = []
     last: int | None = None
     for i, e in enumerate(ledger):
-        # a checkpoint's callbacks are restored (``cb restore``, at its step) before the kernel
-        # writes its ``kernel resume`` entry: part of the resume, not a restart
-        if e.get("module") == "kernel" or e.get("late") or e.get("op") == "restore":
+        if e.get("module") == "kernel" or e.get("late"):
             if (e.get("module"), e.get("op")) == ("kernel", "resume"):
                 last = None  # a life from a checkpoint: its steps may go back
             continue
         step = e.get("step")
         if not isinstance(step, int):
             continue
-        if last is not None and step < last:
+        if last is not None and step < last and not _before_its_resume(ledger, i):
             n = len(ledger_to_entries(ledger[:i]))
             if n:
                 out.append(
@@ -482,6 +480,19 @@ def fresh_restarts(
                 )
         last = step
     return out
+
+
+def _before_its_resume(ledger: list[dict[str, Any]], i: int) -> bool:
+    """Whether entry ``i`` is one a resume writes before its ``kernel resume`` entry, at the
+    checkpoint's step: a callback restored (``cb restore``), a trial the killed life opened
+    told FAIL (``tune void``). Part of the resume, not a restart."""
+    step = ledger[i].get("step")
+    for e in ledger[i + 1 :]:
+        if (e.get("module"), e.get("op")) == ("kernel", "resume"):
+            return True
+        if e.get("step") != step and not e.get("late"):
+            return False
+    return False
 
 
 def out_file(out: str | os.PathLike[str] | None, default: str) -> str:

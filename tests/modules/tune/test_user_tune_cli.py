@@ -1373,9 +1373,11 @@ def test_a_person_s_change_during_a_trial_voids_it_after_a_resume_too(toy: Any) 
     assert again.opt.param_groups[0]["weight_decay"] == wd_before  # the trial's other knob
 
 
-def test_a_trial_a_killed_life_left_open_says_why_it_failed(toy: Any) -> None:
+def test_a_trial_a_killed_life_left_open_says_why_it_failed(toy: Any, cli: Any) -> None:
     """Resumed from a checkpoint taken before a trial that the killed process then opened: the
-    study's trial is told FAIL, and its row said only "failed", with no step and no reason."""
+    study's trial is told FAIL, and its row said only "failed", with no step and no reason.
+    Its ``tune void`` entry comes before the ``kernel resume`` one, at the checkpoint's step,
+    and the recipe export read it as a restart without a checkpoint."""
     t: Toy = toy(log_level, lr=1e-3, poll=0.0)
     HotClient(t.kernel.run_dir).tune_enable("active", objective="loss", segment_steps=10, seed=0,
                                               space=LR_ONLY, sync=True)  # fmt: skip
@@ -1397,6 +1399,8 @@ def test_a_trial_a_killed_life_left_open_says_why_it_failed(toy: Any) -> None:
     # and in the ledger, as after a restart without a checkpoint (`hotcb log` lists it)
     (void,) = [e for e in again.ledger("void") if e["tune"]["trial"] == number]
     assert void["tune"]["reason"] == row["detail"]["reason"]
+    done = cli(again.kernel.run_dir, "recipe", "export")
+    assert done.returncode == 0 and "restarted without a checkpoint" not in done.stderr, done
 
 
 def test_a_person_s_set_after_a_relative_change_is_not_rescaled(toy: Any) -> None:
