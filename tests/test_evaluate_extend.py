@@ -94,6 +94,8 @@ def test_undo_puts_the_old_horizon_back(loop: Loop) -> None:
     undo = loop.only(ids["undo"])
     assert undo["decision"] == "applied" and undo["undo_of"] == ids["ext"]
     assert undo["changes"] == {"max_steps": {"old": 30, "new": 10}}
+    # the loop's own horizon again: a checkpoint has no extend to replace a resumed loop's with
+    assert loop.kernel.state_dict()["horizon"] == {}
 
 
 def test_extend_scheduled_with_at_step_lands_there(loop: Loop) -> None:

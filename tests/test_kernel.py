@@ -170,6 +170,20 @@ def test_a_lone_surrogate_is_refused_and_every_reader_of_the_ledger_goes_on(
         loop.client.opt(lr=0.003, reason="\ud800")
 
 
+def test_a_metric_named_with_a_lone_surrogate_leaves_status_working(run_dir: str, cli: Any) -> None:
+    """A metric named from a file name that is not UTF-8 (``os.fsdecode``) held a lone
+    surrogate: `hotcb status` ended in a UnicodeEncodeError, and the dashboard's status and
+    metric names answered 500. The name is written with the surrogate escaped."""
+    with HotKernel(run_dir, checkpoint_on_signal=False) as kernel:
+        for step in range(3):
+            kernel.apply({"step": step, "metrics": {"loss": 1.0, "acc_caf\udce9": 0.5}})
+    shown = cli(run_dir, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "acc_caf\\udce9" in shown.stdout
+    (last,) = jsonl.read_last(RunPaths(run_dir).metrics, 1)
+    assert last["metrics"] == {"loss": 1.0, "acc_caf\\udce9": 0.5}
+
+
 def test_torn_line_is_applied_once_when_completed(loop: Loop) -> None:
     loop.steps(1)
     line = '{"cmd_id":"torn","module":"opt","op":"set_params","params":{"lr":0.005}}\n'

@@ -80,6 +80,10 @@ class RunControl:
         self.max_epochs: int | None = None
         #: what ``extend`` (or a restored checkpoint) set: kept in the checkpoint
         self.extended: dict[str, int] = {}
+        #: the horizon the loop had set before this life's first ``extend`` of it: an undo
+        #: that puts it back leaves the horizon the loop's own again (a checkpoint then keeps
+        #: no ``extend`` to replace a resumed loop's horizon with)
+        self.own: dict[str, int | None] = {}
         #: a signal that asked for checkpoint-and-stop, not handled yet (set by the handler)
         self.signal: int | None = None
         self._ops: dict[str, Callable[[HotOp, Env], OpResult | None]] = {
@@ -242,7 +246,11 @@ class RunControl:
         for key in _HORIZON_KEYS:
             change = changes.get(key)
             if isinstance(change, Mapping) and _is_int(change.get("old")):
-                return self._set_horizon(key, self.horizon_now(key, env), change["old"], env)
+                done = self._set_horizon(key, self.horizon_now(key, env), change["old"], env)
+                own = self.own.get(key)
+                if done.decision == "applied" and own is not None and own == getattr(self, key):
+                    del self.extended[key]  # the loop's own horizon again
+                return done
         return OpResult("rejected", error="the horizon before this extend is not known")
 
     def horizon_now(self, key: str, env: Env) -> int | None:
@@ -269,6 +277,8 @@ class RunControl:
                 extra["requested"] = new
                 new = int(extra[key])
             extra.pop(key, None)
+        if key not in self.extended:
+            self.own.setdefault(key, old)
         setattr(self, key, new)
         self.extended[key] = new
         if env.get("schedulers") or env.get("scheduler") is not None:

@@ -246,6 +246,11 @@ def folder_of_runs(path: str) -> str | None:
     )
 
 
+#: The names of the files hotcb writes into a run (not its callback log: a logger may be given
+#: that name): one of them anywhere makes a folder a run.
+_RUN_FILE_NAMES = frozenset(n.lower() for n in RUN_OUTPUTS - {CB_LOG})
+
+
 def _another_runs_own(real: str) -> str | None:
     """The run directory whose own file (or folder: ``hotcb.sources``) ``real`` is or lies in:
     a checkpoint saved to ``../B/hotcb.applied.jsonl`` overwrote run B's ledger."""
@@ -480,6 +485,12 @@ def confine_path(
         raise PathNotAllowedError(
             f"{what} {raw!r} is one of the own files ({OWN_PREFIX}*) of the run {other}; "
             "give the file another name"
+        )
+    name = os.path.basename(real).lower()
+    if writes and name in _RUN_FILE_NAMES:  # a folder with none yet would pass for a run
+        raise PathNotAllowedError(
+            f"{what} {raw!r} is named as a run's own file: its folder would pass for a run "
+            "(and a trainer started there would read it); give the file another name"
         )
     if any(_within(real, root) for root in allowed):
         return real

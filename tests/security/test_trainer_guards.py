@@ -305,13 +305,18 @@ def test_a_checkpoint_cannot_write_over_another_runs_files_under_an_allowed_root
         client = HotClient(os.fspath(runs / "A"))
         over = client.checkpoint(path="../B/hotcb.commands.jsonl")
         beside = client.checkpoint(path="../B/ckpt.pt")
-        kernel.apply({"step": 1, "save_checkpoint": save})
-        kernel.apply({"step": 2, "save_checkpoint": save})
+        # a folder with no run yet: the file would make it pass for one
+        new = client.checkpoint(path="../C/hotcb.commands.jsonl")
+        for step in range(3):
+            kernel.apply({"step": step, "save_checkpoint": save})
     finally:
         kernel.close()
     by_id = {e["cmd_id"]: e for e in read_ledger(os.fspath(runs / "A"))}
     assert by_id[over]["decision"] == "rejected", by_id[over]
     assert "is one of the own files (hotcb.*) of the run" in by_id[over]["error"]
+    assert by_id[new]["decision"] == "rejected", by_id[new]
+    assert "is named as a run's own file: its folder would pass for a run" in by_id[new]["error"]
+    assert not (runs / "C" / "hotcb.commands.jsonl").exists()
     assert b_commands.read_bytes() == before
     assert by_id[beside]["decision"] == "applied"
     assert saved == [os.fspath(runs / "B" / "ckpt.pt")]

@@ -108,6 +108,24 @@ def test_a_fifo_in_a_runs_file_costs_neither_the_list_nor_the_server(tmp_path, l
         assert c.get("/api/runs/ok/status").json()["last_metrics"]["step"] == 4
 
 
+def test_a_run_folder_whose_name_is_not_utf8_leaves_the_others_listed(
+    tmp_path, live_server, caplog
+):
+    """One run folder named in Latin-1 (``caf\\xe9``) beside the others: the list of runs
+    failed whole (500), and the page said "no runs yet". The others are listed; that one is
+    named in the server's log, to rename."""
+    make_run(tmp_path / "ok", steps=5)
+    make_run(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9")), steps=5)
+    srv = live_server()
+    with caplog.at_level("WARNING", logger="hotcb.server"), srv.client() as c:
+        listed = c.get("/api/runs")
+        assert listed.status_code == 200, listed.text
+        assert [r["run_id"] for r in listed.json()["runs"]] == ["ok"]
+    said = [r.getMessage() for r in caplog.records if "is not shown" in r.getMessage()]
+    assert said == [f"hotcb serve: {tmp_path}/caf\ufffd is not shown: its folder name is not "
+                    "UTF-8 text; rename it"]  # fmt: skip
+
+
 def test_the_status_serves_a_launched_command_without_its_secrets(tmp_path, live_server):
     """A run launched by an older hotcb has its command, secrets and all, in
     ``hotcb.run.json``: the status the dashboard serves leaves them out."""

@@ -289,3 +289,23 @@ def test_a_scheduler_s_moves_of_a_life_the_run_left_leave_the_knob(
         assert lr_points(c) == [(0, 0.1), (10, 0.05), (24, 0.05)]
         life(0.1, 0, 8, {3: 0.07})  # from step 0 again, no checkpoint
         assert lr_points(c) == [(0, 0.1), (3, 0.07), (7, 0.07)]
+
+
+def test_the_knob_starts_at_the_runs_first_value_when_a_scheduler_moved_it_before_a_change(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """A scheduler moved lr from 0.1 to 0.05, then a person set 0.03: the line started at the
+    change's old value (0.05 from step 0), not the run's first one, which the actuators file
+    holds (and, for a resumed run, its checkpoint)."""
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(5)
+    run.opt.param_groups[0]["lr"] = 0.05  # an LR scheduler, outside hotcb
+    run.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+    run.advance(5)
+    HotClient(str(tmp_path / "r"), source="cli").set({"lr": 0.03})
+    run.advance(5)  # applied at step 10
+    run.kernel.close()
+    with live_server().client() as c:
+        lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    assert lr["initial"] == 0.1
+    assert lr["points"] == {"step": [0, 5, 10, 14], "value": [0.1, 0.05, 0.03, 0.03]}

@@ -33,6 +33,9 @@ def _number(value: Any) -> float | None:
 #: Framework names of one quantity, written under hotcb's name so that charts, overlays and
 #: the autopilot see one metric (the HF Trainer logs the learning rate as ``learning_rate``).
 METRIC_ALIASES = {"learning_rate": "lr"}
+#: Metric keys whose written name is remembered (a loop that names a metric by its step gets
+#: the work done again for the rest).
+_NAMES_KEPT = 4096
 #: What runs call their validation loss (hotcb's examples, Lightning, the HF Trainer, the
 #: demo): a reader asked for the default, ``val_loss``, takes the first of these the run logs.
 VAL_LOSS_NAMES = ("val_loss", "val/loss", "valid_loss", "valid/loss", "eval_loss", "eval/loss",
@@ -88,6 +91,10 @@ class MetricsCollector:
         self.last: dict[str, float | None] = {}
         self._ino: tuple[int, int] | None = None  # (device, inode) of the file held open
         self._checked = 0.0  # time.monotonic() when the path was last compared with it
+        #: each metric key as written: its alias, and text that encodes (a name made from a
+        #: file name that is not UTF-8 held a lone surrogate, and broke `hotcb status` and the
+        #: dashboard's views of the run); worked out once per key
+        self._names: dict[Any, str] = {}
 
     def _open(self) -> int:
         if self._fd is not None and self._moved():
@@ -119,7 +126,8 @@ class MetricsCollector:
     def log(self, step: int, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
         if step % self.every_n_steps:
             return
-        clean = {METRIC_ALIASES.get(str(k), str(k)): _number(v) for k, v in metrics.items()}
+        names = self._names
+        clean = {names.get(k) or self._name(k): _number(v) for k, v in metrics.items()}
         if not clean:
             return
         record: dict[str, Any] = {"step": int(step)}
@@ -141,6 +149,18 @@ class MetricsCollector:
                 columns.skip(written)  # no block may claim it
         elif columns is not None:
             columns.add(record["step"], clean, written, record)
+
+    def _name(self, key: Any) -> str:
+        """The name ``key`` is written under: its alias, a lone surrogate as its escape
+        (``bad\\ud800``)."""
+        name = METRIC_ALIASES.get(str(key), str(key))
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(self._names) < _NAMES_KEPT:
+            self._names[key] = name
+        return name
 
     def _append_after_torn(self, fd: int, record: dict[str, Any]) -> None:
         """Append ``record`` on a line of its own after an unfinished one, all or nothing

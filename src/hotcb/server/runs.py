@@ -9,6 +9,7 @@ without a restart.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from .tailer import (
 )
 
 __all__ = ["RunNotFound", "RunRegistry", "RunState", "discover", "run_dirs"]
+
+log = logging.getLogger("hotcb.server")
 
 #: Catching up more than this many bytes happens in a worker thread, not on the event loop.
 _INLINE_BYTES = 256 * 1024
@@ -89,8 +92,26 @@ def _last_wall_time(rec: dict[str, Any] | None) -> float | None:
 
 
 def discover(root: str, depth: int) -> list[str]:
-    """Run ids under ``root`` (``"."`` for the root itself), sorted, up to ``depth`` levels."""
-    return discover_runs(root, depth, _has_hotcb_file)
+    """Run ids under ``root`` (``"."`` for the root itself), sorted, up to ``depth`` levels;
+    not those whose folder name is no UTF-8 text (said once each in the server's log): one
+    such id in the list of runs failed it whole, and the page said "no runs yet"."""
+    ids = []
+    for rid in discover_runs(root, depth, _has_hotcb_file):
+        try:
+            rid.encode("utf-8")
+        except UnicodeEncodeError:
+            if rid not in _UNNAMED:
+                _UNNAMED.add(rid)
+                shown = os.path.join(root, rid).encode("utf-8", "surrogateescape")
+                log.warning("hotcb serve: %s is not shown: its folder name is not UTF-8 text; "
+                            "rename it", shown.decode("utf-8", "replace"))  # fmt: skip
+            continue
+        ids.append(rid)
+    return ids
+
+
+#: The runs :func:`discover` left out for their name, said once each.
+_UNNAMED: set[str] = set()
 
 
 def run_dirs(root: str, depth: int) -> list[str]:
@@ -381,7 +402,10 @@ class RunState:
         for key in [*acts, *(k for k in changes if k not in acts)]:
             act = acts.get(key, {})
             mine = changes.get(key, [])
-            initial = mine[0]["old"] if mine and mine[0]["old"] is not None else act.get("initial")
+            # the run's first value (a checkpoint carries it), else the first change's old one
+            initial = act.get("initial")
+            if not _plain(initial) and mine and mine[0]["old"] is not None:
+                initial = mine[0]["old"]
             current = act.get("current")
             events: list[tuple[int, int, float]] = []  # (step, order at that step, value)
             if _plain(initial):

@@ -533,3 +533,8 @@ def test_an_undo_the_run_refuses_says_why_on_the_page(
     page.locator("#toasts .toast.bad", has_text="undo: rejected: ").wait_for(timeout=60_000)
     shown = page.locator("#toasts .toast.bad").first.text_content()
     assert "the changes of the lives before it are not in force here" in shown, shown
+    # and the row no longer offers it: each click was sent and refused again
+    refused = page.locator("#ledger-body .undo-refused")
+    refused.wait_for()
+    assert "not in force here" in refused.get_attribute("title")
+    assert page.locator("#ledger-body .undo-btn").count() == 0

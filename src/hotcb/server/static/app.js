@@ -59,6 +59,7 @@ const app = {
   marks: new Map(), // seq → an entry that applied a change: a chart marker (GET …/markers, live)
   seqs: new Set(),
   undone: new Set(),
+  refusedUndo: new Map(), // cmd_id → why the run refused this page's undo of it
   actuators: [],
   status: null,
   runState: null, // the server's words for the run: "running", "finished at step N", "crashed …"
@@ -274,6 +275,7 @@ async function loadPrimary(runId, gen, reset) {
     markList = null;
     app.seqs = new Set();
     app.undone = new Set();
+    app.refusedUndo = new Map();
     app.impacts = new Map();
     app.dirty.ledger = true;
     tunePanel.reset(app.runs.find((r) => r.run_id === runId)?.path);
@@ -464,21 +466,24 @@ async function control(op, params) {
   const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
   if (id) {
     toast(`${op} sent`, "info", 2500);
-    sentControls.set(id, op);
+    sentControls.set(id, { op, params });
   }
   return id;
 }
 
-/** The run control commands this page sent, cmd_id → op, until the ledger answers them: an
- * Undo the run refused (a change of a life before this one) said "sent…" and then nothing. */
+/** The run control commands this page sent, cmd_id → {op, params}, until the ledger answers
+ * them: an Undo the run refused (a change of a life before this one) said "sent…" and then
+ * nothing, and its button came back for the same refusal. */
 const sentControls = new Map();
 
 /** `e` answers a run control command of this page's: say so when the run did not do it. */
 function answeredControl(e) {
-  const op = sentControls.get(e.cmd_id);
-  if (op === undefined) return;
+  const sent = sentControls.get(e.cmd_id);
+  if (sent === undefined) return;
   sentControls.delete(e.cmd_id);
-  if (["rejected", "failed"].includes(e.decision)) toast(`${op}: ${e.decision}: ${e.error || "no reason given"}`, "bad", 10000);
+  if (!["rejected", "failed"].includes(e.decision)) return;
+  toast(`${sent.op}: ${e.decision}: ${e.error || "no reason given"}`, "bad", 10000);
+  if (sent.op === "undo" && sent.params?.cmd_id) app.refusedUndo.set(sent.params.cmd_id, e.error || e.decision);
 }
 
 const waiting = new Map(); // cmd_id → the callback that re-enables its header button
@@ -1113,6 +1118,7 @@ function renderLedger() {
     impacts: app.impacts,
     metric: app.impactMetric,
     undone: app.undone,
+    refused: app.refusedUndo,
     pendingIds: pendingIds(),
     highlightSeq: app.highlightSeq,
     actuatorKeys: actuatorKeys(),

@@ -804,7 +804,7 @@ export class LedgerTable {
    * loaded here: the count says "200 of 244 entries loaded". */
   /** `locked`: why nothing can be sent (the run is over, the server unreachable): Undo and
    * Cancel are disabled with it as their tooltip. */
-  render(entries, { impacts, metric, undone, pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null }) {
+  render(entries, { impacts, metric, undone, refused = new Map(), pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null }) {
     this.body.textContent = "";
     const shown = impactRows(entries, actuatorKeys);
     const rows = entries.slice(-maxRows).reverse();
@@ -855,7 +855,12 @@ export class LedgerTable {
       const undoable =
         e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze", "tune"].includes(e.module);
       if (undoable && undone.has(e.cmd_id)) act.append(el("span", "muted small", "undone"));
-      else if (undoable) {
+      else if (undoable && refused.has(e.cmd_id)) {
+        // the run refused its undo (a change of a life before a restart): not offered again
+        const s = el("span", "muted small undo-refused", "can't undo");
+        s.title = refused.get(e.cmd_id);
+        act.append(s);
+      } else if (undoable) {
         const b = el("button", "btn tiny undo-btn", "Undo");
         b.title = locked || "restore the old values";
         b.disabled = !!locked;
