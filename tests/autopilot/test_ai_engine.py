@@ -29,6 +29,7 @@ import pytest
 from hotcb import HotClient, HotKernel, jsonl
 from hotcb.autopilot.ai import AI_LOG, AI_STATE, KEY_ENV, AIConfig, cost_usd
 from hotcb.autopilot.engine import RECORDS, Autopilot, decide, proposals
+from hotcb.cli._autopilot import _line
 from hotcb.runfiles import COMMANDS
 from hotcb.testing import read_ledger, wait_for
 from hotcb.testing.chat_server import NOTHING, ScriptedChatServer
@@ -802,6 +803,69 @@ def test_a_reply_that_comes_after_the_run_ended_changes_nothing(loop: Any) -> No
     assert [r["call"] for r in applied] == [1]
     state = json.loads(Path(lp.run_dir, AI_STATE).read_text())
     assert state["learnings"][0].startswith("final loss ")  # the run's summary stands
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_gets_the_models_attention_afresh(
+    loop: Any,
+) -> None:
+    """The trainer died with a call in flight and resumed from its checkpoint at step 10. The
+    reply, asked with the gone steps, was applied to the new life (an lr cut for trouble it
+    never had), and no call came until the new life passed the old life's last call step (a
+    NaN in between handled by nobody). The reply is now dropped as stale, and the cadence
+    counts from the step the run went back to."""
+    lp: Loop = loop()
+    gate = threading.Event()
+    asked: list[int] = []
+
+    def policy(_body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(1)
+        if len(asked) == 2:
+            gate.wait(120)  # in flight while the trainer dies and resumes
+            return HALVE
+        return NOTHING
+
+    with ScriptedChatServer(policy=policy) as srv:
+        try:
+            pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+            lp.run(10, pilot)
+            saved = lp.kernel.state_dict()  # the checkpoint, at step 10
+            lp.run(10, pilot)  # asked at step 20, answered
+            lp.run(20, pilot, wait=False)  # asked again at step 40: no answer yet
+            assert pilot.ai is not None and pilot.ai.busy
+            lp.kernel = HotKernel(lp.run_dir, poll_interval_sec=0.0)  # resumed: the old died
+            lp.kernel.load_state_dict(saved)
+            lp.step, lp.opt.param_groups[0]["lr"] = 10, 1e-2
+            lp.run(10, pilot, wait=False)  # the autopilot sees the steps go back
+        finally:
+            gate.set()
+        wait_reply(pilot)
+        out = lp.run(40, pilot)
+    (stale,) = [r for r in out if r["kind"] == "ai_reply" and r.get("state") == "stale"]
+    assert stale["call"] == 2 and "in a life the run left" in stale["reason"]
+    assert _line(stale) == f"[step {stale['step']}] ai_reply call 2 stale: {stale['reason']}"
+    assert lp.lr == 1e-2 and not by_source(lp.run_dir, "ai")  # nothing sent
+    calls = [(c["call"], c["step"]) for c in records(lp.run_dir, AI_LOG, "call")]
+    assert calls[:3] == [(1, 20), (2, 40), (3, 40)]  # the cadence counts from the resume
+
+
+@pytest.mark.slow
+def test_a_crash_does_not_seal_the_runs_learnings(tmp_path: Path, start_trainer: Any) -> None:
+    """A kill -9 sealed the AI memory as if the run had ended ("final loss … at step 352"):
+    the run, resumed, went on to a different end, and its later learnings were thrown away.
+    Only a run that closed is summed up."""
+    run = tmp_path / "runs" / "run"
+    with ScriptedChatServer([NOTHING]) as srv:
+        trainer = start_trainer(str(run), str(tmp_path / "trace.jsonl"), steps=100_000,
+                                step_delay=0.01)  # fmt: skip
+        trainer.wait_step(20, 120)
+        pilot = Autopilot(run, mode="ai_auto", ai=ai_config(srv, every_steps=1),
+                          key_metric="loss")  # fmt: skip
+        pilot.step()
+        trainer.kill()
+        wait_for(lambda: pilot.crashed, 60, what="the autopilot to see the crash")
+        pilot.step()
+    assert pilot.ended and pilot.ai is not None and not pilot.ai.summarized
+    assert not records(run, AI_LOG, "learnings")
 
 
 # ---------------------------------------------------------------------------------- liveness

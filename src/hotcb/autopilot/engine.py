@@ -150,6 +150,10 @@ class Autopilot:
         # metrics said so: a resume re-applies the actions, so their rules stay cooled down
         self._gone_fired: dict[str, int] = {}
         self._resume_seen = False
+        #: the lives of the run this autopilot saw (one more each time its steps went back),
+        #: and the one each model call in flight was asked in
+        self._life = 0
+        self._asked_in: dict[int, int] = {}
         self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
         self.disabled: set[str] = set(st.get("disabled") or ())
         self.guard: dict[str, Any] | None = st.get("guard")
@@ -249,7 +253,7 @@ class Autopilot:
             if self.ai is not None and self.ai.fallback is None:
                 detected = any(r.get("kind") == "detection" for r in out[seen:])
                 self._ai_round(detected, out)
-        if self.ai is not None and self.ended:
+        if self.ai is not None and self.closed:  # (not a crash: a resume may go on with it)
             self._ai_finish()
         self._save()
         return out
@@ -320,6 +324,9 @@ class Autopilot:
         self.seen = {k: f for k, f in self.seen.items() if f < step}
         if self.guard is not None and int(self.guard.get("step", 0)) >= step:
             self.guard = None
+        if self.ai is not None:  # a call asked with the gone steps is not acted on (_ai_stale)
+            self.ai.went_back(step)
+            self._life += 1
         self.step_now = step
         return self._record({
             "kind": "resumed", "step": step, "was": was,
@@ -778,7 +785,7 @@ class Autopilot:
         if why is not None:
             from .ai import messages
 
-            ai.start(messages(self.ai_context()), self.step_now, why)
+            self._asked_in[ai.start(messages(self.ai_context()), self.step_now, why)] = self._life
         elif ai.fallback is not None:  # the budget ran out just now
             out.append(self._record({"kind": "fallback", "step": self.step_now,
                                      "reason": f"LLM autopilot: {ai.fallback}; the rules "
@@ -817,13 +824,15 @@ class Autopilot:
         assert ai is not None
         head = {"kind": "ai_reply", "call": outcome.call, "step": outcome.step}
         if outcome.reply is None:
+            self._asked_in.pop(outcome.call, None)
             return [self._record({**head, "state": "failed", "error_kind": outcome.kind,
                                   "reason": f"no action: {outcome.error}"})]  # fmt: skip
         reply = outcome.reply
-        if self.ended:  # the run finished while the model thought: nothing is sent
-            return [self._record({**head, "state": "late", "reasoning": reply.reasoning,
-                                  "cost_usd": outcome.cost_usd,
-                                  "reason": "the run ended before the reply came"})]  # fmt: skip
+        too_late = self._too_late(outcome)
+        if too_late is not None:
+            state, why = too_late
+            return [self._record({**head, "state": state, "reasoning": reply.reasoning,
+                                  "cost_usd": outcome.cost_usd, "reason": why})]  # fmt: skip
         out = [self._record({**head, "state": "replied", "reasoning": reply.reasoning,
                              "cost_usd": outcome.cost_usd})]  # fmt: skip
         rejected = [{"asked": asked, "reason": why} for asked, why in reply.rejected]
@@ -885,6 +894,18 @@ class Autopilot:
                  applied=applied, proposed=proposed, rejected=rejected,
                  next_check=reply.next_check)  # fmt: skip
         return out
+
+    def _too_late(self, outcome: Outcome) -> tuple[str, str] | None:
+        """Why the model's reply is not acted on, as ``(state, reason)``: the run finished
+        while the model thought, or the call was asked with steps the run went back from (in
+        ``ai_auto`` its lr cut landed on the new life for trouble it never had)."""
+        asked_in = self._asked_in.pop(outcome.call, self._life)
+        if self.ended:
+            return "late", "the run ended before the reply came"
+        if asked_in != self._life:
+            return "stale", (f"asked at step {outcome.step}, in a life the run left (it went "
+                             "back since): nothing is sent")  # fmt: skip
+        return None
 
     def _no_such_knob(self, knob: str) -> str | None:
         """Why ``knob`` (``loss.aux``) cannot be changed: the run published no such actuator
@@ -1092,6 +1113,11 @@ class Autopilot:
         gone without closing it (a crash, kill -9; told only on the host it ran on)."""
         meta = self.view.meta()
         return isinstance(meta.get("ended"), dict) or process_alive(meta) is False
+
+    @property
+    def closed(self) -> bool:
+        """The training process closed the run (``hotcb.run.json`` says ``ended``)."""
+        return isinstance(self.view.meta().get("ended"), dict)
 
     @property
     def crashed(self) -> bool:

@@ -421,7 +421,9 @@ def _record_text(rec: dict[str, Any]) -> str:
     if kind == "decision":  # a person's accept or reject, or superseded by an automatic change
         why = f": {rec['reason']}" if rec.get("reason") else f" by {rec.get('by')}"
         return f"{head} {rec.get('id')} {rec.get('state')}{why}"
-    if kind == "ai_reply":
+    if kind == "ai_reply":  # one not acted on (late, stale, failed) says so, and why
+        if rec.get("state") not in (None, "replied"):
+            return f"{head} call {rec.get('call')} {rec.get('state')}: {rec.get('reason')}"
         return f"{head} call {rec.get('call')}: {rec.get('reasoning') or rec.get('reason')}"
     if kind == "guard" and not rec.get("reason"):  # kept: the reason is only for an undo
         after, worse = rec.get("after"), rec.get("worse_by")

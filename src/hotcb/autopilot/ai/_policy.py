@@ -180,6 +180,16 @@ class AIPolicy:
             return f"every {self.config.every_steps} steps"
         return None
 
+    def went_back(self, step: int) -> None:
+        """The run's steps went back to ``step`` (a resume, a restart): the calls of the gone
+        steps no longer space the next one, nor does a look-again the model asked for there
+        (no call came until the new life passed the old life's last call, a NaN in between
+        handled by nobody)."""
+        if self.last_call_step >= step:
+            self.last_call_step = step
+            self.next_check_step = None
+        self.save()
+
     # ------------------------------------------------------------------ the call
     def start(self, messages: Sequence[Mapping[str, str]], step: int, why: str) -> int:
         """Send ``messages`` in a background thread; the call's number."""
