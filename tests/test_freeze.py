@@ -70,7 +70,9 @@ def test_prod_ignores_every_change_but_lets_run_control_through(tmp_path: Any) -
     for cid in [*ids, scheduled]:  # the one scheduled before prod falls due in prod: ignored
         e = run.entry(cid)
         assert e["decision"] == "ignored_freeze", e
-        assert "freeze --mode off" in e["error"] or "freeze mode is prod" in e["error"]
+        # said for a person on the page as well as in a shell (it sent them to the CLI only)
+        assert e["error"] == ("freeze mode is prod: changes are ignored until it is off "
+                              "('hotcb freeze --mode off', or the dashboard's Freeze)")  # fmt: skip
     assert run.weights == {"a": 1.0, "b": 0.0}
     # freeze blocks changes, never the operator's hand on the run (DESIGN.md §6)
     checkpoint = c.checkpoint()

@@ -64,7 +64,10 @@ class FreezeGate:
             return None
         if passes_freeze(op.module, op.op, op.source):
             return None
-        return f"freeze mode is {self.state.mode.value}; send 'hotcb freeze --mode off' to steer"
+        return (
+            f"freeze mode is {self.state.mode.value}: changes are ignored until it is "
+            "off ('hotcb freeze --mode off', or the dashboard's Freeze)"
+        )
 
     # ------------------------------------------------------------------ the module protocol
     def apply(self, op: HotOp, env: Env) -> OpResult:
