@@ -84,14 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _trace_row(step: int, opt: Any, weights: dict[str, float], kernel: HotKernel) -> str:
     """What every rank must agree on after this step: live optimizer values, loss weights,
-    loaded callbacks (module state), scheduled ops, control flags."""
+    loaded callbacks (module state), scheduled ops, control flags. Not the tuner's state: it
+    decides on rank 0, and each other rank keeps only what it observed (its mutations reach
+    every rank as commands, in the values above)."""
     state = kernel.state_dict()
     row = {
         "step": step,
         "lr": opt.param_groups[0]["lr"],
         "weight_decay": opt.param_groups[0]["weight_decay"],
         "weights": dict(weights),
-        "modules": state["modules"],
+        "modules": {name: m for name, m in state["modules"].items() if name != "tune"},
         "pending": [p["record"]["cmd_id"] for p in state["pending"]],
         "freeze": state["freeze"],
         "stop": kernel.stop_requested,

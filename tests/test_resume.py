@@ -544,6 +544,28 @@ def test_resuming_twice_from_the_same_checkpoint(tmp_path: Any) -> None:
     assert _equal(whole, third.run(60))
 
 
+def test_an_lr_the_loop_set_by_hand_just_before_the_checkpoint_survives_the_resume(
+    tmp_path: Any,
+) -> None:
+    """The loop lowered its lr by hand (no scheduler object) at step 15 and saved at step 20,
+    within the kernel's once-a-second look at the knobs: the checkpoint held the older lr, and
+    the resume put it back over the optimizer's own, so the resumed run went another way."""
+
+    def by_hand(loop: Loop) -> dict[int, Action]:
+        return {15: lambda _c: loop.opt.param_groups[0].update(lr=0.02)}
+
+    whole_loop = Loop(os.fspath(tmp_path / "whole"))
+    whole = whole_loop.run(60, by_hand(whole_loop))
+    run_dir = os.fspath(tmp_path / "killed")
+    first = Loop(run_dir)
+    first.run(60, by_hand(first), (20,), kill_after=45)
+    assert first.checkpoints[20]["hotcb"]["actuators"]["lr"] == 0.02
+    second = Loop(run_dir)
+    second.resume(first.checkpoints[20])
+    assert _equal(whole, second.run(60))
+    assert second.opt.param_groups[0]["lr"] == 0.02
+
+
 def test_a_replay_resumed_from_a_checkpoint_fires_each_entry_once(tmp_path: Any) -> None:
     source = os.fspath(tmp_path / "source")
     Loop(source).run(

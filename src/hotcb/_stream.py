@@ -517,6 +517,10 @@ class ActuatorStream:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._restore = dict(state.get("actuators") or {})
+        if self.leader and self._restore and isinstance(state.get("step"), int):
+            # in force from the checkpoint's step: the page's knob lines held the gone life's
+            # last value there until the scheduler moved the lr again
+            self._remember(state["step"], dict(self._restore))
         self._restore_values({})
         initial = state.get("initial")
         self._initial = dict(initial) if isinstance(initial, Mapping) else {}

@@ -1140,6 +1140,10 @@ class HotKernel:
         :meth:`load_state_dict` writes the ones the ledger still lacks."""
         if self._ledger.out:
             self.flush()
+        if self._polled_env is not None:  # a value the loop set itself within the last second
+            # (by hand, not through a scheduler) was saved as its older one, and a resume put
+            # that back over the optimizer's own: the lr the loop set was lost
+            self._stream.refresh(self._polled_env, self.step)
         stream, gate = self._stream.state_dict(), self._freeze.state_dict()
         return {
             "version": FORMAT_VERSION,

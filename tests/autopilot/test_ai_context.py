@@ -864,6 +864,18 @@ def test_a_json_file_works(tmp_path: Path) -> None:
         load_ai_config(path)
 
 
+def test_structured_off_as_the_docs_write_it_in_yaml(tmp_path: Path) -> None:
+    """YAML reads a bare ``off`` as false: ``structured: off``, as docs/autopilot.md writes
+    it, was refused ("False is not one of auto, on, off")."""
+    path = tmp_path / "ai.yaml"
+    for written, meant in (("off", "off"), ("on", "on"), ("'auto'", "auto")):
+        path.write_text(f"model: llama3\nstructured: {written}\n", encoding="utf-8")
+        assert load_ai_config(path).structured == meant
+    path.write_text("structured: sometimes\n", encoding="utf-8")
+    with pytest.raises(AIConfigError, match="'sometimes' is not one of auto, on, off"):
+        load_ai_config(path)
+
+
 def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
     path = tmp_path / "ai.yaml"
     path.write_text("# nothing set yet\n", encoding="utf-8")

@@ -848,6 +848,37 @@ def test_a_run_resumed_from_an_earlier_checkpoint_gets_the_models_attention_afre
     assert calls[:3] == [(1, 20), (2, 40), (3, 40)]  # the cadence counts from the resume
 
 
+def test_a_reply_that_comes_while_the_resumed_trainer_loads_is_stale(loop: Any) -> None:
+    """The reply to a call of the killed life came after the new trainer process had started
+    but before its first step: the steps had not gone back yet, so it was applied (an lr cut
+    at the new life's first step) and its learning kept. A new trainer is a new life."""
+    lp: Loop = loop()
+    gate = threading.Event()
+    stale_reply = {"json": {**HALVE["json"], "learning": "a learning of the gone life"}}
+
+    def policy(_body: dict[str, Any]) -> dict[str, Any]:
+        gate.wait(120)  # in flight while the trainer dies and its successor loads
+        return stale_reply
+
+    with ScriptedChatServer(policy=policy) as srv:
+        try:
+            pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+            lp.run(10, pilot)
+            saved = lp.kernel.state_dict()  # the checkpoint, at step 10
+            lp.run(10, pilot, wait=False)  # asked at step 20: no answer yet
+            lp.kernel = HotKernel(lp.run_dir, poll_interval_sec=0.0)  # loading, no step yet
+            lp.kernel.load_state_dict(saved)
+        finally:
+            gate.set()
+        wait_reply(pilot)
+        out = pilot.step()
+    (stale,) = [r for r in out if r["kind"] == "ai_reply"]
+    assert stale["state"] == "stale", stale
+    assert not [c for c in jsonl.iter_records(os.path.join(lp.run_dir, COMMANDS))
+                if c.get("source") == "ai"]  # fmt: skip
+    assert pilot.ai is not None and pilot.ai.learnings == []
+
+
 @pytest.mark.slow
 def test_a_crash_does_not_seal_the_runs_learnings(tmp_path: Path, start_trainer: Any) -> None:
     """A kill -9 sealed the AI memory as if the run had ended ("final loss … at step 352"):

@@ -309,3 +309,28 @@ def test_the_knob_starts_at_the_runs_first_value_when_a_scheduler_moved_it_befor
         lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
     assert lr["initial"] == 0.1
     assert lr["points"] == {"step": [0, 5, 10, 14], "value": [0.1, 0.05, 0.03, 0.03]}
+
+
+def test_a_resumed_run_s_knob_holds_the_checkpoint_s_value_from_its_step(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """A scheduler moved lr just before the checkpoint (between two of the kernel's
+    once-a-second looks), and the life that saved it went on: after the resume the line held
+    the gone life's older value from the checkpoint's step until the scheduler moved again."""
+    run = Quiet(str(tmp_path / "r"))
+    run.advance(10)
+    run.opt.param_groups[0]["lr"] = 0.05  # a scheduler: seen by the kernel's refresh
+    run.kernel._next_refresh = 0.0
+    run.advance(4)
+    run.opt.param_groups[0]["lr"] = 0.04  # moved again, before the next look
+    run.advance(1)
+    saved = run.kernel.state_dict()  # the checkpoint, after step 14
+    run.advance(10)  # the life goes on, then dies
+    again = Quiet(str(tmp_path / "r"))
+    again.opt.param_groups[0]["lr"], again.step = 0.04, 15
+    again.kernel.load_state_dict(saved)
+    again.advance(5)
+    with live_server().client() as c:
+        lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
+    points = list(zip(lr["points"]["step"], lr["points"]["value"], strict=True))
+    assert points[:3] == [(0, 0.1), (10, 0.05), (14, 0.04)], points

@@ -154,6 +154,9 @@ class Autopilot:
         #: and the one each model call in flight was asked in
         self._life = 0
         self._asked_in: dict[int, int] = {}
+        #: when the life of the run went on began (``hotcb.run.json``): a new trainer process
+        #: is a new life before its first metric says its steps went back
+        self._life_began = life_started(self.view.meta())
         self.holds: dict[str, int] = dict(st.get("holds") or {})  # knob -> held until step
         self.disabled: set[str] = set(st.get("disabled") or ())
         self.guard: dict[str, Any] | None = st.get("guard")
@@ -771,6 +774,9 @@ class Autopilot:
         """Act on a reply that came back; ask again when due (the call runs in a thread)."""
         ai = self.ai
         assert ai is not None
+        began = life_started(self.view.meta())
+        if began != self._life_began:  # a trainer started (again): replies asked before are
+            self._life_began, self._life = began, self._life + 1  # stale (a resume loading)
         outcome = ai.poll()
         if outcome is not None:
             out.extend(self._ai_outcome(outcome))
@@ -833,6 +839,7 @@ class Autopilot:
             state, why = too_late
             return [self._record({**head, "state": state, "reasoning": reply.reasoning,
                                   "cost_usd": outcome.cost_usd, "reason": why})]  # fmt: skip
+        ai.heed(outcome)
         out = [self._record({**head, "state": "replied", "reasoning": reply.reasoning,
                              "cost_usd": outcome.cost_usd})]  # fmt: skip
         rejected = [{"asked": asked, "reason": why} for asked, why in reply.rejected]

@@ -98,7 +98,11 @@ def _check(doc: Mapping[str, Any], lines: dict[str, int], where: str) -> AIConfi
                       ("max_context_tokens", 200), ("max_actions", 0), ("settle_steps", 0),
                       ("total_steps", 1), ("memory", 0)):  # fmt: skip
         values[name] = ck.number(doc, name, name, integer=True, minimum=low)
-    values["structured"] = ck.choice(doc, "structured", "structured", _STRUCTURED)
+    structured = doc.get("structured")  # YAML reads a bare `off` (and `on`) as a boolean
+    if isinstance(structured, bool):
+        structured = "on" if structured else "off"
+    values["structured"] = ck.choice({"structured": structured}, "structured", "structured",
+                                     _STRUCTURED)  # fmt: skip
     values["prices"] = _prices(doc.get("prices"), ck)
     if ck.problems:
         raise AIConfigError(where, ck.problems)

@@ -332,10 +332,6 @@ class AIPolicy:
             return None
         if outcome.error is None:
             self.failures = self._backoffs = 0
-            if outcome.reply is not None and outcome.reply.next_check is not None:
-                self.next_check_step = outcome.step + outcome.reply.next_check
-            if outcome.reply is not None and outcome.reply.learning and not self.summarized:
-                self.learnings = [*self.learnings, outcome.reply.learning][-_PER_RUN_LEARNINGS:]
         else:
             self.failures += 1
             wait = 0.0
@@ -352,6 +348,19 @@ class AIPolicy:
                                f"{outcome.error[:200]})")  # fmt: skip
         self.save()
         return outcome
+
+    def heed(self, outcome: Outcome) -> None:
+        """The reply of ``outcome`` is acted on: the step the model asked to look again at, and
+        its learning, are kept. Not for one that came too late (the run ended, or went back
+        since it was asked): its learning went into the run's memory all the same."""
+        reply = outcome.reply
+        if reply is None:
+            return
+        if reply.next_check is not None:
+            self.next_check_step = outcome.step + reply.next_check
+        if reply.learning and not self.summarized:
+            self.learnings = [*self.learnings, reply.learning][-_PER_RUN_LEARNINGS:]
+        self.save()
 
     # ------------------------------------------------------------------ fallback, records
     def fall_back(self, reason: str) -> None:
