@@ -177,6 +177,14 @@ def test_a_launched_training_that_answered_the_forwarded_sigint_with_1_says_inte
     )
     meta["launch"] = {"exit_code": 1, "ended": now - 1}  # no signal sent: a failure
     assert LedgerView().run_state(None, now, meta=meta).startswith("crashed (exit code 1;")
+    # killed from outside the launch (the OOM killer): a crash, which the crash alert tells;
+    # it read "interrupted by SIGKILL", and no alert came
+    meta["launch"] = {"exit_code": -9, "ended": now - 1}
+    assert LedgerView().run_state(None, now, meta=meta) == (
+        "crashed (killed by SIGKILL; its process is gone and did not close the run)"
+    )
+    meta["launch"] = {"exit_code": -9, "signal_sent": "SIGKILL", "ended": now - 1}  # the 3rd ^C
+    assert LedgerView().run_state(None, now, meta=meta).startswith("interrupted by SIGKILL (")
 
 
 def test_a_loop_that_ctrl_c_unwound_through_close_says_interrupted(run_dir: str, cli: Any) -> None:

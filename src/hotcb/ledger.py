@@ -676,7 +676,8 @@ def _same_dir(a: str, b: str) -> bool:
 
 def _gone(meta: Mapping[str, Any]) -> str:
     """The state of a run whose process is gone without closing it: ``interrupted by SIGINT``
-    when ``hotcb launch`` saw the training end on a signal (Ctrl-C), else ``crashed``."""
+    when ``hotcb launch`` saw the training end on a signal it forwarded (Ctrl-C), else
+    ``crashed`` (``killed by SIGKILL``: the OOM killer)."""
     gone = "its process is gone and did not close the run"
     launch = meta.get("launch")
     code = launch.get("exit_code") if isinstance(launch, Mapping) else None
@@ -686,11 +687,15 @@ def _gone(meta: Mapping[str, Any]) -> str:
     if isinstance(ended, (int, float)) and isinstance(started, (int, float)) and ended < started:
         return f"crashed ({gone})"  # that exit code is of an earlier life
     sig = -code if code < 0 else code - 128 if code > 128 else None
-    if sig in _INTERRUPTS:
+    # only a signal hotcb launch forwarded (Ctrl-C, a SIGTERM; SIGKILL after the third) is an
+    # interruption: a SIGKILL from elsewhere (the OOM killer) is a crash, and was not alerted
+    sent = launch.get("signal_sent")  # (torchrun answers a forwarded SIGINT with 1)
+    if sent in _INTERRUPTS.values() and sig in _INTERRUPTS:
         return f"interrupted by {_INTERRUPTS[sig]} ({gone})"
-    sent = launch.get("signal_sent")  # hotcb launch sent it (torchrun answers SIGINT with 1)
-    if code != 0 and sent in _INTERRUPTS.values():
+    if sent in _INTERRUPTS.values() and code != 0:
         return f"interrupted by {sent} (exit code {code}; {gone})"
+    if sig is not None and 0 < sig < signal.NSIG:
+        return f"crashed (killed by {signal.Signals(sig).name}; {gone})"
     return f"crashed (exit code {code}; {gone})"
 
 

@@ -275,7 +275,7 @@ def test_bad_config_lists_every_problem_with_its_line(tmp_path: Any) -> None:
         "line 9: alerts[2].window: must be in [3, 1000], got 1",
         "line 16: deliveries[0].password: a password does not belong in the file: put it in an "
         "environment variable and name it with password_env:",
-        "line 18: deliveries[1].url: expected an http:// or https:// URL, got 'ftp://nope'",
+        "line 18: deliveries[1].url: expected an http:// or https:// URL, got one with scheme 'ftp'",
         # an entry with another problem still holds its id (this one was missed)
         "line 5: alerts[1].id: 'hot' is used twice",
         "line 19: retries: must be >= 0, got -1",
@@ -403,6 +403,24 @@ def test_a_pause_of_an_earlier_life_does_not_quiet_the_stale_alert(tmp_path: Any
     jsonl.write_json_atomic(os.path.join(run, "hotcb.run.json"), {"started": 50.0})
     n = Notifier(run, cfg)
     assert [e["alert"] for e in n.step(now=10_000.0)] == ["stale"]
+    n.close()
+
+
+def test_a_run_started_again_after_a_day_is_not_stale_before_its_first_metric(
+    tmp_path: Any,
+) -> None:
+    """`hotcb launch --notify …` into a run whose last metric is a day old: before the new
+    training's first step (a slow import), the alert said "no new metric for 86400 s". The
+    quiet time counts from the new life's start when that is later."""
+    run = _run(tmp_path)
+    metrics = os.path.join(run, "hotcb.metrics.jsonl")
+    jsonl.append(metrics, _rec(1, loss=1.0))
+    os.utime(metrics, (0, 0))  # the earlier life's last metric
+    jsonl.write_json_atomic(os.path.join(run, "hotcb.run.json"), {"started": 9_900.0})
+    cfg = NotifyConfig(alerts=(Alert("stale", "stale", seconds=300.0),), deliveries=())
+    n = Notifier(run, cfg)
+    assert n.step(now=10_000.0) == []  # 100 s since it started again
+    assert [e["alert"] for e in n.step(now=10_300.0)] == ["stale"]  # and then quiet for 400 s
     n.close()
 
 

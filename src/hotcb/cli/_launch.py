@@ -368,7 +368,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     helpers = [name for name, on in (("dashboard", args.serve),
                                      ("autopilot", args.autopilot != "off"),
                                      ("notifications", bool(opts.notify_args))) if on]  # fmt: skip
-    return _ended(code, run.signal_sent, f"; {' and '.join(helpers)} stopped" if helpers else "")
+    listed = " and ".join([", ".join(helpers[:-1]), helpers[-1]] if len(helpers) > 1 else helpers)
+    return _ended(code, run.signal_sent, f"; {listed} stopped" if helpers else "")
 
 
 def _say_started(args: argparse.Namespace, run: Launch, *, tuned: bool) -> None:

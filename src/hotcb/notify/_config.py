@@ -296,8 +296,13 @@ def _url_problem(url: str) -> str | None:
         host = urllib.parse.urlsplit(url).hostname
     except ValueError:  # a malformed netloc ("http://[x")
         host = None
-    if not url.startswith(("http://", "https://")) or not host:
-        return f"expected an http:// or https:// URL, got {url!r}"
+    # the URL is not echoed: a typo's login, token or Slack path went to the terminal
+    if not url.startswith(("http://", "https://")):
+        scheme = url.split("://", 1)[0] if "://" in url else None
+        got = f"scheme {scheme[:20]!r}" if scheme else "no scheme"
+        return f"expected an http:// or https:// URL, got one with {got}"
+    if not host:
+        return "expected an http:// or https:// URL with a host, got one with none"
     stray = _stray(url, space=True)
     if stray is not None:  # the URL is not echoed: it may hold a token (or be one: Slack's)
         return (f"{stray[1]} at character {stray[0] + 1}: a URL holds no whitespace or control "

@@ -16,7 +16,7 @@ from typing import Any
 from .. import jsonl
 from ..autopilot.engine import RECORDS as AUTOPILOT_RECORDS
 from ..jsonl import JsonlTail
-from ..ledger import LedgerView, closed_on_error, run_over
+from ..ledger import LedgerView, closed_on_error, life_started, run_over
 from ..runfiles import process_alive
 from ..runview import RunView
 from ._alerts import Alert, Observation, Sample, onsets, samples
@@ -177,13 +177,16 @@ class Notifier:
         )
 
     def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
-        """When the training last wrote a metric (the metrics file's mtime), else when it
-        started; None before the run has started."""
+        """When the training last wrote a metric (the metrics file's mtime), or when its life
+        began if that is later (a run started again in its directory a day after its last
+        metric was alerted "no new metric for 86400 s" before its first step); None before
+        the run has started."""
+        began = life_started(meta)
         try:
-            return os.stat(self.view.paths.metrics).st_mtime
+            wrote = os.stat(self.view.paths.metrics).st_mtime
         except OSError:
-            started = meta.get("started")
-            return float(started) if isinstance(started, (int, float)) else None
+            return began
+        return wrote if began is None else max(wrote, began)
 
     @property
     def ended(self) -> bool:
