@@ -70,6 +70,17 @@ def test_a_change_a_resume_replaced_counts_once() -> None:
     assert [(c.step, c.source) for c in found] == [(500, "cli"), (1000, "autopilot")]
 
 
+def test_a_ramp_counts_once_at_its_start() -> None:
+    """``set lr=0.025 --ramp 100`` at step 1000: the ramp's end entry at step 1100 repeats its
+    values (``source: ramp``), and the what-if took it for a second similar change, credited
+    with the whole ramp's factor where the lr had nearly stopped moving."""
+    hist = synthetic()
+    cut = next(e for e in hist.entries if e["step"] == 1000)
+    end = {**cut, "seq": 1100, "step": 1100, "source": "ramp", "ramp": "complete"}
+    found = past_changes(RunHistory("run", [*hist.entries, end], hist.steps, hist.values), "lr")
+    assert [(c.step, c.source) for c in found] == [(500, "cli"), (1000, "cli")]
+
+
 def test_whatif_band_shifts_the_forecast_by_the_similar_impacts() -> None:
     hist = synthetic()
     changes = past_changes(hist, "lr", horizon=200)
@@ -85,6 +96,22 @@ def test_whatif_band_shifts_the_forecast_by_the_similar_impacts() -> None:
     )
     d = w.to_dict()
     assert d["similar"][0]["factor"] == pytest.approx(0.5) and d["note"] is None
+
+
+def test_log_ratio_impacts_scale_a_forecast_that_is_not_in_log_space() -> None:
+    """The changes' impacts were log-ratios (about 20 % below trend) but the run's forecast
+    was fitted in the metric's units (a loss near 0): the band added the log-ratios as units,
+    a drop several times the loss itself. A log-ratio scales the forecast whatever its fit."""
+    import dataclasses
+
+    hist = synthetic()
+    changes = past_changes(hist, "lr", horizon=200)
+    fc = forecast(hist.steps, hist.values, 200)
+    assert fc is not None and all(c.log_space for c in changes)
+    units = dataclasses.replace(fc, trend=dataclasses.replace(fc.trend, log_space=False))
+    w = whatif("lr", 0.5, changes, units)
+    assert w.band is not None and w.impact is not None and w.impact["log_space"] is True
+    np.testing.assert_allclose(np.array(w.band["median"]) / fc.median, DROP, rtol=0.04)
 
 
 def test_no_similar_change_yet() -> None:

@@ -153,6 +153,22 @@ def test_whatif_from_the_runs_own_changes(tmp_path: Any, live_server: Any) -> No
         assert c.get("/api/runs/r/whatif?knob=loss.lr&factor=2").status_code == 404
 
 
+def test_whatif_draws_no_band_for_a_metric_that_is_no_longer_finite(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """The loss went NaN after two lr halvings: ``/forecast`` said so and drew nothing, but the
+    what-if drew a full band continuing the curve from before the NaN."""
+    run = steered_run(tmp_path / "r", 1000, halve_at=(300, 700))
+    with MetricsCollector(run) as m:
+        for s in range(1000, 1020):
+            m.log(s, {"loss": math.nan})
+    with live_server().client() as c:
+        d = c.get("/api/runs/r/whatif?knob=lr&factor=0.5&metric=loss&horizon=50").json()
+    assert d["band"] is None and d["forecast"] is None, d
+    assert d["note"] == "loss is no longer finite (NaN since step 1000): no forecast to shift"
+    assert [s["step"] for s in d["similar"]] == [300, 700]  # what it would have shifted by
+
+
 def test_whatif_reads_the_parent_and_the_branches(tmp_path: Any, live_server: Any) -> None:
     root = tmp_path / "runs"
     parent = steered_run(root / "parent", 900)  # no change of its own

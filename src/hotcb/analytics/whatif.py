@@ -131,7 +131,9 @@ def past_changes(
 ) -> list[PastChange]:
     """Every applied change of ``knob`` in ``history``, with its measured impact; a change a
     resume replaced counts once (its re-applied copy), as in a recipe, and so does one a
-    restarted life made again (the same knob, values and step)."""
+    restarted life made again (the same knob, values and step). A ramp counts at its start:
+    its end's entry (``source: ramp``) repeats its values, and was a second change, credited
+    with the whole ramp's factor where the value moved least."""
     entries = [e for e in live_entries(history.entries) if not e.get("inherited")]
     x = np.asarray(history.steps, dtype=float)
     y = np.asarray(history.values, dtype=float)
@@ -148,7 +150,7 @@ def past_changes(
         changes = e.get("changes")
         if e.get("decision") != "applied" or not isinstance(changes, dict):
             continue
-        if not isinstance(step, int) or isinstance(step, bool):
+        if not isinstance(step, int) or isinstance(step, bool) or e.get("source") == "ramp":
             continue
         for key, ch in changes.items():
             if not _knob_matches(e, str(key), knob) or not isinstance(ch, Mapping):
@@ -275,12 +277,18 @@ def whatif(
     unmeasured = len(similar(changes, factor, measurable=False)) - len(sim)
     if not sim or current is None:
         return WhatIf(knob, factor, sim, len(changes), current, unmeasured=unmeasured)
-    imp = np.array([c.impact for c in sim], dtype=float)
+    # an impact is a log-ratio (log_space) or a difference in the metric's units: the two do
+    # not mix, and the kind is the changes' own, not the forecast's (log-ratios of 1-2 % were
+    # added to a loss near 0 as units, a 300 % drop). Mixed: those of the forecast's kind.
+    used = sim
+    if len({c.log_space for c in sim}) > 1:
+        used = [c for c in sim if c.log_space == current.trend.log_space]
+    imp = np.array([c.impact for c in used], dtype=float)
     if imp.size >= 3:
         lo, med, hi = np.quantile(imp, [quantiles[0], 0.5, quantiles[1]])
     else:
         lo, med, hi = float(imp.min()), float(np.median(imp)), float(imp.max())
-    log_space = current.trend.log_space and all(c.log_space for c in sim)
+    log_space = used[0].log_space
     band = {
         "steps": [int(s) for s in current.steps],
         "median": _shift(current.median, float(med), log_space, current.bounds),

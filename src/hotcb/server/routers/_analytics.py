@@ -93,6 +93,27 @@ def _fmt_step(step: float) -> str:
     return str(int(step)) if float(step).is_integer() else f"{step:g}"
 
 
+def whatif_doc(
+    histories: list[RunHistory], knob: str, factor: float, horizon: int, metric: str
+) -> dict[str, Any]:
+    """What ``/whatif`` answers: the similar changes of ``knob`` in ``histories`` (this run
+    first, then its family) and the band they imply for this run's forecast (as ``/forecast``
+    draws it); none for a metric that is no longer finite, which ``/forecast`` refuses too."""
+    base = histories[0]
+    changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
+    broken = nonfinite_tail(base.steps, base.values)
+    if broken is not None:  # a band would continue the curve from before it broke
+        w = whatif(knob, factor, changes, None)
+        note = (f"{metric} is no longer finite ({broken[1]} since step "
+                f"{_fmt_step(broken[0])}): no forecast to shift")  # fmt: skip
+        return {**w.to_dict(), "note": note, "forecast": None}
+    bounds = unit_bounds(metric, base.values)
+    bt = backtest(base.steps, base.values, horizon, bounds=bounds)
+    fc = forecast(base.steps, base.values, horizon, backend=fit_backend(), calibration=bt, bounds=bounds)  # fmt: skip
+    w = whatif(knob, factor, changes, fc)
+    return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
+
+
 def forecast_doc(
     x: np.ndarray, y: np.ndarray, horizon: int, metric: str | None = None
 ) -> dict[str, Any]:
@@ -309,17 +330,7 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         for r in family:
             x, y = await runs.joined(r, name)
             histories.append(RunHistory(r.run_id, list(r.ledger.entries), x, y))
-        base = histories[0]
-
-        def compute() -> dict[str, Any]:
-            changes = [c for h in histories for c in past_changes(h, knob, horizon=horizon)]
-            bounds = unit_bounds(name, base.values)
-            bt = backtest(base.steps, base.values, horizon, bounds=bounds)  # as /forecast draws
-            fc = forecast(base.steps, base.values, horizon, backend=fit_backend(), calibration=bt, bounds=bounds)  # fmt: skip
-            w = whatif(knob, factor, changes, fc)
-            return {**w.to_dict(), "forecast": fc.to_dict() if fc is not None else None}
-
-        doc = await asyncio.to_thread(compute)
+        doc = await asyncio.to_thread(whatif_doc, histories, knob, factor, horizon, name)
         out = {"run": run.run_id, "metric": name, "horizon": horizon, "runs": [r.run_id for r in family], **doc}  # fmt: skip
         return runs.remember(key, out)
 
