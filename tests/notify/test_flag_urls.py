@@ -26,7 +26,11 @@ NO_HOST = "expected an http:// or https:// URL with a host, got one with none"
     [("--notify-webhook", "ftp://x", FTP), ("--notify-webhook", "notaurl", NO_SCHEME),
      ("--notify-slack", "ftp://x", FTP), ("--notify-slack", "https://", NO_HOST),
      ("--notify-webhook", "htps://me:s3cret@host/hook?token=abc",
-      "expected an http:// or https:// URL, got one with scheme 'htps'")],
+      "expected an http:// or https:// URL, got one with scheme 'htps'"),
+     ("--notify-webhook", "https;//me:s3cret@host/hook?next=https://x", NO_SCHEME),
+     # accepted, the crash alert's delivery died on it ("Port out of range 0-65535")
+     ("--notify-slack", "http://me:s3cret@127.0.0.1:99999/x",
+      "the URL's port is not a number from 0 to 65535")],
 )  # fmt: skip
 def test_a_bad_flag_url_is_refused_like_the_same_url_in_a_file(
     tmp_path: Any, cli: Any, flag: str, url: str, problem: str

@@ -4,6 +4,7 @@ every problem and its line; and the quick flags' config (``--notify-webhook`` â€
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -289,20 +290,32 @@ def _email(c: Checker, d: Mapping[str, Any], where: str, base: str) -> Email | N
                  timeout=10.0 if timeout is None else float(timeout))  # fmt: skip
 
 
+#: A URL's scheme, as RFC 3986 spells one (what comes before ``://`` is echoed only then:
+#: ``https;//me:s3cret@host`` has none).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def _url_problem(url: str) -> str | None:
     """What is wrong with a webhook's URL (not http:// or https://, no host); None when
     nothing is. The file and the quick flags say the same."""
     try:
-        host = urllib.parse.urlsplit(url).hostname
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
     except ValueError:  # a malformed netloc ("http://[x")
-        host = None
+        parts, host = None, None
     # the URL is not echoed: a typo's login, token or Slack path went to the terminal
-    if not url.startswith(("http://", "https://")):
-        scheme = url.split("://", 1)[0] if "://" in url else None
-        got = f"scheme {scheme[:20]!r}" if scheme else "no scheme"
+    if not url.lower().startswith(("http://", "https://")):
+        scheme = _SCHEME.match(url)
+        got = f"scheme {scheme.group(1)[:20]!r}" if scheme else "no scheme"
         return f"expected an http:// or https:// URL, got one with {got}"
     if not host:
         return "expected an http:// or https:// URL with a host, got one with none"
+    try:
+        port_ok = parts is None or parts.port is None or parts.port >= 0
+    except ValueError:  # ":99999", ":abc": the delivery failed on it when the alert came
+        port_ok = False
+    if not port_ok:
+        return "the URL's port is not a number from 0 to 65535"
     stray = _stray(url, space=True)
     if stray is not None:  # the URL is not echoed: it may hold a token (or be one: Slack's)
         return (f"{stray[1]} at character {stray[0] + 1}: a URL holds no whitespace or control "

@@ -49,8 +49,12 @@ def redact_target(url: str, *, keep_path: bool = True) -> str:
     ``keep_path`` is false: a Slack webhook's path is its secret)."""
     u = urllib.parse.urlsplit(url)
     host = u.hostname or ""
-    if u.port is not None:
-        host = f"{host}:{u.port}"
+    try:
+        port: int | str | None = u.port
+    except ValueError:  # not a port (checked when the config is read): shown as not one
+        port = "?"
+    if port is not None:
+        host = f"{host}:{port}"
     path = u.path if keep_path else ("/…" if u.path not in ("", "/") else "")
     return urllib.parse.urlunsplit((u.scheme, host, path, "", ""))
 
