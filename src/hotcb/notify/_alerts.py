@@ -54,6 +54,9 @@ class Observation:
     autopilot: Sequence[Mapping[str, Any]] = ()
     series: Mapping[str, Sequence[tuple[int, float | None]]] = field(default_factory=dict)
     last_metric_time: float | None = None
+    #: when the life of the run that goes on began (``hotcb.run.json``): a run started again
+    #: in its directory a day after its last metric is not quiet for a day
+    started_at: float | None = None
     resumed_at: float | None = None
     ended: bool = False
     paused: bool = False
@@ -136,6 +139,8 @@ def _stale(alert: Alert, obs: Observation) -> list[Sample]:
     if obs.ended or obs.paused or obs.crashed or obs.last_metric_time is None:
         return [Sample(False)]
     since, what = obs.last_metric_time, ""
+    if obs.started_at is not None and obs.started_at > since:
+        since, what = obs.started_at, " since it started"
     if obs.resumed_at is not None and obs.resumed_at > since:  # quiet while paused: no silence
         since, what = obs.resumed_at, " since the resume"
     quiet = obs.now - since

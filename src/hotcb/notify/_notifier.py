@@ -167,6 +167,7 @@ class Notifier:
             autopilot=self._autopilot.read_records(),
             series=self.series,
             last_metric_time=self._last_metric_time(meta),
+            started_at=life_started(meta),
             resumed_at=self.ledger.control_wall_time if control == "resume" else None,
             ended=ended,
             paused=control == "pause",
@@ -177,16 +178,12 @@ class Notifier:
         )
 
     def _last_metric_time(self, meta: Mapping[str, Any]) -> float | None:
-        """When the training last wrote a metric (the metrics file's mtime), or when its life
-        began if that is later (a run started again in its directory a day after its last
-        metric was alerted "no new metric for 86400 s" before its first step); None before
-        the run has started."""
-        began = life_started(meta)
+        """When the training last wrote a metric (the metrics file's mtime), else when it
+        started; None before the run has started."""
         try:
-            wrote = os.stat(self.view.paths.metrics).st_mtime
+            return os.stat(self.view.paths.metrics).st_mtime
         except OSError:
-            return began
-        return wrote if began is None else max(wrote, began)
+            return life_started(meta)
 
     @property
     def ended(self) -> bool:
