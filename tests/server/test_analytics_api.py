@@ -190,6 +190,10 @@ def test_whatif_reads_the_parent_and_the_branches(tmp_path: Any, live_server: An
         # the child's forecast starts from the parent's history (joined at the branch step)
         f = c.get("/api/runs/child/forecast?metric=loss&horizon=50").json()
         assert f["points"] == 900
+        # and so does the impact of the change at its first step (its "before" was one point)
+        (imp,) = c.get("/api/runs/child/impact?metric=loss&window=50").json()["impacts"]
+        assert imp["step"] == 400 and imp["before"]["n"] == 50 and imp["after"]["n"] == 50
+        assert imp["after"]["mean"] / imp["before"]["mean"] == pytest.approx(DROP, rel=0.1)
 
 
 def test_trajectory(tmp_path: Any, live_server: Any) -> None:

@@ -34,7 +34,7 @@ from ...runfiles import RunPaths
 from ..deps import Deps
 from ..runs import RunState
 from ..tailer import MetricsIndex
-from ._runs import both
+from ._runs import both, changes_of, impacts
 
 Series = tuple[np.ndarray, np.ndarray]
 
@@ -301,6 +301,26 @@ def create_analytics_router(deps: Deps) -> APIRouter:
         x, y = await runs.joined(run, name)
         doc = await asyncio.to_thread(forecast_doc, x, y, horizon, name)
         return runs.remember(key, {"run": run.run_id, "metric": name, "horizon": horizon, **doc})
+
+    @both(router, "impact")
+    async def get_impact(
+        run_id: str = ".",
+        metric: str | None = None,
+        window: int | None = Query(None, ge=1, le=100_000),
+        limit: int | None = Query(None, ge=1, le=100_000),
+        since: int | None = Query(None, ge=0),
+    ) -> dict[str, Any]:
+        """Before/after mean and slope of a metric around each applied change (``since``: from
+        that seq on, the entries the page holds; ``limit``: the newest that many). A branch's
+        series has its parent's points before its branch step: a change at its first step had
+        a "before" of one point. The windows are measured in a worker thread: a long run's
+        thousands of changes took seconds, which held up its live updates."""
+        run = deps.run(run_id)
+        await run.refresh()
+        entries = changes_of(run.ledger.entries, limit, since)
+        x, y = await runs.joined(run, metric or deps.config.chart.key_metric)
+        window = window or deps.config.chart.impact_window
+        return {"impacts": await asyncio.to_thread(impacts, x, y, entries, window)}
 
     @both(router, "whatif")
     async def get_whatif(

@@ -11,7 +11,6 @@ import asyncio
 import math
 import os
 import tempfile
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -83,7 +82,7 @@ def history(
     return {"series": out, "total_points": total, "downsampled": downsampled}
 
 
-def _window_stats(steps: array, values: array, lo: int, hi: int) -> dict[str, Any]:
+def _window_stats(steps: Any, values: Any, lo: int, hi: int) -> dict[str, Any]:
     pts = [(steps[i], values[i]) for i in range(lo, hi) if math.isfinite(values[i])]
     n = len(pts)
     if n == 0:
@@ -106,13 +105,11 @@ def changes_of(
 
 
 def impacts(
-    index: MetricsIndex, entries: list[dict[str, Any]], metric: str, window: int
+    steps: Any, values: Any, entries: list[dict[str, Any]], window: int
 ) -> list[dict[str, Any]]:
-    """Mean and least-squares slope of ``metric`` over ``window`` steps before each applied
-    change (steps ``S-window+1..S``, the change lands at the end of step S) and after it
-    (``S+1..S+window``)."""
-    s = index.series.get(metric)
-    steps, values = (s.steps, s.values) if s is not None else (array("q"), array("d"))
+    """Mean and least-squares slope of a metric (``steps``, ``values``, in step order) over
+    ``window`` steps before each applied change (steps ``S-window+1..S``, the change lands at
+    the end of step S) and after it (``S+1..S+window``)."""
     out = []
     for e in entries:
         step = e.get("step")
@@ -217,30 +214,6 @@ def create_runs_router(deps: Deps) -> APIRouter:
         run = deps.run(run_id)
         await run.refresh()
         return run.actuators.doc
-
-    @both(router, "impact")
-    async def impact(
-        run_id: str = ".",
-        metric: str | None = None,
-        window: int | None = Query(None, ge=1, le=100_000),
-        limit: int | None = Query(None, ge=1, le=100_000),
-        since: int | None = Query(None, ge=0),
-    ) -> dict[str, Any]:
-        """Before/after mean and slope of a metric around each applied change (``since``: from
-        that seq on, the entries the page holds; ``limit``: the newest that many). A long
-        run's ledger holds thousands of changes, and all of them took seconds under the run's
-        lock, which held up its live updates."""
-        run = deps.run(run_id)
-        await run.refresh()
-        entries = changes_of(run.ledger.entries, limit, since)
-        result = await run.run_locked(
-            impacts,
-            run.metrics,
-            entries,
-            metric or cfg.chart.key_metric,
-            window or cfg.chart.impact_window,
-        )
-        return {"impacts": result}
 
     @both(router, "recipe")
     async def recipe(run_id: str = ".") -> Response:
