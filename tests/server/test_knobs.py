@@ -334,3 +334,37 @@ def test_a_resumed_run_s_knob_holds_the_checkpoint_s_value_from_its_step(
         lr = knob(c.get("/api/runs/r/knobs").json(), "lr")
     points = list(zip(lr["points"]["step"], lr["points"]["value"], strict=True))
     assert points[:3] == [(0, 0.1), (10, 0.05), (14, 0.04)], points
+
+
+def test_a_branch_s_knob_starts_at_its_root_s_first_value(tmp_path: Any, live_server: Any) -> None:
+    """A branch's line began at its first inherited change (step 5 of its parent), with that
+    change's value: the lr the parent started with (0.1, steps 0-4) was not drawn."""
+    from hotcb.branch import branch
+
+    runs = tmp_path / "runs"
+    parent = Quiet(str(runs / "p"))
+    parent.advance(5)
+    client = HotClient(str(runs / "p"), source="cli")
+    client.set({"lr": 0.05})
+    parent.advance(5)  # applied at step 5
+    saved: dict[str, Any] = {}
+
+    def save(path: str | None = None) -> str:
+        path = path or str(runs / "p" / "ckpt.pt")
+        saved["state"] = parent.kernel.state_dict()
+        with open(path, "w") as f:
+            f.write("a checkpoint")
+        return path
+
+    client.checkpoint()
+    parent.kernel.apply({"step": parent.step, "optimizer": parent.opt, "save_checkpoint": save})
+    parent.kernel.close()
+    info = branch(str(runs / "p"), str(runs / "c"), source=parent.step)
+    child = Quiet(str(runs / "c"))
+    child.opt.param_groups[0]["lr"], child.step = 0.05, info["step"] + 1
+    child.kernel.load_state_dict(saved["state"])
+    child.advance(5)
+    child.kernel.close()
+    with live_server(str(runs)).client() as c:
+        lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
+    assert lr["points"]["step"][:2] == [0, 5] and lr["points"]["value"][:2] == [0.1, 0.05], lr

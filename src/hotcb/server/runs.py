@@ -396,6 +396,8 @@ class RunState:
         # from when the server watched: not a start); 0 when it has neither
         starts = [s.steps[0] for s in self.metrics.series.values() if s.steps]
         starts += [c[0]["step"] for c in changes.values()]
+        if isinstance(self.meta().get("branch"), Mapping):  # its history is its parent's:
+            starts.append(0)  # from the start (it began at its first inherited change's step)
         first = min([min(starts) if starts else 0, *(o[0][0] for o in observed.values() if o)])
         last = max(self.last_step or 0, first)
         out = []
