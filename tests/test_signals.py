@@ -347,6 +347,7 @@ try:
                       "save_checkpoint": lambda path=None: None})
         if kernel.stop_requested:
             break
+        open(sys.argv[1] + "/stepped", "w").close()  # the test signals once this step's apply is over
         time.sleep(5)  # a long step: the workers' death interrupts it, no safe point comes first
 finally:
     kernel.close()
@@ -364,9 +365,10 @@ def test_a_sigterm_to_the_group_that_kills_the_loaders_workers_says_so(tmp_path:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SUBPROCESS_ENV,
                             start_new_session=True)  # fmt: skip
     try:
-        metrics = RunPaths(run_dir).metrics
-        wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, 120,
-                 what="the loop's first step")  # fmt: skip
+        # after the first step's apply (the metrics file is written during it: a signal then
+        # met the safe point, which checkpointed and stopped; it failed so under load)
+        stepped = os.path.join(run_dir, "stepped")
+        wait_for(lambda: os.path.exists(stepped), 120, what="the loop's first step")
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
