@@ -829,12 +829,12 @@ class Autopilot:
         ai = self.ai
         assert ai is not None
         head = {"kind": "ai_reply", "call": outcome.call, "step": outcome.step}
+        asked_in = self._asked_in.pop(outcome.call, self._life)
         if outcome.reply is None:
-            self._asked_in.pop(outcome.call, None)
             return [self._record({**head, "state": "failed", "error_kind": outcome.kind,
                                   "reason": f"no action: {outcome.error}"})]  # fmt: skip
         reply = outcome.reply
-        too_late = self._too_late(outcome)
+        too_late = self._too_late(outcome, asked_in)
         if too_late is not None:
             state, why = too_late
             return [self._record({**head, "state": state, "reasoning": reply.reasoning,
@@ -902,11 +902,11 @@ class Autopilot:
                  next_check=reply.next_check)  # fmt: skip
         return out
 
-    def _too_late(self, outcome: Outcome) -> tuple[str, str] | None:
+    def _too_late(self, outcome: Outcome, asked_in: int) -> tuple[str, str] | None:
         """Why the model's reply is not acted on, as ``(state, reason)``: the run finished
-        while the model thought, or the call was asked with steps the run went back from (in
-        ``ai_auto`` its lr cut landed on the new life for trouble it never had)."""
-        asked_in = self._asked_in.pop(outcome.call, self._life)
+        while the model thought, or the call was asked (in life ``asked_in``) with steps the
+        run went back from (in ``ai_auto`` its lr cut landed on the new life for trouble it
+        never had)."""
         if self.ended:
             return "late", "the run ended before the reply came"
         if asked_in != self._life:

@@ -389,14 +389,15 @@ class RunState:
             if isinstance(a, dict)
         }
         changes: dict[str, list[dict[str, Any]]] = {}
-        observed = self._observed_of_life(self.meta())
-        for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, self.meta()):
+        meta = self.meta()
+        observed = self._observed_of_life(meta)
+        for ch in self.ledger.lives.of_life(self.ledger.knobs.changes, meta):
             changes.setdefault(ch["key"], []).append(ch)
         # the run's first step: its first metric or change (the actuators file is seen only
         # from when the server watched: not a start); 0 when it has neither
         starts = [s.steps[0] for s in self.metrics.series.values() if s.steps]
         starts += [c[0]["step"] for c in changes.values()]
-        if isinstance(self.meta().get("branch"), Mapping):  # its history is its parent's:
+        if isinstance(meta.get("branch"), Mapping):  # its history is its parent's:
             starts.append(0)  # from the start (it began at its first inherited change's step)
         first = min([min(starts) if starts else 0, *(o[0][0] for o in observed.values() if o)])
         last = max(self.last_step or 0, first)
