@@ -183,6 +183,11 @@ def test_a_helper_that_fails_is_said_even_when_the_training_ends_first(
         assert f"hotcb: error: the {name} broke" in lines, done.stderr
         said = [ln for ln in lines if ln.startswith(f"hotcb launch: the {helper} exited (2)")]
         assert len(said) == 1, done.stderr  # once, whichever thread saw it first
+    # the last line does not call them stopped: they had failed
+    assert (
+        lines[-1] == "hotcb launch: training exited with 0; autopilot and notifications "
+        "had failed (said above)"
+    ), done.stderr
 
 
 # Stand-ins for the helpers (put first on PYTHONPATH): `hotcb autopilot` and `hotcb notify`

@@ -575,6 +575,7 @@ class _Children:
         self.finishing = False  # the training ended: the helpers are being stopped
         self._stopping: set[str] = set()  # the helpers sent SIGTERM (by name)
         self._said: set[str] = set()  # the helpers whose failed exit was said
+        self.failed: set[str] = set()  # the helpers that exited with an error (by name)
         self._lock = threading.Lock()
         self._log: IO[bytes] | None = None
         self._url_seen = threading.Event()
@@ -631,6 +632,7 @@ class _Children:
         self._url_seen.set()
         code = server.wait()
         if not self.finishing and self.url is not None:
+            self.failed.add("dashboard")
             self.opts.out(f"the dashboard exited ({code}); the training goes on")
 
     def start_trainer(self, argv: Sequence[str]) -> None:
@@ -690,6 +692,7 @@ class _Children:
             if name in self._stopping and code in stop_codes:
                 return
             self._said.add(name)
+            self.failed.add(name)
             self.opts.out(f"the {name} exited ({code}){where}"
                           + ("" if self.finishing else "; the training goes on"))  # fmt: skip
 
@@ -832,6 +835,12 @@ class Launch:
         """The last signal this launch sent the training (a forwarded Ctrl-C or SIGTERM,
         :meth:`kill`), None if none."""
         return self._signal_sent
+
+    @property
+    def helpers_failed(self) -> frozenset[str]:
+        """The helpers (``"dashboard"``, ``"autopilot"``, ``"notifier"``) that exited with an
+        error of their own: said when it happened, and not stopped by the launch's end."""
+        return frozenset(self._children.failed)
 
     @property
     def running(self) -> bool:

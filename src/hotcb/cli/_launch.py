@@ -365,11 +365,20 @@ def cmd_launch(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    helpers = [name for name, on in (("dashboard", args.serve),
-                                     ("autopilot", args.autopilot != "off"),
-                                     ("notifications", bool(opts.notify_args))) if on]  # fmt: skip
-    listed = " and ".join([", ".join(helpers[:-1]), helpers[-1]] if len(helpers) > 1 else helpers)
-    return _ended(code, run.signal_sent, f"; {listed} stopped" if helpers else "")
+    helpers = [(said, name) for said, name, on in (
+        ("dashboard", "dashboard", args.serve),
+        ("autopilot", "autopilot", args.autopilot != "off"),
+        ("notifications", "notifier", bool(opts.notify_args))) if on]  # fmt: skip
+    failed = run.helpers_failed
+    stopped = _listed([said for said, name in helpers if name not in failed])
+    broke = _listed([said for said, name in helpers if name in failed])
+    return _ended(code, run.signal_sent, (f"; {stopped} stopped" if stopped else "")
+                  + (f"; {broke} had failed (said above)" if broke else ""))  # fmt: skip
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _say_started(args: argparse.Namespace, run: Launch, *, tuned: bool) -> None:
