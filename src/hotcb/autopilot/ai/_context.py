@@ -72,7 +72,8 @@ their bounds, and your budget. Decide whether to change something now.
 Actions you may take (anything else, or a value outside its bounds, is rejected):
 {_bounds()}
 lr_mult and wd_mult multiply the current value; loss_weight_* act on a loss weight by its key; \
-undo reverts the last change if it was an automatic one (a person's change is never undone).
+undo reverts the last change if it was an automatic one (a person's change is never undone); \
+pause holds the run until a person resumes it: use it only when a person must look.
 
 Every automatic change is watched: if the key metric gets clearly worse after it, it is undone. \
 Prefer no action to a guess. Reply with one JSON object and nothing else:
