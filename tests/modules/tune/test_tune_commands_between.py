@@ -8,15 +8,15 @@ from typing import Any
 from tune_helpers import Toy, log_level
 
 from hotcb import HotClient
-from hotcb.testing import wait_for
+from hotcb.testing import read_ledger, wait_for
 
 LR_ONLY = [{"key": "lr", "module": "opt", "mode": "mult", "low": 0.5, "high": 2.0, "max": 10.0}]
 SEGMENT = 10
 
 
-def _one_level_in(toy: Any) -> tuple[Toy, HotClient, int]:
+def _one_level_in(toy: Any, poll: float = 0) -> tuple[Toy, HotClient, int]:
     """A run whose tuner has one baseline level: its next boundary would start a trial."""
-    t: Toy = toy(log_level, lr=1e-3, poll=0)
+    t: Toy = toy(log_level, lr=1e-3, poll=poll)
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("active", objective="loss", segment_steps=SEGMENT, seed=0,
                        space=LR_ONLY, sync=True)  # fmt: skip
@@ -79,3 +79,32 @@ def test_an_answer_that_lands_before_a_scheduled_change_starts_no_trial(
     assert "a command is due in its segment while the trial was asked for" in void["tune"]["reason"]
     (mutate,) = t.ledger("mutate")
     assert mutate["step"] > due and mutate["changes"]["lr"]["old"] == 5e-4
+
+
+def test_a_command_read_in_the_poll_of_a_trials_mutation_keeps_its_value(toy: Any) -> None:
+    """A person's ``set lr`` written just before a boundary was read in the poll after it, with
+    the trial's mutation the boundary had just written: the mutation scaled the person's lr
+    (``set lr=0.002`` ended at 0.00053 in the same step) and the trial was judged on both
+    changes. The mutation is now not applied: the person's value stays, Optuna hears FAIL, and
+    the next trial waits for the trend after the change."""
+    # the kernel polls at its first step, then only when the tuner writes a command: what a
+    # person writes waits for the tuner's next command (a poll a second apart, stretched)
+    t, client, boundary = _one_level_in(toy, poll=3600)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    t.run(boundary - 3 - t.step)
+    person = client.opt(lr=2e-3)  # read with the mutation the boundary writes
+    t.run(1000, until=lambda: bool(t.ledger("mutate")))
+    (refused,) = t.ledger("mutate")
+    assert refused["decision"] == "noop" and refused["step"] == boundary + 1
+    assert "a command changed opt.lr after this trial was decided" in refused["error"]
+    (set_,) = [e for e in read_ledger(t.kernel.run_dir) if e.get("cmd_id") == person]
+    assert set_["step"] == boundary + 1 and set_["changes"]["lr"]["new"] == 2e-3
+    assert t.lr == 2e-3  # the person's value, not scaled by the trial
+    trial = refused["tune"]["trial"]
+    (row,) = [r for r in tune().trials if r["trial"] == trial]
+    assert row["decision"] == "failed"
+    # a trial after the change starts from it, two segments on
+    t.run(1000, until=lambda: len(t.ledger("mutate")) == 2)
+    later = t.ledger("mutate")[1]
+    assert later["decision"] == "applied" and later["changes"]["lr"]["old"] == 2e-3
+    assert later["step"] >= boundary + 1 + 2 * SEGMENT

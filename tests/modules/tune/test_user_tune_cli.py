@@ -1478,10 +1478,11 @@ def test_a_person_s_change_that_lands_with_the_roll_back_stays(toy: Any, cli: An
     assert replayed[-1] == 0.05  # a replay ends on the person's lr too, not the trial's old one
 
 
-def test_a_command_just_before_a_trial_s_mutation_does_not_void_it(toy: Any) -> None:
-    """A person's weight decay, applied at the step of the trial's lr mutation but before it
-    (the mutation scales what it found): the trial measures its own change, and is judged, not
-    voided as "set by a command during the trial" (Optuna heard FAIL)."""
+def test_a_command_just_before_a_trial_s_mutation_cancels_it(toy: Any) -> None:
+    """A person's weight decay, written just before the trial's lr mutation and applied at
+    its step, before it: the trial would be judged on both changes against a trend the
+    person's broke. The mutation is not applied (Optuna hears FAIL), the person's value
+    stays, and no segment is spent on a trial that cannot be judged."""
     t: Toy = toy(log_level, lr=1e-3, weight_decay=0.01, poll=0.0)
     client = HotClient(t.kernel.run_dir)
     client.tune_enable("active", objective="loss", segment_steps=40, seed=0, space=LR_ONLY,
@@ -1495,14 +1496,14 @@ def test_a_command_just_before_a_trial_s_mutation_does_not_void_it(toy: Any) -> 
         submit(op, params, step)
 
     tune._submit = person_first
-    judged = ("kept", "rolled_back", "failed")
-    t.run(100_000, until=lambda: bool(tune.trials) and tune.trials[0]["decision"] in judged)
+    t.run(100_000, until=lambda: bool(tune.trials) and tune.trials[0]["decision"] == "failed")
     row = tune.trials[0]
     mutate = next(e for e in t.ledger("mutate") if e["params"]["trial"] == row["trial"])
     (person,) = [e for e in read_ledger(t.kernel.run_dir) if e["cmd_id"] == sent[0]]
     assert (person["step"], person["seq"] + 1) == (mutate["step"], mutate["seq"])
-    assert row["decision"] in ("kept", "rolled_back"), row  # judged, not voided
-    assert t.opt.param_groups[0]["weight_decay"] == 0.02  # the person's value stays
+    assert mutate["decision"] == "noop" and "changed opt.weight_decay" in mutate["error"]
+    assert t.lr == 1e-3 and t.opt.param_groups[0]["weight_decay"] == 0.02
+    _failed_with(client, row["trial"], "a command changed opt.weight_decay after this trial")
 
 
 def test_disable_during_a_trial_takes_its_change_back(toy: Any, cli: Any) -> None:

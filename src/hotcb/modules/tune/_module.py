@@ -726,6 +726,12 @@ class TuneModule:
             return OpResult("rejected", error=values)
         if op.source == "tune" and self.host.stop_requested:
             return self._not_after_stop(op, int(env["step"]))
+        since = op.params.get("since")
+        moved = (
+            self.host.commanded_since(since) if type(since) is int and op.source == "tune" else []
+        )
+        if moved:
+            return self._overtaken(op, moved, int(env["step"]))
         self._apply_moves(values, op.params.get("moves"), env)
         trial = op.params.get("trial")
         if self.settings.restore == "state" and op.source == "tune" and self.mode != "off":
@@ -770,6 +776,23 @@ class TuneModule:
             self.waiting = None
             self._fail(trial, why)
             self._row(trial).update(decision="failed", detail={"reason": why})
+            self._start_segment(step, "baseline")
+        return OpResult("noop", error=why, extra={"tune": {"trial": trial}})
+
+    def _overtaken(self, op: HotOp, moved: Sequence[tuple[str, str]], step: int) -> OpResult:
+        """A trial's mutation read after a command that changed a knob since the trial was
+        decided (a person's ``set`` read in the same poll, just before it): the trend it would
+        be judged against is gone, and it would scale the person's value. Not applied, on every
+        rank alike; Optuna hears FAIL, and the trend is made again from the segments after."""
+        knobs = ", ".join(f"{m}.{k}" for m, k in moved)
+        why = (f"a command changed {knobs} after this trial was decided: not applied, the "
+               "command's value stays and the next trial waits for the trend after it")  # fmt: skip
+        trial = op.params.get("trial")
+        if self.waiting is not None and self.waiting["cmd_id"] == op.cmd_id:
+            self.waiting = None
+            self._fail(trial, why)
+            self._row(trial).update(decision="failed", detail={"reason": why})
+            self.history = []
             self._start_segment(step, "baseline")
         return OpResult("noop", error=why, extra={"tune": {"trial": trial}})
 
@@ -2061,7 +2084,8 @@ class TuneModule:
         # accepted proposal can land many steps later, after a scheduler or a person moved them)
         moves = {k.name: sampled[k.name] for k in knobs if k.mode != "set"}
         if s.mode == "active":
-            self._submit("mutate", {"trial": number, "values": values, "moves": moves}, step)
+            self._submit("mutate", {"trial": number, "values": values, "moves": moves,
+                                    "since": step}, step)  # fmt: skip
             return
         before = {m: {k: self.host.read_actuator(m, k) for k in kv} for m, kv in values.items()}
         self.proposals.append({
