@@ -15,9 +15,9 @@ from hotcb.testing import StepDriver
 
 @pytest.fixture
 def published(tmp_path: Any) -> str:
-    """A run that has published its actuators (loss weights ce, aux)."""
+    """A run that has published its actuators (loss weights ce, aux, mse_weight)."""
     run_dir = os.fspath(tmp_path / "run")
-    with StepDriver(run_dir, weights={"ce": 1.0, "aux": 0.0}) as drv:
+    with StepDriver(run_dir, weights={"ce": 1.0, "aux": 0.0, "mse_weight": 0.0}) as drv:
         drv.steps(1)
     return run_dir
 
@@ -36,6 +36,9 @@ def test_unknown_names_and_bad_values_fail_before_anything_is_written(
     assert "'ce' is a loss actuator, not custom: send it as 'hotcb loss set_params ce=...'" in (
         done.stderr
     )
+    done = cli(published, "set", "mse=0.5")  # no close spelling, but a name with it as a word
+    assert done.returncode == 2  # (README's `set ce=0.5` on a run whose knob is `ce_weight`)
+    assert "did you mean 'mse_weight' (in loss)?" in done.stderr, done.stderr
     done = cli(published, "loss", "set_params", "aux=-1")
     assert done.returncode == 2 and "below the minimum" in done.stderr
     done = cli(published, "set", "aux=oops")

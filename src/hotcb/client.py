@@ -77,6 +77,16 @@ def _validator(d: Mapping[str, Any]) -> HotcbActuator:
     )
 
 
+def _near(key: str, names: Sequence[str]) -> list[str]:
+    """The known name ``key`` was likely meant for: a close spelling (``lrr``: ``lr``), else
+    the one name that has it as a word (``ce``: ``ce_weight``); ``[]`` when none is."""
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return close
+    words = [n for n in names if key in re.split(r"[_.\-]", n)]
+    return words if len(words) == 1 else []
+
+
 def check_actuator_params(
     module: str, params: Mapping[str, Any], published: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -91,9 +101,9 @@ def check_actuator_params(
                                 f"'hotcb {group} set_params {key}=...'")  # fmt: skip
         if d is None:
             mine = sorted(k for k, a in by_key.items() if (a.get("group") or "custom") == module)
-            close = difflib.get_close_matches(key, mine, n=1)
+            close = _near(key, mine)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            near = [] if close else difflib.get_close_matches(key, list(by_key), n=1)
+            near = [] if close else _near(key, list(by_key))
             if near:  # a typo of another group's knob (`hotcb set lrr=…` routes to custom)
                 group = by_key[near[0]].get("group") or "custom"
                 hint = f"; did you mean {near[0]!r} (in {group})?"
@@ -206,7 +216,7 @@ def _space_problems(
         line = lines.get(f"space[{i}].{field}") or lines.get(f"space[{i}]")
         name = f"line {line}: {module}.{key}" if line else f"{module}.{key}"
         if act is None:
-            close = difflib.get_close_matches(key, list(by_key), n=1)
+            close = _near(key, list(by_key))
             hint = f"; did you mean {close[0]!r}?" if close else ""
             knobs = sorted(k for k, a in by_key.items() if a.get("type") in _NUMBER_TYPES)
             problems.append(f"{name}: the run has no actuator {key!r}{hint} (its knobs: "

@@ -820,6 +820,10 @@ class HotKernel:
             return None, None
         return act.min_value, act.max_value
 
+    def describe_actuators(self) -> list[dict[str, Any]]:
+        """The run's actuators as ``hotcb.actuators.json`` lists them."""
+        return self.mutable_state.describe_all()
+
     def commanded_since(self, step: int, after: int | None = None) -> list[tuple[str, str]]:
         """``(module, key)`` of the actuators a command (a person's, the autopilot's, a
         schedule's, an undo, a ramp) changed at ``step`` or later; with ``after`` (a

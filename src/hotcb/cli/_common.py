@@ -521,15 +521,26 @@ def finish(
     for i, cid in enumerate(cmd_ids):
         try:
             entry = c.wait(cid, timeout=max(0.1, deadline - time.monotonic()), until_over=True)
-        except TimeoutError:  # the ids first: the commands are in the file, to wait on later
-            print("\n".join(map(term_safe, cmd_ids[i:])), flush=True)
+        except TimeoutError as exc:  # the ids first: the commands are in the file, to wait on
+            print("\n".join(map(term_safe, cmd_ids[i:])), flush=True)  # later
             over = ended(args.dir)
             if over is None:
-                raise
+                return _not_yet(exc)
             return _over(args, over)  # the run crashed (or stopped) while we waited
         code = max(code, _print_waited(c, args.dir, entry, deadline))
     sys.stdout.flush()
     return code
+
+
+#: ``--wait``'s exit code when the run has not handled the command within ``--timeout``: it
+#: stays queued (2 is a usage error, 1 a command the run refused)
+NOT_YET = 3
+
+
+def _not_yet(exc: TimeoutError) -> int:
+    print(f"hotcb: error: {term_safe(str(exc))} (exit code {NOT_YET}: not handled yet)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return NOT_YET
 
 
 def _print_waited(c: HotClient, run_dir: str, entry: dict[str, Any], deadline: float) -> int:
@@ -542,7 +553,7 @@ def _print_waited(c: HotClient, run_dir: str, entry: dict[str, Any], deadline: f
                                 until_over=True)  # fmt: skip
         except TimeoutError as exc:
             if ended(run_dir) is None:
-                raise
+                return _not_yet(exc)
             print(f"hotcb: {exc} (exit code 1)", file=sys.stderr)  # killed mid-ramp
             return 1
         print(fmt_entry(entry, run_dir))

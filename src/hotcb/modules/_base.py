@@ -88,6 +88,10 @@ class ModuleHost(Protocol):
     def actuator_bounds(self, module: str, key: str) -> tuple[float | None, float | None]:
         """An actuator's ``(min, max)``: what it refuses beyond (None where it has no bound)."""
 
+    def describe_actuators(self) -> list[dict[str, Any]]:
+        """The run's actuators as ``hotcb.actuators.json`` lists them (``param_key``,
+        ``group``, ``type``, …)."""
+
     def commanded_since(self, step: int, after: int | None = None) -> list[tuple[str, str]]:
         """``(module, key)`` of the actuators a command (not a module's own ``actuate``)
         changed at ``step`` or later; with ``after`` (a :meth:`command_mark`), after it."""

@@ -898,25 +898,18 @@ def test_tuning_loss_weights_on_the_training_loss_is_warned(tmp_path: Any, cli: 
         assert fallback.startswith("objective 'val_loss' was not logged")
         assert "while tuning loss weights (aux)" in weights_note
         assert "while tuning loss weights" in cli(kernel.run_dir, "tune", "status").stdout
-        # a weight the run does not have is not tuned, and not named as tuned (the docs'
-        # example recipe, whose `ce` a run with `ce_weight` lacks, got both warnings)
+        # a weight the run does not have (the docs' example recipe, whose `ce` a run with
+        # `ce_weight` lacks, got both warnings): sent as a queued enable is, before the run
+        # publishes its knobs, the run refuses it, as `tune enable` does once it can check
         other = [*space, {"key": "ce_weight", "module": "loss", "mode": "set", "low": 0.0,
                           "high": 1.0, "log": False}]  # fmt: skip
-        # (sent as a queued enable is, before the run publishes its knobs: not checked)
-        client.send(
-            "tune",
-            "enable",
-            params={
-                "mode": "observe",
-                "objective": "loss",
-                "segment_steps": 10,
-                "space": other,
-                "sync": True,
-            },
-        )
+        sent = client.send("tune", "enable", params={"mode": "observe", "objective": "loss",
+                           "segment_steps": 10, "space": other, "sync": True})  # fmt: skip
         train(5, val=True)
-        (note,) = client.tune_status()["warnings"]
-        assert "while tuning loss weights (aux):" in note, note
+        refused = client.wait(sent, timeout=30)
+        assert refused["decision"] == "rejected", refused
+        assert "loss.ce_weight: the run has no actuator 'ce_weight'" in refused["error"]
+        assert client.tune_status()["settings"]["objective"] == "val_loss"  # as it was
     finally:
         kernel.close()
 
@@ -1231,7 +1224,7 @@ def test_an_enable_sent_before_the_run_starts_shows_as_queued(tmp_path: Any, cli
     assert "tuner: off\n" in st and "tune enable --mode active|suggest" not in st, st
     assert json.loads(cli(run, "tune", "status", "--json").stdout)["queued"]["cmd_id"] == cid
     waited = cli(run, "tune", "enable", "--mode", "suggest", "--wait", "--timeout", "1")
-    assert waited.returncode == 2
+    assert waited.returncode == 3  # not handled yet: neither refused (1) nor a usage error (2)
     assert "hotcb: the run has not started; waiting up to 1s for it" in waited.stderr
     assert "the run has not started (no trainer has opened this directory)" in waited.stderr
     nowhere = cli(os.fspath(tmp_path / "nowhere"), "tune", "accept", "P1")

@@ -1187,7 +1187,27 @@ class TuneModule:
             self._no_storage_from_the_dashboard(given, recipe, path)
         if self.mode != "off":
             given = {**self._in_force(given, recipe), **given}
-        return parse_settings(given, recipe)
+        settings = parse_settings(given, recipe)
+        if "space" in given or "space" in recipe:
+            self._check_knobs(settings, path if "space" not in given else None)
+        return settings
+
+    def _check_knobs(self, settings: Settings, path: str | None) -> None:
+        """A space's knobs the run does not have as numeric actuators: refused, each named
+        (with its line in the recipe ``path``), as ``tune enable`` refuses them on a run that
+        has published its actuators. Sent before the run started (``hotcb launch
+        --tune-recipe``), a recipe with a knob the run lacks was taken, and the tuner never
+        tuned that knob with no word in the ledger."""
+        from ...client import _raw_space, _space_problems
+
+        lines: dict[str, int] = {}
+        if path is not None:
+            lines = _raw_space(confine_path(path, self.host.run_dir, self.host.allowed_roots,
+                                            what="recipe"))[1]  # fmt: skip
+        items = [{"key": k.key, "module": k.module} for k in settings.space]
+        problems = _space_problems(items, self.host.describe_actuators(), lines)
+        if problems:
+            raise RecipeError(path or "space", problems)
 
     def _no_storage_from_the_dashboard(
         self, given: Mapping[str, Any], recipe: Mapping[str, Any], path: str | None
