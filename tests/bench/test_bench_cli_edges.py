@@ -153,6 +153,16 @@ def test_an_interrupted_bench_goes_on_with_resume(tmp_path: Path) -> None:
     other = _bench(tmp_path, "run", *BENCH[:-1], "3", "--out", os.fspath(out), "--resume")
     assert other.returncode == 2, other.stderr
     assert "--resume: the bench in" in other.stderr and "seeds 2 there, 3 here" in other.stderr
+    steps = _bench(tmp_path, "run", *BENCH, "--steps", "7", "--out", os.fspath(out), "--resume")
+    assert steps.returncode == 2, steps.stderr  # said in words, not Python's None
+    assert "steps the task's default there, 7 here" in steps.stderr, steps.stderr
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for where, said in ((afile, f"--out {afile} is a file, not a folder"),
+                        (afile / "sub", f"--out: cannot make the folder {afile / 'sub'}: ")):  # fmt: skip
+        bad = _bench(tmp_path, "run", *BENCH, "--out", os.fspath(where))
+        assert bad.returncode == 2 and said in bad.stderr, bad.stderr
+        assert "[Errno" not in bad.stderr
     nothing = _bench(tmp_path, "run", *BENCH, "--out", os.fspath(tmp_path / "none"), "--resume")
     assert nothing.returncode == 2 and "bench.json is missing" in nothing.stderr, nothing.stderr
     assert kept.read_bytes() == kept_before  # none of that touched the bench

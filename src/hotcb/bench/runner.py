@@ -622,7 +622,7 @@ def run_bench(s: Settings, log: Callable[[str], None] | None = None) -> dict[str
     if os.path.exists(meta_path) and s.force:  # and there is something to run
         shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
     warnings = tune_room(s, tasks)
-    os.makedirs(out, exist_ok=True)  # after the tasks load: a task that cannot leaves nothing
+    _make_out(out)  # after the tasks load: a task that cannot leaves nothing
     for what, why in skipped:
         say(f"hotcb bench: {what}: {why}; skipped")
     for w in warnings:
@@ -719,11 +719,27 @@ def _earlier_bench(s: Settings, out: str) -> dict[str, Any] | None:
     now = {**vars(s), "ai_base_url": s.ai_base_url and redact_url(s.ai_base_url)}
     differ = [k for k in RESUME_SETTINGS if then.get(k) != now.get(k)]
     if differ:
-        shown = "; ".join(f"{k} {then.get(k)!r} there, {now.get(k)!r} here" for k in differ)
+        shown = "; ".join(f"{k} {_setting(then.get(k))} there, {_setting(now.get(k))} here"
+                          for k in differ)  # fmt: skip
         raise BenchError(f"--resume: the bench in {out} was made with other settings ({shown})"
                          f": give the same ones (it was made by: {meta.get('command')}), or "
                          "--force to replace it")  # fmt: skip
     return meta
+
+
+def _setting(value: Any) -> str:
+    """A setting as ``--resume``'s refusal shows it: ``None`` is the task's default."""
+    return "the task's default" if value is None else repr(value)
+
+
+def _make_out(out: str) -> None:
+    """``--out``, made if missing; a path that cannot be a folder is refused in words."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise BenchError(f"--out {out} is a file, not a folder: name a folder for the bench")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out: cannot make the folder {out}: {exc.strerror or exc}") from exc
 
 
 def _resumed(meta: dict[str, Any], before: dict[str, Any], kept: int) -> float:

@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--start", choices=("baseline", "bracket"),
                    help="how the tuner begins: two baseline segments (default), or a bracket: "
                    "a segment at the lr, at lr x low and at lr x high, each from the same "
-                   "weights (two copies in memory), going on from the best (needs the model in "
-                   "env)")  # fmt: skip
+                   "weights, up to three rounds; the run goes on at the lr that won, from the "
+                   "weights the bracket began with when it moved (up to three copies of the "
+                   "model and optimizer state in memory; needs the model in env)")  # fmt: skip
     p.add_argument("--abort", type=float,
                    help="end a trial early when the objective is this much worse than its "
                    "trend (relative; default 1.0, i.e. twice the expected loss)")  # fmt: skip
