@@ -107,6 +107,21 @@ def test_a_kernel_started_in_replay_plays_the_recipe_from_the_first_apply(tmp_pa
     assert run.weights["b"] == 0.75 and run.entry("r3")["step"] == 3
 
 
+def test_a_replay_that_ends_before_its_recipe_says_so(tmp_path: Any, caplog: Any) -> None:
+    """A replay's loop shorter than the recipe ended silently, its last entries never applied
+    (only ``hotcb status`` still showed the next as if it were to come)."""
+    recipe = _recipe(tmp_path / "r.jsonl", _set_b(1, 0.5, "r1"), _set_b(50, 0.75, "r50"),
+                     _set_b(60, 0.8, "r60"))  # fmt: skip
+    run = Run(os.fspath(tmp_path / "run"), FreezeState(FreezeMode.REPLAY, recipe))
+    run.steps(10)
+    with caplog.at_level("WARNING", logger="hotcb"):
+        run.kernel.close()
+    said = [r.getMessage() for r in caplog.records if "replay ended" in r.getMessage()]
+    assert said == ["hotcb: the replay ended at step 9 with 2 recipe entries never reached "
+                    "(the next: loss set_params at step 50): give the run as many steps as the "
+                    "recipe's, or --step-offset to line them up"], said  # fmt: skip
+
+
 def test_replay_mode_read_from_the_freeze_file(tmp_path: Any) -> None:
     recipe = _recipe(tmp_path / "r.jsonl", _set_b(2, 0.5, "r2"))
     run_dir = os.fspath(tmp_path / "run")

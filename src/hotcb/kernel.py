@@ -1392,6 +1392,7 @@ class HotKernel:
                 }
                 ended.update(self._how_it_ended())
                 close_run_meta(self.paths, ended, self._warn)
+                self._replay_unfinished()
                 # a last beat with the ledger's seq: the run's record of it that stays should
                 # hotcb.run.json be lost too (refuse_lost_ledger)
                 if self._last_step is not None:  # (closed before its first step: no beat)
@@ -1407,6 +1408,20 @@ class HotKernel:
                 self.metrics.close()
             # an apply() after this is another loop: its first safe point reopens the run
             self._started = False
+
+    def _replay_unfinished(self) -> None:
+        """A replay whose loop ended before the recipe did: said at close (it ended silently,
+        the entries past its last step never applied, and only ``hotcb status`` still showed
+        the next one as if it were to come)."""
+        player = self._freeze.player
+        if player is None or not len(player):
+            return
+        nxt = player.upcoming(1)[0]
+        log.warning("hotcb: the replay ended at step %s with %d recipe entr%s never reached (the "
+                    "next: %s %s at step %d): give the run as many steps as the recipe's, or "
+                    "--step-offset to line them up", self._last_step, len(player),
+                    "y" if len(player) == 1 else "ies", nxt.module, nxt.op,
+                    player.next_step())  # fmt: skip
 
     def _how_it_ended(self) -> dict[str, Any]:
         """What ``ended`` in ``hotcb.run.json`` says beyond the step: the signal that stopped
