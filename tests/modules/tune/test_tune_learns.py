@@ -470,40 +470,6 @@ def test_a_blow_up_soon_after_a_rolled_back_one_is_caught_as_early(toy: Any) -> 
     assert t.lr == lr0
 
 
-def test_the_trend_starts_again_after_a_blow_up_the_weights_keep(toy: Any) -> None:
-    """A trial blows the training loss up and the weights keep the damage (a roll-back puts
-    the values back, not the weights): the levels after it jump off the trend before it. The
-    trend's miss of them put the bar to keep a trial at +0.6 (a probe's HF run: +216), and
-    the next trials were rolled back whatever they scored. The trend starts again instead:
-    the next trial comes two segments after the roll-back, against a bar of the usual noise."""
-    damage = [0.0]
-
-    def f(lr: float, step: int) -> float:
-        if lr > 1.6e-3:  # too high: every step does damage that stays
-            damage[0] += 0.5
-        return 1.0 + 3.0 / math.sqrt(step + 10) - 0.05 * math.log10(lr) + damage[0]
-
-    t: Toy = toy(f, lr=1e-3, poll=0)
-    tune = lambda: t.kernel.module("tune")  # noqa: E731
-    HotClient(t.kernel.run_dir).tune_enable(
-        "active", objective="val_loss", segment_steps=20, seed=0, space=LR_ONLY, sync=True
-    )
-    blown = lambda: [e for e in t.ledger("rollback") if "blew up" in e["tune"].get("reason", "")]  # noqa: E731
-    t.run(3000, until=lambda: bool(blown()), val_every=5)
-    assert blown(), "no trial blew up"
-    back = blown()[0]
-    assert t.lr <= 1.6e-3 and damage[0] > 0  # the lr went back, the damage stayed
-    before = max(r["detail"]["needed"] for r in tune().trials
-                 if r["trial"] < back["tune"]["trial"] and r.get("detail"))  # fmt: skip
-    t.run(3000, until=lambda: any(e["step"] > back["step"] for e in t.ledger("mutate")),
-          val_every=5)  # fmt: skip
-    nxt = next(e for e in t.ledger("mutate") if e["step"] > back["step"])
-    assert nxt["step"] >= back["step"] + 2 * 20
-    t.run(3000, until=lambda: tune().trial is None, val_every=5)
-    (row,) = [r for r in tune().trials if r["trial"] == nxt["tune"]["trial"]]
-    assert row["detail"]["needed"] <= 2 * before, (row, before)
-
-
 def test_a_trial_the_early_abort_cut_short_is_never_kept(tmp_path: Any, cli: Any) -> None:
     """Every change of lr helps for 20 steps, then triples the objective: the early abort
     ends each trial on its last three values, "...% worse than its trend". It was then scored

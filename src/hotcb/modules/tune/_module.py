@@ -889,11 +889,6 @@ class TuneModule:
             # goes back to what it saw before the trial (a blown-up trial's losses would raise
             # the next trial's line and hide its blow-up)
             self.train_recent = deque(self._watch_before, maxlen=_TRAIN_WATCH)
-            if op.params.get("blew_up") and not restored:
-                # the weights keep the blow-up's damage (only the values went back): the
-                # levels after it are not on the trend before it, whose miss of them would
-                # put the bar to keep a trial out of reach for many segments
-                self.history = []
             phase = "off" if self.mode == "off" else "backoff" if self.backoff else "baseline"
             self._start_segment(int(env["step"]), phase)
         return result
@@ -1779,12 +1774,6 @@ class TuneModule:
         self.streak += 1
         if self.streak >= self.settings.reject_streak:
             self.streak, self.backoff = 0, self.settings.backoff_segments
-        self._roll_back(trial, score, needed, detail.get("reason"), step)
-
-    def _roll_back(
-        self, trial: Mapping[str, Any], score: float, needed: float, reason: Any, step: int
-    ) -> None:
-        """A judged trial's roll-back command; ``reason``: why it was cut short, if it was."""
         params = {
             "trial": trial["number"],
             "values": trial["before"],
@@ -1793,10 +1782,8 @@ class TuneModule:
             "needed": needed,
             "since": trial["step"],
         }
-        if reason:  # cut short: why (a blow-up of the training loss)
-            params["reason"] = reason
-        if "blew_up" in trial:  # the trend starts again after it (:meth:`_op_rollback`)
-            params["blew_up"] = True
+        if detail.get("reason"):  # cut short: why (a blow-up of the training loss)
+            params["reason"] = detail["reason"]
         self._submit("rollback", params, step)
 
     def _void(
