@@ -462,6 +462,26 @@ def test_patch_template_changes_nothing_until_a_patch_is_uncommented(
     assert done.returncode == 0 and (tmp_path / "t.yaml").read_text() == text
 
 
+def test_patch_template_tells_apart_entries_at_the_same_step(tmp_path: Any) -> None:
+    """Two lr changes at step 100 (``set lr=… --at-step 100`` sent twice): the template wrote
+    the same match under both, and the drop listed under the second dropped both."""
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        {"v": 1, "kind": "hotcb.recipe", "run": {}},
+        _entry(100, params={"lr": 0.003}, cmd_id="a").to_record(),
+        _entry(100, params={"lr": 0.002}, cmd_id="b").to_record(),
+    )) + "\n")  # fmt: skip
+    recipe = read_recipe(path)
+    lines = patch_template(recipe).splitlines()
+    second = lines.index('# line 3: step 100 (train_step_end): opt set_params {"lr": 0.002}')
+    at = lines.index("# - match: {module: opt, op: set_params, at_step: 100, nth: 1}", second + 3)
+    assert lines[at + 1] == "#   drop: true"
+    lines[at], lines[at + 1] = lines[at][2:], lines[at + 1][2:]
+    (tmp_path / "adj.yaml").write_text("\n".join(lines) + "\n")
+    out = apply_overlay(recipe.entries, load_overlay(tmp_path / "adj.yaml"))
+    assert [e.params for e in out] == [{"lr": 0.003}]  # that one only
+
+
 def test_export_of_a_resumed_run_is_in_step_order() -> None:
     """After a resume from step 150, the new life's changes (at 180) follow in the ledger those
     the first life made later (200, re-applied by the resume): the recipe sorts them."""

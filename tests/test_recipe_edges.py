@@ -184,6 +184,34 @@ def test_overlay_problems_name_the_file_and_the_patch_line(tmp_path: Any, cli: A
     ]
 
 
+def test_a_patch_that_makes_an_entry_the_run_refuses_is_named(tmp_path: Any, cli: Any) -> None:
+    """Against a run's published actuators, an entry an overlay inserts with a knob the run
+    lacks was blamed on the recipe, with no patch or overlay line, and the summary counted it
+    as the recipe's ("2 problem(s) (1 in adj.yaml)" for problems that were all the overlay's)."""
+    run_dir = os.fspath(tmp_path / "run")
+    with StepDriver(run_dir, weights={"ce": 1.0, "l2": 0.0}, metrics_collector=False) as drv:
+        drv.steps(1)
+    recipe = _recipe(tmp_path / "r.jsonl", _entry(20, {"l2": 0.5}, "a"))
+    overlay = tmp_path / "adj.yaml"
+    overlay.write_text(
+        "version: 1\n"
+        "patches:\n"
+        "  - match: {module: loss, has_param: l2}\n"
+        "    replace_params: {l2: oops}\n"
+        "  - insert: {at: {step: 30}, module: custom, op: set_params, params: {dropout: 0.0}}\n"
+    )
+    ov = os.fspath(overlay)
+    done = cli(run_dir, "recipe", "validate", "--recipe", recipe, "--adjust", ov)
+    assert done.returncode == 1, done.stdout
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"overlay {ov}:3 patch 1: recipe line 2 as it changes it (step 20")
+    assert "must be a number" in lines[0], lines[0]
+    assert lines[1].startswith(f"overlay {ov}:5 patch 2: the entry it inserts (step 30")
+    assert "unknown actuator 'dropout'" in lines[1]
+    assert done.stderr.splitlines()[-1] == f"2 problem(s) in {ov}"
+
+
 # ----------------------------------------------------------------------------- export
 def test_export_warns_of_a_restart_without_a_checkpoint(tmp_path: Any, cli: Any) -> None:
     """Life 1 sets l2 at step 4 and dies; life 2 starts again at step 0 without a checkpoint

@@ -112,6 +112,8 @@ class RecipeEntry:
     line: int | None = None
     #: True once an overlay patch changed it (or inserted it).
     adjusted: bool = False
+    #: The overlay patch that last changed or inserted it (``overlay FILE:LINE patch N``).
+    patch: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -212,6 +214,8 @@ class RecipeProblem:
 
     line: int
     message: str
+    #: The problem is an overlay patch's (the entry it inserts or changes): it names it.
+    overlay: bool = False
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}" if self.line else self.message
@@ -762,11 +766,15 @@ def check_actuators(
                 check_actuator_params(entry.module, {key: value}, published)
             except ActuatorError as exc:
                 said = str(exc)
-                if entry.line is None:
+                if entry.patch is not None:  # the overlay's doing: named by its patch
+                    what = "the entry it inserts" if entry.line is None else (
+                        f"recipe line {entry.line} as it changes it")  # fmt: skip
+                    said = f"{entry.patch}: {what} ({entry.describe()}): {exc}"
+                elif entry.line is None:
                     said = f"{_at(entry)} ({entry.describe()}): {exc}"
                 elif entry.adjusted:
                     said = f"{exc} (as the overlay changes it)"
-                problems.append(RecipeProblem(entry.line or 0, said))
+                problems.append(RecipeProblem(entry.line or 0, said, entry.patch is not None))
     return problems
 
 
@@ -1079,7 +1087,7 @@ def _apply_overlay(
         if "insert" in patch:
             entry = RecipeEntry.from_record(copy.deepcopy(patch["insert"]))
             entry.cmd_id = entry.cmd_id or f"insert-{i}"
-            entry.adjusted = True
+            entry.adjusted, entry.patch = True, names.patch(i)
             out.append(entry)
             by[id(entry)] = i
             continue
@@ -1099,6 +1107,7 @@ def _apply_overlay(
         for entry in hits:
             problems += _typos(entry, patch, names.patch(i))
             _patch_entry(entry, patch)
+            entry.patch = names.patch(i)
             by[id(entry)] = i
             if patch.get("shift_step"):
                 moved[id(entry)] = i
@@ -1186,11 +1195,22 @@ def patch_template(recipe: Recipe) -> str:
         "version: 1",
         "patches:",
     ]
+    alike: dict[tuple[Any, ...], int] = {}  # entries a match of theirs cannot tell apart
+    for e in recipe.entries:
+        key = (e.module, e.op, e.step, e.id)
+        alike[key] = alike.get(key, 0) + 1
+    seen: dict[tuple[Any, ...], int] = {}
     for e in recipe.entries:
         lines.append(f"# line {e.line}: {e.describe()}")
         match = f"{{module: {e.module}, op: {e.op}, at_step: {e.step}"
         if e.id:
             match += f", id: {json.dumps(e.id)}"
+        key = (e.module, e.op, e.step, e.id)
+        if alike[key] > 1:  # another entry matches it too: `nth` picks this one
+            nth = seen[key] = seen.get(key, -1) + 1
+            match += f", nth: {nth}"
+            lines.append("#   (nth counts the entries the patches above it leave: after a drop "
+                         "of one of these, the next is nth one less)")  # fmt: skip
         match += "}"
         lines.append(f"# - match: {match}")
         if e.params and e.module in ("opt", "loss", "custom"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any
 
@@ -140,7 +141,15 @@ def _check_replay(
         )
 
 
+def _in_order(p: RecipeProblem) -> tuple[bool, int, int]:
+    """The recipe's problems by line, then the overlay's by patch (its file's order)."""
+    patch = re.search(r" patch (\d+)", p.message) if p.overlay else None
+    return p.overlay, int(patch.group(1)) if patch else 0, p.line
+
+
 def _located(path: str, p: RecipeProblem) -> str:
+    if p.overlay:  # an overlay patch's: its message names the overlay's file and line
+        return p.message
     return f"{path}:{p.line}: {p.message}" if p.line else f"{path}: {p.message}"
 
 
@@ -180,7 +189,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     # (not when the recipe's problems kept the overlay from being applied)
     skipped = bool(args.adjust and problems)
     checked = None if skipped else check_actuators(entries, args.dir)
-    problems = sorted([*problems, *(checked or ())], key=lambda p: p.line)
+    problems = sorted([*problems, *(checked or ())], key=_in_order)
     # a recipe's or an overlay's problems quote what its lines hold (PyYAML's on lines of
     # their own: where in the file)
     for text in [*said, *(_located(path, p) for p in problems)]:
@@ -188,8 +197,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not skipped and checked is None and sets_actuators(entries):  # with problems or not
         print(_not_checked(args.dir), file=sys.stderr)
     if said or problems:
-        where = (f" in {args.adjust}" if not problems else f" ({len(said)} in {args.adjust})"
-                 if said else "")  # fmt: skip
+        overlay = len(said) + sum(p.overlay for p in problems)
+        where = (f" in {args.adjust}" if overlay == len(said) + len(problems) else
+                 f" ({overlay} in {args.adjust})" if overlay else "")  # fmt: skip
         print(f"{len(said) + len(problems)} problem(s){where}", file=sys.stderr)
         return 1
     assert recipe is not None
