@@ -184,6 +184,16 @@ def test_overlay_problems_name_the_file_and_the_patch_line(tmp_path: Any, cli: A
     ]
 
 
+def _validated(tmp_path: Any, cli: Any, run_dir: str | None, patches: str) -> tuple[Any, str]:
+    """``recipe validate --adjust`` of an overlay of ``patches`` on a recipe of one entry
+    (``l2`` at step 20, line 2); the finished command and the overlay's path."""
+    recipe = _recipe(tmp_path / "r.jsonl", _entry(20, {"l2": 0.5}, "a"))
+    overlay = tmp_path / "adj.yaml"
+    overlay.write_text("version: 1\npatches:\n" + patches)
+    ov = os.fspath(overlay)
+    return cli(run_dir, "recipe", "validate", "--recipe", recipe, "--adjust", ov), ov
+
+
 def test_a_patch_that_makes_an_entry_the_run_refuses_is_named(tmp_path: Any, cli: Any) -> None:
     """Against a run's published actuators, an entry an overlay inserts with a knob the run
     lacks was blamed on the recipe, with no patch or overlay line, and the summary counted it
@@ -191,17 +201,11 @@ def test_a_patch_that_makes_an_entry_the_run_refuses_is_named(tmp_path: Any, cli
     run_dir = os.fspath(tmp_path / "run")
     with StepDriver(run_dir, weights={"ce": 1.0, "l2": 0.0}, metrics_collector=False) as drv:
         drv.steps(1)
-    recipe = _recipe(tmp_path / "r.jsonl", _entry(20, {"l2": 0.5}, "a"))
-    overlay = tmp_path / "adj.yaml"
-    overlay.write_text(
-        "version: 1\n"
-        "patches:\n"
+    done, ov = _validated(tmp_path, cli, run_dir, (
         "  - match: {module: loss, has_param: l2}\n"
         "    replace_params: {l2: oops}\n"
         "  - insert: {at: {step: 30}, module: custom, op: set_params, params: {dropout: 0.0}}\n"
-    )
-    ov = os.fspath(overlay)
-    done = cli(run_dir, "recipe", "validate", "--recipe", recipe, "--adjust", ov)
+    ))  # fmt: skip
     assert done.returncode == 1, done.stdout
     lines = done.stdout.splitlines()
     assert len(lines) == 2, lines
@@ -313,18 +317,12 @@ def test_the_python_freeze_example_of_the_docs_runs(tmp_path: Any, monkeypatch: 
 def test_below_step_0_names_the_patch_that_moved_or_inserted_it(tmp_path: Any, cli: Any) -> None:
     """A shift below step 0 followed by another patch of the same entry (a replace_params)
     blamed the later patch, line and all, as the one that moved it."""
-    recipe = _recipe(tmp_path / "r.jsonl", _entry(20, {"l2": 0.5}, "a"))
-    overlay = tmp_path / "adj.yaml"
-    overlay.write_text(
-        "version: 1\n"
-        "patches:\n"
+    done, ov = _validated(tmp_path, cli, None, (
         "  - match: {module: loss, has_param: l2}\n"
         "    shift_step: -30\n"
         "  - match: {module: loss, has_param: l2}\n"
         "    replace_params: {l2: 0.25}\n"
-    )
-    ov = os.fspath(overlay)
-    done = cli(None, "recipe", "validate", "--recipe", recipe, "--adjust", ov)
+    ))  # fmt: skip
     assert done.returncode == 1, done.stdout
     assert done.stdout.splitlines() == [
         f"overlay {ov}:3 patch 1: shift_step moves line 2 below step 0 (step -10 "
