@@ -820,6 +820,11 @@ class HotKernel:
             return None, None
         return act.min_value, act.max_value
 
+    @property
+    def resumed(self) -> bool:
+        """:meth:`load_state_dict` restored this life from a checkpoint."""
+        return self._state_loaded
+
     def describe_actuators(self) -> list[dict[str, Any]]:
         """The run's actuators as ``hotcb.actuators.json`` lists them."""
         return self.mutable_state.describe_all()

@@ -68,6 +68,11 @@ class ModuleHost(Protocol):
         """A ``stop`` was applied: the run ends after this step (a module starts nothing)."""
 
     @property
+    def resumed(self) -> bool:
+        """This life came back from a checkpoint (``load_state_dict``): what a module held then
+        is in it, and the commands after it are applied again at their steps."""
+
+    @property
     def freeze(self) -> FreezeState:
         """The freeze mode: a module that changes the run by itself (the tuner) holds back
         while it takes no live changes."""

@@ -243,3 +243,38 @@ def test_a_mutation_read_after_a_stop_is_not_applied_and_told_fail(toy: Any, cli
     st = json.loads(cli(t.kernel.run_dir, "tune", "status", "--json").stdout)
     (row,) = [r for r in st["trials"] if r["trial"] == number]
     assert row["decision"] == "failed" and row["detail"]["reason"] == why
+
+
+def test_a_resume_from_before_the_enable_turns_the_tuner_on_at_the_enable_s_step(
+    toy: Any,
+) -> None:
+    """The checkpoint predates `tune enable`: the resumed life turned the tuner on at the
+    checkpoint's step, from the state file the killed life left (`[resume] tune enable` at
+    step 11), and the enable re-applied at its own step said "already". The new life then
+    tuned from another step than the old one did. The enable comes back at its own step."""
+    from hotcb.testing import read_ledger
+
+    t: Toy = toy(log_level, lr=1e-4, poll=0)
+    t.run(10)
+    checkpoint = copy.deepcopy(t.kernel.state_dict())  # no tuner in it yet
+    t.run(5)
+    HotClient(t.kernel.run_dir).tune_enable("suggest", objective="loss", segment_steps=10,
+                                            seed=0, space=LR_ONLY, sync=True)  # fmt: skip
+    t.run(30)
+    (enabled,) = [e for e in t.ledger("enable") if e["decision"] == "applied"]
+    assert enabled["step"] == 16
+    t.kernel.flush()  # killed: this kernel is never closed
+
+    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
+    again.step = 10
+    again.kernel.load_state_dict(checkpoint)
+    try:
+        again.run(30)
+        again.kernel.flush()
+        entries = read_ledger(t.kernel.run_dir)
+        life = entries[max(i for i, e in enumerate(entries) if e.get("op") == "resume") + 1 :]
+        enables = [e for e in life if e.get("module") == "tune" and e.get("op") == "enable"]
+        assert [(e["step"], e["decision"]) for e in enables] == [(16, "applied")], enables
+        assert again.kernel.module("tune").mode == "suggest"
+    finally:
+        again.kernel.close()

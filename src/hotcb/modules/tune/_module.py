@@ -238,7 +238,11 @@ class TuneModule:
 
     def on_start(self, env: Env) -> None:
         """A restarted run (no checkpoint) whose tuner was on: turn it on again with the same
-        settings; the study continues and this run's trials left open are told FAIL."""
+        settings; the study continues and this run's trials left open are told FAIL. Not after
+        a resume from a checkpoint that had no tuner in it (the kernel starts this module only
+        when the checkpoint did not): the enable after it comes back at its own step."""
+        if self.host.resumed:
+            return
         state = jsonl.read_json(self._path, None)
         if not isinstance(state, dict):  # unreadable (emptied, torn) or, the ledger says, deleted
             what = ("unreadable (emptied or torn)" if os.path.exists(self._path) else
