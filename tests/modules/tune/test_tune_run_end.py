@@ -278,3 +278,33 @@ def test_a_resume_from_before_the_enable_turns_the_tuner_on_at_the_enable_s_step
         assert again.kernel.module("tune").mode == "suggest"
     finally:
         again.kernel.close()
+
+
+def test_a_proposal_a_killed_process_left_is_expired_not_failed(toy: Any) -> None:
+    """Suggest mode, a proposal pending, the trainer killed and started again (no checkpoint):
+    the proposal's trial was told FAIL with "left open by a process … that ended before
+    judging it" and counted as a failed trial, in `tune status` and the Tune panel, though it
+    never ran. It is counted and shown as an expired proposal now (Optuna hears FAIL)."""
+    t: Toy = toy(log_level, lr=1e-4, poll=0)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
+    (p,) = tune().proposals
+    t.kernel.flush()  # killed: never closed
+
+    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
+    try:
+        again.run(3)  # a restart from step 1: the tuner comes back on, as it was
+        st = client.tune_status()
+        assert st["mode"] == "suggest"
+        assert st["counts"]["failed"] == 0 and st["counts"]["expired"] == 1, st["counts"]
+        (row,) = [r for r in st["trials"] if r["trial"] == p["trial"]]
+        assert row["decision"] == "expired"
+        assert "before a person answered it" in row["detail"]["reason"]
+        (expired,) = again.ledger("expire")
+        assert expired["tune"]["proposal"] == p["id"] and expired["tune"]["trial"] == p["trial"]
+        assert _trials(t.kernel.run_dir)[p["trial"]].state == FAIL
+    finally:
+        again.kernel.close()

@@ -1371,7 +1371,17 @@ class TuneModule:
         """Trials of this run that a process which ended without closing it (a kill, a crash)
         left open, told FAIL as the study opened: a row and a ledger entry each, so that the
         count of failed trials matches what `tune status` lists."""
+        proposed = self._proposed_only(failed)
         for number in failed:
+            if number in proposed:  # never a trial that ran: a proposal nobody answered
+                why = ("proposed, and the process that proposed it ended (a kill or a crash) "
+                       "before a person answered it")  # fmt: skip
+                self.counts["expired"] = self.counts.get("expired", 0) + 1
+                self._row(number).update(decision="expired", detail={"reason": why})
+                self.host.record({"module": "tune", "op": "expire", "source": "tune",
+                                  "decision": "applied", "tune": {"proposal": proposed[number],
+                                  "trial": number, "reason": why}})  # fmt: skip
+                continue
             reason = ("left open by a process of this run that ended before judging it (a "
                       "kill or a crash): told FAIL")  # fmt: skip
             self.counts["failed"] += 1
@@ -1379,6 +1389,27 @@ class TuneModule:
             self.host.record({"module": "tune", "op": "void", "source": "tune",
                               "decision": "applied", "tune": {"trial": number,
                               "reason": reason}})  # fmt: skip
+
+    def _proposed_only(self, numbers: Sequence[int]) -> dict[int, str]:
+        """Of trials ``numbers``, those the ledger has only as a proposal (proposed, never
+        applied), with the proposal's id."""
+        if not numbers:
+            return {}
+        proposed: dict[int, str] = {}
+        applied: set[int] = set()
+        for e in jsonl.iter_records(self.host.paths.ledger,
+                                    keep=lambda raw: b'"propose"' in raw or b'"mutate"' in raw):  # fmt: skip
+            info = e.get("tune") if e.get("module") == "tune" else None
+            if not isinstance(info, dict):
+                continue
+            trial = info.get("trial")
+            if not isinstance(trial, int) or trial not in numbers:
+                continue
+            if e.get("op") == "propose":
+                proposed[trial] = str(info.get("proposal"))
+            elif e.get("op") == "mutate" and e.get("decision") == "applied":
+                applied.add(trial)
+        return {n: p for n, p in proposed.items() if n not in applied}
 
     def _branch_study(self, settings: Settings, where: Any) -> Settings:
         """A checkpoint of another run directory (``hotcb branch``'s parent, or a run copied
