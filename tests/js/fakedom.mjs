@@ -11,6 +11,7 @@ export class FakeNode {
     this.className = "";
     this.title = "";
     this.hidden = false;
+    this.style = { setProperty: (k, v) => (this.style[k] = v) };
     const classes = new Set();
     this.classList = {
       toggle: (c, on) => ((on ?? !classes.has(c)) ? classes.add(c) : classes.delete(c)),

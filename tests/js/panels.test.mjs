@@ -15,8 +15,10 @@ const {
   isValueChange,
   ledgerCount,
   parseFor,
+  replacedByResume,
   softRange,
   windowAtBounds,
+  LedgerTable,
 } = panels;
 
 describe("fmtValue: actuator values as the panels show them", () => {
@@ -599,6 +601,45 @@ describe("Controls: a run without actuators", () => {
       controls.setOver(false);
       controls.setActuators([{ param_key: "ce", type: "float", group: "loss", current: 1 }], 1);
       assert.equal(controls.controls.size, 1);
+    });
+  });
+});
+
+describe("a resume's replaced life in the ledger table", () => {
+  // #1 a change, #2 the checkpoint at step 401, #3 a change and #4 a trial of the life killed
+  // after it, #5 the resume from that checkpoint, #6 the change re-applied by the resume
+  const entries = [
+    { seq: 1, step: 300, module: "opt", op: "set_params", decision: "applied", cmd_id: "a", changes: { lr: { old: 0.001, new: 0.002 } } },
+    { seq: 2, step: 401, module: "control", op: "checkpoint", decision: "applied", cmd_id: "c" },
+    { seq: 3, step: 597, module: "opt", op: "set_params", decision: "applied", cmd_id: "b", changes: { lr: { old: 0.002, new: 5e-4 } } },
+    { seq: 4, step: 1372, module: "tune", op: "mutate", decision: "applied", cmd_id: "t", changes: { lr: { old: 5e-4, new: 2e-4 } } },
+    { seq: 5, step: 401, module: "kernel", op: "resume", decision: "noop", resumed_from: { step: 401, seq: 1, last: 4 } },
+    { seq: 6, step: 597, module: "opt", op: "set_params", decision: "applied", cmd_id: "b", source: "resume", changes: { lr: { old: 0.002, new: 5e-4 } } },
+  ];
+
+  test("the entries of the killed life are its, the checkpoint's own entry is not", () => {
+    assert.deepEqual([...replacedByResume(entries)], [[3, 5], [4, 5]]);
+  });
+
+  test("the resume says what it replaced, as `hotcb log` does", () => {
+    assert.deepEqual(describeEntry(entries[4]).lines, ["from the checkpoint at step 401; #2..#4 ran in the life it replaced"]);
+  });
+
+  test("a replaced change shows no impact and offers no Undo; the re-applied one does", () => {
+    withDocument(() => {
+      const body = new FakeNode("tbody");
+      const table = new LedgerTable(body, new FakeNode("span"), { undo() {}, cancel() {} });
+      const impacts = new Map([3, 6, 1].map((seq) => [seq, { before: { mean: 1.4, n: 50 }, after: { mean: 1.3, n: 50 } }]));
+      table.render(entries, { impacts, metric: "loss", undone: new Set(), pendingIds: new Set() });
+      const row = (seq) => body.children.find((tr) => tr.dataset.seq === seq);
+      for (const seq of [3, 4]) {
+        assert.ok(row(seq).classList.contains("replaced"));
+        assert.equal(row(seq).find("undo-btn").length, 0);
+        assert.match(row(seq).find("impact")[0].textContent, /ran in the life #5 replaced/);
+      }
+      assert.equal(row(6).find("undo-btn").length, 1);
+      assert.match(row(6).find("impact")[0].textContent, /1\.4 → 1\.3/);
+      assert.equal(row(1).find("undo-btn").length, 1);
     });
   });
 });

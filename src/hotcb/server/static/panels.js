@@ -760,9 +760,36 @@ export function impactRows(entries, actuatorKeys = null) {
   return new Map(changes.map((e) => [e.seq, last.get(e.step)]));
 }
 
+/** The entries a later resume left behind (they ran in the life it replaced, killed after
+ * its checkpoint), `seq → the resume's seq`, as `hotcb log` says it ("#a..#b ran in the life
+ * it replaced"): their changes are in no curve of the life that goes on, which re-applied the
+ * commands among them as entries of its own. The checkpoint's own entry stays. */
+export function replacedByResume(entries) {
+  const out = new Map();
+  for (const r of entries) {
+    const came = r.module === "kernel" && r.op === "resume" ? r.resumed_from : null;
+    if (!came || typeof came !== "object") continue;
+    const at = came.seq;
+    const last = came.last ?? (r.seq ?? 0) - 1;
+    if (!Number.isInteger(at) || !Number.isInteger(last)) continue;
+    for (const e of entries) {
+      if (!(e.seq > at && e.seq <= last) || out.has(e.seq)) continue;
+      const saved = e.module === "control" && e.op === "checkpoint" && e.decision === "applied" && e.step === came.step;
+      if (!saved) out.set(e.seq, r.seq);
+    }
+  }
+  return out;
+}
+
 export function describeEntry(e) {
   const what = [e.module, e.op].filter(Boolean).join(" ") + (e.id ? ` ${e.id}` : "");
   const lines = fmtChanges(e.changes);
+  const came = e.module === "kernel" && e.op === "resume" ? e.resumed_from : null;
+  if (came && typeof came === "object") {
+    const last = came.last ?? (e.seq ?? 0) - 1;
+    const gone = Number.isInteger(came.seq) && Number.isInteger(last) && last > came.seq ? `; #${came.seq + 1}..#${last} ran in the life it replaced` : "";
+    lines.push(`from the checkpoint at step ${came.step ?? "?"}${gone}`);
+  }
   if (e.tune && typeof e.tune === "object") {
     const t = e.tune;
     const parts = [
@@ -807,6 +834,7 @@ export class LedgerTable {
   render(entries, { impacts, metric, undone, refused = new Map(), pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null }) {
     this.body.textContent = "";
     const shown = impactRows(entries, actuatorKeys);
+    const replaced = replacedByResume(entries);
     const rows = entries.slice(-maxRows).reverse();
     this.count.textContent = ledgerCount(entries.length, total);
     if (!rows.length) {
@@ -843,7 +871,15 @@ export class LedgerTable {
       tr.append(dec);
       const hasChanges = e.changes && Object.keys(e.changes).length;
       const impactOf = shown.get(e.seq);
-      if (impactOf === e.seq) tr.append(impactCell(impacts.get(e.seq), metric));
+      const gone = replaced.get(e.seq);
+      if (gone != null) {
+        // a killed life's: its impact would read the curve of the life that replaced it
+        tr.classList.add("replaced");
+        const td = el("td", "impact");
+        if (hasChanges) td.append(el("span", "muted small", `ran in the life #${gone} replaced`));
+        td.title = `the run resumed from an earlier checkpoint at #${gone}: this entry's life was left behind`;
+        tr.append(td);
+      } else if (impactOf === e.seq) tr.append(impactCell(impacts.get(e.seq), metric));
       else if (impactOf != null) {
         const td = el("td", "impact");
         td.append(el("span", "muted small same-step", `see #${impactOf}`));
@@ -853,7 +889,7 @@ export class LedgerTable {
       const act = el("td", "row-actions");
       // the tuner keeps or rolls back its own changes (accept / reject, or disable it)
       const undoable =
-        e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze", "tune"].includes(e.module);
+        gone == null && e.decision === "applied" && hasChanges && !e.undo_of && !["control", "freeze", "tune"].includes(e.module);
       if (undoable && undone.has(e.cmd_id)) act.append(el("span", "muted small", "undone"));
       else if (undoable && refused.has(e.cmd_id)) {
         // the run refused its undo (a change of a life before a restart): not offered again
