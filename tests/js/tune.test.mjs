@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { FakeNode, withDocument } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
-const { acceptTitle, bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
+const { acceptTitle, fmtProposal, bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
 
 const STATE = {
   version: 1,
@@ -304,6 +304,16 @@ describe("what the panel says once", () => {
     assert.equal(
       acceptTitle(p),
       "apply at the run's next step: opt.lr ×0.439, custom.drop = 0.3 of the values then in force (opt.lr 0.00144 → 6.32e-4, custom.drop 0.1 → 0.3 when proposed)",
+    );
+  });
+});
+
+describe("fmtProposal: a proposal as Accept applies it", () => {
+  test("a relative move says it is one, with the values of the step it was made at", () => {
+    const p = { id: "P1", step: 728, changes: { "opt.lr": [4.87e-4, 2.46e-4], "custom.drop": [0.1, 0.3], "loss.aux": [0.5, 0.7] }, moves: { "opt.lr": 2.46e-4 / 4.87e-4, "loss.aux": 0.2 } };
+    assert.equal(
+      fmtProposal(p),
+      "opt.lr ×0.5051 on accept (4.87e-4 → 2.46e-4 at step 728), custom.drop 0.1 → 0.3, loss.aux +0.2 on accept (0.5 → 0.7 at step 728)",
     );
   });
 });

@@ -45,6 +45,26 @@ export function fmtTuneChanges(changes) {
     .join(", ");
 }
 
+/** A pending proposal as Accept applies it, as `hotcb tune proposals` says it: a relative move
+ * (× or +) applies to the value in force when it lands, so its values are the step it was
+ * made at's ("opt.lr ×0.51 on accept (4.87e-4 → 2.46e-4 at step 728)"); the page showed only
+ * those values, and an accept many steps later (a schedule moved the lr) applied others. */
+export function fmtProposal(p) {
+  const moves = p.moves && typeof p.moves === "object" ? p.moves : {};
+  return Object.entries(p.changes || {})
+    .map(([k, v]) => {
+      if (!Array.isArray(v) || v.length !== 2) return `${k} ${fmtValue(v)}`;
+      const [old, to] = v;
+      const move = moves[k];
+      const shown = `${fmtValue(old)} → ${fmtValue(to)}`;
+      if (typeof move !== "number" || typeof old !== "number" || typeof to !== "number") return `${k} ${shown}`;
+      const at = `(${shown} at step ${p.step ?? "?"})`;
+      if (old && Math.abs(to / old - move) <= 1e-6 * Math.abs(move)) return `${k} ×${fmtNum(move)} on accept ${at}`;
+      return `${k} ${move >= 0 ? "+" : "−"}${fmtNum(Math.abs(move))} on accept ${at}`;
+    })
+    .join(", ");
+}
+
 /** What Accept does with a proposal: its relative moves (`moves`, `{"opt.lr": 0.44}`) apply
  * to the values in force when it lands, at the run's next step, so the values it was proposed
  * with may have moved (a schedule); a knob without a move is set to its value. */
@@ -421,7 +441,7 @@ export class TunePanel {
       const id = String(p.id);
       const li = el("li", "tune-proposal");
       li.dataset.id = id;
-      const change = fmtTuneChanges(p.changes);
+      const change = fmtProposal(p);
       li.append(el("span", "at", id), el("span", "what", change || "–"));
       li.title = `${id}: trial ${p.trial ?? "?"}, proposed at step ${p.step ?? "?"}`;
       const sent = this.sent.get(id);
