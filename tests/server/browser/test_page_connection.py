@@ -26,6 +26,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 STEER = ("#btn-pause", "#btn-checkpoint", "#btn-evaluate", "#btn-stop", "#sched-submit")
 OTHER_TOKEN = TOKEN + "-after-restart"  # what the restarted server takes instead
 AUTH_TEXT = "401: this server needs a token: open the URL it printed (…/?token=…)"
+REFUSED_TEXT = ("401: the server refused this page's token (a mistyped one, or the server "
+                "restarted with a new token): open the URL it printed (…/?token=…)")  # fmt: skip
+DIMMED = "document.body.classList.contains('auth-failed')"
 
 # a run that steps every 20 ms for ever: a loss weight to steer, a flat lr to chart
 TRAIN = """\
@@ -135,8 +138,10 @@ def test_a_server_restarted_with_another_token_says_401(
     try:
         d = wait_page(page, "d.offline && d.authFailed", 60)
         assert d["chip"].startswith("disconnected — last seen running at step "), d["chip"]
-        toast = page.locator("#toasts .toast", has_text=AUTH_TEXT)
+        # a token was given and refused: said as such (it read as one never given)
+        toast = page.locator("#toasts .toast", has_text=REFUSED_TEXT)
         toast.wait_for()
+        assert page.evaluate(DIMMED)  # the panels hold nothing of the run: dimmed
         assert page.locator("#conn").inner_text().startswith("401")
         assert AUTH_TEXT in page.locator("#stale-banner").inner_text()
         assert wait_for(lambda: [e for e in page.errors if "status of 401" in e], timeout=15)
@@ -146,6 +151,7 @@ def test_a_server_restarted_with_another_token_says_401(
         tab.goto(f"{other.url}/?token={OTHER_TOKEN}&run=live")
         wait_page(page, "d.connected && !d.offline && !d.authFailed && d.chip === 'running'", 60)
         assert not page.locator("#stale-banner").is_visible()
+        assert not page.evaluate(DIMMED)
         # the sign-in message, which stays longer than others (a minute), goes once it is
         # followed: the page has a connection again
         toast.wait_for(state="detached", timeout=10000)
@@ -244,6 +250,10 @@ def test_a_page_without_the_token_says_so_not_that_there_are_no_runs(
     assert "no runs" not in banner.inner_text()
     empty = page.locator("#charts-empty").inner_text()
     assert empty.startswith(AUTH_TEXT) and "Waiting for run" not in empty, empty
+    page.locator("#toasts .toast", has_text=AUTH_TEXT).wait_for()  # none given: not "refused"
+    # the panels say nothing of a run they could not read ("No actuators yet: they appear when
+    # the run has started"): dimmed, and the toast says why
+    assert page.evaluate(DIMMED)
     # the printed URL, in the same browser: the page finds the run by itself
     tab = page.context.new_page()
     tab.goto(srv.page_url("live"))

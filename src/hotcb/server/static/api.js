@@ -84,8 +84,9 @@ function socketProtocols() {
 
 let unauthorized = () => {};
 
-/** `fn()` is called on every 401: the server does not take the page's token (a restart with a
- * new one). A refused WebSocket cannot say so itself; a REST call can. */
+/** `fn(presented)` is called on every 401: the server does not take the page's token (a
+ * restart with a new one; `presented`: the page had one), or wants one the page lacks. A
+ * refused WebSocket cannot say so itself; a REST call can. */
 export function onUnauthorized(fn) {
   unauthorized = fn;
 }
@@ -107,7 +108,7 @@ export async function api(path, { method = "GET", body, raw = false } = {}, retr
     } catch {
       /* not JSON */
     }
-    if (res.status === 401) unauthorized();
+    if (res.status === 401) unauthorized(token != null);
     throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
   }
   return raw ? res : res.json();

@@ -669,6 +669,8 @@ function currentStep() {
 }
 
 const AUTH_TEXT = "401: this server needs a token: open the URL it printed (…/?token=…)";
+// a token given and refused: a mistyped one, or the server restarted with a new one
+const AUTH_REFUSED_TEXT = "401: the server refused this page's token (a mistyped one, or the server restarted with a new token): open the URL it printed (…/?token=…)";
 const GONE_TITLE = "the run's folder is no longer on disk (deleted or moved): nothing can be sent to it";
 const STEER_BUTTONS = ["btn-pause", "btn-checkpoint", "btn-evaluate", "btn-stop", "sched-submit"];
 
@@ -940,6 +942,7 @@ function onSocketState(state, info) {
     const wasRefused = app.authFailed;
     app.offline = false;
     app.authFailed = false; // the browser holds a token the server takes
+    document.body.classList.remove("auth-failed");
     authToast?.remove(); // its advice is followed: the page has a connection again
     authToast = null;
     label.textContent = "live";
@@ -969,6 +972,7 @@ function checkAuth() {
   authCheck ??= api("/api/config")
     .then(() => {
       app.authFailed = false;
+      document.body.classList.remove("auth-failed");
     })
     .catch(() => {
       /* a 401 went to authNeeded(); no answer at all: the server is down */
@@ -982,12 +986,14 @@ function checkAuth() {
 let authToast = null;
 /** The server refused the page's token (401), on the first load or after a restart with a new
  * token: say so once, until a connection works again. */
-function authNeeded() {
+function authNeeded(presented = false) {
   if (app.authFailed) return;
   app.authFailed = true;
+  // the panels have nothing of the run: dimmed, they do not read as "not started yet"
+  document.body.classList.add("auth-failed");
   // longer than other messages (a minute, or until a connection works again): it says what to
   // do, and that takes opening another URL
-  authToast = toast(AUTH_TEXT, "bad", 60000);
+  authToast = toast(presented ? AUTH_REFUSED_TEXT : AUTH_TEXT, "bad", 60000);
   const label = $("conn").querySelector("span");
   label.textContent = label.textContent.replace(/^offline/, "401");
   renderFacts();
