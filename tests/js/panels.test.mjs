@@ -16,6 +16,7 @@ const {
   ledgerCount,
   parseFor,
   replacedByResume,
+  mixedWithin,
   softRange,
   windowAtBounds,
   LedgerTable,
@@ -641,5 +642,17 @@ describe("a resume's replaced life in the ledger table", () => {
       assert.match(row(6).find("impact")[0].textContent, /1\.4 → 1\.3/);
       assert.equal(row(1).find("undo-btn").length, 1);
     });
+  });
+});
+
+describe("mixedWithin: a change whose impact window holds a later one", () => {
+  test("the first later measured change within the window, of this life", () => {
+    const e = (seq, step, key = "lr") => ({ seq, step, module: "opt", op: "set_params", decision: "applied", cmd_id: `c${seq}`, changes: { [key]: { old: 1, new: 2 } } });
+    const entries = [e(1, 299), e(2, 329, "aux_weight"), e(3, 500), e(4, 700)];
+    const shown = impactRows(entries);
+    const mixed = mixedWithin(entries, shown, 50);
+    assert.deepEqual([...mixed].map(([seq, x]) => [seq, x.seq]), [[1, 2]]);
+    assert.equal(mixedWithin(entries, shown, 0).size, 0);
+    assert.equal(mixedWithin(entries, shown, 50, new Map([[2, 9]])).size, 0); // #2 was replaced
   });
 });

@@ -1130,6 +1130,7 @@ function renderLedger() {
     actuatorKeys: actuatorKeys(),
     total: app.status?.ledger_entries ?? null,
     locked: app.ledgerLocked,
+    window: Number($("impact-window").value) || app.cfg.chart.impact_window,
   });
 }
 

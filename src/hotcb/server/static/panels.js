@@ -760,6 +760,20 @@ export function impactRows(entries, actuatorKeys = null) {
   return new Map(changes.map((e) => [e.seq, last.get(e.step)]));
 }
 
+/** For each change whose impact is measured (`shown`, from impactRows), the first later one
+ * inside its `window` steps after: its "after" mean holds that change's effect too (an lr
+ * change at 299 read +4042 % from a loss weight ×5000 at 329). `seq → that change's entry`. */
+export function mixedWithin(entries, shown, window, replaced = new Map()) {
+  const out = new Map();
+  if (!(window > 0)) return out;
+  const measured = entries.filter((e) => shown.get(e.seq) === e.seq && !replaced.has(e.seq));
+  for (const e of measured) {
+    const next = measured.find((x) => x.step > e.step && x.step <= e.step + window);
+    if (next) out.set(e.seq, next);
+  }
+  return out;
+}
+
 /** The entries a later resume left behind (they ran in the life it replaced, killed after
  * its checkpoint), `seq → the resume's seq`, as `hotcb log` says it ("#a..#b ran in the life
  * it replaced"): their changes are in no curve of the life that goes on, which re-applied the
@@ -831,10 +845,11 @@ export class LedgerTable {
    * loaded here: the count says "200 of 244 entries loaded". */
   /** `locked`: why nothing can be sent (the run is over, the server unreachable): Undo and
    * Cancel are disabled with it as their tooltip. */
-  render(entries, { impacts, metric, undone, refused = new Map(), pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null }) {
+  render(entries, { impacts, metric, undone, refused = new Map(), pendingIds, maxRows = 300, highlightSeq, actuatorKeys = null, total = null, locked = null, window = 0 }) {
     this.body.textContent = "";
     const shown = impactRows(entries, actuatorKeys);
     const replaced = replacedByResume(entries);
+    const mixed = mixedWithin(entries, shown, window, replaced);
     const rows = entries.slice(-maxRows).reverse();
     this.count.textContent = ledgerCount(entries.length, total);
     if (!rows.length) {
@@ -879,7 +894,12 @@ export class LedgerTable {
         if (hasChanges) td.append(el("span", "muted small", `ran in the life #${gone} replaced`));
         td.title = `the run resumed from an earlier checkpoint at #${gone}: this entry's life was left behind`;
         tr.append(td);
-      } else if (impactOf === e.seq) tr.append(impactCell(impacts.get(e.seq), metric));
+      } else if (impactOf === e.seq) {
+        const td = impactCell(impacts.get(e.seq), metric);
+        const next = mixed.get(e.seq);
+        if (next && td.children.length) td.append(el("div", "muted small mixed", `with #${next.seq} at step ${next.step} in its window`));
+        tr.append(td);
+      }
       else if (impactOf != null) {
         const td = el("td", "impact");
         td.append(el("span", "muted small same-step", `see #${impactOf}`));
