@@ -492,6 +492,12 @@ def test_client_wait_on_a_command_scheduled_later_says_so(run: Run, run_dir: str
     assert str(info.value).startswith(f"{cid} is scheduled for step 1000000 (since step 1): "
                                       "not applied after 0.5s; ")  # fmt: skip
     assert f"cancel {cid}' cancels it" in str(info.value)
+    run.close()  # the run ends before the step: "log shows it when it lands" it would not
+    with pytest.raises(TimeoutError) as info:
+        client.wait(cid, timeout=0.5)
+    assert str(info.value).startswith(f"{cid} is scheduled for step 1000000 (since step 1), and "
+                                      "the run finished at step 2 before it (a resume from a "
+                                      "checkpoint still applies it at that step)")  # fmt: skip
 
 
 def test_client_waits_for_the_list_set_returns(run: Run, run_dir: str) -> None:

@@ -913,6 +913,12 @@ class HotClient:
         def late() -> str:
             if scheduled:  # it said "no ledger entry …: is the run alive?"
                 at, then = scheduled[-1].get("at_step"), scheduled[-1].get("step")
+                over = self.run_over()
+                if over is not None:  # it said "'hotcb log' shows it when it lands"
+                    return (f"{cmd_id} is scheduled for step {at} (since step {then}), and the "
+                            f"run {over} before it (a resume from a checkpoint still applies "
+                            f"it at that step); 'hotcb --dir "
+                            f"{shell_path(self.run_dir)} cancel {cmd_id}' cancels it")  # fmt: skip
                 return (f"{cmd_id} is scheduled for step {at} (since step {then}): not applied "
                         f"after {timeout:.3g}s; 'hotcb --dir {shell_path(self.run_dir)} log' shows "
                         f"it when it lands, 'hotcb --dir {shell_path(self.run_dir)} cancel "
