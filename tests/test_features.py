@@ -17,6 +17,7 @@ from hotcb import HotKernel  # noqa: E402
 from hotcb.client import HotClient  # noqa: E402
 from hotcb.features import (  # noqa: E402
     DEFAULT_EVERY,
+    DEFAULT_MAX_LAYERS,
     STATS,
     FeatureCapture,
     activation_stats,
@@ -173,6 +174,12 @@ def test_default_every_and_bad_parameters() -> None:
     with pytest.raises(ValueError, match="every must be"):
         cap.set_params(every=-1, patterns=["x"])
     assert cap.patterns == ["a.*", "b"]  # nothing changed by the refused call
+    # a negative cap hooked nothing, and the warnings blamed the patterns
+    with pytest.raises(ValueError, match=r"max_layers must be an integer >= 0 \(0: no limit\)"):
+        FeatureCapture(max_layers=-1)
+    with pytest.raises(ValueError, match="max_layers must be"):
+        cap.set_params(max_layers=-1)
+    assert cap.max_layers == DEFAULT_MAX_LAYERS
 
 
 def test_non_leader_rank_writes_nothing(tmp_path: Any, monkeypatch: Any) -> None:

@@ -123,7 +123,7 @@ def select_modules(
         out.append((name, mod))
     if max_layers and len(out) > max_layers:
         log.warning(
-            "hotcb features: %d modules match, hooking the first %d (raise max_layers or "
+            "hotcb features: %d module(s) match, hooking the first %d (raise max_layers or "
             "narrow the patterns)",
             len(out),
             max_layers,
@@ -270,7 +270,7 @@ class FeatureCapture(CallbackBase):
         self._types = _as_list(types, "types", classes=True)
         self.every = self._check_every(every)
         self.unit_dim = None if unit_dim is None else int(unit_dim)
-        self.max_layers = int(max_layers)
+        self.max_layers = self._check_max_layers(max_layers)
         self.train_only = bool(train_only)
         self.model = model
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
@@ -292,6 +292,14 @@ class FeatureCapture(CallbackBase):
     def _check_every(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"every must be an integer >= 1, got {value!r}")
+        return value
+
+    @staticmethod
+    def _check_max_layers(value: Any) -> int:
+        """An integer >= 0 (0: no limit). A negative one hooked nothing, and the warnings
+        blamed the patterns."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"max_layers must be an integer >= 0 (0: no limit), got {value!r}")
         return value
 
     @property
@@ -324,7 +332,7 @@ class FeatureCapture(CallbackBase):
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
             raise ValueError(f"unit_dim must be an integer or null, got {dim!r}")
         if "max_layers" in new:
-            new["max_layers"] = int(new["max_layers"])
+            new["max_layers"] = self._check_max_layers(new["max_layers"])
         if "train_only" in new:
             new["train_only"] = bool(new["train_only"])
         self.remove_hooks()
