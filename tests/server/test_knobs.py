@@ -368,3 +368,43 @@ def test_a_branch_s_knob_starts_at_its_root_s_first_value(tmp_path: Any, live_se
     with live_server(str(runs)).client() as c:
         lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
     assert lr["points"]["step"][:2] == [0, 5] and lr["points"]["value"][:2] == [0.1, 0.05], lr
+
+
+def test_a_branch_s_knob_follows_its_parent_s_schedule_before_the_branch(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """The parent's LR scheduler moved lr before the branch step: the branch's line held the
+    root's first value flat out to the branch step (a cosine drawn as a constant), since its
+    own record starts at its checkpoint. It follows the parent's line up to there now."""
+    from hotcb.branch import branch
+
+    runs = tmp_path / "runs"
+    parent = Quiet(str(runs / "p"))
+    for lr in (0.08, 0.06):
+        parent.advance(4)
+        parent.opt.param_groups[0]["lr"] = lr  # an LR scheduler, outside hotcb
+        parent.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+    parent.advance(2)
+    saved: dict[str, Any] = {}
+
+    def save(path: str | None = None) -> str:
+        path = path or str(runs / "p" / "ckpt.pt")
+        saved["state"] = parent.kernel.state_dict()
+        with open(path, "w") as f:
+            f.write("a checkpoint")
+        return path
+
+    HotClient(str(runs / "p"), source="cli").checkpoint()
+    parent.kernel.apply({"step": parent.step, "optimizer": parent.opt, "save_checkpoint": save})
+    parent.kernel.close()
+    info = branch(str(runs / "p"), str(runs / "c"), source=parent.step, set_params={"lr": 0.02})
+    child = Quiet(str(runs / "c"))
+    child.opt.param_groups[0]["lr"], child.step = 0.06, info["step"] + 1
+    child.kernel.load_state_dict(saved["state"])
+    child.advance(5)
+    child.kernel.close()
+    with live_server(str(runs)).client() as c:
+        lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
+    points = list(zip(lr["points"]["step"], lr["points"]["value"], strict=True))
+    assert points[:3] == [(0, 0.1), (4, 0.08), (8, 0.06)], points
+    assert points[-1][1] == 0.02, points

@@ -256,7 +256,43 @@ def _knobs_route(router: APIRouter, deps: Deps) -> None:
         ledger and the actuators file: charted even when the run logs none of them."""
         run = deps.run(run_id)
         await run.refresh()
-        return run.knobs()
+        return await _with_parents_knobs(deps, run, run.knobs(), {run.run_id})
+
+
+#: How many parents up a branch's knob lines are followed.
+MAX_PARENTS = 8
+
+
+async def _with_parents_knobs(
+    deps: Deps, run: Any, doc: dict[str, Any], seen: set[str]
+) -> dict[str, Any]:
+    """A branch's knob lines with its parent chain's before the branch step: the branch's own
+    record starts at its checkpoint, and its line held its root's first value flat out to
+    there, where the parent's LR schedule had moved it (a cosine drawn as a constant)."""
+    info = deps.registry.branch_info(run.meta().get("branch"))
+    parent_id, at = (info or {}).get("parent"), (info or {}).get("step")
+    if parent_id is None or at is None or parent_id in seen or len(seen) > MAX_PARENTS:
+        return doc
+    try:
+        parent = deps.registry.get(parent_id)
+    except LookupError:
+        return doc
+    seen.add(parent_id)
+    await parent.refresh()
+    pdoc = await _with_parents_knobs(deps, parent, parent.knobs(), seen)
+    theirs = {k["key"]: k["points"] for k in pdoc.get("knobs") or ()}
+    for k in doc.get("knobs") or ():
+        p = theirs.get(k["key"])
+        if not p:
+            continue
+        before = [(st, v) for st, v in zip(p["step"], p["value"], strict=True) if st < at]
+        mine = [(st, v) for st, v in zip(k["points"]["step"], k["points"]["value"],
+                                         strict=True) if st >= at]  # fmt: skip
+        if before:
+            k["points"] = {"step": [st for st, _ in before + mine],
+                           "value": [v for _, v in before + mine]}  # fmt: skip
+    doc["first_step"] = min(doc.get("first_step", 0), pdoc.get("first_step", 0))
+    return doc
 
 
 def _export(run_dir: str) -> list[dict[str, Any]]:
