@@ -336,55 +336,11 @@ def test_a_resumed_run_s_knob_holds_the_checkpoint_s_value_from_its_step(
     assert points[:3] == [(0, 0.1), (10, 0.05), (14, 0.04)], points
 
 
-def test_a_branch_s_knob_starts_at_its_root_s_first_value(tmp_path: Any, live_server: Any) -> None:
-    """A branch's line began at its first inherited change (step 5 of its parent), with that
-    change's value: the lr the parent started with (0.1, steps 0-4) was not drawn."""
+def _branch_and_run(runs: Any, parent: Quiet, lr: float, **set_params: Any) -> None:
+    """Checkpoint ``parent`` (run ``runs/p``) where it is, close it, branch ``runs/c`` from
+    there (``set_params``), and train the child 5 steps from the checkpoint (its lr ``lr``)."""
     from hotcb.branch import branch
 
-    runs = tmp_path / "runs"
-    parent = Quiet(str(runs / "p"))
-    parent.advance(5)
-    client = HotClient(str(runs / "p"), source="cli")
-    client.set({"lr": 0.05})
-    parent.advance(5)  # applied at step 5
-    saved: dict[str, Any] = {}
-
-    def save(path: str | None = None) -> str:
-        path = path or str(runs / "p" / "ckpt.pt")
-        saved["state"] = parent.kernel.state_dict()
-        with open(path, "w") as f:
-            f.write("a checkpoint")
-        return path
-
-    client.checkpoint()
-    parent.kernel.apply({"step": parent.step, "optimizer": parent.opt, "save_checkpoint": save})
-    parent.kernel.close()
-    info = branch(str(runs / "p"), str(runs / "c"), source=parent.step)
-    child = Quiet(str(runs / "c"))
-    child.opt.param_groups[0]["lr"], child.step = 0.05, info["step"] + 1
-    child.kernel.load_state_dict(saved["state"])
-    child.advance(5)
-    child.kernel.close()
-    with live_server(str(runs)).client() as c:
-        lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
-    assert lr["points"]["step"][:2] == [0, 5] and lr["points"]["value"][:2] == [0.1, 0.05], lr
-
-
-def test_a_branch_s_knob_follows_its_parent_s_schedule_before_the_branch(
-    tmp_path: Any, live_server: Any
-) -> None:
-    """The parent's LR scheduler moved lr before the branch step: the branch's line held the
-    root's first value flat out to the branch step (a cosine drawn as a constant), since its
-    own record starts at its checkpoint. It follows the parent's line up to there now."""
-    from hotcb.branch import branch
-
-    runs = tmp_path / "runs"
-    parent = Quiet(str(runs / "p"))
-    for lr in (0.08, 0.06):
-        parent.advance(4)
-        parent.opt.param_groups[0]["lr"] = lr  # an LR scheduler, outside hotcb
-        parent.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
-    parent.advance(2)
     saved: dict[str, Any] = {}
 
     def save(path: str | None = None) -> str:
@@ -397,12 +353,43 @@ def test_a_branch_s_knob_follows_its_parent_s_schedule_before_the_branch(
     HotClient(str(runs / "p"), source="cli").checkpoint()
     parent.kernel.apply({"step": parent.step, "optimizer": parent.opt, "save_checkpoint": save})
     parent.kernel.close()
-    info = branch(str(runs / "p"), str(runs / "c"), source=parent.step, set_params={"lr": 0.02})
+    info = branch(str(runs / "p"), str(runs / "c"), source=parent.step,
+                  set_params=set_params or None)  # fmt: skip
     child = Quiet(str(runs / "c"))
-    child.opt.param_groups[0]["lr"], child.step = 0.06, info["step"] + 1
+    child.opt.param_groups[0]["lr"], child.step = lr, info["step"] + 1
     child.kernel.load_state_dict(saved["state"])
     child.advance(5)
     child.kernel.close()
+
+
+def test_a_branch_s_knob_starts_at_its_root_s_first_value(tmp_path: Any, live_server: Any) -> None:
+    """A branch's line began at its first inherited change (step 5 of its parent), with that
+    change's value: the lr the parent started with (0.1, steps 0-4) was not drawn."""
+    runs = tmp_path / "runs"
+    parent = Quiet(str(runs / "p"))
+    parent.advance(5)
+    HotClient(str(runs / "p"), source="cli").set({"lr": 0.05})
+    parent.advance(5)  # applied at step 5
+    _branch_and_run(runs, parent, 0.05)
+    with live_server(str(runs)).client() as c:
+        lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
+    assert lr["points"]["step"][:2] == [0, 5] and lr["points"]["value"][:2] == [0.1, 0.05], lr
+
+
+def test_a_branch_s_knob_follows_its_parent_s_schedule_before_the_branch(
+    tmp_path: Any, live_server: Any
+) -> None:
+    """The parent's LR scheduler moved lr before the branch step: the branch's line held the
+    root's first value flat out to the branch step (a cosine drawn as a constant), since its
+    own record starts at its checkpoint. It follows the parent's line up to there now."""
+    runs = tmp_path / "runs"
+    parent = Quiet(str(runs / "p"))
+    for lr in (0.08, 0.06):
+        parent.advance(4)
+        parent.opt.param_groups[0]["lr"] = lr  # an LR scheduler, outside hotcb
+        parent.kernel._next_refresh = 0.0  # the kernel's once-a-second refresh is due
+    parent.advance(2)
+    _branch_and_run(runs, parent, 0.06, lr=0.02)
     with live_server(str(runs)).client() as c:
         lr = knob(c.get("/api/runs/c/knobs").json(), "lr")
     points = list(zip(lr["points"]["step"], lr["points"]["value"], strict=True))
