@@ -336,9 +336,10 @@ def test_a_resumed_run_s_knob_holds_the_checkpoint_s_value_from_its_step(
     assert points[:3] == [(0, 0.1), (10, 0.05), (14, 0.04)], points
 
 
-def _branch_and_run(runs: Any, parent: Quiet, lr: float, **set_params: Any) -> None:
+def _branch_and_run(runs: Any, parent: Quiet, child_lr: float, **set_params: Any) -> None:
     """Checkpoint ``parent`` (run ``runs/p``) where it is, close it, branch ``runs/c`` from
-    there (``set_params``), and train the child 5 steps from the checkpoint (its lr ``lr``)."""
+    there (``set_params``), and train the child 5 steps from the checkpoint (its lr
+    ``child_lr``)."""
     from hotcb.branch import branch
 
     saved: dict[str, Any] = {}
@@ -356,7 +357,7 @@ def _branch_and_run(runs: Any, parent: Quiet, lr: float, **set_params: Any) -> N
     info = branch(str(runs / "p"), str(runs / "c"), source=parent.step,
                   set_params=set_params or None)  # fmt: skip
     child = Quiet(str(runs / "c"))
-    child.opt.param_groups[0]["lr"], child.step = lr, info["step"] + 1
+    child.opt.param_groups[0]["lr"], child.step = child_lr, info["step"] + 1
     child.kernel.load_state_dict(saved["state"])
     child.advance(5)
     child.kernel.close()
