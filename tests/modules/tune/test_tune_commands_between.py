@@ -3,6 +3,7 @@ just broke, nor into a change already scheduled for its segment."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tune_helpers import Toy, log_level
@@ -108,3 +109,36 @@ def test_a_command_read_in_the_poll_of_a_trials_mutation_keeps_its_value(toy: An
     later = t.ledger("mutate")[1]
     assert later["decision"] == "applied" and later["changes"]["lr"]["old"] == 2e-3
     assert later["step"] >= boundary + 1 + 2 * SEGMENT
+
+
+def test_a_command_read_with_a_roll_back_makes_the_next_trial_wait(toy: Any) -> None:
+    """A person's `set lr` read in the same poll as a trial's roll-back, just after it: the
+    baseline segment the roll-back began starts at the next step, and the set (at the
+    roll-back's step) fell outside it, so the next trial came one segment later, judged
+    against a trend the set had broken. It waits two segments, as after any command."""
+    # any move from 1e-3 is worse: every trial is rolled back
+    t: Toy = toy(lambda lr, _s: 1.0 + abs(math.log10(lr / 1e-3)), lr=1e-3, poll=0)
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("active", objective="loss", segment_steps=SEGMENT, seed=0,
+                       space=LR_ONLY, sync=True)  # fmt: skip
+    tune = t.kernel.module("tune")
+    submit, sent = tune._submit, []
+
+    def person_after(op: str, params: dict[str, Any], step: int) -> None:
+        submit(op, params, step)
+        if op == "rollback" and not sent:  # written just after the tuner's roll-back
+            sent.append(client.opt(lr=5e-4))
+
+    tune._submit = person_after
+
+    def next_trial() -> bool:
+        backs = t.ledger("rollback")
+        return bool(backs) and any(e["step"] > backs[0]["step"] for e in t.ledger("mutate"))
+
+    t.run(5000, until=next_trial)
+    back = t.ledger("rollback")[0]
+    (person,) = [e for e in read_ledger(t.kernel.run_dir) if e.get("cmd_id") == sent[0]]
+    assert person["step"] == back["step"] and person["seq"] == back["seq"] + 1
+    after = [e for e in t.ledger("mutate") if e["step"] > back["step"]]
+    assert after and after[0]["step"] >= back["step"] + 1 + 2 * SEGMENT, (back["step"], after[0])
+    assert after[0]["changes"]["lr"]["old"] == 5e-4

@@ -196,6 +196,8 @@ class TuneModule:
         # command at the trial's own step came before or after it (in memory: a new process
         # orders by step)
         self._mark: tuple[Any, int] | None = None
+        #: the command mark when the segment began (None after a restart: its step counts)
+        self._segment_mark: int | None = None
         self._names: set[str] = set()  # metric names seen before the objective (a typo's hint)
         self.bracket: Bracket | None = None  # start: bracket, under way (the leader's plan)
         self.bracket_done: dict[str, Any] | None = None  # how the last one ended (tune status)
@@ -519,6 +521,7 @@ class TuneModule:
         seg = state.get("segment") or {}
         self.segment = Segment(int(seg.get("start", 0)), list(seg.get("steps") or []),
                                list(seg.get("values") or []))  # fmt: skip
+        self._segment_mark = None  # marks are this process's: its steps count
         self.enabled_at = int(state.get("enabled_at") or 0)
         self.history = [(float(h[0]), float(h[1])) for h in state.get("history") or []]
         closed = state.get("closed") or {}
@@ -1467,6 +1470,9 @@ class TuneModule:
         # the step that applied a change already ran with the old values: observe from the next
         self.segment = Segment(step + 1, [], [])
         self.phase = phase
+        # a command read later in the poll that began it (a person's set after a roll-back)
+        # changes the segment from its first step too: :meth:`_commanded_in`
+        self._segment_mark = self.host.command_mark()
 
     def _observe(self, step: int, metrics: Mapping[str, Any], validation: bool) -> None:
         name = next((n for n in _TRAIN_LOSSES if n in metrics), None)
@@ -1664,7 +1670,7 @@ class TuneModule:
             return
         if self.phase != "bracket" and "enabled" in self._bracket_snaps:
             self._bracket_snaps = {}  # an enable's copy that no bracket used (the leader's call)
-        if self.host.commanded_since(seg.start):
+        if self._commanded_in(seg):
             # a command changed a knob in this segment (a person, the autopilot, a ramp): the
             # trend before it is not the run's any more, and a trial started now would be
             # judged against it; two segments after it make the trend again
@@ -1685,6 +1691,14 @@ class TuneModule:
         if self.phase == "backoff":
             self.backoff = max(0, self.backoff - 1)
         self._next(step)
+
+    def _commanded_in(self, seg: Segment) -> bool:
+        """Whether a command changed a knob in ``seg``: at its steps, or read after it began
+        (a ``set`` read in the poll of the roll-back that began it is at the step before its
+        first: the next trial was judged against a trend the set had broken)."""
+        mark = self._segment_mark
+        return bool(self.host.commanded_since(seg.start)
+                    or (mark is not None and self.host.commanded_since(0, after=mark)))  # fmt: skip
 
     def _margin(self, detail: Mapping[str, Any], values: int) -> float:
         """How far a score must beat the threshold to keep a trial: the noise of its segment's
@@ -2054,7 +2068,7 @@ class TuneModule:
         except Exception as exc:
             self._ask_failed(exc, step)
             return
-        moved = self.host.commanded_since(self.segment.start)
+        moved = self._commanded_in(self.segment)
         if moved or self._command_due(step, self._segment_length(step)):
             # since the ask a command changed a knob (the trend is gone) or one fell due in
             # the trial's segment: it would be judged on that, or voided by it
