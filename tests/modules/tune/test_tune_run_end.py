@@ -308,3 +308,44 @@ def test_a_proposal_a_killed_process_left_is_expired_not_failed(toy: Any) -> Non
         assert _trials(t.kernel.run_dir)[p["trial"]].state == FAIL
     finally:
         again.kernel.close()
+
+
+def test_a_proposal_the_checkpoint_holds_is_still_offered_and_its_score_counts(
+    toy: Any,
+) -> None:
+    """A proposal pending at the checkpoint, the trainer killed after it, the run resumed from
+    it: its trial was told FAIL ("opened after the checkpoint…", though it was opened before)
+    and counted failed, while `tune proposals` still offered it; accepted, its score never
+    reached the sampler. Its trial stays open now, and an accept is scored."""
+    from hotcb.testing import read_ledger
+
+    t: Toy = toy(log_level, lr=1e-4, poll=0)
+    tune = lambda: t.kernel.module("tune")  # noqa: E731
+    client = HotClient(t.kernel.run_dir)
+    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
+                       sync=True)  # fmt: skip
+    t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
+    (p,) = tune().proposals
+    checkpoint, at = copy.deepcopy(t.kernel.state_dict()), t.step
+    t.run(3)
+    t.kernel.flush()  # killed: never closed
+
+    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
+    again.step = at
+    again.kernel.load_state_dict(checkpoint)
+    mine = lambda: again.kernel.module("tune")  # noqa: E731
+    try:
+        again.run(2)
+        voids = [e for e in read_ledger(t.kernel.run_dir)
+                 if e.get("op") == "void" and (e.get("tune") or {}).get("trial") == p["trial"]]  # fmt: skip
+        assert not voids, voids
+        assert _trials(t.kernel.run_dir)[p["trial"]].state == optuna.trial.TrialState.RUNNING
+        assert [q["id"] for q in client.tune_status()["proposals"] if q["state"] == "pending"] == [
+            p["id"]
+        ]
+        client.tune_accept(p["id"])
+        again.run(1000, until=lambda: mine().counts["kept"] + mine().counts["rolled_back"] == 1)
+        assert mine().counts["failed"] == 0
+        assert _trials(t.kernel.run_dir)[p["trial"]].state == optuna.trial.TrialState.COMPLETE
+    finally:
+        again.kernel.close()

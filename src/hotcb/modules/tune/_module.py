@@ -562,7 +562,11 @@ class TuneModule:
             known = [r["trial"] for r in self.trials
                      if isinstance(r.get("trial"), int) and r["trial"] != unapplied]  # fmt: skip
             replaced = self.study.finished_after(max(known, default=-1))
-            failed = self.study.fail_open(keep=keep, judged=judged)
+            # a pending proposal the checkpoint holds is still offered: its trial stays open
+            offered = {p["trial"] for p in self.proposals
+                       if p.get("state") == "pending" and isinstance(p.get("trial"), int)}  # fmt: skip
+            failed = self.study.fail_open(keep={*offered, *([keep] if keep is not None else [])},
+                                          judged=judged)  # fmt: skip
             self._list_replaced(replaced)
             if keep is not None:
                 self._judged_before(keep)

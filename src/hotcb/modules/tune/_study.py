@@ -11,7 +11,7 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -280,15 +280,16 @@ class Study:
         return None
 
     def fail_open(
-        self, keep: int | None = None, judged: Mapping[int, float] | None = None
+        self, keep: Collection[int] = (), judged: Mapping[int, float] | None = None
     ) -> list[int]:
-        """Close this run's trials still RUNNING (a crash left them open), except ``keep``:
+        """Close this run's trials still RUNNING (a crash left them open), except ``keep``
+        (the open trial and the pending proposals a checkpoint holds):
         those in ``judged`` (scored before the crash, the score not yet written) get their
         score, the others FAIL; the numbers it failed."""
         running = self._optuna.trial.TrialState.RUNNING
         failed = []
         for t in self.study.get_trials(deepcopy=False, states=(running,)):
-            if t.user_attrs.get("run") != self.run or t.number == keep:
+            if t.user_attrs.get("run") != self.run or t.number in keep:
                 continue
             if judged and t.number in judged:
                 self.study.tell(t.number, judged[t.number])
