@@ -280,11 +280,8 @@ def test_a_resume_from_before_the_enable_turns_the_tuner_on_at_the_enable_s_step
         again.kernel.close()
 
 
-def test_a_proposal_a_killed_process_left_is_expired_not_failed(toy: Any) -> None:
-    """Suggest mode, a proposal pending, the trainer killed and started again (no checkpoint):
-    the proposal's trial was told FAIL with "left open by a process … that ended before
-    judging it" and counted as a failed trial, in `tune status` and the Tune panel, though it
-    never ran. It is counted and shown as an expired proposal now (Optuna hears FAIL)."""
+def _one_proposal_pending(toy: Any) -> tuple[Toy, HotClient, dict[str, Any]]:
+    """A suggest-mode run (polled every step) with its first proposal pending."""
     t: Toy = toy(log_level, lr=1e-4, poll=0)
     tune = lambda: t.kernel.module("tune")  # noqa: E731
     client = HotClient(t.kernel.run_dir)
@@ -292,6 +289,15 @@ def test_a_proposal_a_killed_process_left_is_expired_not_failed(toy: Any) -> Non
                        sync=True)  # fmt: skip
     t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
     (p,) = tune().proposals
+    return t, client, p
+
+
+def test_a_proposal_a_killed_process_left_is_expired_not_failed(toy: Any) -> None:
+    """Suggest mode, a proposal pending, the trainer killed and started again (no checkpoint):
+    the proposal's trial was told FAIL with "left open by a process … that ended before
+    judging it" and counted as a failed trial, in `tune status` and the Tune panel, though it
+    never ran. It is counted and shown as an expired proposal now (Optuna hears FAIL)."""
+    t, client, p = _one_proposal_pending(toy)
     t.kernel.flush()  # killed: never closed
 
     again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
@@ -319,13 +325,7 @@ def test_a_proposal_the_checkpoint_holds_is_still_offered_and_its_score_counts(
     reached the sampler. Its trial stays open now, and an accept is scored."""
     from hotcb.testing import read_ledger
 
-    t: Toy = toy(log_level, lr=1e-4, poll=0)
-    tune = lambda: t.kernel.module("tune")  # noqa: E731
-    client = HotClient(t.kernel.run_dir)
-    client.tune_enable("suggest", objective="loss", segment_steps=10, seed=0, space=LR_ONLY,
-                       sync=True)  # fmt: skip
-    t.run(1000, until=lambda: tune() is not None and bool(tune().proposals))
-    (p,) = tune().proposals
+    t, client, p = _one_proposal_pending(toy)
     checkpoint, at = copy.deepcopy(t.kernel.state_dict()), t.step
     t.run(3)
     t.kernel.flush()  # killed: never closed
