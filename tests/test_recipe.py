@@ -481,6 +481,16 @@ def test_patch_template_tells_apart_entries_at_the_same_step(tmp_path: Any) -> N
     out = apply_overlay(recipe.entries, load_overlay(tmp_path / "adj.yaml"))
     assert [e.params for e in out] == [{"lr": 0.003}]  # that one only
 
+    # the drop under the first one too: nth counts what the patches above leave, and the
+    # refusal says so (it said only "matches no recipe entry")
+    first = lines.index("# - match: {module: opt, op: set_params, at_step: 100, nth: 0}",
+                        lines.index('# line 2: step 100 (train_step_end): opt set_params {"lr": 0.003}') + 3)  # fmt: skip
+    lines[first], lines[first + 1] = lines[first][2:], lines[first + 1][2:]
+    (tmp_path / "adj.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecipeError, match="patch 1 dropped one of the entries it counts: nth "
+                       "counts the entries the patches above leave"):  # fmt: skip
+        apply_overlay(recipe.entries, load_overlay(tmp_path / "adj.yaml"))
+
 
 def test_export_of_a_resumed_run_is_in_step_order() -> None:
     """After a resume from step 150, the new life's changes (at 180) follow in the ledger those

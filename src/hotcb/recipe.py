@@ -1097,7 +1097,8 @@ def _apply_overlay(
             n = match["nth"]
             hits = hits[n : n + 1] if 0 <= n < len(hits) else []
         if not hits:
-            problems.append(f"{names.patch(i)} matches no recipe entry: {dict(match)}")
+            problems.append(f"{names.patch(i)} matches no recipe entry: {dict(match)}"
+                            + _gone_before(match, dropped))  # fmt: skip
             continue
         if patch.get("drop"):
             drop = {id(e) for e in hits}
@@ -1121,6 +1122,23 @@ def _apply_overlay(
             who = names.patch(by[id(e)]) if id(e) in by else "overlay"
             problems.append(f"{who} made an invalid entry ({e.describe()}): {exc}")
     return out, problems
+
+
+def _gone_before(match: Mapping[str, Any], dropped: Mapping[str, tuple[int, RecipeEntry]]) -> str:
+    """Why a patch with ``nth`` found none, when an earlier patch dropped entries it counts:
+    ``nth`` counts the entries the patches above leave (two drops at one step, each under its
+    entry in ``recipe patch-template``, are ``nth: 0`` twice)."""
+    if "nth" not in match:
+        return ""
+    unnumbered = {k: v for k, v in match.items() if k != "nth"}
+    by = sorted({i for i, e in dropped.values() if _matches(e, unnumbered)})
+    if not by:
+        return ""
+    which = ", ".join(map(str, by))
+    return (
+        f" (patch {which} dropped {'one' if len(by) == 1 else 'some'} of the entries it "
+        "counts: nth counts the entries the patches above leave)"
+    )
 
 
 def _below_zero(
