@@ -339,3 +339,11 @@ def test_a_python_launch_into_a_run_that_still_trains_is_refused(tmp_path: Path)
             first.kill()
     again = launch([sys.executable, "-c", "pass"], run_dir=os.fspath(run), serve=False)
     assert again.wait(timeout=120) == 0
+
+
+def test_a_helper_a_signal_ended_is_said_killed() -> None:
+    """ "the autopilot exited (-9)" read as an exit code; a signal's end is said as one."""
+    from hotcb._launch import _how_it_exited
+
+    assert _how_it_exited(-9) == "was killed by SIGKILL (-9)"
+    assert _how_it_exited(2) == "exited (2)"

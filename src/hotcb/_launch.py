@@ -558,6 +558,14 @@ class LaunchOptions:
     prepare: Callable[[str], None] | None = None
 
 
+def _how_it_exited(code: int) -> str:
+    """``exited (2)``; ``was killed by SIGKILL (-9)`` for a process a signal ended."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name} ({code})"
+    return f"exited ({code})"
+
+
 class _Children:
     """The launch's three processes: training, dashboard, autopilot; how each starts and stops."""
 
@@ -693,7 +701,7 @@ class _Children:
                 return
             self._said.add(name)
             self.failed.add(name)
-            self.opts.out(f"the {name} exited ({code}){where}"
+            self.opts.out(f"the {name} {_how_it_exited(code)}{where}"
                           + ("" if self.finishing else "; the training goes on"))  # fmt: skip
 
     # -- stopping --------------------------------------------------------------------------

@@ -538,8 +538,8 @@ NOT_YET = 3
 
 
 def _not_yet(exc: TimeoutError) -> int:
-    print(f"hotcb: error: {term_safe(str(exc))} (exit code {NOT_YET}: not handled yet)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(f"hotcb: error: {term_safe(str(exc))} (exit code {NOT_YET}: not handled yet; it "
+          "stays queued, and the run applies it when it reads it)", file=sys.stderr, flush=True)  # fmt: skip
     return NOT_YET
 
 

@@ -349,3 +349,26 @@ def test_a_proposal_the_checkpoint_holds_is_still_offered_and_its_score_counts(
         assert _trials(t.kernel.run_dir)[p["trial"]].state == optuna.trial.TrialState.COMPLETE
     finally:
         again.kernel.close()
+
+
+def test_a_resumed_life_does_not_name_a_proposal_like_the_replaced_life_s(toy: Any) -> None:
+    """The killed life answered P1 and proposed P2 after the checkpoint: the resumed life's
+    next proposal was P2 again, which a person holding the old P2 could accept."""
+    t, client, p = _one_proposal_pending(toy)
+    checkpoint, at = copy.deepcopy(t.kernel.state_dict()), t.step
+    client.tune_reject(p["id"])
+    t.run(1000, until=lambda: len(t.kernel.module("tune").proposals) == 2)
+    assert t.kernel.module("tune").proposals[-1]["id"] == "P2"
+    t.kernel.flush()  # killed: never closed
+
+    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
+    again.step = at
+    again.kernel.load_state_dict(checkpoint)
+    mine = lambda: again.kernel.module("tune")  # noqa: E731
+    try:
+        again.run(2)
+        client.tune_reject(p["id"])  # offered again: the checkpoint holds it
+        again.run(1000, until=lambda: len(mine().proposals) == 2)
+        assert mine().proposals[-1]["id"] == "P3", mine().proposals
+    finally:
+        again.kernel.close()

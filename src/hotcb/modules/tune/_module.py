@@ -533,7 +533,11 @@ class TuneModule:
         self.cooldowns = dict(state.get("cooldowns") or {})
         self.streak, self.backoff = int(state.get("streak", 0)), int(state.get("backoff", 0))
         self.best, self.warnings = state.get("best"), list(state.get("warnings") or [])
-        self.next_proposal = int(state.get("next_proposal", 1))
+        # ids go on from the life the resume replaced too (its state file): a "P1" a person
+        # still holds from it must not accept this life's first proposal, another move
+        left = jsonl.read_json(self._path, None)
+        self.next_proposal = max(int(state.get("next_proposal", 1)),
+                                 _next_proposal_id(left) if isinstance(left, dict) else 1)  # fmt: skip
         self.asked = int(state.get("asked", 0))
         self.trend_noise = state.get("trend_noise")
         self.total_steps = state.get("total_steps") or self.settings.total_steps
