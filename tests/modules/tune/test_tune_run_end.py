@@ -280,6 +280,16 @@ def test_a_resume_from_before_the_enable_turns_the_tuner_on_at_the_enable_s_step
         again.kernel.close()
 
 
+def _killed_and_resumed(t: Toy, checkpoint: dict[str, Any], at: int) -> Toy:
+    """``t``'s process killed (its kernel never closed), a new one resumed from
+    ``checkpoint`` (taken at step ``at``) in the same run directory; the caller closes it."""
+    t.kernel.flush()
+    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
+    again.step = at
+    again.kernel.load_state_dict(checkpoint)
+    return again
+
+
 def _one_proposal_pending(toy: Any) -> tuple[Toy, HotClient, dict[str, Any]]:
     """A suggest-mode run (polled every step) with its first proposal pending."""
     t: Toy = toy(log_level, lr=1e-4, poll=0)
@@ -328,11 +338,7 @@ def test_a_proposal_the_checkpoint_holds_is_still_offered_and_its_score_counts(
     t, client, p = _one_proposal_pending(toy)
     checkpoint, at = copy.deepcopy(t.kernel.state_dict()), t.step
     t.run(3)
-    t.kernel.flush()  # killed: never closed
-
-    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
-    again.step = at
-    again.kernel.load_state_dict(checkpoint)
+    again = _killed_and_resumed(t, checkpoint, at)
     mine = lambda: again.kernel.module("tune")  # noqa: E731
     try:
         again.run(2)
@@ -359,11 +365,7 @@ def test_a_resumed_life_does_not_name_a_proposal_like_the_replaced_life_s(toy: A
     client.tune_reject(p["id"])
     t.run(1000, until=lambda: len(t.kernel.module("tune").proposals) == 2)
     assert t.kernel.module("tune").proposals[-1]["id"] == "P2"
-    t.kernel.flush()  # killed: never closed
-
-    again = Toy(t.kernel.run_dir, log_level, lr=1e-4, poll=0)
-    again.step = at
-    again.kernel.load_state_dict(checkpoint)
+    again = _killed_and_resumed(t, checkpoint, at)
     mine = lambda: again.kernel.module("tune")  # noqa: E731
     try:
         again.run(2)
