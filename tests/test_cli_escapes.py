@@ -186,6 +186,15 @@ def test_term_safe_escapes_controls_and_keeps_text() -> None:
     assert term_safe(term_safe(EVIL)) == term_safe(EVIL)  # once is enough, twice is the same
 
 
+def test_a_list_of_strings_keeps_its_quotes() -> None:
+    """FeatureCapture's patterns ["0", "2"] read in `hotcb log` as the numbers [0, 2]."""
+    from hotcb.cli._common import fmt_value
+
+    assert fmt_value(["0", "2"]) == '["0", "2"]'
+    assert fmt_value([0.9, 0.999]) == "[0.9, 0.999]" and fmt_value("adamw") == "adamw"
+    assert fmt_value(["a\x1b[31m"]) == '["a\\u001b[31m"]'  # (json escapes the control)
+
+
 def test_cb_list_shows_escape_codes_escaped(run_dir: str, cli: Any) -> None:
     """`cb list` printed a callback's id, target and errors from the ledger raw."""
     paths = RunPaths(run_dir)

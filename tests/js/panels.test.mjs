@@ -28,6 +28,7 @@ describe("fmtValue: actuator values as the panels show them", () => {
     assert.equal(fmtValue(32), "32");
     assert.equal(fmtValue([0.9, 0.999]), "[0.9, 0.999]");
     assert.equal(fmtValue([]), "[]");
+    assert.equal(fmtValue(["0", "2"]), '["0", "2"]'); // strings in a list keep their quotes
     assert.equal(fmtValue(true), "true");
     assert.equal(fmtValue("adamw"), "adamw");
     assert.equal(fmtValue(null), "–");

@@ -197,8 +197,9 @@ def add_wait(p: argparse.ArgumentParser, *, also: str = "") -> None:
 def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    if isinstance(v, (list, tuple)):  # its strings quoted: ["0", "2"] is not [0, 2]
+        return "[" + ", ".join(term_safe(json.dumps(x)) if isinstance(x, str) else fmt_value(x)
+                               for x in v) + "]"  # fmt: skip
     return json.dumps(v) if not isinstance(v, str) else term_safe(v)
 
 

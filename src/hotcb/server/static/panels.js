@@ -17,7 +17,8 @@ export function fmtSpread(noise, level) {
 }
 
 export function fmtValue(v) {
-  if (Array.isArray(v)) return `[${v.map(fmtValue).join(", ")}]`;
+  // its strings quoted: ["0", "2"] (FeatureCapture's patterns) read as the numbers [0, 2]
+  if (Array.isArray(v)) return `[${v.map((x) => (typeof x === "string" ? JSON.stringify(x) : fmtValue(x))).join(", ")}]`;
   if (typeof v === "number") return fmtNum(v);
   if (v === null || v === undefined) return "–";
   return String(v);
