@@ -366,6 +366,12 @@ def test_a_phone_wide_window_never_scrolls_sideways(
         wrap = page.locator(f"{CARD} .tune-trials-wrap")
         fit = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
         assert fit[0] <= fit[1], fit
+        # the ledger keeps its columns and scrolls sideways in its frame (squeezed into the
+        # card, a reason read one word fragment a line)
+        ledger = page.evaluate(
+            "document.getElementById('ledger-body').closest('table').offsetWidth"
+        )
+        assert ledger >= 680, ledger
         assert errors == []
 
 

@@ -163,12 +163,24 @@ def test_an_accept_refused_after_the_cli_answered_first_is_said(
     row = page.locator(f'{CARD} #tune-trials tr[data-trial="{proposal["trial"]}"]')
     cells = row.evaluate("r => [...r.cells].map(c => c.textContent)")
     # never applied: the step it was proposed at stands for its segment
-    assert cells == [str(proposal["trial"]), str(proposal["step"]), change, "–", "rejected"], cells
+    assert cells[:2] + cells[3:] == [str(proposal["trial"]), str(proposal["step"]), "–",
+                                     "rejected"], cells  # fmt: skip
+    _same_change(cells[2], change, proposal)
 
     # a person who has read it dismisses it
     note.locator(".tune-dismiss").click()
     wait_page(page, "d.tune.refused.length === 0")
     assert page.locator(f"{CARD} .tune-refused-answer").count() == 0
+
+
+def _same_change(row: str, offered: str, proposal: dict[str, Any]) -> None:
+    """The trials table's change (``opt.lr 0.01 → 0.0082``) is the proposal's, which the
+    proposal's line says as the move Accept applies (``opt.lr ×0.82 on accept (0.01 → 0.0082
+    at step 13)``)."""
+    for part in row.split(", "):
+        key, values = part.split(" ", 1)
+        assert f"{key} ×" in offered and f"({values} at step {proposal['step']})" in offered, (
+            row, offered)  # fmt: skip
 
 
 def test_a_proposed_trial_shows_the_change_proposed(page: Any, site: Site, flat_run: Any) -> None:
@@ -181,6 +193,8 @@ def test_a_proposed_trial_shows_the_change_proposed(page: Any, site: Site, flat_
     change = page.locator(f'{CARD} li.tune-proposal[data-id="{proposal["id"]}"] .what').inner_text()
     assert "opt.lr" in change
     # trial, the step it was proposed at (no segment yet), change, score, decision
-    assert cells == [str(proposal["trial"]), str(proposal["step"]), change, "–", "proposed"], cells
+    assert cells[:2] + cells[3:] == [str(proposal["trial"]), str(proposal["step"]), "–",
+                                     "proposed"], cells  # fmt: skip
+    _same_change(cells[2], change, proposal)
     at = row.locator("td").nth(1).get_attribute("title")
     assert at == f"proposed at step {proposal['step']}", at
