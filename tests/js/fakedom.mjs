@@ -74,3 +74,13 @@ export function withDocument(fn) {
     delete globalThis.document;
   }
 }
+
+/** withDocument for an async `fn`: the document stays until its promise settles. */
+export async function withDocumentAsync(fn) {
+  globalThis.document = { createElement: (tag) => new FakeNode(tag) };
+  try {
+    return await fn();
+  } finally {
+    delete globalThis.document;
+  }
+}

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { FakeNode, withDocument } from "./fakedom.mjs";
+import { FakeNode, withDocument, withDocumentAsync } from "./fakedom.mjs";
 import { panels, tune } from "./static.mjs";
 
 const { acceptTitle, fmtProposal, bracketLine, decisionLabel, decisionWhy, ENABLE_COMMAND, tunerRan, TunePanel, fmtTuneChanges, fmtTuneValues, pendingProposals, trialRows, trialSteps, tuneFacts } = tune;
@@ -195,6 +195,24 @@ describe("the off line", () => {
       assert.equal(card.find("tune-body")[0].hidden, false);
       assert.equal(card.find("tune-dec-kept").length, 1); // its trials
       assert.match(card.find("tune-facts")[0].textContent, /2 kept · 3 rolled back/);
+    });
+  });
+
+  test("a refusal the run wrote before the send's reply came back is said", async () => {
+    await withDocumentAsync(async () => {
+      const card = new FakeNode("section");
+      let reply;
+      const panel = new TunePanel(card, { decide: () => new Promise((resolve) => (reply = resolve)) });
+      panel.update(STATE);
+      const sending = panel.send("accept", { id: "P3" });
+      // the run read the command and refused it; the WebSocket brought that first
+      panel.onEntry({ module: "tune", op: "accept", cmd_id: "01J", decision: "rejected", error: "proposal P3 expired" });
+      reply("01J");
+      await sending;
+      assert.equal(panel.sent.get("P3").error, "accept rejected: proposal P3 expired");
+      const errors = card.find("tune-error").map((n) => n.textContent);
+      assert.deepEqual(errors, ["P3: accept rejected: proposal P3 expired"]);
+      assert.equal(card.find("tune-accept")[0].disabled, false); // it can be sent again
     });
   });
 

@@ -538,3 +538,41 @@ def test_an_undo_the_run_refuses_says_why_on_the_page(
     refused.wait_for()
     assert "not in force here" in refused.get_attribute("title")
     assert page.locator("#ledger-body .undo-btn").count() == 0
+
+
+def test_a_refused_undo_answered_before_the_send_s_reply_is_still_said(
+    page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    """On a loaded machine the run's answer (over the WebSocket) reached the page before the
+    server's reply to the Undo's POST: the page matched answers only to commands whose reply
+    it had, so the refusal was never said and the button stayed "sent…" (a CI run caught it)."""
+    from hotcb import HotClient
+    from hotcb.testing import read_ledger
+
+    run = os.fspath(tmp_path / "runs" / "r")
+    trace = os.fspath(tmp_path / "trace.jsonl")
+    first = start_trainer(run, trace, steps=100_000, step_delay=0.02)
+    first.wait_step(1)
+    cmd = HotClient(run).opt(lr=0.02)
+    wait_for(lambda: any(e.get("cmd_id") == cmd for e in read_ledger(run)), 60,
+             what="the lr change's entry")  # fmt: skip
+    first.kill()
+    again = start_trainer(run, trace, steps=100_000, step_delay=0.02)  # a new life, from step 0
+    again.wait_step(1)
+    srv = serve_dir(os.path.dirname(run))
+    page.goto(srv.page_url("r"))
+    wait_page(page, "d.state === 'running'")
+    held: list[Any] = []
+    posted = lambda url: url.endswith("/runs/r/commands")  # noqa: E731
+    page.route(posted, lambda route: held.append(route))
+    page.locator("#ledger-body .undo-btn").first.click()
+    wait_for(lambda: bool(held), 60, what="the page's Undo request")
+    reply = held[0].fetch()  # the server takes the command; the page does not hear back yet
+    page.wait_for_function(
+        "() => window.hotcb.app.ledger.some((e) => e.op === 'undo' && e.decision === 'rejected')",
+        timeout=60_000,
+    )
+    held[0].fulfill(response=reply)
+    page.unroute(posted)
+    page.locator("#toasts .toast.bad", has_text="undo: rejected: ").wait_for(timeout=60_000)
+    page.locator("#ledger-body .undo-refused").wait_for(timeout=60_000)

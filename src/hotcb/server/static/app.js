@@ -467,6 +467,9 @@ async function control(op, params) {
   if (id) {
     toast(`${op} sent`, "info", 2500);
     sentControls.set(id, { op, params });
+    // on a loaded machine the run's answer can reach the page before the server's reply did
+    const early = app.ledger.find((e) => e.cmd_id === id);
+    if (early) answeredControl(early);
   }
   return id;
 }

@@ -218,6 +218,9 @@ export class TunePanel {
     // (the same records; cmdId null while the POST is in flight)
     this.away = new Set();
     this.refused = []; // "P3: accept rejected: proposal P3 is rejected, not pending", newest last
+    // the run's answers to accepts and rejects, cmd_id → entry, newest last: on a loaded machine
+    // one can come (over the WebSocket) before the reply to the POST that sent it
+    this.answers = new Map();
     this.enable = null; // the newest `tune enable`/`tune disable` ledger entry seen
   }
 
@@ -270,6 +273,8 @@ export class TunePanel {
       return;
     }
     if (!["accept", "reject"].includes(e.op) || e.cmd_id == null) return;
+    this.answers.set(e.cmd_id, e);
+    while (this.answers.size > MAX_AWAY) this.answers.delete(this.answers.keys().next().value);
     const why = `${e.op} ${e.decision}: ${e.error || "no reason given"}`;
     for (const s of this.away) {
       if (s.cmdId !== e.cmd_id) continue;
@@ -298,6 +303,8 @@ export class TunePanel {
     this.render();
     try {
       s.cmdId = await this.decide(op, p);
+      const early = this.answers.get(s.cmdId);
+      if (early) this.onEntry(early);
     } catch (err) {
       s.error = err.message;
       if (this.away.delete(s)) this.refuse(id, err.message);
