@@ -507,12 +507,9 @@ def test_a_finished_runs_ledger_cannot_undo_and_replay_needs_the_cli(
         assert option.is_disabled() and "--recipe FILE" in option.get_attribute("title")
 
 
-def test_an_undo_the_run_refuses_says_why_on_the_page(
-    page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any
-) -> None:
-    """The trainer was killed and started again without a checkpoint: Undo on the gone life's
-    lr change said "sent…", the run refused it (that change is not in force), and the page
-    said nothing. It shows the run's reason now."""
+def page_of_a_restarted_run(page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any) -> None:
+    """The page of run ``r``, whose trainer set lr, was killed, and started again without a
+    checkpoint: the lr change's Undo is offered, and the run refuses it."""
     from hotcb import HotClient
     from hotcb.testing import read_ledger
 
@@ -529,6 +526,15 @@ def test_an_undo_the_run_refuses_says_why_on_the_page(
     srv = serve_dir(os.path.dirname(run))
     page.goto(srv.page_url("r"))
     wait_page(page, "d.state === 'running'")
+
+
+def test_an_undo_the_run_refuses_says_why_on_the_page(
+    page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    """The trainer was killed and started again without a checkpoint: Undo on the gone life's
+    lr change said "sent…", the run refused it (that change is not in force), and the page
+    said nothing. It shows the run's reason now."""
+    page_of_a_restarted_run(page, serve_dir, tmp_path, start_trainer)
     page.locator("#ledger-body .undo-btn").first.click()
     page.locator("#toasts .toast.bad", has_text="undo: rejected: ").wait_for(timeout=60_000)
     shown = page.locator("#toasts .toast.bad").first.text_content()
@@ -546,22 +552,7 @@ def test_a_refused_undo_answered_before_the_send_s_reply_is_still_said(
     """On a loaded machine the run's answer (over the WebSocket) reached the page before the
     server's reply to the Undo's POST: the page matched answers only to commands whose reply
     it had, so the refusal was never said and the button stayed "sent…" (a CI run caught it)."""
-    from hotcb import HotClient
-    from hotcb.testing import read_ledger
-
-    run = os.fspath(tmp_path / "runs" / "r")
-    trace = os.fspath(tmp_path / "trace.jsonl")
-    first = start_trainer(run, trace, steps=100_000, step_delay=0.02)
-    first.wait_step(1)
-    cmd = HotClient(run).opt(lr=0.02)
-    wait_for(lambda: any(e.get("cmd_id") == cmd for e in read_ledger(run)), 60,
-             what="the lr change's entry")  # fmt: skip
-    first.kill()
-    again = start_trainer(run, trace, steps=100_000, step_delay=0.02)  # a new life, from step 0
-    again.wait_step(1)
-    srv = serve_dir(os.path.dirname(run))
-    page.goto(srv.page_url("r"))
-    wait_page(page, "d.state === 'running'")
+    page_of_a_restarted_run(page, serve_dir, tmp_path, start_trainer)
     held: list[Any] = []
     posted = lambda url: url.endswith("/runs/r/commands")  # noqa: E731
     page.route(posted, lambda route: held.append(route))
