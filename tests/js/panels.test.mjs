@@ -656,4 +656,17 @@ describe("mixedWithin: a change whose impact window holds a later one", () => {
     assert.equal(mixedWithin(entries, shown, 0).size, 0);
     assert.equal(mixedWithin(entries, shown, 50, new Map([[2, 9]])).size, 0); // #2 was replaced
   });
+
+  test("a long tuner ledger: each change's next one, whatever order the entries came in", () => {
+    const e = (seq, step) => ({ seq, step, module: "opt", op: "set_params", decision: "applied", cmd_id: `c${seq}`, changes: { lr: { old: 1, new: 2 } } });
+    const entries = Array.from({ length: 3000 }, (_, i) => e(i + 1, 100 * i + (i % 2 ? 30 : 0)));
+    const shown = impactRows(entries);
+    const mixed = mixedWithin([...entries].reverse(), shown, 50);
+    // an odd change lands 130 steps after the even one before it, an even one 70 after an odd one
+    assert.equal(mixed.size, 0);
+    const wide = mixedWithin([...entries].reverse(), shown, 130);
+    assert.equal(wide.size, 2999);
+    assert.equal(wide.get(1).seq, 2);
+    assert.equal(wide.get(2999).seq, 3000);
+  });
 });

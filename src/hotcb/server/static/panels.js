@@ -767,10 +767,21 @@ export function impactRows(entries, actuatorKeys = null) {
 export function mixedWithin(entries, shown, window, replaced = new Map()) {
   const out = new Map();
   if (!(window > 0)) return out;
-  const measured = entries.filter((e) => shown.get(e.seq) === e.seq && !replaced.has(e.seq));
+  // by step (then seq): each change's next one is found by a binary search, not a scan (a
+  // tuner's long ledger is rendered every second)
+  const measured = entries
+    .filter((e) => shown.get(e.seq) === e.seq && !replaced.has(e.seq) && Number.isFinite(e.step))
+    .sort((a, b) => a.step - b.step || a.seq - b.seq);
   for (const e of measured) {
-    const next = measured.find((x) => x.step > e.step && x.step <= e.step + window);
-    if (next) out.set(e.seq, next);
+    let lo = 0;
+    let hi = measured.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (measured[mid].step <= e.step) lo = mid + 1;
+      else hi = mid;
+    }
+    const next = measured[lo];
+    if (next && next.step <= e.step + window) out.set(e.seq, next);
   }
   return out;
 }
