@@ -222,11 +222,13 @@ def server(runs: dict[str, Any]) -> Iterator[Server]:
 
 @pytest.fixture
 def serve_dir() -> Iterator[Any]:
-    """``serve_dir(path)`` starts another ``hotcb serve`` over ``path``; stopped after the test."""
+    """``serve_dir(path, env=None)`` starts another ``hotcb serve`` over ``path`` (``env``: its
+    settings, ``HOTCB_…``); stopped after the test."""
     started: list[Server] = []
 
-    def start(path: str) -> Server:
+    def start(path: str, env: dict[str, str] | None = None) -> Server:
         srv = Server(path, free_port())
+        srv.env.update(env or {})
         srv.start()
         started.append(srv)
         return srv

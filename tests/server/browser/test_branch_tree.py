@@ -94,3 +94,23 @@ def test_branch_listed_under_parent_and_compared_from_branch_step(
     assert "a-child" in items[1]["text"]
     assert f"branch of parent at step {BRANCH_STEP}" in items[1]["text"], items
     assert page.evaluate("window.hotcb.debug().compare") == []  # a parent adds no default
+
+
+def test_a_long_parent_is_drawn_with_as_many_points_after_the_branch_as_the_branch(
+    page: Any, serve_dir: Any, tmp_path: Any
+) -> None:
+    """The parent's history was thinned to the page's point budget over its whole run, then
+    cut at the branch step: a branch near the end of a long parent was compared with a
+    parent curve of a handful of points. The page asks for the parent from the branch step."""
+    root = tmp_path / "runs"
+    parent = write_run(os.fspath(root / "parent"), range(400))
+    info = {"parent": parent, "step": 300, "checkpoint": "ckpt/300.pt", "seq": 1}
+    write_run(os.fspath(root / "child"), range(300, 400), branch=info)
+    srv = serve_dir(os.fspath(root), env={"HOTCB_HISTORY_MAX_POINTS": "20"})
+    page.goto(srv.page_url("child"))
+    fn = "() => { const d = window.hotcb && window.hotcb.debug(); return !!(d && {expr}); }"
+    both = "d.charts.some((c) => c.series.filter((s) => s.metric === 'loss').length === 2)"
+    page.wait_for_function(fn.replace("{expr}", both), timeout=30000)
+    points = loss_points(page.evaluate("window.hotcb.debug()"))
+    assert points["child"] >= 15, points
+    assert points["parent"] == points["child"], points

@@ -169,7 +169,11 @@ async function loadMetrics(runId, gen) {
     const { names } = await api(runUrl(runId, "metrics/names"));
     if (gen !== app.generation) return;
     if (names && names.length) {
-      const res = await api(runUrl(runId, "metrics", { names: names.join(","), max_points: app.cfg.history_max_points }));
+      const query = { names: names.join(","), max_points: app.cfg.history_max_points };
+      // the branch's parent is drawn from the branch step on: its points budget is spent there
+      const branch = branchOf(app.runId);
+      if (runId !== app.runId && branch?.parent === runId && branch.step != null) query.step_min = branch.step;
+      const res = await api(runUrl(runId, "metrics", query));
       if (gen !== app.generation) return;
       rd.series = new Map();
       rd.lastStep = null;
