@@ -99,6 +99,14 @@ def test_stale_not_when_ended_or_paused() -> None:
            [], [], []]  # fmt: skip
 
 
+def test_a_stale_alert_says_the_step_the_run_stopped_at() -> None:
+    """Every other alert's line says its step (``[step N] …``); a stale one did not, though the
+    step the run went quiet after is what a person looks up first."""
+    alert = Alert("stale", "stale", seconds=300, cooldown=0)
+    (sample,) = samples(alert, Observation(400, last_metric_time=0, last_step=1234))
+    assert sample.active and sample.step == 1234
+
+
 def test_crash_fires_once() -> None:
     alert = Alert("crash", "crash")
     got = _fire(alert, [Observation(0), Observation(1, crashed=True), Observation(2, crashed=True)])

@@ -147,7 +147,7 @@ def _stale(alert: Alert, obs: Observation) -> list[Sample]:
     if quiet < alert.seconds:
         return [Sample(False)]
     return [Sample(True, f"no new metric for {quiet:.0f} s{what} (limit {alert.seconds:g} s); "
-                         "the run is neither ended nor paused")]  # fmt: skip
+                         "the run is neither ended nor paused", obs.last_step)]  # fmt: skip
 
 
 def _crash(alert: Alert, obs: Observation) -> list[Sample]:
