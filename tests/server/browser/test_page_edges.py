@@ -300,6 +300,30 @@ def test_header_buttons_send_one_command_per_click(
     ]
 
 
+def test_pause_comes_back_as_resume_never_as_pause(
+    page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
+) -> None:
+    """The run's answer to Pause re-enabled the button before the page took in that the run
+    had paused: for a moment it read "Pause" again, and a click then sent resume."""
+    trainer("r")
+    srv = serve_dir(os.fspath(tmp_path / "runs"))
+    open_live(page, srv, "r")
+    page.evaluate(
+        """() => {
+        const b = document.getElementById('btn-pause');
+        window.pauseStates = [];
+        new MutationObserver(() => window.pauseStates.push([b.textContent, b.disabled]))
+            .observe(b, {attributes: true, childList: true, characterData: true, subtree: true});
+    }"""
+    )
+    page.click("#btn-pause")
+    wait_page(page, "d.paused", 60)
+    page.locator("#btn-pause:not([disabled])", has_text="Resume").wait_for(timeout=30000)
+    states = page.evaluate("window.pauseStates")
+    clicked = states.index(["Pause", True])  # (before it, the page redraws it as it was)
+    assert ["Pause", False] not in states[clicked:], states
+
+
 # ------------------------------------------------------------------------------ a finished run
 @pytest.fixture(scope="module")
 def nan_server(tmp_path_factory: Any) -> Iterator[Server]:

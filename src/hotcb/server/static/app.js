@@ -210,8 +210,6 @@ function addEntries(entries, live = false) {
       maxSeq = Math.max(maxSeq, e.seq);
     }
     app.ledger.push(e);
-    answered(e.cmd_id);
-    answeredControl(e);
     // (one that left keys a later command had set again took back part of it: Undo stays)
     if (e.undo_of && e.decision === "applied" && !e.set_since) app.undone.add(e.undo_of);
     controls.onEntry(e);
@@ -220,6 +218,9 @@ function addEntries(entries, live = false) {
     if (e.module === "control" && e.decision === "applied" && e.changes?.paused) {
       if (app.status) app.status.paused = e.changes.paused.new;
     }
+    // after the state it changed: the button it re-enables reads Resume once paused
+    answered(e.cmd_id);
+    answeredControl(e);
     added = true;
   }
   if (!added) return;
