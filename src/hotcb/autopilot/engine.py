@@ -19,6 +19,7 @@ import os
 import socket
 import statistics
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,11 @@ class Autopilot:
         self._first_step: int | None = None  # the first metrics step this autopilot read
         self.fired: dict[str, int] = dict(st.get("fired") or {})  # rule -> step it acted at
         self.seen: dict[str, int] = dict(st.get("seen") or {})  # rule -> last detection step
+        #: metric -> the last step of it a round judged: the next round judges each point
+        #: after it (a one-step spike between two rounds was never the latest point); none
+        #: yet in a first round (the latest point alone: history is not acted on late)
+        self._judged: dict[str, int] = {n: p[-1][0] for n, p in self.series.items() if p}
+        self._rounds = 0
         # the firings of a life the run went back from, and a kernel resume seen before the
         # metrics said so: a resume re-applies the actions, so their rules stay cooled down
         self._gone_fired: dict[str, int] = {}
@@ -256,6 +262,8 @@ class Autopilot:
             if self.ai is not None and self.ai.fallback is None:
                 detected = any(r.get("kind") == "detection" for r in out[seen:])
                 self._ai_round(detected, out)
+        self._judged = {name: points[-1][0] for name, points in self.series.items() if points}
+        self._rounds += 1
         if self.ai is not None and self.closed:  # (not a crash: a resume may go on with it)
             self._ai_finish()
         self._save()
@@ -325,6 +333,7 @@ class Autopilot:
             gone = {}
         self._gone_fired, self._resume_seen = gone, False
         self.seen = {k: f for k, f in self.seen.items() if f < step}
+        self._judged = {k: min(j, step - 1) for k, j in self._judged.items()}
         if self.guard is not None and int(self.guard.get("step", 0)) >= step:
             self.guard = None
         if self.ai is not None:  # a call asked with the gone steps is not acted on (_ai_stale)
@@ -706,10 +715,27 @@ class Autopilot:
                     return None
                 tsteps, tvalues = _columns(self.series[train])
                 return fn(tsteps, tvalues, steps, values, **kwargs)
-            return fn(steps, values, **kwargs)
+            # each point read since the last round, each with the window that ended at it
+            window = int(kwargs.get("window", (fn.__kwdefaults__ or {}).get("window", 1)))
+            for i in range(self._first_new(metric, steps), len(steps)):
+                lo = max(0, i + 1 - window)
+                found = fn(steps[lo : i + 1], values[lo : i + 1], **kwargs)
+                if found is not None:
+                    return found
+            return None
         except Exception as exc:  # a detector's bug must not stop the autopilot
             log.warning("hotcb autopilot: detector %s failed: %r", rule.detector, exc)
             return None
+
+    def _first_new(self, metric: str, steps: list[int]) -> int:
+        """The index of the first point of ``metric`` this round judges: the first after the
+        last round's (all of them when it was not logged then; the latest alone in the first
+        round), or the latest when nothing is new (a paused run's trouble still holds)."""
+        if metric in self._judged:
+            first = bisect_right(steps, self._judged[metric])
+        else:
+            first = 0 if self._rounds else len(steps) - 1
+        return max(0, min(first, len(steps) - 1))
 
     def _apply(self, rule: Rule, found: Detection) -> list[dict[str, Any]]:
         reason = f"autopilot rule {rule.id}: {found.describe()}"
