@@ -145,19 +145,21 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
 
 def test_every_problem_of_a_recipe_comes_in_one_round(toy: Any, cli: Any) -> None:
     """A recipe with a bad setting, a knob the run does not have and a knob written twice:
-    the missing knob and the duplicate came only once the other problems were fixed."""
+    the missing knob and the duplicate came only once the other problems were fixed, and the
+    duplicate's own problems only once it was."""
     stderr = _refused_recipe(toy, cli, (
         "direction: sideways\n"
         "space:\n"
         "  - {key: lr, mode: mul, low: 0.5, high: 2}\n"
         "  - {key: dropout, module: custom, mode: set, low: 0.1, high: 0.5}\n"
-        "  - {key: lr, low: 0.5, high: 2}\n"
+        "  - {key: lr, low: 3, high: 2}\n"
     ))  # fmt: skip
     problems = [x.strip() for x in stderr.strip().splitlines()[1:]]
-    assert [p.split(":")[0] for p in problems] == ["line 1", "line 3", "line 4", "line 5"]
+    assert [p.split(":")[0] for p in problems] == ["line 1", "line 3", "line 4", "line 5", "line 5"]
     assert "direction: 'sideways'" in problems[0] and "'mul' is not one of" in problems[1]
     assert "custom.dropout: the run has no actuator 'dropout'" in problems[2]
     assert "space[2]: opt.lr appears twice" in problems[3]
+    assert "space[2].high: must be greater than low" in problems[4], problems[4]
 
 
 def _refused_recipe(toy: Any, cli: Any, text: str) -> str:

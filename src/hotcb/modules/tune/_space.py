@@ -271,13 +271,13 @@ def _check_space(space: Any, ck: Checker, where: str) -> tuple[Knob, ...] | None
             continue
         key, module = item.get("key"), item.get("module") or "opt"
         name = f"{module}.{key}" if isinstance(key, str) and isinstance(module, str) else None
-        if name is not None and name in seen:  # said whatever else is wrong with either
+        twice = name is not None and name in seen
+        if twice:
             ck.add(at, f"{name} appears twice")
-            continue
         if name is not None:
             seen.add(name)
-        knob = _check_knob(item, ck, at)
-        if knob is not None:
+        knob = _check_knob(item, ck, at)  # whatever else is wrong with it is said too
+        if knob is not None and not twice:
             knobs.append(knob)
     return tuple(knobs) if len(knobs) == len(space) else None
 
