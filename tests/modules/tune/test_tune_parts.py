@@ -220,6 +220,27 @@ def test_a_seeded_sampler_goes_on_after_the_studys_trials_instead_of_drawing_the
     assert again.ask(knobs, prior_first=False)[1] == drawn[0]
 
 
+def test_runs_started_together_on_a_shared_study_with_one_seed_draw_their_own_points(
+    tmp_path: Path,
+) -> None:
+    """A sweep's runs, each with ``--study sweep --seed 1``, opened the new study at the same
+    moment (none held a trial yet): each drew the same start-up points, three of five trials
+    of each run wasted. The run's name is mixed into a shared study's seed; a run that opens
+    it again (a restart) draws as it did."""
+    pytest.importorskip("optuna")
+    from hotcb.modules.tune._study import Study
+
+    knobs = list(DEFAULT_SPACE)
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    a = Study(url, "sweep", "/runs/a", seed=1, startup_trials=5, shared=True)
+    b = Study(url, "sweep", "/runs/b", seed=1, startup_trials=5, shared=True)
+    drawn_a, drawn_b = a.ask(knobs, prior_first=False)[1], b.ask(knobs, prior_first=False)[1]
+    assert drawn_a != drawn_b, (drawn_a, drawn_b)
+    alone = Study(f"sqlite:///{tmp_path / 'other.db'}", "sweep", "/runs/a", seed=1,
+                  startup_trials=5, shared=True)  # fmt: skip
+    assert alone.ask(knobs, prior_first=False)[1] == drawn_a  # still reproducible
+
+
 def test_the_blow_up_line_is_above_every_step_before_and_ignores_a_nan_step() -> None:
     from hotcb.modules.tune._module import _blow_up_line
 

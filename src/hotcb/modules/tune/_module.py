@@ -1450,8 +1450,9 @@ class TuneModule:
         except HotcbError as exc:  # nothing opened: refused like a storage that cannot be
             raise RuntimeError(f"could not open study {name!r} in {redact(url)}: {exc}") from None
         try:
+            shared = settings.storage is not None or settings.study is not None
             study = Study(url, name, self.host.run_dir, seed=settings.seed,
-                          startup_trials=settings.startup_trials)  # fmt: skip
+                          startup_trials=settings.startup_trials, shared=shared)  # fmt: skip
             # what the others had put in it when this run first joined it: an enable that opens
             # it again (another mode) or a restart does not move that moment. (This runs on the
             # tuner's thread: a new dict, never one that a checkpoint may be copying, changes.)

@@ -11,6 +11,7 @@ import random
 import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -182,19 +183,25 @@ def _sampler(optuna: Any, startup_trials: int, seed: int | None) -> Any:
     with warnings.catch_warnings():  # multivariate TPE is "experimental" in some releases
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            n_startup_trials=startup_trials, seed=seed, multivariate=True
-        )
+            n_startup_trials=startup_trials, seed=None if seed is None else seed % 2**32,
+            multivariate=True,
+        )  # fmt: skip
 
 
 class Study:
     """One Optuna study seen by one run: trials it opened carry the run's name, so a restart
-    can tell which of its own trials were left open."""
+    can tell which of its own trials were left open. ``shared``: the study was named for
+    several runs (``--study``, ``--storage``): a seed is mixed with the run's name, so runs
+    started together with one seed do not draw the same start-up points."""
 
     def __init__(
-        self, url: str, name: str, run: str, *, seed: int | None, startup_trials: int
-    ) -> None:
+        self, url: str, name: str, run: str, *, seed: int | None, startup_trials: int,
+        shared: bool = False,
+    ) -> None:  # fmt: skip
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if seed is not None and shared:
+            seed += zlib.crc32(run.encode())
         self._optuna = optuna
         self.url, self.name, self.run = url, name, run
         self._ids: dict[int, int] = {}  # trial number -> storage id, for the trials asked here
