@@ -55,6 +55,43 @@ def test_synthetic_trainer_writes_a_steerable_run(tmp_path: Any) -> None:
     assert {"momentum", "reg", "noise"} <= set(acts)
 
 
+def _losses(run: str) -> dict[int, float]:
+    with open(os.path.join(run, "hotcb.metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    return {r["step"]: r["metrics"]["train/loss"] for r in recs if "step" in r}
+
+
+@pytest.mark.slow
+def test_a_branch_of_the_demo_resumes_from_its_checkpoint(tmp_path: Any) -> None:
+    """``hotcb branch`` of a demo run prints ``hotcb launch --resume-from CKPT -- <the
+    demo's trainer>``: the demo's trainer ignored ``$HOTCB_RESUME_FROM`` and started again at
+    step 0 under a ledger that said the parent's changes were in force. It resumes now, on
+    the parent's very trajectory (no change was set)."""
+    pytest.importorskip("torch")
+    parent, child = os.fspath(tmp_path / "parent"), os.fspath(tmp_path / "child")
+
+    def hotcb(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "hotcb", *args], env=ENV, text=True,
+                              capture_output=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def demo(run: str) -> list[str]:
+        return [sys.executable, "-m", "hotcb.demo", "train", "--run-dir", run,
+                "--max-steps", "40", "--step-delay", "0"]  # fmt: skip
+
+    hotcb("--dir", parent, "init")
+    hotcb("--dir", parent, "checkpoint", "--at-step", "20")
+    subprocess.run(demo(parent), env=ENV, check=True, timeout=300, capture_output=True)
+    printed = hotcb("--dir", parent, "branch", "--from", "20", "--to", child)
+    ckpt = re.search(r"--resume-from (\S+)", printed)
+    assert ckpt, printed
+    hotcb("--dir", child, "launch", "--resume-from", ckpt.group(1), "--", *demo(child))
+    was, now = _losses(parent), _losses(child)
+    assert min(now) == 21 and max(now) == 39, sorted(now)
+    assert [now[s] for s in (21, 30, 39)] == [was[s] for s in (21, 30, 39)]
+
+
 @pytest.mark.slow
 def test_hotcb_demo_serves_and_cleans_up_on_sigint(tmp_path: Any) -> None:
     psutil = pytest.importorskip("psutil")

@@ -147,14 +147,31 @@ def _train_torch(
         path = path or os.path.join(ckpt_dir, f"step_{step}.pt")
         torch.save(
             {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "generator": gen.get_state(),
+             "rng": torch.get_rng_state(),  # dropout's
              "hotcb": kernel.state_dict()},
             path,
         )  # fmt: skip
         return path
 
     step = -1
+    # `hotcb launch --resume-from` (the command `hotcb branch` prints) sets it
+    resume = os.environ.get("HOTCB_RESUME_FROM")
+    if resume:
+        ckpt = torch.load(resume, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if "scheduler" in ckpt:  # (a checkpoint of an earlier hotcb's demo has none)
+            sched.load_state_dict(ckpt["scheduler"])
+            gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["rng"])
+        kernel.load_state_dict(ckpt["hotcb"])
+        step = int(ckpt["step"])
+        kernel.catch_up({"step": step, "model": model, "optimizer": opt, "scheduler": sched},
+                        ("train_step_end",))  # fmt: skip
+    first = step + 1
     try:
-        for step in range(max_steps):
+        for step in range(first, max_steps):
             idx = torch.randint(0, len(x_tr), (int(knobs["batch_size"]),), generator=gen)
             inp, target = _add_noise(x_tr[idx], knobs["input_noise"], gen), y_tr[idx]
             if not golden:
