@@ -114,3 +114,24 @@ def test_a_long_parent_is_drawn_with_as_many_points_after_the_branch_as_the_bran
     points = loss_points(page.evaluate("window.hotcb.debug()"))
     assert points["child"] >= 15, points
     assert points["parent"] == points["child"], points
+
+
+def test_a_branch_s_label_wraps_in_the_compare_list_of_a_phone(
+    page: Any, serve_dir: Any, tree: str
+) -> None:
+    """At 390 px the compare list's "branch of parent at step 50" ran past its right edge,
+    cut off (the list scrolled sideways inside a box the width of the screen)."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    srv = serve_dir(tree)
+    page.goto(srv.page_url("another"))
+    fn = "() => { const d = window.hotcb && window.hotcb.debug(); return !!(d && {expr}); }"
+    page.wait_for_function(fn.replace("{expr}", "d.run === 'another'"), timeout=30000)
+    page.locator(".compare summary").click()
+    label = page.locator("#compare-list .branch-label")
+    label.wait_for()
+    assert f"branch of parent at step {BRANCH_STEP}" in label.text_content()
+    box = page.evaluate(
+        "() => { const l = document.getElementById('compare-list');"
+        " return [l.scrollWidth, l.clientWidth]; }"
+    )
+    assert box[0] <= box[1], box  # nothing runs past the list's edge
