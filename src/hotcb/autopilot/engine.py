@@ -67,6 +67,11 @@ LOCK = "hotcb.autopilot.lock"
 #: Which process drives the run's autopilot (``pid``, ``host``, ``mode``, ``started``).
 OWNER = "hotcb.autopilot.owner.json"
 _WINDOW = 512  # points kept per metric
+#: Detectors of one point's event (a loss spike, a gradient-norm jump): each point read since
+#: the last round is judged, or one between two rounds is never seen. The trend detectors
+#: (plateau, divergence, overfitting) judge the newest window: a trend lasts, and judging
+#: every point of a noisy per-batch loss would multiply their false alarms.
+_POINT_DETECTORS = frozenset({"spike", "grad_explosion"})
 _TRAIN_NAMES = ("loss", "train/loss", "train_loss")
 #: Ledger sources that are not a person: their changes do not hold a knob.
 _NOT_A_PERSON = frozenset({"autopilot", "tune", "ramp", "resume", "recipe", "kernel", "ai"})
@@ -715,17 +720,25 @@ class Autopilot:
                     return None
                 tsteps, tvalues = _columns(self.series[train])
                 return fn(tsteps, tvalues, steps, values, **kwargs)
-            # each point read since the last round, each with the window that ended at it
-            window = int(kwargs.get("window", (fn.__kwdefaults__ or {}).get("window", 1)))
-            for i in range(self._first_new(metric, steps), len(steps)):
-                lo = max(0, i + 1 - window)
-                found = fn(steps[lo : i + 1], values[lo : i + 1], **kwargs)
-                if found is not None:
-                    return found
-            return None
+            if rule.detector in _POINT_DETECTORS:
+                return self._each_new_point(fn, metric, steps, values, kwargs)
+            return fn(steps, values, **kwargs)
         except Exception as exc:  # a detector's bug must not stop the autopilot
             log.warning("hotcb autopilot: detector %s failed: %r", rule.detector, exc)
             return None
+
+    def _each_new_point(self, fn: Callable[..., Detection | None], metric: str,
+                        steps: list[int], values: list[float],
+                        kwargs: dict[str, Any]) -> Detection | None:  # fmt: skip
+        """The first detection among the points read since the last round, each judged with
+        the window that ended at it."""
+        window = int(kwargs.get("window", (fn.__kwdefaults__ or {}).get("window", 1)))
+        for i in range(self._first_new(metric, steps), len(steps)):
+            lo = max(0, i + 1 - window)
+            found = fn(steps[lo : i + 1], values[lo : i + 1], **kwargs)
+            if found is not None:
+                return found
+        return None
 
     def _first_new(self, metric: str, steps: list[int]) -> int:
         """The index of the first point of ``metric`` this round judges: the first after the
