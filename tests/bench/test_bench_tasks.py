@@ -242,6 +242,24 @@ def test_ai_condition_asks_the_configured_endpoint(tmp_path: Path, monkeypatch: 
     assert not leaked, leaked
 
 
+@pytest.mark.parametrize(
+    ("url", "skipped"),
+    [("http://127.0.0.1:8000/v1", []), ("http://localhost:11434/v1", []),
+     ("https://api.example.com/v1", [("ai", "not configured (missing HOTCB_AI_KEY)")])],
+)  # fmt: skip
+def test_the_ai_condition_needs_no_key_for_a_server_on_this_machine(
+    monkeypatch: Any, url: str, skipped: list[tuple[str, str]]
+) -> None:
+    """``hotcb autopilot`` asks a local server without a key (docs/autopilot.md); the bench's
+    ``ai`` condition was skipped for the missing key all the same."""
+    from hotcb.bench.runner import Settings, check_plan
+
+    monkeypatch.delenv("HOTCB_AI_KEY", raising=False)
+    s = Settings(tasks=["digits_mlp"], conditions=["fixed", "ai"], seeds=1, steps=20,
+                 ai_base_url=url, ai_model="local")  # fmt: skip
+    assert check_plan(s) == skipped
+
+
 def test_resnet20_run_on_cifar_shaped_tensors() -> None:
     """The cifar10_resnet20 task's model and run, on random CIFAR-shaped tensors (the data set
     itself is never downloaded; with --data the same run trains on it)."""

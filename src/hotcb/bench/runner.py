@@ -575,13 +575,26 @@ def check_plan(s: Settings) -> list[tuple[str, str]]:
     if "ai" in s.conditions:
         from ..autopilot.ai._config import KEY_ENV
 
-        missing = [name for name, v in ((KEY_ENV, os.environ.get(KEY_ENV)),
-                   ("--ai-base-url", s.ai_base_url), ("--ai-model", s.ai_model)) if not v]  # fmt: skip
+        # a server on this machine needs no key, as for `hotcb autopilot` (docs/autopilot.md)
+        key = os.environ.get(KEY_ENV) or _on_this_machine(s.ai_base_url)
+        missing = [name for name, v in ((KEY_ENV, key), ("--ai-base-url", s.ai_base_url),
+                                        ("--ai-model", s.ai_model)) if not v]  # fmt: skip
         if missing:
             skips.append(("ai", f"not configured (missing {', '.join(missing)})"))
             if "replay" in s.conditions and s.replay_of == "ai":
                 skips.append(("replay", "its source, ai, is skipped"))
     return skips
+
+
+def _on_this_machine(url: str | None) -> bool:
+    """Whether ``url`` names a server on this machine (localhost, a loopback address)."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url or "").hostname or ""
+    except ValueError:
+        return False
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _load_tasks(s: Settings, conditions: list[str], skipped: list[tuple[str, str]]) -> list[Task]:
