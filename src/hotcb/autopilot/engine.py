@@ -947,7 +947,7 @@ class Autopilot:
         run went back from (in ``ai_auto`` its lr cut landed on the new life for trouble it
         never had)."""
         if self.ended:
-            return "late", "the run ended before the reply came"
+            return "late", "the run had ended when the reply was read: nothing would apply it"
         if asked_in != self._life:
             return "stale", (f"asked at step {outcome.step}, in a life the run left (it went "
                              "back since): nothing is sent")  # fmt: skip
