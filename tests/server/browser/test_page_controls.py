@@ -546,6 +546,34 @@ def test_an_undo_the_run_refuses_says_why_on_the_page(
     assert page.locator("#ledger-body .undo-btn").count() == 0
 
 
+def test_an_undo_a_freeze_ignores_says_so_on_the_page(
+    page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any
+) -> None:
+    """An Undo sent while the run is frozen (prod) is ignored by the run: the page said
+    nothing, and the row offered Undo again with no reason."""
+    from hotcb import HotClient
+    from hotcb.testing import read_ledger
+
+    run = os.fspath(tmp_path / "runs" / "r")
+    trainer = start_trainer(run, os.fspath(tmp_path / "trace.jsonl"), steps=100_000,
+                            step_delay=0.02)  # fmt: skip
+    trainer.wait_step(1)
+    client = HotClient(run)
+    cmds = [client.opt(lr=0.02), client.freeze("prod")]
+    wait_for(lambda: {e.get("cmd_id") for e in read_ledger(run)} >= set(cmds), 60,
+             what="the lr change's and the freeze's entries")  # fmt: skip
+    srv = serve_dir(os.path.dirname(run))
+    page.goto(srv.page_url("r"))
+    wait_page(page, "d.state === 'running'")
+    page.locator("#ledger-body .undo-btn").first.click()
+    toast = page.locator("#toasts .toast.bad", has_text="undo: ignored_freeze: ")
+    toast.wait_for(timeout=60_000)
+    assert "freeze mode is prod" in toast.text_content(), toast.text_content()
+    # the row still offers it: once the freeze is lifted, the run will take it
+    page.locator("#ledger-body .undo-btn").first.wait_for(timeout=60_000)
+    assert page.locator("#ledger-body .undo-refused").count() == 0
+
+
 def test_a_refused_undo_answered_before_the_send_s_reply_is_still_said(
     page: Any, serve_dir: Any, tmp_path: Any, start_trainer: Any
 ) -> None:

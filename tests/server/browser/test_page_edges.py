@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -322,6 +323,34 @@ def test_pause_comes_back_as_resume_never_as_pause(
     states = page.evaluate("window.pauseStates")
     clicked = states.index(["Pause", True])  # (before it, the page redraws it as it was)
     assert ["Pause", False] not in states[clicked:], states
+
+
+def test_a_status_answer_asked_before_the_pause_does_not_undo_it_on_the_page(
+    page: Any, serve_dir: Any, trainer: Any, tmp_path: Any
+) -> None:
+    """The page's periodic status request, sent before the run paused and answered after the
+    ledger said it had, turned Resume back into "Pause" for a moment (a click then sent
+    another pause, a noop)."""
+    trainer("r")
+    srv = serve_dir(os.fspath(tmp_path / "runs"))
+    open_live(page, srv, "r")
+    held: list[Any] = []
+    status = lambda url: url.split("?")[0].endswith("/runs/r/status")  # noqa: E731
+    page.route(status, lambda route: held.append((route, route.fetch())))  # as the server said
+    deadline = time.monotonic() + 60
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets the page run and the route handler be called
+    assert held, "the page never asked for the run's status"
+    page.click("#btn-pause")
+    wait_page(page, "d.paused", 60)
+    page.locator("#btn-pause:not([disabled])", has_text="Resume").wait_for(timeout=30000)
+    page.evaluate("() => { window.statusBefore = window.hotcb.app.status; }")
+    for route, answer in list(held):  # the first was asked before the pause
+        route.fulfill(response=answer)
+    page.unroute(status)
+    page.wait_for_function("() => window.hotcb.app.status !== window.statusBefore", timeout=60000)
+    assert debug(page)["paused"]
+    assert page.locator("#btn-pause").text_content() == "Resume"
 
 
 # ------------------------------------------------------------------------------ a finished run

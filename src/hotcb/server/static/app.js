@@ -217,6 +217,7 @@ function addEntries(entries, live = false) {
     if (e.module === "freeze" && e.decision === "applied" && e.changes?.mode) setFreeze(e.changes.mode.new);
     if (e.module === "control" && e.decision === "applied" && e.changes?.paused) {
       if (app.status) app.status.paused = e.changes.paused.new;
+      pauseSeenAt = statusAsks;
     }
     // after the state it changed: the button it re-enables reads Resume once paused
     answered(e.cmd_id);
@@ -288,7 +289,7 @@ async function loadPrimary(runId, gen, reset) {
     knobsPanel.reset();
   }
   const jobs = [
-    api(runUrl(runId, "status")).then((st) => gen === app.generation && applyStatus(st)),
+    askStatus(runId).then(([st, ask]) => gen === app.generation && applyStatus(st, ask)),
     api(runUrl(runId, "actuators")).then((res) => {
       if (gen !== app.generation) return;
       app.actuators = res.actuators || [];
@@ -332,7 +333,20 @@ async function loadAll({ reset = true } = {}) {
   await Promise.all([loadPrimary(app.runId, gen, reset), ...runIds.slice(1).map((r) => loadMetrics(r, gen))]);
 }
 
-function applyStatus(st) {
+/** The status requests sent (`ask` numbers them), and how many had been sent when the ledger
+ * last said the run paused or resumed: an answer to one sent before that says a pause state
+ * the ledger has since overtaken (Resume came back as "Resume" for a moment, and a click on it
+ * sent another resume). */
+let statusAsks = 0;
+let pauseSeenAt = 0;
+
+async function askStatus(runId) {
+  const ask = ++statusAsks;
+  return [await api(runUrl(runId, "status")), ask];
+}
+
+function applyStatus(st, ask = statusAsks) {
+  if (ask <= pauseSeenAt && app.status) st = { ...st, paused: app.status.paused };
   app.status = st;
   app.serverStale = !!st.stale;
   app.serverStep = st.last_step ?? null;
@@ -361,10 +375,10 @@ async function refreshStatus() {
   const runId = app.runId;
   if (runId == null) return;
   try {
-    const st = await api(runUrl(runId, "status"));
+    const [st, ask] = await askStatus(runId);
     if (app.offline) serverAnswered();
     if (gen === app.generation && app.gone) runBack();
-    else if (gen === app.generation) applyStatus(st);
+    else if (gen === app.generation) applyStatus(st, ask);
   } catch (err) {
     // a 404: the server has no such run any more; anything else: the connection pill says it
     if (gen === app.generation && err instanceof ApiError && err.status === 404) runGone();
@@ -489,9 +503,10 @@ function answeredControl(e) {
   const sent = sentControls.get(e.cmd_id);
   if (sent === undefined) return;
   sentControls.delete(e.cmd_id);
-  if (!["rejected", "failed"].includes(e.decision)) return;
+  if (!["rejected", "failed", "ignored_freeze"].includes(e.decision)) return;
   toast(`${sent.op}: ${e.decision}: ${e.error || "no reason given"}`, "bad", 10000);
-  if (sent.op === "undo" && sent.params?.cmd_id) app.refusedUndo.set(sent.params.cmd_id, e.error || e.decision);
+  // (one a freeze ignored can be sent again once the freeze is lifted: its Undo stays)
+  if (sent.op === "undo" && sent.params?.cmd_id && e.decision !== "ignored_freeze") app.refusedUndo.set(sent.params.cmd_id, e.error || e.decision);
 }
 
 const waiting = new Map(); // cmd_id → the callback that re-enables its header button
@@ -709,7 +724,8 @@ function renderFacts() {
   // nothing to steer: no run at all, one that is over or gone, or no server to send to
   const why = offline ? "the dashboard's server is unreachable: nothing can be sent" : gone ? GONE_TITLE : "";
   for (const id of STEER_BUTTONS) {
-    $(id).disabled = noRun || over || offline || gone || app.inflight.has(id);
+    // (Pause or Resume: not before the page knows which)
+    $(id).disabled = noRun || over || offline || gone || app.inflight.has(id) || (id === "btn-pause" && !app.status);
     explain($(id), why);
   }
   // a ledger's Undo and Cancel send commands too: nothing would act on them either
