@@ -874,3 +874,24 @@ def test_an_undo_sent_while_down_leaves_every_group_a_reapplied_lr_sets(tmp_path
     again = [e for e in ledger if e["source"] == "resume" and e["cmd_id"] == b]
     assert [(e["step"], e["decision"]) for e in again] == [(30, "applied")], again
     assert [g["lr"] for g in second.opt.param_groups] == pytest.approx([0.2, 0.08])
+
+
+def test_an_undo_in_a_run_s_first_life_does_not_speak_of_lives_before(tmp_path: Any) -> None:
+    """``hotcb undo`` on a brand-new run with nothing to undo said "this life started again
+    without a checkpoint, in a new process": it had not. An undo of an evaluate said there was
+    no such command; it changed no value, and that is what is said now."""
+    from hotcb import HotClient, HotKernel
+
+    run_dir = os.fspath(tmp_path / "run")
+    kernel = HotKernel(run_dir, poll_interval_sec=0.0)
+    client = HotClient(run_dir)
+    plain = client.undo()
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    evaluate = client.evaluate()
+    kernel.apply({"step": 1, "metrics": {"loss": 1.0}, "request_evaluate": lambda: None})
+    named = client.undo(cmd_id=evaluate)
+    kernel.apply({"step": 2, "metrics": {"loss": 1.0}})
+    kernel.close()
+    undos = {e["cmd_id"]: e for e in read_ledger(run_dir) if e["op"] == "undo"}
+    assert undos[plain]["error"] == "no applied change with changes to undo", undos[plain]
+    assert undos[named]["error"].startswith("control evaluate (#2) changed no value"), undos[named]

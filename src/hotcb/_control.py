@@ -318,7 +318,10 @@ class RunControl:
                                 f"resume re-applies it at step {coming}): it will not be")  # fmt: skip
         target = self._undo_target(named)
         fresh = self.recorder.fresh_from
-        if target is None or not target.get("changes"):
+        if target is not None and not target.get("changes"):  # an evaluate, a cancel, …
+            return OpResult("rejected", error=f"{target.get('module')} {target.get('op')} "
+                            f"(#{target.get('seq')}) changed no value: nothing to undo")  # fmt: skip
+        if target is None:
             what = f"command {op.params.get('cmd_id')!r}" if op.params.get("cmd_id") else "change"
             return OpResult("rejected", error=f"no applied {what} with changes to undo"
                             + (_NOT_IN_FORCE if fresh is not None else ""))  # fmt: skip

@@ -1335,7 +1335,7 @@ class HotKernel:
         lives before set is not in force here: an undo does not take it back."""
         self._requeue_waiting(0)
         self._end_lost_ramps()
-        if not self._same_process:
+        if not self._same_process and self._ledger.before > 0:  # (a first life has none)
             self._ledger.fresh_from, self._ledger.before = self._ledger.before, 0
 
     def _end_lost_ramps(self) -> None:
