@@ -96,6 +96,22 @@ def test_cli_wait_on_a_ramp_ends_with_exit_1_when_the_run_is_killed_mid_ramp(
 
 
 @pytest.mark.slow
+def test_cli_wait_on_a_ramp_that_outlasts_it_says_the_ramp_goes_on(
+    run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
+) -> None:
+    """Its timeout said "not handled yet; it stays queued, and the run applies it when it reads
+    it", under the applied entry it had just printed: the ramp had started and goes on."""
+    tr = start_trainer(run_dir, os.fspath(tmp_path / "t.jsonl"), steps=100_000, step_delay=0.005)
+    tr.wait_step(2)
+    done = cli(run_dir, "set", "lr=1e-3", "--ramp", "1000000", "--wait", "--timeout", "15")
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "ramping 0.01 → 0.001" in done.stdout
+    assert "it goes on in the run" in done.stderr and "queued" not in done.stderr, done.stderr
+    cli(run_dir, "stop")
+    assert tr.finish()[0] == 0
+
+
+@pytest.mark.slow
 def test_cli_wait_on_a_ramp_says_it_ramps_then_waits_for_its_end(
     run_dir: str, tmp_path: Any, start_trainer: Any, cli: Any
 ) -> None:

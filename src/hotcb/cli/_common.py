@@ -538,9 +538,12 @@ def finish(
 NOT_YET = 3
 
 
-def _not_yet(exc: TimeoutError) -> int:
-    print(f"hotcb: error: {term_safe(str(exc))} (exit code {NOT_YET}: not handled yet; it "
-          "stays queued, and the run applies it when it reads it)", file=sys.stderr, flush=True)  # fmt: skip
+def _not_yet(exc: TimeoutError, *, applied: bool = False) -> int:
+    """``applied``: the command was applied and what it started (a ramp) goes on."""
+    why = ("not ended yet" if applied else
+           "not handled yet; it stays queued, and the run applies it when it reads it")  # fmt: skip
+    print(f"hotcb: error: {term_safe(str(exc))} (exit code {NOT_YET}: {why})", file=sys.stderr,
+          flush=True)  # fmt: skip
     return NOT_YET
 
 
@@ -554,7 +557,7 @@ def _print_waited(c: HotClient, run_dir: str, entry: dict[str, Any], deadline: f
                                 until_over=True)  # fmt: skip
         except TimeoutError as exc:
             if ended(run_dir) is None:
-                return _not_yet(exc)
+                return _not_yet(exc, applied=True)
             print(f"hotcb: {exc} (exit code 1)", file=sys.stderr)  # killed mid-ramp
             return 1
         print(fmt_entry(entry, run_dir))
