@@ -614,3 +614,19 @@ def test_the_cancel_a_scheduled_wait_suggests_runs_as_printed_in_a_dir_with_spac
         assert [e["decision"] for e in read_ledger(run) if e.get("cmd_id") == cid] == [
             "scheduled", "noop",
         ]  # fmt: skip
+
+
+def test_status_shows_every_metric_the_last_step_logged(run_dir: str, cli: Any) -> None:
+    """A callback's ``grad/…`` record after the loop's at the same step: ``hotcb status``
+    showed the callback's alone, and the loss was gone from it."""
+    from hotcb.metrics import MetricsCollector
+
+    with MetricsCollector(run_dir) as m:
+        m.log(1, {"loss": 0.75, "acc": 0.5})
+        m.log(2, {"loss": 0.5, "acc": 0.625})
+        m.log(2, {"grad/global_norm": 1.25})
+    text = cli(run_dir, "status").stdout
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("metrics  ")]
+    assert "step 2 " in line and "loss=0.5, acc=0.625, grad/global_norm=1.25" in line, line
+    st = json.loads(cli(run_dir, "status", "--json").stdout)
+    assert st["last_metrics"]["metrics"] == {"loss": 0.5, "acc": 0.625, "grad/global_norm": 1.25}

@@ -229,10 +229,24 @@ def _by_seq(run_dir: str, ident: str) -> str:
     return str(found["cmd_id"])
 
 
+def _last_step_metrics(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest step's metrics, its records merged in order: the loop's ``loss`` and a
+    callback's ``grad/…`` logged at one step are two records (the status showed only the
+    callback's, and the loss was gone from it)."""
+    if not records:
+        return None
+    last = records[-1]
+    merged: dict[str, Any] = {}
+    same = [r for r in records if r.get("step") == last.get("step")]
+    for rec in same:
+        merged.update(rec.get("metrics") or {})
+    return {**last, "metrics": merged}
+
+
 def _status(paths: RunPaths, n: int) -> dict[str, Any]:
     meta = jsonl.read_json(paths.run_meta, {}) or {}
     acts = jsonl.read_json(paths.actuators, {}) or {}
-    last_metrics = jsonl.read_last(paths.metrics, 1)
+    last_metrics = _last_step_metrics(jsonl.read_last(paths.metrics, 16))
     try:
         pending_cmds = os.path.getsize(paths.commands)
     except OSError:
@@ -240,7 +254,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
     view = LedgerView.read(paths.ledger, max_entries=n)
     ledger_tail = list(view.entries)
     cursor = tail_state(paths.ledger)[1]  # the newest entry's, however few are shown (-n 0)
-    metrics_time = last_metrics[0].get("wall_time") if last_metrics else None
+    metrics_time = last_metrics.get("wall_time") if last_metrics else None
     beat = jsonl.read_json(paths.heartbeat, None)  # the kernel's, once a second
     beat = beat if isinstance(beat, dict) else None
     beat_time = beat.get("wall_time") if beat else None
@@ -254,7 +268,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "actuators": acts.get("actuators") or [],
         "actuators_from_parent": bool(acts.get("from_parent")),
         "actuators_step": acts.get("step"),
-        "last_metrics": last_metrics[0] if last_metrics else None,
+        "last_metrics": last_metrics,
         "heartbeat": beat,
         "unread_command_bytes": max(0, pending_cmds - int(cursor or 0)),
         # a freeze set among them: the mode the run is about to take
