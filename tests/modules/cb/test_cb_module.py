@@ -777,3 +777,40 @@ def test_reload_whose_on_load_raises_puts_the_old_one_back_and_says_so(
     assert e["restore_error"] == "RuntimeError: old cannot load"
     assert "which raised RuntimeError: old cannot load: it may not work" in e["error"]
     assert mod.get("h") is old
+
+
+PRINT_LOSS = """
+class PrintLoss:
+    def __init__(self, every=100):
+        self.every = every
+
+    def handle(self, event, env):
+        loss = env.get("metrics", {}).get("loss")
+        if event == "train_step_end" and loss is not None and env["step"] % self.every == 0:
+            print(f"step {env['step']}: loss {float(loss):.4f}")
+"""
+
+
+def test_set_params_refuses_a_value_of_another_kind(kernel_factory, write_cb):
+    """docs/callbacks.md's PrintLoss: ``cb set_params loss_print every=abc`` was applied, and
+    the callback failed at its next step and was disabled (a recipe kept the bad set, so every
+    replay did the same). A number stays a number."""
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("loss_print", file=write_cb(PRINT_LOSS), symbol="PrintLoss", init={"every": 50})
+    client.cb_load("hb", path="hotcb.modules.cb.callbacks", symbol="HeartbeatCallback")
+    kernel.apply({"step": 0})
+    bad = _do(kernel, client, client.cb("set_params", "loss_print", every="abc"), 1)
+    assert bad["decision"] == "rejected", bad
+    assert bad["error"] == "loss_print: every must be a number, got 'abc' (it is 50 now)"
+    flag = _do(kernel, client, client.cb("set_params", "loss_print", every=True), 2)
+    assert flag["decision"] == "rejected", flag
+    good = _do(kernel, client, client.cb("set_params", "loss_print", every=2.5), 3)
+    assert good["decision"] == "applied" and good["changes"]["every"]["new"] == 2.5
+    kernel.apply({"step": 4, "metrics": {"loss": 1.0}})
+    assert kernel.module("cb").get("loss_print") is not None
+    assert [c["id"] for c in kernel.module("cb").describe() if c["enabled"]] == ["loss_print", "hb"]
+    # the bundled callbacks' base: a parameter with no check of its own is checked the same
+    refused = _do(kernel, client, client.cb("set_params", "hb", rank_zero_only=1), 5)
+    assert refused["decision"] == "rejected", refused
+    assert "rank_zero_only must be true or false, got 1" in refused["error"]

@@ -21,7 +21,7 @@ from ...errors import CodeLoadError, CommandError, PathNotAllowedError
 from ...ops import CallbackTarget, HotOp, command_to_hotop, make_command, new_cmd_id
 from .._base import OpResult
 from ._loader import CallbackExit, Resolved, as_callback_exit, caught_exit, check_allowed, resolve
-from ._protocol import CallbackContext, ParamError
+from ._protocol import CallbackContext, ParamError, type_clash
 
 if TYPE_CHECKING:
     from .._base import ModuleHost
@@ -611,6 +611,9 @@ class CallbackModule:
                     f"{', '.join(map(repr, unknown))} and no set_params(); "
                     f"settable: {', '.join(known) or 'none'}",
                 )
+            clashes = [w for k, v in params.items() if (w := type_clash(k, getattr(cb, k), v))]
+            if clashes:
+                return OpResult("rejected", error=f"{slot.id}: {'; '.join(clashes)}")
             for k, v in params.items():
                 setattr(cb, k, v)
         slot.params.update(params)

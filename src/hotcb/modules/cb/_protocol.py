@@ -27,6 +27,20 @@ class ParamError(ValueError):
     ``set_params``, ``cb set_params`` is (like any ``TypeError``/``ValueError`` there)."""
 
 
+def type_clash(name: str, old: Any, new: Any) -> str | None:
+    """Why ``new`` cannot replace ``old`` (a parameter's current value) for its type, or None:
+    a number stays a number (an int may become a float), a flag a flag, a text a text; any
+    other kind of value (None, a list) takes anything. ``every=abc`` was set, and the callback
+    failed at its next step and was disabled."""
+    kinds = ((bool, "true or false"), ((int, float), "a number"), (str, "a text"))
+    for kind, what in kinds:
+        if isinstance(old, kind):
+            if isinstance(new, kind) and (kind is bool or not isinstance(new, bool)):
+                return None
+            return f"{name} must be {what}, got {new!r} (it is {old!r} now)"
+    return None
+
+
 @runtime_checkable
 class HotCallback(Protocol):
     """The contract between the ``cb`` module and a callback.
@@ -160,8 +174,8 @@ class CallbackBase:
             check = self._param_checks.get(key)
             if check is not None:
                 value = check(value)
-            elif key == "rank_zero_only" and not isinstance(value, bool):
-                raise ParamError(f"rank_zero_only must be true or false, got {value!r}")
+            elif (why := type_clash(key, getattr(self, key), value)) is not None:
+                raise ParamError(why)
             new[key] = value
         for key, value in new.items():
             setattr(self, key, value)
