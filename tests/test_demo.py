@@ -62,12 +62,13 @@ def _losses(run: str) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_a_branch_of_the_demo_resumes_from_its_checkpoint(tmp_path: Any) -> None:
+@pytest.mark.parametrize("synthetic", [False, True], ids=["torch", "synthetic"])
+def test_a_branch_of_the_demo_resumes_from_its_checkpoint(tmp_path: Any, synthetic: bool) -> None:
     """``hotcb branch`` of a demo run prints ``hotcb launch --resume-from CKPT -- <the
     demo's trainer>``: the demo's trainer ignored ``$HOTCB_RESUME_FROM`` and started again at
-    step 0 under a ledger that said the parent's changes were in force. It resumes now, on
-    the parent's very trajectory (no change was set)."""
-    pytest.importorskip("torch")
+    step 0 under a ledger that said the parent's changes were in force (the trainer without
+    torch saved no checkpoint at all). It resumes now, on the parent's very trajectory (no
+    change was set)."""
     parent, child = os.fspath(tmp_path / "parent"), os.fspath(tmp_path / "child")
 
     def hotcb(*args: str) -> str:
@@ -78,7 +79,8 @@ def test_a_branch_of_the_demo_resumes_from_its_checkpoint(tmp_path: Any) -> None
 
     def demo(run: str) -> list[str]:
         return [sys.executable, "-m", "hotcb.demo", "train", "--run-dir", run,
-                "--max-steps", "40", "--step-delay", "0"]  # fmt: skip
+                "--max-steps", "40", "--step-delay", "0",
+                *(["--synthetic"] if synthetic else [])]  # fmt: skip
 
     hotcb("--dir", parent, "init")
     hotcb("--dir", parent, "checkpoint", "--at-step", "20")

@@ -417,9 +417,30 @@ def _train_synthetic(run_dir: str, *, max_steps: int, step_delay: float, seed: i
         ],
         run_meta={"name": "hotcb demo (synthetic)", "config": {"model": "quadratic"}},
     )
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+
+    def save_checkpoint(path: str | None = None, step: int = 0) -> str:
+        """A JSON checkpoint (no torch here): what `hotcb branch` resumes from."""
+        path = path or os.path.join(ckpt_dir, f"step_{step}.json")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        jsonl.write_json_atomic(path, {"step": step, "w": w, "vel": vel, "hp": hp,
+                                       "rng": rng.getstate(), "hotcb": kernel.state_dict()})  # fmt: skip
+        return path
+
     step = -1
+    resume = os.environ.get("HOTCB_RESUME_FROM")  # `hotcb launch --resume-from` sets it
+    if resume:
+        ckpt = jsonl.read_json(resume)
+        w[:], vel[:] = ckpt["w"], ckpt["vel"]
+        hp.update(ckpt["hp"])
+        version, state, gauss = ckpt["rng"]
+        rng.setstate((version, tuple(state), gauss))
+        kernel.load_state_dict(ckpt["hotcb"])
+        step = int(ckpt["step"])
+        kernel.catch_up({"step": step}, ("train_step_end",))
+    first = step + 1
     try:
-        for step in range(max_steps):
+        for step in range(first, max_steps):
             grads = [
                 c * (wi - t) + hp["reg"] * wi + hp["noise"] * rng.gauss(0, 1)
                 for c, wi, t in zip(curv, w, target, strict=True)
@@ -433,7 +454,8 @@ def _train_synthetic(run_dir: str, *, max_steps: int, step_delay: float, seed: i
                 "lr": hp["lr"],
                 "grad_norm": math.sqrt(sum(g * g for g in grads)),
             }
-            kernel.apply({"step": step, "metrics": metrics})
+            kernel.apply({"step": step, "metrics": metrics,
+                          "save_checkpoint": lambda path=None, _s=step: save_checkpoint(path, _s)})  # fmt: skip
             if kernel.stop_requested:
                 break
             if step_delay:
