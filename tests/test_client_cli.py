@@ -630,3 +630,7 @@ def test_status_shows_every_metric_the_last_step_logged(run_dir: str, cli: Any) 
     assert "step 2 " in line and "loss=0.5, acc=0.625, grad/global_norm=1.25" in line, line
     st = json.loads(cli(run_dir, "status", "--json").stdout)
     assert st["last_metrics"]["metrics"] == {"loss": 0.5, "acc": 0.625, "grad/global_norm": 1.25}
+    with MetricsCollector(run_dir) as m:  # more than the line shows: it says how many more
+        m.log(3, {f"grad/norm/{i}": 1.0 for i in range(8)})
+    (line,) = [ln for ln in cli(run_dir, "status").stdout.splitlines() if ln.startswith("metrics")]
+    assert line.endswith("grad/norm/5=1, … (2 more)"), line

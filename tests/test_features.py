@@ -180,6 +180,11 @@ def test_default_every_and_bad_parameters() -> None:
     with pytest.raises(ValueError, match="max_layers must be"):
         cap.set_params(max_layers=-1)
     assert cap.max_layers == DEFAULT_MAX_LAYERS
+    # `cb set_params feats train_only=no`: bool("no") turned it on
+    with pytest.raises(ValueError, match="train_only must be true or false, got 'no'"):
+        cap.set_params(train_only="no")
+    cap.set_params(train_only=False)
+    assert cap.train_only is False
 
 
 def test_non_leader_rank_writes_nothing(tmp_path: Any, monkeypatch: Any) -> None:

@@ -973,7 +973,7 @@ class HotClient:
             over = self.run_over()
             if over is not None:
                 return f"the run {over} before the ramp of {cmd_id} ended (see 'hotcb log')"
-            return (f"the ramp of {cmd_id} has not ended after {timeout:g}s; it goes on in the "
+            return (f"the ramp of {cmd_id} has not ended after {timeout:.3g}s; it goes on in the "
                     "run (see 'hotcb log')")  # fmt: skip
 
         return self._watch_ledger(

@@ -333,8 +333,9 @@ class FeatureCapture(CallbackBase):
             raise ValueError(f"unit_dim must be an integer or null, got {dim!r}")
         if "max_layers" in new:
             new["max_layers"] = self._check_max_layers(new["max_layers"])
-        if "train_only" in new:
-            new["train_only"] = bool(new["train_only"])
+        if "train_only" in new and not isinstance(new["train_only"], bool):
+            # ("no" is a non-empty text: bool() made it true)
+            raise ValueError(f"train_only must be true or false, got {new['train_only']!r}")
         self.remove_hooks()
         for key, value in new.items():
             setattr(self, "_" + key if key in ("patterns", "types") else key, value)

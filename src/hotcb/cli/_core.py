@@ -364,7 +364,10 @@ def _print_run(st: dict[str, Any]) -> None:
         say(f"         next: {line}")
     lm = st["last_metrics"]
     if lm:
-        shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in list(lm["metrics"].items())[:6])
+        items = list(lm["metrics"].items())
+        shown = ", ".join(f"{k}={fmt_value(v)}" for k, v in items[:6])
+        if len(items) > 6:  # (all of them in --json)
+            shown += f", … ({len(items) - 6} more)"
         age = time.time() - float(lm.get("wall_time") or 0)
         say(f"metrics  step {lm['step']} ({age:.0f}s ago): {shown}")
     beat = st.get("heartbeat")

@@ -814,3 +814,20 @@ def test_set_params_refuses_a_value_of_another_kind(kernel_factory, write_cb):
     refused = _do(kernel, client, client.cb("set_params", "hb", rank_zero_only=1), 5)
     assert refused["decision"] == "rejected", refused
     assert "rank_zero_only must be true or false, got 1" in refused["error"]
+
+
+def test_undo_of_a_set_params_leaves_a_parameter_set_again_since(kernel_factory, write_cb):
+    """``cb set_params feats every=20``, then ``every=30``, then an undo of the first: it put
+    100 back, and the later change was gone (a knob's undo says "set again since")."""
+    kernel = kernel_factory()
+    client = HotClient(kernel.run_dir)
+    client.cb_load("loss_print", file=write_cb(PRINT_LOSS), symbol="PrintLoss",
+                   init={"every": 100})  # fmt: skip
+    kernel.apply({"step": 0})
+    first = client.cb("set_params", "loss_print", every=20)
+    kernel.apply({"step": 1})
+    _do(kernel, client, client.cb("set_params", "loss_print", every=30), 2)
+    undo = _do(kernel, client, client.undo(cmd_id=first), 3)
+    assert undo["decision"] == "noop", undo
+    assert "every was set again since (it is 30 now)" in undo["error"], undo["error"]
+    assert kernel.module("cb").get("loss_print").every == 30

@@ -640,16 +640,32 @@ class CallbackModule:
             if op in ("enable", "disable"):
                 res = self._toggle(_fake(ident), op == "disable")
             elif op == "set_params":
-                params = {k: v["old"] for k, v in changes.items() if v.get("old") is not None}
-                if not params:
-                    return OpResult(
-                        "rejected", error="the old values were not recorded; nothing to restore"
-                    )
-                res = self._set_params(slot, params)
+                res = self._undo_set_params(slot, changes)
             else:
                 res = self._op_unload(_fake(ident), env)
         finally:
             self._rebuild()
+        return res
+
+    def _undo_set_params(self, slot: _Slot, changes: Mapping[str, Any]) -> OpResult:
+        """Put a ``set_params``' old values back, but of the parameters set again since (their
+        value is no longer the one it set): a later change is not wiped out, as with a knob."""
+        params = {k: v["old"] for k, v in changes.items() if v.get("old") is not None}
+        if not params:
+            return OpResult(
+                "rejected", error="the old values were not recorded; nothing to restore"
+            )
+        moved = {k: _plain(getattr(slot.cb, k, None)) for k in params}
+        moved = {k: now for k, now in moved.items() if now != changes[k].get("new")}
+        said = "; ".join(f"{k} was set again since (it is {now!r} now)" for k, now in moved.items())
+        if moved:
+            said += ": this change is no longer in force there, so the undo leaves it"
+        params = {k: v for k, v in params.items() if k not in moved}
+        if not params:
+            return OpResult("noop", error=said)
+        res = self._set_params(slot, params)
+        if moved and res.decision == "applied":
+            res.error = said
         return res
 
     # ------------------------------------------------------------------ start / state
