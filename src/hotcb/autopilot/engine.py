@@ -604,7 +604,16 @@ class Autopilot:
         """The rule's proposal, or a ``skipped`` record while another proposal on the same
         knob waits: one proposal per knob waits at a time, as in ``ai_suggest`` (NaN, a spike
         and a plateau each proposed an lr cut, and accepting all three compounded them)."""
-        pending = [p for p in proposals(self.run_dir) if p["state"] == "pending"]
+        every = proposals(self.run_dir)
+        accepted = self._lands_after(rule.id, found.step, every)
+        if accepted is not None:
+            return self._record({
+                "kind": "skipped", "rule": rule.id, "step": self.step_now,
+                "reason": f"what rule {rule.id} saw at step {found.step} came before the change "
+                          f"of its accepted proposal {accepted} landed: that change deals "
+                          "with it",
+            })  # fmt: skip
+        pending = [p for p in every if p["state"] == "pending"]
         other = _pending_on(rule.action, [p for p in pending if p["rule"] != rule.id])
         if other is not None:
             return self._record({
@@ -626,6 +635,23 @@ class Autopilot:
             "evidence": found.evidence, "state": "pending",
             **({"first_step": first} if waiting else {}), **pin,
         })  # fmt: skip
+
+    def _lands_after(self, rule_id: str, step: int, every: list[dict[str, Any]]) -> str | None:
+        """The id of the rule's newest accepted proposal when its change landed at ``step`` or
+        later, or has not landed yet: a detection at ``step`` saw the trouble it deals with.
+        (An accept while a round ran, or before the round read the cut's entry, had the rule
+        propose a second cut on a NaN logged before the first.)"""
+        accepted = [p for p in every if p.get("rule") == rule_id and p["state"] == "accepted"]
+        cmd_ids = accepted[-1].get("cmd_ids") if accepted else None
+        if not cmd_ids:
+            return None
+        cmd_id = cmd_ids[-1]
+        e = self._first_mention(LEDGER, cmd_id, lambda r: r.get("cmd_id") == cmd_id)
+        if e is not None and (
+            e.get("decision") not in ("applied", "scheduled") or int(e.get("step") or 0) < step
+        ):
+            return None  # it landed before (or the run did not take it): this is new trouble
+        return str(accepted[-1]["id"])
 
     def _rule_blocked(self, knob: str | None, acts: bool) -> str | None:
         """Why a rule may not act on ``knob`` now: a person holds it, or (for a change the rule
