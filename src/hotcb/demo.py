@@ -42,6 +42,7 @@ from ._launch import _spawn as _launch_spawn
 
 if TYPE_CHECKING:
     from .actuators import HotcbActuator
+    from .kernel import HotKernel
 
 __all__ = ["main", "run_demo", "server_argv", "train", "trainer_argv"]
 
@@ -94,6 +95,20 @@ def train(
     return _train_torch(
         run_dir, golden=golden, max_steps=max_steps, step_delay=step_delay, seed=seed
     )
+
+
+def _resume(kernel: HotKernel, load: Callable[[str], dict[str, Any]], env: dict[str, Any]) -> int:
+    """The first step to train: 0, or the one after the checkpoint ``$HOTCB_RESUME_FROM``
+    names (`hotcb launch --resume-from`, the command `hotcb branch` prints, sets it), once
+    ``load`` restored the trainer's state from it and the kernel caught up with ``env``."""
+    path = os.environ.get("HOTCB_RESUME_FROM")
+    if not path:
+        return 0
+    ckpt = load(path)
+    kernel.load_state_dict(ckpt["hotcb"])
+    step = int(ckpt["step"])
+    kernel.catch_up({"step": step, **env}, ("train_step_end",))
+    return step + 1
 
 
 def _train_torch(
@@ -154,22 +169,18 @@ def _train_torch(
         )  # fmt: skip
         return path
 
-    step = -1
-    # `hotcb launch --resume-from` (the command `hotcb branch` prints) sets it
-    resume = os.environ.get("HOTCB_RESUME_FROM")
-    if resume:
-        ckpt = torch.load(resume, weights_only=False)
+    def load(path: str) -> dict[str, Any]:
+        ckpt: dict[str, Any] = torch.load(path, weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         if "scheduler" in ckpt:  # (a checkpoint of an earlier hotcb's demo has none)
             sched.load_state_dict(ckpt["scheduler"])
             gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["rng"])
-        kernel.load_state_dict(ckpt["hotcb"])
-        step = int(ckpt["step"])
-        kernel.catch_up({"step": step, "model": model, "optimizer": opt, "scheduler": sched},
-                        ("train_step_end",))  # fmt: skip
-    first = step + 1
+        return ckpt
+
+    first = _resume(kernel, load, {"model": model, "optimizer": opt, "scheduler": sched})
+    step = first - 1
     try:
         for step in range(first, max_steps):
             idx = torch.randint(0, len(x_tr), (int(knobs["batch_size"]),), generator=gen)
@@ -427,18 +438,16 @@ def _train_synthetic(run_dir: str, *, max_steps: int, step_delay: float, seed: i
                                        "rng": rng.getstate(), "hotcb": kernel.state_dict()})  # fmt: skip
         return path
 
-    step = -1
-    resume = os.environ.get("HOTCB_RESUME_FROM")  # `hotcb launch --resume-from` sets it
-    if resume:
-        ckpt = jsonl.read_json(resume)
+    def load(path: str) -> dict[str, Any]:
+        ckpt: dict[str, Any] = jsonl.read_json(path)
         w[:], vel[:] = ckpt["w"], ckpt["vel"]
         hp.update(ckpt["hp"])
         version, state, gauss = ckpt["rng"]
         rng.setstate((version, tuple(state), gauss))
-        kernel.load_state_dict(ckpt["hotcb"])
-        step = int(ckpt["step"])
-        kernel.catch_up({"step": step}, ("train_step_end",))
-    first = step + 1
+        return ckpt
+
+    first = _resume(kernel, load, {})
+    step = first - 1
     try:
         for step in range(first, max_steps):
             grads = [
