@@ -202,11 +202,15 @@ describe("the off line", () => {
     await withDocumentAsync(async () => {
       const card = new FakeNode("section");
       let reply;
-      const panel = new TunePanel(card, { decide: () => new Promise((resolve) => (reply = resolve)) });
+      const ledger = []; // the page's ledger
+      const answerOf = (id) => ledger.find((e) => e.cmd_id === id);
+      const panel = new TunePanel(card, { decide: () => new Promise((resolve) => (reply = resolve)), answerOf });
       panel.update(STATE);
       const sending = panel.send("accept", { id: "P3" });
       // the run read the command and refused it; the WebSocket brought that first
-      panel.onEntry({ module: "tune", op: "accept", cmd_id: "01J", decision: "rejected", error: "proposal P3 expired" });
+      const entry = { module: "tune", op: "accept", cmd_id: "01J", decision: "rejected", error: "proposal P3 expired" };
+      ledger.push(entry);
+      panel.onEntry(entry);
       reply("01J");
       await sending;
       assert.equal(panel.sent.get("P3").error, "accept rejected: proposal P3 expired");

@@ -480,14 +480,17 @@ async function send(cmd, what) {
 const sendActuator = (act, value) =>
   send({ module: act.group, op: "set_params", params: { [act.param_key]: value } }, `set ${act.param_key}`);
 
+/** The run's ledger entry for command `cmdId`, if the page has it: on a loaded machine the run's
+ * answer can reach the page (over the WebSocket) before the server's reply to the send did. */
+const answerOf = (cmdId) => app.ledger.find((e) => e.cmd_id === cmdId);
+
 async function control(op, params) {
   if (app.runId == null) return null;
   const id = await send({ module: "control", op, params: params || {} }, op).catch(() => null);
   if (id) {
     toast(`${op} sent`, "info", 2500);
     sentControls.set(id, { op, params });
-    // on a loaded machine the run's answer can reach the page before the server's reply did
-    const early = app.ledger.find((e) => e.cmd_id === id);
+    const early = answerOf(id);
     if (early) answeredControl(early);
   }
   return id;
@@ -533,7 +536,7 @@ function guarded(btnId, op) {
       renderFacts();
     };
     const id = await control(typeof op === "function" ? op() : op);
-    if (id == null || app.ledger.some((e) => e.cmd_id === id)) {
+    if (id == null || answerOf(id)) {
       release();
       return;
     }
@@ -1103,7 +1106,7 @@ function scheduleKnobs(delay = 500) {
   }, delay);
 }
 
-const tunePanel = new TunePanel($("tune-card"), { decide: decideProposal });
+const tunePanel = new TunePanel($("tune-card"), { decide: decideProposal, answerOf });
 const autopilotPanel = new AutopilotPanel($("autopilot-card"), { decide: decideAutopilot, setRule: setAutopilotRule });
 const ledgerTable = new LedgerTable($("ledger-body"), $("ledger-count"), { undo: undoEntry, cancel: cancelScheduled });
 

@@ -205,10 +205,13 @@ function shellWord(path) {
 }
 
 export class TunePanel {
-  /** decide(op, proposal) → Promise<cmd_id>, rejecting with the reason (`op`: accept|reject). */
-  constructor(card, { decide }) {
+  /** decide(op, proposal) → Promise<cmd_id>, rejecting with the reason (`op`: accept|reject);
+   * answerOf(cmd_id) → the run's ledger entry for it the page already holds, if any (on a
+   * loaded machine one can come over the WebSocket before the reply to the POST that sent it). */
+  constructor(card, { decide, answerOf = () => undefined }) {
     this.card = card;
     this.decide = decide;
+    this.answerOf = answerOf;
     this.doc = { mode: "off" };
     this.runPath = null;
     this.over = false; // the run ended: its proposals can no longer be answered
@@ -218,9 +221,6 @@ export class TunePanel {
     // (the same records; cmdId null while the POST is in flight)
     this.away = new Set();
     this.refused = []; // "P3: accept rejected: proposal P3 is rejected, not pending", newest last
-    // the run's answers to accepts and rejects, cmd_id → entry, newest last: on a loaded machine
-    // one can come (over the WebSocket) before the reply to the POST that sent it
-    this.answers = new Map();
     this.enable = null; // the newest `tune enable`/`tune disable` ledger entry seen
   }
 
@@ -273,8 +273,6 @@ export class TunePanel {
       return;
     }
     if (!["accept", "reject"].includes(e.op) || e.cmd_id == null) return;
-    this.answers.set(e.cmd_id, e);
-    while (this.answers.size > MAX_AWAY) this.answers.delete(this.answers.keys().next().value);
     const why = `${e.op} ${e.decision}: ${e.error || "no reason given"}`;
     for (const s of this.away) {
       if (s.cmdId !== e.cmd_id) continue;
@@ -303,7 +301,7 @@ export class TunePanel {
     this.render();
     try {
       s.cmdId = await this.decide(op, p);
-      const early = this.answers.get(s.cmdId);
+      const early = this.answerOf(s.cmdId);
       if (early) this.onEntry(early);
     } catch (err) {
       s.error = err.message;
