@@ -315,6 +315,25 @@ def test_a_damaged_freeze_file_takes_the_mode_from_the_ledger(
     again.close()
 
 
+def test_status_reads_an_unknown_freeze_mode_as_the_ledger_s(tmp_path: Any, cli: Any) -> None:
+    """A ``hotcb.freeze.json`` holding a mode hotcb does not know broke ``hotcb status``
+    (``'weird' is not a valid FreezeMode``) while the run's kernel read the ledger's mode:
+    status now says that mode, and why."""
+    run_dir = os.fspath(tmp_path / "run")
+    first = Run(run_dir)
+    first.client.freeze("prod")
+    first.steps()
+    first.close()
+    with open(os.path.join(run_dir, "hotcb.freeze.json"), "w") as f:
+        json.dump({"mode": "weird"}, f)
+    done = cli(run_dir, "status")
+    assert done.returncode == 0, done.stderr
+    assert "freeze   prod\n" in done.stdout
+    assert "hotcb.freeze.json is unreadable; the freeze mode is prod, from the ledger's last " in (
+        done.stdout
+    )
+
+
 def test_a_replay_sent_to_a_run_already_training_catches_up_on_its_ramps(tmp_path: Any) -> None:
     """A freeze sent at step 20 to a run already training, whose recipe ramped b over steps
     2..6 and again over steps 15..25: the first ramp ran again from step 20 to 24, 18 steps off

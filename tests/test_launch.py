@@ -223,6 +223,9 @@ def test_the_recorded_command_keeps_no_secret(tmp_path: Path, launched: Any) -> 
     assert lp.finish() == 0, lp.log()
     text = (run_dir / "hotcb.run.json").read_text()
     assert not [s for s in secrets if s in text], text
+    # nor on what `hotcb launch` says (a CI log, a nohup file keeps it)
+    said = str(lp.said("training (pid "))
+    assert "--hf-token '***'" in said and not [s for s in secrets if s in lp.log()], said
     assert jsonl.read_json(run_dir / "hotcb.run.json")["launch"]["argv"] == [
         "env", "OPENAI_API_KEY=***", sys.executable, "-c", "pass", "--hf-token", "***",
         "--db", "postgresql://me:***@db/x", "--tokenizer", "t5",

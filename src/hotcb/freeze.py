@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +69,10 @@ class FreezeState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> FreezeState:
+        """The state ``d`` holds; ValueError (or TypeError) when it holds something else."""
         d = d or {}
+        if not isinstance(d, dict):
+            raise TypeError(f"a freeze state is an object, not {type(d).__name__}")
         return cls(
             mode=FreezeMode(d.get("mode") or "off"),
             recipe_path=d.get("recipe_path"),
@@ -81,3 +86,43 @@ class FreezeState:
     @classmethod
     def load(cls, path: str) -> FreezeState:
         return cls.from_dict(jsonl.read_json(path))
+
+
+def freeze_doc(freeze_path: str, ledger_path: str) -> dict[str, Any]:
+    """:func:`saved_freeze`'s state as the status shows it, with its ``warning`` when the file
+    did not say it."""
+    state, why = saved_freeze(freeze_path, ledger_path)
+    return {**state.to_dict(), **({"warning": why} if why else {})}
+
+
+def saved_freeze(freeze_path: str, ledger_path: str) -> tuple[FreezeState, str | None]:
+    """The run's freeze state from ``hotcb.freeze.json``, and None; when that file is
+    unreadable (emptied, torn, a mode hotcb does not know) or missing (deleted) while the
+    ledger says the run was frozen, the state of the ledger's last applied ``freeze set``, and
+    why it came from there. Taken as ``off``, a frozen run (``prod``, a replay) took live
+    changes again, silently; and one bad file broke the dashboard's list of every run."""
+    doc = jsonl.read_json(freeze_path, None)
+    missing = not os.path.exists(freeze_path)
+    if isinstance(doc, dict):
+        try:
+            return FreezeState.from_dict(doc), None
+        except (ValueError, TypeError):
+            pass  # as unreadable
+    last = None
+    applied = ("freeze", "set", "applied")
+    with contextlib.suppress(OSError):
+        for e in jsonl.iter_records(ledger_path, keep=lambda line: b'"freeze"' in line):
+            if (e.get("module"), e.get("op"), e.get("decision")) == applied:
+                last = e
+    state = FreezeState()
+    if last is not None:
+        with contextlib.suppress(ValueError, TypeError):
+            state = FreezeState.from_dict({k: last.get(k, (last.get("params") or {}).get(k))
+                                           for k in ("mode", "recipe_path", "adjust_path",
+                                                     "step_offset")})  # fmt: skip
+    if missing and state.mode is FreezeMode.OFF:
+        return state, None  # never frozen (or unfrozen last): a missing file lost nothing
+    where = (f"the ledger's last freeze set (#{last.get('seq')}, step {last.get('step')})"
+             if last is not None else "no freeze set in the ledger")  # fmt: skip
+    return state, (f"{freeze_path} is {'missing' if missing else 'unreadable'}; the freeze "
+                   f"mode is {state.mode.value}, from {where}")  # fmt: skip

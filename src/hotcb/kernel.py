@@ -52,7 +52,7 @@ from ._stream import ActuatorStream
 from ._trials import set_since
 from .actuators import HotcbActuator, MutableState, optimizer_actuators
 from .errors import PeerLostError
-from .freeze import FreezeMode, FreezeState
+from .freeze import FreezeState, saved_freeze
 from .ledger import (
     Decision,
     LedgerWriter,
@@ -1591,39 +1591,15 @@ class HotKernel:
             log.error("hotcb: could not ledger the internal error: %r", again)
 
     def _saved_freeze(self) -> FreezeState:
-        """The freeze mode of ``hotcb.freeze.json``; from the ledger's last applied ``freeze
-        set`` when that file is unreadable (emptied, torn) or missing (deleted) while the
-        ledger says the run was frozen, with a warning: taken as ``off``, a frozen run
-        (``prod``, a replay) took live changes again, silently."""
-        path = self.paths.freeze
-        doc = jsonl.read_json(path, None)
-        missing = not os.path.exists(path)
-        if isinstance(doc, dict):
-            try:
-                return FreezeState.from_dict(doc)
-            except (ValueError, TypeError):
-                pass  # a mode hotcb does not know: as unreadable
-        last = None
-        applied = ("freeze", "set", "applied")
-        with contextlib.suppress(OSError):
-            for e in jsonl.iter_records(self.paths.ledger, keep=lambda line: b'"freeze"' in line):
-                if (e.get("module"), e.get("op"), e.get("decision")) == applied:
-                    last = e
-        state = FreezeState()
-        if last is not None:
-            with contextlib.suppress(ValueError, TypeError):
-                state = FreezeState.from_dict({k: last.get(k, (last.get("params") or {}).get(k))
-                                               for k in ("mode", "recipe_path", "adjust_path",
-                                                         "step_offset")})  # fmt: skip
-        if missing and state.mode is FreezeMode.OFF:
-            return state  # never frozen (or unfrozen last): a missing file lost nothing
-        where = (f"the ledger's last freeze set (#{last.get('seq')}, step {last.get('step')})"
-                 if last is not None else "no freeze set in the ledger")  # fmt: skip
-        self._warn("freeze_file", f"{path} is {'missing' if missing else 'unreadable'}; the "
-                   f"freeze mode is {state.mode.value}, from {where}")  # fmt: skip
+        """The freeze state :func:`~hotcb.freeze.saved_freeze` reads, with a warning when it
+        came from the ledger (the file is then written again)."""
+        state, why = saved_freeze(self.paths.freeze, self.paths.ledger)
+        if why is None:
+            return state
+        self._warn("freeze_file", why)
         if _dist.first_rank():  # written again: `hotcb status` reads the mode there
             with contextlib.suppress(OSError):
-                state.save(path)
+                state.save(self.paths.freeze)
         return state
 
     def _warn(self, key: str, message: str) -> None:

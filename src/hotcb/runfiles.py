@@ -390,6 +390,23 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def redact_secrets(value: Any, name: str = "") -> Any:
+    """``value`` (JSON: dicts, lists, strings, numbers) with its secrets replaced by ``***``:
+    the value of a key named like a secret (``api_key``, ``hf_token``: :func:`secret_name`),
+    and in every string what :func:`redact_argv` hides in a command line (``--hf-token X``,
+    ``WANDB_API_KEY=X``, a URL's password). ``hotcb.run.json``, a user's ``run_meta`` in it
+    (a training config, tokens and all), is served this way."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, name) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if name and secret_name(name) and not _plain(str(value), name):
+        return REDACTED
+    return redact_argv([value])[0] if isinstance(value, str) else value
+
+
 def _redact_word(arg: str, hide: bool, before: str) -> tuple[str, bool]:
     """One word of a command line (``before``: the one before it), and whether the next is a
     secret's value."""

@@ -139,6 +139,70 @@ def test_the_status_serves_a_launched_command_without_its_secrets(tmp_path, live
     assert served["launch"]["argv"] == ["python", "train.py", "--api-key", "***", "--lr", "0.1"]
 
 
+def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server):
+    """A training config passed whole as ``run_meta`` (``HotKernel(run_meta=cfg)``) is in
+    ``hotcb.run.json``, which the dashboard serves: its tokens were served as written."""
+    run = os.fspath(tmp_path / "cfg")
+    config = {"api_key": "sk-live", "hf_token": "hf_live", "max_tokens": 512, "lr": 0.1,
+              "use_auth_token": True, "db": "postgresql://me:pw1@db/x", "cmd": "x --api-key k9"}  # fmt: skip
+    kernel = HotKernel(run, run_meta={"config": config})
+    kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
+    kernel.close()
+    srv = live_server()
+    with srv.client() as c:
+        served = c.get("/api/runs/cfg/status")
+    assert served.status_code == 200
+    assert served.json()["run"]["config"] == {
+        "api_key": "***", "hf_token": "***", "max_tokens": 512, "lr": 0.1,
+        "use_auth_token": True, "db": "postgresql://me:***@db/x", "cmd": "x --api-key ***",
+    }  # fmt: skip
+    for secret in ("sk-live", "hf_live", "pw1", "k9"):
+        assert secret not in served.text
+
+
+@pytest.mark.parametrize("bad", [{"mode": "weird"}, "junk", {"mode": "prod", "step_offset": "x"}])
+def test_a_run_s_unreadable_freeze_file_leaves_the_runs_listed(tmp_path, live_server, bad):
+    """One run's ``hotcb.freeze.json`` holding what hotcb does not know (a shared folder,
+    anyone may write it) made ``/api/runs`` a 500 for every run: the page showed none. That
+    run is listed with the mode its ledger last set (the kernel's reading too), and its status
+    says why."""
+    make_run(tmp_path / "good", steps=3)
+    frozen = make_run(tmp_path / "bad", steps=3)
+    client = HotClient(frozen)
+    client.freeze("prod")
+    kernel = HotKernel(frozen)
+    kernel.apply({"step": 3})
+    kernel.close()
+    jsonl.write_json_atomic(RunPaths(frozen).freeze, bad)
+    srv = live_server()
+    with srv.client() as c:
+        listed = c.get("/api/runs")
+        assert listed.status_code == 200, listed.text
+        modes = {r["run_id"]: r["freeze_mode"] for r in listed.json()["runs"]}
+        assert modes == {"good": "off", "bad": "prod"}
+        status = c.get("/api/runs/bad/status")
+    assert status.status_code == 200, status.text
+    freeze = status.json()["freeze"]
+    assert freeze["mode"] == "prod"
+    assert freeze["warning"].endswith("is unreadable; the freeze mode is prod, from the "
+                                      "ledger's last freeze set (#1, step 3)"), freeze  # fmt: skip
+
+
+def test_a_branch_whose_parent_holds_a_nul_leaves_the_runs_listed(tmp_path, live_server):
+    """A ``hotcb.run.json`` whose branch parent holds a NUL byte made ``/api/runs`` a 500
+    (realpath raises on it): the parent is not found, the list is served."""
+    make_run(tmp_path / "ok", steps=3)
+    odd = make_run(tmp_path / "odd", steps=3)
+    jsonl.write_json_atomic(RunPaths(odd).run_meta, {"branch": {"parent": "a\x00b", "step": 1}})
+    srv = live_server()
+    with srv.client() as c:
+        listed = c.get("/api/runs")
+    assert listed.status_code == 200, listed.text
+    runs = {r["run_id"]: r for r in listed.json()["runs"]}
+    assert runs["odd"]["branch"] == {"parent": None, "parent_path": "a\x00b", "step": None}
+    assert runs["ok"]["branch"] is None
+
+
 def test_runs_list_step_follows_a_loaded_run_nobody_watches(tmp_path, live_server):
     """A run the server loaded once (a page looked at it or compared it, then left it) is no
     longer tailed: the list's step still follows its files (it stuck at the step of that

@@ -17,7 +17,7 @@ from .. import jsonl
 from .._checks import number_arg
 from ..client import HotClient
 from ..errors import HotcbError
-from ..freeze import FreezeState, passes_freeze
+from ..freeze import passes_freeze, saved_freeze
 from ..ledger import STALE_AFTER_SEC, checkpoint_path, run_over, tail_state
 from ..runfiles import RunPaths, folder_of_runs, process_alive, shell_path
 
@@ -139,7 +139,7 @@ def frozen(paths: RunPaths) -> str | None:
     if sent is not None and sent.get("at_step") is None:
         mode = str(sent.get("mode") or "off")
     else:
-        mode = FreezeState.load(paths.freeze).mode.value
+        mode = saved_freeze(paths.freeze, paths.ledger)[0].mode.value
     return None if mode == "off" else mode
 
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .. import jsonl
-from ..freeze import FreezeState
+from ..freeze import freeze_doc
 from ..ledger import STALE_AFTER_SEC, LedgerView, iter_entries, replaced_by_resume, tail_state
 from ..runfiles import (
     AUTOPILOT_STATE,
@@ -264,7 +264,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
         "run_dir": paths.root,
         "exists": os.path.isdir(paths.root),
         "run": meta,
-        "freeze": FreezeState.load(paths.freeze).to_dict(),
+        "freeze": freeze_doc(paths.freeze, paths.ledger),
         "actuators": acts.get("actuators") or [],
         "actuators_from_parent": bool(acts.get("from_parent")),
         "actuators_step": acts.get("step"),
@@ -360,6 +360,8 @@ def _print_run(st: dict[str, Any]) -> None:
         when = f" at step {sent['at_step']}" if sent.get("at_step") is not None else ""
         extra += f" ({sent.get('mode')}{when} sent, not yet read by the run)"
     say(f"freeze   {fr['mode']}{extra}")
+    if fr.get("warning"):
+        say(f"         {fr['warning']}")
     for line in st.get("replay_next", []):
         say(f"         next: {line}")
     lm = st["last_metrics"]

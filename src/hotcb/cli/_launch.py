@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..runfiles import shell_path
+from ..runfiles import redact_argv, shell_path
 from ._common import DIRECTION_DEFAULT, UsageError
 
 if TYPE_CHECKING:
@@ -392,7 +392,7 @@ def _say_started(args: argparse.Namespace, run: Launch, *, tuned: bool) -> None:
         _say(
             f"tuner ({args.tune}) from the first step: 'hotcb --dir {shell_path(run.run_dir)} tune status'"
         )
-    _say(f"training (pid {run.pid}): {shlex.join(run.argv)}")
+    _say(f"training (pid {run.pid}): {shlex.join(redact_argv(run.argv))}")  # (CI logs keep it)
 
 
 def _ended(code: int, sent: signal.Signals | None, stopped: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import jsonl
 from ..errors import RecipeError
-from ..freeze import FreezeMode, FreezeState
+from ..freeze import FreezeMode, FreezeState, saved_freeze
 from ..ledger import iter_entries
 from ..ops import FREEZE_MODES
 from ..recipe import (
@@ -231,7 +231,7 @@ def cmd_patch_template(args: argparse.Namespace) -> int:
 
 def status_extra(paths: RunPaths, n: int = 5) -> dict[str, Any]:
     """For ``hotcb status``: in a replay mode, the next recipe entries still to fire."""
-    state = FreezeState.load(paths.freeze)
+    state, _ = saved_freeze(paths.freeze, paths.ledger)
     if not state.replaying:
         return {}
     try:

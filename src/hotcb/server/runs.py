@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from .. import jsonl
-from ..freeze import FreezeState
+from ..freeze import freeze_doc, saved_freeze
 from ..ledger import current_step, life_started
-from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv
+from ..runfiles import RUN_OUTPUTS, RunPaths, discover_runs, redact_argv, redact_secrets
 from .autopilot import AutopilotHost, AutopilotWatch
 from .config import DashboardConfig
 from .hub import Hub
@@ -457,7 +457,7 @@ class RunState:
         }
 
     def freeze(self) -> dict[str, Any]:
-        return FreezeState.load(self.paths.freeze).to_dict()
+        return freeze_doc(self.paths.freeze, self.paths.ledger)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -476,13 +476,15 @@ class RunState:
 
 
 def _shown_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """``hotcb.run.json`` as served: the launched command without secrets (a file an older
-    hotcb wrote kept them)."""
+    """``hotcb.run.json`` as served: without secrets, in the launched command (a file an
+    older hotcb wrote kept them) and in the user's ``run_meta`` (a training config passed
+    whole, its ``hf_token`` too)."""
     out = dict(meta)
     launch = out.get("launch")
     if isinstance(launch, Mapping) and isinstance(launch.get("argv"), list):
         out["launch"] = {**launch, "argv": redact_argv([str(a) for a in launch["argv"]])}
-    return out
+    shown: dict[str, Any] = redact_secrets(out)
+    return shown
 
 
 class RunRegistry:
@@ -581,7 +583,7 @@ class RunRegistry:
             "last_step": last_step,
             "last_wall_time": last_wall,
             "stale": stale,
-            "freeze_mode": FreezeState.load(paths.freeze).mode.value,
+            "freeze_mode": saved_freeze(paths.freeze, paths.ledger)[0].mode.value,
             "branch": self.branch_info(meta.get("branch")),
         }
 
@@ -615,6 +617,8 @@ class RunRegistry:
         else None; ``parent_path`` the path as written; ``step`` the branch point."""
         if not isinstance(info, dict) or not isinstance(info.get("parent"), str):
             return None
+        if "\x00" in info["parent"]:  # no folder has that name (and realpath raises on it)
+            return {"parent": None, "parent_path": info["parent"], "step": None}
         raw = info["parent"]
         born = info.get("parent_created")  # the parent's hotcb.run.json `created`
         parent: str | None = None
