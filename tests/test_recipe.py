@@ -423,6 +423,35 @@ def test_validate_lists_every_problem_of_an_overlay_with_exit_1(tmp_path: Any, c
         )
 
 
+def test_an_overlay_that_would_change_nothing_is_refused(tmp_path: Any, cli: Any) -> None:
+    """A typo that left the overlay doing nothing passed as "ok", and the adjusted replay ran
+    the recipe unchanged: ``patch:`` for ``patches:``, a ``transform_params.keys`` name no
+    matched entry sets (``lrr``; a ``replace_params`` typo was already refused), an empty
+    ``transform_params`` or ``replace_params``."""
+    cases = {
+        "version: 1\npatch:\n  - match: {module: cb}\n    drop: true\n":
+            "unknown key(s) ['patch']: an overlay has 'version' and 'patches'; did you mean "
+            "'patches'?",
+        "patches:\n  - match: {module: opt, nth: 0}\n    transform_params: {scale: 0.1, keys: [lrr]}\n":
+            "patch 1: transform_params key 'lrr' is not a param of the entries it matches; did "
+            "you mean 'lr'?",
+        "patches:\n  - match: {module: opt}\n    transform_params: {}\n":
+            "patch 1: transform_params changes nothing: give scale (x scale) or add (+ add)",
+        "patches:\n  - match: {module: opt}\n    replace_params: {}\n":
+            "patch 1: replace_params is empty: it changes nothing",
+    }  # fmt: skip
+    path = tmp_path / "hotcb.adjust.yaml"
+    for text, said in cases.items():
+        path.write_text(text)
+        done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
+        assert done.returncode == 1, (text, done.stdout, done.stderr)
+        assert said in done.stdout, (text, done.stdout)
+    path.write_text("patches:\n  - match: {module: opt, nth: 0}\n"
+                    "    transform_params: {scale: 0.1, keys: lr}\n")  # fmt: skip
+    done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_overlay_needs_pyyaml_and_says_how_to_get_it(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.setitem(sys.modules, "yaml", None)
     with pytest.raises(ImportError, match=r'pip install "hotcb\[yaml\]"'):

@@ -865,6 +865,12 @@ def _check_overlay(doc: Any, where: str, lines: Sequence[int | None] = ()) -> No
         raise RecipeError(f"overlay {where} must be a mapping {{version: 1, patches: [...]}}")
     if doc.get("version", 1) != 1:
         raise RecipeError(f"overlay {where}: unsupported version {doc.get('version')!r}")
+    unknown = sorted(str(k) for k in doc if k not in ("version", "patches"))
+    if unknown:  # (`patch:` for `patches:` left an overlay that changed nothing, said "ok")
+        near = difflib.get_close_matches(unknown[0], ["patches", "version"], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise RecipeError(f"overlay {where}: unknown key(s) {unknown}: an overlay has "
+                          f"'version' and 'patches'{hint}")  # fmt: skip
     patches = doc.get("patches")
     if patches is None:
         doc["patches"] = []
@@ -957,6 +963,8 @@ def _check_actions(patch: dict[str, Any], where: str) -> None:
         )
     if "replace_params" in patch and not isinstance(patch["replace_params"], dict):
         raise RecipeError(f"{where}: replace_params must be a mapping of param: value")
+    if patch.get("replace_params") == {}:
+        raise RecipeError(f"{where}: replace_params is empty: it changes nothing")
     tp = patch.get("transform_params")
     if tp is not None:
         _check_transform(tp, where)
@@ -974,6 +982,17 @@ def _check_transform(tp: Any, where: str) -> None:
         v = tp.get(k, 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise RecipeError(f"{where}: transform_params.{k} must be a finite number, got {v!r}")
+    if tp.get("scale", 1) == 1 and tp.get("add", 0) == 0:
+        raise RecipeError(f"{where}: transform_params changes nothing: give scale (x scale) or "
+                          "add (+ add)")  # fmt: skip
+    keys = tp.get("keys")
+    if (
+        keys is not None
+        and not isinstance(keys, str)
+        and (not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys))
+    ):
+        raise RecipeError(f"{where}: transform_params.keys must be a param name or a list of "
+                          f"them, got {keys!r}")  # fmt: skip
 
 
 def _matches(entry: RecipeEntry, match: Mapping[str, Any]) -> bool:
@@ -1105,6 +1124,7 @@ def _apply_overlay(
             out = [e for e in out if id(e) not in drop]
             dropped.update((e.cmd_id, (i, e)) for e in hits if e.cmd_id)
             continue
+        problems += _unused_keys(hits, patch, names.patch(i))
         for entry in hits:
             problems += _typos(entry, patch, names.patch(i))
             _patch_entry(entry, patch)
@@ -1194,6 +1214,23 @@ def _typos(entry: RecipeEntry, patch: Mapping[str, Any], name: str) -> list[str]
         if near:
             said.append(f"{name}: replace_params {key!r} is not a param of "
                         f"{entry.describe()}; did you mean {near[0]!r}?")  # fmt: skip
+    return said
+
+
+def _unused_keys(hits: Sequence[RecipeEntry], patch: Mapping[str, Any], name: str) -> list[str]:
+    """``transform_params.keys`` that none of the entries the patch matched sets: the patch
+    changes nothing there (``keys: [lrr]`` for ``lr`` passed as a plan that scaled the lr)."""
+    keys = (patch.get("transform_params") or {}).get("keys")
+    keys = [keys] if isinstance(keys, str) else keys or ()
+    params = sorted({str(k) for e in hits for k in e.params})
+    said = []
+    for key in keys:
+        if key in params:
+            continue
+        near = difflib.get_close_matches(key, params, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f" (they set {params})"
+        said.append(f"{name}: transform_params key {key!r} is not a param of the entries it "
+                    f"matches{hint}")  # fmt: skip
     return said
 
 
