@@ -323,6 +323,19 @@ def test_a_training_that_ends_at_once_leaves_no_crash_dump(tmp_path: Path, launc
     assert lp.said("training exited with 0; dashboard and autopilot stopped") is not None
 
 
+def test_the_testing_trainer_runs_under_launch_without_its_run_dir(
+    tmp_path: Path, launched: Any
+) -> None:
+    """``python -m hotcb.testing.trainer`` defaulted ``--resume`` to what ``hotcb launch`` sets
+    but required ``--run-dir``: under ``hotcb launch`` it stopped at once (exit 2)."""
+    run = tmp_path / "r"
+    lp = launched("--dir", os.fspath(run), "launch", "--", sys.executable, "-m",
+                  "hotcb.testing.trainer", "--steps", "5")  # fmt: skip
+    assert lp.finish() == 0, lp.log()
+    lines = (run / "hotcb.metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines][-1] == 4
+
+
 def test_cli_launch_forwards_signals(tmp_path: Path, launched: Any) -> None:
     """SIGTERM reaches the training (its handler's exit code comes back); a training that
     ignores Ctrl-C is killed by the third one (137), and the launcher says it sent SIGKILL;

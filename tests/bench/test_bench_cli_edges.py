@@ -259,6 +259,14 @@ def test_an_error_in_the_tasks_own_code_says_which_task_and_where(
     assert "Traceback (most recent call last):" in lines, done.stderr
     assert f'File "{tmp_path / "buggy.py"}", {where}' in done.stderr, done.stderr
     assert "hotcb/bench/runner.py" not in done.stderr  # the task's frames only
+    # the runs that finished before it are reported (only a Ctrl-C wrote their report)
+    report = tmp_path / "out" / "report.md"
+    if task == "buggy:make_task":
+        assert "STOPPED by an error after 2 runs, in buggy:make_task" in report.read_text()
+        assert ("hotcb bench: stopped by an error after 2 runs (partial report: out/report.md); "
+                "once it is fixed, the same command with --resume runs the rest") in lines  # fmt: skip
+    else:  # in the warm-up: none finished
+        assert not report.exists() and "stopped by an error" not in done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+from .. import jsonl
 from ..bench import CONDITIONS, LABELS, TASKS, parse_names
 from ._common import UsageError
 
@@ -127,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except TaskError as exc:  # a bug in the task: where it is, then the one line
             if not args.debug:
                 print(exc.traceback, end="", file=sys.stderr, flush=True)
+            _stopped(settings.out, report=not args.no_report)
             raise
         except BenchInterrupted as exc:  # Ctrl-C: what finished is kept, and reported
             return _interrupted(exc.meta, ctrl_c, report=not args.no_report)
@@ -173,6 +175,29 @@ class _CtrlC:
         if self.count == 2:
             print("hotcb bench: saving the finished runs and their partial report first "
                   "(Ctrl-C once more skips the report)", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _stopped(out: str, *, report: bool) -> None:
+    """A run's error stopped the bench: the partial report of the runs that finished before
+    it (it says ``STOPPED by an error …``; none was written, only Ctrl-C wrote one), and how
+    to go on."""
+    from ..bench.report import write_report
+
+    meta = jsonl.read_json(os.path.join(out, "bench.json"), None)
+    n = meta.get("interrupted_after_runs", 0) if isinstance(meta, dict) else 0
+    if not n:
+        return  # nothing finished (or the error came before the first run): nothing to report
+    later = f"'hotcb bench report {shlex.quote(out)}' writes it"
+    if not report:
+        where = f"report: hotcb bench report {shlex.quote(out)}"
+    else:
+        try:
+            where = f"partial report: {write_report(out)['md']}"
+        except Exception as exc:  # the runs are saved; the report can be made later
+            where = f"the report failed: {exc}; {later}"
+    print(f"hotcb bench: stopped by an error after {n} run{'' if n == 1 else 's'} ({where}); "
+          "once it is fixed, the same command with --resume runs the rest", file=sys.stderr,
+          flush=True)  # fmt: skip
 
 
 def _interrupted(meta: dict[str, Any], ctrl_c: _CtrlC, *, report: bool) -> int:

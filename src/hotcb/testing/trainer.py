@@ -40,7 +40,10 @@ def _jump_lr(opt: Any, step: int, jump: tuple[int, float]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m hotcb.testing.trainer")
-    ap.add_argument("--run-dir", required=True)
+    run_dir = os.environ.get("HOTCB_RUN_DIR") or None  # under `hotcb launch`
+    ap.add_argument("--run-dir", required=run_dir is None, default=run_dir,
+                    help="the run directory (default: $HOTCB_RUN_DIR, which 'hotcb launch' "
+                    "sets)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-2)
