@@ -245,6 +245,25 @@ def test_export_warns_of_a_restart_without_a_checkpoint(tmp_path: Any, cli: Any)
     assert [(e.step, e.params) for e in recipe.entries] == [(2, {"ce": 2.0}), (4, {"l2": 0.5})]
 
 
+def test_export_of_a_replay_started_again_says_no_lost_change(tmp_path: Any, cli: Any) -> None:
+    """A finished replay launched again in its folder replays its recipe again, with the same
+    commands: the export warned that the recipe "includes the 2 change(s) of the life before,
+    which the restarted run did not have", though it had every one of them."""
+    run_dir = os.fspath(tmp_path / "run")
+    recipe = _recipe(tmp_path / "r.jsonl", _entry(2, {"l2": 0.5}, "a"), _entry(4, {"ce": 2.0}, "b"))
+    for _ in range(2):
+        run = StepDriver(run_dir, weights={"ce": 1.0, "l2": 0.0}, metrics_collector=False)
+        if not os.path.exists(RunPaths(run_dir).freeze):
+            run.client.freeze("replay", recipe_path=recipe)
+        run.steps(6)
+        run.close()
+        assert run.weights == {"ce": 2.0, "l2": 0.5}
+    done = cli(run_dir, "recipe", "export")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    entries = read_recipe(RunPaths(run_dir).recipe).entries
+    assert [(e.step, e.params) for e in entries] == [(2, {"l2": 0.5}), (4, {"ce": 2.0})]
+
+
 def test_export_of_a_run_resumed_with_a_callback_says_no_restart(tmp_path: Any, cli: Any) -> None:
     """A run resumed from its checkpoint with a callback loaded: the checkpoint's ``cb restore``
     entry comes before the ``kernel resume`` one, at the checkpoint's step, and the export

@@ -474,7 +474,9 @@ def fresh_restarts(
         if not isinstance(step, int):
             continue
         if last is not None and step < last and not _before_its_resume(ledger, i):
-            n = len(ledger_to_entries(ledger[:i]))
+            # (a change the restarted run made again, a replay's, it had: not counted)
+            again = {a.get("cmd_id") for a in ledger[i:] if a.get("decision") == "applied"}
+            n = sum(1 for r in ledger_to_entries(ledger[:i]) if r.cmd_id not in again)
             if n:
                 out.append(
                     f"the run restarted without a checkpoint at ledger seq {e.get('seq')} (its "
