@@ -417,6 +417,17 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
     )
     assert "no scheduled command 'no-such-id'" in loop.only(missing)["error"]
     assert loop.weights["aux"] == 0.1  # the cancelled 0.3 never landed
+    # a second cancel, or one of a command that applied: what became of it (it said only
+    # "no scheduled command is pending")
+    again, done = loop.client.cancel(drop), loop.client.cancel(keep)
+    loop.steps(1)
+    assert (loop.only(again)["decision"], loop.only(again)["error"]) == (
+        "noop",
+        f"command {drop!r} is cancelled already (cancelled by {cancel})",
+    )
+    assert (loop.only(done)["decision"], loop.only(done)["error"]) == (
+        "rejected", f"command {keep!r} applied already, at step 6: nothing to cancel "
+        f"('hotcb undo {keep}' takes it back)")  # fmt: skip
 
 
 def test_at_step_with_a_bad_value_is_rejected_when_sent_not_when_due(loop: Loop) -> None:

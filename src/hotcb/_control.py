@@ -289,7 +289,7 @@ class RunControl:
         target = op.params["cmd_id"]
         cancelled = self._schedule().cancel(target)
         if cancelled is None:
-            return OpResult("rejected", error=f"no scheduled command {target!r} is pending")
+            return self._not_pending(target)
         self.recorder.emit_op(
             cancelled, self.recorder.point, Decision.NOOP, error=f"cancelled by {op.cmd_id}"
         )
@@ -299,6 +299,23 @@ class RunControl:
         # said here too: `cancel --wait` prints this entry, and the id alone says nothing
         return OpResult("applied", error=f"{what} (scheduled for step {cancelled.at_step}, "
                         f"sent by {cancelled.source}) will not be applied")  # fmt: skip
+
+    def _not_pending(self, target: str) -> OpResult:
+        """The answer to a cancel of ``target``, which waits for no step: what became of it
+        (a second cancel said only "no scheduled command is pending")."""
+        self.recorder.flush()
+        last = find_entry(self._ledger_path, target, decision=None)
+        if last is None:
+            return OpResult("rejected", error=f"no scheduled command {target!r} is pending")
+        said, step = str(last.get("error") or ""), last.get("step")
+        if last.get("decision") == "noop" and said.startswith("cancelled by "):
+            return OpResult("noop", error=f"command {target!r} is cancelled already ({said})")
+        if last.get("decision") == "applied":
+            return OpResult("rejected", error=f"command {target!r} applied already, at step "
+                            f"{step}: nothing to cancel ('hotcb undo {target}' takes it "
+                            "back)")  # fmt: skip
+        return OpResult("rejected", error=f"command {target!r} is not scheduled: it was "
+                        f"{last.get('decision')} at step {step}")  # fmt: skip
 
     def _op_undo(self, op: HotOp, env: Env) -> OpResult:
         named = op.params.get("cmd_id")
