@@ -122,6 +122,22 @@ def test_a_crash_alert_says_the_step_and_how() -> None:
     ]
 
 
+def test_a_streak_of_refused_autopilot_actions_alerts_once() -> None:
+    """A model asking for the same lr cut at every call while its proposal waited: each
+    refusal was an e-mail (eight in 20 s). A streak of them alerts once, until the autopilot
+    records something else; then a refusal alerts again."""
+    alert = Alert("ap", "autopilot", cooldown=0)
+    halve = {"name": "lr_mult", "params": {"factor": 0.5}}
+    refused = {"kind": "action", "rule": "ai", "state": "rejected", "asked": "lr_mult(factor=0.5)",
+               "reason": "proposal A1 (lr_mult(factor=0.5)) is still pending"}  # fmt: skip
+    applied = {"kind": "action", "rule": "ai", "state": "applied", "action": halve}
+    rounds = [Observation(0, autopilot=[refused, refused]), Observation(1, autopilot=[refused]),
+              Observation(2, autopilot=[applied, refused]), Observation(3, autopilot=[refused])]  # fmt: skip
+    got = _fire(alert, rounds)
+    said = "autopilot action ai rejected: lr_mult(factor=0.5): proposal A1 (lr_mult(factor=0.5)) is still pending"
+    assert got == [[said], [], ["autopilot action ai applied: lr_mult(factor=0.5)", said], []]
+
+
 def test_autopilot_records_each_fire() -> None:
     """Each record an alert of its own, in words a person can act on: a proposal with the id
     to accept (the alert said `proposal ai: …`, no id), an action with what it did (it

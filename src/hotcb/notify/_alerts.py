@@ -161,16 +161,24 @@ def _crash(alert: Alert, obs: Observation) -> list[Sample]:
                    obs.last_step)]  # fmt: skip
 
 
+#: ``action`` states of a change the autopilot did not make: a streak of them alerts once.
+_REFUSED = ("rejected", "refused")
+
+
 def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:
+    """Each record its own onset; a streak of refused actions one (a model that asked for the
+    same change at every call while its proposal waited sent an e-mail every 40 steps), until
+    the autopilot records something else."""
     out = []
     for rec in obs.autopilot:
         if rec.get("kind") not in alert.records:
             continue
         step = rec.get("step") if isinstance(rec.get("step"), int) else None
-        out += [
-            Sample(True, autopilot_text(rec, obs.run_dir), step),
-            Sample(False),
-        ]  # each its own onset
+        said = Sample(True, autopilot_text(rec, obs.run_dir), step)
+        if rec.get("kind") == "action" and rec.get("state") in _REFUSED:
+            out.append(said)  # stays active: the refusals after it are the same trouble
+        else:
+            out += [Sample(False), said, Sample(False)]
     return out
 
 
