@@ -977,6 +977,22 @@ def test_an_autopilot_stopped_while_the_model_thinks_abandons_the_call(
     assert reply["call"] == 1 and reply["state"] == "abandoned"
 
 
+def test_a_reply_the_autopilot_stopped_before_acting_on_is_said(loop: Any) -> None:
+    """The model answered, and the autopilot stopped before its next round acted on the reply:
+    nothing said what became of it (a call still waiting was recorded as abandoned)."""
+    lp: Loop = loop()
+    with ScriptedChatServer([HALVE]) as srv:
+        pilot = Autopilot(lp.run_dir, mode="ai_auto", ai=ai_config(srv), key_metric="loss")
+        lp.run(20, pilot)  # the call at step 20, its reply back, not read by a round yet
+        pilot.close()
+    (reply,) = records(lp.run_dir, RECORDS, "ai_reply")
+    assert (reply["call"], reply["step"], reply["state"]) == (1, 20, "abandoned")
+    assert (
+        reply["reason"] == "no action: the autopilot stopped before it acted on the model's reply"
+    )
+    assert not by_source(lp.run_dir, "ai") and lp.lr == 1e-2
+
+
 # ---------------------------------------------------------------------------------- the CLI
 @pytest.mark.slow
 def test_hotcb_autopilot_ai_auto_steers_a_trainer(tmp_path: Path, start_trainer: Any) -> None:

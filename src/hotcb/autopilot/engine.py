@@ -213,10 +213,9 @@ class Autopilot:
         ``ai_reply`` record, state ``abandoned``), and no longer shown as in flight."""
         abandoned = self.ai.close() if self.ai is not None else None
         if abandoned is not None:
-            call, step = abandoned
+            call, step, why = abandoned
             self._record({"kind": "ai_reply", "call": call, "step": step, "state": "abandoned",
-                          "reason": "no action: the autopilot stopped before the model "
-                                    "answered"})  # fmt: skip
+                          "reason": f"no action: {why}"})  # fmt: skip
         with _locked(self.run_dir):
             path = os.path.join(self.run_dir, OWNER)
             owner = jsonl.read_json(path, None)

@@ -403,19 +403,26 @@ class AIPolicy:
                      "updated": time.time()}  # fmt: skip
         jsonl.write_json_atomic(self._state_path, state)
 
-    def close(self) -> tuple[int, int] | None:
+    def close(self) -> tuple[int, int, str] | None:
         """The autopilot stops: a call still waiting for its reply is abandoned (an ``error``
-        record of kind ``abandoned``; a reply that comes later is not read) and the state says
-        no call is in flight. ``(call, step)`` of the abandoned call, or None."""
+        record of kind ``abandoned``; a reply that comes later is not read), and so is a reply
+        that came and was not acted on yet; the state says no call is in flight. ``(call,
+        step, why)`` of the abandoned call, or None."""
         with self._lock:  # a reply being read now is read to the end first
             asking, self._asking = self._asking, None
+            done, self._done = self._done, None
+            out: tuple[int, int, str] | None = None
             if asking is not None:
                 call, step = asking
                 self.write("error", call=call, step=step, error_kind="abandoned",
                            error="the autopilot stopped before the model answered",
                            failures=self.failures, backoff_sec=0.0)  # fmt: skip
+                out = (call, step, "the autopilot stopped before the model answered")
+            elif done is not None:  # (it left no word of what became of it)
+                what = "the model's reply" if done.error is None else f"the call's {done.kind}"
+                out = (done.call, done.step, f"the autopilot stopped before it acted on {what}")
             self.save()
-        return asking
+        return out
 
     def finish(self, learnings: Sequence[str]) -> None:
         """The run ended: keep a few learnings for the project's next runs (once)."""
