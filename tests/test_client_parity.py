@@ -187,11 +187,12 @@ def test_opt_and_loss_take_the_commands_own_fields(run_dir: str, kernel: HotKern
     """``client.opt(lr=0.2, at_step=3)`` sent ``at_step`` as a knob: the run rejected the whole
     command ("unknown actuator 'at_step'") and the lr never moved."""
     client = HotClient(run_dir)
-    lr_id = client.opt(lr=0.2, at_step=3)
+    lr_id = client.opt(lr=0.2, at_step=3, reason="warm-up over")  # (reason was a knob too)
     ce_id = client.loss(ce=2.0, cmd_id="weight-up", at_step=2)
     assert ce_id == "weight-up"
     sent = {c["cmd_id"]: c for c in commands(run_dir)}
     assert sent[lr_id]["params"] == {"lr": 0.2} and sent[lr_id]["at_step"] == 3
+    assert sent[lr_id]["reason"] == "warm-up over"
     assert sent[ce_id]["params"] == {"ce": 2.0} and sent[ce_id]["at_step"] == 2
     for step in range(1, 5):
         kernel.apply({"step": step})

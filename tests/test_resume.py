@@ -165,6 +165,26 @@ def test_live_changes_after_the_checkpoint_are_reapplied_at_their_steps(tmp_path
     assert [e["step"] for e in applied if e["source"] == "test"] == [10, 30, 35, 50]
 
 
+def test_an_undo_after_the_checkpoint_is_reapplied_before_a_later_set_of_its_knob(
+    tmp_path: Any,
+) -> None:
+    """l2 set at 10, checkpoint at 20, the set undone at 30 and l2 set again at 40. The resume
+    re-applied the undo as ``noop`` ("l2 was set again after it (the resume re-applies that
+    change at step 40)"): a set at a later step of the same life counted as newer than the
+    undo, and the resumed run trained steps 30..39 at the undone value."""
+    actions = {
+        10: lambda c: c.loss(l2=1e-3),
+        30: lambda c: c.undo(),
+        40: lambda c: c.loss(l2=5e-3),
+    }
+    whole, resumed, run_dir = _resumed(tmp_path, actions)
+    assert _equal(whole, resumed)
+    undo = [e for e in read_ledger(run_dir) if (e["source"], e["op"]) == ("resume", "undo")]
+    assert [(e["step"], e["decision"], e["changes"]) for e in undo] == [
+        (30, "applied", {"l2": {"old": 1e-3, "new": 0.0}})
+    ]
+
+
 def test_scheduled_commands_pending_at_the_checkpoint_apply_once(tmp_path: Any) -> None:
     actions = {
         0: lambda c: (c.send("opt", "set_params", params={"lr": 0.02}, at_step=40),

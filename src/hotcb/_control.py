@@ -351,7 +351,13 @@ class RunControl:
             return OpResult(
                 "rejected", error=f"{target.get('module')} {target.get('op')} cannot be undone"
             )
-        result = handler.undo(target, env)
+        reapply = self.recorder.coming
+        if op.source == "resume":  # re-applied at its step: what the resume has yet to
+            self.recorder.coming = tuple  # re-apply came after it in that life too
+        try:
+            result = handler.undo(target, env)
+        finally:
+            self.recorder.coming = reapply
         result.extra = {**(result.extra or {}), "undo_of": target["cmd_id"]}
         if result.decision == Decision.APPLIED.value:
             self.recorder.note_undo(target["cmd_id"], {**result.extra, "changes": result.changes})

@@ -428,7 +428,7 @@ class HotClient:
 
     def opt(self, **params: Any) -> str:
         """Set optimizer knobs: ``opt(lr=1e-4, at_step=500)``. ``at_step``, ``transition``,
-        ``cmd_id`` and ``source`` are the command's own fields, not knobs."""
+        ``cmd_id``, ``source`` and ``reason`` are the command's own fields, not knobs."""
         knobs, fields = _knobs_and_fields(params)
         return self.set_params("opt", knobs, **fields)
 
@@ -1019,7 +1019,7 @@ class HotClient:
             tail.close()
 
 
-_COMMAND_FIELDS = ("at_step", "transition", "cmd_id", "source")
+_COMMAND_FIELDS = ("at_step", "transition", "cmd_id", "source", "reason")
 
 
 def _id_mark(cmd_id: str) -> bytes:
