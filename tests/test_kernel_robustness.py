@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -555,3 +556,30 @@ def test_a_forked_child_that_leaves_through_close_leaves_the_run_alone(run_dir: 
     assert [e["step"] for e in ramped] == [0, 50]  # its start and its end, nothing between
     assert "superseded" not in json.dumps(ramped), ramped
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_torn_last_entry_is_set_aside_when_the_run_starts_again(
+    run_dir: str, caplog: Any
+) -> None:
+    """A trainer killed while writing a ledger entry left half a line; the next life wrote
+    its entries after it, and the ledger held an invalid JSON line that a reader parsing
+    each line (``json.loads``, pandas) failed on. The torn end goes to
+    ``hotcb.applied.jsonl.torn``, with a warning; the command it was recording is applied again
+    (its entry never landed) and the ledger is valid JSON lines, one entry per ``seq``."""
+    first = StepDriver(run_dir, weights={"a": 1.0}, metrics_collector=False)
+    first.steps(3, actions={1: lambda c: c.loss(a=0.5), 2: lambda c: c.loss(a=0.25)})
+    first.kernel.close()
+    ledger = Path(RunPaths(run_dir).ledger)
+    whole = ledger.read_bytes()
+    ledger.write_bytes(whole[:-60])  # the last entry (a=0.25), torn
+    torn = whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 : -60]
+    with caplog.at_level(logging.WARNING, logger="hotcb"):
+        again = StepDriver(run_dir, weights={"a": 0.5}, metrics_collector=False)
+        again.steps(2)
+        again.kernel.close()
+    entries = [json.loads(line) for line in ledger.read_bytes().splitlines()]  # all JSON
+    seqs = [e["seq"] for e in entries]
+    assert seqs == sorted(set(seqs)), seqs
+    assert again.weights["a"] == 0.25  # the torn entry's command applied (again)
+    assert Path(f"{ledger}.torn").read_bytes() == torn + b"\n"
+    assert any("ended with a torn entry" in r.getMessage() for r in caplog.records)

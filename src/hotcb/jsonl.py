@@ -328,6 +328,43 @@ def written_before(exc: BaseException) -> bool:
 _REOPEN_TRIES = 3
 
 
+def set_aside_torn_tail(path: str, aside: str) -> bytes:
+    """Cut what follows the last newline of the file ``path`` (a line its writer died while
+    writing: invalid JSON that every line-by-line reader of the file stumbles on) and append
+    it, as a line, to ``aside``; the bytes set aside (``b""``: none). A complete record that
+    lacks only its newline gets the newline and stays."""
+    if not os.path.isfile(path):
+        return b""
+    fd, size = _open_locked(path)
+    try:
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return b""
+        start = size
+        while start > 0:  # back to the last newline, a block at a time
+            lo = max(0, start - 65536)
+            nl = os.pread(fd, start - lo, lo).rfind(b"\n")
+            if nl >= 0:
+                start = lo + nl + 1
+                break
+            start = lo
+        tail = os.pread(fd, size - start, start)
+        try:
+            json.loads(tail)
+            os.write(fd, b"\n")
+            return b""
+        except ValueError:  # (UnicodeDecodeError too)
+            pass
+        out, _ = open_own(aside, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(out, tail + b"\n")
+        finally:
+            os.close(out)
+        os.ftruncate(fd, start)
+        return tail
+    finally:
+        os.close(fd)
+
+
 def _open_locked(path: str) -> tuple[int, int]:
     """A descriptor of the file ``path`` names (created when missing), opened to append and
     locked exclusively, and the file's size. A symbolic link or a FIFO in the file's place is

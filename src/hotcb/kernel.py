@@ -260,6 +260,7 @@ class HotKernel:
             self._other_pid = other["pid"] if other else None
             extra = {**self._run_meta, "other_trainer": other} if other else self._run_meta
             write_run_meta(self.paths, extra, self._warn)
+            self._set_aside_torn_entry()
         seq, cursor = tail_state(self.paths.ledger)
         # a writer that re-sends a command (a retry) right after a restart is still a noop:
         # remember the ids of the ledger's recent entries (its tail only, so start stays cheap)
@@ -1589,6 +1590,20 @@ class HotKernel:
             self.flush()
         except Exception as again:  # the ledger itself is broken: the log line is all we have
             log.error("hotcb: could not ledger the internal error: %r", again)
+
+    def _set_aside_torn_entry(self) -> None:
+        """The ledger's last entry, torn by a process that died while writing it, goes to
+        ``hotcb.applied.jsonl.torn``: left in place, it was an invalid line (a reader that
+        parses each line failed on it) before the entries this life appends."""
+        path = self.paths.ledger
+        try:
+            torn = jsonl.set_aside_torn_tail(path, path + ".torn")
+        except OSError as exc:
+            self._warn("torn_entry", f"could not set aside the torn end of {path}: {exc}")
+            return
+        if torn:
+            self._warn("torn_entry", f"{path} ended with a torn entry ({len(torn)} bytes, the "
+                       "last process died writing it): moved to hotcb.applied.jsonl.torn")  # fmt: skip
 
     def _saved_freeze(self) -> FreezeState:
         """The freeze state :func:`~hotcb.freeze.saved_freeze` reads, with a warning when it
