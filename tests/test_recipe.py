@@ -446,10 +446,12 @@ def test_an_overlay_that_would_change_nothing_is_refused(tmp_path: Any, cli: Any
         done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
         assert done.returncode == 1, (text, done.stdout, done.stderr)
         assert said in done.stdout, (text, done.stdout)
-    path.write_text("patches:\n  - match: {module: opt, nth: 0}\n"
-                    "    transform_params: {scale: 0.1, keys: lr}\n")  # fmt: skip
-    done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
-    assert done.returncode == 0, done.stdout + done.stderr
+    for fine in ("transform_params: {scale: 0.1, keys: lr}",
+                 # a key the patch's replace_params adds, then transforms
+                 "replace_params: {weight_decay: 0.05}\n    transform_params: {scale: 2, keys: [weight_decay]}"):  # fmt: skip
+        path.write_text(f"patches:\n  - match: {{module: opt, nth: 0}}\n    {fine}\n")
+        done = cli(None, "recipe", "validate", "--recipe", GOLDEN, "--adjust", str(path))
+        assert done.returncode == 0, (fine, done.stdout + done.stderr)
 
 
 def test_overlay_needs_pyyaml_and_says_how_to_get_it(tmp_path: Any, monkeypatch: Any) -> None:

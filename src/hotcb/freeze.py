@@ -73,11 +73,15 @@ class FreezeState:
         d = d or {}
         if not isinstance(d, dict):
             raise TypeError(f"a freeze state is an object, not {type(d).__name__}")
+        try:
+            offset = int(d.get("step_offset") or 0)
+        except OverflowError:  # 1e400: JSON's infinity
+            raise ValueError(f"step_offset {d.get('step_offset')!r} is not a step") from None
         return cls(
             mode=FreezeMode(d.get("mode") or "off"),
             recipe_path=d.get("recipe_path"),
             adjust_path=d.get("adjust_path"),
-            step_offset=int(d.get("step_offset") or 0),
+            step_offset=offset,
         )
 
     def save(self, path: str) -> None:

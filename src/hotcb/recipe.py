@@ -1224,7 +1224,8 @@ def _unused_keys(hits: Sequence[RecipeEntry], patch: Mapping[str, Any], name: st
     changes nothing there (``keys: [lrr]`` for ``lr`` passed as a plan that scaled the lr)."""
     keys = (patch.get("transform_params") or {}).get("keys")
     keys = [keys] if isinstance(keys, str) else keys or ()
-    params = sorted({str(k) for e in hits for k in e.params})
+    added = patch.get("replace_params") or {}  # (applied before the transform)
+    params = sorted({str(k) for e in hits for k in e.params} | {str(k) for k in added})
     said = []
     for key in keys:
         if key in params:
