@@ -36,7 +36,7 @@ from .errors import ActuatorError, CommandError, PathNotAllowedError, RecipeErro
 from .freeze import FreezeState
 from .ledger import applied_params, iter_entries, live_entries
 from .ops import HotOp, command_to_hotop
-from .runfiles import FORMAT_VERSION, RunPaths, confine_path, shell_path
+from .runfiles import FORMAT_VERSION, RunPaths, confine_path, redact_secrets, shell_path
 
 __all__ = [
     "RECIPE_KIND",
@@ -439,7 +439,8 @@ def export_recipe(
     header: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "kind": RECIPE_KIND,
-        "run": jsonl.read_json(paths.run_meta, {}) or {},
+        # (a plan to share, and the dashboard's download: the run_meta's secrets stay home)
+        "run": redact_secrets(jsonl.read_json(paths.run_meta, {}) or {}),
         "exported_at": time.time(),
     }
     warnings = fresh_restarts(run_dir, ledger) if entries_from_ledger else []

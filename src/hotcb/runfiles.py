@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -390,21 +391,62 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def redact_secrets(value: Any, name: str = "") -> Any:
+def redact_secrets(value: Any, name: str = "", owner: str = "") -> Any:
     """``value`` (JSON: dicts, lists, strings, numbers) with its secrets replaced by ``***``:
-    the value of a key named like a secret (``api_key``, ``hf_token``: :func:`secret_name`),
-    and in every string what :func:`redact_argv` hides in a command line (``--hf-token X``,
-    ``WANDB_API_KEY=X``, a URL's password). ``hotcb.run.json``, a user's ``run_meta`` in it
-    (a training config, tokens and all), is served this way."""
-    if isinstance(value, dict):
-        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_secrets(v, name) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if name and secret_name(name) and not _plain(str(value), name):
+    whatever a key named like a secret holds (``api_key``, ``hf_token``, ``passwords``,
+    ``Authorization``, ``key`` inside ``wandb``: :func:`secret_name`), a list of strings as a
+    command line (``argv: ["--hf-token", X]``), a string holding a JSON document as that
+    document, and in every other string what :func:`redact_argv` hides in one (``--hf-token
+    X``, ``WANDB_API_KEY=X``, a URL's password). ``hotcb.run.json``, a user's ``run_meta`` in
+    it (a training config, tokens and all), is served and exported this way."""
+    if name and _secret_key(name, owner) and not _kept_value(value, name):
         return REDACTED
-    return redact_argv([value])[0] if isinstance(value, str) else value
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k), name) for k, v in value.items()}
+    if isinstance(value, list):
+        if value and all(isinstance(v, str) for v in value):
+            return redact_argv(value)
+        return [redact_secrets(v, "", name) for v in value]
+    if not isinstance(value, str):
+        return value
+    if value[:1] in ("{", "["):  # a config kept as JSON text
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            pass
+        else:
+            if isinstance(doc, (dict, list)):
+                return json.dumps(redact_secrets(doc, "", owner))
+    return redact_argv([value])[0]
+
+
+def _secret_key(name: str, owner: str) -> bool:
+    """Whether a mapping's key ``name`` (inside the key ``owner``) names a secret: as a flag
+    would, in the plural (``api_keys``, ``passwords``), ``Authorization``, or ``key`` and
+    ``token`` inside an owner that makes them one (``wandb: {key: …}``)."""
+    if secret_name(name) or name.lower() in ("authorization", "proxy-authorization"):
+        return True
+    single = re.sub(r"(?i)(key|password|secret|passphrase)s$", r"\1", name)
+    if single != name and secret_name(single):
+        return True
+    return bool(owner) and name.lower() in ("key", "token") and secret_name(f"{owner}_{name}")
+
+
+def _kept_value(value: Any, name: str) -> bool:
+    """Whether ``value``, under the secret-like key ``name``, is no secret: a flag
+    (``use_auth_token: true``), nothing, a number given to a ``…token(s)`` key (a count), or a
+    vocabulary's special token (``"<start_of_turn>"``, ``"[CLS]"``)."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return name.lower().rstrip("s").endswith("token")
+    if isinstance(value, str):
+        return bool(_PLAIN_WORD.fullmatch(value) or _SPECIAL_TOKEN.fullmatch(value))
+    return False
+
+
+#: A vocabulary's special token: ``<s>``, ``<|endoftext|>``, ``[CLS]``.
+_SPECIAL_TOKEN = re.compile(r"<\|?[\w.:/-]{0,40}\|?>|\[[A-Z_]{1,20}\]")
 
 
 def _redact_word(arg: str, hide: bool, before: str) -> tuple[str, bool]:

@@ -144,20 +144,36 @@ def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server)
     ``hotcb.run.json``, which the dashboard serves: its tokens were served as written."""
     run = os.fspath(tmp_path / "cfg")
     config = {"api_key": "sk-live", "hf_token": "hf_live", "max_tokens": 512, "lr": 0.1,
-              "use_auth_token": True, "db": "postgresql://me:pw1@db/x", "cmd": "x --api-key k9"}  # fmt: skip
-    kernel = HotKernel(run, run_meta={"config": config})
+              "use_auth_token": True, "db": "postgresql://me:pw1@db/x", "cmd": "x --api-key k9",
+              "headers": {"Authorization": "Bearer sk-auth"}, "api_keys": ["sk-many"],
+              "wandb": {"key": "wb-key", "project": "p"}, "token": "123456789",
+              "as_text": '{"api_key": "sk-text", "lr": 0.1}', "pad_token": "<pad>",
+              "tokenizer": "t5", "key_metric": "val_loss"}  # fmt: skip
+    argv = ["train.py", "--hf-token", "hf_argv", "--lr", "0.1"]  # sys.argv, kept by the user
+    client = HotClient(run)
+    kernel = HotKernel(run, run_meta={"config": config, "argv": argv})
+    client.loss(a=0.5)
     kernel.apply({"step": 0, "metrics": {"loss": 1.0}})
     kernel.close()
     srv = live_server()
     with srv.client() as c:
         served = c.get("/api/runs/cfg/status")
-    assert served.status_code == 200
+        recipe = c.get("/api/runs/cfg/recipe")  # its header carries the run's meta
+    assert served.status_code == 200 and recipe.status_code == 200
     assert served.json()["run"]["config"] == {
         "api_key": "***", "hf_token": "***", "max_tokens": 512, "lr": 0.1,
         "use_auth_token": True, "db": "postgresql://me:***@db/x", "cmd": "x --api-key ***",
+        "headers": {"Authorization": "***"}, "api_keys": "***",
+        "wandb": {"key": "***", "project": "p"}, "token": "***",
+        "as_text": '{"api_key": "***", "lr": 0.1}', "pad_token": "<pad>", "tokenizer": "t5",
+        "key_metric": "val_loss",
     }  # fmt: skip
-    for secret in ("sk-live", "hf_live", "pw1", "k9"):
-        assert secret not in served.text
+    assert served.json()["run"]["argv"] == ["train.py", "--hf-token", "***", "--lr", "0.1"]
+    header = json.loads(recipe.text.splitlines()[0])
+    assert header["run"]["config"] == served.json()["run"]["config"]
+    for secret in ("sk-live", "hf_live", "pw1", "k9", "sk-auth", "sk-many", "wb-key",
+                   "123456789", "sk-text", "hf_argv"):  # fmt: skip
+        assert secret not in served.text and secret not in recipe.text, secret
 
 
 @pytest.mark.parametrize("bad", ['{"mode": "weird"}', '"junk"', '{"mode": "prod", "step_offset": "x"}',
