@@ -682,11 +682,12 @@ class HotClient:
                 pass  # a relative recipe is the run directory's first
             elif os.path.isfile(given_path):
                 path, outside = os.path.abspath(given_path), True  # problems name this file
-            else:
-                raise CommandError(
-                    f"no recipe file at {path} (a relative --recipe is read from the run "
-                    "directory, then from here)"
-                )
+            elif os.path.isabs(given_path):
+                raise CommandError(f"no recipe file at {given_path}")
+            else:  # both places it was looked for
+                raise CommandError(f"no recipe file {recipe}: neither {path} (a relative "
+                                   f"--recipe is read from the run directory first) nor "
+                                   f"{os.path.abspath(given_path)}")  # fmt: skip
         given = {k: v for k, v in params.items() if k != "recipe"}
         doc, lines = self._read_tune_recipe(path) if os.path.isfile(path) else (None, {})
         settings_ = parse_settings(given, doc)

@@ -136,7 +136,10 @@ def test_a_broken_recipe_is_refused_before_anything_is_sent(run_dir: str, cli: A
     assert not os.path.exists(os.path.join(run_dir, "hotcb.replay"))
     # a file missing from the run directory (the run reads a relative path from there)
     missing = cli(run_dir, "tune", "enable", "--recipe", "nope.yaml")
-    assert missing.returncode == 2 and "no recipe file at" in missing.stderr
+    assert missing.returncode == 2, missing.stderr
+    here = os.path.abspath("nope.yaml")  # (the CLI runs in this test's folder) both places
+    assert (f"no recipe file nope.yaml: neither {os.path.join(run_dir, 'nope.yaml')} (a relative "
+            f"--recipe is read from the run directory first) nor {here}") in missing.stderr  # fmt: skip
     # a negative seed would fail inside the run (Optuna's sampler): refused here
     seed = cli(run_dir, "tune", "enable", "--seed", "-1")
     assert seed.returncode == 2 and "seed: must be >= 0" in seed.stderr
