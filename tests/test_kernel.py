@@ -19,6 +19,7 @@ from torch import nn
 
 from hotcb import HotcbActuator, HotClient, HotKernel, jsonl, loss_actuators, mutable_state
 from hotcb.actuators import ActuatorType
+from hotcb.errors import CommandError
 from hotcb.ledger import checkpoint_path, pending_scheduled
 from hotcb.runfiles import RunPaths
 from hotcb.testing import StepDriver, TorchStepDriver, digits, read_ledger
@@ -428,6 +429,8 @@ def test_at_step_schedules_land_on_their_step_and_cancel_removes_them(loop: Loop
     assert (loop.only(done)["decision"], loop.only(done)["error"]) == (
         "rejected", f"command {keep!r} applied already, at step 6: nothing to cancel "
         f"('hotcb undo {keep}' takes it back)")  # fmt: skip
+    with pytest.raises(CommandError, match="no command"):  # a cut id: refused, not sent
+        loop.client.cancel(keep[:10])
 
 
 def test_at_step_with_a_bad_value_is_rejected_when_sent_not_when_due(loop: Loop) -> None:

@@ -311,9 +311,13 @@ class RunControl:
         if last.get("decision") == "noop" and said.startswith("cancelled by "):
             return OpResult("noop", error=f"command {target!r} is cancelled already ({said})")
         if last.get("decision") == "applied":
+            fresh, seq = self.recorder.fresh_from, last.get("seq")
+            if fresh is not None and isinstance(seq, int) and seq <= fresh:  # no undo either
+                how = f", in a life before this one{_NOT_IN_FORCE}; set the value you want instead"
+            else:
+                how = f": nothing to cancel ('hotcb undo {target}' takes it back)"
             return OpResult("rejected", error=f"command {target!r} applied already, at step "
-                            f"{step}: nothing to cancel ('hotcb undo {target}' takes it "
-                            "back)")  # fmt: skip
+                            f"{step}{how}")  # fmt: skip
         return OpResult("rejected", error=f"command {target!r} is not scheduled: it was "
                         f"{last.get('decision')} at step {step}")  # fmt: skip
 

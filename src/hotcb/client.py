@@ -546,7 +546,7 @@ class HotClient:
 
     def cancel(self, cmd_id: str) -> str:
         """Cancel a command scheduled for a later step (``at_step``)."""
-        self._require_command(cmd_id)
+        self._require_command(cmd_id, exact=True)  # (a cut id passed, and the run refused it)
         return self.send("control", "cancel", params={"cmd_id": cmd_id})
 
     def _known(self, cmd_id: str, *, exact: bool = False) -> dict[str, Any] | None:
@@ -584,10 +584,10 @@ class HotClient:
                            "(the run would skip this one as a duplicate); leave cmd_id out and "
                            "a fresh one is made")  # fmt: skip
 
-    def _require_command(self, cmd_id: str) -> dict[str, Any]:
-        """Refuse an id that names no command of this run (in its commands file or ledger);
-        its first record."""
-        found = self._known(str(cmd_id))
+    def _require_command(self, cmd_id: str, *, exact: bool = False) -> dict[str, Any]:
+        """Refuse an id that names no command of this run (in its commands file or ledger;
+        not ``exact``: or the part of one, X.opt); its first record."""
+        found = self._known(str(cmd_id), exact=exact)
         if found is None:
             raise CommandError(
                 f"no command {cmd_id!r} in {self.run_dir} (a command's id is what sending it "

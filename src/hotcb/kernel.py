@@ -239,6 +239,8 @@ class HotKernel:
         os.makedirs(self.run_dir, exist_ok=True)
         if replay_commands is None:
             replay_commands = os.environ.get("HOTCB_REPLAY_COMMANDS", "") not in ("", "0")
+        if _dist.first_rank():  # (a ledger that is one torn line is not "lost")
+            self._set_aside_torn_entry()
         if not replay_commands:
             refuse_lost_ledger(self.paths)
         self._other_pid: int | None = None  # another live trainer in this run directory
@@ -260,7 +262,6 @@ class HotKernel:
             self._other_pid = other["pid"] if other else None
             extra = {**self._run_meta, "other_trainer": other} if other else self._run_meta
             write_run_meta(self.paths, extra, self._warn)
-            self._set_aside_torn_entry()
         seq, cursor = tail_state(self.paths.ledger)
         # a writer that re-sends a command (a retry) right after a restart is still a noop:
         # remember the ids of the ledger's recent entries (its tail only, so start stays cheap)

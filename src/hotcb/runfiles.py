@@ -401,15 +401,16 @@ def redact_secrets(value: Any, name: str = "", owner: str = "") -> Any:
     it (a training config, tokens and all), is served and exported this way."""
     if name and _secret_key(name, owner) and not _kept_value(value, name):
         return REDACTED
+    inside = name or owner  # (through a list, the key that holds it: wandb: [{key: …}])
     if isinstance(value, dict):
-        return {k: redact_secrets(v, str(k), name) for k, v in value.items()}
+        return {k: redact_secrets(v, str(k), inside) for k, v in value.items()}
     if isinstance(value, list):
         if value and all(isinstance(v, str) for v in value):
-            return redact_argv(value)
-        return [redact_secrets(v, "", name) for v in value]
+            return [_AUTH_VALUE.sub(r"\1 ***", v) for v in redact_argv(value)]
+        return [redact_secrets(v, "", inside) for v in value]
     if not isinstance(value, str):
         return value
-    if value[:1] in ("{", "["):  # a config kept as JSON text
+    if value.strip()[:1] in ("{", "["):  # a config kept as JSON text
         try:
             doc = json.loads(value)
         except ValueError:
@@ -417,7 +418,11 @@ def redact_secrets(value: Any, name: str = "", owner: str = "") -> Any:
         else:
             if isinstance(doc, (dict, list)):
                 return json.dumps(redact_secrets(doc, "", owner))
-    return redact_argv([value])[0]
+    return _AUTH_VALUE.sub(r"\1 ***", redact_argv([value])[0])
+
+
+#: A header's credentials as a value (``auth_header: "Bearer X"``).
+_AUTH_VALUE = re.compile(r"(?i)^\s*(bearer|basic|token)\s+(?!\*\*\*$)\S+\s*$")
 
 
 def _secret_key(name: str, owner: str) -> bool:
@@ -426,7 +431,7 @@ def _secret_key(name: str, owner: str) -> bool:
     ``token`` inside an owner that makes them one (``wandb: {key: …}``)."""
     if secret_name(name) or name.lower() in ("authorization", "proxy-authorization"):
         return True
-    single = re.sub(r"(?i)(key|password|secret|passphrase)s$", r"\1", name)
+    single = re.sub(r"(?i)(key|password|secret|passphrase|(?<=[-_.])token)s$", r"\1", name)
     if single != name and secret_name(single):
         return True
     return bool(owner) and name.lower() in ("key", "token") and secret_name(f"{owner}_{name}")

@@ -39,9 +39,10 @@ def _rec(step: int, **metrics: Any) -> dict[str, Any]:
 
 def _fire(alert: Alert, rounds: list[Observation]) -> list[list[str]]:
     active, last = False, None
-    out = []
+    out, memory = [], {}  # (the alert's state, kept across rounds)
     for obs in rounds:
-        fired, active, last = onsets(samples(alert, obs), active, last, alert.cooldown, obs.now)
+        found = samples(alert, obs, memory)
+        fired, active, last = onsets(found, active, last, alert.cooldown, obs.now)
         out.append([s.message for s in fired])
     return out
 
@@ -136,6 +137,17 @@ def test_a_streak_of_refused_autopilot_actions_alerts_once() -> None:
     got = _fire(alert, rounds)
     said = "autopilot action ai rejected: lr_mult(factor=0.5): proposal A1 (lr_mult(factor=0.5)) is still pending"
     assert got == [[said], [], ["autopilot action ai applied: lr_mult(factor=0.5)", said], []]
+    # the model's reply before each refusal (an alert that listens to ai_reply too) is said,
+    # and does not make the same refusal news again; another refusal is news
+    listens = Alert("ap", "autopilot", cooldown=0, records=("action", "ai_reply"))
+    reply = {"kind": "ai_reply", "rule": "ai", "state": "replied", "reason": "halve lr"}
+    other = {"kind": "action", "rule": "plateau", "state": "refused", "asked": "wd_mult(factor=2)",
+             "reason": "the run is frozen"}  # fmt: skip
+    got = _fire(listens, [Observation(0, autopilot=[reply, refused]),
+                          Observation(1, autopilot=[reply, refused, other])])  # fmt: skip
+    answer = "autopilot ai_reply ai: halve lr"
+    assert got == [[answer, said],
+                   [answer, "autopilot action plateau refused: wd_mult(factor=2): the run is frozen"]]  # fmt: skip
 
 
 def test_autopilot_records_each_fire() -> None:

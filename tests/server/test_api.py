@@ -139,7 +139,7 @@ def test_the_status_serves_a_launched_command_without_its_secrets(tmp_path, live
     assert served["launch"]["argv"] == ["python", "train.py", "--api-key", "***", "--lr", "0.1"]
 
 
-def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server):
+def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server, cli):
     """A training config passed whole as ``run_meta`` (``HotKernel(run_meta=cfg)``) is in
     ``hotcb.run.json``, which the dashboard serves: its tokens were served as written."""
     run = os.fspath(tmp_path / "cfg")
@@ -148,7 +148,9 @@ def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server)
               "headers": {"Authorization": "Bearer sk-auth"}, "api_keys": ["sk-many"],
               "wandb": {"key": "wb-key", "project": "p"}, "token": "123456789",
               "as_text": '{"api_key": "sk-text", "lr": 0.1}', "pad_token": "<pad>",
-              "tokenizer": "t5", "key_metric": "val_loss"}  # fmt: skip
+              "tokenizer": "t5", "key_metric": "val_loss", "access_tokens": ["sk-plural"],
+              "auth_header": "Bearer sk-hdr", "trackers": {"wandb": [{"key": "wb-list"}]},
+              "files": ["a.txt", "b.txt"]}  # fmt: skip
     argv = ["train.py", "--hf-token", "hf_argv", "--lr", "0.1"]  # sys.argv, kept by the user
     client = HotClient(run)
     kernel = HotKernel(run, run_meta={"config": config, "argv": argv})
@@ -166,14 +168,17 @@ def test_the_status_serves_a_run_meta_without_its_secrets(tmp_path, live_server)
         "headers": {"Authorization": "***"}, "api_keys": "***",
         "wandb": {"key": "***", "project": "p"}, "token": "***",
         "as_text": '{"api_key": "***", "lr": 0.1}', "pad_token": "<pad>", "tokenizer": "t5",
-        "key_metric": "val_loss",
+        "key_metric": "val_loss", "access_tokens": "***", "auth_header": "Bearer ***",
+        "trackers": {"wandb": [{"key": "***"}]}, "files": ["a.txt", "b.txt"],
     }  # fmt: skip
     assert served.json()["run"]["argv"] == ["train.py", "--hf-token", "***", "--lr", "0.1"]
     header = json.loads(recipe.text.splitlines()[0])
     assert header["run"]["config"] == served.json()["run"]["config"]
+    said = cli(run, "status", "--json").stdout  # (pasted into issues and CI logs)
+    assert json.loads(said)["run"]["config"] == served.json()["run"]["config"]
     for secret in ("sk-live", "hf_live", "pw1", "k9", "sk-auth", "sk-many", "wb-key",
-                   "123456789", "sk-text", "hf_argv"):  # fmt: skip
-        assert secret not in served.text and secret not in recipe.text, secret
+                   "123456789", "sk-text", "hf_argv", "sk-plural", "sk-hdr", "wb-list"):  # fmt: skip
+        assert secret not in served.text + recipe.text + said, secret
 
 
 @pytest.mark.parametrize("bad", ['{"mode": "weird"}', '"junk"', '{"mode": "prod", "step_offset": "x"}',

@@ -21,6 +21,7 @@ from ..runfiles import (
     is_network_fs,
     other_live_trainer,
     process_alive,
+    redact_secrets,
 )
 from ._common import (
     UsageError,
@@ -263,7 +264,7 @@ def _status(paths: RunPaths, n: int) -> dict[str, Any]:
     status: dict[str, Any] = {
         "run_dir": paths.root,
         "exists": os.path.isdir(paths.root),
-        "run": meta,
+        "run": redact_secrets(meta),  # (a status --json is pasted into issues and CI logs)
         "freeze": freeze_doc(paths.freeze, paths.ledger),
         "actuators": acts.get("actuators") or [],
         "actuators_from_parent": bool(acts.get("from_parent")),

@@ -161,24 +161,30 @@ def _crash(alert: Alert, obs: Observation) -> list[Sample]:
                    obs.last_step)]  # fmt: skip
 
 
-#: ``action`` states of a change the autopilot did not make: a streak of them alerts once.
+#: ``action`` states of a change the autopilot did not make: the same refusal again alerts
+#: once.
 _REFUSED = ("rejected", "refused")
 
 
-def _autopilot(alert: Alert, obs: Observation) -> list[Sample]:
-    """Each record its own onset; a streak of refused actions one (a model that asked for the
-    same change at every call while its proposal waited sent an e-mail every 40 steps), until
-    the autopilot records something else."""
+def _autopilot(alert: Alert, obs: Observation, memory: dict[str, Any]) -> list[Sample]:
+    """Each record its own onset; a refused action said again (a model that asked for the
+    same change at every call while its proposal waited sent an e-mail every 40 steps) not,
+    until the autopilot records something other than a refusal or a model's reply.
+    ``memory`` (the alert's state, kept across rounds) holds the last refusal said."""
     out = []
     for rec in obs.autopilot:
+        refused = rec.get("kind") == "action" and rec.get("state") in _REFUSED
+        if not refused and rec.get("kind") != "ai_reply":
+            memory["refused"] = None  # something happened: the same refusal is news again
         if rec.get("kind") not in alert.records:
             continue
+        text = autopilot_text(rec, obs.run_dir)
+        if refused:
+            if text == memory.get("refused"):
+                continue
+            memory["refused"] = text
         step = rec.get("step") if isinstance(rec.get("step"), int) else None
-        said = Sample(True, autopilot_text(rec, obs.run_dir), step)
-        if rec.get("kind") == "action" and rec.get("state") in _REFUSED:
-            out.append(said)  # stays active: the refusals after it are the same trouble
-        else:
-            out += [Sample(False), said, Sample(False)]
+        out += [Sample(True, text, step), Sample(False)]  # each its own onset
     return out
 
 
@@ -227,12 +233,14 @@ _SAMPLERS = {
     "plateau": _plateau,
     "stale": _stale,
     "crash": _crash,
-    "autopilot": _autopilot,
 }
 
 
-def samples(alert: Alert, obs: Observation) -> list[Sample]:
-    """The alert's condition over this round, in order (empty: nothing to say this round)."""
+def samples(alert: Alert, obs: Observation, memory: dict[str, Any] | None = None) -> list[Sample]:
+    """The alert's condition over this round, in order (empty: nothing to say this round);
+    ``memory``: the alert's state, kept across rounds (an autopilot alert's last refusal)."""
+    if alert.kind == "autopilot":
+        return _autopilot(alert, obs, {} if memory is None else memory)
     return _SAMPLERS[alert.kind](alert, obs)
 
 

@@ -108,7 +108,7 @@ class Notifier:
             st = self.alert_state.setdefault(alert.id, {"active": False, "last_fired": None})
             hits = self._catch_up(alert, st, old, now, last) if old is not None else []
             more, st["active"], st["last_fired"] = onsets(
-                samples(alert, obs), st["active"], st["last_fired"], alert.cooldown, now
+                samples(alert, obs, st), st["active"], st["last_fired"], alert.cooldown, now
             )
             for s in hits + more:
                 event = {"kind": "alert", "alert": alert.id, "type": alert.kind,
@@ -127,7 +127,7 @@ class Notifier:
         """The records from before the notifier started: they set the alert's state; only a
         condition that still holds at their end (``last``: this read reached it) fires,
         once, for its latest point."""
-        found = samples(alert, history)
+        found = samples(alert, history, st)
         _, st["active"], _ = onsets(found, st["active"], None, 0.0, now)
         hit = next((s for s in reversed(found) if s.active), None)
         if hit is not None:
