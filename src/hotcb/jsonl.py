@@ -332,7 +332,8 @@ def set_aside_torn_tail(path: str, aside: str) -> bytes:
     """Cut what follows the last newline of the file ``path`` (a line its writer died while
     writing: invalid JSON that every line-by-line reader of the file stumbles on) and append
     it, as a line, to ``aside``; the bytes set aside (``b""``: none). A complete record that
-    lacks only its newline gets the newline and stays."""
+    lacks only its newline gets the newline and stays; a file in which no line ends (zeroes
+    a crash left, a lone torn line) is left as it is, for its reader to judge."""
     if not os.path.isfile(path):
         return b""
     fd, size = _open_locked(path)
@@ -347,6 +348,8 @@ def set_aside_torn_tail(path: str, aside: str) -> bytes:
                 start = lo + nl + 1
                 break
             start = lo
+        if start == 0:  # no line ends in it: no entry to keep clear of (zeroes, one torn line)
+            return b""
         tail = os.pread(fd, size - start, start)
         try:
             json.loads(tail)

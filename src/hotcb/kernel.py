@@ -239,7 +239,7 @@ class HotKernel:
         os.makedirs(self.run_dir, exist_ok=True)
         if replay_commands is None:
             replay_commands = os.environ.get("HOTCB_REPLAY_COMMANDS", "") not in ("", "0")
-        if _dist.first_rank():  # (a ledger that is one torn line is not "lost")
+        if _dist.first_rank():  # (before entries are read from it)
             self._set_aside_torn_entry()
         if not replay_commands:
             refuse_lost_ledger(self.paths)
